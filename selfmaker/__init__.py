@@ -1,0 +1,1 @@
+"""selfmaker package."""

@@ -1,0 +1,3 @@
+from selfmaker.cli import main
+
+raise SystemExit(main())

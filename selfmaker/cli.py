@@ -1,0 +1,50 @@
+"""The `selfmaker` command line.
+
+Each sub-command lives in the package that owns it and is imported only when it runs, so
+`selfmaker serve` inside a serving container never imports the platform or the batch engine.
+Every target is a ``main(argv: list[str]) -> int`` function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: sub-command -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("serving.cli:main", "run the model server (SageMaker inference container contract)"),
+    "train": ("training.cli:train_main", "run a training job inside a container (/opt/ml contract)"),
+    "train-local": ("training.cli:train_local_main", "run one CreateTrainingJob request locally"),
+    "up": ("selfmaker.commands.up:main", "run the SageMaker-compatible API on one port"),
+    "status": ("selfmaker.commands.status:main", "show endpoints, variants, instances and jobs"),
+    "logs": ("selfmaker.commands.logs:main", "print the logs of an endpoint or job"),
+    "transform": ("batch.cli:main", "run one CreateTransformJob request on Dask"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: selfmaker COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `selfmaker COMMAND --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the sub-command named by the first argument."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"selfmaker: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

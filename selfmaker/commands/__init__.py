@@ -1,0 +1,1 @@
+"""Sub-commands of the `selfmaker` CLI that belong to the platform."""

@@ -1,0 +1,84 @@
+"""Fixtures shared by every test package.
+
+Package-specific fixtures live in ``tests/<package>/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None) -> None:
+    """Poll ``url`` until it answers ``status``; fail with the last answer after ``timeout`` seconds.
+
+    ``alive`` is checked between polls so a server that died fails the test at once instead of
+    after the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    last: str = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise AssertionError(f"server behind {url} exited before it was ready ({last})")
+        try:
+            resp = requests.get(url, timeout=2)
+            if resp.status_code == status:
+                return
+            last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+        except requests.RequestException as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
+
+
+@pytest.fixture
+def free_port() -> int:
+    return find_free_port()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real moto server on 127.0.0.1 (S3, SNS, SQS, ...); yields its endpoint URL.
+
+    Tests pass the URL to the code under test (``AWS_ENDPOINT_URL`` or an explicit client);
+    credentials are dummies set for the whole session so boto3 never looks elsewhere.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_test_credentials() -> Iterator[None]:
+    """Dummy AWS credentials and region: no test may reach a real account."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
