@@ -1,0 +1,100 @@
+"""Errors of the platform, each carrying the SageMaker error code and HTTP status boto3 expects.
+
+Raised anywhere in the platform and turned into responses in one place (``selfmaker.api.app``).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+
+class SageMakerError(Exception):
+    """A control-plane or runtime error with its wire code (``__type``), message and HTTP status."""
+
+    code: str = "InternalFailure"
+    status: HTTPStatus = HTTPStatus.BAD_REQUEST
+
+    def __init__(self, message: str, *, code: str | None = None, status: HTTPStatus | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        #: additional members of the error body (e.g. ModelError's OriginalStatusCode)
+        self.extra: dict[str, Any] = dict(extra or {})
+
+
+class ValidationException(SageMakerError):
+    """Bad input or unknown resource on the control plane (SageMaker's catch-all)."""
+
+    code = "ValidationException"
+
+
+class ResourceInUse(SageMakerError):
+    """The resource exists or is busy (e.g. duplicate training job name)."""
+
+    code = "ResourceInUse"
+
+
+class ResourceNotFound(SageMakerError):
+    """A modeled not-found (few SageMaker operations actually answer it)."""
+
+    code = "ResourceNotFound"
+
+
+class ResourceLimitExceeded(SageMakerError):
+    """A local quota was hit."""
+
+    code = "ResourceLimitExceeded"
+
+
+class UnknownOperation(SageMakerError):
+    """``X-Amz-Target`` names an operation selfmaker does not implement."""
+
+    code = "UnknownOperationException"
+
+
+class InternalFailure(SageMakerError):
+    """A bug: answered as 500 with "internal error"; the traceback goes to the log only."""
+
+    code = "InternalFailure"
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+# ---- runtime (sagemaker-runtime) -------------------------------------------------------------
+
+class ValidationError(SageMakerError):
+    """Runtime bad input / unknown endpoint / endpoint not ready (400)."""
+
+    code = "ValidationError"
+
+
+class ModelError(SageMakerError):
+    """The model server answered non-2xx or timed out (424)."""
+
+    code = "ModelError"
+    status = HTTPStatus.FAILED_DEPENDENCY
+
+
+class ModelNotReadyException(SageMakerError):
+    """Capacity is still being provisioned (429, not retried by boto3's standard mode)."""
+
+    code = "ModelNotReadyException"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+
+class ThrottlingException(SageMakerError):
+    """Too many concurrent requests (429, retried by boto3)."""
+
+    code = "ThrottlingException"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+
+
+class ServiceUnavailable(SageMakerError):
+    """No instance could take the request right now (503, retried by boto3)."""
+
+    code = "ServiceUnavailable"
+    status = HTTPStatus.SERVICE_UNAVAILABLE

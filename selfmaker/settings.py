@@ -1,0 +1,51 @@
+"""Platform settings, read once by the entry point and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PlatformSettings(BaseSettings):
+    """Settings of `selfmaker up` (environment prefix ``SELFMAKER_``; CLI flags override)."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFMAKER_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".selfmaker")
+    host: str = "127.0.0.1"
+    port: int = 7070
+    region: str = "us-east-1"
+    account_id: str = Field(default="123456789012", pattern=r"^\d{12}$")
+    #: seconds a new model server may take to answer GET /ping with 200 (a variant's
+    #: ContainerStartupHealthCheckTimeoutInSeconds overrides it)
+    startup_timeout: float = 120.0
+    #: seconds an instance being removed may keep finishing in-flight requests before it is stopped
+    drain_timeout: float = 60.0
+    #: seconds between SIGTERM and SIGKILL when a model server is stopped
+    stop_grace: float = 10.0
+    #: seconds the router waits for a model server's answer (SageMaker: 60 s)
+    invocation_timeout: float = 60.0
+    #: largest accepted invocation body in bytes (SageMaker: 6 MB)
+    max_payload_bytes: int = 6 * 1024 * 1024
+    #: image repository names (last path component, no tag) run as local processes, besides selfmaker*
+    process_images: list[str] = Field(
+        default_factory=lambda: ["xgboost", "sagemaker-xgboost", "linear-learner", "sagemaker-linear-learner"]
+    )
+    #: gunicorn workers per model server process (SAGEMAKER_MODEL_SERVER_WORKERS), unless the model sets it
+    model_server_workers: int = 1
+    #: python interpreter that runs model servers and training (default: the one running selfmaker)
+    python: str | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "state.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
