@@ -1,0 +1,76 @@
+"""Runs a training host as a local Python process: ``python -m training train``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
+
+
+class ProcessHandle(ExecutionHandle):
+    """A host running as a child process (in its own process group, so its children stop with it)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _signal(self, sig: int) -> None:
+        if self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+
+class ProcessExecutor(Executor):
+    """Starts ``<python> -m training train --root <ml_root>`` with the spec's environment."""
+
+    kind = "process"
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+
+    def start(self, spec: HostSpec) -> ProcessHandle:
+        env = dict(os.environ)
+        env.update(spec.env)
+        env["SELFMAKER_ML_ROOT"] = str(spec.ml_root)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        args = list(spec.arguments) or ["train"]
+        cmd = [self.python, "-m", "training", *args, "--root", str(spec.ml_root)]
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=str(spec.ml_root),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ExecutorError(f"cannot start the training process: {exc}") from exc
+        return ProcessHandle(proc)
