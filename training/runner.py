@@ -1,0 +1,702 @@
+"""Host-side training job runner: one CreateTrainingJob request → one finished job.
+
+:class:`TrainingJobRunner` prepares a job directory holding one ``/opt/ml`` tree per host, fetches the
+channels (S3Prefix / ManifestFile, ``s3://`` or ``file://``, FullyReplicated / ShardedByS3Key, File /
+FastFile / Pipe), restores checkpoints, starts every host through an executor (a local process for
+selfmaker's own image and the built-ins, a container otherwise), streams their logs to files and a
+callback, applies the MetricDefinitions regexes, enforces MaxRuntimeInSeconds and StopTrainingJob,
+syncs checkpoints while running, reads ``output/failure`` and uploads ``model.tar.gz`` and
+``output.tar.gz``. It reports the DescribeTrainingJob fields it owns through :class:`TrainingJobState`.
+
+See docs/contracts.md §3 and docs/training.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import fcntl
+import gzip
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
+from training.executors.process import ProcessExecutor
+from training.images import classify_image
+from training.storage import ObjectRef, Storage, StorageError, is_s3, join
+
+log = logging.getLogger(__name__)
+
+#: SecondaryStatus messages as SageMaker words them
+MESSAGES = {
+    "Starting": "Preparing the instances for training",
+    "Downloading": "Downloading input data",
+    "Training": "Training image download completed. Training in progress.",
+    "Uploading": "Uploading generated training model",
+    "Completed": "Training job completed",
+    "Failed": "Training job failed",
+    "Stopping": "Stopping the training job",
+    "Stopped": "Training job stopped",
+    "MaxRuntimeExceeded": "Training job runtime exceeded MaxRuntimeInSeconds provided",
+}
+
+FAILURE_REASON_LIMIT = 1024
+DEFAULT_MAX_RUNTIME = 86400
+MAX_PIPE_EPOCHS = 10_000
+
+
+class TrainingRequestError(ValueError):
+    """The request cannot run (bad field); the message names the field."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class TrainingJobState:
+    """The DescribeTrainingJob members the runner owns, plus the full metric series.
+
+    Timestamps are timezone-aware UTC ``datetime`` objects (what boto3 returns to its callers).
+    """
+
+    status: str = "InProgress"
+    secondary_status: str = "Starting"
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    failure_reason: str | None = None
+    #: every match of every MetricDefinition: ``{"MetricName", "Value", "Timestamp"}``
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_artifacts: str | None = None
+    output_artifacts: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    #: host → exit code
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+    #: host → local log file
+    log_files: dict[str, str] = field(default_factory=dict)
+
+    def describe_fields(self) -> dict[str, Any]:
+        """DescribeTrainingJob members (botocore names); absent values are omitted, never None."""
+        out: dict[str, Any] = {
+            "TrainingJobStatus": self.status,
+            "SecondaryStatus": self.secondary_status,
+            "SecondaryStatusTransitions": copy.deepcopy(self.transitions),
+            "FinalMetricDataList": [dict(v) for v in self.final_metrics.values()],
+        }
+        if self.failure_reason:
+            out["FailureReason"] = self.failure_reason
+        if self.model_artifacts:
+            out["ModelArtifacts"] = {"S3ModelArtifacts": self.model_artifacts}
+        if self.start_time:
+            out["TrainingStartTime"] = self.start_time
+        if self.end_time:
+            out["TrainingEndTime"] = self.end_time
+        if self.start_time and self.end_time:
+            seconds = max(0, int(round((self.end_time - self.start_time).total_seconds())))
+            out["TrainingTimeInSeconds"] = seconds
+            out["BillableTimeInSeconds"] = seconds
+        return out
+
+
+@dataclass
+class _Channel:
+    name: str
+    uri: str
+    data_type: str
+    distribution: str
+    input_mode: str
+    content_type: str | None
+    compression: str
+    record_wrapper: str
+
+
+@dataclass
+class _Host:
+    name: str
+    root: Path
+    handle: ExecutionHandle | None = None
+    reader: threading.Thread | None = None
+
+
+class TrainingJobRunner:
+    """Runs one CreateTrainingJob request (botocore shape) to completion.
+
+    ``on_update(state)`` gets a copy of the state at every status change; ``on_log(host, line)`` gets
+    every log line of every host. ``.run()`` blocks and returns the final state; ``.stop()`` is
+    thread-safe (StopTrainingJob). Extra keyword arguments: ``executors`` (kind → executor; ``process``
+    defaults to :class:`ProcessExecutor`, ``container`` to ``training.executors.container`` when present),
+    ``storage`` / ``s3_endpoint_url``, ``stop_grace_seconds`` (SIGTERM → SIGKILL, SageMaker gives 120),
+    ``checkpoint_sync_interval`` and ``job_arn``.
+    """
+
+    def __init__(
+        self,
+        request: dict[str, Any],
+        work_dir: str | Path,
+        on_update: Callable[[TrainingJobState], None] | None = None,
+        on_log: Callable[[str, str], None] | None = None,
+        *,
+        executors: dict[str, Executor] | None = None,
+        storage: Storage | None = None,
+        s3_endpoint_url: str | None = None,
+        stop_grace_seconds: float = 120.0,
+        checkpoint_sync_interval: float = 10.0,
+        job_arn: str | None = None,
+    ) -> None:
+        self.request = request
+        self.work_dir = Path(work_dir)
+        self.on_update = on_update
+        self.on_log = on_log
+        self.executors = dict(executors or {})
+        self.storage = storage or Storage(s3_endpoint_url)
+        self.stop_grace_seconds = stop_grace_seconds
+        self.checkpoint_sync_interval = checkpoint_sync_interval
+        self.job_name = str(request.get("TrainingJobName") or "training-job")
+        region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        self.job_arn = job_arn or f"arn:aws:sagemaker:{region}:000000000000:training-job/{self.job_name.lower()}"
+        self.state = TrainingJobState()
+        self._lock = threading.RLock()
+        self._stop_requested = threading.Event()
+        self._finished = threading.Event()
+        self._hosts: list[_Host] = []
+        self._metric_defs: list[tuple[str, re.Pattern[str]]] = []
+        self._threads: list[threading.Thread] = []
+        self._checkpoint_uploaded: dict[str, tuple[int, float]] = {}
+        self._ckpt_lock = threading.Lock()
+        self._transition("Starting")
+
+    # -- public API -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Request StopTrainingJob: SIGTERM every host, SIGKILL after the grace period. Thread-safe."""
+        if self._finished.is_set():
+            return
+        self._stop_requested.set()
+        with self._lock:
+            if self.state.status == "InProgress":
+                self.state.status = "Stopping"
+                self._notify()
+            handles = [h.handle for h in self._hosts if h.handle is not None]
+        for handle in handles:
+            handle.terminate()
+
+    def run(self) -> TrainingJobState:
+        """Run the job to its end and return the final state (never raises for job failures)."""
+        try:
+            self._run()
+        except (TrainingRequestError, StorageError, ExecutorError) as exc:
+            self._finish("Failed", "Failed", f"ClientError: {exc}" if isinstance(exc, TrainingRequestError) else str(exc))
+        except Exception as exc:  # an internal error must still end the job, with the traceback in the log
+            log.exception("training job %s failed internally", self.job_name)
+            self._finish("Failed", "Failed", f"InternalServerError: {type(exc).__name__}: {exc}")
+        finally:
+            self._stop_requested.set()
+            for thread in self._threads:
+                thread.join(timeout=10)
+            self._finished.set()
+        return self.snapshot()
+
+    def snapshot(self) -> TrainingJobState:
+        """A deep copy of the current state."""
+        with self._lock:
+            return copy.deepcopy(self.state)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _notify(self) -> None:
+        if self.on_update is not None:
+            try:
+                self.on_update(copy.deepcopy(self.state))
+            except Exception:
+                log.exception("on_update callback failed")
+
+    def _transition(self, secondary: str, message: str | None = None) -> None:
+        with self._lock:
+            now = _now()
+            for tr in self.state.transitions:
+                if "EndTime" not in tr:
+                    tr["EndTime"] = now
+            entry: dict[str, Any] = {"Status": secondary, "StartTime": now, "StatusMessage": message or MESSAGES.get(secondary, secondary)}
+            self.state.transitions.append(entry)
+            self.state.secondary_status = secondary
+            self._notify()
+
+    def _finish(self, status: str, secondary: str, reason: str | None, message: str | None = None) -> None:
+        with self._lock:
+            if self.state.end_time is not None and self.state.status in {"Completed", "Failed", "Stopped"}:
+                return
+            if reason:
+                self.state.failure_reason = reason[:FAILURE_REASON_LIMIT]
+            self.state.status = status
+            now = _now()
+            if self.state.start_time is None:
+                self.state.start_time = now
+            self.state.end_time = now
+            self._transition(secondary, message)
+            self.state.transitions[-1]["EndTime"] = now
+            self._notify()
+
+    # -- the job --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        req = self.request
+        algo = req.get("AlgorithmSpecification") or {}
+        if not isinstance(algo, dict):
+            raise TrainingRequestError("AlgorithmSpecification must be an object")
+        image = str(algo.get("TrainingImage") or "")
+        if algo.get("AlgorithmName") and not image:
+            image = str(algo["AlgorithmName"])
+        kind = classify_image(image)
+        default_mode = str(algo.get("TrainingInputMode") or "File")
+        channels = self._parse_channels(req.get("InputDataConfig") or [], default_mode)
+        output_path = str((req.get("OutputDataConfig") or {}).get("S3OutputPath") or "")
+        if not output_path:
+            raise TrainingRequestError("OutputDataConfig.S3OutputPath is required")
+        resources = req.get("ResourceConfig") or {}
+        count = int(resources.get("InstanceCount") or 1)
+        if count < 1:
+            raise TrainingRequestError("ResourceConfig.InstanceCount must be at least 1")
+        instance_type = str(resources.get("InstanceType") or "ml.m5.large")
+        max_runtime = float((req.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME)
+        for md in algo.get("MetricDefinitions") or []:
+            try:
+                self._metric_defs.append((str(md["Name"]), re.compile(str(md["Regex"]))))
+            except (KeyError, re.error) as exc:
+                raise TrainingRequestError(f"AlgorithmSpecification.MetricDefinitions: bad definition {md!r}: {exc}") from exc
+        hps = req.get("HyperParameters") or {}
+        if not isinstance(hps, dict):
+            raise TrainingRequestError("HyperParameters must be a map of strings")
+        checkpoint = req.get("CheckpointConfig") or {}
+
+        executor = self._executor(kind)
+        names = sorted(f"algo-{i}" for i in range(1, count + 1))  # lexicographic, as SageMaker sorts them
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        (self.work_dir / "logs").mkdir(exist_ok=True)
+        for name in names:
+            root = self.work_dir / "hosts" / name
+            if root.exists():
+                shutil.rmtree(root)
+            for sub in ("input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints", "code"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            self._hosts.append(_Host(name, root))
+            self._write_configs(root, name, names, instance_type, hps, channels, algo, checkpoint)
+
+        # -- Downloading
+        with self._lock:
+            self.state.start_time = _now()
+        self._transition("Downloading")
+        for index, host in enumerate(self._hosts):
+            for ch in channels:
+                self._fetch_channel(ch, host, index, len(self._hosts))
+        if checkpoint.get("S3Uri"):
+            for host in self._hosts:
+                self._restore_checkpoints(str(checkpoint["S3Uri"]), host)
+        if self._stop_requested.is_set():
+            self._finish("Stopped", "Stopped", None)
+            return
+
+        # -- Training
+        self._transition("Training")
+        env = self._environment(kind, req)
+        addresses = {n: "127.0.0.1" for n in names} if executor.kind == "process" else {n: n for n in names}
+        if count > 1:
+            env["SELFMAKER_TRACKER_PORT"] = str(_free_port() if executor.kind == "process" else 9099)
+        env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
+        args = tuple(algo.get("ContainerArguments") or ("train",))
+        entry = tuple(algo["ContainerEntrypoint"]) if algo.get("ContainerEntrypoint") else None
+        started = time.monotonic()
+        try:
+            for host in self._hosts:
+                spec = HostSpec(
+                    job_name=self.job_name, host=host.name, hosts=tuple(names), image=image, ml_root=host.root,
+                    env=dict(env), arguments=args if kind == "container" else ("train",), entrypoint=entry,
+                    instance_type=instance_type, host_addresses=addresses, work_dir=self._scratch(host.name),
+                )
+                handle = executor.start(spec)
+                with self._lock:
+                    host.handle = handle
+                host.reader = threading.Thread(target=self._read_logs, args=(host,), name=f"log-{host.name}", daemon=True)
+                host.reader.start()
+                if self._stop_requested.is_set():
+                    handle.terminate()
+            if checkpoint.get("S3Uri"):
+                sync = threading.Thread(target=self._checkpoint_loop, args=(str(checkpoint["S3Uri"]),), daemon=True)
+                sync.start()
+                self._threads.append(sync)
+            timed_out = self._wait_hosts(started, max_runtime)
+        finally:
+            for host in self._hosts:
+                if host.handle is not None and host.handle.poll() is None:
+                    host.handle.kill()
+                    host.handle.wait(10)
+                if host.reader is not None:
+                    host.reader.join(timeout=10)
+            executor.close()
+        if checkpoint.get("S3Uri"):
+            for host in self._hosts:
+                self._sync_checkpoints(str(checkpoint["S3Uri"]), host)
+
+        with self._lock:
+            codes = {h.name: (h.handle.poll() if h.handle else None) for h in self._hosts}
+            self.state.exit_codes = codes
+        stopped = self._stop_requested.is_set() and not timed_out
+        failed_hosts = [n for n in names if codes.get(n) not in (0,)]
+        reason: str | None = None
+        if not stopped and not timed_out and failed_hosts:
+            reason = self._failure_reason(failed_hosts, codes)
+
+        # -- Uploading (the model is uploaded after a stop too: the algorithm had the grace period to save it)
+        if reason is None:
+            self._transition("Uploading")
+        prefix = join(output_path, self.job_name, "output")
+        try:
+            if reason is None:
+                model_tar = self.work_dir / "model.tar.gz"
+                if self._tar_hosts(model_tar, "model") or not (stopped or timed_out):
+                    self.storage.upload(model_tar, join(prefix, "model.tar.gz"))
+                    with self._lock:
+                        self.state.model_artifacts = join(prefix, "model.tar.gz")
+            out_tar = self.work_dir / "output.tar.gz"
+            self._tar_hosts(out_tar, "output/data")
+            self.storage.upload(out_tar, join(prefix, "output.tar.gz"))
+            with self._lock:
+                self.state.output_artifacts = join(prefix, "output.tar.gz")
+        except StorageError as exc:
+            reason = reason or f"ClientError: cannot upload the job output: {exc}"
+            stopped = timed_out = False
+
+        if timed_out:
+            self._finish("Stopped", "MaxRuntimeExceeded",
+                         f"MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided ({max_runtime:g} s)")
+        elif stopped:
+            self._finish("Stopped", "Stopped", None)
+        elif reason is not None:
+            self._finish("Failed", "Failed", reason)
+        else:
+            self._finish("Completed", "Completed", None)
+
+    # -- request parsing ------------------------------------------------------------------------
+    def _parse_channels(self, config: Any, default_mode: str) -> list[_Channel]:
+        if not isinstance(config, list):
+            raise TrainingRequestError("InputDataConfig must be a list of channels")
+        out: list[_Channel] = []
+        seen: set[str] = set()
+        for i, ch in enumerate(config):
+            where = f"InputDataConfig[{i}]"
+            name = str(ch.get("ChannelName") or "")
+            if not re.fullmatch(r"[A-Za-z0-9\.\-_]+", name):
+                raise TrainingRequestError(f"{where}.ChannelName {name!r} is invalid")
+            if name in seen:
+                raise TrainingRequestError(f"{where}.ChannelName {name!r} is used twice")
+            seen.add(name)
+            src = (ch.get("DataSource") or {}).get("S3DataSource")
+            if not src or not src.get("S3Uri"):
+                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3Uri is required (FileSystemDataSource is not supported)")
+            data_type = str(src.get("S3DataType") or "S3Prefix")
+            if data_type not in {"S3Prefix", "ManifestFile"}:
+                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3DataType {data_type!r} is not supported (S3Prefix, ManifestFile)")
+            mode = str(ch.get("InputMode") or default_mode)
+            if mode not in {"File", "FastFile", "Pipe"}:
+                raise TrainingRequestError(f"{where}.InputMode {mode!r} must be File, FastFile or Pipe")
+            dist = str(src.get("S3DataDistributionType") or "FullyReplicated")
+            if dist not in {"FullyReplicated", "ShardedByS3Key"}:
+                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3DataDistributionType {dist!r} is invalid")
+            out.append(_Channel(
+                name=name, uri=str(src["S3Uri"]), data_type=data_type, distribution=dist, input_mode=mode,
+                content_type=ch.get("ContentType"), compression=str(ch.get("CompressionType") or "None"),
+                record_wrapper=str(ch.get("RecordWrapperType") or "None"),
+            ))
+        return out
+
+    def _executor(self, kind: str) -> Executor:
+        exec_kind = "container" if kind == "container" else "process"
+        if exec_kind in self.executors:
+            return self.executors[exec_kind]
+        if exec_kind == "process":
+            return ProcessExecutor()
+        try:
+            from training.executors import container as container_mod  # lands with the images work
+        except ImportError as exc:
+            raise ExecutorError("ClientError: this training image needs a container engine, and none is configured") from exc
+        return container_mod.ContainerExecutor()  # type: ignore[attr-defined,no-any-return]
+
+    def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
+        env = {str(k): str(v) for k, v in (req.get("Environment") or {}).items()}
+        env["TRAINING_JOB_NAME"] = self.job_name
+        env["TRAINING_JOB_ARN"] = self.job_arn
+        if kind in {"xgboost", "linear-learner"}:
+            env["SELFMAKER_ALGORITHM"] = kind
+        return env
+
+    def _write_configs(self, root: Path, host: str, hosts: list[str], instance_type: str, hps: dict[str, Any],
+                       channels: list[_Channel], algo: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        cfg = root / "input" / "config"
+        (cfg / "hyperparameters.json").write_text(json.dumps({str(k): str(v) for k, v in hps.items()}))
+        data_cfg: dict[str, Any] = {}
+        for ch in channels:
+            entry: dict[str, Any] = {
+                "TrainingInputMode": "Pipe" if ch.input_mode == "Pipe" else "File",
+                "S3DistributionType": ch.distribution,
+                "RecordWrapperType": ch.record_wrapper,
+            }
+            if ch.content_type:
+                entry["ContentType"] = ch.content_type
+            data_cfg[ch.name] = entry
+        (cfg / "inputdataconfig.json").write_text(json.dumps(data_cfg))
+        (cfg / "resourceconfig.json").write_text(json.dumps({
+            "current_host": host, "hosts": hosts, "network_interface_name": "eth0",
+            "current_instance_type": instance_type, "current_group_name": "homogeneousCluster",
+            "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}],
+        }))
+        if checkpoint.get("S3Uri"):
+            (cfg / "checkpointconfig.json").write_text(json.dumps({"LocalPath": "/opt/ml/checkpoints", "S3Uri": checkpoint["S3Uri"]}))
+        (cfg / "metric-definition-regex.json").write_text(json.dumps(algo.get("MetricDefinitions") or []))
+        (cfg / "trainingjobconfig.json").write_text(json.dumps(self.request, default=str))
+
+    # -- channels -------------------------------------------------------------------------------
+    def _objects(self, ch: _Channel) -> list[ObjectRef]:
+        if ch.data_type == "ManifestFile":
+            try:
+                manifest = json.loads(self.storage.read_bytes(ch.uri))
+            except ValueError as exc:
+                raise StorageError(f"manifest {ch.uri} is not valid JSON: {exc}") from exc
+            if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict) or "prefix" not in manifest[0]:
+                raise StorageError(f"manifest {ch.uri} must be a JSON list starting with {{\"prefix\": ...}}")
+            base = str(manifest[0]["prefix"])
+            return [ObjectRef(base.rstrip("/") + "/" + str(rel).lstrip("/"), str(rel).lstrip("/")) for rel in manifest[1:]]
+        refs = self.storage.list(ch.uri)
+        if not refs:
+            raise StorageError(f"channel {ch.name!r}: no objects under {ch.uri}")
+        return refs
+
+    def _fetch_channel(self, ch: _Channel, host: _Host, index: int, count: int) -> None:
+        refs = self._objects(ch)
+        if ch.distribution == "ShardedByS3Key" and count > 1:
+            refs = refs[index::count]
+        data = host.root / "input" / "data"
+        if ch.input_mode == "Pipe":
+            cache = self.work_dir / "pipe-cache" / host.name / ch.name
+            files = []
+            for i, ref in enumerate(refs):
+                dest = cache / f"{i:06d}"
+                self.storage.download(ref.uri, dest)
+                files.append(dest)
+            thread = threading.Thread(target=self._feed_pipe, args=(data, ch, files), name=f"pipe-{host.name}-{ch.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            return
+        target = data / ch.name
+        target.mkdir(parents=True, exist_ok=True)
+        for ref in refs:
+            dest = target / ref.relative
+            if not dest.resolve().is_relative_to(target.resolve()):
+                raise StorageError(f"channel {ch.name!r}: object {ref.uri} escapes the channel directory")
+            if ch.input_mode == "FastFile" and not is_s3(ref.uri):
+                # FastFile: readable at the same path without copying up front
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = Path(ref.uri[len("file://"):]) if ref.uri.startswith("file://") else Path(ref.uri)
+                os.symlink(src, dest)
+            else:
+                self.storage.download(ref.uri, dest)
+
+    def _feed_pipe(self, data_dir: Path, ch: _Channel, files: list[Path]) -> None:
+        """Create ``<channel>_<epoch>`` FIFOs one after the other and stream the channel through each."""
+        for epoch in range(MAX_PIPE_EPOCHS):
+            path = data_dir / f"{ch.name}_{epoch}"
+            try:
+                os.mkfifo(path)
+            except FileExistsError:
+                pass
+            fd = None
+            while not self._stop_requested.is_set():
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                        return
+                    time.sleep(0.02)
+            if fd is None:
+                return
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+            try:
+                with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                    for f in files:
+                        opener = gzip.open if ch.compression == "Gzip" else open
+                        with opener(f, "rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+            except (BrokenPipeError, OSError):
+                pass  # the reader closed early: this epoch is over for it
+
+    # -- logs and metrics -----------------------------------------------------------------------
+    def _read_logs(self, host: _Host) -> None:
+        assert host.handle is not None
+        path = self.work_dir / "logs" / f"{host.name}.log"
+        with self._lock:
+            self.state.log_files[host.name] = str(path)
+        with open(path, "ab") as sink:
+            for raw in iter(host.handle.stream.readline, b""):
+                sink.write(raw)
+                sink.flush()
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self._match_metrics(line)
+                if self.on_log is not None:
+                    try:
+                        self.on_log(host.name, line)
+                    except Exception:
+                        log.exception("on_log callback failed")
+
+    def _match_metrics(self, line: str) -> None:
+        for name, pattern in self._metric_defs:
+            m = pattern.search(line)
+            if not m:
+                continue
+            text = m.group(1) if m.groups() else m.group(0)
+            try:
+                value = float(text)
+            except (TypeError, ValueError):
+                continue
+            point = {"MetricName": name, "Value": value, "Timestamp": _now()}
+            with self._lock:
+                self.state.metrics.append(point)
+                self.state.final_metrics[name] = dict(point)
+
+    # -- waiting --------------------------------------------------------------------------------
+    def _wait_hosts(self, started: float, max_runtime: float) -> bool:
+        """Wait for every host; returns True when MaxRuntimeInSeconds ended the job."""
+        deadline = started + max_runtime
+        kill_at: float | None = None
+        timed_out = False
+        while True:
+            alive = [h for h in self._hosts if h.handle is not None and h.handle.poll() is None]
+            if not alive:
+                return timed_out
+            now = time.monotonic()
+            if not timed_out and now >= deadline and not self._stop_requested.is_set():
+                timed_out = True
+                log.info("job %s exceeded MaxRuntimeInSeconds=%s; stopping", self.job_name, max_runtime)
+                self._stop_requested.set()
+                for h in alive:
+                    h.handle.terminate()  # type: ignore[union-attr]
+            if self._stop_requested.is_set() and kill_at is None:
+                kill_at = now + self.stop_grace_seconds
+                with self._lock:
+                    if self.state.status == "InProgress":
+                        self.state.status = "Stopping"
+                for h in alive:
+                    h.handle.terminate()  # type: ignore[union-attr]
+            if kill_at is not None and now >= kill_at:
+                for h in alive:
+                    h.handle.kill()  # type: ignore[union-attr]
+            # a failed host ends the job for everyone (SageMaker stops the cluster)
+            if any(h.handle is not None and h.handle.poll() not in (None, 0) for h in self._hosts) and kill_at is None:
+                kill_at = now + min(self.stop_grace_seconds, 10.0)
+                for h in alive:
+                    h.handle.terminate()  # type: ignore[union-attr]
+            alive[0].handle.wait(0.1)  # type: ignore[union-attr]
+
+    def _failure_reason(self, failed: list[str], codes: dict[str, int | None]) -> str:
+        for name in failed:
+            path = self.work_dir / "hosts" / name / "output" / "failure"
+            if path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace").strip()
+                if text:
+                    if not text.startswith(("ClientError", "AlgorithmError")):
+                        text = "AlgorithmError: " + text
+                    return text[:FAILURE_REASON_LIMIT]
+        name = failed[0]
+        tail = ""
+        log_path = self.work_dir / "logs" / f"{name}.log"
+        if log_path.is_file():
+            lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            tail = "\n".join(lines[-10:])
+        return (f"AlgorithmError: {name} exited with code {codes.get(name)}" + (f"; last log lines:\n{tail}" if tail else ""))[:FAILURE_REASON_LIMIT]
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _restore_checkpoints(self, uri: str, host: _Host) -> None:
+        target = host.root / "checkpoints"
+        prefix = uri.rstrip("/") + "/"
+        try:
+            refs = self.storage.list(prefix)
+        except StorageError:
+            return  # nothing there yet
+        for ref in refs:
+            dest = target / ref.relative
+            self.storage.download(ref.uri, dest)
+            st = dest.stat()
+            self._checkpoint_uploaded[f"{host.name}/{ref.relative}"] = (st.st_size, st.st_mtime)
+
+    def _checkpoint_loop(self, uri: str) -> None:
+        while not self._stop_requested.wait(self.checkpoint_sync_interval):
+            for host in self._hosts:
+                try:
+                    self._sync_checkpoints(uri, host)
+                except StorageError:
+                    log.warning("checkpoint sync of %s failed; retrying", host.name, exc_info=True)
+            if all(h.handle is not None and h.handle.poll() is not None for h in self._hosts):
+                return
+
+    def _sync_checkpoints(self, uri: str, host: _Host) -> None:
+        """Upload new/changed files of the host's checkpoint dir; delete in S3 what it deleted locally."""
+        with self._ckpt_lock:
+            root = host.root / "checkpoints"
+            present: set[str] = set()
+            for path in sorted(root.rglob("*")):
+                if not path.is_file() or path.name.endswith((".tmp", ".partial")):
+                    continue
+                rel = path.relative_to(root).as_posix()
+                key = f"{host.name}/{rel}"
+                present.add(key)
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                sig = (st.st_size, st.st_mtime)
+                if self._checkpoint_uploaded.get(key) != sig:
+                    self.storage.upload(path, join(uri, rel))
+                    self._checkpoint_uploaded[key] = sig
+            for key in [k for k in self._checkpoint_uploaded if k.startswith(host.name + "/") and k not in present]:
+                self.storage.delete(join(uri, key.split("/", 1)[1]))
+                del self._checkpoint_uploaded[key]
+
+    # -- artifacts ------------------------------------------------------------------------------
+    def _tar_hosts(self, dest: Path, sub: str) -> bool:
+        """Tar ``<host>/<sub>`` of every host into one archive (algo-1 wins on clashes); True if not empty."""
+        seen: set[str] = set()
+        with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
+            for host in self._hosts:
+                base = host.root / sub
+                if not base.is_dir():
+                    continue
+                for path in sorted(base.rglob("*")):
+                    rel = path.relative_to(base).as_posix()
+                    if rel in seen or path.is_symlink() or not (path.is_file() or path.is_dir()):
+                        continue
+                    seen.add(rel)
+                    tar.add(path, arcname=rel, recursive=False)
+        return bool(seen)
+
+    def _scratch(self, host: str) -> Path:
+        path = self.work_dir / "scratch" / host
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+__all__ = ["TrainingJobRunner", "TrainingJobState", "TrainingRequestError", "MESSAGES"]
