@@ -1,0 +1,428 @@
+"""Queue backends (lease / visibility-timeout, at-least-once) and durable state stores.
+
+Both queues behave like SQS: :meth:`QueueBackend.receive` hides a message for a visibility timeout
+and hands out a lease; :meth:`QueueBackend.ack` deletes it; a lease that is neither acked nor
+extended in time makes the message visible again, so a worker killed at any moment loses nothing
+(the message is processed again — the worker makes that harmless, see :mod:`serving.asyncq.worker`).
+
+The :class:`StateStore` keeps per-request facts that must survive a crash: the recorded outcome and the
+"notified" mark that de-duplicates SNS notifications by InferenceId.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from botocore.exceptions import ClientError
+
+from serving.asyncq.request import AsyncRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A received message: the request plus what is needed to ack / extend / release it."""
+
+    request: AsyncRequest
+    handle: str
+    receive_count: int
+
+
+class QueueBackend(abc.ABC):
+    """One endpoint's request queue (at-least-once delivery with leases)."""
+
+    name: str
+    #: durable per-request facts (outcome, notified mark) that travel with this queue
+    state: StateStore
+
+    @abc.abstractmethod
+    def put(self, request: AsyncRequest) -> bool:
+        """Store ``request`` durably; return only once it is durable. False if the InferenceId was
+        already queued on this queue (the call is then a no-op)."""
+
+    @abc.abstractmethod
+    def receive(self, max_messages: int, visibility_timeout: float, wait_seconds: float = 0.0) -> list[Lease]:
+        """Lease up to ``max_messages`` visible messages for ``visibility_timeout`` seconds."""
+
+    @abc.abstractmethod
+    def ack(self, lease: Lease) -> bool:
+        """Delete the message; False if the lease was lost (the message went to someone else)."""
+
+    @abc.abstractmethod
+    def extend(self, lease: Lease, visibility_timeout: float) -> bool:
+        """Keep the message hidden for ``visibility_timeout`` more seconds; False if the lease was lost."""
+
+    @abc.abstractmethod
+    def release(self, lease: Lease, delay: float = 0.0) -> bool:
+        """Make the message visible again after ``delay`` seconds (retry later)."""
+
+    @abc.abstractmethod
+    def backlog(self) -> int:
+        """Messages not yet acked (waiting or in flight) — SageMaker's ApproximateBacklogSize."""
+
+    def close(self) -> None:
+        """Release resources (connections)."""
+
+
+class StateStore(Protocol):
+    """Durable key/value facts per (queue, InferenceId)."""
+
+    def get(self, queue: str, inference_id: str, key: str) -> str | None:
+        """The stored value, or None."""
+
+    def put(self, queue: str, inference_id: str, key: str, value: str) -> None:
+        """Store durably (replace); returns once durable."""
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS async_queue (
+    queue TEXT NOT NULL,
+    inference_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    enqueued_at REAL NOT NULL,
+    visible_at REAL NOT NULL,
+    lease_token TEXT,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    done_at REAL,
+    PRIMARY KEY (queue, inference_id)
+);
+CREATE INDEX IF NOT EXISTS async_queue_ready ON async_queue (queue, done_at, visible_at, enqueued_at);
+CREATE TABLE IF NOT EXISTS async_state (
+    queue TEXT NOT NULL,
+    inference_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (queue, inference_id, key)
+);
+"""
+
+
+class _SqliteDb:
+    """A WAL database file shared by processes; one connection per thread."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # executescript manages its own transaction; every statement is IF NOT EXISTS.
+        self.connection().executescript(_SCHEMA)
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before put() returns, so "accepted" survives power loss too.
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+class SqliteStateStore:
+    """:class:`StateStore` in the queue's SQLite file."""
+
+    def __init__(self, db: _SqliteDb | str | Path) -> None:
+        self._db = db if isinstance(db, _SqliteDb) else _SqliteDb(db)
+
+    def get(self, queue: str, inference_id: str, key: str) -> str | None:
+        row = (
+            self._db.connection()
+            .execute("SELECT value FROM async_state WHERE queue=? AND inference_id=? AND key=?", (queue, inference_id, key))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def put(self, queue: str, inference_id: str, key: str, value: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO async_state (queue, inference_id, key, value, updated_at) VALUES (?,?,?,?,?)",
+                (queue, inference_id, key, value, time.time()),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class SqliteQueue(QueueBackend):
+    """Local queue: a table in a WAL SQLite file (``<home>/async/queue.db``), shared by all endpoints.
+
+    Many processes may use the same file (the platform enqueues, worker processes lease); every state
+    change is one ``BEGIN IMMEDIATE`` transaction.
+    """
+
+    def __init__(self, path: str | Path, name: str, *, poll_interval: float = 0.02, synchronous: str = "FULL") -> None:
+        self.name = name
+        self._db = _SqliteDb(path, synchronous=synchronous)
+        self.state = SqliteStateStore(self._db)
+        self._poll_interval = poll_interval
+
+    def put(self, request: AsyncRequest) -> bool:
+        now = time.time()
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO async_queue (queue, inference_id, body, enqueued_at, visible_at) VALUES (?,?,?,?,?)",
+                (self.name, request.inference_id, request.to_json(), now, now),
+            )
+            return cur.rowcount == 1
+
+    def get_request(self, inference_id: str) -> AsyncRequest | None:
+        """The stored request with this InferenceId (used to answer a repeated accept idempotently)."""
+        row = (
+            self._db.connection()
+            .execute("SELECT body FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id))
+            .fetchone()
+        )
+        return None if row is None else AsyncRequest.from_json(row[0])
+
+    def _receive_once(self, max_messages: int, visibility_timeout: float) -> list[Lease]:
+        now = time.time()
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT inference_id, body, receive_count FROM async_queue "
+                "WHERE queue=? AND done_at IS NULL AND visible_at<=? ORDER BY enqueued_at LIMIT ?",
+                (self.name, now, max_messages),
+            ).fetchall()
+            leases = []
+            for inference_id, body, count in rows:
+                token = uuid.uuid4().hex
+                conn.execute(
+                    "UPDATE async_queue SET visible_at=?, lease_token=?, receive_count=? WHERE queue=? AND inference_id=?",
+                    (now + visibility_timeout, token, count + 1, self.name, inference_id),
+                )
+                leases.append(Lease(AsyncRequest.from_json(body), f"{inference_id}\n{token}", count + 1))
+        return leases
+
+    def receive(self, max_messages: int, visibility_timeout: float, wait_seconds: float = 0.0) -> list[Lease]:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            leases = self._receive_once(max_messages, visibility_timeout)
+            if leases or time.monotonic() >= deadline:
+                return leases
+            time.sleep(min(self._poll_interval, max(0.0, deadline - time.monotonic())))
+
+    def _update_leased(self, lease: Lease, sql: str, args: tuple[Any, ...]) -> bool:
+        inference_id, token = lease.handle.split("\n", 1)
+        with self._db.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE async_queue SET {sql} WHERE queue=? AND inference_id=? AND lease_token=? AND done_at IS NULL",
+                (*args, self.name, inference_id, token),
+            )
+            return cur.rowcount == 1
+
+    def ack(self, lease: Lease) -> bool:
+        return self._update_leased(lease, "done_at=?, lease_token=NULL", (time.time(),))
+
+    def extend(self, lease: Lease, visibility_timeout: float) -> bool:
+        return self._update_leased(lease, "visible_at=?", (time.time() + visibility_timeout,))
+
+    def release(self, lease: Lease, delay: float = 0.0) -> bool:
+        return self._update_leased(lease, "visible_at=?, lease_token=NULL", (time.time() + delay,))
+
+    def backlog(self) -> int:
+        row = (
+            self._db.connection()
+            .execute("SELECT COUNT(*) FROM async_queue WHERE queue=? AND done_at IS NULL", (self.name,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest unfinished request has waited (ApproximateAgeOfOldestRequest); 0 when empty."""
+        row = (
+            self._db.connection()
+            .execute("SELECT MIN(enqueued_at) FROM async_queue WHERE queue=? AND done_at IS NULL", (self.name,))
+            .fetchone()
+        )
+        return 0.0 if row[0] is None else max(0.0, time.time() - float(row[0]))
+
+    def prune(self, older_than_seconds: float) -> int:
+        """Forget finished requests (and their state) older than this; returns how many."""
+        cutoff = time.time() - older_than_seconds
+        with self._db.transaction() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT inference_id FROM async_queue WHERE queue=? AND done_at IS NOT NULL AND done_at<?",
+                    (self.name, cutoff),
+                )
+            ]
+            for inference_id in ids:
+                conn.execute("DELETE FROM async_state WHERE queue=? AND inference_id=?", (self.name, inference_id))
+                conn.execute("DELETE FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id))
+        return len(ids)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# --------------------------------------------------------------------------- SQS
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class SqsQueue(QueueBackend):
+    """An SQS queue (what AWS deployments use). FIFO queues (``.fifo``) also de-duplicate accepts by InferenceId.
+
+    The per-request state lives in a separate :class:`StateStore` (S3 prefix or SQLite file).
+    """
+
+    def __init__(self, queue_url: str, state: StateStore, *, client: Any = None, name: str | None = None) -> None:
+        import boto3
+
+        self.queue_url = queue_url
+        self.name = name or queue_url.rstrip("/").rsplit("/", 1)[-1]
+        self.state = state
+        self._client = client or boto3.client("sqs")
+        self._fifo = queue_url.endswith(".fifo")
+
+    def put(self, request: AsyncRequest) -> bool:
+        kwargs: dict[str, Any] = {"QueueUrl": self.queue_url, "MessageBody": request.to_json()}
+        if self._fifo:
+            digest = hashlib.sha256(f"{request.endpoint_name}\n{request.inference_id}".encode()).hexdigest()
+            kwargs.update(MessageGroupId=digest[:64], MessageDeduplicationId=digest[:128])
+        self._client.send_message(**kwargs)
+        return True
+
+    def receive(self, max_messages: int, visibility_timeout: float, wait_seconds: float = 0.0) -> list[Lease]:
+        resp = self._client.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=max(1, min(10, max_messages)),
+            VisibilityTimeout=max(0, int(round(visibility_timeout))),
+            WaitTimeSeconds=max(0, min(20, int(wait_seconds))),
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        leases = []
+        for msg in resp.get("Messages", []):
+            count = int(msg.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+            try:
+                request = AsyncRequest.from_json(msg["Body"])
+            except (ValueError, TypeError, KeyError):
+                # A foreign message can never be processed; dropping it beats redelivering it forever.
+                log.error("dropping malformed message %s from %s", msg.get("MessageId"), self.queue_url)
+                self._client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=msg["ReceiptHandle"])
+                continue
+            leases.append(Lease(request, msg["ReceiptHandle"], count))
+        return leases
+
+    def _visibility(self, lease: Lease, seconds: float) -> bool:
+        try:
+            self._client.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=lease.handle, VisibilityTimeout=max(0, int(round(seconds)))
+            )
+        except ClientError:  # the lease is gone (expired, or deleted by another worker)
+            return False
+        return True
+
+    def ack(self, lease: Lease) -> bool:
+        try:
+            self._client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=lease.handle)
+        except ClientError:
+            return False
+        return True
+
+    def extend(self, lease: Lease, visibility_timeout: float) -> bool:
+        return self._visibility(lease, visibility_timeout)
+
+    def release(self, lease: Lease, delay: float = 0.0) -> bool:
+        return self._visibility(lease, delay)
+
+    def backlog(self) -> int:
+        attrs = self._client.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return sum(int(v) for v in attrs.values())
+
+
+class S3StateStore:
+    """:class:`StateStore` as small objects under an ``s3://bucket/prefix`` (no database needed in AWS)."""
+
+    def __init__(self, prefix: str, *, client: Any = None) -> None:
+        import boto3
+
+        parsed = urlparse(prefix)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"state prefix must be s3://bucket/prefix, got {prefix!r}")
+        self._bucket = parsed.netloc
+        self._prefix = parsed.path.strip("/")
+        self._client = client or boto3.client("s3")
+
+    def _key(self, queue: str, inference_id: str, key: str) -> str:
+        return "/".join(p for p in (self._prefix, queue, inference_id, key) if p)
+
+    def get(self, queue: str, inference_id: str, key: str) -> str | None:
+        try:
+            obj = self._client.get_object(Bucket=self._bucket, Key=self._key(queue, inference_id, key))
+        except ClientError as exc:
+            if _error_code(exc) in {"NoSuchKey", "404"}:
+                return None
+            raise
+        return str(obj["Body"].read().decode("utf-8"))
+
+    def put(self, queue: str, inference_id: str, key: str, value: str) -> None:
+        self._client.put_object(Bucket=self._bucket, Key=self._key(queue, inference_id, key), Body=value.encode("utf-8"))
+
+
+def open_queue(spec: str, name: str, *, state: str | None = None) -> QueueBackend:
+    """Open a queue from a spec: ``sqlite:<path>`` or ``sqs:<queue url>`` (then ``state`` is
+    ``s3://bucket/prefix`` or ``sqlite:<path>``)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite" and rest:
+        return SqliteQueue(rest, name)
+    if kind == "sqs" and rest:
+        if not state:
+            raise ValueError("an SQS queue needs a state store (s3://bucket/prefix or sqlite:<path>)")
+        store: StateStore
+        if state.startswith("sqlite:"):
+            store = SqliteStateStore(state.partition(":")[2])
+        else:
+            store = S3StateStore(state)
+        return SqsQueue(rest, store, name=name)
+    raise ValueError(f"unknown queue spec {spec!r} (expected sqlite:<path> or sqs:<queue url>)")
