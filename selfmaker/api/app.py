@@ -1,0 +1,261 @@
+"""The aiohttp application of `selfmaker up`: control plane, runtime, extension routes.
+
+* ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>`` → the registered operation handler, after
+  validating the body against botocore's model (JSON 1.1 protocol);
+* ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
+* ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
+* routes registered by extensions with ``@runtime_route``.
+
+Errors are rendered here and only here: control-plane errors as ``{"__type", "message"}``; runtime errors
+with the ``x-amzn-ErrorType`` header and a JSON body; anything unexpected as a 500 "internal error" with
+the traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from selfmaker import logcontext
+from selfmaker.api.common import compact
+from selfmaker.api.validation import service_model, validate_request
+from selfmaker.errors import (
+    InternalFailure,
+    ModelError,
+    SageMakerError,
+    UnknownOperation,
+    ValidationError,
+    ValidationException,
+)
+from selfmaker.platform import Platform
+
+log = logging.getLogger(__name__)
+
+PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform", Platform)
+JSON11 = "application/x-amz-json-1.1"
+#: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
+CLIENT_MAX_SIZE = 64 * 1024 * 1024
+
+
+def _control_error(exc: SageMakerError, request_id: str) -> web.Response:
+    body = {"__type": exc.code, "message": exc.message if exc.status < 500 else "internal error"}
+    return web.Response(status=int(exc.status), body=orjson.dumps(body), content_type=JSON11,
+                        headers={"x-amzn-RequestId": request_id})
+
+
+def runtime_error(exc: SageMakerError, request_id: str) -> web.Response:
+    """A runtime (rest-json) error response: code in ``x-amzn-ErrorType`` and the body."""
+    message = exc.message if exc.status < 500 else "internal error"
+    body: dict[str, Any] = {"__type": exc.code, "Message": message, "message": message, **exc.extra}
+    return web.Response(status=int(exc.status), body=orjson.dumps(body), content_type="application/json",
+                        headers={"x-amzn-ErrorType": exc.code, "x-amzn-RequestId": request_id})
+
+
+async def control_plane(request: web.Request) -> web.Response:
+    """Dispatch one JSON 1.1 control-plane call."""
+    platform = request.app[PLATFORM_KEY]
+    request_id = str(uuid.uuid4())
+    logcontext.request_id.set(request_id)
+    target = request.headers.get("X-Amz-Target", "")
+    service, _, op_name = target.partition(".")
+    try:
+        handler = platform.registry.operations.get(op_name) if service == "SageMaker" else None
+        if handler is None:
+            raise UnknownOperation(f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker.")
+        raw = await request.read()
+        try:
+            params = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            raise ValidationException("The request body is not valid JSON.") from None
+        if not isinstance(params, dict):
+            raise ValidationException("The request body must be a JSON object.")
+        model = service_model()
+        if op_name in model.operation_names:
+            validate_request(model.operation_model(op_name), params)
+        result = await handler(platform, params)
+        body = orjson.dumps(compact(result or {}))
+        return web.Response(body=body, content_type=JSON11, headers={"x-amzn-RequestId": request_id})
+    except SageMakerError as exc:
+        if exc.status >= 500:
+            log.error("%s failed: %s", op_name, exc.message)
+        return _control_error(exc, request_id)
+    except Exception:
+        log.exception("%s failed", op_name or target)
+        return _control_error(InternalFailure("internal error"), request_id)
+
+
+def _header(value: str | None) -> str | None:
+    """A header value without CR/LF (header injection)."""
+    if value is None:
+        return None
+    return value.replace("\r", "").replace("\n", "")
+
+
+async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
+    """InvokeEndpoint: route to a variant and instance, proxy the request, answer with the model's bytes."""
+    platform = request.app[PLATFORM_KEY]
+    headers = request.headers
+    request_id = str(uuid.uuid4())
+    name = request.match_info["name"]
+    try:
+        runtime = platform.endpoints.runtime_for(name)
+        if request.content_length is not None and request.content_length > platform.settings.max_payload_bytes:
+            raise ValidationError(f"Request payload is too large: the limit is {platform.settings.max_payload_bytes} bytes.")
+        body = await request.read()
+        if len(body) > platform.settings.max_payload_bytes:
+            raise ValidationError(f"Request payload is too large: the limit is {platform.settings.max_payload_bytes} bytes.")
+        return await forward(platform, runtime, request_id, body, headers)
+    except SageMakerError as exc:
+        return runtime_error(exc, request_id)
+    except Exception:
+        log.exception("invocation of %s failed", name)
+        return runtime_error(InternalFailure("internal error"), request_id)
+
+
+async def forward(platform: Platform, runtime: Any, request_id: str, body: bytes, headers: Any) -> web.Response:
+    """Send one invocation through ``runtime``'s router and build the runtime response (raises SageMakerError)."""
+    from selfmaker.endpoints.runtime import InvocationRecord
+
+    record = InvocationRecord(
+        endpoint_name=runtime.name, body=body,
+        content_type=headers.get("Content-Type"), accept=headers.get("Accept"),
+        custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+        target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
+        inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
+    )
+    for check in runtime.pre_invoke:
+        check(record)
+    out_headers = {"Content-Type": _header(record.content_type) or "application/octet-stream"}
+    if record.accept:
+        out_headers["Accept"] = _header(record.accept) or ""
+    if record.custom_attributes:
+        out_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.custom_attributes) or ""
+    if record.inference_id:
+        out_headers["X-Amzn-SageMaker-Inference-Id"] = _header(record.inference_id) or ""
+    variant = runtime.route(record.target_variant)
+    record.variant_name = variant.name
+    status, payload, resp_headers = await call_variant(platform, runtime, variant, body, out_headers)
+    record.latency = time.time() - record.started
+    record.status = status
+    if status >= 400:
+        raise model_error(platform, runtime.name, status, payload)
+    record.response_body = payload
+    record.response_content_type = resp_headers.get("Content-Type")
+    record.response_custom_attributes = resp_headers.get("X-Amzn-SageMaker-Custom-Attributes")
+    response_headers = {"x-Amzn-Invoked-Production-Variant": variant.name, "x-amzn-RequestId": request_id}
+    if record.response_custom_attributes:
+        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.response_custom_attributes) or ""
+    for observer in runtime.observers:
+        try:
+            observer(record)
+        except Exception:  # noqa: BLE001 - an observer must never fail the client's request
+            log.exception("invocation observer failed")
+    response = web.Response(status=200, body=payload, headers=response_headers)
+    if record.response_content_type:
+        response.headers["Content-Type"] = record.response_content_type
+    return response
+
+
+async def call_variant(platform: Platform, runtime: Any, variant: Any, body: bytes,
+                       headers: dict[str, str], *, attempts: int = 3) -> tuple[int, bytes, Any]:
+    """POST ``body`` to an instance of ``variant`` (least outstanding); retried on another instance only
+    when the connection could not be made (the request never reached a model server)."""
+    pool = variant.pool
+    timeout = aiohttp.ClientTimeout(total=platform.settings.invocation_timeout)
+    for attempt in range(attempts):
+        instance = await pool.acquire()
+        try:
+            async with platform.session.post(instance.invocations_url, data=body, headers=headers,
+                                             timeout=timeout) as resp:
+                payload = await resp.read()
+                return resp.status, payload, resp.headers
+        except aiohttp.ClientConnectorError:
+            platform.endpoints.mark_dead(pool, instance)
+            if attempt == attempts - 1:
+                raise ModelError(
+                    f"Received server error (0) from primary with message \"The model server of variant "
+                    f"{variant.name} is not reachable.\". See `selfmaker logs {runtime.name}` for more information.",
+                    extra=_model_error_extra(platform, runtime.name, 0, "model server not reachable")) from None
+        except asyncio.TimeoutError:
+            raise ModelError(
+                "Received server error (0) from primary with message \"Your invocation timed out while waiting for "
+                "a response from container primary. Review the latency metrics for each container in Amazon "
+                "CloudWatch, resolve the issue, and try again.\". "
+                f"See `selfmaker logs {runtime.name}` for more information.",
+                extra=_model_error_extra(platform, runtime.name, 0, "timeout")) from None
+        except aiohttp.ClientError as exc:
+            raise ModelError(
+                f"Received server error (0) from primary with message \"{type(exc).__name__}\". "
+                f"See `selfmaker logs {runtime.name}` for more information.",
+                extra=_model_error_extra(platform, runtime.name, 0, "connection error")) from None
+        finally:
+            pool.release(instance)
+    raise AssertionError("unreachable")
+
+
+def _model_error_extra(platform: Platform, endpoint: str, status: int, original: str) -> dict[str, Any]:
+    settings = platform.settings
+    return {
+        "ErrorCode": "CLIENT_ERROR_FROM_MODEL" if 400 <= status < 500 else "SERVER_ERROR_FROM_MODEL",
+        "OriginalStatusCode": status,
+        "OriginalMessage": original,
+        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:/aws/sagemaker/Endpoints/{endpoint}",
+    }
+
+
+def model_error(platform: Platform, endpoint: str, status: int, payload: bytes) -> ModelError:
+    """SageMaker's ModelError (424) for a model server's non-2xx answer."""
+    original = payload.decode("utf-8", errors="replace")[:4096]
+    kind = "client" if 400 <= status < 500 else "server"
+    return ModelError(
+        f"Received {kind} error ({status}) from primary with message \"{original}\". "
+        f"See `selfmaker logs {endpoint}` in account {platform.settings.account_id} for more information.",
+        extra=_model_error_extra(platform, endpoint, status, original))
+
+
+async def ping(request: web.Request) -> web.Response:
+    """Readiness of the platform itself."""
+    return web.json_response({"status": "ok"})
+
+
+def _wrap_route(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def route(request: web.Request) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        try:
+            return await handler(request.app[PLATFORM_KEY], request)
+        except SageMakerError as exc:
+            return runtime_error(exc, request_id)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return runtime_error(InternalFailure("internal error"), request_id)
+
+    return route
+
+
+def create_app(platform: Platform) -> web.Application:
+    """The aiohttp application; the platform is started/stopped with the app's lifecycle."""
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[PLATFORM_KEY] = platform
+
+    async def lifecycle(app: web.Application) -> Any:
+        await platform.start()
+        yield
+        await platform.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/", control_plane)
+    app.router.add_get("/ping", ping)
+    app.router.add_post("/endpoints/{name}/invocations", invoke_endpoint)
+    for method, path, handler in platform.registry.routes:
+        app.router.add_route(method, path, _wrap_route(handler))
+    return app

@@ -1,0 +1,107 @@
+"""Helpers shared by the control-plane operation modules: timestamps, listing, pagination."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from selfmaker.errors import ValidationException
+from selfmaker.state import Record
+
+
+def compact(value: Any) -> Any:
+    """``value`` without None members, recursively (SageMaker never sends ``null``)."""
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    return value
+
+
+def to_epoch(value: Any, member: str) -> float:
+    """A request timestamp (epoch number or ISO-8601 text) as epoch seconds."""
+    if isinstance(value, bool):
+        raise ValidationException(f"Invalid timestamp at '{member}'")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                raise ValidationException(f"Invalid timestamp '{value}' at '{member}'") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        return parsed.timestamp()
+    raise ValidationException(f"Invalid timestamp at '{member}'")
+
+
+def encode_token(offset: int, fingerprint: str) -> str:
+    """An opaque NextToken for the page starting at ``offset`` of a listing with these filters."""
+    raw = json.dumps({"o": offset, "f": fingerprint}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_token(token: str, fingerprint: str) -> int:
+    """The offset in ``token``; ValidationException when it is not ours or belongs to other filters."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset = int(data["o"])
+        if data["f"] != fingerprint or offset < 0:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise ValidationException("Invalid pagination token: NextToken does not match this request.") from None
+    return offset
+
+
+SORT_KEYS: dict[str, Callable[[Record], Any]] = {
+    "Name": lambda r: r.name.lower(),
+    "CreationTime": lambda r: r.created,
+    "Status": lambda r: (r.status or "").lower(),
+    "LastModifiedTime": lambda r: r.modified,
+}
+
+
+def list_page(
+    records: Sequence[Record],
+    params: dict[str, Any],
+    summarize: Callable[[Record], dict[str, Any]],
+    *,
+    default_order: str = "Descending",
+    status_field: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Filter, sort and paginate ``records`` as SageMaker's List* operations do.
+
+    Honours NameContains (case-insensitive), CreationTime/LastModifiedTime Before/After, StatusEquals,
+    SortBy (default CreationTime), SortOrder, MaxResults (default 10, 1..100) and NextToken.
+    """
+    selected = list(records)
+    name_contains = params.get("NameContains")
+    if name_contains:
+        needle = name_contains.lower()
+        selected = [r for r in selected if needle in r.name.lower()]
+    for member, attr, before in (
+        ("CreationTimeBefore", "created", True), ("CreationTimeAfter", "created", False),
+        ("LastModifiedTimeBefore", "modified", True), ("LastModifiedTimeAfter", "modified", False),
+    ):
+        if params.get(member) is not None:
+            bound = to_epoch(params[member], member)
+            selected = [r for r in selected if (getattr(r, attr) < bound if before else getattr(r, attr) > bound)]
+    if params.get("StatusEquals"):
+        selected = [r for r in selected if r.status == params["StatusEquals"]]
+    sort_by = params.get("SortBy") or "CreationTime"
+    key = SORT_KEYS.get(sort_by, SORT_KEYS["CreationTime"])
+    descending = (params.get("SortOrder") or default_order) == "Descending"
+    selected.sort(key=lambda r: (key(r), r.name.lower()), reverse=descending)
+    max_results = params.get("MaxResults") or 10
+    fingerprint = json.dumps({k: params.get(k) for k in sorted(params) if k not in {"NextToken", "MaxResults"}},
+                             sort_keys=True, default=str)
+    offset = decode_token(params["NextToken"], fingerprint) if params.get("NextToken") else 0
+    page = selected[offset: offset + max_results]
+    next_token = encode_token(offset + max_results, fingerprint) if offset + max_results < len(selected) else None
+    return [summarize(r) for r in page], next_token

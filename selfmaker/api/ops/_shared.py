@@ -1,0 +1,41 @@
+"""Small helpers of the operation modules (not an operation module itself)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.errors import ValidationException
+from selfmaker.state import Record
+
+if TYPE_CHECKING:
+    from selfmaker.platform import Platform
+
+#: the noun SageMaker uses in "Could not find <noun> ..." messages
+NOUNS = {"model": "model", "endpoint-config": "endpoint configuration", "endpoint": "endpoint"}
+
+
+def public(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored document without internal keys (``_…``) and without None values."""
+    return {k: v for k, v in doc.items() if not k.startswith("_") and v is not None}
+
+
+def find(platform: Platform, kind: str, name: str) -> Record:
+    """The record of ``name`` or SageMaker's ``Could not find <noun> "<arn>".`` ValidationException."""
+    record = platform.store.get(kind, name)
+    if record is None:
+        raise ValidationException(f'Could not find {NOUNS[kind]} "{platform.arn(kind, name)}".')
+    return record
+
+
+def create_record(platform: Platform, kind: str, name: str, doc: dict[str, Any], *, status: str | None = None,
+                  tags: list[dict[str, str]] | None = None) -> Record:
+    """Insert a new resource; ``Cannot create already existing <noun> "<arn>".`` when the name is taken."""
+    now = time.time()
+    arn = platform.arn(kind, name)
+    record = Record(kind=kind, name=name, arn=arn, status=status, created=now, modified=now, doc=doc)
+    if not platform.store.insert(record):
+        raise ValidationException(f'Cannot create already existing {NOUNS.get(kind, kind)} "{arn}".')
+    if tags:
+        platform.store.add_tags(arn, tags)
+    return record

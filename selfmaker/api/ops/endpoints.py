@@ -1,0 +1,147 @@
+"""CreateEndpoint, DescribeEndpoint, DeleteEndpoint, ListEndpoints, UpdateEndpoint,
+UpdateEndpointWeightsAndCapacities."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.api.common import list_page
+from selfmaker.api.ops._shared import create_record, find, public
+from selfmaker.api.registry import operation
+from selfmaker.errors import ValidationException
+
+if TYPE_CHECKING:
+    from selfmaker.platform import Platform
+    from selfmaker.state import Record
+
+#: members of the endpoint config echoed by DescribeEndpoint
+_ECHOED = ("DataCaptureConfig", "AsyncInferenceConfig")
+
+
+def _echo(config: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if config.get("DataCaptureConfig"):
+        capture = config["DataCaptureConfig"]
+        doc["DataCaptureConfig"] = {
+            "EnableCapture": bool(capture.get("EnableCapture", True)),
+            "CaptureStatus": "Started" if capture.get("EnableCapture", True) else "Stopped",
+            "CurrentSamplingPercentage": capture.get("InitialSamplingPercentage"),
+            "DestinationS3Uri": capture.get("DestinationS3Uri"),
+            "KmsKeyId": capture.get("KmsKeyId"),
+        }
+    if config.get("AsyncInferenceConfig"):
+        doc["AsyncInferenceConfig"] = config["AsyncInferenceConfig"]
+    return doc
+
+
+@operation("CreateEndpoint")
+async def create_endpoint(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Create an endpoint (Creating) and deploy its configuration in the background."""
+    name = params["EndpointName"]
+    config = find(platform, "endpoint-config", params["EndpointConfigName"])
+    arn = platform.arn("endpoint", name)
+    doc = {"EndpointName": name, "EndpointArn": arn, "EndpointConfigName": config.name,
+           "DeploymentConfig": params.get("DeploymentConfig"), **_echo(config.doc)}
+    create_record(platform, "endpoint", name, {k: v for k, v in doc.items() if v is not None},
+                  status="Creating", tags=params.get("Tags"))
+    platform.endpoints.create(name, config.doc)
+    return {"EndpointArn": arn}
+
+
+def describe(record: Record) -> dict[str, Any]:
+    """DescribeEndpoint's answer for a stored endpoint."""
+    doc = public(record.doc)
+    doc.update(EndpointStatus=record.status, CreationTime=record.created, LastModifiedTime=record.modified)
+    if doc.get("DeploymentConfig"):
+        doc["LastDeploymentConfig"] = doc.pop("DeploymentConfig")
+    return doc
+
+
+@operation("DescribeEndpoint")
+async def describe_endpoint(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Status, variants (weights, instance counts) and failure reason of an endpoint."""
+    return describe(find(platform, "endpoint", params["EndpointName"]))
+
+
+@operation("DeleteEndpoint")
+async def delete_endpoint(platform: Platform, params: dict[str, Any]) -> None:
+    """Stop routing, drain in-flight requests, stop the model servers, forget the endpoint."""
+    record = find(platform, "endpoint", params["EndpointName"])
+    if record.status == "Deleting":
+        return
+    platform.store.update("endpoint", record.name, status="Deleting")
+    platform.endpoints.delete(record.name)
+
+
+@operation("ListEndpoints")
+async def list_endpoints(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Endpoints, filtered (name, status, times), sorted and paginated."""
+    items, token = list_page(
+        platform.store.list("endpoint"), params,
+        lambda r: {"EndpointName": r.name, "EndpointArn": r.arn, "CreationTime": r.created,
+                   "LastModifiedTime": r.modified, "EndpointStatus": r.status})
+    return {"Endpoints": items, "NextToken": token}
+
+
+def _require_in_service(platform: Platform, record: Record) -> None:
+    if record.status != "InService" or platform.endpoints.busy(record.name) \
+            or record.name.lower() not in platform.endpoints.live:
+        raise ValidationException(f'Cannot update in-progress endpoint "{record.arn}".')
+
+
+@operation("UpdateEndpoint")
+async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Blue/green deployment of another endpoint configuration; the old one serves until the new is ready."""
+    record = find(platform, "endpoint", params["EndpointName"])
+    config = find(platform, "endpoint-config", params["EndpointConfigName"])
+    _require_in_service(platform, record)
+    runtime = platform.endpoints.live[record.name.lower()]
+    retain: dict[str, dict[str, Any]] = {}
+    if params.get("RetainAllVariantProperties"):
+        excluded = {p["VariantPropertyType"] for p in params.get("ExcludeRetainedVariantProperties") or []}
+        for variant in runtime.variants.values():
+            kept: dict[str, Any] = {}
+            if "DesiredWeight" not in excluded:
+                kept["weight"] = variant.weight
+            if "DesiredInstanceCount" not in excluded and variant.pool.size:
+                kept["count"] = variant.pool.desired or variant.pool.size
+            retain[variant.name] = kept
+    merge: dict[str, Any] = {}
+    if params.get("DeploymentConfig"):
+        merge["DeploymentConfig"] = params["DeploymentConfig"]
+    platform.store.update("endpoint", record.name, status="Updating", merge=merge)
+    platform.endpoints.update(record.name, config.doc, retain)
+    return {"EndpointArn": record.arn}
+
+
+@operation("UpdateEndpointWeightsAndCapacities")
+async def update_weights_and_capacities(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Change variant weights at once and instance counts in the background."""
+    record = find(platform, "endpoint", params["EndpointName"])
+    _require_in_service(platform, record)
+    runtime = platform.endpoints.live[record.name.lower()]
+    desired = params["DesiredWeightsAndCapacities"]
+    names = [d["VariantName"] for d in desired]
+    unknown = [n for n in names if n not in runtime.variants]
+    if unknown:
+        raise ValidationException(
+            f"The variant(s) \"[{', '.join(unknown)}]\" is/are not present in the current endpoint "
+            f"configuration of endpoint \"{record.arn}\".")
+    if len(set(names)) != len(names):
+        raise ValidationException("Each variant may appear only once in DesiredWeightsAndCapacities.")
+    for index, item in enumerate(desired, start=1):
+        variant = runtime.variants[item["VariantName"]]
+        count = item.get("DesiredInstanceCount")
+        if count is not None and count < 1 and not variant.config.get("ServerlessConfig"):
+            raise ValidationException(
+                f"1 validation error detected: Value '{count}' at 'desiredWeightsAndCapacities.{index}.member."
+                "desiredInstanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1")
+        if item.get("ServerlessUpdateConfig"):
+            raise ValidationException("ServerlessUpdateConfig is not supported by this selfmaker installation.")
+    weights = {v.name: v.weight for v in runtime.variants.values()}
+    weights.update({d["VariantName"]: float(d["DesiredWeight"]) for d in desired if d.get("DesiredWeight") is not None})
+    if sum(weights.values()) <= 0:
+        raise ValidationException("At least one production variant must keep a weight above 0.")
+    platform.store.update("endpoint", record.name, status="Updating")
+    platform.endpoints.update_weights_and_capacities(record.name, desired)
+    return {"EndpointArn": record.arn}

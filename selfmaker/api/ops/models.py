@@ -1,0 +1,52 @@
+"""CreateModel, DescribeModel, DeleteModel, ListModels."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.api.common import list_page
+from selfmaker.api.ops._shared import create_record, find, public
+from selfmaker.api.registry import operation
+from selfmaker.errors import ValidationException
+
+if TYPE_CHECKING:
+    from selfmaker.platform import Platform
+
+
+@operation("CreateModel")
+async def create_model(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Store a model (container image + model data); nothing runs until an endpoint uses it."""
+    name = params["ModelName"]
+    containers = params.get("Containers")
+    if not params.get("PrimaryContainer") and not containers:
+        raise ValidationException("Either PrimaryContainer or Containers must be specified for model "
+                                  f"'{name}'.")
+    if params.get("PrimaryContainer") and containers:
+        raise ValidationException("PrimaryContainer and Containers cannot both be specified.")
+    doc = {k: v for k, v in params.items() if k != "Tags"}
+    arn = platform.arn("model", name)
+    record = create_record(platform, "model", name, doc, tags=params.get("Tags"))
+    platform.store.update("model", name, merge={"ModelArn": arn, "CreationTime": record.created}, touch=False)
+    return {"ModelArn": arn}
+
+
+@operation("DescribeModel")
+async def describe_model(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """The stored model."""
+    record = find(platform, "model", params["ModelName"])
+    return public(record.doc)
+
+
+@operation("DeleteModel")
+async def delete_model(platform: Platform, params: dict[str, Any]) -> None:
+    """Forget a model (endpoints already using it keep running)."""
+    record = find(platform, "model", params["ModelName"])
+    platform.store.delete("model", record.name)
+
+
+@operation("ListModels")
+async def list_models(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Models, filtered, sorted and paginated."""
+    items, token = list_page(platform.store.list("model"), params,
+                             lambda r: {"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.created})
+    return {"Models": items, "NextToken": token}

@@ -1,0 +1,91 @@
+"""CreateTrainingJob, DescribeTrainingJob, StopTrainingJob, ListTrainingJobs."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.api.common import list_page
+from selfmaker.api.ops._shared import public
+from selfmaker.api.registry import operation
+from selfmaker.errors import ResourceInUse, ValidationException
+from selfmaker.state import Record
+from selfmaker.training_jobs import model_artifacts_uri
+
+if TYPE_CHECKING:
+    from selfmaker.platform import Platform
+
+#: required up to botocore 1.29 (the SageMaker Python SDK and older clients rely on them)
+_LEGACY_REQUIRED = ("AlgorithmSpecification", "ResourceConfig", "StoppingCondition")
+
+
+def _find(platform: Platform, name: str) -> Record:
+    record = platform.store.get("training-job", name)
+    if record is None:
+        raise ValidationException("Requested resource not found.")
+    return record
+
+
+@operation("CreateTrainingJob")
+async def create_training_job(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Record the job (InProgress) and run it with the training runner in a thread."""
+    name = params["TrainingJobName"]
+    for member in _LEGACY_REQUIRED:
+        if not params.get(member):
+            raise ValidationException(f"1 validation error detected: Value null at '{member[0].lower()}{member[1:]}' "
+                                      "failed to satisfy constraint: Member must not be null")
+    spec = params["AlgorithmSpecification"]
+    if not spec.get("TrainingImage") and not spec.get("AlgorithmName"):
+        raise ValidationException("AlgorithmSpecification must specify either TrainingImage or AlgorithmName.")
+    if spec.get("TrainingImage") and spec.get("AlgorithmName"):
+        raise ValidationException("AlgorithmSpecification cannot specify both TrainingImage and AlgorithmName.")
+    channels = [c["ChannelName"] for c in params.get("InputDataConfig") or []]
+    if len(set(channels)) != len(channels):
+        raise ValidationException("Channel names in InputDataConfig must be unique.")
+    arn = platform.arn("training-job", name)
+    now = time.time()
+    doc = {k: v for k, v in params.items() if k != "Tags"}
+    doc.setdefault("StoppingCondition", {"MaxRuntimeInSeconds": 86400})
+    doc.update(
+        TrainingJobArn=arn, TrainingJobStatus="InProgress", SecondaryStatus="Starting", CreationTime=now,
+        ModelArtifacts={"S3ModelArtifacts": model_artifacts_uri(params)},
+        SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": now,
+                                     "StatusMessage": "Preparing the instances for training"}],
+        EnableManagedSpotTraining=bool(params.get("EnableManagedSpotTraining", False)),
+    )
+    record = Record(kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc)
+    if not platform.store.insert(record):
+        raise ResourceInUse("Training job names must be unique within an AWS account and region, and a training "
+                            f"job with this name already exists ({arn})")
+    if params.get("Tags"):
+        platform.store.add_tags(arn, params["Tags"])
+    platform.training.start(name, {k: v for k, v in params.items()})
+    return {"TrainingJobArn": arn}
+
+
+@operation("DescribeTrainingJob")
+async def describe_training_job(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Status, transitions, metrics, artifacts and failure reason of a training job."""
+    record = _find(platform, params["TrainingJobName"])
+    doc = public(record.doc)
+    doc.update(TrainingJobName=record.name, TrainingJobStatus=record.status, LastModifiedTime=record.modified)
+    return doc
+
+
+@operation("StopTrainingJob")
+async def stop_training_job(platform: Platform, params: dict[str, Any]) -> None:
+    """InProgress → Stopping → Stopped."""
+    record = _find(platform, params["TrainingJobName"])
+    platform.training.stop(record.name)
+
+
+@operation("ListTrainingJobs")
+async def list_training_jobs(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+    """Training jobs, filtered (name, status, times), sorted and paginated."""
+    def summary(r: Record) -> dict[str, Any]:
+        return {"TrainingJobName": r.name, "TrainingJobArn": r.arn, "CreationTime": r.created,
+                "TrainingJobStatus": r.status, "TrainingEndTime": r.doc.get("TrainingEndTime"),
+                "LastModifiedTime": r.modified, "SecondaryStatus": r.doc.get("SecondaryStatus")}
+
+    items, token = list_page(platform.store.list("training-job"), params, summary, default_order="Ascending")
+    return {"TrainingJobSummaries": items, "NextToken": token}

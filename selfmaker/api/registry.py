@@ -1,0 +1,138 @@
+"""Registration of control-plane operations and platform extensions by decorator.
+
+Modules in :mod:`selfmaker.api.ops` (one per resource family: ``models.py``, ``endpoints.py`` …) and in
+:mod:`selfmaker.plugins` are imported when the platform starts; every function decorated here is
+collected into a :class:`Registry`. Adding a family (``transform_jobs.py``) or an extension
+(``plugins/serverless.py``) is therefore one new file, no edit of anyone else's.
+
+Decorators only tag the function (no global state at import time):
+
+``@operation("CreateModel")``
+    ``async def handler(platform, params: dict) -> dict | None`` — params are validated against botocore's
+    model before the call; the returned dict is the response (``None`` → ``{}``); raise
+    :class:`selfmaker.errors.SageMakerError` subclasses for errors.
+``@runtime_route("POST", "/endpoints/{name}/async-invocations")``
+    ``async def handler(platform, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse`` — raise
+    SageMakerError subclasses (runtime codes) for errors; they are rendered like InvokeEndpoint's.
+``@pool_factory``
+    ``def factory(platform, ctx: selfmaker.endpoints.runtime.VariantContext) -> InstancePool | None`` — return a pool for
+    variants you handle (e.g. those with ``ServerlessConfig``), None otherwise. The default pool is used when
+    every factory returns None.
+``@endpoint_hook``
+    ``def hook(platform, endpoint: EndpointRuntime, config: dict) -> None`` — called for each new
+    deployment of an endpoint before it takes traffic (attach observers, shadow pools, pre-invoke checks).
+``@config_check``
+    ``def check(platform, params: dict) -> Iterable[str] | None`` — called by CreateEndpointConfig for every
+    request; raise ValidationException to reject; return the names of the features you *handle* among
+    ``ServerlessConfig``, ``AsyncInferenceConfig``, ``ShadowProductionVariants``, ``DataCaptureConfig`` —
+    the core refuses a request using one of them unless some check claimed it.
+``@lifecycle("startup")`` / ``@lifecycle("shutdown")``
+    ``async def hook(platform) -> None`` — start/stop workers of your extension.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+_TAG = "__selfmaker_registration__"
+
+#: packages whose modules are imported and scanned when the platform starts
+EXTENSION_PACKAGES = ("selfmaker.api.ops", "selfmaker.plugins")
+
+
+def _tag(kind: str, *args: Any) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        registrations = list(getattr(fn, _TAG, []))
+        registrations.append((kind, args))
+        setattr(fn, _TAG, registrations)
+        return fn
+
+    return decorate
+
+
+def operation(name: str) -> Callable[[F], F]:
+    """Register a control-plane operation handler (``X-Amz-Target: SageMaker.<name>``)."""
+    return _tag("operation", name)
+
+
+def runtime_route(method: str, path: str) -> Callable[[F], F]:
+    """Register an extra runtime HTTP route (aiohttp path syntax)."""
+    return _tag("route", method.upper(), path)
+
+
+def pool_factory(fn: F) -> F:
+    """Register an instance-pool factory (see module docstring)."""
+    return _tag("pool_factory")(fn)
+
+
+def endpoint_hook(fn: F) -> F:
+    """Register a hook called for each new deployment of an endpoint."""
+    return _tag("endpoint_hook")(fn)
+
+
+def config_check(fn: F) -> F:
+    """Register an extra CreateEndpointConfig check."""
+    return _tag("config_check")(fn)
+
+
+def lifecycle(event: str) -> Callable[[F], F]:
+    """Register an ``async def hook(platform)`` for ``"startup"`` or ``"shutdown"``."""
+    if event not in {"startup", "shutdown"}:
+        raise ValueError(f"unknown lifecycle event {event!r}")
+    return _tag("lifecycle", event)
+
+
+@dataclass
+class Registry:
+    """Everything collected from the extension packages."""
+
+    operations: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    routes: list[tuple[str, str, Callable[..., Any]]] = field(default_factory=list)
+    pool_factories: list[Callable[..., Any]] = field(default_factory=list)
+    endpoint_hooks: list[Callable[..., Any]] = field(default_factory=list)
+    config_checks: list[Callable[..., Any]] = field(default_factory=list)
+    startup: list[Callable[..., Any]] = field(default_factory=list)
+    shutdown: list[Callable[..., Any]] = field(default_factory=list)
+
+    def add_module(self, module: Any) -> None:
+        """Collect the tagged functions of one module."""
+        for value in vars(module).values():
+            if getattr(value, "__module__", None) != module.__name__:
+                continue  # imported names are registered by their own module
+            for kind, args in getattr(value, _TAG, []):
+                if kind == "operation":
+                    if args[0] in self.operations:
+                        raise RuntimeError(f"operation {args[0]} registered twice ({module.__name__})")
+                    self.operations[args[0]] = value
+                elif kind == "route":
+                    self.routes.append((args[0], args[1], value))
+                elif kind == "pool_factory":
+                    self.pool_factories.append(value)
+                elif kind == "endpoint_hook":
+                    self.endpoint_hooks.append(value)
+                elif kind == "config_check":
+                    self.config_checks.append(value)
+                elif kind == "lifecycle":
+                    (self.startup if args[0] == "startup" else self.shutdown).append(value)
+
+
+def discover(packages: tuple[str, ...] = EXTENSION_PACKAGES) -> Registry:
+    """Import every module of ``packages`` and collect their registrations."""
+    registry = Registry()
+    for package_name in packages:
+        package = importlib.import_module(package_name)
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{package_name}.{info.name}")
+            registry.add_module(module)
+            log.debug("loaded %s", module.__name__)
+    return registry

@@ -1,0 +1,164 @@
+"""Request validation generated from botocore's own SageMaker service model.
+
+botocore checks only required members, JSON types and ``min`` on the client; the server has to enforce
+``max``, ``pattern`` (matched against the whole value), ``enum`` and everything again for clients that
+skip validation. Unknown members are ignored (newer SDKs send members we do not know yet).
+Messages follow the Coral style SageMaker uses::
+
+    1 validation error detected: Value 'x y' at 'modelName' failed to satisfy constraint: Member must
+    satisfy regular expression pattern: [a-zA-Z0-9]([\\-a-zA-Z0-9]*[a-zA-Z0-9])?
+
+selfmaker extension: members whose pattern is an S3 URI also accept ``file://`` URIs (local data).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import botocore.session
+from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Shape, StructureShape
+
+try:  # Java patterns in the model use \p{L} classes, which only `regex` understands
+    import regex as _re
+except ImportError:  # pragma: no cover - regex is a declared dependency
+    import re as _re  # type: ignore[no-redef]
+
+from selfmaker.errors import ValidationException
+
+#: how many problems are listed in one message at most (Coral lists them all; keep messages short)
+MAX_LISTED = 10
+
+
+@functools.lru_cache(maxsize=4)
+def service_model(service: str = "sagemaker") -> ServiceModel:
+    """botocore's model of ``service`` (cached; loading it takes ~100 ms)."""
+    return botocore.session.get_session().get_service_model(service)
+
+
+@functools.lru_cache(maxsize=2048)
+def _compiled(pattern: str) -> Any:
+    try:
+        return _re.compile(pattern)
+    except Exception:  # noqa: BLE001 - a pattern we cannot compile is not enforced (a few use \uD800 pairs)
+        return None
+
+
+def _fmt(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def fail(self, value: Any, path: str, constraint: str) -> None:
+        self.errors.append(f"Value '{_fmt(value)}' at '{path}' failed to satisfy constraint: {constraint}")
+
+    def check(self, shape: Shape, value: Any, path: str) -> None:
+        kind = shape.type_name
+        meta = shape.metadata
+        if kind == "structure":
+            assert isinstance(shape, StructureShape)
+            if not isinstance(value, dict):
+                self.fail(value, path, "Member must be a structure")
+                return
+            for name in shape.required_members:
+                if value.get(name) is None:
+                    self.fail(None, _join(path, name), "Member must not be null")
+            for name, member_value in value.items():
+                member = shape.members.get(name)
+                if member is None or member_value is None:
+                    continue  # unknown members are ignored for forward compatibility
+                self.check(member, member_value, _join(path, name))
+        elif kind == "list":
+            assert isinstance(shape, ListShape)
+            if not isinstance(value, list):
+                self.fail(value, path, "Member must be a list")
+                return
+            self._length(value, len(value), meta, path)
+            for index, item in enumerate(value, start=1):
+                self.check(shape.member, item, f"{path}.{index}.member")
+        elif kind == "map":
+            assert isinstance(shape, MapShape)
+            if not isinstance(value, dict):
+                self.fail(value, path, "Member must be a map")
+                return
+            self._length(value, len(value), meta, path)
+            for key, item in value.items():
+                self.check(shape.key, key, f"{path}.{key}.key")
+                self.check(shape.value, item, f"{path}.{key}.value")
+        elif kind == "string":
+            if not isinstance(value, str):
+                self.fail(value, path, "Member must be a string")
+                return
+            self._length(value, len(value), meta, path)
+            enum = shape.enum
+            if enum and value not in enum:
+                self.fail(value, path, f"Member must satisfy enum value set: [{', '.join(enum)}]")
+            pattern = meta.get("pattern")
+            if pattern and value.startswith("file://") and "s3" in pattern and "://" in pattern:
+                pass  # selfmaker extension: every S3 URI member also takes a local file:// URI
+            elif pattern:
+                compiled = _compiled(pattern)
+                if compiled is not None and compiled.fullmatch(value) is None:
+                    self.fail(value, path, f"Member must satisfy regular expression pattern: {pattern}")
+        elif kind in {"integer", "long"}:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    self.fail(value, path, "Member must be an integer")
+                    return
+            self._range(value, meta, path)
+        elif kind in {"float", "double"}:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                self.fail(value, path, "Member must be a number")
+                return
+            self._range(value, meta, path)
+        elif kind == "boolean":
+            if not isinstance(value, bool):
+                self.fail(value, path, "Member must be a boolean")
+        elif kind == "timestamp":
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                self.fail(value, path, "Member must be a timestamp")
+        elif kind == "blob":
+            if not isinstance(value, str):
+                self.fail(value, path, "Member must be base64 text")
+
+    def _length(self, value: Any, length: int, meta: dict[str, Any], path: str) -> None:
+        if "min" in meta and length < meta["min"]:
+            self.fail(value, path, f"Member must have length greater than or equal to {meta['min']}")
+        if "max" in meta and length > meta["max"]:
+            self.fail(value, path, f"Member must have length less than or equal to {meta['max']}")
+
+    def _range(self, value: float, meta: dict[str, Any], path: str) -> None:
+        if "min" in meta and value < meta["min"]:
+            self.fail(value, path, f"Member must have value greater than or equal to {meta['min']}")
+        if "max" in meta and value > meta["max"]:
+            self.fail(value, path, f"Member must have value less than or equal to {meta['max']}")
+
+
+def _join(path: str, member: str) -> str:
+    name = member[:1].lower() + member[1:]  # Coral paths are camelCase member names
+    return f"{path}.{name}" if path else name
+
+
+def validation_errors(operation: OperationModel, params: dict[str, Any]) -> list[str]:
+    """Every constraint of ``operation``'s input that ``params`` violates, in Coral wording."""
+    validator = _Validator()
+    if operation.input_shape is not None:
+        validator.check(operation.input_shape, params, "")
+    return validator.errors
+
+
+def validate_request(operation: OperationModel, params: dict[str, Any]) -> None:
+    """Raise :class:`ValidationException` naming every violated field of the request."""
+    errors = validation_errors(operation, params)
+    if errors:
+        count = len(errors)
+        listed = "; ".join(errors[:MAX_LISTED])
+        noun = "error" if count == 1 else "errors"
+        raise ValidationException(f"{count} validation {noun} detected: {listed}")

@@ -1,0 +1,91 @@
+"""`selfmaker status`: endpoints, variants, instances and jobs of a selfmaker home."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def collect(home: Path) -> dict[str, Any]:
+    """Everything `status` shows, as data."""
+    from selfmaker.state import StateStore
+
+    store = StateStore(home / "state.db")
+    try:
+        instances = store.instances()
+        endpoints = []
+        for record in store.list("endpoint"):
+            variants = []
+            for v in record.doc.get("ProductionVariants") or []:
+                variants.append({**v, "Instances": [i for i in instances
+                                                    if i["EndpointName"].lower() == record.name.lower()
+                                                    and i["VariantName"] == v["VariantName"]]})
+            endpoints.append({"EndpointName": record.name, "EndpointStatus": record.status,
+                              "EndpointConfigName": record.doc.get("EndpointConfigName"),
+                              "FailureReason": record.doc.get("FailureReason"), "Variants": variants,
+                              "CreationTime": record.created})
+        jobs = [{"TrainingJobName": r.name, "TrainingJobStatus": r.status,
+                 "SecondaryStatus": r.doc.get("SecondaryStatus"), "FailureReason": r.doc.get("FailureReason"),
+                 "CreationTime": r.created} for r in store.list("training-job")]
+        other = {kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
+                 for kind in ("transform-job",)}
+        return {"endpoints": endpoints, "training_jobs": jobs, "instances": instances, **other,
+                "models": [r.name for r in store.list("model")],
+                "endpoint_configs": [r.name for r in store.list("endpoint-config")]}
+    finally:
+        store.close()
+
+
+def main(argv: list[str]) -> int:
+    """Print the state of the platform whose home is ``--home``."""
+    parser = argparse.ArgumentParser(prog="selfmaker status", description=__doc__)
+    parser.add_argument("--home", type=Path, help="state directory (default $SELFMAKER_HOME or ~/.selfmaker)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    from selfmaker.settings import PlatformSettings
+
+    home = args.home or PlatformSettings().home
+    if not (home / "state.db").exists():
+        print(f"no selfmaker state in {home}")
+        return 1
+    data = collect(home)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    print(f"home: {home}")
+    print(f"models: {len(data['models'])}   endpoint configs: {len(data['endpoint_configs'])}")
+    print("\nENDPOINTS")
+    if not data["endpoints"]:
+        print("  (none)")
+    for ep in data["endpoints"]:
+        print(f"  {ep['EndpointName']}  {ep['EndpointStatus']}  config={ep['EndpointConfigName']}  "
+              f"created={_time(ep['CreationTime'])}")
+        if ep["FailureReason"]:
+            print(f"    failure: {ep['FailureReason']}")
+        for v in ep["Variants"]:
+            print(f"    variant {v['VariantName']}: weight={v.get('CurrentWeight')} "
+                  f"instances={v.get('CurrentInstanceCount', '-')}/{v.get('DesiredInstanceCount', '-')}")
+            for inst in v["Instances"]:
+                print(f"      {inst['InstanceId']}  {inst['Status']}  {inst['Url']}  pid={inst['Pid']}")
+    print("\nTRAINING JOBS")
+    if not data["training_jobs"]:
+        print("  (none)")
+    for job in data["training_jobs"]:
+        print(f"  {job['TrainingJobName']}  {job['TrainingJobStatus']} ({job['SecondaryStatus']})  "
+              f"created={_time(job['CreationTime'])}")
+        if job["FailureReason"]:
+            print(f"    failure: {job['FailureReason']}")
+    if data.get("transform-job"):
+        print("\nTRANSFORM JOBS")
+        for job in data["transform-job"]:
+            print(f"  {job['Name']}  {job['Status']}")
+    return 0

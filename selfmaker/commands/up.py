@@ -1,0 +1,49 @@
+"""`selfmaker up`: the SageMaker-compatible control plane and runtime on one port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfmaker up", description=__doc__)
+    parser.add_argument("--home", type=Path, help="state directory (default $SELFMAKER_HOME or ~/.selfmaker)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 7070)")
+    parser.add_argument("--region", help="region in ARNs (default us-east-1)")
+    parser.add_argument("--account-id", help="12-digit account id in ARNs")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run the platform until SIGINT/SIGTERM; model servers are stopped, state is kept for the next start."""
+    args = _parser().parse_args(argv)
+    from selfmaker.api.app import create_app
+    from selfmaker.api.registry import discover
+    from selfmaker.logcontext import configure_logging
+    from selfmaker.platform import Platform
+    from selfmaker.settings import PlatformSettings
+
+    overrides: dict[str, Any] = {k: v for k, v in {
+        "home": args.home, "host": args.host, "port": args.port, "region": args.region,
+        "account_id": args.account_id}.items() if v is not None}
+    settings = PlatformSettings(**overrides)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    configure_logging(args.log_level.upper(), settings.logs_dir / "selfmaker.log")
+    log = logging.getLogger("selfmaker.up")
+    platform = Platform(settings, discover())
+    app = create_app(platform)
+    log.info("selfmaker home %s, region %s, account %s", settings.home, settings.region, settings.account_id)
+
+    def announce(message: str) -> None:
+        print(f"selfmaker up: listening on http://{settings.host}:{settings.port} (home {settings.home})", flush=True)
+
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=announce,
+                shutdown_timeout=10.0, handle_signals=True)
+    return 0

@@ -1,0 +1,161 @@
+"""Training jobs: CreateTrainingJob requests run by ``training.runner.TrainingJobRunner`` in threads.
+
+The runner owns the job's execution and the Describe members it reports (``describe_fields()``); this
+module owns the record (status, times, transitions), the log file and platform restarts: a job that was
+running when the platform stopped or crashed is marked Failed with a reason on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.errors import ValidationException
+
+if TYPE_CHECKING:
+    from selfmaker.platform import Platform
+
+log = logging.getLogger(__name__)
+
+RUNNING = ("InProgress", "Stopping")
+RESTART_REASON = "The selfmaker platform restarted while the training job was running."
+SHUTDOWN_REASON = "The selfmaker platform was stopped while the training job was running."
+
+
+def model_artifacts_uri(request: dict[str, Any]) -> str:
+    """``<S3OutputPath>/<job>/output/model.tar.gz``."""
+    return f"{request['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{request['TrainingJobName']}/output/model.tar.gz"
+
+
+class TrainingManager:
+    """Runs training jobs in threads and keeps their records current."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.store = platform.store
+        self.settings = platform.settings
+        self._runners: dict[str, Any] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._closing = False
+
+    def log_path(self, name: str) -> Path:
+        return self.settings.logs_dir / "training-jobs" / f"{name}.log"
+
+    def start(self, name: str, request: dict[str, Any]) -> None:
+        """Run the job (its record exists, InProgress) in a new thread."""
+        thread = threading.Thread(target=self._run, args=(name, request), name=f"training:{name}", daemon=True)
+        self._threads[name.lower()] = thread
+        thread.start()
+
+    def _merge(self, name: str, fields: dict[str, Any]) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        status = fields.get("TrainingJobStatus")
+        record = self.store.get("training-job", name)
+        if record is None:
+            return
+        if record.status == "Stopping" and status == "InProgress":
+            status = "Stopping"  # the runner reports InProgress until the process is down
+            fields["TrainingJobStatus"] = status
+        self.store.update("training-job", name, status=status, merge=fields)
+
+    @staticmethod
+    def _fields(state: Any) -> dict[str, Any]:
+        if state is None:
+            return {}
+        if isinstance(state, dict):
+            return dict(state)
+        describe = getattr(state, "describe_fields", None)
+        return dict(describe()) if callable(describe) else {}
+
+    def _run(self, name: str, request: dict[str, Any]) -> None:
+        work_dir = self.settings.work_dir / "training-jobs" / name
+        log_path = self.log_path(name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log_file:
+            def on_log(line: str) -> None:
+                log_file.write(line if line.endswith("\n") else line + "\n")
+                log_file.flush()
+
+            def on_update(state: Any) -> None:
+                try:
+                    self._merge(name, self._fields(state))
+                except Exception:  # noqa: BLE001 - a bad update must not kill the job
+                    log.exception("could not record an update of training job %s", name)
+
+            try:
+                from training.runner import TrainingJobRunner
+            except ImportError as exc:
+                self._finish(name, {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
+                                    "FailureReason": f"The training runtime is not available: {exc}"})
+                return
+            try:
+                runner = TrainingJobRunner(request, work_dir, on_update=on_update, on_log=on_log)
+                self._runners[name.lower()] = runner
+                record = self.store.get("training-job", name)
+                if record is not None and record.status == "Stopping":
+                    runner.stop()
+                state = runner.run()
+                fields = self._fields(state)
+            except Exception:  # noqa: BLE001 - the job fails, the platform goes on
+                log.exception("training job %s crashed", name)
+                fields = {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
+                          "FailureReason": "internal error while running the training job"}
+            finally:
+                self._runners.pop(name.lower(), None)
+        if self._closing and fields.get("TrainingJobStatus") in (None, "Stopped", "InProgress", "Stopping"):
+            fields.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason=SHUTDOWN_REASON)
+        self._finish(name, fields)
+
+    def _finish(self, name: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        fields.setdefault("TrainingEndTime", now)
+        if fields.get("TrainingJobStatus") not in ("Completed", "Failed", "Stopped"):
+            fields["TrainingJobStatus"] = "Failed"
+            fields.setdefault("FailureReason", "The training job ended without a final status.")
+        self._merge(name, fields)
+        log.info("training job %s ended: %s", name, fields.get("TrainingJobStatus"))
+
+    def stop(self, name: str) -> None:
+        """StopTrainingJob: InProgress → Stopping → Stopped."""
+        record = self.store.get("training-job", name)
+        assert record is not None
+        if record.status not in RUNNING:
+            raise ValidationException(
+                f"The request was rejected because the training job is in status {record.status}.")
+        if record.status == "InProgress":
+            self.store.update("training-job", name, status="Stopping", merge={"TrainingJobStatus": "Stopping"})
+        runner = self._runners.get(name.lower())
+        if runner is not None:
+            runner.stop()
+
+    def recover(self) -> None:
+        """Mark jobs a previous run left running as Failed (their processes are gone)."""
+        now = time.time()
+        for record in self.store.list("training-job"):
+            if record.status in RUNNING:
+                transitions = list(record.doc.get("SecondaryStatusTransitions") or [])
+                if transitions and "EndTime" not in transitions[-1]:
+                    transitions[-1] = {**transitions[-1], "EndTime": now}
+                transitions.append({"Status": "Failed", "StartTime": now, "EndTime": now, "StatusMessage": RESTART_REASON})
+                self.store.update("training-job", record.name, status="Failed", merge={
+                    "TrainingJobStatus": "Failed", "SecondaryStatus": "Failed", "FailureReason": RESTART_REASON,
+                    "TrainingEndTime": now, "SecondaryStatusTransitions": transitions,
+                })
+                log.warning("training job %s was running when the platform stopped; marked Failed", record.name)
+
+    async def shutdown(self) -> None:
+        """Stop running jobs and wait for their threads (bounded)."""
+        self._closing = True
+        for runner in list(self._runners.values()):
+            try:
+                runner.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("could not stop a training job")
+        deadline = time.monotonic() + 30
+        for thread in list(self._threads.values()):
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
