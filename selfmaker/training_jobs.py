@@ -8,6 +8,7 @@ running when the platform stopped or crashed is marked Failed with a reason on t
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 import time
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 RUNNING = ("InProgress", "Stopping")
 RESTART_REASON = "The selfmaker platform restarted while the training job was running."
 SHUTDOWN_REASON = "The selfmaker platform was stopped while the training job was running."
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with datetimes as epoch seconds (the store and the wire use epoch floats)."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def model_artifacts_uri(request: dict[str, Any]) -> str:
@@ -67,9 +79,9 @@ class TrainingManager:
         if state is None:
             return {}
         if isinstance(state, dict):
-            return dict(state)
+            return _jsonable(dict(state))
         describe = getattr(state, "describe_fields", None)
-        return dict(describe()) if callable(describe) else {}
+        return _jsonable(dict(describe())) if callable(describe) else {}
 
     def _run(self, name: str, request: dict[str, Any]) -> None:
         work_dir = self.settings.work_dir / "training-jobs" / name
@@ -77,8 +89,10 @@ class TrainingManager:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log_file:
-            def on_log(line: str) -> None:
-                log_file.write(line if line.endswith("\n") else line + "\n")
+            def on_log(*args: str) -> None:  # (host, line) per the runner; (line) tolerated
+                line = args[-1]
+                prefix = f"[{args[0]}] " if len(args) > 1 else ""
+                log_file.write(prefix + (line if line.endswith("\n") else line + "\n"))
                 log_file.flush()
 
             def on_update(state: Any) -> None:
@@ -94,7 +108,9 @@ class TrainingManager:
                                     "FailureReason": f"The training runtime is not available: {exc}"})
                 return
             try:
-                runner = TrainingJobRunner(request, work_dir, on_update=on_update, on_log=on_log)
+                runner = TrainingJobRunner(request, work_dir, on_update=on_update, on_log=on_log,
+                                           job_arn=self.platform.arn("training-job", name),
+                                           stop_grace_seconds=self.settings.training_stop_grace)
                 self._runners[name.lower()] = runner
                 record = self.store.get("training-job", name)
                 if record is not None and record.status == "Stopping":
