@@ -1,0 +1,285 @@
+"""Request decoders and response encoders (CSV, JSON, JSON Lines, NPY), tuned for small latency.
+
+Decoders turn a body into a ``numpy`` array (or ``{input name: array}`` for ``{"inputs": {...}}``
+JSON); every malformed body raises :class:`~serving.errors.BadRequestError` with a message that says
+what is wrong. Encoders turn arrays / plain records into bytes. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any, Union
+
+import numpy as np
+import orjson
+
+from serving import contract
+from serving.errors import BadRequestError, NotAcceptableError, UnsupportedMediaTypeError
+
+Batch = Union[np.ndarray, dict[str, np.ndarray]]
+
+_NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def decode(body: bytes, content_type: str, dtype: Any = np.float32) -> Batch:
+    """Decode ``body`` of (normalised) ``content_type`` into an array or a dict of named arrays."""
+    if content_type == contract.CSV:
+        return decode_csv(body, dtype)
+    if content_type == contract.JSON:
+        return decode_json(body, dtype)
+    if content_type == contract.NPY:
+        return decode_npy(body)
+    if content_type == contract.JSONLINES:
+        return decode_jsonlines(body, dtype)
+    raise UnsupportedMediaTypeError(
+        f"unsupported Content-Type {content_type or '(none)'!r}; use one of {', '.join(contract.DECODABLE)}"
+    )
+
+
+def decode_csv(body: bytes, dtype: Any = np.float32) -> np.ndarray:
+    """Rows of comma-separated numbers, no header, one record per line; empty fields are NaN."""
+    text = body.strip()
+    if not text:
+        raise BadRequestError("empty CSV body")
+    if b"\r" in text:
+        text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    first_end = text.find(b"\n")
+    first = text if first_end < 0 else text[:first_end]
+    n_cols = first.count(b",") + 1
+    fields = text.replace(b"\n", b",").split(b",")
+    if len(fields) % n_cols == 0:
+        try:
+            # numpy parses byte strings straight to floats; far cheaper than genfromtxt/loadtxt
+            flat = np.array(fields, dtype=dtype)
+        except (ValueError, TypeError):
+            pass
+        else:
+            n_rows = len(fields) // n_cols
+            if n_rows == text.count(b"\n") + 1:
+                return flat.reshape(n_rows, n_cols)
+    return _decode_csv_slow(text, dtype, n_cols)
+
+
+def _decode_csv_slow(text: bytes, dtype: Any, n_cols: int) -> np.ndarray:
+    """The careful path: empty fields → NaN, blank lines skipped, errors name the row and field."""
+    rows: list[list[float]] = []
+    for line_no, line in enumerate(text.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(b",")
+        if len(parts) != n_cols:
+            raise BadRequestError(f"CSV row {line_no} has {len(parts)} fields, expected {n_cols}")
+        row: list[float] = []
+        for col, part in enumerate(parts, start=1):
+            part = part.strip()
+            if not part:
+                row.append(float("nan"))
+                continue
+            try:
+                row.append(float(part))
+            except ValueError:
+                shown = part[:40].decode("utf-8", "replace")
+                raise BadRequestError(f"CSV row {line_no}, column {col}: {shown!r} is not a number") from None
+        rows.append(row)
+    if not rows:
+        raise BadRequestError("empty CSV body")
+    try:
+        return np.array(rows, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequestError(f"CSV values do not fit {np.dtype(dtype).name}: {exc}") from None
+
+
+def _json_loads(body: bytes, what: str = "JSON body") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"malformed {what}: {exc}") from None
+
+
+def _to_array(data: Any, dtype: Any, what: str) -> np.ndarray:
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        # linear-learner style records: [{"features": [...]}, ...]
+        try:
+            data = [record["features"] for record in data]
+        except (KeyError, TypeError):
+            raise BadRequestError(f"{what}: records must be arrays or objects with 'features'") from None
+    if isinstance(data, (str, bytes, bool)) or data is None:
+        raise BadRequestError(f"{what} must be an array of numbers")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequestError(f"{what} is not a rectangular array of numbers") from None
+    if array.ndim == 0:
+        raise BadRequestError(f"{what} must be an array, got a scalar")
+    return array
+
+
+def decode_json(body: bytes, dtype: Any = np.float32) -> Batch:
+    """``{"instances": [...]}``, a bare list, ``{"features": [...]}`` or ``{"inputs": {name: array}}``."""
+    obj = _json_loads(body)
+    if isinstance(obj, list):
+        return _to_array(obj, dtype, "JSON body")
+    if isinstance(obj, dict):
+        if "instances" in obj:
+            return _to_array(obj["instances"], dtype, "'instances'")
+        if "inputs" in obj:
+            inputs = obj["inputs"]
+            if isinstance(inputs, dict):
+                if not inputs:
+                    raise BadRequestError("'inputs' is empty")
+                return {str(name): _to_array(value, None, f"input {name!r}") for name, value in inputs.items()}
+            return _to_array(inputs, dtype, "'inputs'")
+        if "features" in obj:
+            return _to_array([obj["features"]], dtype, "'features'")
+    raise BadRequestError(
+        'JSON body must be a list, {"instances": [...]}, {"features": [...]} or {"inputs": {name: array}}'
+    )
+
+
+def decode_jsonlines(body: bytes, dtype: Any = np.float32) -> np.ndarray:
+    """One record per line: an array of numbers, or ``{"features": [...]}``/``{"instances": [[...]]}``."""
+    rows: list[Any] = []
+    for line_no, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        record = _json_loads(line, f"JSON Lines record on line {line_no}")
+        if isinstance(record, dict):
+            if "features" in record:
+                rows.append(record["features"])
+            elif "instances" in record and isinstance(record["instances"], list):
+                rows.extend(record["instances"])
+            else:
+                raise BadRequestError(f"JSON Lines line {line_no}: object without 'features' or 'instances'")
+        else:
+            rows.append(record)
+    if not rows:
+        raise BadRequestError("empty JSON Lines body")
+    return _to_array(rows, dtype, "JSON Lines records")
+
+
+def decode_npy(body: bytes) -> np.ndarray:
+    """A ``.npy`` file (``numpy.save``); pickled object arrays are refused."""
+    if not body:
+        raise BadRequestError("empty NPY body")
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadRequestError(f"malformed NPY body: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# content negotiation
+
+
+def choose_accept(accept: str | None, default: str, offered: Sequence[str] = contract.ENCODABLE) -> str:
+    """Pick the response type for an ``Accept`` header (q-values honoured, ``*/*`` → ``default``)."""
+    if not accept or accept.strip() in ("", contract.ANY):
+        return default
+    candidates: list[tuple[float, int, str]] = []
+    for index, item in enumerate(accept.split(",")):
+        media, _, params = item.partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            candidates.append((-quality, index, media.strip().lower()))
+    for _, _, media in sorted(candidates):
+        if media == contract.ANY:
+            return default
+        if media.endswith("/*"):
+            prefix = media[:-1]
+            if default.startswith(prefix):
+                return default
+            for option in offered:
+                if option.startswith(prefix):
+                    return option
+            continue
+        media = contract.CONTENT_TYPE_ALIASES.get(media, media)
+        if media in offered:
+            return media
+    raise NotAcceptableError(f"cannot answer Accept {accept!r}; this model offers {', '.join(offered)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+def encode_json(obj: Any) -> bytes:
+    """JSON via orjson (numpy arrays serialised natively)."""
+    return orjson.dumps(obj, option=_NUMPY_OPT, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def encode_jsonlines(records: Sequence[Any]) -> bytes:
+    """One JSON document per record, newline-terminated."""
+    if not len(records):
+        return b""
+    return b"\n".join(encode_json(record) for record in records) + b"\n"
+
+
+def _array_text(array: np.ndarray) -> bytes:
+    """A contiguous numeric array as orjson text (shortest round-trip floats)."""
+    if array.dtype.kind == "f" and array.dtype.itemsize < 4:
+        array = array.astype(np.float32)
+    return orjson.dumps(np.ascontiguousarray(array), option=_NUMPY_OPT, default=_json_default)
+
+
+def encode_csv(data: Any) -> bytes:
+    """One line per record: a 1-D array gives one value per line, a 2-D array comma-joined rows."""
+    if isinstance(data, np.ndarray) and data.dtype.kind in "fiub":
+        if data.ndim == 0:
+            data = data.reshape(1)
+        if data.ndim == 1:
+            if data.size == 0:
+                return b""
+            return _array_text(data)[1:-1].replace(b",", b"\n") + b"\n"
+        if data.ndim == 2:
+            if data.size == 0:
+                return b"\n" * data.shape[0]
+            return _array_text(data)[2:-2].replace(b"],[", b"\n") + b"\n"
+        data = data.reshape(data.shape[0], -1)
+        return encode_csv(data)
+    if isinstance(data, np.ndarray):
+        data = data.tolist()
+    lines = []
+    for row in data:
+        if isinstance(row, (list, tuple, np.ndarray)):
+            lines.append(",".join(_csv_field(value) for value in row))
+        else:
+            lines.append(_csv_field(row))
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _csv_field(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def encode_npy(array: Any) -> bytes:
+    """``numpy.save`` bytes of ``array`` (never pickled)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()

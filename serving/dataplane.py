@@ -1,0 +1,158 @@
+"""The data plane: decode → predict → encode, with no HTTP in sight.
+
+Stable API (used by the HTTP app, the batch engine and the async worker)::
+
+    from serving.dataplane import DataPlane
+    plane = DataPlane("/opt/ml/model")          # a model dir, a model.tar.gz path, file:// or s3:// URI
+    plane.load()                                # prepare + model_fn + warm-up; raises ModelLoadError
+    body, content_type = plane.invoke(b"1,2,3\n", "text/csv", "application/json")
+    result = plane.invoke_full(body, content_type, accept, custom_attributes="k=v")  # InvocationResult
+
+Errors are :class:`serving.errors.ServingError` subclasses carrying the HTTP status (400 malformed or
+not matching the model signature, 406 Accept, 413 too large, 415 Content-Type, 503 not ready); any other
+exception comes from user code or the runtime and means "internal error"
+(:func:`serving.errors.error_response` maps both). ``invoke`` is thread-safe for the default handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving import contract
+from serving.errors import ModelLoadError, ModelNotReadyError, PayloadTooLargeError, ServingError
+from serving.handlers import DefaultHandler, HooksHandler, build_handler
+from serving.modelsource import prepare_model
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InvocationResult:
+    """One answer: body, its content type, response custom attributes, model (handler) seconds."""
+
+    body: bytes
+    content_type: str
+    custom_attributes: str | None = None
+    model_seconds: float = 0.0
+
+
+class DataPlane:
+    """A loaded model behind ``invoke(body, content_type, accept, custom_attributes)``.
+
+    ``model_dir`` defaults to ``settings.model_data`` or ``settings.model_dir``; sources that are not
+    directories are unpacked into ``state_dir`` (a temporary directory when not given).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        settings: ServingSettings | None = None,
+        *,
+        state_dir: str | Path | None = None,
+    ) -> None:
+        self.settings = settings or ServingSettings()
+        self.source = str(model_dir) if model_dir is not None else (self.settings.model_data or self.settings.model_dir)
+        self._state_dir = Path(state_dir) if state_dir else None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.model_dir: Path | None = None
+        self.handler: DefaultHandler | HooksHandler | None = None
+        self.error: str | None = None
+        self._ready = False
+        self._max_bytes = self.settings.max_payload_bytes()
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and the warm-up prediction succeeded."""
+        return self._ready
+
+    @property
+    def takes_headers(self) -> bool:
+        """True when user hooks run (they see all request headers through the context)."""
+        return isinstance(self.handler, HooksHandler)
+
+    def load(self) -> DataPlane:
+        """Prepare the source, load the model and run one warm-up prediction.
+
+        On failure ``error`` holds the reason and :class:`ModelLoadError` is raised.
+        """
+        started = time.perf_counter()
+        try:
+            if self._state_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="selfmaker-model-")
+                self._state_dir = Path(self._tmp.name)
+            self.model_dir = prepare_model(
+                self.source, self._state_dir, install=self.settings.install_requirements
+            )
+            handler = build_handler(
+                self.model_dir,
+                program=self.settings.program,
+                intra_op_threads=self.settings.effective_ort_threads(),
+                use_gpu=self.settings.use_gpu,
+                default_accept=self.settings.default_accept,
+            )
+            handler.load()
+            handler.warmup()
+        except ModelLoadError as exc:
+            self.error = exc.message
+            raise
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            raise ModelLoadError(f"model failed to load: {self.error}") from exc
+        self.handler = handler
+        self._ready = True
+        log.info("model ready from %s in %.3f s", self.source, time.perf_counter() - started)
+        return self
+
+    def invoke(
+        self, body: bytes, content_type: str | None, accept: str | None = None, custom_attributes: str | None = None
+    ) -> tuple[bytes, str]:
+        """Answer one request: ``(response body, response content type)``."""
+        result = self.invoke_full(body, content_type, accept, custom_attributes)
+        return result.body, result.content_type
+
+    def invoke_full(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None = None,
+        custom_attributes: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> InvocationResult:
+        """Like :meth:`invoke`, also returning custom attributes set by hooks and the model time."""
+        handler = self.handler
+        if handler is None:
+            raise ModelNotReadyError(
+                "model failed to load" if self.error else "model is not loaded yet"
+            )
+        if len(body) > self._max_bytes:
+            raise PayloadTooLargeError(
+                f"request body of {len(body)} bytes exceeds the {self.settings.max_payload_mb} MB limit"
+            )
+        if isinstance(handler, HooksHandler):
+            all_headers = dict(headers or {})
+            if content_type:
+                all_headers.setdefault("Content-Type", content_type)
+            if accept:
+                all_headers.setdefault("Accept", accept)
+            if custom_attributes is not None:
+                all_headers[contract.CUSTOM_ATTRIBUTES_HEADER] = custom_attributes
+            out, out_type, attributes, seconds = handler.invoke(body, content_type or "", accept, all_headers)
+        else:
+            out, out_type, attributes, seconds = handler.invoke(body, content_type or "", accept, None)
+        return InvocationResult(out, out_type, attributes, seconds)
+
+    def close(self) -> None:
+        """Drop the model and any temporary unpacked copy."""
+        self.handler = None
+        self._ready = False
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+__all__ = ["DataPlane", "InvocationResult", "ServingError"]

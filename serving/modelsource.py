@@ -1,0 +1,173 @@
+"""Where the model comes from: a directory, or a ``model.tar.gz`` as a path, ``file://`` or ``s3://`` URI.
+
+:func:`prepare_model` turns the source into a ready model directory exactly once per server, even with
+several worker processes: the first worker takes a file lock, downloads/unpacks and installs
+``code/requirements.txt``; the others wait for the lock and reuse the recorded result (or failure).
+
+:func:`safe_extract` refuses archive members that would land outside the target (absolute paths,
+``..``, links pointing outside) and anything that is not a regular file, directory or contained link;
+the error names the member.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from serving import contract
+from serving.errors import ModelSourceError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
+
+_RESULT_FILE = "prepared.json"
+_LOCK_FILE = "prepare.lock"
+
+
+def _member_target(root: Path, name: str) -> Path:
+    if not name or name.startswith("/") or (len(name) > 1 and name[1] == ":") or name.startswith("\\"):
+        raise UnsafeArchiveError(f"archive member {name!r} has an absolute path")
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        raise UnsafeArchiveError(f"archive member {name!r} contains '..'")
+    target = (root / name).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafeArchiveError(f"archive member {name!r} resolves outside the model directory")
+    return target
+
+
+def check_members(archive: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
+    """Validate every member of ``archive`` for extraction under ``root`` (raises on the first bad one)."""
+    root = root.resolve()
+    members = archive.getmembers()
+    for member in members:
+        _member_target(root, member.name)
+        if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise UnsafeArchiveError(f"archive member {member.name!r} is a device, FIFO or special file")
+        if member.issym():
+            link = member.linkname
+            if link.startswith("/"):
+                raise UnsafeArchiveError(f"archive member {member.name!r} is a symlink to an absolute path {link!r}")
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), link))
+            if resolved == ".." or resolved.startswith("../"):
+                raise UnsafeArchiveError(f"archive member {member.name!r} links outside the model directory ({link!r})")
+            _member_target(root, resolved)
+        elif member.islnk():
+            link = member.linkname
+            if link.startswith("/") or ".." in link.split("/"):
+                raise UnsafeArchiveError(f"archive member {member.name!r} hard-links outside the model directory ({link!r})")
+            _member_target(root, link)
+    return members
+
+
+def safe_extract(archive_path: Path, target: Path) -> Path:
+    """Unpack a (gzipped) tar into ``target`` after :func:`check_members` accepted every member."""
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive_path, "r:*") as archive:
+            members = check_members(archive, target)
+            for member in members:
+                # never restore owners or permissions beyond the user's own
+                member.mode = (member.mode | 0o600) & 0o755 if member.isfile() else 0o755
+                member.uid = member.gid = os.getuid()
+                member.uname = member.gname = ""
+            if hasattr(tarfile, "data_filter"):
+                archive.extractall(target, members=members, filter="data")
+            else:  # pragma: no cover - Python < 3.10.12
+                archive.extractall(target, members=members)
+    except UnsafeArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise UnsafeArchiveError(f"archive member {getattr(exc, 'tarinfo', None) and exc.tarinfo.name!r} refused: {exc}") from exc
+        raise ModelSourceError(f"cannot unpack {archive_path.name}: {exc}") from exc
+    return target
+
+
+def _download_s3(uri: str, dest: Path) -> Path:
+    import boto3
+
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket or not key:
+        raise ModelSourceError(f"bad S3 URI {uri!r}; expected s3://bucket/key")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    client = boto3.client("s3", endpoint_url=endpoint)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client.download_file(bucket, key, str(dest))
+    except Exception as exc:  # botocore ClientError, EndpointConnectionError, ...
+        raise ModelSourceError(f"cannot download {uri}: {exc}") from exc
+    return dest
+
+
+def resolve_source(source: str, work_dir: Path) -> Path:
+    """A model directory for ``source`` (dir path, archive path, ``file://`` or ``s3://`` URI)."""
+    if source.startswith("s3://"):
+        archive = _download_s3(source, work_dir / "download" / "model.tar.gz")
+        return safe_extract(archive, work_dir / "model")
+    if source.startswith("file://"):
+        source = unquote(urlparse(source).path)
+    elif "://" in source:
+        raise ModelSourceError(f"unsupported model source {source!r}; use a path, file:// or s3://")
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return safe_extract(path, work_dir / "model")
+    raise ModelSourceError(f"model source {source} does not exist")
+
+
+def install_requirements(model_dir: Path) -> None:
+    """``pip install -r code/requirements.txt`` into this interpreter's environment, if the file exists."""
+    requirements = model_dir / contract.CODE_DIR / contract.REQUIREMENTS_FILE
+    if not requirements.is_file():
+        return
+    log.info("installing %s", requirements)
+    command = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "-q", "-r", str(requirements)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=str(requirements.parent), timeout=1800)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ModelSourceError(f"pip install -r code/requirements.txt failed: {' '.join(tail)}")
+
+
+def prepare_model(source: str, state_dir: Path, *, install: bool = True) -> Path:
+    """Resolve ``source`` and install its requirements once per ``state_dir``; return the model dir.
+
+    Safe to call from every worker: a file lock serialises the work and the first result (directory
+    or error message) is recorded in ``state_dir`` and replayed to the others.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / _LOCK_FILE, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            result_path = state_dir / _RESULT_FILE
+            if result_path.is_file():
+                result = json.loads(result_path.read_text())
+                if result.get("error"):
+                    raise ModelSourceError(result["error"])
+                return Path(result["model_dir"])
+            try:
+                model_dir = resolve_source(source, state_dir)
+                if install:
+                    install_requirements(model_dir)
+            except ModelSourceError as exc:
+                result_path.write_text(json.dumps({"error": exc.message}))
+                raise
+            result_path.write_text(json.dumps({"model_dir": str(model_dir)}))
+            return model_dir
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def cleanup(state_dir: Path) -> None:
+    """Remove what :func:`prepare_model` unpacked (the state dir belongs to the server)."""
+    shutil.rmtree(state_dir, ignore_errors=True)
