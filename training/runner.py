@@ -239,12 +239,12 @@ class TrainingJobRunner:
             if reason:
                 self.state.failure_reason = reason[:FAILURE_REASON_LIMIT]
             self.state.status = status
-            now = _now()
+            self._transition(secondary, message)
+            now = self.state.transitions[-1]["StartTime"]
+            self.state.transitions[-1]["EndTime"] = now
             if self.state.start_time is None:
                 self.state.start_time = now
             self.state.end_time = now
-            self._transition(secondary, message)
-            self.state.transitions[-1]["EndTime"] = now
             self._notify()
 
     # -- the job --------------------------------------------------------------------------------

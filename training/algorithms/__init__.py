@@ -1,0 +1,1 @@
+"""Built-in algorithms (SageMaker's linear-learner and xgboost contracts) that export ONNX."""

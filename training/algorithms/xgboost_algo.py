@@ -1,0 +1,286 @@
+"""Built-in XGBoost (SageMaker algorithm mode): CSV/libsvm/Parquet in, ``xgboost-model`` + ONNX out.
+
+Hyperparameters follow SageMaker's XGBoost algorithm; metric lines are printed like its container
+(``[3]#011train-rmse:0.12#011validation-rmse:0.15``) so the usual MetricDefinitions regexes work.
+Checkpoints ``xgboost-checkpoint.<round>`` go to the checkpoint dir each round (last 5 kept) and a
+restart resumes from the newest; a ``model`` channel with a previous model continues training from it.
+With several hosts, training runs over xgboost's collective (rabit tracker on the first host).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from training.algorithms.common import atomic_write, numbered_files, previous_model_file
+from training.data import Dataset, read_channel
+from training.environment import TrainingEnvironment
+from training.errors import HyperparameterError, UserError
+from training.hyperparameters import Hyperparameters
+from training.onnx_export import save, write_signature, xgboost_to_onnx
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "xgboost-model"
+CHECKPOINT_PREFIX = "xgboost-checkpoint."
+KEEP_CHECKPOINTS = 5
+
+OBJECTIVES = (
+    "reg:squarederror", "reg:squaredlogerror", "reg:logistic", "reg:pseudohubererror", "reg:absoluteerror",
+    "reg:linear", "binary:logistic", "binary:logitraw", "binary:hinge", "count:poisson", "reg:gamma", "reg:tweedie",
+    "multi:softmax", "multi:softprob",
+)
+KNOWN = {
+    "num_round", "objective", "eval_metric", "max_depth", "eta", "gamma", "alpha", "lambda", "subsample",
+    "colsample_bytree", "colsample_bylevel", "colsample_bynode", "min_child_weight", "scale_pos_weight",
+    "early_stopping_rounds", "tree_method", "num_class", "base_score", "seed", "max_delta_step", "max_bin",
+    "grow_policy", "max_leaves", "csv_weights", "booster", "nthread", "verbosity", "silent", "sketch_eps",
+    "lambda_bias", "tweedie_variance_power", "num_parallel_tree", "save_model_on_termination", "sampling_method",
+    "single_precision_histogram", "deterministic_histogram", "interaction_constraints", "monotone_constraints",
+    "refresh_leaf", "process_type", "updater", "max_cat_to_onehot", "feature_dim",
+}
+
+
+def build_params(hp: Hyperparameters, n_hosts: int) -> tuple[dict[str, Any], int, int | None]:
+    """Validated xgboost params, num_round and early_stopping_rounds."""
+    hp.check_known(KNOWN)
+    num_round = hp.int("num_round", required=True, minimum=1)
+    objective = hp.choice("objective", "reg:squarederror", OBJECTIVES)
+    assert objective is not None and num_round is not None
+    if objective == "reg:linear":
+        objective = "reg:squarederror"
+    params: dict[str, Any] = {
+        "objective": objective,
+        "max_depth": hp.int("max_depth", 6, minimum=0),
+        "eta": hp.float("eta", 0.3, minimum=0, maximum=1),
+        "gamma": hp.float("gamma", 0.0, minimum=0),
+        "alpha": hp.float("alpha", 0.0, minimum=0),
+        "lambda": hp.float("lambda", 1.0, minimum=0),
+        "subsample": hp.float("subsample", 1.0, minimum=0, maximum=1, exclusive_min=True),
+        "colsample_bytree": hp.float("colsample_bytree", 1.0, minimum=0, maximum=1, exclusive_min=True),
+        "colsample_bylevel": hp.float("colsample_bylevel", 1.0, minimum=0, maximum=1, exclusive_min=True),
+        "colsample_bynode": hp.float("colsample_bynode", 1.0, minimum=0, maximum=1, exclusive_min=True),
+        "min_child_weight": hp.float("min_child_weight", 1.0, minimum=0),
+        "scale_pos_weight": hp.float("scale_pos_weight", 1.0, minimum=0, exclusive_min=True),
+        "max_delta_step": hp.float("max_delta_step", 0.0, minimum=0),
+        "tree_method": hp.choice("tree_method", "auto", ("auto", "exact", "approx", "hist")),
+        "booster": hp.choice("booster", "gbtree", ("gbtree",)),
+        "seed": hp.int("seed", 0),
+        "nthread": hp.int("nthread", os.cpu_count() or 1, minimum=1),
+        "verbosity": hp.int("verbosity", 1, minimum=0, maximum=3),
+        "max_bin": hp.int("max_bin", 256, minimum=2),
+        "grow_policy": hp.choice("grow_policy", "depthwise", ("depthwise", "lossguide")),
+        "max_leaves": hp.int("max_leaves", 0, minimum=0),
+        "num_parallel_tree": hp.int("num_parallel_tree", 1, minimum=1),
+    }
+    if hp.has("tweedie_variance_power"):
+        params["tweedie_variance_power"] = hp.float("tweedie_variance_power", minimum=1, maximum=2)
+    if hp.has("base_score"):
+        params["base_score"] = hp.float("base_score")
+    if objective.startswith("multi:"):
+        params["num_class"] = hp.int("num_class", required=True, minimum=2)
+    elif hp.has("num_class"):
+        raise HyperparameterError("num_class", f"is only valid with a multi:* objective, not {objective}")
+    if hp.has("eval_metric"):
+        metrics = [m.strip() for m in str(hp.string("eval_metric")).split(",") if m.strip()]
+        if not metrics:
+            raise HyperparameterError("eval_metric", "is empty")
+        params["eval_metric"] = metrics
+    if params["tree_method"] == "exact" and n_hosts > 1:
+        raise HyperparameterError("tree_method", "'exact' does not support distributed training; use hist or approx")
+    early = hp.int("early_stopping_rounds", None, minimum=1)
+    return params, num_round, early
+
+
+def _dmatrix(ds: Dataset) -> Any:
+    import xgboost as xgb
+
+    return xgb.DMatrix(ds.X, label=ds.y, weight=ds.weights, missing=np.nan)
+
+
+class _Reporter:
+    """xgboost callback: SageMaker-style metric lines, checkpoints, SIGTERM-safe model saving."""
+
+    def __init__(self, env: TrainingEnvironment, checkpoint: bool, on_round: Any = None) -> None:
+        import xgboost as xgb
+
+        class Callback(xgb.callback.TrainingCallback):
+            def after_iteration(cb_self, model: Any, epoch: int, evals_log: dict[str, dict[str, list[float]]]) -> bool:
+                parts = [f"[{epoch}]"]
+                for data, metrics in evals_log.items():
+                    for metric, values in metrics.items():
+                        parts.append(f"{data}-{metric}:{values[-1]:.5f}")
+                print("#011".join(parts), flush=True)
+                if checkpoint:
+                    atomic_write(env.checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch}", bytes(model.save_raw("ubj")))
+                    for _, old in numbered_files(env.checkpoint_dir, CHECKPOINT_PREFIX)[:-KEEP_CHECKPOINTS]:
+                        old.unlink(missing_ok=True)
+                return False
+
+        self.callback = Callback()
+
+
+def _booster_from_bytes(data: bytes, params: dict[str, Any]) -> Any:
+    import xgboost as xgb
+
+    booster = xgb.Booster(params={"nthread": params["nthread"]})
+    try:
+        booster.load_model(bytearray(data))
+    except xgb.core.XGBoostError as exc:
+        raise UserError(f"cannot load the previous xgboost model: {str(exc).splitlines()[0]}") from None
+    return booster
+
+
+def _wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise UserError(f"cannot reach the xgboost tracker on {host}:{port} within {timeout:g}s")
+
+
+def train(env: TrainingEnvironment) -> None:
+    """Train, checkpoint and export; raises :class:`UserError` for bad input."""
+    import xgboost as xgb
+
+    hosts = sorted(env.hosts)
+    hp = Hyperparameters(env.hyperparameters)
+    params, num_round, early = build_params(hp, len(hosts))
+    csv_weights = hp.int("csv_weights", 0, minimum=0, maximum=1) == 1
+    if "train" not in env.input_data_config:
+        raise UserError("channel 'train' is required")
+    train_ds = read_channel(env, "train", default="libsvm", csv_weights=csv_weights)
+    valid_ds = read_channel(env, "validation", default="libsvm", csv_weights=csv_weights) if "validation" in env.input_data_config else None
+    objective = params["objective"]
+    if objective.startswith("binary:") or objective == "reg:logistic":
+        bad = np.setdiff1d(np.unique(train_ds.y), [0.0, 1.0]) if objective.startswith("binary:") else train_ds.y[(train_ds.y < 0) | (train_ds.y > 1)]
+        if bad.size:
+            raise UserError(f"channel 'train': objective {objective} needs labels in {{0, 1}}" + (" / [0, 1]" if objective == "reg:logistic" else "") + f", found {bad[:5].tolist()}")
+    if objective.startswith("multi:"):
+        bad = train_ds.y[(train_ds.y < 0) | (train_ds.y >= params["num_class"]) | (train_ds.y != np.round(train_ds.y))]
+        if bad.size:
+            raise UserError(f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), found {bad[:5].tolist()}")
+    n_features = int(train_ds.X.shape[1])
+    if valid_ds is not None and valid_ds.X.shape[1] != n_features and isinstance(valid_ds.X, np.ndarray):
+        raise UserError(f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has {n_features}")
+
+    dtrain = _dmatrix(train_ds)
+    evals = [(dtrain, "train")]
+    if valid_ds is not None:
+        evals.append((_dmatrix(valid_ds), "validation"))
+    if early and valid_ds is None:
+        raise HyperparameterError("early_stopping_rounds", "needs a 'validation' channel")
+
+    # where to start: the newest checkpoint, else a previous model from the 'model' channel
+    start_model = None
+    done_rounds = 0
+    checkpoints = numbered_files(env.checkpoint_dir, CHECKPOINT_PREFIX)
+    if checkpoints:
+        last_round, path = checkpoints[-1]
+        start_model = _booster_from_bytes(path.read_bytes(), params)
+        done_rounds = last_round + 1
+        print(f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, {max(0, num_round - done_rounds)} to go", flush=True)
+        remaining = num_round - done_rounds
+    else:
+        previous = previous_model_file(env, (MODEL_FILE, "xgboost-model.json", "xgboost-model.ubj"))
+        if previous is not None:
+            start_model = _booster_from_bytes(previous, params)
+            print(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} rounds", flush=True)
+        remaining = num_round
+
+    callbacks: list[Any] = [_Reporter(env, checkpoint=env.is_master).callback]
+    if early:
+        callbacks.append(xgb.callback.EarlyStopping(rounds=early, save_best=False, data_name="validation"))
+
+    def fit(rounds: int) -> Any:
+        if rounds <= 0:
+            return start_model
+        try:
+            return xgb.train(params, dtrain, num_boost_round=rounds, evals=evals, verbose_eval=False,
+                             callbacks=callbacks, xgb_model=start_model)
+        except xgb.core.XGBoostError as exc:
+            raise UserError(f"xgboost: {str(exc).strip().splitlines()[-1][:500]}") from None
+
+    if len(hosts) > 1:
+        booster = _train_distributed(env, hosts, fit, remaining)
+    else:
+        booster = fit(remaining)
+    if booster is None:
+        raise UserError("nothing to train: num_round is already reached and no model exists")
+    if early and getattr(booster, "best_iteration", None) is not None and booster.num_boosted_rounds() > booster.best_iteration + 1:
+        print(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} rounds", flush=True)
+        booster = booster[: booster.best_iteration + 1]
+    if env.is_master:
+        export(env, booster, n_features, params)
+
+
+def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rounds: int) -> Any:
+    from xgboost import collective
+    from xgboost.tracker import RabitTracker
+
+    master = hosts[0]
+    address = env.host_address(master)
+    port = int(os.environ.get("SELFMAKER_TRACKER_PORT") or 9099)
+    tracker = None
+    if env.is_master:
+        tracker = RabitTracker(n_workers=len(hosts), host_ip=address, port=port, sortby="task", timeout=300)
+        tracker.start()
+        waiter = threading.Thread(target=tracker.wait_for, daemon=True)
+        waiter.start()
+    else:
+        _wait_for_port(address, port, 120.0)
+    args = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
+    print(f"Distributed training: {env.current_host} of {len(hosts)} hosts, tracker {address}:{port}", flush=True)
+    with collective.CommunicatorContext(**args):
+        booster = fit(rounds)
+    if tracker is not None:
+        waiter.join(timeout=30)
+    return booster
+
+
+def export(env: TrainingEnvironment, booster: Any, n_features: int, params: dict[str, Any]) -> None:
+    """Write ``xgboost-model`` (native UBJSON), ``model.onnx`` and ``signature.json``; check ONNX agrees."""
+    import xgboost as xgb
+
+    objective = params["objective"]
+    model_dir = env.model_dir
+    (model_dir / MODEL_FILE).write_bytes(bytes(booster.save_raw("ubj")))
+    onnx_model = xgboost_to_onnx(booster, n_features, objective)
+    save(onnx_model, model_dir)
+    if objective.startswith("multi:"):
+        task, classes = "multiclass_classification", list(range(int(params["num_class"])))
+    elif objective.startswith("binary:"):
+        task, classes = "binary_classification", [0, 1]
+    else:
+        task, classes = "regression", None
+    write_signature(model_dir, framework="xgboost", task=task, n_features=n_features, response_format="xgboost",
+                    classes=classes, threshold=0.5 if task == "binary_classification" else None,
+                    extra={"objective": objective})
+    # the exported graph must predict what xgboost predicts
+    import onnxruntime as ort
+
+    probe = np.random.default_rng(0).normal(size=(16, n_features)).astype(np.float32)
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx_out = sess.run(None, {"input": probe})[-1]
+    if objective == "multi:softmax":
+        ref = booster.predict(xgb.DMatrix(probe), output_margin=False, strict_shape=True)
+        onnx_out = onnx_out.argmax(axis=1).reshape(ref.shape)
+    else:
+        ref = booster.predict(xgb.DMatrix(probe))
+        if task == "binary_classification":
+            onnx_out = onnx_out[:, 1]
+            if objective == "binary:logitraw":
+                ref = 1.0 / (1.0 + np.exp(-ref))
+    diff = float(np.max(np.abs(np.asarray(onnx_out, dtype=np.float64).reshape(-1) - np.asarray(ref, dtype=np.float64).reshape(-1))))
+    if objective != "binary:hinge" and diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
+        raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")
+    print(f"Saved {MODEL_FILE}, model.onnx and signature.json to {model_dir}", flush=True)
