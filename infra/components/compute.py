@@ -1,0 +1,259 @@
+"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving or training image."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import naming, presets, userdata
+
+ROLES = ("serve", "train")
+WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
+ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023 and the AL2023 deep-learning AMI
+
+
+@dataclass(frozen=True)
+class WarmPoolArgs:
+    """An Auto Scaling warm pool: ``min_size`` pre-initialised instances kept in ``state``."""
+
+    min_size: int = 0
+    max_prepared_capacity: int | None = None
+    state: str = "Stopped"
+
+
+@dataclass
+class InstanceGroupArgs:
+    """Inputs of :class:`InstanceGroup`; validated when constructed.
+
+    ``model_data_uri`` (serve) and ``channels``/``output_uri``/``checkpoint_uri`` (train) are S3 URIs
+    that may be outputs of the ModelStore; everything shaping the group's size and types is plain.
+    """
+
+    role: str
+    accelerator: str
+    instance_types: Sequence[str]
+    vpc_id: pulumi.Input[str]
+    subnet_ids: Sequence[pulumi.Input[str]]
+    instance_profile_arn: pulumi.Input[str]
+    repository_url: pulumi.Input[str]
+    image_tag: str
+    region: str
+    log_group_name: str
+    tags: Mapping[str, str]
+    ami_parameter: str
+    ami_id: str | None = None
+    min_size: int = 0
+    max_size: int = 1
+    desired_capacity: int = 0
+    on_demand_base: int = 0
+    spot_percentage: int = 0
+    capacity_rebalance: bool = False
+    warm_pool: WarmPoolArgs | None = None
+    root_volume_gb: int = 40
+    port: int = userdata.CONTAINER_PORT
+    log_retention_days: int = 30
+    ingress_security_group_ids: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    extra_security_group_ids: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    model_data_uri: pulumi.Input[str] | None = None
+    channels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    output_uri: pulumi.Input[str] | None = None
+    checkpoint_uri: pulumi.Input[str] | None = None
+    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, message: str) -> ValueError:
+            return ValueError(f"InstanceGroupArgs.{name}: {message}")
+
+        if self.role not in ROLES:
+            raise bad("role", f"must be one of {ROLES}, got {self.role!r}")
+        try:
+            self.instance_types = presets.resolve_instance_types(self.accelerator, None, list(self.instance_types))
+        except ValueError as exc:
+            raise bad("instance_types" if self.accelerator in presets.ACCELERATORS else "accelerator", str(exc)) from None
+        if not self.instance_types:
+            raise bad("instance_types", "at least one type is needed")
+        if not self.subnet_ids:
+            raise bad("subnet_ids", "at least one private subnet is needed")
+        if not 0 <= self.min_size <= self.desired_capacity <= self.max_size or self.max_size < 1:
+            raise bad("desired_capacity", f"need 0 <= min_size <= desired_capacity <= max_size and max_size >= 1, got "
+                      f"{self.min_size}/{self.desired_capacity}/{self.max_size}")
+        try:
+            presets.capacity_mix(self.desired_capacity, self.on_demand_base, self.spot_percentage)
+        except ValueError as exc:
+            raise bad("spot_percentage", str(exc)) from None
+        if self.warm_pool is not None:
+            if self.spot_percentage or len(self.instance_types) != 1:
+                raise bad("warm_pool", "AWS allows warm pools only without spot and with a single instance type")
+            if self.warm_pool.state not in WARM_POOL_STATES:
+                raise bad("warm_pool", f"state must be one of {WARM_POOL_STATES}")
+            if self.warm_pool.min_size < 0:
+                raise bad("warm_pool", "min_size must be >= 0")
+        if not self.ami_parameter.startswith("/"):
+            raise bad("ami_parameter", f"{self.ami_parameter!r} is not an SSM parameter name")
+        if not 8 <= self.root_volume_gb <= 16384:
+            raise bad("root_volume_gb", "must be 8-16384")
+        if not 1 <= self.port <= 65535:
+            raise bad("port", "must be 1-65535")
+        try:
+            naming.image_uri("registry.example/repo", self.image_tag)
+        except ValueError as exc:
+            raise bad("image_tag", str(exc)) from None
+        if self.role == "serve" and self.model_data_uri is None:
+            raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
+        if self.role == "train":
+            if not self.channels:
+                raise bad("channels", "a training group needs at least one channel")
+            if self.output_uri is None or self.checkpoint_uri is None:
+                raise bad("output_uri", "a training group needs output_uri and checkpoint_uri")
+        if self.role == "serve" and self.ingress_security_group_ids and self.port < 1024:
+            raise bad("port", "use an unprivileged port (>= 1024)")
+
+
+class InstanceGroup(pulumi.ComponentResource):
+    """Security group, log group, launch template (IMDSv2, encrypted gp3) and ASG of one group.
+
+    The ASG spreads over the given private subnets and uses a mixed instances policy (instance types,
+    on-demand base, spot share, capacity rebalance) unless a warm pool is configured, which AWS only
+    allows with a single on-demand type.
+    """
+
+    def __init__(self, name: str, args: InstanceGroupArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("selfmaker:compute:InstanceGroup", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = {**args.tags, "Group": name, "Role": args.role}
+
+        def tagged(role: str) -> dict[str, str]:
+            return naming.with_name(tags, naming.child_name(name, role))
+
+        self.log_group = aws.cloudwatch.LogGroup(
+            naming.child_name(name, "logs"), name=args.log_group_name, retention_in_days=args.log_retention_days,
+            tags=tags, opts=child,
+        )
+
+        self.security_group = aws.ec2.SecurityGroup(
+            naming.child_name(name, "sg"), vpc_id=args.vpc_id, description=f"selfmaker {args.role} group {name}",
+            tags=tagged("sg"), opts=child,
+        )
+        for i, source in enumerate(args.ingress_security_group_ids):
+            aws.vpc.SecurityGroupIngressRule(
+                naming.child_name(name, f"ingress-{i}"), security_group_id=self.security_group.id,
+                referenced_security_group_id=source, ip_protocol="tcp", from_port=args.port, to_port=args.port,
+                description="model server port from a trusted security group", tags=tagged(f"ingress-{i}"), opts=child,
+            )
+        if args.role == "train":
+            # Distributed training: hosts of one group talk to each other on any port.
+            aws.vpc.SecurityGroupIngressRule(
+                naming.child_name(name, "peers"), security_group_id=self.security_group.id,
+                referenced_security_group_id=self.security_group.id, ip_protocol="-1",
+                description="training hosts of this group", tags=tagged("peers"), opts=child,
+            )
+            aws.vpc.SecurityGroupEgressRule(
+                naming.child_name(name, "peers-out"), security_group_id=self.security_group.id,
+                referenced_security_group_id=self.security_group.id, ip_protocol="-1",
+                description="training hosts of this group", tags=tagged("peers-out"), opts=child,
+            )
+        aws.vpc.SecurityGroupEgressRule(
+            naming.child_name(name, "https-out"), security_group_id=self.security_group.id, cidr_ipv4="0.0.0.0/0",
+            ip_protocol="tcp", from_port=443, to_port=443, description="HTTPS to AWS APIs, ECR and package repos",
+            tags=tagged("https-out"), opts=child,
+        )
+
+        image_id: pulumi.Input[str]
+        if args.ami_id:
+            image_id = args.ami_id
+        else:
+            image_id = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=pulumi.InvokeOutputOptions(parent=self)).value
+
+        user_data = pulumi.Output.all(
+            repo=args.repository_url, model=args.model_data_uri, channels=pulumi.Output.all(**dict(args.channels))
+            if args.channels else {}, output=args.output_uri, checkpoint=args.checkpoint_uri,
+        ).apply(lambda v: _encoded_user_data(name, args, v))
+
+        tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
+        self.launch_template = aws.ec2.LaunchTemplate(
+            naming.child_name(name, "lt"),
+            description=f"selfmaker {args.role} group {name}",
+            image_id=image_id,
+            instance_type=args.instance_types[0] if args.warm_pool is not None else None,
+            iam_instance_profile={"arn": args.instance_profile_arn},
+            vpc_security_group_ids=[self.security_group.id, *args.extra_security_group_ids],
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                # Containers sit one hop behind the host (docker bridge) and still need the role.
+                "http_put_response_hop_limit": 2,
+                "instance_metadata_tags": "disabled",
+            },
+            block_device_mappings=[{
+                "device_name": ROOT_DEVICE,
+                "ebs": {"volume_size": args.root_volume_gb, "volume_type": "gp3", "encrypted": "true",
+                        "delete_on_termination": "true"},
+            }],
+            monitoring={"enabled": True},
+            user_data=user_data,
+            update_default_version=True,
+            tag_specifications=tag_specs,
+            tags=tagged("lt"),
+            opts=child,
+        )
+
+        template_ref = {"id": self.launch_template.id, "version": self.launch_template.latest_version.apply(str)}
+        group_kwargs: dict[str, Any] = {}
+        if args.warm_pool is not None:
+            group_kwargs["launch_template"] = template_ref
+            group_kwargs["warm_pool"] = {
+                "pool_state": args.warm_pool.state, "min_size": args.warm_pool.min_size,
+                **({"max_group_prepared_capacity": args.warm_pool.max_prepared_capacity}
+                   if args.warm_pool.max_prepared_capacity is not None else {}),
+            }
+        else:
+            group_kwargs["mixed_instances_policy"] = {
+                "instances_distribution": presets.instances_distribution(args.on_demand_base, args.spot_percentage),
+                "launch_template": {
+                    "launch_template_specification": {"launch_template_id": template_ref["id"],
+                                                      "version": template_ref["version"]},
+                    "overrides": [{"instance_type": itype} for itype in args.instance_types],
+                },
+            }
+        self.auto_scaling_group = aws.autoscaling.Group(
+            naming.child_name(name, "asg"),
+            min_size=args.min_size,
+            max_size=args.max_size,
+            desired_capacity=args.desired_capacity,
+            vpc_zone_identifiers=list(args.subnet_ids),
+            capacity_rebalance=args.capacity_rebalance,
+            health_check_type="EC2",
+            health_check_grace_period=300,
+            default_instance_warmup=300,
+            instance_refresh={"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}},
+            enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupTotalInstances"],
+            tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in sorted(tagged("asg").items())],
+            opts=child,
+            **group_kwargs,
+        )
+        self.register_outputs({
+            "auto_scaling_group_name": self.auto_scaling_group.name,
+            "launch_template_id": self.launch_template.id,
+            "security_group_id": self.security_group.id,
+            "log_group_name": self.log_group.name,
+        })
+
+
+def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, Any]) -> str:
+    """Render and base64-encode the bootstrap script once the S3 and ECR locations are known."""
+    repo = str(values["repo"])
+    spec = userdata.UserDataSpec(
+        mode=args.role, group=name, region=args.region, registry=naming.registry_host(repo),
+        image=naming.image_uri(repo, args.image_tag), log_group=args.log_group_name,
+        gpu=args.accelerator == "gpu", install_docker=args.accelerator == "cpu",
+        environment=dict(args.environment), host_port=args.port,
+        model_data=values["model"], channels=dict(values["channels"] or {}), output_uri=values["output"],
+        checkpoint_uri=values["checkpoint"], hyperparameters=dict(args.hyperparameters),
+    )
+    return base64.b64encode(userdata.render_user_data(spec).encode()).decode()

@@ -1,0 +1,412 @@
+"""The typed stack configuration, built once from ``pulumi.Config()`` and validated eagerly.
+
+Every error names the offending key the way it is written in ``Pulumi.<stack>.yaml``
+(``selfmaker:groups[1].spotPercentage``), so a bad stack file fails before anything is planned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from infra import cidr, naming, presets
+
+NAMESPACE = "selfmaker"
+
+#: Top-level keys (camelCase, as in the stack file) and their defaults; ``...`` = required.
+DEFAULTS: dict[str, Any] = {
+    "vpcCidr": "10.0.0.0/16",
+    "azCount": 2,
+    "natGateways": "single",
+    "interfaceEndpoints": True,
+    "flowLogs": True,
+    "flowLogsRetentionDays": 90,
+    "encryption": "kms",
+    "modelPrefix": "models/",
+    "outputsExpirationDays": 90,
+    "noncurrentVersionDays": 30,
+    "forceDestroy": False,
+    "keepImages": 20,
+    "imageTag": ...,
+    "logRetentionDays": 30,
+    "ssmAccess": True,
+    "tags": {},
+    "groups": [],
+}
+OBJECT_KEYS = frozenset({"tags", "groups"})
+NAT_MODES = ("single", "per-az")
+ENCRYPTIONS = ("kms", "s3")
+ROLES = ("serve", "train")
+WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
+#: CloudWatch Logs accepts only these retention values.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+SSM_AMI = {
+    "cpu": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
+    "gpu": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id",
+}
+DEFAULT_ROOT_GB = {"cpu": 40, "gpu": 100}
+GROUP_KEYS = frozenset({
+    "name", "role", "accelerator", "preset", "instanceTypes", "minSize", "maxSize", "desiredCapacity",
+    "onDemandBase", "spotPercentage", "capacityRebalance", "warmPool", "amiId", "amiParameter", "rootVolumeGb",
+    "imageTag", "modelKey", "channels", "hyperparameters", "environment", "port",
+})
+
+
+class ConfigError(ValueError):
+    """A stack-config value is missing or wrong; ``field`` is the full key (``selfmaker:azCount``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """VPC layout: CIDR, AZ count, NAT mode, endpoints and flow logs."""
+
+    vpc_cidr: str
+    az_count: int
+    nat_gateways: str
+    interface_endpoints: bool
+    flow_logs: bool
+    flow_logs_retention_days: int
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Buckets: encryption kind, model prefix and lifecycle."""
+
+    encryption: str
+    model_prefix: str
+    outputs_expiration_days: int
+    noncurrent_version_days: int
+    force_destroy: bool
+
+
+@dataclass(frozen=True)
+class WarmPoolConfig:
+    """An Auto Scaling warm pool (pre-initialised stopped or running instances)."""
+
+    min_size: int
+    max_prepared_capacity: int | None
+    state: str
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One instance group: what it runs (serve/train), on what (CPU/GPU types) and how many."""
+
+    name: str
+    role: str
+    accelerator: str
+    instance_types: tuple[str, ...]
+    min_size: int
+    max_size: int
+    desired_capacity: int
+    on_demand_base: int
+    spot_percentage: int
+    capacity_rebalance: bool
+    warm_pool: WarmPoolConfig | None
+    ami_id: str | None
+    ami_parameter: str
+    root_volume_gb: int
+    image_tag: str
+    port: int = 8080
+    model_key: str | None = None
+    channels: Mapping[str, str] = field(default_factory=dict)
+    hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything the program needs, typed and validated."""
+
+    project: str
+    stack: str
+    prefix: str
+    tags: Mapping[str, str]
+    network: NetworkConfig
+    storage: StorageConfig
+    keep_images: int
+    image_tag: str
+    log_retention_days: int
+    ssm_access: bool
+    groups: tuple[GroupConfig, ...]
+
+
+# --- coercion helpers (stack files hand scalars over as strings) ------------------------------------
+
+def _key(name: str) -> str:
+    return f"{NAMESPACE}:{name}"
+
+
+def _int(field_name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(field_name, f"expected an integer, got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise ConfigError(field_name, f"expected an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(field_name, f"must be >= {lo} (got {value})")
+    if hi is not None and value > hi:
+        raise ConfigError(field_name, f"must be <= {hi} (got {value})")
+    return value
+
+
+def _bool(field_name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise ConfigError(field_name, f"expected true or false, got {value!r}")
+
+
+def _str(field_name: str, value: Any, *, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(field_name, f"expected a non-empty string, got {value!r}")
+    value = value.strip()
+    if choices is not None and value not in choices:
+        raise ConfigError(field_name, f"must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _str_map(field_name: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(field_name, f"expected a mapping, got {type(value).__name__}")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or isinstance(item, (Mapping, list)) or item is None:
+            raise ConfigError(f"{field_name}.{key}", "expected a string (or number) value")
+        out[key] = str(item).lower() if isinstance(item, bool) else str(item)
+    return out
+
+
+def _retention(field_name: str, value: Any) -> int:
+    days = _int(field_name, value)
+    if days not in LOG_RETENTION_DAYS:
+        raise ConfigError(field_name, f"CloudWatch accepts only {list(LOG_RETENTION_DAYS)}, got {days}")
+    return days
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+def _network(raw: Mapping[str, Any]) -> NetworkConfig:
+    vpc_cidr = _str(_key("vpcCidr"), raw["vpcCidr"])
+    az_count = _int(_key("azCount"), raw["azCount"], lo=2, hi=6)
+    try:
+        cidr.plan_subnets(vpc_cidr, az_count)
+    except ValueError as exc:
+        raise ConfigError(_key("vpcCidr"), str(exc)) from None
+    if not ipaddress.IPv4Network(vpc_cidr).is_private:
+        raise ConfigError(_key("vpcCidr"), f"{vpc_cidr} is not a private (RFC 1918) range")
+    return NetworkConfig(
+        vpc_cidr=vpc_cidr,
+        az_count=az_count,
+        nat_gateways=_str(_key("natGateways"), raw["natGateways"], choices=NAT_MODES),
+        interface_endpoints=_bool(_key("interfaceEndpoints"), raw["interfaceEndpoints"]),
+        flow_logs=_bool(_key("flowLogs"), raw["flowLogs"]),
+        flow_logs_retention_days=_retention(_key("flowLogsRetentionDays"), raw["flowLogsRetentionDays"]),
+    )
+
+
+def _storage(raw: Mapping[str, Any]) -> StorageConfig:
+    prefix = naming.normalize_key_prefix(_str(_key("modelPrefix"), raw["modelPrefix"]))
+    if not prefix or not re.fullmatch(r"[A-Za-z0-9!_.*'()/-]+", prefix):
+        raise ConfigError(_key("modelPrefix"), f"{raw['modelPrefix']!r} is not a usable S3 key prefix")
+    return StorageConfig(
+        encryption=_str(_key("encryption"), raw["encryption"], choices=ENCRYPTIONS),
+        model_prefix=prefix,
+        outputs_expiration_days=_int(_key("outputsExpirationDays"), raw["outputsExpirationDays"], lo=1),
+        noncurrent_version_days=_int(_key("noncurrentVersionDays"), raw["noncurrentVersionDays"], lo=1),
+        force_destroy=_bool(_key("forceDestroy"), raw["forceDestroy"]),
+    )
+
+
+def _warm_pool(field_name: str, value: Any, group: Mapping[str, Any]) -> WarmPoolConfig | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(field_name, "expected a mapping (minSize, maxPreparedCapacity, state) or true")
+    unknown = set(value) - {"minSize", "maxPreparedCapacity", "state"}
+    if unknown:
+        raise ConfigError(f"{field_name}.{sorted(unknown)[0]}", "unknown key")
+    max_prepared = value.get("maxPreparedCapacity")
+    return WarmPoolConfig(
+        min_size=_int(f"{field_name}.minSize", value.get("minSize", 0), lo=0),
+        max_prepared_capacity=None if max_prepared is None else _int(f"{field_name}.maxPreparedCapacity", max_prepared, lo=0),
+        state=_str(f"{field_name}.state", value.get("state", "Stopped"), choices=WARM_POOL_STATES),
+    )
+
+
+def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> GroupConfig:
+    base = f"{_key('groups')}[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(base, "expected a mapping")
+    unknown = set(raw) - GROUP_KEYS
+    if unknown:
+        raise ConfigError(f"{base}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(GROUP_KEYS)})")
+
+    def f(name: str) -> str:
+        return f"{base}.{name}"
+
+    name = _str(f("name"), raw.get("name"))
+    if not naming.valid_group_name(name):
+        raise ConfigError(f("name"), f"{name!r}: use 2-32 characters [a-z0-9-], starting with a letter")
+    role = _str(f("role"), raw.get("role"), choices=ROLES)
+    accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
+
+    types_raw = raw.get("instanceTypes")
+    if types_raw is not None and (not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)):
+        raise ConfigError(f("instanceTypes"), "expected a list of instance types")
+    try:
+        instance_types = presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
+    except ValueError as exc:
+        raise ConfigError(f("instanceTypes" if types_raw else "preset"), str(exc)) from None
+
+    min_size = _int(f("minSize"), raw.get("minSize", 0), lo=0)
+    max_size = _int(f("maxSize"), raw.get("maxSize", max(min_size, 1)), lo=1)
+    if max_size < min_size:
+        raise ConfigError(f("maxSize"), f"must be >= minSize ({min_size}), got {max_size}")
+    desired = _int(f("desiredCapacity"), raw.get("desiredCapacity", min_size), lo=min_size, hi=max_size)
+    on_demand_base = _int(f("onDemandBase"), raw.get("onDemandBase", 0), lo=0, hi=max_size)
+    spot = _int(f("spotPercentage"), raw.get("spotPercentage", 0), lo=0, hi=100)
+    rebalance = _bool(f("capacityRebalance"), raw.get("capacityRebalance", spot > 0))
+    warm_pool = _warm_pool(f("warmPool"), raw.get("warmPool"), raw)
+    if warm_pool is not None:
+        # AWS refuses warm pools on groups with a mixed instances policy (several types or spot).
+        if spot > 0:
+            raise ConfigError(f("warmPool"), "warm pools cannot be combined with spot (set spotPercentage to 0)")
+        if len(instance_types) != 1:
+            raise ConfigError(f("warmPool"), "warm pools need exactly one instance type (set instanceTypes to one type)")
+        if warm_pool.max_prepared_capacity is not None and warm_pool.max_prepared_capacity < max_size:
+            raise ConfigError(f("warmPool.maxPreparedCapacity"), f"must be >= maxSize ({max_size}) or unset")
+
+    ami_id = raw.get("amiId")
+    if ami_id is not None and not re.fullmatch(r"ami-[0-9a-f]{8,17}", str(ami_id)):
+        raise ConfigError(f("amiId"), f"{ami_id!r} is not an AMI id (ami-...)")
+    ami_parameter = raw.get("amiParameter", SSM_AMI[accelerator])
+    if ami_id is not None and "amiParameter" in raw:
+        raise ConfigError(f("amiParameter"), "set amiId or amiParameter, not both")
+    if not isinstance(ami_parameter, str) or not ami_parameter.startswith("/"):
+        raise ConfigError(f("amiParameter"), f"{ami_parameter!r} is not an SSM parameter name (/...)")
+
+    root_gb = _int(f("rootVolumeGb"), raw.get("rootVolumeGb", DEFAULT_ROOT_GB[accelerator]), lo=8, hi=16384)
+    image_tag = _str(f("imageTag"), raw.get("imageTag", default_tag))
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
+        raise ConfigError(f("imageTag"), f"{image_tag!r} is not a valid image tag")
+    port = _int(f("port"), raw.get("port", 8080), lo=1024, hi=65535)
+    environment = _str_map(f("environment"), raw.get("environment"))
+    for key in environment:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f(f"environment.{key}"), "not a valid environment variable name")
+
+    model_key: str | None = None
+    channels: dict[str, str] = {}
+    hyperparameters: dict[str, str] = {}
+    if role == "serve":
+        for bad in ("channels", "hyperparameters"):
+            if bad in raw:
+                raise ConfigError(f(bad), "only training groups (role: train) take this key")
+        model_key = _str(f("modelKey"), raw.get("modelKey")).lstrip("/")
+        if not model_key.endswith(".tar.gz"):
+            raise ConfigError(f("modelKey"), f"{model_key!r} must be a model.tar.gz key")
+        if not model_key.startswith(storage.model_prefix):
+            # The serving role may read only the model prefix.
+            raise ConfigError(f("modelKey"), f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
+    else:
+        if "modelKey" in raw:
+            raise ConfigError(f("modelKey"), "only serving groups (role: serve) take this key")
+        channels = _str_map(f("channels"), raw.get("channels", {"train": "train/"}))
+        if not channels:
+            raise ConfigError(f("channels"), "a training group needs at least one channel")
+        for channel, prefix in channels.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", channel):
+                raise ConfigError(f(f"channels.{channel}"), "not a valid channel name")
+            channels[channel] = naming.normalize_key_prefix(prefix)
+        hyperparameters = _str_map(f("hyperparameters"), raw.get("hyperparameters"))
+
+    return GroupConfig(
+        name=name, role=role, accelerator=accelerator, instance_types=instance_types, min_size=min_size,
+        max_size=max_size, desired_capacity=desired, on_demand_base=on_demand_base, spot_percentage=spot,
+        capacity_rebalance=rebalance, warm_pool=warm_pool, ami_id=ami_id, ami_parameter=ami_parameter,
+        root_volume_gb=root_gb, image_tag=image_tag, port=port, model_key=model_key, channels=channels,
+        hyperparameters=hyperparameters, environment=environment,
+    )
+
+
+def from_mapping(values: Mapping[str, Any], *, project: str, stack: str) -> StackConfig:
+    """Build the :class:`StackConfig` from raw values keyed like the stack file (without namespace).
+
+    Unknown keys are errors (a typo must not silently fall back to a default).
+    """
+    unknown = set(values) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(_key(sorted(unknown)[0]), f"unknown key (known: {sorted(DEFAULTS)})")
+    raw = {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
+    for key, value in raw.items():
+        if value is ...:
+            raise ConfigError(_key(key), "required; set it with `pulumi config set " + key + " <value>`")
+    try:
+        tags = naming.standard_tags(project, stack, _str_map(_key("tags"), raw["tags"]))
+        prefix = naming.resource_prefix(project, stack)
+    except ValueError as exc:
+        raise ConfigError(_key("tags"), str(exc)) from None
+    storage = _storage(raw)
+    image_tag = _str(_key("imageTag"), raw["imageTag"])
+    groups_raw = raw["groups"]
+    if not isinstance(groups_raw, list):
+        raise ConfigError(_key("groups"), "expected a list of groups")
+    groups = tuple(_group(i, g, storage, image_tag) for i, g in enumerate(groups_raw))
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        if group.name in seen:
+            raise ConfigError(f"{_key('groups')}[{i}].name", f"duplicate group name {group.name!r}")
+        seen.add(group.name)
+    return StackConfig(
+        project=project,
+        stack=stack,
+        prefix=prefix,
+        tags=tags,
+        network=_network(raw),
+        storage=storage,
+        keep_images=_int(_key("keepImages"), raw["keepImages"], lo=1, hi=1000),
+        image_tag=image_tag,
+        log_retention_days=_retention(_key("logRetentionDays"), raw["logRetentionDays"]),
+        ssm_access=_bool(_key("ssmAccess"), raw["ssmAccess"]),
+        groups=groups,
+    )
+
+
+def load(config: Any, *, project: str, stack: str, present_keys: Iterable[str] = ()) -> StackConfig:
+    """Read every known key from a ``pulumi.Config(NAMESPACE)`` and build the :class:`StackConfig`.
+
+    Pulumi hands structured values (``tags``, ``groups``) over as JSON text. ``present_keys`` are the
+    keys actually set in the stack; any that selfmaker does not know is reported (typo protection).
+    """
+    unknown = sorted(set(present_keys) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(_key(unknown[0]), f"unknown key (known: {sorted(DEFAULTS)})")
+    values: dict[str, Any] = {}
+    for key in DEFAULTS:
+        text = config.get(key)
+        if text is None:
+            continue
+        if key in OBJECT_KEYS:
+            try:
+                values[key] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(_key(key), f"not valid structured config: {exc}") from None
+        else:
+            values[key] = text
+    return from_mapping(values, project=project, stack=stack)

@@ -1,0 +1,211 @@
+"""IAM, bucket and ECR policy documents as plain dicts (pure, tested without Pulumi).
+
+Every statement names its resources. The only ``"Resource": "*"`` statements are for actions AWS does
+not scope to a resource (``ecr:GetAuthorizationToken``; ``cloudwatch:PutMetricData``, which is then
+narrowed by a namespace condition) — see :data:`UNSCOPED_ACTIONS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+Document = dict[str, Any]
+
+#: Actions that AWS only allows on ``"Resource": "*"``.
+UNSCOPED_ACTIONS: frozenset[str] = frozenset({"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"})
+
+ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage")
+LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
+METRICS_NAMESPACE = "selfmaker"
+
+
+def document(*statements: Document) -> Document:
+    """Wrap statements in a 2012-10-17 policy document."""
+    return {"Version": "2012-10-17", "Statement": list(statements)}
+
+
+def assume_role_policy(service: str) -> Document:
+    """Trust policy letting ``service`` (e.g. ``ec2.amazonaws.com``) assume the role."""
+    return document({"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"})
+
+
+def _objects(bucket_arn: str, prefix: str) -> str:
+    return f"{bucket_arn}/{prefix}*"
+
+
+def s3_read(sid: str, bucket_arn: str, prefix: str) -> list[Document]:
+    """Read objects under ``prefix`` and list only that prefix."""
+    return [
+        {"Sid": f"{sid}Get", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": _objects(bucket_arn, prefix)},
+        {"Sid": f"{sid}List", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
+         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+    ]
+
+
+def s3_write(sid: str, bucket_arn: str, prefix: str, *, read: bool = False, delete: bool = False) -> list[Document]:
+    """Write (and optionally read/delete) objects under ``prefix``; listing is limited to the prefix."""
+    actions = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    if read:
+        actions += ["s3:GetObject"]
+    if delete:
+        actions += ["s3:DeleteObject"]
+    return [
+        {"Sid": f"{sid}Objects", "Effect": "Allow", "Action": actions, "Resource": _objects(bucket_arn, prefix)},
+        {"Sid": f"{sid}List", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
+         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+    ]
+
+
+def ecr_pull(repository_arns: Iterable[str]) -> list[Document]:
+    """Pull from the given repositories; the token call cannot be scoped."""
+    arns = sorted(set(repository_arns))
+    if not arns:
+        raise ValueError("ecr_pull needs at least one repository ARN")
+    return [
+        {"Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+        {"Sid": "EcrPull", "Effect": "Allow", "Action": list(ECR_PULL_ACTIONS), "Resource": arns},
+    ]
+
+
+def logs_and_metrics(log_group_pattern: str) -> list[Document]:
+    """Write container logs under the stack's log groups and metrics in the ``selfmaker`` namespace."""
+    return [
+        {"Sid": "Logs", "Effect": "Allow", "Action": list(LOG_WRITE_ACTIONS),
+         "Resource": [log_group_pattern, f"{log_group_pattern}:*"]},
+        {"Sid": "Metrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
+         "Condition": {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}}},
+    ]
+
+
+def kms_use(key_arn: str | None) -> list[Document]:
+    """Encrypt/decrypt with the store's KMS key (nothing when buckets use S3-managed keys)."""
+    if not key_arn:
+        return []
+    return [{"Sid": "Kms", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key_arn}]
+
+
+@dataclass(frozen=True)
+class RoleScope:
+    """What the instance roles may touch: buckets, prefixes, repositories, log groups, queues."""
+
+    models_bucket_arn: str
+    data_bucket_arn: str
+    outputs_bucket_arn: str
+    repository_arns: tuple[str, ...]
+    log_group_pattern: str
+    queue_pattern: str
+    topic_pattern: str
+    model_prefix: str = "models/"
+    data_prefix: str = ""
+    training_output_prefix: str = "training/"
+    checkpoint_prefix: str = "checkpoints/"
+    async_prefix: str = "async/"
+    kms_key_arn: str | None = None
+
+
+def serving_policy(scope: RoleScope) -> Document:
+    """Model servers: read the model prefix, pull images, write logs and metrics."""
+    return document(
+        *s3_read("Models", scope.models_bucket_arn, scope.model_prefix),
+        *ecr_pull(scope.repository_arns),
+        *logs_and_metrics(scope.log_group_pattern),
+        *kms_use(scope.kms_key_arn),
+    )
+
+
+def training_policy(scope: RoleScope) -> Document:
+    """Training instances: read data, write output and checkpoints (read back to resume), pull, log."""
+    return document(
+        *s3_read("Data", scope.data_bucket_arn, scope.data_prefix),
+        *s3_write("Output", scope.outputs_bucket_arn, scope.training_output_prefix),
+        *s3_write("Checkpoints", scope.outputs_bucket_arn, scope.checkpoint_prefix, read=True, delete=True),
+        *ecr_pull(scope.repository_arns),
+        *logs_and_metrics(scope.log_group_pattern),
+        *kms_use(scope.kms_key_arn),
+    )
+
+
+def async_worker_policy(scope: RoleScope) -> Document:
+    """Async inference workers: consume the stack's queues, publish to its topics, read inputs and
+    models, write outputs and failures."""
+    return document(
+        {"Sid": "Queues", "Effect": "Allow",
+         "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage"],
+         "Resource": scope.queue_pattern},
+        {"Sid": "Topics", "Effect": "Allow", "Action": "sns:Publish", "Resource": scope.topic_pattern},
+        *s3_read("Models", scope.models_bucket_arn, scope.model_prefix),
+        *s3_write("Async", scope.outputs_bucket_arn, scope.async_prefix, read=True),
+        *ecr_pull(scope.repository_arns),
+        *logs_and_metrics(scope.log_group_pattern),
+        *kms_use(scope.kms_key_arn),
+    )
+
+
+def flow_logs_policy(log_group_arn: str) -> Document:
+    """What the VPC flow-logs service needs on its own log group."""
+    return document(
+        {"Sid": "FlowLogs", "Effect": "Allow",
+         "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams", "logs:DescribeLogGroups"],
+         "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+    )
+
+
+def tls_only_bucket_policy(bucket_arn: str) -> Document:
+    """Deny any request to the bucket that is not over TLS 1.2+."""
+    resources = [bucket_arn, f"{bucket_arn}/*"]
+    return document(
+        {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+         "Resource": resources, "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        {"Sid": "DenyOldTls", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+         "Resource": resources, "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}}},
+    )
+
+
+def ecr_lifecycle_policy(keep_last: int, untagged_days: int = 7) -> Document:
+    """Expire untagged images after ``untagged_days`` and keep only the newest ``keep_last`` images.
+
+    The ``any`` rule must have the highest priority number (ECR evaluates it last).
+    """
+    if keep_last < 1 or untagged_days < 1:
+        raise ValueError("keep_last and untagged_days must be >= 1")
+    return {"rules": [
+        {"rulePriority": 1, "description": f"expire untagged images after {untagged_days} days",
+         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                       "countNumber": untagged_days},
+         "action": {"type": "expire"}},
+        {"rulePriority": 2, "description": f"keep the last {keep_last} images",
+         "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_last},
+         "action": {"type": "expire"}},
+    ]}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def wildcard_violations(doc: Document) -> list[str]:
+    """Allow statements that grant too much: a wildcard action (``*``, ``svc:*``) anywhere, or
+    ``"Resource": "*"`` with an action outside :data:`UNSCOPED_ACTIONS`. Empty list = clean.
+
+    Used by the tests over every policy of the program and usable as a pre-deploy check.
+    """
+    problems: list[str] = []
+    for i, stmt in enumerate(doc.get("Statement", [])):
+        if stmt.get("Effect") != "Allow":
+            continue
+        if "NotAction" in stmt or "NotResource" in stmt:
+            problems.append(f"statement {i}: NotAction/NotResource in an Allow")
+        actions = [str(a) for a in _as_list(stmt.get("Action", []))]
+        resources = [str(r) for r in _as_list(stmt.get("Resource", []))]
+        for action in actions:
+            if action == "*" or action.endswith(":*"):
+                problems.append(f"statement {i}: wildcard action {action!r}")
+        if "*" in resources:
+            unscoped = [a for a in actions if a not in UNSCOPED_ACTIONS]
+            if unscoped:
+                problems.append(f"statement {i}: {unscoped} on Resource '*'")
+    return problems

@@ -1,0 +1,131 @@
+"""The Pulumi program: stack config → components → stack outputs.
+
+``main()`` is what ``infra/__main__.py`` runs; ``build(config)`` takes an already-validated
+:class:`~infra.config.StackConfig`, so tests can run the whole program under mocks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import config as stack_config
+from infra import naming
+from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
+from infra.components.iam import Roles, RolesArgs
+from infra.components.network import Network, NetworkArgs
+from infra.components.registry import ImageRepository, ImageRepositoryArgs
+from infra.components.storage import ModelStore, ModelStoreArgs
+
+#: Which image and which instance role each group role uses.
+IMAGE_FOR_ROLE = {"serve": "serving", "train": "training"}
+PROFILE_FOR_ROLE = {"serve": "serving", "train": "training"}
+IMAGES = ("serving", "training")
+
+
+def configured_keys() -> list[str]:
+    """Keys set under the ``selfmaker:`` namespace of the current stack (for typo detection)."""
+    from pulumi.runtime import config as runtime_config
+
+    prefix = f"{stack_config.NAMESPACE}:"
+    return [key[len(prefix):] for key in runtime_config.CONFIG.get() if key.startswith(prefix)]
+
+
+def load_config() -> stack_config.StackConfig:
+    """Read and validate the stack configuration of the running stack."""
+    return stack_config.load(
+        pulumi.Config(stack_config.NAMESPACE), project=pulumi.get_project(), stack=pulumi.get_stack(),
+        present_keys=configured_keys(),
+    )
+
+
+def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
+    """Create every component for ``cfg`` and return the stack outputs (not yet exported)."""
+    region = aws.get_region().region
+    account_id = aws.get_caller_identity().account_id
+    partition_info = aws.get_partition()
+    zones = aws.get_availability_zones(state="available").names
+    if len(zones) < cfg.network.az_count:
+        raise stack_config.ConfigError(
+            f"{stack_config.NAMESPACE}:azCount",
+            f"{cfg.network.az_count} AZs requested but {region} offers {len(zones)}: {zones}",
+        )
+    tags = dict(cfg.tags)
+
+    network = Network("network", NetworkArgs(
+        vpc_cidr=cfg.network.vpc_cidr, availability_zones=zones[: cfg.network.az_count], region=region, tags=tags,
+        nat_gateways=cfg.network.nat_gateways, interface_endpoints=cfg.network.interface_endpoints,
+        flow_logs=cfg.network.flow_logs, flow_logs_retention_days=cfg.network.flow_logs_retention_days,
+        service_prefix=partition_info.reverse_dns_prefix or "com.amazonaws",
+    ))
+    store = ModelStore("store", ModelStoreArgs(
+        tags=tags, encryption=cfg.storage.encryption, outputs_expiration_days=cfg.storage.outputs_expiration_days,
+        noncurrent_version_days=cfg.storage.noncurrent_version_days, force_destroy=cfg.storage.force_destroy,
+    ))
+    images = {
+        image: ImageRepository(f"{image}-images", ImageRepositoryArgs(
+            repository_name=f"{cfg.prefix}/{image}", tags=tags, keep_last=cfg.keep_images,
+        ))
+        for image in IMAGES
+    }
+    roles = Roles("roles", RolesArgs(
+        models_bucket_arn=store.buckets["models"].arn, data_bucket_arn=store.buckets["data"].arn,
+        outputs_bucket_arn=store.buckets["outputs"].arn, repository_arns=[r.arn for r in images.values()],
+        partition=partition_info.partition, region=region, account_id=account_id, prefix=cfg.prefix, tags=tags,
+        kms_key_arn=store.kms_key_arn, model_prefix=cfg.storage.model_prefix, ssm_access=cfg.ssm_access,
+    ))
+
+    models_bucket = store.buckets["models"].bucket
+    data_bucket = store.buckets["data"].bucket
+    outputs_bucket = store.buckets["outputs"].bucket
+    groups: dict[str, InstanceGroup] = {}
+    for group in cfg.groups:
+        serve = group.role == "serve"
+        groups[group.name] = InstanceGroup(group.name, InstanceGroupArgs(
+            role=group.role, accelerator=group.accelerator, instance_types=group.instance_types,
+            vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids,
+            instance_profile_arn=roles.profiles[PROFILE_FOR_ROLE[group.role]].arn,
+            repository_url=images[IMAGE_FOR_ROLE[group.role]].repository_url, image_tag=group.image_tag,
+            region=region, log_group_name=naming.log_group_name(cfg.prefix, group.name), tags=tags,
+            ami_parameter=group.ami_parameter, ami_id=group.ami_id, min_size=group.min_size, max_size=group.max_size,
+            desired_capacity=group.desired_capacity, on_demand_base=group.on_demand_base,
+            spot_percentage=group.spot_percentage, capacity_rebalance=group.capacity_rebalance,
+            warm_pool=WarmPoolArgs(group.warm_pool.min_size, group.warm_pool.max_prepared_capacity,
+                                   group.warm_pool.state) if group.warm_pool else None,
+            root_volume_gb=group.root_volume_gb, port=group.port, log_retention_days=cfg.log_retention_days,
+            # Serving groups accept the model-server port from peers in the workload security group
+            # (async workers, the platform); the load balancer's group is added by the endpoint stack.
+            ingress_security_group_ids=[network.workload_security_group.id] if serve else [],
+            extra_security_group_ids=[network.workload_security_group.id],
+            model_data_uri=pulumi.Output.format("s3://{0}/{1}", models_bucket, group.model_key) if serve else None,
+            channels={name: pulumi.Output.format("s3://{0}/{1}", data_bucket, prefix)
+                      for name, prefix in group.channels.items()},
+            output_uri=None if serve else pulumi.Output.format("s3://{0}/training/{1}/", outputs_bucket, group.name),
+            checkpoint_uri=None if serve else pulumi.Output.format("s3://{0}/checkpoints/{1}/", outputs_bucket, group.name),
+            hyperparameters=group.hyperparameters, environment=group.environment,
+        ))
+
+    return {
+        "resourcePrefix": cfg.prefix,
+        "region": region,
+        "vpcId": network.vpc_id,
+        "privateSubnetIds": network.private_subnet_ids,
+        "publicSubnetIds": network.public_subnet_ids,
+        "workloadSecurityGroupId": network.workload_security_group.id,
+        "modelsBucket": models_bucket,
+        "dataBucket": data_bucket,
+        "outputsBucket": outputs_bucket,
+        "kmsKeyArn": store.kms_key_arn,
+        "repositoryUrls": {image: repo.repository_url for image, repo in images.items()},
+        "roleArns": {kind: role.arn for kind, role in roles.roles.items()},
+        "instanceProfileArns": {kind: profile.arn for kind, profile in roles.profiles.items()},
+        "autoScalingGroups": {name: g.auto_scaling_group.name for name, g in groups.items()},
+    }
+
+
+def main() -> None:
+    """Entry point of ``pulumi up``: load the config, build, export the outputs."""
+    for key, value in build(load_config()).items():
+        pulumi.export(key, value)

@@ -1,0 +1,226 @@
+"""Pulumi mocks for the infra tests: a recording mock that fails on any invoke it does not know.
+
+Every resource registration is recorded with its type, logical name, resolved inputs and parent URN,
+so tests assert on what would be sent to AWS rather than on the existence of Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
+SSM_PARAMETERS = {
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64": "ami-0a1b2c3d4e5f60718",
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id":
+        "ami-0fedcba9876543210",
+}
+
+
+@dataclass
+class Registration:
+    """One registered resource: what the engine would have received."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    urn: str
+    parent: str
+    custom: bool
+    id: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class UnmockedInvokeError(AssertionError):
+    """The program called a provider function the test mocks do not know."""
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Answers the invokes the program uses, records everything, refuses anything else."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.unmocked: list[str] = []
+        self.created: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        self.calls.append((args.token, dict(args.args)))
+        token = args.token
+        if token == "aws:index/getRegion:getRegion":
+            return {"region": REGION, "id": REGION, "endpoint": f"ec2.{REGION}.amazonaws.com",
+                    "description": "US East (N. Virginia)"}
+        if token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "id": ACCOUNT,
+                    "userId": "AIDATEST"}
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws",
+                    "id": "aws"}
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": list(ZONES), "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": REGION,
+                    "groupNames": [REGION], "state": args.args.get("state")}
+        if token == "aws:ssm/getParameter:getParameter" and args.args.get("name") in SSM_PARAMETERS:
+            name = args.args["name"]
+            return {"name": name, "value": SSM_PARAMETERS[name], "insecureValue": SSM_PARAMETERS[name],
+                    "type": "String", "version": 1, "id": name, "withDecryption": True,
+                    "arn": f"arn:aws:ssm:{REGION}::parameter{name}"}
+        self.unmocked.append(f"{token} {args.args}")
+        raise UnmockedInvokeError(f"unmocked invoke {token} with {args.args}")
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        state = dict(args.inputs)
+        module = args.typ.split(":")[1].split("/")[0] if args.typ.startswith("aws:") else "x"
+        rid = f"{args.name}-id"
+        if args.typ == "aws:s3/bucket:Bucket":
+            state["bucket"] = f"{args.name}-0a1b2c3".lower()
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+            rid = state["bucket"]
+        elif args.typ == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{args.inputs['name']}"
+            state["arn"] = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{args.inputs['name']}"
+        elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            state["latestVersion"] = 1
+        elif module == "iam":
+            state.setdefault("arn", f"arn:aws:iam::{ACCOUNT}:{args.typ.rsplit(':', 1)[1].lower()}/{args.name}")
+        state.setdefault("arn", f"arn:aws:{module}:{REGION}:{ACCOUNT}:{args.name}")
+        state.setdefault("name", args.name)
+        self.created[args.name] = (args.typ, state)
+        return rid, state
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The mock monitor, plus a record of each registration's parent (the mocks API does not pass it)."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            registered = self.resources[response.urn]
+            self.registrations.append(Registration(
+                type=request.type, name=request.name, inputs=pulumi_mocks._sync_await(_inputs(request)),
+                urn=response.urn, parent=request.parent, custom=bool(request.custom), id=registered.id,
+                state=registered.state,
+            ))
+        return response
+
+
+async def _inputs(request: Any) -> dict[str, Any]:
+    from pulumi.runtime import rpc
+
+    return rpc.deserialize_properties(request.object)
+
+
+@dataclass
+class PulumiHarness:
+    """What a test gets: run a program under mocks, then inspect the recorded resources."""
+
+    mocks: RecordingMocks
+    monitor: RecordingMonitor
+
+    def run(self, program: Callable[[], Any]) -> list[Registration]:
+        """Run ``program`` to completion (all outputs resolved) and return every registration."""
+
+        @pulumi.runtime.test
+        def _run() -> Any:
+            return program()
+
+        _run()
+        assert not self.mocks.unmocked, f"unmocked invokes: {self.mocks.unmocked}"
+        return list(self.monitor.registrations)
+
+    def of_type(self, type_token: str) -> list[Registration]:
+        """Registrations of one resource type."""
+        return [r for r in self.monitor.registrations if r.type == type_token]
+
+    def named(self, name: str) -> Registration:
+        """The single registration with this logical name."""
+        found = [r for r in self.monitor.registrations if r.name == name]
+        assert len(found) == 1, f"{name}: {len(found)} registrations"
+        return found[0]
+
+
+def stack_file_config(path: Path) -> dict[str, str]:
+    """The ``config:`` of a stack file as the engine hands it to the program (strings; objects as JSON)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))["config"]
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, (dict, list)):
+            out[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = str(value)
+    return out
+
+
+def new_harness() -> PulumiHarness:
+    """Install fresh recording mocks (project ``selfmaker``, stack ``dev``) with an empty stack config."""
+    from pulumi.runtime import config as runtime_config
+
+    mocks = RecordingMocks()
+    monitor = RecordingMonitor(mocks)
+    runtime_config.set_all_config({})
+    pulumi.runtime.set_mocks(mocks, project="selfmaker", stack="dev", preview=False, monitor=monitor)
+    return PulumiHarness(mocks, monitor)
+
+
+@pytest.fixture
+def pulumi_harness() -> Iterator[PulumiHarness]:
+    """Fresh recording mocks for one test; the stack config is emptied before and after."""
+    from pulumi.runtime import config as runtime_config
+
+    try:
+        yield new_harness()
+    finally:
+        runtime_config.set_all_config({})
+
+
+@pytest.fixture(scope="module")
+def dev_run() -> Iterator[PulumiHarness]:
+    """The whole program run once per module with the example stack file (``Pulumi.dev.yaml``)."""
+    from pulumi.runtime import config as runtime_config
+
+    from infra import program
+
+    harness = new_harness()
+    try:
+        runtime_config.set_all_config(stack_file_config(ROOT / "Pulumi.dev.yaml"))
+        harness.run(program.main)
+        yield harness
+    finally:
+        runtime_config.set_all_config({})
+
+
+@pytest.fixture
+def dev_stack_config() -> dict[str, str]:
+    """The example stack file's config, as strings."""
+    return stack_file_config(ROOT / "Pulumi.dev.yaml")
+
+
+#: Warnings the Pulumi SDKs raise on our behalf; each is ignored only for the tests in this directory.
+PULUMI_WARNINGS = (
+    # pulumi_aws modules deprecate classes we never use while the (lazily imported) module loads.
+    r"ignore:[\w/.]+ has been deprecated in favor of [\w/.]+:DeprecationWarning",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Apply :data:`PULUMI_WARNINGS` to the infra tests only."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            for spec in PULUMI_WARNINGS:
+                item.add_marker(pytest.mark.filterwarnings(spec))
