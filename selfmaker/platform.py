@@ -57,9 +57,13 @@ class Platform:
             self._executors[kind] = executor
         return executor
 
+    def install_executor(self, kind: str, executor: Executor) -> None:
+        """Make ``executor`` the one for ``kind`` (extensions: e.g. the serverless fork executor)."""
+        self._executors[kind] = executor
+
     async def start(self) -> None:
         """Open the HTTP client, recover jobs, restore endpoints, run extension start-up hooks."""
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               skip_auto_headers=("User-Agent", "Accept-Encoding"))
         self.store.clear_instances()

@@ -60,6 +60,8 @@ class EndpointManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._monitor: asyncio.Task[None] | None = None
         self._closing = False
+        #: blue/green traffic shifting with auto-rollback (selfmaker.guardrails_hooks), set by its plugin
+        self.deployment_guard: Any = None
 
     # ---- runtime lookup ------------------------------------------------------------------------
 
@@ -294,15 +296,23 @@ class EndpointManager:
             return
         runtime.attributes["deploy_dir"] = deploy_dir
         old = self.live.get(name.lower())
+        if old is not None and self.deployment_guard is not None:
+            # guardrails: shift traffic per DeploymentConfig while both fleets run; a reason means rolled back
+            reason = await self.deployment_guard.run(name, old, runtime, config)
+            if reason is not None:
+                await self._retire_runtime(runtime)
+                self.store.update("endpoint", name, status="InService", merge={"FailureReason": reason[:1024]})
+                return
         self.live[name.lower()] = runtime  # traffic moves here, atomically for new requests
-        self.store.update("endpoint", name, status="InService", drop=("FailureReason",), merge={
+        self.store.update("endpoint", name, drop=("FailureReason",), merge={
             "EndpointConfigName": config["EndpointConfigName"],
             "ProductionVariants": self._variant_summaries(runtime),
             "ShadowProductionVariants": self._shadow_summaries(runtime),
             "_Config": config,
         })
-        if old is not None:
+        if old is not None:  # stays Updating until the old fleet has drained and stopped
             await self._retire_runtime(old)
+        self.store.update("endpoint", name, status="InService")
         log.info("endpoint %s updated to %s", name, config["EndpointConfigName"])
 
     async def _retire_runtime(self, runtime: EndpointRuntime) -> None:

@@ -1,0 +1,42 @@
+"""Fixtures of the platform tests (helpers in platform_helpers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from platform_helpers import PlatformProcess, build_broken_tar, build_classifier_tar
+
+
+@pytest.fixture(scope="session")
+def platform_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
+    """One `selfmaker up` shared by the tests of the session (tests use unique resource names)."""
+    server = PlatformProcess(tmp_path_factory.mktemp("selfmaker-home"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sm(platform_server: PlatformProcess) -> Any:
+    return platform_server.sagemaker()
+
+
+@pytest.fixture(scope="session")
+def smr(platform_server: PlatformProcess) -> Any:
+    return platform_server.runtime()
+
+
+@pytest.fixture(scope="session")
+def onnx_model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``file://`` URI of a tiny logistic-regression model.tar.gz (4 float features)."""
+    return build_classifier_tar(tmp_path_factory.mktemp("model")).as_uri()
+
+
+@pytest.fixture(scope="session")
+def broken_model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``file://`` URI of a model.tar.gz the model server cannot load."""
+    return build_broken_tar(tmp_path_factory.mktemp("broken")).as_uri()
