@@ -116,6 +116,8 @@ def _to_array(data: Any, dtype: Any, what: str) -> np.ndarray:
         raise BadRequestError(f"{what} is not a rectangular array of numbers") from None
     if array.ndim == 0:
         raise BadRequestError(f"{what} must be an array, got a scalar")
+    if array.shape[0] == 0:
+        raise BadRequestError(f"{what} has no records")
     return array
 
 
@@ -176,10 +178,24 @@ def decode_npy(body: bytes) -> np.ndarray:
 # content negotiation
 
 
+_ACCEPT_CACHE: dict[tuple[str, str, tuple[str, ...]], str] = {}
+
+
 def choose_accept(accept: str | None, default: str, offered: Sequence[str] = contract.ENCODABLE) -> str:
     """Pick the response type for an ``Accept`` header (q-values honoured, ``*/*`` → ``default``)."""
     if not accept or accept.strip() in ("", contract.ANY):
         return default
+    key = (accept, default, tuple(offered))
+    cached = _ACCEPT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    chosen = _choose_accept(accept, default, offered)
+    if len(_ACCEPT_CACHE) < 1024:  # bounded: a client cannot grow it without limit
+        _ACCEPT_CACHE[key] = chosen
+    return chosen
+
+
+def _choose_accept(accept: str, default: str, offered: Sequence[str]) -> str:
     candidates: list[tuple[float, int, str]] = []
     for index, item in enumerate(accept.split(",")):
         media, _, params = item.partition(";")

@@ -57,6 +57,9 @@ def normalise_content_type(value: str | None) -> str:
     """Lower-case media type without parameters, mapped through :data:`CONTENT_TYPE_ALIASES`."""
     if not value:
         return ""
+    known = CONTENT_TYPE_ALIASES.get(value)
+    if known is not None:
+        return known
     media = value.split(";", 1)[0].strip().lower()
     return CONTENT_TYPE_ALIASES.get(media, media)
 

@@ -17,22 +17,23 @@ exception comes from user code or the runtime and means "internal error"
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import weakref
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from serving import contract
 from serving.errors import ModelLoadError, ModelNotReadyError, PayloadTooLargeError, ServingError
 from serving.handlers import DefaultHandler, HooksHandler, build_handler
-from serving.modelsource import prepare_model
+from serving.modelsource import install_requirements, prepare_model
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class InvocationResult:
+class InvocationResult(NamedTuple):
     """One answer: body, its content type, response custom attributes, model (handler) seconds."""
 
     body: bytes
@@ -58,7 +59,7 @@ class DataPlane:
         self.settings = settings or ServingSettings()
         self.source = str(model_dir) if model_dir is not None else (self.settings.model_data or self.settings.model_dir)
         self._state_dir = Path(state_dir) if state_dir else None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._cleanup: weakref.finalize | None = None
         self.model_dir: Path | None = None
         self.handler: DefaultHandler | HooksHandler | None = None
         self.error: str | None = None
@@ -82,12 +83,19 @@ class DataPlane:
         """
         started = time.perf_counter()
         try:
-            if self._state_dir is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="selfmaker-model-")
-                self._state_dir = Path(self._tmp.name)
-            self.model_dir = prepare_model(
-                self.source, self._state_dir, install=self.settings.install_requirements
-            )
+            if self._state_dir is None and Path(self.source).is_dir():
+                # in-process use on a plain directory: nothing to unpack, nothing to share
+                self.model_dir = Path(self.source)
+                if self.settings.install_requirements:
+                    install_requirements(self.model_dir)
+            else:
+                if self._state_dir is None:
+                    tmp = tempfile.mkdtemp(prefix="selfmaker-model-")
+                    self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
+                    self._state_dir = Path(tmp)
+                self.model_dir = prepare_model(
+                    self.source, self._state_dir, install=self.settings.install_requirements
+                )
             handler = build_handler(
                 self.model_dir,
                 program=self.settings.program,
@@ -150,9 +158,9 @@ class DataPlane:
         """Drop the model and any temporary unpacked copy."""
         self.handler = None
         self._ready = False
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        if self._cleanup is not None:
+            self._cleanup()
+            self._cleanup = None
 
 
 __all__ = ["DataPlane", "InvocationResult", "ServingError"]

@@ -170,20 +170,22 @@ class ResponseFormatter:
 
     # -- classification ---------------------------------------------------------------------
 
-    def _labels(self, probs: np.ndarray, onnx_labels: np.ndarray | None) -> tuple[list[Any], np.ndarray]:
+    def _labels(self, probs: np.ndarray, onnx_labels: np.ndarray | None) -> list[Any]:
+        """Predicted label per record: ``classes[index]``, the graph's own labels, or the index."""
         n_classes = probs.shape[1]
+        use_onnx = onnx_labels is not None and self.classes is None and onnx_labels.shape[:1] == probs.shape[:1]
         if n_classes == 2 and self.task != "multiclass_classification":
+            if use_onnx and self.threshold == 0.5:
+                return onnx_labels.reshape(len(onnx_labels)).tolist()  # type: ignore[union-attr]
             index = (probs[:, 1] >= self.threshold).astype(np.int64)
-            custom_threshold = self.threshold != 0.5
         else:
+            if use_onnx:
+                return onnx_labels.reshape(len(onnx_labels)).tolist()  # type: ignore[union-attr]
             index = probs.argmax(axis=1)
-            custom_threshold = False
         if self.classes is not None and len(self.classes) == n_classes:
             classes = self.classes
-            return [classes[i] for i in index.tolist()], index
-        if onnx_labels is not None and not custom_threshold and onnx_labels.shape[:1] == probs.shape[:1]:
-            return onnx_labels.reshape(len(onnx_labels)).tolist(), index
-        return index.tolist(), index
+            return [classes[i] for i in index.tolist()]
+        return index.tolist()
 
     def _classifier(self, outputs: dict[str, np.ndarray], accept: str) -> bytes:
         probs = np.asarray(outputs[self.prob_name])
@@ -194,7 +196,7 @@ class ResponseFormatter:
         fmt = self.format
         if accept == contract.NPY:
             return codecs.encode_npy(probs[:, 1] if binary and fmt == "xgboost" else probs)
-        labels, index = self._labels(probs, onnx_labels)
+        labels = self._labels(probs, onnx_labels)
         if fmt == "xgboost":
             scores = probs[:, 1] if binary else probs
             if accept == contract.CSV:

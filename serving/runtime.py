@@ -76,6 +76,8 @@ class OnnxModel:
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.output_names: list[str] = []
+        self._run: Any = None
+        self._run_options: Any = None
 
     @property
     def ready(self) -> bool:
@@ -104,6 +106,11 @@ class OnnxModel:
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
         self.output_names = [spec.name for spec in self.outputs]
+        # the binding under InferenceSession.run skips per-call Python-side checks we already did
+        self._run = getattr(self.session, "_sess", self.session).run
+        self._run_options = None
+        if hasattr(self.session, "_sess"):
+            self._run_options = ort.RunOptions()
         log.info(
             "loaded %s with %s; inputs: %s; outputs: %s",
             self.path.name,
@@ -184,7 +191,10 @@ class OnnxModel:
 
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session on validated ``feeds``; returns {output name: array}."""
-        results = self.session.run(self.output_names, feeds)
+        if self._run_options is not None:
+            results = self._run(self.output_names, feeds, self._run_options)
+        else:
+            results = self._run(self.output_names, feeds)
         return dict(zip(self.output_names, results))
 
     def warmup_feeds(self) -> dict[str, np.ndarray]:

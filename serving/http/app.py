@@ -2,14 +2,15 @@
 
 Thin transport over :class:`serving.dataplane.DataPlane`; every error becomes a JSON body in
 :func:`_error` (4xx with the message, 5xx "internal error" with the traceback in the log only).
-A small WSGI wrapper times each request for the access log line and the metrics.
+:class:`serving.http.fastpath.FastPath` answers the two hot routes without flask's request machinery
+and times every request (metrics, access log); the flask routes below define the same behaviour and
+serve everything else.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,59 +20,17 @@ from werkzeug.exceptions import HTTPException
 from serving import contract
 from serving.dataplane import DataPlane
 from serving.errors import PayloadTooLargeError, ServingError, error_body, error_response
+from serving.http.fastpath import MODEL_SECONDS_KEY, FastPath
 from serving.metrics import Metrics
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("serving.access")
 
 _JSON = "application/json"
-_MODEL_SECONDS = "selfmaker.model_seconds"
 
 
 def _error(status: int, body: bytes) -> Response:
     return Response(body, status=status, content_type=_JSON)
-
-
-class _Instrumented:
-    """WSGI wrapper: latency, status → metrics and one structured log line per request."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]], metrics: Metrics | None, log_requests: bool) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.log_requests = log_requests
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        started = time.perf_counter()
-        seen: list[str] = []
-
-        def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            seen.append(status)
-            return start_response(status, headers, exc_info)
-
-        result = self.app(environ, _start_response)
-        elapsed = time.perf_counter() - started
-        status = int(seen[-1][:3]) if seen else 500
-        path = environ.get("PATH_INFO", "")
-        model_seconds = environ.get(_MODEL_SECONDS)
-        if self.metrics is not None:
-            route = path if path in ("/invocations", "/ping", "/metrics", "/execution-parameters") else "other"
-            self.metrics.observe(route, status, elapsed, model_seconds)
-        if self.log_requests and (path == "/invocations" or status != 200):
-            access_log.info(
-                "%s %s %d",
-                environ.get("REQUEST_METHOD"),
-                path,
-                status,
-                extra={
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "model_ms": None if model_seconds is None else round(model_seconds * 1000, 3),
-                    "bytes_in": environ.get("CONTENT_LENGTH") or 0,
-                    "request_id": environ.get("HTTP_X_AMZN_REQUESTID") or environ.get("HTTP_X_REQUEST_ID"),
-                },
-            )
-        return result
 
 
 def create_app(
@@ -127,7 +86,7 @@ def create_app(
             attributes,
             dict(headers) if model.takes_headers else None,
         )
-        request.environ[_MODEL_SECONDS] = result.model_seconds
+        request.environ[MODEL_SECONDS_KEY] = result.model_seconds
         response = Response(result.body, status=200, content_type=result.content_type)
         if result.custom_attributes is not None:
             response.headers[custom_header] = contract.sanitize_header(result.custom_attributes)
@@ -166,5 +125,13 @@ def create_app(
             log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return _error(status, body)
 
-    app.wsgi_app = _Instrumented(app.wsgi_app, metrics, settings.access_log)  # type: ignore[method-assign]
+    app.wsgi_app = FastPath(  # type: ignore[method-assign]
+        app.wsgi_app,
+        model,
+        ready=is_ready,
+        max_bytes=max_bytes,
+        max_payload_mb=settings.max_payload_mb,
+        metrics=metrics,
+        log_requests=settings.access_log,
+    )
     return app
