@@ -19,8 +19,8 @@ DEFAULT_ROOT = "/opt/ml"
 #: hyperparameters consumed by the toolkit, not passed to the user script
 TOOLKIT_KEYS = {
     "sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
-    "sagemaker_job_name", "sagemaker_enable_cloudwatch_metrics", "sagemaker_s3_output", "sagemaker_mpi_enabled",
-    "sagemaker_distributed_dataparallel_enabled", "default_user_module_name", "_tuning_objective_metric",
+    "sagemaker_job_name", "sagemaker_enable_cloudwatch_metrics", "sagemaker_s3_output",
+    "default_user_module_name", "_tuning_objective_metric",
 }
 
 

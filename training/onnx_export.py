@@ -53,14 +53,26 @@ def xgboost_to_onnx(booster: Any, n_features: int, objective: str) -> onnx.Model
     model = convert_xgboost(booster, name="selfmaker-xgboost", initial_types=[("input", FloatTensorType([None, n_features]))],
                             target_opset=OPSET)
     if objective == "reg:logistic":
+        # onnxmltools emits the raw tree sum plus base_score as given; xgboost adds logit(base_score) to the
+        # margin. Measure the offset on a probe and correct it, then apply the logistic link.
+        import onnxruntime as ort
+        import xgboost as xgb
+
+        probe = np.random.default_rng(0).normal(size=(32, n_features)).astype(np.float32)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        raw_out = sess.run(None, {"input": probe})[0].reshape(-1).astype(np.float64)
+        margin = booster.predict(xgb.DMatrix(probe), output_margin=True).reshape(-1).astype(np.float64)
+        offset = float(np.median(margin - raw_out))
         graph = model.graph
         old = graph.output[0].name
-        raw = old + "_margin"
+        raw = old + "_raw"
         for node in graph.node:
             for i, out in enumerate(node.output):
                 if out == old:
                     node.output[i] = raw
-        graph.node.append(helper.make_node("Sigmoid", [raw], [old], name="logistic"))
+        graph.initializer.append(numpy_helper.from_array(np.array([offset], dtype=np.float32), "margin_offset"))
+        graph.node.append(helper.make_node("Add", [raw, "margin_offset"], [old + "_margin"], name="base_margin"))
+        graph.node.append(helper.make_node("Sigmoid", [old + "_margin"], [old], name="logistic"))
     return model
 
 

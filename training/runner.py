@@ -556,6 +556,7 @@ class TrainingJobRunner:
                         self.on_log(host.name, line)
                     except Exception:
                         log.exception("on_log callback failed")
+        host.handle.stream.close()
 
     def _match_metrics(self, line: str) -> None:
         for name, pattern in self._metric_defs:

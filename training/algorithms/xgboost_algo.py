@@ -112,6 +112,7 @@ class _Reporter:
 
         class Callback(xgb.callback.TrainingCallback):
             def after_iteration(cb_self, model: Any, epoch: int, evals_log: dict[str, dict[str, list[float]]]) -> bool:
+                epoch = model.num_boosted_rounds() - 1  # the callback counts from 0 in every train() call
                 parts = [f"[{epoch}]"]
                 for data, metrics in evals_log.items():
                     for metric, values in metrics.items():
