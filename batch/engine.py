@@ -1,0 +1,477 @@
+"""The batch transform engine (contracts §4): one CreateTransformJob request on Dask.
+
+``run_transform(request, model_dir=...)`` lists the input objects, cuts them into parts, transforms the
+parts on the Dask workers (a LocalCluster sized to the machine, or an existing scheduler), and assembles
+each object's ``.out`` atomically once all its parts are done. Finished parts and objects are recorded
+under the state location so a re-run with ``resume=True`` skips them; a stop request cancels the parts,
+lets running assemblies finish, and leaves only complete ``.out`` objects in the output prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch import storage
+from batch.errors import BatchError, InputError, RecordError, StoppedError
+from batch.plan import JobPlan, done_uri, list_inputs, load_progress, make_plan, plan_uri
+from batch.records import GunzipStream, count_lines_before
+from batch.request import TransformSpec, parse_request
+from batch.settings import BatchSettings
+from batch.transform import PartSpec
+from batch.worker import ModelPlugin, assemble, part_uri, run_part, signal_stop, worker_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """A snapshot of a running job (passed to ``on_progress``)."""
+
+    records: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    parts_done: int = 0
+    parts_total: int = 0
+    files_done: int = 0
+    files_total: int = 0
+    elapsed: float = 0.0
+    bytes_skipped: int = 0
+
+    @property
+    def rate_bytes(self) -> float:
+        """Input bytes per second processed by this run."""
+        return (self.bytes_done - self.bytes_skipped) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def rate_records(self) -> float:
+        """Records per second processed by this run."""
+        return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate (None until there is a rate)."""
+        rate = self.rate_bytes
+        if rate <= 0:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / rate)
+
+
+@dataclass
+class TransformResult:
+    """How a job ended: ``status`` is ``Completed``, ``Failed`` or ``Stopped``."""
+
+    status: str
+    failure_reason: str | None = None
+    records: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    files_failed: int = 0
+    parts_total: int = 0
+    parts_done: int = 0
+    parts_skipped: int = 0
+    elapsed: float = 0.0
+    mode: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+
+def run_transform(
+    request: dict[str, Any],
+    *,
+    model_dir: str,
+    scheduler: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    stop_event: threading.Event | None = None,
+    state_dir: str | None = None,
+    resume: bool = False,
+    settings: BatchSettings | None = None,
+    client: Any = None,
+    model_environment: dict[str, str] | None = None,
+) -> TransformResult:
+    """Run one CreateTransformJob ``request`` and return how it ended.
+
+    ``model_dir``: the unpacked model directory, a model archive path / ``file://`` / ``s3://`` URI, or
+    the ``http://`` URL of a ready model server. ``scheduler``: a Dask scheduler address (default
+    ``settings.scheduler``, else a LocalCluster); ``client``: an existing ``distributed.Client`` instead.
+    ``state_dir``: where finished parts are recorded (a path or URI shared by the workers; default a
+    temporary directory); ``resume=True`` skips what a previous run with the same state recorded.
+    ``stop_event``: set it to stop the job (StopTransformJob). An invalid request raises
+    :class:`~batch.errors.TransformRequestError`; everything else ends in the returned result.
+    ``model_environment``: the model's container Environment (the job's Environment wins over it).
+    """
+    spec = parse_request(request)
+    settings = settings or BatchSettings()
+    if settings.s3_endpoint_url:
+        storage.configure_s3(settings.s3_endpoint_url)
+    job = _Job(spec, model_dir, settings, scheduler or settings.scheduler, client, on_progress,
+               stop_event or threading.Event(), state_dir, resume)
+    job.model_env = dict(model_environment or {})
+    return job.run()
+
+
+def model_environment(spec: TransformSpec, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the job's model servers (one worker each, one ORT thread per Dask worker).
+
+    ``base`` is the model's own container Environment; the job's values win over it.
+    """
+    env = dict(base or {})
+    env.update(spec.container_environment())
+    env.setdefault("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
+    env.setdefault("SELFMAKER_ORT_THREADS", "1")
+    env.setdefault("SELFMAKER_ACCESS_LOG", "false")
+    env.setdefault("SELFMAKER_LOG_LEVEL", "WARNING")
+    env.setdefault("SELFMAKER_INSTALL_REQUIREMENTS", "true")
+    if spec.max_payload_mb == 0:
+        env["SAGEMAKER_MAX_PAYLOAD_IN_MB"] = "1024"
+    return env
+
+
+def line_of(spec: TransformSpec, uri: str, offset: int) -> int:
+    """The 1-based line of the record at byte ``offset`` of the (decompressed) object."""
+    raw = storage.open_range(uri)
+    stream: Any = GunzipStream(raw, uri) if spec.compression == "Gzip" else raw
+    try:
+        return count_lines_before(stream.read, offset) + 1
+    finally:
+        stream.close()
+
+
+class _Job:
+    def __init__(self, spec: TransformSpec, model: str, settings: BatchSettings, scheduler: str | None,
+                 client: Any, on_progress: Callable[[Progress], None] | None, stop_event: threading.Event,
+                 state_dir: str | None, resume: bool) -> None:
+        self.spec = spec
+        self.model = str(model)
+        self.settings = settings
+        self.scheduler = scheduler
+        self.client = client
+        self.on_progress = on_progress
+        self.stop_event = stop_event
+        self.state_dir = state_dir
+        self.resume = resume
+        self.token = uuid.uuid4().hex[:10]
+        self.model_env: dict[str, str] = {}
+        self.plugin_name = f"selfmaker-transform-{spec.job_name}-{self.token}"
+        self.topic = f"{self.plugin_name}-progress"
+        self.progress = Progress()
+        self.result = TransformResult(status="InProgress")
+        self._lock = threading.Lock()
+        self._last_emit = 0.0
+        self._started = time.monotonic()
+
+    # -- progress -------------------------------------------------------------------------------------
+
+    def _emit(self, force: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last_emit < 0.2:
+                return
+            self._last_emit = now
+            self.progress.elapsed = now - self._started
+            snapshot = Progress(**vars(self.progress))
+        try:
+            self.on_progress(snapshot)
+        except Exception:  # noqa: BLE001 - a broken progress callback must not fail the job
+            log.exception("progress callback failed")
+
+    def _on_event(self, event: Any) -> None:
+        _, message = event if isinstance(event, tuple) else (None, event)
+        if not isinstance(message, dict):
+            return
+        with self._lock:
+            self.progress.records += int(message.get("records", 0))
+            self.progress.bytes_done += int(message.get("bytes", 0))
+        self._emit()
+
+    # -- cluster --------------------------------------------------------------------------------------
+
+    def _connect(self) -> tuple[Any, Any]:
+        from distributed import Client, LocalCluster
+
+        if self.client is not None:
+            return self.client, None
+        if self.scheduler:
+            return Client(self.scheduler, timeout="30s"), None
+        cluster = LocalCluster(n_workers=self.settings.effective_workers(), threads_per_worker=1, processes=True,
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
+        return Client(cluster), cluster
+
+    # -- the run --------------------------------------------------------------------------------------
+
+    def run(self) -> TransformResult:
+        tmp: tempfile.TemporaryDirectory[str] | None = None
+        client = cluster = None
+        registered = False
+        try:
+            if self.stop_event.is_set():
+                raise StoppedError("stopped")
+            infos = list_inputs(self.spec)
+            if self.state_dir:
+                state = storage.to_uri(self.state_dir)
+            else:
+                tmp = tempfile.TemporaryDirectory(prefix="selfmaker-transform-")
+                state = storage.to_uri(tmp.name)
+            try:
+                client, cluster = self._connect()
+                log.info("cluster ready after %.1f s", time.monotonic() - self._started)
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                raise BatchError(f"cannot reach the Dask cluster: {exc}") from None
+            plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=model_environment(self.spec, self.model_env),
+                                 timeout=self.spec.timeout_s, retries=self.spec.max_retries,
+                                 python=self.settings.python, startup_timeout=self.settings.startup_timeout)
+            try:
+                client.register_plugin(plugin, name=self.plugin_name)
+            except BatchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - plugin setup errors come back re-raised by distributed
+                raise BatchError(f"the model could not be started on the workers: {exc}") from None
+            registered = True
+            log.info("model ready on the workers after %.1f s", time.monotonic() - self._started)
+            info = next(iter(client.run(worker_info, self.plugin_name).values()))
+            self.result.mode = info["mode"]
+            self.spec = self.spec.with_execution_parameters(info["execution_parameters"]).resolved()
+            workers = max(1, len(client.scheduler_info().get("workers", {})))
+            plan = make_plan(self.spec, infos, part_bytes=int(self.settings.part_mb * 1024 * 1024), workers=workers)
+            plan = self._load_state(state, plan)
+            self._execute(client, plan, state)
+        except StoppedError:
+            self.result.status = "Stopped"
+        except RecordError as exc:
+            self.result.status = "Failed"
+            self.result.failure_reason = exc.reason()
+        except BatchError as exc:
+            self.result.status = "Failed"
+            self.result.failure_reason = str(exc)[:1024]
+        finally:
+            if client is not None:
+                try:
+                    client.unsubscribe_topic(self.topic)
+                except Exception:  # noqa: BLE001 - never subscribed
+                    pass
+                if registered:
+                    try:
+                        client.unregister_worker_plugin(self.plugin_name)
+                    except Exception:  # noqa: BLE001 - workers already gone
+                        log.warning("could not unregister %s", self.plugin_name, exc_info=True)
+                if client is not self.client:
+                    client.close()
+            if cluster is not None:
+                cluster.close()
+            if tmp is not None:
+                tmp.cleanup()
+        self.result.elapsed = time.monotonic() - self._started
+        self.result.records = max(self.result.records, 0)
+        self._emit(force=True)
+        return self.result
+
+    def _mode(self) -> str:
+        if self.model.startswith(("http://", "https://")):
+            return "url"
+        return self.settings.mode
+
+    def _load_state(self, state: str, plan: JobPlan) -> JobPlan:
+        stored = plan_uri(state)
+        if self.resume and storage.exists(stored):
+            previous = JobPlan.from_json(storage.read_bytes(stored))
+            if previous.fingerprint == plan.fingerprint:
+                return previous
+            log.warning("state at %s belongs to another request or input; starting afresh", state)
+        for sub in ("parts", "done"):
+            storage.delete_prefix(storage.join_uri(state, sub))
+        storage.put_bytes(stored, plan.to_json())
+        return plan
+
+    def _execute(self, client: Any, plan: JobPlan, state: str) -> None:
+        spec = self.spec
+        done_files, done_parts = load_progress(state) if self.resume else ({}, {})
+        result, progress = self.result, self.progress
+        result.files_total = progress.files_total = len(plan.files)
+        result.parts_total = progress.parts_total = len(plan.parts)
+        progress.bytes_total = sum(f.info.size for f in plan.files)
+        client.subscribe_topic(self.topic, self._on_event)
+
+        events: queue.Queue[Any] = queue.Queue()
+        meta: dict[str, tuple[str, int, int]] = {}
+        futures: dict[str, Any] = {}
+        remaining: dict[int, set[int]] = {}
+        failed: set[int] = set()
+        first_failure: list[tuple[int, RecordError]] = []
+        fatal: list[BaseException] = []
+        stopping = [False]
+
+        def track(future: Any, kind: str, file_index: int, part_index: int) -> None:
+            meta[future.key] = (kind, file_index, part_index)
+            futures[future.key] = future
+            future.add_done_callback(events.put)
+
+        def submit_assembly(file_index: int) -> None:
+            fplan = plan.files[file_index]
+            storage_parts = [part_uri(state, p) for p in fplan.parts]
+            storage.cleanup_tmp(fplan.out_uri)
+            future = client.submit(assemble, storage_parts, fplan.out_uri, key=f"assemble-{self.token}-{file_index}",
+                                   pure=False, priority=10)
+            track(future, "assemble", file_index, -1)
+
+        for fplan in plan.files:
+            if fplan.index in done_files:
+                counts = done_files[fplan.index]
+                result.files_done += 1
+                result.parts_skipped += len(fplan.parts)
+                result.parts_done += len(fplan.parts)
+                result.records += int(counts.get("records", 0))
+                result.bytes_in += int(counts.get("bytes_in", 0))
+                result.bytes_out += int(counts.get("bytes_out", 0))
+                progress.bytes_done += fplan.info.size
+                progress.bytes_skipped += fplan.info.size
+                progress.files_done += 1
+                progress.parts_done += len(fplan.parts)
+                result.outputs.append(fplan.out_uri)
+                continue
+            remaining[fplan.index] = set()
+            for part in fplan.parts:
+                counts = done_parts.get((part.file_index, part.part_index))
+                if counts is not None:
+                    result.parts_skipped += 1
+                    result.parts_done += 1
+                    progress.parts_done += 1
+                    self._add_counts(counts)
+                    progress.bytes_done += part.size
+                    progress.bytes_skipped += part.size
+                    continue
+                remaining[fplan.index].add(part.part_index)
+        for fplan in plan.files:
+            if fplan.index in remaining and not remaining[fplan.index]:
+                submit_assembly(fplan.index)
+        for part in plan.parts:
+            if part.part_index in remaining.get(part.file_index, ()):
+                future = client.submit(run_part, spec, part, self.plugin_name, state, self.topic,
+                                       key=f"part-{self.token}-{part.file_index}-{part.part_index}", pure=False,
+                                       priority=-part.file_index)
+                track(future, "part", part.file_index, part.part_index)
+        self._emit(force=True)
+
+        def cancel_parts(file_index: int | None = None) -> None:
+            for key, (kind, fi, _) in meta.items():
+                if kind == "part" and (file_index is None or fi == file_index) and not futures[key].done():
+                    futures[key].cancel()
+
+        def begin_stop() -> None:
+            if stopping[0]:
+                return
+            stopping[0] = True
+            try:
+                client.run(signal_stop, self.plugin_name)
+            except Exception:  # noqa: BLE001 - a worker that is gone has nothing to stop
+                log.warning("could not signal every worker", exc_info=True)
+            cancel_parts()
+
+        stop_deadline: float | None = None
+        handled: set[str] = set()
+        while len(handled) < len(futures):
+            if self.stop_event.is_set() and not stopping[0]:
+                begin_stop()
+            if stopping[0]:
+                if stop_deadline is None:
+                    stop_deadline = time.monotonic() + self.settings.stop_grace
+                elif time.monotonic() > stop_deadline:
+                    log.warning("assemblies still running after %.0f s; leaving them", self.settings.stop_grace)
+                    break
+            try:
+                future = events.get(timeout=0.1)
+            except queue.Empty:
+                self._emit()
+                continue
+            handled.add(future.key)
+            kind, file_index, part_index = meta[future.key]
+            status = future.status
+            if status == "cancelled":
+                continue
+            if status == "finished":
+                value = future.result()
+                if kind == "part":
+                    result.parts_done += 1
+                    progress.parts_done += 1
+                    self._add_counts(value, from_result=True)
+                    remaining[file_index].discard(part_index)
+                    if not remaining[file_index] and file_index not in failed and not stopping[0]:
+                        submit_assembly(file_index)
+                else:
+                    fplan = plan.files[file_index]
+                    counts = self._file_counts(state, fplan)
+                    import orjson
+
+                    storage.put_bytes(done_uri(state, file_index), orjson.dumps(counts))
+                    storage.delete_prefix(storage.join_uri(state, f"parts/{file_index:06d}"))
+                    result.files_done += 1
+                    progress.files_done += 1
+                    result.outputs.append(fplan.out_uri)
+                self._emit()
+                continue
+            exc = future.exception()
+            if isinstance(exc, StoppedError):
+                continue
+            if isinstance(exc, RecordError) and kind == "part":
+                if file_index not in failed:
+                    failed.add(file_index)
+                    result.files_failed += 1
+                    first_failure.append((file_index, exc))
+                    cancel_parts(file_index)
+                continue
+            if not fatal:
+                fatal.append(exc)
+                begin_stop()
+        if fatal:
+            exc = fatal[0]
+            if isinstance(exc, BatchError):
+                raise exc
+            log.error("transform task failed", exc_info=exc)
+            raise BatchError(f"internal error: {type(exc).__name__}: {exc}")
+        if first_failure:
+            first_failure.sort(key=lambda item: item[0])
+            _, error = first_failure[0]
+            if self.spec.split_type == "Line":
+                try:
+                    error.line = line_of(self.spec, error.source, error.offset)
+                except InputError:
+                    pass
+            raise error
+        if stopping[0] or self.stop_event.is_set():
+            raise StoppedError("stopped")
+        self.result.status = "Completed"
+
+    def _add_counts(self, counts: dict[str, Any], from_result: bool = False) -> None:
+        self.result.records += int(counts.get("records", 0))
+        self.result.bytes_in += int(counts.get("bytes_in", 0))
+        self.result.bytes_out += int(counts.get("bytes_out", 0))
+        if not from_result:
+            with self._lock:
+                self.progress.records += int(counts.get("records", 0))
+
+    def _file_counts(self, state: str, fplan: Any) -> dict[str, int]:
+        import orjson
+
+        from batch.worker import part_record_uri
+
+        totals = {"records": 0, "bytes_in": 0, "bytes_out": 0}
+        for part in fplan.parts:
+            try:
+                counts = orjson.loads(storage.read_bytes(part_record_uri(state, part)))
+            except (InputError, orjson.JSONDecodeError):
+                continue
+            for key in totals:
+                totals[key] += int(counts.get(key, 0))
+        return totals
+
+
+__all__ = ["PartSpec", "Progress", "TransformResult", "run_transform"]

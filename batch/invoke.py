@@ -1,0 +1,276 @@
+"""Invoking the model: over HTTP (a model server's ``POST /invocations``) or in process (the data plane).
+
+Both give the same bytes: the HTTP server answers with exactly what :class:`serving.dataplane.DataPlane`
+returns. An answer in 4xx is a *rejection* (the record is bad; never retried); connection errors,
+timeouts and 5xx are *transient* and retried ``InvocationsMaxRetries`` times with backoff.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import orjson
+
+from batch.errors import BatchError, ModelServerError
+
+log = logging.getLogger(__name__)
+
+#: statuses that mean "try again"
+TRANSIENT = {429, 500, 502, 503, 504}
+
+
+class Rejected(BatchError):
+    """The model refused the request (4xx): the input is bad."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class InvocationFailed(BatchError):
+    """The model kept failing (5xx, timeouts, connection errors) after every retry."""
+
+
+class Invoker(Protocol):
+    """Something that answers ``invoke(body, content_type, accept) -> bytes``."""
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes: ...
+
+
+def _message(body: bytes) -> str:
+    """The ``message`` of a JSON error body, else the body's first line."""
+    try:
+        data = orjson.loads(body)
+        if isinstance(data, dict):
+            for key in ("message", "error-message", "error", "Message"):
+                if isinstance(data.get(key), str):
+                    return data[key][:500]
+    except orjson.JSONDecodeError:
+        pass
+    text = body.decode("utf-8", "replace").strip().splitlines()
+    return text[0][:500] if text else "(empty answer)"
+
+
+class HttpInvoker:
+    """POSTs to ``<url>/invocations`` with one keep-alive connection per thread."""
+
+    def __init__(self, url: str, *, timeout: float, retries: int, backoff: float = 0.2) -> None:
+        parsed = urlparse(url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 80
+        self.base = parsed.path.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """One request, no retry; the connection is re-opened once if the server closed it."""
+        for attempt in (0, 1):
+            conn = self._conn()
+            try:
+                conn.request(method, self.base + path, body=body, headers=headers or {})
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close" or resp.will_close:
+                    self._drop()
+                return resp.status, data
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._drop()
+                if attempt:
+                    raise
+            except BaseException:
+                self._drop()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
+        """The answer body; :class:`Rejected` on 4xx, :class:`InvocationFailed` after the retries."""
+        headers = {"Content-Type": content_type or "application/octet-stream"}
+        if accept:
+            headers["Accept"] = accept
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(2.0, self.backoff * 2 ** (attempt - 1)))
+            try:
+                status, data = self.request("POST", "/invocations", body, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                continue
+            if 200 <= status < 300:
+                return data
+            if status in TRANSIENT:
+                last = f"HTTP {status}: {_message(data)}"
+                continue
+            raise Rejected(status, _message(data))
+        raise InvocationFailed(f"the model server failed {self.retries + 1} time(s); last: {last}")
+
+    def execution_parameters(self) -> dict[str, Any]:
+        """``GET /execution-parameters`` (``{}`` when the container does not answer it)."""
+        try:
+            status, data = self.request("GET", "/execution-parameters")
+            if status == 200:
+                value = orjson.loads(data)
+                return value if isinstance(value, dict) else {}
+        except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
+            pass
+        return {}
+
+
+class LocalInvoker:
+    """Calls a loaded :class:`serving.dataplane.DataPlane` directly (no HTTP)."""
+
+    def __init__(self, plane: Any, *, retries: int) -> None:
+        self.plane = plane
+        self.retries = retries
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
+        """The answer body; same errors as :meth:`HttpInvoker.invoke`."""
+        from serving.errors import ServingError
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                out, _ = self.plane.invoke(body, content_type, accept)
+                return out  # type: ignore[no-any-return]
+            except ServingError as exc:
+                status = int(exc.status)
+                if status < 500 and status not in TRANSIENT:
+                    raise Rejected(status, exc.message) from None
+                last = f"HTTP {status}: {exc.message}"
+            except Exception as exc:  # noqa: BLE001 - user/runtime failure = the server's 500
+                log.warning("in-process model failed: %s", exc, exc_info=True)
+                last = "HTTP 500: internal error"
+            if attempt < self.retries:
+                time.sleep(min(2.0, 0.2 * 2 ** attempt))
+        raise InvocationFailed(f"the model failed {self.retries + 1} time(s); last: {last}")
+
+    def execution_parameters(self) -> dict[str, Any]:
+        """What this model's server would answer at ``/execution-parameters``."""
+        settings = self.plane.settings
+        return {"MaxConcurrentTransforms": settings.effective_max_concurrent_transforms(),
+                "BatchStrategy": settings.batch_strategy, "MaxPayloadInMB": settings.max_payload_mb}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def model_source_args(source: str) -> list[str]:
+    """``--model-dir DIR`` for a directory, ``--model-data URI`` for an archive or a URI."""
+    if source.startswith(("s3://", "file://")) or Path(source).is_file():
+        return ["--model-data", source]
+    return ["--model-dir", source]
+
+
+class ModelServerProcess:
+    """``python -m serving`` on 127.0.0.1 (contracts §2), started and stopped by PID."""
+
+    def __init__(self, source: str, env: dict[str, str], *, python: str | None = None,
+                 startup_timeout: float = 120.0, stop_grace: float = 10.0) -> None:
+        self.source = source
+        self.env = env
+        self.python = python or sys.executable
+        self.startup_timeout = startup_timeout
+        self.stop_grace = stop_grace
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self._log_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._log_file: Any = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _log_tail(self) -> str:
+        if self._log_dir is None:
+            return ""
+        try:
+            text = (Path(self._log_dir.name) / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-5:])[-800:]
+
+    def start(self) -> ModelServerProcess:
+        """Start the server and wait until ``GET /ping`` answers 200 (ModelServerError otherwise)."""
+        self._log_dir = tempfile.TemporaryDirectory(prefix="selfmaker-batch-server-")
+        self._log_file = open(Path(self._log_dir.name) / "server.log", "ab")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ)
+        env.update(self.env)
+        self.port = _free_port()
+        cmd = [self.python, "-m", "serving", *model_source_args(self.source), "--host", "127.0.0.1",
+               "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        probe = HttpInvoker(self.url, timeout=2.0, retries=0)
+        deadline = time.monotonic() + self.startup_timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self._log_tail()
+                self.stop()
+                raise ModelServerError(f"the model server exited with code {self.proc.returncode} before it was "
+                                       f"ready: {tail or last}")
+            try:
+                status, body = probe.request("GET", "/ping")
+                if status == 200:
+                    log.info("model server for %s ready at %s (pid %s)", self.source, self.url, self.proc.pid)
+                    return self
+                last = f"HTTP {status}: {_message(body)}"
+            except (OSError, http.client.HTTPException) as exc:
+                last = repr(exc)
+            time.sleep(0.05)
+        tail = self._log_tail()
+        self.stop()
+        raise ModelServerError(f"the model server did not pass /ping within {self.startup_timeout:.0f} s: "
+                               f"{last}; {tail}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after the grace period; idempotent."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=self.stop_grace)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._log_dir is not None:
+            self._log_dir.cleanup()
+            self._log_dir = None
