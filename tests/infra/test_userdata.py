@@ -1,0 +1,212 @@
+"""The bootstrap script: syntax-checked by bash and executed against recording fake binaries.
+
+The fakes (docker, aws, curl, systemctl, dnf) stand in for the AWS host only; the script under test
+is the real rendered output, run by the real bash, with real tar and real files under tmp_path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infra import userdata
+
+REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+SERVE = userdata.UserDataSpec(
+    mode="serve", group="serve-cpu", region="us-east-1", registry=REGISTRY,
+    image=f"{REGISTRY}/selfmaker-dev/serving:0.1.0", log_group="/selfmaker-dev/serve-cpu",
+    environment={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, model_data="s3://models-b/models/demo/model.tar.gz",
+)
+
+FAKE = r"""#!/bin/bash
+name=$(basename "$0")
+{ printf '%s' "$name"; for a in "$@"; do printf '\0%s' "$a"; done; printf '\1'; } >> "$FAKE_LOG"
+case "$name $1" in
+  "curl "*) case "$*" in
+      *api/token*) echo TOKEN ;;
+      *instance-id*) echo i-0123456789abcdef0 ;;
+      *instance-type*) echo g5.2xlarge ;;
+    esac ;;
+  "aws ecr") echo ecr-password ;;
+  "aws s3") if [ "$2" = sync ] && [[ "$3" == s3://* ]]; then mkdir -p "$4"; fi ;;
+  "docker login") cat > /dev/null ;;
+  "docker run")
+    for a in "$@"; do
+      if [[ "$a" == *:/opt/ml ]]; then
+        root=${a%:/opt/ml}
+        echo onnx > "$root/model/model.onnx"
+        echo 1,2 > "$root/output/data/predictions.csv"
+        if [ "${FAKE_TRAIN_RC:-0}" != 0 ]; then echo "AlgorithmError: boom" > "$root/output/failure"; fi
+        exit "${FAKE_TRAIN_RC:-0}"
+      fi
+    done ;;
+esac
+exit 0
+"""
+
+
+def run_script(script: str, tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """Run ``script`` with the fakes first on PATH; return the result and the recorded calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("docker", "aws", "curl", "systemctl", "dnf"):
+        (bin_dir / name).write_text(FAKE)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.write_bytes(b"")
+    path = tmp_path / "user-data.sh"
+    path.write_text(script)
+    result = subprocess.run(
+        ["bash", str(path)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env},
+    )
+    calls = [record.split("\0") for record in log.read_text().split("\1") if record]
+    return result, calls
+
+
+def _train_spec(tmp_path: Path) -> userdata.UserDataSpec:
+    return userdata.UserDataSpec(
+        mode="train", group="train-gpu", region="eu-west-1", registry=REGISTRY,
+        image=f"{REGISTRY}/selfmaker-dev/training:0.1.0", log_group="/selfmaker-dev/train-gpu", gpu=True,
+        install_docker=False, channels={"train": "s3://data-b/datasets/demo/train/", "validation": "s3://data-b/v/"},
+        output_uri="s3://outputs-b/training/train-gpu/", checkpoint_uri="s3://outputs-b/checkpoints/train-gpu/",
+        hyperparameters={"num_round": "50", "objective": "binary:logistic"}, ml_root=str(tmp_path / "opt-ml"),
+    )
+
+
+@pytest.mark.parametrize("mode", ["serve", "train"])
+def test_rendered_scripts_are_valid_bash(mode: str, tmp_path: Path) -> None:
+    spec = SERVE if mode == "serve" else _train_spec(tmp_path)
+    script = userdata.render_user_data(spec)
+    assert script.startswith("#!/bin/bash\n") and "set -euo pipefail" in script
+    check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
+def test_serve_script_logs_in_pulls_and_runs_the_model_server(tmp_path: Path) -> None:
+    result, calls = run_script(userdata.render_user_data(SERVE), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ["systemctl", "enable", "--now", "docker"] in calls
+    assert ["aws", "ecr", "get-login-password", "--region", "us-east-1"] in calls
+    assert ["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY] in calls
+    assert ["docker", "pull", SERVE.image] in calls
+    run = next(c for c in calls if c[:2] == ["docker", "run"])
+    assert run[-4:] == [SERVE.image, "serve", "--model-data", "s3://models-b/models/demo/model.tar.gz"]
+    assert "-p" in run and run[run.index("-p") + 1] == "8080:8080"
+    assert "--restart" in run and "--gpus" not in run
+    env = {run[i + 1] for i, a in enumerate(run) if a == "-e"}
+    assert {"AWS_REGION=us-east-1", "SAGEMAKER_REGION=us-east-1", "SAGEMAKER_MODEL_SERVER_WORKERS=2"} <= env
+    opts = {run[i + 1] for i, a in enumerate(run) if a == "--log-opt"}
+    assert {"awslogs-group=/selfmaker-dev/serve-cpu", "awslogs-stream=i-0123456789abcdef0"} <= opts
+    # docker is already on the (fake) host, so nothing is installed
+    assert not [c for c in calls if c[0] == "dnf"]
+
+
+@given(st.dictionaries(
+    st.from_regex(r"[A-Z_][A-Z0-9_]{0,12}", fullmatch=True).filter(lambda k: k not in userdata.RESERVED_ENV),
+    st.text(alphabet=st.characters(blacklist_characters="\0\1", blacklist_categories=("Cs",)), max_size=30),
+    max_size=4,
+))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_environment_values_reach_docker_exactly(tmp_path: Path, environment: dict[str, str]) -> None:
+    result, calls = run_script(userdata.render_user_data(replace(SERVE, environment=environment)), tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next(c for c in calls if c[:2] == ["docker", "run"])
+    passed = [run[i + 1] for i, a in enumerate(run) if a == "-e"]
+    for key, value in environment.items():
+        assert f"{key}={value}" in passed
+
+
+def test_train_script_prepares_opt_ml_runs_train_and_uploads_artifacts(tmp_path: Path) -> None:
+    spec = _train_spec(tmp_path)
+    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
+    assert result.returncode == 0, result.stderr
+    root = Path(spec.ml_root)
+    assert (root / "input/config/hyperparameters.json").read_text().strip() == \
+        '{"num_round": "50", "objective": "binary:logistic"}'
+    assert '"train": {"RecordWrapperType": "None"' in (root / "input/config/inputdataconfig.json").read_text()
+    assert '"current_instance_type": "g5.2xlarge"' in (root / "input/config/resourceconfig.json").read_text()
+    assert ["aws", "s3", "sync", "s3://data-b/datasets/demo/train/", f"{root}/input/data/train", "--only-show-errors"] in calls
+    assert ["aws", "s3", "sync", "s3://data-b/v/", f"{root}/input/data/validation", "--only-show-errors"] in calls
+    checkpoints = "s3://outputs-b/checkpoints/train-gpu/"
+    assert ["aws", "s3", "sync", checkpoints, f"{root}/checkpoints", "--only-show-errors"] in calls  # restore
+    assert ["aws", "s3", "sync", f"{root}/checkpoints", checkpoints, "--only-show-errors"] in calls  # save
+    run = next(c for c in calls if c[:2] == ["docker", "run"])
+    assert run[-2:] == [spec.image, "train"] and "--gpus" in run
+    assert f"{root}:/opt/ml" in run
+    assert "TRAINING_JOB_NAME=train-gpu-i-0123456789abcdef0" in run
+    out = "s3://outputs-b/training/train-gpu/train-gpu-i-0123456789abcdef0/output"
+    assert ["aws", "s3", "cp", f"{root}/output/model.tar.gz", f"{out}/model.tar.gz", "--only-show-errors"] in calls
+    assert ["aws", "s3", "cp", f"{root}/output/output.tar.gz", f"{out}/output.tar.gz", "--only-show-errors"] in calls
+    with tarfile.open(root / "output/model.tar.gz") as tar:
+        assert "./model.onnx" in tar.getnames()
+    assert not [c for c in calls if c[0] == "aws" and c[-2:] == [f"{out}/failure", "--only-show-errors"]]
+
+
+def test_failed_training_uploads_the_failure_file_and_exits_non_zero(tmp_path: Path) -> None:
+    spec = _train_spec(tmp_path)
+    result, calls = run_script(userdata.render_user_data(spec), tmp_path, FAKE_TRAIN_RC="3")
+    assert result.returncode == 3
+    root = Path(spec.ml_root)
+    out = "s3://outputs-b/training/train-gpu/train-gpu-i-0123456789abcdef0/output"
+    assert ["aws", "s3", "cp", f"{root}/output/failure", f"{out}/failure", "--only-show-errors"] in calls
+    assert not [c for c in calls if c[:3] == ["aws", "s3", "cp"] and c[4].endswith("model.tar.gz")]
+
+
+def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
+    script = userdata.render_user_data(SERVE)
+    assert "dnf install -y docker" in script
+    gpu = userdata.render_user_data(replace(SERVE, gpu=True, install_docker=False))
+    assert "dnf install" not in gpu and "--gpus all" in gpu
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"mode": "predict"}, "mode"),
+    ({"model_data": "s3://models-b/models/model.onnx"}, "model_data"),
+    ({"model_data": "https://example.com/model.tar.gz"}, "model_data"),
+    ({"model_data": None}, "model_data"),
+    ({"image": "docker.io/library/python:3"}, "image"),
+    ({"environment": {"1BAD": "x"}}, "environment"),
+    ({"environment": {"AWS_REGION": "x"}}, "environment"),
+    ({"region": "us-east-1\nrm -rf /"}, "region"),
+    ({"host_port": 0}, "host_port"),
+    ({"mode": "train"}, "channels"),
+    ({"mode": "train", "channels": {"train": "s3://d/x/"}}, "channels.train"),
+    ({"mode": "train", "channels": {"bad name": "s3://data-b/x/"}}, "channels"),
+    ({"mode": "train", "channels": {"train": "s3://data-b/x/"}}, "output_uri"),
+])
+def test_bad_specs_name_the_field(change: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        userdata.render_user_data(replace(SERVE, **change))  # type: ignore[arg-type]
+
+
+def test_no_sleeping_helper_outlives_the_training_script(tmp_path: Path) -> None:
+    spec = _train_spec(tmp_path)
+    marker = f"sleep {spec.checkpoint_sync_seconds}"
+    result, _ = run_script(userdata.render_user_data(spec), tmp_path)
+    assert result.returncode == 0
+    # The checkpoint loop is killed with its sleeper; nothing of ours is left running.
+    mine = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p) == marker
+            and _env_has(p, str(tmp_path))]
+    assert mine == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def _env_has(proc: Path, needle: str) -> bool:
+    try:
+        return needle.encode() in (proc / "environ").read_bytes()
+    except OSError:
+        return False
+
