@@ -436,6 +436,8 @@ class TrainingJobRunner:
         env["TRAINING_JOB_ARN"] = self.job_arn
         if kind in {"xgboost", "linear-learner"}:
             env["SELFMAKER_ALGORITHM"] = kind
+        if kind != "container" and self.storage.endpoint_url and "AWS_ENDPOINT_URL_S3" not in env and "AWS_ENDPOINT_URL" not in env:
+            env["AWS_ENDPOINT_URL_S3"] = self.storage.endpoint_url  # the submit dir may live on the same S3
         return env
 
     def _write_configs(self, root: Path, host: str, hosts: list[str], instance_type: str, hps: dict[str, Any],

@@ -87,7 +87,7 @@ def forward_signal(signum: int, _frame: Any) -> None:
     proc = _current
     if proc is not None and proc.poll() is None:
         try:
-            os.killpg(proc.pid, signum)
+            proc.send_signal(signum)
         except ProcessLookupError:
             pass
 
@@ -124,8 +124,7 @@ def run(env: TrainingEnvironment) -> int:
     tail: collections.deque[str] = collections.deque(maxlen=40)
     previous = signal.signal(signal.SIGTERM, forward_signal)
     try:
-        proc = subprocess.Popen(cmd, cwd=code_dir, env=child_env, stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=code_dir, env=child_env, stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE)
         _current = proc
         assert proc.stderr is not None
 

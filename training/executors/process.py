@@ -27,19 +27,20 @@ class ProcessHandle(ExecutionHandle):
         except subprocess.TimeoutExpired:
             return None
 
-    def _signal(self, sig: int) -> None:
-        if self._proc.poll() is not None:
-            return
-        try:
-            os.killpg(self._proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
+        # like `docker stop`: SIGTERM to the entry process only; it forwards to the user's script
+        if self._proc.poll() is None:
+            try:
+                os.kill(self._proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        # SIGKILL the whole process group: the entry and everything it started
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     @property
     def pid(self) -> int | None:

@@ -1,0 +1,156 @@
+"""Script mode and the runner's lifecycle: SM_* contract, failures, MaxRuntime, StopTrainingJob."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+from training_helpers import SELFMAKER_IMAGE, channel, extract_model, request, run_job, tar_gz
+
+from training.runner import TrainingJobRunner
+
+TOOLKIT_SCRIPT = '''
+import argparse, json, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int)
+parser.add_argument("--learning-rate", type=float)
+parser.add_argument("--model-dir", default=os.environ["SM_MODEL_DIR"])
+parser.add_argument("--train", default=os.environ["SM_CHANNEL_TRAIN"])
+args = parser.parse_args()
+rows = []
+for name in sorted(os.listdir(args.train)):
+    with open(os.path.join(args.train, name)) as f:
+        rows += [line.strip() for line in f if line.strip()]
+for epoch in range(args.epochs):
+    print(f"epoch={epoch}; Train_error={1.0 / (epoch + 1):.3f};", flush=True)
+with open(os.path.join(args.model_dir, "model.json"), "w") as f:
+    json.dump({"rows": len(rows), "epochs": args.epochs, "lr": args.learning_rate,
+               "env": {k: v for k, v in os.environ.items() if k.startswith("SM_") or k in ("TRAINING_JOB_NAME", "MY_SETTING")},
+               "cwd": os.getcwd(), "argv": sys.argv[1:]}, f)
+with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "report.txt"), "w") as f:
+    f.write("done")
+print("warning goes to stderr", file=sys.stderr)
+'''
+
+
+def _submit(tmp_path: Path, files: dict[str, str]) -> str:
+    path = tmp_path / "sourcedir.tar.gz"
+    path.write_bytes(tar_gz(files))
+    return path.as_uri()
+
+
+def _script_request(tmp_path: Path, name: str, script: str, hps: dict[str, object] | None = None, **kwargs: object) -> dict:  # type: ignore[type-arg]
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "a.csv").write_text("1,2\n3,4\n5,6\n")
+    all_hps = {"sagemaker_program": json.dumps("train.py"), "sagemaker_submit_directory": json.dumps(_submit(tmp_path, {"train.py": script}))}
+    all_hps.update({k: json.dumps(v) if isinstance(v, str) else str(v) for k, v in (hps or {}).items()})
+    return request(name, SELFMAKER_IMAGE, all_hps, [channel("train", data.as_uri())], (tmp_path / "out").as_uri(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_toolkit_style_script_runs_unchanged(tmp_path: Path) -> None:
+    req = _script_request(tmp_path, "script-ok", TOOLKIT_SCRIPT, {"epochs": 3, "learning-rate": 0.1},
+                          metrics=[{"Name": "train:error", "Regex": "Train_error=(.*?);"}])
+    req["Environment"] = {"MY_SETTING": "on"}
+    state, lines = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", state.failure_reason
+    model = json.loads((extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m") / "model.json").read_text())  # type: ignore[index]
+    assert model["rows"] == 3 and model["epochs"] == 3 and model["lr"] == 0.1
+    env = model["env"]
+    root = tmp_path / "job/hosts/algo-1"
+    assert env["SM_CHANNEL_TRAIN"] == str(root / "input/data/train")
+    assert env["SM_MODEL_DIR"] == str(root / "model")
+    assert json.loads(env["SM_HPS"]) == {"epochs": 3, "learning-rate": 0.1}
+    assert env["SM_HP_EPOCHS"] == "3" and env["SM_CURRENT_HOST"] == "algo-1" and json.loads(env["SM_HOSTS"]) == ["algo-1"]
+    assert env["TRAINING_JOB_NAME"] == "script-ok" and env["MY_SETTING"] == "on"
+    assert model["cwd"] == str(root / "code")
+    assert model["argv"] == ["--epochs", "3", "--learning-rate", "0.1"]
+    assert [m["Value"] for m in state.metrics] == [1.0, 0.5, 0.333]
+    assert state.final_metrics["train:error"]["Value"] == 0.333
+    assert any("warning goes to stderr" in line for line in lines)
+    assert (root / "output/success").exists()
+    with tarfile.open(tmp_path / "out/script-ok/output/output.tar.gz") as tar:
+        assert tar.getnames() == ["report.txt"]
+    config = root / "input/config"
+    assert json.loads((config / "inputdataconfig.json").read_text())["train"]["TrainingInputMode"] == "File"
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
+
+
+def test_failing_script_reports_the_toolkit_error(tmp_path: Path) -> None:
+    script = "import sys\nprint('about to fail')\nsys.stderr.write('ValueError: column 7 is missing\\n')\nsys.exit(3)\n"
+    state, _ = run_job(_script_request(tmp_path, "script-fail", script), tmp_path / "job")
+    assert state.status == "Failed"
+    reason = state.failure_reason or ""
+    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 3\nErrorMessage \"ValueError: column 7 is missing\"")
+    assert len(reason) <= 1024
+    assert state.model_artifacts is None
+
+
+def test_missing_program_names_the_hyperparameter(tmp_path: Path) -> None:
+    req = _script_request(tmp_path, "script-missing", "print('x')")
+    req["HyperParameters"]["sagemaker_program"] = json.dumps("nope.py")
+    state, _ = run_job(req, tmp_path / "job")
+    assert state.status == "Failed"
+    assert "'sagemaker_program'" in (state.failure_reason or "") and "nope.py" in (state.failure_reason or "")
+
+
+SLEEPER = '''
+import os, signal, sys, time
+def on_term(signum, frame):
+    with open(os.path.join(os.environ["SM_MODEL_DIR"], "saved.txt"), "w") as f:
+        f.write("saved on SIGTERM")
+    print("saved the model", flush=True)
+    if os.environ.get("IGNORE_AFTER_SAVE"):
+        return
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+for _ in range(600):
+    time.sleep(0.1)
+'''
+
+
+def test_max_runtime_stops_a_sleeping_script(tmp_path: Path) -> None:
+    req = _script_request(tmp_path, "script-timeout", SLEEPER, max_runtime=2)
+    req["Environment"] = {"IGNORE_AFTER_SAVE": "1"}  # so the runner must escalate to SIGKILL
+    state, _ = run_job(req, tmp_path / "job", stop_grace_seconds=2.0)
+    fields = state.describe_fields()
+    assert fields["TrainingJobStatus"] == "Stopped"
+    assert fields["SecondaryStatus"] == "MaxRuntimeExceeded"
+    assert "MaxRuntimeInSeconds" in fields["FailureReason"]
+    assert state.exit_codes["algo-1"] not in (0, None)
+    assert 2 <= fields["TrainingTimeInSeconds"] < 60
+
+
+def test_stop_training_job_lets_the_script_save_its_model(tmp_path: Path) -> None:
+    req = _script_request(tmp_path, "script-stop", SLEEPER)
+    holder: dict[str, TrainingJobRunner] = {}
+    seen: list[str] = []
+
+    def on_log(host: str, line: str) -> None:
+        seen.append(line)
+        if line == "ready":
+            threading.Thread(target=holder["runner"].stop).start()
+
+    runner = TrainingJobRunner(req, tmp_path / "job", on_log=on_log, stop_grace_seconds=30.0)
+    holder["runner"] = runner
+    state = runner.run()
+    assert state.status == "Stopped" and state.secondary_status == "Stopped", state.describe_fields()
+    assert "saved the model" in seen
+    model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
+    assert (model / "saved.txt").read_text() == "saved on SIGTERM"
+    runner.stop()  # stopping a finished job is a no-op
+
+
+def test_bad_request_fails_with_the_field_named(tmp_path: Path) -> None:
+    req = _script_request(tmp_path, "bad-req", "print(1)")
+    req["InputDataConfig"][0]["InputMode"] = "Stream"
+    state, _ = run_job(req, tmp_path / "job")
+    assert state.status == "Failed"
+    assert "InputDataConfig[0].InputMode" in (state.failure_reason or "")
+    req = _script_request(tmp_path, "bad-req-2", "print(1)")
+    req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = (tmp_path / "nothing-here").as_uri()
+    state, _ = run_job(req, tmp_path / "job2")
+    assert state.status == "Failed" and "nothing-here" in (state.failure_reason or "")
