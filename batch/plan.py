@@ -111,7 +111,7 @@ def make_plan(spec: TransformSpec, infos: list[ObjectInfo], *, part_bytes: int, 
     target = int(part_bytes)
     if splittable(spec) and total:
         # at least ~4 parts per worker when the data allows, never tiny parts
-        target = max(MIN_PART_BYTES, min(target, -(-total // (4 * workers))))
+        target = max(min(MIN_PART_BYTES, target), min(target, -(-total // (4 * workers))))
     files = []
     for index, info in enumerate(infos):
         out_uri = storage.join_uri(spec.output_path, info.rel + ".out")
