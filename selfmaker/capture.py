@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -225,12 +225,11 @@ class _Item:
     endpoint: str
     variant: str
     when: datetime
-    line: bytes
+    record: dict[str, Any] | Callable[[], dict[str, Any]]
 
-
-@dataclass
-class _Batch:
-    items: list[_Item] = field(default_factory=list)
+    def line(self) -> bytes:
+        record = self.record() if callable(self.record) else self.record
+        return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 class CaptureWriter:
@@ -260,22 +259,26 @@ class CaptureWriter:
                 self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
                 self._thread.start()
 
-    def submit(self, policy: CapturePolicy, endpoint: str, variant: str, record: dict[str, Any],
-               when: datetime | None = None) -> bool:
-        """Queue one record; never blocks. Returns False when it was dropped (queue full)."""
-        item = _Item(policy.destination, policy.kms_key_id, endpoint, variant,
-                     when or datetime.now(timezone.utc), json.dumps(record, separators=(",", ":")).encode() + b"\n")
+    def submit(self, policy: CapturePolicy, endpoint: str, variant: str,
+               record: dict[str, Any] | Callable[[], dict[str, Any]], when: datetime | None = None) -> bool:
+        """Queue one record (or a function that builds it, run on the writer thread); never blocks.
+
+        Returns False when the record was dropped because the queue is full.
+        """
+        item = _Item(policy.destination, policy.kms_key_id, endpoint, variant, when or datetime.now(timezone.utc),
+                     record)
         with self._lock:
             self._pending += 1
+            self.stats.submitted += 1
         try:
             self._queue.put_nowait(item)
         except queue.Full:
             with self._lock:
                 self._pending -= 1
+                self.stats.submitted -= 1
                 self.stats.dropped += 1
                 self._idle.notify_all()
             return False
-        self.stats.submitted += 1
         if self._thread is None:
             self.start()
         return True
@@ -332,8 +335,8 @@ class CaptureWriter:
             groups.setdefault((item.destination, item.endpoint, item.variant, hour), []).append(item)
         for (destination, endpoint, variant, _), group in groups.items():
             key = capture_key(endpoint, variant, group[0].when)
-            body = b"".join(item.line for item in group)
             try:
+                body = b"".join(item.line() for item in group)
                 self._put(destination, key, body, group[0].kms_key_id)
                 self.stats.written += len(group)
                 self.stats.objects += 1

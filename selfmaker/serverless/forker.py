@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
@@ -172,6 +173,8 @@ class ForkedHandle(InstanceHandle):
 
     def __init__(self, instance_id: str, pid: int, pidfd: int, template: TemplateProcess, *,
                  url: str = "", memory_mb: int | None = None) -> None:
+        #: called with the template's reason when a server that ended on its own is stopped
+        self.on_exit: Callable[[str], None] | None = None
         self.instance_id = instance_id
         self.url = url
         self._pid = pid
@@ -217,6 +220,10 @@ class ForkedHandle(InstanceHandle):
     async def stop(self, grace: float) -> None:
         if self._pidfd is None:
             return
+        if not self.alive() and self.on_exit is not None:
+            reason = await self.exit_reason()
+            if reason:
+                self.on_exit(reason)
         if self.alive():
             self._killpg(signal.SIGTERM)
             if not await self._wait_exit(grace):
@@ -252,8 +259,11 @@ class ForkExecutor(Executor):
     kind = "process"
 
     def __init__(self, settings: PlatformSettings, *, template: TemplateProcess | None = None,
-                 fallback: Executor | None = None) -> None:
+                 fallback: Executor | None = None, fork_all: bool = True) -> None:
         self.settings = settings
+        #: fork every instance (True) or only those with a memory limit, i.e. serverless variants (False)
+        self.fork_all = fork_all
+        self._failures: dict[tuple[str, str], tuple[float, str]] = {}
         run_dir = Path(settings.home) / "run"
         self.template = template or TemplateProcess(
             run_dir / f"template-{os.getpid()}.sock", Path(settings.logs_dir) / "serverless-template.log",
@@ -265,7 +275,16 @@ class ForkExecutor(Executor):
         """Start the template now so the first cold start does not pay for it."""
         await self.template.ensure()
 
+    def recent_failure(self, endpoint: str, variant: str, within: float = 120.0) -> str | None:
+        """Why the last server of ``endpoint``/``variant`` that ended on its own ended (if recent)."""
+        entry = self._failures.get((endpoint, variant))
+        if entry is None or time.monotonic() - entry[0] > within:
+            return None
+        return entry[1]
+
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
+        if self._fallback is not None and not self.fork_all and spec.memory_mb is None:
+            return await self._fallback.start(spec)
         port = _free_port()
         env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.settings.model_server_workers)}
         env.update(spec.environment)
@@ -280,7 +299,11 @@ class ForkExecutor(Executor):
             log.warning("template unavailable (%s); spawning %s the slow way", exc, spec.instance_id)
             return await self._fallback.start(spec)
         handle.url = f"http://127.0.0.1:{port}"
+        key = (spec.endpoint_name, spec.variant_name)
+        handle.on_exit = lambda reason: self._failures.__setitem__(key, (time.monotonic(), reason))
         return handle
 
     async def close(self) -> None:
         await self.template.stop()
+        if self._fallback is not None:
+            await self._fallback.close()

@@ -1,16 +1,16 @@
-"""The instances of one serverless variant: none until a request comes, warm while used, zero when idle.
+"""The instance pool of a serverless variant: none until a request comes, warm while used, zero when idle.
 
-:class:`ServerlessPool` decides *when* a model server runs; *how* one is started and stopped is given to
-it as two coroutines (the platform's executor + readiness poll), so the pool is the same for forked
-processes and containers.
+:class:`ServerlessPool` is an :class:`~selfmaker.endpoints.runtime.InstancePool` (the platform's router
+calls ``acquire``/``release`` around every request); instances are launched with the variant context's
+``launch()`` (executor start + ``/ping``) and retired with ``retire()`` (drain + stop).
 
 * ``acquire`` first takes one of the variant's ``MaxConcurrency`` slots (:class:`SlotLimiter`, shared by
-  every process of the platform); with none left it raises :class:`Throttled` at once.
-* It then picks the least-loaded ready instance with room (``instance_concurrency``), else joins an
-  instance that is starting, else starts one (a *cold start*, measured and logged) while the variant has
-  fewer than ``max_instances``, else queues on the least-loaded instance.
+  every process that routes to the variant); with none left it raises ``ThrottlingException`` at once.
+* It then picks the least-loaded ready instance with room (``instance_concurrency`` requests), else
+  joins an instance that is starting, else starts one (a *cold start*, measured and logged) while the
+  variant has fewer than ``max_instances``, else queues on the least-loaded instance.
 * A reaper stops instances idle for ``idle_timeout`` seconds, down to the instances
-  ``ProvisionedConcurrency`` keeps warm (zero without it), and replaces warm instances that died.
+  ``ProvisionedConcurrency`` keeps warm (zero without it).
 """
 
 from __future__ import annotations
@@ -19,36 +19,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
+from selfmaker.endpoints.runtime import Instance, InstancePool, VariantContext
+from selfmaker.errors import ModelError, ThrottlingException
 from selfmaker.serverless.limiter import SlotLimiter
 from selfmaker.serverless.settings import ServerlessConfig, ServerlessSettings
 
 log = logging.getLogger(__name__)
 
-H = TypeVar("H")
-
-
-class Throttled(Exception):
-    """``MaxConcurrency`` requests are already in flight on the variant."""
-
-
-class ColdStartFailed(Exception):
-    """No model server could be started for the request; the message says why."""
-
 
 @dataclass(eq=False)
-class _Member(Generic[H]):
-    ready: asyncio.Future[H]
+class _Start:
+    """An instance being launched and the requests waiting for it."""
+
+    future: asyncio.Future[Instance]
     launched: float
-    handle: H | None = None
-    load: int = 0
-    last_used: float = 0.0
-    #: arrival time of the request that triggered the cold start, until it is answered
-    cold_request_at: float | None = None
+    cold: bool
+    arrived: float | None = None
+    waiters: int = 0
 
 
 @dataclass
@@ -59,233 +51,275 @@ class PoolStats:
     throttled: int = 0
     cold_starts: int = 0
     cold_start_failures: int = 0
+    scaled_to_zero: int = 0
     #: seconds from launch to a ready model server, per cold start (last 100)
     cold_start_seconds: list[float] = field(default_factory=list)
     #: seconds from the arrival of a request that found no instance to its answer (last 100)
     first_answer_seconds: list[float] = field(default_factory=list)
-    scaled_to_zero: int = 0
 
-    def _add(self, series: list[float], value: float) -> None:
+    @staticmethod
+    def add(series: list[float], value: float) -> None:
         series.append(value)
         del series[:-100]
 
 
-class ServerlessPool(Generic[H]):
+class ServerlessPool(InstancePool):
     """Instances of one serverless variant, started on demand and stopped when idle."""
 
     def __init__(
         self,
+        ctx: VariantContext,
         *,
-        endpoint: str,
-        variant: str,
         config: ServerlessConfig,
         settings: ServerlessSettings,
-        start_instance: Callable[[], Awaitable[H]],
-        stop_instance: Callable[[H], Awaitable[None]],
-        is_alive: Callable[[H], bool],
         slot_dir: Path,
+        error_extra: dict[str, Any] | None = None,
+        failure_detail: Callable[[], str | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.endpoint = endpoint
-        self.variant = variant
+        super().__init__(ctx)
         self.config = config
         self.settings = settings
-        self._start_instance = start_instance
-        self._stop_instance = stop_instance
-        self._is_alive = is_alive
-        self._clock = clock
         self.limiter = SlotLimiter(slot_dir, config.max_concurrency)
         self.stats = PoolStats()
-        self._members: list[_Member[H]] = []
+        self.desired = config.warm_instances(settings)
+        self._error_extra = dict(error_extra or {})
+        self._failure_detail = failure_detail
+        self._clock = clock
+        self._starting: list[_Start] = []
+        self._held: list[int] = []
+        self._last_used: dict[Instance, float] = {}
+        self._cold: dict[Instance, float] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
 
-    # -- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Start the reaper and the instances ``ProvisionedConcurrency`` keeps warm (waits for them)."""
-        self._reaper = asyncio.create_task(self._reap_loop(), name=f"serverless-reaper-{self.endpoint}-{self.variant}")
-        warm = [self._launch(cold=False) for _ in range(self._warm_target())]
-        for member in warm:
-            try:
-                await member.ready
-            except ColdStartFailed as exc:
-                log.warning("serverless %s/%s: a provisioned instance failed to start: %s", self.endpoint, self.variant, exc)
+    @property
+    def name(self) -> str:
+        return str(self.ctx.variant.get("VariantName", ""))
 
-    async def close(self, grace: float = 10.0) -> None:
-        """Stop the reaper and every instance."""
+    # -- lifecycle (InstancePool interface) ------------------------------------------------------
+    async def start(self, count: int = 0) -> None:
+        """Start the reaper and the instances ``ProvisionedConcurrency`` keeps warm; waits for them."""
+        self._ensure_reaper()
+        starts = [self._launch(cold=False) for _ in range(max(0, self.desired - self.size))]
+        for start in starts:
+            with contextlib.suppress(_ColdStartFailed):
+                await asyncio.shield(start.future)
+
+    async def scale_to(self, count: int) -> None:
+        """Serverless capacity follows traffic: only the warm instances are (re)started here."""
+        self.desired = self.config.warm_instances(self.settings)
+        self._top_up()
+
+    async def stop(self) -> None:
+        """Stop the reaper, fail waiting requests, retire every instance, close the slot files."""
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        for start in list(self._starting):
+            if not start.future.done():
+                start.future.set_exception(_ColdStartFailed("the endpoint is being stopped"))
         for task in list(self._background):
             task.cancel()
-        members, self._members = self._members, []
-        for member in members:
-            if member.handle is not None:
-                await self._stop_instance(member.handle)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await super().stop()
         self.limiter.close()
 
-    def update(self, config: ServerlessConfig) -> None:
+    def update_config(self, config: ServerlessConfig) -> None:
         """Apply ``ServerlessUpdateConfig`` in place (MaxConcurrency, ProvisionedConcurrency)."""
         self.config = config
         self.limiter.resize(config.max_concurrency)
+        self.desired = config.warm_instances(self.settings)
+        self._top_up()
 
     # -- requests --------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[H]:
-        """A ready instance for one request; raises :class:`Throttled` or :class:`ColdStartFailed`."""
+    async def acquire(self) -> Instance:
+        """A ready instance for one request: throttles at MaxConcurrency, cold-starts when none runs."""
         arrived = self._clock()
+        self._ensure_reaper()
         slot = self.limiter.try_acquire()
         if slot is None:
             self.stats.throttled += 1
-            raise Throttled(f"the variant {self.variant} of endpoint {self.endpoint} is already serving "
-                            f"MaxConcurrency={self.config.max_concurrency} requests")
-        member: _Member[H] | None = None
+            raise ThrottlingException(
+                f"The serverless variant {self.name} of endpoint {self.ctx.endpoint_name} is already serving "
+                f"its MaxConcurrency of {self.config.max_concurrency} requests. Retry later or raise MaxConcurrency.")
         try:
-            member = self._choose(arrived)
-            member.load += 1
-            try:
-                handle = await asyncio.wait_for(asyncio.shield(member.ready), timeout=self.settings.cold_start_timeout)
-            except asyncio.TimeoutError as exc:
-                raise ColdStartFailed(f"no model server was ready within {self.settings.cold_start_timeout:.0f}s") from exc
-            self.stats.invocations += 1
-            yield handle
-        finally:
-            if member is not None:
-                member.load -= 1
-                member.last_used = self._clock()
-                if member.cold_request_at is not None and member.ready.done() and not member.ready.cancelled() \
-                        and member.ready.exception() is None:
-                    seconds = member.last_used - member.cold_request_at
-                    member.cold_request_at = None
-                    self.stats._add(self.stats.first_answer_seconds, seconds)
-                    log.info("serverless cold start endpoint=%s variant=%s first_answer_seconds=%.3f",
-                             self.endpoint, self.variant, seconds)
+            instance = await self._instance_for(arrived)
+        except BaseException:
             self.limiter.release(slot)
+            raise
+        self._held.append(slot)
+        instance.begin()
+        self.stats.invocations += 1
+        return instance
 
-    def _choose(self, arrived: float) -> _Member[H]:
-        self._drop_dead()
-        ready = [m for m in self._members if m.ready.done() and not m.ready.cancelled() and m.ready.exception() is None]
-        room = [m for m in ready if m.load < self.settings.instance_concurrency]
-        if room:
-            return min(room, key=lambda m: m.load)
-        starting = [m for m in self._members if not m.ready.done()]
-        with_room = [m for m in starting if m.load < self.settings.instance_concurrency]
-        if with_room:
-            return min(with_room, key=lambda m: m.load)
-        if len(self._members) < self.settings.max_instances:
-            member = self._launch(cold=True)
-            member.cold_request_at = arrived
-            return member
-        candidates = ready or starting
-        if not candidates:  # pragma: no cover - max_instances >= 1 and every member is ready or starting
-            raise ColdStartFailed("no instance available")
-        return min(candidates, key=lambda m: m.load)
+    def release(self, instance: Instance) -> None:
+        instance.end()
+        now = self._clock()
+        self._last_used[instance] = now
+        arrived = self._cold.pop(instance, None)
+        if arrived is not None:
+            seconds = now - arrived
+            self.stats.add(self.stats.first_answer_seconds, seconds)
+            log.info("serverless cold start endpoint=%s variant=%s instance=%s first_answer_seconds=%.3f",
+                     self.ctx.endpoint_name, self.name, instance.instance_id, seconds)
+        if self._held:
+            self.limiter.release(self._held.pop())
+
+    async def _instance_for(self, arrived: float) -> Instance:
+        per_instance = max(1, self.settings.instance_concurrency)
+        for _ in range(10):
+            self._drop_dead()
+            room = [i for i in self.instances if i.outstanding < per_instance]
+            if room:
+                return min(room, key=lambda i: i.outstanding)
+            start = next((s for s in self._starting if s.waiters < per_instance), None)
+            if start is None and self.size + len(self._starting) < max(1, self.settings.max_instances):
+                start = self._launch(cold=True, arrived=arrived)
+            if start is None:
+                if self.instances:
+                    return min(self.instances, key=lambda i: i.outstanding)
+                start = min(self._starting, key=lambda s: s.waiters)
+            start.waiters += 1
+            try:
+                instance = await asyncio.wait_for(asyncio.shield(start.future), timeout=self.settings.cold_start_timeout)
+            except asyncio.TimeoutError:
+                raise self._model_error(f"no model server became ready within {self.settings.cold_start_timeout:g} "
+                                        "seconds") from None
+            except _ColdStartFailed as exc:
+                raise self._model_error(str(exc)) from None
+            finally:
+                start.waiters -= 1
+            if instance in self.instances:
+                return instance
+        raise self._model_error("no model server stayed up long enough to take the request")
+
+    def _model_error(self, reason: str) -> ModelError:
+        message = (f"Received server error (0) from primary with message \"The serverless variant {self.name} could "
+                   f"not start a model server: {reason}\". See `selfmaker logs {self.ctx.endpoint_name}` for more "
+                   "information.")
+        return ModelError(message, extra={**self._error_extra, "OriginalStatusCode": 0, "OriginalMessage": reason[:1024]})
 
     # -- instances -------------------------------------------------------------------------------
-    def _launch(self, *, cold: bool) -> _Member[H]:
-        loop = asyncio.get_running_loop()
-        member: _Member[H] = _Member(ready=loop.create_future(), launched=self._clock())
-        member.last_used = member.launched
-        # a failed start with nobody waiting must not log "exception never retrieved"
-        member.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._members.append(member)
-        task = asyncio.create_task(self._run_start(member, cold))
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None and not self._closed:
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap_loop(), name=f"serverless-reaper:{self.ctx.endpoint_name}/{self.name}")
+
+    def _launch(self, *, cold: bool, arrived: float | None = None) -> _Start:
+        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        # a failed start nobody waits for must not log "exception was never retrieved"
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        start = _Start(future=future, launched=self._clock(), cold=cold, arrived=arrived)
+        self._starting.append(start)
+        self._spawn(self._run_launch(start))
+        return start
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-        return member
 
-    async def _run_start(self, member: _Member[H], cold: bool) -> None:
+    async def _run_launch(self, start: _Start) -> None:
         try:
-            handle = await self._start_instance()
+            instance = await self.ctx.launch()
         except asyncio.CancelledError:
-            member.ready.cancel()
+            if start in self._starting:
+                self._starting.remove(start)
+            if not start.future.done():
+                start.future.set_exception(_ColdStartFailed("the endpoint is being stopped"))
             raise
-        except Exception as exc:  # noqa: BLE001 - any launch failure becomes the waiting requests' error
-            if member in self._members:
-                self._members.remove(member)
+        except Exception as exc:  # noqa: BLE001 - every launch failure becomes the waiting requests' error
+            if start in self._starting:
+                self._starting.remove(start)
             self.stats.cold_start_failures += 1
-            log.error("serverless %s/%s: model server failed to start: %s", self.endpoint, self.variant, exc)
-            member.ready.set_exception(ColdStartFailed(str(exc) or type(exc).__name__))
+            reason = str(exc) or type(exc).__name__
+            detail = self._failure_detail() if self._failure_detail is not None else None
+            if detail:
+                reason = f"{reason} Reason: {detail}."
+            log.error("serverless endpoint=%s variant=%s: model server failed to start: %s",
+                      self.ctx.endpoint_name, self.name, reason)
+            if not start.future.done():
+                start.future.set_exception(_ColdStartFailed(reason))
             return
-        if self._closed or member not in self._members:
-            await self._stop_instance(handle)
-            member.ready.cancel()
+        if start in self._starting:
+            self._starting.remove(start)
+        if self._closed or start.future.done():
+            await self.ctx.retire(instance)
             return
-        member.handle = handle
-        seconds = self._clock() - member.launched
-        member.last_used = self._clock()
-        if cold:
+        self.add(instance)
+        now = self._clock()
+        self._last_used[instance] = now
+        seconds = now - start.launched
+        if start.cold:
             self.stats.cold_starts += 1
-            self.stats._add(self.stats.cold_start_seconds, seconds)
-        log.info("serverless %s endpoint=%s variant=%s ready_seconds=%.3f", "cold start" if cold else "warm start",
-                 self.endpoint, self.variant, seconds)
-        member.ready.set_result(handle)
+            self.stats.add(self.stats.cold_start_seconds, seconds)
+            if start.arrived is not None:
+                self._cold[instance] = start.arrived
+        log.info("serverless %s endpoint=%s variant=%s instance=%s ready_seconds=%.3f",
+                 "cold start" if start.cold else "warm start", self.ctx.endpoint_name, self.name,
+                 instance.instance_id, seconds)
+        start.future.set_result(instance)
 
     def _drop_dead(self) -> None:
-        for member in list(self._members):
-            if member.handle is not None and not self._is_alive(member.handle):
-                log.warning("serverless %s/%s: an instance exited; it will be replaced on demand", self.endpoint, self.variant)
-                self._members.remove(member)
-                self._spawn_stop(member.handle)
+        for instance in list(self.instances):
+            if not instance.handle.alive():
+                log.warning("serverless endpoint=%s variant=%s: instance %s exited", self.ctx.endpoint_name, self.name,
+                            instance.instance_id)
+                self._forget(instance)
+                self._spawn(self.ctx.retire(instance))
 
-    def _spawn_stop(self, handle: H) -> None:
-        task = asyncio.create_task(self._stop_instance(handle))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _forget(self, instance: Instance) -> None:
+        self.detach(instance)
+        self._last_used.pop(instance, None)
+        self._cold.pop(instance, None)
 
-    def _warm_target(self) -> int:
-        return self.config.warm_instances(self.settings)
-
-    def reap(self) -> int:
-        """Stop instances idle for ``idle_timeout`` (keeping the warm ones); returns how many were stopped."""
-        self._drop_dead()
-        now = self._clock()
-        stopped = 0
-        keep = self._warm_target()
-        # the most recently used instances are the ones kept warm
-        ready = sorted((m for m in self._members if m.handle is not None), key=lambda m: m.last_used, reverse=True)
-        for member in ready[keep:]:
-            if member.load == 0 and now - member.last_used >= self.settings.idle_timeout:
-                self._members.remove(member)
-                assert member.handle is not None
-                self._spawn_stop(member.handle)
-                stopped += 1
-        if stopped and not self._members:
-            self.stats.scaled_to_zero += 1
-            log.info("serverless endpoint=%s variant=%s scaled to zero after %.0fs idle", self.endpoint, self.variant,
-                     self.settings.idle_timeout)
-        missing = keep - len(self._members)
+    def _top_up(self) -> None:
+        if self._closed:
+            return
+        missing = self.desired - self.size - len(self._starting)
         for _ in range(max(0, missing)):
             self._launch(cold=False)
-        return stopped
+
+    def reap(self) -> int:
+        """Retire instances idle for ``idle_timeout`` (keeping the warm ones); returns how many."""
+        self._drop_dead()
+        now = self._clock()
+        # the most recently used instances are the ones kept warm
+        by_recency = sorted(self.instances, key=lambda i: self._last_used.get(i, 0.0), reverse=True)
+        victims = [i for i in by_recency[self.desired:]
+                   if i.outstanding == 0 and now - self._last_used.get(i, now) >= self.settings.idle_timeout]
+        for instance in victims:
+            self._forget(instance)
+            self._spawn(self.ctx.retire(instance))
+        if victims and not self.instances and not self._starting:
+            self.stats.scaled_to_zero += 1
+            log.info("serverless endpoint=%s variant=%s scaled to zero after %gs idle", self.ctx.endpoint_name,
+                     self.name, self.settings.idle_timeout)
+        self._top_up()
+        return len(victims)
 
     async def _reap_loop(self) -> None:
         interval = min(1.0, max(0.05, self.settings.idle_timeout / 4))
-        while True:
+        while not self._closed:
             await asyncio.sleep(interval)
             try:
                 self.reap()
             except Exception:  # noqa: BLE001 - the reaper must survive one bad round
-                log.exception("serverless reaper of %s/%s failed", self.endpoint, self.variant)
+                log.exception("serverless reaper of %s/%s failed", self.ctx.endpoint_name, self.name)
 
     # -- introspection ---------------------------------------------------------------------------
-    @property
-    def handles(self) -> list[H]:
-        """Ready instances."""
-        return [m.handle for m in self._members if m.handle is not None]
-
     def snapshot(self) -> dict[str, Any]:
         """Facts for ``selfmaker status`` and ``/metrics``."""
-        starting = sum(1 for m in self._members if m.handle is None)
         cold = self.stats.cold_start_seconds
         first = self.stats.first_answer_seconds
         return {
-            "instances": len(self._members) - starting,
-            "starting": starting,
-            "in_flight": sum(m.load for m in self._members),
+            "instances": self.size,
+            "starting": len(self._starting),
+            "in_flight": sum(i.outstanding for i in self.instances),
             "max_concurrency": self.config.max_concurrency,
             "provisioned_concurrency": self.config.provisioned_concurrency,
             "memory_mb": self.config.memory_mb,
@@ -293,7 +327,11 @@ class ServerlessPool(Generic[H]):
             "throttled": self.stats.throttled,
             "cold_starts": self.stats.cold_starts,
             "cold_start_failures": self.stats.cold_start_failures,
+            "scaled_to_zero": self.stats.scaled_to_zero,
             "last_cold_start_seconds": cold[-1] if cold else None,
             "last_first_answer_seconds": first[-1] if first else None,
-            "scaled_to_zero": self.stats.scaled_to_zero,
         }
+
+
+class _ColdStartFailed(Exception):
+    """A launch failed; the message is the reason given to the waiting requests."""

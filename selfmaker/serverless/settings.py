@@ -25,6 +25,10 @@ class ServerlessSettings(BaseSettings):
     max_instances: int = 2
     #: fork model servers from the pre-imported template process (False: plain ``python -m serving``)
     use_template: bool = True
+    #: also fork the instances of ordinary (instance-based) process variants from the template
+    fork_all_process_variants: bool = False
+    #: largest request body of a serverless variant (SageMaker: 4 MB)
+    max_payload_bytes: int = 4 * 1024 * 1024
     #: seconds a cold start may take before the waiting requests fail
     cold_start_timeout: float = 120.0
 

@@ -121,6 +121,8 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     returncode: int | None = None
     reason: str | None = None
+    #: how far the memory watch has read the child's log
+    log_offset: int = 0
 
 
 def _tree_memory_mb(pid: int) -> float | None:
@@ -316,9 +318,10 @@ class Template:
             raise
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             self._become_model_server(module or script, bool(script), args, env, cwd, log_fd, memory_mb)
+        offset = os.lseek(log_fd, 0, os.SEEK_END)
         os.close(log_fd)
         pidfd = os.pidfd_open(pid)
-        self.children[pid] = Child(pid, instance_id, log_path, memory_mb)
+        self.children[pid] = Child(pid, instance_id, log_path, memory_mb, log_offset=offset)
         return {"ok": True, "pid": pid, "forked_at": time.time()}, [pidfd]
 
     def _become_model_server(self, module: str, is_path: bool, args: list[str], env: dict[str, str], cwd: str, log_fd: int,
@@ -411,11 +414,33 @@ class Template:
             if used is not None and used > child.memory_mb:
                 child.reason = (f"the model server used {used:.0f} MB, more than MemorySizeInMB={child.memory_mb}; "
                                 "it was killed")
-                _log(f"{child.instance_id or child.pid}: {child.reason}")
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            elif self._log_shows_oom(child):
+                # an allocation failed under RLIMIT_AS: servers that catch it (and keep answering /ping 503)
+                # would otherwise sit there until the startup deadline
+                child.reason = (f"the model server ran out of memory under MemorySizeInMB={child.memory_mb} "
+                                "(an allocation failed; see its log); it was stopped")
+            else:
+                continue
+            _log(f"{child.instance_id or child.pid}: {child.reason}")
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    @staticmethod
+    def _log_shows_oom(child: Child) -> bool:
+        """Whether the child's log gained an out-of-memory line since the last look."""
+        try:
+            with open(child.log_path, "rb") as fh:
+                fh.seek(child.log_offset)
+                data = fh.read(1 << 20)
+        except OSError:
+            return False
+        if not data:
+            return False
+        # keep a little overlap so a marker split across two reads is still seen
+        child.log_offset += max(0, len(data) - 64)
+        return any(marker in data for marker in _OOM_MARKERS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,151 @@
+"""Serverless variants inside ``selfmaker up`` (registered by :mod:`selfmaker.plugins.serverless`).
+
+* ``check_config``: validates and claims ``ServerlessConfig`` in CreateEndpointConfig.
+* ``make_pool``: a :class:`~selfmaker.serverless.pool.ServerlessPool` for every variant with a
+  ``ServerlessConfig`` (production or shadow).
+* ``attach``: warms ``ProvisionedConcurrency`` instances before the deployment takes traffic and refuses
+  bodies over 4 MB on endpoints whose production variants are all serverless.
+* ``start`` / ``stop``: install the :class:`~selfmaker.serverless.forker.ForkExecutor` as the ``process``
+  executor (it forks serverless instances from the pre-imported template, and every other process
+  instance too when ``SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS`` is set) and start the template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.errors import ValidationError, ValidationException
+from selfmaker.serverless.forker import ForkExecutor
+from selfmaker.serverless.pool import ServerlessPool
+from selfmaker.serverless.settings import ServerlessConfig, ServerlessSettings, validate_serverless_config
+
+if TYPE_CHECKING:
+    from selfmaker.endpoints.runtime import EndpointRuntime, InstancePool, InvocationRecord, VariantContext
+    from selfmaker.platform import Platform
+
+log = logging.getLogger(__name__)
+
+KEY = "serverless"
+
+
+@dataclass
+class ServerlessState:
+    """What the platform keeps for serverless variants (``platform.extensions["serverless"]``)."""
+
+    settings: ServerlessSettings
+    executor: ForkExecutor | None = None
+    warming: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+def state(platform: Platform) -> ServerlessState:
+    """The serverless state, created with settings read once on first use."""
+    current = platform.extensions.get(KEY)
+    if current is None:
+        current = platform.extensions[KEY] = ServerlessState(ServerlessSettings())
+    return current
+
+
+def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
+    """Validate ``ServerlessConfig`` of every variant; claim the feature when used."""
+    used = False
+    for member in ("ProductionVariants", "ShadowProductionVariants"):
+        for index, variant in enumerate(params.get(member) or [], start=1):
+            config = variant.get("ServerlessConfig")
+            if not config:
+                continue
+            used = True
+            path = f"{member[0].lower()}{member[1:]}.{index}.member.serverlessConfig"
+            problems = validate_serverless_config(config, path)
+            if problems:
+                raise ValidationException(f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} "
+                                          f"detected: {'; '.join(problems)}")
+            if variant.get("AcceleratorType"):
+                raise ValidationException(f"Variant '{variant.get('VariantName')}': serverless variants cannot use "
+                                          "an AcceleratorType (serverless inference is CPU-only).")
+    return {"ServerlessConfig"} if used else None
+
+
+def make_pool(platform: Platform, ctx: VariantContext) -> InstancePool | None:
+    """A serverless pool for variants with ``ServerlessConfig``."""
+    config = ctx.variant.get("ServerlessConfig")
+    if not config:
+        return None
+    st = state(platform)
+    variant = str(ctx.variant["VariantName"])
+    settings = platform.settings
+    slot_dir = settings.home / "run" / "serverless" / ctx.endpoint_name.lower() / variant.lower()
+    extra = {
+        "ErrorCode": "SERVER_ERROR_FROM_MODEL",
+        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:/aws/sagemaker/Endpoints/"
+                        f"{ctx.endpoint_name}",
+    }
+    executor = st.executor
+
+    def failure_detail() -> str | None:
+        return executor.recent_failure(ctx.endpoint_name, variant) if executor is not None else None
+
+    return ServerlessPool(ctx, config=ServerlessConfig.from_request(config), settings=st.settings, slot_dir=slot_dir,
+                          error_extra=extra, failure_detail=failure_detail)
+
+
+async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+    """Warm provisioned instances; cap serverless payloads."""
+    pools = [v.pool for v in runtime.all_variants() if isinstance(v.pool, ServerlessPool)]
+    for pool in pools:
+        await pool.start()
+    production = list(runtime.variants.values())
+    if production and all(isinstance(v.pool, ServerlessPool) for v in production):
+        limit = state(platform).settings.max_payload_bytes
+
+        def payload_limit(record: InvocationRecord) -> None:
+            if len(record.body) > limit:
+                raise ValidationError(f"Request payload is too large for a serverless endpoint: the limit is "
+                                      f"{limit} bytes.")
+
+        runtime.pre_invoke.append(payload_limit)
+
+
+async def start(platform: Platform) -> None:
+    """Install the fork executor for process images and start its template in the background."""
+    st = state(platform)
+    if not st.settings.use_template:
+        return
+    from selfmaker.executors.process import ProcessExecutor
+
+    executor = ForkExecutor(platform.settings, fallback=ProcessExecutor(platform.settings),
+                            fork_all=st.settings.fork_all_process_variants)
+    platform.install_executor("process", executor)
+    st.executor = executor
+
+    async def warm() -> None:
+        try:
+            await executor.warm()
+        except Exception as exc:  # noqa: BLE001 - without a template instances are spawned the plain way
+            log.warning("serverless template did not start (%s); model servers will be spawned without it", exc)
+
+    task = asyncio.get_running_loop().create_task(warm(), name="serverless-template")
+    st.warming.add(task)
+    task.add_done_callback(st.warming.discard)
+
+
+async def stop(platform: Platform) -> None:
+    """Cancel a template start still in progress (the executor itself is closed by the platform)."""
+    st = platform.extensions.get(KEY)
+    if st is None:
+        return
+    for task in list(st.warming):
+        task.cancel()
+    await asyncio.gather(*st.warming, return_exceptions=True)
+
+
+def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{endpoint: {variant: pool snapshot}}`` of every live serverless variant."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for runtime in list(platform.endpoints.live.values()):
+        for variant in runtime.all_variants():
+            if isinstance(variant.pool, ServerlessPool):
+                out.setdefault(runtime.name, {})[variant.name] = variant.pool.snapshot()
+    return out
