@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -138,20 +136,29 @@ def _booster_from_bytes(data: bytes, params: dict[str, Any]) -> Any:
     return booster
 
 
-def _wait_for_port(host: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise UserError(f"cannot reach the xgboost tracker on {host}:{port} within {timeout:g}s")
+def _import_xgboost() -> Any:
+    """Import xgboost without its optional scikit-learn wrapper.
+
+    ``import xgboost`` imports scikit-learn when installed, which costs seconds per job start; the
+    built-in only needs the Booster API, so sklearn is hidden for the duration of that import.
+    """
+    import sys
+
+    if "xgboost" in sys.modules or "sklearn" in sys.modules:
+        import xgboost
+
+        return xgboost
+    sys.modules["sklearn"] = None  # type: ignore[assignment]
+    try:
+        import xgboost
+    finally:
+        del sys.modules["sklearn"]
+    return xgboost
 
 
 def train(env: TrainingEnvironment) -> None:
     """Train, checkpoint and export; raises :class:`UserError` for bad input."""
-    import xgboost as xgb
+    xgb = _import_xgboost()
 
     hosts = sorted(env.hosts)
     hp = Hyperparameters(env.hyperparameters)
@@ -237,8 +244,7 @@ def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rou
         tracker.start()
         waiter = threading.Thread(target=tracker.wait_for, daemon=True)
         waiter.start()
-    else:
-        _wait_for_port(address, port, 120.0)
+    # workers that come up before the tracker retry their connection (dmlc_retry)
     args = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
     print(f"Distributed training: {env.current_host} of {len(hosts)} hosts, tracker {address}:{port}", flush=True)
     with collective.CommunicatorContext(**args):

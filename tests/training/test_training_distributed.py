@@ -1,0 +1,40 @@
+"""Several hosts: resourceconfig per host, ShardedByS3Key, xgboost over its collective."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from training_helpers import XGB_IMAGE, binary_data, channel, local_model, onnx_predict, request, run_job, write_csv
+
+
+def test_distributed_xgboost_on_two_hosts_matches_one_host(tmp_path: Path) -> None:
+    X, y = binary_data(3000, seed=7)
+    Xt, yt, Xv, yv = X[:2400], y[:2400], X[2400:], y[2400:]
+    write_csv(tmp_path / "data/part-a.csv", Xt[:1200], yt[:1200])
+    write_csv(tmp_path / "data/part-b.csv", Xt[1200:], yt[1200:])
+    write_csv(tmp_path / "val/v.csv", Xv, yv)
+    hps = {"num_round": 20, "objective": "binary:logistic", "max_depth": 4, "tree_method": "hist", "eval_metric": "error"}
+    channels = [channel("train", (tmp_path / "data").as_uri(), distribution="ShardedByS3Key"),
+                channel("validation", (tmp_path / "val").as_uri())]
+    two, lines = run_job(request("xgb-2hosts", XGB_IMAGE, hps, channels, (tmp_path / "out").as_uri(), count=2), tmp_path / "job2")
+    assert two.status == "Completed", two.failure_reason
+    for host, part in (("algo-1", "part-a.csv"), ("algo-2", "part-b.csv")):
+        root = tmp_path / "job2/hosts" / host
+        assert [p.name for p in (root / "input/data/train").iterdir()] == [part]
+        rc = json.loads((root / "input/config/resourceconfig.json").read_text())
+        assert rc["current_host"] == host and rc["hosts"] == ["algo-1", "algo-2"]
+    assert any(line.startswith("algo-2 | Distributed training: algo-2 of 2 hosts") for line in lines)
+    # both hosts see the same (allreduced) evaluation, so they print identical metric lines
+    last = {h: [line.split(" | ", 1)[1] for line in lines if line.startswith(h) and "[19]#011" in line] for h in ("algo-1", "algo-2")}
+    assert last["algo-1"] == last["algo-2"] != []
+
+    one, _ = run_job(request("xgb-1host", XGB_IMAGE, hps, channels, (tmp_path / "out").as_uri(), count=1), tmp_path / "job1")
+    assert one.status == "Completed", one.failure_reason
+    acc = {}
+    for name, state in (("two", two), ("one", one)):
+        out = onnx_predict(local_model(state, tmp_path / f"m-{name}"), Xv)
+        acc[name] = float(np.mean(out["label"] == yv))
+    assert acc["one"] > 0.93 and acc["two"] > 0.93
+    assert abs(acc["two"] - acc["one"]) <= 0.02, acc
