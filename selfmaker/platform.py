@@ -66,11 +66,34 @@ class Platform:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        self._reap_orphans()
         self.store.clear_instances()
         self.training.recover()
         await self.endpoints.restore()
         for hook in self.registry.startup:
             await hook(self)
+
+    def _reap_orphans(self) -> None:
+        """Kill model servers a crashed previous run left behind (recorded PIDs that still run
+        ``-m serving`` and started before this process)."""
+        import os
+        import signal
+
+        import psutil
+
+        me = psutil.Process()
+        for instance in self.store.instances():
+            pid = instance.get("Pid")
+            if not pid:
+                continue
+            try:
+                proc = psutil.Process(pid)
+                if "serving" not in proc.cmdline() or proc.create_time() > me.create_time():
+                    continue
+                log.warning("stopping model server %s (pid %s) left by a previous run", instance["InstanceId"], pid)
+                os.killpg(pid, signal.SIGKILL)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
 
     async def stop(self) -> None:
         """Stop extensions, model servers and jobs; close the client and the store."""
