@@ -1,0 +1,100 @@
+"""Restart recovery: a crashed (SIGKILLed) or stopped platform brings endpoints back and fails running jobs."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from platform_helpers import WAIT, PlatformProcess, build_classifier_tar, deploy, invoke_variant, make_model, variant
+
+
+def _pids(home: Path, endpoint: str) -> set[int]:
+    from selfmaker.commands.status import collect
+
+    return {i["Pid"] for i in collect(home)["instances"] if i["EndpointName"] == endpoint and i["Pid"]}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _wait_gone(pids: set[int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(_gone(p) for p in pids):
+        assert time.monotonic() < deadline, f"processes {pids} still running"
+        time.sleep(0.1)
+
+
+def _long_job(tmp_path: Path, name: str) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 5))
+    y = (x[:, 0] > 0).astype(float)
+    (tmp_path / "data/train").mkdir(parents=True)
+    np.savetxt(tmp_path / "data/train/d.csv", np.column_stack([y, x]), delimiter=",", fmt="%.5f")
+    return {
+        "TrainingJobName": name, "RoleArn": "arn:aws:iam::123456789012:role/selfmaker",
+        "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
+        "HyperParameters": {"num_round": "200000", "objective": "binary:logistic"},
+        "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": (tmp_path / "data/train").as_uri()}}}],
+        "OutputDataConfig": {"S3OutputPath": (tmp_path / "out").as_uri()},
+        "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+    }
+
+
+def test_crash_and_restart_restores_endpoints_and_fails_running_jobs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    model_uri = build_classifier_tar(tmp_path / "model").as_uri()
+    server = PlatformProcess(home).start()
+    try:
+        sm, smr = server.sagemaker(), server.runtime()
+        make_model(sm, "m", model_uri)
+        deploy(sm, "Survivor", [variant("A", "m", weight=3.0), variant("B", "m", weight=1.0)])
+        sm.update_endpoint_weights_and_capacities(EndpointName="Survivor", DesiredWeightsAndCapacities=[
+            {"VariantName": "A", "DesiredWeight": 0.0}])
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
+        job = f"job-{uuid.uuid4().hex[:6]}"
+        sm.create_training_job(**_long_job(tmp_path, job))
+        deadline = time.monotonic() + 120
+        while sm.describe_training_job(TrainingJobName=job)["SecondaryStatus"] != "Training":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        old_pids = _pids(home, "Survivor")
+        assert len(old_pids) == 2
+        server.stop(signal.SIGKILL)  # crash: no chance to clean up
+
+        server = PlatformProcess(home, port=server.port).start()
+        sm, smr = server.sagemaker(), server.runtime()
+        _wait_gone(old_pids)  # orphaned model servers of the crashed run are reaped
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
+        new_pids = _pids(home, "Survivor")
+        assert len(new_pids) == 2 and not (new_pids & old_pids)
+        # weights survive the restart: A has 0 and only answers when targeted
+        assert {invoke_variant(smr, "Survivor") for _ in range(30)} == {"B"}
+        assert invoke_variant(smr, "Survivor", TargetVariant="A") == "A"
+        desc = sm.describe_training_job(TrainingJobName=job)
+        assert desc["TrainingJobStatus"] == "Failed"
+        assert "restarted" in desc["FailureReason"]
+        sm.get_waiter("training_job_completed_or_stopped")  # exists; a Failed job makes it raise
+        assert sm.list_training_jobs(StatusEquals="InProgress")["TrainingJobSummaries"] == []
+
+        # a graceful stop keeps the endpoint for the next start too
+        assert server.stop() == 0
+        _wait_gone(new_pids)
+        server = PlatformProcess(home, port=server.port).start()
+        sm, smr = server.sagemaker(), server.runtime()
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
+        assert invoke_variant(smr, "Survivor") == "B"
+        sm.delete_endpoint(EndpointName="Survivor")
+        sm.get_waiter("endpoint_deleted").wait(EndpointName="Survivor", WaiterConfig=WAIT)
+    finally:
+        server.stop()
