@@ -364,6 +364,8 @@ def from_mapping(values: Mapping[str, Any], *, project: str, stack: str) -> Stac
         raise ConfigError(_key("tags"), str(exc)) from None
     storage = _storage(raw)
     image_tag = _str(_key("imageTag"), raw["imageTag"])
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
+        raise ConfigError(_key("imageTag"), f"{image_tag!r} is not a valid image tag")
     groups_raw = raw["groups"]
     if not isinstance(groups_raw, list):
         raise ConfigError(_key("groups"), "expected a list of groups")

@@ -72,12 +72,12 @@ class InstanceGroupArgs:
 
         if self.role not in ROLES:
             raise bad("role", f"must be one of {ROLES}, got {self.role!r}")
+        if not self.instance_types:
+            raise bad("instance_types", "at least one type is needed")
         try:
             self.instance_types = presets.resolve_instance_types(self.accelerator, None, list(self.instance_types))
         except ValueError as exc:
             raise bad("instance_types" if self.accelerator in presets.ACCELERATORS else "accelerator", str(exc)) from None
-        if not self.instance_types:
-            raise bad("instance_types", "at least one type is needed")
         if not self.subnet_ids:
             raise bad("subnet_ids", "at least one private subnet is needed")
         if not 0 <= self.min_size <= self.desired_capacity <= self.max_size or self.max_size < 1:
