@@ -148,3 +148,33 @@ def tar_gz(files: dict[str, str]) -> bytes:
             info.mode = 0o755
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ping(url: str, alive: Any, timeout: float = 60.0) -> None:
+    """Poll ``url`` until 200, failing fast when ``alive()`` turns False."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise AssertionError(f"server behind {url} exited before it was ready")
+        try:
+            resp = requests.get(url, timeout=2)
+            if resp.status_code == 200:
+                return
+            last = f"HTTP {resp.status_code}"
+        except requests.RequestException as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
