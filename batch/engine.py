@@ -135,6 +135,12 @@ def model_environment(spec: TransformSpec, base: dict[str, str] | None = None) -
     return env
 
 
+def _with_s3_endpoint(env: dict[str, str], endpoint: str | None) -> dict[str, str]:
+    if endpoint:
+        env.setdefault("AWS_ENDPOINT_URL_S3", endpoint)
+    return env
+
+
 def line_of(spec: TransformSpec, uri: str, offset: int) -> int:
     """The 1-based line of the record at byte ``offset`` of the (decompressed) object."""
     raw = storage.open_range(uri)
@@ -227,9 +233,11 @@ class _Job:
                 log.info("cluster ready after %.1f s", time.monotonic() - self._started)
             except (OSError, RuntimeError, TimeoutError) as exc:
                 raise BatchError(f"cannot reach the Dask cluster: {exc}") from None
-            plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=model_environment(self.spec, self.model_env),
+            plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=_with_s3_endpoint(model_environment(self.spec, self.model_env),
+                                                                  self.settings.s3_endpoint_url),
                                  timeout=self.spec.timeout_s, retries=self.spec.max_retries,
-                                 python=self.settings.python, startup_timeout=self.settings.startup_timeout)
+                                 python=self.settings.python, startup_timeout=self.settings.startup_timeout,
+                                 s3_endpoint=self.settings.s3_endpoint_url)
             try:
                 client.register_plugin(plugin, name=self.plugin_name)
             except BatchError:

@@ -54,8 +54,9 @@ class ModelPlugin(WorkerPlugin):
     """
 
     def __init__(self, name: str, source: str, *, mode: str, env: dict[str, str], timeout: float, retries: int,
-                 python: str | None = None, startup_timeout: float = 120.0) -> None:
+                 python: str | None = None, startup_timeout: float = 120.0, s3_endpoint: str | None = None) -> None:
         self.name = name
+        self.s3_endpoint = s3_endpoint
         self.source = source
         self.mode = mode
         self.env = env
@@ -84,6 +85,8 @@ class ModelPlugin(WorkerPlugin):
         await asyncio.to_thread(self._stop, worker.address)
 
     def _start(self, address: str) -> None:
+        if self.s3_endpoint:
+            storage.configure_s3(self.s3_endpoint)
         state = _WorkerState()
         with self._lock:
             self._states[address] = state
