@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -52,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def watch_parent() -> None:
             # The parent holds the write end of our stdin; EOF means it exited (even by SIGKILL).
-            while sys.stdin.buffer.read(4096):
+            # os.read, not sys.stdin: a buffered reader blocked in a daemon thread aborts interpreter exit.
+            try:
+                while os.read(0, 4096):
+                    pass
+            except OSError:
                 pass
             log.info("parent exited; stopping")
             stop.set()

@@ -1,0 +1,598 @@
+"""Asynchronous inference on the platform: AsyncInferenceConfig, InvokeEndpointAsync, workers, scale to zero.
+
+* ``CreateEndpointConfig`` with ``AsyncInferenceConfig`` is checked here (:func:`check_config`).
+* ``POST /endpoints/{name}/async-invocations`` (:func:`invoke_async`) validates the request, computes the
+  output / failure locations, writes the request to the endpoint's durable queue
+  (:mod:`serving.asyncq`; SQLite in ``<home>/async/queue.db`` by default, SQS optionally) and only then
+  answers 202.
+* :class:`AsyncSupervisor` runs one worker process (``python -m serving.asyncq``) per model-server instance
+  of every async endpoint, with ``MaxConcurrentInvocationsPerInstance`` parallel invocations; variants with
+  ``ManagedInstanceScaling`` ``MinInstanceCount: 0`` stop their model servers after an empty backlog for
+  ``SELFMAKER_ASYNC_SCALE_IN_AFTER`` seconds and start one when a request arrives.
+* Backlog per endpoint: :meth:`AsyncSupervisor.metrics` (``/metrics``) and :func:`backlog_by_endpoint`
+  (``selfmaker status``, read from the queue file without a running platform).
+
+Worker processes watch their stdin: when the platform dies (even by SIGKILL) they stop gracefully —
+unfinished invocations go back to the queue at once, results being stored and notified finish — which is
+what makes a platform kill produce neither a lost nor a repeated notification (docs/async.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlparse
+
+from aiohttp import web
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from selfmaker.errors import ValidationError, ValidationException
+from serving.asyncq import AsyncRequest, QueueBackend, SqliteQueue, result_locations
+from serving.asyncq.request import (
+    DEFAULT_INVOCATION_TIMEOUT_SECONDS,
+    DEFAULT_TTL_SECONDS,
+    ERROR_TOPIC,
+    MAX_INVOCATION_TIMEOUT_SECONDS,
+    MAX_TTL_SECONDS,
+    SUCCESS_TOPIC,
+)
+
+if TYPE_CHECKING:
+    from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InvocationRecord, VariantRuntime
+    from selfmaker.platform import Platform
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "async"
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]*:[0-9]{12}:[a-zA-Z0-9_.-]+$")
+_INFERENCE_ID = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,63}$")
+_EXTENSION_RE = re.compile(r"^(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]{1,512}$")
+_FILENAME_RE = re.compile(r"^(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]{0,31}$")
+#: inline InvokeEndpointAsync Body limit (newer API versions)
+MAX_INLINE_BODY = 128_000
+
+
+class AsyncInferenceSettings(BaseSettings):
+    """Settings of the async-inference extension (environment ``SELFMAKER_ASYNC_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFMAKER_ASYNC_", extra="ignore")
+
+    backend: Literal["sqlite", "sqs"] = "sqlite"
+    #: SQS: queues are ``<prefix><endpoint name>``, created on first use
+    sqs_queue_prefix: str = "selfmaker-async-"
+    #: SQS: where per-request state lives (``s3://bucket/prefix``, or ``sqlite:<path>``)
+    state: str | None = None
+    #: seconds a leased request stays hidden from other workers (extended while it is worked on)
+    visibility_timeout: float = Field(60.0, gt=0)
+    #: seconds of empty backlog after which a variant with MinInstanceCount 0 stops its model servers
+    scale_in_after: float = Field(300.0, ge=0)
+    #: seconds between two passes of the supervisor
+    interval: float = Field(0.25, gt=0)
+    #: SAGEMAKER_MAX_PAYLOAD_IN_MB given to async model servers (unless the model sets it): inputs up to 1 GB
+    max_payload_mb: int = Field(1024, ge=1, le=1024)
+    #: seconds a stopping worker may spend finishing results being stored
+    stop_grace: float = Field(15.0, ge=0)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _uri_ok(uri: str) -> bool:
+    parsed = urlparse(uri)
+    return (parsed.scheme == "s3" and bool(parsed.netloc)) or (parsed.scheme == "file" and bool(parsed.path))
+
+
+def check_config(platform: Platform, params: dict[str, Any]) -> list[str]:
+    """Validate ``AsyncInferenceConfig`` of a CreateEndpointConfig request; claim the feature."""
+    config = params.get("AsyncInferenceConfig")
+    if not config:
+        return []
+    output = config.get("OutputConfig") or {}
+    if not output.get("S3OutputPath"):
+        raise ValidationException("1 validation error detected: Value null at 'asyncInferenceConfig.outputConfig."
+                                  "s3OutputPath' failed to satisfy constraint: Member must not be null")
+    for key in ("S3OutputPath", "S3FailurePath"):
+        value = output.get(key)
+        if value is not None and not _uri_ok(value):
+            raise ValidationException(f"AsyncInferenceConfig.OutputConfig.{key} must be an s3:// or file:// URI, got "
+                                      f"'{value}'.")
+    notification = output.get("NotificationConfig") or {}
+    for key in ("SuccessTopic", "ErrorTopic"):
+        topic = notification.get(key)
+        if topic and not _TOPIC_ARN.match(topic):
+            raise ValidationException(f"AsyncInferenceConfig.OutputConfig.NotificationConfig.{key} '{topic}' is not "
+                                      "an SNS topic ARN.")
+    for value in notification.get("IncludeInferenceResponseIn") or []:
+        if value not in (SUCCESS_TOPIC, ERROR_TOPIC):
+            raise ValidationException(f"IncludeInferenceResponseIn value '{value}' must be one of {SUCCESS_TOPIC}, "
+                                      f"{ERROR_TOPIC}.")
+    for variant in params.get("ProductionVariants") or []:
+        if variant.get("ServerlessConfig"):
+            raise ValidationException(f"Variant '{variant.get('VariantName')}': AsyncInferenceConfig cannot be used "
+                                      "with a serverless variant.")
+    if params.get("ShadowProductionVariants"):
+        raise ValidationException("AsyncInferenceConfig cannot be combined with ShadowProductionVariants.")
+    return ["AsyncInferenceConfig"]
+
+
+def _concurrency(config: dict[str, Any], platform: Platform) -> int:
+    value = (config.get("ClientConfig") or {}).get("MaxConcurrentInvocationsPerInstance")
+    if value:
+        return int(value)
+    # "SageMaker chooses an optimal value": one per model-server worker process.
+    return max(1, int(platform.settings.model_server_workers))
+
+
+def _min_max(variant: dict[str, Any]) -> tuple[int, int]:
+    managed = variant.get("ManagedInstanceScaling") or {}
+    initial = int(variant.get("InitialInstanceCount") or 1)
+    if managed.get("Status") != "ENABLED":
+        return initial, initial
+    low = int(managed.get("MinInstanceCount", initial))
+    high = int(managed.get("MaxInstanceCount", max(initial, low, 1)))
+    return low, max(high, 1)
+
+
+# --------------------------------------------------------------------------- state per endpoint
+
+
+@dataclass
+class AsyncEndpoint:
+    """The async side of one live endpoint deployment."""
+
+    name: str
+    config: dict[str, Any]
+    concurrency: int
+    idle_since: float | None = None
+    backlog: int = 0
+    oldest_age: float = 0.0
+    scaling: set[str] = field(default_factory=set)
+
+
+@dataclass
+class WorkerProcess:
+    """One ``python -m serving.asyncq`` process bound to one model-server instance."""
+
+    instance_id: str
+    endpoint: str
+    url: str
+    process: asyncio.subprocess.Process
+
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM (graceful: hands back unfinished requests), SIGKILL after ``grace`` seconds."""
+        if self.process.returncode is not None:
+            return
+        try:
+            self.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.process.wait(), timeout=grace)
+        except ProcessLookupError:
+            return
+        except asyncio.TimeoutError:
+            log.warning("async worker %s did not stop in %ss; killing it", self.instance_id, grace)
+            self.process.kill()
+            await self.process.wait()
+
+
+class AsyncSupervisor:
+    """Queues, worker processes and scale-to-zero of every async endpoint of one platform."""
+
+    def __init__(self, platform: Platform, settings: AsyncInferenceSettings) -> None:
+        self.platform = platform
+        self.settings = settings
+        self.dir = platform.settings.home / "async"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.queue_path = self.dir / "queue.db"
+        self._queues: dict[str, QueueBackend] = {}
+        self.workers: dict[str, WorkerProcess] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # ---- queues -------------------------------------------------------------------------------
+
+    def queue_spec(self, endpoint: str) -> list[str]:
+        """``--queue``/``--state`` arguments of a worker of ``endpoint``."""
+        if self.settings.backend == "sqlite":
+            return ["--queue", f"sqlite:{self.queue_path}"]
+        queue = self.queue(endpoint)
+        url = getattr(queue, "queue_url", "")
+        state = self.settings.state or f"sqlite:{self.dir / 'state.db'}"
+        return ["--queue", f"sqs:{url}", "--state", state]
+
+    def queue(self, endpoint: str) -> QueueBackend:
+        """The queue of ``endpoint`` (opened, and for SQS created, on first use)."""
+        queue = self._queues.get(endpoint)
+        if queue is None:
+            if self.settings.backend == "sqlite":
+                queue = SqliteQueue(self.queue_path, endpoint)
+            else:
+                import boto3
+
+                from serving.asyncq.backends import open_queue
+
+                client = boto3.client("sqs", region_name=self.platform.settings.region)
+                url = client.create_queue(QueueName=f"{self.settings.sqs_queue_prefix}{endpoint}"[:80])["QueueUrl"]
+                state = self.settings.state or f"sqlite:{self.dir / 'state.db'}"
+                queue = open_queue(f"sqs:{url}", endpoint, state=state)
+            self._queues[endpoint] = queue
+        return queue
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the supervision loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="async-supervisor")
+
+    def wake(self) -> None:
+        """Run a supervision pass now (a request arrived)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop every worker gracefully (before the platform stops the model servers)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        workers, self.workers = list(self.workers.values()), {}
+        await asyncio.gather(*(w.stop(self.settings.stop_grace) for w in workers), return_exceptions=True)
+        for queue in self._queues.values():
+            queue.close()
+        self._queues.clear()
+
+    async def _loop(self) -> None:
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:  # noqa: BLE001 - logged; the next pass tries again
+                log.exception("async supervision pass failed")
+
+    # ---- reconciliation -----------------------------------------------------------------------
+
+    def _async_runtimes(self) -> list[tuple[EndpointRuntime, AsyncEndpoint]]:
+        found = []
+        for runtime in list(self.platform.endpoints.live.values()):
+            state = runtime.attributes.get(EXTENSION)
+            if isinstance(state, AsyncEndpoint):
+                found.append((runtime, state))
+        return found
+
+    async def reconcile(self) -> None:
+        """One pass: refresh backlogs, match workers to instances, scale variants to/from zero."""
+        wanted: dict[str, tuple[AsyncEndpoint, Instance]] = {}
+        now = time.monotonic()
+        for runtime, state in self._async_runtimes():
+            queue = self.queue(state.name)
+            state.backlog = await asyncio.to_thread(queue.backlog)
+            if isinstance(queue, SqliteQueue):
+                state.oldest_age = await asyncio.to_thread(queue.oldest_age)
+            if state.backlog:
+                state.idle_since = None
+            elif state.idle_since is None:
+                state.idle_since = now
+            for variant in runtime.variants.values():
+                for instance in variant.pool.instances:
+                    wanted[instance.instance_id] = (state, instance)
+                self._scale(runtime, state, variant, now)
+        for instance_id, worker in list(self.workers.items()):
+            if instance_id not in wanted or not worker.alive():
+                self.workers.pop(instance_id, None)
+                if worker.alive():
+                    self._spawn(worker.stop(self.settings.stop_grace))
+                else:
+                    log.warning("async worker of %s exited with %s", instance_id, worker.process.returncode)
+        for instance_id, (state, instance) in wanted.items():
+            if instance_id not in self.workers and instance.handle.alive() and not instance.draining:
+                self.workers[instance_id] = await self._start_worker(state, instance)
+
+    def _scale(self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime, now: float) -> None:
+        low, high = _min_max(variant.config)
+        pool = variant.pool
+        if variant.name in state.scaling:
+            return
+        target: int | None = None
+        if state.backlog and pool.size == 0:
+            target = max(1, low)  # HasBacklogWithoutCapacity: start capacity
+        elif (
+            low == 0
+            and pool.size > 0
+            and not state.backlog
+            and state.idle_since is not None
+            and now - state.idle_since >= self.settings.scale_in_after
+        ):
+            target = 0
+        elif state.backlog and high > pool.size:
+            # target tracking on ApproximateBacklogSizePerInstance (goal: one round of invocations each)
+            need = math.ceil(state.backlog / max(1, state.concurrency * 4))
+            if need > pool.size:
+                target = min(high, need)
+        if target is None or target == pool.size:
+            return
+        state.scaling.add(variant.name)
+        log.info("async endpoint %s variant %s: scaling %d -> %d (backlog %d)", state.name, variant.name, pool.size,
+                 target, state.backlog)
+        self._spawn(self._scale_to(runtime, state, variant, target))
+
+    async def _scale_to(self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime,
+                        target: int) -> None:
+        try:
+            if target < variant.pool.size:
+                # workers first: their in-flight work goes back to the queue before the servers stop
+                doomed = [self.workers.pop(i.instance_id) for i in variant.pool.instances if i.instance_id in self.workers]
+                await asyncio.gather(*(w.stop(self.settings.stop_grace) for w in doomed), return_exceptions=True)
+            await variant.pool.scale_to(target)
+            variant.pool.desired = target
+            self._record_counts(runtime)
+        except Exception:  # noqa: BLE001 - logged; the next pass retries
+            log.exception("scaling %s/%s to %d failed", state.name, variant.name, target)
+        finally:
+            state.scaling.discard(variant.name)
+            state.idle_since = None if target else state.idle_since
+            self.wake()
+
+    def _record_counts(self, runtime: EndpointRuntime) -> None:
+        record = self.platform.store.get("endpoint", runtime.name)
+        if record is None:
+            return
+        variants = []
+        for summary in record.doc.get("ProductionVariants") or []:
+            live = runtime.variants.get(summary.get("VariantName", ""))
+            if live is not None:
+                summary = {**summary, "CurrentInstanceCount": live.pool.size, "DesiredInstanceCount": live.pool.desired}
+            variants.append(summary)
+        self.platform.store.update("endpoint", runtime.name, merge={"ProductionVariants": variants}, touch=False)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _start_worker(self, state: AsyncEndpoint, instance: Instance) -> WorkerProcess:
+        python = self.platform.settings.python or sys.executable
+        cmd = [
+            python, "-m", "serving.asyncq", *self.queue_spec(state.name), "--name", state.name,
+            "--model-url", instance.url, "--concurrency", str(state.concurrency),
+            "--visibility-timeout", str(self.settings.visibility_timeout), "--exit-with-parent",
+        ]
+        log_path = self.platform.settings.logs_dir / "endpoints" / state.name / f"{instance.instance_id}-async.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.setdefault("AWS_DEFAULT_REGION", self.platform.settings.region)
+        with open(log_path, "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+            )
+        log.info("async worker for %s started (pid %s, concurrency %d)", instance.instance_id, process.pid,
+                 state.concurrency)
+        return WorkerProcess(instance.instance_id, state.name, instance.url, process)
+
+    # ---- observability ------------------------------------------------------------------------
+
+    def metrics(self) -> str:
+        """Prometheus text lines: backlog, age of the oldest request, capacity, per endpoint."""
+        lines = [
+            "# HELP selfmaker_async_backlog_size Requests accepted and not yet finished (ApproximateBacklogSize).",
+            "# TYPE selfmaker_async_backlog_size gauge",
+        ]
+        runtimes = self._async_runtimes()
+        for runtime, state in runtimes:
+            lines.append(f'selfmaker_async_backlog_size{{endpoint="{state.name}"}} {state.backlog}')
+        lines += [
+            "# HELP selfmaker_async_oldest_request_age_seconds Age of the oldest unfinished request.",
+            "# TYPE selfmaker_async_oldest_request_age_seconds gauge",
+        ]
+        for runtime, state in runtimes:
+            lines.append(f'selfmaker_async_oldest_request_age_seconds{{endpoint="{state.name}"}} {state.oldest_age:.3f}')
+        lines += [
+            "# HELP selfmaker_async_has_backlog_without_capacity 1 when requests wait and no instance runs.",
+            "# TYPE selfmaker_async_has_backlog_without_capacity gauge",
+        ]
+        for runtime, state in runtimes:
+            capacity = sum(v.pool.size for v in runtime.variants.values())
+            flag = 1 if state.backlog and not capacity else 0
+            lines.append(f'selfmaker_async_has_backlog_without_capacity{{endpoint="{state.name}"}} {flag}')
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def supervisor(platform: Platform) -> AsyncSupervisor:
+    """The extension's state (created at start-up)."""
+    found = platform.extensions.get(EXTENSION)
+    if not isinstance(found, AsyncSupervisor):
+        raise ValidationError("Asynchronous inference is not running on this platform.")
+    return found
+
+
+async def start(platform: Platform) -> None:
+    """Lifecycle start-up: read settings once, start the supervisor."""
+    sup = AsyncSupervisor(platform, AsyncInferenceSettings())
+    platform.extensions[EXTENSION] = sup
+    sup.start()
+
+
+async def stop(platform: Platform) -> None:
+    """Lifecycle shutdown: stop the workers gracefully."""
+    sup = platform.extensions.pop(EXTENSION, None)
+    if isinstance(sup, AsyncSupervisor):
+        await sup.stop()
+
+
+def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+    """Endpoint hook: mark a deployment of an async endpoint config; refuse synchronous invocations on it."""
+    async_config = config.get("AsyncInferenceConfig")
+    if not async_config:
+        return
+    runtime.attributes[EXTENSION] = AsyncEndpoint(runtime.name, async_config, _concurrency(async_config, platform))
+
+    def refuse_sync(record: InvocationRecord) -> None:
+        raise ValidationError(f"Endpoint {runtime.name} is an asynchronous endpoint; use InvokeEndpointAsync "
+                              "(POST /endpoints/{name}/async-invocations).")
+
+    runtime.pre_invoke.append(refuse_sync)
+    sup = platform.extensions.get(EXTENSION)
+    if isinstance(sup, AsyncSupervisor):
+        sup.wake()
+
+
+def prepare_container(platform: Platform, container: dict[str, Any]) -> None:
+    """Model servers of async variants take payloads up to 1 GB and up to an hour per invocation."""
+    env = container.setdefault("Environment", {})
+    settings = AsyncInferenceSettings()
+    env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(settings.max_payload_mb))
+    env.setdefault("SAGEMAKER_MODEL_SERVER_TIMEOUT", str(MAX_INVOCATION_TIMEOUT_SECONDS))
+
+
+# --------------------------------------------------------------------------- InvokeEndpointAsync
+
+
+def _int_header(headers: Any, name: str, default: int, low: int, high: int, member: str) -> int:
+    raw = headers.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"1 validation error detected: Value '{raw}' at '{member}' failed to satisfy "
+                              "constraint: Member must be an integer") from None
+    if not low <= value <= high:
+        raise ValidationError(f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
+                              f"constraint: Member must have value between {low} and {high}")
+    return value
+
+
+def _clean(value: str | None, member: str, limit: int = 1024) -> str | None:
+    if value is None:
+        return None
+    if len(value) > limit or any(ord(c) > 127 or c in "\r\n" for c in value):
+        raise ValidationError(f"1 validation error detected: Value at '{member}' failed to satisfy constraint: "
+                              f"Member must have length less than or equal to {limit} and be ASCII")
+    return value
+
+
+async def invoke_async(platform: Platform, request: web.Request) -> web.Response:
+    """InvokeEndpointAsync: durable enqueue, then 202 ``{"InferenceId"}`` + Output/FailureLocation headers."""
+    sup = supervisor(platform)
+    name = request.match_info["name"]
+    runtime = platform.endpoints.runtime_for(name)
+    state = runtime.attributes.get(EXTENSION)
+    if not isinstance(state, AsyncEndpoint):
+        raise ValidationError(f"Endpoint {runtime.name} is not configured for asynchronous inference "
+                              "(its endpoint config has no AsyncInferenceConfig).")
+    headers = request.headers
+    inference_id = headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4())
+    if not _INFERENCE_ID.match(inference_id) or "/" in inference_id or "\\" in inference_id or inference_id in (".", ".."):
+        raise ValidationError(f"1 validation error detected: Value '{inference_id[:80]}' at 'inferenceId' failed to "
+                              "satisfy constraint: 1-64 printable characters, no '/' or '\\'")
+    ttl = _int_header(headers, "X-Amzn-SageMaker-RequestTTLSeconds", DEFAULT_TTL_SECONDS, 60, MAX_TTL_SECONDS,
+                      "requestTTLSeconds")
+    timeout = _int_header(headers, "X-Amzn-SageMaker-InvocationTimeoutSeconds", DEFAULT_INVOCATION_TIMEOUT_SECONDS, 1,
+                          MAX_INVOCATION_TIMEOUT_SECONDS, "invocationTimeoutSeconds")
+    content_type = _clean(headers.get("X-Amzn-SageMaker-Content-Type"), "contentType")
+    accept = _clean(headers.get("X-Amzn-SageMaker-Accept"), "accept")
+    custom = _clean(headers.get("X-Amzn-SageMaker-Custom-Attributes"), "customAttributes")
+    extension = headers.get("X-Amzn-SageMaker-S3OutputPathExtension")
+    if extension is not None and not _EXTENSION_RE.match(extension):
+        raise ValidationError(f"1 validation error detected: Value '{extension[:80]}' at 's3OutputPathExtension' "
+                              "failed to satisfy constraint")
+    filename = headers.get("X-Amzn-SageMaker-Filename")
+    if filename is not None and not _FILENAME_RE.match(filename):
+        raise ValidationError(f"1 validation error detected: Value '{filename[:80]}' at 'filename' failed to "
+                              "satisfy constraint")
+    input_location = headers.get("X-Amzn-SageMaker-InputLocation")
+    body = await request.read()
+    if input_location and body:
+        raise ValidationError("InputLocation and Body are mutually exclusive.")
+    if not input_location and not body:
+        raise ValidationError("1 validation error detected: Value null at 'inputLocation' failed to satisfy "
+                              "constraint: Member must not be null")
+    if input_location and not _uri_ok(input_location):
+        raise ValidationError(f"InputLocation '{input_location[:200]}' must be an s3:// or file:// URI.")
+    if len(body) > MAX_INLINE_BODY:
+        raise ValidationError(f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation.")
+
+    output = state.config.get("OutputConfig") or {}
+    notification = output.get("NotificationConfig") or {}
+    out_location, fail_location = result_locations(output["S3OutputPath"], output.get("S3FailurePath"), inference_id,
+                                                   extension=extension, filename=filename)
+    queue = sup.queue(state.name)
+    if body:
+        input_location = await asyncio.to_thread(_store_inline, sup.dir, state.name, inference_id, body)
+    assert input_location is not None
+    req = AsyncRequest(
+        inference_id=inference_id, endpoint_name=runtime.name, input_location=input_location,
+        output_location=out_location, failure_location=fail_location, content_type=content_type, accept=accept,
+        custom_attributes=custom, request_ttl_seconds=ttl, invocation_timeout_seconds=timeout,
+        success_topic=notification.get("SuccessTopic") or None, error_topic=notification.get("ErrorTopic") or None,
+        include_response_in=tuple(notification.get("IncludeInferenceResponseIn") or ()),
+        region=platform.settings.region,
+    )
+    fresh = await asyncio.to_thread(queue.put, req)
+    if not fresh and isinstance(queue, SqliteQueue):
+        # The same InferenceId again (a client retry): the same answer, nothing queued twice.
+        existing = await asyncio.to_thread(queue.get_request, inference_id)
+        if existing is not None:
+            req = existing
+    sup.wake()
+    return web.json_response(
+        {"InferenceId": req.inference_id}, status=202,
+        headers={"X-Amzn-SageMaker-OutputLocation": req.output_location,
+                 "X-Amzn-SageMaker-FailureLocation": req.failure_location},
+    )
+
+
+def _store_inline(root: Path, endpoint: str, inference_id: str, body: bytes) -> str:
+    """Keep an inline Body as a file (fsynced before the request is queued); returns its file:// URI."""
+    folder = root / "inputs" / endpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{inference_id}.in"
+    tmp = folder / f".{inference_id}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as out:
+        out.write(body)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return path.resolve().as_uri()
+
+
+# --------------------------------------------------------------------------- offline status
+
+
+def backlog_by_endpoint(home: Path) -> dict[str, int]:
+    """Unfinished async requests per endpoint, read from ``<home>/async/queue.db`` (no platform needed)."""
+    import sqlite3
+
+    path = home / "async" / "queue.db"
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT queue, COUNT(*) FROM async_queue WHERE done_at IS NULL GROUP BY queue").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
+    return {str(q): int(n) for q, n in rows}

@@ -1,0 +1,376 @@
+"""Asynchronous inference through the whole product: boto3 → `selfmaker up` → queue → workers → model
+servers → moto S3 + SNS (an SQS queue subscribed to the topics receives the notifications)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_helpers() -> Any:
+    if "platform_helpers" in sys.modules:
+        return sys.modules["platform_helpers"]
+    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["platform_helpers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _load_helpers()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Aws:
+    url: str
+    s3: Any
+    sns: Any
+    sqs: Any
+    bucket: str
+    success_topic: str
+    error_topic: str
+    inbox_url: str
+
+    def put(self, key: str, body: bytes) -> str:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+        return f"s3://{self.bucket}/{key}"
+
+    def get(self, uri: str) -> bytes:
+        bucket, key = uri[5:].split("/", 1)
+        return bytes(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def drain_inbox(self, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        quiet: float | None = None
+        while time.monotonic() < deadline:
+            msgs = self.sqs.receive_message(QueueUrl=self.inbox_url, MaxNumberOfMessages=10).get("Messages", [])
+            for m in msgs:
+                envelope = json.loads(m["Body"])
+                got.append({"TopicArn": envelope["TopicArn"], **json.loads(envelope["Message"])})
+            if msgs:
+                self.sqs.delete_message_batch(QueueUrl=self.inbox_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+                quiet = None
+            elif len(got) >= expected:
+                quiet = quiet or time.monotonic()
+                if time.monotonic() - quiet >= settle:
+                    break
+            else:
+                time.sleep(0.05)
+        return got
+
+
+class Inbox:
+    """Drains the subscribed SQS queue in the background (moto's SQS slows down as a queue grows)."""
+
+    def __init__(self, aws: Aws) -> None:
+        self.aws = aws
+        self.notes: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Inbox:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        sqs, url = self.aws.sqs, self.aws.inbox_url
+        while not self._stop.is_set():
+            msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            for m in msgs:
+                envelope = json.loads(m["Body"])
+                self.notes.append({"TopicArn": envelope["TopicArn"], **json.loads(envelope["Message"])})
+            if msgs:
+                sqs.delete_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+
+
+def new_aws(url: str) -> Aws:
+    s3 = boto3.client("s3", endpoint_url=url)
+    sns = boto3.client("sns", endpoint_url=url)
+    sqs = boto3.client("sqs", endpoint_url=url)
+    tag = uuid.uuid4().hex[:10]
+    s3.create_bucket(Bucket=f"acc-{tag}")
+    ok = sns.create_topic(Name=f"ok-{tag}")["TopicArn"]
+    err = sns.create_topic(Name=f"err-{tag}")["TopicArn"]
+    inbox = sqs.create_queue(QueueName=f"inbox-{tag}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    for topic in (ok, err):
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    return Aws(url, s3, sns, sqs, f"acc-{tag}", ok, err, inbox)
+
+
+@pytest.fixture(scope="module")
+def model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(helpers.build_classifier_tar(tmp_path_factory.mktemp("async-model")).as_uri())
+
+
+@pytest.fixture(scope="module")
+def platform(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`selfmaker up` with S3/SNS pointed at moto, a short lease and a 1 s scale-to-zero delay."""
+    env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_SCALE_IN_AFTER": "1",
+           "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10"}
+    server = helpers.PlatformProcess(tmp_path_factory.mktemp("async-home"), env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        _kill_leftovers(server.home)
+
+
+def _processes_under(home: Path) -> list[int]:
+    """PIDs of model servers / workers whose command line or cwd mentions ``home`` (for cleanup)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if str(home) in cmdline or cwd.startswith(str(home)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_leftovers(home: Path) -> None:
+    for pid in _processes_under(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def async_config(aws: Aws, **extra: Any) -> dict[str, Any]:
+    return {
+        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
+        "OutputConfig": {
+            "S3OutputPath": f"s3://{aws.bucket}/out",
+            "S3FailurePath": f"s3://{aws.bucket}/failed",
+            "NotificationConfig": {"SuccessTopic": aws.success_topic, "ErrorTopic": aws.error_topic, **extra},
+        },
+    }
+
+
+def deploy_async(platform: Any, name: str, model_tar: str, aws: Aws, *, count: int = 1,
+                 variant_extra: dict[str, Any] | None = None, **notification: Any) -> None:
+    sm = platform.sagemaker()
+    helpers.make_model(sm, f"{name}-model", model_tar)
+    variant = {**helpers.variant("AllTraffic", f"{name}-model", count=count), **(variant_extra or {})}
+    sm.create_endpoint_config(EndpointConfigName=f"{name}-cfg", ProductionVariants=[variant],
+                              AsyncInferenceConfig=async_config(aws, **notification))
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=helpers.WAIT)
+
+
+ROWS = b"0.5,1.0,-0.2,0.3\n-1.5,-0.3,0.1,0.0\n"
+
+
+def test_async_end_to_end(platform: Any, moto_server: str, model_tar: str) -> None:
+    aws = new_aws(moto_server)
+    deploy_async(platform, "async-e2e", model_tar, aws, IncludeInferenceResponseIn=["SUCCESS_NOTIFICATION_TOPIC"])
+    smr = platform.runtime()
+    src = aws.put("in/rows.csv", ROWS)
+    resp = smr.invoke_endpoint_async(EndpointName="async-e2e", InputLocation=src, ContentType="text/csv",
+                                     Accept="text/csv", InferenceId="first-request", CustomAttributes="trace=1")
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert resp["InferenceId"] == "first-request"
+    assert resp["OutputLocation"] == f"s3://{aws.bucket}/out/first-request.out"
+    assert resp["FailureLocation"] == f"s3://{aws.bucket}/failed/first-request-error.out"
+    # failures: a missing input object, and input the model rejects
+    missing = f"s3://{aws.bucket}/in/nope.csv"
+    bad = smr.invoke_endpoint_async(EndpointName="async-e2e", InputLocation=missing, ContentType="text/csv")
+    garbage = smr.invoke_endpoint_async(EndpointName="async-e2e", InputLocation=aws.put("in/garbage.csv", b"a,b\n"),
+                                        ContentType="text/csv")
+    wait_until(lambda: len(aws.keys("out/")) + len(aws.keys("failed/")) == 3, what="three results")
+
+    # the same model, synchronously, on a real-time endpoint: identical bytes
+    sm = platform.sagemaker()
+    sm.create_endpoint_config(EndpointConfigName="async-e2e-rt-cfg",
+                              ProductionVariants=[helpers.variant("AllTraffic", "async-e2e-model")])
+    sm.create_endpoint(EndpointName="async-e2e-rt", EndpointConfigName="async-e2e-rt-cfg")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="async-e2e-rt", WaiterConfig=helpers.WAIT)
+    sync = smr.invoke_endpoint(EndpointName="async-e2e-rt", Body=ROWS, ContentType="text/csv", Accept="text/csv")
+    assert aws.get(resp["OutputLocation"]) == sync["Body"].read()
+
+    assert missing in aws.get(bad["FailureLocation"]).decode()
+    assert aws.keys("failed/") == sorted([bad["FailureLocation"].split("/", 3)[3], garbage["FailureLocation"].split("/", 3)[3]])
+    notes = {n["inferenceId"]: n for n in aws.drain_inbox(3)}
+    assert len(notes) == 3
+    ok = notes["first-request"]
+    assert ok["TopicArn"] == aws.success_topic and ok["invocationStatus"] == "Completed"
+    assert ok["requestParameters"]["endpointName"] == "async-e2e"
+    assert ok["requestParameters"]["inputLocation"] == src
+    assert ok["responseParameters"]["outputLocation"] == resp["OutputLocation"]
+    assert ok["responseBody"]["content"].encode() == aws.get(resp["OutputLocation"])
+    failed = notes[bad["InferenceId"]]
+    assert failed["TopicArn"] == aws.error_topic and failed["invocationStatus"] == "Failed"
+    assert missing in failed["failureReason"]
+    assert "error (4" in notes[garbage["InferenceId"]]["failureReason"]
+
+    # an async endpoint refuses synchronous invocations; a real-time one refuses async ones
+    with pytest.raises(ClientError) as err:
+        smr.invoke_endpoint(EndpointName="async-e2e", Body=ROWS, ContentType="text/csv")
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    with pytest.raises(ClientError) as err:
+        smr.invoke_endpoint_async(EndpointName="async-e2e-rt", InputLocation=src)
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+
+
+def test_async_request_validation(platform: Any, moto_server: str, model_tar: str) -> None:
+    aws = new_aws(moto_server)
+    deploy_async(platform, "async-val", model_tar, aws)
+    url = f"{platform.url}/endpoints/async-val/async-invocations"
+    cases = [
+        {"X-Amzn-SageMaker-InputLocation": "s3://b/k", "X-Amzn-SageMaker-RequestTTLSeconds": "30"},
+        {"X-Amzn-SageMaker-InputLocation": "s3://b/k", "X-Amzn-SageMaker-InvocationTimeoutSeconds": "3601"},
+        {"X-Amzn-SageMaker-InputLocation": "s3://b/k", "X-Amzn-SageMaker-InvocationTimeoutSeconds": "soon"},
+        {"X-Amzn-SageMaker-InputLocation": "https://example.com/x"},
+        {"X-Amzn-SageMaker-InputLocation": "s3://b/k", "X-Amzn-SageMaker-Inference-Id": "../../etc"},
+        {},
+    ]
+    for headers in cases:
+        resp = requests.post(url, headers=headers, timeout=10)
+        assert resp.status_code == 400, (headers, resp.text)
+        assert resp.headers["x-amzn-ErrorType"].startswith("ValidationError")
+    resp = requests.post(f"{platform.url}/endpoints/no-such-endpoint/async-invocations",
+                         headers={"X-Amzn-SageMaker-InputLocation": "s3://b/k"}, timeout=10)
+    assert resp.status_code == 400
+    sm = platform.sagemaker()
+    with pytest.raises(ClientError, match="S3OutputPath"):
+        sm.create_endpoint_config(
+            EndpointConfigName="async-val-bad", ProductionVariants=[helpers.variant("AllTraffic", "async-val-model")],
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "https://example.com/x"}})
+    # the same InferenceId twice: one request, same answer (a client retry is harmless)
+    src = aws.put("in/x.csv", ROWS)
+    smr = platform.runtime()
+    first = smr.invoke_endpoint_async(EndpointName="async-val", InputLocation=src, InferenceId="dup", ContentType="text/csv")
+    second = smr.invoke_endpoint_async(EndpointName="async-val", InputLocation=src, InferenceId="dup", ContentType="text/csv")
+    assert first["OutputLocation"] == second["OutputLocation"]
+    wait_until(lambda: aws.keys("out/") == ["out/dup.out"], what="the output")
+    assert len(aws.drain_inbox(1)) == 1
+
+
+def test_scale_to_zero_and_back(platform: Any, moto_server: str, model_tar: str) -> None:
+    aws = new_aws(moto_server)
+    deploy_async(platform, "async-zero", model_tar, aws, variant_extra={
+        "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 1}})
+    sm = platform.sagemaker()
+
+    def instances() -> int:
+        desc = sm.describe_endpoint(EndpointName="async-zero")
+        return int(desc["ProductionVariants"][0]["CurrentInstanceCount"])
+
+    wait_until(lambda: instances() == 0, timeout=60, what="scale to zero")
+    status = subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home), "--json"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "async-zero" in status.stdout
+    src = aws.put("in/z.csv", ROWS)
+    resp = platform.runtime().invoke_endpoint_async(EndpointName="async-zero", InputLocation=src,
+                                                    ContentType="text/csv")
+    out_key = resp["OutputLocation"].split("/", 3)[3]
+    wait_until(lambda: out_key in aws.keys("out/"), timeout=90, what="the output after a cold start")
+    assert instances() in (0, 1)
+    (note,) = aws.drain_inbox(1)
+    assert note["invocationStatus"] == "Completed"
+
+
+@pytest.mark.slow
+def test_kill9_platform_during_backlog(moto_server: str, model_tar: str, tmp_path: Path) -> None:
+    """500 accepted requests; the platform is SIGKILLed mid-backlog and restarted: 500 outputs, none
+    missing or duplicated, and exactly 500 notifications."""
+    aws = new_aws(moto_server)
+    env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10"}
+    home = tmp_path / "home"
+    server = helpers.PlatformProcess(home, env=env)
+    server.start()
+    total = 500
+    src = tmp_path / "rows.csv"  # a local input: moto's time goes to outputs and notifications
+    src.write_bytes(ROWS)
+    try:
+        deploy_async(server, "async-kill", model_tar, aws, count=2)
+        smr = server.runtime()
+
+        def submit(i: int) -> str:
+            resp = smr.invoke_endpoint_async(EndpointName="async-kill", InputLocation=src.as_uri(),
+                                             ContentType="text/csv", InferenceId=f"req-{i:04d}")
+            return str(resp["InferenceId"])
+
+        with Inbox(aws) as inbox:
+            with ThreadPoolExecutor(4) as pool:
+                accepted = list(pool.map(submit, range(total)))
+            assert len(set(accepted)) == total
+            wait_until(lambda: len(inbox.notes) >= 50, what="some progress before the kill")
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGKILL)  # the platform only; its workers notice and stop gracefully
+            server.proc.wait(10)
+            server.proc = None
+            at_kill = len(inbox.notes)
+            assert at_kill < total, "the backlog drained before the kill; nothing was tested"
+
+            def workers_left() -> list[int]:
+                return [p for p in _processes_under(home) if b"serving.asyncq" in _cmdline(p)]
+
+            wait_until(lambda: not workers_left(), timeout=60, what="orphaned workers to finish")
+            _kill_leftovers(home)  # model servers of the dead platform
+            server.start()
+            wait_until(lambda: len(inbox.notes) >= total, timeout=150, what="all notifications after the restart")
+            time.sleep(2.0)  # a late duplicate would arrive now
+        ids = [n["inferenceId"] for n in inbox.notes]
+        assert len(ids) == total, f"{len(ids)} notifications for {total} requests ({len(set(ids))} distinct)"
+        assert set(ids) == set(accepted)
+        assert all(n["invocationStatus"] == "Completed" for n in inbox.notes)
+        assert aws.keys("out/") == sorted(f"out/{i}.out" for i in accepted)
+        assert aws.keys("failed/") == []
+    finally:
+        server.stop()
+        _kill_leftovers(home)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
