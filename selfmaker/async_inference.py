@@ -79,8 +79,6 @@ class AsyncInferenceSettings(BaseSettings):
     scale_in_after: float = Field(300.0, ge=0)
     #: seconds between two passes of the supervisor
     interval: float = Field(0.25, gt=0)
-    #: SAGEMAKER_MAX_PAYLOAD_IN_MB given to async model servers (unless the model sets it): inputs up to 1 GB
-    max_payload_mb: int = Field(1024, ge=1, le=1024)
     #: seconds a stopping worker may spend finishing results being stored
     stop_grace: float = Field(15.0, ge=0)
 
@@ -458,14 +456,6 @@ def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any])
         sup.wake()
 
 
-def prepare_container(platform: Platform, container: dict[str, Any]) -> None:
-    """Model servers of async variants take payloads up to 1 GB and up to an hour per invocation."""
-    env = container.setdefault("Environment", {})
-    settings = AsyncInferenceSettings()
-    env.setdefault("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(settings.max_payload_mb))
-    env.setdefault("SAGEMAKER_MODEL_SERVER_TIMEOUT", str(MAX_INVOCATION_TIMEOUT_SECONDS))
-
-
 # --------------------------------------------------------------------------- InvokeEndpointAsync
 
 
@@ -590,7 +580,7 @@ def backlog_by_endpoint(home: Path) -> dict[str, int]:
         return {}
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        rows = conn.execute("SELECT queue, COUNT(*) FROM async_queue WHERE done_at IS NULL GROUP BY queue").fetchall()
+        rows = conn.execute("SELECT queue, SUM(done_at IS NULL) FROM async_queue GROUP BY queue").fetchall()
     except sqlite3.OperationalError:
         return {}
     finally:

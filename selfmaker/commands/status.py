@@ -17,9 +17,11 @@ def _time(value: float | None) -> str:
 
 def collect(home: Path) -> dict[str, Any]:
     """Everything `status` shows, as data."""
+    from selfmaker.async_inference import backlog_by_endpoint
     from selfmaker.state import StateStore
 
     store = StateStore(home / "state.db")
+    async_backlog = backlog_by_endpoint(home)
     try:
         instances = store.instances()
         endpoints = []
@@ -32,7 +34,7 @@ def collect(home: Path) -> dict[str, Any]:
             endpoints.append({"EndpointName": record.name, "EndpointStatus": record.status,
                               "EndpointConfigName": record.doc.get("EndpointConfigName"),
                               "FailureReason": record.doc.get("FailureReason"), "Variants": variants,
-                              "CreationTime": record.created})
+                              "CreationTime": record.created, "AsyncBacklog": async_backlog.get(record.name)})
         jobs = [{"TrainingJobName": r.name, "TrainingJobStatus": r.status,
                  "SecondaryStatus": r.doc.get("SecondaryStatus"), "FailureReason": r.doc.get("FailureReason"),
                  "CreationTime": r.created} for r in store.list("training-job")]
@@ -69,6 +71,8 @@ def main(argv: list[str]) -> int:
     for ep in data["endpoints"]:
         print(f"  {ep['EndpointName']}  {ep['EndpointStatus']}  config={ep['EndpointConfigName']}  "
               f"created={_time(ep['CreationTime'])}")
+        if ep.get("AsyncBacklog") is not None:
+            print(f"    async backlog: {ep['AsyncBacklog']}")
         if ep["FailureReason"]:
             print(f"    failure: {ep['FailureReason']}")
         for v in ep["Variants"]:
