@@ -31,6 +31,8 @@ class Platform:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = StateStore(settings.db_path)
         self._session: aiohttp.ClientSession | None = None
+        #: deadline of one model-server call (SageMaker: 60 s)
+        self.invocation_timeout = aiohttp.ClientTimeout(total=settings.invocation_timeout)
         self._executors: dict[str, Executor] = {}
         self.endpoints = EndpointManager(self)
         self.training = TrainingManager(self)

@@ -27,6 +27,7 @@ from aiohttp import web
 from selfmaker import logcontext
 from selfmaker.api.common import compact
 from selfmaker.api.validation import service_model, validate_request
+from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
 from selfmaker.errors import (
     InternalFailure,
     ModelError,
@@ -120,10 +121,9 @@ async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
         return runtime_error(InternalFailure("internal error"), request_id)
 
 
-async def forward(platform: Platform, runtime: Any, request_id: str, body: bytes, headers: Any) -> web.Response:
+async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str, body: bytes,
+                  headers: Any) -> web.Response:
     """Send one invocation through ``runtime``'s router and build the runtime response (raises SageMakerError)."""
-    from selfmaker.endpoints.runtime import InvocationRecord
-
     record = InvocationRecord(
         endpoint_name=runtime.name, body=body,
         content_type=headers.get("Content-Type"), accept=headers.get("Accept"),
@@ -140,9 +140,13 @@ async def forward(platform: Platform, runtime: Any, request_id: str, body: bytes
         out_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.custom_attributes) or ""
     if record.inference_id:
         out_headers["X-Amzn-SageMaker-Inference-Id"] = _header(record.inference_id) or ""
-    variant = runtime.route(record.target_variant)
+    dispatch = runtime.attributes.get("dispatch")  # a guarded deployment in progress (selfmaker.guardrails_hooks)
+    if dispatch is not None:
+        variant, (status, payload, resp_headers) = await dispatch(record, body, out_headers)
+    else:
+        variant = runtime.route(record.target_variant)
+        status, payload, resp_headers = await call_variant(platform, runtime, variant, body, out_headers)
     record.variant_name = variant.name
-    status, payload, resp_headers = await call_variant(platform, runtime, variant, body, out_headers)
     record.latency = time.time() - record.started
     record.status = status
     if status >= 400:
@@ -164,12 +168,12 @@ async def forward(platform: Platform, runtime: Any, request_id: str, body: bytes
     return response
 
 
-async def call_variant(platform: Platform, runtime: Any, variant: Any, body: bytes,
+async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: VariantRuntime, body: bytes,
                        headers: dict[str, str], *, attempts: int = 3) -> tuple[int, bytes, Any]:
     """POST ``body`` to an instance of ``variant`` (least outstanding); retried on another instance only
     when the connection could not be made (the request never reached a model server)."""
     pool = variant.pool
-    timeout = aiohttp.ClientTimeout(total=platform.settings.invocation_timeout)
+    timeout = platform.invocation_timeout
     for attempt in range(attempts):
         instance = await pool.acquire()
         try:
