@@ -1,0 +1,32 @@
+"""Helpers shared by the container tests (imported by name: tests/containers is on sys.path)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+
+def run(cmd: list[str], timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise with its output (so a failed build says why)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def containers_with_label(engine: str, label: str) -> list[str]:
+    """Ids of the containers (running or not) carrying ``label`` (``key=value``)."""
+    out = run([engine, "ps", "-a", "-q", "--filter", f"label={label}"]).stdout
+    return [line for line in out.split() if line]
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,216 @@
+"""The container executors on their own, with the tiny BYOC image (flask serve + train from apt).
+
+Serving: selfmaker.executors.container.ContainerExecutor (the platform's interface) -- model dir mounted
+read-only at /opt/ml/model, `serve`, the Model's Environment, a free 127.0.0.1 port, logs, stop by id.
+Training: training.executors.container.ContainerExecutor through the real TrainingJobRunner -- /opt/ml
+mounted, `train`, metrics, failure file, model.tar.gz, StopTrainingJob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from containers_helpers import containers_with_label, wait_until
+from selfmaker.executors.base import ExecutorError, InstanceSpec
+from selfmaker.executors.container import ContainerExecutor
+from selfmaker.settings import PlatformSettings
+from training.executors import container as training_container
+from training.runner import TrainingJobRunner
+
+
+def _spec(tmp_path: Path, image: str, model: dict[str, Any] | None, **kw: Any) -> InstanceSpec:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir(exist_ok=True)
+    if model is not None:
+        (model_dir / "model.json").write_text(json.dumps(model))
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return InstanceSpec(instance_id=kw.pop("instance_id", "ep-AllTraffic-test1"), endpoint_name="ep",
+                        variant_name="AllTraffic", model_name="m", image=image, model_dir=model_dir,
+                        work_dir=work, log_path=tmp_path / "logs" / "instance.log", **kw)
+
+
+async def _wait_ping(handle: Any, timeout: float = 60.0) -> None:
+    """Poll /ping (in a thread: requests blocks) until 200, failing at once if the container exited."""
+    loop_deadline = asyncio.get_running_loop().time() + timeout
+    last = "no answer"
+    while asyncio.get_running_loop().time() < loop_deadline:
+        if not handle.alive():
+            raise AssertionError(f"container exited before /ping answered ({last})")
+        try:
+            resp = await asyncio.to_thread(requests.get, handle.url + "/ping", timeout=2)
+            if resp.status_code == 200:
+                return
+            last = f"HTTP {resp.status_code}"
+        except requests.RequestException as exc:
+            last = repr(exc)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{handle.url}/ping not ready after {timeout}s: {last}")
+
+
+def test_serving_byoc_container(engine: str, byoc_image: str, tmp_path: Path) -> None:
+    settings = PlatformSettings(home=tmp_path / "home")
+    spec = _spec(tmp_path, byoc_image, {"weights": [2.0, -1.0], "bias": 0.5},
+                 environment={"BYOC_GREETING": "hello from the Model's Environment"})
+
+    async def scenario() -> None:
+        executor = ContainerExecutor(settings)
+        handle = await executor.start(spec)
+        try:
+            assert handle.url.startswith("http://127.0.0.1:")
+            await _wait_ping(handle)
+            resp = await asyncio.to_thread(requests.post, handle.url + "/invocations", data="1,2\n3,-4\n",
+                                           headers={"Content-Type": "text/csv"}, timeout=10)
+            assert resp.status_code == 200, resp.text
+            assert [float(v) for v in resp.text.split()] == [2 * 1 - 2 + 0.5, 2 * 3 + 4 + 0.5]
+            bad = await asyncio.to_thread(requests.post, handle.url + "/invocations", data="{}",
+                                          headers={"Content-Type": "application/json"}, timeout=10)
+            assert bad.status_code == 415
+            facts = handle.describe()
+            assert facts["executor"] == "container" and facts["container_id"]
+            assert containers_with_label(engine, f"selfmaker.instance={spec.instance_id}")
+        finally:
+            await handle.stop(5)
+        assert not handle.alive()
+        assert containers_with_label(engine, f"selfmaker.instance={spec.instance_id}") == []
+        await handle.stop(5)  # idempotent
+
+    asyncio.run(scenario())
+    log = spec.log_path.read_text()
+    assert "byoc serve: listening on 8080" in log  # the container port; the host port is mapped to it
+    assert "BYOC_GREETING=hello from the Model's Environment" in log
+
+
+def test_serving_model_dir_is_read_only_and_crash_is_seen(engine: str, byoc_image: str, tmp_path: Path) -> None:
+    """No model.json: the server dies at start; alive() turns False and the traceback is in the log."""
+    spec = _spec(tmp_path, byoc_image, None, instance_id="ep-AllTraffic-crash")
+
+    async def scenario() -> None:
+        handle = await ContainerExecutor(PlatformSettings(home=tmp_path / "home")).start(spec)
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while handle.alive() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            assert not handle.alive()
+        finally:
+            await handle.stop(1)
+
+    asyncio.run(scenario())
+    assert "model.json" in spec.log_path.read_text()
+    assert containers_with_label(engine, "selfmaker.instance=ep-AllTraffic-crash") == []
+
+
+def test_serving_missing_image_is_a_clear_error(engine: str, tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "localhost/no-such-image-selfmaker-test:never", {"weights": [], "bias": 0})
+
+    async def scenario() -> None:
+        with pytest.raises(ExecutorError, match="no-such-image-selfmaker-test"):
+            await ContainerExecutor(PlatformSettings(home=tmp_path / "home")).start(spec)
+
+    asyncio.run(scenario())
+
+
+def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets stay off the command line; bind port / memory / network options map as documented."""
+    spec = _spec(tmp_path, "example/byoc:1", None, environment={"SECRET": "s3cr3t", "SAGEMAKER_BIND_TO_PORT": "9000"},
+                 memory_mb=2048)
+    bridge = ContainerExecutor(PlatformSettings(home=tmp_path))
+    cmd = bridge.command(spec, "podman", "n", tmp_path / "cid", 41234)
+    assert "s3cr3t" not in " ".join(cmd) and ["-e", "SECRET"] == cmd[cmd.index("SECRET") - 1:cmd.index("SECRET") + 1]
+    assert "127.0.0.1:41234:9000" in cmd and "--memory" in cmd and cmd[-2:] == ["example/byoc:1", "serve"]
+    assert f"{spec.model_dir.resolve()}:/opt/ml/model:ro" in cmd
+    monkeypatch.setenv("SELFMAKER_CONTAINER_NETWORK", "host")
+    host = ContainerExecutor(PlatformSettings(home=tmp_path))
+    assert host.container_environment(spec, 41234)["SAGEMAKER_BIND_TO_PORT"] == "41234"
+    assert "--network" in host.command(spec, "podman", "n", tmp_path / "cid", 41234)
+    monkeypatch.setenv("SELFMAKER_CONTAINER_NETWORK", "overlay")
+    with pytest.raises(ExecutorError, match="SELFMAKER_CONTAINER_NETWORK"):
+        ContainerExecutor(PlatformSettings(home=tmp_path))
+
+
+def test_engine_override_must_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SELFMAKER_CONTAINER_ENGINE", "no-such-engine-binary")
+    with pytest.raises(training_container.ContainerEngineError, match="no-such-engine-binary"):
+        training_container.detect_engine()
+
+
+# -- training ------------------------------------------------------------------------------------
+def _training_request(name: str, data: Path, out: Path, image: str, epochs: int = 300) -> dict[str, Any]:
+    return {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File",
+                                   "MetricDefinitions": [{"Name": "train:mse", "Regex": r"train_mse=([0-9.eE+-]+);"}]},
+        "HyperParameters": {"epochs": str(epochs), "learning_rate": "0.1"},
+        "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv", "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": data.as_uri(), "S3DataDistributionType": "FullyReplicated"}}}],
+        "OutputDataConfig": {"S3OutputPath": out.as_uri()},
+        "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 300},
+        "Environment": {"BYOC_TRAIN_FLAG": "on"},
+    }
+
+
+def _linear_csv(path: Path, rows: int = 40) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(rows):
+        x1, x2 = (i % 7) / 7.0, (i % 5) / 5.0
+        lines.append(f"{3.0 * x1 - 2.0 * x2 + 1.0},{x1},{x2}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_training_byoc_container_through_runner(engine: str, byoc_image: str, tmp_path: Path) -> None:
+    _linear_csv(tmp_path / "data" / "train.csv")
+    lines: list[str] = []
+    runner = TrainingJobRunner(_training_request("byoc-train-ok", tmp_path / "data", tmp_path / "out", byoc_image, 600),
+                               tmp_path / "job", on_log=lambda host, line: lines.append(line))
+    state = runner.run()
+    assert state.status == "Completed", (state.failure_reason, lines[-20:])
+    assert any("job byoc-train-ok" in line for line in lines), lines[:5]  # TRAINING_JOB_NAME reached the container
+    assert "train:mse" in state.final_metrics and state.final_metrics["train:mse"]["Value"] < 0.05
+    artifact = Path(state.model_artifacts.removeprefix("file://"))
+    with tarfile.open(artifact) as tar:
+        model = json.load(tar.extractfile("model.json"))  # type: ignore[arg-type]
+    assert model["weights"][0] == pytest.approx(3.0, abs=0.4) and model["weights"][1] == pytest.approx(-2.0, abs=0.4)
+    assert containers_with_label(engine, "selfmaker.job=byoc-train-ok") == []
+
+
+def test_training_failure_file_becomes_failure_reason(engine: str, byoc_image: str, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "empty.csv").write_text("")
+    runner = TrainingJobRunner(_training_request("byoc-train-bad", tmp_path / "data", tmp_path / "out", byoc_image),
+                               tmp_path / "job")
+    state = runner.run()
+    assert state.status == "Failed"
+    assert "no CSV rows in the train channel" in (state.failure_reason or "")
+
+
+def test_training_stop_stops_the_container(engine: str, byoc_image: str, tmp_path: Path) -> None:
+    _linear_csv(tmp_path / "data" / "train.csv", rows=2000)
+    seen = threading.Event()
+
+    def on_log(host: str, line: str) -> None:
+        if "epoch 0:" in line:
+            seen.set()
+
+    runner = TrainingJobRunner(_training_request("byoc-train-stop", tmp_path / "data", tmp_path / "out", byoc_image,
+                                                 10**7), tmp_path / "job", on_log=on_log, stop_grace_seconds=5)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("state", runner.run()))
+    thread.start()
+    try:
+        assert seen.wait(120), "training never started"
+        runner.stop()
+    finally:
+        thread.join(120)
+    assert not thread.is_alive()
+    assert result["state"].status == "Stopped"
+    wait_until(lambda: containers_with_label(engine, "selfmaker.job=byoc-train-stop") == [], 60, "container removal")

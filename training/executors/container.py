@@ -1,0 +1,245 @@
+"""Runs a training host in a container (docker, else podman): ``<engine> run … <image> train``.
+
+The host's prepared ``/opt/ml`` tree (:attr:`HostSpec.ml_root`) is bind-mounted read-write at ``/opt/ml``;
+the container gets exactly :attr:`HostSpec.env` (passed by name, so values never appear on a command
+line), the host name as its hostname, and ``train`` (or ``ContainerArguments``) as its arguments. The
+engine client runs attached, so its stdout is the container's merged output and its exit code the
+container's. Multi-host jobs share a per-job network on which every container is reachable by its host
+name (``algo-1`` …), as on SageMaker.
+
+This module is also the one place that picks the container engine (:func:`detect_engine`); the platform's
+serving executor (``selfmaker/executors/container.py``) imports it from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
+
+log = logging.getLogger(__name__)
+
+#: environment variable that names the engine to use (``docker``, ``podman`` or a path)
+ENGINE_ENV = "SELFMAKER_CONTAINER_ENGINE"
+#: engines tried in this order when none is named: docker only counts when its daemon answers
+ENGINE_CANDIDATES = ("docker", "podman")
+#: seconds `<engine> info` may take before the engine counts as not working
+INFO_TIMEOUT = 30.0
+#: seconds a missing image may take to pull before the launch fails
+PULL_TIMEOUT = 600.0
+
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
+
+
+class ContainerEngineError(ExecutorError):
+    """No working container engine (or the named one does not work)."""
+
+
+def engine_works(engine: str, timeout: float = INFO_TIMEOUT) -> bool:
+    """Whether ``<engine> info`` succeeds (for docker: the client reaches a daemon)."""
+    path = shutil.which(engine)
+    if path is None:
+        return False
+    try:
+        return subprocess.run([path, "info"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=timeout, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def detect_engine(override: str | None = None) -> str:
+    """The path of the container engine to use.
+
+    ``override`` (or ``$SELFMAKER_CONTAINER_ENGINE``) names one explicitly and must work; otherwise docker
+    when its daemon answers, else podman. Raises :class:`ContainerEngineError` with a user-facing message
+    (``make engine`` / ``scripts/install-engine.sh`` installs podman).
+    """
+    named = override or os.environ.get(ENGINE_ENV) or None
+    if named:
+        if engine_works(named):
+            return str(shutil.which(named))
+        raise ContainerEngineError(f"ClientError: the container engine {named!r} ({ENGINE_ENV}) does not work "
+                                   f"('{named} info' fails)")
+    for candidate in ENGINE_CANDIDATES:
+        if engine_works(candidate):
+            return str(shutil.which(candidate))
+    raise ContainerEngineError("ClientError: this image needs a container engine and none works here "
+                               "(docker with a running daemon, or podman; `make engine` installs podman)")
+
+
+def engine_name(engine: str) -> str:
+    """``docker`` or ``podman`` (the basename of the engine path)."""
+    return Path(engine).name
+
+
+def container_name(*parts: str) -> str:
+    """A unique, valid container name made of ``parts`` (unsafe characters replaced)."""
+    base = _NAME_UNSAFE.sub("-", "-".join(p for p in parts if p)).strip("-.") or "selfmaker"
+    return f"{base[:100]}-{uuid.uuid4().hex[:6]}"
+
+
+def ensure_image(engine: str, image: str, pull_timeout: float = PULL_TIMEOUT) -> None:
+    """Make sure ``image`` is present: inspect it, else pull it. Raises :class:`ExecutorError`."""
+    if not image or not image.strip():
+        raise ExecutorError("ClientError: no container image given")
+    probe = subprocess.run([engine, "image", "inspect", image], stdin=subprocess.DEVNULL, capture_output=True,
+                           check=False, timeout=INFO_TIMEOUT)
+    if probe.returncode == 0:
+        return
+    log.info("image %s is not present; pulling it", image)
+    try:
+        pulled = subprocess.run([engine, "pull", image], stdin=subprocess.DEVNULL, capture_output=True,
+                                check=False, timeout=pull_timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise ExecutorError(f"ClientError: pulling image {image} took longer than {pull_timeout:.0f} s") from exc
+    if pulled.returncode != 0:
+        detail = (pulled.stderr or pulled.stdout).decode("utf-8", "replace").strip().splitlines()
+        raise ExecutorError(f"ClientError: image {image} is not present and cannot be pulled: "
+                            f"{detail[-1] if detail else 'unknown error'}")
+
+
+def _run_quiet(cmd: list[str], timeout: float) -> int | None:
+    try:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout, check=False).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+class ContainerHandle(ExecutionHandle):
+    """A training host running in a container; the attached engine client is the local process."""
+
+    def __init__(self, engine: str, name: str, proc: subprocess.Popen[bytes], cidfile: Path) -> None:
+        self.engine = engine
+        self.name = name
+        self._proc = proc
+        self._cidfile = cidfile
+        assert proc.stdout is not None
+        self.stream = proc.stdout
+
+    @property
+    def container_id(self) -> str | None:
+        """The engine's id of the container once it was created."""
+        try:
+            cid = self._cidfile.read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return cid or None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _ref(self) -> str:
+        return self.container_id or self.name
+
+    def terminate(self) -> None:
+        # SIGTERM to the container's PID 1 (the training process); the runner kills after its grace period
+        if self._proc.poll() is None:
+            _run_quiet([self.engine, "kill", "--signal", "TERM", self._ref()], timeout=30)
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            _run_quiet([self.engine, "kill", "--signal", "KILL", self._ref()], timeout=30)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        # --rm removes it; this covers an engine client that died before the container did
+        _run_quiet([self.engine, "rm", "-f", self._ref()], timeout=60)
+
+
+class ContainerExecutor(Executor):
+    """Starts training hosts as containers of :attr:`HostSpec.image` with ``/opt/ml`` mounted.
+
+    ``engine`` is a name or path (default: :func:`detect_engine`, which honours
+    ``$SELFMAKER_CONTAINER_ENGINE``); detection happens on the first :meth:`start`.
+    """
+
+    kind = "container"
+
+    def __init__(self, engine: str | None = None, pull_timeout: float = PULL_TIMEOUT) -> None:
+        self._engine_override = engine
+        self._engine: str | None = None
+        self.pull_timeout = pull_timeout
+        self._networks: set[str] = set()
+        self._images_checked: set[str] = set()
+
+    @property
+    def engine(self) -> str:
+        """Path of the engine (detected once)."""
+        if self._engine is None:
+            self._engine = detect_engine(self._engine_override)
+        return self._engine
+
+    def _network_for(self, spec: HostSpec) -> str | None:
+        """A per-job network for multi-host jobs (hosts resolve each other by name); None for one host."""
+        if len(spec.hosts) < 2:
+            return None
+        name = _NAME_UNSAFE.sub("-", f"selfmaker-{spec.job_name}")[:60]
+        if name not in self._networks:
+            _run_quiet([self.engine, "network", "rm", "-f", name], timeout=60)
+            created = subprocess.run([self.engine, "network", "create", name], stdin=subprocess.DEVNULL,
+                                     capture_output=True, check=False, timeout=60)
+            if created.returncode != 0:
+                detail = created.stderr.decode("utf-8", "replace").strip()
+                raise ExecutorError(f"cannot create the container network {name}: {detail}")
+            self._networks.add(name)
+        return name
+
+    def command(self, spec: HostSpec, name: str, cidfile: Path, network: str | None) -> list[str]:
+        """The ``<engine> run`` command line for ``spec`` (environment values are passed by name only)."""
+        cmd = [self.engine, "run", "--rm", "--name", name, "--cidfile", str(cidfile),
+               "--hostname", spec.host, "-v", f"{spec.ml_root.resolve()}:/opt/ml",
+               "--label", "selfmaker.kind=training", "--label", f"selfmaker.job={spec.job_name}",
+               "--label", f"selfmaker.host={spec.host}"]
+        if network:
+            cmd += ["--network", network, "--network-alias", spec.host]
+        for key in sorted(spec.env):
+            cmd += ["-e", key]
+        args = list(spec.arguments) or ["train"]
+        if spec.entrypoint:
+            cmd += ["--entrypoint", spec.entrypoint[0], spec.image, *spec.entrypoint[1:], *args]
+        else:
+            cmd += [spec.image, *args]
+        return cmd
+
+    def start(self, spec: HostSpec) -> ContainerHandle:
+        engine = self.engine
+        if spec.image not in self._images_checked:
+            ensure_image(engine, spec.image, self.pull_timeout)
+            self._images_checked.add(spec.image)
+        network = self._network_for(spec)
+        name = container_name("selfmaker-train", spec.job_name, spec.host)
+        cidfile = Path(spec.work_dir) / f"{name}.cid"
+        cidfile.unlink(missing_ok=True)
+        env = dict(os.environ)
+        env.update(spec.env)
+        cmd = self.command(spec, name, cidfile, network)
+        log.info("starting training host %s of %s in container %s (%s)", spec.host, spec.job_name, name, engine_name(engine))
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise ExecutorError(f"cannot start the training container: {exc}") from exc
+        return ContainerHandle(engine, name, proc, cidfile)
+
+    def close(self) -> None:
+        for network in sorted(self._networks):
+            _run_quiet([self.engine, "network", "rm", "-f", network], timeout=60)
+        self._networks.clear()
