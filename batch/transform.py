@@ -115,6 +115,26 @@ def _parse_output_value(line: bytes, kind: str) -> Any:
     return line.decode("utf-8", "replace")
 
 
+def _split_json_answer(answer: bytes, count: int) -> list[bytes] | None:
+    """Per-record outputs of one JSON answer for ``count`` records.
+
+    ``[r1, r2, ...]`` or an object whose only array member has one entry per record (``{"predictions":
+    [...]}``, what linear-learner and xgboost answer) is split into its entries; None otherwise.
+    """
+    try:
+        value = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict):
+        arrays = [v for v in value.values() if isinstance(v, list)]
+        if len(value) != 1 or len(arrays) != 1:
+            return None
+        value = arrays[0]
+    if isinstance(value, list) and len(value) == count:
+        return [orjson.dumps(entry) for entry in value]
+    return None
+
+
 # -- the part transformer ------------------------------------------------------------------------------
 
 
@@ -265,7 +285,10 @@ class PartTransformer:
             return answer
         outputs = [line for line in answer.split(b"\n") if line.strip()]
         if len(outputs) != item.count:
-            if item.count == 1 and answer.strip():
+            split = _split_json_answer(answer, item.count)
+            if split is not None:
+                outputs = split
+            elif item.count == 1 and answer.strip():
                 outputs = [answer.strip()]
             else:
                 raise RecordError(
