@@ -408,6 +408,7 @@ async def run_blue_green(
     split: TrafficSplit,
     progress: DeploymentProgress,
     on_shift: Callable[[float], Awaitable[None]] | None = None,
+    on_progress: Callable[[], None] | None = None,
     check_interval: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
 ) -> DeploymentOutcome:
@@ -433,6 +434,8 @@ async def run_blue_green(
     async def roll_back(reason: str, alarm: str | None = None) -> DeploymentOutcome:
         await shift(0.0)
         progress.status, progress.message = "Deleting", reason
+        if on_progress is not None:
+            on_progress()
         log.warning("deployment rolled back: %s", reason)
         return DeploymentOutcome(False, reason, alarm)
 
@@ -442,6 +445,8 @@ async def run_blue_green(
         await shift(step.new_fraction)
         progress.status = "Baking"
         progress.message = f"baking {step.bake_seconds:g}s with {step.new_fraction:.0%} of traffic ({step.label})"
+        if on_progress is not None:
+            on_progress()
         bake_end = clock() + step.bake_seconds
         while True:
             for rule in alarms:

@@ -149,7 +149,7 @@ class DeploymentGuard:
             outcome = await run_blue_green(
                 deployment, new_capacity=sum(max(1, v.pool.size) for v in new.variants.values()), alarms=alarms,
                 recorder=recorder, split=split, progress=progress, on_shift=on_shift,
-                check_interval=self.check_interval)
+                on_progress=lambda: self._publish(name, config, new, progress), check_interval=self.check_interval)
             if outcome.completed:
                 wait = float(policy.get("TerminationWaitInSeconds") or 0)
                 if wait > 0:
