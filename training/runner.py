@@ -176,6 +176,7 @@ class TrainingJobRunner:
         self._threads: list[threading.Thread] = []
         self._checkpoint_uploaded: dict[str, tuple[int, float]] = {}
         self._ckpt_lock = threading.Lock()
+        self._exec_kind = "process"
         self._transition("Starting")
 
     # -- public API -----------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class TrainingJobRunner:
         checkpoint = req.get("CheckpointConfig") or {}
 
         executor = self._executor(kind)
+        self._exec_kind = executor.kind  # FastFile symlinks only make sense for a local process
         names = sorted(f"algo-{i}" for i in range(1, count + 1))  # lexicographic, as SageMaker sorts them
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(exist_ok=True)
@@ -503,7 +505,7 @@ class TrainingJobRunner:
             dest = target / ref.relative
             if not dest.resolve().is_relative_to(target.resolve()):
                 raise StorageError(f"channel {ch.name!r}: object {ref.uri} escapes the channel directory")
-            if ch.input_mode == "FastFile" and not is_s3(ref.uri):
+            if ch.input_mode == "FastFile" and not is_s3(ref.uri) and self._exec_kind == "process":
                 # FastFile: readable at the same path without copying up front
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 src = Path(ref.uri[len("file://"):]) if ref.uri.startswith("file://") else Path(ref.uri)

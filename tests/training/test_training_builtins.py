@@ -189,3 +189,28 @@ def test_pipe_and_file_modes_give_the_same_model(tmp_path: Path, algo: str) -> N
         models[mode] = onnx_predict(local_model(state, tmp_path / f"m-{mode}"), X)["probabilities"]
     assert list((tmp_path / "job-Pipe/hosts/algo-1/input/data").iterdir())[0].name.startswith("train_")
     np.testing.assert_array_equal(models["File"], models["Pipe"])
+
+
+def test_linear_learner_resumes_from_its_checkpoint_and_continues_a_model(tmp_path: Path) -> None:
+    X, y = binary_data(600)
+    write_csv(tmp_path / "data/t.csv", X, y)
+    chans = [channel("train", (tmp_path / "data").as_uri())]
+    ckpt = (tmp_path / "ckpt").as_uri()
+    hps = {"predictor_type": "binary_classifier", "mini_batch_size": 50}
+    first, _ = run_job(request("ll-ckpt-1", LL_IMAGE, {**hps, "epochs": 2}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt),
+                       tmp_path / "job1")
+    assert first.status == "Completed", first.failure_reason
+    assert (tmp_path / "ckpt/linear-learner-checkpoint.npz").is_file()
+    second, lines = run_job(request("ll-ckpt-2", LL_IMAGE, {**hps, "epochs": 4}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt),
+                            tmp_path / "job2")
+    assert second.status == "Completed", second.failure_reason
+    assert any("Resuming from checkpoint: epoch 2 of 4" in line for line in lines)
+    epochs = [int(m.group(1)) for line in lines if (m := re.search(r"epoch=(\d+), train", line))]
+    assert epochs == [2, 3]
+    # incremental training: a 'model' channel with the previous model.tar.gz is the starting point
+    third, lines = run_job(request("ll-inc", LL_IMAGE, {**hps, "epochs": 1},
+                                   [*chans, channel("model", second.model_artifacts or "", None)], (tmp_path / "out").as_uri()),
+                           tmp_path / "job3")
+    assert third.status == "Completed", third.failure_reason
+    assert any("starting from the weights of the previous model" in line for line in lines)
+    assert np.mean(onnx_predict(local_model(third, tmp_path / "m3"), X)["label"] == y) > 0.95

@@ -154,3 +154,28 @@ def test_bad_request_fails_with_the_field_named(tmp_path: Path) -> None:
     req["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] = (tmp_path / "nothing-here").as_uri()
     state, _ = run_job(req, tmp_path / "job2")
     assert state.status == "Failed" and "nothing-here" in (state.failure_reason or "")
+
+
+def test_fastfile_channel_is_readable_in_place(tmp_path: Path) -> None:
+    script = ("import os\nbase = os.environ['SM_CHANNEL_TRAIN']\n"
+              "open(os.path.join(os.environ['SM_MODEL_DIR'], 'seen.txt'), 'w').write(open(os.path.join(base, 'a.csv')).read())\n")
+    req = _script_request(tmp_path, "fastfile", script, mode="FastFile")
+    state, _ = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", state.failure_reason
+    staged = tmp_path / "job/hosts/algo-1/input/data/train/a.csv"
+    assert staged.is_symlink() and staged.resolve() == (tmp_path / "data/a.csv").resolve()  # not copied up front
+    assert json.loads((tmp_path / "job/hosts/algo-1/input/config/inputdataconfig.json").read_text())["train"]["TrainingInputMode"] == "File"
+    model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
+    assert (model / "seen.txt").read_text() == "1,2\n3,4\n5,6\n"
+
+
+def test_failing_requirements_install_is_reported(tmp_path: Path) -> None:
+    req = _script_request(tmp_path, "bad-reqs", "print('never runs')")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/train.py").write_text("print('never runs')\n")
+    (tmp_path / "src/requirements.txt").write_text("./no-such-local-package\n")
+    req["HyperParameters"]["sagemaker_submit_directory"] = json.dumps((tmp_path / "src").as_uri())
+    state, lines = run_job(req, tmp_path / "job")
+    assert state.status == "Failed"
+    assert "InstallRequirementsError" in (state.failure_reason or "")
+    assert not any("never runs" in line for line in lines)
