@@ -106,6 +106,8 @@ async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
             if "DesiredInstanceCount" not in excluded and variant.pool.size:
                 kept["count"] = variant.pool.desired or variant.pool.size
             retain[variant.name] = kept
+    if platform.endpoints.deployment_guard is not None:  # validates DeploymentConfig and its alarms
+        platform.endpoints.deployment_guard.check(params, record, config.doc, retain)
     merge: dict[str, Any] = {}
     if params.get("DeploymentConfig"):
         merge["DeploymentConfig"] = params["DeploymentConfig"]
