@@ -302,7 +302,9 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> Gr
         raise ConfigError(f("amiParameter"), f"{ami_parameter!r} is not an SSM parameter name (/...)")
 
     root_gb = _int(f("rootVolumeGb"), raw.get("rootVolumeGb", DEFAULT_ROOT_GB[accelerator]), lo=8, hi=16384)
-    image_tag = _str(f("imageTag"), raw.get("imageTag", default_tag))
+    # GPU groups run the GPU build of the image (`make images` builds selfmaker and selfmaker-gpu),
+    # pushed under the same version with a "-gpu" suffix unless the group names its own tag.
+    image_tag = _str(f("imageTag"), raw.get("imageTag", f"{default_tag}-gpu" if accelerator == "gpu" else default_tag))
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
         raise ConfigError(f("imageTag"), f"{image_tag!r} is not a valid image tag")
     port = _int(f("port"), raw.get("port", 8080), lo=1024, hi=65535)

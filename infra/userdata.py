@@ -1,8 +1,9 @@
 """User data for instance-group instances: start the container runtime, log in to ECR, pull the image
 and run it with ``serve`` or ``train`` (pure rendering; every value is shell-quoted).
 
-``serve`` runs the image's SageMaker model server on port 8080 with ``--model-data s3://…/model.tar.gz``
-(the server downloads and unpacks it into ``/opt/ml/model``). ``train`` prepares the ``/opt/ml`` tree
+``serve`` downloads ``model.tar.gz`` from S3, unpacks it on the host and runs the image's SageMaker
+model server on port 8080 with it mounted read-only at ``/opt/ml/model`` (what SageMaker does before
+``serve``; it works whatever extra arguments the image's entrypoint adds). ``train`` prepares the ``/opt/ml`` tree
 (channels synced from S3, config JSONs), restores and periodically saves checkpoints, runs the image
 with ``train`` and uploads ``model.tar.gz``, ``output.tar.gz`` and the failure file to
 ``<output>/<job>/output/`` — the same layout SageMaker uses.
@@ -146,13 +147,23 @@ retry docker pull "$IMAGE"
 
 
 def _serve_body(spec: UserDataSpec) -> str:
+    # The host unpacks model.tar.gz into <ml_root>/model and mounts it at /opt/ml/model, as SageMaker
+    # does before `serve`; the image's entrypoint then serves /opt/ml/model.
     args = " \\\n  ".join(_docker_run_args(spec))
     return f"""
+ML_ROOT={_q(spec.ml_root)}
+MODEL_DATA={_q(spec.model_data or "")}
+rm -rf "$ML_ROOT/model"
+mkdir -p "$ML_ROOT/model"
+retry aws s3 cp "$MODEL_DATA" "$ML_ROOT/model.tar.gz" --only-show-errors
+tar -xzf "$ML_ROOT/model.tar.gz" -C "$ML_ROOT/model"
+rm -f "$ML_ROOT/model.tar.gz"
 docker rm -f selfmaker-serve >/dev/null 2>&1 || true
 docker run -d --name selfmaker-serve --restart unless-stopped -p {spec.host_port}:{CONTAINER_PORT} \\
+  -v "$ML_ROOT/model:/opt/ml/model:ro" \\
   {args} \\
-  "$IMAGE" serve --model-data {_q(spec.model_data or "")}
-echo "selfmaker: serving {spec.group} on port {spec.host_port}"
+  "$IMAGE" serve
+echo "selfmaker: serving {spec.group} ($MODEL_DATA) on port {spec.host_port}"
 """
 
 

@@ -163,7 +163,7 @@ def test_instance_group_serving_with_explicit_ami(pulumi_harness: PulumiHarness)
     assert lt["vpcSecurityGroupIds"] == [pulumi_harness.named("g-sg").id]
     assert lt["blockDeviceMappings"][0]["ebs"]["volumeSize"] == 40
     script = base64.b64decode(lt["userData"]).decode()
-    assert "serve --model-data s3://models-b/models/m/model.tar.gz" in script
+    assert "MODEL_DATA=s3://models-b/models/m/model.tar.gz" in script
     asg = pulumi_harness.named("g-asg").inputs
     dist = asg["mixedInstancesPolicy"]["instancesDistribution"]
     assert dist["onDemandPercentageAboveBaseCapacity"] == 40 and dist["spotAllocationStrategy"] == "price-capacity-optimized"

@@ -39,7 +39,7 @@ def test_group_defaults_follow_the_accelerator() -> None:
     assert (serve.min_size, serve.max_size, serve.desired_capacity) == (0, 1, 0)
     assert train.instance_types == ("g4dn.xlarge", "g5.xlarge") and train.root_volume_gb == 100
     assert train.ami_parameter == stack_config.SSM_AMI["gpu"] and train.channels == {"train": "train/"}
-    assert train.image_tag == "0.1.0" and serve.capacity_rebalance is False
+    assert train.image_tag == "0.1.0-gpu" and serve.image_tag == "0.1.0" and serve.capacity_rebalance is False
 
 
 def test_group_values() -> None:

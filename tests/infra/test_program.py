@@ -236,15 +236,16 @@ def test_user_data_runs_the_right_image_with_serve_or_train(dev_run: PulumiHarne
     models_bucket = dev_run.named("store-models").id
     cpu = _user_data(dev_run, "serve-cpu")
     assert f"IMAGE={registry}/selfmaker-dev/serving:0.1.0" in cpu
-    assert f"serve --model-data s3://{models_bucket}/models/demo/model.tar.gz" in cpu
+    assert f"MODEL_DATA=s3://{models_bucket}/models/demo/model.tar.gz" in cpu and '"$IMAGE" serve' in cpu
     assert "dnf install -y docker" in cpu and "--gpus all" not in cpu
     assert "-e SAGEMAKER_MODEL_SERVER_WORKERS=2" in cpu
     assert "LOG_GROUP=/selfmaker-dev/serve-cpu" in cpu
     gpu = _user_data(dev_run, "serve-gpu")
     assert "--gpus all" in gpu and "dnf install" not in gpu
+    assert f"IMAGE={registry}/selfmaker-dev/serving:0.1.0-gpu" in gpu
     train = _user_data(dev_run, "train-gpu")
     data_bucket = dev_run.named("store-data").id
-    assert f"IMAGE={registry}/selfmaker-dev/training:0.1.0" in train
+    assert f"IMAGE={registry}/selfmaker-dev/training:0.1.0-gpu" in train
     assert f"aws s3 sync s3://{data_bucket}/datasets/demo/train/ \"$ML_ROOT/input/data/\"train" in train
     assert '"$IMAGE" train' in train
     log_groups = {r.inputs["name"] for r in dev_run.of_type("aws:cloudwatch/logGroup:LogGroup") if "name" in r.inputs}

@@ -34,7 +34,11 @@ case "$name $1" in
       *instance-type*) echo g5.2xlarge ;;
     esac ;;
   "aws ecr") echo ecr-password ;;
-  "aws s3") if [ "$2" = sync ] && [[ "$3" == s3://* ]]; then mkdir -p "$4"; fi ;;
+  "aws s3")
+    if [ "$2" = sync ] && [[ "$3" == s3://* ]]; then mkdir -p "$4"; fi
+    if [ "$2" = cp ] && [[ "$3" == s3://*.tar.gz ]]; then
+      src=$(mktemp -d); echo onnx > "$src/model.onnx"; tar -czf "$4" -C "$src" .; rm -rf "$src"
+    fi ;;
   "docker login") cat > /dev/null ;;
   "docker run")
     for a in "$@"; do
@@ -89,15 +93,25 @@ def test_rendered_scripts_are_valid_bash(mode: str, tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr
 
 
+def _serve_spec(tmp_path: Path, **changes: object) -> userdata.UserDataSpec:
+    return replace(SERVE, ml_root=str(tmp_path / "opt-ml"), **changes)  # type: ignore[arg-type]
+
+
 def test_serve_script_logs_in_pulls_and_runs_the_model_server(tmp_path: Path) -> None:
-    result, calls = run_script(userdata.render_user_data(SERVE), tmp_path)
+    spec = _serve_spec(tmp_path)
+    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
     assert result.returncode == 0, result.stderr
+    root = Path(spec.ml_root)
+    assert ["aws", "s3", "cp", "s3://models-b/models/demo/model.tar.gz", f"{root}/model.tar.gz", "--only-show-errors"] in calls
+    assert (root / "model/model.onnx").read_text() == "onnx\n"  # unpacked on the host
+    assert not (root / "model.tar.gz").exists()
     assert ["systemctl", "enable", "--now", "docker"] in calls
     assert ["aws", "ecr", "get-login-password", "--region", "us-east-1"] in calls
     assert ["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY] in calls
     assert ["docker", "pull", SERVE.image] in calls
     run = next(c for c in calls if c[:2] == ["docker", "run"])
-    assert run[-4:] == [SERVE.image, "serve", "--model-data", "s3://models-b/models/demo/model.tar.gz"]
+    assert run[-2:] == [SERVE.image, "serve"]
+    assert run[run.index("-v") + 1] == f"{root}/model:/opt/ml/model:ro"
     assert "-p" in run and run[run.index("-p") + 1] == "8080:8080"
     assert "--restart" in run and "--gpus" not in run
     env = {run[i + 1] for i, a in enumerate(run) if a == "-e"}
@@ -115,7 +129,7 @@ def test_serve_script_logs_in_pulls_and_runs_the_model_server(tmp_path: Path) ->
 ))
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_environment_values_reach_docker_exactly(tmp_path: Path, environment: dict[str, str]) -> None:
-    result, calls = run_script(userdata.render_user_data(replace(SERVE, environment=environment)), tmp_path)
+    result, calls = run_script(userdata.render_user_data(_serve_spec(tmp_path, environment=environment)), tmp_path)
     assert result.returncode == 0, result.stderr
     run = next(c for c in calls if c[:2] == ["docker", "run"])
     passed = [run[i + 1] for i, a in enumerate(run) if a == "-e"]
