@@ -70,7 +70,7 @@ def run_script(script: str, tmp_path: Path, **env: str) -> tuple[subprocess.Comp
         ["bash", str(path)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env},
     )
-    calls = [record.split("\0") for record in log.read_text().split("\1") if record]
+    calls = [record.split("\0") for record in log.read_bytes().decode().split("\1") if record]
     return result, calls
 
 
