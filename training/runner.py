@@ -198,7 +198,8 @@ class TrainingJobRunner:
         try:
             self._run()
         except (TrainingRequestError, StorageError, ExecutorError) as exc:
-            self._finish("Failed", "Failed", f"ClientError: {exc}" if isinstance(exc, TrainingRequestError) else str(exc))
+            text = str(exc)
+            self._finish("Failed", "Failed", text if text.startswith("ClientError") else f"ClientError: {text}")
         except Exception as exc:  # an internal error must still end the job, with the traceback in the log
             log.exception("training job %s failed internally", self.job_name)
             self._finish("Failed", "Failed", f"InternalServerError: {type(exc).__name__}: {exc}")
@@ -429,7 +430,7 @@ class TrainingJobRunner:
         try:
             from training.executors import container as container_mod  # lands with the images work
         except ImportError as exc:
-            raise ExecutorError("ClientError: this training image needs a container engine, and none is configured") from exc
+            raise ExecutorError("this training image needs a container engine, and none is configured") from exc
         return container_mod.ContainerExecutor()  # type: ignore[attr-defined,no-any-return]
 
     def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
