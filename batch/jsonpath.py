@@ -151,7 +151,7 @@ def _parse_bracket(body: str) -> Segment:
         names.append(_unquote(match.group(1) if match.group(1) is not None else match.group(2)))
         pos = match.end()
         if pos < len(body):
-            if body[pos] != ",":
+            if body[pos] != "," or pos + 1 >= len(body):
                 raise ValueError(f"cannot parse [{body}]")
             pos += 1
     if not names:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import N_FEATURES, predict, read_rows, request, write_csv
+from batch_helpers import N_FEATURES, predict, read_rows, request, write_csv
 
 from batch.errors import TransformRequestError
 

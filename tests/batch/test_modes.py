@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import N_FEATURES, hooks_expected, request, write_csv
+from batch_helpers import N_FEATURES, hooks_expected, request, write_csv
 
 from batch.invoke import ModelServerProcess
 

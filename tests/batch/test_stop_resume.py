@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import N_FEATURES, build_hooks_model, hooks_expected, request, write_csv
+from batch_helpers import N_FEATURES, build_hooks_model, hooks_expected, request, write_csv
 
 from batch.storage import TMP_MARK
 
