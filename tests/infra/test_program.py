@@ -213,7 +213,7 @@ def test_asgs_use_private_subnets_and_the_configured_capacity_mix(dev_run: Pulum
     cpu = asgs["serve-cpu-asg"]
     assert (cpu["minSize"], cpu["maxSize"], cpu["desiredCapacity"]) == (1, 4, 2)
     dist = cpu["mixedInstancesPolicy"]["instancesDistribution"]
-    assert (dist["onDemandBaseCapacity"], dist["onDemandPercentageAboveBaseCapacity"]) == (1, 50)
+    assert (dist["onDemandBaseCapacity"], dist["onDemandPercentageAboveBaseCapacity"]) == (1, 0)
     overrides = [o["instanceType"] for o in cpu["mixedInstancesPolicy"]["launchTemplate"]["overrides"]]
     assert overrides == ["c5.xlarge", "c6i.xlarge", "m5.xlarge"]
     assert cpu["capacityRebalance"] is True
