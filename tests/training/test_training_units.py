@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from training_helpers import binary_data, multiclass_data, regression_data, write_csv, write_libsvm, write_parquet, write_recordio
 
 from training.algorithms import linear_learner
@@ -206,3 +209,31 @@ def test_threshold_selection_meets_the_target() -> None:
     acc_cfg = linear_learner.parse(Hyperparameters({"predictor_type": "binary_classifier"}))
     thr = linear_learner.choose_threshold(acc_cfg, scores, y)
     assert np.mean((scores >= thr) == y) >= np.mean((scores >= 0.5) == y)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(1, 6)),
+              elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)),
+       st.integers(0, 3))
+def test_recordio_round_trip(X: np.ndarray, label_kind: int) -> None:
+    from training.recordio import write_recordio as write
+
+    y = np.arange(X.shape[0], dtype=np.float32) * label_kind
+    buf = io.BytesIO()
+    write(buf, X, y)
+    assert len(buf.getvalue()) % 4 == 0
+    buf.seek(0)
+    got_X, got_y = read_dense(buf)
+    np.testing.assert_array_equal(got_X, X)
+    np.testing.assert_array_equal(got_y, y)
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 20), st.integers(1, 5)),
+              elements=st.floats(-1e4, 1e4, allow_nan=False, width=32)))
+def test_csv_reader_round_trip(X: np.ndarray) -> None:
+    y = (np.arange(X.shape[0]) % 2).astype(np.float32)
+    text = "\n".join(",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X)) + "\n"
+    ds = read_csv(text.encode(), "mem.csv")
+    np.testing.assert_array_equal(ds.X, X)
+    np.testing.assert_array_equal(ds.y, y)
