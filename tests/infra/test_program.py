@@ -313,3 +313,24 @@ def test_missing_image_tag_is_reported(pulumi_harness: PulumiHarness, dev_stack_
     with pytest.raises(stack_config.ConfigError, match=r"^selfmaker:imageTag: required"):
         run_dev_stack(pulumi_harness, config)
 
+
+
+def _snake_keys(value: Any, path: str = "") -> list[str]:
+    """Keys that were not translated to the provider's camelCase names (a misspelt nested input)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "tags":  # user-chosen keys
+                continue
+            if "_" in key:
+                found.append(f"{path}.{key}")
+            found += _snake_keys(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _snake_keys(item, f"{path}[{i}]")
+    return found
+
+
+def test_every_nested_input_uses_a_known_provider_property(dev_run: PulumiHarness) -> None:
+    bad = {f"{r.name}{path}" for r in aws_resources(dev_run.monitor.registrations) for path in _snake_keys(r.inputs)}
+    assert not bad, sorted(bad)
