@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = Path(settings.state_dir or tempfile.mkdtemp(prefix="selfmaker-serve-"))
     metrics_dir = state_dir / "metrics"
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    for stale in metrics_dir.glob("*.db"):
+    for stale in metrics_dir.glob("worker-*.bin"):  # a reused state dir starts from zero
         stale.unlink()
-    # prometheus_client picks its multiprocess mode from this variable when first imported
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
     from serving.http.server import ModelServer
 

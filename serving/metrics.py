@@ -1,83 +1,127 @@
 """Prometheus metrics of the model server, aggregated across gunicorn workers.
 
-The entry point sets ``PROMETHEUS_MULTIPROC_DIR`` (before ``prometheus_client`` is first imported) so
-each worker writes its samples to memory-mapped files there and ``/metrics`` in any worker sums them
-all. Without that directory (in-process use, tests) a private registry is used.
+Each worker process owns one small memory-mapped file of float64 slots in the metrics directory
+(``worker-<pid>.bin``) and is its only writer, so recording a request is a handful of array
+increments with no lock and no system call. ``/metrics`` in any worker sums every file (files of
+exited workers keep their counts: counters never go down) and renders the Prometheus text format
+through ``prometheus_client``'s metric families. Without a directory (in-process use) the slots live
+in an anonymous array.
 
-Series: ``selfmaker_requests_total{path,status}``, ``selfmaker_request_errors_total{status}``,
-``selfmaker_model_latency_seconds`` (handler: decode+predict+encode for hooks, ORT run for the
-default handler), ``selfmaker_overhead_latency_seconds`` (everything else in the request).
+Series: ``selfmaker_requests_total{path,status}``, ``selfmaker_request_errors_total{status}``
+(/invocations answered >= 400), ``selfmaker_model_latency_seconds`` (time in the model handler) and
+``selfmaker_overhead_latency_seconds`` (the rest of the request: HTTP, decode/encode of the default
+handler) histograms.
 """
 
 from __future__ import annotations
 
+import bisect
+import mmap
 import os
-from typing import Any
+from pathlib import Path
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+import numpy as np
+
+PATHS = ("/invocations", "/ping", "/execution-parameters", "/metrics", "other")
+STATUSES = (200, 400, 401, 403, 404, 405, 406, 408, 409, 413, 415, 422, 424, 429, 500, 502, 503, 504)
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
 
+_N_STATUS = len(STATUSES) + 1  # + "other"
+_REQ = 0
+_ERR = _REQ + len(PATHS) * _N_STATUS
+_HIST_LEN = len(LATENCY_BUCKETS) + 1 + 2  # buckets incl. +Inf, sum, count
+_MODEL = _ERR + _N_STATUS
+_OVERHEAD = _MODEL + _HIST_LEN
+N_SLOTS = _OVERHEAD + _HIST_LEN
+
+_PATH_INDEX = {path: i for i, path in enumerate(PATHS)}
+_STATUS_INDEX = {status: i for i, status in enumerate(STATUSES)}
+
+
+def _status_label(index: int) -> str:
+    return str(STATUSES[index]) if index < len(STATUSES) else "other"
+
 
 class Metrics:
-    """Counters and latency histograms; ``render()`` gives the Prometheus text exposition."""
+    """Request counters and latency histograms of one worker; :meth:`render` sums all workers."""
 
-    def __init__(self, multiproc_dir: str | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
-        self.multiproc_dir = multiproc_dir
-        # in multiprocess mode the samples live in files; the registry only holds the collectors
-        self._own_registry = CollectorRegistry(auto_describe=True)
-        registry = self._own_registry
-        self.requests = Counter(
-            "selfmaker_requests", "HTTP requests by path and status", ["path", "status"], registry=registry
-        )
-        self.errors = Counter(
-            "selfmaker_request_errors", "Invocations answered with an error status", ["status"], registry=registry
-        )
-        self.model_latency = Histogram(
-            "selfmaker_model_latency_seconds", "Time spent in the model handler", buckets=LATENCY_BUCKETS, registry=registry
-        )
-        self.overhead_latency = Histogram(
-            "selfmaker_overhead_latency_seconds",
-            "Request time outside the model handler (HTTP, decode/encode for the default handler)",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"worker-{os.getpid()}.bin"
+            with open(path, "wb+") as handle:
+                handle.truncate(N_SLOTS * 8)
+                self._map: mmap.mmap | bytearray = mmap.mmap(handle.fileno(), N_SLOTS * 8)
+        else:
+            self._map = bytearray(N_SLOTS * 8)
+        # a memoryview of doubles: item updates are plain C stores, far cheaper than numpy scalars
+        self._slots = memoryview(self._map).cast("d")
 
     def observe(self, path: str, status: int, total_seconds: float, model_seconds: float | None) -> None:
-        """Record one request (model_seconds None when no model work happened)."""
-        key = (path, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(path, str(status)), self.errors.labels(str(status)) if status >= 400 else None)
-            if len(self._children) < 256:  # bounded: paths are the app's own routes
-                self._children[key] = children
-        children[0].inc()
-        if children[1] is not None and path == "/invocations":
-            children[1].inc()
+        """Record one request (``model_seconds`` None when no model work happened)."""
+        slots = self._slots
+        status_index = _STATUS_INDEX.get(status, len(STATUSES))
+        slots[_REQ + _PATH_INDEX.get(path, len(PATHS) - 1) * _N_STATUS + status_index] += 1
+        if status >= 400 and path == "/invocations":
+            slots[_ERR + status_index] += 1
         if model_seconds is not None:
-            self.model_latency.observe(model_seconds)
-            self.overhead_latency.observe(max(0.0, total_seconds - model_seconds))
+            self._hist(_MODEL, model_seconds)
+            self._hist(_OVERHEAD, max(0.0, total_seconds - model_seconds))
+
+    def _hist(self, base: int, value: float) -> None:
+        slots = self._slots
+        slots[base + bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
+        slots[base + _HIST_LEN - 2] += value
+        slots[base + _HIST_LEN - 1] += 1
+
+    def totals(self) -> np.ndarray:
+        """Slots summed over every worker file (or this process's slots without a directory)."""
+        if self.directory is None:
+            return np.array(self._slots, dtype=np.float64)
+        total = np.zeros(N_SLOTS, dtype=np.float64)
+        for path in self.directory.glob("worker-*.bin"):
+            try:
+                data = np.fromfile(path, dtype=np.float64)
+            except OSError:
+                continue
+            if data.shape == (N_SLOTS,):
+                total += data
+        return total
 
     def render(self) -> tuple[bytes, str]:
-        """Exposition text and its content type (summed across workers in multiprocess mode)."""
+        """Prometheus text exposition of :meth:`totals` and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        if self.multiproc_dir and os.path.isdir(self.multiproc_dir):
-            from prometheus_client import multiprocess
+        totals = self.totals()
 
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self._own_registry), CONTENT_TYPE_LATEST
+        class _Collector:
+            def collect(self):  # type: ignore[no-untyped-def]
+                requests = CounterMetricFamily("selfmaker_requests", "HTTP requests by path and status", labels=["path", "status"])
+                for p, path in enumerate(PATHS):
+                    for s in range(_N_STATUS):
+                        value = totals[_REQ + p * _N_STATUS + s]
+                        if value:
+                            requests.add_metric([path, _status_label(s)], value)
+                yield requests
+                errors = CounterMetricFamily("selfmaker_request_errors", "Invocations answered with an error status", labels=["status"])
+                for s in range(_N_STATUS):
+                    if totals[_ERR + s]:
+                        errors.add_metric([_status_label(s)], totals[_ERR + s])
+                yield errors
+                for base, name, doc in (
+                    (_MODEL, "selfmaker_model_latency_seconds", "Time spent in the model handler"),
+                    (_OVERHEAD, "selfmaker_overhead_latency_seconds", "Request time outside the model handler"),
+                ):
+                    counts = np.cumsum(totals[base : base + len(LATENCY_BUCKETS) + 1])
+                    bounds = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+                    histogram = HistogramMetricFamily(name, doc)
+                    histogram.add_metric([], list(zip(bounds, counts.tolist())), sum_value=totals[base + _HIST_LEN - 2])
+                    yield histogram
 
-
-def mark_worker_dead(pid: int, multiproc_dir: str | None) -> None:
-    """Tell prometheus_client a worker exited (called from gunicorn's ``child_exit``)."""
-    if multiproc_dir:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, multiproc_dir)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector())
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -67,19 +67,15 @@ class ModelServer(BaseApplication):
         self.settings = settings
         self.state_dir = state_dir
         self.workers = settings.effective_workers()
-        self.metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.metrics_dir = str(state_dir / "metrics")
         super().__init__()
 
     def load_config(self) -> None:
         settings = self.settings
         readiness_dir = WorkerReadiness(self.state_dir, self.workers)
-        metrics_dir = self.metrics_dir
 
         def child_exit(server: Any, worker: Any) -> None:
             readiness_dir.forget(worker.pid)
-            from serving.metrics import mark_worker_dead
-
-            mark_worker_dead(worker.pid, metrics_dir)
 
         config = {
             "bind": [f"{_bracket(settings.effective_host())}:{settings.port}"],

@@ -129,6 +129,9 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
     try:
         yield start
     finally:
+        for proc in started:  # SIGTERM all first so the graceful stops overlap
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for proc in started:
             _stop(proc)
 

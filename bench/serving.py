@@ -1,0 +1,335 @@
+"""Model-server benchmark: in-process limit, HTTP floor, our server over HTTP, and the anchors.
+
+    .venv/bin/python -m bench.serving                 # short default run (~2-3 min)
+    .venv/bin/python -m bench.serving --seconds 5 --full --out results.json
+
+1. builds the models with /work/shared/anchors/make_models.py (small = LogisticRegression/20 features,
+   medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for the 256-256 MLP);
+2. in-process limit: ``DataPlane.invoke`` (decode + onnxruntime + encode) in a loop, batch 1/64/512,
+   CSV/JSON/npy bodies;
+3. starts ``python -m serving`` on 127.0.0.1 (default workers = cores) and measures the HTTP floor
+   (GET /ping at concurrency 8) and POST /invocations at concurrency 1/8/32 x batch 1/64/512 x formats;
+4. anchors in the same run (``--anchors``): a naive flask app under gunicorn (2 sync workers) and, if a
+   venv with multi-model-server and Java exists (``--mms-venv``), the SageMaker toolkit on MMS;
+5. prints rows/s, p50/p99 and the goal ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import ANCHORS, CONTENT_TYPES, LoadResult, free_port, load, start, timed_loop, wait_ready
+
+BATCHES = (1, 64, 512)
+FORMATS = ("csv", "json", "npy")
+
+
+def build_models(art: Path, medium: str) -> dict[str, dict[str, Any]]:
+    """Run the anchors' make_models.py; return {"small": ..., "medium": ...} with model dirs and payloads."""
+    if not (art / "manifest.json").is_file():
+        subprocess.run([sys.executable, str(ANCHORS / "make_models.py"), str(art)], check=True,
+                       stdout=subprocess.DEVNULL, timeout=900)
+    manifest = json.loads((art / "manifest.json").read_text())
+    models = {}
+    for role, name in (("small", "small"), ("medium", medium)):
+        model_dir = art / "dirs" / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        target = model_dir / "model.onnx"
+        if not target.exists():
+            target.symlink_to((art / manifest["models"][name]["onnx"]).resolve())
+        models[role] = {"name": name, "dir": model_dir, "payloads": art / "payloads", "onnx": target.resolve()}
+    return models
+
+
+def payload(model: dict[str, Any], batch: int, fmt: str) -> Path:
+    return model["payloads"] / f"{model['name']}_b{batch}.{fmt}"
+
+
+def in_process(models: dict[str, dict[str, Any]], seconds: float, roles: list[str]) -> dict[str, Any]:
+    """decode + ORT + encode without HTTP, one thread, ORT intra-op threads as one server worker has."""
+    from serving.dataplane import DataPlane
+    from serving.settings import ServingSettings
+
+    results: dict[str, Any] = {}
+    cores = ServingSettings().cores()
+    for role in roles:
+        model = models[role]
+        plane = DataPlane(model["dir"], ServingSettings(workers=cores)).load()
+        for batch in BATCHES:
+            for fmt in FORMATS:
+                body = payload(model, batch, fmt).read_bytes()
+                ctype = CONTENT_TYPES[fmt]
+                calls, p50, p99, _ = timed_loop(lambda: plane.invoke(body, ctype, None), seconds)
+                results[f"{role}/b{batch}/{fmt}"] = {"rows_s": calls * batch, "calls_s": calls, "p50_ms": p50, "p99_ms": p99}
+        plane.close()
+    return results
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of a server process and its children (workers) so far."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def measure(url: str, body: Path | None, conc: int, seconds: int, batch: int, pid: int | None) -> dict[str, Any]:
+    """One load cell plus the server's CPU time per request (robust to other load on the machine)."""
+    cpu_before = server_cpu_seconds(pid) if pid else 0.0
+    result = load(url, body, conc, seconds)
+    row = _row(result, batch)
+    if pid and result.requests:
+        row["cpu_us_per_req"] = (server_cpu_seconds(pid) - cpu_before) / result.requests * 1e6
+    return row
+
+
+def measure_server(url: str, models_cells: list[tuple[str, dict[str, Any], int, str, int]], seconds: int,
+                   pid: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for role, model, batch, fmt, conc in models_cells:
+        out[f"{role}/b{batch}/{fmt}/c{conc}"] = measure(url + "/invocations", payload(model, batch, fmt), conc, seconds, batch, pid)
+    return out
+
+
+def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int | None) -> dict[str, Any]:
+    """Interleaved ping-floor / batch-1 cells, repeated, so machine noise hits both sides alike."""
+    pings, invokes, singles = [], [], []
+    for _ in range(reps):
+        pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
+        invokes.append(measure(url + "/invocations", payload(model, 1, "csv"), 8, seconds, 1, pid))
+        singles.append(measure(url + "/invocations", payload(model, 1, "csv"), 1, seconds, 1, pid))
+    ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes) if p["rps"])
+    return {
+        "ping_c8_rps": [p["rps"] for p in pings],
+        "b1_csv_c8_rps": [i["rps"] for i in invokes],
+        "ratio_b1_c8_over_ping": ratios,
+        "ratio_median": ratios[len(ratios) // 2] if ratios else None,
+        "ping_cpu_us": [p.get("cpu_us_per_req") for p in pings],
+        "b1_cpu_us": [i.get("cpu_us_per_req") for i in invokes],
+        "c1_p50_ms": sorted(s["p50_ms"] for s in singles),
+    }
+
+
+def _row(result: LoadResult, batch: int) -> dict[str, Any]:
+    return {"rps": result.rps, "rows_s": result.rps * batch, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+            "errors": result.errors, "tool": result.tool, "requests": result.requests}
+
+
+def run_ours(models: dict[str, dict[str, Any]], role: str, cells: list[tuple[int, str, int]], seconds: int,
+             log_dir: Path, worker_class: str, reps: int = 0) -> dict[str, Any]:
+    port = free_port()
+    env = {"SELFMAKER_SERVE_WORKER_CLASS": worker_class, "SELFMAKER_ACCESS_LOG": "false",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = start(f"selfmaker-{role}-{worker_class}",
+                 [sys.executable, "-m", "serving", "--model-dir", str(models[role]["dir"]), "--host", "127.0.0.1",
+                  "--port", str(port)], env=env, log_dir=log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url + "/ping", 120)
+        pid = proc.popen.pid
+        result = {"ping_c8": measure(url + "/ping", None, 8, seconds, 1, pid)}
+        result.update(measure_server(url, [(role, models[role], b, f, c) for b, f, c in cells], seconds, pid))
+        result["ping_c8_after"] = measure(url + "/ping", None, 8, seconds, 1, pid)
+        if reps:
+            result["goal_reps"] = goal_reps(url, models[role], seconds, reps, pid)
+        return result
+    finally:
+        proc.stop()
+
+
+def run_naive(models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int]], seconds: int, log_dir: Path) -> dict[str, Any]:
+    port = free_port()
+    proc = start("naive-flask", [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--no-control-socket",
+                                 "naive_server:app"],
+                 env={"MODEL_PATH": str(models["small"]["onnx"])}, cwd=str(ANCHORS), log_dir=log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url + "/ping", 180)
+        pid = proc.popen.pid
+        result = {"ping_c8": measure(url + "/ping", None, 8, seconds, 1, pid)}
+        result.update(measure_server(url, [("small", models["small"], b, f, c) for b, f, c in cells], seconds, pid))
+        return result
+    finally:
+        proc.stop()
+
+
+def run_mms(models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int]], seconds: int, log_dir: Path,
+            mms_python: Path) -> dict[str, Any]:
+    port = free_port()
+    base = Path(tempfile.mkdtemp(prefix="mms-", dir=log_dir))
+    proc = start("mms-toolkit", [str(mms_python), str(ANCHORS / "mms" / "serve.py"), str(base), str(models["small"]["onnx"]), str(port)],
+                 cwd=str(base), log_dir=log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url + "/ping", 180)
+        pid = proc.popen.pid
+        result = {"ping_c8": measure(url + "/ping", None, 8, seconds, 1, pid)}
+        result.update(measure_server(url, [("small", models["small"], b, f, c) for b, f, c in cells], seconds, pid))
+        return result
+    finally:
+        proc.stop()
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[str]:
+    lines: list[str] = []
+    ip = results["in_process"]
+    lines.append("## In-process limit (DataPlane.invoke: decode + onnxruntime + encode, 1 thread)")
+    lines.append("| model | batch | format | rows/s | p50 ms | p99 ms |")
+    lines.append("|---|---|---|---|---|---|")
+    for key, row in ip.items():
+        role, batch, fmt = key.split("/")
+        lines.append(f"| {role} | {batch[1:]} | {fmt} | {_fmt(row['rows_s'])} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} |")
+    for label in [k for k in results if k.startswith("ours/")]:
+        srv = results[label]
+        floor = srv["ping_c8"]["rps"]
+        lines.append("")
+        lines.append(f"## {label}: HTTP floor GET /ping c8 = {_fmt(floor)} req/s (after the matrix: {_fmt(srv['ping_c8_after']['rps'])})")
+        lines.append("| model | batch | format | conc | req/s | rows/s | p50 ms | p99 ms | vs in-process rows/s | server CPU us/req | errors |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for key, row in srv.items():
+            if key.startswith("ping") or key == "goal_reps":
+                continue
+            role, batch, fmt, conc = key.split("/")
+            limit = ip.get(f"{role}/{batch}/{fmt}", {}).get("rows_s")
+            ratio = f"{row['rows_s'] / limit:.2f}" if limit else "-"
+            lines.append(f"| {role} | {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {_fmt(row['rows_s'])} | "
+                         f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {ratio} | {_fmt(row.get('cpu_us_per_req', 0))} | {row['errors']} |")
+    for label in ("naive", "mms"):
+        if label in results and isinstance(results[label], dict):
+            srv = results[label]
+            lines.append("")
+            lines.append(f"## anchor {label}: GET /ping c8 = {_fmt(srv['ping_c8']['rps'])} req/s")
+            lines.append("| batch | format | conc | req/s | p50 ms | p99 ms | server CPU us/req |")
+            lines.append("|---|---|---|---|---|---|---|")
+            for key, row in srv.items():
+                if key.startswith("ping"):
+                    continue
+                _, batch, fmt, conc = key.split("/")
+                lines.append(f"| {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
+                             f"{_fmt(row.get('cpu_us_per_req', 0))} |")
+        elif label in results:
+            lines.append("")
+            lines.append(f"## anchor {label}: not measured ({results[label]})")
+    ours = results.get("ours/sync") or next((v for k, v in results.items() if k.startswith("ours/")), None)
+    if ours:
+        lines.append("")
+        lines.append("## Goals")
+        floor = ours["ping_c8"]["rps"]
+        b1 = ours.get("small/b1/csv/c8")
+        if b1:
+            lines.append(f"- batch 1 CSV @ c8 / own /ping floor: {b1['rps'] / floor:.2f} (goal >= 0.85)")
+            if isinstance(results.get("mms"), dict) and "small/b1/csv/c8" in results["mms"]:
+                lines.append(f"- batch 1 CSV @ c8 / MMS toolkit: {b1['rps'] / results['mms']['small/b1/csv/c8']['rps']:.2f} (goal >= 1.5)")
+            if isinstance(results.get("naive"), dict) and "small/b1/csv/c8" in results["naive"]:
+                lines.append(f"- batch 1 CSV @ c8 / naive flask: {b1['rps'] / results['naive']['small/b1/csv/c8']['rps']:.2f}")
+        for role in roles:
+            for fmt in FORMATS:
+                best = max((ours[k]["rows_s"] for k in ours if k.startswith(f"{role}/b512/{fmt}/")), default=None)
+                limit = ip.get(f"{role}/b512/{fmt}", {}).get("rows_s")
+                if best and limit:
+                    lines.append(f"- {role} batch 512 {fmt}: best HTTP rows/s / in-process = {best / limit:.2f} (goal >= 0.70)")
+        c1 = ours.get("small/b1/csv/c1")
+        if c1:
+            lines.append(f"- p50 batch 1 CSV @ c1: {c1['p50_ms']:.3f} ms (goal <= 0.6 ms)")
+        reps = ours.get("goal_reps")
+        if reps:
+            ratios = ", ".join(f"{r:.2f}" for r in reps["ratio_b1_c8_over_ping"])
+            lines.append(f"- interleaved reps: batch 1 CSV c8 / ping c8 = [{ratios}] (median {reps['ratio_median']:.2f});"
+                         f" c1 p50 ms = {[round(v, 3) for v in reps['c1_p50_ms']]}")
+            cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
+            cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
+            lines.append(f"- server CPU per request: /ping {cpu_ping} us, batch 1 CSV {cpu_b1} us")
+        if isinstance(results.get("mms"), dict):
+            mms = results["mms"]
+            for key in ("small/b1/csv/c8", "small/b64/csv/c8", "small/b512/csv/c8"):
+                if key in mms and key in ours:
+                    lines.append(f"- {key} ours / MMS: {ours[key]['rps'] / mms[key]['rps']:.2f}"
+                                 f" (server CPU/req {ours[key].get('cpu_us_per_req', 0):.0f} vs {mms[key].get('cpu_us_per_req', 0):.0f} us)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=2, help="seconds per HTTP cell (default 2)")
+    parser.add_argument("--inproc-seconds", type=float, default=0.7, help="seconds per in-process cell")
+    parser.add_argument("--full", action="store_true", help="the whole matrix for the medium model too")
+    parser.add_argument("--medium", choices=("gbt", "mlp"), default="gbt")
+    parser.add_argument("--worker-classes", default="sync", help="comma list of gunicorn worker classes to measure")
+    parser.add_argument("--anchors", default="naive,mms", help="comma list of anchors to measure (naive, mms, or none)")
+    parser.add_argument("--mms-venv", default=os.environ.get("SELFMAKER_MMS_VENV", "/tmp/selfmaker-mms-venv"),
+                        help="venv with /work/shared/anchors/requirements.txt installed (multi-model-server)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of the goal cells")
+    parser.add_argument("--setup-mms", action="store_true", help="create the MMS venv (pip) if it is missing")
+    parser.add_argument("--work", default=None, help="directory for models and logs (default: a temp dir)")
+    parser.add_argument("--out", default=None, help="write the raw results as JSON here")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-serving-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log_dir = work / "logs"
+    log_dir.mkdir(exist_ok=True)
+    models = build_models(work / "art", args.medium)
+    concs = [1, 8, 32]
+    roles = ["small", "medium"]
+    small_cells = [(b, f, c) for b in BATCHES for f in FORMATS for c in concs]
+    medium_cells = small_cells if args.full else [(b, f, 8) for b in BATCHES for f in FORMATS]
+
+    results: dict[str, Any] = {"seconds": args.seconds, "work": str(work)}
+    print(f"# bench.serving (work dir {work}, {args.seconds}s per HTTP cell)", flush=True)
+    results["in_process"] = in_process(models, args.inproc_seconds, roles)
+    for worker_class in [w for w in args.worker_classes.split(",") if w]:
+        ours = run_ours(models, "small", small_cells, args.seconds, log_dir, worker_class, args.reps)
+        medium = run_ours(models, "medium", medium_cells, args.seconds, log_dir, worker_class)
+        ours.update({k: v for k, v in medium.items() if not k.startswith("ping")})
+        results[f"ours/{worker_class}"] = ours
+    anchor_cells = [(1, "csv", 8), (64, "csv", 8), (1, "csv", 1), (512, "csv", 8)]
+    anchors = [a for a in args.anchors.split(",") if a and a != "none"]
+    if "naive" in anchors:
+        try:
+            results["naive"] = run_naive(models, anchor_cells, args.seconds, log_dir)
+        except Exception as exc:  # an anchor failing must not lose our own figures
+            results["naive"] = f"failed: {exc}"
+    if "mms" in anchors:
+        mms_python = Path(args.mms_venv) / "bin" / "python"
+        if args.setup_mms and not mms_python.exists():
+            subprocess.run([sys.executable, "-m", "venv", args.mms_venv], check=True, timeout=300)
+            subprocess.run([str(mms_python), "-m", "pip", "install", "-q", "-r", str(ANCHORS / "requirements.txt")],
+                           check=False, timeout=1800)
+        if not mms_python.exists():
+            results["mms"] = f"no MMS venv at {args.mms_venv} (python3 -m venv it and pip install -r {ANCHORS}/requirements.txt)"
+        else:
+            try:
+                results["mms"] = run_mms(models, anchor_cells, args.seconds, log_dir, mms_python)
+            except Exception as exc:
+                results["mms"] = f"failed: {str(exc)[:300]}"
+    print("\n".join(report(results, roles, concs)))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
