@@ -26,9 +26,16 @@ def document(*statements: Document) -> Document:
     return {"Version": "2012-10-17", "Statement": list(statements)}
 
 
-def assume_role_policy(service: str) -> Document:
-    """Trust policy letting ``service`` (e.g. ``ec2.amazonaws.com``) assume the role."""
-    return document({"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"})
+def assume_role_policy(service: str, source_account: str | None = None) -> Document:
+    """Trust policy letting ``service`` (e.g. ``ec2.amazonaws.com``) assume the role.
+
+    ``source_account`` limits a service acting on behalf of resources (flow logs) to this account
+    (the confused-deputy guard AWS recommends).
+    """
+    statement: Document = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    if source_account:
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": source_account}}
+    return document(statement)
 
 
 def _objects(bucket_arn: str, prefix: str) -> str:

@@ -58,7 +58,7 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         vpc_cidr=cfg.network.vpc_cidr, availability_zones=zones[: cfg.network.az_count], region=region, tags=tags,
         nat_gateways=cfg.network.nat_gateways, interface_endpoints=cfg.network.interface_endpoints,
         flow_logs=cfg.network.flow_logs, flow_logs_retention_days=cfg.network.flow_logs_retention_days,
-        service_prefix=partition_info.reverse_dns_prefix or "com.amazonaws",
+        service_prefix=partition_info.reverse_dns_prefix or "com.amazonaws", account_id=account_id,
     ))
     store = ModelStore("store", ModelStoreArgs(
         tags=tags, encryption=cfg.storage.encryption, outputs_expiration_days=cfg.storage.outputs_expiration_days,

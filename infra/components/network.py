@@ -29,6 +29,7 @@ class NetworkArgs:
     flow_logs: bool = True
     flow_logs_retention_days: int = 90
     service_prefix: str = "com.amazonaws"
+    account_id: str | None = None
     plan: cidr.SubnetPlan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -158,7 +159,8 @@ class Network(pulumi.ComponentResource):
             )
             role = aws.iam.Role(
                 naming.child_name(name, "flow-logs-role"),
-                assume_role_policy=json.dumps(policies.assume_role_policy("vpc-flow-logs.amazonaws.com")),
+                assume_role_policy=json.dumps(
+                    policies.assume_role_policy("vpc-flow-logs.amazonaws.com", source_account=args.account_id)),
                 tags=tagged("flow-logs-role"), opts=child,
             )
             aws.iam.RolePolicy(

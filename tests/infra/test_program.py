@@ -167,8 +167,10 @@ def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
     assert attached == {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
     for role in dev_run.of_type("aws:iam/role:Role"):
-        principal = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"]
-        assert principal in ({"Service": "ec2.amazonaws.com"}, {"Service": "vpc-flow-logs.amazonaws.com"})
+        trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
+        assert trust["Principal"] in ({"Service": "ec2.amazonaws.com"}, {"Service": "vpc-flow-logs.amazonaws.com"})
+        if trust["Principal"]["Service"] == "vpc-flow-logs.amazonaws.com":
+            assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
 
 
 def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiHarness) -> None:
