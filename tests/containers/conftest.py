@@ -1,50 +1,31 @@
 """Fixtures of the container tests: a working engine (installed when missing), the shared Debian base,
 the tiny BYOC test image and selfmaker's CPU image -- all built here, nothing pulled from a registry.
 
-Every test in this package is marked ``container``. They skip only when no engine works and none can be
+Every test here that needs an engine is marked ``container``. Those skip only when no engine works and none can be
 installed (``scripts/install-engine.sh`` needs root and apt); they fail when an engine exists but a
 build fails.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from containers_helpers import run  # noqa: E402  (tests/containers is on sys.path)
+from containers_helpers import BYOC_IMAGE, SELFMAKER_AS_BYOC, SELFMAKER_IMAGE, run
 
 ROOT = Path(__file__).resolve().parents[2]
-BYOC_IMAGE = "localhost/byoc-flask-test:latest"
-SELFMAKER_IMAGE = "localhost/selfmaker:latest"
-#: selfmaker's image under a repository name the platform classifies as "container" (not selfmaker*),
-#: so `selfmaker up` runs it through the container executor instead of a local process
-SELFMAKER_AS_BYOC = "localhost/smk-image-under-test:latest"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this package that needs an engine (uses the ``engine`` fixture) ``container``."""
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if here in Path(str(item.fspath)).parents and "engine" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.container)
-
-
-def load_platform_helpers() -> Any:
-    """tests/selfmaker/platform_helpers.py (tests/ is no package; loaded by path, shared module)."""
-    if "platform_helpers" in sys.modules:
-        return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["platform_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

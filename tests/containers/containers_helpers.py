@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BYOC_IMAGE = "localhost/byoc-flask-test:latest"
+SELFMAKER_IMAGE = "localhost/selfmaker:latest"
+#: selfmaker's image under a repository name the platform classifies as "container" (not selfmaker*),
+#: so `selfmaker up` runs it through the container executor instead of a local process
+SELFMAKER_AS_BYOC = "localhost/smk-image-under-test:latest"
 
 
 def run(cmd: list[str], timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,3 +40,15 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def load_platform_helpers() -> Any:
+    """tests/selfmaker/platform_helpers.py (tests/ is no package; loaded by path, shared module)."""
+    if "platform_helpers" in sys.modules:
+        return sys.modules["platform_helpers"]
+    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["platform_helpers"] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,87 @@
+"""The image's package list (images/requirements*.txt) covers every third-party import of serving/ and
+training/ -- the code that runs inside the image -- so a new import cannot silently break `serve`/`train`
+in the container. Checked against this environment's installed metadata (no engine needed)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: image requirement → the distribution installed here that provides the same modules
+ALIASES = {"xgboost-cpu": "xgboost", "onnxruntime-gpu": "onnxruntime"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements(path: Path) -> set[str]:
+    names: set[str] = set()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("-r "):
+            names |= _requirements(path.parent / line[3:].strip())
+            continue
+        names.add(_norm(re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0]))
+    return names
+
+
+def _closure(names: set[str]) -> set[str]:
+    """The requirements plus everything they pull in (per the installed metadata)."""
+    seen: set[str] = set()
+    todo = [ALIASES.get(n, n) for n in names]
+    while todo:
+        name = _norm(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for req in requires:
+            if "extra ==" in req:
+                continue
+            todo.append(re.split(r"[<>=!~;\[ (]", req, maxsplit=1)[0])
+    return seen
+
+
+def _third_party_imports() -> dict[str, str]:
+    """top-level module → first file importing it, for serving/ and training/."""
+    found: dict[str, str] = {}
+    for package in ("serving", "training"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    mods = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    mods = [node.module]
+                else:
+                    continue
+                for mod in mods:
+                    top = mod.split(".")[0]
+                    if top not in sys.stdlib_module_names and top not in {"serving", "training", "__future__"}:
+                        found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+@pytest.mark.parametrize("requirements", ["requirements.txt", "requirements-gpu.txt"])
+def test_image_requirements_cover_serving_and_training_imports(requirements: str) -> None:
+    provided = _closure(_requirements(ROOT / "images" / requirements))
+    providers = metadata.packages_distributions()
+    missing = {}
+    for module, where in _third_party_imports().items():
+        dists = {_norm(d) for d in providers.get(module, [])}
+        if not dists:
+            missing[module] = f"{where} (not installed here either)"
+        elif not dists & provided:
+            missing[module] = f"{where} (from {', '.join(sorted(dists))})"
+    assert not missing, f"add to images/{requirements} (or requirements-common.txt): {missing}"
