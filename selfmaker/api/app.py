@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -28,6 +27,7 @@ from selfmaker import logcontext
 from selfmaker.api.common import compact
 from selfmaker.api.validation import service_model, validate_request
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
+from selfmaker.endpoints.upstream import ConnectError, UpstreamError
 from selfmaker.errors import (
     InternalFailure,
     ModelError,
@@ -152,8 +152,8 @@ async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str,
     if status >= 400:
         raise model_error(platform, runtime.name, status, payload)
     record.response_body = payload
-    record.response_content_type = resp_headers.get("Content-Type")
-    record.response_custom_attributes = resp_headers.get("X-Amzn-SageMaker-Custom-Attributes")
+    record.response_content_type = resp_headers.get("content-type")
+    record.response_custom_attributes = resp_headers.get("x-amzn-sagemaker-custom-attributes")
     response_headers = {"x-Amzn-Invoked-Production-Variant": variant.name, "x-amzn-RequestId": request_id}
     if record.response_custom_attributes:
         response_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.response_custom_attributes) or ""
@@ -169,19 +169,20 @@ async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str,
 
 
 async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: VariantRuntime, body: bytes,
-                       headers: dict[str, str], *, attempts: int = 3) -> tuple[int, bytes, Any]:
-    """POST ``body`` to an instance of ``variant`` (least outstanding); retried on another instance only
-    when the connection could not be made (the request never reached a model server)."""
+                       headers: dict[str, str], *, attempts: int = 3) -> tuple[int, bytes, dict[str, str]]:
+    """POST ``body`` to ``/invocations`` of an instance of ``variant`` (least outstanding requests).
+
+    Returns ``(status, body, headers with lower-cased names)``. Retried on another instance only when no
+    connection could be made (the request never reached a model server); other failures raise ModelError.
+    """
     pool = variant.pool
-    timeout = platform.invocation_timeout
+    timeout = platform.settings.invocation_timeout
     for attempt in range(attempts):
         instance = await pool.acquire()
         try:
-            async with platform.session.post(instance.invocations_url, data=body, headers=headers,
-                                             timeout=timeout) as resp:
-                payload = await resp.read()
-                return resp.status, payload, resp.headers
-        except aiohttp.ClientConnectorError:
+            resp = await instance.upstream.request("POST", "/invocations", headers, body, timeout)
+            return resp.status, resp.body, resp.headers
+        except ConnectError:
             platform.endpoints.mark_dead(pool, instance)
             if attempt == attempts - 1:
                 raise ModelError(
@@ -195,9 +196,9 @@ async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: Va
                 "CloudWatch, resolve the issue, and try again.\". "
                 f"See `selfmaker logs {runtime.name}` for more information.",
                 extra=_model_error_extra(platform, runtime.name, 0, "timeout")) from None
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise ModelError(
-                f"Received server error (0) from primary with message \"{type(exc).__name__}\". "
+                f"Received server error (0) from primary with message \"{exc}\". "
                 f"See `selfmaker logs {runtime.name}` for more information.",
                 extra=_model_error_extra(platform, runtime.name, 0, "connection error")) from None
         finally:

@@ -145,6 +145,7 @@ class EndpointManager:
         if not await instance.drained(self.settings.drain_timeout):
             log.warning("instance %s still had %d requests after %ss; stopping it", instance.instance_id,
                         instance.outstanding, self.settings.drain_timeout)
+        instance.upstream.close()
         await instance.handle.stop(self.settings.stop_grace)
         self.store.remove_instance(instance.instance_id)
 

@@ -27,8 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from selfmaker.errors import ServiceUnavailable, ValidationError
+from selfmaker.endpoints.upstream import UpstreamPool
 from selfmaker.executors.base import InstanceHandle
 from serving.router import WeightedChoice, least_outstanding
 
@@ -38,12 +40,15 @@ log = logging.getLogger(__name__)
 class Instance:
     """One running model server in a pool, with its count of in-flight requests."""
 
-    __slots__ = ("handle", "url", "invocations_url", "outstanding", "draining", "_idle", "served")
+    __slots__ = ("handle", "url", "invocations_url", "outstanding", "draining", "_idle", "served", "upstream")
 
     def __init__(self, handle: InstanceHandle) -> None:
         self.handle = handle
         self.url = handle.url
         self.invocations_url = handle.url + "/invocations"
+        parsed = urlsplit(handle.url)
+        #: keep-alive connections to this model server (selfmaker.endpoints.upstream)
+        self.upstream = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.outstanding = 0
         self.served = 0
         self.draining = False
