@@ -231,7 +231,7 @@ def _storage(raw: Mapping[str, Any]) -> StorageConfig:
     )
 
 
-def _warm_pool(field_name: str, value: Any, group: Mapping[str, Any]) -> WarmPoolConfig | None:
+def _warm_pool(field_name: str, value: Any) -> WarmPoolConfig | None:
     if value is None or value is False:
         return None
     if value is True:
@@ -282,7 +282,7 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> Gr
     on_demand_base = _int(f("onDemandBase"), raw.get("onDemandBase", 0), lo=0, hi=max_size)
     spot = _int(f("spotPercentage"), raw.get("spotPercentage", 0), lo=0, hi=100)
     rebalance = _bool(f("capacityRebalance"), raw.get("capacityRebalance", spot > 0))
-    warm_pool = _warm_pool(f("warmPool"), raw.get("warmPool"), raw)
+    warm_pool = _warm_pool(f("warmPool"), raw.get("warmPool"))
     if warm_pool is not None:
         # AWS refuses warm pools on groups with a mixed instances policy (several types or spot).
         if spot > 0:

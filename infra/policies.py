@@ -111,6 +111,10 @@ class RoleScope:
     checkpoint_prefix: str = "checkpoints/"
     async_prefix: str = "async/"
     kms_key_arn: str | None = None
+    #: ARN pattern of the account's Auto Scaling groups and the tags that mark this stack's groups;
+    #: training instances use them to take themselves out of their group when the job is done.
+    autoscaling_group_pattern: str | None = None
+    stack_tags: tuple[tuple[str, str], ...] = ()
 
 
 def serving_policy(scope: RoleScope) -> Document:
@@ -123,9 +127,22 @@ def serving_policy(scope: RoleScope) -> Document:
     )
 
 
+def finish_job(scope: RoleScope) -> list[Document]:
+    """Let a training instance terminate itself and decrement its group, only in this stack's groups."""
+    if not scope.autoscaling_group_pattern:
+        return []
+    if not scope.stack_tags:
+        raise ValueError("stack_tags are needed to scope the Auto Scaling permission")
+    return [{"Sid": "FinishJob", "Effect": "Allow", "Action": "autoscaling:TerminateInstanceInAutoScalingGroup",
+             "Resource": scope.autoscaling_group_pattern,
+             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{k}": v for k, v in scope.stack_tags}}}]
+
+
 def training_policy(scope: RoleScope) -> Document:
-    """Training instances: read data, write output and checkpoints (read back to resume), pull, log."""
+    """Training instances: read data, write output and checkpoints (read back to resume), pull, log,
+    and leave their group when the job is done."""
     return document(
+        *finish_job(scope),
         *s3_read("Data", scope.data_bucket_arn, scope.data_prefix),
         *s3_write("Output", scope.outputs_bucket_arn, scope.training_output_prefix),
         *s3_write("Checkpoints", scope.outputs_bucket_arn, scope.checkpoint_prefix, read=True, delete=True),

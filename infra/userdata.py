@@ -46,6 +46,7 @@ class UserDataSpec:
     checkpoint_uri: str | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     checkpoint_sync_seconds: int = 300
+    terminate_when_done: bool = True
     ml_root: str = "/opt/ml"
 
 
@@ -226,8 +227,19 @@ if [ -f "$ML_ROOT/output/failure" ]; then
   aws s3 cp "$ML_ROOT/output/failure" "$OUTPUT/failure" --only-show-errors
 fi
 echo "selfmaker: training job $JOB_NAME finished with exit code $RC"
-exit "$RC"
+{_finish(spec)}exit "$RC"
 """
+
+
+def _finish(spec: UserDataSpec) -> str:
+    if not spec.terminate_when_done:
+        return ""
+    # One job per instance: leave the group (and lower its desired capacity) so nothing idles on a
+    # GPU; a spot interruption instead keeps desired capacity and the replacement resumes.
+    return (
+        'aws autoscaling terminate-instance-in-auto-scaling-group --region "$REGION" '
+        '--instance-id "$INSTANCE_ID" --should-decrement-desired-capacity || true\n'
+    )
 
 
 def render_user_data(spec: UserDataSpec) -> str:

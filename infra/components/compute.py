@@ -111,8 +111,6 @@ class InstanceGroupArgs:
                 raise bad("channels", "a training group needs at least one channel")
             if self.output_uri is None or self.checkpoint_uri is None:
                 raise bad("output_uri", "a training group needs output_uri and checkpoint_uri")
-        if self.role == "serve" and self.ingress_security_group_ids and self.port < 1024:
-            raise bad("port", "use an unprivileged port (>= 1024)")
 
 
 class InstanceGroup(pulumi.ComponentResource):

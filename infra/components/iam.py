@@ -45,6 +45,8 @@ class RolesArgs:
                 raise ValueError(f"RolesArgs.{name}: required")
         if not self.account_id.isdigit() or len(self.account_id) != 12:
             raise ValueError(f"RolesArgs.account_id: {self.account_id!r} is not a 12-digit account id")
+        if not {"Project", "Stack"} <= set(self.tags):
+            raise ValueError("RolesArgs.tags: Project and Stack tags are needed to scope permissions")
         if naming.normalize_key_prefix(self.model_prefix) != self.model_prefix or not self.model_prefix:
             raise ValueError(f"RolesArgs.model_prefix: {self.model_prefix!r} must look like 'models/'")
 
@@ -66,6 +68,10 @@ class Roles(pulumi.ComponentResource):
                     queue_pattern=naming.prefixed_arn_pattern(args.partition, "sqs", args.region, args.account_id, args.prefix),
                     topic_pattern=naming.prefixed_arn_pattern(args.partition, "sns", args.region, args.account_id, args.prefix),
                     model_prefix=args.model_prefix, kms_key_arn=values["kms"],
+                    autoscaling_group_pattern=(
+                        f"arn:{args.partition}:autoscaling:{args.region}:{args.account_id}:autoScalingGroup:*"
+                        ":autoScalingGroupName/*"),
+                    stack_tags=tuple((k, args.tags[k]) for k in ("Project", "Stack") if k in args.tags),
                 )
                 return json.dumps(_BUILDERS[kind](scope))
 

@@ -146,6 +146,7 @@ def test_roles_use_the_partition_and_optional_ssm(pulumi_harness: PulumiHarness)
     ({"account_id": "12345"}, "account_id"),
     ({"region": ""}, "region"),
     ({"model_prefix": "/models"}, "model_prefix"),
+    ({"tags": {"Project": "selfmaker"}}, "tags"),
 ])
 def test_roles_args_validation(over: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^RolesArgs\.{field}:"):

@@ -185,6 +185,9 @@ def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiH
     outputs = dev_run.named("store-outputs").state["arn"]
     assert training["CheckpointsObjects"]["Resource"] == f"{outputs}/checkpoints/*"
     assert "s3:PutObject" not in json.dumps(training["DataGet"])
+    assert training["FinishJob"]["Resource"] == \
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/*"
+    assert training["FinishJob"]["Condition"]["StringEquals"]["autoscaling:ResourceTag/Stack"] == "dev"
     asynchronous = {s["Sid"]: s for s in json.loads(dev_run.named("roles-async-policy").inputs["policy"])["Statement"]}
     assert asynchronous["Queues"]["Resource"] == "arn:aws:sqs:us-east-1:123456789012:selfmaker-dev-*"
     assert asynchronous["Topics"]["Resource"] == "arn:aws:sns:us-east-1:123456789012:selfmaker-dev-*"

@@ -190,6 +190,8 @@ SCOPE = policies.RoleScope(
     log_group_pattern="arn:aws:logs:us-east-1:123456789012:log-group:/p/*",
     queue_pattern="arn:aws:sqs:us-east-1:123456789012:p-*", topic_pattern="arn:aws:sns:us-east-1:123456789012:p-*",
     kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/k",
+    autoscaling_group_pattern="arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/*",
+    stack_tags=(("Project", "selfmaker"), ("Stack", "dev")),
 )
 
 
@@ -228,6 +230,15 @@ def test_training_reads_data_and_writes_output_and_checkpoints() -> None:
     assert "s3:PutObject" in _actions_on(doc, "arn:aws:s3:::outputs-b/training/")
     assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"} <= _actions_on(doc, "arn:aws:s3:::outputs-b/checkpoints/")
     assert not _actions_on(doc, "arn:aws:s3:::models-b")
+    finish = next(st for st in doc["Statement"] if st["Sid"] == "FinishJob")
+    assert finish["Action"] == "autoscaling:TerminateInstanceInAutoScalingGroup"
+    assert finish["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/Project": "selfmaker",
+                                                    "autoscaling:ResourceTag/Stack": "dev"}}
+    assert "FinishJob" not in {st["Sid"] for st in policies.serving_policy(SCOPE)["Statement"]}
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="stack_tags"):
+        policies.training_policy(replace(SCOPE, stack_tags=()))
 
 
 def test_async_workers_use_the_stack_queues_and_topics() -> None:

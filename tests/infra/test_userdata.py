@@ -161,6 +161,9 @@ def test_train_script_prepares_opt_ml_runs_train_and_uploads_artifacts(tmp_path:
     with tarfile.open(root / "output/model.tar.gz") as tar:
         assert "./model.onnx" in tar.getnames()
     assert not [c for c in calls if c[0] == "aws" and c[-2:] == [f"{out}/failure", "--only-show-errors"]]
+    # one job per instance: it leaves its group afterwards, lowering the desired capacity
+    assert calls[-1] == ["aws", "autoscaling", "terminate-instance-in-auto-scaling-group", "--region", "eu-west-1",
+                         "--instance-id", "i-0123456789abcdef0", "--should-decrement-desired-capacity"]
 
 
 def test_failed_training_uploads_the_failure_file_and_exits_non_zero(tmp_path: Path) -> None:
@@ -171,6 +174,14 @@ def test_failed_training_uploads_the_failure_file_and_exits_non_zero(tmp_path: P
     out = "s3://outputs-b/training/train-gpu/train-gpu-i-0123456789abcdef0/output"
     assert ["aws", "s3", "cp", f"{root}/output/failure", f"{out}/failure", "--only-show-errors"] in calls
     assert not [c for c in calls if c[:3] == ["aws", "s3", "cp"] and c[4].endswith("model.tar.gz")]
+    assert calls[-1][:3] == ["aws", "autoscaling", "terminate-instance-in-auto-scaling-group"]
+
+
+def test_training_instances_can_stay_in_their_group(tmp_path: Path) -> None:
+    spec = replace(_train_spec(tmp_path), terminate_when_done=False)
+    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in calls if c[:2] == ["aws", "autoscaling"]]
 
 
 def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
