@@ -16,6 +16,7 @@ import pulumi
 import pytest
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
@@ -110,17 +111,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         if request.type != "pulumi:pulumi:Stack":
             registered = self.resources[response.urn]
             self.registrations.append(Registration(
-                type=request.type, name=request.name, inputs=pulumi_mocks._sync_await(_inputs(request)),
+                type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.object),
                 urn=response.urn, parent=request.parent, custom=bool(request.custom), id=registered.id,
                 state=registered.state,
             ))
         return response
-
-
-async def _inputs(request: Any) -> dict[str, Any]:
-    from pulumi.runtime import rpc
-
-    return rpc.deserialize_properties(request.object)
 
 
 @dataclass
