@@ -24,11 +24,23 @@ from typing import Any
 ANCHORS = Path(os.environ.get("SELFMAKER_ANCHORS", "/work/shared/anchors"))
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(below: int | None = None) -> int:
+    """A free TCP port on 127.0.0.1 (``below``: under that number — MMS refuses ports >= 32768)."""
+    if below is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20000, below)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {below}")
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -51,6 +63,28 @@ class Proc:
     log_path: Path
 
     def stop(self) -> None:
+        import psutil
+
+        try:  # descendants may have left our process group (MMS's Java starts its own)
+            descendants = psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        try:
+            self._stop_group()
+        finally:
+            for child in descendants:
+                try:
+                    child.terminate()
+                except psutil.NoSuchProcess:
+                    continue
+            _, alive = psutil.wait_procs(descendants, timeout=10)
+            for child in alive:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
+
+    def _stop_group(self) -> None:
         if self.popen.poll() is not None:
             return
         pgid = self.popen.pid  # start_new_session=True: the group id is the leader's pid

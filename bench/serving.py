@@ -173,7 +173,7 @@ def run_naive(models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int
 
 def run_mms(models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int]], seconds: int, log_dir: Path,
             mms_python: Path) -> dict[str, Any]:
-    port = free_port()
+    port = free_port(below=32768)
     base = Path(tempfile.mkdtemp(prefix="mms-", dir=log_dir))
     proc = start("mms-toolkit", [str(mms_python), str(ANCHORS / "mms" / "serve.py"), str(base), str(models["small"]["onnx"]), str(port)],
                  cwd=str(base), log_dir=log_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +60,20 @@ class Metrics:
             self._map = bytearray(N_SLOTS * 8)
         # a memoryview of doubles: item updates are plain C stores, far cheaper than numpy scalars
         self._slots = memoryview(self._map).cast("d")
+        # uncontended with sync workers; keeps read-modify-write exact with gthread workers
+        self._lock = threading.Lock()
 
     def observe(self, path: str, status: int, total_seconds: float, model_seconds: float | None) -> None:
         """Record one request (``model_seconds`` None when no model work happened)."""
         slots = self._slots
         status_index = _STATUS_INDEX.get(status, len(STATUSES))
-        slots[_REQ + _PATH_INDEX.get(path, len(PATHS) - 1) * _N_STATUS + status_index] += 1
-        if status >= 400 and path == "/invocations":
-            slots[_ERR + status_index] += 1
-        if model_seconds is not None:
-            self._hist(_MODEL, model_seconds)
-            self._hist(_OVERHEAD, max(0.0, total_seconds - model_seconds))
+        with self._lock:
+            slots[_REQ + _PATH_INDEX.get(path, len(PATHS) - 1) * _N_STATUS + status_index] += 1
+            if status >= 400 and path == "/invocations":
+                slots[_ERR + status_index] += 1
+            if model_seconds is not None:
+                self._hist(_MODEL, model_seconds)
+                self._hist(_OVERHEAD, max(0.0, total_seconds - model_seconds))
 
     def _hist(self, base: int, value: float) -> None:
         slots = self._slots

@@ -216,9 +216,13 @@ def test_s3_model_data_through_moto(
     s3.create_bucket(Bucket="serving-models")
     archive = tar_dir(binary_model, tmp_path_factory.mktemp("s3src") / "model.tar.gz")
     s3.upload_file(str(archive), "serving-models", "m/model.tar.gz")
-    server = serve(
+    server = serve(  # also exercises the gthread worker class
         "--model-data", "s3://serving-models/m/model.tar.gz",
-        env={"AWS_ENDPOINT_URL_S3": moto_server}, workers=2,
+        env={"AWS_ENDPOINT_URL_S3": moto_server, "SELFMAKER_SERVE_WORKER_CLASS": "gthread"}, workers=2,
     )
     direct = serve("--model-dir", str(binary_model))
-    assert post(server, ROW).json() == post(direct, ROW).json()
+    with requests.Session() as session:  # keep-alive connections on gthread workers
+        for _ in range(5):
+            answer = session.post(server.url + "/invocations", data=ROW, headers={"Content-Type": "text/csv"}, timeout=10)
+            assert answer.json() == post(direct, ROW).json()
+    assert "Using worker: gthread" in server.log()
