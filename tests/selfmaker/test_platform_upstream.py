@@ -155,7 +155,7 @@ def test_connect_error_timeout_and_broken_responses() -> None:
     async def main() -> None:
         with pytest.raises(ConnectError):
             await UpstreamPool("127.0.0.1", dead_port).request("POST", "/", {}, b"", 5)
-        for handler, error, timeout, match in ((silent, asyncio.TimeoutError, 0.2, ""),
+        for handler, error, timeout, match in ((silent, asyncio.TimeoutError, 0.2, None),
                                                (hang_up, UpstreamClosed, 5, "before a complete response"),
                                                (garbage, UpstreamError, 5, "bad status line")):
             server, port = await _serve(handler)
