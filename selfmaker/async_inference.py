@@ -586,3 +586,11 @@ def backlog_by_endpoint(home: Path) -> dict[str, int]:
     finally:
         conn.close()
     return {str(q): int(n) for q, n in rows}
+
+
+def endpoint_backlog(backlogs: dict[str, int], name: str, doc: dict[str, Any]) -> int | None:
+    """The backlog of endpoint ``name`` for ``selfmaker status``: None unless it is an async endpoint."""
+    if name in backlogs:
+        return backlogs[name]
+    config = doc.get("_Config") or {}
+    return 0 if config.get("AsyncInferenceConfig") else None

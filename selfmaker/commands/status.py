@@ -17,7 +17,7 @@ def _time(value: float | None) -> str:
 
 def collect(home: Path) -> dict[str, Any]:
     """Everything `status` shows, as data."""
-    from selfmaker.async_inference import backlog_by_endpoint
+    from selfmaker.async_inference import backlog_by_endpoint, endpoint_backlog
     from selfmaker.state import StateStore
 
     store = StateStore(home / "state.db")
@@ -34,7 +34,8 @@ def collect(home: Path) -> dict[str, Any]:
             endpoints.append({"EndpointName": record.name, "EndpointStatus": record.status,
                               "EndpointConfigName": record.doc.get("EndpointConfigName"),
                               "FailureReason": record.doc.get("FailureReason"), "Variants": variants,
-                              "CreationTime": record.created, "AsyncBacklog": async_backlog.get(record.name)})
+                              "CreationTime": record.created,
+                              "AsyncBacklog": endpoint_backlog(async_backlog, record.name, record.doc)})
         jobs = [{"TrainingJobName": r.name, "TrainingJobStatus": r.status,
                  "SecondaryStatus": r.doc.get("SecondaryStatus"), "FailureReason": r.doc.get("FailureReason"),
                  "CreationTime": r.created} for r in store.list("training-job")]

@@ -81,6 +81,17 @@ class InputStream:
         self.close()
 
 
+def _remaining(source: IO[bytes]) -> int | None:
+    """Bytes left in a seekable stream (None when it cannot tell)."""
+    try:
+        here = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(here)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(end - here)
+
+
 class ObjectStore:
     """s3:// (boto3; honours ``AWS_ENDPOINT_URL``) and file:// objects."""
 
@@ -168,9 +179,14 @@ class ObjectStore:
                 extra["ContentType"] = content_type
             if metadata:
                 extra["Metadata"] = {k: meta_value(v) for k, v in metadata.items()}
-            config = TransferConfig(multipart_threshold=self._multipart_threshold, use_threads=False)
+            size = _remaining(source)
             try:
-                self.s3.upload_fileobj(source, bucket, key, ExtraArgs=extra, Config=config)
+                if size is not None and size < self._multipart_threshold:
+                    # one PUT; a transfer manager per call costs more than the request itself
+                    self.s3.put_object(Bucket=bucket, Key=key, Body=source, **extra)
+                else:
+                    config = TransferConfig(multipart_threshold=self._multipart_threshold, use_threads=False)
+                    self.s3.upload_fileobj(source, bucket, key, ExtraArgs=extra, Config=config)
             except (ClientError, BotoCoreError) as exc:
                 raise ObjectError(f"could not write {uri}: {exc}") from exc
             return

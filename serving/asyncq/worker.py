@@ -231,11 +231,14 @@ class AsyncWorker:
     def _process(self, job: _Job) -> None:
         lease = job.lease
         request = lease.request
+        began = time.perf_counter()
+        marks: dict[str, float] = {}
         outcome = self._known_outcome(lease)
         body: bytes | None = None
         if outcome is None:
             try:
                 decision = self._decide(job)
+                marks["decide"] = time.perf_counter()
             except _Retry as exc:
                 if lease.receive_count < self.settings.max_attempts:
                     raise
@@ -254,8 +257,10 @@ class AsyncWorker:
                     content_type=decision.object_content_type,
                     metadata=event_meta,
                 )
+                marks["write"] = time.perf_counter()
                 outcome = decision.outcome
                 self.queue.state.put(self.queue.name, request.inference_id, "outcome", outcome.to_json())
+                marks["record"] = time.perf_counter()
                 if embeds_response(request, outcome):
                     decision.body.seek(0)
                     body = decision.body.read(128 * 1024 + 1)
@@ -268,7 +273,16 @@ class AsyncWorker:
         else:
             self._enter_storing(job)
         self._notify(job, outcome, body)
-        if not self.queue.ack(lease):
+        marks["notify"] = time.perf_counter()
+        acked = self.queue.ack(lease)
+        if log.isEnabledFor(logging.DEBUG):
+            steps, last = [], began
+            for step, at in marks.items():
+                steps.append(f"{step} {1000 * (at - last):.1f}")
+                last = at
+            log.debug("%s %s in %.1f ms (%s, ack %.1f)", request.inference_id, outcome.status,
+                      1000 * (time.perf_counter() - began), ", ".join(steps), 1000 * (time.perf_counter() - last))
+        if not acked:
             log.info("ack of %s lost its lease (another worker finishes it idempotently)", request.inference_id)
 
     def _enter_storing(self, job: _Job) -> None:

@@ -305,7 +305,11 @@ def test_scale_to_zero_and_back(platform: Any, moto_server: str, model_tar: str)
     wait_until(lambda: instances() == 0, timeout=60, what="scale to zero")
     status = subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home), "--json"],
                             capture_output=True, text=True, timeout=60, check=True)
-    assert "async-zero" in status.stdout
+    (entry,) = [e for e in json.loads(status.stdout)["endpoints"] if e["EndpointName"] == "async-zero"]
+    assert entry["AsyncBacklog"] == 0
+    metrics = requests.get(f"{platform.url}/metrics", timeout=10).text
+    assert 'selfmaker_async_backlog_size{endpoint="async-zero"} 0' in metrics
+    assert 'selfmaker_async_has_backlog_without_capacity{endpoint="async-zero"} 0' in metrics
     src = aws.put("in/z.csv", ROWS)
     resp = platform.runtime().invoke_endpoint_async(EndpointName="async-zero", InputLocation=src,
                                                     ContentType="text/csv")
