@@ -129,6 +129,13 @@ class Network(pulumi.ComponentResource):
             naming.child_name(name, "workload-sg"), vpc_id=self.vpc.id,
             description="selfmaker instances (attached to every instance group)", tags=tagged("workload-sg"), opts=child,
         )
+        # Security groups here start without the default allow-all egress; workload instances may open
+        # connections to each other (what they accept is still decided by each group's own ingress rules).
+        aws.vpc.SecurityGroupEgressRule(
+            naming.child_name(name, "workload-peers-out"), security_group_id=self.workload_security_group.id,
+            referenced_security_group_id=self.workload_security_group.id, ip_protocol="-1",
+            description="to other selfmaker instances", tags=tagged("workload-peers-out"), opts=child,
+        )
         self.endpoint_security_group: aws.ec2.SecurityGroup | None = None
         self.interface_endpoints: dict[str, aws.ec2.VpcEndpoint] = {}
         if args.interface_endpoints:

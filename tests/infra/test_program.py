@@ -154,6 +154,11 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
     assert dev_run.named("network-endpoints-https").inputs["referencedSecurityGroupId"] == workload
     peers = dev_run.named("train-gpu-peers").inputs
     assert peers["referencedSecurityGroupId"] == peers["securityGroupId"] == dev_run.named("train-gpu-sg").id
+    peers_out = dev_run.named("network-workload-peers-out").inputs
+    assert peers_out["referencedSecurityGroupId"] == peers_out["securityGroupId"] == workload
+    for egress in dev_run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"):
+        if egress.inputs.get("cidrIpv4") == "0.0.0.0/0":  # the only egress to the world is HTTPS
+            assert (egress.inputs["ipProtocol"], egress.inputs["fromPort"], egress.inputs["toPort"]) == ("tcp", 443, 443)
     default_sg = dev_run.named("network-default-sg").inputs
     assert default_sg["ingress"] == [] and default_sg["egress"] == []
 
