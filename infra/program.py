@@ -46,7 +46,10 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
     region = aws.get_region().region
     account_id = aws.get_caller_identity().account_id
     partition_info = aws.get_partition()
-    zones = aws.get_availability_zones(state="available").names
+    # Regular AZs only: Local and Wavelength Zones lack NAT gateways and most instance families.
+    zones = aws.get_availability_zones(
+        state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+    ).names
     if len(zones) < cfg.network.az_count:
         raise stack_config.ConfigError(
             f"{stack_config.NAMESPACE}:azCount",

@@ -210,6 +210,9 @@ def test_network_spans_two_azs_with_private_subnets_nat_and_endpoints(dev_run: P
     assert endpoints["com.amazonaws.us-east-1.s3"]["vpcEndpointType"] == "Gateway"
     assert {"com.amazonaws.us-east-1.ecr.api", "com.amazonaws.us-east-1.ecr.dkr", "com.amazonaws.us-east-1.sqs",
             "com.amazonaws.us-east-1.logs"} <= set(endpoints)
+    (azs,) = [args for token, args in dev_run.mocks.calls if token == "aws:index/getAvailabilityZones:getAvailabilityZones"]
+    assert azs["state"] == "available"
+    assert azs["filters"] == [{"name": "opt-in-status", "values": ["opt-in-not-required"]}]
     flow = dev_run.of_type("aws:ec2/flowLog:FlowLog")
     assert len(flow) == 1 and flow[0].inputs["trafficType"] == "ALL"
 
