@@ -149,3 +149,25 @@ def test_load_parses_structured_values_and_rejects_unknown_keys() -> None:
         stack_config.load(FakeConfig(values), project="selfmaker", stack="prod", present_keys=[*values, "azcount"])
     with pytest.raises(stack_config.ConfigError, match=r"^selfmaker:tags: not valid structured config"):
         stack_config.load(FakeConfig({**values, "tags": "{oops"}), project="selfmaker", stack="prod")
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SIZES = st.one_of(st.none(), st.integers(-2, 12))
+
+
+@given(SIZES, SIZES, SIZES, SIZES, st.one_of(st.none(), st.integers(-5, 110)))
+def test_group_sizes_are_consistent_or_rejected_by_name(min_size: int | None, max_size: int | None,
+                                                        desired: int | None, base: int | None,
+                                                        spot: int | None) -> None:
+    raw = {"minSize": min_size, "maxSize": max_size, "desiredCapacity": desired, "onDemandBase": base,
+           "spotPercentage": spot}
+    group = {**SERVE, **{k: v for k, v in raw.items() if v is not None}}
+    try:
+        (g,) = build(groups=[group]).groups
+    except stack_config.ConfigError as err:
+        assert err.field.removeprefix(f"{G}.") in raw
+        return
+    assert 0 <= g.min_size <= g.desired_capacity <= g.max_size and g.max_size >= 1
+    assert 0 <= g.on_demand_base <= g.max_size and 0 <= g.spot_percentage <= 100
