@@ -35,7 +35,8 @@ def collect(home: Path) -> dict[str, Any]:
                               "EndpointConfigName": record.doc.get("EndpointConfigName"),
                               "FailureReason": record.doc.get("FailureReason"), "Variants": variants,
                               "CreationTime": record.created,
-                              "AsyncBacklog": endpoint_backlog(async_backlog, record.name, record.doc)})
+                              "AsyncBacklog": endpoint_backlog(async_backlog, record.name, record.doc),
+                              "Metrics": record.doc.get("_Metrics")})  # serverless/shadow/deployment numbers
         jobs = [{"TrainingJobName": r.name, "TrainingJobStatus": r.status,
                  "SecondaryStatus": r.doc.get("SecondaryStatus"), "FailureReason": r.doc.get("FailureReason"),
                  "CreationTime": r.created} for r in store.list("training-job")]
@@ -67,6 +68,8 @@ def main(argv: list[str]) -> int:
     print(f"home: {home}")
     print(f"models: {len(data['models'])}   endpoint configs: {len(data['endpoint_configs'])}")
     print("\nENDPOINTS")
+    from selfmaker.serverless.observe import status_lines
+
     if not data["endpoints"]:
         print("  (none)")
     for ep in data["endpoints"]:
@@ -81,6 +84,8 @@ def main(argv: list[str]) -> int:
                   f"instances={v.get('CurrentInstanceCount', '-')}/{v.get('DesiredInstanceCount', '-')}")
             for inst in v["Instances"]:
                 print(f"      {inst['InstanceId']}  {inst['Status']}  {inst['Url']}  pid={inst['Pid']}")
+        for line in status_lines(ep.get("Metrics")):
+            print(line)
     print("\nTRAINING JOBS")
     if not data["training_jobs"]:
         print("  (none)")

@@ -131,3 +131,32 @@ async def publish_loop(platform: Platform, interval: float = 2.0) -> None:
             await asyncio.to_thread(publish, platform, collect(platform))
         except Exception:  # noqa: BLE001 - status numbers are best effort
             log.exception("publishing endpoint metrics failed")
+
+
+def status_lines(metrics: dict[str, Any] | None, indent: str = "    ") -> list[str]:
+    """Lines for ``selfmaker status`` from an endpoint's published ``_Metrics``."""
+    if not metrics:
+        return []
+
+    def seconds(value: Any) -> str:
+        return f"{value:.3f}s" if isinstance(value, (int, float)) else "-"
+
+    lines: list[str] = []
+    for variant, s in (metrics.get("Serverless") or {}).items():
+        lines.append(f"{indent}serverless {variant}: instances={s.get('instances')} in_flight={s.get('in_flight')}/"
+                     f"{s.get('max_concurrency')} memory={s.get('memory_mb')}MB invocations={s.get('invocations')} "
+                     f"throttled={s.get('throttled')} cold_starts={s.get('cold_starts')} "
+                     f"last_cold_start={seconds(s.get('last_first_answer_seconds'))} "
+                     f"scaled_to_zero={s.get('scaled_to_zero')}")
+    for variant, s in (metrics.get("Shadow") or {}).items():
+        lines.append(f"{indent}shadow {variant}: copies={s.get('requests')} errors={s.get('errors')} "
+                     f"dropped={s.get('dropped')} mismatches={s.get('mismatches')}/{s.get('compared')} "
+                     f"p50={seconds(s.get('latency_p50_seconds'))} p99={seconds(s.get('latency_p99_seconds'))}")
+    deployment = metrics.get("Deployment")
+    if deployment:
+        state = (f"in progress ({deployment.get('status')}, new fleet {deployment.get('new_fraction'):.0%})"
+                 if deployment.get("in_progress") and deployment.get("new_fraction") is not None
+                 else deployment.get("last_outcome") or "-")
+        lines.append(f"{indent}deployment: {state} fallbacks={deployment.get('fallbacks')} "
+                     f"rollbacks={deployment.get('rollbacks')} completed={deployment.get('completed')}")
+    return lines

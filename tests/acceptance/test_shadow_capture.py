@@ -7,6 +7,7 @@ import base64
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 import tarfile
 import time
@@ -166,6 +167,16 @@ def test_shadow_receives_copies_and_primary_answers_are_unchanged(platform: Any,
     # the shadow's own model servers logged every copy
     assert invocations_logged(platform, "sc-same", "shadow") == n
     assert invocations_logged(platform, "sc-plain", "primary") == n
+    # `selfmaker status` (another process, reading the state store) shows the same counters
+    wanted = f"shadow shadow: copies={n} errors=0 dropped=0 mismatches={n}/{n}"
+
+    def status_shows() -> bool:
+        out = subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        section = out.split("sc-diff", 1)[1].split("\n  sc-", 1)[0] if "sc-diff" in out else ""
+        return wanted in section
+
+    wait_until(status_shows, timeout=30, what="shadow counters in selfmaker status")
 
 
 def test_failing_shadow_does_not_fail_the_primary(platform: Any, smr: Any, endpoints: dict[str, Any]) -> None:
