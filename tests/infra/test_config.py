@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from infra import config as stack_config
 
@@ -149,10 +151,6 @@ def test_load_parses_structured_values_and_rejects_unknown_keys() -> None:
         stack_config.load(FakeConfig(values), project="selfmaker", stack="prod", present_keys=[*values, "azcount"])
     with pytest.raises(stack_config.ConfigError, match=r"^selfmaker:tags: not valid structured config"):
         stack_config.load(FakeConfig({**values, "tags": "{oops"}), project="selfmaker", stack="prod")
-
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 SIZES = st.one_of(st.none(), st.integers(-2, 12))
 
