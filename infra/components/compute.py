@@ -168,9 +168,11 @@ class InstanceGroup(pulumi.ComponentResource):
         else:
             image_id = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=pulumi.InvokeOutputOptions(parent=self)).value
 
+        # Only rendering happens in apply(): the script needs the S3 and ECR locations, which are outputs.
+        channels = pulumi.Output.all(**dict(args.channels)) if args.channels else {}
         user_data = pulumi.Output.all(
-            repo=args.repository_url, model=args.model_data_uri, channels=pulumi.Output.all(**dict(args.channels))
-            if args.channels else {}, output=args.output_uri, checkpoint=args.checkpoint_uri,
+            repo=args.repository_url, model=args.model_data_uri, channels=channels, output=args.output_uri,
+            checkpoint=args.checkpoint_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
         tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
