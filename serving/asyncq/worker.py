@@ -62,7 +62,7 @@ class WorkerSettings(BaseSettings):
     wait_seconds: float = Field(0.5, ge=0, description="receive long-poll")
     max_attempts: int = Field(10, ge=1, description="deliveries before an infrastructure error becomes a failure")
     retry_delay: float = Field(1.0, ge=0, description="base back-off before a retried delivery")
-    stop_grace: float = Field(10.0, ge=0, description="seconds a graceful stop waits for results being stored")
+    stop_grace: float = Field(60.0, ge=0, description="seconds a graceful stop waits for results being stored")
     connect_timeout: float = Field(10.0, gt=0)
 
 
@@ -131,6 +131,8 @@ class AsyncWorker:
         self.objects = objects or ObjectStore()
         self.publisher = publisher or SnsPublisher()
         self._stop = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
         self._jobs: dict[int, _Job] = {}
         self._jobs_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -147,7 +149,7 @@ class AsyncWorker:
             self._threads.append(t)
         hb = threading.Thread(target=self._heartbeat, name=f"asyncq-{self.queue.name}-heartbeat", daemon=True)
         hb.start()
-        self._threads.append(hb)
+        self._heartbeat_thread = hb
 
     @property
     def stopping(self) -> bool:
@@ -169,6 +171,10 @@ class AsyncWorker:
         deadline = time.monotonic() + (self.settings.stop_grace if grace is None else grace)
         for t in self._threads:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        # Leases of results still being stored stay extended until here.
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
 
     def run_until(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set, then stop gracefully."""
@@ -191,9 +197,9 @@ class AsyncWorker:
 
     def _heartbeat(self) -> None:
         period = max(0.05, min(self.settings.visibility_timeout / 3.0, 10.0))
-        while not self._stop.wait(period):
+        while not self._heartbeat_stop.wait(period):
             with self._jobs_lock:
-                jobs = list(self._jobs.values())
+                jobs = [job for job in self._jobs.values() if not job.abandoned]
             for job in jobs:
                 try:
                     if not self.queue.extend(job.lease, self.settings.visibility_timeout):
