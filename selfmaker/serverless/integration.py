@@ -149,3 +149,23 @@ def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
             if isinstance(variant.pool, ServerlessPool):
                 out.setdefault(runtime.name, {})[variant.name] = variant.pool.snapshot()
     return out
+
+
+def check_serverless_update(variant: Any, update: dict[str, Any], index: int) -> ServerlessConfig:
+    """The variant's ServerlessConfig after ``ServerlessUpdateConfig`` (ValidationException when invalid)."""
+    current = variant.config.get("ServerlessConfig")
+    if not current or not isinstance(variant.pool, ServerlessPool):
+        raise ValidationException(f"ServerlessUpdateConfig was given for variant {variant.name}, which is not a "
+                                  "serverless variant.")
+    merged = {**current, **{k: update[k] for k in ("MaxConcurrency", "ProvisionedConcurrency") if k in update}}
+    problems = validate_serverless_config(merged, f"desiredWeightsAndCapacities.{index}.member.serverlessUpdateConfig")
+    if problems:
+        raise ValidationException(f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected: "
+                                  + "; ".join(problems))
+    return ServerlessConfig.from_request(merged)
+
+
+def apply_serverless_update(variant: Any, config: ServerlessConfig) -> None:
+    """Change MaxConcurrency / ProvisionedConcurrency of a live serverless variant in place."""
+    variant.pool.update_config(config)
+    variant.config = {**variant.config, "ServerlessConfig": config.to_response()}

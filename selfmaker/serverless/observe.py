@@ -58,6 +58,8 @@ def render_metrics(platform: Platform) -> str:
     for metric, kind, help_ in (
         ("instances", "gauge", "Running model servers of a serverless variant."),
         ("in_flight", "gauge", "Requests in flight on a serverless variant."),
+        ("max_concurrency", "gauge", "MaxConcurrency of a serverless variant."),
+        ("memory_mb", "gauge", "MemorySizeInMB (memory limit of each model server) of a serverless variant."),
         ("invocations", "counter", "Requests served by a serverless variant."),
         ("throttled", "counter", "Requests refused with ThrottlingException (MaxConcurrency reached)."),
         ("cold_starts", "counter", "Cold starts of a serverless variant."),

@@ -235,3 +235,29 @@ def test_bad_serverless_config_is_rejected(sm: Any, model_uri: str) -> None:
                 {"VariantName": "v", "ModelName": "sl-bad-model", "ServerlessConfig": config}])
         assert info.value.response["Error"]["Code"] == "ValidationException"
         assert needle in info.value.response["Error"]["Message"]
+
+
+def test_serverless_update_config_changes_concurrency_in_place(platform: Any, sm: Any, smr: Any,
+                                                               model_uri: str) -> None:
+    deploy_serverless(sm, "sl-update", model_uri, MaxConcurrency=2)
+    invoke(smr, "sl-update")
+    with pytest.raises(ClientError) as info:  # ProvisionedConcurrency above MaxConcurrency
+        sm.update_endpoint_weights_and_capacities(EndpointName="sl-update", DesiredWeightsAndCapacities=[
+            {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"ProvisionedConcurrency": 3}}])
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    sm.update_endpoint_weights_and_capacities(EndpointName="sl-update", DesiredWeightsAndCapacities=[
+        {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"MaxConcurrency": 7, "ProvisionedConcurrency": 1}}])
+    desc = wait_until_in_service(sm, "sl-update")
+    assert desc["ProductionVariants"][0]["CurrentServerlessConfig"] == {
+        "MemorySizeInMB": 1024, "MaxConcurrency": 7, "ProvisionedConcurrency": 1}
+    wait_until(lambda: metric(platform, "selfmaker_serverless_instances", "sl-update") == 1, timeout=30,
+               what="the provisioned instance")
+    time.sleep(IDLE * 1.5)  # past the idle timeout: the provisioned instance stays
+    assert metric(platform, "selfmaker_serverless_instances", "sl-update") == 1
+    assert metric(platform, "selfmaker_serverless_max_concurrency", "sl-update") == 7
+    invoke(smr, "sl-update")
+
+
+def wait_until_in_service(sm: Any, name: str) -> dict[str, Any]:
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=helpers.WAIT)
+    return sm.describe_endpoint(EndpointName=name)

@@ -131,6 +131,7 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
             f"configuration of endpoint \"{record.arn}\".")
     if len(set(names)) != len(names):
         raise ValidationException("Each variant may appear only once in DesiredWeightsAndCapacities.")
+    serverless: dict[str, Any] = {}  # variant name -> ServerlessConfig after ServerlessUpdateConfig
     for index, item in enumerate(desired, start=1):
         variant = runtime.variants[item["VariantName"]]
         count = item.get("DesiredInstanceCount")
@@ -139,11 +140,18 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
                 f"1 validation error detected: Value '{count}' at 'desiredWeightsAndCapacities.{index}.member."
                 "desiredInstanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1")
         if item.get("ServerlessUpdateConfig"):
-            raise ValidationException("ServerlessUpdateConfig is not supported by this selfmaker installation.")
+            from selfmaker.serverless.integration import check_serverless_update
+
+            serverless[variant.name] = check_serverless_update(variant, item["ServerlessUpdateConfig"], index)
     weights = {v.name: v.weight for v in runtime.variants.values()}
     weights.update({d["VariantName"]: float(d["DesiredWeight"]) for d in desired if d.get("DesiredWeight") is not None})
     if sum(weights.values()) <= 0:
         raise ValidationException("At least one production variant must keep a weight above 0.")
+    if serverless:
+        from selfmaker.serverless.integration import apply_serverless_update
+
+        for name, config in serverless.items():
+            apply_serverless_update(runtime.variants[name], config)
     platform.store.update("endpoint", record.name, status="Updating")
     platform.endpoints.update_weights_and_capacities(record.name, desired)
     return {"EndpointArn": record.arn}
