@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra import cidr, naming, presets
+from infra import cidr, naming, presets, userdata
 
 NAMESPACE = "selfmaker"
 
@@ -312,6 +312,8 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> Gr
     for key in environment:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise ConfigError(f(f"environment.{key}"), "not a valid environment variable name")
+        if key in userdata.RESERVED_ENV:
+            raise ConfigError(f(f"environment.{key}"), "set by selfmaker from the stack's region and job")
 
     model_key: str | None = None
     channels: dict[str, str] = {}

@@ -109,6 +109,7 @@ G = "selfmaker:groups[0]"
     ({"groups": [{**SERVE, "port": 80}]}, f"{G}.port", ">= 1024"),
     ({"groups": [{**SERVE, "environment": {"bad-name": "1"}}]}, f"{G}.environment.bad-name", "environment variable"),
     ({"groups": [{**SERVE, "environment": {"A": {"nested": 1}}}]}, f"{G}.environment.A", "string"),
+    ({"groups": [{**SERVE, "environment": {"AWS_REGION": "x"}}]}, f"{G}.environment.AWS_REGION", "set by selfmaker"),
     ({"groups": [{"name": "serve-cpu", "role": "serve"}]}, f"{G}.modelKey", "non-empty string"),
     ({"groups": [{**SERVE, "modelKey": "models/m/model.onnx"}]}, f"{G}.modelKey", "model.tar.gz"),
     ({"groups": [{**SERVE, "modelKey": "other/m.tar.gz"}]}, f"{G}.modelKey", "outside modelPrefix"),
