@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS instances (
 """
 
 
+def now() -> float:
+    """The current time as epoch seconds with millisecond precision (what SageMaker returns; it
+    survives boto3's datetime round trip exactly, so time filters compare as the caller expects)."""
+    return round(time.time(), 3)
+
+
 @dataclass
 class Record:
     """One stored resource: its identity, status, times and Describe document."""
@@ -135,7 +141,7 @@ class StateStore:
             if status is not None:
                 record.status = status
             if touch:
-                record.modified = time.time()
+                record.modified = now()
             db.execute("UPDATE resources SET status=?, modified=?, doc=? WHERE kind=? AND key=?",
                        (record.status, record.modified, json.dumps(record.doc), kind, name.lower()))
         return record
@@ -189,7 +195,7 @@ class StateStore:
             db.execute(
                 "INSERT OR REPLACE INTO instances (instance_id, endpoint, variant, url, pid, status, started, log_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, COALESCE((SELECT started FROM instances WHERE instance_id=?), ?), ?)",
-                (instance_id, endpoint, variant, url, pid, status, instance_id, time.time(), log_path),
+                (instance_id, endpoint, variant, url, pid, status, instance_id, now(), log_path),
             )
 
     def remove_instance(self, instance_id: str) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.errors import ValidationException
 from selfmaker.state import Record
+from selfmaker.state import now as state_now
 
 if TYPE_CHECKING:
     from selfmaker.platform import Platform
@@ -31,7 +31,7 @@ def find(platform: Platform, kind: str, name: str) -> Record:
 def create_record(platform: Platform, kind: str, name: str, doc: dict[str, Any], *, status: str | None = None,
                   tags: list[dict[str, str]] | None = None) -> Record:
     """Insert a new resource; ``Cannot create already existing <noun> "<arn>".`` when the name is taken."""
-    now = time.time()
+    now = state_now()
     arn = platform.arn(kind, name)
     record = Record(kind=kind, name=name, arn=arn, status=status, created=now, modified=now, doc=doc)
     if not platform.store.insert(record):

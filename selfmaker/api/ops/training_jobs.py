@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
@@ -10,6 +9,7 @@ from selfmaker.api.ops._shared import public
 from selfmaker.api.registry import operation
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.state import Record
+from selfmaker.state import now as state_now
 from selfmaker.training_jobs import model_artifacts_uri
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ async def create_training_job(platform: Platform, params: dict[str, Any]) -> dic
     if len(set(channels)) != len(channels):
         raise ValidationException("Channel names in InputDataConfig must be unique.")
     arn = platform.arn("training-job", name)
-    now = time.time()
+    now = state_now()
     doc = {k: v for k, v in params.items() if k != "Tags"}
     doc.setdefault("StoppingCondition", {"MaxRuntimeInSeconds": 86400})
     doc.update(
