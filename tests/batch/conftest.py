@@ -14,27 +14,6 @@ from typing import Any
 import pytest
 from batch_helpers import build_hooks_model, build_lr_model
 
-#: warnings distributed/tornado raise on shutdown of in-process clusters (third-party, not ours)
-DASK_WARNINGS = [
-    "ignore:Port .* is already in use:UserWarning",
-    "ignore:.*unclosed.*:ResourceWarning",
-    "ignore:.*There is no current event loop.*:DeprecationWarning",
-    "ignore:Creating scratch directories is taking a surprisingly long time:UserWarning",
-    "ignore:.*coroutine.*was never awaited.*:RuntimeWarning",
-    "ignore:.*has been deprecated.*:DeprecationWarning:distributed",
-    "ignore:.*Exception ignored in.*:pytest.PytestUnraisableExceptionWarning",
-    "ignore:.*Exception in thread.*:pytest.PytestUnhandledThreadExceptionWarning",
-]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            for spec in DASK_WARNINGS:
-                item.add_marker(pytest.mark.filterwarnings(spec))
-
-
 @pytest.fixture(scope="session")
 def lr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_lr_model(tmp_path_factory.mktemp("lr") / "model")
