@@ -307,6 +307,7 @@ class AsyncSupervisor:
 
     def _scale(self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime, now: float) -> None:
         low, high = _min_max(variant.config)
+        managed = (variant.config.get("ManagedInstanceScaling") or {}).get("Status") == "ENABLED"
         pool = variant.pool
         if variant.name in state.scaling:
             return
@@ -314,14 +315,14 @@ class AsyncSupervisor:
         if state.backlog and pool.size == 0:
             target = max(1, low)  # HasBacklogWithoutCapacity: start capacity
         elif (
-            low == 0
-            and pool.size > 0
+            managed
+            and pool.size > low
             and not state.backlog
             and state.idle_since is not None
             and now - state.idle_since >= self.settings.scale_in_after
         ):
-            target = 0
-        elif state.backlog and high > pool.size:
+            target = low  # idle: back to the minimum (zero with MinInstanceCount 0)
+        elif managed and state.backlog and high > pool.size:
             # target tracking on ApproximateBacklogSizePerInstance (goal: one round of invocations each)
             need = math.ceil(state.backlog / max(1, state.concurrency * 4))
             if need > pool.size:

@@ -320,10 +320,30 @@ def test_scale_to_zero_and_back(platform: Any, moto_server: str, model_tar: str)
     assert note["invocationStatus"] == "Completed"
 
 
+@pytest.fixture
+def moto_process(tmp_path: Path) -> Iterator[str]:
+    """moto in its own process (not sharing the test's interpreter lock): this test is moto-bound."""
+    port = helpers.find_free_port()
+    with open(tmp_path / "moto.log", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        helpers.wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, alive=lambda: proc.poll() is None)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.mark.slow
-def test_kill9_platform_during_backlog(moto_server: str, model_tar: str, tmp_path: Path) -> None:
+def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_path: Path) -> None:
     """500 accepted requests; the platform is SIGKILLed mid-backlog and restarted: 500 outputs, none
     missing or duplicated, and exactly 500 notifications."""
+    moto_server = moto_process
     aws = new_aws(moto_server)
     env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10"}
@@ -378,3 +398,32 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.slow
+def test_sqs_backend_platform(moto_server: str, model_tar: str, tmp_path: Path) -> None:
+    """The same product with SELFMAKER_ASYNC_BACKEND=sqs: queues in (moto's) SQS, state under an S3 prefix."""
+    aws = new_aws(moto_server)
+    env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_BACKEND": "sqs",
+           "SELFMAKER_ASYNC_SQS_QUEUE_PREFIX": f"sm-{uuid.uuid4().hex[:8]}-",
+           "SELFMAKER_ASYNC_STATE": f"s3://{aws.bucket}/async-state"}
+    server = helpers.PlatformProcess(tmp_path / "home", env=env)
+    server.start()
+    try:
+        deploy_async(server, "async-sqs", model_tar, aws)
+        smr = server.runtime()
+        src = aws.put("in/rows.csv", ROWS)
+        ok = smr.invoke_endpoint_async(EndpointName="async-sqs", InputLocation=src, ContentType="text/csv")
+        bad = smr.invoke_endpoint_async(EndpointName="async-sqs", InputLocation=f"s3://{aws.bucket}/in/missing.csv")
+        queues = aws.sqs.list_queues(QueueNamePrefix=env["SELFMAKER_ASYNC_SQS_QUEUE_PREFIX"]).get("QueueUrls", [])
+        assert len(queues) == 1 and queues[0].endswith("async-sqs")
+        notes = {n["inferenceId"]: n for n in aws.drain_inbox(2)}
+        assert notes[ok["InferenceId"]]["invocationStatus"] == "Completed"
+        assert notes[bad["InferenceId"]]["invocationStatus"] == "Failed"
+        assert aws.get(ok["OutputLocation"]).strip()
+        assert "missing.csv" in aws.get(bad["FailureLocation"]).decode()
+        assert aws.keys("async-state/async-sqs/"), "per-request state lives under the S3 prefix"
+    finally:
+        server.stop()
+        _kill_leftovers(tmp_path / "home")
