@@ -204,3 +204,36 @@ def test_delete_under_load_fails_no_in_flight_request(sm: Any, smr: Any, onnx_mo
     assert outcomes[:11].count("AllTraffic") == 11
     sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint, WaiterConfig=WAIT)
     assert os.path.basename(endpoint)
+
+
+def test_failed_update_keeps_serving_the_old_config_and_retain_properties(sm: Any, smr: Any, tmp_path: Any,
+                                                                         onnx_model_tar: str) -> None:
+    model, missing, endpoint = _name("m"), _name("missing"), _name("upd")
+    make_model(sm, model, onnx_model_tar)
+    make_model(sm, missing, (tmp_path / "nowhere" / "model.tar.gz").as_uri())
+    deploy(sm, endpoint, [variant("A", model, weight=1.0), variant("B", model, weight=1.0)])
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-bad", ProductionVariants=[variant("A", missing)])
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-bad")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
+    desc = sm.describe_endpoint(EndpointName=endpoint)
+    assert desc["EndpointConfigName"] == f"{endpoint}-cfg"  # still the old configuration
+    assert "Failed to download model data" in desc["FailureReason"]
+    assert invoke_variant(smr, endpoint) in {"A", "B"}
+
+    # weights changed live are kept by RetainAllVariantProperties, unless excluded
+    sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=[
+        {"VariantName": "A", "DesiredWeight": 0.0}])
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-v2",
+                              ProductionVariants=[variant("A", model, weight=5.0), variant("B", model, weight=1.0)])
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-v2", RetainAllVariantProperties=True)
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
+    weights = {v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]}
+    assert weights == {"A": 0.0, "B": 1.0}
+    assert "FailureReason" not in sm.describe_endpoint(EndpointName=endpoint)
+    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-v2", RetainAllVariantProperties=True,
+                       ExcludeRetainedVariantProperties=[{"VariantPropertyType": "DesiredWeight"}])
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
+    weights = {v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]}
+    assert weights == {"A": 5.0, "B": 1.0}
+    sm.delete_endpoint(EndpointName=endpoint)
