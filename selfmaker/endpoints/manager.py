@@ -427,8 +427,10 @@ class EndpointManager:
                         task.add_done_callback(self._background.discard)
 
     async def _replace(self, pool: InstancePool) -> None:
+        if pool.desired <= 0:  # e.g. a serverless pool scaled to zero: nothing to bring back
+            return
         try:
-            await pool.scale_to(max(pool.desired, 1))
+            await pool.scale_to(pool.desired)
         except Exception:  # noqa: BLE001 - logged; the health loop tries again on the next death
             log.exception("could not replace an instance")
 
