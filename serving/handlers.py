@@ -151,6 +151,10 @@ class ResponseFormatter:
         task = signature.task
         if task is None:
             task = "classification" if self.prob_name else ("regression" if len(output_names) == 1 else None)
+        elif task != "regression" and self.prob_name is None and len(output_names) == 1:
+            # a classifier exported with a single output: that output holds the probabilities
+            # (1-D: P(class 1) of a binary model)
+            self.prob_name = output_names[0]
         self.task = task
         self.classes = signature.classes
         self.threshold = signature.threshold
@@ -189,6 +193,8 @@ class ResponseFormatter:
 
     def _classifier(self, outputs: dict[str, np.ndarray], accept: str) -> bytes:
         probs = np.asarray(outputs[self.prob_name])
+        if probs.ndim == 2 and probs.shape[1] == 1:
+            probs = probs.reshape(probs.shape[0])
         if probs.ndim == 1:
             probs = np.stack([1.0 - probs, probs], axis=1).astype(np.float32)
         onnx_labels = outputs.get(self.label_name) if self.label_name else None
@@ -448,7 +454,8 @@ class HooksHandler:
             except UnicodeDecodeError:
                 raise BadRequestError(f"{raw_type} body is not UTF-8") from None
         started = time.perf_counter()
-        result = _call_hook(self.transform_fn, context, self.model, input_data, raw_type or content_type, accept)
+        # hooks see the Content-Type header as sent (parameters included), as under the toolkit
+        result = _call_hook(self.transform_fn, context, self.model, input_data, content_type, accept)
         model_seconds = time.perf_counter() - started
         response_type = context.get_response_content_type() or accept
         if isinstance(result, tuple):

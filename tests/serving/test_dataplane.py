@@ -348,3 +348,13 @@ def test_toolkit_errors_keep_their_status(binary_model: Path, tmp_path: Path) ->
     with pytest.raises(Exception) as info:
         plane.invoke(b"x", "text/csv")
     assert error_response(info.value) == (422, b'{"error":"cannot score this","status":422}')
+
+
+def test_classifier_with_a_single_probability_output(model_factory: Callable[..., Path]) -> None:
+    """A binary model whose graph has one [N] output (P(class 1)) still answers labels and scores."""
+    model = model_factory("regression", {"format": 1, "task": "binary_classification",
+                                         "response_format": "linear-learner", "threshold": 0.5}, name="single-output")
+    p1 = reference(model)["variable"].reshape(-1)
+    predictions = orjson.loads(plane_for(model).invoke(CSV_BODY, "text/csv")[0])["predictions"]
+    np.testing.assert_allclose([p["score"] for p in predictions], p1, rtol=1e-5)
+    assert [p["predicted_label"] for p in predictions] == [int(v >= 0.5) for v in p1]
