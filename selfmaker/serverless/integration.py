@@ -38,6 +38,7 @@ class ServerlessState:
     settings: ServerlessSettings
     executor: ForkExecutor | None = None
     warming: set[asyncio.Task[Any]] = field(default_factory=set)
+    warm_requested: bool = False
 
 
 def state(platform: Platform) -> ServerlessState:
@@ -74,6 +75,7 @@ def make_pool(platform: Platform, ctx: VariantContext) -> InstancePool | None:
     if not config:
         return None
     st = state(platform)
+    warm_template(st)
     variant = str(ctx.variant["VariantName"])
     settings = platform.settings
     slot_dir = settings.home / "run" / "serverless" / ctx.endpoint_name.lower() / variant.lower()
@@ -119,6 +121,17 @@ async def start(platform: Platform) -> None:
                             fork_all=st.settings.fork_all_process_variants)
     platform.install_executor("process", executor)
     st.executor = executor
+    if st.settings.fork_all_process_variants:
+        warm_template(st)
+
+
+def warm_template(st: ServerlessState) -> None:
+    """Start the template in the background (once): at start-up when every process variant forks,
+    else when the first serverless variant is deployed, so platforms without serverless never pay for it."""
+    executor = st.executor
+    if executor is None or st.warm_requested:
+        return
+    st.warm_requested = True
 
     async def warm() -> None:
         try:

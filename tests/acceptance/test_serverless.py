@@ -127,10 +127,19 @@ def deploy_serverless(sm: Any, name: str, model_data: str, **config: int) -> Non
 
 
 def instances(platform: Any, endpoint: str) -> list[dict[str, Any]]:
-    """Model servers of ``endpoint`` as `selfmaker status --json` reports them."""
-    out = subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home), "--json"],
-                         capture_output=True, text=True, timeout=60, check=True)
-    return [i for i in json.loads(out.stdout)["instances"] if i["EndpointName"] == endpoint]
+    """Model servers of ``endpoint`` as the platform records them (what `selfmaker status` prints)."""
+    from selfmaker.state import StateStore
+
+    store = StateStore(platform.home / "state.db")
+    try:
+        return [i for i in store.instances() if i["EndpointName"] == endpoint]
+    finally:
+        store.close()
+
+
+def status_text(platform: Any) -> str:
+    return subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
 
 
 def metric(platform: Any, name: str, endpoint: str) -> float | None:
@@ -169,6 +178,8 @@ def test_cold_start_then_warm_then_scale_to_zero(platform: Any, sm: Any, smr: An
     wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                timeout=15, what="model server process gone")
     assert metric(platform, "selfmaker_serverless_scaled_to_zero_total", "sl-cold") == 1
+    wait_until(lambda: "serverless AllTraffic: instances=0" in status_text(platform).split("sl-cold", 1)[1],
+               timeout=30, what="selfmaker status to show the variant at zero")
 
     again = invoke(smr, "sl-cold")  # the next request cold-starts again and succeeds
     assert json.loads(again["Body"].read())["predictions"]
