@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -67,7 +66,10 @@ def build_model(dest: Path) -> Path:
     signature = {"format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1]}
     archive = dest / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        for name, data in (("model.onnx", onx.SerializeToString()), ("signature.json", json.dumps(signature).encode())):
+        for name, data in (
+            ("model.onnx", onx.SerializeToString()),
+            ("signature.json", json.dumps(signature).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -75,9 +77,14 @@ def build_model(dest: Path) -> Path:
 
 
 def client(service: str, url: str) -> Any:
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing",
-                        config=Config(retries={"mode": "standard", "max_attempts": 2}, max_pool_connections=16))
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"mode": "standard", "max_attempts": 2}, max_pool_connections=16),
+    )
 
 
 class Inbox:
@@ -93,15 +100,18 @@ class Inbox:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            msgs = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                                            WaitTimeSeconds=1).get("Messages", [])
+            msgs = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            ).get("Messages", [])
             now = time.perf_counter()
             for m in msgs:
                 note = json.loads(json.loads(m["Body"])["Message"])
                 self.done.setdefault(note["inferenceId"], now)
             if msgs:
-                self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)],
+                )
 
     def wait(self, ids: list[str], timeout: float) -> float:
         """Perf-counter time at which the last of ``ids`` was notified."""
@@ -124,9 +134,15 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200, help="requests per throughput/drain measurement (≤2000)")
-    parser.add_argument("--latency-requests", type=int, default=50, help="sequential requests for latency (≤500)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=200, help="requests per throughput/drain measurement (≤2000)"
+    )
+    parser.add_argument(
+        "--latency-requests", type=int, default=50, help="sequential requests for latency (≤500)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     n = max(10, min(args.requests, 2000))
@@ -135,17 +151,28 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-async-"))
     moto_port, sm_port = free_port(), free_port()
     moto_url, sm_url = f"http://127.0.0.1:{moto_port}", f"http://127.0.0.1:{sm_port}"
-    aws_env = {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+    aws_env = {
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     procs = []
     try:
-        moto = start("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                     log_dir=work)
+        moto = start(
+            "moto",
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+            log_dir=work,
+        )
         procs.append(moto)
         wait_ready(moto, f"{moto_url}/moto-api/", 60)
-        platform = start("selfmaker", [sys.executable, "-m", "selfmaker", "up", "--home", str(work / "home"),
-                                       "--port", str(sm_port)],
-                         env={**aws_env, "SELFMAKER_ASYNC_SCALE_IN_AFTER": "3600"}, cwd=str(ROOT), log_dir=work)
+        platform = start(
+            "selfmaker",
+            [sys.executable, "-m", "selfmaker", "up", "--home", str(work / "home"), "--port", str(sm_port)],
+            env={**aws_env, "SELFMAKER_ASYNC_SCALE_IN_AFTER": "3600"},
+            cwd=str(ROOT),
+            log_dir=work,
+        )
         procs.append(platform)
         wait_ready(platform, f"{sm_url}/ping", 60)
 
@@ -154,25 +181,40 @@ def main(argv: list[str] | None = None) -> int:
         s3.create_bucket(Bucket="bench")
         topic = sns.create_topic(Name="bench-done")["TopicArn"]
         inbox_url = sqs.create_queue(QueueName="bench-inbox")["QueueUrl"]
-        inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn)
         s3.put_object(Bucket="bench", Key="in/row.csv", Body=ROW)
         source = "s3://bench/in/row.csv"
 
         model_tar = build_model(work)
-        sm.create_model(ModelName="bench-model", PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": model_tar.as_uri()},
-                        ExecutionRoleArn="arn:aws:iam::123456789012:role/bench")
-        async_cfg = {"ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
-                     "OutputConfig": {"S3OutputPath": "s3://bench/out", "NotificationConfig": {"SuccessTopic": topic,
-                                                                                                "ErrorTopic": topic}}}
+        sm.create_model(
+            ModelName="bench-model",
+            PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": model_tar.as_uri()},
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/bench",
+        )
+        async_cfg = {
+            "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
+            "OutputConfig": {
+                "S3OutputPath": "s3://bench/out",
+                "NotificationConfig": {"SuccessTopic": topic, "ErrorTopic": topic},
+            },
+        }
         for name, count, is_async in (("rt", 1, False), ("async1", 1, True), ("async2", 2, True)):
-            variant = {"VariantName": "AllTraffic", "ModelName": "bench-model", "InstanceType": "ml.m5.large",
-                       "InitialInstanceCount": count}
+            variant = {
+                "VariantName": "AllTraffic",
+                "ModelName": "bench-model",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": count,
+            }
             extra = {"AsyncInferenceConfig": async_cfg} if is_async else {}
             sm.create_endpoint_config(EndpointConfigName=f"{name}-cfg", ProductionVariants=[variant], **extra)
             sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
         for name in ("rt", "async1", "async2"):
-            sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240})
+            sm.get_waiter("endpoint_in_service").wait(
+                EndpointName=name, WaiterConfig={"Delay": 0.5, "MaxAttempts": 240}
+            )
         inbox = Inbox(client("sqs", moto_url), inbox_url)
         results: dict[str, Any] = {"requests": n, "latency_requests": n_lat}
 
@@ -187,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         async_lat = []
         for i in range(n_lat):
             t0 = time.perf_counter()
-            resp = smr.invoke_endpoint_async(EndpointName="async1", InputLocation=source, ContentType="text/csv",
-                                             InferenceId=f"lat-{i}")
+            resp = smr.invoke_endpoint_async(
+                EndpointName="async1", InputLocation=source, ContentType="text/csv", InferenceId=f"lat-{i}"
+            )
             key = resp["OutputLocation"].split("/", 3)[3]
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -201,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"no output for lat-{i}")
             async_lat.append(time.perf_counter() - t0)
         results["latency_ms"] = {
-            "realtime_p50": statistics.median(rt_lat) * 1000, "realtime_p99": pct(rt_lat, 0.99),
+            "realtime_p50": statistics.median(rt_lat) * 1000,
+            "realtime_p99": pct(rt_lat, 0.99),
             "async_accept_to_output_p50": statistics.median(async_lat) * 1000,
             "async_accept_to_output_p99": pct(async_lat, 0.99),
         }
@@ -209,16 +253,28 @@ def main(argv: list[str] | None = None) -> int:
         # 2. throughput with 4 client threads
         with ThreadPoolExecutor(4) as pool:
             t0 = time.perf_counter()
-            list(pool.map(lambda _: smr.invoke_endpoint(EndpointName="rt", Body=ROW, ContentType="text/csv")["Body"].read(),
-                          range(n)))
+            list(
+                pool.map(
+                    lambda _: smr.invoke_endpoint(EndpointName="rt", Body=ROW, ContentType="text/csv")[
+                        "Body"
+                    ].read(),
+                    range(n),
+                )
+            )
             rt_rps = n / (time.perf_counter() - t0)
 
         def drain(endpoint: str, tag: str) -> dict[str, float]:
             ids = [f"{tag}-{i}" for i in range(n)]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda i: smr.invoke_endpoint_async(EndpointName=endpoint, InputLocation=source,
-                                                                  ContentType="text/csv", InferenceId=i), ids))
+                list(
+                    pool.map(
+                        lambda i: smr.invoke_endpoint_async(
+                            EndpointName=endpoint, InputLocation=source, ContentType="text/csv", InferenceId=i
+                        ),
+                        ids,
+                    )
+                )
             accepted = time.perf_counter()
             last = inbox.wait(ids, MAX_SECONDS)
             return {"accept_rps": n / (accepted - t0), "completed_rps": n / (last - t0), "seconds": last - t0}
@@ -236,16 +292,32 @@ def main(argv: list[str] | None = None) -> int:
             "drain_2_instances_over_1": two["completed_rps"] / one["completed_rps"],
         }
         inbox.close()
-        lat, tp, dr, ra = results["latency_ms"], results["throughput_rps"], results["drain_rps"], results["ratios"]
-        print(f"async inference vs real-time, batch-1 CSV, {n} requests per throughput run ({os.cpu_count()} cores)")
-        print(f"  latency p50/p99 ms   real-time {lat['realtime_p50']:.1f}/{lat['realtime_p99']:.1f}   "
-              f"async accept-to-output {lat['async_accept_to_output_p50']:.1f}/{lat['async_accept_to_output_p99']:.1f}"
-              f"   ratio {ra['async_p50_latency_over_realtime']:.1f}x")
-        print(f"  throughput req/s     real-time {tp['realtime_4_clients']:.1f}   async completed "
-              f"{tp['async_4_clients']:.1f} (accepted {tp['async_accept']:.1f})   "
-              f"ratio {ra['async_throughput_over_realtime']:.2f}")
-        print(f"  backlog drain req/s  1 instance {dr['instances_1']:.1f}   2 instances {dr['instances_2']:.1f}   "
-              f"ratio {ra['drain_2_instances_over_1']:.2f}")
+        lat, tp, dr, ra = (
+            results["latency_ms"],
+            results["throughput_rps"],
+            results["drain_rps"],
+            results["ratios"],
+        )
+        print(
+            f"async inference vs real-time, batch-1 CSV, {n} requests per throughput run "
+            f"({os.cpu_count()} cores)"
+        )
+        print(
+            f"  latency p50/p99 ms   real-time {lat['realtime_p50']:.1f}/{lat['realtime_p99']:.1f}   "
+            f"async accept-to-output {lat['async_accept_to_output_p50']:.1f}/"
+            f"{lat['async_accept_to_output_p99']:.1f}"
+            f"   ratio {ra['async_p50_latency_over_realtime']:.1f}x"
+        )
+        print(
+            f"  throughput req/s     real-time {tp['realtime_4_clients']:.1f}   async completed "
+            f"{tp['async_4_clients']:.1f} (accepted {tp['async_accept']:.1f})   "
+            f"ratio {ra['async_throughput_over_realtime']:.2f}"
+        )
+        print(
+            f"  backlog drain req/s  1 instance {dr['instances_1']:.1f}   "
+            f"2 instances {dr['instances_2']:.1f}   "
+            f"ratio {ra['drain_2_instances_over_1']:.2f}"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0

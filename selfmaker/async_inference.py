@@ -98,27 +98,35 @@ def check_config(platform: Platform, params: dict[str, Any]) -> list[str]:
         return []
     output = config.get("OutputConfig") or {}
     if not output.get("S3OutputPath"):
-        raise ValidationException("1 validation error detected: Value null at 'asyncInferenceConfig.outputConfig."
-                                  "s3OutputPath' failed to satisfy constraint: Member must not be null")
+        raise ValidationException(
+            "1 validation error detected: Value null at 'asyncInferenceConfig.outputConfig."
+            "s3OutputPath' failed to satisfy constraint: Member must not be null"
+        )
     for key in ("S3OutputPath", "S3FailurePath"):
         value = output.get(key)
         if value is not None and not _uri_ok(value):
-            raise ValidationException(f"AsyncInferenceConfig.OutputConfig.{key} must be an s3:// or file:// URI, got "
-                                      f"'{value}'.")
+            raise ValidationException(
+                f"AsyncInferenceConfig.OutputConfig.{key} must be an s3:// or file:// URI, got '{value}'."
+            )
     notification = output.get("NotificationConfig") or {}
     for key in ("SuccessTopic", "ErrorTopic"):
         topic = notification.get(key)
         if topic and not _TOPIC_ARN.match(topic):
-            raise ValidationException(f"AsyncInferenceConfig.OutputConfig.NotificationConfig.{key} '{topic}' is not "
-                                      "an SNS topic ARN.")
+            raise ValidationException(
+                f"AsyncInferenceConfig.OutputConfig.NotificationConfig.{key} '{topic}' is not "
+                "an SNS topic ARN."
+            )
     for value in notification.get("IncludeInferenceResponseIn") or []:
         if value not in (SUCCESS_TOPIC, ERROR_TOPIC):
-            raise ValidationException(f"IncludeInferenceResponseIn value '{value}' must be one of {SUCCESS_TOPIC}, "
-                                      f"{ERROR_TOPIC}.")
+            raise ValidationException(
+                f"IncludeInferenceResponseIn value '{value}' must be one of {SUCCESS_TOPIC}, {ERROR_TOPIC}."
+            )
     for variant in params.get("ProductionVariants") or []:
         if variant.get("ServerlessConfig"):
-            raise ValidationException(f"Variant '{variant.get('VariantName')}': AsyncInferenceConfig cannot be used "
-                                      "with a serverless variant.")
+            raise ValidationException(
+                f"Variant '{variant.get('VariantName')}': AsyncInferenceConfig cannot be used "
+                "with a serverless variant."
+            )
     if params.get("ShadowProductionVariants"):
         raise ValidationException("AsyncInferenceConfig cannot be combined with ShadowProductionVariants.")
     return ["AsyncInferenceConfig"]
@@ -224,7 +232,9 @@ class AsyncSupervisor:
                 from serving.asyncq.backends import open_queue
 
                 client = boto3.client("sqs", region_name=self.platform.settings.region)
-                url = client.create_queue(QueueName=f"{self.settings.sqs_queue_prefix}{endpoint}"[:80])["QueueUrl"]
+                url = client.create_queue(QueueName=f"{self.settings.sqs_queue_prefix}{endpoint}"[:80])[
+                    "QueueUrl"
+                ]
                 state = self.settings.state or f"sqlite:{self.dir / 'state.db'}"
                 queue = open_queue(f"sqs:{url}", endpoint, state=state)
             self._queues[endpoint] = queue
@@ -305,7 +315,9 @@ class AsyncSupervisor:
             if instance_id not in self.workers and instance.handle.alive() and not instance.draining:
                 self.workers[instance_id] = await self._start_worker(state, instance)
 
-    def _scale(self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime, now: float) -> None:
+    def _scale(
+        self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime, now: float
+    ) -> None:
         low, high = _min_max(variant.config)
         managed = (variant.config.get("ManagedInstanceScaling") or {}).get("Status") == "ENABLED"
         pool = variant.pool
@@ -330,17 +342,30 @@ class AsyncSupervisor:
         if target is None or target == pool.size:
             return
         state.scaling.add(variant.name)
-        log.info("async endpoint %s variant %s: scaling %d -> %d (backlog %d)", state.name, variant.name, pool.size,
-                 target, state.backlog)
+        log.info(
+            "async endpoint %s variant %s: scaling %d -> %d (backlog %d)",
+            state.name,
+            variant.name,
+            pool.size,
+            target,
+            state.backlog,
+        )
         self._spawn(self._scale_to(runtime, state, variant, target))
 
-    async def _scale_to(self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime,
-                        target: int) -> None:
+    async def _scale_to(
+        self, runtime: EndpointRuntime, state: AsyncEndpoint, variant: VariantRuntime, target: int
+    ) -> None:
         try:
             if target < variant.pool.size:
                 # workers first: their in-flight work goes back to the queue before the servers stop
-                doomed = [self.workers.pop(i.instance_id) for i in variant.pool.instances if i.instance_id in self.workers]
-                await asyncio.gather(*(w.stop(self.settings.stop_grace) for w in doomed), return_exceptions=True)
+                doomed = [
+                    self.workers.pop(i.instance_id)
+                    for i in variant.pool.instances
+                    if i.instance_id in self.workers
+                ]
+                await asyncio.gather(
+                    *(w.stop(self.settings.stop_grace) for w in doomed), return_exceptions=True
+                )
             await variant.pool.scale_to(target)
             variant.pool.desired = target
             self._record_counts(runtime)
@@ -359,9 +384,15 @@ class AsyncSupervisor:
         for summary in record.doc.get("ProductionVariants") or []:
             live = runtime.variants.get(summary.get("VariantName", ""))
             if live is not None:
-                summary = {**summary, "CurrentInstanceCount": live.pool.size, "DesiredInstanceCount": live.pool.desired}
+                summary = {
+                    **summary,
+                    "CurrentInstanceCount": live.pool.size,
+                    "DesiredInstanceCount": live.pool.desired,
+                }
             variants.append(summary)
-        self.platform.store.update("endpoint", runtime.name, merge={"ProductionVariants": variants}, touch=False)
+        self.platform.store.update(
+            "endpoint", runtime.name, merge={"ProductionVariants": variants}, touch=False
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -371,20 +402,40 @@ class AsyncSupervisor:
     async def _start_worker(self, state: AsyncEndpoint, instance: Instance) -> WorkerProcess:
         python = self.platform.settings.python or sys.executable
         cmd = [
-            python, "-m", "serving.asyncq", *self.queue_spec(state.name), "--name", state.name,
-            "--model-url", instance.url, "--concurrency", str(state.concurrency),
-            "--visibility-timeout", str(self.settings.visibility_timeout), "--exit-with-parent",
+            python,
+            "-m",
+            "serving.asyncq",
+            *self.queue_spec(state.name),
+            "--name",
+            state.name,
+            "--model-url",
+            instance.url,
+            "--concurrency",
+            str(state.concurrency),
+            "--visibility-timeout",
+            str(self.settings.visibility_timeout),
+            "--exit-with-parent",
         ]
-        log_path = self.platform.settings.logs_dir / "endpoints" / state.name / f"{instance.instance_id}-async.log"
+        log_path = (
+            self.platform.settings.logs_dir / "endpoints" / state.name / f"{instance.instance_id}-async.log"
+        )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.setdefault("AWS_DEFAULT_REGION", self.platform.settings.region)
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.PIPE, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+                *cmd,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
             )
-        log.info("async worker for %s started (pid %s, concurrency %d)", instance.instance_id, process.pid,
-                 state.concurrency)
+        log.info(
+            "async worker for %s started (pid %s, concurrency %d)",
+            instance.instance_id,
+            process.pid,
+            state.concurrency,
+        )
         return WorkerProcess(instance.instance_id, state.name, instance.url, process)
 
     # ---- observability ------------------------------------------------------------------------
@@ -392,18 +443,22 @@ class AsyncSupervisor:
     def metrics(self) -> str:
         """Prometheus text lines: backlog, age of the oldest request, capacity, per endpoint."""
         lines = [
-            "# HELP selfmaker_async_backlog_size Requests accepted and not yet finished (ApproximateBacklogSize).",
+            "# HELP selfmaker_async_backlog_size Requests accepted and not yet finished "
+            "(ApproximateBacklogSize).",
             "# TYPE selfmaker_async_backlog_size gauge",
         ]
         runtimes = self._async_runtimes()
-        for runtime, state in runtimes:
+        for _, state in runtimes:
             lines.append(f'selfmaker_async_backlog_size{{endpoint="{state.name}"}} {state.backlog}')
         lines += [
             "# HELP selfmaker_async_oldest_request_age_seconds Age of the oldest unfinished request.",
             "# TYPE selfmaker_async_oldest_request_age_seconds gauge",
         ]
-        for runtime, state in runtimes:
-            lines.append(f'selfmaker_async_oldest_request_age_seconds{{endpoint="{state.name}"}} {state.oldest_age:.3f}')
+        for _, state in runtimes:
+            lines.append(
+                f'selfmaker_async_oldest_request_age_seconds{{endpoint="{state.name}"}} '
+                f"{state.oldest_age:.3f}"
+            )
         lines += [
             "# HELP selfmaker_async_has_backlog_without_capacity 1 when requests wait and no instance runs.",
             "# TYPE selfmaker_async_has_backlog_without_capacity gauge",
@@ -445,11 +500,15 @@ def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any])
     async_config = config.get("AsyncInferenceConfig")
     if not async_config:
         return
-    runtime.attributes[EXTENSION] = AsyncEndpoint(runtime.name, async_config, _concurrency(async_config, platform))
+    runtime.attributes[EXTENSION] = AsyncEndpoint(
+        runtime.name, async_config, _concurrency(async_config, platform)
+    )
 
     def refuse_sync(record: InvocationRecord) -> None:
-        raise ValidationError(f"Endpoint {runtime.name} is an asynchronous endpoint; use InvokeEndpointAsync "
-                              "(POST /endpoints/{name}/async-invocations).")
+        raise ValidationError(
+            f"Endpoint {runtime.name} is an asynchronous endpoint; use InvokeEndpointAsync "
+            "(POST /endpoints/{name}/async-invocations)."
+        )
 
     runtime.pre_invoke.append(refuse_sync)
     sup = platform.extensions.get(EXTENSION)
@@ -467,11 +526,15 @@ def _int_header(headers: Any, name: str, default: int, low: int, high: int, memb
     try:
         value = int(raw)
     except ValueError:
-        raise ValidationError(f"1 validation error detected: Value '{raw}' at '{member}' failed to satisfy "
-                              "constraint: Member must be an integer") from None
+        raise ValidationError(
+            f"1 validation error detected: Value '{raw}' at '{member}' failed to satisfy "
+            "constraint: Member must be an integer"
+        ) from None
     if not low <= value <= high:
-        raise ValidationError(f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
-                              f"constraint: Member must have value between {low} and {high}")
+        raise ValidationError(
+            f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
+            f"constraint: Member must have value between {low} and {high}"
+        )
     return value
 
 
@@ -479,8 +542,10 @@ def _clean(value: str | None, member: str, limit: int = 1024) -> str | None:
     if value is None:
         return None
     if len(value) > limit or any(ord(c) > 127 or c in "\r\n" for c in value):
-        raise ValidationError(f"1 validation error detected: Value at '{member}' failed to satisfy constraint: "
-                              f"Member must have length less than or equal to {limit} and be ASCII")
+        raise ValidationError(
+            f"1 validation error detected: Value at '{member}' failed to satisfy constraint: "
+            f"Member must have length less than or equal to {limit} and be ASCII"
+        )
     return value
 
 
@@ -491,53 +556,94 @@ async def invoke_async(platform: Platform, request: web.Request) -> web.Response
     runtime = platform.endpoints.runtime_for(name)
     state = runtime.attributes.get(EXTENSION)
     if not isinstance(state, AsyncEndpoint):
-        raise ValidationError(f"Endpoint {runtime.name} is not configured for asynchronous inference "
-                              "(its endpoint config has no AsyncInferenceConfig).")
+        raise ValidationError(
+            f"Endpoint {runtime.name} is not configured for asynchronous inference "
+            "(its endpoint config has no AsyncInferenceConfig)."
+        )
     headers = request.headers
     inference_id = headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4())
-    if not _INFERENCE_ID.match(inference_id) or "/" in inference_id or "\\" in inference_id or inference_id in (".", ".."):
-        raise ValidationError(f"1 validation error detected: Value '{inference_id[:80]}' at 'inferenceId' failed to "
-                              "satisfy constraint: 1-64 printable characters, no '/' or '\\'")
-    ttl = _int_header(headers, "X-Amzn-SageMaker-RequestTTLSeconds", DEFAULT_TTL_SECONDS, 60, MAX_TTL_SECONDS,
-                      "requestTTLSeconds")
-    timeout = _int_header(headers, "X-Amzn-SageMaker-InvocationTimeoutSeconds", DEFAULT_INVOCATION_TIMEOUT_SECONDS, 1,
-                          MAX_INVOCATION_TIMEOUT_SECONDS, "invocationTimeoutSeconds")
+    if (
+        not _INFERENCE_ID.match(inference_id)
+        or "/" in inference_id
+        or "\\" in inference_id
+        or inference_id in (".", "..")
+    ):
+        raise ValidationError(
+            f"1 validation error detected: Value '{inference_id[:80]}' at 'inferenceId' failed to "
+            "satisfy constraint: 1-64 printable characters, no '/' or '\\'"
+        )
+    ttl = _int_header(
+        headers,
+        "X-Amzn-SageMaker-RequestTTLSeconds",
+        DEFAULT_TTL_SECONDS,
+        60,
+        MAX_TTL_SECONDS,
+        "requestTTLSeconds",
+    )
+    timeout = _int_header(
+        headers,
+        "X-Amzn-SageMaker-InvocationTimeoutSeconds",
+        DEFAULT_INVOCATION_TIMEOUT_SECONDS,
+        1,
+        MAX_INVOCATION_TIMEOUT_SECONDS,
+        "invocationTimeoutSeconds",
+    )
     content_type = _clean(headers.get("X-Amzn-SageMaker-Content-Type"), "contentType")
     accept = _clean(headers.get("X-Amzn-SageMaker-Accept"), "accept")
     custom = _clean(headers.get("X-Amzn-SageMaker-Custom-Attributes"), "customAttributes")
     extension = headers.get("X-Amzn-SageMaker-S3OutputPathExtension")
     if extension is not None and not _EXTENSION_RE.match(extension):
-        raise ValidationError(f"1 validation error detected: Value '{extension[:80]}' at 's3OutputPathExtension' "
-                              "failed to satisfy constraint")
+        raise ValidationError(
+            f"1 validation error detected: Value '{extension[:80]}' at 's3OutputPathExtension' "
+            "failed to satisfy constraint"
+        )
     filename = headers.get("X-Amzn-SageMaker-Filename")
     if filename is not None and not _FILENAME_RE.match(filename):
-        raise ValidationError(f"1 validation error detected: Value '{filename[:80]}' at 'filename' failed to "
-                              "satisfy constraint")
+        raise ValidationError(
+            f"1 validation error detected: Value '{filename[:80]}' at 'filename' failed to satisfy constraint"
+        )
     input_location = headers.get("X-Amzn-SageMaker-InputLocation")
     body = await request.read()
     if input_location and body:
         raise ValidationError("InputLocation and Body are mutually exclusive.")
     if not input_location and not body:
-        raise ValidationError("1 validation error detected: Value null at 'inputLocation' failed to satisfy "
-                              "constraint: Member must not be null")
+        raise ValidationError(
+            "1 validation error detected: Value null at 'inputLocation' failed to satisfy "
+            "constraint: Member must not be null"
+        )
     if input_location and not _uri_ok(input_location):
         raise ValidationError(f"InputLocation '{input_location[:200]}' must be an s3:// or file:// URI.")
     if len(body) > MAX_INLINE_BODY:
-        raise ValidationError(f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation.")
+        raise ValidationError(
+            f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."
+        )
 
     output = state.config.get("OutputConfig") or {}
     notification = output.get("NotificationConfig") or {}
-    out_location, fail_location = result_locations(output["S3OutputPath"], output.get("S3FailurePath"), inference_id,
-                                                   extension=extension, filename=filename)
+    out_location, fail_location = result_locations(
+        output["S3OutputPath"],
+        output.get("S3FailurePath"),
+        inference_id,
+        extension=extension,
+        filename=filename,
+    )
     queue = sup.queue(state.name)
     if body:
         input_location = await asyncio.to_thread(_store_inline, sup.dir, state.name, inference_id, body)
     assert input_location is not None
     req = AsyncRequest(
-        inference_id=inference_id, endpoint_name=runtime.name, input_location=input_location,
-        output_location=out_location, failure_location=fail_location, content_type=content_type, accept=accept,
-        custom_attributes=custom, request_ttl_seconds=ttl, invocation_timeout_seconds=timeout,
-        success_topic=notification.get("SuccessTopic") or None, error_topic=notification.get("ErrorTopic") or None,
+        inference_id=inference_id,
+        endpoint_name=runtime.name,
+        input_location=input_location,
+        output_location=out_location,
+        failure_location=fail_location,
+        content_type=content_type,
+        accept=accept,
+        custom_attributes=custom,
+        request_ttl_seconds=ttl,
+        invocation_timeout_seconds=timeout,
+        success_topic=notification.get("SuccessTopic") or None,
+        error_topic=notification.get("ErrorTopic") or None,
         include_response_in=tuple(notification.get("IncludeInferenceResponseIn") or ()),
         region=platform.settings.region,
     )
@@ -549,9 +655,12 @@ async def invoke_async(platform: Platform, request: web.Request) -> web.Response
             req = existing
     sup.wake()
     return web.json_response(
-        {"InferenceId": req.inference_id}, status=202,
-        headers={"X-Amzn-SageMaker-OutputLocation": req.output_location,
-                 "X-Amzn-SageMaker-FailureLocation": req.failure_location},
+        {"InferenceId": req.inference_id},
+        status=202,
+        headers={
+            "X-Amzn-SageMaker-OutputLocation": req.output_location,
+            "X-Amzn-SageMaker-FailureLocation": req.failure_location,
+        },
     )
 
 

@@ -8,11 +8,13 @@ The pieces, each in its own module:
 - :mod:`serving.asyncq.backends` — :class:`QueueBackend` (lease / visibility-timeout semantics, at-least-once)
   with :class:`SqliteQueue` (local default, WAL) and :class:`SqsQueue` (AWS), plus the durable
   :class:`StateStore` used for idempotency and notification de-duplication;
-- :mod:`serving.asyncq.objects` — streaming reads and atomic, idempotent writes of ``s3://`` and ``file://`` objects;
+- :mod:`serving.asyncq.objects` — streaming reads and atomic, idempotent writes of ``s3://`` and ``file://``
+  objects;
 - :mod:`serving.asyncq.notify` — SageMaker's notification message shape and the SNS publisher;
 - :mod:`serving.asyncq.worker` — :class:`AsyncWorker`, identical for every backend.
 
-``python -m serving.asyncq --queue URL --model-url URL`` runs one worker process (one per model-server instance).
+``python -m serving.asyncq --queue URL --model-url URL`` runs one worker process (one per model-server
+instance).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", required=True, help="sqlite:<path> or sqs:<queue url>")
     p.add_argument("--name", required=True, help="queue name (the endpoint name)")
     p.add_argument("--state", default=None, help="state store for SQS: s3://bucket/prefix or sqlite:<path>")
-    p.add_argument("--model-url", required=True, help="base URL of the model server, e.g. http://127.0.0.1:8080")
+    p.add_argument(
+        "--model-url", required=True, help="base URL of the model server, e.g. http://127.0.0.1:8080"
+    )
     p.add_argument("--concurrency", type=int, default=None, help="MaxConcurrentInvocationsPerInstance")
     p.add_argument("--visibility-timeout", type=float, default=None)
     p.add_argument("--exit-with-parent", action="store_true", help="stop gracefully when stdin reaches EOF")
@@ -32,9 +34,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a worker until SIGTERM/SIGINT (or stdin EOF with --exit-with-parent)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     overrides = {
-        k: v for k, v in {"concurrency": args.concurrency, "visibility_timeout": args.visibility_timeout}.items() if v is not None
+        k: v
+        for k, v in {"concurrency": args.concurrency, "visibility_timeout": args.visibility_timeout}.items()
+        if v is not None
     }
     settings = WorkerSettings(**overrides)
     try:
@@ -64,13 +70,21 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     worker = AsyncWorker(queue, args.model_url, settings=settings)
-    log.info("async worker for %s on %s -> %s (concurrency %d)", args.name, args.queue, args.model_url, settings.concurrency)
+    log.info(
+        "async worker for %s on %s -> %s (concurrency %d)",
+        args.name,
+        args.queue,
+        args.model_url,
+        settings.concurrency,
+    )
     worker.start()
     while not stop.wait(1.0):
         pass
     worker.stop()
     queue.close()
-    log.info("async worker for %s stopped (%d completed, %d failed)", args.name, worker.processed, worker.failed)
+    log.info(
+        "async worker for %s stopped (%d completed, %d failed)", args.name, worker.processed, worker.failed
+    )
     return 0
 
 

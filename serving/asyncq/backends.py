@@ -73,7 +73,7 @@ class QueueBackend(abc.ABC):
     def backlog(self) -> int:
         """Messages not yet acked (waiting or in flight) — SageMaker's ApproximateBacklogSize."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (connections)."""
 
 
@@ -131,7 +131,9 @@ class _SqliteDb:
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             self._local.conn = conn
@@ -174,7 +176,10 @@ class SqliteStateStore:
     def get(self, queue: str, inference_id: str, key: str) -> str | None:
         row = (
             self._db.connection()
-            .execute("SELECT value FROM async_state WHERE queue=? AND inference_id=? AND key=?", (queue, inference_id, key))
+            .execute(
+                "SELECT value FROM async_state WHERE queue=? AND inference_id=? AND key=?",
+                (queue, inference_id, key),
+            )
             .fetchone()
         )
         return None if row is None else str(row[0])
@@ -182,7 +187,8 @@ class SqliteStateStore:
     def put(self, queue: str, inference_id: str, key: str, value: str) -> None:
         with self._db.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO async_state (queue, inference_id, key, value, updated_at) VALUES (?,?,?,?,?)",
+                "INSERT OR REPLACE INTO async_state (queue, inference_id, key, value, updated_at) "
+                "VALUES (?,?,?,?,?)",
                 (queue, inference_id, key, value, time.time()),
             )
 
@@ -197,7 +203,9 @@ class SqliteQueue(QueueBackend):
     change is one ``BEGIN IMMEDIATE`` transaction.
     """
 
-    def __init__(self, path: str | Path, name: str, *, poll_interval: float = 0.02, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str | Path, name: str, *, poll_interval: float = 0.02, synchronous: str = "NORMAL"
+    ) -> None:
         self.name = name
         self._db = _SqliteDb(path, synchronous=synchronous)
         self.state = SqliteStateStore(self._db)
@@ -208,7 +216,8 @@ class SqliteQueue(QueueBackend):
         # The one fsynced commit: an accepted request survives power loss, not just a crash.
         with self._db.transaction(durable=True) as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO async_queue (queue, inference_id, body, enqueued_at, visible_at) VALUES (?,?,?,?,?)",
+                "INSERT OR IGNORE INTO async_queue (queue, inference_id, body, enqueued_at, visible_at) "
+                "VALUES (?,?,?,?,?)",
                 (self.name, request.inference_id, request.to_json(), now, now),
             )
             return cur.rowcount == 1
@@ -217,7 +226,9 @@ class SqliteQueue(QueueBackend):
         """The stored request with this InferenceId (used to answer a repeated accept idempotently)."""
         row = (
             self._db.connection()
-            .execute("SELECT body FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id))
+            .execute(
+                "SELECT body FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id)
+            )
             .fetchone()
         )
         return None if row is None else AsyncRequest.from_json(row[0])
@@ -228,7 +239,8 @@ class SqliteQueue(QueueBackend):
         visible = (
             self._db.connection()
             .execute(
-                "SELECT 1 FROM async_queue WHERE queue=? AND done_at IS NULL AND visible_at<=? LIMIT 1", (self.name, now)
+                "SELECT 1 FROM async_queue WHERE queue=? AND done_at IS NULL AND visible_at<=? LIMIT 1",
+                (self.name, now),
             )
             .fetchone()
         )
@@ -244,7 +256,8 @@ class SqliteQueue(QueueBackend):
             for inference_id, body, count in rows:
                 token = uuid.uuid4().hex
                 conn.execute(
-                    "UPDATE async_queue SET visible_at=?, lease_token=?, receive_count=? WHERE queue=? AND inference_id=?",
+                    "UPDATE async_queue SET visible_at=?, lease_token=?, receive_count=? "
+                    "WHERE queue=? AND inference_id=?",
                     (now + visibility_timeout, token, count + 1, self.name, inference_id),
                 )
                 leases.append(Lease(AsyncRequest.from_json(body), f"{inference_id}\n{token}", count + 1))
@@ -262,7 +275,8 @@ class SqliteQueue(QueueBackend):
         inference_id, token = lease.handle.split("\n", 1)
         with self._db.transaction() as conn:
             cur = conn.execute(
-                f"UPDATE async_queue SET {sql} WHERE queue=? AND inference_id=? AND lease_token=? AND done_at IS NULL",
+                f"UPDATE async_queue SET {sql} "
+                "WHERE queue=? AND inference_id=? AND lease_token=? AND done_at IS NULL",
                 (*args, self.name, inference_id, token),
             )
             return cur.rowcount == 1
@@ -288,7 +302,9 @@ class SqliteQueue(QueueBackend):
         """Seconds the oldest unfinished request has waited (ApproximateAgeOfOldestRequest); 0 when empty."""
         row = (
             self._db.connection()
-            .execute("SELECT MIN(enqueued_at) FROM async_queue WHERE queue=? AND done_at IS NULL", (self.name,))
+            .execute(
+                "SELECT MIN(enqueued_at) FROM async_queue WHERE queue=? AND done_at IS NULL", (self.name,)
+            )
             .fetchone()
         )
         return 0.0 if row[0] is None else max(0.0, time.time() - float(row[0]))
@@ -300,13 +316,18 @@ class SqliteQueue(QueueBackend):
             ids = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT inference_id FROM async_queue WHERE queue=? AND done_at IS NOT NULL AND done_at<?",
+                    "SELECT inference_id FROM async_queue "
+                    "WHERE queue=? AND done_at IS NOT NULL AND done_at<?",
                     (self.name, cutoff),
                 )
             ]
             for inference_id in ids:
-                conn.execute("DELETE FROM async_state WHERE queue=? AND inference_id=?", (self.name, inference_id))
-                conn.execute("DELETE FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id))
+                conn.execute(
+                    "DELETE FROM async_state WHERE queue=? AND inference_id=?", (self.name, inference_id)
+                )
+                conn.execute(
+                    "DELETE FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id)
+                )
         return len(ids)
 
     def close(self) -> None:
@@ -321,12 +342,15 @@ def _error_code(exc: ClientError) -> str:
 
 
 class SqsQueue(QueueBackend):
-    """An SQS queue (what AWS deployments use). FIFO queues (``.fifo``) also de-duplicate accepts by InferenceId.
+    """An SQS queue (what AWS deployments use). FIFO queues (``.fifo``) also de-duplicate accepts by
+    InferenceId.
 
     The per-request state lives in a separate :class:`StateStore` (S3 prefix or SQLite file).
     """
 
-    def __init__(self, queue_url: str, state: StateStore, *, client: Any = None, name: str | None = None) -> None:
+    def __init__(
+        self, queue_url: str, state: StateStore, *, client: Any = None, name: str | None = None
+    ) -> None:
         import boto3
 
         self.queue_url = queue_url
@@ -367,7 +391,9 @@ class SqsQueue(QueueBackend):
     def _visibility(self, lease: Lease, seconds: float) -> bool:
         try:
             self._client.change_message_visibility(
-                QueueUrl=self.queue_url, ReceiptHandle=lease.handle, VisibilityTimeout=max(0, int(round(seconds)))
+                QueueUrl=self.queue_url,
+                ReceiptHandle=lease.handle,
+                VisibilityTimeout=max(0, int(round(seconds))),
             )
         except ClientError:  # the lease is gone (expired, or deleted by another worker)
             return False
@@ -424,7 +450,9 @@ class S3StateStore:
         return str(obj["Body"].read().decode("utf-8"))
 
     def put(self, queue: str, inference_id: str, key: str, value: str) -> None:
-        self._client.put_object(Bucket=self._bucket, Key=self._key(queue, inference_id, key), Body=value.encode("utf-8"))
+        self._client.put_object(
+            Bucket=self._bucket, Key=self._key(queue, inference_id, key), Body=value.encode("utf-8")
+        )
 
 
 def open_queue(spec: str, name: str, *, state: str | None = None) -> QueueBackend:

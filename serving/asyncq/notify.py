@@ -25,7 +25,9 @@ def embeds_response(request: AsyncRequest, outcome: Outcome) -> bool:
     return wanted in request.include_response_in
 
 
-def build_message(request: AsyncRequest, outcome: Outcome, response_body: bytes | None = None) -> dict[str, Any]:
+def build_message(
+    request: AsyncRequest, outcome: Outcome, response_body: bytes | None = None
+) -> dict[str, Any]:
     """The notification, in the shape SageMaker publishes (``eventName: InferenceResult``).
 
     ``responseBody`` (IncludeInferenceResponseIn, bodies ≤ 128 KB) is ``{"content", "encoding"}`` with
@@ -59,13 +61,18 @@ def build_message(request: AsyncRequest, outcome: Outcome, response_body: bytes 
         try:
             message["responseBody"] = {"content": response_body.decode("utf-8"), "encoding": "TEXT"}
         except UnicodeDecodeError:
-            message["responseBody"] = {"content": base64.b64encode(response_body).decode("ascii"), "encoding": "BASE64"}
+            message["responseBody"] = {
+                "content": base64.b64encode(response_body).decode("ascii"),
+                "encoding": "BASE64",
+            }
     return message
 
 
 def dedup_id(request: AsyncRequest, outcome: Outcome) -> str:
     """Stable per (endpoint, InferenceId, status): the MessageDeduplicationId on FIFO topics."""
-    return hashlib.sha256(f"{request.endpoint_name}\n{request.inference_id}\n{outcome.status}".encode()).hexdigest()
+    return hashlib.sha256(
+        f"{request.endpoint_name}\n{request.inference_id}\n{outcome.status}".encode()
+    ).hexdigest()
 
 
 class SnsPublisher:
@@ -89,9 +96,14 @@ class SnsPublisher:
                 self._clients[key] = boto3.client("sns", region_name=region)
             return self._clients[key]
 
-    def publish(self, topic_arn: str, message: dict[str, Any], *, deduplication_id: str, group_id: str) -> str:
+    def publish(
+        self, topic_arn: str, message: dict[str, Any], *, deduplication_id: str, group_id: str
+    ) -> str:
         """Publish ``message`` as JSON text; returns the SNS MessageId. Raises botocore errors."""
-        kwargs: dict[str, Any] = {"TopicArn": topic_arn, "Message": json.dumps(message, separators=(",", ":"))}
+        kwargs: dict[str, Any] = {
+            "TopicArn": topic_arn,
+            "Message": json.dumps(message, separators=(",", ":")),
+        }
         if topic_arn.endswith(".fifo"):
             # FIFO topics drop a repeat with the same id within 5 minutes: exactly-once there.
             kwargs.update(MessageDeduplicationId=deduplication_id[:128], MessageGroupId=group_id[:128])

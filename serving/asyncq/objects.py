@@ -106,7 +106,9 @@ class ObjectStore:
             import boto3
             from botocore.config import Config
 
-            self._s3 = boto3.client("s3", config=Config(max_pool_connections=64, retries={"mode": "standard"}))
+            self._s3 = boto3.client(
+                "s3", config=Config(max_pool_connections=64, retries={"mode": "standard"})
+            )
         return self._s3
 
     # ----------------------------------------------------------------- reads
@@ -123,7 +125,9 @@ class ObjectStore:
                 raise ObjectError(f"could not read input {uri}: {code}") from exc
             except BotoCoreError as exc:
                 raise ObjectError(f"could not read input {uri}: {exc}") from exc
-            return InputStream(obj["Body"], int(obj.get("ContentLength", 0)) if "ContentLength" in obj else None)
+            return InputStream(
+                obj["Body"], int(obj.get("ContentLength", 0)) if "ContentLength" in obj else None
+            )
         if scheme == "file":
             path = file_path(uri)
             try:
@@ -145,7 +149,9 @@ class ObjectStore:
                 if str(exc.response.get("Error", {}).get("Code")) in {"404", "NoSuchKey", "NotFound"}:
                     return None
                 raise
-            return ObjectInfo(int(resp.get("ContentLength", 0)), resp.get("ContentType"), dict(resp.get("Metadata", {})))
+            return ObjectInfo(
+                int(resp.get("ContentLength", 0)), resp.get("ContentType"), dict(resp.get("Metadata", {}))
+            )
         path = file_path(uri)
         try:
             size = path.stat().st_size
@@ -168,7 +174,7 @@ class ObjectStore:
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        """Write ``source`` (seekable, positioned at 0) to ``uri`` atomically, replacing any earlier object."""
+        """Write ``source`` (seekable, at 0) to ``uri`` atomically, replacing any earlier object."""
         scheme = urlparse(uri).scheme
         if scheme == "s3":
             from boto3.s3.transfer import TransferConfig
@@ -194,7 +200,9 @@ class ObjectStore:
             path = file_path(uri)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=path.parent)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{path.name}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=path.parent
+                )
                 try:
                     with os.fdopen(fd, "wb") as out:
                         while chunk := source.read(1 << 20):

@@ -58,11 +58,17 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SELFMAKER_ASYNC_", extra="ignore")
 
     concurrency: int = Field(1, ge=1, le=1000, description="MaxConcurrentInvocationsPerInstance")
-    visibility_timeout: float = Field(60.0, gt=0, description="lease length; extended while a request is worked on")
+    visibility_timeout: float = Field(
+        60.0, gt=0, description="lease length; extended while a request is worked on"
+    )
     wait_seconds: float = Field(0.5, ge=0, description="receive long-poll")
-    max_attempts: int = Field(10, ge=1, description="deliveries before an infrastructure error becomes a failure")
+    max_attempts: int = Field(
+        10, ge=1, description="deliveries before an infrastructure error becomes a failure"
+    )
     retry_delay: float = Field(1.0, ge=0, description="base back-off before a retried delivery")
-    stop_grace: float = Field(60.0, ge=0, description="seconds a graceful stop waits for results being stored")
+    stop_grace: float = Field(
+        60.0, ge=0, description="seconds a graceful stop waits for results being stored"
+    )
     connect_timeout: float = Field(10.0, gt=0)
 
 
@@ -222,7 +228,13 @@ class AsyncWorker:
             log.info("left %s to its next delivery: %s", request.inference_id, exc)
         except _Retry as exc:
             delay = min(60.0, self.settings.retry_delay * (2 ** max(0, lease.receive_count - 1)))
-            log.warning("retrying %s in %.1fs (delivery %d): %s", request.inference_id, delay, lease.receive_count, exc)
+            log.warning(
+                "retrying %s in %.1fs (delivery %d): %s",
+                request.inference_id,
+                delay,
+                lease.receive_count,
+                exc,
+            )
             if not job.abandoned:
                 self.queue.release(lease, delay)
         except Exception:
@@ -253,7 +265,10 @@ class AsyncWorker:
                 )
             try:
                 self._enter_storing(job)
-                event_meta = {"inference-id": request.inference_id, "event-time": repr(decision.outcome.event_time)}
+                event_meta = {
+                    "inference-id": request.inference_id,
+                    "event-time": repr(decision.outcome.event_time),
+                }
                 if decision.outcome.failure_reason:
                     event_meta["failure-reason"] = decision.outcome.failure_reason
                 decision.body.seek(0)
@@ -286,10 +301,18 @@ class AsyncWorker:
             for step, at in marks.items():
                 steps.append(f"{step} {1000 * (at - last):.1f}")
                 last = at
-            log.debug("%s %s in %.1f ms (%s, ack %.1f)", request.inference_id, outcome.status,
-                      1000 * (time.perf_counter() - began), ", ".join(steps), 1000 * (time.perf_counter() - last))
+            log.debug(
+                "%s %s in %.1f ms (%s, ack %.1f)",
+                request.inference_id,
+                outcome.status,
+                1000 * (time.perf_counter() - began),
+                ", ".join(steps),
+                1000 * (time.perf_counter() - last),
+            )
         if not acked:
-            log.info("ack of %s lost its lease (another worker finishes it idempotently)", request.inference_id)
+            log.info(
+                "ack of %s lost its lease (another worker finishes it idempotently)", request.inference_id
+            )
 
     def _enter_storing(self, job: _Job) -> None:
         with job.lock:
@@ -307,7 +330,10 @@ class AsyncWorker:
         if lease.receive_count <= 1:
             return None
         # A redelivery: an earlier attempt may have died after writing the object but before recording it.
-        for location, status in ((request.output_location, "Completed"), (request.failure_location, "Failed")):
+        for location, status in (
+            (request.output_location, "Completed"),
+            (request.failure_location, "Failed"),
+        ):
             info = self.objects.head(location)
             if info is None:
                 continue
@@ -316,15 +342,21 @@ class AsyncWorker:
                 event_time = float(meta.get("event-time", ""))
             except ValueError:
                 event_time = time.time()
-            reason = meta.get("failure-reason") or (None if status == "Completed" else "ClientError: see the failure object")
-            outcome = Outcome(status, location, info.content_type or "application/octet-stream", event_time, reason)
+            reason = meta.get("failure-reason") or (
+                None if status == "Completed" else "ClientError: see the failure object"
+            )
+            outcome = Outcome(
+                status, location, info.content_type or "application/octet-stream", event_time, reason
+            )
             self.queue.state.put(self.queue.name, request.inference_id, "outcome", outcome.to_json())
             return outcome
         return None
 
     # ------------------------------------------------------------------ deciding
 
-    def _failure(self, request: AsyncRequest, reason: str, body: bytes | None = None, content_type: str | None = None) -> _Decision:
+    def _failure(
+        self, request: AsyncRequest, reason: str, body: bytes | None = None, content_type: str | None = None
+    ) -> _Decision:
         spool: IO[bytes] = SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by _process
         spool.write(body if body is not None else reason.encode("utf-8"))
         ctype = content_type if body is not None and content_type else "text/plain; charset=utf-8"
@@ -337,7 +369,8 @@ class AsyncWorker:
         if request.expired(now):
             return self._failure(
                 request,
-                f"ClientError: Request expired: received at {iso_millis(request.received_time)}, not processed within "
+                f"ClientError: Request expired: received at {iso_millis(request.received_time)}, "
+                "not processed within "
                 f"RequestTTLSeconds={request.request_ttl_seconds}.",
             )
         try:
@@ -354,7 +387,10 @@ class AsyncWorker:
         parsed = urlparse(url)
         timeout = float(request.invocation_timeout_seconds)
         conn = http.client.HTTPConnection(
-            parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=min(timeout, self.settings.connect_timeout), blocksize=_CHUNK
+            parsed.hostname or "127.0.0.1",
+            parsed.port or 80,
+            timeout=min(timeout, self.settings.connect_timeout),
+            blocksize=_CHUNK,
         )
         headers = {
             "Content-Type": request.content_type or "application/octet-stream",
@@ -435,8 +471,9 @@ class AsyncWorker:
     def _timeout(self, request: AsyncRequest) -> _Decision:
         return self._failure(
             request,
-            'ClientError: Received server error (0) from model with message "Your invocation timed out while waiting '
-            f'for a response from container primary (InvocationTimeoutSeconds={request.invocation_timeout_seconds})."',
+            'ClientError: Received server error (0) from model with message "Your invocation timed out while '
+            "waiting for a response from container primary "
+            f'(InvocationTimeoutSeconds={request.invocation_timeout_seconds})."',
         )
 
     # ------------------------------------------------------------------ notifying
@@ -461,12 +498,21 @@ class AsyncWorker:
             )
         except (ClientError, BotoCoreError) as exc:
             if job.lease.receive_count >= self.settings.max_attempts:
-                log.error("giving up notifying %s on %s after %d deliveries: %s", request.inference_id, topic,
-                          job.lease.receive_count, exc)
+                log.error(
+                    "giving up notifying %s on %s after %d deliveries: %s",
+                    request.inference_id,
+                    topic,
+                    job.lease.receive_count,
+                    exc,
+                )
                 state.put(self.queue.name, request.inference_id, "notified", json.dumps({"error": str(exc)}))
                 return
             raise _Retry(f"publishing to {topic} failed: {exc}") from exc
         # The window between SNS accepting the message and this commit is the only place a SIGKILL can
         # cause a second notification (see module docstring).
-        state.put(self.queue.name, request.inference_id, "notified", json.dumps({"topic": topic, "message_id": message_id}))
-
+        state.put(
+            self.queue.name,
+            request.inference_id,
+            "notified",
+            json.dumps({"topic": topic, "message_id": message_id}),
+        )

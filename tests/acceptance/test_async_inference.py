@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load_helpers() -> Any:
     if "platform_helpers" in sys.modules:
         return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    spec = importlib.util.spec_from_file_location(
+        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["platform_helpers"] = module
@@ -77,13 +79,17 @@ class Aws:
         deadline = time.monotonic() + timeout
         quiet: float | None = None
         while time.monotonic() < deadline:
-            msgs = self.sqs.receive_message(QueueUrl=self.inbox_url, MaxNumberOfMessages=10).get("Messages", [])
+            msgs = self.sqs.receive_message(QueueUrl=self.inbox_url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            )
             for m in msgs:
                 envelope = json.loads(m["Body"])
                 got.append({"TopicArn": envelope["TopicArn"], **json.loads(envelope["Message"])})
             if msgs:
-                self.sqs.delete_message_batch(QueueUrl=self.inbox_url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.inbox_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)],
+                )
                 quiet = None
             elif len(got) >= expected:
                 quiet = quiet or time.monotonic()
@@ -114,13 +120,17 @@ class Inbox:
     def _run(self) -> None:
         sqs, url = self.aws.sqs, self.aws.inbox_url
         while not self._stop.is_set():
-            msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+            msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            )
             for m in msgs:
                 envelope = json.loads(m["Body"])
                 self.notes.append({"TopicArn": envelope["TopicArn"], **json.loads(envelope["Message"])})
             if msgs:
-                sqs.delete_message_batch(QueueUrl=url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+                sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)],
+                )
 
 
 def new_aws(url: str) -> Aws:
@@ -146,9 +156,14 @@ def model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def platform(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """`selfmaker up` with S3/SNS pointed at moto, a short lease and a 1 s scale-to-zero delay."""
-    env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_SCALE_IN_AFTER": "1",
-           "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10"}
+    env = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SELFMAKER_ASYNC_SCALE_IN_AFTER": "1",
+        "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10",
+    }
     server = helpers.PlatformProcess(tmp_path_factory.mktemp("async-home"), env=env)
     server.start()
     try:
@@ -193,13 +208,24 @@ def async_config(aws: Aws, **extra: Any) -> dict[str, Any]:
     }
 
 
-def deploy_async(platform: Any, name: str, model_tar: str, aws: Aws, *, count: int = 1,
-                 variant_extra: dict[str, Any] | None = None, **notification: Any) -> None:
+def deploy_async(
+    platform: Any,
+    name: str,
+    model_tar: str,
+    aws: Aws,
+    *,
+    count: int = 1,
+    variant_extra: dict[str, Any] | None = None,
+    **notification: Any,
+) -> None:
     sm = platform.sagemaker()
     helpers.make_model(sm, f"{name}-model", model_tar)
     variant = {**helpers.variant("AllTraffic", f"{name}-model", count=count), **(variant_extra or {})}
-    sm.create_endpoint_config(EndpointConfigName=f"{name}-cfg", ProductionVariants=[variant],
-                              AsyncInferenceConfig=async_config(aws, **notification))
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{name}-cfg",
+        ProductionVariants=[variant],
+        AsyncInferenceConfig=async_config(aws, **notification),
+    )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
     sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=helpers.WAIT)
 
@@ -209,11 +235,19 @@ ROWS = b"0.5,1.0,-0.2,0.3\n-1.5,-0.3,0.1,0.0\n"
 
 def test_async_end_to_end(platform: Any, moto_server: str, model_tar: str) -> None:
     aws = new_aws(moto_server)
-    deploy_async(platform, "async-e2e", model_tar, aws, IncludeInferenceResponseIn=["SUCCESS_NOTIFICATION_TOPIC"])
+    deploy_async(
+        platform, "async-e2e", model_tar, aws, IncludeInferenceResponseIn=["SUCCESS_NOTIFICATION_TOPIC"]
+    )
     smr = platform.runtime()
     src = aws.put("in/rows.csv", ROWS)
-    resp = smr.invoke_endpoint_async(EndpointName="async-e2e", InputLocation=src, ContentType="text/csv",
-                                     Accept="text/csv", InferenceId="first-request", CustomAttributes="trace=1")
+    resp = smr.invoke_endpoint_async(
+        EndpointName="async-e2e",
+        InputLocation=src,
+        ContentType="text/csv",
+        Accept="text/csv",
+        InferenceId="first-request",
+        CustomAttributes="trace=1",
+    )
     assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
     assert resp["InferenceId"] == "first-request"
     assert resp["OutputLocation"] == f"s3://{aws.bucket}/out/first-request.out"
@@ -221,21 +255,28 @@ def test_async_end_to_end(platform: Any, moto_server: str, model_tar: str) -> No
     # failures: a missing input object, and input the model rejects
     missing = f"s3://{aws.bucket}/in/nope.csv"
     bad = smr.invoke_endpoint_async(EndpointName="async-e2e", InputLocation=missing, ContentType="text/csv")
-    garbage = smr.invoke_endpoint_async(EndpointName="async-e2e", InputLocation=aws.put("in/garbage.csv", b"a,b\n"),
-                                        ContentType="text/csv")
+    garbage = smr.invoke_endpoint_async(
+        EndpointName="async-e2e", InputLocation=aws.put("in/garbage.csv", b"a,b\n"), ContentType="text/csv"
+    )
     wait_until(lambda: len(aws.keys("out/")) + len(aws.keys("failed/")) == 3, what="three results")
 
     # the same model, synchronously, on a real-time endpoint: identical bytes
     sm = platform.sagemaker()
-    sm.create_endpoint_config(EndpointConfigName="async-e2e-rt-cfg",
-                              ProductionVariants=[helpers.variant("AllTraffic", "async-e2e-model")])
+    sm.create_endpoint_config(
+        EndpointConfigName="async-e2e-rt-cfg",
+        ProductionVariants=[helpers.variant("AllTraffic", "async-e2e-model")],
+    )
     sm.create_endpoint(EndpointName="async-e2e-rt", EndpointConfigName="async-e2e-rt-cfg")
     sm.get_waiter("endpoint_in_service").wait(EndpointName="async-e2e-rt", WaiterConfig=helpers.WAIT)
-    sync = smr.invoke_endpoint(EndpointName="async-e2e-rt", Body=ROWS, ContentType="text/csv", Accept="text/csv")
+    sync = smr.invoke_endpoint(
+        EndpointName="async-e2e-rt", Body=ROWS, ContentType="text/csv", Accept="text/csv"
+    )
     assert aws.get(resp["OutputLocation"]) == sync["Body"].read()
 
     assert missing in aws.get(bad["FailureLocation"]).decode()
-    assert aws.keys("failed/") == sorted([bad["FailureLocation"].split("/", 3)[3], garbage["FailureLocation"].split("/", 3)[3]])
+    assert aws.keys("failed/") == sorted(
+        [bad["FailureLocation"].split("/", 3)[3], garbage["FailureLocation"].split("/", 3)[3]]
+    )
     notes = {n["inferenceId"]: n for n in aws.drain_inbox(3)}
     assert len(notes) == 3
     ok = notes["first-request"]
@@ -274,19 +315,28 @@ def test_async_request_validation(platform: Any, moto_server: str, model_tar: st
         resp = requests.post(url, headers=headers, timeout=10)
         assert resp.status_code == 400, (headers, resp.text)
         assert resp.headers["x-amzn-ErrorType"].startswith("ValidationError")
-    resp = requests.post(f"{platform.url}/endpoints/no-such-endpoint/async-invocations",
-                         headers={"X-Amzn-SageMaker-InputLocation": "s3://b/k"}, timeout=10)
+    resp = requests.post(
+        f"{platform.url}/endpoints/no-such-endpoint/async-invocations",
+        headers={"X-Amzn-SageMaker-InputLocation": "s3://b/k"},
+        timeout=10,
+    )
     assert resp.status_code == 400
     sm = platform.sagemaker()
     with pytest.raises(ClientError, match="S3OutputPath"):
         sm.create_endpoint_config(
-            EndpointConfigName="async-val-bad", ProductionVariants=[helpers.variant("AllTraffic", "async-val-model")],
-            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "https://example.com/x"}})
+            EndpointConfigName="async-val-bad",
+            ProductionVariants=[helpers.variant("AllTraffic", "async-val-model")],
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": "https://example.com/x"}},
+        )
     # the same InferenceId twice: one request, same answer (a client retry is harmless)
     src = aws.put("in/x.csv", ROWS)
     smr = platform.runtime()
-    first = smr.invoke_endpoint_async(EndpointName="async-val", InputLocation=src, InferenceId="dup", ContentType="text/csv")
-    second = smr.invoke_endpoint_async(EndpointName="async-val", InputLocation=src, InferenceId="dup", ContentType="text/csv")
+    first = smr.invoke_endpoint_async(
+        EndpointName="async-val", InputLocation=src, InferenceId="dup", ContentType="text/csv"
+    )
+    second = smr.invoke_endpoint_async(
+        EndpointName="async-val", InputLocation=src, InferenceId="dup", ContentType="text/csv"
+    )
     assert first["OutputLocation"] == second["OutputLocation"]
     wait_until(lambda: aws.keys("out/") == ["out/dup.out"], what="the output")
     assert len(aws.drain_inbox(1)) == 1
@@ -294,8 +344,15 @@ def test_async_request_validation(platform: Any, moto_server: str, model_tar: st
 
 def test_scale_to_zero_and_back(platform: Any, moto_server: str, model_tar: str) -> None:
     aws = new_aws(moto_server)
-    deploy_async(platform, "async-zero", model_tar, aws, variant_extra={
-        "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 1}})
+    deploy_async(
+        platform,
+        "async-zero",
+        model_tar,
+        aws,
+        variant_extra={
+            "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 1}
+        },
+    )
     sm = platform.sagemaker()
 
     def instances() -> int:
@@ -303,16 +360,22 @@ def test_scale_to_zero_and_back(platform: Any, moto_server: str, model_tar: str)
         return int(desc["ProductionVariants"][0]["CurrentInstanceCount"])
 
     wait_until(lambda: instances() == 0, timeout=60, what="scale to zero")
-    status = subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home), "--json"],
-                            capture_output=True, text=True, timeout=60, check=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     (entry,) = [e for e in json.loads(status.stdout)["endpoints"] if e["EndpointName"] == "async-zero"]
     assert entry["AsyncBacklog"] == 0
     metrics = requests.get(f"{platform.url}/metrics", timeout=10).text
     assert 'selfmaker_async_backlog_size{endpoint="async-zero"} 0' in metrics
     assert 'selfmaker_async_has_backlog_without_capacity{endpoint="async-zero"} 0' in metrics
     src = aws.put("in/z.csv", ROWS)
-    resp = platform.runtime().invoke_endpoint_async(EndpointName="async-zero", InputLocation=src,
-                                                    ContentType="text/csv")
+    resp = platform.runtime().invoke_endpoint_async(
+        EndpointName="async-zero", InputLocation=src, ContentType="text/csv"
+    )
     out_key = resp["OutputLocation"].split("/", 3)[3]
     wait_until(lambda: out_key in aws.keys("out/"), timeout=90, what="the output after a cold start")
     assert instances() in (0, 1)
@@ -325,8 +388,11 @@ def moto_process(tmp_path: Path) -> Iterator[str]:
     """moto in its own process (not sharing the test's interpreter lock): this test is moto-bound."""
     port = helpers.find_free_port()
     with open(tmp_path / "moto.log", "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         helpers.wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=60, alive=lambda: proc.poll() is None)
         yield f"http://127.0.0.1:{port}"
@@ -345,8 +411,13 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
     missing or duplicated, and exactly 500 notifications."""
     moto_server = moto_process
     aws = new_aws(moto_server)
-    env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10"}
+    env = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SELFMAKER_ASYNC_VISIBILITY_TIMEOUT": "10",
+    }
     home = tmp_path / "home"
     server = helpers.PlatformProcess(home, env=env)
     server.start()
@@ -358,8 +429,12 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
         smr = server.runtime()
 
         def submit(i: int) -> str:
-            resp = smr.invoke_endpoint_async(EndpointName="async-kill", InputLocation=src.as_uri(),
-                                             ContentType="text/csv", InferenceId=f"req-{i:04d}")
+            resp = smr.invoke_endpoint_async(
+                EndpointName="async-kill",
+                InputLocation=src.as_uri(),
+                ContentType="text/csv",
+                InferenceId=f"req-{i:04d}",
+            )
             return str(resp["InferenceId"])
 
         with Inbox(aws) as inbox:
@@ -368,7 +443,9 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
             assert len(set(accepted)) == total
             wait_until(lambda: len(inbox.notes) >= 50, what="some progress before the kill")
             assert server.proc is not None
-            os.kill(server.proc.pid, signal.SIGKILL)  # the platform only; its workers notice and stop gracefully
+            os.kill(
+                server.proc.pid, signal.SIGKILL
+            )  # the platform only; its workers notice and stop gracefully
             server.proc.wait(10)
             server.proc = None
             at_kill = len(inbox.notes)
@@ -380,7 +457,9 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
             wait_until(lambda: not workers_left(), timeout=60, what="orphaned workers to finish")
             _kill_leftovers(home)  # model servers of the dead platform
             server.start()
-            wait_until(lambda: len(inbox.notes) >= total, timeout=150, what="all notifications after the restart")
+            wait_until(
+                lambda: len(inbox.notes) >= total, timeout=150, what="all notifications after the restart"
+            )
             time.sleep(2.0)  # a late duplicate would arrive now
         ids = [n["inferenceId"] for n in inbox.notes]
         assert len(ids) == total, f"{len(ids)} notifications for {total} requests ({len(set(ids))} distinct)"
@@ -404,10 +483,15 @@ def _cmdline(pid: int) -> bytes:
 def test_sqs_backend_platform(moto_server: str, model_tar: str, tmp_path: Path) -> None:
     """The same product with SELFMAKER_ASYNC_BACKEND=sqs: queues in (moto's) SQS, state under an S3 prefix."""
     aws = new_aws(moto_server)
-    env = {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_ASYNC_BACKEND": "sqs",
-           "SELFMAKER_ASYNC_SQS_QUEUE_PREFIX": f"sm-{uuid.uuid4().hex[:8]}-",
-           "SELFMAKER_ASYNC_STATE": f"s3://{aws.bucket}/async-state"}
+    env = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SELFMAKER_ASYNC_BACKEND": "sqs",
+        "SELFMAKER_ASYNC_SQS_QUEUE_PREFIX": f"sm-{uuid.uuid4().hex[:8]}-",
+        "SELFMAKER_ASYNC_STATE": f"s3://{aws.bucket}/async-state",
+    }
     server = helpers.PlatformProcess(tmp_path / "home", env=env)
     server.start()
     try:
@@ -415,8 +499,12 @@ def test_sqs_backend_platform(moto_server: str, model_tar: str, tmp_path: Path) 
         smr = server.runtime()
         src = aws.put("in/rows.csv", ROWS)
         ok = smr.invoke_endpoint_async(EndpointName="async-sqs", InputLocation=src, ContentType="text/csv")
-        bad = smr.invoke_endpoint_async(EndpointName="async-sqs", InputLocation=f"s3://{aws.bucket}/in/missing.csv")
-        queues = aws.sqs.list_queues(QueueNamePrefix=env["SELFMAKER_ASYNC_SQS_QUEUE_PREFIX"]).get("QueueUrls", [])
+        bad = smr.invoke_endpoint_async(
+            EndpointName="async-sqs", InputLocation=f"s3://{aws.bucket}/in/missing.csv"
+        )
+        queues = aws.sqs.list_queues(QueueNamePrefix=env["SELFMAKER_ASYNC_SQS_QUEUE_PREFIX"]).get(
+            "QueueUrls", []
+        )
         assert len(queues) == 1 and queues[0].endswith("async-sqs")
         notes = {n["inferenceId"]: n for n in aws.drain_inbox(2)}
         assert notes[ok["InferenceId"]]["invocationStatus"] == "Completed"

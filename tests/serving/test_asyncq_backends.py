@@ -11,7 +11,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from serving.asyncq import AsyncRequest, QueueBackend, S3StateStore, SqliteQueue, SqsQueue, open_queue, result_locations
+from serving.asyncq import (
+    AsyncRequest,
+    QueueBackend,
+    S3StateStore,
+    SqliteQueue,
+    SqsQueue,
+    open_queue,
+    result_locations,
+)
 
 
 def make_request(i: int | str, endpoint: str = "ep") -> AsyncRequest:
@@ -183,8 +191,14 @@ def test_open_queue_specs(tmp_path: Path) -> None:
 
 def test_request_json_roundtrip_and_locations() -> None:
     req = AsyncRequest(
-        "id-1", "ep", "s3://b/in", "s3://b/o/id-1.out", "s3://b/f/id-1-error.out",
-        content_type="text/csv", include_response_in=("SUCCESS_NOTIFICATION_TOPIC",), request_ttl_seconds=60,
+        "id-1",
+        "ep",
+        "s3://b/in",
+        "s3://b/o/id-1.out",
+        "s3://b/f/id-1-error.out",
+        content_type="text/csv",
+        include_response_in=("SUCCESS_NOTIFICATION_TOPIC",),
+        request_ttl_seconds=60,
     )
     assert AsyncRequest.from_json(req.to_json()) == req
     assert result_locations("s3://b/out/", None, "abc") == ("s3://b/out/abc.out", "s3://b/out/abc-error.out")
