@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -166,8 +167,11 @@ def train(env: TrainingEnvironment) -> None:
     csv_weights = hp.int("csv_weights", 0, minimum=0, maximum=1) == 1
     if "train" not in env.input_data_config:
         raise UserError("channel 'train' is required")
+    started = time.perf_counter()
     train_ds = read_channel(env, "train", default="libsvm", csv_weights=csv_weights)
     valid_ds = read_channel(env, "validation", default="libsvm", csv_weights=csv_weights) if "validation" in env.input_data_config else None
+    print(f"Read {train_ds.rows} training rows x {train_ds.X.shape[1]} features"
+          + (f" and {valid_ds.rows} validation rows" if valid_ds is not None else "") + f" in {time.perf_counter() - started:.2f}s", flush=True)
     objective = params["objective"]
     if objective.startswith("binary:") or objective == "reg:logistic":
         bad = np.setdiff1d(np.unique(train_ds.y), [0.0, 1.0]) if objective.startswith("binary:") else train_ds.y[(train_ds.y < 0) | (train_ds.y > 1)]
@@ -205,7 +209,9 @@ def train(env: TrainingEnvironment) -> None:
             print(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} rounds", flush=True)
         remaining = num_round
 
-    callbacks: list[Any] = [_Reporter(env, checkpoint=env.is_master).callback]
+    # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in use)
+    checkpointing = env.is_master and (bool(env.checkpoint_config) or bool(checkpoints))
+    callbacks: list[Any] = [_Reporter(env, checkpoint=checkpointing).callback]
     if early:
         callbacks.append(xgb.callback.EarlyStopping(rounds=early, save_best=False, data_name="validation"))
 
@@ -218,17 +224,21 @@ def train(env: TrainingEnvironment) -> None:
         except xgb.core.XGBoostError as exc:
             raise UserError(f"xgboost: {str(exc).strip().splitlines()[-1][:500]}") from None
 
+    started = time.perf_counter()
     if len(hosts) > 1:
         booster = _train_distributed(env, hosts, fit, remaining)
     else:
         booster = fit(remaining)
+    print(f"Trained {max(remaining, 0)} rounds in {time.perf_counter() - started:.2f}s", flush=True)
     if booster is None:
         raise UserError("nothing to train: num_round is already reached and no model exists")
     if early and getattr(booster, "best_iteration", None) is not None and booster.num_boosted_rounds() > booster.best_iteration + 1:
         print(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} rounds", flush=True)
         booster = booster[: booster.best_iteration + 1]
     if env.is_master:
+        started = time.perf_counter()
         export(env, booster, n_features, params)
+        print(f"Exported the model in {time.perf_counter() - started:.2f}s", flush=True)
 
 
 def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rounds: int) -> Any:
