@@ -348,7 +348,8 @@ class Template:
             sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
             os.chdir(cwd)
             os.environ.update(env)
-            gc.unfreeze()
+            # the template's objects stay frozen here too: a collection in the server must not touch (and
+            # so copy) their pages
             if memory_mb is not None:
                 limit = memory_mb * 1024 * 1024
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

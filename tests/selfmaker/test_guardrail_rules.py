@@ -211,3 +211,18 @@ def test_blue_green_run_rolls_back_when_an_alarm_fires_while_baking() -> None:
     assert not outcome.completed and outcome.alarm == "errors"
     assert "Alarm errors fired" in outcome.reason and "canary" in outcome.reason
     assert split.new_fraction == 0.0 and split.protecting is True
+
+
+def test_blue_green_run_rolls_back_after_the_maximum_execution_time() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 200.0  # every look at the clock is 200 s later
+        return now[0]
+
+    policy = _policy("LINEAR", 3600, MaximumExecutionTimeoutInSeconds=600)
+    split = TrafficSplit()
+    outcome = asyncio.run(run_blue_green(policy, new_capacity=2, alarms=[], recorder=FleetRecorder(), split=split,
+                                         progress=DeploymentProgress(), check_interval=0.001, clock=clock))
+    assert not outcome.completed and "MaximumExecutionTimeoutInSeconds=600" in outcome.reason
+    assert split.new_fraction == 0.0
