@@ -15,8 +15,11 @@ ALGORITHMS = ("xgboost", "linear-learner")
 
 
 def select(env: TrainingEnvironment, algorithm: str | None) -> str:
-    """``xgboost`` / ``linear-learner`` / ``script``: the explicit choice, else script mode when
-    ``sagemaker_program`` is set."""
+    """``xgboost`` / ``linear-learner`` / ``script``: script mode whenever ``sagemaker_program`` is set
+    (SageMaker's XGBoost image runs a user script in "framework mode" that way), else the built-in named
+    by ``algorithm``."""
+    if "sagemaker_program" in env.raw_hyperparameters and algorithm != "script":
+        return "script"
     if algorithm and algorithm != "auto":
         if algorithm not in (*ALGORITHMS, "script"):
             raise UserError(f"unknown algorithm {algorithm!r} (xgboost, linear-learner, script)")

@@ -179,3 +179,14 @@ def test_failing_requirements_install_is_reported(tmp_path: Path) -> None:
     assert state.status == "Failed"
     assert "InstallRequirementsError" in (state.failure_reason or "")
     assert not any("never runs" in line for line in lines)
+
+
+def test_xgboost_image_with_an_entry_point_runs_the_script(tmp_path: Path) -> None:
+    """SageMaker's XGBoost container in framework mode: sagemaker_program wins over the built-in."""
+    script = "import os, xgboost\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'fw.txt'), 'w').write(xgboost.__version__)\n"
+    req = _script_request(tmp_path, "xgb-framework", script)
+    req["AlgorithmSpecification"]["TrainingImage"] = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+    state, _ = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", state.failure_reason
+    model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
+    assert (model / "fw.txt").read_text()
