@@ -279,7 +279,22 @@ def main(argv: list[str] | None = None) -> int:
             last = inbox.wait(ids, MAX_SECONDS)
             return {"accept_rps": n / (accepted - t0), "completed_rps": n / (last - t0), "seconds": last - t0}
 
-        results["throughput_rps"] = {"realtime_4_clients": rt_rps}
+        # the storage floor: what one async request costs moto alone (GET input, PUT output, SNS publish),
+        # with the same 4-way concurrency — no queue, no model, no worker
+        body = json.dumps({"k": "v"})
+
+        def storage_only(i: int) -> None:
+            s3.get_object(Bucket="bench", Key="in/row.csv")["Body"].read()
+            s3.put_object(Bucket="bench", Key=f"floor/{i}.out", Body=ROW)
+            sns.publish(TopicArn=floor_topic, Message=body)
+
+        floor_topic = sns.create_topic(Name="bench-floor")["TopicArn"]
+        with ThreadPoolExecutor(4) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(storage_only, range(n)))
+            floor_rps = n / (time.perf_counter() - t0)
+
+        results["throughput_rps"] = {"realtime_4_clients": rt_rps, "storage_floor_4_clients": floor_rps}
         one = drain("async1", "tp1")
         results["throughput_rps"]["async_4_clients"] = one["completed_rps"]
         results["throughput_rps"]["async_accept"] = one["accept_rps"]
@@ -289,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "async_p50_latency_over_realtime": results["latency_ms"]["async_accept_to_output_p50"]
             / results["latency_ms"]["realtime_p50"],
             "async_throughput_over_realtime": one["completed_rps"] / rt_rps,
+            "async_throughput_over_storage_floor": one["completed_rps"] / floor_rps,
             "drain_2_instances_over_1": two["completed_rps"] / one["completed_rps"],
         }
         inbox.close()
@@ -312,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  throughput req/s     real-time {tp['realtime_4_clients']:.1f}   async completed "
             f"{tp['async_4_clients']:.1f} (accepted {tp['async_accept']:.1f})   "
             f"ratio {ra['async_throughput_over_realtime']:.2f}"
+        )
+        print(
+            f"  storage floor req/s  moto GET+PUT+publish {tp['storage_floor_4_clients']:.1f}   "
+            f"async / floor {ra['async_throughput_over_storage_floor']:.2f}"
         )
         print(
             f"  backlog drain req/s  1 instance {dr['instances_1']:.1f}   "
