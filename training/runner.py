@@ -177,6 +177,7 @@ class TrainingJobRunner:
         self._checkpoint_uploaded: dict[str, tuple[int, float]] = {}
         self._ckpt_lock = threading.Lock()
         self._exec_kind = "process"
+        self._last_metric_notify = 0.0
         self._transition("Starting")
 
     # -- public API -----------------------------------------------------------------------------
@@ -577,6 +578,10 @@ class TrainingJobRunner:
             with self._lock:
                 self.state.metrics.append(point)
                 self.state.final_metrics[name] = dict(point)
+                # live FinalMetricDataList for DescribeTrainingJob, at most one update per second
+                if time.monotonic() - self._last_metric_notify >= 1.0:
+                    self._last_metric_notify = time.monotonic()
+                    self._notify()
 
     # -- waiting --------------------------------------------------------------------------------
     def _wait_hosts(self, started: float, max_runtime: float) -> bool:

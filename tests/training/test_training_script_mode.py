@@ -54,7 +54,8 @@ def test_toolkit_style_script_runs_unchanged(tmp_path: Path) -> None:
     req = _script_request(tmp_path, "script-ok", TOOLKIT_SCRIPT, {"epochs": 3, "learning-rate": 0.1},
                           metrics=[{"Name": "train:error", "Regex": "Train_error=(.*?);"}])
     req["Environment"] = {"MY_SETTING": "on"}
-    state, lines = run_job(req, tmp_path / "job")
+    updates: list[dict] = []  # type: ignore[type-arg]
+    state, lines = run_job(req, tmp_path / "job", on_update=lambda s: updates.append(s.describe_fields()))
     assert state.status == "Completed", state.failure_reason
     model = json.loads((extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m") / "model.json").read_text())  # type: ignore[index]
     assert model["rows"] == 3 and model["epochs"] == 3 and model["lr"] == 0.1
@@ -69,6 +70,9 @@ def test_toolkit_style_script_runs_unchanged(tmp_path: Path) -> None:
     assert model["argv"] == ["--epochs", "3", "--learning-rate", "0.1"]
     assert [m["Value"] for m in state.metrics] == [1.0, 0.5, 0.333]
     assert state.final_metrics["train:error"]["Value"] == 0.333
+    # metrics reach DescribeTrainingJob while the job is still running
+    assert any(u["TrainingJobStatus"] == "InProgress" and u["FinalMetricDataList"] for u in updates)
+    assert updates[-1]["TrainingJobStatus"] == "Completed"
     assert any("warning goes to stderr" in line for line in lines)
     assert (root / "output/success").exists()
     with tarfile.open(tmp_path / "out/script-ok/output/output.tar.gz") as tar:
