@@ -28,6 +28,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -344,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
