@@ -214,3 +214,17 @@ def test_linear_learner_resumes_from_its_checkpoint_and_continues_a_model(tmp_pa
     assert third.status == "Completed", third.failure_reason
     assert any("starting from the weights of the previous model" in line for line in lines)
     assert np.mean(onnx_predict(local_model(third, tmp_path / "m3"), X)["label"] == y) > 0.95
+
+
+def test_linear_learner_stops_early_when_validation_gets_worse(tmp_path: Path) -> None:
+    X, y = binary_data(800)
+    write_csv(tmp_path / "data/train/t.csv", X[:400], y[:400])
+    write_csv(tmp_path / "data/validation/v.csv", X[400:], 1 - y[400:])  # flipped labels: learning makes it worse
+    hps = {"predictor_type": "binary_classifier", "epochs": 10, "early_stopping_patience": 2, "mini_batch_size": 20}
+    req = request("ll-early", LL_IMAGE, hps, [channel("train", (tmp_path / "data/train").as_uri()),
+                                              channel("validation", (tmp_path / "data/validation").as_uri())], (tmp_path / "out").as_uri())
+    state, lines = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", state.failure_reason
+    epochs = [int(m.group(1)) for line in lines if (m := re.search(r"epoch=(\d+), validation", line))]
+    assert epochs == [0, 1, 2]
+    assert any("Early stopping: validation loss did not improve for 2 epochs" in line for line in lines)
