@@ -80,6 +80,10 @@ class TransformResult:
     parts_done: int = 0
     parts_skipped: int = 0
     elapsed: float = 0.0
+    #: seconds until the model was ready on every worker (cluster start, model load / server start)
+    startup_seconds: float = 0.0
+    #: seconds spent stopping model servers and the cluster at the end
+    teardown_seconds: float = 0.0
     mode: str = ""
     outputs: list[str] = field(default_factory=list)
 
@@ -245,7 +249,8 @@ class _Job:
             except Exception as exc:  # noqa: BLE001 - plugin setup errors come back re-raised by distributed
                 raise BatchError(f"the model could not be started on the workers: {exc}") from None
             registered = True
-            log.info("model ready on the workers after %.1f s", time.monotonic() - self._started)
+            self.result.startup_seconds = time.monotonic() - self._started
+            log.info("model ready on the workers after %.1f s", self.result.startup_seconds)
             info = next(iter(client.run(worker_info, self.plugin_name).values()))
             self.result.mode = info["mode"]
             self.spec = self.spec.with_execution_parameters(info["execution_parameters"]).resolved()
@@ -262,6 +267,7 @@ class _Job:
             self.result.status = "Failed"
             self.result.failure_reason = str(exc)[:1024]
         finally:
+            teardown = time.monotonic()
             if client is not None:
                 try:
                     client.unsubscribe_topic(self.topic)
@@ -278,6 +284,7 @@ class _Job:
                 cluster.close()
             if tmp is not None:
                 tmp.cleanup()
+            self.result.teardown_seconds = time.monotonic() - teardown
         self.result.elapsed = time.monotonic() - self._started
         self.result.records = max(self.result.records, 0)
         self._emit(force=True)

@@ -31,10 +31,11 @@ def _tar(model_dir: Path, dest: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def platform(tmp_path_factory: pytest.TempPathFactory, dask_client: Any) -> Iterator[str]:
+    """`selfmaker up` whose transform jobs run on the tests' Dask scheduler (SELFMAKER_BATCH_SCHEDULER)."""
     home = tmp_path_factory.mktemp("home")
     port = find_free_port()
-    env = {**os.environ, "SELFMAKER_BATCH_WORKERS": "1", "SELFMAKER_STOP_GRACE": "5"}
+    env = {**os.environ, "SELFMAKER_BATCH_SCHEDULER": dask_client.scheduler.address, "SELFMAKER_STOP_GRACE": "5"}
     with open(home / "up.out", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "selfmaker", "up", "--home", str(home), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
