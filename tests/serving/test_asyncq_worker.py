@@ -589,3 +589,66 @@ def _peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError("no VmHWM in /proc status")
+
+
+def test_redelivery_adopts_a_result_written_before_a_crash(
+    tmp_path: Path, aws: Aws, container: Container
+) -> None:
+    """An attempt that died after writing the output but before recording it: the next delivery adopts the
+    object (no second model call, no failure object) and still notifies once."""
+    queue = SqliteQueue(tmp_path / "q.db", "ep", poll_interval=0.01)
+    req = make_request(aws, aws.put_input("in/c.csv", b"c"))
+    queue.put(req)
+    (first,) = queue.receive(1, visibility_timeout=0.2)  # the attempt that "dies": its lease just expires
+    earlier = b'{"written": "by the attempt that died"}'
+    bucket, key = req.output_location[5:].split("/", 1)
+    aws.s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=earlier,
+        ContentType="application/json",
+        Metadata={"inference-id": req.inference_id, "event-time": "1700000000.25"},
+    )
+    worker = run_worker(queue, container.url, aws)
+    try:
+        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
+    finally:
+        worker.stop()
+    assert first.receive_count == 1 and _deliveries(queue, req) == 2
+    queue.close()
+    assert aws.get(req.output_location) == earlier  # the model was not called again
+    assert aws.keys("failed/") == []
+    (note,) = aws.notifications(1)
+    assert note["invocationStatus"] == "Completed"
+    assert note["eventTime"] == "2023-11-14T22:13:20.250Z"  # the recorded event time of the first attempt
+    assert note["responseParameters"]["contentType"] == "application/json"
+
+
+def test_recorded_and_notified_request_is_only_acked(tmp_path: Path, aws: Aws, container: Container) -> None:
+    """A delivery after the notification was marked (the worker died before the ack): nothing is redone."""
+    queue = SqliteQueue(tmp_path / "q.db", "ep", poll_interval=0.01)
+    req = make_request(aws, aws.put_input("in/d.csv", b"d"))
+    queue.put(req)
+    worker = run_worker(queue, container.url, aws)
+    try:
+        wait_until(lambda: queue.backlog() == 0, what="first processing")
+    finally:
+        worker.stop()
+    assert len(aws.notifications(1)) == 1
+    # the same message again, as if the ack had been lost: state says done and notified
+    with queue._db.transaction() as conn:  # test-only: undo the ack
+        conn.execute(
+            "UPDATE async_queue SET done_at=NULL, visible_at=0 WHERE inference_id=?", (req.inference_id,)
+        )
+    aws.s3.delete_object(
+        Bucket=aws.bucket, Key=req.input_location.split("/", 3)[3]
+    )  # a re-run would now fail
+    worker = run_worker(queue, container.url, aws)
+    try:
+        wait_until(lambda: queue.backlog() == 0, what="second delivery acked")
+    finally:
+        worker.stop()
+        queue.close()
+    assert aws.keys("failed/") == []
+    assert json.loads(aws.get(req.output_location))["bytes"] == 1
+    assert aws.notifications(0, timeout=1.5, settle=1.0) == []
