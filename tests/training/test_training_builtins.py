@@ -228,3 +228,29 @@ def test_linear_learner_stops_early_when_validation_gets_worse(tmp_path: Path) -
     epochs = [int(m.group(1)) for line in lines if (m := re.search(r"epoch=(\d+), validation", line))]
     assert epochs == [0, 1, 2]
     assert any("Early stopping: validation loss did not improve for 2 epochs" in line for line in lines)
+
+
+def test_xgboost_saves_its_model_when_stopped_with_save_model_on_termination(tmp_path: Path) -> None:
+    import threading
+
+    from training.runner import TrainingJobRunner
+
+    X, y = binary_data(300)
+    write_csv(tmp_path / "data/t.csv", X, y)
+    req = request("xgb-term", XGB_IMAGE, {"num_round": 100000, "objective": "binary:logistic", "max_depth": 2,
+                                          "save_model_on_termination": "true"},
+                  [channel("train", (tmp_path / "data").as_uri())], (tmp_path / "out").as_uri())
+    holder: dict[str, TrainingJobRunner] = {}
+
+    def on_log(host: str, line: str) -> None:
+        if line.startswith("[3]#011"):
+            threading.Thread(target=holder["runner"].stop).start()
+
+    holder["runner"] = TrainingJobRunner(req, tmp_path / "job", on_log=on_log, stop_grace_seconds=60.0)
+    state = holder["runner"].run()
+    assert state.status == "Stopped", state.describe_fields()
+    model_dir = local_model(state, tmp_path / "m")
+    booster = xgb.Booster()
+    booster.load_model(bytearray((model_dir / "xgboost-model").read_bytes()))
+    assert 4 <= booster.num_boosted_rounds() < 100000
+    assert np.mean(onnx_predict(model_dir, X)["label"] == y) > 0.8

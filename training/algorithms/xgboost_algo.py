@@ -106,7 +106,7 @@ def _dmatrix(ds: Dataset) -> Any:
 class _Reporter:
     """xgboost callback: SageMaker-style metric lines, checkpoints, SIGTERM-safe model saving."""
 
-    def __init__(self, env: TrainingEnvironment, checkpoint: bool, on_round: Any = None) -> None:
+    def __init__(self, env: TrainingEnvironment, checkpoint: bool, terminate: threading.Event | None = None) -> None:
         import xgboost as xgb
 
         class Callback(xgb.callback.TrainingCallback):
@@ -121,6 +121,9 @@ class _Reporter:
                     atomic_write(env.checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch}", bytes(model.save_raw("ubj")))
                     for _, old in numbered_files(env.checkpoint_dir, CHECKPOINT_PREFIX)[:-KEEP_CHECKPOINTS]:
                         old.unlink(missing_ok=True)
+                if terminate is not None and terminate.is_set():
+                    print(f"SIGTERM: stopping after round {epoch} and saving the model (save_model_on_termination)", flush=True)
+                    return True
                 return False
 
         self.callback = Callback()
@@ -165,6 +168,7 @@ def train(env: TrainingEnvironment) -> None:
     hp = Hyperparameters(env.hyperparameters)
     params, num_round, early = build_params(hp, len(hosts))
     csv_weights = hp.int("csv_weights", 0, minimum=0, maximum=1) == 1
+    save_on_term = hp.bool("save_model_on_termination", False)
     if "train" not in env.input_data_config:
         raise UserError("channel 'train' is required")
     started = time.perf_counter()
@@ -211,7 +215,13 @@ def train(env: TrainingEnvironment) -> None:
 
     # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in use)
     checkpointing = env.is_master and (bool(env.checkpoint_config) or bool(checkpoints))
-    callbacks: list[Any] = [_Reporter(env, checkpoint=checkpointing).callback]
+    terminate: threading.Event | None = None
+    if save_on_term and len(hosts) == 1:
+        import signal
+
+        terminate = threading.Event()
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: terminate.set())  # type: ignore[union-attr]
+    callbacks: list[Any] = [_Reporter(env, checkpoint=checkpointing, terminate=terminate).callback]
     if early:
         callbacks.append(xgb.callback.EarlyStopping(rounds=early, save_best=False, data_name="validation"))
 
