@@ -183,6 +183,7 @@ async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: Va
             resp = await instance.upstream.request("POST", "/invocations", headers, body, timeout)
             return resp.status, resp.body, resp.headers
         except ConnectError:
+            log.warning("instance %s of %s is unreachable; replacing it", instance.instance_id, runtime.name)
             platform.endpoints.mark_dead(pool, instance)
             if attempt == attempts - 1:
                 raise ModelError(

@@ -420,11 +420,7 @@ class EndpointManager:
                         if instance.handle.alive():
                             continue
                         log.warning("instance %s of %s died; replacing it", instance.instance_id, runtime.name)
-                        variant.pool.detach(instance)
-                        self.store.remove_instance(instance.instance_id)
-                        task = asyncio.get_running_loop().create_task(self._replace(variant.pool))
-                        self._background.add(task)
-                        task.add_done_callback(self._background.discard)
+                        self.mark_dead(variant.pool, instance)
 
     async def _replace(self, pool: InstancePool) -> None:
         if pool.desired <= 0:  # e.g. a serverless pool scaled to zero: nothing to bring back
@@ -435,8 +431,19 @@ class EndpointManager:
             log.exception("could not replace an instance")
 
     def mark_dead(self, pool: InstancePool, instance: Instance) -> None:
-        """The router could not connect to ``instance``: stop routing to it (the health loop replaces it)."""
-        pool.detach(instance)
+        """The router could not connect to ``instance``: stop routing to it, stop it, start a replacement."""
+        if not pool.detach(instance):
+            return
+
+        async def replace() -> None:
+            instance.upstream.close()
+            await instance.handle.stop(self.settings.stop_grace)
+            self.store.remove_instance(instance.instance_id)
+            await self._replace(pool)
+
+        task = asyncio.get_running_loop().create_task(replace())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
         """Stop every model server; endpoint records stay so the next start restores them."""

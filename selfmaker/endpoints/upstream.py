@@ -215,7 +215,7 @@ class UpstreamPool:
         data = b"".join(head) + body
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):
-            conn = self._take_idle()
+            conn = self._take_idle() if attempt == 0 else None  # the retry always uses a fresh connection
             reused = conn is not None
             if conn is None:
                 conn = await self._connect()
@@ -227,6 +227,7 @@ class UpstreamPool:
             except UpstreamClosed:
                 conn.close()
                 if reused and attempt == 0 and not conn.received_any:
+                    self.close_idle()  # the others are likely stale too (server restarted or idle timeout)
                     continue  # the server closed an idle keep-alive connection under us
                 raise
             except BaseException:
@@ -238,11 +239,15 @@ class UpstreamPool:
             return response
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        """Close idle connections; in-flight requests finish on theirs."""
-        self._closed = True
+    def close_idle(self) -> None:
+        """Close the idle connections (the pool stays usable)."""
         while self._idle:
             self._idle.pop().close()
+
+    def close(self) -> None:
+        """Close idle connections and stop keeping new ones; in-flight requests finish on theirs."""
+        self._closed = True
+        self.close_idle()
 
 
 def _expire(waiter: asyncio.Future[UpstreamResponse]) -> None:

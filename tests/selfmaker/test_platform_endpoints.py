@@ -237,3 +237,32 @@ def test_failed_update_keeps_serving_the_old_config_and_retain_properties(sm: An
     weights = {v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]}
     assert weights == {"A": 5.0, "B": 1.0}
     sm.delete_endpoint(EndpointName=endpoint)
+
+
+def test_dead_model_server_is_routed_around_and_replaced(sm: Any, smr: Any, platform_server: Any,
+                                                         onnx_model_tar: str) -> None:
+    import signal
+    import time
+
+    model, endpoint = _name("m"), _name("heal")
+    make_model(sm, model, onnx_model_tar)
+    deploy(sm, endpoint, [variant("AllTraffic", model, count=2)])
+    pids = _instance_pids(sm, platform_server, endpoint)
+    victim = sorted(pids)[0]
+    group = [victim, *(c.pid for c in psutil.Process(victim).children(recursive=True))]
+    os.killpg(victim, signal.SIGKILL)  # a model server started (in its own group) by our platform dies
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in group):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # requests keep working: connections to the dead server fail before sending, so they go to the other one
+    assert {invoke_variant(smr, endpoint) for _ in range(20)} == {"AllTraffic"}
+    deadline = time.monotonic() + 60
+    while True:
+        current = _instance_pids(sm, platform_server, endpoint)
+        if len(current) == 2 and victim not in current and all(psutil.pid_exists(p) for p in current):
+            break
+        assert time.monotonic() < deadline, f"instance not replaced: {current}"
+        time.sleep(0.2)
+    assert {invoke_variant(smr, endpoint) for _ in range(20)} == {"AllTraffic"}
+    sm.delete_endpoint(EndpointName=endpoint)
