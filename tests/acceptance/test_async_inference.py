@@ -515,3 +515,47 @@ def test_sqs_backend_platform(moto_server: str, model_tar: str, tmp_path: Path) 
     finally:
         server.stop()
         _kill_leftovers(tmp_path / "home")
+
+
+def test_payload_limit_is_the_model_servers(
+    platform: Any, moto_server: str, model_tar: str, tmp_path: Path
+) -> None:
+    """The container decides the largest input (SAGEMAKER_MAX_PAYLOAD_IN_MB in the model's Environment, as on
+    SageMaker): below it the streamed input is answered, above it the 413 becomes a failure object. (Kept at
+    1 MB so the test stays fast; the worker streams inputs of any size, see tests/serving.)"""
+    aws = new_aws(moto_server)
+    sm = platform.sagemaker()
+    sm.create_model(
+        ModelName="async-big-model",
+        PrimaryContainer={
+            "Image": "selfmaker",
+            "ModelDataUrl": model_tar,
+            "Environment": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"},
+        },
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="async-big-cfg",
+        ProductionVariants=[helpers.variant("AllTraffic", "async-big-model")],
+        AsyncInferenceConfig=async_config(aws),
+    )
+    sm.create_endpoint(EndpointName="async-big", EndpointConfigName="async-big-cfg")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="async-big", WaiterConfig=helpers.WAIT)
+    row = b"0.5,1.0,-0.2,0.3\n"
+    fits = tmp_path / "fits.csv"
+    fits.write_bytes(row * (512 * 1024 // len(row)))  # 0.5 MiB
+    too_big = tmp_path / "too-big.csv"
+    too_big.write_bytes(row * (2 * 1024 * 1024 // len(row)))  # 2 MiB
+    smr = platform.runtime()
+    ok = smr.invoke_endpoint_async(
+        EndpointName="async-big", InputLocation=fits.as_uri(), ContentType="text/csv", Accept="text/csv"
+    )
+    bad = smr.invoke_endpoint_async(
+        EndpointName="async-big", InputLocation=too_big.as_uri(), ContentType="text/csv"
+    )
+    notes = {n["inferenceId"]: n for n in aws.drain_inbox(2, timeout=120)}
+    assert notes[ok["InferenceId"]]["invocationStatus"] == "Completed"
+    lines = aws.get(ok["OutputLocation"]).splitlines()
+    assert len(lines) == fits.stat().st_size // len(row)
+    assert notes[bad["InferenceId"]]["invocationStatus"] == "Failed"
+    assert "(413)" in notes[bad["InferenceId"]]["failureReason"]
