@@ -235,7 +235,7 @@ class _Job:
             try:
                 client, cluster = self._connect()
                 log.info("cluster ready after %.1f s", time.monotonic() - self._started)
-            except (OSError, RuntimeError, TimeoutError) as exc:
+            except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
                 raise BatchError(f"cannot reach the Dask cluster: {exc}") from None
             plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=_with_s3_endpoint(model_environment(self.spec, self.model_env),
                                                                   self.settings.s3_endpoint_url),

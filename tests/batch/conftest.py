@@ -30,7 +30,9 @@ def dask_client() -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0")
+    # tcp (not inproc) so other processes (the CLI, `selfmaker up`) can use its scheduler too
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     try:
         yield client
