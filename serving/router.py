@@ -24,12 +24,15 @@ class WeightedChoice:
     def __init__(self, weights: Sequence[float]) -> None:
         self._cumulative: list[float] = []
         self._indices: list[int] = []
-        total = 0.0
         for index, weight in enumerate(weights):
             if not (isinstance(weight, (int, float)) and math.isfinite(weight)) or weight < 0:
                 raise ValueError(f"weight {index} must be a finite number >= 0, got {weight!r}")
+        # relative to the largest weight, so tiny (even subnormal) weights keep exact proportions
+        scale = max(weights, default=0.0)
+        total = 0.0
+        for index, weight in enumerate(weights):
             if weight > 0:
-                total += float(weight)
+                total += float(weight) / scale
                 self._cumulative.append(total)
                 self._indices.append(index)
         self.total = total
