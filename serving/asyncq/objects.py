@@ -24,8 +24,17 @@ _META_UNSAFE = re.compile(r"[^\x20-\x7e]")
 _META_MAX = 1024
 
 
+#: S3 error codes worth another attempt (throttling, server side); anything else is the request's fault
+_TRANSIENT = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "503"}
+
+
 class ObjectError(Exception):
-    """An object could not be read or written; ``str()`` is a reason fit for a failure object."""
+    """An object could not be read or written; ``str()`` is a reason fit for a failure object.
+    ``transient``: a later attempt may succeed (throttling, a connection error)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -121,10 +130,12 @@ class ObjectStore:
             try:
                 obj = self.s3.get_object(Bucket=bucket, Key=key)
             except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "Error")
-                raise ObjectError(f"could not read input {uri}: {code}") from exc
+                code = str(exc.response.get("Error", {}).get("Code", "Error"))
+                raise ObjectError(
+                    f"could not read input {uri}: {code}", transient=code in _TRANSIENT
+                ) from exc
             except BotoCoreError as exc:
-                raise ObjectError(f"could not read input {uri}: {exc}") from exc
+                raise ObjectError(f"could not read input {uri}: {exc}", transient=True) from exc
             return InputStream(
                 obj["Body"], int(obj.get("ContentLength", 0)) if "ContentLength" in obj else None
             )

@@ -376,7 +376,7 @@ class AsyncWorker:
         try:
             stream = self.objects.open(request.input_location)
         except ObjectError as exc:
-            if "SlowDown" in str(exc) or "ServiceUnavailable" in str(exc) or "InternalError" in str(exc):
+            if exc.transient:
                 raise _Retry(str(exc)) from exc
             return self._failure(request, f"ClientError: {exc}")
         with stream:
