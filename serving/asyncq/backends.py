@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -372,7 +373,7 @@ class SqsQueue(QueueBackend):
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=max(1, min(10, max_messages)),
             VisibilityTimeout=max(0, int(round(visibility_timeout))),
-            WaitTimeSeconds=max(0, min(20, int(wait_seconds))),
+            WaitTimeSeconds=max(0, min(20, math.ceil(wait_seconds))),  # long poll, never a busy loop
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         leases = []
