@@ -13,6 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import HealthCheck, settings
+
+# Timing is not what property tests check: on a loaded 2-core CI machine a fixed per-example deadline
+# only makes them flaky.
+settings.register_profile("selfmaker", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("selfmaker")
 
 ROOT = Path(__file__).resolve().parent.parent
 
