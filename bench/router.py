@@ -6,7 +6,7 @@ available, else a bounded aiohttp load loop) at concurrency 1 and 8, batch 1. Pr
 the throughput ratio (goals: <= 1 ms p50 added at concurrency 1, >= 70 % of direct throughput at
 concurrency 8; the router shares the 2 cores with the model server and the load generator).
 
-    .venv/bin/python bench/router.py [--seconds 10] [--workers 1] [--json out.json]
+    .venv/bin/python bench/router.py [--seconds 5] [--reps 3] [--workers 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--seconds", type=int, default=5, help="seconds per measurement (default 5)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions, medians reported (default 3)")
     parser.add_argument("--workers", type=int, default=1, help="model server worker processes (default 1)")
     parser.add_argument("--worker-class", default=None, help="SELFMAKER_SERVE_WORKER_CLASS for both servers")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -181,12 +182,20 @@ def main(argv: list[str] | None = None) -> int:
 
         targets = {"direct": f"http://127.0.0.1:{direct_port}/invocations",
                    "selfmaker": f"{up}/endpoints/bench/invocations"}
+        load_before = os.getloadavg()[0]
         for url in targets.values():  # warm-up
             load(url, payload, 2, 2)
+        samples: dict[str, list[dict[str, Any]]] = {}
+        for rep in range(args.reps):  # interleaved, so background load hits both targets alike
+            for concurrency in (1, 8):
+                order = list(targets.items()) if rep % 2 == 0 else list(reversed(targets.items()))
+                for label, url in order:
+                    samples.setdefault(f"{label}@{concurrency}", []).append(load(url, payload, concurrency, args.seconds))
         results: dict[str, dict[str, Any]] = {}
-        for concurrency in (1, 8):
-            for label, url in targets.items():
-                results[f"{label}@{concurrency}"] = load(url, payload, concurrency, args.seconds)
+        for key, runs in samples.items():  # median of the repetitions, metric by metric
+            results[key] = {metric: statistics.median(r[metric] for r in runs)
+                            for metric in ("rps", "p50_ms", "p99_ms", "requests")}
+            results[key].update(errors=sum(r["errors"] for r in runs), tool=runs[0]["tool"], reps=len(runs))
         summary = {
             "added_p50_ms_conc1": results["selfmaker@1"]["p50_ms"] - results["direct@1"]["p50_ms"],
             "added_p99_ms_conc1": results["selfmaker@1"]["p99_ms"] - results["direct@1"]["p99_ms"],
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             "throughput_ratio_conc8": results["selfmaker@8"]["rps"] / results["direct@8"]["rps"],
             "throughput_ratio_conc1": results["selfmaker@1"]["rps"] / results["direct@1"]["rps"],
         }
-        print(f"model server workers: {args.workers}, {args.seconds}s per run, batch 1, tool {results['direct@1']['tool']}")
+        print(f"model server workers: {args.workers}, {args.reps} x {args.seconds}s per cell (median), batch 1, "
+              f"tool {results['direct@1']['tool']}, load average before: {load_before:.1f}")
         print(f"{'target':<16}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
         for key, r in results.items():
             label, conc = key.split("@")
