@@ -232,18 +232,19 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
         elif label in results:
             lines.append("")
             lines.append(f"## anchor {label}: not measured ({results[label]})")
-    ours = results.get("ours/sync") or next((v for k, v in results.items() if k.startswith("ours/")), None)
-    if ours:
+    for label in [k for k in results if k.startswith("ours/")]:
+        ours = results[label]
         lines.append("")
-        lines.append("## Goals")
+        lines.append(f"## Goals ({label})")
         floor = ours["ping_c8"]["rps"]
         b1 = ours.get("small/b1/csv/c8")
         if b1:
             lines.append(f"- batch 1 CSV @ c8 / own /ping floor: {b1['rps'] / floor:.2f} (goal >= 0.85)")
-            if isinstance(results.get("mms"), dict) and "small/b1/csv/c8" in results["mms"]:
-                lines.append(f"- batch 1 CSV @ c8 / MMS toolkit: {b1['rps'] / results['mms']['small/b1/csv/c8']['rps']:.2f} (goal >= 1.5)")
-            if isinstance(results.get("naive"), dict) and "small/b1/csv/c8" in results["naive"]:
-                lines.append(f"- batch 1 CSV @ c8 / naive flask: {b1['rps'] / results['naive']['small/b1/csv/c8']['rps']:.2f}")
+            for anchor in ("mms", "naive"):
+                other = results.get(anchor)
+                if isinstance(other, dict) and "small/b1/csv/c8" in other:
+                    goal = " (goal >= 1.5)" if anchor == "mms" else ""
+                    lines.append(f"- batch 1 CSV @ c8 / {anchor}: {b1['rps'] / other['small/b1/csv/c8']['rps']:.2f}{goal}")
         for role in roles:
             for fmt in FORMATS:
                 best = max((ours[k]["rows_s"] for k in ours if k.startswith(f"{role}/b512/{fmt}/")), default=None)
@@ -261,12 +262,15 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
             lines.append(f"- server CPU per request: /ping {cpu_ping} us, batch 1 CSV {cpu_b1} us")
-        if isinstance(results.get("mms"), dict):
-            mms = results["mms"]
+        for anchor in ("mms", "naive"):
+            other = results.get(anchor)
+            if not isinstance(other, dict):
+                continue
             for key in ("small/b1/csv/c8", "small/b64/csv/c8", "small/b512/csv/c8"):
-                if key in mms and key in ours:
-                    lines.append(f"- {key} ours / MMS: {ours[key]['rps'] / mms[key]['rps']:.2f}"
-                                 f" (server CPU/req {ours[key].get('cpu_us_per_req', 0):.0f} vs {mms[key].get('cpu_us_per_req', 0):.0f} us)")
+                if key in other and key in ours:
+                    theirs_cpu = other[key].get("cpu_us_per_req") or 0
+                    cpu = f" (server CPU/req {ours[key].get('cpu_us_per_req', 0):.0f} vs {theirs_cpu:.0f} us)" if theirs_cpu else ""
+                    lines.append(f"- {key} ours / {anchor}: {ours[key]['rps'] / other[key]['rps']:.2f}{cpu}")
     return lines
 
 
@@ -285,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setup-mms", action="store_true", help="create the MMS venv (pip) if it is missing")
     parser.add_argument("--work", default=None, help="directory for models and logs (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write the raw results as JSON here")
+    parser.add_argument("--report", default=None, help="only print the tables of a results JSON written by --out")
     args = parser.parse_args(argv)
+    if args.report:
+        print("\n".join(report(json.loads(Path(args.report).read_text()), ["small", "medium"], [1, 8, 32])))
+        return 0
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)

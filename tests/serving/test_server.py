@@ -85,7 +85,9 @@ def test_bad_input_gets_its_4xx_and_server_keeps_serving(
 
 
 def test_payload_limit_and_unknown_routes(serve: Callable[..., Server], binary_model: Path) -> None:
-    small = serve("--model-dir", str(binary_model), env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"})
+    small = serve(  # also exercises the sync worker class
+        "--model-dir", str(binary_model), env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "SELFMAKER_SERVE_WORKER_CLASS": "sync"}
+    )
     big = ROW * (1024 * 1024 // len(ROW) + 10)
     answer = post(small, big)
     assert answer.status_code == 413 and "exceeds the 1 MB limit" in answer.json()["error"]
@@ -97,6 +99,7 @@ def test_payload_limit_and_unknown_routes(serve: Callable[..., Server], binary_m
     wrong_method = requests.get(small.url + "/invocations", timeout=5)
     assert wrong_method.status_code == 405 and wrong_method.headers["Content-Type"] == "application/json"
     assert requests.get(small.url + "/ping", timeout=5).status_code == 200
+    assert "Using worker: sync" in small.log()
 
 
 def test_metrics_count_requests_across_workers(server: Server) -> None:
@@ -216,12 +219,11 @@ def test_s3_model_data_through_moto(
     s3.create_bucket(Bucket="serving-models")
     archive = tar_dir(binary_model, tmp_path_factory.mktemp("s3src") / "model.tar.gz")
     s3.upload_file(str(archive), "serving-models", "m/model.tar.gz")
-    server = serve(  # also exercises the gthread worker class
-        "--model-data", "s3://serving-models/m/model.tar.gz",
-        env={"AWS_ENDPOINT_URL_S3": moto_server, "SELFMAKER_SERVE_WORKER_CLASS": "gthread"}, workers=2,
+    server = serve(
+        "--model-data", "s3://serving-models/m/model.tar.gz", env={"AWS_ENDPOINT_URL_S3": moto_server}, workers=2
     )
     direct = serve("--model-dir", str(binary_model))
-    with requests.Session() as session:  # keep-alive connections on gthread workers
+    with requests.Session() as session:  # keep-alive connections on the (default) gthread workers
         for _ in range(5):
             answer = session.post(server.url + "/invocations", data=ROW, headers={"Content-Type": "text/csv"}, timeout=10)
             assert answer.json() == post(direct, ROW).json()
