@@ -94,6 +94,10 @@ def test_runtime_errors(sm: Any, smr: Any, onnx_model_tar: str, broken_model_tar
     assert err["Error"]["Message"].startswith("Received client error (400) from primary with message")
     assert err["LogStreamArn"].endswith(f"/aws/sagemaker/Endpoints/{endpoint}")
 
+    with pytest.raises(ClientError) as info:  # SageMaker's 6 MB payload limit
+        smr.invoke_endpoint(EndpointName=endpoint, Body=b"0" * (6 * 1024 * 1024 + 1), ContentType="text/csv")
+    assert info.value.response["Error"]["Code"] == "ValidationError"
+    assert "payload is too large" in info.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as info:
         invoke_variant(smr, "no-such-endpoint")
     assert info.value.response["Error"]["Code"] == "ValidationError"
