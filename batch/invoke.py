@@ -65,7 +65,7 @@ def _message(body: bytes) -> str:
 
 
 class HttpInvoker:
-    """POSTs to ``<url>/invocations`` with one keep-alive connection per thread."""
+    """POSTs to ``<url>/invocations`` over a small pool of keep-alive connections (call :meth:`close`)."""
 
     def __init__(self, url: str, *, timeout: float, retries: int, backoff: float = 0.2) -> None:
         parsed = urlparse(url)
@@ -75,40 +75,50 @@ class HttpInvoker:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._local = threading.local()
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def _conn(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+    def _acquire(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+    def _release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+        with self._lock:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; in-flight ones are closed when their request ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
             conn.close()
-        self._local.conn = None
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        """One request, no retry; the connection is re-opened once if the server closed it."""
+        """One request, no retry; a kept-alive connection the server closed is replaced once."""
         for attempt in (0, 1):
-            conn = self._conn()
+            conn = self._acquire()
             try:
                 conn.request(method, self.base + path, body=body, headers=headers or {})
                 resp = conn.getresponse()
                 data = resp.read()
-                if resp.getheader("Connection", "").lower() == "close" or resp.will_close:
-                    self._drop()
-                return resp.status, data
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._drop()
+                conn.close()
                 if attempt:
                     raise
+                continue
             except BaseException:
-                self._drop()
+                conn.close()
                 raise
+            self._release(conn, not resp.will_close)
+            return resp.status, data
         raise AssertionError("unreachable")  # pragma: no cover
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
@@ -234,6 +244,13 @@ class ModelServerProcess:
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         probe = HttpInvoker(self.url, timeout=2.0, retries=0)
+        try:
+            return self._wait_ready(probe)
+        finally:
+            probe.close()
+
+    def _wait_ready(self, probe: HttpInvoker) -> ModelServerProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout
         last = "no answer"
         while time.monotonic() < deadline:

@@ -118,6 +118,8 @@ class ModelPlugin(WorkerPlugin):
         if state is None:
             return
         state.stop.set()
+        if hasattr(state.invoker, "close"):
+            state.invoker.close()
         if state.server is not None:
             state.server.stop()
         if state.plane is not None:
