@@ -105,8 +105,14 @@ class ModelPlugin(WorkerPlugin):
                 state.plane = DataPlane(self.source, settings).load()
             except ModelLoadError as exc:
                 raise ModelServerError(f"the model could not be loaded: {exc.message}") from None
-            state.invoker = LocalInvoker(state.plane, retries=self.retries)
-        else:
+            if self.mode == "auto" and state.plane.takes_headers:
+                # an archive with code/ hooks: user code runs in model servers, not in the workers
+                state.plane.close()
+                state.plane = None
+                mode = "http"
+            else:
+                state.invoker = LocalInvoker(state.plane, retries=self.retries)
+        if mode == "http":
             state.server = ModelServerProcess(self.source, self.env, python=self.python,
                                               startup_timeout=self.startup_timeout).start()
             state.invoker = HttpInvoker(state.server.url, timeout=self.timeout, retries=self.retries)

@@ -86,3 +86,19 @@ def test_one_and_two_workers_give_identical_output(run_job: Any, lr_model: Path,
     assert single.parts_total == double.parts_total > 2
     assert _outputs(tmp_path / "one") == _outputs(tmp_path / "two")
     assert len(_outputs(tmp_path / "one")) == 2
+
+
+def test_an_archive_with_hooks_also_runs_in_model_servers(run_job: Any, hooks_model: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(hooks_model.rglob("*")):
+            tar.add(path, arcname=path.relative_to(hooks_model).as_posix(), recursive=False)
+    src = write_csv(tmp_path / "in" / "x.csv", np.random.default_rng(33).normal(size=(50, N_FEATURES)))
+    req = request(src.parent.as_uri(), (tmp_path / "out").as_uri(), SplitType="Line", BatchStrategy="MultiRecord",
+                  AssembleWith="Line", Accept="text/csv")
+    result = run_job(req, archive.as_uri())
+    assert result.status == "Completed", result.failure_reason
+    assert result.mode == "http"
+    assert (tmp_path / "out" / "x.csv.out").read_bytes() == hooks_expected(src)
