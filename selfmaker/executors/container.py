@@ -136,6 +136,8 @@ class ContainerExecutor(Executor):
         self._engine: str | None = None
         self._lock = asyncio.Lock()
         self._images_ready: set[str] = set()
+        #: containers of this platform home carry this label; leftovers of a killed platform are reaped
+        self.home_label = f"selfmaker.home={Path(getattr(settings, 'home', '.')).resolve()}"
 
     async def engine(self) -> str:
         """The engine path, detected once (in a thread: `<engine> info` blocks)."""
@@ -143,10 +145,26 @@ class ContainerExecutor(Executor):
             async with self._lock:
                 if self._engine is None:
                     try:
-                        self._engine = await asyncio.to_thread(engines.detect_engine, self._engine_override)
+                        engine = await asyncio.to_thread(engines.detect_engine, self._engine_override)
                     except engines.ContainerEngineError as exc:
                         raise ExecutorError(str(exc)) from exc
+                    await self._reap(engine, "left over from an earlier run of this platform")
+                    self._engine = engine
         return self._engine
+
+    async def _reap(self, engine: str, why: str) -> None:
+        """Force-remove the serving containers of this platform home (one executor per platform process)."""
+        code, out = await _run([engine, "ps", "-a", "-q", "--filter", f"label={self.home_label}",
+                                "--filter", "label=selfmaker.kind=serving"], timeout=60)
+        ids = out.split() if code == 0 else []
+        if ids:
+            log.warning("removing %d model-server container(s) %s", len(ids), why)
+            await _run([engine, "rm", "-f", *ids], timeout=120)
+
+    async def close(self) -> None:
+        """At platform shutdown (instances already stopped): remove anything of ours still there."""
+        if self._engine is not None:
+            await self._reap(self._engine, "still present at shutdown")
 
     async def _ensure_image(self, engine: str, image: str) -> None:
         if image in self._images_ready:
@@ -162,7 +180,8 @@ class ContainerExecutor(Executor):
         env = self.container_environment(spec, port)
         cmd = [engine, "run", "--rm", "--name", name, "--cidfile", str(cidfile),
                "-v", f"{Path(spec.model_dir).resolve()}:/opt/ml/model:ro",
-               "--label", "selfmaker.kind=serving", "--label", f"selfmaker.endpoint={spec.endpoint_name}",
+               "--label", "selfmaker.kind=serving", "--label", self.home_label,
+               "--label", f"selfmaker.endpoint={spec.endpoint_name}",
                "--label", f"selfmaker.variant={spec.variant_name}", "--label", f"selfmaker.instance={spec.instance_id}"]
         if self.network == "host":
             cmd += ["--network", "host"]

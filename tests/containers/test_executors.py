@@ -25,6 +25,9 @@ from selfmaker.settings import PlatformSettings
 from training.executors import container as training_container
 from training.runner import TrainingJobRunner
 
+# the first test also builds the debootstrap base and the BYOC image (~2 min on 2 cores)
+pytestmark = pytest.mark.timeout(900)
+
 
 def _spec(tmp_path: Path, image: str, model: dict[str, Any] | None, **kw: Any) -> InstanceSpec:
     model_dir = tmp_path / "model"
@@ -214,3 +217,23 @@ def test_training_stop_stops_the_container(engine: str, byoc_image: str, tmp_pat
     assert not thread.is_alive()
     assert result["state"].status == "Stopped"
     wait_until(lambda: containers_with_label(engine, "selfmaker.job=byoc-train-stop") == [], 60, "container removal")
+
+
+def test_leftover_containers_of_a_killed_platform_are_reaped(engine: str, byoc_image: str, tmp_path: Path) -> None:
+    """A platform that died without stopping its containers: the next executor of that home removes them."""
+    settings = PlatformSettings(home=tmp_path / "home")
+    spec = _spec(tmp_path, byoc_image, {"weights": [1.0], "bias": 0.0}, instance_id="ep-AllTraffic-orphan")
+
+    async def scenario() -> None:
+        first = ContainerExecutor(settings)
+        handle = await first.start(spec)
+        try:
+            await _wait_ping(handle)
+            # the old platform is gone without stopping anything; a new one starts on the same home
+            second = ContainerExecutor(settings)
+            await second.engine()
+            assert containers_with_label(engine, "selfmaker.instance=ep-AllTraffic-orphan") == []
+        finally:
+            await handle.stop(1)
+
+    asyncio.run(scenario())

@@ -24,7 +24,8 @@ import requests
 
 from containers_helpers import SELFMAKER_AS_BYOC, containers_with_label, load_platform_helpers, run, wait_until
 
-pytestmark = pytest.mark.slow
+# the first test also builds the image from nothing (debootstrap, wheelhouse, build: ~6 min on 2 cores)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 WAIT = {"Delay": 0.5, "MaxAttempts": 360}
 
 
