@@ -7,9 +7,18 @@ set -euo pipefail
 
 engine_works() { "$1" info >/dev/null 2>&1; }
 
-if [[ -n "${SELFMAKER_CONTAINER_ENGINE:-}" ]] && engine_works "$SELFMAKER_CONTAINER_ENGINE"; then exit 0; fi
-if command -v docker >/dev/null && engine_works docker; then exit 0; fi
-if command -v podman >/dev/null && engine_works podman && command -v debootstrap >/dev/null; then exit 0; fi
+# debootstrap makes the registry-free base image (scripts/build-images.sh, tests/containers)
+ensure_debootstrap() {
+  command -v debootstrap >/dev/null && return 0
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || { echo "install-engine: debootstrap missing (needs root + apt)" >&2; return 0; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1; } \
+    || echo "install-engine: could not install debootstrap" >&2
+}
+
+if [[ -n "${SELFMAKER_CONTAINER_ENGINE:-}" ]] && engine_works "$SELFMAKER_CONTAINER_ENGINE"; then ensure_debootstrap; exit 0; fi
+if command -v docker >/dev/null && engine_works docker; then ensure_debootstrap; exit 0; fi
+if command -v podman >/dev/null && engine_works podman; then ensure_debootstrap; exit 0; fi
 
 if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
   echo "install-engine: no working container engine and cannot install podman here (need root + apt);" \
