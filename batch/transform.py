@@ -53,6 +53,14 @@ class _Item:
     count: int
     records: list[tuple[int, bytes]] | None = None
     singles: list[tuple[int, bytes]] | None = field(default=None)
+    #: the raw block of a fast-path mini-batch; its records are only split out if the model rejects it
+    block: bytes | None = None
+
+    def single_records(self) -> list[tuple[int, bytes]]:
+        """The records to re-send one by one when the mini-batch is rejected."""
+        if self.singles is None and self.block is not None:
+            self.singles = block_records(self.offset, self.block)
+        return self.singles or []
 
 
 # -- CSV / JSON record helpers -------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class PartTransformer:
             for offset, block in lines.blocks(limit):
                 body, count = clean_block(block)
                 if count:
-                    yield _Item(offset, body, count, records=None, singles=block_records(offset, block))
+                    yield _Item(offset, body, count, records=None, block=block)
         else:
             for offset, record in lines.records():
                 yield _Item(offset, record, 1)
@@ -253,7 +261,7 @@ class PartTransformer:
         try:
             return self.invoker.invoke(item.body, spec.content_type, spec.accept)
         except Rejected as exc:
-            if item.count > 1 and item.singles:
+            if item.count > 1:
                 self._find_rejected(item)
             raise RecordError(f"the model rejected the record (HTTP {exc.status}): {exc.message}",
                               source=self.part.uri, offset=item.offset) from None
@@ -264,7 +272,7 @@ class PartTransformer:
         """Send the records of a rejected mini-batch one by one to name the first bad one."""
         spec = self.spec
         suffix = b"\n" if spec.split_type == "Line" else b""
-        for offset, record in item.singles or []:
+        for offset, record in item.single_records():
             if self.should_stop():
                 raise StoppedError("stopped")
             try:
