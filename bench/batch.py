@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="small,medium")
     parser.add_argument("--modes", default="inprocess,http")
     parser.add_argument("--workers", type=int, default=None, help="Dask workers / limit processes (default: cores)")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds; the best of each measurement is shown "
+                        "(the machine may be shared)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args(argv)
 
@@ -221,24 +223,33 @@ def main(argv: list[str] | None = None) -> int:
         rows_out: list[dict[str, Any]] = []
         peaks: dict[int, int] = {}
         try:
-            for name in args.models.split(","):
-                print(f"{name}: in-process limit...", flush=True)
-                seconds, rows = run_limit(models[name], data, work / "limit", procs)
-                assert rows == args.rows, (rows, args.rows)
-                limit_rate = rows / seconds
-                rows_out.append({"model": name, "path": "in-process limit", "rows/s": limit_rate, "ratio": 1.0})
-                for mode in args.modes.split(","):
-                    print(f"{name}: transform ({mode})...", flush=True)
-                    seconds, result, peak = run_job(client, models[name], data.parent, work / f"out-{mode}", mode)
-                    assert result.records == args.rows
-                    rate = args.rows / seconds
-                    steady = args.rows / max(1e-9, seconds - result.startup_seconds - result.teardown_seconds)
-                    rows_out.append({"model": name, "path": f"transform ({mode})", "rows/s": rate,
-                                     "ratio": rate / limit_rate, "peak": peak, "steady": steady,
-                                     "steady_ratio": steady / limit_rate,
-                                     "setup": result.startup_seconds + result.teardown_seconds})
-                    if name == "small" and mode == "inprocess":
-                        peaks[args.rows] = peak
+            best: dict[tuple[str, str], dict[str, Any]] = {}
+            for round_ in range(args.repeat):
+                for name in args.models.split(","):
+                    print(f"[{round_ + 1}/{args.repeat}] {name}: in-process limit...", flush=True)
+                    seconds, rows = run_limit(models[name], data, work / "limit", procs)
+                    assert rows == args.rows, (rows, args.rows)
+                    key = (name, "in-process limit")
+                    if key not in best or args.rows / seconds > best[key]["rows/s"]:
+                        best[key] = {"model": name, "path": "in-process limit", "rows/s": args.rows / seconds}
+                    for mode in args.modes.split(","):
+                        print(f"[{round_ + 1}/{args.repeat}] {name}: transform ({mode})...", flush=True)
+                        seconds, result, peak = run_job(client, models[name], data.parent, work / f"out-{mode}", mode)
+                        assert result.records == args.rows
+                        key = (name, f"transform ({mode})")
+                        rate = args.rows / seconds
+                        steady = args.rows / max(1e-9, seconds - result.startup_seconds - result.teardown_seconds)
+                        if key not in best or rate > best[key]["rows/s"]:
+                            best[key] = {"model": name, "path": key[1], "rows/s": rate, "peak": peak, "steady": steady,
+                                         "setup": result.startup_seconds + result.teardown_seconds}
+                        if name == "small" and mode == "inprocess":
+                            peaks[args.rows] = max(peaks.get(args.rows, 0), peak)
+            for (name, path), entry in best.items():
+                limit_rate = best[(name, "in-process limit")]["rows/s"]
+                entry["ratio"] = entry["rows/s"] / limit_rate
+                if "steady" in entry:
+                    entry["steady_ratio"] = entry["steady"] / limit_rate
+                rows_out.append(entry)
             print(f"\n{'model':8} {'path':24} {'rows/s':>9} {'vs limit':>9} {'steady rows/s':>14} {'vs limit':>9} "
                   f"{'start+stop':>11} {'peak RSS':>9}")
             for r in rows_out:
@@ -248,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['model']:8} {r['path']:24} {r['rows/s']:>9,.0f} {r['ratio']:>8.0%} {steady} {setup:>11} "
                       f"{peak:>9}")
             print("steady = rows / (job time - model start-up on the workers - stopping them); the limit's "
-                  "processes are started outside its timing too")
+                  f"processes are started outside its timing too; best of {args.repeat} round(s)")
             if args.large_factor and "small" in args.models.split(","):
                 big_rows = args.rows * args.large_factor
                 shutil.rmtree(work / "limit", ignore_errors=True)
