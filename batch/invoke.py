@@ -196,6 +196,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the worker that started us dies (Linux).
+
+    The signal follows the *thread* that forked; the plugin starts servers from the event loop's
+    default executor, whose threads live as long as the worker.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
 def model_source_args(source: str) -> list[str]:
     """``--model-dir DIR`` for a directory, ``--model-data URI`` for an archive or a URI."""
     if source.startswith(("s3://", "file://")) or Path(source).is_file():
@@ -241,8 +255,9 @@ class ModelServerProcess:
         self.port = _free_port()
         cmd = [self.python, "-m", "serving", *model_source_args(self.source), "--host", "127.0.0.1",
                "--port", str(self.port)]
+        # a killed worker must not leave its model server behind
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         probe = HttpInvoker(self.url, timeout=2.0, retries=0)
         try:
             return self._wait_ready(probe)
