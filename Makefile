@@ -35,7 +35,7 @@ images: setup engine
 	bash scripts/build-images.sh
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(B)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
