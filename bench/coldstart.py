@@ -84,14 +84,32 @@ def build_model(dest: Path) -> Path:
     onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "model.onnx").write_bytes(onx.SerializeToString())
-    (dest / "signature.json").write_text(json.dumps({
-        "format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1],
-        "inputs": [{"name": onx.graph.input[0].name, "dtype": "float32", "shape": [None, 20]}]}))
+    (dest / "signature.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "framework": "sklearn",
+                "task": "binary_classification",
+                "classes": [0, 1],
+                "inputs": [{"name": onx.graph.input[0].name, "dtype": "float32", "shape": [None, 20]}],
+            }
+        )
+    )
     return dest
 
 
 def serve_cmd(model_dir: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model-dir",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 ENV = {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
@@ -103,19 +121,52 @@ def measure_spawn(model_dir: Path, reps: int, timeout: float) -> list[float | No
     env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
     if ANCHOR.exists():
         out = subprocess.run(
-            [sys.executable, str(ANCHOR), "--url", f"http://127.0.0.1:{port}/ping", "--reps", str(reps),
-             "--timeout", str(timeout), "--post-url", f"http://127.0.0.1:{port}/invocations",
-             "--post-file", str(model_dir / "body.csv"), "--post-type", "text/csv", "--", *serve_cmd(model_dir, port)],
-            capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=timeout * reps + 120, check=True)
+            [
+                sys.executable,
+                str(ANCHOR),
+                "--url",
+                f"http://127.0.0.1:{port}/ping",
+                "--reps",
+                str(reps),
+                "--timeout",
+                str(timeout),
+                "--post-url",
+                f"http://127.0.0.1:{port}/invocations",
+                "--post-file",
+                str(model_dir / "body.csv"),
+                "--post-type",
+                "text/csv",
+                "--",
+                *serve_cmd(model_dir, port),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=str(ROOT),
+            timeout=timeout * reps + 120,
+            check=True,
+        )
         return list(json.loads(out.stdout.strip().splitlines()[-1])["post_reps"])
     results: list[float | None] = []
     for _ in range(reps):
         started = time.perf_counter()
-        proc = subprocess.Popen(serve_cmd(model_dir, port), env=env, cwd=str(ROOT), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            serve_cmd(model_dir, port),
+            env=env,
+            cwd=str(ROOT),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            results.append(wait_first_answer(f"http://127.0.0.1:{port}/invocations", started, timeout,
-                                             lambda: proc.poll() is None))
+            results.append(
+                wait_first_answer(
+                    f"http://127.0.0.1:{port}/invocations",
+                    started,
+                    timeout,
+                    lambda proc=proc: proc.poll() is None,
+                )
+            )
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -141,12 +192,24 @@ def measure_fork(model_dir: Path, reps: int, timeout: float, work: Path) -> tupl
                 port = free_port()
                 started = time.perf_counter()
                 handle = await template.spawn(
-                    instance_id=f"bench-{rep}", module="serving", args=serve_cmd(model_dir, port)[3:],
-                    env={**ENV, "SAGEMAKER_BIND_TO_PORT": str(port)}, cwd=work, log_path=work / f"fork-{rep}.log",
-                    memory_mb=None)
+                    instance_id=f"bench-{rep}",
+                    module="serving",
+                    args=serve_cmd(model_dir, port)[3:],
+                    env={**ENV, "SAGEMAKER_BIND_TO_PORT": str(port)},
+                    cwd=work,
+                    log_path=work / f"fork-{rep}.log",
+                    memory_mb=None,
+                )
                 try:
-                    results.append(await asyncio.to_thread(wait_first_answer, f"http://127.0.0.1:{port}/invocations",
-                                                           started, timeout, handle.alive))
+                    results.append(
+                        await asyncio.to_thread(
+                            wait_first_answer,
+                            f"http://127.0.0.1:{port}/invocations",
+                            started,
+                            timeout,
+                            handle.alive,
+                        )
+                    )
                 finally:
                     await handle.stop(10)
         finally:
@@ -171,8 +234,14 @@ def measure_platform(model_dir: Path, reps: int, timeout: float, work: Path) -> 
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SELFMAKER_SERVERLESS_IDLE_TIMEOUT": "0.5"}
     log = open(work / "up.log", "ab")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, "-m", "selfmaker", "up", "--home", str(work / "home"), "--port", str(port)],
-                            env=env, cwd=str(ROOT), start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selfmaker", "up", "--home", str(work / "home"), "--port", str(port)],
+        env=env,
+        cwd=str(ROOT),
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     results: list[float | None] = []
     try:
         deadline = time.monotonic() + 60
@@ -180,21 +249,38 @@ def measure_platform(model_dir: Path, reps: int, timeout: float, work: Path) -> 
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"selfmaker up did not start (see {work / 'up.log'})")
             time.sleep(0.05)
-        kwargs: dict[str, Any] = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench",
-                                      aws_secret_access_key="bench",
-                                      config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+        kwargs: dict[str, Any] = dict(
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+        )
         sm, smr = boto3.client("sagemaker", **kwargs), boto3.client("sagemaker-runtime", **kwargs)
-        sm.create_model(ModelName="cs", PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()},
-                        ExecutionRoleArn="arn:aws:iam::123456789012:role/bench")
-        sm.create_endpoint_config(EndpointConfigName="cs", ProductionVariants=[{
-            "VariantName": "AllTraffic", "ModelName": "cs", "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 4}}])
+        sm.create_model(
+            ModelName="cs",
+            PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()},
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/bench",
+        )
+        sm.create_endpoint_config(
+            EndpointConfigName="cs",
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "cs",
+                    "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 4},
+                }
+            ],
+        )
         sm.create_endpoint(EndpointName="cs", EndpointConfigName="cs")
-        sm.get_waiter("endpoint_in_service").wait(EndpointName="cs", WaiterConfig={"Delay": 0.25, "MaxAttempts": 400})
+        sm.get_waiter("endpoint_in_service").wait(
+            EndpointName="cs", WaiterConfig={"Delay": 0.25, "MaxAttempts": 400}
+        )
         # one unmeasured request: it also waits for the template, which the platform starts in the
         # background when the first serverless variant is deployed
         smr.invoke_endpoint(EndpointName="cs", Body=BODY, ContentType="text/csv")
         for _ in range(reps):
-            while "selfmaker_serverless_instances{endpoint=\"cs\",variant=\"AllTraffic\"} 0" not in metrics(url):
+            while 'selfmaker_serverless_instances{endpoint="cs",variant="AllTraffic"} 0' not in metrics(url):
                 time.sleep(0.1)
             started = time.perf_counter()
             smr.invoke_endpoint(EndpointName="cs", Body=BODY, ContentType="text/csv")
@@ -225,25 +311,54 @@ def metrics(url: str) -> str:
         return resp.read().decode()
 
 
-def measure_container(model_dir: Path, reps: int, timeout: float, image: str) -> tuple[list[float | None] | None, str]:
+def measure_container(
+    model_dir: Path, reps: int, timeout: float, image: str
+) -> tuple[list[float | None] | None, str]:
     """``<engine> run <image> serve`` with the model mounted; (None, why) when it cannot run here."""
     engine = os.environ.get("SELFMAKER_CONTAINER_ENGINE") or shutil.which("podman") or shutil.which("docker")
     if not engine:
         return None, "no container engine"
-    if subprocess.run([engine, "image", "exists", image] if "podman" in engine else [engine, "image", "inspect", image],
-                      capture_output=True, timeout=60).returncode != 0:
+    if (
+        subprocess.run(
+            [engine, "image", "exists", image] if "podman" in engine else [engine, "image", "inspect", image],
+            capture_output=True,
+            timeout=60,
+        ).returncode
+        != 0
+    ):
         return None, f"image {image} not built"
     results: list[float | None] = []
     for _ in range(reps):
         port = free_port()
         name = f"coldstart-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
-        proc = subprocess.Popen([engine, "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-                                 "-v", f"{model_dir}:/opt/ml/model:ro", image, "serve"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                engine,
+                "run",
+                "--rm",
+                "--name",
+                name,
+                "-p",
+                f"127.0.0.1:{port}:8080",
+                "-v",
+                f"{model_dir}:/opt/ml/model:ro",
+                image,
+                "serve",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            results.append(wait_first_answer(f"http://127.0.0.1:{port}/invocations", started, timeout,
-                                             lambda: proc.poll() is None))
+            results.append(
+                wait_first_answer(
+                    f"http://127.0.0.1:{port}/invocations",
+                    started,
+                    timeout,
+                    lambda proc=proc: proc.poll() is None,
+                )
+            )
         finally:
             subprocess.run([engine, "rm", "-f", name], capture_output=True, timeout=60)
             try:
@@ -275,16 +390,24 @@ def main(argv: list[str] | None = None) -> int:
         spawn = measure_spawn(model_dir, reps, args.timeout)
         fork, template_seconds = measure_fork(model_dir, reps, args.timeout, work)
         platform = None if args.no_platform else measure_platform(model_dir, reps, args.timeout, work)
-        container, container_note = (None, "skipped") if args.no_container else \
-            measure_container(model_dir, reps, args.timeout, args.image)
+        container, container_note = (
+            (None, "skipped")
+            if args.no_container
+            else measure_container(model_dir, reps, args.timeout, args.image)
+        )
         result = {
             "model": "logistic regression, 20 features (ONNX)",
             "reps": reps,
-            "spawn_seconds": spawn, "spawn_median": median(spawn),
-            "fork_seconds": fork, "fork_median": median(fork),
+            "spawn_seconds": spawn,
+            "spawn_median": median(spawn),
+            "fork_seconds": fork,
+            "fork_median": median(fork),
             "template_startup_seconds_paid_once": round(template_seconds, 3),
-            "platform_invoke_after_scale_to_zero_seconds": platform, "platform_median": median(platform),
-            "container_seconds": container, "container_median": median(container), "container_engine": container_note,
+            "platform_invoke_after_scale_to_zero_seconds": platform,
+            "platform_median": median(platform),
+            "container_seconds": container,
+            "container_median": median(container),
+            "container_engine": container_note,
         }
         spawn_m, fork_m = median(spawn), median(fork)
         result["ratio_spawn_over_fork"] = round(spawn_m / fork_m, 1) if spawn_m and fork_m else None

@@ -61,7 +61,7 @@ class CapturePolicy:
 
     @classmethod
     def from_request(cls, config: dict[str, Any]) -> CapturePolicy:
-        """Parse the botocore ``DataCaptureConfig`` shape (validated by :func:`validate_data_capture_config`)."""
+        """Parse the botocore ``DataCaptureConfig`` shape (see :func:`validate_data_capture_config`)."""
         modes = {opt.get("CaptureMode") for opt in config.get("CaptureOptions", [])}
         header = config.get("CaptureContentTypeHeader") or {}
         return cls(
@@ -118,12 +118,16 @@ def validate_data_capture_config(config: Any, member: str = "DataCaptureConfig")
     problems: list[str] = []
     pct = config.get("InitialSamplingPercentage")
     if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
-        problems.append(f"Value '{pct}' at '{member}.initialSamplingPercentage' failed to satisfy constraint: "
-                        "Member must have value between 0 and 100")
+        problems.append(
+            f"Value '{pct}' at '{member}.initialSamplingPercentage' failed to satisfy constraint: "
+            "Member must have value between 0 and 100"
+        )
     uri = config.get("DestinationS3Uri")
     if not isinstance(uri, str) or len(uri) > 512:
-        problems.append(f"Value at '{member}.destinationS3Uri' failed to satisfy constraint: "
-                        "Member must have length less than or equal to 512")
+        problems.append(
+            f"Value at '{member}.destinationS3Uri' failed to satisfy constraint: "
+            "Member must have length less than or equal to 512"
+        )
     else:
         parsed = urlparse(uri)
         if parsed.scheme in ("s3", "https"):
@@ -133,8 +137,10 @@ def validate_data_capture_config(config: Any, member: str = "DataCaptureConfig")
             if not parsed.path.startswith("/"):
                 problems.append(f"{member}.DestinationS3Uri {uri!r} must be an absolute file:// path")
         else:
-            problems.append(f"Value '{uri}' at '{member}.destinationS3Uri' failed to satisfy constraint: "
-                            "Member must satisfy regular expression pattern: (https|s3|file)://([^/])/?(.*)")
+            problems.append(
+                f"Value '{uri}' at '{member}.destinationS3Uri' failed to satisfy constraint: "
+                "Member must satisfy regular expression pattern: (https|s3|file)://([^/])/?(.*)"
+            )
     options = config.get("CaptureOptions")
     if not isinstance(options, list) or not 1 <= len(options) <= 32:
         problems.append(f"{member}.CaptureOptions must list 1 to 32 options")
@@ -142,8 +148,10 @@ def validate_data_capture_config(config: Any, member: str = "DataCaptureConfig")
         for i, option in enumerate(options, 1):
             mode = option.get("CaptureMode") if isinstance(option, dict) else None
             if mode not in CAPTURE_MODES:
-                problems.append(f"Value '{mode}' at '{member}.captureOptions.{i}.member.captureMode' failed to satisfy "
-                                f"constraint: Member must satisfy enum value set: [{', '.join(CAPTURE_MODES)}]")
+                problems.append(
+                    f"Value '{mode}' at '{member}.captureOptions.{i}.member.captureMode' failed to satisfy "
+                    f"constraint: Member must satisfy enum value set: [{', '.join(CAPTURE_MODES)}]"
+                )
     header = config.get("CaptureContentTypeHeader")
     if header is not None:
         if not isinstance(header, dict):
@@ -153,10 +161,14 @@ def validate_data_capture_config(config: Any, member: str = "DataCaptureConfig")
                 types = header.get(key)
                 if types is None:
                     continue
-                if not isinstance(types, list) or not 1 <= len(types) <= 10 or not all(
-                    isinstance(t, str) and 1 <= len(t) <= 256 for t in types
+                if (
+                    not isinstance(types, list)
+                    or not 1 <= len(types) <= 10
+                    or not all(isinstance(t, str) and 1 <= len(t) <= 256 for t in types)
                 ):
-                    problems.append(f"{member}.CaptureContentTypeHeader.{key} must list 1 to 10 content types")
+                    problems.append(
+                        f"{member}.CaptureContentTypeHeader.{key} must list 1 to 10 content types"
+                    )
     enable = config.get("EnableCapture")
     if enable is not None and not isinstance(enable, bool):
         problems.append(f"{member}.EnableCapture must be a boolean")
@@ -239,8 +251,14 @@ class CaptureWriter:
     honours ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``).
     """
 
-    def __init__(self, *, flush_interval: float = 1.0, max_batch: int = 1000, max_queue: int = 10000,
-                 s3_client_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        flush_interval: float = 1.0,
+        max_batch: int = 1000,
+        max_queue: int = 10000,
+        s3_client_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self.flush_interval = flush_interval
         self.max_batch = max_batch
         self.stats = CaptureStats()
@@ -259,14 +277,26 @@ class CaptureWriter:
                 self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
                 self._thread.start()
 
-    def submit(self, policy: CapturePolicy, endpoint: str, variant: str,
-               record: dict[str, Any] | Callable[[], dict[str, Any]], when: datetime | None = None) -> bool:
+    def submit(
+        self,
+        policy: CapturePolicy,
+        endpoint: str,
+        variant: str,
+        record: dict[str, Any] | Callable[[], dict[str, Any]],
+        when: datetime | None = None,
+    ) -> bool:
         """Queue one record (or a function that builds it, run on the writer thread); never blocks.
 
         Returns False when the record was dropped because the queue is full.
         """
-        item = _Item(policy.destination, policy.kms_key_id, endpoint, variant, when or datetime.now(timezone.utc),
-                     record)
+        item = _Item(
+            policy.destination,
+            policy.kms_key_id,
+            endpoint,
+            variant,
+            when or datetime.now(timezone.utc),
+            record,
+        )
         with self._lock:
             self._pending += 1
             self.stats.submitted += 1
@@ -319,7 +349,11 @@ class CaptureWriter:
             while len(items) < self.max_batch:
                 remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else self._queue.get_nowait()
+                    item = (
+                        self._queue.get(timeout=max(0.0, remaining))
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 if item is None:
@@ -342,7 +376,9 @@ class CaptureWriter:
                 self.stats.objects += 1
             except Exception:  # noqa: BLE001 - a failed write loses that batch, never the platform
                 self.stats.failed += len(group)
-                log.exception("data capture: could not write %d records to %s/%s", len(group), destination, key)
+                log.exception(
+                    "data capture: could not write %d records to %s/%s", len(group), destination, key
+                )
             finally:
                 with self._lock:
                     self._pending -= len(group)
@@ -369,8 +405,13 @@ class CaptureWriter:
             extra: dict[str, Any] = {}
             if kms_key_id:
                 extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
-            self._s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key, Body=body,
-                                ContentType="application/jsonlines", **extra)
+            self._s3.put_object(
+                Bucket=bucket,
+                Key=f"{prefix}/{key}" if prefix else key,
+                Body=body,
+                ContentType="application/jsonlines",
+                **extra,
+            )
             return
         raise ValueError(f"unsupported capture destination {destination!r}")
 

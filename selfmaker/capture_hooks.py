@@ -38,13 +38,22 @@ def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
         return None
     problems = validate_data_capture_config(config, "dataCaptureConfig")
     if problems:
-        raise ValidationException(f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected: "
-                                  + "; ".join(problems))
+        raise ValidationException(
+            f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected: "
+            + "; ".join(problems)
+        )
     return {"DataCaptureConfig"}
 
 
-def capture(platform: Platform, runtime: EndpointRuntime, variant: str, record: InvocationRecord, *,
-            response_body: bytes | None, response_content_type: str | None) -> bool:
+def capture(
+    platform: Platform,
+    runtime: EndpointRuntime,
+    variant: str,
+    record: InvocationRecord,
+    *,
+    response_body: bytes | None,
+    response_content_type: str | None,
+) -> bool:
     """Queue a capture of one answered request to ``variant`` if the endpoint captures and samples it."""
     policy: CapturePolicy | None = runtime.attributes.get(POLICY)
     if policy is None or not policy.sampled():
@@ -53,13 +62,20 @@ def capture(platform: Platform, runtime: EndpointRuntime, variant: str, record: 
     body, content_type, inference_id = record.body, record.content_type, record.inference_id
 
     def build() -> dict[str, Any]:
-        return capture_record(policy, input_body=body, input_content_type=content_type, output_body=response_body,
-                              output_content_type=response_content_type,
-                              inference_time=datetime.fromtimestamp(started, tz=timezone.utc),
-                              event_id=str(uuid.uuid4()), inference_id=inference_id)
+        return capture_record(
+            policy,
+            input_body=body,
+            input_content_type=content_type,
+            output_body=response_body,
+            output_content_type=response_content_type,
+            inference_time=datetime.fromtimestamp(started, tz=timezone.utc),
+            event_id=str(uuid.uuid4()),
+            inference_id=inference_id,
+        )
 
-    return writer(platform).submit(policy, runtime.name, variant, build,
-                                   when=datetime.fromtimestamp(started, tz=timezone.utc))
+    return writer(platform).submit(
+        policy, runtime.name, variant, build, when=datetime.fromtimestamp(started, tz=timezone.utc)
+    )
 
 
 def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
@@ -74,8 +90,14 @@ def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any])
 
     def observe(record: InvocationRecord) -> None:
         if record.variant_name:
-            capture(platform, runtime, record.variant_name, record, response_body=record.response_body,
-                    response_content_type=record.response_content_type)
+            capture(
+                platform,
+                runtime,
+                record.variant_name,
+                record,
+                response_body=record.response_body,
+                response_content_type=record.response_content_type,
+            )
 
     runtime.observers.append(observe)
 

@@ -103,16 +103,20 @@ def traffic_steps(routing: dict[str, Any], new_capacity: int) -> list[Step]:
             raise GuardrailError(f"{member}.CanarySize is required for CANARY")
         canary = capacity_fraction(size, new_capacity, f"{member}.CanarySize")
         if canary > 0.5:
-            raise GuardrailError(f"{member}.CanarySize must be at most 50% of the new fleet's capacity "
-                                 f"({canary:.0%} requested)")
+            raise GuardrailError(
+                f"{member}.CanarySize must be at most 50% of the new fleet's capacity "
+                f"({canary:.0%} requested)"
+            )
         return [Step(canary, float(wait), "canary"), Step(1.0, float(wait), "all traffic")]
     size = routing.get("LinearStepSize")
     if not isinstance(size, dict):
         raise GuardrailError(f"{member}.LinearStepSize is required for LINEAR")
     step = capacity_fraction(size, new_capacity, f"{member}.LinearStepSize")
     if not 0.1 - 1e-9 <= step <= 0.5 + 1e-9:
-        raise GuardrailError(f"{member}.LinearStepSize must be between 10% and 50% of the new fleet's capacity "
-                             f"({step:.0%} requested)")
+        raise GuardrailError(
+            f"{member}.LinearStepSize must be between 10% and 50% of the new fleet's capacity "
+            f"({step:.0%} requested)"
+        )
     count = math.ceil(1.0 / step - 1e-9)
     fractions = [min(1.0, step * i) for i in range(1, count + 1)]
     fractions[-1] = 1.0
@@ -125,7 +129,9 @@ def validate_deployment_config(config: Any, new_capacity: int = 1) -> list[str]:
         return ["DeploymentConfig must be a structure"]
     problems: list[str] = []
     if config.get("RollingUpdatePolicy") is not None and config.get("BlueGreenUpdatePolicy") is not None:
-        problems.append("DeploymentConfig: specify either BlueGreenUpdatePolicy or RollingUpdatePolicy, not both")
+        problems.append(
+            "DeploymentConfig: specify either BlueGreenUpdatePolicy or RollingUpdatePolicy, not both"
+        )
     policy = config.get("BlueGreenUpdatePolicy")
     if policy is not None:
         if not isinstance(policy, dict) or not isinstance(policy.get("TrafficRoutingConfiguration"), dict):
@@ -137,18 +143,32 @@ def validate_deployment_config(config: Any, new_capacity: int = 1) -> list[str]:
                 problems.append(str(exc))
             term = policy.get("TerminationWaitInSeconds")
             if term is not None and (not isinstance(term, int) or not 0 <= term <= 3600):
-                problems.append("DeploymentConfig.BlueGreenUpdatePolicy.TerminationWaitInSeconds must be between 0 and 3600")
+                problems.append(
+                    "DeploymentConfig.BlueGreenUpdatePolicy.TerminationWaitInSeconds must be between 0 "
+                    "and 3600"
+                )
             maximum = policy.get("MaximumExecutionTimeoutInSeconds")
             if maximum is not None and (not isinstance(maximum, int) or not 600 <= maximum <= 28800):
-                problems.append("DeploymentConfig.BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds must be "
-                                "between 600 and 28800")
+                problems.append(
+                    "DeploymentConfig.BlueGreenUpdatePolicy.MaximumExecutionTimeoutInSeconds must be "
+                    "between 600 and 28800"
+                )
     rollback = config.get("AutoRollbackConfiguration")
     if rollback is not None:
         alarms = rollback.get("Alarms") if isinstance(rollback, dict) else None
-        if not isinstance(alarms, list) or not 1 <= len(alarms) <= 10 or not all(
-            isinstance(a, dict) and isinstance(a.get("AlarmName"), str) and 1 <= len(a["AlarmName"]) <= 255 for a in alarms
+        if (
+            not isinstance(alarms, list)
+            or not 1 <= len(alarms) <= 10
+            or not all(
+                isinstance(a, dict)
+                and isinstance(a.get("AlarmName"), str)
+                and 1 <= len(a["AlarmName"]) <= 255
+                for a in alarms
+            )
         ):
-            problems.append("DeploymentConfig.AutoRollbackConfiguration.Alarms must list 1 to 10 {AlarmName} entries")
+            problems.append(
+                "DeploymentConfig.AutoRollbackConfiguration.Alarms must list 1 to 10 {AlarmName} entries"
+            )
     return problems
 
 
@@ -195,15 +215,23 @@ class AlarmRule:
             raise GuardrailError(f"AlarmName must be a string of 1 to 255 characters, got {name!r}")
         metric = data.get("MetricName")
         if metric not in METRICS:
-            raise GuardrailError(f"alarm {name}: MetricName must be one of {', '.join(METRICS)}, got {metric!r}")
+            raise GuardrailError(
+                f"alarm {name}: MetricName must be one of {', '.join(METRICS)}, got {metric!r}"
+            )
         statistic = data.get("ExtendedStatistic") or data.get("Statistic") or "Average"
         if statistic not in STATISTICS and _percentile(statistic) is None:
-            raise GuardrailError(f"alarm {name}: Statistic must be one of {', '.join(STATISTICS)} or pNN, got {statistic!r}")
+            raise GuardrailError(
+                f"alarm {name}: Statistic must be one of {', '.join(STATISTICS)} or pNN, got {statistic!r}"
+            )
         comparison = data.get("ComparisonOperator", "GreaterThanThreshold")
         if comparison not in COMPARISONS:
             raise GuardrailError(f"alarm {name}: ComparisonOperator must be one of {', '.join(COMPARISONS)}")
         threshold = data.get("Threshold")
-        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not math.isfinite(threshold):
+        if (
+            not isinstance(threshold, (int, float))
+            or isinstance(threshold, bool)
+            or not math.isfinite(threshold)
+        ):
             raise GuardrailError(f"alarm {name}: Threshold must be a number, got {threshold!r}")
         period = data.get("Period", 60)
         if not isinstance(period, (int, float)) or isinstance(period, bool) or period <= 0:
@@ -217,7 +245,8 @@ class AlarmRule:
         return cls(name, metric, statistic, comparison, float(threshold), float(period), fleet, minimum)
 
     def describe(self) -> str:
-        return f"{self.metric} {self.statistic} {self.comparison} {self.threshold:g} over {self.period:g}s on the {self.fleet} fleet"
+        return (f"{self.metric} {self.statistic} {self.comparison} {self.threshold:g} over {self.period:g}s "
+                f"on the {self.fleet} fleet")
 
 
 def _percentile(statistic: str) -> float | None:
@@ -234,7 +263,7 @@ def parse_alarms(document: Any, source: str) -> dict[str, AlarmRule]:
     """``{"Alarms": [...]}`` (or a bare list) → rules by name; errors name ``source``."""
     items = document.get("Alarms") if isinstance(document, dict) else document
     if not isinstance(items, list):
-        raise GuardrailError(f"{source}: expected {{\"Alarms\": [...]}}")
+        raise GuardrailError(f'{source}: expected {{"Alarms": [...]}}')
     rules: dict[str, AlarmRule] = {}
     for item in items:
         try:
@@ -286,8 +315,10 @@ def resolve_alarms(config: dict[str, Any] | None, known: dict[str, AlarmRule]) -
     missing = [n for n in names if n not in known]
     if missing:
         raise GuardrailError(
-            f"DeploymentConfig.AutoRollbackConfiguration names alarms that are not defined: {', '.join(missing)} "
-            "(define them in <home>/alarms.json or SELFMAKER_ALARMS)")
+            "DeploymentConfig.AutoRollbackConfiguration names alarms that are not defined: "
+            f"{', '.join(missing)} "
+            "(define them in <home>/alarms.json or SELFMAKER_ALARMS)"
+        )
     return [known[n] for n in names]
 
 
@@ -302,7 +333,9 @@ class Observation:
 class FleetRecorder:
     """Invocations seen by the router during a deployment: (time, fleet, status, latency)."""
 
-    def __init__(self, horizon: float = 3600.0, max_items: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, horizon: float = 3600.0, max_items: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.horizon = horizon
         self._items: deque[Observation] = deque(maxlen=max_items)
         self._clock = clock
@@ -392,7 +425,7 @@ class DeploymentOutcome:
 class DeploymentProgress:
     """What DescribeEndpoint shows while the deployment runs."""
 
-    status: str = "Creating"          # VariantStatus of the new fleet: Creating | ActivatingTraffic | Baking
+    status: str = "Creating"  # VariantStatus of the new fleet: Creating | ActivatingTraffic | Baking
     message: str = ""
     new_fraction: float = 0.0
     started_at: float = field(default_factory=time.time)
@@ -419,7 +452,8 @@ async def run_blue_green(
     retire the losing fleet (after ``TerminationWaitInSeconds`` for the old one).
     """
     policy = (deployment_config or {}).get("BlueGreenUpdatePolicy") or {
-        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}}
+        "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}
+    }
     steps = traffic_steps(policy["TrafficRoutingConfiguration"], new_capacity)
     maximum = float(policy.get("MaximumExecutionTimeoutInSeconds") or 28800)
     started = clock()
@@ -440,11 +474,16 @@ async def run_blue_green(
         return DeploymentOutcome(False, reason, alarm)
 
     for index, step in enumerate(steps, 1):
-        progress.status, progress.message = "ActivatingTraffic", f"shifting {step.new_fraction:.0%} of traffic ({step.label})"
+        progress.status, progress.message = (
+            "ActivatingTraffic",
+            f"shifting {step.new_fraction:.0%} of traffic ({step.label})",
+        )
         progress.step_started_at = time.time()
         await shift(step.new_fraction)
         progress.status = "Baking"
-        progress.message = f"baking {step.bake_seconds:g}s with {step.new_fraction:.0%} of traffic ({step.label})"
+        progress.message = (
+            f"baking {step.bake_seconds:g}s with {step.new_fraction:.0%} of traffic ({step.label})"
+        )
         if on_progress is not None:
             on_progress()
         bake_end = clock() + step.bake_seconds
@@ -455,11 +494,15 @@ async def run_blue_green(
                     return await roll_back(
                         f"Alarm {rule.name} fired ({rule.describe()}: value {value:g}) while baking "
                         f"{step.new_fraction:.0%} of traffic ({step.label}, step {index} of {len(steps)}); "
-                        "all traffic was rolled back to the previous endpoint configuration.", rule.name)
+                        "all traffic was rolled back to the previous endpoint configuration.",
+                        rule.name,
+                    )
             now = clock()
             if now - started >= maximum:
-                return await roll_back(f"The deployment exceeded MaximumExecutionTimeoutInSeconds={maximum:g}; "
-                                       "all traffic was rolled back to the previous endpoint configuration.")
+                return await roll_back(
+                    f"The deployment exceeded MaximumExecutionTimeoutInSeconds={maximum:g}; "
+                    "all traffic was rolled back to the previous endpoint configuration."
+                )
             if now >= bake_end:
                 break
             await asyncio.sleep(min(check_interval, max(0.0, bake_end - now)))

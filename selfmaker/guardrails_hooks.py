@@ -104,16 +104,23 @@ class DeploymentGuard:
         return self.views[key]
 
     # -- UpdateEndpoint ----------------------------------------------------------------------------
-    def check(self, params: dict[str, Any], record: Record, config: dict[str, Any],
-              retain: dict[str, dict[str, Any]]) -> None:
+    def check(
+        self,
+        params: dict[str, Any],
+        record: Record,
+        config: dict[str, Any],
+        retain: dict[str, dict[str, Any]],
+    ) -> None:
         """Validate the DeploymentConfig of an UpdateEndpoint request (raises ValidationException)."""
         deployment = params.get("DeploymentConfig")
         if deployment is None and params.get("RetainDeploymentConfig"):
             deployment = record.doc.get("DeploymentConfig")
         if deployment:
             if deployment.get("RollingUpdatePolicy"):
-                raise ValidationException("DeploymentConfig.RollingUpdatePolicy is not supported by selfmaker; use "
-                                          "BlueGreenUpdatePolicy.")
+                raise ValidationException(
+                    "DeploymentConfig.RollingUpdatePolicy is not supported by selfmaker; use "
+                    "BlueGreenUpdatePolicy."
+                )
             policy = deployment.get("BlueGreenUpdatePolicy")
             try:
                 if policy:
@@ -124,8 +131,13 @@ class DeploymentGuard:
         self._pending[record.name.lower()] = deployment
 
     # -- the deployment ----------------------------------------------------------------------------
-    async def run(self, name: str, old: EndpointRuntime, new: EndpointRuntime, config: dict[str, Any]) -> str | None:
-        """Shift traffic from ``old`` to ``new`` per the pending DeploymentConfig; None or the rollback reason."""
+    async def run(
+        self, name: str, old: EndpointRuntime, new: EndpointRuntime, config: dict[str, Any]
+    ) -> str | None:
+        """Shift traffic from ``old`` to ``new`` per the pending DeploymentConfig.
+
+        Returns None when the new fleet won, else the rollback reason.
+        """
         deployment = self._pending.pop(name.lower(), None)
         if not deployment or not deployment.get("BlueGreenUpdatePolicy"):
             return None
@@ -147,9 +159,16 @@ class DeploymentGuard:
         old.attributes[DISPATCH] = _Dispatcher(self.platform, old, new, split, recorder, view).dispatch
         try:
             outcome = await run_blue_green(
-                deployment, new_capacity=sum(max(1, v.pool.size) for v in new.variants.values()), alarms=alarms,
-                recorder=recorder, split=split, progress=progress, on_shift=on_shift,
-                on_progress=lambda: self._publish(name, config, new, progress), check_interval=self.check_interval)
+                deployment,
+                new_capacity=sum(max(1, v.pool.size) for v in new.variants.values()),
+                alarms=alarms,
+                recorder=recorder,
+                split=split,
+                progress=progress,
+                on_shift=on_shift,
+                on_progress=lambda: self._publish(name, config, new, progress),
+                check_interval=self.check_interval,
+            )
             if outcome.completed:
                 wait = float(policy.get("TerminationWaitInSeconds") or 0)
                 if wait > 0:
@@ -174,13 +193,22 @@ class DeploymentGuard:
             view.progress = None
             store.update("endpoint", name, drop=("PendingDeploymentSummary",), touch=False)
 
-    def _publish(self, name: str, config: dict[str, Any], new: EndpointRuntime, progress: DeploymentProgress) -> None:
+    def _publish(
+        self, name: str, config: dict[str, Any], new: EndpointRuntime, progress: DeploymentProgress
+    ) -> None:
         variants = []
         for v in new.variants.values():
             summary: dict[str, Any] = {
-                "VariantName": v.name, "CurrentWeight": v.weight * progress.new_fraction, "DesiredWeight": v.weight,
-                "VariantStatus": [{"Status": progress.status, "StatusMessage": progress.message[:1024],
-                                   "StartTime": progress.step_started_at}],
+                "VariantName": v.name,
+                "CurrentWeight": v.weight * progress.new_fraction,
+                "DesiredWeight": v.weight,
+                "VariantStatus": [
+                    {
+                        "Status": progress.status,
+                        "StatusMessage": progress.message[:1024],
+                        "StartTime": progress.step_started_at,
+                    }
+                ],
             }
             if not v.config.get("ServerlessConfig"):
                 summary["CurrentInstanceCount"] = v.pool.size
@@ -188,22 +216,39 @@ class DeploymentGuard:
                 if v.config.get("InstanceType"):
                     summary["InstanceType"] = v.config["InstanceType"]
             variants.append(summary)
-        self.platform.store.update("endpoint", name, touch=False, merge={"PendingDeploymentSummary": {
-            "EndpointConfigName": config.get("EndpointConfigName"), "ProductionVariants": variants,
-            "StartTime": progress.started_at,
-        }})
+        self.platform.store.update(
+            "endpoint",
+            name,
+            touch=False,
+            merge={
+                "PendingDeploymentSummary": {
+                    "EndpointConfigName": config.get("EndpointConfigName"),
+                    "ProductionVariants": variants,
+                    "StartTime": progress.started_at,
+                }
+            },
+        )
 
 
 class _Dispatcher:
     """Routes one request of an endpoint under deployment to the old or the new fleet."""
 
-    def __init__(self, platform: Platform, old: EndpointRuntime, new: EndpointRuntime, split: TrafficSplit,
-                 recorder: FleetRecorder, view: DeploymentView) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        old: EndpointRuntime,
+        new: EndpointRuntime,
+        split: TrafficSplit,
+        recorder: FleetRecorder,
+        view: DeploymentView,
+    ) -> None:
         self.platform, self.old, self.new = platform, old, new
         self.split, self.recorder, self.view = split, recorder, view
 
     @staticmethod
-    def _variant(fleet: EndpointRuntime, other: EndpointRuntime, target: str | None) -> tuple[EndpointRuntime, VariantRuntime]:
+    def _variant(
+        fleet: EndpointRuntime, other: EndpointRuntime, target: str | None
+    ) -> tuple[EndpointRuntime, VariantRuntime]:
         if target:
             try:
                 return fleet, fleet.route(target)
@@ -211,12 +256,15 @@ class _Dispatcher:
                 return other, other.route(target)
         return fleet, fleet.route(None)
 
-    async def dispatch(self, record: InvocationRecord, body: bytes, headers: dict[str, str]) -> tuple[Any, tuple[int, bytes, Any]]:
+    async def dispatch(
+        self, record: InvocationRecord, body: bytes, headers: dict[str, str]
+    ) -> tuple[Any, tuple[int, bytes, Any]]:
         from selfmaker.api.app import call_variant
 
         use_new = self.split.pick_new()
-        fleet, variant = self._variant(self.new if use_new else self.old, self.old if use_new else self.new,
-                                       record.target_variant)
+        fleet, variant = self._variant(
+            self.new if use_new else self.old, self.old if use_new else self.new, record.target_variant
+        )
         on_new = fleet is self.new
         started = time.perf_counter()
         try:
@@ -231,8 +279,12 @@ class _Dispatcher:
                 return variant, result
         # the new fleet failed while the deployment is in progress: the old fleet answers instead
         self.view.fallbacks += 1
-        variant = self.old.route(record.target_variant) if record.target_variant and \
-            record.target_variant.lower() in {n.lower() for n in self.old.variants} else self.old.route(None)
+        variant = (
+            self.old.route(record.target_variant)
+            if record.target_variant
+            and record.target_variant.lower() in {n.lower() for n in self.old.variants}
+            else self.old.route(None)
+        )
         started = time.perf_counter()
         result = await call_variant(self.platform, self.old, variant, body, headers)
         self.recorder.record("old", result[0], time.perf_counter() - started)

@@ -80,8 +80,14 @@ def _csv_cells(text: str) -> list[list[Any]]:
     return rows
 
 
-def outputs_match(primary: bytes, shadow: bytes, content_type: str | None = None, *,
-                  rel_tol: float = 1e-5, abs_tol: float = 1e-6) -> bool:
+def outputs_match(
+    primary: bytes,
+    shadow: bytes,
+    content_type: str | None = None,
+    *,
+    rel_tol: float = 1e-5,
+    abs_tol: float = 1e-6,
+) -> bool:
     """Whether two model answers agree: same bytes, or the same JSON/CSV up to float tolerance."""
     if primary == shadow:
         return True
@@ -150,8 +156,9 @@ class ShadowMirror:
     enforce its own timeout. One mirror serves one endpoint (or the whole platform).
     """
 
-    def __init__(self, *, max_in_flight: int = 64, timeout: float = 60.0,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, *, max_in_flight: int = 64, timeout: float = 60.0, rng: Callable[[], float] = random.random
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.timeout = timeout
         self._rng = rng
@@ -165,8 +172,13 @@ class ShadowMirror:
             stats = self.stats[variant] = ShadowStats()
         return stats
 
-    def mirror(self, variant: str, send: Callable[[], Awaitable[Answer]], primary: Answer | None,
-               fraction: float = 1.0) -> bool:
+    def mirror(
+        self,
+        variant: str,
+        send: Callable[[], Awaitable[Answer]],
+        primary: Answer | None,
+        fraction: float = 1.0,
+    ) -> bool:
         """Schedule one copy to ``variant`` (sampled with probability ``fraction``); never waits.
 
         ``primary`` is the production answer to compare with (None: no comparison). Returns whether a
@@ -183,8 +195,9 @@ class ShadowMirror:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _copy(self, variant: str, send: Callable[[], Awaitable[Answer]], primary: Answer | None,
-                    stats: ShadowStats) -> None:
+    async def _copy(
+        self, variant: str, send: Callable[[], Awaitable[Answer]], primary: Answer | None, stats: ShadowStats
+    ) -> None:
         stats.requests += 1
         started = time.perf_counter()
         try:

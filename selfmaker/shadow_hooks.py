@@ -52,14 +52,18 @@ def _headers(record: InvocationRecord) -> dict[str, str]:
     return headers
 
 
-async def _send(platform: Platform, runtime: EndpointRuntime, shadow: VariantRuntime, record: InvocationRecord) -> Answer:
+async def _send(
+    platform: Platform, runtime: EndpointRuntime, shadow: VariantRuntime, record: InvocationRecord
+) -> Answer:
     from selfmaker.api.app import call_variant
     from selfmaker.capture_hooks import capture
 
     status, body, headers = await call_variant(platform, runtime, shadow, record.body, _headers(record))
     content_type = headers.get("Content-Type")
     if 200 <= status < 300:
-        capture(platform, runtime, shadow.name, record, response_body=body, response_content_type=content_type)
+        capture(
+            platform, runtime, shadow.name, record, response_body=body, response_content_type=content_type
+        )
     return Answer(status, body, content_type)
 
 
@@ -77,12 +81,16 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
             if built.config.get("ServerlessConfig"):
                 await built.pool.start(0)  # ProvisionedConcurrency of a serverless shadow
     except BaseException:
-        await asyncio.gather(*(v.pool.stop() for v in runtime.shadow_variants.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(v.pool.stop() for v in runtime.shadow_variants.values()), return_exceptions=True
+        )
         runtime.shadow_variants.clear()
         raise
     mirror = mirrors(platform).get(runtime.name.lower())
     if mirror is None:
-        mirror = mirrors(platform)[runtime.name.lower()] = ShadowMirror(timeout=platform.settings.invocation_timeout)
+        mirror = mirrors(platform)[runtime.name.lower()] = ShadowMirror(
+            timeout=platform.settings.invocation_timeout
+        )
     for name in runtime.shadow_variants:
         mirror.stats_for(name)
 
@@ -92,8 +100,12 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
             return
         answer = Answer(record.status or 200, record.response_body, record.response_content_type)
         for shadow in runtime.shadow_variants.values():
-            mirror.mirror(shadow.name, lambda shadow=shadow: _send(platform, runtime, shadow, record), answer,
-                          shadow_fraction(shadow.weight, primary.weight))
+            mirror.mirror(
+                shadow.name,
+                lambda shadow=shadow: _send(platform, runtime, shadow, record),
+                answer,
+                shadow_fraction(shadow.weight, primary.weight),
+            )
 
     runtime.observers.append(observe)
 
@@ -110,6 +122,9 @@ def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
     for runtime in list(platform.endpoints.live.values()):
         mirror = mirrors(platform).get(runtime.name.lower())
         if mirror is not None and runtime.shadow_variants:
-            out[runtime.name] = {name: stats.snapshot() for name, stats in mirror.stats.items()
-                                 if name in runtime.shadow_variants}
+            out[runtime.name] = {
+                name: stats.snapshot()
+                for name, stats in mirror.stats.items()
+                if name in runtime.shadow_variants
+            }
     return out

@@ -39,8 +39,12 @@ async def attach_serverless(platform: Platform, runtime: EndpointRuntime, config
 @runtime_route("GET", "/metrics")
 async def metrics(platform: Platform, request: web.Request) -> web.Response:
     """Prometheus metrics of serverless and shadow variants, data capture, deployments and extensions."""
-    return web.Response(text=observe.render_metrics(platform), content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        text=observe.render_metrics(platform),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 @lifecycle("startup")
@@ -48,7 +52,8 @@ async def start_serverless(platform: Platform) -> None:
     """Install the fork executor, start the template, publish variant metrics for ``selfmaker status``."""
     await integration.start(platform)
     platform.extensions[_PUBLISHER] = asyncio.get_running_loop().create_task(
-        observe.publish_loop(platform), name="variant-metrics-publisher")
+        observe.publish_loop(platform), name="variant-metrics-publisher"
+    )
 
 
 @lifecycle("shutdown")

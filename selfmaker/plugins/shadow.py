@@ -19,7 +19,9 @@ def check_shadow_variants(platform: Platform, params: dict[str, Any]) -> set[str
 
 
 @endpoint_hook
-async def attach_shadow_variants(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+async def attach_shadow_variants(
+    platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]
+) -> None:
     """Bring up shadow variants and mirror production traffic to them."""
     await shadow_hooks.attach(platform, runtime, config)
 

@@ -34,7 +34,9 @@ class TemplateError(Exception):
     """The template process is unavailable or refused a request."""
 
 
-def template_request(socket_path: str | Path, payload: dict[str, Any], timeout: float = 10.0) -> tuple[dict[str, Any], list[int]]:
+def template_request(
+    socket_path: str | Path, payload: dict[str, Any], timeout: float = 10.0
+) -> tuple[dict[str, Any], list[int]]:
     """Send one request to the template at ``socket_path``; return its answer and any received fds.
 
     Blocking (use ``asyncio.to_thread`` from the event loop). Raises :class:`TemplateError` when the
@@ -73,8 +75,15 @@ def template_request(socket_path: str | Path, payload: dict[str, Any], timeout: 
 class TemplateProcess:
     """One template process: started on demand, restarted when it died, stopped with the platform."""
 
-    def __init__(self, socket_path: Path, log_path: Path, *, python: str | None = None,
-                 preload: list[str] | None = None, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        log_path: Path,
+        *,
+        python: str | None = None,
+        preload: list[str] | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.log_path = Path(log_path)
         self.python = python or sys.executable
@@ -101,8 +110,15 @@ class TemplateProcess:
         # Short socket paths: AF_UNIX paths are limited to ~107 bytes.
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [self.python, "-m", "selfmaker.serverless.template", "--socket", str(self.socket_path),
-               "--parent-pid", str(os.getpid())]
+        cmd = [
+            self.python,
+            "-m",
+            "selfmaker.serverless.template",
+            "--socket",
+            str(self.socket_path),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if self.preload is not None:
             cmd += ["--preload", *self.preload]
         env = dict(os.environ)
@@ -111,38 +127,69 @@ class TemplateProcess:
         started = time.perf_counter()
         with open(self.log_path, "ab") as out:
             self._process = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True,
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + self.startup_timeout
         last = "no answer"
         while time.monotonic() < deadline:
             if self._process.returncode is not None:
-                raise TemplateError(f"template process exited with code {self._process.returncode} (see {self.log_path})")
+                raise TemplateError(
+                    f"template process exited with code {self._process.returncode} (see {self.log_path})"
+                )
             try:
                 answer, _ = await asyncio.to_thread(template_request, self.socket_path, {"op": "ping"}, 2.0)
             except TemplateError as exc:
                 last = str(exc)
                 await asyncio.sleep(0.02)
                 continue
-            log.info("serverless template ready in %.2fs (pid %s, %d modules preloaded)",
-                     time.perf_counter() - started, answer.get("pid"), len(answer.get("preloaded", [])))
+            log.info(
+                "serverless template ready in %.2fs (pid %s, %d modules preloaded)",
+                time.perf_counter() - started,
+                answer.get("pid"),
+                len(answer.get("preloaded", [])),
+            )
             return
         await self.stop()
         raise TemplateError(f"template not ready after {self.startup_timeout}s: {last}")
 
-    async def request(self, payload: dict[str, Any], timeout: float = 10.0) -> tuple[dict[str, Any], list[int]]:
+    async def request(
+        self, payload: dict[str, Any], timeout: float = 10.0
+    ) -> tuple[dict[str, Any], list[int]]:
         """Send ``payload`` to the (running) template."""
         return await asyncio.to_thread(template_request, self.socket_path, payload, timeout)
 
-    async def spawn(self, *, instance_id: str, module: str = "", path: str = "", args: list[str], env: dict[str, str], cwd: Path,
-                    log_path: Path, memory_mb: int | None) -> ForkedHandle:
+    async def spawn(
+        self,
+        *,
+        instance_id: str,
+        module: str = "",
+        path: str = "",
+        args: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_path: Path,
+        memory_mb: int | None,
+    ) -> ForkedHandle:
         """Fork a model server: ``python -m <module> <args>`` semantics, ``env`` on top of the template's."""
         await self.ensure()
-        answer, fds = await self.request({
-            "op": "spawn", "module": module, "path": path, "args": args, "env": env, "cwd": str(cwd), "log_path": str(log_path),
-            "memory_mb": memory_mb, "instance_id": instance_id,
-        })
+        answer, fds = await self.request(
+            {
+                "op": "spawn",
+                "module": module,
+                "path": path,
+                "args": args,
+                "env": env,
+                "cwd": str(cwd),
+                "log_path": str(log_path),
+                "memory_mb": memory_mb,
+                "instance_id": instance_id,
+            }
+        )
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -171,8 +218,16 @@ class TemplateProcess:
 class ForkedHandle(InstanceHandle):
     """A model server forked by the template; watched through a pidfd (it is not our child)."""
 
-    def __init__(self, instance_id: str, pid: int, pidfd: int, template: TemplateProcess, *,
-                 url: str = "", memory_mb: int | None = None) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        pid: int,
+        pidfd: int,
+        template: TemplateProcess,
+        *,
+        url: str = "",
+        memory_mb: int | None = None,
+    ) -> None:
         #: called with the template's reason when a server that ended on its own is stopped
         self.on_exit: Callable[[str], None] | None = None
         self.instance_id = instance_id
@@ -258,15 +313,22 @@ class ForkExecutor(Executor):
 
     kind = "process"
 
-    def __init__(self, settings: PlatformSettings, *, template: TemplateProcess | None = None,
-                 fallback: Executor | None = None, fork_all: bool = True) -> None:
+    def __init__(
+        self,
+        settings: PlatformSettings,
+        *,
+        template: TemplateProcess | None = None,
+        fallback: Executor | None = None,
+        fork_all: bool = True,
+    ) -> None:
         self.settings = settings
         #: fork every instance (True) or only those with a memory limit, i.e. serverless variants (False)
         self.fork_all = fork_all
         self._failures: dict[tuple[str, str], tuple[float, str]] = {}
         run_dir = Path(settings.home) / "run"
         self.template = template or TemplateProcess(
-            run_dir / f"template-{os.getpid()}.sock", Path(settings.logs_dir) / "serverless-template.log",
+            run_dir / f"template-{os.getpid()}.sock",
+            Path(settings.logs_dir) / "serverless-template.log",
             python=settings.python,
         )
         self._fallback = fallback
@@ -291,8 +353,15 @@ class ForkExecutor(Executor):
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
         args = ["--model-dir", str(spec.model_dir), "--host", "127.0.0.1", "--port", str(port)]
         try:
-            handle = await self.template.spawn(instance_id=spec.instance_id, module="serving", args=args, env=env,
-                                               cwd=spec.work_dir, log_path=spec.log_path, memory_mb=spec.memory_mb)
+            handle = await self.template.spawn(
+                instance_id=spec.instance_id,
+                module="serving",
+                args=args,
+                env=env,
+                cwd=spec.work_dir,
+                log_path=spec.log_path,
+                memory_mb=spec.memory_mb,
+            )
         except TemplateError as exc:
             if self._fallback is None:
                 raise ExecutorError(f"could not fork the model server: {exc}") from exc

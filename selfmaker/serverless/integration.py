@@ -61,11 +61,15 @@ def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
             path = f"{member[0].lower()}{member[1:]}.{index}.member.serverlessConfig"
             problems = validate_serverless_config(config, path)
             if problems:
-                raise ValidationException(f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} "
-                                          f"detected: {'; '.join(problems)}")
+                raise ValidationException(
+                    f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} "
+                    f"detected: {'; '.join(problems)}"
+                )
             if variant.get("AcceleratorType"):
-                raise ValidationException(f"Variant '{variant.get('VariantName')}': serverless variants cannot use "
-                                          "an AcceleratorType (serverless inference is CPU-only).")
+                raise ValidationException(
+                    f"Variant '{variant.get('VariantName')}': serverless variants cannot use "
+                    "an AcceleratorType (serverless inference is CPU-only)."
+                )
     return {"ServerlessConfig"} if used else None
 
 
@@ -81,16 +85,23 @@ def make_pool(platform: Platform, ctx: VariantContext) -> InstancePool | None:
     slot_dir = settings.home / "run" / "serverless" / ctx.endpoint_name.lower() / variant.lower()
     extra = {
         "ErrorCode": "SERVER_ERROR_FROM_MODEL",
-        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:/aws/sagemaker/Endpoints/"
-                        f"{ctx.endpoint_name}",
+        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:"
+        "/aws/sagemaker/Endpoints/"
+        f"{ctx.endpoint_name}",
     }
     executor = st.executor
 
     def failure_detail() -> str | None:
         return executor.recent_failure(ctx.endpoint_name, variant) if executor is not None else None
 
-    return ServerlessPool(ctx, config=ServerlessConfig.from_request(config), settings=st.settings, slot_dir=slot_dir,
-                          error_extra=extra, failure_detail=failure_detail)
+    return ServerlessPool(
+        ctx,
+        config=ServerlessConfig.from_request(config),
+        settings=st.settings,
+        slot_dir=slot_dir,
+        error_extra=extra,
+        failure_detail=failure_detail,
+    )
 
 
 async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
@@ -104,8 +115,9 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
 
         def payload_limit(record: InvocationRecord) -> None:
             if len(record.body) > limit:
-                raise ValidationError(f"Request payload is too large for a serverless endpoint: the limit is "
-                                      f"{limit} bytes.")
+                raise ValidationError(
+                    f"Request payload is too large for a serverless endpoint: the limit is {limit} bytes."
+                )
 
         runtime.pre_invoke.append(payload_limit)
 
@@ -117,8 +129,11 @@ async def start(platform: Platform) -> None:
         return
     from selfmaker.executors.process import ProcessExecutor
 
-    executor = ForkExecutor(platform.settings, fallback=ProcessExecutor(platform.settings),
-                            fork_all=st.settings.fork_all_process_variants)
+    executor = ForkExecutor(
+        platform.settings,
+        fallback=ProcessExecutor(platform.settings),
+        fork_all=st.settings.fork_all_process_variants,
+    )
     platform.install_executor("process", executor)
     st.executor = executor
     if st.settings.fork_all_process_variants:
@@ -137,7 +152,9 @@ def warm_template(st: ServerlessState) -> None:
         try:
             await executor.warm()
         except Exception as exc:  # noqa: BLE001 - without a template instances are spawned the plain way
-            log.warning("serverless template did not start (%s); model servers will be spawned without it", exc)
+            log.warning(
+                "serverless template did not start (%s); model servers will be spawned without it", exc
+            )
 
     task = asyncio.get_running_loop().create_task(warm(), name="serverless-template")
     st.warming.add(task)
@@ -168,13 +185,21 @@ def check_serverless_update(variant: Any, update: dict[str, Any], index: int) ->
     """The variant's ServerlessConfig after ``ServerlessUpdateConfig`` (ValidationException when invalid)."""
     current = variant.config.get("ServerlessConfig")
     if not current or not isinstance(variant.pool, ServerlessPool):
-        raise ValidationException(f"ServerlessUpdateConfig was given for variant {variant.name}, which is not a "
-                                  "serverless variant.")
-    merged = {**current, **{k: update[k] for k in ("MaxConcurrency", "ProvisionedConcurrency") if k in update}}
-    problems = validate_serverless_config(merged, f"desiredWeightsAndCapacities.{index}.member.serverlessUpdateConfig")
+        raise ValidationException(
+            f"ServerlessUpdateConfig was given for variant {variant.name}, which is not a serverless variant."
+        )
+    merged = {
+        **current,
+        **{k: update[k] for k in ("MaxConcurrency", "ProvisionedConcurrency") if k in update},
+    }
+    problems = validate_serverless_config(
+        merged, f"desiredWeightsAndCapacities.{index}.member.serverlessUpdateConfig"
+    )
     if problems:
-        raise ValidationException(f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected: "
-                                  + "; ".join(problems))
+        raise ValidationException(
+            f"{len(problems)} validation error{'s' if len(problems) > 1 else ''} detected: "
+            + "; ".join(problems)
+        )
     return ServerlessConfig.from_request(merged)
 
 

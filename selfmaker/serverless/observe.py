@@ -33,8 +33,11 @@ def collect(platform: Platform) -> dict[str, dict[str, Any]]:
     from selfmaker.shadow_hooks import snapshots as shadow_snapshots
 
     out: dict[str, dict[str, Any]] = {}
-    for key, data in (("Serverless", serverless_snapshots(platform)), ("Shadow", shadow_snapshots(platform)),
-                      ("Deployment", deployment_snapshots(platform))):
+    for key, data in (
+        ("Serverless", serverless_snapshots(platform)),
+        ("Shadow", shadow_snapshots(platform)),
+        ("Deployment", deployment_snapshots(platform)),
+    ):
         for endpoint, value in data.items():
             out.setdefault(endpoint, {})[key] = value
     return out
@@ -45,7 +48,9 @@ def render_metrics(platform: Platform) -> str:
     lines: list[str] = []
     data = collect(platform)
 
-    def family(name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float | int | None]]) -> None:
+    def family(
+        name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float | int | None]]
+    ) -> None:
         lines.append(f"# HELP {name} {help_}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
@@ -66,11 +71,19 @@ def render_metrics(platform: Platform) -> str:
         ("cold_start_failures", "counter", "Model servers of a serverless variant that failed to start."),
         ("scaled_to_zero", "counter", "Times a serverless variant scaled to zero instances."),
         ("last_cold_start_seconds", "gauge", "Seconds from launch to a ready model server, last cold start."),
-        ("last_first_answer_seconds", "gauge", "Seconds from a cold request's arrival to its answer, last cold start."),
+        (
+            "last_first_answer_seconds",
+            "gauge",
+            "Seconds from a cold request's arrival to its answer, last cold start.",
+        ),
     ):
         suffix = "_total" if kind == "counter" else ""
-        family(f"selfmaker_serverless_{metric}{suffix}", kind, help_,
-               [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in serverless])
+        family(
+            f"selfmaker_serverless_{metric}{suffix}",
+            kind,
+            help_,
+            [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in serverless],
+        )
 
     shadows = [(ep, v, s) for ep, d in data.items() for v, s in (d.get("Shadow") or {}).items()]
     for metric, kind, help_ in (
@@ -85,26 +98,43 @@ def render_metrics(platform: Platform) -> str:
         ("latency_p99_seconds", "gauge", "99th percentile latency of the last 1000 shadow copies."),
     ):
         name = metric if kind == "gauge" or metric.endswith(("_seconds", "_count")) else f"{metric}_total"
-        family(f"selfmaker_shadow_{name}", kind, help_,
-               [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in shadows])
+        family(
+            f"selfmaker_shadow_{name}",
+            kind,
+            help_,
+            [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in shadows],
+        )
 
     deployments = [(ep, d["Deployment"]) for ep, d in data.items() if d.get("Deployment")]
-    family("selfmaker_deployment_new_fleet_traffic_share", "gauge",
-           "Share of traffic on the new fleet of a blue/green deployment in progress.",
-           [({"endpoint": ep}, d.get("new_fraction")) for ep, d in deployments])
-    family("selfmaker_deployment_fallbacks_total", "counter",
-           "New-fleet failures re-sent to the old fleet during a deployment.",
-           [({"endpoint": ep}, d.get("fallbacks")) for ep, d in deployments])
-    family("selfmaker_deployment_rollbacks_total", "counter", "Deployments rolled back by an alarm or timeout.",
-           [({"endpoint": ep}, d.get("rollbacks")) for ep, d in deployments])
+    family(
+        "selfmaker_deployment_new_fleet_traffic_share",
+        "gauge",
+        "Share of traffic on the new fleet of a blue/green deployment in progress.",
+        [({"endpoint": ep}, d.get("new_fraction")) for ep, d in deployments],
+    )
+    family(
+        "selfmaker_deployment_fallbacks_total",
+        "counter",
+        "New-fleet failures re-sent to the old fleet during a deployment.",
+        [({"endpoint": ep}, d.get("fallbacks")) for ep, d in deployments],
+    )
+    family(
+        "selfmaker_deployment_rollbacks_total",
+        "counter",
+        "Deployments rolled back by an alarm or timeout.",
+        [({"endpoint": ep}, d.get("rollbacks")) for ep, d in deployments],
+    )
 
     capture = platform.extensions.get("capture")
     if capture is not None:
         stats = capture.stats
-        for metric, help_ in (("submitted", "Capture records queued."), ("written", "Capture records written."),
-                              ("dropped", "Capture records dropped (queue full)."),
-                              ("failed", "Capture records lost to write errors."),
-                              ("objects", "Capture files written.")):
+        for metric, help_ in (
+            ("submitted", "Capture records queued."),
+            ("written", "Capture records written."),
+            ("dropped", "Capture records dropped (queue full)."),
+            ("failed", "Capture records lost to write errors."),
+            ("objects", "Capture files written."),
+        ):
             family(f"selfmaker_capture_{metric}_total", "counter", help_, [({}, getattr(stats, metric))])
     for key, value in platform.extensions.items():
         metrics = getattr(value, "metrics", None)
@@ -145,20 +175,28 @@ def status_lines(metrics: dict[str, Any] | None, indent: str = "    ") -> list[s
 
     lines: list[str] = []
     for variant, s in (metrics.get("Serverless") or {}).items():
-        lines.append(f"{indent}serverless {variant}: instances={s.get('instances')} in_flight={s.get('in_flight')}/"
-                     f"{s.get('max_concurrency')} memory={s.get('memory_mb')}MB invocations={s.get('invocations')} "
-                     f"throttled={s.get('throttled')} cold_starts={s.get('cold_starts')} "
-                     f"last_cold_start={seconds(s.get('last_first_answer_seconds'))} "
-                     f"scaled_to_zero={s.get('scaled_to_zero')}")
+        lines.append(
+            f"{indent}serverless {variant}: instances={s.get('instances')} in_flight={s.get('in_flight')}/"
+            f"{s.get('max_concurrency')} memory={s.get('memory_mb')}MB invocations={s.get('invocations')} "
+            f"throttled={s.get('throttled')} cold_starts={s.get('cold_starts')} "
+            f"last_cold_start={seconds(s.get('last_first_answer_seconds'))} "
+            f"scaled_to_zero={s.get('scaled_to_zero')}"
+        )
     for variant, s in (metrics.get("Shadow") or {}).items():
-        lines.append(f"{indent}shadow {variant}: copies={s.get('requests')} errors={s.get('errors')} "
-                     f"dropped={s.get('dropped')} mismatches={s.get('mismatches')}/{s.get('compared')} "
-                     f"p50={seconds(s.get('latency_p50_seconds'))} p99={seconds(s.get('latency_p99_seconds'))}")
+        lines.append(
+            f"{indent}shadow {variant}: copies={s.get('requests')} errors={s.get('errors')} "
+            f"dropped={s.get('dropped')} mismatches={s.get('mismatches')}/{s.get('compared')} "
+            f"p50={seconds(s.get('latency_p50_seconds'))} p99={seconds(s.get('latency_p99_seconds'))}"
+        )
     deployment = metrics.get("Deployment")
     if deployment:
-        state = (f"in progress ({deployment.get('status')}, new fleet {deployment.get('new_fraction'):.0%})"
-                 if deployment.get("in_progress") and deployment.get("new_fraction") is not None
-                 else deployment.get("last_outcome") or "-")
-        lines.append(f"{indent}deployment: {state} fallbacks={deployment.get('fallbacks')} "
-                     f"rollbacks={deployment.get('rollbacks')} completed={deployment.get('completed')}")
+        state = (
+            f"in progress ({deployment.get('status')}, new fleet {deployment.get('new_fraction'):.0%})"
+            if deployment.get("in_progress") and deployment.get("new_fraction") is not None
+            else deployment.get("last_outcome") or "-"
+        )
+        lines.append(
+            f"{indent}deployment: {state} fallbacks={deployment.get('fallbacks')} "
+            f"rollbacks={deployment.get('rollbacks')} completed={deployment.get('completed')}"
+        )
     return lines

@@ -145,7 +145,9 @@ class ServerlessPool(InstancePool):
             self.stats.throttled += 1
             raise ThrottlingException(
                 f"The serverless variant {self.name} of endpoint {self.ctx.endpoint_name} is already serving "
-                f"its MaxConcurrency of {self.config.max_concurrency} requests. Retry later or raise MaxConcurrency.")
+                f"its MaxConcurrency of {self.config.max_concurrency} requests. "
+                "Retry later or raise MaxConcurrency."
+            )
         try:
             instance = await self._instance_for(arrived)
         except BaseException:
@@ -164,8 +166,13 @@ class ServerlessPool(InstancePool):
         if arrived is not None:
             seconds = now - arrived
             self.stats.add(self.stats.first_answer_seconds, seconds)
-            log.info("serverless cold start endpoint=%s variant=%s instance=%s first_answer_seconds=%.3f",
-                     self.ctx.endpoint_name, self.name, instance.instance_id, seconds)
+            log.info(
+                "serverless cold start endpoint=%s variant=%s instance=%s first_answer_seconds=%.3f",
+                self.ctx.endpoint_name,
+                self.name,
+                instance.instance_id,
+                seconds,
+            )
         if self._held:
             self.limiter.release(self._held.pop())
 
@@ -185,10 +192,13 @@ class ServerlessPool(InstancePool):
                 start = min(self._starting, key=lambda s: s.waiters)
             start.waiters += 1
             try:
-                instance = await asyncio.wait_for(asyncio.shield(start.future), timeout=self.settings.cold_start_timeout)
+                instance = await asyncio.wait_for(
+                    asyncio.shield(start.future), timeout=self.settings.cold_start_timeout
+                )
             except asyncio.TimeoutError:
-                raise self._model_error(f"no model server became ready within {self.settings.cold_start_timeout:g} "
-                                        "seconds") from None
+                raise self._model_error(
+                    f"no model server became ready within {self.settings.cold_start_timeout:g} seconds"
+                ) from None
             except _ColdStartFailed as exc:
                 raise self._model_error(str(exc)) from None
             finally:
@@ -198,16 +208,21 @@ class ServerlessPool(InstancePool):
         raise self._model_error("no model server stayed up long enough to take the request")
 
     def _model_error(self, reason: str) -> ModelError:
-        message = (f"Received server error (0) from primary with message \"The serverless variant {self.name} could "
-                   f"not start a model server: {reason}\". See `selfmaker logs {self.ctx.endpoint_name}` for more "
-                   "information.")
-        return ModelError(message, extra={**self._error_extra, "OriginalStatusCode": 0, "OriginalMessage": reason[:1024]})
+        message = (
+            f'Received server error (0) from primary with message "The serverless variant {self.name} could '
+            f'not start a model server: {reason}". See `selfmaker logs {self.ctx.endpoint_name}` for more '
+            "information."
+        )
+        return ModelError(
+            message, extra={**self._error_extra, "OriginalStatusCode": 0, "OriginalMessage": reason[:1024]}
+        )
 
     # -- instances -------------------------------------------------------------------------------
     def _ensure_reaper(self) -> None:
         if self._reaper is None and not self._closed:
             self._reaper = asyncio.get_running_loop().create_task(
-                self._reap_loop(), name=f"serverless-reaper:{self.ctx.endpoint_name}/{self.name}")
+                self._reap_loop(), name=f"serverless-reaper:{self.ctx.endpoint_name}/{self.name}"
+            )
 
     def _launch(self, *, cold: bool, arrived: float | None = None) -> _Start:
         future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
@@ -240,8 +255,12 @@ class ServerlessPool(InstancePool):
             detail = self._failure_detail() if self._failure_detail is not None else None
             if detail:
                 reason = f"{reason} Reason: {detail}."
-            log.error("serverless endpoint=%s variant=%s: model server failed to start: %s",
-                      self.ctx.endpoint_name, self.name, reason)
+            log.error(
+                "serverless endpoint=%s variant=%s: model server failed to start: %s",
+                self.ctx.endpoint_name,
+                self.name,
+                reason,
+            )
             if not start.future.done():
                 start.future.set_exception(_ColdStartFailed(reason))
             return
@@ -259,16 +278,25 @@ class ServerlessPool(InstancePool):
             self.stats.add(self.stats.cold_start_seconds, seconds)
             if start.arrived is not None:
                 self._cold[instance] = start.arrived
-        log.info("serverless %s endpoint=%s variant=%s instance=%s ready_seconds=%.3f",
-                 "cold start" if start.cold else "warm start", self.ctx.endpoint_name, self.name,
-                 instance.instance_id, seconds)
+        log.info(
+            "serverless %s endpoint=%s variant=%s instance=%s ready_seconds=%.3f",
+            "cold start" if start.cold else "warm start",
+            self.ctx.endpoint_name,
+            self.name,
+            instance.instance_id,
+            seconds,
+        )
         start.future.set_result(instance)
 
     def _drop_dead(self) -> None:
         for instance in list(self.instances):
             if not instance.handle.alive():
-                log.warning("serverless endpoint=%s variant=%s: instance %s exited", self.ctx.endpoint_name, self.name,
-                            instance.instance_id)
+                log.warning(
+                    "serverless endpoint=%s variant=%s: instance %s exited",
+                    self.ctx.endpoint_name,
+                    self.name,
+                    instance.instance_id,
+                )
                 self._forget(instance)
                 self._spawn(self.ctx.retire(instance))
 
@@ -290,15 +318,22 @@ class ServerlessPool(InstancePool):
         now = self._clock()
         # the most recently used instances are the ones kept warm
         by_recency = sorted(self.instances, key=lambda i: self._last_used.get(i, 0.0), reverse=True)
-        victims = [i for i in by_recency[self.desired:]
-                   if i.outstanding == 0 and now - self._last_used.get(i, now) >= self.settings.idle_timeout]
+        victims = [
+            i
+            for i in by_recency[self.desired :]
+            if i.outstanding == 0 and now - self._last_used.get(i, now) >= self.settings.idle_timeout
+        ]
         for instance in victims:
             self._forget(instance)
             self._spawn(self.ctx.retire(instance))
         if victims and not self.instances and not self._starting:
             self.stats.scaled_to_zero += 1
-            log.info("serverless endpoint=%s variant=%s scaled to zero after %gs idle", self.ctx.endpoint_name,
-                     self.name, self.settings.idle_timeout)
+            log.info(
+                "serverless endpoint=%s variant=%s scaled to zero after %gs idle",
+                self.ctx.endpoint_name,
+                self.name,
+                self.settings.idle_timeout,
+            )
         self._top_up()
         return len(victims)
 

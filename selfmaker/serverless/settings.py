@@ -54,7 +54,10 @@ class ServerlessConfig:
         """Instances kept running even when idle: enough for ``ProvisionedConcurrency``."""
         if self.provisioned_concurrency <= 0:
             return 0
-        return min(settings.max_instances, math.ceil(self.provisioned_concurrency / max(1, settings.instance_concurrency)))
+        return min(
+            settings.max_instances,
+            math.ceil(self.provisioned_concurrency / max(1, settings.instance_concurrency)),
+        )
 
     def to_response(self) -> dict[str, Any]:
         """The botocore shape (DescribeEndpoint Current/DesiredServerlessConfig)."""
@@ -75,18 +78,26 @@ def validate_serverless_config(config: Any, member: str) -> list[str]:
     problems: list[str] = []
     memory = config.get("MemorySizeInMB")
     if not isinstance(memory, int) or memory not in MEMORY_SIZES_MB:
-        problems.append(f"Value '{memory}' at '{member}.memorySizeInMB' failed to satisfy constraint: "
-                        f"Member must be one of {list(MEMORY_SIZES_MB)}")
+        problems.append(
+            f"Value '{memory}' at '{member}.memorySizeInMB' failed to satisfy constraint: "
+            f"Member must be one of {list(MEMORY_SIZES_MB)}"
+        )
     max_concurrency = config.get("MaxConcurrency")
     if not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= 200:
-        problems.append(f"Value '{max_concurrency}' at '{member}.maxConcurrency' failed to satisfy constraint: "
-                        "Member must have value between 1 and 200")
+        problems.append(
+            f"Value '{max_concurrency}' at '{member}.maxConcurrency' failed to satisfy constraint: "
+            "Member must have value between 1 and 200"
+        )
     provisioned = config.get("ProvisionedConcurrency")
     if provisioned is not None:
         if not isinstance(provisioned, int) or not 1 <= provisioned <= 200:
-            problems.append(f"Value '{provisioned}' at '{member}.provisionedConcurrency' failed to satisfy constraint: "
-                            "Member must have value between 1 and 200")
+            problems.append(
+                f"Value '{provisioned}' at '{member}.provisionedConcurrency' failed to satisfy constraint: "
+                "Member must have value between 1 and 200"
+            )
         elif isinstance(max_concurrency, int) and provisioned > max_concurrency:
-            problems.append(f"{member}.ProvisionedConcurrency ({provisioned}) must not exceed MaxConcurrency "
-                            f"({max_concurrency})")
+            problems.append(
+                f"{member}.ProvisionedConcurrency ({provisioned}) must not exceed MaxConcurrency "
+                f"({max_concurrency})"
+            )
     return problems

@@ -67,8 +67,14 @@ DEFAULT_PRELOAD = (
 #: exit code of a child whose model server raised MemoryError to the top
 EXIT_OUT_OF_MEMORY = 75
 #: log phrases that mean an allocation failed under RLIMIT_AS
-_OOM_MARKERS = (b"MemoryError", b"bad_alloc", b"Failed to allocate", b"Cannot allocate memory",
-                b"can't start new thread", b"out of memory")
+_OOM_MARKERS = (
+    b"MemoryError",
+    b"bad_alloc",
+    b"Failed to allocate",
+    b"Cannot allocate memory",
+    b"can't start new thread",
+    b"out of memory",
+)
 _MAX_REQUEST = 1 << 20
 _MAX_FINISHED = 1024
 _WATCH_INTERVAL = 0.2
@@ -162,7 +168,9 @@ def _log_mentions_oom(path: str, tail: int = 16384) -> bool:
 class Template:
     """The template server: a single-threaded select loop (forking is only safe without threads)."""
 
-    def __init__(self, socket_path: str, preloaded: list[str], failed: dict[str, str], parent_pid: int | None) -> None:
+    def __init__(
+        self, socket_path: str, preloaded: list[str], failed: dict[str, str], parent_pid: int | None
+    ) -> None:
         self.socket_path = socket_path
         self.preloaded = preloaded
         self.failed = failed
@@ -197,8 +205,10 @@ class Template:
         # Everything imported so far lives for the template's lifetime: keep the collector away from
         # it so children do not copy those pages by touching their GC headers.
         gc.freeze()
-        _log(f"ready on {self.socket_path}: {len(self.preloaded)} modules preloaded"
-             + (f", {len(self.failed)} failed ({', '.join(sorted(self.failed))})" if self.failed else ""))
+        _log(
+            f"ready on {self.socket_path}: {len(self.preloaded)} modules preloaded"
+            + (f", {len(self.failed)} failed ({', '.join(sorted(self.failed))})" if self.failed else "")
+        )
         next_watch = time.monotonic()
         try:
             while self.running:
@@ -274,8 +284,13 @@ class Template:
     def _handle(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         op = request.get("op")
         if op == "ping":
-            return {"ok": True, "pid": os.getpid(), "preloaded": self.preloaded, "failed": self.failed,
-                    "children": len(self.children)}, []
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "preloaded": self.preloaded,
+                "failed": self.failed,
+                "children": len(self.children),
+            }, []
         if op == "spawn":
             return self._spawn(request)
         if op == "status":
@@ -290,8 +305,13 @@ class Template:
         child = self.children.get(pid) or self.finished.get(pid)
         if child is None:
             return {"ok": False, "error": f"no child with pid {pid}"}
-        return {"ok": True, "running": child.returncode is None, "returncode": child.returncode,
-                "reason": child.reason, "instance_id": child.instance_id}
+        return {
+            "ok": True,
+            "running": child.returncode is None,
+            "returncode": child.returncode,
+            "reason": child.reason,
+            "instance_id": child.instance_id,
+        }
 
     def _spawn(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
         module = str(request.get("module") or "")
@@ -324,8 +344,16 @@ class Template:
         self.children[pid] = Child(pid, instance_id, log_path, memory_mb, log_offset=offset)
         return {"ok": True, "pid": pid, "forked_at": time.time()}, [pidfd]
 
-    def _become_model_server(self, module: str, is_path: bool, args: list[str], env: dict[str, str], cwd: str, log_fd: int,
-                             memory_mb: int | None) -> None:  # pragma: no cover - child only
+    def _become_model_server(
+        self,
+        module: str,
+        is_path: bool,
+        args: list[str],
+        env: dict[str, str],
+        cwd: str,
+        log_fd: int,
+        memory_mb: int | None,
+    ) -> None:  # pragma: no cover - child only
         code = 1
         try:
             os.setsid()
@@ -363,8 +391,10 @@ class Template:
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             except MemoryError:
-                sys.stderr.write(f"selfmaker: the model server ran out of memory under its limit of {memory_mb} MB "
-                                 "(MemorySizeInMB)\n")
+                sys.stderr.write(
+                    f"selfmaker: the model server ran out of memory under its limit of {memory_mb} MB "
+                    "(MemorySizeInMB)\n"
+                )
                 code = EXIT_OUT_OF_MEMORY
         except BaseException:  # noqa: BLE001 - the child must always end in os._exit
             try:
@@ -392,11 +422,18 @@ class Template:
             if child is None:
                 continue
             child.returncode = os.waitstatus_to_exitcode(status)
-            if child.reason is None and child.memory_mb is not None and (
-                child.returncode == EXIT_OUT_OF_MEMORY or (child.returncode != 0 and _log_mentions_oom(child.log_path))
+            if (
+                child.reason is None
+                and child.memory_mb is not None
+                and (
+                    child.returncode == EXIT_OUT_OF_MEMORY
+                    or (child.returncode != 0 and _log_mentions_oom(child.log_path))
+                )
             ):
-                child.reason = (f"the model server ran out of memory under MemorySizeInMB={child.memory_mb} "
-                                f"(exit code {child.returncode})")
+                child.reason = (
+                    f"the model server ran out of memory under MemorySizeInMB={child.memory_mb} "
+                    f"(exit code {child.returncode})"
+                )
             if child.reason is None and child.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 child.reason = f"the model server exited with code {child.returncode}"
             self.finished[pid] = child
@@ -413,13 +450,17 @@ class Template:
                 continue
             used = _tree_memory_mb(child.pid)
             if used is not None and used > child.memory_mb:
-                child.reason = (f"the model server used {used:.0f} MB, more than MemorySizeInMB={child.memory_mb}; "
-                                "it was killed")
+                child.reason = (
+                    f"the model server used {used:.0f} MB, more than MemorySizeInMB={child.memory_mb}; "
+                    "it was killed"
+                )
             elif self._log_shows_oom(child):
                 # an allocation failed under RLIMIT_AS: servers that catch it (and keep answering /ping 503)
                 # would otherwise sit there until the startup deadline
-                child.reason = (f"the model server ran out of memory under MemorySizeInMB={child.memory_mb} "
-                                "(an allocation failed; see its log); it was stopped")
+                child.reason = (
+                    f"the model server ran out of memory under MemorySizeInMB={child.memory_mb} "
+                    "(an allocation failed; see its log); it was stopped"
+                )
             else:
                 continue
             _log(f"{child.instance_id or child.pid}: {child.reason}")
@@ -446,7 +487,9 @@ class Template:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the template process."""
-    parser = argparse.ArgumentParser(prog="python -m selfmaker.serverless.template", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m selfmaker.serverless.template", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--preload", nargs="*", default=None, help="modules to import up front")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this parent goes away")

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load_helpers() -> Any:
     if "platform_helpers" in sys.modules:
         return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    spec = importlib.util.spec_from_file_location(
+        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["platform_helpers"] = module
@@ -34,35 +36,66 @@ def _load_helpers() -> Any:
 
 helpers = _load_helpers()
 ROW = b"0.3,-1.2,0.8,0.1"
-BROKEN_MODEL = '''
+BROKEN_MODEL = """
 def model_fn(model_dir):
     return "broken"
 
 def predict_fn(data, model):
     raise RuntimeError("the new model is broken")
-'''
+"""
 #: SELFMAKER_ALARMS (setting) and <home>/alarms.json (file) both define alarms
-SETTING_ALARMS = {"Alarms": [{"AlarmName": "new-fleet-5xx", "MetricName": "Invocation5XXErrors",
-                              "Statistic": "Average", "ComparisonOperator": "GreaterThanThreshold",
-                              "Threshold": 0.1, "Period": 60}]}
-FILE_ALARMS = {"Alarms": [{"AlarmName": "new-fleet-p99", "MetricName": "ModelLatency", "ExtendedStatistic": "p99",
-                           "ComparisonOperator": "GreaterThanThreshold", "Threshold": 30_000_000, "Period": 60}]}
+SETTING_ALARMS = {
+    "Alarms": [
+        {
+            "AlarmName": "new-fleet-5xx",
+            "MetricName": "Invocation5XXErrors",
+            "Statistic": "Average",
+            "ComparisonOperator": "GreaterThanThreshold",
+            "Threshold": 0.1,
+            "Period": 60,
+        }
+    ]
+}
+FILE_ALARMS = {
+    "Alarms": [
+        {
+            "AlarmName": "new-fleet-p99",
+            "MetricName": "ModelLatency",
+            "ExtendedStatistic": "p99",
+            "ComparisonOperator": "GreaterThanThreshold",
+            "Threshold": 30_000_000,
+            "Period": 60,
+        }
+    ]
+}
 
 
 def canary(wait: int, *alarms: str, percent: int = 50) -> dict[str, Any]:
-    return {"BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": wait,
-                                                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": percent}},
-                "TerminationWaitInSeconds": 0, "MaximumExecutionTimeoutInSeconds": 600},
-            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in alarms]}}
+    return {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {
+                "Type": "CANARY",
+                "WaitIntervalInSeconds": wait,
+                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": percent},
+            },
+            "TerminationWaitInSeconds": 0,
+            "MaximumExecutionTimeoutInSeconds": 600,
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in alarms]},
+    }
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("guardrails-home")
     (home / "alarms.json").write_text(json.dumps(FILE_ALARMS))
-    server = helpers.PlatformProcess(home, env={"SELFMAKER_ALARMS": json.dumps(SETTING_ALARMS),
-                                                "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true"})
+    server = helpers.PlatformProcess(
+        home,
+        env={
+            "SELFMAKER_ALARMS": json.dumps(SETTING_ALARMS),
+            "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true",
+        },
+    )
     server.start()
     try:
         yield server
@@ -93,7 +126,9 @@ def models(sm: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
         tar.addfile(info, io.BytesIO(BROKEN_MODEL.encode()))
     helpers.make_model(sm, "gr-broken", broken.as_uri())
     for name, model in (("gr-cfg-a", "gr-a"), ("gr-cfg-b", "gr-b"), ("gr-cfg-broken", "gr-broken")):
-        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[helpers.variant("AllTraffic", model)])
+        sm.create_endpoint_config(
+            EndpointConfigName=name, ProductionVariants=[helpers.variant("AllTraffic", model)]
+        )
 
 
 class Traffic:
@@ -109,13 +144,18 @@ class Traffic:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and time.monotonic() < deadline and len(self.answers) < self.max_requests:
+        while (
+            not self._stop.is_set() and time.monotonic() < deadline and len(self.answers) < self.max_requests
+        ):
             try:
-                resp = self.smr.invoke_endpoint(EndpointName=self.endpoint, Body=ROW, ContentType="text/csv",
-                                                Accept="application/json")
+                resp = self.smr.invoke_endpoint(
+                    EndpointName=self.endpoint, Body=ROW, ContentType="text/csv", Accept="application/json"
+                )
                 self.answers.append(resp["Body"].read())
             except ClientError as exc:
-                self.failures.append(f"{exc.response['Error']['Code']}: {exc.response['Error']['Message'][:200]}")
+                self.failures.append(
+                    f"{exc.response['Error']['Code']}: {exc.response['Error']['Message'][:200]}"
+                )
             time.sleep(0.01)
 
     def __enter__(self) -> Traffic:
@@ -127,7 +167,9 @@ class Traffic:
         self._thread.join(30)
 
 
-def wait_in_service(sm: Any, name: str, seen: set[str] | None = None, timeout: float = 120.0) -> dict[str, Any]:
+def wait_in_service(
+    sm: Any, name: str, seen: set[str] | None = None, timeout: float = 120.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         desc = sm.describe_endpoint(EndpointName=name)
@@ -143,8 +185,9 @@ def wait_in_service(sm: Any, name: str, seen: set[str] | None = None, timeout: f
 
 
 def answer_of(smr: Any, endpoint: str) -> bytes:
-    return smr.invoke_endpoint(EndpointName=endpoint, Body=ROW, ContentType="text/csv",
-                               Accept="application/json")["Body"].read()
+    return smr.invoke_endpoint(
+        EndpointName=endpoint, Body=ROW, ContentType="text/csv", Accept="application/json"
+    )["Body"].read()
 
 
 def metric(platform: Any, name: str, endpoint: str) -> float | None:
@@ -160,13 +203,19 @@ def test_canary_with_a_healthy_new_fleet_completes(platform: Any, sm: Any, smr: 
     old_answer = answer_of(smr, "gr-ok")
     seen: set[str] = set()
     with Traffic(smr, "gr-ok") as traffic:
-        sm.update_endpoint(EndpointName="gr-ok", EndpointConfigName="gr-cfg-b",
-                           DeploymentConfig=canary(2, "new-fleet-5xx", "new-fleet-p99"))
+        sm.update_endpoint(
+            EndpointName="gr-ok",
+            EndpointConfigName="gr-cfg-b",
+            DeploymentConfig=canary(2, "new-fleet-5xx", "new-fleet-p99"),
+        )
         desc = wait_in_service(sm, "gr-ok", seen)
         time.sleep(0.3)  # a little traffic on the new fleet alone
     assert traffic.failures == []
     assert desc["EndpointConfigName"] == "gr-cfg-b" and "FailureReason" not in desc
-    assert desc["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "CANARY"
+    assert (
+        desc["LastDeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"]
+        == "CANARY"
+    )
     assert "PendingDeploymentSummary" not in desc
     assert {"Updating", "variant:Baking"} <= seen
     new_answer = answer_of(smr, "gr-ok")
@@ -175,14 +224,18 @@ def test_canary_with_a_healthy_new_fleet_completes(platform: Any, sm: Any, smr: 
     assert metric(platform, "selfmaker_deployment_rollbacks_total", "gr-ok") == 0
 
 
-def test_canary_with_a_broken_new_fleet_rolls_back_without_failed_requests(platform: Any, sm: Any, smr: Any,
-                                                                           models: None) -> None:
+def test_canary_with_a_broken_new_fleet_rolls_back_without_failed_requests(
+    platform: Any, sm: Any, smr: Any, models: None
+) -> None:
     sm.create_endpoint(EndpointName="gr-bad", EndpointConfigName="gr-cfg-a")
     wait_in_service(sm, "gr-bad")
     old_answer = answer_of(smr, "gr-bad")
     with Traffic(smr, "gr-bad") as traffic:
-        sm.update_endpoint(EndpointName="gr-bad", EndpointConfigName="gr-cfg-broken",
-                           DeploymentConfig=canary(30, "new-fleet-5xx"))
+        sm.update_endpoint(
+            EndpointName="gr-bad",
+            EndpointConfigName="gr-cfg-broken",
+            DeploymentConfig=canary(30, "new-fleet-5xx"),
+        )
         desc = wait_in_service(sm, "gr-bad")
         time.sleep(0.3)
     assert traffic.failures == []  # the canary's 500s were answered by the old fleet
@@ -197,11 +250,22 @@ def test_canary_with_a_broken_new_fleet_rolls_back_without_failed_requests(platf
 def test_bad_deployment_configs_are_rejected(sm: Any, models: None) -> None:
     sm.create_endpoint(EndpointName="gr-val", EndpointConfigName="gr-cfg-a")
     wait_in_service(sm, "gr-val")
-    for config, needle in ((canary(1, "no-such-alarm"), "no-such-alarm"),
-                           (canary(1, "new-fleet-5xx", percent=60), "CanarySize"),
-                           ({"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": {
-                               "Type": "LINEAR", "WaitIntervalInSeconds": 1,
-                               "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 5}}}}, "LinearStepSize")):
+    for config, needle in (
+        (canary(1, "no-such-alarm"), "no-such-alarm"),
+        (canary(1, "new-fleet-5xx", percent=60), "CanarySize"),
+        (
+            {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "LINEAR",
+                        "WaitIntervalInSeconds": 1,
+                        "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 5},
+                    }
+                }
+            },
+            "LinearStepSize",
+        ),
+    ):
         with pytest.raises(ClientError) as info:
             sm.update_endpoint(EndpointName="gr-val", EndpointConfigName="gr-cfg-b", DeploymentConfig=config)
         assert info.value.response["Error"]["Code"] == "ValidationException"

@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load_helpers() -> Any:
     if "platform_helpers" in sys.modules:
         return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    spec = importlib.util.spec_from_file_location(
+        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["platform_helpers"] = module
@@ -64,7 +66,7 @@ def code_model_tar(dest: Path, inference_py: str) -> str:
     return archive.as_uri()
 
 
-SLOW_MODEL = '''
+SLOW_MODEL = """
 import time
 
 def model_fn(model_dir):
@@ -73,9 +75,9 @@ def model_fn(model_dir):
 def predict_fn(data, model):
     time.sleep(1.0)
     return [[1.0]]
-'''
+"""
 
-HUNGRY_MODEL = '''
+HUNGRY_MODEL = """
 import numpy as np
 
 def model_fn(model_dir):
@@ -84,13 +86,14 @@ def model_fn(model_dir):
 
 def predict_fn(data, model):
     return [[float(model[0])]]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = helpers.PlatformProcess(tmp_path_factory.mktemp("serverless-home"),
-                                     env={"SELFMAKER_SERVERLESS_IDLE_TIMEOUT": str(IDLE)})
+    server = helpers.PlatformProcess(
+        tmp_path_factory.mktemp("serverless-home"), env={"SELFMAKER_SERVERLESS_IDLE_TIMEOUT": str(IDLE)}
+    )
     server.start()
     try:
         yield server
@@ -106,10 +109,16 @@ def sm(platform: Any) -> Any:
 @pytest.fixture(scope="module")
 def smr(platform: Any) -> Any:
     # no retries: a throttled request must surface as the caller's error
-    return boto3.client("sagemaker-runtime", endpoint_url=platform.url, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing",
-                        config=Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=60,
-                                      max_pool_connections=16))
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=platform.url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(
+            retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=60, max_pool_connections=16
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +129,12 @@ def model_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def deploy_serverless(sm: Any, name: str, model_data: str, **config: int) -> None:
     helpers.make_model(sm, f"{name}-model", model_data)
     serverless = {"MemorySizeInMB": 1024, "MaxConcurrency": 5, **config}
-    sm.create_endpoint_config(EndpointConfigName=f"{name}-cfg", ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": f"{name}-model", "ServerlessConfig": serverless}])
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{name}-cfg",
+        ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": f"{name}-model", "ServerlessConfig": serverless}
+        ],
+    )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
     sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=helpers.WAIT)
 
@@ -138,8 +151,13 @@ def instances(platform: Any, endpoint: str) -> list[dict[str, Any]]:
 
 
 def status_text(platform: Any) -> str:
-    return subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
-                          capture_output=True, text=True, timeout=60, check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
 
 
 def metric(platform: Any, name: str, endpoint: str) -> float | None:
@@ -147,12 +165,14 @@ def metric(platform: Any, name: str, endpoint: str) -> float | None:
     prefix = f'{name}{{endpoint="{endpoint}",variant="AllTraffic"}} '
     for line in text.splitlines():
         if line.startswith(prefix):
-            return float(line[len(prefix):])
+            return float(line[len(prefix) :])
     return None
 
 
 def invoke(smr: Any, endpoint: str, body: bytes = b"0.5,1.0,-0.3,2.0") -> dict[str, Any]:
-    return smr.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="text/csv", Accept="application/json")
+    return smr.invoke_endpoint(
+        EndpointName=endpoint, Body=body, ContentType="text/csv", Accept="application/json"
+    )
 
 
 def test_cold_start_then_warm_then_scale_to_zero(platform: Any, sm: Any, smr: Any, model_uri: str) -> None:
@@ -175,19 +195,26 @@ def test_cold_start_then_warm_then_scale_to_zero(platform: Any, sm: Any, smr: An
     pid = running[0]["Pid"]
 
     wait_until(lambda: instances(platform, "sl-cold") == [], timeout=30, what="scale to zero")
-    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-               timeout=15, what="model server process gone")
+    wait_until(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        timeout=15,
+        what="model server process gone",
+    )
     assert metric(platform, "selfmaker_serverless_scaled_to_zero_total", "sl-cold") == 1
-    wait_until(lambda: "serverless AllTraffic: instances=0" in status_text(platform).split("sl-cold", 1)[1],
-               timeout=30, what="selfmaker status to show the variant at zero")
+    wait_until(
+        lambda: "serverless AllTraffic: instances=0" in status_text(platform).split("sl-cold", 1)[1],
+        timeout=30,
+        what="selfmaker status to show the variant at zero",
+    )
 
     again = invoke(smr, "sl-cold")  # the next request cold-starts again and succeeds
     assert json.loads(again["Body"].read())["predictions"]
     assert metric(platform, "selfmaker_serverless_cold_starts_total", "sl-cold") == 2
 
 
-def test_max_concurrency_plus_one_throttles_exactly_the_overflow(platform: Any, sm: Any, smr: Any,
-                                                                tmp_path: Path) -> None:
+def test_max_concurrency_plus_one_throttles_exactly_the_overflow(
+    platform: Any, sm: Any, smr: Any, tmp_path: Path
+) -> None:
     deploy_serverless(sm, "sl-throttle", code_model_tar(tmp_path, SLOW_MODEL), MaxConcurrency=2)
     invoke(smr, "sl-throttle")  # warm, so every request below is in flight for ~1 s or more
     barrier = threading.Barrier(3)
@@ -237,32 +264,58 @@ def test_memory_limit_fails_with_a_clear_error(platform: Any, sm: Any, smr: Any,
 
 def test_bad_serverless_config_is_rejected(sm: Any, model_uri: str) -> None:
     helpers.make_model(sm, "sl-bad-model", model_uri)
-    for config, needle in (({"MemorySizeInMB": 1500, "MaxConcurrency": 1}, "memorySizeInMB"),
-                           ({"MemorySizeInMB": 2048, "MaxConcurrency": 2, "ProvisionedConcurrency": 3},
-                            "ProvisionedConcurrency"),
-                           ({"MemorySizeInMB": 2048, "MaxConcurrency": 201}, "maxConcurrency")):
+    for config, needle in (
+        ({"MemorySizeInMB": 1500, "MaxConcurrency": 1}, "memorySizeInMB"),
+        (
+            {"MemorySizeInMB": 2048, "MaxConcurrency": 2, "ProvisionedConcurrency": 3},
+            "ProvisionedConcurrency",
+        ),
+        ({"MemorySizeInMB": 2048, "MaxConcurrency": 201}, "maxConcurrency"),
+    ):
         with pytest.raises(ClientError) as info:
-            sm.create_endpoint_config(EndpointConfigName="sl-bad", ProductionVariants=[
-                {"VariantName": "v", "ModelName": "sl-bad-model", "ServerlessConfig": config}])
+            sm.create_endpoint_config(
+                EndpointConfigName="sl-bad",
+                ProductionVariants=[
+                    {"VariantName": "v", "ModelName": "sl-bad-model", "ServerlessConfig": config}
+                ],
+            )
         assert info.value.response["Error"]["Code"] == "ValidationException"
         assert needle in info.value.response["Error"]["Message"]
 
 
-def test_serverless_update_config_changes_concurrency_in_place(platform: Any, sm: Any, smr: Any,
-                                                               model_uri: str) -> None:
+def test_serverless_update_config_changes_concurrency_in_place(
+    platform: Any, sm: Any, smr: Any, model_uri: str
+) -> None:
     deploy_serverless(sm, "sl-update", model_uri, MaxConcurrency=2)
     invoke(smr, "sl-update")
     with pytest.raises(ClientError) as info:  # ProvisionedConcurrency above MaxConcurrency
-        sm.update_endpoint_weights_and_capacities(EndpointName="sl-update", DesiredWeightsAndCapacities=[
-            {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"ProvisionedConcurrency": 3}}])
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName="sl-update",
+            DesiredWeightsAndCapacities=[
+                {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"ProvisionedConcurrency": 3}}
+            ],
+        )
     assert info.value.response["Error"]["Code"] == "ValidationException"
-    sm.update_endpoint_weights_and_capacities(EndpointName="sl-update", DesiredWeightsAndCapacities=[
-        {"VariantName": "AllTraffic", "ServerlessUpdateConfig": {"MaxConcurrency": 7, "ProvisionedConcurrency": 1}}])
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName="sl-update",
+        DesiredWeightsAndCapacities=[
+            {
+                "VariantName": "AllTraffic",
+                "ServerlessUpdateConfig": {"MaxConcurrency": 7, "ProvisionedConcurrency": 1},
+            }
+        ],
+    )
     desc = wait_until_in_service(sm, "sl-update")
     assert desc["ProductionVariants"][0]["CurrentServerlessConfig"] == {
-        "MemorySizeInMB": 1024, "MaxConcurrency": 7, "ProvisionedConcurrency": 1}
-    wait_until(lambda: metric(platform, "selfmaker_serverless_instances", "sl-update") == 1, timeout=30,
-               what="the provisioned instance")
+        "MemorySizeInMB": 1024,
+        "MaxConcurrency": 7,
+        "ProvisionedConcurrency": 1,
+    }
+    wait_until(
+        lambda: metric(platform, "selfmaker_serverless_instances", "sl-update") == 1,
+        timeout=30,
+        what="the provisioned instance",
+    )
     time.sleep(IDLE * 1.5)  # past the idle timeout: the provisioned instance stays
     assert metric(platform, "selfmaker_serverless_instances", "sl-update") == 1
     assert metric(platform, "selfmaker_serverless_max_concurrency", "sl-update") == 7

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _load_helpers() -> Any:
     if "platform_helpers" in sys.modules:
         return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    spec = importlib.util.spec_from_file_location(
+        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["platform_helpers"] = module
@@ -37,13 +39,13 @@ def _load_helpers() -> Any:
 helpers = _load_helpers()
 ROWS = [f"{i * 0.1:.1f},{1 - i * 0.2:.1f},{i % 3 - 1}.0,0.5" for i in range(8)]
 
-FAILING_MODEL = '''
+FAILING_MODEL = """
 def model_fn(model_dir):
     return "broken"
 
 def predict_fn(data, model):
     raise RuntimeError("this shadow model always fails")
-'''
+"""
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
@@ -57,9 +59,16 @@ def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "con
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Any]:
-    server = helpers.PlatformProcess(tmp_path_factory.mktemp("shadow-home"), env={
-        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true"})
+    server = helpers.PlatformProcess(
+        tmp_path_factory.mktemp("shadow-home"),
+        env={
+            "AWS_ENDPOINT_URL": moto_server,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true",
+        },
+    )
     server.start()
     try:
         yield server
@@ -94,8 +103,11 @@ def models(sm: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def deploy(sm: Any, name: str, model: str, shadow_model: str | None = None, **config: Any) -> None:
-    params: dict[str, Any] = {"EndpointConfigName": f"{name}-cfg",
-                              "ProductionVariants": [helpers.variant("primary", model)], **config}
+    params: dict[str, Any] = {
+        "EndpointConfigName": f"{name}-cfg",
+        "ProductionVariants": [helpers.variant("primary", model)],
+        **config,
+    }
     if shadow_model:
         params["ShadowProductionVariants"] = [helpers.variant("shadow", shadow_model)]
     sm.create_endpoint_config(**params)
@@ -115,51 +127,86 @@ def shadow_metrics(platform: Any, endpoint: str) -> dict[str, float]:
 def invocations_logged(platform: Any, endpoint: str, variant: str) -> int:
     """POSTs the variant's own model servers answered, counted from their access logs."""
     logs = platform.home / "logs" / "endpoints" / endpoint
-    return sum(log.read_text(errors="replace").count('"POST /invocations')
-               for log in logs.glob(f"{endpoint}-{variant}-*.log"))
+    return sum(
+        log.read_text(errors="replace").count('"POST /invocations')
+        for log in logs.glob(f"{endpoint}-{variant}-*.log")
+    )
 
 
 def invoke_all(smr: Any, endpoint: str, *, inference_ids: bool = False) -> list[bytes]:
     answers = []
     for i, row in enumerate(ROWS):
         extra = {"InferenceId": f"inf-{endpoint}-{i}"} if inference_ids else {}
-        resp = smr.invoke_endpoint(EndpointName=endpoint, Body=row.encode(), ContentType="text/csv",
-                                   Accept="application/json", **extra)
+        resp = smr.invoke_endpoint(
+            EndpointName=endpoint,
+            Body=row.encode(),
+            ContentType="text/csv",
+            Accept="application/json",
+            **extra,
+        )
         assert resp["InvokedProductionVariant"] == "primary"
         answers.append(resp["Body"].read())
     return answers
 
 
 @pytest.fixture(scope="module")
-def endpoints(sm: Any, models: dict[str, str], tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> dict[str, Any]:
+def endpoints(
+    sm: Any, models: dict[str, str], tmp_path_factory: pytest.TempPathFactory, moto_server: str
+) -> dict[str, Any]:
     """Every endpoint of this module, created together so their model servers start in parallel."""
     s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     bucket = f"capture-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     local = tmp_path_factory.mktemp("capture")
     deploy(sm, "sc-plain", models["a"])
-    deploy(sm, "sc-same", models["a"], models["a"], DataCaptureConfig={
-        "EnableCapture": True, "InitialSamplingPercentage": 100, "DestinationS3Uri": f"s3://{bucket}/capture",
-        "CaptureOptions": [{"CaptureMode": "InputAndOutput"}],
-        "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]}})
+    deploy(
+        sm,
+        "sc-same",
+        models["a"],
+        models["a"],
+        DataCaptureConfig={
+            "EnableCapture": True,
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": f"s3://{bucket}/capture",
+            "CaptureOptions": [{"CaptureMode": "InputAndOutput"}],
+            "CaptureContentTypeHeader": {
+                "CsvContentTypes": ["text/csv"],
+                "JsonContentTypes": ["application/json"],
+            },
+        },
+    )
     deploy(sm, "sc-diff", models["a"], models["b"])
-    deploy(sm, "sc-failing", models["a"], models["fail"], DataCaptureConfig={
-        "InitialSamplingPercentage": 100, "DestinationS3Uri": local.as_uri(), "CaptureOptions": [{"CaptureMode": "Input"}]})
+    deploy(
+        sm,
+        "sc-failing",
+        models["a"],
+        models["fail"],
+        DataCaptureConfig={
+            "InitialSamplingPercentage": 100,
+            "DestinationS3Uri": local.as_uri(),
+            "CaptureOptions": [{"CaptureMode": "Input"}],
+        },
+    )
     for name in ("sc-plain", "sc-same", "sc-diff", "sc-failing"):
         sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=helpers.WAIT)
     return {"s3": s3, "bucket": bucket, "local": local}
 
 
-def test_shadow_receives_copies_and_primary_answers_are_unchanged(platform: Any, sm: Any, smr: Any,
-                                                                   endpoints: dict[str, Any]) -> None:
+def test_shadow_receives_copies_and_primary_answers_are_unchanged(
+    platform: Any, sm: Any, smr: Any, endpoints: dict[str, Any]
+) -> None:
     desc = sm.describe_endpoint(EndpointName="sc-same")
     assert [v["VariantName"] for v in desc["ShadowProductionVariants"]] == ["shadow"]
     plain = invoke_all(smr, "sc-plain")
     assert invoke_all(smr, "sc-same", inference_ids=True) == plain
     assert invoke_all(smr, "sc-diff") == plain
     n = len(ROWS)
-    wait_until(lambda: shadow_metrics(platform, "sc-same").get("compared_total") == n, what="shadow copies compared")
-    wait_until(lambda: shadow_metrics(platform, "sc-diff").get("compared_total") == n, what="shadow copies compared")
+    wait_until(
+        lambda: shadow_metrics(platform, "sc-same").get("compared_total") == n, what="shadow copies compared"
+    )
+    wait_until(
+        lambda: shadow_metrics(platform, "sc-diff").get("compared_total") == n, what="shadow copies compared"
+    )
     same, diff = shadow_metrics(platform, "sc-same"), shadow_metrics(platform, "sc-diff")
     assert same["requests_total"] == n and same["errors_total"] == 0 and same["mismatches_total"] == 0
     assert diff["requests_total"] == n and diff["errors_total"] == 0 and diff["mismatches_total"] == n
@@ -171,8 +218,13 @@ def test_shadow_receives_copies_and_primary_answers_are_unchanged(platform: Any,
     wanted = f"shadow shadow: copies={n} errors=0 dropped=0 mismatches={n}/{n}"
 
     def status_shows() -> bool:
-        out = subprocess.run([sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         section = out.split("sc-diff", 1)[1].split("\n  sc-", 1)[0] if "sc-diff" in out else ""
         return wanted in section
 
@@ -182,13 +234,17 @@ def test_shadow_receives_copies_and_primary_answers_are_unchanged(platform: Any,
 def test_failing_shadow_does_not_fail_the_primary(platform: Any, smr: Any, endpoints: dict[str, Any]) -> None:
     answers = invoke_all(smr, "sc-failing")
     assert all(json.loads(a)["predictions"] for a in answers)
-    wait_until(lambda: shadow_metrics(platform, "sc-failing").get("errors_total") == len(ROWS),
-               what="shadow errors counted")
+    wait_until(
+        lambda: shadow_metrics(platform, "sc-failing").get("errors_total") == len(ROWS),
+        what="shadow errors counted",
+    )
     assert shadow_metrics(platform, "sc-failing")["mismatches_total"] == 0
 
 
 def _capture_lines(keys_and_bodies: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
-    return [json.loads(line) for _, body in keys_and_bodies for line in body.decode().splitlines() if line.strip()]
+    return [
+        json.loads(line) for _, body in keys_and_bodies for line in body.decode().splitlines() if line.strip()
+    ]
 
 
 def test_capture_files_in_s3_match_the_requests(platform: Any, smr: Any, endpoints: dict[str, Any]) -> None:
@@ -215,8 +271,12 @@ def test_capture_files_in_s3_match_the_requests(platform: Any, smr: Any, endpoin
         record = by_id[f"inf-sc-same-{i}"]
         assert record["eventVersion"] == "0"
         assert record["eventMetadata"]["eventId"] and record["eventMetadata"]["inferenceTime"].endswith("Z")
-        assert record["captureData"]["endpointInput"] == {"observedContentType": "text/csv", "mode": "INPUT",
-                                                          "data": row, "encoding": "CSV"}
+        assert record["captureData"]["endpointInput"] == {
+            "observedContentType": "text/csv",
+            "mode": "INPUT",
+            "data": row,
+            "encoding": "CSV",
+        }
         output = record["captureData"]["endpointOutput"]
         assert output["mode"] == "OUTPUT" and output["encoding"] == "JSON"
         assert output["observedContentType"].startswith("application/json")
@@ -225,13 +285,16 @@ def test_capture_files_in_s3_match_the_requests(platform: Any, smr: Any, endpoin
     wait_until(lambda: len(_capture_lines(objects("shadow"))) == 2 * len(ROWS), what="shadow capture files")
 
 
-def test_capture_to_file_input_only_is_base64_without_content_type_header(smr: Any, endpoints: dict[str, Any],
-                                                                           platform: Any) -> None:
+def test_capture_to_file_input_only_is_base64_without_content_type_header(
+    smr: Any, endpoints: dict[str, Any], platform: Any
+) -> None:
     invoke_all(smr, "sc-failing")
     root: Path = endpoints["local"] / "sc-failing" / "primary"
 
     def records() -> list[dict[str, Any]]:
-        return [json.loads(line) for f in sorted(root.rglob("*.jsonl")) for line in f.read_text().splitlines()]
+        return [
+            json.loads(line) for f in sorted(root.rglob("*.jsonl")) for line in f.read_text().splitlines()
+        ]
 
     wait_until(lambda: len(records()) == 2 * len(ROWS), what="file capture")
     for record in records():

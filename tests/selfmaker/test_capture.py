@@ -25,33 +25,66 @@ from selfmaker.capture import (
 WHEN = datetime(2026, 3, 7, 5, 9, 4, 123456, tzinfo=timezone.utc)
 
 
-def policy(destination: str = "file:///tmp/x", mode: str = "InputAndOutput", **extra: object) -> CapturePolicy:
-    return CapturePolicy.from_request({"DestinationS3Uri": destination, "InitialSamplingPercentage": 100,
-                                       "CaptureOptions": [{"CaptureMode": mode}], **extra})
+def policy(
+    destination: str = "file:///tmp/x", mode: str = "InputAndOutput", **extra: object
+) -> CapturePolicy:
+    return CapturePolicy.from_request(
+        {
+            "DestinationS3Uri": destination,
+            "InitialSamplingPercentage": 100,
+            "CaptureOptions": [{"CaptureMode": mode}],
+            **extra,
+        }
+    )
 
 
 def test_record_shape_with_content_type_header() -> None:
-    p = policy(CaptureContentTypeHeader={"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]})
-    record = capture_record(p, input_body=b"1,2\n", input_content_type="text/csv; charset=utf-8",
-                            output_body=b'{"predictions": [1]}', output_content_type="application/json",
-                            inference_time=WHEN, event_id="e-1", inference_id="inf-1")
+    p = policy(
+        CaptureContentTypeHeader={"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]}
+    )
+    record = capture_record(
+        p,
+        input_body=b"1,2\n",
+        input_content_type="text/csv; charset=utf-8",
+        output_body=b'{"predictions": [1]}',
+        output_content_type="application/json",
+        inference_time=WHEN,
+        event_id="e-1",
+        inference_id="inf-1",
+    )
     assert record == {
         "captureData": {
-            "endpointInput": {"observedContentType": "text/csv; charset=utf-8", "mode": "INPUT", "data": "1,2\n",
-                              "encoding": "CSV"},
-            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
-                               "data": '{"predictions": [1]}', "encoding": "JSON"},
+            "endpointInput": {
+                "observedContentType": "text/csv; charset=utf-8",
+                "mode": "INPUT",
+                "data": "1,2\n",
+                "encoding": "CSV",
+            },
+            "endpointOutput": {
+                "observedContentType": "application/json",
+                "mode": "OUTPUT",
+                "data": '{"predictions": [1]}',
+                "encoding": "JSON",
+            },
         },
         "eventMetadata": {"eventId": "e-1", "inferenceId": "inf-1", "inferenceTime": "2026-03-07T05:09:04Z"},
         "eventVersion": "0",
     }
 
 
-@given(body=st.binary(max_size=200), content_type=st.sampled_from(["text/csv", "application/json",
-                                                                    "application/x-npy", None]))
+@given(
+    body=st.binary(max_size=200),
+    content_type=st.sampled_from(["text/csv", "application/json", "application/x-npy", None]),
+)
 def test_without_header_everything_is_base64_and_round_trips(body: bytes, content_type: str | None) -> None:
-    record = capture_record(policy(mode="Input"), input_body=body, input_content_type=content_type, output_body=b"x",
-                            output_content_type="text/csv", inference_time=WHEN)
+    record = capture_record(
+        policy(mode="Input"),
+        input_body=body,
+        input_content_type=content_type,
+        output_body=b"x",
+        output_content_type="text/csv",
+        inference_time=WHEN,
+    )
     assert set(record["captureData"]) == {"endpointInput"}
     payload = record["captureData"]["endpointInput"]
     assert payload["encoding"] == "BASE64" and base64.b64decode(payload["data"]) == body
@@ -60,8 +93,14 @@ def test_without_header_everything_is_base64_and_round_trips(body: bytes, conten
 
 def test_undecodable_csv_falls_back_to_base64() -> None:
     p = policy(mode="Output", CaptureContentTypeHeader={"CsvContentTypes": ["text/csv"]})
-    record = capture_record(p, input_body=b"", input_content_type="text/csv", output_body=b"\xff\xfe",
-                            output_content_type="text/csv", inference_time=WHEN)
+    record = capture_record(
+        p,
+        input_body=b"",
+        input_content_type="text/csv",
+        output_body=b"\xff\xfe",
+        output_content_type="text/csv",
+        inference_time=WHEN,
+    )
     assert record["captureData"]["endpointOutput"]["encoding"] == "BASE64"
     assert set(record["captureData"]) == {"endpointOutput"}
 
@@ -72,26 +111,68 @@ def test_key_layout_is_sagemakers() -> None:
 
 
 def test_sampling_percentage() -> None:
-    half = CapturePolicy.from_request({"DestinationS3Uri": "s3://b/p", "InitialSamplingPercentage": 50,
-                                       "CaptureOptions": [{"CaptureMode": "Input"}]})
+    half = CapturePolicy.from_request(
+        {
+            "DestinationS3Uri": "s3://b/p",
+            "InitialSamplingPercentage": 50,
+            "CaptureOptions": [{"CaptureMode": "Input"}],
+        }
+    )
     assert half.sampled(0.49) and not half.sampled(0.5)
-    none = CapturePolicy.from_request({"DestinationS3Uri": "s3://b/p", "InitialSamplingPercentage": 100,
-                                       "CaptureOptions": [{"CaptureMode": "Input"}], "EnableCapture": False})
+    none = CapturePolicy.from_request(
+        {
+            "DestinationS3Uri": "s3://b/p",
+            "InitialSamplingPercentage": 100,
+            "CaptureOptions": [{"CaptureMode": "Input"}],
+            "EnableCapture": False,
+        }
+    )
     assert not none.sampled(0.0)
     assert none.describe()["CaptureStatus"] == "Stopped"
 
 
-@pytest.mark.parametrize(("config", "needle"), [
-    ({"InitialSamplingPercentage": 101, "DestinationS3Uri": "s3://b", "CaptureOptions": [{"CaptureMode": "Input"}]},
-     "initialSamplingPercentage"),
-    ({"InitialSamplingPercentage": 5, "DestinationS3Uri": "ftp://b", "CaptureOptions": [{"CaptureMode": "Input"}]},
-     "destinationS3Uri"),
-    ({"InitialSamplingPercentage": 5, "DestinationS3Uri": "s3://b", "CaptureOptions": [{"CaptureMode": "Both"}]},
-     "captureMode"),
-    ({"InitialSamplingPercentage": 5, "DestinationS3Uri": "s3://b", "CaptureOptions": []}, "CaptureOptions"),
-    ({"InitialSamplingPercentage": 5, "DestinationS3Uri": "s3://b", "CaptureOptions": [{"CaptureMode": "Input"}],
-      "CaptureContentTypeHeader": {"CsvContentTypes": []}}, "CsvContentTypes"),
-])
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        (
+            {
+                "InitialSamplingPercentage": 101,
+                "DestinationS3Uri": "s3://b",
+                "CaptureOptions": [{"CaptureMode": "Input"}],
+            },
+            "initialSamplingPercentage",
+        ),
+        (
+            {
+                "InitialSamplingPercentage": 5,
+                "DestinationS3Uri": "ftp://b",
+                "CaptureOptions": [{"CaptureMode": "Input"}],
+            },
+            "destinationS3Uri",
+        ),
+        (
+            {
+                "InitialSamplingPercentage": 5,
+                "DestinationS3Uri": "s3://b",
+                "CaptureOptions": [{"CaptureMode": "Both"}],
+            },
+            "captureMode",
+        ),
+        (
+            {"InitialSamplingPercentage": 5, "DestinationS3Uri": "s3://b", "CaptureOptions": []},
+            "CaptureOptions",
+        ),
+        (
+            {
+                "InitialSamplingPercentage": 5,
+                "DestinationS3Uri": "s3://b",
+                "CaptureOptions": [{"CaptureMode": "Input"}],
+                "CaptureContentTypeHeader": {"CsvContentTypes": []},
+            },
+            "CsvContentTypes",
+        ),
+    ],
+)
 def test_validation_names_the_member(config: dict[str, object], needle: str) -> None:
     problems = validate_data_capture_config(config)
     assert len(problems) == 1 and needle in problems[0]
@@ -102,14 +183,16 @@ def test_writer_batches_records_into_files(tmp_path: Path) -> None:
     writer = CaptureWriter(flush_interval=0.05)
     try:
         for i in range(25):
-            assert writer.submit(p, "ep", "v1" if i % 2 else "v2",
-                                 lambda i=i: {"n": i}, when=WHEN)
+            assert writer.submit(p, "ep", "v1" if i % 2 else "v2", lambda i=i: {"n": i}, when=WHEN)
         assert writer.flush(10)
     finally:
         writer.close()
     files = sorted(tmp_path.rglob("*.jsonl"))
-    assert files and all(f.relative_to(tmp_path).parts[:6] == ("ep", f.relative_to(tmp_path).parts[1], "2026",
-                                                               "03", "07", "05") for f in files)
+    assert files and all(
+        f.relative_to(tmp_path).parts[:6]
+        == ("ep", f.relative_to(tmp_path).parts[1], "2026", "03", "07", "05")
+        for f in files
+    )
     numbers = sorted(json.loads(line)["n"] for f in files for line in f.read_text().splitlines())
     assert numbers == list(range(25))
     assert writer.stats.written == 25 and writer.stats.dropped == 0 and writer.stats.failed == 0

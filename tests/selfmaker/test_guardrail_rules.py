@@ -63,7 +63,9 @@ def test_canary_percent_is_canary_then_rest(wait: int, percent: int) -> None:
 
 
 @given(wait=waits, capacity=capacities, data=st.data())
-def test_canary_instance_count_is_a_share_of_the_new_fleet(wait: int, capacity: int, data: st.DataObject) -> None:
+def test_canary_instance_count_is_a_share_of_the_new_fleet(
+    wait: int, capacity: int, data: st.DataObject
+) -> None:
     count = data.draw(st.integers(min_value=1, max_value=capacity))
     size = {"Type": "INSTANCE_COUNT", "Value": count}
     if count / capacity > 0.5:
@@ -90,46 +92,79 @@ def test_linear_steps_outside_10_to_50_percent_are_refused(percent: int) -> None
         traffic_steps(routing("LINEAR", 1, {"Type": "CAPACITY_PERCENT", "Value": percent}), 10)
 
 
-@pytest.mark.parametrize(("config", "needle"), [
-    (routing("BLUE", 1), "Type"),
-    (routing("ALL_AT_ONCE", -1), "WaitIntervalInSeconds"),
-    (routing("CANARY", 1), "CanarySize is required"),
-    (routing("CANARY", 1, {"Type": "INSTANCE_COUNT", "Value": 3}), "exceeds"),
-    (routing("CANARY", 1, {"Type": "PERCENT", "Value": 3}), "CanarySize.Type"),
-    (routing("LINEAR", 1, {"Type": "CAPACITY_PERCENT", "Value": 0}), "Value"),
-])
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        (routing("BLUE", 1), "Type"),
+        (routing("ALL_AT_ONCE", -1), "WaitIntervalInSeconds"),
+        (routing("CANARY", 1), "CanarySize is required"),
+        (routing("CANARY", 1, {"Type": "INSTANCE_COUNT", "Value": 3}), "exceeds"),
+        (routing("CANARY", 1, {"Type": "PERCENT", "Value": 3}), "CanarySize.Type"),
+        (routing("LINEAR", 1, {"Type": "CAPACITY_PERCENT", "Value": 0}), "Value"),
+    ],
+)
 def test_bad_routing_names_the_field(config: dict[str, object], needle: str) -> None:
     with pytest.raises(GuardrailError, match=needle):
         traffic_steps(config, 2)
 
 
 def test_validate_deployment_config_collects_problems() -> None:
-    assert validate_deployment_config({"BlueGreenUpdatePolicy": {
-        "TrafficRoutingConfiguration": routing("ALL_AT_ONCE", 0), "MaximumExecutionTimeoutInSeconds": 600}}) == []
-    problems = validate_deployment_config({
-        "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": routing("ALL_AT_ONCE", 0),
-                                  "TerminationWaitInSeconds": 7200, "MaximumExecutionTimeoutInSeconds": 10},
-        "AutoRollbackConfiguration": {"Alarms": []}})
+    assert (
+        validate_deployment_config(
+            {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": routing("ALL_AT_ONCE", 0),
+                    "MaximumExecutionTimeoutInSeconds": 600,
+                }
+            }
+        )
+        == []
+    )
+    problems = validate_deployment_config(
+        {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": routing("ALL_AT_ONCE", 0),
+                "TerminationWaitInSeconds": 7200,
+                "MaximumExecutionTimeoutInSeconds": 10,
+            },
+            "AutoRollbackConfiguration": {"Alarms": []},
+        }
+    )
     assert len(problems) == 3
 
 
 def test_alarm_rules_parse_like_cloudwatch_and_reject_bad_fields(tmp_path: Path) -> None:
-    rule = AlarmRule.from_dict({"AlarmName": "p99", "MetricName": "ModelLatency", "ExtendedStatistic": "p99",
-                                "Threshold": 1000, "ComparisonOperator": "GreaterThanOrEqualToThreshold"})
+    rule = AlarmRule.from_dict(
+        {
+            "AlarmName": "p99",
+            "MetricName": "ModelLatency",
+            "ExtendedStatistic": "p99",
+            "Threshold": 1000,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        }
+    )
     assert (rule.statistic, rule.fleet, rule.period) == ("p99", "new", 60.0)
-    for bad, needle in (({"AlarmName": "x", "MetricName": "CPU", "Threshold": 1}, "MetricName"),
-                        ({"AlarmName": "x", "MetricName": "Invocations", "Threshold": "1"}, "Threshold"),
-                        ({"AlarmName": "x", "MetricName": "Invocations", "Threshold": 1, "Statistic": "p0"}, "Statistic"),
-                        ({"AlarmName": "x", "MetricName": "Invocations", "Threshold": 1, "Fleet": "blue"}, "Fleet")):
+    for bad, needle in (
+        ({"AlarmName": "x", "MetricName": "CPU", "Threshold": 1}, "MetricName"),
+        ({"AlarmName": "x", "MetricName": "Invocations", "Threshold": "1"}, "Threshold"),
+        ({"AlarmName": "x", "MetricName": "Invocations", "Threshold": 1, "Statistic": "p0"}, "Statistic"),
+        ({"AlarmName": "x", "MetricName": "Invocations", "Threshold": 1, "Fleet": "blue"}, "Fleet"),
+    ):
         with pytest.raises(GuardrailError, match=needle):
             AlarmRule.from_dict(bad)
     # the setting is a document or a path; the home file overrides it by name
-    doc = {"Alarms": [{"AlarmName": "a", "MetricName": "Invocations", "Threshold": 1},
-                      {"AlarmName": "b", "MetricName": "Invocations", "Threshold": 2}]}
+    doc = {
+        "Alarms": [
+            {"AlarmName": "a", "MetricName": "Invocations", "Threshold": 1},
+            {"AlarmName": "b", "MetricName": "Invocations", "Threshold": 2},
+        ]
+    }
     path = tmp_path / "alarms-setting.json"
     path.write_text(json.dumps(doc))
     assert set(load_alarm_setting(str(path))) == set(load_alarm_setting(json.dumps(doc))) == {"a", "b"}
-    (tmp_path / "alarms.json").write_text(json.dumps([{"AlarmName": "b", "MetricName": "Invocations", "Threshold": 9}]))
+    (tmp_path / "alarms.json").write_text(
+        json.dumps([{"AlarmName": "b", "MetricName": "Invocations", "Threshold": 9}])
+    )
     rules = load_alarms(tmp_path, load_alarm_setting(json.dumps(doc)))
     assert rules["b"].threshold == 9 and rules["a"].threshold == 1
     with pytest.raises(GuardrailError, match="not defined: c"):
@@ -150,8 +185,16 @@ def test_statistics_are_bounded_by_the_data(values: list[float]) -> None:
 def test_error_rate_alarm_fires_on_the_new_fleet_only() -> None:
     now = [100.0]
     recorder = FleetRecorder(clock=lambda: now[0])
-    rule = AlarmRule.from_dict({"AlarmName": "e", "MetricName": "Invocation5XXErrors", "Statistic": "Average",
-                                "Threshold": 0.25, "Period": 10, "MinimumSamples": 4})
+    rule = AlarmRule.from_dict(
+        {
+            "AlarmName": "e",
+            "MetricName": "Invocation5XXErrors",
+            "Statistic": "Average",
+            "Threshold": 0.25,
+            "Period": 10,
+            "MinimumSamples": 4,
+        }
+    )
     for _ in range(10):
         recorder.record("old", 500, 0.01)  # the old fleet's errors do not count for a new-fleet alarm
     for status in (200, 200, 500):
@@ -187,8 +230,18 @@ def test_blue_green_run_completes_and_shifts_in_order() -> None:
     async def on_shift(fraction: float) -> None:
         shifts.append(fraction)
 
-    outcome = asyncio.run(run_blue_green(_policy("LINEAR", 0), new_capacity=2, alarms=[], recorder=recorder,
-                                         split=split, progress=progress, on_shift=on_shift, check_interval=0.01))
+    outcome = asyncio.run(
+        run_blue_green(
+            _policy("LINEAR", 0),
+            new_capacity=2,
+            alarms=[],
+            recorder=recorder,
+            split=split,
+            progress=progress,
+            on_shift=on_shift,
+            check_interval=0.01,
+        )
+    )
     assert outcome.completed and outcome.reason is None
     assert shifts == [0.5, 1.0] and split.new_fraction == 1.0 and split.protecting is False
 
@@ -196,16 +249,31 @@ def test_blue_green_run_completes_and_shifts_in_order() -> None:
 def test_blue_green_run_rolls_back_when_an_alarm_fires_while_baking() -> None:
     recorder = FleetRecorder()
     split = TrafficSplit()
-    rule = AlarmRule.from_dict({"AlarmName": "errors", "MetricName": "Invocation5XXErrors", "Statistic": "Sum",
-                                "Threshold": 0, "Period": 60})
+    rule = AlarmRule.from_dict(
+        {
+            "AlarmName": "errors",
+            "MetricName": "Invocation5XXErrors",
+            "Statistic": "Sum",
+            "Threshold": 0,
+            "Period": 60,
+        }
+    )
 
     async def scenario() -> object:
         async def on_shift(fraction: float) -> None:
             if fraction > 0:
                 recorder.record("new", 500, 0.02)  # the canary fails at once
 
-        return await run_blue_green(_policy("CANARY", 3600), new_capacity=2, alarms=[rule], recorder=recorder,
-                                    split=split, progress=DeploymentProgress(), on_shift=on_shift, check_interval=0.01)
+        return await run_blue_green(
+            _policy("CANARY", 3600),
+            new_capacity=2,
+            alarms=[rule],
+            recorder=recorder,
+            split=split,
+            progress=DeploymentProgress(),
+            on_shift=on_shift,
+            check_interval=0.01,
+        )
 
     outcome = asyncio.run(scenario())
     assert not outcome.completed and outcome.alarm == "errors"
@@ -222,7 +290,17 @@ def test_blue_green_run_rolls_back_after_the_maximum_execution_time() -> None:
 
     policy = _policy("LINEAR", 3600, MaximumExecutionTimeoutInSeconds=600)
     split = TrafficSplit()
-    outcome = asyncio.run(run_blue_green(policy, new_capacity=2, alarms=[], recorder=FleetRecorder(), split=split,
-                                         progress=DeploymentProgress(), check_interval=0.001, clock=clock))
+    outcome = asyncio.run(
+        run_blue_green(
+            policy,
+            new_capacity=2,
+            alarms=[],
+            recorder=FleetRecorder(),
+            split=split,
+            progress=DeploymentProgress(),
+            check_interval=0.001,
+            clock=clock,
+        )
+    )
     assert not outcome.completed and "MaximumExecutionTimeoutInSeconds=600" in outcome.reason
     assert split.new_fraction == 0.0

@@ -1,5 +1,6 @@
 """The template process (pre-imported interpreter that forks model servers) and the MaxConcurrency slot
-limiter, with real processes: a forked `python -m serving`, memory limits, exit reasons, cross-process slots."""
+limiter, with real processes: a forked `python -m serving`, memory limits, exit reasons,
+cross-process slots."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(scope="module")
-def template(loop: asyncio.AbstractEventLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TemplateProcess]:
+def template(
+    loop: asyncio.AbstractEventLoop, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TemplateProcess]:
     run = tmp_path_factory.mktemp("tpl")
     tpl = TemplateProcess(run / "t.sock", run / "template.log")
     loop.run_until_complete(tpl.ensure())
@@ -73,13 +76,21 @@ def test_ping_reports_the_preloaded_model_server_modules(template: TemplateProce
     assert {"numpy", "onnxruntime", "flask", "serving", "serving.cli"} <= set(answer["preloaded"])
 
 
-def test_forked_model_server_answers_and_stops(loop: asyncio.AbstractEventLoop, template: TemplateProcess,
-                                               model_dir: Path, tmp_path: Path) -> None:
+def test_forked_model_server_answers_and_stops(
+    loop: asyncio.AbstractEventLoop, template: TemplateProcess, model_dir: Path, tmp_path: Path
+) -> None:
     port = find_free_port()
-    handle = loop.run_until_complete(template.spawn(
-        instance_id="unit-1", module="serving", args=["--model-dir", str(model_dir), "--host", "127.0.0.1",
-                                                      "--port", str(port)],
-        env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}, cwd=tmp_path, log_path=tmp_path / "unit-1.log", memory_mb=2048))
+    handle = loop.run_until_complete(
+        template.spawn(
+            instance_id="unit-1",
+            module="serving",
+            args=["--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+            env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+            cwd=tmp_path,
+            log_path=tmp_path / "unit-1.log",
+            memory_mb=2048,
+        )
+    )
     try:
         resp = wait_answer(f"http://127.0.0.1:{port}/invocations", handle.alive)
         assert resp.json()["predictions"][0]["label"] in (0, 1)
@@ -94,17 +105,29 @@ def test_forked_model_server_answers_and_stops(loop: asyncio.AbstractEventLoop, 
     assert "Booting worker" in (tmp_path / "unit-1.log").read_text()
 
 
-def test_memory_limit_ends_the_server_with_a_reason(loop: asyncio.AbstractEventLoop, template: TemplateProcess,
-                                                    tmp_path: Path) -> None:
+def test_memory_limit_ends_the_server_with_a_reason(
+    loop: asyncio.AbstractEventLoop, template: TemplateProcess, tmp_path: Path
+) -> None:
     script = tmp_path / "hog.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import numpy as np
         print("allocating", flush=True)
         block = np.ones(300 * 1024 * 1024)  # 2.4 GB
         print("allocated", block.nbytes, flush=True)
-    """))
-    handle = loop.run_until_complete(template.spawn(instance_id="hog", path=str(script), args=[], env={},
-                                                    cwd=tmp_path, log_path=tmp_path / "hog.log", memory_mb=1024))
+    """)
+    )
+    handle = loop.run_until_complete(
+        template.spawn(
+            instance_id="hog",
+            path=str(script),
+            args=[],
+            env={},
+            cwd=tmp_path,
+            log_path=tmp_path / "hog.log",
+            memory_mb=1024,
+        )
+    )
     deadline = time.monotonic() + 60
     while handle.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -114,12 +137,22 @@ def test_memory_limit_ends_the_server_with_a_reason(loop: asyncio.AbstractEventL
     assert "allocated" not in (tmp_path / "hog.log").read_text().replace("allocating", "")
 
 
-def test_a_crashing_server_reports_its_exit_code(loop: asyncio.AbstractEventLoop, template: TemplateProcess,
-                                                 tmp_path: Path) -> None:
+def test_a_crashing_server_reports_its_exit_code(
+    loop: asyncio.AbstractEventLoop, template: TemplateProcess, tmp_path: Path
+) -> None:
     script = tmp_path / "crash.py"
     script.write_text("import sys\nsys.exit(7)\n")
-    handle = loop.run_until_complete(template.spawn(instance_id="crash", path=str(script), args=[], env={},
-                                                    cwd=tmp_path, log_path=tmp_path / "crash.log", memory_mb=None))
+    handle = loop.run_until_complete(
+        template.spawn(
+            instance_id="crash",
+            path=str(script),
+            args=[],
+            env={},
+            cwd=tmp_path,
+            log_path=tmp_path / "crash.log",
+            memory_mb=None,
+        )
+    )
     deadline = time.monotonic() + 30
     while handle.alive() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -128,8 +161,11 @@ def test_a_crashing_server_reports_its_exit_code(loop: asyncio.AbstractEventLoop
 
 
 def test_bad_requests_are_refused(template: TemplateProcess) -> None:
-    for payload, needle in (({"op": "fly"}, "unknown op"), ({"op": "spawn", "log_path": "/tmp/x"}, "exactly one"),
-                            ({"op": "status", "pid": 1}, "no child")):
+    for payload, needle in (
+        ({"op": "fly"}, "unknown op"),
+        ({"op": "spawn", "log_path": "/tmp/x"}, "exactly one"),
+        ({"op": "status", "pid": 1}, "no child"),
+    ):
         with pytest.raises(TemplateError, match=needle):
             template_request(template.socket_path, payload)
 
@@ -138,16 +174,25 @@ def test_slots_are_shared_across_processes(tmp_path: Path) -> None:
     limiter = SlotLimiter(tmp_path / "slots", 3)
     held = [limiter.try_acquire(), limiter.try_acquire()]
     assert None not in held and len(set(held)) == 2
-    with subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from selfmaker.serverless.limiter import SlotLimiter
-        limiter = SlotLimiter(Path({str(tmp_path / 'slots')!r}), 3)
+        limiter = SlotLimiter(Path({str(tmp_path / "slots")!r}), 3)
         slot = limiter.try_acquire()
         print("slot" if slot is not None else "none", flush=True)
         sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "slot"
             assert limiter.try_acquire() is None  # 2 here + 1 in the other process = capacity

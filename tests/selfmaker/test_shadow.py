@@ -26,10 +26,17 @@ def test_outputs_match_json_csv_and_bytes() -> None:
     assert outputs_match(b'{"a":1}\n{"a":2}\n', b'{"a": 1}\n{"a": 2}', "application/jsonlines")
 
 
-@given(st.recursive(st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(), st.text(max_size=5)),
-                    lambda children: st.one_of(st.lists(children, max_size=4),
-                                               st.dictionaries(st.text(max_size=4), children, max_size=4)),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.one_of(
+            st.floats(allow_nan=False, allow_infinity=False, width=32), st.integers(), st.text(max_size=5)
+        ),
+        lambda children: st.one_of(
+            st.lists(children, max_size=4), st.dictionaries(st.text(max_size=4), children, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
 def test_a_json_answer_matches_itself(value: object) -> None:
     body = json.dumps(value).encode()
     assert outputs_match(body, json.dumps(value, indent=1).encode(), "application/json")
@@ -45,8 +52,9 @@ def test_shadow_fraction_is_a_share(shadow: float, production: float) -> None:
         assert fraction == 0.0
 
 
-async def _with_server(behaviour: Callable[[web.Request], Awaitable[web.Response]],
-                       body: Callable[[str], Awaitable[None]]) -> None:
+async def _with_server(
+    behaviour: Callable[[web.Request], Awaitable[web.Response]], body: Callable[[str], Awaitable[None]]
+) -> None:
     app = web.Application()
     app.router.add_post("/invocations", behaviour)
     runner = web.AppRunner(app)
@@ -85,12 +93,16 @@ def test_copies_are_scheduled_without_waiting_and_counted() -> None:
         async with aiohttp.ClientSession() as session:
             for x in (1, 2, 3):
                 assert mirror.mirror("shadow", _sender(session, url, json.dumps({"x": x}).encode()), primary)
-            assert mirror.in_flight == 3 and seen == []  # scheduled, not awaited: the primary path never waits
+            assert (
+                mirror.in_flight == 3 and seen == []
+            )  # scheduled, not awaited: the primary path never waits
             await mirror.drain(10)
         stats = mirror.stats["shadow"].snapshot()
         assert sorted(seen) == [b'{"x": 1}', b'{"x": 2}', b'{"x": 3}']
         assert (stats["requests"], stats["errors"], stats["compared"], stats["mismatches"]) == (3, 1, 2, 1)
-        assert stats["latency_count"] == 3 and stats["latency_p99_seconds"] >= stats["latency_p50_seconds"] > 0
+        assert (
+            stats["latency_count"] == 3 and stats["latency_p99_seconds"] >= stats["latency_p50_seconds"] > 0
+        )
 
     asyncio.run(_with_server(shadow, body))
 
