@@ -165,6 +165,26 @@ def _log_mentions_oom(path: str, tail: int = 16384) -> bool:
     return any(marker in data for marker in _OOM_MARKERS)
 
 
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child only
+    """Make a forked model server receive SIGTERM when the template exits.
+
+    The template exits when the platform goes away (even after SIGKILL), so this is what keeps a killed
+    platform from leaving serverless model servers behind. Linux only; elsewhere the platform's restart
+    reaps orphans.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the template died between fork() and prctl()
+        os._exit(1)
+
+
 class Template:
     """The template server: a single-threaded select loop (forking is only safe without threads)."""
 
@@ -331,12 +351,14 @@ class Template:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush()
         sys.stderr.flush()
+        template_pid = os.getpid()
         try:
             pid = os.fork()
         except OSError:
             os.close(log_fd)
             raise
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            _die_with_parent(template_pid)
             self._become_model_server(module or script, bool(script), args, env, cwd, log_fd, memory_mb)
         offset = os.lseek(log_fd, 0, os.SEEK_END)
         os.close(log_fd)

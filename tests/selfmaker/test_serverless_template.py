@@ -207,3 +207,34 @@ def test_slots_are_shared_across_processes(tmp_path: Path) -> None:
     assert limiter.try_acquire() is not None and limiter.try_acquire() is not None
     assert limiter.try_acquire() is None
     limiter.close()
+
+
+def test_forked_servers_end_when_the_template_is_killed(
+    loop: asyncio.AbstractEventLoop, model_dir: Path, tmp_path: Path
+) -> None:
+    """A SIGKILLed platform takes its template down, and the template's model servers must follow."""
+    import signal
+
+    import psutil
+
+    tpl = TemplateProcess(tmp_path / "k.sock", tmp_path / "template.log")
+    loop.run_until_complete(tpl.ensure())
+    port = find_free_port()
+    handle = None
+    try:
+        handle = loop.run_until_complete(
+            tpl.spawn(instance_id="orphan-1", module="serving",
+                      args=["--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                      env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}, cwd=tmp_path,
+                      log_path=tmp_path / "orphan-1.log", memory_mb=None)
+        )
+        wait_answer(f"http://127.0.0.1:{port}/invocations", handle.alive)
+        server = psutil.Process(handle.pid)
+        assert tpl.pid is not None
+        os.kill(tpl.pid, signal.SIGKILL)
+        gone, alive = psutil.wait_procs([server], timeout=30)
+        assert gone and not alive, "the forked model server outlived its template"
+    finally:
+        if handle is not None and handle.pid is not None and psutil.pid_exists(handle.pid):
+            os.killpg(handle.pid, signal.SIGKILL)
+        loop.run_until_complete(tpl.stop())
