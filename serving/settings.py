@@ -49,6 +49,9 @@ class ServingSettings(BaseSettings):
     log_level: str = Field("INFO", alias="SELFMAKER_LOG_LEVEL")
     access_log: bool = Field(True, alias="SELFMAKER_ACCESS_LOG")
     state_dir: str | None = Field(None, alias="SELFMAKER_SERVE_STATE_DIR")
+    #: stop (gracefully) when this process stops being our parent: set by a supervisor such as
+    #: `selfmaker up`, so a killed supervisor leaves no model server behind
+    parent_pid: int | None = Field(None, alias="SELFMAKER_PARENT_PID", ge=1)
 
     # -- derived values -------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class ProcessExecutor(Executor):
         env.setdefault("SAGEMAKER_MODEL_SERVER_WORKERS", str(self.settings.model_server_workers))
         env.update(spec.environment)
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
+        env["SELFMAKER_PARENT_PID"] = str(os.getpid())  # the server stops if the platform is killed
         python = self.settings.python or sys.executable
         cmd = [python, "-m", "serving", "--model-dir", str(spec.model_dir), "--host", "127.0.0.1", "--port", str(port)]
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)

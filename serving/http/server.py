@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,14 @@ class ModelServer(BaseApplication):
         def child_exit(server: Any, worker: Any) -> None:
             readiness_dir.forget(worker.pid)
 
+        parent_pid = settings.parent_pid
+
+        def when_ready(server: Any) -> None:
+            if parent_pid is not None:
+                threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+
         config = {
+            "when_ready": when_ready,
             "bind": [f"{_bracket(settings.effective_host())}:{settings.port}"],
             "workers": self.workers,
             "worker_class": settings.worker_class,
@@ -122,6 +131,18 @@ class ModelServer(BaseApplication):
 
         threading.Thread(target=_load, name="model-loader", daemon=True).start()
         return create_app(settings, plane, metrics=metrics, ready=readiness)
+
+
+def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Runs in the gunicorn master: SIGTERM ourselves (a graceful shutdown) once ``parent_pid`` is gone.
+
+    The supervisor starts model servers in their own sessions, so signals to its process group do not
+    reach them; without this a SIGKILLed supervisor would leave them running.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    log.warning("parent process %d went away; shutting down", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _bracket(host: str) -> str:

@@ -228,3 +228,47 @@ def test_s3_model_data_through_moto(
             answer = session.post(server.url + "/invocations", data=ROW, headers={"Content-Type": "text/csv"}, timeout=10)
             assert answer.json() == post(direct, ROW).json()
     assert "Using worker: gthread" in server.log()
+
+
+def test_server_stops_when_its_supervisor_is_killed(binary_model: Path, tmp_path: Path) -> None:
+    """With SELFMAKER_PARENT_PID set, a SIGKILLed supervisor leaves no model server behind."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    import os
+
+    from serving_helpers import find_free_port, wait_http
+
+    port = find_free_port()
+    supervisor_code = (
+        "import os, subprocess, sys, time\n"
+        "env = dict(os.environ, SELFMAKER_PARENT_PID=str(os.getpid()), SAGEMAKER_MODEL_SERVER_WORKERS='1')\n"
+        f"p = subprocess.Popen([sys.executable, '-m', 'serving', '--model-dir', {str(binary_model)!r},"
+        f" '--host', '127.0.0.1', '--port', '{port}'], env=env, start_new_session=True,"
+        f" stdout=open({str(tmp_path / 'server.log')!r}, 'ab'), stderr=subprocess.STDOUT)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    supervisor = subprocess.Popen([sys.executable, "-c", supervisor_code], stdout=subprocess.PIPE)
+    server_pid = None
+    try:
+        assert supervisor.stdout is not None
+        server_pid = int(supervisor.stdout.readline())
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=60, alive=lambda: psutil.pid_exists(server_pid))
+        server = psutil.Process(server_pid)
+        supervisor.kill()
+        supervisor.wait(10)
+        gone, alive = psutil.wait_procs([server], timeout=30)
+        assert gone and not alive, "the model server outlived its supervisor"
+        assert "went away" in (tmp_path / "server.log").read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait(10)
+        if supervisor.stdout is not None:
+            supervisor.stdout.close()
+        if server_pid is not None and psutil.pid_exists(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
