@@ -6,6 +6,7 @@ so tests assert on what would be sent to AWS rather than on the existence of Pyt
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -170,6 +171,31 @@ def new_harness() -> PulumiHarness:
     runtime_config.set_all_config({})
     pulumi.runtime.set_mocks(mocks, project="selfmaker", stack="dev", preview=False, monitor=monitor)
     return PulumiHarness(mocks, monitor)
+
+
+@pytest.fixture(scope="session")
+def _loops_made() -> Iterator[list[asyncio.AbstractEventLoop]]:
+    made: list[asyncio.AbstractEventLoop] = []
+    try:
+        yield made
+    finally:
+        for loop in made:
+            loop.close()
+
+
+@pytest.fixture(autouse=True)
+def _event_loop_for_pulumi(_loops_made: list[asyncio.AbstractEventLoop]) -> None:
+    """Pulumi's SDK creates futures on the thread's current event loop.
+
+    A test elsewhere in the session that used ``asyncio.run()`` leaves the main thread with no current
+    loop (and get_event_loop() then refuses to make one), so give the infra tests one when needed.
+    """
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        _loops_made.append(loop)
 
 
 @pytest.fixture
