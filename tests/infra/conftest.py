@@ -173,29 +173,18 @@ def new_harness() -> PulumiHarness:
     return PulumiHarness(mocks, monitor)
 
 
-@pytest.fixture(scope="session")
-def _loops_made() -> Iterator[list[asyncio.AbstractEventLoop]]:
-    made: list[asyncio.AbstractEventLoop] = []
-    try:
-        yield made
-    finally:
-        for loop in made:
-            loop.close()
-
-
 @pytest.fixture(autouse=True)
-def _event_loop_for_pulumi(_loops_made: list[asyncio.AbstractEventLoop]) -> None:
+def _event_loop_for_pulumi() -> None:
     """Pulumi's SDK creates futures on the thread's current event loop.
 
-    A test elsewhere in the session that used ``asyncio.run()`` leaves the main thread with no current
-    loop (and get_event_loop() then refuses to make one), so give the infra tests one when needed.
+    A test elsewhere in the session that used ``asyncio.run()`` leaves the main thread's policy refusing
+    to make one (get_event_loop() raises), so start from a fresh default policy, which behaves as in a
+    new process.
     """
     try:
         asyncio.get_event_loop_policy().get_event_loop()
     except RuntimeError:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        _loops_made.append(loop)
+        asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture
@@ -235,6 +224,10 @@ def dev_stack_config() -> dict[str, str]:
 PULUMI_WARNINGS = (
     # pulumi_aws modules deprecate classes we never use while the (lazily imported) module loads.
     r"ignore:[\w/.]+ has been deprecated in favor of [\w/.]+:DeprecationWarning",
+    # Pulumi's mock runtime makes event loops (and gRPC sockets) it never closes; when the collector
+    # happens to reclaim one during a test, its __del__ warns. Nothing of ours leaks there.
+    r"ignore:Exception ignored in. <function BaseEventLoop.__del__:pytest.PytestUnraisableExceptionWarning",
+    r"ignore:unclosed event loop:ResourceWarning",
 )
 
 
