@@ -27,7 +27,7 @@ from selfmaker import logcontext
 from selfmaker.api.common import compact
 from selfmaker.api.validation import service_model, validate_request
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
-from selfmaker.endpoints.upstream import ConnectError, UpstreamError
+from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
 from selfmaker.errors import (
     InternalFailure,
     ModelError,
@@ -173,7 +173,8 @@ async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: Va
     """POST ``body`` to ``/invocations`` of an instance of ``variant`` (least outstanding requests).
 
     Returns ``(status, body, headers with lower-cased names)``. Retried on another instance only when no
-    connection could be made (the request never reached a model server); other failures raise ModelError.
+    connection could be made (the request never reached a model server) or the server process died before
+    answering; other failures raise ModelError.
     """
     pool = variant.pool
     timeout = platform.settings.invocation_timeout
@@ -197,14 +198,25 @@ async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: Va
                 "CloudWatch, resolve the issue, and try again.\". "
                 f"See `selfmaker logs {runtime.name}` for more information.",
                 extra=_model_error_extra(platform, runtime.name, 0, "timeout")) from None
+        except UpstreamClosed as exc:
+            if instance.handle.alive() or attempt == attempts - 1:
+                raise _connection_error(platform, runtime, exc) from None
+            # The connection dropped without an answer because the model server died: the request died with
+            # it, so it goes to another instance, as for a server that could not be reached.
+            log.warning("instance %s of %s died during a request; replacing it", instance.instance_id, runtime.name)
+            platform.endpoints.mark_dead(pool, instance)
         except UpstreamError as exc:
-            raise ModelError(
-                f"Received server error (0) from primary with message \"{exc}\". "
-                f"See `selfmaker logs {runtime.name}` for more information.",
-                extra=_model_error_extra(platform, runtime.name, 0, "connection error")) from None
+            raise _connection_error(platform, runtime, exc) from None
         finally:
             pool.release(instance)
     raise AssertionError("unreachable")
+
+
+def _connection_error(platform: Platform, runtime: EndpointRuntime, exc: Exception) -> ModelError:
+    return ModelError(
+        f"Received server error (0) from primary with message \"{exc}\". "
+        f"See `selfmaker logs {runtime.name}` for more information.",
+        extra=_model_error_extra(platform, runtime.name, 0, "connection error"))
 
 
 def _model_error_extra(platform: Platform, endpoint: str, status: int, original: str) -> dict[str, Any]:
