@@ -3,7 +3,6 @@ auto-rollback alarms, under continuous boto3 traffic."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import sys
@@ -21,20 +20,9 @@ from botocore.exceptions import ClientError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_helpers() -> Any:
-    if "platform_helpers" in sys.modules:
-        return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location(
-        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["platform_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-helpers = _load_helpers()
+import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 ROW = b"0.3,-1.2,0.8,0.1"
 BROKEN_MODEL = """
 def model_fn(model_dir):

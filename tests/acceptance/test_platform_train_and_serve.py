@@ -6,7 +6,6 @@ file://), then serves the artifact on an endpoint.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -22,18 +21,9 @@ from botocore.exceptions import ClientError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_helpers() -> Any:
-    if "platform_helpers" in sys.modules:
-        return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["platform_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-helpers = _load_helpers()
+import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 XGB_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 AUC = {"Name": "validation:auc", "Regex": r".*\[[0-9]+\].*#011validation-auc:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"}
 WAIT = {"Delay": 0.5, "MaxAttempts": 240}

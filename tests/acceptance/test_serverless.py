@@ -6,7 +6,6 @@ zero when idle, ProvisionedConcurrency kept warm, and MemorySizeInMB enforced wi
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import subprocess
@@ -28,20 +27,9 @@ from botocore.exceptions import ClientError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_helpers() -> Any:
-    if "platform_helpers" in sys.modules:
-        return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location(
-        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["platform_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-helpers = _load_helpers()
+import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 IDLE = 3.0
 
 

@@ -4,7 +4,6 @@ capture files in moto's S3 and under file://."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import subprocess
@@ -23,20 +22,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_helpers() -> Any:
-    if "platform_helpers" in sys.modules:
-        return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location(
-        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["platform_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-helpers = _load_helpers()
+import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 ROWS = [f"{i * 0.1:.1f},{1 - i * 0.2:.1f},{i % 3 - 1}.0,0.5" for i in range(8)]
 
 FAILING_MODEL = """
