@@ -11,12 +11,15 @@ Used for every image that is not selfmaker's own or a built-in (see
   network ``host``: the container shares the host's network and is told ``SAGEMAKER_BIND_TO_PORT=<free port>``
   (only for images that honour it, e.g. selfmaker's own);
 * serverless ``MemorySizeInMB`` becomes the container's memory limit;
+* GPU instance types (``ml.g*``, ``ml.p*``) get the host's GPUs (``--gpus all`` / podman's CDI
+  ``--device nvidia.com/gpu=all``) when the host has an NVIDIA GPU (:func:`training.executors.container.gpu_arguments`);
 * the engine client runs attached with its output appended to ``InstanceSpec.log_path``; ``alive()`` is
   "the client is still running"; ``stop()`` is ``<engine> stop -t GRACE <container id>`` then a forced remove.
 
 Settings (read once, at construction): ``container_engine`` / ``$SELFMAKER_CONTAINER_ENGINE`` (docker|podman|path;
 default docker when its daemon answers, else podman), ``container_network`` / ``$SELFMAKER_CONTAINER_NETWORK``
-(``bridge`` | ``host``), ``container_pull_timeout`` / ``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds).
+(``bridge`` | ``host``), ``container_pull_timeout`` / ``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds),
+``container_gpus`` / ``$SELFMAKER_CONTAINER_GPUS`` (``auto`` | ``always`` | ``never``).
 """
 
 from __future__ import annotations
@@ -133,6 +136,11 @@ class ContainerExecutor(Executor):
         self.network = network
         self.pull_timeout = float(_setting(settings, "container_pull_timeout", "SELFMAKER_CONTAINER_PULL_TIMEOUT",
                                            engines.PULL_TIMEOUT))
+        try:
+            self.gpus = engines.gpu_mode(_setting(settings, "container_gpus", engines.GPUS_ENV, None))
+        except engines.ExecutorError as exc:
+            raise ExecutorError(str(exc)) from exc
+        self.host_has_gpu = engines.host_has_nvidia_gpu()
         self._engine: str | None = None
         self._lock = asyncio.Lock()
         self._images_ready: set[str] = set()
@@ -189,6 +197,7 @@ class ContainerExecutor(Executor):
             cmd += ["-p", f"127.0.0.1:{port}:{self.container_port(spec)}"]
         if spec.memory_mb:
             cmd += ["--memory", f"{int(spec.memory_mb)}m"]
+        cmd += engines.gpu_arguments(engine, spec.instance_type, self.gpus, self.host_has_gpu)
         for key in sorted(env):
             cmd += ["-e", key]
         cmd += [spec.image, "serve"]

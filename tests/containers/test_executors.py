@@ -139,6 +139,74 @@ def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ContainerExecutor(PlatformSettings(home=tmp_path))
 
 
+@pytest.mark.parametrize(("engine", "flags"), [("/usr/bin/docker", ["--gpus", "all"]),
+                                               ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])])
+def test_serving_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str,
+                                                 flags: list[str]) -> None:
+    """ml.g*/ml.p* instances get the host's GPUs (docker --gpus, podman CDI) when it has one; CPU types never."""
+    monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)
+    executor = ContainerExecutor(PlatformSettings(home=tmp_path))
+    executor.host_has_gpu = True
+    gpu = _spec(tmp_path, "example/byoc:1", None, instance_type="ml.g5.xlarge")
+    cmd = executor.command(gpu, engine, "n", tmp_path / "cid", 41234)
+    at = cmd.index(flags[0])
+    assert cmd[at:at + 2] == flags and cmd.index("example/byoc:1") > at  # an engine option, before the image
+    cpu = _spec(tmp_path, "example/byoc:1", None, instance_type="ml.m5.large")
+    assert flags[0] not in executor.command(cpu, engine, "n", tmp_path / "cid", 41234)
+    serverless = _spec(tmp_path, "example/byoc:1", None, instance_type=None, memory_mb=2048)
+    assert flags[0] not in executor.command(serverless, engine, "n", tmp_path / "cid", 41234)
+    executor.host_has_gpu = False  # auto: a GPU type still runs (on the CPU) where the host has no GPU
+    assert flags[0] not in executor.command(gpu, engine, "n", tmp_path / "cid", 41234)
+    monkeypatch.setenv("SELFMAKER_CONTAINER_GPUS", "always")
+    always = ContainerExecutor(PlatformSettings(home=tmp_path))
+    always.host_has_gpu = False
+    assert flags[0] in always.command(gpu, engine, "n", tmp_path / "cid", 41234)
+    monkeypatch.setenv("SELFMAKER_CONTAINER_GPUS", "never")
+    never = ContainerExecutor(PlatformSettings(home=tmp_path))
+    never.host_has_gpu = True
+    assert flags[0] not in never.command(gpu, engine, "n", tmp_path / "cid", 41234)
+    monkeypatch.setenv("SELFMAKER_CONTAINER_GPUS", "sometimes")
+    with pytest.raises(ExecutorError, match="SELFMAKER_CONTAINER_GPUS"):
+        ContainerExecutor(PlatformSettings(home=tmp_path))
+
+
+@pytest.mark.parametrize(("instance_type", "gpu"), [
+    ("ml.g4dn.xlarge", True), ("ml.g5.48xlarge", True), ("ml.g6e.12xlarge", True), ("ml.p3.2xlarge", True),
+    ("ml.p4d.24xlarge", True), ("ml.p5.48xlarge", True), ("local_gpu", True), ("ml.m5.large", False),
+    ("ml.c5.xlarge", False), ("ml.r6g.large", False), ("ml.inf2.xlarge", False), ("ml.trn1.2xlarge", False),
+    ("local", False), ("", False), (None, False)])
+def test_gpu_instance_types(instance_type: str | None, gpu: bool) -> None:
+    assert training_container.is_gpu_instance_type(instance_type) is gpu
+
+
+def test_training_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training host of a GPU instance type gets the GPUs; the flag is an engine option (before the image)."""
+    from training.executors.base import HostSpec
+
+    monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)
+    monkeypatch.setattr(training_container, "detect_engine", lambda override=None: override)  # no engine needed
+    gpu = HostSpec(job_name="j", host="algo-1", hosts=("algo-1",), image="example/train:1", ml_root=tmp_path,
+                   env={"SECRET": "s3cr3t"}, instance_type="ml.p4d.24xlarge")
+    cpu = HostSpec(job_name="j", host="algo-1", hosts=("algo-1",), image="example/train:1", ml_root=tmp_path,
+                   instance_type="ml.m5.xlarge")
+    podman = training_container.ContainerExecutor(engine="/usr/bin/podman")
+    podman.host_has_gpu = True
+    cmd = podman.command(gpu, "n", tmp_path / "cid", None)
+    at = cmd.index("--device")
+    assert cmd[at + 1] == "nvidia.com/gpu=all" and at < cmd.index("example/train:1") and cmd[-1] == "train"
+    assert "s3cr3t" not in " ".join(cmd)
+    assert "--device" not in podman.command(cpu, "n", tmp_path / "cid", None)
+    podman.host_has_gpu = False
+    assert "--device" not in podman.command(gpu, "n", tmp_path / "cid", None)
+    docker = training_container.ContainerExecutor(engine="/usr/bin/docker", gpus="always")
+    docker.host_has_gpu = False
+    cmd = docker.command(gpu, "n", tmp_path / "cid", None)
+    assert cmd[cmd.index("--gpus") + 1] == "all" and cmd.index("--gpus") < cmd.index("example/train:1")
+    assert "--gpus" not in docker.command(cpu, "n", tmp_path / "cid", None)
+    with pytest.raises(training_container.ExecutorError, match="SELFMAKER_CONTAINER_GPUS"):
+        training_container.ContainerExecutor(gpus="yes")
+
+
 def test_engine_override_must_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SELFMAKER_CONTAINER_ENGINE", "no-such-engine-binary")
     with pytest.raises(training_container.ContainerEngineError, match="no-such-engine-binary"):

@@ -33,6 +33,12 @@ ENGINE_CANDIDATES = ("docker", "podman")
 INFO_TIMEOUT = 30.0
 #: seconds a missing image may take to pull before the launch fails
 PULL_TIMEOUT = 600.0
+#: environment variable: GPUs for the containers of GPU instance types (``auto`` | ``always`` | ``never``)
+GPUS_ENV = "SELFMAKER_CONTAINER_GPUS"
+GPU_MODES = ("auto", "always", "never")
+#: SageMaker's NVIDIA GPU instance families (ml.g4dn, ml.g5, ml.g6e, ml.p3, ml.p4d, ml.p5 …) and the SDK's
+#: local-mode GPU type
+_GPU_INSTANCE_TYPE = re.compile(r"^(ml\.[gp]\d[a-z0-9-]*\.[a-z0-9]+|local_gpu)$")
 
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
@@ -76,6 +82,40 @@ def detect_engine(override: str | None = None) -> str:
 def engine_name(engine: str) -> str:
     """``docker`` or ``podman`` (the basename of the engine path)."""
     return Path(engine).name
+
+
+def is_gpu_instance_type(instance_type: str | None) -> bool:
+    """Whether SageMaker runs ``instance_type`` with NVIDIA GPUs (``ml.g*``, ``ml.p*``)."""
+    return bool(instance_type and _GPU_INSTANCE_TYPE.match(instance_type))
+
+
+def host_has_nvidia_gpu() -> bool:
+    """Whether this host has an NVIDIA driver loaded (its control device exists)."""
+    return Path("/dev/nvidiactl").exists()
+
+
+def gpu_mode(value: str | None = None) -> str:
+    """The GPU setting: ``value``, else ``$SELFMAKER_CONTAINER_GPUS``, else ``auto``; raises on anything else."""
+    mode = (value or os.environ.get(GPUS_ENV) or "auto").strip().lower()
+    if mode not in GPU_MODES:
+        raise ExecutorError(f"{GPUS_ENV} must be one of {', '.join(GPU_MODES)}, not {mode!r}")
+    return mode
+
+
+def gpu_arguments(engine: str, instance_type: str | None, mode: str, host_has_gpu: bool) -> list[str]:
+    """``<engine> run`` flags that give a container of a GPU instance type all the host's GPUs.
+
+    docker: ``--gpus all`` (NVIDIA Container Toolkit); podman: ``--device nvidia.com/gpu=all`` (CDI; the
+    spec comes from ``nvidia-ctk cdi generate``). ``auto`` adds them when the host has an NVIDIA GPU, so a
+    GPU instance type still runs (on the CPU) on a machine without one; ``always`` adds them regardless
+    (the start fails where the engine cannot provide GPUs); ``never`` leaves them out. CPU instance types
+    never get GPUs.
+    """
+    if mode == "never" or not is_gpu_instance_type(instance_type) or (mode == "auto" and not host_has_gpu):
+        return []
+    if engine_name(engine) == "podman":
+        return ["--device", "nvidia.com/gpu=all"]
+    return ["--gpus", "all"]
 
 
 def container_name(*parts: str) -> str:
@@ -168,15 +208,18 @@ class ContainerExecutor(Executor):
     """Starts training hosts as containers of :attr:`HostSpec.image` with ``/opt/ml`` mounted.
 
     ``engine`` is a name or path (default: :func:`detect_engine`, which honours
-    ``$SELFMAKER_CONTAINER_ENGINE``); detection happens on the first :meth:`start`.
+    ``$SELFMAKER_CONTAINER_ENGINE``); detection happens on the first :meth:`start`. ``gpus`` is the GPU
+    setting of :func:`gpu_arguments` (default ``$SELFMAKER_CONTAINER_GPUS``, else ``auto``).
     """
 
     kind = "container"
 
-    def __init__(self, engine: str | None = None, pull_timeout: float = PULL_TIMEOUT) -> None:
+    def __init__(self, engine: str | None = None, pull_timeout: float = PULL_TIMEOUT, gpus: str | None = None) -> None:
         self._engine_override = engine
         self._engine: str | None = None
         self.pull_timeout = pull_timeout
+        self.gpus = gpu_mode(gpus)
+        self.host_has_gpu = host_has_nvidia_gpu()
         self._networks: set[str] = set()
         self._images_checked: set[str] = set()
 
@@ -210,6 +253,7 @@ class ContainerExecutor(Executor):
                "--label", f"selfmaker.host={spec.host}"]
         if network:
             cmd += ["--network", network, "--network-alias", spec.host]
+        cmd += gpu_arguments(self.engine, spec.instance_type, self.gpus, self.host_has_gpu)
         for key in sorted(spec.env):
             cmd += ["-e", key]
         args = list(spec.arguments) or ["train"]
