@@ -111,7 +111,10 @@ class ModelServer(BaseApplication):
         """Build the app in the worker and start loading the model in the background."""
         from serving.dataplane import DataPlane
         from serving.http.app import create_app
+        from serving.http.response import install as install_one_write_response
         from serving.metrics import Metrics
+
+        install_one_write_response()
 
         settings = self.settings
         plane = DataPlane(settings.model_data or settings.model_dir, settings, state_dir=self.state_dir / "model-source")

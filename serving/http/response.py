@@ -1,0 +1,48 @@
+"""gunicorn's HTTP/1 response writer, sending a whole small response in one ``send``.
+
+gunicorn writes the status line and headers with one ``sendall`` and then each body chunk with
+another. For a model server's typical answer (a few hundred bytes, ``Content-Length`` known, one
+body chunk) that is two system calls and two TCP segments per request where one does; on loopback
+the second costs about as much CPU as a small model's prediction. :class:`OneWriteResponse` joins
+the header block and the first body chunk when the chunk is the entire body and small, and defers
+to gunicorn in every other case (chunked, HEAD/204/304, partial or large bodies, headers already
+sent). :func:`install` makes gunicorn's ``wsgi.create`` build it; call it in the worker process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn import util
+from gunicorn.http import wsgi
+
+#: Larger bodies go out as gunicorn sends them (copying a big body to prepend headers costs more).
+MAX_JOINED_BODY = 256 * 1024
+
+
+class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
+    """A ``gunicorn.http.wsgi.Response`` that sends headers + a complete small body together."""
+
+    def write(self, arg: Any) -> None:
+        if (
+            not self.headers_sent
+            and type(arg) is bytes
+            and not self.chunked
+            and self.response_length == len(arg)
+            and 0 < len(arg) <= MAX_JOINED_BODY
+            and not getattr(self, "_omits_body", False)
+            and self.req.method != "HEAD"
+        ):
+            tosend = self.default_headers()
+            tosend.extend([f"{key}: {value}\r\n" for key, value in self.headers])
+            head = ("".join(tosend) + "\r\n").encode("latin-1")
+            util.write(self.sock, head + arg)
+            self.headers_sent = True
+            self.sent = len(arg)
+            return
+        super().write(arg)
+
+
+def install() -> None:
+    """Make gunicorn build :class:`OneWriteResponse` for HTTP/1 requests in this process."""
+    wsgi.Response = OneWriteResponse
