@@ -151,7 +151,7 @@ make_wheelhouse() {  # $1 = requirements file name under images/, $2 = destinati
 make_context() {  # $1 = context dir, $2 = wheelhouse dir or ""
   local ctx="$1" wheelhouse="$2"
   rm -rf "$ctx" && mkdir -p "$ctx/wheels" "$ctx/dist"
-  cp "$ROOT"/images/requirements*.txt "$ROOT/images/entrypoint.sh" "$ctx/"
+  cp "$ROOT"/images/requirements*.txt "$ROOT/images/entrypoint.sh" "$ROOT/images/slim_venv.py" "$ctx/"
   if [[ -n "$wheelhouse" ]]; then
     # hard links: the context costs no copy of the wheelhouse
     cp -l "$wheelhouse"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$wheelhouse"/*.whl "$ctx/wheels/"
