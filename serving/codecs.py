@@ -49,7 +49,13 @@ def decode_csv(body: bytes, dtype: Any = np.float32) -> np.ndarray:
     if b"\r" in text:
         text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     first_end = text.find(b"\n")
-    first = text if first_end < 0 else text[:first_end]
+    if first_end < 0:  # one record: the common real-time request
+        fields = text.split(b",")
+        try:
+            return np.array(fields, dtype=dtype).reshape(1, len(fields))
+        except (ValueError, TypeError):
+            return _decode_csv_slow(text, dtype, len(fields))
+    first = text[:first_end]
     n_cols = first.count(b",") + 1
     fields = text.replace(b"\n", b",").split(b",")
     if len(fields) % n_cols == 0:
