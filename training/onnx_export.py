@@ -45,34 +45,151 @@ def save(model: onnx.ModelProto, model_dir: Path) -> Path:
 
 
 # -- xgboost ------------------------------------------------------------------------------------
+ML_OPSET = 3  # ai.onnx.ml: TreeEnsembleRegressor with nodes_missing_value_tracks_true
+
+# How each objective turns the tree margin into xgboost's prediction, and how xgboost (≥ 1.x stores
+# base_score in prediction space) turns the saved base_score into the margin it starts from.
+_LINKS: dict[str, tuple[str, str]] = {
+    "reg:squarederror": ("identity", "identity"), "reg:squaredlogerror": ("identity", "identity"),
+    "reg:pseudohubererror": ("identity", "identity"), "reg:absoluteerror": ("identity", "identity"),
+    "reg:linear": ("identity", "identity"),
+    "reg:logistic": ("sigmoid", "logit"), "binary:logistic": ("sigmoid", "logit"),
+    "binary:logitraw": ("sigmoid", "identity"),  # served as probabilities (docs/training.md, Limits)
+    "binary:hinge": ("hinge", "identity"),
+    "count:poisson": ("exp", "log"), "reg:gamma": ("exp", "log"), "reg:tweedie": ("exp", "log"),
+    "multi:softmax": ("softmax", "identity"), "multi:softprob": ("softmax", "identity"),
+}
+XGBOOST_OBJECTIVES = tuple(_LINKS)
+
+
+def _base_margin(base_score: str, link: str, n_targets: int) -> np.ndarray:
+    """The margin every prediction starts from, per target (xgboost's ``ProbToMargin``, in float32)."""
+    values = np.array([float(v) for v in base_score.strip("[]").split(",") if v.strip()], dtype=np.float32)
+    if values.size == 1:
+        values = np.repeat(values, n_targets)
+    if values.size != n_targets:
+        raise ValueError(f"xgboost base_score has {values.size} values for {n_targets} targets")
+    with np.errstate(divide="ignore"):
+        if link == "logit":
+            values = -np.log(np.float32(1) / values - np.float32(1))
+        elif link == "log":
+            values = np.log(values)
+    return values.astype(np.float32)
+
+
+def _tree_arrays(tree: dict[str, Any], tree_id: int, target: int, n_features: int) -> dict[str, np.ndarray]:
+    """One xgboost JSON tree as TreeEnsembleRegressor attribute columns (unreachable nodes dropped)."""
+    left = np.asarray(tree["left_children"], dtype=np.int64)
+    right = np.asarray(tree["right_children"], dtype=np.int64)
+    if any(int(t) != 0 for t in tree.get("split_type", ())):
+        raise ValueError("the model has categorical splits, which the ONNX export does not support")
+    if int(tree.get("tree_param", {}).get("size_leaf_vector", "1")) > 1:
+        raise ValueError("the model has multi-output trees (multi_strategy), which the ONNX export does not support")
+    # pruned nodes can stay in the arrays; keep only what the root reaches, numbered in visit order
+    order: list[int] = []
+    stack = [0]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        if left[node] != -1:
+            stack += [int(right[node]), int(left[node])]
+    idx = np.asarray(order, dtype=np.int64)
+    renumber = np.full(left.size, -1, dtype=np.int64)
+    renumber[idx] = np.arange(idx.size)
+    is_leaf = left[idx] == -1
+    features = np.asarray(tree["split_indices"], dtype=np.int64)[idx]
+    # xgboost compares float32 feature < float32 split; the JSON holds the float32 values exactly
+    conditions = np.asarray(tree["split_conditions"], dtype=np.float32)[idx]
+    if np.any(features[~is_leaf] >= n_features) or np.any(features[~is_leaf] < 0):
+        raise ValueError(f"the model splits on feature {int(features[~is_leaf].max())}, the input has {n_features} features")
+    branch = ~is_leaf
+    leaves = np.flatnonzero(is_leaf)
+    return {
+        "nodes_treeids": np.full(idx.size, tree_id, dtype=np.int64),
+        "nodes_nodeids": np.arange(idx.size, dtype=np.int64),
+        "nodes_featureids": np.where(branch, features, 0),
+        "nodes_values": np.where(branch, conditions, np.float32(0)),
+        "nodes_modes": np.where(branch, "BRANCH_LT", "LEAF"),
+        "nodes_truenodeids": np.where(branch, renumber[np.where(branch, left[idx], 0)], 0),
+        "nodes_falsenodeids": np.where(branch, renumber[np.where(branch, right[idx], 0)], 0),
+        "nodes_missing_value_tracks_true": np.where(branch, np.asarray(tree["default_left"], dtype=np.int64)[idx], 0),
+        "target_treeids": np.full(leaves.size, tree_id, dtype=np.int64),
+        "target_nodeids": leaves.astype(np.int64),
+        "target_ids": np.full(leaves.size, target, dtype=np.int64),
+        "target_weights": conditions[leaves],  # a leaf's split_condition is its value (eta applied)
+    }
+
+
 def xgboost_to_onnx(booster: Any, n_features: int, objective: str) -> onnx.ModelProto:
-    """Convert a trained ``xgboost.Booster`` with onnxmltools (plus a Sigmoid for ``reg:logistic``)."""
-    from onnxmltools import convert_xgboost
-    from onnxmltools.convert.common.data_types import FloatTensorType
+    """Write a trained ``xgboost.Booster`` (gbtree) as ONNX, straight from its JSON model.
 
-    model = convert_xgboost(booster, name="selfmaker-xgboost", initial_types=[("input", FloatTensorType([None, n_features]))],
-                            target_opset=OPSET)
-    if objective == "reg:logistic":
-        # onnxmltools emits the raw tree sum plus base_score as given; xgboost adds logit(base_score) to the
-        # margin. Measure the offset on a probe and correct it, then apply the logistic link.
-        import onnxruntime as ort
-        import xgboost as xgb
+    The trees become one ``ai.onnx.ml`` TreeEnsembleRegressor that computes xgboost's margin
+    (``base_values`` = the booster's base margin, one target per class, NaN follows ``default_left``);
+    plain ops apply the objective's link: Sigmoid (``binary:logistic``, ``binary:logitraw``,
+    ``reg:logistic``), Softmax + ArgMax (``multi:*``), Exp (``count:poisson``, ``reg:gamma``,
+    ``reg:tweedie``), margin > 0 (``binary:hinge``, xgboost's 0/1 prediction), identity otherwise.
+    """
+    if objective not in _LINKS:
+        raise ValueError(f"objective {objective!r} cannot be exported to ONNX; supported: {', '.join(XGBOOST_OBJECTIVES)}")
+    learner = json.loads(bytes(booster.save_raw("json")))["learner"]
+    saved = learner["objective"]["name"]
+    if saved != objective and {saved, objective} != {"reg:linear", "reg:squarederror"}:
+        raise ValueError(f"the booster was trained with objective {saved}, not {objective}")
+    gbm = learner["gradient_booster"]
+    if gbm["name"] != "gbtree":
+        raise ValueError(f"booster {gbm['name']!r} cannot be exported to ONNX; only gbtree")
+    params = learner["learner_model_param"]
+    if int(params.get("num_target", "1")) > 1:
+        raise ValueError("multi-target models cannot be exported to ONNX")
+    link, base_link = _LINKS[objective]
+    n_targets = max(1, int(params.get("num_class", "0")))
+    base = _base_margin(params["base_score"], base_link, n_targets)
 
-        probe = np.random.default_rng(0).normal(size=(32, n_features)).astype(np.float32)
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        raw_out = sess.run(None, {"input": probe})[0].reshape(-1).astype(np.float64)
-        margin = booster.predict(xgb.DMatrix(probe), output_margin=True).reshape(-1).astype(np.float64)
-        offset = float(np.median(margin - raw_out))
-        graph = model.graph
-        old = graph.output[0].name
-        raw = old + "_raw"
-        for node in graph.node:
-            for i, out in enumerate(node.output):
-                if out == old:
-                    node.output[i] = raw
-        graph.initializer.append(numpy_helper.from_array(np.array([offset], dtype=np.float32), "margin_offset"))
-        graph.node.append(helper.make_node("Add", [raw, "margin_offset"], [old + "_margin"], name="base_margin"))
-        graph.node.append(helper.make_node("Sigmoid", [old + "_margin"], [old], name="logistic"))
+    trees = gbm["model"]["trees"]
+    tree_info = gbm["model"]["tree_info"]
+    parts = [_tree_arrays(tree, i, int(tree_info[i]), n_features) for i, tree in enumerate(trees)]
+    if not parts:  # no trees yet: the prediction is the base margin; ONNX needs at least one node
+        parts = [_tree_arrays({"left_children": [-1], "right_children": [-1], "split_indices": [0], "split_conditions": [0.0],
+                               "default_left": [0]}, 0, 0, n_features)]
+    columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    attrs: dict[str, Any] = {key: value.tolist() for key, value in columns.items()}
+    regression = not objective.startswith(("binary:", "multi:"))
+    margin_name = "variable" if regression and link == "identity" else "margin"
+    nodes = [helper.make_node("TreeEnsembleRegressor", ["input"], [margin_name], name="trees", domain="ai.onnx.ml",
+                              n_targets=n_targets, aggregate_function="SUM", post_transform="NONE",
+                              base_values=base.tolist(), **attrs)]
+    inits: list[onnx.TensorProto] = []
+    if regression:  # one float32 output [N, 1], named like onnxmltools named it
+        if link != "identity":
+            nodes.append(helper.make_node("Sigmoid" if link == "sigmoid" else "Exp", ["margin"], ["variable"], name="link"))
+        outputs = [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])]
+    elif objective.startswith("multi:"):  # probabilities even for multi:softmax (whose xgboost prediction is the label)
+        nodes += [helper.make_node("Softmax", ["margin"], ["probabilities"], axis=1, name="link"),
+                  helper.make_node("ArgMax", ["margin"], ["label"], axis=1, keepdims=0, name="class")]
+        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_targets])]
+    else:  # binary classifiers: P(class 1) as the second column, label = P(1) >= 0.5 (signature threshold)
+        inits += [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+                  numpy_helper.from_array(np.array([0.5], dtype=np.float32), "threshold"),
+                  numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+        if link == "sigmoid":
+            nodes.append(helper.make_node("Sigmoid", ["margin"], ["p1"], name="link"))
+        else:  # hinge: xgboost predicts 1 when the margin is > 0, else 0
+            inits.append(numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"))
+            nodes += [helper.make_node("Greater", ["margin", "zero"], ["positive"], name="link"),
+                      helper.make_node("Cast", ["positive"], ["p1"], to=TensorProto.FLOAT)]
+        nodes += [helper.make_node("Sub", ["one", "p1"], ["p0"]),
+                  helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
+                  helper.make_node("Squeeze", ["p1", "axis1"], ["p1_flat"]),
+                  helper.make_node("GreaterOrEqual", ["p1_flat", "threshold"], ["is_pos"]),
+                  helper.make_node("Cast", ["is_pos"], ["label"], to=TensorProto.INT64)]
+        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])]
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])
+    graph = helper.make_graph(nodes, "selfmaker-xgboost", [inp], outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+                              producer_name="selfmaker")
+    model.ir_version = 8
     return model
 
 

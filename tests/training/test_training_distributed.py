@@ -36,6 +36,14 @@ def test_distributed_xgboost_on_two_hosts_matches_one_host(tmp_path: Path) -> No
     params = {"objective": "binary:logistic", "max_depth": 4, "tree_method": "hist", "nthread": 1}
     single = xgb.train(params, xgb.DMatrix(Xt, label=yt), num_boost_round=20)
     acc_one = float(np.mean((single.predict(xgb.DMatrix(Xv)) >= 0.5) == yv))
-    acc_two = float(np.mean(onnx_predict(local_model(two, tmp_path / "m-two"), Xv)["label"] == yv))
+    model_dir = local_model(two, tmp_path / "m-two")
+    acc_two = float(np.mean(onnx_predict(model_dir, Xv)["label"] == yv))
     assert acc_one > 0.93 and acc_two > 0.93
     assert abs(acc_two - acc_one) <= 0.02, (acc_one, acc_two)
+    # the ONNX graph is the distributed booster itself, missing values included
+    probe = Xv.copy()
+    probe[::3, 1] = np.nan
+    two_hosts = xgb.Booster()
+    two_hosts.load_model(bytearray((model_dir / "xgboost-model").read_bytes()))  # UBJSON without a file extension
+    np.testing.assert_allclose(onnx_predict(model_dir, probe)["probabilities"][:, 1],
+                               two_hosts.predict(xgb.DMatrix(probe, missing=np.nan)), atol=1e-5, rtol=1e-5)
