@@ -390,7 +390,12 @@ class HooksHandler:
         if ctype == contract.NPZ:
             from sagemaker_inference import decoder
 
-            return decoder.decode(input_data, contract.NPZ)
+            try:
+                return decoder.decode(input_data, contract.NPZ)
+            except Exception as exc:  # scipy/zipfile raise many types for a body that is not save_npz output
+                raise BadRequestError(
+                    f"malformed application/x-npz body (expected scipy.sparse.save_npz output): {type(exc).__name__}: {exc}"
+                ) from None
         dtype = self.model.input_dtype if isinstance(self.model, OnnxModel) else np.float32
         return codecs.decode(input_data, ctype, dtype)
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import orjson
 import pytest
+import scipy.sparse
 
 from serving.dataplane import DataPlane
 from serving.errors import (
@@ -358,3 +359,22 @@ def test_classifier_with_a_single_probability_output(model_factory: Callable[...
     predictions = orjson.loads(plane_for(model).invoke(CSV_BODY, "text/csv")[0])["predictions"]
     np.testing.assert_allclose([p["score"] for p in predictions], p1, rtol=1e-5)
     assert [p["predicted_label"] for p in predictions] == [int(v >= 0.5) for v in p1]
+
+
+def test_npz_bodies_through_the_default_input_fn(binary_model: Path, tmp_path: Path) -> None:
+    """A sparse matrix (scipy.sparse.save_npz) decodes; anything else is a 400 naming the format."""
+    source = '''
+        def predict_fn(data, model):
+            return {"shape": list(data.shape), "nnz": int(data.nnz)}
+    '''
+    plane = plane_for(with_code(binary_model, tmp_path, source))
+    matrix = scipy.sparse.random(3, 20, density=0.2, format="csr", dtype="float32", random_state=0)
+    buffer = io.BytesIO()
+    scipy.sparse.save_npz(buffer, matrix)
+    body, _ = plane.invoke(buffer.getvalue(), "application/x-npz", "application/json")
+    assert json.loads(body) == {"shape": [3, 20], "nnz": int(matrix.nnz)}
+    dense = io.BytesIO()
+    np.savez(dense, x=np.ones((2, 2)))
+    for bad in (dense.getvalue(), b"not a zip file", b""):
+        with pytest.raises(BadRequestError, match="malformed application/x-npz body"):
+            plane.invoke(bad, "application/x-npz", "application/json")
