@@ -87,14 +87,15 @@ class DataPlane:
                 # in-process use on a plain directory: nothing to unpack, nothing to share
                 self.model_dir = Path(self.source)
                 if self.settings.install_requirements:
-                    install_requirements(self.model_dir)
+                    install_requirements(self.model_dir, self.settings.pip_wheel)
             else:
                 if self._state_dir is None:
                     tmp = tempfile.mkdtemp(prefix="selfmaker-model-")
                     self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
                     self._state_dir = Path(tmp)
                 self.model_dir = prepare_model(
-                    self.source, self._state_dir, install=self.settings.install_requirements
+                    self.source, self._state_dir, install=self.settings.install_requirements,
+                    pip_wheel=self.settings.pip_wheel,
                 )
             handler = build_handler(
                 self.model_dir,

@@ -12,6 +12,7 @@ the error names the member.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import posixpath
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -28,6 +30,8 @@ from serving.errors import ModelSourceError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 
+#: the setting (ServingSettings.pip_wheel) named in the "no pip" error
+PIP_WHEEL_ENV = "SELFMAKER_PIP_WHEEL"
 _RESULT_FILE = "prepared.json"
 _LOCK_FILE = "prepare.lock"
 
@@ -126,21 +130,50 @@ def resolve_source(source: str, work_dir: Path) -> Path:
     raise ModelSourceError(f"model source {source} does not exist")
 
 
-def install_requirements(model_dir: Path) -> None:
-    """``pip install -r code/requirements.txt`` into this interpreter's environment, if the file exists."""
+def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> list[str]:
+    """The command that runs pip for this interpreter: ``-m pip`` when pip is installed, else pip from its wheel.
+
+    ``pip_installed`` defaults to whether this interpreter can import pip.  selfmaker's image has no pip
+    module but ships pip's wheel (``SELFMAKER_PIP_WHEEL``), and pip runs from a wheel as
+    ``python <wheel>/pip``.  Raises :class:`ModelSourceError` when neither is available.
+    (training/script_mode.py has the same function: serving and training import nothing of each other.)
+    """
+    python = sys.executable
+    if pip_installed is None:
+        pip_installed = importlib.util.find_spec("pip") is not None
+    if pip_installed:
+        return [python, "-m", "pip"]
+    if pip_wheel and Path(pip_wheel).is_file():
+        return [python, f"{pip_wheel}/pip"]
+    why = f"{PIP_WHEEL_ENV}={pip_wheel} does not exist" if pip_wheel else f"{PIP_WHEEL_ENV} is not set"
+    raise ModelSourceError(f"code/requirements.txt needs pip, which is not available: {python} has no pip module "
+                           f"and {why}. Install pip into that environment or set {PIP_WHEEL_ENV} to a pip wheel "
+                           "(pip-*.whl)")
+
+
+def install_requirements(model_dir: Path, pip_wheel: str | None = None) -> None:
+    """``pip install -r code/requirements.txt`` into this interpreter's environment, if the file exists.
+
+    pip: :func:`pip_command` (``pip_wheel`` is the ``SELFMAKER_PIP_WHEEL`` setting).
+    """
     requirements = model_dir / contract.CODE_DIR / contract.REQUIREMENTS_FILE
     if not requirements.is_file():
         return
     log.info("installing %s", requirements)
-    command = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "-q", "-r", str(requirements)]
+    command = [*pip_command(pip_wheel), "install", "--no-input", "--disable-pip-version-check", "-q", "-r", str(requirements)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=str(requirements.parent), timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise ModelSourceError(f"pip install -r code/requirements.txt failed: {' '.join(tail)}")
+        site = sysconfig.get_paths()["purelib"]
+        # e.g. a server that dropped root in an image whose environment root owns
+        hint = "" if os.access(site, os.W_OK) else f" ({site} is not writable by this user)"
+        raise ModelSourceError(f"pip install -r code/requirements.txt failed: {' '.join(tail)}{hint}")
 
 
-def prepare_model(source: str, state_dir: Path, *, install: bool = True) -> Path:
+def prepare_model(source: str, state_dir: Path, *, install: bool = True, pip_wheel: str | None = None) -> Path:
     """Resolve ``source`` and install its requirements once per ``state_dir``; return the model dir.
+
+    ``pip_wheel``: see :func:`pip_command`.
 
     Safe to call from every worker: a file lock serialises the work and the first result (directory
     or error message) is recorded in ``state_dir`` and replayed to the others.
@@ -158,7 +191,7 @@ def prepare_model(source: str, state_dir: Path, *, install: bool = True) -> Path
             try:
                 model_dir = resolve_source(source, state_dir)
                 if install:
-                    install_requirements(model_dir)
+                    install_requirements(model_dir, pip_wheel)
             except ModelSourceError as exc:
                 result_path.write_text(json.dumps({"error": exc.message}))
                 raise

@@ -24,7 +24,8 @@ class ServingSettings(BaseSettings):
     ``port`` (SAGEMAKER_BIND_TO_PORT), ``workers`` (SAGEMAKER_MODEL_SERVER_WORKERS, default one per
     core), ``timeout`` (SAGEMAKER_MODEL_SERVER_TIMEOUT, seconds per request), ``max_payload_mb``
     (SAGEMAKER_MAX_PAYLOAD_IN_MB, 1..1024), ``program`` (SAGEMAKER_PROGRAM, the hooks module in
-    ``code/``), ``default_accept`` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT).
+    ``code/``), ``default_accept`` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT), ``pip_wheel``
+    (SELFMAKER_PIP_WHEEL, pip's wheel for ``code/requirements.txt`` when the interpreter has no pip).
     """
 
     model_config = SettingsConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
@@ -46,6 +47,8 @@ class ServingSettings(BaseSettings):
     ort_threads: int | None = Field(None, alias="SELFMAKER_ORT_THREADS", ge=1)
     use_gpu: bool | None = Field(None, alias="SELFMAKER_USE_GPU")
     install_requirements: bool = Field(True, alias="SELFMAKER_INSTALL_REQUIREMENTS")
+    #: pip wheel that installs code/requirements.txt when this interpreter has no pip (set by the image)
+    pip_wheel: str | None = Field(None, alias="SELFMAKER_PIP_WHEEL")
     log_level: str = Field("INFO", alias="SELFMAKER_LOG_LEVEL")
     access_log: bool = Field(True, alias="SELFMAKER_ACCESS_LOG")
     state_dir: str | None = Field(None, alias="SELFMAKER_SERVE_STATE_DIR")

@@ -5,9 +5,12 @@ Package-specific fixtures live in ``tests/<package>/conftest.py``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import socket
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +58,35 @@ def wait_http(url: str, *, timeout: float = 30.0, status: int = 200, alive: Call
 @pytest.fixture
 def free_port() -> int:
     return find_free_port()
+
+
+def build_wheel(dest: Path, name: str, source: str, version: str = "0.1") -> Path:
+    """A pure-Python wheel of one module ``name`` (``name/__init__.py`` = ``source``) in ``dest``, made by
+    hand (METADATA, WHEEL, RECORD with hashes): pip installs it offline, no build backend needed."""
+    dist_info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": source.encode(),
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: selfmaker-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+@pytest.fixture
+def make_wheel() -> Callable[..., Path]:
+    """:func:`build_wheel`: ``make_wheel(dest_dir, module_name, module_source)`` -> the wheel's path."""
+    return build_wheel
 
 
 @pytest.fixture(scope="session")

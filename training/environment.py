@@ -16,6 +16,9 @@ from typing import Any
 from training.errors import UserError
 
 DEFAULT_ROOT = "/opt/ml"
+#: environment variable naming a pip wheel to run pip from when the interpreter has no pip module (the image
+#: sets it: its venv has no pip, but requirements.txt must install)
+PIP_WHEEL_ENV = "SELFMAKER_PIP_WHEEL"
 #: hyperparameters consumed by the toolkit, not passed to the user script
 TOOLKIT_KEYS = {
     "sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
@@ -52,10 +55,15 @@ class TrainingEnvironment:
     input_data_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     resource_config: dict[str, Any] = field(default_factory=dict)
     checkpoint_config: dict[str, Any] = field(default_factory=dict)
+    #: pip wheel for ``requirements.txt`` installs when this interpreter has no pip (``$SELFMAKER_PIP_WHEEL``)
+    pip_wheel: str | None = None
 
     @classmethod
     def load(cls, root: str | Path | None = None) -> TrainingEnvironment:
-        """Read ``<root>/input/config/*.json``; root defaults to ``$SELFMAKER_ML_ROOT`` or ``/opt/ml``."""
+        """Read ``<root>/input/config/*.json``; root defaults to ``$SELFMAKER_ML_ROOT`` or ``/opt/ml``.
+
+        ``pip_wheel`` comes from ``$SELFMAKER_PIP_WHEEL`` (empty means unset).
+        """
         base = Path(root or os.environ.get("SELFMAKER_ML_ROOT") or DEFAULT_ROOT)
         cfg = base / "input" / "config"
         hps = _read_json(cfg / "hyperparameters.json", {})
@@ -67,6 +75,7 @@ class TrainingEnvironment:
             input_data_config=_read_json(cfg / "inputdataconfig.json", {}),
             resource_config=_read_json(cfg / "resourceconfig.json", {}),
             checkpoint_config=_read_json(cfg / "checkpointconfig.json", {}),
+            pip_wheel=os.environ.get(PIP_WHEEL_ENV) or None,
         )
         for sub in (env.model_dir, env.output_data_dir, env.output_intermediate_dir):
             sub.mkdir(parents=True, exist_ok=True)

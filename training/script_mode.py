@@ -8,6 +8,7 @@ directory with the user hyperparameters as ``--name value`` arguments and the ``
 from __future__ import annotations
 
 import collections
+import importlib.util
 import os
 import shlex
 import shutil
@@ -20,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from training.environment import TrainingEnvironment
+from training.environment import PIP_WHEEL_ENV, TrainingEnvironment
 from training.errors import HyperparameterError, UserError
 
 #: the process currently running the user script (SIGTERM is forwarded to it)
@@ -64,17 +65,64 @@ def fetch_submit_dir(uri: str, code_dir: Path) -> None:
 def _extract(archive: Path, code_dir: Path, uri: str) -> None:
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(code_dir, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(code_dir, filter="data")
+            else:  # Python < 3.11.4 (Debian bookworm's 3.11.2, the image's): no extraction filters
+                tar.extractall(code_dir, members=_data_members(tar, code_dir))
     except (tarfile.TarError, OSError) as exc:
         raise UserError(f"sagemaker_submit_directory: {uri} is not a readable tar.gz: {exc}") from exc
 
 
-def install_requirements(code_dir: Path) -> None:
-    """``pip install -r requirements.txt`` when the submit directory has one."""
+def _data_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """What the ``data`` extraction filter allows, for Pythons without it: members (and link targets) stay
+    inside ``dest``, no device/FIFO, no owners and no special mode bits restored."""
+    root = dest.resolve()
+
+    def inside(name: str) -> bool:
+        target = (root / name).resolve()
+        return not name.startswith("/") and (target == root or root in target.parents)
+
+    members = tar.getmembers()
+    for member in members:
+        if not inside(member.name):
+            raise tarfile.TarError(f"member {member.name!r} would land outside the code directory")
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise tarfile.TarError(f"member {member.name!r} is a device, FIFO or special file")
+        if member.issym() and not inside(os.path.join(os.path.dirname(member.name), member.linkname)):
+            raise tarfile.TarError(f"member {member.name!r} links outside the code directory")
+        if member.islnk() and not inside(member.linkname):
+            raise tarfile.TarError(f"member {member.name!r} hard-links outside the code directory")
+        member.mode = (member.mode | 0o600) & 0o755 if member.isfile() else 0o755
+        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
+    return members
+
+
+def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> list[str]:
+    """The command that runs pip for this interpreter: ``-m pip`` when pip is installed, else pip from its wheel.
+
+    ``pip_installed`` defaults to whether this interpreter can import pip.  selfmaker's image has no pip
+    module but ships pip's wheel (``$SELFMAKER_PIP_WHEEL``), and pip runs from a wheel as
+    ``python <wheel>/pip``.  Raises :class:`UserError` when neither is available.
+    """
+    python = sys.executable
+    if pip_installed is None:
+        pip_installed = importlib.util.find_spec("pip") is not None
+    if pip_installed:
+        return [python, "-m", "pip"]
+    if pip_wheel and Path(pip_wheel).is_file():
+        return [python, f"{pip_wheel}/pip"]
+    why = f"{PIP_WHEEL_ENV}={pip_wheel} does not exist" if pip_wheel else f"{PIP_WHEEL_ENV} is not set"
+    raise UserError(f"InstallRequirementsError: requirements.txt needs pip, which is not available: {python} has no "
+                    f"pip module and {why}. Install pip into that environment or set {PIP_WHEEL_ENV} to a pip wheel "
+                    "(pip-*.whl)")
+
+
+def install_requirements(code_dir: Path, pip_wheel: str | None = None) -> None:
+    """``pip install -r requirements.txt`` when the submit directory has one (pip: :func:`pip_command`)."""
     req = code_dir / "requirements.txt"
     if not req.is_file():
         return
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(req)]
+    cmd = [*pip_command(pip_wheel), "install", "--disable-pip-version-check", "-r", str(req)]
     print(f"Installing requirements: {shlex.join(cmd)}", flush=True)
     proc = subprocess.run(cmd, cwd=code_dir, capture_output=True, text=True, check=False)
     sys.stdout.write(proc.stdout)
@@ -106,7 +154,7 @@ def run(env: TrainingEnvironment) -> int:
     script = code_dir / program
     if not script.is_file():
         raise HyperparameterError("sagemaker_program", f"{program!r} not found in the submit directory {submit or code_dir}")
-    install_requirements(code_dir)
+    install_requirements(code_dir, env.pip_wheel)
 
     user_args = to_cmd_args(env.user_hyperparameters)
     module_name = program[:-3] if program.endswith(".py") else program

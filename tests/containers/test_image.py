@@ -94,10 +94,14 @@ def test_image_labels_and_user(engine: str, selfmaker_image: str) -> None:
     labels = config.get("Labels") or {}
     assert labels.get("org.opencontainers.image.version") and labels.get("org.opencontainers.image.source")
     assert config.get("Entrypoint") == ["/usr/local/bin/selfmaker-entrypoint"]
-    # no compilers or pip left in the final image
+    # no compilers and no installed pip (module or command) in the final image -- only pip's wheel, which
+    # runs requirements.txt installs (SELFMAKER_PIP_WHEEL; tests/containers/test_image_pip.py)
     out = run([engine, "run", "--rm", "--entrypoint", "sh", selfmaker_image, "-c",
                "command -v gcc cc pip pip3 || true; /opt/selfmaker/venv/bin/python -m pip --version 2>&1 || true"]).stdout
     assert "gcc" not in out and "/pip" not in out and "No module named pip" in out
+    wheel = run([engine, "run", "--rm", "--entrypoint", "sh", selfmaker_image, "-c",
+                 'echo "$SELFMAKER_PIP_WHEEL"; python "$SELFMAKER_PIP_WHEEL/pip" --version']).stdout.splitlines()
+    assert wheel[0] == "/opt/selfmaker/pip.whl" and wheel[1].startswith("pip ") and "from /opt/selfmaker/pip.whl/pip" in wheel[1]
     size_mb = int(info.get("Size") or info.get("size") or 0) / 1e6
     print(f"selfmaker CPU image: {size_mb:.0f} MB")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tarfile
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from serving_helpers import add_member, tar_dir
 
 from serving.errors import ModelSourceError, UnsafeArchiveError
-from serving.modelsource import prepare_model, resolve_source, safe_extract
+from serving.modelsource import pip_command, prepare_model, resolve_source, safe_extract
+from serving.settings import ServingSettings
 
 
 def _archive(tmp_path: Path, *members: dict) -> Path:
@@ -114,3 +116,33 @@ def test_requirements_install_failure_is_reported(tmp_path: Path, binary_model: 
     (model / "code" / "requirements.txt").write_text("./no-such-local-package-dir\n")
     with pytest.raises(ModelSourceError, match="pip install -r code/requirements.txt failed"):
         prepare_model(str(model), tmp_path / "state")
+
+
+# -- pip for code/requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error ---
+
+def test_pip_command_prefers_the_installed_pip(tmp_path: Path) -> None:
+    wheel = tmp_path / "pip.whl"
+    wheel.write_bytes(b"PK")
+    assert pip_command(str(wheel), pip_installed=True) == [sys.executable, "-m", "pip"]
+    assert pip_command(None) == [sys.executable, "-m", "pip"], "this test environment has pip"
+
+
+def test_pip_command_runs_pip_from_its_wheel_when_pip_is_not_installed(tmp_path: Path) -> None:
+    wheel = tmp_path / "pip-26.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    assert pip_command(str(wheel), pip_installed=False) == [sys.executable, f"{wheel}/pip"]
+
+
+@pytest.mark.parametrize(("configured", "why"), [(None, "SELFMAKER_PIP_WHEEL is not set"),
+                                                 ("/nowhere/pip.whl", "SELFMAKER_PIP_WHEEL=/nowhere/pip.whl does not exist")])
+def test_pip_command_without_any_pip_says_how_to_fix_it(configured: str | None, why: str) -> None:
+    with pytest.raises(ModelSourceError) as info:
+        pip_command(configured, pip_installed=False)
+    assert "code/requirements.txt needs pip, which is not available" in info.value.message
+    assert why in info.value.message and "set SELFMAKER_PIP_WHEEL to a pip wheel" in info.value.message
+
+
+def test_pip_wheel_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServingSettings().pip_wheel is None
+    monkeypatch.setenv("SELFMAKER_PIP_WHEEL", "/opt/selfmaker/pip.whl")
+    assert ServingSettings().pip_wheel == "/opt/selfmaker/pip.whl"

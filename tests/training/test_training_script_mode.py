@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import threading
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from training_helpers import SELFMAKER_IMAGE, channel, extract_model, request, run_job, tar_gz
 
+from training.environment import TrainingEnvironment
+from training.errors import UserError
 from training.runner import TrainingJobRunner
+from training.script_mode import fetch_submit_dir, pip_command
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TOOLKIT_SCRIPT = '''
 import argparse, json, os, sys
@@ -194,3 +206,104 @@ def test_xgboost_image_with_an_entry_point_runs_the_script(tmp_path: Path) -> No
     assert state.status == "Completed", state.failure_reason
     model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
     assert (model / "fw.txt").read_text()
+
+
+# -- pip for requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error --------
+
+def test_pip_command_prefers_the_installed_pip(tmp_path: Path) -> None:
+    wheel = tmp_path / "pip.whl"
+    wheel.write_bytes(b"PK")
+    assert pip_command(str(wheel), pip_installed=True) == [sys.executable, "-m", "pip"]
+    assert pip_command(None) == [sys.executable, "-m", "pip"], "this test environment has pip"
+
+
+def test_pip_command_runs_pip_from_its_wheel_when_pip_is_not_installed(tmp_path: Path) -> None:
+    wheel = tmp_path / "pip-26.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK")
+    assert pip_command(str(wheel), pip_installed=False) == [sys.executable, f"{wheel}/pip"]
+
+
+@pytest.mark.parametrize(("configured", "why"), [(None, "SELFMAKER_PIP_WHEEL is not set"),
+                                                 ("/nowhere/pip.whl", "SELFMAKER_PIP_WHEEL=/nowhere/pip.whl does not exist")])
+def test_pip_command_without_any_pip_says_how_to_fix_it(configured: str | None, why: str) -> None:
+    with pytest.raises(UserError) as info:
+        pip_command(configured, pip_installed=False)
+    message = str(info.value)
+    assert "InstallRequirementsError" in message and "pip, which is not available" in message
+    assert why in message and "set SELFMAKER_PIP_WHEEL to a pip wheel" in message
+
+
+def test_environment_reads_the_pip_wheel_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SELFMAKER_PIP_WHEEL", "/opt/selfmaker/pip.whl")
+    assert TrainingEnvironment.load(tmp_path).pip_wheel == "/opt/selfmaker/pip.whl"
+    monkeypatch.setenv("SELFMAKER_PIP_WHEEL", "")
+    assert TrainingEnvironment.load(tmp_path).pip_wheel is None
+
+
+def _zip_installed_pip(dest: Path) -> Path:
+    """This environment's pip package as a zip with ``pip/`` at its top: runnable as ``python <zip>/pip``,
+    like pip's wheel (no network needed to get one)."""
+    import pip
+
+    package = Path(pip.__file__).parent
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(package.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                archive.write(path, path.relative_to(package.parent).as_posix())
+    return dest
+
+
+def test_requirements_install_with_pip_from_its_wheel_in_an_environment_without_pip(
+        tmp_path: Path, make_wheel: Callable[..., Path]) -> None:
+    """What the image does: a venv without pip installs requirements.txt through SELFMAKER_PIP_WHEEL (offline)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    assert subprocess.run([python, "-c", "import pip"], capture_output=True, check=False).returncode != 0
+    pip_wheel = _zip_installed_pip(tmp_path / "pip.whl")
+    code = tmp_path / "code"
+    make_wheel(code / "wheels", "smk_tinypkg", "GREETING = 'hello from a wheel'\n")
+    (code / "requirements.txt").write_text(f"--no-index\n--find-links {code / 'wheels'}\nsmk_tinypkg\n")
+    install = ("import sys; from pathlib import Path; from training.script_mode import install_requirements; "
+               "install_requirements(Path(sys.argv[1]), sys.argv[2] or None)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PIP_REQUIRE_VIRTUALENV", None)
+    failed = subprocess.run([python, "-c", install, str(code), ""], capture_output=True, text=True, env=env,
+                            check=False, timeout=120)
+    assert failed.returncode != 0 and "SELFMAKER_PIP_WHEEL is not set" in failed.stderr
+    done = subprocess.run([python, "-c", install, str(code), str(pip_wheel)], capture_output=True, text=True,
+                          env=env, check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{pip_wheel}/pip install" in done.stdout
+    greeting = subprocess.run([python, "-c", "import smk_tinypkg; print(smk_tinypkg.GREETING)"],
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+    assert greeting.strip() == "hello from a wheel"
+
+
+def _tar_with(path: Path, member: tarfile.TarInfo) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(member, io.BytesIO(b"x" * member.size) if member.isfile() else None)
+    return path
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["data-filter", "python-without-filters"])
+def test_submit_archive_members_stay_inside_the_code_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool) -> None:
+    """The image's Python (bookworm's 3.11.2) has no tarfile extraction filters: the same members are refused."""
+    if not filters:
+        monkeypatch.delattr(tarfile, "data_filter")
+    good = tmp_path / "good.tar.gz"
+    good.write_bytes(tar_gz({"train.py": "print('ok')\n", "pkg/util.py": "X = 1\n"}))
+    fetch_submit_dir(str(good), tmp_path / "code")
+    assert (tmp_path / "code/train.py").read_text() == "print('ok')\n" and (tmp_path / "code/pkg/util.py").is_file()
+    escape = tarfile.TarInfo("../evil.py")
+    escape.size = 1
+    link = tarfile.TarInfo("passwd")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    fifo = tarfile.TarInfo("pipe")
+    fifo.type = tarfile.FIFOTYPE
+    for number, member in enumerate((escape, link, fifo)):
+        archive = _tar_with(tmp_path / f"bad{number}.tar.gz", member)
+        with pytest.raises(UserError, match="sagemaker_submit_directory"):
+            fetch_submit_dir(str(archive), tmp_path / f"code{number}")
+    assert not (tmp_path / "evil.py").exists()
