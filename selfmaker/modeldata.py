@@ -30,11 +30,14 @@ def model_data_uri(container: dict[str, Any]) -> tuple[str | None, bool]:
 
 
 def _extract(archive: Path, dest: Path) -> None:
+    """The model server's safe unpacking (member checks on every Python, not only those with tar filters)."""
+    from serving.errors import ModelSourceError
+    from serving.modelsource import safe_extract
+
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise ModelDataError(f"could not extract model data {archive.name}: {exc}") from exc
+        safe_extract(archive, dest)
+    except ModelSourceError as exc:
+        raise ModelDataError(f"could not extract model data {archive.name}: {exc.message}") from exc
 
 
 def _s3_client() -> Any:

@@ -90,7 +90,8 @@ def safe_extract(archive_path: Path, target: Path) -> Path:
     except UnsafeArchiveError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, tarfile.FilterError):
+        filter_error = getattr(tarfile, "FilterError", None)  # absent before Python 3.10.12 / 3.11.4
+        if filter_error is not None and isinstance(exc, filter_error):
             raise UnsafeArchiveError(f"archive member {getattr(exc, 'tarinfo', None) and exc.tarinfo.name!r} refused: {exc}") from exc
         raise ModelSourceError(f"cannot unpack {archive_path.name}: {exc}") from exc
     return target
