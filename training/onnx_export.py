@@ -44,6 +44,32 @@ def save(model: onnx.ModelProto, model_dir: Path) -> Path:
     return path
 
 
+# -- classifier heads shared by the built-ins -----------------------------------------------------
+def _binary_head(threshold: float) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[onnx.ValueInfoProto]]:
+    """From ``p1`` (P(class 1), float32 [N, 1]): ``probabilities`` [N, 2] and ``label`` = p1 >= threshold."""
+    inits = [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+             numpy_helper.from_array(np.array([threshold], dtype=np.float32), "threshold")]
+    nodes = [helper.make_node("Sub", ["one", "p1"], ["p0"]),
+             helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
+             helper.make_node("Squeeze", ["p1", "axis1"], ["p1_flat"]),
+             helper.make_node("GreaterOrEqual", ["p1_flat", "threshold"], ["is_pos"]),
+             helper.make_node("Cast", ["is_pos"], ["label"], to=TensorProto.INT64)]
+    return nodes, inits, _classifier_outputs(2)
+
+
+def _multiclass_head(n_classes: int) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
+    """From ``margin`` [N, C]: ``probabilities`` = Softmax, ``label`` = ArgMax."""
+    nodes = [helper.make_node("Softmax", ["margin"], ["probabilities"], axis=1),
+             helper.make_node("ArgMax", ["margin"], ["label"], axis=1, keepdims=0)]
+    return nodes, _classifier_outputs(n_classes)
+
+
+def _classifier_outputs(n_classes: int) -> list[onnx.ValueInfoProto]:
+    return [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])]
+
+
 # -- xgboost ------------------------------------------------------------------------------------
 ML_OPSET = 3  # ai.onnx.ml: TreeEnsembleRegressor with nodes_missing_value_tracks_true
 
@@ -164,27 +190,17 @@ def xgboost_to_onnx(booster: Any, n_features: int, objective: str) -> onnx.Model
             nodes.append(helper.make_node("Sigmoid" if link == "sigmoid" else "Exp", ["margin"], ["variable"], name="link"))
         outputs = [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])]
     elif objective.startswith("multi:"):  # probabilities even for multi:softmax (whose xgboost prediction is the label)
-        nodes += [helper.make_node("Softmax", ["margin"], ["probabilities"], axis=1, name="link"),
-                  helper.make_node("ArgMax", ["margin"], ["label"], axis=1, keepdims=0, name="class")]
-        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_targets])]
+        head, outputs = _multiclass_head(n_targets)
+        nodes += head
     else:  # binary classifiers: P(class 1) as the second column, label = P(1) >= 0.5 (signature threshold)
-        inits += [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
-                  numpy_helper.from_array(np.array([0.5], dtype=np.float32), "threshold"),
-                  numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+        head, inits, outputs = _binary_head(0.5)
         if link == "sigmoid":
             nodes.append(helper.make_node("Sigmoid", ["margin"], ["p1"], name="link"))
         else:  # hinge: xgboost predicts 1 when the margin is > 0, else 0
             inits.append(numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"))
             nodes += [helper.make_node("Greater", ["margin", "zero"], ["positive"], name="link"),
                       helper.make_node("Cast", ["positive"], ["p1"], to=TensorProto.FLOAT)]
-        nodes += [helper.make_node("Sub", ["one", "p1"], ["p0"]),
-                  helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
-                  helper.make_node("Squeeze", ["p1", "axis1"], ["p1_flat"]),
-                  helper.make_node("GreaterOrEqual", ["p1_flat", "threshold"], ["is_pos"]),
-                  helper.make_node("Cast", ["is_pos"], ["label"], to=TensorProto.INT64)]
-        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])]
+        nodes += head
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])
     graph = helper.make_graph(nodes, "selfmaker-xgboost", [inp], outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
@@ -205,24 +221,12 @@ def linear_to_onnx(weights: np.ndarray, bias: np.ndarray, task: str, threshold: 
     nodes = [helper.make_node("MatMul", ["input", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["margin"])]
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])
     if task == "binary_classification":
-        inits += [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
-                  numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-                  numpy_helper.from_array(np.array([threshold], dtype=np.float32), "threshold")]
-        nodes += [
-            helper.make_node("Sigmoid", ["margin"], ["p1"]),
-            helper.make_node("Sub", ["one", "p1"], ["p0"]),
-            helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
-            helper.make_node("Squeeze", ["p1", "axis1"], ["p1_flat"]),
-            helper.make_node("GreaterOrEqual", ["p1_flat", "threshold"], ["is_pos"]),
-            helper.make_node("Cast", ["is_pos"], ["label"], to=TensorProto.INT64),
-        ]
-        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])]
+        head, head_inits, outputs = _binary_head(threshold)
+        nodes += [helper.make_node("Sigmoid", ["margin"], ["p1"]), *head]
+        inits += head_inits
     elif task == "multiclass_classification":
-        nodes += [helper.make_node("Softmax", ["margin"], ["probabilities"], axis=1),
-                  helper.make_node("ArgMax", ["margin"], ["label"], axis=1, keepdims=0)]
-        outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, k])]
+        head, outputs = _multiclass_head(k)
+        nodes += head
     else:
         nodes[-1] = helper.make_node("Add", ["xw", "B"], ["score"])
         outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])]
