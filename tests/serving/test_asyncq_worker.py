@@ -475,6 +475,16 @@ def test_graceful_stop_hands_back_in_flight_request(tmp_path: Path, aws: Aws, co
     queue.close()
 
 
+def worker_cmd(db: Path, model_url: str, *options: str) -> list[str]:
+    """``python -m serving.asyncq`` on the SQLite queue ``db`` (endpoint ``ep``) in front of ``model_url``."""
+    return [sys.executable, "-m", "serving.asyncq", "--queue", f"sqlite:{db}", "--name", "ep",
+            "--model-url", model_url, *options, "--log-level", "WARNING"]
+
+
+def worker_env(aws: Aws) -> dict[str, str]:
+    return {**os.environ, "AWS_ENDPOINT_URL": aws.url, "PYTHONPATH": str(ROOT)}
+
+
 def test_sigkilled_workers_lose_nothing(tmp_path: Path, aws: Aws, container: Container) -> None:
     """Worker processes killed with SIGKILL mid-backlog (twice): every request ends with exactly one object and
     at least one notification; a repeat is possible only for a kill between SNS Publish and the mark."""
@@ -489,24 +499,8 @@ def test_sigkilled_workers_lose_nothing(tmp_path: Path, aws: Aws, container: Con
             r = make_request(aws, aws.put_input(f"in/k{i}.csv", b"ERROR"), inference_id=f"k{i:03d}")
             reqs[i] = r
         queue.put(r)
-    env = {**os.environ, "AWS_ENDPOINT_URL": aws.url, "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "serving.asyncq",
-        "--queue",
-        f"sqlite:{db}",
-        "--name",
-        "ep",
-        "--model-url",
-        container.url,
-        "--concurrency",
-        "3",
-        "--visibility-timeout",
-        "2",
-        "--log-level",
-        "WARNING",
-    ]
+    env = worker_env(aws)
+    cmd = worker_cmd(db, container.url, "--concurrency", "3", "--visibility-timeout", "2")
     kills = 0
     for _ in range(2):
         before = queue.backlog()
@@ -555,23 +549,7 @@ def test_large_input_is_streamed(tmp_path: Path, aws: Aws, container: Container)
     queue.put(
         AsyncRequest(inference_id, "ep", f"file://{src}", out, fail, content_type="application/octet-stream")
     )
-    env = {**os.environ, "AWS_ENDPOINT_URL": aws.url, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.asyncq",
-            "--queue",
-            f"sqlite:{db}",
-            "--name",
-            "ep",
-            "--model-url",
-            container.url,
-            "--log-level",
-            "WARNING",
-        ],
-        env=env,
-    )
+    proc = subprocess.Popen(worker_cmd(db, container.url), env=worker_env(aws))
     try:
         wait_until(lambda: queue.backlog() == 0, timeout=120, what="big request done")
         peak_kib = _peak_rss_kib(proc.pid)
