@@ -25,6 +25,10 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 
+#: SELFMAKER_SERVE_WORKER_CLASS -> gunicorn worker class
+_WORKER_CLASSES = {"inline": "serving.http.worker.InlineWorker", "gthread": "gthread", "sync": "sync"}
+
+
 class WorkerReadiness:
     """Ready markers of the workers in ``<state_dir>/ready/<pid>``."""
 
@@ -89,7 +93,7 @@ class ModelServer(BaseApplication):
             "when_ready": when_ready,
             "bind": [f"{_bracket(settings.effective_host())}:{settings.port}"],
             "workers": self.workers,
-            "worker_class": settings.worker_class,
+            "worker_class": _WORKER_CLASSES[settings.worker_class],
             "threads": settings.threads if settings.worker_class == "gthread" else 1,
             "timeout": settings.timeout,
             "graceful_timeout": 10,

@@ -223,11 +223,11 @@ def test_s3_model_data_through_moto(
         "--model-data", "s3://serving-models/m/model.tar.gz", env={"AWS_ENDPOINT_URL_S3": moto_server}, workers=2
     )
     direct = serve("--model-dir", str(binary_model))
-    with requests.Session() as session:  # keep-alive connections on the (default) gthread workers
+    with requests.Session() as session:  # keep-alive connections on the (default) inline workers
         for _ in range(5):
             answer = session.post(server.url + "/invocations", data=ROW, headers={"Content-Type": "text/csv"}, timeout=10)
             assert answer.json() == post(direct, ROW).json()
-    assert "Using worker: gthread" in server.log()
+    assert "Using worker: serving.http.worker.InlineWorker" in server.log()
 
 
 def test_server_stops_when_its_supervisor_is_killed(binary_model: Path, tmp_path: Path) -> None:

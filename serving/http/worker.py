@@ -1,0 +1,79 @@
+"""The ``inline`` gunicorn worker: gthread's keep-alive event loop, each request run on the loop thread.
+
+gunicorn's ``gthread`` worker hands every request from its event loop to a thread pool and the
+finished connection back to the loop through a pipe: per request a pool hand-off, a pipe write and
+read, a future and its callback, and thread wake-ups (futex calls). For a CPU-bound model that runs
+as one process per core those threads buy nothing — the GIL lets one of them run at a time — and on
+a 2-core machine they cost about 15 % of the requests per second (see docs/serving.md). This worker
+keeps everything else of gthread (keep-alive connections parked in the poller, their timeouts,
+graceful shutdown, the worker heartbeat) and runs ``handle()`` inline when a connection is readable.
+
+The trade-offs are those of gunicorn's ``sync`` worker, which SageMaker's own model servers share
+(each of their workers answers one request at a time): one slow request holds up the other
+connections of its worker, a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
+the worker restarted, and a client that stalls half-way through a request holds the worker until that
+timeout. Behind a buffering front (the platform's router, a load balancer) that is no concern; for
+hooks that wait on I/O, ``gthread`` is the better choice.
+"""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import time
+from concurrent import futures
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker, TConn
+
+#: Requests answered back to back for one connection whose client pipelines them, before the
+#: other connections get their turn.
+PIPELINE_BURST = 16
+
+
+class InlineWorker(ThreadWorker):  # type: ignore[misc]
+    """A ``gthread`` worker without the pool: requests are handled on the event-loop thread."""
+
+    def get_thread_pool(self) -> futures.ThreadPoolExecutor:
+        # gthread shuts its pool down on exit; one that is never submitted to starts no thread
+        return futures.ThreadPoolExecutor(max_workers=1)
+
+    def accept(self, listener: socket.socket) -> None:
+        """Park a new connection in the poller until its first request arrives.
+
+        gthread instead lets a pool thread wait (up to 5 s) for the first bytes; here that wait would
+        stall the whole loop.
+        """
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client, address, listener.getsockname())
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn))
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """Answer the connection's request now; return it to the poller (or close it) after."""
+        for _ in range(PIPELINE_BURST):
+            done: futures.Future[Any] = futures.Future()
+            try:
+                done.set_result(self.handle(conn))
+            except BaseException as exc:  # handle() maps its own errors; this keeps the loop alive
+                done.set_exception(exc)
+            if not (done.exception() is None and done.result() and self._has_buffered_request(conn)):
+                self.finish_request(conn, done)
+                return
+            self.notify()  # a pipelining client: answer its next request without polling
+        # fairness: the rest of this client's pipeline waits one turn of the loop
+        self.method_queue.defer(self.enqueue_req, conn)
+
+    @staticmethod
+    def _has_buffered_request(conn: TConn) -> bool:
+        parser = conn.parser
+        return parser is not None and bool(parser.unreader.buf.getvalue())
