@@ -17,7 +17,7 @@ from typing import Any
 
 from serving import contract
 from serving.dataplane import DataPlane
-from serving.errors import PayloadTooLargeError, error_body, error_response
+from serving.errors import BadRequestError, PayloadTooLargeError, ServingError, error_body, error_response
 from serving.metrics import Metrics
 
 log = logging.getLogger("serving.http.app")
@@ -75,24 +75,43 @@ class FastPath:
             body = error_body(503, "model is loading")
         return 503, [("Content-Type", _JSON), ("Content-Length", str(len(body)))], body
 
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
+        """The request body, at most ``max_bytes`` (413 above). Socket errors — a client that went
+        away or stalled past the worker's read timeout — propagate to gunicorn, which drops the
+        connection: there is no one left to answer."""
+        try:
+            return self._read_limited(environ)
+        except (OSError, ServingError):
+            raise
+        except Exception as exc:  # the WSGI server's own framing errors (bad chunk sizes, ...)
+            raise BadRequestError(f"malformed request body: {type(exc).__name__}") from exc
+
+    def _read_limited(self, environ: dict[str, Any]) -> bytes:
+        length_text = environ.get("CONTENT_LENGTH")
+        if length_text:
+            try:
+                length = int(length_text)
+            except ValueError:
+                length = -1
+            if length > self.max_bytes:
+                raise PayloadTooLargeError(
+                    f"request body of {length} bytes exceeds the {self.max_payload_mb} MB limit"
+                )
+            return environ["wsgi.input"].read(length) if length > 0 else b""
+        # chunked: read at most one byte past the limit
+        body = environ["wsgi.input"].read(self.max_bytes + 1)
+        if len(body) > self.max_bytes:
+            raise PayloadTooLargeError(f"request body exceeds the {self.max_payload_mb} MB limit")
+        return body
+
     def _invoke(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, float | None]:
         model = self.model
         try:
-            length_text = environ.get("CONTENT_LENGTH")
-            if length_text:
-                try:
-                    length = int(length_text)
-                except ValueError:
-                    length = -1
-                if length > self.max_bytes:
-                    raise PayloadTooLargeError(
-                        f"request body of {length} bytes exceeds the {self.max_payload_mb} MB limit"
-                    )
-                body = environ["wsgi.input"].read(length) if length > 0 else b""
-            else:  # chunked: read at most one byte past the limit
-                body = environ["wsgi.input"].read(self.max_bytes + 1)
-                if len(body) > self.max_bytes:
-                    raise PayloadTooLargeError(f"request body exceeds the {self.max_payload_mb} MB limit")
+            body = self._read_body(environ)
+        except ServingError as exc:
+            status, out = error_response(exc)
+            return status, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None
+        try:
             if not model.ready:
                 if model.error:
                     body = error_body(503, "model failed to load")

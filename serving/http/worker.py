@@ -4,15 +4,15 @@ gunicorn's ``gthread`` worker hands every request from its event loop to a threa
 finished connection back to the loop through a pipe: per request a pool hand-off, a pipe write and
 read, a future and its callback, and thread wake-ups (futex calls). For a CPU-bound model that runs
 as one process per core those threads buy nothing — the GIL lets one of them run at a time — and on
-a 2-core machine they cost about 15 % of the requests per second (see docs/serving.md). This worker
+a 2-core machine they cost about a quarter of the server's CPU time per small request (see docs/serving.md). This worker
 keeps everything else of gthread (keep-alive connections parked in the poller, their timeouts,
 graceful shutdown, the worker heartbeat) and runs ``handle()`` inline when a connection is readable.
 
 The trade-offs are those of gunicorn's ``sync`` worker, which SageMaker's own model servers share
 (each of their workers answers one request at a time): one slow request holds up the other
 connections of its worker, a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
-the worker restarted, and a client that stalls half-way through a request holds the worker until that
-timeout. Behind a buffering front (the platform's router, a load balancer) that is no concern; for
+the worker restarted, and a client that stalls half-way through a request holds the worker for up
+to ``STALL_TIMEOUT`` seconds per read before its connection is dropped. Behind a buffering front (the platform's router, a load balancer) that is no concern; for
 hooks that wait on I/O, ``gthread`` is the better choice.
 """
 
@@ -21,12 +21,17 @@ from __future__ import annotations
 import errno
 import selectors
 import socket
+import struct
 import time
 from concurrent import futures
 from functools import partial
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker, TConn
+
+#: Seconds a socket read or write of a started request may wait for the client before the
+#: connection is dropped (gthread waits as long for a new connection's first bytes).
+STALL_TIMEOUT = 5.0
 
 #: Requests answered back to back for one connection whose client pipelines them, before the
 #: other connections get their turn.
@@ -53,6 +58,12 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
                 raise
             return
         self.nr_conns += 1
+        # kernel-level timeouts (not Python's socket timeout, which polls before every call): a
+        # client that stalls mid-request gets EAGAIN and its connection dropped instead of holding
+        # the worker until gunicorn kills it
+        stall = struct.pack("ll", int(STALL_TIMEOUT), int(STALL_TIMEOUT % 1 * 1e6))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, stall)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, stall)
         conn = TConn(self.cfg, client, address, listener.getsockname())
         conn.timeout = time.monotonic() + self.cfg.keepalive
         self.pending_conns.append(conn)

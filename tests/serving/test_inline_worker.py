@@ -130,3 +130,28 @@ def test_other_worker_classes_stay_selectable(serve: Callable[..., Server], bina
     answer = requests.post(other.url + "/invocations", data=ROWS[2], headers={"Content-Type": "text/csv"}, timeout=10)
     assert answer.status_code == 200 and "predictions" in answer.json()
     assert f"Using worker: {worker_class}" in other.log()
+
+
+def test_a_client_stalling_mid_request_is_dropped_and_the_worker_serves_on(server: Server) -> None:
+    """Headers and half a body, then silence: the connection is closed after the stall timeout
+    (gunicorn's worker timeout, 60 s here, never comes into it) and the same worker answers others."""
+    with connect(server) as stalled:
+        stalled.sendall(invocation(b"1.0,2.0")[:-3].replace(b"Content-Length: 7", b"Content-Length: 70"))
+        time.sleep(0.2)  # let the worker pick the request up and block on the rest of the body
+        assert requests.get(server.url + "/ping", timeout=20).status_code == 200
+        assert stalled.recv(65536) == b""  # dropped without an answer: nobody is left to read one
+    assert "WORKER TIMEOUT" not in server.log()
+    answer = requests.post(server.url + "/invocations", data=ROWS[3], headers={"Content-Type": "text/csv"}, timeout=10)
+    assert answer.status_code == 200
+
+
+def test_malformed_chunked_body_is_a_400(server: Server) -> None:
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n1.0\r\n0\r\n\r\n"
+        )
+        [(status, headers, body)] = read_responses(sock, 1)
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert b"malformed request body" in body
+    assert requests.get(server.url + "/ping", timeout=5).status_code == 200
