@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the whole matrix for the medium model too")
     parser.add_argument("--medium", choices=("gbt", "mlp"), default="gbt")
     parser.add_argument("--worker-classes", default="inline",
-                        help="comma list of gunicorn worker classes to measure (default: the server's default, gthread)")
+                        help="comma list of gunicorn worker classes to measure (default: the server's default, inline)")
     parser.add_argument("--anchors", default="naive,mms", help="comma list of anchors to measure (naive, mms, or none)")
     parser.add_argument("--mms-venv", default=os.environ.get("SELFMAKER_MMS_VENV", "/tmp/selfmaker-mms-venv"),
                         help="venv with /work/shared/anchors/requirements.txt installed (multi-model-server)")
