@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from aiohttp import web
 from pydantic import Field
@@ -81,6 +83,9 @@ class AsyncInferenceSettings(BaseSettings):
     interval: float = Field(0.25, gt=0)
     #: seconds a stopping worker may spend finishing results being stored
     stop_grace: float = Field(15.0, ge=0)
+    #: seconds a finished request stays in the SQLite queue (a repeated InferenceId within this time is
+    #: answered from the record instead of queued again) with its stored inline Body; pruned after
+    retention: float = Field(86400.0, gt=0)
 
 
 # --------------------------------------------------------------------------- config
@@ -208,6 +213,7 @@ class AsyncSupervisor:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._next_prune = 0.0
 
     # ---- queues -------------------------------------------------------------------------------
 
@@ -240,10 +246,51 @@ class AsyncSupervisor:
             self._queues[endpoint] = queue
         return queue
 
+    def forget(self, endpoint: str) -> None:
+        """DeleteEndpoint: drop the endpoint's queued and finished requests, their state and the inline
+        bodies stored for them, so that a new endpoint of the same name starts empty."""
+        queue = self._queues.pop(endpoint, None)
+        if queue is None and self.settings.backend == "sqlite" and endpoint in SqliteQueue.queue_names(self.queue_path):
+            queue = SqliteQueue(self.queue_path, endpoint)
+        shutil.rmtree(self.dir / "inputs" / endpoint, ignore_errors=True)
+        if queue is None:  # not an async endpoint (or never opened: SQS queues are opened while live)
+            return
+        try:
+            dropped = queue.backlog()
+            queue.purge()
+        finally:
+            queue.close()
+        log.info("endpoint %s deleted: %d unfinished async request(s) dropped", endpoint, dropped)
+
+    def forget_orphans(self) -> None:
+        """Queues (SQLite) of endpoints that no longer exist — deleted while the platform was down."""
+        if self.settings.backend != "sqlite":
+            return
+        existing = {record.name for record in self.platform.store.list("endpoint")}
+        for name in SqliteQueue.queue_names(self.queue_path):
+            if name not in existing:
+                self.forget(name)
+
+    def prune(self) -> None:
+        """Forget finished requests older than the retention, and the inline bodies stored for them."""
+        if self.settings.backend != "sqlite":
+            return
+        inputs = (self.dir / "inputs").resolve()
+        for name in SqliteQueue.queue_names(self.queue_path):
+            queue = self.queue(name)
+            assert isinstance(queue, SqliteQueue)
+            for request in queue.prune(self.settings.retention):
+                if not request.input_location.startswith("file:"):
+                    continue
+                path = Path(url2pathname(urlparse(request.input_location).path))
+                if path.parent.parent == inputs:  # an inline Body we stored
+                    path.unlink(missing_ok=True)
+
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the supervision loop."""
+        """Start the supervision loop (after dropping the queues of endpoints deleted meanwhile)."""
+        self.forget_orphans()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="async-supervisor")
 
     def wake(self) -> None:
@@ -274,6 +321,9 @@ class AsyncSupervisor:
             self._wake.clear()
             try:
                 await self.reconcile()
+                if time.monotonic() >= self._next_prune:  # at most once a minute (or per retention)
+                    self._next_prune = time.monotonic() + min(60.0, self.settings.retention)
+                    await asyncio.to_thread(self.prune)
             except Exception:  # noqa: BLE001 - logged; the next pass tries again
                 log.exception("async supervision pass failed")
 
@@ -486,6 +536,13 @@ async def start(platform: Platform) -> None:
     sup = AsyncSupervisor(platform, AsyncInferenceSettings())
     platform.extensions[EXTENSION] = sup
     sup.start()
+
+
+async def forget(platform: Platform, endpoint: str) -> None:
+    """Endpoint-deleted hook: drop the endpoint's async queue (no-op for endpoints without one)."""
+    sup = platform.extensions.get(EXTENSION)
+    if isinstance(sup, AsyncSupervisor):
+        await asyncio.to_thread(sup.forget, endpoint)
 
 
 async def stop(platform: Platform) -> None:

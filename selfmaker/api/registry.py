@@ -78,6 +78,12 @@ def endpoint_hook(fn: F) -> F:
     return _tag("endpoint_hook")(fn)
 
 
+def endpoint_deleted_hook(fn: F) -> F:
+    """Register a hook ``hook(platform, endpoint_name)`` (sync or async) called once an endpoint's
+    servers are stopped, before its record is forgotten."""
+    return _tag("endpoint_deleted_hook")(fn)
+
+
 def config_check(fn: F) -> F:
     """Register an extra CreateEndpointConfig check."""
     return _tag("config_check")(fn)
@@ -98,6 +104,7 @@ class Registry:
     routes: list[tuple[str, str, Callable[..., Any]]] = field(default_factory=list)
     pool_factories: list[Callable[..., Any]] = field(default_factory=list)
     endpoint_hooks: list[Callable[..., Any]] = field(default_factory=list)
+    endpoint_deleted_hooks: list[Callable[..., Any]] = field(default_factory=list)
     config_checks: list[Callable[..., Any]] = field(default_factory=list)
     startup: list[Callable[..., Any]] = field(default_factory=list)
     shutdown: list[Callable[..., Any]] = field(default_factory=list)
@@ -118,6 +125,8 @@ class Registry:
                     self.pool_factories.append(value)
                 elif kind == "endpoint_hook":
                     self.endpoint_hooks.append(value)
+                elif kind == "endpoint_deleted_hook":
+                    self.endpoint_deleted_hooks.append(value)
                 elif kind == "config_check":
                     self.config_checks.append(value)
                 elif kind == "lifecycle":

@@ -368,8 +368,18 @@ class EndpointManager:
         if runtime is not None:
             await self._retire_runtime(runtime)
         shutil.rmtree(self.settings.work_dir / "endpoints" / name.lower(), ignore_errors=True)
+        await self._run_deleted_hooks(runtime.name if runtime is not None else name)
         self.store.delete("endpoint", name)
         log.info("endpoint %s deleted", name)
+
+    async def _run_deleted_hooks(self, name: str) -> None:
+        for hook in self.platform.registry.endpoint_deleted_hooks:
+            try:
+                result = hook(self.platform, name)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # noqa: BLE001 - one extension's failure must not keep the endpoint alive
+                log.exception("endpoint %s: a deletion hook failed", name)
 
     # ---- start-up, health, shutdown ------------------------------------------------------------
 

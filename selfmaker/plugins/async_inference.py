@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from selfmaker import async_inference
-from selfmaker.api.registry import config_check, endpoint_hook, lifecycle, runtime_route
+from selfmaker.api.registry import config_check, endpoint_deleted_hook, endpoint_hook, lifecycle, runtime_route
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime
@@ -24,6 +24,12 @@ def check_async_inference_config(platform: Platform, params: dict[str, Any]) -> 
 def attach_async_inference(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
     """Mark deployments of async endpoint configs (workers follow their instances)."""
     async_inference.attach(platform, runtime, config)
+
+
+@endpoint_deleted_hook
+async def forget_async_queue(platform: Platform, name: str) -> None:
+    """DeleteEndpoint drops the endpoint's queued requests (as SageMaker does)."""
+    await async_inference.forget(platform, name)
 
 
 @runtime_route("POST", "/endpoints/{name}/async-invocations")

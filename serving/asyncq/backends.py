@@ -74,6 +74,11 @@ class QueueBackend(abc.ABC):
     def backlog(self) -> int:
         """Messages not yet acked (waiting or in flight) — SageMaker's ApproximateBacklogSize."""
 
+    @abc.abstractmethod
+    def purge(self) -> None:
+        """Drop every message of this queue and its per-request state (the endpoint was deleted: a
+        new endpoint of the same name must neither process its requests nor see its InferenceIds)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources (connections)."""
 
@@ -86,6 +91,9 @@ class StateStore(Protocol):
 
     def put(self, queue: str, inference_id: str, key: str, value: str) -> None:
         """Store durably (replace); returns once durable."""
+
+    def forget_queue(self, queue: str) -> None:
+        """Delete every fact stored for ``queue``."""
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -193,6 +201,10 @@ class SqliteStateStore:
                 (queue, inference_id, key, value, time.time()),
             )
 
+    def forget_queue(self, queue: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM async_state WHERE queue=?", (queue,))
+
     def close(self) -> None:
         self._db.close()
 
@@ -222,6 +234,18 @@ class SqliteQueue(QueueBackend):
                 (self.name, request.inference_id, request.to_json(), now, now),
             )
             return cur.rowcount == 1
+
+    @staticmethod
+    def queue_names(path: str | Path) -> list[str]:
+        """Names of the queues with any request (finished or not) in the file at ``path``."""
+        if not Path(path).exists():
+            return []
+        db = _SqliteDb(path)
+        try:
+            rows = db.connection().execute("SELECT DISTINCT queue FROM async_queue").fetchall()
+        finally:
+            db.close()
+        return sorted(str(row[0]) for row in rows)
 
     def get_request(self, inference_id: str) -> AsyncRequest | None:
         """The stored request with this InferenceId (used to answer a repeated accept idempotently)."""
@@ -310,26 +334,28 @@ class SqliteQueue(QueueBackend):
         )
         return 0.0 if row[0] is None else max(0.0, time.time() - float(row[0]))
 
-    def prune(self, older_than_seconds: float) -> int:
-        """Forget finished requests (and their state) older than this; returns how many."""
+    def prune(self, older_than_seconds: float) -> list[AsyncRequest]:
+        """Forget finished requests (and their state) finished more than this long ago; returns them
+        (so the caller can delete inputs it stored for them)."""
         cutoff = time.time() - older_than_seconds
         with self._db.transaction() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT inference_id FROM async_queue "
-                    "WHERE queue=? AND done_at IS NOT NULL AND done_at<?",
-                    (self.name, cutoff),
-                )
-            ]
-            for inference_id in ids:
+            rows = conn.execute(
+                "SELECT inference_id, body FROM async_queue WHERE queue=? AND done_at IS NOT NULL AND done_at<?",
+                (self.name, cutoff),
+            ).fetchall()
+            for inference_id, _ in rows:
                 conn.execute(
                     "DELETE FROM async_state WHERE queue=? AND inference_id=?", (self.name, inference_id)
                 )
                 conn.execute(
                     "DELETE FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id)
                 )
-        return len(ids)
+        return [AsyncRequest.from_json(body) for _, body in rows]
+
+    def purge(self) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM async_queue WHERE queue=?", (self.name,))
+            conn.execute("DELETE FROM async_state WHERE queue=?", (self.name,))
 
     def close(self) -> None:
         self._db.close()
@@ -424,6 +450,16 @@ class SqsQueue(QueueBackend):
         )["Attributes"]
         return sum(int(v) for v in attrs.values())
 
+    def purge(self) -> None:
+        """SQS ``PurgeQueue`` (AWS: takes up to 60 s, at most once per 60 s per queue), then the state."""
+        try:
+            self._client.purge_queue(QueueUrl=self.queue_url)
+        except ClientError as exc:
+            if _error_code(exc) not in {"AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"}:
+                raise
+            log.warning("%s: a purge is already in progress", self.queue_url)
+        self.state.forget_queue(self.name)
+
 
 class S3StateStore:
     """:class:`StateStore` as small objects under an ``s3://bucket/prefix`` (no database needed in AWS)."""
@@ -454,6 +490,13 @@ class S3StateStore:
         self._client.put_object(
             Bucket=self._bucket, Key=self._key(queue, inference_id, key), Body=value.encode("utf-8")
         )
+
+    def forget_queue(self, queue: str) -> None:
+        prefix = self._key(queue, "", "") + "/"
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                self._client.delete_objects(Bucket=self._bucket, Delete={"Objects": keys, "Quiet": True})
 
 
 def open_queue(spec: str, name: str, *, state: str | None = None) -> QueueBackend:

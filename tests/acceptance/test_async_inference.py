@@ -371,6 +371,94 @@ def test_scale_to_zero_and_back(platform: Any, moto_server: str, model_tar: str)
     assert note["invocationStatus"] == "Completed"
 
 
+def _instances(sm: Any, name: str) -> int:
+    return int(sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["CurrentInstanceCount"])
+
+
+def _gone(sm: Any, name: str) -> bool:
+    try:
+        sm.describe_endpoint(EndpointName=name)
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] == "ValidationException"
+    return False
+
+
+def test_delete_endpoint_drops_its_queue(platform: Any, moto_server: str, model_tar: str) -> None:
+    """Requests still queued when an endpoint is deleted are dropped with it (as on SageMaker): an
+    endpoint created again under the same name neither processes them nor knows their InferenceIds."""
+    from selfmaker.async_inference import backlog_by_endpoint
+
+    aws = new_aws(moto_server)
+    zero = {"ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 1}}
+    deploy_async(platform, "async-del", model_tar, aws, variant_extra=zero)
+    sm, smr = platform.sagemaker(), platform.runtime()
+    wait_until(lambda: _instances(sm, "async-del") == 0, timeout=60, what="scale to zero")
+    # queued while no model server runs; deleted before the cold start can serve them
+    for inference_id in ("stale-1", "stale-2"):
+        smr.invoke_endpoint_async(EndpointName="async-del", Body=ROWS, ContentType="text/csv", InferenceId=inference_id)
+    inputs = platform.home / "async" / "inputs" / "async-del"
+    assert sorted(p.name for p in inputs.iterdir()) == ["stale-1.in", "stale-2.in"]
+    sm.delete_endpoint(EndpointName="async-del")
+    wait_until(lambda: _gone(sm, "async-del"), timeout=60, what="the endpoint to be deleted")
+    assert "async-del" not in backlog_by_endpoint(platform.home)
+    assert not inputs.exists()
+
+    sm.create_endpoint(EndpointName="async-del", EndpointConfigName="async-del-cfg")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="async-del", WaiterConfig=helpers.WAIT)
+    one_row = ROWS.split(b"\n")[0] + b"\n"
+    fresh = smr.invoke_endpoint_async(
+        EndpointName="async-del", InputLocation=aws.put("in/fresh.csv", one_row), ContentType="text/csv",
+        Accept="text/csv", InferenceId="stale-1",
+    )
+    out_key = fresh["OutputLocation"].split("/", 3)[3]
+    wait_until(lambda: out_key in aws.keys("out/"), timeout=90, what="the new request's output")
+    assert aws.get(fresh["OutputLocation"]).count(b"\n") <= 1  # the one-row request, not the stale two rows
+    assert aws.keys("out/") == [out_key]  # stale-2 (queued first) was never processed
+    assert aws.keys("failed/") == []
+
+
+def test_finished_requests_are_pruned_and_deleted_endpoints_queues_dropped_at_start(
+    moto_server: str, model_tar: str, tmp_path: Path
+) -> None:
+    """SELFMAKER_ASYNC_RETENTION: finished requests and their inline bodies are forgotten after it; a
+    queue whose endpoint no longer exists (deleted while the platform was down) is dropped at start."""
+    from serving.asyncq import AsyncRequest, SqliteQueue
+
+    aws = new_aws(moto_server)
+    env = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SELFMAKER_ASYNC_RETENTION": "1",
+    }
+    home = tmp_path / "home"
+    server = helpers.PlatformProcess(home, env=env)
+    server.start()
+    queue_db = home / "async" / "queue.db"
+    try:
+        deploy_async(server, "async-prune", model_tar, aws)
+        done = server.runtime().invoke_endpoint_async(EndpointName="async-prune", Body=ROWS, ContentType="text/csv")
+        stored = home / "async" / "inputs" / "async-prune" / f"{done['InferenceId']}.in"
+        assert stored.exists()
+        out_key = done["OutputLocation"].split("/", 3)[3]
+        wait_until(lambda: out_key in aws.keys("out/"), timeout=60, what="the output")
+        wait_until(lambda: not stored.exists(), timeout=30, what="the inline body to be pruned")
+        assert SqliteQueue.queue_names(queue_db) == []
+    finally:
+        server.stop()
+    ghost = SqliteQueue(queue_db, "ghost-endpoint")
+    ghost.put(AsyncRequest("orphan", "ghost-endpoint", "s3://b/k", "s3://b/o", "s3://b/f"))
+    ghost.close()
+    assert SqliteQueue.queue_names(queue_db) == ["ghost-endpoint"]
+    server.start()
+    try:
+        wait_until(lambda: SqliteQueue.queue_names(queue_db) == [], timeout=30, what="the orphan queue to go")
+    finally:
+        server.stop()
+        _kill_leftovers(home)
+
+
 @pytest.fixture
 def moto_process(tmp_path: Path) -> Iterator[str]:
     """moto in its own process (not sharing the test's interpreter lock): this test is moto-bound."""
@@ -500,6 +588,10 @@ def test_sqs_backend_platform(moto_server: str, model_tar: str, tmp_path: Path) 
         assert aws.get(ok["OutputLocation"]).strip()
         assert "missing.csv" in aws.get(bad["FailureLocation"]).decode()
         assert aws.keys("async-state/async-sqs/"), "per-request state lives under the S3 prefix"
+        sm = server.sagemaker()
+        sm.delete_endpoint(EndpointName="async-sqs")
+        wait_until(lambda: _gone(sm, "async-sqs"), timeout=60, what="the endpoint to be deleted")
+        assert aws.keys("async-state/async-sqs/") == []  # a new endpoint of this name starts afresh
     finally:
         server.stop()
         _kill_leftovers(tmp_path / "home")

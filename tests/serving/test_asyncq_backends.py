@@ -172,7 +172,7 @@ def test_sqlite_prune_forgets_finished_only(tmp_path: Path) -> None:
         (lease,) = q.receive(1, visibility_timeout=30)
         q.state.put("ep", lease.request.inference_id, "notified", "x")
         q.ack(lease)
-        assert q.prune(older_than_seconds=0) == 1
+        assert [r.inference_id for r in q.prune(older_than_seconds=0)] == [lease.request.inference_id]
         assert q.state.get("ep", lease.request.inference_id, "notified") is None
         assert q.backlog() == 1
     finally:
@@ -208,3 +208,39 @@ def test_request_json_roundtrip_and_locations() -> None:
     )
     assert req.expired(req.received_time + 61)
     assert not req.expired(req.received_time + 59)
+
+
+def test_purge_drops_messages_and_state(queue: QueueBackend) -> None:
+    for i in range(3):
+        queue.put(make_request(i))
+    (lease,) = queue.receive(1, visibility_timeout=30)
+    queue.state.put("ep", lease.request.inference_id, "notified", "x")
+    queue.purge()
+    assert queue.backlog() == 0
+    assert queue.receive(10, visibility_timeout=1, wait_seconds=0) == []
+    assert queue.state.get("ep", lease.request.inference_id, "notified") is None
+    if isinstance(queue, SqliteQueue):  # (SQS may still accept a stale receipt handle)
+        assert not queue.ack(lease)
+    queue.put(make_request("after"))  # the queue stays usable
+    (fresh,) = queue.receive(1, visibility_timeout=30, wait_seconds=1)
+    assert fresh.request.inference_id == "req-after"
+
+
+def test_sqlite_purge_and_queue_names_are_per_queue(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    assert SqliteQueue.queue_names(path) == []
+    a, b = SqliteQueue(path, "a"), SqliteQueue(path, "b")
+    try:
+        a.put(make_request(1, "a"))
+        b.put(make_request(1, "b"))
+        b.state.put("b", "req-1", "notified", "x")
+        a.state.put("a", "req-1", "notified", "x")
+        assert SqliteQueue.queue_names(path) == ["a", "b"]
+        a.purge()
+        assert SqliteQueue.queue_names(path) == ["b"]
+        assert (a.backlog(), b.backlog()) == (0, 1)
+        assert a.state.get("a", "req-1", "notified") is None
+        assert b.state.get("b", "req-1", "notified") == "x"
+    finally:
+        a.close()
+        b.close()
