@@ -265,6 +265,15 @@ def run_worker(queue: QueueBackend, url: str | Callable[[], str], aws: Aws, **se
     return worker
 
 
+def drain(queue: QueueBackend, url: str, aws: Aws, what: str = "backlog drained") -> None:
+    """Run a worker on ``queue`` until its backlog is empty, then stop it."""
+    worker = run_worker(queue, url, aws)
+    try:
+        wait_until(lambda: queue.backlog() == 0, what=what)
+    finally:
+        worker.stop()
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -277,11 +286,7 @@ def test_success_writes_output_and_notifies_once(queue: QueueBackend, aws: Aws, 
         custom_attributes="trace=42",
     )
     assert queue.put(req)
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws)
     result = json.loads(aws.get(req.output_location))
     assert result["sha256"] == hashlib.sha256(payload).hexdigest()
     assert result["content_type"] == "text/csv"
@@ -313,11 +318,7 @@ def test_success_writes_output_and_notifies_once(queue: QueueBackend, aws: Aws, 
 def test_model_error_writes_failure_object(queue: QueueBackend, aws: Aws, container: Container) -> None:
     req = make_request(aws, aws.put_input("in/err.csv", b"ERROR please"))
     queue.put(req)
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws)
     assert aws.get(req.failure_location) == b'{"error": "model exploded"}'
     assert aws.keys("out/") == []
     (note,) = aws.notifications(1)
@@ -334,11 +335,7 @@ def test_bad_input_location_failure_names_it(queue: QueueBackend, aws: Aws, cont
     reqs = [make_request(aws, missing), make_request(aws, no_file)]
     for r in reqs:
         queue.put(r)
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws)
     assert missing in aws.get(reqs[0].failure_location).decode()
     assert "NoSuchKey" in aws.get(reqs[0].failure_location).decode()
     assert no_file in aws.get(reqs[1].failure_location).decode()
@@ -356,11 +353,7 @@ def test_expired_request_fails_with_ttl_reason(queue: QueueBackend, aws: Aws, co
     fresh = make_request(aws, aws.put_input("in/fresh.csv", b"2"), request_ttl_seconds=60)
     queue.put(old)
     queue.put(fresh)
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws)
     assert "RequestTTLSeconds=60" in aws.get(old.failure_location).decode()
     assert json.loads(aws.get(fresh.output_location))["bytes"] == 1
     statuses = {n["inferenceId"]: n["invocationStatus"] for n in aws.notifications(2)}
@@ -372,11 +365,7 @@ def test_invocation_timeout_is_a_failure(queue: QueueBackend, aws: Aws, containe
         aws, aws.put_input("in/slow.csv", b"1"), custom_attributes="sleep=3", invocation_timeout_seconds=1
     )
     queue.put(req)
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws)
     assert "timed out" in aws.get(req.failure_location).decode()
     (note,) = aws.notifications(1)
     assert note["invocationStatus"] == "Failed"
@@ -393,11 +382,9 @@ def test_include_inference_response_in(tmp_path: Path, aws: Aws, container: Cont
     )
     queue.put(ok)
     queue.put(bad)
-    worker = run_worker(queue, container.url, aws)
     try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
+        drain(queue, container.url, aws)
     finally:
-        worker.stop()
         queue.close()
     notes = {n["inferenceId"]: n for n in aws.notifications(2)}
     body = notes[ok.inference_id]["responseBody"]
@@ -411,11 +398,9 @@ def test_no_topics_no_notifications(tmp_path: Path, aws: Aws, container: Contain
     queue = SqliteQueue(tmp_path / "q.db", "ep")
     req = make_request(aws, aws.put_input("in/n.csv", b"n"), success_topic=None, error_topic=None)
     queue.put(req)
-    worker = run_worker(queue, container.url, aws)
     try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
+        drain(queue, container.url, aws)
     finally:
-        worker.stop()
         queue.close()
     assert json.loads(aws.get(req.output_location))["bytes"] == 1
     assert aws.notifications(0, timeout=1.5, settle=1.0) == []
@@ -587,11 +572,7 @@ def test_redelivery_adopts_a_result_written_before_a_crash(
         ContentType="application/json",
         Metadata={"inference-id": req.inference_id, "event-time": "1700000000.25"},
     )
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="backlog drained")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws)
     assert first.receive_count == 1 and _deliveries(queue, req) == 2
     queue.close()
     assert aws.get(req.output_location) == earlier  # the model was not called again
@@ -607,11 +588,7 @@ def test_recorded_and_notified_request_is_only_acked(tmp_path: Path, aws: Aws, c
     queue = SqliteQueue(tmp_path / "q.db", "ep", poll_interval=0.01)
     req = make_request(aws, aws.put_input("in/d.csv", b"d"))
     queue.put(req)
-    worker = run_worker(queue, container.url, aws)
-    try:
-        wait_until(lambda: queue.backlog() == 0, what="first processing")
-    finally:
-        worker.stop()
+    drain(queue, container.url, aws, "first processing")
     assert len(aws.notifications(1)) == 1
     # the same message again, as if the ack had been lost: state says done and notified
     with queue._db.transaction() as conn:  # test-only: undo the ack
@@ -621,11 +598,9 @@ def test_recorded_and_notified_request_is_only_acked(tmp_path: Path, aws: Aws, c
     aws.s3.delete_object(
         Bucket=aws.bucket, Key=req.input_location.split("/", 3)[3]
     )  # a re-run would now fail
-    worker = run_worker(queue, container.url, aws)
     try:
-        wait_until(lambda: queue.backlog() == 0, what="second delivery acked")
+        drain(queue, container.url, aws, "second delivery acked")
     finally:
-        worker.stop()
         queue.close()
     assert aws.keys("failed/") == []
     assert json.loads(aws.get(req.output_location))["bytes"] == 1
