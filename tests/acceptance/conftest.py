@@ -5,7 +5,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 _PLATFORM_TESTS = str(Path(__file__).resolve().parents[1] / "selfmaker")
 if _PLATFORM_TESTS not in sys.path:
     sys.path.insert(0, _PLATFORM_TESTS)
+
+
+@pytest.fixture(scope="module")
+def sm(platform: Any) -> Any:
+    """boto3 ``sagemaker`` client of the module's ``platform`` fixture."""
+    return platform.sagemaker()
+
+
+@pytest.fixture(scope="module")
+def smr(platform: Any) -> Any:
+    """boto3 ``sagemaker-runtime`` client of the module's ``platform`` fixture."""
+    return platform.runtime()

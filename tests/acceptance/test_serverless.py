@@ -90,11 +90,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def sm(platform: Any) -> Any:
-    return platform.sagemaker()
-
-
-@pytest.fixture(scope="module")
 def smr(platform: Any) -> Any:
     # no retries: a throttled request must surface as the caller's error
     return boto3.client(

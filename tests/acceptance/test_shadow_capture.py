@@ -65,16 +65,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iter
 
 
 @pytest.fixture(scope="module")
-def sm(platform: Any) -> Any:
-    return platform.sagemaker()
-
-
-@pytest.fixture(scope="module")
-def smr(platform: Any) -> Any:
-    return platform.runtime()
-
-
-@pytest.fixture(scope="module")
 def models(sm: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
     helpers.make_model(sm, "sc-a", helpers.build_classifier_tar(root / "a", seed=0).as_uri())
