@@ -86,11 +86,7 @@ class ContainerInstanceHandle(InstanceHandle):
     @property
     def container_id(self) -> str | None:
         """The engine's container id once the container was created."""
-        try:
-            cid = self._cidfile.read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return cid or None
+        return engines.read_cidfile(self._cidfile)
 
     @property
     def pid(self) -> int | None:

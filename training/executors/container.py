@@ -144,6 +144,15 @@ def ensure_image(engine: str, image: str, pull_timeout: float = PULL_TIMEOUT) ->
                             f"{detail[-1] if detail else 'unknown error'}")
 
 
+def read_cidfile(path: Path) -> str | None:
+    """The container id the engine wrote to ``--cidfile`` once it created the container, else None."""
+    try:
+        cid = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return cid or None
+
+
 def _run_quiet(cmd: list[str], timeout: float) -> int | None:
     try:
         return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -166,11 +175,7 @@ class ContainerHandle(ExecutionHandle):
     @property
     def container_id(self) -> str | None:
         """The engine's id of the container once it was created."""
-        try:
-            cid = self._cidfile.read_text(encoding="utf-8").strip()
-        except OSError:
-            return None
-        return cid or None
+        return read_cidfile(self._cidfile)
 
     @property
     def pid(self) -> int | None:
