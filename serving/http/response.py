@@ -6,7 +6,9 @@ body chunk) that is two system calls and two TCP segments per request where one 
 the second costs about as much CPU as a small model's prediction. :class:`OneWriteResponse` joins
 the header block and the first body chunk when the chunk is the entire body and small, and defers
 to gunicorn in every other case (chunked, HEAD/204/304, partial or large bodies, headers already
-sent). :func:`install` makes gunicorn's ``wsgi.create`` build it; call it in the worker process.
+sent). :func:`install` makes gunicorn's ``wsgi.create`` build it, and makes the errors gunicorn answers
+itself (a malformed request line or header, a bad chunk size, ...) JSON like every other error of the
+server (:func:`write_json_error`); call it in the worker process.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http import wsgi
+
+from serving.errors import error_body
 
 #: Larger bodies go out as gunicorn sends them (copying a big body to prepend headers costs more).
 MAX_JOINED_BODY = 256 * 1024
@@ -43,6 +47,18 @@ class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
         super().write(arg)
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """``gunicorn.util.write_error`` with the server's JSON error body instead of an HTML page."""
+    body = error_body(status_int, mesg or reason)
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def install() -> None:
-    """Make gunicorn build :class:`OneWriteResponse` for HTTP/1 requests in this process."""
+    """Make gunicorn build :class:`OneWriteResponse` for HTTP/1 requests in this process, and answer
+    the errors it handles itself with :func:`write_json_error`."""
     wsgi.Response = OneWriteResponse
+    util.write_error = write_json_error
