@@ -25,14 +25,12 @@ durability on this box, not as AWS numbers.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import signal
 import statistics
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -41,40 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import numpy as np
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, start, wait_ready  # noqa: E402
+from bench.common import build_classifier_tar, free_port, start, wait_ready  # noqa: E402
 
 FEATURES = 20
 ROW = (",".join(["0.25"] * FEATURES) + "\n").encode()
 MAX_SECONDS = 300.0
-
-
-def build_model(dest: Path) -> Path:
-    """A logistic regression over 20 features as model.tar.gz (model.onnx + signature.json)."""
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(500, FEATURES)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
-    model = LogisticRegression().fit(x, y)
-    onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
-    signature = {"format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1]}
-    archive = dest / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in (
-            ("model.onnx", onx.SerializeToString()),
-            ("signature.json", json.dumps(signature).encode()),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return archive
 
 
 def client(service: str, url: str) -> Any:
@@ -189,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         s3.put_object(Bucket="bench", Key="in/row.csv", Body=ROW)
         source = "s3://bench/in/row.csv"
 
-        model_tar = build_model(work)
+        model_tar = build_classifier_tar(work, FEATURES)
         sm.create_model(
             ModelName="bench-model",
             PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": model_tar.as_uri()},

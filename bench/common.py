@@ -232,3 +232,28 @@ def timed_loop(func: Any, seconds: float, max_calls: int = 1_000_000) -> tuple[f
         samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000,
         len(samples),
     )
+
+
+def build_classifier_tar(dest: Path, features: int = 20) -> Path:
+    """A logistic regression over ``features`` features as ``dest/model.tar.gz`` (model.onnx +
+    signature.json), the small model of the router and async benchmarks."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, features)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = LogisticRegression().fit(x, y)
+    onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
+    signature = {"format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1]}
+    archive = dest / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in (("model.onnx", onx.SerializeToString()), ("signature.json", json.dumps(signature).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive

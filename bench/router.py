@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,14 +29,12 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import build_classifier_tar, free_port  # noqa: E402
+
 ANCHORS = Path("/work/shared/anchors/load.sh")
 FEATURES = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -58,22 +54,8 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 def build_model(dest: Path) -> Path:
-    """A logistic regression over 20 features as model.tar.gz (model.onnx + signature.json)."""
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(500, FEATURES)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
-    model = LogisticRegression().fit(x, y)
-    onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
-    signature = {"format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1]}
-    archive = dest / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in (("model.onnx", onx.SerializeToString()), ("signature.json", json.dumps(signature).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    """The small classifier as model.tar.gz, also unpacked to ``dest/model`` for the direct server."""
+    archive = build_classifier_tar(dest, FEATURES)
     (dest / "model").mkdir()
     with tarfile.open(archive) as tar:
         tar.extractall(dest / "model", filter="data")
