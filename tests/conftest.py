@@ -8,15 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import socket
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from hypothesis import HealthCheck, settings
+from testkit import find_free_port
 
 # Timing is not what property tests check: on a loaded 2-core CI machine a fixed per-example deadline
 # only makes them flaky.
@@ -24,35 +22,6 @@ settings.register_profile("selfmaker", deadline=None, suppress_health_check=[Hea
 settings.load_profile("selfmaker")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def find_free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None) -> None:
-    """Poll ``url`` until it answers ``status``; fail with the last answer after ``timeout`` seconds.
-
-    ``alive`` is checked between polls so a server that died fails the test at once instead of
-    after the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    last: str = "no answer"
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise AssertionError(f"server behind {url} exited before it was ready ({last})")
-        try:
-            resp = requests.get(url, timeout=2)
-            if resp.status_code == status:
-                return
-            last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-        except requests.RequestException as exc:
-            last = repr(exc)
-        time.sleep(0.05)
-    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
 
 
 @pytest.fixture

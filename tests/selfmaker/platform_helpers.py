@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -19,35 +18,10 @@ from typing import Any, Callable
 
 import boto3
 import numpy as np
-import requests
 from botocore.config import Config
+from testkit import find_free_port, wait_http  # noqa: F401 - the platform tests use them as helpers.*
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, *, timeout: float, alive: Callable[[], bool]) -> None:
-    """Poll ``url`` until 200, failing at once when the server died and after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not alive():
-            raise AssertionError(f"server behind {url} exited before it was ready ({last})")
-        try:
-            resp = requests.get(url, timeout=2)
-            if resp.status_code == 200:
-                return
-            last = f"HTTP {resp.status_code}"
-        except requests.RequestException as exc:
-            last = repr(exc)
-        time.sleep(0.05)
-    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
 
 
 class PlatformProcess:
@@ -107,8 +81,6 @@ def client(service: str, url: str) -> Any:
                         aws_secret_access_key="testing",
                         config=Config(retries={"mode": "standard", "max_attempts": 1}, max_pool_connections=32,
                                       read_timeout=60))
-
-
 
 
 def build_classifier_tar(dest: Path, *, features: int = 4, seed: int = 0) -> Path:

@@ -7,16 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from serving_helpers import ROOT, find_free_port, wait_http
+from serving_helpers import ROOT, Server
+from testkit import find_free_port, wait_http
 
 N_FEATURES = 4
 
@@ -66,21 +65,6 @@ def model_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pat
 @pytest.fixture(scope="session")
 def binary_model(model_factory: Callable[..., Path]) -> Path:
     return model_factory("binary")
-
-
-@dataclass
-class Server:
-    """A running ``python -m serving`` subprocess."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -134,14 +118,3 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
                 proc.send_signal(signal.SIGTERM)
         for proc in started:
             _stop(proc)
-
-
-def wait_for_log(server: Server, needle: str, timeout: float = 10.0) -> str:
-    """Poll the server log until it contains ``needle`` (bounded); return the log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = server.log()
-        if needle in text:
-            return text
-        time.sleep(0.05)
-    raise AssertionError(f"{needle!r} not in the server log after {timeout}s:\n{server.log()}")

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import io
-import socket
+import subprocess
 import tarfile
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Server:
+    """A running ``python -m serving`` subprocess."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
 
-def wait_http(url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None) -> None:
-    """Poll ``url`` until it answers ``status`` (bounded by ``timeout``; fails early if ``alive()`` is False)."""
+def wait_for_log(server: Server, needle: str, timeout: float = 10.0) -> str:
+    """Poll the server log until it contains ``needle`` (bounded); return the log."""
     deadline = time.monotonic() + timeout
-    last = "no answer"
     while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise AssertionError(f"server behind {url} exited before it was ready ({last})")
-        try:
-            resp = requests.get(url, timeout=2)
-            if resp.status_code == status:
-                return
-            last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-        except requests.RequestException as exc:
-            last = repr(exc)
+        text = server.log()
+        if needle in text:
+            return text
         time.sleep(0.05)
-    raise AssertionError(f"{url} did not answer {status} after {timeout}s: {last}")
+    raise AssertionError(f"{needle!r} not in the server log after {timeout}s:\n{server.log()}")
 
 
 def tar_dir(model_dir: Path, archive: Path) -> Path:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import Server
+from serving_helpers import Server
 
 ROWS = [f"{i * 0.1:.1f},1.0,-{i * 0.2:.1f},0.5\n".encode() for i in range(40)]
 

@@ -14,8 +14,7 @@ import boto3
 import numpy as np
 import pytest
 import requests
-from conftest import Server, wait_for_log
-from serving_helpers import tar_dir
+from serving_helpers import Server, tar_dir, wait_for_log
 
 ROW = b"2.0,1.0,0.0,0.0\n"
 

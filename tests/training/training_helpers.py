@@ -160,21 +160,6 @@ def free_port() -> int:
 
 def wait_ping(url: str, alive: Any, timeout: float = 60.0) -> None:
     """Poll ``url`` until 200, failing fast when ``alive()`` turns False."""
-    import time
+    from testkit import wait_http
 
-    import requests
-
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not alive():
-            raise AssertionError(f"server behind {url} exited before it was ready")
-        try:
-            resp = requests.get(url, timeout=2)
-            if resp.status_code == 200:
-                return
-            last = f"HTTP {resp.status_code}"
-        except requests.RequestException as exc:
-            last = repr(exc)
-        time.sleep(0.05)
-    raise AssertionError(f"{url} not ready after {timeout}s: {last}")
+    wait_http(url, timeout=timeout, alive=alive)
