@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from testkit import find_free_port  # noqa: F401 - the batch tests import it from here
 
 N_FEATURES = 4
-
-
-def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_lr_model(out_dir: Path, *, response_format: str = "xgboost") -> Path:

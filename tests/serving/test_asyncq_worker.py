@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 import boto3
 import pytest
+from testkit import find_free_port
 
 from serving.asyncq import (
     AsyncRequest,
@@ -41,12 +41,6 @@ from serving.asyncq.notify import SnsPublisher
 from serving.asyncq.objects import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def find_free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:

@@ -239,7 +239,7 @@ def test_server_stops_when_its_supervisor_is_killed(binary_model: Path, tmp_path
 
     import os
 
-    from serving_helpers import find_free_port, wait_http
+    from testkit import find_free_port, wait_http
 
     port = find_free_port()
     supervisor_code = (

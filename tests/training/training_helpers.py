@@ -151,11 +151,10 @@ def tar_gz(files: dict[str, str]) -> bytes:
 
 
 def free_port() -> int:
-    import socket
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    from testkit import find_free_port
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return find_free_port()
 
 
 def wait_ping(url: str, alive: Any, timeout: float = 60.0) -> None:
