@@ -17,7 +17,7 @@ from typing import Any
 
 from serving import contract
 from serving.dataplane import DataPlane
-from serving.errors import BadRequestError, PayloadTooLargeError, ServingError, error_body, error_response
+from serving.errors import PayloadTooLargeError, error_body, error_response
 from serving.metrics import Metrics
 
 log = logging.getLogger("serving.http.app")
@@ -76,17 +76,12 @@ class FastPath:
         return 503, [("Content-Type", _JSON), ("Content-Length", str(len(body)))], body
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
-        """The request body, at most ``max_bytes`` (413 above). Socket errors — a client that went
-        away or stalled past the worker's read timeout — propagate to gunicorn, which drops the
-        connection: there is no one left to answer."""
-        try:
-            return self._read_limited(environ)
-        except (OSError, ServingError):
-            raise
-        except Exception as exc:  # the WSGI server's own framing errors (bad chunk sizes, ...)
-            raise BadRequestError(f"malformed request body: {type(exc).__name__}") from exc
+        """The request body, at most ``max_bytes`` (413 above).
 
-    def _read_limited(self, environ: dict[str, Any]) -> bytes:
+        Anything else that goes wrong while reading is the transport's: a client that went away or
+        stalled past the worker's read timeout (the connection is dropped), or broken chunk framing
+        (gunicorn answers 400 and closes the connection, in the server's JSON error format).
+        """
         length_text = environ.get("CONTENT_LENGTH")
         if length_text:
             try:
@@ -108,7 +103,7 @@ class FastPath:
         model = self.model
         try:
             body = self._read_body(environ)
-        except ServingError as exc:
+        except PayloadTooLargeError as exc:
             status, out = error_response(exc)
             return status, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None
         try:
