@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from containers_helpers import SELFMAKER_AS_BYOC, containers_with_label, load_platform_helpers, run, wait_until
+from testkit import wait_http
 
 # the first test also builds the image from nothing (debootstrap, wheelhouse, build: ~6 min on 2 cores)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -121,8 +122,7 @@ def test_train_then_serve_matches_in_process_model(engine: str, selfmaker_image:
         state = run([engine, "inspect", "--format", "{{.State.Running}}", name]).stdout.strip().lower()
         return state == "true"
 
-    wait = load_platform_helpers().wait_http
-    wait(url + "/ping", timeout=120, alive=running)
+    wait_http(url + "/ping", timeout=120, alive=running)
     resp = requests.post(url + "/invocations", data=_csv_body(trained["x_test"]),
                          headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=30)
     assert resp.status_code == 200, resp.text

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from containers_helpers import load_platform_helpers, run
+from containers_helpers import run
+from testkit import wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 PACKAGE = "smk_tinypkg"
@@ -86,7 +87,7 @@ def test_serve_installs_code_requirements_with_the_image_pip_wheel(
         return run([engine, "inspect", "--format", "{{.State.Running}}", name]).stdout.strip().lower() == "true"
 
     try:
-        load_platform_helpers().wait_http(url + "/ping", timeout=180, alive=running)
+        wait_http(url + "/ping", timeout=180, alive=running)
     except AssertionError:
         logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, check=False, timeout=60)
         raise AssertionError(f"server not ready; its log:\n{(logs.stdout + logs.stderr)[-4000:]}") from None
