@@ -421,6 +421,53 @@ def test_delete_endpoint_drops_its_queue(platform: Any, moto_server: str, model_
     assert aws.keys("failed/") == []
 
 
+def test_update_endpoint_keeps_the_endpoint_type(platform: Any, moto_server: str, model_tar: str) -> None:
+    """As on SageMaker, UpdateEndpoint cannot turn an async endpoint into a real-time one (its queue would
+    be stranded) or back; the refused call changes nothing. A same-type update is taken, and
+    DescribeEndpoint then echoes the new config's AsyncInferenceConfig."""
+    aws = new_aws(moto_server)
+    deploy_async(platform, "async-upd", model_tar, aws)
+    sm, smr = platform.sagemaker(), platform.runtime()
+    sm.create_endpoint_config(
+        EndpointConfigName="async-upd-rt", ProductionVariants=[helpers.variant("AllTraffic", "async-upd-model")]
+    )
+    with pytest.raises(ClientError) as refused:
+        sm.update_endpoint(EndpointName="async-upd", EndpointConfigName="async-upd-rt")
+    assert refused.value.response["Error"]["Code"] == "ValidationException"
+    assert "AsyncInferenceConfig parameter cannot be removed" in refused.value.response["Error"]["Message"]
+    described = sm.describe_endpoint(EndpointName="async-upd")
+    assert described["EndpointStatus"] == "InService"
+    assert described["EndpointConfigName"] == "async-upd-cfg"
+
+    # a real-time endpoint cannot become asynchronous either
+    sm.create_endpoint(EndpointName="rt-upd", EndpointConfigName="async-upd-rt")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="rt-upd", WaiterConfig=helpers.WAIT)
+    with pytest.raises(ClientError) as refused:
+        sm.update_endpoint(EndpointName="rt-upd", EndpointConfigName="async-upd-cfg")
+    assert "AsyncInferenceConfig parameter cannot be added" in refused.value.response["Error"]["Message"]
+    assert "AsyncInferenceConfig" not in sm.describe_endpoint(EndpointName="rt-upd")
+
+    # async to async is an ordinary blue/green update; the echo follows the config in service
+    sm.create_endpoint_config(
+        EndpointConfigName="async-upd-cfg2",
+        ProductionVariants=[helpers.variant("AllTraffic", "async-upd-model")],
+        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": f"s3://{aws.bucket}/out2"}},
+    )
+    sm.update_endpoint(EndpointName="async-upd", EndpointConfigName="async-upd-cfg2")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="async-upd", WaiterConfig=helpers.WAIT)
+    described = sm.describe_endpoint(EndpointName="async-upd")
+    assert described["EndpointConfigName"] == "async-upd-cfg2"
+    assert described["AsyncInferenceConfig"]["OutputConfig"] == {"S3OutputPath": f"s3://{aws.bucket}/out2"}
+    answer = smr.invoke_endpoint_async(
+        EndpointName="async-upd", InputLocation=aws.put("in/upd.csv", ROWS), ContentType="text/csv"
+    )
+    assert answer["OutputLocation"].startswith(f"s3://{aws.bucket}/out2/")
+    out_key = answer["OutputLocation"].split("/", 3)[3]
+    wait_until(lambda: out_key in aws.keys("out2/"), timeout=90, what="the output under the new path")
+    for name in ("async-upd", "rt-upd"):
+        sm.delete_endpoint(EndpointName=name)
+
+
 def test_finished_requests_are_pruned_and_deleted_endpoints_queues_dropped_at_start(
     moto_server: str, model_tar: str, tmp_path: Path
 ) -> None:

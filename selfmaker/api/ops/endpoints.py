@@ -51,6 +51,11 @@ async def create_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
 def describe(record: Record) -> dict[str, Any]:
     """DescribeEndpoint's answer for a stored endpoint."""
     doc = public(record.doc)
+    deployed = record.doc.get("_Config")
+    if deployed is not None:  # the echoed members follow the config in service, also after UpdateEndpoint
+        for key in _ECHOED:
+            doc.pop(key, None)
+        doc.update(_echo(deployed))
     doc.update(EndpointStatus=record.status, CreationTime=record.created, LastModifiedTime=record.modified)
     if doc.get("DeploymentConfig"):
         doc["LastDeploymentConfig"] = doc.pop("DeploymentConfig")
@@ -95,6 +100,14 @@ async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
     record = find(platform, "endpoint", params["EndpointName"])
     config = find(platform, "endpoint-config", params["EndpointConfigName"])
     _require_in_service(platform, record)
+    deployed = record.doc.get("_Config") or {}
+    if bool(deployed.get("AsyncInferenceConfig")) != bool(config.doc.get("AsyncInferenceConfig")):
+        # as SageMaker: an endpoint stays asynchronous (its queue, outputs and notifications) or real-time
+        verb = "removed from" if deployed.get("AsyncInferenceConfig") else "added to"
+        raise ValidationException(
+            f"The AsyncInferenceConfig parameter cannot be {verb} endpoint {record.name}. "
+            "To change the endpoint type, create a new endpoint."
+        )
     runtime = platform.endpoints.live[record.name.lower()]
     retain: dict[str, dict[str, Any]] = {}
     if params.get("RetainAllVariantProperties"):
@@ -121,6 +134,14 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
     """Change variant weights at once and instance counts in the background."""
     record = find(platform, "endpoint", params["EndpointName"])
     _require_in_service(platform, record)
+    deployed = record.doc.get("_Config") or {}
+    if bool(deployed.get("AsyncInferenceConfig")) != bool(config.doc.get("AsyncInferenceConfig")):
+        # as SageMaker: an endpoint stays asynchronous (its queue, outputs and notifications) or real-time
+        verb = "removed from" if deployed.get("AsyncInferenceConfig") else "added to"
+        raise ValidationException(
+            f"The AsyncInferenceConfig parameter cannot be {verb} endpoint {record.name}. "
+            "To change the endpoint type, create a new endpoint."
+        )
     runtime = platform.endpoints.live[record.name.lower()]
     desired = params["DesiredWeightsAndCapacities"]
     names = [d["VariantName"] for d in desired]
