@@ -282,3 +282,32 @@ def test_capture_to_file_input_only_is_base64_without_content_type_header(
     decoded = sorted(base64.b64decode(r["captureData"]["endpointInput"]["data"]).decode() for r in records())
     assert decoded == sorted(ROWS * 2)
     assert sorted(p.name for p in endpoints["local"].iterdir()) == ["sc-failing"]
+
+
+def test_describe_endpoint_follows_the_capture_config_in_service(
+    sm: Any, models: dict[str, str], endpoints: dict[str, Any]
+) -> None:
+    """DescribeEndpoint's DataCaptureConfig is that of the config in service: it appears after an
+    UpdateEndpoint to a capturing config and goes away after an update to one without capture."""
+    assert "DataCaptureConfig" not in sm.describe_endpoint(EndpointName="sc-plain")
+    sm.create_endpoint_config(
+        EndpointConfigName="sc-plain-capture",
+        ProductionVariants=[helpers.variant("primary", models["a"])],
+        DataCaptureConfig={
+            "InitialSamplingPercentage": 50,
+            "DestinationS3Uri": f"s3://{endpoints['bucket']}/later",
+            "CaptureOptions": [{"CaptureMode": "Input"}],
+        },
+    )
+    for config, expected in (("sc-plain-capture", 50), ("sc-plain-cfg", None)):
+        sm.update_endpoint(EndpointName="sc-plain", EndpointConfigName=config)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="sc-plain", WaiterConfig=helpers.WAIT)
+        described = sm.describe_endpoint(EndpointName="sc-plain")
+        assert described["EndpointConfigName"] == config
+        if expected is None:
+            assert "DataCaptureConfig" not in described
+        else:
+            capture = described["DataCaptureConfig"]
+            assert capture["CurrentSamplingPercentage"] == expected
+            assert capture["CaptureStatus"] == "Started"
+            assert capture["DestinationS3Uri"] == f"s3://{endpoints['bucket']}/later"
