@@ -19,6 +19,7 @@ hooks that wait on I/O, ``gthread`` is the better choice.
 from __future__ import annotations
 
 import errno
+import logging
 import selectors
 import socket
 import struct
@@ -57,8 +58,27 @@ class _Outcome:
         return self.value
 
 
+class _StalledClientRecord(logging.Filter):
+    """Turns gunicorn's "Socket error processing request." with a traceback, logged when the stall
+    timeout drops a connection (the socket call fails with EAGAIN), into a one-line warning: a client
+    that went silent is the client's problem, not an error of the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BlockingIOError) and record.msg == "Socket error processing request.":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "dropped a connection whose client sent or read nothing for %.0f s in the middle of a request"
+            record.args = (STALL_TIMEOUT,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class InlineWorker(ThreadWorker):  # type: ignore[misc]
     """A ``gthread`` worker without the pool: requests are handled on the event-loop thread."""
+
+    def init_process(self) -> None:
+        logging.getLogger("gunicorn.error").addFilter(_StalledClientRecord())
+        super().init_process()
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
         # gthread shuts its pool down on exit; one that is never submitted to starts no thread
