@@ -76,7 +76,9 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
     try:
         for variant in shadows:
             # the manager's own variant builder: model data, pool factories (serverless too), instances
-            built = await platform.endpoints._build_variant(runtime.name, variant, {}, base)  # noqa: SLF001
+            built = await platform.endpoints._build_variant(  # noqa: SLF001
+                runtime.name, variant, {}, base, runtime.attributes.get("models")
+            )
             runtime.shadow_variants[built.name] = built
             if built.config.get("ServerlessConfig"):
                 await built.pool.start(0)  # ProvisionedConcurrency of a serverless shadow

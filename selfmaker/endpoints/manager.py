@@ -152,14 +152,21 @@ class EndpointManager:
     # ---- deployments ---------------------------------------------------------------------------
 
     async def _build(self, endpoint: str, config: dict[str, Any], overrides: dict[str, dict[str, Any]],
-                     deploy_dir: Path) -> EndpointRuntime:
-        """Bring up every variant of ``config``; all-or-nothing."""
+                     deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> EndpointRuntime:
+        """Bring up every variant of ``config``; all-or-nothing.
+
+        ``models`` are the model documents the deployment was made with (a restart passes those stored
+        with the endpoint: SageMaker endpoints keep serving a model deleted after CreateEndpoint); the
+        documents used end up in ``runtime.attributes["models"]``, production and shadow variants alike.
+        """
+        used: dict[str, dict[str, Any]] = dict(models or {})
         variants: list[VariantRuntime] = []
         try:
             for variant in config["ProductionVariants"]:
                 variants.append(await self._build_variant(endpoint, variant, overrides.get(variant["VariantName"], {}),
-                                                          deploy_dir))
+                                                          deploy_dir, used))
             runtime = EndpointRuntime(endpoint, config["EndpointConfigName"], variants)
+            runtime.attributes["models"] = used
             for hook in self.platform.registry.endpoint_hooks:
                 result = hook(self.platform, runtime, config)
                 if asyncio.iscoroutine(result):
@@ -170,12 +177,18 @@ class EndpointManager:
         return runtime
 
     async def _build_variant(self, endpoint: str, variant: dict[str, Any], override: dict[str, Any],
-                             deploy_dir: Path) -> VariantRuntime:
+                             deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> VariantRuntime:
+        """One variant's pool; its model comes from ``models`` (filled in) when there, else from the store."""
         name = variant["VariantName"]
-        model_record = self.store.get("model", variant.get("ModelName", ""))
-        if model_record is None:
-            raise DeployError(f"Could not find model \"{self.platform.arn('model', variant.get('ModelName', ''))}\".")
-        model = model_record.doc
+        model_name = variant.get("ModelName", "")
+        model = models.get(model_name) if models is not None else None
+        if model is None:
+            model_record = self.store.get("model", model_name)
+            if model_record is None:
+                raise DeployError(f"Could not find model \"{self.platform.arn('model', model_name)}\".")
+            model = model_record.doc
+        if models is not None:
+            models[model_name] = model
         container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
         variant_dir = deploy_dir / name
         try:
@@ -268,6 +281,7 @@ class EndpointManager:
             "ProductionVariants": self._variant_summaries(runtime),
             "ShadowProductionVariants": self._shadow_summaries(runtime),
             "_Config": config,
+            "_Models": runtime.attributes["models"],
         })
         log.info("endpoint %s is InService", name)
 
@@ -310,6 +324,7 @@ class EndpointManager:
             "ProductionVariants": self._variant_summaries(runtime),
             "ShadowProductionVariants": self._shadow_summaries(runtime),
             "_Config": config,
+            "_Models": runtime.attributes["models"],
         })
         if old is not None:  # stays Updating until the old fleet has drained and stopped
             await self._retire_runtime(old)
@@ -404,13 +419,14 @@ class EndpointManager:
             for v in record.doc.get("ProductionVariants") or []:
                 retain.setdefault(v["VariantName"], {"weight": v.get("CurrentWeight", 1.0)})
             self.store.update("endpoint", record.name, status="Creating", touch=False)
-            self._spawn(record.name, self._restore(record.name, config, retain))
+            self._spawn(record.name, self._restore(record.name, config, retain, record.doc.get("_Models")))
         self._monitor = asyncio.get_running_loop().create_task(self._health_loop(), name="endpoint-health")
 
-    async def _restore(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]]) -> None:
+    async def _restore(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]],
+                       models: dict[str, dict[str, Any]] | None) -> None:
         deploy_dir = self._deploy_dir(name)
         try:
-            runtime = await self._build(name, config, retain, deploy_dir)
+            runtime = await self._build(name, config, retain, deploy_dir, models)
         except DeployError as exc:
             self._fail(name, str(exc))
             return

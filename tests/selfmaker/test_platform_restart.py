@@ -1,4 +1,5 @@
-"""Restart recovery: a crashed (SIGKILLed) or stopped platform brings endpoints back and fails running jobs."""
+"""Restart recovery: a crashed (SIGKILLed) or stopped platform brings endpoints back (also those whose model
+and endpoint config were deleted since) and fails running jobs."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def test_crash_and_restart_restores_endpoints_and_fails_running_jobs(tmp_path: P
         sm.update_endpoint_weights_and_capacities(EndpointName="Survivor", DesiredWeightsAndCapacities=[
             {"VariantName": "A", "DesiredWeight": 0.0}])
         sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
+        # as on SageMaker, the endpoint outlives its model and config: they were resolved at deployment
+        sm.delete_model(ModelName="m")
+        sm.delete_endpoint_config(EndpointConfigName="Survivor-cfg")
         job = f"job-{uuid.uuid4().hex[:6]}"
         sm.create_training_job(**_long_job(tmp_path, job))
         deadline = time.monotonic() + 120

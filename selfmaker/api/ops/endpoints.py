@@ -134,14 +134,6 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
     """Change variant weights at once and instance counts in the background."""
     record = find(platform, "endpoint", params["EndpointName"])
     _require_in_service(platform, record)
-    deployed = record.doc.get("_Config") or {}
-    if bool(deployed.get("AsyncInferenceConfig")) != bool(config.doc.get("AsyncInferenceConfig")):
-        # as SageMaker: an endpoint stays asynchronous (its queue, outputs and notifications) or real-time
-        verb = "removed from" if deployed.get("AsyncInferenceConfig") else "added to"
-        raise ValidationException(
-            f"The AsyncInferenceConfig parameter cannot be {verb} endpoint {record.name}. "
-            "To change the endpoint type, create a new endpoint."
-        )
     runtime = platform.endpoints.live[record.name.lower()]
     desired = params["DesiredWeightsAndCapacities"]
     names = [d["VariantName"] for d in desired]
