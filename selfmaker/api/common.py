@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,36 +27,48 @@ def to_epoch(value: Any, member: str) -> float:
     if isinstance(value, bool):
         raise ValidationException(f"Invalid timestamp at '{member}'")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValidationException(f"Invalid timestamp '{value}' at '{member}'")
         return float(value)
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise ValidationException(f"Invalid timestamp '{value}' at '{member}'") from None
+            if not math.isfinite(number):
+                raise ValidationException(f"Invalid timestamp '{value}' at '{member}'")
+            return number
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.timezone.utc)
         return parsed.timestamp()
     raise ValidationException(f"Invalid timestamp at '{member}'")
 
 
-def encode_token(offset: int, fingerprint: str) -> str:
-    """An opaque NextToken for the page starting at ``offset`` of a listing with these filters."""
-    raw = json.dumps({"o": offset, "f": fingerprint}).encode()
+def encode_token(position: Any, fingerprint: str) -> str:
+    """An opaque NextToken: where the next page starts (JSON data) in a listing with these filters."""
+    raw = json.dumps({"p": position, "f": fingerprint}).encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_token(token: str, fingerprint: str) -> int:
-    """The offset in ``token``; ValidationException when it is not ours or belongs to other filters."""
+def decode_token(token: str, fingerprint: str) -> Any:
+    """The position in ``token``; ValidationException when it is not ours or belongs to other filters."""
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset = int(data["o"])
-        if data["f"] != fingerprint or offset < 0:
+        if data["f"] != fingerprint:
             raise ValueError
+        return data["p"]
     except (ValueError, KeyError, TypeError):
         raise ValidationException("Invalid pagination token: NextToken does not match this request.") from None
+
+
+def decode_offset(token: str, fingerprint: str) -> int:
+    """A token holding a plain offset (``ListTags``)."""
+    offset = decode_token(token, fingerprint)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValidationException("Invalid pagination token: NextToken does not match this request.")
     return offset
 
 
@@ -101,7 +114,19 @@ def list_page(
     max_results = params.get("MaxResults") or 10
     fingerprint = json.dumps({k: params.get(k) for k in sorted(params) if k not in {"NextToken", "MaxResults"}},
                              sort_keys=True, default=str)
-    offset = decode_token(params["NextToken"], fingerprint) if params.get("NextToken") else 0
-    page = selected[offset: offset + max_results]
-    next_token = encode_token(offset + max_results, fingerprint) if offset + max_results < len(selected) else None
+    if params.get("NextToken"):
+        # the token holds the sort position of the last record returned, not an offset: records deleted
+        # (or created) between pages shift no one past the page boundary (a delete-while-listing loop)
+        after = decode_token(params["NextToken"], fingerprint)
+        try:
+            last = (after[0], after[1])
+            selected = [r for r in selected if ((key(r), r.name.lower()) < last if descending
+                                                else (key(r), r.name.lower()) > last)]
+        except (TypeError, IndexError, KeyError):
+            raise ValidationException("Invalid pagination token: NextToken does not match this request.") from None
+    page = selected[:max_results]
+    next_token = None
+    if len(selected) > max_results:
+        tail = page[-1]
+        next_token = encode_token([key(tail), tail.name.lower()], fingerprint)
     return [summarize(r) for r in page], next_token

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import uuid
 from typing import Any
@@ -143,6 +144,30 @@ def test_list_pagination_filters_and_sorting(sm: Any, onnx_model_tar: str) -> No
     with pytest.raises(ClientError) as info:
         sm.list_models(MaxResults=101)
     assert _error(info)[0] == "ValidationException"
+    crafted = base64.urlsafe_b64encode(b'{"p": 1e999, "f": "x"}').decode()
+    for token in (crafted, base64.urlsafe_b64encode(b'{"o": 1e999, "f": "x"}').decode()):
+        with pytest.raises(ClientError) as info:
+            sm.list_models(NameContains=prefix, NextToken=token)
+        assert _error(info)[0] == "ValidationException"
+
+
+def test_delete_while_paginating_visits_every_record(sm: Any, onnx_model_tar: str) -> None:
+    """NextToken is a position, not an offset: deleting the records of one page while paginating (a
+    common clean-up loop) skips none of the others, in either sort order."""
+    for order in ("Ascending", "Descending"):
+        prefix = f"dp{uuid.uuid4().hex[:6]}"
+        names = [f"{prefix}-{i:02d}" for i in range(11)]
+        for name in names:
+            make_model(sm, name, onnx_model_tar)
+        seen = []
+        for page in sm.get_paginator("list_models").paginate(
+            NameContains=prefix, SortOrder=order, PaginationConfig={"PageSize": 3}
+        ):
+            for model in page["Models"]:
+                seen.append(model["ModelName"])
+                sm.delete_model(ModelName=model["ModelName"])
+        assert sorted(seen) == names and len(seen) == len(set(seen))
+        assert sm.list_models(NameContains=prefix)["Models"] == []
 
 
 def test_tags(sm: Any, onnx_model_tar: str) -> None:
@@ -170,6 +195,10 @@ def test_wire_protocol_edges(platform_server: Any) -> None:
     assert resp.status_code == 400 and resp.json()["__type"] == "ValidationException"
     resp = requests.post(url, data=b"[]", headers={**headers, "X-Amz-Target": "SageMaker.ListModels"}, timeout=10)
     assert resp.status_code == 400 and resp.json()["__type"] == "ValidationException"
+    for bound in (b'"nan"', b'"inf"', b"1e999"):  # non-finite timestamps are refused, not matched against
+        resp = requests.post(url, data=b'{"CreationTimeAfter": ' + bound + b"}",
+                             headers={**headers, "X-Amz-Target": "SageMaker.ListModels"}, timeout=10)
+        assert resp.status_code == 400 and resp.json()["__type"] == "ValidationException", bound
     resp = requests.post(url, data=b"", headers={**headers, "X-Amz-Target": "SageMaker.ListModels"}, timeout=10)
     assert resp.status_code == 200 and "Models" in resp.json() and "x-amzn-RequestId" in resp.headers
     assert "null" not in resp.text

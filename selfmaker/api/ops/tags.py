@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.api.common import decode_token, encode_token
+from selfmaker.api.common import decode_offset, encode_token
 from selfmaker.api.registry import operation
 from selfmaker.arns import parse_arn
 from selfmaker.errors import ResourceLimitExceeded, ValidationException
@@ -40,7 +40,7 @@ async def list_tags(platform: Platform, params: dict[str, Any]) -> dict[str, Any
     arn = _resource_arn(platform, params["ResourceArn"])
     tags = platform.store.tags(arn)
     limit = params.get("MaxResults") or 50
-    offset = decode_token(params["NextToken"], arn) if params.get("NextToken") else 0
+    offset = decode_offset(params["NextToken"], arn) if params.get("NextToken") else 0
     token = encode_token(offset + limit, arn) if offset + limit < len(tags) else None
     return {"Tags": tags[offset: offset + limit], "NextToken": token}
 
