@@ -39,6 +39,7 @@ from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from selfmaker.api.common import read_limited
 from selfmaker.errors import ValidationError, ValidationException
 from serving.asyncq import AsyncRequest, QueueBackend, SqliteQueue, result_locations
 from serving.asyncq.request import (
@@ -660,7 +661,8 @@ async def invoke_async(platform: Platform, request: web.Request) -> web.Response
             f"1 validation error detected: Value '{filename[:80]}' at 'filename' failed to satisfy constraint"
         )
     input_location = headers.get("X-Amzn-SageMaker-InputLocation")
-    body = await request.read()
+    body = await read_limited(request, MAX_INLINE_BODY, lambda: ValidationError(
+        f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."))
     if input_location and body:
         raise ValidationError("InputLocation and Body are mutually exclusive.")
     if not input_location and not body:
@@ -670,10 +672,6 @@ async def invoke_async(platform: Platform, request: web.Request) -> web.Response
         )
     if input_location and not _uri_ok(input_location):
         raise ValidationError(f"InputLocation '{input_location[:200]}' must be an s3:// or file:// URI.")
-    if len(body) > MAX_INLINE_BODY:
-        raise ValidationError(
-            f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."
-        )
 
     output = state.config.get("OutputConfig") or {}
     notification = output.get("NotificationConfig") or {}

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from selfmaker import logcontext
-from selfmaker.api.common import compact
+from selfmaker.api.common import compact, read_limited
 from selfmaker.api.validation import service_model, validate_request
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
 from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
@@ -71,7 +71,8 @@ async def control_plane(request: web.Request) -> web.Response:
         handler = platform.registry.operations.get(op_name) if service == "SageMaker" else None
         if handler is None:
             raise UnknownOperation(f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker.")
-        raw = await request.read()
+        raw = await read_limited(request, CLIENT_MAX_SIZE, lambda: ValidationException(
+            f"The request body is larger than {CLIENT_MAX_SIZE} bytes."))
         try:
             params = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
@@ -108,11 +109,9 @@ async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     try:
         runtime = platform.endpoints.runtime_for(name)
-        if request.content_length is not None and request.content_length > platform.settings.max_payload_bytes:
-            raise ValidationError(f"Request payload is too large: the limit is {platform.settings.max_payload_bytes} bytes.")
-        body = await request.read()
-        if len(body) > platform.settings.max_payload_bytes:
-            raise ValidationError(f"Request payload is too large: the limit is {platform.settings.max_payload_bytes} bytes.")
+        limit = platform.settings.max_payload_bytes
+        body = await read_limited(request, limit, lambda: ValidationError(
+            f"Request payload is too large: the limit is {limit} bytes."))
         return await forward(platform, runtime, request_id, body, headers)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)

@@ -9,7 +9,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selfmaker.errors import ValidationException
+from aiohttp import web
+
+from selfmaker.errors import SageMakerError, ValidationException
 from selfmaker.state import Record
 
 
@@ -130,3 +132,23 @@ def list_page(
         tail = page[-1]
         next_token = encode_token([key(tail), tail.name.lower()], fingerprint)
     return [summarize(r) for r in page], next_token
+
+
+async def read_limited(request: web.Request, limit: int, too_large: Callable[[], SageMakerError]) -> bytes:
+    """The request body, or ``too_large()`` raised as soon as it passes ``limit`` bytes.
+
+    Reads the stream itself (also chunked bodies without a Content-Length) instead of aiohttp's
+    ``request.read()``, whose own size cap would surface as an unmapped HTTP 413 exception.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)

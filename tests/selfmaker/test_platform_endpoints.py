@@ -11,6 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
+import requests
 from botocore.exceptions import ClientError, WaiterError
 from platform_helpers import ROW, WAIT, LoadLoop, deploy, invoke_variant, make_model, variant
 
@@ -79,7 +80,7 @@ def test_weights_80_20_and_target_variant(sm: Any, smr: Any, onnx_model_tar: str
     sm.delete_endpoint(EndpointName=endpoint)
 
 
-def test_runtime_errors(sm: Any, smr: Any, onnx_model_tar: str, broken_model_tar: str) -> None:
+def test_runtime_errors(sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str, broken_model_tar: str) -> None:
     model, endpoint = _name("m"), _name("err")
     make_model(sm, model, onnx_model_tar)
     deploy(sm, endpoint, [variant("AllTraffic", model)])
@@ -98,6 +99,18 @@ def test_runtime_errors(sm: Any, smr: Any, onnx_model_tar: str, broken_model_tar
         smr.invoke_endpoint(EndpointName=endpoint, Body=b"0" * (6 * 1024 * 1024 + 1), ContentType="text/csv")
     assert info.value.response["Error"]["Code"] == "ValidationError"
     assert "payload is too large" in info.value.response["Error"]["Message"]
+    # chunked (no Content-Length), also past the HTTP layer's own 64 MB cap: 400, never a 500
+    for megabytes in (7, 65):
+        chunks = (b"0" * (1 << 20) for _ in range(megabytes))
+        resp = requests.post(f"{platform_server.url}/endpoints/{endpoint}/invocations", data=chunks,
+                             headers={"Content-Type": "text/csv"}, timeout=60)
+        assert resp.status_code == 400, (megabytes, resp.text)
+        assert resp.headers["x-amzn-ErrorType"] == "ValidationError"
+        assert "payload is too large" in resp.json()["message"]
+    resp = requests.post(platform_server.url, data=(b" " * (1 << 20) for _ in range(65)), timeout=60,
+                         headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.ListModels"})
+    assert resp.status_code == 400 and resp.json()["__type"] == "ValidationException"
+    assert smr.invoke_endpoint(EndpointName=endpoint, Body=b"1,2,3,4", ContentType="text/csv")["Body"].read()
     with pytest.raises(ClientError) as info:
         invoke_variant(smr, "no-such-endpoint")
     assert info.value.response["Error"]["Code"] == "ValidationError"
