@@ -55,16 +55,19 @@ class _Validator:
         self.errors: list[str] = []
 
     def fail(self, value: Any, path: str, constraint: str) -> None:
-        self.errors.append(f"Value '{_fmt(value)}' at '{path}' failed to satisfy constraint: {constraint}")
+        shown = "null" if value is None else f"'{_fmt(value)}'"  # Coral: "Value null at 'x'"
+        self.errors.append(f"Value {shown} at '{path}' failed to satisfy constraint: {constraint}")
 
-    def check(self, shape: Shape, value: Any, path: str) -> None:
+    def check(self, shape: Shape, value: Any, path: str) -> Any:
+        """Record ``value``'s violations; return it as the operations should see it (a whole-number
+        float for an integer member, such as ``2.0``, comes back as ``2``; containers are updated)."""
         kind = shape.type_name
         meta = shape.metadata
         if kind == "structure":
             assert isinstance(shape, StructureShape)
             if not isinstance(value, dict):
                 self.fail(value, path, "Member must be a structure")
-                return
+                return value
             for name in shape.required_members:
                 if value.get(name) is None:
                     self.fail(None, _join(path, name), "Member must not be null")
@@ -72,28 +75,34 @@ class _Validator:
                 member = shape.members.get(name)
                 if member is None or member_value is None:
                     continue  # unknown members are ignored for forward compatibility
-                self.check(member, member_value, _join(path, name))
+                checked = self.check(member, member_value, _join(path, name))
+                if checked is not member_value:
+                    value[name] = checked
         elif kind == "list":
             assert isinstance(shape, ListShape)
             if not isinstance(value, list):
                 self.fail(value, path, "Member must be a list")
-                return
+                return value
             self._length(value, len(value), meta, path)
             for index, item in enumerate(value, start=1):
-                self.check(shape.member, item, f"{path}.{index}.member")
+                checked = self.check(shape.member, item, f"{path}.{index}.member")
+                if checked is not item:
+                    value[index - 1] = checked
         elif kind == "map":
             assert isinstance(shape, MapShape)
             if not isinstance(value, dict):
                 self.fail(value, path, "Member must be a map")
-                return
+                return value
             self._length(value, len(value), meta, path)
-            for key, item in value.items():
+            for key, item in list(value.items()):
                 self.check(shape.key, key, f"{path}.{key}.key")
-                self.check(shape.value, item, f"{path}.{key}.value")
+                checked = self.check(shape.value, item, f"{path}.{key}.value")
+                if checked is not item:
+                    value[key] = checked
         elif kind == "string":
             if not isinstance(value, str):
                 self.fail(value, path, "Member must be a string")
-                return
+                return value
             self._length(value, len(value), meta, path)
             enum = shape.enum
             if enum and value not in enum:
@@ -111,12 +120,12 @@ class _Validator:
                     value = int(value)
                 else:
                     self.fail(value, path, "Member must be an integer")
-                    return
+                    return value
             self._range(value, meta, path)
         elif kind in {"float", "double"}:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 self.fail(value, path, "Member must be a number")
-                return
+                return value
             self._range(value, meta, path)
         elif kind == "boolean":
             if not isinstance(value, bool):
@@ -127,6 +136,7 @@ class _Validator:
         elif kind == "blob":
             if not isinstance(value, str):
                 self.fail(value, path, "Member must be base64 text")
+        return value
 
     def _length(self, value: Any, length: int, meta: dict[str, Any], path: str) -> None:
         if "min" in meta and length < meta["min"]:

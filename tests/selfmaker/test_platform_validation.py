@@ -23,7 +23,7 @@ def test_valid_request_passes_and_unknown_members_are_ignored() -> None:
 @pytest.mark.parametrize(("params", "fragment"), [
     ({"ModelName": "bad name"}, "at 'modelName' failed to satisfy constraint: Member must satisfy regular expression"),
     ({"ModelName": "x" * 64}, "at 'modelName' failed to satisfy constraint: Member must have length less than or equal to 63"),
-    ({}, "Value 'None' at 'modelName' failed to satisfy constraint: Member must not be null"),
+    ({}, "Value null at 'modelName' failed to satisfy constraint: Member must not be null"),
     ({"ModelName": 5}, "at 'modelName' failed to satisfy constraint: Member must be a string"),
 ])
 def test_describe_model_constraints(params: dict, fragment: str) -> None:
@@ -71,3 +71,17 @@ def test_file_uris_are_accepted_where_s3_uris_are() -> None:
 def test_booleans_are_not_integers() -> None:
     errors = validation_errors(_op("ListModels"), {"MaxResults": True})
     assert errors and "maxResults" in errors[0]
+
+
+def test_whole_number_floats_become_integers_for_the_operations() -> None:
+    """JSON clients may send ``2.0`` for an integer member: accepted, and handed on as ``2``."""
+    params = {"EndpointName": "e", "DesiredWeightsAndCapacities": [
+        {"VariantName": "A", "DesiredInstanceCount": 2.0, "DesiredWeight": 1}]}
+    validate_request(_op("UpdateEndpointWeightsAndCapacities"), params)
+    count = params["DesiredWeightsAndCapacities"][0]["DesiredInstanceCount"]
+    assert count == 2 and type(count) is int
+    config = {"EndpointConfigName": "c", "ProductionVariants": [dict(GOOD_CONFIG["ProductionVariants"][0],
+                                                                      InitialInstanceCount=1.0)]}
+    validate_request(_op("CreateEndpointConfig"), config)
+    assert type(config["ProductionVariants"][0]["InitialInstanceCount"]) is int
+    assert validation_errors(_op("ListModels"), {"MaxResults": 2.5})
