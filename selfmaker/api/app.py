@@ -14,6 +14,7 @@ the traceback in the log only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from selfmaker import logcontext
 from selfmaker.api.common import compact, read_limited
-from selfmaker.api.validation import service_model, validate_request
+from selfmaker.api.validation import service_model, validate_request, validation_errors
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
 from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
 from selfmaker.errors import (
@@ -101,6 +102,44 @@ def _header(value: str | None) -> str | None:
     return value.replace("\r", "").replace("\n", "")
 
 
+#: InvokeEndpoint members that select something selfmaker does not host: answering from the variant's
+#: one model instead would be a silently wrong answer
+_UNSUPPORTED_TARGETS = {
+    "TargetModel": "multi-model endpoints",
+    "TargetContainerHostname": "multi-container endpoints",
+    "InferenceComponentName": "inference components",
+    "SessionId": "stateful sessions",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _invoke_headers() -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """sagemaker-runtime's InvokeEndpoint model and its (member, header) pairs."""
+    operation = service_model("sagemaker-runtime").operation_model("InvokeEndpoint")
+    pairs = tuple((name, shape.serialization["name"]) for name, shape in operation.input_shape.members.items()
+                  if shape.serialization.get("location") == "header")
+    return operation, pairs
+
+
+def check_invoke_request(name: str, headers: Any) -> None:
+    """InvokeEndpoint's URI and header members against the service model's constraints (SageMaker's
+    ``ValidationError``, every violation named), then the members selfmaker cannot honour."""
+    operation, pairs = _invoke_headers()
+    params: dict[str, Any] = {"EndpointName": name, "Body": ""}
+    for member, header in pairs:
+        value = headers.get(header)
+        if value is not None:
+            params[member] = value
+    errors = validation_errors(operation, params)
+    if errors:
+        noun = "error" if len(errors) == 1 else "errors"
+        raise ValidationError(f"{len(errors)} validation {noun} detected: " + "; ".join(errors[:10]))
+    for member, feature in _UNSUPPORTED_TARGETS.items():
+        if member in params:
+            raise ValidationError(f"{member} is not supported: selfmaker does not host {feature}; each "
+                                  f"production variant of endpoint {name} serves one model.")
+
+
 async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
     """InvokeEndpoint: route to a variant and instance, proxy the request, answer with the model's bytes."""
     platform = request.app[PLATFORM_KEY]
@@ -108,6 +147,7 @@ async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
     request_id = str(uuid.uuid4())
     name = request.match_info["name"]
     try:
+        check_invoke_request(name, headers)
         runtime = platform.endpoints.runtime_for(name)
         limit = platform.settings.max_payload_bytes
         body = await read_limited(request, limit, lambda: ValidationError(

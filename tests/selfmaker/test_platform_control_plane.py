@@ -53,6 +53,8 @@ def test_model_crud_and_errors(sm: Any, onnx_model_tar: str) -> None:
     ({"ModelName": "ok", "PrimaryContainer": {"Image": "x", "ModelDataUrl": "ftp://a/b"}}, "'primaryContainer.modelDataUrl'"),
     ({"ModelName": "ok", "PrimaryContainer": {"Image": "x", "Mode": "Bogus"}}, "enum value set"),
     ({"ModelName": "ok2"}, "Either PrimaryContainer or Containers"),
+    ({"ModelName": "pipe", "Containers": [{"Image": "x"}, {"Image": "y"}]}, "one container per model"),
+    ({"ModelName": "mme", "PrimaryContainer": {"Image": "x", "Mode": "MultiModel"}}, "MultiModel is not supported"),
 ])
 def test_invalid_model_requests(sm: Any, kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ClientError) as info:

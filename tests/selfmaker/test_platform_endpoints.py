@@ -111,6 +111,21 @@ def test_runtime_errors(sm: Any, smr: Any, platform_server: Any, onnx_model_tar:
                          headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.ListModels"})
     assert resp.status_code == 400 and resp.json()["__type"] == "ValidationException"
     assert smr.invoke_endpoint(EndpointName=endpoint, Body=b"1,2,3,4", ContentType="text/csv")["Body"].read()
+    # the runtime model's constraints on URI and header members, and members selfmaker cannot honour
+    for kwargs, fragment in (
+        ({"CustomAttributes": "a" * 1025}, "at 'customAttributes' failed to satisfy constraint"),
+        ({"InferenceId": "i" * 65}, "at 'inferenceId' failed to satisfy constraint"),
+        ({"TargetVariant": "bad name!"}, "at 'targetVariant' failed to satisfy constraint"),
+        ({"EndpointName": "bad_name"}, "at 'endpointName' failed to satisfy constraint"),
+        ({"TargetModel": "other.tar.gz"}, "TargetModel is not supported"),
+        ({"TargetContainerHostname": "second"}, "TargetContainerHostname is not supported"),
+        ({"InferenceComponentName": "ic1"}, "InferenceComponentName is not supported"),
+    ):
+        with pytest.raises(ClientError) as info:
+            smr.invoke_endpoint(**{"EndpointName": endpoint, "Body": b"1,2,3,4", "ContentType": "text/csv", **kwargs})
+        assert info.value.response["Error"]["Code"] == "ValidationError", kwargs
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert fragment in info.value.response["Error"]["Message"], info.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as info:
         invoke_variant(smr, "no-such-endpoint")
     assert info.value.response["Error"]["Code"] == "ValidationError"

@@ -23,6 +23,17 @@ async def create_model(platform: Platform, params: dict[str, Any]) -> dict[str, 
                                   f"'{name}'.")
     if params.get("PrimaryContainer") and containers:
         raise ValidationException("PrimaryContainer and Containers cannot both be specified.")
+    if containers and len(containers) > 1:
+        # refused rather than serving the first container alone, which would answer for the pipeline
+        raise ValidationException(
+            f"Model '{name}' has {len(containers)} containers: selfmaker runs one container per model and does "
+            "not support inference pipelines or direct invocation of several containers."
+        )
+    for container in [params.get("PrimaryContainer")] + list(containers or []):
+        if container and container.get("Mode") == "MultiModel":
+            raise ValidationException(
+                f"Model '{name}': Mode MultiModel is not supported; selfmaker serves one model per container."
+            )
     doc = {k: v for k, v in params.items() if k != "Tags"}
     arn = platform.arn("model", name)
     record = create_record(platform, "model", name, doc, tags=params.get("Tags"))
