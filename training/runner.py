@@ -157,7 +157,7 @@ class TrainingJobRunner:
         job_arn: str | None = None,
     ) -> None:
         self.request = request
-        self.work_dir = Path(work_dir)
+        self.work_dir = Path(work_dir).resolve()  # hosts run with their own cwd: no relative paths
         self.on_update = on_update
         self.on_log = on_log
         self.executors = dict(executors or {})

@@ -21,9 +21,11 @@ def test_train_local_runs_a_request_and_prints_where_the_model_went(tmp_path: Pa
                   [channel("train", (tmp_path / "data").as_uri())], (tmp_path / "out").as_uri(),
                   metrics=[{"Name": "loss", "Regex": "loss=([0-9.]+)"}])
     (tmp_path / "req.json").write_text(json.dumps(req))
-    proc = subprocess.run([sys.executable, "-m", "selfmaker", "train-local", str(tmp_path / "req.json"), "--work-dir", str(tmp_path / "job")],
+    # the default, relative work dir (./selfmaker-jobs/<job>): hosts run in their own directories
+    proc = subprocess.run([sys.executable, "-m", "selfmaker", "train-local", "req.json"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "selfmaker-jobs/cli-job/logs").is_dir()
     out = proc.stdout
     assert "[cli-job] InProgress / Downloading: Downloading input data" in out
     assert "algo-1 | loss=0.25" in out
