@@ -164,7 +164,8 @@ class ResponseFormatter:
         if name in names:
             return name
         for candidate in names:
-            if candidate.lower().startswith(name[:5]):
+            # "probabilities", "probability", skl2onnx's "output_probability" / "output_label"
+            if candidate.lower().removeprefix("output_").startswith(name[:5]):
                 return candidate
         return None
 
@@ -174,7 +175,7 @@ class ResponseFormatter:
 
     # -- classification ---------------------------------------------------------------------
 
-    def _labels(self, probs: np.ndarray, onnx_labels: np.ndarray | None) -> list[Any]:
+    def _labels(self, probs: np.ndarray, onnx_labels: np.ndarray | None, classes: list[Any] | None) -> list[Any]:
         """Predicted label per record: ``classes[index]``, the graph's own labels, or the index."""
         n_classes = probs.shape[1]
         use_onnx = onnx_labels is not None and self.classes is None and onnx_labels.shape[:1] == probs.shape[:1]
@@ -186,13 +187,27 @@ class ResponseFormatter:
             if use_onnx:
                 return onnx_labels.reshape(len(onnx_labels)).tolist()  # type: ignore[union-attr]
             index = probs.argmax(axis=1)
-        if self.classes is not None and len(self.classes) == n_classes:
-            classes = self.classes
+        if classes is not None and len(classes) == n_classes:
             return [classes[i] for i in index.tolist()]
         return index.tolist()
 
+    @staticmethod
+    def _unzip(records: list[dict[Any, float]]) -> tuple[np.ndarray, list[Any]]:
+        """A ZipMap output (one ``{class: probability}`` per record, skl2onnx's default for
+        classifiers) as a probability matrix and its classes, in the graph's class order."""
+        if not records:
+            return np.zeros((0, 0), dtype=np.float32), []
+        keys = list(records[0])
+        return np.array([[row[k] for k in keys] for row in records], dtype=np.float32), keys
+
     def _classifier(self, outputs: dict[str, np.ndarray], accept: str) -> bytes:
-        probs = np.asarray(outputs[self.prob_name])
+        raw = outputs[self.prob_name]
+        classes = self.classes
+        if isinstance(raw, list):
+            probs, zip_classes = self._unzip(raw)
+            classes = classes or zip_classes
+        else:
+            probs = np.asarray(raw)
         if probs.ndim == 2 and probs.shape[1] == 1:
             probs = probs.reshape(probs.shape[0])
         if probs.ndim == 1:
@@ -202,7 +217,7 @@ class ResponseFormatter:
         fmt = self.format
         if accept == contract.NPY:
             return codecs.encode_npy(probs[:, 1] if binary and fmt == "xgboost" else probs)
-        labels = self._labels(probs, onnx_labels)
+        labels = self._labels(probs, onnx_labels, classes)
         if fmt == "xgboost":
             scores = probs[:, 1] if binary else probs
             if accept == contract.CSV:

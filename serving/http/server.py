@@ -129,7 +129,7 @@ class ModelServer(BaseApplication):
             try:
                 plane.load()
             except ServingError as exc:
-                log.error("model failed to load: %s", exc.message, exc_info=exc.__cause__ is not None)
+                log.error("model failed to load: %s", plane.error or exc.message, exc_info=exc.__cause__ is not None)
                 return
             except Exception:  # a bug in user code or the runtime: log it, keep answering 503
                 log.exception("model failed to load")

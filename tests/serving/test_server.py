@@ -178,6 +178,32 @@ def test_hooks_custom_attributes_and_generic_500(
     assert post(server, b'{"x": 2}', "application/json").json() == {"value": 3.5}
 
 
+def test_sklearn_default_export_with_zipmap_is_served(
+    serve: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """skl2onnx's default classifier export (``output_label`` + a ZipMap ``output_probability``: one
+    {class: probability} per record) answers labels and probabilities in the graph's class order."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 4)).astype(np.float32)
+    y = np.array(["cat", "dog", "eel"])[np.digitize(x[:, 0], [-0.5, 0.5])]
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    model_dir = tmp_path_factory.mktemp("zipmap")
+    (model_dir / "model.onnx").write_bytes(to_onnx(model, x[:1], target_opset=17).SerializeToString())
+    server = serve("--model-dir", str(model_dir))
+    rows = np.array([[-2.0, 0, 0, 0], [2.0, 0, 0, 0]], dtype=np.float32)
+    answer = post(server, b"-2.0,0,0,0\n2.0,0,0,0\n", Accept="application/json")
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [p["label"] for p in predictions] == ["cat", "eel"]
+    expected = model.predict_proba(rows)
+    assert np.allclose([p["probabilities"] for p in predictions], expected, atol=1e-5)
+    csv = post(server, b"2.0,0,0,0\n", Accept="text/csv")
+    assert csv.status_code == 200 and csv.text.startswith("eel,")
+
+
 def test_model_that_fails_to_load_answers_503_and_stays_up(
     serve: Callable[..., Server], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
