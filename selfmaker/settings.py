@@ -15,7 +15,7 @@ class PlatformSettings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".selfmaker")
     host: str = "127.0.0.1"
-    port: int = 7070
+    port: int = Field(default=7070, ge=0, le=65535)
     region: str = "us-east-1"
     account_id: str = Field(default="123456789012", pattern=r"^\d{12}$")
     #: seconds a new model server may take to answer GET /ping with 200 (a variant's

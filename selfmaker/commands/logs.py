@@ -30,6 +30,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--home", type=Path, help="state directory (default $SELFMAKER_HOME or ~/.selfmaker)")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each file")
     args = parser.parse_args(argv)
+    if args.tail < 0:
+        parser.error("--tail must be 0 (everything) or a positive number of lines")
     from selfmaker.settings import PlatformSettings
 
     home = args.home or PlatformSettings().home
