@@ -35,6 +35,10 @@ class PlatformSettings(BaseSettings):
     process_images: list[str] = Field(
         default_factory=lambda: ["xgboost", "sagemaker-xgboost", "linear-learner", "sagemaker-linear-learner"]
     )
+    #: most instances one production variant, training job or transform job may ask for: each is a
+    #: process (or container) on this machine, so a typo such as 1000 must not start a thousand
+    #: (SageMaker's account quotas answer ResourceLimitExceeded the same way)
+    max_instances: int = Field(default=16, ge=1)
     #: gunicorn workers per model server process (SAGEMAKER_MODEL_SERVER_WORKERS), unless the model sets it
     model_server_workers: int = 1
     #: python interpreter that runs model servers and training (default: the one running selfmaker)

@@ -96,6 +96,31 @@ def test_endpoint_config_crud_and_errors(sm: Any, onnx_model_tar: str) -> None:
     assert _error(info) == ("ValidationException", f'Could not find endpoint configuration "{arn}".', 400)
 
 
+def test_instance_counts_past_the_platform_limit_are_refused(sm: Any, onnx_model_tar: str, tmp_path: Any) -> None:
+    """Each instance is a local process: more than SELFMAKER_MAX_INSTANCES (16) per variant or job is
+    SageMaker's ResourceLimitExceeded, and nothing is created or started."""
+    model, cfg, endpoint = _name("m"), _name("big"), _name("big")
+    make_model(sm, model, onnx_model_tar)
+    sm.create_endpoint_config(EndpointConfigName=cfg, ProductionVariants=[variant("A", model, count=1000)])
+    with pytest.raises(ClientError) as info:
+        sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=cfg)
+    code, message, status = _error(info)
+    assert (code, status) == ("ResourceLimitExceeded", 400) and "1000 instances" in message
+    assert sm.list_endpoints(NameContains=endpoint)["Endpoints"] == []
+    job = {
+        "RoleArn": ROLE, "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
+        "OutputDataConfig": {"S3OutputPath": (tmp_path / "out").as_uri()},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+    }
+    for count, expected in ((17, "ResourceLimitExceeded"), (0, "ValidationException")):
+        name = _name("job")
+        with pytest.raises(ClientError) as info:
+            sm.create_training_job(TrainingJobName=name, ResourceConfig={
+                "InstanceType": "ml.m5.large", "InstanceCount": count, "VolumeSizeInGB": 1}, **job)
+        assert _error(info)[0] == expected, count
+        assert sm.list_training_jobs(NameContains=name)["TrainingJobSummaries"] == []
+
+
 def test_missing_endpoint_and_config_errors(sm: Any) -> None:
     name = _name("Ghost")
     arn = f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name.lower()}"

@@ -210,7 +210,8 @@ def test_weights_and_capacities_under_load(sm: Any, smr: Any, onnx_model_tar: st
 
     for bad, code in (([{"VariantName": "Z", "DesiredWeight": 1.0}], "ValidationException"),
                       ([{"VariantName": "B", "DesiredWeight": 0.0}], "ValidationException"),
-                      ([{"VariantName": "B", "DesiredInstanceCount": 0}], "ValidationException")):
+                      ([{"VariantName": "B", "DesiredInstanceCount": 0}], "ValidationException"),
+                      ([{"VariantName": "B", "DesiredInstanceCount": 500}], "ResourceLimitExceeded")):
         with pytest.raises(ClientError) as info:
             sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=bad)
         assert info.value.response["Error"]["Code"] == code

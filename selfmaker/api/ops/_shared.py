@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.errors import ValidationException
+from selfmaker.errors import ResourceLimitExceeded, ValidationException
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 
@@ -39,3 +39,20 @@ def create_record(platform: Platform, kind: str, name: str, doc: dict[str, Any],
     if tags:
         platform.store.add_tags(arn, tags)
     return record
+
+
+def check_instances(platform: Platform, count: int | None, what: str) -> None:
+    """ResourceLimitExceeded when ``count`` instances of ``what`` exceed ``SELFMAKER_MAX_INSTANCES``."""
+    limit = platform.settings.max_instances
+    if count is not None and count > limit:
+        raise ResourceLimitExceeded(
+            f"{what} asks for {count} instances; the limit is {limit} per variant or job on this platform "
+            "(each instance is a local process). Raise SELFMAKER_MAX_INSTANCES to allow more."
+        )
+
+
+def check_config_instances(platform: Platform, config: dict[str, Any]) -> None:
+    """The instance counts of an endpoint config's production and shadow variants."""
+    for key in ("ProductionVariants", "ShadowProductionVariants"):
+        for variant in config.get(key) or []:
+            check_instances(platform, variant.get("InitialInstanceCount"), f"Variant '{variant.get('VariantName')}'")

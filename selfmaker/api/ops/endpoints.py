@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import create_record, find, public
+from selfmaker.api.ops._shared import check_config_instances, check_instances, create_record, find, public
 from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
 
@@ -39,6 +39,7 @@ async def create_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
     """Create an endpoint (Creating) and deploy its configuration in the background."""
     name = params["EndpointName"]
     config = find(platform, "endpoint-config", params["EndpointConfigName"])
+    check_config_instances(platform, config.doc)
     arn = platform.arn("endpoint", name)
     doc = {"EndpointName": name, "EndpointArn": arn, "EndpointConfigName": config.name,
            "DeploymentConfig": params.get("DeploymentConfig"), **_echo(config.doc)}
@@ -100,6 +101,7 @@ async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
     record = find(platform, "endpoint", params["EndpointName"])
     config = find(platform, "endpoint-config", params["EndpointConfigName"])
     _require_in_service(platform, record)
+    check_config_instances(platform, config.doc)
     deployed = record.doc.get("_Config") or {}
     if bool(deployed.get("AsyncInferenceConfig")) != bool(config.doc.get("AsyncInferenceConfig")):
         # as SageMaker: an endpoint stays asynchronous (its queue, outputs and notifications) or real-time
@@ -148,6 +150,7 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
     for index, item in enumerate(desired, start=1):
         variant = runtime.variants[item["VariantName"]]
         count = item.get("DesiredInstanceCount")
+        check_instances(platform, count, f"Variant '{variant.name}'")
         if count is not None and count < 1 and not variant.config.get("ServerlessConfig"):
             raise ValidationException(
                 f"1 validation error detected: Value '{count}' at 'desiredWeightsAndCapacities.{index}.member."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import public
+from selfmaker.api.ops._shared import check_instances, public
 from selfmaker.api.registry import operation
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.state import Record
@@ -39,6 +39,13 @@ async def create_training_job(platform: Platform, params: dict[str, Any]) -> dic
         raise ValidationException("AlgorithmSpecification must specify either TrainingImage or AlgorithmName.")
     if spec.get("TrainingImage") and spec.get("AlgorithmName"):
         raise ValidationException("AlgorithmSpecification cannot specify both TrainingImage and AlgorithmName.")
+    resources = params["ResourceConfig"]
+    groups = resources.get("InstanceGroups") or []
+    hosts = sum(g.get("InstanceCount") or 0 for g in groups) if groups else resources.get("InstanceCount")
+    if not hosts or hosts < 1:
+        raise ValidationException("ResourceConfig needs InstanceCount of at least 1 (or InstanceGroups with "
+                                  "at least one instance).")
+    check_instances(platform, hosts, f"Training job '{name}'")
     channels = [c["ChannelName"] for c in params.get("InputDataConfig") or []]
     if len(set(channels)) != len(channels):
         raise ValidationException("Channel names in InputDataConfig must be unique.")

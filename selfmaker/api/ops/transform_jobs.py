@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import find, public
+from selfmaker.api.ops._shared import check_instances, find, public
 from selfmaker.api.registry import lifecycle, operation
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.state import Record
@@ -254,6 +254,7 @@ async def create_transform_job(platform: Platform, params: dict[str, Any]) -> di
 
     name = params["TransformJobName"]
     find(platform, "model", params["ModelName"])
+    check_instances(platform, (params.get("TransformResources") or {}).get("InstanceCount"), f"Transform job '{name}'")
     try:
         parse_request(params)
     except TransformRequestError as exc:
