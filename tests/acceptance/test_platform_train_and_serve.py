@@ -95,6 +95,8 @@ def test_train_with_builtin_xgboost_then_serve(platform: Any, tmp_path: Path) ->
     assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "project", "Value": "demo"}]
     summaries = sm.list_training_jobs(StatusEquals="Completed", NameContains=name)["TrainingJobSummaries"]
     assert [s["TrainingJobName"] for s in summaries] == [name]
+    # no job keeps a warm pool here: filtering on one matches none
+    assert sm.list_training_jobs(NameContains=name, WarmPoolStatusEquals="Available")["TrainingJobSummaries"] == []
     with pytest.raises(ClientError) as info:  # a finished job cannot be stopped
         sm.stop_training_job(TrainingJobName=name)
     assert info.value.response["Error"]["Code"] == "ValidationException"

@@ -211,6 +211,15 @@ def test_tags(sm: Any, onnx_model_tar: str) -> None:
     with pytest.raises(ClientError) as info:
         sm.list_tags(ResourceArn="arn:aws:sagemaker:us-east-1:123456789012:model/does-not-exist")
     assert _error(info)[0] == "ValidationException"
+    # the same name in another region or account is another resource
+    for other in (arn.replace("us-east-1", "eu-west-1"), arn.replace("123456789012", "999999999999")):
+        with pytest.raises(ClientError) as info:
+            sm.add_tags(ResourceArn=other, Tags=[{"Key": "x", "Value": "y"}])
+        assert _error(info)[0] == "ValidationException"
+    assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "b", "Value": "2"}]
+    with pytest.raises(ClientError) as info:
+        sm.add_tags(ResourceArn=arn, Tags=[{"Key": "aws:owner", "Value": "me"}])
+    assert _error(info)[0] == "ValidationException" and "reserved" in _error(info)[1]
 
 
 def test_wire_protocol_edges(platform_server: Any) -> None:

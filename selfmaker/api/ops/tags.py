@@ -18,7 +18,7 @@ MAX_TAGS = 50
 def _resource_arn(platform: Platform, arn: str) -> str:
     parsed = parse_arn(arn)
     record = platform.store.get(parsed[0], parsed[1]) if parsed else None
-    if record is None:
+    if record is None or record.arn.split(":", 5)[3:5] != arn.split(":", 5)[3:5]:  # region and account too
         raise ValidationException(f"Resource {arn} does not exist.")
     return record.arn
 
@@ -27,6 +27,9 @@ def _resource_arn(platform: Platform, arn: str) -> str:
 async def add_tags(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
     """Add or overwrite tags (at most 50 per resource)."""
     arn = _resource_arn(platform, params["ResourceArn"])
+    reserved = sorted({t["Key"] for t in params["Tags"] if t["Key"].lower().startswith("aws:")})
+    if reserved:
+        raise ValidationException(f"Tag keys starting with 'aws:' are reserved for AWS use: {', '.join(reserved)}")
     keys = {t["Key"] for t in platform.store.tags(arn)} | {t["Key"] for t in params["Tags"]}
     if len(keys) > MAX_TAGS:
         raise ResourceLimitExceeded(f"A resource can have at most {MAX_TAGS} tags.")

@@ -94,5 +94,9 @@ async def list_training_jobs(platform: Platform, params: dict[str, Any]) -> dict
                 "TrainingJobStatus": r.status, "TrainingEndTime": r.doc.get("TrainingEndTime"),
                 "LastModifiedTime": r.modified, "SecondaryStatus": r.doc.get("SecondaryStatus")}
 
-    items, token = list_page(platform.store.list("training-job"), params, summary, default_order="Ascending")
+    records = platform.store.list("training-job")
+    if params.get("WarmPoolStatusEquals"):  # jobs here keep no warm pool: only a status they report matches
+        records = [r for r in records
+                   if (r.doc.get("WarmPoolStatus") or {}).get("Status") == params["WarmPoolStatusEquals"]]
+    items, token = list_page(records, params, summary, default_order="Ascending")
     return {"TrainingJobSummaries": items, "NextToken": token}
