@@ -59,7 +59,7 @@ async def _send(
     from selfmaker.capture_hooks import capture
 
     status, body, headers = await call_variant(platform, runtime, shadow, record.body, _headers(record))
-    content_type = headers.get("Content-Type")
+    content_type = headers.get("content-type")  # call_variant lower-cases header names
     if 200 <= status < 300:
         capture(
             platform, runtime, shadow.name, record, response_body=body, response_content_type=content_type

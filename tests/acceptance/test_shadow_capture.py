@@ -261,6 +261,10 @@ def test_capture_files_in_s3_match_the_requests(platform: Any, smr: Any, endpoin
         assert json.loads(output["data"]) == json.loads(answers[i])
     # the shadow's answers are captured under its own variant name
     wait_until(lambda: len(_capture_lines(objects("shadow"))) == 2 * len(ROWS), what="shadow capture files")
+    for record in _capture_lines(objects("shadow")):  # with the shadow answer's own content type
+        output = record["captureData"]["endpointOutput"]
+        assert output["observedContentType"].startswith("application/json") and output["encoding"] == "JSON"
+        assert json.loads(output["data"])["predictions"]
 
 
 def test_capture_to_file_input_only_is_base64_without_content_type_header(
