@@ -303,6 +303,23 @@ def test_serverless_update_config_changes_concurrency_in_place(
     assert metric(platform, "selfmaker_serverless_instances", "sl-update") == 1
     assert metric(platform, "selfmaker_serverless_max_concurrency", "sl-update") == 7
     invoke(smr, "sl-update")
+    with pytest.raises(ClientError) as info:  # a serverless variant has no instance count to set
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName="sl-update", DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 2}]
+        )
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert "ServerlessUpdateConfig" in info.value.response["Error"]["Message"]
+
+    # the update outlives a restart of the platform (the last test of this module: it restarts it)
+    platform.stop()
+    platform.start()
+    desc = wait_until_in_service(platform.sagemaker(), "sl-update")
+    assert desc["ProductionVariants"][0]["CurrentServerlessConfig"]["MaxConcurrency"] == 7
+    wait_until(
+        lambda: metric(platform, "selfmaker_serverless_max_concurrency", "sl-update") == 7,
+        timeout=30,
+        what="MaxConcurrency 7 after the restart",
+    )
 
 
 def wait_until_in_service(sm: Any, name: str) -> dict[str, Any]:

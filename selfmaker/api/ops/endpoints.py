@@ -150,8 +150,12 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
     for index, item in enumerate(desired, start=1):
         variant = runtime.variants[item["VariantName"]]
         count = item.get("DesiredInstanceCount")
+        if count is not None and variant.config.get("ServerlessConfig"):
+            raise ValidationException(
+                f"Variant '{variant.name}' is serverless: it has no instance count to set (it scales with "
+                "requests); change MaxConcurrency or ProvisionedConcurrency with ServerlessUpdateConfig.")
         check_instances(platform, count, f"Variant '{variant.name}'")
-        if count is not None and count < 1 and not variant.config.get("ServerlessConfig"):
+        if count is not None and count < 1:
             raise ValidationException(
                 f"1 validation error detected: Value '{count}' at 'desiredWeightsAndCapacities.{index}.member."
                 "desiredInstanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1")
@@ -163,11 +167,18 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
     weights.update({d["VariantName"]: float(d["DesiredWeight"]) for d in desired if d.get("DesiredWeight") is not None})
     if sum(weights.values()) <= 0:
         raise ValidationException("At least one production variant must keep a weight above 0.")
+    merge: dict[str, Any] = {}
     if serverless:
         from selfmaker.serverless.integration import apply_serverless_update
 
         for name, config in serverless.items():
             apply_serverless_update(runtime.variants[name], config)
-    platform.store.update("endpoint", record.name, status="Updating")
+        # the config in service is what a restart brings back: it carries the new concurrency too
+        deployed = record.doc.get("_Config") or {}
+        merge["_Config"] = {**deployed, "ProductionVariants": [
+            {**v, "ServerlessConfig": runtime.variants[v["VariantName"]].config["ServerlessConfig"]}
+            if v.get("VariantName") in serverless else v
+            for v in deployed.get("ProductionVariants") or []]}
+    platform.store.update("endpoint", record.name, status="Updating", merge=merge)
     platform.endpoints.update_weights_and_capacities(record.name, desired)
     return {"EndpointArn": record.arn}
