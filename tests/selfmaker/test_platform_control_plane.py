@@ -84,6 +84,8 @@ def test_endpoint_config_crud_and_errors(sm: Any, onnx_model_tar: str) -> None:
         ([variant("A", model), variant("a", model)], "unique"),
         ([variant("A", model, weight=0.0)], "InitialVariantWeight above 0"),
         ([{"VariantName": "A", "ModelName": model, "InitialInstanceCount": 1}], "instanceType"),
+        ([{**variant("A", model), "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 3,
+                                                             "MaxInstanceCount": 2}}], "MinInstanceCount (3)"),
     ):
         with pytest.raises(ClientError) as info:
             sm.create_endpoint_config(EndpointConfigName=_name("c"), ProductionVariants=variants)

@@ -55,4 +55,6 @@ def check_config_instances(platform: Platform, config: dict[str, Any]) -> None:
     """The instance counts of an endpoint config's production and shadow variants."""
     for key in ("ProductionVariants", "ShadowProductionVariants"):
         for variant in config.get(key) or []:
-            check_instances(platform, variant.get("InitialInstanceCount"), f"Variant '{variant.get('VariantName')}'")
+            for count in (variant.get("InitialInstanceCount"),
+                          (variant.get("ManagedInstanceScaling") or {}).get("MaxInstanceCount")):
+                check_instances(platform, count, f"Variant '{variant.get('VariantName')}'")

@@ -37,6 +37,11 @@ def check_variants(platform: Platform, variants: list[dict[str, Any]], member: s
             raise ValidationException(f"1 validation error detected: Value null at '{path}.modelName' failed to "
                                       "satisfy constraint: Member must not be null")
         find(platform, "model", variant["ModelName"])
+        scaling = variant.get("ManagedInstanceScaling") or {}
+        low, high = scaling.get("MinInstanceCount"), scaling.get("MaxInstanceCount")
+        if low is not None and high is not None and low > high:
+            raise ValidationException(f"Variant '{name}': ManagedInstanceScaling MinInstanceCount ({low}) is above "
+                                      f"MaxInstanceCount ({high}).")
         if variant.get("ServerlessConfig"):
             if variant.get("InstanceType") or variant.get("InitialInstanceCount"):
                 raise ValidationException(f"Variant '{name}': ServerlessConfig cannot be combined with "
