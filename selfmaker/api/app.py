@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from selfmaker import logcontext
+from selfmaker.api import eventstream
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.validation import service_model, validate_request, validation_errors
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
@@ -116,19 +117,19 @@ _UNSUPPORTED_TARGETS = {
 _ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
 
 
-@functools.lru_cache(maxsize=1)
-def _invoke_headers() -> tuple[Any, tuple[tuple[str, str], ...]]:
-    """sagemaker-runtime's InvokeEndpoint model and its (member, header) pairs."""
-    operation = service_model("sagemaker-runtime").operation_model("InvokeEndpoint")
+@functools.lru_cache(maxsize=2)
+def _invoke_headers(operation_name: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """sagemaker-runtime's model of ``operation_name`` and its (member, header) pairs."""
+    operation = service_model("sagemaker-runtime").operation_model(operation_name)
     pairs = tuple((name, shape.serialization["name"]) for name, shape in operation.input_shape.members.items()
                   if shape.serialization.get("location") == "header")
     return operation, pairs
 
 
-def check_invoke_request(name: str, headers: Any) -> None:
-    """InvokeEndpoint's URI and header members against the service model's constraints (SageMaker's
+def check_invoke_request(name: str, headers: Any, operation_name: str = "InvokeEndpoint") -> None:
+    """An invocation's URI and header members against the service model's constraints (SageMaker's
     ``ValidationError``, every violation named), then the members selfmaker cannot honour."""
-    operation, pairs = _invoke_headers()
+    operation, pairs = _invoke_headers(operation_name)
     params: dict[str, Any] = {"EndpointName": name, "Body": ""}
     for member, header in pairs:
         value = headers.get(header)
@@ -150,17 +151,26 @@ def check_invoke_request(name: str, headers: Any) -> None:
 
 async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
     """InvokeEndpoint: route to a variant and instance, proxy the request, answer with the model's bytes."""
+    return await _invoke(request, stream=False)
+
+
+async def invoke_endpoint_with_response_stream(request: web.Request) -> web.StreamResponse:
+    """InvokeEndpointWithResponseStream: InvokeEndpoint whose answer is an event stream of PayloadParts."""
+    return await _invoke(request, stream=True)
+
+
+async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
     platform = request.app[PLATFORM_KEY]
     headers = request.headers
     request_id = str(uuid.uuid4())
     name = request.match_info["name"]
     try:
-        check_invoke_request(name, headers)
+        check_invoke_request(name, headers, "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint")
         runtime = platform.endpoints.runtime_for(name)
         limit = platform.settings.max_payload_bytes
         body = await read_limited(request, limit, lambda: ValidationError(
             f"Request payload is too large: the limit is {limit} bytes."))
-        return await forward(platform, runtime, request_id, body, headers)
+        return await forward(platform, runtime, request_id, body, headers, stream=stream)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)
     except Exception:
@@ -168,12 +178,22 @@ async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
         return runtime_error(InternalFailure("internal error"), request_id)
 
 
+#: bytes per PayloadPart event of a streamed answer
+STREAM_PART_BYTES = 64 * 1024
+
+
 async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str, body: bytes,
-                  headers: Any) -> web.Response:
-    """Send one invocation through ``runtime``'s router and build the runtime response (raises SageMakerError)."""
+                  headers: Any, *, stream: bool = False) -> web.Response:
+    """Send one invocation through ``runtime``'s router and build the runtime response (raises SageMakerError).
+
+    With ``stream`` the answer is InvokeEndpointWithResponseStream's: the model's bytes as PayloadPart
+    events (the model servers here answer whole, so the parts follow one another at once) and the
+    content type in ``X-Amzn-SageMaker-Content-Type``.
+    """
     record = InvocationRecord(
         endpoint_name=runtime.name, body=body,
-        content_type=headers.get("Content-Type"), accept=headers.get("Accept"),
+        content_type=headers.get("Content-Type"),
+        accept=headers.get("X-Amzn-SageMaker-Accept" if stream else "Accept"),
         custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
         target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
         inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
@@ -209,6 +229,12 @@ async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str,
             observer(record)
         except Exception:  # noqa: BLE001 - an observer must never fail the client's request
             log.exception("invocation observer failed")
+    if stream:
+        if record.response_content_type:
+            response_headers["X-Amzn-SageMaker-Content-Type"] = record.response_content_type
+        parts = b"".join(eventstream.event("PayloadPart", payload[i:i + STREAM_PART_BYTES])
+                         for i in range(0, len(payload), STREAM_PART_BYTES))
+        return web.Response(status=200, body=parts, headers=response_headers, content_type=eventstream.CONTENT_TYPE)
     response = web.Response(status=200, body=payload, headers=response_headers)
     if record.response_content_type:
         response.headers["Content-Type"] = record.response_content_type
@@ -321,6 +347,7 @@ def create_app(platform: Platform) -> web.Application:
     app.router.add_post("/", control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_post("/endpoints/{name}/invocations", invoke_endpoint)
+    app.router.add_post("/endpoints/{name}/invocations-response-stream", invoke_endpoint_with_response_stream)
     for method, path, handler in platform.registry.routes:
         app.router.add_route(method, path, _wrap_route(handler))
     return app

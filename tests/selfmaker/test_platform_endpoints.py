@@ -80,6 +80,37 @@ def test_weights_80_20_and_target_variant(sm: Any, smr: Any, onnx_model_tar: str
     sm.delete_endpoint(EndpointName=endpoint)
 
 
+def test_invoke_endpoint_with_response_stream(sm: Any, smr: Any, onnx_model_tar: str) -> None:
+    """boto3's invoke_endpoint_with_response_stream: the answer arrives as PayloadPart events (64 KiB
+    each) whose bytes are InvokeEndpoint's answer; routing, Accept and errors are InvokeEndpoint's."""
+    model, endpoint = _name("m"), _name("stream")
+    make_model(sm, model, onnx_model_tar)
+    deploy(sm, endpoint, [variant("Blue", model, weight=1.0), variant("Green", model, weight=0.0)])
+    rows = "".join(f"{i % 7 * 0.1:.1f},1.0,-0.5,{i % 3}\n" for i in range(3000)).encode()
+    whole = smr.invoke_endpoint(EndpointName=endpoint, Body=rows, ContentType="text/csv",
+                                Accept="application/json", TargetVariant="Green")
+    expected = whole["Body"].read()
+    assert len(expected) > 64 * 1024
+    resp = smr.invoke_endpoint_with_response_stream(EndpointName=endpoint, Body=rows, ContentType="text/csv",
+                                                    Accept="application/json", TargetVariant="Green")
+    assert resp["InvokedProductionVariant"] == "Green"
+    assert resp["ContentType"].startswith("application/json")
+    events = list(resp["Body"])
+    assert len(events) == -(-len(expected) // (64 * 1024)) and all(set(e) == {"PayloadPart"} for e in events)
+    assert b"".join(e["PayloadPart"]["Bytes"] for e in events) == expected
+    csv = smr.invoke_endpoint_with_response_stream(EndpointName=endpoint, Body=b"1,2,3,4", ContentType="text/csv",
+                                                   Accept="text/csv")
+    assert csv["ContentType"].startswith("text/csv")
+    assert b"".join(e["PayloadPart"]["Bytes"] for e in csv["Body"]).count(b"\n") == 1
+    with pytest.raises(ClientError) as info:  # the model's 400 comes back as ModelError, before any stream
+        smr.invoke_endpoint_with_response_stream(EndpointName=endpoint, Body=b"1,2", ContentType="text/csv")
+    assert info.value.response["Error"]["Code"] == "ModelError"
+    with pytest.raises(ClientError) as info:
+        smr.invoke_endpoint_with_response_stream(EndpointName="no-such-endpoint", Body=b"1", ContentType="text/csv")
+    assert info.value.response["Error"]["Code"] == "ValidationError"
+    sm.delete_endpoint(EndpointName=endpoint)
+
+
 def test_runtime_errors(sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str, broken_model_tar: str) -> None:
     model, endpoint = _name("m"), _name("err")
     make_model(sm, model, onnx_model_tar)
