@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,20 @@ import pytest
 _PLATFORM_TESTS = str(Path(__file__).resolve().parents[1] / "selfmaker")
 if _PLATFORM_TESTS not in sys.path:
     sys.path.insert(0, _PLATFORM_TESTS)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A `selfmaker up` with default settings and its own home, for the module (modules that need
+    other settings define their own ``platform``)."""
+    import platform_helpers as helpers
+
+    server = helpers.PlatformProcess(tmp_path_factory.mktemp("home"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,6 @@ import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 XGB_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 AUC = {"Name": "validation:auc", "Regex": r".*\[[0-9]+\].*#011validation-auc:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"}
 WAIT = {"Delay": 0.5, "MaxAttempts": 240}
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = helpers.PlatformProcess(tmp_path_factory.mktemp("home"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

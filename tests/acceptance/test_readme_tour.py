@@ -10,13 +10,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,16 +23,6 @@ def tour_code() -> str:
     found = re.search(r"```python\n(.*?)```", section, re.S)
     assert found, "the tour has no python block"
     return found.group(1)
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = helpers.PlatformProcess(tmp_path_factory.mktemp("tour-home"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_readme_tour_runs_as_written(platform: Any, tmp_path: Path) -> None:
