@@ -8,6 +8,7 @@ Every target is a ``main(argv: list[str]) -> int`` function.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 #: sub-command -> ("module:function", one-line help)
@@ -26,24 +27,37 @@ def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: selfmaker COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `selfmaker COMMAND --help` for the options of a command."]
+    lines += ["", "Run `selfmaker COMMAND --help` for the options of a command, `selfmaker --version` for the version."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the sub-command named by the first argument."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help", "help"}:
-        print(_usage())
+    try:
+        if not args or args[0] in {"-h", "--help", "help"}:
+            print(_usage())
+            return 0
+        if args[0] in {"-V", "--version", "version"}:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                print(f"selfmaker {version('selfmaker')}")
+            except PackageNotFoundError:  # run from a source tree that is not installed
+                print("selfmaker (not installed)")
+            return 0
+        name, rest = args[0], args[1:]
+        if name not in COMMANDS:
+            print(f"selfmaker: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+            return 2
+        target, _ = COMMANDS[name]
+        module_name, func_name = target.split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(rest) or 0)
+    except BrokenPipeError:  # `selfmaker ... | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
         return 0
-    name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"selfmaker: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    target, _ = COMMANDS[name]
-    module_name, func_name = target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 
+def _plain(doc: str | None) -> str:
+    """A docstring as --help text (without reStructuredText literals)."""
+    return (doc or "").replace("``", "")
+
+
 def train_main(argv: list[str]) -> int:
     """``selfmaker train [--root DIR] [--algorithm NAME]``: run one training host against an /opt/ml tree.
 
@@ -20,11 +25,13 @@ def train_main(argv: list[str]) -> int:
     """
     import os
 
-    parser = argparse.ArgumentParser(prog="selfmaker train", description=train_main.__doc__)
+    parser = argparse.ArgumentParser(prog="selfmaker train", description=_plain(train_main.__doc__))
     parser.add_argument("--root", default=None, help="the /opt/ml tree (default: $SELFMAKER_ML_ROOT or /opt/ml)")
     parser.add_argument("--algorithm", default=os.environ.get("SELFMAKER_ALGORITHM") or None,
                         help="xgboost | linear-learner | script (default: $SELFMAKER_ALGORITHM, else script mode)")
     args = parser.parse_args(argv)
+    if args.root is not None and not Path(args.root).is_dir():
+        parser.error(f"--root {args.root}: no such directory (the /opt/ml tree to train in)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.trainer import run
 
@@ -37,7 +44,7 @@ def _fmt_metric(points: dict[str, dict[str, Any]]) -> str:
 
 def train_local_main(argv: list[str]) -> int:
     """``selfmaker train-local REQUEST.json``: run one CreateTrainingJob request here and report where the model went."""
-    parser = argparse.ArgumentParser(prog="selfmaker train-local", description=train_local_main.__doc__)
+    parser = argparse.ArgumentParser(prog="selfmaker train-local", description=_plain(train_local_main.__doc__))
     parser.add_argument("request", help="CreateTrainingJob request as JSON (the boto3 / --cli-input-json shape); '-' reads stdin")
     parser.add_argument("--work-dir", default=None, help="job directory (default: ./selfmaker-jobs/<job name>)")
     parser.add_argument("--endpoint-url", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL / AWS)")

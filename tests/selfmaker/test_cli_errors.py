@@ -48,3 +48,13 @@ def test_up_says_when_it_cannot_use_the_home_or_the_address(tmp_path: Path) -> N
 def test_logs_rejects_a_negative_tail(tmp_path: Path) -> None:
     proc = run("logs", "anything", "--home", str(tmp_path), "--tail", "-2")
     assert proc.returncode == 2 and "--tail must be 0" in proc.stderr
+
+
+def test_version_and_a_missing_training_root(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"selfmaker {version('selfmaker')}"
+    proc = run("train", "--root", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
+    assert not (tmp_path / "nowhere").exists()  # nothing created at a mistyped path
