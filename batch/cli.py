@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint-url", default=os.environ.get("SELFMAKER_ENDPOINT_URL", DEFAULT_ENDPOINT),
                         help="selfmaker platform URL used to resolve ModelName (default %(default)s)")
     parser.add_argument("--state-dir", help="where finished parts are recorded (default "
-                        "~/.selfmaker/transform/<TransformJobName>)")
+                        "$SELFMAKER_HOME/transform/<TransformJobName>, SELFMAKER_HOME defaulting to ~/.selfmaker)")
     parser.add_argument("--resume", action="store_true", help="skip the parts and objects a previous run finished")
     parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     parser.add_argument("--mode", choices=("auto", "http", "inprocess"),
@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"selfmaker transform: {exc}", file=sys.stderr)
             return 2
     job_name = str(request.get("TransformJobName") or "transform-job")
-    state_dir = args.state_dir or str(Path.home() / ".selfmaker" / "transform" / job_name)
+    # the platform's home (selfmaker.settings reads the same variable; batch does not import selfmaker)
+    home = Path(os.environ["SELFMAKER_HOME"]) if os.environ.get("SELFMAKER_HOME") else Path.home() / ".selfmaker"
+    state_dir = args.state_dir or str(home / "transform" / job_name)
 
     stop = threading.Event()
     interrupts = [0]

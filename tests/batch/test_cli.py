@@ -16,17 +16,19 @@ from batch.engine import Progress
 
 
 def test_cli_runs_a_job_on_an_existing_scheduler(dask_client: Any, lr_model: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     rows = np.random.default_rng(51).normal(size=(500, N_FEATURES))
     src = write_csv(tmp_path / "in" / "x.csv", rows)
     req_file = tmp_path / "req.json"
     req_file.write_text(json.dumps(request(src.parent.as_uri(), (tmp_path / "out").as_uri(), SplitType="Line",
                                            BatchStrategy="MultiRecord", AssembleWith="Line", Accept="text/csv",
                                            TransformJobName="cli-job")))
-    code = main([str(req_file), "--scheduler", dask_client.scheduler.address, "--model-dir", str(lr_model),
-                 "--state-dir", str(tmp_path / "state")])
+    monkeypatch.setenv("SELFMAKER_HOME", str(tmp_path / "home"))  # the default state dir lives under it
+    code = main([str(req_file), "--scheduler", dask_client.scheduler.address, "--model-dir", str(lr_model)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert (tmp_path / "home" / "transform" / "cli-job").is_dir()
     assert "TransformJobStatus: Completed" in captured.out
     assert "records: 500" in captured.out
     assert "objects: 1/1 written" in captured.out
