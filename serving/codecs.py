@@ -174,6 +174,8 @@ def decode_npy(body: bytes) -> np.ndarray:
     """A ``.npy`` file (``numpy.save``); pickled object arrays are refused."""
     if not body:
         raise BadRequestError("empty NPY body")
+    if not body.startswith(b"\x93NUMPY"):  # np.load would take it for a pickle and say so
+        raise BadRequestError("malformed NPY body: not a .npy file (numpy.save output starts with \\x93NUMPY)")
     try:
         return np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -69,7 +69,7 @@ def test_decode_named_inputs() -> None:
         (b'[1]\n{"x": 1}\n', contract.JSONLINES, "line 2: object without"),
         (b"[1]\n[oops\n", contract.JSONLINES, "line 2"),
         (b"\n\n", contract.JSONLINES, "empty JSON Lines"),
-        (b"not npy at all", contract.NPY, "malformed NPY"),
+        (b"not npy at all", contract.NPY, "malformed NPY body: not a .npy file"),
         (b"", contract.NPY, "empty NPY"),
     ],
 )
