@@ -25,7 +25,7 @@ try:  # Java patterns in the model use \p{L} classes, which only `regex` underst
 except ImportError:  # pragma: no cover - regex is a declared dependency
     import re as _re  # type: ignore[no-redef]
 
-from selfmaker.errors import ValidationException
+from selfmaker.errors import SageMakerError, ValidationException
 
 #: how many problems are listed in one message at most (Coral lists them all; keep messages short)
 MAX_LISTED = 10
@@ -164,11 +164,14 @@ def validation_errors(operation: OperationModel, params: dict[str, Any]) -> list
     return validator.errors
 
 
-def validate_request(operation: OperationModel, params: dict[str, Any]) -> None:
-    """Raise :class:`ValidationException` naming every violated field of the request."""
+def validate_request(
+    operation: OperationModel, params: dict[str, Any], error: type[SageMakerError] = ValidationException
+) -> None:
+    """Raise ``error`` naming every violated field of the request: the control plane's
+    :class:`ValidationException`, or the runtime's ``ValidationError``."""
     errors = validation_errors(operation, params)
     if errors:
         count = len(errors)
         listed = "; ".join(errors[:MAX_LISTED])
         noun = "error" if count == 1 else "errors"
-        raise ValidationException(f"{count} validation {noun} detected: {listed}")
+        raise error(f"{count} validation {noun} detected: {listed}")
