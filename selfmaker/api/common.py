@@ -49,6 +49,10 @@ def to_epoch(value: Any, member: str) -> float:
     raise ValidationException(f"Invalid timestamp at '{member}'")
 
 
+def _bad_token() -> ValidationException:
+    return ValidationException("Invalid pagination token: NextToken does not match this request.")
+
+
 def encode_token(position: Any, fingerprint: str) -> str:
     """An opaque NextToken: where the next page starts (JSON data) in a listing with these filters."""
     raw = json.dumps({"p": position, "f": fingerprint}).encode()
@@ -63,14 +67,14 @@ def decode_token(token: str, fingerprint: str) -> Any:
             raise ValueError
         return data["p"]
     except (ValueError, KeyError, TypeError):
-        raise ValidationException("Invalid pagination token: NextToken does not match this request.") from None
+        raise _bad_token() from None
 
 
 def decode_offset(token: str, fingerprint: str) -> int:
     """A token holding a plain offset (``ListTags``)."""
     offset = decode_token(token, fingerprint)
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ValidationException("Invalid pagination token: NextToken does not match this request.")
+        raise _bad_token()
     return offset
 
 
@@ -125,7 +129,7 @@ def list_page(
             selected = [r for r in selected if ((key(r), r.name.lower()) < last if descending
                                                 else (key(r), r.name.lower()) > last)]
         except (TypeError, IndexError, KeyError):
-            raise ValidationException("Invalid pagination token: NextToken does not match this request.") from None
+            raise _bad_token() from None
     page = selected[:max_results]
     next_token = None
     if len(selected) > max_results:
