@@ -338,19 +338,15 @@ class SqliteQueue(QueueBackend):
         """Forget finished requests (and their state) finished more than this long ago; returns them
         (so the caller can delete inputs it stored for them)."""
         cutoff = time.time() - older_than_seconds
+        finished = "FROM async_queue WHERE queue=? AND done_at IS NOT NULL AND done_at<?"
         with self._db.transaction() as conn:
-            rows = conn.execute(
-                "SELECT inference_id, body FROM async_queue WHERE queue=? AND done_at IS NOT NULL AND done_at<?",
-                (self.name, cutoff),
-            ).fetchall()
-            for inference_id, _ in rows:
-                conn.execute(
-                    "DELETE FROM async_state WHERE queue=? AND inference_id=?", (self.name, inference_id)
-                )
-                conn.execute(
-                    "DELETE FROM async_queue WHERE queue=? AND inference_id=?", (self.name, inference_id)
-                )
-        return [AsyncRequest.from_json(body) for _, body in rows]
+            rows = conn.execute(f"SELECT body {finished}", (self.name, cutoff)).fetchall()
+            conn.execute(
+                f"DELETE FROM async_state WHERE queue=? AND inference_id IN (SELECT inference_id {finished})",
+                (self.name, self.name, cutoff),
+            )
+            conn.execute(f"DELETE {finished}", (self.name, cutoff))
+        return [AsyncRequest.from_json(body) for (body,) in rows]
 
     def purge(self) -> None:
         with self._db.transaction() as conn:
