@@ -21,12 +21,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     other settings define their own ``platform``)."""
     import platform_helpers as helpers
 
-    server = helpers.PlatformProcess(tmp_path_factory.mktemp("home"))
-    server.start()
-    try:
+    with helpers.running(tmp_path_factory.mktemp("home")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

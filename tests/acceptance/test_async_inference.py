@@ -136,17 +136,6 @@ def new_aws(url: str) -> Aws:
     return Aws(url, s3, sns, sqs, f"acc-{tag}", ok, err, inbox)
 
 
-def platform_env(moto_server: str, **settings: str) -> dict[str, str]:
-    """Environment of a `selfmaker up` whose AWS calls go to moto, plus ``settings``."""
-    return {
-        "AWS_ENDPOINT_URL": moto_server,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        **settings,
-    }
-
-
 @pytest.fixture(scope="module")
 def model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(helpers.build_classifier_tar(tmp_path_factory.mktemp("async-model")).as_uri())
@@ -155,14 +144,13 @@ def model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def platform(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """`selfmaker up` with S3/SNS pointed at moto, a short lease and a 1 s scale-to-zero delay."""
-    env = platform_env(moto_server, SELFMAKER_ASYNC_SCALE_IN_AFTER="1", SELFMAKER_ASYNC_VISIBILITY_TIMEOUT="10")
-    server = helpers.PlatformProcess(tmp_path_factory.mktemp("async-home"), env=env)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        _kill_leftovers(server.home)
+    env = helpers.moto_env(moto_server, SELFMAKER_ASYNC_SCALE_IN_AFTER="1", SELFMAKER_ASYNC_VISIBILITY_TIMEOUT="10")
+    with helpers.running(tmp_path_factory.mktemp("async-home"), env) as server:
+        try:
+            yield server
+        finally:
+            server.stop()  # before the leftovers are looked for (running() stops it again: a no-op)
+            _kill_leftovers(server.home)
 
 
 def _processes_under(home: Path) -> list[int]:
@@ -476,7 +464,7 @@ def test_finished_requests_are_pruned_and_deleted_endpoints_queues_dropped_at_st
     from serving.asyncq import AsyncRequest, SqliteQueue
 
     aws = new_aws(moto_server)
-    env = platform_env(moto_server, SELFMAKER_ASYNC_RETENTION="1")
+    env = helpers.moto_env(moto_server, SELFMAKER_ASYNC_RETENTION="1")
     home = tmp_path / "home"
     server = helpers.PlatformProcess(home, env=env)
     server.start()
@@ -532,7 +520,7 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
     missing or duplicated, and exactly 500 notifications."""
     moto_server = moto_process
     aws = new_aws(moto_server)
-    env = platform_env(moto_server, SELFMAKER_ASYNC_VISIBILITY_TIMEOUT="10")
+    env = helpers.moto_env(moto_server, SELFMAKER_ASYNC_VISIBILITY_TIMEOUT="10")
     home = tmp_path / "home"
     server = helpers.PlatformProcess(home, env=env)
     server.start()
@@ -598,7 +586,7 @@ def _cmdline(pid: int) -> bytes:
 def test_sqs_backend_platform(moto_server: str, model_tar: str, tmp_path: Path) -> None:
     """The same product with SELFMAKER_ASYNC_BACKEND=sqs: queues in (moto's) SQS, state under an S3 prefix."""
     aws = new_aws(moto_server)
-    env = platform_env(
+    env = helpers.moto_env(
         moto_server,
         SELFMAKER_ASYNC_BACKEND="sqs",
         SELFMAKER_ASYNC_SQS_QUEUE_PREFIX=f"sm-{uuid.uuid4().hex[:8]}-",

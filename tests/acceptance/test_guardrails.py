@@ -77,18 +77,9 @@ def canary(wait: int, *alarms: str, percent: int = 50) -> dict[str, Any]:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("guardrails-home")
     (home / "alarms.json").write_text(json.dumps(FILE_ALARMS))
-    server = helpers.PlatformProcess(
-        home,
-        env={
-            "SELFMAKER_ALARMS": json.dumps(SETTING_ALARMS),
-            "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true",
-        },
-    )
-    server.start()
-    try:
+    env = {"SELFMAKER_ALARMS": json.dumps(SETTING_ALARMS), "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true"}
+    with helpers.running(home, env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

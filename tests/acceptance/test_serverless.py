@@ -79,14 +79,9 @@ def predict_fn(data, model):
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = helpers.PlatformProcess(
-        tmp_path_factory.mktemp("serverless-home"), env={"SELFMAKER_SERVERLESS_IDLE_TIMEOUT": str(IDLE)}
-    )
-    server.start()
-    try:
+    env = {"SELFMAKER_SERVERLESS_IDLE_TIMEOUT": str(IDLE)}
+    with helpers.running(tmp_path_factory.mktemp("serverless-home"), env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -47,21 +47,9 @@ def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "con
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[Any]:
-    server = helpers.PlatformProcess(
-        tmp_path_factory.mktemp("shadow-home"),
-        env={
-            "AWS_ENDPOINT_URL": moto_server,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true",
-        },
-    )
-    server.start()
-    try:
+    env = helpers.moto_env(moto_server, SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS="true")
+    with helpers.running(tmp_path_factory.mktemp("shadow-home"), env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from platform_helpers import PlatformProcess, build_broken_tar, build_classifier_tar
+from platform_helpers import PlatformProcess, build_broken_tar, build_classifier_tar, running
 
 
 @pytest.fixture(scope="session")
 def platform_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
     """One `selfmaker up` shared by the tests of the session (tests use unique resource names)."""
-    server = PlatformProcess(tmp_path_factory.mktemp("selfmaker-home"))
-    server.start()
-    try:
+    with running(tmp_path_factory.mktemp("selfmaker-home")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ Imported by tests/selfmaker/conftest.py and tests/acceptance/conftest.py (by pat
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -124,6 +126,27 @@ WAIT = {"Delay": 0.25, "MaxAttempts": 400}
 def make_model(sm: Any, name: str, model_data: str) -> None:
     sm.create_model(ModelName=name, PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": model_data},
                     ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker")
+
+
+@contextlib.contextmanager
+def running(home: Path, env: dict[str, str] | None = None) -> Iterator[PlatformProcess]:
+    """A started `selfmaker up` with its own ``home``, stopped (with its process group) on exit."""
+    server = PlatformProcess(home, env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def moto_env(moto_server: str, **settings: str) -> dict[str, str]:
+    """Environment of a `selfmaker up` whose AWS calls (S3, SNS, SQS) go to the moto server, plus ``settings``."""
+    return {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **settings,
+    }
 
 
 def variant(name: str, model: str, weight: float = 1.0, count: int = 1) -> dict[str, Any]:
