@@ -55,19 +55,21 @@ def decode_csv(body: bytes, dtype: Any = np.float32) -> np.ndarray:
             return np.array(fields, dtype=dtype).reshape(1, len(fields))
         except (ValueError, TypeError):
             return _decode_csv_slow(text, dtype, len(fields))
-    first = text[:first_end]
-    n_cols = first.count(b",") + 1
-    fields = text.replace(b"\n", b",").split(b",")
-    if len(fields) % n_cols == 0:
+    n_cols = text[:first_end].count(b",") + 1
+    n_rows = text.count(b"\n") + 1
+    # each line break becomes the first character of the next line's first field; the table is
+    # rectangular when every break sits in a field at a multiple of the first line's field count
+    # (blank lines and ragged rows take the careful path, which skips the former and names the latter)
+    fields = text.replace(b"\n", b",\n").split(b",")
+    if len(fields) == n_rows * n_cols and b"".join(fields[n_cols::n_cols]).count(b"\n") == n_rows - 1:
         try:
-            # numpy parses byte strings straight to floats; far cheaper than genfromtxt/loadtxt
+            # numpy parses byte strings (leading whitespace allowed) straight to numbers; far
+            # cheaper than genfromtxt/loadtxt
             flat = np.array(fields, dtype=dtype)
         except (ValueError, TypeError):
             pass
         else:
-            n_rows = len(fields) // n_cols
-            if n_rows == text.count(b"\n") + 1:
-                return flat.reshape(n_rows, n_cols)
+            return flat.reshape(n_rows, n_cols)
     return _decode_csv_slow(text, dtype, n_cols)
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import weakref
 import time
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -154,6 +155,42 @@ class DataPlane:
         else:
             out, out_type, attributes, seconds = handler.invoke(body, content_type or "", accept, None)
         return InvocationResult(out, out_type, attributes, seconds)
+
+    @property
+    def batchable(self) -> bool:
+        """True when :meth:`invoke_many` can share model runs between requests (the default handler;
+        user hooks always run one request at a time, as the toolkit runs them)."""
+        return isinstance(self.handler, DefaultHandler)
+
+    def invoke_many(
+        self, requests: Sequence[tuple[bytes, str | None, str | None]]
+    ) -> list[InvocationResult | Exception]:
+        """Answer ``(body, content_type, accept)`` requests together: one model run for those whose
+        records stack (see :meth:`DefaultHandler.invoke_many`). Each entry is the request's result
+        or the :class:`ServingError` (or other exception) it alone met."""
+        handler = self.handler
+        if not isinstance(handler, DefaultHandler):
+            answers: list[InvocationResult | Exception] = []
+            for body, content_type, accept in requests:
+                try:
+                    answers.append(self.invoke_full(body, content_type, accept))
+                except Exception as exc:
+                    answers.append(exc)
+            return answers
+        out: list[InvocationResult | Exception | None] = [None] * len(requests)
+        positions: list[int] = []
+        checked: list[tuple[bytes, str, str | None]] = []
+        for index, (body, content_type, accept) in enumerate(requests):
+            if len(body) > self._max_bytes:
+                out[index] = PayloadTooLargeError(
+                    f"request body of {len(body)} bytes exceeds the {self.settings.max_payload_mb} MB limit"
+                )
+            else:
+                positions.append(index)
+                checked.append((body, content_type or "", accept))
+        for index, answer in zip(positions, handler.invoke_many(checked)):
+            out[index] = answer if isinstance(answer, Exception) else InvocationResult(*answer)
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         """Drop the model and any temporary unpacked copy."""

@@ -18,6 +18,7 @@ import inspect
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -200,7 +201,7 @@ class ResponseFormatter:
         keys = list(records[0])
         return np.array([[row[k] for k in keys] for row in records], dtype=np.float32), keys
 
-    def _classifier(self, outputs: dict[str, np.ndarray], accept: str) -> bytes:
+    def _classifier(self, outputs: dict[str, np.ndarray], accept: str) -> bytes | list[Any]:
         raw = outputs[self.prob_name]
         classes = self.classes
         if isinstance(raw, list):
@@ -236,13 +237,11 @@ class ResponseFormatter:
             if accept == contract.CSV:
                 return codecs.encode_csv([[label, *p] for label, p in zip(labels, probs.tolist())])
             records = [{"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist())]
-        if accept == contract.JSONLINES:
-            return codecs.encode_jsonlines(records)
-        return codecs.encode_json({"predictions": records})
+        return records
 
     # -- regression / generic ---------------------------------------------------------------
 
-    def _regressor(self, values: np.ndarray, accept: str) -> bytes:
+    def _regressor(self, values: np.ndarray, accept: str) -> bytes | list[Any]:
         if values.ndim == 2 and values.shape[1] == 1:
             values = values.reshape(values.shape[0])
         if accept == contract.NPY:
@@ -253,11 +252,9 @@ class ResponseFormatter:
             records: list[Any] = [{"score": v} for v in values.tolist()]
         else:
             records = values.tolist()
-        if accept == contract.JSONLINES:
-            return codecs.encode_jsonlines(records)
-        return codecs.encode_json({"predictions": records})
+        return records
 
-    def _generic(self, outputs: dict[str, np.ndarray], accept: str) -> bytes:
+    def _generic(self, outputs: dict[str, np.ndarray], accept: str) -> bytes | list[Any]:
         if len(outputs) == 1:
             return self._regressor(np.asarray(next(iter(outputs.values()))), accept)
         if accept == contract.NPY:
@@ -278,18 +275,48 @@ class ResponseFormatter:
                     row.extend(value if isinstance(value, list) else [value])
                 rows.append(row)
             return codecs.encode_csv(rows)
-        if accept == contract.JSONLINES:
-            return codecs.encode_jsonlines(records)
-        return codecs.encode_json({"predictions": records})
+        return records
 
-    def encode(self, outputs: dict[str, np.ndarray], accept: str) -> bytes:
-        """Bytes of ``outputs`` for the (already resolved) ``accept``."""
+    def _shape(self, outputs: dict[str, Any], accept: str) -> bytes | list[Any]:
+        """The finished answer (CSV, npy, or a JSON shape that is not one record per row), or the
+        answer's records, one per row, for :meth:`_wrap`."""
         if self.prob_name and self.task != "regression":
             return self._classifier(outputs, accept)
         if self.task == "regression":
             name = self.output_names[0] if len(self.output_names) == 1 else (self.prob_name or self.output_names[0])
             return self._regressor(np.asarray(outputs[name]), accept)
         return self._generic(outputs, accept)
+
+    @staticmethod
+    def _wrap(records: list[Any], accept: str) -> bytes:
+        if accept == contract.JSONLINES:
+            return codecs.encode_jsonlines(records)
+        return codecs.encode_json({"predictions": records})
+
+    def encode(self, outputs: dict[str, Any], accept: str) -> bytes:
+        """Bytes of ``outputs`` for the (already resolved) ``accept``."""
+        shaped = self._shape(outputs, accept)
+        return shaped if isinstance(shaped, bytes) else self._wrap(shaped, accept)
+
+    def encode_split(self, outputs: dict[str, Any], accept: str, counts: Sequence[int]) -> list[bytes]:
+        """One answer per request of a shared run: ``counts`` are the requests' record counts, in
+        order; ``outputs`` hold ``sum(counts)`` records. Each answer equals :meth:`encode` of the
+        request's own rows (JSON records are built once for all rows and then wrapped per request)."""
+        if accept in (contract.JSON, contract.JSONLINES):
+            shaped = self._shape(outputs, accept)
+            if isinstance(shaped, list) and len(shaped) == sum(counts):
+                answers = []
+                start = 0
+                for count in counts:
+                    answers.append(self._wrap(shaped[start : start + count], accept))
+                    start += count
+                return answers
+        answers = []
+        start = 0
+        for count in counts:
+            answers.append(self.encode({name: value[start : start + count] for name, value in outputs.items()}, accept))
+            start += count
+        return answers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +359,154 @@ class DefaultHandler:
         outputs = self.model.predict(feeds)
         model_seconds = time.perf_counter() - started
         return formatter.encode(outputs, answer_type), answer_type, None, model_seconds
+
+
+    def invoke_many(
+        self, requests: Sequence[tuple[bytes, str, str | None]]
+    ) -> list[tuple[bytes, str, str | None, float] | Exception]:
+        """Answer several requests, running the model once for all whose records stack.
+
+        Requests whose records have the same inputs (names, dtypes, trailing dimensions) are
+        concatenated on the batch axis and run together; outputs are split back by each request's
+        record count. One-record CSV bodies with the same field count are also decoded together.
+        Whatever fails in a shared step is redone per request, so a bad request gets exactly the
+        error :meth:`invoke` would give it and the others their answers. The model seconds of a
+        shared run are divided among its requests. Answers equal :meth:`invoke`'s up to float
+        rounding: a kernel may sum in a different order for a larger batch.
+        """
+        formatter = self.formatter
+        model = self.model
+        assert formatter is not None
+        answers: list[tuple[bytes, str, str | None, float] | Exception | None] = [None] * len(requests)
+        blocks: list[_Block] = []
+        singles: dict[int, list[tuple[int, str, bytes]]] = {}  # one-record CSV bodies by comma count
+        others: list[tuple[int, str, bytes, str]] = []
+        for index, (body, content_type, accept) in enumerate(requests):
+            try:
+                answer_type = formatter.accept(accept)
+            except Exception as exc:
+                answers[index] = exc
+                continue
+            ctype = contract.normalise_content_type(content_type) or contract.CSV
+            if ctype == contract.CSV and model.stackable:
+                record = body.strip()
+                if record and b"\n" not in record and b"\r" not in record:
+                    singles.setdefault(record.count(b","), []).append((index, answer_type, record))
+                    continue
+            others.append((index, ctype, body, answer_type))
+        for members in singles.values():
+            if len(members) == 1:
+                index, answer_type, record = members[0]
+                others.append((index, contract.CSV, record, answer_type))
+                continue
+            try:
+                feeds = model.validate(codecs.decode_csv(b"\n".join(m[2] for m in members), model.input_dtype))
+            except Exception:  # some record is bad: each request finds out which on its own
+                others.extend((index, contract.CSV, record, answer_type) for index, answer_type, record in members)
+                continue
+            blocks.append(_Block([m[0] for m in members], [m[1] for m in members], [1] * len(members), feeds))
+        grouped: dict[tuple[Any, ...], _Block] = {}
+        for index, ctype, body, answer_type in others:
+            try:
+                feeds = model.validate(codecs.decode(body, ctype, model.input_dtype))
+            except Exception as exc:
+                answers[index] = exc
+                continue
+            count = len(next(iter(feeds.values())))
+            if not model.stackable:
+                blocks.append(_Block([index], [answer_type], [count], feeds))
+                continue
+            key = tuple((name, array.dtype, array.shape[1:]) for name, array in feeds.items())
+            block = grouped.get(key)
+            if block is None:
+                grouped[key] = block = _Block([], [], [], {})
+                blocks.append(block)
+            block.add(index, answer_type, count, feeds)
+        for block in blocks:
+            self._run_block(block, answers)
+        return answers  # type: ignore[return-value]
+
+    def _run_block(self, block: _Block, answers: list[Any]) -> None:
+        """One model run for ``block``, its answers into ``answers``; per request when that fails."""
+        formatter = self.formatter
+        assert formatter is not None
+        feeds = block.stacked()
+        total = sum(block.counts)
+        started = time.perf_counter()
+        try:
+            outputs = self.model.predict(feeds)
+            if len(block.indices) > 1 and any(
+                np.ndim(value) == 0 or len(value) != total for value in outputs.values()
+            ):
+                raise ValueError("outputs do not split by record")
+        except Exception as exc:
+            if len(block.indices) == 1:
+                answers[block.indices[0]] = exc
+                return
+            for single in block.split():  # each request meets its own error (or answer)
+                self._run_block(single, answers)
+            return
+        seconds = (time.perf_counter() - started) / len(block.indices)
+        answer_types = block.answer_types
+        if all(answer_type == answer_types[0] for answer_type in answer_types):
+            try:
+                bodies = formatter.encode_split(outputs, answer_types[0], block.counts)
+            except Exception as exc:
+                bodies = None
+                if len(block.indices) == 1:
+                    answers[block.indices[0]] = exc
+                    return
+            if bodies is not None:
+                for index, body in zip(block.indices, bodies):
+                    answers[index] = (body, answer_types[0], None, seconds)
+                return
+        start = 0
+        for index, answer_type, count in zip(block.indices, answer_types, block.counts):
+            end = start + count
+            try:
+                body = formatter.encode({name: value[start:end] for name, value in outputs.items()}, answer_type)
+                answers[index] = (body, answer_type, None, seconds)
+            except Exception as exc:
+                answers[index] = exc
+            start = end
+
+
+class _Block:
+    """Requests whose records run together: their indices, answer types, record counts, feeds."""
+
+    __slots__ = ("indices", "answer_types", "counts", "parts", "feeds")
+
+    def __init__(self, indices: list[int], answer_types: list[str], counts: list[int], feeds: dict[str, np.ndarray]) -> None:
+        self.indices = indices
+        self.answer_types = answer_types
+        self.counts = counts
+        self.parts: list[dict[str, np.ndarray]] = [feeds] if feeds else []
+        self.feeds = feeds if feeds else None
+
+    def add(self, index: int, answer_type: str, count: int, feeds: dict[str, np.ndarray]) -> None:
+        self.indices.append(index)
+        self.answer_types.append(answer_type)
+        self.counts.append(count)
+        self.parts.append(feeds)
+        self.feeds = None
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        """The feeds of all requests, concatenated on the batch axis."""
+        if self.feeds is None:
+            parts = self.parts
+            self.feeds = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return self.feeds
+
+    def split(self) -> list[_Block]:
+        """One block per request."""
+        feeds = self.stacked()
+        out = []
+        start = 0
+        for index, answer_type, count in zip(self.indices, self.answer_types, self.counts):
+            end = start + count
+            out.append(_Block([index], [answer_type], [count], {name: value[start:end] for name, value in feeds.items()}))
+            start = end
+        return out
 
 
 def _call_hook(func: Callable[..., Any], context: Context, *args: Any) -> Any:

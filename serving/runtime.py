@@ -78,6 +78,7 @@ class OnnxModel:
         self.output_names: list[str] = []
         self._run: Any = None
         self._run_options: Any = None
+        self.stackable = False
 
     @property
     def ready(self) -> bool:
@@ -106,6 +107,9 @@ class OnnxModel:
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
         self.output_names = [spec.name for spec in self.outputs]
+        # every input has a free leading (batch) dimension: records of several requests can be
+        # stacked into one run
+        self.stackable = bool(self.inputs) and all(spec.shape and spec.shape[0] is None for spec in self.inputs)
         # the binding under InferenceSession.run skips per-call Python-side checks we already did
         self._run = getattr(self.session, "_sess", self.session).run
         self._run_options = None

@@ -25,7 +25,8 @@ class ServingSettings(BaseSettings):
     core), ``timeout`` (SAGEMAKER_MODEL_SERVER_TIMEOUT, seconds per request), ``max_payload_mb``
     (SAGEMAKER_MAX_PAYLOAD_IN_MB, 1..1024), ``program`` (SAGEMAKER_PROGRAM, the hooks module in
     ``code/``), ``default_accept`` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT), ``pip_wheel``
-    (SELFMAKER_PIP_WHEEL, pip's wheel for ``code/requirements.txt`` when the interpreter has no pip).
+    (SELFMAKER_PIP_WHEEL, pip's wheel for ``code/requirements.txt`` when the interpreter has no pip),
+    ``batching`` (SELFMAKER_SERVE_BATCHING, see :class:`serving.http.fastpath.PendingInvocation`).
     """
 
     model_config = SettingsConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
@@ -51,6 +52,8 @@ class ServingSettings(BaseSettings):
     pip_wheel: str | None = Field(None, alias="SELFMAKER_PIP_WHEEL")
     log_level: str = Field("INFO", alias="SELFMAKER_LOG_LEVEL")
     access_log: bool = Field(True, alias="SELFMAKER_ACCESS_LOG")
+    #: answer small invocations that arrive together with one model run (inline worker, default handler)
+    batching: bool = Field(True, alias="SELFMAKER_SERVE_BATCHING")
     state_dir: str | None = Field(None, alias="SELFMAKER_SERVE_STATE_DIR")
     #: stop (gracefully) when this process stops being our parent: set by a supervisor such as
     #: `selfmaker up`, so a killed supervisor leaves no model server behind

@@ -133,5 +133,6 @@ def create_app(
         max_payload_mb=settings.max_payload_mb,
         metrics=metrics,
         log_requests=settings.access_log,
+        batching=settings.batching,
     )
     return app

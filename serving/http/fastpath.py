@@ -16,7 +16,7 @@ from http import HTTPStatus
 from typing import Any
 
 from serving import contract
-from serving.dataplane import DataPlane
+from serving.dataplane import DataPlane, InvocationResult
 from serving.errors import PayloadTooLargeError, error_body, error_response
 from serving.metrics import Metrics
 
@@ -27,6 +27,13 @@ _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in H
 _JSON = "application/json"
 _ROUTES = ("/invocations", "/ping", "/metrics", "/execution-parameters")
 MODEL_SECONDS_KEY = "selfmaker.model_seconds"
+#: Set by a server that can answer invocations in batches (see :class:`PendingInvocation`).
+DEFER_KEY = "selfmaker.defer"
+#: Larger bodies are answered at once: their records already fill a model run, and stacking them
+#: with others would only add a copy.
+MAX_BATCHED_BODY = 64 * 1024
+
+_Answer = tuple[int, list[tuple[str, str]], bytes, "float | None"]
 
 
 def _headers_of(environ: dict[str, Any]) -> dict[str, str]:
@@ -55,6 +62,7 @@ class FastPath:
         max_payload_mb: int,
         metrics: Metrics | None,
         log_requests: bool,
+        batching: bool = True,
     ) -> None:
         self.fallback = fallback
         self.model = model
@@ -63,6 +71,7 @@ class FastPath:
         self.max_payload_mb = max_payload_mb
         self.metrics = metrics
         self.log_requests = log_requests
+        self.batching = batching
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -99,20 +108,21 @@ class FastPath:
             raise PayloadTooLargeError(f"request body exceeds the {self.max_payload_mb} MB limit")
         return body
 
-    def _invoke(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, float | None]:
-        model = self.model
+    def _take_invocation(self, environ: dict[str, Any]) -> tuple[bytes, _Answer | None]:
+        """Read an invocation's body; the answer instead when it cannot reach the model (413, 503)."""
         try:
             body = self._read_body(environ)
         except PayloadTooLargeError as exc:
-            status, out = error_response(exc)
-            return status, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None
+            return b"", self._failure(exc)
+        model = self.model
+        if not model.ready:
+            out = error_body(503, "model failed to load" if model.error else "model is loading")
+            return body, (503, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None)
+        return body, None
+
+    def _invoke(self, environ: dict[str, Any], body: bytes) -> _Answer:
+        model = self.model
         try:
-            if not model.ready:
-                if model.error:
-                    body = error_body(503, "model failed to load")
-                else:
-                    body = error_body(503, "model is loading")
-                return 503, [("Content-Type", _JSON), ("Content-Length", str(len(body)))], body, None
             result = model.invoke_full(
                 body,
                 environ.get("CONTENT_TYPE"),
@@ -121,10 +131,18 @@ class FastPath:
                 _headers_of(environ) if model.takes_headers else None,
             )
         except Exception as exc:  # mapped in one place; only non-ServingErrors are 500s
-            status, out = error_response(exc)
-            if status >= 500 and status != 503:
-                log.error("invocation failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-            return status, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None
+            return self._failure(exc)
+        return self._success(result)
+
+    @staticmethod
+    def _failure(exc: Exception) -> _Answer:
+        status, out = error_response(exc)
+        if status >= 500 and status != 503:
+            log.error("invocation failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        return status, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None
+
+    @staticmethod
+    def _success(result: InvocationResult) -> _Answer:
         headers = [("Content-Type", result.content_type), ("Content-Length", str(len(result.body)))]
         if result.custom_attributes is not None:
             headers.append((contract.CUSTOM_ATTRIBUTES_HEADER, contract.sanitize_header(result.custom_attributes)))
@@ -138,13 +156,19 @@ class FastPath:
         method = environ.get("REQUEST_METHOD", "")
         model_seconds: float | None = None
         if path == "/invocations" and method == "POST":
-            status, headers, body, model_seconds = self._invoke(environ)
+            body, refused = self._take_invocation(environ)
+            if refused is not None:
+                status, headers, out, model_seconds = refused
+            elif self.batching and len(body) <= MAX_BATCHED_BODY and environ.get(DEFER_KEY) and self.model.batchable:
+                return PendingInvocation(self, environ, start_response, started, body)
+            else:
+                status, headers, out, model_seconds = self._invoke(environ, body)
             start_response(_STATUS_LINES.get(status, str(status)), headers)
-            result: Iterable[bytes] = [body]
+            result: Iterable[bytes] = [out]
         elif path == "/ping" and method == "GET":
-            status, headers, body = self._ping()
+            status, headers, out = self._ping()
             start_response(_STATUS_LINES.get(status, str(status)), headers)
-            result = [body]
+            result = [out]
         else:
             seen: list[str] = []
 
@@ -155,6 +179,13 @@ class FastPath:
             result = self.fallback(environ, _start_response)
             status = int(seen[-1][:3]) if seen else 500
             model_seconds = environ.get(MODEL_SECONDS_KEY)
+        self._account(environ, path, method, status, started, model_seconds)
+        return result
+
+    def _account(
+        self, environ: dict[str, Any], path: str, method: str, status: int, started: float, model_seconds: float | None
+    ) -> None:
+        """Metrics and the access-log line of one finished request."""
         elapsed = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.observe(path if path in _ROUTES else "other", status, elapsed, model_seconds)
@@ -172,4 +203,58 @@ class FastPath:
                     "request_id": environ.get("HTTP_X_AMZN_REQUESTID") or environ.get("HTTP_X_REQUEST_ID"),
                 },
             )
-        return result
+
+
+class PendingInvocation:
+    """An invocation whose body is read and whose answer waits for :meth:`run_all`.
+
+    :class:`FastPath` returns one instead of an answer when the server (the ``inline`` worker) put
+    :data:`DEFER_KEY` in the environ: the worker collects the invocations that arrived together,
+    runs them with one :meth:`run_all` (one model run for records that stack), then calls
+    :meth:`finish` on each — which is when the response starts and the request is accounted.
+    """
+
+    __slots__ = ("app", "environ", "start_response", "started", "body", "outcome")
+
+    def __init__(
+        self, app: FastPath, environ: dict[str, Any], start_response: Callable[..., Any], started: float, body: bytes
+    ) -> None:
+        self.app = app
+        self.environ = environ
+        self.start_response = start_response
+        self.started = started
+        self.body = body
+        self.outcome: InvocationResult | Exception | None = None
+
+    @staticmethod
+    def run_all(pending: list[PendingInvocation]) -> None:
+        """Answer every pending invocation (all of one app): together when there are several."""
+        if len(pending) == 1:
+            one = pending[0]
+            environ = one.environ
+            try:
+                one.outcome = one.app.model.invoke_full(one.body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
+            except Exception as exc:
+                one.outcome = exc
+            return
+        requests = [(p.body, p.environ.get("CONTENT_TYPE"), p.environ.get("HTTP_ACCEPT")) for p in pending]
+        try:
+            outcomes = pending[0].app.model.invoke_many(requests)
+        except Exception as exc:  # a failure of the batch itself (not of one request): every request gets it
+            outcomes = [exc] * len(pending)
+        for one, outcome in zip(pending, outcomes):
+            one.outcome = outcome
+
+    def finish(self) -> list[bytes]:
+        """Start the response and return its body (after :meth:`run_all`)."""
+        app = self.app
+        outcome = self.outcome
+        if isinstance(outcome, InvocationResult):
+            status, headers, out, model_seconds = app._success(outcome)
+        else:
+            status, headers, out, model_seconds = app._failure(
+                outcome if outcome is not None else RuntimeError("invocation was never run")
+            )
+        self.start_response(_STATUS_LINES.get(status, str(status)), headers)
+        app._account(self.environ, "/invocations", "POST", status, self.started, model_seconds)
+        return [out]
