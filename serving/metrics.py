@@ -10,7 +10,8 @@ in an anonymous array.
 Series: ``selfmaker_requests_total{path,status}``, ``selfmaker_request_errors_total{status}``
 (/invocations answered >= 400), ``selfmaker_model_latency_seconds`` (time in the model handler) and
 ``selfmaker_overhead_latency_seconds`` (the rest of the request: HTTP, decode/encode of the default
-handler) histograms.
+handler) histograms, and ``selfmaker_batch_size`` (invocations that arrived together and were answered
+by one batch call, see ``serving.http.fastpath.PendingInvocation``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ STATUSES = (200, 400, 401, 403, 404, 405, 406, 408, 409, 413, 415, 422, 424, 429
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
 _N_STATUS = len(STATUSES) + 1  # + "other"
 _REQ = 0
@@ -35,7 +37,9 @@ _ERR = _REQ + len(PATHS) * _N_STATUS
 _HIST_LEN = len(LATENCY_BUCKETS) + 1 + 2  # buckets incl. +Inf, sum, count
 _MODEL = _ERR + _N_STATUS
 _OVERHEAD = _MODEL + _HIST_LEN
-N_SLOTS = _OVERHEAD + _HIST_LEN
+_BATCH = _OVERHEAD + _HIST_LEN
+_BATCH_LEN = len(BATCH_BUCKETS) + 1 + 2
+N_SLOTS = _BATCH + _BATCH_LEN
 
 _PATH_INDEX = {path: i for i, path in enumerate(PATHS)}
 _STATUS_INDEX = {status: i for i, status in enumerate(STATUSES)}
@@ -75,11 +79,17 @@ class Metrics:
                 self._hist(_MODEL, model_seconds)
                 self._hist(_OVERHEAD, max(0.0, total_seconds - model_seconds))
 
-    def _hist(self, base: int, value: float) -> None:
+    def observe_batch(self, size: int) -> None:
+        """Record ``size`` invocations answered by one batch call."""
+        with self._lock:
+            self._hist(_BATCH, float(size), BATCH_BUCKETS)
+
+    def _hist(self, base: int, value: float, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         slots = self._slots
-        slots[base + bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
-        slots[base + _HIST_LEN - 2] += value
-        slots[base + _HIST_LEN - 1] += 1
+        length = len(buckets) + 3
+        slots[base + bisect.bisect_left(buckets, value)] += 1
+        slots[base + length - 2] += value
+        slots[base + length - 1] += 1
 
     def totals(self) -> np.ndarray:
         """Slots summed over every worker file (or this process's slots without a directory)."""
@@ -116,14 +126,15 @@ class Metrics:
                     if totals[_ERR + s]:
                         errors.add_metric([_status_label(s)], totals[_ERR + s])
                 yield errors
-                for base, name, doc in (
-                    (_MODEL, "selfmaker_model_latency_seconds", "Time spent in the model handler"),
-                    (_OVERHEAD, "selfmaker_overhead_latency_seconds", "Request time outside the model handler"),
+                for base, buckets, name, doc in (
+                    (_MODEL, LATENCY_BUCKETS, "selfmaker_model_latency_seconds", "Time spent in the model handler"),
+                    (_OVERHEAD, LATENCY_BUCKETS, "selfmaker_overhead_latency_seconds", "Request time outside the model handler"),
+                    (_BATCH, BATCH_BUCKETS, "selfmaker_batch_size", "Invocations answered together by one batch call"),
                 ):
-                    counts = np.cumsum(totals[base : base + len(LATENCY_BUCKETS) + 1])
-                    bounds = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+                    counts = np.cumsum(totals[base : base + len(buckets) + 1])
+                    bounds = [repr(b) for b in buckets] + ["+Inf"]
                     histogram = HistogramMetricFamily(name, doc)
-                    histogram.add_metric([], list(zip(bounds, counts.tolist())), sum_value=totals[base + _HIST_LEN - 2])
+                    histogram.add_metric([], list(zip(bounds, counts.tolist())), sum_value=totals[base + len(buckets) + 1])
                     yield histogram
 
         registry = CollectorRegistry(auto_describe=False)

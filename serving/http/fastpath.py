@@ -229,17 +229,20 @@ class PendingInvocation:
     @staticmethod
     def run_all(pending: list[PendingInvocation]) -> None:
         """Answer every pending invocation (all of one app): together when there are several."""
+        app = pending[0].app
+        if app.metrics is not None:
+            app.metrics.observe_batch(len(pending))
         if len(pending) == 1:
             one = pending[0]
             environ = one.environ
             try:
-                one.outcome = one.app.model.invoke_full(one.body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
+                one.outcome = app.model.invoke_full(one.body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
             except Exception as exc:
                 one.outcome = exc
             return
         requests = [(p.body, p.environ.get("CONTENT_TYPE"), p.environ.get("HTTP_ACCEPT")) for p in pending]
         try:
-            outcomes = pending[0].app.model.invoke_many(requests)
+            outcomes = app.model.invoke_many(requests)
         except Exception as exc:  # a failure of the batch itself (not of one request): every request gets it
             outcomes = [exc] * len(pending)
         for one, outcome in zip(pending, outcomes):
