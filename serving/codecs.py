@@ -8,6 +8,7 @@ what is wrong. Encoders turn arrays / plain records into bytes. Pure functions, 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -172,12 +173,30 @@ def decode_jsonlines(body: bytes, dtype: Any = np.float32) -> np.ndarray:
     return _to_array(rows, dtype, "JSON Lines records")
 
 
+#: The header ``numpy.save`` writes for a plain C-ordered array (format 1.0): the fast path below
+#: reads it with this expression instead of numpy's literal_eval of the header dict (≈ 100 µs of a
+#: small request); anything else goes through ``np.load``.
+_NPY_PLAIN = re.compile(
+    rb"\x93NUMPY\x01\x00..\{'descr': '([<>|=][biuf][1248])', 'fortran_order': False, 'shape': \(((?:\d+, )*\d*|\d+,)\), \} *\n",
+    re.DOTALL,
+)
+
+
 def decode_npy(body: bytes) -> np.ndarray:
     """A ``.npy`` file (``numpy.save``); pickled object arrays are refused."""
     if not body:
         raise BadRequestError("empty NPY body")
     if not body.startswith(b"\x93NUMPY"):  # np.load would take it for a pickle and say so
         raise BadRequestError("malformed NPY body: not a .npy file (numpy.save output starts with \\x93NUMPY)")
+    plain = _NPY_PLAIN.match(body)
+    if plain is not None and plain.end() == 10 + int.from_bytes(body[8:10], "little"):
+        dtype = np.dtype(plain.group(1).decode())
+        shape = tuple(int(d) for d in plain.group(2).split(b",") if d.strip())
+        count = 1
+        for dim in shape:
+            count *= dim
+        if len(body) - plain.end() == count * dtype.itemsize:
+            return np.frombuffer(body, dtype=dtype, offset=plain.end()).reshape(shape).copy()
     try:
         return np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -306,6 +325,18 @@ def _csv_field(value: Any) -> str:
 
 def encode_npy(array: Any) -> bytes:
     """``numpy.save`` bytes of ``array`` (never pickled)."""
+    array = np.asarray(array)
+    if array.dtype.kind in "biuf" and array.dtype.itemsize in (1, 2, 4, 8):
+        # numpy.save's format 1.0 header for a C-ordered array, byte for byte, without its repr of a
+        # dict and its checks (the tests compare both)
+        shape = "(" + "".join(f"{d}, " for d in array.shape)[:-2] + ("," if array.ndim == 1 else "") + ")"
+        header = f"{{'descr': '{array.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
+        pad = 64 - (10 + len(header) + 1) % 64
+        if pad == 64:
+            pad = 0
+        head = header + " " * pad + "\n"
+        if len(head) < 65536:
+            return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode("latin-1") + np.ascontiguousarray(array).tobytes()
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array), allow_pickle=False)
+    np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
