@@ -412,10 +412,10 @@ class DefaultHandler:
             except Exception as exc:
                 answers[index] = exc
                 continue
-            count = len(next(iter(feeds.values())))
             if not model.stackable:
-                blocks.append(_Block([index], [answer_type], [count], feeds))
+                blocks.append(_Block([index], [answer_type], [0], feeds))
                 continue
+            count = len(next(iter(feeds.values())))
             key = tuple((name, array.dtype, array.shape[1:]) for name, array in feeds.items())
             block = grouped.get(key)
             if block is None:
@@ -448,14 +448,17 @@ class DefaultHandler:
             return
         seconds = (time.perf_counter() - started) / len(block.indices)
         answer_types = block.answer_types
+        if len(block.indices) == 1:
+            try:
+                answers[block.indices[0]] = (formatter.encode(outputs, answer_types[0]), answer_types[0], None, seconds)
+            except Exception as exc:
+                answers[block.indices[0]] = exc
+            return
         if all(answer_type == answer_types[0] for answer_type in answer_types):
             try:
                 bodies = formatter.encode_split(outputs, answer_types[0], block.counts)
-            except Exception as exc:
+            except Exception:  # encoded per request below, where each meets the error
                 bodies = None
-                if len(block.indices) == 1:
-                    answers[block.indices[0]] = exc
-                    return
             if bodies is not None:
                 for index, body in zip(block.indices, bodies):
                     answers[index] = (body, answer_types[0], None, seconds)

@@ -53,6 +53,17 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, ONNX_DTYPES.get(node.type, np.object_), shape)
 
 
+def _stackable(nodes: list[Any]) -> bool:
+    """Whether records of several requests can be concatenated into one run: the single input has a
+    free leading dimension, or every input has the same named one (``N``, ``batch``...), which says
+    they share the batch axis. A second input with its own free first dimension (a sequence, a
+    parameter vector) may not be per-record, so such models run each request alone."""
+    firsts = [node.shape[0] if node.shape else 0 for node in nodes]
+    if not firsts or any(isinstance(first, int) for first in firsts):
+        return False
+    return len(nodes) == 1 or (bool(firsts[0]) and all(first == firsts[0] for first in firsts))
+
+
 def default_providers(use_gpu: bool | None) -> list[str]:
     """CUDA first when onnxruntime offers it (unless disabled), CPU always."""
     import onnxruntime as ort
@@ -107,9 +118,7 @@ class OnnxModel:
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
         self.output_names = [spec.name for spec in self.outputs]
-        # every input has a free leading (batch) dimension: records of several requests can be
-        # stacked into one run
-        self.stackable = bool(self.inputs) and all(spec.shape and spec.shape[0] is None for spec in self.inputs)
+        self.stackable = _stackable(self.session.get_inputs())
         # the binding under InferenceSession.run skips per-call Python-side checks we already did
         self._run = getattr(self.session, "_sess", self.session).run
         self._run_options = None

@@ -215,6 +215,46 @@ def test_a_model_with_a_fixed_batch_dimension_runs_each_request_alone(tmp_path: 
     assert "expects 1 elements on axis 0" in str(answers[2])
 
 
+def _two_input_model(path: Path, second_dim: str) -> None:
+    """y = a * sum(b): ``b`` is per-record only when it shares ``a``'s batch dimension."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["b"], ["total"], keepdims=0), helper.make_node("Mul", ["a", "total"], ["y"])],
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [second_dim]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path / "model.onnx"))
+
+
+def test_inputs_with_their_own_free_dimension_are_not_stacked(tmp_path: Path) -> None:
+    _two_input_model(tmp_path / "own", "M")
+    plane = plane_for(tmp_path / "own")
+    first = json.dumps({"inputs": {"a": [[1.0, 1.0]], "b": [1.0, 2.0]}}).encode()
+    second = json.dumps({"inputs": {"a": [[1.0, 2.0]], "b": [10.0]}}).encode()
+    answers = assert_same_answers(plane, [(first, JSON, None), (second, JSON, None)])
+    assert [json.loads(a.body)["predictions"] for a in answers] == [[[3.0, 3.0]], [[10.0, 20.0]]]
+
+
+def test_inputs_sharing_a_named_batch_dimension_are_stacked(tmp_path: Path) -> None:
+    _two_input_model(tmp_path / "shared", "N")
+    plane = plane_for(tmp_path / "shared")
+    assert plane.handler.model.stackable  # type: ignore[union-attr]
+    first = json.dumps({"inputs": {"a": [[1.0, 1.0]], "b": [2.0]}}).encode()
+    second = json.dumps({"inputs": {"a": [[1.0, 2.0]], "b": [10.0]}}).encode()
+    answers = plane.invoke_many([(first, JSON, None), (second, JSON, None)])
+    # one run: sum(b) is over both requests' records, as the graph declares b per record
+    assert [json.loads(a.body)["predictions"] for a in answers] == [[[12.0, 12.0]], [[12.0, 24.0]]]
+
+
 def test_user_hooks_run_one_request_at_a_time(binary_model: Path, tmp_path: Path) -> None:
     import shutil
 
