@@ -8,6 +8,7 @@ what is wrong. Encoders turn arrays / plain records into bytes. Pure functions, 
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Union
@@ -192,10 +193,7 @@ def decode_npy(body: bytes) -> np.ndarray:
     if plain is not None and plain.end() == 10 + int.from_bytes(body[8:10], "little"):
         dtype = np.dtype(plain.group(1).decode())
         shape = tuple(int(d) for d in plain.group(2).split(b",") if d.strip())
-        count = 1
-        for dim in shape:
-            count *= dim
-        if len(body) - plain.end() == count * dtype.itemsize:
+        if len(body) - plain.end() == math.prod(shape) * dtype.itemsize:
             return np.frombuffer(body, dtype=dtype, offset=plain.end()).reshape(shape).copy()
     try:
         return np.load(io.BytesIO(body), allow_pickle=False)
@@ -331,10 +329,7 @@ def encode_npy(array: Any) -> bytes:
         # dict and its checks (the tests compare both)
         shape = "(" + "".join(f"{d}, " for d in array.shape)[:-2] + ("," if array.ndim == 1 else "") + ")"
         header = f"{{'descr': '{array.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
-        pad = 64 - (10 + len(header) + 1) % 64
-        if pad == 64:
-            pad = 0
-        head = header + " " * pad + "\n"
+        head = header + " " * (-(10 + len(header) + 1) % 64) + "\n"  # data aligned to 64 bytes
         if len(head) < 65536:
             return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode("latin-1") + np.ascontiguousarray(array).tobytes()
     buffer = io.BytesIO()

@@ -139,10 +139,7 @@ class DataPlane:
             raise ModelNotReadyError(
                 "model failed to load" if self.error else "model is not loaded yet"
             )
-        if len(body) > self._max_bytes:
-            raise PayloadTooLargeError(
-                f"request body of {len(body)} bytes exceeds the {self.settings.max_payload_mb} MB limit"
-            )
+        self._check_size(body)
         if isinstance(handler, HooksHandler):
             all_headers = dict(headers or {})
             if content_type:
@@ -155,6 +152,12 @@ class DataPlane:
         else:
             out, out_type, attributes, seconds = handler.invoke(body, content_type or "", accept, None)
         return InvocationResult(out, out_type, attributes, seconds)
+
+    def _check_size(self, body: bytes) -> None:
+        if len(body) > self._max_bytes:
+            raise PayloadTooLargeError(
+                f"request body of {len(body)} bytes exceeds the {self.settings.max_payload_mb} MB limit"
+            )
 
     @property
     def batchable(self) -> bool:
@@ -181,10 +184,10 @@ class DataPlane:
         positions: list[int] = []
         checked: list[tuple[bytes, str, str | None]] = []
         for index, (body, content_type, accept) in enumerate(requests):
-            if len(body) > self._max_bytes:
-                out[index] = PayloadTooLargeError(
-                    f"request body of {len(body)} bytes exceeds the {self.settings.max_payload_mb} MB limit"
-                )
+            try:
+                self._check_size(body)
+            except PayloadTooLargeError as exc:
+                out[index] = exc
             else:
                 positions.append(index)
                 checked.append((body, content_type or "", accept))

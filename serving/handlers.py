@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -298,14 +298,21 @@ class ResponseFormatter:
         shaped = self._shape(outputs, accept)
         return shaped if isinstance(shaped, bytes) else self._wrap(shaped, accept)
 
-    def encode_split(self, outputs: dict[str, Any], accept: str, counts: Sequence[int]) -> list[bytes]:
-        """One answer per request of a shared run: ``counts`` are the requests' record counts, in
-        order; ``outputs`` hold ``sum(counts)`` records. Each answer equals :meth:`encode` of the
-        request's own rows (JSON records are built once for all rows and then wrapped per request)."""
-        if accept in (contract.JSON, contract.JSONLINES):
-            shaped = self._shape(outputs, accept)
+    def encode_split(
+        self, outputs: dict[str, Any], accepts: Sequence[str], counts: Sequence[int]
+    ) -> list[bytes | Exception]:
+        """One answer per request of a shared run, in order: request ``i`` had ``counts[i]`` of the
+        records in ``outputs`` and asked for ``accepts[i]``. Each answer equals :meth:`encode` of the
+        request's own rows, or is the exception that encoding raised. When all ask for JSON (Lines),
+        the records are built once for all rows and then wrapped per request."""
+        accept = accepts[0]
+        if accept in (contract.JSON, contract.JSONLINES) and all(a == accept for a in accepts):
+            try:
+                shaped = self._shape(outputs, accept)
+            except Exception:  # each request meets the error below
+                shaped = None
             if isinstance(shaped, list) and len(shaped) == sum(counts):
-                answers = []
+                answers: list[bytes | Exception] = []
                 start = 0
                 for count in counts:
                     answers.append(self._wrap(shaped[start : start + count], accept))
@@ -313,9 +320,13 @@ class ResponseFormatter:
                 return answers
         answers = []
         start = 0
-        for count in counts:
-            answers.append(self.encode({name: value[start : start + count] for name, value in outputs.items()}, accept))
-            start += count
+        for accept, count in zip(accepts, counts):
+            end = start + count
+            try:
+                answers.append(self.encode({name: value[start:end] for name, value in outputs.items()}, accept))
+            except Exception as exc:
+                answers.append(exc)
+            start = end
         return answers
 
 
@@ -405,7 +416,7 @@ class DefaultHandler:
                 others.extend((index, contract.CSV, record, answer_type) for index, answer_type, record in members)
                 continue
             blocks.append(_Block([m[0] for m in members], [m[1] for m in members], [1] * len(members), feeds))
-        grouped: dict[tuple[Any, ...], _Block] = {}
+        grouped: dict[tuple[Any, ...], list[tuple[int, str, int, dict[str, np.ndarray]]]] = {}
         for index, ctype, body, answer_type in others:
             try:
                 feeds = model.validate(codecs.decode(body, ctype, model.input_dtype))
@@ -415,13 +426,12 @@ class DefaultHandler:
             if not model.stackable:
                 blocks.append(_Block([index], [answer_type], [0], feeds))
                 continue
-            count = len(next(iter(feeds.values())))
             key = tuple((name, array.dtype, array.shape[1:]) for name, array in feeds.items())
-            block = grouped.get(key)
-            if block is None:
-                grouped[key] = block = _Block([], [], [], {})
-                blocks.append(block)
-            block.add(index, answer_type, count, feeds)
+            grouped.setdefault(key, []).append((index, answer_type, len(next(iter(feeds.values()))), feeds))
+        for group in grouped.values():
+            parts = [member[3] for member in group]
+            stacked = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            blocks.append(_Block([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], stacked))
         for block in blocks:
             self._run_block(block, answers)
         return answers  # type: ignore[return-value]
@@ -430,84 +440,48 @@ class DefaultHandler:
         """One model run for ``block``, its answers into ``answers``; per request when that fails."""
         formatter = self.formatter
         assert formatter is not None
-        feeds = block.stacked()
+        single = len(block.indices) == 1
         total = sum(block.counts)
         started = time.perf_counter()
         try:
-            outputs = self.model.predict(feeds)
-            if len(block.indices) > 1 and any(
-                np.ndim(value) == 0 or len(value) != total for value in outputs.values()
-            ):
+            outputs = self.model.predict(block.feeds)
+            if not single and any(np.ndim(value) == 0 or len(value) != total for value in outputs.values()):
                 raise ValueError("outputs do not split by record")
         except Exception as exc:
-            if len(block.indices) == 1:
+            if single:
                 answers[block.indices[0]] = exc
                 return
-            for single in block.split():  # each request meets its own error (or answer)
-                self._run_block(single, answers)
+            for alone in block.split():  # each request meets its own error (or answer)
+                self._run_block(alone, answers)
             return
         seconds = (time.perf_counter() - started) / len(block.indices)
-        answer_types = block.answer_types
-        if len(block.indices) == 1:
+        if single:  # the whole output is this request's (its record count may be unknown)
             try:
-                answers[block.indices[0]] = (formatter.encode(outputs, answer_types[0]), answer_types[0], None, seconds)
+                answers[block.indices[0]] = (formatter.encode(outputs, block.answer_types[0]), block.answer_types[0], None, seconds)
             except Exception as exc:
                 answers[block.indices[0]] = exc
             return
-        if all(answer_type == answer_types[0] for answer_type in answer_types):
-            try:
-                bodies = formatter.encode_split(outputs, answer_types[0], block.counts)
-            except Exception:  # encoded per request below, where each meets the error
-                bodies = None
-            if bodies is not None:
-                for index, body in zip(block.indices, bodies):
-                    answers[index] = (body, answer_types[0], None, seconds)
-                return
-        start = 0
-        for index, answer_type, count in zip(block.indices, answer_types, block.counts):
-            end = start + count
-            try:
-                body = formatter.encode({name: value[start:end] for name, value in outputs.items()}, answer_type)
-                answers[index] = (body, answer_type, None, seconds)
-            except Exception as exc:
-                answers[index] = exc
-            start = end
+        bodies = formatter.encode_split(outputs, block.answer_types, block.counts)
+        for index, answer_type, body in zip(block.indices, block.answer_types, bodies):
+            answers[index] = body if isinstance(body, Exception) else (body, answer_type, None, seconds)
 
 
-class _Block:
-    """Requests whose records run together: their indices, answer types, record counts, feeds."""
+class _Block(NamedTuple):
+    """Requests whose records run together: their indices, answer types, record counts and the
+    feeds of all of them, concatenated on the batch axis in that order."""
 
-    __slots__ = ("indices", "answer_types", "counts", "parts", "feeds")
-
-    def __init__(self, indices: list[int], answer_types: list[str], counts: list[int], feeds: dict[str, np.ndarray]) -> None:
-        self.indices = indices
-        self.answer_types = answer_types
-        self.counts = counts
-        self.parts: list[dict[str, np.ndarray]] = [feeds] if feeds else []
-        self.feeds = feeds if feeds else None
-
-    def add(self, index: int, answer_type: str, count: int, feeds: dict[str, np.ndarray]) -> None:
-        self.indices.append(index)
-        self.answer_types.append(answer_type)
-        self.counts.append(count)
-        self.parts.append(feeds)
-        self.feeds = None
-
-    def stacked(self) -> dict[str, np.ndarray]:
-        """The feeds of all requests, concatenated on the batch axis."""
-        if self.feeds is None:
-            parts = self.parts
-            self.feeds = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        return self.feeds
+    indices: list[int]
+    answer_types: list[str]
+    counts: list[int]
+    feeds: dict[str, np.ndarray]
 
     def split(self) -> list[_Block]:
         """One block per request."""
-        feeds = self.stacked()
         out = []
         start = 0
         for index, answer_type, count in zip(self.indices, self.answer_types, self.counts):
             end = start + count
-            out.append(_Block([index], [answer_type], [count], {name: value[start:end] for name, value in feeds.items()}))
+            out.append(_Block([index], [answer_type], [count], {name: value[start:end] for name, value in self.feeds.items()}))
             start = end
         return out
 

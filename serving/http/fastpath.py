@@ -36,6 +36,10 @@ MAX_BATCHED_BODY = 64 * 1024
 _Answer = tuple[int, list[tuple[str, str]], bytes, "float | None"]
 
 
+def _json_headers(body: bytes) -> list[tuple[str, str]]:
+    return [("Content-Type", _JSON), ("Content-Length", str(len(body)))]
+
+
 def _headers_of(environ: dict[str, Any]) -> dict[str, str]:
     """Request headers from a WSGI environ (for hooks, which may read any header)."""
     headers = {}
@@ -82,7 +86,7 @@ class FastPath:
             body = error_body(503, f"model failed to load: {self.model.error}")
         else:
             body = error_body(503, "model is loading")
-        return 503, [("Content-Type", _JSON), ("Content-Length", str(len(body)))], body
+        return 503, _json_headers(body), body
 
     def _read_body(self, environ: dict[str, Any]) -> bytes:
         """The request body, at most ``max_bytes`` (413 above).
@@ -117,7 +121,7 @@ class FastPath:
         model = self.model
         if not model.ready:
             out = error_body(503, "model failed to load" if model.error else "model is loading")
-            return body, (503, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None)
+            return body, (503, _json_headers(out), out, None)
         return body, None
 
     def _invoke(self, environ: dict[str, Any], body: bytes) -> _Answer:
@@ -139,7 +143,7 @@ class FastPath:
         status, out = error_response(exc)
         if status >= 500 and status != 503:
             log.error("invocation failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-        return status, [("Content-Type", _JSON), ("Content-Length", str(len(out)))], out, None
+        return status, _json_headers(out), out, None
 
     @staticmethod
     def _success(result: InvocationResult) -> _Answer:
