@@ -22,6 +22,10 @@ from serving.errors import BadRequestError, NotAcceptableError, UnsupportedMedia
 Batch = Union[np.ndarray, dict[str, np.ndarray]]
 
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
+#: What a CSV table of plain decimal numbers consists of (see :func:`_decode_csv_as_json`).
+_PLAIN_NUMBER_BYTES = b"0123456789+-.eE, \t\n"
+_JSON_FLOATS = (np.float32, np.float64)
+_NEGATIVE_ZERO_INTEGER = re.compile(rb"-0(?![.\deE])")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +61,10 @@ def decode_csv(body: bytes, dtype: Any = np.float32) -> np.ndarray:
             return np.array(fields, dtype=dtype).reshape(1, len(fields))
         except (ValueError, TypeError):
             return _decode_csv_slow(text, dtype, len(fields))
+    if dtype in _JSON_FLOATS and not text.translate(None, _PLAIN_NUMBER_BYTES):
+        table = _decode_csv_as_json(text, dtype)
+        if table is not None:
+            return table
     n_cols = text[:first_end].count(b",") + 1
     n_rows = text.count(b"\n") + 1
     # each line break becomes the first character of the next line's first field; the table is
@@ -73,6 +81,21 @@ def decode_csv(body: bytes, dtype: Any = np.float32) -> np.ndarray:
         else:
             return flat.reshape(n_rows, n_cols)
     return _decode_csv_slow(text, dtype, n_cols)
+
+
+def _decode_csv_as_json(text: bytes, dtype: Any) -> np.ndarray | None:
+    """A rectangular table of plain decimal numbers, read as JSON rows (orjson and numpy read
+    numbers from it about twice as fast as numpy parses byte strings); None for anything else — an
+    empty field, a blank line, a ragged row, ``+1``, ``1.``, ``.5``, ``-0`` (JSON's integer 0) —
+    which the paths below read or refuse with the same values and messages."""
+    if b"-0" in text and _NEGATIVE_ZERO_INTEGER.search(text):
+        return None
+    try:
+        rows = orjson.loads(b"[[" + text.replace(b"\n", b"],[") + b"]]")
+        table = np.array(rows, dtype=dtype)
+    except (orjson.JSONDecodeError, ValueError):  # not JSON, or rows of different lengths
+        return None
+    return table if table.ndim == 2 else None
 
 
 def _decode_csv_slow(text: bytes, dtype: Any, n_cols: int) -> np.ndarray:

@@ -23,24 +23,14 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from serving import contract
 from serving.errors import ModelLoadError, ModelNotReadyError, PayloadTooLargeError, ServingError
-from serving.handlers import DefaultHandler, HooksHandler, build_handler
+from serving.handlers import DefaultHandler, HooksHandler, InvocationResult, build_handler
 from serving.modelsource import install_requirements, prepare_model
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-
-
-class InvocationResult(NamedTuple):
-    """One answer: body, its content type, response custom attributes, model (handler) seconds."""
-
-    body: bytes
-    content_type: str
-    custom_attributes: str | None = None
-    model_seconds: float = 0.0
 
 
 class DataPlane:
@@ -180,19 +170,22 @@ class DataPlane:
                 except Exception as exc:
                     answers.append(exc)
             return answers
+        limit = self._max_bytes
+        if all(len(body) <= limit for body, _, _ in requests):
+            return handler.invoke_many(requests)
         out: list[InvocationResult | Exception | None] = [None] * len(requests)
         positions: list[int] = []
-        checked: list[tuple[bytes, str, str | None]] = []
-        for index, (body, content_type, accept) in enumerate(requests):
+        checked: list[tuple[bytes, str | None, str | None]] = []
+        for index, request in enumerate(requests):
             try:
-                self._check_size(body)
+                self._check_size(request[0])
             except PayloadTooLargeError as exc:
                 out[index] = exc
             else:
                 positions.append(index)
-                checked.append((body, content_type or "", accept))
+                checked.append(request)
         for index, answer in zip(positions, handler.invoke_many(checked)):
-            out[index] = answer if isinstance(answer, Exception) else InvocationResult(*answer)
+            out[index] = answer
         return out  # type: ignore[return-value]
 
     def close(self) -> None:

@@ -124,6 +124,15 @@ class Context:
         return None
 
 
+class InvocationResult(NamedTuple):
+    """One answer: body, its content type, response custom attributes, model (handler) seconds."""
+
+    body: bytes
+    content_type: str
+    custom_attributes: str | None = None
+    model_seconds: float = 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # shaping ONNX outputs into SageMaker-style answers
 
@@ -306,7 +315,7 @@ class ResponseFormatter:
         request's own rows, or is the exception that encoding raised. When all ask for JSON (Lines),
         the records are built once for all rows and then wrapped per request."""
         accept = accepts[0]
-        if accept in (contract.JSON, contract.JSONLINES) and all(a == accept for a in accepts):
+        if accept in (contract.JSON, contract.JSONLINES) and accepts.count(accept) == len(accepts):
             try:
                 shaped = self._shape(outputs, accept)
             except Exception:  # each request meets the error below
@@ -371,15 +380,14 @@ class DefaultHandler:
         model_seconds = time.perf_counter() - started
         return formatter.encode(outputs, answer_type), answer_type, None, model_seconds
 
-
     def invoke_many(
-        self, requests: Sequence[tuple[bytes, str, str | None]]
-    ) -> list[tuple[bytes, str, str | None, float] | Exception]:
+        self, requests: Sequence[tuple[bytes, str | None, str | None]]
+    ) -> list[InvocationResult | Exception]:
         """Answer several requests, running the model once for all whose records stack.
 
         Requests whose records have the same inputs (names, dtypes, trailing dimensions) are
         concatenated on the batch axis and run together; outputs are split back by each request's
-        record count. One-record CSV bodies with the same field count are also decoded together.
+        record count. One-record CSV bodies are also parsed together, as one table.
         Whatever fails in a shared step is redone per request, so a bad request gets exactly the
         error :meth:`invoke` would give it and the others their answers. The model seconds of a
         shared run are divided among its requests. Answers equal :meth:`invoke`'s up to float
@@ -388,34 +396,43 @@ class DefaultHandler:
         formatter = self.formatter
         model = self.model
         assert formatter is not None
-        answers: list[tuple[bytes, str, str | None, float] | Exception | None] = [None] * len(requests)
+        answers: list[InvocationResult | Exception | None] = [None] * len(requests)
         blocks: list[_Block] = []
-        singles: dict[int, list[tuple[int, str, bytes]]] = {}  # one-record CSV bodies by comma count
+        resolved: dict[str | None, str | Exception] = {}  # Accept header -> answer type or its 406
+        ctypes: dict[str | None, str] = {}  # Content-Type header -> normalised
+        records: list[tuple[int, str, bytes]] = []  # one-record CSV bodies, parsed together
         others: list[tuple[int, str, bytes, str]] = []
+        stackable = model.stackable
         for index, (body, content_type, accept) in enumerate(requests):
-            try:
-                answer_type = formatter.accept(accept)
-            except Exception as exc:
-                answers[index] = exc
+            answer_type = resolved.get(accept)
+            if answer_type is None:
+                try:
+                    answer_type = formatter.accept(accept)
+                except Exception as exc:
+                    answer_type = exc
+                resolved[accept] = answer_type
+            if not isinstance(answer_type, str):
+                answers[index] = answer_type
                 continue
-            ctype = contract.normalise_content_type(content_type) or contract.CSV
-            if ctype == contract.CSV and model.stackable:
+            ctype = ctypes.get(content_type)
+            if ctype is None:
+                ctype = ctypes[content_type] = contract.normalise_content_type(content_type) or contract.CSV
+            if stackable and ctype == contract.CSV:
                 record = body.strip()
                 if record and b"\n" not in record and b"\r" not in record:
-                    singles.setdefault(record.count(b","), []).append((index, answer_type, record))
+                    records.append((index, answer_type, record))
                     continue
             others.append((index, ctype, body, answer_type))
-        for members in singles.values():
-            if len(members) == 1:
-                index, answer_type, record = members[0]
-                others.append((index, contract.CSV, record, answer_type))
-                continue
+        if len(records) > 1:
             try:
-                feeds = model.validate(codecs.decode_csv(b"\n".join(m[2] for m in members), model.input_dtype))
-            except Exception:  # some record is bad: each request finds out which on its own
-                others.extend((index, contract.CSV, record, answer_type) for index, answer_type, record in members)
-                continue
-            blocks.append(_Block([m[0] for m in members], [m[1] for m in members], [1] * len(members), feeds))
+                feeds = model.validate(codecs.decode_csv(b"\n".join([r[2] for r in records]), model.input_dtype))
+            except Exception:  # some record is bad: each request finds out which on its own (below)
+                others.extend((index, contract.CSV, record, answer_type) for index, answer_type, record in records)
+            else:
+                blocks.append(_Block([r[0] for r in records], [r[1] for r in records], [1] * len(records), feeds))
+        elif records:
+            index, answer_type, record = records[0]
+            others.append((index, contract.CSV, record, answer_type))
         grouped: dict[tuple[Any, ...], list[tuple[int, str, int, dict[str, np.ndarray]]]] = {}
         for index, ctype, body, answer_type in others:
             try:
@@ -445,8 +462,10 @@ class DefaultHandler:
         started = time.perf_counter()
         try:
             outputs = self.model.predict(block.feeds)
-            if not single and any(np.ndim(value) == 0 or len(value) != total for value in outputs.values()):
-                raise ValueError("outputs do not split by record")
+            if not single:
+                for value in outputs.values():
+                    if len(value) != total:  # a 0-d output raises TypeError: no records either
+                        raise ValueError("outputs do not split by record")
         except Exception as exc:
             if single:
                 answers[block.indices[0]] = exc
@@ -457,13 +476,15 @@ class DefaultHandler:
         seconds = (time.perf_counter() - started) / len(block.indices)
         if single:  # the whole output is this request's (its record count may be unknown)
             try:
-                answers[block.indices[0]] = (formatter.encode(outputs, block.answer_types[0]), block.answer_types[0], None, seconds)
+                answers[block.indices[0]] = InvocationResult(
+                    formatter.encode(outputs, block.answer_types[0]), block.answer_types[0], None, seconds
+                )
             except Exception as exc:
                 answers[block.indices[0]] = exc
             return
         bodies = formatter.encode_split(outputs, block.answer_types, block.counts)
         for index, answer_type, body in zip(block.indices, block.answer_types, bodies):
-            answers[index] = body if isinstance(body, Exception) else (body, answer_type, None, seconds)
+            answers[index] = body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds)
 
 
 class _Block(NamedTuple):
