@@ -321,6 +321,10 @@ class ResponseFormatter:
             except Exception:  # each request meets the error below
                 shaped = None
             if isinstance(shaped, list) and len(shaped) == sum(counts):
+                if len(shaped) == len(counts):  # one record each: the batched real-time case
+                    if accept == contract.JSON:
+                        return [codecs.encode_json({"predictions": [record]}) for record in shaped]
+                    return [codecs.encode_jsonlines([record]) for record in shaped]
                 answers: list[bytes | Exception] = []
                 start = 0
                 for count in counts:

@@ -81,3 +81,27 @@ def test_large_body_is_not_copied() -> None:
     body = b"x" * (MAX_JOINED_BODY + 1)
     sends = _write(OneWriteResponse, "POST", "200 OK", [("Content-Length", str(len(body)))], [body])
     assert len(sends) == 2 and sends[1] == body
+
+
+def test_date_header_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    import email.utils
+
+    from serving.http import response as response_module
+
+    clock = [1_795_000_000.25]  # Wed, 18 Nov 2026 11:06:40 GMT
+    monkeypatch.setattr(response_module.time, "time", lambda: clock[0])
+    calls: list[float] = []
+
+    def counting_formatdate(timestamp: float, localtime: bool = False, usegmt: bool = False) -> str:
+        calls.append(timestamp)
+        return email.utils.formatdate(timestamp, localtime=localtime, usegmt=usegmt)
+
+    monkeypatch.setattr(response_module, "formatdate", counting_formatdate)
+    date = response_module.SecondDate()
+    first = date()
+    clock[0] += 0.5  # same second: the cached text
+    assert date() == first == "Wed, 18 Nov 2026 11:06:40 GMT"
+    clock[0] += 0.5  # the next second: formatted anew
+    assert date() == "Wed, 18 Nov 2026 11:06:41 GMT"
+    assert len(calls) == 2
+    assert date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # an explicit timestamp is formatted as asked

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import email.utils
 import io
 import json
 import re
 import shutil
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +42,10 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_ping_and_content_types(server: Server) -> None:
-    assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+    ping = requests.get(server.url + "/ping", timeout=5)
+    assert ping.status_code == 200
+    # the Date header is formatted once per second (serving.http.response.SecondDate): still the time
+    assert abs(email.utils.parsedate_to_datetime(ping.headers["Date"]).timestamp() - time.time()) < 5
     json_answer = post(server, ROW)
     assert json_answer.status_code == 200 and json_answer.headers["Content-Type"] == "application/json"
     expected = json_answer.json()["predictions"]
