@@ -170,9 +170,6 @@ class DataPlane:
                 except Exception as exc:
                     answers.append(exc)
             return answers
-        limit = self._max_bytes
-        if all(len(body) <= limit for body, _, _ in requests):
-            return handler.invoke_many(requests)
         out: list[InvocationResult | Exception | None] = [None] * len(requests)
         positions: list[int] = []
         checked: list[tuple[bytes, str | None, str | None]] = []
@@ -184,7 +181,10 @@ class DataPlane:
             else:
                 positions.append(index)
                 checked.append(request)
-        for index, answer in zip(positions, handler.invoke_many(checked)):
+        answers = handler.invoke_many(checked)
+        if len(checked) == len(requests):
+            return answers
+        for index, answer in zip(positions, answers):
             out[index] = answer
         return out  # type: ignore[return-value]
 

@@ -321,10 +321,6 @@ class ResponseFormatter:
             except Exception:  # each request meets the error below
                 shaped = None
             if isinstance(shaped, list) and len(shaped) == sum(counts):
-                if len(shaped) == len(counts):  # one record each: the batched real-time case
-                    if accept == contract.JSON:
-                        return [codecs.encode_json({"predictions": [record]}) for record in shaped]
-                    return [codecs.encode_jsonlines([record]) for record in shaped]
                 answers: list[bytes | Exception] = []
                 start = 0
                 for count in counts:
@@ -402,25 +398,16 @@ class DefaultHandler:
         assert formatter is not None
         answers: list[InvocationResult | Exception | None] = [None] * len(requests)
         blocks: list[_Block] = []
-        resolved: dict[str | None, str | Exception] = {}  # Accept header -> answer type or its 406
-        ctypes: dict[str | None, str] = {}  # Content-Type header -> normalised
         records: list[tuple[int, str, bytes]] = []  # one-record CSV bodies, parsed together
         others: list[tuple[int, str, bytes, str]] = []
         stackable = model.stackable
         for index, (body, content_type, accept) in enumerate(requests):
-            answer_type = resolved.get(accept)
-            if answer_type is None:
-                try:
-                    answer_type = formatter.accept(accept)
-                except Exception as exc:
-                    answer_type = exc
-                resolved[accept] = answer_type
-            if not isinstance(answer_type, str):
-                answers[index] = answer_type
+            try:
+                answer_type = formatter.accept(accept)  # choose_accept caches what it resolved
+            except Exception as exc:
+                answers[index] = exc
                 continue
-            ctype = ctypes.get(content_type)
-            if ctype is None:
-                ctype = ctypes[content_type] = contract.normalise_content_type(content_type) or contract.CSV
+            ctype = contract.normalise_content_type(content_type) or contract.CSV
             if stackable and ctype == contract.CSV:
                 record = body.strip()
                 if record and b"\n" not in record and b"\r" not in record:
