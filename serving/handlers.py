@@ -320,6 +320,10 @@ class ResponseFormatter:
                 shaped = self._shape(outputs, accept)
             except Exception:  # each request meets the error below
                 shaped = None
+            if isinstance(shaped, list) and len(shaped) == len(counts) == counts.count(1):  # a record each
+                if accept == contract.JSON:
+                    return [codecs.encode_json({"predictions": [record]}) for record in shaped]
+                return [codecs.encode_json(record) + b"\n" for record in shaped]
             if isinstance(shaped, list) and len(shaped) == sum(counts):
                 answers: list[bytes | Exception] = []
                 start = 0
@@ -393,6 +397,10 @@ class DefaultHandler:
         shared run are divided among its requests. Answers equal :meth:`invoke`'s up to float
         rounding: a kernel may sum in a different order for a larger batch.
         """
+        if len(requests) > 1 and self.model.stackable:
+            answered = self._invoke_records(requests)
+            if answered is not None:
+                return answered
         formatter = self.formatter
         model = self.model
         assert formatter is not None
@@ -443,6 +451,42 @@ class DefaultHandler:
         for block in blocks:
             self._run_block(block, answers)
         return answers  # type: ignore[return-value]
+
+    def _invoke_records(
+        self, requests: Sequence[tuple[bytes, str | None, str | None]]
+    ) -> list[InvocationResult | Exception] | None:
+        """The usual batch of concurrent real-time requests: one CSV record each, all with the same
+        Content-Type and Accept — one table, one model run, one encoding of the records' answers.
+        None when the batch is any other or a shared step fails; :meth:`invoke_many`'s general path
+        then finds each request's own answer or error."""
+        formatter = self.formatter
+        model = self.model
+        assert formatter is not None
+        _, content_type, accept = requests[0]
+        records = []
+        for body, other_type, other_accept in requests:
+            if other_type != content_type or other_accept != accept:
+                return None
+            records.append(body.strip())
+        if (contract.normalise_content_type(content_type) or contract.CSV) != contract.CSV:
+            return None
+        n = len(records)
+        try:
+            answer_type = formatter.accept(accept)
+            table = codecs.decode_csv_records(records, model.input_dtype)
+            if table is None:
+                return None
+            feeds = model.validate(table)
+            started = time.perf_counter()
+            outputs = model.predict(feeds)
+            seconds = (time.perf_counter() - started) / n
+            for value in outputs.values():
+                if len(value) != n:
+                    return None
+        except Exception:
+            return None
+        bodies = formatter.encode_split(outputs, [answer_type] * n, [1] * n)
+        return [body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds) for body in bodies]
 
     def _run_block(self, block: _Block, answers: list[Any]) -> None:
         """One model run for ``block``, its answers into ``answers``; per request when that fails."""

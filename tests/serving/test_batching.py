@@ -176,6 +176,36 @@ def test_every_response_format_splits_per_request(
     )
 
 
+@pytest.mark.parametrize(
+    "kind,signature",
+    [
+        ("binary", None),
+        ("multiclass", None),
+        ("multiclass", {"response_format": "xgboost"}),
+        ("binary", {"response_format": "linear-learner", "threshold": 0.3, "classes": ["no", "yes"]}),
+        ("regression", None),
+    ],
+)
+@pytest.mark.parametrize("accept", [None, JSON, CSV, JSONL, NPY])
+def test_one_record_requests_with_the_same_headers_are_answered_as_alone(
+    model_factory: Callable[..., Path], kind: str, signature: dict[str, Any] | None, accept: str | None
+) -> None:
+    """The usual batch under concurrent load (one CSV record per request, one Content-Type and
+    Accept) is read as one table and run once; each answer must still be the request's own."""
+    plane = plane_for(model_factory(kind, signature))
+    rows = np.random.default_rng(13).normal(size=(5, 4)).astype(np.float32)
+    text = [",".join(repr(float(v)) for v in row).encode() for row in rows]
+    text[1] = b"-0," + text[1].split(b",", 1)[1] + b"\n"  # integer -0, a trailing line break
+    answers = assert_same_answers(plane, [(line, "text/csv; charset=utf-8", accept) for line in text])
+    assert all(isinstance(answer, InvocationResult) for answer in answers)
+    # one bad record among them: its own 400, the others their answers
+    answers = assert_same_answers(plane, [(line, CSV, accept) for line in text[:2]] + [(b"1,2,3", CSV, accept)])
+    assert [type(a).__name__ for a in answers] == ["InvocationResult", "InvocationResult", "BadRequestError"]
+    if accept is not None:  # an Accept the model cannot answer: every request its own 406
+        answers = assert_same_answers(plane, [(line, CSV, accept + "x") for line in text[:3]])
+        assert [type(a).__name__ for a in answers] == ["NotAcceptableError"] * 3
+
+
 def test_zipmap_outputs_split_per_request(tmp_path: Path) -> None:
     """skl2onnx's default export answers probabilities as a list of {class: p} per record."""
     from skl2onnx import to_onnx

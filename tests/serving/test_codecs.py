@@ -234,3 +234,57 @@ def test_csv_tables_read_like_numpy_parses_each_field(rows: list[list[str]], dty
         got = codecs.decode_csv(body, dtype)
     assert got.dtype == dtype and got.shape == expected.shape
     assert got.tobytes() == expected.tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(lambda width: st.lists(st.lists(_csv_number, min_size=width, max_size=width), min_size=2, max_size=6)),
+    st.sampled_from([np.float32, np.float64]),
+)
+def test_csv_records_read_like_numpy_parses_each_field(rows: list[list[str]], dtype: type) -> None:
+    """One-record bodies read together as one table: one row per record, every value the one numpy
+    parses from the field's bytes, bit for bit."""
+    records = [",".join(row).strip().encode() for row in rows]
+    with np.errstate(over="ignore"):
+        expected = np.array([[field.encode() for field in row] for row in rows], dtype=dtype)
+        got = codecs.decode_csv_records(records, dtype)
+    assert got is not None and got.dtype == dtype and got.shape == expected.shape
+    assert got.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    "records,expected",
+    [
+        ([b"1,2", b"3,4"], [[1, 2], [3, 4]]),
+        ([b"-0,1", b"2,-0.5"], [[-0.0, 1], [2, -0.5]]),  # integer -0 stays negative zero
+        ([b"1,,3", b"4,5,6"], [[1, np.nan, 3], [4, 5, 6]]),  # an empty field is NaN, as in decode_csv
+        ([b"+1,.5", b"1.,2"], [[1, 0.5], [1, 2]]),  # numbers JSON does not know
+    ],
+)
+def test_csv_records_table(records: list[bytes], expected: list[list[float]]) -> None:
+    got = codecs.decode_csv_records(records)
+    assert got is not None
+    np.testing.assert_array_equal(got, np.array(expected, dtype=np.float32))
+    assert np.signbit(got).tolist() == np.signbit(np.array(expected, dtype=np.float32)).tolist()
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [b"1,2", b""],  # an empty record is no row
+        [b"1,2\n3,4", b"5,6"],  # two rows in one record
+        [b"1,2\r3,4", b"5,6"],
+        [b"1,2", b"3,4\n"],  # not stripped
+    ],
+)
+def test_csv_records_that_are_not_one_row_each_are_refused(records: list[bytes]) -> None:
+    assert codecs.decode_csv_records(records) is None
+
+
+@pytest.mark.parametrize(
+    "records,message",
+    [([b"1,2", b"3,x"], "row 2, column 2: 'x' is not a number"), ([b"1,2", b"3,4,5"], "row 2 has 3 fields, expected 2")],
+)
+def test_bad_csv_records_get_decode_csv_errors(records: list[bytes], message: str) -> None:
+    with pytest.raises(BadRequestError, match=message):
+        codecs.decode_csv_records(records)

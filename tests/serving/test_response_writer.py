@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from gunicorn import util
 from gunicorn.config import Config
-from gunicorn.http import wsgi
+from gunicorn.http import body, unreader, wsgi
 
-from serving.http.response import MAX_JOINED_BODY, OneWriteResponse
+from serving.http.response import MAX_JOINED_BODY, LengthBody, OneWriteResponse
 
 
 class RecordingSocket:
@@ -105,3 +105,30 @@ def test_date_header_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatc
     assert date() == "Wed, 18 Nov 2026 11:06:41 GMT"
     assert len(calls) == 2
     assert date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # an explicit timestamp is formatted as asked
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [11],  # the whole body at once: straight from the reader
+        [100, 5],  # more than is left, then nothing
+        [3, 100],  # a partial read, then the rest (gunicorn's own path)
+        [None],
+        [-1, 4],
+        [0, 11, 1],
+        [4, 4, 4, 4],
+    ],
+)
+def test_length_body_reads_what_gunicorns_body_reads(reads: list[int | None]) -> None:
+    """``LengthBody`` hands over a Content-Length body with one copy; every sequence of reads gives
+    the bytes gunicorn's ``Body`` gives, and the bytes after the body stay for the next request."""
+
+    def run(cls: type[body.Body]) -> tuple[list[bytes], bytes]:
+        source = unreader.IterUnreader([b"hel", b"lo wo", b"rldNEXT REQUEST"])
+        reader = cls(body.LengthReader(source, 11))
+        got = [reader.read(size) for size in reads]
+        return got, source.read()
+
+    assert run(LengthBody) == run(body.Body)
+    got, rest = run(LengthBody)
+    assert b"".join(got) == b"hello world" and rest == b"NEXT REQUEST"
