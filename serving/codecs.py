@@ -89,12 +89,14 @@ def decode_csv_records(records: Sequence[bytes], dtype: Any = np.float32) -> np.
     newlines. None when some record is empty or not one line (it would not be one row); a record
     that is not numbers raises :func:`decode_csv`'s error."""
     text = b"\n".join(records)
+    if dtype in _JSON_FLOATS and not text.translate(None, _PLAIN_NUMBER_BYTES):  # no "\r" either
+        table = _decode_csv_as_json(text, dtype)
+        # one row per record: a record with a line break adds rows, an empty one makes the JSON ragged
+        # (or, when all are, the table empty)
+        if table is not None and len(table) == len(records) and table.shape[1]:
+            return table
     if not all(records) or text.count(b"\n") != len(records) - 1 or b"\r" in text:
         return None
-    if dtype in _JSON_FLOATS and not text.translate(None, _PLAIN_NUMBER_BYTES):
-        table = _decode_csv_as_json(text, dtype)
-        if table is not None:
-            return table
     return decode_csv(text, dtype)
 
 

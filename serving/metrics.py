@@ -38,6 +38,8 @@ _HIST_LEN = len(LATENCY_BUCKETS) + 1 + 2  # buckets incl. +Inf, sum, count
 _MODEL = _ERR + _N_STATUS
 _OVERHEAD = _MODEL + _HIST_LEN
 _BATCH = _OVERHEAD + _HIST_LEN
+_MODEL_SUM = _MODEL + _HIST_LEN - 2  # then the count
+_OVERHEAD_SUM = _OVERHEAD + _HIST_LEN - 2
 _BATCH_LEN = len(BATCH_BUCKETS) + 1 + 2
 N_SLOTS = _BATCH + _BATCH_LEN
 
@@ -75,9 +77,14 @@ class Metrics:
             slots[_REQ + _PATH_INDEX.get(path, len(PATHS) - 1) * _N_STATUS + status_index] += 1
             if status >= 400 and path == "/invocations":
                 slots[_ERR + status_index] += 1
-            if model_seconds is not None:
-                self._hist(_MODEL, model_seconds)
-                self._hist(_OVERHEAD, max(0.0, total_seconds - model_seconds))
+            if model_seconds is not None:  # both latency histograms, inline (once per invocation)
+                overhead = total_seconds - model_seconds if total_seconds > model_seconds else 0.0
+                slots[_MODEL + bisect.bisect_left(LATENCY_BUCKETS, model_seconds)] += 1
+                slots[_MODEL_SUM] += model_seconds
+                slots[_MODEL_SUM + 1] += 1
+                slots[_OVERHEAD + bisect.bisect_left(LATENCY_BUCKETS, overhead)] += 1
+                slots[_OVERHEAD_SUM] += overhead
+                slots[_OVERHEAD_SUM + 1] += 1
 
     def observe_batch(self, size: int) -> None:
         """Record ``size`` invocations answered by one batch call."""

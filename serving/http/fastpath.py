@@ -167,11 +167,11 @@ class FastPath:
                 return PendingInvocation(self, environ, start_response, started, body)
             else:
                 status, headers, out, model_seconds = self._invoke(environ, body)
-            start_response(_STATUS_LINES.get(status, str(status)), headers)
+            start_response(_STATUS_LINES.get(status) or str(status), headers)
             result: Iterable[bytes] = [out]
         elif path == "/ping" and method == "GET":
             status, headers, out = self._ping()
-            start_response(_STATUS_LINES.get(status, str(status)), headers)
+            start_response(_STATUS_LINES.get(status) or str(status), headers)
             result = [out]
         else:
             seen: list[str] = []
@@ -262,6 +262,6 @@ class PendingInvocation:
             status, headers, out, model_seconds = app._failure(
                 outcome if outcome is not None else RuntimeError("invocation was never run")
             )
-        self.start_response(_STATUS_LINES.get(status, str(status)), headers)
+        self.start_response(_STATUS_LINES.get(status) or str(status), headers)
         app._account(self.environ, "/invocations", "POST", status, self.started, model_seconds)
         return [out]

@@ -14,6 +14,7 @@ server (:func:`write_json_error`); call it in the worker process.
 
 from __future__ import annotations
 
+import io
 import time
 from email.utils import formatdate
 from typing import Any
@@ -60,7 +61,18 @@ class LengthBody(body.Body):  # type: ignore[misc]
     def read(self, size: int | None = None) -> bytes:
         reader = self.reader
         if type(reader) is body.LengthReader and type(size) is int and size >= reader.length and not self.buf.tell():
-            return self._read_reader(reader.length) if reader.length else b""
+            length = reader.length
+            if not length:
+                return b""
+            source = reader.unreader
+            held = source.buf.getvalue()
+            if len(held) < length:  # not all arrived with the headers: gunicorn reads the rest
+                return self._read_reader(length)
+            # what the unreader's read does for a request whose body is already buffered
+            source.buf = io.BytesIO()
+            source.buf.write(held[length:])
+            reader.length = 0
+            return held[:length]
         return super().read(size)
 
 

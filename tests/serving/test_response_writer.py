@@ -107,6 +107,7 @@ def test_date_header_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatc
     assert date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"  # an explicit timestamp is formatted as asked
 
 
+@pytest.mark.parametrize("arrival", ["streamed", "buffered with the headers", "partly buffered"])
 @pytest.mark.parametrize(
     "reads",
     [
@@ -119,15 +120,25 @@ def test_date_header_is_formatted_once_per_second(monkeypatch: pytest.MonkeyPatc
         [4, 4, 4, 4],
     ],
 )
-def test_length_body_reads_what_gunicorns_body_reads(reads: list[int | None]) -> None:
+def test_length_body_reads_what_gunicorns_body_reads(reads: list[int | None], arrival: str) -> None:
     """``LengthBody`` hands over a Content-Length body with one copy; every sequence of reads gives
     the bytes gunicorn's ``Body`` gives, and the bytes after the body stay for the next request."""
 
     def run(cls: type[body.Body]) -> tuple[list[bytes], bytes]:
-        source = unreader.IterUnreader([b"hel", b"lo wo", b"rldNEXT REQUEST"])
+        if arrival == "streamed":
+            source = unreader.IterUnreader([b"hel", b"lo wo", b"rldNEXT REQUEST"])
+        elif arrival == "buffered with the headers":  # what the parser left after the header block
+            source = unreader.IterUnreader([b"REQUEST"])
+            source.unread(b"hello worldNEXT ")
+        else:
+            source = unreader.IterUnreader([b" wo", b"rldNEXT REQUEST"])
+            source.unread(b"hello")
         reader = cls(body.LengthReader(source, 11))
         got = [reader.read(size) for size in reads]
-        return got, source.read()
+        rest = b""
+        while chunk := source.read():
+            rest += chunk
+        return got, rest
 
     assert run(LengthBody) == run(body.Body)
     got, rest = run(LengthBody)
