@@ -486,7 +486,9 @@ class DefaultHandler:
         except Exception:
             return None
         bodies = formatter.encode_split(outputs, [answer_type] * n, [1] * n)
-        return [body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds) for body in bodies]
+        return [
+            body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds) for body in bodies
+        ]
 
     def _run_block(self, block: _Block, answers: list[Any]) -> None:
         """One model run for ``block``, its answers into ``answers``; per request when that fails."""

@@ -7,9 +7,10 @@ body chunk) that is two system calls and two TCP segments per request where one 
 the second costs about as much CPU as a small model's prediction. :class:`OneWriteResponse` joins
 the header block and the first body chunk when the chunk is the entire body and small, and defers
 to gunicorn in every other case (chunked, HEAD/204/304, partial or large bodies, headers already
-sent). :func:`install` makes gunicorn's ``wsgi.create`` build it and its parser :class:`LengthBody`, and makes the errors gunicorn answers
-itself (a malformed request line or header, a bad chunk size, ...) JSON like every other error of the
-server (:func:`write_json_error`); call it in the worker process.
+sent). :func:`install` makes gunicorn's ``wsgi.create`` build it and its parser :class:`LengthBody`,
+and makes the errors gunicorn answers itself (a malformed request line or header, a bad chunk size,
+...) JSON like every other error of the server (:func:`write_json_error`); call it in the worker
+process.
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
 
 
 class LengthBody(body.Body):  # type: ignore[misc]
-    """gunicorn's request ``Body``, handing over what is left of a ``Content-Length`` body straight
-    from its reader when asked for all of it (what the model server does). gunicorn's ``Body.read``
-    buffers every read again in a ``BytesIO`` of its own, copying a small body three more times and
-    costing ≈ 10 µs per request. Everything else (partial reads, chunked bodies, readline) is
-    gunicorn's."""
+    """gunicorn's request ``Body``, handing over what is left of a ``Content-Length`` body in one
+    piece when asked for all of it (what the model server does): straight from the parser's
+    read-ahead buffer when it arrived with the headers (the usual small request), else from the
+    reader. gunicorn's ``Body.read`` buffers every read again in a ``BytesIO`` of its own, copying a
+    small body three more times (≈ 10 µs per request). Everything else (partial reads, chunked
+    bodies, readline) is gunicorn's; the tests compare every read sequence with gunicorn's ``Body``."""
 
     def read(self, size: int | None = None) -> bytes:
         reader = self.reader

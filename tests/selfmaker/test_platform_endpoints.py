@@ -303,6 +303,14 @@ def test_failed_update_keeps_serving_the_old_config_and_retain_properties(sm: An
     sm.delete_endpoint(EndpointName=endpoint)
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (it may be reaped between any two checks)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_dead_model_server_is_routed_around_and_replaced(sm: Any, smr: Any, platform_server: Any,
                                                          onnx_model_tar: str) -> None:
     import signal
@@ -316,7 +324,7 @@ def test_dead_model_server_is_routed_around_and_replaced(sm: Any, smr: Any, plat
     group = [victim, *(c.pid for c in psutil.Process(victim).children(recursive=True))]
     os.killpg(victim, signal.SIGKILL)  # a model server started (in its own group) by our platform dies
     deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in group):
+    while any(_running(p) for p in group):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     # requests keep working: connections to the dead server fail before sending, so they go to the other one
