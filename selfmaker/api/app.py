@@ -26,7 +26,6 @@ import orjson
 from aiohttp import web
 
 from selfmaker import logcontext
-from selfmaker.api import eventstream
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.validation import service_model, validate_request
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
@@ -40,6 +39,7 @@ from selfmaker.errors import (
     ValidationException,
 )
 from selfmaker.platform import Platform
+from serving import eventstream
 
 log = logging.getLogger(__name__)
 
