@@ -116,37 +116,46 @@ class LambdaApp:
 
     # -- one event ---------------------------------------------------------------------------------------
 
-    def handle(self, event: Mapping[str, Any], request_id: str = "") -> dict[str, Any]:
-        """Answer one ALB event; never raises (a raised error would be a 502 without a body)."""
+    def handle(self, event: Mapping[str, Any], request_id: str = "", function_arn: str = "") -> dict[str, Any]:
+        """Answer one ALB event; never raises (a raised error would be a 502 without a body).
+
+        On the runtime path (``/endpoints/<name>/invocations``) a failed invocation is answered in
+        sagemaker-runtime's shape, as SageMaker answers it: the model's 4xx/5xx become ``ModelError`` (424)
+        carrying the model server's status and body in ``OriginalStatusCode`` / ``OriginalMessage``, so
+        boto3 raises ``ModelError``; a wrong ``TargetVariant`` is a ``ValidationError`` (400). The container
+        contract's ``/invocations`` answers exactly as the model server does.
+        """
         multi = "multiValueHeaders" in event
         headers = _headers(event, multi)
         extra: dict[str, str] = {VARIANT_HEADER: self.settings.variant_name}
         if request_id:
             extra["x-amzn-RequestId"] = contract.sanitize_header(request_id)
-        try:
-            method = str(event.get("httpMethod") or "").upper()
-            path = str(event.get("path") or "")
-            if path in _PING_PATHS or path.endswith("/ping"):
-                if method not in ("GET", "HEAD"):
-                    return _answer(405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi)
-                return self._ping(extra, multi)
-            match = _RUNTIME_PATH.match(path)
-            if path != "/invocations" and (
-                match is None or (self.settings.endpoint_name and match["name"] != self.settings.endpoint_name)
-            ):
-                return _answer(404, error_body(404, f"no route for {path}"), _JSON, extra, multi)
-            if method != "POST":
+        method = str(event.get("httpMethod") or "").upper()
+        path = str(event.get("path") or "")
+        if path in _PING_PATHS or path.endswith("/ping"):
+            if method not in ("GET", "HEAD"):
                 return _answer(405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi)
-            return self._invoke(event, headers, extra, multi)
-        except ServingError as exc:
-            status, body = error_response(exc)
-            if status >= 500 and status != 503:
-                log.error("request failed", exc_info=exc)
-            return _answer(status, body, _JSON, extra, multi)
-        except Exception as exc:  # noqa: BLE001 - user hooks may raise anything; the client sees a 500
-            log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-            status, body = error_response(exc)
-            return _answer(status, body, _JSON, extra, multi)
+            return self._ping(extra, multi)
+        match = _RUNTIME_PATH.match(path)
+        if path != "/invocations" and (
+            match is None or (self.settings.endpoint_name and match["name"] != self.settings.endpoint_name)
+        ):
+            return _answer(404, error_body(404, f"no route for {path}"), _JSON, extra, multi)
+        if method != "POST":
+            return _answer(405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi)
+        runtime_path = match is not None
+        target = headers.get(TARGET_VARIANT_HEADER)
+        if target is not None and target != self.settings.variant_name:
+            message = (f"TargetVariant {contract.sanitize_header(target)!r} is not a variant of this endpoint "
+                       f"(its variant is {self.settings.variant_name!r}).")
+            if runtime_path:
+                return _answer(400, _runtime_error_body("ValidationError", message), _JSON,
+                               {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
+            return _answer(400, error_body(400, message), _JSON, extra, multi)
+        status, body, content_type, out = self._invoke(event, headers)
+        if status >= 400 and runtime_path:
+            return self._model_error(status, body, extra, multi, function_arn)
+        return _answer(status, body, content_type, {**extra, **out}, multi)
 
     def _ping(self, extra: dict[str, str], multi: bool) -> dict[str, Any]:
         if self.ready:
@@ -154,29 +163,60 @@ class LambdaApp:
         message = f"model failed to load: {self.error}" if self.error else "model is loading"
         return _answer(503, error_body(503, message), _JSON, extra, multi)
 
-    def _invoke(self, event: Mapping[str, Any], headers: dict[str, str], extra: dict[str, str],
-                multi: bool) -> dict[str, Any]:
-        target = headers.get(TARGET_VARIANT_HEADER)
-        if target is not None and target != self.settings.variant_name:
-            raise BadRequestError(f"TargetVariant {contract.sanitize_header(target)!r} is not a variant of "
-                                  f"this endpoint (its variant is {self.settings.variant_name!r})")
-        body = _body(event)
-        if not self.ready:
-            try:
-                self.load()
-            except ModelLoadError:
-                log.exception("model failed to load")
-                return _answer(503, error_body(503, "model failed to load"), _JSON, extra, multi)
-        assert self.plane is not None
-        custom = contract.CUSTOM_ATTRIBUTES_HEADER.lower()
-        result = self.plane.invoke_full(
-            body, headers.get("content-type"), headers.get("accept"), headers.get(custom),
-            _title_case(headers) if self.plane.takes_headers else None,
-        )
-        out = dict(extra)
+    def _invoke(self, event: Mapping[str, Any], headers: dict[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+        """``(status, body, content type, headers)`` of one invocation, errors mapped as the model server
+        maps them (:func:`serving.errors.error_response`)."""
+        try:
+            body = _body(event)
+            if not self.ready:
+                try:
+                    self.load()
+                except ModelLoadError:
+                    log.exception("model failed to load")
+                    return 503, error_body(503, "model failed to load"), _JSON, {}
+            assert self.plane is not None
+            custom = contract.CUSTOM_ATTRIBUTES_HEADER.lower()
+            result = self.plane.invoke_full(
+                body, headers.get("content-type"), headers.get("accept"), headers.get(custom),
+                _title_case(headers) if self.plane.takes_headers else None,
+            )
+        except ServingError as exc:
+            status, error = error_response(exc)
+            if status >= 500 and status != 503:
+                log.error("request failed", exc_info=exc)
+            return status, error, _JSON, {}
+        except Exception as exc:  # noqa: BLE001 - user hooks may raise anything; the client sees a 500
+            log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            status, error = error_response(exc)
+            return status, error, _JSON, {}
+        out: dict[str, str] = {}
         if result.custom_attributes is not None:
             out[contract.CUSTOM_ATTRIBUTES_HEADER] = contract.sanitize_header(result.custom_attributes)
-        return _answer(200, result.body, result.content_type, out, multi)
+        return 200, result.body, result.content_type, out
+
+    def _model_error(self, status: int, body: bytes, extra: dict[str, str], multi: bool,
+                     function_arn: str) -> dict[str, Any]:
+        original = body.decode("utf-8", errors="replace")[:4096]
+        kind = "client" if 400 <= status < 500 else "server"
+        # arn:aws:lambda:<region>:<account>:function:<name>[:alias]
+        parts = function_arn.split(":")
+        region, account = (parts[3], parts[4]) if len(parts) > 4 else (os.environ.get("AWS_REGION", ""), "")
+        log_group = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        message = (f"Received {kind} error ({status}) from primary with message \"{original}\". "
+                   f"See {log_group or 'the function log'} in account {account or '?'} for more information.")
+        extra_fields = {
+            "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+            "OriginalStatusCode": status,
+            "OriginalMessage": original,
+            "LogStreamArn": f"arn:aws:logs:{region}:{account}:log-group:{log_group}" if log_group else "",
+        }
+        return _answer(424, _runtime_error_body("ModelError", message, extra_fields), _JSON,
+                       {**extra, "x-amzn-ErrorType": "ModelError"}, multi)
+
+
+def _runtime_error_body(code: str, message: str, extra: dict[str, Any] | None = None) -> bytes:
+    """A sagemaker-runtime (rest-json) error body: botocore reads the code from ``x-amzn-ErrorType``."""
+    return orjson.dumps({"__type": code, "Message": message, "message": message, **(extra or {})})
 
 
 def _headers(event: Mapping[str, Any], multi: bool) -> dict[str, str]:
@@ -247,7 +287,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             log.error("%s", exc.message)
             multi = "multiValueHeaders" in event
             return _answer(503, error_body(503, "model failed to load"), _JSON, {}, multi)
-    return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""))
+    return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""),
+                       str(getattr(context, "invoked_function_arn", "") or ""))
 
 
 def post_init_error(runtime_api: str, message: str, error_type: str = "Runtime.ModelLoadError") -> None:

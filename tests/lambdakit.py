@@ -18,9 +18,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 PREFIX = "/2018-06-01/runtime"
+N_FEATURES = 6
 FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:selfmaker-serverless"
 
 
@@ -232,3 +234,83 @@ def alb_headers(response: dict[str, Any]) -> dict[str, str]:
     if "multiValueHeaders" in response:
         return {k.lower(): v[-1] for k, v in response["multiValueHeaders"].items()}
     return {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+
+
+def build_xgboost_model(dest: Path) -> Path:
+    """A model as the built-in XGBoost writes it: model.onnx (from the booster) + signature.json."""
+    import numpy as np
+    import xgboost as xgb
+
+    from training.onnx_export import save, write_signature, xgboost_to_onnx
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, N_FEATURES)).astype(np.float32)
+    y = (x[:, 0] - x[:, 2] > 0).astype(np.float32)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
+                        xgb.DMatrix(x, label=y), num_boost_round=10)
+    dest.mkdir(parents=True, exist_ok=True)
+    save(xgboost_to_onnx(booster, N_FEATURES, "binary:logistic"), dest)
+    write_signature(dest, framework="xgboost", task="binary_classification", n_features=N_FEATURES,
+                    response_format="xgboost", classes=[0, 1], threshold=0.5, extra={"objective": "binary:logistic"})
+    return dest
+
+
+#: content types an ALB hands to Lambda as text; anything else arrives base64-encoded
+_TEXT_TYPES = ("text/", "application/json", "application/jsonlines", "application/xml", "application/javascript")
+
+
+class AlbShim:
+    """A small HTTP front on 127.0.0.1 that does what the ALB does for a Lambda target group: each HTTP
+    request becomes an ALB event for the function behind ``api``, its answer becomes the HTTP response
+    (a function error is a 502, as at the ALB). Use as a context manager; ``url`` is the base URL."""
+
+    def __init__(self, api: RuntimeApi, *, multi_value: bool = False) -> None:
+        shim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                content_type = self.headers.get("Content-Type") or ""
+                binary = bool(body) and not content_type.startswith(_TEXT_TYPES)
+                event = alb_event(self.path.split("?", 1)[0], body, method=self.command,
+                                  headers=dict(self.headers.items()), binary=binary, multi_value=shim.multi_value)
+                outcome = shim.api.invoke(event, timeout=60)
+                if outcome.kind != "response":
+                    status, headers, payload = 502, {"Content-Type": "text/html"}, b"<html>502 Bad Gateway</html>"
+                else:
+                    status, headers, payload = (int(outcome.payload["statusCode"]), alb_headers(outcome.payload),
+                                                alb_body(outcome.payload))
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name.lower() != "content-length":
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_POST = do_GET = _forward  # noqa: N815
+
+        self.api = api
+        self.multi_value = multi_value
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="alb-shim", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> AlbShim:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()

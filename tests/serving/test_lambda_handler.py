@@ -19,30 +19,11 @@ import numpy as np
 import pytest
 import requests
 
-from lambdakit import RuntimeApi, alb_body, alb_event, alb_headers, lambda_environment
+from lambdakit import N_FEATURES, AlbShim, RuntimeApi, alb_body, alb_event, alb_headers, build_xgboost_model, lambda_environment
 from serving_helpers import ROOT, Server, tar_dir
 
-N_FEATURES = 6
 BUCKET = "lambda-models"
 PATH = "/endpoints/churn/invocations"
-
-
-def build_xgboost_model(dest: Path) -> Path:
-    """A model as the built-in XGBoost writes it: model.onnx (from the booster) + signature.json."""
-    import xgboost as xgb
-
-    from training.onnx_export import save, write_signature, xgboost_to_onnx
-
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(400, N_FEATURES)).astype(np.float32)
-    y = (x[:, 0] - x[:, 2] > 0).astype(np.float32)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
-                        xgb.DMatrix(x, label=y), num_boost_round=10)
-    dest.mkdir(parents=True, exist_ok=True)
-    save(xgboost_to_onnx(booster, N_FEATURES, "binary:logistic"), dest)
-    write_signature(dest, framework="xgboost", task="binary_classification", n_features=N_FEATURES,
-                    response_format="xgboost", classes=[0, 1], threshold=0.5, extra={"objective": "binary:logistic"})
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -168,27 +149,62 @@ def test_answers_equal_the_model_servers(sandbox: Sandbox, model_server: Server,
         assert np.load(io.BytesIO(alb_body(response))).shape[0] == 3
 
 
-@pytest.mark.parametrize(
-    ("content_type", "body"),
-    [
-        ("text/csv", b"1,2,3\n"),  # too few features for the model's signature
-        ("application/json", b'{"instances": [[1, 2'),  # malformed
-        ("application/x-npy", b"\x93NUMPY garbage"),
-        ("image/png", b"\x89PNG"),  # unsupported content type
-    ],
-    ids=["csv-features", "json-malformed", "npy-garbage", "unsupported-type"],
-)
+BAD_PAYLOADS = [
+    ("text/csv", b"1,2,3\n"),  # too few features for the model's signature
+    ("application/json", b'{"instances": [[1, 2'),  # malformed
+    ("application/x-npy", b"\x93NUMPY garbage"),
+    ("image/png", b"\x89PNG"),  # unsupported content type
+]
+BAD_IDS = ["csv-features", "json-malformed", "npy-garbage", "unsupported-type"]
+
+
+@pytest.mark.parametrize(("content_type", "body"), BAD_PAYLOADS, ids=BAD_IDS)
 def test_bad_payload_gets_the_model_servers_4xx(sandbox: Sandbox, model_server: Server, content_type: str,
                                                 body: bytes) -> None:
     headers = {"Content-Type": content_type}
-    response = sandbox.call(alb_event(PATH, body, headers=headers, binary=True))
     expected = requests.post(model_server.url + "/invocations", data=body, headers=headers, timeout=30)
     assert 400 <= expected.status_code < 500
-    assert response["statusCode"] == expected.status_code
-    assert json.loads(alb_body(response)) == expected.json()
-    assert alb_headers(response)["content-type"] == "application/json"
-    assert "Traceback" not in alb_body(response).decode()
+    # the container contract's path: exactly the model server's answer
+    plain = sandbox.call(alb_event("/invocations", body, headers=headers, binary=True))
+    assert plain["statusCode"] == expected.status_code
+    assert json.loads(alb_body(plain)) == expected.json()
+    assert alb_headers(plain)["content-type"] == "application/json"
+    # the runtime path: sagemaker-runtime's ModelError carrying the model server's status and message
+    runtime = sandbox.call(alb_event(PATH, body, headers=headers, binary=True))
+    assert runtime["statusCode"] == 424
+    error = json.loads(alb_body(runtime))
+    assert alb_headers(runtime)["x-amzn-errortype"] == "ModelError"
+    assert error["ErrorCode"] == "CLIENT_ERROR_FROM_MODEL"
+    assert error["OriginalStatusCode"] == expected.status_code
+    assert json.loads(error["OriginalMessage"]) == expected.json()
+    assert "Traceback" not in alb_body(runtime).decode()
     assert sandbox.alive()
+
+
+def test_boto3_sagemaker_runtime_through_the_alb(sandbox: Sandbox, model_server: Server) -> None:
+    """boto3's sagemaker-runtime client against an ALB-like front of the function: the answer and the
+    variant as from SageMaker, and a bad payload raises ModelError with the model server's status."""
+    from botocore.config import Config
+
+    body = "\n".join(",".join(f"{v:.4f}" for v in r) for r in rows(2)).encode()
+    expected = requests.post(model_server.url + "/invocations", data=body,
+                             headers={"Content-Type": "text/csv", "Accept": "application/json"}, timeout=30)
+    with AlbShim(sandbox.api) as alb:
+        client = boto3.client("sagemaker-runtime", endpoint_url=alb.url, region_name="us-east-1",
+                              config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+        answer = client.invoke_endpoint(EndpointName="churn", Body=body, ContentType="text/csv",
+                                        Accept="application/json", CustomAttributes="trace=1")
+        assert answer["InvokedProductionVariant"] == "Serverless"
+        assert answer["ContentType"] == "application/json"
+        assert answer["Body"].read() == expected.content
+        with pytest.raises(client.exceptions.ModelError) as raised:
+            client.invoke_endpoint(EndpointName="churn", Body=b"1,2,3", ContentType="text/csv")
+        refused = requests.post(model_server.url + "/invocations", data=b"1,2,3",
+                                headers={"Content-Type": "text/csv"}, timeout=30)
+        assert raised.value.response["OriginalStatusCode"] == refused.status_code == 400
+        assert json.loads(raised.value.response["OriginalMessage"]) == refused.json()
+        with pytest.raises(client.exceptions.ValidationError):
+            client.invoke_endpoint(EndpointName="churn", Body=body, ContentType="text/csv", TargetVariant="Blue")
 
 
 def test_multi_value_headers_answer_in_kind(sandbox: Sandbox) -> None:
@@ -213,7 +229,7 @@ def test_health_check_routes_and_methods(sandbox: Sandbox) -> None:
 
 
 def test_bad_base64_and_wrong_target_variant_are_400(sandbox: Sandbox) -> None:
-    event = alb_event(PATH, b"x", headers={"Content-Type": "text/csv"}, binary=True)
+    event = alb_event("/invocations", b"x", headers={"Content-Type": "text/csv"}, binary=True)
     event["body"] = "not base64!!"
     bad = sandbox.call(event)
     assert bad["statusCode"] == 400
@@ -221,7 +237,8 @@ def test_bad_base64_and_wrong_target_variant_are_400(sandbox: Sandbox) -> None:
     other = sandbox.call(alb_event(PATH, b"1,2,3,4,5,6", headers={"Content-Type": "text/csv",
                                                                   "X-Amzn-SageMaker-Target-Variant": "Blue"}))
     assert other["statusCode"] == 400
-    assert "Blue" in json.loads(alb_body(other))["error"]
+    assert alb_headers(other)["x-amzn-errortype"] == "ValidationError"
+    assert "Blue" in json.loads(alb_body(other))["Message"]
 
 
 def test_model_loaded_once_per_sandbox_into_tmp(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
