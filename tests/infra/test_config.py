@@ -226,8 +226,6 @@ def test_internet_facing_gateway_with_https_and_mutual_tls() -> None:
     ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "initialVariantWeight": "heavy"}]}]},
      f"{V}[0].initialVariantWeight", "expected a number"),
     ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "minSize": 1}]}]}, f"{V}[0].minSize", "unknown key"),
-    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "serverless": {"memorySizeInMb": 2048}}]}]},
-     f"{V}[0].serverless", "not supported"),
     ({"endpoints": [{**CHURN, "variants": []}]}, V, "non-empty list"),
     ({"endpoints": [{**CHURN, "rollout": {"strategy": "blue-green"}}]}, f"{E}.rollout.strategy", "must be one of"),
     ({"endpoints": [{**CHURN, "rollout": {"canaryPercent": 100}}]}, f"{E}.rollout.canaryPercent", "<= 99"),
