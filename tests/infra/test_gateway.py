@@ -21,7 +21,7 @@ from infra.components.endpoints.realtime import (
     RolloutArgs,
 )
 from tests.infra.conftest import ROOT, stack_file_config
-from tests.infra.test_program import check_ingress_policy
+from tests.infra.test_program import check_gateway_policy, check_ingress_policy
 
 if TYPE_CHECKING:
     from tests.infra.conftest import PulumiHarness, Registration
@@ -227,6 +227,7 @@ def test_internet_facing_stack_passes_the_policy_checks(pulumi_harness: PulumiHa
     listener = h.named("gateway-listener").inputs
     assert (listener["protocol"], listener["port"], listener["sslPolicy"]) == ("HTTPS", 443, "ELBSecurityPolicy-TLS13-1-2-2021-06")
     check_ingress_policy(h)
+    check_gateway_policy(h)
     logs_policy = json.loads(h.named("store-logs-tls-only").inputs["policy"])
     (delivery,) = [s for s in logs_policy["Statement"] if s["Effect"] == "Allow"]
     assert delivery["Principal"] == {"AWS": "arn:aws:iam::127311923021:root"}  # us-east-1's ELB log account
