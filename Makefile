@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 # unchanged one costs nothing.
 STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
-EXTRAS ?= dev,infra,cpu,training,batch,platform
+EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
 .PHONY: setup constraints demo test test-fast bench engine images clean
 

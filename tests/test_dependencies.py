@@ -18,9 +18,9 @@ tomllib = pytest.importorskip("tomllib")
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 OURS = {"serving", "training", "batch", "selfmaker", "infra"}
-#: the extras that make each package importable, besides the base
+#: the extras that make every module of each package importable, besides the base
 PARTS = {
-    "serving": ["cpu"],
+    "serving": ["cpu", "lambda"],  # lambda: serving/lambda_handler.py under AWS Lambda only
     "training": ["training", "cpu"],
     "batch": ["batch", "cpu"],
     "selfmaker": ["platform", "cpu"],
@@ -110,7 +110,7 @@ def test_the_model_server_install_stays_light() -> None:
 
 def test_the_gpu_extra_does_not_install_the_cpu_onnxruntime() -> None:
     """onnxruntime and onnxruntime-gpu install the same module: with both, the CPU package's files win."""
-    for extras in (["gpu"], ["gpu", "platform", "training", "batch", "infra"]):
+    for extras in (["gpu"], ["gpu", "platform", "training", "batch", "lambda", "infra"]):
         names = {_norm(r.name) for r in _declared(extras)}
         assert "onnxruntime-gpu" in names and "onnxruntime" not in names, extras
         assert "onnxruntime" not in _closure([r for r in _declared(extras) if _norm(r.name) != "onnxruntime-gpu"])

@@ -378,7 +378,7 @@ def _gone(sm: Any, name: str) -> bool:
 def test_delete_endpoint_drops_its_queue(platform: Any, moto_server: str, model_tar: str) -> None:
     """Requests still queued when an endpoint is deleted are dropped with it (as on SageMaker): an
     endpoint created again under the same name neither processes them nor knows their InferenceIds."""
-    from selfmaker.async_inference import backlog_by_endpoint
+    from selfmaker.features.async_inference.supervisor import backlog_by_endpoint
 
     aws = new_aws(moto_server)
     zero = {"ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 1}}
