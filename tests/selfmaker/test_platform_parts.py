@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from selfmaker.api.app import check_invoke_request
+from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.metrics import Metrics, family, render_metrics
 from selfmaker.api.registry import Registry, deployment_strategy, discover, metrics_source
 from selfmaker.endpoints.invoke import outgoing_headers
