@@ -25,12 +25,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from common.http import ConnectError, UpstreamClosed, UpstreamError
 from selfmaker import logcontext
 from selfmaker.api import eventstream
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.validation import service_model, validate_request
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
-from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
 from selfmaker.errors import (
     InternalFailure,
     ModelError,
