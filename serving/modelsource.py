@@ -19,7 +19,8 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from common import archives, modeldata, proc
+from common import archives, modeldata
+from common import proc as common_proc
 from serving import contract
 from serving.errors import ModelSourceError, UnsafeArchiveError
 
@@ -55,8 +56,8 @@ def resolve_source(source: str, work_dir: Path) -> Path:
 def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> list[str]:
     """:func:`common.proc.pip_command` for ``code/requirements.txt``; :class:`ModelSourceError` without pip."""
     try:
-        return proc.pip_command(pip_wheel, pip_installed=pip_installed, needed_by="code/requirements.txt")
-    except proc.PipUnavailableError as exc:
+        return common_proc.pip_command(pip_wheel, pip_installed=pip_installed, needed_by="code/requirements.txt")
+    except common_proc.PipUnavailableError as exc:
         raise ModelSourceError(str(exc)) from exc
 
 
