@@ -15,9 +15,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from common.http import UpstreamError, UpstreamPool
 from selfmaker.endpoints.runtime import (
     EndpointRuntime,
     Instance,
@@ -80,22 +80,23 @@ class EndpointManager:
     # ---- instances -----------------------------------------------------------------------------
 
     async def _wait_ready(self, handle: InstanceHandle, timeout: float) -> None:
-        session = self.platform.session
         deadline = time.monotonic() + timeout
-        ping = handle.url + "/ping"
-        while True:
-            if not handle.alive():
-                raise DeployError("exited")
-            try:
-                async with session.get(ping, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    await resp.read()
-                    if resp.status == 200:
+        parsed = urlsplit(handle.url)
+        probe = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80, max_idle=1)
+        try:
+            while True:
+                if not handle.alive():
+                    raise DeployError("exited")
+                try:
+                    if (await probe.request("GET", "/ping", {}, b"", 2.0)).status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise DeployError("timeout")
-            await asyncio.sleep(0.1)
+                except (UpstreamError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise DeployError("timeout")
+                await asyncio.sleep(0.1)
+        finally:
+            probe.close()
 
     def _launcher(self, endpoint: str, variant: dict[str, Any], model: dict[str, Any], container: dict[str, Any],
                   model_dir: Path, deploy_dir: Path) -> Any:
