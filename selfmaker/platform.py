@@ -1,4 +1,4 @@
-"""The platform object: settings, state, HTTP client, executors, endpoint and training managers.
+"""The platform object: settings, state, executors, endpoint and training managers.
 
 One instance per ``selfmaker up`` process, created by the entry point and handed to every operation
 handler, runtime route and extension hook (``platform`` argument).
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-
-import aiohttp
 
 from selfmaker.api.registry import Registry
 from selfmaker.arns import make_arn
@@ -30,21 +28,11 @@ class Platform:
         self.registry = registry
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = StateStore(settings.db_path)
-        self._session: aiohttp.ClientSession | None = None
-        #: deadline of one model-server call (SageMaker: 60 s)
-        self.invocation_timeout = aiohttp.ClientTimeout(total=settings.invocation_timeout)
         self._executors: dict[str, Executor] = {}
         self.endpoints = EndpointManager(self)
         self.training = TrainingManager(self)
         #: free-form state of extensions, keyed by extension name
         self.extensions: dict[str, Any] = {}
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled keep-alive HTTP client used to reach model servers."""
-        if self._session is None:
-            raise RuntimeError("platform not started")
-        return self._session
 
     def arn(self, kind: str, name: str) -> str:
         """The ARN of resource ``name`` of ``kind`` in this platform's region and account."""
@@ -64,10 +52,7 @@ class Platform:
         self._executors[kind] = executor
 
     async def start(self) -> None:
-        """Open the HTTP client, recover jobs, restore endpoints, run extension start-up hooks."""
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        """Recover jobs, restore endpoints, run extension start-up hooks."""
         self._reap_orphans()
         self.store.clear_instances()
         self.training.recover()
@@ -98,7 +83,7 @@ class Platform:
                 continue
 
     async def stop(self) -> None:
-        """Stop extensions, model servers and jobs; close the client and the store."""
+        """Stop extensions, model servers and jobs; close the store."""
         for hook in self.registry.shutdown:
             try:
                 await hook(self)
@@ -108,6 +93,4 @@ class Platform:
         await self.training.shutdown()
         for executor in self._executors.values():
             await executor.close()
-        if self._session is not None:
-            await self._session.close()
         self.store.close()
