@@ -254,3 +254,46 @@ def test_cycle_checker_catches_cycles(tmp_path: Path) -> None:
         "selfmaker/d.py": "import selfmaker.a\n",
     })
     assert import_cycles(selfmaker_graph(root)) == [["selfmaker.a", "selfmaker.b", "selfmaker.c"]]
+
+
+#: private names of the standard library that are meant to be called
+_STDLIB_PRIVATE = {"os._exit"}
+
+
+def private_reaches(path: Path, module: str) -> list[str]:
+    """Uses in ``path`` (module ``module``) of another object's or package's private names: ``x._name``
+    for anything but ``self``/``cls``, and ``from selfmaker.a import _name`` from outside package ``a``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module.rpartition(".")[0] if path.name != "__init__.py" else module
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"}:
+                continue
+            if ast.unparse(node) not in _STDLIB_PRIVATE:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("selfmaker"):
+            owner = node.module or ""
+            if owner == package or owner.startswith(package + "."):
+                continue
+            found += [f"line {node.lineno}: from {owner} import {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_selfmaker_modules_use_each_others_public_names_only() -> None:
+    bad = {name: reaches for name, path in ((module_name(p), p) for p in sorted((ROOT / "selfmaker").rglob("*.py")))
+           if (reaches := private_reaches(path, name))}
+    assert not bad, f"private names used across modules (add a public method or function instead): {bad}"
+
+
+def test_private_reach_checker(tmp_path: Path) -> None:
+    path = tmp_path / "hooks.py"
+    path.write_text("from selfmaker.endpoints.manager import _ping\nfrom selfmaker.features.shadow._x import y\n"
+                    "from selfmaker.features.shadow.mirror import _helper\n"
+                    "async def f(platform, self):\n    await platform.endpoints._build_variant()\n"
+                    "    self._ok = 1\n    os._exit(0)\n")
+    assert private_reaches(path, "selfmaker.features.shadow.hooks") == [
+        "line 1: from selfmaker.endpoints.manager import _ping",
+        "line 5: platform.endpoints._build_variant",
+    ]
