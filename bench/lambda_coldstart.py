@@ -9,7 +9,9 @@ Same run, same machine, same test Lambda Runtime API (tests/lambdakit.py, on 127
   (``python -m awslambdaric bench.lambda_coldstart.echo``): interpreter + awslambdaric, no model;
 * ``warm``     — the next invocations of the same sandbox.
 
-Prints one JSON document with medians, ``function / floor`` and the goal (function ≤ 1.0 s).
+Prints one JSON document with medians, ``function / floor``, the goal (function ≤ 1.0 s), and the CPU
+seconds each process used up to its first answer (user + system: what the start costs, whatever else
+the machine is doing) with the load average next to them.
 
     .venv/bin/python -m bench.lambda_coldstart [--reps 5]
 """
@@ -48,19 +50,21 @@ def _lambdakit() -> Any:
     return module
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+def _stop(proc: subprocess.Popen[bytes]) -> float:
+    """Stop the sandbox's process group; return the CPU seconds (user + system) the process used."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its work is done: nothing to shut down gracefully
+    except ProcessLookupError:
+        pass
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = -signal.SIGKILL
+    return usage.ru_utime + usage.ru_stime
 
 
 def one_cold_start(kit: Any, work: Path, command: list[str], env: dict[str, str], event: dict[str, Any],
-                   warm: int = 0, timeout: float = 60.0) -> tuple[float, list[float], dict[str, Any]]:
-    """Seconds from process start to the first answer, the warm answers' seconds, the first answer."""
+                   warm: int = 0, timeout: float = 60.0) -> tuple[float, float, list[float], dict[str, Any]]:
+    """Seconds from process start to the first answer, the process's CPU seconds (to the first answer
+    when ``warm`` is 0: robust on a busy machine), the warm answers' seconds, the first answer."""
     with kit.RuntimeApi() as api:
         sandbox_tmp = Path(tempfile.mkdtemp(dir=work, prefix="sandbox-"))
         full_env = {**env, **kit.lambda_environment(api.address, task_root=str(work), tmp=str(sandbox_tmp)),
@@ -78,9 +82,9 @@ def one_cold_start(kit: Any, work: Path, command: list[str], env: dict[str, str]
                 t0 = time.perf_counter()
                 api.invoke(event, timeout=timeout)
                 warm_times.append(time.perf_counter() - t0)
-            return first, warm_times, outcome.payload
         finally:
-            _stop(proc)
+            cpu = _stop(proc)
+        return first, cpu, warm_times, outcome.payload
 
 
 def build_archive(work: Path, kit: Any) -> Path:
@@ -124,15 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         event = kit.alb_event("/endpoints/bench/invocations", body, headers={"Content-Type": "text/csv"})
         function_cmd = [sys.executable, "-m", "serving.lambda_handler"]
         floor_cmd = [sys.executable, "-m", "awslambdaric", "bench.lambda_coldstart.echo"]
-        function, floor, warm = [], [], []
+        function, floor, warm, function_cpu, floor_cpu = [], [], [], [], []
         answer: dict[str, Any] = {}
-        for rep in range(reps):  # interleaved, so a busy moment of the machine hits both
-            seconds, _, _ = one_cold_start(kit, work, floor_cmd, env, event)
+        for _ in range(reps):  # interleaved, so a busy moment of the machine hits both
+            seconds, cpu, _, _ = one_cold_start(kit, work, floor_cmd, env, event)
             floor.append(seconds)
-            seconds, warm_times, answer = one_cold_start(kit, work, function_cmd, env, event,
-                                                         warm=5 if rep == 0 else 0)
+            floor_cpu.append(cpu)
+            seconds, cpu, _, answer = one_cold_start(kit, work, function_cmd, env, event)
             function.append(seconds)
-            warm += warm_times
+            function_cpu.append(cpu)
+        _, _, warm, _ = one_cold_start(kit, work, function_cmd, env, event, warm=10)
         result = {
             "model": f"built-in XGBoost (binary:logistic, 10 trees, {kit.N_FEATURES} features) from moto's S3",
             "reps": reps,
@@ -140,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             "function_median": median(function),
             "floor_seconds": [round(s, 4) for s in floor],
             "floor_median": median(floor),
+            "function_cpu_seconds_median": median(function_cpu),
+            "floor_cpu_seconds_median": median(floor_cpu),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "cores": os.cpu_count(),
             "warm_invoke_median": median(warm),
             "ratio_function_over_floor": round(median(function) / median(floor), 2),
             "first_answer_status": answer.get("statusCode"),
