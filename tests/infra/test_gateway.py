@@ -69,6 +69,9 @@ def test_internal_gateway_answers_unknown_paths_with_json_404(pulumi_harness: Pu
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")}
     assert clients["gw-client-0"]["cidrIpv4"] == "10.1.0.0/16" and clients["gw-client-0"]["fromPort"] == 80
     assert clients["gw-client-sg-0"]["referencedSecurityGroupId"] == "sg-workload"
+    out = pulumi_harness.named("gw-client-sg-0-out").inputs  # and the clients may reach it
+    assert (out["securityGroupId"], out["referencedSecurityGroupId"], out["fromPort"]) == (
+        "sg-workload", pulumi_harness.named("gw-sg").id, 80)
 
 
 def test_internet_facing_gateway_is_https_only_with_tls12_and_mutual_tls(pulumi_harness: PulumiHarness) -> None:

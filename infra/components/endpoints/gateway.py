@@ -120,6 +120,13 @@ class Gateway(pulumi.ComponentResource):
                 referenced_security_group_id=source, ip_protocol="tcp", from_port=args.port, to_port=args.port,
                 description="endpoint clients in the VPC", tags=self._tagged(f"client-sg-{i}"), opts=child,
             )
+            # client groups may start without egress (the workload group reaches only its own members)
+            aws.vpc.SecurityGroupEgressRule(
+                naming.child_name(name, f"client-sg-{i}-out"), security_group_id=source,
+                referenced_security_group_id=self.security_group.id, ip_protocol="tcp", from_port=args.port,
+                to_port=args.port, description=f"to the endpoint gateway {name}", tags=self._tagged(f"client-sg-{i}-out"),
+                opts=child,
+            )
 
         lb_kwargs: dict[str, Any] = {}
         if args.access_logs_bucket is not None:
