@@ -133,6 +133,7 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
     runtime_ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes) if i["rps"])
     return {
         "runtime_b1_csv_c8_rps": [r["rps"] for r in runtimes],
+        "runtime_cpu_us": [r.get("cpu_us_per_req") for r in runtimes],
         "runtime_errors": sum(r["errors"] for r in runtimes),
         "ratio_runtime_over_invocations": runtime_ratios,
         "ratio_runtime_median": runtime_ratios[len(runtime_ratios) // 2] if runtime_ratios else None,
@@ -288,7 +289,9 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                              f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)")
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
-            lines.append(f"- server CPU per request: /ping {cpu_ping} us, batch 1 CSV {cpu_b1} us")
+            cpu_runtime = [round(v) for v in reps.get("runtime_cpu_us", []) if v]
+            also = f", runtime path {cpu_runtime} us" if cpu_runtime else ""
+            lines.append(f"- server CPU per request: /ping {cpu_ping} us, batch 1 CSV {cpu_b1} us{also}")
         for anchor in ("mms", "naive"):
             other = results.get(anchor)
             if not isinstance(other, dict):
