@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,7 +13,7 @@ import yaml
 from pulumi.runtime import config as runtime_config
 
 from infra import program
-from infra.components.endpoints.gateway import NOT_FOUND_BODY, Gateway, GatewayArgs
+from infra.components.endpoints.gateway import NOT_FOUND_BODY, Gateway, GatewayArgs, Route
 from infra.components.endpoints.realtime import (
     ManagedInstanceScalingArgs,
     ProductionVariantArgs,
@@ -103,6 +104,32 @@ def test_internet_facing_gateway_is_https_only_with_tls12_and_mutual_tls(pulumi_
 def test_gateway_args_validation(over: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^GatewayArgs\.{field}:"):
         gateway_args(**over)
+
+
+def test_add_route_refuses_what_an_alb_rule_cannot_take(pulumi_harness: PulumiHarness) -> None:
+    paths = ["/endpoints/x/invocations"]
+
+    def build() -> None:
+        gw = Gateway("gw", gateway_args())
+        gw.add_route("x", paths=paths, routes=[Route("arn:tg/a", 5)], priority=30)
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"routes": [Route("arn:tg/a", 5)], "priority": 30}, "priority 30 is taken by 'x'"),
+            ({"routes": [Route(f"arn:tg/{i}", 1) for i in range(6)], "priority": 31}, "1-5 target groups"),
+            ({"routes": [Route("arn:tg/a", 1000)], "priority": 32}, "weights must be 0-999"),
+            ({"routes": [Route("arn:tg/a", 0), Route("arn:tg/b", 0)], "priority": 33}, "not all 0"),
+            ({"routes": [Route("arn:tg/a", 1)], "priority": 50001}, "is not 1-50000"),
+            ({"routes": [Route("arn:tg/a", 1)], "priority": 34, "paths": ["/a", "/b", "/c", "/d", "/e"]},
+             "at most 5 condition values"),
+            ({"routes": [Route("arn:tg/a", 1)], "priority": 35, "paths": ["/a", "/b", "/c", "/d"],
+              "header": ("X-A", "b")}, "at most 5 condition values"),
+        ]
+        for kwargs, message in cases:
+            with pytest.raises(ValueError, match=re.escape(message)):
+                gw.add_route("y", **{"paths": paths, **kwargs})
+
+    pulumi_harness.run(build)
+    (rule,) = pulumi_harness.of_type("aws:lb/listenerRule:ListenerRule")
+    assert rule.name == "gw-x-rule" and rule.inputs["priority"] == 30
 
 
 def test_realtime_endpoint_variants_rules_scaling_rollout_and_alarms(pulumi_harness: PulumiHarness) -> None:

@@ -214,7 +214,7 @@ class Gateway(pulumi.ComponentResource):
             return ValueError(f"Gateway.add_route({name!r}): {message}")
 
         if not paths or len(paths) + (1 if header else 0) + 1 > 5:
-            raise bad("1-3 paths (an ALB rule takes at most 5 condition values)")
+            raise bad("an ALB rule takes at most 5 condition values (the paths, the method and the header)")
         if not 1 <= len(routes) <= endpoints.MAX_TARGET_GROUPS:
             raise bad(f"1-{endpoints.MAX_TARGET_GROUPS} target groups per rule, got {len(routes)}")
         if any(not 0 <= r.weight <= endpoints.MAX_ALB_WEIGHT for r in routes) or not any(r.weight for r in routes):
