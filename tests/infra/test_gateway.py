@@ -284,6 +284,7 @@ def test_stack_outputs_name_every_endpoint_url_and_variant(pulumi_harness: Pulum
     assert outputs["url"] == f"http://{dns}"
     churn = outputs["endpoints"]["churn"]
     assert churn["url"] == f"http://{dns}/endpoints/churn/invocations"
+    assert churn["dashboard"] == "selfmaker-dev-churn"
     assert churn["variants"]["champion"]["albWeight"] == 999 and churn["variants"]["challenger"]["albWeight"] == 111
     assert churn["variants"]["champion"]["autoScalingGroup"] == pulumi_harness.named("churn-champion-asg").state["name"]
     assert set(outputs["endpoints"]) == {"churn", "vision"}
