@@ -122,7 +122,7 @@ class RecordedRules:
 
 def _router(rules: RecordedRules) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's method name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
             target = rules.route("POST", self.path, headers)
@@ -150,7 +150,7 @@ def _router(rules: RecordedRules) -> ThreadingHTTPServer:
             finally:
                 conn.close()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
