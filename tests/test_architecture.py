@@ -1,4 +1,4 @@
-"""One-way imports between our packages (DESIGN.md), checked on the source AST."""
+"""One-way imports between our packages (the arrows at the top of docs/contracts.md), checked on the source AST."""
 
 from __future__ import annotations
 

@@ -26,7 +26,6 @@ import orjson
 from aiohttp import web
 
 from selfmaker import logcontext
-from selfmaker.api import eventstream
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import check_invoke_request, service_model, validate_request
@@ -34,6 +33,7 @@ from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import InternalFailure, SageMakerError, UnknownOperation, ValidationError, ValidationException
 from selfmaker.services import Services
+from serving import eventstream
 
 log = logging.getLogger(__name__)
 
