@@ -70,3 +70,13 @@ def test_join_has_single_slashes(base: str, parts: list[str]) -> None:
     assert "//" not in joined.split("://", 1)[1].lstrip("/")
     assert joined.startswith(base.rstrip("/"))
     assert [p.strip("/") for p in parts] == (joined[len(base.rstrip("/")) + 1:].split("/") if parts else [])
+
+
+def test_a_package_gets_its_own_error_class() -> None:
+    class StoreError(Exception):
+        pass
+
+    for call in (lambda: split_s3("s3://", error=StoreError), lambda: file_path("/x", error=StoreError),
+                 lambda: local_path("ftp://h/x", error=StoreError), lambda: local_path("file://", error=StoreError)):
+        with pytest.raises(StoreError):
+            call()
