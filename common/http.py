@@ -17,7 +17,8 @@ Error contract (what the router relies on):
   that the server had just closed is retried once transparently, as urllib3 does);
 * ``asyncio.TimeoutError`` — no complete response within the deadline (the connection is closed).
 
-**SyncPool** (batch transform's worker threads, transform jobs' readiness probe): ``http.client`` connections kept alive in a LIFO list.
+**SyncPool** (batch transform's worker threads, transform jobs' readiness probe): ``http.client``
+connections kept alive in a LIFO list.
 urllib3's pool was measured against it (tiny server process, 3 000 POSTs, median of 3 interleaved rounds):
 0.63x its throughput on one thread and 0.59x on four, so the hand-written pool stays.
 
@@ -142,7 +143,11 @@ class _Connection(asyncio.Protocol):
                 body = self._chunked(offset)
             elif "content-length" in headers:
                 length = int(headers["content-length"])
-                body = bytes(self.buffer[offset: offset + length]) if len(self.buffer) - offset >= length else None
+                body = (
+                    bytes(self.buffer[offset : offset + length])
+                    if len(self.buffer) - offset >= length
+                    else None
+                )
             elif status in (204, 304) or 100 <= status < 200:
                 body = b""
             else:  # read until the server closes
@@ -176,7 +181,7 @@ class _Connection(asyncio.Protocol):
                 return bytes(out) if trailer_end >= 0 else None
             if len(buf) < pos + size + 2:
                 return None
-            out += buf[pos: pos + size]
+            out += buf[pos : pos + size]
             pos += size + 2
 
 
@@ -217,11 +222,17 @@ class UpstreamPool:
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes,
-                      timeout: float) -> UpstreamResponse:
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float
+    ) -> UpstreamResponse:
         """Send one request and return the complete response (see the module's error contract)."""
-        head = [f"{method} {path} HTTP/1.1\r\nHost: ".encode(), self.authority,
-                b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        head = [
+            f"{method} {path} HTTP/1.1\r\nHost: ".encode(),
+            self.authority,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n".encode("latin-1", errors="replace"))
         head.append(b"\r\n")
@@ -306,8 +317,9 @@ class SyncPool:
                 return
         conn.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """``(status, body)`` of one request (no retry beyond replacing a stale kept-alive connection)."""
         for attempt in (0, 1):
             conn = self._acquire()
@@ -346,8 +358,9 @@ class DeadlineConnection(http.client.HTTPConnection):
     deadline and closes the connection).
     """
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float, deadline: float,
-                 blocksize: int = 1 << 20) -> None:
+    def __init__(
+        self, host: str, port: int, *, connect_timeout: float, deadline: float, blocksize: int = 1 << 20
+    ) -> None:
         super().__init__(host, port, timeout=min(deadline, connect_timeout), blocksize=blocksize)
         self._expired = threading.Event()
         self._raw: socket.socket | None = None
@@ -361,7 +374,7 @@ class DeadlineConnection(http.client.HTTPConnection):
         return self._expired.is_set()
 
     def connect(self) -> None:
-        """Connect within ``connect_timeout``; afterwards the socket blocks and only the deadline bounds it."""
+        """Connect within ``connect_timeout``; afterwards only the deadline bounds the socket."""
         super().connect()
         self._raw = self.sock
         if self.sock is not None:

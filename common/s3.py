@@ -15,7 +15,7 @@ ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 def endpoint_url(explicit: str | None = None) -> str | None:
-    """The S3 endpoint to use: ``explicit``, else the first set variable of :data:`ENDPOINT_ENVS`, else None."""
+    """The S3 endpoint: ``explicit``, else the first set variable of :data:`ENDPOINT_ENVS`, else None."""
     if explicit:
         return explicit
     for name in ENDPOINT_ENVS:

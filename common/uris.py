@@ -45,17 +45,17 @@ def split_s3(uri: str, *, error: type[Exception] = UriError) -> tuple[str, str]:
     ``error``: the exception class raised for anything else (a package passes its own).
     """
     # not urlparse: it would cut a key at "?" or "#"
-    bucket, _, key = uri[len(S3):].partition("/") if uri.startswith(S3) else ("", "", "")
+    bucket, _, key = uri[len(S3) :].partition("/") if uri.startswith(S3) else ("", "", "")
     if not bucket:
         raise error(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
     return bucket, key.lstrip("/")
 
 
 def file_path(uri: str, *, error: type[Exception] = UriError) -> Path:
-    """The filesystem path of a ``file://`` URI (see the module's rules); ``error`` as for :func:`split_s3`."""
+    """The filesystem path of a ``file://`` URI (the module's rules); ``error`` as for :func:`split_s3`."""
     if not uri.startswith(FILE):
         raise error(f"not a file:// URI: {uri!r}")
-    host, slash, path = uri[len(FILE):].partition("/")
+    host, slash, path = uri[len(FILE) :].partition("/")
     if host == "localhost":
         host = ""
     if not host + path:

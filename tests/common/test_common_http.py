@@ -69,7 +69,10 @@ def server() -> Iterator[ThreadingHTTPServer]:
 def test_requests_reuse_one_connection_and_keep_the_base_path(server: ThreadingHTTPServer) -> None:
     pool = SyncPool.for_url(f"http://127.0.0.1:{server.server_address[1]}/base/", timeout=10)
     try:
-        answers = [pool.request("POST", "/invocations", f"{i}".encode(), {"Content-Type": "text/csv"}) for i in range(20)]
+        answers = [
+            pool.request("POST", "/invocations", f"{i}".encode(), {"Content-Type": "text/csv"})
+            for i in range(20)
+        ]
         assert answers == [(200, f"/base/invocations {i}".encode()) for i in range(20)]
         assert pool.request("POST", "/x", b"fail") == (503, b"/base/x fail")
     finally:
@@ -88,7 +91,7 @@ def test_a_connection_the_server_closes_is_not_reused(server: ThreadingHTTPServe
 
 
 class _IdleTimeoutHandler(_Handler):
-    """Closes a kept-alive connection after 0.2 s without a request, as model servers' keep-alive timeouts do."""
+    """Closes a kept-alive connection after 0.2 s without a request (a server's keep-alive timeout)."""
 
     timeout = 0.2
     closed = threading.Event()

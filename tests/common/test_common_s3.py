@@ -48,7 +48,9 @@ def test_without_any_endpoint_boto3_resolves_aws(clean_env: pytest.MonkeyPatch) 
     assert "amazonaws.com" in s3.client(region="eu-west-1").meta.endpoint_url
 
 
-def test_the_variables_are_read_when_the_client_is_built(moto_server: str, clean_env: pytest.MonkeyPatch) -> None:
+def test_the_variables_are_read_when_the_client_is_built(
+    moto_server: str, clean_env: pytest.MonkeyPatch
+) -> None:
     clean_env.setenv("AWS_ENDPOINT_URL_S3", DEAD)
     first = s3.client()
     clean_env.setenv("AWS_ENDPOINT_URL_S3", moto_server)
