@@ -51,6 +51,27 @@ def split_s3(uri: str, *, error: type[Exception] = UriError) -> tuple[str, str]:
     return bucket, key.lstrip("/")
 
 
+def split_s3_location(location: str, *, error: type[Exception] = UriError) -> tuple[str, str]:
+    """``(bucket, key)`` of an ``s3://`` URI or of an S3 ``https://`` URL, virtual-hosted
+    (``https://bucket.s3[.region].amazonaws.com/key``) or path-style
+    (``https://s3[.region].amazonaws.com/bucket/key``).
+
+    ``error`` as for :func:`split_s3`.
+    """
+    if is_s3(location):
+        return split_s3(location, error=error)
+    host, _, path = (
+        location[len("https://") :].partition("/") if location.startswith("https://") else ("", "", "")
+    )
+    if ".s3" in host:
+        bucket, key = host.split(".s3", 1)[0], path
+    else:
+        bucket, _, key = path.partition("/")
+    if not bucket:
+        raise error(f"not an S3 location: {location!r} (expected s3://bucket/key or an S3 https:// URL)")
+    return bucket, key.lstrip("/")
+
+
 def file_path(uri: str, *, error: type[Exception] = UriError) -> Path:
     """The filesystem path of a ``file://`` URI (the module's rules); ``error`` as for :func:`split_s3`."""
     if not uri.startswith(FILE):

@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.uris import UriError, file_path, is_s3, is_uri, join, local_path, split_s3, to_uri
+from common.uris import (
+    UriError,
+    file_path,
+    is_s3,
+    is_uri,
+    join,
+    local_path,
+    split_s3,
+    split_s3_location,
+    to_uri,
+)
 
 buckets = st.from_regex(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 # S3 keys are any UTF-8; "?", "#", "%" and spaces are the characters a URL parser would mangle
@@ -99,3 +109,24 @@ def test_a_package_gets_its_own_error_class() -> None:
     ):
         with pytest.raises(StoreError):
             call()
+
+
+@given(buckets, keys)
+def test_s3_locations_read_s3_uris_and_both_https_styles(bucket: str, key: str) -> None:
+    key = key.lstrip("/")
+    for location in (
+        f"s3://{bucket}/{key}",
+        f"https://{bucket}.s3.amazonaws.com/{key}",
+        f"https://{bucket}.s3.eu-west-1.amazonaws.com/{key}",
+        f"https://s3.amazonaws.com/{bucket}/{key}",
+        f"https://s3.us-east-2.amazonaws.com/{bucket}/{key}",
+    ):
+        assert split_s3_location(location) == (bucket, key), location
+
+
+@pytest.mark.parametrize(
+    "location", ["https://s3.amazonaws.com/", "https://", "s3://", "http://b.s3.amazonaws.com/k", "file:///x"]
+)
+def test_s3_locations_without_a_bucket_are_refused(location: str) -> None:
+    with pytest.raises(UriError, match="not an S3"):
+        split_s3_location(location)
