@@ -49,7 +49,7 @@ case "$base_mode" in auto|registry|debootstrap) ;; *) echo "build-images: --base
 
 log() { echo "build-images: $*" >&2; }
 
-# ---- engine: the same rule as selfmaker/executors/container.py and training/executors/container.py ----
+# ---- engine: the same rule as common/proc.py (detect_engine) ----------------------------------------
 engine_works() { command -v "$1" >/dev/null 2>&1 && "$1" info >/dev/null 2>&1; }
 detect_engine() {
   if [[ -n "${SELFMAKER_CONTAINER_ENGINE:-}" ]]; then
@@ -162,8 +162,8 @@ make_context() {  # $1 = context dir, $2 = wheelhouse dir or ""
   local src="$CACHE/src"
   rm -rf "$src" && mkdir -p "$src"
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md LICENSE \
-        serving training batch selfmaker infra | xargs -0 cp --parents -t "$src" 2>/dev/null) \
-    || cp -r "$ROOT"/{pyproject.toml,README.md,serving,training,batch,selfmaker,infra} "$src/"
+        common serving training batch selfmaker infra | xargs -0 cp --parents -t "$src" 2>/dev/null) \
+    || cp -r "$ROOT"/{pyproject.toml,README.md,common,serving,training,batch,selfmaker,infra} "$src/"
   "$PIP" wheel -q --no-deps --no-build-isolation -w "$ctx/dist" "$src" >/dev/null
 }
 
