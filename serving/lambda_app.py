@@ -149,6 +149,11 @@ class LambdaApp:
                                {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
             return _answer(400, error_body(400, message), _JSON, extra, multi)
         status, body, content_type, out = self._invoke(event, headers)
+        if status == 413 and runtime_path:
+            # as sagemaker-runtime answers a body over the limit: the request is refused, the model never ran
+            message = json_message(body) or "Request payload is too large."
+            return _answer(400, _runtime_error_body("ValidationError", message), _JSON,
+                           {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
         if status >= 400 and runtime_path:
             return self._model_error(status, body, extra, multi, function_arn)
         return _answer(status, body, content_type, {**extra, **out}, multi)
@@ -208,6 +213,15 @@ class LambdaApp:
         }
         return _answer(424, _runtime_error_body("ModelError", message, extra_fields), _JSON,
                        {**extra, "x-amzn-ErrorType": "ModelError"}, multi)
+
+
+def json_message(body: bytes) -> str | None:
+    """The ``error`` of a model-server error body (:func:`serving.errors.error_body`), if it is one."""
+    try:
+        message = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return message if isinstance(message, str) else None
 
 
 def _runtime_error_body(code: str, message: str, extra: dict[str, Any] | None = None) -> bytes:

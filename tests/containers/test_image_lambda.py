@@ -95,9 +95,13 @@ def test_image_answers_alb_events_in_lambda_mode(function: tuple[RuntimeApi, str
     by_json = call(api, alb_event(PATH, json.dumps(rows.tolist()).encode(),
                                   headers={"Content-Type": "application/json"}, multi_value=True))
     assert by_json["multiValueHeaders"]["X-Amzn-Invoked-Production-Variant"] == ["Serverless"]
-    bad = call(api, alb_event(PATH, b"1,2,3", headers={"Content-Type": "text/csv"}))
-    assert bad["statusCode"] == 400
+    bad = call(api, alb_event("/invocations", b"1,2,3", headers={"Content-Type": "text/csv"}))
+    assert bad["statusCode"] == 400  # the model server's own answer
     assert json.loads(alb_body(bad))["status"] == 400
+    model_error = call(api, alb_event(PATH, b"1,2,3", headers={"Content-Type": "text/csv"}))
+    assert model_error["statusCode"] == 424  # through the runtime path: sagemaker-runtime's ModelError
+    assert alb_headers(model_error)["x-amzn-errortype"] == "ModelError"
+    assert json.loads(alb_body(model_error))["OriginalStatusCode"] == 400
 
 
 def test_image_wrote_only_under_tmp(engine: str, function: tuple[RuntimeApi, str]) -> None:

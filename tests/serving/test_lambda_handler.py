@@ -77,6 +77,7 @@ def start_sandbox(api: RuntimeApi, tmp: Path, model_uri: str, moto: str, *, comm
         "SELFMAKER_VARIANT_NAME": "Serverless",
         "SELFMAKER_LAMBDA_STATE_DIR": str(sandbox_tmp / "selfmaker"),
         "AWS_ENDPOINT_URL_S3": moto,
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4",  # as the ServerlessEndpoint component sets it
         **(env or {}),
     }
     log_path = tmp / "function.log"
@@ -239,6 +240,22 @@ def test_bad_base64_and_wrong_target_variant_are_400(sandbox: Sandbox) -> None:
     assert other["statusCode"] == 400
     assert alb_headers(other)["x-amzn-errortype"] == "ValidationError"
     assert "Blue" in json.loads(alb_body(other))["Message"]
+
+
+def test_oversized_payload_and_header_injection(sandbox: Sandbox) -> None:
+    big = b"0" * (4 * 1024 * 1024 + 1)
+    plain = sandbox.call(alb_event("/invocations", big, headers={"Content-Type": "text/csv"}, binary=True))
+    assert plain["statusCode"] == 413  # the model server's answer
+    runtime = sandbox.call(alb_event(PATH, big, headers={"Content-Type": "text/csv"}, binary=True))
+    assert runtime["statusCode"] == 400  # sagemaker-runtime's: the request is refused, no model ran
+    assert alb_headers(runtime)["x-amzn-errortype"] == "ValidationError"
+    assert "4 MB" in json.loads(alb_body(runtime))["Message"]
+    # a CR/LF smuggled into a header never reaches a response header
+    response = sandbox.call(alb_event(PATH, ",".join(["0.5"] * N_FEATURES).encode(), headers={
+        "Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Variant": "Serverless\r\nSet-Cookie: x=1"}))
+    assert response["statusCode"] == 400
+    assert all("\n" not in v and "\r" not in v for v in alb_headers(response).values())
+    assert sandbox.alive()
 
 
 def test_model_loaded_once_per_sandbox_into_tmp(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
