@@ -3,7 +3,7 @@
 All in the same run, same model (logistic regression, 20 features, built here), same machine:
 
 * ``spawn``   — ``python -m serving --model-dir DIR`` as a new process, timed by the anchors'
-  ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when /work/shared/anchors exists, else
+  ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when the anchors exist (``bench.common.ANCHORS``), else
   by the same loop here;
 * ``fork``    — the serverless template (numpy, onnxruntime, flask, gunicorn, ``serving`` pre-imported)
   forks the same command line; spawn request → first 200 of ``POST /invocations``;
@@ -40,8 +40,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.common import ANCHORS
+
 ROOT = Path(__file__).resolve().parent.parent
-ANCHOR = Path(os.environ.get("SELFMAKER_ANCHORS", "/work/shared/anchors")) / "coldstart.py"
+ANCHOR = ANCHORS / "coldstart.py"
 BODY = ",".join(["0.5"] * 20).encode()
 
 
