@@ -2,7 +2,7 @@
 
 ``python -m serving.lambda_handler`` is Lambda's init phase: it starts downloading the model archive
 (``SELFMAKER_MODEL_DATA``, ``s3://``) on a thread at once — with the standard library alone
-(:mod:`serving.s3get`) — while numpy, onnxruntime and pydantic import, then loads the model from ``/tmp``
+(:mod:`common.s3get`) — while numpy, onnxruntime and pydantic import, then loads the model from ``/tmp``
 (:class:`serving.lambda_app.LambdaApp`) and hands the process to the AWS Lambda runtime interface client
 (``awslambdaric``) with :func:`handler` as the function. So the model is loaded once per sandbox, before
 the first request, and provisioned-concurrency sandboxes are really warm. A model that cannot load is
@@ -74,7 +74,7 @@ class Prefetch:
         self.seconds = 0.0
         self._thread: threading.Thread | None = None
         source = env.get("SELFMAKER_MODEL_DATA") or ""
-        from serving import s3get
+        from common import s3get
 
         credentials = s3get.credentials_from_env(env)
         if not source.startswith("s3://") or credentials is None:

@@ -267,7 +267,7 @@ def test_model_loaded_once_per_sandbox_into_tmp(sandbox: Sandbox, tmp_path_facto
     assert unpacked, "the model was not unpacked under the sandbox's /tmp"
 
 
-def test_missing_model_is_an_init_error(moto_server: str, tmp_path: Path) -> None:
+def test_missing_model_is_an_init_error(moto_server: str, model_uri: str, tmp_path: Path) -> None:
     with RuntimeApi() as api:
         box = start_sandbox(api, tmp_path, f"s3://{BUCKET}/models/nothing/model.tar.gz", moto_server)
         try:
@@ -297,7 +297,7 @@ def test_plain_awslambdaric_entry_loads_on_first_call(model_uri: str, moto_serve
             stop(box.proc)
 
 
-def test_hooks_requirements_install_under_tmp(moto_server: str, tmp_path: Path, xgb_model: Path,
+def test_hooks_requirements_install_under_tmp(moto_server: str, tmp_path: Path, xgb_model: Path, model_uri: str,
                                               make_wheel: Callable[..., Path]) -> None:
     """A model with code/inference.py and code/requirements.txt: the requirement goes to /tmp (the
     environment is read-only in Lambda) and the hooks import it."""
