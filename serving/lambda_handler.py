@@ -48,8 +48,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - a bad setting must answer, not crash the sandbox
             log.error("%s", exc)
             return unavailable(event)
-    return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""),
-                       str(getattr(context, "invoked_function_arn", "") or ""))
+    return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""))
 
 
 def post_init_error(runtime_api: str, message: str, error_type: str = INIT_ERROR_TYPE) -> None:
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
              time.perf_counter() - started, prefetch.seconds)
     # Run as ``-m``, this module is ``__main__``; awslambdaric imports ``serving.lambda_handler`` afresh,
     # and that module's handler must find the loaded app.
-    from serving import lambda_handler as installed
+    from serving import lambda_handler as installed  # noqa: PLW0406 - see above: not this module object
 
     installed._APP = app
     # From here awslambdaric owns logging (its handler tags lines with the request id): drop ours so no

@@ -11,15 +11,21 @@ import subprocess
 import tarfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import numpy as np
 import pytest
-
 from containers_helpers import run
-from lambdakit import N_FEATURES, RuntimeApi, alb_body, alb_event, alb_headers, build_xgboost_model, lambda_environment
+from lambdakit import (
+    N_FEATURES,
+    RuntimeApi,
+    alb_body,
+    alb_event,
+    alb_headers,
+    build_xgboost_model,
+    lambda_environment,
+)
 
 BUCKET = "lambda-image-models"
 PATH = "/endpoints/churn/invocations"
@@ -60,17 +66,17 @@ def function(engine: str, selfmaker_image: str, model_uri: str, moto_server: str
         try:
             def alive() -> bool:
                 state = subprocess.run([engine, "inspect", "--format", "{{.State.Running}}", name],
-                                       capture_output=True, text=True, timeout=60)
+                                       capture_output=True, text=True, timeout=60, check=False)
                 return state.stdout.strip().lower() == "true"
 
             try:
                 api.wait_polling(120, alive)
             except AssertionError as exc:
-                logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=60)
+                logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=60, check=False)
                 raise AssertionError(f"{exc}\n--- container log ---\n{logs.stdout}{logs.stderr}") from None
             yield api, name
         finally:
-            subprocess.run([engine, "rm", "-f", name], capture_output=True, timeout=120)
+            subprocess.run([engine, "rm", "-f", name], capture_output=True, timeout=120, check=False)
 
 
 def call(api: RuntimeApi, event: dict[str, Any]) -> dict[str, Any]:
