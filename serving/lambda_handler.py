@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +53,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def post_init_error(runtime_api: str, message: str, error_type: str = INIT_ERROR_TYPE) -> None:
     """Tell the Lambda Runtime API that this sandbox cannot serve (Lambda discards it and reports
     ``error_type`` to the caller; the next request starts a new sandbox)."""
+    import urllib.request
+
     body = json.dumps({"errorMessage": message, "errorType": error_type, "stackTrace": []}).encode()
     request = urllib.request.Request(
         f"http://{runtime_api}/2018-06-01/runtime/init/error", data=body, method="POST",
