@@ -53,11 +53,8 @@ def credentials_from_env(env: Mapping[str, str] | None = None) -> Credentials | 
 
 
 def _split(uri: str) -> tuple[str, str]:
-    try:
-        bucket, key = uris.split_s3(uri)  # the key verbatim: ?, # and % are part of it
-    except uris.UriError:
-        bucket, key = "", ""
-    if not bucket or not key:
+    bucket, key = uris.split_s3(uri, error=S3GetError)  # the key verbatim: ?, # and % are part of it
+    if not key:
         raise S3GetError(f"bad S3 URI {uri!r}; expected s3://bucket/key")
     return bucket, key
 
