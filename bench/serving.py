@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.serving                 # short default run (~2-3 min)
     .venv/bin/python -m bench.serving --seconds 5 --full --out results.json
 
-1. builds the models with the anchors' make_models.py (``bench.common.ANCHORS``) (small = LogisticRegression/20 features,
+1. builds the models with the anchors' make_models.py (``bench.harness.ANCHORS``) (small = LogisticRegression/20 features,
    medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for the 256-256 MLP);
 2. in-process limit: ``DataPlane.invoke`` (decode + onnxruntime + encode) in a loop, batch 1/64/512,
    CSV/JSON/npy bodies;
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ANCHORS, CONTENT_TYPES, LoadResult, free_port, load, start, timed_loop, wait_ready
+from bench.harness import ANCHORS, CONTENT_TYPES, LoadResult, free_port, load, start, timed_loop, wait_ready
 
 BATCHES = (1, 64, 512)
 #: The server measured is told it serves this endpoint, as the gateway's instances are (runtime path).
