@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import boto3
 from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,7 @@ from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.common import read_limited
 from selfmaker.errors import ValidationError, ValidationException
 from serving.asyncq import AsyncRequest, QueueBackend, SqliteQueue, result_locations
+from serving.asyncq.backends import open_queue
 from serving.asyncq.request import (
     DEFAULT_INVOCATION_TIMEOUT_SECONDS,
     DEFAULT_TTL_SECONDS,
@@ -237,10 +239,6 @@ class AsyncSupervisor:
             if self.settings.backend == "sqlite":
                 queue = SqliteQueue(self.queue_path, endpoint)
             else:
-                import boto3
-
-                from serving.asyncq.backends import open_queue
-
                 client = boto3.client("sqs", region_name=self.platform.settings.region)
                 url = client.create_queue(QueueName=f"{self.settings.sqs_queue_prefix}{endpoint}"[:80])[
                     "QueueUrl"
