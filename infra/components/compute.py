@@ -1,4 +1,5 @@
-"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving or training image."""
+"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving or training image
+(``serve``, ``train``), or the model server with an async worker beside it (``async``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pulumi_aws as aws
 
 from infra import naming, presets, userdata
 
-ROLES = ("serve", "train")
+ROLES = ("serve", "train", "async")
 WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023 and the AL2023 deep-learning AMI
 
@@ -65,6 +66,15 @@ class InstanceGroupArgs:
     checkpoint_uri: pulumi.Input[str] | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: async: the endpoint's queue URL and the worker's state prefix (``s3://``), its name, invocations
+    #: per instance and lease length
+    queue_url: pulumi.Input[str] | None = None
+    state_uri: pulumi.Input[str] | None = None
+    endpoint_name: str | None = None
+    concurrency: int = 1
+    visibility_timeout: int = 300
+    #: scaling policies own the desired capacity: later `pulumi up`s must not reset it
+    scaled_by_policies: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ValueError:
@@ -104,7 +114,9 @@ class InstanceGroupArgs:
             naming.image_uri("registry.example/repo", self.image_tag)
         except ValueError as exc:
             raise bad("image_tag", str(exc)) from None
-        if self.role == "serve" and self.model_data_uri is None:
+        if self.role == "async" and (self.queue_url is None or self.state_uri is None or not self.endpoint_name):
+            raise bad("queue_url", "an async group needs queue_url, state_uri and endpoint_name")
+        if self.role in ("serve", "async") and self.model_data_uri is None:
             raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
         if self.role == "train":
             if not self.channels:
@@ -172,7 +184,7 @@ class InstanceGroup(pulumi.ComponentResource):
         channels = pulumi.Output.all(**dict(args.channels)) if args.channels else {}
         user_data = pulumi.Output.all(
             repo=args.repository_url, model=args.model_data_uri, channels=channels, output=args.output_uri,
-            checkpoint=args.checkpoint_uri,
+            checkpoint=args.checkpoint_uri, queue=args.queue_url, state=args.state_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
         tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
@@ -234,7 +246,8 @@ class InstanceGroup(pulumi.ComponentResource):
             instance_refresh={"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}},
             enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupTotalInstances"],
             tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in sorted(tagged("asg").items())],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desiredCapacity"]) if args.scaled_by_policies
+            else child,
             **group_kwargs,
         )
         self.register_outputs({
@@ -255,5 +268,7 @@ def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, 
         environment=dict(args.environment), host_port=args.port,
         model_data=values["model"], channels=dict(values["channels"] or {}), output_uri=values["output"],
         checkpoint_uri=values["checkpoint"], hyperparameters=dict(args.hyperparameters),
+        queue_url=values.get("queue"), state_uri=values.get("state"), endpoint_name=args.endpoint_name,
+        concurrency=args.concurrency, visibility_timeout=args.visibility_timeout,
     )
     return base64.b64encode(userdata.render_user_data(spec).encode()).decode()
