@@ -148,7 +148,7 @@ class Front:
         try:
             self.sqs.send_message(**message)
         except Exception as exc:  # noqa: BLE001 - botocore errors are classified, others re-raised
-            if _code(exc) in _BUSY or _code(exc).startswith("AWS.SimpleQueueService"):
+            if _code(exc) in _BUSY:
                 raise invoke.InvokeError(
                     "The request could not be queued; try again.", code="ServiceUnavailable", status=503
                 ) from None

@@ -136,7 +136,7 @@ def _ascii_header(get: Callable[[str], str | None], name: str, member: str) -> s
     if value is None:
         return None
     if len(value) > MAX_HEADER or any(ord(c) > 127 or c in "\r\n" for c in value):
-        raise _invalid(member, f"Member must have length less than or equal to {MAX_HEADER} and be ASCII")
+        raise _invalid(member, f"Member must have length less than or equal to {MAX_HEADER} and be ASCII", value)
     return value
 
 
