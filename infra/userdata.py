@@ -26,7 +26,10 @@ _CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SQS_URL_RE = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 #: Variables the renderer sets itself; user environment may not override them.
-RESERVED_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION", "TRAINING_JOB_NAME"})
+RESERVED_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION", "TRAINING_JOB_NAME",
+                          "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME"})
+#: The model server's settings (serving/settings.py) naming the endpoint and variant an instance serves.
+ENDPOINT_ENV, VARIANT_ENV = "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME"
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,16 @@ class UserDataSpec:
     output_uri: str | None = None
     checkpoint_uri: str | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    #: serve mode behind the gateway: the endpoint and production variant this instance answers for
+    endpoint: str | None = None
+    variant: str | None = None
     checkpoint_sync_seconds: int = 300
     terminate_when_done: bool = True
     ml_root: str = "/opt/ml"
-    #: async mode: the endpoint's queue, the worker's state prefix, the endpoint name, invocations per
-    #: instance (MaxConcurrentInvocationsPerInstance) and the lease length
+    #: async mode: the endpoint's queue, the worker's state prefix, invocations per instance
+    #: (MaxConcurrentInvocationsPerInstance) and the lease length (the endpoint's name is ``endpoint``)
     queue_url: str | None = None
     state_uri: str | None = None
-    endpoint_name: str | None = None
     concurrency: int = 1
     visibility_timeout: int = 300
     #: seconds docker gives the worker to stop gracefully (instance scale-in): it hands unfinished
@@ -86,12 +91,18 @@ def validate(spec: UserDataSpec) -> None:
             raise ValueError(f"environment: {key} is set by selfmaker")
     if not 1 <= spec.host_port <= 65535:
         raise ValueError("host_port: must be 1-65535")
+    for name in ("endpoint", "variant"):
+        value = getattr(spec, name)
+        if value is not None and not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", value):
+            raise ValueError(f"{name}: {value!r} is not a SageMaker endpoint/variant name")
+    if (spec.endpoint is None) != (spec.variant is None):
+        raise ValueError("endpoint: endpoint and variant are set together")
     if spec.mode == "async":
         if not spec.queue_url or not _SQS_URL_RE.match(spec.queue_url):
             raise ValueError(f"queue_url: {spec.queue_url!r} is not an SQS queue URL")
         _check_s3("state_uri", spec.state_uri)
-        if not spec.endpoint_name or not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", spec.endpoint_name):
-            raise ValueError(f"endpoint_name: {spec.endpoint_name!r} is not a SageMaker endpoint name")
+        if not spec.endpoint:
+            raise ValueError("endpoint: an async worker needs its endpoint's name (the queue name it reports)")
         if not 1 <= spec.concurrency <= 1000:
             raise ValueError("concurrency: must be 1-1000")
         if not 1 <= spec.visibility_timeout <= 43200:
@@ -130,6 +141,8 @@ def _docker_run_args(spec: UserDataSpec) -> list[str]:
         args.append("--gpus all")
     args += [f'-e {key}="$REGION"' for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION")]
     args += [f"-e {_q(f'{key}={value}')}" for key, value in sorted(spec.environment.items())]
+    if spec.endpoint is not None and spec.variant is not None:
+        args += [f"-e {_q(f'{ENDPOINT_ENV}={spec.endpoint}')}", f"-e {_q(f'{VARIANT_ENV}={spec.variant}')}"]
     return args
 
 
@@ -200,7 +213,7 @@ def _async_body(spec: UserDataSpec) -> str:
     args = " \\\n  ".join(_docker_run_args(spec))
     worker = " ".join(_q(a) for a in (
         "python", "-m", "serving.asyncq", "--queue", f"sqs:{spec.queue_url}", "--state", spec.state_uri or "",
-        "--name", spec.endpoint_name or "", "--model-url", f"http://127.0.0.1:{spec.host_port}",
+        "--name", spec.endpoint or "", "--model-url", f"http://127.0.0.1:{spec.host_port}",
         "--concurrency", str(spec.concurrency), "--visibility-timeout", str(spec.visibility_timeout),
     ))
     args = args.replace('awslogs-stream="$INSTANCE_ID"', 'awslogs-stream="$INSTANCE_ID-async-worker"')
@@ -214,7 +227,7 @@ docker rm -f selfmaker-async-worker >/dev/null 2>&1 || true
 docker run -d --name selfmaker-async-worker --restart unless-stopped --network host --stop-timeout {int(spec.stop_timeout)} \\
   {args} \\
   "$IMAGE" {worker}
-echo "selfmaker: async worker for {spec.endpoint_name} started"
+echo "selfmaker: async worker for {spec.endpoint} started"
 """
 
 

@@ -27,6 +27,18 @@ class WarmPoolArgs:
     state: str = "Stopped"
 
 
+@dataclass(frozen=True)
+class InstanceRefreshArgs:
+    """How a new launch template version replaces the instances: launch before terminate (min healthy
+    100 %), pausing at ``checkpoint_percentages`` for ``checkpoint_delay`` seconds, rolled back when an
+    alarm of ``alarm_names`` fires (an empty ``checkpoint_percentages`` replaces everything at once)."""
+
+    checkpoint_percentages: Sequence[int] = ()
+    checkpoint_delay: int = 300
+    alarm_names: Sequence[pulumi.Input[str]] = ()
+    instance_warmup: int = 300
+
+
 @dataclass
 class InstanceGroupArgs:
     """Inputs of :class:`InstanceGroup`; validated when constructed.
@@ -66,15 +78,20 @@ class InstanceGroupArgs:
     checkpoint_uri: pulumi.Input[str] | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
-    #: async: the endpoint's queue URL and the worker's state prefix (``s3://``), its name, invocations
-    #: per instance and lease length
+    #: Behind the gateway: the target groups the instances register in (ELB health checks replace EC2's)
+    target_group_arns: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    health_check_grace_period: int = 300
+    refresh: InstanceRefreshArgs | None = None
+    #: a scaling policy owns the desired capacity after creation (Pulumi must not reset it)
+    scaled: bool = False
+    endpoint_name: str | None = None
+    variant_name: str | None = None
+    #: async: the endpoint's queue URL and the worker's state prefix (``s3://``), invocations per instance
+    #: and lease length
     queue_url: pulumi.Input[str] | None = None
     state_uri: pulumi.Input[str] | None = None
-    endpoint_name: str | None = None
     concurrency: int = 1
     visibility_timeout: int = 300
-    #: scaling policies own the desired capacity: later `pulumi up`s must not reset it
-    scaled_by_policies: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ValueError:
@@ -114,6 +131,17 @@ class InstanceGroupArgs:
             naming.image_uri("registry.example/repo", self.image_tag)
         except ValueError as exc:
             raise bad("image_tag", str(exc)) from None
+        if self.refresh is not None:
+            percentages = list(self.refresh.checkpoint_percentages)
+            if percentages and (percentages[-1] != 100 or percentages != sorted(set(percentages))
+                                or percentages[0] < 1):
+                raise bad("refresh", f"checkpoint percentages must rise and end at 100, got {percentages}")
+        if not 0 <= self.health_check_grace_period <= 7200:
+            raise bad("health_check_grace_period", "must be 0-7200 seconds")
+        if (self.endpoint_name is None) != (self.variant_name is None) or (
+            self.endpoint_name and self.role not in ("serve", "async")
+        ):
+            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving or async groups")
         if self.role == "async" and (self.queue_url is None or self.state_uri is None or not self.endpoint_name):
             raise bad("queue_url", "an async group needs queue_url, state_uri and endpoint_name")
         if self.role in ("serve", "async") and self.model_data_uri is None:
@@ -233,6 +261,24 @@ class InstanceGroup(pulumi.ComponentResource):
                     "overrides": [{"instance_type": itype} for itype in args.instance_types],
                 },
             }
+        if args.refresh is not None:
+            refresh = args.refresh
+            preferences: dict[str, Any] = {
+                # launch before terminate: new instances join before old ones leave
+                "min_healthy_percentage": 100, "max_healthy_percentage": 200,
+                "instance_warmup": str(refresh.instance_warmup), "skip_matching": True,
+                "auto_rollback": True,
+            }
+            if refresh.checkpoint_percentages:
+                preferences["checkpoint_percentages"] = list(refresh.checkpoint_percentages)
+                preferences["checkpoint_delay"] = str(refresh.checkpoint_delay)
+            if refresh.alarm_names:
+                preferences["alarm_specification"] = {"alarms": list(refresh.alarm_names)}
+            instance_refresh: dict[str, Any] = {"strategy": "Rolling", "preferences": preferences}
+        else:
+            instance_refresh = {"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}}
+        if args.target_group_arns:
+            group_kwargs["target_group_arns"] = list(args.target_group_arns)
         self.auto_scaling_group = aws.autoscaling.Group(
             naming.child_name(name, "asg"),
             min_size=args.min_size,
@@ -240,14 +286,14 @@ class InstanceGroup(pulumi.ComponentResource):
             desired_capacity=args.desired_capacity,
             vpc_zone_identifiers=list(args.subnet_ids),
             capacity_rebalance=args.capacity_rebalance,
-            health_check_type="EC2",
-            health_check_grace_period=300,
+            # behind a load balancer an instance is healthy when its model server answers /ping
+            health_check_type="ELB" if args.target_group_arns else "EC2",
+            health_check_grace_period=args.health_check_grace_period,
             default_instance_warmup=300,
-            instance_refresh={"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}},
+            instance_refresh=instance_refresh,
             enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupTotalInstances"],
             tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in sorted(tagged("asg").items())],
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desiredCapacity"]) if args.scaled_by_policies
-            else child,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desiredCapacity"] if args.scaled else None),
             **group_kwargs,
         )
         self.register_outputs({
@@ -268,7 +314,8 @@ def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, 
         environment=dict(args.environment), host_port=args.port,
         model_data=values["model"], channels=dict(values["channels"] or {}), output_uri=values["output"],
         checkpoint_uri=values["checkpoint"], hyperparameters=dict(args.hyperparameters),
-        queue_url=values.get("queue"), state_uri=values.get("state"), endpoint_name=args.endpoint_name,
-        concurrency=args.concurrency, visibility_timeout=args.visibility_timeout,
+        endpoint=args.endpoint_name, variant=args.variant_name,
+        queue_url=values.get("queue"), state_uri=values.get("state"), concurrency=args.concurrency,
+        visibility_timeout=args.visibility_timeout,
     )
     return base64.b64encode(userdata.render_user_data(spec).encode()).decode()

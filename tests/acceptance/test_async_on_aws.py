@@ -31,7 +31,7 @@ from testkit import find_free_port, wait_http
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 from infra import async_scaling
-from infra.components.endpoints_async import FRONT_HANDLER, front_sources
+from infra.components.endpoints.async_endpoint import FRONT_HANDLER, front_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT = "churn-async"

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from infra import async_scaling, policies
-from infra.components.endpoints_async import AsyncEndpoint, AsyncEndpointArgs, front_sources
+from infra.components.endpoints.async_endpoint import AsyncEndpoint, AsyncEndpointArgs, front_sources
+from infra.components.endpoints.gateway import Gateway, GatewayArgs
 
 if TYPE_CHECKING:
     from tests.infra.conftest import PulumiHarness, Registration
@@ -33,8 +34,7 @@ def endpoint_args(**over: Any) -> AsyncEndpointArgs:
         "partition": "aws", "prefix": "selfmaker-t", "tags": TAGS,
         "ami_parameter": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
         "scaling": async_scaling.BacklogScaling(min_instances=0, max_instances=4, target_backlog_per_instance=4),
-        "listener_arn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/gw/1/2",
-        "rule_priority": 1200, "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
+        "gateway": None, "rule_priority": None, "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
     }
     return AsyncEndpointArgs(**{**base, **over})
 
@@ -62,9 +62,15 @@ def _resources_of(doc: dict[str, Any], prefix: str) -> set[str]:
     return out
 
 
+def with_gateway() -> AsyncEndpoint:
+    gateway = Gateway("gw", GatewayArgs(vpc_id="vpc-1", subnet_ids=["subnet-a", "subnet-b"], tags=TAGS,
+                                        allowed_cidrs=["10.0.0.0/16"]))
+    return AsyncEndpoint("churn-async", endpoint_args(gateway=gateway, rule_priority=1209))
+
+
 @pytest.fixture
 def deployed(pulumi_harness: PulumiHarness) -> PulumiHarness:
-    pulumi_harness.run(lambda: AsyncEndpoint("churn-async", endpoint_args()))
+    pulumi_harness.run(with_gateway)
     return pulumi_harness
 
 
@@ -116,11 +122,12 @@ def test_front_lambda_is_a_zip_of_the_shared_modules_routed_by_the_gateway(deplo
     perm = deployed.named("churn-async-front-invoke").inputs
     assert perm["principal"] == "elasticloadbalancing.amazonaws.com" and perm["sourceArn"] == tg.state["arn"]
     assert deployed.named("churn-async-front-target").inputs["targetId"] == fn.state["arn"]
-    rule = deployed.named("churn-async-front-rule").inputs
-    assert rule["priority"] == 1200
+    rule = deployed.named("gw-churn-async-async-rule").inputs
+    assert rule["priority"] == 1209
+    assert rule["listenerArn"] == deployed.named("gw-listener").state["arn"]
     assert {"pathPattern": {"values": ["/endpoints/churn-async/async-invocations"]}} in rule["conditions"]
     assert {"httpRequestMethod": {"values": ["POST"]}} in rule["conditions"]
-    assert rule["actions"][0]["targetGroupArn"] == tg.state["arn"]
+    assert rule["actions"][0]["forward"]["targetGroups"] == [{"arn": tg.state["arn"], "weight": 1}]
 
 
 def test_front_may_only_send_to_its_queue_and_read_its_inputs(deployed: PulumiHarness) -> None:
@@ -171,7 +178,9 @@ def test_worker_group_runs_the_model_server_and_the_async_worker(deployed: Pulum
     assert "-p 127.0.0.1:8080:8080" in script  # the model server is not reachable from the network
     assert "SAGEMAKER_MODEL_SERVER_TIMEOUT=3600" in script
     assert lt["iamInstanceProfile"]["arn"] == deployed.named("churn-async-worker-profile").state["arn"]
-    assert not deployed.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    worker_sg = deployed.named("churn-async-workers-sg").id
+    ingress = deployed.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert not [r for r in ingress if r.inputs["securityGroupId"] == worker_sg]  # workers take no traffic
     asg = deployed.named("churn-async-workers-asg").inputs
     assert (asg["minSize"], asg["maxSize"], asg["desiredCapacity"]) == (0, 4, 0)
 
@@ -209,7 +218,7 @@ def test_every_child_is_parented_and_tagged(deployed: PulumiHarness) -> None:
     assert component.type == "selfmaker:endpoints:AsyncEndpoint"
     urns = {r.urn for r in deployed.monitor.registrations}
     for reg in deployed.monitor.registrations:
-        if reg is component:
+        if reg is component or reg.name == "gw":
             continue
         assert reg.parent in urns, reg.name
     for reg in deployed.monitor.registrations:
@@ -218,7 +227,7 @@ def test_every_child_is_parented_and_tagged(deployed: PulumiHarness) -> None:
 
 
 def test_without_a_gateway_the_front_is_not_routed(pulumi_harness: PulumiHarness) -> None:
-    pulumi_harness.run(lambda: AsyncEndpoint("ep", endpoint_args(endpoint_name="ep", listener_arn=None, rule_priority=None)))
+    pulumi_harness.run(lambda: AsyncEndpoint("ep", endpoint_args(endpoint_name="ep")))
     assert pulumi_harness.named("ep-front")
     assert not pulumi_harness.of_type("aws:lb/listenerRule:ListenerRule")
 
@@ -237,7 +246,8 @@ def test_front_zip_holds_only_the_shared_modules() -> None:
     ({"model_key": "models/x.bin"}, "model_key"),
     ({"success_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}, "success_topic_arn"),
     ({"include_inference_response_in": ["BOTH"]}, "include_inference_response_in"),
-    ({"rule_priority": None}, "rule_priority"),
+    ({"rule_priority": 5}, "rule_priority"),
+    ({"variant_name": "all_traffic"}, "variant_name"),
     ({"scaling": async_scaling.BacklogScaling(min_instances=3, max_instances=2, target_backlog_per_instance=1)},
      "scaling"),
     ({"repository_arns": []}, "repository_arns"),

@@ -74,12 +74,9 @@ def test_no_launch_configuration_and_no_awsx(path: Path) -> None:
 
 
 def test_every_component_follows_the_skeleton() -> None:
-    """Type token selfmaker:<module>:<Type>, an …Args dataclass, register_outputs, children parented.
-
-    ``<module>_<kind>.py`` holds one component of module ``<module>`` (``endpoints_async.py``:
-    ``selfmaker:endpoints:AsyncEndpoint``)."""
+    """Type token selfmaker:<module>:<Type>, an …Args dataclass, register_outputs, children parented."""
     components = sorted((ROOT / "infra" / "components").glob("[!_]*.py"))
-    assert {p.stem for p in components} >= {"network", "storage", "registry", "iam", "compute", "endpoints_async"}
+    assert {p.stem for p in components} == {"network", "storage", "registry", "iam", "compute"}
     for path in components:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
@@ -88,7 +85,7 @@ def test_every_component_follows_the_skeleton() -> None:
         comp = comps[0]
         assert f"{comp.name}Args" in classes, f"{path.name}: no {comp.name}Args"
         source = ast.unparse(comp)
-        assert f"'selfmaker:{path.stem.split('_')[0]}:{comp.name}'" in source
+        assert f"'selfmaker:{path.stem}:{comp.name}'" in source
         assert "self.register_outputs(" in source
         assert "child = pulumi.ResourceOptions(parent=self)" in source
         for call in (n for n in ast.walk(comp) if isinstance(n, ast.Call) and _creates_resource(n)):

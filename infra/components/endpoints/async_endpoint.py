@@ -31,8 +31,9 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra import async_scaling, naming, policies
+from infra import async_scaling, endpoints, naming, policies
 from infra.components.compute import InstanceGroup, InstanceGroupArgs
+from infra.components.endpoints.gateway import Gateway, Route
 
 #: The front's code, shipped as files (infra imports nothing of ours): zip path -> source under the repo
 #: root, or None for an empty package marker (the real ``serving/__init__`` chains pull in the worker's
@@ -46,12 +47,19 @@ FRONT_FILES: dict[str, str | None] = {
 }
 FRONT_HANDLER = "serving.asyncq.front.handler"
 FRONT_RUNTIME = "python3.12"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 INCLUDE_VALUES = ("SUCCESS_NOTIFICATION_TOPIC", "ERROR_NOTIFICATION_TOPIC")
 #: SNS's AWS-managed key: encrypted topics any publisher of the account may use through SNS.
 SNS_MANAGED_KEY = "alias/aws/sns"
+
+
+def async_path(endpoint: str) -> str:
+    """The ALB path of an endpoint's InvokeEndpointAsync (sagemaker-runtime's request URI)."""
+    if not endpoints.valid_sagemaker_name(endpoint):
+        raise ValueError(f"{endpoint!r} is not a valid endpoint name")
+    return f"/endpoints/{endpoint}/async-invocations"
 
 
 def front_sources(root: Path = REPO_ROOT) -> dict[str, Path | None]:
@@ -107,9 +115,10 @@ class AsyncEndpointArgs:
     success_topic_arn: str | None = None
     error_topic_arn: str | None = None
     include_inference_response_in: Sequence[str] = ()
-    #: the gateway: the ALB listener and a free rule priority (no gateway: the front is created unrouted)
-    listener_arn: pulumi.Input[str] | None = None
+    #: the stack's gateway and this endpoint's listener-rule priority (no gateway: the front is unrouted)
+    gateway: Gateway | None = None
     rule_priority: int | None = None
+    variant_name: str = "AllTraffic"
     ami_id: str | None = None
     root_volume_gb: int = 40
     spot_percentage: int = 0
@@ -141,10 +150,12 @@ class AsyncEndpointArgs:
         for value in self.include_inference_response_in:
             if value not in INCLUDE_VALUES:
                 raise bad("include_inference_response_in", f"{value!r} must be one of {INCLUDE_VALUES}")
-        if (self.listener_arn is None) != (self.rule_priority is None):
-            raise bad("rule_priority", "a listener needs a rule priority (and a priority a listener)")
-        if self.rule_priority is not None and not 1 <= self.rule_priority <= 50000:
-            raise bad("rule_priority", "must be 1-50000")
+        if (self.gateway is None) != (self.rule_priority is None):
+            raise bad("rule_priority", "a gateway needs a rule priority (and a priority a gateway)")
+        if self.rule_priority is not None and not 1 <= self.rule_priority <= endpoints.MAX_PRIORITY:
+            raise bad("rule_priority", f"must be 1-{endpoints.MAX_PRIORITY}")
+        if not endpoints.valid_sagemaker_name(self.variant_name):
+            raise bad("variant_name", f"{self.variant_name!r} is not a SageMaker variant name")
         if not self.repository_arns:
             raise bad("repository_arns", "the worker image's repository is needed")
         try:
@@ -261,7 +272,7 @@ class AsyncEndpoint(pulumi.ComponentResource):
         )
         self.target_group: aws.lb.TargetGroup | None = None
         self.listener_rule: aws.lb.ListenerRule | None = None
-        if args.listener_arn is not None and args.rule_priority is not None:
+        if args.gateway is not None and args.rule_priority is not None:
             self.target_group = aws.lb.TargetGroup(
                 naming.child_name(name, "front-tg"), target_type="lambda", lambda_multi_value_headers_enabled=False,
                 tags=tags, opts=child,
@@ -274,14 +285,9 @@ class AsyncEndpoint(pulumi.ComponentResource):
                 naming.child_name(name, "front-target"), target_group_arn=self.target_group.arn,
                 target_id=self.front.arn, opts=pulumi.ResourceOptions(parent=self, depends_on=[permission]),
             )
-            self.listener_rule = aws.lb.ListenerRule(
-                naming.child_name(name, "front-rule"), listener_arn=args.listener_arn, priority=args.rule_priority,
-                conditions=[
-                    {"path_pattern": {"values": [f"/endpoints/{args.endpoint_name}/async-invocations"]}},
-                    {"http_request_method": {"values": ["POST"]}},
-                ],
-                actions=[{"type": "forward", "target_group_arn": self.target_group.arn}],
-                tags=tags, opts=child,
+            self.listener_rule = args.gateway.add_route(
+                f"{name}-async", paths=[async_path(args.endpoint_name)],
+                routes=[Route(self.target_group.arn)], priority=args.rule_priority,
             )
 
         # ---- the workers: role, profile, group
@@ -314,8 +320,9 @@ class AsyncEndpoint(pulumi.ComponentResource):
             environment={"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(args.max_invocation_timeout_seconds),
                          **args.environment},
             queue_url=self.queue.url, state_uri=state_uri,
-            endpoint_name=args.endpoint_name, concurrency=args.max_concurrent_invocations_per_instance,
-            visibility_timeout=visibility, scaled_by_policies=True,
+            endpoint_name=args.endpoint_name, variant_name=args.variant_name,
+            concurrency=args.max_concurrent_invocations_per_instance,
+            visibility_timeout=visibility, scaled=True,
         ), opts=child)
         group = self.workers.auto_scaling_group
 
