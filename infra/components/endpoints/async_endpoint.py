@@ -127,6 +127,8 @@ class AsyncEndpointArgs:
     extra_security_group_ids: Sequence[pulumi.Input[str]] = field(default_factory=list)
     kms_key_arn: pulumi.Input[str] | None = None
     log_retention_days: int = 30
+    #: Session Manager on the workers instead of SSH (as the stack's other instance roles)
+    ssm_access: bool = True
     max_invocation_timeout_seconds: int = async_scaling.MAX_INVOCATION_TIMEOUT
 
     def __post_init__(self) -> None:
@@ -301,6 +303,11 @@ class AsyncEndpoint(pulumi.ComponentResource):
             policy=scope_values.apply(lambda v: json.dumps(policies.async_endpoint_worker_policy(scope(v)))),
             opts=child,
         )
+        if args.ssm_access:
+            aws.iam.RolePolicyAttachment(
+                naming.child_name(name, "worker-ssm"), role=self.worker_role.name,
+                policy_arn=f"arn:{args.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore", opts=child,
+            )
         self.worker_profile = aws.iam.InstanceProfile(
             naming.child_name(name, "worker-profile"), role=self.worker_role.name, tags=tags, opts=child,
         )
@@ -368,10 +375,15 @@ class AsyncEndpoint(pulumi.ComponentResource):
             alarm_actions=[self.idle_policy.arn], tags=tags, opts=child,
         )
 
+        #: InvokeEndpointAsync's URL through the gateway (None without one)
+        self.url: pulumi.Output[str] | None = (
+            pulumi.Output.concat(args.gateway.url, async_path(args.endpoint_name)) if args.gateway is not None else None
+        )
         self.output_path = output_uri
         self.failure_path = failure_uri
         self.topic_arns = topic_arns
         self.register_outputs({
+            "url": self.url,
             "queue_url": self.queue.url,
             "dead_letter_queue_url": self.dead_letter_queue.url,
             "front_function": self.front.name,
