@@ -135,6 +135,22 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class ServerlessVariantConfig:
+    """What serves a serverless variant: a Lambda function from the stack's image (SageMaker's
+    ServerlessConfig: MemorySizeInMB, MaxConcurrency, ProvisionedConcurrency)."""
+
+    model_key: str
+    image_tag: str
+    memory_size_in_mb: int
+    max_concurrency: int
+    provisioned_concurrency: int | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: int = 60
+    ephemeral_storage_in_mb: int = 1024
+    multi_value_headers: bool = False
+
+
+@dataclass(frozen=True)
 class VariantConfig:
     """One production variant. ``kind`` says what serves it: ``instance`` = an Auto Scaling group.
 
@@ -148,6 +164,7 @@ class VariantConfig:
     initial_instance_count: int = 0
     group: GroupConfig | None = None
     scaling: ScalingConfig | None = None
+    serverless: ServerlessVariantConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +211,8 @@ class AsyncConfig:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """One endpoint behind the gateway: ``kind`` is ``realtime`` or ``async`` (then ``async_inference``)."""
+    """One endpoint behind the gateway: ``kind`` is ``realtime``, ``serverless`` or ``async`` (then
+    ``async_inference`` holds its AsyncInferenceConfig)."""
 
     name: str
     kind: str
@@ -541,9 +559,84 @@ def _instance_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage:
                          scaling=scaling)
 
 
+#: SageMaker's ServerlessConfig (botocore: ServerlessMemorySizeInMB 1024-6144 in 1 GB steps,
+#: ServerlessMaxConcurrency and ServerlessProvisionedConcurrency 1-200).
+SERVERLESS_MEMORY_SIZES_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+MAX_SERVERLESS_CONCURRENCY = 200
+SERVERLESS_KEYS = frozenset({"memorySizeInMB", "maxConcurrency", "provisionedConcurrency", "timeoutSeconds",
+                             "ephemeralStorageInMB", "multiValueHeaders"})
+SERVERLESS_VARIANT_KEYS = frozenset({"name", "modelKey", "initialVariantWeight", "serverless", "imageTag",
+                                     "environment"})
+
+
+def _model_key(field_name: str, value: Any, storage: StorageConfig) -> str:
+    model_key = _str(field_name, value).lstrip("/")
+    if not model_key.endswith(".tar.gz"):
+        raise ConfigError(field_name, f"{model_key!r} must be a model.tar.gz key")
+    if not model_key.startswith(storage.model_prefix):
+        raise ConfigError(field_name, f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
+    return model_key
+
+
+def _serverless_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig,
+                        default_tag: str) -> VariantConfig:
+    """A variant served by a Lambda function (SageMaker's serverless production variant)."""
+    unknown = set(raw) - SERVERLESS_VARIANT_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        why = ("serverless variants have no instances" if key in INSTANCE_VARIANT_KEYS
+               else f"unknown key (known: {sorted(SERVERLESS_VARIANT_KEYS)})")
+        raise ConfigError(f"{base}.{key}", why)
+    sbase = f"{base}.serverless"
+    sraw = _mapping(sbase, raw["serverless"], SERVERLESS_KEYS)
+    if "memorySizeInMB" not in sraw:
+        raise ConfigError(f"{sbase}.memorySizeInMB", f"required: one of {list(SERVERLESS_MEMORY_SIZES_MB)}")
+    memory = _int(f"{sbase}.memorySizeInMB", sraw["memorySizeInMB"])
+    if memory not in SERVERLESS_MEMORY_SIZES_MB:
+        raise ConfigError(f"{sbase}.memorySizeInMB", f"must be one of {list(SERVERLESS_MEMORY_SIZES_MB)} "
+                          f"(SageMaker's MemorySizeInMB), got {memory}")
+    if "maxConcurrency" not in sraw:
+        raise ConfigError(f"{sbase}.maxConcurrency", f"required: 1-{MAX_SERVERLESS_CONCURRENCY}")
+    max_concurrency = _int(f"{sbase}.maxConcurrency", sraw["maxConcurrency"], lo=1, hi=MAX_SERVERLESS_CONCURRENCY)
+    provisioned: int | None = None
+    if sraw.get("provisionedConcurrency") is not None:
+        provisioned = _int(f"{sbase}.provisionedConcurrency", sraw["provisionedConcurrency"], lo=1,
+                           hi=MAX_SERVERLESS_CONCURRENCY)
+        if provisioned > max_concurrency:
+            raise ConfigError(f"{sbase}.provisionedConcurrency",
+                              f"must be <= maxConcurrency ({max_concurrency}), got {provisioned}")
+    image_tag = _str(f"{base}.imageTag", raw.get("imageTag", default_tag))
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
+        raise ConfigError(f"{base}.imageTag", f"{image_tag!r} is not a valid image tag")
+    environment = _str_map(f"{base}.environment", raw.get("environment"))
+    for key in environment:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{base}.environment.{key}", "not a valid environment variable name")
+        if key.startswith("AWS_") or key in SERVERLESS_RESERVED_ENV:
+            raise ConfigError(f"{base}.environment.{key}", "set by Lambda or by selfmaker")
+    return VariantConfig(
+        name=raw["name"], kind="serverless",
+        weight=_weight(f"{base}.initialVariantWeight", raw.get("initialVariantWeight", 1.0)),
+        serverless=ServerlessVariantConfig(
+            model_key=_model_key(f"{base}.modelKey", raw.get("modelKey"), storage), image_tag=image_tag,
+            memory_size_in_mb=memory, max_concurrency=max_concurrency, provisioned_concurrency=provisioned,
+            environment=environment,
+            timeout_seconds=_int(f"{sbase}.timeoutSeconds", sraw.get("timeoutSeconds", 60), lo=1, hi=900),
+            ephemeral_storage_in_mb=_int(f"{sbase}.ephemeralStorageInMB", sraw.get("ephemeralStorageInMB", 1024),
+                                         lo=512, hi=10240),
+            multi_value_headers=_bool(f"{sbase}.multiValueHeaders", sraw.get("multiValueHeaders", False)),
+        ),
+    )
+
+
+#: Environment variables of a serverless function that selfmaker sets (serving/lambda_handler.py).
+SERVERLESS_RESERVED_ENV = frozenset({"SELFMAKER_MODEL_DATA", "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME",
+                                     "SELFMAKER_LAMBDA_STATE_DIR"})
+
 #: Parser of each variant kind, called with (key, raw block, endpoint name, storage, default image tag).
 VARIANT_PARSERS: dict[str, Callable[[str, Mapping[str, Any], str, StorageConfig, str], VariantConfig]] = {
     "instance": _instance_variant,
+    "serverless": _serverless_variant,
 }
 
 
@@ -648,6 +741,19 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
         if kind not in VARIANT_PARSERS:
             raise ConfigError(f"{vbase}.{kind}", f"{kind} variants are not supported by this version of selfmaker")
         variants.append(VARIANT_PARSERS[kind](vbase, {**vraw, "name": vname}, name, storage, default_tag))
+    kinds = {v.kind for v in variants}
+    if "serverless" in kinds and len(kinds) > 1:
+        # SageMaker: an endpoint config's variants are all serverless or all instance-backed
+        j = next(i for i, v in enumerate(variants) if v.kind != variants[0].kind)
+        key = "serverless" if variants[j].kind == "serverless" else "name"
+        raise ConfigError(f"{base}.variants[{j}].{key}", "an endpoint's variants are all serverless or all "
+                          f"instance-backed, as in SageMaker; variants[0] is {variants[0].kind}, this one "
+                          f"{variants[j].kind}")
+    if kinds == {"serverless"}:
+        for key in ("rollout", "alarms"):
+            if raw.get(key) is not None:
+                raise ConfigError(f"{base}.{key}", "serverless endpoints have no instances to roll out: a new "
+                                  "function version takes the traffic at once")
     try:
         endpoints.alb_weights([v.weight for v in variants])
     except ValueError as exc:
@@ -663,8 +769,8 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
                                   "replaced by instance refresh without traffic shifting")
         async_inference = _async(f"{base}.async", raw["async"], name)
     return EndpointConfig(
-        name=name, kind="async" if async_inference else "realtime", variants=tuple(variants),
-        async_inference=async_inference,
+        name=name, variants=tuple(variants), async_inference=async_inference,
+        kind="async" if async_inference else "serverless" if kinds == {"serverless"} else "realtime",
         rollout=_rollout(f"{base}.rollout", raw.get("rollout")), alarms=_alarms(f"{base}.alarms", raw.get("alarms")),
     )
 

@@ -155,3 +155,23 @@ def dashboard_body(title: str, region: str, load_balancer: str, target_groups: M
     return {"widgets": [{"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
                          "properties": {"markdown": f"# {title}"}}]
             + [{**widget(i, name, metrics), "y": 1 + (i // 2) * 6} for i, (name, metrics) in enumerate(panels)]}
+
+
+#: Lambda function names: 1-64 characters of [a-zA-Z0-9-_].
+MAX_FUNCTION_NAME = 64
+
+
+def function_name(prefix: str, endpoint: str, variant: str) -> str:
+    """The Lambda function of a serverless variant: ``<prefix>-<endpoint>-<variant>``, shortened with a
+    hash of the full name when longer than Lambda allows (the stack's prefix always stays, so one
+    ``<prefix>-*`` pattern covers every function of the stack)."""
+    full = f"{prefix}-{endpoint}-{variant}"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", full):
+        raise ValueError(f"{full!r} is not a valid Lambda function name")
+    if len(full) <= MAX_FUNCTION_NAME:
+        return full
+    digest = f"{zlib.crc32(full.encode()):08x}"
+    head = full[: MAX_FUNCTION_NAME - len(digest) - 1].rstrip("-")
+    if not head.startswith(f"{prefix}-"):
+        raise ValueError(f"the stack prefix {prefix!r} is too long for Lambda function names")
+    return f"{head}-{digest}"

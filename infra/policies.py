@@ -321,3 +321,30 @@ def async_endpoint_worker_policy(scope: AsyncEndpointScope) -> Document:
         *logs_and_metrics(scope.log_group_pattern),
         *kms_use(scope.kms_key_arn),
     )
+
+
+def serverless_function_policy(model_object_arn: str, log_group_arn: str, kms_key_arn: str | None = None) -> Document:
+    """A serverless variant's function: read its one model archive and write its own log group, nothing else.
+
+    (The image is pulled by the Lambda service under the repository policy of
+    :func:`ecr_lambda_pull_policy`, not with this role.)
+    """
+    if not model_object_arn.startswith("arn:") or model_object_arn.endswith("*"):
+        raise ValueError(f"serverless_function_policy needs one model object ARN, got {model_object_arn!r}")
+    return document(
+        {"Sid": "Model", "Effect": "Allow", "Action": "s3:GetObject", "Resource": model_object_arn},
+        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+        *kms_use(kms_key_arn),
+    )
+
+
+def ecr_lambda_pull_policy(function_arn_pattern: str, account_id: str) -> Document:
+    """Repository policy letting this account's Lambda functions (and only those matching the pattern)
+    pull the image: container-image functions are pulled by the Lambda service, not by their role."""
+    return document({
+        "Sid": "LambdaPull", "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+        "Condition": {"StringLike": {"aws:sourceArn": function_arn_pattern},
+                      "StringEquals": {"aws:sourceAccount": account_id}},
+    })

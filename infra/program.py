@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
 from infra import config as stack_config
-from infra import async_scaling, endpoints, naming
+from infra import async_scaling, endpoints, naming, policies
 from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
 from infra.components.endpoints.async_endpoint import AsyncEndpoint, AsyncEndpointArgs
 from infra.components.endpoints.gateway import Gateway, GatewayArgs
@@ -24,6 +25,7 @@ from infra.components.endpoints.realtime import (
     RealtimeEndpointArgs,
     RolloutArgs,
 )
+from infra.components.endpoints.serverless import ServerlessEndpoint, ServerlessEndpointArgs, ServerlessVariantArgs
 from infra.components.iam import Roles, RolesArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.registry import ImageRepository, ImageRepositoryArgs
@@ -126,7 +128,7 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         ))
 
     gateway: Gateway | None = None
-    served: dict[str, RealtimeEndpoint | AsyncEndpoint] = {}
+    served: dict[str, RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint] = {}
     if gateway_cfg is not None:
         internal = gateway_cfg.scheme == "internal"
         gateway = Gateway("gateway", GatewayArgs(
@@ -148,9 +150,23 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
                     partition=partition_info.partition,
                 )
                 continue
+            if endpoint.kind == "serverless":
+                served[endpoint.name] = serverless_endpoint(
+                    endpoint, gateway, blocks[endpoint.name], cfg=cfg, repository_url=images["serving"].repository_url,
+                    store=store, region=region, account_id=account_id, partition=partition_info.partition,
+                )
+                continue
             served[endpoint.name] = realtime_endpoint(
                 endpoint, gateway, blocks[endpoint.name], cfg=cfg, network=network, roles=roles,
                 repository_url=images["serving"].repository_url, models_bucket=models_bucket, region=region,
+            )
+        if any(e.kind == "serverless" for e in cfg.endpoints):
+            # container-image functions are pulled by the Lambda service itself: the stack's functions only
+            aws.ecr.RepositoryPolicy(
+                "serving-images-lambda-pull", repository=images["serving"].repository.name,
+                policy=json.dumps(policies.ecr_lambda_pull_policy(
+                    f"arn:{partition_info.partition}:lambda:{region}:{account_id}:function:{cfg.prefix}-*", account_id)),
+                opts=pulumi.ResourceOptions(parent=images["serving"]),
             )
 
     return {
@@ -173,9 +189,10 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
     }
 
 
-def endpoint_output(endpoint: stack_config.EndpointConfig, served: RealtimeEndpoint | AsyncEndpoint) -> dict[str, Any]:
-    """The ``endpoints`` stack output of one endpoint: its URL and, per variant, weights and group (async:
-    its queue, result locations and topics)."""
+def endpoint_output(endpoint: stack_config.EndpointConfig,
+                    served: RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint) -> dict[str, Any]:
+    """The ``endpoints`` stack output of one endpoint: its URL and, per variant, weights and group
+    (or function; async: its queue, result locations and topics)."""
     if isinstance(served, AsyncEndpoint):
         return {
             "url": served.url, "kind": "async", "queueUrl": served.queue.url,
@@ -185,6 +202,17 @@ def endpoint_output(endpoint: stack_config.EndpointConfig, served: RealtimeEndpo
             "variants": {endpoint.variants[0].name: {"autoScalingGroup": served.workers.auto_scaling_group.name}},
         }
     weights = endpoints.alb_weights([v.weight for v in endpoint.variants])
+    if isinstance(served, ServerlessEndpoint):
+        return {
+            "url": served.url,
+            "variants": {
+                v.name: {"weight": v.weight, "albWeight": w, "function": served.functions[v.name].name,
+                         "serverlessConfig": {"memorySizeInMB": v.serverless.memory_size_in_mb,
+                                              "maxConcurrency": v.serverless.max_concurrency,
+                                              "provisionedConcurrency": v.serverless.provisioned_concurrency}}
+                for v, w in zip(endpoint.variants, weights) if v.serverless is not None
+            },
+        }
     return {
         "url": served.url,
         "variants": {
@@ -265,6 +293,29 @@ def async_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, prio
         on_demand_base=group.on_demand_base, environment=dict(group.environment),
         extra_security_group_ids=[network.workload_security_group.id], kms_key_arn=store.kms_key_arn,
         log_retention_days=cfg.log_retention_days, ssm_access=cfg.ssm_access,
+    ))
+
+
+def serverless_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
+                        cfg: stack_config.StackConfig, repository_url: pulumi.Input[str], store: ModelStore,
+                        region: str, account_id: str, partition: str) -> ServerlessEndpoint:
+    """The :class:`ServerlessEndpoint` of one configured endpoint (Lambda functions from the stack's image)."""
+    variants = []
+    for v in endpoint.variants:
+        sv = v.serverless
+        assert sv is not None  # serverless endpoints have serverless variants only (checked by the config)
+        variants.append(ServerlessVariantArgs(
+            variant_name=v.name, model_key=sv.model_key, image_tag=sv.image_tag,
+            memory_size_in_mb=sv.memory_size_in_mb, max_concurrency=sv.max_concurrency,
+            provisioned_concurrency=sv.provisioned_concurrency, initial_variant_weight=v.weight,
+            environment=dict(sv.environment), timeout_seconds=sv.timeout_seconds,
+            ephemeral_storage_in_mb=sv.ephemeral_storage_in_mb, multi_value_headers=sv.multi_value_headers,
+        ))
+    return ServerlessEndpoint(endpoint.name, ServerlessEndpointArgs(
+        gateway=gateway, variants=variants, priority_block=priority_block, repository_url=repository_url,
+        models_bucket=store.buckets["models"].bucket, models_bucket_arn=store.buckets["models"].arn,
+        region=region, account_id=account_id, partition=partition, prefix=cfg.prefix, tags=dict(cfg.tags),
+        kms_key_arn=store.kms_key_arn, log_retention_days=cfg.log_retention_days,
     ))
 
 

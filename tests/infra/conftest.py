@@ -95,6 +95,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
             rid = state["url"]
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        elif args.typ == "aws:lambda/function:Function":
+            state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs.get('name', args.name)}"
+            state["version"] = "1" if args.inputs.get("publish") else "$LATEST"
+        elif args.typ == "aws:lambda/alias:Alias":
+            state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs['functionName']}:{args.inputs['name']}"
         elif args.typ == "aws:lb/loadBalancer:LoadBalancer":
             state["arnSuffix"] = f"app/{args.name}/50dc6c495c0c9188"
             state["dnsName"] = f"internal-{args.name}-1234567890.{REGION}.elb.amazonaws.com"

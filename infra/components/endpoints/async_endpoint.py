@@ -257,7 +257,7 @@ class AsyncEndpoint(pulumi.ComponentResource):
             naming.child_name(name, "front"),
             description=f"selfmaker InvokeEndpointAsync front of {args.endpoint_name}",
             runtime=FRONT_RUNTIME, handler=FRONT_HANDLER, code=archive, role=self.front_role.arn,
-            architectures=["arm64"], memory_size=256, timeout=15,
+            architectures=["arm64"], memory_size=256, timeout=15, kms_key_arn=args.kms_key_arn,
             logging_config={"log_format": "Text", "log_group": self.front_log_group.name},
             environment={"variables": {
                 "SELFMAKER_ENDPOINT_NAME": args.endpoint_name,
