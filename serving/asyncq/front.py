@@ -147,7 +147,7 @@ class Front:
             message.update(MessageGroupId=group, MessageDeduplicationId=dedup)
         try:
             self.sqs.send_message(**message)
-        except Exception as exc:  # noqa: BLE001 - botocore errors are classified, others re-raised
+        except Exception as exc:
             if _code(exc) in _BUSY:
                 raise invoke.InvokeError(
                     "The request could not be queued; try again.", code="ServiceUnavailable", status=503
@@ -179,7 +179,7 @@ class Front:
         parsed = urlparse(location)
         try:
             self.s3.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-        except Exception as exc:  # noqa: BLE001 - botocore errors are classified, others re-raised
+        except Exception as exc:
             code = _code(exc)
             if code in {"404", "NoSuchKey", "NotFound"}:
                 return

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import platform_helpers as helpers
 import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from testkit import find_free_port, wait_http
 
-import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 from infra import async_scaling
 from infra.components.endpoints.async_endpoint import FRONT_HANDLER, front_sources
 
