@@ -119,7 +119,7 @@ def _sqs(metric: str, queue_name: str) -> dict[str, Any]:
     return {"namespace": "AWS/SQS", "metric_name": metric, "dimensions": [{"name": "QueueName", "value": queue_name}]}
 
 
-def backlog_metrics(queue_name: str, group_name: str) -> list[dict[str, Any]]:
+def backlog_metrics(queue_name: str, group_name: str) -> list[Any]:
     """Target tracking's ``customized_metric_specification.metrics``: backlog per in-service instance."""
     return [
         {"id": "visible", "metric_stat": {"metric": _sqs("ApproximateNumberOfMessagesVisible", queue_name),
@@ -143,7 +143,7 @@ def _query(metric_id: str, metric: dict[str, Any], stat: str) -> dict[str, Any]:
         "period": ALARM_PERIOD_SECONDS, "stat": stat}}
 
 
-def wake_alarm_queries(queue_name: str, group_name: str) -> list[dict[str, Any]]:
+def wake_alarm_queries(queue_name: str, group_name: str) -> list[Any]:
     """Alarm metric math: 1 when messages wait and the group wants no instance (SageMaker's
     ``HasBacklogWithoutCapacity``)."""
     desired = {"namespace": "AWS/AutoScaling", "metric_name": "GroupDesiredCapacity",
@@ -156,7 +156,7 @@ def wake_alarm_queries(queue_name: str, group_name: str) -> list[dict[str, Any]]
     ]
 
 
-def idle_alarm_queries(queue_name: str) -> list[dict[str, Any]]:
+def idle_alarm_queries(queue_name: str) -> list[Any]:
     """Alarm metric math: messages waiting plus in flight (0 = the queue is empty)."""
     return [
         _query("visible", _sqs("ApproximateNumberOfMessagesVisible", queue_name), "Maximum"),
@@ -166,11 +166,11 @@ def idle_alarm_queries(queue_name: str) -> list[dict[str, Any]]:
     ]
 
 
-def wake_step_adjustments(min_instances: int = 0) -> list[dict[str, Any]]:
+def wake_step_adjustments(min_instances: int = 0) -> list[Any]:
     """Step policy of the wake alarm (threshold 1, ExactCapacity): one instance (or the minimum)."""
     return [{"metric_interval_lower_bound": "0", "scaling_adjustment": max(1, min_instances)}]
 
 
-def idle_step_adjustments(min_instances: int) -> list[dict[str, Any]]:
+def idle_step_adjustments(min_instances: int) -> list[Any]:
     """Step policy of the idle alarm (threshold 0, LessThanOrEqual): exactly ``min_instances``."""
     return [{"metric_interval_upper_bound": "0", "scaling_adjustment": min_instances}]

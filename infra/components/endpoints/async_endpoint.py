@@ -334,16 +334,17 @@ class AsyncEndpoint(pulumi.ComponentResource):
         group = self.workers.auto_scaling_group
 
         # ---- scaling on backlog
+        tracking: Any = {
+            "target_value": scaling.target_backlog_per_instance,
+            "customized_metric_specification": {
+                "metrics": pulumi.Output.all(self.queue.name, group.name).apply(
+                    lambda v: async_scaling.backlog_metrics(v[0], v[1])),
+            },
+        }
         self.backlog_policy = aws.autoscaling.Policy(
             naming.child_name(name, "backlog-tracking"), autoscaling_group_name=group.name,
             policy_type="TargetTrackingScaling", estimated_instance_warmup=300,
-            target_tracking_configuration={
-                "target_value": scaling.target_backlog_per_instance,
-                "customized_metric_specification": {
-                    "metrics": pulumi.Output.all(self.queue.name, group.name).apply(
-                        lambda v: async_scaling.backlog_metrics(v[0], v[1])),
-                },
-            },
+            target_tracking_configuration=tracking,
             opts=child,
         )
         self.wake_policy = aws.autoscaling.Policy(
