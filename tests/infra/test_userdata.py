@@ -206,6 +206,9 @@ def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
     ({"mode": "train", "channels": {"train": "s3://d/x/"}}, "channels.train"),
     ({"mode": "train", "channels": {"bad name": "s3://data-b/x/"}}, "channels"),
     ({"mode": "train", "channels": {"train": "s3://data-b/x/"}}, "output_uri"),
+    ({"endpoint": "churn"}, "endpoint"),
+    ({"endpoint": "churn", "variant": "a b"}, "variant"),
+    ({"endpoint": "churn;reboot", "variant": "v1"}, "endpoint"),
 ])
 def test_bad_specs_name_the_field(change: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field}:"):
