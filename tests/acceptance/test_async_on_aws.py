@@ -333,6 +333,29 @@ def test_bad_requests_get_sagemaker_error_shapes(deployment: Deployment) -> None
     assert after["Attributes"] == before["Attributes"]
 
 
+def test_the_same_inference_id_twice_gives_one_result_and_one_notification(deployment: Deployment) -> None:
+    """SQS has no lookup by id, so a repeated InferenceId is queued twice; the worker makes it one result."""
+    stack = deployment.stack
+    smr = deployment.runtime()
+    location = stack.put(f"async/{ENDPOINT}/in/dup.csv", rows(5))
+    answers = [smr.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=location, ContentType="text/csv",
+                                         InferenceId="same-id-twice") for _ in range(2)]
+    assert answers[0]["OutputLocation"] == answers[1]["OutputLocation"]
+    wait_until(lambda: stack.get(answers[0]["OutputLocation"]) is not None, 120, "the output")
+
+    def settled() -> bool:
+        attrs = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return attrs == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
+
+    wait_until(settled, 120, "both deliveries acked")
+    notes: list[dict[str, Any]] = []
+    for _ in range(3):
+        stack.drain(stack.inbox_url, notes)
+    assert [n["inferenceId"] for n in notes if n["inferenceId"] == "same-id-twice"] == ["same-id-twice"]
+    assert stack.keys(f"async/{ENDPOINT}/output/same-id-twice") == [f"async/{ENDPOINT}/output/same-id-twice.out"]
+
+
 def test_front_zip_runs_on_the_standard_library_and_boto3_alone(deployment: Deployment) -> None:
     modules = set(requests.get(f"{deployment.front_url}/__shim/modules", timeout=10).json())
     # after the other tests of the module too: nothing the Lambda runtime lacks was ever imported
