@@ -12,8 +12,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from infra import config as stack_config
 from infra import async_scaling, endpoints, naming, policies
+from infra import config as stack_config
 from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
 from infra.components.endpoints.async_endpoint import AsyncEndpoint, AsyncEndpointArgs
 from infra.components.endpoints.gateway import Gateway, GatewayArgs
@@ -25,7 +25,11 @@ from infra.components.endpoints.realtime import (
     RealtimeEndpointArgs,
     RolloutArgs,
 )
-from infra.components.endpoints.serverless import ServerlessEndpoint, ServerlessEndpointArgs, ServerlessVariantArgs
+from infra.components.endpoints.serverless import (
+    ServerlessEndpoint,
+    ServerlessEndpointArgs,
+    ServerlessVariantArgs,
+)
 from infra.components.iam import Roles, RolesArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.registry import ImageRepository, ImageRepositoryArgs
