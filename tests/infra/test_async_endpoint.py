@@ -86,6 +86,9 @@ def test_queue_is_encrypted_with_a_dead_letter_queue_and_a_visibility_above_the_
     redrive = json.loads(queue.inputs["redrivePolicy"])
     assert redrive["deadLetterTargetArn"] == dlq.state["arn"]
     assert redrive["maxReceiveCount"] > async_scaling.WORKER_MAX_ATTEMPTS
+    alarm = deployed.named("churn-async-dlq-alarm").inputs
+    assert alarm["dimensions"] == {"QueueName": dlq.state["name"]} and alarm["threshold"] == 0
+    assert alarm["comparisonOperator"] == "GreaterThanThreshold"
     allow = json.loads(deployed.named("churn-async-dlq-allow").inputs["redriveAllowPolicy"])
     assert allow == {"redrivePermission": "byQueue", "sourceQueueArns": [queue.state["arn"]]}
 

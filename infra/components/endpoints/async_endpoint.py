@@ -380,6 +380,16 @@ class AsyncEndpoint(pulumi.ComponentResource):
         self.url: pulumi.Output[str] | None = (
             pulumi.Output.concat(args.gateway.url, async_path(args.endpoint_name)) if args.gateway is not None else None
         )
+        # Something no worker could handle after every retry: worth a look (subscribe to it as you like).
+        self.dead_letter_alarm = aws.cloudwatch.MetricAlarm(
+            naming.child_name(name, "dlq-alarm"),
+            alarm_description=f"{args.endpoint_name}: requests in the dead-letter queue",
+            namespace="AWS/SQS", metric_name="ApproximateNumberOfMessagesVisible",
+            dimensions={"QueueName": self.dead_letter_queue.name}, statistic="Maximum",
+            period=async_scaling.ALARM_PERIOD_SECONDS, evaluation_periods=1, threshold=0,
+            comparison_operator="GreaterThanThreshold", treat_missing_data="notBreaching", tags=tags, opts=child,
+        )
+
         self.output_path = output_uri
         self.failure_path = failure_uri
         self.topic_arns = topic_arns
@@ -387,6 +397,7 @@ class AsyncEndpoint(pulumi.ComponentResource):
             "url": self.url,
             "queue_url": self.queue.url,
             "dead_letter_queue_url": self.dead_letter_queue.url,
+            "dead_letter_alarm": self.dead_letter_alarm.name,
             "front_function": self.front.name,
             "output_path": output_uri,
             "failure_path": failure_uri,
