@@ -150,3 +150,28 @@ def test_handler_without_its_settings_fails_at_the_first_call(monkeypatch: pytes
     monkeypatch.setattr("serving.asyncq.front._FRONT", None)
     with pytest.raises(KeyError, match="SELFMAKER_ENDPOINT_NAME"):  # a deployment bug surfaces at the first call
         handler(_event({}))
+
+
+def test_header_names_and_ranges_are_botocores() -> None:
+    """The names and limits the shared checks use are those of botocore's sagemaker-runtime model."""
+    from botocore.loaders import Loader
+
+    model = Loader().load_service_model("sagemaker-runtime", "service-2")
+    shapes = model["shapes"]
+    members = shapes[model["operations"]["InvokeEndpointAsync"]["input"]["shape"]]["members"]
+    headers = {m["locationName"]: name for name, m in members.items() if m.get("location") == "header"}
+    ours = {invoke.H_CONTENT_TYPE: "ContentType", invoke.H_ACCEPT: "Accept",
+            invoke.H_CUSTOM_ATTRIBUTES: "CustomAttributes", invoke.H_INFERENCE_ID: "InferenceId",
+            invoke.H_INPUT_LOCATION: "InputLocation", invoke.H_OUTPUT_PATH_EXTENSION: "S3OutputPathExtension",
+            invoke.H_FILENAME: "Filename", invoke.H_TTL: "RequestTTLSeconds",
+            invoke.H_TIMEOUT: "InvocationTimeoutSeconds"}
+    assert ours == headers
+    ttl = shapes[members["RequestTTLSeconds"]["shape"]]
+    timeout = shapes[members["InvocationTimeoutSeconds"]["shape"]]
+    assert (ttl["min"], ttl["max"]) == (invoke.MIN_TTL_SECONDS, 21600)
+    assert (timeout["min"], timeout["max"]) == (invoke.MIN_INVOCATION_TIMEOUT_SECONDS, 3600)
+    assert shapes[members["InferenceId"]["shape"]]["max"] == 64
+    assert shapes[members["InputLocation"]["shape"]]["max"] == invoke.MAX_HEADER
+    output = shapes[model["operations"]["InvokeEndpointAsync"]["output"]["shape"]]["members"]
+    assert {m.get("locationName") for m in output.values() if m.get("location") == "header"} == {
+        invoke.H_OUTPUT_LOCATION, invoke.H_FAILURE_LOCATION}
