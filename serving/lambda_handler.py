@@ -74,6 +74,7 @@ class Prefetch:
         self.seconds = 0.0
         self._thread: threading.Thread | None = None
         source = env.get("SELFMAKER_MODEL_DATA") or ""
+        from common import s3
         from serving import s3get
 
         credentials = s3get.credentials_from_env(env)
@@ -81,7 +82,7 @@ class Prefetch:
             return
         dest = Path(env.get("SELFMAKER_LAMBDA_STATE_DIR") or "/tmp/selfmaker") / "download" / "model.tar.gz"
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        endpoint = s3.endpoint_url(env=env)
 
         def run() -> None:
             started = time.perf_counter()

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import uris
+
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -51,9 +53,8 @@ def credentials_from_env(env: Mapping[str, str] | None = None) -> Credentials | 
 
 
 def _split(uri: str) -> tuple[str, str]:
-    parsed = urllib.parse.urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if parsed.scheme != "s3" or not bucket or not key:
+    bucket, key = uris.split_s3(uri, error=S3GetError)
+    if not key:
         raise S3GetError(f"bad S3 URI {uri!r}; expected s3://bucket/key")
     return bucket, key
 

@@ -12,16 +12,17 @@ not restarted, when the platform starts again (our extension; SageMaker has no s
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import BatchError
 from batch.request import parse_request
 from batch.settings import BatchSettings
+from common.http import SyncPool
 from selfmaker.arns import make_arn
 from selfmaker.errors import ValidationException
 from selfmaker.executors import Executors, InstanceSpec, executor_kind_for_image
@@ -108,16 +109,19 @@ class TransformJobs:
         executor = self.executors.for_image(spec.image)
         handle = asyncio.run_coroutine_threadsafe(executor.start(spec), self.loop).result()
         deadline = time.monotonic() + self.settings.startup_timeout
-        while time.monotonic() < deadline:
-            if not handle.alive():
-                break
-            try:
-                with urllib.request.urlopen(f"{handle.url}/ping", timeout=2) as resp:
-                    if resp.status == 200:
+        probe = SyncPool.for_url(handle.url, timeout=2.0)
+        try:
+            while time.monotonic() < deadline:
+                if not handle.alive():
+                    break
+                try:
+                    if probe.request("GET", "/ping")[0] == 200:
                         return handle.url, env, handle
-            except OSError:
-                pass
-            time.sleep(0.2)
+                except (OSError, http.client.HTTPException):
+                    pass
+                time.sleep(0.2)
+        finally:
+            probe.close()
         self._stop_handle(handle)
         raise _JobError(f"the model container of {request['ModelName']} did not pass the ping health check")
 

@@ -12,8 +12,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from testkit import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,15 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 IDLE = 3.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def code_model_tar(dest: Path, inference_py: str) -> str:
