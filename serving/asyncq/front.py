@@ -10,7 +10,7 @@ is a sagemaker-runtime error (``x-amzn-ErrorType`` + a JSON body); an unexpected
 "internal error", with the traceback in the function's log only.
 
 Runs on the plain Lambda Python runtime: standard library and boto3, nothing else (the stack ships this
-module, :mod:`serving.asyncq.invoke` and :mod:`serving.asyncq.request` in a zip).
+module, :mod:`serving.asyncq.invoke`, :mod:`serving.asyncq.request` and :mod:`common.uris` in a zip).
 
 Environment (set by the stack, read once per sandbox):
 
@@ -129,11 +129,11 @@ class Front:
             # The load balancer routes one endpoint's path here; anything else is a wrong rule.
             raise invoke.InvokeError(f"Endpoint {match.group(1)[:63]} not found.")
         headers = event_headers(event)
-        params = invoke.parse_headers(headers, schemes=("s3",))
+        params = invoke.parse_headers(headers, schemes=("s3", "https"))
         body = event_body(event)
         invoke.check_payload(params, len(body), inline_body=False)
         assert params.input_location is not None
-        self._check_readable(params.input_location)
+        self._check_readable(invoke.s3_uri(params.input_location))
         request = invoke.build_request(
             params,
             self.settings.endpoint_name,

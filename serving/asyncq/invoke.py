@@ -6,8 +6,8 @@ both turn the request headers into :class:`InvokeParams` here, and build the que
 way wherever it arrives. Header names, ranges and patterns follow botocore's ``sagemaker-runtime`` model
 (``InvokeEndpointAsyncInput``).
 
-Standard library only (plus :mod:`serving.asyncq.request`): the front Lambda ships this module in a zip
-whose runtime has nothing but the standard library and boto3.
+Standard library only (plus :mod:`serving.asyncq.request` and :mod:`common.uris`): the front Lambda ships
+these modules in a zip whose runtime has nothing but the standard library and boto3.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from common.uris import UriError, split_s3_location
 from serving.asyncq.request import (
     DEFAULT_INVOCATION_TIMEOUT_SECONDS,
     DEFAULT_TTL_SECONDS,
@@ -140,14 +141,32 @@ def _ascii_header(get: Callable[[str], str | None], name: str, member: str) -> s
     return value
 
 
+_S3_HOST = re.compile(r"^([a-z0-9.-]+\.)?s3([.-][a-z0-9-]+)*\.amazonaws\.com(\.cn)?$")
+
+
 def location_ok(uri: str, schemes: Sequence[str]) -> bool:
-    """Whether ``uri`` is an object location of one of ``schemes`` (``s3://bucket/key``, ``file:///path``)."""
+    """Whether ``uri`` is an object location of one of ``schemes``: ``s3://bucket/key``, ``file:///path``, or
+    (``https``) an S3 URL, virtual-hosted or path-style, as botocore's ``InputLocation`` pattern allows."""
     parsed = urlparse(uri)
     if parsed.scheme not in schemes:
         return False
     if parsed.scheme == "file":
         return bool(parsed.path)
-    return bool(parsed.netloc) and bool(parsed.path.strip("/"))
+    if parsed.scheme == "https" and not _S3_HOST.match(parsed.netloc):
+        return False
+    try:
+        bucket, key = split_s3_location(uri)
+    except UriError:
+        return False
+    return bool(bucket) and bool(key.strip("/"))
+
+
+def s3_uri(location: str) -> str:
+    """An S3 ``https://`` URL as the ``s3://bucket/key`` URI the worker reads; anything else unchanged."""
+    if not location.startswith("https://"):
+        return location
+    bucket, key = split_s3_location(location)
+    return f"s3://{bucket}/{key}"
 
 
 def topic_ok(arn: str) -> bool:
@@ -244,6 +263,7 @@ def build_request(
     location = input_location or params.input_location
     if not location:
         raise _invalid("inputLocation", "Member must not be null")
+    location = s3_uri(location)
     out_location, fail_location = result_locations(
         output.output_path,
         output.failure_path,

@@ -356,6 +356,20 @@ def test_the_same_inference_id_twice_gives_one_result_and_one_notification(deplo
     assert stack.keys(f"async/{ENDPOINT}/output/same-id-twice") == [f"async/{ENDPOINT}/output/same-id-twice.out"]
 
 
+def test_an_s3_https_url_is_an_input_location_too(deployment: Deployment) -> None:
+    """botocore's InputLocation pattern allows S3 https:// URLs; the worker gets the s3:// URI."""
+    stack = deployment.stack
+    body = rows(7)
+    stack.put(f"async/{ENDPOINT}/in/https.csv", body)
+    url = f"https://{stack.data_bucket}.s3.us-east-1.amazonaws.com/async/{ENDPOINT}/in/https.csv"
+    resp = deployment.runtime().invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=url, ContentType="text/csv",
+                                                      Accept="application/json", InferenceId="by-https-url")
+    wait_until(lambda: stack.get(resp["OutputLocation"]) is not None, 120, "the output")
+    real_time = requests.post(f"{deployment.model_url}/invocations", data=body, timeout=30,
+                              headers={"Content-Type": "text/csv", "Accept": "application/json"})
+    assert stack.get(resp["OutputLocation"]) == real_time.content
+
+
 def test_front_zip_runs_on_the_standard_library_and_boto3_alone(deployment: Deployment) -> None:
     modules = set(requests.get(f"{deployment.front_url}/__shim/modules", timeout=10).json())
     # after the other tests of the module too: nothing the Lambda runtime lacks was ever imported

@@ -238,7 +238,8 @@ def test_without_a_gateway_the_front_is_not_routed(pulumi_harness: PulumiHarness
 def test_front_zip_holds_only_the_shared_modules() -> None:
     sources = front_sources()
     assert set(sources) == {"serving/__init__.py", "serving/asyncq/__init__.py", "serving/asyncq/front.py",
-                            "serving/asyncq/invoke.py", "serving/asyncq/request.py"}
+                            "serving/asyncq/invoke.py", "serving/asyncq/request.py", "common/__init__.py",
+                            "common/uris.py"}
     assert sources["serving/asyncq/__init__.py"] is None  # an empty marker: the real one imports the worker
 
 

@@ -51,6 +51,11 @@ def test_bad_headers_name_the_member(headers: dict[str, str], member: str) -> No
 @pytest.mark.parametrize(("location", "schemes", "ok"), [
     (LOC, ("s3",), True), ("s3://bucket", ("s3",), False), ("s3://bucket/", ("s3",), False),
     ("file:///tmp/x", ("s3",), False), ("file:///tmp/x", ("s3", "file"), True), ("https://h/x", ("s3",), False),
+    ("https://in-bucket.s3.us-east-1.amazonaws.com/async/ep/x.csv", ("s3", "https"), True),
+    ("https://s3.amazonaws.com/in-bucket/async/ep/x.csv", ("s3", "https"), True),
+    ("https://in-bucket.s3.amazonaws.com/async/ep/x.csv", ("s3",), False),
+    ("https://example.com/in-bucket/x.csv", ("s3", "https"), False),
+    ("https://s3.amazonaws.com/in-bucket", ("s3", "https"), False),
 ])
 def test_input_locations(location: str, schemes: tuple[str, ...], ok: bool) -> None:
     assert invoke.location_ok(location, schemes) is ok
@@ -65,6 +70,15 @@ def test_in_range_values_are_kept(ttl: int, timeout: int, inference_id: str) -> 
     assert request.output_location == f"s3://out/async/ep/output/{inference_id}.out"
     assert request.failure_location == f"s3://out/async/ep/failures/{inference_id}-error.out"
     assert AsyncRequest.from_json(request.to_json()) == request
+
+
+@pytest.mark.parametrize("location", [
+    "https://in-bucket.s3.us-east-1.amazonaws.com/async/ep/x.csv", "https://s3.us-east-1.amazonaws.com/in-bucket/async/ep/x.csv",
+    "https://in-bucket.s3.amazonaws.com/async/ep/x.csv", LOC,
+])
+def test_s3_urls_are_queued_as_s3_uris(location: str) -> None:
+    params = invoke.parse_headers({invoke.H_INPUT_LOCATION: location}, schemes=("s3", "https"))
+    assert invoke.build_request(params, "ep", OUT).input_location == LOC
 
 
 def test_payload_rules() -> None:

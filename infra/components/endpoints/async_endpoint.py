@@ -12,7 +12,7 @@ Per endpoint::
 
 The front is a zip on the plain Python runtime, not the project image: it needs only the standard library
 and boto3 (both in the runtime), so it starts in a fraction of the image's cold start, pulls nothing from
-ECR and ships three small modules of ``serving/asyncq`` that ``selfmaker up`` runs too.
+ECR and ships three small modules of ``serving/asyncq`` (and ``common/uris.py``) that ``selfmaker up`` runs too.
 
 Least privilege: the front may send to its queue and read (HEAD) its input locations, nothing else; the
 workers may consume their queue, read their inputs and model, write their result prefixes, publish to
@@ -44,6 +44,8 @@ FRONT_FILES: dict[str, str | None] = {
     "serving/asyncq/front.py": "serving/asyncq/front.py",
     "serving/asyncq/invoke.py": "serving/asyncq/invoke.py",
     "serving/asyncq/request.py": "serving/asyncq/request.py",
+    "common/__init__.py": None,
+    "common/uris.py": "common/uris.py",
 }
 FRONT_HANDLER = "serving.asyncq.front.handler"
 FRONT_RUNTIME = "python3.12"

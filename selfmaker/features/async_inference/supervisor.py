@@ -583,7 +583,7 @@ async def invoke_async(platform: Services, request: web.Request) -> web.Response
             "(its endpoint config has no AsyncInferenceConfig)."
         )
     try:
-        params = invoke.parse_headers(request.headers, schemes=("s3", "file"))
+        params = invoke.parse_headers(request.headers, schemes=("s3", "file", "https"))
         body = await read_limited(request, MAX_INLINE_BODY, lambda: ValidationError(
             f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."))
         invoke.check_payload(params, len(body))
