@@ -159,6 +159,8 @@ def test_cold_start_then_warm_then_scale_to_zero(platform: Any, sm: Any, smr: An
     desc = sm.describe_endpoint(EndpointName="sl-cold")["ProductionVariants"][0]
     assert desc["CurrentServerlessConfig"] == {"MemorySizeInMB": 1024, "MaxConcurrency": 5}
     assert instances(platform, "sl-cold") == []  # nothing runs before the first request
+    # InService means the template is up: the first call is a fork, not a wait behind its imports
+    assert "serverless template ready" in platform.log()
 
     first = invoke(smr, "sl-cold")
     for _ in range(3):  # warm (well within the idle timeout): no new cold start

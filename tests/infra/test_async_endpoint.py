@@ -143,6 +143,7 @@ def test_front_may_only_send_to_its_queue_and_read_its_inputs(deployed: PulumiHa
     assert _resources_of(doc, "s3:GetObject") == {"arn:aws:s3:::data-b/async/churn-async/*"}
     trust = json.loads(deployed.named("churn-async-front-role").inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert trust["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
 
 
 def test_workers_only_consume_their_queue_read_inputs_write_results_publish_their_topics(

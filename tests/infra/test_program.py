@@ -6,6 +6,7 @@ import base64
 import importlib
 import inspect
 import json
+import keyword
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 def _accepts_tags(type_token: str) -> bool:
     """Whether the pulumi_aws resource class behind ``type_token`` has a ``tags`` input."""
     module_path, cls_name = type_token.split(":")[1:]
-    package = module_path.split("/")[0].replace("-", "_")
-    module = importlib.import_module("pulumi_aws." + ("lambda_" if package == "lambda" else package))
+    name = module_path.split("/")[0].replace("-", "_")
+    module = importlib.import_module("pulumi_aws." + (f"{name}_" if keyword.iskeyword(name) else name))  # lambda_
     cls = getattr(module, cls_name)
     return "tags" in inspect.signature(cls._internal_init).parameters
 
@@ -48,7 +49,8 @@ def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     kinds = {r.type for r in dev if r.type.startswith("selfmaker:")}
     assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
                      "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
-                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:AsyncEndpoint"}
+                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint",
+                     "selfmaker:endpoints:AsyncEndpoint"}
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
     assert groups == ["churn-batch-workers", "churn-challenger", "churn-champion", "train-gpu", "vision-AllTraffic"]
     endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
@@ -203,7 +205,7 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
 def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     docs = [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/rolePolicy:RolePolicy")]
     docs += [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/policy:Policy")]
-    assert len(docs) == 6  # serving, training, async, flow logs; the async endpoint's front and workers
+    assert len(docs) == 7  # serving, training, async, flow logs, the serverless function, the async front and workers
     for doc in docs:
         assert policies.wildcard_violations(doc) == []
     attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
@@ -212,7 +214,7 @@ def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
         assert trust["Principal"] in ({"Service": "ec2.amazonaws.com"}, {"Service": "vpc-flow-logs.amazonaws.com"},
                                       {"Service": "lambda.amazonaws.com"})
-        if trust["Principal"]["Service"] == "vpc-flow-logs.amazonaws.com":
+        if trust["Principal"]["Service"] in ("vpc-flow-logs.amazonaws.com", "lambda.amazonaws.com"):
             assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
 
 
@@ -374,7 +376,7 @@ def _snake_keys(value: Any, path: str = "") -> list[str]:
     found: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if key in ("tags", "variables"):  # user-chosen keys (tags, environment variables)
+            if key in ("tags", "variables"):  # user-chosen keys (tags, a Lambda function's environment)
                 continue
             if "_" in key:
                 found.append(f"{path}.{key}")

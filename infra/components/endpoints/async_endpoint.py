@@ -242,8 +242,9 @@ class AsyncEndpoint(pulumi.ComponentResource):
         )
         self.front_role = aws.iam.Role(
             naming.child_name(name, "front-role"), description=f"selfmaker async front of {args.endpoint_name}",
-            assume_role_policy=json.dumps(policies.assume_role_policy("lambda.amazonaws.com")), tags=tags,
-            opts=child,
+            # aws:SourceAccount: the confused-deputy guard AWS recommends for service principals
+            assume_role_policy=json.dumps(policies.assume_role_policy("lambda.amazonaws.com", args.account_id)),
+            tags=tags, opts=child,
         )
         front_policy = aws.iam.RolePolicy(
             naming.child_name(name, "front-policy"), role=self.front_role.id,
