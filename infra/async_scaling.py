@@ -54,7 +54,9 @@ def check(scaling: BacklogScaling) -> None:
     if scaling.max_instances < max(1, scaling.min_instances):
         raise ValueError(f"max_instances: must be >= 1 and >= min_instances, got {scaling.max_instances}")
     if not scaling.target_backlog_per_instance > 0:
-        raise ValueError(f"target_backlog_per_instance: must be > 0, got {scaling.target_backlog_per_instance}")
+        raise ValueError(
+            f"target_backlog_per_instance: must be > 0, got {scaling.target_backlog_per_instance}"
+        )
     if not 1 <= scaling.idle_minutes <= 1440:
         raise ValueError(f"idle_minutes: must be 1-1440, got {scaling.idle_minutes}")
 
@@ -116,43 +118,82 @@ def desired_capacity(
 
 
 def _sqs(metric: str, queue_name: str) -> dict[str, Any]:
-    return {"namespace": "AWS/SQS", "metric_name": metric, "dimensions": [{"name": "QueueName", "value": queue_name}]}
+    return {
+        "namespace": "AWS/SQS",
+        "metric_name": metric,
+        "dimensions": [{"name": "QueueName", "value": queue_name}],
+    }
 
 
 def backlog_metrics(queue_name: str, group_name: str) -> list[Any]:
     """Target tracking's ``customized_metric_specification.metrics``: backlog per in-service instance."""
     return [
-        {"id": "visible", "metric_stat": {"metric": _sqs("ApproximateNumberOfMessagesVisible", queue_name),
-                                          "stat": "Sum"}, "return_data": False},
-        {"id": "inflight", "metric_stat": {"metric": _sqs("ApproximateNumberOfMessagesNotVisible", queue_name),
-                                           "stat": "Sum"}, "return_data": False},
-        {"id": "instances", "metric_stat": {"metric": {
-            "namespace": "AWS/AutoScaling", "metric_name": "GroupInServiceInstances",
-            "dimensions": [{"name": "AutoScalingGroupName", "value": group_name}]}, "stat": "Average"},
-         "return_data": False},
-        {"id": "backlog", "expression": "(visible + inflight) / instances", "label": "backlog per instance",
-         "return_data": True},
+        {
+            "id": "visible",
+            "metric_stat": {"metric": _sqs("ApproximateNumberOfMessagesVisible", queue_name), "stat": "Sum"},
+            "return_data": False,
+        },
+        {
+            "id": "inflight",
+            "metric_stat": {
+                "metric": _sqs("ApproximateNumberOfMessagesNotVisible", queue_name),
+                "stat": "Sum",
+            },
+            "return_data": False,
+        },
+        {
+            "id": "instances",
+            "metric_stat": {
+                "metric": {
+                    "namespace": "AWS/AutoScaling",
+                    "metric_name": "GroupInServiceInstances",
+                    "dimensions": [{"name": "AutoScalingGroupName", "value": group_name}],
+                },
+                "stat": "Average",
+            },
+            "return_data": False,
+        },
+        {
+            "id": "backlog",
+            "expression": "(visible + inflight) / instances",
+            "label": "backlog per instance",
+            "return_data": True,
+        },
     ]
 
 
 def _query(metric_id: str, metric: dict[str, Any], stat: str) -> dict[str, Any]:
     # aws.cloudwatch.MetricAlarm's metric_queries shape (period on the metric itself).
-    return {"id": metric_id, "return_data": False, "metric": {
-        "namespace": metric["namespace"], "metric_name": metric["metric_name"],
-        "dimensions": {d["name"]: d["value"] for d in metric["dimensions"]},
-        "period": ALARM_PERIOD_SECONDS, "stat": stat}}
+    return {
+        "id": metric_id,
+        "return_data": False,
+        "metric": {
+            "namespace": metric["namespace"],
+            "metric_name": metric["metric_name"],
+            "dimensions": {d["name"]: d["value"] for d in metric["dimensions"]},
+            "period": ALARM_PERIOD_SECONDS,
+            "stat": stat,
+        },
+    }
 
 
 def wake_alarm_queries(queue_name: str, group_name: str) -> list[Any]:
     """Alarm metric math: 1 when messages wait and the group wants no instance (SageMaker's
     ``HasBacklogWithoutCapacity``)."""
-    desired = {"namespace": "AWS/AutoScaling", "metric_name": "GroupDesiredCapacity",
-               "dimensions": [{"name": "AutoScalingGroupName", "value": group_name}]}
+    desired = {
+        "namespace": "AWS/AutoScaling",
+        "metric_name": "GroupDesiredCapacity",
+        "dimensions": [{"name": "AutoScalingGroupName", "value": group_name}],
+    }
     return [
         _query("visible", _sqs("ApproximateNumberOfMessagesVisible", queue_name), "Maximum"),
         _query("desired", desired, "Maximum"),
-        {"id": "stranded", "expression": "IF(visible > 0 AND desired == 0, 1, 0)",
-         "label": "backlog without capacity", "return_data": True},
+        {
+            "id": "stranded",
+            "expression": "IF(visible > 0 AND desired == 0, 1, 0)",
+            "label": "backlog without capacity",
+            "return_data": True,
+        },
     ]
 
 
@@ -161,8 +202,12 @@ def idle_alarm_queries(queue_name: str) -> list[Any]:
     return [
         _query("visible", _sqs("ApproximateNumberOfMessagesVisible", queue_name), "Maximum"),
         _query("inflight", _sqs("ApproximateNumberOfMessagesNotVisible", queue_name), "Maximum"),
-        {"id": "total", "expression": "visible + inflight", "label": "messages waiting or in flight",
-         "return_data": True},
+        {
+            "id": "total",
+            "expression": "visible + inflight",
+            "label": "messages waiting or in flight",
+            "return_data": True,
+        },
     ]
 
 

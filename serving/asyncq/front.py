@@ -44,8 +44,17 @@ _PATH = re.compile(r"^/endpoints/([^/]+)/async-invocations/?$")
 #: S3 error codes that mean "the endpoint's role may not read this"
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidObjectState"}
 #: S3 / SQS error codes worth a retry by the client (SageMaker's ServiceUnavailable)
-_BUSY = {"SlowDown", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestThrottled", "503",
-         "InternalError", "500", "KMS.ThrottlingException"}
+_BUSY = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "503",
+    "InternalError",
+    "500",
+    "KMS.ThrottlingException",
+}
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,9 @@ class FrontSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FrontSettings:
         """Read the settings the stack gives the function; a missing one is a deployment bug (KeyError)."""
-        include = tuple(v.strip() for v in env.get("SELFMAKER_INCLUDE_RESPONSE_IN", "").split(",") if v.strip())
+        include = tuple(
+            v.strip() for v in env.get("SELFMAKER_INCLUDE_RESPONSE_IN", "").split(",") if v.strip()
+        )
         return cls(
             endpoint_name=env["SELFMAKER_ENDPOINT_NAME"],
             queue_url=env["SELFMAKER_QUEUE_URL"],
@@ -190,7 +201,9 @@ class Front:
                 ) from None
             if code in _BUSY:
                 raise invoke.InvokeError(
-                    "The input location could not be checked; try again.", code="ServiceUnavailable", status=503
+                    "The input location could not be checked; try again.",
+                    code="ServiceUnavailable",
+                    status=503,
                 ) from None
             raise
 
@@ -229,7 +242,11 @@ def error_response(code: str, message: str, status: int, request_id: str) -> dic
         "statusCode": status,
         "statusDescription": f"{status} {HTTPStatus(status).phrase}",
         "isBase64Encoded": False,
-        "headers": {"Content-Type": "application/json", "x-amzn-ErrorType": code, "x-amzn-RequestId": request_id},
+        "headers": {
+            "Content-Type": "application/json",
+            "x-amzn-ErrorType": code,
+            "x-amzn-RequestId": request_id,
+        },
         "body": json.dumps({"__type": code, "Message": text, "message": text}),
     }
 

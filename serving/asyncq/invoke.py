@@ -57,7 +57,7 @@ _TOPIC_ARN = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]*:[0-9]{12}:[a-zA-Z0-9_
 
 
 class InvokeError(Exception):
-    """A request InvokeEndpointAsync refuses: ``code`` is the sagemaker-runtime error (``ValidationError``)."""
+    """A request InvokeEndpointAsync refuses; ``code`` is the sagemaker-runtime error (ValidationError)."""
 
     def __init__(self, message: str, *, code: str = "ValidationError", status: int = 400) -> None:
         super().__init__(message)
@@ -119,7 +119,9 @@ def _lookup(headers: Mapping[str, str]) -> Callable[[str], str | None]:
     return lambda name: lowered.get(name.lower())
 
 
-def _int_header(get: Callable[[str], str | None], name: str, default: int, low: int, high: int, member: str) -> int:
+def _int_header(
+    get: Callable[[str], str | None], name: str, default: int, low: int, high: int, member: str
+) -> int:
     raw = get(name)
     if raw is None or raw == "":
         return default
@@ -137,7 +139,9 @@ def _ascii_header(get: Callable[[str], str | None], name: str, member: str) -> s
     if value is None:
         return None
     if len(value) > MAX_HEADER or any(ord(c) > 127 or c in "\r\n" for c in value):
-        raise _invalid(member, f"Member must have length less than or equal to {MAX_HEADER} and be ASCII", value)
+        raise _invalid(
+            member, f"Member must have length less than or equal to {MAX_HEADER} and be ASCII", value
+        )
     return value
 
 
@@ -220,7 +224,9 @@ def parse_headers(
             raise _invalid("inputLocation", f"Member must have length less than or equal to {MAX_HEADER}")
         if not location_ok(input_location, schemes):
             allowed = " or ".join(f"{s}://" for s in schemes)
-            raise InvokeError(f"InputLocation '{input_location[:200]}' must be an {allowed} URI of an object.")
+            raise InvokeError(
+                f"InputLocation '{input_location[:200]}' must be an {allowed} URI of an object."
+            )
     return InvokeParams(
         inference_id=inference_id,
         input_location=input_location,
@@ -244,7 +250,8 @@ def check_payload(params: InvokeParams, body_size: int, *, inline_body: bool = T
         raise InvokeError("InputLocation and Body are mutually exclusive.")
     if not params.input_location and body_size and not inline_body:
         raise InvokeError(
-            "An inline Body is not accepted by this endpoint; upload the payload to S3 and pass InputLocation."
+            "An inline Body is not accepted by this endpoint; "
+            "upload the payload to S3 and pass InputLocation."
         )
     if not params.input_location and not body_size:
         raise _invalid("inputLocation", "Member must not be null")

@@ -1,4 +1,4 @@
-"""A local stand-in for an ALB with a Lambda target: HTTP in → the ALB's Lambda event → the handler → HTTP out.
+"""A local stand-in for an ALB with a Lambda target: HTTP in → the ALB's Lambda event → handler → HTTP out.
 
 Run as ``python alb_shim.py --port P --handler module.function`` with the function's code on PYTHONPATH (the
 test puts only the unpacked Lambda zip there, so the handler runs with what the zip holds). Event and
@@ -35,8 +35,12 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> 
     else:
         payload, encoded = base64.b64encode(body).decode(), True
     return {
-        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
-                                                     "targetgroup/shim/0123456789abcdef"}},
+        "requestContext": {
+            "elb": {
+                "targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
+                "targetgroup/shim/0123456789abcdef"
+            }
+        },
         "httpMethod": method,
         "path": parts.path,
         "queryStringParameters": dict(parse_qsl(parts.query)),

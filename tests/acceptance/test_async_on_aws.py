@@ -80,13 +80,16 @@ class Stack:
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
     def drain(self, url: str, into: list[dict[str, Any]]) -> None:
-        msgs = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        msgs = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+            "Messages", []
+        )
         for m in msgs:
             envelope = json.loads(m["Body"])
             into.append({"TopicArn": envelope["TopicArn"], **json.loads(envelope["Message"])})
         if msgs:
             self.sqs.delete_message_batch(
-                QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)]
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)],
             )
 
 
@@ -100,16 +103,22 @@ def make_stack(url: str) -> Stack:
         s3.create_bucket(Bucket=bucket)
     dlq = sqs.create_queue(QueueName=f"{ENDPOINT}-dlq-{tag}")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue = sqs.create_queue(QueueName=f"{ENDPOINT}-queue-{tag}", Attributes={
-        "SqsManagedSseEnabled": "true",
-        "VisibilityTimeout": "60",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                     "maxReceiveCount": async_scaling.max_receive_count()}),
-    })["QueueUrl"]
+    queue = sqs.create_queue(
+        QueueName=f"{ENDPOINT}-queue-{tag}",
+        Attributes={
+            "SqsManagedSseEnabled": "true",
+            "VisibilityTimeout": "60",
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": async_scaling.max_receive_count()}
+            ),
+        },
+    )["QueueUrl"]
     ok = sns.create_topic(Name=f"{ENDPOINT}-ok-{tag}")["TopicArn"]
     err = sns.create_topic(Name=f"{ENDPOINT}-err-{tag}")["TopicArn"]
     inbox = sqs.create_queue(QueueName=f"inbox-{tag}")["QueueUrl"]
-    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     for topic in (ok, err):
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn)
     return Stack(url, s3, sqs, data, outputs, queue, dlq, ok, err, inbox)
@@ -135,7 +144,9 @@ class Deployment:
 
     def runtime(self) -> Any:
         return boto3.client(
-            "sagemaker-runtime", endpoint_url=self.front_url, region_name="us-east-1",
+            "sagemaker-runtime",
+            endpoint_url=self.front_url,
+            region_name="us-east-1",
             config=Config(retries={"mode": "standard", "max_attempts": 1}),
         )
 
@@ -156,10 +167,21 @@ def deployment(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
         model_log = base / "model.log"
         with open(model_log, "wb") as out:
             model = subprocess.Popen(
-                [sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-                 "--port", str(model_port)],
-                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "serving",
+                    "--model-dir",
+                    str(model_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(model_port),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT), "SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         started.append(model)
         model_url = f"http://127.0.0.1:{model_port}"
@@ -173,20 +195,33 @@ def deployment(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
             path.write_bytes(b"" if source is None else source.read_bytes())
         front_port = find_free_port()
         front_env = {
-            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **aws_env,
-            "PYTHONPATH": str(zip_dir), "AWS_REGION": "us-east-1",
-            "SELFMAKER_ENDPOINT_NAME": ENDPOINT, "SELFMAKER_QUEUE_URL": stack.queue_url,
+            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            **aws_env,
+            "PYTHONPATH": str(zip_dir),
+            "AWS_REGION": "us-east-1",
+            "SELFMAKER_ENDPOINT_NAME": ENDPOINT,
+            "SELFMAKER_QUEUE_URL": stack.queue_url,
             "SELFMAKER_OUTPUT_PATH": f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/output/",
             "SELFMAKER_FAILURE_PATH": f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/failures/",
-            "SELFMAKER_SUCCESS_TOPIC": stack.success_topic, "SELFMAKER_ERROR_TOPIC": stack.error_topic,
+            "SELFMAKER_SUCCESS_TOPIC": stack.success_topic,
+            "SELFMAKER_ERROR_TOPIC": stack.error_topic,
             "SELFMAKER_INPUT_LOCATIONS": f"s3://{stack.data_bucket}/async/{ENDPOINT}/",
         }
         front_log = base / "front.log"
         with open(front_log, "wb") as out:
             front = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("alb_shim.py")), "--port", str(front_port),
-                 "--handler", FRONT_HANDLER],
-                cwd=base, env=front_env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("alb_shim.py")),
+                    "--port",
+                    str(front_port),
+                    "--handler",
+                    FRONT_HANDLER,
+                ],
+                cwd=base,
+                env=front_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         started.append(front)
         front_url = f"http://127.0.0.1:{front_port}"
@@ -196,11 +231,27 @@ def deployment(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
         worker_log = base / "worker.log"
         with open(worker_log, "wb") as out:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "serving.asyncq", "--queue", f"sqs:{stack.queue_url}",
-                 "--state", f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/state/", "--name", ENDPOINT,
-                 "--model-url", model_url, "--concurrency", "4", "--visibility-timeout", "60"],
-                cwd=ROOT, env={**os.environ, **aws_env, "PYTHONPATH": str(ROOT)},
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "serving.asyncq",
+                    "--queue",
+                    f"sqs:{stack.queue_url}",
+                    "--state",
+                    f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/state/",
+                    "--name",
+                    ENDPOINT,
+                    "--model-url",
+                    model_url,
+                    "--concurrency",
+                    "4",
+                    "--visibility-timeout",
+                    "60",
+                ],
+                cwd=ROOT,
+                env={**os.environ, **aws_env, "PYTHONPATH": str(ROOT)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         started.append(worker)
         yield Deployment(stack, front_url, model_url, worker, worker_log)
@@ -211,7 +262,9 @@ def deployment(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def rows(i: int) -> bytes:
     """1-3 rows of 4 features, different per request."""
-    lines = [",".join(f"{((i * 7 + r * 3 + c) % 11 - 5) / 3:.3f}" for c in range(4)) for r in range(1 + i % 3)]
+    lines = [
+        ",".join(f"{((i * 7 + r * 3 + c) % 11 - 5) / 3:.3f}" for c in range(4)) for r in range(1 + i % 3)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -223,15 +276,27 @@ def test_100_requests_give_100_real_time_answers_and_100_notifications(deploymen
     for i in range(N_REQUESTS):
         body = rows(i)
         location = stack.put(f"async/{ENDPOINT}/in/{i}.csv", body)
-        resp = smr.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=location, ContentType="text/csv",
-                                         Accept="application/json", InferenceId=f"req-{i}")
+        resp = smr.invoke_endpoint_async(
+            EndpointName=ENDPOINT,
+            InputLocation=location,
+            ContentType="text/csv",
+            Accept="application/json",
+            InferenceId=f"req-{i}",
+        )
         assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
         assert resp["InferenceId"] == f"req-{i}"
         assert resp["OutputLocation"] == f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/output/req-{i}.out"
-        assert resp["FailureLocation"] == f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/failures/req-{i}-error.out"
+        assert (
+            resp["FailureLocation"]
+            == f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/failures/req-{i}-error.out"
+        )
         accepted[f"req-{i}"] = resp
-        real_time = requests.post(f"{deployment.model_url}/invocations", data=body, timeout=30,
-                                  headers={"Content-Type": "text/csv", "Accept": "application/json"})
+        real_time = requests.post(
+            f"{deployment.model_url}/invocations",
+            data=body,
+            timeout=30,
+            headers={"Content-Type": "text/csv", "Accept": "application/json"},
+        )
         assert real_time.status_code == 200, real_time.text
         expected[f"req-{i}"] = real_time.content
 
@@ -241,8 +306,11 @@ def test_100_requests_give_100_real_time_answers_and_100_notifications(deploymen
     assert lost["InferenceId"]  # generated
 
     outputs_prefix = f"async/{ENDPOINT}/output/"
-    wait_until(lambda: len(stack.keys(outputs_prefix)) >= N_REQUESTS, 240,
-               f"{N_REQUESTS} outputs (worker log: {deployment.worker_log})")
+    wait_until(
+        lambda: len(stack.keys(outputs_prefix)) >= N_REQUESTS,
+        240,
+        f"{N_REQUESTS} outputs (worker log: {deployment.worker_log})",
+    )
     for inference_id, resp in accepted.items():
         assert stack.get(resp["OutputLocation"]) == expected[inference_id], inference_id
     assert len(stack.keys(outputs_prefix)) == N_REQUESTS
@@ -263,18 +331,27 @@ def test_100_requests_give_100_real_time_answers_and_100_notifications(deploymen
     assert sorted(n["inferenceId"] for n in completed) == sorted(accepted)
     assert all(n["TopicArn"] == stack.success_topic for n in completed)
     assert all(n["requestParameters"]["endpointName"] == ENDPOINT for n in completed)
-    assert completed[0]["responseParameters"]["outputLocation"] == accepted[completed[0]["inferenceId"]]["OutputLocation"]
+    assert (
+        completed[0]["responseParameters"]["outputLocation"]
+        == accepted[completed[0]["inferenceId"]]["OutputLocation"]
+    )
     assert [(n["inferenceId"], n["TopicArn"]) for n in failed] == [(lost["InferenceId"], stack.error_topic)]
     assert missing in failed[0]["failureReason"]
 
     # nothing was dead-lettered; the queue is drained
-    dlq = stack.sqs.get_queue_attributes(QueueUrl=stack.dlq_url, AttributeNames=["ApproximateNumberOfMessages"])
+    dlq = stack.sqs.get_queue_attributes(
+        QueueUrl=stack.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
     assert dlq["Attributes"]["ApproximateNumberOfMessages"] == "0"
     assert deployment.worker.poll() is None
 
 
-def _raw(deployment: Deployment, headers: dict[str, str], body: bytes = b"",
-         path: str = f"/endpoints/{ENDPOINT}/async-invocations") -> requests.Response:
+def _raw(
+    deployment: Deployment,
+    headers: dict[str, str],
+    body: bytes = b"",
+    path: str = f"/endpoints/{ENDPOINT}/async-invocations",
+) -> requests.Response:
     return requests.post(f"{deployment.front_url}{path}", headers=headers, data=body, timeout=30)
 
 
@@ -282,7 +359,9 @@ def test_bad_requests_get_sagemaker_error_shapes(deployment: Deployment) -> None
     stack = deployment.stack
     good = stack.put(f"async/{ENDPOINT}/in/ok.csv", rows(1))
     before = stack.sqs.get_queue_attributes(
-        QueueUrl=stack.queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+        QueueUrl=stack.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
     loc = {"X-Amzn-SageMaker-InputLocation": good}
     cases: list[tuple[dict[str, str], bytes, str]] = [
         ({}, b"", "inputLocation"),  # no input at all
@@ -296,11 +375,23 @@ def test_bad_requests_get_sagemaker_error_shapes(deployment: Deployment) -> None
         ({**loc, "X-Amzn-SageMaker-Filename": "a.b.c"}, b"", "filename"),
         ({"X-Amzn-SageMaker-InputLocation": "https://example.com/x"}, b"", "s3://"),
         ({"X-Amzn-SageMaker-InputLocation": f"s3://{stack.data_bucket}"}, b"", "s3://"),
-        ({"X-Amzn-SageMaker-InputLocation": f"s3://{stack.data_bucket}/elsewhere/x.csv"}, b"", "not readable"),
-        ({"X-Amzn-SageMaker-InputLocation": f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/x"}, b"", "not readable"),
+        (
+            {"X-Amzn-SageMaker-InputLocation": f"s3://{stack.data_bucket}/elsewhere/x.csv"},
+            b"",
+            "not readable",
+        ),
+        (
+            {"X-Amzn-SageMaker-InputLocation": f"s3://{stack.outputs_bucket}/async/{ENDPOINT}/x"},
+            b"",
+            "not readable",
+        ),
         ({**loc, "Content-Type": "text/csv"}, b"1,2,3,4\n", "mutually exclusive"),
         ({"Content-Type": "text/csv"}, b"1,2,3,4\n", "InputLocation"),  # inline bodies: upload to S3
-        ({"Content-Type": "application/octet-stream"}, bytes(range(256)) * 600, "larger than 128000"),  # 153,600
+        (
+            {"Content-Type": "application/octet-stream"},
+            bytes(range(256)) * 600,
+            "larger than 128000",
+        ),  # 153,600
     ]
     for headers, body, needle in cases:
         resp = _raw(deployment, headers, body)
@@ -314,12 +405,15 @@ def test_bad_requests_get_sagemaker_error_shapes(deployment: Deployment) -> None
     # the same refusals through boto3: a ValidationError ClientError with the message
     smr = deployment.runtime()
     with pytest.raises(ClientError) as err:
-        smr.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=f"s3://{stack.data_bucket}/elsewhere/x.csv")
+        smr.invoke_endpoint_async(
+            EndpointName=ENDPOINT, InputLocation=f"s3://{stack.data_bucket}/elsewhere/x.csv"
+        )
     assert err.value.response["Error"]["Code"] == "ValidationError"
     assert "not readable" in err.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as err:
-        smr.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=good, RequestTTLSeconds=60,
-                                  InvocationTimeoutSeconds=3601)
+        smr.invoke_endpoint_async(
+            EndpointName=ENDPOINT, InputLocation=good, RequestTTLSeconds=60, InvocationTimeoutSeconds=3601
+        )
     assert err.value.response["Error"]["Code"] == "ValidationError"
     # another endpoint's name on this endpoint's route, and a wrong method, are refused too
     resp = _raw(deployment, loc, path="/endpoints/someone-else/async-invocations")
@@ -329,7 +423,9 @@ def test_bad_requests_get_sagemaker_error_shapes(deployment: Deployment) -> None
 
     # nothing was queued by any refused request
     after = stack.sqs.get_queue_attributes(
-        QueueUrl=stack.queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+        QueueUrl=stack.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
     assert after["Attributes"] == before["Attributes"]
 
 
@@ -338,14 +434,20 @@ def test_the_same_inference_id_twice_gives_one_result_and_one_notification(deplo
     stack = deployment.stack
     smr = deployment.runtime()
     location = stack.put(f"async/{ENDPOINT}/in/dup.csv", rows(5))
-    answers = [smr.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=location, ContentType="text/csv",
-                                         InferenceId="same-id-twice") for _ in range(2)]
+    answers = [
+        smr.invoke_endpoint_async(
+            EndpointName=ENDPOINT, InputLocation=location, ContentType="text/csv", InferenceId="same-id-twice"
+        )
+        for _ in range(2)
+    ]
     assert answers[0]["OutputLocation"] == answers[1]["OutputLocation"]
     wait_until(lambda: stack.get(answers[0]["OutputLocation"]) is not None, 120, "the output")
 
     def settled() -> bool:
-        attrs = stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        attrs = stack.sqs.get_queue_attributes(
+            QueueUrl=stack.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
         return attrs == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
 
     wait_until(settled, 120, "both deliveries acked")
@@ -353,7 +455,9 @@ def test_the_same_inference_id_twice_gives_one_result_and_one_notification(deplo
     for _ in range(3):
         stack.drain(stack.inbox_url, notes)
     assert [n["inferenceId"] for n in notes if n["inferenceId"] == "same-id-twice"] == ["same-id-twice"]
-    assert stack.keys(f"async/{ENDPOINT}/output/same-id-twice") == [f"async/{ENDPOINT}/output/same-id-twice.out"]
+    assert stack.keys(f"async/{ENDPOINT}/output/same-id-twice") == [
+        f"async/{ENDPOINT}/output/same-id-twice.out"
+    ]
 
 
 def test_an_s3_https_url_is_an_input_location_too(deployment: Deployment) -> None:
@@ -362,11 +466,20 @@ def test_an_s3_https_url_is_an_input_location_too(deployment: Deployment) -> Non
     body = rows(7)
     stack.put(f"async/{ENDPOINT}/in/https.csv", body)
     url = f"https://{stack.data_bucket}.s3.us-east-1.amazonaws.com/async/{ENDPOINT}/in/https.csv"
-    resp = deployment.runtime().invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=url, ContentType="text/csv",
-                                                      Accept="application/json", InferenceId="by-https-url")
+    resp = deployment.runtime().invoke_endpoint_async(
+        EndpointName=ENDPOINT,
+        InputLocation=url,
+        ContentType="text/csv",
+        Accept="application/json",
+        InferenceId="by-https-url",
+    )
     wait_until(lambda: stack.get(resp["OutputLocation"]) is not None, 120, "the output")
-    real_time = requests.post(f"{deployment.model_url}/invocations", data=body, timeout=30,
-                              headers={"Content-Type": "text/csv", "Accept": "application/json"})
+    real_time = requests.post(
+        f"{deployment.model_url}/invocations",
+        data=body,
+        timeout=30,
+        headers={"Content-Type": "text/csv", "Accept": "application/json"},
+    )
     assert stack.get(resp["OutputLocation"]) == real_time.content
 
 

@@ -23,18 +23,38 @@ GIVEN_TOPIC = "arn:aws:sns:us-east-1:123456789012:selfmaker-t-done"
 
 def endpoint_args(**over: Any) -> AsyncEndpointArgs:
     base: dict[str, Any] = {
-        "endpoint_name": "churn-async", "models_bucket": "models-b", "models_bucket_arn": "arn:aws:s3:::models-b",
-        "model_key": "models/churn/v1/model.tar.gz", "outputs_bucket": "outputs-b",
-        "outputs_bucket_arn": "arn:aws:s3:::outputs-b", "output_prefix": "async/churn-async/output/",
-        "failure_prefix": "async/churn-async/failures/", "state_prefix": "async/churn-async/state/",
-        "input_bucket": "data-b", "input_bucket_arn": "arn:aws:s3:::data-b", "input_prefix": "async/churn-async/",
-        "max_concurrent_invocations_per_instance": 4, "accelerator": "cpu", "instance_types": ["m5.large"],
-        "vpc_id": "vpc-1", "subnet_ids": ["subnet-a", "subnet-b"], "repository_url": REPO,
-        "repository_arns": [REPO_ARN], "image_tag": "1.0", "region": "us-east-1", "account_id": "123456789012",
-        "partition": "aws", "prefix": "selfmaker-t", "tags": TAGS,
+        "endpoint_name": "churn-async",
+        "models_bucket": "models-b",
+        "models_bucket_arn": "arn:aws:s3:::models-b",
+        "model_key": "models/churn/v1/model.tar.gz",
+        "outputs_bucket": "outputs-b",
+        "outputs_bucket_arn": "arn:aws:s3:::outputs-b",
+        "output_prefix": "async/churn-async/output/",
+        "failure_prefix": "async/churn-async/failures/",
+        "state_prefix": "async/churn-async/state/",
+        "input_bucket": "data-b",
+        "input_bucket_arn": "arn:aws:s3:::data-b",
+        "input_prefix": "async/churn-async/",
+        "max_concurrent_invocations_per_instance": 4,
+        "accelerator": "cpu",
+        "instance_types": ["m5.large"],
+        "vpc_id": "vpc-1",
+        "subnet_ids": ["subnet-a", "subnet-b"],
+        "repository_url": REPO,
+        "repository_arns": [REPO_ARN],
+        "image_tag": "1.0",
+        "region": "us-east-1",
+        "account_id": "123456789012",
+        "partition": "aws",
+        "prefix": "selfmaker-t",
+        "tags": TAGS,
         "ami_parameter": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
-        "scaling": async_scaling.BacklogScaling(min_instances=0, max_instances=4, target_backlog_per_instance=4),
-        "gateway": None, "rule_priority": None, "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
+        "scaling": async_scaling.BacklogScaling(
+            min_instances=0, max_instances=4, target_backlog_per_instance=4
+        ),
+        "gateway": None,
+        "rule_priority": None,
+        "kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/k",
     }
     return AsyncEndpointArgs(**{**base, **over})
 
@@ -63,8 +83,12 @@ def _resources_of(doc: dict[str, Any], prefix: str) -> set[str]:
 
 
 def with_gateway() -> AsyncEndpoint:
-    gateway = Gateway("gw", GatewayArgs(vpc_id="vpc-1", subnet_ids=["subnet-a", "subnet-b"], tags=TAGS,
-                                        allowed_cidrs=["10.0.0.0/16"]))
+    gateway = Gateway(
+        "gw",
+        GatewayArgs(
+            vpc_id="vpc-1", subnet_ids=["subnet-a", "subnet-b"], tags=TAGS, allowed_cidrs=["10.0.0.0/16"]
+        ),
+    )
     return AsyncEndpoint("churn-async", endpoint_args(gateway=gateway, rule_priority=1209))
 
 
@@ -100,7 +124,9 @@ def test_topics_are_created_encrypted_unless_given(deployed: PulumiHarness) -> N
 
 
 def test_a_given_topic_is_used_and_not_created(pulumi_harness: PulumiHarness) -> None:
-    pulumi_harness.run(lambda: AsyncEndpoint("ep", endpoint_args(endpoint_name="ep", success_topic_arn=GIVEN_TOPIC)))
+    pulumi_harness.run(
+        lambda: AsyncEndpoint("ep", endpoint_args(endpoint_name="ep", success_topic_arn=GIVEN_TOPIC))
+    )
     assert [t.name for t in pulumi_harness.of_type("aws:sns/topic:Topic")] == ["ep-error-topic"]
     front = pulumi_harness.named("ep-front").inputs["environment"]["variables"]
     assert front["SELFMAKER_SUCCESS_TOPIC"] == GIVEN_TOPIC
@@ -110,7 +136,9 @@ def test_a_given_topic_is_used_and_not_created(pulumi_harness: PulumiHarness) ->
 
 def test_front_lambda_is_a_zip_of_the_shared_modules_routed_by_the_gateway(deployed: PulumiHarness) -> None:
     fn = deployed.named("churn-async-front")
-    assert fn.inputs["runtime"].startswith("python3") and fn.inputs["handler"] == "serving.asyncq.front.handler"
+    assert (
+        fn.inputs["runtime"].startswith("python3") and fn.inputs["handler"] == "serving.asyncq.front.handler"
+    )
     assert fn.inputs["role"] == deployed.named("churn-async-front-role").state["arn"]
     env = fn.inputs["environment"]["variables"]
     assert env["SELFMAKER_ENDPOINT_NAME"] == "churn-async"
@@ -139,7 +167,9 @@ def test_front_may_only_send_to_its_queue_and_read_its_inputs(deployed: PulumiHa
     queue_arn = deployed.named("churn-async-queue").state["arn"]
     sqs = [a for a in _actions(doc) if a.startswith("sqs:")]
     assert sqs == ["sqs:SendMessage"] and _resources_of(doc, "sqs:") == {queue_arn}
-    assert not any(a.startswith(("sns:", "ecr:", "autoscaling:")) or a == "s3:PutObject" for a in _actions(doc))
+    assert not any(
+        a.startswith(("sns:", "ecr:", "autoscaling:")) or a == "s3:PutObject" for a in _actions(doc)
+    )
     assert _resources_of(doc, "s3:GetObject") == {"arn:aws:s3:::data-b/async/churn-async/*"}
     trust = json.loads(deployed.named("churn-async-front-role").inputs["assumeRolePolicy"])
     assert trust["Statement"][0]["Principal"] == {"Service": "lambda.amazonaws.com"}
@@ -155,11 +185,19 @@ def test_workers_only_consume_their_queue_read_inputs_write_results_publish_thei
     assert _resources_of(doc, "sqs:") == {queue_arn}
     assert "sqs:SendMessage" not in _actions(doc)
     assert {a for a in _actions(doc) if a.startswith("sqs:")} == {
-        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    }
     topics = {t.state["arn"] for t in deployed.of_type("aws:sns/topic:Topic")}
-    assert _resources_of(doc, "sns:") == topics and {a for a in _actions(doc) if a.startswith("sns:")} == {"sns:Publish"}
+    assert _resources_of(doc, "sns:") == topics and {a for a in _actions(doc) if a.startswith("sns:")} == {
+        "sns:Publish"
+    }
     writes = _resources_of(doc, "s3:PutObject")
-    assert writes == {f"arn:aws:s3:::outputs-b/async/churn-async/{p}/*" for p in ("output", "failures", "state")}
+    assert writes == {
+        f"arn:aws:s3:::outputs-b/async/churn-async/{p}/*" for p in ("output", "failures", "state")
+    }
     reads = _resources_of(doc, "s3:GetObject")
     assert "arn:aws:s3:::data-b/async/churn-async/*" in reads
     assert "arn:aws:s3:::models-b/models/churn/v1/model.tar.gz" in reads
@@ -189,7 +227,9 @@ def test_worker_group_runs_the_model_server_and_the_async_worker(deployed: Pulum
     assert (asg["minSize"], asg["maxSize"], asg["desiredCapacity"]) == (0, 4, 0)
 
 
-def test_scaling_tracks_backlog_per_instance_wakes_from_zero_and_idles_to_zero(deployed: PulumiHarness) -> None:
+def test_scaling_tracks_backlog_per_instance_wakes_from_zero_and_idles_to_zero(
+    deployed: PulumiHarness,
+) -> None:
     group = deployed.named("churn-async-workers-asg").state["name"]
     queue = deployed.named("churn-async-queue").state["name"]
     tracking = deployed.named("churn-async-backlog-tracking").inputs
@@ -199,7 +239,9 @@ def test_scaling_tracks_backlog_per_instance_wakes_from_zero_and_idles_to_zero(d
     metrics = config["customizedMetricSpecification"]["metrics"]
     (expr,) = [m for m in metrics if m.get("returnData")]
     assert expr["expression"] == "(visible + inflight) / instances"
-    dims = {m["id"]: m["metricStat"]["metric"]["dimensions"][0]["value"] for m in metrics if "metricStat" in m}
+    dims = {
+        m["id"]: m["metricStat"]["metric"]["dimensions"][0]["value"] for m in metrics if "metricStat" in m
+    }
     assert dims == {"visible": queue, "inflight": queue, "instances": group}
 
     wake = deployed.named("churn-async-wake-alarm").inputs
@@ -208,13 +250,19 @@ def test_scaling_tracks_backlog_per_instance_wakes_from_zero_and_idles_to_zero(d
     (stranded,) = [q for q in wake["metricQueries"] if q.get("returnData")]
     assert stranded["expression"] == "IF(visible > 0 AND desired == 0, 1, 0)"
     wake_policy = deployed.named("churn-async-wake").inputs
-    assert wake_policy["adjustmentType"] == "ExactCapacity" and wake_policy["stepAdjustments"][0]["scalingAdjustment"] == 1
+    assert (
+        wake_policy["adjustmentType"] == "ExactCapacity"
+        and wake_policy["stepAdjustments"][0]["scalingAdjustment"] == 1
+    )
 
     idle = deployed.named("churn-async-idle-alarm").inputs
     assert idle["comparisonOperator"] == "LessThanOrEqualToThreshold" and idle["threshold"] == 0
     assert idle["evaluationPeriods"] == 15 and idle["treatMissingData"] == "breaching"
     idle_policy = deployed.named("churn-async-idle").inputs
-    assert idle_policy["adjustmentType"] == "ExactCapacity" and idle_policy["stepAdjustments"][0]["scalingAdjustment"] == 0
+    assert (
+        idle_policy["adjustmentType"] == "ExactCapacity"
+        and idle_policy["stepAdjustments"][0]["scalingAdjustment"] == 0
+    )
 
 
 def test_every_child_is_parented_and_tagged(deployed: PulumiHarness) -> None:
@@ -226,7 +274,9 @@ def test_every_child_is_parented_and_tagged(deployed: PulumiHarness) -> None:
             continue
         assert reg.parent in urns, reg.name
     for reg in deployed.monitor.registrations:
-        if reg.custom and reg.type.startswith(("aws:sqs/queue", "aws:sns/topic", "aws:lambda/function", "aws:iam/role:")):
+        if reg.custom and reg.type.startswith(
+            ("aws:sqs/queue", "aws:sns/topic", "aws:lambda/function", "aws:iam/role:")
+        ):
             assert reg.inputs["tags"]["Stack"] == "t", reg.name
 
 
@@ -238,25 +288,40 @@ def test_without_a_gateway_the_front_is_not_routed(pulumi_harness: PulumiHarness
 
 def test_front_zip_holds_only_the_shared_modules() -> None:
     sources = front_sources()
-    assert set(sources) == {"serving/__init__.py", "serving/asyncq/__init__.py", "serving/asyncq/front.py",
-                            "serving/asyncq/invoke.py", "serving/asyncq/request.py", "common/__init__.py",
-                            "common/uris.py"}
+    assert set(sources) == {
+        "serving/__init__.py",
+        "serving/asyncq/__init__.py",
+        "serving/asyncq/front.py",
+        "serving/asyncq/invoke.py",
+        "serving/asyncq/request.py",
+        "common/__init__.py",
+        "common/uris.py",
+    }
     assert sources["serving/asyncq/__init__.py"] is None  # an empty marker: the real one imports the worker
 
 
-@pytest.mark.parametrize(("over", "field"), [
-    ({"endpoint_name": "bad_name"}, "endpoint_name"),
-    ({"max_concurrent_invocations_per_instance": 0}, "max_concurrent_invocations_per_instance"),
-    ({"output_prefix": "/abs"}, "output_prefix"),
-    ({"model_key": "models/x.bin"}, "model_key"),
-    ({"success_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}, "success_topic_arn"),
-    ({"include_inference_response_in": ["BOTH"]}, "include_inference_response_in"),
-    ({"rule_priority": 5}, "rule_priority"),
-    ({"variant_name": "all_traffic"}, "variant_name"),
-    ({"scaling": async_scaling.BacklogScaling(min_instances=3, max_instances=2, target_backlog_per_instance=1)},
-     "scaling"),
-    ({"repository_arns": []}, "repository_arns"),
-])
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"endpoint_name": "bad_name"}, "endpoint_name"),
+        ({"max_concurrent_invocations_per_instance": 0}, "max_concurrent_invocations_per_instance"),
+        ({"output_prefix": "/abs"}, "output_prefix"),
+        ({"model_key": "models/x.bin"}, "model_key"),
+        ({"success_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"}, "success_topic_arn"),
+        ({"include_inference_response_in": ["BOTH"]}, "include_inference_response_in"),
+        ({"rule_priority": 5}, "rule_priority"),
+        ({"variant_name": "all_traffic"}, "variant_name"),
+        (
+            {
+                "scaling": async_scaling.BacklogScaling(
+                    min_instances=3, max_instances=2, target_backlog_per_instance=1
+                )
+            },
+            "scaling",
+        ),
+        ({"repository_arns": []}, "repository_arns"),
+    ],
+)
 def test_bad_args_name_the_field(over: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=f"AsyncEndpointArgs.{field}"):
         endpoint_args(**over)
