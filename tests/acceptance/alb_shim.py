@@ -10,12 +10,12 @@ process has imported (the test checks the front needs nothing outside the standa
 from __future__ import annotations
 
 import argparse
-import base64
 import importlib
 import json
 import sys
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -23,31 +23,19 @@ TEXT_TYPES = ("text/", "application/json", "application/javascript", "applicatio
 
 
 def to_event(method: str, target: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-    """The event an ALB sends a Lambda target (multi-value headers off)."""
-    parts = urlsplit(target)
+    """The event an ALB sends a Lambda target (multi-value headers off; tests/lambdakit.py builds it)."""
+    from lambdakit import alb_event
+
     content_type = headers.get("content-type", "")
-    text = content_type.startswith(TEXT_TYPES) or not body
-    if text:
+    binary = bool(body) and not content_type.startswith(TEXT_TYPES)
+    if not binary:
         try:
-            payload, encoded = body.decode("utf-8"), False
+            body.decode("utf-8")
         except UnicodeDecodeError:
-            payload, encoded = base64.b64encode(body).decode(), True
-    else:
-        payload, encoded = base64.b64encode(body).decode(), True
-    return {
-        "requestContext": {
-            "elb": {
-                "targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
-                "targetgroup/shim/0123456789abcdef"
-            }
-        },
-        "httpMethod": method,
-        "path": parts.path,
-        "queryStringParameters": dict(parse_qsl(parts.query)),
-        "headers": headers,
-        "body": payload,
-        "isBase64Encoded": encoded,
-    }
+            binary = True
+    event = alb_event(urlsplit(target).path, body, method=method, headers=headers, binary=binary)
+    event["queryStringParameters"] = dict(parse_qsl(urlsplit(target).query))
+    return event
 
 
 def make_handler(function: Callable[[dict[str, Any], Any], dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
@@ -65,11 +53,11 @@ def make_handler(function: Callable[[dict[str, Any], Any], dict[str, Any]]) -> t
             if self.command == "GET" and self.path == "/__shim/modules":
                 names = sorted({m.split(".")[0] for m in sys.modules})
                 return self._send(200, {"Content-Type": "application/json"}, json.dumps(names).encode())
+            from lambdakit import alb_body, alb_headers
+
             headers = {k.lower(): v for k, v in self.headers.items()}
             result = function(to_event(self.command, self.path, headers, body), None)
-            raw = result.get("body") or ""
-            out = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode("utf-8")
-            self._send(int(result["statusCode"]), dict(result.get("headers") or {}), out)
+            self._send(int(result["statusCode"]), alb_headers(result), alb_body(result))
 
         def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
             self.send_response(status)
@@ -87,6 +75,8 @@ def make_handler(function: Callable[[dict[str, Any], Any], dict[str, Any]]) -> t
 
 
 def main() -> None:
+    # tests/ for lambdakit, after PYTHONPATH: the handler's own code comes from the unpacked zip alone
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--handler", required=True, help="module.function")

@@ -226,6 +226,7 @@ def deployment(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
         started.append(front)
         front_url = f"http://127.0.0.1:{front_port}"
         wait_http(f"{front_url}/__shim/modules", timeout=30, alive=lambda: front.poll() is None)
+        assert f"handler from {zip_dir}" in front_log.read_text()  # the zip's code, not the repository's
 
         # the worker, as the instance's user data starts it
         worker_log = base / "worker.log"
