@@ -735,6 +735,9 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
             # SageMaker: AsyncInferenceConfig cannot be used with serverless variants.
             raise ConfigError(f"{vbase}.{kind}", "an async endpoint needs an instance variant (its workers), "
                               f"not a {kind} one")
+        if "async" in raw and "warmPool" in vraw:
+            raise ConfigError(f"{vbase}.warmPool", "async endpoints wake from zero on their backlog; warm pools are "
+                              "for real-time variants")
         if "async" in raw and isinstance(vraw.get("scaling"), Mapping) and "invocationsPerInstance" in vraw["scaling"]:
             raise ConfigError(f"{vbase}.scaling.invocationsPerInstance", "async endpoints scale on their backlog "
                               "(async.backlogPerInstance), not on invocations per instance")
