@@ -1,4 +1,5 @@
-"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving or training image."""
+"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving or training image
+(``serve``, ``train``), or the model server with an async worker beside it (``async``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pulumi_aws as aws
 
 from infra import naming, presets, userdata
 
-ROLES = ("serve", "train")
+ROLES = ("serve", "train", "async")
 WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023 and the AL2023 deep-learning AMI
 
@@ -85,6 +86,12 @@ class InstanceGroupArgs:
     scaled: bool = False
     endpoint_name: str | None = None
     variant_name: str | None = None
+    #: async: the endpoint's queue URL and the worker's state prefix (``s3://``), invocations per instance
+    #: and lease length
+    queue_url: pulumi.Input[str] | None = None
+    state_uri: pulumi.Input[str] | None = None
+    concurrency: int = 1
+    visibility_timeout: int = 300
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ValueError:
@@ -131,9 +138,13 @@ class InstanceGroupArgs:
                 raise bad("refresh", f"checkpoint percentages must rise and end at 100, got {percentages}")
         if not 0 <= self.health_check_grace_period <= 7200:
             raise bad("health_check_grace_period", "must be 0-7200 seconds")
-        if (self.endpoint_name is None) != (self.variant_name is None) or (self.endpoint_name and self.role != "serve"):
-            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving groups")
-        if self.role == "serve" and self.model_data_uri is None:
+        if (self.endpoint_name is None) != (self.variant_name is None) or (
+            self.endpoint_name and self.role not in ("serve", "async")
+        ):
+            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving or async groups")
+        if self.role == "async" and (self.queue_url is None or self.state_uri is None or not self.endpoint_name):
+            raise bad("queue_url", "an async group needs queue_url, state_uri and endpoint_name")
+        if self.role in ("serve", "async") and self.model_data_uri is None:
             raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
         if self.role == "train":
             if not self.channels:
@@ -201,7 +212,7 @@ class InstanceGroup(pulumi.ComponentResource):
         channels = pulumi.Output.all(**dict(args.channels)) if args.channels else {}
         user_data = pulumi.Output.all(
             repo=args.repository_url, model=args.model_data_uri, channels=channels, output=args.output_uri,
-            checkpoint=args.checkpoint_uri,
+            checkpoint=args.checkpoint_uri, queue=args.queue_url, state=args.state_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
         tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
@@ -304,5 +315,7 @@ def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, 
         model_data=values["model"], channels=dict(values["channels"] or {}), output_uri=values["output"],
         checkpoint_uri=values["checkpoint"], hyperparameters=dict(args.hyperparameters),
         endpoint=args.endpoint_name, variant=args.variant_name,
+        queue_url=values.get("queue"), state_uri=values.get("state"), concurrency=args.concurrency,
+        visibility_timeout=args.visibility_timeout,
     )
     return base64.b64encode(userdata.render_user_data(spec).encode()).decode()

@@ -50,14 +50,17 @@ def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     kinds = {r.type for r in dev if r.type.startswith("selfmaker:")}
     assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
                      "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
-                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint"}
+                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint",
+                     "selfmaker:endpoints:AsyncEndpoint"}
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
-    assert groups == ["churn-challenger", "churn-champion", "train-gpu", "vision-AllTraffic"]
+    assert groups == ["churn-batch-workers", "churn-challenger", "churn-champion", "train-gpu", "vision-AllTraffic"]
     endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
     assert sorted(endpoints.values()) == ["churn", "vision"]
     # a variant's group is a child of its endpoint
-    assert {endpoints.get(r.parent) for r in dev if r.name.startswith(("churn-", "vision-"))
+    assert {endpoints.get(r.parent) for r in dev if r.name.startswith(("churn-c", "vision-"))
             and r.type == "selfmaker:compute:InstanceGroup"} == {"churn", "vision"}
+    (async_urn,) = [r.urn for r in dev if r.type == "selfmaker:endpoints:AsyncEndpoint" and r.name == "churn-batch"]
+    assert [r.parent for r in dev if r.name == "churn-batch-workers"] == [async_urn]
 
 
 def test_every_taggable_resource_carries_the_standard_and_user_tags(dev: list[Registration]) -> None:
@@ -125,7 +128,7 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
     assert not dev_run.of_type("aws:ec2/launchConfiguration:LaunchConfiguration")
     assert not dev_run.of_type("aws:ec2/instance:Instance")
     templates = dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
-    assert len(templates) == 4
+    assert len(templates) == 5
     for lt in templates:
         meta = lt.inputs["metadataOptions"]
         assert meta["httpTokens"] == "required" and meta["httpEndpoint"] == "enabled"
@@ -141,7 +144,8 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
 def test_amis_come_from_the_ssm_public_parameters(dev_run: PulumiHarness) -> None:
     ami = {lt.name: lt.inputs["imageId"] for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
     assert ami == {"churn-champion-lt": "ami-0a1b2c3d4e5f60718", "churn-challenger-lt": "ami-0a1b2c3d4e5f60718",
-                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "train-gpu-lt": "ami-0fedcba9876543210"}
+                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "train-gpu-lt": "ami-0fedcba9876543210",
+                   "churn-batch-workers-lt": "ami-0a1b2c3d4e5f60718"}
     asked = {args["name"] for token, args in dev_run.mocks.calls if token == "aws:ssm/getParameter:getParameter"}
     assert asked == {stack_config.SSM_AMI["cpu"], stack_config.SSM_AMI["gpu"]}
 
@@ -230,7 +234,7 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
 def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     docs = [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/rolePolicy:RolePolicy")]
     docs += [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/policy:Policy")]
-    assert len(docs) == 5  # serving, training, async, flow logs, the serverless example's function
+    assert len(docs) == 7  # serving, training, async, flow logs, the serverless function, the async front and workers
     for doc in docs:
         assert policies.wildcard_violations(doc) == []
     attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
@@ -415,3 +419,25 @@ def _snake_keys(value: Any, path: str = "") -> list[str]:
 def test_every_nested_input_uses_a_known_provider_property(dev_run: PulumiHarness) -> None:
     bad = {f"{r.name}{path}" for r in aws_resources(dev_run.monitor.registrations) for path in _snake_keys(r.inputs)}
     assert not bad, sorted(bad)
+
+
+def test_async_endpoint_is_routed_in_its_own_priority_block_and_exported(dev_run: PulumiHarness) -> None:
+    from infra import endpoints as endpoint_logic
+
+    blocks = endpoint_logic.priority_blocks(["churn", "vision", "churn-batch"])
+    rules = {r.name: r.inputs for r in dev_run.of_type("aws:lb/listenerRule:ListenerRule")}
+    rule = rules["gateway-churn-batch-async-rule"]
+    assert rule["priority"] == blocks["churn-batch"] + endpoint_logic.BLOCK - 1
+    assert {"pathPattern": {"values": ["/endpoints/churn-batch/async-invocations"]}} in rule["conditions"]
+    assert len({r["priority"] for r in rules.values()}) == len(rules)  # no two rules share a priority
+    # workers scale from zero on backlog; the front may only enqueue
+    asg = dev_run.named("churn-batch-workers-asg").inputs
+    assert (asg["minSize"], asg["maxSize"]) == (0, 4)
+    assert dev_run.named("churn-batch-backlog-tracking").inputs["targetTrackingConfiguration"]["targetValue"] == 4
+    front = json.loads(dev_run.named("churn-batch-front-policy").inputs["policy"])
+    sqs = {a for stmt in front["Statement"] for a in ([stmt["Action"]] if isinstance(stmt["Action"], str)
+                                                      else stmt["Action"]) if a.startswith("sqs:")}
+    assert sqs == {"sqs:SendMessage"}
+    outputs = dev_run.named("churn-batch-front").inputs["environment"]["variables"]
+    assert outputs["SELFMAKER_OUTPUT_PATH"] == f"s3://{dev_run.named('store-outputs').state['bucket']}/async/churn-batch/output/"
+    assert outputs["SELFMAKER_INPUT_LOCATIONS"] == f"s3://{dev_run.named('store-data').state['bucket']}/async/churn-batch/"
