@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlparse
 
+from common import uris
 from serving.asyncq import invoke
 from serving.asyncq.request import fifo_ids
 
@@ -91,14 +91,22 @@ class FrontSettings:
 
 
 def within(location: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether the ``s3://`` object ``location`` lies under one of ``prefixes`` (``s3://bucket/prefix``)."""
-    target = urlparse(location)
+    """Whether the ``s3://`` object ``location`` lies under one of ``prefixes`` (``s3://bucket/prefix``).
+
+    Keys are read verbatim (:func:`common.uris.split_s3`): ``?`` and ``#`` belong to a key, where a URL
+    parser would cut it and compare less than the whole key.
+    """
+    try:
+        bucket, key = uris.split_s3(location)
+    except uris.UriError:
+        return False
     for prefix in prefixes:
-        allowed = urlparse(prefix)
-        if allowed.scheme == target.scheme and allowed.netloc == target.netloc:
-            key_prefix = allowed.path.lstrip("/")
-            if target.path.lstrip("/").startswith(key_prefix):
-                return True
+        try:
+            allowed_bucket, allowed_key = uris.split_s3(prefix)
+        except uris.UriError:
+            continue
+        if allowed_bucket == bucket and key.startswith(allowed_key):
+            return True
     return False
 
 
@@ -187,9 +195,9 @@ class Front:
                 f"InputLocation {location[:200]} is not readable by endpoint {self.settings.endpoint_name}'s "
                 f"role: it may read {', '.join(self.settings.input_locations) or 'no input location'}."
             )
-        parsed = urlparse(location)
+        bucket, key = uris.split_s3(location)  # within() took it apart already: an s3:// URI
         try:
-            self.s3.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+            self.s3.head_object(Bucket=bucket, Key=key)
         except Exception as exc:
             code = _code(exc)
             if code in {"404", "NoSuchKey", "NotFound"}:
