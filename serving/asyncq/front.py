@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import boto3
+
 from common import uris
 from serving.asyncq import invoke
 from serving.asyncq.request import fifo_ids
@@ -116,8 +118,6 @@ class Front:
     def __init__(self, settings: FrontSettings, *, s3: Any = None, sqs: Any = None) -> None:
         self.settings = settings
         if s3 is None or sqs is None:
-            import boto3
-
             s3 = s3 or boto3.client("s3", region_name=settings.region)
             sqs = sqs or boto3.client("sqs", region_name=settings.region)
         self.s3 = s3
