@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 _CRLF2 = b"\r\n\r\n"
 
@@ -299,8 +300,6 @@ class SyncPool:
     @classmethod
     def for_url(cls, url: str, *, timeout: float) -> SyncPool:
         """A pool for ``http://host:port[/base]`` (paths of :meth:`request` are appended to the base)."""
-        from urllib.parse import urlparse
-
         parsed = urlparse(url)
         return cls(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=timeout, base_path=parsed.path)
 
