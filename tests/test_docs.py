@@ -4,6 +4,7 @@ docs/platform-internals.md (``api/app.py`` is ``selfmaker/api/app.py``)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -54,3 +55,12 @@ def test_the_checker_sees_paths_and_misses() -> None:
     assert all(exists(p) for p in named_paths(text))
     assert not exists("selfmaker/endpoints/upstream.py") and not exists("docs/nothing-*.md")
     assert named_paths("debootstrap → docs/man/locales stripped") == set()
+
+
+def test_the_map_names_every_hook_of_the_registry() -> None:
+    """Every decorator a feature can register with (selfmaker/api/registry.py) is in the map, as ``@name``."""
+    tree = ast.parse((ROOT / "selfmaker" / "api" / "registry.py").read_text(encoding="utf-8"))
+    hooks = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")} - {"discover"}
+    assert {"operation", "metrics_source", "deployment_strategy"} <= hooks
+    text = (ROOT / "docs" / "platform-internals.md").read_text(encoding="utf-8")
+    assert sorted(h for h in hooks if f"@{h}" not in text) == []
