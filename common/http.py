@@ -40,6 +40,32 @@ from urllib.parse import urlparse
 _CRLF2 = b"\r\n\r\n"
 
 
+def header_value(value: str) -> str:
+    """A header value without CR/LF (header injection)."""
+    return value.replace("\r", "").replace("\n", "")
+
+
+def invocation_headers(
+    content_type: str | None,
+    accept: str | None = None,
+    *,
+    custom_attributes: str | None = None,
+    inference_id: str | None = None,
+) -> dict[str, str]:
+    """The headers of a ``POST /invocations`` to a model server — the one place that builds them (the
+    router, async inference's worker and batch transform all call it): the content type
+    (``application/octet-stream`` when there is none), the accept type, SageMaker's custom attributes and
+    inference id, each without CR/LF."""
+    headers = {"Content-Type": header_value(content_type or "") or "application/octet-stream"}
+    if accept:
+        headers["Accept"] = header_value(accept)
+    if custom_attributes:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = header_value(custom_attributes)
+    if inference_id:
+        headers["X-Amzn-SageMaker-Inference-Id"] = header_value(inference_id)
+    return headers
+
+
 class UpstreamError(Exception):
     """The model server could not be reached or answered with broken HTTP."""
 

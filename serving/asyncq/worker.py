@@ -38,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.http import DeadlineConnection
+from common.http import DeadlineConnection, invocation_headers
 from serving.asyncq.backends import Lease, QueueBackend
 from serving.asyncq.notify import SnsPublisher, build_message, dedup_id, embeds_response, topic_for
 from serving.asyncq.objects import InputStream, ObjectError, ObjectStore
@@ -411,14 +411,12 @@ class AsyncWorker:
             deadline=timeout,
             blocksize=_CHUNK,
         )
-        headers = {
-            "Content-Type": request.content_type or "application/octet-stream",
-            "X-Amzn-SageMaker-Inference-Id": request.inference_id,
-        }
-        if request.accept:
-            headers["Accept"] = request.accept
-        if request.custom_attributes:
-            headers["X-Amzn-SageMaker-Custom-Attributes"] = request.custom_attributes
+        headers = invocation_headers(
+            request.content_type,
+            request.accept,
+            custom_attributes=request.custom_attributes,
+            inference_id=request.inference_id,
+        )
         if stream.length is not None:
             headers["Content-Length"] = str(stream.length)
         reader = _CountingReader(stream)
