@@ -6,6 +6,7 @@
 #   serve  -> `selfmaker serve` on 0.0.0.0:${SAGEMAKER_BIND_TO_PORT:-8080} with /opt/ml/model.  Serving only
 #             reads the model, so when started as root it drops to the unprivileged `selfmaker` user --
 #             unless the model directory is not readable by that user or SELFMAKER_SERVE_AS_ROOT=true.
+#   train-node, transform-share -> the same `selfmaker` commands: one node / one array child of an AWS Batch job.
 #   other  -> executed as given (e.g. `bash`, `python -c ...`).
 # Every branch ends in `exec`, so the server/trainer is PID 1 and receives SIGTERM directly.
 set -eu
@@ -16,6 +17,10 @@ cmd="${1:-serve}"
 case "$cmd" in
   train)
     exec selfmaker train "$@"
+    ;;
+  train-node|transform-share)
+    # AWS Batch jobs (job definitions of the `selfmaker:jobs` stack): one node / one array child
+    exec selfmaker "$cmd" "$@"
     ;;
   serve)
     model_dir="${SAGEMAKER_MODEL_DIR:-/opt/ml/model}"

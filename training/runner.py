@@ -26,7 +26,7 @@ import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,6 +140,11 @@ class TrainingJobRunner:
     defaults to :class:`ProcessExecutor`, ``container`` to ``training.executors.container`` when present),
     ``storage`` / ``s3_endpoint_url``, ``stop_grace_seconds`` (SIGTERM → SIGKILL, SageMaker gives 120),
     ``checkpoint_sync_interval`` and ``job_arn``.
+
+    One node of a multi-machine job (an AWS Batch multi-node job) runs only its own hosts: ``local_hosts``
+    names them (default: every host of the job), ``host_addresses`` says how hosts reach each other (at
+    least ``algo-1``, the tracker's host) and ``tracker_port`` is the distributed tracker's port. Only the
+    node running ``algo-1`` uploads the model and output archives.
     """
 
     def __init__(
@@ -155,6 +160,9 @@ class TrainingJobRunner:
         stop_grace_seconds: float = 120.0,
         checkpoint_sync_interval: float = 10.0,
         job_arn: str | None = None,
+        local_hosts: Sequence[str] | None = None,
+        host_addresses: Mapping[str, str] | None = None,
+        tracker_port: int | None = None,
     ) -> None:
         self.request = request
         self.work_dir = Path(work_dir).resolve()  # hosts run with their own cwd: no relative paths
@@ -165,6 +173,9 @@ class TrainingJobRunner:
         self.stop_grace_seconds = stop_grace_seconds
         self.checkpoint_sync_interval = checkpoint_sync_interval
         self.job_name = str(request.get("TrainingJobName") or "training-job")
+        self.local_hosts = None if local_hosts is None else frozenset(local_hosts)
+        self.host_addresses = dict(host_addresses or {})
+        self.tracker_port = tracker_port
         region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         self.job_arn = job_arn or f"arn:aws:sagemaker:{region}:000000000000:training-job/{self.job_name.lower()}"
         self.state = TrainingJobState()
@@ -287,6 +298,8 @@ class TrainingJobRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(exist_ok=True)
         for name in names:
+            if self.local_hosts is not None and name not in self.local_hosts:
+                continue  # another node runs it
             root = self.work_dir / "hosts" / name
             if root.exists():
                 shutil.rmtree(root)
@@ -299,9 +312,9 @@ class TrainingJobRunner:
         with self._lock:
             self.state.start_time = _now()
         self._transition("Downloading")
-        for index, host in enumerate(self._hosts):
+        for host in self._hosts:
             for ch in channels:
-                self._fetch_channel(ch, host, index, len(self._hosts))
+                self._fetch_channel(ch, host, names.index(host.name), len(names))
         if checkpoint.get("S3Uri"):
             for host in self._hosts:
                 self._restore_checkpoints(str(checkpoint["S3Uri"]), host)
@@ -313,8 +326,9 @@ class TrainingJobRunner:
         self._transition("Training")
         env = self._environment(kind, req)
         addresses = {n: "127.0.0.1" for n in names} if executor.kind == "process" else {n: n for n in names}
+        addresses.update(self.host_addresses)
         if count > 1:
-            env["SELFMAKER_TRACKER_PORT"] = str(_free_port() if executor.kind == "process" else 9099)
+            env["SELFMAKER_TRACKER_PORT"] = str(self.tracker_port or (_free_port() if executor.kind == "process" else 9099))
         env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
         args = tuple(algo.get("ContainerArguments") or ("train",))
         entry = tuple(algo["ContainerEntrypoint"]) if algo.get("ContainerEntrypoint") else None
@@ -354,7 +368,7 @@ class TrainingJobRunner:
             codes = {h.name: (h.handle.poll() if h.handle else None) for h in self._hosts}
             self.state.exit_codes = codes
         stopped = self._stop_requested.is_set() and not timed_out
-        failed_hosts = [n for n in names if codes.get(n) not in (0,)]
+        failed_hosts = [n for n in names if n in codes and codes[n] not in (0,)]
         reason: str | None = None
         if not stopped and not timed_out and failed_hosts:
             reason = self._failure_reason(failed_hosts, codes)
@@ -363,18 +377,20 @@ class TrainingJobRunner:
         if reason is None:
             self._transition("Uploading")
         prefix = join(output_path, self.job_name, "output")
+        uploads = self.local_hosts is None or names[0] in self.local_hosts
         try:
-            if reason is None:
+            if uploads and reason is None:  # only the node running algo-1 uploads the job's archives
                 model_tar = self.work_dir / "model.tar.gz"
                 if self._tar_hosts(model_tar, "model") or not (stopped or timed_out):
                     self.storage.upload(model_tar, join(prefix, "model.tar.gz"))
                     with self._lock:
                         self.state.model_artifacts = join(prefix, "model.tar.gz")
-            out_tar = self.work_dir / "output.tar.gz"
-            self._tar_hosts(out_tar, "output/data")
-            self.storage.upload(out_tar, join(prefix, "output.tar.gz"))
-            with self._lock:
-                self.state.output_artifacts = join(prefix, "output.tar.gz")
+            if uploads:
+                out_tar = self.work_dir / "output.tar.gz"
+                self._tar_hosts(out_tar, "output/data")
+                self.storage.upload(out_tar, join(prefix, "output.tar.gz"))
+                with self._lock:
+                    self.state.output_artifacts = join(prefix, "output.tar.gz")
         except StorageError as exc:
             reason = reason or f"ClientError: cannot upload the job output: {exc}"
             stopped = timed_out = False
