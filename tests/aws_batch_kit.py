@@ -57,7 +57,10 @@ def create_stack(endpoint: str, *, tag: str = "0.1.0", push: bool = True, prefix
     registry = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
     if push:
         manifest = '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}'
-        ecr.put_image(repositoryName=REPOSITORY, imageManifest=manifest, imageTag=tag)
+        try:
+            ecr.put_image(repositoryName=REPOSITORY, imageManifest=manifest, imageTag=tag)
+        except ecr.exceptions.ImageAlreadyExistsException:
+            pass
     image = f"{registry}/{REPOSITORY}:{tag}"
     try:
         logs.create_log_group(logGroupName=LOG_GROUP)
