@@ -76,7 +76,7 @@ def test_no_launch_configuration_and_no_awsx(path: Path) -> None:
 def test_every_component_follows_the_skeleton() -> None:
     """Type token selfmaker:<module>:<Type>, an …Args dataclass, register_outputs, children parented."""
     components = sorted((ROOT / "infra" / "components").glob("[!_]*.py"))
-    assert {p.stem for p in components} == {"network", "storage", "registry", "iam", "compute"}
+    assert {p.stem for p in components} == {"network", "storage", "registry", "iam", "compute", "jobs"}
     for path in components:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
