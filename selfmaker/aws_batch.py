@@ -439,6 +439,9 @@ def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -
     resources = request.get("ResourceConfig") or {}
     count = int(resources.get("InstanceCount") or 1)
     need = instance_resources(str(resources.get("InstanceType") or "ml.m5.large"))
+    if request.get("EnableManagedSpotTraining") and count > 1:
+        raise AwsBatchError("AWS Batch runs no multi-node job on spot instances: set EnableManagedSpotTraining to "
+                            "false or ResourceConfig.InstanceCount to 1")
     queue = jobs.queue(queue_name)
     if request.get("EnableManagedSpotTraining"):
         queue = jobs.spot_queue(queue)
