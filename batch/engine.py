@@ -9,6 +9,7 @@ lets running assemblies finish, and leaves only complete ``.out`` objects in the
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import tempfile
@@ -17,16 +18,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from batch import storage
 from batch.errors import BatchError, InputError, RecordError, StoppedError
-from batch.plan import JobPlan, done_uri, list_inputs, load_progress, make_plan, plan_uri
+from batch.plan import FilePlan, JobPlan, done_uri, list_inputs, load_progress, make_plan, plan_uri
 from batch.records import GunzipStream, count_lines_before
 from batch.request import TransformSpec, parse_request
 from batch.settings import BatchSettings
 from batch.transform import PartSpec
-from batch.worker import ModelPlugin, assemble, part_uri, run_part, signal_stop, worker_info
+from batch.worker import ModelPlugin, assemble, part_record_uri, part_uri, run_part, signal_stop, worker_info
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +159,8 @@ def line_of(spec: TransformSpec, uri: str, offset: int) -> int:
 
 
 class _Job:
+    """One transform job: connect to the cluster, start the model on its workers, plan, execute, tear down."""
+
     def __init__(self, spec: TransformSpec, model: str, settings: BatchSettings, scheduler: str | None,
                  client: Any, on_progress: Callable[[Progress], None] | None, stop_event: threading.Event,
                  state_dir: str | None, resume: bool) -> None:
@@ -177,6 +182,7 @@ class _Job:
         self._lock = threading.Lock()
         self._last_emit = 0.0
         self._started = time.monotonic()
+        self._registered = False  # the model plugin is on the workers: unregister it at the end
 
     # -- progress -------------------------------------------------------------------------------------
 
@@ -220,9 +226,9 @@ class _Job:
     # -- the run --------------------------------------------------------------------------------------
 
     def run(self) -> TransformResult:
+        """Start, plan, execute and tear down; every ending (Completed, Failed, Stopped) is a result."""
         tmp: tempfile.TemporaryDirectory[str] | None = None
         client = cluster = None
-        registered = False
         try:
             if self.stop_event.is_set():
                 raise StoppedError("stopped")
@@ -237,23 +243,7 @@ class _Job:
                 log.info("cluster ready after %.1f s", time.monotonic() - self._started)
             except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
                 raise BatchError(f"cannot reach the Dask cluster: {exc}") from None
-            plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=_with_s3_endpoint(model_environment(self.spec, self.model_env),
-                                                                  self.settings.s3_endpoint_url),
-                                 timeout=self.spec.timeout_s, retries=self.spec.max_retries,
-                                 python=self.settings.python, startup_timeout=self.settings.startup_timeout,
-                                 s3_endpoint=self.settings.s3_endpoint_url)
-            try:
-                client.register_plugin(plugin, name=self.plugin_name)
-            except BatchError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - plugin setup errors come back re-raised by distributed
-                raise BatchError(f"the model could not be started on the workers: {exc}") from None
-            registered = True
-            self.result.startup_seconds = time.monotonic() - self._started
-            log.info("model ready on the workers after %.1f s", self.result.startup_seconds)
-            info = next(iter(client.run(worker_info, self.plugin_name).values()))
-            self.result.mode = info["mode"]
-            self.spec = self.spec.with_execution_parameters(info["execution_parameters"]).resolved()
+            self._start_model(client)
             workers = max(1, len(client.scheduler_info().get("workers", {})))
             plan = make_plan(self.spec, infos, part_bytes=int(self.settings.part_mb * 1024 * 1024), workers=workers)
             plan = self._load_state(state, plan)
@@ -268,20 +258,7 @@ class _Job:
             self.result.failure_reason = str(exc)[:1024]
         finally:
             teardown = time.monotonic()
-            if client is not None:
-                try:
-                    client.unsubscribe_topic(self.topic)
-                except Exception:  # noqa: BLE001 - never subscribed
-                    pass
-                if registered:
-                    try:
-                        client.unregister_worker_plugin(self.plugin_name)
-                    except Exception:  # noqa: BLE001 - workers already gone
-                        log.warning("could not unregister %s", self.plugin_name, exc_info=True)
-                if client is not self.client:
-                    client.close()
-            if cluster is not None:
-                cluster.close()
+            self._teardown(client, cluster)
             if tmp is not None:
                 tmp.cleanup()
             self.result.teardown_seconds = time.monotonic() - teardown
@@ -289,6 +266,44 @@ class _Job:
         self.result.records = max(self.result.records, 0)
         self._emit(force=True)
         return self.result
+
+    def _start_model(self, client: Any) -> None:
+        """Register the model plugin (each worker starts its model server), then adopt the model's
+        execution parameters into the spec."""
+        env = _with_s3_endpoint(model_environment(self.spec, self.model_env), self.settings.s3_endpoint_url)
+        plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=env,
+                             timeout=self.spec.timeout_s, retries=self.spec.max_retries,
+                             python=self.settings.python, startup_timeout=self.settings.startup_timeout,
+                             s3_endpoint=self.settings.s3_endpoint_url)
+        try:
+            client.register_plugin(plugin, name=self.plugin_name)
+        except BatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - plugin setup errors come back re-raised by distributed
+            raise BatchError(f"the model could not be started on the workers: {exc}") from None
+        self._registered = True
+        self.result.startup_seconds = time.monotonic() - self._started
+        log.info("model ready on the workers after %.1f s", self.result.startup_seconds)
+        info = next(iter(client.run(worker_info, self.plugin_name).values()))
+        self.result.mode = info["mode"]
+        self.spec = self.spec.with_execution_parameters(info["execution_parameters"]).resolved()
+
+    def _teardown(self, client: Any, cluster: Any) -> None:
+        """Unsubscribe, stop the model servers (unregister the plugin), close what this job opened."""
+        if client is not None:
+            try:
+                client.unsubscribe_topic(self.topic)
+            except Exception:  # noqa: BLE001 - never subscribed
+                pass
+            if self._registered:
+                try:
+                    client.unregister_worker_plugin(self.plugin_name)
+                except Exception:  # noqa: BLE001 - workers already gone
+                    log.warning("could not unregister %s", self.plugin_name, exc_info=True)
+            if client is not self.client:
+                client.close()
+        if cluster is not None:
+            cluster.close()
 
     def _mode(self) -> str:
         if self.model.startswith(("http://", "https://")):
@@ -308,37 +323,108 @@ class _Job:
         return plan
 
     def _execute(self, client: Any, plan: JobPlan, state: str) -> None:
-        spec = self.spec
-        done_files, done_parts = load_progress(state) if self.resume else ({}, {})
-        result, progress = self.result, self.progress
-        result.files_total = progress.files_total = len(plan.files)
-        result.parts_total = progress.parts_total = len(plan.parts)
-        progress.bytes_total = sum(f.info.size for f in plan.files)
-        client.subscribe_topic(self.topic, self._on_event)
+        _Execution(self, client, plan, state).run()
 
-        events: queue.Queue[Any] = queue.Queue()
-        meta: dict[str, tuple[str, int, int]] = {}
-        futures: dict[str, Any] = {}
-        remaining: dict[int, set[int]] = {}
-        failed: set[int] = set()
-        first_failure: list[tuple[int, RecordError]] = []
-        fatal: list[BaseException] = []
-        stopping = [False]
+    def _add_counts(self, counts: dict[str, Any], from_result: bool = False) -> None:
+        self.result.records += int(counts.get("records", 0))
+        self.result.bytes_in += int(counts.get("bytes_in", 0))
+        self.result.bytes_out += int(counts.get("bytes_out", 0))
+        if not from_result:
+            with self._lock:
+                self.progress.records += int(counts.get("records", 0))
 
-        def track(future: Any, kind: str, file_index: int, part_index: int) -> None:
-            meta[future.key] = (kind, file_index, part_index)
-            futures[future.key] = future
-            future.add_done_callback(events.put)
+    def _file_counts(self, state: str, fplan: FilePlan) -> dict[str, int]:
+        totals = {"records": 0, "bytes_in": 0, "bytes_out": 0}
+        for part in fplan.parts:
+            try:
+                counts = orjson.loads(storage.read_bytes(part_record_uri(state, part)))
+            except (InputError, orjson.JSONDecodeError):
+                continue
+            for key in totals:
+                totals[key] += int(counts.get(key, 0))
+        return totals
 
-        def submit_assembly(file_index: int) -> None:
-            fplan = plan.files[file_index]
-            storage_parts = [part_uri(state, p) for p in fplan.parts]
-            storage.cleanup_tmp(fplan.out_uri)
-            future = client.submit(assemble, storage_parts, fplan.out_uri, key=f"assemble-{self.token}-{file_index}",
-                                   pure=False, priority=10)
-            track(future, "assemble", file_index, -1)
 
-        for fplan in plan.files:
+class _Phase(enum.Enum):
+    """Where an execution is. RUNNING: parts run and each file is assembled once its parts are done.
+    STOPPING (a stop request, or a task that failed for good): the parts are cancelled and signalled, no
+    assembly starts, and the assemblies already running get ``stop_grace`` seconds to finish."""
+
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class _Task(NamedTuple):
+    """A submitted future: a part of a file (``part_index`` >= 0) or the file's assembly (-1)."""
+
+    kind: str  # "part" or "assemble"
+    file_index: int
+    part_index: int
+    future: Any
+
+
+class _Execution:
+    """Runs one plan's parts and assemblies on the cluster, driven by the futures' completion events.
+
+    Each event is one of: a part that finished (its file is assembled when it was the file's last part),
+    an assembly that finished (the file is recorded done), a part's record error (the file fails and its
+    other parts are cancelled; the failed file with the lowest index gives the job's failure reason), or
+    any other error (fatal: the first one stops the job). :meth:`run` ends when every submitted task has
+    reported, or when a stop's grace period is over, and then raises or marks the job Completed.
+    """
+
+    def __init__(self, job: _Job, client: Any, plan: JobPlan, state: str) -> None:
+        self.job = job
+        self.client = client
+        self.plan = plan
+        self.state = state
+        self.phase = _Phase.RUNNING
+        self.stop_deadline: float | None = None
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.tasks: dict[str, _Task] = {}
+        self.reported: set[str] = set()
+        self.remaining: dict[int, set[int]] = {}  # file index -> indices of its parts still to run
+        self.failed_files: set[int] = set()
+        self.record_errors: list[tuple[int, RecordError]] = []
+        self.fatal: BaseException | None = None
+
+    def run(self) -> None:
+        """Skip what a previous run recorded, submit the rest, handle events until done, then conclude."""
+        job = self.job
+        self._skip_recorded()
+        self.client.subscribe_topic(job.topic, job._on_event)
+        for file_index, parts in self.remaining.items():
+            if not parts:  # every part recorded by a previous run: only the assembly is left
+                self._submit_assembly(file_index)
+        for part in self.plan.parts:
+            if part.part_index in self.remaining.get(part.file_index, ()):
+                self._submit_part(part)
+        job._emit(force=True)
+        while len(self.reported) < len(self.tasks):
+            if job.stop_event.is_set():
+                self._begin_stop()
+            if self._grace_over():
+                log.warning("assemblies still running after %.0f s; leaving them", job.settings.stop_grace)
+                break
+            try:
+                future = self.events.get(timeout=0.1)
+            except queue.Empty:
+                job._emit()
+                continue
+            self._on_done(future)
+        self._conclude()
+
+    # -- submitting -----------------------------------------------------------------------------------
+
+    def _skip_recorded(self) -> None:
+        """Count the files and parts a previous run finished (``resume``); the rest go in ``remaining``."""
+        job = self.job
+        result, progress = job.result, job.progress
+        done_files, done_parts = load_progress(self.state) if job.resume else ({}, {})
+        result.files_total = progress.files_total = len(self.plan.files)
+        result.parts_total = progress.parts_total = len(self.plan.parts)
+        progress.bytes_total = sum(f.info.size for f in self.plan.files)
+        for fplan in self.plan.files:
             if fplan.index in done_files:
                 counts = done_files[fplan.index]
                 result.files_done += 1
@@ -353,140 +439,136 @@ class _Job:
                 progress.parts_done += len(fplan.parts)
                 result.outputs.append(fplan.out_uri)
                 continue
-            remaining[fplan.index] = set()
+            self.remaining[fplan.index] = set()
             for part in fplan.parts:
                 counts = done_parts.get((part.file_index, part.part_index))
                 if counts is not None:
                     result.parts_skipped += 1
                     result.parts_done += 1
                     progress.parts_done += 1
-                    self._add_counts(counts)
+                    job._add_counts(counts)
                     progress.bytes_done += part.size
                     progress.bytes_skipped += part.size
                     continue
-                remaining[fplan.index].add(part.part_index)
-        for fplan in plan.files:
-            if fplan.index in remaining and not remaining[fplan.index]:
-                submit_assembly(fplan.index)
-        for part in plan.parts:
-            if part.part_index in remaining.get(part.file_index, ()):
-                future = client.submit(run_part, spec, part, self.plugin_name, state, self.topic,
-                                       key=f"part-{self.token}-{part.file_index}-{part.part_index}", pure=False,
-                                       priority=-part.file_index)
-                track(future, "part", part.file_index, part.part_index)
-        self._emit(force=True)
+                self.remaining[fplan.index].add(part.part_index)
 
-        def cancel_parts(file_index: int | None = None) -> None:
-            for key, (kind, fi, _) in meta.items():
-                if kind == "part" and (file_index is None or fi == file_index) and not futures[key].done():
-                    futures[key].cancel()
+    def _track(self, future: Any, kind: str, file_index: int, part_index: int) -> None:
+        self.tasks[future.key] = _Task(kind, file_index, part_index, future)
+        future.add_done_callback(self.events.put)
 
-        def begin_stop() -> None:
-            if stopping[0]:
-                return
-            stopping[0] = True
-            try:
-                client.run(signal_stop, self.plugin_name)
-            except Exception:  # noqa: BLE001 - a worker that is gone has nothing to stop
-                log.warning("could not signal every worker", exc_info=True)
-            cancel_parts()
+    def _submit_part(self, part: PartSpec) -> None:
+        job = self.job
+        future = self.client.submit(run_part, job.spec, part, job.plugin_name, self.state, job.topic,
+                                    key=f"part-{job.token}-{part.file_index}-{part.part_index}", pure=False,
+                                    priority=-part.file_index)
+        self._track(future, "part", part.file_index, part.part_index)
 
-        stop_deadline: float | None = None
-        handled: set[str] = set()
-        while len(handled) < len(futures):
-            if self.stop_event.is_set() and not stopping[0]:
-                begin_stop()
-            if stopping[0]:
-                if stop_deadline is None:
-                    stop_deadline = time.monotonic() + self.settings.stop_grace
-                elif time.monotonic() > stop_deadline:
-                    log.warning("assemblies still running after %.0f s; leaving them", self.settings.stop_grace)
-                    break
-            try:
-                future = events.get(timeout=0.1)
-            except queue.Empty:
-                self._emit()
-                continue
-            handled.add(future.key)
-            kind, file_index, part_index = meta[future.key]
-            status = future.status
-            if status == "cancelled":
-                continue
-            if status == "finished":
-                value = future.result()
-                if kind == "part":
-                    result.parts_done += 1
-                    progress.parts_done += 1
-                    self._add_counts(value, from_result=True)
-                    remaining[file_index].discard(part_index)
-                    if not remaining[file_index] and file_index not in failed and not stopping[0]:
-                        submit_assembly(file_index)
-                else:
-                    fplan = plan.files[file_index]
-                    counts = self._file_counts(state, fplan)
-                    import orjson
+    def _submit_assembly(self, file_index: int) -> None:
+        fplan = self.plan.files[file_index]
+        storage_parts = [part_uri(self.state, p) for p in fplan.parts]
+        storage.cleanup_tmp(fplan.out_uri)
+        future = self.client.submit(assemble, storage_parts, fplan.out_uri,
+                                    key=f"assemble-{self.job.token}-{file_index}", pure=False, priority=10)
+        self._track(future, "assemble", file_index, -1)
 
-                    storage.put_bytes(done_uri(state, file_index), orjson.dumps(counts))
-                    storage.delete_prefix(storage.join_uri(state, f"parts/{file_index:06d}"))
-                    result.files_done += 1
-                    progress.files_done += 1
-                    result.outputs.append(fplan.out_uri)
-                self._emit()
-                continue
-            exc = future.exception()
-            if isinstance(exc, StoppedError):
-                continue
-            if isinstance(exc, RecordError) and kind == "part":
-                if file_index not in failed:
-                    failed.add(file_index)
-                    result.files_failed += 1
-                    first_failure.append((file_index, exc))
-                    cancel_parts(file_index)
-                continue
-            if not fatal:
-                fatal.append(exc)
-                begin_stop()
-        if fatal:
-            exc = fatal[0]
-            if isinstance(exc, BatchError):
-                raise exc
-            log.error("transform task failed", exc_info=exc)
-            raise BatchError(f"internal error: {type(exc).__name__}: {exc}")
-        if first_failure:
-            first_failure.sort(key=lambda item: item[0])
-            _, error = first_failure[0]
-            if self.spec.split_type == "Line":
+    # -- events ---------------------------------------------------------------------------------------
+
+    def _on_done(self, future: Any) -> None:
+        self.reported.add(future.key)
+        task = self.tasks[future.key]
+        if future.status == "cancelled":
+            return
+        if future.status == "finished":
+            if task.kind == "part":
+                self._part_finished(task, future.result())
+            else:
+                self._assembly_finished(task.file_index)
+            self.job._emit()
+            return
+        exc = future.exception()
+        if isinstance(exc, StoppedError):
+            return
+        if isinstance(exc, RecordError) and task.kind == "part":
+            self._file_failed(task.file_index, exc)
+        elif self.fatal is None:
+            self.fatal = exc
+            self._begin_stop()
+
+    def _part_finished(self, task: _Task, counts: dict[str, Any]) -> None:
+        result, progress = self.job.result, self.job.progress
+        result.parts_done += 1
+        progress.parts_done += 1
+        self.job._add_counts(counts, from_result=True)
+        parts = self.remaining[task.file_index]
+        parts.discard(task.part_index)
+        if not parts and task.file_index not in self.failed_files and self.phase is _Phase.RUNNING:
+            self._submit_assembly(task.file_index)
+
+    def _assembly_finished(self, file_index: int) -> None:
+        fplan = self.plan.files[file_index]
+        counts = self.job._file_counts(self.state, fplan)
+        storage.put_bytes(done_uri(self.state, file_index), orjson.dumps(counts))
+        storage.delete_prefix(storage.join_uri(self.state, f"parts/{file_index:06d}"))
+        self.job.result.files_done += 1
+        self.job.progress.files_done += 1
+        self.job.result.outputs.append(fplan.out_uri)
+
+    def _file_failed(self, file_index: int, exc: RecordError) -> None:
+        if file_index in self.failed_files:
+            return
+        self.failed_files.add(file_index)
+        self.job.result.files_failed += 1
+        self.record_errors.append((file_index, exc))
+        self._cancel_parts(file_index)
+
+    # -- stopping -------------------------------------------------------------------------------------
+
+    def _cancel_parts(self, file_index: int | None = None) -> None:
+        for task in self.tasks.values():
+            if task.kind == "part" and file_index in (None, task.file_index) and not task.future.done():
+                task.future.cancel()
+
+    def _begin_stop(self) -> None:
+        """RUNNING -> STOPPING: tell the workers' model servers to stop and cancel every part."""
+        if self.phase is _Phase.STOPPING:
+            return
+        self.phase = _Phase.STOPPING
+        try:
+            self.client.run(signal_stop, self.job.plugin_name)
+        except Exception:  # noqa: BLE001 - a worker that is gone has nothing to stop
+            log.warning("could not signal every worker", exc_info=True)
+        self._cancel_parts()
+
+    def _grace_over(self) -> bool:
+        """True once a stop has waited ``stop_grace`` seconds (the clock starts at the first check)."""
+        if self.phase is not _Phase.STOPPING:
+            return False
+        if self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + self.job.settings.stop_grace
+            return False
+        return time.monotonic() > self.stop_deadline
+
+    # -- the end --------------------------------------------------------------------------------------
+
+    def _conclude(self) -> None:
+        """Raise what ended the job (a fatal error, the first failed file's record error, a stop), or
+        mark it Completed."""
+        if self.fatal is not None:
+            if isinstance(self.fatal, BatchError):
+                raise self.fatal
+            log.error("transform task failed", exc_info=self.fatal)
+            raise BatchError(f"internal error: {type(self.fatal).__name__}: {self.fatal}")
+        if self.record_errors:
+            _, error = min(self.record_errors, key=lambda item: item[0])
+            if self.job.spec.split_type == "Line":
                 try:
-                    error.line = line_of(self.spec, error.source, error.offset)
+                    error.line = line_of(self.job.spec, error.source, error.offset)
                 except InputError:
                     pass
             raise error
-        if stopping[0] or self.stop_event.is_set():
+        if self.phase is _Phase.STOPPING or self.job.stop_event.is_set():
             raise StoppedError("stopped")
-        self.result.status = "Completed"
-
-    def _add_counts(self, counts: dict[str, Any], from_result: bool = False) -> None:
-        self.result.records += int(counts.get("records", 0))
-        self.result.bytes_in += int(counts.get("bytes_in", 0))
-        self.result.bytes_out += int(counts.get("bytes_out", 0))
-        if not from_result:
-            with self._lock:
-                self.progress.records += int(counts.get("records", 0))
-
-    def _file_counts(self, state: str, fplan: Any) -> dict[str, int]:
-        import orjson
-
-        from batch.worker import part_record_uri
-
-        totals = {"records": 0, "bytes_in": 0, "bytes_out": 0}
-        for part in fplan.parts:
-            try:
-                counts = orjson.loads(storage.read_bytes(part_record_uri(state, part)))
-            except (InputError, orjson.JSONDecodeError):
-                continue
-            for key in totals:
-                totals[key] += int(counts.get(key, 0))
-        return totals
+        self.job.result.status = "Completed"
 
 
 __all__ = ["PartSpec", "Progress", "TransformResult", "run_transform"]

@@ -179,7 +179,7 @@ def measure_spawn(model_dir: Path, reps: int, timeout: float) -> list[float | No
 
 def measure_fork(model_dir: Path, reps: int, timeout: float, work: Path) -> tuple[list[float | None], float]:
     """Forks of the pre-imported template; also returns the template's own start-up time (paid once)."""
-    from selfmaker.serverless.forker import TemplateProcess
+    from selfmaker.executors.forker import TemplateProcess
 
     async def run() -> tuple[list[float | None], float]:
         template = TemplateProcess(work / "t.sock", work / "template.log")

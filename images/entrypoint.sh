@@ -6,6 +6,10 @@
 #   serve  -> `selfmaker serve` on 0.0.0.0:${SAGEMAKER_BIND_TO_PORT:-8080} with /opt/ml/model.  Serving only
 #             reads the model, so when started as root it drops to the unprivileged `selfmaker` user --
 #             unless the model directory is not readable by that user or SELFMAKER_SERVE_AS_ROOT=true.
+#   lambda -> AWS Lambda (container image function): `python -m serving.lambda_handler` loads the model from
+#             SELFMAKER_MODEL_DATA (s3://) into /tmp during the init phase and runs the Lambda runtime
+#             interface client (awslambdaric). Lambda already runs the image as an unprivileged user with a
+#             read-only file system apart from /tmp; nothing here needs root.
 #   train-node, transform-share -> the same `selfmaker` commands: one node / one array child of an AWS Batch job.
 #   other  -> executed as given (e.g. `bash`, `python -c ...`).
 # Every branch ends in `exec`, so the server/trainer is PID 1 and receives SIGTERM directly.
@@ -35,6 +39,9 @@ case "$cmd" in
       echo "entrypoint: serving as root: $unreadable is not readable by user selfmaker" >&2
     fi
     exec selfmaker serve "$@"
+    ;;
+  lambda)
+    exec python -m serving.lambda_handler "$@"
     ;;
   *)
     exec "$cmd" "$@"

@@ -120,6 +120,8 @@ IMPORTED_AT_RUN_TIME = (
     "gunicorn.http.wsgi", "gunicorn.workers.gthread", "gunicorn.workers.sync", "prometheus_client.core",
     "pydantic", "pydantic_settings", "werkzeug.exceptions", "pyarrow.dataset", "pyarrow.fs",
     "xgboost.collective", "xgboost.tracker",
+    # the `lambda` mode: the runtime interface client and its native HTTP client
+    "awslambdaric.__main__", "awslambdaric.bootstrap", "awslambdaric.lambda_runtime_client", "runtime_client",
 )
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from infra import cidr, naming, presets, userdata
+from infra import cidr, endpoints, naming, presets, userdata
 
 NAMESPACE = "selfmaker"
 
@@ -36,9 +36,11 @@ DEFAULTS: dict[str, Any] = {
     "ssmAccess": True,
     "tags": {},
     "groups": [],
+    "endpoints": [],
+    "gateway": {},
     "jobs": None,
 }
-OBJECT_KEYS = frozenset({"tags", "groups", "jobs"})
+OBJECT_KEYS = frozenset({"tags", "groups", "endpoints", "gateway", "jobs"})
 NAT_MODES = ("single", "per-az")
 ENCRYPTIONS = ("kms", "s3")
 ROLES = ("serve",)
@@ -135,6 +137,97 @@ class GroupConfig:
 
 
 @dataclass(frozen=True)
+class ScalingConfig:
+    """Target tracking of one variant (SageMaker's SageMakerVariantInvocationsPerInstance, per minute)."""
+
+    min_instances: int
+    max_instances: int
+    invocations_per_instance: int
+
+
+@dataclass(frozen=True)
+class ServerlessVariantConfig:
+    """What serves a serverless variant: a Lambda function from the stack's image (SageMaker's
+    ServerlessConfig: MemorySizeInMB, MaxConcurrency, ProvisionedConcurrency)."""
+
+    model_key: str
+    image_tag: str
+    memory_size_in_mb: int
+    max_concurrency: int
+    provisioned_concurrency: int | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: int = 60
+    ephemeral_storage_in_mb: int = 1024
+    multi_value_headers: bool = False
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One production variant. ``kind`` says what serves it: ``instance`` = an Auto Scaling group.
+
+    Issue #21 adds kinds (``serverless``, ...) with their own fields; :data:`VARIANT_PARSERS` is where a
+    kind is chosen and parsed.
+    """
+
+    name: str
+    kind: str
+    weight: float
+    initial_instance_count: int = 0
+    group: GroupConfig | None = None
+    scaling: ScalingConfig | None = None
+    serverless: ServerlessVariantConfig | None = None
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic routing)."""
+
+    strategy: str = "canary"
+    canary_percent: int = 10
+    linear_step_percent: int = 25
+    wait_seconds: int = 300
+
+    def checkpoints(self) -> list[int]:
+        """Instance-refresh checkpoint percentages (see :func:`infra.endpoints.checkpoints`)."""
+        return endpoints.checkpoints(self.strategy, canary_percent=self.canary_percent,
+                                     linear_step_percent=self.linear_step_percent)
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    """Thresholds of the per-variant alarms that stop and roll back a rollout."""
+
+    target_5xx_per_minute: int = 5
+    p99_latency_ms: int = 2000
+    evaluation_minutes: int = 2
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One endpoint behind the gateway: ``kind`` is ``realtime`` or ``serverless`` (issue #21 adds ``async``)."""
+
+    name: str
+    kind: str
+    variants: tuple[VariantConfig, ...]
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The stack's one Application Load Balancer in front of every endpoint."""
+
+    scheme: str = "internal"
+    certificate_arn: str | None = None
+    ssl_policy: str = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    allowed_cidrs: tuple[str, ...] = ()
+    trust_store_ca_bundle: str | None = None
+    idle_timeout: int = 60
+    deletion_protection: bool = False
+    access_logs: bool = True
+
+
+@dataclass(frozen=True)
 class JobEnvironmentConfig:
     """One kind of machine for AWS Batch jobs: its compute environments (on-demand and/or spot), their
     queues ``<prefix>-<name>`` / ``<prefix>-<name>-spot`` and the size of one job's container."""
@@ -176,6 +269,8 @@ class StackConfig:
     log_retention_days: int
     ssm_access: bool
     groups: tuple[GroupConfig, ...]
+    endpoints: tuple[EndpointConfig, ...] = ()
+    gateway: GatewayConfig | None = None
     jobs: JobsConfig | None = None
 
 
@@ -288,20 +383,24 @@ def _warm_pool(field_name: str, value: Any) -> WarmPoolConfig | None:
     )
 
 
-def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> GroupConfig:
-    base = f"{_key('groups')}[{index}]"
+def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, base: str | None = None,
+           name: str | None = None) -> GroupConfig:
+    """One instance group; ``base``/``name`` are given when a variant reuses this parser (its keys are
+    checked by the caller and its name follows SageMaker's rules instead)."""
+    base = base or f"{_key('groups')}[{index}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(base, "expected a mapping")
     unknown = set(raw) - GROUP_KEYS
     if unknown:
         raise ConfigError(f"{base}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(GROUP_KEYS)})")
 
-    def f(name: str) -> str:
-        return f"{base}.{name}"
+    def f(key: str) -> str:
+        return f"{base}.{key}"
 
-    name = _str(f("name"), raw.get("name"))
-    if not naming.valid_group_name(name):
-        raise ConfigError(f("name"), f"{name!r}: use 2-32 characters [a-z0-9-], starting with a letter")
+    if name is None:
+        name = _str(f("name"), raw.get("name"))
+        if not naming.valid_group_name(name):
+            raise ConfigError(f("name"), f"{name!r}: use 2-32 characters [a-z0-9-], starting with a letter")
     if raw.get("role") == "train":
         raise ConfigError(f("role"), TRAIN_GROUP_MOVED)
     role = _str(f("role"), raw.get("role"), choices=ROLES)
@@ -439,6 +538,287 @@ def _jobs(raw: Any, default_tag: str) -> JobsConfig | None:
                       retry_attempts=_int(f"{_key('jobs')}.retryAttempts", raw.get("retryAttempts", 3), lo=1, hi=10))
 
 
+# --- endpoints and the gateway ---------------------------------------------------------------------
+
+#: Keys a variant shares with an instance group (parsed by :func:`_group`, errors under the variant's key).
+VARIANT_GROUP_KEYS = frozenset({
+    "modelKey", "accelerator", "preset", "instanceTypes", "onDemandBase", "spotPercentage", "capacityRebalance",
+    "warmPool", "amiId", "amiParameter", "rootVolumeGb", "imageTag", "environment", "port",
+})
+INSTANCE_VARIANT_KEYS = VARIANT_GROUP_KEYS | {"name", "initialInstanceCount", "initialVariantWeight", "scaling"}
+SCALING_KEYS = frozenset({"minInstances", "maxInstances", "invocationsPerInstance"})
+ROLLOUT_KEYS = frozenset({"strategy", "canaryPercent", "linearStepPercent", "waitSeconds"})
+ALARM_KEYS = frozenset({"target5xxPerMinute", "p99LatencyMs", "evaluationMinutes"})
+ENDPOINT_KEYS = frozenset({"name", "variants", "rollout", "alarms"})
+GATEWAY_KEYS = frozenset({"scheme", "certificateArn", "sslPolicy", "allowedCidrs", "trustStoreCaBundle",
+                          "idleTimeout", "deletionProtection", "accessLogs"})
+SCHEMES = ("internal", "internet-facing")
+#: ALB security policies that refuse anything older than TLS 1.2.
+_TLS12_POLICY_RE = re.compile(r"^ELBSecurityPolicy-(TLS13-1-[23]-|TLS-1-2-|FS-1-2-)[A-Za-z0-9-]+$")
+_ACM_ARN_RE = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$")
+_S3_OBJECT_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+$")
+
+
+def _mapping(field_name: str, value: Any, known: frozenset[str]) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(field_name, "expected a mapping")
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(f"{field_name}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(known)})")
+    return value
+
+
+def _weight(field_name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(field_name, f"expected a number, got {value!r}")
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(field_name, f"expected a number, got {value!r}") from None
+    if not weight >= 0 or weight == float("inf"):
+        raise ConfigError(field_name, f"must be a finite number >= 0, got {value!r}")
+    return weight
+
+
+def _variant_kind(raw: Mapping[str, Any]) -> str:
+    """Which kind of variant a block describes: the one place a kind is chosen (issue #21 adds kinds)."""
+    if "serverless" in raw:
+        return "serverless"
+    return "instance"
+
+
+def _instance_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig,
+                      default_tag: str) -> VariantConfig:
+    """A variant served by an Auto Scaling group (SageMaker's instance-backed production variant)."""
+    unknown = set(raw) - INSTANCE_VARIANT_KEYS
+    if unknown:
+        raise ConfigError(f"{base}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(INSTANCE_VARIANT_KEYS)})")
+    name = raw["name"]
+    initial = _int(f"{base}.initialInstanceCount", raw.get("initialInstanceCount", 1), lo=0, hi=1000)
+    weight = _weight(f"{base}.initialVariantWeight", raw.get("initialVariantWeight", 1.0))
+    scaling: ScalingConfig | None = None
+    if raw.get("scaling") is not None:
+        sbase = f"{base}.scaling"
+        sraw = _mapping(sbase, raw["scaling"], SCALING_KEYS)
+        lo = _int(f"{sbase}.minInstances", sraw.get("minInstances", min(initial, 1)), lo=0, hi=1000)
+        hi = _int(f"{sbase}.maxInstances", sraw.get("maxInstances", max(initial, lo, 1)), lo=1, hi=1000)
+        if lo > hi:
+            raise ConfigError(f"{sbase}.maxInstances", f"must be >= minInstances ({lo}), got {hi}")
+        if not lo <= initial <= hi:
+            raise ConfigError(f"{base}.initialInstanceCount", f"must be between minInstances ({lo}) and "
+                              f"maxInstances ({hi}), got {initial}")
+        scaling = ScalingConfig(
+            min_instances=lo, max_instances=hi,
+            invocations_per_instance=_int(f"{sbase}.invocationsPerInstance",
+                                          sraw.get("invocationsPerInstance", 1000), lo=1, hi=1_000_000),
+        )
+        lo_size, hi_size = lo, hi
+    else:
+        lo_size, hi_size = initial, max(initial, 1)
+    group_raw = {key: raw[key] for key in VARIANT_GROUP_KEYS if key in raw}
+    group_raw.update(role="serve", minSize=lo_size, maxSize=hi_size, desiredCapacity=initial)
+    group = _group(0, group_raw, storage, default_tag, base=base, name=f"{endpoint}-{name}")
+    return VariantConfig(name=name, kind="instance", weight=weight, initial_instance_count=initial, group=group,
+                         scaling=scaling)
+
+
+#: SageMaker's ServerlessConfig (botocore: ServerlessMemorySizeInMB 1024-6144 in 1 GB steps,
+#: ServerlessMaxConcurrency and ServerlessProvisionedConcurrency 1-200).
+SERVERLESS_MEMORY_SIZES_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+MAX_SERVERLESS_CONCURRENCY = 200
+SERVERLESS_KEYS = frozenset({"memorySizeInMB", "maxConcurrency", "provisionedConcurrency", "timeoutSeconds",
+                             "ephemeralStorageInMB", "multiValueHeaders"})
+SERVERLESS_VARIANT_KEYS = frozenset({"name", "modelKey", "initialVariantWeight", "serverless", "imageTag",
+                                     "environment"})
+
+
+def _model_key(field_name: str, value: Any, storage: StorageConfig) -> str:
+    model_key = _str(field_name, value).lstrip("/")
+    if not model_key.endswith(".tar.gz"):
+        raise ConfigError(field_name, f"{model_key!r} must be a model.tar.gz key")
+    if not model_key.startswith(storage.model_prefix):
+        raise ConfigError(field_name, f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
+    return model_key
+
+
+def _serverless_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig,
+                        default_tag: str) -> VariantConfig:
+    """A variant served by a Lambda function (SageMaker's serverless production variant)."""
+    unknown = set(raw) - SERVERLESS_VARIANT_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        why = ("serverless variants have no instances" if key in INSTANCE_VARIANT_KEYS
+               else f"unknown key (known: {sorted(SERVERLESS_VARIANT_KEYS)})")
+        raise ConfigError(f"{base}.{key}", why)
+    sbase = f"{base}.serverless"
+    sraw = _mapping(sbase, raw["serverless"], SERVERLESS_KEYS)
+    if "memorySizeInMB" not in sraw:
+        raise ConfigError(f"{sbase}.memorySizeInMB", f"required: one of {list(SERVERLESS_MEMORY_SIZES_MB)}")
+    memory = _int(f"{sbase}.memorySizeInMB", sraw["memorySizeInMB"])
+    if memory not in SERVERLESS_MEMORY_SIZES_MB:
+        raise ConfigError(f"{sbase}.memorySizeInMB", f"must be one of {list(SERVERLESS_MEMORY_SIZES_MB)} "
+                          f"(SageMaker's MemorySizeInMB), got {memory}")
+    if "maxConcurrency" not in sraw:
+        raise ConfigError(f"{sbase}.maxConcurrency", f"required: 1-{MAX_SERVERLESS_CONCURRENCY}")
+    max_concurrency = _int(f"{sbase}.maxConcurrency", sraw["maxConcurrency"], lo=1, hi=MAX_SERVERLESS_CONCURRENCY)
+    provisioned: int | None = None
+    if sraw.get("provisionedConcurrency") is not None:
+        provisioned = _int(f"{sbase}.provisionedConcurrency", sraw["provisionedConcurrency"], lo=1,
+                           hi=MAX_SERVERLESS_CONCURRENCY)
+        if provisioned > max_concurrency:
+            raise ConfigError(f"{sbase}.provisionedConcurrency",
+                              f"must be <= maxConcurrency ({max_concurrency}), got {provisioned}")
+    image_tag = _str(f"{base}.imageTag", raw.get("imageTag", default_tag))
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
+        raise ConfigError(f"{base}.imageTag", f"{image_tag!r} is not a valid image tag")
+    environment = _str_map(f"{base}.environment", raw.get("environment"))
+    for key in environment:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{base}.environment.{key}", "not a valid environment variable name")
+        if key.startswith("AWS_") or key in SERVERLESS_RESERVED_ENV:
+            raise ConfigError(f"{base}.environment.{key}", "set by Lambda or by selfmaker")
+    return VariantConfig(
+        name=raw["name"], kind="serverless",
+        weight=_weight(f"{base}.initialVariantWeight", raw.get("initialVariantWeight", 1.0)),
+        serverless=ServerlessVariantConfig(
+            model_key=_model_key(f"{base}.modelKey", raw.get("modelKey"), storage), image_tag=image_tag,
+            memory_size_in_mb=memory, max_concurrency=max_concurrency, provisioned_concurrency=provisioned,
+            environment=environment,
+            timeout_seconds=_int(f"{sbase}.timeoutSeconds", sraw.get("timeoutSeconds", 60), lo=1, hi=900),
+            ephemeral_storage_in_mb=_int(f"{sbase}.ephemeralStorageInMB", sraw.get("ephemeralStorageInMB", 1024),
+                                         lo=512, hi=10240),
+            multi_value_headers=_bool(f"{sbase}.multiValueHeaders", sraw.get("multiValueHeaders", False)),
+        ),
+    )
+
+
+#: Environment variables of a serverless function that selfmaker sets (serving/lambda_handler.py).
+SERVERLESS_RESERVED_ENV = frozenset({"SELFMAKER_MODEL_DATA", "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME",
+                                     "SELFMAKER_LAMBDA_STATE_DIR"})
+
+#: Parser of each variant kind, called with (key, raw block, endpoint name, storage, default image tag).
+VARIANT_PARSERS: dict[str, Callable[[str, Mapping[str, Any], str, StorageConfig, str], VariantConfig]] = {
+    "instance": _instance_variant,
+    "serverless": _serverless_variant,
+}
+
+
+def _rollout(base: str, value: Any) -> RolloutConfig:
+    raw = _mapping(base, value, ROLLOUT_KEYS)
+    strategy = _str(f"{base}.strategy", raw.get("strategy", "canary"), choices=endpoints.STRATEGIES)
+    return RolloutConfig(
+        strategy=strategy,
+        canary_percent=_int(f"{base}.canaryPercent", raw.get("canaryPercent", 10), lo=1, hi=99),
+        linear_step_percent=_int(f"{base}.linearStepPercent", raw.get("linearStepPercent", 25), lo=1, hi=50),
+        wait_seconds=_int(f"{base}.waitSeconds", raw.get("waitSeconds", 300), lo=0, hi=172800),
+    )
+
+
+def _alarms(base: str, value: Any) -> AlarmsConfig:
+    raw = _mapping(base, value, ALARM_KEYS)
+    return AlarmsConfig(
+        target_5xx_per_minute=_int(f"{base}.target5xxPerMinute", raw.get("target5xxPerMinute", 5), lo=1),
+        p99_latency_ms=_int(f"{base}.p99LatencyMs", raw.get("p99LatencyMs", 2000), lo=1, hi=3_600_000),
+        evaluation_minutes=_int(f"{base}.evaluationMinutes", raw.get("evaluationMinutes", 2), lo=1, hi=60),
+    )
+
+
+def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> EndpointConfig:
+    base = f"{_key('endpoints')}[{index}]"
+    raw = _mapping(base, raw, ENDPOINT_KEYS)
+    name = _str(f"{base}.name", raw.get("name"))
+    if not endpoints.valid_sagemaker_name(name):
+        raise ConfigError(f"{base}.name", f"{name!r}: use 1-63 characters [a-zA-Z0-9-], not starting or ending with -")
+    variants_raw = raw.get("variants")
+    if not isinstance(variants_raw, list) or not variants_raw:
+        raise ConfigError(f"{base}.variants", "expected a non-empty list of production variants")
+    if len(variants_raw) > endpoints.MAX_TARGET_GROUPS:
+        raise ConfigError(f"{base}.variants", f"at most {endpoints.MAX_TARGET_GROUPS} variants (an ALB forward "
+                          f"action weights at most {endpoints.MAX_TARGET_GROUPS} target groups), got {len(variants_raw)}")
+    variants: list[VariantConfig] = []
+    for i, vraw in enumerate(variants_raw):
+        vbase = f"{base}.variants[{i}]"
+        if not isinstance(vraw, Mapping):
+            raise ConfigError(vbase, "expected a mapping")
+        vname = _str(f"{vbase}.name", vraw.get("name"))
+        if not endpoints.valid_sagemaker_name(vname):
+            raise ConfigError(f"{vbase}.name", f"{vname!r}: use 1-63 characters [a-zA-Z0-9-], not starting or ending with -")
+        if any(v.name == vname for v in variants):
+            raise ConfigError(f"{vbase}.name", f"duplicate variant name {vname!r}")
+        kind = _variant_kind(vraw)
+        if kind not in VARIANT_PARSERS:
+            raise ConfigError(f"{vbase}.{kind}", f"{kind} variants are not supported by this version of selfmaker")
+        variants.append(VARIANT_PARSERS[kind](vbase, {**vraw, "name": vname}, name, storage, default_tag))
+    kinds = {v.kind for v in variants}
+    if "serverless" in kinds and len(kinds) > 1:
+        # SageMaker: an endpoint config's variants are all serverless or all instance-backed
+        j = next(i for i, v in enumerate(variants) if v.kind != variants[0].kind)
+        key = "serverless" if variants[j].kind == "serverless" else "name"
+        raise ConfigError(f"{base}.variants[{j}].{key}", "an endpoint's variants are all serverless or all "
+                          f"instance-backed, as in SageMaker; variants[0] is {variants[0].kind}, this one "
+                          f"{variants[j].kind}")
+    if kinds == {"serverless"}:
+        for key in ("rollout", "alarms"):
+            if raw.get(key) is not None:
+                raise ConfigError(f"{base}.{key}", "serverless endpoints have no instances to roll out: a new "
+                                  "function version takes the traffic at once")
+    try:
+        endpoints.alb_weights([v.weight for v in variants])
+    except ValueError as exc:
+        raise ConfigError(f"{base}.variants", f"initialVariantWeight: {exc}") from None
+    return EndpointConfig(
+        name=name, kind="serverless" if kinds == {"serverless"} else "realtime", variants=tuple(variants),
+        rollout=_rollout(f"{base}.rollout", raw.get("rollout")), alarms=_alarms(f"{base}.alarms", raw.get("alarms")),
+    )
+
+
+def _gateway(value: Any, vpc_cidr: str) -> GatewayConfig:
+    base = _key("gateway")
+    raw = _mapping(base, value, GATEWAY_KEYS)
+    scheme = _str(f"{base}.scheme", raw.get("scheme", "internal"), choices=SCHEMES)
+    cert = raw.get("certificateArn")
+    if cert is not None:
+        cert = _str(f"{base}.certificateArn", cert)
+        if not _ACM_ARN_RE.match(cert):
+            raise ConfigError(f"{base}.certificateArn", f"{cert!r} is not an ACM certificate ARN")
+    policy = _str(f"{base}.sslPolicy", raw.get("sslPolicy", GatewayConfig.ssl_policy))
+    if not _TLS12_POLICY_RE.match(policy):
+        raise ConfigError(f"{base}.sslPolicy", f"{policy!r} allows TLS older than 1.2; use a TLS13-1-2, TLS-1-2 or "
+                          "FS-1-2 policy")
+    cidrs_raw = raw.get("allowedCidrs")
+    if cidrs_raw is not None and (not isinstance(cidrs_raw, list) or not all(isinstance(c, str) for c in cidrs_raw)):
+        raise ConfigError(f"{base}.allowedCidrs", "expected a list of CIDR blocks")
+    cidrs: list[str] = []
+    for i, text in enumerate(cidrs_raw or []):
+        try:
+            cidrs.append(str(ipaddress.IPv4Network(text.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(f"{base}.allowedCidrs[{i}]", str(exc)) from None
+    if scheme == "internet-facing":
+        if cert is None:
+            raise ConfigError(f"{base}.certificateArn", "an internet-facing gateway needs an ACM certificate (HTTPS only)")
+        if not cidrs:
+            raise ConfigError(f"{base}.allowedCidrs", "an internet-facing gateway needs the client CIDRs it accepts "
+                              "(0.0.0.0/0 for anyone)")
+    elif not cidrs:
+        cidrs = [vpc_cidr]  # internal: the VPC (and peered networks only when listed)
+    bundle = raw.get("trustStoreCaBundle")
+    if bundle is not None:
+        bundle = _str(f"{base}.trustStoreCaBundle", bundle)
+        if not _S3_OBJECT_RE.match(bundle):
+            raise ConfigError(f"{base}.trustStoreCaBundle", f"{bundle!r} is not an s3://bucket/key URI")
+        if cert is None:
+            raise ConfigError(f"{base}.trustStoreCaBundle", "mutual TLS needs HTTPS: set certificateArn too")
+    return GatewayConfig(
+        scheme=scheme, certificate_arn=cert, ssl_policy=policy, allowed_cidrs=tuple(cidrs), trust_store_ca_bundle=bundle,
+        idle_timeout=_int(f"{base}.idleTimeout", raw.get("idleTimeout", 60), lo=1, hi=4000),
+        deletion_protection=_bool(f"{base}.deletionProtection", raw.get("deletionProtection", False)),
+        access_logs=_bool(f"{base}.accessLogs", raw.get("accessLogs", True)),
+    )
+
+
 def from_mapping(values: Mapping[str, Any], *, project: str, stack: str) -> StackConfig:
     """Build the :class:`StackConfig` from raw values keyed like the stack file (without namespace).
 
@@ -469,18 +849,36 @@ def from_mapping(values: Mapping[str, Any], *, project: str, stack: str) -> Stac
         if group.name in seen:
             raise ConfigError(f"{_key('groups')}[{i}].name", f"duplicate group name {group.name!r}")
         seen.add(group.name)
+    endpoints_raw = raw["endpoints"]
+    if not isinstance(endpoints_raw, list):
+        raise ConfigError(_key("endpoints"), "expected a list of endpoints")
+    endpoint_configs = tuple(_endpoint(i, e, storage, image_tag) for i, e in enumerate(endpoints_raw))
+    names: set[str] = set()
+    for i, endpoint in enumerate(endpoint_configs):
+        if endpoint.name in names:
+            raise ConfigError(f"{_key('endpoints')}[{i}].name", f"duplicate endpoint name {endpoint.name!r}")
+        names.add(endpoint.name)
+        for j, variant in enumerate(endpoint.variants):
+            # A variant's instances log to /<prefix>/<endpoint>-<variant>, as a group's to /<prefix>/<group>.
+            if variant.group is not None and variant.group.name in seen:
+                raise ConfigError(f"{_key('endpoints')}[{i}].variants[{j}].name",
+                                  f"{variant.group.name!r} is also the name of a group")
+    network = _network(raw)
+    gateway = _gateway(raw["gateway"], network.vpc_cidr) if endpoint_configs or raw["gateway"] else None
     return StackConfig(
         project=project,
         stack=stack,
         prefix=prefix,
         tags=tags,
-        network=_network(raw),
+        network=network,
         storage=storage,
         keep_images=_int(_key("keepImages"), raw["keepImages"], lo=1, hi=1000),
         image_tag=image_tag,
         log_retention_days=_retention(_key("logRetentionDays"), raw["logRetentionDays"]),
         ssm_access=_bool(_key("ssmAccess"), raw["ssmAccess"]),
         groups=groups,
+        endpoints=endpoint_configs,
+        gateway=gateway,
         jobs=_jobs(raw["jobs"], image_tag),
     )
 

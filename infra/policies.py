@@ -198,15 +198,39 @@ def flow_logs_policy(log_group_arn: str) -> Document:
     )
 
 
-def tls_only_bucket_policy(bucket_arn: str) -> Document:
-    """Deny any request to the bucket that is not over TLS 1.2+."""
+def tls_only_bucket_policy(bucket_arn: str, *extra: Document) -> Document:
+    """Deny any request to the bucket that is not over TLS 1.2+ (plus ``extra`` statements)."""
     resources = [bucket_arn, f"{bucket_arn}/*"]
     return document(
         {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
          "Resource": resources, "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
         {"Sid": "DenyOldTls", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
          "Resource": resources, "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}}},
+        *extra,
     )
+
+
+#: Regions that predate August 2022 deliver load-balancer access logs as these ELB accounts; newer
+#: regions use the log-delivery service principal (Elastic Load Balancing user guide, "Enable access logs").
+ELB_LOG_ACCOUNTS: dict[str, str] = {
+    "us-east-1": "127311923021", "us-east-2": "033677994240", "us-west-1": "027434742980",
+    "us-west-2": "797873946194", "af-south-1": "098369216593", "ca-central-1": "985666609251",
+    "eu-central-1": "054676820928", "eu-west-1": "156460612806", "eu-west-2": "652711504416",
+    "eu-south-1": "635631232127", "eu-west-3": "009996457667", "eu-north-1": "897822967062",
+    "ap-east-1": "754344448648", "ap-northeast-1": "582318560864", "ap-northeast-2": "600734575887",
+    "ap-northeast-3": "383597477331", "ap-southeast-1": "114774131450", "ap-southeast-2": "783225319266",
+    "ap-south-1": "718504428378", "me-south-1": "076674570225", "sa-east-1": "507241528517",
+}
+
+
+def load_balancer_log_delivery(bucket_arn: str, prefix: str, account_id: str, region: str, partition: str) -> Document:
+    """The bucket-policy statement letting Elastic Load Balancing write access logs under ``prefix``."""
+    if region in ELB_LOG_ACCOUNTS:
+        principal: dict[str, str] = {"AWS": f"arn:{partition}:iam::{ELB_LOG_ACCOUNTS[region]}:root"}
+    else:
+        principal = {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}
+    return {"Sid": "LoadBalancerAccessLogs", "Effect": "Allow", "Principal": principal, "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/{prefix.strip('/')}/AWSLogs/{account_id}/*"}
 
 
 def ecr_lifecycle_policy(keep_last: int, untagged_days: int = 7) -> Document:
@@ -253,3 +277,30 @@ def wildcard_violations(doc: Document) -> list[str]:
             if unscoped:
                 problems.append(f"statement {i}: {unscoped} on Resource '*'")
     return problems
+
+
+def serverless_function_policy(model_object_arn: str, log_group_arn: str, kms_key_arn: str | None = None) -> Document:
+    """A serverless variant's function: read its one model archive and write its own log group, nothing else.
+
+    (The image is pulled by the Lambda service under the repository policy of
+    :func:`ecr_lambda_pull_policy`, not with this role.)
+    """
+    if not model_object_arn.startswith("arn:") or model_object_arn.endswith("*"):
+        raise ValueError(f"serverless_function_policy needs one model object ARN, got {model_object_arn!r}")
+    return document(
+        {"Sid": "Model", "Effect": "Allow", "Action": "s3:GetObject", "Resource": model_object_arn},
+        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+        *kms_use(kms_key_arn),
+    )
+
+
+def ecr_lambda_pull_policy(function_arn_pattern: str, account_id: str) -> Document:
+    """Repository policy letting this account's Lambda functions (and only those matching the pattern)
+    pull the image: container-image functions are pulled by the Lambda service, not by their role."""
+    return document({
+        "Sid": "LambdaPull", "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+        "Condition": {"StringLike": {"aws:sourceArn": function_arn_pattern},
+                      "StringEquals": {"aws:sourceAccount": account_id}},
+    })

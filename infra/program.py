@@ -6,14 +6,25 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
 from infra import config as stack_config
-from infra import naming
+from infra import endpoints, naming, policies
 from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
+from infra.components.endpoints.gateway import Gateway, GatewayArgs
+from infra.components.endpoints.realtime import (
+    AlarmArgs,
+    ManagedInstanceScalingArgs,
+    ProductionVariantArgs,
+    RealtimeEndpoint,
+    RealtimeEndpointArgs,
+    RolloutArgs,
+)
+from infra.components.endpoints.serverless import ServerlessEndpoint, ServerlessEndpointArgs, ServerlessVariantArgs
 from infra.components.iam import Roles, RolesArgs
 from infra.components.jobs import JobEnvironmentArgs, JobQueue, JobQueueArgs
 from infra.components.network import Network, NetworkArgs
@@ -66,9 +77,14 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         flow_logs=cfg.network.flow_logs, flow_logs_retention_days=cfg.network.flow_logs_retention_days,
         service_prefix=partition_info.reverse_dns_prefix or "com.amazonaws", account_id=account_id,
     ))
+    gateway_cfg = cfg.gateway
+    log_delivery = None
+    if gateway_cfg is not None and gateway_cfg.access_logs:
+        log_delivery = ("gateway", account_id, region, partition_info.partition)
     store = ModelStore("store", ModelStoreArgs(
         tags=tags, encryption=cfg.storage.encryption, outputs_expiration_days=cfg.storage.outputs_expiration_days,
         noncurrent_version_days=cfg.storage.noncurrent_version_days, force_destroy=cfg.storage.force_destroy,
+        load_balancer_logs=log_delivery,
     ))
     images = {
         image: ImageRepository(f"{image}-images", ImageRepositoryArgs(
@@ -126,7 +142,44 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
             extra_security_group_ids=[network.workload_security_group.id], ssm_access=cfg.ssm_access,
         ))
 
+    gateway: Gateway | None = None
+    served: dict[str, RealtimeEndpoint | ServerlessEndpoint] = {}
+    if gateway_cfg is not None:
+        internal = gateway_cfg.scheme == "internal"
+        gateway = Gateway("gateway", GatewayArgs(
+            vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids if internal else network.public_subnet_ids,
+            tags=tags, scheme=gateway_cfg.scheme, allowed_cidrs=list(gateway_cfg.allowed_cidrs),
+            # instances of the stack (async workers, notebooks in the workload group) call endpoints too
+            client_security_group_ids=[network.workload_security_group.id] if internal else [],
+            certificate_arn=gateway_cfg.certificate_arn, ssl_policy=gateway_cfg.ssl_policy,
+            trust_store_ca_bundle=gateway_cfg.trust_store_ca_bundle,
+            access_logs_bucket=store.access_logs_bucket.bucket if store.access_logs_bucket is not None else None,
+            idle_timeout=gateway_cfg.idle_timeout, deletion_protection=gateway_cfg.deletion_protection,
+        ))
+        blocks = endpoints.priority_blocks(e.name for e in cfg.endpoints)
+        for endpoint in cfg.endpoints:
+            if endpoint.kind == "serverless":
+                served[endpoint.name] = serverless_endpoint(
+                    endpoint, gateway, blocks[endpoint.name], cfg=cfg, repository_url=images["serving"].repository_url,
+                    store=store, region=region, account_id=account_id, partition=partition_info.partition,
+                )
+                continue
+            served[endpoint.name] = realtime_endpoint(
+                endpoint, gateway, blocks[endpoint.name], cfg=cfg, network=network, roles=roles,
+                repository_url=images["serving"].repository_url, models_bucket=models_bucket, region=region,
+            )
+        if any(e.kind == "serverless" for e in cfg.endpoints):
+            # container-image functions are pulled by the Lambda service itself: the stack's functions only
+            aws.ecr.RepositoryPolicy(
+                "serving-images-lambda-pull", repository=images["serving"].repository.name,
+                policy=json.dumps(policies.ecr_lambda_pull_policy(
+                    f"arn:{partition_info.partition}:lambda:{region}:{account_id}:function:{cfg.prefix}-*", account_id)),
+                opts=pulumi.ResourceOptions(parent=images["serving"]),
+            )
+
     return {
+        "endpointUrl": gateway.url if gateway is not None else None,
+        "endpoints": {e.name: endpoint_output(e, served[e.name]) for e in cfg.endpoints},
         "resourcePrefix": cfg.prefix,
         "region": region,
         "vpcId": network.vpc_id,
@@ -144,6 +197,90 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         "jobQueues": {key: q.name for key, q in jobs.queues.items()} if jobs else {},
         "jobDefinitions": {key: d.name for key, d in jobs.definitions.items()} if jobs else {},
     }
+
+
+def endpoint_output(endpoint: stack_config.EndpointConfig,
+                    served: RealtimeEndpoint | ServerlessEndpoint) -> dict[str, Any]:
+    """The ``endpoints`` stack output of one endpoint: its URL and, per variant, weights and group
+    (or function)."""
+    weights = endpoints.alb_weights([v.weight for v in endpoint.variants])
+    if isinstance(served, ServerlessEndpoint):
+        return {
+            "url": served.url,
+            "variants": {
+                v.name: {"weight": v.weight, "albWeight": w, "function": served.functions[v.name].name,
+                         "serverlessConfig": {"memorySizeInMB": v.serverless.memory_size_in_mb,
+                                              "maxConcurrency": v.serverless.max_concurrency,
+                                              "provisionedConcurrency": v.serverless.provisioned_concurrency}}
+                for v, w in zip(endpoint.variants, weights) if v.serverless is not None
+            },
+        }
+    return {
+        "url": served.url,
+        "variants": {
+            v.name: {"weight": v.weight, "albWeight": w, "initialInstanceCount": v.initial_instance_count,
+                     "autoScalingGroup": served.groups[v.name].auto_scaling_group.name}
+            for v, w in zip(endpoint.variants, weights)
+        },
+    }
+
+
+def realtime_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
+                      cfg: stack_config.StackConfig, network: Network, roles: Roles, repository_url: pulumi.Input[str],
+                      models_bucket: pulumi.Input[str], region: str) -> RealtimeEndpoint:
+    """The :class:`RealtimeEndpoint` of one configured endpoint (instance-backed variants)."""
+    variants = []
+    for v in endpoint.variants:
+        group = v.group
+        assert group is not None and group.model_key is not None  # instance variants always have one
+        variants.append(ProductionVariantArgs(
+            variant_name=v.name, model_data_uri=pulumi.Output.format("s3://{0}/{1}", models_bucket, group.model_key),
+            image_tag=group.image_tag, ami_parameter=group.ami_parameter, ami_id=group.ami_id,
+            initial_instance_count=v.initial_instance_count, initial_variant_weight=v.weight,
+            accelerator=group.accelerator, instance_types=group.instance_types, volume_size_in_gb=group.root_volume_gb,
+            port=group.port, on_demand_base=group.on_demand_base, spot_percentage=group.spot_percentage,
+            capacity_rebalance=group.capacity_rebalance,
+            warm_pool=WarmPoolArgs(group.warm_pool.min_size, group.warm_pool.max_prepared_capacity,
+                                   group.warm_pool.state) if group.warm_pool else None,
+            environment=dict(group.environment),
+            managed_instance_scaling=ManagedInstanceScalingArgs(
+                v.scaling.min_instances, v.scaling.max_instances, v.scaling.invocations_per_instance,
+            ) if v.scaling else None,
+            container_startup_health_check_timeout_in_seconds=600 if group.accelerator == "gpu" else 300,
+        ))
+    rollout, alarms = endpoint.rollout, endpoint.alarms
+    return RealtimeEndpoint(endpoint.name, RealtimeEndpointArgs(
+        gateway=gateway, variants=variants, priority_block=priority_block, vpc_id=network.vpc_id,
+        subnet_ids=network.private_subnet_ids, instance_profile_arn=roles.profiles["serving"].arn,
+        repository_url=repository_url, region=region, prefix=cfg.prefix, tags=dict(cfg.tags),
+        extra_security_group_ids=[network.workload_security_group.id],
+        rollout=RolloutArgs(rollout.strategy, rollout.canary_percent, rollout.linear_step_percent, rollout.wait_seconds),
+        alarms=AlarmArgs(alarms.target_5xx_per_minute, alarms.p99_latency_ms, alarms.evaluation_minutes),
+        log_retention_days=cfg.log_retention_days,
+    ))
+
+
+def serverless_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
+                        cfg: stack_config.StackConfig, repository_url: pulumi.Input[str], store: ModelStore,
+                        region: str, account_id: str, partition: str) -> ServerlessEndpoint:
+    """The :class:`ServerlessEndpoint` of one configured endpoint (Lambda functions from the stack's image)."""
+    variants = []
+    for v in endpoint.variants:
+        sv = v.serverless
+        assert sv is not None  # serverless endpoints have serverless variants only (checked by the config)
+        variants.append(ServerlessVariantArgs(
+            variant_name=v.name, model_key=sv.model_key, image_tag=sv.image_tag,
+            memory_size_in_mb=sv.memory_size_in_mb, max_concurrency=sv.max_concurrency,
+            provisioned_concurrency=sv.provisioned_concurrency, initial_variant_weight=v.weight,
+            environment=dict(sv.environment), timeout_seconds=sv.timeout_seconds,
+            ephemeral_storage_in_mb=sv.ephemeral_storage_in_mb, multi_value_headers=sv.multi_value_headers,
+        ))
+    return ServerlessEndpoint(endpoint.name, ServerlessEndpointArgs(
+        gateway=gateway, variants=variants, priority_block=priority_block, repository_url=repository_url,
+        models_bucket=store.buckets["models"].bucket, models_bucket_arn=store.buckets["models"].arn,
+        region=region, account_id=account_id, partition=partition, prefix=cfg.prefix, tags=dict(cfg.tags),
+        kms_key_arn=store.kms_key_arn, log_retention_days=cfg.log_retention_days,
+    ))
 
 
 def main() -> None:

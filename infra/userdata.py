@@ -23,7 +23,10 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 #: Variables the renderer sets itself; user environment may not override them.
-RESERVED_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION", "TRAINING_JOB_NAME"})
+RESERVED_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION", "TRAINING_JOB_NAME",
+                          "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME"})
+#: The model server's settings (serving/settings.py) naming the endpoint and variant an instance serves.
+ENDPOINT_ENV, VARIANT_ENV = "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class UserDataSpec:
     output_uri: str | None = None
     checkpoint_uri: str | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
+    #: serve mode behind the gateway: the endpoint and production variant this instance answers for
+    endpoint: str | None = None
+    variant: str | None = None
     checkpoint_sync_seconds: int = 300
     terminate_when_done: bool = True
     ml_root: str = "/opt/ml"
@@ -73,6 +79,12 @@ def validate(spec: UserDataSpec) -> None:
             raise ValueError(f"environment: {key} is set by selfmaker")
     if not 1 <= spec.host_port <= 65535:
         raise ValueError("host_port: must be 1-65535")
+    for name in ("endpoint", "variant"):
+        value = getattr(spec, name)
+        if value is not None and not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", value):
+            raise ValueError(f"{name}: {value!r} is not a SageMaker endpoint/variant name")
+    if (spec.endpoint is None) != (spec.variant is None):
+        raise ValueError("endpoint: endpoint and variant are set together")
     if spec.mode == "serve":
         uri = _check_s3("model_data", spec.model_data)
         if not uri.endswith(".tar.gz"):
@@ -105,6 +117,8 @@ def _docker_run_args(spec: UserDataSpec) -> list[str]:
         args.append("--gpus all")
     args += [f'-e {key}="$REGION"' for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION")]
     args += [f"-e {_q(f'{key}={value}')}" for key, value in sorted(spec.environment.items())]
+    if spec.endpoint is not None and spec.variant is not None:
+        args += [f"-e {_q(f'{ENDPOINT_ENV}={spec.endpoint}')}", f"-e {_q(f'{VARIANT_ENV}={spec.variant}')}"]
     return args
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 #: sub-command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
             print(_usage())
             return 0
         if args[0] in {"-V", "--version", "version"}:
-            from importlib.metadata import PackageNotFoundError, version
-
             try:
                 print(f"selfmaker {version('selfmaker')}")
             except PackageNotFoundError:  # run from a source tree that is not installed

@@ -1,90 +1,79 @@
-"""The platform object: settings, state, HTTP client, executors, endpoint and training managers.
+"""The composition root of ``selfmaker up``: builds the store, executors and managers, hands each one
+what it needs, binds the registered feature hooks, and starts and stops everything in order.
 
-One instance per ``selfmaker up`` process, created by the entry point and handed to every operation
-handler, runtime route and extension hook (``platform`` argument).
+Only the entry point (:mod:`selfmaker.commands.up`) imports this module; everything else gets the parts it
+uses (handlers and hooks get :class:`selfmaker.services.Services`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from typing import Any
+import os
+import signal
+from collections.abc import AsyncIterator
 
-import aiohttp
+import psutil
+from aiohttp import web
 
+from selfmaker.api.metrics import publish_loop
 from selfmaker.api.registry import Registry
-from selfmaker.arns import make_arn
+from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
-from selfmaker.executors import Executor, executor_kind_for_image, load_executor
+from selfmaker.executors import Executors
+from selfmaker.jobs.training import TrainingManager
+from selfmaker.jobs.transform import TransformJobs
+from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
-from selfmaker.training_jobs import TrainingManager
 
 log = logging.getLogger(__name__)
 
 
 class Platform:
-    """Shared services of a running ``selfmaker up``."""
+    """One ``selfmaker up``: its parts (:attr:`services`) and their start and stop."""
 
     def __init__(self, settings: PlatformSettings, registry: Registry) -> None:
-        self.settings = settings
-        self.registry = registry
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.store = StateStore(settings.db_path)
-        self._session: aiohttp.ClientSession | None = None
-        #: deadline of one model-server call (SageMaker: 60 s)
-        self.invocation_timeout = aiohttp.ClientTimeout(total=settings.invocation_timeout)
-        self._executors: dict[str, Executor] = {}
-        self.endpoints = EndpointManager(self)
-        self.training = TrainingManager(self)
-        #: free-form state of extensions, keyed by extension name
-        self.extensions: dict[str, Any] = {}
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled keep-alive HTTP client used to reach model servers."""
-        if self._session is None:
-            raise RuntimeError("platform not started")
-        return self._session
-
-    def arn(self, kind: str, name: str) -> str:
-        """The ARN of resource ``name`` of ``kind`` in this platform's region and account."""
-        return make_arn(self.settings.region, self.settings.account_id, kind, name)
-
-    def executor_for(self, image: str | None) -> Executor:
-        """The executor that runs ``image`` (created on first use)."""
-        kind = executor_kind_for_image(image, self.settings.process_images)
-        executor = self._executors.get(kind)
-        if executor is None:
-            executor = load_executor(kind, self.settings)
-            self._executors[kind] = executor
-        return executor
-
-    def install_executor(self, kind: str, executor: Executor) -> None:
-        """Make ``executor`` the one for ``kind`` (extensions: e.g. the serverless fork executor)."""
-        self._executors[kind] = executor
+        store = StateStore(settings.db_path)
+        executors = Executors(settings)
+        hooks = DeploymentHooks()
+        self.services = Services(
+            settings=settings,
+            store=store,
+            registry=registry,
+            executors=executors,
+            endpoints=EndpointManager(settings, store, executors, hooks),
+            training=TrainingManager(settings, store),
+            transforms=TransformJobs(settings, store, executors),
+        )
+        # the managers know features only as callables; the platform argument is bound here
+        bind = functools.partial
+        hooks.pool_factories.extend(bind(f, self.services) for f in registry.pool_factories)
+        hooks.deployed.extend(bind(f, self.services) for f in registry.endpoint_hooks)
+        hooks.deleted.extend(bind(f, self.services) for f in registry.endpoint_deleted_hooks)
+        hooks.strategies.extend(bind(f, self.services) for f in registry.deployment_strategies)
+        self._publisher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the HTTP client, recover jobs, restore endpoints, run extension start-up hooks."""
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        """Recover jobs, restore endpoints, run the features' start-up hooks, publish metrics."""
+        services = self.services
         self._reap_orphans()
-        self.store.clear_instances()
-        self.training.recover()
-        await self.endpoints.restore()
-        for hook in self.registry.startup:
-            await hook(self)
+        services.store.clear_instances()
+        services.training.recover()
+        await services.endpoints.restore()
+        services.transforms.start_up(asyncio.get_running_loop())
+        for hook in services.registry.startup:
+            await hook(services)
+        self._publisher = asyncio.get_running_loop().create_task(publish_loop(services),
+                                                                 name="variant-metrics-publisher")
 
     def _reap_orphans(self) -> None:
         """Kill model servers a crashed previous run left behind (recorded PIDs that still run
         ``-m serving`` and started before this process)."""
-        import os
-        import signal
-
-        import psutil
-
         me = psutil.Process()
-        for instance in self.store.instances():
+        for instance in self.services.store.instances():
             pid = instance.get("Pid")
             if not pid:
                 continue
@@ -98,16 +87,25 @@ class Platform:
                 continue
 
     async def stop(self) -> None:
-        """Stop extensions, model servers and jobs; close the client and the store."""
-        for hook in self.registry.shutdown:
+        """Stop jobs, features, model servers; close the executors and the store."""
+        services = self.services
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
+        await services.transforms.shutdown()
+        for hook in services.registry.shutdown:
             try:
-                await hook(self)
-            except Exception:  # noqa: BLE001 - one extension must not keep the others from stopping
+                await hook(services)
+            except Exception:  # noqa: BLE001 - one feature must not keep the others from stopping
                 log.exception("shutdown hook %s failed", getattr(hook, "__name__", hook))
-        await self.endpoints.shutdown()
-        await self.training.shutdown()
-        for executor in self._executors.values():
-            await executor.close()
-        if self._session is not None:
-            await self._session.close()
-        self.store.close()
+        await services.endpoints.shutdown()
+        await services.training.shutdown()
+        await services.executors.close()
+        services.store.close()
+
+    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the platform runs while the app does."""
+        await self.start()
+        yield
+        await self.stop()
+

@@ -78,7 +78,7 @@ class DataPlane:
                 # in-process use on a plain directory: nothing to unpack, nothing to share
                 self.model_dir = Path(self.source)
                 if self.settings.install_requirements:
-                    install_requirements(self.model_dir, self.settings.pip_wheel)
+                    install_requirements(self.model_dir, self.settings.pip_wheel, target=self.settings.pip_target)
             else:
                 if self._state_dir is None:
                     tmp = tempfile.mkdtemp(prefix="selfmaker-model-")
@@ -86,7 +86,7 @@ class DataPlane:
                     self._state_dir = Path(tmp)
                 self.model_dir = prepare_model(
                     self.source, self._state_dir, install=self.settings.install_requirements,
-                    pip_wheel=self.settings.pip_wheel,
+                    pip_wheel=self.settings.pip_wheel, pip_target=self.settings.pip_target,
                 )
             handler = build_handler(
                 self.model_dir,

@@ -152,29 +152,36 @@ def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> 
                            "(pip-*.whl)")
 
 
-def install_requirements(model_dir: Path, pip_wheel: str | None = None) -> None:
+def install_requirements(model_dir: Path, pip_wheel: str | None = None, *, target: str | None = None) -> None:
     """``pip install -r code/requirements.txt`` into this interpreter's environment, if the file exists.
 
-    pip: :func:`pip_command` (``pip_wheel`` is the ``SELFMAKER_PIP_WHEEL`` setting).
+    pip: :func:`pip_command` (``pip_wheel`` is the ``SELFMAKER_PIP_WHEEL`` setting). ``target``: install
+    into that directory instead (``pip --target``; a read-only environment such as AWS Lambda's).
     """
     requirements = model_dir / contract.CODE_DIR / contract.REQUIREMENTS_FILE
     if not requirements.is_file():
         return
     log.info("installing %s", requirements)
     command = [*pip_command(pip_wheel), "install", "--no-input", "--disable-pip-version-check", "-q", "-r", str(requirements)]
+    if target:
+        command += ["--target", target]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=str(requirements.parent), timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        site = sysconfig.get_paths()["purelib"]
+        site = target or sysconfig.get_paths()["purelib"]
         # e.g. a server that dropped root in an image whose environment root owns
         hint = "" if os.access(site, os.W_OK) else f" ({site} is not writable by this user)"
         raise ModelSourceError(f"pip install -r code/requirements.txt failed: {' '.join(tail)}{hint}")
+    # the path finders cached the directories' contents before pip wrote to them (a --target directory
+    # may not even have existed yet)
+    importlib.invalidate_caches()
 
 
-def prepare_model(source: str, state_dir: Path, *, install: bool = True, pip_wheel: str | None = None) -> Path:
+def prepare_model(source: str, state_dir: Path, *, install: bool = True, pip_wheel: str | None = None,
+                  pip_target: str | None = None) -> Path:
     """Resolve ``source`` and install its requirements once per ``state_dir``; return the model dir.
 
-    ``pip_wheel``: see :func:`pip_command`.
+    ``pip_wheel``: see :func:`pip_command`; ``pip_target``: see :func:`install_requirements`.
 
     Safe to call from every worker: a file lock serialises the work and the first result (directory
     or error message) is recorded in ``state_dir`` and replayed to the others.
@@ -192,7 +199,7 @@ def prepare_model(source: str, state_dir: Path, *, install: bool = True, pip_whe
             try:
                 model_dir = resolve_source(source, state_dir)
                 if install:
-                    install_requirements(model_dir, pip_wheel)
+                    install_requirements(model_dir, pip_wheel, target=pip_target)
             except ModelSourceError as exc:
                 result_path.write_text(json.dumps({"error": exc.message}))
                 raise

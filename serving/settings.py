@@ -50,6 +50,9 @@ class ServingSettings(BaseSettings):
     install_requirements: bool = Field(True, alias="SELFMAKER_INSTALL_REQUIREMENTS")
     #: pip wheel that installs code/requirements.txt when this interpreter has no pip (set by the image)
     pip_wheel: str | None = Field(None, alias="SELFMAKER_PIP_WHEEL")
+    #: install code/requirements.txt into this directory (pip --target) instead of the environment:
+    #: where the environment is read-only (AWS Lambda); the directory must be on sys.path
+    pip_target: str | None = Field(None, alias="SELFMAKER_PIP_TARGET")
     log_level: str = Field("INFO", alias="SELFMAKER_LOG_LEVEL")
     access_log: bool = Field(True, alias="SELFMAKER_ACCESS_LOG")
     #: answer small invocations that arrive together with one model run (inline worker, default handler)

@@ -48,3 +48,187 @@ def test_checker_catches_a_forbidden_edge(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
     bad.write_text("import os\nfrom selfmaker.cli import main\nimport batch.engine\n")
     assert imported_packages(bad) == {("selfmaker", 2), ("batch", 3)}
+
+
+# ---- inside selfmaker/: layers, the composition root, no cycles -----------------------------------------
+
+#: selfmaker's layers, lowest first: a module may import modules of its own layer and of the layers below
+#: (docs/platform-internals.md). Modules are matched by the longest prefix listed.
+SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation", ("selfmaker", "selfmaker.errors", "selfmaker.arns", "selfmaker.settings", "selfmaker.logcontext",
+                    "selfmaker.state", "selfmaker.modeldata")),
+    ("executors", ("selfmaker.executors",)),
+    ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs")),
+    ("api", ("selfmaker.api", "selfmaker.services")),
+    ("features", ("selfmaker.features",)),
+    ("entry points", ("selfmaker.platform", "selfmaker.commands", "selfmaker.cli", "selfmaker.__main__")),
+)
+#: the composition root, and the one module that may import it
+COMPOSITION_ROOT = "selfmaker.platform"
+ENTRY_POINT = "selfmaker.commands.up"
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """The dotted name of the module at ``path`` (a package is its ``__init__``)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imported_modules(path: Path, known: set[str], package: str) -> set[tuple[str, int]]:
+    """The modules among ``known`` that ``path`` imports, with the line of each import: module level,
+    inside functions and under ``if TYPE_CHECKING`` alike (a type-only arrow is an arrow too).
+    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module, else ``a.b``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[tuple[str, int]] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {(alias.name, node.lineno) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against this module's package
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                child = f"{module}.{alias.name}"
+                found.add((child if child in known else module, node.lineno))
+    return {(name, line) for name, line in found if name in known}
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`SELFMAKER_LAYERS` of the layer ``module`` belongs to (longest prefix)."""
+    best, best_len = -1, -1
+    for index, (_, prefixes) in enumerate(SELFMAKER_LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    return best
+
+
+def selfmaker_graph(root: Path = ROOT) -> dict[str, set[tuple[str, int]]]:
+    """``{module: {(imported selfmaker module, line)}}`` of every module under ``root/selfmaker``."""
+    paths = {module_name(p, root): p for p in sorted((root / "selfmaker").rglob("*.py"))}
+    known = set(paths)
+    graph: dict[str, set[tuple[str, int]]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {(m, line) for m, line in imported_modules(path, known, package) if m != name}
+    return graph
+
+
+def layer_violations(graph: dict[str, set[tuple[str, int]]]) -> list[str]:
+    """Imports that point up the layers, and imports of the composition root by anything but the entry point."""
+    bad = []
+    for module, imports in sorted(graph.items()):
+        for imported, line in sorted(imports):
+            if imported == COMPOSITION_ROOT and module != ENTRY_POINT:
+                bad.append(f"{module} line {line}: imports the composition root {COMPOSITION_ROOT} "
+                           f"(only {ENTRY_POINT} may)")
+            elif layer_of(imported) > layer_of(module):
+                bad.append(f"{module} line {line}: imports {imported} "
+                           f"({SELFMAKER_LAYERS[layer_of(module)][0]} may not import "
+                           f"{SELFMAKER_LAYERS[layer_of(imported)][0]})")
+    return bad
+
+
+def import_cycles(graph: dict[str, set[tuple[str, int]]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (or a module importing itself)."""
+    edges = {m: sorted({i for i, _ in imports}) for m, imports in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+    counter = 0
+    for start in sorted(edges):  # iterative Tarjan: the graph is small, but recursion limits are not ours
+        if start in index:
+            continue
+        work = [(start, 0)]
+        while work:
+            node, position = work.pop()
+            if position == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            targets = edges.get(node, [])
+            if position < len(targets):
+                work.append((node, position + 1))
+                target = targets[position]
+                if target not in index:
+                    work.append((target, 0))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            for target in targets:
+                if target in on_stack:
+                    low[node] = min(low[node], low[target])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in edges.get(node, []):
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_every_selfmaker_module_has_a_layer() -> None:
+    assert [m for m in selfmaker_graph() if layer_of(m) < 0] == []
+
+
+def test_selfmaker_layers_point_down() -> None:
+    bad = layer_violations(selfmaker_graph())
+    assert not bad, "imports against selfmaker's layers (docs/platform-internals.md):\n" + "\n".join(bad)
+
+
+def test_no_import_cycles_in_selfmaker() -> None:
+    cycles = import_cycles(selfmaker_graph())
+    assert not cycles, f"import cycles among selfmaker modules: {cycles}"
+
+
+def _fake_tree(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def test_layer_checker_catches_wrong_arrows(tmp_path: Path) -> None:
+    root = _fake_tree(tmp_path, {
+        "selfmaker/__init__.py": "",
+        "selfmaker/endpoints/__init__.py": "",
+        "selfmaker/endpoints/manager.py": "from selfmaker.features.shadow import hooks\n",
+        "selfmaker/features/__init__.py": "",
+        "selfmaker/features/shadow/__init__.py": "from . import hooks\n",
+        "selfmaker/features/shadow/hooks.py": "from selfmaker.endpoints import manager\nimport selfmaker.platform\n",
+        "selfmaker/platform.py": "",
+        "selfmaker/commands/__init__.py": "",
+        "selfmaker/commands/up.py": "from selfmaker.platform import Platform\n",
+    })
+    graph = selfmaker_graph(root)
+    assert ("selfmaker.features.shadow.hooks", 1) in graph["selfmaker.features.shadow"]  # relative import
+    bad = layer_violations(graph)
+    assert bad == [
+        "selfmaker.endpoints.manager line 1: imports selfmaker.features.shadow.hooks "
+        "(endpoints and jobs may not import features)",
+        "selfmaker.features.shadow.hooks line 2: imports the composition root selfmaker.platform "
+        "(only selfmaker.commands.up may)",
+    ]
+
+
+def test_cycle_checker_catches_cycles(tmp_path: Path) -> None:
+    root = _fake_tree(tmp_path, {
+        "selfmaker/__init__.py": "",
+        "selfmaker/a.py": "from selfmaker import b\n",
+        "selfmaker/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from selfmaker.c import C\n",
+        "selfmaker/c.py": "def f():\n    import selfmaker.a\n",
+        "selfmaker/d.py": "import selfmaker.a\n",
+    })
+    assert import_cycles(selfmaker_graph(root)) == [["selfmaker.a", "selfmaker.b", "selfmaker.c"]]

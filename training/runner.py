@@ -131,6 +131,28 @@ class _Host:
     reader: threading.Thread | None = None
 
 
+@dataclass(frozen=True)
+class _JobRequest:
+    """The CreateTrainingJob fields the runner uses, checked by :meth:`TrainingJobRunner._parse_request`."""
+
+    algo: dict[str, Any]
+    image: str
+    kind: str  # classify_image: "container", "xgboost", "linear-learner", ...
+    channels: list[_Channel]
+    output_path: str
+    names: list[str]  # the hosts, algo-1 ... algo-N
+    instance_type: str
+    max_runtime: float
+    hyperparameters: dict[str, Any]
+    checkpoint: dict[str, Any]
+
+    @property
+    def checkpoint_uri(self) -> str | None:
+        """CheckpointConfig.S3Uri, when checkpoints are synced."""
+        uri = self.checkpoint.get("S3Uri")
+        return str(uri) if uri else None
+
+
 class TrainingJobRunner:
     """Runs one CreateTrainingJob request (botocore shape) to completion.
 
@@ -263,6 +285,41 @@ class TrainingJobRunner:
 
     # -- the job --------------------------------------------------------------------------------
     def _run(self) -> None:
+        """The job's phases, as SageMaker's SecondaryStatus names them."""
+        job = self._parse_request()
+        executor = self._executor(job.kind)
+        self._exec_kind = executor.kind  # FastFile symlinks only make sense for a local process
+        self._prepare_hosts(job)
+        self._download(job)
+        if self._stop_requested.is_set():
+            self._finish("Stopped", "Stopped", None)
+            return
+        timed_out = self._train(job, executor)
+        with self._lock:
+            codes = {h.name: (h.handle.poll() if h.handle else None) for h in self._hosts}
+            self.state.exit_codes = codes
+        stopped = self._stop_requested.is_set() and not timed_out
+        failed_hosts = [h.name for h in self._hosts if codes.get(h.name) not in (0,)]
+        reason: str | None = None
+        if not stopped and not timed_out and failed_hosts:
+            reason = self._failure_reason(failed_hosts, codes)
+        try:
+            self._upload(job, keep_model=reason is None, interrupted=stopped or timed_out)
+        except StorageError as exc:
+            reason = reason or f"ClientError: cannot upload the job output: {exc}"
+            stopped = timed_out = False
+        if timed_out:
+            self._finish("Stopped", "MaxRuntimeExceeded",
+                         f"MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided ({job.max_runtime:g} s)")
+        elif stopped:
+            self._finish("Stopped", "Stopped", None)
+        elif reason is not None:
+            self._finish("Failed", "Failed", reason)
+        else:
+            self._finish("Completed", "Completed", None)
+
+    def _parse_request(self) -> _JobRequest:
+        """The request's fields this runner uses, checked (TrainingRequestError names the bad field)."""
         req = self.request
         algo = req.get("AlgorithmSpecification") or {}
         if not isinstance(algo, dict):
@@ -270,7 +327,6 @@ class TrainingJobRunner:
         image = str(algo.get("TrainingImage") or "")
         if algo.get("AlgorithmName") and not image:
             image = str(algo["AlgorithmName"])
-        kind = classify_image(image)
         default_mode = str(algo.get("TrainingInputMode") or "File")
         channels = self._parse_channels(req.get("InputDataConfig") or [], default_mode)
         output_path = str((req.get("OutputDataConfig") or {}).get("S3OutputPath") or "")
@@ -280,8 +336,6 @@ class TrainingJobRunner:
         count = int(resources.get("InstanceCount") or 1)
         if count < 1:
             raise TrainingRequestError("ResourceConfig.InstanceCount must be at least 1")
-        instance_type = str(resources.get("InstanceType") or "ml.m5.large")
-        max_runtime = float((req.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME)
         for md in algo.get("MetricDefinitions") or []:
             try:
                 self._metric_defs.append((str(md["Name"]), re.compile(str(md["Regex"]))))
@@ -290,14 +344,24 @@ class TrainingJobRunner:
         hps = req.get("HyperParameters") or {}
         if not isinstance(hps, dict):
             raise TrainingRequestError("HyperParameters must be a map of strings")
-        checkpoint = req.get("CheckpointConfig") or {}
+        return _JobRequest(
+            algo=algo,
+            image=image,
+            kind=classify_image(image),
+            channels=channels,
+            output_path=output_path,
+            names=sorted(f"algo-{i}" for i in range(1, count + 1)),  # lexicographic, as SageMaker sorts them
+            instance_type=str(resources.get("InstanceType") or "ml.m5.large"),
+            max_runtime=float((req.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME),
+            hyperparameters=hps,
+            checkpoint=req.get("CheckpointConfig") or {},
+        )
 
-        executor = self._executor(kind)
-        self._exec_kind = executor.kind  # FastFile symlinks only make sense for a local process
-        names = sorted(f"algo-{i}" for i in range(1, count + 1))  # lexicographic, as SageMaker sorts them
+    # -- Starting: one /opt/ml tree per host
+    def _prepare_hosts(self, job: _JobRequest) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(exist_ok=True)
-        for name in names:
+        for name in job.names:
             if self.local_hosts is not None and name not in self.local_hosts:
                 continue  # another node runs it
             root = self.work_dir / "hosts" / name
@@ -306,39 +370,43 @@ class TrainingJobRunner:
             for sub in ("input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints", "code"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             self._hosts.append(_Host(name, root))
-            self._write_configs(root, name, names, instance_type, hps, channels, algo, checkpoint)
+            self._write_configs(root, name, job.names, job.instance_type, job.hyperparameters, job.channels, job.algo,
+                                job.checkpoint)
 
-        # -- Downloading
+    # -- Downloading
+    def _download(self, job: _JobRequest) -> None:
         with self._lock:
             self.state.start_time = _now()
         self._transition("Downloading")
         for host in self._hosts:
-            for ch in channels:
-                self._fetch_channel(ch, host, names.index(host.name), len(names))
-        if checkpoint.get("S3Uri"):
+            for ch in job.channels:
+                self._fetch_channel(ch, host, job.names.index(host.name), len(job.names))
+        if job.checkpoint_uri:
             for host in self._hosts:
-                self._restore_checkpoints(str(checkpoint["S3Uri"]), host)
-        if self._stop_requested.is_set():
-            self._finish("Stopped", "Stopped", None)
-            return
+                self._restore_checkpoints(job.checkpoint_uri, host)
 
-        # -- Training
+    # -- Training
+    def _train(self, job: _JobRequest, executor: Executor) -> bool:
+        """Start every host, wait for them all (or the stop, or MaxRuntime), sync the checkpoints a last
+        time; True when MaxRuntimeInSeconds ended the job."""
         self._transition("Training")
-        env = self._environment(kind, req)
+        names = job.names
+        env = self._environment(job.kind, self.request)
         addresses = {n: "127.0.0.1" for n in names} if executor.kind == "process" else {n: n for n in names}
         addresses.update(self.host_addresses)
-        if count > 1:
+        if len(names) > 1:
             env["SELFMAKER_TRACKER_PORT"] = str(self.tracker_port or (_free_port() if executor.kind == "process" else 9099))
         env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
+        algo = job.algo
         args = tuple(algo.get("ContainerArguments") or ("train",))
         entry = tuple(algo["ContainerEntrypoint"]) if algo.get("ContainerEntrypoint") else None
         started = time.monotonic()
         try:
             for host in self._hosts:
                 spec = HostSpec(
-                    job_name=self.job_name, host=host.name, hosts=tuple(names), image=image, ml_root=host.root,
-                    env=dict(env), arguments=args if kind == "container" else ("train",), entrypoint=entry,
-                    instance_type=instance_type, host_addresses=addresses, work_dir=self._scratch(host.name),
+                    job_name=self.job_name, host=host.name, hosts=tuple(names), image=job.image, ml_root=host.root,
+                    env=dict(env), arguments=args if job.kind == "container" else ("train",), entrypoint=entry,
+                    instance_type=job.instance_type, host_addresses=addresses, work_dir=self._scratch(host.name),
                 )
                 handle = executor.start(spec)
                 with self._lock:
@@ -347,11 +415,11 @@ class TrainingJobRunner:
                 host.reader.start()
                 if self._stop_requested.is_set():
                     handle.terminate()
-            if checkpoint.get("S3Uri"):
-                sync = threading.Thread(target=self._checkpoint_loop, args=(str(checkpoint["S3Uri"]),), daemon=True)
+            if job.checkpoint_uri:
+                sync = threading.Thread(target=self._checkpoint_loop, args=(job.checkpoint_uri,), daemon=True)
                 sync.start()
                 self._threads.append(sync)
-            timed_out = self._wait_hosts(started, max_runtime)
+            timed_out = self._wait_hosts(started, job.max_runtime)
         finally:
             for host in self._hosts:
                 if host.handle is not None and host.handle.poll() is None:
@@ -360,50 +428,31 @@ class TrainingJobRunner:
                 if host.reader is not None:
                     host.reader.join(timeout=10)
             executor.close()
-        if checkpoint.get("S3Uri"):
+        if job.checkpoint_uri:
             for host in self._hosts:
-                self._sync_checkpoints(str(checkpoint["S3Uri"]), host)
+                self._sync_checkpoints(job.checkpoint_uri, host)
+        return timed_out
 
-        with self._lock:
-            codes = {h.name: (h.handle.poll() if h.handle else None) for h in self._hosts}
-            self.state.exit_codes = codes
-        stopped = self._stop_requested.is_set() and not timed_out
-        failed_hosts = [n for n in names if n in codes and codes[n] not in (0,)]
-        reason: str | None = None
-        if not stopped and not timed_out and failed_hosts:
-            reason = self._failure_reason(failed_hosts, codes)
-
-        # -- Uploading (the model is uploaded after a stop too: the algorithm had the grace period to save it)
-        if reason is None:
+    # -- Uploading (the model is uploaded after a stop too: the algorithm had the grace period to save it)
+    def _upload(self, job: _JobRequest, *, keep_model: bool, interrupted: bool) -> None:
+        """``model.tar.gz`` (unless the job failed; after a stop or timeout only when a host saved a
+        model) and ``output.tar.gz`` under ``<S3OutputPath>/<job>/output/``; raises StorageError."""
+        if keep_model:
             self._transition("Uploading")
-        prefix = join(output_path, self.job_name, "output")
-        uploads = self.local_hosts is None or names[0] in self.local_hosts
-        try:
-            if uploads and reason is None:  # only the node running algo-1 uploads the job's archives
-                model_tar = self.work_dir / "model.tar.gz"
-                if self._tar_hosts(model_tar, "model") or not (stopped or timed_out):
-                    self.storage.upload(model_tar, join(prefix, "model.tar.gz"))
-                    with self._lock:
-                        self.state.model_artifacts = join(prefix, "model.tar.gz")
-            if uploads:
-                out_tar = self.work_dir / "output.tar.gz"
-                self._tar_hosts(out_tar, "output/data")
-                self.storage.upload(out_tar, join(prefix, "output.tar.gz"))
+        if self.local_hosts is not None and job.names[0] not in self.local_hosts:
+            return  # the node running algo-1 uploads the job's archives
+        prefix = join(job.output_path, self.job_name, "output")
+        if keep_model:
+            model_tar = self.work_dir / "model.tar.gz"
+            if self._tar_hosts(model_tar, "model") or not interrupted:
+                self.storage.upload(model_tar, join(prefix, "model.tar.gz"))
                 with self._lock:
-                    self.state.output_artifacts = join(prefix, "output.tar.gz")
-        except StorageError as exc:
-            reason = reason or f"ClientError: cannot upload the job output: {exc}"
-            stopped = timed_out = False
-
-        if timed_out:
-            self._finish("Stopped", "MaxRuntimeExceeded",
-                         f"MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided ({max_runtime:g} s)")
-        elif stopped:
-            self._finish("Stopped", "Stopped", None)
-        elif reason is not None:
-            self._finish("Failed", "Failed", reason)
-        else:
-            self._finish("Completed", "Completed", None)
+                    self.state.model_artifacts = join(prefix, "model.tar.gz")
+        out_tar = self.work_dir / "output.tar.gz"
+        self._tar_hosts(out_tar, "output/data")
+        self.storage.upload(out_tar, join(prefix, "output.tar.gz"))
+        with self._lock:
+            self.state.output_artifacts = join(prefix, "output.tar.gz")
 
     # -- request parsing ------------------------------------------------------------------------
     def _parse_channels(self, config: Any, default_mode: str) -> list[_Channel]:

@@ -26,6 +26,18 @@ class WarmPoolArgs:
     state: str = "Stopped"
 
 
+@dataclass(frozen=True)
+class InstanceRefreshArgs:
+    """How a new launch template version replaces the instances: launch before terminate (min healthy
+    100 %), pausing at ``checkpoint_percentages`` for ``checkpoint_delay`` seconds, rolled back when an
+    alarm of ``alarm_names`` fires (an empty ``checkpoint_percentages`` replaces everything at once)."""
+
+    checkpoint_percentages: Sequence[int] = ()
+    checkpoint_delay: int = 300
+    alarm_names: Sequence[pulumi.Input[str]] = ()
+    instance_warmup: int = 300
+
+
 @dataclass
 class InstanceGroupArgs:
     """Inputs of :class:`InstanceGroup`; validated when constructed.
@@ -65,6 +77,14 @@ class InstanceGroupArgs:
     checkpoint_uri: pulumi.Input[str] | None = None
     hyperparameters: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: Behind the gateway: the target groups the instances register in (ELB health checks replace EC2's)
+    target_group_arns: Sequence[pulumi.Input[str]] = field(default_factory=list)
+    health_check_grace_period: int = 300
+    refresh: InstanceRefreshArgs | None = None
+    #: a scaling policy owns the desired capacity after creation (Pulumi must not reset it)
+    scaled: bool = False
+    endpoint_name: str | None = None
+    variant_name: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ValueError:
@@ -104,6 +124,15 @@ class InstanceGroupArgs:
             naming.image_uri("registry.example/repo", self.image_tag)
         except ValueError as exc:
             raise bad("image_tag", str(exc)) from None
+        if self.refresh is not None:
+            percentages = list(self.refresh.checkpoint_percentages)
+            if percentages and (percentages[-1] != 100 or percentages != sorted(set(percentages))
+                                or percentages[0] < 1):
+                raise bad("refresh", f"checkpoint percentages must rise and end at 100, got {percentages}")
+        if not 0 <= self.health_check_grace_period <= 7200:
+            raise bad("health_check_grace_period", "must be 0-7200 seconds")
+        if (self.endpoint_name is None) != (self.variant_name is None) or (self.endpoint_name and self.role != "serve"):
+            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving groups")
         if self.role == "serve" and self.model_data_uri is None:
             raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
         if self.role == "train":
@@ -221,6 +250,24 @@ class InstanceGroup(pulumi.ComponentResource):
                     "overrides": [{"instance_type": itype} for itype in args.instance_types],
                 },
             }
+        if args.refresh is not None:
+            refresh = args.refresh
+            preferences: dict[str, Any] = {
+                # launch before terminate: new instances join before old ones leave
+                "min_healthy_percentage": 100, "max_healthy_percentage": 200,
+                "instance_warmup": str(refresh.instance_warmup), "skip_matching": True,
+                "auto_rollback": True,
+            }
+            if refresh.checkpoint_percentages:
+                preferences["checkpoint_percentages"] = list(refresh.checkpoint_percentages)
+                preferences["checkpoint_delay"] = str(refresh.checkpoint_delay)
+            if refresh.alarm_names:
+                preferences["alarm_specification"] = {"alarms": list(refresh.alarm_names)}
+            instance_refresh: dict[str, Any] = {"strategy": "Rolling", "preferences": preferences}
+        else:
+            instance_refresh = {"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}}
+        if args.target_group_arns:
+            group_kwargs["target_group_arns"] = list(args.target_group_arns)
         self.auto_scaling_group = aws.autoscaling.Group(
             naming.child_name(name, "asg"),
             min_size=args.min_size,
@@ -228,13 +275,14 @@ class InstanceGroup(pulumi.ComponentResource):
             desired_capacity=args.desired_capacity,
             vpc_zone_identifiers=list(args.subnet_ids),
             capacity_rebalance=args.capacity_rebalance,
-            health_check_type="EC2",
-            health_check_grace_period=300,
+            # behind a load balancer an instance is healthy when its model server answers /ping
+            health_check_type="ELB" if args.target_group_arns else "EC2",
+            health_check_grace_period=args.health_check_grace_period,
             default_instance_warmup=300,
-            instance_refresh={"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}},
+            instance_refresh=instance_refresh,
             enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupTotalInstances"],
             tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in sorted(tagged("asg").items())],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desiredCapacity"] if args.scaled else None),
             **group_kwargs,
         )
         self.register_outputs({
@@ -255,5 +303,6 @@ def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, 
         environment=dict(args.environment), host_port=args.port,
         model_data=values["model"], channels=dict(values["channels"] or {}), output_uri=values["output"],
         checkpoint_uri=values["checkpoint"], hyperparameters=dict(args.hyperparameters),
+        endpoint=args.endpoint_name, variant=args.variant_name,
     )
     return base64.b64encode(userdata.render_user_data(spec).encode()).decode()

@@ -25,7 +25,7 @@ ROOT_DEVICE = "/dev/xvda"  # the ECS-optimized Amazon Linux 2023 AMIs Batch pick
 IMAGE_TYPES = {"cpu": "ECS_AL2023", "gpu": "ECS_AL2023_NVIDIA"}
 #: the status reasons Batch gives when the instance went away under the job (spot reclaim, host failure)
 HOST_GONE = "Host EC2*"
-#: the queue tags the submission commands read (selfmaker/aws_batch.py)
+#: the queue tags the submission commands read (selfmaker/jobs/aws_batch.py)
 TAG_CAPACITY = "selfmaker:capacity"
 TAG_SPOT_QUEUE = "selfmaker:spot-queue"
 TAG_DEFINITION = {"train": "selfmaker:train-definition", "train-multinode": "selfmaker:train-multinode-definition",

@@ -25,6 +25,10 @@ class ModelStoreArgs:
     noncurrent_version_days: int = 30
     abort_multipart_days: int = 7
     force_destroy: bool = False
+    #: Where the gateway's access logs go, as (prefix, account id, region, partition); None = no gateway.
+    #: With ``encryption="kms"`` they get a ``logs`` bucket of their own with S3-managed keys, the only
+    #: encryption load-balancer log delivery supports; otherwise they go to the outputs bucket.
+    load_balancer_logs: tuple[str, str, str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.encryption not in ENCRYPTIONS:
@@ -32,6 +36,12 @@ class ModelStoreArgs:
         for name in ("outputs_expiration_days", "noncurrent_version_days", "abort_multipart_days"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelStoreArgs.{name}: must be >= 1")
+
+
+def _log_delivery(bucket_arn: str, args: ModelStoreArgs) -> list[policies.Document]:
+    assert args.load_balancer_logs is not None
+    prefix, account, region, partition = args.load_balancer_logs
+    return [policies.load_balancer_log_delivery(bucket_arn, prefix, account, region, partition)]
 
 
 def lifecycle_rules(bucket: str, args: ModelStoreArgs) -> list[dict[str, object]]:
@@ -44,7 +54,7 @@ def lifecycle_rules(bucket: str, args: ModelStoreArgs) -> list[dict[str, object]
         "id": "abort-incomplete-multipart", "status": "Enabled", "filter": {"prefix": ""},
         "abort_incomplete_multipart_upload": {"days_after_initiation": args.abort_multipart_days},
     }]
-    if bucket == "outputs":
+    if bucket in ("outputs", "logs"):
         rules.append({
             "id": "expire-outputs", "status": "Enabled", "filter": {"prefix": ""},
             "expiration": {"days": args.outputs_expiration_days},
@@ -69,7 +79,11 @@ class ModelStore(pulumi.ComponentResource):
             )
 
         self.buckets: dict[str, aws.s3.Bucket] = {}
-        for role in BUCKETS:
+        logs_role = None
+        if args.load_balancer_logs is not None:
+            logs_role = "logs" if args.encryption == "kms" else "outputs"
+        roles = (*BUCKETS, "logs") if logs_role == "logs" else BUCKETS
+        for role in roles:
             bucket = aws.s3.Bucket(naming.child_name(name, role), force_destroy=args.force_destroy,
                                    tags={**tags, "Purpose": role}, opts=child)
             aws.s3.BucketOwnershipControls(
@@ -80,7 +94,7 @@ class ModelStore(pulumi.ComponentResource):
                 naming.child_name(name, f"{role}-public-access"), bucket=bucket.id, block_public_acls=True,
                 block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True, opts=child,
             )
-            if self.kms_key is not None:
+            if self.kms_key is not None and role != "logs":
                 default = {"sse_algorithm": "aws:kms", "kms_master_key_id": self.kms_key.arn}
             else:
                 default = {"sse_algorithm": "AES256"}
@@ -94,7 +108,8 @@ class ModelStore(pulumi.ComponentResource):
             )
             aws.s3.BucketPolicy(
                 naming.child_name(name, f"{role}-tls-only"), bucket=bucket.id,
-                policy=bucket.arn.apply(lambda arn: json.dumps(policies.tls_only_bucket_policy(arn))),
+                policy=bucket.arn.apply(lambda arn, role=role: json.dumps(policies.tls_only_bucket_policy(
+                    arn, *_log_delivery(arn, args) if role == logs_role else ()))),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
             )
             aws.s3.BucketLifecycleConfiguration(
@@ -103,6 +118,8 @@ class ModelStore(pulumi.ComponentResource):
             )
             self.buckets[role] = bucket
 
+        #: The bucket the gateway writes its access logs to (None without ``load_balancer_logs``).
+        self.access_logs_bucket: aws.s3.Bucket | None = self.buckets[logs_role] if logs_role else None
         self.kms_key_arn: pulumi.Output[str] | None = self.kms_key.arn if self.kms_key is not None else None
         self.register_outputs({
             **{f"{role}_bucket": bucket.bucket for role, bucket in self.buckets.items()},

@@ -4,7 +4,11 @@
   validating the body against botocore's model (JSON 1.1 protocol);
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
-* routes registered by extensions with ``@runtime_route``.
+* ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
+* routes registered by features with ``@runtime_route``.
+
+The invocation itself (routing, the model server call, observers) is :func:`selfmaker.endpoints.invoke.invoke`;
+this module reads the request and writes the response.
 
 Errors are rendered here and only here: control-plane errors as ``{"__type", "message"}``; runtime errors
 with the ``x-amzn-ErrorType`` header and a JSON body; anything unexpected as a 500 "internal error" with
@@ -13,11 +17,9 @@ the traceback in the log only.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,22 +30,16 @@ from aiohttp import web
 from selfmaker import logcontext
 from selfmaker.api import eventstream
 from selfmaker.api.common import compact, read_limited
+from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import service_model, validate_request
-from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
-from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
-from selfmaker.errors import (
-    InternalFailure,
-    ModelError,
-    SageMakerError,
-    UnknownOperation,
-    ValidationError,
-    ValidationException,
-)
-from selfmaker.platform import Platform
+from selfmaker.endpoints.invoke import invoke
+from selfmaker.endpoints.runtime import InvocationRecord
+from selfmaker.errors import InternalFailure, SageMakerError, UnknownOperation, ValidationError, ValidationException
+from selfmaker.services import Services
 
 log = logging.getLogger(__name__)
 
-PLATFORM_KEY: web.AppKey[Platform] = web.AppKey("platform", Platform)
+PLATFORM_KEY: web.AppKey[Services] = web.AppKey("platform", Services)
 JSON11 = "application/x-amz-json-1.1"
 #: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -97,10 +93,8 @@ async def control_plane(request: web.Request) -> web.Response:
         return _control_error(InternalFailure("internal error"), request_id)
 
 
-def _header(value: str | None) -> str | None:
+def _header(value: str) -> str:
     """A header value without CR/LF (header injection)."""
-    if value is None:
-        return None
     return value.replace("\r", "").replace("\n", "")
 
 
@@ -117,24 +111,36 @@ _UNSUPPORTED_TARGETS = {
 _ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
 
 
-@functools.lru_cache(maxsize=2)
-def _invoke_headers(operation_name: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
-    """sagemaker-runtime's model of ``operation_name`` and its (member, header) pairs."""
+@functools.lru_cache(maxsize=4)
+def _invoke_headers(operation_name: str) -> tuple[Any, tuple[tuple[str, str, bool], ...]]:
+    """sagemaker-runtime's model of ``operation_name`` and its (member, header, is integer) triples."""
     operation = service_model("sagemaker-runtime").operation_model(operation_name)
-    pairs = tuple((name, shape.serialization["name"]) for name, shape in operation.input_shape.members.items()
-                  if shape.serialization.get("location") == "header")
-    return operation, pairs
+    triples = tuple((name, shape.serialization["name"], shape.type_name in ("integer", "long"))
+                    for name, shape in operation.input_shape.members.items()
+                    if shape.serialization.get("location") == "header")
+    return operation, triples
 
 
 def check_invoke_request(name: str, headers: Any, operation_name: str = "InvokeEndpoint") -> None:
     """An invocation's URI and header members against the service model's constraints (SageMaker's
-    ``ValidationError``, every violation named), then the members selfmaker cannot honour."""
-    operation, pairs = _invoke_headers(operation_name)
+    ``ValidationError``, every violation named), then the members selfmaker cannot honour.
+
+    InvokeEndpointAsync's ``InputLocation`` may be missing here: selfmaker also takes the input in the
+    body (checked by the async feature once the body is read).
+    """
+    operation, triples = _invoke_headers(operation_name)
     params: dict[str, Any] = {"EndpointName": name, "Body": ""}
-    for member, header in pairs:
+    for member, header, integer in triples:
         value = headers.get(header)
         if value is not None:
+            if integer:  # headers are text: a number is checked as one, anything else fails as not one
+                try:
+                    value = int(value)
+                except ValueError:
+                    pass
             params[member] = value
+    if operation_name == "InvokeEndpointAsync":
+        params.setdefault("InputLocation", "s3://body/")  # an inline body stands in for it (see above)
     if len(params) - 2 == ("ContentType" in params) + ("Accept" in params) and len(name) <= 63 \
             and _ENDPOINT_NAME.fullmatch(name) and all(len(params[m]) <= 1024 and params[m].isascii()
                                                        for m in ("ContentType", "Accept") if m in params):
@@ -167,7 +173,16 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
         limit = platform.settings.max_payload_bytes
         body = await read_limited(request, limit, lambda: ValidationError(
             f"Request payload is too large: the limit is {limit} bytes."))
-        return await forward(platform, runtime, request_id, body, headers, stream=stream)
+        record = InvocationRecord(
+            endpoint_name=runtime.name, body=body,
+            content_type=headers.get("Content-Type"),
+            accept=headers.get("X-Amzn-SageMaker-Accept" if stream else "Accept"),
+            custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+            target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
+            inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
+        )
+        await invoke(platform.endpoints, runtime, record)
+        return _answer(record, request_id, stream=stream)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)
     except Exception:
@@ -179,53 +194,17 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
 STREAM_PART_BYTES = 64 * 1024
 
 
-async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str, body: bytes,
-                  headers: Any, *, stream: bool = False) -> web.Response:
-    """Send one invocation through ``runtime``'s router and build the runtime response (raises SageMakerError).
+def _answer(record: InvocationRecord, request_id: str, *, stream: bool) -> web.Response:
+    """The runtime response of an answered invocation.
 
     With ``stream`` the answer is InvokeEndpointWithResponseStream's: the model's bytes as PayloadPart
     events (the model servers here answer whole, so the parts follow one another at once) and the
     content type in ``X-Amzn-SageMaker-Content-Type``.
     """
-    record = InvocationRecord(
-        endpoint_name=runtime.name, body=body,
-        content_type=headers.get("Content-Type"),
-        accept=headers.get("X-Amzn-SageMaker-Accept" if stream else "Accept"),
-        custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
-        target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
-        inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
-    )
-    for check in runtime.pre_invoke:
-        check(record)
-    out_headers = {"Content-Type": _header(record.content_type) or "application/octet-stream"}
-    if record.accept:
-        out_headers["Accept"] = _header(record.accept) or ""
-    if record.custom_attributes:
-        out_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.custom_attributes) or ""
-    if record.inference_id:
-        out_headers["X-Amzn-SageMaker-Inference-Id"] = _header(record.inference_id) or ""
-    dispatch = runtime.attributes.get("dispatch")  # a guarded deployment in progress (selfmaker.guardrails_hooks)
-    if dispatch is not None:
-        variant, (status, payload, resp_headers) = await dispatch(record, body, out_headers)
-    else:
-        variant = runtime.route(record.target_variant)
-        status, payload, resp_headers = await call_variant(platform, runtime, variant, body, out_headers)
-    record.variant_name = variant.name
-    record.latency = time.time() - record.started
-    record.status = status
-    if status >= 400:
-        raise model_error(platform, runtime.name, status, payload)
-    record.response_body = payload
-    record.response_content_type = resp_headers.get("content-type")
-    record.response_custom_attributes = resp_headers.get("x-amzn-sagemaker-custom-attributes")
-    response_headers = {"x-Amzn-Invoked-Production-Variant": variant.name, "x-amzn-RequestId": request_id}
+    payload = record.response_body or b""
+    response_headers = {"x-Amzn-Invoked-Production-Variant": record.variant_name or "", "x-amzn-RequestId": request_id}
     if record.response_custom_attributes:
-        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.response_custom_attributes) or ""
-    for observer in runtime.observers:
-        try:
-            observer(record)
-        except Exception:  # noqa: BLE001 - an observer must never fail the client's request
-            log.exception("invocation observer failed")
+        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.response_custom_attributes)
     if stream:
         if record.response_content_type:
             response_headers["X-Amzn-SageMaker-Content-Type"] = record.response_content_type
@@ -238,80 +217,19 @@ async def forward(platform: Platform, runtime: EndpointRuntime, request_id: str,
     return response
 
 
-async def call_variant(platform: Platform, runtime: EndpointRuntime, variant: VariantRuntime, body: bytes,
-                       headers: dict[str, str], *, attempts: int = 3) -> tuple[int, bytes, dict[str, str]]:
-    """POST ``body`` to ``/invocations`` of an instance of ``variant`` (least outstanding requests).
-
-    Returns ``(status, body, headers with lower-cased names)``. Retried on another instance only when no
-    connection could be made (the request never reached a model server) or the server process died before
-    answering; other failures raise ModelError.
-    """
-    pool = variant.pool
-    timeout = platform.settings.invocation_timeout
-    for attempt in range(attempts):
-        instance = await pool.acquire()
-        try:
-            resp = await instance.upstream.request("POST", "/invocations", headers, body, timeout)
-            return resp.status, resp.body, resp.headers
-        except ConnectError:
-            log.warning("instance %s of %s is unreachable; replacing it", instance.instance_id, runtime.name)
-            platform.endpoints.mark_dead(pool, instance)
-            if attempt == attempts - 1:
-                raise ModelError(
-                    f"Received server error (0) from primary with message \"The model server of variant "
-                    f"{variant.name} is not reachable.\". See `selfmaker logs {runtime.name}` for more information.",
-                    extra=_model_error_extra(platform, runtime.name, 0, "model server not reachable")) from None
-        except asyncio.TimeoutError:
-            raise ModelError(
-                "Received server error (0) from primary with message \"Your invocation timed out while waiting for "
-                "a response from container primary. Review the latency metrics for each container in Amazon "
-                "CloudWatch, resolve the issue, and try again.\". "
-                f"See `selfmaker logs {runtime.name}` for more information.",
-                extra=_model_error_extra(platform, runtime.name, 0, "timeout")) from None
-        except UpstreamClosed as exc:
-            if instance.handle.alive() or attempt == attempts - 1:
-                raise _connection_error(platform, runtime, exc) from None
-            # The connection dropped without an answer because the model server died: the request died with
-            # it, so it goes to another instance, as for a server that could not be reached.
-            log.warning("instance %s of %s died during a request; replacing it", instance.instance_id, runtime.name)
-            platform.endpoints.mark_dead(pool, instance)
-        except UpstreamError as exc:
-            raise _connection_error(platform, runtime, exc) from None
-        finally:
-            pool.release(instance)
-    raise AssertionError("unreachable")
-
-
-def _connection_error(platform: Platform, runtime: EndpointRuntime, exc: Exception) -> ModelError:
-    return ModelError(
-        f"Received server error (0) from primary with message \"{exc}\". "
-        f"See `selfmaker logs {runtime.name}` for more information.",
-        extra=_model_error_extra(platform, runtime.name, 0, "connection error"))
-
-
-def _model_error_extra(platform: Platform, endpoint: str, status: int, original: str) -> dict[str, Any]:
-    settings = platform.settings
-    return {
-        "ErrorCode": "CLIENT_ERROR_FROM_MODEL" if 400 <= status < 500 else "SERVER_ERROR_FROM_MODEL",
-        "OriginalStatusCode": status,
-        "OriginalMessage": original,
-        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:/aws/sagemaker/Endpoints/{endpoint}",
-    }
-
-
-def model_error(platform: Platform, endpoint: str, status: int, payload: bytes) -> ModelError:
-    """SageMaker's ModelError (424) for a model server's non-2xx answer."""
-    original = payload.decode("utf-8", errors="replace")[:4096]
-    kind = "client" if 400 <= status < 500 else "server"
-    return ModelError(
-        f"Received {kind} error ({status}) from primary with message \"{original}\". "
-        f"See `selfmaker logs {endpoint}` in account {platform.settings.account_id} for more information.",
-        extra=_model_error_extra(platform, endpoint, status, original))
-
-
 async def ping(request: web.Request) -> web.Response:
     """Readiness of the platform itself."""
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics of the features (serverless and shadow variants, data capture, deployments …)."""
+    return web.Response(
+        text=render_metrics(request.app[PLATFORM_KEY]),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 def _wrap_route(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -330,19 +248,14 @@ def _wrap_route(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callab
     return route
 
 
-def create_app(platform: Platform) -> web.Application:
-    """The aiohttp application; the platform is started/stopped with the app's lifecycle."""
+def create_app(platform: Services) -> web.Application:
+    """The aiohttp application over ``platform``'s parts (the entry point starts and stops them with the
+    app's lifecycle)."""
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[PLATFORM_KEY] = platform
-
-    async def lifecycle(app: web.Application) -> Any:
-        await platform.start()
-        yield
-        await platform.stop()
-
-    app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/", control_plane)
     app.router.add_get("/ping", ping)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/endpoints/{name}/invocations", invoke_endpoint)
     app.router.add_post("/endpoints/{name}/invocations-response-stream", invoke_endpoint_with_response_stream)
     for method, path, handler in platform.registry.routes:

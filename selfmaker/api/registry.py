@@ -1,9 +1,12 @@
 """Registration of control-plane operations and platform extensions by decorator.
 
-Modules in :mod:`selfmaker.api.ops` (one per resource family: ``models.py``, ``endpoints.py`` …) and in
-:mod:`selfmaker.plugins` are imported when the platform starts; every function decorated here is
-collected into a :class:`Registry`. Adding a family (``transform_jobs.py``) or an extension
-(``plugins/serverless.py``) is therefore one new file, no edit of anyone else's.
+Modules in :mod:`selfmaker.api.ops` (one per resource family: ``models.py``, ``endpoints.py`` …) and the
+feature packages in :mod:`selfmaker.features` (``features/<name>/__init__.py`` holds the feature's
+registrations) are imported when the platform starts; every function decorated here is collected into a
+:class:`Registry`. Adding a family (``api/ops/transform_jobs.py``) or a feature (``features/shadow/``) is
+therefore new files, no edit of anyone else's.
+
+Every hook gets the platform's :class:`selfmaker.services.Services` as its first argument (``platform``).
 
 Decorators only tag the function (no global state at import time):
 
@@ -26,8 +29,26 @@ Decorators only tag the function (no global state at import time):
     request; raise ValidationException to reject; return the names of the features you *handle* among
     ``ServerlessConfig``, ``AsyncInferenceConfig``, ``ShadowProductionVariants``, ``DataCaptureConfig`` —
     the core refuses a request using one of them unless some check claimed it.
+``@update_check``
+    ``def check(platform, params: dict, record: Record, config: dict, retain: dict) -> None`` — called by
+    UpdateEndpoint before the update starts (``config``: the new endpoint config; ``retain``: the variant
+    weights/counts kept); raise ValidationException to reject (e.g. guardrails' ``DeploymentConfig``).
+``@variant_update``
+    ``def check(platform, variant: VariantRuntime, item: dict, index: int) -> Callable[[], dict] | None`` —
+    called by UpdateEndpointWeightsAndCapacities for each ``DesiredWeightsAndCapacities`` item; raise
+    ValidationException to reject, or return an ``apply()`` that changes the live variant once every item
+    passed and returns the members of the variant's config it changed (kept for restarts), e.g.
+    ``{"ServerlessConfig": …}`` for ``ServerlessUpdateConfig``.
+``@deployment_strategy``
+    ``async def strategy(platform, name, old: EndpointRuntime, new: EndpointRuntime, config) -> str | None``
+    — called by UpdateEndpoint's deployment once the new fleet is up and before it takes traffic; move
+    traffic as you see fit (e.g. ``EndpointRuntime.dispatch`` on ``old``) and return None to let the new
+    fleet take over, or a rollback reason (the new fleet is then retired).
+``@metrics_source``
+    ``def source(platform) -> selfmaker.api.metrics.Metrics`` — the feature's numbers: Prometheus lines for
+    ``GET /metrics`` and per-endpoint values that ``selfmaker status`` prints.
 ``@lifecycle("startup")`` / ``@lifecycle("shutdown")``
-    ``async def hook(platform) -> None`` — start/stop workers of your extension.
+    ``async def hook(platform) -> None`` — start/stop workers of your feature.
 """
 
 from __future__ import annotations
@@ -45,7 +66,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _TAG = "__selfmaker_registration__"
 
 #: packages whose modules are imported and scanned when the platform starts
-EXTENSION_PACKAGES = ("selfmaker.api.ops", "selfmaker.plugins")
+EXTENSION_PACKAGES = ("selfmaker.api.ops", "selfmaker.features")
 
 
 def _tag(kind: str, *args: Any) -> Callable[[F], F]:
@@ -89,6 +110,26 @@ def config_check(fn: F) -> F:
     return _tag("config_check")(fn)
 
 
+def update_check(fn: F) -> F:
+    """Register an extra UpdateEndpoint check."""
+    return _tag("update_check")(fn)
+
+
+def variant_update(fn: F) -> F:
+    """Register a check (and change) of UpdateEndpointWeightsAndCapacities items."""
+    return _tag("variant_update")(fn)
+
+
+def deployment_strategy(fn: F) -> F:
+    """Register how UpdateEndpoint moves traffic from the old fleet to the new one."""
+    return _tag("deployment_strategy")(fn)
+
+
+def metrics_source(fn: F) -> F:
+    """Register a source of metrics for ``GET /metrics`` and ``selfmaker status``."""
+    return _tag("metrics_source")(fn)
+
+
 def lifecycle(event: str) -> Callable[[F], F]:
     """Register an ``async def hook(platform)`` for ``"startup"`` or ``"shutdown"``."""
     if event not in {"startup", "shutdown"}:
@@ -106,6 +147,10 @@ class Registry:
     endpoint_hooks: list[Callable[..., Any]] = field(default_factory=list)
     endpoint_deleted_hooks: list[Callable[..., Any]] = field(default_factory=list)
     config_checks: list[Callable[..., Any]] = field(default_factory=list)
+    update_checks: list[Callable[..., Any]] = field(default_factory=list)
+    variant_updates: list[Callable[..., Any]] = field(default_factory=list)
+    deployment_strategies: list[Callable[..., Any]] = field(default_factory=list)
+    metrics_sources: list[Callable[..., Any]] = field(default_factory=list)
     startup: list[Callable[..., Any]] = field(default_factory=list)
     shutdown: list[Callable[..., Any]] = field(default_factory=list)
 
@@ -129,12 +174,24 @@ class Registry:
                     self.endpoint_deleted_hooks.append(value)
                 elif kind == "config_check":
                     self.config_checks.append(value)
+                elif kind == "update_check":
+                    self.update_checks.append(value)
+                elif kind == "variant_update":
+                    self.variant_updates.append(value)
+                elif kind == "deployment_strategy":
+                    if self.deployment_strategies:
+                        raise RuntimeError(f"a second deployment strategy ({module.__name__}): traffic can move "
+                                           "only one way at a time")
+                    self.deployment_strategies.append(value)
+                elif kind == "metrics_source":
+                    self.metrics_sources.append(value)
                 elif kind == "lifecycle":
                     (self.startup if args[0] == "startup" else self.shutdown).append(value)
 
 
 def discover(packages: tuple[str, ...] = EXTENSION_PACKAGES) -> Registry:
-    """Import every module of ``packages`` and collect their registrations."""
+    """Import every module of ``packages`` and collect their registrations (a feature package's
+    registrations are in its ``__init__``; its other modules are its own business)."""
     registry = Registry()
     for package_name in packages:
         package = importlib.import_module(package_name)

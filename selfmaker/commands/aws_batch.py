@@ -32,7 +32,7 @@ def _read_request(prog: str, path: str) -> dict[str, Any] | None:
 
 
 def _jobs(prog: str) -> Any:
-    from selfmaker.aws_batch import AwsBatchError, BatchJobs
+    from selfmaker.jobs.aws_batch import AwsBatchError, BatchJobs
 
     try:
         return BatchJobs()
@@ -90,7 +90,7 @@ def transform_main(argv: list[str]) -> int:
     from batch.cli import platform_url, resolve_model
     from batch.errors import InputError, TransformRequestError
     from batch.request import parse_request
-    from selfmaker.aws_batch import AwsBatchError, progress_line, submit_transform, watch
+    from selfmaker.jobs.aws_batch import AwsBatchError, progress_line, submit_transform, watch
 
     request = _read_request(prog, args.request)
     if request is None:
@@ -168,15 +168,23 @@ def train_main(argv: list[str]) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     prog = "selfmaker train"
-    from selfmaker.aws_batch import AwsBatchError, check_training_request, submit_training, watch
+    from selfmaker.jobs.aws_batch import AwsBatchError, check_training_request, submit_training, watch
 
     request = _read_request(prog, args.request)
     if request is None:
         return 2
+    from selfmaker.api.validation import service_model, validate_request
+    from selfmaker.errors import ValidationException
+
     try:
         check_training_request(request)
+        # the shape `selfmaker up` checks CreateTrainingJob against, with its message
+        validate_request(service_model().operation_model("CreateTrainingJob"), request)
     except AwsBatchError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationException as exc:
+        print(f"{prog}: ValidationException: {exc}", file=sys.stderr)
         return 2
     jobs = _jobs(prog)
     if jobs is None:
@@ -214,7 +222,7 @@ def logs_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", action="store_true", required=True, help="read from AWS Batch / CloudWatch")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each stream")
     args = parser.parse_args(argv)
-    from selfmaker.aws_batch import AwsBatchError
+    from selfmaker.jobs.aws_batch import AwsBatchError
 
     jobs = _jobs("selfmaker logs")
     if jobs is None:
@@ -253,7 +261,7 @@ def status_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN")
     parser.add_argument("--limit", type=int, default=20, help="most finished jobs to list (default 20)")
     args = parser.parse_args(argv)
-    from selfmaker.aws_batch import ACTIVE_STATUSES, FINAL_STATUSES, AwsBatchError
+    from selfmaker.jobs.aws_batch import ACTIVE_STATUSES, FINAL_STATUSES, AwsBatchError
 
     jobs = _jobs("selfmaker status")
     if jobs is None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from selfmaker.settings import PlatformSettings
+
 
 def log_files(home: Path, name: str) -> list[Path]:
     """Log files of the endpoint or job called ``name`` (endpoint names compare case-insensitively)."""
@@ -32,8 +34,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.tail < 0:
         parser.error("--tail must be 0 (everything) or a positive number of lines")
-    from selfmaker.settings import PlatformSettings
-
     home = args.home or PlatformSettings().home
     files = log_files(home, args.name)
     if not files:

@@ -8,6 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfmaker.api.metrics import status_lines
+from selfmaker.features.async_inference.supervisor import backlog_by_endpoint, endpoint_backlog
+from selfmaker.settings import PlatformSettings
+from selfmaker.state import StateStore
+
 
 def _time(value: float | None) -> str:
     if value is None:
@@ -17,9 +22,6 @@ def _time(value: float | None) -> str:
 
 def collect(home: Path) -> dict[str, Any]:
     """Everything `status` shows, as data."""
-    from selfmaker.async_inference import backlog_by_endpoint, endpoint_backlog
-    from selfmaker.state import StateStore
-
     store = StateStore(home / "state.db")
     async_backlog = backlog_by_endpoint(home)
     try:
@@ -55,8 +57,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--home", type=Path, help="state directory (default $SELFMAKER_HOME or ~/.selfmaker)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    from selfmaker.settings import PlatformSettings
-
     home = args.home or PlatformSettings().home
     if not (home / "state.db").exists():
         print(f"no selfmaker state in {home}")
@@ -68,8 +68,6 @@ def main(argv: list[str]) -> int:
     print(f"home: {home}")
     print(f"models: {len(data['models'])}   endpoint configs: {len(data['endpoint_configs'])}")
     print("\nENDPOINTS")
-    from selfmaker.serverless.observe import status_lines
-
     if not data["endpoints"]:
         print("  (none)")
     for ep in data["endpoints"]:

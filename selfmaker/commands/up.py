@@ -15,6 +15,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from selfmaker.api.app import create_app
+from selfmaker.api.registry import discover
+from selfmaker.logcontext import configure_logging
+from selfmaker.platform import Platform
+from selfmaker.settings import PlatformSettings
+
 #: the file in the home that tells other commands where this platform listens (batch.cli.PLATFORM_FILE)
 PLATFORM_FILE = "platform.json"
 
@@ -32,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed (about a third less CPU per proxied request), else asyncio's loop."""
-    try:
+    try:  # optional: not every install has it
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
@@ -42,12 +48,6 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 def main(argv: list[str]) -> int:
     """Run the platform until SIGINT/SIGTERM; model servers are stopped, state is kept for the next start."""
     args = _parser().parse_args(argv)
-    from selfmaker.api.app import create_app
-    from selfmaker.api.registry import discover
-    from selfmaker.logcontext import configure_logging
-    from selfmaker.platform import Platform
-    from selfmaker.settings import PlatformSettings
-
     overrides: dict[str, Any] = {k: v for k, v in {
         "home": args.home, "host": args.host, "port": args.port, "region": args.region,
         "account_id": args.account_id}.items() if v is not None}
@@ -68,7 +68,8 @@ def main(argv: list[str]) -> int:
     configure_logging(args.log_level.upper(), settings.logs_dir / "selfmaker.log")
     log = logging.getLogger("selfmaker.up")
     platform = Platform(settings, discover())
-    app = create_app(platform)
+    app = create_app(platform.services)
+    app.cleanup_ctx.append(platform.lifespan)
     log.info("selfmaker home %s, region %s, account %s", settings.home, settings.region, settings.account_id)
 
     announced = settings.home / PLATFORM_FILE

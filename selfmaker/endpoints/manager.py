@@ -13,55 +13,42 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from selfmaker.endpoints.runtime import (
-    EndpointRuntime,
-    Instance,
-    InstancePool,
-    VariantContext,
-    VariantRuntime,
-)
+from selfmaker.endpoints.builder import DeployError, DeploymentBuilder, DeploymentHooks
+from selfmaker.endpoints.health import InstanceHealth
+from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InstancePool
 from selfmaker.errors import ValidationError
-from selfmaker.executors.base import ExecutorError, InstanceHandle, InstanceSpec
-from selfmaker.modeldata import ModelDataError, fetch_model_data
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.executors import Executors
+    from selfmaker.settings import PlatformSettings
+    from selfmaker.state import StateStore
 
 log = logging.getLogger(__name__)
+
+__all__ = ["SERVING", "DeployError", "EndpointManager"]
 
 #: statuses in which the live deployment takes traffic
 SERVING = {"InService", "Updating", "SystemUpdating", "RollingBack"}
 
 
-class DeployError(Exception):
-    """A deployment could not be brought up; the message becomes FailureReason."""
-
-
-def _ping_failure(variant: str) -> str:
-    return (f"The primary container for production variant {variant} did not pass the ping health check. "
-            "Please check CloudWatch logs for this endpoint.")
-
-
 class EndpointManager:
     """Owns every live endpoint deployment of the platform."""
 
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.settings = platform.settings
-        self.store = platform.store
+    def __init__(self, settings: PlatformSettings, store: StateStore, executors: Executors,
+                 hooks: DeploymentHooks) -> None:
+        self.settings = settings
+        self.store = store
+        self.hooks = hooks
+        #: builds deployments and single variants (public: features build variants with it)
+        self.builder = DeploymentBuilder(settings, store, executors, hooks)
+        self.health = InstanceHealth(settings, store)
         #: lower-cased endpoint name -> routable deployment
         self.live: dict[str, EndpointRuntime] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
-        self._monitor: asyncio.Task[None] | None = None
-        self._closing = False
-        #: blue/green traffic shifting with auto-rollback (selfmaker.guardrails_hooks), set by its plugin
-        self.deployment_guard: Any = None
 
     # ---- runtime lookup ------------------------------------------------------------------------
 
@@ -76,145 +63,6 @@ class EndpointManager:
                                   extra={"ErrorCode": "NO_SUCH_ENDPOINT"})
         raise ValidationError(f"Endpoint {name} of account {self.settings.account_id} is not in service "
                               f"(status {record.status}).", extra={"ErrorCode": "ENDPOINT_NOT_IN_SERVICE"})
-
-    # ---- instances -----------------------------------------------------------------------------
-
-    async def _wait_ready(self, handle: InstanceHandle, timeout: float) -> None:
-        session = self.platform.session
-        deadline = time.monotonic() + timeout
-        ping = handle.url + "/ping"
-        while True:
-            if not handle.alive():
-                raise DeployError("exited")
-            try:
-                async with session.get(ping, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise DeployError("timeout")
-            await asyncio.sleep(0.1)
-
-    def _launcher(self, endpoint: str, variant: dict[str, Any], model: dict[str, Any], container: dict[str, Any],
-                  model_dir: Path, deploy_dir: Path) -> Any:
-        variant_name = variant["VariantName"]
-        timeout = float(variant.get("ContainerStartupHealthCheckTimeoutInSeconds") or self.settings.startup_timeout)
-        image = container.get("Image") or ""
-
-        async def launch() -> Instance:
-            instance_id = f"{endpoint}-{variant_name}-{uuid.uuid4().hex[:8]}"
-            work = deploy_dir / "instances" / instance_id
-            work.mkdir(parents=True, exist_ok=True)
-            log_path = self.settings.logs_dir / "endpoints" / endpoint / f"{instance_id}.log"
-            env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
-            serverless = variant.get("ServerlessConfig") or {}
-            spec = InstanceSpec(
-                instance_id=instance_id, endpoint_name=endpoint, variant_name=variant_name,
-                model_name=model["ModelName"], image=image, model_dir=model_dir, environment=env,
-                instance_type=variant.get("InstanceType"), work_dir=work, log_path=log_path,
-                startup_timeout=timeout, container=container, memory_mb=serverless.get("MemorySizeInMB"),
-            )
-            try:
-                executor = self.platform.executor_for(image)
-                handle = await executor.start(spec)
-            except ExecutorError as exc:
-                raise DeployError(f"Production variant {variant_name} could not start: {exc}") from exc
-            self.store.put_instance(instance_id, endpoint, variant_name, url=handle.url, pid=handle.pid,
-                                    status="Starting", log_path=str(log_path))
-            try:
-                await self._wait_ready(handle, timeout)
-            except (DeployError, asyncio.CancelledError) as exc:
-                await handle.stop(self.settings.stop_grace)
-                self.store.remove_instance(instance_id)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                detail = (f" The model server exited (see `selfmaker logs {endpoint}`)." if str(exc) == "exited"
-                          else f" It did not answer within {timeout:g} seconds.")
-                raise DeployError(_ping_failure(variant_name) + detail) from None
-            self.store.put_instance(instance_id, endpoint, variant_name, url=handle.url, pid=handle.pid,
-                                    status="InService", log_path=str(log_path))
-            log.info("instance %s of %s/%s ready at %s", instance_id, endpoint, variant_name, handle.url)
-            return Instance(handle)
-
-        return launch
-
-    async def retire(self, instance: Instance) -> None:
-        """Drain ``instance`` (already detached from its pool) and stop its server."""
-        if not await instance.drained(self.settings.drain_timeout):
-            log.warning("instance %s still had %d requests after %ss; stopping it", instance.instance_id,
-                        instance.outstanding, self.settings.drain_timeout)
-        instance.upstream.close()
-        await instance.handle.stop(self.settings.stop_grace)
-        self.store.remove_instance(instance.instance_id)
-
-    # ---- deployments ---------------------------------------------------------------------------
-
-    async def _build(self, endpoint: str, config: dict[str, Any], overrides: dict[str, dict[str, Any]],
-                     deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> EndpointRuntime:
-        """Bring up every variant of ``config``; all-or-nothing.
-
-        ``models`` are the model documents the deployment was made with (a restart passes those stored
-        with the endpoint: SageMaker endpoints keep serving a model deleted after CreateEndpoint); the
-        documents used end up in ``runtime.attributes["models"]``, production and shadow variants alike.
-        """
-        used: dict[str, dict[str, Any]] = dict(models or {})
-        variants: list[VariantRuntime] = []
-        try:
-            for variant in config["ProductionVariants"]:
-                variants.append(await self._build_variant(endpoint, variant, overrides.get(variant["VariantName"], {}),
-                                                          deploy_dir, used))
-            runtime = EndpointRuntime(endpoint, config["EndpointConfigName"], variants)
-            runtime.attributes["models"] = used
-            for hook in self.platform.registry.endpoint_hooks:
-                result = hook(self.platform, runtime, config)
-                if asyncio.iscoroutine(result):
-                    await result
-        except BaseException:
-            await asyncio.gather(*(v.pool.stop() for v in variants), return_exceptions=True)
-            raise
-        return runtime
-
-    async def _build_variant(self, endpoint: str, variant: dict[str, Any], override: dict[str, Any],
-                             deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> VariantRuntime:
-        """One variant's pool; its model comes from ``models`` (filled in) when there, else from the store."""
-        name = variant["VariantName"]
-        model_name = variant.get("ModelName", "")
-        model = models.get(model_name) if models is not None else None
-        if model is None:
-            model_record = self.store.get("model", model_name)
-            if model_record is None:
-                raise DeployError(f"Could not find model \"{self.platform.arn('model', model_name)}\".")
-            model = model_record.doc
-        if models is not None:
-            models[model_name] = model
-        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-        variant_dir = deploy_dir / name
-        try:
-            model_dir = await asyncio.to_thread(fetch_model_data, container, variant_dir)
-        except ModelDataError as exc:
-            raise DeployError(f"Failed to download model data for production variant {name}: {exc}") from exc
-        ctx = VariantContext(
-            endpoint_name=endpoint, variant=variant, model=model, container=container, model_dir=model_dir,
-            launch=self._launcher(endpoint, variant, model, container, model_dir, variant_dir), retire=self.retire,
-        )
-        pool: InstancePool | None = None
-        for factory in self.platform.registry.pool_factories:
-            pool = factory(self.platform, ctx)
-            if pool is not None:
-                break
-        if pool is None:
-            if variant.get("ServerlessConfig"):
-                raise DeployError(f"Production variant {name}: serverless variants are not supported by this build.")
-            pool = InstancePool(ctx)
-        weight = float(override.get("weight", variant.get("InitialVariantWeight", 1.0)))
-        count = int(override.get("count", variant.get("InitialInstanceCount") or 0))
-        runtime = VariantRuntime(name=name, weight=weight, pool=pool, config=variant, model_name=model["ModelName"],
-                                 image=container.get("Image") or "")
-        if count:
-            await pool.start(count)
-        return runtime
 
     def _variant_summaries(self, runtime: EndpointRuntime) -> list[dict[str, Any]]:
         now = time.time()
@@ -259,29 +107,42 @@ class EndpointManager:
         """Start deploying a new endpoint (its record exists with status Creating)."""
         self._spawn(name, self._create(name, config))
 
-    async def _create(self, name: str, config: dict[str, Any]) -> None:
+    async def _deploy(self, name: str, config: dict[str, Any], overrides: dict[str, dict[str, Any]],
+                      models: dict[str, dict[str, Any]] | None, doing: str,
+                      on_failure: Callable[[str], None]) -> EndpointRuntime | None:
+        """Build a deployment of ``config`` in a new directory: the one path of create, update and restore.
+
+        On failure the directory is removed and ``on_failure(reason)`` records the FailureReason
+        (``doing`` names the step in the reason of an unexpected error); returns None then.
+        """
         deploy_dir = self._deploy_dir(name)
         try:
-            runtime = await self._build(name, config, {}, deploy_dir)
+            runtime = await self.builder.build(name, config, overrides, deploy_dir, models)
         except DeployError as exc:
-            self._fail(name, str(exc))
-            shutil.rmtree(deploy_dir, ignore_errors=True)
-            return
+            reason = str(exc)
         except asyncio.CancelledError:
             shutil.rmtree(deploy_dir, ignore_errors=True)
             raise
         except Exception:
-            log.exception("deploying endpoint %s failed", name)
-            self._fail(name, "internal error while deploying the endpoint")
-            shutil.rmtree(deploy_dir, ignore_errors=True)
+            log.exception("%s endpoint %s failed", doing, name)
+            reason = f"internal error while {doing} the endpoint"
+        else:
+            runtime.deploy_dir = deploy_dir
+            return runtime
+        shutil.rmtree(deploy_dir, ignore_errors=True)
+        on_failure(reason)
+        return None
+
+    async def _create(self, name: str, config: dict[str, Any]) -> None:
+        runtime = await self._deploy(name, config, {}, None, "deploying", lambda reason: self._fail(name, reason))
+        if runtime is None:
             return
-        runtime.attributes["deploy_dir"] = deploy_dir
         self.live[name.lower()] = runtime
         self.store.update("endpoint", name, status="InService", drop=("FailureReason",), merge={
             "ProductionVariants": self._variant_summaries(runtime),
             "ShadowProductionVariants": self._shadow_summaries(runtime),
             "_Config": config,
-            "_Models": runtime.attributes["models"],
+            "_Models": runtime.models,
         })
         log.info("endpoint %s is InService", name)
 
@@ -289,42 +150,37 @@ class EndpointManager:
         log.warning("endpoint %s failed: %s", name, reason)
         self.store.update("endpoint", name, status="Failed", merge={"FailureReason": reason[:1024]})
 
+    def _update_failed(self, name: str, reason: str) -> None:
+        """An update that did not come up: the endpoint keeps serving its deployment, with the reason."""
+        log.warning("update of endpoint %s failed: %s", name, reason)
+        self.store.update("endpoint", name, status="InService", merge={"FailureReason": reason[:1024]})
+
     def update(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]]) -> None:
         """Blue/green update to ``config`` (the record is already Updating); ``retain`` maps variant
         names to ``{"weight": w, "count": n}`` kept from the current deployment."""
         self._spawn(name, self._update(name, config, retain))
 
     async def _update(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]]) -> None:
-        deploy_dir = self._deploy_dir(name)
-        try:
-            runtime = await self._build(name, config, retain, deploy_dir)
-        except DeployError as exc:
-            log.warning("update of endpoint %s failed: %s", name, exc)
-            self.store.update("endpoint", name, status="InService", merge={"FailureReason": str(exc)[:1024]})
-            shutil.rmtree(deploy_dir, ignore_errors=True)
+        runtime = await self._deploy(name, config, retain, None, "updating",
+                                     lambda reason: self._update_failed(name, reason))
+        if runtime is None:
             return
-        except Exception:
-            log.exception("updating endpoint %s failed", name)
-            self.store.update("endpoint", name, status="InService",
-                              merge={"FailureReason": "internal error while updating the endpoint"})
-            shutil.rmtree(deploy_dir, ignore_errors=True)
-            return
-        runtime.attributes["deploy_dir"] = deploy_dir
         old = self.live.get(name.lower())
-        if old is not None and self.deployment_guard is not None:
-            # guardrails: shift traffic per DeploymentConfig while both fleets run; a reason means rolled back
-            reason = await self.deployment_guard.run(name, old, runtime, config)
-            if reason is not None:
-                await self._retire_runtime(runtime)
-                self.store.update("endpoint", name, status="InService", merge={"FailureReason": reason[:1024]})
-                return
+        if old is not None:
+            for strategy in self.hooks.strategies:
+                # e.g. guardrails: shift traffic per DeploymentConfig while both fleets run; a reason = rolled back
+                reason = await strategy(name, old, runtime, config)
+                if reason is not None:
+                    await self._retire_runtime(runtime)
+                    self.store.update("endpoint", name, status="InService", merge={"FailureReason": reason[:1024]})
+                    return
         self.live[name.lower()] = runtime  # traffic moves here, atomically for new requests
         self.store.update("endpoint", name, drop=("FailureReason",), merge={
             "EndpointConfigName": config["EndpointConfigName"],
             "ProductionVariants": self._variant_summaries(runtime),
             "ShadowProductionVariants": self._shadow_summaries(runtime),
             "_Config": config,
-            "_Models": runtime.attributes["models"],
+            "_Models": runtime.models,
         })
         if old is not None:  # stays Updating until the old fleet has drained and stopped
             await self._retire_runtime(old)
@@ -333,9 +189,8 @@ class EndpointManager:
 
     async def _retire_runtime(self, runtime: EndpointRuntime) -> None:
         await runtime.stop()
-        deploy_dir = runtime.attributes.get("deploy_dir")
-        if deploy_dir:
-            shutil.rmtree(deploy_dir, ignore_errors=True)
+        if runtime.deploy_dir is not None:
+            shutil.rmtree(runtime.deploy_dir, ignore_errors=True)
 
     def update_weights_and_capacities(self, name: str, desired: list[dict[str, Any]]) -> None:
         """Apply new weights now and new instance counts in the background (record is Updating)."""
@@ -388,9 +243,9 @@ class EndpointManager:
         log.info("endpoint %s deleted", name)
 
     async def _run_deleted_hooks(self, name: str) -> None:
-        for hook in self.platform.registry.endpoint_deleted_hooks:
+        for hook in self.hooks.deleted:
             try:
-                result = hook(self.platform, name)
+                result = hook(name)
                 if asyncio.iscoroutine(result):
                     await result
             except Exception:  # noqa: BLE001 - one extension's failure must not keep the endpoint alive
@@ -420,69 +275,33 @@ class EndpointManager:
                 retain.setdefault(v["VariantName"], {"weight": v.get("CurrentWeight", 1.0)})
             self.store.update("endpoint", record.name, status="Creating", touch=False)
             self._spawn(record.name, self._restore(record.name, config, retain, record.doc.get("_Models")))
-        self._monitor = asyncio.get_running_loop().create_task(self._health_loop(), name="endpoint-health")
+        self.health.start(self.live.values)
 
     async def _restore(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]],
                        models: dict[str, dict[str, Any]] | None) -> None:
-        deploy_dir = self._deploy_dir(name)
-        try:
-            runtime = await self._build(name, config, retain, deploy_dir, models)
-        except DeployError as exc:
-            self._fail(name, str(exc))
+        runtime = await self._deploy(name, config, retain, models, "deploying", lambda reason: self._fail(name, reason))
+        if runtime is None:
             return
-        runtime.attributes["deploy_dir"] = deploy_dir
         self.live[name.lower()] = runtime
         self.store.update("endpoint", name, status="InService", touch=False,
                           merge={"ProductionVariants": self._variant_summaries(runtime)})
         log.info("endpoint %s restored", name)
 
-    async def _health_loop(self) -> None:
-        """Replace model servers that died (the router stops using them at once)."""
-        while not self._closing:
-            await asyncio.sleep(1.0)
-            for runtime in list(self.live.values()):
-                for variant in runtime.all_variants():
-                    for instance in list(variant.pool.instances):
-                        if instance.handle.alive():
-                            continue
-                        log.warning("instance %s of %s died; replacing it", instance.instance_id, runtime.name)
-                        self.mark_dead(variant.pool, instance)
-
-    async def _replace(self, pool: InstancePool) -> None:
-        if pool.desired <= 0:  # e.g. a serverless pool scaled to zero: nothing to bring back
-            return
-        try:
-            await pool.scale_to(pool.desired)
-        except Exception:  # noqa: BLE001 - logged; the health loop tries again on the next death
-            log.exception("could not replace an instance")
-
     def mark_dead(self, pool: InstancePool, instance: Instance) -> None:
         """The router could not connect to ``instance``: stop routing to it, stop it, start a replacement."""
-        if not pool.detach(instance):
-            return
-
-        async def replace() -> None:
-            instance.upstream.close()
-            await instance.handle.stop(self.settings.stop_grace)
-            self.store.remove_instance(instance.instance_id)
-            await self._replace(pool)
-
-        task = asyncio.get_running_loop().create_task(replace())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.health.mark_dead(pool, instance)
 
     async def shutdown(self) -> None:
         """Stop every model server; endpoint records stay so the next start restores them."""
-        self._closing = True
-        if self._monitor is not None:
-            self._monitor.cancel()
-        for task in list(self._tasks.values()) + list(self._background):
+        for task in list(self._tasks.values()):
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), *self._background, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.health.shutdown()
         runtimes, self.live = list(self.live.values()), {}
         for runtime in runtimes:
             for variant in runtime.all_variants():
                 instances, variant.pool.instances = variant.pool.instances, []
                 await asyncio.gather(*(i.handle.stop(self.settings.stop_grace) for i in instances),
                                      return_exceptions=True)
+        await self.builder.close()
         self.store.clear_instances()

@@ -13,7 +13,10 @@ Extension points (see docs/platform-internals.md):
   :class:`selfmaker.errors.SageMakerError` to refuse (e.g. sync invoke of an async endpoint);
 * ``EndpointRuntime.observers`` — callables ``(InvocationRecord) -> None`` run after every answered
   production request (data capture, shadow mirroring); they must not block (schedule a task);
-* ``EndpointRuntime.shadow_variants`` and ``EndpointRuntime.attributes`` for extension state.
+* ``EndpointRuntime.dispatch`` — replaces the routing of a deployment while set (a guarded blue/green
+  deployment sends each request to the old or the new fleet);
+* ``EndpointRuntime.shadow_variants`` and ``EndpointRuntime.state`` (a :class:`FeatureState`: one object per
+  type) for feature state.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from selfmaker.errors import ServiceUnavailable, ValidationError
@@ -35,6 +38,44 @@ from selfmaker.executors.base import InstanceHandle
 from serving.router import WeightedChoice, least_outstanding
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class FeatureState:
+    """Feature objects kept by their type: one per type, typed on the way out.
+
+    The platform keeps one (features' per-platform state: a capture writer, the async supervisor …) and so
+    does every deployment (per-deployment state: a capture policy, an async endpoint's settings). Keying by
+    type instead of by string keeps each feature's state private to it and typed for its readers.
+    """
+
+    def __init__(self) -> None:
+        self._by_type: dict[type[Any], Any] = {}
+
+    def get(self, kind: type[T]) -> T | None:
+        """The object of type ``kind``, or None."""
+        found = self._by_type.get(kind)
+        return found if isinstance(found, kind) else None
+
+    def setdefault(self, kind: type[T], factory: Callable[[], T]) -> T:
+        """The object of type ``kind``, created by ``factory`` on first use."""
+        found = self.get(kind)
+        if found is None:
+            found = self._by_type[kind] = factory()
+        return found
+
+    def put(self, value: Any) -> None:
+        """Keep ``value`` as the object of its type (replacing any previous one)."""
+        self._by_type[type(value)] = value
+
+    def pop(self, kind: type[T]) -> T | None:
+        """Forget the object of type ``kind`` and return it (None if there was none)."""
+        found = self._by_type.pop(kind, None)
+        return found if isinstance(found, kind) else None
+
+    def values(self) -> list[Any]:
+        return list(self._by_type.values())
 
 
 class Instance:
@@ -227,6 +268,12 @@ class InvocationRecord:
     latency: float | None = None
 
 
+#: the answer of one call to a variant: (status, body, headers with lower-cased names)
+VariantAnswer = tuple[int, bytes, dict[str, str]]
+#: sends one request (record, body, outgoing headers) somewhere and says which variant answered
+Dispatcher = Callable[[InvocationRecord, bytes, dict[str, str]], Awaitable[tuple[VariantRuntime, VariantAnswer]]]
+
+
 class EndpointRuntime:
     """The routable deployment of an endpoint (one per endpoint config generation)."""
 
@@ -242,7 +289,14 @@ class EndpointRuntime:
         self.shadow_variants: dict[str, VariantRuntime] = {}
         self.pre_invoke: list[Callable[[InvocationRecord], None]] = []
         self.observers: list[Callable[[InvocationRecord], None]] = []
-        self.attributes: dict[str, Any] = {}
+        #: replaces :meth:`route` + one call while set (a guarded deployment in progress)
+        self.dispatch: Dispatcher | None = None
+        #: the model documents this deployment was made with (production and shadow variants)
+        self.models: dict[str, dict[str, Any]] = {}
+        #: where this deployment's model data and instance directories live (removed when it is retired)
+        self.deploy_dir: Path | None = None
+        #: per-deployment feature state
+        self.state = FeatureState()
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Change variant weights at once (the next request sees the new split)."""

@@ -9,11 +9,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
+from selfmaker.executors.process import ProcessExecutor
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
 
-__all__ = ["Executor", "ExecutorError", "InstanceHandle", "InstanceSpec", "executor_kind_for_image",
+__all__ = ["Executor", "ExecutorError", "Executors", "InstanceHandle", "InstanceSpec", "executor_kind_for_image",
            "image_repository", "load_executor"]
 
 _REGISTRY_CHARS = (".", ":")
@@ -45,11 +46,9 @@ def load_executor(kind: str, settings: PlatformSettings) -> Executor:
     """Create the executor for ``kind``: ``process`` is built in; ``container`` comes from
     ``selfmaker.executors.container.ContainerExecutor(settings)`` when that module exists."""
     if kind == "process":
-        from selfmaker.executors.process import ProcessExecutor
-
         return ProcessExecutor(settings)
     if kind == "container":
-        try:
+        try:  # imported by name: a build without the container executor still serves process images
             module = importlib.import_module("selfmaker.executors.container")
         except ModuleNotFoundError as exc:
             if exc.name != "selfmaker.executors.container":
@@ -57,3 +56,28 @@ def load_executor(kind: str, settings: PlatformSettings) -> Executor:
             raise ExecutorError("container images are not supported by this selfmaker build") from exc
         return module.ContainerExecutor(settings)
     raise ExecutorError(f"unknown executor kind {kind!r}")
+
+
+class Executors:
+    """The platform's executors by kind, each created on first use."""
+
+    def __init__(self, settings: PlatformSettings) -> None:
+        self.settings = settings
+        self._by_kind: dict[str, Executor] = {}
+
+    def for_image(self, image: str | None) -> Executor:
+        """The executor that runs ``image`` (created on first use)."""
+        kind = executor_kind_for_image(image, self.settings.process_images)
+        executor = self._by_kind.get(kind)
+        if executor is None:
+            executor = self._by_kind[kind] = load_executor(kind, self.settings)
+        return executor
+
+    def install(self, kind: str, executor: Executor) -> None:
+        """Make ``executor`` the one for ``kind`` (e.g. the serverless feature's fork executor)."""
+        self._by_kind[kind] = executor
+
+    async def close(self) -> None:
+        """Close every executor that was created."""
+        for executor in self._by_kind.values():
+            await executor.close()

@@ -1,26 +1,24 @@
-"""The flask application of the model server: /ping, /invocations, /execution-parameters, /metrics.
+"""The WSGI application of the model server: /ping, /invocations, /execution-parameters, /metrics.
 
-Thin transport over :class:`serving.dataplane.DataPlane`; every error becomes a JSON body in
-:func:`_error` (4xx with the message, 5xx "internal error" with the traceback in the log only).
-:class:`serving.http.fastpath.FastPath` answers the two hot routes without flask's request machinery
-and times every request (metrics, access log); the flask routes below define the same behaviour and
-serve everything else.
+Thin transport over :class:`serving.dataplane.DataPlane`. :class:`serving.http.fastpath.FastPath` is the
+one route for ``GET /ping`` and ``POST /invocations`` (answered without flask's request machinery) and
+times every request (metrics, access log); the flask app behind it serves the cold routes, and every
+error there becomes a JSON body in :func:`_error` (4xx with the message, 5xx "internal error" with the
+traceback in the log only).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from serving import contract
 from serving.dataplane import DataPlane
-from serving.errors import PayloadTooLargeError, ServingError, error_body, error_response
-from serving.http.fastpath import MODEL_SECONDS_KEY, FastPath
+from serving.errors import ServingError, error_body, error_response
+from serving.http.fastpath import FastPath
 from serving.metrics import Metrics
 from serving.settings import ServingSettings
 
@@ -43,10 +41,10 @@ def create_app(
     """Build the flask app serving ``model``.
 
     ``ready`` decides /ping (default: ``model.ready``); the gunicorn runner passes one that also waits
-    for every worker. ``metrics`` enables /metrics and request accounting.
+    for every worker. ``metrics`` enables /metrics and request accounting. ``/ping`` and
+    ``/invocations`` are :class:`~serving.http.fastpath.FastPath`'s alone: flask never sees them.
     """
     app = Flask("serving")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes()
     is_ready = ready or (lambda: model.ready)
     max_bytes = settings.max_payload_bytes()
     execution_parameters = orjson.dumps(
@@ -56,42 +54,6 @@ def create_app(
             "MaxPayloadInMB": settings.max_payload_mb,
         }
     )
-    custom_header = contract.CUSTOM_ATTRIBUTES_HEADER
-
-    @app.get("/ping")
-    def ping() -> Response:
-        if is_ready():
-            return Response(b"", status=200, content_type=_JSON)
-        if model.error:
-            return _error(503, error_body(503, f"model failed to load: {model.error}"))
-        return _error(503, error_body(503, "model is loading"))
-
-    @app.post("/invocations")
-    def invocations() -> Response:
-        length = request.content_length
-        if length is not None and length > max_bytes:
-            raise PayloadTooLargeError(
-                f"request body of {length} bytes exceeds the {settings.max_payload_mb} MB limit"
-            )
-        if not is_ready() and not model.ready:
-            if model.error:
-                return _error(503, error_body(503, "model failed to load"))
-            return _error(503, error_body(503, "model is loading"))
-        headers = request.headers
-        attributes = headers.get(custom_header)
-        result = model.invoke_full(
-            request.get_data(cache=False),
-            headers.get("Content-Type"),
-            headers.get("Accept"),
-            attributes,
-            dict(headers) if model.takes_headers else None,
-        )
-        request.environ[MODEL_SECONDS_KEY] = result.model_seconds
-        response = Response(result.body, status=200, content_type=result.content_type)
-        if result.custom_attributes is not None:
-            response.headers[custom_header] = contract.sanitize_header(result.custom_attributes)
-        return response
-
     @app.get("/execution-parameters")
     def parameters() -> Response:
         return Response(execution_parameters, status=200, content_type=_JSON)
@@ -114,8 +76,6 @@ def create_app(
     def http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
         message = exc.description or exc.name
-        if code == 413:
-            message = f"request body exceeds the {settings.max_payload_mb} MB limit"
         return _error(code, error_body(code, message))
 
     @app.errorhandler(Exception)

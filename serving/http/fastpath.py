@@ -1,9 +1,9 @@
-"""A thin WSGI front for the two hot routes, in front of the flask app.
+"""A thin WSGI front that is the only route for the two hot paths, in front of the flask app.
 
 ``GET /ping`` and ``POST /invocations`` are answered straight from the WSGI environ — no request
 context, no routing, no Response object — because flask's per-request machinery costs more than a
-small model's whole prediction. Every other path, and every other method on these paths, goes to the
-flask app unchanged. Errors are mapped by the same :func:`serving.errors.error_response` the flask
+small model's whole prediction. Another method on these paths is a 405 here; every other path goes to
+the flask app unchanged. Errors are mapped by the same :func:`serving.errors.error_response` the flask
 handlers use. This layer also times every request: metrics and one structured access-log line.
 """
 
@@ -26,7 +26,8 @@ access_log = logging.getLogger("serving.access")
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 _JSON = "application/json"
 _ROUTES = ("/invocations", "/ping", "/metrics", "/execution-parameters")
-MODEL_SECONDS_KEY = "selfmaker.model_seconds"
+#: The methods of the routes this layer alone answers (a 405 names them in ``Allow``).
+_HOT_METHODS = {"/invocations": "POST", "/ping": "GET, HEAD"}
 #: Set by a server that can answer invocations in batches (see :class:`PendingInvocation`).
 DEFER_KEY = "selfmaker.defer"
 #: Larger bodies are answered at once: their records already fill a model run, and stacking them
@@ -54,7 +55,7 @@ def _headers_of(environ: dict[str, Any]) -> dict[str, str]:
 
 
 class FastPath:
-    """WSGI callable: hot routes here, everything else to ``fallback`` (the flask ``wsgi_app``)."""
+    """WSGI callable: the hot routes here, every other path to ``fallback`` (the flask ``wsgi_app``)."""
 
     def __init__(
         self,
@@ -169,9 +170,14 @@ class FastPath:
                 status, headers, out, model_seconds = self._invoke(environ, body)
             start_response(_STATUS_LINES.get(status) or str(status), headers)
             result: Iterable[bytes] = [out]
-        elif path == "/ping" and method == "GET":
+        elif path == "/ping" and (method == "GET" or method == "HEAD"):
             status, headers, out = self._ping()
             start_response(_STATUS_LINES.get(status) or str(status), headers)
+            result = [out] if method == "GET" else []
+        elif path in _HOT_METHODS:
+            status = 405
+            out = error_body(405, f"{method} is not allowed on {path}; use {_HOT_METHODS[path]}")
+            start_response(_STATUS_LINES[405], [*_json_headers(out), ("Allow", _HOT_METHODS[path])])
             result = [out]
         else:
             seen: list[str] = []
@@ -182,7 +188,6 @@ class FastPath:
 
             result = self.fallback(environ, _start_response)
             status = int(seen[-1][:3]) if seen else 500
-            model_seconds = environ.get(MODEL_SECONDS_KEY)
         self._account(environ, path, method, status, started, model_seconds)
         return result
 

@@ -15,6 +15,15 @@ if _PLATFORM_TESTS not in sys.path:
     sys.path.insert(0, _PLATFORM_TESTS)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of this package ``slow``: each module starts a real platform (``selfmaker up``),
+    so ``make test-fast`` (``-m "not slow and not container"``) leaves them out."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A `selfmaker up` with default settings and its own home, for the module (modules that need

@@ -378,7 +378,7 @@ def _gone(sm: Any, name: str) -> bool:
 def test_delete_endpoint_drops_its_queue(platform: Any, moto_server: str, model_tar: str) -> None:
     """Requests still queued when an endpoint is deleted are dropped with it (as on SageMaker): an
     endpoint created again under the same name neither processes them nor knows their InferenceIds."""
-    from selfmaker.async_inference import backlog_by_endpoint
+    from selfmaker.features.async_inference.supervisor import backlog_by_endpoint
 
     aws = new_aws(moto_server)
     zero = {"ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 1}}
@@ -563,7 +563,9 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
             wait_until(
                 lambda: len(inbox.notes) >= total, timeout=150, what="all notifications after the restart"
             )
-            time.sleep(2.0)  # a late duplicate would arrive now
+            # a late duplicate could come only from a request still queued or in flight, or a notification
+            # not yet read: wait until the queue has nothing unfinished and the inbox is empty
+            wait_until(lambda: settled(aws, home, "async-kill"), timeout=60, what="the queue and the inbox to settle")
         ids = [n["inferenceId"] for n in inbox.notes]
         assert len(ids) == total, f"{len(ids)} notifications for {total} requests ({len(set(ids))} distinct)"
         assert set(ids) == set(accepted)
@@ -573,6 +575,24 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
     finally:
         server.stop()
         _kill_leftovers(home)
+
+
+def settled(aws: Aws, home: Path, endpoint: str) -> bool:
+    """Nothing of ``endpoint`` is left in the platform's queue (waiting or in flight) and no notification
+    is left in the inbox queue (the Inbox thread deletes each one after keeping it)."""
+    from serving.asyncq import SqliteQueue
+
+    queue = SqliteQueue(home / "async" / "queue.db", endpoint)
+    try:
+        if queue.backlog():
+            return False
+    finally:
+        queue.close()
+    attributes = aws.sqs.get_queue_attributes(
+        QueueUrl=aws.inbox_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values()) == 0
 
 
 def _cmdline(pid: int) -> bytes:

@@ -127,6 +127,16 @@ class Traffic:
                 )
             time.sleep(0.01)
 
+    def wait_for_more(self, count: int, timeout: float = 60.0) -> None:
+        """Wait until ``count`` more requests than now have ended (answered or failed): traffic seen
+        after an event, instead of a fixed sleep."""
+        target = len(self.answers) + len(self.failures) + count
+        deadline = time.monotonic() + timeout
+        while len(self.answers) + len(self.failures) < target:
+            assert self._thread.is_alive(), "the traffic loop ended (its count or time bound) too early"
+            assert time.monotonic() < deadline, f"fewer than {count} requests in {timeout}s"
+            time.sleep(0.01)
+
     def __enter__(self) -> Traffic:
         self._thread.start()
         return self
@@ -178,7 +188,7 @@ def test_canary_with_a_healthy_new_fleet_completes(platform: Any, sm: Any, smr: 
             DeploymentConfig=canary(2, "new-fleet-5xx", "new-fleet-p99"),
         )
         desc = wait_in_service(sm, "gr-ok", seen)
-        time.sleep(0.3)  # a little traffic on the new fleet alone
+        traffic.wait_for_more(20)  # a little traffic on the new fleet alone
     assert traffic.failures == []
     assert desc["EndpointConfigName"] == "gr-cfg-b" and "FailureReason" not in desc
     assert (
@@ -206,7 +216,7 @@ def test_canary_with_a_broken_new_fleet_rolls_back_without_failed_requests(
             DeploymentConfig=canary(30, "new-fleet-5xx"),
         )
         desc = wait_in_service(sm, "gr-bad")
-        time.sleep(0.3)
+        traffic.wait_for_more(20)  # and on the old fleet after the rollback
     assert traffic.failures == []  # the canary's 500s were answered by the old fleet
     assert len(traffic.answers) > 0 and set(traffic.answers) == {old_answer}
     assert desc["EndpointConfigName"] == "gr-cfg-a"

@@ -117,6 +117,16 @@ def deploy_serverless(sm: Any, name: str, model_data: str, **config: int) -> Non
     sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=helpers.WAIT)
 
 
+def outlive_an_idle_timeout(platform: Any, sm: Any, smr: Any, model_uri: str, control: str) -> None:
+    """An observable event instead of a fixed sleep: an on-demand endpoint ``control``, deployed and
+    invoked after the caller's last request, scales to zero. By then the caller's endpoint has been idle
+    longer than the idle timeout plus the control's deployment and cold start: several reaper rounds."""
+    deploy_serverless(sm, control, model_uri)
+    invoke(smr, control)
+    wait_until(lambda: instances(platform, control) == [], timeout=60, what=f"{control} to scale to zero")
+    sm.delete_endpoint(EndpointName=control)
+
+
 def instances(platform: Any, endpoint: str) -> list[dict[str, Any]]:
     """Model servers of ``endpoint`` as the platform records them (what `selfmaker status` prints)."""
     from selfmaker.state import StateStore
@@ -223,8 +233,8 @@ def test_provisioned_concurrency_stays_warm(platform: Any, sm: Any, smr: Any, mo
     deploy_serverless(sm, "sl-warm", model_uri, MaxConcurrency=4, ProvisionedConcurrency=1)
     assert len(instances(platform, "sl-warm")) == 1  # started before InService
     invoke(smr, "sl-warm")
-    time.sleep(IDLE * 2)  # two idle timeouts; the provisioned instance must survive them
-    assert len(instances(platform, "sl-warm")) == 1
+    outlive_an_idle_timeout(platform, sm, smr, model_uri, "sl-warm-control")
+    assert len(instances(platform, "sl-warm")) == 1  # the provisioned instance survived it
     assert metric(platform, "selfmaker_serverless_cold_starts_total", "sl-warm") == 0
 
 
@@ -294,8 +304,8 @@ def test_serverless_update_config_changes_concurrency_in_place(
         timeout=30,
         what="the provisioned instance",
     )
-    time.sleep(IDLE * 1.5)  # past the idle timeout: the provisioned instance stays
-    assert metric(platform, "selfmaker_serverless_instances", "sl-update") == 1
+    outlive_an_idle_timeout(platform, sm, smr, model_uri, "sl-update-control")
+    assert metric(platform, "selfmaker_serverless_instances", "sl-update") == 1  # the provisioned one stays
     assert metric(platform, "selfmaker_serverless_max_concurrency", "sl-update") == 7
     invoke(smr, "sl-update")
     with pytest.raises(ClientError) as info:  # a serverless variant has no instance count to set

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from batch import storage
 from batch.awsbatch import balance
-from batch.plan import JobPlan, plan_uri
 from batch.cli import main as local_transform
-from selfmaker.aws_batch import BatchJobs, submit_transform
+from batch.plan import JobPlan, plan_uri
+from selfmaker.jobs.aws_batch import BatchJobs, submit_transform
 
 CHILD_TIMEOUT = 240
 

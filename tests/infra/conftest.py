@@ -92,6 +92,16 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{args.inputs['name']}"
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        elif args.typ == "aws:lambda/function:Function":
+            state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs.get('name', args.name)}"
+            state["version"] = "1" if args.inputs.get("publish") else "$LATEST"
+        elif args.typ == "aws:lambda/alias:Alias":
+            state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs['functionName']}:{args.inputs['name']}"
+        elif args.typ == "aws:lb/loadBalancer:LoadBalancer":
+            state["arnSuffix"] = f"app/{args.name}/50dc6c495c0c9188"
+            state["dnsName"] = f"internal-{args.name}-1234567890.{REGION}.elb.amazonaws.com"
+        elif args.typ == "aws:lb/targetGroup:TargetGroup":
+            state["arnSuffix"] = f"targetgroup/{args.name}/73e2d6bc24d8a067"
         elif module == "iam":
             state.setdefault("arn", f"arn:aws:iam::{ACCOUNT}:{args.typ.rsplit(':', 1)[1].lower()}/{args.name}")
         state.setdefault("arn", f"arn:aws:{module}:{REGION}:{ACCOUNT}:{args.name}")

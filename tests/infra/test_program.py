@@ -46,9 +46,15 @@ def aws_resources(regs: list[Registration]) -> list[Registration]:
 def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     kinds = {r.type for r in dev if r.type.startswith("selfmaker:")}
     assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
-                     "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:jobs:JobQueue"}
+                     "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
+                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:jobs:JobQueue"}
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
-    assert groups == ["serve-cpu", "serve-gpu"]  # training runs on AWS Batch (selfmaker:jobs)
+    assert groups == ["churn-challenger", "churn-champion", "vision-AllTraffic"]  # training: AWS Batch (selfmaker:jobs)
+    endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
+    assert sorted(endpoints.values()) == ["churn", "vision"]
+    # a variant's group is a child of its endpoint
+    assert {endpoints.get(r.parent) for r in dev if r.name.startswith(("churn-", "vision-"))
+            and r.type == "selfmaker:compute:InstanceGroup"} == {"churn", "vision"}
 
 
 def test_every_taggable_resource_carries_the_standard_and_user_tags(dev: list[Registration]) -> None:
@@ -78,7 +84,7 @@ def test_every_aws_resource_has_a_selfmaker_component_as_parent(dev: list[Regist
 
 def test_every_bucket_is_encrypted_versioned_private_and_tls_only(dev_run: PulumiHarness) -> None:
     buckets = {r.id: r for r in dev_run.of_type("aws:s3/bucket:Bucket")}
-    assert len(buckets) == 3
+    assert len(buckets) == 4  # models, data, outputs + the gateway's access logs (ALB logs cannot use KMS)
 
     def by_bucket(type_token: str) -> dict[str, Registration]:
         found = {r.inputs["bucket"]: r for r in dev_run.of_type(type_token)}
@@ -86,9 +92,14 @@ def test_every_bucket_is_encrypted_versioned_private_and_tls_only(dev_run: Pulum
         return found
 
     key_arn = dev_run.named("store-key").state["arn"]
-    for sse in by_bucket("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration").values():
+    logs_id = dev_run.named("store-logs").id
+    for bucket_id, sse in by_bucket(
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration").items():
         default = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]
-        assert default == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": key_arn}
+        if bucket_id == logs_id:
+            assert default == {"sseAlgorithm": "AES256"}
+        else:
+            assert default == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": key_arn}
     for ver in by_bucket("aws:s3/bucketVersioning:BucketVersioning").values():
         assert ver.inputs["versioningConfiguration"]["status"] == "Enabled"
     for pab in by_bucket("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").values():
@@ -111,7 +122,7 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
     assert not dev_run.of_type("aws:ec2/launchConfiguration:LaunchConfiguration")
     assert not dev_run.of_type("aws:ec2/instance:Instance")
     templates = dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
-    assert len(templates) == 4  # two serving groups, the cpu and gpu Batch environments
+    assert len(templates) == 5  # three variants' groups, the cpu and gpu Batch environments
     for lt in templates:
         meta = lt.inputs["metadataOptions"]
         assert meta["httpTokens"] == "required" and meta["httpEndpoint"] == "enabled"
@@ -127,14 +138,24 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
 def test_amis_come_from_the_ssm_public_parameters(dev_run: PulumiHarness) -> None:
     ami = {lt.name: lt.inputs.get("imageId") for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
     # Batch picks its ECS-optimized AMI itself (the compute environment's ec2Configuration)
-    assert ami == {"serve-cpu-lt": "ami-0a1b2c3d4e5f60718", "serve-gpu-lt": "ami-0fedcba9876543210",
-                   "jobs-cpu-lt": None, "jobs-gpu-lt": None}
+    assert ami == {"churn-champion-lt": "ami-0a1b2c3d4e5f60718", "churn-challenger-lt": "ami-0a1b2c3d4e5f60718",
+                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "jobs-cpu-lt": None, "jobs-gpu-lt": None}
     asked = {args["name"] for token, args in dev_run.mocks.calls if token == "aws:ssm/getParameter:getParameter"}
     assert asked == {stack_config.SSM_AMI["cpu"], stack_config.SSM_AMI["gpu"]}
 
 
 def _rules(harness: PulumiHarness) -> list[Registration]:
     return harness.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+
+
+def check_ingress_policy(harness: PulumiHarness) -> None:
+    """The policy for every stack: nothing accepts the world, except 443 on an internet-facing load balancer."""
+    internet_facing = {r.urn: r for r in harness.of_type("aws:lb/loadBalancer:LoadBalancer") if r.inputs["internal"] is False}
+    open_groups = {sg for lb in internet_facing.values() for sg in lb.inputs["securityGroups"]}
+    for rule in _rules(harness):
+        if rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0":
+            assert rule.inputs["securityGroupId"] in open_groups, f"{rule.name} opens a non-gateway group to the world"
+            assert (rule.inputs["fromPort"], rule.inputs["toPort"], rule.inputs["ipProtocol"]) == (443, 443, "tcp")
 
 
 def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: PulumiHarness) -> None:
@@ -146,12 +167,24 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
         assert rule.inputs["type"] != "ingress" or "0.0.0.0/0" not in (rule.inputs.get("cidrBlocks") or [])
     ingress = _rules(dev_run)
     assert ingress
+    gateway_sg = dev_run.named("gateway-sg").id
+    check_ingress_policy(dev_run)
     for rule in ingress:
-        assert rule.inputs.get("cidrIpv4") is None and rule.inputs.get("cidrIpv6") is None
-        assert rule.inputs["referencedSecurityGroupId"], f"{rule.name} does not reference a security group"
+        if rule.inputs["securityGroupId"] != gateway_sg:  # only the gateway is open to client CIDRs
+            assert rule.inputs.get("cidrIpv4") is None and rule.inputs.get("cidrIpv6") is None
+            assert rule.inputs["referencedSecurityGroupId"], f"{rule.name} does not reference a security group"
     workload = dev_run.named("network-workload-sg").id
-    serve = dev_run.named("serve-cpu-ingress-0").inputs
-    assert (serve["referencedSecurityGroupId"], serve["fromPort"], serve["toPort"]) == (workload, 8080, 8080)
+    # the internal gateway accepts the VPC and the stack's own instances, on its listener port only
+    clients = {r.name: r.inputs for r in ingress if r.inputs["securityGroupId"] == gateway_sg}
+    assert {(c.get("cidrIpv4"), c.get("referencedSecurityGroupId"), c["fromPort"], c["toPort"])
+            for c in clients.values()} == {("10.20.0.0/16", None, 80, 80), (None, workload, 80, 80)}
+    # every variant accepts the model-server port from the gateway alone, and the gateway may reach it
+    for variant in ("churn-champion", "churn-challenger", "vision-AllTraffic"):
+        sources = [r.inputs for r in ingress if r.inputs["securityGroupId"] == dev_run.named(f"{variant}-sg").id]
+        assert [(r["referencedSecurityGroupId"], r["fromPort"], r["toPort"]) for r in sources] == [(gateway_sg, 8080, 8080)]
+        out = dev_run.named(f"gateway-{variant}-out").inputs
+        assert (out["securityGroupId"], out["referencedSecurityGroupId"], out["fromPort"]) == (
+            gateway_sg, dev_run.named(f"{variant}-sg").id, 8080)
     assert dev_run.named("network-endpoints-https").inputs["referencedSecurityGroupId"] == workload
     peers = dev_run.named("jobs-peers").inputs
     assert peers["referencedSecurityGroupId"] == peers["securityGroupId"] == dev_run.named("jobs-sg").id
@@ -236,17 +269,17 @@ def test_asgs_use_private_subnets_and_the_configured_capacity_mix(dev_run: Pulum
     for asg in asgs.values():
         assert sorted(asg["vpcZoneIdentifiers"]) == private_ids
         assert "launchConfiguration" not in asg
-    cpu = asgs["serve-cpu-asg"]
+    cpu = asgs["churn-champion-asg"]
     assert (cpu["minSize"], cpu["maxSize"], cpu["desiredCapacity"]) == (1, 4, 2)
     dist = cpu["mixedInstancesPolicy"]["instancesDistribution"]
     assert (dist["onDemandBaseCapacity"], dist["onDemandPercentageAboveBaseCapacity"]) == (1, 0)
     overrides = [o["instanceType"] for o in cpu["mixedInstancesPolicy"]["launchTemplate"]["overrides"]]
     assert overrides == ["c5.xlarge", "c6i.xlarge", "m5.xlarge"]
     assert cpu["capacityRebalance"] is True
-    gpu = asgs["serve-gpu-asg"]
+    gpu = asgs["vision-AllTraffic-asg"]
     assert "mixedInstancesPolicy" not in gpu and gpu["warmPool"] == {"poolState": "Stopped", "minSize": 1}
-    assert gpu["launchTemplate"]["id"] == dev_run.named("serve-gpu-lt").id
-    assert dev_run.named("serve-gpu-lt").inputs["instanceType"] == "g5.xlarge"
+    assert gpu["launchTemplate"]["id"] == dev_run.named("vision-AllTraffic-lt").id
+    assert dev_run.named("vision-AllTraffic-lt").inputs["instanceType"] == "g5.xlarge"
 
 
 def _user_data(harness: PulumiHarness, group: str) -> str:
@@ -256,17 +289,20 @@ def _user_data(harness: PulumiHarness, group: str) -> str:
 def test_user_data_runs_the_serving_image(dev_run: PulumiHarness) -> None:
     registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
     models_bucket = dev_run.named("store-models").id
-    cpu = _user_data(dev_run, "serve-cpu")
+    cpu = _user_data(dev_run, "churn-champion")
     assert f"IMAGE={registry}/selfmaker-dev/serving:0.1.0" in cpu
-    assert f"MODEL_DATA=s3://{models_bucket}/models/demo/model.tar.gz" in cpu and '"$IMAGE" serve' in cpu
+    assert f"MODEL_DATA=s3://{models_bucket}/models/churn/v1/model.tar.gz" in cpu and '"$IMAGE" serve' in cpu
     assert "dnf install -y docker" in cpu and "--gpus all" not in cpu
     assert "-e SAGEMAKER_MODEL_SERVER_WORKERS=2" in cpu
-    assert "LOG_GROUP=/selfmaker-dev/serve-cpu" in cpu
-    gpu = _user_data(dev_run, "serve-gpu")
+    # the model server answers /endpoints/churn/invocations as variant champion
+    assert "-e SELFMAKER_ENDPOINT_NAME=churn" in cpu and "-e SELFMAKER_VARIANT_NAME=champion" in cpu
+    assert "LOG_GROUP=/selfmaker-dev/churn-champion" in cpu
+    assert f"MODEL_DATA=s3://{models_bucket}/models/churn/v2/model.tar.gz" in _user_data(dev_run, "churn-challenger")
+    gpu = _user_data(dev_run, "vision-AllTraffic")
     assert "--gpus all" in gpu and "dnf install" not in gpu
     assert f"IMAGE={registry}/selfmaker-dev/serving:0.1.0-gpu" in gpu
     log_groups = {r.inputs["name"] for r in dev_run.of_type("aws:cloudwatch/logGroup:LogGroup") if "name" in r.inputs}
-    assert {"/selfmaker-dev/serve-cpu", "/selfmaker-dev/serve-gpu", "/selfmaker-dev/jobs"} <= log_groups
+    assert {"/selfmaker-dev/churn-champion", "/selfmaker-dev/vision-AllTraffic", "/selfmaker-dev/jobs"} <= log_groups
 
 
 def test_ecr_repositories_scan_on_push_keep_tags_immutable_and_expire_old_images(dev_run: PulumiHarness) -> None:

@@ -17,7 +17,7 @@ from aws_batch_kit import LOG_GROUP, FakeStack, create_stack
 
 from batch import storage
 from batch.cli import platform_url
-from selfmaker.aws_batch import instance_resources
+from selfmaker.jobs.aws_batch import instance_resources
 from selfmaker.cli import main
 
 CSV = b"1.0,2.0,3.0,4.0\n0.5,0.1,0.2,0.3\n"

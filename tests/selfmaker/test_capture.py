@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfmaker.capture import (
+from selfmaker.features.capture.writer import (
     CapturePolicy,
     CaptureWriter,
     capture_key,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfmaker.guardrails import (
+from selfmaker.features.guardrails.bluegreen import (
     AlarmRule,
     DeploymentProgress,
     FleetRecorder,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from selfmaker.serverless.forker import TemplateError, TemplateProcess, template_request
-from selfmaker.serverless.limiter import SlotLimiter
+from selfmaker.executors.forker import TemplateError, TemplateProcess, template_request
+from selfmaker.features.serverless.limiter import SlotLimiter
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "selfmaker"))
@@ -182,7 +182,7 @@ def test_slots_are_shared_across_processes(tmp_path: Path) -> None:
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from selfmaker.serverless.limiter import SlotLimiter
+        from selfmaker.features.serverless.limiter import SlotLimiter
         limiter = SlotLimiter(Path({str(tmp_path / "slots")!r}), 3)
         slot = limiter.try_acquire()
         print("slot" if slot is not None else "none", flush=True)

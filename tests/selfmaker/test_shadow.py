@@ -12,7 +12,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selfmaker.shadow import Answer, ShadowMirror, outputs_match, shadow_fraction
+from selfmaker.features.shadow.mirror import Answer, ShadowMirror, outputs_match, shadow_fraction
 
 
 def test_outputs_match_json_csv_and_bytes() -> None:

@@ -435,6 +435,12 @@ def _deliveries(queue: SqliteQueue, req: AsyncRequest) -> int:
     return int(row[0])
 
 
+def _processing_threads(queue: SqliteQueue) -> list[threading.Thread]:
+    """Live processing threads of the workers on ``queue`` (named ``asyncq-<queue>-<n>`` by AsyncWorker)."""
+    prefix = f"asyncq-{queue.name}-"
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and not t.name.endswith("-heartbeat")]
+
+
 def test_graceful_stop_hands_back_in_flight_request(tmp_path: Path, aws: Aws, container: Container) -> None:
     queue = SqliteQueue(tmp_path / "q.db", "ep")
     req = make_request(aws, aws.put_input("in/g.csv", b"g"), custom_attributes="sleep=1.5")
@@ -448,7 +454,9 @@ def test_graceful_stop_hands_back_in_flight_request(tmp_path: Path, aws: Aws, co
         wait_until(lambda: queue.backlog() == 0, timeout=20, what="backlog drained by the second worker")
     finally:
         second.stop()
-    time.sleep(2.0)  # let the first worker's abandoned invocation return; it must not write or notify
+    # the first worker's abandoned invocation returns once the container answers it; when its thread
+    # has ended, whatever it would have written or notified is there to see
+    wait_until(lambda: not _processing_threads(queue), timeout=20, what="the first worker's invocation to return")
     assert aws.keys("out/") == [f"out/{req.inference_id}.out"]
     assert len(aws.notifications(1)) == 1
     queue.close()

@@ -102,6 +102,11 @@ def test_payload_limit_and_unknown_routes(serve: Callable[..., Server], binary_m
     assert missing.status_code == 404 and missing.json()["status"] == 404
     wrong_method = requests.get(small.url + "/invocations", timeout=5)
     assert wrong_method.status_code == 405 and wrong_method.headers["Content-Type"] == "application/json"
+    assert wrong_method.headers["Allow"] == "POST" and wrong_method.json()["status"] == 405
+    post_ping = requests.post(small.url + "/ping", data=b"x", timeout=5)
+    assert post_ping.status_code == 405 and post_ping.headers["Allow"] == "GET, HEAD"
+    head = requests.head(small.url + "/ping", timeout=5)
+    assert head.status_code == 200 and head.content == b""
     assert requests.get(small.url + "/ping", timeout=5).status_code == 200
     assert "Using worker: sync" in small.log()
 

@@ -20,7 +20,7 @@ from aws_batch_kit import batch_env, create_stack, kill_container, start_contain
 from testkit import find_free_port
 from training_helpers import XGB_IMAGE, binary_data, channel, request, run_job, write_csv
 
-from selfmaker.aws_batch import BatchJobs, submit_training
+from selfmaker.jobs.aws_batch import BatchJobs, submit_training
 from training.awsbatch import node_identity
 
 NODE_TIMEOUT = 300

@@ -9,7 +9,7 @@ from selfmaker.state import Record
 from selfmaker.state import now as state_now
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 #: the noun SageMaker uses in "Could not find <noun> ..." messages
 NOUNS = {"model": "model", "endpoint-config": "endpoint configuration", "endpoint": "endpoint"}
@@ -20,7 +20,7 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if not k.startswith("_") and v is not None}
 
 
-def find(platform: Platform, kind: str, name: str) -> Record:
+def find(platform: Services, kind: str, name: str) -> Record:
     """The record of ``name`` or SageMaker's ``Could not find <noun> "<arn>".`` ValidationException."""
     record = platform.store.get(kind, name)
     if record is None:
@@ -28,7 +28,7 @@ def find(platform: Platform, kind: str, name: str) -> Record:
     return record
 
 
-def create_record(platform: Platform, kind: str, name: str, doc: dict[str, Any], *, status: str | None = None,
+def create_record(platform: Services, kind: str, name: str, doc: dict[str, Any], *, status: str | None = None,
                   tags: list[dict[str, str]] | None = None) -> Record:
     """Insert a new resource; ``Cannot create already existing <noun> "<arn>".`` when the name is taken."""
     now = state_now()
@@ -41,7 +41,7 @@ def create_record(platform: Platform, kind: str, name: str, doc: dict[str, Any],
     return record
 
 
-def check_instances(platform: Platform, count: int | None, what: str) -> None:
+def check_instances(platform: Services, count: int | None, what: str) -> None:
     """ResourceLimitExceeded when ``count`` instances of ``what`` exceed ``SELFMAKER_MAX_INSTANCES``."""
     limit = platform.settings.max_instances
     if count is not None and count > limit:
@@ -51,7 +51,7 @@ def check_instances(platform: Platform, count: int | None, what: str) -> None:
         )
 
 
-def check_config_instances(platform: Platform, config: dict[str, Any]) -> None:
+def check_config_instances(platform: Services, config: dict[str, Any]) -> None:
     """The instance counts of an endpoint config's production and shadow variants."""
     for key in ("ProductionVariants", "ShadowProductionVariants"):
         for variant in config.get(key) or []:

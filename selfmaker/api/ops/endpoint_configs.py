@@ -10,7 +10,7 @@ from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 #: features the core refuses unless a ``@config_check`` extension claims them
 EXTENSION_FEATURES = ("ServerlessConfig", "AsyncInferenceConfig", "ShadowProductionVariants", "DataCaptureConfig")
@@ -24,7 +24,7 @@ def _features(params: dict[str, Any]) -> set[str]:
     return used
 
 
-def check_variants(platform: Platform, variants: list[dict[str, Any]], member: str) -> None:
+def check_variants(platform: Services, variants: list[dict[str, Any]], member: str) -> None:
     """Cross-field rules of production variants that botocore's model cannot express."""
     seen: set[str] = set()
     for index, variant in enumerate(variants, start=1):
@@ -56,7 +56,7 @@ def check_variants(platform: Platform, variants: list[dict[str, Any]], member: s
 
 
 @operation("CreateEndpointConfig")
-async def create_endpoint_config(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def create_endpoint_config(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Store an endpoint configuration after checking its variants and models."""
     name = params["EndpointConfigName"]
     claimed: set[str] = set()
@@ -86,20 +86,20 @@ async def create_endpoint_config(platform: Platform, params: dict[str, Any]) -> 
 
 
 @operation("DescribeEndpointConfig")
-async def describe_endpoint_config(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def describe_endpoint_config(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """The stored endpoint configuration."""
     return public(find(platform, "endpoint-config", params["EndpointConfigName"]).doc)
 
 
 @operation("DeleteEndpointConfig")
-async def delete_endpoint_config(platform: Platform, params: dict[str, Any]) -> None:
+async def delete_endpoint_config(platform: Services, params: dict[str, Any]) -> None:
     """Forget an endpoint configuration (endpoints keep the configuration they resolved)."""
     record = find(platform, "endpoint-config", params["EndpointConfigName"])
     platform.store.delete("endpoint-config", record.name)
 
 
 @operation("ListEndpointConfigs")
-async def list_endpoint_configs(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def list_endpoint_configs(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Endpoint configurations, filtered, sorted and paginated."""
     items, token = list_page(
         platform.store.list("endpoint-config"), params,

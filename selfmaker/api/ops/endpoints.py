@@ -3,6 +3,7 @@ UpdateEndpointWeightsAndCapacities."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
@@ -11,7 +12,7 @@ from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
     from selfmaker.state import Record
 
 #: members of the endpoint config echoed by DescribeEndpoint
@@ -35,7 +36,7 @@ def _echo(config: dict[str, Any]) -> dict[str, Any]:
 
 
 @operation("CreateEndpoint")
-async def create_endpoint(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def create_endpoint(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Create an endpoint (Creating) and deploy its configuration in the background."""
     name = params["EndpointName"]
     config = find(platform, "endpoint-config", params["EndpointConfigName"])
@@ -64,13 +65,13 @@ def describe(record: Record) -> dict[str, Any]:
 
 
 @operation("DescribeEndpoint")
-async def describe_endpoint(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def describe_endpoint(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Status, variants (weights, instance counts) and failure reason of an endpoint."""
     return describe(find(platform, "endpoint", params["EndpointName"]))
 
 
 @operation("DeleteEndpoint")
-async def delete_endpoint(platform: Platform, params: dict[str, Any]) -> None:
+async def delete_endpoint(platform: Services, params: dict[str, Any]) -> None:
     """Stop routing, drain in-flight requests, stop the model servers, forget the endpoint."""
     record = find(platform, "endpoint", params["EndpointName"])
     if record.status == "Deleting":
@@ -80,7 +81,7 @@ async def delete_endpoint(platform: Platform, params: dict[str, Any]) -> None:
 
 
 @operation("ListEndpoints")
-async def list_endpoints(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def list_endpoints(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Endpoints, filtered (name, status, times), sorted and paginated."""
     items, token = list_page(
         platform.store.list("endpoint"), params,
@@ -89,14 +90,14 @@ async def list_endpoints(platform: Platform, params: dict[str, Any]) -> dict[str
     return {"Endpoints": items, "NextToken": token}
 
 
-def _require_in_service(platform: Platform, record: Record) -> None:
+def _require_in_service(platform: Services, record: Record) -> None:
     if record.status != "InService" or platform.endpoints.busy(record.name) \
             or record.name.lower() not in platform.endpoints.live:
         raise ValidationException(f'Cannot update in-progress endpoint "{record.arn}".')
 
 
 @operation("UpdateEndpoint")
-async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def update_endpoint(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Blue/green deployment of another endpoint configuration; the old one serves until the new is ready."""
     record = find(platform, "endpoint", params["EndpointName"])
     config = find(platform, "endpoint-config", params["EndpointConfigName"])
@@ -121,8 +122,8 @@ async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
             if "DesiredInstanceCount" not in excluded and variant.pool.size:
                 kept["count"] = variant.pool.desired or variant.pool.size
             retain[variant.name] = kept
-    if platform.endpoints.deployment_guard is not None:  # validates DeploymentConfig and its alarms
-        platform.endpoints.deployment_guard.check(params, record, config.doc, retain)
+    for check in platform.registry.update_checks:  # e.g. guardrails: DeploymentConfig and its alarms
+        check(platform, params, record, config.doc, retain)
     merge: dict[str, Any] = {}
     if params.get("DeploymentConfig"):
         merge["DeploymentConfig"] = params["DeploymentConfig"]
@@ -132,7 +133,7 @@ async def update_endpoint(platform: Platform, params: dict[str, Any]) -> dict[st
 
 
 @operation("UpdateEndpointWeightsAndCapacities")
-async def update_weights_and_capacities(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def update_weights_and_capacities(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Change variant weights at once and instance counts in the background."""
     record = find(platform, "endpoint", params["EndpointName"])
     _require_in_service(platform, record)
@@ -146,7 +147,7 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
             f"configuration of endpoint \"{record.arn}\".")
     if len(set(names)) != len(names):
         raise ValidationException("Each variant may appear only once in DesiredWeightsAndCapacities.")
-    serverless: dict[str, Any] = {}  # variant name -> ServerlessConfig after ServerlessUpdateConfig
+    changes: list[tuple[str, Callable[[], dict[str, Any]]]] = []  # (variant, apply) of @variant_update hooks
     for index, item in enumerate(desired, start=1):
         variant = runtime.variants[item["VariantName"]]
         count = item.get("DesiredInstanceCount")
@@ -159,25 +160,23 @@ async def update_weights_and_capacities(platform: Platform, params: dict[str, An
             raise ValidationException(
                 f"1 validation error detected: Value '{count}' at 'desiredWeightsAndCapacities.{index}.member."
                 "desiredInstanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1")
-        if item.get("ServerlessUpdateConfig"):
-            from selfmaker.serverless.integration import check_serverless_update
-
-            serverless[variant.name] = check_serverless_update(variant, item["ServerlessUpdateConfig"], index)
+        for check in platform.registry.variant_updates:  # e.g. ServerlessUpdateConfig
+            apply = check(platform, variant, item, index)
+            if apply is not None:
+                changes.append((variant.name, apply))
     weights = {v.name: v.weight for v in runtime.variants.values()}
     weights.update({d["VariantName"]: float(d["DesiredWeight"]) for d in desired if d.get("DesiredWeight") is not None})
     if sum(weights.values()) <= 0:
         raise ValidationException("At least one production variant must keep a weight above 0.")
     merge: dict[str, Any] = {}
-    if serverless:
-        from selfmaker.serverless.integration import apply_serverless_update
-
-        for name, config in serverless.items():
-            apply_serverless_update(runtime.variants[name], config)
-        # the config in service is what a restart brings back: it carries the new concurrency too
+    if changes:
+        changed: dict[str, dict[str, Any]] = {}
+        for name, apply in changes:
+            changed.setdefault(name, {}).update(apply())
+        # the config in service is what a restart brings back: it carries the changes too
         deployed = record.doc.get("_Config") or {}
         merge["_Config"] = {**deployed, "ProductionVariants": [
-            {**v, "ServerlessConfig": runtime.variants[v["VariantName"]].config["ServerlessConfig"]}
-            if v.get("VariantName") in serverless else v
+            {**v, **changed[v["VariantName"]]} if v.get("VariantName") in changed else v
             for v in deployed.get("ProductionVariants") or []]}
     platform.store.update("endpoint", record.name, status="Updating", merge=merge)
     platform.endpoints.update_weights_and_capacities(record.name, desired)

@@ -10,11 +10,11 @@ from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 
 @operation("CreateModel")
-async def create_model(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def create_model(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Store a model (container image + model data); nothing runs until an endpoint uses it."""
     name = params["ModelName"]
     containers = params.get("Containers")
@@ -42,21 +42,21 @@ async def create_model(platform: Platform, params: dict[str, Any]) -> dict[str, 
 
 
 @operation("DescribeModel")
-async def describe_model(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def describe_model(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """The stored model."""
     record = find(platform, "model", params["ModelName"])
     return public(record.doc)
 
 
 @operation("DeleteModel")
-async def delete_model(platform: Platform, params: dict[str, Any]) -> None:
+async def delete_model(platform: Services, params: dict[str, Any]) -> None:
     """Forget a model (endpoints already using it keep running)."""
     record = find(platform, "model", params["ModelName"])
     platform.store.delete("model", record.name)
 
 
 @operation("ListModels")
-async def list_models(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def list_models(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Models, filtered, sorted and paginated."""
     items, token = list_page(platform.store.list("model"), params,
                              lambda r: {"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.created})

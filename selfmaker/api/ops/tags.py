@@ -10,12 +10,12 @@ from selfmaker.arns import parse_arn
 from selfmaker.errors import ResourceLimitExceeded, ValidationException
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 MAX_TAGS = 50
 
 
-def _resource_arn(platform: Platform, arn: str) -> str:
+def _resource_arn(platform: Services, arn: str) -> str:
     parsed = parse_arn(arn)
     record = platform.store.get(parsed[0], parsed[1]) if parsed else None
     if record is None or record.arn.split(":", 5)[3:5] != arn.split(":", 5)[3:5]:  # region and account too
@@ -24,7 +24,7 @@ def _resource_arn(platform: Platform, arn: str) -> str:
 
 
 @operation("AddTags")
-async def add_tags(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def add_tags(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Add or overwrite tags (at most 50 per resource)."""
     arn = _resource_arn(platform, params["ResourceArn"])
     reserved = sorted({t["Key"] for t in params["Tags"] if t["Key"].lower().startswith("aws:")})
@@ -38,7 +38,7 @@ async def add_tags(platform: Platform, params: dict[str, Any]) -> dict[str, Any]
 
 
 @operation("ListTags")
-async def list_tags(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def list_tags(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Tags of a resource, paginated (default page 50)."""
     arn = _resource_arn(platform, params["ResourceArn"])
     tags = platform.store.tags(arn)
@@ -49,7 +49,7 @@ async def list_tags(platform: Platform, params: dict[str, Any]) -> dict[str, Any
 
 
 @operation("DeleteTags")
-async def delete_tags(platform: Platform, params: dict[str, Any]) -> None:
+async def delete_tags(platform: Services, params: dict[str, Any]) -> None:
     """Remove tags by key."""
     arn = _resource_arn(platform, params["ResourceArn"])
     platform.store.delete_tags(arn, params["TagKeys"])

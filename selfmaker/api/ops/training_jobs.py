@@ -10,16 +10,16 @@ from selfmaker.api.registry import operation
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
-from selfmaker.training_jobs import model_artifacts_uri
+from selfmaker.jobs.training import model_artifacts_uri
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 #: required up to botocore 1.29 (the SageMaker Python SDK and older clients rely on them)
 _LEGACY_REQUIRED = ("AlgorithmSpecification", "ResourceConfig", "StoppingCondition")
 
 
-def _find(platform: Platform, name: str) -> Record:
+def _find(platform: Services, name: str) -> Record:
     record = platform.store.get("training-job", name)
     if record is None:
         raise ValidationException("Requested resource not found.")
@@ -27,7 +27,7 @@ def _find(platform: Platform, name: str) -> Record:
 
 
 @operation("CreateTrainingJob")
-async def create_training_job(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def create_training_job(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Record the job (InProgress) and run it with the training runner in a thread."""
     name = params["TrainingJobName"]
     for member in _LEGACY_REQUIRED:
@@ -71,7 +71,7 @@ async def create_training_job(platform: Platform, params: dict[str, Any]) -> dic
 
 
 @operation("DescribeTrainingJob")
-async def describe_training_job(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def describe_training_job(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Status, transitions, metrics, artifacts and failure reason of a training job."""
     record = _find(platform, params["TrainingJobName"])
     doc = public(record.doc)
@@ -80,14 +80,14 @@ async def describe_training_job(platform: Platform, params: dict[str, Any]) -> d
 
 
 @operation("StopTrainingJob")
-async def stop_training_job(platform: Platform, params: dict[str, Any]) -> None:
+async def stop_training_job(platform: Services, params: dict[str, Any]) -> None:
     """InProgress → Stopping → Stopped."""
     record = _find(platform, params["TrainingJobName"])
     platform.training.stop(record.name)
 
 
 @operation("ListTrainingJobs")
-async def list_training_jobs(platform: Platform, params: dict[str, Any]) -> dict[str, Any]:
+async def list_training_jobs(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Training jobs, filtered (name, status, times), sorted and paginated."""
     def summary(r: Record) -> dict[str, Any]:
         return {"TrainingJobName": r.name, "TrainingJobArn": r.arn, "CreationTime": r.created,

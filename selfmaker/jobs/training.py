@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from selfmaker.arns import make_arn
 from selfmaker.errors import ValidationException
 
 if TYPE_CHECKING:
-    from selfmaker.platform import Platform
+    from selfmaker.settings import PlatformSettings
+    from selfmaker.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,9 @@ def model_artifacts_uri(request: dict[str, Any]) -> str:
 class TrainingManager:
     """Runs training jobs in threads and keeps their records current."""
 
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
-        self.store = platform.store
-        self.settings = platform.settings
+    def __init__(self, settings: PlatformSettings, store: StateStore) -> None:
+        self.store = store
+        self.settings = settings
         self._runners: dict[str, Any] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._closing = False
@@ -101,7 +102,7 @@ class TrainingManager:
                 except Exception:  # noqa: BLE001 - a bad update must not kill the job
                     log.exception("could not record an update of training job %s", name)
 
-            try:
+            try:  # the training extra may be absent: the job fails with the reason, the platform goes on
                 from training.runner import TrainingJobRunner
             except ImportError as exc:
                 self._finish(name, {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
@@ -109,7 +110,8 @@ class TrainingManager:
                 return
             try:
                 runner = TrainingJobRunner(request, work_dir, on_update=on_update, on_log=on_log,
-                                           job_arn=self.platform.arn("training-job", name),
+                                           job_arn=make_arn(self.settings.region, self.settings.account_id,
+                                                            "training-job", name),
                                            stop_grace_seconds=self.settings.training_stop_grace)
                 self._runners[name.lower()] = runner
                 record = self.store.get("training-job", name)

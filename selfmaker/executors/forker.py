@@ -1,6 +1,6 @@
 """Platform side of the template process: start it, ask it to fork model servers, watch and stop them.
 
-:class:`TemplateProcess` owns one ``python -m selfmaker.serverless.template`` child of the platform.
+:class:`TemplateProcess` owns one ``python -m selfmaker.executors.template`` child of the platform.
 :class:`ForkExecutor` is an :class:`~selfmaker.executors.base.Executor` of kind ``process`` whose
 instances are forks of that template instead of fresh interpreters (same command line, same
 environment contract as :class:`~selfmaker.executors.process.ProcessExecutor`); when the template cannot
@@ -113,7 +113,7 @@ class TemplateProcess:
         cmd = [
             self.python,
             "-m",
-            "selfmaker.serverless.template",
+            "selfmaker.executors.template",
             "--socket",
             str(self.socket_path),
             "--parent-pid",

@@ -1,10 +1,10 @@
-"""Shadow variants inside ``selfmaker up`` (registered by :mod:`selfmaker.plugins.shadow`).
+"""Shadow variants inside ``selfmaker up`` (registered in :mod:`selfmaker.features.shadow`).
 
 For a deployment of an endpoint config with ``ShadowProductionVariants`` this builds a variant runtime
 per shadow (model data, pool, instances — the same path production variants take, serverless included)
 and adds an observer that hands every answered production request to the endpoint's
-:class:`~selfmaker.shadow.ShadowMirror`. Statistics live per endpoint (they survive updates) in
-``platform.extensions["shadow"]``.
+:class:`~selfmaker.features.shadow.mirror.ShadowMirror`. Statistics live per endpoint (they survive
+updates) in the platform's :class:`ShadowMirrors`.
 """
 
 from __future__ import annotations
@@ -14,51 +14,38 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.shadow import Answer, ShadowMirror, shadow_fraction
+from selfmaker.api.metrics import Metrics, family
+from selfmaker.endpoints.invoke import call_variant, outgoing_headers
+from selfmaker.features.capture.hooks import capture
+from selfmaker.features.shadow.mirror import Answer, ShadowMirror, shadow_fraction
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 log = logging.getLogger(__name__)
 
-KEY = "shadow"
+
+class ShadowMirrors(dict[str, ShadowMirror]):
+    """The platform's shadow mirrors by lower-cased endpoint name (kept in ``platform.features``)."""
 
 
-def mirrors(platform: Platform) -> dict[str, ShadowMirror]:
+def mirrors(platform: Services) -> ShadowMirrors:
     """Shadow mirrors by lower-cased endpoint name."""
-    current = platform.extensions.get(KEY)
-    if current is None:
-        current = platform.extensions[KEY] = {}
-    return current
+    return platform.features.setdefault(ShadowMirrors, ShadowMirrors)
 
 
-def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
+def check_config(platform: Services, params: dict[str, Any]) -> set[str] | None:
     """Claim ``ShadowProductionVariants`` (the core checks names and models)."""
     return {"ShadowProductionVariants"} if params.get("ShadowProductionVariants") else None
 
 
-def _headers(record: InvocationRecord) -> dict[str, str]:
-    def clean(value: str) -> str:
-        return value.replace("\r", "").replace("\n", "")
-
-    headers = {"Content-Type": clean(record.content_type or "application/octet-stream")}
-    if record.accept:
-        headers["Accept"] = clean(record.accept)
-    if record.custom_attributes:
-        headers["X-Amzn-SageMaker-Custom-Attributes"] = clean(record.custom_attributes)
-    if record.inference_id:
-        headers["X-Amzn-SageMaker-Inference-Id"] = clean(record.inference_id)
-    return headers
-
-
 async def _send(
-    platform: Platform, runtime: EndpointRuntime, shadow: VariantRuntime, record: InvocationRecord
+    platform: Services, runtime: EndpointRuntime, shadow: VariantRuntime, record: InvocationRecord
 ) -> Answer:
-    from selfmaker.api.app import call_variant
-    from selfmaker.capture_hooks import capture
-
-    status, body, headers = await call_variant(platform, runtime, shadow, record.body, _headers(record))
+    status, body, headers = await call_variant(
+        platform.endpoints, runtime, shadow, record.body, outgoing_headers(record)
+    )
     content_type = headers.get("content-type")  # call_variant lower-cases header names
     if 200 <= status < 300:
         capture(
@@ -67,7 +54,7 @@ async def _send(
     return Answer(status, body, content_type)
 
 
-async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
     """Bring up the shadow variants of ``config`` and mirror production traffic to them."""
     shadows = config.get("ShadowProductionVariants") or []
     if not shadows:
@@ -75,10 +62,8 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
     base = platform.settings.work_dir / "endpoints" / runtime.name.lower() / f"shadow-{uuid.uuid4().hex[:12]}"
     try:
         for variant in shadows:
-            # the manager's own variant builder: model data, pool factories (serverless too), instances
-            built = await platform.endpoints._build_variant(  # noqa: SLF001
-                runtime.name, variant, {}, base, runtime.attributes.get("models")
-            )
+            # the variant builder of production variants: model data, pool factories (serverless too), instances
+            built = await platform.endpoints.builder.build_variant(runtime.name, variant, {}, base, runtime.models)
             runtime.shadow_variants[built.name] = built
             if built.config.get("ServerlessConfig"):
                 await built.pool.start(0)  # ProvisionedConcurrency of a serverless shadow
@@ -112,13 +97,13 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
     runtime.observers.append(observe)
 
 
-async def stop(platform: Platform) -> None:
+async def stop(platform: Services) -> None:
     """Cancel shadow copies still in flight."""
     for mirror in mirrors(platform).values():
         await mirror.close()
 
 
-def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
+def snapshots(platform: Services) -> dict[str, dict[str, dict[str, Any]]]:
     """``{endpoint: {shadow variant: counters}}`` of live endpoints."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for runtime in list(platform.endpoints.live.values()):
@@ -130,3 +115,29 @@ def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
                 if name in runtime.shadow_variants
             }
     return out
+
+
+#: (metric, kind, help) of a shadow variant's counters
+_FAMILIES = (
+    ("requests", "counter", "Copies of production requests sent to a shadow variant."),
+    ("errors", "counter", "Shadow copies answered non-2xx or not at all."),
+    ("dropped", "counter", "Shadow copies dropped because too many were in flight."),
+    ("compared", "counter", "Shadow answers compared with the production answer."),
+    ("mismatches", "counter", "Shadow answers that differ from the production answer."),
+    ("latency_sum_seconds", "counter", "Total latency of shadow copies."),
+    ("latency_count", "counter", "Shadow copies timed."),
+    ("latency_p50_seconds", "gauge", "Median latency of the last 1000 shadow copies."),
+    ("latency_p99_seconds", "gauge", "99th percentile latency of the last 1000 shadow copies."),
+)
+
+
+def metrics(platform: Services) -> Metrics:
+    """The shadow variants' counters (``Shadow`` in ``selfmaker status``)."""
+    data = snapshots(platform)
+    found = Metrics("Shadow", data)
+    rows = [(ep, v, s) for ep, d in data.items() for v, s in d.items()]
+    for metric, kind, help_ in _FAMILIES:
+        name = metric if kind == "gauge" or metric.endswith(("_seconds", "_count")) else f"{metric}_total"
+        family(found.lines, f"selfmaker_shadow_{name}", kind, help_,
+               [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows])
+    return found

@@ -26,8 +26,8 @@ from typing import Any
 
 from selfmaker.endpoints.runtime import Instance, InstancePool, VariantContext
 from selfmaker.errors import ModelError, ThrottlingException
-from selfmaker.serverless.limiter import SlotLimiter
-from selfmaker.serverless.settings import ServerlessConfig, ServerlessSettings
+from selfmaker.features.serverless.limiter import SlotLimiter
+from selfmaker.features.serverless.settings import ServerlessConfig, ServerlessSettings
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 import uuid
@@ -39,6 +40,7 @@ from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from selfmaker.api.app import check_invoke_request
 from selfmaker.api.common import read_limited
 from selfmaker.errors import ValidationError, ValidationException
 from serving.asyncq import AsyncRequest, QueueBackend, SqliteQueue, result_locations
@@ -53,11 +55,10 @@ from serving.asyncq.request import (
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InvocationRecord, VariantRuntime
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "async"
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]*:[0-9]{12}:[a-zA-Z0-9_.-]+$")
 _INFERENCE_ID = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,63}$")
 _EXTENSION_RE = re.compile(r"^(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]{1,512}$")
@@ -97,7 +98,7 @@ def _uri_ok(uri: str) -> bool:
     return (parsed.scheme == "s3" and bool(parsed.netloc)) or (parsed.scheme == "file" and bool(parsed.path))
 
 
-def check_config(platform: Platform, params: dict[str, Any]) -> list[str]:
+def check_config(platform: Services, params: dict[str, Any]) -> list[str]:
     """Validate ``AsyncInferenceConfig`` of a CreateEndpointConfig request; claim the feature."""
     config = params.get("AsyncInferenceConfig")
     if not config:
@@ -138,7 +139,7 @@ def check_config(platform: Platform, params: dict[str, Any]) -> list[str]:
     return ["AsyncInferenceConfig"]
 
 
-def _concurrency(config: dict[str, Any], platform: Platform) -> int:
+def _concurrency(config: dict[str, Any], platform: Services) -> int:
     value = (config.get("ClientConfig") or {}).get("MaxConcurrentInvocationsPerInstance")
     if value:
         return int(value)
@@ -202,7 +203,7 @@ class WorkerProcess:
 class AsyncSupervisor:
     """Queues, worker processes and scale-to-zero of every async endpoint of one platform."""
 
-    def __init__(self, platform: Platform, settings: AsyncInferenceSettings) -> None:
+    def __init__(self, platform: Services, settings: AsyncInferenceSettings) -> None:
         self.platform = platform
         self.settings = settings
         self.dir = platform.settings.home / "async"
@@ -333,7 +334,7 @@ class AsyncSupervisor:
     def _async_runtimes(self) -> list[tuple[EndpointRuntime, AsyncEndpoint]]:
         found = []
         for runtime in list(self.platform.endpoints.live.values()):
-            state = runtime.attributes.get(EXTENSION)
+            state = runtime.state.get(AsyncEndpoint)
             if isinstance(state, AsyncEndpoint):
                 found.append((runtime, state))
         return found
@@ -524,43 +525,41 @@ class AsyncSupervisor:
 # --------------------------------------------------------------------------- hooks
 
 
-def supervisor(platform: Platform) -> AsyncSupervisor:
+def supervisor(platform: Services) -> AsyncSupervisor:
     """The extension's state (created at start-up)."""
-    found = platform.extensions.get(EXTENSION)
-    if not isinstance(found, AsyncSupervisor):
+    found = platform.features.get(AsyncSupervisor)
+    if found is None:
         raise ValidationError("Asynchronous inference is not running on this platform.")
     return found
 
 
-async def start(platform: Platform) -> None:
+async def start(platform: Services) -> None:
     """Lifecycle start-up: read settings once, start the supervisor."""
     sup = AsyncSupervisor(platform, AsyncInferenceSettings())
-    platform.extensions[EXTENSION] = sup
+    platform.features.put(sup)
     sup.start()
 
 
-async def forget(platform: Platform, endpoint: str) -> None:
+async def forget(platform: Services, endpoint: str) -> None:
     """Endpoint-deleted hook: drop the endpoint's async queue (no-op for endpoints without one)."""
-    sup = platform.extensions.get(EXTENSION)
-    if isinstance(sup, AsyncSupervisor):
+    sup = platform.features.get(AsyncSupervisor)
+    if sup is not None:
         await asyncio.to_thread(sup.forget, endpoint)
 
 
-async def stop(platform: Platform) -> None:
+async def stop(platform: Services) -> None:
     """Lifecycle shutdown: stop the workers gracefully."""
-    sup = platform.extensions.pop(EXTENSION, None)
-    if isinstance(sup, AsyncSupervisor):
+    sup = platform.features.pop(AsyncSupervisor)
+    if sup is not None:
         await sup.stop()
 
 
-def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+def attach(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
     """Endpoint hook: mark a deployment of an async endpoint config; refuse synchronous invocations on it."""
     async_config = config.get("AsyncInferenceConfig")
     if not async_config:
         return
-    runtime.attributes[EXTENSION] = AsyncEndpoint(
-        runtime.name, async_config, _concurrency(async_config, platform)
-    )
+    runtime.state.put(AsyncEndpoint(runtime.name, async_config, _concurrency(async_config, platform)))
 
     def refuse_sync(record: InvocationRecord) -> None:
         raise ValidationError(
@@ -569,8 +568,8 @@ def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any])
         )
 
     runtime.pre_invoke.append(refuse_sync)
-    sup = platform.extensions.get(EXTENSION)
-    if isinstance(sup, AsyncSupervisor):
+    sup = platform.features.get(AsyncSupervisor)
+    if sup is not None:
         sup.wake()
 
 
@@ -607,13 +606,14 @@ def _clean(value: str | None, member: str, limit: int = 1024) -> str | None:
     return value
 
 
-async def invoke_async(platform: Platform, request: web.Request) -> web.Response:
+async def invoke_async(platform: Services, request: web.Request) -> web.Response:
     """InvokeEndpointAsync: durable enqueue, then 202 ``{"InferenceId"}`` + Output/FailureLocation headers."""
     sup = supervisor(platform)
     name = request.match_info["name"]
+    check_invoke_request(name, request.headers, "InvokeEndpointAsync")  # botocore's model, as InvokeEndpoint
     runtime = platform.endpoints.runtime_for(name)
-    state = runtime.attributes.get(EXTENSION)
-    if not isinstance(state, AsyncEndpoint):
+    state = runtime.state.get(AsyncEndpoint)
+    if state is None:
         raise ValidationError(
             f"Endpoint {runtime.name} is not configured for asynchronous inference "
             "(its endpoint config has no AsyncInferenceConfig)."
@@ -738,8 +738,6 @@ def _store_inline(root: Path, endpoint: str, inference_id: str, body: bytes) -> 
 
 def backlog_by_endpoint(home: Path) -> dict[str, int]:
     """Unfinished async requests per endpoint, read from ``<home>/async/queue.db`` (no platform needed)."""
-    import sqlite3
-
     path = home / "async" / "queue.db"
     if not path.exists():
         return {}

@@ -1,37 +1,38 @@
-"""Data capture inside ``selfmaker up`` (registered by :mod:`selfmaker.plugins.capture`).
+"""Data capture inside ``selfmaker up`` (registered in :mod:`selfmaker.features.capture`).
 
-One :class:`~selfmaker.capture.CaptureWriter` per platform; every deployment of an endpoint config with
+One :class:`~selfmaker.features.capture.writer.CaptureWriter` per platform; every deployment of an endpoint config with
 ``DataCaptureConfig`` gets an observer that samples answered production requests and queues their
 capture record (built on the writer thread). Shadow copies are captured under the shadow variant's name
-by :mod:`selfmaker.shadow_hooks` through :func:`capture`.
+by :mod:`selfmaker.features.shadow.hooks` through :func:`capture`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.capture import CapturePolicy, CaptureWriter, capture_record, validate_data_capture_config
+from selfmaker.api.metrics import Metrics, family
 from selfmaker.errors import ValidationException
+from selfmaker.features.capture.writer import (
+    CapturePolicy,
+    CaptureWriter,
+    capture_record,
+    validate_data_capture_config,
+)
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord
-    from selfmaker.platform import Platform
-
-KEY = "capture"
-POLICY = "capture_policy"
+    from selfmaker.services import Services
 
 
-def writer(platform: Platform) -> CaptureWriter:
+def writer(platform: Services) -> CaptureWriter:
     """The platform's capture writer (created on first use)."""
-    current = platform.extensions.get(KEY)
-    if current is None:
-        current = platform.extensions[KEY] = CaptureWriter()
-    return current
+    return platform.features.setdefault(CaptureWriter, CaptureWriter)
 
 
-def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
+def check_config(platform: Services, params: dict[str, Any]) -> set[str] | None:
     """Validate and claim ``DataCaptureConfig``."""
     config = params.get("DataCaptureConfig")
     if not config:
@@ -46,7 +47,7 @@ def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
 
 
 def capture(
-    platform: Platform,
+    platform: Services,
     runtime: EndpointRuntime,
     variant: str,
     record: InvocationRecord,
@@ -55,7 +56,7 @@ def capture(
     response_content_type: str | None,
 ) -> bool:
     """Queue a capture of one answered request to ``variant`` if the endpoint captures and samples it."""
-    policy: CapturePolicy | None = runtime.attributes.get(POLICY)
+    policy = runtime.state.get(CapturePolicy)
     if policy is None or not policy.sampled():
         return False
     started = record.started
@@ -78,7 +79,7 @@ def capture(
     )
 
 
-def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+def attach(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
     """Capture sampled production requests of deployments whose config has ``DataCaptureConfig``."""
     settings = config.get("DataCaptureConfig")
     if not settings:
@@ -86,7 +87,7 @@ def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any])
     policy = CapturePolicy.from_request(settings)
     if not policy.enabled:
         return
-    runtime.attributes[POLICY] = policy
+    runtime.state.put(policy)
 
     def observe(record: InvocationRecord) -> None:
         if record.variant_name:
@@ -102,15 +103,31 @@ def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any])
     runtime.observers.append(observe)
 
 
-async def start(platform: Platform) -> None:
+async def start(platform: Services) -> None:
     """Start the writer thread."""
     writer(platform).start()
 
 
-async def stop(platform: Platform) -> None:
+async def stop(platform: Services) -> None:
     """Write what is queued, then stop the writer thread."""
-    current: CaptureWriter | None = platform.extensions.get(KEY)
+    current = platform.features.get(CaptureWriter)
     if current is not None:
-        import asyncio
-
         await asyncio.to_thread(current.close, 10.0)
+
+
+def metrics(platform: Services) -> Metrics:
+    """The writer's counters (platform-wide: no per-endpoint values)."""
+    found = Metrics("Capture")
+    current = platform.features.get(CaptureWriter)
+    if current is not None:
+        stats = current.stats
+        for metric, help_ in (
+            ("submitted", "Capture records queued."),
+            ("written", "Capture records written."),
+            ("dropped", "Capture records dropped (queue full)."),
+            ("failed", "Capture records lost to write errors."),
+            ("objects", "Capture files written."),
+        ):
+            family(found.lines, f"selfmaker_capture_{metric}_total", "counter", help_,
+                   [({}, getattr(stats, metric))])
+    return found

@@ -1,6 +1,6 @@
 """The template process: imports the model server's heavy modules once, then forks model servers on demand.
 
-Run as ``python -m selfmaker.serverless.template --socket PATH [--preload MODULE ...] [--parent-pid PID]``.
+Run as ``python -m selfmaker.executors.template --socket PATH [--preload MODULE ...] [--parent-pid PID]``.
 A fork of an interpreter that already imported numpy, onnxruntime, flask, gunicorn and ``serving`` skips
 the ~1 s of imports a fresh ``python -m serving`` pays, so a serverless cold start is mostly model load.
 
@@ -133,7 +133,7 @@ class Child:
 
 def _tree_memory_mb(pid: int) -> float | None:
     """Proportional set size (RSS when PSS is unavailable) of ``pid`` and its descendants, in MiB."""
-    import psutil
+    import psutil  # only for memory limits: every fork would inherit it, so it loads when first needed
 
     try:
         root = psutil.Process(pid)
@@ -174,7 +174,7 @@ def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child only
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
+    import ctypes  # Linux only (see above)
 
     pr_set_pdeathsig = 1
     try:
@@ -510,7 +510,7 @@ class Template:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the template process."""
     parser = argparse.ArgumentParser(
-        prog="python -m selfmaker.serverless.template", description=__doc__.split("\n")[0]
+        prog="python -m selfmaker.executors.template", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--preload", nargs="*", default=None, help="modules to import up front")

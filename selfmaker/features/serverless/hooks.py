@@ -1,11 +1,13 @@
-"""Serverless variants inside ``selfmaker up`` (registered by :mod:`selfmaker.plugins.serverless`).
+"""Serverless variants inside ``selfmaker up`` (registered in :mod:`selfmaker.features.serverless`).
 
 * ``check_config``: validates and claims ``ServerlessConfig`` in CreateEndpointConfig.
-* ``make_pool``: a :class:`~selfmaker.serverless.pool.ServerlessPool` for every variant with a
+* ``make_pool``: a :class:`~selfmaker.features.serverless.pool.ServerlessPool` for every variant with a
   ``ServerlessConfig`` (production or shadow).
 * ``attach``: warms ``ProvisionedConcurrency`` instances before the deployment takes traffic and refuses
   bodies over 4 MB on endpoints whose production variants are all serverless.
-* ``start`` / ``stop``: install the :class:`~selfmaker.serverless.forker.ForkExecutor` as the ``process``
+* ``check_update`` / ``apply_update``: ``ServerlessUpdateConfig`` of UpdateEndpointWeightsAndCapacities.
+* ``metrics``: the pools' counters for ``/metrics`` and ``selfmaker status``.
+* ``start`` / ``stop``: install the :class:`~selfmaker.executors.forker.ForkExecutor` as the ``process``
   executor (it forks serverless instances from the pre-imported template, and every other process
   instance too when ``SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS`` is set) and start the template.
 """
@@ -17,23 +19,29 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from selfmaker.api.metrics import Metrics, family
 from selfmaker.errors import ValidationError, ValidationException
-from selfmaker.serverless.forker import ForkExecutor
-from selfmaker.serverless.pool import ServerlessPool
-from selfmaker.serverless.settings import ServerlessConfig, ServerlessSettings, validate_serverless_config
+from selfmaker.executors.forker import ForkExecutor
+from selfmaker.executors.process import ProcessExecutor
+from selfmaker.features.serverless.pool import ServerlessPool
+from selfmaker.features.serverless.settings import ServerlessConfig, ServerlessSettings, validate_serverless_config
 
 if TYPE_CHECKING:
-    from selfmaker.endpoints.runtime import EndpointRuntime, InstancePool, InvocationRecord, VariantContext
-    from selfmaker.platform import Platform
+    from selfmaker.endpoints.runtime import (
+        EndpointRuntime,
+        InstancePool,
+        InvocationRecord,
+        VariantContext,
+        VariantRuntime,
+    )
+    from selfmaker.services import Services
 
 log = logging.getLogger(__name__)
-
-KEY = "serverless"
 
 
 @dataclass
 class ServerlessState:
-    """What the platform keeps for serverless variants (``platform.extensions["serverless"]``)."""
+    """What the platform keeps for serverless variants (in ``platform.features``)."""
 
     settings: ServerlessSettings
     executor: ForkExecutor | None = None
@@ -41,15 +49,12 @@ class ServerlessState:
     warm_requested: bool = False
 
 
-def state(platform: Platform) -> ServerlessState:
+def state(platform: Services) -> ServerlessState:
     """The serverless state, created with settings read once on first use."""
-    current = platform.extensions.get(KEY)
-    if current is None:
-        current = platform.extensions[KEY] = ServerlessState(ServerlessSettings())
-    return current
+    return platform.features.setdefault(ServerlessState, lambda: ServerlessState(ServerlessSettings()))
 
 
-def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
+def check_config(platform: Services, params: dict[str, Any]) -> set[str] | None:
     """Validate ``ServerlessConfig`` of every variant; claim the feature when used."""
     used = False
     for member in ("ProductionVariants", "ShadowProductionVariants"):
@@ -73,7 +78,7 @@ def check_config(platform: Platform, params: dict[str, Any]) -> set[str] | None:
     return {"ServerlessConfig"} if used else None
 
 
-def make_pool(platform: Platform, ctx: VariantContext) -> InstancePool | None:
+def make_pool(platform: Services, ctx: VariantContext) -> InstancePool | None:
     """A serverless pool for variants with ``ServerlessConfig``."""
     config = ctx.variant.get("ServerlessConfig")
     if not config:
@@ -104,7 +109,7 @@ def make_pool(platform: Platform, ctx: VariantContext) -> InstancePool | None:
     )
 
 
-async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
     """Warm provisioned instances; cap serverless payloads."""
     pools = [v.pool for v in runtime.all_variants() if isinstance(v.pool, ServerlessPool)]
     for pool in pools:
@@ -122,19 +127,17 @@ async def attach(platform: Platform, runtime: EndpointRuntime, config: dict[str,
         runtime.pre_invoke.append(payload_limit)
 
 
-async def start(platform: Platform) -> None:
+async def start(platform: Services) -> None:
     """Install the fork executor for process images and start its template in the background."""
     st = state(platform)
     if not st.settings.use_template:
         return
-    from selfmaker.executors.process import ProcessExecutor
-
     executor = ForkExecutor(
         platform.settings,
         fallback=ProcessExecutor(platform.settings),
         fork_all=st.settings.fork_all_process_variants,
     )
-    platform.install_executor("process", executor)
+    platform.executors.install("process", executor)
     st.executor = executor
     if st.settings.fork_all_process_variants:
         warm_template(st)
@@ -161,9 +164,9 @@ def warm_template(st: ServerlessState) -> None:
     task.add_done_callback(st.warming.discard)
 
 
-async def stop(platform: Platform) -> None:
+async def stop(platform: Services) -> None:
     """Cancel a template start still in progress (the executor itself is closed by the platform)."""
-    st = platform.extensions.get(KEY)
+    st = platform.features.get(ServerlessState)
     if st is None:
         return
     for task in list(st.warming):
@@ -171,7 +174,7 @@ async def stop(platform: Platform) -> None:
     await asyncio.gather(*st.warming, return_exceptions=True)
 
 
-def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
+def snapshots(platform: Services) -> dict[str, dict[str, dict[str, Any]]]:
     """``{endpoint: {variant: pool snapshot}}`` of every live serverless variant."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for runtime in list(platform.endpoints.live.values()):
@@ -181,7 +184,7 @@ def snapshots(platform: Platform) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-def check_serverless_update(variant: Any, update: dict[str, Any], index: int) -> ServerlessConfig:
+def check_update(variant: VariantRuntime, update: dict[str, Any], index: int) -> ServerlessConfig:
     """The variant's ServerlessConfig after ``ServerlessUpdateConfig`` (ValidationException when invalid)."""
     current = variant.config.get("ServerlessConfig")
     if not current or not isinstance(variant.pool, ServerlessPool):
@@ -203,7 +206,43 @@ def check_serverless_update(variant: Any, update: dict[str, Any], index: int) ->
     return ServerlessConfig.from_request(merged)
 
 
-def apply_serverless_update(variant: Any, config: ServerlessConfig) -> None:
-    """Change MaxConcurrency / ProvisionedConcurrency of a live serverless variant in place."""
+def apply_update(variant: VariantRuntime, config: ServerlessConfig) -> dict[str, Any]:
+    """Change MaxConcurrency / ProvisionedConcurrency of a live serverless variant in place; returns the
+    variant config's changed members."""
+    assert isinstance(variant.pool, ServerlessPool)  # check_update made sure
     variant.pool.update_config(config)
-    variant.config = {**variant.config, "ServerlessConfig": config.to_response()}
+    changed = {"ServerlessConfig": config.to_response()}
+    variant.config = {**variant.config, **changed}
+    return changed
+
+
+#: (metric, kind, help) of a serverless pool's snapshot
+_FAMILIES = (
+    ("instances", "gauge", "Running model servers of a serverless variant."),
+    ("in_flight", "gauge", "Requests in flight on a serverless variant."),
+    ("max_concurrency", "gauge", "MaxConcurrency of a serverless variant."),
+    ("memory_mb", "gauge", "MemorySizeInMB (memory limit of each model server) of a serverless variant."),
+    ("invocations", "counter", "Requests served by a serverless variant."),
+    ("throttled", "counter", "Requests refused with ThrottlingException (MaxConcurrency reached)."),
+    ("cold_starts", "counter", "Cold starts of a serverless variant."),
+    ("cold_start_failures", "counter", "Model servers of a serverless variant that failed to start."),
+    ("scaled_to_zero", "counter", "Times a serverless variant scaled to zero instances."),
+    ("last_cold_start_seconds", "gauge", "Seconds from launch to a ready model server, last cold start."),
+    (
+        "last_first_answer_seconds",
+        "gauge",
+        "Seconds from a cold request's arrival to its answer, last cold start.",
+    ),
+)
+
+
+def metrics(platform: Services) -> Metrics:
+    """The serverless pools' counters (``Serverless`` in ``selfmaker status``)."""
+    data = snapshots(platform)
+    found = Metrics("Serverless", data)
+    rows = [(ep, v, s) for ep, d in data.items() for v, s in d.items()]
+    for metric, kind, help_ in _FAMILIES:
+        suffix = "_total" if kind == "counter" else ""
+        family(found.lines, f"selfmaker_serverless_{metric}{suffix}", kind, help_,
+               [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows])
+    return found

@@ -387,16 +387,10 @@ def _job_name(name: str) -> str:
 # --- training --------------------------------------------------------------------------------------------
 
 def check_training_request(request: Any) -> None:
-    """Refuse, with the local commands' messages, a CreateTrainingJob request they would refuse."""
+    """Refuse, with the local commands' messages, a CreateTrainingJob request they would refuse (the command
+    also checks it against botocore's shape, as ``selfmaker up`` does) or that cannot run on AWS Batch."""
     if not isinstance(request, dict) or not request.get("TrainingJobName"):
         raise AwsBatchError("the request must be a JSON object with TrainingJobName")
-    from selfmaker.api.validation import service_model, validate_request
-    from selfmaker.errors import ValidationException
-
-    try:
-        validate_request(service_model().operation_model("CreateTrainingJob"), request)
-    except ValidationException as exc:
-        raise AwsBatchError(f"ValidationException: {exc}") from None
     for i, channel in enumerate(request.get("InputDataConfig") or []):
         uri = str(((channel.get("DataSource") or {}).get("S3DataSource") or {}).get("S3Uri") or "")
         if not uri.startswith("s3://"):

@@ -1,7 +1,8 @@
-"""Deployment guardrails inside ``selfmaker up`` (installed by :mod:`selfmaker.plugins.guardrails`).
+"""Deployment guardrails inside ``selfmaker up`` (registered in :mod:`selfmaker.features.guardrails`).
 
 The endpoint manager builds the new deployment (every instance answered ``/ping``) and then, instead of
-swapping at once, asks :class:`DeploymentGuard` to run the ``BlueGreenUpdatePolicy``:
+swapping at once, asks its deployment strategy — :class:`DeploymentGuard` — to run the
+``BlueGreenUpdatePolicy``:
 
 1. ``check`` (from UpdateEndpoint): validates ``DeploymentConfig`` against the new config's capacity and
    resolves the named alarms (unknown alarm → ValidationException); remembers the effective config
@@ -10,7 +11,7 @@ swapping at once, asks :class:`DeploymentGuard` to run the ``BlueGreenUpdatePoli
    deployment, which stays the live one, so each request goes to the new fleet with the schedule's share;
    new-fleet answers are recorded for the alarms, and a 5xx / missing answer from the new fleet is re-sent
    to the old fleet while the deployment is in progress (callers never see it). It then runs
-   :func:`selfmaker.guardrails.run_blue_green` (shift, bake, watch alarms, MaximumExecutionTimeout) and
+   :func:`selfmaker.features.guardrails.bluegreen.run_blue_green` (shift, bake, watch alarms, MaximumExecutionTimeout) and
    ``TerminationWaitInSeconds``. Returns None when the new fleet won (the manager swaps it in) or the
    rollback reason (the manager retires the new fleet; DescribeEndpoint shows InService + FailureReason).
 
@@ -29,8 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from selfmaker.api.metrics import Metrics, family
+from selfmaker.endpoints.invoke import call_variant
+from selfmaker.endpoints.runtime import VariantAnswer
 from selfmaker.errors import SageMakerError, ValidationException
-from selfmaker.guardrails import (
+from selfmaker.features.guardrails.bluegreen import (
     AlarmRule,
     DeploymentProgress,
     FleetRecorder,
@@ -45,13 +49,10 @@ from selfmaker.guardrails import (
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantRuntime
-    from selfmaker.platform import Platform
+    from selfmaker.services import Services
     from selfmaker.state import Record
 
 log = logging.getLogger(__name__)
-
-KEY = "guardrails"
-DISPATCH = "dispatch"
 
 
 def new_capacity(config: dict[str, Any], retain: dict[str, dict[str, Any]] | None = None) -> int:
@@ -91,7 +92,7 @@ class DeploymentView:
 class DeploymentGuard:
     """Blue/green deployments with traffic shifting and auto-rollback for one platform."""
 
-    platform: Platform
+    platform: Services
     setting_rules: dict[str, AlarmRule]
     check_interval: float = 0.2
     views: dict[str, DeploymentView] = field(default_factory=dict)
@@ -156,7 +157,7 @@ class DeploymentGuard:
         async def on_shift(fraction: float) -> None:
             self._publish(name, config, new, progress)
 
-        old.attributes[DISPATCH] = _Dispatcher(self.platform, old, new, split, recorder, view).dispatch
+        old.dispatch = _Dispatcher(self.platform, old, new, split, recorder, view).dispatch
         try:
             outcome = await run_blue_green(
                 deployment,
@@ -185,11 +186,11 @@ class DeploymentGuard:
             return outcome.reason
         except asyncio.CancelledError:
             # platform shutdown or DeleteEndpoint: the new fleet is not live, so nobody else stops it
-            old.attributes.pop(DISPATCH, None)
+            old.dispatch = None
             await asyncio.shield(new.stop())
             raise
         finally:
-            old.attributes.pop(DISPATCH, None)
+            old.dispatch = None
             view.progress = None
             store.update("endpoint", name, drop=("PendingDeploymentSummary",), touch=False)
 
@@ -235,7 +236,7 @@ class _Dispatcher:
 
     def __init__(
         self,
-        platform: Platform,
+        platform: Services,
         old: EndpointRuntime,
         new: EndpointRuntime,
         split: TrafficSplit,
@@ -258,9 +259,7 @@ class _Dispatcher:
 
     async def dispatch(
         self, record: InvocationRecord, body: bytes, headers: dict[str, str]
-    ) -> tuple[Any, tuple[int, bytes, Any]]:
-        from selfmaker.api.app import call_variant
-
+    ) -> tuple[VariantRuntime, VariantAnswer]:
         use_new = self.split.pick_new()
         fleet, variant = self._variant(
             self.new if use_new else self.old, self.old if use_new else self.new, record.target_variant
@@ -268,7 +267,7 @@ class _Dispatcher:
         on_new = fleet is self.new
         started = time.perf_counter()
         try:
-            result = await call_variant(self.platform, fleet, variant, body, headers)
+            result = await call_variant(self.platform.endpoints, fleet, variant, body, headers)
         except SageMakerError:
             if not on_new or not self.split.retry_on_old(0):
                 raise
@@ -286,7 +285,7 @@ class _Dispatcher:
             else self.old.route(None)
         )
         started = time.perf_counter()
-        result = await call_variant(self.platform, self.old, variant, body, headers)
+        result = await call_variant(self.platform.endpoints, self.old, variant, body, headers)
         self.recorder.record("old", result[0], time.perf_counter() - started)
         return variant, result
 
@@ -299,17 +298,16 @@ class GuardrailSettings(BaseSettings):
     alarms: str | None = None
 
 
-def install(platform: Platform) -> DeploymentGuard:
-    """Create the guard (alarm setting read once) and hand it to the endpoint manager."""
+def install(platform: Services) -> DeploymentGuard:
+    """Create the guard (alarm setting read once); the platform keeps it in ``platform.features``."""
     guard = DeploymentGuard(platform, load_alarm_setting(GuardrailSettings().alarms))
-    platform.extensions[KEY] = guard
-    platform.endpoints.deployment_guard = guard
+    platform.features.put(guard)
     return guard
 
 
-def snapshots(platform: Platform) -> dict[str, dict[str, Any]]:
+def snapshots(platform: Services) -> dict[str, dict[str, Any]]:
     """``{endpoint: deployment counters}`` of live endpoints that had a guarded deployment."""
-    guard: DeploymentGuard | None = platform.extensions.get(KEY)
+    guard = platform.features.get(DeploymentGuard)
     if guard is None:
         return {}
     out: dict[str, dict[str, Any]] = {}
@@ -318,3 +316,20 @@ def snapshots(platform: Platform) -> dict[str, dict[str, Any]]:
         if view is not None:
             out[runtime.name] = view.snapshot()
     return out
+
+
+def metrics(platform: Services) -> Metrics:
+    """Counters of guarded deployments (``Deployment`` in ``selfmaker status``)."""
+    data = snapshots(platform)
+    found = Metrics("Deployment", data)
+    rows = [(ep, d) for ep, d in data.items() if d]
+    family(found.lines, "selfmaker_deployment_new_fleet_traffic_share", "gauge",
+           "Share of traffic on the new fleet of a blue/green deployment in progress.",
+           [({"endpoint": ep}, d.get("new_fraction")) for ep, d in rows])
+    family(found.lines, "selfmaker_deployment_fallbacks_total", "counter",
+           "New-fleet failures re-sent to the old fleet during a deployment.",
+           [({"endpoint": ep}, d.get("fallbacks")) for ep, d in rows])
+    family(found.lines, "selfmaker_deployment_rollbacks_total", "counter",
+           "Deployments rolled back by an alarm or timeout.",
+           [({"endpoint": ep}, d.get("rollbacks")) for ep, d in rows])
+    return found

@@ -1,0 +1,229 @@
+"""Building deployments: model data, instance pools, ready model servers, feature hooks.
+
+:class:`DeploymentBuilder` turns an endpoint config into a routable :class:`EndpointRuntime` (all or
+nothing). It is public so that features can build variants the way production variants are built (the
+shadow feature brings up its shadow variants with :meth:`DeploymentBuilder.build_variant`).
+
+The builder knows features only through :class:`DeploymentHooks`, lists of callables that the composition
+root (:mod:`selfmaker.platform`) fills from the registry: pool factories, deployment hooks, deletion hooks
+and deployment strategies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from selfmaker.arns import make_arn
+from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InstancePool, VariantContext, VariantRuntime
+from selfmaker.executors import Executors, ExecutorError, InstanceHandle, InstanceSpec
+from selfmaker.modeldata import ModelDataError, fetch_model_data
+
+if TYPE_CHECKING:
+    from selfmaker.settings import PlatformSettings
+    from selfmaker.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(Exception):
+    """A deployment could not be brought up; the message becomes FailureReason."""
+
+
+#: ``factory(ctx) -> pool | None``: a pool for the variants the feature handles
+PoolFactory = Callable[[VariantContext], InstancePool | None]
+#: ``hook(runtime, config)`` (sync or async): attach to a new deployment before it takes traffic
+DeployedHook = Callable[[EndpointRuntime, dict[str, Any]], Any]
+#: ``hook(endpoint name)`` (sync or async): the endpoint's servers are stopped, its record goes next
+DeletedHook = Callable[[str], Any]
+#: ``strategy(name, old, new, config) -> rollback reason | None``: move traffic from old to new
+DeploymentStrategy = Callable[[str, EndpointRuntime, EndpointRuntime, dict[str, Any]], Awaitable[str | None]]
+
+
+@dataclass
+class DeploymentHooks:
+    """What features add to deployments, bound to the platform by the composition root."""
+
+    pool_factories: list[PoolFactory] = field(default_factory=list)
+    deployed: list[DeployedHook] = field(default_factory=list)
+    deleted: list[DeletedHook] = field(default_factory=list)
+    strategies: list[DeploymentStrategy] = field(default_factory=list)
+
+
+def _ping_failure(variant: str) -> str:
+    return (f"The primary container for production variant {variant} did not pass the ping health check. "
+            "Please check CloudWatch logs for this endpoint.")
+
+
+class DeploymentBuilder:
+    """Brings up the variants of endpoint configs as pools of ready model servers."""
+
+    def __init__(self, settings: PlatformSettings, store: StateStore, executors: Executors,
+                 hooks: DeploymentHooks) -> None:
+        self.settings = settings
+        self.store = store
+        self.executors = executors
+        self.hooks = hooks
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- instances -----------------------------------------------------------------------------
+
+    def _ping_session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on the event loop, at the first instance
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP client of the readiness checks."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _wait_ready(self, handle: InstanceHandle, timeout: float) -> None:
+        session = self._ping_session()
+        deadline = time.monotonic() + timeout
+        ping = handle.url + "/ping"
+        while True:
+            if not handle.alive():
+                raise DeployError("exited")
+            try:
+                async with session.get(ping, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise DeployError("timeout")
+            await asyncio.sleep(0.1)
+
+    def _launcher(self, endpoint: str, variant: dict[str, Any], model: dict[str, Any], container: dict[str, Any],
+                  model_dir: Path, deploy_dir: Path) -> Callable[[], Awaitable[Instance]]:
+        variant_name = variant["VariantName"]
+        timeout = float(variant.get("ContainerStartupHealthCheckTimeoutInSeconds") or self.settings.startup_timeout)
+        image = container.get("Image") or ""
+
+        async def launch() -> Instance:
+            instance_id = f"{endpoint}-{variant_name}-{uuid.uuid4().hex[:8]}"
+            work = deploy_dir / "instances" / instance_id
+            work.mkdir(parents=True, exist_ok=True)
+            log_path = self.settings.logs_dir / "endpoints" / endpoint / f"{instance_id}.log"
+            env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
+            serverless = variant.get("ServerlessConfig") or {}
+            spec = InstanceSpec(
+                instance_id=instance_id, endpoint_name=endpoint, variant_name=variant_name,
+                model_name=model["ModelName"], image=image, model_dir=model_dir, environment=env,
+                instance_type=variant.get("InstanceType"), work_dir=work, log_path=log_path,
+                startup_timeout=timeout, container=container, memory_mb=serverless.get("MemorySizeInMB"),
+            )
+            try:
+                executor = self.executors.for_image(image)
+                handle = await executor.start(spec)
+            except ExecutorError as exc:
+                raise DeployError(f"Production variant {variant_name} could not start: {exc}") from exc
+            self.store.put_instance(instance_id, endpoint, variant_name, url=handle.url, pid=handle.pid,
+                                    status="Starting", log_path=str(log_path))
+            try:
+                await self._wait_ready(handle, timeout)
+            except (DeployError, asyncio.CancelledError) as exc:
+                await handle.stop(self.settings.stop_grace)
+                self.store.remove_instance(instance_id)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                detail = (f" The model server exited (see `selfmaker logs {endpoint}`)." if str(exc) == "exited"
+                          else f" It did not answer within {timeout:g} seconds.")
+                raise DeployError(_ping_failure(variant_name) + detail) from None
+            self.store.put_instance(instance_id, endpoint, variant_name, url=handle.url, pid=handle.pid,
+                                    status="InService", log_path=str(log_path))
+            log.info("instance %s of %s/%s ready at %s", instance_id, endpoint, variant_name, handle.url)
+            return Instance(handle)
+
+        return launch
+
+    async def retire(self, instance: Instance) -> None:
+        """Drain ``instance`` (already detached from its pool) and stop its server."""
+        if not await instance.drained(self.settings.drain_timeout):
+            log.warning("instance %s still had %d requests after %ss; stopping it", instance.instance_id,
+                        instance.outstanding, self.settings.drain_timeout)
+        instance.upstream.close()
+        await instance.handle.stop(self.settings.stop_grace)
+        self.store.remove_instance(instance.instance_id)
+
+    # ---- deployments ---------------------------------------------------------------------------
+
+    async def build(self, endpoint: str, config: dict[str, Any], overrides: dict[str, dict[str, Any]],
+                    deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> EndpointRuntime:
+        """Bring up every variant of ``config``, then run the deployment hooks; all or nothing.
+
+        ``models`` are the model documents the deployment was made with (a restart passes those stored
+        with the endpoint: SageMaker endpoints keep serving a model deleted after CreateEndpoint); the
+        documents used end up in ``runtime.models``, production and shadow variants alike.
+        """
+        used: dict[str, dict[str, Any]] = dict(models or {})
+        variants: list[VariantRuntime] = []
+        try:
+            for variant in config["ProductionVariants"]:
+                variants.append(await self.build_variant(endpoint, variant, overrides.get(variant["VariantName"], {}),
+                                                         deploy_dir, used))
+            runtime = EndpointRuntime(endpoint, config["EndpointConfigName"], variants)
+            runtime.models = used
+            for hook in self.hooks.deployed:
+                result = hook(runtime, config)
+                if asyncio.iscoroutine(result):
+                    await result
+        except BaseException:
+            await asyncio.gather(*(v.pool.stop() for v in variants), return_exceptions=True)
+            raise
+        return runtime
+
+    async def build_variant(self, endpoint: str, variant: dict[str, Any], override: dict[str, Any],
+                            deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> VariantRuntime:
+        """One variant's pool, started with its instance count (``override`` may set ``weight`` and
+        ``count``); its model comes from ``models`` (filled in) when there, else from the store."""
+        name = variant["VariantName"]
+        model_name = variant.get("ModelName", "")
+        model = models.get(model_name) if models is not None else None
+        if model is None:
+            model_record = self.store.get("model", model_name)
+            if model_record is None:
+                arn = make_arn(self.settings.region, self.settings.account_id, "model", model_name)
+                raise DeployError(f"Could not find model \"{arn}\".")
+            model = model_record.doc
+        if models is not None:
+            models[model_name] = model
+        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        variant_dir = deploy_dir / name
+        try:
+            model_dir = await asyncio.to_thread(fetch_model_data, container, variant_dir)
+        except ModelDataError as exc:
+            raise DeployError(f"Failed to download model data for production variant {name}: {exc}") from exc
+        ctx = VariantContext(
+            endpoint_name=endpoint, variant=variant, model=model, container=container, model_dir=model_dir,
+            launch=self._launcher(endpoint, variant, model, container, model_dir, variant_dir), retire=self.retire,
+        )
+        pool: InstancePool | None = None
+        for factory in self.hooks.pool_factories:
+            pool = factory(ctx)
+            if pool is not None:
+                break
+        if pool is None:
+            if variant.get("ServerlessConfig"):
+                raise DeployError(f"Production variant {name}: serverless variants are not supported by this build.")
+            pool = InstancePool(ctx)
+        weight = float(override.get("weight", variant.get("InitialVariantWeight", 1.0)))
+        count = int(override.get("count", variant.get("InitialInstanceCount") or 0))
+        runtime = VariantRuntime(name=name, weight=weight, pool=pool, config=variant, model_name=model["ModelName"],
+                                 image=container.get("Image") or "")
+        if count:
+            await pool.start(count)
+        return runtime

@@ -1,0 +1,143 @@
+"""One invocation of an endpoint, transport aside: pre-invoke checks, routing, the call to a model server,
+observers.
+
+* :func:`invoke` runs InvokeEndpoint's pipeline on an :class:`InvocationRecord` and fills in the answer
+  (the HTTP layer, :mod:`selfmaker.api.app`, reads the request and writes the response);
+* :func:`call_variant` sends one request to an instance of a variant (least outstanding requests, another
+  instance when the request never reached a model server) — features that send requests of their own
+  (shadow copies, guarded deployments) use it too;
+* :func:`outgoing_headers` is the one place that decides which headers go to a model server;
+* :func:`model_error` is SageMaker's ModelError (424) for a model server's non-2xx answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantAnswer, VariantRuntime
+from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
+from selfmaker.errors import ModelError
+
+if TYPE_CHECKING:
+    from selfmaker.endpoints.manager import EndpointManager
+
+log = logging.getLogger(__name__)
+
+
+def _header(value: str) -> str:
+    """A header value without CR/LF (header injection)."""
+    return value.replace("\r", "").replace("\n", "")
+
+
+def outgoing_headers(record: InvocationRecord) -> dict[str, str]:
+    """The headers a model server gets for ``record``: its content type, accept, custom attributes and
+    inference id, without CR/LF."""
+    headers = {"Content-Type": _header(record.content_type or "") or "application/octet-stream"}
+    if record.accept:
+        headers["Accept"] = _header(record.accept)
+    if record.custom_attributes:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.custom_attributes)
+    if record.inference_id:
+        headers["X-Amzn-SageMaker-Inference-Id"] = _header(record.inference_id)
+    return headers
+
+
+async def invoke(endpoints: EndpointManager, runtime: EndpointRuntime, record: InvocationRecord) -> InvocationRecord:
+    """Send ``record`` through ``runtime``'s router and fill in its answer (raises SageMakerError, a
+    ModelError for a non-2xx answer of the model)."""
+    for check in runtime.pre_invoke:
+        check(record)
+    headers = outgoing_headers(record)
+    if runtime.dispatch is not None:  # a guarded deployment in progress picks the fleet
+        variant, (status, payload, resp_headers) = await runtime.dispatch(record, record.body, headers)
+    else:
+        variant = runtime.route(record.target_variant)
+        status, payload, resp_headers = await call_variant(endpoints, runtime, variant, record.body, headers)
+    record.variant_name = variant.name
+    record.latency = time.time() - record.started
+    record.status = status
+    if status >= 400:
+        raise model_error(endpoints, runtime.name, status, payload)
+    record.response_body = payload
+    record.response_content_type = resp_headers.get("content-type")
+    record.response_custom_attributes = resp_headers.get("x-amzn-sagemaker-custom-attributes")
+    for observer in runtime.observers:
+        try:
+            observer(record)
+        except Exception:  # noqa: BLE001 - an observer must never fail the client's request
+            log.exception("invocation observer failed")
+    return record
+
+
+async def call_variant(endpoints: EndpointManager, runtime: EndpointRuntime, variant: VariantRuntime, body: bytes,
+                       headers: dict[str, str], *, attempts: int = 3) -> VariantAnswer:
+    """POST ``body`` to ``/invocations`` of an instance of ``variant`` (least outstanding requests).
+
+    Returns ``(status, body, headers with lower-cased names)``. Retried on another instance only when no
+    connection could be made (the request never reached a model server) or the server process died before
+    answering; other failures raise ModelError.
+    """
+    pool = variant.pool
+    timeout = endpoints.settings.invocation_timeout
+    for attempt in range(attempts):
+        instance = await pool.acquire()
+        try:
+            resp = await instance.upstream.request("POST", "/invocations", headers, body, timeout)
+            return resp.status, resp.body, resp.headers
+        except ConnectError:
+            log.warning("instance %s of %s is unreachable; replacing it", instance.instance_id, runtime.name)
+            endpoints.mark_dead(pool, instance)
+            if attempt == attempts - 1:
+                raise ModelError(
+                    f"Received server error (0) from primary with message \"The model server of variant "
+                    f"{variant.name} is not reachable.\". See `selfmaker logs {runtime.name}` for more information.",
+                    extra=_model_error_extra(endpoints, runtime.name, 0, "model server not reachable")) from None
+        except asyncio.TimeoutError:
+            raise ModelError(
+                "Received server error (0) from primary with message \"Your invocation timed out while waiting for "
+                "a response from container primary. Review the latency metrics for each container in Amazon "
+                "CloudWatch, resolve the issue, and try again.\". "
+                f"See `selfmaker logs {runtime.name}` for more information.",
+                extra=_model_error_extra(endpoints, runtime.name, 0, "timeout")) from None
+        except UpstreamClosed as exc:
+            if instance.handle.alive() or attempt == attempts - 1:
+                raise _connection_error(endpoints, runtime, exc) from None
+            # The connection dropped without an answer because the model server died: the request died with
+            # it, so it goes to another instance, as for a server that could not be reached.
+            log.warning("instance %s of %s died during a request; replacing it", instance.instance_id, runtime.name)
+            endpoints.mark_dead(pool, instance)
+        except UpstreamError as exc:
+            raise _connection_error(endpoints, runtime, exc) from None
+        finally:
+            pool.release(instance)
+    raise AssertionError("unreachable")
+
+
+def _connection_error(endpoints: EndpointManager, runtime: EndpointRuntime, exc: Exception) -> ModelError:
+    return ModelError(
+        f"Received server error (0) from primary with message \"{exc}\". "
+        f"See `selfmaker logs {runtime.name}` for more information.",
+        extra=_model_error_extra(endpoints, runtime.name, 0, "connection error"))
+
+
+def _model_error_extra(endpoints: EndpointManager, endpoint: str, status: int, original: str) -> dict[str, Any]:
+    settings = endpoints.settings
+    return {
+        "ErrorCode": "CLIENT_ERROR_FROM_MODEL" if 400 <= status < 500 else "SERVER_ERROR_FROM_MODEL",
+        "OriginalStatusCode": status,
+        "OriginalMessage": original,
+        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:/aws/sagemaker/Endpoints/{endpoint}",
+    }
+
+
+def model_error(endpoints: EndpointManager, endpoint: str, status: int, payload: bytes) -> ModelError:
+    """SageMaker's ModelError (424) for a model server's non-2xx answer."""
+    original = payload.decode("utf-8", errors="replace")[:4096]
+    kind = "client" if 400 <= status < 500 else "server"
+    return ModelError(
+        f"Received {kind} error ({status}) from primary with message \"{original}\". "
+        f"See `selfmaker logs {endpoint}` in account {endpoints.settings.account_id} for more information.",
+        extra=_model_error_extra(endpoints, endpoint, status, original))

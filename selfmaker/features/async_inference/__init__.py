@@ -1,0 +1,72 @@
+"""Asynchronous inference: ``AsyncInferenceConfig``, InvokeEndpointAsync, durable queues, worker processes,
+scale to zero, SNS notifications.
+
+The registrations are here; the code is in :mod:`.supervisor`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from selfmaker.api.metrics import Metrics
+from selfmaker.api.registry import (
+    config_check,
+    endpoint_deleted_hook,
+    endpoint_hook,
+    lifecycle,
+    metrics_source,
+    runtime_route,
+)
+from selfmaker.features.async_inference import supervisor as async_inference
+
+if TYPE_CHECKING:
+    from selfmaker.endpoints.runtime import EndpointRuntime
+    from selfmaker.services import Services
+
+
+@config_check
+def check_async_inference_config(platform: Services, params: dict[str, Any]) -> list[str]:
+    """Validate and claim ``AsyncInferenceConfig``."""
+    return async_inference.check_config(platform, params)
+
+
+@endpoint_hook
+def attach_async_inference(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+    """Mark deployments of async endpoint configs (workers follow their instances)."""
+    async_inference.attach(platform, runtime, config)
+
+
+@endpoint_deleted_hook
+async def forget_async_queue(platform: Services, name: str) -> None:
+    """DeleteEndpoint drops the endpoint's queued requests (as SageMaker does)."""
+    await async_inference.forget(platform, name)
+
+
+@runtime_route("POST", "/endpoints/{name}/async-invocations")
+async def invoke_endpoint_async(platform: Services, request: web.Request) -> web.Response:
+    """InvokeEndpointAsync."""
+    return await async_inference.invoke_async(platform, request)
+
+
+@metrics_source
+def async_metrics(platform: Services) -> Metrics:
+    """Backlog, age of the oldest request and capacity of async endpoints."""
+    found = Metrics("Async")
+    sup = platform.features.get(async_inference.AsyncSupervisor)
+    if sup is not None:
+        found.lines.extend(sup.metrics().rstrip("\n").splitlines())
+    return found
+
+
+@lifecycle("startup")
+async def start_async_inference(platform: Services) -> None:
+    """Start the async supervisor (after endpoints are restored)."""
+    await async_inference.start(platform)
+
+
+@lifecycle("shutdown")
+async def stop_async_inference(platform: Services) -> None:
+    """Stop async workers gracefully (before model servers stop)."""
+    await async_inference.stop(platform)
