@@ -41,7 +41,8 @@ def use_simple_batch(endpoint: str) -> None:
     requests.post(f"{endpoint}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10).raise_for_status()
 
 
-def create_stack(endpoint: str, *, tag: str = "0.1.0", push: bool = True, prefix: str = "sm-test") -> FakeStack:
+def create_stack(endpoint: str, *, tag: str = "0.1.0", push: bool = True, prefix: str = "sm-test",
+                 accelerator: str = "cpu") -> FakeStack:
     """Compute environment, an on-demand and a spot queue, the three job definitions, the ECR image."""
     use_simple_batch(endpoint)
     kw: dict[str, Any] = {"endpoint_url": endpoint, "region_name": REGION}
@@ -89,7 +90,8 @@ def create_stack(endpoint: str, *, tag: str = "0.1.0", push: bool = True, prefix
             computeEnvironmentName=f"{prefix}-cpu-{capacity}", type="UNMANAGED", state="ENABLED", serviceRole=role,
         )["computeEnvironmentArn"]
         queue = f"{prefix}-cpu" + ("-spot" if capacity == "spot" else "")
-        tags = {"selfmaker:capacity": capacity, "selfmaker:train-definition": stack.definitions["train"],
+        tags = {"selfmaker:capacity": capacity, "selfmaker:accelerator": accelerator,
+                "selfmaker:train-definition": stack.definitions["train"],
                 "selfmaker:train-multinode-definition": stack.definitions["train-multinode"],
                 "selfmaker:transform-definition": stack.definitions["transform"]}
         if capacity == "on-demand":

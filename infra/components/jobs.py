@@ -27,6 +27,7 @@ IMAGE_TYPES = {"cpu": "ECS_AL2023", "gpu": "ECS_AL2023_NVIDIA"}
 HOST_GONE = "Host EC2*"
 #: the queue tags the submission commands read (selfmaker/jobs/aws_batch.py)
 TAG_CAPACITY = "selfmaker:capacity"
+TAG_ACCELERATOR = "selfmaker:accelerator"
 TAG_SPOT_QUEUE = "selfmaker:spot-queue"
 TAG_DEFINITION = {"train": "selfmaker:train-definition", "train-multinode": "selfmaker:train-multinode-definition",
                   "transform": "selfmaker:transform-definition"}
@@ -288,7 +289,7 @@ class JobQueue(pulumi.ComponentResource):
                     tags=tagged(f"{key}-ce"), opts=child,
                 )
                 self.compute_environments[key] = compute
-                queue_tags = {**tags, TAG_CAPACITY: capacity,
+                queue_tags = {**tags, TAG_CAPACITY: capacity, TAG_ACCELERATOR: env.accelerator,
                               TAG_DEFINITION["train"]: definition_name(args.prefix, env.name, "train"),
                               TAG_DEFINITION["transform"]: definition_name(args.prefix, env.name, "transform")}
                 if env.on_demand:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TAG_CAPACITY = "selfmaker:capacity"
+TAG_ACCELERATOR = "selfmaker:accelerator"
 TAG_SPOT_QUEUE = "selfmaker:spot-queue"
 TAG_DEFINITION = {"train": "selfmaker:train-definition", "train-multinode": "selfmaker:train-multinode-definition",
                   "transform": "selfmaker:transform-definition"}
@@ -50,6 +51,7 @@ class Queue:
     capacity: str
     spot_queue: str | None
     definitions: dict[str, str]
+    accelerator: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ class BatchJobs:
         if q.get("state") != "ENABLED":
             raise AwsBatchError(f"job queue {q['jobQueueName']!r} is {q.get('state', 'not enabled')}")
         return Queue(name=q["jobQueueName"], arn=q["jobQueueArn"], capacity=tags.get(TAG_CAPACITY, "on-demand"),
-                     spot_queue=tags.get(TAG_SPOT_QUEUE) or None, definitions=definitions)
+                     spot_queue=tags.get(TAG_SPOT_QUEUE) or None, definitions=definitions,
+                     accelerator=tags.get(TAG_ACCELERATOR, "cpu"))
 
     def spot_queue(self, queue: Queue) -> Queue:
         """The spot queue for ``queue`` (itself when it is one)."""
@@ -439,6 +442,9 @@ def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -
     queue = jobs.queue(queue_name)
     if request.get("EnableManagedSpotTraining"):
         queue = jobs.spot_queue(queue)
+    if need.gpus and queue.accelerator != "gpu":
+        raise AwsBatchError(f"ResourceConfig.InstanceType {resources.get('InstanceType')} has GPUs and job queue "
+                            f"{queue.name!r} runs CPU instances; submit to a GPU queue")
     kind = "train-multinode" if count > 1 else "train"
     definition = jobs.definition(queue, kind)
     jobs.check_image(definition)

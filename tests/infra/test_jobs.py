@@ -89,6 +89,7 @@ def test_queues_carry_what_the_submitter_needs(jobs: PulumiHarness) -> None:
     assert queues["sm-t-gpu-spot"]["priority"] == 5 and queues["sm-t-cpu"]["priority"] == 10
     cpu = queues["sm-t-cpu"]["tags"]
     assert cpu["selfmaker:capacity"] == "on-demand" and cpu["selfmaker:spot-queue"] == "sm-t-cpu-spot"
+    assert cpu["selfmaker:accelerator"] == "cpu" and queues["sm-t-gpu-spot"]["tags"]["selfmaker:accelerator"] == "gpu"
     assert cpu["selfmaker:train-definition"] == "sm-t-cpu-train"
     assert cpu["selfmaker:transform-definition"] == "sm-t-cpu-transform"
     assert cpu["selfmaker:train-multinode-definition"] == "sm-t-cpu-train-multinode"

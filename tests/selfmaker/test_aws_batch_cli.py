@@ -93,7 +93,7 @@ def test_a_failed_share_is_named_with_its_log_stream(aws: Any, stack: FakeStack,
     assert line.startswith("selfmaker transform: share 0 failed (") and f"log stream {LOG_GROUP} " in line
 
 
-def test_train_single_and_multi_node_no_wait(aws: Any, stack: FakeStack, tmp_path: Path,
+def test_train_single_and_multi_node_no_wait(aws: Any, stack: FakeStack, moto_server: str, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     aws["s3"].create_bucket(Bucket="cli-tr")
     aws["s3"].put_object(Bucket="cli-tr", Key="train/t.csv", Body=CSV)
@@ -106,6 +106,10 @@ def test_train_single_and_multi_node_no_wait(aws: Any, stack: FakeStack, tmp_pat
             "StoppingCondition": {"MaxRuntimeInSeconds": 30}}
     path = tmp_path / "train.json"
     path.write_text(json.dumps(base))
+    assert main(["train", str(path), "--aws-batch", stack.queues["on-demand"], "--no-wait"]) == 2
+    assert "ml.g5.2xlarge has GPUs and job queue" in capsys.readouterr().err  # a CPU queue
+    gpu = create_stack(moto_server, prefix=f"sm-{uuid.uuid4().hex[:8]}", accelerator="gpu")
+    stack = gpu
     assert main(["train", str(path), "--aws-batch", stack.queues["on-demand"], "--no-wait"]) == 0
     out = capsys.readouterr().out
     assert "s3://cli-tr/models/cli-train/output/model.tar.gz" in out
