@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "batch": "batch transform rows/s vs a per-core in-process loop; peak memory at 1M vs 4M rows",
     "coldstart": "serverless cold start: template fork vs plain spawn (and a container)",
     "async_inference": "async accept-to-output vs real-time latency; backlog drain with 1 and 2 instances",
+    "aws_batch": "a transform split over 2 AWS Batch array children (local processes) vs the local engine's rows/s",
 }
 
 
