@@ -171,8 +171,10 @@ def _run_parts(parts: list[PartSpec], spec: Any, model: str, model_env: dict[str
     from batch.worker import ModelPlugin, run_part, worker_info
 
     name = f"selfmaker-share-{spec.job_name}-{result.index}"
-    cluster = LocalCluster(n_workers=min(settings.effective_workers(), len(parts)), threads_per_worker=1,
-                           processes=True, dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
+    workers = min(settings.effective_workers(), len(parts))
+    # one worker needs no process of its own: it shares this one (no second interpreter, no second import)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=workers > 1,
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
     client = Client(cluster)
     try:
         mode = "url" if model.startswith(("http://", "https://")) else settings.mode

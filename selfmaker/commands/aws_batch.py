@@ -145,9 +145,8 @@ def transform_main(argv: list[str]) -> int:
         except Exception:  # noqa: BLE001 - the bar is best effort; the job's status decides the outcome
             records = 0
         if first[0] < 0:
-            first[0] = records  # rows of an earlier submission are not this run's rate
-        bar.show(progress_line(job, records, time.monotonic() - started) if first[0] == 0
-                 else progress_line(job, records - first[0], time.monotonic() - started))
+            first[0] = records  # rows an earlier submission finished are not this run's
+        bar.show(progress_line(job, records - first[0], time.monotonic() - started))
 
     outcome = watch(jobs, submitted.job_id, unit="share", on_poll=on_poll, interval=args.poll)
     bar.close()

@@ -255,7 +255,9 @@ class BatchJobs:
         out: list[dict[str, Any]] = []
         for status in statuses:
             for page in self.batch.get_paginator("list_jobs").paginate(jobQueue=queue.arn, jobStatus=status):
-                out += page.get("jobSummaryList", [])
+                # the jobs themselves: array children (<id>:<n>) and nodes (<id>#<n>) belong to them
+                out += [j for j in page.get("jobSummaryList", [])
+                        if not re.search(r"[:#]\d+$", str(j.get("jobId", "")))]
         return sorted(out, key=lambda j: int(j.get("createdAt") or 0), reverse=True)
 
     # -- logs -----------------------------------------------------------------------------------------
