@@ -11,19 +11,18 @@ import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 import orjson
 
 from batch.errors import BatchError, ModelServerError
+from common.http import SyncPool
+from common.proc import free_port
 
 log = logging.getLogger(__name__)
 
@@ -65,61 +64,22 @@ def _message(body: bytes) -> str:
 
 
 class HttpInvoker:
-    """POSTs to ``<url>/invocations`` over a small pool of keep-alive connections (call :meth:`close`)."""
+    """POSTs to ``<url>/invocations`` over keep-alive connections (:class:`common.http.SyncPool`; call :meth:`close`)."""
 
     def __init__(self, url: str, *, timeout: float, retries: int, backoff: float = 0.2) -> None:
-        parsed = urlparse(url)
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or 80
-        self.base = parsed.path.rstrip("/")
+        self._pool = SyncPool.for_url(url, timeout=timeout)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def _acquire(self) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-
-    def _release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
-        with self._lock:
-            if reusable and not self._closed:
-                self._idle.append(conn)
-                return
-        conn.close()
 
     def close(self) -> None:
         """Close the idle connections; in-flight ones are closed when their request ends."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._pool.close()
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         """One request, no retry; a kept-alive connection the server closed is replaced once."""
-        for attempt in (0, 1):
-            conn = self._acquire()
-            try:
-                conn.request(method, self.base + path, body=body, headers=headers or {})
-                resp = conn.getresponse()
-                data = resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                if attempt:
-                    raise
-                continue
-            except BaseException:
-                conn.close()
-                raise
-            self._release(conn, not resp.will_close)
-            return resp.status, data
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._pool.request(method, path, body, headers)
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
         """The answer body; :class:`Rejected` on 4xx, :class:`InvocationFailed` after the retries."""
@@ -190,12 +150,6 @@ class LocalInvoker:
                 "BatchStrategy": settings.batch_strategy, "MaxPayloadInMB": settings.max_payload_mb}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the worker that started us dies (Linux).
 
@@ -252,7 +206,7 @@ class ModelServerProcess:
         self._log_file = open(Path(self._log_dir.name) / "server.log", "ab")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ)
         env.update(self.env)
-        self.port = _free_port()
+        self.port = free_port()
         cmd = [self.python, "-m", "serving", *model_source_args(self.source), "--host", "127.0.0.1",
                "--port", str(self.port)]
         # a killed worker must not leave its model server behind

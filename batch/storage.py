@@ -5,8 +5,8 @@ atomic: a local file is written under a temporary name in the same directory and
 is a multipart upload completed only when the writer closes cleanly (a small one is a single PUT), so a
 crash never leaves a half-written object under the final name.
 
-``s3://`` clients come from boto3, which honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``; an
-explicit endpoint can be passed too (:func:`configure_s3`).
+URIs are read by :mod:`common.uris`; ``s3://`` clients come from :func:`common.s3.client`, which honours
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; an explicit endpoint can be passed too (:func:`configure_s3`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import quote, unquote, urlparse
 
 from batch.errors import InputError, OutputError
+from common import s3, uris
 
 #: multipart part size of S3 writes (S3's minimum is 5 MiB)
 S3_PART_BYTES = 8 * 1024 * 1024
@@ -44,13 +44,7 @@ def s3_client() -> Any:
     with _clients_lock:
         client = _clients.get(endpoint)
         if client is None:
-            import boto3
-            from botocore.config import Config
-
-            session = boto3.session.Session()
-            client = session.client("s3", endpoint_url=endpoint,
-                                    config=Config(max_pool_connections=32, retries={"mode": "standard"}))
-            _clients[endpoint] = client
+            client = _clients[endpoint] = s3.client(endpoint, max_pool_connections=32)
         return client
 
 
@@ -64,34 +58,11 @@ class ObjectInfo:
     version: str
 
 
-def is_uri(value: str) -> bool:
-    """True for ``s3://`` and ``file://`` strings."""
-    return value.startswith(("s3://", "file://"))
-
-
-def to_uri(location: str | os.PathLike[str]) -> str:
-    """A local path or URI as a URI (local paths become absolute ``file://`` URIs)."""
-    text = os.fspath(location)
-    if is_uri(text):
-        return text
-    return "file://" + quote(str(Path(text).resolve()))
-
-
-def local_path(uri: str) -> Path:
-    """The filesystem path of a ``file://`` URI."""
-    parsed = urlparse(uri)
-    return Path(unquote(parsed.netloc + parsed.path))
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``(bucket, key)`` of an ``s3://`` URI."""
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
-def join_uri(base: str, rel: str) -> str:
-    """``base`` + ``/`` + ``rel`` without doubled slashes."""
-    return base.rstrip("/") + "/" + rel.lstrip("/")
+is_uri = uris.is_uri
+to_uri = uris.to_uri
+local_path = uris.local_path
+split_s3 = uris.split_s3
+join_uri = uris.join
 
 
 def _rel_to_prefix(key: str, prefix: str) -> str:

@@ -3,18 +3,21 @@
 All in the same run, same model (logistic regression, 20 features, built here), same machine:
 
 * ``spawn``   — ``python -m serving --model-dir DIR`` as a new process, timed by the anchors'
-  ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when /work/shared/anchors exists, else
+  ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when the anchors exist (``bench.common.ANCHORS``), else
   by the same loop here;
 * ``fork``    — the serverless template (numpy, onnxruntime, flask, gunicorn, ``serving`` pre-imported)
   forks the same command line; spawn request → first 200 of ``POST /invocations``;
 * ``platform``— a serverless endpoint of ``selfmaker up`` after it scaled to zero: boto3 InvokeEndpoint →
   answer (router, cold start, /ping wait and invocation included);
+* ``first call`` — what a new user does: ``selfmaker up``, a serverless endpoint created at once, and the
+  first InvokeEndpoint as soon as it is InService (fresh platform each rep; goal ≤ 0.5 s);
 * ``container`` — ``podman``/``docker run <image> serve`` with the model mounted at /opt/ml/model, when an
   engine and the image (``localhost/selfmaker:latest`` or ``--image``) exist; otherwise reported as absent.
 
 Prints one JSON document with medians and the ratio spawn / fork (goal: fork <= 1 s to the first answer).
 
     .venv/bin/python -m bench.coldstart [--reps 5] [--image localhost/selfmaker:latest] [--no-platform]
+                                       [--first-call-only]
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench.common import ANCHORS
+
 ROOT = Path(__file__).resolve().parent.parent
-ANCHOR = Path(os.environ.get("SELFMAKER_ANCHORS", "/work/shared/anchors")) / "coldstart.py"
+ANCHOR = ANCHORS / "coldstart.py"
 BODY = ",".join(["0.5"] * 20).encode()
 
 
@@ -296,6 +301,69 @@ def measure_platform(model_dir: Path, reps: int, timeout: float, work: Path) -> 
     return results
 
 
+def measure_first_call(model_dir: Path, reps: int, work: Path) -> list[dict[str, float]]:
+    """What a new user sees: `selfmaker up`, a serverless endpoint created at once, and the first
+    InvokeEndpoint as soon as it is InService (a fresh platform each rep). Returns per rep the seconds of
+    start → /ping, create → InService, and the first call."""
+    import tarfile
+
+    import boto3
+    from botocore.config import Config
+
+    archive = work / "model-first.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("model.onnx", "signature.json"):
+            tar.add(model_dir / name, arcname=name)
+    out: list[dict[str, float]] = []
+    for rep in range(reps):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = open(work / f"up-first-{rep}.log", "ab")  # noqa: SIM115 - closed in finally
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "selfmaker", "up", "--home", str(work / f"home-first-{rep}"), "--port", str(port)],
+            env=dict(os.environ), cwd=str(ROOT), start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while post_status_get(url + "/ping") != 200:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"selfmaker up did not start (see {work / f'up-first-{rep}.log'})")
+                time.sleep(0.02)
+            up = time.perf_counter() - started
+            kwargs: dict[str, Any] = dict(
+                endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench",
+                config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+            )
+            sm, smr = boto3.client("sagemaker", **kwargs), boto3.client("sagemaker-runtime", **kwargs)
+            created = time.perf_counter()
+            sm.create_model(ModelName="first", ExecutionRoleArn="arn:aws:iam::123456789012:role/bench",
+                            PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()})
+            sm.create_endpoint_config(EndpointConfigName="first", ProductionVariants=[{
+                "VariantName": "AllTraffic", "ModelName": "first",
+                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 4}}])
+            sm.create_endpoint(EndpointName="first", EndpointConfigName="first")
+            deadline = time.monotonic() + 120
+            while sm.describe_endpoint(EndpointName="first")["EndpointStatus"] != "InService":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the endpoint did not go InService")
+                time.sleep(0.02)
+            in_service = time.perf_counter() - created
+            t0 = time.perf_counter()
+            smr.invoke_endpoint(EndpointName="first", Body=BODY, ContentType="text/csv")
+            out.append({"up_seconds": round(up, 3), "create_to_in_service_seconds": round(in_service, 3),
+                        "first_call_seconds": round(time.perf_counter() - t0, 4)})
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            log.close()
+    return out
+
+
 def post_status_get(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -381,12 +449,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="localhost/selfmaker:latest")
     parser.add_argument("--no-platform", action="store_true")
     parser.add_argument("--no-container", action="store_true")
+    parser.add_argument("--first-call-only", action="store_true",
+                        help="only the first call after `selfmaker up` and InService (goal <= 0.5 s)")
     args = parser.parse_args(argv)
     reps = max(1, min(args.reps, 20))
     work = Path(tempfile.mkdtemp(prefix="bench-coldstart-"))
     try:
         model_dir = build_model(work / "model")
         (model_dir / "body.csv").write_bytes(BODY)
+        first = measure_first_call(model_dir, reps if args.first_call_only else min(reps, 3), work)
+        first_median = median([r["first_call_seconds"] for r in first])
+        if args.first_call_only:
+            print(json.dumps({"first_call_after_up": first, "first_call_median": first_median,
+                              "goal_first_call_at_most_0.5s": first_median is not None and first_median <= 0.5},
+                             indent=2))
+            return 0
         spawn = measure_spawn(model_dir, reps, args.timeout)
         fork, template_seconds = measure_fork(model_dir, reps, args.timeout, work)
         platform = None if args.no_platform else measure_platform(model_dir, reps, args.timeout, work)
@@ -412,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         spawn_m, fork_m = median(spawn), median(fork)
         result["ratio_spawn_over_fork"] = round(spawn_m / fork_m, 1) if spawn_m and fork_m else None
         result["goal_fork_at_most_1s"] = fork_m is not None and fork_m <= 1.0
+        result["first_call_after_up"] = first
+        result["first_call_median"] = first_median
+        result["goal_first_call_at_most_0.5s"] = first_median is not None and first_median <= 0.5
         print(json.dumps(result, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

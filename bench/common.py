@@ -1,6 +1,6 @@
 """Shared benchmark plumbing: start/stop servers by process group, poll readiness, closed-loop load.
 
-Load comes from ``wrk`` through ``/work/shared/anchors/load.sh`` when both exist (``apt-get install wrk``),
+Load comes from ``wrk`` through the anchors' ``load.sh`` (:data:`ANCHORS`) when both exist (``apt-get install wrk``),
 else from a bounded aiohttp load generator. Every run is bounded in time; targets are 127.0.0.1 only.
 """
 
@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ANCHORS = Path(os.environ.get("SELFMAKER_ANCHORS", "/work/shared/anchors"))
+#: the benchmark anchors (naive flask, MMS, load.sh, make_models.py, coldstart.py): ``SELFMAKER_ANCHORS``, else
+#: ``shared/anchors`` beside the repository (``<repo>/../shared/anchors``, where the project keeps them)
+ANCHORS = Path(os.environ.get("SELFMAKER_ANCHORS") or Path(__file__).resolve().parents[2] / "shared" / "anchors")
 
 
 def free_port(below: int | None = None) -> int:

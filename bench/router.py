@@ -1,7 +1,7 @@
 """Router overhead: one model server called directly vs through `selfmaker up`, in the same run.
 
 Starts a model server (``python -m serving``) and a ``selfmaker up`` whose endpoint has one instance of the
-same model, then drives both with the same closed-loop load (wrk via /work/shared/anchors/load.sh when
+same model, then drives both with the same closed-loop load (wrk via the anchors' load.sh when
 available, else a bounded aiohttp load loop) at concurrency 1 and 8, batch 1. Prints added p50/p99 and
 the throughput ratio (goals: <= 1 ms p50 added at concurrency 1, >= 70 % of direct throughput at
 concurrency 8; the router shares the 2 cores with the model server and the load generator).
@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import build_classifier_tar, free_port  # noqa: E402
+from bench.common import ANCHORS, build_classifier_tar, free_port  # noqa: E402
 
-ANCHORS = Path("/work/shared/anchors/load.sh")
+LOAD_SH = ANCHORS / "load.sh"
 FEATURES = 20
 
 
@@ -63,7 +63,7 @@ def build_model(dest: Path) -> Path:
 
 
 def load_wrk(url: str, payload: Path, concurrency: int, seconds: int) -> dict[str, Any]:
-    out = subprocess.run(["bash", str(ANCHORS), url, str(payload), str(concurrency), str(seconds), "text/csv", "1"],
+    out = subprocess.run(["bash", str(LOAD_SH), url, str(payload), str(concurrency), str(seconds), "text/csv", "1"],
                          check=True, capture_output=True, text=True, timeout=seconds + 60)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     errors = sum(data.get(k, 0) for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
@@ -100,7 +100,7 @@ async def _load_aiohttp(url: str, body: bytes, concurrency: int, seconds: float)
 
 
 def load(url: str, payload: Path, concurrency: int, seconds: int) -> dict[str, Any]:
-    if ANCHORS.exists() and shutil.which("wrk"):
+    if LOAD_SH.exists() and shutil.which("wrk"):
         return load_wrk(url, payload, concurrency, seconds)
     return asyncio.run(_load_aiohttp(url, payload.read_bytes(), concurrency, seconds))
 

@@ -151,7 +151,7 @@ def check() -> None:
     import scipy.special
     import xgboost as xgb
     from onnx import TensorProto, helper
-    from sagemaker_inference import decoder
+    from sagemaker_inference import errors as toolkit_errors  # for user scripts (requirements-common.txt)
 
     for name in IMPORTED_AT_RUN_TIME:
         importlib.import_module(name)
@@ -170,7 +170,8 @@ def check() -> None:
     x = sp.vstack([sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32))] * 2).tocsr()
     npz = io.BytesIO()
     sp.save_npz(npz, x)
-    _expect(decoder.decode(npz.getvalue(), "application/x-npz").shape == (4, 2), "scipy.sparse NPZ decoding")
+    _expect(sp.load_npz(io.BytesIO(npz.getvalue())).shape == (4, 2), "scipy.sparse NPZ decoding")
+    _expect(toolkit_errors.GenericInferenceToolkitError(422, "x").status_code == 422, "sagemaker_inference")
     _expect(float(scipy.special.expit(0.0)) == 0.5, "scipy.special")
     for pruned in ("scipy.optimize", "scipy.linalg", "scipy.sparse.linalg"):
         try:

@@ -566,7 +566,7 @@ def _mapping(field_name: str, value: Any, known: frozenset[str]) -> Mapping[str,
         raise ConfigError(field_name, "expected a mapping")
     unknown = set(value) - known
     if unknown:
-        raise ConfigError(f"{field_name}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(known)})")
+        raise ConfigError(f"{field_name}.{min(unknown)}", f"unknown key (known: {sorted(known)})")
     return value
 
 
@@ -594,7 +594,7 @@ def _instance_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage:
     """A variant served by an Auto Scaling group (SageMaker's instance-backed production variant)."""
     unknown = set(raw) - INSTANCE_VARIANT_KEYS
     if unknown:
-        raise ConfigError(f"{base}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(INSTANCE_VARIANT_KEYS)})")
+        raise ConfigError(f"{base}.{min(unknown)}", f"unknown key (known: {sorted(INSTANCE_VARIANT_KEYS)})")
     name = raw["name"]
     initial = _int(f"{base}.initialInstanceCount", raw.get("initialInstanceCount", 1), lo=0, hi=1000)
     weight = _weight(f"{base}.initialVariantWeight", raw.get("initialVariantWeight", 1.0))

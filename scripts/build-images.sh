@@ -49,7 +49,7 @@ case "$base_mode" in auto|registry|debootstrap) ;; *) echo "build-images: --base
 
 log() { echo "build-images: $*" >&2; }
 
-# ---- engine: the same rule as selfmaker/executors/container.py and training/executors/container.py ----
+# ---- engine: the same rule as common/proc.py (detect_engine) ----------------------------------------
 engine_works() { command -v "$1" >/dev/null 2>&1 && "$1" info >/dev/null 2>&1; }
 detect_engine() {
   if [[ -n "${SELFMAKER_CONTAINER_ENGINE:-}" ]]; then
@@ -119,6 +119,7 @@ make_python_base() {
 }
 
 # ---- wheelhouse: every dependency as a wheel for the image's Python, downloaded on the host -----------
+# Versions come from constraints.txt (`make constraints`): the same versions on every rebuild.
 PIP="${PIP:-}"
 if [[ -z "$PIP" ]]; then
   if [[ -x "$ROOT/.venv/bin/pip" ]]; then PIP="$ROOT/.venv/bin/pip"; else PIP="pip3"; fi
@@ -127,7 +128,7 @@ fi
 make_wheelhouse() {  # $1 = requirements file name under images/, $2 = destination
   local req="$1" dest="$2"
   local stamp="$dest/.stamp" key
-  key="$(cat "$ROOT"/images/requirements*.txt | sha256sum | cut -c1-16)-py$python_version"
+  key="$(cat "$ROOT"/images/requirements*.txt "$ROOT/constraints.txt" | sha256sum | cut -c1-16)-py$python_version"
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then return; fi
   log "downloading the wheelhouse for $req (python $python_version) into $dest"
   rm -rf "$dest" && mkdir -p "$dest"
@@ -135,23 +136,24 @@ make_wheelhouse() {  # $1 = requirements file name under images/, $2 = destinati
   host_version="$("$PIP" --version | sed -n 's/.*(python \([0-9]*\.[0-9]*\)).*/\1/p')"
   if [[ "$host_version" == "$python_version" ]]; then
     # same interpreter version as the image: `pip wheel` also turns sdist-only packages into wheels
-    (cd "$ROOT/images" && "$PIP" wheel -q -w "$dest" -r "$req" && "$PIP" download -q --no-deps -d "$dest" pip)
+    (cd "$ROOT/images" && "$PIP" wheel -q -w "$dest" -r "$req" -c "$ROOT/constraints.txt" \
+        && "$PIP" download -q --no-deps -d "$dest" pip)
   else
     # another Python: binary wheels only, for that version and any manylinux up to bookworm's glibc 2.36
     local platforms=() v
     for v in 17 24 25 26 27 28 29 30 31 32 33 34 35 36; do platforms+=(--platform "manylinux_2_${v}_x86_64"); done
-    (cd "$ROOT/images" && "$PIP" download -q -d "$dest" -r "$req" pip \
+    (cd "$ROOT/images" && "$PIP" download -q -d "$dest" -r "$req" -c "$ROOT/constraints.txt" pip \
         --only-binary=:all: --implementation cp --python-version "$python_version" \
         --abi "cp${python_version/./}" --platform manylinux2014_x86_64 "${platforms[@]}")
   fi
   echo "$key" >"$stamp"
 }
 
-# ---- build context: requirements, entrypoint, selfmaker's wheel in dist/ (+ the wheelhouse in wheels/) ----
+# ---- build context: requirements, constraints, entrypoint, selfmaker's wheel in dist/ (+ the wheelhouse in wheels/)
 make_context() {  # $1 = context dir, $2 = wheelhouse dir or ""
   local ctx="$1" wheelhouse="$2"
   rm -rf "$ctx" && mkdir -p "$ctx/wheels" "$ctx/dist"
-  cp "$ROOT"/images/requirements*.txt "$ROOT/images/entrypoint.sh" "$ROOT/images/slim_venv.py" "$ctx/"
+  cp "$ROOT"/images/requirements*.txt "$ROOT/constraints.txt" "$ROOT/images/entrypoint.sh" "$ROOT/images/slim_venv.py" "$ctx/"
   if [[ -n "$wheelhouse" ]]; then
     # hard links: the context costs no copy of the wheelhouse
     cp -l "$wheelhouse"/*.whl "$ctx/wheels/" 2>/dev/null || cp "$wheelhouse"/*.whl "$ctx/wheels/"
@@ -160,8 +162,8 @@ make_context() {  # $1 = context dir, $2 = wheelhouse dir or ""
   local src="$CACHE/src"
   rm -rf "$src" && mkdir -p "$src"
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md LICENSE \
-        serving training batch selfmaker infra | xargs -0 cp --parents -t "$src" 2>/dev/null) \
-    || cp -r "$ROOT"/{pyproject.toml,README.md,serving,training,batch,selfmaker,infra} "$src/"
+        common serving training batch selfmaker infra | xargs -0 cp --parents -t "$src" 2>/dev/null) \
+    || cp -r "$ROOT"/{pyproject.toml,README.md,common,serving,training,batch,selfmaker,infra} "$src/"
   "$PIP" wheel -q --no-deps --no-build-isolation -w "$ctx/dist" "$src" >/dev/null
 }
 

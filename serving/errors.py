@@ -83,3 +83,39 @@ def error_response(exc: BaseException) -> tuple[int, bytes]:
     if isinstance(status, int) and 400 <= status < 600 and hasattr(exc, "message"):
         return status, error_body(status, str(getattr(exc, "message")))
     return 500, error_body(500, "internal error")
+
+
+def runtime_error(status: int, body: bytes, *, endpoint: str, variant: str) -> tuple[int, str, bytes]:
+    """The sagemaker-runtime error (status, code, JSON body) for an answer ``/invocations`` gave as
+    ``(status, body)``, as SageMaker's front end renders it: a model's 4xx/5xx is a ``ModelError``
+    (424) carrying ``OriginalStatusCode`` and ``OriginalMessage`` (the container's body, verbatim); an
+    oversized request is the caller's ``ValidationError`` (400); a model that is not loaded yet is
+    ``ServiceUnavailable`` (503, retried by boto3).
+    """
+    original = body.decode("utf-8", errors="replace")
+    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        code, out_status, message = "ValidationError", 400, _message_of(original)
+        extra: dict[str, object] = {}
+    elif status == HTTPStatus.SERVICE_UNAVAILABLE:
+        code, out_status, message = "ServiceUnavailable", 503, _message_of(original)
+        extra = {}
+    else:
+        kind = "client" if 400 <= status < 500 else "server"
+        code, out_status = "ModelError", int(HTTPStatus.FAILED_DEPENDENCY)
+        message = (f'Received {kind} error ({status}) from primary with message "{original}". See the model '
+                   f"server log of endpoint {endpoint}, variant {variant} for more information.")
+        extra = {"OriginalStatusCode": status, "OriginalMessage": original}
+    return out_status, code, runtime_error_body(code, message, **extra)
+
+
+def runtime_error_body(code: str, message: str, **extra: object) -> bytes:
+    """A sagemaker-runtime (rest-json) error body; the code also goes in the ``x-amzn-ErrorType`` header."""
+    return orjson.dumps({"__type": code, "Message": message, "message": message, **extra})
+
+
+def _message_of(original: str) -> str:
+    try:
+        parsed = orjson.loads(original)
+    except orjson.JSONDecodeError:
+        return original
+    return str(parsed.get("error", original)) if isinstance(parsed, dict) else original

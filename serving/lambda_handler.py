@@ -1,278 +1,38 @@
-"""A serverless variant on AWS Lambda: the model server's data plane behind an Application Load Balancer.
+"""The entry point of a serverless variant on AWS Lambda (the image's ``lambda`` mode).
 
-The image's ``lambda`` mode (images/entrypoint.sh) runs ``python -m serving.lambda_handler``: it loads the
-model once per sandbox during Lambda's init phase (so provisioned concurrency really is warm), then hands
-the process to the AWS Lambda runtime interface client (``awslambdaric``) with :func:`handler` as the
-function. ``python -m awslambdaric serving.lambda_handler.handler`` works too; the model is then loaded on
-the first invocation.
+``python -m serving.lambda_handler`` is Lambda's init phase: it starts downloading the model archive
+(``SELFMAKER_MODEL_DATA``, ``s3://``) on a thread at once — with the standard library alone
+(:mod:`serving.s3get`) — while numpy, onnxruntime and pydantic import, then loads the model from ``/tmp``
+(:class:`serving.lambda_app.LambdaApp`) and hands the process to the AWS Lambda runtime interface client
+(``awslambdaric``) with :func:`handler` as the function. So the model is loaded once per sandbox, before
+the first request, and provisioned-concurrency sandboxes are really warm. A model that cannot load is
+reported to the Runtime API as an init error (Lambda then discards the sandbox).
 
-Events are the ALB's Lambda target events (docs/serverless.md): ``POST /endpoints/<name>/invocations``
-(or the container contract's ``POST /invocations``) is answered by the same :class:`DataPlane` as the
-model server — same codecs, hooks, errors and ``X-Amzn-Invoked-Production-Variant`` — and ``GET /ping``
-is the target group's health check. Bodies travel base64-encoded both ways, so binary payloads (``.npy``)
-arrive and leave intact; a target group with multi-value headers gets ``multiValueHeaders`` back.
-
-Settings (:class:`LambdaSettings` plus the model server's :class:`~serving.settings.ServingSettings`):
-``SELFMAKER_MODEL_DATA`` is the ``s3://…/model.tar.gz`` to serve, unpacked under ``/tmp`` (the only
-writable place in a Lambda sandbox); ``code/requirements.txt`` of the model is installed there too.
+``python -m awslambdaric serving.lambda_handler.handler`` works too; the model then loads on the first
+invocation. This module imports only the standard library at import time: that is what lets the download
+start before anything heavy.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import json
 import logging
 import os
-import re
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from serving import contract
-from serving.dataplane import DataPlane
-from serving.errors import BadRequestError, ModelLoadError, ServingError, error_body, error_response
-from serving.settings import ServingSettings
+if TYPE_CHECKING:
+    from serving.lambda_app import LambdaApp
 
 log = logging.getLogger(__name__)
 
 #: what awslambdaric resolves (module.attribute)
 HANDLER = "serving.lambda_handler.handler"
-VARIANT_HEADER = "X-Amzn-Invoked-Production-Variant"
-TARGET_VARIANT_HEADER = "x-amzn-sagemaker-target-variant"
-_RUNTIME_PATH = re.compile(r"^/endpoints/(?P<name>[^/]+)/invocations$")
-_PING_PATHS = ("/ping", "/endpoints/ping")
-_JSON = "application/json"
-
-
-class LambdaSettings(BaseSettings):
-    """What the function is (environment aliases in parentheses), read once per sandbox.
-
-    ``endpoint_name`` (SELFMAKER_ENDPOINT_NAME): when set, only ``/endpoints/<that name>/invocations`` is
-    answered; ``variant_name`` (SELFMAKER_VARIANT_NAME) is the ``X-Amzn-Invoked-Production-Variant`` of
-    every answer; ``state_dir`` (SELFMAKER_LAMBDA_STATE_DIR) is where the model is unpacked.
-    """
-
-    model_config = SettingsConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
-
-    endpoint_name: str | None = Field(None, alias="SELFMAKER_ENDPOINT_NAME")
-    variant_name: str = Field("AllTraffic", alias="SELFMAKER_VARIANT_NAME", min_length=1, max_length=63)
-    state_dir: str = Field("/tmp/selfmaker", alias="SELFMAKER_LAMBDA_STATE_DIR")
-    memory_mb: int | None = Field(None, alias="AWS_LAMBDA_FUNCTION_MEMORY_SIZE", ge=128)
-
-
-class LambdaApp:
-    """One sandbox's model and the translation between ALB events and the data plane."""
-
-    def __init__(self, settings: LambdaSettings, serving: ServingSettings) -> None:
-        self.settings = settings
-        # One invocation at a time per sandbox: every core goes to the one ONNX Runtime session. The file
-        # system is read-only apart from /tmp: the model's code/requirements.txt is installed into a
-        # directory there, put on sys.path before the hooks are imported.
-        self.pip_target = Path(settings.state_dir) / "site-packages"
-        self.serving = serving.model_copy(update={"workers": 1, "pip_target": str(self.pip_target)})
-        self.plane: DataPlane | None = None
-        self.error: str | None = None
-
-    @classmethod
-    def from_environment(cls) -> LambdaApp:
-        """Settings from the function's environment (raises :class:`ModelLoadError` naming a bad value)."""
-        try:
-            return cls(LambdaSettings(), ServingSettings())
-        except ValidationError as exc:
-            raise ModelLoadError(f"invalid function settings: {exc}") from exc
-
-    @property
-    def ready(self) -> bool:
-        return self.plane is not None and self.plane.ready
-
-    def load(self) -> LambdaApp:
-        """Download, unpack and load the model, once (raises :class:`ModelLoadError`)."""
-        if self.ready:
-            return self
-        source = self.serving.model_data or self.serving.model_dir
-        started = time.perf_counter()
-        state_dir = Path(self.settings.state_dir) / "model"
-        plane = DataPlane(source, self.serving, state_dir=state_dir)
-        if str(self.pip_target) not in sys.path:
-            sys.path.insert(0, str(self.pip_target))
-        try:
-            plane.load()
-        except ModelLoadError as exc:
-            self.error = exc.message
-            # a failed download is not replayed to the next attempt of this sandbox (see prepare_model)
-            (state_dir / "prepared.json").unlink(missing_ok=True)
-            raise
-        self.plane, self.error = plane, None
-        log.info("model ready for variant %s from %s in %.3f s (memory %s MB)", self.settings.variant_name,
-                 source, time.perf_counter() - started, self.settings.memory_mb or "?")
-        return self
-
-    # -- one event ---------------------------------------------------------------------------------------
-
-    def handle(self, event: Mapping[str, Any], request_id: str = "", function_arn: str = "") -> dict[str, Any]:
-        """Answer one ALB event; never raises (a raised error would be a 502 without a body).
-
-        On the runtime path (``/endpoints/<name>/invocations``) a failed invocation is answered in
-        sagemaker-runtime's shape, as SageMaker answers it: the model's 4xx/5xx become ``ModelError`` (424)
-        carrying the model server's status and body in ``OriginalStatusCode`` / ``OriginalMessage``, so
-        boto3 raises ``ModelError``; a wrong ``TargetVariant`` is a ``ValidationError`` (400). The container
-        contract's ``/invocations`` answers exactly as the model server does.
-        """
-        multi = "multiValueHeaders" in event
-        headers = _headers(event, multi)
-        extra: dict[str, str] = {VARIANT_HEADER: self.settings.variant_name}
-        if request_id:
-            extra["x-amzn-RequestId"] = contract.sanitize_header(request_id)
-        method = str(event.get("httpMethod") or "").upper()
-        path = str(event.get("path") or "")
-        if path in _PING_PATHS or path.endswith("/ping"):
-            if method not in ("GET", "HEAD"):
-                return _answer(405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi)
-            return self._ping(extra, multi)
-        match = _RUNTIME_PATH.match(path)
-        if path != "/invocations" and (
-            match is None or (self.settings.endpoint_name and match["name"] != self.settings.endpoint_name)
-        ):
-            return _answer(404, error_body(404, f"no route for {path}"), _JSON, extra, multi)
-        if method != "POST":
-            return _answer(405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi)
-        runtime_path = match is not None
-        target = headers.get(TARGET_VARIANT_HEADER)
-        if target is not None and target != self.settings.variant_name:
-            message = (f"TargetVariant {contract.sanitize_header(target)!r} is not a variant of this endpoint "
-                       f"(its variant is {self.settings.variant_name!r}).")
-            if runtime_path:
-                return _answer(400, _runtime_error_body("ValidationError", message), _JSON,
-                               {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
-            return _answer(400, error_body(400, message), _JSON, extra, multi)
-        status, body, content_type, out = self._invoke(event, headers)
-        if status >= 400 and runtime_path:
-            return self._model_error(status, body, extra, multi, function_arn)
-        return _answer(status, body, content_type, {**extra, **out}, multi)
-
-    def _ping(self, extra: dict[str, str], multi: bool) -> dict[str, Any]:
-        if self.ready:
-            return _answer(200, b"{}", _JSON, extra, multi)
-        message = f"model failed to load: {self.error}" if self.error else "model is loading"
-        return _answer(503, error_body(503, message), _JSON, extra, multi)
-
-    def _invoke(self, event: Mapping[str, Any], headers: dict[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
-        """``(status, body, content type, headers)`` of one invocation, errors mapped as the model server
-        maps them (:func:`serving.errors.error_response`)."""
-        try:
-            body = _body(event)
-            if not self.ready:
-                try:
-                    self.load()
-                except ModelLoadError:
-                    log.exception("model failed to load")
-                    return 503, error_body(503, "model failed to load"), _JSON, {}
-            assert self.plane is not None
-            custom = contract.CUSTOM_ATTRIBUTES_HEADER.lower()
-            result = self.plane.invoke_full(
-                body, headers.get("content-type"), headers.get("accept"), headers.get(custom),
-                _title_case(headers) if self.plane.takes_headers else None,
-            )
-        except ServingError as exc:
-            status, error = error_response(exc)
-            if status >= 500 and status != 503:
-                log.error("request failed", exc_info=exc)
-            return status, error, _JSON, {}
-        except Exception as exc:  # noqa: BLE001 - user hooks may raise anything; the client sees a 500
-            log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
-            status, error = error_response(exc)
-            return status, error, _JSON, {}
-        out: dict[str, str] = {}
-        if result.custom_attributes is not None:
-            out[contract.CUSTOM_ATTRIBUTES_HEADER] = contract.sanitize_header(result.custom_attributes)
-        return 200, result.body, result.content_type, out
-
-    def _model_error(self, status: int, body: bytes, extra: dict[str, str], multi: bool,
-                     function_arn: str) -> dict[str, Any]:
-        original = body.decode("utf-8", errors="replace")[:4096]
-        kind = "client" if 400 <= status < 500 else "server"
-        # arn:aws:lambda:<region>:<account>:function:<name>[:alias]
-        parts = function_arn.split(":")
-        region, account = (parts[3], parts[4]) if len(parts) > 4 else (os.environ.get("AWS_REGION", ""), "")
-        log_group = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        message = (f"Received {kind} error ({status}) from primary with message \"{original}\". "
-                   f"See {log_group or 'the function log'} in account {account or '?'} for more information.")
-        extra_fields = {
-            "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
-            "OriginalStatusCode": status,
-            "OriginalMessage": original,
-            "LogStreamArn": f"arn:aws:logs:{region}:{account}:log-group:{log_group}" if log_group else "",
-        }
-        return _answer(424, _runtime_error_body("ModelError", message, extra_fields), _JSON,
-                       {**extra, "x-amzn-ErrorType": "ModelError"}, multi)
-
-
-def _runtime_error_body(code: str, message: str, extra: dict[str, Any] | None = None) -> bytes:
-    """A sagemaker-runtime (rest-json) error body: botocore reads the code from ``x-amzn-ErrorType``."""
-    return orjson.dumps({"__type": code, "Message": message, "message": message, **(extra or {})})
-
-
-def _headers(event: Mapping[str, Any], multi: bool) -> dict[str, str]:
-    """Lower-cased request headers; of a repeated header (multi-value target groups) the last value."""
-    out: dict[str, str] = {}
-    if multi:
-        for name, values in (event.get("multiValueHeaders") or {}).items():
-            if isinstance(values, list) and values:
-                out[str(name).lower()] = str(values[-1])
-    else:
-        for name, value in (event.get("headers") or {}).items():
-            if value is not None:
-                out[str(name).lower()] = str(value)
-    return out
-
-
-def _title_case(headers: dict[str, str]) -> dict[str, str]:
-    # user hooks see the headers as the model server hands them over (werkzeug's Title-Case names)
-    return {"-".join(part.capitalize() for part in name.split("-")): value for name, value in headers.items()}
-
-
-def _body(event: Mapping[str, Any]) -> bytes:
-    raw = event.get("body")
-    if raw is None:
-        return b""
-    if not isinstance(raw, str):
-        raise BadRequestError("the request body is not a string")
-    if event.get("isBase64Encoded"):
-        try:
-            return base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise BadRequestError(f"the request body is not valid base64: {exc}") from exc
-    return raw.encode("utf-8")
-
-
-def _answer(status: int, body: bytes, content_type: str, headers: dict[str, str], multi: bool) -> dict[str, Any]:
-    """The ALB response event; the body is always base64 so any bytes reach the client unchanged."""
-    from http import HTTPStatus
-
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    all_headers = {"Content-Type": content_type, **headers}
-    response: dict[str, Any] = {
-        "statusCode": status,
-        "statusDescription": f"{status} {phrase}".strip(),
-        "isBase64Encoded": True,
-        "body": base64.b64encode(body).decode("ascii"),
-    }
-    if multi:
-        response["multiValueHeaders"] = {name: [value] for name, value in all_headers.items()}
-    else:
-        response["headers"] = all_headers
-    return response
-
+INIT_ERROR_TYPE = "Runtime.ModelLoadError"
 
 _APP: LambdaApp | None = None
 
@@ -280,46 +40,101 @@ _APP: LambdaApp | None = None
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda function: one ALB event in, one ALB response out."""
     global _APP
+    from serving.lambda_app import LambdaApp, unavailable
+
     if _APP is None:
         try:
             _APP = LambdaApp.from_environment()
-        except ModelLoadError as exc:
-            log.error("%s", exc.message)
-            multi = "multiValueHeaders" in event
-            return _answer(503, error_body(503, "model failed to load"), _JSON, {}, multi)
+        except Exception as exc:  # noqa: BLE001 - a bad setting must answer, not crash the sandbox
+            log.error("%s", exc)
+            return unavailable(event)
     return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""),
                        str(getattr(context, "invoked_function_arn", "") or ""))
 
 
-def post_init_error(runtime_api: str, message: str, error_type: str = "Runtime.ModelLoadError") -> None:
+def post_init_error(runtime_api: str, message: str, error_type: str = INIT_ERROR_TYPE) -> None:
     """Tell the Lambda Runtime API that this sandbox cannot serve (Lambda discards it and reports
     ``error_type`` to the caller; the next request starts a new sandbox)."""
-    body = orjson.dumps({"errorMessage": message, "errorType": error_type, "stackTrace": []})
+    body = json.dumps({"errorMessage": message, "errorType": error_type, "stackTrace": []}).encode()
     request = urllib.request.Request(
         f"http://{runtime_api}/2018-06-01/runtime/init/error", data=body, method="POST",
-        headers={"Content-Type": _JSON, "Lambda-Runtime-Function-Error-Type": error_type},
+        headers={"Content-Type": "application/json", "Lambda-Runtime-Function-Error-Type": error_type},
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
         resp.read()
 
 
+class Prefetch:
+    """The model archive downloading on a thread (only for ``s3://`` sources with keys in the
+    environment; otherwise :meth:`result` is None and the app resolves the source itself)."""
+
+    def __init__(self, env: dict[str, str] | os._Environ[str]) -> None:
+        self.archive: Path | None = None
+        self.error: str | None = None
+        self.seconds = 0.0
+        self._thread: threading.Thread | None = None
+        source = env.get("SELFMAKER_MODEL_DATA") or ""
+        from serving import s3get
+
+        credentials = s3get.credentials_from_env(env)
+        if not source.startswith("s3://") or credentials is None:
+            return
+        dest = Path(env.get("SELFMAKER_LAMBDA_STATE_DIR") or "/tmp/selfmaker") / "download" / "model.tar.gz"
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+        def run() -> None:
+            started = time.perf_counter()
+            try:
+                self.archive = s3get.fetch(source, dest, credentials=credentials, region=region, endpoint=endpoint)
+            except s3get.S3GetError as exc:
+                self.error = str(exc)
+            self.seconds = time.perf_counter() - started
+
+        self._thread = threading.Thread(target=run, name="model-prefetch", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Path | None:
+        """The downloaded archive (None when not prefetched); raises ``RuntimeError`` with the reason
+        when the download failed."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.archive
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.lambda_handler``: load the model (Lambda's init phase), then run the runtime
     interface client with :func:`handler`. A model that cannot load is reported as an init error."""
-    from serving.logs import configure_logging
-
     runtime_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     if not runtime_api:
         print("selfmaker lambda: AWS_LAMBDA_RUNTIME_API is not set (this mode runs inside AWS Lambda)",
               file=sys.stderr)
         return 2
+    started = time.perf_counter()
+    prefetch = Prefetch(os.environ)
+    from serving.lambda_app import LambdaApp
+    from serving.logs import configure_logging
+
     configure_logging(os.environ.get("SELFMAKER_LOG_LEVEL", "INFO"))
     try:
-        app = LambdaApp.from_environment().load()
-    except ModelLoadError as exc:
-        log.error("init failed: %s", exc.message)
-        post_init_error(runtime_api, exc.message)
+        app = LambdaApp.from_environment()
+        try:
+            archive = prefetch.result()
+        except RuntimeError as exc:
+            from serving.errors import ModelSourceError
+
+            raise ModelSourceError(str(exc)) from exc
+        app.load(archive)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the init is reported, not raised
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        log.error("init failed: %s", message)
+        post_init_error(runtime_api, message)
         return 1
+    log.info("init done in %.3f s (model download %.3f s, overlapped with the imports)",
+             time.perf_counter() - started, prefetch.seconds)
     # Run as ``-m``, this module is ``__main__``; awslambdaric imports ``serving.lambda_handler`` afresh,
     # and that module's handler must find the loaded app.
     from serving import lambda_handler as installed

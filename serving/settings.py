@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Files whose presence means "this process runs inside a container".
 CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
 DEFAULT_MODEL_DIR = "/opt/ml/model"
+#: SageMaker's EndpointName / VariantName pattern
+SAGEMAKER_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
 
 
 class ServingSettings(BaseSettings):
@@ -26,7 +28,9 @@ class ServingSettings(BaseSettings):
     (SAGEMAKER_MAX_PAYLOAD_IN_MB, 1..1024), ``program`` (SAGEMAKER_PROGRAM, the hooks module in
     ``code/``), ``default_accept`` (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT), ``pip_wheel``
     (SELFMAKER_PIP_WHEEL, pip's wheel for ``code/requirements.txt`` when the interpreter has no pip),
-    ``batching`` (SELFMAKER_SERVE_BATCHING, see :class:`serving.http.fastpath.PendingInvocation`).
+    ``batching`` (SELFMAKER_SERVE_BATCHING, see :class:`serving.http.fastpath.PendingInvocation`),
+    ``endpoint_name`` / ``variant_name`` (SELFMAKER_ENDPOINT_NAME / SELFMAKER_VARIANT_NAME, set by the
+    instance's user data behind the gateway: see :mod:`serving.http.fastpath`'s runtime path).
     """
 
     model_config = SettingsConfigDict(validate_by_name=True, validate_by_alias=True, extra="ignore")
@@ -61,6 +65,10 @@ class ServingSettings(BaseSettings):
     #: stop (gracefully) when this process stops being our parent: set by a supervisor such as
     #: `selfmaker up`, so a killed supervisor leaves no model server behind
     parent_pid: int | None = Field(None, alias="SELFMAKER_PARENT_PID", ge=1)
+    #: behind the gateway (`pulumi up`): the endpoint this server answers ``POST /endpoints/<name>/invocations``
+    #: for (any name when unset) and the production variant it reports in x-Amzn-Invoked-Production-Variant
+    endpoint_name: str | None = Field(None, alias="SELFMAKER_ENDPOINT_NAME", pattern=SAGEMAKER_NAME_PATTERN)
+    variant_name: str = Field("AllTraffic", alias="SELFMAKER_VARIANT_NAME", pattern=SAGEMAKER_NAME_PATTERN)
 
     # -- derived values -------------------------------------------------------------------------
 

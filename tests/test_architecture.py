@@ -1,4 +1,4 @@
-"""One-way imports between our packages (DESIGN.md), checked on the source AST."""
+"""One-way imports between our packages (the arrows at the top of docs/contracts.md), checked on the source AST."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"serving", "training", "batch", "selfmaker", "infra"}
+OURS = {"common", "serving", "training", "batch", "selfmaker", "infra", "bench"}
+#: ``common`` is the leaf every package may import; it imports nothing of ours
 ALLOWED: dict[str, set[str]] = {
-    "serving": set(),
-    "training": set(),
-    "batch": {"serving"},
-    "selfmaker": {"serving", "training", "batch"},
-    "infra": set(),
+    "common": set(),
+    "serving": {"common"},
+    "training": {"common"},
+    "batch": {"common", "serving"},
+    "selfmaker": {"common", "serving", "training", "batch"},
+    "infra": {"common"},
+    "bench": {"common", "serving", "training", "batch", "selfmaker"},
 }
 
 
@@ -36,24 +39,40 @@ def _sources() -> list[tuple[str, Path]]:
 
 @pytest.mark.parametrize(("package", "path"), _sources(), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else v)
 def test_imports_point_one_way(package: str, path: Path) -> None:
-    bad = sorted(
+    bad = forbidden(package, path)
+    assert not bad, f"{path.relative_to(ROOT)} ({package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}): {bad}"
+
+
+def forbidden(package: str, path: Path) -> list[str]:
+    """The imports of ``path`` (a module of ``package``) that :data:`ALLOWED` forbids."""
+    return sorted(
         f"line {line}: imports {name}"
         for name, line in imported_packages(path)
         if name != package and name not in ALLOWED[package]
     )
-    assert not bad, f"{path.relative_to(ROOT)} ({package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}): {bad}"
 
 
 def test_checker_catches_a_forbidden_edge(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
-    bad.write_text("import os\nfrom selfmaker.cli import main\nimport batch.engine\n")
-    assert imported_packages(bad) == {("selfmaker", 2), ("batch", 3)}
+    bad.write_text("import os\nfrom selfmaker.cli import main\nimport batch.engine\nfrom common import uris\n")
+    assert imported_packages(bad) == {("selfmaker", 2), ("batch", 3), ("common", 4)}
+    assert forbidden("serving", bad) == ["line 2: imports selfmaker", "line 3: imports batch"]
+
+
+def test_common_is_a_leaf_that_everyone_may_import(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("from serving.errors import ServingError\n")
+    assert forbidden("common", wrong) == ["line 1: imports serving"], "common must import nothing of ours"
+    uses = tmp_path / "uses.py"
+    uses.write_text("from common.s3 import client\nimport common.uris\n")
+    assert all(not forbidden(package, uses) for package in OURS)
 
 
 # ---- inside selfmaker/: layers, the composition root, no cycles -----------------------------------------
 
 #: selfmaker's layers, lowest first: a module may import modules of its own layer and of the layers below
-#: (docs/platform-internals.md). Modules are matched by the longest prefix listed.
+#: (docs/platform-internals.md). A module belongs to the longest name listed that is itself or one of its
+#: packages (``selfmaker`` itself only to its own ``__init__``: a new top-level module needs a place here).
 SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("selfmaker", "selfmaker.errors", "selfmaker.arns", "selfmaker.settings", "selfmaker.logcontext",
                     "selfmaker.state", "selfmaker.modeldata")),
@@ -61,7 +80,8 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs")),
     ("api", ("selfmaker.api", "selfmaker.services")),
     ("features", ("selfmaker.features",)),
-    ("entry points", ("selfmaker.platform", "selfmaker.commands", "selfmaker.cli", "selfmaker.__main__")),
+    ("entry points", ("selfmaker.platform", "selfmaker.commands", "selfmaker.cli", "selfmaker.__main__",
+                      "selfmaker.aws_batch")),  # the CLI's AWS Batch client (selfmaker train --aws-batch …)
 )
 #: the composition root, and the one module that may import it
 COMPOSITION_ROOT = "selfmaker.platform"
@@ -102,7 +122,8 @@ def layer_of(module: str) -> int:
     best, best_len = -1, -1
     for index, (_, prefixes) in enumerate(SELFMAKER_LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best_len:
+            inside = prefix != "selfmaker" and module.startswith(prefix + ".")
+            if (module == prefix or inside) and len(prefix) > best_len:
                 best, best_len = index, len(prefix)
     return best
 
@@ -180,6 +201,7 @@ def import_cycles(graph: dict[str, set[tuple[str, int]]]) -> list[list[str]]:
 
 def test_every_selfmaker_module_has_a_layer() -> None:
     assert [m for m in selfmaker_graph() if layer_of(m) < 0] == []
+    assert layer_of("selfmaker.newthing") == -1 and layer_of("selfmaker.features.x.y") == 4
 
 
 def test_selfmaker_layers_point_down() -> None:
@@ -232,3 +254,46 @@ def test_cycle_checker_catches_cycles(tmp_path: Path) -> None:
         "selfmaker/d.py": "import selfmaker.a\n",
     })
     assert import_cycles(selfmaker_graph(root)) == [["selfmaker.a", "selfmaker.b", "selfmaker.c"]]
+
+
+#: private names of the standard library that are meant to be called
+_STDLIB_PRIVATE = {"os._exit"}
+
+
+def private_reaches(path: Path, module: str) -> list[str]:
+    """Uses in ``path`` (module ``module``) of another object's or package's private names: ``x._name``
+    for anything but ``self``/``cls``, and ``from selfmaker.a import _name`` from outside package ``a``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module.rpartition(".")[0] if path.name != "__init__.py" else module
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"}:
+                continue
+            if ast.unparse(node) not in _STDLIB_PRIVATE:
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("selfmaker"):
+            owner = node.module or ""
+            if owner == package or owner.startswith(package + "."):
+                continue
+            found += [f"line {node.lineno}: from {owner} import {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_selfmaker_modules_use_each_others_public_names_only() -> None:
+    bad = {name: reaches for name, path in ((module_name(p), p) for p in sorted((ROOT / "selfmaker").rglob("*.py")))
+           if (reaches := private_reaches(path, name))}
+    assert not bad, f"private names used across modules (add a public method or function instead): {bad}"
+
+
+def test_private_reach_checker(tmp_path: Path) -> None:
+    path = tmp_path / "hooks.py"
+    path.write_text("from selfmaker.endpoints.manager import _ping\nfrom selfmaker.features.shadow._x import y\n"
+                    "from selfmaker.features.shadow.mirror import _helper\n"
+                    "async def f(platform, self):\n    await platform.endpoints._build_variant()\n"
+                    "    self._ok = 1\n    os._exit(0)\n")
+    assert private_reaches(path, "selfmaker.features.shadow.hooks") == [
+        "line 1: from selfmaker.endpoints.manager import _ping",
+        "line 5: platform.endpoints._build_variant",
+    ]

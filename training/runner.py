@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tarfile
 import threading
 import time
@@ -32,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.proc import free_port
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor
 from training.images import classify_image
@@ -395,7 +395,7 @@ class TrainingJobRunner:
         addresses = {n: "127.0.0.1" for n in names} if executor.kind == "process" else {n: n for n in names}
         addresses.update(self.host_addresses)
         if len(names) > 1:
-            env["SELFMAKER_TRACKER_PORT"] = str(self.tracker_port or (_free_port() if executor.kind == "process" else 9099))
+            env["SELFMAKER_TRACKER_PORT"] = str(self.tracker_port or (free_port() if executor.kind == "process" else 9099))
         env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
         algo = job.algo
         args = tuple(algo.get("ContainerArguments") or ("train",))
@@ -767,12 +767,6 @@ class TrainingJobRunner:
         path = self.work_dir / "scratch" / host
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 __all__ = ["TrainingJobRunner", "TrainingJobState", "TrainingRequestError", "MESSAGES"]

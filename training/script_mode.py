@@ -8,20 +8,20 @@ directory with the user hyperparameters as ``--name value`` arguments and the ``
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
-from training.environment import PIP_WHEEL_ENV, TrainingEnvironment
+from common import archives, uris
+from common import proc as common_proc
+from training.environment import TrainingEnvironment
 from training.errors import HyperparameterError, UserError
 
 #: the process currently running the user script (SIGTERM is forwarded to it)
@@ -53,7 +53,10 @@ def fetch_submit_dir(uri: str, code_dir: Path) -> None:
                 raise UserError(f"sagemaker_submit_directory: {exc}") from exc
             _extract(dest, code_dir, uri)
         return
-    path = Path(uri[len("file://"):]) if uri.startswith("file://") else Path(uri)
+    try:
+        path = uris.local_path(uri)
+    except uris.UriError as exc:
+        raise UserError(f"sagemaker_submit_directory: {exc}") from exc
     if path.is_dir():
         shutil.copytree(path, code_dir, dirs_exist_ok=True)
     elif path.is_file():
@@ -64,57 +67,17 @@ def fetch_submit_dir(uri: str, code_dir: Path) -> None:
 
 def _extract(archive: Path, code_dir: Path, uri: str) -> None:
     try:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(code_dir, filter="data")
-            else:  # Python < 3.11.4 (Debian bookworm's 3.11.2, the image's): no extraction filters
-                tar.extractall(code_dir, members=_data_members(tar, code_dir))
-    except (tarfile.TarError, OSError) as exc:
-        raise UserError(f"sagemaker_submit_directory: {uri} is not a readable tar.gz: {exc}") from exc
-
-
-def _data_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
-    """What the ``data`` extraction filter allows, for Pythons without it: members (and link targets) stay
-    inside ``dest``, no device/FIFO, no owners and no special mode bits restored."""
-    root = dest.resolve()
-
-    def inside(name: str) -> bool:
-        target = (root / name).resolve()
-        return not name.startswith("/") and (target == root or root in target.parents)
-
-    members = tar.getmembers()
-    for member in members:
-        if not inside(member.name):
-            raise tarfile.TarError(f"member {member.name!r} would land outside the code directory")
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            raise tarfile.TarError(f"member {member.name!r} is a device, FIFO or special file")
-        if member.issym() and not inside(os.path.join(os.path.dirname(member.name), member.linkname)):
-            raise tarfile.TarError(f"member {member.name!r} links outside the code directory")
-        if member.islnk() and not inside(member.linkname):
-            raise tarfile.TarError(f"member {member.name!r} hard-links outside the code directory")
-        member.mode = (member.mode | 0o600) & 0o755 if member.isfile() else 0o755
-        member.uid, member.gid, member.uname, member.gname = os.getuid(), os.getgid(), "", ""
-    return members
+        archives.safe_extract(archive, code_dir, what="code directory")
+    except archives.ArchiveError as exc:
+        raise UserError(f"sagemaker_submit_directory: {uri} is not a safe, readable tar.gz: {exc}") from exc
 
 
 def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> list[str]:
-    """The command that runs pip for this interpreter: ``-m pip`` when pip is installed, else pip from its wheel.
-
-    ``pip_installed`` defaults to whether this interpreter can import pip.  selfmaker's image has no pip
-    module but ships pip's wheel (``$SELFMAKER_PIP_WHEEL``), and pip runs from a wheel as
-    ``python <wheel>/pip``.  Raises :class:`UserError` when neither is available.
-    """
-    python = sys.executable
-    if pip_installed is None:
-        pip_installed = importlib.util.find_spec("pip") is not None
-    if pip_installed:
-        return [python, "-m", "pip"]
-    if pip_wheel and Path(pip_wheel).is_file():
-        return [python, f"{pip_wheel}/pip"]
-    why = f"{PIP_WHEEL_ENV}={pip_wheel} does not exist" if pip_wheel else f"{PIP_WHEEL_ENV} is not set"
-    raise UserError(f"InstallRequirementsError: requirements.txt needs pip, which is not available: {python} has no "
-                    f"pip module and {why}. Install pip into that environment or set {PIP_WHEEL_ENV} to a pip wheel "
-                    "(pip-*.whl)")
+    """:func:`common.proc.pip_command` for ``requirements.txt``; :class:`UserError` without pip."""
+    try:
+        return common_proc.pip_command(pip_wheel, pip_installed=pip_installed, needed_by="requirements.txt")
+    except common_proc.PipUnavailableError as exc:
+        raise UserError(f"InstallRequirementsError: {exc}") from exc
 
 
 def install_requirements(code_dir: Path, pip_wheel: str | None = None) -> None:

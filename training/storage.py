@@ -1,7 +1,8 @@
 """Object storage by URI: ``s3://bucket/key``, ``file:///path`` and plain paths.
 
-``s3://`` goes through boto3, which honours ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` (moto's
-server in tests, MinIO, real S3); an explicit ``endpoint_url`` wins.
+URIs are read by :mod:`common.uris`; the ``s3://`` client is :func:`common.s3.client`, which honours
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (moto's server in tests, MinIO, real S3); an explicit
+``endpoint_url`` wins.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+
+from common import s3, uris
 
 
 class StorageError(Exception):
@@ -27,34 +29,24 @@ class ObjectRef:
     size: int = 0
 
 
-def is_s3(uri: str) -> bool:
-    """Whether ``uri`` is an ``s3://`` URI."""
-    return uri.startswith("s3://")
+is_s3 = uris.is_s3
+join = uris.join
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → (``bucket``, ``key``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise StorageError(f"not an S3 URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    """``s3://bucket/key`` → (``bucket``, ``key``) (:func:`common.uris.split_s3`; :class:`StorageError` otherwise)."""
+    try:
+        return uris.split_s3(uri)
+    except uris.UriError as exc:
+        raise StorageError(str(exc)) from None
 
 
 def local_path(uri: str) -> Path:
-    """``file:///x`` or ``/x`` → ``Path('/x')``."""
-    if uri.startswith("file://"):
-        return Path(unquote(urlparse(uri).path))
-    if "://" in uri:
-        raise StorageError(f"unsupported URI scheme: {uri!r} (use s3:// or file://)")
-    return Path(uri)
-
-
-def join(prefix: str, *parts: str) -> str:
-    """Join URI path components with single slashes."""
-    out = prefix.rstrip("/")
-    for part in parts:
-        out += "/" + part.strip("/")
-    return out
+    """``file:///x`` or ``/x`` → ``Path('/x')`` (:func:`common.uris.local_path`; :class:`StorageError` otherwise)."""
+    try:
+        return uris.local_path(uri)
+    except uris.UriError as exc:
+        raise StorageError(str(exc)) from None
 
 
 class Storage:
@@ -68,13 +60,7 @@ class Storage:
     def s3(self) -> Any:
         """The boto3 S3 client (lazily created)."""
         if self._client is None:
-            import boto3
-
-            kwargs: dict[str, Any] = {}
-            endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            if endpoint:
-                kwargs["endpoint_url"] = endpoint
-            self._client = boto3.client("s3", **kwargs)
+            self._client = s3.client(self.endpoint_url)
         return self._client
 
     # -- listing -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,10 +39,13 @@ class ModelStoreArgs:
                 raise ValueError(f"ModelStoreArgs.{name}: must be >= 1")
 
 
-def _log_delivery(bucket_arn: str, args: ModelStoreArgs) -> list[policies.Document]:
-    assert args.load_balancer_logs is not None
-    prefix, account, region, partition = args.load_balancer_logs
-    return [policies.load_balancer_log_delivery(bucket_arn, prefix, account, region, partition)]
+def _bucket_policy(args: ModelStoreArgs, receives_logs: bool, bucket_arn: str) -> str:
+    """TLS-only policy of a bucket; the one receiving the gateway's access logs lets ELB write them."""
+    extra: list[policies.Document] = []
+    if receives_logs and args.load_balancer_logs is not None:
+        prefix, account, region, partition = args.load_balancer_logs
+        extra.append(policies.load_balancer_log_delivery(bucket_arn, prefix, account, region, partition))
+    return json.dumps(policies.tls_only_bucket_policy(bucket_arn, *extra))
 
 
 def lifecycle_rules(bucket: str, args: ModelStoreArgs) -> list[dict[str, object]]:
@@ -108,8 +112,7 @@ class ModelStore(pulumi.ComponentResource):
             )
             aws.s3.BucketPolicy(
                 naming.child_name(name, f"{role}-tls-only"), bucket=bucket.id,
-                policy=bucket.arn.apply(lambda arn, role=role: json.dumps(policies.tls_only_bucket_policy(
-                    arn, *_log_delivery(arn, args) if role == logs_role else ()))),
+                policy=bucket.arn.apply(functools.partial(_bucket_policy, args, role == logs_role)),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[block]),
             )
             aws.s3.BucketLifecycleConfiguration(

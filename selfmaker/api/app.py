@@ -17,9 +17,7 @@ the traceback in the log only.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,14 +26,14 @@ import orjson
 from aiohttp import web
 
 from selfmaker import logcontext
-from selfmaker.api import eventstream
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.metrics import render_metrics
-from selfmaker.api.validation import service_model, validate_request
+from selfmaker.api.validation import check_invoke_request, service_model, validate_request
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import InternalFailure, SageMakerError, UnknownOperation, ValidationError, ValidationException
 from selfmaker.services import Services
+from serving import eventstream
 
 log = logging.getLogger(__name__)
 
@@ -96,60 +94,6 @@ async def control_plane(request: web.Request) -> web.Response:
 def _header(value: str) -> str:
     """A header value without CR/LF (header injection)."""
     return value.replace("\r", "").replace("\n", "")
-
-
-#: InvokeEndpoint members that select something selfmaker does not host: answering from the variant's
-#: one model instead would be a silently wrong answer
-_UNSUPPORTED_TARGETS = {
-    "TargetModel": "multi-model endpoints",
-    "TargetContainerHostname": "multi-container endpoints",
-    "InferenceComponentName": "inference components",
-    "SessionId": "stateful sessions",
-}
-
-
-_ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
-
-
-@functools.lru_cache(maxsize=4)
-def _invoke_headers(operation_name: str) -> tuple[Any, tuple[tuple[str, str, bool], ...]]:
-    """sagemaker-runtime's model of ``operation_name`` and its (member, header, is integer) triples."""
-    operation = service_model("sagemaker-runtime").operation_model(operation_name)
-    triples = tuple((name, shape.serialization["name"], shape.type_name in ("integer", "long"))
-                    for name, shape in operation.input_shape.members.items()
-                    if shape.serialization.get("location") == "header")
-    return operation, triples
-
-
-def check_invoke_request(name: str, headers: Any, operation_name: str = "InvokeEndpoint") -> None:
-    """An invocation's URI and header members against the service model's constraints (SageMaker's
-    ``ValidationError``, every violation named), then the members selfmaker cannot honour.
-
-    InvokeEndpointAsync's ``InputLocation`` may be missing here: selfmaker also takes the input in the
-    body (checked by the async feature once the body is read).
-    """
-    operation, triples = _invoke_headers(operation_name)
-    params: dict[str, Any] = {"EndpointName": name, "Body": ""}
-    for member, header, integer in triples:
-        value = headers.get(header)
-        if value is not None:
-            if integer:  # headers are text: a number is checked as one, anything else fails as not one
-                try:
-                    value = int(value)
-                except ValueError:
-                    pass
-            params[member] = value
-    if operation_name == "InvokeEndpointAsync":
-        params.setdefault("InputLocation", "s3://body/")  # an inline body stands in for it (see above)
-    if len(params) - 2 == ("ContentType" in params) + ("Accept" in params) and len(name) <= 63 \
-            and _ENDPOINT_NAME.fullmatch(name) and all(len(params[m]) <= 1024 and params[m].isascii()
-                                                       for m in ("ContentType", "Accept") if m in params):
-        return  # the usual request, checked by hand: the generic validator costs ~20 µs per call
-    validate_request(operation, params, ValidationError)
-    for member, feature in _UNSUPPORTED_TARGETS.items():
-        if member in params:
-            raise ValidationError(f"{member} is not supported: selfmaker does not host {feature}; each "
-                                  f"production variant of endpoint {name} serves one model.")
 
 
 async def invoke_endpoint(request: web.Request) -> web.StreamResponse:

@@ -3,6 +3,9 @@
 botocore checks only required members, JSON types and ``min`` on the client; the server has to enforce
 ``max``, ``pattern`` (matched against the whole value), ``enum`` and everything again for clients that
 skip validation. Unknown members are ignored (newer SDKs send members we do not know yet).
+:func:`check_invoke_request` applies the same to the URI and header members of the runtime's invocations
+(InvokeEndpoint, InvokeEndpointWithResponseStream, InvokeEndpointAsync).
+
 Messages follow the Coral style SageMaker uses::
 
     1 validation error detected: Value 'x y' at 'modelName' failed to satisfy constraint: Member must
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import botocore.session
@@ -25,7 +29,7 @@ try:  # Java patterns in the model use \p{L} classes, which only `regex` underst
 except ImportError:  # pragma: no cover - regex is a declared dependency
     import re as _re  # type: ignore[no-redef]
 
-from selfmaker.errors import SageMakerError, ValidationException
+from selfmaker.errors import SageMakerError, ValidationError, ValidationException
 
 #: how many problems are listed in one message at most (Coral lists them all; keep messages short)
 MAX_LISTED = 10
@@ -175,3 +179,57 @@ def validate_request(
         listed = "; ".join(errors[:MAX_LISTED])
         noun = "error" if count == 1 else "errors"
         raise error(f"{count} validation {noun} detected: {listed}")
+
+
+#: InvokeEndpoint members that select something selfmaker does not host: answering from the variant's
+#: one model instead would be a silently wrong answer
+_UNSUPPORTED_TARGETS = {
+    "TargetModel": "multi-model endpoints",
+    "TargetContainerHostname": "multi-container endpoints",
+    "InferenceComponentName": "inference components",
+    "SessionId": "stateful sessions",
+}
+
+
+_ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
+
+
+@functools.lru_cache(maxsize=4)
+def _invoke_headers(operation_name: str) -> tuple[Any, tuple[tuple[str, str, bool], ...]]:
+    """sagemaker-runtime's model of ``operation_name`` and its (member, header, is integer) triples."""
+    operation = service_model("sagemaker-runtime").operation_model(operation_name)
+    triples = tuple((name, shape.serialization["name"], shape.type_name in ("integer", "long"))
+                    for name, shape in operation.input_shape.members.items()
+                    if shape.serialization.get("location") == "header")
+    return operation, triples
+
+
+def check_invoke_request(name: str, headers: Any, operation_name: str = "InvokeEndpoint") -> None:
+    """An invocation's URI and header members against the service model's constraints (SageMaker's
+    ``ValidationError``, every violation named), then the members selfmaker cannot honour.
+
+    InvokeEndpointAsync's ``InputLocation`` may be missing here: selfmaker also takes the input in the
+    body (checked by the async feature once the body is read).
+    """
+    operation, triples = _invoke_headers(operation_name)
+    params: dict[str, Any] = {"EndpointName": name, "Body": ""}
+    for member, header, integer in triples:
+        value = headers.get(header)
+        if value is not None:
+            if integer:  # headers are text: a number is checked as one, anything else fails as not one
+                try:
+                    value = int(value)
+                except ValueError:
+                    pass
+            params[member] = value
+    if operation_name == "InvokeEndpointAsync":
+        params.setdefault("InputLocation", "s3://body/")  # an inline body stands in for it (see above)
+    if len(params) - 2 == ("ContentType" in params) + ("Accept" in params) and len(name) <= 63 \
+            and _ENDPOINT_NAME.fullmatch(name) and all(len(params[m]) <= 1024 and params[m].isascii()
+                                                       for m in ("ContentType", "Accept") if m in params):
+        return  # the usual request, checked by hand: the generic validator costs ~20 µs per call
+    validate_request(operation, params, ValidationError)
+    for member, feature in _UNSUPPORTED_TARGETS.items():
+        if member in params:
+            raise ValidationError(f"{member} is not supported: selfmaker does not host {feature}; each "
+                                  f"production variant of endpoint {name} serves one model.")

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from common.http import UpstreamError, UpstreamPool
 from selfmaker.arns import make_arn
 from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InstancePool, VariantContext, VariantRuntime
 from selfmaker.executors import Executors, ExecutorError, InstanceHandle, InstanceSpec
@@ -72,40 +72,27 @@ class DeploymentBuilder:
         self.store = store
         self.executors = executors
         self.hooks = hooks
-        self._session: aiohttp.ClientSession | None = None
 
     # ---- instances -----------------------------------------------------------------------------
 
-    def _ping_session(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created on the event loop, at the first instance
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                                  skip_auto_headers=("User-Agent", "Accept-Encoding"))
-        return self._session
-
-    async def close(self) -> None:
-        """Close the HTTP client of the readiness checks."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
     async def _wait_ready(self, handle: InstanceHandle, timeout: float) -> None:
-        session = self._ping_session()
         deadline = time.monotonic() + timeout
-        ping = handle.url + "/ping"
-        while True:
-            if not handle.alive():
-                raise DeployError("exited")
-            try:
-                async with session.get(ping, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    await resp.read()
-                    if resp.status == 200:
+        parsed = urlsplit(handle.url)
+        probe = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80, max_idle=1)
+        try:
+            while True:
+                if not handle.alive():
+                    raise DeployError("exited")
+                try:
+                    if (await probe.request("GET", "/ping", {}, b"", 2.0)).status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise DeployError("timeout")
-            await asyncio.sleep(0.1)
+                except (UpstreamError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise DeployError("timeout")
+                await asyncio.sleep(0.1)
+        finally:
+            probe.close()
 
     def _launcher(self, endpoint: str, variant: dict[str, Any], model: dict[str, Any], container: dict[str, Any],
                   model_dir: Path, deploy_dir: Path) -> Callable[[], Awaitable[Instance]]:

@@ -17,8 +17,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from common.http import ConnectError, UpstreamClosed, UpstreamError
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantAnswer, VariantRuntime
-from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError
 from selfmaker.errors import ModelError
 
 if TYPE_CHECKING:

@@ -303,5 +303,4 @@ class EndpointManager:
                 instances, variant.pool.instances = variant.pool.instances, []
                 await asyncio.gather(*(i.handle.stop(self.settings.stop_grace) for i in instances),
                                      return_exceptions=True)
-        await self.builder.close()
         self.store.clear_instances()

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from common.http import UpstreamPool
 from selfmaker.errors import ServiceUnavailable, ValidationError
-from selfmaker.endpoints.upstream import UpstreamPool
 from selfmaker.executors.base import InstanceHandle
 from serving.router import WeightedChoice, least_outstanding
 
@@ -88,7 +88,7 @@ class Instance:
         self.url = handle.url
         self.invocations_url = handle.url + "/invocations"
         parsed = urlsplit(handle.url)
-        #: keep-alive connections to this model server (selfmaker.endpoints.upstream)
+        #: keep-alive connections to this model server (common.http)
         self.upstream = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.outstanding = 0
         self.served = 0

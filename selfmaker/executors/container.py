@@ -30,8 +30,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
-from selfmaker.executors.process import free_port
 from training.executors import container as engines
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 
 if TYPE_CHECKING:
@@ -296,12 +297,6 @@ class ForkedHandle(InstanceHandle):
         return facts
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ForkExecutor(Executor):
     """Local model servers forked from a pre-imported template (fast cold starts).
 
@@ -347,7 +342,7 @@ class ForkExecutor(Executor):
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         if self._fallback is not None and not self.fork_all and spec.memory_mb is None:
             return await self._fallback.start(spec)
-        port = _free_port()
+        port = free_port()
         env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.settings.model_server_workers)}
         env.update(spec.environment)
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)

@@ -5,21 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from typing import TYPE_CHECKING
 
+from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class ProcessHandle(InstanceHandle):

@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
+from common import s3, uris
 from serving.asyncq.request import AsyncRequest
 
 log = logging.getLogger(__name__)
@@ -461,14 +461,12 @@ class S3StateStore:
     """:class:`StateStore` as small objects under an ``s3://bucket/prefix`` (no database needed in AWS)."""
 
     def __init__(self, prefix: str, *, client: Any = None) -> None:
-        import boto3
-
-        parsed = urlparse(prefix)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise ValueError(f"state prefix must be s3://bucket/prefix, got {prefix!r}")
-        self._bucket = parsed.netloc
-        self._prefix = parsed.path.strip("/")
-        self._client = client or boto3.client("s3")
+        try:
+            self._bucket, key = uris.split_s3(prefix)
+        except uris.UriError:
+            raise ValueError(f"state prefix must be s3://bucket/prefix, got {prefix!r}") from None
+        self._prefix = key.strip("/")
+        self._client = client or s3.client()
 
     def _key(self, queue: str, inference_id: str, key: str) -> str:
         return "/".join(p for p in (self._prefix, queue, inference_id, key) if p)

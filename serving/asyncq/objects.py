@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from common import s3, uris
 
 #: S3 user metadata must be printable ASCII and the whole set ≤ 2 KB.
 _META_UNSAFE = re.compile(r"[^\x20-\x7e]")
@@ -52,19 +54,19 @@ def meta_value(text: str) -> str:
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)``."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ObjectError(f"not an s3:// URI: {uri}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    """``s3://bucket/key`` → ``(bucket, key)`` (:func:`common.uris.split_s3`; :class:`ObjectError` otherwise)."""
+    try:
+        return uris.split_s3(uri)
+    except uris.UriError as exc:
+        raise ObjectError(str(exc)) from None
 
 
 def file_path(uri: str) -> Path:
-    """``file:///abs/path`` → ``Path('/abs/path')``."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        raise ObjectError(f"not a file:// URI: {uri}")
-    return Path(unquote(parsed.path))
+    """``file:///abs/path`` → ``Path('/abs/path')`` (:func:`common.uris.file_path`; :class:`ObjectError` otherwise)."""
+    try:
+        return uris.file_path(uri)
+    except uris.UriError as exc:
+        raise ObjectError(str(exc)) from None
 
 
 class InputStream:
@@ -102,7 +104,7 @@ def _remaining(source: IO[bytes]) -> int | None:
 
 
 class ObjectStore:
-    """s3:// (boto3; honours ``AWS_ENDPOINT_URL``) and file:// objects."""
+    """s3:// (:func:`common.s3.client`) and file:// objects."""
 
     def __init__(self, s3_client: Any = None, *, multipart_threshold: int = 64 * 1024 * 1024) -> None:
         self._s3 = s3_client
@@ -112,12 +114,7 @@ class ObjectStore:
     def s3(self) -> Any:
         """The S3 client, created on first use."""
         if self._s3 is None:
-            import boto3
-            from botocore.config import Config
-
-            self._s3 = boto3.client(
-                "s3", config=Config(max_pool_connections=64, retries={"mode": "standard"})
-            )
+            self._s3 = s3.client(max_pool_connections=64)
         return self._s3
 
     # ----------------------------------------------------------------- reads

@@ -94,5 +94,7 @@ def create_app(
         metrics=metrics,
         log_requests=settings.access_log,
         batching=settings.batching,
+        endpoint_name=settings.endpoint_name,
+        variant_name=settings.variant_name,
     )
     return app

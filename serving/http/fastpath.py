@@ -1,10 +1,19 @@
-"""A thin WSGI front that is the only route for the two hot paths, in front of the flask app.
+"""A thin WSGI front that is the only route for the hot paths, in front of the flask app.
 
 ``GET /ping`` and ``POST /invocations`` are answered straight from the WSGI environ — no request
 context, no routing, no Response object — because flask's per-request machinery costs more than a
 small model's whole prediction. Another method on these paths is a 405 here; every other path goes to
 the flask app unchanged. Errors are mapped by the same :func:`serving.errors.error_response` the flask
 handlers use. This layer also times every request: metrics and one structured access-log line.
+
+The runtime path: behind the gateway that ``pulumi up`` builds, a load balancer forwards
+sagemaker-runtime's own requests, ``POST /endpoints/<name>/invocations`` (and
+``/invocations-response-stream``), to the model server, which answers them as SageMaker's front end
+would: the ``/invocations`` answer plus ``x-Amzn-Invoked-Production-Variant``, errors in
+sagemaker-runtime's shape (:func:`serving.errors.runtime_error`: a model's 4xx/5xx is a ``ModelError``),
+streams as event-stream ``PayloadPart`` messages. The load balancer has already chosen the variant
+(weights, or its header rule for ``X-Amzn-SageMaker-Target-Variant``), so that header is not read here.
+Checked after ``/invocations`` and ``/ping``, so those two pay nothing for it.
 """
 
 from __future__ import annotations
@@ -15,9 +24,9 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from serving import contract
+from serving import contract, eventstream
 from serving.dataplane import DataPlane, InvocationResult
-from serving.errors import PayloadTooLargeError, error_body, error_response
+from serving.errors import PayloadTooLargeError, error_body, error_response, runtime_error, runtime_error_body
 from serving.metrics import Metrics
 
 log = logging.getLogger("serving.http.app")
@@ -35,6 +44,12 @@ DEFER_KEY = "selfmaker.defer"
 MAX_BATCHED_BODY = 64 * 1024
 
 _Answer = tuple[int, list[tuple[str, str]], bytes, "float | None"]
+INVOKED_VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+RUNTIME_PREFIX = "/endpoints/"
+#: The runtime routes after ``/endpoints/<name>/``, and whether each streams its answer.
+RUNTIME_ROUTES = {"invocations": False, "invocations-response-stream": True}
+#: Bytes per PayloadPart of a streamed answer.
+STREAM_PART_BYTES = 64 * 1024
 
 
 def _json_headers(body: bytes) -> list[tuple[str, str]]:
@@ -68,6 +83,8 @@ class FastPath:
         metrics: Metrics | None,
         log_requests: bool,
         batching: bool = True,
+        endpoint_name: str | None = None,
+        variant_name: str = "AllTraffic",
     ) -> None:
         self.fallback = fallback
         self.model = model
@@ -77,6 +94,13 @@ class FastPath:
         self.metrics = metrics
         self.log_requests = log_requests
         self.batching = batching
+        #: the endpoint this server answers the runtime path for (None: any) and the variant it reports
+        self.endpoint_name = endpoint_name
+        self.variant_name = variant_name
+        self._runtime_routes: dict[str, tuple[str, bool]] = {}
+        if endpoint_name is not None:
+            self._runtime_routes = {f"{RUNTIME_PREFIX}{endpoint_name}/{tail}": (endpoint_name, stream)
+                                    for tail, stream in RUNTIME_ROUTES.items()}
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -179,6 +203,8 @@ class FastPath:
             out = error_body(405, f"{method} is not allowed on {path}; use {_HOT_METHODS[path]}")
             start_response(_STATUS_LINES[405], [*_json_headers(out), ("Allow", _HOT_METHODS[path])])
             result = [out]
+        elif method == "POST" and path.startswith(RUNTIME_PREFIX) and (route := self._runtime_route(path)) is not None:
+            return self._runtime(environ, start_response, route, started)
         else:
             seen: list[str] = []
 
@@ -190,6 +216,65 @@ class FastPath:
             status = int(seen[-1][:3]) if seen else 500
         self._account(environ, path, method, status, started, model_seconds)
         return result
+
+    # -- the runtime path (sagemaker-runtime's requests through the gateway) ------------------------
+
+    def _runtime_route(self, path: str) -> tuple[str, bool] | None:
+        """``(endpoint name, streams?)`` of a runtime path; None for any other ``/endpoints/...`` path."""
+        known = self._runtime_routes.get(path)
+        if known is not None:
+            return known
+        name, _, tail = path[len(RUNTIME_PREFIX):].partition("/")
+        stream = RUNTIME_ROUTES.get(tail)
+        if stream is None or not name:
+            return None
+        return name, stream
+
+    def _runtime(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], route: tuple[str, bool], started: float
+    ) -> Iterable[bytes]:
+        name, stream = route
+        model_seconds: float | None = None
+        if self.endpoint_name is not None and name != self.endpoint_name:
+            # the load balancer routes by name, so this is a misrouted or hand-made request
+            message = f"Endpoint {name} not found (this server answers for endpoint {self.endpoint_name})."
+            out = runtime_error_body("ValidationError", message)
+            status, headers = 400, [*_json_headers(out), ("x-amzn-ErrorType", "ValidationError")]
+        else:
+            body, refused = self._take_invocation(environ)
+            if refused is not None:
+                status, headers, out, model_seconds = self._runtime_answer(refused, False)
+            elif (not stream and self.batching and len(body) <= MAX_BATCHED_BODY and environ.get(DEFER_KEY)
+                  and self.model.batchable):
+                return PendingInvocation(self, environ, start_response, started, body, runtime=True)
+            else:
+                if stream:  # InvokeEndpointWithResponseStream sends Accept under its own name
+                    accept = environ.get("HTTP_X_AMZN_SAGEMAKER_ACCEPT")
+                    if accept:
+                        environ["HTTP_ACCEPT"] = accept
+                status, headers, out, model_seconds = self._runtime_answer(self._invoke(environ, body), stream)
+        start_response(_STATUS_LINES.get(status) or str(status), headers)
+        self._account(environ, "/invocations", "POST", status, started, model_seconds)
+        return [out]
+
+    def _runtime_answer(self, answer: _Answer, stream: bool) -> _Answer:
+        """The runtime path's answer for what ``/invocations`` would have answered."""
+        status, headers, out, model_seconds = answer
+        if status != 200:
+            status, headers, out = self._runtime_error_answer(status, out)
+            return status, headers, out, model_seconds
+        if stream:
+            content_type = headers[0][1]
+            out = b"".join(eventstream.event("PayloadPart", out[i:i + STREAM_PART_BYTES])
+                           for i in range(0, len(out), STREAM_PART_BYTES))
+            headers = [("Content-Type", eventstream.CONTENT_TYPE), ("Content-Length", str(len(out))),
+                       ("X-Amzn-SageMaker-Content-Type", content_type), *headers[2:]]
+        headers.append((INVOKED_VARIANT_HEADER, self.variant_name))
+        return status, headers, out, model_seconds
+
+    def _runtime_error_answer(self, status: int, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        out_status, code, out = runtime_error(status, body, endpoint=self.endpoint_name or "-", variant=self.variant_name)
+        return out_status, [*_json_headers(out), ("x-amzn-ErrorType", code)], out
 
     def _account(
         self, environ: dict[str, Any], path: str, method: str, status: int, started: float, model_seconds: float | None
@@ -223,10 +308,16 @@ class PendingInvocation:
     :meth:`finish` on each — which is when the response starts and the request is accounted.
     """
 
-    __slots__ = ("app", "environ", "start_response", "started", "body", "outcome")
+    __slots__ = ("app", "environ", "start_response", "started", "body", "outcome", "runtime")
 
     def __init__(
-        self, app: FastPath, environ: dict[str, Any], start_response: Callable[..., Any], started: float, body: bytes
+        self,
+        app: FastPath,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        started: float,
+        body: bytes,
+        runtime: bool = False,
     ) -> None:
         self.app = app
         self.environ = environ
@@ -234,6 +325,8 @@ class PendingInvocation:
         self.started = started
         self.body = body
         self.outcome: InvocationResult | Exception | None = None
+        #: arrived on the runtime path: answered in sagemaker-runtime's shape
+        self.runtime = runtime
 
     @staticmethod
     def run_all(pending: list[PendingInvocation]) -> None:
@@ -262,11 +355,12 @@ class PendingInvocation:
         app = self.app
         outcome = self.outcome
         if isinstance(outcome, InvocationResult):
-            status, headers, out, model_seconds = app._success(outcome)
+            answer = app._success(outcome)
         else:
-            status, headers, out, model_seconds = app._failure(
-                outcome if outcome is not None else RuntimeError("invocation was never run")
-            )
+            answer = app._failure(outcome if outcome is not None else RuntimeError("invocation was never run"))
+        if self.runtime:
+            answer = app._runtime_answer(answer, False)
+        status, headers, out, model_seconds = answer
         self.start_response(_STATUS_LINES.get(status) or str(status), headers)
         app._account(self.environ, "/invocations", "POST", status, self.started, model_seconds)
         return [out]

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 #: image requirement → the distribution installed here that provides the same modules
@@ -55,7 +56,7 @@ def _closure(names: set[str]) -> set[str]:
 
 
 def _third_party_imports() -> dict[str, str]:
-    """top-level module → first file importing it, for serving/ and training/."""
+    """top-level module → first file importing it, for serving/ and training/ (our `common/` ships in the wheel)."""
     found: dict[str, str] = {}
     for package in ("serving", "training"):
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -68,7 +69,7 @@ def _third_party_imports() -> dict[str, str]:
                     continue
                 for mod in mods:
                     top = mod.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in {"serving", "training", "__future__"}:
+                    if top not in sys.stdlib_module_names and top not in {"serving", "training", "common", "__future__"}:
                         found.setdefault(top, str(path.relative_to(ROOT)))
     return found
 
@@ -85,3 +86,39 @@ def test_image_requirements_cover_serving_and_training_imports(requirements: str
         elif not dists & provided:
             missing[module] = f"{where} (from {', '.join(sorted(dists))})"
     assert not missing, f"add to images/{requirements} (or requirements-common.txt): {missing}"
+
+
+def _specs(path: Path) -> list[Requirement]:
+    """The requirement lines of ``path`` (following ``-r``)."""
+    out: list[Requirement] = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            out += _specs(path.parent / line[3:].strip())
+        elif line:
+            out.append(Requirement(line))
+    return out
+
+
+def _pins() -> dict[str, str]:
+    """constraints.txt (`make constraints`) as name → exact version."""
+    pins: dict[str, str] = {}
+    for raw in (ROOT / "constraints.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[_norm(name)] = version
+    return pins
+
+
+@pytest.mark.parametrize("requirements", ["requirements.txt", "requirements-gpu.txt"])
+def test_constraints_pin_every_image_package(requirements: str) -> None:
+    """The image build installs with constraints.txt: each package it installs has an exact version there,
+    one that the image's requirement accepts, so a rebuild installs the same versions."""
+    pins = _pins()
+    path = ROOT / "images" / requirements
+    for spec in _specs(path):
+        assert _norm(spec.name) in pins, f"{spec.name} (images/{requirements}) has no pin: run `make constraints`"
+        assert spec.specifier.contains(pins[_norm(spec.name)], prereleases=True), (spec, pins[_norm(spec.name)])
+    unpinned = sorted(_closure(_requirements(path)) - set(pins))
+    assert not unpinned, f"not pinned in constraints.txt (run `make constraints`): {unpinned}"

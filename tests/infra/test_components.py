@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pulumi.runtime import config as runtime_config
 
-from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
+from infra.components.compute import InstanceGroup, InstanceGroupArgs, InstanceRefreshArgs, WarmPoolArgs
 from infra.components.iam import Roles, RolesArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.registry import ImageRepository, ImageRepositoryArgs
@@ -95,6 +95,23 @@ def test_model_store_with_s3_managed_keys(pulumi_harness: PulumiHarness) -> None
     outputs = pulumi_harness.named("ms-outputs-lifecycle").inputs["rules"]
     assert {"id": "expire-outputs", "status": "Enabled", "filter": {"prefix": ""}, "expiration": {"days": 7},
             "noncurrentVersionExpiration": {"noncurrentDays": 30}} in outputs
+
+
+def test_load_balancer_logs_go_to_the_outputs_bucket_with_s3_managed_keys(pulumi_harness: PulumiHarness) -> None:
+    # a region newer than August 2022 delivers as the log-delivery service, not an ELB account
+    args = ModelStoreArgs(tags=TAGS, encryption="s3", load_balancer_logs=("gateway", "123456789012", "ap-southeast-5", "aws"))
+    store: list[ModelStore] = []
+    pulumi_harness.run(lambda: store.append(ModelStore("ms", args)))
+    assert sorted(b.inputs["tags"]["Purpose"] for b in pulumi_harness.of_type("aws:s3/bucket:Bucket")) == [
+        "data", "models", "outputs"]
+    policy = json.loads(pulumi_harness.named("ms-outputs-tls-only").inputs["policy"])
+    (allow,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}
+    outputs_arn = pulumi_harness.named("ms-outputs").state["arn"]
+    assert allow["Resource"] == f"{outputs_arn}/gateway/AWSLogs/123456789012/*" and allow["Action"] == "s3:PutObject"
+    for other in ("models", "data"):
+        doc = json.loads(pulumi_harness.named(f"ms-{other}-tls-only").inputs["policy"])
+        assert all(s["Effect"] == "Deny" for s in doc["Statement"])
 
 
 def test_lifecycle_rules_and_store_args() -> None:
@@ -211,6 +228,10 @@ def test_instance_group_with_warm_pool_uses_a_single_on_demand_type(pulumi_harne
     ({"image_tag": "a b"}, "image_tag"),
     ({"model_data_uri": None}, "model_data_uri"),
     ({"role": "train"}, "role"),  # training runs on AWS Batch (JobQueue)
+    ({"refresh": InstanceRefreshArgs(checkpoint_percentages=[50, 90])}, "refresh"),
+    ({"refresh": InstanceRefreshArgs(checkpoint_percentages=[50, 10, 100])}, "refresh"),
+    ({"health_check_grace_period": -1}, "health_check_grace_period"),
+    ({"endpoint_name": "churn"}, "endpoint_name"),
 ])
 def test_instance_group_args_validation(over: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^InstanceGroupArgs\.{field}:"):

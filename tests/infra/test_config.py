@@ -192,3 +192,88 @@ def test_group_sizes_are_consistent_or_rejected_by_name(min_size: int | None, ma
         return
     assert 0 <= g.min_size <= g.desired_capacity <= g.max_size and g.max_size >= 1
     assert 0 <= g.on_demand_base <= g.max_size and 0 <= g.spot_percentage <= 100
+
+
+CHAMPION = {"name": "champion", "modelKey": "models/churn/v1/model.tar.gz", "initialInstanceCount": 2,
+            "initialVariantWeight": 0.9, "scaling": {"minInstances": 1, "maxInstances": 6, "invocationsPerInstance": 1000}}
+CHALLENGER = {"name": "challenger", "modelKey": "models/churn/v2/model.tar.gz", "initialVariantWeight": 0.1}
+CHURN = {"name": "churn", "variants": [CHAMPION, CHALLENGER], "rollout": {"strategy": "canary", "canaryPercent": 10}}
+CERT = "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+E = "selfmaker:endpoints[0]"
+V = f"{E}.variants"
+
+
+def test_endpoints_follow_the_production_variant_shapes() -> None:
+    cfg = build(endpoints=[CHURN])
+    (churn,) = cfg.endpoints
+    champion, challenger = churn.variants
+    assert (champion.name, champion.kind, champion.weight, champion.initial_instance_count) == ("champion", "instance", 0.9, 2)
+    assert champion.scaling == stack_config.ScalingConfig(1, 6, 1000)
+    assert champion.group is not None and (champion.group.min_size, champion.group.max_size,
+                                           champion.group.desired_capacity) == (1, 6, 2)
+    assert champion.group.model_key == "models/churn/v1/model.tar.gz" and champion.group.role == "serve"
+    # without scaling a variant keeps its initial count
+    assert challenger.scaling is None and challenger.group is not None
+    assert (challenger.group.min_size, challenger.group.max_size, challenger.group.desired_capacity) == (1, 1, 1)
+    assert churn.rollout.checkpoints() == [10, 100] and churn.rollout.wait_seconds == 300
+    # a gateway exists as soon as there is an endpoint: internal, open to the VPC
+    assert cfg.gateway == stack_config.GatewayConfig(allowed_cidrs=("10.0.0.0/16",))
+    assert build().gateway is None
+
+
+def test_internet_facing_gateway_with_https_and_mutual_tls() -> None:
+    cfg = build(endpoints=[CHURN], gateway={"scheme": "internet-facing", "certificateArn": CERT,
+                                             "allowedCidrs": ["0.0.0.0/0"], "trustStoreCaBundle": "s3://certs-bucket/ca.pem"})
+    assert cfg.gateway is not None
+    assert (cfg.gateway.scheme, cfg.gateway.allowed_cidrs, cfg.gateway.ssl_policy) == (
+        "internet-facing", ("0.0.0.0/0",), "ELBSecurityPolicy-TLS13-1-2-2021-06")
+
+
+@pytest.mark.parametrize(("values", "field", "message"), [
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "name": f"v{i}"} for i in range(6)]}]}, V, "at most 5 variants"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "initialVariantWeight": 0},
+                                           {**CHALLENGER, "initialVariantWeight": 0}]}]}, V, "at least one weight"),
+    ({"endpoints": [{**CHURN, "variants": [CHAMPION, {**CHALLENGER, "name": "champion"}]}]}, f"{V}[1].name", "duplicate"),
+    ({"endpoints": [CHURN, CHURN]}, "selfmaker:endpoints[1].name", "duplicate endpoint"),
+    ({"endpoints": [{**CHURN, "name": "churn_v2"}]}, f"{E}.name", "1-63 characters"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "name": "-x"}]}]}, f"{V}[0].name", "1-63 characters"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "modelKey": "other/m.tar.gz"}]}]}, f"{V}[0].modelKey",
+     "outside modelPrefix"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "scaling": {"minInstances": 3, "maxInstances": 2}}]}]},
+     f"{V}[0].scaling.maxInstances", "must be >= minInstances"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "initialInstanceCount": 9}]}]}, f"{V}[0].initialInstanceCount",
+     "between minInstances"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "instanceTypes": ["g5.xlarge"]}]}]}, f"{V}[0].instanceTypes",
+     "GPU type but the group's accelerator is 'cpu'"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "initialVariantWeight": "heavy"}]}]},
+     f"{V}[0].initialVariantWeight", "expected a number"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "minSize": 1}]}]}, f"{V}[0].minSize", "unknown key"),
+    ({"endpoints": [{**CHURN, "variants": [{**CHAMPION, "serverless": {"memorySizeInMb": 2048}}]}]},
+     f"{V}[0].serverless", "not supported"),
+    ({"endpoints": [{**CHURN, "variants": []}]}, V, "non-empty list"),
+    ({"endpoints": [{**CHURN, "rollout": {"strategy": "blue-green"}}]}, f"{E}.rollout.strategy", "must be one of"),
+    ({"endpoints": [{**CHURN, "rollout": {"canaryPercent": 100}}]}, f"{E}.rollout.canaryPercent", "<= 99"),
+    ({"endpoints": [{**CHURN, "alarms": {"p99LatencyMs": 0}}]}, f"{E}.alarms.p99LatencyMs", ">= 1"),
+    ({"endpoints": {"churn": CHURN}}, "selfmaker:endpoints", "expected a list"),
+    ({"groups": [{**SERVE, "name": "churn-champion"}], "endpoints": [CHURN]}, f"{V}[0].name", "also the name of a group"),
+    ({"endpoints": [CHURN], "gateway": {"scheme": "internet-facing", "allowedCidrs": ["0.0.0.0/0"]}},
+     "selfmaker:gateway.certificateArn", "needs an ACM certificate"),
+    ({"endpoints": [CHURN], "gateway": {"scheme": "internet-facing", "certificateArn": CERT}},
+     "selfmaker:gateway.allowedCidrs", "client CIDRs"),
+    ({"endpoints": [CHURN], "gateway": {"scheme": "public"}}, "selfmaker:gateway.scheme", "must be one of"),
+    ({"endpoints": [CHURN], "gateway": {"certificateArn": "arn:aws:iam::123456789012:server-certificate/x"}},
+     "selfmaker:gateway.certificateArn", "not an ACM certificate"),
+    ({"endpoints": [CHURN], "gateway": {"certificateArn": CERT, "sslPolicy": "ELBSecurityPolicy-2016-08"}},
+     "selfmaker:gateway.sslPolicy", "older than 1.2"),
+    ({"endpoints": [CHURN], "gateway": {"allowedCidrs": ["10.0.0.1/8"]}}, "selfmaker:gateway.allowedCidrs[0]",
+     "host bits set"),
+    ({"endpoints": [CHURN], "gateway": {"trustStoreCaBundle": "s3://b-bucket/ca.pem"}},
+     "selfmaker:gateway.trustStoreCaBundle", "needs HTTPS"),
+    ({"endpoints": [CHURN], "gateway": {"idle": 5}}, "selfmaker:gateway.idle", "unknown key"),
+])
+def test_endpoint_and_gateway_errors_name_the_key(values: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(stack_config.ConfigError) as err:
+        build(**values)
+    assert err.value.field == field
+    assert message in str(err.value)
+    assert str(err.value).startswith(f"{field}: ") and "\n" not in str(err.value)

@@ -143,6 +143,9 @@ def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
     ({"region": "us-east-1\nrm -rf /"}, "region"),
     ({"host_port": 0}, "host_port"),
     ({"mode": "train"}, "mode"),  # training runs on AWS Batch (infra/components/jobs.py)
+    ({"endpoint": "churn"}, "endpoint"),
+    ({"endpoint": "churn", "variant": "a b"}, "variant"),
+    ({"endpoint": "churn;reboot", "variant": "v1"}, "endpoint"),
 ])
 def test_bad_specs_name_the_field(change: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field}:"):

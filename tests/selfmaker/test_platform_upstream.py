@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from selfmaker.endpoints.upstream import ConnectError, UpstreamClosed, UpstreamError, UpstreamPool
+from common.http import ConnectError, UpstreamClosed, UpstreamError, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -7,8 +7,9 @@ engine client runs attached, so its stdout is the container's merged output and 
 container's. Multi-host jobs share a per-job network on which every container is reachable by its host
 name (``algo-1`` …), as on SageMaker.
 
-This module is also the one place that picks the container engine (:func:`detect_engine`); the platform's
-serving executor (``selfmaker/executors/container.py``) imports it from here.
+The container engine is picked by :func:`common.proc.detect_engine`'s rule; :func:`detect_engine` here
+turns its error into this package's, and the platform's serving executor (``selfmaker/executors/container.py``)
+imports it from here.
 """
 
 from __future__ import annotations
@@ -16,21 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
+from common import proc as common_proc
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 
 log = logging.getLogger(__name__)
 
-#: environment variable that names the engine to use (``docker``, ``podman`` or a path)
-ENGINE_ENV = "SELFMAKER_CONTAINER_ENGINE"
-#: engines tried in this order when none is named: docker only counts when its daemon answers
-ENGINE_CANDIDATES = ("docker", "podman")
-#: seconds `<engine> info` may take before the engine counts as not working
-INFO_TIMEOUT = 30.0
+#: environment variable that names the engine to use (``docker``, ``podman`` or a path; common.proc's rule)
+ENGINE_ENV = common_proc.ENGINE_ENV
 #: seconds a missing image may take to pull before the launch fails
 PULL_TIMEOUT = 600.0
 #: environment variable: GPUs for the containers of GPU instance types (``auto`` | ``always`` | ``never``)
@@ -47,41 +44,19 @@ class ContainerEngineError(ExecutorError):
     """No working container engine (or the named one does not work)."""
 
 
-def engine_works(engine: str, timeout: float = INFO_TIMEOUT) -> bool:
-    """Whether ``<engine> info`` succeeds (for docker: the client reaches a daemon)."""
-    path = shutil.which(engine)
-    if path is None:
-        return False
-    try:
-        return subprocess.run([path, "info"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=timeout, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+engine_works = common_proc.engine_works
+engine_name = common_proc.engine_name
 
 
 def detect_engine(override: str | None = None) -> str:
-    """The path of the container engine to use.
+    """The path of the container engine to use (:func:`common.proc.detect_engine`).
 
-    ``override`` (or ``$SELFMAKER_CONTAINER_ENGINE``) names one explicitly and must work; otherwise docker
-    when its daemon answers, else podman. Raises :class:`ContainerEngineError` with a user-facing message
-    (``make engine`` / ``scripts/install-engine.sh`` installs podman).
+    Raises :class:`ContainerEngineError` with a user-facing message.
     """
-    named = override or os.environ.get(ENGINE_ENV) or None
-    if named:
-        if engine_works(named):
-            return str(shutil.which(named))
-        raise ContainerEngineError(f"ClientError: the container engine {named!r} ({ENGINE_ENV}) does not work "
-                                   f"('{named} info' fails)")
-    for candidate in ENGINE_CANDIDATES:
-        if engine_works(candidate):
-            return str(shutil.which(candidate))
-    raise ContainerEngineError("ClientError: this image needs a container engine and none works here "
-                               "(docker with a running daemon, or podman; `make engine` installs podman)")
-
-
-def engine_name(engine: str) -> str:
-    """``docker`` or ``podman`` (the basename of the engine path)."""
-    return Path(engine).name
+    try:
+        return common_proc.detect_engine(override)
+    except common_proc.EngineError as exc:
+        raise ContainerEngineError(f"ClientError: {exc}") from exc
 
 
 def is_gpu_instance_type(instance_type: str | None) -> bool:
@@ -129,7 +104,7 @@ def ensure_image(engine: str, image: str, pull_timeout: float = PULL_TIMEOUT) ->
     if not image or not image.strip():
         raise ExecutorError("ClientError: no container image given")
     probe = subprocess.run([engine, "image", "inspect", image], stdin=subprocess.DEVNULL, capture_output=True,
-                           check=False, timeout=INFO_TIMEOUT)
+                           check=False, timeout=common_proc.ENGINE_INFO_TIMEOUT)
     if probe.returncode == 0:
         return
     log.info("image %s is not present; pulling it", image)

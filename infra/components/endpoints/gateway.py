@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -120,7 +121,7 @@ class Gateway(pulumi.ComponentResource):
                 description="endpoint clients in the VPC", tags=self._tagged(f"client-sg-{i}"), opts=child,
             )
 
-        lb_kwargs: dict[str, object] = {}
+        lb_kwargs: dict[str, Any] = {}
         if args.access_logs_bucket is not None:
             lb_kwargs["access_logs"] = {"bucket": args.access_logs_bucket, "prefix": ACCESS_LOG_PREFIX,
                                         "enabled": True}
@@ -141,7 +142,7 @@ class Gateway(pulumi.ComponentResource):
             **lb_kwargs,
         )
 
-        listener_kwargs: dict[str, object] = {}
+        listener_kwargs: dict[str, Any] = {}
         self.trust_store: aws.lb.TrustStore | None = None
         if args.https:
             listener_kwargs.update(certificate_arn=args.certificate_arn, ssl_policy=args.ssl_policy)
@@ -216,7 +217,7 @@ class Gateway(pulumi.ComponentResource):
         if priority in self._priorities:
             raise bad(f"priority {priority} is taken by {self._priorities[priority]!r}")
         self._priorities[priority] = name
-        conditions: list[dict[str, object]] = [
+        conditions: list[Any] = [
             {"path_pattern": {"values": list(paths)}},
             {"http_request_method": {"values": [method]}},
         ]
@@ -224,7 +225,7 @@ class Gateway(pulumi.ComponentResource):
             conditions.append({"http_header": {"http_header_name": header[0], "values": [header[1]]}})
         # Always the weighted form, so a change of weights (or of the number of variants) is an update
         # of this rule's action and nothing else.
-        action = {"type": "forward", "forward": {"target_groups": [
+        action: Any = {"type": "forward", "forward": {"target_groups": [
             {"arn": r.target_group_arn, "weight": r.weight} for r in routes]}}
         role = f"{name}-rule"
         return aws.lb.ListenerRule(

@@ -40,7 +40,7 @@ from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from selfmaker.api.app import check_invoke_request
+from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.common import read_limited
 from selfmaker.errors import ValidationError, ValidationException
 from serving.asyncq import AsyncRequest, QueueBackend, SqliteQueue, result_locations

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from common import s3, uris
+
 log = logging.getLogger(__name__)
 
 CAPTURE_MODES = ("Input", "Output", "InputAndOutput")
@@ -247,8 +249,8 @@ class _Item:
 class CaptureWriter:
     """Batches capture lines in memory and writes them from a background thread.
 
-    ``s3_client_factory`` builds the boto3 S3 client on first use (default ``boto3.client("s3")``, which
-    honours ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``).
+    ``s3_client_factory`` builds the boto3 S3 client on first use (default :func:`common.s3.client`, which
+    honours ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``).
     """
 
     def __init__(
@@ -396,12 +398,7 @@ class CaptureWriter:
         if parsed.scheme in ("s3", "https"):
             bucket, prefix = _bucket_and_prefix(destination)
             if self._s3 is None:
-                if self._s3_factory is not None:
-                    self._s3 = self._s3_factory()
-                else:
-                    import boto3
-
-                    self._s3 = boto3.client("s3")
+                self._s3 = self._s3_factory() if self._s3_factory is not None else s3.client()
             extra: dict[str, Any] = {}
             if kms_key_id:
                 extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
@@ -417,9 +414,10 @@ class CaptureWriter:
 
 
 def _bucket_and_prefix(uri: str) -> tuple[str, str]:
+    if uris.is_s3(uri):
+        bucket, key = uris.split_s3(uri)
+        return bucket, key.strip("/")
     parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        return parsed.netloc, parsed.path.strip("/")
     # https://bucket.s3.amazonaws.com/prefix or https://s3.amazonaws.com/bucket/prefix
     host = parsed.netloc
     path = parsed.path.strip("/")

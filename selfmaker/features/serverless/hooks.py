@@ -47,6 +47,8 @@ class ServerlessState:
     executor: ForkExecutor | None = None
     warming: set[asyncio.Task[Any]] = field(default_factory=set)
     warm_requested: bool = False
+    #: the template's start, awaited (bounded) before a serverless endpoint goes InService
+    warm_task: asyncio.Task[Any] | None = None
 
 
 def state(platform: Services) -> ServerlessState:
@@ -110,8 +112,12 @@ def make_pool(platform: Services, ctx: VariantContext) -> InstancePool | None:
 
 
 async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
-    """Warm provisioned instances; cap serverless payloads."""
+    """Wait for the template, warm provisioned instances; cap serverless payloads."""
     pools = [v.pool for v in runtime.all_variants() if isinstance(v.pool, ServerlessPool)]
+    if pools:
+        # InService means "a call now is a normal cold start": a first call must not also wait for the
+        # template's imports (they took ~1 s while a first call waited behind them)
+        await wait_for_template(state(platform))
     for pool in pools:
         await pool.start()
     production = list(runtime.variants.values())
@@ -161,7 +167,21 @@ def warm_template(st: ServerlessState) -> None:
 
     task = asyncio.get_running_loop().create_task(warm(), name="serverless-template")
     st.warming.add(task)
+    st.warm_task = task
     task.add_done_callback(st.warming.discard)
+
+
+async def wait_for_template(st: ServerlessState) -> None:
+    """Wait until the template started (or failed: instances then spawn the plain way), at most
+    ``template_wait`` seconds."""
+    task = st.warm_task
+    if task is None or task.done():
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(task), st.settings.template_wait)
+    except asyncio.TimeoutError:
+        log.warning("serverless template not ready after %.0f s; the endpoint goes InService without it",
+                    st.settings.template_wait)
 
 
 async def stop(platform: Services) -> None:

@@ -31,6 +31,8 @@ class ServerlessSettings(BaseSettings):
     max_payload_bytes: int = 4 * 1024 * 1024
     #: seconds a cold start may take before the waiting requests fail
     cold_start_timeout: float = 120.0
+    #: seconds a serverless endpoint's deployment waits for the template to be ready before InService
+    template_wait: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""A lean keep-alive HTTP/1.1 client for the router → model server hop.
+"""The keep-alive HTTP/1.1 clients to model servers: :class:`UpstreamPool` (asyncio) and :class:`SyncPool`
+(threads). Every caller of a model server uses one of them.
 
-The router forwards every invocation to a model server on 127.0.0.1; a general-purpose client (aiohttp's)
-spends most of the router's CPU per request on features this hop never needs (redirects, cookies, auth,
-proxies, compression, tracing). This client writes one request in one ``transport.write`` and parses the
-response in the protocol callback: Content-Length, chunked, or read-to-close bodies; keep-alive unless the
-server says ``Connection: close``.
+**UpstreamPool** (the router → model server hop, batch's async paths). The router forwards every
+invocation to a model server on 127.0.0.1; a general-purpose client (aiohttp's) spends most of the
+router's CPU per request on features this hop never needs (redirects, cookies, auth, proxies,
+compression, tracing). This client writes one request in one ``transport.write`` and parses the response
+in the protocol callback: Content-Length, chunked, or read-to-close bodies; keep-alive unless the server
+says ``Connection: close``.
 
 Error contract (what the router relies on):
 
@@ -13,11 +15,17 @@ Error contract (what the router relies on):
 * :class:`UpstreamClosed` — the connection dropped before a complete response (a reused idle connection
   that the server had just closed is retried once transparently, as urllib3 does);
 * ``asyncio.TimeoutError`` — no complete response within the deadline (the connection is closed).
+
+**SyncPool** (batch transform's worker threads): ``http.client`` connections kept alive in a LIFO list.
+urllib3's pool was measured against it (tiny server process, 3 000 POSTs, median of 3 interleaved rounds):
+0.63x its throughput on one thread and 0.59x on four, so the hand-written pool stays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -253,3 +261,71 @@ class UpstreamPool:
 def _expire(waiter: asyncio.Future[UpstreamResponse]) -> None:
     if not waiter.done():
         waiter.set_exception(asyncio.TimeoutError())
+
+
+class SyncPool:
+    """Keep-alive ``http.client`` connections to one model server, shared by threads and reused LIFO.
+
+    :meth:`request` raises ``OSError`` (connection refused, reset, timeout) or
+    ``http.client.HTTPException`` (broken HTTP); a kept-alive connection that the server had closed is
+    replaced once transparently. Call :meth:`close` when done.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float, base_path: str = "") -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.base_path = base_path.rstrip("/")
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def for_url(cls, url: str, *, timeout: float) -> SyncPool:
+        """A pool for ``http://host:port[/base]`` (paths of :meth:`request` are appended to the base)."""
+        from urllib.parse import urlparse
+
+        parsed = urlparse(url)
+        return cls(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=timeout, base_path=parsed.path)
+
+    def _acquire(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+        with self._lock:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """``(status, body)`` of one request (no retry beyond replacing a stale kept-alive connection)."""
+        for attempt in (0, 1):
+            conn = self._acquire()
+            try:
+                conn.request(method, self.base_path + path, body=body, headers=headers or {})
+                resp = conn.getresponse()
+                data = resp.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._release(conn, not resp.will_close)
+            return resp.status, data
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the idle connections and keep no more; in-flight ones close when their request ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,110 @@
+"""common.http.SyncPool against a real HTTP/1.1 server on 127.0.0.1: keep-alive, stale connections, errors.
+
+(:class:`common.http.UpstreamPool` has its own tests in tests/selfmaker/test_platform_upstream.py.)
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from common.http import SyncPool
+from common.proc import free_port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    #: one entry per accepted connection
+    connections: list[tuple[str, int]] = []
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections.append(self.client_address)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        close = self.path.endswith("/close")
+        payload = self.path.encode() + b" " + body
+        self.send_response(200 if b"fail" not in body else 503)
+        self.send_header("Content-Length", str(len(payload)))
+        if close:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+        if close:
+            self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadingHTTPServer]:
+    _Handler.connections = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_requests_reuse_one_connection_and_keep_the_base_path(server: ThreadingHTTPServer) -> None:
+    pool = SyncPool.for_url(f"http://127.0.0.1:{server.server_address[1]}/base/", timeout=10)
+    try:
+        answers = [pool.request("POST", "/invocations", f"{i}".encode(), {"Content-Type": "text/csv"}) for i in range(20)]
+        assert answers == [(200, f"/base/invocations {i}".encode()) for i in range(20)]
+        assert pool.request("POST", "/x", b"fail") == (503, b"/base/x fail")
+    finally:
+        pool.close()
+    assert len(_Handler.connections) == 1
+
+
+def test_a_connection_the_server_closes_is_not_reused(server: ThreadingHTTPServer) -> None:
+    pool = SyncPool("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        for i in range(3):
+            assert pool.request("POST", "/close", b"%d" % i) == (200, b"/close %d" % i)
+    finally:
+        pool.close()
+    assert len(_Handler.connections) == 3
+
+
+class _IdleTimeoutHandler(_Handler):
+    """Closes a kept-alive connection after 0.2 s without a request, as model servers' keep-alive timeouts do."""
+
+    timeout = 0.2
+    closed = threading.Event()
+
+    def finish(self) -> None:
+        super().finish()
+        type(self).closed.set()
+
+
+def test_an_idle_connection_dropped_by_the_server_is_replaced_once(server: ThreadingHTTPServer) -> None:
+    server.RequestHandlerClass = _IdleTimeoutHandler
+    pool = SyncPool("127.0.0.1", server.server_address[1], timeout=10)
+    try:
+        assert pool.request("POST", "/a", b"1") == (200, b"/a 1")
+        assert _IdleTimeoutHandler.closed.wait(30), "the server never closed the idle connection"
+        assert pool.request("POST", "/a", b"2") == (200, b"/a 2")
+    finally:
+        pool.close()
+    assert len(_Handler.connections) == 2
+
+
+def test_nothing_listening_is_an_os_error() -> None:
+    pool = SyncPool("127.0.0.1", free_port(), timeout=5)
+    try:
+        with pytest.raises(OSError):
+            pool.request("GET", "/ping")
+    finally:
+        pool.close()
+    assert issubclass(http.client.RemoteDisconnected, OSError)
