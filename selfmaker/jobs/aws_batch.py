@@ -396,6 +396,12 @@ def check_training_request(request: Any) -> None:
     also checks it against botocore's shape, as ``selfmaker up`` does) or that cannot run on AWS Batch."""
     if not isinstance(request, dict) or not request.get("TrainingJobName"):
         raise AwsBatchError("the request must be a JSON object with TrainingJobName")
+    try:
+        count = int((request.get("ResourceConfig") or {}).get("InstanceCount") or 1)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise AwsBatchError("ResourceConfig.InstanceCount must be at least 1")  # the runner's words
     for i, channel in enumerate(request.get("InputDataConfig") or []):
         uri = str(((channel.get("DataSource") or {}).get("S3DataSource") or {}).get("S3Uri") or "")
         if not uri.startswith("s3://"):

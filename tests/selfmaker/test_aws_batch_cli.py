@@ -224,3 +224,33 @@ def test_a_model_name_is_resolved_on_the_running_platform_of_the_home(
     state = json.loads(storage.read_bytes("s3://cli-res/selfmaker-jobs/transform/cli-res/job.json"))
     assert state["model"] == "s3://cli-res/model/model.tar.gz"
     assert state["environment"] == {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+
+
+def test_a_training_request_is_refused_before_anything_is_submitted(aws: Any, stack: FakeStack, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    aws["s3"].create_bucket(Bucket="cli-tr-bad")
+    req = {"TrainingJobName": "cli-bad-train", "RoleArn": "arn:aws:iam::123456789012:role/r",
+           "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
+           "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+               "S3DataType": "S3Prefix", "S3Uri": "s3://cli-tr-bad/empty/"}}}],
+           "OutputDataConfig": {"S3OutputPath": "s3://cli-tr-bad/models"},
+           "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 10},
+           "StoppingCondition": {"MaxRuntimeInSeconds": 600}}
+    path = tmp_path / "bad.json"
+    queue = stack.queues["on-demand"]
+    path.write_text(json.dumps({**req, "TrainingJobName": None}))
+    assert main(["train", str(path), "--aws-batch", queue]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "selfmaker train: the request must be a JSON object with TrainingJobName"  # train-local's words
+    path.write_text(json.dumps({**req, "ResourceConfig": {**req["ResourceConfig"], "InstanceCount": -1}}))
+    assert main(["train", str(path), "--aws-batch", queue]) == 2
+    assert capsys.readouterr().err.strip() == "selfmaker train: ResourceConfig.InstanceCount must be at least 1"
+    path.write_text(json.dumps({**req, "TrainingJobName": "no spaces allowed"}))
+    assert main(["train", str(path), "--aws-batch", queue]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("selfmaker train: ValidationException: 1 validation error detected:")  # `selfmaker up`'s
+    assert "trainingJobName" in err
+    path.write_text(json.dumps(req))
+    assert main(["train", str(path), "--aws-batch", queue]) == 2
+    assert capsys.readouterr().err.strip() == "selfmaker train: channel 'train': no objects under s3://cli-tr-bad/empty/"
+    assert _jobs_in(aws, queue) == []
