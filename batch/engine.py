@@ -426,31 +426,40 @@ class _Execution:
         progress.bytes_total = sum(f.info.size for f in self.plan.files)
         for fplan in self.plan.files:
             if fplan.index in done_files:
-                counts = done_files[fplan.index]
-                result.files_done += 1
-                result.parts_skipped += len(fplan.parts)
-                result.parts_done += len(fplan.parts)
-                result.records += int(counts.get("records", 0))
-                result.bytes_in += int(counts.get("bytes_in", 0))
-                result.bytes_out += int(counts.get("bytes_out", 0))
-                progress.bytes_done += fplan.info.size
-                progress.bytes_skipped += fplan.info.size
-                progress.files_done += 1
-                progress.parts_done += len(fplan.parts)
-                result.outputs.append(fplan.out_uri)
+                self._count_done_file(fplan, done_files[fplan.index])
                 continue
             self.remaining[fplan.index] = set()
             for part in fplan.parts:
-                counts = done_parts.get((part.file_index, part.part_index))
-                if counts is not None:
-                    result.parts_skipped += 1
-                    result.parts_done += 1
-                    progress.parts_done += 1
-                    job._add_counts(counts)
-                    progress.bytes_done += part.size
-                    progress.bytes_skipped += part.size
-                    continue
-                self.remaining[fplan.index].add(part.part_index)
+                part_counts = done_parts.get((part.file_index, part.part_index))
+                if part_counts is None:
+                    self.remaining[fplan.index].add(part.part_index)
+                else:
+                    self._count_done_part(part, part_counts)
+
+    def _count_done_file(self, fplan: FilePlan, counts: dict[str, Any]) -> None:
+        """A file a previous run assembled: its parts, records and bytes count as done, its output is listed."""
+        result, progress = self.job.result, self.job.progress
+        result.files_done += 1
+        result.parts_skipped += len(fplan.parts)
+        result.parts_done += len(fplan.parts)
+        result.records += int(counts.get("records", 0))
+        result.bytes_in += int(counts.get("bytes_in", 0))
+        result.bytes_out += int(counts.get("bytes_out", 0))
+        progress.bytes_done += fplan.info.size
+        progress.bytes_skipped += fplan.info.size
+        progress.files_done += 1
+        progress.parts_done += len(fplan.parts)
+        result.outputs.append(fplan.out_uri)
+
+    def _count_done_part(self, part: PartSpec, counts: dict[str, Any]) -> None:
+        """A part a previous run finished (its file is not assembled yet)."""
+        result, progress = self.job.result, self.job.progress
+        result.parts_skipped += 1
+        result.parts_done += 1
+        progress.parts_done += 1
+        self.job._add_counts(counts)
+        progress.bytes_done += part.size
+        progress.bytes_skipped += part.size
 
     def _track(self, future: Any, kind: str, file_index: int, part_index: int) -> None:
         self.tasks[future.key] = _Task(kind, file_index, part_index, future)

@@ -64,7 +64,10 @@ def _message(body: bytes) -> str:
 
 
 class HttpInvoker:
-    """POSTs to ``<url>/invocations`` over keep-alive connections (:class:`common.http.SyncPool`; call :meth:`close`)."""
+    """POSTs to ``<url>/invocations`` over keep-alive connections (:class:`common.http.SyncPool`).
+
+    Call :meth:`close` when done.
+    """
 
     def __init__(self, url: str, *, timeout: float, retries: int, backoff: float = 0.2) -> None:
         self._pool = SyncPool.for_url(url, timeout=timeout)

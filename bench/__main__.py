@@ -14,7 +14,8 @@ BENCHMARKS: dict[str, str] = {
     "router": "one model server called directly vs through `selfmaker up` (added latency, throughput ratio)",
     "training": "built-in XGBoost job vs plain xgboost.train in-process on the same CSV",
     "batch": "batch transform rows/s vs a per-core in-process loop; peak memory at 1M vs 4M rows",
-    "coldstart": "serverless cold start: template fork vs plain spawn (and a container)",
+    "coldstart": "serverless cold start: template fork vs plain spawn (and a container); first call after up",
+    "lambda_coldstart": "serverless on AWS Lambda: a cold sandbox's first ALB answer vs awslambdaric alone",
     "async_inference": "async accept-to-output vs real-time latency; backlog drain with 1 and 2 instances",
     "aws_batch": "a transform split over 2 AWS Batch array children (local processes) vs the local engine's rows/s",
 }

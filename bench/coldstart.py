@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,16 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ANCHORS
+from common.proc import EngineError, detect_engine, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ANCHOR = ANCHORS / "coldstart.py"
 BODY = ",".join(["0.5"] * 20).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def post_status(url: str) -> int | None:
@@ -383,9 +377,10 @@ def measure_container(
     model_dir: Path, reps: int, timeout: float, image: str
 ) -> tuple[list[float | None] | None, str]:
     """``<engine> run <image> serve`` with the model mounted; (None, why) when it cannot run here."""
-    engine = os.environ.get("SELFMAKER_CONTAINER_ENGINE") or shutil.which("podman") or shutil.which("docker")
-    if not engine:
-        return None, "no container engine"
+    try:
+        engine = detect_engine()
+    except EngineError as exc:
+        return None, f"no container engine ({exc})"
     if (
         subprocess.run(
             [engine, "image", "exists", image] if "podman" in engine else [engine, "image", "inspect", image],

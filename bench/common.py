@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import time
@@ -21,28 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.proc import free_port  # noqa: F401 - the benchmarks take it from here
+
 #: the benchmark anchors (naive flask, MMS, load.sh, make_models.py, coldstart.py): ``SELFMAKER_ANCHORS``, else
 #: ``shared/anchors`` beside the repository (``<repo>/../shared/anchors``, where the project keeps them)
 ANCHORS = Path(os.environ.get("SELFMAKER_ANCHORS") or Path(__file__).resolve().parents[2] / "shared" / "anchors")
-
-
-def free_port(below: int | None = None) -> int:
-    """A free TCP port on 127.0.0.1 (``below``: under that number — MMS refuses ports >= 32768)."""
-    if below is None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-    import random
-
-    for _ in range(200):
-        port = random.randrange(20000, below)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port below {below}")
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

@@ -20,7 +20,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import ANCHORS, build_classifier_tar, free_port  # noqa: E402
+from common.archives import safe_extract  # noqa: E402
 
 LOAD_SH = ANCHORS / "load.sh"
 FEATURES = 20
@@ -56,9 +56,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 def build_model(dest: Path) -> Path:
     """The small classifier as model.tar.gz, also unpacked to ``dest/model`` for the direct server."""
     archive = build_classifier_tar(dest, FEATURES)
-    (dest / "model").mkdir()
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest / "model", filter="data")
+    safe_extract(archive, dest / "model")
     return archive
 
 

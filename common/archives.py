@@ -33,7 +33,9 @@ def _member_target(root: Path, name: str, what: str) -> Path:
     return target
 
 
-def check_members(archive: tarfile.TarFile, root: Path, *, what: str = "model directory") -> list[tarfile.TarInfo]:
+def check_members(
+    archive: tarfile.TarFile, root: Path, *, what: str = "model directory"
+) -> list[tarfile.TarInfo]:
     """Every member of ``archive``, each checked for extraction under ``root`` (raises on the first bad one).
 
     ``what`` names the target in messages (``"... links outside the model directory"``).
@@ -42,20 +44,30 @@ def check_members(archive: tarfile.TarFile, root: Path, *, what: str = "model di
     members = archive.getmembers()
     for member in members:
         _member_target(root, member.name, what)
-        if member.isdev() or member.isfifo() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        if (
+            member.isdev()
+            or member.isfifo()
+            or not (member.isfile() or member.isdir() or member.issym() or member.islnk())
+        ):
             raise UnsafeArchiveError(f"archive member {member.name!r} is a device, FIFO or special file")
         if member.issym():
             link = member.linkname
             if link.startswith("/"):
-                raise UnsafeArchiveError(f"archive member {member.name!r} is a symlink to an absolute path {link!r}")
+                raise UnsafeArchiveError(
+                    f"archive member {member.name!r} is a symlink to an absolute path {link!r}"
+                )
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), link))
             if resolved == ".." or resolved.startswith("../"):
-                raise UnsafeArchiveError(f"archive member {member.name!r} links outside the {what} ({link!r})")
+                raise UnsafeArchiveError(
+                    f"archive member {member.name!r} links outside the {what} ({link!r})"
+                )
             _member_target(root, resolved, what)
         elif member.islnk():
             link = member.linkname
             if link.startswith("/") or ".." in link.split("/"):
-                raise UnsafeArchiveError(f"archive member {member.name!r} hard-links outside the {what} ({link!r})")
+                raise UnsafeArchiveError(
+                    f"archive member {member.name!r} hard-links outside the {what} ({link!r})"
+                )
             _member_target(root, link, what)
     return members
 

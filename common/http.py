@@ -1,7 +1,8 @@
-"""The keep-alive HTTP/1.1 clients to model servers: :class:`UpstreamPool` (asyncio) and :class:`SyncPool`
-(threads). Every caller of a model server uses one of them.
+"""The HTTP/1.1 clients to model servers: :class:`UpstreamPool` (asyncio, keep-alive), :class:`SyncPool`
+(threads, keep-alive) and :class:`DeadlineConnection` (threads, one streamed exchange under a deadline).
+Every caller of a model server uses one of them.
 
-**UpstreamPool** (the router → model server hop, batch's async paths). The router forwards every
+**UpstreamPool** (the router → model server hop, the platform's readiness probe). The router forwards every
 invocation to a model server on 127.0.0.1; a general-purpose client (aiohttp's) spends most of the
 router's CPU per request on features this hop never needs (redirects, cookies, auth, proxies,
 compression, tracing). This client writes one request in one ``transport.write`` and parses the response
@@ -16,15 +17,20 @@ Error contract (what the router relies on):
   that the server had just closed is retried once transparently, as urllib3 does);
 * ``asyncio.TimeoutError`` — no complete response within the deadline (the connection is closed).
 
-**SyncPool** (batch transform's worker threads): ``http.client`` connections kept alive in a LIFO list.
+**SyncPool** (batch transform's worker threads, transform jobs' readiness probe): ``http.client``
+connections kept alive in a LIFO list.
 urllib3's pool was measured against it (tiny server process, 3 000 POSTs, median of 3 interleaved rounds):
 0.63x its throughput on one thread and 0.59x on four, so the hand-written pool stays.
+
+**DeadlineConnection** (the async-inference worker): request and response bodies of any size streamed,
+the whole exchange bounded by InvocationTimeoutSeconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.client
+import socket
 import threading
 import time
 from collections import deque
@@ -137,7 +143,11 @@ class _Connection(asyncio.Protocol):
                 body = self._chunked(offset)
             elif "content-length" in headers:
                 length = int(headers["content-length"])
-                body = bytes(self.buffer[offset: offset + length]) if len(self.buffer) - offset >= length else None
+                body = (
+                    bytes(self.buffer[offset : offset + length])
+                    if len(self.buffer) - offset >= length
+                    else None
+                )
             elif status in (204, 304) or 100 <= status < 200:
                 body = b""
             else:  # read until the server closes
@@ -171,7 +181,7 @@ class _Connection(asyncio.Protocol):
                 return bytes(out) if trailer_end >= 0 else None
             if len(buf) < pos + size + 2:
                 return None
-            out += buf[pos: pos + size]
+            out += buf[pos : pos + size]
             pos += size + 2
 
 
@@ -212,11 +222,17 @@ class UpstreamPool:
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes,
-                      timeout: float) -> UpstreamResponse:
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float
+    ) -> UpstreamResponse:
         """Send one request and return the complete response (see the module's error contract)."""
-        head = [f"{method} {path} HTTP/1.1\r\nHost: ".encode(), self.authority,
-                b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n"]
+        head = [
+            f"{method} {path} HTTP/1.1\r\nHost: ".encode(),
+            self.authority,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n".encode("latin-1", errors="replace"))
         head.append(b"\r\n")
@@ -301,8 +317,9 @@ class SyncPool:
                 return
         conn.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """``(status, body)`` of one request (no retry beyond replacing a stale kept-alive connection)."""
         for attempt in (0, 1):
             conn = self._acquire()
@@ -329,3 +346,51 @@ class SyncPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class DeadlineConnection(http.client.HTTPConnection):
+    """One streamed HTTP/1.1 exchange with a model server, bounded by a total deadline (for threads).
+
+    For bodies of any size (file-like request bodies, responses read in chunks), which :class:`SyncPool`
+    would hold in memory. :meth:`connect` is bounded by ``connect_timeout``; from then on only ``deadline``
+    (seconds from construction) bounds the exchange: when it passes, the socket is shut down, so a blocked
+    send or read fails at once and :attr:`timed_out` is True. Call :meth:`finish` when done (it stops the
+    deadline and closes the connection).
+    """
+
+    def __init__(
+        self, host: str, port: int, *, connect_timeout: float, deadline: float, blocksize: int = 1 << 20
+    ) -> None:
+        super().__init__(host, port, timeout=min(deadline, connect_timeout), blocksize=blocksize)
+        self._expired = threading.Event()
+        self._raw: socket.socket | None = None
+        self._watchdog = threading.Timer(deadline, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the deadline passed (a failure after it is the deadline's doing)."""
+        return self._expired.is_set()
+
+    def connect(self) -> None:
+        """Connect within ``connect_timeout``; afterwards only the deadline bounds the socket."""
+        super().connect()
+        self._raw = self.sock
+        if self.sock is not None:
+            self.sock.settimeout(None)
+
+    def _expire(self) -> None:
+        self._expired.set()
+        # the raw socket, not self.sock: http.client hands the socket to a read-to-close response
+        raw = self._raw
+        if raw is not None:
+            try:
+                raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        """Stop the deadline and close the connection."""
+        self._watchdog.cancel()
+        self.close()

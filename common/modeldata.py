@@ -89,7 +89,7 @@ def _fetch_s3(uri: str, dest: Path, model_dir: Path, compressed: bool | None, cl
                 name = obj["Key"]
                 if name.endswith("/"):
                     continue  # a "directory" marker
-                target = (model_dir / (name[len(key):].lstrip("/") or Path(name).name)).resolve()
+                target = (model_dir / (name[len(key) :].lstrip("/") or Path(name).name)).resolve()
                 if not target.is_relative_to(root):
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,11 @@ def free_port(host: str = "127.0.0.1", *, below: int | None = None) -> int:
     raise OSError(f"no free port below {below} on {host}")
 
 
-def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None, needed_by: str = "requirements.txt") -> list[str]:
-    """The command that runs pip for this interpreter: ``-m pip`` when pip is installed, else pip from its wheel.
+def pip_command(
+    pip_wheel: str | None, *, pip_installed: bool | None = None, needed_by: str = "requirements.txt"
+) -> list[str]:
+    """The command that runs pip for this interpreter: ``-m pip`` when pip is installed, else pip
+    from its wheel.
 
     ``pip_installed`` defaults to whether this interpreter can import pip. selfmaker's image has no pip
     module but ships pip's wheel (``$SELFMAKER_PIP_WHEEL``), and pip runs from a wheel as
@@ -70,9 +73,11 @@ def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None, nee
     if pip_wheel and Path(pip_wheel).is_file():
         return [python, f"{pip_wheel}/pip"]
     why = f"{PIP_WHEEL_ENV}={pip_wheel} does not exist" if pip_wheel else f"{PIP_WHEEL_ENV} is not set"
-    raise PipUnavailableError(f"{needed_by} needs pip, which is not available: {python} has no pip module and "
-                              f"{why}. Install pip into that environment or set {PIP_WHEEL_ENV} to a pip wheel "
-                              "(pip-*.whl)")
+    raise PipUnavailableError(
+        f"{needed_by} needs pip, which is not available: {python} has no pip module and "
+        f"{why}. Install pip into that environment or set {PIP_WHEEL_ENV} to a pip wheel "
+        "(pip-*.whl)"
+    )
 
 
 def engine_works(engine: str, timeout: float = ENGINE_INFO_TIMEOUT) -> bool:
@@ -81,8 +86,17 @@ def engine_works(engine: str, timeout: float = ENGINE_INFO_TIMEOUT) -> bool:
     if path is None:
         return False
     try:
-        return subprocess.run([path, "info"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=timeout, check=False).returncode == 0
+        return (
+            subprocess.run(
+                [path, "info"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -97,12 +111,16 @@ def detect_engine(override: str | None = None) -> str:
     if named:
         if engine_works(named):
             return str(shutil.which(named))
-        raise EngineError(f"the container engine {named!r} ({ENGINE_ENV}) does not work ('{named} info' fails)")
+        raise EngineError(
+            f"the container engine {named!r} ({ENGINE_ENV}) does not work ('{named} info' fails)"
+        )
     for candidate in ENGINE_CANDIDATES:
         if engine_works(candidate):
             return str(shutil.which(candidate))
-    raise EngineError("this image needs a container engine and none works here "
-                      "(docker with a running daemon, or podman; `make engine` installs podman)")
+    raise EngineError(
+        "this image needs a container engine and none works here "
+        "(docker with a running daemon, or podman; `make engine` installs podman)"
+    )
 
 
 def engine_name(engine: str) -> str:

@@ -8,18 +8,21 @@ server in tests, MinIO, real S3). The variables are read when the client is buil
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 #: the variables that name an S3 endpoint, most specific first (botocore's service-specific names)
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
-def endpoint_url(explicit: str | None = None) -> str | None:
-    """The S3 endpoint to use: ``explicit``, else the first set variable of :data:`ENDPOINT_ENVS`, else None."""
+def endpoint_url(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The S3 endpoint: ``explicit``, else the first set variable of :data:`ENDPOINT_ENVS` in ``env``
+    (default ``os.environ``), else None (AWS)."""
     if explicit:
         return explicit
+    env = os.environ if env is None else env
     for name in ENDPOINT_ENVS:
-        value = os.environ.get(name)
+        value = env.get(name)
         if value:
             return value
     return None

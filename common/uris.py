@@ -39,33 +39,57 @@ def is_uri(value: str) -> bool:
     return value.startswith((S3, FILE))
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)`` (the key without its leading slash; may be empty)."""
+def split_s3(uri: str, *, error: type[Exception] = UriError) -> tuple[str, str]:
+    """``s3://bucket/key`` → ``(bucket, key)`` (the key without its leading slash; may be empty).
+
+    ``error``: the exception class raised for anything else (a package passes its own).
+    """
     # not urlparse: it would cut a key at "?" or "#"
-    bucket, _, key = uri[len(S3):].partition("/") if uri.startswith(S3) else ("", "", "")
+    bucket, _, key = uri[len(S3) :].partition("/") if uri.startswith(S3) else ("", "", "")
     if not bucket:
-        raise UriError(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
+        raise error(f"not an S3 URI: {uri!r} (expected s3://bucket/key)")
     return bucket, key.lstrip("/")
 
 
-def file_path(uri: str) -> Path:
-    """The filesystem path of a ``file://`` URI (see the module's rules)."""
+def split_s3_location(location: str, *, error: type[Exception] = UriError) -> tuple[str, str]:
+    """``(bucket, key)`` of an ``s3://`` URI or of an S3 ``https://`` URL, virtual-hosted
+    (``https://bucket.s3[.region].amazonaws.com/key``) or path-style
+    (``https://s3[.region].amazonaws.com/bucket/key``).
+
+    ``error`` as for :func:`split_s3`.
+    """
+    if is_s3(location):
+        return split_s3(location, error=error)
+    host, _, path = (
+        location[len("https://") :].partition("/") if location.startswith("https://") else ("", "", "")
+    )
+    if ".s3" in host:
+        bucket, key = host.split(".s3", 1)[0], path
+    else:
+        bucket, _, key = path.partition("/")
+    if not bucket:
+        raise error(f"not an S3 location: {location!r} (expected s3://bucket/key or an S3 https:// URL)")
+    return bucket, key.lstrip("/")
+
+
+def file_path(uri: str, *, error: type[Exception] = UriError) -> Path:
+    """The filesystem path of a ``file://`` URI (the module's rules); ``error`` as for :func:`split_s3`."""
     if not uri.startswith(FILE):
-        raise UriError(f"not a file:// URI: {uri!r}")
-    host, slash, path = uri[len(FILE):].partition("/")
+        raise error(f"not a file:// URI: {uri!r}")
+    host, slash, path = uri[len(FILE) :].partition("/")
     if host == "localhost":
         host = ""
     if not host + path:
-        raise UriError(f"file:// URI without a path: {uri!r}")
+        raise error(f"file:// URI without a path: {uri!r}")
     return Path(unquote(host + slash + path))
 
 
-def local_path(location: str) -> Path:
-    """A ``file://`` URI or a plain path as a path; any other scheme is a :class:`UriError`."""
+def local_path(location: str, *, error: type[Exception] = UriError) -> Path:
+    """A ``file://`` URI or a plain path as a path; any other scheme raises ``error`` (:class:`UriError`)."""
     if location.startswith(FILE):
-        return file_path(location)
+        return file_path(location, error=error)
     if "://" in location:
-        raise UriError(f"unsupported URI scheme: {location!r} (use s3:// or file://)")
+        raise error(f"unsupported URI scheme: {location!r} (use s3:// or file://)")
     return Path(location)
 
 

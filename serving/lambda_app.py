@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import re
 import sys
 import time
@@ -25,13 +24,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving import contract
 from serving.dataplane import DataPlane
-from serving.errors import BadRequestError, ModelLoadError, ServingError, error_body, error_response
+from serving.errors import (
+    BadRequestError,
+    ModelLoadError,
+    ServingError,
+    error_body,
+    error_response,
+    runtime_error,
+    runtime_error_body,
+)
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -112,14 +118,16 @@ class LambdaApp:
 
     # -- one event ---------------------------------------------------------------------------------------
 
-    def handle(self, event: Mapping[str, Any], request_id: str = "", function_arn: str = "") -> dict[str, Any]:
+    def handle(self, event: Mapping[str, Any], request_id: str = "") -> dict[str, Any]:
         """Answer one ALB event; never raises (a raised error would be a 502 without a body).
 
         On the runtime path (``/endpoints/<name>/invocations``) a failed invocation is answered in
-        sagemaker-runtime's shape, as SageMaker answers it: the model's 4xx/5xx become ``ModelError`` (424)
-        carrying the model server's status and body in ``OriginalStatusCode`` / ``OriginalMessage``, so
-        boto3 raises ``ModelError``; a wrong ``TargetVariant`` is a ``ValidationError`` (400). The container
-        contract's ``/invocations`` answers exactly as the model server does.
+        sagemaker-runtime's shape by :func:`serving.errors.runtime_error`, as the model server answers its
+        runtime path: the model's 4xx/5xx become ``ModelError`` (424) carrying the model server's status
+        and body in ``OriginalStatusCode`` / ``OriginalMessage``, so boto3 raises ``ModelError``; a body
+        over the limit and a wrong ``TargetVariant`` are ``ValidationError`` (400); a model that failed to
+        load is ``ServiceUnavailable`` (503). The container contract's ``/invocations`` answers exactly
+        as the model server does.
         """
         multi = "multiValueHeaders" in event
         headers = _headers(event, multi)
@@ -145,12 +153,15 @@ class LambdaApp:
             message = (f"TargetVariant {contract.sanitize_header(target)!r} is not a variant of this endpoint "
                        f"(its variant is {self.settings.variant_name!r}).")
             if runtime_path:
-                return _answer(400, _runtime_error_body("ValidationError", message), _JSON,
+                return _answer(400, runtime_error_body("ValidationError", message), _JSON,
                                {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
             return _answer(400, error_body(400, message), _JSON, extra, multi)
         status, body, content_type, out = self._invoke(event, headers)
         if status >= 400 and runtime_path:
-            return self._model_error(status, body, extra, multi, function_arn)
+            # the same mapping as the model server's runtime path (serving.http.fastpath)
+            out_status, code, error = runtime_error(status, body, endpoint=match["name"],
+                                                    variant=self.settings.variant_name)
+            return _answer(out_status, error, _JSON, {**extra, "x-amzn-ErrorType": code}, multi)
         return _answer(status, body, content_type, {**extra, **out}, multi)
 
     def _ping(self, extra: dict[str, str], multi: bool) -> dict[str, Any]:
@@ -181,7 +192,7 @@ class LambdaApp:
             if status >= 500 and status != 503:
                 log.error("request failed", exc_info=exc)
             return status, error, _JSON, {}
-        except Exception as exc:  # noqa: BLE001 - user hooks may raise anything; the client sees a 500
+        except Exception as exc:
             log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
             status, error = error_response(exc)
             return status, error, _JSON, {}
@@ -189,30 +200,6 @@ class LambdaApp:
         if result.custom_attributes is not None:
             out[contract.CUSTOM_ATTRIBUTES_HEADER] = contract.sanitize_header(result.custom_attributes)
         return 200, result.body, result.content_type, out
-
-    def _model_error(self, status: int, body: bytes, extra: dict[str, str], multi: bool,
-                     function_arn: str) -> dict[str, Any]:
-        original = body.decode("utf-8", errors="replace")[:4096]
-        kind = "client" if 400 <= status < 500 else "server"
-        # arn:aws:lambda:<region>:<account>:function:<name>[:alias]
-        parts = function_arn.split(":")
-        region, account = (parts[3], parts[4]) if len(parts) > 4 else (os.environ.get("AWS_REGION", ""), "")
-        log_group = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        message = (f"Received {kind} error ({status}) from primary with message \"{original}\". "
-                   f"See {log_group or 'the function log'} in account {account or '?'} for more information.")
-        extra_fields = {
-            "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
-            "OriginalStatusCode": status,
-            "OriginalMessage": original,
-            "LogStreamArn": f"arn:aws:logs:{region}:{account}:log-group:{log_group}" if log_group else "",
-        }
-        return _answer(424, _runtime_error_body("ModelError", message, extra_fields), _JSON,
-                       {**extra, "x-amzn-ErrorType": "ModelError"}, multi)
-
-
-def _runtime_error_body(code: str, message: str, extra: dict[str, Any] | None = None) -> bytes:
-    """A sagemaker-runtime (rest-json) error body: botocore reads the code from ``x-amzn-ErrorType``."""
-    return orjson.dumps({"__type": code, "Message": message, "message": message, **(extra or {})})
 
 
 def _headers(event: Mapping[str, Any], multi: bool) -> dict[str, str]:

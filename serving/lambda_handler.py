@@ -2,7 +2,7 @@
 
 ``python -m serving.lambda_handler`` is Lambda's init phase: it starts downloading the model archive
 (``SELFMAKER_MODEL_DATA``, ``s3://``) on a thread at once — with the standard library alone
-(:mod:`serving.s3get`) — while numpy, onnxruntime and pydantic import, then loads the model from ``/tmp``
+(:mod:`common.s3get`) — while numpy, onnxruntime and pydantic import, then loads the model from ``/tmp``
 (:class:`serving.lambda_app.LambdaApp`) and hands the process to the AWS Lambda runtime interface client
 (``awslambdaric``) with :func:`handler` as the function. So the model is loaded once per sandbox, before
 the first request, and provisioned-concurrency sandboxes are really warm. A model that cannot load is
@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +47,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - a bad setting must answer, not crash the sandbox
             log.error("%s", exc)
             return unavailable(event)
-    return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""),
-                       str(getattr(context, "invoked_function_arn", "") or ""))
+    return _APP.handle(event, str(getattr(context, "aws_request_id", "") or ""))
 
 
 def post_init_error(runtime_api: str, message: str, error_type: str = INIT_ERROR_TYPE) -> None:
     """Tell the Lambda Runtime API that this sandbox cannot serve (Lambda discards it and reports
     ``error_type`` to the caller; the next request starts a new sandbox)."""
+    import urllib.request
+
     body = json.dumps({"errorMessage": message, "errorType": error_type, "stackTrace": []}).encode()
     request = urllib.request.Request(
         f"http://{runtime_api}/2018-06-01/runtime/init/error", data=body, method="POST",
@@ -74,14 +74,14 @@ class Prefetch:
         self.seconds = 0.0
         self._thread: threading.Thread | None = None
         source = env.get("SELFMAKER_MODEL_DATA") or ""
-        from serving import s3get
+        from common import s3, s3get
 
         credentials = s3get.credentials_from_env(env)
         if not source.startswith("s3://") or credentials is None:
             return
         dest = Path(env.get("SELFMAKER_LAMBDA_STATE_DIR") or "/tmp/selfmaker") / "download" / "model.tar.gz"
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        endpoint = s3.endpoint_url(env=env)
 
         def run() -> None:
             started = time.perf_counter()
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
              time.perf_counter() - started, prefetch.seconds)
     # Run as ``-m``, this module is ``__main__``; awslambdaric imports ``serving.lambda_handler`` afresh,
     # and that module's handler must find the loaded app.
-    from serving import lambda_handler as installed
+    from serving import lambda_handler as installed  # noqa: PLW0406 - see above: not this module object
 
     installed._APP = app
     # From here awslambdaric owns logging (its handler tags lines with the request id): drop ours so no

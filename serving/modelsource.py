@@ -11,6 +11,7 @@ are named in the error); this module turns their errors into the model server's.
 from __future__ import annotations
 
 import fcntl
+import importlib
 import json
 import logging
 import os

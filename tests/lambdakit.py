@@ -55,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         # headers and body go out in two writes: without this, Nagle + delayed ACK add ~40 ms per answer
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
@@ -69,7 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the function's process was stopped while it polled
             self.close_connection = True
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         state = self.server.state
         if self.path != f"{PREFIX}/invocation/next":
             self._send(404, b'{"errorMessage": "unknown route"}')
@@ -92,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(503, b'{"errorMessage": "shutting down"}')
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         state = self.server.state
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -148,11 +148,11 @@ class RuntimeApi:
         """How many times the runtime asked for the next invocation (≥ 1 once it finished its init)."""
         return self.state.polls
 
-    def __enter__(self) -> RuntimeApi:
+    def __enter__(self) -> RuntimeApi:  # noqa: PYI034 - final class
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.state.stopping.set()
         self._server.shutdown()
         self._server.server_close()
@@ -280,7 +280,7 @@ class AlbShim:
                 super().setup()
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _forward(self) -> None:
@@ -304,7 +304,7 @@ class AlbShim:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_POST = do_GET = _forward  # noqa: N815
+            do_POST = do_GET = _forward
 
         self.api = api
         self.multi_value = multi_value
@@ -317,10 +317,10 @@ class AlbShim:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> AlbShim:
+    def __enter__(self) -> AlbShim:  # noqa: PYI034 - final class
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -17,9 +17,10 @@ tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-OURS = {"serving", "training", "batch", "selfmaker", "infra"}
+OURS = {"common", "serving", "training", "batch", "selfmaker", "infra"}
 #: the extras that make every module of each package importable, besides the base
 PARTS = {
+    "common": [],  # the leaf every part imports: the base alone
     "serving": ["cpu", "lambda"],  # lambda: serving/lambda_handler.py under AWS Lambda only
     "training": ["training", "cpu"],
     "batch": ["batch", "cpu"],

@@ -1,20 +1,30 @@
-"""Helpers every test package uses: a free port and readiness polling (``tests/`` is on ``sys.path``
-through the root conftest, so any test or helper module can ``from testkit import ...``)."""
+"""Helpers every test package uses: a free port, readiness and condition polling (``tests/`` is on
+``sys.path`` through the root conftest, so any test or helper module can ``from testkit import ...``)."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 
 import requests
 
+from common.proc import free_port
+
 
 def find_free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago (:func:`common.proc.free_port`)."""
+    return free_port("127.0.0.1")
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition", *,
+               interval: float = 0.05) -> None:
+    """Poll ``cond`` every ``interval`` seconds until it is truthy; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wait_http(url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +32,10 @@ class ObjectRef:
 
 is_s3 = uris.is_s3
 join = uris.join
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → (``bucket``, ``key``) (:func:`common.uris.split_s3`; :class:`StorageError` otherwise)."""
-    try:
-        return uris.split_s3(uri)
-    except uris.UriError as exc:
-        raise StorageError(str(exc)) from None
-
-
-def local_path(uri: str) -> Path:
-    """``file:///x`` or ``/x`` → ``Path('/x')`` (:func:`common.uris.local_path`; :class:`StorageError` otherwise)."""
-    try:
-        return uris.local_path(uri)
-    except uris.UriError as exc:
-        raise StorageError(str(exc)) from None
+#: ``s3://bucket/key`` → (``bucket``, ``key``); :class:`StorageError` for anything else
+split_s3 = partial(uris.split_s3, error=StorageError)
+#: ``file:///x`` or ``/x`` → ``Path('/x')``; :class:`StorageError` for other schemes
+local_path = partial(uris.local_path, error=StorageError)
 
 
 class Storage:

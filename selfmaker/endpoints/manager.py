@@ -98,6 +98,24 @@ class EndpointManager:
         self._tasks[name.lower()] = task
         task.add_done_callback(lambda t: self._tasks.pop(name.lower(), None) if self._tasks.get(name.lower()) is t else None)
 
+    def settled(self, name: str) -> bool:
+        """Whether ``name`` serves a deployment and no create/update/delete of it is running."""
+        return name.lower() in self.live and not self.busy(name)
+
+    def retained(self, name: str, excluded: set[str]) -> dict[str, dict[str, Any]]:
+        """UpdateEndpoint's ``RetainAllVariantProperties``: ``{variant: {"weight": w, "count": n}}`` of the
+        deployment in service, without the ``excluded`` VariantPropertyTypes (DesiredWeight,
+        DesiredInstanceCount)."""
+        retain: dict[str, dict[str, Any]] = {}
+        for variant in self.live[name.lower()].variants.values():
+            kept: dict[str, Any] = {}
+            if "DesiredWeight" not in excluded:
+                kept["weight"] = variant.weight
+            if "DesiredInstanceCount" not in excluded and variant.pool.size:
+                kept["count"] = variant.pool.desired or variant.pool.size
+            retain[variant.name] = kept
+        return retain
+
     def busy(self, name: str) -> bool:
         """Whether a create/update/delete of ``name`` is still running."""
         task = self._tasks.get(name.lower())

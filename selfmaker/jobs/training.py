@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.arns import make_arn
-from selfmaker.errors import ValidationException
+from selfmaker.errors import ResourceInUse, ValidationException
+from selfmaker.state import Record
+from selfmaker.state import now as state_now
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
@@ -57,6 +59,31 @@ class TrainingManager:
 
     def log_path(self, name: str) -> Path:
         return self.settings.logs_dir / "training-jobs" / f"{name}.log"
+
+    def create(self, params: dict[str, Any]) -> str:
+        """Record a validated CreateTrainingJob request (InProgress), tag it and start it; its ARN.
+        ResourceInUse when the name is taken."""
+        name = params["TrainingJobName"]
+        arn = make_arn(self.settings.region, self.settings.account_id, "training-job", name)
+        now = state_now()
+        doc = {k: v for k, v in params.items() if k != "Tags"}
+        doc.setdefault("StoppingCondition", {"MaxRuntimeInSeconds": 86400})
+        doc.update(
+            TrainingJobArn=arn, TrainingJobStatus="InProgress", SecondaryStatus="Starting", CreationTime=now,
+            ModelArtifacts={"S3ModelArtifacts": model_artifacts_uri(params)},
+            SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": now,
+                                         "StatusMessage": "Preparing the instances for training"}],
+            EnableManagedSpotTraining=bool(params.get("EnableManagedSpotTraining", False)),
+        )
+        record = Record(kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now,
+                        doc=doc)
+        if not self.store.insert(record):
+            raise ResourceInUse("Training job names must be unique within an AWS account and region, and a "
+                                f"training job with this name already exists ({arn})")
+        if params.get("Tags"):
+            self.store.add_tags(arn, params["Tags"])
+        self.start(name, dict(params))
+        return arn
 
     def start(self, name: str, request: dict[str, Any]) -> None:
         """Run the job (its record exists, InProgress) in a new thread."""

@@ -12,20 +12,22 @@ not restarted, when the platform starts again (our extension; SageMaker has no s
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import BatchError
 from batch.request import parse_request
 from batch.settings import BatchSettings
+from common.http import SyncPool
 from selfmaker.arns import make_arn
-from selfmaker.errors import ValidationException
+from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import Executors, InstanceSpec, executor_kind_for_image
 from selfmaker.modeldata import ModelDataError, fetch_model_data
+from selfmaker.state import Record
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
@@ -55,6 +57,25 @@ class TransformJobs:
 
     def log_path(self, name: str) -> Path:
         return self.settings.logs_dir / "transform-jobs" / f"{name}.log"
+
+    def create(self, params: dict[str, Any]) -> str:
+        """Record a validated CreateTransformJob request (InProgress), tag it and start it; its ARN.
+        ResourceInUse when the name is taken."""
+        name = params["TransformJobName"]
+        arn = make_arn(self.settings.region, self.settings.account_id, KIND, name)
+        now = time.time()
+        request = {k: v for k, v in params.items() if k != "Tags"}
+        doc = dict(request)
+        doc.update(TransformJobArn=arn, TransformJobStatus="InProgress", CreationTime=now, TransformStartTime=now,
+                   _Request=request)
+        record = Record(kind=KIND, name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc)
+        if not self.store.insert(record):
+            raise ResourceInUse("Job name must be unique within an AWS account and region, and a job with this "
+                                f"name already exists ({arn})")
+        if params.get("Tags"):
+            self.store.add_tags(arn, params["Tags"])
+        self.start(name, request)
+        return arn
 
     def start(self, name: str, request: dict[str, Any], *, resume: bool = False) -> None:
         """Run the job (its record exists, InProgress) in a new thread."""
@@ -108,16 +129,19 @@ class TransformJobs:
         executor = self.executors.for_image(spec.image)
         handle = asyncio.run_coroutine_threadsafe(executor.start(spec), self.loop).result()
         deadline = time.monotonic() + self.settings.startup_timeout
-        while time.monotonic() < deadline:
-            if not handle.alive():
-                break
-            try:
-                with urllib.request.urlopen(f"{handle.url}/ping", timeout=2) as resp:
-                    if resp.status == 200:
+        probe = SyncPool.for_url(handle.url, timeout=2.0)
+        try:
+            while time.monotonic() < deadline:
+                if not handle.alive():
+                    break
+                try:
+                    if probe.request("GET", "/ping")[0] == 200:
                         return handle.url, env, handle
-            except OSError:
-                pass
-            time.sleep(0.2)
+                except (OSError, http.client.HTTPException):
+                    pass
+                time.sleep(0.2)
+        finally:
+            probe.close()
         self._stop_handle(handle)
         raise _JobError(f"the model container of {request['ModelName']} did not pass the ping health check")
 

@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
@@ -53,20 +54,10 @@ def meta_value(text: str) -> str:
     return _META_UNSAFE.sub("?", text)[:_META_MAX]
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)`` (:func:`common.uris.split_s3`; :class:`ObjectError` otherwise)."""
-    try:
-        return uris.split_s3(uri)
-    except uris.UriError as exc:
-        raise ObjectError(str(exc)) from None
-
-
-def file_path(uri: str) -> Path:
-    """``file:///abs/path`` → ``Path('/abs/path')`` (:func:`common.uris.file_path`; :class:`ObjectError` otherwise)."""
-    try:
-        return uris.file_path(uri)
-    except uris.UriError as exc:
-        raise ObjectError(str(exc)) from None
+#: ``s3://bucket/key`` → ``(bucket, key)``; :class:`ObjectError` for anything else
+split_s3 = partial(uris.split_s3, error=ObjectError)
+#: ``file:///abs/path`` → ``Path('/abs/path')``; :class:`ObjectError` for anything else
+file_path = partial(uris.file_path, error=ObjectError)
 
 
 class InputStream:

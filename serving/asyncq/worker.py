@@ -26,7 +26,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.http import DeadlineConnection
 from serving.asyncq.backends import Lease, QueueBackend
 from serving.asyncq.notify import SnsPublisher, build_message, dedup_id, embeds_response, topic_for
 from serving.asyncq.objects import InputStream, ObjectError, ObjectStore
@@ -386,10 +386,11 @@ class AsyncWorker:
         url = self._model_url() if callable(self._model_url) else self._model_url
         parsed = urlparse(url)
         timeout = float(request.invocation_timeout_seconds)
-        conn = http.client.HTTPConnection(
+        conn = DeadlineConnection(
             parsed.hostname or "127.0.0.1",
             parsed.port or 80,
-            timeout=min(timeout, self.settings.connect_timeout),
+            connect_timeout=self.settings.connect_timeout,
+            deadline=timeout,
             blocksize=_CHUNK,
         )
         headers = {
@@ -403,36 +404,20 @@ class AsyncWorker:
         if stream.length is not None:
             headers["Content-Length"] = str(stream.length)
         reader = _CountingReader(stream)
-        timed_out = threading.Event()
-
-        def expire() -> None:
-            timed_out.set()
-            sock = conn.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        watchdog = threading.Timer(timeout, expire)
-        watchdog.daemon = True
-        watchdog.start()
         path = (parsed.path.rstrip("/") or "") + "/invocations"
         try:
             response: http.client.HTTPResponse | None = None
             try:
+                # after connecting, only the deadline bounds the call (InvocationTimeoutSeconds)
                 conn.connect()
             except OSError as exc:
                 raise _Retry(f"model server {url} unreachable: {exc}") from exc
-            if conn.sock is not None:
-                # After connecting, only the watchdog bounds the call (InvocationTimeoutSeconds).
-                conn.sock.settimeout(None)
             try:
                 conn.request("POST", path, body=reader, headers=headers, encode_chunked=stream.length is None)
             except (OSError, http.client.HTTPException, BotoCoreError, ValueError) as exc:
                 if reader.error is not None:
                     raise _Retry(f"reading input {request.input_location} failed: {reader.error}") from exc
-                if timed_out.is_set():
+                if conn.timed_out:
                     return self._timeout(request)
                 # The server may have answered early (e.g. 413) and closed: read that answer if there is one.
                 try:
@@ -456,7 +441,7 @@ class AsyncWorker:
                     return _Decision(outcome, spool, ctype)
                 body = response.read(_MAX_ERROR_BODY)
             except (OSError, http.client.HTTPException) as exc:
-                if timed_out.is_set():
+                if conn.timed_out:
                     return self._timeout(request)
                 raise _Retry(f"model server {url} failed mid-response: {exc}") from exc
             reason = (
@@ -465,8 +450,7 @@ class AsyncWorker:
             )
             return self._failure(request, reason, body, ctype)
         finally:
-            watchdog.cancel()
-            conn.close()
+            conn.finish()
 
     def _timeout(self, request: AsyncRequest) -> _Decision:
         return self._failure(

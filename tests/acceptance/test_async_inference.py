@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import boto3
 import pytest
 import requests
 from botocore.exceptions import ClientError
+from testkit import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,15 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

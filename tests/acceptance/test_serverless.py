@@ -12,8 +12,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from testkit import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,15 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 IDLE = 3.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def code_model_tar(dest: Path, inference_py: str) -> str:
@@ -168,6 +159,8 @@ def test_cold_start_then_warm_then_scale_to_zero(platform: Any, sm: Any, smr: An
     desc = sm.describe_endpoint(EndpointName="sl-cold")["ProductionVariants"][0]
     assert desc["CurrentServerlessConfig"] == {"MemorySizeInMB": 1024, "MaxConcurrency": 5}
     assert instances(platform, "sl-cold") == []  # nothing runs before the first request
+    # InService means the template is up: the first call is a fork, not a wait behind its imports
+    assert "serverless template ready" in platform.log()
 
     first = invoke(smr, "sl-cold")
     for _ in range(3):  # warm (well within the idle timeout): no new cold start

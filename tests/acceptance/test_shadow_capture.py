@@ -9,15 +9,15 @@ import json
 import subprocess
 import sys
 import tarfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import requests
+from testkit import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,15 +34,6 @@ def model_fn(model_dir):
 def predict_fn(data, model):
     raise RuntimeError("this shadow model always fails")
 """
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

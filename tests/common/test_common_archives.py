@@ -24,23 +24,32 @@ def _archive(path: Path, *members: tuple[str, int, str, bytes, int]) -> Path:
     return path
 
 
-def _member(name: str, kind: int = tarfile.REGTYPE, link: str = "", data: bytes = b"x",
-            mode: int = 0o644) -> tuple[str, int, str, bytes, int]:
+def _member(
+    name: str, kind: int = tarfile.REGTYPE, link: str = "", data: bytes = b"x", mode: int = 0o644
+) -> tuple[str, int, str, bytes, int]:
     return name, kind, link, data if kind == tarfile.REGTYPE else b"", mode
 
 
-@pytest.mark.parametrize(("member", "message"), [
-    (_member("/etc/evil"), "'/etc/evil' has an absolute path"),
-    (_member("../evil"), "'../evil' contains '..'"),
-    (_member("code/../../evil"), "contains '..'"),
-    (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "'link' is a symlink to an absolute path"),
-    (_member("code/link", tarfile.SYMTYPE, "../../outside"), "'code/link' links outside the model directory"),
-    (_member("hard", tarfile.LNKTYPE, "../outside"), "'hard' hard-links outside"),
-    (_member("hard2", tarfile.LNKTYPE, "/etc/passwd"), "'hard2' hard-links outside"),
-    (_member("dev", tarfile.CHRTYPE), "'dev' is a device"),
-    (_member("fifo", tarfile.FIFOTYPE), "'fifo' is a device, FIFO"),
-])
-def test_unsafe_members_are_refused_and_nothing_is_extracted(tmp_path: Path, member: tuple, message: str) -> None:
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_member("/etc/evil"), "'/etc/evil' has an absolute path"),
+        (_member("../evil"), "'../evil' contains '..'"),
+        (_member("code/../../evil"), "contains '..'"),
+        (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "'link' is a symlink to an absolute path"),
+        (
+            _member("code/link", tarfile.SYMTYPE, "../../outside"),
+            "'code/link' links outside the model directory",
+        ),
+        (_member("hard", tarfile.LNKTYPE, "../outside"), "'hard' hard-links outside"),
+        (_member("hard2", tarfile.LNKTYPE, "/etc/passwd"), "'hard2' hard-links outside"),
+        (_member("dev", tarfile.CHRTYPE), "'dev' is a device"),
+        (_member("fifo", tarfile.FIFOTYPE), "'fifo' is a device, FIFO"),
+    ],
+)
+def test_unsafe_members_are_refused_and_nothing_is_extracted(
+    tmp_path: Path, member: tuple, message: str
+) -> None:
     archive = _archive(tmp_path / "model.tar.gz", member)
     target = tmp_path / "out" / "model"
     with pytest.raises(UnsafeArchiveError, match=message):

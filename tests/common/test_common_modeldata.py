@@ -35,7 +35,9 @@ def test_a_local_archive_is_unpacked_and_a_plain_file_copied(tmp_path: Path) -> 
         assert model_dir == tmp_path / f"w{n}" / "model"
         assert (model_dir / "code" / "inference.py").read_bytes() == b"x = 1\n"
     (tmp_path / "weights.bin").write_bytes(b"w")
-    assert (fetch_model_data(str(tmp_path / "weights.bin"), tmp_path / "w3") / "weights.bin").read_bytes() == b"w"
+    assert (
+        fetch_model_data(str(tmp_path / "weights.bin"), tmp_path / "w3") / "weights.bin"
+    ).read_bytes() == b"w"
 
 
 def test_an_unsafe_archive_is_refused(tmp_path: Path) -> None:
@@ -45,17 +47,22 @@ def test_an_unsafe_archive_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "evil").exists() and not (tmp_path / "w" / "evil").exists()
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    ("/does/not/exist.tar.gz", "does not exist"),
-    ("ftp://host/model.tar.gz", "unsupported model data"),
-    ("s3://", "not an S3 URI"),
-])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("/does/not/exist.tar.gz", "does not exist"),
+        ("ftp://host/model.tar.gz", "unsupported model data"),
+        ("s3://", "not an S3 URI"),
+    ],
+)
 def test_bad_sources(tmp_path: Path, uri: str, message: str) -> None:
     with pytest.raises(ModelDataError, match=message):
         fetch_model_data(uri, tmp_path / "w")
 
 
-def test_s3_archives_and_prefixes_through_moto(tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_archives_and_prefixes_through_moto(
+    tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
     s3 = boto3.client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket="common-models")
@@ -70,8 +77,10 @@ def test_s3_archives_and_prefixes_through_moto(tmp_path: Path, moto_server: str,
     assert not (tmp_path / "a" / "model.tar.gz").exists(), "the download is removed once unpacked"
 
     prefix = fetch_model_data("s3://common-models/raw/", tmp_path / "b")
-    assert sorted(p.relative_to(prefix).as_posix() for p in prefix.rglob("*") if p.is_file()) == \
-        ["code/inference.py", "model.onnx"]
+    assert sorted(p.relative_to(prefix).as_posix() for p in prefix.rglob("*") if p.is_file()) == [
+        "code/inference.py",
+        "model.onnx",
+    ]
     one = fetch_model_data("s3://common-models/raw/model.onnx", tmp_path / "c", compressed=False)
     assert (one / "model.onnx").read_bytes() == b"raw"
 

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from common.proc import ENGINE_ENV, EngineError, PipUnavailableError, detect_engine, engine_name, free_port, pip_command
+from common.proc import (
+    ENGINE_ENV,
+    EngineError,
+    PipUnavailableError,
+    detect_engine,
+    engine_name,
+    free_port,
+    pip_command,
+)
 
 
 @pytest.mark.parametrize("below", [None, 32768])
@@ -24,7 +32,9 @@ def test_pip_command(tmp_path: Path) -> None:
     wheel.write_bytes(b"PK")
     assert pip_command(str(wheel), pip_installed=True) == [sys.executable, "-m", "pip"]
     assert pip_command(str(wheel), pip_installed=False) == [sys.executable, f"{wheel}/pip"]
-    with pytest.raises(PipUnavailableError, match="code/requirements.txt needs pip.*SELFMAKER_PIP_WHEEL is not set"):
+    with pytest.raises(
+        PipUnavailableError, match="code/requirements.txt needs pip.*SELFMAKER_PIP_WHEEL is not set"
+    ):
         pip_command(None, pip_installed=False, needed_by="code/requirements.txt")
     with pytest.raises(PipUnavailableError, match="SELFMAKER_PIP_WHEEL=/nowhere.whl does not exist"):
         pip_command("/nowhere.whl", pip_installed=False)
@@ -37,11 +47,18 @@ def _engine(bin_dir: Path, name: str, works: bool) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize(("docker", "podman", "expected"), [
-    (True, True, "docker"), (False, True, "podman"), (None, True, "podman"), (True, None, "docker"),
-])
-def test_docker_when_it_works_else_podman(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker: bool | None,
-                                          podman: bool | None, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("docker", "podman", "expected"),
+    [
+        (True, True, "docker"),
+        (False, True, "podman"),
+        (None, True, "podman"),
+        (True, None, "docker"),
+    ],
+)
+def test_docker_when_it_works_else_podman(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker: bool | None, podman: bool | None, expected: str
+) -> None:
     for name, works in (("docker", docker), ("podman", podman)):
         if works is not None:
             _engine(tmp_path, name, works)

@@ -48,8 +48,18 @@ def test_without_any_endpoint_boto3_resolves_aws(clean_env: pytest.MonkeyPatch) 
     assert "amazonaws.com" in s3.client(region="eu-west-1").meta.endpoint_url
 
 
-def test_the_variables_are_read_when_the_client_is_built(moto_server: str, clean_env: pytest.MonkeyPatch) -> None:
+def test_the_variables_are_read_when_the_client_is_built(
+    moto_server: str, clean_env: pytest.MonkeyPatch
+) -> None:
     clean_env.setenv("AWS_ENDPOINT_URL_S3", DEAD)
     first = s3.client()
     clean_env.setenv("AWS_ENDPOINT_URL_S3", moto_server)
     assert first.meta.endpoint_url == DEAD and s3.client().meta.endpoint_url == moto_server
+
+
+def test_an_explicit_environment_mapping_is_read_instead_of_the_process_one(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("AWS_ENDPOINT_URL_S3", DEAD)
+    assert s3.endpoint_url(env={"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}) == "http://127.0.0.1:1"
+    assert s3.endpoint_url(env={}) is None

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from testkit import wait_until  # noqa: F401 - the container tests take it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 BYOC_IMAGE = "localhost/byoc-flask-test:latest"
@@ -30,16 +31,6 @@ def containers_with_label(engine: str, label: str) -> list[str]:
     """Ids of the containers (running or not) carrying ``label`` (``key=value``)."""
     out = run([engine, "ps", "-a", "-q", "--filter", f"label={label}"]).stdout
     return [line for line in out.split() if line]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def load_platform_helpers() -> Any:

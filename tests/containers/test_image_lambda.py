@@ -11,15 +11,21 @@ import subprocess
 import tarfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import numpy as np
 import pytest
-
 from containers_helpers import run
-from lambdakit import N_FEATURES, RuntimeApi, alb_body, alb_event, alb_headers, build_xgboost_model, lambda_environment
+from lambdakit import (
+    N_FEATURES,
+    RuntimeApi,
+    alb_body,
+    alb_event,
+    alb_headers,
+    build_xgboost_model,
+    lambda_environment,
+)
 
 BUCKET = "lambda-image-models"
 PATH = "/endpoints/churn/invocations"
@@ -60,17 +66,17 @@ def function(engine: str, selfmaker_image: str, model_uri: str, moto_server: str
         try:
             def alive() -> bool:
                 state = subprocess.run([engine, "inspect", "--format", "{{.State.Running}}", name],
-                                       capture_output=True, text=True, timeout=60)
+                                       capture_output=True, text=True, timeout=60, check=False)
                 return state.stdout.strip().lower() == "true"
 
             try:
                 api.wait_polling(120, alive)
             except AssertionError as exc:
-                logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=60)
+                logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=60, check=False)
                 raise AssertionError(f"{exc}\n--- container log ---\n{logs.stdout}{logs.stderr}") from None
             yield api, name
         finally:
-            subprocess.run([engine, "rm", "-f", name], capture_output=True, timeout=120)
+            subprocess.run([engine, "rm", "-f", name], capture_output=True, timeout=120, check=False)
 
 
 def call(api: RuntimeApi, event: dict[str, Any]) -> dict[str, Any]:
@@ -95,9 +101,13 @@ def test_image_answers_alb_events_in_lambda_mode(function: tuple[RuntimeApi, str
     by_json = call(api, alb_event(PATH, json.dumps(rows.tolist()).encode(),
                                   headers={"Content-Type": "application/json"}, multi_value=True))
     assert by_json["multiValueHeaders"]["X-Amzn-Invoked-Production-Variant"] == ["Serverless"]
-    bad = call(api, alb_event(PATH, b"1,2,3", headers={"Content-Type": "text/csv"}))
-    assert bad["statusCode"] == 400
+    bad = call(api, alb_event("/invocations", b"1,2,3", headers={"Content-Type": "text/csv"}))
+    assert bad["statusCode"] == 400  # the model server's own answer
     assert json.loads(alb_body(bad))["status"] == 400
+    model_error = call(api, alb_event(PATH, b"1,2,3", headers={"Content-Type": "text/csv"}))
+    assert model_error["statusCode"] == 424  # through the runtime path: sagemaker-runtime's ModelError
+    assert alb_headers(model_error)["x-amzn-errortype"] == "ModelError"
+    assert json.loads(alb_body(model_error))["OriginalStatusCode"] == 400
 
 
 def test_image_wrote_only_under_tmp(engine: str, function: tuple[RuntimeApi, str]) -> None:

@@ -56,9 +56,9 @@ def _closure(names: set[str]) -> set[str]:
 
 
 def _third_party_imports() -> dict[str, str]:
-    """top-level module → first file importing it, for serving/ and training/ (our `common/` ships in the wheel)."""
+    """top-level module → first file importing it, for common/, serving/ and training/ (what runs in the image)."""
     found: dict[str, str] = {}
-    for package in ("serving", "training"):
+    for package in ("common", "serving", "training"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Import):
@@ -69,7 +69,7 @@ def _third_party_imports() -> dict[str, str]:
                     continue
                 for mod in mods:
                     top = mod.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in {"serving", "training", "common", "__future__"}:
+                    if top not in sys.stdlib_module_names and top not in {"common", "serving", "training", "__future__"}:
                         found.setdefault(top, str(path.relative_to(ROOT)))
     return found
 

@@ -252,7 +252,12 @@ def test_stack_outputs_name_every_endpoint_url_and_variant(pulumi_harness: Pulum
     assert churn["url"] == f"http://{dns}/endpoints/churn/invocations"
     assert churn["variants"]["champion"]["albWeight"] == 999 and churn["variants"]["challenger"]["albWeight"] == 111
     assert churn["variants"]["champion"]["autoScalingGroup"] == pulumi_harness.named("churn-champion-asg").state["name"]
-    assert set(outputs["endpoints"]) == {"churn", "vision"}
+    assert set(outputs["endpoints"]) == {"churn", "vision", "scoring"}
+    scoring = outputs["endpoints"]["scoring"]  # serverless: a function per variant instead of a group
+    assert scoring["url"] == f"http://{dns}/endpoints/scoring/invocations"
+    assert scoring["variants"]["AllTraffic"]["function"] == "selfmaker-dev-scoring-AllTraffic"
+    assert scoring["variants"]["AllTraffic"]["serverlessConfig"] == {
+        "memorySizeInMB": 2048, "maxConcurrency": 10, "provisionedConcurrency": 1}
 
 
 def _inputs(regs: list[Registration]) -> dict[tuple[str, str], Any]:

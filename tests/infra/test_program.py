@@ -6,6 +6,7 @@ import base64
 import importlib
 import inspect
 import json
+import keyword
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 def _accepts_tags(type_token: str) -> bool:
     """Whether the pulumi_aws resource class behind ``type_token`` has a ``tags`` input."""
     module_path, cls_name = type_token.split(":")[1:]
-    module = importlib.import_module("pulumi_aws." + module_path.split("/")[0].replace("-", "_"))
+    name = module_path.split("/")[0].replace("-", "_")
+    module = importlib.import_module("pulumi_aws." + (f"{name}_" if keyword.iskeyword(name) else name))  # lambda_
     cls = getattr(module, cls_name)
     return "tags" in inspect.signature(cls._internal_init).parameters
 
@@ -47,7 +49,8 @@ def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     kinds = {r.type for r in dev if r.type.startswith("selfmaker:")}
     assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
                      "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
-                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:jobs:JobQueue"}
+                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint",
+                     "selfmaker:jobs:JobQueue"}
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
     assert groups == ["churn-challenger", "churn-champion", "vision-AllTraffic"]  # training: AWS Batch (selfmaker:jobs)
     endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
@@ -200,7 +203,7 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
 def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     docs = [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/rolePolicy:RolePolicy")]
     docs += [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/policy:Policy")]
-    assert len(docs) == 5  # serving, async, flow logs, Batch instances, Batch jobs
+    assert len(docs) == 6  # serving, async, flow logs, the serverless example's function, Batch instances, Batch jobs
     for doc in docs:
         assert policies.wildcard_violations(doc) == []
     attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
@@ -212,8 +215,8 @@ def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
         services.add(trust["Principal"]["Service"])
         if trust["Principal"]["Service"] != "ec2.amazonaws.com":  # services acting for the account: confused deputy
             assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
-    assert services == {"ec2.amazonaws.com", "vpc-flow-logs.amazonaws.com", "batch.amazonaws.com",
-                        "ecs-tasks.amazonaws.com"}
+    assert services == {"ec2.amazonaws.com", "vpc-flow-logs.amazonaws.com", "lambda.amazonaws.com",
+                        "batch.amazonaws.com", "ecs-tasks.amazonaws.com"}
 
 
 def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiHarness) -> None:
@@ -373,7 +376,7 @@ def _snake_keys(value: Any, path: str = "") -> list[str]:
     found: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "tags":  # user-chosen keys
+            if key in ("tags", "variables"):  # user-chosen keys (tags, a Lambda function's environment)
                 continue
             if "_" in key:
                 found.append(f"{path}.{key}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import boto3
 import pytest
-from testkit import find_free_port
+from testkit import find_free_port, wait_until
 
 from serving.asyncq import (
     AsyncRequest,
@@ -41,15 +41,6 @@ from serving.asyncq.notify import SnsPublisher
 from serving.asyncq.objects import ObjectStore
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _ping(url: str) -> bool:

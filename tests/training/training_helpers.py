@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from testkit import find_free_port as free_port  # noqa: F401 - the training tests take it from here
 
 from training.runner import TrainingJobRunner, TrainingJobState
 
@@ -148,13 +149,6 @@ def tar_gz(files: dict[str, str]) -> bytes:
             info.mode = 0o755
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    from testkit import find_free_port
-
-    return find_free_port()
 
 
 def wait_ping(url: str, alive: Any, timeout: float = 60.0) -> None:

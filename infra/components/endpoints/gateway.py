@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from common import uris
 from infra import endpoints, naming
 
 SCHEMES = ("internal", "internet-facing")
@@ -147,7 +148,7 @@ class Gateway(pulumi.ComponentResource):
         if args.https:
             listener_kwargs.update(certificate_arn=args.certificate_arn, ssl_policy=args.ssl_policy)
             if args.trust_store_ca_bundle is not None:
-                bucket, key = args.trust_store_ca_bundle[len("s3://"):].split("/", 1)
+                bucket, key = uris.split_s3(args.trust_store_ca_bundle)
                 self.trust_store = aws.lb.TrustStore(
                     naming.child_name(name, "trust-store"), ca_certificates_bundle_s3_bucket=bucket,
                     ca_certificates_bundle_s3_key=key, tags=self._tagged("trust-store"), opts=child,

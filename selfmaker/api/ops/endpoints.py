@@ -91,8 +91,7 @@ async def list_endpoints(platform: Services, params: dict[str, Any]) -> dict[str
 
 
 def _require_in_service(platform: Services, record: Record) -> None:
-    if record.status != "InService" or platform.endpoints.busy(record.name) \
-            or record.name.lower() not in platform.endpoints.live:
+    if record.status != "InService" or not platform.endpoints.settled(record.name):
         raise ValidationException(f'Cannot update in-progress endpoint "{record.arn}".')
 
 
@@ -111,17 +110,10 @@ async def update_endpoint(platform: Services, params: dict[str, Any]) -> dict[st
             f"The AsyncInferenceConfig parameter cannot be {verb} endpoint {record.name}. "
             "To change the endpoint type, create a new endpoint."
         )
-    runtime = platform.endpoints.live[record.name.lower()]
     retain: dict[str, dict[str, Any]] = {}
     if params.get("RetainAllVariantProperties"):
         excluded = {p["VariantPropertyType"] for p in params.get("ExcludeRetainedVariantProperties") or []}
-        for variant in runtime.variants.values():
-            kept: dict[str, Any] = {}
-            if "DesiredWeight" not in excluded:
-                kept["weight"] = variant.weight
-            if "DesiredInstanceCount" not in excluded and variant.pool.size:
-                kept["count"] = variant.pool.desired or variant.pool.size
-            retain[variant.name] = kept
+        retain = platform.endpoints.retained(record.name, excluded)
     for check in platform.registry.update_checks:  # e.g. guardrails: DeploymentConfig and its alarms
         check(platform, params, record, config.doc, retain)
     merge: dict[str, Any] = {}

@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING, Any
 from selfmaker.api.common import list_page
 from selfmaker.api.ops._shared import check_instances, public
 from selfmaker.api.registry import operation
-from selfmaker.errors import ResourceInUse, ValidationException
+from selfmaker.errors import ValidationException
 from selfmaker.state import Record
-from selfmaker.state import now as state_now
-from selfmaker.jobs.training import model_artifacts_uri
 
 if TYPE_CHECKING:
     from selfmaker.services import Services
@@ -49,24 +47,7 @@ async def create_training_job(platform: Services, params: dict[str, Any]) -> dic
     channels = [c["ChannelName"] for c in params.get("InputDataConfig") or []]
     if len(set(channels)) != len(channels):
         raise ValidationException("Channel names in InputDataConfig must be unique.")
-    arn = platform.arn("training-job", name)
-    now = state_now()
-    doc = {k: v for k, v in params.items() if k != "Tags"}
-    doc.setdefault("StoppingCondition", {"MaxRuntimeInSeconds": 86400})
-    doc.update(
-        TrainingJobArn=arn, TrainingJobStatus="InProgress", SecondaryStatus="Starting", CreationTime=now,
-        ModelArtifacts={"S3ModelArtifacts": model_artifacts_uri(params)},
-        SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": now,
-                                     "StatusMessage": "Preparing the instances for training"}],
-        EnableManagedSpotTraining=bool(params.get("EnableManagedSpotTraining", False)),
-    )
-    record = Record(kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc)
-    if not platform.store.insert(record):
-        raise ResourceInUse("Training job names must be unique within an AWS account and region, and a training "
-                            f"job with this name already exists ({arn})")
-    if params.get("Tags"):
-        platform.store.add_tags(arn, params["Tags"])
-    platform.training.start(name, {k: v for k, v in params.items()})
+    arn = platform.training.create(params)
     return {"TrainingJobArn": arn}
 
 

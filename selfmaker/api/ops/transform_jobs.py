@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import TransformRequestError
@@ -11,7 +10,7 @@ from batch.request import parse_request
 from selfmaker.api.common import list_page
 from selfmaker.api.ops._shared import check_instances, find, public
 from selfmaker.api.registry import operation
-from selfmaker.errors import ResourceInUse, ValidationException
+from selfmaker.errors import ValidationException
 from selfmaker.jobs.transform import KIND
 from selfmaker.state import Record
 
@@ -36,19 +35,7 @@ async def create_transform_job(platform: Services, params: dict[str, Any]) -> di
         parse_request(params)
     except TransformRequestError as exc:
         raise ValidationException(str(exc)) from None
-    arn = platform.arn(KIND, name)
-    now = time.time()
-    request = {k: v for k, v in params.items() if k != "Tags"}
-    doc = dict(request)
-    doc.update(TransformJobArn=arn, TransformJobStatus="InProgress", CreationTime=now, TransformStartTime=now,
-               _Request=request)
-    record = Record(kind=KIND, name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc)
-    if not platform.store.insert(record):
-        raise ResourceInUse("Job name must be unique within an AWS account and region, and a job with this name "
-                            f"already exists ({arn})")
-    if params.get("Tags"):
-        platform.store.add_tags(arn, params["Tags"])
-    platform.transforms.start(name, request)
+    arn = platform.transforms.create(params)
     return {"TransformJobArn": arn}
 
 

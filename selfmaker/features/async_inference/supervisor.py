@@ -33,13 +33,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common import uris
 from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.common import read_limited
 from selfmaker.errors import ValidationError, ValidationException
@@ -94,8 +93,11 @@ class AsyncInferenceSettings(BaseSettings):
 
 
 def _uri_ok(uri: str) -> bool:
-    parsed = urlparse(uri)
-    return (parsed.scheme == "s3" and bool(parsed.netloc)) or (parsed.scheme == "file" and bool(parsed.path))
+    try:
+        (uris.split_s3 if uris.is_s3(uri) else uris.file_path)(uri)
+    except uris.UriError:
+        return False
+    return True
 
 
 def check_config(platform: Services, params: dict[str, Any]) -> list[str]:
@@ -282,9 +284,10 @@ class AsyncSupervisor:
             queue = self.queue(name)
             assert isinstance(queue, SqliteQueue)
             for request in queue.prune(self.settings.retention):
-                if not request.input_location.startswith("file:"):
-                    continue
-                path = Path(url2pathname(urlparse(request.input_location).path))
+                try:
+                    path = uris.file_path(request.input_location)
+                except uris.UriError:
+                    continue  # an s3:// input is the caller's, never ours to delete
                 if path.parent.parent == inputs:  # an inline Body we stored
                     path.unlink(missing_ok=True)
 

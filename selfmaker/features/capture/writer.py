@@ -37,9 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from common import s3, uris
 
@@ -131,12 +129,13 @@ def validate_data_capture_config(config: Any, member: str = "DataCaptureConfig")
             "Member must have length less than or equal to 512"
         )
     else:
-        parsed = urlparse(uri)
-        if parsed.scheme in ("s3", "https"):
-            if not parsed.netloc:
+        if uri.startswith(("s3://", "https://")):
+            try:
+                uris.split_s3_location(uri)
+            except uris.UriError:
                 problems.append(f"{member}.DestinationS3Uri {uri!r} names no bucket")
-        elif parsed.scheme == "file":
-            if not parsed.path.startswith("/"):
+        elif uris.is_file(uri):
+            if not _absolute_file_uri(uri):
                 problems.append(f"{member}.DestinationS3Uri {uri!r} must be an absolute file:// path")
         else:
             problems.append(
@@ -387,16 +386,16 @@ class CaptureWriter:
                     self._idle.notify_all()
 
     def _put(self, destination: str, key: str, body: bytes, kms_key_id: str | None) -> None:
-        parsed = urlparse(destination)
-        if parsed.scheme == "file":
-            path = Path(unquote(parsed.path)) / key
+        if uris.is_file(destination):
+            path = uris.file_path(destination) / key
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(body)
             os.replace(tmp, path)
             return
-        if parsed.scheme in ("s3", "https"):
-            bucket, prefix = _bucket_and_prefix(destination)
+        if destination.startswith(("s3://", "https://")):
+            bucket, prefix = uris.split_s3_location(destination)
+            prefix = prefix.strip("/")
             if self._s3 is None:
                 self._s3 = self._s3_factory() if self._s3_factory is not None else s3.client()
             extra: dict[str, Any] = {}
@@ -413,15 +412,9 @@ class CaptureWriter:
         raise ValueError(f"unsupported capture destination {destination!r}")
 
 
-def _bucket_and_prefix(uri: str) -> tuple[str, str]:
-    if uris.is_s3(uri):
-        bucket, key = uris.split_s3(uri)
-        return bucket, key.strip("/")
-    parsed = urlparse(uri)
-    # https://bucket.s3.amazonaws.com/prefix or https://s3.amazonaws.com/bucket/prefix
-    host = parsed.netloc
-    path = parsed.path.strip("/")
-    if ".s3" in host:
-        return host.split(".s3", 1)[0], path
-    bucket, _, prefix = path.partition("/")
-    return bucket, prefix
+def _absolute_file_uri(uri: str) -> bool:
+    try:
+        return uris.file_path(uri).is_absolute()
+    except uris.UriError:
+        return False
+

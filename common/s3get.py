@@ -1,6 +1,6 @@
 """Download one S3 object with the standard library alone (a SigV4-signed GET).
 
-Used by the Lambda mode (serving/lambda_handler.py) to fetch ``model.tar.gz`` during a cold start *while*
+Used by serving's Lambda mode (serving/lambda_handler.py) to fetch ``model.tar.gz`` during a cold start *while*
 numpy, onnxruntime and pydantic are still importing: boto3 costs ~0.2-0.5 s of imports before the first
 byte, this module nothing. Credentials come from the environment, as Lambda gives them
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``);
@@ -8,7 +8,7 @@ byte, this module nothing. Credentials come from the environment, as Lambda give
 has no keys, :func:`credentials_from_env` says so and the caller uses boto3's full credential chain.
 
 The signature is AWS Signature Version 4 for S3 (``UNSIGNED-PAYLOAD`` is not used: a GET's payload hash is
-the empty body's); tests/serving/test_s3get.py checks it header for header against botocore's signer.
+the empty body's); tests/common/test_common_s3get.py checks it header for header against botocore's signer.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from common import uris
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -51,16 +53,15 @@ def credentials_from_env(env: Mapping[str, str] | None = None) -> Credentials | 
 
 
 def _split(uri: str) -> tuple[str, str]:
-    parsed = urllib.parse.urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if parsed.scheme != "s3" or not bucket or not key:
+    bucket, key = uris.split_s3(uri, error=S3GetError)  # the key verbatim: ?, # and % are part of it
+    if not key:
         raise S3GetError(f"bad S3 URI {uri!r}; expected s3://bucket/key")
     return bucket, key
 
 
 def object_url(bucket: str, key: str, region: str, endpoint: str | None = None) -> str:
     """The object's URL: virtual-hosted on AWS, path-style on a custom endpoint (moto, MinIO)."""
-    quoted = urllib.parse.quote(key, safe="/~")
+    quoted = urllib.parse.quote(key, safe="/~")  # the signed path and the sent path are the same string
     if endpoint:
         return f"{endpoint.rstrip('/')}/{bucket}/{quoted}"
     suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
