@@ -203,14 +203,34 @@ class AlarmsConfig:
 
 
 @dataclass(frozen=True)
+class AsyncConfig:
+    """SageMaker's AsyncInferenceConfig of an endpoint, on SQS: where inputs may come from and results go
+    (key prefixes: inputs in the data bucket, results and worker state in the outputs bucket), its SNS
+    topics (None: created by the stack) and how its worker group scales on backlog."""
+
+    max_concurrent_invocations_per_instance: int
+    output_prefix: str
+    failure_prefix: str
+    state_prefix: str
+    input_prefix: str
+    success_topic_arn: str | None = None
+    error_topic_arn: str | None = None
+    include_inference_response_in: tuple[str, ...] = ()
+    backlog_per_instance: float = 1.0
+    idle_minutes: int = 15
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
-    """One endpoint behind the gateway: ``kind`` is ``realtime`` or ``serverless`` (issue #21 adds ``async``)."""
+    """One endpoint behind the gateway: ``kind`` is ``realtime``, ``serverless`` or ``async`` (then
+    ``async_inference`` holds its AsyncInferenceConfig)."""
 
     name: str
     kind: str
     variants: tuple[VariantConfig, ...]
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    async_inference: AsyncConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -549,7 +569,12 @@ INSTANCE_VARIANT_KEYS = VARIANT_GROUP_KEYS | {"name", "initialInstanceCount", "i
 SCALING_KEYS = frozenset({"minInstances", "maxInstances", "invocationsPerInstance"})
 ROLLOUT_KEYS = frozenset({"strategy", "canaryPercent", "linearStepPercent", "waitSeconds"})
 ALARM_KEYS = frozenset({"target5xxPerMinute", "p99LatencyMs", "evaluationMinutes"})
-ENDPOINT_KEYS = frozenset({"name", "variants", "rollout", "alarms"})
+ENDPOINT_KEYS = frozenset({"name", "variants", "rollout", "alarms", "async"})
+ASYNC_KEYS = frozenset({"outputPath", "failurePath", "inputPath", "successTopicArn", "errorTopicArn",
+                        "includeInferenceResponseIn", "maxConcurrentInvocationsPerInstance", "backlogPerInstance",
+                        "idleMinutes"})
+INCLUDE_RESPONSE_IN = ("SUCCESS_NOTIFICATION_TOPIC", "ERROR_NOTIFICATION_TOPIC")
+_SNS_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
 GATEWAY_KEYS = frozenset({"scheme", "certificateArn", "sslPolicy", "allowedCidrs", "trustStoreCaBundle",
                           "idleTimeout", "deletionProtection", "accessLogs"})
 SCHEMES = ("internal", "internet-facing")
@@ -725,6 +750,54 @@ def _alarms(base: str, value: Any) -> AlarmsConfig:
     )
 
 
+def _key_prefix(field_name: str, value: Any) -> str:
+    prefix = naming.normalize_key_prefix(_str(field_name, value))
+    if not prefix or not re.fullmatch(r"[A-Za-z0-9!_.*'()/-]+", prefix):
+        raise ConfigError(field_name, f"{value!r} is not a usable S3 key prefix")
+    return prefix
+
+
+def _async(base: str, value: Any, endpoint: str) -> AsyncConfig:
+    """``async:`` of an endpoint (SageMaker's AsyncInferenceConfig names)."""
+    raw = _mapping(base, value, ASYNC_KEYS)
+    if "maxConcurrentInvocationsPerInstance" not in raw:
+        raise ConfigError(f"{base}.maxConcurrentInvocationsPerInstance", "required: invocations each worker "
+                          "instance runs at once (SageMaker's ClientConfig.MaxConcurrentInvocationsPerInstance)")
+    concurrency = _int(f"{base}.maxConcurrentInvocationsPerInstance", raw["maxConcurrentInvocationsPerInstance"],
+                       lo=1, hi=1000)
+    topics: dict[str, str | None] = {}
+    for key in ("successTopicArn", "errorTopicArn"):
+        topic = raw.get(key)
+        if topic is not None:
+            topic = _str(f"{base}.{key}", topic)
+            if not _SNS_TOPIC_ARN_RE.match(topic):
+                raise ConfigError(f"{base}.{key}", f"{topic!r} is not an SNS topic ARN")
+        topics[key] = topic
+    include = raw.get("includeInferenceResponseIn") or []
+    if not isinstance(include, list):
+        raise ConfigError(f"{base}.includeInferenceResponseIn", "expected a list")
+    for i, item in enumerate(include):
+        if item not in INCLUDE_RESPONSE_IN:
+            raise ConfigError(f"{base}.includeInferenceResponseIn[{i}]", f"must be one of {list(INCLUDE_RESPONSE_IN)}, "
+                              f"got {item!r}")
+    backlog = _weight(f"{base}.backlogPerInstance", raw.get("backlogPerInstance", concurrency))
+    if backlog <= 0:
+        raise ConfigError(f"{base}.backlogPerInstance", "must be > 0")
+    output = _key_prefix(f"{base}.outputPath", raw.get("outputPath", f"async/{endpoint}/output/"))
+    failure = _key_prefix(f"{base}.failurePath", raw.get("failurePath", f"async/{endpoint}/failures/"))
+    state = f"async/{endpoint}/state/"
+    for key, prefix in (("outputPath", output), ("failurePath", failure)):
+        if prefix.startswith(state) or state.startswith(prefix):
+            raise ConfigError(f"{base}.{key}", f"{prefix!r} overlaps the workers' state prefix {state!r}")
+    return AsyncConfig(
+        max_concurrent_invocations_per_instance=concurrency, output_prefix=output, failure_prefix=failure,
+        state_prefix=state, input_prefix=_key_prefix(f"{base}.inputPath", raw.get("inputPath", f"async/{endpoint}/")),
+        success_topic_arn=topics["successTopicArn"], error_topic_arn=topics["errorTopicArn"],
+        include_inference_response_in=tuple(include), backlog_per_instance=backlog,
+        idle_minutes=_int(f"{base}.idleMinutes", raw.get("idleMinutes", 15), lo=1, hi=1440),
+    )
+
+
 def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) -> EndpointConfig:
     base = f"{_key('endpoints')}[{index}]"
     raw = _mapping(base, raw, ENDPOINT_KEYS)
@@ -748,6 +821,16 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
         if any(v.name == vname for v in variants):
             raise ConfigError(f"{vbase}.name", f"duplicate variant name {vname!r}")
         kind = _variant_kind(vraw)
+        if "async" in raw and kind != "instance":
+            # SageMaker: AsyncInferenceConfig cannot be used with serverless variants.
+            raise ConfigError(f"{vbase}.{kind}", "an async endpoint needs an instance variant (its workers), "
+                              f"not a {kind} one")
+        if "async" in raw and "warmPool" in vraw:
+            raise ConfigError(f"{vbase}.warmPool", "async endpoints wake from zero on their backlog; warm pools are "
+                              "for real-time variants")
+        if "async" in raw and isinstance(vraw.get("scaling"), Mapping) and "invocationsPerInstance" in vraw["scaling"]:
+            raise ConfigError(f"{vbase}.scaling.invocationsPerInstance", "async endpoints scale on their backlog "
+                              "(async.backlogPerInstance), not on invocations per instance")
         if kind not in VARIANT_PARSERS:
             raise ConfigError(f"{vbase}.{kind}", f"{kind} variants are not supported by this version of selfmaker")
         variants.append(VARIANT_PARSERS[kind](vbase, {**vraw, "name": vname}, name, storage, default_tag))
@@ -768,8 +851,19 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
         endpoints.alb_weights([v.weight for v in variants])
     except ValueError as exc:
         raise ConfigError(f"{base}.variants", f"initialVariantWeight: {exc}") from None
+    async_inference: AsyncConfig | None = None
+    if "async" in raw:
+        if len(variants) != 1:
+            raise ConfigError(f"{base}.variants", f"an async endpoint has one instance variant (its worker group), "
+                              f"got {len(variants)}")
+        for key in ("rollout", "alarms"):
+            if key in raw:
+                raise ConfigError(f"{base}.{key}", "real-time endpoints only: an async endpoint's workers are "
+                                  "replaced by instance refresh without traffic shifting")
+        async_inference = _async(f"{base}.async", raw["async"], name)
     return EndpointConfig(
-        name=name, kind="serverless" if kinds == {"serverless"} else "realtime", variants=tuple(variants),
+        name=name, variants=tuple(variants), async_inference=async_inference,
+        kind="async" if async_inference else "serverless" if kinds == {"serverless"} else "realtime",
         rollout=_rollout(f"{base}.rollout", raw.get("rollout")), alarms=_alarms(f"{base}.alarms", raw.get("alarms")),
     )
 

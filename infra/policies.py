@@ -279,6 +279,70 @@ def wildcard_violations(doc: Document) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class AsyncEndpointScope:
+    """What one async endpoint's front and workers may touch (ARNs resolved)."""
+
+    queue_arn: str
+    topic_arns: tuple[str, ...]
+    #: ``(bucket ARN, key prefix)`` pairs the endpoint's inputs may come from
+    input_locations: tuple[tuple[str, str], ...]
+    outputs_bucket_arn: str
+    #: key prefixes of outputs, failures and the worker's state in the outputs bucket
+    output_prefixes: tuple[str, ...]
+    models_bucket_arn: str
+    model_key: str
+    repository_arns: tuple[str, ...]
+    log_group_pattern: str
+    kms_key_arn: str | None = None
+
+
+def _input_reads(scope: AsyncEndpointScope) -> list[Document]:
+    statements: list[Document] = []
+    for i, (bucket_arn, prefix) in enumerate(scope.input_locations):
+        statements += s3_read(f"Inputs{i}", bucket_arn, prefix)
+    return statements
+
+
+def async_front_policy(scope: AsyncEndpointScope, front_log_group_arn: str) -> Document:
+    """The front Lambda of one async endpoint: send to its queue (nothing else on SQS), check that an
+    input is readable (HEAD needs s3:GetObject; listing tells a missing key from a refused one), log."""
+    return document(
+        {"Sid": "Enqueue", "Effect": "Allow", "Action": "sqs:SendMessage", "Resource": scope.queue_arn},
+        *_input_reads(scope),
+        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+         "Resource": [front_log_group_arn, f"{front_log_group_arn}:*"]},
+        *kms_use(scope.kms_key_arn),
+    )
+
+
+def async_endpoint_worker_policy(scope: AsyncEndpointScope) -> Document:
+    """The worker instances of one async endpoint: consume its queue, read inputs and its model, write
+    (and read back, for idempotency) outputs, failures and state, publish to its topics, pull, log."""
+    statements: list[Document] = [
+        {"Sid": "Consume", "Effect": "Allow",
+         "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes"],
+         "Resource": scope.queue_arn},
+    ]
+    if scope.topic_arns:
+        statements.append({"Sid": "Notify", "Effect": "Allow", "Action": "sns:Publish",
+                           "Resource": sorted(set(scope.topic_arns))})
+    statements += _input_reads(scope)
+    statements += [
+        {"Sid": "Model", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+         "Resource": f"{scope.models_bucket_arn}/{scope.model_key}"},
+    ]
+    for i, prefix in enumerate(sorted(set(scope.output_prefixes))):
+        statements += s3_write(f"Results{i}", scope.outputs_bucket_arn, prefix, read=True)
+    return document(
+        *statements,
+        *ecr_pull(scope.repository_arns),
+        *logs_and_metrics(scope.log_group_pattern),
+        *kms_use(scope.kms_key_arn),
+    )
+
+
 def serverless_function_policy(model_object_arn: str, log_group_arn: str, kms_key_arn: str | None = None) -> Document:
     """A serverless variant's function: read its one model archive and write its own log group, nothing else.
 

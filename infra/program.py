@@ -12,9 +12,10 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra import async_scaling, endpoints, naming, policies
 from infra import config as stack_config
-from infra import endpoints, naming, policies
 from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
+from infra.components.endpoints.async_endpoint import AsyncEndpoint, AsyncEndpointArgs
 from infra.components.endpoints.gateway import Gateway, GatewayArgs
 from infra.components.endpoints.realtime import (
     AlarmArgs,
@@ -24,7 +25,11 @@ from infra.components.endpoints.realtime import (
     RealtimeEndpointArgs,
     RolloutArgs,
 )
-from infra.components.endpoints.serverless import ServerlessEndpoint, ServerlessEndpointArgs, ServerlessVariantArgs
+from infra.components.endpoints.serverless import (
+    ServerlessEndpoint,
+    ServerlessEndpointArgs,
+    ServerlessVariantArgs,
+)
 from infra.components.iam import Roles, RolesArgs
 from infra.components.jobs import JobEnvironmentArgs, JobQueue, JobQueueArgs
 from infra.components.network import Network, NetworkArgs
@@ -143,7 +148,7 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         ))
 
     gateway: Gateway | None = None
-    served: dict[str, RealtimeEndpoint | ServerlessEndpoint] = {}
+    served: dict[str, RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint] = {}
     if gateway_cfg is not None:
         internal = gateway_cfg.scheme == "internal"
         gateway = Gateway("gateway", GatewayArgs(
@@ -158,6 +163,13 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         ))
         blocks = endpoints.priority_blocks(e.name for e in cfg.endpoints)
         for endpoint in cfg.endpoints:
+            if endpoint.kind == "async":
+                served[endpoint.name] = async_endpoint(
+                    endpoint, gateway, blocks[endpoint.name], cfg=cfg, network=network, store=store,
+                    repository=images["serving"], region=region, account_id=account_id,
+                    partition=partition_info.partition,
+                )
+                continue
             if endpoint.kind == "serverless":
                 served[endpoint.name] = serverless_endpoint(
                     endpoint, gateway, blocks[endpoint.name], cfg=cfg, repository_url=images["serving"].repository_url,
@@ -200,9 +212,17 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
 
 
 def endpoint_output(endpoint: stack_config.EndpointConfig,
-                    served: RealtimeEndpoint | ServerlessEndpoint) -> dict[str, Any]:
+                    served: RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint) -> dict[str, Any]:
     """The ``endpoints`` stack output of one endpoint: its URL and, per variant, weights and group
-    (or function)."""
+    (or function; async: its queue, result locations and topics)."""
+    if isinstance(served, AsyncEndpoint):
+        return {
+            "url": served.url, "kind": "async", "queueUrl": served.queue.url,
+            "deadLetterQueueUrl": served.dead_letter_queue.url, "outputPath": served.output_path,
+            "failurePath": served.failure_path, "successTopicArn": served.topic_arns["success"],
+            "errorTopicArn": served.topic_arns["error"],
+            "variants": {endpoint.variants[0].name: {"autoScalingGroup": served.workers.auto_scaling_group.name}},
+        }
     weights = endpoints.alb_weights([v.weight for v in endpoint.variants])
     if isinstance(served, ServerlessEndpoint):
         return {
@@ -217,6 +237,7 @@ def endpoint_output(endpoint: stack_config.EndpointConfig,
         }
     return {
         "url": served.url,
+        "dashboard": served.dashboard.dashboard_name,
         "variants": {
             v.name: {"weight": v.weight, "albWeight": w, "initialInstanceCount": v.initial_instance_count,
                      "autoScalingGroup": served.groups[v.name].auto_scaling_group.name}
@@ -257,6 +278,44 @@ def realtime_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, p
         rollout=RolloutArgs(rollout.strategy, rollout.canary_percent, rollout.linear_step_percent, rollout.wait_seconds),
         alarms=AlarmArgs(alarms.target_5xx_per_minute, alarms.p99_latency_ms, alarms.evaluation_minutes),
         log_retention_days=cfg.log_retention_days,
+    ))
+
+
+def async_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
+                   cfg: stack_config.StackConfig, network: Network, store: ModelStore, repository: ImageRepository,
+                   region: str, account_id: str, partition: str) -> AsyncEndpoint:
+    """The :class:`AsyncEndpoint` of one configured async endpoint (its one instance variant = the workers)."""
+    config = endpoint.async_inference
+    (variant,) = endpoint.variants
+    group = variant.group
+    assert config is not None and group is not None and group.model_key is not None
+    low = variant.scaling.min_instances if variant.scaling else variant.initial_instance_count
+    high = variant.scaling.max_instances if variant.scaling else max(variant.initial_instance_count, 1)
+    return AsyncEndpoint(endpoint.name, AsyncEndpointArgs(
+        endpoint_name=endpoint.name, variant_name=variant.name,
+        models_bucket=store.buckets["models"].bucket, models_bucket_arn=store.buckets["models"].arn,
+        model_key=group.model_key,
+        outputs_bucket=store.buckets["outputs"].bucket, outputs_bucket_arn=store.buckets["outputs"].arn,
+        output_prefix=config.output_prefix, failure_prefix=config.failure_prefix, state_prefix=config.state_prefix,
+        input_bucket=store.buckets["data"].bucket, input_bucket_arn=store.buckets["data"].arn,
+        input_prefix=config.input_prefix,
+        max_concurrent_invocations_per_instance=config.max_concurrent_invocations_per_instance,
+        accelerator=group.accelerator, instance_types=group.instance_types, vpc_id=network.vpc_id,
+        subnet_ids=network.private_subnet_ids, repository_url=repository.repository_url,
+        repository_arns=[repository.arn], image_tag=group.image_tag, region=region, account_id=account_id,
+        partition=partition, prefix=cfg.prefix, tags=dict(cfg.tags), ami_parameter=group.ami_parameter,
+        ami_id=group.ami_id,
+        scaling=async_scaling.BacklogScaling(min_instances=low, max_instances=high,
+                                             target_backlog_per_instance=config.backlog_per_instance,
+                                             idle_minutes=config.idle_minutes),
+        success_topic_arn=config.success_topic_arn, error_topic_arn=config.error_topic_arn,
+        include_inference_response_in=config.include_inference_response_in,
+        # the async route takes the last priority of the endpoint's block, as a real-time weighted rule would
+        gateway=gateway, rule_priority=priority_block + endpoints.BLOCK - 1,
+        root_volume_gb=group.root_volume_gb, spot_percentage=group.spot_percentage,
+        on_demand_base=group.on_demand_base, environment=dict(group.environment),
+        extra_security_group_ids=[network.workload_security_group.id], kms_key_arn=store.kms_key_arn,
+        log_retention_days=cfg.log_retention_days, ssm_access=cfg.ssm_access,
     ))
 
 

@@ -1,5 +1,6 @@
-"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving image (training and
-transform jobs run on AWS Batch: :mod:`infra.components.jobs`)."""
+"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving image (``serve``), or the
+model server with an async worker beside it (``async``). Training and transform jobs run on AWS Batch
+(:mod:`infra.components.jobs`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pulumi_aws as aws
 
 from infra import naming, presets, userdata
 
-ROLES = ("serve",)
+ROLES = ("serve", "async")
 WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023 and the AL2023 deep-learning AMI
 
@@ -82,6 +83,12 @@ class InstanceGroupArgs:
     scaled: bool = False
     endpoint_name: str | None = None
     variant_name: str | None = None
+    #: async: the endpoint's queue URL and the worker's state prefix (``s3://``), invocations per instance
+    #: and lease length
+    queue_url: pulumi.Input[str] | None = None
+    state_uri: pulumi.Input[str] | None = None
+    concurrency: int = 1
+    visibility_timeout: int = 300
 
     def __post_init__(self) -> None:
         def bad(name: str, message: str) -> ValueError:
@@ -128,9 +135,13 @@ class InstanceGroupArgs:
                 raise bad("refresh", f"checkpoint percentages must rise and end at 100, got {percentages}")
         if not 0 <= self.health_check_grace_period <= 7200:
             raise bad("health_check_grace_period", "must be 0-7200 seconds")
-        if (self.endpoint_name is None) != (self.variant_name is None) or (self.endpoint_name and self.role != "serve"):
-            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving groups")
-        if self.role == "serve" and self.model_data_uri is None:
+        if (self.endpoint_name is None) != (self.variant_name is None) or (
+            self.endpoint_name and self.role not in ("serve", "async")
+        ):
+            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving or async groups")
+        if self.role == "async" and (self.queue_url is None or self.state_uri is None or not self.endpoint_name):
+            raise bad("queue_url", "an async group needs queue_url, state_uri and endpoint_name")
+        if self.role in ("serve", "async") and self.model_data_uri is None:
             raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
 
 
@@ -179,7 +190,7 @@ class InstanceGroup(pulumi.ComponentResource):
 
         # Only rendering happens in apply(): the script needs the S3 and ECR locations, which are outputs.
         user_data = pulumi.Output.all(
-            repo=args.repository_url, model=args.model_data_uri,
+            repo=args.repository_url, model=args.model_data_uri, queue=args.queue_url, state=args.state_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
         tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
@@ -281,5 +292,7 @@ def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, 
         environment=dict(args.environment), host_port=args.port,
         model_data=values["model"],
         endpoint=args.endpoint_name, variant=args.variant_name,
+        queue_url=values.get("queue"), state_uri=values.get("state"), concurrency=args.concurrency,
+        visibility_timeout=args.visibility_timeout,
     )
     return base64.b64encode(userdata.render_user_data(spec).encode()).decode()

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from common import eventstream
 from selfmaker import logcontext
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.metrics import render_metrics
@@ -33,7 +34,6 @@ from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import InternalFailure, SageMakerError, UnknownOperation, ValidationError, ValidationException
 from selfmaker.services import Services
-from serving import eventstream
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,8 @@ class Registration:
     custom: bool
     id: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    #: properties the engine is told to leave alone after creation (``ResourceOptions.ignore_changes``)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 class UnmockedInvokeError(AssertionError):
@@ -90,6 +92,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ == "aws:ecr/repository:Repository":
             state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{args.inputs['name']}"
             state["arn"] = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{args.inputs['name']}"
+        elif args.typ == "aws:sqs/queue:Queue":
+            state["url"] = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{args.name}"
+            rid = state["url"]
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
         elif args.typ == "aws:lambda/function:Function":
@@ -124,7 +129,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             self.registrations.append(Registration(
                 type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.object),
                 urn=response.urn, parent=request.parent, custom=bool(request.custom), id=registered.id,
-                state=registered.state,
+                state=registered.state, ignore_changes=list(request.ignoreChanges),
             ))
         return response
 

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import keyword
+import re
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -50,14 +51,16 @@ def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
                      "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
                      "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint",
-                     "selfmaker:jobs:JobQueue"}
+                     "selfmaker:endpoints:AsyncEndpoint", "selfmaker:jobs:JobQueue"}
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
-    assert groups == ["churn-challenger", "churn-champion", "vision-AllTraffic"]  # training: AWS Batch (selfmaker:jobs)
+    assert groups == ["churn-batch-workers", "churn-challenger", "churn-champion", "vision-AllTraffic"]  # training: Batch
     endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
     assert sorted(endpoints.values()) == ["churn", "vision"]
     # a variant's group is a child of its endpoint
-    assert {endpoints.get(r.parent) for r in dev if r.name.startswith(("churn-", "vision-"))
+    assert {endpoints.get(r.parent) for r in dev if r.name.startswith(("churn-c", "vision-"))
             and r.type == "selfmaker:compute:InstanceGroup"} == {"churn", "vision"}
+    (async_urn,) = [r.urn for r in dev if r.type == "selfmaker:endpoints:AsyncEndpoint" and r.name == "churn-batch"]
+    assert [r.parent for r in dev if r.name == "churn-batch-workers"] == [async_urn]
 
 
 def test_every_taggable_resource_carries_the_standard_and_user_tags(dev: list[Registration]) -> None:
@@ -125,7 +128,7 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
     assert not dev_run.of_type("aws:ec2/launchConfiguration:LaunchConfiguration")
     assert not dev_run.of_type("aws:ec2/instance:Instance")
     templates = dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
-    assert len(templates) == 5  # three variants' groups, the cpu and gpu Batch environments
+    assert len(templates) == 6  # four variants' groups, the cpu and gpu Batch environments
     for lt in templates:
         meta = lt.inputs["metadataOptions"]
         assert meta["httpTokens"] == "required" and meta["httpEndpoint"] == "enabled"
@@ -142,7 +145,8 @@ def test_amis_come_from_the_ssm_public_parameters(dev_run: PulumiHarness) -> Non
     ami = {lt.name: lt.inputs.get("imageId") for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
     # Batch picks its ECS-optimized AMI itself (the compute environment's ec2Configuration)
     assert ami == {"churn-champion-lt": "ami-0a1b2c3d4e5f60718", "churn-challenger-lt": "ami-0a1b2c3d4e5f60718",
-                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "jobs-cpu-lt": None, "jobs-gpu-lt": None}
+                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "churn-batch-workers-lt": "ami-0a1b2c3d4e5f60718",
+                   "jobs-cpu-lt": None, "jobs-gpu-lt": None}
     asked = {args["name"] for token, args in dev_run.mocks.calls if token == "aws:ssm/getParameter:getParameter"}
     assert asked == {stack_config.SSM_AMI["cpu"], stack_config.SSM_AMI["gpu"]}
 
@@ -159,6 +163,34 @@ def check_ingress_policy(harness: PulumiHarness) -> None:
         if rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0":
             assert rule.inputs["securityGroupId"] in open_groups, f"{rule.name} opens a non-gateway group to the world"
             assert (rule.inputs["fromPort"], rule.inputs["toPort"], rule.inputs["ipProtocol"]) == (443, 443, "tcp")
+
+
+def check_gateway_policy(harness: PulumiHarness) -> None:
+    """The policy for load balancers: invalid headers dropped, access logs on, HTTPS with TLS 1.2+ (plain HTTP
+    only on an internal one), targets behind ELB health checks on /ping."""
+    balancers = {r.urn: r for r in harness.of_type("aws:lb/loadBalancer:LoadBalancer")}
+    assert balancers
+    for lb in balancers.values():
+        assert lb.inputs["dropInvalidHeaderFields"] is True and lb.inputs["accessLogs"]["enabled"] is True
+    by_arn = {lb.state["arn"]: lb for lb in balancers.values()}
+    for listener in harness.of_type("aws:lb/listener:Listener"):
+        lb = by_arn[listener.inputs["loadBalancerArn"]]
+        if listener.inputs["protocol"] == "HTTPS":
+            assert re.match(r"^ELBSecurityPolicy-(TLS13-1-[23]|TLS-1-2|FS-1-2)-", listener.inputs["sslPolicy"])
+        else:
+            assert lb.inputs["internal"] is True, f"{listener.name}: plain HTTP on an internet-facing load balancer"
+    instance_groups = {tg.state["arn"]: tg for tg in harness.of_type("aws:lb/targetGroup:TargetGroup")
+                       if tg.inputs.get("targetType") == "instance"}
+    for tg in instance_groups.values():
+        assert tg.inputs["healthCheck"]["path"] == "/ping"
+    for asg in harness.of_type("aws:autoscaling/group:Group"):
+        if asg.inputs.get("targetGroupArns"):
+            assert set(asg.inputs["targetGroupArns"]) <= set(instance_groups)
+            assert asg.inputs["healthCheckType"] == "ELB" and asg.inputs["healthCheckGracePeriod"] >= 60
+
+
+def test_load_balancers_drop_bad_headers_log_and_check_health(dev_run: PulumiHarness) -> None:
+    check_gateway_policy(dev_run)
 
 
 def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: PulumiHarness) -> None:
@@ -203,7 +235,7 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
 def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     docs = [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/rolePolicy:RolePolicy")]
     docs += [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/policy:Policy")]
-    assert len(docs) == 6  # serving, async, flow logs, the serverless example's function, Batch instances, Batch jobs
+    assert len(docs) == 8  # serving, async, flow logs, the serverless function, the async front and workers, Batch x2
     for doc in docs:
         assert policies.wildcard_violations(doc) == []
     attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
@@ -390,3 +422,25 @@ def _snake_keys(value: Any, path: str = "") -> list[str]:
 def test_every_nested_input_uses_a_known_provider_property(dev_run: PulumiHarness) -> None:
     bad = {f"{r.name}{path}" for r in aws_resources(dev_run.monitor.registrations) for path in _snake_keys(r.inputs)}
     assert not bad, sorted(bad)
+
+
+def test_async_endpoint_is_routed_in_its_own_priority_block_and_exported(dev_run: PulumiHarness) -> None:
+    from infra import endpoints as endpoint_logic
+
+    blocks = endpoint_logic.priority_blocks(["churn", "vision", "churn-batch"])
+    rules = {r.name: r.inputs for r in dev_run.of_type("aws:lb/listenerRule:ListenerRule")}
+    rule = rules["gateway-churn-batch-async-rule"]
+    assert rule["priority"] == blocks["churn-batch"] + endpoint_logic.BLOCK - 1
+    assert {"pathPattern": {"values": ["/endpoints/churn-batch/async-invocations"]}} in rule["conditions"]
+    assert len({r["priority"] for r in rules.values()}) == len(rules)  # no two rules share a priority
+    # workers scale from zero on backlog; the front may only enqueue
+    asg = dev_run.named("churn-batch-workers-asg").inputs
+    assert (asg["minSize"], asg["maxSize"]) == (0, 4)
+    assert dev_run.named("churn-batch-backlog-tracking").inputs["targetTrackingConfiguration"]["targetValue"] == 4
+    front = json.loads(dev_run.named("churn-batch-front-policy").inputs["policy"])
+    sqs = {a for stmt in front["Statement"] for a in ([stmt["Action"]] if isinstance(stmt["Action"], str)
+                                                      else stmt["Action"]) if a.startswith("sqs:")}
+    assert sqs == {"sqs:SendMessage"}
+    outputs = dev_run.named("churn-batch-front").inputs["environment"]["variables"]
+    assert outputs["SELFMAKER_OUTPUT_PATH"] == f"s3://{dev_run.named('store-outputs').state['bucket']}/async/churn-batch/output/"
+    assert outputs["SELFMAKER_INPUT_LOCATIONS"] == f"s3://{dev_run.named('store-data').state['bucket']}/async/churn-batch/"

@@ -110,6 +110,16 @@ def test_serve_script_logs_in_pulls_and_runs_the_model_server(tmp_path: Path) ->
     assert not [c for c in calls if c[0] == "dnf"]
 
 
+def test_a_variant_instance_tells_the_model_server_its_endpoint_and_variant(tmp_path: Path) -> None:
+    spec = replace(_serve_spec(tmp_path), endpoint="churn", variant="challenger")
+    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next(c for c in calls if c[:2] == ["docker", "run"])
+    env = {run[i + 1] for i, a in enumerate(run) if a == "-e"}
+    # what serving.settings reads as endpoint_name / variant_name
+    assert {"SELFMAKER_ENDPOINT_NAME=churn", "SELFMAKER_VARIANT_NAME=challenger"} <= env
+
+
 @given(st.dictionaries(
     st.from_regex(r"[A-Z_][A-Z0-9_]{0,12}", fullmatch=True).filter(lambda k: k not in userdata.RESERVED_ENV),
     st.text(alphabet=st.characters(blacklist_characters="\0\1", blacklist_categories=("Cs",)), max_size=30),
@@ -165,3 +175,57 @@ def _env_has(proc: Path, needle: str) -> bool:
     except OSError:
         return False
 
+
+
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/churn-batch-queue-1a2b3c"
+
+
+def _async_spec(tmp_path: Path, **changes: object) -> userdata.UserDataSpec:
+    values: dict[str, object] = {
+        "mode": "async", "group": "churn-batch-workers", "ml_root": str(tmp_path / "opt-ml"), "queue_url": QUEUE_URL,
+        "state_uri": "s3://outputs-b/async/churn-batch/state/", "endpoint": "churn-batch", "variant": "AllTraffic",
+        "concurrency": 4, "visibility_timeout": 3720, **changes,
+    }
+    return replace(SERVE, **values)  # type: ignore[arg-type]
+
+
+def test_async_script_runs_a_private_model_server_and_the_worker_beside_it(tmp_path: Path) -> None:
+    spec = _async_spec(tmp_path)
+    script = userdata.render_user_data(spec)
+    check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    result, calls = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = [c for c in calls if c[:2] == ["docker", "run"]]
+    assert len(runs) == 2
+    server, worker = runs
+    assert server[-2:] == [SERVE.image, "serve"]
+    assert server[server.index("-p") + 1] == "127.0.0.1:8080:8080"  # not reachable from the network
+    # the worker starts after the model answers /ping, with the SQS backend and an S3 state prefix
+    ping = [i for i, c in enumerate(calls) if c[0] == "curl" and "http://127.0.0.1:8080/ping" in c]
+    assert ping and ping[0] < calls.index(worker)
+    image_at = worker.index(SERVE.image)
+    assert worker[image_at + 1:] == [
+        "python", "-m", "serving.asyncq", "--queue", f"sqs:{QUEUE_URL}",
+        "--state", "s3://outputs-b/async/churn-batch/state/", "--name", "churn-batch",
+        "--model-url", "http://127.0.0.1:8080", "--concurrency", "4", "--visibility-timeout", "3720",
+    ]
+    assert worker[worker.index("--network") + 1] == "host"
+    assert worker[worker.index("--stop-timeout") + 1] == "90"  # scale-in: time to hand work back and finish
+    opts = {worker[i + 1] for i, a in enumerate(worker) if a == "--log-opt"}
+    assert "awslogs-stream=i-0123456789abcdef0-async-worker" in opts
+    env = {worker[i + 1] for i, a in enumerate(worker) if a == "-e"}
+    assert {"AWS_REGION=us-east-1", "SAGEMAKER_MODEL_SERVER_WORKERS=2"} <= env
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"queue_url": "https://example.com/q"}, "queue_url"),
+    ({"queue_url": None}, "queue_url"),
+    ({"state_uri": "/tmp/state"}, "state_uri"),
+    ({"endpoint": None, "variant": None}, "endpoint"),
+    ({"concurrency": 0}, "concurrency"),
+    ({"visibility_timeout": 43201}, "visibility_timeout"),
+])
+def test_bad_async_specs_name_the_field(change: dict[str, object], field: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        userdata.render_user_data(_async_spec(tmp_path, **change))
