@@ -32,6 +32,14 @@ AWS_BATCH: dict[str, str] = {
     "status": "selfmaker.commands.aws_batch:status_main",
 }
 
+#: the line a local command's ``--help`` ends with, pointing at its ``--aws-batch`` form
+AWS_BATCH_HELP: dict[str, str] = {
+    "train": "selfmaker train REQUEST.json --aws-batch QUEUE: run a CreateTrainingJob request on AWS Batch",
+    "transform": "selfmaker transform REQUEST.json --aws-batch QUEUE: run a CreateTransformJob request on AWS Batch",
+    "logs": "selfmaker logs JOB_ID --aws-batch: the CloudWatch log streams of an AWS Batch job",
+    "status": "selfmaker status --aws-batch QUEUE: running and recent jobs of an AWS Batch queue",
+}
+
 
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
@@ -64,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             target = AWS_BATCH[name]
         module_name, func_name = target.split(":")
         func = getattr(importlib.import_module(module_name), func_name)
+        if name in AWS_BATCH and target != AWS_BATCH[name] and any(a in {"-h", "--help"} for a in rest):
+            try:
+                return int(func(rest) or 0)
+            finally:  # argparse exits after the help; the --aws-batch form is not in the local parser's text
+                flag = "--aws-batch" if name == "logs" else "--aws-batch QUEUE"
+                print(f"\n{AWS_BATCH_HELP[name]}\n(`selfmaker {name} {flag} --help` for its options)")
         return int(func(rest) or 0)
     except BrokenPipeError:  # `selfmaker ... | head`: the reader left, nothing is wrong
         devnull = os.open(os.devnull, os.O_WRONLY)

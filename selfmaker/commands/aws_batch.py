@@ -31,6 +31,11 @@ def _read_request(prog: str, path: str) -> dict[str, Any] | None:
     return request
 
 
+def _text(doc: str | None) -> str:
+    """A docstring as ``--help`` prints it (single backticks, as the other commands' help texts have)."""
+    return (doc or "").replace("``", "`")
+
+
 def _jobs(prog: str) -> Any:
     from selfmaker.jobs.aws_batch import AwsBatchError, BatchJobs
 
@@ -74,7 +79,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def transform_main(argv: list[str]) -> int:
     """``selfmaker transform REQUEST.json --aws-batch QUEUE``: run a CreateTransformJob request as an array job."""
-    parser = argparse.ArgumentParser(prog="selfmaker transform", description=transform_main.__doc__)
+    parser = argparse.ArgumentParser(prog="selfmaker transform", description=_text(transform_main.__doc__))
     parser.add_argument("request", help="CreateTransformJob request as a JSON file ('-' for stdin)")
     _common(parser)
     parser.add_argument("--children", type=int, help="array children to share the input among "
@@ -162,7 +167,7 @@ def transform_main(argv: list[str]) -> int:
 
 def train_main(argv: list[str]) -> int:
     """``selfmaker train REQUEST.json --aws-batch QUEUE``: run a CreateTrainingJob request on AWS Batch."""
-    parser = argparse.ArgumentParser(prog="selfmaker train", description=train_main.__doc__)
+    parser = argparse.ArgumentParser(prog="selfmaker train", description=_text(train_main.__doc__))
     parser.add_argument("request", help="CreateTrainingJob request as a JSON file ('-' for stdin)")
     _common(parser)
     args = parser.parse_args(argv)
@@ -216,7 +221,7 @@ def train_main(argv: list[str]) -> int:
 
 def logs_main(argv: list[str]) -> int:
     """``selfmaker logs JOB_ID --aws-batch``: the CloudWatch log streams of a job, its children or nodes."""
-    parser = argparse.ArgumentParser(prog="selfmaker logs", description=logs_main.__doc__)
+    parser = argparse.ArgumentParser(prog="selfmaker logs", description=_text(logs_main.__doc__))
     parser.add_argument("job", help="the AWS Batch job id (printed when it was submitted)")
     parser.add_argument("--aws-batch", action="store_true", required=True, help="read from AWS Batch / CloudWatch")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each stream")
@@ -256,7 +261,7 @@ def _when(millis: Any) -> str:
 
 def status_main(argv: list[str]) -> int:
     """``selfmaker status --aws-batch QUEUE``: running and recent jobs of a queue."""
-    parser = argparse.ArgumentParser(prog="selfmaker status", description=status_main.__doc__)
+    parser = argparse.ArgumentParser(prog="selfmaker status", description=_text(status_main.__doc__))
     parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN")
     parser.add_argument("--limit", type=int, default=20, help="most finished jobs to list (default 20)")
     args = parser.parse_args(argv)

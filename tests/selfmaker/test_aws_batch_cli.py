@@ -254,3 +254,17 @@ def test_a_training_request_is_refused_before_anything_is_submitted(aws: Any, st
     assert main(["train", str(path), "--aws-batch", queue]) == 2
     assert capsys.readouterr().err.strip() == "selfmaker train: channel 'train': no objects under s3://cli-tr-bad/empty/"
     assert _jobs_in(aws, queue) == []
+
+
+@pytest.mark.parametrize("command", ["train", "transform", "logs", "status"])
+def test_the_local_help_points_at_the_aws_batch_form(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert f"selfmaker {command} " in out and "--aws-batch" in out.split("\n\n")[-1]  # the last paragraph
+    flag = ["--aws-batch"] if command == "logs" else ["--aws-batch", "QUEUE"]
+    with pytest.raises(SystemExit):
+        main([command, *flag, "--help"])
+    batch_help = capsys.readouterr().out
+    assert "``" not in batch_help and f"usage: selfmaker {command} [-h] --aws-batch" in batch_help
