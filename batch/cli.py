@@ -161,11 +161,12 @@ def summary(result: Any, out: TextIO) -> None:
     out.flush()
 
 
-def resolve_model(model_name: str, endpoint_url: str) -> tuple[str, dict[str, str]]:
+def resolve_model(model_name: str, endpoint_url: str,
+                  instead: str = "--model-dir / --model-data / --model-url") -> tuple[str, dict[str, str]]:
     """``(model data URI, container environment)`` of ModelName on a running platform.
 
     Raises SystemExit-friendly ValueError with an explanation when the platform does not answer or
-    does not know the model.
+    does not know the model; ``instead`` names the options of the calling command that give the model.
     """
     import boto3
     from botocore import UNSIGNED
@@ -182,7 +183,7 @@ def resolve_model(model_name: str, endpoint_url: str) -> tuple[str, dict[str, st
         model = client.describe_model(ModelName=model_name)
     except EndpointConnectionError:
         raise ValueError(f"no selfmaker platform answers at {endpoint_url} to resolve ModelName {model_name!r}; "
-                         "start `selfmaker up` or pass --model-dir / --model-data / --model-url") from None
+                         f"start `selfmaker up` or pass {instead}") from None
     except ClientError as exc:
         raise ValueError(f"ModelName {model_name!r}: {exc.response.get('Error', {}).get('Message', exc)}") from None
     except BotoCoreError as exc:
@@ -190,7 +191,7 @@ def resolve_model(model_name: str, endpoint_url: str) -> tuple[str, dict[str, st
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
     uri = container.get("ModelDataUrl") or ((container.get("ModelDataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
     if not uri:
-        raise ValueError(f"model {model_name!r} has no model data (ModelDataUrl); pass --model-dir or --model-url")
+        raise ValueError(f"model {model_name!r} has no model data (ModelDataUrl); pass {instead}")
     return uri, dict(container.get("Environment") or {})
 
 

@@ -113,7 +113,7 @@ def transform_main(argv: list[str]) -> int:
             print(f"{prog}: the request has no ModelName; pass --model-data", file=sys.stderr)
             return 2
         try:
-            model, model_env = resolve_model(str(name), platform_url(args.endpoint_url))
+            model, model_env = resolve_model(str(name), platform_url(args.endpoint_url), "--model-data")
         except ValueError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 2

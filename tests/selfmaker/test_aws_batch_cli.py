@@ -268,3 +268,18 @@ def test_the_local_help_points_at_the_aws_batch_form(command: str, capsys: pytes
         main([command, *flag, "--help"])
     batch_help = capsys.readouterr().out
     assert "``" not in batch_help and f"usage: selfmaker {command} [-h] --aws-batch" in batch_help
+
+
+def test_without_a_platform_the_model_name_error_names_this_form_s_option(
+        aws: Any, stack: FakeStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    req = _transform_request(tmp_path, aws, "cli-noplat")
+    assert main(["transform", str(req), "--aws-batch", stack.queues["on-demand"], "--endpoint-url", closed]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (f"selfmaker transform: no selfmaker platform answers at {closed} to resolve ModelName 'm'; "
+                    "start `selfmaker up` or pass --model-data")  # --model-dir / --model-url are the local form's
+    assert _jobs_in(aws, stack.queues["on-demand"]) == []
