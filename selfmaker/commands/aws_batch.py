@@ -265,7 +265,7 @@ def status_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN")
     parser.add_argument("--limit", type=int, default=20, help="most finished jobs to list (default 20)")
     args = parser.parse_args(argv)
-    from selfmaker.jobs.aws_batch import ACTIVE_STATUSES, FINAL_STATUSES, AwsBatchError
+    from selfmaker.jobs.aws_batch import ACTIVE_STATUSES, FINAL_STATUSES, AwsBatchError, array_counts
 
     jobs = _jobs("selfmaker status")
     if jobs is None:
@@ -274,6 +274,10 @@ def status_main(argv: list[str]) -> int:
         queue = jobs.queue(args.aws_batch)
         active = jobs.jobs(queue, ACTIVE_STATUSES)
         recent = jobs.jobs(queue, FINAL_STATUSES)[: max(0, args.limit)]
+        # ListJobs' summaries may lack the array size, node count and reason (moto's do): describe them
+        described = {str(j.get("jobId")): j for j in jobs.describe_all([str(j.get("jobId")) for j in [*active, *recent]])}
+        active = [{**j, **described.get(str(j.get("jobId")), {})} for j in active]
+        recent = [{**j, **described.get(str(j.get("jobId")), {})} for j in recent]
     except AwsBatchError as exc:
         print(f"selfmaker status: {exc}", file=sys.stderr)
         return 2
@@ -282,7 +286,11 @@ def status_main(argv: list[str]) -> int:
     for job in [*active, *recent]:
         size = (job.get("arrayProperties") or {}).get("size")
         nodes = (job.get("nodeProperties") or {}).get("numNodes")
-        children = f"{size} shares" if size else f"{nodes} nodes" if nodes else "1"
+        if size:
+            done, failed, _ = array_counts(job)
+            children = f"{done}/{size} shares done" + (f", {failed} failed" if failed else "")
+        else:
+            children = f"{nodes} nodes" if nodes else "1"
         rows.append((str(job.get("jobId")), str(job.get("jobName")), str(job.get("status")), children,
                      _when(job.get("createdAt")), str(job.get("statusReason") or "")[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -232,6 +232,13 @@ class BatchJobs:
             raise AwsBatchError(f"unknown AWS Batch job {job_id!r} in {self.region} (pass the job id it was submitted as)")
         return dict(found[0])
 
+    def describe_all(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The descriptions of ``job_ids`` (those Batch still knows), in batches of DescribeJobs' 100."""
+        described: list[dict[str, Any]] = []
+        for start in range(0, len(job_ids), 100):
+            described += self.batch.describe_jobs(jobs=list(job_ids[start:start + 100])).get("jobs", [])
+        return described
+
     def children(self, job: dict[str, Any]) -> list[dict[str, Any]]:
         """The described children of an array job or the nodes of a multi-node job (else the job itself)."""
         if job.get("arrayProperties", {}).get("size"):
@@ -244,11 +251,7 @@ class BatchJobs:
         for status in (*ACTIVE_STATUSES, *FINAL_STATUSES):
             for page in self.batch.get_paginator("list_jobs").paginate(jobStatus=status, **key):
                 ids += [j["jobId"] for j in page.get("jobSummaryList", [])]
-        described: list[dict[str, Any]] = []
-        for start in range(0, len(ids), 100):
-            described += self.batch.describe_jobs(jobs=ids[start:start + 100]).get("jobs", [])
-
-        return sorted(described, key=child_index) or [job]
+        return sorted(self.describe_all(ids), key=child_index) or [job]
 
     def jobs(self, queue: Queue, statuses: Sequence[str]) -> list[dict[str, Any]]:
         """Summaries of the queue's jobs in ``statuses`` (newest first)."""

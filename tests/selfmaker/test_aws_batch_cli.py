@@ -77,6 +77,9 @@ def test_transform_is_submitted_as_an_array_job_and_waited_for(aws: Any, stack: 
     assert job["tags"]["selfmaker:kind"] == "transform"
     state = json.loads(storage.read_bytes("s3://cli-tf/selfmaker-jobs/transform/cli-tf/job.json"))
     assert state["model"] == "s3://cli-tf/model/model.tar.gz" and state["request"]["TransformJobName"] == "cli-tf"
+    assert main(["status", "--aws-batch", stack.queues["on-demand"]]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith(summary["jobId"])]
+    assert "SUCCEEDED" in row and "3/3 shares done" in row  # the array's size, though ListJobs may not say it
 
 
 def test_a_failed_share_is_named_with_its_log_stream(aws: Any, stack: FakeStack, tmp_path: Path,
