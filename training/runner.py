@@ -153,6 +153,12 @@ class _JobRequest:
         return str(uri) if uri else None
 
 
+def check_request(request: dict[str, Any]) -> None:
+    """The checks the runner makes of a request when it starts, without running anything: the
+    TrainingRequestError a job would fail with (``selfmaker train REQUEST.json --aws-batch`` refuses it)."""
+    TrainingJobRunner(request, Path("."))._parse_request()
+
+
 class TrainingJobRunner:
     """Runs one CreateTrainingJob request (botocore shape) to completion.
 

@@ -12,6 +12,9 @@ from training.errors import UserError
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("xgboost", "linear-learner")
+#: why a job with neither a built-in algorithm nor a script fails (the AWS Batch submitter refuses it with it)
+NO_PROGRAM = ("no training program: set the sagemaker_program and sagemaker_submit_directory hyperparameters "
+              "(script mode) or use a built-in algorithm image (xgboost, linear-learner)")
 
 
 def select(env: TrainingEnvironment, algorithm: str | None) -> str:
@@ -26,8 +29,7 @@ def select(env: TrainingEnvironment, algorithm: str | None) -> str:
         return algorithm
     if "sagemaker_program" in env.raw_hyperparameters or os.environ.get("SAGEMAKER_PROGRAM"):
         return "script"
-    raise UserError("no training program: set the sagemaker_program and sagemaker_submit_directory hyperparameters "
-                    "(script mode) or use a built-in algorithm image (xgboost, linear-learner)")
+    raise UserError(NO_PROGRAM)
 
 
 def _write_failure(env: TrainingEnvironment | None, text: str) -> None:

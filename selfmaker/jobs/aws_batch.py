@@ -413,6 +413,25 @@ def check_training_request(request: Any) -> None:
     checkpoint = str((request.get("CheckpointConfig") or {}).get("S3Uri") or "")
     if checkpoint and not checkpoint.startswith("s3://"):
         raise AwsBatchError(f"CheckpointConfig.S3Uri {checkpoint!r} must be an s3:// URI for a job on AWS Batch")
+    # the training runner's own checks (heavy imports, needed only by `selfmaker train --aws-batch`)
+    from training.images import classify_image
+    from training.runner import TrainingRequestError, check_request
+    from training.trainer import NO_PROGRAM
+
+    try:
+        check_request(request)  # what the runner would fail the job with once it started
+    except TrainingRequestError as exc:
+        raise AwsBatchError(str(exc)) from None
+    algorithm = request.get("AlgorithmSpecification") or {}
+    image = str(algorithm.get("TrainingImage") or algorithm.get("AlgorithmName") or "")
+    kind = classify_image(image)
+    if kind == "container":  # the job runs the stack's image, which has no container engine inside
+        raise AwsBatchError(f"AlgorithmSpecification.TrainingImage {image!r} is not one the stack's image runs "
+                            "(selfmaker script mode, xgboost, linear-learner): AWS Batch jobs run the stack's image")
+    environment = request.get("Environment") or {}
+    if kind == "script" and "sagemaker_program" not in (request.get("HyperParameters") or {}) \
+            and not (isinstance(environment, dict) and environment.get("SAGEMAKER_PROGRAM")):
+        raise AwsBatchError(NO_PROGRAM)  # the trainer's words, before a job starts only to fail
 
 
 def check_channels(request: dict[str, Any]) -> None:

@@ -286,3 +286,41 @@ def test_without_a_platform_the_model_name_error_names_this_form_s_option(
     assert line == (f"selfmaker transform: no selfmaker platform answers at {closed} to resolve ModelName 'm'; "
                     "start `selfmaker up` or pass --model-data")  # --model-dir / --model-url are the local form's
     assert _jobs_in(aws, stack.queues["on-demand"]) == []
+
+
+def test_a_training_request_the_runner_would_fail_is_refused_before_submitting(
+        aws: Any, stack: FakeStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.trainer import NO_PROGRAM
+
+    aws["s3"].create_bucket(Bucket="cli-tr-run")
+    aws["s3"].put_object(Bucket="cli-tr-run", Key="train/t.csv", Body=CSV)
+    req = {"TrainingJobName": "cli-run", "RoleArn": "arn:aws:iam::123456789012:role/r",
+           "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
+           "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+               "S3DataType": "S3Prefix", "S3Uri": "s3://cli-tr-run/train/"}}}],
+           "OutputDataConfig": {"S3OutputPath": "s3://cli-tr-run/models"},
+           "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 10},
+           "StoppingCondition": {"MaxRuntimeInSeconds": 600}}
+    path = tmp_path / "run.json"
+    queue = stack.queues["on-demand"]
+    cases = [
+        ({**req, "AlgorithmSpecification": {"TrainingInputMode": "File"}}, NO_PROGRAM),  # the trainer's words
+        ({**req, "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+            "S3DataType": "AugmentedManifestFile", "S3Uri": "s3://cli-tr-run/train/"}}}]},
+         "InputDataConfig[0].DataSource.S3DataSource.S3DataType 'AugmentedManifestFile' is not supported "
+         "(S3Prefix, ManifestFile)"),  # the runner's words
+        ({**req, "AlgorithmSpecification": {"TrainingImage": "123.dkr.ecr.us-east-1.amazonaws.com/mine:1",
+                                            "TrainingInputMode": "File"}},
+         "AlgorithmSpecification.TrainingImage '123.dkr.ecr.us-east-1.amazonaws.com/mine:1' is not one the "
+         "stack's image runs"),
+    ]
+    for body, message in cases:
+        path.write_text(json.dumps(body))
+        assert main(["train", str(path), "--aws-batch", queue, "--no-wait"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"selfmaker train: {message}")
+    assert _jobs_in(aws, queue) == []
+    script = {**req, "AlgorithmSpecification": {"TrainingInputMode": "File"},
+              "HyperParameters": {"sagemaker_program": "train.py", "sagemaker_submit_directory": "s3://cli-tr-run/src.tar.gz"}}
+    path.write_text(json.dumps(script))
+    assert main(["train", str(path), "--aws-batch", queue, "--no-wait"]) == 0, capsys.readouterr().err
