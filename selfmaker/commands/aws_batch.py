@@ -37,6 +37,7 @@ def _text(doc: str | None) -> str:
 
 
 def _jobs(prog: str) -> Any:
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from selfmaker.jobs.aws_batch import AwsBatchError, BatchJobs
 
     try:
@@ -92,6 +93,7 @@ def transform_main(argv: list[str]) -> int:
                         "(default s3://<output bucket>/selfmaker-jobs/transform/<job>/)")
     args = parser.parse_args(argv)
     prog = "selfmaker transform"
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from batch.cli import platform_url, resolve_model
     from batch.errors import InputError, TransformRequestError
     from batch.request import parse_request
@@ -138,6 +140,7 @@ def transform_main(argv: list[str]) -> int:
         print(f"follow it with `selfmaker status --aws-batch {submitted.queue}` and "
               f"`selfmaker logs {submitted.job_id} --aws-batch`; outputs go to {submitted.outputs}")
         return 0
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from batch.awsbatch import recorded_records
 
     bar = _Bar(sys.stderr)
@@ -172,11 +175,13 @@ def train_main(argv: list[str]) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     prog = "selfmaker train"
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from selfmaker.jobs.aws_batch import AwsBatchError, check_training_request, submit_training, watch
 
     request = _read_request(prog, args.request)
     if request is None:
         return 2
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from selfmaker.api.validation import service_model, validate_request
     from selfmaker.errors import ValidationException
 
@@ -226,6 +231,7 @@ def logs_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", action="store_true", required=True, help="read from AWS Batch / CloudWatch")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each stream")
     args = parser.parse_args(argv)
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from selfmaker.jobs.aws_batch import AwsBatchError
 
     jobs = _jobs("selfmaker logs")
@@ -265,6 +271,7 @@ def status_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN")
     parser.add_argument("--limit", type=int, default=20, help="most finished jobs to list (default 20)")
     args = parser.parse_args(argv)
+    # deferred: only the --aws-batch forms load boto3 and the engines' modules
     from selfmaker.jobs.aws_batch import ACTIVE_STATUSES, FINAL_STATUSES, AwsBatchError, array_counts
 
     jobs = _jobs("selfmaker status")

@@ -120,6 +120,7 @@ class BatchJobs:
     """The AWS side of ``--aws-batch``: queues, job definitions, images, submission, status and logs."""
 
     def __init__(self, session: Any = None) -> None:
+        # deferred: boto3/botocore and the engines load only when AWS Batch is used
         import boto3
 
         self.session = session or boto3.session.Session()
@@ -148,6 +149,7 @@ class BatchJobs:
 
     def queue(self, name_or_arn: str) -> Queue:
         """The queue called ``name_or_arn`` (AwsBatchError naming it when there is none)."""
+        # deferred: boto3/botocore and the engines load only when AWS Batch is used
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -191,6 +193,7 @@ class BatchJobs:
 
     def check_image(self, definition: dict[str, Any]) -> str:
         """The definition's image; an ECR image whose tag is not pushed is an AwsBatchError naming it."""
+        # deferred: boto3/botocore and the engines load only when AWS Batch is used
         from botocore.exceptions import ClientError
 
         container = definition.get("containerProperties") or {}
@@ -218,6 +221,7 @@ class BatchJobs:
 
     def submit(self, **params: Any) -> dict[str, Any]:
         """``SubmitJob`` with ``params``; an AWS refusal is an AwsBatchError."""
+        # deferred: boto3/botocore and the engines load only when AWS Batch is used
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -296,6 +300,7 @@ class BatchJobs:
 
     def log_events(self, group: str, stream: str) -> Iterator[str]:
         """Every message of one log stream, oldest first."""
+        # deferred: boto3/botocore and the engines load only when AWS Batch is used
         from botocore.exceptions import ClientError
 
         token: str | None = None
@@ -348,6 +353,7 @@ def submit_transform(jobs: BatchJobs, request: dict[str, Any], queue_name: str, 
     :class:`batch.errors.InputError` when the input has no objects and :class:`AwsBatchError` for the queue,
     definition or image. Shares whose outputs exist are not submitted again.
     """
+    # deferred: boto3/botocore and the engines load only when AWS Batch is used
     from batch import awsbatch
     from batch.request import parse_request
 
@@ -436,6 +442,7 @@ def check_training_request(request: Any) -> None:
 
 def check_channels(request: dict[str, Any]) -> None:
     """Every S3Prefix channel must hold objects (one line naming the first that does not)."""
+    # deferred: boto3/botocore and the engines load only when AWS Batch is used
     from training.storage import Storage, StorageError
 
     storage = Storage(None)
@@ -454,8 +461,10 @@ def check_channels(request: dict[str, Any]) -> None:
 def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -> Submitted:
     """Submit a CreateTrainingJob request: one node, or a multi-node job for InstanceCount > 1; spot when
     the request enables managed spot training. The request is stored in the job's state prefix."""
+    # deferred: boto3/botocore and the engines load only when AWS Batch is used
     import json
 
+    # deferred: boto3/botocore and the engines load only when AWS Batch is used
     from batch import storage
     from batch.errors import BatchError
 
