@@ -202,9 +202,12 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             naming.child_name(name, "weighted"), paths=[path], priority=priorities.weighted,
             routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights)],
         )
-        for variant in args.variants:
+        # Header rules are named by their place in the block, not by variant: a rule's priority then never
+        # changes, so removing or inserting a variant updates a rule's header and target group in place
+        # (the engine deletes last; moving a rule onto a priority its old holder still has is refused).
+        for i, variant in enumerate(args.variants):
             gateway.add_route(
-                naming.child_name(name, f"{variant.variant_name}-target"), paths=[path],
+                naming.child_name(name, f"target-{i + 1}"), paths=[path],
                 priority=priorities.header[variant.variant_name],
                 routes=[Route(self.target_groups[variant.variant_name].arn, 1)],
                 header=(endpoints.TARGET_VARIANT_HEADER, variant.variant_name),
