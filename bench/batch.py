@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 big = make_data(work / "big" / "data.csv", big_rows, seed=5)
                 seconds, result, peak = run_job(client, models["small"], big.parent, work / "out-big", "inprocess")
                 peaks[big_rows] = peak
-                print(f"\nmemory (small model, in process; RSS of driver + workers + servers):")
+                print("\nmemory (small model, in process; RSS of driver + workers + servers):")
                 for n, peak in sorted(peaks.items()):
                     print(f"  {n:>10,} rows: peak {peak / 2**20:,.0f} MB")
                 ratio = peaks[big_rows] / peaks[args.rows]

@@ -14,7 +14,6 @@ here says why it is safe; docs/images.md lists what is absent from the image.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 from pathlib import Path

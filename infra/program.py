@@ -24,7 +24,11 @@ from infra.components.endpoints.realtime import (
     RealtimeEndpointArgs,
     RolloutArgs,
 )
-from infra.components.endpoints.serverless import ServerlessEndpoint, ServerlessEndpointArgs, ServerlessVariantArgs
+from infra.components.endpoints.serverless import (
+    ServerlessEndpoint,
+    ServerlessEndpointArgs,
+    ServerlessVariantArgs,
+)
 from infra.components.iam import Roles, RolesArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.registry import ImageRepository, ImageRepositoryArgs

@@ -31,7 +31,13 @@ from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import check_invoke_request, service_model, validate_request
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
-from selfmaker.errors import InternalFailure, SageMakerError, UnknownOperation, ValidationError, ValidationException
+from selfmaker.errors import (
+    InternalFailure,
+    SageMakerError,
+    UnknownOperation,
+    ValidationError,
+    ValidationException,
+)
 from selfmaker.services import Services
 from serving import eventstream
 

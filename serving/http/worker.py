@@ -34,7 +34,7 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
-from gunicorn.workers.gthread import ThreadWorker, TConn
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from serving.http.fastpath import DEFER_KEY, PendingInvocation
 
@@ -187,9 +187,7 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
                     self.log.info("Autorestarting worker after current request.")
                     self.alive = False
                 resp.force_close()
-            if not self.alive or not self.cfg.keepalive:
-                resp.force_close()
-            elif len(self.keepalived_conns) >= self.max_keepalived:
+            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
             if type(respiter) is PendingInvocation:

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from containers_helpers import BYOC_IMAGE, SELFMAKER_AS_BYOC, SELFMAKER_IMAGE, run
 
 ROOT = Path(__file__).resolve().parents[2]

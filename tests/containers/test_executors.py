@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import requests
-
 from containers_helpers import containers_with_label, wait_until
+
 from selfmaker.executors.base import ExecutorError, InstanceSpec
 from selfmaker.executors.container import ContainerExecutor
 from selfmaker.settings import PlatformSettings
@@ -127,7 +127,7 @@ def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                  memory_mb=2048)
     bridge = ContainerExecutor(PlatformSettings(home=tmp_path))
     cmd = bridge.command(spec, "podman", "n", tmp_path / "cid", 41234)
-    assert "s3cr3t" not in " ".join(cmd) and ["-e", "SECRET"] == cmd[cmd.index("SECRET") - 1:cmd.index("SECRET") + 1]
+    assert "s3cr3t" not in " ".join(cmd) and cmd[cmd.index("SECRET") - 1:cmd.index("SECRET") + 1] == ["-e", "SECRET"]
     assert "127.0.0.1:41234:9000" in cmd and "--memory" in cmd and cmd[-2:] == ["example/byoc:1", "serve"]
     assert f"{spec.model_dir.resolve()}:/opt/ml/model:ro" in cmd
     monkeypatch.setenv("SELFMAKER_CONTAINER_NETWORK", "host")

@@ -21,8 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-
-from containers_helpers import SELFMAKER_AS_BYOC, containers_with_label, load_platform_helpers, run, wait_until
+from containers_helpers import (
+    SELFMAKER_AS_BYOC,
+    containers_with_label,
+    load_platform_helpers,
+    run,
+    wait_until,
+)
 from testkit import wait_http
 
 # the first test also builds the image from nothing (debootstrap, wheelhouse, build: ~6 min on 2 cores)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.metrics import Metrics, family, render_metrics
 from selfmaker.api.registry import Registry, deployment_strategy, discover, metrics_source
+from selfmaker.api.validation import check_invoke_request
 from selfmaker.endpoints.invoke import outgoing_headers
 from selfmaker.endpoints.runtime import FeatureState, InvocationRecord
 from selfmaker.errors import ValidationError

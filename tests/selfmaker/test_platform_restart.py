@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 import psutil
-from platform_helpers import WAIT, PlatformProcess, build_classifier_tar, deploy, invoke_variant, make_model, variant
+from platform_helpers import (
+    WAIT,
+    PlatformProcess,
+    build_classifier_tar,
+    deploy,
+    invoke_variant,
+    make_model,
+    variant,
+)
 
 
 def _pids(home: Path, endpoint: str) -> set[int]:

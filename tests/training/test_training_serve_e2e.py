@@ -10,10 +10,18 @@ from pathlib import Path
 import numpy as np
 import requests
 from training_helpers import (
-    LL_IMAGE, XGB_IMAGE, binary_data, channel, free_port, local_model, onnx_predict, request, run_job, wait_ping, write_csv,
+    LL_IMAGE,
+    XGB_IMAGE,
+    binary_data,
+    channel,
+    free_port,
+    local_model,
+    onnx_predict,
+    request,
+    run_job,
+    wait_ping,
+    write_csv,
 )
-
-
 
 
 def _serve(model_tar: str, port: int, log: Path) -> subprocess.Popen[bytes]:

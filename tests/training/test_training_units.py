@@ -12,7 +12,15 @@ import xgboost as xgb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from training_helpers import binary_data, multiclass_data, regression_data, write_csv, write_libsvm, write_parquet, write_recordio
+from training_helpers import (
+    binary_data,
+    multiclass_data,
+    regression_data,
+    write_csv,
+    write_libsvm,
+    write_parquet,
+    write_recordio,
+)
 
 from training.algorithms import linear_learner
 from training.data import read_csv, read_libsvm, read_parquet
@@ -121,7 +129,7 @@ def test_malformed_libsvm_names_the_line() -> None:
 
 
 def test_recordio_sparse_records() -> None:
-    from training.recordio import MAGIC, _enc_field, _enc_varint, _HEADER
+    from training.recordio import _HEADER, MAGIC, _enc_field, _enc_varint
 
     def tensor(values: list[float], keys: list[int], dim: int) -> bytes:
         return (_enc_field(1, np.asarray(values, dtype="<f4").tobytes()) + _enc_field(2, b"".join(_enc_varint(k) for k in keys))
