@@ -307,7 +307,7 @@ class PartTransformer:
         sep = b"\n" if spec.assemble_with == "Line" else b""
         join = spec.join_source == "Input"
         out_root = self._out_path.is_root
-        for (offset, line), output in zip(item.records, outputs):
+        for (offset, line), output in zip(item.records, outputs, strict=True):
             if not join and out_root:
                 pieces.append(output.rstrip(b"\r") + sep)
                 continue

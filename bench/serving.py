@@ -122,7 +122,7 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
         singles.append(measure(url + "/invocations", body, 1, seconds, 1, pid))
-    ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes) if p["rps"])
+    ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes, strict=True) if p["rps"])
     return {
         "ping_c8_rps": [p["rps"] for p in pings],
         "b1_csv_c8_rps": [i["rps"] for i in invokes],

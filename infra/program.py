@@ -198,7 +198,7 @@ def endpoint_output(endpoint: stack_config.EndpointConfig,
                          "serverlessConfig": {"memorySizeInMB": v.serverless.memory_size_in_mb,
                                               "maxConcurrency": v.serverless.max_concurrency,
                                               "provisionedConcurrency": v.serverless.provisioned_concurrency}}
-                for v, w in zip(endpoint.variants, weights) if v.serverless is not None
+                for v, w in zip(endpoint.variants, weights, strict=True) if v.serverless is not None
             },
         }
     return {
@@ -206,7 +206,7 @@ def endpoint_output(endpoint: stack_config.EndpointConfig,
         "variants": {
             v.name: {"weight": v.weight, "albWeight": w, "initialInstanceCount": v.initial_instance_count,
                      "autoScalingGroup": served.groups[v.name].auto_scaling_group.name}
-            for v, w in zip(endpoint.variants, weights)
+            for v, w in zip(endpoint.variants, weights, strict=True)
         },
     }
 

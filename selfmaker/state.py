@@ -215,4 +215,4 @@ class StateStore:
                 "SELECT instance_id, endpoint, variant, url, pid, status, started, log_path FROM instances"
                 " ORDER BY endpoint, variant, instance_id").fetchall()
         keys = ("InstanceId", "EndpointName", "VariantName", "Url", "Pid", "Status", "StartTime", "LogPath")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -184,7 +184,7 @@ class DataPlane:
         answers = handler.invoke_many(checked)
         if len(checked) == len(requests):
             return answers
-        for index, answer in zip(positions, answers):
+        for index, answer in zip(positions, answers, strict=True):
             out[index] = answer
         return out  # type: ignore[return-value]
 

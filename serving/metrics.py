@@ -141,7 +141,7 @@ class Metrics:
                     counts = np.cumsum(totals[base : base + len(buckets) + 1])
                     bounds = [repr(b) for b in buckets] + ["+Inf"]
                     histogram = HistogramMetricFamily(name, doc)
-                    histogram.add_metric([], list(zip(bounds, counts.tolist())), sum_value=totals[base + len(buckets) + 1])
+                    histogram.add_metric([], list(zip(bounds, counts.tolist(), strict=True)), sum_value=totals[base + len(buckets) + 1])
                     yield histogram
 
         registry = CollectorRegistry(auto_describe=False)

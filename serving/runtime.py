@@ -174,7 +174,7 @@ class OnnxModel:
             raise BadRequestError(
                 f"input {spec.name!r} expects {rank} dimensions {spec.describe()}, got shape {list(array.shape)}"
             )
-        for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
             if want is not None and want != got:
                 what = "features" if axis == rank - 1 and rank == 2 else f"elements on axis {axis}"
                 raise BadRequestError(
@@ -208,7 +208,7 @@ class OnnxModel:
             results = self._run(self.output_names, feeds, self._run_options)
         else:
             results = self._run(self.output_names, feeds)
-        return dict(zip(self.output_names, results))
+        return dict(zip(self.output_names, results, strict=True))
 
     def warmup_feeds(self) -> dict[str, np.ndarray]:
         """One zero-filled record per input (free dimensions set to 1) for the warm-up prediction."""

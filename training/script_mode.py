@@ -21,7 +21,7 @@ from typing import Any
 
 from common import archives, uris
 from common import proc as common_proc
-from training.environment import TrainingEnvironment
+from training.environment import TrainingEnvironment, say
 from training.errors import HyperparameterError, UserError
 
 #: the process currently running the user script (SIGTERM is forwarded to it)
@@ -86,7 +86,7 @@ def install_requirements(code_dir: Path, pip_wheel: str | None = None) -> None:
     if not req.is_file():
         return
     cmd = [*pip_command(pip_wheel), "install", "--disable-pip-version-check", "-r", str(req)]
-    print(f"Installing requirements: {shlex.join(cmd)}", flush=True)
+    say(f"Installing requirements: {shlex.join(cmd)}")
     proc = subprocess.run(cmd, cwd=code_dir, capture_output=True, text=True, check=False)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
@@ -130,7 +130,7 @@ def run(env: TrainingEnvironment) -> int:
     else:
         script.chmod(script.stat().st_mode | 0o111)
         cmd = ["/bin/sh", "-c", shlex.join([f"./{program}", *user_args])]
-    print(f"Invoking user script: {shlex.join(cmd)}", flush=True)
+    say(f"Invoking user script: {shlex.join(cmd)}")
 
     tail: collections.deque[str] = collections.deque(maxlen=40)
     previous = signal.signal(signal.SIGTERM, forward_signal)

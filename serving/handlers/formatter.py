@@ -113,16 +113,16 @@ class ResponseFormatter:
         elif fmt == "linear-learner":
             if accept == contract.CSV:
                 if binary:
-                    rows = [[label, p] for label, p in zip(labels, probs[:, 1].tolist())]
+                    rows = [[label, p] for label, p in zip(labels, probs[:, 1].tolist(), strict=True)]
                 else:
-                    rows = [[label, *p] for label, p in zip(labels, probs.tolist())]
+                    rows = [[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)]
                 return codecs.encode_csv(rows)
             scores_list = probs[:, 1].tolist() if binary else probs.tolist()
-            records = [{"score": s, "predicted_label": label} for s, label in zip(scores_list, labels)]
+            records = [{"score": s, "predicted_label": label} for s, label in zip(scores_list, labels, strict=True)]
         else:
             if accept == contract.CSV:
-                return codecs.encode_csv([[label, *p] for label, p in zip(labels, probs.tolist())])
-            records = [{"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist())]
+                return codecs.encode_csv([[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)])
+            records = [{"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist(), strict=True)]
         return records
 
     # -- regression / generic ---------------------------------------------------------------
@@ -211,7 +211,7 @@ class ResponseFormatter:
                 return answers
         answers = []
         start = 0
-        for accept, count in zip(accepts, counts):
+        for accept, count in zip(accepts, counts, strict=True):
             end = start + count
             try:
                 answers.append(self.encode({name: value[start:end] for name, value in outputs.items()}, accept))

@@ -347,7 +347,7 @@ class PendingInvocation:
             outcomes = app.model.invoke_many(requests)
         except Exception as exc:  # a failure of the batch itself (not of one request): every request gets it
             outcomes = [exc] * len(pending)
-        for one, outcome in zip(pending, outcomes):
+        for one, outcome in zip(pending, outcomes, strict=True):
             one.outcome = outcome
 
     def finish(self) -> list[bytes]:

@@ -63,7 +63,7 @@ def _in_process(model_dir: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     import xgboost as xgb
 
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x})))
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x}), strict=True))
     booster = xgb.Booster()
     booster.load_model(bytearray((model_dir / "xgboost-model").read_bytes()))  # a buffer: no file-format guess
     return outputs["probabilities"][:, 1], booster.predict(xgb.DMatrix(x))
@@ -216,7 +216,7 @@ def test_byoc_image_trains_and_serves_through_boto3(platform: Any, engine: str, 
         assert len(containers_with_label(engine, f"selfmaker.endpoint={name}")) == 1
         resp = smr.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body="0.5,0.5\n1,0\n")
         got = [float(v) for v in resp["Body"].read().decode().split()]
-        expected = [sum(w * v for w, v in zip(model["weights"], x)) + model["bias"] for x in ((0.5, 0.5), (1.0, 0.0))]
+        expected = [sum(w * v for w, v in zip(model["weights"], x, strict=True)) + model["bias"] for x in ((0.5, 0.5), (1.0, 0.0))]
         assert got == pytest.approx(expected)
         assert got == pytest.approx([3.0 * 0.5 - 2.0 * 0.5 + 1.0, 4.0], abs=0.3)
     finally:

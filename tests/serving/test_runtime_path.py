@@ -79,7 +79,7 @@ def test_concurrent_runtime_requests_batched_together_keep_their_own_answers(ser
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(call, ROWS * 4))
-    for (got, variant), want in zip(answers, expected * 4):
+    for (got, variant), want in zip(answers, expected * 4, strict=True):
         # one model run over stacked records rounds float32 a little differently from a run of one
         assert variant == "challenger" and got["label"] == want["label"]
         assert got["probabilities"] == pytest.approx(want["probabilities"], rel=1e-5, abs=1e-6)

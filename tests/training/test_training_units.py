@@ -190,7 +190,7 @@ def test_linear_onnx_predicts_what_numpy_predicts(task: str) -> None:
     X = rng.normal(size=(64, 6)).astype(np.float32)
     W, b = model.raw_weights()
     sess = ort.InferenceSession(linear_to_onnx(W, b, task, threshold=0.4).SerializeToString(), providers=["CPUExecutionProvider"])
-    out = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}))}
+    out = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}), strict=True)}
     expected = model.predict_scores(X.astype(np.float64))
     if task == "binary_classification":
         np.testing.assert_allclose(out["probabilities"][:, 1], expected, atol=1e-5)
@@ -241,7 +241,7 @@ def test_recordio_round_trip(X: np.ndarray, label_kind: int) -> None:
               elements=st.floats(-1e4, 1e4, allow_nan=False, width=32)))
 def test_csv_reader_round_trip(X: np.ndarray) -> None:
     y = (np.arange(X.shape[0]) % 2).astype(np.float32)
-    text = "\n".join(",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X)) + "\n"
+    text = "\n".join(",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X, strict=True)) + "\n"
     ds = read_csv(text.encode(), "mem.csv")
     np.testing.assert_array_equal(ds.X, X)
     np.testing.assert_array_equal(ds.y, y)

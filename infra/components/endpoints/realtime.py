@@ -216,7 +216,7 @@ class RealtimeEndpoint(pulumi.ComponentResource):
         paths = endpoints.invoke_paths(name)
         self.weighted_rule = gateway.add_route(
             naming.child_name(name, "weighted"), paths=paths, priority=priorities.weighted,
-            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights)],
+            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights, strict=True)],
         )
         for variant in args.variants:
             gateway.add_route(

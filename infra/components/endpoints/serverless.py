@@ -200,7 +200,7 @@ class ServerlessEndpoint(pulumi.ComponentResource):
         priorities = endpoints.rule_priorities(args.priority_block, [v.variant_name for v in args.variants])
         self.weighted_rule = gateway.add_route(
             naming.child_name(name, "weighted"), paths=[path], priority=priorities.weighted,
-            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights)],
+            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights, strict=True)],
         )
         for variant in args.variants:
             gateway.add_route(
