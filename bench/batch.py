@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "setup": result.startup_seconds + result.teardown_seconds}
                         if name == "small" and mode == "inprocess":
                             peaks[args.rows] = max(peaks.get(args.rows, 0), peak)
-            for (name, path), entry in best.items():
+            for (name, _path), entry in best.items():
                 limit_rate = best[(name, "in-process limit")]["rows/s"]
                 entry["ratio"] = entry["rows/s"] / limit_rate
                 if "steady" in entry:

@@ -66,7 +66,7 @@ def in_process(models: dict[str, dict[str, Any]], seconds: float, roles: list[st
             for fmt in FORMATS:
                 body = payload(model, batch, fmt).read_bytes()
                 ctype = CONTENT_TYPES[fmt]
-                calls, p50, p99, _ = timed_loop(lambda: plane.invoke(body, ctype, None), seconds)
+                calls, p50, p99, _ = timed_loop(lambda plane=plane, body=body, ctype=ctype: plane.invoke(body, ctype, None), seconds)
                 results[f"{role}/b{batch}/{fmt}"] = {"rows_s": calls * batch, "calls_s": calls, "p50_ms": p50, "p99_ms": p99}
         plane.close()
     return results

@@ -63,7 +63,7 @@ def main() -> int:
         env = dict(os.environ, SAGEMAKER_MODEL_SERVER_WORKERS="1")
         cmd = [sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
         print("$", " ".join(cmd))
-        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "server.log", "wb"))
+        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "server.log", "wb"))  # noqa: SIM115
         try:
             deadline = time.monotonic() + 60
             while True:

@@ -11,7 +11,7 @@ import io
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import orjson
@@ -19,7 +19,7 @@ import orjson
 from serving import contract
 from serving.errors import BadRequestError, NotAcceptableError, UnsupportedMediaTypeError
 
-Batch = Union[np.ndarray, dict[str, np.ndarray]]
+Batch = np.ndarray | dict[str, np.ndarray]
 
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 #: What a CSV table of plain decimal numbers consists of (see :func:`_decode_csv_as_json`).

@@ -167,7 +167,7 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
 
 def _locate_csv_error(source: Path | bytes, name: str, ncol: int) -> DataError | None:
     """Find the first malformed line so the message names it (pyarrow's does not always)."""
-    stream: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    stream: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115 - closed by the `with` below
     with stream:
         for lineno, raw in enumerate(stream, start=1):
             line = raw.strip()

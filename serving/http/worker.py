@@ -141,9 +141,9 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
         Returns what ``handle`` returns: keep-alive or not (or gthread's defer marker)."""
         req = None
         try:
-            if not conn.initialized and not conn.data_ready:
-                if not conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT):
-                    return gthread._DEFER
+            if (not conn.initialized and not conn.data_ready
+                    and not conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT)):
+                return gthread._DEFER
             conn.sock.setblocking(True)
             conn.init()
             if conn.is_http2:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import tarfile
 import uuid
@@ -109,7 +110,7 @@ def test_image_labels_and_user(engine: str, selfmaker_image: str) -> None:
                  'echo "$SELFMAKER_PIP_WHEEL"; python "$SELFMAKER_PIP_WHEEL/pip" --version']).stdout.splitlines()
     assert wheel[0] == "/opt/selfmaker/pip.whl" and wheel[1].startswith("pip ") and "from /opt/selfmaker/pip.whl/pip" in wheel[1]
     size_mb = int(info.get("Size") or info.get("size") or 0) / 1e6
-    print(f"selfmaker CPU image: {size_mb:.0f} MB")
+    logging.getLogger(__name__).warning("selfmaker CPU image: %.0f MB", size_mb)  # in the test report
 
 
 def test_train_then_serve_matches_in_process_model(engine: str, selfmaker_image: str, trained: dict[str, Any],

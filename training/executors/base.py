@@ -96,7 +96,7 @@ class Executor(abc.ABC):
         (image missing, engine unavailable); the message becomes the job's FailureReason.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most executors hold nothing
         """Release executor-wide resources (called once by the runner after all hosts ended)."""
 
 
