@@ -199,15 +199,15 @@ class PartTransformer:
         if spec.split_type in ("RecordIO", "TFRecord"):
             batch: list[tuple[int, bytes, bytes]] = []
             size = 0
-            for record in iter_framed(stream, spec.split_type, source, limit):
+            for framed in iter_framed(stream, spec.split_type, source, limit):
                 if not multi:
-                    yield _Item(record[0], record[2], 1, singles=[(record[0], record[2])])
+                    yield _Item(framed[0], framed[2], 1, singles=[(framed[0], framed[2])])
                     continue
-                if batch and size + len(record[1]) > limit:
+                if batch and size + len(framed[1]) > limit:
                     yield self._framed_item(batch)
                     batch, size = [], 0
-                batch.append(record)
-                size += len(record[1])
+                batch.append(framed)
+                size += len(framed[1])
             if batch:
                 yield self._framed_item(batch)
             return

@@ -101,7 +101,7 @@ def _concat(parts: list[Dataset], channel: str) -> Dataset:
         width = max(p.X.shape[1] for p in parts)
         X = sp.vstack([sp.csr_matrix(p.X, shape=(p.X.shape[0], width)) if p.X.shape[1] != width else sp.csr_matrix(p.X) for p in parts]).tocsr()
     y = np.concatenate([p.y for p in parts])
-    w = np.concatenate([p.weights for p in parts]) if all(p.weights is not None for p in parts) else None  # type: ignore[misc]
+    w = np.concatenate([p.weights for p in parts]) if all(p.weights is not None for p in parts) else None
     return Dataset(X, y, w)
 
 

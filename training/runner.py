@@ -481,7 +481,7 @@ class TrainingJobRunner:
             from training.executors import container as container_mod  # lands with the images work
         except ImportError as exc:
             raise ExecutorError("this training image needs a container engine, and none is configured") from exc
-        return container_mod.ContainerExecutor()  # type: ignore[attr-defined,no-any-return]
+        return container_mod.ContainerExecutor()
 
     def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
         env = {str(k): str(v) for k, v in (req.get("Environment") or {}).items()}

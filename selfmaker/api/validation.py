@@ -27,7 +27,7 @@ from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Sh
 try:  # Java patterns in the model use \p{L} classes, which only `regex` understands
     import regex as _re
 except ImportError:  # pragma: no cover - regex is a declared dependency
-    import re as _re  # type: ignore[no-redef]
+    import re as _re
 
 from selfmaker.errors import SageMakerError, ValidationError, ValidationException
 

@@ -179,7 +179,7 @@ class FastPath:
 
     # -- WSGI ---------------------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | PendingInvocation:
         started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
@@ -232,7 +232,7 @@ class FastPath:
 
     def _runtime(
         self, environ: dict[str, Any], start_response: Callable[..., Any], route: tuple[str, bool], started: float
-    ) -> Iterable[bytes]:
+    ) -> Iterable[bytes] | PendingInvocation:
         name, stream = route
         model_seconds: float | None = None
         if self.endpoint_name is not None and name != self.endpoint_name:

@@ -81,7 +81,7 @@ class _StalledClientRecord(logging.Filter):
         return True
 
 
-class InlineWorker(ThreadWorker):  # type: ignore[misc]
+class InlineWorker(ThreadWorker):
     """A ``gthread`` worker without the pool: requests are handled on the event-loop thread.
 
     Connections that turn readable in the same poll are served together: each request is parsed
@@ -93,10 +93,12 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
     """
 
     _collected: list[TConn] | None = None
+    alive: bool  # gunicorn's attribute (untyped there)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """gthread's dispatch, with the requests of one poll collected and served together."""
-        self._collected = collected = []
+        collected: list[TConn] = []
+        self._collected = collected
         try:
             events = self.poller.select(timeout)
             for key, _ in events:

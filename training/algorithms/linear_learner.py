@@ -426,9 +426,12 @@ def train(env: TrainingEnvironment) -> None:
                     stop = True
         if env.is_master:
             buf = io.BytesIO()
-            np.savez(buf, W=model.W, b=model.b, mean=model.mean, std=model.std, y_mean=model.y_mean, y_std=model.y_std,
-                     epoch=epoch, best_loss=best_loss, bad_epochs=bad_epochs,
-                     best_W=best[0] if best else model.W, best_b=best[1] if best else model.b, **opt.arrays())
+            checkpoint: dict[str, Any] = {
+                "W": model.W, "b": model.b, "mean": model.mean, "std": model.std, "y_mean": model.y_mean,
+                "y_std": model.y_std, "epoch": epoch, "best_loss": best_loss, "bad_epochs": bad_epochs,
+                "best_W": best[0] if best else model.W, "best_b": best[1] if best else model.b, **opt.arrays(),
+            }
+            np.savez(buf, **checkpoint)
             atomic_write(ckpt, buf.getvalue())
         if stop:
             break

@@ -110,7 +110,7 @@ class _Reporter:
         import xgboost as xgb
 
         class Callback(xgb.callback.TrainingCallback):
-            def after_iteration(cb_self, model: Any, epoch: int, evals_log: dict[str, dict[str, list[float]]]) -> bool:
+            def after_iteration(cb_self, model: Any, epoch: int, evals_log: xgb.callback.TrainingCallback.EvalsLog) -> bool:
                 epoch = model.num_boosted_rounds() - 1  # the callback counts from 0 in every train() call
                 parts = [f"[{epoch}]"]
                 for data, metrics in evals_log.items():
@@ -221,7 +221,7 @@ def train(env: TrainingEnvironment) -> None:
         import signal
 
         terminate = threading.Event()
-        signal.signal(signal.SIGTERM, lambda _signum, _frame: terminate.set())  # type: ignore[union-attr]
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: terminate.set())
     callbacks: list[Any] = [_Reporter(env, checkpoint=checkpointing, terminate=terminate).callback]
     if early:
         callbacks.append(xgb.callback.EarlyStopping(rounds=early, save_best=False, data_name="validation"))
@@ -266,7 +266,7 @@ def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rou
         waiter = threading.Thread(target=tracker.wait_for, daemon=True)
         waiter.start()
     # workers that come up before the tracker retry their connection (dmlc_retry)
-    args = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
+    args: dict[str, int | str] = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
     say(f"Distributed training: {env.current_host} of {len(hosts)} hosts, tracker {address}:{port}")
     with collective.CommunicatorContext(**args):
         booster = fit(rounds)

@@ -12,9 +12,11 @@ real-time endpoints. Each function has its own role (read its model archive, wri
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -133,11 +135,10 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             policy = aws.iam.RolePolicy(
                 naming.child_name(vname, "policy"), role=role.id,
                 policy=pulumi.Output.all(bucket=args.models_bucket_arn, logs=log_group.arn, kms=args.kms_key_arn).apply(
-                    lambda v, key=variant.model_key: json.dumps(policies.serverless_function_policy(
-                        f"{v['bucket']}/{key}", v["logs"], v["kms"]))),
+                    functools.partial(_function_policy, variant.model_key)),
                 opts=child,
             )
-            environment = {
+            environment: dict[str, pulumi.Input[str]] = {
                 **variant.environment,
                 "SELFMAKER_MODEL_DATA": pulumi.Output.format("s3://{0}/{1}", args.models_bucket, variant.model_key),
                 "SELFMAKER_ENDPOINT_NAME": name,
@@ -216,3 +217,9 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             "function_names": {v: f.name for v, f in self.functions.items()},
             "target_group_arns": {v: tg.arn for v, tg in self.target_groups.items()},
         })
+
+
+def _function_policy(model_key: str, values: Mapping[str, Any]) -> str:
+    """The function role's policy document, once the bucket, log group and key ARNs are known."""
+    return json.dumps(policies.serverless_function_policy(
+        f"{values['bucket']}/{model_key}", values["logs"], values["kms"]))

@@ -10,6 +10,7 @@ updates) in the platform's :class:`ShadowMirrors`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,7 @@ async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str,
         for shadow in runtime.shadow_variants.values():
             mirror.mirror(
                 shadow.name,
-                lambda shadow=shadow: _send(platform, runtime, shadow, record),
+                functools.partial(_send, platform, runtime, shadow, record),
                 answer,
                 shadow_fraction(shadow.weight, primary.weight),
             )
