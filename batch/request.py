@@ -142,7 +142,8 @@ def _enum(value: Any, allowed: tuple[str, ...], member: str, default: str) -> st
         return default
     if value not in allowed:
         raise TransformRequestError(
-            f"Value '{value}' at '{member}' failed to satisfy constraint: Member must satisfy enum value set: "
+            f"Value '{value}' at '{member}' failed to satisfy constraint: Member must satisfy enum "
+            "value set: "
             f"[{', '.join(allowed)}]"
         )
     return str(value)

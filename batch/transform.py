@@ -300,7 +300,8 @@ class PartTransformer:
                 outputs = [answer.strip()]
             else:
                 raise RecordError(
-                    f"the model answered {len(outputs)} line(s) for {item.count} record(s); with JoinSource or "
+                    f"the model answered {len(outputs)} line(s) for {item.count} record(s); with "
+                    "JoinSource or "
                     "OutputFilter the model must answer one line per record (Accept text/csv or "
                     "application/jsonlines)", source=self.part.uri, offset=item.offset)
         pieces: list[bytes] = []

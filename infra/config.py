@@ -169,7 +169,8 @@ class VariantConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic routing)."""
+    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic
+    routing)."""
 
     strategy: str = "canary"
     canary_percent: int = 10
@@ -193,7 +194,8 @@ class AlarmsConfig:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """One endpoint behind the gateway: ``kind`` is ``realtime`` or ``serverless`` (issue #21 adds ``async``)."""
+    """One endpoint behind the gateway: ``kind`` is ``realtime`` or ``serverless`` (issue #21 adds
+    ``async``)."""
 
     name: str
     kind: str

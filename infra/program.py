@@ -249,7 +249,8 @@ def realtime_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, p
 def serverless_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
                         cfg: stack_config.StackConfig, repository_url: pulumi.Input[str], store: ModelStore,
                         region: str, account_id: str, partition: str) -> ServerlessEndpoint:
-    """The :class:`ServerlessEndpoint` of one configured endpoint (Lambda functions from the stack's image)."""
+    """The :class:`ServerlessEndpoint` of one configured endpoint (Lambda functions from the stack's
+    image)."""
     variants = []
     for v in endpoint.variants:
         sv = v.serverless

@@ -3,7 +3,8 @@ and run it with ``serve`` or ``train`` (pure rendering; every value is shell-quo
 
 ``serve`` downloads ``model.tar.gz`` from S3, unpacks it on the host and runs the image's SageMaker
 model server on port 8080 with it mounted read-only at ``/opt/ml/model`` (what SageMaker does before
-``serve``; it works whatever extra arguments the image's entrypoint adds). ``train`` prepares the ``/opt/ml`` tree
+``serve``; it works whatever extra arguments the image's entrypoint adds). ``train`` prepares the
+``/opt/ml`` tree
 (channels synced from S3, config JSONs), restores and periodically saves checkpoints, runs the image
 with ``train`` and uploads ``model.tar.gz``, ``output.tar.gz`` and the failure file to
 ``<output>/<job>/output/`` — the same layout SageMaker uses.
@@ -198,12 +199,14 @@ ML_ROOT={_q(spec.ml_root)}
 JOB_NAME={_q(spec.group)}-"$INSTANCE_ID"
 OUTPUT={_q(output_uri)}/"$JOB_NAME"/output
 CHECKPOINTS={_q((spec.checkpoint_uri or "").rstrip("/") + "/")}
-mkdir -p "$ML_ROOT/input/config" "$ML_ROOT/input/data" "$ML_ROOT/model" "$ML_ROOT/output/data" "$ML_ROOT/checkpoints"
+mkdir -p "$ML_ROOT/input/config" "$ML_ROOT/input/data" "$ML_ROOT/model" "$ML_ROOT/output/data" \\
+  "$ML_ROOT/checkpoints"
 {syncs}
-printf '%s\\n' {_q(json.dumps(dict(spec.hyperparameters), sort_keys=True))} > "$ML_ROOT/input/config/hyperparameters.json"
+printf '%s\\n' {_q(json.dumps(dict(spec.hyperparameters), sort_keys=True))} \\
+  > "$ML_ROOT/input/config/hyperparameters.json"
 printf '%s\\n' {_q(json.dumps(input_config, sort_keys=True))} > "$ML_ROOT/input/config/inputdataconfig.json"
-printf '{{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0", "current_instance_type": "%s"}}\\n' \\
-  "$INSTANCE_TYPE" > "$ML_ROOT/input/config/resourceconfig.json"
+printf '{{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0", '\\
+'"current_instance_type": "%s"}}\\n' "$INSTANCE_TYPE" > "$ML_ROOT/input/config/resourceconfig.json"
 
 # Resume from the group's checkpoints (spot replacements pick up where the last instance stopped)
 # and save them while the job runs.

@@ -219,7 +219,8 @@ def decode_jsonlines(body: bytes, dtype: Any = np.float32) -> np.ndarray:
 #: reads it with this expression instead of numpy's literal_eval of the header dict (≈ 100 µs of a
 #: small request); anything else goes through ``np.load``.
 _NPY_PLAIN = re.compile(
-    rb"\x93NUMPY\x01\x00..\{'descr': '([<>|=][biuf][1248])', 'fortran_order': False, 'shape': \(((?:\d+, )*\d*|\d+,)\), \} *\n",
+    rb"\x93NUMPY\x01\x00..\{'descr': '([<>|=][biuf][1248])', 'fortran_order': False, 'shape': "
+    rb"\(((?:\d+, )*\d*|\d+,)\), \} *\n",
     re.DOTALL,
 )
 

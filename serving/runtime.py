@@ -172,7 +172,8 @@ class OnnxModel:
             array = array.reshape((1,) + array.shape)  # a single record without the batch dimension
         if rank and array.ndim != rank:
             raise BadRequestError(
-                f"input {spec.name!r} expects {rank} dimensions {spec.describe()}, got shape {list(array.shape)}"
+                f"input {spec.name!r} expects {rank} dimensions {spec.describe()}, got shape "
+                f"{list(array.shape)}"
             )
         for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
             if want is not None and want != got:

@@ -142,7 +142,8 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
     if not first.strip():
         raise DataError(f"{name}:1", "empty first line")
     if ncol < min_cols:
-        raise DataError(f"{name}:1", f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, got {ncol} column(s)")
+        raise DataError(f"{name}:1", f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, "
+                                     f"got {ncol} column(s)")
     names = [f"c{i}" for i in range(ncol)]
     try:
         table = pacsv.read_csv(

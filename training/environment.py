@@ -36,7 +36,8 @@ def say(line: str) -> None:
 
 
 def decode_hyperparameter(value: Any) -> Any:
-    """``json.loads`` a hyperparameter string when possible (``"10"`` → 10, ``"\\"abc\\""`` → abc), else keep it."""
+    """``json.loads`` a hyperparameter string when possible (``"10"`` → 10, ``"\\"abc\\""`` → abc), else
+    keep it."""
     if not isinstance(value, str):
         return value
     try:
@@ -254,7 +255,8 @@ class TrainingEnvironment:
         } | ({"user_args": user_args} if user_args is not None else {})
 
     def sm_env(self, **kwargs: Any) -> dict[str, str]:
-        """The ``SM_*`` variables (non-strings JSON-encoded) plus ``SAGEMAKER_JOB_NAME`` / ``CURRENT_HOST``."""
+        """The ``SM_*`` variables (non-strings JSON-encoded) plus ``SAGEMAKER_JOB_NAME`` /
+        ``CURRENT_HOST``."""
         te = self.training_env(**kwargs)
 
         def enc(v: Any) -> str:

@@ -7,7 +7,8 @@
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
 * routes registered by features with ``@runtime_route``.
 
-The invocation itself (routing, the model server call, observers) is :func:`selfmaker.endpoints.invoke.invoke`;
+The invocation itself (routing, the model server call, observers) is
+:func:`selfmaker.endpoints.invoke.invoke`;
 this module reads the request and writes the response.
 
 Errors are rendered here and only here: control-plane errors as ``{"__type", "message"}``; runtime errors

@@ -12,11 +12,13 @@ Used for every image that is not selfmaker's own or a built-in (see
   (only for images that honour it, e.g. selfmaker's own);
 * serverless ``MemorySizeInMB`` becomes the container's memory limit;
 * GPU instance types (``ml.g*``, ``ml.p*``) get the host's GPUs (``--gpus all`` / podman's CDI
-  ``--device nvidia.com/gpu=all``) when the host has an NVIDIA GPU (:func:`training.executors.container.gpu_arguments`);
+  ``--device nvidia.com/gpu=all``) when the host has an NVIDIA GPU
+  (:func:`training.executors.container.gpu_arguments`);
 * the engine client runs attached with its output appended to ``InstanceSpec.log_path``; ``alive()`` is
   "the client is still running"; ``stop()`` is ``<engine> stop -t GRACE <container id>`` then a forced remove.
 
-Settings (read once, at construction): ``container_engine`` / ``$SELFMAKER_CONTAINER_ENGINE`` (docker|podman|path;
+Settings (read once, at construction): ``container_engine`` / ``$SELFMAKER_CONTAINER_ENGINE``
+(docker|podman|path;
 default docker when its daemon answers, else podman), ``container_network`` / ``$SELFMAKER_CONTAINER_NETWORK``
 (``bridge`` | ``host``), ``container_pull_timeout`` / ``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds),
 ``container_gpus`` / ``$SELFMAKER_CONTAINER_GPUS`` (``auto`` | ``always`` | ``never``).

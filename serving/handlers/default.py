@@ -54,7 +54,8 @@ class DefaultHandler:
     def invoke(
         self, body: bytes, content_type: str, accept: str | None, headers: dict[str, str] | None
     ) -> tuple[bytes, str, str | None, float]:
-        """Decode → validate → run → encode; returns (body, content type, custom attributes, model seconds)."""
+        """Decode → validate → run → encode; returns (body, content type, custom attributes, model
+        seconds)."""
         formatter = self.formatter
         assert formatter is not None
         ctype = contract.normalise_content_type(content_type) or contract.CSV

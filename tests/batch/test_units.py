@@ -152,7 +152,7 @@ def test_recordio_framing_keeps_padding_only_for_multi_record() -> None:
         list(iter_framed(io.BytesIO(b"\0" * 8), "RecordIO", "mem", 100))
 
 
-# -- request validation ---------------------------------------------------------------------------------------
+# -- request validation --------------------------------------------------------------------------------------
 
 
 def _req(**extra: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Fixtures of the container tests: a working engine (installed when missing), the shared Debian base,
 the tiny BYOC test image and selfmaker's CPU image -- all built here, nothing pulled from a registry.
 
-Every test here that needs an engine is marked ``container``. Those skip only when no engine works and none can be
+Every test here that needs an engine is marked ``container``. Those skip only when no engine works and
+none can be
 installed (``scripts/install-engine.sh`` needs root and apt); they fail when an engine exists but a
 build fails.
 """

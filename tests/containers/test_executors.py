@@ -143,7 +143,8 @@ def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                                                ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])])
 def test_serving_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str,
                                                  flags: list[str]) -> None:
-    """ml.g*/ml.p* instances get the host's GPUs (docker --gpus, podman CDI) when it has one; CPU types never."""
+    """ml.g*/ml.p* instances get the host's GPUs (docker --gpus, podman CDI) when it has one; CPU types
+    never."""
     monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)
     executor = ContainerExecutor(PlatformSettings(home=tmp_path))
     executor.host_has_gpu = True
@@ -180,7 +181,8 @@ def test_gpu_instance_types(instance_type: str | None, gpu: bool) -> None:
 
 
 def test_training_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A training host of a GPU instance type gets the GPUs; the flag is an engine option (before the image)."""
+    """A training host of a GPU instance type gets the GPUs; the flag is an engine option (before the
+    image)."""
     from training.executors.base import HostSpec
 
     monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)

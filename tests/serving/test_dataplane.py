@@ -240,7 +240,8 @@ ALL_HOOKS = '''
                 "attrs": context.get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes")}
 
     def output_fn(prediction, accept, context):
-        context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", "seen=" + str(prediction["attrs"]))
+        seen = "seen=" + str(prediction["attrs"])
+        context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", seen)
         return json.dumps(prediction), "application/vnd.custom+json"
 '''
 

@@ -44,7 +44,8 @@ def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def runtime(server: Server) -> Any:
-    """boto3's sagemaker-runtime client pointed straight at the model server (no retries: every answer counts)."""
+    """boto3's sagemaker-runtime client pointed straight at the model server (no retries: every answer
+    counts)."""
     return boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
                         config=Config(retries={"total_max_attempts": 1}, read_timeout=30))
 

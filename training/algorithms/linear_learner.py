@@ -180,7 +180,8 @@ class Model:
         if self.cfg.task == "regression":
             W, b = W / self.y_std, (b - self.y_mean) / self.y_std
         if W.shape != self.W.shape:
-            raise UserError(f"channel 'model': previous model has weights of shape {list(W.shape)}, this job needs {list(self.W.shape)}")
+            raise UserError(f"channel 'model': previous model has weights of shape {list(W.shape)}, this job needs "
+                            f"{list(self.W.shape)}")
         self.W = W * self.std[:, None]
         self.b = b + (self.mean / self.std) @ W
 
@@ -337,11 +338,13 @@ def _check(cfg: Config, ds: Dataset, name: str) -> None:
     if cfg.task == "binary_classification":
         bad = np.setdiff1d(np.unique(y), [0.0, 1.0])
         if bad.size:
-            raise UserError(f"channel {name!r}: predictor_type=binary_classifier needs labels 0 or 1, found {bad[:5].tolist()}")
+            raise UserError(f"channel {name!r}: predictor_type=binary_classifier needs labels 0 or 1, found "
+                            f"{bad[:5].tolist()}")
     elif cfg.task == "multiclass_classification":
         bad = y[(y < 0) | (y >= cfg.num_classes) | (y != np.round(y))]
         if bad.size:
-            raise UserError(f"channel {name!r}: labels must be integers in [0, num_classes={cfg.num_classes}), found {bad[:5].tolist()}")
+            raise UserError(f"channel {name!r}: labels must be integers in [0, num_classes={cfg.num_classes}), "
+                            f"found {bad[:5].tolist()}")
     if not np.isfinite(ds.dense).all():
         row = int(np.flatnonzero(~np.isfinite(ds.dense).all(axis=1))[0])
         raise UserError(f"channel {name!r}: record {row + 1} has an empty or non-finite feature value")

@@ -122,7 +122,8 @@ class _Reporter:
                     for _, old in numbered_files(env.checkpoint_dir, CHECKPOINT_PREFIX)[:-KEEP_CHECKPOINTS]:
                         old.unlink(missing_ok=True)
                 if terminate is not None and terminate.is_set():
-                    say(f"SIGTERM: stopping after round {epoch} and saving the model (save_model_on_termination)")
+                    say(f"SIGTERM: stopping after round {epoch} and saving the model "
+                        "(save_model_on_termination)")
                     return True
                 return False
 
@@ -185,10 +186,12 @@ def train(env: TrainingEnvironment) -> None:
     if objective.startswith("multi:"):
         bad = train_ds.y[(train_ds.y < 0) | (train_ds.y >= params["num_class"]) | (train_ds.y != np.round(train_ds.y))]
         if bad.size:
-            raise UserError(f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), found {bad[:5].tolist()}")
+            raise UserError(f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), "
+                            f"found {bad[:5].tolist()}")
     n_features = int(train_ds.X.shape[1])
     if valid_ds is not None and valid_ds.X.shape[1] != n_features and isinstance(valid_ds.X, np.ndarray):
-        raise UserError(f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has {n_features}")
+        raise UserError(f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has "
+                        f"{n_features}")
 
     dtrain = _dmatrix(train_ds)
     evals = [(dtrain, "train")]
@@ -205,16 +208,19 @@ def train(env: TrainingEnvironment) -> None:
         last_round, path = checkpoints[-1]
         start_model = _booster_from_bytes(path.read_bytes(), params)
         done_rounds = last_round + 1
-        say(f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, {max(0, num_round - done_rounds)} to go")
+        say(f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, "
+            f"{max(0, num_round - done_rounds)} to go")
         remaining = num_round - done_rounds
     else:
         previous = previous_model_file(env, (MODEL_FILE, "xgboost-model.json", "xgboost-model.ubj"))
         if previous is not None:
             start_model = _booster_from_bytes(previous, params)
-            say(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} rounds")
+            say(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} "
+                "rounds")
         remaining = num_round
 
-    # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in use)
+    # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in
+    # use)
     checkpointing = env.is_master and (bool(env.checkpoint_config) or bool(checkpoints))
     terminate: threading.Event | None = None
     if save_on_term and len(hosts) == 1:
@@ -244,7 +250,8 @@ def train(env: TrainingEnvironment) -> None:
     if booster is None:
         raise UserError("nothing to train: num_round is already reached and no model exists")
     if early and getattr(booster, "best_iteration", None) is not None and booster.num_boosted_rounds() > booster.best_iteration + 1:
-        say(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} rounds")
+        say(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} "
+            "rounds")
         booster = booster[: booster.best_iteration + 1]
     if env.is_master:
         started = time.perf_counter()

@@ -36,7 +36,8 @@ class ManagedInstanceScalingArgs:
 class ProductionVariantArgs:
     """One production variant (field names of ``aws.sagemaker.EndpointConfiguration``'s variants where
     one exists: ``variant_name``, ``initial_instance_count``, ``initial_variant_weight``,
-    ``volume_size_in_gb``, ``managed_instance_scaling``, ``container_startup_health_check_timeout_in_seconds``)."""
+    ``volume_size_in_gb``, ``managed_instance_scaling``,
+    ``container_startup_health_check_timeout_in_seconds``)."""
 
     variant_name: str
     model_data_uri: pulumi.Input[str]
@@ -159,7 +160,8 @@ class RealtimeEndpoint(pulumi.ComponentResource):
                 dimensions=dimensions, statistic="Sum", period=60, evaluation_periods=args.alarms.evaluation_minutes,
                 threshold=args.alarms.target_5xx_per_minute, comparison_operator="GreaterThanOrEqualToThreshold",
                 treat_missing_data="notBreaching",
-                alarm_description=f"{name}/{variant.variant_name}: model servers answer 5xx (stops and rolls back a rollout)",
+                alarm_description=(f"{name}/{variant.variant_name}: model servers answer 5xx "
+                                   "(stops and rolls back a rollout)"),
                 tags=vtags, opts=child,
             )
             latency = aws.cloudwatch.MetricAlarm(
@@ -167,7 +169,8 @@ class RealtimeEndpoint(pulumi.ComponentResource):
                 dimensions=dimensions, extended_statistic="p99", period=60,
                 evaluation_periods=args.alarms.evaluation_minutes, threshold=args.alarms.p99_latency_ms / 1000,
                 comparison_operator="GreaterThanThreshold", treat_missing_data="notBreaching",
-                alarm_description=f"{name}/{variant.variant_name}: p99 latency above {args.alarms.p99_latency_ms} ms",
+                alarm_description=(f"{name}/{variant.variant_name}: p99 latency above "
+                                   f"{args.alarms.p99_latency_ms} ms"),
                 tags=vtags, opts=child,
             )
             self.alarms[variant.variant_name] = [errors, latency]

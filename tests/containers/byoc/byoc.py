@@ -28,7 +28,8 @@ def train() -> int:
     hps = json.loads((ML / "input/config/hyperparameters.json").read_text() or "{}")
     epochs = int(hps.get("epochs", "200"))
     rate = float(hps.get("learning_rate", "0.1"))
-    print(f"byoc train: host {os.environ.get('HOSTNAME', '?')}, job {os.environ.get('TRAINING_JOB_NAME', '?')}, "
+    print(f"byoc train: host {os.environ.get('HOSTNAME', '?')}, job "
+          f"{os.environ.get('TRAINING_JOB_NAME', '?')}, "
           f"epochs {epochs}", flush=True)
     try:
         rows = _rows(ML / "input/data/train")
