@@ -9,7 +9,8 @@ LogisticRegression/20 features,
 2. in-process limit: ``DataPlane.invoke`` (decode + onnxruntime + encode) in a loop, batch 1/64/512,
    CSV/JSON/npy bodies;
 3. starts ``python -m serving`` on 127.0.0.1 (default workers = cores) and measures the HTTP floor
-   (GET /ping at concurrency 8) and POST /invocations at concurrency 1/8/32 x batch 1/64/512 x formats;
+   (GET /ping at concurrency 8) and POST /invocations at concurrency 1/8/32 x batch 1/64/512 x formats,
+   and the runtime path the gateway forwards (POST /endpoints/<name>/invocations) next to /invocations;
 4. anchors in the same run (``--anchors``): a naive flask app under gunicorn (2 sync workers) and, if a
    venv with multi-model-server and Java exists (``--mms-venv``), the SageMaker toolkit on MMS;
 5. prints rows/s, p50/p99 and the goal ratios.
@@ -29,6 +30,8 @@ from typing import Any
 from bench.common import ANCHORS, CONTENT_TYPES, LoadResult, free_port, load, start, timed_loop, wait_ready
 
 BATCHES = (1, 64, 512)
+#: The server measured is told it serves this endpoint, as the gateway's instances are (runtime path).
+BENCH_ENDPOINT = "bench"
 FORMATS = ("csv", "json", "npy")
 
 
@@ -113,18 +116,28 @@ def measure_server(url: str, models_cells: list[tuple[str, dict[str, Any], int, 
 def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int | None) -> dict[str, Any]:
     """Interleaved ping-floor / batch-1 cells, repeated, so machine noise hits both sides alike: each
     ratio compares two adjacent cells, taken in alternating order (the VM's speed drifts)."""
-    pings, invokes, singles = [], [], []
+    pings, invokes, singles, runtimes = [], [], [], []
     body = payload(model, 1, "csv")
+    runtime_url = f"{url}/endpoints/{BENCH_ENDPOINT}/invocations"
     for rep in range(reps):
+        # the runtime path (what the gateway forwards) sits next to /invocations, in alternating order
         if rep % 2 == 0:
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
+            runtimes.append(measure(runtime_url, body, 8, seconds, 1, pid))
         else:
+            runtimes.append(measure(runtime_url, body, 8, seconds, 1, pid))
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
         singles.append(measure(url + "/invocations", body, 1, seconds, 1, pid))
     ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes, strict=True) if p["rps"])
+    runtime_ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes, strict=True) if i["rps"])
     return {
+        "runtime_b1_csv_c8_rps": [r["rps"] for r in runtimes],
+        "runtime_cpu_us": [r.get("cpu_us_per_req") for r in runtimes],
+        "runtime_errors": sum(r["errors"] for r in runtimes),
+        "ratio_runtime_over_invocations": runtime_ratios,
+        "ratio_runtime_median": runtime_ratios[len(runtime_ratios) // 2] if runtime_ratios else None,
         "ping_c8_rps": [p["rps"] for p in pings],
         "b1_csv_c8_rps": [i["rps"] for i in invokes],
         "ratio_b1_c8_over_ping": ratios,
@@ -144,6 +157,7 @@ def run_ours(models: dict[str, dict[str, Any]], role: str, cells: list[tuple[int
              log_dir: Path, worker_class: str, reps: int = 0) -> dict[str, Any]:
     port = free_port()
     env = {"SELFMAKER_SERVE_WORKER_CLASS": worker_class, "SELFMAKER_ACCESS_LOG": "false",
+           "SELFMAKER_ENDPOINT_NAME": BENCH_ENDPOINT, "SELFMAKER_VARIANT_NAME": "AllTraffic",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = start(f"selfmaker-{role}-{worker_class}",
                  [sys.executable, "-m", "serving", "--model-dir", str(models[role]["dir"]), "--host", "127.0.0.1",
@@ -277,9 +291,16 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
             lines.append(f"- interleaved reps: batch 1 CSV c8 / ping c8 = [{ratios}] (median "
                          f"{reps['ratio_median']:.2f});"
                          f" c1 p50 ms = {[round(v, 3) for v in reps['c1_p50_ms']]}")
+            runtime = reps.get("ratio_runtime_over_invocations")
+            if runtime:
+                lines.append(f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations (batch 1 CSV"
+                             f" c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
+                             f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)")
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
-            lines.append(f"- server CPU per request: /ping {cpu_ping} us, batch 1 CSV {cpu_b1} us")
+            cpu_runtime = [round(v) for v in reps.get("runtime_cpu_us", []) if v]
+            also = f", runtime path {cpu_runtime} us" if cpu_runtime else ""
+            lines.append(f"- server CPU per request: /ping {cpu_ping} us, batch 1 CSV {cpu_b1} us{also}")
         for anchor in ("mms", "naive"):
             other = results.get(anchor)
             if not isinstance(other, dict):

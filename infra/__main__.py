@@ -10,6 +10,13 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import pulumi  # noqa: E402
+
+from infra.config import ConfigError  # noqa: E402
 from infra.program import main  # noqa: E402
 
-main()
+try:
+    main()
+except ConfigError as exc:
+    # one line naming the key (`selfmaker:endpoints[0].variants[1].name: ...`), not a Python traceback
+    raise pulumi.RunError(str(exc)) from None

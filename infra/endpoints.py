@@ -175,3 +175,25 @@ def function_name(prefix: str, endpoint: str, variant: str) -> str:
     if not head.startswith(f"{prefix}-"):
         raise ValueError(f"the stack prefix {prefix!r} is too long for Lambda function names")
     return f"{head}-{digest}"
+
+
+def serverless_dashboard_body(title: str, region: str, functions: Mapping[str, str], alias: str) -> dict[str, object]:
+    """A CloudWatch dashboard of one serverless endpoint: per variant invocations, duration p50/p99, errors
+    and throttles, concurrency and provisioned-concurrency spill-over (``AWS/Lambda`` metrics of the alias
+    the load balancer invokes; ``functions`` maps variant → function name)."""
+    def per_variant(metric: str, stat: str) -> list[list[object]]:
+        return [["AWS/Lambda", metric, "FunctionName", fn, "Resource", f"{fn}:{alias}",
+                 {"stat": stat, "label": f"{variant} {metric} {stat}"}] for variant, fn in sorted(functions.items())]
+
+    panels = [
+        ("Invocations per variant", per_variant("Invocations", "Sum")),
+        ("Duration p50 / p99 (ms)", per_variant("Duration", "p50") + per_variant("Duration", "p99")),
+        ("Errors / throttled (beyond maxConcurrency)", per_variant("Errors", "Sum") + per_variant("Throttles", "Sum")),
+        ("Concurrency / cold starts beyond provisioned", per_variant("ConcurrentExecutions", "Maximum")
+         + per_variant("ProvisionedConcurrencySpilloverInvocations", "Sum")),
+    ]
+    return {"widgets": [{"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
+                         "properties": {"markdown": f"# {title}"}}]
+            + [{"type": "metric", "x": (i % 2) * 12, "y": 1 + (i // 2) * 6, "width": 12, "height": 6,
+                "properties": {"title": name, "region": region, "view": "timeSeries", "stacked": False, "period": 60,
+                               "metrics": metrics}} for i, (name, metrics) in enumerate(panels)]}

@@ -203,6 +203,7 @@ def endpoint_output(endpoint: stack_config.EndpointConfig,
         }
     return {
         "url": served.url,
+        "dashboard": served.dashboard.dashboard_name,
         "variants": {
             v.name: {"weight": v.weight, "albWeight": w, "initialInstanceCount": v.initial_instance_count,
                      "autoScalingGroup": served.groups[v.name].auto_scaling_group.name}

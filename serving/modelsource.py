@@ -75,7 +75,8 @@ def install_requirements(model_dir: Path, pip_wheel: str | None = None, *, targe
     log.info("installing %s", requirements)
     command = [*pip_command(pip_wheel), "install", "--no-input", "--disable-pip-version-check", "-q", "-r", str(requirements)]
     if target:
-        command += ["--target", target]
+        # a read-only environment (Lambda) has no writable home for pip's cache either
+        command += ["--target", target, "--no-cache-dir"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=str(requirements.parent), timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from common import eventstream
 from selfmaker import logcontext
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.metrics import render_metrics
@@ -40,7 +41,6 @@ from selfmaker.errors import (
     ValidationException,
 )
 from selfmaker.services import Services
-from serving import eventstream
 
 log = logging.getLogger(__name__)
 

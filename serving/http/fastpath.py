@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from serving import contract, eventstream
+from common import eventstream
+from serving import contract
 from serving.dataplane import DataPlane, InvocationResult
 from serving.errors import PayloadTooLargeError, error_body, error_response, runtime_error, runtime_error_body
 from serving.metrics import Metrics

@@ -44,6 +44,8 @@ class Registration:
     custom: bool
     id: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    #: properties the engine is told to leave alone after creation (``ResourceOptions.ignore_changes``)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 class UnmockedInvokeError(AssertionError):
@@ -126,7 +128,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             self.registrations.append(Registration(
                 type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.object),
                 urn=response.urn, parent=request.parent, custom=bool(request.custom), id=registered.id,
-                state=registered.state,
+                state=registered.state, ignore_changes=list(request.ignoreChanges),
             ))
         return response
 

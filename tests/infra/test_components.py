@@ -8,6 +8,7 @@ import runpy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pulumi
 import pytest
 from pulumi.runtime import config as runtime_config
 
@@ -262,3 +263,15 @@ def test_main_module_runs_the_program_by_path(pulumi_harness: PulumiHarness, dev
     pulumi_harness.run(program)
     kinds = {r.type for r in pulumi_harness.monitor.registrations}
     assert "selfmaker:compute:InstanceGroup" in kinds and "aws:autoscaling/group:Group" in kinds
+
+
+def test_a_bad_stack_config_stops_the_program_with_one_line(pulumi_harness: PulumiHarness,
+                                                             dev_stack_config: dict[str, str]) -> None:
+    """``pulumi.RunError``: the engine prints its message alone, without the program's traceback."""
+    endpoints = json.loads(dev_stack_config["selfmaker:endpoints"])
+    endpoints[0]["variants"][1]["name"] = endpoints[0]["variants"][0]["name"]
+    runtime_config.set_all_config({**dev_stack_config, "selfmaker:endpoints": json.dumps(endpoints)})
+    with pytest.raises(pulumi.RunError) as err:
+        pulumi_harness.run(lambda: runpy.run_path(str(ROOT / "infra"), run_name="__main__"))
+    assert str(err.value) == "selfmaker:endpoints[0].variants[1].name: duplicate variant name 'champion'"
+    assert not pulumi_harness.monitor.registrations

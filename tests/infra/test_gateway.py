@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,7 +13,7 @@ import yaml
 from pulumi.runtime import config as runtime_config
 
 from infra import program
-from infra.components.endpoints.gateway import NOT_FOUND_BODY, Gateway, GatewayArgs
+from infra.components.endpoints.gateway import NOT_FOUND_BODY, Gateway, GatewayArgs, Route
 from infra.components.endpoints.realtime import (
     ManagedInstanceScalingArgs,
     ProductionVariantArgs,
@@ -21,7 +22,7 @@ from infra.components.endpoints.realtime import (
     RolloutArgs,
 )
 from tests.infra.conftest import ROOT, stack_file_config
-from tests.infra.test_program import check_ingress_policy
+from tests.infra.test_program import check_gateway_policy, check_ingress_policy
 
 if TYPE_CHECKING:
     from tests.infra.conftest import PulumiHarness, Registration
@@ -69,6 +70,9 @@ def test_internal_gateway_answers_unknown_paths_with_json_404(pulumi_harness: Pu
         "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")}
     assert clients["gw-client-0"]["cidrIpv4"] == "10.1.0.0/16" and clients["gw-client-0"]["fromPort"] == 80
     assert clients["gw-client-sg-0"]["referencedSecurityGroupId"] == "sg-workload"
+    out = pulumi_harness.named("gw-client-sg-0-out").inputs  # and the clients may reach it
+    assert (out["securityGroupId"], out["referencedSecurityGroupId"], out["fromPort"]) == (
+        "sg-workload", pulumi_harness.named("gw-sg").id, 80)
 
 
 def test_internet_facing_gateway_is_https_only_with_tls12_and_mutual_tls(pulumi_harness: PulumiHarness) -> None:
@@ -102,6 +106,32 @@ def test_gateway_args_validation(over: dict[str, Any], field: str) -> None:
         gateway_args(**over)
 
 
+def test_add_route_refuses_what_an_alb_rule_cannot_take(pulumi_harness: PulumiHarness) -> None:
+    paths = ["/endpoints/x/invocations"]
+
+    def build() -> None:
+        gw = Gateway("gw", gateway_args())
+        gw.add_route("x", paths=paths, routes=[Route("arn:tg/a", 5)], priority=30)
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"routes": [Route("arn:tg/a", 5)], "priority": 30}, "priority 30 is taken by 'x'"),
+            ({"routes": [Route(f"arn:tg/{i}", 1) for i in range(6)], "priority": 31}, "1-5 target groups"),
+            ({"routes": [Route("arn:tg/a", 1000)], "priority": 32}, "weights must be 0-999"),
+            ({"routes": [Route("arn:tg/a", 0), Route("arn:tg/b", 0)], "priority": 33}, "not all 0"),
+            ({"routes": [Route("arn:tg/a", 1)], "priority": 50001}, "is not 1-50000"),
+            ({"routes": [Route("arn:tg/a", 1)], "priority": 34, "paths": ["/a", "/b", "/c", "/d", "/e"]},
+             "at most 5 condition values"),
+            ({"routes": [Route("arn:tg/a", 1)], "priority": 35, "paths": ["/a", "/b", "/c", "/d"],
+              "header": ("X-A", "b")}, "at most 5 condition values"),
+        ]
+        for kwargs, message in cases:
+            with pytest.raises(ValueError, match=re.escape(message)):
+                gw.add_route("y", **{"paths": paths, **kwargs})
+
+    pulumi_harness.run(build)
+    (rule,) = pulumi_harness.of_type("aws:lb/listenerRule:ListenerRule")
+    assert rule.name == "gw-x-rule" and rule.inputs["priority"] == 30
+
+
 def test_realtime_endpoint_variants_rules_scaling_rollout_and_alarms(pulumi_harness: PulumiHarness) -> None:
     def build() -> None:
         gw = Gateway("gw", gateway_args())
@@ -131,6 +161,9 @@ def test_realtime_endpoint_variants_rules_scaling_rollout_and_alarms(pulumi_harn
                                                      h.named("churn-champion-p99").state["name"]]
     challenger = h.named("churn-challenger-asg").inputs
     assert (challenger["minSize"], challenger["maxSize"], challenger["desiredCapacity"]) == (1, 1, 1)
+    # the scaling policy owns a scaled group's size after creation; an unscaled group's stays Pulumi's
+    assert h.named("churn-champion-asg").ignore_changes == ["desiredCapacity"]
+    assert h.named("churn-challenger-asg").ignore_changes == []
 
     errors = h.named("churn-champion-5xx").inputs
     assert (errors["namespace"], errors["metricName"], errors["statistic"]) == (
@@ -227,6 +260,7 @@ def test_internet_facing_stack_passes_the_policy_checks(pulumi_harness: PulumiHa
     listener = h.named("gateway-listener").inputs
     assert (listener["protocol"], listener["port"], listener["sslPolicy"]) == ("HTTPS", 443, "ELBSecurityPolicy-TLS13-1-2-2021-06")
     check_ingress_policy(h)
+    check_gateway_policy(h)
     logs_policy = json.loads(h.named("store-logs-tls-only").inputs["policy"])
     (delivery,) = [s for s in logs_policy["Statement"] if s["Effect"] == "Allow"]
     assert delivery["Principal"] == {"AWS": "arn:aws:iam::127311923021:root"}  # us-east-1's ELB log account
@@ -250,6 +284,7 @@ def test_stack_outputs_name_every_endpoint_url_and_variant(pulumi_harness: Pulum
     assert outputs["url"] == f"http://{dns}"
     churn = outputs["endpoints"]["churn"]
     assert churn["url"] == f"http://{dns}/endpoints/churn/invocations"
+    assert churn["dashboard"] == "selfmaker-dev-churn"
     assert churn["variants"]["champion"]["albWeight"] == 999 and churn["variants"]["challenger"]["albWeight"] == 111
     assert churn["variants"]["champion"]["autoScalingGroup"] == pulumi_harness.named("churn-champion-asg").state["name"]
     assert set(outputs["endpoints"]) == {"churn", "vision", "scoring"}

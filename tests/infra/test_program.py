@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import keyword
+import re
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +159,34 @@ def check_ingress_policy(harness: PulumiHarness) -> None:
         if rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0":
             assert rule.inputs["securityGroupId"] in open_groups, f"{rule.name} opens a non-gateway group to the world"
             assert (rule.inputs["fromPort"], rule.inputs["toPort"], rule.inputs["ipProtocol"]) == (443, 443, "tcp")
+
+
+def check_gateway_policy(harness: PulumiHarness) -> None:
+    """The policy for load balancers: invalid headers dropped, access logs on, HTTPS with TLS 1.2+ (plain HTTP
+    only on an internal one), targets behind ELB health checks on /ping."""
+    balancers = {r.urn: r for r in harness.of_type("aws:lb/loadBalancer:LoadBalancer")}
+    assert balancers
+    for lb in balancers.values():
+        assert lb.inputs["dropInvalidHeaderFields"] is True and lb.inputs["accessLogs"]["enabled"] is True
+    by_arn = {lb.state["arn"]: lb for lb in balancers.values()}
+    for listener in harness.of_type("aws:lb/listener:Listener"):
+        lb = by_arn[listener.inputs["loadBalancerArn"]]
+        if listener.inputs["protocol"] == "HTTPS":
+            assert re.match(r"^ELBSecurityPolicy-(TLS13-1-[23]|TLS-1-2|FS-1-2)-", listener.inputs["sslPolicy"])
+        else:
+            assert lb.inputs["internal"] is True, f"{listener.name}: plain HTTP on an internet-facing load balancer"
+    instance_groups = {tg.state["arn"]: tg for tg in harness.of_type("aws:lb/targetGroup:TargetGroup")
+                       if tg.inputs.get("targetType") == "instance"}
+    for tg in instance_groups.values():
+        assert tg.inputs["healthCheck"]["path"] == "/ping"
+    for asg in harness.of_type("aws:autoscaling/group:Group"):
+        if asg.inputs.get("targetGroupArns"):
+            assert set(asg.inputs["targetGroupArns"]) <= set(instance_groups)
+            assert asg.inputs["healthCheckType"] == "ELB" and asg.inputs["healthCheckGracePeriod"] >= 60
+
+
+def test_load_balancers_drop_bad_headers_log_and_check_health(dev_run: PulumiHarness) -> None:
+    check_gateway_policy(dev_run)
 
 
 def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: PulumiHarness) -> None:

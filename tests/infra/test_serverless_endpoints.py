@@ -270,3 +270,14 @@ def test_endpoint_without_provisioned_concurrency_has_none(pulumi_harness: Pulum
     assert not pulumi_harness.of_type("aws:lambda/provisionedConcurrencyConfig:ProvisionedConcurrencyConfig")
     assert not pulumi_harness.of_type("selfmaker:endpoints:RealtimeEndpoint")
     assert pulumi_harness.named("tiny-v-alias").inputs["name"] == "live"
+
+
+def test_dashboard_shows_each_variants_alias(run: PulumiHarness) -> None:
+    dashboard = run.named("fraud-dashboard").inputs
+    assert dashboard["dashboardName"] == "selfmaker-dev-fraud"
+    body = json.loads(dashboard["dashboardBody"])
+    metrics = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    names = {m[1] for m in metrics}
+    assert {"Invocations", "Duration", "Errors", "Throttles", "ProvisionedConcurrencySpilloverInvocations"} <= names
+    resources = {m[5] for m in metrics}
+    assert resources == {"selfmaker-dev-fraud-small:live", "selfmaker-dev-fraud-large:live"}

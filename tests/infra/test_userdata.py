@@ -125,6 +125,16 @@ def test_serve_script_logs_in_pulls_and_runs_the_model_server(tmp_path: Path) ->
     assert not [c for c in calls if c[0] == "dnf"]
 
 
+def test_a_variant_instance_tells_the_model_server_its_endpoint_and_variant(tmp_path: Path) -> None:
+    spec = replace(_serve_spec(tmp_path), endpoint="churn", variant="challenger")
+    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next(c for c in calls if c[:2] == ["docker", "run"])
+    env = {run[i + 1] for i, a in enumerate(run) if a == "-e"}
+    # what serving.settings reads as endpoint_name / variant_name
+    assert {"SELFMAKER_ENDPOINT_NAME=churn", "SELFMAKER_VARIANT_NAME=challenger"} <= env
+
+
 @given(st.dictionaries(
     st.from_regex(r"[A-Z_][A-Z0-9_]{0,12}", fullmatch=True).filter(lambda k: k not in userdata.RESERVED_ENV),
     st.text(alphabet=st.characters(blacklist_characters="\0\1", blacklist_categories=("Cs",)), max_size=30),

@@ -20,6 +20,8 @@ import requests
 from botocore.config import Config
 from serving_helpers import Server
 
+from serving.errors import error_body, runtime_error
+
 ROW = b"2.0,1.0,0.0,0.0\n"
 ROWS = [f"{i * 0.5 - 2},{1 - i * 0.25},0.5,{i}\n".encode() for i in range(16)]
 
@@ -102,13 +104,8 @@ def test_bad_input_is_a_model_error_carrying_the_original_answer(server: Server)
     assert unsupported.value.response["OriginalStatusCode"] == 415
 
 
-def test_oversized_body_and_unknown_endpoint_are_validation_errors(server: Server) -> None:
+def test_unknown_endpoint_is_a_validation_error(server: Server) -> None:
     client = runtime(server)
-    big = ROW * (1024 * 1024 // len(ROW) + 10)
-    with pytest.raises(client.exceptions.ClientError) as too_big:
-        client.invoke_endpoint(EndpointName="churn", Body=big, ContentType="text/csv")
-    assert too_big.value.response["Error"]["Code"] == "ValidationError"
-    assert "exceeds the 1 MB limit" in too_big.value.response["Error"]["Message"]
     with pytest.raises(client.exceptions.ClientError) as other:
         client.invoke_endpoint(EndpointName="fraud", Body=ROW, ContentType="text/csv")
     assert other.value.response["Error"]["Code"] == "ValidationError"
@@ -175,3 +172,23 @@ def test_custom_attributes_pass_through_and_a_crash_is_a_server_model_error(
     assert response["OriginalMessage"] == '{"error":"internal error","status":500}'
     assert "secret detail" not in str(response)
     assert "Received server error (500) from primary" in response["Error"]["Message"]
+
+
+@pytest.mark.parametrize(("status", "code", "out_status"), [
+    (413, "ValidationError", 400), (503, "ServiceUnavailable", 503), (400, "ModelError", 424),
+    (406, "ModelError", 424), (500, "ModelError", 424),
+])
+def test_runtime_error_shapes(status: int, code: str, out_status: int) -> None:
+    """What the runtime path answers for each answer /invocations can give (an oversized body is not sent
+    over HTTP here: the server answers 413 before reading it, which races the client's upload)."""
+    original = error_body(status, "request body of 2000000 bytes exceeds the 1 MB limit")
+    got_status, got_code, body = runtime_error(status, original, endpoint="churn", variant="champion")
+    parsed = json.loads(body)
+    assert (got_status, got_code, parsed["__type"]) == (out_status, code, code)
+    if code == "ModelError":
+        assert parsed["OriginalStatusCode"] == status and parsed["OriginalMessage"] == original.decode()
+        assert "endpoint churn, variant champion" in parsed["Message"]
+    else:
+        assert "OriginalStatusCode" not in parsed
+        assert parsed["Message"] == ("internal error" if status >= 500 and status != 503 else
+                                     "request body of 2000000 bytes exceeds the 1 MB limit")

@@ -26,6 +26,14 @@ def test_sagemaker_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_payload_bytes() == 1024 * 1024 * 1024
 
 
+def test_endpoint_and_variant_names_behind_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (ServingSettings().endpoint_name, ServingSettings().variant_name) == (None, "AllTraffic")
+    monkeypatch.setenv("SELFMAKER_ENDPOINT_NAME", "churn")
+    monkeypatch.setenv("SELFMAKER_VARIANT_NAME", "challenger-2")
+    settings = ServingSettings()
+    assert (settings.endpoint_name, settings.variant_name) == ("churn", "challenger-2")
+
+
 def test_defaults_and_derived_values() -> None:
     settings = ServingSettings()
     assert settings.port == 8080 and settings.max_payload_mb == 6
@@ -49,6 +57,8 @@ def test_host_depends_on_container(inside: bool, host: str) -> None:
         {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"},
         {"SAGEMAKER_BIND_TO_PORT": "not-a-port"},
         {"SAGEMAKER_MODEL_SERVER_WORKERS": "0"},
+        {"SELFMAKER_ENDPOINT_NAME": "churn/v2"},
+        {"SELFMAKER_VARIANT_NAME": "-champion"},
     ],
 )
 def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:

@@ -121,6 +121,13 @@ class Gateway(pulumi.ComponentResource):
                 referenced_security_group_id=source, ip_protocol="tcp", from_port=args.port, to_port=args.port,
                 description="endpoint clients in the VPC", tags=self._tagged(f"client-sg-{i}"), opts=child,
             )
+            # client groups may start without egress (the workload group reaches only its own members)
+            aws.vpc.SecurityGroupEgressRule(
+                naming.child_name(name, f"client-sg-{i}-out"), security_group_id=source,
+                referenced_security_group_id=self.security_group.id, ip_protocol="tcp", from_port=args.port,
+                to_port=args.port, description=f"to the endpoint gateway {name}", tags=self._tagged(f"client-sg-{i}-out"),
+                opts=child,
+            )
 
         lb_kwargs: dict[str, Any] = {}
         if args.access_logs_bucket is not None:
@@ -208,7 +215,7 @@ class Gateway(pulumi.ComponentResource):
             return ValueError(f"Gateway.add_route({name!r}): {message}")
 
         if not paths or len(paths) + (1 if header else 0) + 1 > 5:
-            raise bad("1-3 paths (an ALB rule takes at most 5 condition values)")
+            raise bad("an ALB rule takes at most 5 condition values (the paths, the method and the header)")
         if not 1 <= len(routes) <= endpoints.MAX_TARGET_GROUPS:
             raise bad(f"1-{endpoints.MAX_TARGET_GROUPS} target groups per rule, got {len(routes)}")
         if any(not 0 <= r.weight <= endpoints.MAX_ALB_WEIGHT for r in routes) or not any(r.weight for r in routes):

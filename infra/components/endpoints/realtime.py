@@ -117,11 +117,14 @@ class RealtimeEndpointArgs:
                 raise bad("variants", f"{v.variant_name}: need min <= initial_instance_count <= max instances")
         try:
             self.alb_weights = endpoints.alb_weights([v.initial_variant_weight for v in self.variants])
-            self.checkpoints = endpoints.checkpoints(self.rollout.strategy, canary_percent=self.rollout.canary_percent,
-                                                     linear_step_percent=self.rollout.linear_step_percent)
             endpoints.rule_priorities(self.priority_block, names)
         except ValueError as exc:
-            raise bad("variants" if "weight" in str(exc) or "target groups" in str(exc) else "rollout", str(exc)) from None
+            raise bad("variants", str(exc)) from None
+        try:
+            self.checkpoints = endpoints.checkpoints(self.rollout.strategy, canary_percent=self.rollout.canary_percent,
+                                                     linear_step_percent=self.rollout.linear_step_percent)
+        except ValueError as exc:
+            raise bad("rollout", str(exc)) from None
         if self.priority_block % endpoints.BLOCK or not 0 < self.priority_block < endpoints.MAX_PRIORITY:
             raise bad("priority_block", f"must be a multiple of {endpoints.BLOCK} in 1..{endpoints.MAX_PRIORITY}")
 

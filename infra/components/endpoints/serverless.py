@@ -7,7 +7,7 @@ throttled, see docs/serverless.md); every deployment publishes a version behind 
 keeps ``ProvisionedConcurrency`` sandboxes initialised (model loaded). The alias is the one target of a
 Lambda target group; the load balancer may invoke that alias alone. Per endpoint: the weighted rule on
 ``POST /endpoints/<name>/invocations`` and a header rule per variant for ``TargetVariant``, as for
-real-time endpoints. Each function has its own role (read its model archive, write its log group).
+real-time endpoints, and a CloudWatch dashboard. Each function has its own role (read its model archive, write its log group).
 """
 
 from __future__ import annotations
@@ -211,6 +211,13 @@ class ServerlessEndpoint(pulumi.ComponentResource):
                 routes=[Route(self.target_groups[variant.variant_name].arn, 1)],
                 header=(endpoints.TARGET_VARIANT_HEADER, variant.variant_name),
             )
+        self.dashboard = aws.cloudwatch.Dashboard(
+            naming.child_name(name, "dashboard"), dashboard_name=f"{args.prefix}-{name}",
+            dashboard_body=pulumi.Output.all(**{v: f.name for v, f in self.functions.items()}).apply(
+                lambda names: json.dumps(endpoints.serverless_dashboard_body(
+                    f"selfmaker serverless endpoint {name}", args.region, names, ALIAS), sort_keys=True)),
+            opts=child,
+        )
         #: What a client calls (sagemaker-runtime's InvokeEndpoint URL through the gateway).
         self.url: pulumi.Output[str] = pulumi.Output.concat(gateway.url, path)
         self.register_outputs({
