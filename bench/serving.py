@@ -293,8 +293,8 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                          f" c1 p50 ms = {[round(v, 3) for v in reps['c1_p50_ms']]}")
             runtime = reps.get("ratio_runtime_over_invocations")
             if runtime:
-                lines.append(f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations (batch 1 CSV"
-                             f" c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
+                lines.append(f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations "
+                             f"(batch 1 CSV c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
                              f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)")
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]

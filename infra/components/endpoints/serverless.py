@@ -7,7 +7,8 @@ throttled, see docs/serverless.md); every deployment publishes a version behind 
 keeps ``ProvisionedConcurrency`` sandboxes initialised (model loaded). The alias is the one target of a
 Lambda target group; the load balancer may invoke that alias alone. Per endpoint: the weighted rule on
 ``POST /endpoints/<name>/invocations`` and a header rule per variant for ``TargetVariant``, as for
-real-time endpoints, and a CloudWatch dashboard. Each function has its own role (read its model archive, write its log group).
+real-time endpoints, and a CloudWatch dashboard. Each function has its own role (read its model archive,
+write its log group).
 """
 
 from __future__ import annotations
