@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 from training.executors import container as engines
+from training.executors.base import ExecutorError as TrainingExecutorError
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
@@ -136,7 +137,7 @@ class ContainerExecutor(Executor):
                                            engines.PULL_TIMEOUT))
         try:
             self.gpus = engines.gpu_mode(_setting(settings, "container_gpus", engines.GPUS_ENV, None))
-        except engines.ExecutorError as exc:
+        except TrainingExecutorError as exc:
             raise ExecutorError(str(exc)) from exc
         self.host_has_gpu = engines.host_has_nvidia_gpu()
         self._engine: str | None = None
@@ -177,7 +178,7 @@ class ContainerExecutor(Executor):
             return
         try:
             await asyncio.to_thread(engines.ensure_image, engine, image, self.pull_timeout)
-        except engines.ExecutorError as exc:
+        except TrainingExecutorError as exc:
             raise ExecutorError(str(exc)) from exc
         self._images_ready.add(image)
 

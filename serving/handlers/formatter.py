@@ -14,7 +14,7 @@ from serving.contract import Signature
 from serving.errors import NotAcceptableError
 
 
-class Prediction(dict):
+class Prediction(dict[str, Any]):
     """``{output name: array}`` of one ONNX run; the default ``output_fn`` knows how to encode it."""
 
 
