@@ -4,8 +4,7 @@ All in the same run, same model (logistic regression, 20 features, built here), 
 
 * ``spawn``   — ``python -m serving --model-dir DIR`` as a new process, timed by the anchors'
   ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when the anchors exist
-  (``bench.common.ANCHORS``), else
-  by the same loop here;
+  (``bench.common.ANCHORS``), else by the same loop here;
 * ``fork``    — the serverless template (numpy, onnxruntime, flask, gunicorn, ``serving`` pre-imported)
   forks the same command line; spawn request → first 200 of ``POST /invocations``;
 * ``platform``— a serverless endpoint of ``selfmaker up`` after it scaled to zero: boto3 InvokeEndpoint →

@@ -4,8 +4,8 @@
     .venv/bin/python -m bench.serving --seconds 5 --full --out results.json
 
 1. builds the models with the anchors' make_models.py (``bench.common.ANCHORS``) (small =
-LogisticRegression/20 features,
-   medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for the 256-256 MLP);
+   LogisticRegression/20 features, medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for
+   the 256-256 MLP);
 2. in-process limit: ``DataPlane.invoke`` (decode + onnxruntime + encode) in a loop, batch 1/64/512,
    CSV/JSON/npy bodies;
 3. starts ``python -m serving`` on 127.0.0.1 (default workers = cores) and measures the HTTP floor

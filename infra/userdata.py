@@ -4,9 +4,8 @@ and run it with ``serve`` or ``train`` (pure rendering; every value is shell-quo
 ``serve`` downloads ``model.tar.gz`` from S3, unpacks it on the host and runs the image's SageMaker
 model server on port 8080 with it mounted read-only at ``/opt/ml/model`` (what SageMaker does before
 ``serve``; it works whatever extra arguments the image's entrypoint adds). ``train`` prepares the
-``/opt/ml`` tree
-(channels synced from S3, config JSONs), restores and periodically saves checkpoints, runs the image
-with ``train`` and uploads ``model.tar.gz``, ``output.tar.gz`` and the failure file to
+``/opt/ml`` tree (channels synced from S3, config JSONs), restores and periodically saves checkpoints,
+runs the image with ``train`` and uploads ``model.tar.gz``, ``output.tar.gz`` and the failure file to
 ``<output>/<job>/output/`` — the same layout SageMaker uses.
 """
 

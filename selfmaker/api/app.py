@@ -8,8 +8,7 @@
 * routes registered by features with ``@runtime_route``.
 
 The invocation itself (routing, the model server call, observers) is
-:func:`selfmaker.endpoints.invoke.invoke`;
-this module reads the request and writes the response.
+:func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
 
 Errors are rendered here and only here: control-plane errors as ``{"__type", "message"}``; runtime errors
 with the ``x-amzn-ErrorType`` header and a JSON body; anything unexpected as a 500 "internal error" with

@@ -18,10 +18,10 @@ Used for every image that is not selfmaker's own or a built-in (see
   "the client is still running"; ``stop()`` is ``<engine> stop -t GRACE <container id>`` then a forced remove.
 
 Settings (read once, at construction): ``container_engine`` / ``$SELFMAKER_CONTAINER_ENGINE``
-(docker|podman|path;
-default docker when its daemon answers, else podman), ``container_network`` / ``$SELFMAKER_CONTAINER_NETWORK``
-(``bridge`` | ``host``), ``container_pull_timeout`` / ``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds),
-``container_gpus`` / ``$SELFMAKER_CONTAINER_GPUS`` (``auto`` | ``always`` | ``never``).
+(docker|podman|path; default docker when its daemon answers, else podman), ``container_network`` /
+``$SELFMAKER_CONTAINER_NETWORK`` (``bridge`` | ``host``), ``container_pull_timeout`` /
+``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds), ``container_gpus`` / ``$SELFMAKER_CONTAINER_GPUS``
+(``auto`` | ``always`` | ``never``).
 """
 
 from __future__ import annotations

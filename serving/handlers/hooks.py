@@ -97,8 +97,8 @@ class HooksHandler:
             input_data = input_data.encode("utf-8")
         if ctype == contract.NPZ:
             # a scipy.sparse matrix, as the toolkit's decoder gives (its _npz_to_sparse is this call);
-            # imported
-            # here: importing scipy.sparse takes tenths of a second and only this content type needs it
+            # imported here: importing scipy.sparse takes tenths of a second and only this content type
+            # needs it
             import scipy.sparse
 
             try:

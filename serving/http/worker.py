@@ -5,17 +5,17 @@ finished connection back to the loop through a pipe: per request a pool hand-off
 read, a future and its callback, and thread wake-ups (futex calls). For a CPU-bound model that runs
 as one process per core those threads buy nothing — the GIL lets one of them run at a time — and on
 a 2-core machine they cost about a quarter of the server's CPU time per small request (see
-docs/serving.md). This worker
-keeps everything else of gthread (keep-alive connections parked in the poller, their timeouts,
-graceful shutdown, the worker heartbeat) and runs ``handle()`` inline when a connection is readable.
+docs/serving.md). This worker keeps everything else of gthread (keep-alive connections parked in the
+poller, their timeouts, graceful shutdown, the worker heartbeat) and runs ``handle()`` inline when a
+connection is readable.
 
 The trade-offs are those of gunicorn's ``sync`` worker, which SageMaker's own model servers share
 (each of their workers answers one request at a time): one slow request holds up the other
 connections of its worker, a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
 the worker restarted, and a client that stalls half-way through a request holds the worker for up
 to ``STALL_TIMEOUT`` seconds per read before its connection is dropped. Behind a buffering front (the
-platform's router, a load balancer) that is no concern; for
-hooks that wait on I/O, ``gthread`` is the better choice.
+platform's router, a load balancer) that is no concern; for hooks that wait on I/O, ``gthread`` is the
+better choice.
 """
 
 from __future__ import annotations

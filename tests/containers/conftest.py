@@ -2,9 +2,8 @@
 the tiny BYOC test image and selfmaker's CPU image -- all built here, nothing pulled from a registry.
 
 Every test here that needs an engine is marked ``container``. Those skip only when no engine works and
-none can be
-installed (``scripts/install-engine.sh`` needs root and apt); they fail when an engine exists but a
-build fails.
+none can be installed (``scripts/install-engine.sh`` needs root and apt); they fail when an engine
+exists but a build fails.
 """
 
 from __future__ import annotations

@@ -173,8 +173,7 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             target_group = aws.lb.TargetGroup(
                 naming.child_name(vname, "tg"), target_type="lambda",
                 lambda_multi_value_headers_enabled=variant.multi_value_headers,
-                # health checks would invoke the function around the clock: a serverless variant scales to
-                # zero
+                # health checks would invoke the function all the time: a serverless variant scales to zero
                 health_check={"enabled": False},
                 tags=naming.with_name(vtags, naming.child_name(vname, "tg")), opts=child,
             )

@@ -63,8 +63,7 @@ async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str,
     base = platform.settings.work_dir / "endpoints" / runtime.name.lower() / f"shadow-{uuid.uuid4().hex[:12]}"
     try:
         for variant in shadows:
-            # the variant builder of production variants: model data, pool factories (serverless too),
-            # instances
+            # the production variants' builder: model data, pool factories (serverless too), instances
             built = await platform.endpoints.builder.build_variant(runtime.name, variant, {}, base, runtime.models)
             runtime.shadow_variants[built.name] = built
             if built.config.get("ServerlessConfig"):
