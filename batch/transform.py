@@ -301,9 +301,8 @@ class PartTransformer:
             else:
                 raise RecordError(
                     f"the model answered {len(outputs)} line(s) for {item.count} record(s); with "
-                    "JoinSource or "
-                    "OutputFilter the model must answer one line per record (Accept text/csv or "
-                    "application/jsonlines)", source=self.part.uri, offset=item.offset)
+                    "JoinSource or OutputFilter the model must answer one line per record "
+                    "(Accept text/csv or application/jsonlines)", source=self.part.uri, offset=item.offset)
         pieces: list[bytes] = []
         sep = b"\n" if spec.assemble_with == "Line" else b""
         join = spec.join_source == "Input"

@@ -253,15 +253,13 @@ def main(argv: list[str] | None = None) -> int:
                     entry["steady_ratio"] = entry["steady"] / limit_rate
                 rows_out.append(entry)
             print(f"\n{'model':8} {'path':24} {'rows/s':>9} {'vs limit':>9} {'steady rows/s':>14} "
-                  f"{'vs limit':>9} "
-                  f"{'start+stop':>11} {'peak RSS':>9}")
+                  f"{'vs limit':>9} {'start+stop':>11} {'peak RSS':>9}")
             for r in rows_out:
                 peak = f"{r['peak'] / 2**20:,.0f} MB" if "peak" in r else ""
                 steady = f"{r['steady']:>14,.0f} {r['steady_ratio']:>8.0%}" if "steady" in r else " " * 24
                 setup = f"{r['setup']:.1f} s" if "setup" in r else ""
                 print(f"{r['model']:8} {r['path']:24} {r['rows/s']:>9,.0f} {r['ratio']:>8.0%} {steady} "
-                      f"{setup:>11} "
-                      f"{peak:>9}")
+                      f"{setup:>11} {peak:>9}")
             print("steady = rows / (job time - model start-up on the workers - stopping them); the limit's "
                   f"processes are started outside its timing too; best of {args.repeat} round(s)")
             if args.large_factor and "small" in args.models.split(","):

@@ -253,8 +253,7 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                     continue
                 _, batch, fmt, conc = key.split("/")
                 lines.append(f"| {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {row['p50_ms']:.3f} | "
-                             f"{row['p99_ms']:.3f} | "
-                             f"{_fmt(row.get('cpu_us_per_req', 0))} |")
+                             f"{row['p99_ms']:.3f} | {_fmt(row.get('cpu_us_per_req', 0))} |")
         elif label in results:
             lines.append("")
             lines.append(f"## anchor {label}: not measured ({results[label]})")

@@ -194,10 +194,10 @@ class StateStore:
         """Record or update one model-server instance."""
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO instances (instance_id, endpoint, variant, url, pid, status, "
-                "started, log_path)"
-                " VALUES (?, ?, ?, ?, ?, ?, COALESCE((SELECT started FROM instances WHERE "
-                "instance_id=?), ?), ?)",
+                "INSERT OR REPLACE INTO instances"
+                " (instance_id, endpoint, variant, url, pid, status, started, log_path)"
+                " VALUES (?, ?, ?, ?, ?, ?,"
+                " COALESCE((SELECT started FROM instances WHERE instance_id=?), ?), ?)",
                 (instance_id, endpoint, variant, url, pid, status, instance_id, now(), log_path),
             )
 

@@ -104,8 +104,8 @@ def test_image_labels_and_user(engine: str, selfmaker_image: str) -> None:
     # no compilers and no installed pip (module or command) in the final image -- only pip's wheel, which
     # runs requirements.txt installs (SELFMAKER_PIP_WHEEL; tests/containers/test_image_pip.py)
     out = run([engine, "run", "--rm", "--entrypoint", "sh", selfmaker_image, "-c",
-               "command -v gcc cc pip pip3 || true; /opt/selfmaker/venv/bin/python -m pip --version 2>&1 "
-               "|| true"]).stdout
+               "command -v gcc cc pip pip3 || true; "
+               "/opt/selfmaker/venv/bin/python -m pip --version 2>&1 || true"]).stdout
     assert "gcc" not in out and "/pip" not in out and "No module named pip" in out
     wheel = run([engine, "run", "--rm", "--entrypoint", "sh", selfmaker_image, "-c",
                  'echo "$SELFMAKER_PIP_WHEEL"; python "$SELFMAKER_PIP_WHEEL/pip" --version']).stdout.splitlines()

@@ -165,8 +165,7 @@ def test_metrics_come_from_every_source_and_a_failing_one_is_left_out(
     (None, 'Could not find model "arn:aws:sagemaker:us-east-1:{account}:model/m".'),
     ({"m": {"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "file:///nonexistent/model.tar.gz"}}},
      "Failed to download model data for production variant v: model data "
-     "file:///nonexistent/model.tar.gz "
-     "does not exist"),
+     "file:///nonexistent/model.tar.gz does not exist"),
     ({"m": {"ModelName": "m", "PrimaryContainer": "not a container"}},  # a damaged record: an unexpected error
      "internal error while deploying the endpoint"),
 ])
