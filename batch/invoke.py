@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from batch.errors import BatchError, ModelServerError
-from common.http import SyncPool
+from common.http import SyncPool, invocation_headers
 from common.proc import free_port
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,7 @@ class HttpInvoker:
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
         """The answer body; :class:`Rejected` on 4xx, :class:`InvocationFailed` after the retries."""
-        headers = {"Content-Type": content_type or "application/octet-stream"}
-        if accept:
-            headers["Accept"] = accept
+        headers = invocation_headers(content_type, accept)
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:

@@ -8,6 +8,7 @@ from typing import Any
 
 from batch.errors import TransformRequestError
 from batch.jsonpath import JsonPath, parse_jsonpath
+from common import uris
 
 SPLIT_TYPES = ("None", "Line", "RecordIO", "TFRecord")
 STRATEGIES = ("SingleRecord", "MultiRecord")
@@ -162,10 +163,13 @@ def _int(value: Any, member: str, lo: int, hi: int | None) -> int | None:
 def _uri(value: Any, member: str) -> str:
     if not isinstance(value, str) or not value:
         raise TransformRequestError(f"'{member}' is required")
-    if not value.startswith(("s3://", "file://")):
+    if not uris.is_uri(value):
         raise TransformRequestError(f"'{member}' must be an s3:// or file:// URI, got {value!r}")
-    if value.startswith("s3://") and not value[5:].split("/")[0]:
-        raise TransformRequestError(f"'{member}' has no bucket: {value!r}")
+    if uris.is_s3(value):
+        try:
+            uris.split_s3(value)
+        except uris.UriError:
+            raise TransformRequestError(f"'{member}' has no bucket: {value!r}") from None
     return value
 
 

@@ -44,7 +44,7 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import build_classifier_tar, free_port, start, wait_ready  # noqa: E402
+from bench.harness import build_classifier_tar, free_port, start, wait_ready  # noqa: E402
 
 FEATURES = 20
 ROW = (",".join(["0.25"] * FEATURES) + "\n").encode()

@@ -4,7 +4,8 @@ All in the same run, same model (logistic regression, 20 features, built here), 
 
 * ``spawn``   — ``python -m serving --model-dir DIR`` as a new process, timed by the anchors'
   ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when the anchors exist
-  (``bench.common.ANCHORS``), else by the same loop here;
+  (``bench.harness.ANCHORS``), else
+  by the same loop here;
 * ``fork``    — the serverless template (numpy, onnxruntime, flask, gunicorn, ``serving`` pre-imported)
   forks the same command line; spawn request → first 200 of ``POST /invocations``;
 * ``platform``— a serverless endpoint of ``selfmaker up`` after it scaled to zero: boto3 InvokeEndpoint →
@@ -39,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import ANCHORS
+from bench.harness import ANCHORS
 from common.proc import EngineError, detect_engine, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import ANCHORS, build_classifier_tar, free_port  # noqa: E402
+from bench.harness import ANCHORS, build_classifier_tar, free_port  # noqa: E402
 from common.archives import safe_extract  # noqa: E402
 
 LOAD_SH = ANCHORS / "load.sh"

@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.serving                 # short default run (~2-3 min)
     .venv/bin/python -m bench.serving --seconds 5 --full --out results.json
 
-1. builds the models with the anchors' make_models.py (``bench.common.ANCHORS``) (small =
-   LogisticRegression/20 features, medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for
-   the 256-256 MLP);
+1. builds the models with the anchors' make_models.py (``bench.harness.ANCHORS``) (small =
+LogisticRegression/20 features,
+   medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for the 256-256 MLP);
 2. in-process limit: ``DataPlane.invoke`` (decode + onnxruntime + encode) in a loop, batch 1/64/512,
    CSV/JSON/npy bodies;
 3. starts ``python -m serving`` on 127.0.0.1 (default workers = cores) and measures the HTTP floor
@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ANCHORS, CONTENT_TYPES, LoadResult, free_port, load, start, timed_loop, wait_ready
+from bench.harness import ANCHORS, CONTENT_TYPES, LoadResult, free_port, load, start, timed_loop, wait_ready
 
+ROOT = Path(__file__).resolve().parent.parent
 BATCHES = (1, 64, 512)
 #: The server measured is told it serves this endpoint, as the gateway's instances are (runtime path).
 BENCH_ENDPOINT = "bench"
@@ -322,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-classes", default="inline",
                         help="comma list of gunicorn worker classes to measure (default: the server's default, inline)")
     parser.add_argument("--anchors", default="naive,mms", help="comma list of anchors to measure (naive, mms, or none)")
-    parser.add_argument("--mms-venv", default=os.environ.get("SELFMAKER_MMS_VENV", "/tmp/selfmaker-mms-venv"),
-                        help="venv with the anchors' requirements.txt installed (multi-model-server)")
+    parser.add_argument("--mms-venv", default=os.environ.get("SELFMAKER_MMS_VENV") or str(ROOT / ".bench" / "mms-venv"),
+                        help="venv with the anchors' requirements.txt installed (multi-model-server); default "
+                             "<repository>/.bench/mms-venv (gitignored), or SELFMAKER_MMS_VENV")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the goal cells (median reported)")
     parser.add_argument("--setup-mms", action="store_true", help="create the MMS venv (pip) if it is missing")
     parser.add_argument("--work", default=None, help="directory for models and logs (default: a temp dir)")

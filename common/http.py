@@ -35,8 +35,35 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 _CRLF2 = b"\r\n\r\n"
+
+
+def header_value(value: str) -> str:
+    """A header value without CR/LF (header injection)."""
+    return value.replace("\r", "").replace("\n", "")
+
+
+def invocation_headers(
+    content_type: str | None,
+    accept: str | None = None,
+    *,
+    custom_attributes: str | None = None,
+    inference_id: str | None = None,
+) -> dict[str, str]:
+    """The headers of a ``POST /invocations`` to a model server — the one place that builds them (the
+    router, async inference's worker and batch transform all call it): the content type
+    (``application/octet-stream`` when there is none), the accept type, SageMaker's custom attributes and
+    inference id, each without CR/LF."""
+    headers = {"Content-Type": header_value(content_type or "") or "application/octet-stream"}
+    if accept:
+        headers["Accept"] = header_value(accept)
+    if custom_attributes:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = header_value(custom_attributes)
+    if inference_id:
+        headers["X-Amzn-SageMaker-Inference-Id"] = header_value(inference_id)
+    return headers
 
 
 class UpstreamError(Exception):
@@ -298,8 +325,6 @@ class SyncPool:
     @classmethod
     def for_url(cls, url: str, *, timeout: float) -> SyncPool:
         """A pool for ``http://host:port[/base]`` (paths of :meth:`request` are appended to the base)."""
-        from urllib.parse import urlparse
-
         parsed = urlparse(url)
         return cls(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=timeout, base_path=parsed.path)
 

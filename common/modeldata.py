@@ -58,6 +58,7 @@ def fetch_model_data(uri: str, dest: Path, *, compressed: bool | None = None, cl
 
 
 def _fetch_s3(uri: str, dest: Path, model_dir: Path, compressed: bool | None, client: Any) -> Path:
+    # botocore only for s3:// sources: a model server that serves a local directory never loads it
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

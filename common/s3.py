@@ -35,6 +35,8 @@ def client(endpoint: str | None = None, *, max_pool_connections: int = 10, regio
     is not thread-safe); a client itself is thread-safe, so callers keep the one they get.
     ``max_pool_connections``: the client's HTTP connection pool (raise it for many threads).
     """
+    # boto3 loads with the first client, not with this module: the Lambda handler imports this module for
+    # endpoint_url() while it must stay on the standard library (serving/lambda_handler.py)
     import boto3
     from botocore.config import Config
 

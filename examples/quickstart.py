@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 import boto3
 import numpy as np
 
+from common.proc import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 XGBOOST_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 ROLE = "arn:aws:iam::123456789012:role/selfmaker-demo"
@@ -35,9 +36,7 @@ ROLE = "arn:aws:iam::123456789012:role/selfmaker-demo"
 
 def start_platform(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`selfmaker up` on a free port; returns once GET /ping answers 200."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(home / "selfmaker-up.log", "wb")  # noqa: SIM115 - closed with the process below
     proc = subprocess.Popen([sys.executable, "-m", "selfmaker", "up", "--home", str(home), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)

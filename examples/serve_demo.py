@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from common.proc import free_port
 
 
 def build_model(model_dir: Path) -> None:
@@ -37,12 +38,6 @@ def build_model(model_dir: Path) -> None:
     signature = {"format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1],
                  "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 4]}]}
     (model_dir / "signature.json").write_text(json.dumps(signature))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:

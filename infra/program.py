@@ -12,9 +12,10 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra import async_scaling, endpoints, naming, policies
 from infra import config as stack_config
-from infra import endpoints, naming, policies
 from infra.components.compute import InstanceGroup, InstanceGroupArgs, WarmPoolArgs
+from infra.components.endpoints.async_endpoint import AsyncEndpoint, AsyncEndpointArgs
 from infra.components.endpoints.gateway import Gateway, GatewayArgs
 from infra.components.endpoints.realtime import (
     AlarmArgs,
@@ -30,14 +31,17 @@ from infra.components.endpoints.serverless import (
     ServerlessVariantArgs,
 )
 from infra.components.iam import Roles, RolesArgs
+from infra.components.jobs import JobEnvironmentArgs, JobQueue, JobQueueArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.registry import ImageRepository, ImageRepositoryArgs
 from infra.components.storage import ModelStore, ModelStoreArgs
 
-#: Which image and which instance role each group role uses.
-IMAGE_FOR_ROLE = {"serve": "serving", "train": "training"}
-PROFILE_FOR_ROLE = {"serve": "serving", "train": "training"}
+#: Which image and which instance role each group role uses (training runs on AWS Batch: JobQueue).
+IMAGE_FOR_ROLE = {"serve": "serving"}
+PROFILE_FOR_ROLE = {"serve": "serving"}
 IMAGES = ("serving", "training")
+#: the image repository AWS Batch jobs run (training and transform)
+JOBS_IMAGE = "training"
 
 
 def configured_keys() -> list[str]:
@@ -105,7 +109,6 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
     outputs_bucket = store.buckets["outputs"].bucket
     groups: dict[str, InstanceGroup] = {}
     for group in cfg.groups:
-        serve = group.role == "serve"
         groups[group.name] = InstanceGroup(group.name, InstanceGroupArgs(
             role=group.role, accelerator=group.accelerator, instance_types=group.instance_types,
             vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids,
@@ -120,18 +123,32 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
             root_volume_gb=group.root_volume_gb, port=group.port, log_retention_days=cfg.log_retention_days,
             # Serving groups accept the model-server port from peers in the workload security group
             # (async workers, the platform); the load balancer's group is added by the endpoint stack.
-            ingress_security_group_ids=[network.workload_security_group.id] if serve else [],
+            ingress_security_group_ids=[network.workload_security_group.id],
             extra_security_group_ids=[network.workload_security_group.id],
-            model_data_uri=pulumi.Output.format("s3://{0}/{1}", models_bucket, group.model_key) if serve else None,
-            channels={name: pulumi.Output.format("s3://{0}/{1}", data_bucket, prefix)
-                      for name, prefix in group.channels.items()},
-            output_uri=None if serve else pulumi.Output.format("s3://{0}/training/{1}/", outputs_bucket, group.name),
-            checkpoint_uri=None if serve else pulumi.Output.format("s3://{0}/checkpoints/{1}/", outputs_bucket, group.name),
-            hyperparameters=group.hyperparameters, environment=group.environment,
+            model_data_uri=pulumi.Output.format("s3://{0}/{1}", models_bucket, group.model_key),
+            environment=group.environment,
+        ))
+
+    jobs: JobQueue | None = None
+    if cfg.jobs is not None:
+        jobs = JobQueue("jobs", JobQueueArgs(
+            prefix=cfg.prefix, environments=[JobEnvironmentArgs(
+                name=env.name, accelerator=env.accelerator, instance_types=env.instance_types,
+                image_tag=env.image_tag, max_vcpus=env.max_vcpus, on_demand=env.on_demand, spot=env.spot,
+                priority=env.priority, vcpus=env.vcpus, memory_mib=env.memory_mib, gpus=env.gpus,
+                root_volume_gb=env.root_volume_gb,
+            ) for env in cfg.jobs.environments],
+            vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids,
+            repository_url=images[JOBS_IMAGE].repository_url, repository_arn=images[JOBS_IMAGE].arn,
+            models_bucket_arn=store.buckets["models"].arn, data_bucket_arn=store.buckets["data"].arn,
+            outputs_bucket_arn=store.buckets["outputs"].arn, partition=partition_info.partition, region=region,
+            account_id=account_id, tags=tags, kms_key_arn=store.kms_key_arn, model_prefix=cfg.storage.model_prefix,
+            log_retention_days=cfg.log_retention_days, retry_attempts=cfg.jobs.retry_attempts,
+            extra_security_group_ids=[network.workload_security_group.id], ssm_access=cfg.ssm_access,
         ))
 
     gateway: Gateway | None = None
-    served: dict[str, RealtimeEndpoint | ServerlessEndpoint] = {}
+    served: dict[str, RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint] = {}
     if gateway_cfg is not None:
         internal = gateway_cfg.scheme == "internal"
         gateway = Gateway("gateway", GatewayArgs(
@@ -146,6 +163,13 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         ))
         blocks = endpoints.priority_blocks(e.name for e in cfg.endpoints)
         for endpoint in cfg.endpoints:
+            if endpoint.kind == "async":
+                served[endpoint.name] = async_endpoint(
+                    endpoint, gateway, blocks[endpoint.name], cfg=cfg, network=network, store=store,
+                    repository=images["serving"], region=region, account_id=account_id,
+                    partition=partition_info.partition,
+                )
+                continue
             if endpoint.kind == "serverless":
                 served[endpoint.name] = serverless_endpoint(
                     endpoint, gateway, blocks[endpoint.name], cfg=cfg, repository_url=images["serving"].repository_url,
@@ -182,13 +206,23 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         "roleArns": {kind: role.arn for kind, role in roles.roles.items()},
         "instanceProfileArns": {kind: profile.arn for kind, profile in roles.profiles.items()},
         "autoScalingGroups": {name: g.auto_scaling_group.name for name, g in groups.items()},
+        "jobQueues": {key: q.name for key, q in jobs.queues.items()} if jobs else {},
+        "jobDefinitions": {key: d.name for key, d in jobs.definitions.items()} if jobs else {},
     }
 
 
 def endpoint_output(endpoint: stack_config.EndpointConfig,
-                    served: RealtimeEndpoint | ServerlessEndpoint) -> dict[str, Any]:
+                    served: RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint) -> dict[str, Any]:
     """The ``endpoints`` stack output of one endpoint: its URL and, per variant, weights and group
-    (or function)."""
+    (or function; async: its queue, result locations and topics)."""
+    if isinstance(served, AsyncEndpoint):
+        return {
+            "url": served.url, "kind": "async", "queueUrl": served.queue.url,
+            "deadLetterQueueUrl": served.dead_letter_queue.url, "outputPath": served.output_path,
+            "failurePath": served.failure_path, "successTopicArn": served.topic_arns["success"],
+            "errorTopicArn": served.topic_arns["error"],
+            "variants": {endpoint.variants[0].name: {"autoScalingGroup": served.workers.auto_scaling_group.name}},
+        }
     weights = endpoints.alb_weights([v.weight for v in endpoint.variants])
     if isinstance(served, ServerlessEndpoint):
         return {
@@ -244,6 +278,46 @@ def realtime_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, p
         rollout=RolloutArgs(rollout.strategy, rollout.canary_percent, rollout.linear_step_percent, rollout.wait_seconds),
         alarms=AlarmArgs(alarms.target_5xx_per_minute, alarms.p99_latency_ms, alarms.evaluation_minutes),
         log_retention_days=cfg.log_retention_days,
+    ))
+
+
+def async_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
+                   cfg: stack_config.StackConfig, network: Network, store: ModelStore, repository: ImageRepository,
+                   region: str, account_id: str, partition: str) -> AsyncEndpoint:
+    """The :class:`AsyncEndpoint` of one configured async endpoint (its one instance variant = the
+    workers)."""
+    config = endpoint.async_inference
+    (variant,) = endpoint.variants
+    group = variant.group
+    assert config is not None and group is not None and group.model_key is not None
+    low = variant.scaling.min_instances if variant.scaling else variant.initial_instance_count
+    high = variant.scaling.max_instances if variant.scaling else max(variant.initial_instance_count, 1)
+    return AsyncEndpoint(endpoint.name, AsyncEndpointArgs(
+        endpoint_name=endpoint.name, variant_name=variant.name,
+        models_bucket=store.buckets["models"].bucket, models_bucket_arn=store.buckets["models"].arn,
+        model_key=group.model_key,
+        outputs_bucket=store.buckets["outputs"].bucket, outputs_bucket_arn=store.buckets["outputs"].arn,
+        output_prefix=config.output_prefix, failure_prefix=config.failure_prefix, state_prefix=config.state_prefix,
+        input_bucket=store.buckets["data"].bucket, input_bucket_arn=store.buckets["data"].arn,
+        input_prefix=config.input_prefix,
+        max_concurrent_invocations_per_instance=config.max_concurrent_invocations_per_instance,
+        accelerator=group.accelerator, instance_types=group.instance_types, vpc_id=network.vpc_id,
+        subnet_ids=network.private_subnet_ids, repository_url=repository.repository_url,
+        repository_arns=[repository.arn], image_tag=group.image_tag, region=region, account_id=account_id,
+        partition=partition, prefix=cfg.prefix, tags=dict(cfg.tags), ami_parameter=group.ami_parameter,
+        ami_id=group.ami_id,
+        scaling=async_scaling.BacklogScaling(min_instances=low, max_instances=high,
+                                             target_backlog_per_instance=config.backlog_per_instance,
+                                             idle_minutes=config.idle_minutes),
+        success_topic_arn=config.success_topic_arn, error_topic_arn=config.error_topic_arn,
+        include_inference_response_in=config.include_inference_response_in,
+        # the async route takes the last priority of the endpoint's block, as a real-time weighted rule
+        # would
+        gateway=gateway, rule_priority=priority_block + endpoints.BLOCK - 1,
+        root_volume_gb=group.root_volume_gb, spot_percentage=group.spot_percentage,
+        on_demand_base=group.on_demand_base, environment=dict(group.environment),
+        extra_security_group_ids=[network.workload_security_group.id], kms_key_arn=store.kms_key_arn,
+        log_retention_days=cfg.log_retention_days, ssm_access=cfg.ssm_access,
     ))
 
 

@@ -1,26 +1,25 @@
 """User data for instance-group instances: start the container runtime, log in to ECR, pull the image
-and run it with ``serve`` or ``train`` (pure rendering; every value is shell-quoted).
+and run it with ``serve`` or ``async`` (pure rendering; every value is shell-quoted).
 
 ``serve`` downloads ``model.tar.gz`` from S3, unpacks it on the host and runs the image's SageMaker
 model server on port 8080 with it mounted read-only at ``/opt/ml/model`` (what SageMaker does before
-``serve``; it works whatever extra arguments the image's entrypoint adds). ``train`` prepares the
-``/opt/ml`` tree (channels synced from S3, config JSONs), restores and periodically saves checkpoints,
-runs the image with ``train`` and uploads ``model.tar.gz``, ``output.tar.gz`` and the failure file to
-``<output>/<job>/output/`` — the same layout SageMaker uses.
+``serve``; it works whatever extra arguments the image's entrypoint adds). Training and transform jobs run on
+AWS Batch (:mod:`infra.components.jobs`), not from user data. ``async`` serves like ``serve`` (the model
+server listening on 127.0.0.1 only) and runs the image's async worker next to it
+(``python -m serving.asyncq`` with the SQS backend), which drains the endpoint's queue into that server.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-MODES = ("serve", "train")
+MODES = ("serve", "async")
 CONTAINER_PORT = 8080
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SQS_URL_RE = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 #: Variables the renderer sets itself; user environment may not override them.
 RESERVED_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION", "TRAINING_JOB_NAME",
@@ -44,16 +43,19 @@ class UserDataSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     host_port: int = CONTAINER_PORT
     model_data: str | None = None
-    channels: Mapping[str, str] = field(default_factory=dict)
-    output_uri: str | None = None
-    checkpoint_uri: str | None = None
-    hyperparameters: Mapping[str, str] = field(default_factory=dict)
     #: serve mode behind the gateway: the endpoint and production variant this instance answers for
     endpoint: str | None = None
     variant: str | None = None
-    checkpoint_sync_seconds: int = 300
-    terminate_when_done: bool = True
     ml_root: str = "/opt/ml"
+    #: async mode: the endpoint's queue, the worker's state prefix, invocations per instance
+    #: (MaxConcurrentInvocationsPerInstance) and the lease length (the endpoint's name is ``endpoint``)
+    queue_url: str | None = None
+    state_uri: str | None = None
+    concurrency: int = 1
+    visibility_timeout: int = 300
+    #: seconds docker gives the worker to stop gracefully (instance scale-in): it hands unfinished
+    #: requests back at once and lets results being stored finish
+    stop_timeout: int = 90
 
 
 def _check_s3(name: str, uri: str | None) -> str:
@@ -85,24 +87,21 @@ def validate(spec: UserDataSpec) -> None:
             raise ValueError(f"{name}: {value!r} is not a SageMaker endpoint/variant name")
     if (spec.endpoint is None) != (spec.variant is None):
         raise ValueError("endpoint: endpoint and variant are set together")
-    if spec.mode == "serve":
-        uri = _check_s3("model_data", spec.model_data)
-        if not uri.endswith(".tar.gz"):
-            raise ValueError(f"model_data: {uri!r} must point at a model.tar.gz")
-    else:
-        if not spec.channels:
-            raise ValueError("channels: a training group needs at least one input channel")
-        for channel, uri in spec.channels.items():
-            if not _CHANNEL_RE.match(channel):
-                raise ValueError(f"channels: {channel!r} is not a valid channel name")
-            _check_s3(f"channels.{channel}", uri)
-        _check_s3("output_uri", spec.output_uri)
-        _check_s3("checkpoint_uri", spec.checkpoint_uri)
-        if spec.checkpoint_sync_seconds < 1:
-            raise ValueError("checkpoint_sync_seconds: must be >= 1")
-        for key, value in spec.hyperparameters.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ValueError(f"hyperparameters: {key!r} - keys and values must be strings (SageMaker passes strings)")
+    if spec.mode == "async":
+        if not spec.queue_url or not _SQS_URL_RE.match(spec.queue_url):
+            raise ValueError(f"queue_url: {spec.queue_url!r} is not an SQS queue URL")
+        _check_s3("state_uri", spec.state_uri)
+        if not spec.endpoint:
+            raise ValueError("endpoint: an async worker needs its endpoint's name (the queue name it reports)")
+        if not 1 <= spec.concurrency <= 1000:
+            raise ValueError("concurrency: must be 1-1000")
+        if not 1 <= spec.visibility_timeout <= 43200:
+            raise ValueError("visibility_timeout: must be 1-43200")
+        if not 1 <= spec.stop_timeout <= 3600:
+            raise ValueError("stop_timeout: must be 1-3600")
+    uri = _check_s3("model_data", spec.model_data)
+    if not uri.endswith(".tar.gz"):
+        raise ValueError(f"model_data: {uri!r} must point at a model.tar.gz")
 
 
 def _q(value: str) -> str:
@@ -165,6 +164,8 @@ def _serve_body(spec: UserDataSpec) -> str:
     # The host unpacks model.tar.gz into <ml_root>/model and mounts it at /opt/ml/model, as SageMaker
     # does before `serve`; the image's entrypoint then serves /opt/ml/model.
     args = " \\\n  ".join(_docker_run_args(spec))
+    # An async instance takes no traffic from the network: only its own worker calls the model server.
+    publish = f"127.0.0.1:{spec.host_port}:{CONTAINER_PORT}" if spec.mode == "async" else f"{spec.host_port}:{CONTAINER_PORT}"
     return f"""
 ML_ROOT={_q(spec.ml_root)}
 MODEL_DATA={_q(spec.model_data or "")}
@@ -174,7 +175,7 @@ retry aws s3 cp "$MODEL_DATA" "$ML_ROOT/model.tar.gz" --only-show-errors
 tar -xzf "$ML_ROOT/model.tar.gz" -C "$ML_ROOT/model"
 rm -f "$ML_ROOT/model.tar.gz"
 docker rm -f selfmaker-serve >/dev/null 2>&1 || true
-docker run -d --name selfmaker-serve --restart unless-stopped -p {spec.host_port}:{CONTAINER_PORT} \\
+docker run -d --name selfmaker-serve --restart unless-stopped -p {publish} \\
   -v "$ML_ROOT/model:/opt/ml/model:ro" \\
   {args} \\
   "$IMAGE" serve
@@ -182,80 +183,28 @@ echo "selfmaker: serving {spec.group} ($MODEL_DATA) on port {spec.host_port}"
 """
 
 
-def _train_body(spec: UserDataSpec) -> str:
-    input_config = {
-        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-        for name in sorted(spec.channels)
-    }
-    syncs = "\n".join(
-        f'aws s3 sync {_q(uri)} "$ML_ROOT/input/data/"{_q(name)} --only-show-errors'
-        for name, uri in sorted(spec.channels.items())
-    )
+def _async_body(spec: UserDataSpec) -> str:
+    # The worker waits for the model server's /ping itself (unreachable = retried, never a failure).
     args = " \\\n  ".join(_docker_run_args(spec))
-    output_uri = (spec.output_uri or "").rstrip("/")
-    return f"""
-ML_ROOT={_q(spec.ml_root)}
-JOB_NAME={_q(spec.group)}-"$INSTANCE_ID"
-OUTPUT={_q(output_uri)}/"$JOB_NAME"/output
-CHECKPOINTS={_q((spec.checkpoint_uri or "").rstrip("/") + "/")}
-mkdir -p "$ML_ROOT/input/config" "$ML_ROOT/input/data" "$ML_ROOT/model" "$ML_ROOT/output/data" \\
-  "$ML_ROOT/checkpoints"
-{syncs}
-printf '%s\\n' {_q(json.dumps(dict(spec.hyperparameters), sort_keys=True))} \\
-  > "$ML_ROOT/input/config/hyperparameters.json"
-printf '%s\\n' {_q(json.dumps(input_config, sort_keys=True))} > "$ML_ROOT/input/config/inputdataconfig.json"
-printf '{{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0", '\\
-'"current_instance_type": "%s"}}\\n' "$INSTANCE_TYPE" > "$ML_ROOT/input/config/resourceconfig.json"
-
-# Resume from the group's checkpoints (spot replacements pick up where the last instance stopped)
-# and save them while the job runs.
-aws s3 sync "$CHECKPOINTS" "$ML_ROOT/checkpoints" --only-show-errors
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  while true; do
-    sleep {int(spec.checkpoint_sync_seconds)} & sleeper=$!
-    wait "$sleeper"
-    aws s3 sync "$ML_ROOT/checkpoints" "$CHECKPOINTS" --only-show-errors || true
-  done
-) &
-SYNC_PID=$!
-
-set +e
-docker run --rm --name selfmaker-train --network host -v "$ML_ROOT:/opt/ml" \\
-  -e TRAINING_JOB_NAME="$JOB_NAME" \\
+    worker = " ".join(_q(a) for a in (
+        "python", "-m", "serving.asyncq", "--queue", f"sqs:{spec.queue_url}", "--state", spec.state_uri or "",
+        "--name", spec.endpoint or "", "--model-url", f"http://127.0.0.1:{spec.host_port}",
+        "--concurrency", str(spec.concurrency), "--visibility-timeout", str(spec.visibility_timeout),
+    ))
+    args = args.replace('awslogs-stream="$INSTANCE_ID"', 'awslogs-stream="$INSTANCE_ID-async-worker"')
+    return _serve_body(spec) + f"""
+# Start taking requests once the model answers /ping (bounded: ~10 minutes).
+for _ in $(seq 1 300); do
+  curl -sf -o /dev/null http://127.0.0.1:{spec.host_port}/ping && break
+  sleep 2
+done
+docker rm -f selfmaker-async-worker >/dev/null 2>&1 || true
+docker run -d --name selfmaker-async-worker --restart unless-stopped --network host \\
+  --stop-timeout {int(spec.stop_timeout)} \\
   {args} \\
-  "$IMAGE" train
-RC=$?
-set -e
-kill "$SYNC_PID" 2>/dev/null || true
-wait "$SYNC_PID" 2>/dev/null || true
-aws s3 sync "$ML_ROOT/checkpoints" "$CHECKPOINTS" --only-show-errors
-
-if [ "$RC" -eq 0 ]; then
-  tar -czf "$ML_ROOT/output/model.tar.gz" -C "$ML_ROOT/model" .
-  aws s3 cp "$ML_ROOT/output/model.tar.gz" "$OUTPUT/model.tar.gz" --only-show-errors
-fi
-if [ -n "$(ls -A "$ML_ROOT/output/data")" ]; then
-  tar -czf "$ML_ROOT/output/output.tar.gz" -C "$ML_ROOT/output/data" .
-  aws s3 cp "$ML_ROOT/output/output.tar.gz" "$OUTPUT/output.tar.gz" --only-show-errors
-fi
-if [ -f "$ML_ROOT/output/failure" ]; then
-  aws s3 cp "$ML_ROOT/output/failure" "$OUTPUT/failure" --only-show-errors
-fi
-echo "selfmaker: training job $JOB_NAME finished with exit code $RC"
-{_finish(spec)}exit "$RC"
+  "$IMAGE" {worker}
+echo "selfmaker: async worker for {spec.endpoint} started"
 """
-
-
-def _finish(spec: UserDataSpec) -> str:
-    if not spec.terminate_when_done:
-        return ""
-    # One job per instance: leave the group (and lower its desired capacity) so nothing idles on a
-    # GPU; a spot interruption instead keeps desired capacity and the replacement resumes.
-    return (
-        'aws autoscaling terminate-instance-in-auto-scaling-group --region "$REGION" '
-        '--instance-id "$INSTANCE_ID" --should-decrement-desired-capacity || true\n'
-    )
 
 
 def render_user_data(spec: UserDataSpec) -> str:
@@ -266,5 +215,6 @@ def render_user_data(spec: UserDataSpec) -> str:
         mode=spec.mode, region=_q(spec.region), registry=_q(spec.registry), image=_q(spec.image),
         log_group=_q(spec.log_group), install=install,
     )
-    body = _serve_body(spec) if spec.mode == "serve" else _train_body(spec)
+    bodies = {"serve": _serve_body, "async": _async_body}
+    body = bodies[spec.mode](spec)
     return header + body

@@ -301,3 +301,44 @@ def test_private_reach_checker(tmp_path: Path) -> None:
         "line 1: from selfmaker.endpoints.manager import _ping",
         "line 5: platform.endpoints._build_variant",
     ]
+
+
+# ---- imports inside functions say why ------------------------------------------------------------------
+
+#: packages whose deferred imports must carry their reason (issue 19: selfmaker hid 14 imports in functions)
+REASONED_IMPORT_PACKAGES = ("selfmaker", "common")
+
+
+def unexplained_function_imports(path: Path) -> list[str]:
+    """Imports inside functions of ``path`` with no comment on their line, on the line before their group
+    of imports (``# dask and pyarrow: only once a job runs``) or on that line's ``try:``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    tree = ast.parse("\n".join(lines), filename=str(path))
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            first = node.lineno - 1
+            while first > 0 and lines[first - 1].strip().startswith(("import ", "from ")):
+                first -= 1  # the first import of a group of them
+            before = lines[first - 1] if first > 0 else ""
+            if "#" not in lines[node.lineno - 1] and "#" not in lines[first] and "#" not in before:
+                found.append(f"line {node.lineno}: {lines[node.lineno - 1].strip()}")
+    return sorted(set(found))
+
+
+def test_imports_inside_functions_say_why() -> None:
+    bad = {str(p.relative_to(ROOT)): found for pkg in REASONED_IMPORT_PACKAGES
+           for p in sorted((ROOT / pkg).rglob("*.py")) if (found := unexplained_function_imports(p))}
+    assert not bad, f"imports hidden in functions without a comment saying why (or move them up): {bad}"
+
+
+def test_function_import_checker(tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text("import os\n\ndef f():\n    import json\n\ndef g():\n    # heavy: only when a job runs\n"
+                    "    import dask\n    from dask import array\n\ndef h():\n    try:  # optional\n"
+                    "        import uvloop\n    except ImportError:\n        pass\n    import csv  # why\n")
+    assert unexplained_function_imports(path) == ["line 4: import json"]

@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from common import eventstream
+from common.http import header_value
 from selfmaker import logcontext
 from selfmaker.api.common import compact, read_limited
 from selfmaker.api.metrics import render_metrics
@@ -97,11 +98,6 @@ async def control_plane(request: web.Request) -> web.Response:
         return _control_error(InternalFailure("internal error"), request_id)
 
 
-def _header(value: str) -> str:
-    """A header value without CR/LF (header injection)."""
-    return value.replace("\r", "").replace("\n", "")
-
-
 async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
     """InvokeEndpoint: route to a variant and instance, proxy the request, answer with the model's bytes."""
     return await _invoke(request, stream=False)
@@ -154,7 +150,7 @@ def _answer(record: InvocationRecord, request_id: str, *, stream: bool) -> web.R
     payload = record.response_body or b""
     response_headers = {"x-Amzn-Invoked-Production-Variant": record.variant_name or "", "x-amzn-RequestId": request_id}
     if record.response_custom_attributes:
-        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.response_custom_attributes)
+        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = header_value(record.response_custom_attributes)
     if stream:
         if record.response_content_type:
             response_headers["X-Amzn-SageMaker-Content-Type"] = record.response_content_type

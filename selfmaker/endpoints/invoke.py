@@ -6,7 +6,8 @@ observers.
 * :func:`call_variant` sends one request to an instance of a variant (least outstanding requests, another
   instance when the request never reached a model server) — features that send requests of their own
   (shadow copies, guarded deployments) use it too;
-* :func:`outgoing_headers` is the one place that decides which headers go to a model server;
+* :func:`outgoing_headers`: the headers that go to a model server for a record (built by
+  :func:`common.http.invocation_headers`, as every caller of a model server does);
 * :func:`model_error` is SageMaker's ModelError (424) for a model server's non-2xx answer.
 """
 
@@ -17,7 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from common.http import ConnectError, UpstreamClosed, UpstreamError
+from common.http import ConnectError, UpstreamClosed, UpstreamError, invocation_headers
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantAnswer, VariantRuntime
 from selfmaker.errors import ModelError
 
@@ -27,22 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _header(value: str) -> str:
-    """A header value without CR/LF (header injection)."""
-    return value.replace("\r", "").replace("\n", "")
-
-
 def outgoing_headers(record: InvocationRecord) -> dict[str, str]:
     """The headers a model server gets for ``record``: its content type, accept, custom attributes and
     inference id, without CR/LF."""
-    headers = {"Content-Type": _header(record.content_type or "") or "application/octet-stream"}
-    if record.accept:
-        headers["Accept"] = _header(record.accept)
-    if record.custom_attributes:
-        headers["X-Amzn-SageMaker-Custom-Attributes"] = _header(record.custom_attributes)
-    if record.inference_id:
-        headers["X-Amzn-SageMaker-Inference-Id"] = _header(record.inference_id)
-    return headers
+    return invocation_headers(record.content_type, record.accept, custom_attributes=record.custom_attributes,
+                              inference_id=record.inference_id)
 
 
 async def invoke(endpoints: EndpointManager, runtime: EndpointRuntime, record: InvocationRecord) -> InvocationRecord:

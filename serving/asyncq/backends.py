@@ -12,7 +12,6 @@ The :class:`StateStore` keeps per-request facts that must survive a crash: the r
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import math
 import sqlite3
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 from botocore.exceptions import ClientError
 
 from common import s3, uris
-from serving.asyncq.request import AsyncRequest
+from serving.asyncq.request import AsyncRequest, fifo_ids
 
 log = logging.getLogger(__name__)
 
@@ -385,8 +384,8 @@ class SqsQueue(QueueBackend):
     def put(self, request: AsyncRequest) -> bool:
         kwargs: dict[str, Any] = {"QueueUrl": self.queue_url, "MessageBody": request.to_json()}
         if self._fifo:
-            digest = hashlib.sha256(f"{request.endpoint_name}\n{request.inference_id}".encode()).hexdigest()
-            kwargs.update(MessageGroupId=digest[:64], MessageDeduplicationId=digest[:128])
+            group, dedup = fifo_ids(request.endpoint_name, request.inference_id)
+            kwargs.update(MessageGroupId=group, MessageDeduplicationId=dedup)
         self._client.send_message(**kwargs)
         return True
 

@@ -8,6 +8,7 @@ anything up and the locations returned by the 202 are the ones written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ def result_locations(
     output = _join(output_path, extension or "", f"{name}.out")
     failure = _join(failure_path or output_path, extension or "", f"{name}-error.out")
     return output, failure
+
+
+def fifo_ids(endpoint_name: str, inference_id: str) -> tuple[str, str]:
+    """``(MessageGroupId, MessageDeduplicationId)`` of a request on a FIFO queue: one InferenceId of an
+    endpoint is queued once within SQS's de-duplication window, whoever sends it."""
+    digest = hashlib.sha256(f"{endpoint_name}\n{inference_id}".encode()).hexdigest()
+    return digest[:64], digest[:128]
 
 
 @dataclass(frozen=True)

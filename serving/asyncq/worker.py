@@ -38,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.http import DeadlineConnection
+from common.http import DeadlineConnection, invocation_headers
 from serving.asyncq.backends import Lease, QueueBackend
 from serving.asyncq.notify import SnsPublisher, build_message, dedup_id, embeds_response, topic_for
 from serving.asyncq.objects import InputStream, ObjectError, ObjectStore
@@ -87,6 +87,8 @@ class _Job:
     abandoned: bool = False
     lost: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: set when the job is over (done, retried or handed back): a twin delivery waits for it
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -219,9 +221,24 @@ class AsyncWorker:
         """Process one leased request to completion, or give it back to the queue."""
         job = _Job(lease)
         key = id(job)
-        with self._jobs_lock:
-            self._jobs[key] = job
         request = lease.request
+        with self._jobs_lock:
+            first = next(
+                (j for j in self._jobs.values() if j.lease.request.inference_id == request.inference_id), None
+            )
+            self._jobs[key] = job
+        if first is not None:
+            # The same InferenceId delivered twice at once (an SQS standard queue, a client that sent it
+            # again): this delivery waits, its lease kept by the heartbeat, until the first one is done,
+            # then finds its recorded outcome and notified mark instead of invoking and notifying again.
+            log.info("%s is being processed already; delivery %d waits for it", request.inference_id,
+                     lease.receive_count)
+            first.done.wait()
+            if job.abandoned:  # a graceful stop handed it back meanwhile
+                with self._jobs_lock:
+                    self._jobs.pop(key, None)
+                job.done.set()
+                return
         try:
             self._process(job)
         except _Abort as exc:
@@ -245,6 +262,7 @@ class AsyncWorker:
         finally:
             with self._jobs_lock:
                 self._jobs.pop(key, None)
+            job.done.set()
 
     def _process(self, job: _Job) -> None:
         lease = job.lease
@@ -393,14 +411,12 @@ class AsyncWorker:
             deadline=timeout,
             blocksize=_CHUNK,
         )
-        headers = {
-            "Content-Type": request.content_type or "application/octet-stream",
-            "X-Amzn-SageMaker-Inference-Id": request.inference_id,
-        }
-        if request.accept:
-            headers["Accept"] = request.accept
-        if request.custom_attributes:
-            headers["X-Amzn-SageMaker-Custom-Attributes"] = request.custom_attributes
+        headers = invocation_headers(
+            request.content_type,
+            request.accept,
+            custom_attributes=request.custom_attributes,
+            inference_id=request.inference_id,
+        )
         if stream.length is not None:
             headers["Content-Length"] = str(stream.length)
         reader = _CountingReader(stream)

@@ -176,6 +176,8 @@ def _req(**extra: Any) -> dict[str, Any]:
     (_req(DataProcessing={"JoinSource": "Input"}, tout={"AssembleWith": "None"}), "AssembleWith 'Line'"),
     (_req(DataProcessing={"InputFilter": "$[1:]"}, tin={"ContentType": "application/x-npy"}), "CSV or JSON"),
     (_req(tout={"S3OutputPath": "ftp://x/y"}), "S3OutputPath"),
+    (_req(tout={"S3OutputPath": "s3:///out"}), "'TransformOutput.S3OutputPath' has no bucket"),
+    (_req(tin={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://"}}}), "has no bucket"),
     (_req(Environment={f"K{i}": "v" for i in range(17)}), "16 entries"),
 ])
 def test_invalid_requests_name_the_member(request_: dict[str, Any], message: str) -> None:

@@ -287,16 +287,37 @@ def test_stack_outputs_name_every_endpoint_url_and_variant(pulumi_harness: Pulum
     assert churn["dashboard"] == "selfmaker-dev-churn"
     assert churn["variants"]["champion"]["albWeight"] == 999 and churn["variants"]["challenger"]["albWeight"] == 111
     assert churn["variants"]["champion"]["autoScalingGroup"] == pulumi_harness.named("churn-champion-asg").state["name"]
-    assert set(outputs["endpoints"]) == {"churn", "vision", "scoring"}
+    assert set(outputs["endpoints"]) == {"churn", "vision", "scoring", "churn-batch"}
     scoring = outputs["endpoints"]["scoring"]  # serverless: a function per variant instead of a group
     assert scoring["url"] == f"http://{dns}/endpoints/scoring/invocations"
     assert scoring["variants"]["AllTraffic"]["function"] == "selfmaker-dev-scoring-AllTraffic"
     assert scoring["variants"]["AllTraffic"]["serverlessConfig"] == {
         "memorySizeInMB": 2048, "maxConcurrency": 10, "provisionedConcurrency": 1}
+    batch = outputs["endpoints"]["churn-batch"]
+    assert batch["url"] == f"http://{dns}/endpoints/churn-batch/async-invocations" and batch["kind"] == "async"
+    assert batch["queueUrl"] == pulumi_harness.named("churn-batch-queue").state["url"]
+    assert batch["outputPath"] == f"s3://{pulumi_harness.named('store-outputs').state['bucket']}/async/churn-batch/output/"
+
+
+def _comparable(value: Any) -> Any:
+    """Inputs with Pulumi assets (which compare by identity) replaced by what they hold."""
+    import pulumi
+
+    if isinstance(value, pulumi.AssetArchive):
+        return ("archive", {k: _comparable(v) for k, v in value.assets.items()})
+    if isinstance(value, pulumi.FileAsset):
+        return ("file", value.path)
+    if isinstance(value, pulumi.StringAsset):
+        return ("string", value.text)
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return value
 
 
 def _inputs(regs: list[Registration]) -> dict[tuple[str, str], Any]:
-    return {(r.type, r.name): r.inputs for r in regs}
+    return {(r.type, r.name): _comparable(r.inputs) for r in regs}
 
 
 def _changed(before: dict[tuple[str, str], Any], after: dict[tuple[str, str], Any]) -> set[str]:

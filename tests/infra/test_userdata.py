@@ -7,7 +7,6 @@ is the real rendered output, run by the real bash, with real tar and real files 
 from __future__ import annotations
 
 import subprocess
-import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,20 +76,8 @@ def run_script(script: str, tmp_path: Path, **env: str) -> tuple[subprocess.Comp
     return result, calls
 
 
-def _train_spec(tmp_path: Path) -> userdata.UserDataSpec:
-    return userdata.UserDataSpec(
-        mode="train", group="train-gpu", region="eu-west-1", registry=REGISTRY,
-        image=f"{REGISTRY}/selfmaker-dev/training:0.1.0", log_group="/selfmaker-dev/train-gpu", gpu=True,
-        install_docker=False, channels={"train": "s3://data-b/datasets/demo/train/", "validation": "s3://data-b/v/"},
-        output_uri="s3://outputs-b/training/train-gpu/", checkpoint_uri="s3://outputs-b/checkpoints/train-gpu/",
-        hyperparameters={"num_round": "50", "objective": "binary:logistic"}, ml_root=str(tmp_path / "opt-ml"),
-    )
-
-
-@pytest.mark.parametrize("mode", ["serve", "train"])
-def test_rendered_scripts_are_valid_bash(mode: str, tmp_path: Path) -> None:
-    spec = SERVE if mode == "serve" else _train_spec(tmp_path)
-    script = userdata.render_user_data(spec)
+def test_rendered_script_is_valid_bash() -> None:
+    script = userdata.render_user_data(SERVE)
     assert script.startswith("#!/bin/bash\n") and "set -euo pipefail" in script
     check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
@@ -150,53 +137,6 @@ def test_environment_values_reach_docker_exactly(tmp_path: Path, environment: di
         assert f"{key}={value}" in passed
 
 
-def test_train_script_prepares_opt_ml_runs_train_and_uploads_artifacts(tmp_path: Path) -> None:
-    spec = _train_spec(tmp_path)
-    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
-    assert result.returncode == 0, result.stderr
-    root = Path(spec.ml_root)
-    assert (root / "input/config/hyperparameters.json").read_text().strip() == \
-        '{"num_round": "50", "objective": "binary:logistic"}'
-    assert '"train": {"RecordWrapperType": "None"' in (root / "input/config/inputdataconfig.json").read_text()
-    assert '"current_instance_type": "g5.2xlarge"' in (root / "input/config/resourceconfig.json").read_text()
-    assert ["aws", "s3", "sync", "s3://data-b/datasets/demo/train/", f"{root}/input/data/train", "--only-show-errors"] in calls
-    assert ["aws", "s3", "sync", "s3://data-b/v/", f"{root}/input/data/validation", "--only-show-errors"] in calls
-    checkpoints = "s3://outputs-b/checkpoints/train-gpu/"
-    assert ["aws", "s3", "sync", checkpoints, f"{root}/checkpoints", "--only-show-errors"] in calls  # restore
-    assert ["aws", "s3", "sync", f"{root}/checkpoints", checkpoints, "--only-show-errors"] in calls  # save
-    run = next(c for c in calls if c[:2] == ["docker", "run"])
-    assert run[-2:] == [spec.image, "train"] and "--gpus" in run
-    assert f"{root}:/opt/ml" in run
-    assert "TRAINING_JOB_NAME=train-gpu-i-0123456789abcdef0" in run
-    out = "s3://outputs-b/training/train-gpu/train-gpu-i-0123456789abcdef0/output"
-    assert ["aws", "s3", "cp", f"{root}/output/model.tar.gz", f"{out}/model.tar.gz", "--only-show-errors"] in calls
-    assert ["aws", "s3", "cp", f"{root}/output/output.tar.gz", f"{out}/output.tar.gz", "--only-show-errors"] in calls
-    with tarfile.open(root / "output/model.tar.gz") as tar:
-        assert "./model.onnx" in tar.getnames()
-    assert not [c for c in calls if c[0] == "aws" and c[-2:] == [f"{out}/failure", "--only-show-errors"]]
-    # one job per instance: it leaves its group afterwards, lowering the desired capacity
-    assert calls[-1] == ["aws", "autoscaling", "terminate-instance-in-auto-scaling-group", "--region", "eu-west-1",
-                         "--instance-id", "i-0123456789abcdef0", "--should-decrement-desired-capacity"]
-
-
-def test_failed_training_uploads_the_failure_file_and_exits_non_zero(tmp_path: Path) -> None:
-    spec = _train_spec(tmp_path)
-    result, calls = run_script(userdata.render_user_data(spec), tmp_path, FAKE_TRAIN_RC="3")
-    assert result.returncode == 3
-    root = Path(spec.ml_root)
-    out = "s3://outputs-b/training/train-gpu/train-gpu-i-0123456789abcdef0/output"
-    assert ["aws", "s3", "cp", f"{root}/output/failure", f"{out}/failure", "--only-show-errors"] in calls
-    assert not [c for c in calls if c[:3] == ["aws", "s3", "cp"] and c[4].endswith("model.tar.gz")]
-    assert calls[-1][:3] == ["aws", "autoscaling", "terminate-instance-in-auto-scaling-group"]
-
-
-def test_training_instances_can_stay_in_their_group(tmp_path: Path) -> None:
-    spec = replace(_train_spec(tmp_path), terminate_when_done=False)
-    result, calls = run_script(userdata.render_user_data(spec), tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert not [c for c in calls if c[:2] == ["aws", "autoscaling"]]
-
-
 def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
     script = userdata.render_user_data(SERVE)
     assert "dnf install -y docker" in script
@@ -214,10 +154,7 @@ def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
     ({"environment": {"AWS_REGION": "x"}}, "environment"),
     ({"region": "us-east-1\nrm -rf /"}, "region"),
     ({"host_port": 0}, "host_port"),
-    ({"mode": "train"}, "channels"),
-    ({"mode": "train", "channels": {"train": "s3://d/x/"}}, "channels.train"),
-    ({"mode": "train", "channels": {"bad name": "s3://data-b/x/"}}, "channels"),
-    ({"mode": "train", "channels": {"train": "s3://data-b/x/"}}, "output_uri"),
+    ({"mode": "train"}, "mode"),  # training runs on AWS Batch (infra/components/jobs.py)
     ({"endpoint": "churn"}, "endpoint"),
     ({"endpoint": "churn", "variant": "a b"}, "variant"),
     ({"endpoint": "churn;reboot", "variant": "v1"}, "endpoint"),
@@ -225,17 +162,6 @@ def test_cpu_hosts_install_docker_when_missing(tmp_path: Path) -> None:
 def test_bad_specs_name_the_field(change: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=rf"^{field}:"):
         userdata.render_user_data(replace(SERVE, **change))  # type: ignore[arg-type]
-
-
-def test_no_sleeping_helper_outlives_the_training_script(tmp_path: Path) -> None:
-    spec = _train_spec(tmp_path)
-    marker = f"sleep {spec.checkpoint_sync_seconds}"
-    result, _ = run_script(userdata.render_user_data(spec), tmp_path)
-    assert result.returncode == 0
-    # The checkpoint loop is killed with its sleeper; nothing of ours is left running.
-    mine = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p) == marker
-            and _env_has(p, str(tmp_path))]
-    assert mine == []
 
 
 def _cmdline(proc: Path) -> str:
@@ -251,3 +177,57 @@ def _env_has(proc: Path, needle: str) -> bool:
     except OSError:
         return False
 
+
+
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/churn-batch-queue-1a2b3c"
+
+
+def _async_spec(tmp_path: Path, **changes: object) -> userdata.UserDataSpec:
+    values: dict[str, object] = {
+        "mode": "async", "group": "churn-batch-workers", "ml_root": str(tmp_path / "opt-ml"), "queue_url": QUEUE_URL,
+        "state_uri": "s3://outputs-b/async/churn-batch/state/", "endpoint": "churn-batch", "variant": "AllTraffic",
+        "concurrency": 4, "visibility_timeout": 3720, **changes,
+    }
+    return replace(SERVE, **values)  # type: ignore[arg-type]
+
+
+def test_async_script_runs_a_private_model_server_and_the_worker_beside_it(tmp_path: Path) -> None:
+    spec = _async_spec(tmp_path)
+    script = userdata.render_user_data(spec)
+    check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    result, calls = run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = [c for c in calls if c[:2] == ["docker", "run"]]
+    assert len(runs) == 2
+    server, worker = runs
+    assert server[-2:] == [SERVE.image, "serve"]
+    assert server[server.index("-p") + 1] == "127.0.0.1:8080:8080"  # not reachable from the network
+    # the worker starts after the model answers /ping, with the SQS backend and an S3 state prefix
+    ping = [i for i, c in enumerate(calls) if c[0] == "curl" and "http://127.0.0.1:8080/ping" in c]
+    assert ping and ping[0] < calls.index(worker)
+    image_at = worker.index(SERVE.image)
+    assert worker[image_at + 1:] == [
+        "python", "-m", "serving.asyncq", "--queue", f"sqs:{QUEUE_URL}",
+        "--state", "s3://outputs-b/async/churn-batch/state/", "--name", "churn-batch",
+        "--model-url", "http://127.0.0.1:8080", "--concurrency", "4", "--visibility-timeout", "3720",
+    ]
+    assert worker[worker.index("--network") + 1] == "host"
+    assert worker[worker.index("--stop-timeout") + 1] == "90"  # scale-in: time to hand work back and finish
+    opts = {worker[i + 1] for i, a in enumerate(worker) if a == "--log-opt"}
+    assert "awslogs-stream=i-0123456789abcdef0-async-worker" in opts
+    env = {worker[i + 1] for i, a in enumerate(worker) if a == "-e"}
+    assert {"AWS_REGION=us-east-1", "SAGEMAKER_MODEL_SERVER_WORKERS=2"} <= env
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"queue_url": "https://example.com/q"}, "queue_url"),
+    ({"queue_url": None}, "queue_url"),
+    ({"state_uri": "/tmp/state"}, "state_uri"),
+    ({"endpoint": None, "variant": None}, "endpoint"),
+    ({"concurrency": 0}, "concurrency"),
+    ({"visibility_timeout": 43201}, "visibility_timeout"),
+])
+def test_bad_async_specs_name_the_field(change: dict[str, object], field: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        userdata.render_user_data(_async_spec(tmp_path, **change))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+import pytest
 from platform_helpers import (
     WAIT,
     PlatformProcess,
@@ -20,6 +21,10 @@ from platform_helpers import (
     make_model,
     variant,
 )
+
+# starts its own platform three times (a SIGKILL crash, a graceful stop) and runs a training job: about 40 s,
+# as long as an acceptance module, so `make test-fast` leaves it out with them
+pytestmark = pytest.mark.slow
 
 
 def _pids(home: Path, endpoint: str) -> set[int]:

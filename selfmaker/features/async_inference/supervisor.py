@@ -23,7 +23,6 @@ import asyncio
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import boto3
 from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,15 +42,9 @@ from common import uris
 from selfmaker.api.common import read_limited
 from selfmaker.api.validation import check_invoke_request
 from selfmaker.errors import ValidationError, ValidationException
-from serving.asyncq import AsyncRequest, QueueBackend, SqliteQueue, result_locations
-from serving.asyncq.request import (
-    DEFAULT_INVOCATION_TIMEOUT_SECONDS,
-    DEFAULT_TTL_SECONDS,
-    ERROR_TOPIC,
-    MAX_INVOCATION_TIMEOUT_SECONDS,
-    MAX_TTL_SECONDS,
-    SUCCESS_TOPIC,
-)
+from serving.asyncq import QueueBackend, SqliteQueue, invoke
+from serving.asyncq.backends import open_queue
+from serving.asyncq.request import ERROR_TOPIC, SUCCESS_TOPIC
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InvocationRecord, VariantRuntime
@@ -58,12 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TOPIC_ARN = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]*:[0-9]{12}:[a-zA-Z0-9_.-]+$")
-_INFERENCE_ID = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,63}$")
-_EXTENSION_RE = re.compile(r"^(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]{1,512}$")
-_FILENAME_RE = re.compile(r"^(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]{0,31}$")
 #: inline InvokeEndpointAsync Body limit (newer API versions)
-MAX_INLINE_BODY = 128_000
+MAX_INLINE_BODY = invoke.MAX_INLINE_BODY
 
 
 class AsyncInferenceSettings(BaseSettings):
@@ -120,13 +110,13 @@ def check_config(platform: Services, params: dict[str, Any]) -> list[str]:
     notification = output.get("NotificationConfig") or {}
     for key in ("SuccessTopic", "ErrorTopic"):
         topic = notification.get(key)
-        if topic and not _TOPIC_ARN.match(topic):
+        if topic and not invoke.topic_ok(topic):
             raise ValidationException(
                 f"AsyncInferenceConfig.OutputConfig.NotificationConfig.{key} '{topic}' is not "
                 "an SNS topic ARN."
             )
     for value in notification.get("IncludeInferenceResponseIn") or []:
-        if value not in (SUCCESS_TOPIC, ERROR_TOPIC):
+        if not invoke.include_ok(value):
             raise ValidationException(
                 f"IncludeInferenceResponseIn value '{value}' must be one of {SUCCESS_TOPIC}, {ERROR_TOPIC}."
             )
@@ -237,10 +227,6 @@ class AsyncSupervisor:
             if self.settings.backend == "sqlite":
                 queue = SqliteQueue(self.queue_path, endpoint)
             else:
-                import boto3
-
-                from serving.asyncq.backends import open_queue
-
                 client = boto3.client("sqs", region_name=self.platform.settings.region)
                 url = client.create_queue(QueueName=f"{self.settings.sqs_queue_prefix}{endpoint}"[:80])[
                     "QueueUrl"
@@ -579,38 +565,11 @@ def attach(platform: Services, runtime: EndpointRuntime, config: dict[str, Any])
 # --------------------------------------------------------------------------- InvokeEndpointAsync
 
 
-def _int_header(headers: Any, name: str, default: int, low: int, high: int, member: str) -> int:
-    raw = headers.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(
-            f"1 validation error detected: Value '{raw}' at '{member}' failed to satisfy "
-            "constraint: Member must be an integer"
-        ) from None
-    if not low <= value <= high:
-        raise ValidationError(
-            f"1 validation error detected: Value '{value}' at '{member}' failed to satisfy "
-            f"constraint: Member must have value between {low} and {high}"
-        )
-    return value
-
-
-def _clean(value: str | None, member: str, limit: int = 1024) -> str | None:
-    if value is None:
-        return None
-    if len(value) > limit or any(ord(c) > 127 or c in "\r\n" for c in value):
-        raise ValidationError(
-            f"1 validation error detected: Value at '{member}' failed to satisfy constraint: "
-            f"Member must have length less than or equal to {limit} and be ASCII"
-        )
-    return value
-
-
 async def invoke_async(platform: Services, request: web.Request) -> web.Response:
-    """InvokeEndpointAsync: durable enqueue, then 202 ``{"InferenceId"}`` + Output/FailureLocation headers."""
+    """InvokeEndpointAsync: durable enqueue, then 202 ``{"InferenceId"}`` + Output/FailureLocation headers.
+
+    The request checks are :mod:`serving.asyncq.invoke`'s, shared with the AWS front Lambda.
+    """
     sup = supervisor(platform)
     name = request.match_info["name"]
     check_invoke_request(name, request.headers, "InvokeEndpointAsync")  # botocore's model, as InvokeEndpoint
@@ -621,104 +580,34 @@ async def invoke_async(platform: Services, request: web.Request) -> web.Response
             f"Endpoint {runtime.name} is not configured for asynchronous inference "
             "(its endpoint config has no AsyncInferenceConfig)."
         )
-    headers = request.headers
-    inference_id = headers.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4())
-    if (
-        not _INFERENCE_ID.match(inference_id)
-        or "/" in inference_id
-        or "\\" in inference_id
-        or inference_id in (".", "..")
-    ):
-        raise ValidationError(
-            f"1 validation error detected: Value '{inference_id[:80]}' at 'inferenceId' failed to "
-            "satisfy constraint: 1-64 printable characters, no '/' or '\\'"
-        )
-    ttl = _int_header(
-        headers,
-        "X-Amzn-SageMaker-RequestTTLSeconds",
-        DEFAULT_TTL_SECONDS,
-        60,
-        MAX_TTL_SECONDS,
-        "requestTTLSeconds",
-    )
-    timeout = _int_header(
-        headers,
-        "X-Amzn-SageMaker-InvocationTimeoutSeconds",
-        DEFAULT_INVOCATION_TIMEOUT_SECONDS,
-        1,
-        MAX_INVOCATION_TIMEOUT_SECONDS,
-        "invocationTimeoutSeconds",
-    )
-    content_type = _clean(headers.get("X-Amzn-SageMaker-Content-Type"), "contentType")
-    accept = _clean(headers.get("X-Amzn-SageMaker-Accept"), "accept")
-    custom = _clean(headers.get("X-Amzn-SageMaker-Custom-Attributes"), "customAttributes")
-    extension = headers.get("X-Amzn-SageMaker-S3OutputPathExtension")
-    if extension is not None and not _EXTENSION_RE.match(extension):
-        raise ValidationError(
-            f"1 validation error detected: Value '{extension[:80]}' at 's3OutputPathExtension' "
-            "failed to satisfy constraint"
-        )
-    filename = headers.get("X-Amzn-SageMaker-Filename")
-    if filename is not None and not _FILENAME_RE.match(filename):
-        raise ValidationError(
-            f"1 validation error detected: Value '{filename[:80]}' at 'filename' failed to satisfy constraint"
-        )
-    input_location = headers.get("X-Amzn-SageMaker-InputLocation")
-    body = await read_limited(request, MAX_INLINE_BODY, lambda: ValidationError(
-        f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."))
-    if input_location and body:
-        raise ValidationError("InputLocation and Body are mutually exclusive.")
-    if not input_location and not body:
-        raise ValidationError(
-            "1 validation error detected: Value null at 'inputLocation' failed to satisfy "
-            "constraint: Member must not be null"
-        )
-    if input_location and not _uri_ok(input_location):
-        raise ValidationError(f"InputLocation '{input_location[:200]}' must be an s3:// or file:// URI.")
+    try:
+        params = invoke.parse_headers(request.headers, schemes=("s3", "file", "https"))
+        body = await read_limited(request, MAX_INLINE_BODY, lambda: ValidationError(
+            f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."))
+        invoke.check_payload(params, len(body))
+    except invoke.InvokeError as exc:
+        raise ValidationError(exc.message) from None
 
-    output = state.config.get("OutputConfig") or {}
-    notification = output.get("NotificationConfig") or {}
-    out_location, fail_location = result_locations(
-        output["S3OutputPath"],
-        output.get("S3FailurePath"),
-        inference_id,
-        extension=extension,
-        filename=filename,
-    )
     queue = sup.queue(state.name)
+    input_location = params.input_location
     if body:
-        input_location = await asyncio.to_thread(_store_inline, sup.dir, state.name, inference_id, body)
-    assert input_location is not None
-    req = AsyncRequest(
-        inference_id=inference_id,
-        endpoint_name=runtime.name,
+        input_location = await asyncio.to_thread(_store_inline, sup.dir, state.name, params.inference_id, body)
+    req = invoke.build_request(
+        params,
+        runtime.name,
+        invoke.OutputSpec.from_config(state.config.get("OutputConfig") or {}),
         input_location=input_location,
-        output_location=out_location,
-        failure_location=fail_location,
-        content_type=content_type,
-        accept=accept,
-        custom_attributes=custom,
-        request_ttl_seconds=ttl,
-        invocation_timeout_seconds=timeout,
-        success_topic=notification.get("SuccessTopic") or None,
-        error_topic=notification.get("ErrorTopic") or None,
-        include_response_in=tuple(notification.get("IncludeInferenceResponseIn") or ()),
         region=platform.settings.region,
     )
     fresh = await asyncio.to_thread(queue.put, req)
     if not fresh and isinstance(queue, SqliteQueue):
         # The same InferenceId again (a client retry): the same answer, nothing queued twice.
-        existing = await asyncio.to_thread(queue.get_request, inference_id)
+        existing = await asyncio.to_thread(queue.get_request, params.inference_id)
         if existing is not None:
             req = existing
     sup.wake()
     return web.json_response(
-        {"InferenceId": req.inference_id},
-        status=202,
-        headers={
-            "X-Amzn-SageMaker-OutputLocation": req.output_location,
-            "X-Amzn-SageMaker-FailureLocation": req.failure_location,
-        },
+        {"InferenceId": req.inference_id}, status=202, headers=invoke.accepted_headers(req)
     )
 
 
