@@ -228,8 +228,7 @@ def _assemble_ready(plan: JobPlan, state: str, files: Sequence[int], result: Sha
         if any((p.file_index, p.part_index) not in done_parts for p in fplan.parts):
             continue  # another child still runs a part of it and will assemble it
         if len(fplan.parts) == 1:
-            # the engine's single-part assembly moves the staged part; copy it so a racing re-run still finds
-            # it
+            # the engine's single-part assembly moves the staged part: copied, a racing re-run still finds it
             writer = storage.open_writer(fplan.out_uri)
             try:
                 for chunk in storage.iter_chunks(part_uri(state, fplan.parts[0]), storage.S3_PART_BYTES):
