@@ -78,7 +78,7 @@ def _tensor(kind: int, buf: bytes) -> tuple[np.ndarray, list[int], list[int]]:
     for num, wire, val in _fields(buf):
         if num == 1:
             if kind == 2:
-                values.append(np.frombuffer(val, dtype="<f4") if wire == 2 else np.frombuffer(val, dtype="<f4"))  # type: ignore[arg-type]
+                values.append(np.frombuffer(val, dtype="<f4"))  # type: ignore[arg-type]
             elif kind == 3:
                 values.append(np.frombuffer(val, dtype="<f8"))  # type: ignore[arg-type]
             else:
