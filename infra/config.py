@@ -180,7 +180,8 @@ class VariantConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic routing)."""
+    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic
+    routing)."""
 
     strategy: str = "canary"
     canary_percent: int = 10
