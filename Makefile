@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
 EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
-.PHONY: setup constraints demo test test-fast bench engine images clean
+.PHONY: setup constraints demo lint test test-fast bench engine images clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,13 @@ constraints: setup
 demo: setup
 	$(PY) examples/quickstart.py
 
+# ruff (rules and format) and mypy, as configured in pyproject.toml; CI runs it before the tests.
+LINT_PACKAGES := common serving training batch selfmaker infra
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(LINT_PACKAGES)
+
 test: setup engine
 	$(PY) -m pytest -q
 
@@ -49,4 +56,4 @@ bench: setup
 	$(PY) -m bench $(B)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache build *.egg-info

@@ -228,7 +228,7 @@ def _assemble_ready(plan: JobPlan, state: str, files: Sequence[int], result: Sha
         if any((p.file_index, p.part_index) not in done_parts for p in fplan.parts):
             continue  # another child still runs a part of it and will assemble it
         if len(fplan.parts) == 1:
-            # the engine's single-part assembly moves the staged part; copy it so a racing re-run still finds it
+            # the engine's single-part assembly moves the staged part: copied, a racing re-run still finds it
             writer = storage.open_writer(fplan.out_uri)
             try:
                 for chunk in storage.iter_chunks(part_uri(state, fplan.parts[0]), storage.S3_PART_BYTES):
@@ -250,7 +250,8 @@ def _assemble_ready(plan: JobPlan, state: str, files: Sequence[int], result: Sha
 
 
 def run_share(state: str, index: int, settings: BatchSettings | None = None) -> ShareResult:
-    """Run share ``index`` of the job whose state prefix is ``state``; raises :class:`BatchError` on failure."""
+    """Run share ``index`` of the job whose state prefix is ``state``; raises :class:`BatchError` on
+    failure."""
     settings = settings or BatchSettings()
     if settings.s3_endpoint_url:
         storage.configure_s3(settings.s3_endpoint_url)
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfmaker transform-share: share {index} failed: {exc}", file=sys.stderr, flush=True)
         return 1
     rate = result.records / result.elapsed if result.elapsed > 0 else 0.0
-    print(f"share {index}: {result.parts} parts run, {result.parts_skipped} already done, {result.records:,} records "
+    print(f"share {index}: {result.parts} parts run, {result.parts_skipped} already done, "
+          f"{result.records:,} records "
           f"({rate:,.0f} records/s), {len(result.objects_written)} objects written in {result.elapsed:.1f} s",
           flush=True)
     for uri in result.objects_written:

@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if not model:
         name = request.get("ModelName")
         if not name:
-            print("selfmaker transform: the request has no ModelName; pass --model-dir, --model-data or --model-url",
+            print("selfmaker transform: the request has no ModelName; pass --model-dir, --model-data or "
+                  "--model-url",
                   file=sys.stderr)
             return 2
         try:

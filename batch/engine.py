@@ -437,7 +437,8 @@ class _Execution:
                     self._count_done_part(part, part_counts)
 
     def _count_done_file(self, fplan: FilePlan, counts: dict[str, Any]) -> None:
-        """A file a previous run assembled: its parts, records and bytes count as done, its output is listed."""
+        """A file a previous run assembled: its parts, records and bytes count as done, its output is
+        listed."""
         result, progress = self.job.result, self.job.progress
         result.files_done += 1
         result.parts_skipped += len(fplan.parts)

@@ -6,6 +6,8 @@ user-facing FailureReason (no traceback, no exception names).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BatchError(Exception):
     """Base of every deliberate batch-transform error; ``str(err)`` is user-facing."""
@@ -44,7 +46,7 @@ class RecordError(BatchError):
         self.line_in_part = line_in_part
         self.line = line
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         # keyword-only arguments survive pickling between Dask workers and the client
         return (_rebuild_record_error, (self.message, self.source, self.offset, self.line_in_part, self.line))
 

@@ -131,7 +131,7 @@ class LocalInvoker:
         for attempt in range(self.retries + 1):
             try:
                 out, _ = self.plane.invoke(body, content_type, accept)
-                return out  # type: ignore[no-any-return]
+                return out
             except ServingError as exc:
                 status = int(exc.status)
                 if status < 500 and status not in TRANSIENT:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _INT = r"-?\d+"
@@ -61,7 +61,7 @@ class Wildcard:
     """``*``: every value of an object or array, as an array."""
 
 
-Segment = Union[Key, Keys, Index, Indexes, Slice, Wildcard]
+Segment = Key | Keys | Index | Indexes | Slice | Wildcard
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ def open_range(uri: str, start: int = 0, end: int | None = None) -> BinaryIO:
                 return _EmptyStream()  # type: ignore[return-value]
             kwargs["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
         try:
-            return s3_client().get_object(**kwargs)["Body"]  # type: ignore[no-any-return]
+            return s3_client().get_object(**kwargs)["Body"]
         except (BotoCoreError, ClientError) as exc:
             raise InputError(f"cannot read {uri}: {exc}") from None
     try:

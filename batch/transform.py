@@ -199,15 +199,15 @@ class PartTransformer:
         if spec.split_type in ("RecordIO", "TFRecord"):
             batch: list[tuple[int, bytes, bytes]] = []
             size = 0
-            for record in iter_framed(stream, spec.split_type, source, limit):
+            for framed in iter_framed(stream, spec.split_type, source, limit):
                 if not multi:
-                    yield _Item(record[0], record[2], 1, singles=[(record[0], record[2])])
+                    yield _Item(framed[0], framed[2], 1, singles=[(framed[0], framed[2])])
                     continue
-                if batch and size + len(record[1]) > limit:
+                if batch and size + len(framed[1]) > limit:
                     yield self._framed_item(batch)
                     batch, size = [], 0
-                batch.append(record)
-                size += len(record[1])
+                batch.append(framed)
+                size += len(framed[1])
             if batch:
                 yield self._framed_item(batch)
             return
@@ -300,14 +300,14 @@ class PartTransformer:
                 outputs = [answer.strip()]
             else:
                 raise RecordError(
-                    f"the model answered {len(outputs)} line(s) for {item.count} record(s); with JoinSource or "
-                    "OutputFilter the model must answer one line per record (Accept text/csv or "
-                    "application/jsonlines)", source=self.part.uri, offset=item.offset)
+                    f"the model answered {len(outputs)} line(s) for {item.count} record(s); with "
+                    "JoinSource or OutputFilter the model must answer one line per record "
+                    "(Accept text/csv or application/jsonlines)", source=self.part.uri, offset=item.offset)
         pieces: list[bytes] = []
         sep = b"\n" if spec.assemble_with == "Line" else b""
         join = spec.join_source == "Input"
         out_root = self._out_path.is_root
-        for (offset, line), output in zip(item.records, outputs):
+        for (offset, line), output in zip(item.records, outputs, strict=True):
             if not join and out_root:
                 pieces.append(output.rstrip(b"\r") + sep)
                 continue

@@ -101,7 +101,9 @@ class ModelPlugin(WorkerPlugin):
             from serving.settings import ServingSettings
 
             try:
-                settings = ServingSettings(**self.env)
+                # the job's environment as strings: pydantic validates and converts them by alias
+                raw: dict[str, Any] = dict(self.env)
+                settings = ServingSettings(**raw)
                 state.plane = DataPlane(self.source, settings).load()
             except ModelLoadError as exc:
                 raise ModelServerError(f"the model could not be loaded: {exc.message}") from None

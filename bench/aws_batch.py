@@ -9,7 +9,8 @@ Both run on this machine against the same S3 (moto's server on 127.0.0.1), end t
   processes with ``AWS_BATCH_JOB_ARRAY_INDEX`` — each with its share of this machine's cores.
 
 The runs alternate (local, children, local, …) ``--repeat`` times; the figure is the median of the ratios of
-each pair (children rows/s / local rows/s; goal >= 0.90), with both rates listed. Every output is checked to be
+each pair (children rows/s / local rows/s; goal >= 0.90), with both rates listed. Every output is
+checked to be
 byte for byte the local one.
 """
 

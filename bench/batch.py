@@ -51,7 +51,8 @@ def make_data(path: Path, rows: int, seed: int = 0) -> Path:
 
 
 def make_models(base: Path) -> dict[str, Path]:
-    """``small``: logistic regression; ``medium``: MLP 256-256; both ONNX with a signature (xgboost format)."""
+    """``small``: logistic regression; ``medium``: MLP 256-256; both ONNX with a signature (xgboost
+    format)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.exceptions import ConvergenceWarning
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         cluster = LocalCluster(n_workers=procs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
         client = Client(cluster)
-        print(f"LocalCluster with {procs} workers started in {time.perf_counter() - t:.1f} s (not in the timings)")
+        print(f"LocalCluster with {procs} workers started in {time.perf_counter() - t:.1f} s (not in the "
+              "timings)")
         rows_out: list[dict[str, Any]] = []
         peaks: dict[int, int] = {}
         try:
@@ -244,20 +246,20 @@ def main(argv: list[str] | None = None) -> int:
                                          "setup": result.startup_seconds + result.teardown_seconds}
                         if name == "small" and mode == "inprocess":
                             peaks[args.rows] = max(peaks.get(args.rows, 0), peak)
-            for (name, path), entry in best.items():
+            for (name, _path), entry in best.items():
                 limit_rate = best[(name, "in-process limit")]["rows/s"]
                 entry["ratio"] = entry["rows/s"] / limit_rate
                 if "steady" in entry:
                     entry["steady_ratio"] = entry["steady"] / limit_rate
                 rows_out.append(entry)
-            print(f"\n{'model':8} {'path':24} {'rows/s':>9} {'vs limit':>9} {'steady rows/s':>14} {'vs limit':>9} "
-                  f"{'start+stop':>11} {'peak RSS':>9}")
+            print(f"\n{'model':8} {'path':24} {'rows/s':>9} {'vs limit':>9} {'steady rows/s':>14} "
+                  f"{'vs limit':>9} {'start+stop':>11} {'peak RSS':>9}")
             for r in rows_out:
                 peak = f"{r['peak'] / 2**20:,.0f} MB" if "peak" in r else ""
                 steady = f"{r['steady']:>14,.0f} {r['steady_ratio']:>8.0%}" if "steady" in r else " " * 24
                 setup = f"{r['setup']:.1f} s" if "setup" in r else ""
-                print(f"{r['model']:8} {r['path']:24} {r['rows/s']:>9,.0f} {r['ratio']:>8.0%} {steady} {setup:>11} "
-                      f"{peak:>9}")
+                print(f"{r['model']:8} {r['path']:24} {r['rows/s']:>9,.0f} {r['ratio']:>8.0%} {steady} "
+                      f"{setup:>11} {peak:>9}")
             print("steady = rows / (job time - model start-up on the workers - stopping them); the limit's "
                   f"processes are started outside its timing too; best of {args.repeat} round(s)")
             if args.large_factor and "small" in args.models.split(","):
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 big = make_data(work / "big" / "data.csv", big_rows, seed=5)
                 seconds, result, peak = run_job(client, models["small"], big.parent, work / "out-big", "inprocess")
                 peaks[big_rows] = peak
-                print(f"\nmemory (small model, in process; RSS of driver + workers + servers):")
+                print("\nmemory (small model, in process; RSS of driver + workers + servers):")
                 for n, peak in sorted(peaks.items()):
                     print(f"  {n:>10,} rows: peak {peak / 2**20:,.0f} MB")
                 ratio = peaks[big_rows] / peaks[args.rows]

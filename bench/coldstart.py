@@ -3,7 +3,8 @@
 All in the same run, same model (logistic regression, 20 features, built here), same machine:
 
 * ``spawn``   — ``python -m serving --model-dir DIR`` as a new process, timed by the anchors'
-  ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when the anchors exist (``bench.harness.ANCHORS``), else
+  ``coldstart.py`` (exec → first 200 of ``POST /invocations``) when the anchors exist
+  (``bench.harness.ANCHORS``), else
   by the same loop here;
 * ``fork``    — the serverless template (numpy, onnxruntime, flask, gunicorn, ``serving`` pre-imported)
   forks the same command line; spawn request → first 200 of ``POST /invocations``;

@@ -1,7 +1,8 @@
 """Shared benchmark plumbing: start/stop servers by process group, poll readiness, closed-loop load.
 
-Load comes from ``wrk`` through the anchors' ``load.sh`` (:data:`ANCHORS`) when both exist (``apt-get install wrk``),
-else from a bounded aiohttp load generator. Every run is bounded in time; targets are 127.0.0.1 only.
+Load comes from ``wrk`` through the anchors' ``load.sh`` (:data:`ANCHORS`) when both exist (``apt-get
+install wrk``), else from a bounded aiohttp load generator. Every run is bounded in time; targets are
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 
 from common.proc import free_port  # noqa: F401 - the benchmarks take it from here
 
-#: the benchmark anchors (naive flask, MMS, load.sh, make_models.py, coldstart.py): ``SELFMAKER_ANCHORS``, else
-#: ``shared/anchors`` beside the repository (``<repo>/../shared/anchors``, where the project keeps them)
+#: the benchmark anchors (naive flask, MMS, load.sh, make_models.py, coldstart.py):
+#: ``SELFMAKER_ANCHORS``, else ``shared/anchors`` beside the repository (``<repo>/../shared/anchors``,
+#: where the project keeps them)
 ANCHORS = Path(os.environ.get("SELFMAKER_ANCHORS") or Path(__file__).resolve().parents[2] / "shared" / "anchors")
 
 
@@ -195,7 +197,8 @@ async def _aio_load(url: str, payload: Path | None, concurrency: int, seconds: i
 
 
 def timed_loop(func: Any, seconds: float, max_calls: int = 1_000_000) -> tuple[float, float, float, int]:
-    """Call ``func()`` repeatedly for ``seconds`` (bounded by ``max_calls``): calls/s, p50 ms, p99 ms, calls."""
+    """Call ``func()`` repeatedly for ``seconds`` (bounded by ``max_calls``): calls/s, p50 ms, p99 ms,
+    calls."""
     for _ in range(3):
         func()
     samples: list[float] = []

@@ -70,8 +70,9 @@ def one_cold_start(kit: Any, work: Path, command: list[str], env: dict[str, str]
         full_env = {**env, **kit.lambda_environment(api.address, task_root=str(work), tmp=str(sandbox_tmp)),
                     "SELFMAKER_LAMBDA_STATE_DIR": str(sandbox_tmp / "selfmaker")}
         started = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=str(work), env=full_env, stdout=subprocess.DEVNULL,
-                                stderr=open(work / "function.log", "ab"), start_new_session=True)  # noqa: SIM115
+        with open(work / "function.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(command, cwd=str(work), env=full_env, stdout=subprocess.DEVNULL, stderr=log,
+                                    start_new_session=True)
         try:
             outcome = api.invoke(event, timeout=timeout)
             first = time.perf_counter() - started
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             function_cpu.append(cpu)
         _, _, warm, _ = one_cold_start(kit, work, function_cmd, env, event, warm=10)
         result = {
-            "model": f"built-in XGBoost (binary:logistic, 10 trees, {kit.N_FEATURES} features) from moto's S3",
+            "model": (f"built-in XGBoost (binary:logistic, 10 trees, {kit.N_FEATURES} features) "
+                      "from moto's S3"),
             "reps": reps,
             "function_first_answer_seconds": [round(s, 4) for s in function],
             "function_median": median(function),

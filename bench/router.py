@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             "throughput_ratio_conc8": results["selfmaker@8"]["rps"] / results["direct@8"]["rps"],
             "throughput_ratio_conc1": results["selfmaker@1"]["rps"] / results["direct@1"]["rps"],
         }
-        print(f"model server workers: {args.workers}, {args.reps} x {args.seconds}s per cell (median), batch 1, "
-              f"tool {results['direct@1']['tool']}, load average before: {load_before:.1f}")
+        print(f"model server workers: {args.workers}, {args.reps} x {args.seconds}s per cell (median), "
+              f"batch 1, tool {results['direct@1']['tool']}, load average before: {load_before:.1f}")
         print(f"{'target':<16}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
         for key, r in results.items():
             label, conc = key.split("@")
@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
               f"added p99: {summary['added_p99_ms_conc1']:.3f} ms")
         print(f"added p50 at concurrency 8: {summary['added_p50_ms_conc8']:.3f} ms; "
               f"added p99: {summary['added_p99_ms_conc8']:.3f} ms")
-        print(f"throughput through selfmaker at concurrency 8: {summary['throughput_ratio_conc8']:.1%} of direct "
-              f"(goal >= 70%); at concurrency 1: {summary['throughput_ratio_conc1']:.1%}")
+        print(f"throughput through selfmaker at concurrency 8: {summary['throughput_ratio_conc8']:.1%} of "
+              f"direct (goal >= 70%); at concurrency 1: {summary['throughput_ratio_conc1']:.1%}")
         if args.json:
             args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=2))
         return 0

@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.serving                 # short default run (~2-3 min)
     .venv/bin/python -m bench.serving --seconds 5 --full --out results.json
 
-1. builds the models with the anchors' make_models.py (``bench.harness.ANCHORS``) (small = LogisticRegression/20 features,
+1. builds the models with the anchors' make_models.py (``bench.harness.ANCHORS``) (small =
+LogisticRegression/20 features,
    medium = 100-tree GradientBoosting/50 features; ``--medium mlp`` for the 256-256 MLP);
 2. in-process limit: ``DataPlane.invoke`` (decode + onnxruntime + encode) in a loop, batch 1/64/512,
    CSV/JSON/npy bodies;
@@ -70,7 +71,7 @@ def in_process(models: dict[str, dict[str, Any]], seconds: float, roles: list[st
             for fmt in FORMATS:
                 body = payload(model, batch, fmt).read_bytes()
                 ctype = CONTENT_TYPES[fmt]
-                calls, p50, p99, _ = timed_loop(lambda: plane.invoke(body, ctype, None), seconds)
+                calls, p50, p99, _ = timed_loop(lambda plane=plane, body=body, ctype=ctype: plane.invoke(body, ctype, None), seconds)
                 results[f"{role}/b{batch}/{fmt}"] = {"rows_s": calls * batch, "calls_s": calls, "p50_ms": p50, "p99_ms": p99}
         plane.close()
     return results
@@ -130,8 +131,8 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
         singles.append(measure(url + "/invocations", body, 1, seconds, 1, pid))
-    ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes) if p["rps"])
-    runtime_ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes) if i["rps"])
+    ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes, strict=True) if p["rps"])
+    runtime_ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes, strict=True) if i["rps"])
     return {
         "runtime_b1_csv_c8_rps": [r["rps"] for r in runtimes],
         "runtime_cpu_us": [r.get("cpu_us_per_req") for r in runtimes],
@@ -221,13 +222,16 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
     lines.append("|---|---|---|---|---|---|")
     for key, row in ip.items():
         role, batch, fmt = key.split("/")
-        lines.append(f"| {role} | {batch[1:]} | {fmt} | {_fmt(row['rows_s'])} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} |")
+        lines.append(f"| {role} | {batch[1:]} | {fmt} | {_fmt(row['rows_s'])} | {row['p50_ms']:.3f} | "
+                     f"{row['p99_ms']:.3f} |")
     for label in [k for k in results if k.startswith("ours/")]:
         srv = results[label]
         floor = srv["ping_c8"]["rps"]
         lines.append("")
-        lines.append(f"## {label}: HTTP floor GET /ping c8 = {_fmt(floor)} req/s (after the matrix: {_fmt(srv['ping_c8_after']['rps'])})")
-        lines.append("| model | batch | format | conc | req/s | rows/s | p50 ms | p99 ms | vs in-process rows/s | server CPU us/req | errors |")
+        lines.append(f"## {label}: HTTP floor GET /ping c8 = {_fmt(floor)} req/s (after the matrix: "
+                     f"{_fmt(srv['ping_c8_after']['rps'])})")
+        lines.append("| model | batch | format | conc | req/s | rows/s | p50 ms | p99 ms | vs in-process rows/s "
+                     "| server CPU us/req | errors |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for key, row in srv.items():
             if key.startswith("ping") or key == "goal_reps":
@@ -236,7 +240,8 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
             limit = ip.get(f"{role}/{batch}/{fmt}", {}).get("rows_s")
             ratio = f"{row['rows_s'] / limit:.2f}" if limit else "-"
             lines.append(f"| {role} | {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {_fmt(row['rows_s'])} | "
-                         f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {ratio} | {_fmt(row.get('cpu_us_per_req', 0))} | {row['errors']} |")
+                         f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {ratio} | "
+                         f"{_fmt(row.get('cpu_us_per_req', 0))} | {row['errors']} |")
     for label in ("naive", "mms"):
         if label in results and isinstance(results[label], dict):
             srv = results[label]
@@ -248,8 +253,8 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                 if key.startswith("ping"):
                     continue
                 _, batch, fmt, conc = key.split("/")
-                lines.append(f"| {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
-                             f"{_fmt(row.get('cpu_us_per_req', 0))} |")
+                lines.append(f"| {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {row['p50_ms']:.3f} | "
+                             f"{row['p99_ms']:.3f} | {_fmt(row.get('cpu_us_per_req', 0))} |")
         elif label in results:
             lines.append("")
             lines.append(f"## anchor {label}: not measured ({results[label]})")
@@ -268,25 +273,28 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                 other = results.get(anchor)
                 if isinstance(other, dict) and "small/b1/csv/c8" in other:
                     goal = " (goal >= 1.5)" if anchor == "mms" else ""
-                    lines.append(f"- batch 1 CSV @ c8 / {anchor}: {b1['rps'] / other['small/b1/csv/c8']['rps']:.2f}{goal}")
+                    lines.append(f"- batch 1 CSV @ c8 / {anchor}: "
+                                 f"{b1['rps'] / other['small/b1/csv/c8']['rps']:.2f}{goal}")
         for role in roles:
             for fmt in FORMATS:
                 best = max((ours[k]["rows_s"] for k in ours if k.startswith(f"{role}/b512/{fmt}/")), default=None)
                 limit = ip.get(f"{role}/b512/{fmt}", {}).get("rows_s")
                 if best and limit:
-                    lines.append(f"- {role} batch 512 {fmt}: best HTTP rows/s / in-process = {best / limit:.2f} (goal >= 0.70)")
+                    lines.append(f"- {role} batch 512 {fmt}: best HTTP rows/s / in-process = {best / limit:.2f} "
+                                 "(goal >= 0.70)")
         c1 = ours.get("small/b1/csv/c1")
         if c1:
             lines.append(f"- p50 batch 1 CSV @ c1: {c1['p50_ms']:.3f} ms (goal <= 0.6 ms)")
         reps = ours.get("goal_reps")
         if reps:
             ratios = ", ".join(f"{r:.2f}" for r in reps["ratio_b1_c8_over_ping"])
-            lines.append(f"- interleaved reps: batch 1 CSV c8 / ping c8 = [{ratios}] (median {reps['ratio_median']:.2f});"
+            lines.append(f"- interleaved reps: batch 1 CSV c8 / ping c8 = [{ratios}] (median "
+                         f"{reps['ratio_median']:.2f});"
                          f" c1 p50 ms = {[round(v, 3) for v in reps['c1_p50_ms']]}")
             runtime = reps.get("ratio_runtime_over_invocations")
             if runtime:
-                lines.append(f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations (batch 1 CSV"
-                             f" c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
+                lines.append(f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations "
+                             f"(batch 1 CSV c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
                              f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)")
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
@@ -360,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([str(mms_python), "-m", "pip", "install", "-q", "-r", str(ANCHORS / "requirements.txt")],
                            check=False, timeout=1800)
         if not mms_python.exists():
-            results["mms"] = f"no MMS venv at {args.mms_venv} (python3 -m venv it and pip install -r {ANCHORS}/requirements.txt)"
+            results["mms"] = f"no MMS venv at {args.mms_venv} (python3 -m venv it and pip install -r " f"{ANCHORS}/requirements.txt)"
         else:
             try:
                 results["mms"] = run_mms(models, anchor_cells, args.seconds, log_dir, mms_python)

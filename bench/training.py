@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         generate(data / "train.csv", args.rows, args.features)
         size_mb = (data / "train.csv").stat().st_size / 1e6
-        print(f"generated {args.rows} x {args.features} CSV ({size_mb:.0f} MB) in {time.perf_counter() - t:.1f}s", flush=True)
+        print(f"generated {args.rows} x {args.features} CSV ({size_mb:.0f} MB) in "
+              f"{time.perf_counter() - t:.1f}s", flush=True)
         hps = params(args.rounds)
         base, base_train, jobs = [], [], []
         for i in range(args.repeat):
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_job_over_baseline": round(min(jobs) / min(base), 3),
         }
         print(f"xgboost built-in job {result['job_s']}s vs in-process read+train {result['baseline_s']}s "
-              f"→ ratio {result['ratio_job_over_baseline']} (overhead {100 * (result['ratio_job_over_baseline'] - 1):.1f}%)")
+              f"→ ratio {result['ratio_job_over_baseline']} (overhead "
+              f"{100 * (result['ratio_job_over_baseline'] - 1):.1f}%)")
         print(json.dumps(result))
     return 0
 

@@ -117,9 +117,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            if not self._try_complete(eof=True):
-                waiter.set_exception(UpstreamClosed("connection closed before a complete response"))
+        if waiter is not None and not waiter.done() and not self._try_complete(eof=True):
+            waiter.set_exception(UpstreamClosed("connection closed before a complete response"))
 
     # ---- request / response --------------------------------------------------------------------
 

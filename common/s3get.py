@@ -1,8 +1,8 @@
 """Download one S3 object with the standard library alone (a SigV4-signed GET).
 
-Used by serving's Lambda mode (serving/lambda_handler.py) to fetch ``model.tar.gz`` during a cold start *while*
-numpy, onnxruntime and pydantic are still importing: boto3 costs ~0.2-0.5 s of imports before the first
-byte, this module nothing. Credentials come from the environment, as Lambda gives them
+Used by serving's Lambda mode (serving/lambda_handler.py) to fetch ``model.tar.gz`` during a cold start
+*while* numpy, onnxruntime and pydantic are still importing: boto3 costs ~0.2-0.5 s of imports before the
+first byte, this module nothing. Credentials come from the environment, as Lambda gives them
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``);
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` point it at another S3 (path-style). When the environment
 has no keys, :func:`credentials_from_env` says so and the caller uses boto3's full credential chain.

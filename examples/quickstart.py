@@ -142,7 +142,8 @@ def main() -> int:
         accuracy = np.mean([(score >= 0.5) == y_test[i % len(y_test)] for i, (_, score, _) in enumerate(results)])
         print(f"400 invocations: split {dict(split)} "
               f"({split['Champion'] / 4:.0f}% / {split['Challenger'] / 4:.0f}%), accuracy {accuracy:.3f}, "
-              f"latency p50 {statistics.median(latencies):.2f} ms, p99 {latencies[int(len(latencies) * .99) - 1]:.2f} ms")
+              f"latency p50 {statistics.median(latencies):.2f} ms, p99 "
+              f"{latencies[int(len(latencies) * .99) - 1]:.2f} ms")
 
         sm.update_endpoint_weights_and_capacities(EndpointName="quickstart", DesiredWeightsAndCapacities=[
             {"VariantName": "Champion", "DesiredWeight": 0.2}, {"VariantName": "Challenger", "DesiredWeight": 0.8}])

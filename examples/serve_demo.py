@@ -58,7 +58,8 @@ def main() -> int:
         env = dict(os.environ, SAGEMAKER_MODEL_SERVER_WORKERS="1")
         cmd = [sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
         print("$", " ".join(cmd))
-        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "server.log", "wb"))
+        with open(Path(tmp) / "server.log", "wb") as log:  # the server keeps its own copy of the descriptor
+            server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.monotonic() + 60
             while True:

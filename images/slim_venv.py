@@ -14,7 +14,6 @@ here says why it is safe; docs/images.md lists what is absent from the image.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -60,7 +59,8 @@ def _stub(package: Path, dotted: str, version: str) -> None:
         f"raise ModuleNotFoundError(\n"
         f"    {dotted!r} ' is not in the selfmaker image: it keeps only scipy.sparse and scipy.special '\n"
         f"    '(what xgboost and selfmaker load). For the full scipy, build an image FROM selfmaker with '\n"
-        f"    '`pip install --force-reinstall --no-deps scipy=={version}` (docs/images.md).', name={dotted!r})\n"
+        f"    '`pip install --force-reinstall --no-deps scipy=={version}` (docs/images.md).', "
+        f"name={dotted!r})\n"
     )
 
 

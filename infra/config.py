@@ -180,7 +180,8 @@ class VariantConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic routing)."""
+    """How a changed model or image replaces a variant's instances (SageMaker's blue/green traffic
+    routing)."""
 
     strategy: str = "canary"
     canary_percent: int = 10
@@ -475,12 +476,7 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
         if key in userdata.RESERVED_ENV:
             raise ConfigError(f(f"environment.{key}"), "set by selfmaker from the stack's region and job")
 
-    model_key = _str(f("modelKey"), raw.get("modelKey")).lstrip("/")
-    if not model_key.endswith(".tar.gz"):
-        raise ConfigError(f("modelKey"), f"{model_key!r} must be a model.tar.gz key")
-    if not model_key.startswith(storage.model_prefix):
-        # The serving role may read only the model prefix.
-        raise ConfigError(f("modelKey"), f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
+    model_key = _model_key(f("modelKey"), raw.get("modelKey"), storage)
 
     return GroupConfig(
         name=name, role=role, accelerator=accelerator, instance_types=instance_types, min_size=min_size,
@@ -660,11 +656,18 @@ SERVERLESS_VARIANT_KEYS = frozenset({"name", "modelKey", "initialVariantWeight",
 
 
 def _model_key(field_name: str, value: Any, storage: StorageConfig) -> str:
+    """A serving group's or variant's ``modelKey``: a ``.tar.gz`` key under ``modelPrefix`` (the serving role
+    may read only that prefix), of plain path segments."""
     model_key = _str(field_name, value).lstrip("/")
     if not model_key.endswith(".tar.gz"):
         raise ConfigError(field_name, f"{model_key!r} must be a model.tar.gz key")
     if not model_key.startswith(storage.model_prefix):
         raise ConfigError(field_name, f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
+    # `models/../other/m.tar.gz` is a literal key under the prefix to S3, but reads (and to some path-normalising
+    # tools resolves) as a key outside it; control characters break the user data's logs and commands.
+    if any(part in ("", ".", "..") for part in model_key.split("/")) or not model_key.isprintable():
+        raise ConfigError(field_name, f"{model_key!r} must be plain path segments (no empty, '.' or '..' segment, "
+                          "no control character)")
     return model_key
 
 

@@ -63,7 +63,7 @@ def alb_weights(weights: Sequence[float]) -> list[int]:
 def share_error(weights: Sequence[float], integers: Sequence[int]) -> float:
     """The largest absolute difference between configured and resulting traffic shares (0.004 = 0.4 %)."""
     total_w, total_i = math.fsum(weights), sum(integers)
-    return max(abs(w / total_w - i / total_i) for w, i in zip(weights, integers))
+    return max(abs(w / total_w - i / total_i) for w, i in zip(weights, integers, strict=True))
 
 
 def _home_slot(name: str) -> int:

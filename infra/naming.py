@@ -50,7 +50,8 @@ def child_name(parent: str, role: str) -> str:
 
 
 def valid_group_name(name: str) -> bool:
-    """Whether ``name`` is usable as an instance-group name (2-32 chars, ``[a-z0-9-]``, starts with a letter)."""
+    """Whether ``name`` is usable as an instance-group name (2-32 chars, ``[a-z0-9-]``, starts with a
+    letter)."""
     return bool(_GROUP_NAME_RE.match(name))
 
 

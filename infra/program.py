@@ -232,7 +232,7 @@ def endpoint_output(endpoint: stack_config.EndpointConfig,
                          "serverlessConfig": {"memorySizeInMB": v.serverless.memory_size_in_mb,
                                               "maxConcurrency": v.serverless.max_concurrency,
                                               "provisionedConcurrency": v.serverless.provisioned_concurrency}}
-                for v, w in zip(endpoint.variants, weights) if v.serverless is not None
+                for v, w in zip(endpoint.variants, weights, strict=True) if v.serverless is not None
             },
         }
     return {
@@ -241,7 +241,7 @@ def endpoint_output(endpoint: stack_config.EndpointConfig,
         "variants": {
             v.name: {"weight": v.weight, "albWeight": w, "initialInstanceCount": v.initial_instance_count,
                      "autoScalingGroup": served.groups[v.name].auto_scaling_group.name}
-            for v, w in zip(endpoint.variants, weights)
+            for v, w in zip(endpoint.variants, weights, strict=True)
         },
     }
 
@@ -284,7 +284,8 @@ def realtime_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, p
 def async_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
                    cfg: stack_config.StackConfig, network: Network, store: ModelStore, repository: ImageRepository,
                    region: str, account_id: str, partition: str) -> AsyncEndpoint:
-    """The :class:`AsyncEndpoint` of one configured async endpoint (its one instance variant = the workers)."""
+    """The :class:`AsyncEndpoint` of one configured async endpoint (its one instance variant = the
+    workers)."""
     config = endpoint.async_inference
     (variant,) = endpoint.variants
     group = variant.group
@@ -310,7 +311,8 @@ def async_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, prio
                                              idle_minutes=config.idle_minutes),
         success_topic_arn=config.success_topic_arn, error_topic_arn=config.error_topic_arn,
         include_inference_response_in=config.include_inference_response_in,
-        # the async route takes the last priority of the endpoint's block, as a real-time weighted rule would
+        # the async route takes the last priority of the endpoint's block, as a real-time weighted rule
+        # would
         gateway=gateway, rule_priority=priority_block + endpoints.BLOCK - 1,
         root_volume_gb=group.root_volume_gb, spot_percentage=group.spot_percentage,
         on_demand_base=group.on_demand_base, environment=dict(group.environment),
@@ -322,7 +324,8 @@ def async_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, prio
 def serverless_endpoint(endpoint: stack_config.EndpointConfig, gateway: Gateway, priority_block: int, *,
                         cfg: stack_config.StackConfig, repository_url: pulumi.Input[str], store: ModelStore,
                         region: str, account_id: str, partition: str) -> ServerlessEndpoint:
-    """The :class:`ServerlessEndpoint` of one configured endpoint (Lambda functions from the stack's image)."""
+    """The :class:`ServerlessEndpoint` of one configured endpoint (Lambda functions from the stack's
+    image)."""
     variants = []
     for v in endpoint.variants:
         sv = v.serverless

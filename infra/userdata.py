@@ -199,7 +199,8 @@ for _ in $(seq 1 300); do
   sleep 2
 done
 docker rm -f selfmaker-async-worker >/dev/null 2>&1 || true
-docker run -d --name selfmaker-async-worker --restart unless-stopped --network host --stop-timeout {int(spec.stop_timeout)} \\
+docker run -d --name selfmaker-async-worker --restart unless-stopped --network host \\
+  --stop-timeout {int(spec.stop_timeout)} \\
   {args} \\
   "$IMAGE" {worker}
 echo "selfmaker: async worker for {spec.endpoint} started"

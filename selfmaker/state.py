@@ -9,6 +9,7 @@ call takes a lock; WAL mode lets ``selfmaker status`` read while ``selfmaker up`
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -169,19 +170,19 @@ class StateStore:
 
     # ---- tags ------------------------------------------------------------------------------------
 
-    def add_tags(self, arn: str, tags: list[dict[str, str]]) -> None:
+    def add_tags(self, arn: str, tags: builtins.list[dict[str, str]]) -> None:
         """Add or overwrite tags of ``arn``."""
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO tags (arn, key, value) VALUES (?, ?, ?)",
                            [(arn, tag["Key"], tag.get("Value", "")) for tag in tags])
 
-    def tags(self, arn: str) -> list[dict[str, str]]:
+    def tags(self, arn: str) -> builtins.list[dict[str, str]]:
         """Tags of ``arn`` sorted by key."""
         with self._lock:
             rows = self._db.execute("SELECT key, value FROM tags WHERE arn=? ORDER BY key", (arn,)).fetchall()
         return [{"Key": key, "Value": value} for key, value in rows]
 
-    def delete_tags(self, arn: str, keys: list[str]) -> None:
+    def delete_tags(self, arn: str, keys: builtins.list[str]) -> None:
         """Remove the tags named ``keys`` from ``arn`` (absent keys are ignored)."""
         with self.transaction() as db:
             db.executemany("DELETE FROM tags WHERE arn=? AND key=?", [(arn, key) for key in keys])
@@ -193,8 +194,10 @@ class StateStore:
         """Record or update one model-server instance."""
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO instances (instance_id, endpoint, variant, url, pid, status, started, log_path)"
-                " VALUES (?, ?, ?, ?, ?, ?, COALESCE((SELECT started FROM instances WHERE instance_id=?), ?), ?)",
+                "INSERT OR REPLACE INTO instances"
+                " (instance_id, endpoint, variant, url, pid, status, started, log_path)"
+                " VALUES (?, ?, ?, ?, ?, ?,"
+                " COALESCE((SELECT started FROM instances WHERE instance_id=?), ?), ?)",
                 (instance_id, endpoint, variant, url, pid, status, instance_id, now(), log_path),
             )
 
@@ -208,11 +211,11 @@ class StateStore:
         with self.transaction() as db:
             db.execute("DELETE FROM instances")
 
-    def instances(self) -> list[dict[str, Any]]:
+    def instances(self) -> builtins.list[dict[str, Any]]:
         """Every recorded instance, by endpoint and variant."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT instance_id, endpoint, variant, url, pid, status, started, log_path FROM instances"
                 " ORDER BY endpoint, variant, instance_id").fetchall()
         keys = ("InstanceId", "EndpointName", "VariantName", "Url", "Pid", "Status", "StartTime", "LogPath")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfmaker serve",
-        description="Serve a model over HTTP: GET /ping, POST /invocations, GET /execution-parameters, GET /metrics.",
+        description=("Serve a model over HTTP: GET /ping, POST /invocations, GET /execution-parameters, "
+                     "GET /metrics."),
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", help="model directory (default /opt/ml/model)")

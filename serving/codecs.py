@@ -11,7 +11,7 @@ import io
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import orjson
@@ -19,7 +19,7 @@ import orjson
 from serving import contract
 from serving.errors import BadRequestError, NotAcceptableError, UnsupportedMediaTypeError
 
-Batch = Union[np.ndarray, dict[str, np.ndarray]]
+Batch = np.ndarray | dict[str, np.ndarray]
 
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 #: What a CSV table of plain decimal numbers consists of (see :func:`_decode_csv_as_json`).
@@ -219,7 +219,8 @@ def decode_jsonlines(body: bytes, dtype: Any = np.float32) -> np.ndarray:
 #: reads it with this expression instead of numpy's literal_eval of the header dict (≈ 100 µs of a
 #: small request); anything else goes through ``np.load``.
 _NPY_PLAIN = re.compile(
-    rb"\x93NUMPY\x01\x00..\{'descr': '([<>|=][biuf][1248])', 'fortran_order': False, 'shape': \(((?:\d+, )*\d*|\d+,)\), \} *\n",
+    rb"\x93NUMPY\x01\x00..\{'descr': '([<>|=][biuf][1248])', 'fortran_order': False, 'shape': "
+    rb"\(((?:\d+, )*\d*|\d+,)\), \} *\n",
     re.DOTALL,
 )
 

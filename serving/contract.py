@@ -37,7 +37,8 @@ CONTENT_TYPE_ALIASES: dict[str, str] = {
 #: Content types the default handler decodes and encodes.
 DECODABLE = (CSV, JSON, JSONLINES, NPY)
 ENCODABLE = (JSON, CSV, JSONLINES, NPY)
-#: Content types the toolkit hands to hooks as ``str`` rather than ``bytes`` (sagemaker_inference.content_types.UTF8_TYPES).
+#: Content types the toolkit hands to hooks as ``str`` rather than ``bytes``
+#: (sagemaker_inference.content_types.UTF8_TYPES).
 UTF8_TYPES = (JSON, CSV, JSONLINES)
 
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -95,7 +96,8 @@ class Signature:
         response_format = data.get("response_format") or "default"
         if response_format not in RESPONSE_FORMATS:
             raise ModelLoadError(
-                f"signature.json: response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}"
+                f"signature.json: response_format {response_format!r} is not one of "
+                f"{', '.join(RESPONSE_FORMATS)}"
             )
         classes = data.get("classes")
         if classes is not None and not isinstance(classes, list):

@@ -50,7 +50,7 @@ class DataPlane:
         self.settings = settings or ServingSettings()
         self.source = str(model_dir) if model_dir is not None else (self.settings.model_data or self.settings.model_dir)
         self._state_dir = Path(state_dir) if state_dir else None
-        self._cleanup: weakref.finalize | None = None
+        self._cleanup: weakref.finalize[..., DataPlane] | None = None
         self.model_dir: Path | None = None
         self.handler: DefaultHandler | HooksHandler | None = None
         self.error: str | None = None
@@ -184,7 +184,7 @@ class DataPlane:
         answers = handler.invoke_many(checked)
         if len(checked) == len(requests):
             return answers
-        for index, answer in zip(positions, answers):
+        for index, answer in zip(positions, answers, strict=True):
             out[index] = answer
         return out  # type: ignore[return-value]
 

@@ -81,7 +81,7 @@ def error_response(exc: BaseException) -> tuple[int, bytes]:
         return int(exc.status), error_body(exc.status, exc.message)
     status = getattr(exc, "status_code", None)  # sagemaker_inference.errors.BaseInferenceToolkitError
     if isinstance(status, int) and 400 <= status < 600 and hasattr(exc, "message"):
-        return status, error_body(status, str(getattr(exc, "message")))
+        return status, error_body(status, str(exc.message))
     return 500, error_body(500, "internal error")
 
 

@@ -157,7 +157,7 @@ class LambdaApp:
                                {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
             return _answer(400, error_body(400, message), _JSON, extra, multi)
         status, body, content_type, out = self._invoke(event, headers)
-        if status >= 400 and runtime_path:
+        if status >= 400 and match is not None:  # the runtime path
             # the same mapping as the model server's runtime path (serving.http.fastpath)
             out_status, code, error = runtime_error(status, body, endpoint=match["name"],
                                                     variant=self.settings.variant_name)

@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     interface client with :func:`handler`. A model that cannot load is reported as an init error."""
     runtime_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     if not runtime_api:
-        print("selfmaker lambda: AWS_LAMBDA_RUNTIME_API is not set (this mode runs inside AWS Lambda)",
-              file=sys.stderr)
+        sys.stderr.write("selfmaker lambda: AWS_LAMBDA_RUNTIME_API is not set (this mode runs inside AWS Lambda)\n")
         return 2
     started = time.perf_counter()
     prefetch = Prefetch(os.environ)

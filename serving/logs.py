@@ -48,7 +48,7 @@ def configure_logging(level: str = "INFO") -> None:
     Caller lookup and thread names are switched off: the server logs one line per request and
     neither is in the JSON line, but together they cost more than a small model's prediction.
     """
-    logging._srcfile = None  # type: ignore[attr-defined]  # documented switch: no stack walk per record
+    logging._srcfile = None  # documented switch: no stack walk per record
     logging.logThreads = False
     logging.logMultiprocessing = False
     root = logging.getLogger()

@@ -20,6 +20,7 @@ import bisect
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +116,12 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """Prometheus text exposition of :meth:`totals` and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
         totals = self.totals()
 
         class _Collector:
-            def collect(self):  # type: ignore[no-untyped-def]
+            def collect(self) -> Iterator[Metric]:
                 requests = CounterMetricFamily("selfmaker_requests", "HTTP requests by path and status", labels=["path", "status"])
                 for p, path in enumerate(PATHS):
                     for s in range(_N_STATUS):
@@ -141,7 +142,7 @@ class Metrics:
                     counts = np.cumsum(totals[base : base + len(buckets) + 1])
                     bounds = [repr(b) for b in buckets] + ["+Inf"]
                     histogram = HistogramMetricFamily(name, doc)
-                    histogram.add_metric([], list(zip(bounds, counts.tolist())), sum_value=totals[base + len(buckets) + 1])
+                    histogram.add_metric([], list(zip(bounds, counts.tolist(), strict=True)), sum_value=totals[base + len(buckets) + 1])
                     yield histogram
 
         registry = CollectorRegistry(auto_describe=False)

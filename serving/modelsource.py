@@ -55,7 +55,8 @@ def resolve_source(source: str, work_dir: Path) -> Path:
 
 
 def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> list[str]:
-    """:func:`common.proc.pip_command` for ``code/requirements.txt``; :class:`ModelSourceError` without pip."""
+    """:func:`common.proc.pip_command` for ``code/requirements.txt``; :class:`ModelSourceError` without
+    pip."""
     try:
         return common_proc.pip_command(pip_wheel, pip_installed=pip_installed, needed_by="code/requirements.txt")
     except common_proc.PipUnavailableError as exc:

@@ -172,9 +172,10 @@ class OnnxModel:
             array = array.reshape((1,) + array.shape)  # a single record without the batch dimension
         if rank and array.ndim != rank:
             raise BadRequestError(
-                f"input {spec.name!r} expects {rank} dimensions {spec.describe()}, got shape {list(array.shape)}"
+                f"input {spec.name!r} expects {rank} dimensions {spec.describe()}, got shape "
+                f"{list(array.shape)}"
             )
-        for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+        for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
             if want is not None and want != got:
                 what = "features" if axis == rank - 1 and rank == 2 else f"elements on axis {axis}"
                 raise BadRequestError(
@@ -192,9 +193,9 @@ class OnnxModel:
             return array.astype(np.object_)
         if kind in "OUSV":
             raise BadRequestError(f"input {spec.name!r} expects {want.name} numbers, got {array.dtype.name} values")
-        if want.kind in "iu" and kind == "f":
-            if not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0):
-                raise BadRequestError(f"input {spec.name!r} expects integers ({want.name}), got fractional values")
+        if want.kind in "iu" and kind == "f" and (
+                not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0)):
+            raise BadRequestError(f"input {spec.name!r} expects integers ({want.name}), got fractional values")
         if want.kind == "b" and kind not in "biu":
             raise BadRequestError(f"input {spec.name!r} expects booleans, got {array.dtype.name}")
         try:
@@ -208,7 +209,7 @@ class OnnxModel:
             results = self._run(self.output_names, feeds, self._run_options)
         else:
             results = self._run(self.output_names, feeds)
-        return dict(zip(self.output_names, results))
+        return dict(zip(self.output_names, results, strict=True))
 
     def warmup_feeds(self) -> dict[str, np.ndarray]:
         """One zero-filled record per input (free dimensions set to 1) for the warm-up prediction."""

@@ -65,8 +65,9 @@ class ServingSettings(BaseSettings):
     #: stop (gracefully) when this process stops being our parent: set by a supervisor such as
     #: `selfmaker up`, so a killed supervisor leaves no model server behind
     parent_pid: int | None = Field(None, alias="SELFMAKER_PARENT_PID", ge=1)
-    #: behind the gateway (`pulumi up`): the endpoint this server answers ``POST /endpoints/<name>/invocations``
-    #: for (any name when unset) and the production variant it reports in x-Amzn-Invoked-Production-Variant
+    #: behind the gateway (`pulumi up`): the endpoint this server answers ``POST
+    #: /endpoints/<name>/invocations`` for (any name when unset) and the production variant it reports in
+    #: x-Amzn-Invoked-Production-Variant
     endpoint_name: str | None = Field(None, alias="SELFMAKER_ENDPOINT_NAME", pattern=SAGEMAKER_NAME_PATTERN)
     variant_name: str = Field("AllTraffic", alias="SELFMAKER_VARIANT_NAME", pattern=SAGEMAKER_NAME_PATTERN)
 

@@ -36,7 +36,8 @@ def build_wheel(dest: Path, name: str, source: str, version: str = "0.1") -> Pat
     files = {
         f"{name}/__init__.py": source.encode(),
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: selfmaker-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/WHEEL": (b"Wheel-Version: 1.0\nGenerator: selfmaker-tests\n"
+                               b"Root-Is-Purelib: true\nTag: py3-none-any\n"),
     }
     record = []
     for path, data in files.items():

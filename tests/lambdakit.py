@@ -87,7 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "Lambda-Runtime-Aws-Request-Id": request_id,
                 "Lambda-Runtime-Deadline-Ms": str(deadline),
                 "Lambda-Runtime-Invoked-Function-Arn": FUNCTION_ARN,
-                "Lambda-Runtime-Trace-Id": f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]};Sampled=0",
+                "Lambda-Runtime-Trace-Id": (f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]}"
+                                            ";Sampled=0"),
             })
             return
         self._send(503, b'{"errorMessage": "shutting down"}')

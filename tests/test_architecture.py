@@ -1,4 +1,5 @@
-"""One-way imports between our packages (the arrows at the top of docs/contracts.md), checked on the source AST."""
+"""One-way imports between our packages (the arrows at the top of docs/contracts.md), checked on the source
+AST."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _sources() -> list[tuple[str, Path]]:
 @pytest.mark.parametrize(("package", "path"), _sources(), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else v)
 def test_imports_point_one_way(package: str, path: Path) -> None:
     bad = forbidden(package, path)
-    assert not bad, f"{path.relative_to(ROOT)} ({package} may import only {sorted(ALLOWED[package]) or 'nothing of ours'}): {bad}"
+    assert not bad, f"{path.relative_to(ROOT)} ({package} may import only " f"{sorted(ALLOWED[package]) or 'nothing of ours'}): {bad}"
 
 
 def forbidden(package: str, path: Path) -> list[str]:
@@ -140,7 +141,8 @@ def selfmaker_graph(root: Path = ROOT) -> dict[str, set[tuple[str, int]]]:
 
 
 def layer_violations(graph: dict[str, set[tuple[str, int]]]) -> list[str]:
-    """Imports that point up the layers, and imports of the composition root by anything but the entry point."""
+    """Imports that point up the layers, and imports of the composition root by anything but the entry
+    point."""
     bad = []
     for module, imports in sorted(graph.items()):
         for imported, line in sorted(imports):
@@ -229,7 +231,8 @@ def test_layer_checker_catches_wrong_arrows(tmp_path: Path) -> None:
         "selfmaker/endpoints/manager.py": "from selfmaker.features.shadow import hooks\n",
         "selfmaker/features/__init__.py": "",
         "selfmaker/features/shadow/__init__.py": "from . import hooks\n",
-        "selfmaker/features/shadow/hooks.py": "from selfmaker.endpoints import manager\nimport selfmaker.platform\n",
+        "selfmaker/features/shadow/hooks.py": ("from selfmaker.endpoints import manager\n"
+                                               "import selfmaker.platform\n"),
         "selfmaker/platform.py": "",
         "selfmaker/commands/__init__.py": "",
         "selfmaker/commands/up.py": "from selfmaker.platform import Platform\n",
@@ -249,7 +252,8 @@ def test_cycle_checker_catches_cycles(tmp_path: Path) -> None:
     root = _fake_tree(tmp_path, {
         "selfmaker/__init__.py": "",
         "selfmaker/a.py": "from selfmaker import b\n",
-        "selfmaker/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from selfmaker.c import C\n",
+        "selfmaker/b.py": ("from typing import TYPE_CHECKING\n"
+                           "if TYPE_CHECKING:\n    from selfmaker.c import C\n"),
         "selfmaker/c.py": "def f():\n    import selfmaker.a\n",
         "selfmaker/d.py": "import selfmaker.a\n",
     })

@@ -1,4 +1,5 @@
-"""pyproject.toml's dependencies per part: the base is what the model server needs (less its ONNX Runtime), each
+"""pyproject.toml's dependencies per part: the base is what the model server needs (less its ONNX
+Runtime), each
 part's extra adds what that part imports, and the heavy packages stay out of the model server's install.
 Checked against this environment's installed metadata (what `make setup` installed)."""
 

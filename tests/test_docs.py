@@ -64,3 +64,25 @@ def test_the_map_names_every_hook_of_the_registry() -> None:
     assert {"operation", "metrics_source", "deployment_strategy"} <= hooks
     text = (ROOT / "docs" / "platform-internals.md").read_text(encoding="utf-8")
     assert sorted(h for h in hooks if f"@{h}" not in text) == []
+
+
+#: ``pulumi stack output <name>`` (also with ``--json``) in a doc or shell command
+STACK_OUTPUT = re.compile(r"""pulumi(?: stack output |", "stack", "output", ")(?:--json )?"?([A-Za-z]+)""")
+
+
+def stack_outputs() -> set[str]:
+    """The output names ``infra.program.build`` returns (the keys of its returned dict literal)."""
+    tree = ast.parse((ROOT / "infra" / "program.py").read_text(encoding="utf-8"))
+    (build,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build"]
+    returns = [n.value for n in ast.walk(build) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)]
+    return {k.value for d in returns for k in d.keys if isinstance(k, ast.Constant)}
+
+
+def test_stack_outputs_named_in_the_docs_exist() -> None:
+    """A new user copies ``pulumi stack output endpointUrl`` from the README; the output must be there."""
+    outputs = stack_outputs()
+    assert {"endpointUrl", "endpoints", "modelsBucket", "repositoryUrls"} <= outputs
+    named = {(doc.name, m.group(1)) for doc in DOCS for m in STACK_OUTPUT.finditer(doc.read_text(encoding="utf-8"))}
+    assert ("README.md", "endpointUrl") in named and ("README.md", "modelsBucket") in named
+    missing = sorted((doc, name) for doc, name in named if name not in outputs)
+    assert not missing, f"the docs name stack outputs the program does not export: {missing}"

@@ -18,7 +18,8 @@ def find_free_port() -> int:
 
 def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition", *,
                interval: float = 0.05) -> None:
-    """Poll ``cond`` every ``interval`` seconds until it is truthy; fail naming ``what`` after ``timeout`` s."""
+    """Poll ``cond`` every ``interval`` seconds until it is truthy; fail naming ``what`` after ``timeout``
+    s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

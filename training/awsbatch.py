@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wanted = int((request.get("ResourceConfig") or {}).get("InstanceCount") or 1)
     if wanted != node.count:
-        print(f"selfmaker train-node: the request asks for {wanted} instances but the job has {node.count} nodes",
+        print(f"selfmaker train-node: the request asks for {wanted} instances but the job has "
+              f"{node.count} nodes",
               file=sys.stderr)
         return 2
     job = str(request.get("TrainingJobName") or "training-job")

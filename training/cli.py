@@ -1,4 +1,5 @@
-"""Command-line entries: ``selfmaker train`` (inside a container) and ``selfmaker train-local REQUEST.json``."""
+"""Command-line entries: ``selfmaker train`` (inside a container) and ``selfmaker train-local
+REQUEST.json``."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _fmt_metric(points: dict[str, dict[str, Any]]) -> str:
 
 
 def train_local_main(argv: list[str]) -> int:
-    """``selfmaker train-local REQUEST.json``: run one CreateTrainingJob request here and report where the model went."""
+    """``selfmaker train-local REQUEST.json``: run one CreateTrainingJob request here and report where the
+    model went."""
     parser = argparse.ArgumentParser(prog="selfmaker train-local", description=_plain(train_local_main.__doc__))
     parser.add_argument("request", help="CreateTrainingJob request as JSON (the boto3 / --cli-input-json shape); '-' reads stdin")
     parser.add_argument("--work-dir", default=None, help="job directory (default: ./selfmaker-jobs/<job name>)")

@@ -101,7 +101,7 @@ def _concat(parts: list[Dataset], channel: str) -> Dataset:
         width = max(p.X.shape[1] for p in parts)
         X = sp.vstack([sp.csr_matrix(p.X, shape=(p.X.shape[0], width)) if p.X.shape[1] != width else sp.csr_matrix(p.X) for p in parts]).tocsr()
     y = np.concatenate([p.y for p in parts])
-    w = np.concatenate([p.weights for p in parts]) if all(p.weights is not None for p in parts) else None  # type: ignore[misc]
+    w = np.concatenate([p.weights for p in parts]) if all(p.weights is not None for p in parts) else None
     return Dataset(X, y, w)
 
 
@@ -142,7 +142,8 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
     if not first.strip():
         raise DataError(f"{name}:1", "empty first line")
     if ncol < min_cols:
-        raise DataError(f"{name}:1", f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, got {ncol} column(s)")
+        raise DataError(f"{name}:1", f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, "
+                                     f"got {ncol} column(s)")
     names = [f"c{i}" for i in range(ncol)]
     try:
         table = pacsv.read_csv(
@@ -167,7 +168,7 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
 
 def _locate_csv_error(source: Path | bytes, name: str, ncol: int) -> DataError | None:
     """Find the first malformed line so the message names it (pyarrow's does not always)."""
-    stream: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    stream: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115 - closed by the `with` below
     with stream:
         for lineno, raw in enumerate(stream, start=1):
             line = raw.strip()

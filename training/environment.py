@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,16 @@ TOOLKIT_KEYS = {
 }
 
 
+def say(line: str) -> None:
+    """One line of the job's log: stdout is the contract (CloudWatch's log stream, the ``#quality_metric``
+    lines that metric definitions match), flushed at once so a crash loses nothing."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def decode_hyperparameter(value: Any) -> Any:
-    """``json.loads`` a hyperparameter string when possible (``"10"`` → 10, ``"\\"abc\\""`` → abc), else keep it."""
+    """``json.loads`` a hyperparameter string when possible (``"10"`` → 10, ``"\\"abc\\""`` → abc), else
+    keep it."""
     if not isinstance(value, str):
         return value
     try:
@@ -246,7 +255,8 @@ class TrainingEnvironment:
         } | ({"user_args": user_args} if user_args is not None else {})
 
     def sm_env(self, **kwargs: Any) -> dict[str, str]:
-        """The ``SM_*`` variables (non-strings JSON-encoded) plus ``SAGEMAKER_JOB_NAME`` / ``CURRENT_HOST``."""
+        """The ``SM_*`` variables (non-strings JSON-encoded) plus ``SAGEMAKER_JOB_NAME`` /
+        ``CURRENT_HOST``."""
         te = self.training_env(**kwargs)
 
         def enc(v: Any) -> str:

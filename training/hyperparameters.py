@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,7 +80,7 @@ class Hyperparameters:
             return False
         raise HyperparameterError(name, f"{text!r} is not a boolean (true/false)")
 
-    def choice(self, name: str, default: str | None, choices: Iterable[str], *, required: bool = False) -> str | None:
+    def choice(self, name: str, default: str | None, choices: Iterable[str], *, required: builtins.bool = False) -> str | None:
         text = self._value(name)
         options = list(choices)
         if text is None or (text.lower() == "auto" and "auto" not in options):
@@ -95,7 +96,7 @@ class Hyperparameters:
         return default if text is None else text
 
     @staticmethod
-    def _range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    def _range(name: str, value: builtins.float, minimum: builtins.float | None, maximum: builtins.float | None) -> None:
         if minimum is not None and value < minimum:
             raise HyperparameterError(name, f"{value:g} is below the minimum {minimum:g}")
         if maximum is not None and value > maximum:

@@ -127,7 +127,8 @@ def _tree_arrays(tree: dict[str, Any], tree_id: int, target: int, n_features: in
     # xgboost compares float32 feature < float32 split; the JSON holds the float32 values exactly
     conditions = np.asarray(tree["split_conditions"], dtype=np.float32)[idx]
     if np.any(features[~is_leaf] >= n_features) or np.any(features[~is_leaf] < 0):
-        raise ValueError(f"the model splits on feature {int(features[~is_leaf].max())}, the input has {n_features} features")
+        raise ValueError(f"the model splits on feature {int(features[~is_leaf].max())}, the input has {n_features} "
+                         "features")
     branch = ~is_leaf
     leaves = np.flatnonzero(is_leaf)
     return {

@@ -78,7 +78,7 @@ def _tensor(kind: int, buf: bytes) -> tuple[np.ndarray, list[int], list[int]]:
     for num, wire, val in _fields(buf):
         if num == 1:
             if kind == 2:
-                values.append(np.frombuffer(val, dtype="<f4") if wire == 2 else np.frombuffer(val, dtype="<f4"))  # type: ignore[arg-type]
+                values.append(np.frombuffer(val, dtype="<f4"))  # type: ignore[arg-type]
             elif kind == 3:
                 values.append(np.frombuffer(val, dtype="<f8"))  # type: ignore[arg-type]
             else:
@@ -103,7 +103,7 @@ def _map_values(buf: bytes) -> tuple[str, tuple[np.ndarray, list[int], list[int]
     key, value = "", None
     for num, _wire, val in _fields(buf):
         if num == 1:
-            key = bytes(val).decode("utf-8")  # type: ignore[arg-type]
+            key = bytes(val).decode("utf-8")
         elif num == 2:
             value = _value(val)  # type: ignore[arg-type]
     return (key, value) if value is not None else None

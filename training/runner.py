@@ -316,7 +316,8 @@ class TrainingJobRunner:
             stopped = timed_out = False
         if timed_out:
             self._finish("Stopped", "MaxRuntimeExceeded",
-                         f"MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided ({job.max_runtime:g} s)")
+                         "MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided "
+                         f"({job.max_runtime:g} s)")
         elif stopped:
             self._finish("Stopped", "Stopped", None)
         elif reason is not None:
@@ -476,10 +477,12 @@ class TrainingJobRunner:
             seen.add(name)
             src = (ch.get("DataSource") or {}).get("S3DataSource")
             if not src or not src.get("S3Uri"):
-                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3Uri is required (FileSystemDataSource is not supported)")
+                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3Uri is required (FileSystemDataSource is not "
+                                           "supported)")
             data_type = str(src.get("S3DataType") or "S3Prefix")
             if data_type not in {"S3Prefix", "ManifestFile"}:
-                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3DataType {data_type!r} is not supported (S3Prefix, ManifestFile)")
+                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3DataType {data_type!r} is not supported "
+                                           "(S3Prefix, ManifestFile)")
             mode = str(ch.get("InputMode") or default_mode)
             if mode not in {"File", "FastFile", "Pipe"}:
                 raise TrainingRequestError(f"{where}.InputMode {mode!r} must be File, FastFile or Pipe")
@@ -503,7 +506,7 @@ class TrainingJobRunner:
             from training.executors import container as container_mod  # lands with the images work
         except ImportError as exc:
             raise ExecutorError("this training image needs a container engine, and none is configured") from exc
-        return container_mod.ContainerExecutor()  # type: ignore[attr-defined,no-any-return]
+        return container_mod.ContainerExecutor()
 
     def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
         env = {str(k): str(v) for k, v in (req.get("Environment") or {}).items()}

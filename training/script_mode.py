@@ -1,4 +1,5 @@
-"""Script mode: run the user's ``sagemaker_program`` from ``sagemaker_submit_directory`` like sagemaker-training.
+"""Script mode: run the user's ``sagemaker_program`` from ``sagemaker_submit_directory`` like
+sagemaker-training.
 
 The submit directory (a ``.tar.gz`` at an ``s3://`` / ``file://`` URI or path, or a directory) is
 unpacked into ``<root>/code``; ``requirements.txt`` is installed with pip; the program runs in that
@@ -21,7 +22,7 @@ from typing import Any
 
 from common import archives, uris
 from common import proc as common_proc
-from training.environment import TrainingEnvironment
+from training.environment import TrainingEnvironment, say
 from training.errors import HyperparameterError, UserError
 
 #: the process currently running the user script (SIGTERM is forwarded to it)
@@ -29,7 +30,8 @@ _current: subprocess.Popen[bytes] | None = None
 
 
 def to_cmd_args(hps: dict[str, Any]) -> list[str]:
-    """User hyperparameters → ``--key value`` pairs sorted by key (``-k`` for 1-char keys, dicts as ``k=v,…``)."""
+    """User hyperparameters → ``--key value`` pairs sorted by key (``-k`` for 1-char keys, dicts as
+    ``k=v,…``)."""
     args: list[str] = []
     for key in sorted(hps):
         value = hps[key]
@@ -86,11 +88,12 @@ def install_requirements(code_dir: Path, pip_wheel: str | None = None) -> None:
     if not req.is_file():
         return
     cmd = [*pip_command(pip_wheel), "install", "--disable-pip-version-check", "-r", str(req)]
-    print(f"Installing requirements: {shlex.join(cmd)}", flush=True)
+    say(f"Installing requirements: {shlex.join(cmd)}")
     proc = subprocess.run(cmd, cwd=code_dir, capture_output=True, text=True, check=False)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
-        raise UserError(f"InstallRequirementsError: pip install -r requirements.txt failed (exit {proc.returncode}): {proc.stderr.strip()[-700:]}")
+        raise UserError("InstallRequirementsError: pip install -r requirements.txt failed (exit "
+                        f"{proc.returncode}): {proc.stderr.strip()[-700:]}")
 
 
 def forward_signal(signum: int, _frame: Any) -> None:
@@ -130,7 +133,7 @@ def run(env: TrainingEnvironment) -> int:
     else:
         script.chmod(script.stat().st_mode | 0o111)
         cmd = ["/bin/sh", "-c", shlex.join([f"./{program}", *user_args])]
-    print(f"Invoking user script: {shlex.join(cmd)}", flush=True)
+    say(f"Invoking user script: {shlex.join(cmd)}")
 
     tail: collections.deque[str] = collections.deque(maxlen=40)
     previous = signal.signal(signal.SIGTERM, forward_signal)
@@ -155,7 +158,8 @@ def run(env: TrainingEnvironment) -> int:
         signal.signal(signal.SIGTERM, previous)
     if code != 0:
         message = "".join(tail).strip()
-        write_failure(env, f'ExecuteUserScriptError:\nExitCode {code}\nErrorMessage "{message}"\nCommand "{shlex.join(cmd)}"')
+        write_failure(env, f'ExecuteUserScriptError:\nExitCode {code}\nErrorMessage "{message}"\n'
+                           f'Command "{shlex.join(cmd)}"')
         return 1 if code > 0 else 128 - code
     return 0
 

@@ -6,7 +6,7 @@ import logging
 import os
 import traceback
 
-from training.environment import TrainingEnvironment
+from training.environment import TrainingEnvironment, say
 from training.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def run(root: str | None, algorithm: str | None) -> int:
 
             code = script_mode.run(env)
         else:
-            print(f"Running built-in algorithm {kind} on {env.current_host} ({len(env.hosts)} host(s))", flush=True)
+            say(f"Running built-in algorithm {kind} on {env.current_host} ({len(env.hosts)} host(s))")
             if kind == "xgboost":
                 from training.algorithms import xgboost_algo
 
@@ -70,7 +70,7 @@ def run(root: str | None, algorithm: str | None) -> int:
                 linear_learner.train(env)
             code = 0
     except UserError as exc:
-        print(f"ClientError: {exc}", flush=True)
+        say(f"ClientError: {exc}")
         _write_failure(env, f"ClientError: {exc}")
         return 1
     except Exception as exc:

@@ -193,7 +193,8 @@ class InstanceGroup(pulumi.ComponentResource):
             repo=args.repository_url, model=args.model_data_uri, queue=args.queue_url, state=args.state_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
-        tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
+        tag_specs: list[aws.ec2.LaunchTemplateTagSpecificationArgsDict] = [
+            {"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
         self.launch_template = aws.ec2.LaunchTemplate(
             naming.child_name(name, "lt"),
             description=f"selfmaker {args.role} group {name}",
@@ -241,7 +242,7 @@ class InstanceGroup(pulumi.ComponentResource):
             }
         if args.refresh is not None:
             refresh = args.refresh
-            preferences: dict[str, Any] = {
+            preferences: aws.autoscaling.GroupInstanceRefreshPreferencesArgsDict = {
                 # launch before terminate: new instances join before old ones leave
                 "min_healthy_percentage": 100, "max_healthy_percentage": 200,
                 "instance_warmup": str(refresh.instance_warmup), "skip_matching": True,
@@ -252,11 +253,15 @@ class InstanceGroup(pulumi.ComponentResource):
                 preferences["checkpoint_delay"] = str(refresh.checkpoint_delay)
             if refresh.alarm_names:
                 preferences["alarm_specification"] = {"alarms": list(refresh.alarm_names)}
-            instance_refresh: dict[str, Any] = {"strategy": "Rolling", "preferences": preferences}
+            instance_refresh: aws.autoscaling.GroupInstanceRefreshArgsDict = {
+                "strategy": "Rolling", "preferences": preferences}
         else:
             instance_refresh = {"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}}
         if args.target_group_arns:
             group_kwargs["target_group_arns"] = list(args.target_group_arns)
+        asg_tags: list[aws.autoscaling.GroupTagArgsDict] = [
+            {"key": k, "value": v, "propagate_at_launch": False} for k, v in sorted(tagged("asg").items())
+        ]
         self.auto_scaling_group = aws.autoscaling.Group(
             naming.child_name(name, "asg"),
             min_size=args.min_size,
@@ -269,8 +274,9 @@ class InstanceGroup(pulumi.ComponentResource):
             health_check_grace_period=args.health_check_grace_period,
             default_instance_warmup=300,
             instance_refresh=instance_refresh,
-            enabled_metrics=["GroupDesiredCapacity", "GroupInServiceInstances", "GroupTotalInstances"],
-            tags=[{"key": k, "value": v, "propagate_at_launch": False} for k, v in sorted(tagged("asg").items())],
+            enabled_metrics=[aws.autoscaling.Metric.GROUP_DESIRED_CAPACITY, aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES,
+                             aws.autoscaling.Metric.GROUP_TOTAL_INSTANCES],
+            tags=asg_tags,
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desiredCapacity"] if args.scaled else None),
             **group_kwargs,
         )

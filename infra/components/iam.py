@@ -4,9 +4,9 @@ training and transform jobs belong to AWS Batch (:mod:`infra.components.jobs`)."
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws

@@ -1,15 +1,19 @@
-"""`JobQueue`: AWS Batch for training and transform jobs — compute environments, queues, job definitions, roles.
+"""`JobQueue`: AWS Batch for training and transform jobs — compute environments, queues, job
+definitions, roles.
 
 Per configured environment (``cpu``, ``gpu``, ...): a managed EC2 compute environment for on-demand capacity
 and/or one for spot (``SPOT_PRICE_CAPACITY_OPTIMIZED``), both scaling from 0 vCPUs, in the private subnets,
 with a launch template that requires IMDSv2 and encrypts the root volume; a job queue for each
-(``<prefix>-<name>``, ``<prefix>-<name>-spot``), and the job definitions ``train``, ``transform`` and (on-demand
+(``<prefix>-<name>``, ``<prefix>-<name>-spot``), and the job definitions ``train``, ``transform`` and
+(on-demand
 only: AWS Batch runs no multi-node job on spot) ``train-multinode`` running the stack's image. The queues are
-tagged with what ``selfmaker train/transform --aws-batch QUEUE`` needs (definition names, capacity, spot queue).
+tagged with what ``selfmaker train/transform --aws-batch QUEUE`` needs (definition names, capacity, spot
+queue).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -259,7 +263,7 @@ class JobQueue(pulumi.ComponentResource):
                                     for kind in ("instance", "volume", "network-interface")],
                 update_default_version=True, tags=tagged(f"{env.name}-lt"), opts=child,
             )
-            image = pulumi.Output.from_input(args.repository_url).apply(lambda url, t=env.image_tag: naming.image_uri(url, t))
+            image = pulumi.Output.from_input(args.repository_url).apply(functools.partial(naming.image_uri, tag=env.image_tag))
             kinds = ["train", "transform"] + (["train-multinode"] if env.on_demand else [])
             for kind in kinds:
                 self.definitions[f"{env.name}-{kind}"] = self._definition(name, args, env, kind, image, tags, child)
@@ -269,7 +273,8 @@ class JobQueue(pulumi.ComponentResource):
                 key = f"{env.name}-spot" if spot else env.name
                 compute = aws.batch.ComputeEnvironment(
                     naming.child_name(name, f"{key}-ce"),
-                    # named: Batch calls its ECS cluster AWSBatch-<name>-..., which the instance role is scoped to
+                    # named: Batch calls its ECS cluster AWSBatch-<name>-..., which the instance role is
+                    # scoped to
                     name=f"{args.prefix}-{key}",
                     type="MANAGED", state="ENABLED", service_role=self.service_role.arn,
                     compute_resources={

@@ -164,19 +164,19 @@ class Network(pulumi.ComponentResource):
                 naming.child_name(name, "flow-logs"), retention_in_days=args.flow_logs_retention_days,
                 tags=tagged("flow-logs"), opts=child,
             )
-            role = aws.iam.Role(
+            flow_role = aws.iam.Role(
                 naming.child_name(name, "flow-logs-role"),
                 assume_role_policy=json.dumps(
                     policies.assume_role_policy("vpc-flow-logs.amazonaws.com", source_account=args.account_id)),
                 tags=tagged("flow-logs-role"), opts=child,
             )
             aws.iam.RolePolicy(
-                naming.child_name(name, "flow-logs-policy"), role=role.id,
+                naming.child_name(name, "flow-logs-policy"), role=flow_role.id,
                 policy=log_group.arn.apply(lambda arn: json.dumps(policies.flow_logs_policy(arn))), opts=child,
             )
             self.flow_log = aws.ec2.FlowLog(
                 naming.child_name(name, "flow-log"), vpc_id=self.vpc.id, traffic_type="ALL",
-                log_destination_type="cloud-watch-logs", log_destination=log_group.arn, iam_role_arn=role.arn,
+                log_destination_type="cloud-watch-logs", log_destination=log_group.arn, iam_role_arn=flow_role.arn,
                 tags=tagged("flow-log"), opts=child,
             )
 

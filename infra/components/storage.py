@@ -48,13 +48,13 @@ def _bucket_policy(args: ModelStoreArgs, receives_logs: bool, bucket_arn: str) -
     return json.dumps(policies.tls_only_bucket_policy(bucket_arn, *extra))
 
 
-def lifecycle_rules(bucket: str, args: ModelStoreArgs) -> list[dict[str, object]]:
+def lifecycle_rules(bucket: str, args: ModelStoreArgs) -> list[aws.s3.BucketLifecycleConfigurationRuleArgsDict]:
     """Lifecycle rules of one bucket (snake_case dicts for pulumi_aws).
 
     Every bucket drops incomplete multipart uploads; outputs also expire current objects and
     old versions — models and data are kept until someone deletes them.
     """
-    rules: list[dict[str, object]] = [{
+    rules: list[aws.s3.BucketLifecycleConfigurationRuleArgsDict] = [{
         "id": "abort-incomplete-multipart", "status": "Enabled", "filter": {"prefix": ""},
         "abort_incomplete_multipart_upload": {"days_after_initiation": args.abort_multipart_days},
     }]
@@ -98,6 +98,7 @@ class ModelStore(pulumi.ComponentResource):
                 naming.child_name(name, f"{role}-public-access"), bucket=bucket.id, block_public_acls=True,
                 block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True, opts=child,
             )
+            default: aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgsDict
             if self.kms_key is not None and role != "logs":
                 default = {"sse_algorithm": "aws:kms", "kms_master_key_id": self.kms_key.arn}
             else:

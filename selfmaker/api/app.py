@@ -7,8 +7,8 @@
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
 * routes registered by features with ``@runtime_route``.
 
-The invocation itself (routing, the model server call, observers) is :func:`selfmaker.endpoints.invoke.invoke`;
-this module reads the request and writes the response.
+The invocation itself (routing, the model server call, observers) is
+:func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
 
 Errors are rendered here and only here: control-plane errors as ``{"__type", "message"}``; runtime errors
 with the ``x-amzn-ErrorType`` header and a JSON body; anything unexpected as a 500 "internal error" with
@@ -33,7 +33,13 @@ from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import check_invoke_request, service_model, validate_request
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
-from selfmaker.errors import InternalFailure, SageMakerError, UnknownOperation, ValidationError, ValidationException
+from selfmaker.errors import (
+    InternalFailure,
+    SageMakerError,
+    UnknownOperation,
+    ValidationError,
+    ValidationException,
+)
 from selfmaker.services import Services
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ def to_epoch(value: Any, member: str) -> float:
             except ValueError:
                 raise ValidationException(f"Invalid timestamp '{value}' at '{member}'") from None
             if not math.isfinite(number):
-                raise ValidationException(f"Invalid timestamp '{value}' at '{member}'")
+                raise ValidationException(f"Invalid timestamp '{value}' at '{member}'") from None
             return number
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=dt.timezone.utc)

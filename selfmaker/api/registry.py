@@ -18,9 +18,9 @@ Decorators only tag the function (no global state at import time):
     ``async def handler(platform, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse`` — raise
     SageMakerError subclasses (runtime codes) for errors; they are rendered like InvokeEndpoint's.
 ``@pool_factory``
-    ``def factory(platform, ctx: selfmaker.endpoints.runtime.VariantContext) -> InstancePool | None`` — return a pool for
-    variants you handle (e.g. those with ``ServerlessConfig``), None otherwise. The default pool is used when
-    every factory returns None.
+    ``def factory(platform, ctx: selfmaker.endpoints.runtime.VariantContext) -> InstancePool | None`` —
+    return a pool for variants you handle (e.g. those with ``ServerlessConfig``), None otherwise. The
+    default pool is used when every factory returns None.
 ``@endpoint_hook``
     ``def hook(platform, endpoint: EndpointRuntime, config: dict) -> None`` — called for each new
     deployment of an endpoint before it takes traffic (attach observers, shadow pools, pre-invoke checks).

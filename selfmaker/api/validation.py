@@ -27,7 +27,7 @@ from botocore.model import ListShape, MapShape, OperationModel, ServiceModel, Sh
 try:  # Java patterns in the model use \p{L} classes, which only `regex` understands
     import regex as _re
 except ImportError:  # pragma: no cover - regex is a declared dependency
-    import re as _re  # type: ignore[no-redef]
+    import re as _re
 
 from selfmaker.errors import SageMakerError, ValidationError, ValidationException
 
@@ -137,9 +137,8 @@ class _Validator:
         elif kind == "timestamp":
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 self.fail(value, path, "Member must be a timestamp")
-        elif kind == "blob":
-            if not isinstance(value, str):
-                self.fail(value, path, "Member must be base64 text")
+        elif kind == "blob" and not isinstance(value, str):
+            self.fail(value, path, "Member must be base64 text")
         return value
 
     def _length(self, value: Any, length: int, meta: dict[str, Any], path: str) -> None:

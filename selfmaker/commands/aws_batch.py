@@ -79,7 +79,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def transform_main(argv: list[str]) -> int:
-    """``selfmaker transform REQUEST.json --aws-batch QUEUE``: run a CreateTransformJob request as an array job."""
+    """``selfmaker transform REQUEST.json --aws-batch QUEUE``: run a CreateTransformJob request as an array
+    job."""
     parser = argparse.ArgumentParser(prog="selfmaker transform", description=_text(transform_main.__doc__))
     parser.add_argument("request", help="CreateTransformJob request as a JSON file ('-' for stdin)")
     _common(parser)
@@ -134,7 +135,8 @@ def transform_main(argv: list[str]) -> int:
     if submitted.nothing_to_do:
         print(f"every output already exists: {submitted.outputs}")
         return 0
-    print(f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}: {submitted.shares} share(s)",
+    print(f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}: {submitted.shares} "
+          "share(s)",
           flush=True)
     if args.no_wait:
         print(f"follow it with `selfmaker status --aws-batch {submitted.queue}` and "
@@ -205,7 +207,8 @@ def train_main(argv: list[str]) -> int:
         return 2
     print(f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}", flush=True)
     if args.no_wait:
-        print(f"follow it with `selfmaker logs {submitted.job_id} --aws-batch`; the model goes to {submitted.outputs}")
+        print(f"follow it with `selfmaker logs {submitted.job_id} --aws-batch`; the model goes to "
+              f"{submitted.outputs}")
         return 0
     last = [""]
 
@@ -302,5 +305,5 @@ def status_main(argv: list[str]) -> int:
                      _when(job.get("createdAt")), str(job.get("statusReason") or "")[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0

@@ -23,8 +23,14 @@ from urllib.parse import urlsplit
 
 from common.http import UpstreamError, UpstreamPool
 from selfmaker.arns import make_arn
-from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InstancePool, VariantContext, VariantRuntime
-from selfmaker.executors import Executors, ExecutorError, InstanceHandle, InstanceSpec
+from selfmaker.endpoints.runtime import (
+    EndpointRuntime,
+    Instance,
+    InstancePool,
+    VariantContext,
+    VariantRuntime,
+)
+from selfmaker.executors import ExecutorError, Executors, InstanceHandle, InstanceSpec
 from selfmaker.modeldata import ModelDataError, fetch_model_data
 
 if TYPE_CHECKING:

@@ -83,13 +83,14 @@ async def call_variant(endpoints: EndpointManager, runtime: EndpointRuntime, var
             if attempt == attempts - 1:
                 raise ModelError(
                     f"Received server error (0) from primary with message \"The model server of variant "
-                    f"{variant.name} is not reachable.\". See `selfmaker logs {runtime.name}` for more information.",
+                    f"{variant.name} is not reachable.\". See `selfmaker logs {runtime.name}` "
+                    "for more information.",
                     extra=_model_error_extra(endpoints, runtime.name, 0, "model server not reachable")) from None
         except asyncio.TimeoutError:
             raise ModelError(
-                "Received server error (0) from primary with message \"Your invocation timed out while waiting for "
-                "a response from container primary. Review the latency metrics for each container in Amazon "
-                "CloudWatch, resolve the issue, and try again.\". "
+                "Received server error (0) from primary with message \"Your invocation timed out "
+                "while waiting for a response from container primary. Review the latency metrics for "
+                "each container in Amazon CloudWatch, resolve the issue, and try again.\". "
                 f"See `selfmaker logs {runtime.name}` for more information.",
                 extra=_model_error_extra(endpoints, runtime.name, 0, "timeout")) from None
         except UpstreamClosed as exc:
@@ -119,7 +120,8 @@ def _model_error_extra(endpoints: EndpointManager, endpoint: str, status: int, o
         "ErrorCode": "CLIENT_ERROR_FROM_MODEL" if 400 <= status < 500 else "SERVER_ERROR_FROM_MODEL",
         "OriginalStatusCode": status,
         "OriginalMessage": original,
-        "LogStreamArn": f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:/aws/sagemaker/Endpoints/{endpoint}",
+        "LogStreamArn": (f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:"
+                         f"/aws/sagemaker/Endpoints/{endpoint}"),
     }
 
 

@@ -186,7 +186,8 @@ class EndpointManager:
         old = self.live.get(name.lower())
         if old is not None:
             for strategy in self.hooks.strategies:
-                # e.g. guardrails: shift traffic per DeploymentConfig while both fleets run; a reason = rolled back
+                # e.g. guardrails: shift traffic per DeploymentConfig while both fleets run; a reason =
+                # rolled back
                 reason = await strategy(name, old, runtime, config)
                 if reason is not None:
                     await self._retire_runtime(runtime)

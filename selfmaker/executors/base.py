@@ -97,7 +97,7 @@ class Executor(abc.ABC):
         (image missing, engine unavailable); it becomes the endpoint's FailureReason.
         """
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: most executors hold nothing
         """Release executor-wide resources at platform shutdown (instances are stopped before this)."""
 
 

@@ -12,14 +12,16 @@ Used for every image that is not selfmaker's own or a built-in (see
   (only for images that honour it, e.g. selfmaker's own);
 * serverless ``MemorySizeInMB`` becomes the container's memory limit;
 * GPU instance types (``ml.g*``, ``ml.p*``) get the host's GPUs (``--gpus all`` / podman's CDI
-  ``--device nvidia.com/gpu=all``) when the host has an NVIDIA GPU (:func:`training.executors.container.gpu_arguments`);
+  ``--device nvidia.com/gpu=all``) when the host has an NVIDIA GPU
+  (:func:`training.executors.container.gpu_arguments`);
 * the engine client runs attached with its output appended to ``InstanceSpec.log_path``; ``alive()`` is
   "the client is still running"; ``stop()`` is ``<engine> stop -t GRACE <container id>`` then a forced remove.
 
-Settings (read once, at construction): ``container_engine`` / ``$SELFMAKER_CONTAINER_ENGINE`` (docker|podman|path;
-default docker when its daemon answers, else podman), ``container_network`` / ``$SELFMAKER_CONTAINER_NETWORK``
-(``bridge`` | ``host``), ``container_pull_timeout`` / ``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds),
-``container_gpus`` / ``$SELFMAKER_CONTAINER_GPUS`` (``auto`` | ``always`` | ``never``).
+Settings (read once, at construction): ``container_engine`` / ``$SELFMAKER_CONTAINER_ENGINE``
+(docker|podman|path; default docker when its daemon answers, else podman), ``container_network`` /
+``$SELFMAKER_CONTAINER_NETWORK`` (``bridge`` | ``host``), ``container_pull_timeout`` /
+``$SELFMAKER_CONTAINER_PULL_TIMEOUT`` (seconds), ``container_gpus`` / ``$SELFMAKER_CONTAINER_GPUS``
+(``auto`` | ``always`` | ``never``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 from training.executors import container as engines
+from training.executors.base import ExecutorError as TrainingExecutorError
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
@@ -134,7 +137,7 @@ class ContainerExecutor(Executor):
                                            engines.PULL_TIMEOUT))
         try:
             self.gpus = engines.gpu_mode(_setting(settings, "container_gpus", engines.GPUS_ENV, None))
-        except engines.ExecutorError as exc:
+        except TrainingExecutorError as exc:
             raise ExecutorError(str(exc)) from exc
         self.host_has_gpu = engines.host_has_nvidia_gpu()
         self._engine: str | None = None
@@ -175,7 +178,7 @@ class ContainerExecutor(Executor):
             return
         try:
             await asyncio.to_thread(engines.ensure_image, engine, image, self.pull_timeout)
-        except engines.ExecutorError as exc:
+        except TrainingExecutorError as exc:
             raise ExecutorError(str(exc)) from exc
         self._images_ready.add(image)
 

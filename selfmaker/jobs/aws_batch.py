@@ -279,7 +279,7 @@ class BatchJobs:
         if definition:
             found = self.batch.describe_job_definitions(jobDefinitions=[definition]).get("jobDefinitions", [])
             for d in found:
-                props = d.get("containerProperties") or next(
+                props: dict[str, Any] | None = d.get("containerProperties") or next(
                     (g.get("container") for g in (d.get("nodeProperties") or {}).get("nodeRangeProperties", [])), {})
                 options = ((props or {}).get("logConfiguration") or {}).get("options") or {}
                 if options.get("awslogs-group"):
@@ -533,7 +533,8 @@ def failures(jobs: BatchJobs, job: dict[str, Any], unit: str) -> list[str]:
         index = child_index(child)
         stream = jobs.log_stream(child)
         where = f"log stream {group} {stream}" if stream else "no log stream (it never started)"
-        lines.append(f"{unit} {index} failed ({child.get('jobId')}): {child.get('statusReason') or 'no reason given'}; "
+        lines.append(f"{unit} {index} failed ({child.get('jobId')}): "
+                     f"{child.get('statusReason') or 'no reason given'}; "
                      f"{where}")
     if not lines and job.get("status") == "FAILED":
         lines.append(f"job {job.get('jobId')} failed: {job.get('statusReason') or 'no reason given'}")

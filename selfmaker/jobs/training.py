@@ -44,7 +44,8 @@ def _jsonable(value: Any) -> Any:
 
 def model_artifacts_uri(request: dict[str, Any]) -> str:
     """``<S3OutputPath>/<job>/output/model.tar.gz``."""
-    return f"{request['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{request['TrainingJobName']}/output/model.tar.gz"
+    output = request["OutputDataConfig"]["S3OutputPath"].rstrip("/")
+    return f"{output}/{request['TrainingJobName']}/output/model.tar.gz"
 
 
 class TrainingManager:

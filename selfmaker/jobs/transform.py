@@ -104,7 +104,8 @@ class TransformJobs:
         """``(model dir or URL, container environment, instance handle to stop or None)``."""
         record = self.store.get("model", request["ModelName"])
         if record is None:
-            raise _JobError(f'Could not find model "{make_arn(self.settings.region, self.settings.account_id, "model", request["ModelName"])}".')
+            arn = make_arn(self.settings.region, self.settings.account_id, "model", request["ModelName"])
+            raise _JobError(f'Could not find model "{arn}".')
         doc = record.doc
         container = doc.get("PrimaryContainer") or (doc.get("Containers") or [{}])[0]
         model_dir = fetch_model_data(container, work / "model")

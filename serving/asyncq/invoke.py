@@ -102,7 +102,7 @@ class OutputSpec:
             failure_path=str(output_config["S3FailurePath"]) if output_config.get("S3FailurePath") else None,
             success_topic=str(notification["SuccessTopic"]) if notification.get("SuccessTopic") else None,
             error_topic=str(notification["ErrorTopic"]) if notification.get("ErrorTopic") else None,
-            include_response_in=tuple(str(v) for v in include),  # type: ignore[union-attr]
+            include_response_in=tuple(str(v) for v in include),
         )
 
 

@@ -54,7 +54,8 @@ class DefaultHandler:
     def invoke(
         self, body: bytes, content_type: str, accept: str | None, headers: dict[str, str] | None
     ) -> tuple[bytes, str, str | None, float]:
-        """Decode → validate → run → encode; returns (body, content type, custom attributes, model seconds)."""
+        """Decode → validate → run → encode; returns (body, content type, custom attributes, model
+        seconds)."""
         formatter = self.formatter
         assert formatter is not None
         ctype = contract.normalise_content_type(content_type) or contract.CSV
@@ -207,7 +208,7 @@ class DefaultHandler:
                 answers[block.indices[0]] = exc
             return
         bodies = formatter.encode_split(outputs, block.answer_types, block.counts)
-        for index, answer_type, body in zip(block.indices, block.answer_types, bodies):
+        for index, answer_type, body in zip(block.indices, block.answer_types, bodies, strict=True):
             answers[index] = body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds)
 
 
@@ -224,7 +225,7 @@ class _Block(NamedTuple):
         """One block per request."""
         out = []
         start = 0
-        for index, answer_type, count in zip(self.indices, self.answer_types, self.counts):
+        for index, answer_type, count in zip(self.indices, self.answer_types, self.counts, strict=True):
             end = start + count
             out.append(_Block([index], [answer_type], [count], {name: value[start:end] for name, value in self.feeds.items()}))
             start = end

@@ -14,7 +14,7 @@ from serving.contract import Signature
 from serving.errors import NotAcceptableError
 
 
-class Prediction(dict):
+class Prediction(dict[str, Any]):
     """``{output name: array}`` of one ONNX run; the default ``output_fn`` knows how to encode it."""
 
 
@@ -65,14 +65,15 @@ class ResponseFormatter:
     def _labels(self, probs: np.ndarray, onnx_labels: np.ndarray | None, classes: list[Any] | None) -> list[Any]:
         """Predicted label per record: ``classes[index]``, the graph's own labels, or the index."""
         n_classes = probs.shape[1]
-        use_onnx = onnx_labels is not None and self.classes is None and onnx_labels.shape[:1] == probs.shape[:1]
+        graph_labels = (onnx_labels if onnx_labels is not None and self.classes is None
+                        and onnx_labels.shape[:1] == probs.shape[:1] else None)
         if n_classes == 2 and self.task != "multiclass_classification":
-            if use_onnx and self.threshold == 0.5:
-                return onnx_labels.reshape(len(onnx_labels)).tolist()  # type: ignore[union-attr]
+            if graph_labels is not None and self.threshold == 0.5:
+                return graph_labels.reshape(len(graph_labels)).tolist()
             index = (probs[:, 1] >= self.threshold).astype(np.int64)
         else:
-            if use_onnx:
-                return onnx_labels.reshape(len(onnx_labels)).tolist()  # type: ignore[union-attr]
+            if graph_labels is not None:
+                return graph_labels.reshape(len(graph_labels)).tolist()
             index = probs.argmax(axis=1)
         if classes is not None and len(classes) == n_classes:
             return [classes[i] for i in index.tolist()]
@@ -87,8 +88,8 @@ class ResponseFormatter:
         keys = list(records[0])
         return np.array([[row[k] for k in keys] for row in records], dtype=np.float32), keys
 
-    def _classifier(self, outputs: dict[str, np.ndarray], accept: str) -> bytes | list[Any]:
-        raw = outputs[self.prob_name]
+    def _classifier(self, outputs: dict[str, np.ndarray], accept: str, prob_name: str) -> bytes | list[Any]:
+        raw = outputs[prob_name]
         classes = self.classes
         if isinstance(raw, list):
             probs, zip_classes = self._unzip(raw)
@@ -113,16 +114,16 @@ class ResponseFormatter:
         elif fmt == "linear-learner":
             if accept == contract.CSV:
                 if binary:
-                    rows = [[label, p] for label, p in zip(labels, probs[:, 1].tolist())]
+                    rows = [[label, p] for label, p in zip(labels, probs[:, 1].tolist(), strict=True)]
                 else:
-                    rows = [[label, *p] for label, p in zip(labels, probs.tolist())]
+                    rows = [[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)]
                 return codecs.encode_csv(rows)
             scores_list = probs[:, 1].tolist() if binary else probs.tolist()
-            records = [{"score": s, "predicted_label": label} for s, label in zip(scores_list, labels)]
+            records = [{"score": s, "predicted_label": label} for s, label in zip(scores_list, labels, strict=True)]
         else:
             if accept == contract.CSV:
-                return codecs.encode_csv([[label, *p] for label, p in zip(labels, probs.tolist())])
-            records = [{"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist())]
+                return codecs.encode_csv([[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)])
+            records = [{"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist(), strict=True)]
         return records
 
     # -- regression / generic ---------------------------------------------------------------
@@ -148,9 +149,9 @@ class ResponseFormatter:
         lengths = {np.shape(value)[0] if np.ndim(value) else None for value in outputs.values()}
         if accept == contract.JSON and len(lengths) != 1:
             return codecs.encode_json({"outputs": {name: np.asarray(v).tolist() for name, v in outputs.items()}})
-        if len(lengths) != 1 or None in lengths:
+        n = lengths.pop() if len(lengths) == 1 else None
+        if n is None:
             raise NotAcceptableError("outputs of different lengths can only be answered as JSON")
-        n = lengths.pop()
         columns = {name: np.asarray(value).tolist() for name, value in outputs.items()}
         records = [{name: column[i] for name, column in columns.items()} for i in range(n)]
         if accept == contract.CSV:
@@ -167,7 +168,7 @@ class ResponseFormatter:
         """The finished answer (CSV, npy, or a JSON shape that is not one record per row), or the
         answer's records, one per row, for :meth:`_wrap`."""
         if self.prob_name and self.task != "regression":
-            return self._classifier(outputs, accept)
+            return self._classifier(outputs, accept, self.prob_name)
         if self.task == "regression":
             name = self.output_names[0] if len(self.output_names) == 1 else (self.prob_name or self.output_names[0])
             return self._regressor(np.asarray(outputs[name]), accept)
@@ -211,7 +212,7 @@ class ResponseFormatter:
                 return answers
         answers = []
         start = 0
-        for accept, count in zip(accepts, counts):
+        for accept, count in zip(accepts, counts, strict=True):
             end = start + count
             try:
                 answers.append(self.encode({name: value[start:end] for name, value in outputs.items()}, accept))

@@ -12,8 +12,9 @@ import inspect
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -95,15 +96,17 @@ class HooksHandler:
         if isinstance(input_data, str):
             input_data = input_data.encode("utf-8")
         if ctype == contract.NPZ:
-            # a scipy.sparse matrix, as the toolkit's decoder gives (its _npz_to_sparse is this call); imported
-            # here: importing scipy.sparse takes tenths of a second and only this content type needs it
+            # a scipy.sparse matrix, as the toolkit's decoder gives (its _npz_to_sparse is this call);
+            # imported here: importing scipy.sparse takes tenths of a second and only this content type
+            # needs it
             import scipy.sparse
 
             try:
                 return scipy.sparse.load_npz(io.BytesIO(input_data))
             except Exception as exc:  # scipy/zipfile raise many types for a body that is not save_npz output
                 raise BadRequestError(
-                    f"malformed application/x-npz body (expected scipy.sparse.save_npz output): {type(exc).__name__}: {exc}"
+                    "malformed application/x-npz body (expected scipy.sparse.save_npz output): "
+                    f"{type(exc).__name__}: {exc}"
                 ) from None
         dtype = self.model.input_dtype if isinstance(self.model, OnnxModel) else np.float32
         return codecs.decode(input_data, ctype, dtype)

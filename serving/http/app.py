@@ -85,7 +85,9 @@ def create_app(
             log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return _error(status, body)
 
-    app.wsgi_app = FastPath(  # type: ignore[method-assign]
+    # FastPath is a WSGI app, except that it hands the inline worker a PendingInvocation when the worker
+    # asks for one (DEFER_KEY in the environ): Flask's type for wsgi_app cannot say so.
+    app.wsgi_app = FastPath(  # type: ignore[method-assign,assignment]
         app.wsgi_app,
         model,
         ready=is_ready,

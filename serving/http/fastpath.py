@@ -180,7 +180,7 @@ class FastPath:
 
     # -- WSGI ---------------------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | PendingInvocation:
         started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
@@ -233,7 +233,7 @@ class FastPath:
 
     def _runtime(
         self, environ: dict[str, Any], start_response: Callable[..., Any], route: tuple[str, bool], started: float
-    ) -> Iterable[bytes]:
+    ) -> Iterable[bytes] | PendingInvocation:
         name, stream = route
         model_seconds: float | None = None
         if self.endpoint_name is not None and name != self.endpoint_name:
@@ -348,7 +348,7 @@ class PendingInvocation:
             outcomes = app.model.invoke_many(requests)
         except Exception as exc:  # a failure of the batch itself (not of one request): every request gets it
             outcomes = [exc] * len(pending)
-        for one, outcome in zip(pending, outcomes):
+        for one, outcome in zip(pending, outcomes, strict=True):
             one.outcome = outcome
 
     def finish(self) -> list[bytes]:

@@ -29,8 +29,10 @@ from serving.errors import error_body
 MAX_JOINED_BODY = 256 * 1024
 
 
-class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
+class OneWriteResponse(wsgi.Response):
     """A ``gunicorn.http.wsgi.Response`` that sends headers + a complete small body together."""
+
+    headers_sent: bool  # gunicorn's attribute (untyped there)
 
     def write(self, arg: Any) -> None:
         if (
@@ -52,7 +54,7 @@ class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
         super().write(arg)
 
 
-class LengthBody(body.Body):  # type: ignore[misc]
+class LengthBody(body.Body):
     """gunicorn's request ``Body``, handing over what is left of a ``Content-Length`` body in one
     piece when asked for all of it (what the model server does): straight from the parser's
     read-ahead buffer when it arrived with the headers (the usual small request), else from the

@@ -4,16 +4,18 @@ gunicorn's ``gthread`` worker hands every request from its event loop to a threa
 finished connection back to the loop through a pipe: per request a pool hand-off, a pipe write and
 read, a future and its callback, and thread wake-ups (futex calls). For a CPU-bound model that runs
 as one process per core those threads buy nothing — the GIL lets one of them run at a time — and on
-a 2-core machine they cost about a quarter of the server's CPU time per small request (see docs/serving.md). This worker
-keeps everything else of gthread (keep-alive connections parked in the poller, their timeouts,
-graceful shutdown, the worker heartbeat) and runs ``handle()`` inline when a connection is readable.
+a 2-core machine they cost about a quarter of the server's CPU time per small request (see
+docs/serving.md). This worker keeps everything else of gthread (keep-alive connections parked in the
+poller, their timeouts, graceful shutdown, the worker heartbeat) and runs ``handle()`` inline when a
+connection is readable.
 
 The trade-offs are those of gunicorn's ``sync`` worker, which SageMaker's own model servers share
 (each of their workers answers one request at a time): one slow request holds up the other
 connections of its worker, a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
 the worker restarted, and a client that stalls half-way through a request holds the worker for up
-to ``STALL_TIMEOUT`` seconds per read before its connection is dropped. Behind a buffering front (the platform's router, a load balancer) that is no concern; for
-hooks that wait on I/O, ``gthread`` is the better choice.
+to ``STALL_TIMEOUT`` seconds per read before its connection is dropped. Behind a buffering front (the
+platform's router, a load balancer) that is no concern; for hooks that wait on I/O, ``gthread`` is the
+better choice.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.http2 import negotiation
 from gunicorn.workers import gthread
-from gunicorn.workers.gthread import ThreadWorker, TConn
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from serving.http.fastpath import DEFER_KEY, PendingInvocation
 
@@ -81,7 +83,7 @@ class _StalledClientRecord(logging.Filter):
         return True
 
 
-class InlineWorker(ThreadWorker):  # type: ignore[misc]
+class InlineWorker(ThreadWorker):
     """A ``gthread`` worker without the pool: requests are handled on the event-loop thread.
 
     Connections that turn readable in the same poll are served together: each request is parsed
@@ -93,10 +95,12 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
     """
 
     _collected: list[TConn] | None = None
+    alive: bool  # gunicorn's attribute (untyped there)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """gthread's dispatch, with the requests of one poll collected and served together."""
-        self._collected = collected = []
+        collected: list[TConn] = []
+        self._collected = collected
         try:
             events = self.poller.select(timeout)
             for key, _ in events:
@@ -141,9 +145,9 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
         Returns what ``handle`` returns: keep-alive or not (or gthread's defer marker)."""
         req = None
         try:
-            if not conn.initialized and not conn.data_ready:
-                if not conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT):
-                    return gthread._DEFER
+            if (not conn.initialized and not conn.data_ready
+                    and not conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT)):
+                return gthread._DEFER
             conn.sock.setblocking(True)
             conn.init()
             if conn.is_http2:
@@ -187,9 +191,7 @@ class InlineWorker(ThreadWorker):  # type: ignore[misc]
                     self.log.info("Autorestarting worker after current request.")
                     self.alive = False
                 resp.force_close()
-            if not self.alive or not self.cfg.keepalive:
-                resp.force_close()
-            elif len(self.keepalived_conns) >= self.max_keepalived:
+            if not self.alive or not self.cfg.keepalive or len(self.keepalived_conns) >= self.max_keepalived:
                 resp.force_close()
             respiter = self.wsgi(environ, resp.start_response)
             if type(respiter) is PendingInvocation:

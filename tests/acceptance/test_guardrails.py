@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import tarfile
 import threading
 import time
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
+
 ROW = b"0.3,-1.2,0.8,0.1"
 BROKEN_MODEL = """
 def model_fn(model_dir):

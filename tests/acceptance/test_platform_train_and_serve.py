@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
+
 XGB_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
 AUC = {"Name": "validation:auc", "Regex": r".*\[[0-9]+\].*#011validation-auc:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"}
 WAIT = {"Delay": 0.5, "MaxAttempts": 240}

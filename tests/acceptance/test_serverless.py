@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
+
 IDLE = 3.0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from batch_helpers import build_hooks_model, build_lr_model
 
+
 @pytest.fixture(scope="session")
 def lr_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_lr_model(tmp_path_factory.mktemp("lr") / "model")

@@ -1,4 +1,5 @@
-"""The transform engine end to end on a shared in-process Dask cluster, outputs checked against onnxruntime."""
+"""The transform engine end to end on a shared in-process Dask cluster, outputs checked against
+onnxruntime."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def test_json_lines_input_and_accept(run_job: Any, lr_model: Path, tmp_path: Pat
     np.testing.assert_allclose(scores, predict(lr_model, np.round(rows, 5)), rtol=1e-5, atol=1e-6)
 
 
-# -- compression, manifest ------------------------------------------------------------------------------------
+# -- compression, manifest -----------------------------------------------------------------------------------
 
 
 def test_gzip_input_is_decompressed(run_job: Any, lr_model: Path, dataset: Path, tmp_path: Path) -> None:
@@ -191,7 +192,7 @@ def test_json_join_of_non_object_input_wraps_it(run_job: Any, lr_model: Path, tm
     assert all(set(r["SageMakerOutput"]) == {"score"} for r in records)
 
 
-# -- failures --------------------------------------------------------------------------------------------------
+# -- failures ------------------------------------------------------------------------------------------------
 
 
 def test_malformed_record_fails_the_job_naming_file_and_line(run_job: Any, lr_model: Path, dataset: Path,

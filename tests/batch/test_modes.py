@@ -68,7 +68,7 @@ def test_a_ready_model_server_url(run_job: Any, lr_model: Path, data: Path, tmp_
         server.stop()
     assert via_url.status == "Completed", via_url.failure_reason
     assert via_url.mode == "url"
-    local = run_job(request(data.as_uri(), (tmp_path / "local").as_uri(), **JOBS["plain"]), lr_model)
+    run_job(request(data.as_uri(), (tmp_path / "local").as_uri(), **JOBS["plain"]), lr_model)
     assert _outputs(tmp_path / "url") == _outputs(tmp_path / "local")
     assert server.proc is not None and server.proc.poll() is not None
 

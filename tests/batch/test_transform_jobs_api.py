@@ -16,7 +16,15 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from batch_helpers import N_FEATURES, build_hooks_model, find_free_port, predict, read_rows, request, write_csv
+from batch_helpers import (
+    N_FEATURES,
+    build_hooks_model,
+    find_free_port,
+    predict,
+    read_rows,
+    request,
+    write_csv,
+)
 from botocore.config import Config
 from botocore.exceptions import ClientError
 

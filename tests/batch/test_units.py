@@ -93,7 +93,7 @@ def test_byte_ranges_own_every_record_exactly_once(lines: list[bytes], trailing:
     data = b"\n".join(lines) + (b"\n" if trailing else b"")
     bounds = sorted({0, len(data), *[c for c in cuts if c < len(data)]})
     records, blocked = [], []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         for sink, kind in ((records, "records"), (blocked, "blocks")):
             stream = io.BytesIO(data)
             stream.seek(max(0, start - 1))
@@ -152,7 +152,7 @@ def test_recordio_framing_keeps_padding_only_for_multi_record() -> None:
         list(iter_framed(io.BytesIO(b"\0" * 8), "RecordIO", "mem", 100))
 
 
-# -- request validation ---------------------------------------------------------------------------------------
+# -- request validation --------------------------------------------------------------------------------------
 
 
 def _req(**extra: Any) -> dict[str, Any]:

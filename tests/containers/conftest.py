@@ -1,9 +1,9 @@
 """Fixtures of the container tests: a working engine (installed when missing), the shared Debian base,
 the tiny BYOC test image and selfmaker's CPU image -- all built here, nothing pulled from a registry.
 
-Every test here that needs an engine is marked ``container``. Those skip only when no engine works and none can be
-installed (``scripts/install-engine.sh`` needs root and apt); they fail when an engine exists but a
-build fails.
+Every test here that needs an engine is marked ``container``. Those skip only when no engine works and
+none can be installed (``scripts/install-engine.sh`` needs root and apt); they fail when an engine
+exists but a build fails.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from containers_helpers import BYOC_IMAGE, SELFMAKER_AS_BYOC, SELFMAKER_IMAGE, run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 import requests
-
 from containers_helpers import containers_with_label, wait_until
+
 from selfmaker.executors.base import ExecutorError, InstanceSpec
 from selfmaker.executors.container import ContainerExecutor
 from selfmaker.settings import PlatformSettings
@@ -127,7 +127,7 @@ def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                  memory_mb=2048)
     bridge = ContainerExecutor(PlatformSettings(home=tmp_path))
     cmd = bridge.command(spec, "podman", "n", tmp_path / "cid", 41234)
-    assert "s3cr3t" not in " ".join(cmd) and ["-e", "SECRET"] == cmd[cmd.index("SECRET") - 1:cmd.index("SECRET") + 1]
+    assert "s3cr3t" not in " ".join(cmd) and cmd[cmd.index("SECRET") - 1:cmd.index("SECRET") + 1] == ["-e", "SECRET"]
     assert "127.0.0.1:41234:9000" in cmd and "--memory" in cmd and cmd[-2:] == ["example/byoc:1", "serve"]
     assert f"{spec.model_dir.resolve()}:/opt/ml/model:ro" in cmd
     monkeypatch.setenv("SELFMAKER_CONTAINER_NETWORK", "host")
@@ -143,7 +143,8 @@ def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                                                ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])])
 def test_serving_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str,
                                                  flags: list[str]) -> None:
-    """ml.g*/ml.p* instances get the host's GPUs (docker --gpus, podman CDI) when it has one; CPU types never."""
+    """ml.g*/ml.p* instances get the host's GPUs (docker --gpus, podman CDI) when it has one; CPU types
+    never."""
     monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)
     executor = ContainerExecutor(PlatformSettings(home=tmp_path))
     executor.host_has_gpu = True
@@ -180,7 +181,8 @@ def test_gpu_instance_types(instance_type: str | None, gpu: bool) -> None:
 
 
 def test_training_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A training host of a GPU instance type gets the GPUs; the flag is an engine option (before the image)."""
+    """A training host of a GPU instance type gets the GPUs; the flag is an engine option (before the
+    image)."""
     from training.executors.base import HostSpec
 
     monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import tarfile
 import uuid
@@ -21,8 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-
-from containers_helpers import SELFMAKER_AS_BYOC, containers_with_label, load_platform_helpers, run, wait_until
+from containers_helpers import (
+    SELFMAKER_AS_BYOC,
+    containers_with_label,
+    load_platform_helpers,
+    run,
+    wait_until,
+)
 from testkit import wait_http
 
 # the first test also builds the image from nothing (debootstrap, wheelhouse, build: ~6 min on 2 cores)
@@ -58,7 +64,7 @@ def _in_process(model_dir: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     import xgboost as xgb
 
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x})))
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x}), strict=True))
     booster = xgb.Booster()
     booster.load_model(bytearray((model_dir / "xgboost-model").read_bytes()))  # a buffer: no file-format guess
     return outputs["probabilities"][:, 1], booster.predict(xgb.DMatrix(x))
@@ -98,13 +104,14 @@ def test_image_labels_and_user(engine: str, selfmaker_image: str) -> None:
     # no compilers and no installed pip (module or command) in the final image -- only pip's wheel, which
     # runs requirements.txt installs (SELFMAKER_PIP_WHEEL; tests/containers/test_image_pip.py)
     out = run([engine, "run", "--rm", "--entrypoint", "sh", selfmaker_image, "-c",
-               "command -v gcc cc pip pip3 || true; /opt/selfmaker/venv/bin/python -m pip --version 2>&1 || true"]).stdout
+               "command -v gcc cc pip pip3 || true; "
+               "/opt/selfmaker/venv/bin/python -m pip --version 2>&1 || true"]).stdout
     assert "gcc" not in out and "/pip" not in out and "No module named pip" in out
     wheel = run([engine, "run", "--rm", "--entrypoint", "sh", selfmaker_image, "-c",
                  'echo "$SELFMAKER_PIP_WHEEL"; python "$SELFMAKER_PIP_WHEEL/pip" --version']).stdout.splitlines()
     assert wheel[0] == "/opt/selfmaker/pip.whl" and wheel[1].startswith("pip ") and "from /opt/selfmaker/pip.whl/pip" in wheel[1]
     size_mb = int(info.get("Size") or info.get("size") or 0) / 1e6
-    print(f"selfmaker CPU image: {size_mb:.0f} MB")
+    logging.getLogger(__name__).warning("selfmaker CPU image: %.0f MB", size_mb)  # in the test report
 
 
 def test_train_then_serve_matches_in_process_model(engine: str, selfmaker_image: str, trained: dict[str, Any],
@@ -211,7 +218,7 @@ def test_byoc_image_trains_and_serves_through_boto3(platform: Any, engine: str, 
         assert len(containers_with_label(engine, f"selfmaker.endpoint={name}")) == 1
         resp = smr.invoke_endpoint(EndpointName=name, ContentType="text/csv", Body="0.5,0.5\n1,0\n")
         got = [float(v) for v in resp["Body"].read().decode().split()]
-        expected = [sum(w * v for w, v in zip(model["weights"], x)) + model["bias"] for x in ((0.5, 0.5), (1.0, 0.0))]
+        expected = [sum(w * v for w, v in zip(model["weights"], x, strict=True)) + model["bias"] for x in ((0.5, 0.5), (1.0, 0.0))]
         assert got == pytest.approx(expected)
         assert got == pytest.approx([3.0 * 0.5 - 2.0 * 0.5 + 1.0, 4.0], abs=0.3)
     finally:

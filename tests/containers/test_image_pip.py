@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from containers_helpers import run
 from testkit import wait_http
 

@@ -56,7 +56,8 @@ def _closure(names: set[str]) -> set[str]:
 
 
 def _third_party_imports() -> dict[str, str]:
-    """top-level module → first file importing it, for common/, serving/ and training/ (what runs in the image)."""
+    """top-level module → first file importing it, for common/, serving/ and training/ (what runs in the
+    image)."""
     found: dict[str, str] = {}
     for package in ("common", "serving", "training"):
         for path in sorted((ROOT / package).rglob("*.py")):

@@ -69,7 +69,7 @@ def test_priority_blocks_are_unique_in_range_and_order_free(names: list[str]) ->
     assert blocks == endpoints.priority_blocks(list(reversed(names)))
     assert len(set(blocks.values())) == len(blocks)
     for block in blocks.values():
-        assert block % endpoints.BLOCK == 0 and 0 < block and block + endpoints.BLOCK - 1 <= endpoints.MAX_PRIORITY
+        assert block % endpoints.BLOCK == 0 and block > 0 and block + endpoints.BLOCK - 1 <= endpoints.MAX_PRIORITY
 
 
 def test_colliding_names_still_get_their_own_blocks() -> None:

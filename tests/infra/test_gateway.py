@@ -190,7 +190,7 @@ def test_realtime_endpoint_variants_rules_scaling_rollout_and_alarms(pulumi_harn
     assert weighted["actions"] == [{"type": "forward", "forward": {"targetGroups": [
         {"arn": tgs["champion"].state["arn"], "weight": 999}, {"arn": tgs["challenger"].state["arn"], "weight": 111}]}}]
     for i, name in enumerate(("champion", "challenger")):
-        rule = rules[f"gw-churn-{name}-target-rule"]
+        rule = rules[f"gw-churn-target-{i + 1}-rule"]
         assert rule["priority"] == 121 + i < weighted["priority"]  # checked before the weighted rule
         assert rule["conditions"][2] == {"httpHeader": {"httpHeaderName": "X-Amzn-SageMaker-Target-Variant",
                                                         "values": [name]}}
@@ -354,3 +354,41 @@ def test_a_new_model_changes_only_that_variants_launch_template(pulumi_harness: 
     assert _changed(before, after) == {"churn-challenger-lt"}
     user_data = base64.b64decode(after[("aws:ec2/launchTemplate:LaunchTemplate", "churn-challenger-lt")]["userData"])
     assert b"models/churn/v3/model.tar.gz" in user_data
+
+
+def _rule_priorities(regs: list[Registration]) -> dict[str, int]:
+    return {r.name: int(r.inputs["priority"]) for r in regs if r.type == "aws:lb/listenerRule:ListenerRule"}
+
+
+def _priority_safe(before: dict[str, int], after: dict[str, int]) -> None:
+    """What ALB needs of an update, given that the engine deletes removed rules last: a kept rule keeps its
+    priority, and a new rule takes none that a rule of the old configuration holds."""
+    moved = {name: (before[name], p) for name, p in after.items() if name in before and before[name] != p}
+    assert not moved, f"rules change priority (refused while the old holder exists): {moved}"
+    taken = {name: p for name, p in after.items() if name not in before and p in before.values()}
+    assert not taken, f"new rules take priorities the old configuration still holds: {taken}"
+    assert len(set(after.values())) == len(after)
+
+
+@pytest.mark.parametrize("change", ["remove-first-variant", "insert-variant", "reorder", "add-endpoint",
+                                    "remove-endpoint"])
+def test_variant_and_endpoint_changes_never_move_a_rule_priority(pulumi_harness: PulumiHarness, change: str) -> None:
+    base = stack_file_config(ROOT / "Pulumi.dev.yaml")
+    before = _rule_priorities(_run(pulumi_harness, base))
+    endpoints = _dev_endpoints()
+    churn = endpoints[0]["variants"]
+    if change == "remove-first-variant":  # retire the old champion
+        endpoints[0]["variants"] = churn[1:]
+    elif change == "insert-variant":
+        churn.insert(1, {**churn[1], "name": "shadow-v3", "modelKey": "models/churn/v3/model.tar.gz"})
+    elif change == "reorder":
+        churn.reverse()
+    elif change == "add-endpoint":
+        endpoints.append({"name": "fraud", "variants": [{**churn[1], "name": "AllTraffic"}]})
+    else:
+        endpoints.pop(1)
+    from tests.infra.conftest import new_harness
+
+    after = _rule_priorities(_run(new_harness(), _with(base, endpoints=endpoints)))
+    assert (after == before) == (change == "reorder")  # a reorder changes the header rules' contents alone
+    _priority_safe(before, after)

@@ -1,4 +1,5 @@
-"""The gateway's listener rules with real traffic: boto3 → the rules as recorded under mocks → real model servers.
+"""The gateway's listener rules with real traffic: boto3 → the rules as recorded under mocks → real
+model servers.
 
 An Application Load Balancer is not available here, so a small router on 127.0.0.1 evaluates exactly the
 recorded ``ListenerRule`` inputs the way ALB documents it (rules in priority order, every condition must

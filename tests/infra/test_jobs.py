@@ -1,5 +1,6 @@
 """`JobQueue` (AWS Batch) under mocks: every compute environment, queue, job definition and role, with the
-policy checks a pre-deploy gate would make (no wildcards, private subnets, IMDSv2, encrypted volumes, spot)."""
+policy checks a pre-deploy gate would make (no wildcards, private subnets, IMDSv2, encrypted volumes,
+spot)."""
 
 from __future__ import annotations
 

@@ -156,7 +156,8 @@ def _rules(harness: PulumiHarness) -> list[Registration]:
 
 
 def check_ingress_policy(harness: PulumiHarness) -> None:
-    """The policy for every stack: nothing accepts the world, except 443 on an internet-facing load balancer."""
+    """The policy for every stack: nothing accepts the world, except 443 on an internet-facing load
+    balancer."""
     internet_facing = {r.urn: r for r in harness.of_type("aws:lb/loadBalancer:LoadBalancer") if r.inputs["internal"] is False}
     open_groups = {sg for lb in internet_facing.values() for sg in lb.inputs["securityGroups"]}
     for rule in _rules(harness):

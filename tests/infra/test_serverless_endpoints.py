@@ -208,7 +208,7 @@ def test_lambda_target_groups_and_listener_rules(run: PulumiHarness) -> None:
     assert weighted["conditions"][1]["httpRequestMethod"]["values"] == ["POST"]
     forward = {g["arn"]: g["weight"] for g in weighted["actions"][0]["forward"]["targetGroups"]}
     assert forward == {small.state["arn"]: 999, large.state["arn"]: 333}
-    header = rules["gateway-fraud-large-target-rule"]
+    header = rules["gateway-fraud-target-2-rule"]  # the second variant's place in the block
     assert header["conditions"][2]["httpHeader"] == {"httpHeaderName": "X-Amzn-SageMaker-Target-Variant",
                                                      "values": ["large"]}
     assert [g["arn"] for g in header["actions"][0]["forward"]["targetGroups"]] == [large.state["arn"]]

@@ -1,4 +1,5 @@
-"""Static checks of the infra sources: the component style rules (docs/infra.md) that a run under mocks cannot see."""
+"""Static checks of the infra sources: the component style rules (docs/infra.md) that a run under mocks
+cannot see."""
 
 from __future__ import annotations
 

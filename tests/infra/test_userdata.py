@@ -26,7 +26,9 @@ SERVE = userdata.UserDataSpec(
 FAKE = r"""#!/bin/bash
 name=$(basename "$0")
 # one record at a time: the fakes of a pipeline (aws ... | docker login ...) run concurrently
-{ flock 9; { printf '%s' "$name"; for a in "$@"; do printf '\0%s' "$a"; done; printf '\1'; } >> "$FAKE_LOG"; } 9>>"$FAKE_LOG.lock"
+{ flock 9
+  { printf '%s' "$name"; for a in "$@"; do printf '\0%s' "$a"; done; printf '\1'; } >> "$FAKE_LOG"
+} 9>>"$FAKE_LOG.lock"
 case "$name $1" in
   "curl "*) case "$*" in
       *api/token*) echo TOKEN ;;

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import numpy as np
@@ -139,7 +139,8 @@ def running(home: Path, env: dict[str, str] | None = None) -> Iterator[PlatformP
 
 
 def moto_env(moto_server: str, **settings: str) -> dict[str, str]:
-    """Environment of a `selfmaker up` whose AWS calls (S3, SNS, SQS) go to the moto server, plus ``settings``."""
+    """Environment of a `selfmaker up` whose AWS calls (S3, SNS, SQS) go to the moto server, plus
+    ``settings``."""
     return {
         "AWS_ENDPOINT_URL": moto_server,
         "AWS_ACCESS_KEY_ID": "testing",

@@ -1,4 +1,5 @@
-"""`selfmaker train|transform REQUEST.json --aws-batch QUEUE`, `logs JOB --aws-batch`, `status --aws-batch QUEUE`
+"""`selfmaker train|transform REQUEST.json --aws-batch QUEUE`, `logs JOB --aws-batch`, `status
+--aws-batch QUEUE`
 against moto's Batch, S3, ECR and Logs (its Docker-less Batch: a submitted job succeeds, or fails with
 ``MOTO_SIMPLE_BATCH_FAIL_AFTER=0``). What the containers do is tested in tests/batch and tests/training."""
 
@@ -17,8 +18,8 @@ from aws_batch_kit import LOG_GROUP, FakeStack, create_stack
 
 from batch import storage
 from batch.cli import platform_url
-from selfmaker.jobs.aws_batch import instance_resources
 from selfmaker.cli import main
+from selfmaker.jobs.aws_batch import instance_resources
 
 CSV = b"1.0,2.0,3.0,4.0\n0.5,0.1,0.2,0.3\n"
 

@@ -45,7 +45,7 @@ def check_schedule(steps: list, wait: int) -> None:
     fractions = [s.new_fraction for s in steps]
     assert fractions[-1] == 1.0
     assert all(0 < f <= 1 for f in fractions)
-    assert all(a < b for a, b in zip(fractions, fractions[1:]))
+    assert all(a < b for a, b in zip(fractions, fractions[1:], strict=False))
     assert all(s.bake_seconds == wait for s in steps)
 
 

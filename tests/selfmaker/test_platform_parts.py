@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.metrics import Metrics, family, render_metrics
 from selfmaker.api.registry import Registry, deployment_strategy, discover, metrics_source
+from selfmaker.api.validation import check_invoke_request
 from selfmaker.endpoints.invoke import outgoing_headers
 from selfmaker.endpoints.runtime import FeatureState, InvocationRecord
 from selfmaker.errors import ValidationError
@@ -30,7 +30,7 @@ def _record(**overrides: Any) -> InvocationRecord:
     return InvocationRecord(**fields)
 
 
-# ---- outgoing headers ---------------------------------------------------------------------------------------
+# ---- outgoing headers --------------------------------------------------------------------------------------
 
 def test_outgoing_headers_carry_the_invocation_members_without_cr_lf() -> None:
     headers = outgoing_headers(_record(accept="application/json", custom_attributes="a=1\r\nX-Evil: 1",
@@ -74,7 +74,7 @@ def test_async_endpoint_name_is_checked() -> None:
         check_invoke_request("bad_name", {}, "InvokeEndpointAsync")
 
 
-# ---- typed feature state ------------------------------------------------------------------------------------
+# ---- typed feature state -----------------------------------------------------------------------------------
 
 class _Writer:
     pass
@@ -164,8 +164,8 @@ def test_metrics_come_from_every_source_and_a_failing_one_is_left_out(
 @pytest.mark.parametrize(("models", "reason"), [
     (None, 'Could not find model "arn:aws:sagemaker:us-east-1:{account}:model/m".'),
     ({"m": {"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": "file:///nonexistent/model.tar.gz"}}},
-     "Failed to download model data for production variant v: model data file:///nonexistent/model.tar.gz "
-     "does not exist"),
+     "Failed to download model data for production variant v: model data "
+     "file:///nonexistent/model.tar.gz does not exist"),
     ({"m": {"ModelName": "m", "PrimaryContainer": "not a container"}},  # a damaged record: an unexpected error
      "internal error while deploying the endpoint"),
 ])

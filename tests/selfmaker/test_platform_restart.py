@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from platform_helpers import WAIT, PlatformProcess, build_classifier_tar, deploy, invoke_variant, make_model, variant
+from platform_helpers import (
+    WAIT,
+    PlatformProcess,
+    build_classifier_tar,
+    deploy,
+    invoke_variant,
+    make_model,
+    variant,
+)
 
 # starts its own platform three times (a SIGKILL crash, a graceful stop) and runs a training job: about 40 s,
 # as long as an acceptance module, so `make test-fast` leaves it out with them

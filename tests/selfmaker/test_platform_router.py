@@ -36,7 +36,7 @@ def test_choice_intervals_match_the_shares(weights: list[float]) -> None:
     counts = [0] * len(weights)
     for i in range(steps):
         counts[chooser.choose(i / steps)] += 1
-    for got, want in zip(counts, shares(weights)):
+    for got, want in zip(counts, shares(weights), strict=True):
         assert abs(got / steps - want) <= 1.5 / steps * len(weights) + 1e-9
 
 
@@ -49,7 +49,7 @@ def test_random_draws_converge_to_the_shares(weights: list[int], seed: int) -> N
     draws = 20_000
     for _ in range(draws):
         counts[chooser.choose(rng.random())] += 1
-    for got, want in zip(counts, shares(weights)):
+    for got, want in zip(counts, shares(weights), strict=True):
         assert abs(got / draws - want) < 0.03
 
 

@@ -81,7 +81,8 @@ def test_keep_alive_reuses_one_connection_and_echoes() -> None:
 
 
 @pytest.mark.parametrize("response", [
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n"
+    b"X-Trailer: 1\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabcdefg",
     b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nabcdefg",
 ])

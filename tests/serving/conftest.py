@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from serving_helpers import ROOT, Server
 from testkit import find_free_port, wait_http
 

@@ -464,8 +464,9 @@ def worker_env(aws: Aws) -> dict[str, str]:
 
 
 def test_sigkilled_workers_lose_nothing(tmp_path: Path, aws: Aws, container: Container) -> None:
-    """Worker processes killed with SIGKILL mid-backlog (twice): every request ends with exactly one object and
-    at least one notification; a repeat is possible only for a kill between SNS Publish and the mark."""
+    """Worker processes killed with SIGKILL mid-backlog (twice): every request ends with exactly one
+    object and at least one notification; a repeat is possible only for a kill between SNS Publish
+    and the mark."""
     db = tmp_path / "q.db"
     queue = SqliteQueue(db, "ep")
     reqs = [

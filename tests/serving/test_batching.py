@@ -60,7 +60,7 @@ def assert_close(got: Any, want: Any) -> None:
             assert_close(got[key], want[key])
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), (got, want)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             assert_close(g, w)
     elif isinstance(want, float):
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -83,7 +83,7 @@ def assert_same_answers(plane: DataPlane, requests_: list[tuple[bytes, str | Non
     together = plane.invoke_many(requests_)
     alone = one_by_one(plane, requests_)
     assert len(together) == len(requests_)
-    for index, (got, want) in enumerate(zip(together, alone)):
+    for index, (got, want) in enumerate(zip(together, alone, strict=True)):
         if isinstance(want, Exception):
             assert type(got) is type(want) and str(got) == str(want), (index, got, want)
         else:
@@ -138,7 +138,7 @@ def test_multi_record_requests_split_back_in_order(binary_model: Path, accept: s
         ],
     )
     counts = [2, 3, 1, 3]
-    for answer, count in zip(answers, counts):
+    for answer, count in zip(answers, counts, strict=True):
         got = parsed(answer.body, answer.content_type)
         assert len(got["predictions"] if accept == JSON else got) == count
 
@@ -387,7 +387,7 @@ def send_together(server: Server, items: list[tuple[bytes, str, str | None]]) ->
             sock.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert read_response(sock)[0] == 200
         with paused(pid):
-            for sock, (body, content_type, accept) in zip(socks, items):
+            for sock, (body, content_type, accept) in zip(socks, items, strict=True):
                 sock.sendall(request_bytes(body, content_type, accept))
         return [read_response(sock) for sock in socks]
     finally:
@@ -407,7 +407,7 @@ def one_at_a_time(server: Server, items: list[tuple[bytes, str, str | None]]) ->
 
 
 def assert_same_http_answers(got: list[tuple[int, str, bytes]], want: list[tuple[int, str, bytes]]) -> None:
-    for (status, ctype, body), (want_status, want_ctype, want_body) in zip(got, want):
+    for (status, ctype, body), (want_status, want_ctype, want_body) in zip(got, want, strict=True):
         assert (status, ctype) == (want_status, want_ctype), (body, want_body)
         if status == 200:
             assert_close(parsed(body, ctype), parsed(want_body, want_ctype))

@@ -35,7 +35,7 @@ def reference(model_dir: Path, rows: np.ndarray = ROWS) -> dict[str, np.ndarray]
     """The graph's own outputs, straight from onnxruntime (the oracle for the formats)."""
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"input": rows})))
+    return dict(zip(names, session.run(names, {"input": rows}), strict=True))
 
 
 def plane_for(model_dir: Path, **settings: Any) -> DataPlane:
@@ -61,7 +61,7 @@ def test_default_format_binary(binary_model: Path) -> None:
     assert ctype == "text/csv"
     lines = body.decode().splitlines()
     assert len(lines) == 3
-    for line, label, probs in zip(lines, ref["label"], ref["probabilities"]):
+    for line, label, probs in zip(lines, ref["label"], ref["probabilities"], strict=True):
         fields = line.split(",")
         assert int(fields[0]) == label
         np.testing.assert_allclose([float(x) for x in fields[1:]], probs, rtol=1e-6)
@@ -240,7 +240,8 @@ ALL_HOOKS = '''
                 "attrs": context.get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes")}
 
     def output_fn(prediction, accept, context):
-        context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", "seen=" + str(prediction["attrs"]))
+        seen = "seen=" + str(prediction["attrs"])
+        context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", seen)
         return json.dumps(prediction), "application/vnd.custom+json"
 '''
 

@@ -118,7 +118,7 @@ def test_requirements_install_failure_is_reported(tmp_path: Path, binary_model: 
         prepare_model(str(model), tmp_path / "state")
 
 
-# -- pip for code/requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error ---
+# -- pip for code/requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error
 
 def test_pip_command_prefers_the_installed_pip(tmp_path: Path) -> None:
     wheel = tmp_path / "pip.whl"

@@ -46,7 +46,8 @@ def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def runtime(server: Server) -> Any:
-    """boto3's sagemaker-runtime client pointed straight at the model server (no retries: every answer counts)."""
+    """boto3's sagemaker-runtime client pointed straight at the model server (no retries: every answer
+    counts)."""
     return boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
                         config=Config(retries={"total_max_attempts": 1}, read_timeout=30))
 
@@ -81,7 +82,7 @@ def test_concurrent_runtime_requests_batched_together_keep_their_own_answers(ser
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(call, ROWS * 4))
-    for (got, variant), want in zip(answers, expected * 4):
+    for (got, variant), want in zip(answers, expected * 4, strict=True):
         # one model run over stacked records rounds float32 a little differently from a run of one
         assert variant == "challenger" and got["label"] == want["label"]
         assert got["probabilities"] == pytest.approx(want["probabilities"], rel=1e-5, abs=1e-6)

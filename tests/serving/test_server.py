@@ -267,14 +267,12 @@ def test_s3_model_data_through_moto(
 
 def test_server_stops_when_its_supervisor_is_killed(binary_model: Path, tmp_path: Path) -> None:
     """With SELFMAKER_PARENT_PID set, a SIGKILLed supervisor leaves no model server behind."""
+    import os
     import signal
     import subprocess
     import sys
 
     import psutil
-
-    import os
-
     from testkit import find_free_port, wait_http
 
     port = find_free_port()

@@ -9,8 +9,21 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from training_helpers import (
-    LL_IMAGE, XGB_IMAGE, binary_data, channel, local_model, multiclass_data, onnx_predict, regression_data, request, run_job,
-    signature, write_csv, write_libsvm, write_parquet, write_recordio,
+    LL_IMAGE,
+    XGB_IMAGE,
+    binary_data,
+    channel,
+    local_model,
+    multiclass_data,
+    onnx_predict,
+    regression_data,
+    request,
+    run_job,
+    signature,
+    write_csv,
+    write_libsvm,
+    write_parquet,
+    write_recordio,
 )
 
 XGB_AUC = {"Name": "validation:auc", "Regex": r".*\[[0-9]+\].*#011validation-auc:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"}

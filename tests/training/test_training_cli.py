@@ -9,7 +9,7 @@ from pathlib import Path
 
 from training_helpers import SELFMAKER_IMAGE, channel, request, tar_gz
 
-SCRIPT = "import os\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'model.txt'), 'w').write('hi')\nprint('loss=0.25')\n"
+SCRIPT = "import os\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'model.txt'), 'w').write('hi')\n" "print('loss=0.25')\n"
 
 
 def test_train_local_runs_a_request_and_prints_where_the_model_went(tmp_path: Path) -> None:

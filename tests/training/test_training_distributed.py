@@ -6,7 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-from training_helpers import XGB_IMAGE, binary_data, channel, local_model, onnx_predict, request, run_job, write_csv
+from training_helpers import (
+    XGB_IMAGE,
+    binary_data,
+    channel,
+    local_model,
+    onnx_predict,
+    request,
+    run_job,
+    write_csv,
+)
 
 
 def test_distributed_xgboost_on_two_hosts_matches_one_host(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def _split_probes(booster: Any, base: np.ndarray) -> np.ndarray:
     """Rows that put every split value (and the float32 just below it) into its feature."""
     rows = []
     for tree in json.loads(bytes(booster.save_raw("json")))["learner"]["gradient_booster"]["model"]["trees"]:
-        for left, feature, cond in zip(tree["left_children"], tree["split_indices"], tree["split_conditions"]):
+        for left, feature, cond in zip(tree["left_children"], tree["split_indices"], tree["split_conditions"], strict=True):
             if left == -1:
                 continue
             for value in (np.float32(cond), np.nextafter(np.float32(cond), np.float32(-np.inf))):
@@ -65,7 +65,7 @@ def _split_probes(booster: Any, base: np.ndarray) -> np.ndarray:
 def _run(model: onnx.ModelProto, X: np.ndarray) -> dict[str, np.ndarray]:
     onnx.checker.check_model(model)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}))}
+    return {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}), strict=True)}
 
 
 def assert_parity(booster: Any, objective: str, X: np.ndarray) -> float:

@@ -20,7 +20,9 @@ for ch in ("train", "validation"):
         for name in files:
             path = os.path.join(dirpath, name)
             listing[ch + "/" + os.path.relpath(path, base)] = open(path).read()
-ckpt_dir = "/opt/ml/checkpoints" if os.path.isdir("/opt/ml/checkpoints") else os.path.join(os.path.dirname(os.environ["SM_MODEL_DIR"]), "checkpoints")
+ckpt_dir = "/opt/ml/checkpoints"
+if not os.path.isdir(ckpt_dir):
+    ckpt_dir = os.path.join(os.path.dirname(os.environ["SM_MODEL_DIR"]), "checkpoints")
 restored = sorted(os.listdir(ckpt_dir))
 with open(os.path.join(ckpt_dir, "step-2.ckpt"), "w") as f:
     f.write("two")

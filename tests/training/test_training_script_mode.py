@@ -39,7 +39,8 @@ for epoch in range(args.epochs):
     print(f"epoch={epoch}; Train_error={1.0 / (epoch + 1):.3f};", flush=True)
 with open(os.path.join(args.model_dir, "model.json"), "w") as f:
     json.dump({"rows": len(rows), "epochs": args.epochs, "lr": args.learning_rate,
-               "env": {k: v for k, v in os.environ.items() if k.startswith("SM_") or k in ("TRAINING_JOB_NAME", "MY_SETTING")},
+               "env": {k: v for k, v in os.environ.items()
+                       if k.startswith("SM_") or k in ("TRAINING_JOB_NAME", "MY_SETTING")},
                "cwd": os.getcwd(), "argv": sys.argv[1:]}, f)
 with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "report.txt"), "w") as f:
     f.write("done")
@@ -95,7 +96,7 @@ def test_toolkit_style_script_runs_unchanged(tmp_path: Path) -> None:
 
 
 def test_failing_script_reports_the_toolkit_error(tmp_path: Path) -> None:
-    script = "import sys\nprint('about to fail')\nsys.stderr.write('ValueError: column 7 is missing\\n')\nsys.exit(3)\n"
+    script = "import sys\nprint('about to fail')\nsys.stderr.write('ValueError: column 7 is missing\\n')\n" "sys.exit(3)\n"
     state, _ = run_job(_script_request(tmp_path, "script-fail", script), tmp_path / "job")
     assert state.status == "Failed"
     reason = state.failure_reason or ""
@@ -174,7 +175,8 @@ def test_bad_request_fails_with_the_field_named(tmp_path: Path) -> None:
 
 def test_fastfile_channel_is_readable_in_place(tmp_path: Path) -> None:
     script = ("import os\nbase = os.environ['SM_CHANNEL_TRAIN']\n"
-              "open(os.path.join(os.environ['SM_MODEL_DIR'], 'seen.txt'), 'w').write(open(os.path.join(base, 'a.csv')).read())\n")
+              "open(os.path.join(os.environ['SM_MODEL_DIR'], 'seen.txt'), 'w').write(open(os.path.join(base, "
+              "'a.csv')).read())\n")
     req = _script_request(tmp_path, "fastfile", script, mode="FastFile")
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Completed", state.failure_reason
@@ -199,7 +201,7 @@ def test_failing_requirements_install_is_reported(tmp_path: Path) -> None:
 
 def test_xgboost_image_with_an_entry_point_runs_the_script(tmp_path: Path) -> None:
     """SageMaker's XGBoost container in framework mode: sagemaker_program wins over the built-in."""
-    script = "import os, xgboost\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'fw.txt'), 'w').write(xgboost.__version__)\n"
+    script = "import os, xgboost\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'fw.txt'), " "'w').write(xgboost.__version__)\n"
     req = _script_request(tmp_path, "xgb-framework", script)
     req["AlgorithmSpecification"]["TrainingImage"] = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
     state, _ = run_job(req, tmp_path / "job")
@@ -208,7 +210,7 @@ def test_xgboost_image_with_an_entry_point_runs_the_script(tmp_path: Path) -> No
     assert (model / "fw.txt").read_text()
 
 
-# -- pip for requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error --------
+# -- pip for requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error -----
 
 def test_pip_command_prefers_the_installed_pip(tmp_path: Path) -> None:
     wheel = tmp_path / "pip.whl"
@@ -255,7 +257,8 @@ def _zip_installed_pip(dest: Path) -> Path:
 
 def test_requirements_install_with_pip_from_its_wheel_in_an_environment_without_pip(
         tmp_path: Path, make_wheel: Callable[..., Path]) -> None:
-    """What the image does: a venv without pip installs requirements.txt through SELFMAKER_PIP_WHEEL (offline)."""
+    """What the image does: a venv without pip installs requirements.txt through SELFMAKER_PIP_WHEEL
+    (offline)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
@@ -289,7 +292,8 @@ def _tar_with(path: Path, member: tarfile.TarInfo) -> Path:
 @pytest.mark.parametrize("filters", [True, False], ids=["data-filter", "python-without-filters"])
 def test_submit_archive_members_stay_inside_the_code_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool) -> None:
-    """The image's Python (bookworm's 3.11.2) has no tarfile extraction filters: the same members are refused."""
+    """The image's Python (bookworm's 3.11.2) has no tarfile extraction filters: the same members are
+    refused."""
     if not filters:
         monkeypatch.delattr(tarfile, "data_filter")
     good = tmp_path / "good.tar.gz"

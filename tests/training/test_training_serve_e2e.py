@@ -10,10 +10,18 @@ from pathlib import Path
 import numpy as np
 import requests
 from training_helpers import (
-    LL_IMAGE, XGB_IMAGE, binary_data, channel, free_port, local_model, onnx_predict, request, run_job, wait_ping, write_csv,
+    LL_IMAGE,
+    XGB_IMAGE,
+    binary_data,
+    channel,
+    free_port,
+    local_model,
+    onnx_predict,
+    request,
+    run_job,
+    wait_ping,
+    write_csv,
 )
-
-
 
 
 def _serve(model_tar: str, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -40,7 +48,7 @@ def test_built_in_models_are_served_with_their_response_shape(tmp_path: Path) ->
         port = free_port()
         proc = _serve(state.model_artifacts or "", port, tmp_path / f"serve-{port}.log")
         try:
-            wait_ping(f"http://127.0.0.1:{port}/ping", alive=lambda: proc.poll() is None)
+            wait_ping(f"http://127.0.0.1:{port}/ping", alive=lambda proc=proc: proc.poll() is None)
             resp = requests.post(f"http://127.0.0.1:{port}/invocations", data=body,
                                  headers={"Content-Type": "text/csv", "Accept": accept}, timeout=30)
             assert resp.status_code == 200, resp.text

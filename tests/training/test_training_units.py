@@ -12,7 +12,15 @@ import xgboost as xgb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from training_helpers import binary_data, multiclass_data, regression_data, write_csv, write_libsvm, write_parquet, write_recordio
+from training_helpers import (
+    binary_data,
+    multiclass_data,
+    regression_data,
+    write_csv,
+    write_libsvm,
+    write_parquet,
+    write_recordio,
+)
 
 from training.algorithms import linear_learner
 from training.data import read_csv, read_libsvm, read_parquet
@@ -121,7 +129,7 @@ def test_malformed_libsvm_names_the_line() -> None:
 
 
 def test_recordio_sparse_records() -> None:
-    from training.recordio import MAGIC, _enc_field, _enc_varint, _HEADER
+    from training.recordio import _HEADER, MAGIC, _enc_field, _enc_varint
 
     def tensor(values: list[float], keys: list[int], dim: int) -> bytes:
         return (_enc_field(1, np.asarray(values, dtype="<f4").tobytes()) + _enc_field(2, b"".join(_enc_varint(k) for k in keys))
@@ -182,7 +190,7 @@ def test_linear_onnx_predicts_what_numpy_predicts(task: str) -> None:
     X = rng.normal(size=(64, 6)).astype(np.float32)
     W, b = model.raw_weights()
     sess = ort.InferenceSession(linear_to_onnx(W, b, task, threshold=0.4).SerializeToString(), providers=["CPUExecutionProvider"])
-    out = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}))}
+    out = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}), strict=True)}
     expected = model.predict_scores(X.astype(np.float64))
     if task == "binary_classification":
         np.testing.assert_allclose(out["probabilities"][:, 1], expected, atol=1e-5)
@@ -233,7 +241,7 @@ def test_recordio_round_trip(X: np.ndarray, label_kind: int) -> None:
               elements=st.floats(-1e4, 1e4, allow_nan=False, width=32)))
 def test_csv_reader_round_trip(X: np.ndarray) -> None:
     y = (np.arange(X.shape[0]) % 2).astype(np.float32)
-    text = "\n".join(",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X)) + "\n"
+    text = "\n".join(",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X, strict=True)) + "\n"
     ds = read_csv(text.encode(), "mem.csv")
     np.testing.assert_array_equal(ds.X, X)
     np.testing.assert_array_equal(ds.y, y)

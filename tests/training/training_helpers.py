@@ -54,7 +54,7 @@ def write_csv(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
 def write_libsvm(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for row, label in zip(X, y):
+        for row, label in zip(X, y, strict=True):
             f.write(f"{label:g} " + " ".join(f"{j}:{v:.7g}" for j, v in enumerate(row)) + "\n")
     return path
 
@@ -132,7 +132,7 @@ def onnx_predict(model_dir: Path, X: np.ndarray) -> dict[str, np.ndarray]:
 
     sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {"input": X.astype(np.float32)})
-    return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
+    return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
 
 
 def signature(model_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from training.algorithms.common import atomic_write, previous_model_file
 from training.data import Dataset, read_channel
-from training.environment import TrainingEnvironment
+from training.environment import TrainingEnvironment, say
 from training.errors import HyperparameterError, UserError
 from training.hyperparameters import Hyperparameters
 from training.onnx_export import linear_to_onnx, save, write_signature
@@ -180,7 +180,8 @@ class Model:
         if self.cfg.task == "regression":
             W, b = W / self.y_std, (b - self.y_mean) / self.y_std
         if W.shape != self.W.shape:
-            raise UserError(f"channel 'model': previous model has weights of shape {list(W.shape)}, this job needs {list(self.W.shape)}")
+            raise UserError(f"channel 'model': previous model has weights of shape {list(W.shape)}, this job needs "
+                            f"{list(self.W.shape)}")
         self.W = W * self.std[:, None]
         self.b = b + (self.mean / self.std) @ W
 
@@ -337,11 +338,13 @@ def _check(cfg: Config, ds: Dataset, name: str) -> None:
     if cfg.task == "binary_classification":
         bad = np.setdiff1d(np.unique(y), [0.0, 1.0])
         if bad.size:
-            raise UserError(f"channel {name!r}: predictor_type=binary_classifier needs labels 0 or 1, found {bad[:5].tolist()}")
+            raise UserError(f"channel {name!r}: predictor_type=binary_classifier needs labels 0 or 1, found "
+                            f"{bad[:5].tolist()}")
     elif cfg.task == "multiclass_classification":
         bad = y[(y < 0) | (y >= cfg.num_classes) | (y != np.round(y))]
         if bad.size:
-            raise UserError(f"channel {name!r}: labels must be integers in [0, num_classes={cfg.num_classes}), found {bad[:5].tolist()}")
+            raise UserError(f"channel {name!r}: labels must be integers in [0, num_classes={cfg.num_classes}), "
+                            f"found {bad[:5].tolist()}")
     if not np.isfinite(ds.dense).all():
         row = int(np.flatnonzero(~np.isfinite(ds.dense).all(axis=1))[0])
         raise UserError(f"channel {name!r}: record {row + 1} has an empty or non-finite feature value")
@@ -382,7 +385,7 @@ def train(env: TrainingEnvironment) -> None:
     if previous is not None:
         arrays = np.load(io.BytesIO(previous))
         model.load_raw(arrays["W"].astype(np.float64), arrays["b"].astype(np.float64))
-        print("Incremental training: starting from the weights of the previous model", flush=True)
+        say("Incremental training: starting from the weights of the previous model")
     opt = Optimizer(cfg, model)
     weights = _weights(cfg, y)
     yn = (y - model.y_mean) / model.y_std if cfg.task == "regression" else y
@@ -400,7 +403,7 @@ def train(env: TrainingEnvironment) -> None:
         best = (state["best_W"], state["best_b"]) if np.isfinite(best_loss) else None
         Xn = (X - model.mean) / model.std
         yn = (y - model.y_mean) / model.y_std if cfg.task == "regression" else y
-        print(f"Resuming from checkpoint: epoch {start_epoch} of {cfg.epochs}", flush=True)
+        say(f"Resuming from checkpoint: epoch {start_epoch} of {cfg.epochs}")
 
     objective = _objective_name(cfg)
     n = len(Xn)
@@ -411,24 +414,27 @@ def train(env: TrainingEnvironment) -> None:
             gW, gb = _grad(cfg, model, Xn[idx], yn[idx], weights[idx])
             opt.step(model, gW, gb)
         train_loss = _loss(cfg, model, X, y, weights)
-        print(f"#quality_metric: host={host}, epoch={epoch}, train {objective} <loss>={train_loss:.6f}", flush=True)
+        say(f"#quality_metric: host={host}, epoch={epoch}, train {objective} <loss>={train_loss:.6f}")
         stop = False
         if valid_ds is not None:
             vy = valid_ds.y.astype(np.float64)
             val_loss = _loss(cfg, model, valid_ds.dense.astype(np.float64), vy, np.ones(len(vy)))
-            print(f"#quality_metric: host={host}, epoch={epoch}, validation {objective} <loss>={val_loss:.6f}", flush=True)
+            say(f"#quality_metric: host={host}, epoch={epoch}, validation {objective} <loss>={val_loss:.6f}")
             if val_loss < best_loss - cfg.tolerance * abs(best_loss if np.isfinite(best_loss) else 0.0):
                 best_loss, best, bad_epochs = val_loss, (model.W.copy(), model.b.copy()), 0
             else:
                 bad_epochs += 1
                 if bad_epochs >= cfg.patience:
-                    print(f"Early stopping: validation loss did not improve for {bad_epochs} epochs", flush=True)
+                    say(f"Early stopping: validation loss did not improve for {bad_epochs} epochs")
                     stop = True
         if env.is_master:
             buf = io.BytesIO()
-            np.savez(buf, W=model.W, b=model.b, mean=model.mean, std=model.std, y_mean=model.y_mean, y_std=model.y_std,
-                     epoch=epoch, best_loss=best_loss, bad_epochs=bad_epochs,
-                     best_W=best[0] if best else model.W, best_b=best[1] if best else model.b, **opt.arrays())
+            checkpoint: dict[str, Any] = {
+                "W": model.W, "b": model.b, "mean": model.mean, "std": model.std, "y_mean": model.y_mean,
+                "y_std": model.y_std, "epoch": epoch, "best_loss": best_loss, "bad_epochs": bad_epochs,
+                "best_W": best[0] if best else model.W, "best_b": best[1] if best else model.b, **opt.arrays(),
+            }
+            np.savez(buf, **checkpoint)
             atomic_write(ckpt, buf.getvalue())
         if stop:
             break
@@ -439,12 +445,12 @@ def train(env: TrainingEnvironment) -> None:
     if cfg.task == "binary_classification":
         sel = valid_ds if valid_ds is not None else train_ds
         threshold = choose_threshold(cfg, model.predict_scores(sel.dense.astype(np.float64)), sel.y)
-        print(f"Selected threshold {threshold:.6f} by {cfg.criterion}", flush=True)
+        say(f"Selected threshold {threshold:.6f} by {cfg.criterion}")
     for name, ds in (("train", train_ds), ("validation", valid_ds), ("test", test_ds)):
         if ds is None:
             continue
         for metric, value in _quality(cfg, model, ds, threshold).items():
-            print(f"#quality_metric: host={host}, {name} {metric} <score>={value:.6f}", flush=True)
+            say(f"#quality_metric: host={host}, {name} {metric} <score>={value:.6f}")
     if env.is_master:
         export(env, model, threshold)
 
@@ -462,4 +468,4 @@ def export(env: TrainingEnvironment, model: Model, threshold: float) -> None:
                     response_format="linear-learner", classes=classes,
                     threshold=threshold if cfg.task == "binary_classification" else None,
                     extra={"predictor_type": cfg.predictor_type})
-    print(f"Saved {MODEL_FILE}, model.onnx and signature.json to {env.model_dir}", flush=True)
+    say(f"Saved {MODEL_FILE}, model.onnx and signature.json to {env.model_dir}")

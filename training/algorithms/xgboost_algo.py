@@ -19,7 +19,7 @@ import numpy as np
 
 from training.algorithms.common import atomic_write, numbered_files, previous_model_file
 from training.data import Dataset, read_channel
-from training.environment import TrainingEnvironment
+from training.environment import TrainingEnvironment, say
 from training.errors import HyperparameterError, UserError
 from training.hyperparameters import Hyperparameters
 from training.onnx_export import save, write_signature, xgboost_to_onnx
@@ -110,19 +110,20 @@ class _Reporter:
         import xgboost as xgb
 
         class Callback(xgb.callback.TrainingCallback):
-            def after_iteration(cb_self, model: Any, epoch: int, evals_log: dict[str, dict[str, list[float]]]) -> bool:
+            def after_iteration(cb_self, model: Any, epoch: int, evals_log: xgb.callback.TrainingCallback.EvalsLog) -> bool:
                 epoch = model.num_boosted_rounds() - 1  # the callback counts from 0 in every train() call
                 parts = [f"[{epoch}]"]
                 for data, metrics in evals_log.items():
                     for metric, values in metrics.items():
                         parts.append(f"{data}-{metric}:{values[-1]:.5f}")
-                print("#011".join(parts), flush=True)
+                say("#011".join(parts))
                 if checkpoint:
                     atomic_write(env.checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch}", bytes(model.save_raw("ubj")))
                     for _, old in numbered_files(env.checkpoint_dir, CHECKPOINT_PREFIX)[:-KEEP_CHECKPOINTS]:
                         old.unlink(missing_ok=True)
                 if terminate is not None and terminate.is_set():
-                    print(f"SIGTERM: stopping after round {epoch} and saving the model (save_model_on_termination)", flush=True)
+                    say(f"SIGTERM: stopping after round {epoch} and saving the model "
+                        "(save_model_on_termination)")
                     return True
                 return False
 
@@ -175,8 +176,8 @@ def train(env: TrainingEnvironment) -> None:
     started = time.perf_counter()
     train_ds = read_channel(env, "train", default="libsvm", csv_weights=csv_weights)
     valid_ds = read_channel(env, "validation", default="libsvm", csv_weights=csv_weights) if "validation" in env.input_data_config else None
-    print(f"Read {train_ds.rows} training rows x {train_ds.X.shape[1]} features"
-          + (f" and {valid_ds.rows} validation rows" if valid_ds is not None else "") + f" in {time.perf_counter() - started:.2f}s", flush=True)
+    say(f"Read {train_ds.rows} training rows x {train_ds.X.shape[1]} features"
+        + (f" and {valid_ds.rows} validation rows" if valid_ds is not None else "") + f" in {time.perf_counter() - started:.2f}s")
     objective = params["objective"]
     if objective.startswith("binary:") or objective == "reg:logistic":
         bad = np.setdiff1d(np.unique(train_ds.y), [0.0, 1.0]) if objective.startswith("binary:") else train_ds.y[(train_ds.y < 0) | (train_ds.y > 1)]
@@ -185,10 +186,12 @@ def train(env: TrainingEnvironment) -> None:
     if objective.startswith("multi:"):
         bad = train_ds.y[(train_ds.y < 0) | (train_ds.y >= params["num_class"]) | (train_ds.y != np.round(train_ds.y))]
         if bad.size:
-            raise UserError(f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), found {bad[:5].tolist()}")
+            raise UserError(f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), "
+                            f"found {bad[:5].tolist()}")
     n_features = int(train_ds.X.shape[1])
     if valid_ds is not None and valid_ds.X.shape[1] != n_features and isinstance(valid_ds.X, np.ndarray):
-        raise UserError(f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has {n_features}")
+        raise UserError(f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has "
+                        f"{n_features}")
 
     dtrain = _dmatrix(train_ds)
     evals = [(dtrain, "train")]
@@ -205,23 +208,26 @@ def train(env: TrainingEnvironment) -> None:
         last_round, path = checkpoints[-1]
         start_model = _booster_from_bytes(path.read_bytes(), params)
         done_rounds = last_round + 1
-        print(f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, {max(0, num_round - done_rounds)} to go", flush=True)
+        say(f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, "
+            f"{max(0, num_round - done_rounds)} to go")
         remaining = num_round - done_rounds
     else:
         previous = previous_model_file(env, (MODEL_FILE, "xgboost-model.json", "xgboost-model.ubj"))
         if previous is not None:
             start_model = _booster_from_bytes(previous, params)
-            print(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} rounds", flush=True)
+            say(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} "
+                "rounds")
         remaining = num_round
 
-    # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in use)
+    # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in
+    # use)
     checkpointing = env.is_master and (bool(env.checkpoint_config) or bool(checkpoints))
     terminate: threading.Event | None = None
     if save_on_term and len(hosts) == 1:
         import signal
 
         terminate = threading.Event()
-        signal.signal(signal.SIGTERM, lambda _signum, _frame: terminate.set())  # type: ignore[union-attr]
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: terminate.set())
     callbacks: list[Any] = [_Reporter(env, checkpoint=checkpointing, terminate=terminate).callback]
     if early:
         callbacks.append(xgb.callback.EarlyStopping(rounds=early, save_best=False, data_name="validation"))
@@ -240,16 +246,17 @@ def train(env: TrainingEnvironment) -> None:
         booster = _train_distributed(env, hosts, fit, remaining)
     else:
         booster = fit(remaining)
-    print(f"Trained {max(remaining, 0)} rounds in {time.perf_counter() - started:.2f}s", flush=True)
+    say(f"Trained {max(remaining, 0)} rounds in {time.perf_counter() - started:.2f}s")
     if booster is None:
         raise UserError("nothing to train: num_round is already reached and no model exists")
     if early and getattr(booster, "best_iteration", None) is not None and booster.num_boosted_rounds() > booster.best_iteration + 1:
-        print(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} rounds", flush=True)
+        say(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} "
+            "rounds")
         booster = booster[: booster.best_iteration + 1]
     if env.is_master:
         started = time.perf_counter()
         export(env, booster, n_features, params)
-        print(f"Exported the model in {time.perf_counter() - started:.2f}s", flush=True)
+        say(f"Exported the model in {time.perf_counter() - started:.2f}s")
 
 
 def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rounds: int) -> Any:
@@ -266,8 +273,8 @@ def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rou
         waiter = threading.Thread(target=tracker.wait_for, daemon=True)
         waiter.start()
     # workers that come up before the tracker retry their connection (dmlc_retry)
-    args = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
-    print(f"Distributed training: {env.current_host} of {len(hosts)} hosts, tracker {address}:{port}", flush=True)
+    args: dict[str, int | str] = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
+    say(f"Distributed training: {env.current_host} of {len(hosts)} hosts, tracker {address}:{port}")
     with collective.CommunicatorContext(**args):
         booster = fit(rounds)
     if tracker is not None:
@@ -313,4 +320,4 @@ def export(env: TrainingEnvironment, booster: Any, n_features: int, params: dict
     diff = float(np.max(np.abs(np.asarray(onnx_out, dtype=np.float64).reshape(-1) - np.asarray(ref, dtype=np.float64).reshape(-1))))
     if diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
         raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")
-    print(f"Saved {MODEL_FILE}, model.onnx and signature.json to {model_dir}", flush=True)
+    say(f"Saved {MODEL_FILE}, model.onnx and signature.json to {model_dir}")

@@ -39,7 +39,8 @@ class HostSpec:
     image: str
     #: the prepared /opt/ml tree of this host: mount it at /opt/ml (read-write)
     ml_root: Path
-    #: environment for the training process: the job's ``Environment`` plus TRAINING_JOB_NAME, TRAINING_JOB_ARN,
+    #: environment for the training process: the job's ``Environment`` plus TRAINING_JOB_NAME,
+    #: TRAINING_JOB_ARN,
     #: SELFMAKER_* variables set by the runner. A process executor adds it to ``os.environ``; a container
     #: executor passes exactly these.
     env: dict[str, str] = field(default_factory=dict)
@@ -96,7 +97,7 @@ class Executor(abc.ABC):
         (image missing, engine unavailable); the message becomes the job's FailureReason.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most executors hold nothing
         """Release executor-wide resources (called once by the runner after all hosts ended)."""
 
 

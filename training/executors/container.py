@@ -8,7 +8,8 @@ container's. Multi-host jobs share a per-job network on which every container is
 name (``algo-1`` …), as on SageMaker.
 
 The container engine is picked by :func:`common.proc.detect_engine`'s rule; :func:`detect_engine` here
-turns its error into this package's, and the platform's serving executor (``selfmaker/executors/container.py``)
+turns its error into this package's, and the platform's serving executor
+(``selfmaker/executors/container.py``)
 imports it from here.
 """
 
@@ -70,7 +71,8 @@ def host_has_nvidia_gpu() -> bool:
 
 
 def gpu_mode(value: str | None = None) -> str:
-    """The GPU setting: ``value``, else ``$SELFMAKER_CONTAINER_GPUS``, else ``auto``; raises on anything else."""
+    """The GPU setting: ``value``, else ``$SELFMAKER_CONTAINER_GPUS``, else ``auto``; raises on anything
+    else."""
     mode = (value or os.environ.get(GPUS_ENV) or "auto").strip().lower()
     if mode not in GPU_MODES:
         raise ExecutorError(f"{GPUS_ENV} must be one of {', '.join(GPU_MODES)}, not {mode!r}")

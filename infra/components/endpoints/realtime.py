@@ -36,7 +36,8 @@ class ManagedInstanceScalingArgs:
 class ProductionVariantArgs:
     """One production variant (field names of ``aws.sagemaker.EndpointConfiguration``'s variants where
     one exists: ``variant_name``, ``initial_instance_count``, ``initial_variant_weight``,
-    ``volume_size_in_gb``, ``managed_instance_scaling``, ``container_startup_health_check_timeout_in_seconds``)."""
+    ``volume_size_in_gb``, ``managed_instance_scaling``,
+    ``container_startup_health_check_timeout_in_seconds``)."""
 
     variant_name: str
     model_data_uri: pulumi.Input[str]
@@ -162,7 +163,8 @@ class RealtimeEndpoint(pulumi.ComponentResource):
                 dimensions=dimensions, statistic="Sum", period=60, evaluation_periods=args.alarms.evaluation_minutes,
                 threshold=args.alarms.target_5xx_per_minute, comparison_operator="GreaterThanOrEqualToThreshold",
                 treat_missing_data="notBreaching",
-                alarm_description=f"{name}/{variant.variant_name}: model servers answer 5xx (stops and rolls back a rollout)",
+                alarm_description=(f"{name}/{variant.variant_name}: model servers answer 5xx "
+                                   "(stops and rolls back a rollout)"),
                 tags=vtags, opts=child,
             )
             latency = aws.cloudwatch.MetricAlarm(
@@ -170,7 +172,8 @@ class RealtimeEndpoint(pulumi.ComponentResource):
                 dimensions=dimensions, extended_statistic="p99", period=60,
                 evaluation_periods=args.alarms.evaluation_minutes, threshold=args.alarms.p99_latency_ms / 1000,
                 comparison_operator="GreaterThanThreshold", treat_missing_data="notBreaching",
-                alarm_description=f"{name}/{variant.variant_name}: p99 latency above {args.alarms.p99_latency_ms} ms",
+                alarm_description=(f"{name}/{variant.variant_name}: p99 latency above "
+                                   f"{args.alarms.p99_latency_ms} ms"),
                 tags=vtags, opts=child,
             )
             self.alarms[variant.variant_name] = [errors, latency]
@@ -219,11 +222,14 @@ class RealtimeEndpoint(pulumi.ComponentResource):
         paths = endpoints.invoke_paths(name)
         self.weighted_rule = gateway.add_route(
             naming.child_name(name, "weighted"), paths=paths, priority=priorities.weighted,
-            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights)],
+            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights, strict=True)],
         )
-        for variant in args.variants:
+        # Header rules are named by their place in the block, not by variant: a rule's priority then never
+        # changes, so removing or inserting a variant updates a rule's header and target group in place
+        # (the engine deletes last; moving a rule onto a priority its old holder still has is refused).
+        for i, variant in enumerate(args.variants):
             gateway.add_route(
-                naming.child_name(name, f"{variant.variant_name}-target"), paths=paths,
+                naming.child_name(name, f"target-{i + 1}"), paths=paths,
                 priority=priorities.header[variant.variant_name],
                 routes=[Route(self.target_groups[variant.variant_name].arn, 1)],
                 header=(endpoints.TARGET_VARIANT_HEADER, variant.variant_name),

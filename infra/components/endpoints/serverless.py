@@ -7,14 +7,17 @@ throttled, see docs/serverless.md); every deployment publishes a version behind 
 keeps ``ProvisionedConcurrency`` sandboxes initialised (model loaded). The alias is the one target of a
 Lambda target group; the load balancer may invoke that alias alone. Per endpoint: the weighted rule on
 ``POST /endpoints/<name>/invocations`` and a header rule per variant for ``TargetVariant``, as for
-real-time endpoints, and a CloudWatch dashboard. Each function has its own role (read its model archive, write its log group).
+real-time endpoints, and a CloudWatch dashboard. Each function has its own role (read its model archive,
+write its log group).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -133,11 +136,10 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             policy = aws.iam.RolePolicy(
                 naming.child_name(vname, "policy"), role=role.id,
                 policy=pulumi.Output.all(bucket=args.models_bucket_arn, logs=log_group.arn, kms=args.kms_key_arn).apply(
-                    lambda v, key=variant.model_key: json.dumps(policies.serverless_function_policy(
-                        f"{v['bucket']}/{key}", v["logs"], v["kms"]))),
+                    functools.partial(_function_policy, variant.model_key)),
                 opts=child,
             )
-            environment = {
+            environment: dict[str, pulumi.Input[str]] = {
                 **variant.environment,
                 "SELFMAKER_MODEL_DATA": pulumi.Output.format("s3://{0}/{1}", args.models_bucket, variant.model_key),
                 "SELFMAKER_ENDPOINT_NAME": name,
@@ -171,7 +173,7 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             target_group = aws.lb.TargetGroup(
                 naming.child_name(vname, "tg"), target_type="lambda",
                 lambda_multi_value_headers_enabled=variant.multi_value_headers,
-                # health checks would invoke the function around the clock: a serverless variant scales to zero
+                # health checks would invoke the function all the time: a serverless variant scales to zero
                 health_check={"enabled": False},
                 tags=naming.with_name(vtags, naming.child_name(vname, "tg")), opts=child,
             )
@@ -200,11 +202,14 @@ class ServerlessEndpoint(pulumi.ComponentResource):
         priorities = endpoints.rule_priorities(args.priority_block, [v.variant_name for v in args.variants])
         self.weighted_rule = gateway.add_route(
             naming.child_name(name, "weighted"), paths=[path], priority=priorities.weighted,
-            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights)],
+            routes=[Route(self.target_groups[v.variant_name].arn, w) for v, w in zip(args.variants, args.alb_weights, strict=True)],
         )
-        for variant in args.variants:
+        # Header rules are named by their place in the block, not by variant: a rule's priority then never
+        # changes, so removing or inserting a variant updates a rule's header and target group in place
+        # (the engine deletes last; moving a rule onto a priority its old holder still has is refused).
+        for i, variant in enumerate(args.variants):
             gateway.add_route(
-                naming.child_name(name, f"{variant.variant_name}-target"), paths=[path],
+                naming.child_name(name, f"target-{i + 1}"), paths=[path],
                 priority=priorities.header[variant.variant_name],
                 routes=[Route(self.target_groups[variant.variant_name].arn, 1)],
                 header=(endpoints.TARGET_VARIANT_HEADER, variant.variant_name),
@@ -223,3 +228,9 @@ class ServerlessEndpoint(pulumi.ComponentResource):
             "function_names": {v: f.name for v, f in self.functions.items()},
             "target_group_arns": {v: tg.arn for v, tg in self.target_groups.items()},
         })
+
+
+def _function_policy(model_key: str, values: Mapping[str, Any]) -> str:
+    """The function role's policy document, once the bucket, log group and key ARNs are known."""
+    return json.dumps(policies.serverless_function_policy(
+        f"{values['bucket']}/{model_key}", values["logs"], values["kms"]))

@@ -150,8 +150,9 @@ async def update_weights_and_capacities(platform: Services, params: dict[str, An
         check_instances(platform, count, f"Variant '{variant.name}'")
         if count is not None and count < 1:
             raise ValidationException(
-                f"1 validation error detected: Value '{count}' at 'desiredWeightsAndCapacities.{index}.member."
-                "desiredInstanceCount' failed to satisfy constraint: Member must have value greater than or equal to 1")
+                f"1 validation error detected: Value '{count}' at "
+                f"'desiredWeightsAndCapacities.{index}.member.desiredInstanceCount' failed to satisfy "
+                "constraint: Member must have value greater than or equal to 1")
         for check in platform.registry.variant_updates:  # e.g. ServerlessUpdateConfig
             apply = check(platform, variant, item, index)
             if apply is not None:

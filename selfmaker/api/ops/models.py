@@ -26,8 +26,8 @@ async def create_model(platform: Services, params: dict[str, Any]) -> dict[str, 
     if containers and len(containers) > 1:
         # refused rather than serving the first container alone, which would answer for the pipeline
         raise ValidationException(
-            f"Model '{name}' has {len(containers)} containers: selfmaker runs one container per model and does "
-            "not support inference pipelines or direct invocation of several containers."
+            f"Model '{name}' has {len(containers)} containers: selfmaker runs one container per model "
+            "and does not support inference pipelines or direct invocation of several containers."
         )
     for container in [params.get("PrimaryContainer")] + list(containers or []):
         if container and container.get("Mode") == "MultiModel":

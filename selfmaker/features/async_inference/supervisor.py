@@ -39,8 +39,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common import uris
-from selfmaker.api.validation import check_invoke_request
 from selfmaker.api.common import read_limited
+from selfmaker.api.validation import check_invoke_request
 from selfmaker.errors import ValidationError, ValidationException
 from serving.asyncq import QueueBackend, SqliteQueue, invoke
 from serving.asyncq.backends import open_queue

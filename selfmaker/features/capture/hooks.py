@@ -1,9 +1,9 @@
 """Data capture inside ``selfmaker up`` (registered in :mod:`selfmaker.features.capture`).
 
-One :class:`~selfmaker.features.capture.writer.CaptureWriter` per platform; every deployment of an endpoint config with
-``DataCaptureConfig`` gets an observer that samples answered production requests and queues their
-capture record (built on the writer thread). Shadow copies are captured under the shadow variant's name
-by :mod:`selfmaker.features.shadow.hooks` through :func:`capture`.
+One :class:`~selfmaker.features.capture.writer.CaptureWriter` per platform; every deployment of an
+endpoint config with ``DataCaptureConfig`` gets an observer that samples answered production requests
+and queues their capture record (built on the writer thread). Shadow copies are captured under the
+shadow variant's name by :mod:`selfmaker.features.shadow.hooks` through :func:`capture`.
 """
 
 from __future__ import annotations

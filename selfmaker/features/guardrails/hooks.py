@@ -11,9 +11,10 @@ swapping at once, asks its deployment strategy — :class:`DeploymentGuard` — 
    deployment, which stays the live one, so each request goes to the new fleet with the schedule's share;
    new-fleet answers are recorded for the alarms, and a 5xx / missing answer from the new fleet is re-sent
    to the old fleet while the deployment is in progress (callers never see it). It then runs
-   :func:`selfmaker.features.guardrails.bluegreen.run_blue_green` (shift, bake, watch alarms, MaximumExecutionTimeout) and
-   ``TerminationWaitInSeconds``. Returns None when the new fleet won (the manager swaps it in) or the
-   rollback reason (the manager retires the new fleet; DescribeEndpoint shows InService + FailureReason).
+   :func:`selfmaker.features.guardrails.bluegreen.run_blue_green` (shift, bake, watch alarms,
+   MaximumExecutionTimeout) and ``TerminationWaitInSeconds``. Returns None when the new fleet won (the
+   manager swaps it in) or the rollback reason (the manager retires the new fleet; DescribeEndpoint shows
+   InService + FailureReason).
 
 While it runs, DescribeEndpoint has ``PendingDeploymentSummary`` (new config, variants with
 ``VariantStatus`` ActivatingTraffic/Baking and the traffic share) and ``EndpointStatus`` Updating, then

@@ -24,7 +24,11 @@ from selfmaker.errors import ValidationError, ValidationException
 from selfmaker.executors.forker import ForkExecutor
 from selfmaker.executors.process import ProcessExecutor
 from selfmaker.features.serverless.pool import ServerlessPool
-from selfmaker.features.serverless.settings import ServerlessConfig, ServerlessSettings, validate_serverless_config
+from selfmaker.features.serverless.settings import (
+    ServerlessConfig,
+    ServerlessSettings,
+    validate_serverless_config,
+)
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import (

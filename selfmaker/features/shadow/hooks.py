@@ -10,6 +10,7 @@ updates) in the platform's :class:`ShadowMirrors`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str,
     base = platform.settings.work_dir / "endpoints" / runtime.name.lower() / f"shadow-{uuid.uuid4().hex[:12]}"
     try:
         for variant in shadows:
-            # the variant builder of production variants: model data, pool factories (serverless too), instances
+            # the production variants' builder: model data, pool factories (serverless too), instances
             built = await platform.endpoints.builder.build_variant(runtime.name, variant, {}, base, runtime.models)
             runtime.shadow_variants[built.name] = built
             if built.config.get("ServerlessConfig"):
@@ -89,7 +90,7 @@ async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str,
         for shadow in runtime.shadow_variants.values():
             mirror.mirror(
                 shadow.name,
-                lambda shadow=shadow: _send(platform, runtime, shadow, record),
+                functools.partial(_send, platform, runtime, shadow, record),
                 answer,
                 shadow_fraction(shadow.weight, primary.weight),
             )

@@ -28,7 +28,8 @@ def train() -> int:
     hps = json.loads((ML / "input/config/hyperparameters.json").read_text() or "{}")
     epochs = int(hps.get("epochs", "200"))
     rate = float(hps.get("learning_rate", "0.1"))
-    print(f"byoc train: host {os.environ.get('HOSTNAME', '?')}, job {os.environ.get('TRAINING_JOB_NAME', '?')}, "
+    print(f"byoc train: host {os.environ.get('HOSTNAME', '?')}, job "
+          f"{os.environ.get('TRAINING_JOB_NAME', '?')}, "
           f"epochs {epochs}", flush=True)
     try:
         rows = _rows(ML / "input/data/train")
@@ -45,12 +46,12 @@ def train() -> int:
         grad_w, grad_b, loss = [0.0] * dim, 0.0, 0.0
         for row in rows:
             y, x = row[0], row[1:]
-            err = sum(w * v for w, v in zip(weights, x)) + bias - y
+            err = sum(w * v for w, v in zip(weights, x, strict=True)) + bias - y
             loss += err * err
             grad_b += err
             for i, v in enumerate(x):
                 grad_w[i] += err * v
-        weights = [w - rate * g / len(rows) for w, g in zip(weights, grad_w)]
+        weights = [w - rate * g / len(rows) for w, g in zip(weights, grad_w, strict=True)]
         bias -= rate * grad_b / len(rows)
         if epoch % 50 == 0 or epoch == epochs - 1:
             print(f"epoch {epoch}: train_mse={loss / len(rows):.6f};", flush=True)
@@ -77,7 +78,7 @@ def serve() -> int:
         out = []
         for line in request.get_data(as_text=True).strip().splitlines():
             x = [float(v) for v in line.split(",")]
-            out.append(sum(w * v for w, v in zip(model["weights"], x)) + model["bias"])
+            out.append(sum(w * v for w, v in zip(model["weights"], x, strict=True)) + model["bias"])
         print(f"byoc serve: {len(out)} record(s), env BYOC_GREETING={os.environ.get('BYOC_GREETING', '')}", flush=True)
         return Response("\n".join(repr(v) for v in out) + "\n", mimetype="text/csv")
 
