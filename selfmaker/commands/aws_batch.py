@@ -250,6 +250,8 @@ def logs_main(argv: list[str]) -> int:
                 continue
             print(f"==> {group} {stream} ({child.get('jobId')}, {child.get('status')}) <==")
             lines = list(jobs.log_events(group, stream))
+            if not lines:
+                print("(no log events yet)")
             for line in lines[-args.tail:] if args.tail else lines:
                 print(line)
             printed += 1

@@ -271,10 +271,13 @@ class BatchJobs:
 
     def log_group(self, job: dict[str, Any]) -> str:
         """The CloudWatch log group the job's containers write to (the definition's awslogs group)."""
-        container = job.get("container") or {}
-        options = (container.get("logConfiguration") or {}).get("options") or {}
-        if options.get("awslogs-group"):
-            return str(options["awslogs-group"])
+        # a multi-node job's containers are in its node ranges (a DescribeJobDefinitions of moto's omits them)
+        containers = [job.get("container") or {}, *(
+            (r.get("container") or {}) for r in (job.get("nodeProperties") or {}).get("nodeRangeProperties") or [])]
+        for container in containers:
+            options = (container.get("logConfiguration") or {}).get("options") or {}
+            if options.get("awslogs-group"):
+                return str(options["awslogs-group"])
         definition = job.get("jobDefinition")
         if definition:
             found = self.batch.describe_job_definitions(jobDefinitions=[definition]).get("jobDefinitions", [])
@@ -311,6 +314,8 @@ class BatchJobs:
             try:
                 page = self.logs.get_log_events(**kwargs)
             except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException" and token is None:
+                    return  # Batch names the stream before the container writes to it (or if it never started)
                 raise AwsBatchError(f"cannot read log stream {group} {stream}: {_client_error(exc)}") from None
             for event in page.get("events", []):
                 yield str(event.get("message", ""))

@@ -325,3 +325,24 @@ def test_a_training_request_the_runner_would_fail_is_refused_before_submitting(
               "HyperParameters": {"sagemaker_program": "train.py", "sagemaker_submit_directory": "s3://cli-tr-run/src.tar.gz"}}
     path.write_text(json.dumps(script))
     assert main(["train", str(path), "--aws-batch", queue, "--no-wait"]) == 0, capsys.readouterr().err
+
+
+def test_logs_of_a_multi_node_job_are_in_the_stack_s_group_and_a_stream_not_yet_written_is_no_error(
+        aws: Any, stack: FakeStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    aws["s3"].create_bucket(Bucket="cli-mn-logs")
+    aws["s3"].put_object(Bucket="cli-mn-logs", Key="train/t.csv", Body=CSV)
+    req = {"TrainingJobName": "cli-mn-logs", "RoleArn": "arn:aws:iam::123456789012:role/r",
+           "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
+           "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+               "S3DataType": "S3Prefix", "S3Uri": "s3://cli-mn-logs/train/"}}}],
+           "OutputDataConfig": {"S3OutputPath": "s3://cli-mn-logs/models"},
+           "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10},
+           "StoppingCondition": {"MaxRuntimeInSeconds": 600}}
+    path = tmp_path / "mn.json"
+    path.write_text(json.dumps(req))
+    assert main(["train", str(path), "--aws-batch", stack.queues["on-demand"], "--no-wait"]) == 0
+    job_id = capsys.readouterr().out.split()[1]
+    # moto runs no container: the streams Batch names were never written, as while a job is still starting
+    assert main(["logs", job_id, "--aws-batch"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.startswith(f"==> {LOG_GROUP} ") and "(no log events yet)" in out
