@@ -346,3 +346,25 @@ def test_logs_of_a_multi_node_job_are_in_the_stack_s_group_and_a_stream_not_yet_
     assert main(["logs", job_id, "--aws-batch"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert out.startswith(f"==> {LOG_GROUP} ") and "(no log events yet)" in out
+
+
+def test_a_failed_training_job_names_the_node_and_its_log_stream(aws: Any, stack: FakeStack, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0")  # moto's Batch fails every job at once
+    aws["s3"].create_bucket(Bucket="cli-tr-fail")
+    aws["s3"].put_object(Bucket="cli-tr-fail", Key="train/t.csv", Body=CSV)
+    req = {"TrainingJobName": "cli-tr-fail", "RoleArn": "arn:aws:iam::123456789012:role/r",
+           "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
+           "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+               "S3DataType": "S3Prefix", "S3Uri": "s3://cli-tr-fail/train/"}}}],
+           "OutputDataConfig": {"S3OutputPath": "s3://cli-tr-fail/models"},
+           "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10},
+           "StoppingCondition": {"MaxRuntimeInSeconds": 600}}
+    path = tmp_path / "fail.json"
+    path.write_text(json.dumps(req))
+    assert main(["train", str(path), "--aws-batch", stack.queues["on-demand"], "--poll", "0.2"]) == 1
+    err = capsys.readouterr().err
+    assert "TrainingJobStatus: Failed" in err
+    (line,) = [x for x in err.splitlines() if "failed (" in x]
+    assert line.startswith("selfmaker train: node 0 failed (") and f"log stream {LOG_GROUP} " in line
