@@ -72,6 +72,14 @@ class _Bar:
             self.stream.flush()
 
 
+def _left_running(prog: str, submitted: Any) -> int:
+    """Ctrl-C while waiting: the job goes on in AWS Batch; say how to follow it (exit 130, as for SIGINT)."""
+    print(f"\n{prog}: stopped waiting; job {submitted.job_id} ({submitted.job_name}) goes on in {submitted.queue}: "
+          f"`selfmaker status --aws-batch {submitted.queue}`, `selfmaker logs {submitted.job_id} --aws-batch`",
+          file=sys.stderr)
+    return 130
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN of a selfmaker:jobs stack")
     parser.add_argument("--no-wait", action="store_true", help="submit and return; do not wait for the job")
@@ -158,7 +166,11 @@ def transform_main(argv: list[str]) -> int:
             first[0] = records  # rows an earlier submission finished are not this run's
         bar.show(progress_line(job, records - first[0], time.monotonic() - started))
 
-    outcome = watch(jobs, submitted.job_id, unit="share", on_poll=on_poll, interval=args.poll)
+    try:
+        outcome = watch(jobs, submitted.job_id, unit="share", on_poll=on_poll, interval=args.poll)
+    except KeyboardInterrupt:
+        bar.close()
+        return _left_running(prog, submitted)
     bar.close()
     if outcome.status == "SUCCEEDED":
         print(f"TransformJobStatus: Completed\noutputs: {submitted.outputs}")
@@ -217,7 +229,10 @@ def train_main(argv: list[str]) -> int:
             last[0] = str(job.get("status"))
             print(f"[{submitted.job_name}] {last[0]}", flush=True)
 
-    outcome = watch(jobs, submitted.job_id, unit="node", on_poll=on_poll, interval=args.poll)
+    try:
+        outcome = watch(jobs, submitted.job_id, unit="node", on_poll=on_poll, interval=args.poll)
+    except KeyboardInterrupt:
+        return _left_running(prog, submitted)
     if outcome.status == "SUCCEEDED":
         print(f"TrainingJobStatus: Completed\nmodel: {submitted.outputs}")
         return 0

@@ -368,3 +368,30 @@ def test_a_failed_training_job_names_the_node_and_its_log_stream(aws: Any, stack
     assert "TrainingJobStatus: Failed" in err
     (line,) = [x for x in err.splitlines() if "failed (" in x]
     assert line.startswith("selfmaker train: node 0 failed (") and f"log stream {LOG_GROUP} " in line
+
+
+def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow_it(
+        aws: Any, stack: FakeStack, moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MOTO_SIMPLE_BATCH_FAIL_AFTER", "10")  # moto's Batch keeps the job running that long
+    req = _transform_request(tmp_path, aws, "cli-sigint")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "AWS_ENDPOINT_URL": moto_server,
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfmaker", "transform", str(req), "--aws-batch",
+                             stack.queues["on-demand"], "--model-data", "s3://cli-sigint/model/model.tar.gz",
+                             "--poll", "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed once the job is submitted
+        assert first.startswith("submitted "), first
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "stopped waiting; job " in err and "selfmaker logs " in err
