@@ -12,11 +12,20 @@ Jobs keep their request and progress under a state prefix next to their output,
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from batch import awsbatch, storage
+from batch.errors import BatchError
+from batch.request import parse_request
+from training.storage import Storage, StorageError
 
 TAG_CAPACITY = "selfmaker:capacity"
 TAG_ACCELERATOR = "selfmaker:accelerator"
@@ -120,7 +129,6 @@ class BatchJobs:
     """The AWS side of ``--aws-batch``: queues, job definitions, images, submission, status and logs."""
 
     def __init__(self, session: Any = None) -> None:
-        import boto3
 
         self.session = session or boto3.session.Session()
         if not self.session.region_name:
@@ -148,7 +156,6 @@ class BatchJobs:
 
     def queue(self, name_or_arn: str) -> Queue:
         """The queue called ``name_or_arn`` (AwsBatchError naming it when there is none)."""
-        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             found = self.batch.describe_job_queues(jobQueues=[name_or_arn]).get("jobQueues", [])
@@ -191,7 +198,6 @@ class BatchJobs:
 
     def check_image(self, definition: dict[str, Any]) -> str:
         """The definition's image; an ECR image whose tag is not pushed is an AwsBatchError naming it."""
-        from botocore.exceptions import ClientError
 
         container = definition.get("containerProperties") or {}
         if not container:
@@ -218,7 +224,6 @@ class BatchJobs:
 
     def submit(self, **params: Any) -> dict[str, Any]:
         """``SubmitJob`` with ``params``; an AWS refusal is an AwsBatchError."""
-        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return dict(self.batch.submit_job(**params))
@@ -293,7 +298,6 @@ class BatchJobs:
 
     def log_events(self, group: str, stream: str) -> Iterator[str]:
         """Every message of one log stream, oldest first."""
-        from botocore.exceptions import ClientError
 
         token: str | None = None
         while True:
@@ -345,8 +349,6 @@ def submit_transform(jobs: BatchJobs, request: dict[str, Any], queue_name: str, 
     :class:`batch.errors.InputError` when the input has no objects and :class:`AwsBatchError` for the queue,
     definition or image. Shares whose outputs exist are not submitted again.
     """
-    from batch import awsbatch
-    from batch.request import parse_request
 
     spec = parse_request(request)  # the local command's checks and messages, before anything else
     for what, uri in (("TransformInput.DataSource.S3DataSource.S3Uri", spec.input_uri),
@@ -414,7 +416,6 @@ def check_training_request(request: Any) -> None:
 
 def check_channels(request: dict[str, Any]) -> None:
     """Every S3Prefix channel must hold objects (one line naming the first that does not)."""
-    from training.storage import Storage, StorageError
 
     storage = Storage(None)
     for channel in request.get("InputDataConfig") or []:
@@ -432,10 +433,7 @@ def check_channels(request: dict[str, Any]) -> None:
 def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -> Submitted:
     """Submit a CreateTrainingJob request: one node, or a multi-node job for InstanceCount > 1; spot when
     the request enables managed spot training. The request is stored in the job's state prefix."""
-    import json
 
-    from batch import storage
-    from batch.errors import BatchError
 
     check_training_request(request)
     job_name = str(request["TrainingJobName"])
