@@ -276,3 +276,12 @@ def test_input_key_with_query_and_fragment_characters_is_checked_whole(front: Fr
     assert resp["statusCode"] == 202, resp["body"]
     msgs = front.sqs.receive_message(QueueUrl=front.settings.queue_url, MaxNumberOfMessages=10)["Messages"]
     assert [AsyncRequest.from_json(m["Body"]).input_location for m in msgs] == [f"s3://in-bucket/{key}"]
+
+
+@pytest.mark.parametrize("location", [LOC + "x" * 1100, LOC + "é", LOC + "\r\nX-Injected: 1"])
+def test_an_unusable_input_location_is_shown_not_called_null(location: str) -> None:
+    # an over-long or non-ASCII InputLocation was reported as "Value null", which reads as "missing"
+    with pytest.raises(invoke.InvokeError) as err:
+        invoke.parse_headers({invoke.H_INPUT_LOCATION: location})
+    assert err.value.status == 400 and "at 'inputLocation'" in err.value.message
+    assert "Value null" not in err.value.message and f"Value '{location[:20]}" in err.value.message
