@@ -205,12 +205,15 @@ class LambdaApp:
 def _headers(event: Mapping[str, Any], multi: bool) -> dict[str, str]:
     """Lower-cased request headers; of a repeated header (multi-value target groups) the last value."""
     out: dict[str, str] = {}
+    # handle() must answer any event: headers that are not a mapping count as none (never an exception)
     if multi:
-        for name, values in (event.get("multiValueHeaders") or {}).items():
+        multi_headers = event.get("multiValueHeaders")
+        for name, values in (multi_headers.items() if isinstance(multi_headers, Mapping) else ()):
             if isinstance(values, list) and values:
                 out[str(name).lower()] = str(values[-1])
     else:
-        for name, value in (event.get("headers") or {}).items():
+        single = event.get("headers")
+        for name, value in (single.items() if isinstance(single, Mapping) else ()):
             if value is not None:
                 out[str(name).lower()] = str(value)
     return out

@@ -228,13 +228,18 @@ def event_headers(event: Mapping[str, Any]) -> dict[str, str]:
     multi = event.get("multiValueHeaders")
     if isinstance(multi, Mapping):
         return {str(k): str(v[-1]) for k, v in multi.items() if isinstance(v, list) and v}
-    single = event.get("headers") or {}
-    return {str(k): str(v) for k, v in single.items()}
+    single = event.get("headers")
+    # headers that are not a mapping count as none: the request is then refused as a 400, not a 500
+    if not isinstance(single, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in single.items() if v is not None}
 
 
 def event_body(event: Mapping[str, Any]) -> bytes:
     """The request body of an ALB event (base64 when ``isBase64Encoded``)."""
     body = event.get("body") or ""
+    if not isinstance(body, (str, bytes, bytearray)):
+        raise invoke.InvokeError("The request body is not a string.")
     if event.get("isBase64Encoded"):
         try:
             return base64.b64decode(body, validate=True)

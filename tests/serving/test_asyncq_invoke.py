@@ -203,6 +203,17 @@ def test_base64_bodies_are_measured_decoded(front: Front) -> None:
     assert json.loads(front.handle(bad)["body"])["message"] == "The request body is not valid base64."
 
 
+def test_malformed_events_are_validation_errors_not_500s(front: Front) -> None:
+    no_headers = {**_event({}), "headers": ["x-amzn-sagemaker-inputlocation: " + LOC]}
+    body_object = {**_event({"x-amzn-sagemaker-inputlocation": LOC}), "body": {"a": 1}}
+    body_object_b64 = {**body_object, "isBase64Encoded": True}
+    for event in (no_headers, body_object, body_object_b64):
+        resp = front.handle(event)
+        assert resp["statusCode"] == 400 and resp["headers"]["x-amzn-ErrorType"] == "ValidationError", resp
+    assert "inputLocation" in json.loads(front.handle(no_headers)["body"])["message"]
+    assert json.loads(front.handle(body_object)["body"])["message"] == "The request body is not a string."
+
+
 def test_an_unexpected_failure_is_a_500_without_details(front: Front) -> None:
     broken = Front(
         FrontSettings(**{**front.settings.__dict__, "queue_url": front.settings.queue_url + "-gone"}),
