@@ -2,9 +2,9 @@
 
 The model comes from ``--model-dir DIR``, ``--model-data URI`` (a model.tar.gz path, ``file://`` or
 ``s3://``) or ``--model-url URL`` (a running model server). Without those flags the request's ModelName
-is looked up on a running platform (``selfmaker up``, ``--endpoint-url``, default
-``http://127.0.0.1:7070``): its primary container's ModelDataUrl and Environment are used. When no
-platform answers, the command says so and asks for one of the flags.
+is looked up on a running platform (``selfmaker up``; see :func:`platform_url` for how it is found): its
+primary container's ModelDataUrl and Environment are used. When no platform answers, the command says so
+and asks for one of the flags.
 """
 
 from __future__ import annotations
@@ -23,6 +23,37 @@ from typing import Any, TextIO
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:7070"
+#: written by `selfmaker up` into its home while it serves: {"url": ..., "pid": ...}
+PLATFORM_FILE = "platform.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def platform_url(explicit: str | None = None, environ: dict[str, str] | None = None) -> str:
+    """The URL of the selfmaker platform to resolve a ModelName with, in the order a user expects:
+    ``--endpoint-url``, ``AWS_ENDPOINT_URL_SAGEMAKER`` (boto3's own variable), ``SELFMAKER_ENDPOINT_URL``,
+    the address a running ``selfmaker up`` announced in ``$SELFMAKER_HOME/platform.json``, else
+    ``http://127.0.0.1:7070``."""
+    env = os.environ if environ is None else environ
+    for candidate in (explicit, env.get("AWS_ENDPOINT_URL_SAGEMAKER"), env.get("SELFMAKER_ENDPOINT_URL")):
+        if candidate:
+            return candidate
+    home = Path(env["SELFMAKER_HOME"]) if env.get("SELFMAKER_HOME") else Path.home() / ".selfmaker"
+    try:
+        announced = json.loads((home / PLATFORM_FILE).read_text(encoding="utf-8"))
+        if isinstance(announced, dict) and announced.get("url") and _pid_alive(int(announced.get("pid") or 0)):
+            return str(announced["url"])
+    except (OSError, ValueError, TypeError):
+        pass
+    return DEFAULT_ENDPOINT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--model-dir", help="unpacked model directory (model.onnx, code/ ...)")
     model.add_argument("--model-data", help="model.tar.gz as a path, file:// or s3:// URI")
     model.add_argument("--model-url", help="base URL of a running model server (http://127.0.0.1:PORT)")
-    parser.add_argument("--endpoint-url", default=os.environ.get("SELFMAKER_ENDPOINT_URL", DEFAULT_ENDPOINT),
-                        help="selfmaker platform URL used to resolve ModelName (default %(default)s)")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="selfmaker platform URL used to resolve ModelName (default $AWS_ENDPOINT_URL_SAGEMAKER, "
+                        "$SELFMAKER_ENDPOINT_URL, the `selfmaker up` of $SELFMAKER_HOME, else " + DEFAULT_ENDPOINT + ")")
     parser.add_argument("--state-dir", help="where finished parts are recorded (default "
                         "$SELFMAKER_HOME/transform/<TransformJobName>, SELFMAKER_HOME defaulting to ~/.selfmaker)")
     parser.add_argument("--resume", action="store_true", help="skip the parts and objects a previous run finished")
@@ -206,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         try:
-            model, model_env = resolve_model(name, args.endpoint_url)
+            model, model_env = resolve_model(name, platform_url(args.endpoint_url))
         except ValueError as exc:
             print(f"selfmaker transform: {exc}", file=sys.stderr)
             return 2

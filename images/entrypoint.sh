@@ -10,6 +10,7 @@
 #             SELFMAKER_MODEL_DATA (s3://) into /tmp during the init phase and runs the Lambda runtime
 #             interface client (awslambdaric). Lambda already runs the image as an unprivileged user with a
 #             read-only file system apart from /tmp; nothing here needs root.
+#   train-node, transform-share -> the same `selfmaker` commands: one node / one array child of an AWS Batch job.
 #   other  -> executed as given (e.g. `bash`, `python -c ...`).
 # Every branch ends in `exec`, so the server/trainer is PID 1 and receives SIGTERM directly.
 set -eu
@@ -20,6 +21,10 @@ cmd="${1:-serve}"
 case "$cmd" in
   train)
     exec selfmaker train "$@"
+    ;;
+  train-node|transform-share)
+    # AWS Batch jobs (job definitions of the `selfmaker:jobs` stack): one node / one array child
+    exec selfmaker "$cmd" "$@"
     ;;
   serve)
     model_dir="${SAGEMAKER_MODEL_DIR:-/opt/ml/model}"

@@ -38,11 +38,16 @@ DEFAULTS: dict[str, Any] = {
     "groups": [],
     "endpoints": [],
     "gateway": {},
+    "jobs": None,
 }
-OBJECT_KEYS = frozenset({"tags", "groups", "endpoints", "gateway"})
+OBJECT_KEYS = frozenset({"tags", "groups", "endpoints", "gateway", "jobs"})
 NAT_MODES = ("single", "per-az")
 ENCRYPTIONS = ("kms", "s3")
-ROLES = ("serve", "train")
+ROLES = ("serve",)
+#: training instance groups were replaced by AWS Batch (``selfmaker:jobs``); the message says where to go
+TRAIN_GROUP_MOVED = ("training groups are replaced by AWS Batch job queues: move the instance types to "
+                     "selfmaker:jobs.environments and submit jobs with `selfmaker train REQUEST.json --aws-batch "
+                     "QUEUE` (docs/infra.md)")
 WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
 #: CloudWatch Logs accepts only these retention values.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
@@ -55,8 +60,15 @@ DEFAULT_ROOT_GB = {"cpu": 40, "gpu": 100}
 GROUP_KEYS = frozenset({
     "name", "role", "accelerator", "preset", "instanceTypes", "minSize", "maxSize", "desiredCapacity",
     "onDemandBase", "spotPercentage", "capacityRebalance", "warmPool", "amiId", "amiParameter", "rootVolumeGb",
-    "imageTag", "modelKey", "channels", "hyperparameters", "environment", "port",
+    "imageTag", "modelKey", "environment", "port",
 })
+JOBS_KEYS = frozenset({"environments", "retryAttempts"})
+JOB_ENV_KEYS = frozenset({
+    "name", "accelerator", "preset", "instanceTypes", "maxVcpus", "onDemand", "spot", "priority", "vcpus",
+    "memoryMib", "gpus", "rootVolumeGb", "imageTag",
+})
+#: default vCPUs / memory (MiB) / GPUs of one job container, sized to fit the presets' smallest types
+JOB_DEFAULTS = {"cpu": (4, 7000, 0), "gpu": (4, 14000, 1)}
 
 
 class ConfigError(ValueError):
@@ -101,7 +113,8 @@ class WarmPoolConfig:
 
 @dataclass(frozen=True)
 class GroupConfig:
-    """One instance group: what it runs (serve/train), on what (CPU/GPU types) and how many."""
+    """One instance group of model servers: on what (CPU/GPU types) and how many (training and transform
+    jobs run on AWS Batch, :class:`JobsConfig`)."""
 
     name: str
     role: str
@@ -120,8 +133,6 @@ class GroupConfig:
     image_tag: str
     port: int = 8080
     model_key: str | None = None
-    channels: Mapping[str, str] = field(default_factory=dict)
-    hyperparameters: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -237,6 +248,33 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class JobEnvironmentConfig:
+    """One kind of machine for AWS Batch jobs: its compute environments (on-demand and/or spot), their
+    queues ``<prefix>-<name>`` / ``<prefix>-<name>-spot`` and the size of one job's container."""
+
+    name: str
+    accelerator: str
+    instance_types: tuple[str, ...]
+    max_vcpus: int
+    on_demand: bool
+    spot: bool
+    priority: int
+    vcpus: int
+    memory_mib: int
+    gpus: int
+    root_volume_gb: int
+    image_tag: str
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """Training and transform jobs on AWS Batch (``selfmaker:jobs``)."""
+
+    environments: tuple[JobEnvironmentConfig, ...]
+    retry_attempts: int = 3
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything the program needs, typed and validated."""
 
@@ -253,6 +291,7 @@ class StackConfig:
     groups: tuple[GroupConfig, ...]
     endpoints: tuple[EndpointConfig, ...] = ()
     gateway: GatewayConfig | None = None
+    jobs: JobsConfig | None = None
 
 
 # --- coercion helpers (stack files hand scalars over as strings) ------------------------------------
@@ -382,6 +421,8 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
         name = _str(f("name"), raw.get("name"))
         if not naming.valid_group_name(name):
             raise ConfigError(f("name"), f"{name!r}: use 2-32 characters [a-z0-9-], starting with a letter")
+    if raw.get("role") == "train":
+        raise ConfigError(f("role"), TRAIN_GROUP_MOVED)
     role = _str(f("role"), raw.get("role"), choices=ROLES)
     accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
 
@@ -434,38 +475,87 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
         if key in userdata.RESERVED_ENV:
             raise ConfigError(f(f"environment.{key}"), "set by selfmaker from the stack's region and job")
 
-    model_key: str | None = None
-    channels: dict[str, str] = {}
-    hyperparameters: dict[str, str] = {}
-    if role == "serve":
-        for bad in ("channels", "hyperparameters"):
-            if bad in raw:
-                raise ConfigError(f(bad), "only training groups (role: train) take this key")
-        model_key = _str(f("modelKey"), raw.get("modelKey")).lstrip("/")
-        if not model_key.endswith(".tar.gz"):
-            raise ConfigError(f("modelKey"), f"{model_key!r} must be a model.tar.gz key")
-        if not model_key.startswith(storage.model_prefix):
-            # The serving role may read only the model prefix.
-            raise ConfigError(f("modelKey"), f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
-    else:
-        if "modelKey" in raw:
-            raise ConfigError(f("modelKey"), "only serving groups (role: serve) take this key")
-        channels = _str_map(f("channels"), raw.get("channels", {"train": "train/"}))
-        if not channels:
-            raise ConfigError(f("channels"), "a training group needs at least one channel")
-        for channel, prefix in channels.items():
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", channel):
-                raise ConfigError(f(f"channels.{channel}"), "not a valid channel name")
-            channels[channel] = naming.normalize_key_prefix(prefix)
-        hyperparameters = _str_map(f("hyperparameters"), raw.get("hyperparameters"))
+    model_key = _str(f("modelKey"), raw.get("modelKey")).lstrip("/")
+    if not model_key.endswith(".tar.gz"):
+        raise ConfigError(f("modelKey"), f"{model_key!r} must be a model.tar.gz key")
+    if not model_key.startswith(storage.model_prefix):
+        # The serving role may read only the model prefix.
+        raise ConfigError(f("modelKey"), f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
 
     return GroupConfig(
         name=name, role=role, accelerator=accelerator, instance_types=instance_types, min_size=min_size,
         max_size=max_size, desired_capacity=desired, on_demand_base=on_demand_base, spot_percentage=spot,
         capacity_rebalance=rebalance, warm_pool=warm_pool, ami_id=ami_id, ami_parameter=ami_parameter,
-        root_volume_gb=root_gb, image_tag=image_tag, port=port, model_key=model_key, channels=channels,
-        hyperparameters=hyperparameters, environment=environment,
+        root_volume_gb=root_gb, image_tag=image_tag, port=port, model_key=model_key, environment=environment,
     )
+
+
+def _job_environment(index: int, raw: Any, default_tag: str) -> JobEnvironmentConfig:
+    base = f"{_key('jobs')}.environments[{index}]"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(base, "expected a mapping")
+    unknown = set(raw) - JOB_ENV_KEYS
+    if unknown:
+        raise ConfigError(f"{base}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(JOB_ENV_KEYS)})")
+
+    def f(name: str) -> str:
+        return f"{base}.{name}"
+
+    name = _str(f("name"), raw.get("name"))
+    if not naming.valid_group_name(name) or len(name) > 24:
+        raise ConfigError(f("name"), f"{name!r}: use 2-24 characters [a-z0-9-], starting with a letter")
+    accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
+    types_raw = raw.get("instanceTypes")
+    if types_raw is not None and (not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)):
+        raise ConfigError(f("instanceTypes"), "expected a list of instance types")
+    try:
+        instance_types = presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
+    except ValueError as exc:
+        raise ConfigError(f("instanceTypes" if types_raw else "preset"), str(exc)) from None
+    on_demand = _bool(f("onDemand"), raw.get("onDemand", True))
+    spot = _bool(f("spot"), raw.get("spot", False))
+    if not (on_demand or spot):
+        raise ConfigError(f("onDemand"), "an environment needs on-demand or spot capacity (or both)")
+    vcpus_default, memory_default, gpus_default = JOB_DEFAULTS[accelerator]
+    vcpus = _int(f("vcpus"), raw.get("vcpus", vcpus_default), lo=1, hi=192)
+    max_vcpus = _int(f("maxVcpus"), raw.get("maxVcpus", 64), lo=1, hi=100_000)
+    if max_vcpus < vcpus:
+        raise ConfigError(f("maxVcpus"), f"must be >= vcpus ({vcpus}) or no job could ever run")
+    gpus = _int(f("gpus"), raw.get("gpus", gpus_default), lo=0, hi=16)
+    if accelerator == "cpu" and gpus:
+        raise ConfigError(f("gpus"), "a cpu environment has no GPUs (set accelerator: gpu)")
+    image_tag = _str(f("imageTag"), raw.get("imageTag", f"{default_tag}-gpu" if accelerator == "gpu" else default_tag))
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
+        raise ConfigError(f("imageTag"), f"{image_tag!r} is not a valid image tag")
+    return JobEnvironmentConfig(
+        name=name, accelerator=accelerator, instance_types=instance_types, max_vcpus=max_vcpus,
+        on_demand=on_demand, spot=spot, priority=_int(f("priority"), raw.get("priority", 10), lo=0, hi=1000),
+        vcpus=vcpus, memory_mib=_int(f("memoryMib"), raw.get("memoryMib", memory_default), lo=512),
+        gpus=gpus, root_volume_gb=_int(f("rootVolumeGb"), raw.get("rootVolumeGb", DEFAULT_ROOT_GB[accelerator]),
+                                       lo=30, hi=16384),
+        image_tag=image_tag,
+    )
+
+
+def _jobs(raw: Any, default_tag: str) -> JobsConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(_key("jobs"), "expected a mapping (environments, retryAttempts)")
+    unknown = set(raw) - JOBS_KEYS
+    if unknown:
+        raise ConfigError(f"{_key('jobs')}.{sorted(unknown)[0]}", f"unknown key (known: {sorted(JOBS_KEYS)})")
+    envs_raw = raw.get("environments")
+    if not isinstance(envs_raw, list) or not envs_raw:
+        raise ConfigError(f"{_key('jobs')}.environments", "expected a non-empty list of environments")
+    envs = tuple(_job_environment(i, e, default_tag) for i, e in enumerate(envs_raw))
+    seen: set[str] = set()
+    for i, env in enumerate(envs):
+        if env.name in seen or (env.name.endswith("-spot") and env.name[:-5] in seen):
+            raise ConfigError(f"{_key('jobs')}.environments[{i}].name", f"duplicate environment name {env.name!r}")
+        seen.add(env.name)
+    return JobsConfig(environments=envs,
+                      retry_attempts=_int(f"{_key('jobs')}.retryAttempts", raw.get("retryAttempts", 3), lo=1, hi=10))
 
 
 # --- endpoints and the gateway ---------------------------------------------------------------------
@@ -883,6 +973,7 @@ def from_mapping(values: Mapping[str, Any], *, project: str, stack: str) -> Stac
         groups=groups,
         endpoints=endpoint_configs,
         gateway=gateway,
+        jobs=_jobs(raw["jobs"], image_tag),
     )
 
 

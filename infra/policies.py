@@ -14,7 +14,13 @@ from typing import Any
 Document = dict[str, Any]
 
 #: Actions that AWS only allows on ``"Resource": "*"``.
-UNSCOPED_ACTIONS: frozenset[str] = frozenset({"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"})
+UNSCOPED_ACTIONS: frozenset[str] = frozenset({"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData",
+                                              "ecs:DiscoverPollEndpoint"})
+#: What the ECS agent on an AWS Batch instance does in its cluster (AmazonEC2ContainerServiceforEC2Role
+#: without its wildcards); ``ecs:DiscoverPollEndpoint`` is unscoped and granted separately.
+ECS_AGENT_ACTIONS = ("ecs:RegisterContainerInstance", "ecs:DeregisterContainerInstance", "ecs:Poll",
+                     "ecs:StartTelemetrySession", "ecs:UpdateContainerInstancesState", "ecs:SubmitAttachmentStateChanges",
+                     "ecs:SubmitContainerStateChange", "ecs:SubmitTaskStateChange")
 
 ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage")
 LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
@@ -96,7 +102,8 @@ def kms_use(key_arn: str | None) -> list[Document]:
 
 @dataclass(frozen=True)
 class RoleScope:
-    """What the instance roles may touch: buckets, prefixes, repositories, log groups, queues."""
+    """What the instance roles of serving and async groups may touch: buckets, prefixes, repositories, log
+    groups, queues."""
 
     models_bucket_arn: str
     data_bucket_arn: str
@@ -106,46 +113,14 @@ class RoleScope:
     queue_pattern: str
     topic_pattern: str
     model_prefix: str = "models/"
-    data_prefix: str = ""
-    training_output_prefix: str = "training/"
-    checkpoint_prefix: str = "checkpoints/"
     async_prefix: str = "async/"
     kms_key_arn: str | None = None
-    #: ARN pattern of the account's Auto Scaling groups and the tags that mark this stack's groups;
-    #: training instances use them to take themselves out of their group when the job is done.
-    autoscaling_group_pattern: str | None = None
-    stack_tags: tuple[tuple[str, str], ...] = ()
 
 
 def serving_policy(scope: RoleScope) -> Document:
     """Model servers: read the model prefix, pull images, write logs and metrics."""
     return document(
         *s3_read("Models", scope.models_bucket_arn, scope.model_prefix),
-        *ecr_pull(scope.repository_arns),
-        *logs_and_metrics(scope.log_group_pattern),
-        *kms_use(scope.kms_key_arn),
-    )
-
-
-def finish_job(scope: RoleScope) -> list[Document]:
-    """Let a training instance terminate itself and decrement its group, only in this stack's groups."""
-    if not scope.autoscaling_group_pattern:
-        return []
-    if not scope.stack_tags:
-        raise ValueError("stack_tags are needed to scope the Auto Scaling permission")
-    return [{"Sid": "FinishJob", "Effect": "Allow", "Action": "autoscaling:TerminateInstanceInAutoScalingGroup",
-             "Resource": scope.autoscaling_group_pattern,
-             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{k}": v for k, v in scope.stack_tags}}}]
-
-
-def training_policy(scope: RoleScope) -> Document:
-    """Training instances: read data, write output and checkpoints (read back to resume), pull, log,
-    and leave their group when the job is done."""
-    return document(
-        *finish_job(scope),
-        *s3_read("Data", scope.data_bucket_arn, scope.data_prefix),
-        *s3_write("Output", scope.outputs_bucket_arn, scope.training_output_prefix),
-        *s3_write("Checkpoints", scope.outputs_bucket_arn, scope.checkpoint_prefix, read=True, delete=True),
         *ecr_pull(scope.repository_arns),
         *logs_and_metrics(scope.log_group_pattern),
         *kms_use(scope.kms_key_arn),
@@ -165,6 +140,51 @@ def async_worker_policy(scope: RoleScope) -> Document:
         *s3_write("Async", scope.outputs_bucket_arn, scope.async_prefix, read=True),
         *ecr_pull(scope.repository_arns),
         *logs_and_metrics(scope.log_group_pattern),
+        *kms_use(scope.kms_key_arn),
+    )
+
+
+@dataclass(frozen=True)
+class JobScope:
+    """What the AWS Batch roles may touch: the buckets, the image repository, the jobs' log group and the
+    ECS clusters Batch creates for the stack's compute environments."""
+
+    models_bucket_arn: str
+    data_bucket_arn: str
+    outputs_bucket_arn: str
+    repository_arns: tuple[str, ...]
+    log_group_arn: str
+    cluster_pattern: str
+    container_instance_pattern: str
+    model_prefix: str = "models/"
+    data_prefix: str = ""
+    #: jobs write their outputs, checkpoints and state (``selfmaker-jobs/``) anywhere in the outputs bucket
+    outputs_prefix: str = ""
+    kms_key_arn: str | None = None
+
+
+def batch_instance_policy(scope: JobScope) -> Document:
+    """Batch's container instances: the ECS agent in the stack's clusters, image pulls for the jobs and the
+    awslogs driver writing the jobs' log group (both run with the instance's role)."""
+    return document(
+        {"Sid": "EcsAgent", "Effect": "Allow", "Action": list(ECS_AGENT_ACTIONS),
+         "Resource": [scope.cluster_pattern, scope.container_instance_pattern]},
+        {"Sid": "EcsDiscover", "Effect": "Allow", "Action": "ecs:DiscoverPollEndpoint", "Resource": "*"},
+        *ecr_pull(scope.repository_arns),
+        {"Sid": "JobLogs", "Effect": "Allow", "Action": list(LOG_WRITE_ACTIONS),
+         "Resource": [scope.log_group_arn, f"{scope.log_group_arn}:*"]},
+    )
+
+
+def batch_job_policy(scope: JobScope) -> Document:
+    """The jobs' containers: read the data bucket and the model prefix, write outputs, checkpoints and job
+    state in the outputs bucket (read back to resume, delete old checkpoints), pull the image, write logs."""
+    return document(
+        *s3_read("Data", scope.data_bucket_arn, scope.data_prefix),
+        *s3_read("Models", scope.models_bucket_arn, scope.model_prefix),
+        *s3_write("Outputs", scope.outputs_bucket_arn, scope.outputs_prefix, read=True, delete=True),
+        *ecr_pull(scope.repository_arns),
+        *logs_and_metrics(scope.log_group_arn),
         *kms_use(scope.kms_key_arn),
     )
 

@@ -31,14 +31,17 @@ from infra.components.endpoints.serverless import (
     ServerlessVariantArgs,
 )
 from infra.components.iam import Roles, RolesArgs
+from infra.components.jobs import JobEnvironmentArgs, JobQueue, JobQueueArgs
 from infra.components.network import Network, NetworkArgs
 from infra.components.registry import ImageRepository, ImageRepositoryArgs
 from infra.components.storage import ModelStore, ModelStoreArgs
 
-#: Which image and which instance role each group role uses.
-IMAGE_FOR_ROLE = {"serve": "serving", "train": "training"}
-PROFILE_FOR_ROLE = {"serve": "serving", "train": "training"}
+#: Which image and which instance role each group role uses (training runs on AWS Batch: JobQueue).
+IMAGE_FOR_ROLE = {"serve": "serving"}
+PROFILE_FOR_ROLE = {"serve": "serving"}
 IMAGES = ("serving", "training")
+#: the image repository AWS Batch jobs run (training and transform)
+JOBS_IMAGE = "training"
 
 
 def configured_keys() -> list[str]:
@@ -106,7 +109,6 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
     outputs_bucket = store.buckets["outputs"].bucket
     groups: dict[str, InstanceGroup] = {}
     for group in cfg.groups:
-        serve = group.role == "serve"
         groups[group.name] = InstanceGroup(group.name, InstanceGroupArgs(
             role=group.role, accelerator=group.accelerator, instance_types=group.instance_types,
             vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids,
@@ -121,14 +123,28 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
             root_volume_gb=group.root_volume_gb, port=group.port, log_retention_days=cfg.log_retention_days,
             # Serving groups accept the model-server port from peers in the workload security group
             # (async workers, the platform); the load balancer's group is added by the endpoint stack.
-            ingress_security_group_ids=[network.workload_security_group.id] if serve else [],
+            ingress_security_group_ids=[network.workload_security_group.id],
             extra_security_group_ids=[network.workload_security_group.id],
-            model_data_uri=pulumi.Output.format("s3://{0}/{1}", models_bucket, group.model_key) if serve else None,
-            channels={name: pulumi.Output.format("s3://{0}/{1}", data_bucket, prefix)
-                      for name, prefix in group.channels.items()},
-            output_uri=None if serve else pulumi.Output.format("s3://{0}/training/{1}/", outputs_bucket, group.name),
-            checkpoint_uri=None if serve else pulumi.Output.format("s3://{0}/checkpoints/{1}/", outputs_bucket, group.name),
-            hyperparameters=group.hyperparameters, environment=group.environment,
+            model_data_uri=pulumi.Output.format("s3://{0}/{1}", models_bucket, group.model_key),
+            environment=group.environment,
+        ))
+
+    jobs: JobQueue | None = None
+    if cfg.jobs is not None:
+        jobs = JobQueue("jobs", JobQueueArgs(
+            prefix=cfg.prefix, environments=[JobEnvironmentArgs(
+                name=env.name, accelerator=env.accelerator, instance_types=env.instance_types,
+                image_tag=env.image_tag, max_vcpus=env.max_vcpus, on_demand=env.on_demand, spot=env.spot,
+                priority=env.priority, vcpus=env.vcpus, memory_mib=env.memory_mib, gpus=env.gpus,
+                root_volume_gb=env.root_volume_gb,
+            ) for env in cfg.jobs.environments],
+            vpc_id=network.vpc_id, subnet_ids=network.private_subnet_ids,
+            repository_url=images[JOBS_IMAGE].repository_url, repository_arn=images[JOBS_IMAGE].arn,
+            models_bucket_arn=store.buckets["models"].arn, data_bucket_arn=store.buckets["data"].arn,
+            outputs_bucket_arn=store.buckets["outputs"].arn, partition=partition_info.partition, region=region,
+            account_id=account_id, tags=tags, kms_key_arn=store.kms_key_arn, model_prefix=cfg.storage.model_prefix,
+            log_retention_days=cfg.log_retention_days, retry_attempts=cfg.jobs.retry_attempts,
+            extra_security_group_ids=[network.workload_security_group.id], ssm_access=cfg.ssm_access,
         ))
 
     gateway: Gateway | None = None
@@ -190,6 +206,8 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
         "roleArns": {kind: role.arn for kind, role in roles.roles.items()},
         "instanceProfileArns": {kind: profile.arn for kind, profile in roles.profiles.items()},
         "autoScalingGroups": {name: g.auto_scaling_group.name for name, g in groups.items()},
+        "jobQueues": {key: q.name for key, q in jobs.queues.items()} if jobs else {},
+        "jobDefinitions": {key: d.name for key, d in jobs.definitions.items()} if jobs else {},
     }
 
 

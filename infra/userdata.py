@@ -1,28 +1,24 @@
 """User data for instance-group instances: start the container runtime, log in to ECR, pull the image
-and run it with ``serve`` or ``train`` (pure rendering; every value is shell-quoted).
+and run it with ``serve`` or ``async`` (pure rendering; every value is shell-quoted).
 
 ``serve`` downloads ``model.tar.gz`` from S3, unpacks it on the host and runs the image's SageMaker
 model server on port 8080 with it mounted read-only at ``/opt/ml/model`` (what SageMaker does before
-``serve``; it works whatever extra arguments the image's entrypoint adds). ``train`` prepares the ``/opt/ml`` tree
-(channels synced from S3, config JSONs), restores and periodically saves checkpoints, runs the image
-with ``train`` and uploads ``model.tar.gz``, ``output.tar.gz`` and the failure file to
-``<output>/<job>/output/`` — the same layout SageMaker uses. ``async`` serves like ``serve`` (the model
+``serve``; it works whatever extra arguments the image's entrypoint adds). Training and transform jobs run on
+AWS Batch (:mod:`infra.components.jobs`), not from user data. ``async`` serves like ``serve`` (the model
 server listening on 127.0.0.1 only) and runs the image's async worker next to it
 (``python -m serving.asyncq`` with the SQS backend), which drains the endpoint's queue into that server.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-MODES = ("serve", "train", "async")
+MODES = ("serve", "async")
 CONTAINER_PORT = 8080
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CHANNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SQS_URL_RE = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 #: Variables the renderer sets itself; user environment may not override them.
@@ -47,15 +43,9 @@ class UserDataSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     host_port: int = CONTAINER_PORT
     model_data: str | None = None
-    channels: Mapping[str, str] = field(default_factory=dict)
-    output_uri: str | None = None
-    checkpoint_uri: str | None = None
-    hyperparameters: Mapping[str, str] = field(default_factory=dict)
     #: serve mode behind the gateway: the endpoint and production variant this instance answers for
     endpoint: str | None = None
     variant: str | None = None
-    checkpoint_sync_seconds: int = 300
-    terminate_when_done: bool = True
     ml_root: str = "/opt/ml"
     #: async mode: the endpoint's queue, the worker's state prefix, invocations per instance
     #: (MaxConcurrentInvocationsPerInstance) and the lease length (the endpoint's name is ``endpoint``)
@@ -109,24 +99,9 @@ def validate(spec: UserDataSpec) -> None:
             raise ValueError("visibility_timeout: must be 1-43200")
         if not 1 <= spec.stop_timeout <= 3600:
             raise ValueError("stop_timeout: must be 1-3600")
-    if spec.mode in ("serve", "async"):
-        uri = _check_s3("model_data", spec.model_data)
-        if not uri.endswith(".tar.gz"):
-            raise ValueError(f"model_data: {uri!r} must point at a model.tar.gz")
-    else:
-        if not spec.channels:
-            raise ValueError("channels: a training group needs at least one input channel")
-        for channel, uri in spec.channels.items():
-            if not _CHANNEL_RE.match(channel):
-                raise ValueError(f"channels: {channel!r} is not a valid channel name")
-            _check_s3(f"channels.{channel}", uri)
-        _check_s3("output_uri", spec.output_uri)
-        _check_s3("checkpoint_uri", spec.checkpoint_uri)
-        if spec.checkpoint_sync_seconds < 1:
-            raise ValueError("checkpoint_sync_seconds: must be >= 1")
-        for key, value in spec.hyperparameters.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ValueError(f"hyperparameters: {key!r} - keys and values must be strings (SageMaker passes strings)")
+    uri = _check_s3("model_data", spec.model_data)
+    if not uri.endswith(".tar.gz"):
+        raise ValueError(f"model_data: {uri!r} must point at a model.tar.gz")
 
 
 def _q(value: str) -> str:
@@ -231,80 +206,6 @@ echo "selfmaker: async worker for {spec.endpoint} started"
 """
 
 
-def _train_body(spec: UserDataSpec) -> str:
-    input_config = {
-        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"}
-        for name in sorted(spec.channels)
-    }
-    syncs = "\n".join(
-        f'aws s3 sync {_q(uri)} "$ML_ROOT/input/data/"{_q(name)} --only-show-errors'
-        for name, uri in sorted(spec.channels.items())
-    )
-    args = " \\\n  ".join(_docker_run_args(spec))
-    output_uri = (spec.output_uri or "").rstrip("/")
-    return f"""
-ML_ROOT={_q(spec.ml_root)}
-JOB_NAME={_q(spec.group)}-"$INSTANCE_ID"
-OUTPUT={_q(output_uri)}/"$JOB_NAME"/output
-CHECKPOINTS={_q((spec.checkpoint_uri or "").rstrip("/") + "/")}
-mkdir -p "$ML_ROOT/input/config" "$ML_ROOT/input/data" "$ML_ROOT/model" "$ML_ROOT/output/data" "$ML_ROOT/checkpoints"
-{syncs}
-printf '%s\\n' {_q(json.dumps(dict(spec.hyperparameters), sort_keys=True))} > "$ML_ROOT/input/config/hyperparameters.json"
-printf '%s\\n' {_q(json.dumps(input_config, sort_keys=True))} > "$ML_ROOT/input/config/inputdataconfig.json"
-printf '{{"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0", "current_instance_type": "%s"}}\\n' \\
-  "$INSTANCE_TYPE" > "$ML_ROOT/input/config/resourceconfig.json"
-
-# Resume from the group's checkpoints (spot replacements pick up where the last instance stopped)
-# and save them while the job runs.
-aws s3 sync "$CHECKPOINTS" "$ML_ROOT/checkpoints" --only-show-errors
-(
-  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-  while true; do
-    sleep {int(spec.checkpoint_sync_seconds)} & sleeper=$!
-    wait "$sleeper"
-    aws s3 sync "$ML_ROOT/checkpoints" "$CHECKPOINTS" --only-show-errors || true
-  done
-) &
-SYNC_PID=$!
-
-set +e
-docker run --rm --name selfmaker-train --network host -v "$ML_ROOT:/opt/ml" \\
-  -e TRAINING_JOB_NAME="$JOB_NAME" \\
-  {args} \\
-  "$IMAGE" train
-RC=$?
-set -e
-kill "$SYNC_PID" 2>/dev/null || true
-wait "$SYNC_PID" 2>/dev/null || true
-aws s3 sync "$ML_ROOT/checkpoints" "$CHECKPOINTS" --only-show-errors
-
-if [ "$RC" -eq 0 ]; then
-  tar -czf "$ML_ROOT/output/model.tar.gz" -C "$ML_ROOT/model" .
-  aws s3 cp "$ML_ROOT/output/model.tar.gz" "$OUTPUT/model.tar.gz" --only-show-errors
-fi
-if [ -n "$(ls -A "$ML_ROOT/output/data")" ]; then
-  tar -czf "$ML_ROOT/output/output.tar.gz" -C "$ML_ROOT/output/data" .
-  aws s3 cp "$ML_ROOT/output/output.tar.gz" "$OUTPUT/output.tar.gz" --only-show-errors
-fi
-if [ -f "$ML_ROOT/output/failure" ]; then
-  aws s3 cp "$ML_ROOT/output/failure" "$OUTPUT/failure" --only-show-errors
-fi
-echo "selfmaker: training job $JOB_NAME finished with exit code $RC"
-{_finish(spec)}exit "$RC"
-"""
-
-
-def _finish(spec: UserDataSpec) -> str:
-    if not spec.terminate_when_done:
-        return ""
-    # One job per instance: leave the group (and lower its desired capacity) so nothing idles on a
-    # GPU; a spot interruption instead keeps desired capacity and the replacement resumes.
-    return (
-        'aws autoscaling terminate-instance-in-auto-scaling-group --region "$REGION" '
-        '--instance-id "$INSTANCE_ID" --should-decrement-desired-capacity || true\n'
-    )
-
-
 def render_user_data(spec: UserDataSpec) -> str:
     """The bash bootstrap script for ``spec`` (raises ``ValueError`` naming a bad field)."""
     validate(spec)
@@ -313,6 +214,6 @@ def render_user_data(spec: UserDataSpec) -> str:
         mode=spec.mode, region=_q(spec.region), registry=_q(spec.registry), image=_q(spec.image),
         log_group=_q(spec.log_group), install=install,
     )
-    bodies = {"serve": _serve_body, "train": _train_body, "async": _async_body}
+    bodies = {"serve": _serve_body, "async": _async_body}
     body = bodies[spec.mode](spec)
     return header + body

@@ -21,6 +21,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("selfmaker.commands.status:main", "show endpoints, variants, instances and jobs"),
     "logs": ("selfmaker.commands.logs:main", "print the logs of an endpoint or job"),
     "transform": ("batch.cli:main", "run one CreateTransformJob request on Dask"),
+    "train-node": ("training.awsbatch:main", "run one node of a training job (inside an AWS Batch job)"),
+    "transform-share": ("batch.awsbatch:main", "run one share of a transform array job (inside an AWS Batch job)"),
+}
+#: commands whose ``--aws-batch`` form submits to / reads from AWS Batch (selfmaker.commands.aws_batch)
+AWS_BATCH: dict[str, str] = {
+    "train": "selfmaker.commands.aws_batch:train_main",
+    "transform": "selfmaker.commands.aws_batch:transform_main",
+    "logs": "selfmaker.commands.aws_batch:logs_main",
+    "status": "selfmaker.commands.aws_batch:status_main",
 }
 
 
@@ -28,6 +37,7 @@ def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: selfmaker COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "train, transform, logs and status take --aws-batch to run on / read from an AWS Batch queue."]
     lines += ["", "Run `selfmaker COMMAND --help` for the options of a command, `selfmaker --version` for the version."]
     return "\n".join(lines)
 
@@ -50,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"selfmaker: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
             return 2
         target, _ = COMMANDS[name]
+        if name in AWS_BATCH and any(a == "--aws-batch" or a.startswith("--aws-batch=") for a in rest):
+            target = AWS_BATCH[name]
         module_name, func_name = target.split(":")
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(rest) or 0)

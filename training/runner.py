@@ -25,7 +25,7 @@ import shutil
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,6 +162,11 @@ class TrainingJobRunner:
     defaults to :class:`ProcessExecutor`, ``container`` to ``training.executors.container`` when present),
     ``storage`` / ``s3_endpoint_url``, ``stop_grace_seconds`` (SIGTERM → SIGKILL, SageMaker gives 120),
     ``checkpoint_sync_interval`` and ``job_arn``.
+
+    One node of a multi-machine job (an AWS Batch multi-node job) runs only its own hosts: ``local_hosts``
+    names them (default: every host of the job), ``host_addresses`` says how hosts reach each other (at
+    least ``algo-1``, the tracker's host) and ``tracker_port`` is the distributed tracker's port. Only the
+    node running ``algo-1`` uploads the model and output archives.
     """
 
     def __init__(
@@ -177,6 +182,9 @@ class TrainingJobRunner:
         stop_grace_seconds: float = 120.0,
         checkpoint_sync_interval: float = 10.0,
         job_arn: str | None = None,
+        local_hosts: Sequence[str] | None = None,
+        host_addresses: Mapping[str, str] | None = None,
+        tracker_port: int | None = None,
     ) -> None:
         self.request = request
         self.work_dir = Path(work_dir).resolve()  # hosts run with their own cwd: no relative paths
@@ -187,6 +195,9 @@ class TrainingJobRunner:
         self.stop_grace_seconds = stop_grace_seconds
         self.checkpoint_sync_interval = checkpoint_sync_interval
         self.job_name = str(request.get("TrainingJobName") or "training-job")
+        self.local_hosts = None if local_hosts is None else frozenset(local_hosts)
+        self.host_addresses = dict(host_addresses or {})
+        self.tracker_port = tracker_port
         region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         self.job_arn = job_arn or f"arn:aws:sagemaker:{region}:000000000000:training-job/{self.job_name.lower()}"
         self.state = TrainingJobState()
@@ -351,6 +362,8 @@ class TrainingJobRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(exist_ok=True)
         for name in job.names:
+            if self.local_hosts is not None and name not in self.local_hosts:
+                continue  # another node runs it
             root = self.work_dir / "hosts" / name
             if root.exists():
                 shutil.rmtree(root)
@@ -365,9 +378,9 @@ class TrainingJobRunner:
         with self._lock:
             self.state.start_time = _now()
         self._transition("Downloading")
-        for index, host in enumerate(self._hosts):
+        for host in self._hosts:
             for ch in job.channels:
-                self._fetch_channel(ch, host, index, len(self._hosts))
+                self._fetch_channel(ch, host, job.names.index(host.name), len(job.names))
         if job.checkpoint_uri:
             for host in self._hosts:
                 self._restore_checkpoints(job.checkpoint_uri, host)
@@ -380,8 +393,9 @@ class TrainingJobRunner:
         names = job.names
         env = self._environment(job.kind, self.request)
         addresses = {n: "127.0.0.1" for n in names} if executor.kind == "process" else {n: n for n in names}
+        addresses.update(self.host_addresses)
         if len(names) > 1:
-            env["SELFMAKER_TRACKER_PORT"] = str(free_port() if executor.kind == "process" else 9099)
+            env["SELFMAKER_TRACKER_PORT"] = str(self.tracker_port or (free_port() if executor.kind == "process" else 9099))
         env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
         algo = job.algo
         args = tuple(algo.get("ContainerArguments") or ("train",))
@@ -425,6 +439,8 @@ class TrainingJobRunner:
         model) and ``output.tar.gz`` under ``<S3OutputPath>/<job>/output/``; raises StorageError."""
         if keep_model:
             self._transition("Uploading")
+        if self.local_hosts is not None and job.names[0] not in self.local_hosts:
+            return  # the node running algo-1 uploads the job's archives
         prefix = join(job.output_path, self.job_name, "output")
         if keep_model:
             model_tar = self.work_dir / "model.tar.gz"

@@ -1,5 +1,6 @@
-"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving or training image
-(``serve``, ``train``), or the model server with an async worker beside it (``async``)."""
+"""`InstanceGroup`: a launch template and an Auto Scaling group running the serving image (``serve``), or the
+model server with an async worker beside it (``async``). Training and transform jobs run on AWS Batch
+(:mod:`infra.components.jobs`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pulumi_aws as aws
 
 from infra import naming, presets, userdata
 
-ROLES = ("serve", "train", "async")
+ROLES = ("serve", "async")
 WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023 and the AL2023 deep-learning AMI
 
@@ -43,7 +44,7 @@ class InstanceRefreshArgs:
 class InstanceGroupArgs:
     """Inputs of :class:`InstanceGroup`; validated when constructed.
 
-    ``model_data_uri`` (serve) and ``channels``/``output_uri``/``checkpoint_uri`` (train) are S3 URIs
+    ``model_data_uri`` is an S3 URI
     that may be outputs of the ModelStore; everything shaping the group's size and types is plain.
     """
 
@@ -73,10 +74,6 @@ class InstanceGroupArgs:
     ingress_security_group_ids: Sequence[pulumi.Input[str]] = field(default_factory=list)
     extra_security_group_ids: Sequence[pulumi.Input[str]] = field(default_factory=list)
     model_data_uri: pulumi.Input[str] | None = None
-    channels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    output_uri: pulumi.Input[str] | None = None
-    checkpoint_uri: pulumi.Input[str] | None = None
-    hyperparameters: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)
     #: Behind the gateway: the target groups the instances register in (ELB health checks replace EC2's)
     target_group_arns: Sequence[pulumi.Input[str]] = field(default_factory=list)
@@ -146,11 +143,6 @@ class InstanceGroupArgs:
             raise bad("queue_url", "an async group needs queue_url, state_uri and endpoint_name")
         if self.role in ("serve", "async") and self.model_data_uri is None:
             raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
-        if self.role == "train":
-            if not self.channels:
-                raise bad("channels", "a training group needs at least one channel")
-            if self.output_uri is None or self.checkpoint_uri is None:
-                raise bad("output_uri", "a training group needs output_uri and checkpoint_uri")
 
 
 class InstanceGroup(pulumi.ComponentResource):
@@ -184,18 +176,6 @@ class InstanceGroup(pulumi.ComponentResource):
                 referenced_security_group_id=source, ip_protocol="tcp", from_port=args.port, to_port=args.port,
                 description="model server port from a trusted security group", tags=tagged(f"ingress-{i}"), opts=child,
             )
-        if args.role == "train":
-            # Distributed training: hosts of one group talk to each other on any port.
-            aws.vpc.SecurityGroupIngressRule(
-                naming.child_name(name, "peers"), security_group_id=self.security_group.id,
-                referenced_security_group_id=self.security_group.id, ip_protocol="-1",
-                description="training hosts of this group", tags=tagged("peers"), opts=child,
-            )
-            aws.vpc.SecurityGroupEgressRule(
-                naming.child_name(name, "peers-out"), security_group_id=self.security_group.id,
-                referenced_security_group_id=self.security_group.id, ip_protocol="-1",
-                description="training hosts of this group", tags=tagged("peers-out"), opts=child,
-            )
         aws.vpc.SecurityGroupEgressRule(
             naming.child_name(name, "https-out"), security_group_id=self.security_group.id, cidr_ipv4="0.0.0.0/0",
             ip_protocol="tcp", from_port=443, to_port=443, description="HTTPS to AWS APIs, ECR and package repos",
@@ -209,10 +189,8 @@ class InstanceGroup(pulumi.ComponentResource):
             image_id = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=pulumi.InvokeOutputOptions(parent=self)).value
 
         # Only rendering happens in apply(): the script needs the S3 and ECR locations, which are outputs.
-        channels = pulumi.Output.all(**dict(args.channels)) if args.channels else {}
         user_data = pulumi.Output.all(
-            repo=args.repository_url, model=args.model_data_uri, channels=channels, output=args.output_uri,
-            checkpoint=args.checkpoint_uri, queue=args.queue_url, state=args.state_uri,
+            repo=args.repository_url, model=args.model_data_uri, queue=args.queue_url, state=args.state_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
         tag_specs = [{"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
@@ -312,8 +290,7 @@ def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, 
         image=naming.image_uri(repo, args.image_tag), log_group=args.log_group_name,
         gpu=args.accelerator == "gpu", install_docker=args.accelerator == "cpu",
         environment=dict(args.environment), host_port=args.port,
-        model_data=values["model"], channels=dict(values["channels"] or {}), output_uri=values["output"],
-        checkpoint_uri=values["checkpoint"], hyperparameters=dict(args.hyperparameters),
+        model_data=values["model"],
         endpoint=args.endpoint_name, variant=args.variant_name,
         queue_url=values.get("queue"), state_uri=values.get("state"), concurrency=args.concurrency,
         visibility_timeout=args.visibility_timeout,

@@ -1,4 +1,5 @@
-"""`Roles`: instance roles and profiles for serving, training and async workers (least privilege)."""
+"""`Roles`: instance roles and profiles for serving and async workers (least privilege); the roles of
+training and transform jobs belong to AWS Batch (:mod:`infra.components.jobs`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import pulumi_aws as aws
 
 from infra import naming, policies
 
-KINDS = ("serving", "training", "async")
+KINDS = ("serving", "async")
 _BUILDERS: dict[str, Callable[[policies.RoleScope], policies.Document]] = {
     "serving": policies.serving_policy,
-    "training": policies.training_policy,
     "async": policies.async_worker_policy,
 }
 
@@ -52,7 +52,7 @@ class RolesArgs:
 
 
 class Roles(pulumi.ComponentResource):
-    """Role + inline policy + instance profile per kind (``serving``, ``training``, ``async``)."""
+    """Role + inline policy + instance profile per kind (``serving``, ``async``)."""
 
     def __init__(self, name: str, args: RolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("selfmaker:iam:Roles", name, None, opts)
@@ -68,10 +68,6 @@ class Roles(pulumi.ComponentResource):
                     queue_pattern=naming.prefixed_arn_pattern(args.partition, "sqs", args.region, args.account_id, args.prefix),
                     topic_pattern=naming.prefixed_arn_pattern(args.partition, "sns", args.region, args.account_id, args.prefix),
                     model_prefix=args.model_prefix, kms_key_arn=values["kms"],
-                    autoscaling_group_pattern=(
-                        f"arn:{args.partition}:autoscaling:{args.region}:{args.account_id}:autoScalingGroup:*"
-                        ":autoScalingGroupName/*"),
-                    stack_tags=tuple((k, args.tags[k]) for k in ("Project", "Stack") if k in args.tags),
                 )
                 return json.dumps(_BUILDERS[kind](scope))
 

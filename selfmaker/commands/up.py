@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,9 @@ from selfmaker.api.registry import discover
 from selfmaker.logcontext import configure_logging
 from selfmaker.platform import Platform
 from selfmaker.settings import PlatformSettings
+
+#: the file in the home that tells other commands where this platform listens (batch.cli.PLATFORM_FILE)
+PLATFORM_FILE = "platform.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +72,17 @@ def main(argv: list[str]) -> int:
     app.cleanup_ctx.append(platform.lifespan)
     log.info("selfmaker home %s, region %s, account %s", settings.home, settings.region, settings.account_id)
 
+    announced = settings.home / PLATFORM_FILE
+
     def announce(message: str) -> None:
-        print(f"selfmaker up: listening on http://{settings.host}:{settings.port} (home {settings.home})", flush=True)
+        # aiohttp's message carries the bound address (the real port when --port 0)
+        found = re.search(r"http://\S+:\d+", message)
+        url = found.group(0) if found else f"http://{settings.host}:{settings.port}"
+        if url.startswith("http://0.0.0.0:"):
+            url = url.replace("0.0.0.0", "127.0.0.1", 1)
+        # `selfmaker transform` / `train --aws-batch` find this platform through its home
+        announced.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
+        print(f"selfmaker up: listening on {url} (home {settings.home})", flush=True)
 
     try:
         web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=announce,
@@ -75,4 +90,10 @@ def main(argv: list[str]) -> int:
     except OSError as exc:  # the address: in use, not on this machine, not allowed
         print(f"selfmaker up: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        try:
+            if json.loads(announced.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                announced.unlink()
+        except (OSError, ValueError):
+            pass
     return 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from infra import config as stack_config
 
 SERVE = {"name": "serve-cpu", "role": "serve", "modelKey": "models/m/model.tar.gz"}
-TRAIN = {"name": "train-gpu", "role": "train", "accelerator": "gpu"}
+GPU_SERVE = {"name": "serve-gpu", "role": "serve", "accelerator": "gpu", "modelKey": "models/m/model.tar.gz"}
 
 
 def build(**values: Any) -> stack_config.StackConfig:
@@ -34,26 +34,36 @@ def test_stack_file_strings_are_coerced() -> None:
 
 
 def test_group_defaults_follow_the_accelerator() -> None:
-    cfg = build(groups=[SERVE, TRAIN])
-    serve, train = cfg.groups
+    cfg = build(groups=[SERVE, GPU_SERVE])
+    serve, gpu = cfg.groups
     assert serve.instance_types == ("c5.large", "c6i.large", "m5.large") and serve.root_volume_gb == 40
     assert serve.ami_parameter == stack_config.SSM_AMI["cpu"]
     assert (serve.min_size, serve.max_size, serve.desired_capacity) == (0, 1, 0)
-    assert train.instance_types == ("g4dn.xlarge", "g5.xlarge") and train.root_volume_gb == 100
-    assert train.ami_parameter == stack_config.SSM_AMI["gpu"] and train.channels == {"train": "train/"}
-    assert train.image_tag == "0.1.0-gpu" and serve.image_tag == "0.1.0" and serve.capacity_rebalance is False
+    assert gpu.instance_types == ("g4dn.xlarge", "g5.xlarge") and gpu.root_volume_gb == 100
+    assert gpu.ami_parameter == stack_config.SSM_AMI["gpu"]
+    assert gpu.image_tag == "0.1.0-gpu" and serve.image_tag == "0.1.0" and serve.capacity_rebalance is False
 
 
 def test_group_values() -> None:
-    group = {**TRAIN, "instanceTypes": ["p3.2xlarge"], "minSize": "1", "maxSize": 3, "desiredCapacity": 2,
-             "spotPercentage": 100, "channels": {"train": "/data/train", "test": "data/test/"},
-             "hyperparameters": {"epochs": 10, "use_gpu": True}, "environment": {"LOG_LEVEL": "20"}, "imageTag": "v2"}
+    group = {**GPU_SERVE, "instanceTypes": ["p3.2xlarge"], "minSize": "1", "maxSize": 3, "desiredCapacity": 2,
+             "spotPercentage": 100, "environment": {"LOG_LEVEL": "20"}, "imageTag": "v2"}
     (g,) = build(groups=[group]).groups
     assert g.instance_types == ("p3.2xlarge",) and (g.min_size, g.max_size, g.desired_capacity) == (1, 3, 2)
     assert g.capacity_rebalance is True  # spot groups rebalance by default
-    assert g.channels == {"train": "data/train/", "test": "data/test/"}
-    assert g.hyperparameters == {"epochs": "10", "use_gpu": "true"}  # SageMaker passes strings
     assert g.image_tag == "v2" and g.environment == {"LOG_LEVEL": "20"}
+
+
+def test_jobs_defaults_and_values() -> None:
+    assert build().jobs is None  # no selfmaker:jobs, no AWS Batch
+    cfg = build(jobs={"environments": [{"name": "cpu"}, {"name": "gpu", "accelerator": "gpu", "spot": "true",
+                                                        "onDemand": False, "maxVcpus": "32", "vcpus": 8}],
+                      "retryAttempts": "5"})
+    assert cfg.jobs is not None and cfg.jobs.retry_attempts == 5
+    cpu, gpu = cfg.jobs.environments
+    assert (cpu.on_demand, cpu.spot, cpu.vcpus, cpu.memory_mib, cpu.gpus) == (True, False, 4, 7000, 0)
+    assert cpu.instance_types == ("c5.large", "c6i.large", "m5.large") and cpu.image_tag == "0.1.0"
+    assert (gpu.on_demand, gpu.spot, gpu.max_vcpus, gpu.vcpus, gpu.gpus) == (False, True, 32, 8, 1)
+    assert gpu.image_tag == "0.1.0-gpu" and gpu.root_volume_gb == 100
 
 
 def test_warm_pool() -> None:
@@ -113,12 +123,24 @@ G = "selfmaker:groups[0]"
     ({"groups": [{"name": "serve-cpu", "role": "serve"}]}, f"{G}.modelKey", "non-empty string"),
     ({"groups": [{**SERVE, "modelKey": "models/m/model.onnx"}]}, f"{G}.modelKey", "model.tar.gz"),
     ({"groups": [{**SERVE, "modelKey": "other/m.tar.gz"}]}, f"{G}.modelKey", "outside modelPrefix"),
-    ({"groups": [{**SERVE, "channels": {"train": "x/"}}]}, f"{G}.channels", "only training groups"),
-    ({"groups": [{**TRAIN, "modelKey": "models/m.tar.gz"}]}, f"{G}.modelKey", "only serving groups"),
-    ({"groups": [{**TRAIN, "channels": {}}]}, f"{G}.channels", "at least one channel"),
-    ({"groups": [{**TRAIN, "channels": {"bad name": "x/"}}]}, f"{G}.channels.bad name", "channel name"),
+    ({"groups": [{**SERVE, "channels": {"train": "x/"}}]}, f"{G}.channels", "unknown key"),
+    ({"groups": [{"name": "train-gpu", "role": "train"}]}, f"{G}.role", "replaced by AWS Batch job queues"),
     ({"groups": ["serve"]}, "selfmaker:groups[0]", "expected a mapping"),
-    ({"groups": [SERVE, {**TRAIN, "name": "serve-cpu"}]}, "selfmaker:groups[1].name", "duplicate"),
+    ({"groups": [SERVE, {**GPU_SERVE, "name": "serve-cpu"}]}, "selfmaker:groups[1].name", "duplicate"),
+    ({"jobs": []}, "selfmaker:jobs", "expected a mapping"),
+    ({"jobs": {"queues": []}}, "selfmaker:jobs.queues", "unknown key"),
+    ({"jobs": {"environments": []}}, "selfmaker:jobs.environments", "non-empty list"),
+    ({"jobs": {"environments": [{"name": "Cpu"}]}}, "selfmaker:jobs.environments[0].name", "2-24 characters"),
+    ({"jobs": {"environments": [{"name": "cpu", "gpus": 1}]}}, "selfmaker:jobs.environments[0].gpus", "no GPUs"),
+    ({"jobs": {"environments": [{"name": "cpu", "onDemand": False}]}}, "selfmaker:jobs.environments[0].onDemand",
+     "on-demand or spot"),
+    ({"jobs": {"environments": [{"name": "cpu", "vcpus": 8, "maxVcpus": 4}]}},
+     "selfmaker:jobs.environments[0].maxVcpus", ">= vcpus"),
+    ({"jobs": {"environments": [{"name": "cpu"}, {"name": "cpu"}]}}, "selfmaker:jobs.environments[1].name",
+     "duplicate"),
+    ({"jobs": {"environments": [{"name": "gpu", "accelerator": "gpu", "instanceTypes": ["c5.large"]}]}},
+     "selfmaker:jobs.environments[0].instanceTypes", ""),
+    ({"jobs": {"environments": [{"name": "cpu"}], "retryAttempts": 0}}, "selfmaker:jobs.retryAttempts", ">= 1"),
 ])
 def test_errors_name_the_field(values: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(stack_config.ConfigError) as err:

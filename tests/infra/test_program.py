@@ -51,9 +51,9 @@ def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
                      "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
                      "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint",
-                     "selfmaker:endpoints:AsyncEndpoint"}
+                     "selfmaker:endpoints:AsyncEndpoint", "selfmaker:jobs:JobQueue"}
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
-    assert groups == ["churn-batch-workers", "churn-challenger", "churn-champion", "train-gpu", "vision-AllTraffic"]
+    assert groups == ["churn-batch-workers", "churn-challenger", "churn-champion", "vision-AllTraffic"]  # training: Batch
     endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
     assert sorted(endpoints.values()) == ["churn", "vision"]
     # a variant's group is a child of its endpoint
@@ -128,7 +128,7 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
     assert not dev_run.of_type("aws:ec2/launchConfiguration:LaunchConfiguration")
     assert not dev_run.of_type("aws:ec2/instance:Instance")
     templates = dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
-    assert len(templates) == 5
+    assert len(templates) == 6  # four variants' groups, the cpu and gpu Batch environments
     for lt in templates:
         meta = lt.inputs["metadataOptions"]
         assert meta["httpTokens"] == "required" and meta["httpEndpoint"] == "enabled"
@@ -142,10 +142,11 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
 
 
 def test_amis_come_from_the_ssm_public_parameters(dev_run: PulumiHarness) -> None:
-    ami = {lt.name: lt.inputs["imageId"] for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    ami = {lt.name: lt.inputs.get("imageId") for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    # Batch picks its ECS-optimized AMI itself (the compute environment's ec2Configuration)
     assert ami == {"churn-champion-lt": "ami-0a1b2c3d4e5f60718", "churn-challenger-lt": "ami-0a1b2c3d4e5f60718",
-                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "train-gpu-lt": "ami-0fedcba9876543210",
-                   "churn-batch-workers-lt": "ami-0a1b2c3d4e5f60718"}
+                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "churn-batch-workers-lt": "ami-0a1b2c3d4e5f60718",
+                   "jobs-cpu-lt": None, "jobs-gpu-lt": None}
     asked = {args["name"] for token, args in dev_run.mocks.calls if token == "aws:ssm/getParameter:getParameter"}
     assert asked == {stack_config.SSM_AMI["cpu"], stack_config.SSM_AMI["gpu"]}
 
@@ -220,8 +221,8 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
         assert (out["securityGroupId"], out["referencedSecurityGroupId"], out["fromPort"]) == (
             gateway_sg, dev_run.named(f"{variant}-sg").id, 8080)
     assert dev_run.named("network-endpoints-https").inputs["referencedSecurityGroupId"] == workload
-    peers = dev_run.named("train-gpu-peers").inputs
-    assert peers["referencedSecurityGroupId"] == peers["securityGroupId"] == dev_run.named("train-gpu-sg").id
+    peers = dev_run.named("jobs-peers").inputs
+    assert peers["referencedSecurityGroupId"] == peers["securityGroupId"] == dev_run.named("jobs-sg").id
     peers_out = dev_run.named("network-workload-peers-out").inputs
     assert peers_out["referencedSecurityGroupId"] == peers_out["securityGroupId"] == workload
     for egress in dev_run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"):
@@ -234,17 +235,20 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
 def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     docs = [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/rolePolicy:RolePolicy")]
     docs += [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/policy:Policy")]
-    assert len(docs) == 7  # serving, training, async, flow logs, the serverless function, the async front and workers
+    assert len(docs) == 8  # serving, async, flow logs, the serverless function, the async front and workers, Batch x2
     for doc in docs:
         assert policies.wildcard_violations(doc) == []
     attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
-    assert attached == {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
+    assert attached == {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+                        "arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole"}
+    services = set()
     for role in dev_run.of_type("aws:iam/role:Role"):
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
-        assert trust["Principal"] in ({"Service": "ec2.amazonaws.com"}, {"Service": "vpc-flow-logs.amazonaws.com"},
-                                      {"Service": "lambda.amazonaws.com"})
-        if trust["Principal"]["Service"] in ("vpc-flow-logs.amazonaws.com", "lambda.amazonaws.com"):
+        services.add(trust["Principal"]["Service"])
+        if trust["Principal"]["Service"] != "ec2.amazonaws.com":  # services acting for the account: confused deputy
             assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+    assert services == {"ec2.amazonaws.com", "vpc-flow-logs.amazonaws.com", "lambda.amazonaws.com",
+                        "batch.amazonaws.com", "ecs-tasks.amazonaws.com"}
 
 
 def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiHarness) -> None:
@@ -255,13 +259,21 @@ def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiH
     assert by_sid["EcrPull"]["Resource"] == sorted(r.state["arn"] for r in dev_run.of_type("aws:ecr/repository:Repository"))
     assert by_sid["Kms"]["Resource"] == dev_run.named("store-key").state["arn"]
     assert by_sid["Logs"]["Resource"][0] == "arn:aws:logs:us-east-1:123456789012:log-group:/selfmaker-dev/*"
-    training = {s["Sid"]: s for s in json.loads(dev_run.named("roles-training-policy").inputs["policy"])["Statement"]}
+    jobs = {s["Sid"]: s for s in json.loads(dev_run.named("jobs-job-policy").inputs["policy"])["Statement"]}
     outputs = dev_run.named("store-outputs").state["arn"]
-    assert training["CheckpointsObjects"]["Resource"] == f"{outputs}/checkpoints/*"
-    assert "s3:PutObject" not in json.dumps(training["DataGet"])
-    assert training["FinishJob"]["Resource"] == \
-        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/*"
-    assert training["FinishJob"]["Condition"]["StringEquals"]["autoscaling:ResourceTag/Stack"] == "dev"
+    data = dev_run.named("store-data").state["arn"]
+    assert jobs["OutputsObjects"]["Resource"] == f"{outputs}/*"  # outputs, checkpoints, job state
+    assert set(jobs["OutputsObjects"]["Action"]) == {"s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject",
+                                                     "s3:DeleteObject"}
+    assert jobs["DataGet"]["Resource"] == f"{data}/*" and "s3:PutObject" not in json.dumps(jobs["DataGet"])
+    assert jobs["ModelsGet"]["Resource"] == f"{models}/models/*"
+    assert jobs["EcrPull"]["Resource"] == [dev_run.named("training-images-repo").state["arn"]]  # the jobs' image only
+    assert jobs["Logs"]["Resource"][0] == "arn:aws:logs:us-east-1:123456789012:log-group:/selfmaker-dev/jobs"
+    instance = {s["Sid"]: s for s in json.loads(dev_run.named("jobs-instance-policy").inputs["policy"])["Statement"]}
+    assert instance["EcsAgent"]["Resource"] == [
+        "arn:aws:ecs:us-east-1:123456789012:cluster/AWSBatch-selfmaker-dev-*",
+        "arn:aws:ecs:us-east-1:123456789012:container-instance/AWSBatch-selfmaker-dev-*"]
+    assert "s3:GetObject" not in json.dumps(instance)  # the data is the job role's, not the instance's
     asynchronous = {s["Sid"]: s for s in json.loads(dev_run.named("roles-async-policy").inputs["policy"])["Statement"]}
     assert asynchronous["Queues"]["Resource"] == "arn:aws:sqs:us-east-1:123456789012:selfmaker-dev-*"
     assert asynchronous["Topics"]["Resource"] == "arn:aws:sns:us-east-1:123456789012:selfmaker-dev-*"
@@ -299,10 +311,6 @@ def test_asgs_use_private_subnets_and_the_configured_capacity_mix(dev_run: Pulum
     overrides = [o["instanceType"] for o in cpu["mixedInstancesPolicy"]["launchTemplate"]["overrides"]]
     assert overrides == ["c5.xlarge", "c6i.xlarge", "m5.xlarge"]
     assert cpu["capacityRebalance"] is True
-    train = asgs["train-gpu-asg"]
-    assert train["mixedInstancesPolicy"]["instancesDistribution"]["onDemandPercentageAboveBaseCapacity"] == 0
-    assert [o["instanceType"] for o in train["mixedInstancesPolicy"]["launchTemplate"]["overrides"]] == [
-        "p3.2xlarge", "g5.2xlarge", "g4dn.2xlarge"]
     gpu = asgs["vision-AllTraffic-asg"]
     assert "mixedInstancesPolicy" not in gpu and gpu["warmPool"] == {"poolState": "Stopped", "minSize": 1}
     assert gpu["launchTemplate"]["id"] == dev_run.named("vision-AllTraffic-lt").id
@@ -313,7 +321,7 @@ def _user_data(harness: PulumiHarness, group: str) -> str:
     return base64.b64decode(harness.named(f"{group}-lt").inputs["userData"]).decode()
 
 
-def test_user_data_runs_the_right_image_with_serve_or_train(dev_run: PulumiHarness) -> None:
+def test_user_data_runs_the_serving_image(dev_run: PulumiHarness) -> None:
     registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
     models_bucket = dev_run.named("store-models").id
     cpu = _user_data(dev_run, "churn-champion")
@@ -328,13 +336,8 @@ def test_user_data_runs_the_right_image_with_serve_or_train(dev_run: PulumiHarne
     gpu = _user_data(dev_run, "vision-AllTraffic")
     assert "--gpus all" in gpu and "dnf install" not in gpu
     assert f"IMAGE={registry}/selfmaker-dev/serving:0.1.0-gpu" in gpu
-    train = _user_data(dev_run, "train-gpu")
-    data_bucket = dev_run.named("store-data").id
-    assert f"IMAGE={registry}/selfmaker-dev/training:0.1.0-gpu" in train
-    assert f"aws s3 sync s3://{data_bucket}/datasets/demo/train/ \"$ML_ROOT/input/data/\"train" in train
-    assert '"$IMAGE" train' in train
     log_groups = {r.inputs["name"] for r in dev_run.of_type("aws:cloudwatch/logGroup:LogGroup") if "name" in r.inputs}
-    assert {"/selfmaker-dev/churn-champion", "/selfmaker-dev/vision-AllTraffic", "/selfmaker-dev/train-gpu"} <= log_groups
+    assert {"/selfmaker-dev/churn-champion", "/selfmaker-dev/vision-AllTraffic", "/selfmaker-dev/jobs"} <= log_groups
 
 
 def test_ecr_repositories_scan_on_push_keep_tags_immutable_and_expire_old_images(dev_run: PulumiHarness) -> None:

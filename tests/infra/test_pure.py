@@ -190,8 +190,15 @@ SCOPE = policies.RoleScope(
     log_group_pattern="arn:aws:logs:us-east-1:123456789012:log-group:/p/*",
     queue_pattern="arn:aws:sqs:us-east-1:123456789012:p-*", topic_pattern="arn:aws:sns:us-east-1:123456789012:p-*",
     kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/k",
-    autoscaling_group_pattern="arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:*:autoScalingGroupName/*",
-    stack_tags=(("Project", "selfmaker"), ("Stack", "dev")),
+)
+JOB_SCOPE = policies.JobScope(
+    models_bucket_arn="arn:aws:s3:::models-b", data_bucket_arn="arn:aws:s3:::data-b",
+    outputs_bucket_arn="arn:aws:s3:::outputs-b",
+    repository_arns=("arn:aws:ecr:us-east-1:123456789012:repository/p/training",),
+    log_group_arn="arn:aws:logs:us-east-1:123456789012:log-group:/p/jobs",
+    cluster_pattern="arn:aws:ecs:us-east-1:123456789012:cluster/AWSBatch-p-*",
+    container_instance_pattern="arn:aws:ecs:us-east-1:123456789012:container-instance/AWSBatch-p-*",
+    kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/k",
 )
 
 
@@ -205,9 +212,10 @@ def _actions_on(doc: policies.Document, resource_prefix: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("builder", [policies.serving_policy, policies.training_policy, policies.async_worker_policy])
-def test_role_documents_are_valid_json_without_wildcards(builder: object) -> None:
-    doc = builder(SCOPE)  # type: ignore[operator]
+@pytest.mark.parametrize(("builder", "scope"), [(policies.serving_policy, SCOPE), (policies.async_worker_policy, SCOPE),
+                                               (policies.batch_job_policy, JOB_SCOPE)])
+def test_role_documents_are_valid_json_without_wildcards(builder: object, scope: object) -> None:
+    doc = builder(scope)  # type: ignore[operator]
     assert json.loads(json.dumps(doc)) == doc and doc["Version"] == "2012-10-17"
     assert policies.wildcard_violations(doc) == []
     sids = [s["Sid"] for s in doc["Statement"]]
@@ -223,22 +231,26 @@ def test_serving_reads_only_the_model_prefix() -> None:
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["models/*"]}}
 
 
-def test_training_reads_data_and_writes_output_and_checkpoints() -> None:
-    doc = policies.training_policy(SCOPE)
+def test_batch_jobs_read_data_and_models_and_write_outputs_checkpoints_and_state() -> None:
+    doc = policies.batch_job_policy(JOB_SCOPE)
     assert "s3:PutObject" not in _actions_on(doc, "arn:aws:s3:::data-b")
     assert "s3:GetObject" in _actions_on(doc, "arn:aws:s3:::data-b/")
-    assert "s3:PutObject" in _actions_on(doc, "arn:aws:s3:::outputs-b/training/")
-    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"} <= _actions_on(doc, "arn:aws:s3:::outputs-b/checkpoints/")
-    assert not _actions_on(doc, "arn:aws:s3:::models-b")
-    finish = next(st for st in doc["Statement"] if st["Sid"] == "FinishJob")
-    assert finish["Action"] == "autoscaling:TerminateInstanceInAutoScalingGroup"
-    assert finish["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/Project": "selfmaker",
-                                                    "autoscaling:ResourceTag/Stack": "dev"}}
-    assert "FinishJob" not in {st["Sid"] for st in policies.serving_policy(SCOPE)["Statement"]}
-    from dataclasses import replace
+    assert _actions_on(doc, "arn:aws:s3:::models-b/models/") == {"s3:GetObject", "s3:GetObjectVersion"}
+    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"} <= _actions_on(doc, "arn:aws:s3:::outputs-b/")
+    assert "ecs:RegisterContainerInstance" not in json.dumps(doc)  # the agent's rights are the instance's
+    assert _actions_on(doc, "arn:aws:logs:") == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
 
-    with pytest.raises(ValueError, match="stack_tags"):
-        policies.training_policy(replace(SCOPE, stack_tags=()))
+
+def test_batch_instances_run_the_ecs_agent_in_the_stack_clusters_only() -> None:
+    doc = policies.batch_instance_policy(JOB_SCOPE)
+    assert policies.wildcard_violations(doc) == []
+    agent = _actions_on(doc, "arn:aws:ecs:us-east-1:123456789012:cluster/AWSBatch-p-")
+    assert "ecs:RegisterContainerInstance" in agent and "ecs:SubmitTaskStateChange" in agent
+    unscoped = [st for st in doc["Statement"] if st["Resource"] == "*"]
+    assert {st["Action"] if isinstance(st["Action"], str) else tuple(st["Action"]) for st in unscoped} == {
+        "ecs:DiscoverPollEndpoint", "ecr:GetAuthorizationToken"}
+    assert not _actions_on(doc, "arn:aws:s3:::")  # data access is the job role's
+    assert _actions_on(doc, "arn:aws:ecr:") == set(policies.ECR_PULL_ACTIONS)
 
 
 def test_async_workers_use_the_stack_queues_and_topics() -> None:

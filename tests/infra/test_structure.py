@@ -76,7 +76,7 @@ def test_no_launch_configuration_and_no_awsx(path: Path) -> None:
 def test_every_component_follows_the_skeleton() -> None:
     """Type token selfmaker:<module>:<Type>, an …Args dataclass, register_outputs, children parented."""
     components = sorted((ROOT / "infra" / "components").glob("[!_]*.py"))
-    assert {p.stem for p in components} == {"network", "storage", "registry", "iam", "compute"}
+    assert {p.stem for p in components} == {"network", "storage", "registry", "iam", "compute", "jobs"}
     # endpoint kinds live in one package, all of module "endpoints" (selfmaker:endpoints:<Type>)
     endpoint_components = sorted((ROOT / "infra" / "components" / "endpoints").glob("[!_]*.py"))
     assert {"gateway", "realtime"} <= {p.stem for p in endpoint_components}
