@@ -129,11 +129,15 @@ class LambdaApp:
         load is ``ServiceUnavailable`` (503). The container contract's ``/invocations`` answers exactly
         as the model server does.
         """
-        multi = "multiValueHeaders" in event
-        headers = _headers(event, multi)
         extra: dict[str, str] = {VARIANT_HEADER: self.settings.variant_name}
         if request_id:
             extra["x-amzn-RequestId"] = contract.sanitize_header(request_id)
+        if not isinstance(event, Mapping):
+            # a direct `aws lambda invoke` with some other JSON: answered, not a function error
+            return _answer(400, error_body(400, "the event is not an Application Load Balancer request"), _JSON,
+                           extra, False)
+        multi = "multiValueHeaders" in event
+        headers = _headers(event, multi)
         method = str(event.get("httpMethod") or "").upper()
         path = str(event.get("path") or "")
         if path in _PING_PATHS or path.endswith("/ping"):

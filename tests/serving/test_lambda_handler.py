@@ -257,6 +257,9 @@ def test_a_malformed_event_is_answered_not_a_function_error(sandbox: Sandbox) ->
         event[key] = ["Content-Type: text/csv"]
         response = sandbox.call(event)
         assert 400 <= response["statusCode"] < 500 and "__type" in json.loads(alb_body(response))
+    # an event that is not an ALB request at all (a direct invoke with other JSON)
+    response = sandbox.call([1, 2])  # type: ignore[arg-type]
+    assert response["statusCode"] == 400 and "not an Application Load Balancer" in json.loads(alb_body(response))["error"]
     assert sandbox.alive()
 
 
