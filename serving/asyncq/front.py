@@ -135,6 +135,9 @@ class Front:
             return error_response("InternalFailure", "internal error", 500, request_id)
 
     def _accept(self, event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        if not isinstance(event, Mapping):
+            # a direct `aws lambda invoke` with some other JSON: refused, not an internal error
+            raise invoke.InvokeError("The event is not an Application Load Balancer request.")
         method = str(event.get("httpMethod") or "").upper()
         match = _PATH.match(str(event.get("path") or ""))
         if method != "POST" or match is None:

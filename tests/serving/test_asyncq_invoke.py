@@ -212,6 +212,8 @@ def test_malformed_events_are_validation_errors_not_500s(front: Front) -> None:
         assert resp["statusCode"] == 400 and resp["headers"]["x-amzn-ErrorType"] == "ValidationError", resp
     assert "inputLocation" in json.loads(front.handle(no_headers)["body"])["message"]
     assert json.loads(front.handle(body_object)["body"])["message"] == "The request body is not a string."
+    not_alb = front.handle([1, 2])  # type: ignore[arg-type]
+    assert not_alb["statusCode"] == 400 and not_alb["headers"]["x-amzn-ErrorType"] == "ValidationError"
 
 
 def test_an_unexpected_failure_is_a_500_without_details(front: Front) -> None:
