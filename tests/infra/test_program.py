@@ -394,7 +394,8 @@ def test_s3_managed_encryption_and_per_az_nat_without_endpoints_or_flow_logs(
      '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
      "selfmaker:endpoints[0].variants[1].serverless"),
     ("selfmaker:endpoints", '[{"name": "e", "async": {"maxConcurrentInvocationsPerInstance": 2}, "variants": '
-     '[{"name": "v", "modelKey": "models/m.tar.gz", "serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
+     '[{"name": "v", "modelKey": "models/m.tar.gz", '
+     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
      "selfmaker:endpoints[0].variants[0].serverless"),
 ])
 def test_bad_stack_config_fails_naming_the_field(pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str],
