@@ -663,8 +663,9 @@ def _model_key(field_name: str, value: Any, storage: StorageConfig) -> str:
         raise ConfigError(field_name, f"{model_key!r} must be a model.tar.gz key")
     if not model_key.startswith(storage.model_prefix):
         raise ConfigError(field_name, f"{model_key!r} is outside modelPrefix {storage.model_prefix!r}")
-    # `models/../other/m.tar.gz` is a literal key under the prefix to S3, but reads (and to some path-normalising
-    # tools resolves) as a key outside it; control characters break the user data's logs and commands.
+    # `models/../other/m.tar.gz` is a literal key under the prefix to S3, but reads (and to some
+    # path-normalising tools resolves) as a key outside it; control characters break the user data's logs
+    # and commands.
     if any(part in ("", ".", "..") for part in model_key.split("/")) or not model_key.isprintable():
         raise ConfigError(field_name, f"{model_key!r} must be plain path segments (no empty, '.' or '..' segment, "
                           "no control character)")

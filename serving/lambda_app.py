@@ -129,11 +129,15 @@ class LambdaApp:
         load is ``ServiceUnavailable`` (503). The container contract's ``/invocations`` answers exactly
         as the model server does.
         """
-        multi = "multiValueHeaders" in event
-        headers = _headers(event, multi)
         extra: dict[str, str] = {VARIANT_HEADER: self.settings.variant_name}
         if request_id:
             extra["x-amzn-RequestId"] = contract.sanitize_header(request_id)
+        if not isinstance(event, Mapping):
+            # a direct `aws lambda invoke` with some other JSON: answered, not a function error
+            return _answer(400, error_body(400, "the event is not an Application Load Balancer request"), _JSON,
+                           extra, False)
+        multi = "multiValueHeaders" in event
+        headers = _headers(event, multi)
         method = str(event.get("httpMethod") or "").upper()
         path = str(event.get("path") or "")
         if path in _PING_PATHS or path.endswith("/ping"):
@@ -205,12 +209,15 @@ class LambdaApp:
 def _headers(event: Mapping[str, Any], multi: bool) -> dict[str, str]:
     """Lower-cased request headers; of a repeated header (multi-value target groups) the last value."""
     out: dict[str, str] = {}
+    # handle() must answer any event: headers that are not a mapping count as none (never an exception)
     if multi:
-        for name, values in (event.get("multiValueHeaders") or {}).items():
+        multi_headers = event.get("multiValueHeaders")
+        for name, values in (multi_headers.items() if isinstance(multi_headers, Mapping) else ()):
             if isinstance(values, list) and values:
                 out[str(name).lower()] = str(values[-1])
     else:
-        for name, value in (event.get("headers") or {}).items():
+        single = event.get("headers")
+        for name, value in (single.items() if isinstance(single, Mapping) else ()):
             if value is not None:
                 out[str(name).lower()] = str(value)
     return out

@@ -17,6 +17,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from batch.awsbatch import recorded_records
+from batch.cli import platform_url, resolve_model
+from batch.errors import InputError, TransformRequestError
+from batch.request import parse_request
+from selfmaker.api.validation import service_model, validate_request
+from selfmaker.errors import ValidationException
+from selfmaker.jobs.aws_batch import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    AwsBatchError,
+    BatchJobs,
+    array_counts,
+    check_training_request,
+    progress_line,
+    submit_training,
+    submit_transform,
+    watch,
+)
+
 
 def _read_request(prog: str, path: str) -> dict[str, Any] | None:
     try:
@@ -37,8 +56,6 @@ def _text(doc: str | None) -> str:
 
 
 def _jobs(prog: str) -> Any:
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from selfmaker.jobs.aws_batch import AwsBatchError, BatchJobs
 
     try:
         return BatchJobs()
@@ -102,11 +119,6 @@ def transform_main(argv: list[str]) -> int:
                         "(default s3://<output bucket>/selfmaker-jobs/transform/<job>/)")
     args = parser.parse_args(argv)
     prog = "selfmaker transform"
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from batch.cli import platform_url, resolve_model
-    from batch.errors import InputError, TransformRequestError
-    from batch.request import parse_request
-    from selfmaker.jobs.aws_batch import AwsBatchError, progress_line, submit_transform, watch
 
     request = _read_request(prog, args.request)
     if request is None:
@@ -150,8 +162,6 @@ def transform_main(argv: list[str]) -> int:
         print(f"follow it with `selfmaker status --aws-batch {submitted.queue}` and "
               f"`selfmaker logs {submitted.job_id} --aws-batch`; outputs go to {submitted.outputs}")
         return 0
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from batch.awsbatch import recorded_records
 
     bar = _Bar(sys.stderr)
     started = time.monotonic()
@@ -189,15 +199,10 @@ def train_main(argv: list[str]) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     prog = "selfmaker train"
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from selfmaker.jobs.aws_batch import AwsBatchError, check_training_request, submit_training, watch
 
     request = _read_request(prog, args.request)
     if request is None:
         return 2
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from selfmaker.api.validation import service_model, validate_request
-    from selfmaker.errors import ValidationException
 
     try:
         check_training_request(request)
@@ -249,8 +254,6 @@ def logs_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", action="store_true", required=True, help="read from AWS Batch / CloudWatch")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each stream")
     args = parser.parse_args(argv)
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from selfmaker.jobs.aws_batch import AwsBatchError
 
     jobs = _jobs("selfmaker logs")
     if jobs is None:
@@ -291,8 +294,6 @@ def status_main(argv: list[str]) -> int:
     parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN")
     parser.add_argument("--limit", type=int, default=20, help="most finished jobs to list (default 20)")
     args = parser.parse_args(argv)
-    # deferred: only the --aws-batch forms load boto3 and the engines' modules
-    from selfmaker.jobs.aws_batch import ACTIVE_STATUSES, FINAL_STATUSES, AwsBatchError, array_counts
 
     jobs = _jobs("selfmaker status")
     if jobs is None:

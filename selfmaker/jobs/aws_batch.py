@@ -12,11 +12,23 @@ Jobs keep their request and progress under a state prefix next to their output,
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from batch import awsbatch, storage
+from batch.errors import BatchError
+from batch.request import parse_request
+from training.images import classify_image
+from training.runner import TrainingRequestError, check_request
+from training.storage import Storage, StorageError
+from training.trainer import NO_PROGRAM
 
 TAG_CAPACITY = "selfmaker:capacity"
 TAG_ACCELERATOR = "selfmaker:accelerator"
@@ -120,8 +132,6 @@ class BatchJobs:
     """The AWS side of ``--aws-batch``: queues, job definitions, images, submission, status and logs."""
 
     def __init__(self, session: Any = None) -> None:
-        # deferred: boto3/botocore and the engines load only when AWS Batch is used
-        import boto3
 
         self.session = session or boto3.session.Session()
         if not self.session.region_name:
@@ -149,8 +159,6 @@ class BatchJobs:
 
     def queue(self, name_or_arn: str) -> Queue:
         """The queue called ``name_or_arn`` (AwsBatchError naming it when there is none)."""
-        # deferred: boto3/botocore and the engines load only when AWS Batch is used
-        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             found = self.batch.describe_job_queues(jobQueues=[name_or_arn]).get("jobQueues", [])
@@ -193,8 +201,6 @@ class BatchJobs:
 
     def check_image(self, definition: dict[str, Any]) -> str:
         """The definition's image; an ECR image whose tag is not pushed is an AwsBatchError naming it."""
-        # deferred: boto3/botocore and the engines load only when AWS Batch is used
-        from botocore.exceptions import ClientError
 
         container = definition.get("containerProperties") or {}
         if not container:
@@ -221,8 +227,6 @@ class BatchJobs:
 
     def submit(self, **params: Any) -> dict[str, Any]:
         """``SubmitJob`` with ``params``; an AWS refusal is an AwsBatchError."""
-        # deferred: boto3/botocore and the engines load only when AWS Batch is used
-        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return dict(self.batch.submit_job(**params))
@@ -303,8 +307,6 @@ class BatchJobs:
 
     def log_events(self, group: str, stream: str) -> Iterator[str]:
         """Every message of one log stream, oldest first."""
-        # deferred: boto3/botocore and the engines load only when AWS Batch is used
-        from botocore.exceptions import ClientError
 
         token: str | None = None
         while True:
@@ -358,9 +360,6 @@ def submit_transform(jobs: BatchJobs, request: dict[str, Any], queue_name: str, 
     :class:`batch.errors.InputError` when the input has no objects and :class:`AwsBatchError` for the queue,
     definition or image. Shares whose outputs exist are not submitted again.
     """
-    # deferred: boto3/botocore and the engines load only when AWS Batch is used
-    from batch import awsbatch
-    from batch.request import parse_request
 
     spec = parse_request(request)  # the local command's checks and messages, before anything else
     for what, uri in (("TransformInput.DataSource.S3DataSource.S3Uri", spec.input_uri),
@@ -424,11 +423,6 @@ def check_training_request(request: Any) -> None:
     checkpoint = str((request.get("CheckpointConfig") or {}).get("S3Uri") or "")
     if checkpoint and not checkpoint.startswith("s3://"):
         raise AwsBatchError(f"CheckpointConfig.S3Uri {checkpoint!r} must be an s3:// URI for a job on AWS Batch")
-    # the training runner's own checks (heavy imports, needed only by `selfmaker train --aws-batch`)
-    from training.images import classify_image
-    from training.runner import TrainingRequestError, check_request
-    from training.trainer import NO_PROGRAM
-
     try:
         check_request(request)  # what the runner would fail the job with once it started
     except TrainingRequestError as exc:
@@ -447,8 +441,6 @@ def check_training_request(request: Any) -> None:
 
 def check_channels(request: dict[str, Any]) -> None:
     """Every S3Prefix channel must hold objects (one line naming the first that does not)."""
-    # deferred: boto3/botocore and the engines load only when AWS Batch is used
-    from training.storage import Storage, StorageError
 
     storage = Storage(None)
     for channel in request.get("InputDataConfig") or []:
@@ -466,12 +458,7 @@ def check_channels(request: dict[str, Any]) -> None:
 def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -> Submitted:
     """Submit a CreateTrainingJob request: one node, or a multi-node job for InstanceCount > 1; spot when
     the request enables managed spot training. The request is stored in the job's state prefix."""
-    # deferred: boto3/botocore and the engines load only when AWS Batch is used
-    import json
 
-    # deferred: boto3/botocore and the engines load only when AWS Batch is used
-    from batch import storage
-    from batch.errors import BatchError
 
     check_training_request(request)
     job_name = str(request["TrainingJobName"])

@@ -135,6 +135,9 @@ class Front:
             return error_response("InternalFailure", "internal error", 500, request_id)
 
     def _accept(self, event: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        if not isinstance(event, Mapping):
+            # a direct `aws lambda invoke` with some other JSON: refused, not an internal error
+            raise invoke.InvokeError("The event is not an Application Load Balancer request.")
         method = str(event.get("httpMethod") or "").upper()
         match = _PATH.match(str(event.get("path") or ""))
         if method != "POST" or match is None:
@@ -228,13 +231,18 @@ def event_headers(event: Mapping[str, Any]) -> dict[str, str]:
     multi = event.get("multiValueHeaders")
     if isinstance(multi, Mapping):
         return {str(k): str(v[-1]) for k, v in multi.items() if isinstance(v, list) and v}
-    single = event.get("headers") or {}
-    return {str(k): str(v) for k, v in single.items()}
+    single = event.get("headers")
+    # headers that are not a mapping count as none: the request is then refused as a 400, not a 500
+    if not isinstance(single, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in single.items() if v is not None}
 
 
 def event_body(event: Mapping[str, Any]) -> bytes:
     """The request body of an ALB event (base64 when ``isBase64Encoded``)."""
     body = event.get("body") or ""
+    if not isinstance(body, (str, bytes, bytearray)):
+        raise invoke.InvokeError("The request body is not a string.")
     if event.get("isBase64Encoded"):
         try:
             return base64.b64decode(body, validate=True)

@@ -221,7 +221,10 @@ def parse_headers(
     input_location = get(H_INPUT_LOCATION) or None
     if input_location is not None:
         if len(input_location) > MAX_HEADER or any(ord(c) > 127 or c in "\r\n" for c in input_location):
-            raise _invalid("inputLocation", f"Member must have length less than or equal to {MAX_HEADER}")
+            raise _invalid(
+                "inputLocation", f"Member must have length less than or equal to {MAX_HEADER} and be ASCII",
+                input_location,
+            )
         if not location_ok(input_location, schemes):
             allowed = " or ".join(f"{s}://" for s in schemes)
             raise InvokeError(

@@ -382,6 +382,21 @@ def test_s3_managed_encryption_and_per_az_nat_without_endpoints_or_flow_logs(
     ("selfmaker:groups", '[{"name": "x1", "role": "serve", "modelKey": "models/m.tar.gz", "spotPercentage": 150}]',
      "selfmaker:groups[0].spotPercentage"),
     ("selfmaker:groups", "[not json", "selfmaker:groups"),
+    # issue 21's endpoint mistakes fail the whole program (pulumi preview), not only the config parser
+    ("selfmaker:endpoints", '[{"name": "e", "variants": [{"name": "v", "modelKey": "models/m.tar.gz", '
+     '"serverless": {"memorySizeInMB": 1536, "maxConcurrency": 5}}]}]',
+     "selfmaker:endpoints[0].variants[0].serverless.memorySizeInMB"),
+    ("selfmaker:endpoints", '[{"name": "e", "variants": [{"name": "v", "modelKey": "models/m.tar.gz", '
+     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 201}}]}]',
+     "selfmaker:endpoints[0].variants[0].serverless.maxConcurrency"),
+    ("selfmaker:endpoints", '[{"name": "e", "variants": [{"name": "i", "modelKey": "models/m.tar.gz", '
+     '"initialInstanceCount": 1}, {"name": "v", "modelKey": "models/m.tar.gz", '
+     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
+     "selfmaker:endpoints[0].variants[1].serverless"),
+    ("selfmaker:endpoints", '[{"name": "e", "async": {"maxConcurrentInvocationsPerInstance": 2}, "variants": '
+     '[{"name": "v", "modelKey": "models/m.tar.gz", '
+     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
+     "selfmaker:endpoints[0].variants[0].serverless"),
 ])
 def test_bad_stack_config_fails_naming_the_field(pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str],
                                                  key: str, value: str, field: str) -> None:

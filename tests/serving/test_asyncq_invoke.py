@@ -203,6 +203,19 @@ def test_base64_bodies_are_measured_decoded(front: Front) -> None:
     assert json.loads(front.handle(bad)["body"])["message"] == "The request body is not valid base64."
 
 
+def test_malformed_events_are_validation_errors_not_500s(front: Front) -> None:
+    no_headers = {**_event({}), "headers": ["x-amzn-sagemaker-inputlocation: " + LOC]}
+    body_object = {**_event({"x-amzn-sagemaker-inputlocation": LOC}), "body": {"a": 1}}
+    body_object_b64 = {**body_object, "isBase64Encoded": True}
+    for event in (no_headers, body_object, body_object_b64):
+        resp = front.handle(event)
+        assert resp["statusCode"] == 400 and resp["headers"]["x-amzn-ErrorType"] == "ValidationError", resp
+    assert "inputLocation" in json.loads(front.handle(no_headers)["body"])["message"]
+    assert json.loads(front.handle(body_object)["body"])["message"] == "The request body is not a string."
+    not_alb = front.handle([1, 2])  # type: ignore[arg-type]
+    assert not_alb["statusCode"] == 400 and not_alb["headers"]["x-amzn-ErrorType"] == "ValidationError"
+
+
 def test_an_unexpected_failure_is_a_500_without_details(front: Front) -> None:
     broken = Front(
         FrontSettings(**{**front.settings.__dict__, "queue_url": front.settings.queue_url + "-gone"}),
@@ -276,3 +289,12 @@ def test_input_key_with_query_and_fragment_characters_is_checked_whole(front: Fr
     assert resp["statusCode"] == 202, resp["body"]
     msgs = front.sqs.receive_message(QueueUrl=front.settings.queue_url, MaxNumberOfMessages=10)["Messages"]
     assert [AsyncRequest.from_json(m["Body"]).input_location for m in msgs] == [f"s3://in-bucket/{key}"]
+
+
+@pytest.mark.parametrize("location", [LOC + "x" * 1100, LOC + "é", LOC + "\r\nX-Injected: 1"])
+def test_an_unusable_input_location_is_shown_not_called_null(location: str) -> None:
+    # an over-long or non-ASCII InputLocation was reported as "Value null", which reads as "missing"
+    with pytest.raises(invoke.InvokeError) as err:
+        invoke.parse_headers({invoke.H_INPUT_LOCATION: location})
+    assert err.value.status == 400 and "at 'inputLocation'" in err.value.message
+    assert "Value null" not in err.value.message and f"Value '{location[:20]}" in err.value.message

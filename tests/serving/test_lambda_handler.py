@@ -249,6 +249,20 @@ def test_bad_base64_and_wrong_target_variant_are_400(sandbox: Sandbox) -> None:
     assert "Blue" in json.loads(alb_body(other))["Message"]
 
 
+def test_a_malformed_event_is_answered_not_a_function_error(sandbox: Sandbox) -> None:
+    # headers that are not a mapping used to raise out of the handler: a function error, a bare 502 at the ALB
+    for key in ("headers", "multiValueHeaders"):
+        event = alb_event(PATH, b"1,2", headers={"Content-Type": "text/csv"})
+        event.pop("headers", None)
+        event[key] = ["Content-Type: text/csv"]
+        response = sandbox.call(event)
+        assert 400 <= response["statusCode"] < 500 and "__type" in json.loads(alb_body(response))
+    # an event that is not an ALB request at all (a direct invoke with other JSON)
+    response = sandbox.call([1, 2])  # type: ignore[arg-type]
+    assert response["statusCode"] == 400 and "not an Application Load Balancer" in json.loads(alb_body(response))["error"]
+    assert sandbox.alive()
+
+
 def test_oversized_payload_and_header_injection(sandbox: Sandbox) -> None:
     big = b"0" * (4 * 1024 * 1024 + 1)
     plain = sandbox.call(alb_event("/invocations", big, headers={"Content-Type": "text/csv"}, binary=True))
