@@ -152,6 +152,14 @@ def transform_main(argv: list[str]) -> int:
     except (InputError, AwsBatchError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _follow_transform(prog, args, jobs, submitted)
+    except KeyboardInterrupt:  # from the moment the job exists: it goes on without us
+        return _left_running(prog, submitted)
+
+
+def _follow_transform(prog: str, args: argparse.Namespace, jobs: BatchJobs, submitted: Any) -> int:
+    """Print what was submitted and, unless ``--no-wait``, wait with the progress bar; the exit code."""
     if submitted.nothing_to_do:
         print(f"every output already exists: {submitted.outputs}")
         return 0
@@ -178,10 +186,8 @@ def transform_main(argv: list[str]) -> int:
 
     try:
         outcome = watch(jobs, submitted.job_id, unit="share", on_poll=on_poll, interval=args.poll)
-    except KeyboardInterrupt:
+    finally:
         bar.close()
-        return _left_running(prog, submitted)
-    bar.close()
     if outcome.status == "SUCCEEDED":
         print(f"TransformJobStatus: Completed\noutputs: {submitted.outputs}")
         return 0
@@ -222,6 +228,14 @@ def train_main(argv: list[str]) -> int:
     except AwsBatchError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _follow_training(prog, args, jobs, submitted)
+    except KeyboardInterrupt:  # from the moment the job exists: it goes on without us
+        return _left_running(prog, submitted)
+
+
+def _follow_training(prog: str, args: argparse.Namespace, jobs: BatchJobs, submitted: Any) -> int:
+    """Print what was submitted and, unless ``--no-wait``, wait printing status changes; the exit code."""
     print(f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}", flush=True)
     if args.no_wait:
         print(f"follow it with `selfmaker logs {submitted.job_id} --aws-batch`; the model goes to "
@@ -234,10 +248,7 @@ def train_main(argv: list[str]) -> int:
             last[0] = str(job.get("status"))
             print(f"[{submitted.job_name}] {last[0]}", flush=True)
 
-    try:
-        outcome = watch(jobs, submitted.job_id, unit="node", on_poll=on_poll, interval=args.poll)
-    except KeyboardInterrupt:
-        return _left_running(prog, submitted)
+    outcome = watch(jobs, submitted.job_id, unit="node", on_poll=on_poll, interval=args.poll)
     if outcome.status == "SUCCEEDED":
         print(f"TrainingJobStatus: Completed\nmodel: {submitted.outputs}")
         return 0
