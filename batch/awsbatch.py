@@ -101,8 +101,16 @@ def _pending(plan: JobPlan, state: str) -> tuple[list[PartSpec], list[int], set[
     return todo, assemble_only, set(done_files), recorded
 
 
-def prepare(request: dict[str, Any], *, model: str, model_environment: dict[str, str], state: str,
-            children: int, part_bytes: int, cores_per_child: int) -> Prepared:
+def prepare(
+    request: dict[str, Any],
+    *,
+    model: str,
+    model_environment: dict[str, str],
+    state: str,
+    children: int,
+    part_bytes: int,
+    cores_per_child: int,
+) -> Prepared:
     """Validate the request, plan the job and write the state prefix for ``children`` array children.
 
     A plan stored by an earlier submission of the same request over the same input is kept, and only the
@@ -124,21 +132,34 @@ def prepare(request: dict[str, Any], *, model: str, model_environment: dict[str,
                 storage.delete_prefix(storage.join_uri(state, sub))
     todo, assemble_only, done, recorded = _pending(plan, state)
     groups = balance([p.size for p in todo], children)
-    shares: list[list[tuple[int, int]]] = [[(todo[i].file_index, todo[i].part_index) for i in g] for g in groups]
+    shares: list[list[tuple[int, int]]] = [
+        [(todo[i].file_index, todo[i].part_index) for i in g] for g in groups
+    ]
     for file_index in assemble_only:
         # all its parts are recorded, only the assembly is missing (a child died between the two)
         first = plan.files[file_index].parts[0]
         if not shares:
             shares.append([])
         shares[0].append((first.file_index, first.part_index))
-    storage.put_bytes(storage.join_uri(state, JOB_FILE), orjson.dumps(
-        {"request": request, "model": model, "environment": dict(model_environment)}))
+    storage.put_bytes(
+        storage.join_uri(state, JOB_FILE),
+        orjson.dumps({"request": request, "model": model, "environment": dict(model_environment)}),
+    )
     storage.put_bytes(stored, plan.to_json())
-    storage.put_bytes(storage.join_uri(state, SHARES_FILE),
-                      orjson.dumps({"shares": [[list(item) for item in share] for share in shares]}))
-    return Prepared(state=state, shares=shares, files_total=len(plan.files), files_done=len(done),
-                    parts_total=len(plan.parts), parts_done=recorded,
-                    outputs=[f.out_uri for f in plan.files], bytes_total=sum(f.info.size for f in plan.files))
+    storage.put_bytes(
+        storage.join_uri(state, SHARES_FILE),
+        orjson.dumps({"shares": [[list(item) for item in share] for share in shares]}),
+    )
+    return Prepared(
+        state=state,
+        shares=shares,
+        files_total=len(plan.files),
+        files_done=len(done),
+        parts_total=len(plan.parts),
+        parts_done=recorded,
+        outputs=[f.out_uri for f in plan.files],
+        bytes_total=sum(f.info.size for f in plan.files),
+    )
 
 
 def recorded_records(state: str) -> tuple[int, int]:
@@ -162,8 +183,15 @@ class ShareResult:
     elapsed: float = 0.0
 
 
-def _run_parts(parts: list[PartSpec], spec: Any, model: str, model_env: dict[str, str], state: str,
-               settings: BatchSettings, result: ShareResult) -> None:
+def _run_parts(
+    parts: list[PartSpec],
+    spec: Any,
+    model: str,
+    model_env: dict[str, str],
+    state: str,
+    settings: BatchSettings,
+    result: ShareResult,
+) -> None:
     """Transform ``parts`` on a LocalCluster of this machine's cores with the engine's plugin and task."""
     from distributed import Client, LocalCluster, as_completed
 
@@ -173,15 +201,27 @@ def _run_parts(parts: list[PartSpec], spec: Any, model: str, model_env: dict[str
     name = f"selfmaker-share-{spec.job_name}-{result.index}"
     workers = min(settings.effective_workers(), len(parts))
     # one worker needs no process of its own: it shares this one (no second interpreter, no second import)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=workers > 1,
-                           dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=workers > 1,
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.WARNING,
+    )
     client = Client(cluster)
     try:
         mode = "url" if model.startswith(("http://", "https://")) else settings.mode
-        plugin = ModelPlugin(name, model, mode=mode,
-                             env=_with_s3_endpoint(model_environment(spec, model_env), settings.s3_endpoint_url),
-                             timeout=spec.timeout_s, retries=spec.max_retries, python=settings.python,
-                             startup_timeout=settings.startup_timeout, s3_endpoint=settings.s3_endpoint_url)
+        plugin = ModelPlugin(
+            name,
+            model,
+            mode=mode,
+            env=_with_s3_endpoint(model_environment(spec, model_env), settings.s3_endpoint_url),
+            timeout=spec.timeout_s,
+            retries=spec.max_retries,
+            python=settings.python,
+            startup_timeout=settings.startup_timeout,
+            s3_endpoint=settings.s3_endpoint_url,
+        )
         try:
             client.register_plugin(plugin, name=name)
         except BatchError:
@@ -190,8 +230,19 @@ def _run_parts(parts: list[PartSpec], spec: Any, model: str, model_env: dict[str
             raise BatchError(f"the model could not be started on the workers: {exc}") from None
         info = next(iter(client.run(worker_info, name).values()))
         spec = spec.with_execution_parameters(info["execution_parameters"]).resolved()
-        futures = [client.submit(run_part, spec, part, name, state, f"{name}-progress", pure=False,
-                                 key=f"part-{name}-{part.file_index}-{part.part_index}") for part in parts]
+        futures = [
+            client.submit(
+                run_part,
+                spec,
+                part,
+                name,
+                state,
+                f"{name}-progress",
+                pure=False,
+                key=f"part-{name}-{part.file_index}-{part.part_index}",
+            )
+            for part in parts
+        ]
         failure: BaseException | None = None
         for future in as_completed(futures):
             if future.status == "finished":
@@ -284,9 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     The index defaults to ``AWS_BATCH_JOB_ARRAY_INDEX`` (0 for a job of one share, which Batch runs as a
     plain job). Exit 0 when the share's parts are written, 1 on failure (the reason on stderr).
     """
-    parser = argparse.ArgumentParser(prog="selfmaker transform-share", description=(main.__doc__ or "").split("\n")[0])
-    parser.add_argument("--state", required=True, help="the job's state prefix (s3://...) written by the submitter")
-    parser.add_argument("--index", type=int, default=None, help="share index (default $AWS_BATCH_JOB_ARRAY_INDEX or 0)")
+    parser = argparse.ArgumentParser(
+        prog="selfmaker transform-share", description=(main.__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument(
+        "--state", required=True, help="the job's state prefix (s3://...) written by the submitter"
+    )
+    parser.add_argument(
+        "--index", type=int, default=None, help="share index (default $AWS_BATCH_JOB_ARRAY_INDEX or 0)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -297,10 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfmaker transform-share: share {index} failed: {exc}", file=sys.stderr, flush=True)
         return 1
     rate = result.records / result.elapsed if result.elapsed > 0 else 0.0
-    print(f"share {index}: {result.parts} parts run, {result.parts_skipped} already done, "
-          f"{result.records:,} records "
-          f"({rate:,.0f} records/s), {len(result.objects_written)} objects written in {result.elapsed:.1f} s",
-          flush=True)
+    print(
+        f"share {index}: {result.parts} parts run, {result.parts_skipped} already done, "
+        f"{result.records:,} records "
+        f"({rate:,.0f} records/s), {len(result.objects_written)} objects written in {result.elapsed:.1f} s",
+        flush=True,
+    )
     for uri in result.objects_written:
         print(f"  {uri}", flush=True)
     return 0

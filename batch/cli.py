@@ -49,7 +49,11 @@ def platform_url(explicit: str | None = None, environ: dict[str, str] | None = N
     home = Path(env["SELFMAKER_HOME"]) if env.get("SELFMAKER_HOME") else Path.home() / ".selfmaker"
     try:
         announced = json.loads((home / PLATFORM_FILE).read_text(encoding="utf-8"))
-        if isinstance(announced, dict) and announced.get("url") and _pid_alive(int(announced.get("pid") or 0)):
+        if (
+            isinstance(announced, dict)
+            and announced.get("url")
+            and _pid_alive(int(announced.get("pid") or 0))
+        ):
             return str(announced["url"])
     except (OSError, ValueError, TypeError):
         pass
@@ -62,22 +66,38 @@ def _parser() -> argparse.ArgumentParser:
         description="Run one CreateTransformJob request (JSON file, botocore shape) on Dask.",
     )
     parser.add_argument("request", help="CreateTransformJob request as a JSON file ('-' for stdin)")
-    parser.add_argument("--scheduler", help="Dask scheduler address (tcp://HOST:PORT); default a LocalCluster "
-                        "(env SELFMAKER_BATCH_SCHEDULER)")
+    parser.add_argument(
+        "--scheduler",
+        help="Dask scheduler address (tcp://HOST:PORT); default a LocalCluster "
+        "(env SELFMAKER_BATCH_SCHEDULER)",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model-dir", help="unpacked model directory (model.onnx, code/ ...)")
     model.add_argument("--model-data", help="model.tar.gz as a path, file:// or s3:// URI")
     model.add_argument("--model-url", help="base URL of a running model server (http://127.0.0.1:PORT)")
-    parser.add_argument("--endpoint-url", default=None,
-                        help="selfmaker platform URL used to resolve ModelName (default $AWS_ENDPOINT_URL_SAGEMAKER, "
-                        "$SELFMAKER_ENDPOINT_URL, the `selfmaker up` of $SELFMAKER_HOME, else " + DEFAULT_ENDPOINT + ")")
-    parser.add_argument("--state-dir", help="where finished parts are recorded (default "
-                        "$SELFMAKER_HOME/transform/<TransformJobName>, SELFMAKER_HOME defaulting to ~/.selfmaker)")
-    parser.add_argument("--resume", action="store_true", help="skip the parts and objects a previous run finished")
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="selfmaker platform URL used to resolve ModelName (default $AWS_ENDPOINT_URL_SAGEMAKER, "
+        "$SELFMAKER_ENDPOINT_URL, the `selfmaker up` of $SELFMAKER_HOME, else " + DEFAULT_ENDPOINT + ")",
+    )
+    parser.add_argument(
+        "--state-dir",
+        help="where finished parts are recorded (default "
+        "$SELFMAKER_HOME/transform/<TransformJobName>, SELFMAKER_HOME defaulting to ~/.selfmaker)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the parts and objects a previous run finished"
+    )
     parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
-    parser.add_argument("--mode", choices=("auto", "http", "inprocess"),
-                        help="run the model in model servers (http), in the workers (inprocess) or choose (auto)")
-    parser.add_argument("--part-mb", type=float, help="byte-range size large objects are split into (default 32)")
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "http", "inprocess"),
+        help="run the model in model servers (http), in the workers (inprocess) or choose (auto)",
+    )
+    parser.add_argument(
+        "--part-mb", type=float, help="byte-range size large objects are split into (default 32)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
@@ -116,11 +136,13 @@ class ProgressBar:
         fraction = min(1.0, max(0.0, fraction))
         filled = int(fraction * self.width)
         bar = "#" * filled + "." * (self.width - filled)
-        return (f"[{bar}] {fraction * 100:5.1f}%  {p.records:,} records  "
-                f"{_fmt_bytes(p.bytes_done)}/{_fmt_bytes(p.bytes_total)}  "
-                f"{p.rate_records:,.0f} rec/s {_fmt_bytes(p.rate_bytes)}/s  "
-                f"parts {p.parts_done}/{p.parts_total}  files {p.files_done}/{p.files_total}  "
-                f"ETA {_fmt_time(p.eta)}")
+        return (
+            f"[{bar}] {fraction * 100:5.1f}%  {p.records:,} records  "
+            f"{_fmt_bytes(p.bytes_done)}/{_fmt_bytes(p.bytes_total)}  "
+            f"{p.rate_records:,.0f} rec/s {_fmt_bytes(p.rate_bytes)}/s  "
+            f"parts {p.parts_done}/{p.parts_total}  files {p.files_done}/{p.files_total}  "
+            f"ETA {_fmt_time(p.eta)}"
+        )
 
     def __call__(self, p: Any) -> None:
         text = self.line(p)
@@ -161,8 +183,9 @@ def summary(result: Any, out: TextIO) -> None:
     out.flush()
 
 
-def resolve_model(model_name: str, endpoint_url: str,
-                  instead: str = "--model-dir / --model-data / --model-url") -> tuple[str, dict[str, str]]:
+def resolve_model(
+    model_name: str, endpoint_url: str, instead: str = "--model-dir / --model-data / --model-url"
+) -> tuple[str, dict[str, str]]:
     """``(model data URI, container environment)`` of ModelName on a running platform.
 
     Raises SystemExit-friendly ValueError with an explanation when the platform does not answer or
@@ -177,19 +200,26 @@ def resolve_model(model_name: str, endpoint_url: str,
     config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 1})
     if session.get_credentials() is None:
         config = config.merge(Config(signature_version=UNSIGNED))  # the local platform needs no signature
-    client = session.client("sagemaker", endpoint_url=endpoint_url, config=config,
-                            region_name=session.region_name or "us-east-1")
+    client = session.client(
+        "sagemaker", endpoint_url=endpoint_url, config=config, region_name=session.region_name or "us-east-1"
+    )
     try:
         model = client.describe_model(ModelName=model_name)
     except EndpointConnectionError:
-        raise ValueError(f"no selfmaker platform answers at {endpoint_url} to resolve ModelName {model_name!r}; "
-                         f"start `selfmaker up` or pass {instead}") from None
+        raise ValueError(
+            f"no selfmaker platform answers at {endpoint_url} to resolve ModelName {model_name!r}; "
+            f"start `selfmaker up` or pass {instead}"
+        ) from None
     except ClientError as exc:
-        raise ValueError(f"ModelName {model_name!r}: {exc.response.get('Error', {}).get('Message', exc)}") from None
+        raise ValueError(
+            f"ModelName {model_name!r}: {exc.response.get('Error', {}).get('Message', exc)}"
+        ) from None
     except BotoCoreError as exc:
         raise ValueError(f"cannot reach the platform at {endpoint_url}: {exc}") from None
     container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-    uri = container.get("ModelDataUrl") or ((container.get("ModelDataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
+    uri = container.get("ModelDataUrl") or (
+        (container.get("ModelDataSource") or {}).get("S3DataSource") or {}
+    ).get("S3Uri")
     if not uri:
         raise ValueError(f"model {model_name!r} has no model data (ModelDataUrl); pass {instead}")
     return uri, dict(container.get("Environment") or {})
@@ -235,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     if not model:
         name = request.get("ModelName")
         if not name:
-            print("selfmaker transform: the request has no ModelName; pass --model-dir, --model-data or "
-                  "--model-url",
-                  file=sys.stderr)
+            print(
+                "selfmaker transform: the request has no ModelName; pass --model-dir, --model-data or "
+                "--model-url",
+                file=sys.stderr,
+            )
             return 2
         try:
             model, model_env = resolve_model(name, platform_url(args.endpoint_url))
@@ -246,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     job_name = str(request.get("TransformJobName") or "transform-job")
     # the platform's home (selfmaker.settings reads the same variable; batch does not import selfmaker)
-    home = Path(os.environ["SELFMAKER_HOME"]) if os.environ.get("SELFMAKER_HOME") else Path.home() / ".selfmaker"
+    home = (
+        Path(os.environ["SELFMAKER_HOME"]) if os.environ.get("SELFMAKER_HOME") else Path.home() / ".selfmaker"
+    )
     state_dir = args.state_dir or str(home / "transform" / job_name)
 
     stop = threading.Event()
@@ -256,15 +290,25 @@ def main(argv: list[str] | None = None) -> int:
         interrupts[0] += 1
         if interrupts[0] > 1:
             raise KeyboardInterrupt
-        print("\nstopping (finished objects are kept; run again with --resume to continue)...", file=sys.stderr)
+        print(
+            "\nstopping (finished objects are kept; run again with --resume to continue)...", file=sys.stderr
+        )
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     bar = None if args.quiet else ProgressBar(sys.stderr)
     try:
-        result = run_transform(request, model_dir=model, scheduler=args.scheduler, on_progress=bar,
-                               stop_event=stop, state_dir=state_dir, resume=args.resume, settings=settings,
-                               model_environment=model_env)
+        result = run_transform(
+            request,
+            model_dir=model,
+            scheduler=args.scheduler,
+            on_progress=bar,
+            stop_event=stop,
+            state_dir=state_dir,
+            resume=args.resume,
+            settings=settings,
+            model_environment=model_env,
+        )
     except TransformRequestError as exc:
         if bar:
             bar.close()

@@ -119,8 +119,17 @@ def run_transform(
     settings = settings or BatchSettings()
     if settings.s3_endpoint_url:
         storage.configure_s3(settings.s3_endpoint_url)
-    job = _Job(spec, model_dir, settings, scheduler or settings.scheduler, client, on_progress,
-               stop_event or threading.Event(), state_dir, resume)
+    job = _Job(
+        spec,
+        model_dir,
+        settings,
+        scheduler or settings.scheduler,
+        client,
+        on_progress,
+        stop_event or threading.Event(),
+        state_dir,
+        resume,
+    )
     job.model_env = dict(model_environment or {})
     return job.run()
 
@@ -161,9 +170,18 @@ def line_of(spec: TransformSpec, uri: str, offset: int) -> int:
 class _Job:
     """One transform job: connect to the cluster, start the model on its workers, plan, execute, tear down."""
 
-    def __init__(self, spec: TransformSpec, model: str, settings: BatchSettings, scheduler: str | None,
-                 client: Any, on_progress: Callable[[Progress], None] | None, stop_event: threading.Event,
-                 state_dir: str | None, resume: bool) -> None:
+    def __init__(
+        self,
+        spec: TransformSpec,
+        model: str,
+        settings: BatchSettings,
+        scheduler: str | None,
+        client: Any,
+        on_progress: Callable[[Progress], None] | None,
+        stop_event: threading.Event,
+        state_dir: str | None,
+        resume: bool,
+    ) -> None:
         self.spec = spec
         self.model = str(model)
         self.settings = settings
@@ -219,8 +237,13 @@ class _Job:
             return self.client, None
         if self.scheduler:
             return Client(self.scheduler, timeout="30s"), None
-        cluster = LocalCluster(n_workers=self.settings.effective_workers(), threads_per_worker=1, processes=True,
-                               dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
+        cluster = LocalCluster(
+            n_workers=self.settings.effective_workers(),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.WARNING,
+        )
         return Client(cluster), cluster
 
     # -- the run --------------------------------------------------------------------------------------
@@ -245,7 +268,9 @@ class _Job:
                 raise BatchError(f"cannot reach the Dask cluster: {exc}") from None
             self._start_model(client)
             workers = max(1, len(client.scheduler_info().get("workers", {})))
-            plan = make_plan(self.spec, infos, part_bytes=int(self.settings.part_mb * 1024 * 1024), workers=workers)
+            plan = make_plan(
+                self.spec, infos, part_bytes=int(self.settings.part_mb * 1024 * 1024), workers=workers
+            )
             plan = self._load_state(state, plan)
             self._execute(client, plan, state)
         except StoppedError:
@@ -271,10 +296,17 @@ class _Job:
         """Register the model plugin (each worker starts its model server), then adopt the model's
         execution parameters into the spec."""
         env = _with_s3_endpoint(model_environment(self.spec, self.model_env), self.settings.s3_endpoint_url)
-        plugin = ModelPlugin(self.plugin_name, self.model, mode=self._mode(), env=env,
-                             timeout=self.spec.timeout_s, retries=self.spec.max_retries,
-                             python=self.settings.python, startup_timeout=self.settings.startup_timeout,
-                             s3_endpoint=self.settings.s3_endpoint_url)
+        plugin = ModelPlugin(
+            self.plugin_name,
+            self.model,
+            mode=self._mode(),
+            env=env,
+            timeout=self.spec.timeout_s,
+            retries=self.spec.max_retries,
+            python=self.settings.python,
+            startup_timeout=self.settings.startup_timeout,
+            s3_endpoint=self.settings.s3_endpoint_url,
+        )
         try:
             client.register_plugin(plugin, name=self.plugin_name)
         except BatchError:
@@ -468,17 +500,31 @@ class _Execution:
 
     def _submit_part(self, part: PartSpec) -> None:
         job = self.job
-        future = self.client.submit(run_part, job.spec, part, job.plugin_name, self.state, job.topic,
-                                    key=f"part-{job.token}-{part.file_index}-{part.part_index}", pure=False,
-                                    priority=-part.file_index)
+        future = self.client.submit(
+            run_part,
+            job.spec,
+            part,
+            job.plugin_name,
+            self.state,
+            job.topic,
+            key=f"part-{job.token}-{part.file_index}-{part.part_index}",
+            pure=False,
+            priority=-part.file_index,
+        )
         self._track(future, "part", part.file_index, part.part_index)
 
     def _submit_assembly(self, file_index: int) -> None:
         fplan = self.plan.files[file_index]
         storage_parts = [part_uri(self.state, p) for p in fplan.parts]
         storage.cleanup_tmp(fplan.out_uri)
-        future = self.client.submit(assemble, storage_parts, fplan.out_uri,
-                                    key=f"assemble-{self.job.token}-{file_index}", pure=False, priority=10)
+        future = self.client.submit(
+            assemble,
+            storage_parts,
+            fplan.out_uri,
+            key=f"assemble-{self.job.token}-{file_index}",
+            pure=False,
+            priority=10,
+        )
         self._track(future, "assemble", file_index, -1)
 
     # -- events ---------------------------------------------------------------------------------------

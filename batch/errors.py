@@ -37,8 +37,15 @@ class RecordError(BatchError):
     (decompressed) object.
     """
 
-    def __init__(self, message: str, *, source: str, offset: int, line_in_part: int | None = None,
-                 line: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str,
+        offset: int,
+        line_in_part: int | None = None,
+        line: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.source = source
@@ -56,8 +63,9 @@ class RecordError(BatchError):
         return f"ClientError: {self.source}, {where}: {self.message}"
 
 
-def _rebuild_record_error(message: str, source: str, offset: int, line_in_part: int | None,
-                          line: int | None) -> RecordError:
+def _rebuild_record_error(
+    message: str, source: str, offset: int, line_in_part: int | None, line: int | None
+) -> RecordError:
     return RecordError(message, source=source, offset=offset, line_in_part=line_in_part, line=line)
 
 

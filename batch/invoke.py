@@ -79,8 +79,9 @@ class HttpInvoker:
         """Close the idle connections; in-flight ones are closed when their request ends."""
         self._pool.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         """One request, no retry; a kept-alive connection the server closed is replaced once."""
         return self._pool.request(method, path, body, headers)
 
@@ -141,14 +142,17 @@ class LocalInvoker:
                 log.warning("in-process model failed: %s", exc, exc_info=True)
                 last = "HTTP 500: internal error"
             if attempt < self.retries:
-                time.sleep(min(2.0, 0.2 * 2 ** attempt))
+                time.sleep(min(2.0, 0.2 * 2**attempt))
         raise InvocationFailed(f"the model failed {self.retries + 1} time(s); last: {last}")
 
     def execution_parameters(self) -> dict[str, Any]:
         """What this model's server would answer at ``/execution-parameters``."""
         settings = self.plane.settings
-        return {"MaxConcurrentTransforms": settings.effective_max_concurrent_transforms(),
-                "BatchStrategy": settings.batch_strategy, "MaxPayloadInMB": settings.max_payload_mb}
+        return {
+            "MaxConcurrentTransforms": settings.effective_max_concurrent_transforms(),
+            "BatchStrategy": settings.batch_strategy,
+            "MaxPayloadInMB": settings.max_payload_mb,
+        }
 
 
 def _die_with_parent() -> None:
@@ -175,8 +179,15 @@ def model_source_args(source: str) -> list[str]:
 class ModelServerProcess:
     """``python -m serving`` on 127.0.0.1 (contracts §2), started and stopped by PID."""
 
-    def __init__(self, source: str, env: dict[str, str], *, python: str | None = None,
-                 startup_timeout: float = 120.0, stop_grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        source: str,
+        env: dict[str, str],
+        *,
+        python: str | None = None,
+        startup_timeout: float = 120.0,
+        stop_grace: float = 10.0,
+    ) -> None:
         self.source = source
         self.env = env
         self.python = python or sys.executable
@@ -208,11 +219,25 @@ class ModelServerProcess:
         env = dict(os.environ)
         env.update(self.env)
         self.port = free_port()
-        cmd = [self.python, "-m", "serving", *model_source_args(self.source), "--host", "127.0.0.1",
-               "--port", str(self.port)]
+        cmd = [
+            self.python,
+            "-m",
+            "serving",
+            *model_source_args(self.source),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         # a killed worker must not leave its model server behind
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
         probe = HttpInvoker(self.url, timeout=2.0, retries=0)
         try:
             return self._wait_ready(probe)
@@ -227,8 +252,10 @@ class ModelServerProcess:
             if self.proc.poll() is not None:
                 tail = self._log_tail()
                 self.stop()
-                raise ModelServerError(f"the model server exited with code {self.proc.returncode} before it was "
-                                       f"ready: {tail or last}")
+                raise ModelServerError(
+                    f"the model server exited with code {self.proc.returncode} before it was "
+                    f"ready: {tail or last}"
+                )
             try:
                 status, body = probe.request("GET", "/ping")
                 if status == 200:
@@ -240,8 +267,9 @@ class ModelServerProcess:
             time.sleep(0.05)
         tail = self._log_tail()
         self.stop()
-        raise ModelServerError(f"the model server did not pass /ping within {self.startup_timeout:.0f} s: "
-                               f"{last}; {tail}")
+        raise ModelServerError(
+            f"the model server did not pass /ping within {self.startup_timeout:.0f} s: {last}; {tail}"
+        )
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after the grace period; idempotent."""

@@ -110,14 +110,16 @@ def _step(value: Any, segment: Segment, text: str) -> tuple[Any, bool]:
         try:
             return value[segment.index], False
         except IndexError:
-            raise ValueError(f"{text}: index {segment.index} is out of range for {len(value)} fields") from None
+            raise ValueError(
+                f"{text}: index {segment.index} is out of range for {len(value)} fields"
+            ) from None
     if isinstance(segment, Indexes):
         try:
             return [value[i] for i in segment.indexes], True
         except IndexError:
             raise ValueError(f"{text}: an index is out of range for {len(value)} fields") from None
     assert isinstance(segment, Slice)
-    return value[segment.start:segment.end], True
+    return value[segment.start : segment.end], True
 
 
 def _kind(value: Any) -> str:
@@ -180,7 +182,7 @@ def parse_jsonpath(text: str) -> JsonPath:
             pos = match.end()
         elif char == "[":
             depth_end = _find_close(source, pos)
-            segments.append(_parse_bracket(source[pos + 1:depth_end]))
+            segments.append(_parse_bracket(source[pos + 1 : depth_end]))
             pos = depth_end + 1
         else:
             raise ValueError(f"unexpected {char!r} at position {pos}")

@@ -50,11 +50,22 @@ class JobPlan:
 
     def to_json(self) -> bytes:
         """The plan as stored in ``plan.json``."""
-        return orjson.dumps({
-            "fingerprint": self.fingerprint,
-            "files": [{"uri": f.info.uri, "rel": f.info.rel, "size": f.info.size, "version": f.info.version,
-                       "out": f.out_uri, "parts": [[p.start, p.end] for p in f.parts]} for f in self.files],
-        })
+        return orjson.dumps(
+            {
+                "fingerprint": self.fingerprint,
+                "files": [
+                    {
+                        "uri": f.info.uri,
+                        "rel": f.info.rel,
+                        "size": f.info.size,
+                        "version": f.info.version,
+                        "out": f.out_uri,
+                        "parts": [[p.start, p.end] for p in f.parts],
+                    }
+                    for f in self.files
+                ],
+            }
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> JobPlan:
@@ -77,9 +88,15 @@ def read_manifest(uri: str) -> list[ObjectInfo]:
         entries = orjson.loads(storage.read_bytes(uri))
     except orjson.JSONDecodeError as exc:
         raise InputError(f"manifest {uri} is not valid JSON: {exc}") from None
-    if (not isinstance(entries, list) or not entries or not isinstance(entries[0], dict)
-            or not isinstance(entries[0].get("prefix"), str)):
-        raise InputError(f'manifest {uri} must be a JSON array starting with {{"prefix": "s3://bucket/prefix/"}}')
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not isinstance(entries[0], dict)
+        or not isinstance(entries[0].get("prefix"), str)
+    ):
+        raise InputError(
+            f'manifest {uri} must be a JSON array starting with {{"prefix": "s3://bucket/prefix/"}}'
+        )
     prefix = entries[0]["prefix"]
     if not storage.is_uri(prefix):
         raise InputError(f"manifest {uri}: prefix {prefix!r} must be an s3:// or file:// URI")
@@ -94,7 +111,11 @@ def read_manifest(uri: str) -> list[ObjectInfo]:
 
 def list_inputs(spec: TransformSpec) -> list[ObjectInfo]:
     """The job's input objects (InputError when there are none)."""
-    infos = read_manifest(spec.input_uri) if spec.data_type == "ManifestFile" else storage.list_prefix(spec.input_uri)
+    infos = (
+        read_manifest(spec.input_uri)
+        if spec.data_type == "ManifestFile"
+        else storage.list_prefix(spec.input_uri)
+    )
     if not infos:
         raise InputError(f"no input objects found at {spec.input_uri}")
     return infos
@@ -125,10 +146,12 @@ def make_plan(spec: TransformSpec, infos: list[ObjectInfo], *, part_bytes: int, 
         else:
             plan.parts.append(PartSpec(index, 0, info.uri, 0, None, info.size))
         files.append(plan)
-    fingerprint = hashlib.sha256(orjson.dumps(
-        {"spec": spec.fingerprint(), "inputs": [[i.uri, i.rel, i.size, i.version] for i in infos]},
-        option=orjson.OPT_SORT_KEYS,
-    )).hexdigest()
+    fingerprint = hashlib.sha256(
+        orjson.dumps(
+            {"spec": spec.fingerprint(), "inputs": [[i.uri, i.rel, i.size, i.version] for i in infos]},
+            option=orjson.OPT_SORT_KEYS,
+        )
+    ).hexdigest()
     return JobPlan(files, fingerprint)
 
 

@@ -80,8 +80,16 @@ class LineRange:
     ``start`` is a record boundary), else at 0. ``end=None`` reads to the end of the object.
     """
 
-    def __init__(self, stream: BinaryIO | CountingStream | GunzipStream, *, source: str, start: int,
-                 end: int | None, max_record: int, read_size: int = READ_BYTES) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO | CountingStream | GunzipStream,
+        *,
+        source: str,
+        start: int,
+        end: int | None,
+        max_record: int,
+        read_size: int = READ_BYTES,
+    ) -> None:
         self._stream = stream
         self.read_size = read_size
         self.source = source
@@ -101,7 +109,7 @@ class LineRange:
                 return pos
             idx = chunk.find(b"\n")
             if idx >= 0:
-                self._carry = chunk[idx + 1:]
+                self._carry = chunk[idx + 1 :]
                 return pos + idx + 1
             pos += len(chunk)
 
@@ -115,7 +123,7 @@ class LineRange:
             if carry and self.end is not None and pos + len(carry) >= self.end:
                 k = carry.find(b"\n", max(0, self.end - 1 - pos))
                 if k >= 0:
-                    yield pos, carry[:k + 1]
+                    yield pos, carry[: k + 1]
                     return
             chunk = self._stream.read(self.read_size)
             if not chunk:
@@ -127,8 +135,8 @@ class LineRange:
             if self.end is not None and pos + len(data) >= self.end:
                 k = data.find(b"\n", max(0, self.end - 1 - pos))
                 if k >= 0:
-                    self._check_size(pos, data[:k + 1])
-                    yield pos, data[:k + 1]
+                    self._check_size(pos, data[: k + 1])
+                    yield pos, data[: k + 1]
                     return
                 carry = data
                 self._check_size(pos, carry)
@@ -138,16 +146,19 @@ class LineRange:
                 carry = data
                 self._check_size(pos, carry)
                 continue
-            yield pos, data[:k + 1]
+            yield pos, data[: k + 1]
             pos += k + 1
-            carry = data[k + 1:]
+            carry = data[k + 1 :]
 
     def _check_size(self, pos: int, data: bytes) -> None:
         first = data.find(b"\n")
         length = len(data) if first < 0 else first
         if length > self.max_record:
-            raise RecordError(f"record of more than {self.max_record} bytes exceeds MaxPayloadInMB",
-                              source=self.source, offset=pos)
+            raise RecordError(
+                f"record of more than {self.max_record} bytes exceeds MaxPayloadInMB",
+                source=self.source,
+                offset=pos,
+            )
 
     def blocks(self, max_bytes: int) -> Iterator[tuple[int, bytes]]:
         """``(offset, data)`` of mini-batches of whole lines, each at most ``max_bytes`` long."""
@@ -169,11 +180,14 @@ class LineRange:
                         yield cur_off, bytes(cur)
                         cur = bytearray()
                         continue
-                    raise RecordError(f"record of more than {max_bytes} bytes exceeds MaxPayloadInMB",
-                                      source=self.source, offset=off + i)
+                    raise RecordError(
+                        f"record of more than {max_bytes} bytes exceeds MaxPayloadInMB",
+                        source=self.source,
+                        offset=off + i,
+                    )
                 if not cur:
                     cur_off = off + i
-                cur += seg[i:k + 1]
+                cur += seg[i : k + 1]
                 yield cur_off, bytes(cur)
                 cur = bytearray()
                 i = k + 1
@@ -209,8 +223,9 @@ def clean_block(block: bytes) -> tuple[bytes, int]:
     return block, block.count(b"\n")
 
 
-def iter_framed(stream: BinaryIO | CountingStream | GunzipStream, kind: str, source: str,
-                max_record: int) -> Iterator[tuple[int, bytes, bytes]]:
+def iter_framed(
+    stream: BinaryIO | CountingStream | GunzipStream, kind: str, source: str, max_record: int
+) -> Iterator[tuple[int, bytes, bytes]]:
     """``(offset, stored, unpadded)`` of each RecordIO (MXNet) or TFRecord record of a whole object.
 
     ``stored`` is the record exactly as stored (header, data, RecordIO padding), ``unpadded`` the same
@@ -250,10 +265,10 @@ def iter_framed(stream: BinaryIO | CountingStream | GunzipStream, kind: str, sou
             raise RecordError(f"record of {length} bytes exceeds MaxPayloadInMB", source=source, offset=pos)
         if not need(header + padded):
             raise RecordError(f"truncated {kind} record", source=source, offset=pos)
-        stored = buf[:header + padded]
-        unpadded = buf[:header + length] if kind == "RecordIO" else stored
+        stored = buf[: header + padded]
+        unpadded = buf[: header + length] if kind == "RecordIO" else stored
         yield pos, stored, unpadded
-        buf = buf[header + padded:]
+        buf = buf[header + padded :]
         pos += header + padded
 
 

@@ -23,8 +23,13 @@ def media_kind(media_type: str | None) -> str:
     base = (media_type or "").split(";")[0].strip().lower()
     if base in ("text/csv", "text/x-csv", "application/csv"):
         return "csv"
-    if base in ("application/json", "application/jsonlines", "application/x-jsonlines", "application/json-lines",
-                "application/jsonl"):
+    if base in (
+        "application/json",
+        "application/jsonlines",
+        "application/x-jsonlines",
+        "application/json-lines",
+        "application/jsonl",
+    ):
         return "json"
     return "other"
 
@@ -83,6 +88,7 @@ class TransformSpec:
 
     def with_execution_parameters(self, params: dict[str, Any]) -> TransformSpec:
         """Fill the fields the job left unset from a container's ``/execution-parameters`` answer."""
+
         def pick(*names: str) -> Any:
             for name in names:
                 if params.get(name) is not None:
@@ -125,7 +131,9 @@ class TransformSpec:
         if self.max_payload_mb:
             env["SAGEMAKER_MAX_PAYLOAD_IN_MB"] = str(self.max_payload_mb)
         if self.batch_strategy:
-            env["SAGEMAKER_BATCH_STRATEGY"] = "MULTI_RECORD" if self.batch_strategy == "MultiRecord" else "SINGLE_RECORD"
+            env["SAGEMAKER_BATCH_STRATEGY"] = (
+                "MULTI_RECORD" if self.batch_strategy == "MultiRecord" else "SINGLE_RECORD"
+            )
         if self.max_concurrent:
             env["SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"] = str(self.max_concurrent)
         return env
@@ -156,7 +164,9 @@ def _int(value: Any, member: str, lo: int, hi: int | None) -> int | None:
         raise TransformRequestError(f"'{member}' must be an integer")
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise TransformRequestError(f"Value {value} at '{member}' failed to satisfy constraint: must be {bound}")
+        raise TransformRequestError(
+            f"Value {value} at '{member}' failed to satisfy constraint: must be {bound}"
+        )
     return value
 
 
@@ -190,14 +200,20 @@ def parse_request(request: dict[str, Any]) -> TransformSpec:
     s3 = (tin.get("DataSource") or {}).get("S3DataSource")
     if not isinstance(s3, dict):
         raise TransformRequestError("'TransformInput.DataSource.S3DataSource' is required")
-    data_type = _enum(s3.get("S3DataType"), ("S3Prefix", "ManifestFile", "AugmentedManifestFile"),
-                      "TransformInput.DataSource.S3DataSource.S3DataType", "S3Prefix")
+    data_type = _enum(
+        s3.get("S3DataType"),
+        ("S3Prefix", "ManifestFile", "AugmentedManifestFile"),
+        "TransformInput.DataSource.S3DataSource.S3DataType",
+        "S3Prefix",
+    )
     if data_type == "AugmentedManifestFile":
         raise TransformRequestError("S3DataType AugmentedManifestFile is not supported by batch transform")
     input_uri = _uri(s3.get("S3Uri"), "TransformInput.DataSource.S3DataSource.S3Uri")
     output_path = _uri(tout.get("S3OutputPath"), "TransformOutput.S3OutputPath")
     split = _enum(tin.get("SplitType"), SPLIT_TYPES, "TransformInput.SplitType", "None")
-    compression = _enum(tin.get("CompressionType"), ("None", "Gzip"), "TransformInput.CompressionType", "None")
+    compression = _enum(
+        tin.get("CompressionType"), ("None", "Gzip"), "TransformInput.CompressionType", "None"
+    )
     assemble = _enum(tout.get("AssembleWith"), ("None", "Line"), "TransformOutput.AssembleWith", "None")
     strategy = request.get("BatchStrategy")
     if strategy is not None:
@@ -207,13 +223,18 @@ def parse_request(request: dict[str, Any]) -> TransformSpec:
     if payload and concurrent and payload * concurrent > 100:
         raise TransformRequestError("MaxConcurrentTransforms * MaxPayloadInMB must not exceed 100 MB")
     mcc = request.get("ModelClientConfig") or {}
-    timeout = _int(mcc.get("InvocationsTimeoutInSeconds"), "ModelClientConfig.InvocationsTimeoutInSeconds", 1, 3600)
+    timeout = _int(
+        mcc.get("InvocationsTimeoutInSeconds"), "ModelClientConfig.InvocationsTimeoutInSeconds", 1, 3600
+    )
     retries = _int(mcc.get("InvocationsMaxRetries"), "ModelClientConfig.InvocationsMaxRetries", 0, 3)
     dp = request.get("DataProcessing") or {}
     input_filter = dp.get("InputFilter") or "$"
     output_filter = dp.get("OutputFilter") or "$"
     join = _enum(dp.get("JoinSource"), ("Input", "None"), "DataProcessing.JoinSource", "None")
-    for member, expr in (("DataProcessing.InputFilter", input_filter), ("DataProcessing.OutputFilter", output_filter)):
+    for member, expr in (
+        ("DataProcessing.InputFilter", input_filter),
+        ("DataProcessing.OutputFilter", output_filter),
+    ):
         if len(expr) > 63:
             raise TransformRequestError(f"'{member}' is longer than 63 characters")
         try:
@@ -221,25 +242,44 @@ def parse_request(request: dict[str, Any]) -> TransformSpec:
         except ValueError as exc:
             raise TransformRequestError(f"'{member}' {expr!r} is not a supported JSONPath: {exc}") from None
     env = request.get("Environment") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
         raise TransformRequestError("'Environment' must map strings to strings")
     if len(env) > 16:
         raise TransformRequestError("'Environment' may have at most 16 entries")
     spec = TransformSpec(
-        job_name=str(name), input_uri=input_uri, data_type=data_type, content_type=tin.get("ContentType"),
-        compression=compression, split_type=split, output_path=output_path, accept=tout.get("Accept"),
-        assemble_with=assemble, batch_strategy=strategy, max_payload_mb=payload, max_concurrent=concurrent,
-        timeout_s=float(timeout or DEFAULT_TIMEOUT_S), max_retries=DEFAULT_RETRIES if retries is None else retries,
-        input_filter=input_filter, output_filter=output_filter, join_source=join, environment=dict(env),
+        job_name=str(name),
+        input_uri=input_uri,
+        data_type=data_type,
+        content_type=tin.get("ContentType"),
+        compression=compression,
+        split_type=split,
+        output_path=output_path,
+        accept=tout.get("Accept"),
+        assemble_with=assemble,
+        batch_strategy=strategy,
+        max_payload_mb=payload,
+        max_concurrent=concurrent,
+        timeout_s=float(timeout or DEFAULT_TIMEOUT_S),
+        max_retries=DEFAULT_RETRIES if retries is None else retries,
+        input_filter=input_filter,
+        output_filter=output_filter,
+        join_source=join,
+        environment=dict(env),
     )
     if spec.record_processing:
         if split != "Line":
-            raise TransformRequestError("DataProcessing filters and JoinSource need TransformInput.SplitType 'Line'")
+            raise TransformRequestError(
+                "DataProcessing filters and JoinSource need TransformInput.SplitType 'Line'"
+            )
         if spec.input_kind == "other":
             raise TransformRequestError(
                 "DataProcessing filters and JoinSource need a CSV or JSON TransformInput.ContentType "
                 f"(text/csv, application/json, application/jsonlines), got {spec.content_type!r}"
             )
         if (spec.join_source == "Input" or spec.output_filter != "$") and assemble != "Line":
-            raise TransformRequestError("JoinSource and OutputFilter need TransformOutput.AssembleWith 'Line'")
+            raise TransformRequestError(
+                "JoinSource and OutputFilter need TransformOutput.AssembleWith 'Line'"
+            )
     return spec

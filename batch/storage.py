@@ -70,11 +70,11 @@ def _rel_to_prefix(key: str, prefix: str) -> str:
     if key == prefix:
         return key.rsplit("/", 1)[-1]
     if prefix.endswith("/") or not prefix:
-        return key[len(prefix):]
+        return key[len(prefix) :]
     if key.startswith(prefix + "/"):
-        return key[len(prefix) + 1:]
+        return key[len(prefix) + 1 :]
     directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-    return key[len(directory) + 1:] if directory else key
+    return key[len(directory) + 1 :] if directory else key
 
 
 class Writer(Protocol):
@@ -104,8 +104,14 @@ def list_prefix(uri: str) -> list[ObjectInfo]:
                     key = obj["Key"]
                     if key.endswith("/"):
                         continue
-                    found.append(ObjectInfo(f"s3://{bucket}/{key}", _rel_to_prefix(key, prefix), int(obj["Size"]),
-                                            str(obj.get("ETag", "")).strip('"')))
+                    found.append(
+                        ObjectInfo(
+                            f"s3://{bucket}/{key}",
+                            _rel_to_prefix(key, prefix),
+                            int(obj["Size"]),
+                            str(obj.get("ETag", "")).strip('"'),
+                        )
+                    )
         except (BotoCoreError, ClientError) as exc:
             raise InputError(f"cannot list {uri}: {exc}") from None
         return sorted(found, key=lambda o: o.uri)
@@ -120,13 +126,23 @@ def list_prefix(uri: str) -> list[ObjectInfo]:
         base = path.parent
     else:
         parent = path.parent
-        files = [p for p in parent.rglob("*") if p.is_file() and str(p).startswith(prefix_text)] if parent.is_dir() else []
+        files = (
+            [p for p in parent.rglob("*") if p.is_file() and str(p).startswith(prefix_text)]
+            if parent.is_dir()
+            else []
+        )
         base = parent
     infos = []
     for file in sorted(files):
         stat = file.stat()
-        infos.append(ObjectInfo(to_uri(file), file.relative_to(base).as_posix(), stat.st_size,
-                                f"{stat.st_size}-{stat.st_mtime_ns}"))
+        infos.append(
+            ObjectInfo(
+                to_uri(file),
+                file.relative_to(base).as_posix(),
+                stat.st_size,
+                f"{stat.st_size}-{stat.st_mtime_ns}",
+            )
+        )
     return infos
 
 
@@ -140,7 +156,9 @@ def stat(uri: str) -> ObjectInfo:
             head = s3_client().head_object(Bucket=bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise InputError(f"cannot read {uri}: {exc}") from None
-        return ObjectInfo(uri, key.rsplit("/", 1)[-1], int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
+        return ObjectInfo(
+            uri, key.rsplit("/", 1)[-1], int(head["ContentLength"]), str(head.get("ETag", "")).strip('"')
+        )
     path = local_path(uri)
     try:
         st = path.stat()
@@ -301,7 +319,9 @@ class _S3Writer:
         if self._upload_id is None:
             self._upload_id = self._call("create_multipart_upload")["UploadId"]
         number = len(self._parts) + 1
-        answer = self._call("upload_part", UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer))
+        answer = self._call(
+            "upload_part", UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
+        )
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
         self._buffer.clear()
 
@@ -321,8 +341,9 @@ class _S3Writer:
                 return
             if self._buffer:
                 self._flush_part()
-            self._call("complete_multipart_upload", UploadId=self._upload_id,
-                       MultipartUpload={"Parts": self._parts})
+            self._call(
+                "complete_multipart_upload", UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+            )
             self._upload_id = None
         except OutputError:
             self.abort()
@@ -407,7 +428,7 @@ def list_names(uri: str) -> list[str]:
         names: list[str] = []
         paginator = s3_client().get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            names += [obj["Key"][len(prefix):] for obj in page.get("Contents", [])]
+            names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
         return names
     root = local_path(uri)
     if not root.is_dir():

@@ -149,9 +149,15 @@ def _split_json_answer(answer: bytes, count: int) -> list[bytes] | None:
 class PartTransformer:
     """Transforms one part with ``invoker``, writing the assembled bytes to ``write``."""
 
-    def __init__(self, spec: TransformSpec, part: PartSpec, invoker: Invoker, *,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 on_progress: Callable[[int, int], None] = lambda records, nbytes: None) -> None:
+    def __init__(
+        self,
+        spec: TransformSpec,
+        part: PartSpec,
+        invoker: Invoker,
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_progress: Callable[[int, int], None] = lambda records, nbytes: None,
+    ) -> None:
         self.spec = spec.resolved()
         self.part = part
         self.invoker = invoker
@@ -189,8 +195,12 @@ class PartTransformer:
                     break
                 total += len(data)
                 if cap is not None and total > cap:
-                    raise RecordError(f"the object of more than {cap} bytes exceeds MaxPayloadInMB "
-                                      "(use SplitType Line or a larger MaxPayloadInMB)", source=source, offset=0)
+                    raise RecordError(
+                        f"the object of more than {cap} bytes exceeds MaxPayloadInMB "
+                        "(use SplitType Line or a larger MaxPayloadInMB)",
+                        source=source,
+                        offset=0,
+                    )
                 chunks.append(data)
             body = b"".join(chunks)
             if body:
@@ -225,16 +235,23 @@ class PartTransformer:
 
     @staticmethod
     def _framed_item(batch: list[tuple[int, bytes, bytes]]) -> _Item:
-        return _Item(batch[0][0], b"".join(r[1] for r in batch), len(batch), singles=[(r[0], r[2]) for r in batch])
+        return _Item(
+            batch[0][0], b"".join(r[1] for r in batch), len(batch), singles=[(r[0], r[2]) for r in batch]
+        )
 
     def _model_input(self, offset: int, line: bytes) -> bytes:
         if self._in_path.is_root:
             return line
         try:
-            return serialize(self._in_path.apply(parse_record(line, self.spec.input_kind)), self.spec.input_kind)
+            return serialize(
+                self._in_path.apply(parse_record(line, self.spec.input_kind)), self.spec.input_kind
+            )
         except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-            raise RecordError(f"InputFilter {self.spec.input_filter!r} cannot be applied: {exc}",
-                              source=self.part.uri, offset=offset) from None
+            raise RecordError(
+                f"InputFilter {self.spec.input_filter!r} cannot be applied: {exc}",
+                source=self.part.uri,
+                offset=offset,
+            ) from None
 
     def _filtered_items(self, lines: LineRange, limit: int, multi: bool) -> Iterator[_Item]:
         records: list[tuple[int, bytes]] = []
@@ -246,13 +263,17 @@ class PartTransformer:
                 yield _Item(offset, model_input, 1, records=[(offset, line)], singles=[(offset, model_input)])
                 continue
             if records and size + len(model_input) + 1 > limit:
-                yield _Item(records[0][0], b"\n".join(i for _, i in inputs) + b"\n", len(records), records, inputs)
+                yield _Item(
+                    records[0][0], b"\n".join(i for _, i in inputs) + b"\n", len(records), records, inputs
+                )
                 records, inputs, size = [], [], 0
             records.append((offset, line))
             inputs.append((offset, model_input))
             size += len(model_input) + 1
         if records:
-            yield _Item(records[0][0], b"\n".join(i for _, i in inputs) + b"\n", len(records), records, inputs)
+            yield _Item(
+                records[0][0], b"\n".join(i for _, i in inputs) + b"\n", len(records), records, inputs
+            )
 
     # ---- invoking ------------------------------------------------------------------------------------
 
@@ -263,8 +284,11 @@ class PartTransformer:
         except Rejected as exc:
             if item.count > 1:
                 self._find_rejected(item)
-            raise RecordError(f"the model rejected the record (HTTP {exc.status}): {exc.message}",
-                              source=self.part.uri, offset=item.offset) from None
+            raise RecordError(
+                f"the model rejected the record (HTTP {exc.status}): {exc.message}",
+                source=self.part.uri,
+                offset=item.offset,
+            ) from None
         except InvocationFailed as exc:
             raise RecordError(str(exc), source=self.part.uri, offset=item.offset) from None
 
@@ -278,8 +302,11 @@ class PartTransformer:
             try:
                 self.invoker.invoke(record + suffix, spec.content_type, spec.accept)
             except Rejected as exc:
-                raise RecordError(f"the model rejected the record (HTTP {exc.status}): {exc.message}",
-                                  source=self.part.uri, offset=offset) from None
+                raise RecordError(
+                    f"the model rejected the record (HTTP {exc.status}): {exc.message}",
+                    source=self.part.uri,
+                    offset=offset,
+                ) from None
             except InvocationFailed as exc:
                 raise RecordError(str(exc), source=self.part.uri, offset=offset) from None
 
@@ -302,7 +329,10 @@ class PartTransformer:
                 raise RecordError(
                     f"the model answered {len(outputs)} line(s) for {item.count} record(s); with "
                     "JoinSource or OutputFilter the model must answer one line per record "
-                    "(Accept text/csv or application/jsonlines)", source=self.part.uri, offset=item.offset)
+                    "(Accept text/csv or application/jsonlines)",
+                    source=self.part.uri,
+                    offset=item.offset,
+                )
         pieces: list[bytes] = []
         sep = b"\n" if spec.assemble_with == "Line" else b""
         join = spec.join_source == "Input"
@@ -331,7 +361,9 @@ class PartTransformer:
                 if not out_root:
                     value = self._out_path.apply(value)
             except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-                raise RecordError(f"cannot join/filter the record: {exc}", source=self.part.uri, offset=offset) from None
+                raise RecordError(
+                    f"cannot join/filter the record: {exc}", source=self.part.uri, offset=offset
+                ) from None
             pieces.append(serialize(value, kind) + sep)
         return b"".join(pieces)
 

@@ -53,8 +53,19 @@ class ModelPlugin(WorkerPlugin):
     model has user code).
     """
 
-    def __init__(self, name: str, source: str, *, mode: str, env: dict[str, str], timeout: float, retries: int,
-                 python: str | None = None, startup_timeout: float = 120.0, s3_endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: str,
+        *,
+        mode: str,
+        env: dict[str, str],
+        timeout: float,
+        retries: int,
+        python: str | None = None,
+        startup_timeout: float = 120.0,
+        s3_endpoint: str | None = None,
+    ) -> None:
         self.name = name
         self.s3_endpoint = s3_endpoint
         self.source = source
@@ -115,8 +126,9 @@ class ModelPlugin(WorkerPlugin):
             else:
                 state.invoker = LocalInvoker(state.plane, retries=self.retries)
         if mode == "http":
-            state.server = ModelServerProcess(self.source, self.env, python=self.python,
-                                              startup_timeout=self.startup_timeout).start()
+            state.server = ModelServerProcess(
+                self.source, self.env, python=self.python, startup_timeout=self.startup_timeout
+            ).start()
             state.invoker = HttpInvoker(state.server.url, timeout=self.timeout, retries=self.retries)
         state.mode = mode
 
@@ -179,7 +191,9 @@ def part_record_uri(staging: str, part: PartSpec) -> str:
     return storage.join_uri(staging, f"parts/{part.file_index:06d}/{part.part_index:06d}.json")
 
 
-def run_part(spec: TransformSpec, part: PartSpec, plugin_name: str, staging: str, topic: str) -> dict[str, Any]:
+def run_part(
+    spec: TransformSpec, part: PartSpec, plugin_name: str, staging: str, topic: str
+) -> dict[str, Any]:
     """Dask task: transform one part into its staged output and record it as done; returns the counts."""
     import orjson
 
@@ -198,7 +212,9 @@ def run_part(spec: TransformSpec, part: PartSpec, plugin_name: str, staging: str
             worker.log_event(topic, {"records": totals[0], "bytes": totals[1]})
             totals[0] = totals[1] = 0
 
-    transformer = PartTransformer(spec, part, state.invoker, should_stop=state.stop.is_set, on_progress=progress)
+    transformer = PartTransformer(
+        spec, part, state.invoker, should_stop=state.stop.is_set, on_progress=progress
+    )
     writer = storage.open_writer(part_uri(staging, part))
     try:
         outcome: PartOutcome = transformer.run(writer.write)

@@ -34,26 +34,40 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _env(endpoint: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"PYTHONPATH": str(ROOT), "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     env.update(extra)
     return env
 
 
 def _request(name: str, output: str) -> dict[str, Any]:
     return {
-        "TransformJobName": name, "ModelName": "bench",
-        "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bench-in/data/"}},
-                           "ContentType": "text/csv", "SplitType": "Line"},
+        "TransformJobName": name,
+        "ModelName": "bench",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bench-in/data/"}},
+            "ContentType": "text/csv",
+            "SplitType": "Line",
+        },
         "TransformOutput": {"S3OutputPath": output, "Accept": "text/csv", "AssembleWith": "Line"},
         "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 2},
-        "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
     }
 
 
 def _outputs(s3: Any, prefix: str) -> dict[str, bytes]:
     found = s3.list_objects_v2(Bucket="bench-out", Prefix=prefix).get("Contents", [])
-    return {o["Key"][len(prefix):]: s3.get_object(Bucket="bench-out", Key=o["Key"])["Body"].read() for o in found}
+    return {
+        o["Key"][len(prefix) :]: s3.get_object(Bucket="bench-out", Key=o["Key"])["Body"].read() for o in found
+    }
 
 
 def run_local(endpoint: str, work: Path, model: str, cores: int, tag: str) -> float:
@@ -61,10 +75,27 @@ def run_local(endpoint: str, work: Path, model: str, cores: int, tag: str) -> fl
     req = work / f"{tag}.json"
     req.write_text(json.dumps(_request(tag, f"s3://bench-out/{tag}/")))
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "selfmaker", "transform", str(req), "--model-data", model,
-                           "--workers", str(cores), "--quiet", "--state-dir", str(work / f"state-{tag}")],
-                          env=_env(endpoint, SELFMAKER_HOME=str(work / "home")), capture_output=True, text=True,
-                          timeout=3600, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "selfmaker",
+            "transform",
+            str(req),
+            "--model-data",
+            model,
+            "--workers",
+            str(cores),
+            "--quiet",
+            "--state-dir",
+            str(work / f"state-{tag}"),
+        ],
+        env=_env(endpoint, SELFMAKER_HOME=str(work / "home")),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"local transform failed:\n{proc.stdout}\n{proc.stderr}")
@@ -79,16 +110,32 @@ def run_children(endpoint: str, work: Path, model: str, cores: int, children: in
     storage.configure_s3(endpoint)
     started = time.perf_counter()
     state = f"s3://bench-out/selfmaker-jobs/transform/{tag}/"
-    prepared = prepare(_request(tag, f"s3://bench-out/{tag}/"), model=model, model_environment={}, state=state,
-                       children=children, part_bytes=32 * 2**20, cores_per_child=max(1, cores // children))
+    prepared = prepare(
+        _request(tag, f"s3://bench-out/{tag}/"),
+        model=model,
+        model_environment={},
+        state=state,
+        children=children,
+        part_bytes=32 * 2**20,
+        cores_per_child=max(1, cores // children),
+    )
     per_child = str(max(1, cores // len(prepared.shares)))
     procs = []
     for index in range(len(prepared.shares)):
         log = (work / f"{tag}-{index}.log").open("wb")
-        procs.append((subprocess.Popen(
-            [sys.executable, "-m", "selfmaker", "transform-share", "--state", state],
-            env=_env(endpoint, AWS_BATCH_JOB_ARRAY_INDEX=str(index), SELFMAKER_BATCH_WORKERS=per_child),
-            stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-m", "selfmaker", "transform-share", "--state", state],
+                    env=_env(
+                        endpoint, AWS_BATCH_JOB_ARRAY_INDEX=str(index), SELFMAKER_BATCH_WORKERS=per_child
+                    ),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                ),
+                log,
+            )
+        )
     try:
         codes = [p.wait(timeout=3600) for p, _ in procs]
     finally:
@@ -104,11 +151,18 @@ def run_children(endpoint: str, work: Path, model: str, cores: int, children: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.aws_batch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of input (default 1M, in 4 objects)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.aws_batch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="rows of input (default 1M, in 4 objects)"
+    )
     parser.add_argument("--children", type=int, default=2, help="array children (default 2)")
-    parser.add_argument("--repeat", type=int, default=3, help="pairs of runs (default 3; the median ratio is shown)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="pairs of runs (default 3; the median ratio is shown)"
+    )
     args = parser.parse_args(argv)
 
     import boto3
@@ -122,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
     work = Path(tempfile.mkdtemp(prefix="selfmaker-bench-aws-batch-"))
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -141,8 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         s3.put_object(Bucket="bench-in", Key="model/model.tar.gz", Body=buf.getvalue())
         model = "s3://bench-in/model/model.tar.gz"
         rows = per_object * 4
-        print(f"{rows:,} rows x 20 features in 4 objects on moto S3; {cores} cores; {args.children} children "
-              f"x {max(1, cores // args.children)} workers vs the local engine x {cores} workers", flush=True)
+        print(
+            f"{rows:,} rows x 20 features in 4 objects on moto S3; {cores} cores; {args.children} children "
+            f"x {max(1, cores // args.children)} workers vs the local engine x {cores} workers",
+            flush=True,
+        )
         pairs = []
         for rep in range(args.repeat):
             local_s = run_local(endpoint, work, model, cores, f"local-{rep}")
@@ -151,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             if _outputs(s3, f"batch-{rep}/") != reference or len(reference) != 4:
                 raise SystemExit("the children's outputs differ from the local engine's")
             pairs.append((rows / local_s, rows / batch_s))
-            print(f"[{rep + 1}/{args.repeat}] local {rows / local_s:,.0f} rows/s ({local_s:.1f} s)  "
-                  f"children {rows / batch_s:,.0f} rows/s ({batch_s:.1f} s)  ratio {local_s / batch_s:.2f}", flush=True)
+            print(
+                f"[{rep + 1}/{args.repeat}] local {rows / local_s:,.0f} rows/s ({local_s:.1f} s)  "
+                f"children {rows / batch_s:,.0f} rows/s ({batch_s:.1f} s)  ratio {local_s / batch_s:.2f}",
+                flush=True,
+            )
         ratio = statistics.median(b / a for a, b in pairs)
         print(f"\nmedian ratio children / local engine: {ratio:.2f} (goal >= 0.90); outputs identical")
     finally:

@@ -66,19 +66,33 @@ def make_models(base: Path) -> dict[str, Path]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        models = {"small": LogisticRegression().fit(X, y),
-                  "medium": MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=5, random_state=0).fit(X, y)}
+        models = {
+            "small": LogisticRegression().fit(X, y),
+            "medium": MLPClassifier(hidden_layer_sizes=(256, 256), max_iter=5, random_state=0).fit(X, y),
+        }
     dirs = {}
     for name, model in models.items():
-        onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, FEATURES]))],
-                              options={id(model): {"zipmap": False}}, target_opset=17)
+        onx = convert_sklearn(
+            model,
+            initial_types=[("input", FloatTensorType([None, FEATURES]))],
+            options={id(model): {"zipmap": False}},
+            target_opset=17,
+        )
         d = base / name
         d.mkdir(parents=True, exist_ok=True)
         (d / "model.onnx").write_bytes(onx.SerializeToString())
-        (d / "signature.json").write_text(json.dumps({
-            "format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1],
-            "inputs": [{"name": "input", "dtype": "float32", "shape": [None, FEATURES]}],
-            "response_format": "xgboost"}))
+        (d / "signature.json").write_text(
+            json.dumps(
+                {
+                    "format": 1,
+                    "framework": "sklearn",
+                    "task": "binary_classification",
+                    "classes": [0, 1],
+                    "inputs": [{"name": "input", "dtype": "float32", "shape": [None, FEATURES]}],
+                    "response_format": "xgboost",
+                }
+            )
+        )
         dirs[name] = d
     return dirs
 
@@ -96,7 +110,9 @@ def _limit_worker(args: tuple[str, str, int, int | None, str]) -> int:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(Path(model_dir) / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     rows = 0
     with open(data, "rb") as f, open(out, "wb") as sink:
@@ -114,8 +130,16 @@ def run_limit(model_dir: Path, data: Path, out_dir: Path, procs: int) -> tuple[f
     size = data.stat().st_size
     step = -(-size // procs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(model_dir), str(data), i * step, (i + 1) * step if i < procs - 1 else None, str(out_dir / f"{i}.out"))
-            for i in range(procs)]
+    jobs = [
+        (
+            str(model_dir),
+            str(data),
+            i * step,
+            (i + 1) * step if i < procs - 1 else None,
+            str(out_dir / f"{i}.out"),
+        )
+        for i in range(procs)
+    ]
     from concurrent.futures import ProcessPoolExecutor
 
     # a ProcessPoolExecutor fails (BrokenProcessPool) instead of hanging if a process dies
@@ -172,16 +196,23 @@ def run_job(client: Any, model_dir: Path, data: Path, out: Path, mode: str) -> t
 
     shutil.rmtree(out, ignore_errors=True)
     request = {
-        "TransformJobName": f"bench-{mode}", "ModelName": "bench",
-        "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}},
-                           "ContentType": "text/csv", "SplitType": "Line"},
+        "TransformJobName": f"bench-{mode}",
+        "ModelName": "bench",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}},
+            "ContentType": "text/csv",
+            "SplitType": "Line",
+        },
         "TransformOutput": {"S3OutputPath": out.as_uri(), "Accept": "text/csv", "AssembleWith": "Line"},
         "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
-        "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6,
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
     }
     with MemorySampler() as memory:
         started = time.perf_counter()
-        result = run_transform(request, model_dir=str(model_dir), client=client, settings=BatchSettings(mode=mode))
+        result = run_transform(
+            request, model_dir=str(model_dir), client=client, settings=BatchSettings(mode=mode)
+        )
         seconds = time.perf_counter() - started
     if result.status != "Completed":
         raise SystemExit(f"transform failed: {result.failure_reason}")
@@ -189,15 +220,26 @@ def run_job(client: Any, model_dir: Path, data: Path, out: Path, mode: str) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.batch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the main file (default 1M)")
-    parser.add_argument("--large-factor", type=int, default=4, help="the memory run uses rows x this (default 4; 0 = skip)")
+    parser.add_argument(
+        "--large-factor", type=int, default=4, help="the memory run uses rows x this (default 4; 0 = skip)"
+    )
     parser.add_argument("--models", default="small,medium")
     parser.add_argument("--modes", default="inprocess,http")
-    parser.add_argument("--workers", type=int, default=None, help="Dask workers / limit processes (default: cores)")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds; the best of each measurement is shown "
-                        "(the machine may be shared)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="Dask workers / limit processes (default: cores)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="rounds; the best of each measurement is shown (the machine may be shared)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args(argv)
 
@@ -214,14 +256,20 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         print("generating data and models...", flush=True)
         data = make_data(work / "in" / "data.csv", args.rows)
-        print(f"data: {args.rows:,} rows x {FEATURES} features, {data.stat().st_size / 2**20:.0f} MB "
-              f"(generated in {time.perf_counter() - t:.1f} s); {procs} cores")
+        print(
+            f"data: {args.rows:,} rows x {FEATURES} features, {data.stat().st_size / 2**20:.0f} MB "
+            f"(generated in {time.perf_counter() - t:.1f} s); {procs} cores"
+        )
         models = make_models(work / "models")
         t = time.perf_counter()
-        cluster = LocalCluster(n_workers=procs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
+        cluster = LocalCluster(
+            n_workers=procs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        )
         client = Client(cluster)
-        print(f"LocalCluster with {procs} workers started in {time.perf_counter() - t:.1f} s (not in the "
-              "timings)")
+        print(
+            f"LocalCluster with {procs} workers started in {time.perf_counter() - t:.1f} s (not in the "
+            "timings)"
+        )
         rows_out: list[dict[str, Any]] = []
         peaks: dict[int, int] = {}
         try:
@@ -236,14 +284,24 @@ def main(argv: list[str] | None = None) -> int:
                         best[key] = {"model": name, "path": "in-process limit", "rows/s": args.rows / seconds}
                     for mode in args.modes.split(","):
                         print(f"[{round_ + 1}/{args.repeat}] {name}: transform ({mode})...", flush=True)
-                        seconds, result, peak = run_job(client, models[name], data.parent, work / f"out-{mode}", mode)
+                        seconds, result, peak = run_job(
+                            client, models[name], data.parent, work / f"out-{mode}", mode
+                        )
                         assert result.records == args.rows
                         key = (name, f"transform ({mode})")
                         rate = args.rows / seconds
-                        steady = args.rows / max(1e-9, seconds - result.startup_seconds - result.teardown_seconds)
+                        steady = args.rows / max(
+                            1e-9, seconds - result.startup_seconds - result.teardown_seconds
+                        )
                         if key not in best or rate > best[key]["rows/s"]:
-                            best[key] = {"model": name, "path": key[1], "rows/s": rate, "peak": peak, "steady": steady,
-                                         "setup": result.startup_seconds + result.teardown_seconds}
+                            best[key] = {
+                                "model": name,
+                                "path": key[1],
+                                "rows/s": rate,
+                                "peak": peak,
+                                "steady": steady,
+                                "setup": result.startup_seconds + result.teardown_seconds,
+                            }
                         if name == "small" and mode == "inprocess":
                             peaks[args.rows] = max(peaks.get(args.rows, 0), peak)
             for (name, _path), entry in best.items():
@@ -252,30 +310,40 @@ def main(argv: list[str] | None = None) -> int:
                 if "steady" in entry:
                     entry["steady_ratio"] = entry["steady"] / limit_rate
                 rows_out.append(entry)
-            print(f"\n{'model':8} {'path':24} {'rows/s':>9} {'vs limit':>9} {'steady rows/s':>14} "
-                  f"{'vs limit':>9} {'start+stop':>11} {'peak RSS':>9}")
+            print(
+                f"\n{'model':8} {'path':24} {'rows/s':>9} {'vs limit':>9} {'steady rows/s':>14} "
+                f"{'vs limit':>9} {'start+stop':>11} {'peak RSS':>9}"
+            )
             for r in rows_out:
                 peak = f"{r['peak'] / 2**20:,.0f} MB" if "peak" in r else ""
                 steady = f"{r['steady']:>14,.0f} {r['steady_ratio']:>8.0%}" if "steady" in r else " " * 24
                 setup = f"{r['setup']:.1f} s" if "setup" in r else ""
-                print(f"{r['model']:8} {r['path']:24} {r['rows/s']:>9,.0f} {r['ratio']:>8.0%} {steady} "
-                      f"{setup:>11} {peak:>9}")
-            print("steady = rows / (job time - model start-up on the workers - stopping them); the limit's "
-                  f"processes are started outside its timing too; best of {args.repeat} round(s)")
+                print(
+                    f"{r['model']:8} {r['path']:24} {r['rows/s']:>9,.0f} {r['ratio']:>8.0%} {steady} "
+                    f"{setup:>11} {peak:>9}"
+                )
+            print(
+                "steady = rows / (job time - model start-up on the workers - stopping them); the limit's "
+                f"processes are started outside its timing too; best of {args.repeat} round(s)"
+            )
             if args.large_factor and "small" in args.models.split(","):
                 big_rows = args.rows * args.large_factor
                 shutil.rmtree(work / "limit", ignore_errors=True)
                 shutil.rmtree(work / "out-inprocess", ignore_errors=True)
                 shutil.rmtree(work / "out-http", ignore_errors=True)
                 big = make_data(work / "big" / "data.csv", big_rows, seed=5)
-                seconds, result, peak = run_job(client, models["small"], big.parent, work / "out-big", "inprocess")
+                seconds, result, peak = run_job(
+                    client, models["small"], big.parent, work / "out-big", "inprocess"
+                )
                 peaks[big_rows] = peak
                 print("\nmemory (small model, in process; RSS of driver + workers + servers):")
                 for n, peak in sorted(peaks.items()):
                     print(f"  {n:>10,} rows: peak {peak / 2**20:,.0f} MB")
                 ratio = peaks[big_rows] / peaks[args.rows]
-                print(f"  {args.large_factor}x the rows -> {ratio:.2f}x the peak memory "
-                      f"({big_rows / seconds:,.0f} rows/s on the large file)")
+                print(
+                    f"  {args.large_factor}x the rows -> {ratio:.2f}x the peak memory "
+                    f"({big_rows / seconds:,.0f} rows/s on the large file)"
+                )
         finally:
             client.close()
             cluster.close()

@@ -316,8 +316,21 @@ def measure_first_call(model_dir: Path, reps: int, work: Path) -> list[dict[str,
         log = open(work / f"up-first-{rep}.log", "ab")  # noqa: SIM115 - closed in finally
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "selfmaker", "up", "--home", str(work / f"home-first-{rep}"), "--port", str(port)],
-            env=dict(os.environ), cwd=str(ROOT), start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "selfmaker",
+                "up",
+                "--home",
+                str(work / f"home-first-{rep}"),
+                "--port",
+                str(port),
+            ],
+            env=dict(os.environ),
+            cwd=str(ROOT),
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 60
@@ -327,16 +340,29 @@ def measure_first_call(model_dir: Path, reps: int, work: Path) -> list[dict[str,
                 time.sleep(0.02)
             up = time.perf_counter() - started
             kwargs: dict[str, Any] = dict(
-                endpoint_url=url, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench",
+                endpoint_url=url,
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
                 config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
             )
             sm, smr = boto3.client("sagemaker", **kwargs), boto3.client("sagemaker-runtime", **kwargs)
             created = time.perf_counter()
-            sm.create_model(ModelName="first", ExecutionRoleArn="arn:aws:iam::123456789012:role/bench",
-                            PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()})
-            sm.create_endpoint_config(EndpointConfigName="first", ProductionVariants=[{
-                "VariantName": "AllTraffic", "ModelName": "first",
-                "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 4}}])
+            sm.create_model(
+                ModelName="first",
+                ExecutionRoleArn="arn:aws:iam::123456789012:role/bench",
+                PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()},
+            )
+            sm.create_endpoint_config(
+                EndpointConfigName="first",
+                ProductionVariants=[
+                    {
+                        "VariantName": "AllTraffic",
+                        "ModelName": "first",
+                        "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 4},
+                    }
+                ],
+            )
             sm.create_endpoint(EndpointName="first", EndpointConfigName="first")
             deadline = time.monotonic() + 120
             while sm.describe_endpoint(EndpointName="first")["EndpointStatus"] != "InService":
@@ -346,8 +372,13 @@ def measure_first_call(model_dir: Path, reps: int, work: Path) -> list[dict[str,
             in_service = time.perf_counter() - created
             t0 = time.perf_counter()
             smr.invoke_endpoint(EndpointName="first", Body=BODY, ContentType="text/csv")
-            out.append({"up_seconds": round(up, 3), "create_to_in_service_seconds": round(in_service, 3),
-                        "first_call_seconds": round(time.perf_counter() - t0, 4)})
+            out.append(
+                {
+                    "up_seconds": round(up, 3),
+                    "create_to_in_service_seconds": round(in_service, 3),
+                    "first_call_seconds": round(time.perf_counter() - t0, 4),
+                }
+            )
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -445,8 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="localhost/selfmaker:latest")
     parser.add_argument("--no-platform", action="store_true")
     parser.add_argument("--no-container", action="store_true")
-    parser.add_argument("--first-call-only", action="store_true",
-                        help="only the first call after `selfmaker up` and InService (goal <= 0.5 s)")
+    parser.add_argument(
+        "--first-call-only",
+        action="store_true",
+        help="only the first call after `selfmaker up` and InService (goal <= 0.5 s)",
+    )
     args = parser.parse_args(argv)
     reps = max(1, min(args.reps, 20))
     work = Path(tempfile.mkdtemp(prefix="bench-coldstart-"))
@@ -456,9 +490,16 @@ def main(argv: list[str] | None = None) -> int:
         first = measure_first_call(model_dir, reps if args.first_call_only else min(reps, 3), work)
         first_median = median([r["first_call_seconds"] for r in first])
         if args.first_call_only:
-            print(json.dumps({"first_call_after_up": first, "first_call_median": first_median,
-                              "goal_first_call_at_most_0.5s": first_median is not None and first_median <= 0.5},
-                             indent=2))
+            print(
+                json.dumps(
+                    {
+                        "first_call_after_up": first,
+                        "first_call_median": first_median,
+                        "goal_first_call_at_most_0.5s": first_median is not None and first_median <= 0.5,
+                    },
+                    indent=2,
+                )
+            )
             return 0
         spawn = measure_spawn(model_dir, reps, args.timeout)
         fork, template_seconds = measure_fork(model_dir, reps, args.timeout, work)

@@ -26,7 +26,9 @@ from common.proc import free_port  # noqa: F401 - the benchmarks take it from he
 #: the benchmark anchors (naive flask, MMS, load.sh, make_models.py, coldstart.py):
 #: ``SELFMAKER_ANCHORS``, else ``shared/anchors`` beside the repository (``<repo>/../shared/anchors``,
 #: where the project keeps them)
-ANCHORS = Path(os.environ.get("SELFMAKER_ANCHORS") or Path(__file__).resolve().parents[2] / "shared" / "anchors")
+ANCHORS = Path(
+    os.environ.get("SELFMAKER_ANCHORS") or Path(__file__).resolve().parents[2] / "shared" / "anchors"
+)
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -97,12 +99,18 @@ class Proc:
             pass
 
 
-def start(name: str, cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, log_dir: Path) -> Proc:
+def start(
+    name: str, cmd: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, log_dir: Path
+) -> Proc:
     """Start ``cmd`` in a new session with output to ``log_dir/name.log``."""
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log_file:
         popen = subprocess.Popen(
-            cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT,
+            cmd,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     return Proc(name, popen, log_path)
@@ -147,13 +155,25 @@ def load(url: str, payload: Path | None, concurrency: int, seconds: int) -> Load
     if have_wrk():
         content_type = CONTENT_TYPES.get(payload.suffix.lstrip("."), "text/csv") if payload else "text/csv"
         out = subprocess.run(
-            ["bash", str(ANCHORS / "load.sh"), url, str(payload) if payload else "-", str(concurrency), str(seconds), content_type],
-            capture_output=True, text=True, timeout=seconds + 60,
+            [
+                "bash",
+                str(ANCHORS / "load.sh"),
+                url,
+                str(payload) if payload else "-",
+                str(concurrency),
+                str(seconds),
+                content_type,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
         )
         if out.returncode != 0:
             raise RuntimeError(f"load.sh failed: {out.stderr[-500:]}")
         data = json.loads(out.stdout.strip().splitlines()[-1])
-        errors = sum(int(data.get(k, 0)) for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+        errors = sum(
+            int(data.get(k, 0)) for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout")
+        )
         return LoadResult(data["rps"], data["p50_ms"], data["p99_ms"], data["requests"], errors, "wrk")
     return asyncio.run(_aio_load(url, payload, concurrency, seconds))
 
@@ -187,7 +207,9 @@ async def _aio_load(url: str, payload: Path | None, concurrency: int, seconds: i
 
     begun = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)
+    ) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     elapsed = time.monotonic() - begun
     latencies.sort()
@@ -239,7 +261,10 @@ def build_classifier_tar(dest: Path, features: int = 20) -> Path:
     signature = {"format": 1, "framework": "sklearn", "task": "binary_classification", "classes": [0, 1]}
     archive = dest / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        for name, data in (("model.onnx", onx.SerializeToString()), ("signature.json", json.dumps(signature).encode())):
+        for name, data in (
+            ("model.onnx", onx.SerializeToString()),
+            ("signature.json", json.dumps(signature).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

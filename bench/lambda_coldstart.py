@@ -61,18 +61,34 @@ def _stop(proc: subprocess.Popen[bytes]) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_cold_start(kit: Any, work: Path, command: list[str], env: dict[str, str], event: dict[str, Any],
-                   warm: int = 0, timeout: float = 60.0) -> tuple[float, float, list[float], dict[str, Any]]:
+def one_cold_start(
+    kit: Any,
+    work: Path,
+    command: list[str],
+    env: dict[str, str],
+    event: dict[str, Any],
+    warm: int = 0,
+    timeout: float = 60.0,
+) -> tuple[float, float, list[float], dict[str, Any]]:
     """Seconds from process start to the first answer, the process's CPU seconds (to the first answer
     when ``warm`` is 0: robust on a busy machine), the warm answers' seconds, the first answer."""
     with kit.RuntimeApi() as api:
         sandbox_tmp = Path(tempfile.mkdtemp(dir=work, prefix="sandbox-"))
-        full_env = {**env, **kit.lambda_environment(api.address, task_root=str(work), tmp=str(sandbox_tmp)),
-                    "SELFMAKER_LAMBDA_STATE_DIR": str(sandbox_tmp / "selfmaker")}
+        full_env = {
+            **env,
+            **kit.lambda_environment(api.address, task_root=str(work), tmp=str(sandbox_tmp)),
+            "SELFMAKER_LAMBDA_STATE_DIR": str(sandbox_tmp / "selfmaker"),
+        }
         started = time.perf_counter()
         with open(work / "function.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(command, cwd=str(work), env=full_env, stdout=subprocess.DEVNULL, stderr=log,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                cwd=str(work),
+                env=full_env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
         try:
             outcome = api.invoke(event, timeout=timeout)
             first = time.perf_counter() - started
@@ -117,14 +133,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host, port = moto.get_host_and_port()
         s3_url = f"http://{host}:{port}"
-        credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_SESSION_TOKEN": "bench"}
-        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        credentials = {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_SESSION_TOKEN": "bench",
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         s3.create_bucket(Bucket="bench-models")
         s3.upload_file(str(build_archive(work, kit)), "bench-models", "models/xgb/model.tar.gz")
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **credentials,
-               "AWS_ENDPOINT_URL_S3": s3_url, "SELFMAKER_MODEL_DATA": "s3://bench-models/models/xgb/model.tar.gz",
-               "SELFMAKER_ENDPOINT_NAME": "bench", "SELFMAKER_VARIANT_NAME": "AllTraffic"}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(ROOT),
+            **credentials,
+            "AWS_ENDPOINT_URL_S3": s3_url,
+            "SELFMAKER_MODEL_DATA": "s3://bench-models/models/xgb/model.tar.gz",
+            "SELFMAKER_ENDPOINT_NAME": "bench",
+            "SELFMAKER_VARIANT_NAME": "AllTraffic",
+        }
         body = ",".join(["0.25"] * kit.N_FEATURES).encode()
         event = kit.alb_event("/endpoints/bench/invocations", body, headers={"Content-Type": "text/csv"})
         function_cmd = [sys.executable, "-m", "serving.lambda_handler"]
@@ -140,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             function_cpu.append(cpu)
         _, _, warm, _ = one_cold_start(kit, work, function_cmd, env, event, warm=10)
         result = {
-            "model": (f"built-in XGBoost (binary:logistic, 10 trees, {kit.N_FEATURES} features) "
-                      "from moto's S3"),
+            "model": (
+                f"built-in XGBoost (binary:logistic, 10 trees, {kit.N_FEATURES} features) from moto's S3"
+            ),
             "reps": reps,
             "function_first_answer_seconds": [round(s, 4) for s in function],
             "function_median": median(function),

@@ -39,8 +39,12 @@ FORMATS = ("csv", "json", "npy")
 def build_models(art: Path, medium: str) -> dict[str, dict[str, Any]]:
     """Run the anchors' make_models.py; return {"small": ..., "medium": ...} with model dirs and payloads."""
     if not (art / "manifest.json").is_file():
-        subprocess.run([sys.executable, str(ANCHORS / "make_models.py"), str(art)], check=True,
-                       stdout=subprocess.DEVNULL, timeout=900)
+        subprocess.run(
+            [sys.executable, str(ANCHORS / "make_models.py"), str(art)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=900,
+        )
     manifest = json.loads((art / "manifest.json").read_text())
     models = {}
     for role, name in (("small", "small"), ("medium", medium)):
@@ -49,7 +53,12 @@ def build_models(art: Path, medium: str) -> dict[str, dict[str, Any]]:
         target = model_dir / "model.onnx"
         if not target.exists():
             target.symlink_to((art / manifest["models"][name]["onnx"]).resolve())
-        models[role] = {"name": name, "dir": model_dir, "payloads": art / "payloads", "onnx": target.resolve()}
+        models[role] = {
+            "name": name,
+            "dir": model_dir,
+            "payloads": art / "payloads",
+            "onnx": target.resolve(),
+        }
     return models
 
 
@@ -71,8 +80,15 @@ def in_process(models: dict[str, dict[str, Any]], seconds: float, roles: list[st
             for fmt in FORMATS:
                 body = payload(model, batch, fmt).read_bytes()
                 ctype = CONTENT_TYPES[fmt]
-                calls, p50, p99, _ = timed_loop(lambda plane=plane, body=body, ctype=ctype: plane.invoke(body, ctype, None), seconds)
-                results[f"{role}/b{batch}/{fmt}"] = {"rows_s": calls * batch, "calls_s": calls, "p50_ms": p50, "p99_ms": p99}
+                calls, p50, p99, _ = timed_loop(
+                    lambda plane=plane, body=body, ctype=ctype: plane.invoke(body, ctype, None), seconds
+                )
+                results[f"{role}/b{batch}/{fmt}"] = {
+                    "rows_s": calls * batch,
+                    "calls_s": calls,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                }
         plane.close()
     return results
 
@@ -96,7 +112,9 @@ def server_cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure(url: str, body: Path | None, conc: int, seconds: int, batch: int, pid: int | None) -> dict[str, Any]:
+def measure(
+    url: str, body: Path | None, conc: int, seconds: int, batch: int, pid: int | None
+) -> dict[str, Any]:
     """One load cell plus the server's CPU time per request (robust to other load on the machine)."""
     cpu_before = server_cpu_seconds(pid) if pid else 0.0
     result = load(url, body, conc, seconds)
@@ -106,11 +124,17 @@ def measure(url: str, body: Path | None, conc: int, seconds: int, batch: int, pi
     return row
 
 
-def measure_server(url: str, models_cells: list[tuple[str, dict[str, Any], int, str, int]], seconds: int,
-                   pid: int | None = None) -> dict[str, Any]:
+def measure_server(
+    url: str,
+    models_cells: list[tuple[str, dict[str, Any], int, str, int]],
+    seconds: int,
+    pid: int | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for role, model, batch, fmt, conc in models_cells:
-        out[f"{role}/b{batch}/{fmt}/c{conc}"] = measure(url + "/invocations", payload(model, batch, fmt), conc, seconds, batch, pid)
+        out[f"{role}/b{batch}/{fmt}/c{conc}"] = measure(
+            url + "/invocations", payload(model, batch, fmt), conc, seconds, batch, pid
+        )
     return out
 
 
@@ -150,19 +174,50 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
 
 
 def _row(result: LoadResult, batch: int) -> dict[str, Any]:
-    return {"rps": result.rps, "rows_s": result.rps * batch, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
-            "errors": result.errors, "tool": result.tool, "requests": result.requests}
+    return {
+        "rps": result.rps,
+        "rows_s": result.rps * batch,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "errors": result.errors,
+        "tool": result.tool,
+        "requests": result.requests,
+    }
 
 
-def run_ours(models: dict[str, dict[str, Any]], role: str, cells: list[tuple[int, str, int]], seconds: int,
-             log_dir: Path, worker_class: str, reps: int = 0) -> dict[str, Any]:
+def run_ours(
+    models: dict[str, dict[str, Any]],
+    role: str,
+    cells: list[tuple[int, str, int]],
+    seconds: int,
+    log_dir: Path,
+    worker_class: str,
+    reps: int = 0,
+) -> dict[str, Any]:
     port = free_port()
-    env = {"SELFMAKER_SERVE_WORKER_CLASS": worker_class, "SELFMAKER_ACCESS_LOG": "false",
-           "SELFMAKER_ENDPOINT_NAME": BENCH_ENDPOINT, "SELFMAKER_VARIANT_NAME": "AllTraffic",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = start(f"selfmaker-{role}-{worker_class}",
-                 [sys.executable, "-m", "serving", "--model-dir", str(models[role]["dir"]), "--host", "127.0.0.1",
-                  "--port", str(port)], env=env, log_dir=log_dir)
+    env = {
+        "SELFMAKER_SERVE_WORKER_CLASS": worker_class,
+        "SELFMAKER_ACCESS_LOG": "false",
+        "SELFMAKER_ENDPOINT_NAME": BENCH_ENDPOINT,
+        "SELFMAKER_VARIANT_NAME": "AllTraffic",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    proc = start(
+        f"selfmaker-{role}-{worker_class}",
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model-dir",
+            str(models[role]["dir"]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        log_dir=log_dir,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url + "/ping", 120)
@@ -177,34 +232,69 @@ def run_ours(models: dict[str, dict[str, Any]], role: str, cells: list[tuple[int
         proc.stop()
 
 
-def run_naive(models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int]], seconds: int, log_dir: Path) -> dict[str, Any]:
+def run_naive(
+    models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int]], seconds: int, log_dir: Path
+) -> dict[str, Any]:
     port = free_port()
-    proc = start("naive-flask", [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--no-control-socket",
-                                 "naive_server:app"],
-                 env={"MODEL_PATH": str(models["small"]["onnx"])}, cwd=str(ANCHORS), log_dir=log_dir)
+    proc = start(
+        "naive-flask",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+            "naive_server:app",
+        ],
+        env={"MODEL_PATH": str(models["small"]["onnx"])},
+        cwd=str(ANCHORS),
+        log_dir=log_dir,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url + "/ping", 180)
         pid = proc.popen.pid
         result = {"ping_c8": measure(url + "/ping", None, 8, seconds, 1, pid)}
-        result.update(measure_server(url, [("small", models["small"], b, f, c) for b, f, c in cells], seconds, pid))
+        result.update(
+            measure_server(url, [("small", models["small"], b, f, c) for b, f, c in cells], seconds, pid)
+        )
         return result
     finally:
         proc.stop()
 
 
-def run_mms(models: dict[str, dict[str, Any]], cells: list[tuple[int, str, int]], seconds: int, log_dir: Path,
-            mms_python: Path) -> dict[str, Any]:
+def run_mms(
+    models: dict[str, dict[str, Any]],
+    cells: list[tuple[int, str, int]],
+    seconds: int,
+    log_dir: Path,
+    mms_python: Path,
+) -> dict[str, Any]:
     port = free_port(below=32768)
     base = Path(tempfile.mkdtemp(prefix="mms-", dir=log_dir))
-    proc = start("mms-toolkit", [str(mms_python), str(ANCHORS / "mms" / "serve.py"), str(base), str(models["small"]["onnx"]), str(port)],
-                 cwd=str(base), log_dir=log_dir)
+    proc = start(
+        "mms-toolkit",
+        [
+            str(mms_python),
+            str(ANCHORS / "mms" / "serve.py"),
+            str(base),
+            str(models["small"]["onnx"]),
+            str(port),
+        ],
+        cwd=str(base),
+        log_dir=log_dir,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url + "/ping", 180)
         pid = proc.popen.pid
         result = {"ping_c8": measure(url + "/ping", None, 8, seconds, 1, pid)}
-        result.update(measure_server(url, [("small", models["small"], b, f, c) for b, f, c in cells], seconds, pid))
+        result.update(
+            measure_server(url, [("small", models["small"], b, f, c) for b, f, c in cells], seconds, pid)
+        )
         return result
     finally:
         proc.stop()
@@ -222,16 +312,22 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
     lines.append("|---|---|---|---|---|---|")
     for key, row in ip.items():
         role, batch, fmt = key.split("/")
-        lines.append(f"| {role} | {batch[1:]} | {fmt} | {_fmt(row['rows_s'])} | {row['p50_ms']:.3f} | "
-                     f"{row['p99_ms']:.3f} |")
+        lines.append(
+            f"| {role} | {batch[1:]} | {fmt} | {_fmt(row['rows_s'])} | {row['p50_ms']:.3f} | "
+            f"{row['p99_ms']:.3f} |"
+        )
     for label in [k for k in results if k.startswith("ours/")]:
         srv = results[label]
         floor = srv["ping_c8"]["rps"]
         lines.append("")
-        lines.append(f"## {label}: HTTP floor GET /ping c8 = {_fmt(floor)} req/s (after the matrix: "
-                     f"{_fmt(srv['ping_c8_after']['rps'])})")
-        lines.append("| model | batch | format | conc | req/s | rows/s | p50 ms | p99 ms | vs in-process rows/s "
-                     "| server CPU us/req | errors |")
+        lines.append(
+            f"## {label}: HTTP floor GET /ping c8 = {_fmt(floor)} req/s (after the matrix: "
+            f"{_fmt(srv['ping_c8_after']['rps'])})"
+        )
+        lines.append(
+            "| model | batch | format | conc | req/s | rows/s | p50 ms | p99 ms | vs in-process rows/s "
+            "| server CPU us/req | errors |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for key, row in srv.items():
             if key.startswith("ping") or key == "goal_reps":
@@ -239,9 +335,11 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
             role, batch, fmt, conc = key.split("/")
             limit = ip.get(f"{role}/{batch}/{fmt}", {}).get("rows_s")
             ratio = f"{row['rows_s'] / limit:.2f}" if limit else "-"
-            lines.append(f"| {role} | {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {_fmt(row['rows_s'])} | "
-                         f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {ratio} | "
-                         f"{_fmt(row.get('cpu_us_per_req', 0))} | {row['errors']} |")
+            lines.append(
+                f"| {role} | {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {_fmt(row['rows_s'])} | "
+                f"{row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {ratio} | "
+                f"{_fmt(row.get('cpu_us_per_req', 0))} | {row['errors']} |"
+            )
     for label in ("naive", "mms"):
         if label in results and isinstance(results[label], dict):
             srv = results[label]
@@ -253,8 +351,10 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                 if key.startswith("ping"):
                     continue
                 _, batch, fmt, conc = key.split("/")
-                lines.append(f"| {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {row['p50_ms']:.3f} | "
-                             f"{row['p99_ms']:.3f} | {_fmt(row.get('cpu_us_per_req', 0))} |")
+                lines.append(
+                    f"| {batch[1:]} | {fmt} | {conc[1:]} | {_fmt(row['rps'])} | {row['p50_ms']:.3f} | "
+                    f"{row['p99_ms']:.3f} | {_fmt(row.get('cpu_us_per_req', 0))} |"
+                )
         elif label in results:
             lines.append("")
             lines.append(f"## anchor {label}: not measured ({results[label]})")
@@ -267,35 +367,47 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
         if b1:
             after = ours.get("ping_c8_after", {}).get("rps")
             also = f", {b1['rps'] / after:.2f} against the floor after the matrix" if after else ""
-            lines.append(f"- batch 1 CSV @ c8 / own /ping floor: {b1['rps'] / floor:.2f}{also} (goal >= 0.85; the"
-                         " interleaved reps below compare adjacent cells)")
+            lines.append(
+                f"- batch 1 CSV @ c8 / own /ping floor: {b1['rps'] / floor:.2f}{also} (goal >= 0.85; the"
+                " interleaved reps below compare adjacent cells)"
+            )
             for anchor in ("mms", "naive"):
                 other = results.get(anchor)
                 if isinstance(other, dict) and "small/b1/csv/c8" in other:
                     goal = " (goal >= 1.5)" if anchor == "mms" else ""
-                    lines.append(f"- batch 1 CSV @ c8 / {anchor}: "
-                                 f"{b1['rps'] / other['small/b1/csv/c8']['rps']:.2f}{goal}")
+                    lines.append(
+                        f"- batch 1 CSV @ c8 / {anchor}: "
+                        f"{b1['rps'] / other['small/b1/csv/c8']['rps']:.2f}{goal}"
+                    )
         for role in roles:
             for fmt in FORMATS:
-                best = max((ours[k]["rows_s"] for k in ours if k.startswith(f"{role}/b512/{fmt}/")), default=None)
+                best = max(
+                    (ours[k]["rows_s"] for k in ours if k.startswith(f"{role}/b512/{fmt}/")), default=None
+                )
                 limit = ip.get(f"{role}/b512/{fmt}", {}).get("rows_s")
                 if best and limit:
-                    lines.append(f"- {role} batch 512 {fmt}: best HTTP rows/s / in-process = {best / limit:.2f} "
-                                 "(goal >= 0.70)")
+                    lines.append(
+                        f"- {role} batch 512 {fmt}: best HTTP rows/s / in-process = {best / limit:.2f} "
+                        "(goal >= 0.70)"
+                    )
         c1 = ours.get("small/b1/csv/c1")
         if c1:
             lines.append(f"- p50 batch 1 CSV @ c1: {c1['p50_ms']:.3f} ms (goal <= 0.6 ms)")
         reps = ours.get("goal_reps")
         if reps:
             ratios = ", ".join(f"{r:.2f}" for r in reps["ratio_b1_c8_over_ping"])
-            lines.append(f"- interleaved reps: batch 1 CSV c8 / ping c8 = [{ratios}] (median "
-                         f"{reps['ratio_median']:.2f});"
-                         f" c1 p50 ms = {[round(v, 3) for v in reps['c1_p50_ms']]}")
+            lines.append(
+                f"- interleaved reps: batch 1 CSV c8 / ping c8 = [{ratios}] (median "
+                f"{reps['ratio_median']:.2f});"
+                f" c1 p50 ms = {[round(v, 3) for v in reps['c1_p50_ms']]}"
+            )
             runtime = reps.get("ratio_runtime_over_invocations")
             if runtime:
-                lines.append(f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations "
-                             f"(batch 1 CSV c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
-                             f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)")
+                lines.append(
+                    f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations "
+                    f"(batch 1 CSV c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
+                    f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)"
+                )
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
             cpu_runtime = [round(v) for v in reps.get("runtime_cpu_us", []) if v]
@@ -308,29 +420,48 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
             for key in ("small/b1/csv/c8", "small/b64/csv/c8", "small/b512/csv/c8"):
                 if key in other and key in ours:
                     theirs_cpu = other[key].get("cpu_us_per_req") or 0
-                    cpu = f" (server CPU/req {ours[key].get('cpu_us_per_req', 0):.0f} vs {theirs_cpu:.0f} us)" if theirs_cpu else ""
+                    cpu = (
+                        f" (server CPU/req {ours[key].get('cpu_us_per_req', 0):.0f} vs {theirs_cpu:.0f} us)"
+                        if theirs_cpu
+                        else ""
+                    )
                     lines.append(f"- {key} ours / {anchor}: {ours[key]['rps'] / other[key]['rps']:.2f}{cpu}")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seconds", type=int, default=2, help="seconds per HTTP cell (default 2)")
     parser.add_argument("--inproc-seconds", type=float, default=0.7, help="seconds per in-process cell")
     parser.add_argument("--full", action="store_true", help="the whole matrix for the medium model too")
     parser.add_argument("--medium", choices=("gbt", "mlp"), default="gbt")
-    parser.add_argument("--worker-classes", default="inline",
-                        help="comma list of gunicorn worker classes to measure (default: the server's default, inline)")
-    parser.add_argument("--anchors", default="naive,mms", help="comma list of anchors to measure (naive, mms, or none)")
-    parser.add_argument("--mms-venv", default=os.environ.get("SELFMAKER_MMS_VENV") or str(ROOT / ".bench" / "mms-venv"),
-                        help="venv with the anchors' requirements.txt installed (multi-model-server); default "
-                             "<repository>/.bench/mms-venv (gitignored), or SELFMAKER_MMS_VENV")
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the goal cells (median reported)")
+    parser.add_argument(
+        "--worker-classes",
+        default="inline",
+        help="comma list of gunicorn worker classes to measure (default: the server's default, inline)",
+    )
+    parser.add_argument(
+        "--anchors", default="naive,mms", help="comma list of anchors to measure (naive, mms, or none)"
+    )
+    parser.add_argument(
+        "--mms-venv",
+        default=os.environ.get("SELFMAKER_MMS_VENV") or str(ROOT / ".bench" / "mms-venv"),
+        help="venv with the anchors' requirements.txt installed (multi-model-server); default "
+        "<repository>/.bench/mms-venv (gitignored), or SELFMAKER_MMS_VENV",
+    )
+    parser.add_argument(
+        "--reps", type=int, default=5, help="interleaved repetitions of the goal cells (median reported)"
+    )
     parser.add_argument("--setup-mms", action="store_true", help="create the MMS venv (pip) if it is missing")
     parser.add_argument("--work", default=None, help="directory for models and logs (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write the raw results as JSON here")
-    parser.add_argument("--report", default=None, help="only print the tables of a results JSON written by --out")
+    parser.add_argument(
+        "--report", default=None, help="only print the tables of a results JSON written by --out"
+    )
     args = parser.parse_args(argv)
     if args.report:
         print("\n".join(report(json.loads(Path(args.report).read_text()), ["small", "medium"], [1, 8, 32])))
@@ -365,10 +496,16 @@ def main(argv: list[str] | None = None) -> int:
         mms_python = Path(args.mms_venv) / "bin" / "python"
         if args.setup_mms and not mms_python.exists():
             subprocess.run([sys.executable, "-m", "venv", args.mms_venv], check=True, timeout=300)
-            subprocess.run([str(mms_python), "-m", "pip", "install", "-q", "-r", str(ANCHORS / "requirements.txt")],
-                           check=False, timeout=1800)
+            subprocess.run(
+                [str(mms_python), "-m", "pip", "install", "-q", "-r", str(ANCHORS / "requirements.txt")],
+                check=False,
+                timeout=1800,
+            )
         if not mms_python.exists():
-            results["mms"] = f"no MMS venv at {args.mms_venv} (python3 -m venv it and pip install -r " f"{ANCHORS}/requirements.txt)"
+            results["mms"] = (
+                f"no MMS venv at {args.mms_venv} (python3 -m venv it and pip install -r "
+                f"{ANCHORS}/requirements.txt)"
+            )
         else:
             try:
                 results["mms"] = run_mms(models, anchor_cells, args.seconds, log_dir, mms_python)

@@ -40,8 +40,14 @@ def generate(path: Path, rows: int, features: int, seed: int = 0) -> None:
 
 
 def params(rounds: int) -> dict[str, str]:
-    return {"num_round": str(rounds), "objective": "binary:logistic", "max_depth": "6", "eta": "0.3",
-            "tree_method": "hist", "eval_metric": "auc"}
+    return {
+        "num_round": str(rounds),
+        "objective": "binary:logistic",
+        "max_depth": "6",
+        "eta": "0.3",
+        "tree_method": "hist",
+        "eval_metric": "auc",
+    }
 
 
 def baseline(csv: Path, hps: dict[str, str]) -> tuple[float, float]:
@@ -51,8 +57,11 @@ def baseline(csv: Path, hps: dict[str, str]) -> tuple[float, float]:
     import xgboost as xgb
 
     t0 = time.perf_counter()
-    table = pacsv.read_csv(str(csv), read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24),
-                           convert_options=pacsv.ConvertOptions(column_types={f"f{i}": pa.float32() for i in range(64)}))
+    table = pacsv.read_csv(
+        str(csv),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24),
+        convert_options=pacsv.ConvertOptions(column_types={f"f{i}": pa.float32() for i in range(64)}),
+    )
     arr = np.empty((table.num_rows, table.num_columns), dtype=np.float32)
     for i, col in enumerate(table.columns):
         arr[:, i] = col.to_numpy(zero_copy_only=False)
@@ -70,11 +79,18 @@ def job(csv_dir: Path, work: Path, hps: dict[str, str], mode: str, name: str) ->
 
     req = {
         "TrainingJobName": name,
-        "AlgorithmSpecification": {"TrainingImage": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
-                                   "TrainingInputMode": mode},
+        "AlgorithmSpecification": {
+            "TrainingImage": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
+            "TrainingInputMode": mode,
+        },
         "HyperParameters": hps,
-        "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv",
-                             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": csv_dir.as_uri()}}}],
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "ContentType": "text/csv",
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": csv_dir.as_uri()}},
+            }
+        ],
         "OutputDataConfig": {"S3OutputPath": (work / "out").as_uri()},
         "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 10},
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
@@ -89,7 +105,11 @@ def job(csv_dir: Path, work: Path, hps: dict[str, str], mode: str, name: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=50)
@@ -105,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         generate(data / "train.csv", args.rows, args.features)
         size_mb = (data / "train.csv").stat().st_size / 1e6
-        print(f"generated {args.rows} x {args.features} CSV ({size_mb:.0f} MB) in "
-              f"{time.perf_counter() - t:.1f}s", flush=True)
+        print(
+            f"generated {args.rows} x {args.features} CSV ({size_mb:.0f} MB) in "
+            f"{time.perf_counter() - t:.1f}s",
+            flush=True,
+        )
         hps = params(args.rounds)
         base, base_train, jobs = [], [], []
         for i in range(args.repeat):
@@ -117,13 +140,21 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(job(data, root, hps, args.mode, f"bench-{i}"))
             print(f"job run {i} ({args.mode}): {jobs[-1]:.2f}s", flush=True)
         result = {
-            "rows": args.rows, "features": args.features, "rounds": args.rounds, "mode": args.mode, "cpus": os.cpu_count(),
-            "baseline_s": round(min(base), 2), "baseline_train_only_s": round(min(base_train), 2), "job_s": round(min(jobs), 2),
+            "rows": args.rows,
+            "features": args.features,
+            "rounds": args.rounds,
+            "mode": args.mode,
+            "cpus": os.cpu_count(),
+            "baseline_s": round(min(base), 2),
+            "baseline_train_only_s": round(min(base_train), 2),
+            "job_s": round(min(jobs), 2),
             "ratio_job_over_baseline": round(min(jobs) / min(base), 3),
         }
-        print(f"xgboost built-in job {result['job_s']}s vs in-process read+train {result['baseline_s']}s "
-              f"→ ratio {result['ratio_job_over_baseline']} (overhead "
-              f"{100 * (result['ratio_job_over_baseline'] - 1):.1f}%)")
+        print(
+            f"xgboost built-in job {result['job_s']}s vs in-process read+train {result['baseline_s']}s "
+            f"→ ratio {result['ratio_job_over_baseline']} (overhead "
+            f"{100 * (result['ratio_job_over_baseline'] - 1):.1f}%)"
+        )
         print(json.dumps(result))
     return 0
 

@@ -19,7 +19,12 @@ def _headers(headers: dict[str, str]) -> bytes:
     out = bytearray()
     for name, value in headers.items():
         raw_name, raw_value = name.encode(), value.encode()
-        out += struct.pack("!B", len(raw_name)) + raw_name + struct.pack("!BH", _STRING, len(raw_value)) + raw_value
+        out += (
+            struct.pack("!B", len(raw_name))
+            + raw_name
+            + struct.pack("!BH", _STRING, len(raw_value))
+            + raw_value
+        )
     return bytes(out)
 
 
@@ -33,10 +38,18 @@ def message(headers: dict[str, str], payload: bytes) -> bytes:
 
 def event(event_type: str, payload: bytes, content_type: str = "application/octet-stream") -> bytes:
     """An ``event`` message (e.g. ``PayloadPart`` carrying response bytes)."""
-    return message({":event-type": event_type, ":content-type": content_type, ":message-type": "event"}, payload)
+    return message(
+        {":event-type": event_type, ":content-type": content_type, ":message-type": "event"}, payload
+    )
 
 
 def exception(exception_type: str, payload: bytes) -> bytes:
     """An ``exception`` message (``ModelStreamError``, ``InternalStreamFailure``) with a JSON payload."""
-    return message({":exception-type": exception_type, ":content-type": "application/json",
-                    ":message-type": "exception"}, payload)
+    return message(
+        {
+            ":exception-type": exception_type,
+            ":content-type": "application/json",
+            ":message-type": "exception",
+        },
+        payload,
+    )

@@ -72,7 +72,9 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
-def sign_get(url: str, region: str, credentials: Credentials, now: datetime.datetime | None = None) -> dict[str, str]:
+def sign_get(
+    url: str, region: str, credentials: Credentials, now: datetime.datetime | None = None
+) -> dict[str, str]:
     """The headers of a SigV4-signed ``GET url`` for service ``s3`` (Host, X-Amz-*, Authorization)."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
@@ -83,29 +85,45 @@ def sign_get(url: str, region: str, credentials: Credentials, now: datetime.date
     if credentials.token:
         headers["x-amz-security-token"] = credentials.token
     names = sorted(headers)
-    canonical_request = "\n".join([
-        "GET",
-        parsed.path or "/",  # already URI-encoded once, as S3 expects (no double encoding for s3)
-        parsed.query,
-        "".join(f"{name}:{headers[name].strip()}\n" for name in names),
-        ";".join(names),
-        EMPTY_SHA256,
-    ])
+    canonical_request = "\n".join(
+        [
+            "GET",
+            parsed.path or "/",  # already URI-encoded once, as S3 expects (no double encoding for s3)
+            parsed.query,
+            "".join(f"{name}:{headers[name].strip()}\n" for name in names),
+            ";".join(names),
+            EMPTY_SHA256,
+        ]
+    )
     scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(canonical_request.encode()).hexdigest()])
-    key = _hmac(_hmac(_hmac(_hmac(f"AWS4{credentials.secret_key}".encode(), day), region), "s3"), "aws4_request")
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
+    key = _hmac(
+        _hmac(_hmac(_hmac(f"AWS4{credentials.secret_key}".encode(), day), region), "s3"), "aws4_request"
+    )
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    out = {"Host": host, "X-Amz-Content-SHA256": EMPTY_SHA256, "X-Amz-Date": amz_date,
-           "Authorization": f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
-                            f"SignedHeaders={';'.join(names)}, Signature={signature}"}
+    out = {
+        "Host": host,
+        "X-Amz-Content-SHA256": EMPTY_SHA256,
+        "X-Amz-Date": amz_date,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={credentials.access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}",
+    }
     if credentials.token:
         out["X-Amz-Security-Token"] = credentials.token
     return out
 
 
-def fetch(uri: str, dest: Path, *, credentials: Credentials, region: str, endpoint: str | None = None,
-          timeout: float = 60.0) -> Path:
+def fetch(
+    uri: str,
+    dest: Path,
+    *,
+    credentials: Credentials,
+    region: str,
+    endpoint: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """Download ``s3://bucket/key`` to ``dest`` (raises :class:`S3GetError` naming the URI)."""
     bucket, key = _split(uri)
     url = object_url(bucket, key, region, endpoint)

@@ -38,8 +38,13 @@ def start_platform(home: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`selfmaker up` on a free port; returns once GET /ping answers 200."""
     port = free_port()
     log = open(home / "selfmaker-up.log", "wb")  # noqa: SIM115 - closed with the process below
-    proc = subprocess.Popen([sys.executable, "-m", "selfmaker", "up", "--home", str(home), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selfmaker", "up", "--home", str(home), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(ROOT),
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -74,13 +79,15 @@ def make_dataset(root: Path) -> tuple[np.ndarray, np.ndarray]:
     y = (x @ np.array([1.5, -1.0, 0.5, 0.0, 0.8, -0.3]) + rng.normal(scale=0.3, size=2000) > 0).astype(int)
     for channel, rows in (("train", slice(0, 1600)), ("validation", slice(1600, 2000))):
         (root / channel).mkdir(parents=True)
-        np.savetxt(root / channel / "data.csv", np.column_stack([y[rows], x[rows]]), delimiter=",", fmt="%.5f")
+        np.savetxt(
+            root / channel / "data.csv", np.column_stack([y[rows], x[rows]]), delimiter=",", fmt="%.5f"
+        )
     return x[1600:], y[1600:]
 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="selfmaker-quickstart-"))
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")      # boto3 signs requests; any value works locally
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")  # boto3 signs requests; any value works locally
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     proc, url = start_platform(work)
     print(f"selfmaker up is listening on {url} (home {work})")
@@ -96,57 +103,99 @@ def main() -> int:
             TrainingJobName="quickstart-xgb",
             RoleArn=ROLE,
             AlgorithmSpecification={
-                "TrainingImage": XGBOOST_IMAGE, "TrainingInputMode": "File",
+                "TrainingImage": XGBOOST_IMAGE,
+                "TrainingInputMode": "File",
                 "MetricDefinitions": [{"Name": "validation:auc", "Regex": r"#011validation-auc:([0-9.]+)"}],
             },
-            HyperParameters={"objective": "binary:logistic", "num_round": "40", "max_depth": "4", "eval_metric": "auc"},
+            HyperParameters={
+                "objective": "binary:logistic",
+                "num_round": "40",
+                "max_depth": "4",
+                "eval_metric": "auc",
+            },
             InputDataConfig=[
-                {"ChannelName": ch, "ContentType": "text/csv",
-                 "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{data}/{ch}"}}}
+                {
+                    "ChannelName": ch,
+                    "ContentType": "text/csv",
+                    "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{data}/{ch}"}},
+                }
                 for ch in ("train", "validation")
             ],
             OutputDataConfig={"S3OutputPath": (work / "output").as_uri()},
             ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
             StoppingCondition={"MaxRuntimeInSeconds": 600},
         )
-        sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName="quickstart-xgb", WaiterConfig=wait)
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName="quickstart-xgb", WaiterConfig=wait
+        )
         job = sm.describe_training_job(TrainingJobName="quickstart-xgb")
-        print(f"training job: {job['TrainingJobStatus']} in {job.get('TrainingTimeInSeconds')} s, "
-              f"metrics {[(m['MetricName'], round(m['Value'], 4)) for m in job['FinalMetricDataList']]}")
+        print(
+            f"training job: {job['TrainingJobStatus']} in {job.get('TrainingTimeInSeconds')} s, "
+            f"metrics {[(m['MetricName'], round(m['Value'], 4)) for m in job['FinalMetricDataList']]}"
+        )
         if job["TrainingJobStatus"] != "Completed":
             raise SystemExit(f"training failed: {job.get('FailureReason')}")
         artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
 
-        sm.create_model(ModelName="quickstart-model", ExecutionRoleArn=ROLE,
-                        PrimaryContainer={"Image": XGBOOST_IMAGE, "ModelDataUrl": artifact})
-        sm.create_endpoint_config(EndpointConfigName="quickstart-config", ProductionVariants=[
-            {"VariantName": "Champion", "ModelName": "quickstart-model", "InstanceType": "ml.m5.large",
-             "InitialInstanceCount": 1, "InitialVariantWeight": 0.8},
-            {"VariantName": "Challenger", "ModelName": "quickstart-model", "InstanceType": "ml.m5.large",
-             "InitialInstanceCount": 1, "InitialVariantWeight": 0.2},
-        ])
+        sm.create_model(
+            ModelName="quickstart-model",
+            ExecutionRoleArn=ROLE,
+            PrimaryContainer={"Image": XGBOOST_IMAGE, "ModelDataUrl": artifact},
+        )
+        sm.create_endpoint_config(
+            EndpointConfigName="quickstart-config",
+            ProductionVariants=[
+                {
+                    "VariantName": "Champion",
+                    "ModelName": "quickstart-model",
+                    "InstanceType": "ml.m5.large",
+                    "InitialInstanceCount": 1,
+                    "InitialVariantWeight": 0.8,
+                },
+                {
+                    "VariantName": "Challenger",
+                    "ModelName": "quickstart-model",
+                    "InstanceType": "ml.m5.large",
+                    "InitialInstanceCount": 1,
+                    "InitialVariantWeight": 0.2,
+                },
+            ],
+        )
         sm.create_endpoint(EndpointName="quickstart", EndpointConfigName="quickstart-config")
         sm.get_waiter("endpoint_in_service").wait(EndpointName="quickstart", WaiterConfig=wait)
         print("endpoint quickstart is", sm.describe_endpoint(EndpointName="quickstart")["EndpointStatus"])
 
         def invoke(row: np.ndarray, **kwargs: str) -> tuple[str, float, float]:
             start = time.perf_counter()
-            resp = runtime.invoke_endpoint(EndpointName="quickstart", ContentType="text/csv",
-                                           Body=",".join(f"{v:.5f}" for v in row), **kwargs)
+            resp = runtime.invoke_endpoint(
+                EndpointName="quickstart",
+                ContentType="text/csv",
+                Body=",".join(f"{v:.5f}" for v in row),
+                **kwargs,
+            )
             score = float(resp["Body"].read())
             return resp["InvokedProductionVariant"], score, (time.perf_counter() - start) * 1000
 
         results = [invoke(x_test[i % len(x_test)]) for i in range(400)]
         split = Counter(variant for variant, _, _ in results)
         latencies = sorted(ms for _, _, ms in results)
-        accuracy = np.mean([(score >= 0.5) == y_test[i % len(y_test)] for i, (_, score, _) in enumerate(results)])
-        print(f"400 invocations: split {dict(split)} "
-              f"({split['Champion'] / 4:.0f}% / {split['Challenger'] / 4:.0f}%), accuracy {accuracy:.3f}, "
-              f"latency p50 {statistics.median(latencies):.2f} ms, p99 "
-              f"{latencies[int(len(latencies) * .99) - 1]:.2f} ms")
+        accuracy = np.mean(
+            [(score >= 0.5) == y_test[i % len(y_test)] for i, (_, score, _) in enumerate(results)]
+        )
+        print(
+            f"400 invocations: split {dict(split)} "
+            f"({split['Champion'] / 4:.0f}% / {split['Challenger'] / 4:.0f}%), accuracy {accuracy:.3f}, "
+            f"latency p50 {statistics.median(latencies):.2f} ms, p99 "
+            f"{latencies[int(len(latencies) * 0.99) - 1]:.2f} ms"
+        )
 
-        sm.update_endpoint_weights_and_capacities(EndpointName="quickstart", DesiredWeightsAndCapacities=[
-            {"VariantName": "Champion", "DesiredWeight": 0.2}, {"VariantName": "Challenger", "DesiredWeight": 0.8}])
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName="quickstart",
+            DesiredWeightsAndCapacities=[
+                {"VariantName": "Champion", "DesiredWeight": 0.2},
+                {"VariantName": "Challenger", "DesiredWeight": 0.8},
+            ],
+        )
         sm.get_waiter("endpoint_in_service").wait(EndpointName="quickstart", WaiterConfig=wait)
         split = Counter(invoke(x_test[i % len(x_test)])[0] for i in range(200))
         print(f"after shifting weights to 20/80: {dict(split)}")

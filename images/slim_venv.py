@@ -32,10 +32,26 @@ SCIPY_SPARSE_DROP = ("linalg", "csgraph")
 #: optional modules inside ``try: ... except ImportError`` (pyarrow/fs.py, pyarrow/dataset.py).
 #: libarrow_substrait.so itself stays: pyarrow.lib links it.
 PYARROW_DROP = (
-    "libarrow_flight.so*", "libarrow_python_flight.so*", "_flight.*.so", "flight.py",
-    "libarrow_s3.so*", "_s3fs.*.so", "_gcsfs.*.so", "_azurefs.*.so", "_hdfs.*.so",
-    "_orc.*.so", "_dataset_orc.*.so", "orc.py", "_feather.*.so", "feather.py",
-    "_substrait.*.so", "substrait.py", "_pyarrow_cpp_tests.*.so", "include", "src", "tests",
+    "libarrow_flight.so*",
+    "libarrow_python_flight.so*",
+    "_flight.*.so",
+    "flight.py",
+    "libarrow_s3.so*",
+    "_s3fs.*.so",
+    "_gcsfs.*.so",
+    "_azurefs.*.so",
+    "_hdfs.*.so",
+    "_orc.*.so",
+    "_dataset_orc.*.so",
+    "orc.py",
+    "_feather.*.so",
+    "feather.py",
+    "_substrait.*.so",
+    "substrait.py",
+    "_pyarrow_cpp_tests.*.so",
+    "include",
+    "src",
+    "tests",
 )
 
 #: test suites of the big packages (nothing imports them at run time)
@@ -116,12 +132,27 @@ def prune(site: Path) -> None:
 #: modules `serve` and `train` import that the exercise below does not reach by itself (measured: the
 #: modules of a real train + serve run, see docs/images.md); importing them also caches their bytecode
 IMPORTED_AT_RUN_TIME = (
-    "boto3.s3.transfer", "botocore.config", "botocore.exceptions", "gunicorn.app.base", "gunicorn.glogging",
-    "gunicorn.http.wsgi", "gunicorn.workers.gthread", "gunicorn.workers.sync", "prometheus_client.core",
-    "pydantic", "pydantic_settings", "werkzeug.exceptions", "pyarrow.dataset", "pyarrow.fs",
-    "xgboost.collective", "xgboost.tracker",
+    "boto3.s3.transfer",
+    "botocore.config",
+    "botocore.exceptions",
+    "gunicorn.app.base",
+    "gunicorn.glogging",
+    "gunicorn.http.wsgi",
+    "gunicorn.workers.gthread",
+    "gunicorn.workers.sync",
+    "prometheus_client.core",
+    "pydantic",
+    "pydantic_settings",
+    "werkzeug.exceptions",
+    "pyarrow.dataset",
+    "pyarrow.fs",
+    "xgboost.collective",
+    "xgboost.tracker",
     # the `lambda` mode: the runtime interface client and its native HTTP client
-    "awslambdaric.__main__", "awslambdaric.bootstrap", "awslambdaric.lambda_runtime_client", "runtime_client",
+    "awslambdaric.__main__",
+    "awslambdaric.bootstrap",
+    "awslambdaric.lambda_runtime_client",
+    "runtime_client",
 )
 
 
@@ -163,10 +194,14 @@ def check() -> None:
     _expect(b"python_info" in prometheus_client.generate_latest(), "prometheus_client")
 
     # training data: CSV and Parquet through pyarrow, libsvm (and NPZ request bodies) through scipy.sparse
-    table = pacsv.read_csv(pa.BufferReader(b"1,2.5\n0,3.5\n"), read_options=pacsv.ReadOptions(column_names=["y", "x"]))
+    table = pacsv.read_csv(
+        pa.BufferReader(b"1,2.5\n0,3.5\n"), read_options=pacsv.ReadOptions(column_names=["y", "x"])
+    )
     parquet = io.BytesIO()
     pq.write_table(table, parquet)
-    _expect(pq.read_table(io.BytesIO(parquet.getvalue())).column("x").to_pylist() == [2.5, 3.5], "pyarrow parquet")
+    _expect(
+        pq.read_table(io.BytesIO(parquet.getvalue())).column("x").to_pylist() == [2.5, 3.5], "pyarrow parquet"
+    )
     x = sp.vstack([sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32))] * 2).tocsr()
     npz = io.BytesIO()
     sp.save_npz(npz, x)
@@ -182,11 +217,19 @@ def check() -> None:
 
     # the built-in xgboost on sparse and dense data, and an ONNX model written with onnx's helpers
     for data in (x, x.toarray()):
-        booster = xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(data, label=[0, 1, 0, 1]), 2)
-        _expect(booster.predict(xgb.DMatrix(data)).shape == (4,) and json.loads(booster.save_raw("json")), "xgboost")
-    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "check",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])])
+        booster = xgb.train(
+            {"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(data, label=[0, 1, 0, 1]), 2
+        )
+        _expect(
+            booster.predict(xgb.DMatrix(data)).shape == (4,) and json.loads(booster.save_raw("json")),
+            "xgboost",
+        )
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["y"])],
+        "check",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.checker.check_model(model)

@@ -45,28 +45,83 @@ NAT_MODES = ("single", "per-az")
 ENCRYPTIONS = ("kms", "s3")
 ROLES = ("serve",)
 #: training instance groups were replaced by AWS Batch (``selfmaker:jobs``); the message says where to go
-TRAIN_GROUP_MOVED = ("training groups are replaced by AWS Batch job queues: move the instance types to "
-                     "selfmaker:jobs.environments and submit jobs with `selfmaker train REQUEST.json --aws-batch "
-                     "QUEUE` (docs/infra.md)")
+TRAIN_GROUP_MOVED = (
+    "training groups are replaced by AWS Batch job queues: move the instance types to "
+    "selfmaker:jobs.environments and submit jobs with `selfmaker train REQUEST.json --aws-batch "
+    "QUEUE` (docs/infra.md)"
+)
 WARM_POOL_STATES = ("Stopped", "Running", "Hibernated")
 #: CloudWatch Logs accepts only these retention values.
-LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
-                      2922, 3288, 3653)
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 SSM_AMI = {
     "cpu": "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64",
     "gpu": "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id",
 }
 DEFAULT_ROOT_GB = {"cpu": 40, "gpu": 100}
-GROUP_KEYS = frozenset({
-    "name", "role", "accelerator", "preset", "instanceTypes", "minSize", "maxSize", "desiredCapacity",
-    "onDemandBase", "spotPercentage", "capacityRebalance", "warmPool", "amiId", "amiParameter", "rootVolumeGb",
-    "imageTag", "modelKey", "environment", "port",
-})
+GROUP_KEYS = frozenset(
+    {
+        "name",
+        "role",
+        "accelerator",
+        "preset",
+        "instanceTypes",
+        "minSize",
+        "maxSize",
+        "desiredCapacity",
+        "onDemandBase",
+        "spotPercentage",
+        "capacityRebalance",
+        "warmPool",
+        "amiId",
+        "amiParameter",
+        "rootVolumeGb",
+        "imageTag",
+        "modelKey",
+        "environment",
+        "port",
+    }
+)
 JOBS_KEYS = frozenset({"environments", "retryAttempts"})
-JOB_ENV_KEYS = frozenset({
-    "name", "accelerator", "preset", "instanceTypes", "maxVcpus", "onDemand", "spot", "priority", "vcpus",
-    "memoryMib", "gpus", "rootVolumeGb", "imageTag",
-})
+JOB_ENV_KEYS = frozenset(
+    {
+        "name",
+        "accelerator",
+        "preset",
+        "instanceTypes",
+        "maxVcpus",
+        "onDemand",
+        "spot",
+        "priority",
+        "vcpus",
+        "memoryMib",
+        "gpus",
+        "rootVolumeGb",
+        "imageTag",
+    }
+)
 #: default vCPUs / memory (MiB) / GPUs of one job container, sized to fit the presets' smallest types
 JOB_DEFAULTS = {"cpu": (4, 7000, 0), "gpu": (4, 14000, 1)}
 
@@ -190,8 +245,9 @@ class RolloutConfig:
 
     def checkpoints(self) -> list[int]:
         """Instance-refresh checkpoint percentages (see :func:`infra.endpoints.checkpoints`)."""
-        return endpoints.checkpoints(self.strategy, canary_percent=self.canary_percent,
-                                     linear_step_percent=self.linear_step_percent)
+        return endpoints.checkpoints(
+            self.strategy, canary_percent=self.canary_percent, linear_step_percent=self.linear_step_percent
+        )
 
 
 @dataclass(frozen=True)
@@ -297,6 +353,7 @@ class StackConfig:
 
 # --- coercion helpers (stack files hand scalars over as strings) ------------------------------------
 
+
 def _key(name: str) -> str:
     return f"{NAMESPACE}:{name}"
 
@@ -354,6 +411,7 @@ def _retention(field_name: str, value: Any) -> int:
 
 # --- sections ---------------------------------------------------------------------------------------
 
+
 def _network(raw: Mapping[str, Any]) -> NetworkConfig:
     vpc_cidr = _str(_key("vpcCidr"), raw["vpcCidr"])
     az_count = _int(_key("azCount"), raw["azCount"], lo=2, hi=6)
@@ -399,13 +457,22 @@ def _warm_pool(field_name: str, value: Any) -> WarmPoolConfig | None:
     max_prepared = value.get("maxPreparedCapacity")
     return WarmPoolConfig(
         min_size=_int(f"{field_name}.minSize", value.get("minSize", 0), lo=0),
-        max_prepared_capacity=None if max_prepared is None else _int(f"{field_name}.maxPreparedCapacity", max_prepared, lo=0),
+        max_prepared_capacity=None
+        if max_prepared is None
+        else _int(f"{field_name}.maxPreparedCapacity", max_prepared, lo=0),
         state=_str(f"{field_name}.state", value.get("state", "Stopped"), choices=WARM_POOL_STATES),
     )
 
 
-def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, base: str | None = None,
-           name: str | None = None) -> GroupConfig:
+def _group(
+    index: int,
+    raw: Any,
+    storage: StorageConfig,
+    default_tag: str,
+    *,
+    base: str | None = None,
+    name: str | None = None,
+) -> GroupConfig:
     """One instance group; ``base``/``name`` are given when a variant reuses this parser (its keys are
     checked by the caller and its name follows SageMaker's rules instead)."""
     base = base or f"{_key('groups')}[{index}]"
@@ -428,7 +495,9 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
     accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
 
     types_raw = raw.get("instanceTypes")
-    if types_raw is not None and (not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)):
+    if types_raw is not None and (
+        not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)
+    ):
         raise ConfigError(f("instanceTypes"), "expected a list of instance types")
     try:
         instance_types = presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
@@ -447,9 +516,13 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
     if warm_pool is not None:
         # AWS refuses warm pools on groups with a mixed instances policy (several types or spot).
         if spot > 0:
-            raise ConfigError(f("warmPool"), "warm pools cannot be combined with spot (set spotPercentage to 0)")
+            raise ConfigError(
+                f("warmPool"), "warm pools cannot be combined with spot (set spotPercentage to 0)"
+            )
         if len(instance_types) != 1:
-            raise ConfigError(f("warmPool"), "warm pools need exactly one instance type (set instanceTypes to one type)")
+            raise ConfigError(
+                f("warmPool"), "warm pools need exactly one instance type (set instanceTypes to one type)"
+            )
         if warm_pool.max_prepared_capacity is not None and warm_pool.max_prepared_capacity < max_size:
             raise ConfigError(f("warmPool.maxPreparedCapacity"), f"must be >= maxSize ({max_size}) or unset")
 
@@ -465,7 +538,9 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
     root_gb = _int(f("rootVolumeGb"), raw.get("rootVolumeGb", DEFAULT_ROOT_GB[accelerator]), lo=8, hi=16384)
     # GPU groups run the GPU build of the image (`make images` builds selfmaker and selfmaker-gpu),
     # pushed under the same version with a "-gpu" suffix unless the group names its own tag.
-    image_tag = _str(f("imageTag"), raw.get("imageTag", f"{default_tag}-gpu" if accelerator == "gpu" else default_tag))
+    image_tag = _str(
+        f("imageTag"), raw.get("imageTag", f"{default_tag}-gpu" if accelerator == "gpu" else default_tag)
+    )
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
         raise ConfigError(f("imageTag"), f"{image_tag!r} is not a valid image tag")
     port = _int(f("port"), raw.get("port", 8080), lo=1024, hi=65535)
@@ -479,10 +554,24 @@ def _group(index: int, raw: Any, storage: StorageConfig, default_tag: str, *, ba
     model_key = _model_key(f("modelKey"), raw.get("modelKey"), storage)
 
     return GroupConfig(
-        name=name, role=role, accelerator=accelerator, instance_types=instance_types, min_size=min_size,
-        max_size=max_size, desired_capacity=desired, on_demand_base=on_demand_base, spot_percentage=spot,
-        capacity_rebalance=rebalance, warm_pool=warm_pool, ami_id=ami_id, ami_parameter=ami_parameter,
-        root_volume_gb=root_gb, image_tag=image_tag, port=port, model_key=model_key, environment=environment,
+        name=name,
+        role=role,
+        accelerator=accelerator,
+        instance_types=instance_types,
+        min_size=min_size,
+        max_size=max_size,
+        desired_capacity=desired,
+        on_demand_base=on_demand_base,
+        spot_percentage=spot,
+        capacity_rebalance=rebalance,
+        warm_pool=warm_pool,
+        ami_id=ami_id,
+        ami_parameter=ami_parameter,
+        root_volume_gb=root_gb,
+        image_tag=image_tag,
+        port=port,
+        model_key=model_key,
+        environment=environment,
     )
 
 
@@ -502,7 +591,9 @@ def _job_environment(index: int, raw: Any, default_tag: str) -> JobEnvironmentCo
         raise ConfigError(f("name"), f"{name!r}: use 2-24 characters [a-z0-9-], starting with a letter")
     accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
     types_raw = raw.get("instanceTypes")
-    if types_raw is not None and (not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)):
+    if types_raw is not None and (
+        not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)
+    ):
         raise ConfigError(f("instanceTypes"), "expected a list of instance types")
     try:
         instance_types = presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
@@ -520,15 +611,25 @@ def _job_environment(index: int, raw: Any, default_tag: str) -> JobEnvironmentCo
     gpus = _int(f("gpus"), raw.get("gpus", gpus_default), lo=0, hi=16)
     if accelerator == "cpu" and gpus:
         raise ConfigError(f("gpus"), "a cpu environment has no GPUs (set accelerator: gpu)")
-    image_tag = _str(f("imageTag"), raw.get("imageTag", f"{default_tag}-gpu" if accelerator == "gpu" else default_tag))
+    image_tag = _str(
+        f("imageTag"), raw.get("imageTag", f"{default_tag}-gpu" if accelerator == "gpu" else default_tag)
+    )
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
         raise ConfigError(f("imageTag"), f"{image_tag!r} is not a valid image tag")
     return JobEnvironmentConfig(
-        name=name, accelerator=accelerator, instance_types=instance_types, max_vcpus=max_vcpus,
-        on_demand=on_demand, spot=spot, priority=_int(f("priority"), raw.get("priority", 10), lo=0, hi=1000),
-        vcpus=vcpus, memory_mib=_int(f("memoryMib"), raw.get("memoryMib", memory_default), lo=512),
-        gpus=gpus, root_volume_gb=_int(f("rootVolumeGb"), raw.get("rootVolumeGb", DEFAULT_ROOT_GB[accelerator]),
-                                       lo=30, hi=16384),
+        name=name,
+        accelerator=accelerator,
+        instance_types=instance_types,
+        max_vcpus=max_vcpus,
+        on_demand=on_demand,
+        spot=spot,
+        priority=_int(f("priority"), raw.get("priority", 10), lo=0, hi=1000),
+        vcpus=vcpus,
+        memory_mib=_int(f("memoryMib"), raw.get("memoryMib", memory_default), lo=512),
+        gpus=gpus,
+        root_volume_gb=_int(
+            f("rootVolumeGb"), raw.get("rootVolumeGb", DEFAULT_ROOT_GB[accelerator]), lo=30, hi=16384
+        ),
         image_tag=image_tag,
     )
 
@@ -548,31 +649,74 @@ def _jobs(raw: Any, default_tag: str) -> JobsConfig | None:
     seen: set[str] = set()
     for i, env in enumerate(envs):
         if env.name in seen or (env.name.endswith("-spot") and env.name[:-5] in seen):
-            raise ConfigError(f"{_key('jobs')}.environments[{i}].name", f"duplicate environment name {env.name!r}")
+            raise ConfigError(
+                f"{_key('jobs')}.environments[{i}].name", f"duplicate environment name {env.name!r}"
+            )
         seen.add(env.name)
-    return JobsConfig(environments=envs,
-                      retry_attempts=_int(f"{_key('jobs')}.retryAttempts", raw.get("retryAttempts", 3), lo=1, hi=10))
+    return JobsConfig(
+        environments=envs,
+        retry_attempts=_int(f"{_key('jobs')}.retryAttempts", raw.get("retryAttempts", 3), lo=1, hi=10),
+    )
 
 
 # --- endpoints and the gateway ---------------------------------------------------------------------
 
 #: Keys a variant shares with an instance group (parsed by :func:`_group`, errors under the variant's key).
-VARIANT_GROUP_KEYS = frozenset({
-    "modelKey", "accelerator", "preset", "instanceTypes", "onDemandBase", "spotPercentage", "capacityRebalance",
-    "warmPool", "amiId", "amiParameter", "rootVolumeGb", "imageTag", "environment", "port",
-})
-INSTANCE_VARIANT_KEYS = VARIANT_GROUP_KEYS | {"name", "initialInstanceCount", "initialVariantWeight", "scaling"}
+VARIANT_GROUP_KEYS = frozenset(
+    {
+        "modelKey",
+        "accelerator",
+        "preset",
+        "instanceTypes",
+        "onDemandBase",
+        "spotPercentage",
+        "capacityRebalance",
+        "warmPool",
+        "amiId",
+        "amiParameter",
+        "rootVolumeGb",
+        "imageTag",
+        "environment",
+        "port",
+    }
+)
+INSTANCE_VARIANT_KEYS = VARIANT_GROUP_KEYS | {
+    "name",
+    "initialInstanceCount",
+    "initialVariantWeight",
+    "scaling",
+}
 SCALING_KEYS = frozenset({"minInstances", "maxInstances", "invocationsPerInstance"})
 ROLLOUT_KEYS = frozenset({"strategy", "canaryPercent", "linearStepPercent", "waitSeconds"})
 ALARM_KEYS = frozenset({"target5xxPerMinute", "p99LatencyMs", "evaluationMinutes"})
 ENDPOINT_KEYS = frozenset({"name", "variants", "rollout", "alarms", "async"})
-ASYNC_KEYS = frozenset({"outputPath", "failurePath", "inputPath", "successTopicArn", "errorTopicArn",
-                        "includeInferenceResponseIn", "maxConcurrentInvocationsPerInstance", "backlogPerInstance",
-                        "idleMinutes"})
+ASYNC_KEYS = frozenset(
+    {
+        "outputPath",
+        "failurePath",
+        "inputPath",
+        "successTopicArn",
+        "errorTopicArn",
+        "includeInferenceResponseIn",
+        "maxConcurrentInvocationsPerInstance",
+        "backlogPerInstance",
+        "idleMinutes",
+    }
+)
 INCLUDE_RESPONSE_IN = ("SUCCESS_NOTIFICATION_TOPIC", "ERROR_NOTIFICATION_TOPIC")
 _SNS_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
-GATEWAY_KEYS = frozenset({"scheme", "certificateArn", "sslPolicy", "allowedCidrs", "trustStoreCaBundle",
-                          "idleTimeout", "deletionProtection", "accessLogs"})
+GATEWAY_KEYS = frozenset(
+    {
+        "scheme",
+        "certificateArn",
+        "sslPolicy",
+        "allowedCidrs",
+        "trustStoreCaBundle",
+        "idleTimeout",
+        "deletionProtection",
+        "accessLogs",
+    }
+)
 SCHEMES = ("internal", "internet-facing")
 #: ALB security policies that refuse anything older than TLS 1.2.
 _TLS12_POLICY_RE = re.compile(r"^ELBSecurityPolicy-(TLS13-1-[23]-|TLS-1-2-|FS-1-2-)[A-Za-z0-9-]+$")
@@ -610,8 +754,9 @@ def _variant_kind(raw: Mapping[str, Any]) -> str:
     return "instance"
 
 
-def _instance_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig,
-                      default_tag: str) -> VariantConfig:
+def _instance_variant(
+    base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig, default_tag: str
+) -> VariantConfig:
     """A variant served by an Auto Scaling group (SageMaker's instance-backed production variant)."""
     unknown = set(raw) - INSTANCE_VARIANT_KEYS
     if unknown:
@@ -628,12 +773,19 @@ def _instance_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage:
         if lo > hi:
             raise ConfigError(f"{sbase}.maxInstances", f"must be >= minInstances ({lo}), got {hi}")
         if not lo <= initial <= hi:
-            raise ConfigError(f"{base}.initialInstanceCount", f"must be between minInstances ({lo}) and "
-                              f"maxInstances ({hi}), got {initial}")
+            raise ConfigError(
+                f"{base}.initialInstanceCount",
+                f"must be between minInstances ({lo}) and maxInstances ({hi}), got {initial}",
+            )
         scaling = ScalingConfig(
-            min_instances=lo, max_instances=hi,
-            invocations_per_instance=_int(f"{sbase}.invocationsPerInstance",
-                                          sraw.get("invocationsPerInstance", 1000), lo=1, hi=1_000_000),
+            min_instances=lo,
+            max_instances=hi,
+            invocations_per_instance=_int(
+                f"{sbase}.invocationsPerInstance",
+                sraw.get("invocationsPerInstance", 1000),
+                lo=1,
+                hi=1_000_000,
+            ),
         )
         lo_size, hi_size = lo, hi
     else:
@@ -641,18 +793,33 @@ def _instance_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage:
     group_raw = {key: raw[key] for key in VARIANT_GROUP_KEYS if key in raw}
     group_raw.update(role="serve", minSize=lo_size, maxSize=hi_size, desiredCapacity=initial)
     group = _group(0, group_raw, storage, default_tag, base=base, name=f"{endpoint}-{name}")
-    return VariantConfig(name=name, kind="instance", weight=weight, initial_instance_count=initial, group=group,
-                         scaling=scaling)
+    return VariantConfig(
+        name=name,
+        kind="instance",
+        weight=weight,
+        initial_instance_count=initial,
+        group=group,
+        scaling=scaling,
+    )
 
 
 #: SageMaker's ServerlessConfig (botocore: ServerlessMemorySizeInMB 1024-6144 in 1 GB steps,
 #: ServerlessMaxConcurrency and ServerlessProvisionedConcurrency 1-200).
 SERVERLESS_MEMORY_SIZES_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 MAX_SERVERLESS_CONCURRENCY = 200
-SERVERLESS_KEYS = frozenset({"memorySizeInMB", "maxConcurrency", "provisionedConcurrency", "timeoutSeconds",
-                             "ephemeralStorageInMB", "multiValueHeaders"})
-SERVERLESS_VARIANT_KEYS = frozenset({"name", "modelKey", "initialVariantWeight", "serverless", "imageTag",
-                                     "environment"})
+SERVERLESS_KEYS = frozenset(
+    {
+        "memorySizeInMB",
+        "maxConcurrency",
+        "provisionedConcurrency",
+        "timeoutSeconds",
+        "ephemeralStorageInMB",
+        "multiValueHeaders",
+    }
+)
+SERVERLESS_VARIANT_KEYS = frozenset(
+    {"name", "modelKey", "initialVariantWeight", "serverless", "imageTag", "environment"}
+)
 
 
 def _model_key(field_name: str, value: Any, storage: StorageConfig) -> str:
@@ -667,19 +834,26 @@ def _model_key(field_name: str, value: Any, storage: StorageConfig) -> str:
     # path-normalising tools resolves) as a key outside it; control characters break the user data's logs
     # and commands.
     if any(part in ("", ".", "..") for part in model_key.split("/")) or not model_key.isprintable():
-        raise ConfigError(field_name, f"{model_key!r} must be plain path segments (no empty, '.' or '..' segment, "
-                          "no control character)")
+        raise ConfigError(
+            field_name,
+            f"{model_key!r} must be plain path segments (no empty, '.' or '..' segment, "
+            "no control character)",
+        )
     return model_key
 
 
-def _serverless_variant(base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig,
-                        default_tag: str) -> VariantConfig:
+def _serverless_variant(
+    base: str, raw: Mapping[str, Any], endpoint: str, storage: StorageConfig, default_tag: str
+) -> VariantConfig:
     """A variant served by a Lambda function (SageMaker's serverless production variant)."""
     unknown = set(raw) - SERVERLESS_VARIANT_KEYS
     if unknown:
         key = sorted(unknown)[0]
-        why = ("serverless variants have no instances" if key in INSTANCE_VARIANT_KEYS
-               else f"unknown key (known: {sorted(SERVERLESS_VARIANT_KEYS)})")
+        why = (
+            "serverless variants have no instances"
+            if key in INSTANCE_VARIANT_KEYS
+            else f"unknown key (known: {sorted(SERVERLESS_VARIANT_KEYS)})"
+        )
         raise ConfigError(f"{base}.{key}", why)
     sbase = f"{base}.serverless"
     sraw = _mapping(sbase, raw["serverless"], SERVERLESS_KEYS)
@@ -687,18 +861,28 @@ def _serverless_variant(base: str, raw: Mapping[str, Any], endpoint: str, storag
         raise ConfigError(f"{sbase}.memorySizeInMB", f"required: one of {list(SERVERLESS_MEMORY_SIZES_MB)}")
     memory = _int(f"{sbase}.memorySizeInMB", sraw["memorySizeInMB"])
     if memory not in SERVERLESS_MEMORY_SIZES_MB:
-        raise ConfigError(f"{sbase}.memorySizeInMB", f"must be one of {list(SERVERLESS_MEMORY_SIZES_MB)} "
-                          f"(SageMaker's MemorySizeInMB), got {memory}")
+        raise ConfigError(
+            f"{sbase}.memorySizeInMB",
+            f"must be one of {list(SERVERLESS_MEMORY_SIZES_MB)} (SageMaker's MemorySizeInMB), got {memory}",
+        )
     if "maxConcurrency" not in sraw:
         raise ConfigError(f"{sbase}.maxConcurrency", f"required: 1-{MAX_SERVERLESS_CONCURRENCY}")
-    max_concurrency = _int(f"{sbase}.maxConcurrency", sraw["maxConcurrency"], lo=1, hi=MAX_SERVERLESS_CONCURRENCY)
+    max_concurrency = _int(
+        f"{sbase}.maxConcurrency", sraw["maxConcurrency"], lo=1, hi=MAX_SERVERLESS_CONCURRENCY
+    )
     provisioned: int | None = None
     if sraw.get("provisionedConcurrency") is not None:
-        provisioned = _int(f"{sbase}.provisionedConcurrency", sraw["provisionedConcurrency"], lo=1,
-                           hi=MAX_SERVERLESS_CONCURRENCY)
+        provisioned = _int(
+            f"{sbase}.provisionedConcurrency",
+            sraw["provisionedConcurrency"],
+            lo=1,
+            hi=MAX_SERVERLESS_CONCURRENCY,
+        )
         if provisioned > max_concurrency:
-            raise ConfigError(f"{sbase}.provisionedConcurrency",
-                              f"must be <= maxConcurrency ({max_concurrency}), got {provisioned}")
+            raise ConfigError(
+                f"{sbase}.provisionedConcurrency",
+                f"must be <= maxConcurrency ({max_concurrency}), got {provisioned}",
+            )
     image_tag = _str(f"{base}.imageTag", raw.get("imageTag", default_tag))
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", image_tag):
         raise ConfigError(f"{base}.imageTag", f"{image_tag!r} is not a valid image tag")
@@ -709,23 +893,34 @@ def _serverless_variant(base: str, raw: Mapping[str, Any], endpoint: str, storag
         if key.startswith("AWS_") or key in SERVERLESS_RESERVED_ENV:
             raise ConfigError(f"{base}.environment.{key}", "set by Lambda or by selfmaker")
     return VariantConfig(
-        name=raw["name"], kind="serverless",
+        name=raw["name"],
+        kind="serverless",
         weight=_weight(f"{base}.initialVariantWeight", raw.get("initialVariantWeight", 1.0)),
         serverless=ServerlessVariantConfig(
-            model_key=_model_key(f"{base}.modelKey", raw.get("modelKey"), storage), image_tag=image_tag,
-            memory_size_in_mb=memory, max_concurrency=max_concurrency, provisioned_concurrency=provisioned,
+            model_key=_model_key(f"{base}.modelKey", raw.get("modelKey"), storage),
+            image_tag=image_tag,
+            memory_size_in_mb=memory,
+            max_concurrency=max_concurrency,
+            provisioned_concurrency=provisioned,
             environment=environment,
             timeout_seconds=_int(f"{sbase}.timeoutSeconds", sraw.get("timeoutSeconds", 60), lo=1, hi=900),
-            ephemeral_storage_in_mb=_int(f"{sbase}.ephemeralStorageInMB", sraw.get("ephemeralStorageInMB", 1024),
-                                         lo=512, hi=10240),
+            ephemeral_storage_in_mb=_int(
+                f"{sbase}.ephemeralStorageInMB", sraw.get("ephemeralStorageInMB", 1024), lo=512, hi=10240
+            ),
             multi_value_headers=_bool(f"{sbase}.multiValueHeaders", sraw.get("multiValueHeaders", False)),
         ),
     )
 
 
 #: Environment variables of a serverless function that selfmaker sets (serving/lambda_handler.py).
-SERVERLESS_RESERVED_ENV = frozenset({"SELFMAKER_MODEL_DATA", "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME",
-                                     "SELFMAKER_LAMBDA_STATE_DIR"})
+SERVERLESS_RESERVED_ENV = frozenset(
+    {
+        "SELFMAKER_MODEL_DATA",
+        "SELFMAKER_ENDPOINT_NAME",
+        "SELFMAKER_VARIANT_NAME",
+        "SELFMAKER_LAMBDA_STATE_DIR",
+    }
+)
 
 #: Parser of each variant kind, called with (key, raw block, endpoint name, storage, default image tag).
 VARIANT_PARSERS: dict[str, Callable[[str, Mapping[str, Any], str, StorageConfig, str], VariantConfig]] = {
@@ -765,10 +960,17 @@ def _async(base: str, value: Any, endpoint: str) -> AsyncConfig:
     """``async:`` of an endpoint (SageMaker's AsyncInferenceConfig names)."""
     raw = _mapping(base, value, ASYNC_KEYS)
     if "maxConcurrentInvocationsPerInstance" not in raw:
-        raise ConfigError(f"{base}.maxConcurrentInvocationsPerInstance", "required: invocations each worker "
-                          "instance runs at once (SageMaker's ClientConfig.MaxConcurrentInvocationsPerInstance)")
-    concurrency = _int(f"{base}.maxConcurrentInvocationsPerInstance", raw["maxConcurrentInvocationsPerInstance"],
-                       lo=1, hi=1000)
+        raise ConfigError(
+            f"{base}.maxConcurrentInvocationsPerInstance",
+            "required: invocations each worker "
+            "instance runs at once (SageMaker's ClientConfig.MaxConcurrentInvocationsPerInstance)",
+        )
+    concurrency = _int(
+        f"{base}.maxConcurrentInvocationsPerInstance",
+        raw["maxConcurrentInvocationsPerInstance"],
+        lo=1,
+        hi=1000,
+    )
     topics: dict[str, str | None] = {}
     for key in ("successTopicArn", "errorTopicArn"):
         topic = raw.get(key)
@@ -782,8 +984,10 @@ def _async(base: str, value: Any, endpoint: str) -> AsyncConfig:
         raise ConfigError(f"{base}.includeInferenceResponseIn", "expected a list")
     for i, item in enumerate(include):
         if item not in INCLUDE_RESPONSE_IN:
-            raise ConfigError(f"{base}.includeInferenceResponseIn[{i}]", f"must be one of {list(INCLUDE_RESPONSE_IN)}, "
-                              f"got {item!r}")
+            raise ConfigError(
+                f"{base}.includeInferenceResponseIn[{i}]",
+                f"must be one of {list(INCLUDE_RESPONSE_IN)}, got {item!r}",
+            )
     backlog = _weight(f"{base}.backlogPerInstance", raw.get("backlogPerInstance", concurrency))
     if backlog <= 0:
         raise ConfigError(f"{base}.backlogPerInstance", "must be > 0")
@@ -794,10 +998,15 @@ def _async(base: str, value: Any, endpoint: str) -> AsyncConfig:
         if prefix.startswith(state) or state.startswith(prefix):
             raise ConfigError(f"{base}.{key}", f"{prefix!r} overlaps the workers' state prefix {state!r}")
     return AsyncConfig(
-        max_concurrent_invocations_per_instance=concurrency, output_prefix=output, failure_prefix=failure,
-        state_prefix=state, input_prefix=_key_prefix(f"{base}.inputPath", raw.get("inputPath", f"async/{endpoint}/")),
-        success_topic_arn=topics["successTopicArn"], error_topic_arn=topics["errorTopicArn"],
-        include_inference_response_in=tuple(include), backlog_per_instance=backlog,
+        max_concurrent_invocations_per_instance=concurrency,
+        output_prefix=output,
+        failure_prefix=failure,
+        state_prefix=state,
+        input_prefix=_key_prefix(f"{base}.inputPath", raw.get("inputPath", f"async/{endpoint}/")),
+        success_topic_arn=topics["successTopicArn"],
+        error_topic_arn=topics["errorTopicArn"],
+        include_inference_response_in=tuple(include),
+        backlog_per_instance=backlog,
         idle_minutes=_int(f"{base}.idleMinutes", raw.get("idleMinutes", 15), lo=1, hi=1440),
     )
 
@@ -807,13 +1016,18 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
     raw = _mapping(base, raw, ENDPOINT_KEYS)
     name = _str(f"{base}.name", raw.get("name"))
     if not endpoints.valid_sagemaker_name(name):
-        raise ConfigError(f"{base}.name", f"{name!r}: use 1-63 characters [a-zA-Z0-9-], not starting or ending with -")
+        raise ConfigError(
+            f"{base}.name", f"{name!r}: use 1-63 characters [a-zA-Z0-9-], not starting or ending with -"
+        )
     variants_raw = raw.get("variants")
     if not isinstance(variants_raw, list) or not variants_raw:
         raise ConfigError(f"{base}.variants", "expected a non-empty list of production variants")
     if len(variants_raw) > endpoints.MAX_TARGET_GROUPS:
-        raise ConfigError(f"{base}.variants", f"at most {endpoints.MAX_TARGET_GROUPS} variants (an ALB forward "
-                          f"action weights at most {endpoints.MAX_TARGET_GROUPS} target groups), got {len(variants_raw)}")
+        raise ConfigError(
+            f"{base}.variants",
+            f"at most {endpoints.MAX_TARGET_GROUPS} variants (an ALB forward "
+            f"action weights at most {endpoints.MAX_TARGET_GROUPS} target groups), got {len(variants_raw)}",
+        )
     variants: list[VariantConfig] = []
     for i, vraw in enumerate(variants_raw):
         vbase = f"{base}.variants[{i}]"
@@ -821,36 +1035,57 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
             raise ConfigError(vbase, "expected a mapping")
         vname = _str(f"{vbase}.name", vraw.get("name"))
         if not endpoints.valid_sagemaker_name(vname):
-            raise ConfigError(f"{vbase}.name", f"{vname!r}: use 1-63 characters [a-zA-Z0-9-], not starting or ending with -")
+            raise ConfigError(
+                f"{vbase}.name", f"{vname!r}: use 1-63 characters [a-zA-Z0-9-], not starting or ending with -"
+            )
         if any(v.name == vname for v in variants):
             raise ConfigError(f"{vbase}.name", f"duplicate variant name {vname!r}")
         kind = _variant_kind(vraw)
         if "async" in raw and kind != "instance":
             # SageMaker: AsyncInferenceConfig cannot be used with serverless variants.
-            raise ConfigError(f"{vbase}.{kind}", "an async endpoint needs an instance variant (its workers), "
-                              f"not a {kind} one")
+            raise ConfigError(
+                f"{vbase}.{kind}",
+                f"an async endpoint needs an instance variant (its workers), not a {kind} one",
+            )
         if "async" in raw and "warmPool" in vraw:
-            raise ConfigError(f"{vbase}.warmPool", "async endpoints wake from zero on their backlog; warm pools are "
-                              "for real-time variants")
-        if "async" in raw and isinstance(vraw.get("scaling"), Mapping) and "invocationsPerInstance" in vraw["scaling"]:
-            raise ConfigError(f"{vbase}.scaling.invocationsPerInstance", "async endpoints scale on their backlog "
-                              "(async.backlogPerInstance), not on invocations per instance")
+            raise ConfigError(
+                f"{vbase}.warmPool",
+                "async endpoints wake from zero on their backlog; warm pools are for real-time variants",
+            )
+        if (
+            "async" in raw
+            and isinstance(vraw.get("scaling"), Mapping)
+            and "invocationsPerInstance" in vraw["scaling"]
+        ):
+            raise ConfigError(
+                f"{vbase}.scaling.invocationsPerInstance",
+                "async endpoints scale on their backlog "
+                "(async.backlogPerInstance), not on invocations per instance",
+            )
         if kind not in VARIANT_PARSERS:
-            raise ConfigError(f"{vbase}.{kind}", f"{kind} variants are not supported by this version of selfmaker")
+            raise ConfigError(
+                f"{vbase}.{kind}", f"{kind} variants are not supported by this version of selfmaker"
+            )
         variants.append(VARIANT_PARSERS[kind](vbase, {**vraw, "name": vname}, name, storage, default_tag))
     kinds = {v.kind for v in variants}
     if "serverless" in kinds and len(kinds) > 1:
         # SageMaker: an endpoint config's variants are all serverless or all instance-backed
         j = next(i for i, v in enumerate(variants) if v.kind != variants[0].kind)
         key = "serverless" if variants[j].kind == "serverless" else "name"
-        raise ConfigError(f"{base}.variants[{j}].{key}", "an endpoint's variants are all serverless or all "
-                          f"instance-backed, as in SageMaker; variants[0] is {variants[0].kind}, this one "
-                          f"{variants[j].kind}")
+        raise ConfigError(
+            f"{base}.variants[{j}].{key}",
+            "an endpoint's variants are all serverless or all "
+            f"instance-backed, as in SageMaker; variants[0] is {variants[0].kind}, this one "
+            f"{variants[j].kind}",
+        )
     if kinds == {"serverless"}:
         for key in ("rollout", "alarms"):
             if raw.get(key) is not None:
-                raise ConfigError(f"{base}.{key}", "serverless endpoints have no instances to roll out: a new "
-                                  "function version takes the traffic at once")
+                raise ConfigError(
+                    f"{base}.{key}",
+                    "serverless endpoints have no instances to roll out: a new "
+                    "function version takes the traffic at once",
+                )
     try:
         endpoints.alb_weights([v.weight for v in variants])
     except ValueError as exc:
@@ -858,17 +1093,25 @@ def _endpoint(index: int, raw: Any, storage: StorageConfig, default_tag: str) ->
     async_inference: AsyncConfig | None = None
     if "async" in raw:
         if len(variants) != 1:
-            raise ConfigError(f"{base}.variants", f"an async endpoint has one instance variant (its worker group), "
-                              f"got {len(variants)}")
+            raise ConfigError(
+                f"{base}.variants",
+                f"an async endpoint has one instance variant (its worker group), got {len(variants)}",
+            )
         for key in ("rollout", "alarms"):
             if key in raw:
-                raise ConfigError(f"{base}.{key}", "real-time endpoints only: an async endpoint's workers are "
-                                  "replaced by instance refresh without traffic shifting")
+                raise ConfigError(
+                    f"{base}.{key}",
+                    "real-time endpoints only: an async endpoint's workers are "
+                    "replaced by instance refresh without traffic shifting",
+                )
         async_inference = _async(f"{base}.async", raw["async"], name)
     return EndpointConfig(
-        name=name, variants=tuple(variants), async_inference=async_inference,
+        name=name,
+        variants=tuple(variants),
+        async_inference=async_inference,
         kind="async" if async_inference else "serverless" if kinds == {"serverless"} else "realtime",
-        rollout=_rollout(f"{base}.rollout", raw.get("rollout")), alarms=_alarms(f"{base}.alarms", raw.get("alarms")),
+        rollout=_rollout(f"{base}.rollout", raw.get("rollout")),
+        alarms=_alarms(f"{base}.alarms", raw.get("alarms")),
     )
 
 
@@ -883,10 +1126,14 @@ def _gateway(value: Any, vpc_cidr: str) -> GatewayConfig:
             raise ConfigError(f"{base}.certificateArn", f"{cert!r} is not an ACM certificate ARN")
     policy = _str(f"{base}.sslPolicy", raw.get("sslPolicy", GatewayConfig.ssl_policy))
     if not _TLS12_POLICY_RE.match(policy):
-        raise ConfigError(f"{base}.sslPolicy", f"{policy!r} allows TLS older than 1.2; use a TLS13-1-2, TLS-1-2 or "
-                          "FS-1-2 policy")
+        raise ConfigError(
+            f"{base}.sslPolicy",
+            f"{policy!r} allows TLS older than 1.2; use a TLS13-1-2, TLS-1-2 or FS-1-2 policy",
+        )
     cidrs_raw = raw.get("allowedCidrs")
-    if cidrs_raw is not None and (not isinstance(cidrs_raw, list) or not all(isinstance(c, str) for c in cidrs_raw)):
+    if cidrs_raw is not None and (
+        not isinstance(cidrs_raw, list) or not all(isinstance(c, str) for c in cidrs_raw)
+    ):
         raise ConfigError(f"{base}.allowedCidrs", "expected a list of CIDR blocks")
     cidrs: list[str] = []
     for i, text in enumerate(cidrs_raw or []):
@@ -896,10 +1143,14 @@ def _gateway(value: Any, vpc_cidr: str) -> GatewayConfig:
             raise ConfigError(f"{base}.allowedCidrs[{i}]", str(exc)) from None
     if scheme == "internet-facing":
         if cert is None:
-            raise ConfigError(f"{base}.certificateArn", "an internet-facing gateway needs an ACM certificate (HTTPS only)")
+            raise ConfigError(
+                f"{base}.certificateArn", "an internet-facing gateway needs an ACM certificate (HTTPS only)"
+            )
         if not cidrs:
-            raise ConfigError(f"{base}.allowedCidrs", "an internet-facing gateway needs the client CIDRs it accepts "
-                              "(0.0.0.0/0 for anyone)")
+            raise ConfigError(
+                f"{base}.allowedCidrs",
+                "an internet-facing gateway needs the client CIDRs it accepts (0.0.0.0/0 for anyone)",
+            )
     elif not cidrs:
         cidrs = [vpc_cidr]  # internal: the VPC (and peered networks only when listed)
     bundle = raw.get("trustStoreCaBundle")
@@ -910,7 +1161,11 @@ def _gateway(value: Any, vpc_cidr: str) -> GatewayConfig:
         if cert is None:
             raise ConfigError(f"{base}.trustStoreCaBundle", "mutual TLS needs HTTPS: set certificateArn too")
     return GatewayConfig(
-        scheme=scheme, certificate_arn=cert, ssl_policy=policy, allowed_cidrs=tuple(cidrs), trust_store_ca_bundle=bundle,
+        scheme=scheme,
+        certificate_arn=cert,
+        ssl_policy=policy,
+        allowed_cidrs=tuple(cidrs),
+        trust_store_ca_bundle=bundle,
         idle_timeout=_int(f"{base}.idleTimeout", raw.get("idleTimeout", 60), lo=1, hi=4000),
         deletion_protection=_bool(f"{base}.deletionProtection", raw.get("deletionProtection", False)),
         access_logs=_bool(f"{base}.accessLogs", raw.get("accessLogs", True)),
@@ -959,8 +1214,10 @@ def from_mapping(values: Mapping[str, Any], *, project: str, stack: str) -> Stac
         for j, variant in enumerate(endpoint.variants):
             # A variant's instances log to /<prefix>/<endpoint>-<variant>, as a group's to /<prefix>/<group>.
             if variant.group is not None and variant.group.name in seen:
-                raise ConfigError(f"{_key('endpoints')}[{i}].variants[{j}].name",
-                                  f"{variant.group.name!r} is also the name of a group")
+                raise ConfigError(
+                    f"{_key('endpoints')}[{i}].variants[{j}].name",
+                    f"{variant.group.name!r} is also the name of a group",
+                )
     network = _network(raw)
     gateway = _gateway(raw["gateway"], network.vpc_cidr) if endpoint_configs or raw["gateway"] else None
     return StackConfig(

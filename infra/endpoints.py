@@ -50,7 +50,9 @@ def alb_weights(weights: Sequence[float]) -> list[int]:
     if not weights:
         raise ValueError("at least one variant weight is needed")
     if len(weights) > MAX_TARGET_GROUPS:
-        raise ValueError(f"an ALB forward action takes at most {MAX_TARGET_GROUPS} target groups, got {len(weights)}")
+        raise ValueError(
+            f"an ALB forward action takes at most {MAX_TARGET_GROUPS} target groups, got {len(weights)}"
+        )
     for w in weights:
         if not math.isfinite(w) or w < 0:
             raise ValueError(f"weights must be finite and >= 0, got {w!r}")
@@ -106,7 +108,8 @@ def rule_priorities(block: int, variants: Sequence[str]) -> RulePriorities:
     if len(variants) > BLOCK - 2:
         raise ValueError(f"at most {BLOCK - 2} variants per endpoint")
     return RulePriorities(
-        header={v: block + 1 + i for i, v in enumerate(variants)}, weighted=block + BLOCK - 1,
+        header={v: block + 1 + i for i, v in enumerate(variants)},
+        weighted=block + BLOCK - 1,
     )
 
 
@@ -130,31 +133,71 @@ def checkpoints(strategy: str, *, canary_percent: int = 10, linear_step_percent:
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
-def dashboard_body(title: str, region: str, load_balancer: str, target_groups: Mapping[str, str]) -> dict[str, object]:
+def dashboard_body(
+    title: str, region: str, load_balancer: str, target_groups: Mapping[str, str]
+) -> dict[str, object]:
     """A CloudWatch dashboard of one endpoint: per variant requests, p50/p99 latency, 4xx/5xx, healthy hosts.
 
     ``load_balancer`` and ``target_groups`` (variant → target group) are ARN suffixes, the dimension
     values of the ``AWS/ApplicationELB`` metrics.
     """
+
     def per_variant(metric: str, stat: str) -> list[list[object]]:
-        return [["AWS/ApplicationELB", metric, "LoadBalancer", load_balancer, "TargetGroup", tg,
-                 {"stat": stat, "label": f"{variant} {stat}"}] for variant, tg in sorted(target_groups.items())]
+        return [
+            [
+                "AWS/ApplicationELB",
+                metric,
+                "LoadBalancer",
+                load_balancer,
+                "TargetGroup",
+                tg,
+                {"stat": stat, "label": f"{variant} {stat}"},
+            ]
+            for variant, tg in sorted(target_groups.items())
+        ]
 
     def widget(i: int, name: str, metrics: list[list[object]]) -> dict[str, object]:
-        return {"type": "metric", "x": (i % 2) * 12, "y": (i // 2) * 6, "width": 12, "height": 6,
-                "properties": {"title": name, "region": region, "view": "timeSeries", "stacked": False,
-                               "period": 60, "metrics": metrics}}
+        return {
+            "type": "metric",
+            "x": (i % 2) * 12,
+            "y": (i // 2) * 6,
+            "width": 12,
+            "height": 6,
+            "properties": {
+                "title": name,
+                "region": region,
+                "view": "timeSeries",
+                "stacked": False,
+                "period": 60,
+                "metrics": metrics,
+            },
+        }
 
     panels = [
         ("Requests per variant", per_variant("RequestCount", "Sum")),
-        ("Latency p50 / p99 (s)", per_variant("TargetResponseTime", "p50") + per_variant("TargetResponseTime", "p99")),
-        ("Model errors (target 4xx / 5xx)", per_variant("HTTPCode_Target_4XX_Count", "Sum")
-         + per_variant("HTTPCode_Target_5XX_Count", "Sum")),
+        (
+            "Latency p50 / p99 (s)",
+            per_variant("TargetResponseTime", "p50") + per_variant("TargetResponseTime", "p99"),
+        ),
+        (
+            "Model errors (target 4xx / 5xx)",
+            per_variant("HTTPCode_Target_4XX_Count", "Sum") + per_variant("HTTPCode_Target_5XX_Count", "Sum"),
+        ),
         ("Healthy instances", per_variant("HealthyHostCount", "Minimum")),
     ]
-    return {"widgets": [{"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
-                         "properties": {"markdown": f"# {title}"}}]
-            + [{**widget(i, name, metrics), "y": 1 + (i // 2) * 6} for i, (name, metrics) in enumerate(panels)]}
+    return {
+        "widgets": [
+            {
+                "type": "text",
+                "x": 0,
+                "y": 0,
+                "width": 24,
+                "height": 1,
+                "properties": {"markdown": f"# {title}"},
+            }
+        ]
+        + [{**widget(i, name, metrics), "y": 1 + (i // 2) * 6} for i, (name, metrics) in enumerate(panels)]
+    }
 
 
 #: Lambda function names: 1-64 characters of [a-zA-Z0-9-_].
@@ -177,23 +220,67 @@ def function_name(prefix: str, endpoint: str, variant: str) -> str:
     return f"{head}-{digest}"
 
 
-def serverless_dashboard_body(title: str, region: str, functions: Mapping[str, str], alias: str) -> dict[str, object]:
+def serverless_dashboard_body(
+    title: str, region: str, functions: Mapping[str, str], alias: str
+) -> dict[str, object]:
     """A CloudWatch dashboard of one serverless endpoint: per variant invocations, duration p50/p99, errors
     and throttles, concurrency and provisioned-concurrency spill-over (``AWS/Lambda`` metrics of the alias
     the load balancer invokes; ``functions`` maps variant → function name)."""
+
     def per_variant(metric: str, stat: str) -> list[list[object]]:
-        return [["AWS/Lambda", metric, "FunctionName", fn, "Resource", f"{fn}:{alias}",
-                 {"stat": stat, "label": f"{variant} {metric} {stat}"}] for variant, fn in sorted(functions.items())]
+        return [
+            [
+                "AWS/Lambda",
+                metric,
+                "FunctionName",
+                fn,
+                "Resource",
+                f"{fn}:{alias}",
+                {"stat": stat, "label": f"{variant} {metric} {stat}"},
+            ]
+            for variant, fn in sorted(functions.items())
+        ]
 
     panels = [
         ("Invocations per variant", per_variant("Invocations", "Sum")),
         ("Duration p50 / p99 (ms)", per_variant("Duration", "p50") + per_variant("Duration", "p99")),
-        ("Errors / throttled (beyond maxConcurrency)", per_variant("Errors", "Sum") + per_variant("Throttles", "Sum")),
-        ("Concurrency / cold starts beyond provisioned", per_variant("ConcurrentExecutions", "Maximum")
-         + per_variant("ProvisionedConcurrencySpilloverInvocations", "Sum")),
+        (
+            "Errors / throttled (beyond maxConcurrency)",
+            per_variant("Errors", "Sum") + per_variant("Throttles", "Sum"),
+        ),
+        (
+            "Concurrency / cold starts beyond provisioned",
+            per_variant("ConcurrentExecutions", "Maximum")
+            + per_variant("ProvisionedConcurrencySpilloverInvocations", "Sum"),
+        ),
     ]
-    return {"widgets": [{"type": "text", "x": 0, "y": 0, "width": 24, "height": 1,
-                         "properties": {"markdown": f"# {title}"}}]
-            + [{"type": "metric", "x": (i % 2) * 12, "y": 1 + (i // 2) * 6, "width": 12, "height": 6,
-                "properties": {"title": name, "region": region, "view": "timeSeries", "stacked": False, "period": 60,
-                               "metrics": metrics}} for i, (name, metrics) in enumerate(panels)]}
+    return {
+        "widgets": [
+            {
+                "type": "text",
+                "x": 0,
+                "y": 0,
+                "width": 24,
+                "height": 1,
+                "properties": {"markdown": f"# {title}"},
+            }
+        ]
+        + [
+            {
+                "type": "metric",
+                "x": (i % 2) * 12,
+                "y": 1 + (i // 2) * 6,
+                "width": 12,
+                "height": 6,
+                "properties": {
+                    "title": name,
+                    "region": region,
+                    "view": "timeSeries",
+                    "stacked": False,
+                    "period": 60,
+                    "metrics": metrics,
+                },
+            }
+            for i, (name, metrics) in enumerate(panels)
+        ]
+    }

@@ -14,13 +14,21 @@ from typing import Any
 Document = dict[str, Any]
 
 #: Actions that AWS only allows on ``"Resource": "*"``.
-UNSCOPED_ACTIONS: frozenset[str] = frozenset({"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData",
-                                              "ecs:DiscoverPollEndpoint"})
+UNSCOPED_ACTIONS: frozenset[str] = frozenset(
+    {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData", "ecs:DiscoverPollEndpoint"}
+)
 #: What the ECS agent on an AWS Batch instance does in its cluster (AmazonEC2ContainerServiceforEC2Role
 #: without its wildcards); ``ecs:DiscoverPollEndpoint`` is unscoped and granted separately.
-ECS_AGENT_ACTIONS = ("ecs:RegisterContainerInstance", "ecs:DeregisterContainerInstance", "ecs:Poll",
-                     "ecs:StartTelemetrySession", "ecs:UpdateContainerInstancesState", "ecs:SubmitAttachmentStateChanges",
-                     "ecs:SubmitContainerStateChange", "ecs:SubmitTaskStateChange")
+ECS_AGENT_ACTIONS = (
+    "ecs:RegisterContainerInstance",
+    "ecs:DeregisterContainerInstance",
+    "ecs:Poll",
+    "ecs:StartTelemetrySession",
+    "ecs:UpdateContainerInstancesState",
+    "ecs:SubmitAttachmentStateChanges",
+    "ecs:SubmitContainerStateChange",
+    "ecs:SubmitTaskStateChange",
+)
 
 ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage")
 LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams")
@@ -51,14 +59,25 @@ def _objects(bucket_arn: str, prefix: str) -> str:
 def s3_read(sid: str, bucket_arn: str, prefix: str) -> list[Document]:
     """Read objects under ``prefix`` and list only that prefix."""
     return [
-        {"Sid": f"{sid}Get", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-         "Resource": _objects(bucket_arn, prefix)},
-        {"Sid": f"{sid}List", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
-         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+        {
+            "Sid": f"{sid}Get",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": _objects(bucket_arn, prefix),
+        },
+        {
+            "Sid": f"{sid}List",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+        },
     ]
 
 
-def s3_write(sid: str, bucket_arn: str, prefix: str, *, read: bool = False, delete: bool = False) -> list[Document]:
+def s3_write(
+    sid: str, bucket_arn: str, prefix: str, *, read: bool = False, delete: bool = False
+) -> list[Document]:
     """Write (and optionally read/delete) objects under ``prefix``; listing is limited to the prefix."""
     actions = ["s3:PutObject", "s3:AbortMultipartUpload"]
     if read:
@@ -66,9 +85,19 @@ def s3_write(sid: str, bucket_arn: str, prefix: str, *, read: bool = False, dele
     if delete:
         actions += ["s3:DeleteObject"]
     return [
-        {"Sid": f"{sid}Objects", "Effect": "Allow", "Action": actions, "Resource": _objects(bucket_arn, prefix)},
-        {"Sid": f"{sid}List", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
-         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+        {
+            "Sid": f"{sid}Objects",
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": _objects(bucket_arn, prefix),
+        },
+        {
+            "Sid": f"{sid}List",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": bucket_arn,
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+        },
     ]
 
 
@@ -86,10 +115,19 @@ def ecr_pull(repository_arns: Iterable[str]) -> list[Document]:
 def logs_and_metrics(log_group_pattern: str) -> list[Document]:
     """Write container logs under the stack's log groups and metrics in the ``selfmaker`` namespace."""
     return [
-        {"Sid": "Logs", "Effect": "Allow", "Action": list(LOG_WRITE_ACTIONS),
-         "Resource": [log_group_pattern, f"{log_group_pattern}:*"]},
-        {"Sid": "Metrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
-         "Condition": {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}}},
+        {
+            "Sid": "Logs",
+            "Effect": "Allow",
+            "Action": list(LOG_WRITE_ACTIONS),
+            "Resource": [log_group_pattern, f"{log_group_pattern}:*"],
+        },
+        {
+            "Sid": "Metrics",
+            "Effect": "Allow",
+            "Action": "cloudwatch:PutMetricData",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
+        },
     ]
 
 
@@ -97,7 +135,14 @@ def kms_use(key_arn: str | None) -> list[Document]:
     """Encrypt/decrypt with the store's KMS key (nothing when buckets use S3-managed keys)."""
     if not key_arn:
         return []
-    return [{"Sid": "Kms", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": key_arn}]
+    return [
+        {
+            "Sid": "Kms",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+            "Resource": key_arn,
+        }
+    ]
 
 
 @dataclass(frozen=True)
@@ -131,10 +176,19 @@ def async_worker_policy(scope: RoleScope) -> Document:
     """Async inference workers: consume the stack's queues, publish to its topics, read inputs and
     models, write outputs and failures."""
     return document(
-        {"Sid": "Queues", "Effect": "Allow",
-         "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                    "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage"],
-         "Resource": scope.queue_pattern},
+        {
+            "Sid": "Queues",
+            "Effect": "Allow",
+            "Action": [
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+                "sqs:GetQueueUrl",
+                "sqs:SendMessage",
+            ],
+            "Resource": scope.queue_pattern,
+        },
         {"Sid": "Topics", "Effect": "Allow", "Action": "sns:Publish", "Resource": scope.topic_pattern},
         *s3_read("Models", scope.models_bucket_arn, scope.model_prefix),
         *s3_write("Async", scope.outputs_bucket_arn, scope.async_prefix, read=True),
@@ -167,12 +221,20 @@ def batch_instance_policy(scope: JobScope) -> Document:
     """Batch's container instances: the ECS agent in the stack's clusters, image pulls for the jobs and the
     awslogs driver writing the jobs' log group (both run with the instance's role)."""
     return document(
-        {"Sid": "EcsAgent", "Effect": "Allow", "Action": list(ECS_AGENT_ACTIONS),
-         "Resource": [scope.cluster_pattern, scope.container_instance_pattern]},
+        {
+            "Sid": "EcsAgent",
+            "Effect": "Allow",
+            "Action": list(ECS_AGENT_ACTIONS),
+            "Resource": [scope.cluster_pattern, scope.container_instance_pattern],
+        },
         {"Sid": "EcsDiscover", "Effect": "Allow", "Action": "ecs:DiscoverPollEndpoint", "Resource": "*"},
         *ecr_pull(scope.repository_arns),
-        {"Sid": "JobLogs", "Effect": "Allow", "Action": list(LOG_WRITE_ACTIONS),
-         "Resource": [scope.log_group_arn, f"{scope.log_group_arn}:*"]},
+        {
+            "Sid": "JobLogs",
+            "Effect": "Allow",
+            "Action": list(LOG_WRITE_ACTIONS),
+            "Resource": [scope.log_group_arn, f"{scope.log_group_arn}:*"],
+        },
     )
 
 
@@ -192,9 +254,17 @@ def batch_job_policy(scope: JobScope) -> Document:
 def flow_logs_policy(log_group_arn: str) -> Document:
     """What the VPC flow-logs service needs on its own log group."""
     return document(
-        {"Sid": "FlowLogs", "Effect": "Allow",
-         "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams", "logs:DescribeLogGroups"],
-         "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+        {
+            "Sid": "FlowLogs",
+            "Effect": "Allow",
+            "Action": [
+                "logs:CreateLogStream",
+                "logs:PutLogEvents",
+                "logs:DescribeLogStreams",
+                "logs:DescribeLogGroups",
+            ],
+            "Resource": [log_group_arn, f"{log_group_arn}:*"],
+        },
     )
 
 
@@ -202,10 +272,22 @@ def tls_only_bucket_policy(bucket_arn: str, *extra: Document) -> Document:
     """Deny any request to the bucket that is not over TLS 1.2+ (plus ``extra`` statements)."""
     resources = [bucket_arn, f"{bucket_arn}/*"]
     return document(
-        {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-         "Resource": resources, "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
-        {"Sid": "DenyOldTls", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-         "Resource": resources, "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}}},
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": resources,
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "DenyOldTls",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": resources,
+            "Condition": {"NumericLessThan": {"s3:TlsVersion": "1.2"}},
+        },
         *extra,
     )
 
@@ -213,24 +295,45 @@ def tls_only_bucket_policy(bucket_arn: str, *extra: Document) -> Document:
 #: Regions that predate August 2022 deliver load-balancer access logs as these ELB accounts; newer
 #: regions use the log-delivery service principal (Elastic Load Balancing user guide, "Enable access logs").
 ELB_LOG_ACCOUNTS: dict[str, str] = {
-    "us-east-1": "127311923021", "us-east-2": "033677994240", "us-west-1": "027434742980",
-    "us-west-2": "797873946194", "af-south-1": "098369216593", "ca-central-1": "985666609251",
-    "eu-central-1": "054676820928", "eu-west-1": "156460612806", "eu-west-2": "652711504416",
-    "eu-south-1": "635631232127", "eu-west-3": "009996457667", "eu-north-1": "897822967062",
-    "ap-east-1": "754344448648", "ap-northeast-1": "582318560864", "ap-northeast-2": "600734575887",
-    "ap-northeast-3": "383597477331", "ap-southeast-1": "114774131450", "ap-southeast-2": "783225319266",
-    "ap-south-1": "718504428378", "me-south-1": "076674570225", "sa-east-1": "507241528517",
+    "us-east-1": "127311923021",
+    "us-east-2": "033677994240",
+    "us-west-1": "027434742980",
+    "us-west-2": "797873946194",
+    "af-south-1": "098369216593",
+    "ca-central-1": "985666609251",
+    "eu-central-1": "054676820928",
+    "eu-west-1": "156460612806",
+    "eu-west-2": "652711504416",
+    "eu-south-1": "635631232127",
+    "eu-west-3": "009996457667",
+    "eu-north-1": "897822967062",
+    "ap-east-1": "754344448648",
+    "ap-northeast-1": "582318560864",
+    "ap-northeast-2": "600734575887",
+    "ap-northeast-3": "383597477331",
+    "ap-southeast-1": "114774131450",
+    "ap-southeast-2": "783225319266",
+    "ap-south-1": "718504428378",
+    "me-south-1": "076674570225",
+    "sa-east-1": "507241528517",
 }
 
 
-def load_balancer_log_delivery(bucket_arn: str, prefix: str, account_id: str, region: str, partition: str) -> Document:
+def load_balancer_log_delivery(
+    bucket_arn: str, prefix: str, account_id: str, region: str, partition: str
+) -> Document:
     """The bucket-policy statement letting Elastic Load Balancing write access logs under ``prefix``."""
     if region in ELB_LOG_ACCOUNTS:
         principal: dict[str, str] = {"AWS": f"arn:{partition}:iam::{ELB_LOG_ACCOUNTS[region]}:root"}
     else:
         principal = {"Service": "logdelivery.elasticloadbalancing.amazonaws.com"}
-    return {"Sid": "LoadBalancerAccessLogs", "Effect": "Allow", "Principal": principal, "Action": "s3:PutObject",
-            "Resource": f"{bucket_arn}/{prefix.strip('/')}/AWSLogs/{account_id}/*"}
+    return {
+        "Sid": "LoadBalancerAccessLogs",
+        "Effect": "Allow",
+        "Principal": principal,
+        "Action": "s3:PutObject",
+        "Resource": f"{bucket_arn}/{prefix.strip('/')}/AWSLogs/{account_id}/*",
+    }
 
 
 def ecr_lifecycle_policy(keep_last: int, untagged_days: int = 7) -> Document:
@@ -240,15 +343,31 @@ def ecr_lifecycle_policy(keep_last: int, untagged_days: int = 7) -> Document:
     """
     if keep_last < 1 or untagged_days < 1:
         raise ValueError("keep_last and untagged_days must be >= 1")
-    return {"rules": [
-        {"rulePriority": 1, "description": f"expire untagged images after {untagged_days} days",
-         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
-                       "countNumber": untagged_days},
-         "action": {"type": "expire"}},
-        {"rulePriority": 2, "description": f"keep the last {keep_last} images",
-         "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_last},
-         "action": {"type": "expire"}},
-    ]}
+    return {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "description": f"expire untagged images after {untagged_days} days",
+                "selection": {
+                    "tagStatus": "untagged",
+                    "countType": "sinceImagePushed",
+                    "countUnit": "days",
+                    "countNumber": untagged_days,
+                },
+                "action": {"type": "expire"},
+            },
+            {
+                "rulePriority": 2,
+                "description": f"keep the last {keep_last} images",
+                "selection": {
+                    "tagStatus": "any",
+                    "countType": "imageCountMoreThan",
+                    "countNumber": keep_last,
+                },
+                "action": {"type": "expire"},
+            },
+        ]
+    }
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -310,8 +429,12 @@ def async_front_policy(scope: AsyncEndpointScope, front_log_group_arn: str) -> D
     return document(
         {"Sid": "Enqueue", "Effect": "Allow", "Action": "sqs:SendMessage", "Resource": scope.queue_arn},
         *_input_reads(scope),
-        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-         "Resource": [front_log_group_arn, f"{front_log_group_arn}:*"]},
+        {
+            "Sid": "Logs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [front_log_group_arn, f"{front_log_group_arn}:*"],
+        },
         *kms_use(scope.kms_key_arn),
     )
 
@@ -320,18 +443,35 @@ def async_endpoint_worker_policy(scope: AsyncEndpointScope) -> Document:
     """The worker instances of one async endpoint: consume its queue, read inputs and its model, write
     (and read back, for idempotency) outputs, failures and state, publish to its topics, pull, log."""
     statements: list[Document] = [
-        {"Sid": "Consume", "Effect": "Allow",
-         "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
-                    "sqs:GetQueueAttributes"],
-         "Resource": scope.queue_arn},
+        {
+            "Sid": "Consume",
+            "Effect": "Allow",
+            "Action": [
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+            ],
+            "Resource": scope.queue_arn,
+        },
     ]
     if scope.topic_arns:
-        statements.append({"Sid": "Notify", "Effect": "Allow", "Action": "sns:Publish",
-                           "Resource": sorted(set(scope.topic_arns))})
+        statements.append(
+            {
+                "Sid": "Notify",
+                "Effect": "Allow",
+                "Action": "sns:Publish",
+                "Resource": sorted(set(scope.topic_arns)),
+            }
+        )
     statements += _input_reads(scope)
     statements += [
-        {"Sid": "Model", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-         "Resource": f"{scope.models_bucket_arn}/{scope.model_key}"},
+        {
+            "Sid": "Model",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": f"{scope.models_bucket_arn}/{scope.model_key}",
+        },
     ]
     for i, prefix in enumerate(sorted(set(scope.output_prefixes))):
         statements += s3_write(f"Results{i}", scope.outputs_bucket_arn, prefix, read=True)
@@ -343,7 +483,9 @@ def async_endpoint_worker_policy(scope: AsyncEndpointScope) -> Document:
     )
 
 
-def serverless_function_policy(model_object_arn: str, log_group_arn: str, kms_key_arn: str | None = None) -> Document:
+def serverless_function_policy(
+    model_object_arn: str, log_group_arn: str, kms_key_arn: str | None = None
+) -> Document:
     """A serverless variant's function: read its one model archive and write its own log group, nothing else.
 
     (The image is pulled by the Lambda service under the repository policy of
@@ -353,8 +495,12 @@ def serverless_function_policy(model_object_arn: str, log_group_arn: str, kms_ke
         raise ValueError(f"serverless_function_policy needs one model object ARN, got {model_object_arn!r}")
     return document(
         {"Sid": "Model", "Effect": "Allow", "Action": "s3:GetObject", "Resource": model_object_arn},
-        {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-         "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+        {
+            "Sid": "Logs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [log_group_arn, f"{log_group_arn}:*"],
+        },
         *kms_use(kms_key_arn),
     )
 
@@ -362,9 +508,15 @@ def serverless_function_policy(model_object_arn: str, log_group_arn: str, kms_ke
 def ecr_lambda_pull_policy(function_arn_pattern: str, account_id: str) -> Document:
     """Repository policy letting this account's Lambda functions (and only those matching the pattern)
     pull the image: container-image functions are pulled by the Lambda service, not by their role."""
-    return document({
-        "Sid": "LambdaPull", "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
-        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-        "Condition": {"StringLike": {"aws:sourceArn": function_arn_pattern},
-                      "StringEquals": {"aws:sourceAccount": account_id}},
-    })
+    return document(
+        {
+            "Sid": "LambdaPull",
+            "Effect": "Allow",
+            "Principal": {"Service": "lambda.amazonaws.com"},
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            "Condition": {
+                "StringLike": {"aws:sourceArn": function_arn_pattern},
+                "StringEquals": {"aws:sourceAccount": account_id},
+            },
+        }
+    )

@@ -41,7 +41,9 @@ def is_gpu_type(instance_type: str) -> bool:
     return instance_family(instance_type) in GPU_FAMILIES
 
 
-def resolve_instance_types(accelerator: str, preset: str | None, instance_types: list[str] | None) -> tuple[str, ...]:
+def resolve_instance_types(
+    accelerator: str, preset: str | None, instance_types: list[str] | None
+) -> tuple[str, ...]:
     """The instance types of a group: an explicit list wins over a preset; defaults to the small preset.
 
     Every type must match the group's accelerator, because CPU and GPU groups boot different AMIs.

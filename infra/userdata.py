@@ -19,11 +19,21 @@ from dataclasses import dataclass, field
 MODES = ("serve", "async")
 CONTAINER_PORT = 8080
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SQS_URL_RE = re.compile(r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+_SQS_URL_RE = re.compile(
+    r"^https://sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$"
+)
 _S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 #: Variables the renderer sets itself; user environment may not override them.
-RESERVED_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION", "TRAINING_JOB_NAME",
-                          "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME"})
+RESERVED_ENV = frozenset(
+    {
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "SAGEMAKER_REGION",
+        "TRAINING_JOB_NAME",
+        "SELFMAKER_ENDPOINT_NAME",
+        "SELFMAKER_VARIANT_NAME",
+    }
+)
 #: The model server's settings (serving/settings.py) naming the endpoint and variant an instance serves.
 ENDPOINT_ENV, VARIANT_ENV = "SELFMAKER_ENDPOINT_NAME", "SELFMAKER_VARIANT_NAME"
 
@@ -92,7 +102,9 @@ def validate(spec: UserDataSpec) -> None:
             raise ValueError(f"queue_url: {spec.queue_url!r} is not an SQS queue URL")
         _check_s3("state_uri", spec.state_uri)
         if not spec.endpoint:
-            raise ValueError("endpoint: an async worker needs its endpoint's name (the queue name it reports)")
+            raise ValueError(
+                "endpoint: an async worker needs its endpoint's name (the queue name it reports)"
+            )
         if not 1 <= spec.concurrency <= 1000:
             raise ValueError("concurrency: must be 1-1000")
         if not 1 <= spec.visibility_timeout <= 43200:
@@ -110,8 +122,12 @@ def _q(value: str) -> str:
 
 def _docker_run_args(spec: UserDataSpec) -> list[str]:
     """Options shared by both modes, one per line of the rendered ``docker run``."""
-    args = ["--log-driver awslogs", '--log-opt awslogs-region="$REGION"', '--log-opt awslogs-group="$LOG_GROUP"',
-            '--log-opt awslogs-stream="$INSTANCE_ID"']
+    args = [
+        "--log-driver awslogs",
+        '--log-opt awslogs-region="$REGION"',
+        '--log-opt awslogs-group="$LOG_GROUP"',
+        '--log-opt awslogs-stream="$INSTANCE_ID"',
+    ]
     if spec.gpu:
         args.append("--gpus all")
     args += [f'-e {key}="$REGION"' for key in ("AWS_REGION", "AWS_DEFAULT_REGION", "SAGEMAKER_REGION")]
@@ -165,7 +181,11 @@ def _serve_body(spec: UserDataSpec) -> str:
     # does before `serve`; the image's entrypoint then serves /opt/ml/model.
     args = " \\\n  ".join(_docker_run_args(spec))
     # An async instance takes no traffic from the network: only its own worker calls the model server.
-    publish = f"127.0.0.1:{spec.host_port}:{CONTAINER_PORT}" if spec.mode == "async" else f"{spec.host_port}:{CONTAINER_PORT}"
+    publish = (
+        f"127.0.0.1:{spec.host_port}:{CONTAINER_PORT}"
+        if spec.mode == "async"
+        else f"{spec.host_port}:{CONTAINER_PORT}"
+    )
     return f"""
 ML_ROOT={_q(spec.ml_root)}
 MODEL_DATA={_q(spec.model_data or "")}
@@ -186,13 +206,30 @@ echo "selfmaker: serving {spec.group} ($MODEL_DATA) on port {spec.host_port}"
 def _async_body(spec: UserDataSpec) -> str:
     # The worker waits for the model server's /ping itself (unreachable = retried, never a failure).
     args = " \\\n  ".join(_docker_run_args(spec))
-    worker = " ".join(_q(a) for a in (
-        "python", "-m", "serving.asyncq", "--queue", f"sqs:{spec.queue_url}", "--state", spec.state_uri or "",
-        "--name", spec.endpoint or "", "--model-url", f"http://127.0.0.1:{spec.host_port}",
-        "--concurrency", str(spec.concurrency), "--visibility-timeout", str(spec.visibility_timeout),
-    ))
+    worker = " ".join(
+        _q(a)
+        for a in (
+            "python",
+            "-m",
+            "serving.asyncq",
+            "--queue",
+            f"sqs:{spec.queue_url}",
+            "--state",
+            spec.state_uri or "",
+            "--name",
+            spec.endpoint or "",
+            "--model-url",
+            f"http://127.0.0.1:{spec.host_port}",
+            "--concurrency",
+            str(spec.concurrency),
+            "--visibility-timeout",
+            str(spec.visibility_timeout),
+        )
+    )
     args = args.replace('awslogs-stream="$INSTANCE_ID"', 'awslogs-stream="$INSTANCE_ID-async-worker"')
-    return _serve_body(spec) + f"""
+    return (
+        _serve_body(spec)
+        + f"""
 # Start taking requests once the model answers /ping (bounded: ~10 minutes).
 for _ in $(seq 1 300); do
   curl -sf -o /dev/null http://127.0.0.1:{spec.host_port}/ping && break
@@ -205,15 +242,24 @@ docker run -d --name selfmaker-async-worker --restart unless-stopped --network h
   "$IMAGE" {worker}
 echo "selfmaker: async worker for {spec.endpoint} started"
 """
+    )
 
 
 def render_user_data(spec: UserDataSpec) -> str:
     """The bash bootstrap script for ``spec`` (raises ``ValueError`` naming a bad field)."""
     validate(spec)
-    install = "dnf install -y docker" if spec.install_docker else 'echo "selfmaker: docker missing from the AMI" >&2; exit 1'
+    install = (
+        "dnf install -y docker"
+        if spec.install_docker
+        else 'echo "selfmaker: docker missing from the AMI" >&2; exit 1'
+    )
     header = _HEADER.format(
-        mode=spec.mode, region=_q(spec.region), registry=_q(spec.registry), image=_q(spec.image),
-        log_group=_q(spec.log_group), install=install,
+        mode=spec.mode,
+        region=_q(spec.region),
+        registry=_q(spec.registry),
+        image=_q(spec.image),
+        log_group=_q(spec.log_group),
+        install=install,
     )
     bodies = {"serve": _serve_body, "async": _async_body}
     body = bodies[spec.mode](spec)

@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("selfmaker.commands.logs:main", "print the logs of an endpoint or job"),
     "transform": ("batch.cli:main", "run one CreateTransformJob request on Dask"),
     "train-node": ("training.awsbatch:main", "run one node of a training job (inside an AWS Batch job)"),
-    "transform-share": ("batch.awsbatch:main", "run one share of a transform array job (inside an AWS Batch job)"),
+    "transform-share": (
+        "batch.awsbatch:main",
+        "run one share of a transform array job (inside an AWS Batch job)",
+    ),
 }
 #: commands whose ``--aws-batch`` form submits to / reads from AWS Batch (selfmaker.commands.aws_batch)
 AWS_BATCH: dict[str, str] = {
@@ -35,7 +38,9 @@ AWS_BATCH: dict[str, str] = {
 #: the line a local command's ``--help`` ends with, pointing at its ``--aws-batch`` form
 AWS_BATCH_HELP: dict[str, str] = {
     "train": "selfmaker train REQUEST.json --aws-batch QUEUE: run a CreateTrainingJob request on AWS Batch",
-    "transform": "selfmaker transform REQUEST.json --aws-batch QUEUE: run a CreateTransformJob request on AWS Batch",
+    "transform": (
+        "selfmaker transform REQUEST.json --aws-batch QUEUE: run a CreateTransformJob request on AWS Batch"
+    ),
     "logs": "selfmaker logs JOB_ID --aws-batch: the CloudWatch log streams of an AWS Batch job",
     "status": "selfmaker status --aws-batch QUEUE: running and recent jobs of an AWS Batch queue",
 }
@@ -45,8 +50,14 @@ def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: selfmaker COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "train, transform, logs and status take --aws-batch to run on / read from an AWS Batch queue."]
-    lines += ["", "Run `selfmaker COMMAND --help` for the options of a command, `selfmaker --version` for the version."]
+    lines += [
+        "",
+        "train, transform, logs and status take --aws-batch to run on / read from an AWS Batch queue.",
+    ]
+    lines += [
+        "",
+        "Run `selfmaker COMMAND --help` for the options of a command, `selfmaker --version` for the version.",
+    ]
     return "\n".join(lines)
 
 

@@ -15,8 +15,14 @@ class SageMakerError(Exception):
     code: str = "InternalFailure"
     status: HTTPStatus = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, message: str, *, code: str | None = None, status: HTTPStatus | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: HTTPStatus | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -65,6 +71,7 @@ class InternalFailure(SageMakerError):
 
 
 # ---- runtime (sagemaker-runtime) -------------------------------------------------------------
+
 
 class ValidationError(SageMakerError):
     """Runtime bad input / unknown endpoint / endpoint not ready (400)."""

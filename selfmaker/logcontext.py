@@ -27,7 +27,9 @@ class ContextFilter(logging.Filter):
 
 def configure_logging(level: str = "INFO", log_file: Path | None = None) -> None:
     """Configure the root logger: stderr plus (optionally) a platform log file."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s %(endpoint)s/%(variant)s] %(message)s")
+    fmt = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(endpoint)s/%(variant)s] %(message)s"
+    )
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

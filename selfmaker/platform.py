@@ -66,8 +66,9 @@ class Platform:
         services.transforms.start_up(asyncio.get_running_loop())
         for hook in services.registry.startup:
             await hook(services)
-        self._publisher = asyncio.get_running_loop().create_task(publish_loop(services),
-                                                                 name="variant-metrics-publisher")
+        self._publisher = asyncio.get_running_loop().create_task(
+            publish_loop(services), name="variant-metrics-publisher"
+        )
 
     def _reap_orphans(self) -> None:
         """Kill model servers a crashed previous run left behind (recorded PIDs that still run
@@ -81,7 +82,9 @@ class Platform:
                 proc = psutil.Process(pid)
                 if "serving" not in proc.cmdline() or proc.create_time() > me.create_time():
                     continue
-                log.warning("stopping model server %s (pid %s) left by a previous run", instance["InstanceId"], pid)
+                log.warning(
+                    "stopping model server %s (pid %s) left by a previous run", instance["InstanceId"], pid
+                )
                 os.killpg(pid, signal.SIGKILL)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
@@ -108,4 +111,3 @@ class Platform:
         await self.start()
         yield
         await self.stop()
-

@@ -114,22 +114,40 @@ class StateStore:
                 self._db.execute(
                     "INSERT INTO resources (kind, key, name, arn, status, created, modified, doc)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.kind, record.name.lower(), record.name, record.arn, record.status,
-                     record.created, record.modified, json.dumps(record.doc)),
+                    (
+                        record.kind,
+                        record.name.lower(),
+                        record.name,
+                        record.arn,
+                        record.status,
+                        record.created,
+                        record.modified,
+                        json.dumps(record.doc),
+                    ),
                 )
             except sqlite3.IntegrityError:
                 return False
         return True
 
-    def update(self, kind: str, name: str, *, status: str | None = None, doc: dict[str, Any] | None = None,
-               merge: dict[str, Any] | None = None, drop: tuple[str, ...] = (), touch: bool = True) -> Record | None:
+    def update(
+        self,
+        kind: str,
+        name: str,
+        *,
+        status: str | None = None,
+        doc: dict[str, Any] | None = None,
+        merge: dict[str, Any] | None = None,
+        drop: tuple[str, ...] = (),
+        touch: bool = True,
+    ) -> Record | None:
         """Change a resource's status and/or document (``merge`` updates keys, ``drop`` removes keys).
 
         Returns the stored record, or None when it does not exist.
         """
         with self.transaction() as db:
-            row = db.execute(f"SELECT {self._COLS} FROM resources WHERE kind=? AND key=?",
-                             (kind, name.lower())).fetchone()
+            row = db.execute(
+                f"SELECT {self._COLS} FROM resources WHERE kind=? AND key=?", (kind, name.lower())
+            ).fetchone()
             if row is None:
                 return None
             record = self._row(row)
@@ -143,14 +161,18 @@ class StateStore:
                 record.status = status
             if touch:
                 record.modified = now()
-            db.execute("UPDATE resources SET status=?, modified=?, doc=? WHERE kind=? AND key=?",
-                       (record.status, record.modified, json.dumps(record.doc), kind, name.lower()))
+            db.execute(
+                "UPDATE resources SET status=?, modified=?, doc=? WHERE kind=? AND key=?",
+                (record.status, record.modified, json.dumps(record.doc), kind, name.lower()),
+            )
         return record
 
     def delete(self, kind: str, name: str) -> bool:
         """Remove a resource and its tags; False when it did not exist."""
         with self.transaction() as db:
-            row = db.execute("SELECT arn FROM resources WHERE kind=? AND key=?", (kind, name.lower())).fetchone()
+            row = db.execute(
+                "SELECT arn FROM resources WHERE kind=? AND key=?", (kind, name.lower())
+            ).fetchone()
             if row is None:
                 return False
             db.execute("DELETE FROM resources WHERE kind=? AND key=?", (kind, name.lower()))
@@ -173,8 +195,10 @@ class StateStore:
     def add_tags(self, arn: str, tags: builtins.list[dict[str, str]]) -> None:
         """Add or overwrite tags of ``arn``."""
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO tags (arn, key, value) VALUES (?, ?, ?)",
-                           [(arn, tag["Key"], tag.get("Value", "")) for tag in tags])
+            db.executemany(
+                "INSERT OR REPLACE INTO tags (arn, key, value) VALUES (?, ?, ?)",
+                [(arn, tag["Key"], tag.get("Value", "")) for tag in tags],
+            )
 
     def tags(self, arn: str) -> builtins.list[dict[str, str]]:
         """Tags of ``arn`` sorted by key."""
@@ -189,8 +213,17 @@ class StateStore:
 
     # ---- instances (observability only; the router keeps the live view in memory) ----------------
 
-    def put_instance(self, instance_id: str, endpoint: str, variant: str, *, url: str | None, pid: int | None,
-                     status: str, log_path: str | None) -> None:
+    def put_instance(
+        self,
+        instance_id: str,
+        endpoint: str,
+        variant: str,
+        *,
+        url: str | None,
+        pid: int | None,
+        status: str,
+        log_path: str | None,
+    ) -> None:
         """Record or update one model-server instance."""
         with self.transaction() as db:
             db.execute(
@@ -216,6 +249,7 @@ class StateStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT instance_id, endpoint, variant, url, pid, status, started, log_path FROM instances"
-                " ORDER BY endpoint, variant, instance_id").fetchall()
+                " ORDER BY endpoint, variant, instance_id"
+            ).fetchall()
         keys = ("InstanceId", "EndpointName", "VariantName", "Url", "Pid", "Status", "StartTime", "LogPath")
         return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -17,15 +17,20 @@ log = logging.getLogger(__name__)
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfmaker serve",
-        description=("Serve a model over HTTP: GET /ping, POST /invocations, GET /execution-parameters, "
-                     "GET /metrics."),
+        description=(
+            "Serve a model over HTTP: GET /ping, POST /invocations, GET /execution-parameters, GET /metrics."
+        ),
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", help="model directory (default /opt/ml/model)")
     source.add_argument("--model-data", help="model.tar.gz as a path, file:// or s3:// URI")
     parser.add_argument("--host", help="bind address (default 127.0.0.1, or 0.0.0.0 inside a container)")
     parser.add_argument("--port", type=int, help="port (default SAGEMAKER_BIND_TO_PORT or 8080)")
-    parser.add_argument("--workers", type=int, help="worker processes (default SAGEMAKER_MODEL_SERVER_WORKERS or one per core)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default SAGEMAKER_MODEL_SERVER_WORKERS or one per core)",
+    )
     return parser
 
 

@@ -185,7 +185,9 @@ def decode_json(body: bytes, dtype: Any = np.float32) -> Batch:
             if isinstance(inputs, dict):
                 if not inputs:
                     raise BadRequestError("'inputs' is empty")
-                return {str(name): _to_array(value, None, f"input {name!r}") for name, value in inputs.items()}
+                return {
+                    str(name): _to_array(value, None, f"input {name!r}") for name, value in inputs.items()
+                }
             return _to_array(inputs, dtype, "'inputs'")
         if "features" in obj:
             return _to_array([obj["features"]], dtype, "'features'")
@@ -230,7 +232,9 @@ def decode_npy(body: bytes) -> np.ndarray:
     if not body:
         raise BadRequestError("empty NPY body")
     if not body.startswith(b"\x93NUMPY"):  # np.load would take it for a pickle and say so
-        raise BadRequestError("malformed NPY body: not a .npy file (numpy.save output starts with \\x93NUMPY)")
+        raise BadRequestError(
+            "malformed NPY body: not a .npy file (numpy.save output starts with \\x93NUMPY)"
+        )
     plain = _NPY_PLAIN.match(body)
     if plain is not None and plain.end() == 10 + int.from_bytes(body[8:10], "little"):
         dtype = np.dtype(plain.group(1).decode())
@@ -373,7 +377,12 @@ def encode_npy(array: Any) -> bytes:
         header = f"{{'descr': '{array.dtype.str}', 'fortran_order': False, 'shape': {shape}, }}"
         head = header + " " * (-(10 + len(header) + 1) % 64) + "\n"  # data aligned to 64 bytes
         if len(head) < 65536:
-            return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head.encode("latin-1") + np.ascontiguousarray(array).tobytes()
+            return (
+                b"\x93NUMPY\x01\x00"
+                + len(head).to_bytes(2, "little")
+                + head.encode("latin-1")
+                + np.ascontiguousarray(array).tobytes()
+            )
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()

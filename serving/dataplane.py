@@ -48,7 +48,9 @@ class DataPlane:
         state_dir: str | Path | None = None,
     ) -> None:
         self.settings = settings or ServingSettings()
-        self.source = str(model_dir) if model_dir is not None else (self.settings.model_data or self.settings.model_dir)
+        self.source = (
+            str(model_dir) if model_dir is not None else (self.settings.model_data or self.settings.model_dir)
+        )
         self._state_dir = Path(state_dir) if state_dir else None
         self._cleanup: weakref.finalize[..., DataPlane] | None = None
         self.model_dir: Path | None = None
@@ -78,15 +80,20 @@ class DataPlane:
                 # in-process use on a plain directory: nothing to unpack, nothing to share
                 self.model_dir = Path(self.source)
                 if self.settings.install_requirements:
-                    install_requirements(self.model_dir, self.settings.pip_wheel, target=self.settings.pip_target)
+                    install_requirements(
+                        self.model_dir, self.settings.pip_wheel, target=self.settings.pip_target
+                    )
             else:
                 if self._state_dir is None:
                     tmp = tempfile.mkdtemp(prefix="selfmaker-model-")
                     self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True)
                     self._state_dir = Path(tmp)
                 self.model_dir = prepare_model(
-                    self.source, self._state_dir, install=self.settings.install_requirements,
-                    pip_wheel=self.settings.pip_wheel, pip_target=self.settings.pip_target,
+                    self.source,
+                    self._state_dir,
+                    install=self.settings.install_requirements,
+                    pip_wheel=self.settings.pip_wheel,
+                    pip_target=self.settings.pip_target,
                 )
             handler = build_handler(
                 self.model_dir,
@@ -109,7 +116,11 @@ class DataPlane:
         return self
 
     def invoke(
-        self, body: bytes, content_type: str | None, accept: str | None = None, custom_attributes: str | None = None
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None = None,
+        custom_attributes: str | None = None,
     ) -> tuple[bytes, str]:
         """Answer one request: ``(response body, response content type)``."""
         result = self.invoke_full(body, content_type, accept, custom_attributes)
@@ -126,9 +137,7 @@ class DataPlane:
         """Like :meth:`invoke`, also returning custom attributes set by hooks and the model time."""
         handler = self.handler
         if handler is None:
-            raise ModelNotReadyError(
-                "model failed to load" if self.error else "model is not loaded yet"
-            )
+            raise ModelNotReadyError("model failed to load" if self.error else "model is not loaded yet")
         self._check_size(body)
         if isinstance(handler, HooksHandler):
             all_headers = dict(headers or {})

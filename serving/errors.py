@@ -102,8 +102,10 @@ def runtime_error(status: int, body: bytes, *, endpoint: str, variant: str) -> t
     else:
         kind = "client" if 400 <= status < 500 else "server"
         code, out_status = "ModelError", int(HTTPStatus.FAILED_DEPENDENCY)
-        message = (f'Received {kind} error ({status}) from primary with message "{original}". See the model '
-                   f"server log of endpoint {endpoint}, variant {variant} for more information.")
+        message = (
+            f'Received {kind} error ({status}) from primary with message "{original}". See the model '
+            f"server log of endpoint {endpoint}, variant {variant} for more information."
+        )
         extra = {"OriginalStatusCode": status, "OriginalMessage": original}
     return out_status, code, runtime_error_body(code, message, **extra)
 

@@ -112,8 +112,13 @@ class LambdaApp:
             (state_dir / "prepared.json").unlink(missing_ok=True)
             raise
         self.plane, self.error = plane, None
-        log.info("model ready for variant %s from %s in %.3f s (memory %s MB)", self.settings.variant_name,
-                 source, time.perf_counter() - started, self.settings.memory_mb or "?")
+        log.info(
+            "model ready for variant %s from %s in %.3f s (memory %s MB)",
+            self.settings.variant_name,
+            source,
+            time.perf_counter() - started,
+            self.settings.memory_mb or "?",
+        )
         return self
 
     # -- one event ---------------------------------------------------------------------------------------
@@ -134,15 +139,22 @@ class LambdaApp:
             extra["x-amzn-RequestId"] = contract.sanitize_header(request_id)
         if not isinstance(event, Mapping):
             # a direct `aws lambda invoke` with some other JSON: answered, not a function error
-            return _answer(400, error_body(400, "the event is not an Application Load Balancer request"), _JSON,
-                           extra, False)
+            return _answer(
+                400,
+                error_body(400, "the event is not an Application Load Balancer request"),
+                _JSON,
+                extra,
+                False,
+            )
         multi = "multiValueHeaders" in event
         headers = _headers(event, multi)
         method = str(event.get("httpMethod") or "").upper()
         path = str(event.get("path") or "")
         if path in _PING_PATHS or path.endswith("/ping"):
             if method not in ("GET", "HEAD"):
-                return _answer(405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi)
+                return _answer(
+                    405, error_body(405, f"{method} is not allowed on {path}"), _JSON, extra, multi
+                )
             return self._ping(extra, multi)
         match = _RUNTIME_PATH.match(path)
         if path != "/invocations" and (
@@ -154,17 +166,25 @@ class LambdaApp:
         runtime_path = match is not None
         target = headers.get(TARGET_VARIANT_HEADER)
         if target is not None and target != self.settings.variant_name:
-            message = (f"TargetVariant {contract.sanitize_header(target)!r} is not a variant of this endpoint "
-                       f"(its variant is {self.settings.variant_name!r}).")
+            message = (
+                f"TargetVariant {contract.sanitize_header(target)!r} is not a variant of this endpoint "
+                f"(its variant is {self.settings.variant_name!r})."
+            )
             if runtime_path:
-                return _answer(400, runtime_error_body("ValidationError", message), _JSON,
-                               {**extra, "x-amzn-ErrorType": "ValidationError"}, multi)
+                return _answer(
+                    400,
+                    runtime_error_body("ValidationError", message),
+                    _JSON,
+                    {**extra, "x-amzn-ErrorType": "ValidationError"},
+                    multi,
+                )
             return _answer(400, error_body(400, message), _JSON, extra, multi)
         status, body, content_type, out = self._invoke(event, headers)
         if status >= 400 and match is not None:  # the runtime path
             # the same mapping as the model server's runtime path (serving.http.fastpath)
-            out_status, code, error = runtime_error(status, body, endpoint=match["name"],
-                                                    variant=self.settings.variant_name)
+            out_status, code, error = runtime_error(
+                status, body, endpoint=match["name"], variant=self.settings.variant_name
+            )
             return _answer(out_status, error, _JSON, {**extra, "x-amzn-ErrorType": code}, multi)
         return _answer(status, body, content_type, {**extra, **out}, multi)
 
@@ -174,7 +194,9 @@ class LambdaApp:
         message = f"model failed to load: {self.error}" if self.error else "model is loading"
         return _answer(503, error_body(503, message), _JSON, extra, multi)
 
-    def _invoke(self, event: Mapping[str, Any], headers: dict[str, str]) -> tuple[int, bytes, str, dict[str, str]]:
+    def _invoke(
+        self, event: Mapping[str, Any], headers: dict[str, str]
+    ) -> tuple[int, bytes, str, dict[str, str]]:
         """``(status, body, content type, headers)`` of one invocation, errors mapped as the model server
         maps them (:func:`serving.errors.error_response`)."""
         try:
@@ -188,7 +210,10 @@ class LambdaApp:
             assert self.plane is not None
             custom = contract.CUSTOM_ATTRIBUTES_HEADER.lower()
             result = self.plane.invoke_full(
-                body, headers.get("content-type"), headers.get("accept"), headers.get(custom),
+                body,
+                headers.get("content-type"),
+                headers.get("accept"),
+                headers.get(custom),
                 _title_case(headers) if self.plane.takes_headers else None,
             )
         except ServingError as exc:
@@ -212,12 +237,12 @@ def _headers(event: Mapping[str, Any], multi: bool) -> dict[str, str]:
     # handle() must answer any event: headers that are not a mapping count as none (never an exception)
     if multi:
         multi_headers = event.get("multiValueHeaders")
-        for name, values in (multi_headers.items() if isinstance(multi_headers, Mapping) else ()):
+        for name, values in multi_headers.items() if isinstance(multi_headers, Mapping) else ():
             if isinstance(values, list) and values:
                 out[str(name).lower()] = str(values[-1])
     else:
         single = event.get("headers")
-        for name, value in (single.items() if isinstance(single, Mapping) else ()):
+        for name, value in single.items() if isinstance(single, Mapping) else ():
             if value is not None:
                 out[str(name).lower()] = str(value)
     return out
@@ -242,7 +267,9 @@ def _body(event: Mapping[str, Any]) -> bytes:
     return raw.encode("utf-8")
 
 
-def _answer(status: int, body: bytes, content_type: str, headers: dict[str, str], multi: bool) -> dict[str, Any]:
+def _answer(
+    status: int, body: bytes, content_type: str, headers: dict[str, str], multi: bool
+) -> dict[str, Any]:
     """The ALB response event; the body is always base64 so any bytes reach the client unchanged."""
     from http import HTTPStatus
 

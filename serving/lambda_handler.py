@@ -57,7 +57,9 @@ def post_init_error(runtime_api: str, message: str, error_type: str = INIT_ERROR
 
     body = json.dumps({"errorMessage": message, "errorType": error_type, "stackTrace": []}).encode()
     request = urllib.request.Request(
-        f"http://{runtime_api}/2018-06-01/runtime/init/error", data=body, method="POST",
+        f"http://{runtime_api}/2018-06-01/runtime/init/error",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "Lambda-Runtime-Function-Error-Type": error_type},
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -86,7 +88,9 @@ class Prefetch:
         def run() -> None:
             started = time.perf_counter()
             try:
-                self.archive = s3get.fetch(source, dest, credentials=credentials, region=region, endpoint=endpoint)
+                self.archive = s3get.fetch(
+                    source, dest, credentials=credentials, region=region, endpoint=endpoint
+                )
             except s3get.S3GetError as exc:
                 self.error = str(exc)
             self.seconds = time.perf_counter() - started
@@ -110,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     interface client with :func:`handler`. A model that cannot load is reported as an init error."""
     runtime_api = os.environ.get("AWS_LAMBDA_RUNTIME_API")
     if not runtime_api:
-        sys.stderr.write("selfmaker lambda: AWS_LAMBDA_RUNTIME_API is not set (this mode runs inside AWS Lambda)\n")
+        sys.stderr.write(
+            "selfmaker lambda: AWS_LAMBDA_RUNTIME_API is not set (this mode runs inside AWS Lambda)\n"
+        )
         return 2
     started = time.perf_counter()
     prefetch = Prefetch(os.environ)
@@ -132,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("init failed: %s", message)
         post_init_error(runtime_api, message)
         return 1
-    log.info("init done in %.3f s (model download %.3f s, overlapped with the imports)",
-             time.perf_counter() - started, prefetch.seconds)
+    log.info(
+        "init done in %.3f s (model download %.3f s, overlapped with the imports)",
+        time.perf_counter() - started,
+        prefetch.seconds,
+    )
     # Run as ``-m``, this module is ``__main__``; awslambdaric imports ``serving.lambda_handler`` afresh,
     # and that module's handler must find the loaded app.
     from serving import lambda_handler as installed  # noqa: PLW0406 - see above: not this module object

@@ -28,7 +28,24 @@ import numpy as np
 PATHS = ("/invocations", "/ping", "/execution-parameters", "/metrics", "other")
 STATUSES = (200, 400, 401, 403, 404, 405, 406, 408, 409, 413, 415, 422, 424, 429, 500, 502, 503, 504)
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
@@ -122,27 +139,50 @@ class Metrics:
 
         class _Collector:
             def collect(self) -> Iterator[Metric]:
-                requests = CounterMetricFamily("selfmaker_requests", "HTTP requests by path and status", labels=["path", "status"])
+                requests = CounterMetricFamily(
+                    "selfmaker_requests", "HTTP requests by path and status", labels=["path", "status"]
+                )
                 for p, path in enumerate(PATHS):
                     for s in range(_N_STATUS):
                         value = totals[_REQ + p * _N_STATUS + s]
                         if value:
                             requests.add_metric([path, _status_label(s)], value)
                 yield requests
-                errors = CounterMetricFamily("selfmaker_request_errors", "Invocations answered with an error status", labels=["status"])
+                errors = CounterMetricFamily(
+                    "selfmaker_request_errors", "Invocations answered with an error status", labels=["status"]
+                )
                 for s in range(_N_STATUS):
                     if totals[_ERR + s]:
                         errors.add_metric([_status_label(s)], totals[_ERR + s])
                 yield errors
                 for base, buckets, name, doc in (
-                    (_MODEL, LATENCY_BUCKETS, "selfmaker_model_latency_seconds", "Time spent in the model handler"),
-                    (_OVERHEAD, LATENCY_BUCKETS, "selfmaker_overhead_latency_seconds", "Request time outside the model handler"),
-                    (_BATCH, BATCH_BUCKETS, "selfmaker_batch_size", "Invocations answered together by one batch call"),
+                    (
+                        _MODEL,
+                        LATENCY_BUCKETS,
+                        "selfmaker_model_latency_seconds",
+                        "Time spent in the model handler",
+                    ),
+                    (
+                        _OVERHEAD,
+                        LATENCY_BUCKETS,
+                        "selfmaker_overhead_latency_seconds",
+                        "Request time outside the model handler",
+                    ),
+                    (
+                        _BATCH,
+                        BATCH_BUCKETS,
+                        "selfmaker_batch_size",
+                        "Invocations answered together by one batch call",
+                    ),
                 ):
                     counts = np.cumsum(totals[base : base + len(buckets) + 1])
                     bounds = [repr(b) for b in buckets] + ["+Inf"]
                     histogram = HistogramMetricFamily(name, doc)
-                    histogram.add_metric([], list(zip(bounds, counts.tolist(), strict=True)), sum_value=totals[base + len(buckets) + 1])
+                    histogram.add_metric(
+                        [],
+                        list(zip(bounds, counts.tolist(), strict=True)),
+                        sum_value=totals[base + len(buckets) + 1],
+                    )
                     yield histogram
 
         registry = CollectorRegistry(auto_describe=False)

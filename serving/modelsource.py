@@ -58,7 +58,9 @@ def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> 
     """:func:`common.proc.pip_command` for ``code/requirements.txt``; :class:`ModelSourceError` without
     pip."""
     try:
-        return common_proc.pip_command(pip_wheel, pip_installed=pip_installed, needed_by="code/requirements.txt")
+        return common_proc.pip_command(
+            pip_wheel, pip_installed=pip_installed, needed_by="code/requirements.txt"
+        )
     except common_proc.PipUnavailableError as exc:
         raise ModelSourceError(str(exc)) from exc
 
@@ -73,7 +75,15 @@ def install_requirements(model_dir: Path, pip_wheel: str | None = None, *, targe
     if not requirements.is_file():
         return
     log.info("installing %s", requirements)
-    command = [*pip_command(pip_wheel), "install", "--no-input", "--disable-pip-version-check", "-q", "-r", str(requirements)]
+    command = [
+        *pip_command(pip_wheel),
+        "install",
+        "--no-input",
+        "--disable-pip-version-check",
+        "-q",
+        "-r",
+        str(requirements),
+    ]
     if target:
         # a read-only environment (Lambda) has no writable home for pip's cache either
         command += ["--target", target, "--no-cache-dir"]
@@ -89,8 +99,14 @@ def install_requirements(model_dir: Path, pip_wheel: str | None = None, *, targe
     importlib.invalidate_caches()
 
 
-def prepare_model(source: str, state_dir: Path, *, install: bool = True, pip_wheel: str | None = None,
-                  pip_target: str | None = None) -> Path:
+def prepare_model(
+    source: str,
+    state_dir: Path,
+    *,
+    install: bool = True,
+    pip_wheel: str | None = None,
+    pip_target: str | None = None,
+) -> Path:
     """Resolve ``source`` and install its requirements once per ``state_dir``; return the model dir.
 
     ``pip_wheel``: see :func:`pip_command`; ``pip_target``: see :func:`install_requirements`.

@@ -192,10 +192,17 @@ class OnnxModel:
         if want.kind == "O":
             return array.astype(np.object_)
         if kind in "OUSV":
-            raise BadRequestError(f"input {spec.name!r} expects {want.name} numbers, got {array.dtype.name} values")
-        if want.kind in "iu" and kind == "f" and (
-                not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0)):
-            raise BadRequestError(f"input {spec.name!r} expects integers ({want.name}), got fractional values")
+            raise BadRequestError(
+                f"input {spec.name!r} expects {want.name} numbers, got {array.dtype.name} values"
+            )
+        if (
+            want.kind in "iu"
+            and kind == "f"
+            and (not np.all(np.isfinite(array)) or not np.all(np.mod(array, 1) == 0))
+        ):
+            raise BadRequestError(
+                f"input {spec.name!r} expects integers ({want.name}), got fractional values"
+            )
         if want.kind == "b" and kind not in "biu":
             raise BadRequestError(f"input {spec.name!r} expects booleans, got {array.dtype.name}")
         try:

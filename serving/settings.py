@@ -47,7 +47,9 @@ class ServingSettings(BaseSettings):
     model_dir: str = Field(DEFAULT_MODEL_DIR, alias="SELFMAKER_MODEL_DIR")
     model_data: str | None = Field(None, alias="SELFMAKER_MODEL_DATA")
     in_container: bool | None = Field(None, alias="SELFMAKER_IN_CONTAINER")
-    worker_class: str = Field("inline", alias="SELFMAKER_SERVE_WORKER_CLASS", pattern="^(inline|gthread|sync)$")
+    worker_class: str = Field(
+        "inline", alias="SELFMAKER_SERVE_WORKER_CLASS", pattern="^(inline|gthread|sync)$"
+    )
     threads: int = Field(4, alias="SELFMAKER_SERVE_THREADS", ge=1, le=256)
     ort_threads: int | None = Field(None, alias="SELFMAKER_ORT_THREADS", ge=1)
     use_gpu: bool | None = Field(None, alias="SELFMAKER_USE_GPU")

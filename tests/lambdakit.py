@@ -82,14 +82,19 @@ class _Handler(BaseHTTPRequestHandler):
             except queue.Empty:
                 continue
             deadline = int((time.time() + 60) * 1000)
-            self._send(200, event, {
-                "Content-Type": "application/json",
-                "Lambda-Runtime-Aws-Request-Id": request_id,
-                "Lambda-Runtime-Deadline-Ms": str(deadline),
-                "Lambda-Runtime-Invoked-Function-Arn": FUNCTION_ARN,
-                "Lambda-Runtime-Trace-Id": (f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]}"
-                                            ";Sampled=0"),
-            })
+            self._send(
+                200,
+                event,
+                {
+                    "Content-Type": "application/json",
+                    "Lambda-Runtime-Aws-Request-Id": request_id,
+                    "Lambda-Runtime-Deadline-Ms": str(deadline),
+                    "Lambda-Runtime-Invoked-Function-Arn": FUNCTION_ARN,
+                    "Lambda-Runtime-Trace-Id": (
+                        f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]};Sampled=0"
+                    ),
+                },
+            )
             return
         self._send(503, b'{"errorMessage": "shutting down"}')
 
@@ -106,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.init_errors.append((error_type, payload))
             self._send(202, b'{"status": "OK"}', {"Content-Type": "application/json"})
             return
-        parts = self.path[len(PREFIX):].strip("/").split("/")
+        parts = self.path[len(PREFIX) :].strip("/").split("/")
         if len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error"):
             outcome = state.outcomes.get(parts[1])
             if outcome is None:
@@ -132,7 +137,9 @@ class RuntimeApi:
     def __init__(self) -> None:
         self.state = _State()
         self._server = _Server(self.state)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="lambda-runtime-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="lambda-runtime-api", daemon=True
+        )
 
     @property
     def address(self) -> str:
@@ -184,8 +191,14 @@ class RuntimeApi:
             time.sleep(0.02)
 
 
-def lambda_environment(runtime_api: str, *, task_root: str, tmp: str, memory_mb: int = 2048,
-                       handler: str = "serving.lambda_handler.handler") -> dict[str, str]:
+def lambda_environment(
+    runtime_api: str,
+    *,
+    task_root: str,
+    tmp: str,
+    memory_mb: int = 2048,
+    handler: str = "serving.lambda_handler.handler",
+) -> dict[str, str]:
     """The variables Lambda sets for a function's process (the function's own come on top)."""
     return {
         "AWS_LAMBDA_RUNTIME_API": runtime_api,
@@ -208,14 +221,30 @@ def lambda_environment(runtime_api: str, *, task_root: str, tmp: str, memory_mb:
     }
 
 
-def alb_event(path: str, body: bytes = b"", *, method: str = "POST", headers: dict[str, str] | None = None,
-              binary: bool = False, multi_value: bool = False) -> dict[str, Any]:
+def alb_event(
+    path: str,
+    body: bytes = b"",
+    *,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+    binary: bool = False,
+    multi_value: bool = False,
+) -> dict[str, Any]:
     """The event an ALB sends a Lambda target; ``binary`` bodies are base64 (as the ALB sends them)."""
-    all_headers = {"host": "selfmaker-alb.example", "x-forwarded-for": "10.0.0.1", "x-forwarded-proto": "https",
-                   "x-forwarded-port": "443", **{k.lower(): v for k, v in (headers or {}).items()}}
+    all_headers = {
+        "host": "selfmaker-alb.example",
+        "x-forwarded-for": "10.0.0.1",
+        "x-forwarded-proto": "https",
+        "x-forwarded-port": "443",
+        **{k.lower(): v for k, v in (headers or {}).items()},
+    }
     event: dict[str, Any] = {
-        "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
-                                                     "targetgroup/sm-serverless/0123456789abcdef"}},
+        "requestContext": {
+            "elb": {
+                "targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:"
+                "targetgroup/sm-serverless/0123456789abcdef"
+            }
+        },
         "httpMethod": method,
         "path": path,
         "body": base64.b64encode(body).decode() if binary else body.decode("utf-8"),
@@ -253,17 +282,34 @@ def build_xgboost_model(dest: Path) -> Path:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(400, N_FEATURES)).astype(np.float32)
     y = (x[:, 0] - x[:, 2] > 0).astype(np.float32)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
-                        xgb.DMatrix(x, label=y), num_boost_round=10)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "nthread": 1},
+        xgb.DMatrix(x, label=y),
+        num_boost_round=10,
+    )
     dest.mkdir(parents=True, exist_ok=True)
     save(xgboost_to_onnx(booster, N_FEATURES, "binary:logistic"), dest)
-    write_signature(dest, framework="xgboost", task="binary_classification", n_features=N_FEATURES,
-                    response_format="xgboost", classes=[0, 1], threshold=0.5, extra={"objective": "binary:logistic"})
+    write_signature(
+        dest,
+        framework="xgboost",
+        task="binary_classification",
+        n_features=N_FEATURES,
+        response_format="xgboost",
+        classes=[0, 1],
+        threshold=0.5,
+        extra={"objective": "binary:logistic"},
+    )
     return dest
 
 
 #: content types an ALB hands to Lambda as text; anything else arrives base64-encoded
-_TEXT_TYPES = ("text/", "application/json", "application/jsonlines", "application/xml", "application/javascript")
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/jsonlines",
+    "application/xml",
+    "application/javascript",
+)
 
 
 class AlbShim:
@@ -289,14 +335,27 @@ class AlbShim:
                 body = self.rfile.read(length) if length else b""
                 content_type = self.headers.get("Content-Type") or ""
                 binary = bool(body) and not content_type.startswith(_TEXT_TYPES)
-                event = alb_event(self.path.split("?", 1)[0], body, method=self.command,
-                                  headers=dict(self.headers.items()), binary=binary, multi_value=shim.multi_value)
+                event = alb_event(
+                    self.path.split("?", 1)[0],
+                    body,
+                    method=self.command,
+                    headers=dict(self.headers.items()),
+                    binary=binary,
+                    multi_value=shim.multi_value,
+                )
                 outcome = shim.api.invoke(event, timeout=60)
                 if outcome.kind != "response":
-                    status, headers, payload = 502, {"Content-Type": "text/html"}, b"<html>502 Bad Gateway</html>"
+                    status, headers, payload = (
+                        502,
+                        {"Content-Type": "text/html"},
+                        b"<html>502 Bad Gateway</html>",
+                    )
                 else:
-                    status, headers, payload = (int(outcome.payload["statusCode"]), alb_headers(outcome.payload),
-                                                alb_body(outcome.payload))
+                    status, headers, payload = (
+                        int(outcome.payload["statusCode"]),
+                        alb_headers(outcome.payload),
+                        alb_body(outcome.payload),
+                    )
                 self.send_response(status)
                 for name, value in headers.items():
                     if name.lower() != "content-length":

@@ -38,10 +38,15 @@ def _sources() -> list[tuple[str, Path]]:
     return [(pkg, path) for pkg in sorted(OURS) for path in sorted((ROOT / pkg).rglob("*.py"))]
 
 
-@pytest.mark.parametrize(("package", "path"), _sources(), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else v)
+@pytest.mark.parametrize(
+    ("package", "path"), _sources(), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else v
+)
 def test_imports_point_one_way(package: str, path: Path) -> None:
     bad = forbidden(package, path)
-    assert not bad, f"{path.relative_to(ROOT)} ({package} may import only " f"{sorted(ALLOWED[package]) or 'nothing of ours'}): {bad}"
+    assert not bad, (
+        f"{path.relative_to(ROOT)} ({package} may import only "
+        f"{sorted(ALLOWED[package]) or 'nothing of ours'}): {bad}"
+    )
 
 
 def forbidden(package: str, path: Path) -> list[str]:
@@ -55,7 +60,9 @@ def forbidden(package: str, path: Path) -> list[str]:
 
 def test_checker_catches_a_forbidden_edge(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
-    bad.write_text("import os\nfrom selfmaker.cli import main\nimport batch.engine\nfrom common import uris\n")
+    bad.write_text(
+        "import os\nfrom selfmaker.cli import main\nimport batch.engine\nfrom common import uris\n"
+    )
     assert imported_packages(bad) == {("selfmaker", 2), ("batch", 3), ("common", 4)}
     assert forbidden("serving", bad) == ["line 2: imports selfmaker", "line 3: imports batch"]
 
@@ -75,14 +82,32 @@ def test_common_is_a_leaf_that_everyone_may_import(tmp_path: Path) -> None:
 #: (docs/platform-internals.md). A module belongs to the longest name listed that is itself or one of its
 #: packages (``selfmaker`` itself only to its own ``__init__``: a new top-level module needs a place here).
 SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("selfmaker", "selfmaker.errors", "selfmaker.arns", "selfmaker.settings", "selfmaker.logcontext",
-                    "selfmaker.state", "selfmaker.modeldata")),
+    (
+        "foundation",
+        (
+            "selfmaker",
+            "selfmaker.errors",
+            "selfmaker.arns",
+            "selfmaker.settings",
+            "selfmaker.logcontext",
+            "selfmaker.state",
+            "selfmaker.modeldata",
+        ),
+    ),
     ("executors", ("selfmaker.executors",)),
     ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs")),
     ("api", ("selfmaker.api", "selfmaker.services")),
     ("features", ("selfmaker.features",)),
-    ("entry points", ("selfmaker.platform", "selfmaker.commands", "selfmaker.cli", "selfmaker.__main__",
-                      "selfmaker.aws_batch")),  # the CLI's AWS Batch client (selfmaker train --aws-batch …)
+    (
+        "entry points",
+        (
+            "selfmaker.platform",
+            "selfmaker.commands",
+            "selfmaker.cli",
+            "selfmaker.__main__",
+            "selfmaker.aws_batch",
+        ),
+    ),  # the CLI's AWS Batch client (selfmaker train --aws-batch …)
 )
 #: the composition root, and the one module that may import it
 COMPOSITION_ROOT = "selfmaker.platform"
@@ -147,12 +172,16 @@ def layer_violations(graph: dict[str, set[tuple[str, int]]]) -> list[str]:
     for module, imports in sorted(graph.items()):
         for imported, line in sorted(imports):
             if imported == COMPOSITION_ROOT and module != ENTRY_POINT:
-                bad.append(f"{module} line {line}: imports the composition root {COMPOSITION_ROOT} "
-                           f"(only {ENTRY_POINT} may)")
+                bad.append(
+                    f"{module} line {line}: imports the composition root {COMPOSITION_ROOT} "
+                    f"(only {ENTRY_POINT} may)"
+                )
             elif layer_of(imported) > layer_of(module):
-                bad.append(f"{module} line {line}: imports {imported} "
-                           f"({SELFMAKER_LAYERS[layer_of(module)][0]} may not import "
-                           f"{SELFMAKER_LAYERS[layer_of(imported)][0]})")
+                bad.append(
+                    f"{module} line {line}: imports {imported} "
+                    f"({SELFMAKER_LAYERS[layer_of(module)][0]} may not import "
+                    f"{SELFMAKER_LAYERS[layer_of(imported)][0]})"
+                )
     return bad
 
 
@@ -225,18 +254,22 @@ def _fake_tree(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_layer_checker_catches_wrong_arrows(tmp_path: Path) -> None:
-    root = _fake_tree(tmp_path, {
-        "selfmaker/__init__.py": "",
-        "selfmaker/endpoints/__init__.py": "",
-        "selfmaker/endpoints/manager.py": "from selfmaker.features.shadow import hooks\n",
-        "selfmaker/features/__init__.py": "",
-        "selfmaker/features/shadow/__init__.py": "from . import hooks\n",
-        "selfmaker/features/shadow/hooks.py": ("from selfmaker.endpoints import manager\n"
-                                               "import selfmaker.platform\n"),
-        "selfmaker/platform.py": "",
-        "selfmaker/commands/__init__.py": "",
-        "selfmaker/commands/up.py": "from selfmaker.platform import Platform\n",
-    })
+    root = _fake_tree(
+        tmp_path,
+        {
+            "selfmaker/__init__.py": "",
+            "selfmaker/endpoints/__init__.py": "",
+            "selfmaker/endpoints/manager.py": "from selfmaker.features.shadow import hooks\n",
+            "selfmaker/features/__init__.py": "",
+            "selfmaker/features/shadow/__init__.py": "from . import hooks\n",
+            "selfmaker/features/shadow/hooks.py": (
+                "from selfmaker.endpoints import manager\nimport selfmaker.platform\n"
+            ),
+            "selfmaker/platform.py": "",
+            "selfmaker/commands/__init__.py": "",
+            "selfmaker/commands/up.py": "from selfmaker.platform import Platform\n",
+        },
+    )
     graph = selfmaker_graph(root)
     assert ("selfmaker.features.shadow.hooks", 1) in graph["selfmaker.features.shadow"]  # relative import
     bad = layer_violations(graph)
@@ -249,14 +282,18 @@ def test_layer_checker_catches_wrong_arrows(tmp_path: Path) -> None:
 
 
 def test_cycle_checker_catches_cycles(tmp_path: Path) -> None:
-    root = _fake_tree(tmp_path, {
-        "selfmaker/__init__.py": "",
-        "selfmaker/a.py": "from selfmaker import b\n",
-        "selfmaker/b.py": ("from typing import TYPE_CHECKING\n"
-                           "if TYPE_CHECKING:\n    from selfmaker.c import C\n"),
-        "selfmaker/c.py": "def f():\n    import selfmaker.a\n",
-        "selfmaker/d.py": "import selfmaker.a\n",
-    })
+    root = _fake_tree(
+        tmp_path,
+        {
+            "selfmaker/__init__.py": "",
+            "selfmaker/a.py": "from selfmaker import b\n",
+            "selfmaker/b.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from selfmaker.c import C\n"
+            ),
+            "selfmaker/c.py": "def f():\n    import selfmaker.a\n",
+            "selfmaker/d.py": "import selfmaker.a\n",
+        },
+    )
     assert import_cycles(selfmaker_graph(root)) == [["selfmaker.a", "selfmaker.b", "selfmaker.c"]]
 
 
@@ -276,27 +313,39 @@ def private_reaches(path: Path, module: str) -> list[str]:
                 continue
             if ast.unparse(node) not in _STDLIB_PRIVATE:
                 found.append(f"line {node.lineno}: {ast.unparse(node)}")
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("selfmaker"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").startswith("selfmaker")
+        ):
             owner = node.module or ""
             if owner == package or owner.startswith(package + "."):
                 continue
-            found += [f"line {node.lineno}: from {owner} import {a.name}" for a in node.names
-                      if a.name.startswith("_") and not a.name.startswith("__")]
+            found += [
+                f"line {node.lineno}: from {owner} import {a.name}"
+                for a in node.names
+                if a.name.startswith("_") and not a.name.startswith("__")
+            ]
     return found
 
 
 def test_selfmaker_modules_use_each_others_public_names_only() -> None:
-    bad = {name: reaches for name, path in ((module_name(p), p) for p in sorted((ROOT / "selfmaker").rglob("*.py")))
-           if (reaches := private_reaches(path, name))}
+    bad = {
+        name: reaches
+        for name, path in ((module_name(p), p) for p in sorted((ROOT / "selfmaker").rglob("*.py")))
+        if (reaches := private_reaches(path, name))
+    }
     assert not bad, f"private names used across modules (add a public method or function instead): {bad}"
 
 
 def test_private_reach_checker(tmp_path: Path) -> None:
     path = tmp_path / "hooks.py"
-    path.write_text("from selfmaker.endpoints.manager import _ping\nfrom selfmaker.features.shadow._x import y\n"
-                    "from selfmaker.features.shadow.mirror import _helper\n"
-                    "async def f(platform, self):\n    await platform.endpoints._build_variant()\n"
-                    "    self._ok = 1\n    os._exit(0)\n")
+    path.write_text(
+        "from selfmaker.endpoints.manager import _ping\nfrom selfmaker.features.shadow._x import y\n"
+        "from selfmaker.features.shadow.mirror import _helper\n"
+        "async def f(platform, self):\n    await platform.endpoints._build_variant()\n"
+        "    self._ok = 1\n    os._exit(0)\n"
+    )
     assert private_reaches(path, "selfmaker.features.shadow.hooks") == [
         "line 1: from selfmaker.endpoints.manager import _ping",
         "line 5: platform.endpoints._build_variant",
@@ -331,14 +380,20 @@ def unexplained_function_imports(path: Path) -> list[str]:
 
 
 def test_imports_inside_functions_say_why() -> None:
-    bad = {str(p.relative_to(ROOT)): found for pkg in REASONED_IMPORT_PACKAGES
-           for p in sorted((ROOT / pkg).rglob("*.py")) if (found := unexplained_function_imports(p))}
+    bad = {
+        str(p.relative_to(ROOT)): found
+        for pkg in REASONED_IMPORT_PACKAGES
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        if (found := unexplained_function_imports(p))
+    }
     assert not bad, f"imports hidden in functions without a comment saying why (or move them up): {bad}"
 
 
 def test_function_import_checker(tmp_path: Path) -> None:
     path = tmp_path / "m.py"
-    path.write_text("import os\n\ndef f():\n    import json\n\ndef g():\n    # heavy: only when a job runs\n"
-                    "    import dask\n    from dask import array\n\ndef h():\n    try:  # optional\n"
-                    "        import uvloop\n    except ImportError:\n        pass\n    import csv  # why\n")
+    path.write_text(
+        "import os\n\ndef f():\n    import json\n\ndef g():\n    # heavy: only when a job runs\n"
+        "    import dask\n    from dask import array\n\ndef h():\n    try:  # optional\n"
+        "        import uvloop\n    except ImportError:\n        pass\n    import csv  # why\n"
+    )
     assert unexplained_function_imports(path) == ["line 4: import json"]

@@ -17,7 +17,9 @@ def _benchmark_modules() -> set[str]:
 
 
 def test_python_m_bench_lists_every_benchmark_module() -> None:
-    proc = subprocess.run([sys.executable, "-m", "bench"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     listed = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")}
     assert listed == _benchmark_modules()
@@ -28,4 +30,3 @@ def test_every_benchmark_module_imports() -> None:
     code = "import importlib\n" + "".join(f"importlib.import_module('bench.{n}')\n" for n in names)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-

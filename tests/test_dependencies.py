@@ -115,11 +115,15 @@ def test_the_gpu_extra_does_not_install_the_cpu_onnxruntime() -> None:
     for extras in (["gpu"], ["gpu", "platform", "training", "batch", "lambda", "infra"]):
         names = {_norm(r.name) for r in _declared(extras)}
         assert "onnxruntime-gpu" in names and "onnxruntime" not in names, extras
-        assert "onnxruntime" not in _closure([r for r in _declared(extras) if _norm(r.name) != "onnxruntime-gpu"])
+        assert "onnxruntime" not in _closure(
+            [r for r in _declared(extras) if _norm(r.name) != "onnxruntime-gpu"]
+        )
 
 
 def test_setuptools_is_new_enough_for_the_license_field() -> None:
     """A PEP 639 SPDX ``license = "..."`` string needs setuptools 77."""
     assert isinstance(PROJECT["project"]["license"], str)
-    [setuptools] = [Requirement(r) for r in PROJECT["build-system"]["requires"] if Requirement(r).name == "setuptools"]
+    [setuptools] = [
+        Requirement(r) for r in PROJECT["build-system"]["requires"] if Requirement(r).name == "setuptools"
+    ]
     assert not setuptools.specifier.contains("76.9") and setuptools.specifier.contains("77.0")

@@ -44,13 +44,22 @@ def test_the_layout_map_names_existing_modules() -> None:
     modules = {m.group(1) for m in MAP_MODULE.finditer(text)}
     assert {"commands/up.py", "platform.py", "api/app.py", "endpoints/manager.py"} <= modules
     # a bare file name is one of a feature's or an executor's modules, listed beside its folder
-    missing = sorted(m for m in modules if not (exists(m, bases=(ROOT, ROOT / "selfmaker")) if "/" in m
-                                                else exists(f"**/{m}", bases=(ROOT / "selfmaker",))))
+    missing = sorted(
+        m
+        for m in modules
+        if not (
+            exists(m, bases=(ROOT, ROOT / "selfmaker"))
+            if "/" in m
+            else exists(f"**/{m}", bases=(ROOT / "selfmaker",))
+        )
+    )
     assert not missing, f"docs/platform-internals.md names modules that do not exist: {missing}"
 
 
 def test_the_checker_sees_paths_and_misses() -> None:
-    text = "see `selfmaker/api/app.py`, images/requirements*.txt, tests/selfmaker/ and a training/transform job"
+    text = (
+        "see `selfmaker/api/app.py`, images/requirements*.txt, tests/selfmaker/ and a training/transform job"
+    )
     assert named_paths(text) == {"selfmaker/api/app.py", "images/requirements*.txt", "tests/selfmaker/"}
     assert all(exists(p) for p in named_paths(text))
     assert not exists("selfmaker/endpoints/upstream.py") and not exists("docs/nothing-*.md")
@@ -60,7 +69,9 @@ def test_the_checker_sees_paths_and_misses() -> None:
 def test_the_map_names_every_hook_of_the_registry() -> None:
     """Every decorator a feature can register with (selfmaker/api/registry.py) is in the map, as ``@name``."""
     tree = ast.parse((ROOT / "selfmaker" / "api" / "registry.py").read_text(encoding="utf-8"))
-    hooks = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")} - {"discover"}
+    hooks = {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")} - {
+        "discover"
+    }
     assert {"operation", "metrics_source", "deployment_strategy"} <= hooks
     text = (ROOT / "docs" / "platform-internals.md").read_text(encoding="utf-8")
     assert sorted(h for h in hooks if f"@{h}" not in text) == []
@@ -74,7 +85,9 @@ def stack_outputs() -> set[str]:
     """The output names ``infra.program.build`` returns (the keys of its returned dict literal)."""
     tree = ast.parse((ROOT / "infra" / "program.py").read_text(encoding="utf-8"))
     (build,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build"]
-    returns = [n.value for n in ast.walk(build) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)]
+    returns = [
+        n.value for n in ast.walk(build) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict)
+    ]
     return {k.value for d in returns for k in d.keys if isinstance(k, ast.Constant)}
 
 
@@ -82,7 +95,9 @@ def test_stack_outputs_named_in_the_docs_exist() -> None:
     """A new user copies ``pulumi stack output endpointUrl`` from the README; the output must be there."""
     outputs = stack_outputs()
     assert {"endpointUrl", "endpoints", "modelsBucket", "repositoryUrls"} <= outputs
-    named = {(doc.name, m.group(1)) for doc in DOCS for m in STACK_OUTPUT.finditer(doc.read_text(encoding="utf-8"))}
+    named = {
+        (doc.name, m.group(1)) for doc in DOCS for m in STACK_OUTPUT.finditer(doc.read_text(encoding="utf-8"))
+    }
     assert ("README.md", "endpointUrl") in named and ("README.md", "modelsBucket") in named
     missing = sorted((doc, name) for doc, name in named if name not in outputs)
     assert not missing, f"the docs name stack outputs the program does not export: {missing}"

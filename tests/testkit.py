@@ -16,8 +16,9 @@ def find_free_port() -> int:
     return free_port("127.0.0.1")
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition", *,
-               interval: float = 0.05) -> None:
+def wait_until(
+    cond: Callable[[], object], timeout: float = 60.0, what: str = "condition", *, interval: float = 0.05
+) -> None:
     """Poll ``cond`` every ``interval`` seconds until it is truthy; fail naming ``what`` after ``timeout``
     s."""
     deadline = time.monotonic() + timeout
@@ -28,7 +29,9 @@ def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_http(url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None) -> None:
+def wait_http(
+    url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None
+) -> None:
     """Poll ``url`` until it answers ``status``; fail with the last answer after ``timeout`` seconds.
 
     ``alive`` is checked between polls so a server that died fails the test at once instead of

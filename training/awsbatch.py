@@ -74,10 +74,17 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit 0 when the job completed, 1 when it failed or stopped (the reason on stderr), 2 for a bad setup.
     """
-    parser = argparse.ArgumentParser(prog="selfmaker train-node", description=(main.__doc__ or "").split("\n")[0])
-    parser.add_argument("--state", required=True, help="the job's state prefix (s3://...) holding request.json")
-    parser.add_argument("--work-dir", default=os.environ.get("SELFMAKER_WORK_DIR") or "/tmp/selfmaker-job",
-                        help="where the /opt/ml tree is built (default $SELFMAKER_WORK_DIR or /tmp/selfmaker-job)")
+    parser = argparse.ArgumentParser(
+        prog="selfmaker train-node", description=(main.__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument(
+        "--state", required=True, help="the job's state prefix (s3://...) holding request.json"
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=os.environ.get("SELFMAKER_WORK_DIR") or "/tmp/selfmaker-job",
+        help="where the /opt/ml tree is built (default $SELFMAKER_WORK_DIR or /tmp/selfmaker-job)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from training.runner import TrainingJobRunner
@@ -91,21 +98,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wanted = int((request.get("ResourceConfig") or {}).get("InstanceCount") or 1)
     if wanted != node.count:
-        print(f"selfmaker train-node: the request asks for {wanted} instances but the job has "
-              f"{node.count} nodes",
-              file=sys.stderr)
+        print(
+            f"selfmaker train-node: the request asks for {wanted} instances but the job has "
+            f"{node.count} nodes",
+            file=sys.stderr,
+        )
         return 2
     job = str(request.get("TrainingJobName") or "training-job")
     interval = float(os.environ.get("SELFMAKER_CHECKPOINT_SYNC_SECONDS") or 10)
     tracker = int(os.environ.get("SELFMAKER_TRACKER_PORT") or DEFAULT_TRACKER_PORT)
-    print(f"[{job}] node {node.index + 1}/{node.count} runs {node.host}; algo-1 at {node.main_address}", flush=True)
+    print(
+        f"[{job}] node {node.index + 1}/{node.count} runs {node.host}; algo-1 at {node.main_address}",
+        flush=True,
+    )
 
     def on_log(host: str, line: str) -> None:
         print(f"{host} | {line}", flush=True)
 
     runner = TrainingJobRunner(
-        request, Path(args.work_dir) / job, on_log=on_log, storage=storage, checkpoint_sync_interval=interval,
-        local_hosts=[node.host], host_addresses={"algo-1": node.main_address}, tracker_port=tracker,
+        request,
+        Path(args.work_dir) / job,
+        on_log=on_log,
+        storage=storage,
+        checkpoint_sync_interval=interval,
+        local_hosts=[node.host],
+        host_addresses={"algo-1": node.main_address},
+        tracker_port=tracker,
         # the job's timeout is Batch's (MaxRuntime became attemptDurationSeconds); SIGTERM comes from it
         stop_grace_seconds=float(os.environ.get("SELFMAKER_STOP_GRACE_SECONDS") or 120),
     )

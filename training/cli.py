@@ -27,9 +27,14 @@ def train_main(argv: list[str]) -> int:
     import os
 
     parser = argparse.ArgumentParser(prog="selfmaker train", description=_plain(train_main.__doc__))
-    parser.add_argument("--root", default=None, help="the /opt/ml tree (default: $SELFMAKER_ML_ROOT or /opt/ml)")
-    parser.add_argument("--algorithm", default=os.environ.get("SELFMAKER_ALGORITHM") or None,
-                        help="xgboost | linear-learner | script (default: $SELFMAKER_ALGORITHM, else script mode)")
+    parser.add_argument(
+        "--root", default=None, help="the /opt/ml tree (default: $SELFMAKER_ML_ROOT or /opt/ml)"
+    )
+    parser.add_argument(
+        "--algorithm",
+        default=os.environ.get("SELFMAKER_ALGORITHM") or None,
+        help="xgboost | linear-learner | script (default: $SELFMAKER_ALGORITHM, else script mode)",
+    )
     args = parser.parse_args(argv)
     if args.root is not None and not Path(args.root).is_dir():
         parser.error(f"--root {args.root}: no such directory (the /opt/ml tree to train in)")
@@ -46,12 +51,25 @@ def _fmt_metric(points: dict[str, dict[str, Any]]) -> str:
 def train_local_main(argv: list[str]) -> int:
     """``selfmaker train-local REQUEST.json``: run one CreateTrainingJob request here and report where the
     model went."""
-    parser = argparse.ArgumentParser(prog="selfmaker train-local", description=_plain(train_local_main.__doc__))
-    parser.add_argument("request", help="CreateTrainingJob request as JSON (the boto3 / --cli-input-json shape); '-' reads stdin")
-    parser.add_argument("--work-dir", default=None, help="job directory (default: ./selfmaker-jobs/<job name>)")
-    parser.add_argument("--endpoint-url", default=None, help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL / AWS)")
+    parser = argparse.ArgumentParser(
+        prog="selfmaker train-local", description=_plain(train_local_main.__doc__)
+    )
+    parser.add_argument(
+        "request",
+        help="CreateTrainingJob request as JSON (the boto3 / --cli-input-json shape); '-' reads stdin",
+    )
+    parser.add_argument(
+        "--work-dir", default=None, help="job directory (default: ./selfmaker-jobs/<job name>)"
+    )
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL / AWS)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not echo the training log")
-    parser.add_argument("--stop-grace", type=float, default=120.0, help="seconds between SIGTERM and SIGKILL on stop/timeout")
+    parser.add_argument(
+        "--stop-grace", type=float, default=120.0, help="seconds between SIGTERM and SIGKILL on stop/timeout"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -61,7 +79,9 @@ def train_local_main(argv: list[str]) -> int:
         print(f"selfmaker train-local: cannot read the request: {exc}", file=sys.stderr)
         return 2
     if not isinstance(request, dict) or not request.get("TrainingJobName"):
-        print("selfmaker train-local: the request must be a JSON object with TrainingJobName", file=sys.stderr)
+        print(
+            "selfmaker train-local: the request must be a JSON object with TrainingJobName", file=sys.stderr
+        )
         return 2
     from training.runner import TrainingJobRunner, TrainingJobState
 
@@ -81,8 +101,14 @@ def train_local_main(argv: list[str]) -> int:
             prefix = f"\x1b[2m{host}\x1b[0m" if tty else host
             print(f"{prefix} | {line}", flush=True)
 
-    runner = TrainingJobRunner(request, work_dir, on_update=on_update, on_log=on_log, s3_endpoint_url=args.endpoint_url,
-                               stop_grace_seconds=args.stop_grace)
+    runner = TrainingJobRunner(
+        request,
+        work_dir,
+        on_update=on_update,
+        on_log=on_log,
+        s3_endpoint_url=args.endpoint_url,
+        stop_grace_seconds=args.stop_grace,
+    )
     stopping = threading.Event()
 
     def interrupt(_signum: int, _frame: Any) -> None:
@@ -99,7 +125,10 @@ def train_local_main(argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     fields = state.describe_fields()
-    print(f"[{job}] {state.status}" + (f" in {fields['TrainingTimeInSeconds']} s" if "TrainingTimeInSeconds" in fields else ""))
+    print(
+        f"[{job}] {state.status}"
+        + (f" in {fields['TrainingTimeInSeconds']} s" if "TrainingTimeInSeconds" in fields else "")
+    )
     if state.final_metrics:
         print(f"[{job}] metrics: {_fmt_metric(state.final_metrics)}")
     if state.failure_reason:

@@ -19,10 +19,18 @@ from training.errors import DataError, UserError
 Format = Literal["csv", "libsvm", "parquet", "recordio"]
 
 _CONTENT_TYPES: dict[str, Format] = {
-    "text/csv": "csv", "csv": "csv", "text/x-csv": "csv",
-    "text/libsvm": "libsvm", "libsvm": "libsvm", "text/x-libsvm": "libsvm",
-    "application/x-parquet": "parquet", "application/parquet": "parquet", "parquet": "parquet",
-    "application/x-recordio-protobuf": "recordio", "recordio-protobuf": "recordio", "application/x-recordio": "recordio",
+    "text/csv": "csv",
+    "csv": "csv",
+    "text/x-csv": "csv",
+    "text/libsvm": "libsvm",
+    "libsvm": "libsvm",
+    "text/x-libsvm": "libsvm",
+    "application/x-parquet": "parquet",
+    "application/parquet": "parquet",
+    "parquet": "parquet",
+    "application/x-recordio-protobuf": "recordio",
+    "recordio-protobuf": "recordio",
+    "application/x-recordio": "recordio",
 }
 
 
@@ -52,8 +60,10 @@ def data_format(content_type: str | None, default: Format, channel: str) -> Form
         return default
     base = content_type.split(";", 1)[0].strip().lower()
     if base not in _CONTENT_TYPES:
-        raise UserError(f"channel {channel!r}: ContentType {content_type!r} is not supported "
-                        f"(text/csv, text/libsvm, application/x-parquet, application/x-recordio-protobuf)")
+        raise UserError(
+            f"channel {channel!r}: ContentType {content_type!r} is not supported "
+            f"(text/csv, text/libsvm, application/x-parquet, application/x-recordio-protobuf)"
+        )
     return _CONTENT_TYPES[base]
 
 
@@ -62,12 +72,23 @@ def channel_files(env: TrainingEnvironment, channel: str) -> list[Path]:
     base = env.channel_dir(channel)
     if not base.exists():
         raise UserError(f"channel {channel!r}: {base} does not exist")
-    files = [p for p in sorted(base.rglob("*")) if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)]
+    files = [
+        p
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
+    ]
     return files
 
 
-def read_channel(env: TrainingEnvironment, channel: str, *, default: Format, csv_weights: bool = False,
-                 feature_dim: int | None = None, epoch: int = 0) -> Dataset:
+def read_channel(
+    env: TrainingEnvironment,
+    channel: str,
+    *,
+    default: Format,
+    csv_weights: bool = False,
+    feature_dim: int | None = None,
+    epoch: int = 0,
+) -> Dataset:
     """Read a whole channel (File mode: all files; Pipe mode: the FIFO of ``epoch``)."""
     fmt = data_format(env.content_type(channel), default, channel)
     parts: list[Dataset] = []
@@ -99,7 +120,14 @@ def _concat(parts: list[Dataset], channel: str) -> Dataset:
         import scipy.sparse as sp
 
         width = max(p.X.shape[1] for p in parts)
-        X = sp.vstack([sp.csr_matrix(p.X, shape=(p.X.shape[0], width)) if p.X.shape[1] != width else sp.csr_matrix(p.X) for p in parts]).tocsr()
+        X = sp.vstack(
+            [
+                sp.csr_matrix(p.X, shape=(p.X.shape[0], width))
+                if p.X.shape[1] != width
+                else sp.csr_matrix(p.X)
+                for p in parts
+            ]
+        ).tocsr()
     y = np.concatenate([p.y for p in parts])
     w = np.concatenate([p.weights for p in parts]) if all(p.weights is not None for p in parts) else None
     return Dataset(X, y, w)
@@ -116,7 +144,9 @@ def _read_path(path: Path, fmt: Format, csv_weights: bool, feature_dim: int | No
         return read_libsvm(stream, str(path))
 
 
-def _read_bytes(payload: bytes, fmt: Format, name: str, csv_weights: bool, feature_dim: int | None) -> Dataset:
+def _read_bytes(
+    payload: bytes, fmt: Format, name: str, csv_weights: bool, feature_dim: int | None
+) -> Dataset:
     if fmt == "csv":
         return read_csv(payload, name, csv_weights)
     if fmt == "parquet":
@@ -142,15 +172,20 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
     if not first.strip():
         raise DataError(f"{name}:1", "empty first line")
     if ncol < min_cols:
-        raise DataError(f"{name}:1", f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, "
-                                     f"got {ncol} column(s)")
+        raise DataError(
+            f"{name}:1",
+            f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, "
+            f"got {ncol} column(s)",
+        )
     names = [f"c{i}" for i in range(ncol)]
     try:
         table = pacsv.read_csv(
             pa.BufferReader(source) if isinstance(source, bytes) else str(source),
             read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.float32() for n in names}, strings_can_be_null=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.float32() for n in names}, strings_can_be_null=True
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise _locate_csv_error(source, name, ncol) or DataError(name, f"cannot parse CSV: {exc}") from exc
@@ -183,7 +218,10 @@ def _locate_csv_error(source: Path | bytes, name: str, ncol: int) -> DataError |
                 try:
                     float(cell)
                 except ValueError:
-                    return DataError(f"{name}:{lineno}", f"column {j + 1}: {cell.decode('utf-8', 'replace')[:40]!r} is not a number")
+                    return DataError(
+                        f"{name}:{lineno}",
+                        f"column {j + 1}: {cell.decode('utf-8', 'replace')[:40]!r} is not a number",
+                    )
     return None
 
 
@@ -204,17 +242,23 @@ def read_libsvm(stream: IO[bytes], name: str) -> Dataset:
         try:
             labels.append(float(tokens[0]))
         except ValueError:
-            raise DataError(f"{name}:{lineno}", f"label {tokens[0].decode('utf-8', 'replace')[:40]!r} is not a number") from None
+            raise DataError(
+                f"{name}:{lineno}", f"label {tokens[0].decode('utf-8', 'replace')[:40]!r} is not a number"
+            ) from None
         for tok in tokens[1:]:
             idx, sep, val = tok.partition(b":")
             if not sep:
-                raise DataError(f"{name}:{lineno}", f"{tok.decode('utf-8', 'replace')[:40]!r} is not index:value")
+                raise DataError(
+                    f"{name}:{lineno}", f"{tok.decode('utf-8', 'replace')[:40]!r} is not index:value"
+                )
             if idx == b"qid":
                 continue
             try:
                 i, v = int(idx), float(val)
             except ValueError:
-                raise DataError(f"{name}:{lineno}", f"{tok.decode('utf-8', 'replace')[:40]!r} is not index:value") from None
+                raise DataError(
+                    f"{name}:{lineno}", f"{tok.decode('utf-8', 'replace')[:40]!r} is not index:value"
+                ) from None
             if i < 0:
                 raise DataError(f"{name}:{lineno}", f"negative feature index {i}")
             indices.append(i)
@@ -223,8 +267,14 @@ def read_libsvm(stream: IO[bytes], name: str) -> Dataset:
     if not labels:
         raise DataError(name, "no records")
     width = (max(indices) + 1) if indices else 1
-    X = sp.csr_matrix((np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
-                      shape=(len(labels), width))
+    X = sp.csr_matrix(
+        (
+            np.asarray(values, dtype=np.float32),
+            np.asarray(indices, dtype=np.int64),
+            np.asarray(indptr, dtype=np.int64),
+        ),
+        shape=(len(labels), width),
+    )
     return Dataset(X, np.asarray(labels, dtype=np.float32))
 
 

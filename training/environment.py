@@ -22,9 +22,15 @@ DEFAULT_ROOT = "/opt/ml"
 PIP_WHEEL_ENV = "SELFMAKER_PIP_WHEEL"
 #: hyperparameters consumed by the toolkit, not passed to the user script
 TOOLKIT_KEYS = {
-    "sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "sagemaker_container_log_level",
-    "sagemaker_job_name", "sagemaker_enable_cloudwatch_metrics", "sagemaker_s3_output",
-    "default_user_module_name", "_tuning_objective_metric",
+    "sagemaker_program",
+    "sagemaker_submit_directory",
+    "sagemaker_region",
+    "sagemaker_container_log_level",
+    "sagemaker_job_name",
+    "sagemaker_enable_cloudwatch_metrics",
+    "sagemaker_s3_output",
+    "default_user_module_name",
+    "_tuning_objective_metric",
 }
 
 
@@ -148,11 +154,19 @@ class TrainingEnvironment:
     @property
     def user_hyperparameters(self) -> dict[str, Any]:
         """Hyperparameters without the toolkit's ``sagemaker_*`` keys."""
-        return {k: v for k, v in self.hyperparameters.items() if k not in TOOLKIT_KEYS and not k.startswith("sagemaker_")}
+        return {
+            k: v
+            for k, v in self.hyperparameters.items()
+            if k not in TOOLKIT_KEYS and not k.startswith("sagemaker_")
+        }
 
     @property
     def framework_params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.hyperparameters.items() if k.startswith("sagemaker_") and k not in TOOLKIT_KEYS}
+        return {
+            k: v
+            for k, v in self.hyperparameters.items()
+            if k.startswith("sagemaker_") and k not in TOOLKIT_KEYS
+        }
 
     @property
     def channels(self) -> list[str]:
@@ -183,7 +197,9 @@ class TrainingEnvironment:
 
     @property
     def job_name(self) -> str:
-        return os.environ.get("TRAINING_JOB_NAME") or str(self.hyperparameters.get("sagemaker_job_name") or "local-job")
+        return os.environ.get("TRAINING_JOB_NAME") or str(
+            self.hyperparameters.get("sagemaker_job_name") or "local-job"
+        )
 
     def host_address(self, host: str) -> str:
         """How this host reaches ``host``: ``SELFMAKER_HOST_ADDRESSES`` (JSON map) or the name itself."""
@@ -204,17 +220,29 @@ class TrainingEnvironment:
         import subprocess
 
         try:
-            out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=10, check=False)
+            out = subprocess.run(
+                ["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=10, check=False
+            )
         except (OSError, subprocess.SubprocessError):
             return 0
         return len([line for line in out.stdout.splitlines() if line.strip()])
 
     # -- SM_* -----------------------------------------------------------------------------------
-    def training_env(self, *, module_name: str = "", user_entry_point: str = "", module_dir: str = "",
-                     user_args: list[str] | None = None) -> dict[str, Any]:
+    def training_env(
+        self,
+        *,
+        module_name: str = "",
+        user_entry_point: str = "",
+        module_dir: str = "",
+        user_args: list[str] | None = None,
+    ) -> dict[str, Any]:
         """The dict the toolkit exports as ``SM_TRAINING_ENV``."""
         groups = self.resource_config.get("instance_groups") or [
-            {"instance_group_name": "homogeneousCluster", "instance_type": self.resource_config.get("current_instance_type", "local"), "hosts": self.hosts}
+            {
+                "instance_group_name": "homogeneousCluster",
+                "instance_type": self.resource_config.get("current_instance_type", "local"),
+                "hosts": self.hosts,
+            }
         ]
         return {
             "additional_framework_parameters": self.framework_params,
@@ -263,29 +291,48 @@ class TrainingEnvironment:
             return v if isinstance(v, str) else json.dumps(v)
 
         env: dict[str, str] = {
-            "SM_MODEL_DIR": te["model_dir"], "SM_INPUT_DIR": te["input_dir"], "SM_INPUT_CONFIG_DIR": te["input_config_dir"],
-            "SM_OUTPUT_DIR": te["output_dir"], "SM_OUTPUT_DATA_DIR": te["output_data_dir"],
+            "SM_MODEL_DIR": te["model_dir"],
+            "SM_INPUT_DIR": te["input_dir"],
+            "SM_INPUT_CONFIG_DIR": te["input_config_dir"],
+            "SM_OUTPUT_DIR": te["output_dir"],
+            "SM_OUTPUT_DATA_DIR": te["output_data_dir"],
             "SM_OUTPUT_INTERMEDIATE_DIR": te["output_intermediate_dir"],
-            "SM_CHANNELS": json.dumps(self.channels), "SM_HPS": json.dumps(te["hyperparameters"]),
-            "SM_HOSTS": json.dumps(self.hosts), "SM_CURRENT_HOST": self.current_host,
+            "SM_CHANNELS": json.dumps(self.channels),
+            "SM_HPS": json.dumps(te["hyperparameters"]),
+            "SM_HOSTS": json.dumps(self.hosts),
+            "SM_CURRENT_HOST": self.current_host,
             "SM_NETWORK_INTERFACE_NAME": te["network_interface_name"],
-            "SM_NUM_CPUS": str(te["num_cpus"]), "SM_NUM_GPUS": str(te["num_gpus"]), "SM_NUM_NEURONS": "0",
-            "SM_USER_ENTRY_POINT": te["user_entry_point"], "SM_MODULE_NAME": te["module_name"], "SM_MODULE_DIR": te["module_dir"],
-            "SM_FRAMEWORK_MODULE": "", "SM_FRAMEWORK_PARAMS": json.dumps(te["additional_framework_parameters"]),
-            "SM_LOG_LEVEL": "20", "SM_RESOURCE_CONFIG": json.dumps(self.resource_config),
-            "SM_INPUT_DATA_CONFIG": json.dumps(self.input_data_config), "SM_TRAINING_ENV": json.dumps(te),
+            "SM_NUM_CPUS": str(te["num_cpus"]),
+            "SM_NUM_GPUS": str(te["num_gpus"]),
+            "SM_NUM_NEURONS": "0",
+            "SM_USER_ENTRY_POINT": te["user_entry_point"],
+            "SM_MODULE_NAME": te["module_name"],
+            "SM_MODULE_DIR": te["module_dir"],
+            "SM_FRAMEWORK_MODULE": "",
+            "SM_FRAMEWORK_PARAMS": json.dumps(te["additional_framework_parameters"]),
+            "SM_LOG_LEVEL": "20",
+            "SM_RESOURCE_CONFIG": json.dumps(self.resource_config),
+            "SM_INPUT_DATA_CONFIG": json.dumps(self.input_data_config),
+            "SM_TRAINING_ENV": json.dumps(te),
             "SM_CURRENT_INSTANCE_TYPE": str(te["current_instance_type"]),
             "SM_CURRENT_INSTANCE_GROUP": str(te["current_instance_group"]),
             "SM_CURRENT_INSTANCE_GROUP_HOSTS": json.dumps(te["current_instance_group_hosts"]),
             "SM_INSTANCE_GROUPS": json.dumps(te["instance_groups"]),
             "SM_INSTANCE_GROUPS_DICT": json.dumps(te["instance_groups_dict"]),
             "SM_DISTRIBUTION_INSTANCE_GROUPS": json.dumps(te["distribution_instance_groups"]),
-            "SM_IS_HETERO": "false", "SM_MASTER_HOSTNAME": self.master_hostname, "SM_IS_MASTER": json.dumps(self.is_master),
-            "SAGEMAKER_JOB_NAME": self.job_name, "CURRENT_HOST": self.current_host,
+            "SM_IS_HETERO": "false",
+            "SM_MASTER_HOSTNAME": self.master_hostname,
+            "SM_IS_MASTER": json.dumps(self.is_master),
+            "SAGEMAKER_JOB_NAME": self.job_name,
+            "CURRENT_HOST": self.current_host,
         }
         if "user_args" in te:
             env["SM_USER_ARGS"] = json.dumps(te["user_args"])
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or self.hyperparameters.get("sagemaker_region")
+        region = (
+            os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or self.hyperparameters.get("sagemaker_region")
+        )
         if region:
             env["SAGEMAKER_REGION"] = str(region)
         for channel in self.channels:

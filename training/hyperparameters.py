@@ -16,7 +16,9 @@ class Hyperparameters:
     """Reads hyperparameters (strings or JSON-decoded values) and remembers which names were read."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = {k: v for k, v in raw.items() if not k.startswith("sagemaker_") and k != "_tuning_objective_metric"}
+        self.raw = {
+            k: v for k, v in raw.items() if not k.startswith("sagemaker_") and k != "_tuning_objective_metric"
+        }
 
     def has(self, name: str) -> bool:
         return name in self.raw and str(self.raw[name]).strip().lower() not in {"", "auto", "none"}
@@ -35,8 +37,15 @@ class Hyperparameters:
             if name not in allowed:
                 raise HyperparameterError(name, "is not a hyperparameter of this algorithm")
 
-    def int(self, name: str, default: int | None = None, *, minimum: int | None = None, maximum: int | None = None,
-            required: bool = False) -> int | None:
+    def int(
+        self,
+        name: str,
+        default: int | None = None,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        required: bool = False,
+    ) -> int | None:
         text = self._value(name)
         if text is None or text.lower() == "auto":
             if required:
@@ -51,8 +60,16 @@ class Hyperparameters:
         self._range(name, value, minimum, maximum)
         return value
 
-    def float(self, name: str, default: float | None = None, *, minimum: float | None = None, maximum: float | None = None,
-              required: bool = False, exclusive_min: bool = False) -> float | None:
+    def float(
+        self,
+        name: str,
+        default: float | None = None,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        required: bool = False,
+        exclusive_min: bool = False,
+    ) -> float | None:
         text = self._value(name)
         if text is None or text.lower() == "auto":
             if required:
@@ -80,7 +97,9 @@ class Hyperparameters:
             return False
         raise HyperparameterError(name, f"{text!r} is not a boolean (true/false)")
 
-    def choice(self, name: str, default: str | None, choices: Iterable[str], *, required: builtins.bool = False) -> str | None:
+    def choice(
+        self, name: str, default: str | None, choices: Iterable[str], *, required: builtins.bool = False
+    ) -> str | None:
         text = self._value(name)
         options = list(choices)
         if text is None or (text.lower() == "auto" and "auto" not in options):
@@ -96,7 +115,9 @@ class Hyperparameters:
         return default if text is None else text
 
     @staticmethod
-    def _range(name: str, value: builtins.float, minimum: builtins.float | None, maximum: builtins.float | None) -> None:
+    def _range(
+        name: str, value: builtins.float, minimum: builtins.float | None, maximum: builtins.float | None
+    ) -> None:
         if minimum is not None and value < minimum:
             raise HyperparameterError(name, f"{value:g} is below the minimum {minimum:g}")
         if maximum is not None and value > maximum:

@@ -17,8 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 15
 
 
-def write_signature(model_dir: Path, *, framework: str, task: str, n_features: int, response_format: str,
-                    classes: list[int] | None = None, threshold: float | None = None, extra: dict[str, Any] | None = None) -> None:
+def write_signature(
+    model_dir: Path,
+    *,
+    framework: str,
+    task: str,
+    n_features: int,
+    response_format: str,
+    classes: list[int] | None = None,
+    threshold: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write ``signature.json`` next to ``model.onnx``."""
     sig: dict[str, Any] = {
         "format": 1,
@@ -45,29 +54,39 @@ def save(model: onnx.ModelProto, model_dir: Path) -> Path:
 
 
 # -- classifier heads shared by the built-ins -----------------------------------------------------
-def _binary_head(threshold: float) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[onnx.ValueInfoProto]]:
+def _binary_head(
+    threshold: float,
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], list[onnx.ValueInfoProto]]:
     """From ``p1`` (P(class 1), float32 [N, 1]): ``probabilities`` [N, 2] and ``label`` = p1 >= threshold."""
-    inits = [numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
-             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-             numpy_helper.from_array(np.array([threshold], dtype=np.float32), "threshold")]
-    nodes = [helper.make_node("Sub", ["one", "p1"], ["p0"]),
-             helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
-             helper.make_node("Squeeze", ["p1", "axis1"], ["p1_flat"]),
-             helper.make_node("GreaterOrEqual", ["p1_flat", "threshold"], ["is_pos"]),
-             helper.make_node("Cast", ["is_pos"], ["label"], to=TensorProto.INT64)]
+    inits = [
+        numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array(np.array([threshold], dtype=np.float32), "threshold"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["one", "p1"], ["p0"]),
+        helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
+        helper.make_node("Squeeze", ["p1", "axis1"], ["p1_flat"]),
+        helper.make_node("GreaterOrEqual", ["p1_flat", "threshold"], ["is_pos"]),
+        helper.make_node("Cast", ["is_pos"], ["label"], to=TensorProto.INT64),
+    ]
     return nodes, inits, _classifier_outputs(2)
 
 
 def _multiclass_head(n_classes: int) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto]]:
     """From ``margin`` [N, C]: ``probabilities`` = Softmax, ``label`` = ArgMax."""
-    nodes = [helper.make_node("Softmax", ["margin"], ["probabilities"], axis=1),
-             helper.make_node("ArgMax", ["margin"], ["label"], axis=1, keepdims=0)]
+    nodes = [
+        helper.make_node("Softmax", ["margin"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["margin"], ["label"], axis=1, keepdims=0),
+    ]
     return nodes, _classifier_outputs(n_classes)
 
 
 def _classifier_outputs(n_classes: int) -> list[onnx.ValueInfoProto]:
-    return [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])]
+    return [
+        helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes]),
+    ]
 
 
 # -- xgboost ------------------------------------------------------------------------------------
@@ -76,14 +95,20 @@ ML_OPSET = 3  # ai.onnx.ml: TreeEnsembleRegressor with nodes_missing_value_track
 # How each objective turns the tree margin into xgboost's prediction, and how xgboost (≥ 1.x stores
 # base_score in prediction space) turns the saved base_score into the margin it starts from.
 _LINKS: dict[str, tuple[str, str]] = {
-    "reg:squarederror": ("identity", "identity"), "reg:squaredlogerror": ("identity", "identity"),
-    "reg:pseudohubererror": ("identity", "identity"), "reg:absoluteerror": ("identity", "identity"),
+    "reg:squarederror": ("identity", "identity"),
+    "reg:squaredlogerror": ("identity", "identity"),
+    "reg:pseudohubererror": ("identity", "identity"),
+    "reg:absoluteerror": ("identity", "identity"),
     "reg:linear": ("identity", "identity"),
-    "reg:logistic": ("sigmoid", "logit"), "binary:logistic": ("sigmoid", "logit"),
+    "reg:logistic": ("sigmoid", "logit"),
+    "binary:logistic": ("sigmoid", "logit"),
     "binary:logitraw": ("sigmoid", "identity"),  # served as probabilities (docs/training.md, Limits)
     "binary:hinge": ("hinge", "identity"),
-    "count:poisson": ("exp", "log"), "reg:gamma": ("exp", "log"), "reg:tweedie": ("exp", "log"),
-    "multi:softmax": ("softmax", "identity"), "multi:softprob": ("softmax", "identity"),
+    "count:poisson": ("exp", "log"),
+    "reg:gamma": ("exp", "log"),
+    "reg:tweedie": ("exp", "log"),
+    "multi:softmax": ("softmax", "identity"),
+    "multi:softprob": ("softmax", "identity"),
 }
 XGBOOST_OBJECTIVES = tuple(_LINKS)
 
@@ -110,7 +135,9 @@ def _tree_arrays(tree: dict[str, Any], tree_id: int, target: int, n_features: in
     if any(int(t) != 0 for t in tree.get("split_type", ())):
         raise ValueError("the model has categorical splits, which the ONNX export does not support")
     if int(tree.get("tree_param", {}).get("size_leaf_vector", "1")) > 1:
-        raise ValueError("the model has multi-output trees (multi_strategy), which the ONNX export does not support")
+        raise ValueError(
+            "the model has multi-output trees (multi_strategy), which the ONNX export does not support"
+        )
     # pruned nodes can stay in the arrays; keep only what the root reaches, numbered in visit order
     order: list[int] = []
     stack = [0]
@@ -127,8 +154,10 @@ def _tree_arrays(tree: dict[str, Any], tree_id: int, target: int, n_features: in
     # xgboost compares float32 feature < float32 split; the JSON holds the float32 values exactly
     conditions = np.asarray(tree["split_conditions"], dtype=np.float32)[idx]
     if np.any(features[~is_leaf] >= n_features) or np.any(features[~is_leaf] < 0):
-        raise ValueError(f"the model splits on feature {int(features[~is_leaf].max())}, the input has {n_features} "
-                         "features")
+        raise ValueError(
+            f"the model splits on feature {int(features[~is_leaf].max())}, the input has {n_features} "
+            "features"
+        )
     branch = ~is_leaf
     leaves = np.flatnonzero(is_leaf)
     return {
@@ -139,7 +168,9 @@ def _tree_arrays(tree: dict[str, Any], tree_id: int, target: int, n_features: in
         "nodes_modes": np.where(branch, "BRANCH_LT", "LEAF"),
         "nodes_truenodeids": np.where(branch, renumber[np.where(branch, left[idx], 0)], 0),
         "nodes_falsenodeids": np.where(branch, renumber[np.where(branch, right[idx], 0)], 0),
-        "nodes_missing_value_tracks_true": np.where(branch, np.asarray(tree["default_left"], dtype=np.int64)[idx], 0),
+        "nodes_missing_value_tracks_true": np.where(
+            branch, np.asarray(tree["default_left"], dtype=np.int64)[idx], 0
+        ),
         "target_treeids": np.full(leaves.size, tree_id, dtype=np.int64),
         "target_nodeids": leaves.astype(np.int64),
         "target_ids": np.full(leaves.size, target, dtype=np.int64),
@@ -157,7 +188,9 @@ def xgboost_to_onnx(booster: Any, n_features: int, objective: str) -> onnx.Model
     ``reg:tweedie``), margin > 0 (``binary:hinge``, xgboost's 0/1 prediction), identity otherwise.
     """
     if objective not in _LINKS:
-        raise ValueError(f"objective {objective!r} cannot be exported to ONNX; supported: {', '.join(XGBOOST_OBJECTIVES)}")
+        raise ValueError(
+            f"objective {objective!r} cannot be exported to ONNX; supported: {', '.join(XGBOOST_OBJECTIVES)}"
+        )
     learner = json.loads(bytes(booster.save_raw("json")))["learner"]
     saved = learner["objective"]["name"]
     if saved != objective and {saved, objective} != {"reg:linear", "reg:squarederror"}:
@@ -176,21 +209,50 @@ def xgboost_to_onnx(booster: Any, n_features: int, objective: str) -> onnx.Model
     tree_info = gbm["model"]["tree_info"]
     parts = [_tree_arrays(tree, i, int(tree_info[i]), n_features) for i, tree in enumerate(trees)]
     if not parts:  # no trees yet: the prediction is the base margin; ONNX needs at least one node
-        parts = [_tree_arrays({"left_children": [-1], "right_children": [-1], "split_indices": [0], "split_conditions": [0.0],
-                               "default_left": [0]}, 0, 0, n_features)]
+        parts = [
+            _tree_arrays(
+                {
+                    "left_children": [-1],
+                    "right_children": [-1],
+                    "split_indices": [0],
+                    "split_conditions": [0.0],
+                    "default_left": [0],
+                },
+                0,
+                0,
+                n_features,
+            )
+        ]
     columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     attrs: dict[str, Any] = {key: value.tolist() for key, value in columns.items()}
     regression = not objective.startswith(("binary:", "multi:"))
     margin_name = "variable" if regression and link == "identity" else "margin"
-    nodes = [helper.make_node("TreeEnsembleRegressor", ["input"], [margin_name], name="trees", domain="ai.onnx.ml",
-                              n_targets=n_targets, aggregate_function="SUM", post_transform="NONE",
-                              base_values=base.tolist(), **attrs)]
+    nodes = [
+        helper.make_node(
+            "TreeEnsembleRegressor",
+            ["input"],
+            [margin_name],
+            name="trees",
+            domain="ai.onnx.ml",
+            n_targets=n_targets,
+            aggregate_function="SUM",
+            post_transform="NONE",
+            base_values=base.tolist(),
+            **attrs,
+        )
+    ]
     inits: list[onnx.TensorProto] = []
     if regression:  # one float32 output [N, 1], named like onnxmltools named it
         if link != "identity":
-            nodes.append(helper.make_node("Sigmoid" if link == "sigmoid" else "Exp", ["margin"], ["variable"], name="link"))
+            nodes.append(
+                helper.make_node(
+                    "Sigmoid" if link == "sigmoid" else "Exp", ["margin"], ["variable"], name="link"
+                )
+            )
         outputs = [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])]
-    elif objective.startswith("multi:"):  # probabilities even for multi:softmax (whose xgboost prediction is the label)
+    elif objective.startswith(
+        "multi:"
+    ):  # probabilities even for multi:softmax (whose xgboost prediction is the label)
         head, outputs = _multiclass_head(n_targets)
         nodes += head
     else:  # binary classifiers: P(class 1) as the second column, label = P(1) >= 0.5 (signature threshold)
@@ -199,19 +261,26 @@ def xgboost_to_onnx(booster: Any, n_features: int, objective: str) -> onnx.Model
             nodes.append(helper.make_node("Sigmoid", ["margin"], ["p1"], name="link"))
         else:  # hinge: xgboost predicts 1 when the margin is > 0, else 0
             inits.append(numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero"))
-            nodes += [helper.make_node("Greater", ["margin", "zero"], ["positive"], name="link"),
-                      helper.make_node("Cast", ["positive"], ["p1"], to=TensorProto.FLOAT)]
+            nodes += [
+                helper.make_node("Greater", ["margin", "zero"], ["positive"], name="link"),
+                helper.make_node("Cast", ["positive"], ["p1"], to=TensorProto.FLOAT),
+            ]
         nodes += head
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])
     graph = helper.make_graph(nodes, "selfmaker-xgboost", [inp], outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
-                              producer_name="selfmaker")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        producer_name="selfmaker",
+    )
     model.ir_version = 8
     return model
 
 
 # -- linear models ------------------------------------------------------------------------------
-def linear_to_onnx(weights: np.ndarray, bias: np.ndarray, task: str, threshold: float = 0.5) -> onnx.ModelProto:
+def linear_to_onnx(
+    weights: np.ndarray, bias: np.ndarray, task: str, threshold: float = 0.5
+) -> onnx.ModelProto:
     """A linear model ``X @ W + b`` as an ONNX graph (MatMul + Add + Sigmoid/Softmax for classifiers)."""
     W = np.asarray(weights, dtype=np.float32)
     if W.ndim == 1:
@@ -219,7 +288,10 @@ def linear_to_onnx(weights: np.ndarray, bias: np.ndarray, task: str, threshold: 
     b = np.asarray(bias, dtype=np.float32).reshape(-1)
     n_features, k = W.shape
     inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "B")]
-    nodes = [helper.make_node("MatMul", ["input", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["margin"])]
+    nodes = [
+        helper.make_node("MatMul", ["input", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "B"], ["margin"]),
+    ]
     inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])
     if task == "binary_classification":
         head, head_inits, outputs = _binary_head(threshold)
@@ -232,6 +304,8 @@ def linear_to_onnx(weights: np.ndarray, bias: np.ndarray, task: str, threshold: 
         nodes[-1] = helper.make_node("Add", ["xw", "B"], ["score"])
         outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])]
     graph = helper.make_graph(nodes, "selfmaker-linear-learner", [inp], outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="selfmaker")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="selfmaker"
+    )
     model.ir_version = 8
     return model

@@ -51,13 +51,13 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
             length, pos = _varint(buf, pos)
             if pos + length > len(buf):
                 raise RecordIOError("truncated field")
-            yield num, wire, buf[pos:pos + length]
+            yield num, wire, buf[pos : pos + length]
             pos += length
         elif wire == 5:
-            yield num, wire, buf[pos:pos + 4]
+            yield num, wire, buf[pos : pos + 4]
             pos += 4
         elif wire == 1:
-            yield num, wire, buf[pos:pos + 8]
+            yield num, wire, buf[pos : pos + 8]
             pos += 8
         else:
             raise RecordIOError(f"unsupported wire type {wire}")
@@ -83,7 +83,9 @@ def _tensor(kind: int, buf: bytes) -> tuple[np.ndarray, list[int], list[int]]:
                 values.append(np.frombuffer(val, dtype="<f8"))  # type: ignore[arg-type]
             else:
                 ints = _packed_varints(val) if wire == 2 else [int(val)]  # type: ignore[arg-type]
-                values.append(np.array([(v - (1 << 64)) if v >= 1 << 63 else v for v in ints], dtype=np.int64))
+                values.append(
+                    np.array([(v - (1 << 64)) if v >= 1 << 63 else v for v in ints], dtype=np.int64)
+                )
         elif num == 2:
             keys += _packed_varints(val) if wire == 2 else [int(val)]  # type: ignore[arg-type]
         elif num == 3:
@@ -109,7 +111,11 @@ def _map_values(buf: bytes) -> tuple[str, tuple[np.ndarray, list[int], list[int]
     return (key, value) if value is not None else None
 
 
-def decode_record(payload: bytes) -> tuple[dict[str, tuple[np.ndarray, list[int], list[int]]], dict[str, tuple[np.ndarray, list[int], list[int]]]]:
+def decode_record(
+    payload: bytes,
+) -> tuple[
+    dict[str, tuple[np.ndarray, list[int], list[int]]], dict[str, tuple[np.ndarray, list[int], list[int]]]
+]:
     """One ``Record`` → (features, label), each ``name → (values, keys, shape)``."""
     features: dict[str, tuple[np.ndarray, list[int], list[int]]] = {}
     label: dict[str, tuple[np.ndarray, list[int], list[int]]] = {}

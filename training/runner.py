@@ -205,7 +205,9 @@ class TrainingJobRunner:
         self.host_addresses = dict(host_addresses or {})
         self.tracker_port = tracker_port
         region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-        self.job_arn = job_arn or f"arn:aws:sagemaker:{region}:000000000000:training-job/{self.job_name.lower()}"
+        self.job_arn = (
+            job_arn or f"arn:aws:sagemaker:{region}:000000000000:training-job/{self.job_name.lower()}"
+        )
         self.state = TrainingJobState()
         self._lock = threading.RLock()
         self._stop_requested = threading.Event()
@@ -239,7 +241,9 @@ class TrainingJobRunner:
             self._run()
         except (TrainingRequestError, StorageError, ExecutorError) as exc:
             text = str(exc)
-            self._finish("Failed", "Failed", text if text.startswith("ClientError") else f"ClientError: {text}")
+            self._finish(
+                "Failed", "Failed", text if text.startswith("ClientError") else f"ClientError: {text}"
+            )
         except Exception as exc:  # an internal error must still end the job, with the traceback in the log
             log.exception("training job %s failed internally", self.job_name)
             self._finish("Failed", "Failed", f"InternalServerError: {type(exc).__name__}: {exc}")
@@ -269,7 +273,11 @@ class TrainingJobRunner:
             for tr in self.state.transitions:
                 if "EndTime" not in tr:
                     tr["EndTime"] = now
-            entry: dict[str, Any] = {"Status": secondary, "StartTime": now, "StatusMessage": message or MESSAGES.get(secondary, secondary)}
+            entry: dict[str, Any] = {
+                "Status": secondary,
+                "StartTime": now,
+                "StatusMessage": message or MESSAGES.get(secondary, secondary),
+            }
             self.state.transitions.append(entry)
             self.state.secondary_status = secondary
             self._notify()
@@ -315,9 +323,12 @@ class TrainingJobRunner:
             reason = reason or f"ClientError: cannot upload the job output: {exc}"
             stopped = timed_out = False
         if timed_out:
-            self._finish("Stopped", "MaxRuntimeExceeded",
-                         "MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided "
-                         f"({job.max_runtime:g} s)")
+            self._finish(
+                "Stopped",
+                "MaxRuntimeExceeded",
+                "MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided "
+                f"({job.max_runtime:g} s)",
+            )
         elif stopped:
             self._finish("Stopped", "Stopped", None)
         elif reason is not None:
@@ -347,7 +358,9 @@ class TrainingJobRunner:
             try:
                 self._metric_defs.append((str(md["Name"]), re.compile(str(md["Regex"]))))
             except (KeyError, re.error) as exc:
-                raise TrainingRequestError(f"AlgorithmSpecification.MetricDefinitions: bad definition {md!r}: {exc}") from exc
+                raise TrainingRequestError(
+                    f"AlgorithmSpecification.MetricDefinitions: bad definition {md!r}: {exc}"
+                ) from exc
         hps = req.get("HyperParameters") or {}
         if not isinstance(hps, dict):
             raise TrainingRequestError("HyperParameters must be a map of strings")
@@ -359,7 +372,9 @@ class TrainingJobRunner:
             output_path=output_path,
             names=sorted(f"algo-{i}" for i in range(1, count + 1)),  # lexicographic, as SageMaker sorts them
             instance_type=str(resources.get("InstanceType") or "ml.m5.large"),
-            max_runtime=float((req.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME),
+            max_runtime=float(
+                (req.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME
+            ),
             hyperparameters=hps,
             checkpoint=req.get("CheckpointConfig") or {},
         )
@@ -374,11 +389,27 @@ class TrainingJobRunner:
             root = self.work_dir / "hosts" / name
             if root.exists():
                 shutil.rmtree(root)
-            for sub in ("input/config", "input/data", "model", "output/data", "output/intermediate", "checkpoints", "code"):
+            for sub in (
+                "input/config",
+                "input/data",
+                "model",
+                "output/data",
+                "output/intermediate",
+                "checkpoints",
+                "code",
+            ):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             self._hosts.append(_Host(name, root))
-            self._write_configs(root, name, job.names, job.instance_type, job.hyperparameters, job.channels, job.algo,
-                                job.checkpoint)
+            self._write_configs(
+                root,
+                name,
+                job.names,
+                job.instance_type,
+                job.hyperparameters,
+                job.channels,
+                job.algo,
+                job.checkpoint,
+            )
 
     # -- Downloading
     def _download(self, job: _JobRequest) -> None:
@@ -402,7 +433,9 @@ class TrainingJobRunner:
         addresses = {n: "127.0.0.1" for n in names} if executor.kind == "process" else {n: n for n in names}
         addresses.update(self.host_addresses)
         if len(names) > 1:
-            env["SELFMAKER_TRACKER_PORT"] = str(self.tracker_port or (free_port() if executor.kind == "process" else 9099))
+            env["SELFMAKER_TRACKER_PORT"] = str(
+                self.tracker_port or (free_port() if executor.kind == "process" else 9099)
+            )
         env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
         algo = job.algo
         args = tuple(algo.get("ContainerArguments") or ("train",))
@@ -411,14 +444,24 @@ class TrainingJobRunner:
         try:
             for host in self._hosts:
                 spec = HostSpec(
-                    job_name=self.job_name, host=host.name, hosts=tuple(names), image=job.image, ml_root=host.root,
-                    env=dict(env), arguments=args if job.kind == "container" else ("train",), entrypoint=entry,
-                    instance_type=job.instance_type, host_addresses=addresses, work_dir=self._scratch(host.name),
+                    job_name=self.job_name,
+                    host=host.name,
+                    hosts=tuple(names),
+                    image=job.image,
+                    ml_root=host.root,
+                    env=dict(env),
+                    arguments=args if job.kind == "container" else ("train",),
+                    entrypoint=entry,
+                    instance_type=job.instance_type,
+                    host_addresses=addresses,
+                    work_dir=self._scratch(host.name),
                 )
                 handle = executor.start(spec)
                 with self._lock:
                     host.handle = handle
-                host.reader = threading.Thread(target=self._read_logs, args=(host,), name=f"log-{host.name}", daemon=True)
+                host.reader = threading.Thread(
+                    target=self._read_logs, args=(host,), name=f"log-{host.name}", daemon=True
+                )
                 host.reader.start()
                 if self._stop_requested.is_set():
                     handle.terminate()
@@ -477,23 +520,36 @@ class TrainingJobRunner:
             seen.add(name)
             src = (ch.get("DataSource") or {}).get("S3DataSource")
             if not src or not src.get("S3Uri"):
-                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3Uri is required (FileSystemDataSource is not "
-                                           "supported)")
+                raise TrainingRequestError(
+                    f"{where}.DataSource.S3DataSource.S3Uri is required (FileSystemDataSource is not "
+                    "supported)"
+                )
             data_type = str(src.get("S3DataType") or "S3Prefix")
             if data_type not in {"S3Prefix", "ManifestFile"}:
-                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3DataType {data_type!r} is not supported "
-                                           "(S3Prefix, ManifestFile)")
+                raise TrainingRequestError(
+                    f"{where}.DataSource.S3DataSource.S3DataType {data_type!r} is not supported "
+                    "(S3Prefix, ManifestFile)"
+                )
             mode = str(ch.get("InputMode") or default_mode)
             if mode not in {"File", "FastFile", "Pipe"}:
                 raise TrainingRequestError(f"{where}.InputMode {mode!r} must be File, FastFile or Pipe")
             dist = str(src.get("S3DataDistributionType") or "FullyReplicated")
             if dist not in {"FullyReplicated", "ShardedByS3Key"}:
-                raise TrainingRequestError(f"{where}.DataSource.S3DataSource.S3DataDistributionType {dist!r} is invalid")
-            out.append(_Channel(
-                name=name, uri=str(src["S3Uri"]), data_type=data_type, distribution=dist, input_mode=mode,
-                content_type=ch.get("ContentType"), compression=str(ch.get("CompressionType") or "None"),
-                record_wrapper=str(ch.get("RecordWrapperType") or "None"),
-            ))
+                raise TrainingRequestError(
+                    f"{where}.DataSource.S3DataSource.S3DataDistributionType {dist!r} is invalid"
+                )
+            out.append(
+                _Channel(
+                    name=name,
+                    uri=str(src["S3Uri"]),
+                    data_type=data_type,
+                    distribution=dist,
+                    input_mode=mode,
+                    content_type=ch.get("ContentType"),
+                    compression=str(ch.get("CompressionType") or "None"),
+                    record_wrapper=str(ch.get("RecordWrapperType") or "None"),
+                )
+            )
         return out
 
     def _executor(self, kind: str) -> Executor:
@@ -505,7 +561,9 @@ class TrainingJobRunner:
         try:
             from training.executors import container as container_mod  # lands with the images work
         except ImportError as exc:
-            raise ExecutorError("this training image needs a container engine, and none is configured") from exc
+            raise ExecutorError(
+                "this training image needs a container engine, and none is configured"
+            ) from exc
         return container_mod.ContainerExecutor()
 
     def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
@@ -514,12 +572,26 @@ class TrainingJobRunner:
         env["TRAINING_JOB_ARN"] = self.job_arn
         if kind in {"xgboost", "linear-learner"}:
             env["SELFMAKER_ALGORITHM"] = kind
-        if kind != "container" and self.storage.endpoint_url and "AWS_ENDPOINT_URL_S3" not in env and "AWS_ENDPOINT_URL" not in env:
+        if (
+            kind != "container"
+            and self.storage.endpoint_url
+            and "AWS_ENDPOINT_URL_S3" not in env
+            and "AWS_ENDPOINT_URL" not in env
+        ):
             env["AWS_ENDPOINT_URL_S3"] = self.storage.endpoint_url  # the submit dir may live on the same S3
         return env
 
-    def _write_configs(self, root: Path, host: str, hosts: list[str], instance_type: str, hps: dict[str, Any],
-                       channels: list[_Channel], algo: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    def _write_configs(
+        self,
+        root: Path,
+        host: str,
+        hosts: list[str],
+        instance_type: str,
+        hps: dict[str, Any],
+        channels: list[_Channel],
+        algo: dict[str, Any],
+        checkpoint: dict[str, Any],
+    ) -> None:
         cfg = root / "input" / "config"
         (cfg / "hyperparameters.json").write_text(json.dumps({str(k): str(v) for k, v in hps.items()}))
         data_cfg: dict[str, Any] = {}
@@ -533,13 +605,28 @@ class TrainingJobRunner:
                 entry["ContentType"] = ch.content_type
             data_cfg[ch.name] = entry
         (cfg / "inputdataconfig.json").write_text(json.dumps(data_cfg))
-        (cfg / "resourceconfig.json").write_text(json.dumps({
-            "current_host": host, "hosts": hosts, "network_interface_name": "eth0",
-            "current_instance_type": instance_type, "current_group_name": "homogeneousCluster",
-            "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}],
-        }))
+        (cfg / "resourceconfig.json").write_text(
+            json.dumps(
+                {
+                    "current_host": host,
+                    "hosts": hosts,
+                    "network_interface_name": "eth0",
+                    "current_instance_type": instance_type,
+                    "current_group_name": "homogeneousCluster",
+                    "instance_groups": [
+                        {
+                            "instance_group_name": "homogeneousCluster",
+                            "instance_type": instance_type,
+                            "hosts": hosts,
+                        }
+                    ],
+                }
+            )
+        )
         if checkpoint.get("S3Uri"):
-            (cfg / "checkpointconfig.json").write_text(json.dumps({"LocalPath": "/opt/ml/checkpoints", "S3Uri": checkpoint["S3Uri"]}))
+            (cfg / "checkpointconfig.json").write_text(
+                json.dumps({"LocalPath": "/opt/ml/checkpoints", "S3Uri": checkpoint["S3Uri"]})
+            )
         (cfg / "metric-definition-regex.json").write_text(json.dumps(algo.get("MetricDefinitions") or []))
         (cfg / "trainingjobconfig.json").write_text(json.dumps(self.request, default=str))
 
@@ -550,10 +637,18 @@ class TrainingJobRunner:
                 manifest = json.loads(self.storage.read_bytes(ch.uri))
             except ValueError as exc:
                 raise StorageError(f"manifest {ch.uri} is not valid JSON: {exc}") from exc
-            if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict) or "prefix" not in manifest[0]:
-                raise StorageError(f"manifest {ch.uri} must be a JSON list starting with {{\"prefix\": ...}}")
+            if (
+                not isinstance(manifest, list)
+                or not manifest
+                or not isinstance(manifest[0], dict)
+                or "prefix" not in manifest[0]
+            ):
+                raise StorageError(f'manifest {ch.uri} must be a JSON list starting with {{"prefix": ...}}')
             base = str(manifest[0]["prefix"])
-            return [ObjectRef(base.rstrip("/") + "/" + str(rel).lstrip("/"), str(rel).lstrip("/")) for rel in manifest[1:]]
+            return [
+                ObjectRef(base.rstrip("/") + "/" + str(rel).lstrip("/"), str(rel).lstrip("/"))
+                for rel in manifest[1:]
+            ]
         refs = self.storage.list(ch.uri)
         if not refs:
             raise StorageError(f"channel {ch.name!r}: no objects under {ch.uri}")
@@ -571,7 +666,12 @@ class TrainingJobRunner:
                 dest = cache / f"{i:06d}"
                 self.storage.download(ref.uri, dest)
                 files.append(dest)
-            thread = threading.Thread(target=self._feed_pipe, args=(data, ch, files), name=f"pipe-{host.name}-{ch.name}", daemon=True)
+            thread = threading.Thread(
+                target=self._feed_pipe,
+                args=(data, ch, files),
+                name=f"pipe-{host.name}-{ch.name}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
             return
@@ -584,7 +684,7 @@ class TrainingJobRunner:
             if ch.input_mode == "FastFile" and not is_s3(ref.uri) and self._exec_kind == "process":
                 # FastFile: readable at the same path without copying up front
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                src = Path(ref.uri[len("file://"):]) if ref.uri.startswith("file://") else Path(ref.uri)
+                src = Path(ref.uri[len("file://") :]) if ref.uri.startswith("file://") else Path(ref.uri)
                 os.symlink(src, dest)
             else:
                 self.storage.download(ref.uri, dest)
@@ -685,7 +785,10 @@ class TrainingJobRunner:
                 for h in alive:
                     h.handle.kill()  # type: ignore[union-attr]
             # a failed host ends the job for everyone (SageMaker stops the cluster)
-            if any(h.handle is not None and h.handle.poll() not in (None, 0) for h in self._hosts) and kill_at is None:
+            if (
+                any(h.handle is not None and h.handle.poll() not in (None, 0) for h in self._hosts)
+                and kill_at is None
+            ):
                 kill_at = now + min(self.stop_grace_seconds, 10.0)
                 for h in alive:
                     h.handle.terminate()  # type: ignore[union-attr]
@@ -706,7 +809,10 @@ class TrainingJobRunner:
         if log_path.is_file():
             lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
             tail = "\n".join(lines[-10:])
-        return (f"AlgorithmError: {name} exited with code {codes.get(name)}" + (f"; last log lines:\n{tail}" if tail else ""))[:FAILURE_REASON_LIMIT]
+        return (
+            f"AlgorithmError: {name} exited with code {codes.get(name)}"
+            + (f"; last log lines:\n{tail}" if tail else "")
+        )[:FAILURE_REASON_LIMIT]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _restore_checkpoints(self, uri: str, host: _Host) -> None:
@@ -751,7 +857,9 @@ class TrainingJobRunner:
                 if self._checkpoint_uploaded.get(key) != sig:
                     self.storage.upload(path, join(uri, rel))
                     self._checkpoint_uploaded[key] = sig
-            for key in [k for k in self._checkpoint_uploaded if k.startswith(host.name + "/") and k not in present]:
+            for key in [
+                k for k in self._checkpoint_uploaded if k.startswith(host.name + "/") and k not in present
+            ]:
                 self.storage.delete(join(uri, key.split("/", 1)[1]))
                 del self._checkpoint_uploaded[key]
 

@@ -92,8 +92,10 @@ def install_requirements(code_dir: Path, pip_wheel: str | None = None) -> None:
     proc = subprocess.run(cmd, cwd=code_dir, capture_output=True, text=True, check=False)
     sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
-        raise UserError("InstallRequirementsError: pip install -r requirements.txt failed (exit "
-                        f"{proc.returncode}): {proc.stderr.strip()[-700:]}")
+        raise UserError(
+            "InstallRequirementsError: pip install -r requirements.txt failed (exit "
+            f"{proc.returncode}): {proc.stderr.strip()[-700:]}"
+        )
 
 
 def forward_signal(signum: int, _frame: Any) -> None:
@@ -112,21 +114,34 @@ def run(env: TrainingEnvironment) -> int:
     hps = env.hyperparameters
     program = hps.get("sagemaker_program")
     if not program or not isinstance(program, str):
-        raise HyperparameterError("sagemaker_program", "is required in script mode (the entry point file name)")
+        raise HyperparameterError(
+            "sagemaker_program", "is required in script mode (the entry point file name)"
+        )
     submit = hps.get("sagemaker_submit_directory")
     code_dir = env.code_dir
     if submit:
         fetch_submit_dir(str(submit), code_dir)
     script = code_dir / program
     if not script.is_file():
-        raise HyperparameterError("sagemaker_program", f"{program!r} not found in the submit directory {submit or code_dir}")
+        raise HyperparameterError(
+            "sagemaker_program", f"{program!r} not found in the submit directory {submit or code_dir}"
+        )
     install_requirements(code_dir, env.pip_wheel)
 
     user_args = to_cmd_args(env.user_hyperparameters)
     module_name = program[:-3] if program.endswith(".py") else program
     child_env = dict(os.environ)
-    child_env.update(env.sm_env(module_name=module_name, user_entry_point=program, module_dir=str(submit or code_dir), user_args=user_args))
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), child_env.get("PYTHONPATH", "")) if p)
+    child_env.update(
+        env.sm_env(
+            module_name=module_name,
+            user_entry_point=program,
+            module_dir=str(submit or code_dir),
+            user_args=user_args,
+        )
+    )
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(code_dir), child_env.get("PYTHONPATH", "")) if p
+    )
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     if program.endswith(".py"):
         cmd = [sys.executable, "--", program, *user_args]
@@ -138,7 +153,9 @@ def run(env: TrainingEnvironment) -> int:
     tail: collections.deque[str] = collections.deque(maxlen=40)
     previous = signal.signal(signal.SIGTERM, forward_signal)
     try:
-        proc = subprocess.Popen(cmd, cwd=code_dir, env=child_env, stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            cmd, cwd=code_dir, env=child_env, stdin=subprocess.DEVNULL, stdout=None, stderr=subprocess.PIPE
+        )
         _current = proc
         assert proc.stderr is not None
 
@@ -158,8 +175,11 @@ def run(env: TrainingEnvironment) -> int:
         signal.signal(signal.SIGTERM, previous)
     if code != 0:
         message = "".join(tail).strip()
-        write_failure(env, f'ExecuteUserScriptError:\nExitCode {code}\nErrorMessage "{message}"\n'
-                           f'Command "{shlex.join(cmd)}"')
+        write_failure(
+            env,
+            f'ExecuteUserScriptError:\nExitCode {code}\nErrorMessage "{message}"\n'
+            f'Command "{shlex.join(cmd)}"',
+        )
         return 1 if code > 0 else 128 - code
     return 0
 

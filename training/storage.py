@@ -79,7 +79,11 @@ class Storage:
         if not path.is_dir():
             raise StorageError(f"no such file or directory: {prefix}")
         return sorted(
-            (ObjectRef(p.as_uri(), p.relative_to(path).as_posix(), p.stat().st_size) for p in path.rglob("*") if p.is_file()),
+            (
+                ObjectRef(p.as_uri(), p.relative_to(path).as_posix(), p.stat().st_size)
+                for p in path.rglob("*")
+                if p.is_file()
+            ),
             key=lambda r: r.uri,
         )
 
@@ -165,9 +169,9 @@ def _rel_from_prefix(prefix: str, key: str) -> str:
 
     ``data/train`` + ``data/train/a.csv`` → ``a.csv``; ``data/tr`` + ``data/train.csv`` → ``train.csv``.
     """
-    rest = key[len(prefix):]
+    rest = key[len(prefix) :]
     if prefix.endswith("/") or rest.startswith("/"):
         return rest.lstrip("/")
     # prefix ends mid-name: keep the partial component's full name
     head = prefix.rsplit("/", 1)[-1]
-    return (head + rest)
+    return head + rest

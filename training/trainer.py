@@ -13,8 +13,10 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ("xgboost", "linear-learner")
 #: why a job with neither a built-in algorithm nor a script fails (the AWS Batch submitter refuses it with it)
-NO_PROGRAM = ("no training program: set the sagemaker_program and sagemaker_submit_directory hyperparameters "
-              "(script mode) or use a built-in algorithm image (xgboost, linear-learner)")
+NO_PROGRAM = (
+    "no training program: set the sagemaker_program and sagemaker_submit_directory hyperparameters "
+    "(script mode) or use a built-in algorithm image (xgboost, linear-learner)"
+)
 
 
 def select(env: TrainingEnvironment, algorithm: str | None) -> str:

@@ -99,21 +99,30 @@ class InstanceGroupArgs:
         if not self.instance_types:
             raise bad("instance_types", "at least one type is needed")
         try:
-            self.instance_types = presets.resolve_instance_types(self.accelerator, None, list(self.instance_types))
+            self.instance_types = presets.resolve_instance_types(
+                self.accelerator, None, list(self.instance_types)
+            )
         except ValueError as exc:
-            raise bad("instance_types" if self.accelerator in presets.ACCELERATORS else "accelerator", str(exc)) from None
+            raise bad(
+                "instance_types" if self.accelerator in presets.ACCELERATORS else "accelerator", str(exc)
+            ) from None
         if not self.subnet_ids:
             raise bad("subnet_ids", "at least one private subnet is needed")
         if not 0 <= self.min_size <= self.desired_capacity <= self.max_size or self.max_size < 1:
-            raise bad("desired_capacity", f"need 0 <= min_size <= desired_capacity <= max_size and max_size >= 1, got "
-                      f"{self.min_size}/{self.desired_capacity}/{self.max_size}")
+            raise bad(
+                "desired_capacity",
+                f"need 0 <= min_size <= desired_capacity <= max_size and max_size >= 1, got "
+                f"{self.min_size}/{self.desired_capacity}/{self.max_size}",
+            )
         try:
             presets.capacity_mix(self.desired_capacity, self.on_demand_base, self.spot_percentage)
         except ValueError as exc:
             raise bad("spot_percentage", str(exc)) from None
         if self.warm_pool is not None:
             if self.spot_percentage or len(self.instance_types) != 1:
-                raise bad("warm_pool", "AWS allows warm pools only without spot and with a single instance type")
+                raise bad(
+                    "warm_pool", "AWS allows warm pools only without spot and with a single instance type"
+                )
             if self.warm_pool.state not in WARM_POOL_STATES:
                 raise bad("warm_pool", f"state must be one of {WARM_POOL_STATES}")
             if self.warm_pool.min_size < 0:
@@ -130,16 +139,21 @@ class InstanceGroupArgs:
             raise bad("image_tag", str(exc)) from None
         if self.refresh is not None:
             percentages = list(self.refresh.checkpoint_percentages)
-            if percentages and (percentages[-1] != 100 or percentages != sorted(set(percentages))
-                                or percentages[0] < 1):
+            if percentages and (
+                percentages[-1] != 100 or percentages != sorted(set(percentages)) or percentages[0] < 1
+            ):
                 raise bad("refresh", f"checkpoint percentages must rise and end at 100, got {percentages}")
         if not 0 <= self.health_check_grace_period <= 7200:
             raise bad("health_check_grace_period", "must be 0-7200 seconds")
         if (self.endpoint_name is None) != (self.variant_name is None) or (
             self.endpoint_name and self.role not in ("serve", "async")
         ):
-            raise bad("endpoint_name", "endpoint_name and variant_name go together, on serving or async groups")
-        if self.role == "async" and (self.queue_url is None or self.state_uri is None or not self.endpoint_name):
+            raise bad(
+                "endpoint_name", "endpoint_name and variant_name go together, on serving or async groups"
+            )
+        if self.role == "async" and (
+            self.queue_url is None or self.state_uri is None or not self.endpoint_name
+        ):
             raise bad("queue_url", "an async group needs queue_url, state_uri and endpoint_name")
         if self.role in ("serve", "async") and self.model_data_uri is None:
             raise bad("model_data_uri", "a serving group needs the model.tar.gz URI")
@@ -153,7 +167,9 @@ class InstanceGroup(pulumi.ComponentResource):
     allows with a single on-demand type.
     """
 
-    def __init__(self, name: str, args: InstanceGroupArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: InstanceGroupArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("selfmaker:compute:InstanceGroup", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tags = {**args.tags, "Group": name, "Role": args.role}
@@ -162,39 +178,64 @@ class InstanceGroup(pulumi.ComponentResource):
             return naming.with_name(tags, naming.child_name(name, role))
 
         self.log_group = aws.cloudwatch.LogGroup(
-            naming.child_name(name, "logs"), name=args.log_group_name, retention_in_days=args.log_retention_days,
-            tags=tags, opts=child,
+            naming.child_name(name, "logs"),
+            name=args.log_group_name,
+            retention_in_days=args.log_retention_days,
+            tags=tags,
+            opts=child,
         )
 
         self.security_group = aws.ec2.SecurityGroup(
-            naming.child_name(name, "sg"), vpc_id=args.vpc_id, description=f"selfmaker {args.role} group {name}",
-            tags=tagged("sg"), opts=child,
+            naming.child_name(name, "sg"),
+            vpc_id=args.vpc_id,
+            description=f"selfmaker {args.role} group {name}",
+            tags=tagged("sg"),
+            opts=child,
         )
         for i, source in enumerate(args.ingress_security_group_ids):
             aws.vpc.SecurityGroupIngressRule(
-                naming.child_name(name, f"ingress-{i}"), security_group_id=self.security_group.id,
-                referenced_security_group_id=source, ip_protocol="tcp", from_port=args.port, to_port=args.port,
-                description="model server port from a trusted security group", tags=tagged(f"ingress-{i}"), opts=child,
+                naming.child_name(name, f"ingress-{i}"),
+                security_group_id=self.security_group.id,
+                referenced_security_group_id=source,
+                ip_protocol="tcp",
+                from_port=args.port,
+                to_port=args.port,
+                description="model server port from a trusted security group",
+                tags=tagged(f"ingress-{i}"),
+                opts=child,
             )
         aws.vpc.SecurityGroupEgressRule(
-            naming.child_name(name, "https-out"), security_group_id=self.security_group.id, cidr_ipv4="0.0.0.0/0",
-            ip_protocol="tcp", from_port=443, to_port=443, description="HTTPS to AWS APIs, ECR and package repos",
-            tags=tagged("https-out"), opts=child,
+            naming.child_name(name, "https-out"),
+            security_group_id=self.security_group.id,
+            cidr_ipv4="0.0.0.0/0",
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            description="HTTPS to AWS APIs, ECR and package repos",
+            tags=tagged("https-out"),
+            opts=child,
         )
 
         image_id: pulumi.Input[str]
         if args.ami_id:
             image_id = args.ami_id
         else:
-            image_id = aws.ssm.get_parameter_output(name=args.ami_parameter, opts=pulumi.InvokeOutputOptions(parent=self)).value
+            image_id = aws.ssm.get_parameter_output(
+                name=args.ami_parameter, opts=pulumi.InvokeOutputOptions(parent=self)
+            ).value
 
         # Only rendering happens in apply(): the script needs the S3 and ECR locations, which are outputs.
         user_data = pulumi.Output.all(
-            repo=args.repository_url, model=args.model_data_uri, queue=args.queue_url, state=args.state_uri,
+            repo=args.repository_url,
+            model=args.model_data_uri,
+            queue=args.queue_url,
+            state=args.state_uri,
         ).apply(lambda v: _encoded_user_data(name, args, v))
 
         tag_specs: list[aws.ec2.LaunchTemplateTagSpecificationArgsDict] = [
-            {"resource_type": kind, "tags": tagged(kind)} for kind in ("instance", "volume", "network-interface")]
+            {"resource_type": kind, "tags": tagged(kind)}
+            for kind in ("instance", "volume", "network-interface")
+        ]
         self.launch_template = aws.ec2.LaunchTemplate(
             naming.child_name(name, "lt"),
             description=f"selfmaker {args.role} group {name}",
@@ -209,11 +250,17 @@ class InstanceGroup(pulumi.ComponentResource):
                 "http_put_response_hop_limit": 2,
                 "instance_metadata_tags": "disabled",
             },
-            block_device_mappings=[{
-                "device_name": ROOT_DEVICE,
-                "ebs": {"volume_size": args.root_volume_gb, "volume_type": "gp3", "encrypted": "true",
-                        "delete_on_termination": "true"},
-            }],
+            block_device_mappings=[
+                {
+                    "device_name": ROOT_DEVICE,
+                    "ebs": {
+                        "volume_size": args.root_volume_gb,
+                        "volume_type": "gp3",
+                        "encrypted": "true",
+                        "delete_on_termination": "true",
+                    },
+                }
+            ],
             monitoring={"enabled": True},
             user_data=user_data,
             update_default_version=True,
@@ -222,21 +269,32 @@ class InstanceGroup(pulumi.ComponentResource):
             opts=child,
         )
 
-        template_ref = {"id": self.launch_template.id, "version": self.launch_template.latest_version.apply(str)}
+        template_ref = {
+            "id": self.launch_template.id,
+            "version": self.launch_template.latest_version.apply(str),
+        }
         group_kwargs: dict[str, Any] = {}
         if args.warm_pool is not None:
             group_kwargs["launch_template"] = template_ref
             group_kwargs["warm_pool"] = {
-                "pool_state": args.warm_pool.state, "min_size": args.warm_pool.min_size,
-                **({"max_group_prepared_capacity": args.warm_pool.max_prepared_capacity}
-                   if args.warm_pool.max_prepared_capacity is not None else {}),
+                "pool_state": args.warm_pool.state,
+                "min_size": args.warm_pool.min_size,
+                **(
+                    {"max_group_prepared_capacity": args.warm_pool.max_prepared_capacity}
+                    if args.warm_pool.max_prepared_capacity is not None
+                    else {}
+                ),
             }
         else:
             group_kwargs["mixed_instances_policy"] = {
-                "instances_distribution": presets.instances_distribution(args.on_demand_base, args.spot_percentage),
+                "instances_distribution": presets.instances_distribution(
+                    args.on_demand_base, args.spot_percentage
+                ),
                 "launch_template": {
-                    "launch_template_specification": {"launch_template_id": template_ref["id"],
-                                                      "version": template_ref["version"]},
+                    "launch_template_specification": {
+                        "launch_template_id": template_ref["id"],
+                        "version": template_ref["version"],
+                    },
                     "overrides": [{"instance_type": itype} for itype in args.instance_types],
                 },
             }
@@ -244,8 +302,10 @@ class InstanceGroup(pulumi.ComponentResource):
             refresh = args.refresh
             preferences: aws.autoscaling.GroupInstanceRefreshPreferencesArgsDict = {
                 # launch before terminate: new instances join before old ones leave
-                "min_healthy_percentage": 100, "max_healthy_percentage": 200,
-                "instance_warmup": str(refresh.instance_warmup), "skip_matching": True,
+                "min_healthy_percentage": 100,
+                "max_healthy_percentage": 200,
+                "instance_warmup": str(refresh.instance_warmup),
+                "skip_matching": True,
                 "auto_rollback": True,
             }
             if refresh.checkpoint_percentages:
@@ -254,7 +314,9 @@ class InstanceGroup(pulumi.ComponentResource):
             if refresh.alarm_names:
                 preferences["alarm_specification"] = {"alarms": list(refresh.alarm_names)}
             instance_refresh: aws.autoscaling.GroupInstanceRefreshArgsDict = {
-                "strategy": "Rolling", "preferences": preferences}
+                "strategy": "Rolling",
+                "preferences": preferences,
+            }
         else:
             instance_refresh = {"strategy": "Rolling", "preferences": {"min_healthy_percentage": 90}}
         if args.target_group_arns:
@@ -274,31 +336,47 @@ class InstanceGroup(pulumi.ComponentResource):
             health_check_grace_period=args.health_check_grace_period,
             default_instance_warmup=300,
             instance_refresh=instance_refresh,
-            enabled_metrics=[aws.autoscaling.Metric.GROUP_DESIRED_CAPACITY, aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES,
-                             aws.autoscaling.Metric.GROUP_TOTAL_INSTANCES],
+            enabled_metrics=[
+                aws.autoscaling.Metric.GROUP_DESIRED_CAPACITY,
+                aws.autoscaling.Metric.GROUP_IN_SERVICE_INSTANCES,
+                aws.autoscaling.Metric.GROUP_TOTAL_INSTANCES,
+            ],
             tags=asg_tags,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desiredCapacity"] if args.scaled else None),
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=["desiredCapacity"] if args.scaled else None
+            ),
             **group_kwargs,
         )
-        self.register_outputs({
-            "auto_scaling_group_name": self.auto_scaling_group.name,
-            "launch_template_id": self.launch_template.id,
-            "security_group_id": self.security_group.id,
-            "log_group_name": self.log_group.name,
-        })
+        self.register_outputs(
+            {
+                "auto_scaling_group_name": self.auto_scaling_group.name,
+                "launch_template_id": self.launch_template.id,
+                "security_group_id": self.security_group.id,
+                "log_group_name": self.log_group.name,
+            }
+        )
 
 
 def _encoded_user_data(name: str, args: InstanceGroupArgs, values: Mapping[str, Any]) -> str:
     """Render and base64-encode the bootstrap script once the S3 and ECR locations are known."""
     repo = str(values["repo"])
     spec = userdata.UserDataSpec(
-        mode=args.role, group=name, region=args.region, registry=naming.registry_host(repo),
-        image=naming.image_uri(repo, args.image_tag), log_group=args.log_group_name,
-        gpu=args.accelerator == "gpu", install_docker=args.accelerator == "cpu",
-        environment=dict(args.environment), host_port=args.port,
+        mode=args.role,
+        group=name,
+        region=args.region,
+        registry=naming.registry_host(repo),
+        image=naming.image_uri(repo, args.image_tag),
+        log_group=args.log_group_name,
+        gpu=args.accelerator == "gpu",
+        install_docker=args.accelerator == "cpu",
+        environment=dict(args.environment),
+        host_port=args.port,
         model_data=values["model"],
-        endpoint=args.endpoint_name, variant=args.variant_name,
-        queue_url=values.get("queue"), state_uri=values.get("state"), concurrency=args.concurrency,
+        endpoint=args.endpoint_name,
+        variant=args.variant_name,
+        queue_url=values.get("queue"),
+        state_uri=values.get("state"),
+        concurrency=args.concurrency,
         visibility_timeout=args.visibility_timeout,
     )
     return base64.b64encode(userdata.render_user_data(spec).encode()).decode()

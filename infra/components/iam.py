@@ -62,41 +62,64 @@ class Roles(pulumi.ComponentResource):
         def scope_doc(kind: str) -> pulumi.Output[str]:
             def build(values: dict[str, Any]) -> str:
                 scope = policies.RoleScope(
-                    models_bucket_arn=values["models"], data_bucket_arn=values["data"],
-                    outputs_bucket_arn=values["outputs"], repository_arns=tuple(values["repos"]),
-                    log_group_pattern=naming.log_group_arn_pattern(args.partition, args.region, args.account_id, args.prefix),
-                    queue_pattern=naming.prefixed_arn_pattern(args.partition, "sqs", args.region, args.account_id, args.prefix),
-                    topic_pattern=naming.prefixed_arn_pattern(args.partition, "sns", args.region, args.account_id, args.prefix),
-                    model_prefix=args.model_prefix, kms_key_arn=values["kms"],
+                    models_bucket_arn=values["models"],
+                    data_bucket_arn=values["data"],
+                    outputs_bucket_arn=values["outputs"],
+                    repository_arns=tuple(values["repos"]),
+                    log_group_pattern=naming.log_group_arn_pattern(
+                        args.partition, args.region, args.account_id, args.prefix
+                    ),
+                    queue_pattern=naming.prefixed_arn_pattern(
+                        args.partition, "sqs", args.region, args.account_id, args.prefix
+                    ),
+                    topic_pattern=naming.prefixed_arn_pattern(
+                        args.partition, "sns", args.region, args.account_id, args.prefix
+                    ),
+                    model_prefix=args.model_prefix,
+                    kms_key_arn=values["kms"],
                 )
                 return json.dumps(_BUILDERS[kind](scope))
 
             return pulumi.Output.all(
-                models=args.models_bucket_arn, data=args.data_bucket_arn, outputs=args.outputs_bucket_arn,
-                repos=pulumi.Output.all(*args.repository_arns), kms=args.kms_key_arn,
+                models=args.models_bucket_arn,
+                data=args.data_bucket_arn,
+                outputs=args.outputs_bucket_arn,
+                repos=pulumi.Output.all(*args.repository_arns),
+                kms=args.kms_key_arn,
             ).apply(build)
 
         self.roles: dict[str, aws.iam.Role] = {}
         self.profiles: dict[str, aws.iam.InstanceProfile] = {}
         for kind in KINDS:
             role = aws.iam.Role(
-                naming.child_name(name, kind), description=f"selfmaker {kind} instances",
+                naming.child_name(name, kind),
+                description=f"selfmaker {kind} instances",
                 assume_role_policy=json.dumps(policies.assume_role_policy("ec2.amazonaws.com")),
-                tags=tags, opts=child,
+                tags=tags,
+                opts=child,
             )
-            aws.iam.RolePolicy(naming.child_name(name, f"{kind}-policy"), role=role.id, policy=scope_doc(kind), opts=child)
+            aws.iam.RolePolicy(
+                naming.child_name(name, f"{kind}-policy"), role=role.id, policy=scope_doc(kind), opts=child
+            )
             if args.ssm_access:
                 # Session Manager instead of SSH: no key pairs, no port 22.
                 aws.iam.RolePolicyAttachment(
-                    naming.child_name(name, f"{kind}-ssm"), role=role.name,
-                    policy_arn=f"arn:{args.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore", opts=child,
+                    naming.child_name(name, f"{kind}-ssm"),
+                    role=role.name,
+                    policy_arn=f"arn:{args.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
+                    opts=child,
                 )
             self.roles[kind] = role
             self.profiles[kind] = aws.iam.InstanceProfile(
-                naming.child_name(name, f"{kind}-profile"), role=role.name, tags=tags, opts=child,
+                naming.child_name(name, f"{kind}-profile"),
+                role=role.name,
+                tags=tags,
+                opts=child,
             )
 
-        self.register_outputs({
-            **{f"{kind}_role_arn": role.arn for kind, role in self.roles.items()},
-            **{f"{kind}_instance_profile_arn": p.arn for kind, p in self.profiles.items()},
-        })
+        self.register_outputs(
+            {
+                **{f"{kind}_role_arn": role.arn for kind, role in self.roles.items()},
+                **{f"{kind}_instance_profile_arn": p.arn for kind, p in self.profiles.items()},
+            }
+        )

@@ -33,9 +33,15 @@ HOST_GONE = "Host EC2*"
 TAG_CAPACITY = "selfmaker:capacity"
 TAG_ACCELERATOR = "selfmaker:accelerator"
 TAG_SPOT_QUEUE = "selfmaker:spot-queue"
-TAG_DEFINITION = {"train": "selfmaker:train-definition", "train-multinode": "selfmaker:train-multinode-definition",
-                  "transform": "selfmaker:transform-definition"}
-COMMANDS = {"train": ["train-node", "--state", "Ref::state"], "transform": ["transform-share", "--state", "Ref::state"]}
+TAG_DEFINITION = {
+    "train": "selfmaker:train-definition",
+    "train-multinode": "selfmaker:train-multinode-definition",
+    "transform": "selfmaker:transform-definition",
+}
+COMMANDS = {
+    "train": ["train-node", "--state", "Ref::state"],
+    "transform": ["transform-share", "--state", "Ref::state"],
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,9 @@ class JobQueueArgs:
             if not (env.on_demand or env.spot):
                 raise bad(f"{where}.on_demand", "on-demand or spot capacity (or both) is needed")
             if env.vcpus < 1 or env.max_vcpus < env.vcpus:
-                raise bad(f"{where}.max_vcpus", f"need 1 <= vcpus ({env.vcpus}) <= max_vcpus ({env.max_vcpus})")
+                raise bad(
+                    f"{where}.max_vcpus", f"need 1 <= vcpus ({env.vcpus}) <= max_vcpus ({env.max_vcpus})"
+                )
             if env.accelerator == "cpu" and env.gpus:
                 raise bad(f"{where}.gpus", "a cpu environment has no GPUs")
             if env.memory_mib < 512:
@@ -130,16 +138,23 @@ def definition_name(prefix: str, environment: str, kind: str) -> str:
 
 def retry_strategy(attempts: int) -> dict[str, Any]:
     """Retry when the host went away (spot reclaim, instance failure); any other failure is the job's own."""
-    return {"attempts": attempts, "evaluate_on_exits": [
-        {"on_status_reason": HOST_GONE, "action": "retry"},
-        {"on_reason": "*", "action": "exit"},
-    ]}
+    return {
+        "attempts": attempts,
+        "evaluate_on_exits": [
+            {"on_status_reason": HOST_GONE, "action": "retry"},
+            {"on_reason": "*", "action": "exit"},
+        ],
+    }
 
 
-def container_properties(env: JobEnvironmentArgs, *, kind: str, image: str, job_role_arn: str, log_group: str,
-                         region: str) -> dict[str, Any]:
+def container_properties(
+    env: JobEnvironmentArgs, *, kind: str, image: str, job_role_arn: str, log_group: str, region: str
+) -> dict[str, Any]:
     """A job definition's container: the stack's image running ``train-node`` / ``transform-share``."""
-    requirements = [{"type": "VCPU", "value": str(env.vcpus)}, {"type": "MEMORY", "value": str(env.memory_mib)}]
+    requirements = [
+        {"type": "VCPU", "value": str(env.vcpus)},
+        {"type": "MEMORY", "value": str(env.memory_mib)},
+    ]
     if env.gpus:
         requirements.append({"type": "GPU", "value": str(env.gpus)})
     return {
@@ -148,8 +163,10 @@ def container_properties(env: JobEnvironmentArgs, *, kind: str, image: str, job_
         "jobRoleArn": job_role_arn,
         "resourceRequirements": requirements,
         "environment": [{"name": "AWS_DEFAULT_REGION", "value": region}],
-        "logConfiguration": {"logDriver": "awslogs", "options": {
-            "awslogs-group": log_group, "awslogs-region": region, "awslogs-stream-prefix": kind}},
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {"awslogs-group": log_group, "awslogs-region": region, "awslogs-stream-prefix": kind},
+        },
         # PyTorch data loaders and Dask workers share memory through /dev/shm; Docker's default is 64 MB
         "linuxParameters": {"sharedMemorySize": max(64, env.memory_mib // 4)},
         "readonlyRootFilesystem": False,
@@ -169,81 +186,137 @@ class JobQueue(pulumi.ComponentResource):
             return naming.with_name(tags, naming.child_name(name, role))
 
         self.log_group = aws.cloudwatch.LogGroup(
-            naming.child_name(name, "logs"), name=naming.log_group_name(args.prefix, "jobs"),
-            retention_in_days=args.log_retention_days, tags=tags, opts=child,
+            naming.child_name(name, "logs"),
+            name=naming.log_group_name(args.prefix, "jobs"),
+            retention_in_days=args.log_retention_days,
+            tags=tags,
+            opts=child,
         )
 
         # Nodes of a multi-node job talk to each other on any port (xgboost's tracker and its peers).
         self.security_group = aws.ec2.SecurityGroup(
-            naming.child_name(name, "sg"), vpc_id=args.vpc_id, description="selfmaker AWS Batch jobs",
-            tags=tagged("sg"), opts=child,
+            naming.child_name(name, "sg"),
+            vpc_id=args.vpc_id,
+            description="selfmaker AWS Batch jobs",
+            tags=tagged("sg"),
+            opts=child,
         )
         aws.vpc.SecurityGroupIngressRule(
-            naming.child_name(name, "peers"), security_group_id=self.security_group.id,
-            referenced_security_group_id=self.security_group.id, ip_protocol="-1",
-            description="nodes of the same job", tags=tagged("peers"), opts=child,
+            naming.child_name(name, "peers"),
+            security_group_id=self.security_group.id,
+            referenced_security_group_id=self.security_group.id,
+            ip_protocol="-1",
+            description="nodes of the same job",
+            tags=tagged("peers"),
+            opts=child,
         )
         aws.vpc.SecurityGroupEgressRule(
-            naming.child_name(name, "peers-out"), security_group_id=self.security_group.id,
-            referenced_security_group_id=self.security_group.id, ip_protocol="-1",
-            description="nodes of the same job", tags=tagged("peers-out"), opts=child,
+            naming.child_name(name, "peers-out"),
+            security_group_id=self.security_group.id,
+            referenced_security_group_id=self.security_group.id,
+            ip_protocol="-1",
+            description="nodes of the same job",
+            tags=tagged("peers-out"),
+            opts=child,
         )
         aws.vpc.SecurityGroupEgressRule(
-            naming.child_name(name, "https-out"), security_group_id=self.security_group.id, cidr_ipv4="0.0.0.0/0",
-            ip_protocol="tcp", from_port=443, to_port=443, description="HTTPS to AWS APIs, ECR and S3",
-            tags=tagged("https-out"), opts=child,
+            naming.child_name(name, "https-out"),
+            security_group_id=self.security_group.id,
+            cidr_ipv4="0.0.0.0/0",
+            ip_protocol="tcp",
+            from_port=443,
+            to_port=443,
+            description="HTTPS to AWS APIs, ECR and S3",
+            tags=tagged("https-out"),
+            opts=child,
         )
 
         # -- roles ----------------------------------------------------------------------------------------
-        log_group_arn = f"arn:{args.partition}:logs:{args.region}:{args.account_id}:log-group:" \
-                        f"{naming.log_group_name(args.prefix, 'jobs')}"
+        log_group_arn = (
+            f"arn:{args.partition}:logs:{args.region}:{args.account_id}:log-group:"
+            f"{naming.log_group_name(args.prefix, 'jobs')}"
+        )
         ecs = f"arn:{args.partition}:ecs:{args.region}:{args.account_id}"
 
         def scoped(builder: Any) -> pulumi.Output[str]:
             def build(values: dict[str, Any]) -> str:
                 scope = policies.JobScope(
-                    models_bucket_arn=values["models"], data_bucket_arn=values["data"],
-                    outputs_bucket_arn=values["outputs"], repository_arns=(values["repo"],),
-                    log_group_arn=log_group_arn, cluster_pattern=f"{ecs}:cluster/AWSBatch-{args.prefix}-*",
+                    models_bucket_arn=values["models"],
+                    data_bucket_arn=values["data"],
+                    outputs_bucket_arn=values["outputs"],
+                    repository_arns=(values["repo"],),
+                    log_group_arn=log_group_arn,
+                    cluster_pattern=f"{ecs}:cluster/AWSBatch-{args.prefix}-*",
                     container_instance_pattern=f"{ecs}:container-instance/AWSBatch-{args.prefix}-*",
-                    model_prefix=args.model_prefix, kms_key_arn=values["kms"],
+                    model_prefix=args.model_prefix,
+                    kms_key_arn=values["kms"],
                 )
                 return json.dumps(builder(scope))
 
-            return pulumi.Output.all(models=args.models_bucket_arn, data=args.data_bucket_arn,
-                                     outputs=args.outputs_bucket_arn, repo=args.repository_arn,
-                                     kms=args.kms_key_arn).apply(build)
+            return pulumi.Output.all(
+                models=args.models_bucket_arn,
+                data=args.data_bucket_arn,
+                outputs=args.outputs_bucket_arn,
+                repo=args.repository_arn,
+                kms=args.kms_key_arn,
+            ).apply(build)
 
         self.service_role = aws.iam.Role(
-            naming.child_name(name, "service"), description="AWS Batch managing the selfmaker compute environments",
-            assume_role_policy=json.dumps(policies.assume_role_policy("batch.amazonaws.com", args.account_id)),
-            tags=tags, opts=child,
+            naming.child_name(name, "service"),
+            description="AWS Batch managing the selfmaker compute environments",
+            assume_role_policy=json.dumps(
+                policies.assume_role_policy("batch.amazonaws.com", args.account_id)
+            ),
+            tags=tags,
+            opts=child,
         )
         aws.iam.RolePolicyAttachment(
-            naming.child_name(name, "service-policy"), role=self.service_role.name,
-            policy_arn=f"arn:{args.partition}:iam::aws:policy/service-role/AWSBatchServiceRole", opts=child,
+            naming.child_name(name, "service-policy"),
+            role=self.service_role.name,
+            policy_arn=f"arn:{args.partition}:iam::aws:policy/service-role/AWSBatchServiceRole",
+            opts=child,
         )
         self.instance_role = aws.iam.Role(
-            naming.child_name(name, "instance"), description="selfmaker AWS Batch container instances",
-            assume_role_policy=json.dumps(policies.assume_role_policy("ec2.amazonaws.com")), tags=tags, opts=child,
+            naming.child_name(name, "instance"),
+            description="selfmaker AWS Batch container instances",
+            assume_role_policy=json.dumps(policies.assume_role_policy("ec2.amazonaws.com")),
+            tags=tags,
+            opts=child,
         )
-        aws.iam.RolePolicy(naming.child_name(name, "instance-policy"), role=self.instance_role.id,
-                           policy=scoped(policies.batch_instance_policy), opts=child)
+        aws.iam.RolePolicy(
+            naming.child_name(name, "instance-policy"),
+            role=self.instance_role.id,
+            policy=scoped(policies.batch_instance_policy),
+            opts=child,
+        )
         if args.ssm_access:
             aws.iam.RolePolicyAttachment(
-                naming.child_name(name, "instance-ssm"), role=self.instance_role.name,
-                policy_arn=f"arn:{args.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore", opts=child,
+                naming.child_name(name, "instance-ssm"),
+                role=self.instance_role.name,
+                policy_arn=f"arn:{args.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore",
+                opts=child,
             )
         self.instance_profile = aws.iam.InstanceProfile(
-            naming.child_name(name, "instance-profile"), role=self.instance_role.name, tags=tags, opts=child,
+            naming.child_name(name, "instance-profile"),
+            role=self.instance_role.name,
+            tags=tags,
+            opts=child,
         )
         self.job_role = aws.iam.Role(
-            naming.child_name(name, "job"), description="selfmaker training and transform jobs",
-            assume_role_policy=json.dumps(policies.assume_role_policy("ecs-tasks.amazonaws.com", args.account_id)),
-            tags=tags, opts=child,
+            naming.child_name(name, "job"),
+            description="selfmaker training and transform jobs",
+            assume_role_policy=json.dumps(
+                policies.assume_role_policy("ecs-tasks.amazonaws.com", args.account_id)
+            ),
+            tags=tags,
+            opts=child,
         )
-        aws.iam.RolePolicy(naming.child_name(name, "job-policy"), role=self.job_role.id,
-                           policy=scoped(policies.batch_job_policy), opts=child)
+        aws.iam.RolePolicy(
+            naming.child_name(name, "job-policy"),
+            role=self.job_role.id,
+            policy=scoped(policies.batch_job_policy),
+            opts=child,
+        )
 
         # -- compute environments, queues, definitions ---------------------------------------------------
         self.compute_environments: dict[str, aws.batch.ComputeEnvironment] = {}
@@ -253,20 +326,40 @@ class JobQueue(pulumi.ComponentResource):
             template = aws.ec2.LaunchTemplate(
                 naming.child_name(name, f"{env.name}-lt"),
                 description=f"selfmaker AWS Batch {env.name} instances",
-                metadata_options={"http_endpoint": "enabled", "http_tokens": "required",
-                                  # containers sit one hop behind the host and still need the job role
-                                  "http_put_response_hop_limit": 2, "instance_metadata_tags": "disabled"},
-                block_device_mappings=[{"device_name": ROOT_DEVICE, "ebs": {
-                    "volume_size": env.root_volume_gb, "volume_type": "gp3", "encrypted": "true",
-                    "delete_on_termination": "true"}}],
-                tag_specifications=[{"resource_type": kind, "tags": tagged(f"{env.name}-{kind}")}
-                                    for kind in ("instance", "volume", "network-interface")],
-                update_default_version=True, tags=tagged(f"{env.name}-lt"), opts=child,
+                metadata_options={
+                    "http_endpoint": "enabled",
+                    "http_tokens": "required",
+                    # containers sit one hop behind the host and still need the job role
+                    "http_put_response_hop_limit": 2,
+                    "instance_metadata_tags": "disabled",
+                },
+                block_device_mappings=[
+                    {
+                        "device_name": ROOT_DEVICE,
+                        "ebs": {
+                            "volume_size": env.root_volume_gb,
+                            "volume_type": "gp3",
+                            "encrypted": "true",
+                            "delete_on_termination": "true",
+                        },
+                    }
+                ],
+                tag_specifications=[
+                    {"resource_type": kind, "tags": tagged(f"{env.name}-{kind}")}
+                    for kind in ("instance", "volume", "network-interface")
+                ],
+                update_default_version=True,
+                tags=tagged(f"{env.name}-lt"),
+                opts=child,
             )
-            image = pulumi.Output.from_input(args.repository_url).apply(functools.partial(naming.image_uri, tag=env.image_tag))
+            image = pulumi.Output.from_input(args.repository_url).apply(
+                functools.partial(naming.image_uri, tag=env.image_tag)
+            )
             kinds = ["train", "transform"] + (["train-multinode"] if env.on_demand else [])
             for kind in kinds:
-                self.definitions[f"{env.name}-{kind}"] = self._definition(name, args, env, kind, image, tags, child)
+                self.definitions[f"{env.name}-{kind}"] = self._definition(
+                    name, args, env, kind, image, tags, child
+                )
             capacities = [c for c, wanted in (("on-demand", env.on_demand), ("spot", env.spot)) if wanted]
             for capacity in capacities:
                 spot = capacity == "spot"
@@ -276,64 +369,114 @@ class JobQueue(pulumi.ComponentResource):
                     # named: Batch calls its ECS cluster AWSBatch-<name>-..., which the instance role is
                     # scoped to
                     name=f"{args.prefix}-{key}",
-                    type="MANAGED", state="ENABLED", service_role=self.service_role.arn,
+                    type="MANAGED",
+                    state="ENABLED",
+                    service_role=self.service_role.arn,
                     compute_resources={
                         "type": "SPOT" if spot else "EC2",
-                        "allocation_strategy": "SPOT_PRICE_CAPACITY_OPTIMIZED" if spot else "BEST_FIT_PROGRESSIVE",
-                        "min_vcpus": 0, "max_vcpus": env.max_vcpus,
+                        "allocation_strategy": "SPOT_PRICE_CAPACITY_OPTIMIZED"
+                        if spot
+                        else "BEST_FIT_PROGRESSIVE",
+                        "min_vcpus": 0,
+                        "max_vcpus": env.max_vcpus,
                         "instance_types": list(env.instance_types),
                         "subnets": list(args.subnet_ids),
                         "security_group_ids": [self.security_group.id, *args.extra_security_group_ids],
                         "instance_role": self.instance_profile.arn,
-                        "launch_template": {"launch_template_id": template.id,
-                                            "version": template.latest_version.apply(str)},
+                        "launch_template": {
+                            "launch_template_id": template.id,
+                            "version": template.latest_version.apply(str),
+                        },
                         "ec2_configurations": [{"image_type": IMAGE_TYPES[env.accelerator]}],
                         "tags": tagged(f"{key}-instance"),
                     },
                     update_policy={"job_execution_timeout_minutes": 30, "terminate_jobs_on_update": False},
-                    tags=tagged(f"{key}-ce"), opts=child,
+                    tags=tagged(f"{key}-ce"),
+                    opts=child,
                 )
                 self.compute_environments[key] = compute
-                queue_tags = {**tags, TAG_CAPACITY: capacity, TAG_ACCELERATOR: env.accelerator,
-                              TAG_DEFINITION["train"]: definition_name(args.prefix, env.name, "train"),
-                              TAG_DEFINITION["transform"]: definition_name(args.prefix, env.name, "transform")}
+                queue_tags = {
+                    **tags,
+                    TAG_CAPACITY: capacity,
+                    TAG_ACCELERATOR: env.accelerator,
+                    TAG_DEFINITION["train"]: definition_name(args.prefix, env.name, "train"),
+                    TAG_DEFINITION["transform"]: definition_name(args.prefix, env.name, "transform"),
+                }
                 if env.on_demand:
-                    queue_tags[TAG_DEFINITION["train-multinode"]] = definition_name(args.prefix, env.name,
-                                                                                    "train-multinode")
+                    queue_tags[TAG_DEFINITION["train-multinode"]] = definition_name(
+                        args.prefix, env.name, "train-multinode"
+                    )
                 if not spot and env.spot:
                     queue_tags[TAG_SPOT_QUEUE] = queue_name(args.prefix, env.name, True)
                 self.queues[key] = aws.batch.JobQueue(
-                    naming.child_name(name, f"{key}-queue"), name=queue_name(args.prefix, env.name, spot),
-                    state="ENABLED", priority=env.priority,
+                    naming.child_name(name, f"{key}-queue"),
+                    name=queue_name(args.prefix, env.name, spot),
+                    state="ENABLED",
+                    priority=env.priority,
                     compute_environment_orders=[{"order": 1, "compute_environment": compute.arn}],
-                    tags=queue_tags, opts=child,
+                    tags=queue_tags,
+                    opts=child,
                 )
 
-        self.register_outputs({
-            "queues": {key: q.name for key, q in self.queues.items()},
-            "job_definitions": {key: d.name for key, d in self.definitions.items()},
-            "job_role_arn": self.job_role.arn,
-            "log_group_name": self.log_group.name,
-        })
+        self.register_outputs(
+            {
+                "queues": {key: q.name for key, q in self.queues.items()},
+                "job_definitions": {key: d.name for key, d in self.definitions.items()},
+                "job_role_arn": self.job_role.arn,
+                "log_group_name": self.log_group.name,
+            }
+        )
 
-    def _definition(self, name: str, args: JobQueueArgs, env: JobEnvironmentArgs, kind: str,
-                    image: pulumi.Output[str], tags: dict[str, str],
-                    child: pulumi.ResourceOptions) -> aws.batch.JobDefinition:
+    def _definition(
+        self,
+        name: str,
+        args: JobQueueArgs,
+        env: JobEnvironmentArgs,
+        kind: str,
+        image: pulumi.Output[str],
+        tags: dict[str, str],
+        child: pulumi.ResourceOptions,
+    ) -> aws.batch.JobDefinition:
         common: dict[str, Any] = {
-            "name": definition_name(args.prefix, env.name, kind), "platform_capabilities": ["EC2"],
+            "name": definition_name(args.prefix, env.name, kind),
+            "platform_capabilities": ["EC2"],
             # the submitter passes the job's state prefix; the container command refers to it as Ref::state
-            "parameters": {"state": ""}, "retry_strategy": retry_strategy(args.retry_attempts),
-            "propagate_tags": True, "tags": tags,
+            "parameters": {"state": ""},
+            "retry_strategy": retry_strategy(args.retry_attempts),
+            "propagate_tags": True,
+            "tags": tags,
         }
         properties = pulumi.Output.all(image=image, role=self.job_role.arn, group=self.log_group.name).apply(
-            lambda v: container_properties(env, kind=kind, image=v["image"], job_role_arn=v["role"],
-                                           log_group=v["group"], region=args.region))
+            lambda v: container_properties(
+                env,
+                kind=kind,
+                image=v["image"],
+                job_role_arn=v["role"],
+                log_group=v["group"],
+                region=args.region,
+            )
+        )
         if kind == "train-multinode":
-            node_properties = properties.apply(lambda c: json.dumps({
-                "mainNode": 0, "numNodes": 2,
-                "nodeRangeProperties": [{"targetNodes": "0:", "container": c}],
-            }))
-            return aws.batch.JobDefinition(naming.child_name(name, f"{env.name}-{kind}"), type="multinode",
-                                           node_properties=node_properties, opts=child, **common)
-        return aws.batch.JobDefinition(naming.child_name(name, f"{env.name}-{kind}"), type="container",
-                                       container_properties=properties.apply(json.dumps), opts=child, **common)
+            node_properties = properties.apply(
+                lambda c: json.dumps(
+                    {
+                        "mainNode": 0,
+                        "numNodes": 2,
+                        "nodeRangeProperties": [{"targetNodes": "0:", "container": c}],
+                    }
+                )
+            )
+            return aws.batch.JobDefinition(
+                naming.child_name(name, f"{env.name}-{kind}"),
+                type="multinode",
+                node_properties=node_properties,
+                opts=child,
+                **common,
+            )
+        return aws.batch.JobDefinition(
+            naming.child_name(name, f"{env.name}-{kind}"),
+            type="container",
+            container_properties=properties.apply(json.dumps),
+            opts=child,
+            **common,
+        )

@@ -52,16 +52,24 @@ CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
 def _control_error(exc: SageMakerError, request_id: str) -> web.Response:
     body = {"__type": exc.code, "message": exc.message if exc.status < 500 else "internal error"}
-    return web.Response(status=int(exc.status), body=orjson.dumps(body), content_type=JSON11,
-                        headers={"x-amzn-RequestId": request_id})
+    return web.Response(
+        status=int(exc.status),
+        body=orjson.dumps(body),
+        content_type=JSON11,
+        headers={"x-amzn-RequestId": request_id},
+    )
 
 
 def runtime_error(exc: SageMakerError, request_id: str) -> web.Response:
     """A runtime (rest-json) error response: code in ``x-amzn-ErrorType`` and the body."""
     message = exc.message if exc.status < 500 else "internal error"
     body: dict[str, Any] = {"__type": exc.code, "Message": message, "message": message, **exc.extra}
-    return web.Response(status=int(exc.status), body=orjson.dumps(body), content_type="application/json",
-                        headers={"x-amzn-ErrorType": exc.code, "x-amzn-RequestId": request_id})
+    return web.Response(
+        status=int(exc.status),
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": exc.code, "x-amzn-RequestId": request_id},
+    )
 
 
 async def control_plane(request: web.Request) -> web.Response:
@@ -74,9 +82,14 @@ async def control_plane(request: web.Request) -> web.Response:
     try:
         handler = platform.registry.operations.get(op_name) if service == "SageMaker" else None
         if handler is None:
-            raise UnknownOperation(f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker.")
-        raw = await read_limited(request, CLIENT_MAX_SIZE, lambda: ValidationException(
-            f"The request body is larger than {CLIENT_MAX_SIZE} bytes."))
+            raise UnknownOperation(
+                f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker."
+            )
+        raw = await read_limited(
+            request,
+            CLIENT_MAX_SIZE,
+            lambda: ValidationException(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
+        )
         try:
             params = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
@@ -114,13 +127,19 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
     request_id = str(uuid.uuid4())
     name = request.match_info["name"]
     try:
-        check_invoke_request(name, headers, "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint")
+        check_invoke_request(
+            name, headers, "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint"
+        )
         runtime = platform.endpoints.runtime_for(name)
         limit = platform.settings.max_payload_bytes
-        body = await read_limited(request, limit, lambda: ValidationError(
-            f"Request payload is too large: the limit is {limit} bytes."))
+        body = await read_limited(
+            request,
+            limit,
+            lambda: ValidationError(f"Request payload is too large: the limit is {limit} bytes."),
+        )
         record = InvocationRecord(
-            endpoint_name=runtime.name, body=body,
+            endpoint_name=runtime.name,
+            body=body,
             content_type=headers.get("Content-Type"),
             accept=headers.get("X-Amzn-SageMaker-Accept" if stream else "Accept"),
             custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
@@ -148,15 +167,24 @@ def _answer(record: InvocationRecord, request_id: str, *, stream: bool) -> web.R
     content type in ``X-Amzn-SageMaker-Content-Type``.
     """
     payload = record.response_body or b""
-    response_headers = {"x-Amzn-Invoked-Production-Variant": record.variant_name or "", "x-amzn-RequestId": request_id}
+    response_headers = {
+        "x-Amzn-Invoked-Production-Variant": record.variant_name or "",
+        "x-amzn-RequestId": request_id,
+    }
     if record.response_custom_attributes:
-        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = header_value(record.response_custom_attributes)
+        response_headers["X-Amzn-SageMaker-Custom-Attributes"] = header_value(
+            record.response_custom_attributes
+        )
     if stream:
         if record.response_content_type:
             response_headers["X-Amzn-SageMaker-Content-Type"] = record.response_content_type
-        parts = b"".join(eventstream.event("PayloadPart", payload[i:i + STREAM_PART_BYTES])
-                         for i in range(0, len(payload), STREAM_PART_BYTES))
-        return web.Response(status=200, body=parts, headers=response_headers, content_type=eventstream.CONTENT_TYPE)
+        parts = b"".join(
+            eventstream.event("PayloadPart", payload[i : i + STREAM_PART_BYTES])
+            for i in range(0, len(payload), STREAM_PART_BYTES)
+        )
+        return web.Response(
+            status=200, body=parts, headers=response_headers, content_type=eventstream.CONTENT_TYPE
+        )
     response = web.Response(status=200, body=payload, headers=response_headers)
     if record.response_content_type:
         response.headers["Content-Type"] = record.response_content_type
@@ -178,7 +206,9 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def _wrap_route(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _wrap_route(
+    handler: Callable[..., Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def route(request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         try:

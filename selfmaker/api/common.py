@@ -105,12 +105,16 @@ def list_page(
         needle = name_contains.lower()
         selected = [r for r in selected if needle in r.name.lower()]
     for member, attr, before in (
-        ("CreationTimeBefore", "created", True), ("CreationTimeAfter", "created", False),
-        ("LastModifiedTimeBefore", "modified", True), ("LastModifiedTimeAfter", "modified", False),
+        ("CreationTimeBefore", "created", True),
+        ("CreationTimeAfter", "created", False),
+        ("LastModifiedTimeBefore", "modified", True),
+        ("LastModifiedTimeAfter", "modified", False),
     ):
         if params.get(member) is not None:
             bound = to_epoch(params[member], member)
-            selected = [r for r in selected if (getattr(r, attr) < bound if before else getattr(r, attr) > bound)]
+            selected = [
+                r for r in selected if (getattr(r, attr) < bound if before else getattr(r, attr) > bound)
+            ]
     if params.get("StatusEquals"):
         selected = [r for r in selected if r.status == params["StatusEquals"]]
     sort_by = params.get("SortBy") or "CreationTime"
@@ -118,16 +122,22 @@ def list_page(
     descending = (params.get("SortOrder") or default_order) == "Descending"
     selected.sort(key=lambda r: (key(r), r.name.lower()), reverse=descending)
     max_results = params.get("MaxResults") or 10
-    fingerprint = json.dumps({k: params.get(k) for k in sorted(params) if k not in {"NextToken", "MaxResults"}},
-                             sort_keys=True, default=str)
+    fingerprint = json.dumps(
+        {k: params.get(k) for k in sorted(params) if k not in {"NextToken", "MaxResults"}},
+        sort_keys=True,
+        default=str,
+    )
     if params.get("NextToken"):
         # the token holds the sort position of the last record returned, not an offset: records deleted
         # (or created) between pages shift no one past the page boundary (a delete-while-listing loop)
         after = decode_token(params["NextToken"], fingerprint)
         try:
             last = (after[0], after[1])
-            selected = [r for r in selected if ((key(r), r.name.lower()) < last if descending
-                                                else (key(r), r.name.lower()) > last)]
+            selected = [
+                r
+                for r in selected
+                if ((key(r), r.name.lower()) < last if descending else (key(r), r.name.lower()) > last)
+            ]
         except (TypeError, IndexError, KeyError):
             raise _bad_token() from None
     page = selected[:max_results]

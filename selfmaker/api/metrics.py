@@ -39,8 +39,13 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
 
 
-def family(lines: list[str], name: str, kind: str, help_: str,
-           samples: Iterable[tuple[dict[str, str], float | int | None]]) -> None:
+def family(
+    lines: list[str],
+    name: str,
+    kind: str,
+    help_: str,
+    samples: Iterable[tuple[dict[str, str], float | int | None]],
+) -> None:
     """Append one Prometheus metric family (samples whose value is None are left out)."""
     lines.append(f"# HELP {name} {help_}")
     lines.append(f"# TYPE {name} {kind}")

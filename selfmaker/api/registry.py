@@ -180,8 +180,10 @@ class Registry:
                     self.variant_updates.append(value)
                 elif kind == "deployment_strategy":
                     if self.deployment_strategies:
-                        raise RuntimeError(f"a second deployment strategy ({module.__name__}): traffic can move "
-                                           "only one way at a time")
+                        raise RuntimeError(
+                            f"a second deployment strategy ({module.__name__}): traffic can move "
+                            "only one way at a time"
+                        )
                     self.deployment_strategies.append(value)
                 elif kind == "metrics_source":
                     self.metrics_sources.append(value)

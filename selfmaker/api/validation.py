@@ -197,9 +197,11 @@ _ENDPOINT_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
 def _invoke_headers(operation_name: str) -> tuple[Any, tuple[tuple[str, str, bool], ...]]:
     """sagemaker-runtime's model of ``operation_name`` and its (member, header, is integer) triples."""
     operation = service_model("sagemaker-runtime").operation_model(operation_name)
-    triples = tuple((name, shape.serialization["name"], shape.type_name in ("integer", "long"))
-                    for name, shape in operation.input_shape.members.items()
-                    if shape.serialization.get("location") == "header")
+    triples = tuple(
+        (name, shape.serialization["name"], shape.type_name in ("integer", "long"))
+        for name, shape in operation.input_shape.members.items()
+        if shape.serialization.get("location") == "header"
+    )
     return operation, triples
 
 
@@ -223,12 +225,19 @@ def check_invoke_request(name: str, headers: Any, operation_name: str = "InvokeE
             params[member] = value
     if operation_name == "InvokeEndpointAsync":
         params.setdefault("InputLocation", "s3://body/")  # an inline body stands in for it (see above)
-    if len(params) - 2 == ("ContentType" in params) + ("Accept" in params) and len(name) <= 63 \
-            and _ENDPOINT_NAME.fullmatch(name) and all(len(params[m]) <= 1024 and params[m].isascii()
-                                                       for m in ("ContentType", "Accept") if m in params):
+    if (
+        len(params) - 2 == ("ContentType" in params) + ("Accept" in params)
+        and len(name) <= 63
+        and _ENDPOINT_NAME.fullmatch(name)
+        and all(
+            len(params[m]) <= 1024 and params[m].isascii() for m in ("ContentType", "Accept") if m in params
+        )
+    ):
         return  # the usual request, checked by hand: the generic validator costs ~20 µs per call
     validate_request(operation, params, ValidationError)
     for member, feature in _UNSUPPORTED_TARGETS.items():
         if member in params:
-            raise ValidationError(f"{member} is not supported: selfmaker does not host {feature}; each "
-                                  f"production variant of endpoint {name} serves one model.")
+            raise ValidationError(
+                f"{member} is not supported: selfmaker does not host {feature}; each "
+                f"production variant of endpoint {name} serves one model."
+            )

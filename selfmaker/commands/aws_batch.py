@@ -91,14 +91,19 @@ class _Bar:
 
 def _left_running(prog: str, submitted: Any) -> int:
     """Ctrl-C while waiting: the job goes on in AWS Batch; say how to follow it (exit 130, as for SIGINT)."""
-    print(f"\n{prog}: stopped waiting; job {submitted.job_id} ({submitted.job_name}) goes on in {submitted.queue}: "
-          f"`selfmaker status --aws-batch {submitted.queue}`, `selfmaker logs {submitted.job_id} --aws-batch`",
-          file=sys.stderr)
+    print(
+        f"\n{prog}: stopped waiting; job {submitted.job_id} ({submitted.job_name}) "
+        f"goes on in {submitted.queue}: "
+        f"`selfmaker status --aws-batch {submitted.queue}`, `selfmaker logs {submitted.job_id} --aws-batch`",
+        file=sys.stderr,
+    )
     return 130
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN of a selfmaker:jobs stack")
+    parser.add_argument(
+        "--aws-batch", required=True, metavar="QUEUE", help="job queue name or ARN of a selfmaker:jobs stack"
+    )
     parser.add_argument("--no-wait", action="store_true", help="submit and return; do not wait for the job")
     parser.add_argument("--poll", type=float, default=5.0, help="seconds between status checks while waiting")
 
@@ -109,14 +114,26 @@ def transform_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfmaker transform", description=_text(transform_main.__doc__))
     parser.add_argument("request", help="CreateTransformJob request as a JSON file ('-' for stdin)")
     _common(parser)
-    parser.add_argument("--children", type=int, help="array children to share the input among "
-                        "(default TransformResources.InstanceCount)")
-    parser.add_argument("--part-mb", type=float, default=32.0, help="byte-range size large objects are split into")
+    parser.add_argument(
+        "--children",
+        type=int,
+        help="array children to share the input among (default TransformResources.InstanceCount)",
+    )
+    parser.add_argument(
+        "--part-mb", type=float, default=32.0, help="byte-range size large objects are split into"
+    )
     parser.add_argument("--model-data", help="model.tar.gz in S3 (default: the ModelName's ModelDataUrl)")
-    parser.add_argument("--endpoint-url", default=None, help="selfmaker platform URL used to resolve ModelName "
-                        "(default $AWS_ENDPOINT_URL_SAGEMAKER, the `selfmaker up` of $SELFMAKER_HOME, else port 7070)")
-    parser.add_argument("--state-uri", help="where the job keeps its plan and progress "
-                        "(default s3://<output bucket>/selfmaker-jobs/transform/<job>/)")
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="selfmaker platform URL used to resolve ModelName "
+        "(default $AWS_ENDPOINT_URL_SAGEMAKER, the `selfmaker up` of $SELFMAKER_HOME, else port 7070)",
+    )
+    parser.add_argument(
+        "--state-uri",
+        help="where the job keeps its plan and progress "
+        "(default s3://<output bucket>/selfmaker-jobs/transform/<job>/)",
+    )
     args = parser.parse_args(argv)
     prog = "selfmaker transform"
 
@@ -144,8 +161,16 @@ def transform_main(argv: list[str]) -> int:
     if jobs is None:
         return 2
     try:
-        submitted = submit_transform(jobs, request, args.aws_batch, model=model, model_environment=model_env,
-                                     children=args.children, part_mb=args.part_mb, state=args.state_uri)
+        submitted = submit_transform(
+            jobs,
+            request,
+            args.aws_batch,
+            model=model,
+            model_environment=model_env,
+            children=args.children,
+            part_mb=args.part_mb,
+            state=args.state_uri,
+        )
     except TransformRequestError as exc:
         print(f"{prog}: ValidationException: {exc}", file=sys.stderr)
         return 2
@@ -163,12 +188,16 @@ def _follow_transform(prog: str, args: argparse.Namespace, jobs: BatchJobs, subm
     if submitted.nothing_to_do:
         print(f"every output already exists: {submitted.outputs}")
         return 0
-    print(f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}: {submitted.shares} "
-          "share(s)",
-          flush=True)
+    print(
+        f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}: {submitted.shares} "
+        "share(s)",
+        flush=True,
+    )
     if args.no_wait:
-        print(f"follow it with `selfmaker status --aws-batch {submitted.queue}` and "
-              f"`selfmaker logs {submitted.job_id} --aws-batch`; outputs go to {submitted.outputs}")
+        print(
+            f"follow it with `selfmaker status --aws-batch {submitted.queue}` and "
+            f"`selfmaker logs {submitted.job_id} --aws-batch`; outputs go to {submitted.outputs}"
+        )
         return 0
 
     bar = _Bar(sys.stderr)
@@ -238,8 +267,10 @@ def _follow_training(prog: str, args: argparse.Namespace, jobs: BatchJobs, submi
     """Print what was submitted and, unless ``--no-wait``, wait printing status changes; the exit code."""
     print(f"submitted {submitted.job_id} ({submitted.job_name}) to {submitted.queue}", flush=True)
     if args.no_wait:
-        print(f"follow it with `selfmaker logs {submitted.job_id} --aws-batch`; the model goes to "
-              f"{submitted.outputs}")
+        print(
+            f"follow it with `selfmaker logs {submitted.job_id} --aws-batch`; the model goes to "
+            f"{submitted.outputs}"
+        )
         return 0
     last = [""]
 
@@ -262,7 +293,9 @@ def logs_main(argv: list[str]) -> int:
     """``selfmaker logs JOB_ID --aws-batch``: the CloudWatch log streams of a job, its children or nodes."""
     parser = argparse.ArgumentParser(prog="selfmaker logs", description=_text(logs_main.__doc__))
     parser.add_argument("job", help="the AWS Batch job id (printed when it was submitted)")
-    parser.add_argument("--aws-batch", action="store_true", required=True, help="read from AWS Batch / CloudWatch")
+    parser.add_argument(
+        "--aws-batch", action="store_true", required=True, help="read from AWS Batch / CloudWatch"
+    )
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each stream")
     args = parser.parse_args(argv)
 
@@ -281,7 +314,7 @@ def logs_main(argv: list[str]) -> int:
             lines = list(jobs.log_events(group, stream))
             if not lines:
                 print("(no log events yet)")
-            for line in lines[-args.tail:] if args.tail else lines:
+            for line in lines[-args.tail :] if args.tail else lines:
                 print(line)
             printed += 1
     except AwsBatchError as exc:
@@ -314,7 +347,10 @@ def status_main(argv: list[str]) -> int:
         active = jobs.jobs(queue, ACTIVE_STATUSES)
         recent = jobs.jobs(queue, FINAL_STATUSES)[: max(0, args.limit)]
         # ListJobs' summaries may lack the array size, node count and reason (moto's do): describe them
-        described = {str(j.get("jobId")): j for j in jobs.describe_all([str(j.get("jobId")) for j in [*active, *recent]])}
+        described = {
+            str(j.get("jobId")): j
+            for j in jobs.describe_all([str(j.get("jobId")) for j in [*active, *recent]])
+        }
         active = [{**j, **described.get(str(j.get("jobId")), {})} for j in active]
         recent = [{**j, **described.get(str(j.get("jobId")), {})} for j in recent]
     except AwsBatchError as exc:
@@ -330,8 +366,16 @@ def status_main(argv: list[str]) -> int:
             children = f"{done}/{size} shares done" + (f", {failed} failed" if failed else "")
         else:
             children = f"{nodes} nodes" if nodes else "1"
-        rows.append((str(job.get("jobId")), str(job.get("jobName")), str(job.get("status")), children,
-                     _when(job.get("createdAt")), str(job.get("statusReason") or "")[:60]))
+        rows.append(
+            (
+                str(job.get("jobId")),
+                str(job.get("jobName")),
+                str(job.get("status")),
+                children,
+                _when(job.get("createdAt")),
+                str(job.get("statusReason") or "")[:60],
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

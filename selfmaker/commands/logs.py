@@ -42,6 +42,6 @@ def main(argv: list[str]) -> int:
     for path in files:
         print(f"==> {path.relative_to(home)} <==")
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        for line in lines[-args.tail:] if args.tail else lines:
+        for line in lines[-args.tail :] if args.tail else lines:
             print(line)
     return 0

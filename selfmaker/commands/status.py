@@ -30,23 +30,51 @@ def collect(home: Path) -> dict[str, Any]:
         for record in store.list("endpoint"):
             variants = []
             for v in record.doc.get("ProductionVariants") or []:
-                variants.append({**v, "Instances": [i for i in instances
-                                                    if i["EndpointName"].lower() == record.name.lower()
-                                                    and i["VariantName"] == v["VariantName"]]})
-            endpoints.append({"EndpointName": record.name, "EndpointStatus": record.status,
-                              "EndpointConfigName": record.doc.get("EndpointConfigName"),
-                              "FailureReason": record.doc.get("FailureReason"), "Variants": variants,
-                              "CreationTime": record.created,
-                              "AsyncBacklog": endpoint_backlog(async_backlog, record.name, record.doc),
-                              "Metrics": record.doc.get("_Metrics")})  # serverless/shadow/deployment numbers
-        jobs = [{"TrainingJobName": r.name, "TrainingJobStatus": r.status,
-                 "SecondaryStatus": r.doc.get("SecondaryStatus"), "FailureReason": r.doc.get("FailureReason"),
-                 "CreationTime": r.created} for r in store.list("training-job")]
-        other = {kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
-                 for kind in ("transform-job",)}
-        return {"endpoints": endpoints, "training_jobs": jobs, "instances": instances, **other,
-                "models": [r.name for r in store.list("model")],
-                "endpoint_configs": [r.name for r in store.list("endpoint-config")]}
+                variants.append(
+                    {
+                        **v,
+                        "Instances": [
+                            i
+                            for i in instances
+                            if i["EndpointName"].lower() == record.name.lower()
+                            and i["VariantName"] == v["VariantName"]
+                        ],
+                    }
+                )
+            endpoints.append(
+                {
+                    "EndpointName": record.name,
+                    "EndpointStatus": record.status,
+                    "EndpointConfigName": record.doc.get("EndpointConfigName"),
+                    "FailureReason": record.doc.get("FailureReason"),
+                    "Variants": variants,
+                    "CreationTime": record.created,
+                    "AsyncBacklog": endpoint_backlog(async_backlog, record.name, record.doc),
+                    "Metrics": record.doc.get("_Metrics"),
+                }
+            )  # serverless/shadow/deployment numbers
+        jobs = [
+            {
+                "TrainingJobName": r.name,
+                "TrainingJobStatus": r.status,
+                "SecondaryStatus": r.doc.get("SecondaryStatus"),
+                "FailureReason": r.doc.get("FailureReason"),
+                "CreationTime": r.created,
+            }
+            for r in store.list("training-job")
+        ]
+        other = {
+            kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
+            for kind in ("transform-job",)
+        }
+        return {
+            "endpoints": endpoints,
+            "training_jobs": jobs,
+            "instances": instances,
+            **other,
+            "models": [r.name for r in store.list("model")],
+            "endpoint_configs": [r.name for r in store.list("endpoint-config")],
+        }
     finally:
         store.close()
 
@@ -71,15 +99,19 @@ def main(argv: list[str]) -> int:
     if not data["endpoints"]:
         print("  (none)")
     for ep in data["endpoints"]:
-        print(f"  {ep['EndpointName']}  {ep['EndpointStatus']}  config={ep['EndpointConfigName']}  "
-              f"created={_time(ep['CreationTime'])}")
+        print(
+            f"  {ep['EndpointName']}  {ep['EndpointStatus']}  config={ep['EndpointConfigName']}  "
+            f"created={_time(ep['CreationTime'])}"
+        )
         if ep.get("AsyncBacklog") is not None:
             print(f"    async backlog: {ep['AsyncBacklog']}")
         if ep["FailureReason"]:
             print(f"    failure: {ep['FailureReason']}")
         for v in ep["Variants"]:
-            print(f"    variant {v['VariantName']}: weight={v.get('CurrentWeight')} "
-                  f"instances={v.get('CurrentInstanceCount', '-')}/{v.get('DesiredInstanceCount', '-')}")
+            print(
+                f"    variant {v['VariantName']}: weight={v.get('CurrentWeight')} "
+                f"instances={v.get('CurrentInstanceCount', '-')}/{v.get('DesiredInstanceCount', '-')}"
+            )
             for inst in v["Instances"]:
                 print(f"      {inst['InstanceId']}  {inst['Status']}  {inst['Url']}  pid={inst['Pid']}")
         for line in status_lines(ep.get("Metrics")):
@@ -88,8 +120,10 @@ def main(argv: list[str]) -> int:
     if not data["training_jobs"]:
         print("  (none)")
     for job in data["training_jobs"]:
-        print(f"  {job['TrainingJobName']}  {job['TrainingJobStatus']} ({job['SecondaryStatus']})  "
-              f"created={_time(job['CreationTime'])}")
+        print(
+            f"  {job['TrainingJobName']}  {job['TrainingJobStatus']} ({job['SecondaryStatus']})  "
+            f"created={_time(job['CreationTime'])}"
+        )
         if job["FailureReason"]:
             print(f"    failure: {job['FailureReason']}")
     if data.get("transform-job"):

@@ -48,22 +48,36 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 def main(argv: list[str]) -> int:
     """Run the platform until SIGINT/SIGTERM; model servers are stopped, state is kept for the next start."""
     args = _parser().parse_args(argv)
-    overrides: dict[str, Any] = {k: v for k, v in {
-        "home": args.home, "host": args.host, "port": args.port, "region": args.region,
-        "account_id": args.account_id}.items() if v is not None}
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "home": args.home,
+            "host": args.host,
+            "port": args.port,
+            "region": args.region,
+            "account_id": args.account_id,
+        }.items()
+        if v is not None
+    }
     try:
         settings = PlatformSettings(**overrides)
     except ValidationError as exc:  # a bad flag or SELFMAKER_* variable: say which, no traceback
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"])
-            print(f"selfmaker up: invalid {where} (--{where.replace('_', '-')} or SELFMAKER_{where.upper()}): "
-                  f"{error['msg']}", file=sys.stderr)
+            print(
+                f"selfmaker up: invalid {where} (--{where.replace('_', '-')} or SELFMAKER_{where.upper()}): "
+                f"{error['msg']}",
+                file=sys.stderr,
+            )
         return 2
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     configure_logging(args.log_level.upper(), settings.logs_dir / "selfmaker.log")
     log = logging.getLogger("selfmaker.up")
@@ -85,10 +99,21 @@ def main(argv: list[str]) -> int:
         print(f"selfmaker up: listening on {url} (home {settings.home})", flush=True)
 
     try:
-        web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=announce,
-                    shutdown_timeout=10.0, handle_signals=True, loop=_event_loop())
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            print=announce,
+            shutdown_timeout=10.0,
+            handle_signals=True,
+            loop=_event_loop(),
+        )
     except OSError as exc:  # the address: in use, not on this machine, not allowed
-        print(f"selfmaker up: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"selfmaker up: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     finally:
         try:

@@ -65,15 +65,18 @@ class DeploymentHooks:
 
 
 def _ping_failure(variant: str) -> str:
-    return (f"The primary container for production variant {variant} did not pass the ping health check. "
-            "Please check CloudWatch logs for this endpoint.")
+    return (
+        f"The primary container for production variant {variant} did not pass the ping health check. "
+        "Please check CloudWatch logs for this endpoint."
+    )
 
 
 class DeploymentBuilder:
     """Brings up the variants of endpoint configs as pools of ready model servers."""
 
-    def __init__(self, settings: PlatformSettings, store: StateStore, executors: Executors,
-                 hooks: DeploymentHooks) -> None:
+    def __init__(
+        self, settings: PlatformSettings, store: StateStore, executors: Executors, hooks: DeploymentHooks
+    ) -> None:
         self.settings = settings
         self.store = store
         self.executors = executors
@@ -100,10 +103,19 @@ class DeploymentBuilder:
         finally:
             probe.close()
 
-    def _launcher(self, endpoint: str, variant: dict[str, Any], model: dict[str, Any], container: dict[str, Any],
-                  model_dir: Path, deploy_dir: Path) -> Callable[[], Awaitable[Instance]]:
+    def _launcher(
+        self,
+        endpoint: str,
+        variant: dict[str, Any],
+        model: dict[str, Any],
+        container: dict[str, Any],
+        model_dir: Path,
+        deploy_dir: Path,
+    ) -> Callable[[], Awaitable[Instance]]:
         variant_name = variant["VariantName"]
-        timeout = float(variant.get("ContainerStartupHealthCheckTimeoutInSeconds") or self.settings.startup_timeout)
+        timeout = float(
+            variant.get("ContainerStartupHealthCheckTimeoutInSeconds") or self.settings.startup_timeout
+        )
         image = container.get("Image") or ""
 
         async def launch() -> Instance:
@@ -114,18 +126,34 @@ class DeploymentBuilder:
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             serverless = variant.get("ServerlessConfig") or {}
             spec = InstanceSpec(
-                instance_id=instance_id, endpoint_name=endpoint, variant_name=variant_name,
-                model_name=model["ModelName"], image=image, model_dir=model_dir, environment=env,
-                instance_type=variant.get("InstanceType"), work_dir=work, log_path=log_path,
-                startup_timeout=timeout, container=container, memory_mb=serverless.get("MemorySizeInMB"),
+                instance_id=instance_id,
+                endpoint_name=endpoint,
+                variant_name=variant_name,
+                model_name=model["ModelName"],
+                image=image,
+                model_dir=model_dir,
+                environment=env,
+                instance_type=variant.get("InstanceType"),
+                work_dir=work,
+                log_path=log_path,
+                startup_timeout=timeout,
+                container=container,
+                memory_mb=serverless.get("MemorySizeInMB"),
             )
             try:
                 executor = self.executors.for_image(image)
                 handle = await executor.start(spec)
             except ExecutorError as exc:
                 raise DeployError(f"Production variant {variant_name} could not start: {exc}") from exc
-            self.store.put_instance(instance_id, endpoint, variant_name, url=handle.url, pid=handle.pid,
-                                    status="Starting", log_path=str(log_path))
+            self.store.put_instance(
+                instance_id,
+                endpoint,
+                variant_name,
+                url=handle.url,
+                pid=handle.pid,
+                status="Starting",
+                log_path=str(log_path),
+            )
             try:
                 await self._wait_ready(handle, timeout)
             except (DeployError, asyncio.CancelledError) as exc:
@@ -133,11 +161,21 @@ class DeploymentBuilder:
                 self.store.remove_instance(instance_id)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                detail = (f" The model server exited (see `selfmaker logs {endpoint}`)." if str(exc) == "exited"
-                          else f" It did not answer within {timeout:g} seconds.")
+                detail = (
+                    f" The model server exited (see `selfmaker logs {endpoint}`)."
+                    if str(exc) == "exited"
+                    else f" It did not answer within {timeout:g} seconds."
+                )
                 raise DeployError(_ping_failure(variant_name) + detail) from None
-            self.store.put_instance(instance_id, endpoint, variant_name, url=handle.url, pid=handle.pid,
-                                    status="InService", log_path=str(log_path))
+            self.store.put_instance(
+                instance_id,
+                endpoint,
+                variant_name,
+                url=handle.url,
+                pid=handle.pid,
+                status="InService",
+                log_path=str(log_path),
+            )
             log.info("instance %s of %s/%s ready at %s", instance_id, endpoint, variant_name, handle.url)
             return Instance(handle)
 
@@ -146,16 +184,26 @@ class DeploymentBuilder:
     async def retire(self, instance: Instance) -> None:
         """Drain ``instance`` (already detached from its pool) and stop its server."""
         if not await instance.drained(self.settings.drain_timeout):
-            log.warning("instance %s still had %d requests after %ss; stopping it", instance.instance_id,
-                        instance.outstanding, self.settings.drain_timeout)
+            log.warning(
+                "instance %s still had %d requests after %ss; stopping it",
+                instance.instance_id,
+                instance.outstanding,
+                self.settings.drain_timeout,
+            )
         instance.upstream.close()
         await instance.handle.stop(self.settings.stop_grace)
         self.store.remove_instance(instance.instance_id)
 
     # ---- deployments ---------------------------------------------------------------------------
 
-    async def build(self, endpoint: str, config: dict[str, Any], overrides: dict[str, dict[str, Any]],
-                    deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> EndpointRuntime:
+    async def build(
+        self,
+        endpoint: str,
+        config: dict[str, Any],
+        overrides: dict[str, dict[str, Any]],
+        deploy_dir: Path,
+        models: dict[str, dict[str, Any]] | None = None,
+    ) -> EndpointRuntime:
         """Bring up every variant of ``config``, then run the deployment hooks; all or nothing.
 
         ``models`` are the model documents the deployment was made with (a restart passes those stored
@@ -166,8 +214,11 @@ class DeploymentBuilder:
         variants: list[VariantRuntime] = []
         try:
             for variant in config["ProductionVariants"]:
-                variants.append(await self.build_variant(endpoint, variant, overrides.get(variant["VariantName"], {}),
-                                                         deploy_dir, used))
+                variants.append(
+                    await self.build_variant(
+                        endpoint, variant, overrides.get(variant["VariantName"], {}), deploy_dir, used
+                    )
+                )
             runtime = EndpointRuntime(endpoint, config["EndpointConfigName"], variants)
             runtime.models = used
             for hook in self.hooks.deployed:
@@ -179,8 +230,14 @@ class DeploymentBuilder:
             raise
         return runtime
 
-    async def build_variant(self, endpoint: str, variant: dict[str, Any], override: dict[str, Any],
-                            deploy_dir: Path, models: dict[str, dict[str, Any]] | None = None) -> VariantRuntime:
+    async def build_variant(
+        self,
+        endpoint: str,
+        variant: dict[str, Any],
+        override: dict[str, Any],
+        deploy_dir: Path,
+        models: dict[str, dict[str, Any]] | None = None,
+    ) -> VariantRuntime:
         """One variant's pool, started with its instance count (``override`` may set ``weight`` and
         ``count``); its model comes from ``models`` (filled in) when there, else from the store."""
         name = variant["VariantName"]
@@ -190,7 +247,7 @@ class DeploymentBuilder:
             model_record = self.store.get("model", model_name)
             if model_record is None:
                 arn = make_arn(self.settings.region, self.settings.account_id, "model", model_name)
-                raise DeployError(f"Could not find model \"{arn}\".")
+                raise DeployError(f'Could not find model "{arn}".')
             model = model_record.doc
         if models is not None:
             models[model_name] = model
@@ -201,8 +258,13 @@ class DeploymentBuilder:
         except ModelDataError as exc:
             raise DeployError(f"Failed to download model data for production variant {name}: {exc}") from exc
         ctx = VariantContext(
-            endpoint_name=endpoint, variant=variant, model=model, container=container, model_dir=model_dir,
-            launch=self._launcher(endpoint, variant, model, container, model_dir, variant_dir), retire=self.retire,
+            endpoint_name=endpoint,
+            variant=variant,
+            model=model,
+            container=container,
+            model_dir=model_dir,
+            launch=self._launcher(endpoint, variant, model, container, model_dir, variant_dir),
+            retire=self.retire,
         )
         pool: InstancePool | None = None
         for factory in self.hooks.pool_factories:
@@ -211,12 +273,20 @@ class DeploymentBuilder:
                 break
         if pool is None:
             if variant.get("ServerlessConfig"):
-                raise DeployError(f"Production variant {name}: serverless variants are not supported by this build.")
+                raise DeployError(
+                    f"Production variant {name}: serverless variants are not supported by this build."
+                )
             pool = InstancePool(ctx)
         weight = float(override.get("weight", variant.get("InitialVariantWeight", 1.0)))
         count = int(override.get("count", variant.get("InitialInstanceCount") or 0))
-        runtime = VariantRuntime(name=name, weight=weight, pool=pool, config=variant, model_name=model["ModelName"],
-                                 image=container.get("Image") or "")
+        runtime = VariantRuntime(
+            name=name,
+            weight=weight,
+            pool=pool,
+            config=variant,
+            model_name=model["ModelName"],
+            image=container.get("Image") or "",
+        )
         if count:
             await pool.start(count)
         return runtime

@@ -31,7 +31,9 @@ class InstanceHealth:
 
     def start(self, live: Callable[[], Iterable[EndpointRuntime]], interval: float = 1.0) -> None:
         """Start watching the processes of the deployments ``live()`` returns."""
-        self._monitor = asyncio.get_running_loop().create_task(self._loop(live, interval), name="endpoint-health")
+        self._monitor = asyncio.get_running_loop().create_task(
+            self._loop(live, interval), name="endpoint-health"
+        )
 
     async def _loop(self, live: Callable[[], Iterable[EndpointRuntime]], interval: float) -> None:
         while True:
@@ -41,7 +43,9 @@ class InstanceHealth:
                     for instance in list(variant.pool.instances):
                         if instance.handle.alive():
                             continue
-                        log.warning("instance %s of %s died; replacing it", instance.instance_id, runtime.name)
+                        log.warning(
+                            "instance %s of %s died; replacing it", instance.instance_id, runtime.name
+                        )
                         self.mark_dead(variant.pool, instance)
 
     async def _replace(self, pool: InstancePool) -> None:

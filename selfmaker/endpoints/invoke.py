@@ -31,11 +31,17 @@ log = logging.getLogger(__name__)
 def outgoing_headers(record: InvocationRecord) -> dict[str, str]:
     """The headers a model server gets for ``record``: its content type, accept, custom attributes and
     inference id, without CR/LF."""
-    return invocation_headers(record.content_type, record.accept, custom_attributes=record.custom_attributes,
-                              inference_id=record.inference_id)
+    return invocation_headers(
+        record.content_type,
+        record.accept,
+        custom_attributes=record.custom_attributes,
+        inference_id=record.inference_id,
+    )
 
 
-async def invoke(endpoints: EndpointManager, runtime: EndpointRuntime, record: InvocationRecord) -> InvocationRecord:
+async def invoke(
+    endpoints: EndpointManager, runtime: EndpointRuntime, record: InvocationRecord
+) -> InvocationRecord:
     """Send ``record`` through ``runtime``'s router and fill in its answer (raises SageMakerError, a
     ModelError for a non-2xx answer of the model)."""
     for check in runtime.pre_invoke:
@@ -62,8 +68,15 @@ async def invoke(endpoints: EndpointManager, runtime: EndpointRuntime, record: I
     return record
 
 
-async def call_variant(endpoints: EndpointManager, runtime: EndpointRuntime, variant: VariantRuntime, body: bytes,
-                       headers: dict[str, str], *, attempts: int = 3) -> VariantAnswer:
+async def call_variant(
+    endpoints: EndpointManager,
+    runtime: EndpointRuntime,
+    variant: VariantRuntime,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    attempts: int = 3,
+) -> VariantAnswer:
     """POST ``body`` to ``/invocations`` of an instance of ``variant`` (least outstanding requests).
 
     Returns ``(status, body, headers with lower-cased names)``. Retried on another instance only when no
@@ -82,23 +95,27 @@ async def call_variant(endpoints: EndpointManager, runtime: EndpointRuntime, var
             endpoints.mark_dead(pool, instance)
             if attempt == attempts - 1:
                 raise ModelError(
-                    f"Received server error (0) from primary with message \"The model server of variant "
-                    f"{variant.name} is not reachable.\". See `selfmaker logs {runtime.name}` "
+                    f'Received server error (0) from primary with message "The model server of variant '
+                    f'{variant.name} is not reachable.". See `selfmaker logs {runtime.name}` '
                     "for more information.",
-                    extra=_model_error_extra(endpoints, runtime.name, 0, "model server not reachable")) from None
+                    extra=_model_error_extra(endpoints, runtime.name, 0, "model server not reachable"),
+                ) from None
         except asyncio.TimeoutError:
             raise ModelError(
-                "Received server error (0) from primary with message \"Your invocation timed out "
+                'Received server error (0) from primary with message "Your invocation timed out '
                 "while waiting for a response from container primary. Review the latency metrics for "
-                "each container in Amazon CloudWatch, resolve the issue, and try again.\". "
+                'each container in Amazon CloudWatch, resolve the issue, and try again.". '
                 f"See `selfmaker logs {runtime.name}` for more information.",
-                extra=_model_error_extra(endpoints, runtime.name, 0, "timeout")) from None
+                extra=_model_error_extra(endpoints, runtime.name, 0, "timeout"),
+            ) from None
         except UpstreamClosed as exc:
             if instance.handle.alive() or attempt == attempts - 1:
                 raise _connection_error(endpoints, runtime, exc) from None
             # The connection dropped without an answer because the model server died: the request died with
             # it, so it goes to another instance, as for a server that could not be reached.
-            log.warning("instance %s of %s died during a request; replacing it", instance.instance_id, runtime.name)
+            log.warning(
+                "instance %s of %s died during a request; replacing it", instance.instance_id, runtime.name
+            )
             endpoints.mark_dead(pool, instance)
         except UpstreamError as exc:
             raise _connection_error(endpoints, runtime, exc) from None
@@ -109,19 +126,24 @@ async def call_variant(endpoints: EndpointManager, runtime: EndpointRuntime, var
 
 def _connection_error(endpoints: EndpointManager, runtime: EndpointRuntime, exc: Exception) -> ModelError:
     return ModelError(
-        f"Received server error (0) from primary with message \"{exc}\". "
+        f'Received server error (0) from primary with message "{exc}". '
         f"See `selfmaker logs {runtime.name}` for more information.",
-        extra=_model_error_extra(endpoints, runtime.name, 0, "connection error"))
+        extra=_model_error_extra(endpoints, runtime.name, 0, "connection error"),
+    )
 
 
-def _model_error_extra(endpoints: EndpointManager, endpoint: str, status: int, original: str) -> dict[str, Any]:
+def _model_error_extra(
+    endpoints: EndpointManager, endpoint: str, status: int, original: str
+) -> dict[str, Any]:
     settings = endpoints.settings
     return {
         "ErrorCode": "CLIENT_ERROR_FROM_MODEL" if 400 <= status < 500 else "SERVER_ERROR_FROM_MODEL",
         "OriginalStatusCode": status,
         "OriginalMessage": original,
-        "LogStreamArn": (f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:"
-                         f"/aws/sagemaker/Endpoints/{endpoint}"),
+        "LogStreamArn": (
+            f"arn:aws:logs:{settings.region}:{settings.account_id}:log-group:"
+            f"/aws/sagemaker/Endpoints/{endpoint}"
+        ),
     }
 
 
@@ -130,6 +152,7 @@ def model_error(endpoints: EndpointManager, endpoint: str, status: int, payload:
     original = payload.decode("utf-8", errors="replace")[:4096]
     kind = "client" if 400 <= status < 500 else "server"
     return ModelError(
-        f"Received {kind} error ({status}) from primary with message \"{original}\". "
+        f'Received {kind} error ({status}) from primary with message "{original}". '
         f"See `selfmaker logs {endpoint}` in account {endpoints.settings.account_id} for more information.",
-        extra=_model_error_extra(endpoints, endpoint, status, original))
+        extra=_model_error_extra(endpoints, endpoint, status, original),
+    )

@@ -38,8 +38,9 @@ SERVING = {"InService", "Updating", "SystemUpdating", "RollingBack"}
 class EndpointManager:
     """Owns every live endpoint deployment of the platform."""
 
-    def __init__(self, settings: PlatformSettings, store: StateStore, executors: Executors,
-                 hooks: DeploymentHooks) -> None:
+    def __init__(
+        self, settings: PlatformSettings, store: StateStore, executors: Executors, hooks: DeploymentHooks
+    ) -> None:
         self.settings = settings
         self.store = store
         self.hooks = hooks
@@ -59,10 +60,15 @@ class EndpointManager:
             return runtime
         record = self.store.get("endpoint", name)
         if record is None or (runtime is not None and runtime.name != name):
-            raise ValidationError(f"Endpoint {name} of account {self.settings.account_id} not found.",
-                                  extra={"ErrorCode": "NO_SUCH_ENDPOINT"})
-        raise ValidationError(f"Endpoint {name} of account {self.settings.account_id} is not in service "
-                              f"(status {record.status}).", extra={"ErrorCode": "ENDPOINT_NOT_IN_SERVICE"})
+            raise ValidationError(
+                f"Endpoint {name} of account {self.settings.account_id} not found.",
+                extra={"ErrorCode": "NO_SUCH_ENDPOINT"},
+            )
+        raise ValidationError(
+            f"Endpoint {name} of account {self.settings.account_id} is not in service "
+            f"(status {record.status}).",
+            extra={"ErrorCode": "ENDPOINT_NOT_IN_SERVICE"},
+        )
 
     def _variant_summaries(self, runtime: EndpointRuntime) -> list[dict[str, Any]]:
         now = time.time()
@@ -70,9 +76,15 @@ class EndpointManager:
         for v in runtime.variants.values():
             summary: dict[str, Any] = {
                 "VariantName": v.name,
-                "DeployedImages": [{"SpecifiedImage": v.image or "selfmaker", "ResolvedImage": v.image or "selfmaker",
-                                    "ResolutionTime": now}],
-                "CurrentWeight": v.weight, "DesiredWeight": v.weight,
+                "DeployedImages": [
+                    {
+                        "SpecifiedImage": v.image or "selfmaker",
+                        "ResolvedImage": v.image or "selfmaker",
+                        "ResolutionTime": now,
+                    }
+                ],
+                "CurrentWeight": v.weight,
+                "DesiredWeight": v.weight,
             }
             if v.config.get("ServerlessConfig"):
                 summary["CurrentServerlessConfig"] = v.config["ServerlessConfig"]
@@ -86,9 +98,16 @@ class EndpointManager:
     def _shadow_summaries(self, runtime: EndpointRuntime) -> list[dict[str, Any]] | None:
         if not runtime.shadow_variants:
             return None
-        return [{"VariantName": v.name, "CurrentWeight": v.weight, "DesiredWeight": v.weight,
-                 "CurrentInstanceCount": v.pool.size, "DesiredInstanceCount": v.pool.desired or v.pool.size}
-                for v in runtime.shadow_variants.values()]
+        return [
+            {
+                "VariantName": v.name,
+                "CurrentWeight": v.weight,
+                "DesiredWeight": v.weight,
+                "CurrentInstanceCount": v.pool.size,
+                "DesiredInstanceCount": v.pool.desired or v.pool.size,
+            }
+            for v in runtime.shadow_variants.values()
+        ]
 
     def _deploy_dir(self, endpoint: str) -> Path:
         return self.settings.work_dir / "endpoints" / endpoint.lower() / uuid.uuid4().hex[:12]
@@ -96,7 +115,9 @@ class EndpointManager:
     def _spawn(self, name: str, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"endpoint:{name}")
         self._tasks[name.lower()] = task
-        task.add_done_callback(lambda t: self._tasks.pop(name.lower(), None) if self._tasks.get(name.lower()) is t else None)
+        task.add_done_callback(
+            lambda t: self._tasks.pop(name.lower(), None) if self._tasks.get(name.lower()) is t else None
+        )
 
     def settled(self, name: str) -> bool:
         """Whether ``name`` serves a deployment and no create/update/delete of it is running."""
@@ -125,9 +146,15 @@ class EndpointManager:
         """Start deploying a new endpoint (its record exists with status Creating)."""
         self._spawn(name, self._create(name, config))
 
-    async def _deploy(self, name: str, config: dict[str, Any], overrides: dict[str, dict[str, Any]],
-                      models: dict[str, dict[str, Any]] | None, doing: str,
-                      on_failure: Callable[[str], None]) -> EndpointRuntime | None:
+    async def _deploy(
+        self,
+        name: str,
+        config: dict[str, Any],
+        overrides: dict[str, dict[str, Any]],
+        models: dict[str, dict[str, Any]] | None,
+        doing: str,
+        on_failure: Callable[[str], None],
+    ) -> EndpointRuntime | None:
         """Build a deployment of ``config`` in a new directory: the one path of create, update and restore.
 
         On failure the directory is removed and ``on_failure(reason)`` records the FailureReason
@@ -152,16 +179,24 @@ class EndpointManager:
         return None
 
     async def _create(self, name: str, config: dict[str, Any]) -> None:
-        runtime = await self._deploy(name, config, {}, None, "deploying", lambda reason: self._fail(name, reason))
+        runtime = await self._deploy(
+            name, config, {}, None, "deploying", lambda reason: self._fail(name, reason)
+        )
         if runtime is None:
             return
         self.live[name.lower()] = runtime
-        self.store.update("endpoint", name, status="InService", drop=("FailureReason",), merge={
-            "ProductionVariants": self._variant_summaries(runtime),
-            "ShadowProductionVariants": self._shadow_summaries(runtime),
-            "_Config": config,
-            "_Models": runtime.models,
-        })
+        self.store.update(
+            "endpoint",
+            name,
+            status="InService",
+            drop=("FailureReason",),
+            merge={
+                "ProductionVariants": self._variant_summaries(runtime),
+                "ShadowProductionVariants": self._shadow_summaries(runtime),
+                "_Config": config,
+                "_Models": runtime.models,
+            },
+        )
         log.info("endpoint %s is InService", name)
 
     def _fail(self, name: str, reason: str) -> None:
@@ -179,8 +214,9 @@ class EndpointManager:
         self._spawn(name, self._update(name, config, retain))
 
     async def _update(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]]) -> None:
-        runtime = await self._deploy(name, config, retain, None, "updating",
-                                     lambda reason: self._update_failed(name, reason))
+        runtime = await self._deploy(
+            name, config, retain, None, "updating", lambda reason: self._update_failed(name, reason)
+        )
         if runtime is None:
             return
         old = self.live.get(name.lower())
@@ -191,16 +227,23 @@ class EndpointManager:
                 reason = await strategy(name, old, runtime, config)
                 if reason is not None:
                     await self._retire_runtime(runtime)
-                    self.store.update("endpoint", name, status="InService", merge={"FailureReason": reason[:1024]})
+                    self.store.update(
+                        "endpoint", name, status="InService", merge={"FailureReason": reason[:1024]}
+                    )
                     return
         self.live[name.lower()] = runtime  # traffic moves here, atomically for new requests
-        self.store.update("endpoint", name, drop=("FailureReason",), merge={
-            "EndpointConfigName": config["EndpointConfigName"],
-            "ProductionVariants": self._variant_summaries(runtime),
-            "ShadowProductionVariants": self._shadow_summaries(runtime),
-            "_Config": config,
-            "_Models": runtime.models,
-        })
+        self.store.update(
+            "endpoint",
+            name,
+            drop=("FailureReason",),
+            merge={
+                "EndpointConfigName": config["EndpointConfigName"],
+                "ProductionVariants": self._variant_summaries(runtime),
+                "ShadowProductionVariants": self._shadow_summaries(runtime),
+                "_Config": config,
+                "_Models": runtime.models,
+            },
+        )
         if old is not None:  # stays Updating until the old fleet has drained and stopped
             await self._retire_runtime(old)
         self.store.update("endpoint", name, status="InService")
@@ -214,10 +257,15 @@ class EndpointManager:
     def update_weights_and_capacities(self, name: str, desired: list[dict[str, Any]]) -> None:
         """Apply new weights now and new instance counts in the background (record is Updating)."""
         runtime = self.live[name.lower()]
-        weights = {d["VariantName"]: d["DesiredWeight"] for d in desired if d.get("DesiredWeight") is not None}
+        weights = {
+            d["VariantName"]: d["DesiredWeight"] for d in desired if d.get("DesiredWeight") is not None
+        }
         runtime.set_weights(weights)
-        counts = {d["VariantName"]: d["DesiredInstanceCount"] for d in desired
-                  if d.get("DesiredInstanceCount") is not None}
+        counts = {
+            d["VariantName"]: d["DesiredInstanceCount"]
+            for d in desired
+            if d.get("DesiredInstanceCount") is not None
+        }
         for variant_name, count in counts.items():
             runtime.variants[variant_name].pool.desired = count
         self.store.update("endpoint", name, merge={"ProductionVariants": self._variant_summaries(runtime)})
@@ -225,8 +273,9 @@ class EndpointManager:
 
     async def _apply_capacities(self, name: str, runtime: EndpointRuntime, counts: dict[str, int]) -> None:
         failure: str | None = None
-        results = await asyncio.gather(*(runtime.variants[v].pool.scale_to(c) for v, c in counts.items()),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(runtime.variants[v].pool.scale_to(c) for v, c in counts.items()), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 failure = str(result) if isinstance(result, DeployError) else "internal error while scaling"
@@ -238,8 +287,9 @@ class EndpointManager:
         merge: dict[str, Any] = {"ProductionVariants": self._variant_summaries(runtime)}
         if failure:
             merge["FailureReason"] = failure[:1024]
-        self.store.update("endpoint", name, status="InService", merge=merge,
-                          drop=() if failure else ("FailureReason",))
+        self.store.update(
+            "endpoint", name, status="InService", merge=merge, drop=() if failure else ("FailureReason",)
+        )
 
     def delete(self, name: str) -> None:
         """Stop routing to ``name``, drain and stop its servers, then forget it (record is Deleting)."""
@@ -247,7 +297,9 @@ class EndpointManager:
         runtime = self.live.pop(name.lower(), None)
         self._spawn(name, self._delete(name, runtime, previous))
 
-    async def _delete(self, name: str, runtime: EndpointRuntime | None, previous: asyncio.Task[Any] | None) -> None:
+    async def _delete(
+        self, name: str, runtime: EndpointRuntime | None, previous: asyncio.Task[Any] | None
+    ) -> None:
         if previous is not None and not previous.done():
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
@@ -284,26 +336,47 @@ class EndpointManager:
                     if cfg is not None:
                         self.create(record.name, cfg.doc)
                     else:
-                        self._fail(record.name, "The endpoint configuration was deleted before the endpoint was created.")
+                        self._fail(
+                            record.name,
+                            "The endpoint configuration was deleted before the endpoint was created.",
+                        )
                 continue
             if record.status == "Failed":
                 continue
-            retain = {v["VariantName"]: {"weight": v.get("CurrentWeight", 1.0), "count": v.get("CurrentInstanceCount")}
-                      for v in record.doc.get("ProductionVariants") or [] if v.get("CurrentInstanceCount")}
+            retain = {
+                v["VariantName"]: {
+                    "weight": v.get("CurrentWeight", 1.0),
+                    "count": v.get("CurrentInstanceCount"),
+                }
+                for v in record.doc.get("ProductionVariants") or []
+                if v.get("CurrentInstanceCount")
+            }
             for v in record.doc.get("ProductionVariants") or []:
                 retain.setdefault(v["VariantName"], {"weight": v.get("CurrentWeight", 1.0)})
             self.store.update("endpoint", record.name, status="Creating", touch=False)
             self._spawn(record.name, self._restore(record.name, config, retain, record.doc.get("_Models")))
         self.health.start(self.live.values)
 
-    async def _restore(self, name: str, config: dict[str, Any], retain: dict[str, dict[str, Any]],
-                       models: dict[str, dict[str, Any]] | None) -> None:
-        runtime = await self._deploy(name, config, retain, models, "deploying", lambda reason: self._fail(name, reason))
+    async def _restore(
+        self,
+        name: str,
+        config: dict[str, Any],
+        retain: dict[str, dict[str, Any]],
+        models: dict[str, dict[str, Any]] | None,
+    ) -> None:
+        runtime = await self._deploy(
+            name, config, retain, models, "deploying", lambda reason: self._fail(name, reason)
+        )
         if runtime is None:
             return
         self.live[name.lower()] = runtime
-        self.store.update("endpoint", name, status="InService", touch=False,
-                          merge={"ProductionVariants": self._variant_summaries(runtime)})
+        self.store.update(
+            "endpoint",
+            name,
+            status="InService",
+            touch=False,
+            merge={"ProductionVariants": self._variant_summaries(runtime)},
+        )
         log.info("endpoint %s restored", name)
 
     def mark_dead(self, pool: InstancePool, instance: Instance) -> None:
@@ -320,6 +393,7 @@ class EndpointManager:
         for runtime in runtimes:
             for variant in runtime.all_variants():
                 instances, variant.pool.instances = variant.pool.instances, []
-                await asyncio.gather(*(i.handle.stop(self.settings.stop_grace) for i in instances),
-                                     return_exceptions=True)
+                await asyncio.gather(
+                    *(i.handle.stop(self.settings.stop_grace) for i in instances), return_exceptions=True
+                )
         self.store.clear_instances()

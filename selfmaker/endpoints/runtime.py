@@ -132,12 +132,12 @@ class VariantContext:
     """What a pool factory gets to decide on and build a pool for one variant of a deployment."""
 
     endpoint_name: str
-    variant: dict[str, Any]                # the ProductionVariant of the endpoint config
-    model: dict[str, Any]                  # the DescribeModel document
-    container: dict[str, Any]              # the (primary) ContainerDefinition
-    model_dir: Path                        # unpacked model data
-    launch: InstanceLauncher               # start one more ready instance of this variant
-    retire: InstanceRetirer                # drain + stop one instance
+    variant: dict[str, Any]  # the ProductionVariant of the endpoint config
+    model: dict[str, Any]  # the DescribeModel document
+    container: dict[str, Any]  # the (primary) ContainerDefinition
+    model_dir: Path  # unpacked model data
+    launch: InstanceLauncher  # start one more ready instance of this variant
+    retire: InstanceRetirer  # drain + stop one instance
 
 
 class InstancePool:
@@ -211,7 +211,9 @@ class InstancePool:
             self.desired = count
             missing = count - len(self.instances)
             if missing > 0:
-                results = await asyncio.gather(*(self.ctx.launch() for _ in range(missing)), return_exceptions=True)
+                results = await asyncio.gather(
+                    *(self.ctx.launch() for _ in range(missing)), return_exceptions=True
+                )
                 for result in results:
                     if isinstance(result, Instance):
                         self.add(result)
@@ -220,7 +222,7 @@ class InstancePool:
                     raise failures[0]
             elif missing < 0:
                 # retire the least busy ones first
-                victims = sorted(self.instances, key=lambda i: i.outstanding)[: -missing]
+                victims = sorted(self.instances, key=lambda i: i.outstanding)[:-missing]
                 for victim in victims:
                     self.detach(victim)
                 await asyncio.gather(*(self.ctx.retire(v) for v in victims), return_exceptions=True)
@@ -232,8 +234,10 @@ class InstancePool:
 
     def describe(self) -> list[dict[str, Any]]:
         """The instances for ``selfmaker status``."""
-        return [{"InstanceId": i.instance_id, "Url": i.url, "Outstanding": i.outstanding, "Served": i.served}
-                for i in self.instances]
+        return [
+            {"InstanceId": i.instance_id, "Url": i.url, "Outstanding": i.outstanding, "Served": i.served}
+            for i in self.instances
+        ]
 
 
 @dataclass
@@ -271,14 +275,17 @@ class InvocationRecord:
 #: the answer of one call to a variant: (status, body, headers with lower-cased names)
 VariantAnswer = tuple[int, bytes, dict[str, str]]
 #: sends one request (record, body, outgoing headers) somewhere and says which variant answered
-Dispatcher = Callable[[InvocationRecord, bytes, dict[str, str]], Awaitable[tuple[VariantRuntime, VariantAnswer]]]
+Dispatcher = Callable[
+    [InvocationRecord, bytes, dict[str, str]], Awaitable[tuple[VariantRuntime, VariantAnswer]]
+]
 
 
 class EndpointRuntime:
     """The routable deployment of an endpoint (one per endpoint config generation)."""
 
-    def __init__(self, name: str, config_name: str, variants: list[VariantRuntime],
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, name: str, config_name: str, variants: list[VariantRuntime], rng: random.Random | None = None
+    ) -> None:
         self.name = name
         self.config_name = config_name
         self.variants: dict[str, VariantRuntime] = {v.name: v for v in variants}
@@ -311,11 +318,13 @@ class EndpointRuntime:
             if variant is None:
                 raise ValidationError(
                     f"The variant {target_variant} was not found for endpoint {self.name}. Please check the "
-                    "variant name and try again.")
+                    "variant name and try again."
+                )
             return variant
         if not self._chooser:
             raise ValidationError(
-                f"Endpoint {self.name} has no variant with a weight above 0; use TargetVariant to invoke it.")
+                f"Endpoint {self.name} has no variant with a weight above 0; use TargetVariant to invoke it."
+            )
         return self._order[self._chooser.choose(self._rng.random())]
 
     def all_variants(self) -> list[VariantRuntime]:

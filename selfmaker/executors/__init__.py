@@ -14,8 +14,16 @@ from selfmaker.executors.process import ProcessExecutor
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
 
-__all__ = ["Executor", "ExecutorError", "Executors", "InstanceHandle", "InstanceSpec", "executor_kind_for_image",
-           "image_repository", "load_executor"]
+__all__ = [
+    "Executor",
+    "ExecutorError",
+    "Executors",
+    "InstanceHandle",
+    "InstanceSpec",
+    "executor_kind_for_image",
+    "image_repository",
+    "load_executor",
+]
 
 _REGISTRY_CHARS = (".", ":")
 
@@ -37,7 +45,11 @@ def executor_kind_for_image(image: str | None, process_images: list[str] | tuple
     if not image or not image.strip():
         return "process"
     repo = image_repository(image)
-    if repo == "selfmaker" or repo.startswith("selfmaker-") or repo in {name.lower() for name in process_images}:
+    if (
+        repo == "selfmaker"
+        or repo.startswith("selfmaker-")
+        or repo in {name.lower() for name in process_images}
+    ):
         return "process"
     return "container"
 

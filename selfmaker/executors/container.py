@@ -58,8 +58,12 @@ def _setting(settings: Any, name: str, env: str, default: Any) -> Any:
 async def _run(cmd: list[str], timeout: float) -> tuple[int | None, str]:
     """Run an engine command; (exit code or None on timeout, combined output)."""
     try:
-        proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     except OSError as exc:
         return 127, str(exc)
     try:
@@ -74,8 +78,18 @@ async def _run(cmd: list[str], timeout: float) -> tuple[int | None, str]:
 class ContainerInstanceHandle(InstanceHandle):
     """A model server running in a container."""
 
-    def __init__(self, *, instance_id: str, url: str, engine: str, name: str, image: str,
-                 process: asyncio.subprocess.Process, cidfile: Path, network: str) -> None:
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        url: str,
+        engine: str,
+        name: str,
+        image: str,
+        process: asyncio.subprocess.Process,
+        cidfile: Path,
+        network: str,
+    ) -> None:
         self.instance_id = instance_id
         self.url = url
         self.engine = engine
@@ -100,8 +114,14 @@ class ContainerInstanceHandle(InstanceHandle):
 
     def describe(self) -> dict[str, Any]:
         cid = self.container_id
-        return {"executor": "container", "engine": engines.engine_name(self.engine), "image": self.image,
-                "container": self.name, "container_id": cid[:12] if cid else None, "network": self.network}
+        return {
+            "executor": "container",
+            "engine": engines.engine_name(self.engine),
+            "image": self.image,
+            "container": self.name,
+            "container_id": cid[:12] if cid else None,
+            "network": self.network,
+        }
 
     async def stop(self, grace: float) -> None:
         if self._stopped:
@@ -129,12 +149,19 @@ class ContainerExecutor(Executor):
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self._engine_override: str | None = _setting(settings, "container_engine", engines.ENGINE_ENV, None)
-        network = str(_setting(settings, "container_network", "SELFMAKER_CONTAINER_NETWORK", "bridge")).lower()
+        network = str(
+            _setting(settings, "container_network", "SELFMAKER_CONTAINER_NETWORK", "bridge")
+        ).lower()
         if network not in NETWORK_MODES:
-            raise ExecutorError(f"SELFMAKER_CONTAINER_NETWORK must be one of {', '.join(NETWORK_MODES)}, not {network!r}")
+            raise ExecutorError(
+                f"SELFMAKER_CONTAINER_NETWORK must be one of {', '.join(NETWORK_MODES)}, not {network!r}"
+            )
         self.network = network
-        self.pull_timeout = float(_setting(settings, "container_pull_timeout", "SELFMAKER_CONTAINER_PULL_TIMEOUT",
-                                           engines.PULL_TIMEOUT))
+        self.pull_timeout = float(
+            _setting(
+                settings, "container_pull_timeout", "SELFMAKER_CONTAINER_PULL_TIMEOUT", engines.PULL_TIMEOUT
+            )
+        )
         try:
             self.gpus = engines.gpu_mode(_setting(settings, "container_gpus", engines.GPUS_ENV, None))
         except TrainingExecutorError as exc:
@@ -161,8 +188,19 @@ class ContainerExecutor(Executor):
 
     async def _reap(self, engine: str, why: str) -> None:
         """Force-remove the serving containers of this platform home (one executor per platform process)."""
-        code, out = await _run([engine, "ps", "-a", "-q", "--filter", f"label={self.home_label}",
-                                "--filter", "label=selfmaker.kind=serving"], timeout=60)
+        code, out = await _run(
+            [
+                engine,
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                f"label={self.home_label}",
+                "--filter",
+                "label=selfmaker.kind=serving",
+            ],
+            timeout=60,
+        )
         ids = out.split() if code == 0 else []
         if ids:
             log.warning("removing %d model-server container(s) %s", len(ids), why)
@@ -185,11 +223,27 @@ class ContainerExecutor(Executor):
     def command(self, spec: InstanceSpec, engine: str, name: str, cidfile: Path, port: int) -> list[str]:
         """The ``<engine> run`` command line (environment values are passed by name only)."""
         env = self.container_environment(spec, port)
-        cmd = [engine, "run", "--rm", "--name", name, "--cidfile", str(cidfile),
-               "-v", f"{Path(spec.model_dir).resolve()}:/opt/ml/model:ro",
-               "--label", "selfmaker.kind=serving", "--label", self.home_label,
-               "--label", f"selfmaker.endpoint={spec.endpoint_name}",
-               "--label", f"selfmaker.variant={spec.variant_name}", "--label", f"selfmaker.instance={spec.instance_id}"]
+        cmd = [
+            engine,
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--cidfile",
+            str(cidfile),
+            "-v",
+            f"{Path(spec.model_dir).resolve()}:/opt/ml/model:ro",
+            "--label",
+            "selfmaker.kind=serving",
+            "--label",
+            self.home_label,
+            "--label",
+            f"selfmaker.endpoint={spec.endpoint_name}",
+            "--label",
+            f"selfmaker.variant={spec.variant_name}",
+            "--label",
+            f"selfmaker.instance={spec.instance_id}",
+        ]
         if self.network == "host":
             cmd += ["--network", "host"]
         else:
@@ -230,15 +284,33 @@ class ContainerExecutor(Executor):
         client_env.update(self.container_environment(spec, port))
         cmd = self.command(spec, engine, name, cidfile, port)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("starting %s in container %s (%s, 127.0.0.1:%d)", spec.image, name, engines.engine_name(engine), port)
+        log.info(
+            "starting %s in container %s (%s, 127.0.0.1:%d)",
+            spec.image,
+            name,
+            engines.engine_name(engine),
+            port,
+        )
         with open(spec.log_path, "ab") as log_file:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-                    env=client_env, cwd=str(work_dir), start_new_session=True,
+                    *cmd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=client_env,
+                    cwd=str(work_dir),
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise ExecutorError(f"could not start the container engine {engine}: {exc}") from exc
-        return ContainerInstanceHandle(instance_id=spec.instance_id, url=f"http://127.0.0.1:{port}", engine=engine,
-                                       name=name, image=spec.image, process=process, cidfile=cidfile,
-                                       network=self.network)
+        return ContainerInstanceHandle(
+            instance_id=spec.instance_id,
+            url=f"http://127.0.0.1:{port}",
+            engine=engine,
+            name=name,
+            image=spec.image,
+            process=process,
+            cidfile=cidfile,
+            network=self.network,
+        )

@@ -73,13 +73,28 @@ class ProcessExecutor(Executor):
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
         env["SELFMAKER_PARENT_PID"] = str(os.getpid())  # the server stops if the platform is killed
         python = self.settings.python or sys.executable
-        cmd = [python, "-m", "serving", "--model-dir", str(spec.model_dir), "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [
+            python,
+            "-m",
+            "serving",
+            "--model-dir",
+            str(spec.model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(spec.log_path, "ab") as log:
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                    env=env, cwd=str(spec.work_dir), start_new_session=True,
+                    *cmd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                    cwd=str(spec.work_dir),
+                    start_new_session=True,
                 )
             except OSError as exc:
                 raise ExecutorError(f"could not start the model server: {exc}") from exc

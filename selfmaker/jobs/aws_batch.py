@@ -33,8 +33,11 @@ from training.trainer import NO_PROGRAM
 TAG_CAPACITY = "selfmaker:capacity"
 TAG_ACCELERATOR = "selfmaker:accelerator"
 TAG_SPOT_QUEUE = "selfmaker:spot-queue"
-TAG_DEFINITION = {"train": "selfmaker:train-definition", "train-multinode": "selfmaker:train-multinode-definition",
-                  "transform": "selfmaker:transform-definition"}
+TAG_DEFINITION = {
+    "train": "selfmaker:train-definition",
+    "train-multinode": "selfmaker:train-multinode-definition",
+    "transform": "selfmaker:transform-definition",
+}
 TAG_KIND = "selfmaker:kind"
 TAG_STATE = "selfmaker:state"
 STATE_PREFIX = "selfmaker-jobs"
@@ -44,7 +47,9 @@ MIN_TIMEOUT_SECONDS = 60
 MAX_ARRAY_SIZE = 10_000
 ACTIVE_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 FINAL_STATUSES = ("SUCCEEDED", "FAILED")
-_ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+):([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
+_ECR_IMAGE = re.compile(
+    r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+):([A-Za-z0-9_][A-Za-z0-9_.-]*)$"
+)
 _SIZES = {"medium": 1, "large": 2, "xlarge": 4}
 #: GiB of memory per vCPU by instance family letter (c: compute, m: general, r: memory, ...)
 _GIB_PER_VCPU = {"c": 2, "m": 4, "r": 8, "x": 16, "t": 4, "g": 4, "p": 8, "i": 8, "z": 8}
@@ -89,7 +94,9 @@ def instance_resources(instance_type: str) -> Resources:
     """
     match = re.fullmatch(r"ml\.([a-z]+)(\d+)([a-z-]*)\.(\d*)(medium|large|xlarge)", instance_type)
     if not match:
-        raise AwsBatchError(f"ResourceConfig.InstanceType {instance_type!r} is not an ml.<family>.<size> type")
+        raise AwsBatchError(
+            f"ResourceConfig.InstanceType {instance_type!r} is not an ml.<family>.<size> type"
+        )
     family, generation, _, multiplier, size = match.groups()
     vcpus = _SIZES[size] * (int(multiplier) if multiplier else 1)
     gib = _GIB_PER_VCPU.get(family[0], 4) * vcpus
@@ -106,7 +113,7 @@ def state_uri(output_path: str, kind: str, job_name: str) -> str:
     """The job's state prefix in its output bucket."""
     if not output_path.startswith("s3://"):
         raise AwsBatchError(f"the output path {output_path!r} must be an s3:// URI for a job on AWS Batch")
-    bucket = output_path[len("s3://"):].split("/", 1)[0]
+    bucket = output_path[len("s3://") :].split("/", 1)[0]
     return f"s3://{bucket}/{STATE_PREFIX}/{kind}/{job_name}/"
 
 
@@ -172,31 +179,46 @@ class BatchJobs:
             tags = dict(self.batch.list_tags_for_resource(resourceArn=q["jobQueueArn"]).get("tags") or {})
         definitions = {kind: tags[tag] for kind, tag in TAG_DEFINITION.items() if tags.get(tag)}
         if not definitions:
-            raise AwsBatchError(f"job queue {q['jobQueueName']!r} is not a selfmaker queue (no {TAG_DEFINITION['train']} "
-                                "tags; create it with the selfmaker:jobs stack config)")
+            raise AwsBatchError(
+                f"job queue {q['jobQueueName']!r} is not a selfmaker queue (no {TAG_DEFINITION['train']} "
+                "tags; create it with the selfmaker:jobs stack config)"
+            )
         if q.get("state") != "ENABLED":
             raise AwsBatchError(f"job queue {q['jobQueueName']!r} is {q.get('state', 'not enabled')}")
-        return Queue(name=q["jobQueueName"], arn=q["jobQueueArn"], capacity=tags.get(TAG_CAPACITY, "on-demand"),
-                     spot_queue=tags.get(TAG_SPOT_QUEUE) or None, definitions=definitions,
-                     accelerator=tags.get(TAG_ACCELERATOR, "cpu"))
+        return Queue(
+            name=q["jobQueueName"],
+            arn=q["jobQueueArn"],
+            capacity=tags.get(TAG_CAPACITY, "on-demand"),
+            spot_queue=tags.get(TAG_SPOT_QUEUE) or None,
+            definitions=definitions,
+            accelerator=tags.get(TAG_ACCELERATOR, "cpu"),
+        )
 
     def spot_queue(self, queue: Queue) -> Queue:
         """The spot queue for ``queue`` (itself when it is one)."""
         if queue.capacity == "spot":
             return queue
         if not queue.spot_queue:
-            raise AwsBatchError(f"EnableManagedSpotTraining needs a spot queue, and job queue {queue.name!r} names none "
-                                f"({TAG_SPOT_QUEUE}); submit to a spot queue or turn spot off")
+            raise AwsBatchError(
+                f"EnableManagedSpotTraining needs a spot queue, and job queue {queue.name!r} names none "
+                f"({TAG_SPOT_QUEUE}); submit to a spot queue or turn spot off"
+            )
         return self.queue(queue.spot_queue)
 
     def definition(self, queue: Queue, kind: str) -> dict[str, Any]:
         """The latest active revision of the queue's ``kind`` job definition."""
         name = queue.definitions.get(kind)
         if not name:
-            raise AwsBatchError(f"job queue {queue.name!r} has no {kind} job definition ({TAG_DEFINITION[kind]})")
-        found = self.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE").get("jobDefinitions", [])
+            raise AwsBatchError(
+                f"job queue {queue.name!r} has no {kind} job definition ({TAG_DEFINITION[kind]})"
+            )
+        found = self.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE").get(
+            "jobDefinitions", []
+        )
         if not found:
-            raise AwsBatchError(f"job definition {name!r} of queue {queue.name!r} does not exist in {self.region}")
+            raise AwsBatchError(
+                f"job definition {name!r} of queue {queue.name!r} does not exist in {self.region}"
+            )
         return max(found, key=lambda d: int(d.get("revision", 0)))
 
     def check_image(self, definition: dict[str, Any]) -> str:
@@ -214,12 +236,16 @@ class BatchJobs:
             return image
         account, _, repository, tag = match.groups()
         try:
-            self.ecr.describe_images(registryId=account, repositoryName=repository, imageIds=[{"imageTag": tag}])
+            self.ecr.describe_images(
+                registryId=account, repositoryName=repository, imageIds=[{"imageTag": tag}]
+            )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"ImageNotFoundException", "RepositoryNotFoundException"}:
-                raise AwsBatchError(f"image {image} is not in ECR (push tag {tag!r} to {repository}, or set the stack's "
-                                    "imageTag to a pushed one)") from None
+                raise AwsBatchError(
+                    f"image {image} is not in ECR (push tag {tag!r} to {repository}, or set the stack's "
+                    "imageTag to a pushed one)"
+                ) from None
             raise AwsBatchError(f"cannot check image {image}: {_client_error(exc)}") from None
         return image
 
@@ -237,14 +263,16 @@ class BatchJobs:
         """The job's description (AwsBatchError when Batch does not know it)."""
         found = self.batch.describe_jobs(jobs=[job_id]).get("jobs", [])
         if not found:
-            raise AwsBatchError(f"unknown AWS Batch job {job_id!r} in {self.region} (pass the job id it was submitted as)")
+            raise AwsBatchError(
+                f"unknown AWS Batch job {job_id!r} in {self.region} (pass the job id it was submitted as)"
+            )
         return dict(found[0])
 
     def describe_all(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The descriptions of ``job_ids`` (those Batch still knows), in batches of DescribeJobs' 100."""
         described: list[dict[str, Any]] = []
         for start in range(0, len(job_ids), 100):
-            described += self.batch.describe_jobs(jobs=list(job_ids[start:start + 100])).get("jobs", [])
+            described += self.batch.describe_jobs(jobs=list(job_ids[start : start + 100])).get("jobs", [])
         return described
 
     def children(self, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -267,8 +295,11 @@ class BatchJobs:
         for status in statuses:
             for page in self.batch.get_paginator("list_jobs").paginate(jobQueue=queue.arn, jobStatus=status):
                 # the jobs themselves: array children (<id>:<n>) and nodes (<id>#<n>) belong to them
-                out += [j for j in page.get("jobSummaryList", [])
-                        if not re.search(r"[:#]\d+$", str(j.get("jobId", "")))]
+                out += [
+                    j
+                    for j in page.get("jobSummaryList", [])
+                    if not re.search(r"[:#]\d+$", str(j.get("jobId", "")))
+                ]
         return sorted(out, key=lambda j: int(j.get("createdAt") or 0), reverse=True)
 
     # -- logs -----------------------------------------------------------------------------------------
@@ -276,8 +307,13 @@ class BatchJobs:
     def log_group(self, job: dict[str, Any]) -> str:
         """The CloudWatch log group the job's containers write to (the definition's awslogs group)."""
         # a multi-node job's containers are in its node ranges (a DescribeJobDefinitions of moto's omits them)
-        containers = [job.get("container") or {}, *(
-            (r.get("container") or {}) for r in (job.get("nodeProperties") or {}).get("nodeRangeProperties") or [])]
+        containers = [
+            job.get("container") or {},
+            *(
+                (r.get("container") or {})
+                for r in (job.get("nodeProperties") or {}).get("nodeRangeProperties") or []
+            ),
+        ]
         for container in containers:
             options = (container.get("logConfiguration") or {}).get("options") or {}
             if options.get("awslogs-group"):
@@ -287,7 +323,12 @@ class BatchJobs:
             found = self.batch.describe_job_definitions(jobDefinitions=[definition]).get("jobDefinitions", [])
             for d in found:
                 props: dict[str, Any] | None = d.get("containerProperties") or next(
-                    (g.get("container") for g in (d.get("nodeProperties") or {}).get("nodeRangeProperties", [])), {})
+                    (
+                        g.get("container")
+                        for g in (d.get("nodeProperties") or {}).get("nodeRangeProperties", [])
+                    ),
+                    {},
+                )
                 options = ((props or {}).get("logConfiguration") or {}).get("options") or {}
                 if options.get("awslogs-group"):
                     return str(options["awslogs-group"])
@@ -317,8 +358,11 @@ class BatchJobs:
                 page = self.logs.get_log_events(**kwargs)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException" and token is None:
-                    return  # Batch names the stream before the container writes to it (or if it never started)
-                raise AwsBatchError(f"cannot read log stream {group} {stream}: {_client_error(exc)}") from None
+                    # Batch names the stream before the container writes to it (or if it never started)
+                    return
+                raise AwsBatchError(
+                    f"cannot read log stream {group} {stream}: {_client_error(exc)}"
+                ) from None
             for event in page.get("events", []):
                 yield str(event.get("message", ""))
             if not page.get("events") or page.get("nextForwardToken") in (None, token):
@@ -327,6 +371,7 @@ class BatchJobs:
 
 
 # --- transform -------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Submitted:
@@ -351,9 +396,17 @@ def definition_vcpus(definition: dict[str, Any]) -> int:
     return max(1, int(container.get("vcpus") or 1))
 
 
-def submit_transform(jobs: BatchJobs, request: dict[str, Any], queue_name: str, *, model: str,
-                     model_environment: dict[str, str], children: int | None = None, part_mb: float = 32.0,
-                     state: str | None = None) -> Submitted:
+def submit_transform(
+    jobs: BatchJobs,
+    request: dict[str, Any],
+    queue_name: str,
+    *,
+    model: str,
+    model_environment: dict[str, str],
+    children: int | None = None,
+    part_mb: float = 32.0,
+    state: str | None = None,
+) -> Submitted:
     """Plan a CreateTransformJob request into shares and submit them as one array job.
 
     Raises :class:`batch.errors.TransformRequestError` for a request the local command refuses,
@@ -362,8 +415,10 @@ def submit_transform(jobs: BatchJobs, request: dict[str, Any], queue_name: str, 
     """
 
     spec = parse_request(request)  # the local command's checks and messages, before anything else
-    for what, uri in (("TransformInput.DataSource.S3DataSource.S3Uri", spec.input_uri),
-                      ("TransformOutput.S3OutputPath", spec.output_path)):
+    for what, uri in (
+        ("TransformInput.DataSource.S3DataSource.S3Uri", spec.input_uri),
+        ("TransformOutput.S3OutputPath", spec.output_path),
+    ):
         if not uri.startswith("s3://"):
             raise AwsBatchError(f"{what} {uri!r} must be an s3:// URI for a job on AWS Batch")
     if not model.startswith("s3://"):
@@ -375,19 +430,33 @@ def submit_transform(jobs: BatchJobs, request: dict[str, Any], queue_name: str, 
     if not 1 <= count <= MAX_ARRAY_SIZE:
         raise AwsBatchError(f"--children must be 1..{MAX_ARRAY_SIZE}, got {count}")
     state = state or state_uri(spec.output_path, "transform", spec.job_name)
-    prepared = awsbatch.prepare(request, model=model, model_environment=model_environment, state=state,
-                                children=count, part_bytes=int(part_mb * 1024 * 1024),
-                                cores_per_child=definition_vcpus(definition))
-    submitted = Submitted(job_id="", job_name=spec.job_name, queue=queue.name, shares=len(prepared.shares),
-                          state=state, outputs=spec.output_path)
+    prepared = awsbatch.prepare(
+        request,
+        model=model,
+        model_environment=model_environment,
+        state=state,
+        children=count,
+        part_bytes=int(part_mb * 1024 * 1024),
+        cores_per_child=definition_vcpus(definition),
+    )
+    submitted = Submitted(
+        job_id="",
+        job_name=spec.job_name,
+        queue=queue.name,
+        shares=len(prepared.shares),
+        state=state,
+        outputs=spec.output_path,
+    )
     if not prepared.shares:
         submitted.nothing_to_do = True
         return submitted
     params: dict[str, Any] = {
-        "jobName": _job_name(spec.job_name), "jobQueue": queue.arn,
+        "jobName": _job_name(spec.job_name),
+        "jobQueue": queue.arn,
         "jobDefinition": f"{definition['jobDefinitionName']}:{definition['revision']}",
         "parameters": {"state": state},
-        "tags": {TAG_KIND: "transform", TAG_STATE: state}, "propagateTags": True,
+        "tags": {TAG_KIND: "transform", TAG_STATE: state},
+        "propagateTags": True,
     }
     if len(prepared.shares) > 1:
         params["arrayProperties"] = {"size": len(prepared.shares)}
@@ -404,6 +473,7 @@ def _job_name(name: str) -> str:
 
 # --- training --------------------------------------------------------------------------------------------
 
+
 def check_training_request(request: Any) -> None:
     """Refuse, with the local commands' messages, a CreateTrainingJob request they would refuse (the command
     also checks it against botocore's shape, as ``selfmaker up`` does) or that cannot run on AWS Batch."""
@@ -418,11 +488,15 @@ def check_training_request(request: Any) -> None:
     for i, channel in enumerate(request.get("InputDataConfig") or []):
         uri = str(((channel.get("DataSource") or {}).get("S3DataSource") or {}).get("S3Uri") or "")
         if not uri.startswith("s3://"):
-            raise AwsBatchError(f"InputDataConfig[{i}].DataSource.S3DataSource.S3Uri {uri!r} must be an s3:// URI "
-                                "for a job on AWS Batch")
+            raise AwsBatchError(
+                f"InputDataConfig[{i}].DataSource.S3DataSource.S3Uri {uri!r} must be an s3:// URI "
+                "for a job on AWS Batch"
+            )
     checkpoint = str((request.get("CheckpointConfig") or {}).get("S3Uri") or "")
     if checkpoint and not checkpoint.startswith("s3://"):
-        raise AwsBatchError(f"CheckpointConfig.S3Uri {checkpoint!r} must be an s3:// URI for a job on AWS Batch")
+        raise AwsBatchError(
+            f"CheckpointConfig.S3Uri {checkpoint!r} must be an s3:// URI for a job on AWS Batch"
+        )
     try:
         check_request(request)  # what the runner would fail the job with once it started
     except TrainingRequestError as exc:
@@ -431,11 +505,16 @@ def check_training_request(request: Any) -> None:
     image = str(algorithm.get("TrainingImage") or algorithm.get("AlgorithmName") or "")
     kind = classify_image(image)
     if kind == "container":  # the job runs the stack's image, which has no container engine inside
-        raise AwsBatchError(f"AlgorithmSpecification.TrainingImage {image!r} is not one the stack's image runs "
-                            "(selfmaker script mode, xgboost, linear-learner): AWS Batch jobs run the stack's image")
+        raise AwsBatchError(
+            f"AlgorithmSpecification.TrainingImage {image!r} is not one the stack's image runs "
+            "(selfmaker script mode, xgboost, linear-learner): AWS Batch jobs run the stack's image"
+        )
     environment = request.get("Environment") or {}
-    if kind == "script" and "sagemaker_program" not in (request.get("HyperParameters") or {}) \
-            and not (isinstance(environment, dict) and environment.get("SAGEMAKER_PROGRAM")):
+    if (
+        kind == "script"
+        and "sagemaker_program" not in (request.get("HyperParameters") or {})
+        and not (isinstance(environment, dict) and environment.get("SAGEMAKER_PROGRAM"))
+    ):
         raise AwsBatchError(NO_PROGRAM)  # the trainer's words, before a job starts only to fail
 
 
@@ -459,7 +538,6 @@ def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -
     """Submit a CreateTrainingJob request: one node, or a multi-node job for InstanceCount > 1; spot when
     the request enables managed spot training. The request is stored in the job's state prefix."""
 
-
     check_training_request(request)
     job_name = str(request["TrainingJobName"])
     output_path = str((request.get("OutputDataConfig") or {}).get("S3OutputPath") or "")
@@ -468,14 +546,18 @@ def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -
     count = int(resources.get("InstanceCount") or 1)
     need = instance_resources(str(resources.get("InstanceType") or "ml.m5.large"))
     if request.get("EnableManagedSpotTraining") and count > 1:
-        raise AwsBatchError("AWS Batch runs no multi-node job on spot instances: set EnableManagedSpotTraining to "
-                            "false or ResourceConfig.InstanceCount to 1")
+        raise AwsBatchError(
+            "AWS Batch runs no multi-node job on spot instances: set EnableManagedSpotTraining to "
+            "false or ResourceConfig.InstanceCount to 1"
+        )
     queue = jobs.queue(queue_name)
     if request.get("EnableManagedSpotTraining"):
         queue = jobs.spot_queue(queue)
     if need.gpus and queue.accelerator != "gpu":
-        raise AwsBatchError(f"ResourceConfig.InstanceType {resources.get('InstanceType')} has GPUs and job queue "
-                            f"{queue.name!r} runs CPU instances; submit to a GPU queue")
+        raise AwsBatchError(
+            f"ResourceConfig.InstanceType {resources.get('InstanceType')} has GPUs and job queue "
+            f"{queue.name!r} runs CPU instances; submit to a GPU queue"
+        )
     kind = "train-multinode" if count > 1 else "train"
     definition = jobs.definition(queue, kind)
     jobs.check_image(definition)
@@ -487,25 +569,36 @@ def submit_training(jobs: BatchJobs, request: dict[str, Any], queue_name: str) -
         raise AwsBatchError(f"cannot store the request at {state}: {exc}") from None
     overrides = {"resourceRequirements": need.requirements()}
     params: dict[str, Any] = {
-        "jobName": _job_name(job_name), "jobQueue": queue.arn,
+        "jobName": _job_name(job_name),
+        "jobQueue": queue.arn,
         "jobDefinition": f"{definition['jobDefinitionName']}:{definition['revision']}",
         "parameters": {"state": state},
         # MaxRuntimeInSeconds bounds the job as SageMaker does (Batch then sends SIGTERM, SIGKILL)
         "timeout": {"attemptDurationSeconds": max(MIN_TIMEOUT_SECONDS, max_runtime)},
-        "tags": {TAG_KIND: "training", TAG_STATE: state}, "propagateTags": True,
+        "tags": {TAG_KIND: "training", TAG_STATE: state},
+        "propagateTags": True,
     }
     if count > 1:
-        params["nodeOverrides"] = {"numNodes": count, "nodePropertyOverrides": [
-            {"targetNodes": f"0:{count - 1}", "containerOverrides": overrides}]}
+        params["nodeOverrides"] = {
+            "numNodes": count,
+            "nodePropertyOverrides": [{"targetNodes": f"0:{count - 1}", "containerOverrides": overrides}],
+        }
     else:
         params["containerOverrides"] = overrides
-    submitted = Submitted(job_id="", job_name=job_name, queue=queue.name, state=state,
-                          outputs=f"{output_path.rstrip('/')}/{job_name}/output/model.tar.gz", params=params)
+    submitted = Submitted(
+        job_id="",
+        job_name=job_name,
+        queue=queue.name,
+        state=state,
+        outputs=f"{output_path.rstrip('/')}/{job_name}/output/model.tar.gz",
+        params=params,
+    )
     submitted.job_id = str(jobs.submit(**params)["jobId"])
     return submitted
 
 
 # --- waiting ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -525,16 +618,26 @@ def failures(jobs: BatchJobs, job: dict[str, Any], unit: str) -> list[str]:
         index = child_index(child)
         stream = jobs.log_stream(child)
         where = f"log stream {group} {stream}" if stream else "no log stream (it never started)"
-        lines.append(f"{unit} {index} failed ({child.get('jobId')}): "
-                     f"{child.get('statusReason') or 'no reason given'}; "
-                     f"{where}")
+        lines.append(
+            f"{unit} {index} failed ({child.get('jobId')}): "
+            f"{child.get('statusReason') or 'no reason given'}; "
+            f"{where}"
+        )
     if not lines and job.get("status") == "FAILED":
         lines.append(f"job {job.get('jobId')} failed: {job.get('statusReason') or 'no reason given'}")
     return lines
 
 
-def watch(jobs: BatchJobs, job_id: str, *, unit: str, on_poll: Callable[[dict[str, Any]], None] | None = None,
-          interval: float = 5.0, timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> Outcome:
+def watch(
+    jobs: BatchJobs,
+    job_id: str,
+    *,
+    unit: str,
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+    interval: float = 5.0,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
     """Poll the job until it succeeds or fails (or ``timeout`` seconds pass: status ``TIMEOUT``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -568,9 +671,20 @@ def progress_line(job: dict[str, Any], records: int, elapsed: float, width: int 
     filled = int(width * done / total) if total else 0
     rate = records / elapsed if elapsed > 0 else 0.0
     extra = f"  {failed} failed" if failed else ""
-    return (f"[{'#' * filled}{'.' * (width - filled)}] children {done}/{total} done{extra}  {records:,} rows  "
-            f"{rate:,.0f} rows/s  {job.get('status')}")
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] children {done}/{total} done{extra}  {records:,} rows  "
+        f"{rate:,.0f} rows/s  {job.get('status')}"
+    )
 
 
-__all__ = ["AwsBatchError", "BatchJobs", "Queue", "Resources", "Submitted", "instance_resources", "submit_training",
-           "submit_transform", "watch"]
+__all__ = [
+    "AwsBatchError",
+    "BatchJobs",
+    "Queue",
+    "Resources",
+    "Submitted",
+    "instance_resources",
+    "submit_training",
+    "submit_transform",
+    "watch",
+]

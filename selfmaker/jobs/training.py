@@ -70,17 +70,28 @@ class TrainingManager:
         doc = {k: v for k, v in params.items() if k != "Tags"}
         doc.setdefault("StoppingCondition", {"MaxRuntimeInSeconds": 86400})
         doc.update(
-            TrainingJobArn=arn, TrainingJobStatus="InProgress", SecondaryStatus="Starting", CreationTime=now,
+            TrainingJobArn=arn,
+            TrainingJobStatus="InProgress",
+            SecondaryStatus="Starting",
+            CreationTime=now,
             ModelArtifacts={"S3ModelArtifacts": model_artifacts_uri(params)},
-            SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": now,
-                                         "StatusMessage": "Preparing the instances for training"}],
+            SecondaryStatusTransitions=[
+                {
+                    "Status": "Starting",
+                    "StartTime": now,
+                    "StatusMessage": "Preparing the instances for training",
+                }
+            ],
             EnableManagedSpotTraining=bool(params.get("EnableManagedSpotTraining", False)),
         )
-        record = Record(kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now,
-                        doc=doc)
+        record = Record(
+            kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc
+        )
         if not self.store.insert(record):
-            raise ResourceInUse("Training job names must be unique within an AWS account and region, and a "
-                                f"training job with this name already exists ({arn})")
+            raise ResourceInUse(
+                "Training job names must be unique within an AWS account and region, and a "
+                f"training job with this name already exists ({arn})"
+            )
         if params.get("Tags"):
             self.store.add_tags(arn, params["Tags"])
         self.start(name, dict(params))
@@ -88,7 +99,9 @@ class TrainingManager:
 
     def start(self, name: str, request: dict[str, Any]) -> None:
         """Run the job (its record exists, InProgress) in a new thread."""
-        thread = threading.Thread(target=self._run, args=(name, request), name=f"training:{name}", daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(name, request), name=f"training:{name}", daemon=True
+        )
         self._threads[name.lower()] = thread
         thread.start()
 
@@ -118,6 +131,7 @@ class TrainingManager:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as log_file:
+
             def on_log(*args: str) -> None:  # (host, line) per the runner; (line) tolerated
                 line = args[-1]
                 prefix = f"[{args[0]}] " if len(args) > 1 else ""
@@ -133,14 +147,24 @@ class TrainingManager:
             try:  # the training extra may be absent: the job fails with the reason, the platform goes on
                 from training.runner import TrainingJobRunner
             except ImportError as exc:
-                self._finish(name, {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
-                                    "FailureReason": f"The training runtime is not available: {exc}"})
+                self._finish(
+                    name,
+                    {
+                        "TrainingJobStatus": "Failed",
+                        "SecondaryStatus": "Failed",
+                        "FailureReason": f"The training runtime is not available: {exc}",
+                    },
+                )
                 return
             try:
-                runner = TrainingJobRunner(request, work_dir, on_update=on_update, on_log=on_log,
-                                           job_arn=make_arn(self.settings.region, self.settings.account_id,
-                                                            "training-job", name),
-                                           stop_grace_seconds=self.settings.training_stop_grace)
+                runner = TrainingJobRunner(
+                    request,
+                    work_dir,
+                    on_update=on_update,
+                    on_log=on_log,
+                    job_arn=make_arn(self.settings.region, self.settings.account_id, "training-job", name),
+                    stop_grace_seconds=self.settings.training_stop_grace,
+                )
                 self._runners[name.lower()] = runner
                 record = self.store.get("training-job", name)
                 if record is not None and record.status == "Stopping":
@@ -149,8 +173,11 @@ class TrainingManager:
                 fields = self._fields(state)
             except Exception:  # noqa: BLE001 - the job fails, the platform goes on
                 log.exception("training job %s crashed", name)
-                fields = {"TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
-                          "FailureReason": "internal error while running the training job"}
+                fields = {
+                    "TrainingJobStatus": "Failed",
+                    "SecondaryStatus": "Failed",
+                    "FailureReason": "internal error while running the training job",
+                }
             finally:
                 self._runners.pop(name.lower(), None)
         if self._closing and fields.get("TrainingJobStatus") in (None, "Stopped", "InProgress", "Stopping"):
@@ -172,9 +199,12 @@ class TrainingManager:
         assert record is not None
         if record.status not in RUNNING:
             raise ValidationException(
-                f"The request was rejected because the training job is in status {record.status}.")
+                f"The request was rejected because the training job is in status {record.status}."
+            )
         if record.status == "InProgress":
-            self.store.update("training-job", name, status="Stopping", merge={"TrainingJobStatus": "Stopping"})
+            self.store.update(
+                "training-job", name, status="Stopping", merge={"TrainingJobStatus": "Stopping"}
+            )
         runner = self._runners.get(name.lower())
         if runner is not None:
             runner.stop()
@@ -187,12 +217,24 @@ class TrainingManager:
                 transitions = list(record.doc.get("SecondaryStatusTransitions") or [])
                 if transitions and "EndTime" not in transitions[-1]:
                     transitions[-1] = {**transitions[-1], "EndTime": now}
-                transitions.append({"Status": "Failed", "StartTime": now, "EndTime": now, "StatusMessage": RESTART_REASON})
-                self.store.update("training-job", record.name, status="Failed", merge={
-                    "TrainingJobStatus": "Failed", "SecondaryStatus": "Failed", "FailureReason": RESTART_REASON,
-                    "TrainingEndTime": now, "SecondaryStatusTransitions": transitions,
-                })
-                log.warning("training job %s was running when the platform stopped; marked Failed", record.name)
+                transitions.append(
+                    {"Status": "Failed", "StartTime": now, "EndTime": now, "StatusMessage": RESTART_REASON}
+                )
+                self.store.update(
+                    "training-job",
+                    record.name,
+                    status="Failed",
+                    merge={
+                        "TrainingJobStatus": "Failed",
+                        "SecondaryStatus": "Failed",
+                        "FailureReason": RESTART_REASON,
+                        "TrainingEndTime": now,
+                        "SecondaryStatusTransitions": transitions,
+                    },
+                )
+                log.warning(
+                    "training job %s was running when the platform stopped; marked Failed", record.name
+                )
 
     async def shutdown(self) -> None:
         """Stop running jobs and wait for their threads (bounded)."""

@@ -66,12 +66,21 @@ class TransformJobs:
         now = time.time()
         request = {k: v for k, v in params.items() if k != "Tags"}
         doc = dict(request)
-        doc.update(TransformJobArn=arn, TransformJobStatus="InProgress", CreationTime=now, TransformStartTime=now,
-                   _Request=request)
-        record = Record(kind=KIND, name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc)
+        doc.update(
+            TransformJobArn=arn,
+            TransformJobStatus="InProgress",
+            CreationTime=now,
+            TransformStartTime=now,
+            _Request=request,
+        )
+        record = Record(
+            kind=KIND, name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc
+        )
         if not self.store.insert(record):
-            raise ResourceInUse("Job name must be unique within an AWS account and region, and a job with this "
-                                f"name already exists ({arn})")
+            raise ResourceInUse(
+                "Job name must be unique within an AWS account and region, and a job with this "
+                f"name already exists ({arn})"
+            )
         if params.get("Tags"):
             self.store.add_tags(arn, params["Tags"])
         self.start(name, request)
@@ -81,8 +90,9 @@ class TransformJobs:
         """Run the job (its record exists, InProgress) in a new thread."""
         stop = threading.Event()
         self._stops[name.lower()] = stop
-        thread = threading.Thread(target=self._run, args=(name, request, stop, resume), name=f"transform:{name}",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(name, request, stop, resume), name=f"transform:{name}", daemon=True
+        )
         self._threads[name.lower()] = thread
         thread.start()
 
@@ -91,7 +101,9 @@ class TransformJobs:
         record = self.store.get(KIND, name)
         assert record is not None
         if record.status not in RUNNING:
-            raise ValidationException(f"The request was rejected because the transform job is in status {record.status}.")
+            raise ValidationException(
+                f"The request was rejected because the transform job is in status {record.status}."
+            )
         if record.status == "InProgress":
             self.store.update(KIND, name, status="Stopping", merge={"TransformJobStatus": "Stopping"})
         event = self._stops.get(name.lower())
@@ -115,18 +127,33 @@ class TransformJobs:
             return str(model_dir), env, None
         return self._start_container(name, request, container, model_dir, env, work)
 
-    def _start_container(self, name: str, request: dict[str, Any], container: dict[str, Any], model_dir: Path,
-                         env: dict[str, str], work: Path) -> tuple[str, dict[str, str], Any]:
+    def _start_container(
+        self,
+        name: str,
+        request: dict[str, Any],
+        container: dict[str, Any],
+        model_dir: Path,
+        env: dict[str, str],
+        work: Path,
+    ) -> tuple[str, dict[str, str], Any]:
         # batch.engine brings dask and pyarrow in: imported when a job runs, not when the platform starts
         from batch.engine import model_environment
 
         if self.loop is None:
             raise _JobError("the platform is not running")
-        spec = InstanceSpec(instance_id=f"{name}-transform", endpoint_name=name, variant_name="transform",
-                            model_name=request["ModelName"], image=container.get("Image") or "", model_dir=model_dir,
-                            environment=model_environment(parse_request(request), env), work_dir=work,
-                            log_path=self.log_path(name), startup_timeout=self.settings.startup_timeout,
-                            container=container)
+        spec = InstanceSpec(
+            instance_id=f"{name}-transform",
+            endpoint_name=name,
+            variant_name="transform",
+            model_name=request["ModelName"],
+            image=container.get("Image") or "",
+            model_dir=model_dir,
+            environment=model_environment(parse_request(request), env),
+            work_dir=work,
+            log_path=self.log_path(name),
+            startup_timeout=self.settings.startup_timeout,
+            container=container,
+        )
         executor = self.executors.for_image(spec.image)
         handle = asyncio.run_coroutine_threadsafe(executor.start(spec), self.loop).result()
         deadline = time.monotonic() + self.settings.startup_timeout
@@ -149,7 +176,9 @@ class TransformJobs:
     def _stop_handle(self, handle: Any) -> None:
         if handle is not None and self.loop is not None:
             try:
-                asyncio.run_coroutine_threadsafe(handle.stop(self.settings.stop_grace), self.loop).result(timeout=120)
+                asyncio.run_coroutine_threadsafe(handle.stop(self.settings.stop_grace), self.loop).result(
+                    timeout=120
+                )
             except Exception:  # noqa: BLE001 - best effort on the way out
                 log.exception("could not stop the model container of a transform job")
 
@@ -169,9 +198,11 @@ class TransformJobs:
                 now = time.monotonic()
                 if now - last[0] >= 5:
                     last[0] = now
-                    log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} records={p.records} "
-                                   f"bytes={p.bytes_done}/{p.bytes_total} parts={p.parts_done}/{p.parts_total} "
-                                   f"files={p.files_done}/{p.files_total}\n")
+                    log_file.write(
+                        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} records={p.records} "
+                        f"bytes={p.bytes_done}/{p.bytes_total} parts={p.parts_done}/{p.parts_total} "
+                        f"files={p.files_done}/{p.files_total}\n"
+                    )
                     log_file.flush()
 
             try:
@@ -181,14 +212,24 @@ class TransformJobs:
                 else:
                     log_file.write(f"running with the model at {model} (resume={resume})\n")
                     log_file.flush()
-                    result = run_transform(request, model_dir=model, stop_event=stop, state_dir=str(work / "state"),
-                                           resume=resume, settings=self.batch_settings, on_progress=on_progress,
-                                           model_environment=env)
+                    result = run_transform(
+                        request,
+                        model_dir=model,
+                        stop_event=stop,
+                        state_dir=str(work / "state"),
+                        resume=resume,
+                        settings=self.batch_settings,
+                        on_progress=on_progress,
+                        model_environment=env,
+                    )
                     fields = {"TransformJobStatus": result.status, "FailureReason": result.failure_reason}
-                    log_file.write(f"{result.status}: {result.records} records, {result.files_done}/"
-                                   f"{result.files_total} objects, {result.parts_skipped} parts resumed, "
-                                   f"{result.elapsed:.1f} s" + (f"; {result.failure_reason}" if result.failure_reason
-                                                                else "") + "\n")
+                    log_file.write(
+                        f"{result.status}: {result.records} records, {result.files_done}/"
+                        f"{result.files_total} objects, {result.parts_skipped} parts resumed, "
+                        f"{result.elapsed:.1f} s"
+                        + (f"; {result.failure_reason}" if result.failure_reason else "")
+                        + "\n"
+                    )
             except _JobError as exc:
                 fields = {"TransformJobStatus": "Failed", "FailureReason": str(exc)}
             except Exception as exc:  # noqa: BLE001 - the job fails, the platform goes on
@@ -196,7 +237,10 @@ class TransformJobs:
                     fields = {"TransformJobStatus": "Failed", "FailureReason": str(exc)[:1024]}
                 else:
                     log.exception("transform job %s crashed", name)
-                    fields = {"TransformJobStatus": "Failed", "FailureReason": "internal error while running the job"}
+                    fields = {
+                        "TransformJobStatus": "Failed",
+                        "FailureReason": "internal error while running the job",
+                    }
             finally:
                 self._stop_handle(handle)
                 self._stops.pop(name.lower(), None)
@@ -219,10 +263,16 @@ class TransformJobs:
         """Resume the jobs a previous run left InProgress; finish the ones that were being stopped."""
         for record in self.store.list(KIND):
             if record.status == "Stopping":
-                self.store.update(KIND, record.name, status="Stopped",
-                                  merge={"TransformJobStatus": "Stopped", "TransformEndTime": time.time()})
+                self.store.update(
+                    KIND,
+                    record.name,
+                    status="Stopped",
+                    merge={"TransformJobStatus": "Stopped", "TransformEndTime": time.time()},
+                )
             elif record.status == "InProgress":
-                log.warning("transform job %s was running when the platform stopped; resuming it", record.name)
+                log.warning(
+                    "transform job %s was running when the platform stopped; resuming it", record.name
+                )
                 self.start(record.name, dict(record.doc.get("_Request") or {}), resume=True)
 
     async def shutdown(self) -> None:

@@ -450,7 +450,10 @@ class SqsQueue(QueueBackend):
         try:
             self._client.purge_queue(QueueUrl=self.queue_url)
         except ClientError as exc:
-            if _error_code(exc) not in {"AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"}:
+            if _error_code(exc) not in {
+                "AWS.SimpleQueueService.PurgeQueueInProgress",
+                "PurgeQueueInProgress",
+            }:
                 raise
             log.warning("%s: a purge is already in progress", self.queue_url)
         self.state.forget_queue(self.name)
@@ -486,7 +489,9 @@ class S3StateStore:
 
     def forget_queue(self, queue: str) -> None:
         prefix = self._key(queue, "", "") + "/"
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=prefix):
+        for page in self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=prefix
+        ):
             keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
             if keys:
                 self._client.delete_objects(Bucket=self._bucket, Delete={"Objects": keys, "Quiet": True})

@@ -222,7 +222,8 @@ def parse_headers(
     if input_location is not None:
         if len(input_location) > MAX_HEADER or any(ord(c) > 127 or c in "\r\n" for c in input_location):
             raise _invalid(
-                "inputLocation", f"Member must have length less than or equal to {MAX_HEADER} and be ASCII",
+                "inputLocation",
+                f"Member must have length less than or equal to {MAX_HEADER} and be ASCII",
                 input_location,
             )
         if not location_ok(input_location, schemes):

@@ -231,8 +231,11 @@ class AsyncWorker:
             # The same InferenceId delivered twice at once (an SQS standard queue, a client that sent it
             # again): this delivery waits, its lease kept by the heartbeat, until the first one is done,
             # then finds its recorded outcome and notified mark instead of invoking and notifying again.
-            log.info("%s is being processed already; delivery %d waits for it", request.inference_id,
-                     lease.receive_count)
+            log.info(
+                "%s is being processed already; delivery %d waits for it",
+                request.inference_id,
+                lease.receive_count,
+            )
             first.done.wait()
             if job.abandoned:  # a graceful stop handed it back meanwhile
                 with self._jobs_lock:

@@ -39,7 +39,9 @@ def user_program(model_dir: Path, program: str | None) -> Path | None:
     if path.is_file():
         return path
     if program:
-        raise ModelLoadError(f"SAGEMAKER_PROGRAM={program!r} but {contract.CODE_DIR}/{name} is not in the model")
+        raise ModelLoadError(
+            f"SAGEMAKER_PROGRAM={program!r} but {contract.CODE_DIR}/{name} is not in the model"
+        )
     return None
 
 
@@ -49,7 +51,9 @@ def build_handler(
     """The hooks handler when the model carries user code, else the default ONNX handler."""
     path = user_program(model_dir, program)
     if path is None:
-        return DefaultHandler(model_dir, intra_op_threads=intra_op_threads, use_gpu=use_gpu, default_accept=default_accept)
+        return DefaultHandler(
+            model_dir, intra_op_threads=intra_op_threads, use_gpu=use_gpu, default_accept=default_accept
+        )
     module = load_user_module(path)
     handler = HooksHandler(
         model_dir, module, intra_op_threads=intra_op_threads, use_gpu=use_gpu, default_accept=default_accept

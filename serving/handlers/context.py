@@ -38,10 +38,17 @@ class Context:
     (or ``context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", v)``) sets the response's.
     """
 
-    def __init__(self, model_dir: str, headers: dict[str, str] | None = None, *, gpu_id: int | None = None) -> None:
+    def __init__(
+        self, model_dir: str, headers: dict[str, str] | None = None, *, gpu_id: int | None = None
+    ) -> None:
         self.model_name = "model"
         self.manifest: dict[str, Any] = {}
-        self._system_properties = {"model_dir": model_dir, "gpu_id": gpu_id, "batch_size": 1, "server_name": "selfmaker"}
+        self._system_properties = {
+            "model_dir": model_dir,
+            "gpu_id": gpu_id,
+            "batch_size": 1,
+            "server_name": "selfmaker",
+        }
         self.request_processor = [RequestProcessor(headers)]
         self.request_ids = {0: ""}
         self._response_headers: dict[str, str] = {}

@@ -32,9 +32,13 @@ class InvocationResult(NamedTuple):
 class DefaultHandler:
     """``model.onnx`` with validation and SageMaker-shaped answers; no user code."""
 
-    def __init__(self, model_dir: Path, *, intra_op_threads: int, use_gpu: bool | None, default_accept: str) -> None:
+    def __init__(
+        self, model_dir: Path, *, intra_op_threads: int, use_gpu: bool | None, default_accept: str
+    ) -> None:
         self.model_dir = model_dir
-        self.model = OnnxModel(model_dir / contract.MODEL_FILE, intra_op_threads=intra_op_threads, use_gpu=use_gpu)
+        self.model = OnnxModel(
+            model_dir / contract.MODEL_FILE, intra_op_threads=intra_op_threads, use_gpu=use_gpu
+        )
         self.signature = Signature()
         self.default_accept = default_accept
         self.formatter: ResponseFormatter | None = None
@@ -112,9 +116,13 @@ class DefaultHandler:
                     raise ValueError("records are not one row each")
                 feeds = model.validate(table)
             except Exception:  # some record is bad: each request finds out which on its own (below)
-                others.extend((index, contract.CSV, record, answer_type) for index, answer_type, record in records)
+                others.extend(
+                    (index, contract.CSV, record, answer_type) for index, answer_type, record in records
+                )
             else:
-                blocks.append(_Block([r[0] for r in records], [r[1] for r in records], [1] * len(records), feeds))
+                blocks.append(
+                    _Block([r[0] for r in records], [r[1] for r in records], [1] * len(records), feeds)
+                )
         elif records:
             index, answer_type, record = records[0]
             others.append((index, contract.CSV, record, answer_type))
@@ -132,8 +140,14 @@ class DefaultHandler:
             grouped.setdefault(key, []).append((index, answer_type, len(next(iter(feeds.values()))), feeds))
         for group in grouped.values():
             parts = [member[3] for member in group]
-            stacked = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-            blocks.append(_Block([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], stacked))
+            stacked = (
+                parts[0]
+                if len(parts) == 1
+                else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            )
+            blocks.append(
+                _Block([m[0] for m in group], [m[1] for m in group], [m[2] for m in group], stacked)
+            )
         for block in blocks:
             self._run_block(block, answers)
         return answers  # type: ignore[return-value]
@@ -175,7 +189,8 @@ class DefaultHandler:
             return None
         bodies = formatter.encode_split(outputs, [answer_type] * n, [1] * n)
         return [
-            body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds) for body in bodies
+            body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds)
+            for body in bodies
         ]
 
     def _run_block(self, block: _Block, answers: list[Any]) -> None:
@@ -209,7 +224,9 @@ class DefaultHandler:
             return
         bodies = formatter.encode_split(outputs, block.answer_types, block.counts)
         for index, answer_type, body in zip(block.indices, block.answer_types, bodies, strict=True):
-            answers[index] = body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds)
+            answers[index] = (
+                body if isinstance(body, Exception) else InvocationResult(body, answer_type, None, seconds)
+            )
 
 
 class _Block(NamedTuple):
@@ -227,6 +244,13 @@ class _Block(NamedTuple):
         start = 0
         for index, answer_type, count in zip(self.indices, self.answer_types, self.counts, strict=True):
             end = start + count
-            out.append(_Block([index], [answer_type], [count], {name: value[start:end] for name, value in self.feeds.items()}))
+            out.append(
+                _Block(
+                    [index],
+                    [answer_type],
+                    [count],
+                    {name: value[start:end] for name, value in self.feeds.items()},
+                )
+            )
             start = end
         return out

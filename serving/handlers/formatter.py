@@ -62,11 +62,16 @@ class ResponseFormatter:
 
     # -- classification ---------------------------------------------------------------------
 
-    def _labels(self, probs: np.ndarray, onnx_labels: np.ndarray | None, classes: list[Any] | None) -> list[Any]:
+    def _labels(
+        self, probs: np.ndarray, onnx_labels: np.ndarray | None, classes: list[Any] | None
+    ) -> list[Any]:
         """Predicted label per record: ``classes[index]``, the graph's own labels, or the index."""
         n_classes = probs.shape[1]
-        graph_labels = (onnx_labels if onnx_labels is not None and self.classes is None
-                        and onnx_labels.shape[:1] == probs.shape[:1] else None)
+        graph_labels = (
+            onnx_labels
+            if onnx_labels is not None and self.classes is None and onnx_labels.shape[:1] == probs.shape[:1]
+            else None
+        )
         if n_classes == 2 and self.task != "multiclass_classification":
             if graph_labels is not None and self.threshold == 0.5:
                 return graph_labels.reshape(len(graph_labels)).tolist()
@@ -119,11 +124,17 @@ class ResponseFormatter:
                     rows = [[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)]
                 return codecs.encode_csv(rows)
             scores_list = probs[:, 1].tolist() if binary else probs.tolist()
-            records = [{"score": s, "predicted_label": label} for s, label in zip(scores_list, labels, strict=True)]
+            records = [
+                {"score": s, "predicted_label": label} for s, label in zip(scores_list, labels, strict=True)
+            ]
         else:
             if accept == contract.CSV:
-                return codecs.encode_csv([[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)])
-            records = [{"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist(), strict=True)]
+                return codecs.encode_csv(
+                    [[label, *p] for label, p in zip(labels, probs.tolist(), strict=True)]
+                )
+            records = [
+                {"label": label, "probabilities": p} for label, p in zip(labels, probs.tolist(), strict=True)
+            ]
         return records
 
     # -- regression / generic ---------------------------------------------------------------
@@ -148,7 +159,9 @@ class ResponseFormatter:
             raise NotAcceptableError("application/x-npy needs a single output; this model has several")
         lengths = {np.shape(value)[0] if np.ndim(value) else None for value in outputs.values()}
         if accept == contract.JSON and len(lengths) != 1:
-            return codecs.encode_json({"outputs": {name: np.asarray(v).tolist() for name, v in outputs.items()}})
+            return codecs.encode_json(
+                {"outputs": {name: np.asarray(v).tolist() for name, v in outputs.items()}}
+            )
         n = lengths.pop() if len(lengths) == 1 else None
         if n is None:
             raise NotAcceptableError("outputs of different lengths can only be answered as JSON")
@@ -170,7 +183,11 @@ class ResponseFormatter:
         if self.prob_name and self.task != "regression":
             return self._classifier(outputs, accept, self.prob_name)
         if self.task == "regression":
-            name = self.output_names[0] if len(self.output_names) == 1 else (self.prob_name or self.output_names[0])
+            name = (
+                self.output_names[0]
+                if len(self.output_names) == 1
+                else (self.prob_name or self.output_names[0])
+            )
             return self._regressor(np.asarray(outputs[name]), accept)
         return self._generic(outputs, accept)
 
@@ -215,7 +232,9 @@ class ResponseFormatter:
         for accept, count in zip(accepts, counts, strict=True):
             end = start + count
             try:
-                answers.append(self.encode({name: value[start:end] for name, value in outputs.items()}, accept))
+                answers.append(
+                    self.encode({name: value[start:end] for name, value in outputs.items()}, accept)
+                )
             except Exception as exc:
                 answers.append(exc)
             start = end

@@ -62,7 +62,13 @@ class HooksHandler:
     HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn", "model_warmup_fn")
 
     def __init__(
-        self, model_dir: Path, module: Any, *, intra_op_threads: int, use_gpu: bool | None, default_accept: str
+        self,
+        model_dir: Path,
+        module: Any,
+        *,
+        intra_op_threads: int,
+        use_gpu: bool | None,
+        default_accept: str,
     ) -> None:
         self.model_dir = model_dir
         self.module = module
@@ -118,7 +124,9 @@ class HooksHandler:
             return model.predict(data)
         if callable(model):
             return model(data)
-        raise TypeError("the model returned by model_fn has no predict() and is not callable; define predict_fn")
+        raise TypeError(
+            "the model returned by model_fn has no predict() and is not callable; define predict_fn"
+        )
 
     def default_output_fn(self, prediction: Any, accept: str) -> Any:
         if isinstance(prediction, Prediction) and self.default.formatter is not None:
@@ -130,10 +138,14 @@ class HooksHandler:
         if answer_type == contract.JSONLINES:
             return codecs.encode_jsonlines(list(prediction)), answer_type
         if answer_type == contract.CSV:
-            return codecs.encode_csv(np.asarray(prediction) if not isinstance(prediction, list) else prediction), answer_type
+            return codecs.encode_csv(
+                np.asarray(prediction) if not isinstance(prediction, list) else prediction
+            ), answer_type
         return codecs.encode_npy(prediction), answer_type
 
-    def default_transform_fn(self, model: Any, input_data: Any, content_type: str, accept: str, context: Context) -> Any:
+    def default_transform_fn(
+        self, model: Any, input_data: Any, content_type: str, accept: str, context: Context
+    ) -> Any:
         data = _call_hook(self.input_fn, context, input_data, content_type)
         prediction = _call_hook(self.predict_fn, context, data, model)
         return _call_hook(self.output_fn, context, prediction, accept)

@@ -54,6 +54,7 @@ def create_app(
             "MaxPayloadInMB": settings.max_payload_mb,
         }
     )
+
     @app.get("/execution-parameters")
     def parameters() -> Response:
         return Response(execution_parameters, status=200, content_type=_JSON)

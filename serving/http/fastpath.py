@@ -100,8 +100,10 @@ class FastPath:
         self.variant_name = variant_name
         self._runtime_routes: dict[str, tuple[str, bool]] = {}
         if endpoint_name is not None:
-            self._runtime_routes = {f"{RUNTIME_PREFIX}{endpoint_name}/{tail}": (endpoint_name, stream)
-                                    for tail, stream in RUNTIME_ROUTES.items()}
+            self._runtime_routes = {
+                f"{RUNTIME_PREFIX}{endpoint_name}/{tail}": (endpoint_name, stream)
+                for tail, stream in RUNTIME_ROUTES.items()
+            }
 
     # -- routes -------------------------------------------------------------------------------
 
@@ -175,12 +177,16 @@ class FastPath:
     def _success(result: InvocationResult) -> _Answer:
         headers = [("Content-Type", result.content_type), ("Content-Length", str(len(result.body)))]
         if result.custom_attributes is not None:
-            headers.append((contract.CUSTOM_ATTRIBUTES_HEADER, contract.sanitize_header(result.custom_attributes)))
+            headers.append(
+                (contract.CUSTOM_ATTRIBUTES_HEADER, contract.sanitize_header(result.custom_attributes))
+            )
         return 200, headers, result.body, result.model_seconds
 
     # -- WSGI ---------------------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes] | PendingInvocation:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes] | PendingInvocation:
         started = time.perf_counter()
         path = environ.get("PATH_INFO", "")
         method = environ.get("REQUEST_METHOD", "")
@@ -189,7 +195,12 @@ class FastPath:
             body, refused = self._take_invocation(environ)
             if refused is not None:
                 status, headers, out, model_seconds = refused
-            elif self.batching and len(body) <= MAX_BATCHED_BODY and environ.get(DEFER_KEY) and self.model.batchable:
+            elif (
+                self.batching
+                and len(body) <= MAX_BATCHED_BODY
+                and environ.get(DEFER_KEY)
+                and self.model.batchable
+            ):
                 return PendingInvocation(self, environ, start_response, started, body)
             else:
                 status, headers, out, model_seconds = self._invoke(environ, body)
@@ -204,7 +215,11 @@ class FastPath:
             out = error_body(405, f"{method} is not allowed on {path}; use {_HOT_METHODS[path]}")
             start_response(_STATUS_LINES[405], [*_json_headers(out), ("Allow", _HOT_METHODS[path])])
             result = [out]
-        elif method == "POST" and path.startswith(RUNTIME_PREFIX) and (route := self._runtime_route(path)) is not None:
+        elif (
+            method == "POST"
+            and path.startswith(RUNTIME_PREFIX)
+            and (route := self._runtime_route(path)) is not None
+        ):
             return self._runtime(environ, start_response, route, started)
         else:
             seen: list[str] = []
@@ -225,14 +240,18 @@ class FastPath:
         known = self._runtime_routes.get(path)
         if known is not None:
             return known
-        name, _, tail = path[len(RUNTIME_PREFIX):].partition("/")
+        name, _, tail = path[len(RUNTIME_PREFIX) :].partition("/")
         stream = RUNTIME_ROUTES.get(tail)
         if stream is None or not name:
             return None
         return name, stream
 
     def _runtime(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], route: tuple[str, bool], started: float
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        route: tuple[str, bool],
+        started: float,
     ) -> Iterable[bytes] | PendingInvocation:
         name, stream = route
         model_seconds: float | None = None
@@ -245,15 +264,22 @@ class FastPath:
             body, refused = self._take_invocation(environ)
             if refused is not None:
                 status, headers, out, model_seconds = self._runtime_answer(refused, False)
-            elif (not stream and self.batching and len(body) <= MAX_BATCHED_BODY and environ.get(DEFER_KEY)
-                  and self.model.batchable):
+            elif (
+                not stream
+                and self.batching
+                and len(body) <= MAX_BATCHED_BODY
+                and environ.get(DEFER_KEY)
+                and self.model.batchable
+            ):
                 return PendingInvocation(self, environ, start_response, started, body, runtime=True)
             else:
                 if stream:  # InvokeEndpointWithResponseStream sends Accept under its own name
                     accept = environ.get("HTTP_X_AMZN_SAGEMAKER_ACCEPT")
                     if accept:
                         environ["HTTP_ACCEPT"] = accept
-                status, headers, out, model_seconds = self._runtime_answer(self._invoke(environ, body), stream)
+                status, headers, out, model_seconds = self._runtime_answer(
+                    self._invoke(environ, body), stream
+                )
         start_response(_STATUS_LINES.get(status) or str(status), headers)
         self._account(environ, "/invocations", "POST", status, started, model_seconds)
         return [out]
@@ -266,19 +292,33 @@ class FastPath:
             return status, headers, out, model_seconds
         if stream:
             content_type = headers[0][1]
-            out = b"".join(eventstream.event("PayloadPart", out[i:i + STREAM_PART_BYTES])
-                           for i in range(0, len(out), STREAM_PART_BYTES))
-            headers = [("Content-Type", eventstream.CONTENT_TYPE), ("Content-Length", str(len(out))),
-                       ("X-Amzn-SageMaker-Content-Type", content_type), *headers[2:]]
+            out = b"".join(
+                eventstream.event("PayloadPart", out[i : i + STREAM_PART_BYTES])
+                for i in range(0, len(out), STREAM_PART_BYTES)
+            )
+            headers = [
+                ("Content-Type", eventstream.CONTENT_TYPE),
+                ("Content-Length", str(len(out))),
+                ("X-Amzn-SageMaker-Content-Type", content_type),
+                *headers[2:],
+            ]
         headers.append((INVOKED_VARIANT_HEADER, self.variant_name))
         return status, headers, out, model_seconds
 
     def _runtime_error_answer(self, status: int, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-        out_status, code, out = runtime_error(status, body, endpoint=self.endpoint_name or "-", variant=self.variant_name)
+        out_status, code, out = runtime_error(
+            status, body, endpoint=self.endpoint_name or "-", variant=self.variant_name
+        )
         return out_status, [*_json_headers(out), ("x-amzn-ErrorType", code)], out
 
     def _account(
-        self, environ: dict[str, Any], path: str, method: str, status: int, started: float, model_seconds: float | None
+        self,
+        environ: dict[str, Any],
+        path: str,
+        method: str,
+        status: int,
+        started: float,
+        model_seconds: float | None,
     ) -> None:
         """Metrics and the access-log line of one finished request."""
         elapsed = time.perf_counter() - started
@@ -339,7 +379,9 @@ class PendingInvocation:
             one = pending[0]
             environ = one.environ
             try:
-                one.outcome = app.model.invoke_full(one.body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
+                one.outcome = app.model.invoke_full(
+                    one.body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT")
+                )
             except Exception as exc:
                 one.outcome = exc
             return
@@ -358,7 +400,9 @@ class PendingInvocation:
         if isinstance(outcome, InvocationResult):
             answer = app._success(outcome)
         else:
-            answer = app._failure(outcome if outcome is not None else RuntimeError("invocation was never run"))
+            answer = app._failure(
+                outcome if outcome is not None else RuntimeError("invocation was never run")
+            )
         if self.runtime:
             answer = app._runtime_answer(answer, False)
         status, headers, out, model_seconds = answer

@@ -64,7 +64,12 @@ class LengthBody(body.Body):
 
     def read(self, size: int | None = None) -> bytes:
         reader = self.reader
-        if type(reader) is body.LengthReader and type(size) is int and size >= reader.length and not self.buf.tell():
+        if (
+            type(reader) is body.LengthReader
+            and type(size) is int
+            and size >= reader.length
+            and not self.buf.tell()
+        ):
             length = reader.length
             if not length:
                 return b""

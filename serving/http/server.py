@@ -87,7 +87,9 @@ class ModelServer(BaseApplication):
 
         def when_ready(server: Any) -> None:
             if parent_pid is not None:
-                threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+                threading.Thread(
+                    target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+                ).start()
 
         config = {
             "when_ready": when_ready,
@@ -121,7 +123,9 @@ class ModelServer(BaseApplication):
         install_one_write_response()
 
         settings = self.settings
-        plane = DataPlane(settings.model_data or settings.model_dir, settings, state_dir=self.state_dir / "model-source")
+        plane = DataPlane(
+            settings.model_data or settings.model_dir, settings, state_dir=self.state_dir / "model-source"
+        )
         readiness = WorkerReadiness(self.state_dir, self.workers)
         metrics = Metrics(self.metrics_dir)
 
@@ -129,7 +133,9 @@ class ModelServer(BaseApplication):
             try:
                 plane.load()
             except ServingError as exc:
-                log.error("model failed to load: %s", plane.error or exc.message, exc_info=exc.__cause__ is not None)
+                log.error(
+                    "model failed to load: %s", plane.error or exc.message, exc_info=exc.__cause__ is not None
+                )
                 return
             except Exception:  # a bug in user code or the runtime: log it, keep answering 503
                 log.exception("model failed to load")

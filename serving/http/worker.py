@@ -77,7 +77,9 @@ class _StalledClientRecord(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, BlockingIOError) and record.msg == "Socket error processing request.":
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = "dropped a connection whose client sent or read nothing for %.0f s in the middle of a request"
+            record.msg = (
+                "dropped a connection whose client sent or read nothing for %.0f s in the middle of a request"
+            )
             record.args = (STALL_TIMEOUT,)
             record.exc_info = record.exc_text = None
         return True
@@ -145,8 +147,11 @@ class InlineWorker(ThreadWorker):
         Returns what ``handle`` returns: keep-alive or not (or gthread's defer marker)."""
         req = None
         try:
-            if (not conn.initialized and not conn.data_ready
-                    and not conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT)):
+            if (
+                not conn.initialized
+                and not conn.data_ready
+                and not conn.wait_for_data(gthread.DEFAULT_WORKER_DATA_TIMEOUT)
+            ):
                 return gthread._DEFER
             conn.sock.setblocking(True)
             conn.init()

@@ -26,8 +26,6 @@ from testkit import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 
 
@@ -136,7 +134,9 @@ def model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def platform(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """`selfmaker up` with S3/SNS pointed at moto, a short lease and a 1 s scale-to-zero delay."""
-    env = helpers.moto_env(moto_server, SELFMAKER_ASYNC_SCALE_IN_AFTER="1", SELFMAKER_ASYNC_VISIBILITY_TIMEOUT="10")
+    env = helpers.moto_env(
+        moto_server, SELFMAKER_ASYNC_SCALE_IN_AFTER="1", SELFMAKER_ASYNC_VISIBILITY_TIMEOUT="10"
+    )
     with helpers.running(tmp_path_factory.mktemp("async-home"), env) as server:
         try:
             yield server
@@ -379,7 +379,9 @@ def test_delete_endpoint_drops_its_queue(platform: Any, moto_server: str, model_
     wait_until(lambda: _instances(sm, "async-del") == 0, timeout=60, what="scale to zero")
     # queued while no model server runs; deleted before the cold start can serve them
     for inference_id in ("stale-1", "stale-2"):
-        smr.invoke_endpoint_async(EndpointName="async-del", Body=ROWS, ContentType="text/csv", InferenceId=inference_id)
+        smr.invoke_endpoint_async(
+            EndpointName="async-del", Body=ROWS, ContentType="text/csv", InferenceId=inference_id
+        )
     inputs = platform.home / "async" / "inputs" / "async-del"
     assert sorted(p.name for p in inputs.iterdir()) == ["stale-1.in", "stale-2.in"]
     sm.delete_endpoint(EndpointName="async-del")
@@ -391,8 +393,11 @@ def test_delete_endpoint_drops_its_queue(platform: Any, moto_server: str, model_
     sm.get_waiter("endpoint_in_service").wait(EndpointName="async-del", WaiterConfig=helpers.WAIT)
     one_row = ROWS.split(b"\n")[0] + b"\n"
     fresh = smr.invoke_endpoint_async(
-        EndpointName="async-del", InputLocation=aws.put("in/fresh.csv", one_row), ContentType="text/csv",
-        Accept="text/csv", InferenceId="stale-1",
+        EndpointName="async-del",
+        InputLocation=aws.put("in/fresh.csv", one_row),
+        ContentType="text/csv",
+        Accept="text/csv",
+        InferenceId="stale-1",
     )
     out_key = fresh["OutputLocation"].split("/", 3)[3]
     wait_until(lambda: out_key in aws.keys("out/"), timeout=90, what="the new request's output")
@@ -409,7 +414,8 @@ def test_update_endpoint_keeps_the_endpoint_type(platform: Any, moto_server: str
     deploy_async(platform, "async-upd", model_tar, aws)
     sm, smr = platform.sagemaker(), platform.runtime()
     sm.create_endpoint_config(
-        EndpointConfigName="async-upd-rt", ProductionVariants=[helpers.variant("AllTraffic", "async-upd-model")]
+        EndpointConfigName="async-upd-rt",
+        ProductionVariants=[helpers.variant("AllTraffic", "async-upd-model")],
     )
     with pytest.raises(ClientError) as refused:
         sm.update_endpoint(EndpointName="async-upd", EndpointConfigName="async-upd-rt")
@@ -463,7 +469,9 @@ def test_finished_requests_are_pruned_and_deleted_endpoints_queues_dropped_at_st
     queue_db = home / "async" / "queue.db"
     try:
         deploy_async(server, "async-prune", model_tar, aws)
-        done = server.runtime().invoke_endpoint_async(EndpointName="async-prune", Body=ROWS, ContentType="text/csv")
+        done = server.runtime().invoke_endpoint_async(
+            EndpointName="async-prune", Body=ROWS, ContentType="text/csv"
+        )
         stored = home / "async" / "inputs" / "async-prune" / f"{done['InferenceId']}.in"
         assert stored.exists()
         out_key = done["OutputLocation"].split("/", 3)[3]
@@ -557,7 +565,9 @@ def test_kill9_platform_during_backlog(moto_process: str, model_tar: str, tmp_pa
             )
             # a late duplicate could come only from a request still queued or in flight, or a notification
             # not yet read: wait until the queue has nothing unfinished and the inbox is empty
-            wait_until(lambda: settled(aws, home, "async-kill"), timeout=60, what="the queue and the inbox to settle")
+            wait_until(
+                lambda: settled(aws, home, "async-kill"), timeout=60, what="the queue and the inbox to settle"
+            )
         ids = [n["inferenceId"] for n in inbox.notes]
         assert len(ids) == total, f"{len(ids)} notifications for {total} requests ({len(set(ids))} distinct)"
         assert set(ids) == set(accepted)

@@ -19,8 +19,6 @@ from botocore.exceptions import ClientError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 
 ROW = b"0.3,-1.2,0.8,0.1"
@@ -77,7 +75,10 @@ def canary(wait: int, *alarms: str, percent: int = 50) -> dict[str, Any]:
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     home = tmp_path_factory.mktemp("guardrails-home")
     (home / "alarms.json").write_text(json.dumps(FILE_ALARMS))
-    env = {"SELFMAKER_ALARMS": json.dumps(SETTING_ALARMS), "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true"}
+    env = {
+        "SELFMAKER_ALARMS": json.dumps(SETTING_ALARMS),
+        "SELFMAKER_SERVERLESS_FORK_ALL_PROCESS_VARIANTS": "true",
+    }
     with helpers.running(home, env) as server:
         yield server
 

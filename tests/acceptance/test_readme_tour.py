@@ -29,13 +29,22 @@ def test_readme_tour_runs_as_written(platform: Any, tmp_path: Path) -> None:
     code = tour_code()
     for literal in ("http://127.0.0.1:7070", "/tmp/data", "file:///tmp/output"):
         assert literal in code, f"the tour no longer uses {literal}; update this test"
-    code = (code.replace("http://127.0.0.1:7070", platform.url)
-            .replace("file:///tmp/output", (tmp_path / "output").as_uri())
-            .replace("/tmp/data", str(tmp_path / "data")))
+    code = (
+        code.replace("http://127.0.0.1:7070", platform.url)
+        .replace("file:///tmp/output", (tmp_path / "output").as_uri())
+        .replace("/tmp/data", str(tmp_path / "data"))
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("Completed [{'MetricName': 'validation:auc'"), proc.stdout

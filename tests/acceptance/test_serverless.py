@@ -27,8 +27,6 @@ from testkit import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 
 IDLE = 3.0
@@ -304,7 +302,8 @@ def test_serverless_update_config_changes_concurrency_in_place(
     invoke(smr, "sl-update")
     with pytest.raises(ClientError) as info:  # a serverless variant has no instance count to set
         sm.update_endpoint_weights_and_capacities(
-            EndpointName="sl-update", DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 2}]
+            EndpointName="sl-update",
+            DesiredWeightsAndCapacities=[{"VariantName": "AllTraffic", "DesiredInstanceCount": 2}],
         )
     assert info.value.response["Error"]["Code"] == "ValidationException"
     assert "ServerlessUpdateConfig" in info.value.response["Error"]["Message"]

@@ -22,8 +22,6 @@ from testkit import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
-
 import platform_helpers as helpers  # noqa: E402 - on sys.path via conftest.py
 
 ROWS = [f"{i * 0.1:.1f},{1 - i * 0.2:.1f},{i % 3 - 1}.0,0.5" for i in range(8)]

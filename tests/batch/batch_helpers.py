@@ -22,20 +22,31 @@ def build_lr_model(out_dir: Path, *, response_format: str = "xgboost") -> Path:
     X = rng.normal(size=(300, N_FEATURES)).astype(np.float32)
     y = (X[:, 0] - X[:, 2] > 0).astype(np.int64)
     model = LogisticRegression().fit(X, y)
-    onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
-                          options={id(model): {"zipmap": False}}, target_opset=17)
+    onx = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.onnx").write_bytes(onx.SerializeToString())
-    (out_dir / "signature.json").write_text(json.dumps({
-        "format": 1, "framework": "sklearn", "task": "binary_classification",
-        "inputs": [{"name": "input", "dtype": "float32", "shape": [None, N_FEATURES]}],
-        "classes": [0, 1], "response_format": response_format,
-    }))
+    (out_dir / "signature.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "framework": "sklearn",
+                "task": "binary_classification",
+                "inputs": [{"name": "input", "dtype": "float32", "shape": [None, N_FEATURES]}],
+                "classes": [0, 1],
+                "response_format": response_format,
+            }
+        )
+    )
     return out_dir
 
 
 #: a BYOC-style model: sagemaker-inference hooks only, no ONNX; answers "sum of the fields" per line
-HOOKS_CODE = '''
+HOOKS_CODE = """
 import time
 
 def model_fn(model_dir):
@@ -47,7 +58,7 @@ def transform_fn(model, data, content_type, accept):
     lines = [line for line in data.split("\\n") if line.strip()]
     out = [repr(round(sum(float(v) for v in line.split(",")), 6)) for line in lines]
     return "\\n".join(out) + "\\n", "text/csv"
-'''
+"""
 
 
 def build_hooks_model(out_dir: Path, delay: float = 0.0) -> Path:
@@ -92,15 +103,23 @@ def write_csv(path: Path, rows: np.ndarray, *, ids: bool = False) -> Path:
 
 def read_rows(path: Path, *, skip_cols: int = 0) -> np.ndarray:
     """The numeric rows of a CSV file written by :func:`write_csv`."""
-    return np.array([[float(v) for v in line.split(",")[skip_cols:]]
-                     for line in path.read_text().splitlines() if line.strip()])
+    return np.array(
+        [
+            [float(v) for v in line.split(",")[skip_cols:]]
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+    )
 
 
 def request(input_uri: str, output_uri: str, **extra: Any) -> dict[str, Any]:
     """A CreateTransformJob request; ``extra`` keys: TransformInput/TransformOutput members or top-level."""
-    tin: dict[str, Any] = {"DataSource": {"S3DataSource": {"S3DataType": extra.pop("S3DataType", "S3Prefix"),
-                                                           "S3Uri": input_uri}},
-                           "ContentType": extra.pop("ContentType", "text/csv")}
+    tin: dict[str, Any] = {
+        "DataSource": {
+            "S3DataSource": {"S3DataType": extra.pop("S3DataType", "S3Prefix"), "S3Uri": input_uri}
+        },
+        "ContentType": extra.pop("ContentType", "text/csv"),
+    }
     for key in ("SplitType", "CompressionType"):
         if key in extra:
             tin[key] = extra.pop(key)
@@ -108,6 +127,11 @@ def request(input_uri: str, output_uri: str, **extra: Any) -> dict[str, Any]:
     for key in ("Accept", "AssembleWith"):
         if key in extra:
             tout[key] = extra.pop(key)
-    return {"TransformJobName": extra.pop("TransformJobName", "test-job"), "ModelName": "m",
-            "TransformInput": tin, "TransformOutput": tout,
-            "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1}, **extra}
+    return {
+        "TransformJobName": extra.pop("TransformJobName", "test-job"),
+        "ModelName": "m",
+        "TransformInput": tin,
+        "TransformOutput": tout,
+        "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        **extra,
+    }

@@ -32,8 +32,14 @@ def dask_client() -> Iterator[Any]:
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     # tcp (not inproc) so other processes (the CLI, `selfmaker up`) can use its scheduler too
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0")
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
     client = Client(cluster)
     try:
         yield client
@@ -48,10 +54,12 @@ def run_job(dask_client: Any) -> Callable[..., Any]:
     from batch.engine import run_transform
     from batch.settings import BatchSettings
 
-    def run(req: dict[str, Any], model: Path | str, *, part_mb: float = 32.0, mode: str = "auto",
-            **kwargs: Any) -> Any:
+    def run(
+        req: dict[str, Any], model: Path | str, *, part_mb: float = 32.0, mode: str = "auto", **kwargs: Any
+    ) -> Any:
         settings = BatchSettings(part_mb=part_mb, mode=mode, startup_timeout=60)
-        return run_transform(req, model_dir=str(model), client=kwargs.pop("client", dask_client),
-                             settings=settings, **kwargs)
+        return run_transform(
+            req, model_dir=str(model), client=kwargs.pop("client", dask_client), settings=settings, **kwargs
+        )
 
     return run

@@ -31,7 +31,9 @@ from selfmaker.jobs.aws_batch import BatchJobs, submit_transform
 CHILD_TIMEOUT = 240
 
 
-@given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=60), st.integers(min_value=1, max_value=12))
+@given(
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=60), st.integers(min_value=1, max_value=12)
+)
 def test_balance_is_contiguous_complete_and_bounded(sizes: list[int], count: int) -> None:
     groups = balance(sizes, count)
     assert [i for g in groups for i in g] == list(range(len(sizes)))  # every item once, in order
@@ -62,9 +64,11 @@ def _upload_model(s3: Any, bucket: str, model_dir: Path) -> str:
 
 def _dataset(s3: Any, tmp_path: Path, bucket: str) -> dict[str, Path]:
     rng = np.random.default_rng(5)
-    files = {"in/big.csv": write_csv(tmp_path / "big.csv", rng.normal(size=(2400, N_FEATURES))),
-             "in/mid.csv": write_csv(tmp_path / "mid.csv", rng.normal(size=(700, N_FEATURES))),
-             "in/sub/small.csv": write_csv(tmp_path / "small.csv", rng.normal(size=(90, N_FEATURES)))}
+    files = {
+        "in/big.csv": write_csv(tmp_path / "big.csv", rng.normal(size=(2400, N_FEATURES))),
+        "in/mid.csv": write_csv(tmp_path / "mid.csv", rng.normal(size=(700, N_FEATURES))),
+        "in/sub/small.csv": write_csv(tmp_path / "small.csv", rng.normal(size=(90, N_FEATURES))),
+    }
     for key, path in files.items():
         s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
     return files
@@ -72,23 +76,39 @@ def _dataset(s3: Any, tmp_path: Path, bucket: str) -> dict[str, Path]:
 
 def _outputs(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
     found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-    return {o["Key"][len(prefix):]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found}
+    return {o["Key"][len(prefix) :]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in found}
 
 
-def _local_reference(req: dict[str, Any], model_dir: Path, tmp_path: Path, dask_client: Any,
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def _local_reference(
+    req: dict[str, Any], model_dir: Path, tmp_path: Path, dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     req_file = tmp_path / "local.json"
     req_file.write_text(json.dumps(req))
     monkeypatch.setenv("SELFMAKER_HOME", str(tmp_path / "home"))
-    code = local_transform([str(req_file), "--scheduler", dask_client.scheduler.address, "--model-dir", str(model_dir),
-                            "--quiet", "--part-mb", "0.02"])
+    code = local_transform(
+        [
+            str(req_file),
+            "--scheduler",
+            dask_client.scheduler.address,
+            "--model-dir",
+            str(model_dir),
+            "--quiet",
+            "--part-mb",
+            "0.02",
+        ]
+    )
     assert code == 0
 
 
 def _run_children(moto_server: str, state: str, size: int, tmp_path: Path, tag: str) -> list[int]:
-    procs = [start_container(["transform-share", "--state", state],
-                             batch_env(moto_server, {"AWS_BATCH_JOB_ARRAY_INDEX": str(i)} if size > 1 else {}),
-                             tmp_path / f"{tag}-{i}.log") for i in range(size)]
+    procs = [
+        start_container(
+            ["transform-share", "--state", state],
+            batch_env(moto_server, {"AWS_BATCH_JOB_ARRAY_INDEX": str(i)} if size > 1 else {}),
+            tmp_path / f"{tag}-{i}.log",
+        )
+        for i in range(size)
+    ]
     try:
         return [p.wait(timeout=CHILD_TIMEOUT) for p in procs]
     finally:
@@ -101,25 +121,43 @@ def _submitted(moto_server: str, job_id: str) -> dict[str, Any]:
     return batch.describe_jobs(jobs=[job_id])["jobs"][0]
 
 
-def test_three_children_write_what_the_local_command_writes(s3: Any, moto_server: str, tmp_path: Path,
-                                                            dask_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_three_children_write_what_the_local_command_writes(
+    s3: Any, moto_server: str, tmp_path: Path, dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3.create_bucket(Bucket="tf-data")
     s3.create_bucket(Bucket="tf-out")
     model_dir = build_hooks_model(tmp_path / "model")
     model = _upload_model(s3, "tf-data", model_dir)
     files = _dataset(s3, tmp_path, "tf-data")
-    common = {"SplitType": "Line", "BatchStrategy": "MultiRecord", "AssembleWith": "Line", "Accept": "text/csv",
-              "MaxPayloadInMB": 1}
-    _local_reference(request("s3://tf-data/in/", "s3://tf-out/local/", TransformJobName="ref", **common),
-                     model_dir, tmp_path, dask_client, monkeypatch)
+    common = {
+        "SplitType": "Line",
+        "BatchStrategy": "MultiRecord",
+        "AssembleWith": "Line",
+        "Accept": "text/csv",
+        "MaxPayloadInMB": 1,
+    }
+    _local_reference(
+        request("s3://tf-data/in/", "s3://tf-out/local/", TransformJobName="ref", **common),
+        model_dir,
+        tmp_path,
+        dask_client,
+        monkeypatch,
+    )
     local = _outputs(s3, "tf-out", "local/")
     assert sorted(local) == ["big.csv.out", "mid.csv.out", "sub/small.csv.out"]
     assert local["big.csv.out"] == hooks_expected(files["in/big.csv"])
 
     stack = create_stack(moto_server)
     req = request("s3://tf-data/in/", "s3://tf-out/batch/", TransformJobName="tf-three", **common)
-    submitted = submit_transform(BatchJobs(), req, stack.queues["on-demand"], model=model, model_environment={},
-                                 children=3, part_mb=0.02)
+    submitted = submit_transform(
+        BatchJobs(),
+        req,
+        stack.queues["on-demand"],
+        model=model,
+        model_environment={},
+        children=3,
+        part_mb=0.02,
+    )
     job = _submitted(moto_server, submitted.job_id)
     assert job["arrayProperties"]["size"] == 3 == submitted.shares
     assert job["parameters"] == {"state": "s3://tf-out/selfmaker-jobs/transform/tf-three/"}
@@ -132,21 +170,27 @@ def test_three_children_write_what_the_local_command_writes(s3: Any, moto_server
     assert _outputs(s3, "tf-out", "batch/") == local  # byte for byte, and nothing else in the output prefix
 
 
-def test_a_killed_child_is_rerun_by_a_resubmit_without_duplicates(s3: Any, moto_server: str, tmp_path: Path,
-                                                                  dask_client: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_killed_child_is_rerun_by_a_resubmit_without_duplicates(
+    s3: Any, moto_server: str, tmp_path: Path, dask_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s3.create_bucket(Bucket="tk-data")
     s3.create_bucket(Bucket="tk-out")
     model_dir = build_hooks_model(tmp_path / "model", delay=0.4)
     model = _upload_model(s3, "tk-data", model_dir)
     files = _dataset(s3, tmp_path, "tk-data")
-    common = {"SplitType": "Line", "BatchStrategy": "MultiRecord", "AssembleWith": "Line", "Accept": "text/csv",
-              "MaxPayloadInMB": 1}
+    common = {
+        "SplitType": "Line",
+        "BatchStrategy": "MultiRecord",
+        "AssembleWith": "Line",
+        "Accept": "text/csv",
+        "MaxPayloadInMB": 1,
+    }
     stack = create_stack(moto_server, prefix="sm-kill")
     req = request("s3://tk-data/in/", "s3://tk-out/batch/", TransformJobName="tf-kill", **common)
     jobs = BatchJobs()
-    first = submit_transform(jobs, req, stack.queues["on-demand"], model=model, model_environment={}, children=3,
-                             part_mb=0.01)
+    first = submit_transform(
+        jobs, req, stack.queues["on-demand"], model=model, model_environment={}, children=3, part_mb=0.01
+    )
     assert first.shares == 3
     env = {i: batch_env(moto_server, {"AWS_BATCH_JOB_ARRAY_INDEX": str(i)}) for i in range(3)}
     victim = start_container(["transform-share", "--state", first.state], env[1], tmp_path / "victim.log")
@@ -161,8 +205,10 @@ def test_a_killed_child_is_rerun_by_a_resubmit_without_duplicates(s3: Any, moto_
         assert victim.poll() is None, (tmp_path / "victim.log").read_text()
     finally:
         kill_container(victim)
-    others = [start_container(["transform-share", "--state", first.state], env[i], tmp_path / f"first-{i}.log")
-              for i in (0, 2)]
+    others = [
+        start_container(["transform-share", "--state", first.state], env[i], tmp_path / f"first-{i}.log")
+        for i in (0, 2)
+    ]
     try:
         assert [p.wait(timeout=CHILD_TIMEOUT) for p in others] == [0, 0]
     finally:
@@ -171,8 +217,9 @@ def test_a_killed_child_is_rerun_by_a_resubmit_without_duplicates(s3: Any, moto_
     partial = _outputs(s3, "tk-out", "batch/")
     assert len(partial) < 3  # share 1's part of the data is missing
 
-    again = submit_transform(jobs, req, stack.queues["on-demand"], model=model, model_environment={}, children=3,
-                             part_mb=0.01)
+    again = submit_transform(
+        jobs, req, stack.queues["on-demand"], model=model, model_environment={}, children=3, part_mb=0.01
+    )
     assert 1 <= again.shares <= 3
     job = _submitted(moto_server, again.job_id)
     assert (job.get("arrayProperties") or {}).get("size", 1) == again.shares  # one share: a plain job
@@ -185,8 +232,9 @@ def test_a_killed_child_is_rerun_by_a_resubmit_without_duplicates(s3: Any, moto_
     outputs = _outputs(s3, "tk-out", "batch/")
     assert sorted(outputs) == ["big.csv.out", "mid.csv.out", "sub/small.csv.out"]
     for key, path in files.items():
-        assert outputs[key[len("in/"):] + ".out"] == hooks_expected(path)  # every record once, in order
+        assert outputs[key[len("in/") :] + ".out"] == hooks_expected(path)  # every record once, in order
 
     # nothing left to do: a third submission submits nothing
-    assert submit_transform(jobs, req, stack.queues["on-demand"], model=model, model_environment={}, children=3,
-                            part_mb=0.01).nothing_to_do
+    assert submit_transform(
+        jobs, req, stack.queues["on-demand"], model=model, model_environment={}, children=3, part_mb=0.01
+    ).nothing_to_do

@@ -32,12 +32,21 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_stop_mid_job_leaves_only_complete_outputs_then_resume_finishes(
-        run_job: Any, slow_model: Path, tmp_path: Path) -> None:
+    run_job: Any, slow_model: Path, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(41)
-    sources = [write_csv(tmp_path / "in" / f"f{i:02d}.csv", rng.normal(size=(40, N_FEATURES))) for i in range(10)]
+    sources = [
+        write_csv(tmp_path / "in" / f"f{i:02d}.csv", rng.normal(size=(40, N_FEATURES))) for i in range(10)
+    ]
     out, state = tmp_path / "out", tmp_path / "state"
-    req = request((tmp_path / "in").as_uri(), out.as_uri(), SplitType="Line", BatchStrategy="SingleRecord",
-                  AssembleWith="Line", Accept="text/csv")
+    req = request(
+        (tmp_path / "in").as_uri(),
+        out.as_uri(),
+        SplitType="Line",
+        BatchStrategy="SingleRecord",
+        AssembleWith="Line",
+        Accept="text/csv",
+    )
     stop = threading.Event()
     seen: list[Any] = []
 
@@ -63,18 +72,42 @@ def test_stop_mid_job_leaves_only_complete_outputs_then_resume_finishes(
     assert _files(out) == {f"{s.name}.out": hooks_expected(s) for s in sources}
 
 
-def test_crash_then_resume_gives_exactly_the_full_output(run_job: Any, slow_model: Path, tmp_path: Path) -> None:
+def test_crash_then_resume_gives_exactly_the_full_output(
+    run_job: Any, slow_model: Path, tmp_path: Path
+) -> None:
     rows = np.random.default_rng(42).normal(size=(240, N_FEATURES))
     src = write_csv(tmp_path / "in" / "data.csv", rows)
     out, state = tmp_path / "out", tmp_path / "state"
-    req = request((tmp_path / "in").as_uri(), out.as_uri(), SplitType="Line", BatchStrategy="SingleRecord",
-                  AssembleWith="Line", Accept="text/csv", TransformJobName="crashy")
+    req = request(
+        (tmp_path / "in").as_uri(),
+        out.as_uri(),
+        SplitType="Line",
+        BatchStrategy="SingleRecord",
+        AssembleWith="Line",
+        Accept="text/csv",
+        TransformJobName="crashy",
+    )
     req_file = tmp_path / "request.json"
     req_file.write_text(json.dumps(req))
-    cmd = [sys.executable, "-m", "selfmaker", "transform", str(req_file), "--model-dir", str(slow_model),
-           "--state-dir", str(state), "--workers", "1", "--part-mb", "0.001", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfmaker",
+        "transform",
+        str(req_file),
+        "--model-dir",
+        str(slow_model),
+        "--state-dir",
+        str(state),
+        "--workers",
+        "1",
+        "--part-mb",
+        "0.001",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         done_parts: list[Path] = []

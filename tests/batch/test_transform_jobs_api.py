@@ -43,10 +43,20 @@ def platform(tmp_path_factory: pytest.TempPathFactory, dask_client: Any) -> Iter
     """`selfmaker up` whose transform jobs run on the tests' Dask scheduler (SELFMAKER_BATCH_SCHEDULER)."""
     home = tmp_path_factory.mktemp("home")
     port = find_free_port()
-    env = {**os.environ, "SELFMAKER_BATCH_SCHEDULER": dask_client.scheduler.address, "SELFMAKER_STOP_GRACE": "5"}
+    env = {
+        **os.environ,
+        "SELFMAKER_BATCH_SCHEDULER": dask_client.scheduler.address,
+        "SELFMAKER_STOP_GRACE": "5",
+    }
     with open(home / "up.out", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "selfmaker", "up", "--home", str(home), "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "selfmaker", "up", "--home", str(home), "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -77,8 +87,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory, dask_client: Any) -> Iter
 
 @pytest.fixture(scope="module")
 def sm(platform: str) -> Any:
-    return boto3.client("sagemaker", endpoint_url=platform, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing", config=Config(retries={"max_attempts": 1}))
+    return boto3.client(
+        "sagemaker",
+        endpoint_url=platform,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1}),
+    )
 
 
 def _wait(sm: Any, name: str) -> dict[str, Any]:
@@ -87,7 +103,8 @@ def _wait(sm: Any, name: str) -> dict[str, Any]:
 
     try:
         sm.get_waiter("transform_job_completed_or_stopped").wait(
-            TransformJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 180})
+            TransformJobName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 180}
+        )
     except WaiterError as exc:
         if "terminal failure state" not in str(exc):
             raise
@@ -95,12 +112,22 @@ def _wait(sm: Any, name: str) -> dict[str, Any]:
 
 
 def test_transform_job_runs_to_completion_through_boto3(sm: Any, lr_model: Path, tmp_path: Path) -> None:
-    sm.create_model(ModelName="batch-lr", ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
-                    PrimaryContainer={"ModelDataUrl": _tar(lr_model, tmp_path / "model.tar.gz")})
+    sm.create_model(
+        ModelName="batch-lr",
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
+        PrimaryContainer={"ModelDataUrl": _tar(lr_model, tmp_path / "model.tar.gz")},
+    )
     rows = np.random.default_rng(61).normal(size=(700, N_FEATURES))
     src = write_csv(tmp_path / "in" / "x.csv", rows)
-    req = request(src.parent.as_uri(), (tmp_path / "out").as_uri(), SplitType="Line", BatchStrategy="MultiRecord",
-                  AssembleWith="Line", Accept="text/csv", TransformJobName="api-job-1")
+    req = request(
+        src.parent.as_uri(),
+        (tmp_path / "out").as_uri(),
+        SplitType="Line",
+        BatchStrategy="MultiRecord",
+        AssembleWith="Line",
+        Accept="text/csv",
+        TransformJobName="api-job-1",
+    )
     req["ModelName"] = "batch-lr"
     arn = sm.create_transform_job(**req)["TransformJobArn"]
     assert arn.endswith(":transform-job/api-job-1")
@@ -112,7 +139,10 @@ def test_transform_job_runs_to_completion_through_boto3(sm: Any, lr_model: Path,
     scores = np.array([float(v) for v in (tmp_path / "out" / "x.csv.out").read_text().split()])
     np.testing.assert_allclose(scores, predict(lr_model, read_rows(src)), rtol=1e-5, atol=1e-6)
 
-    names = [s["TransformJobName"] for s in sm.list_transform_jobs(StatusEquals="Completed")["TransformJobSummaries"]]
+    names = [
+        s["TransformJobName"]
+        for s in sm.list_transform_jobs(StatusEquals="Completed")["TransformJobSummaries"]
+    ]
     assert "api-job-1" in names
     with pytest.raises(ClientError) as info:
         sm.create_transform_job(**req)
@@ -123,8 +153,9 @@ def test_transform_job_runs_to_completion_through_boto3(sm: Any, lr_model: Path,
 
 
 def test_bad_requests_are_validation_errors(sm: Any, tmp_path: Path) -> None:
-    base = request((tmp_path / "in").as_uri(), (tmp_path / "out").as_uri(), SplitType="None",
-                   TransformJobName="api-bad")
+    base = request(
+        (tmp_path / "in").as_uri(), (tmp_path / "out").as_uri(), SplitType="None", TransformJobName="api-bad"
+    )
     with pytest.raises(ClientError) as info:
         sm.create_transform_job(**{**base, "ModelName": "no-such-model"})
     assert info.value.response["Error"]["Code"] == "ValidationException"
@@ -136,15 +167,28 @@ def test_bad_requests_are_validation_errors(sm: Any, tmp_path: Path) -> None:
 
 def test_stop_transform_job_ends_stopped(sm: Any, tmp_path: Path) -> None:
     model = build_hooks_model(tmp_path / "slow", delay=0.05)
-    sm.create_model(ModelName="batch-slow", ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
-                    PrimaryContainer={"ModelDataUrl": _tar(model, tmp_path / "slow.tar.gz")})
+    sm.create_model(
+        ModelName="batch-slow",
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
+        PrimaryContainer={"ModelDataUrl": _tar(model, tmp_path / "slow.tar.gz")},
+    )
     write_csv(tmp_path / "in" / "x.csv", np.random.default_rng(62).normal(size=(2000, N_FEATURES)))
-    req = request((tmp_path / "in").as_uri(), (tmp_path / "out").as_uri(), SplitType="Line",
-                  BatchStrategy="SingleRecord", AssembleWith="Line", Accept="text/csv", TransformJobName="api-stop")
+    req = request(
+        (tmp_path / "in").as_uri(),
+        (tmp_path / "out").as_uri(),
+        SplitType="Line",
+        BatchStrategy="SingleRecord",
+        AssembleWith="Line",
+        Accept="text/csv",
+        TransformJobName="api-stop",
+    )
     req["ModelName"] = "batch-slow"
     sm.create_transform_job(**req)
     sm.stop_transform_job(TransformJobName="api-stop")
-    assert sm.describe_transform_job(TransformJobName="api-stop")["TransformJobStatus"] in ("Stopping", "Stopped")
+    assert sm.describe_transform_job(TransformJobName="api-stop")["TransformJobStatus"] in (
+        "Stopping",
+        "Stopped",
+    )
     described = _wait(sm, "api-stop")
     assert described["TransformJobStatus"] == "Stopped"
     assert not (tmp_path / "out" / "x.csv.out").exists()

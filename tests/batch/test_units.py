@@ -56,10 +56,15 @@ def test_jsonpath_outside_the_subset_is_refused(path: str) -> None:
         parse_jsonpath(path)
 
 
-@pytest.mark.parametrize(("path", "value", "message"), [
-    ("$[9]", ROW, "out of range"), ("$.missing", OBJ, "no member"), ("$.id", ROW, "needs an object"),
-    ("$[0]", OBJ, "needs an array"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("$[9]", ROW, "out of range"),
+        ("$.missing", OBJ, "no member"),
+        ("$.id", ROW, "needs an object"),
+        ("$[0]", OBJ, "needs an array"),
+    ],
+)
 def test_jsonpath_shape_mismatch_says_why(path: str, value: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_jsonpath(path).apply(value)
@@ -85,11 +90,16 @@ def _expected_records(data: bytes) -> list[tuple[int, bytes]]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(lines=st.lists(st.binary(min_size=0, max_size=12).map(lambda b: b.replace(b"\n", b"x")), max_size=30),
-       trailing=st.booleans(), cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
-       read_size=st.integers(min_value=1, max_value=17), block=st.integers(min_value=14, max_value=64))
-def test_byte_ranges_own_every_record_exactly_once(lines: list[bytes], trailing: bool, cuts: list[int],
-                                                   read_size: int, block: int) -> None:
+@given(
+    lines=st.lists(st.binary(min_size=0, max_size=12).map(lambda b: b.replace(b"\n", b"x")), max_size=30),
+    trailing=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+    read_size=st.integers(min_value=1, max_value=17),
+    block=st.integers(min_value=14, max_value=64),
+)
+def test_byte_ranges_own_every_record_exactly_once(
+    lines: list[bytes], trailing: bool, cuts: list[int], read_size: int, block: int
+) -> None:
     data = b"\n".join(lines) + (b"\n" if trailing else b"")
     bounds = sorted({0, len(data), *[c for c in cuts if c < len(data)]})
     records, blocked = [], []
@@ -97,8 +107,14 @@ def test_byte_ranges_own_every_record_exactly_once(lines: list[bytes], trailing:
         for sink, kind in ((records, "records"), (blocked, "blocks")):
             stream = io.BytesIO(data)
             stream.seek(max(0, start - 1))
-            part = LineRange(stream, source="mem", start=start, end=end if end < len(data) else None,
-                             max_record=100, read_size=read_size)
+            part = LineRange(
+                stream,
+                source="mem",
+                start=start,
+                end=end if end < len(data) else None,
+                max_record=100,
+                read_size=read_size,
+            )
             if kind == "records":
                 sink.extend(part.records())
             else:
@@ -147,7 +163,9 @@ def test_recordio_framing_keeps_padding_only_for_multi_record() -> None:
     data = record(b"abcde") + record(b"xyz1")
     got = list(iter_framed(io.BytesIO(data), "RecordIO", "mem", 100))
     assert [(o, s, u) for o, s, u in got] == [
-        (0, record(b"abcde"), record(b"abcde")[:13]), (16, record(b"xyz1"), record(b"xyz1"))]
+        (0, record(b"abcde"), record(b"abcde")[:13]),
+        (16, record(b"xyz1"), record(b"xyz1")),
+    ]
     with pytest.raises(RecordError, match="magic"):
         list(iter_framed(io.BytesIO(b"\0" * 8), "RecordIO", "mem", 100))
 
@@ -156,30 +174,48 @@ def test_recordio_framing_keeps_padding_only_for_multi_record() -> None:
 
 
 def _req(**extra: Any) -> dict[str, Any]:
-    tin = {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in"}},
-           "ContentType": "text/csv", "SplitType": "Line"}
+    tin = {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in"}},
+        "ContentType": "text/csv",
+        "SplitType": "Line",
+    }
     tin.update(extra.pop("tin", {}))
     tout = {"S3OutputPath": "s3://b/out", "AssembleWith": "Line"}
     tout.update(extra.pop("tout", {}))
-    return {"TransformJobName": "j", "ModelName": "m", "TransformInput": tin, "TransformOutput": tout, **extra}
+    return {
+        "TransformJobName": "j",
+        "ModelName": "m",
+        "TransformInput": tin,
+        "TransformOutput": tout,
+        **extra,
+    }
 
 
-@pytest.mark.parametrize(("request_", "message"), [
-    (_req(tin={"SplitType": "Words"}), "SplitType"),
-    (_req(BatchStrategy="Everything"), "BatchStrategy"),
-    (_req(MaxPayloadInMB=101), "MaxPayloadInMB"),
-    (_req(MaxPayloadInMB=50, MaxConcurrentTransforms=4), "must not exceed 100"),
-    (_req(ModelClientConfig={"InvocationsMaxRetries": 4}), "InvocationsMaxRetries"),
-    (_req(ModelClientConfig={"InvocationsTimeoutInSeconds": 0}), "InvocationsTimeoutInSeconds"),
-    (_req(DataProcessing={"InputFilter": "$[[1]]"}), "InputFilter"),
-    (_req(DataProcessing={"JoinSource": "Output"}), "JoinSource"),
-    (_req(DataProcessing={"JoinSource": "Input"}, tout={"AssembleWith": "None"}), "AssembleWith 'Line'"),
-    (_req(DataProcessing={"InputFilter": "$[1:]"}, tin={"ContentType": "application/x-npy"}), "CSV or JSON"),
-    (_req(tout={"S3OutputPath": "ftp://x/y"}), "S3OutputPath"),
-    (_req(tout={"S3OutputPath": "s3:///out"}), "'TransformOutput.S3OutputPath' has no bucket"),
-    (_req(tin={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://"}}}), "has no bucket"),
-    (_req(Environment={f"K{i}": "v" for i in range(17)}), "16 entries"),
-])
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (_req(tin={"SplitType": "Words"}), "SplitType"),
+        (_req(BatchStrategy="Everything"), "BatchStrategy"),
+        (_req(MaxPayloadInMB=101), "MaxPayloadInMB"),
+        (_req(MaxPayloadInMB=50, MaxConcurrentTransforms=4), "must not exceed 100"),
+        (_req(ModelClientConfig={"InvocationsMaxRetries": 4}), "InvocationsMaxRetries"),
+        (_req(ModelClientConfig={"InvocationsTimeoutInSeconds": 0}), "InvocationsTimeoutInSeconds"),
+        (_req(DataProcessing={"InputFilter": "$[[1]]"}), "InputFilter"),
+        (_req(DataProcessing={"JoinSource": "Output"}), "JoinSource"),
+        (_req(DataProcessing={"JoinSource": "Input"}, tout={"AssembleWith": "None"}), "AssembleWith 'Line'"),
+        (
+            _req(DataProcessing={"InputFilter": "$[1:]"}, tin={"ContentType": "application/x-npy"}),
+            "CSV or JSON",
+        ),
+        (_req(tout={"S3OutputPath": "ftp://x/y"}), "S3OutputPath"),
+        (_req(tout={"S3OutputPath": "s3:///out"}), "'TransformOutput.S3OutputPath' has no bucket"),
+        (
+            _req(tin={"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://"}}}),
+            "has no bucket",
+        ),
+        (_req(Environment={f"K{i}": "v" for i in range(17)}), "16 entries"),
+    ],
+)
 def test_invalid_requests_name_the_member(request_: dict[str, Any], message: str) -> None:
     with pytest.raises(TransformRequestError, match=message):
         parse_request(request_)
@@ -187,11 +223,16 @@ def test_invalid_requests_name_the_member(request_: dict[str, Any], message: str
 
 def test_execution_parameters_fill_only_what_the_job_left_unset() -> None:
     spec = parse_request(_req(MaxPayloadInMB=2))
-    filled = spec.with_execution_parameters({"MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD",
-                                             "MaxPayloadInMB": 6}).resolved()
+    filled = spec.with_execution_parameters(
+        {"MaxConcurrentTransforms": 4, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 6}
+    ).resolved()
     assert (filled.max_concurrent, filled.batch_strategy, filled.max_payload_mb) == (4, "MultiRecord", 2)
     mms = spec.with_execution_parameters({"MAX_CONCURRENT_TRANSFORMS": 3, "BATCH_STRATEGY": "SINGLE_RECORD"})
     assert (mms.max_concurrent, mms.batch_strategy) == (3, "SingleRecord")
     defaults = parse_request(_req()).resolved()
-    assert (defaults.max_concurrent, defaults.batch_strategy, defaults.max_payload_mb) == (1, "SingleRecord", 6)
+    assert (defaults.max_concurrent, defaults.batch_strategy, defaults.max_payload_mb) == (
+        1,
+        "SingleRecord",
+        6,
+    )
     assert parse_request(_req()).timeout_s == 600 and parse_request(_req()).max_retries == 3

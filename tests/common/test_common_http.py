@@ -160,8 +160,12 @@ def test_a_deadline_connection_that_cannot_connect_is_an_os_error() -> None:
 
 def test_invocation_headers_are_the_contract_s_without_cr_lf() -> None:
     assert invocation_headers(None) == {"Content-Type": "application/octet-stream"}
-    assert invocation_headers("text/csv", "application/json", custom_attributes="a=1\r\nX-Evil: 1",
-                              inference_id="id-1") == {
-        "Content-Type": "text/csv", "Accept": "application/json",
-        "X-Amzn-SageMaker-Custom-Attributes": "a=1X-Evil: 1", "X-Amzn-SageMaker-Inference-Id": "id-1"}
+    assert invocation_headers(
+        "text/csv", "application/json", custom_attributes="a=1\r\nX-Evil: 1", inference_id="id-1"
+    ) == {
+        "Content-Type": "text/csv",
+        "Accept": "application/json",
+        "X-Amzn-SageMaker-Custom-Attributes": "a=1X-Evil: 1",
+        "X-Amzn-SageMaker-Inference-Id": "id-1",
+    }
     assert invocation_headers("\r\n", "") == {"Content-Type": "application/octet-stream"}

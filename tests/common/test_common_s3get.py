@@ -30,12 +30,17 @@ def botocore_headers(url: str, region: str, creds: s3get.Credentials) -> dict[st
 
 
 _KEY = st.text(st.sampled_from("abcXYZ019-_.~/ +=%&?#é"), min_size=1, max_size=40).filter(
-    lambda k: not k.startswith("/") and "//" not in k)
+    lambda k: not k.startswith("/") and "//" not in k
+)
 
 
 @settings(max_examples=60)
-@given(key=_KEY, token=st.one_of(st.none(), st.text("abcdef0123456789/+=", min_size=8, max_size=40)),
-       endpoint=st.sampled_from([None, "http://127.0.0.1:5000"]), region=st.sampled_from(["us-east-1", "eu-west-3"]))
+@given(
+    key=_KEY,
+    token=st.one_of(st.none(), st.text("abcdef0123456789/+=", min_size=8, max_size=40)),
+    endpoint=st.sampled_from([None, "http://127.0.0.1:5000"]),
+    region=st.sampled_from(["us-east-1", "eu-west-3"]),
+)
 def test_signature_equals_botocores(key: str, token: str | None, endpoint: str | None, region: str) -> None:
     creds = s3get.Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
     url = s3get.object_url("models-bucket", key, region, endpoint)
@@ -53,8 +58,13 @@ def test_fetch_downloads_the_object_whole(moto_server: str, tmp_path: Path) -> N
     s3.put_object(Bucket="s3get-test", Key="models/a b/model.tar.gz", Body=payload)
     creds = s3get.credentials_from_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     assert creds is not None
-    dest = s3get.fetch("s3://s3get-test/models/a b/model.tar.gz", tmp_path / "dl" / "model.tar.gz",
-                       credentials=creds, region="us-east-1", endpoint=moto_server)
+    dest = s3get.fetch(
+        "s3://s3get-test/models/a b/model.tar.gz",
+        tmp_path / "dl" / "model.tar.gz",
+        credentials=creds,
+        region="us-east-1",
+        endpoint=moto_server,
+    )
     assert dest.read_bytes() == payload
     assert not list(tmp_path.glob("dl/*.part"))
 
@@ -62,8 +72,13 @@ def test_fetch_downloads_the_object_whole(moto_server: str, tmp_path: Path) -> N
 def test_missing_object_and_bad_uri_name_the_object(moto_server: str, tmp_path: Path) -> None:
     creds = s3get.Credentials("testing", "testing")
     with pytest.raises(s3get.S3GetError, match=r"s3://s3get-test/nothing.tar.gz: HTTP 404 NoSuchKey"):
-        s3get.fetch("s3://s3get-test/nothing.tar.gz", tmp_path / "x", credentials=creds, region="us-east-1",
-                    endpoint=moto_server)
+        s3get.fetch(
+            "s3://s3get-test/nothing.tar.gz",
+            tmp_path / "x",
+            credentials=creds,
+            region="us-east-1",
+            endpoint=moto_server,
+        )
     with pytest.raises(s3get.S3GetError, match="expected s3://bucket/key"):
         s3get.fetch("s3://only-bucket", tmp_path / "x", credentials=creds, region="us-east-1")
     assert s3get.credentials_from_env({}) is None

@@ -36,13 +36,20 @@ def engine() -> str:
         return detect_engine()
     except ContainerEngineError:
         pass
-    install = subprocess.run(["bash", str(ROOT / "scripts" / "install-engine.sh")], capture_output=True, text=True,
-                             timeout=900, check=False)
+    install = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-engine.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     try:
         return detect_engine()
     except ContainerEngineError as exc:
-        pytest.skip(f"no container engine works and none could be installed here ({exc}); "
-                    f"install-engine.sh said: {(install.stderr or install.stdout).strip()[-300:]}")
+        pytest.skip(
+            f"no container engine works and none could be installed here ({exc}); "
+            f"install-engine.sh said: {(install.stderr or install.stdout).strip()[-300:]}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -60,16 +67,32 @@ def base_images(build_env: dict[str, str]) -> None:
 @pytest.fixture(scope="session")
 def byoc_image(engine: str, base_images: None) -> str:
     """The tiny flask BYOC image of tests/containers/byoc, on the shared base."""
-    run([engine, "build", "--network", "host", "-q", "-t", BYOC_IMAGE,
-         "--build-arg", "BASE_IMAGE=localhost/selfmaker-python:bookworm", str(Path(__file__).parent / "byoc")],
-        timeout=600)
+    run(
+        [
+            engine,
+            "build",
+            "--network",
+            "host",
+            "-q",
+            "-t",
+            BYOC_IMAGE,
+            "--build-arg",
+            "BASE_IMAGE=localhost/selfmaker-python:bookworm",
+            str(Path(__file__).parent / "byoc"),
+        ],
+        timeout=600,
+    )
     return BYOC_IMAGE
 
 
 @pytest.fixture(scope="session")
 def selfmaker_image(engine: str, build_env: dict[str, str], base_images: None) -> str:
     """selfmaker's CPU image built by `scripts/build-images.sh --cpu` (debootstrap base + wheelhouse)."""
-    run(["bash", str(ROOT / "scripts" / "build-images.sh"), "--cpu", "--base", "debootstrap"], timeout=1500, env=build_env)
+    run(
+        ["bash", str(ROOT / "scripts" / "build-images.sh"), "--cpu", "--base", "debootstrap"],
+        timeout=1500,
+        env=build_env,
+    )
     run([engine, "tag", SELFMAKER_IMAGE, SELFMAKER_AS_BYOC])
     return SELFMAKER_IMAGE
 

@@ -18,12 +18,17 @@ SELFMAKER_IMAGE = "localhost/selfmaker:latest"
 SELFMAKER_AS_BYOC = "localhost/smk-image-under-test:latest"
 
 
-def run(cmd: list[str], timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise with its output (so a failed build says why)."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -37,7 +42,9 @@ def load_platform_helpers() -> Any:
     """tests/selfmaker/platform_helpers.py (tests/ is no package; loaded by path, shared module)."""
     if "platform_helpers" in sys.modules:
         return sys.modules["platform_helpers"]
-    spec = importlib.util.spec_from_file_location("platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py")
+    spec = importlib.util.spec_from_file_location(
+        "platform_helpers", ROOT / "tests" / "selfmaker" / "platform_helpers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["platform_helpers"] = module

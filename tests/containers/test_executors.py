@@ -36,9 +36,17 @@ def _spec(tmp_path: Path, image: str, model: dict[str, Any] | None, **kw: Any) -
         (model_dir / "model.json").write_text(json.dumps(model))
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    return InstanceSpec(instance_id=kw.pop("instance_id", "ep-AllTraffic-test1"), endpoint_name="ep",
-                        variant_name="AllTraffic", model_name="m", image=image, model_dir=model_dir,
-                        work_dir=work, log_path=tmp_path / "logs" / "instance.log", **kw)
+    return InstanceSpec(
+        instance_id=kw.pop("instance_id", "ep-AllTraffic-test1"),
+        endpoint_name="ep",
+        variant_name="AllTraffic",
+        model_name="m",
+        image=image,
+        model_dir=model_dir,
+        work_dir=work,
+        log_path=tmp_path / "logs" / "instance.log",
+        **kw,
+    )
 
 
 async def _wait_ping(handle: Any, timeout: float = 60.0) -> None:
@@ -61,8 +69,12 @@ async def _wait_ping(handle: Any, timeout: float = 60.0) -> None:
 
 def test_serving_byoc_container(engine: str, byoc_image: str, tmp_path: Path) -> None:
     settings = PlatformSettings(home=tmp_path / "home")
-    spec = _spec(tmp_path, byoc_image, {"weights": [2.0, -1.0], "bias": 0.5},
-                 environment={"BYOC_GREETING": "hello from the Model's Environment"})
+    spec = _spec(
+        tmp_path,
+        byoc_image,
+        {"weights": [2.0, -1.0], "bias": 0.5},
+        environment={"BYOC_GREETING": "hello from the Model's Environment"},
+    )
 
     async def scenario() -> None:
         executor = ContainerExecutor(settings)
@@ -70,12 +82,22 @@ def test_serving_byoc_container(engine: str, byoc_image: str, tmp_path: Path) ->
         try:
             assert handle.url.startswith("http://127.0.0.1:")
             await _wait_ping(handle)
-            resp = await asyncio.to_thread(requests.post, handle.url + "/invocations", data="1,2\n3,-4\n",
-                                           headers={"Content-Type": "text/csv"}, timeout=10)
+            resp = await asyncio.to_thread(
+                requests.post,
+                handle.url + "/invocations",
+                data="1,2\n3,-4\n",
+                headers={"Content-Type": "text/csv"},
+                timeout=10,
+            )
             assert resp.status_code == 200, resp.text
             assert [float(v) for v in resp.text.split()] == [2 * 1 - 2 + 0.5, 2 * 3 + 4 + 0.5]
-            bad = await asyncio.to_thread(requests.post, handle.url + "/invocations", data="{}",
-                                          headers={"Content-Type": "application/json"}, timeout=10)
+            bad = await asyncio.to_thread(
+                requests.post,
+                handle.url + "/invocations",
+                data="{}",
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
             assert bad.status_code == 415
             facts = handle.describe()
             assert facts["executor"] == "container" and facts["container_id"]
@@ -92,7 +114,9 @@ def test_serving_byoc_container(engine: str, byoc_image: str, tmp_path: Path) ->
     assert "BYOC_GREETING=hello from the Model's Environment" in log
 
 
-def test_serving_model_dir_is_read_only_and_crash_is_seen(engine: str, byoc_image: str, tmp_path: Path) -> None:
+def test_serving_model_dir_is_read_only_and_crash_is_seen(
+    engine: str, byoc_image: str, tmp_path: Path
+) -> None:
     """No model.json: the server dies at start; alive() turns False and the traceback is in the log."""
     spec = _spec(tmp_path, byoc_image, None, instance_id="ep-AllTraffic-crash")
 
@@ -123,11 +147,19 @@ def test_serving_missing_image_is_a_clear_error(engine: str, tmp_path: Path) -> 
 
 def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Secrets stay off the command line; bind port / memory / network options map as documented."""
-    spec = _spec(tmp_path, "example/byoc:1", None, environment={"SECRET": "s3cr3t", "SAGEMAKER_BIND_TO_PORT": "9000"},
-                 memory_mb=2048)
+    spec = _spec(
+        tmp_path,
+        "example/byoc:1",
+        None,
+        environment={"SECRET": "s3cr3t", "SAGEMAKER_BIND_TO_PORT": "9000"},
+        memory_mb=2048,
+    )
     bridge = ContainerExecutor(PlatformSettings(home=tmp_path))
     cmd = bridge.command(spec, "podman", "n", tmp_path / "cid", 41234)
-    assert "s3cr3t" not in " ".join(cmd) and cmd[cmd.index("SECRET") - 1:cmd.index("SECRET") + 1] == ["-e", "SECRET"]
+    assert "s3cr3t" not in " ".join(cmd) and cmd[cmd.index("SECRET") - 1 : cmd.index("SECRET") + 1] == [
+        "-e",
+        "SECRET",
+    ]
     assert "127.0.0.1:41234:9000" in cmd and "--memory" in cmd and cmd[-2:] == ["example/byoc:1", "serve"]
     assert f"{spec.model_dir.resolve()}:/opt/ml/model:ro" in cmd
     monkeypatch.setenv("SELFMAKER_CONTAINER_NETWORK", "host")
@@ -139,10 +171,13 @@ def test_serving_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         ContainerExecutor(PlatformSettings(home=tmp_path))
 
 
-@pytest.mark.parametrize(("engine", "flags"), [("/usr/bin/docker", ["--gpus", "all"]),
-                                               ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])])
-def test_serving_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str,
-                                                 flags: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("engine", "flags"),
+    [("/usr/bin/docker", ["--gpus", "all"]), ("/usr/bin/podman", ["--device", "nvidia.com/gpu=all"])],
+)
+def test_serving_command_line_gpu_instance_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str, flags: list[str]
+) -> None:
     """ml.g*/ml.p* instances get the host's GPUs (docker --gpus, podman CDI) when it has one; CPU types
     never."""
     monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)
@@ -151,7 +186,9 @@ def test_serving_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: py
     gpu = _spec(tmp_path, "example/byoc:1", None, instance_type="ml.g5.xlarge")
     cmd = executor.command(gpu, engine, "n", tmp_path / "cid", 41234)
     at = cmd.index(flags[0])
-    assert cmd[at:at + 2] == flags and cmd.index("example/byoc:1") > at  # an engine option, before the image
+    assert (
+        cmd[at : at + 2] == flags and cmd.index("example/byoc:1") > at
+    )  # an engine option, before the image
     cpu = _spec(tmp_path, "example/byoc:1", None, instance_type="ml.m5.large")
     assert flags[0] not in executor.command(cpu, engine, "n", tmp_path / "cid", 41234)
     serverless = _spec(tmp_path, "example/byoc:1", None, instance_type=None, memory_mb=2048)
@@ -171,11 +208,26 @@ def test_serving_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: py
         ContainerExecutor(PlatformSettings(home=tmp_path))
 
 
-@pytest.mark.parametrize(("instance_type", "gpu"), [
-    ("ml.g4dn.xlarge", True), ("ml.g5.48xlarge", True), ("ml.g6e.12xlarge", True), ("ml.p3.2xlarge", True),
-    ("ml.p4d.24xlarge", True), ("ml.p5.48xlarge", True), ("local_gpu", True), ("ml.m5.large", False),
-    ("ml.c5.xlarge", False), ("ml.r6g.large", False), ("ml.inf2.xlarge", False), ("ml.trn1.2xlarge", False),
-    ("local", False), ("", False), (None, False)])
+@pytest.mark.parametrize(
+    ("instance_type", "gpu"),
+    [
+        ("ml.g4dn.xlarge", True),
+        ("ml.g5.48xlarge", True),
+        ("ml.g6e.12xlarge", True),
+        ("ml.p3.2xlarge", True),
+        ("ml.p4d.24xlarge", True),
+        ("ml.p5.48xlarge", True),
+        ("local_gpu", True),
+        ("ml.m5.large", False),
+        ("ml.c5.xlarge", False),
+        ("ml.r6g.large", False),
+        ("ml.inf2.xlarge", False),
+        ("ml.trn1.2xlarge", False),
+        ("local", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_gpu_instance_types(instance_type: str | None, gpu: bool) -> None:
     assert training_container.is_gpu_instance_type(instance_type) is gpu
 
@@ -186,11 +238,26 @@ def test_training_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: p
     from training.executors.base import HostSpec
 
     monkeypatch.delenv("SELFMAKER_CONTAINER_GPUS", raising=False)
-    monkeypatch.setattr(training_container, "detect_engine", lambda override=None: override)  # no engine needed
-    gpu = HostSpec(job_name="j", host="algo-1", hosts=("algo-1",), image="example/train:1", ml_root=tmp_path,
-                   env={"SECRET": "s3cr3t"}, instance_type="ml.p4d.24xlarge")
-    cpu = HostSpec(job_name="j", host="algo-1", hosts=("algo-1",), image="example/train:1", ml_root=tmp_path,
-                   instance_type="ml.m5.xlarge")
+    monkeypatch.setattr(
+        training_container, "detect_engine", lambda override=None: override
+    )  # no engine needed
+    gpu = HostSpec(
+        job_name="j",
+        host="algo-1",
+        hosts=("algo-1",),
+        image="example/train:1",
+        ml_root=tmp_path,
+        env={"SECRET": "s3cr3t"},
+        instance_type="ml.p4d.24xlarge",
+    )
+    cpu = HostSpec(
+        job_name="j",
+        host="algo-1",
+        hosts=("algo-1",),
+        image="example/train:1",
+        ml_root=tmp_path,
+        instance_type="ml.m5.xlarge",
+    )
     podman = training_container.ContainerExecutor(engine="/usr/bin/podman")
     podman.host_has_gpu = True
     cmd = podman.command(gpu, "n", tmp_path / "cid", None)
@@ -219,11 +286,25 @@ def test_engine_override_must_work(monkeypatch: pytest.MonkeyPatch) -> None:
 def _training_request(name: str, data: Path, out: Path, image: str, epochs: int = 300) -> dict[str, Any]:
     return {
         "TrainingJobName": name,
-        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File",
-                                   "MetricDefinitions": [{"Name": "train:mse", "Regex": r"train_mse=([0-9.eE+-]+);"}]},
+        "AlgorithmSpecification": {
+            "TrainingImage": image,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [{"Name": "train:mse", "Regex": r"train_mse=([0-9.eE+-]+);"}],
+        },
         "HyperParameters": {"epochs": str(epochs), "learning_rate": "0.1"},
-        "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": data.as_uri(), "S3DataDistributionType": "FullyReplicated"}}}],
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "ContentType": "text/csv",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": data.as_uri(),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
         "OutputDataConfig": {"S3OutputPath": out.as_uri()},
         "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
         "StoppingCondition": {"MaxRuntimeInSeconds": 300},
@@ -243,24 +324,32 @@ def _linear_csv(path: Path, rows: int = 40) -> None:
 def test_training_byoc_container_through_runner(engine: str, byoc_image: str, tmp_path: Path) -> None:
     _linear_csv(tmp_path / "data" / "train.csv")
     lines: list[str] = []
-    runner = TrainingJobRunner(_training_request("byoc-train-ok", tmp_path / "data", tmp_path / "out", byoc_image, 600),
-                               tmp_path / "job", on_log=lambda host, line: lines.append(line))
+    runner = TrainingJobRunner(
+        _training_request("byoc-train-ok", tmp_path / "data", tmp_path / "out", byoc_image, 600),
+        tmp_path / "job",
+        on_log=lambda host, line: lines.append(line),
+    )
     state = runner.run()
     assert state.status == "Completed", (state.failure_reason, lines[-20:])
-    assert any("job byoc-train-ok" in line for line in lines), lines[:5]  # TRAINING_JOB_NAME reached the container
+    assert any("job byoc-train-ok" in line for line in lines), lines[
+        :5
+    ]  # TRAINING_JOB_NAME reached the container
     assert "train:mse" in state.final_metrics and state.final_metrics["train:mse"]["Value"] < 0.05
     artifact = Path(state.model_artifacts.removeprefix("file://"))
     with tarfile.open(artifact) as tar:
         model = json.load(tar.extractfile("model.json"))  # type: ignore[arg-type]
-    assert model["weights"][0] == pytest.approx(3.0, abs=0.4) and model["weights"][1] == pytest.approx(-2.0, abs=0.4)
+    assert model["weights"][0] == pytest.approx(3.0, abs=0.4) and model["weights"][1] == pytest.approx(
+        -2.0, abs=0.4
+    )
     assert containers_with_label(engine, "selfmaker.job=byoc-train-ok") == []
 
 
 def test_training_failure_file_becomes_failure_reason(engine: str, byoc_image: str, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "empty.csv").write_text("")
-    runner = TrainingJobRunner(_training_request("byoc-train-bad", tmp_path / "data", tmp_path / "out", byoc_image),
-                               tmp_path / "job")
+    runner = TrainingJobRunner(
+        _training_request("byoc-train-bad", tmp_path / "data", tmp_path / "out", byoc_image), tmp_path / "job"
+    )
     state = runner.run()
     assert state.status == "Failed"
     assert "no CSV rows in the train channel" in (state.failure_reason or "")
@@ -274,8 +363,12 @@ def test_training_stop_stops_the_container(engine: str, byoc_image: str, tmp_pat
         if "epoch 0:" in line:
             seen.set()
 
-    runner = TrainingJobRunner(_training_request("byoc-train-stop", tmp_path / "data", tmp_path / "out", byoc_image,
-                                                 10**7), tmp_path / "job", on_log=on_log, stop_grace_seconds=5)
+    runner = TrainingJobRunner(
+        _training_request("byoc-train-stop", tmp_path / "data", tmp_path / "out", byoc_image, 10**7),
+        tmp_path / "job",
+        on_log=on_log,
+        stop_grace_seconds=5,
+    )
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.setdefault("state", runner.run()))
     thread.start()
@@ -286,10 +379,14 @@ def test_training_stop_stops_the_container(engine: str, byoc_image: str, tmp_pat
         thread.join(120)
     assert not thread.is_alive()
     assert result["state"].status == "Stopped"
-    wait_until(lambda: containers_with_label(engine, "selfmaker.job=byoc-train-stop") == [], 60, "container removal")
+    wait_until(
+        lambda: containers_with_label(engine, "selfmaker.job=byoc-train-stop") == [], 60, "container removal"
+    )
 
 
-def test_leftover_containers_of_a_killed_platform_are_reaped(engine: str, byoc_image: str, tmp_path: Path) -> None:
+def test_leftover_containers_of_a_killed_platform_are_reaped(
+    engine: str, byoc_image: str, tmp_path: Path
+) -> None:
     """A platform that died without stopping its containers: the next executor of that home removes them."""
     settings = PlatformSettings(home=tmp_path / "home")
     spec = _spec(tmp_path, byoc_image, {"weights": [1.0], "bias": 0.0}, instance_id="ep-AllTraffic-orphan")

@@ -45,34 +45,61 @@ def model_uri(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> str
 
 
 @pytest.fixture(scope="module")
-def function(engine: str, selfmaker_image: str, model_uri: str, moto_server: str) -> Iterator[tuple[RuntimeApi, str]]:
+def function(
+    engine: str, selfmaker_image: str, model_uri: str, moto_server: str
+) -> Iterator[tuple[RuntimeApi, str]]:
     """The image started in ``lambda`` mode against a test Runtime API; yields (api, container name)."""
     name = f"lambda-{uuid.uuid4().hex[:8]}"
     with RuntimeApi() as api:
         env = {
             **lambda_environment(api.address, task_root="/var/task", tmp="/tmp"),
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
             "AWS_ENDPOINT_URL_S3": moto_server,
-            "SELFMAKER_MODEL_DATA": model_uri, "SELFMAKER_ENDPOINT_NAME": "churn",
+            "SELFMAKER_MODEL_DATA": model_uri,
+            "SELFMAKER_ENDPOINT_NAME": "churn",
             "SELFMAKER_VARIANT_NAME": "Serverless",
         }
         env.pop("LAMBDA_TASK_ROOT")  # not a directory of this image; Lambda's own images have /var/task
         env.pop("LAMBDA_RUNTIME_DIR")
-        command = [engine, "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-                   "--user", "993:993", "--memory", "2g"]
+        command = [
+            engine,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--user",
+            "993:993",
+            "--memory",
+            "2g",
+        ]
         for key, value in env.items():
             command += ["-e", f"{key}={value}"]
         run([*command, selfmaker_image, "lambda"])
         try:
+
             def alive() -> bool:
-                state = subprocess.run([engine, "inspect", "--format", "{{.State.Running}}", name],
-                                       capture_output=True, text=True, timeout=60, check=False)
+                state = subprocess.run(
+                    [engine, "inspect", "--format", "{{.State.Running}}", name],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
                 return state.stdout.strip().lower() == "true"
 
             try:
                 api.wait_polling(120, alive)
             except AssertionError as exc:
-                logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=60, check=False)
+                logs = subprocess.run(
+                    [engine, "logs", name], capture_output=True, text=True, timeout=60, check=False
+                )
                 raise AssertionError(f"{exc}\n--- container log ---\n{logs.stdout}{logs.stderr}") from None
             yield api, name
         finally:
@@ -89,17 +116,33 @@ def test_image_answers_alb_events_in_lambda_mode(function: tuple[RuntimeApi, str
     api, _ = function
     rows = np.random.default_rng(5).normal(size=(4, N_FEATURES)).astype(np.float32)
     csv = "\n".join(",".join(f"{v:.5f}" for v in row) for row in rows).encode()
-    by_csv = call(api, alb_event(PATH, csv, headers={"Content-Type": "text/csv", "Accept": "application/json"}))
+    by_csv = call(
+        api, alb_event(PATH, csv, headers={"Content-Type": "text/csv", "Accept": "application/json"})
+    )
     assert by_csv["statusCode"] == 200, alb_body(by_csv)
     assert alb_headers(by_csv)["x-amzn-invoked-production-variant"] == "Serverless"
     buf = io.BytesIO()
     np.save(buf, rows)
-    by_npy = call(api, alb_event(PATH, buf.getvalue(), headers={"Content-Type": "application/x-npy",
-                                                                "Accept": "application/json"}, binary=True))
+    by_npy = call(
+        api,
+        alb_event(
+            PATH,
+            buf.getvalue(),
+            headers={"Content-Type": "application/x-npy", "Accept": "application/json"},
+            binary=True,
+        ),
+    )
     assert by_npy["statusCode"] == 200, alb_body(by_npy)
     assert json.loads(alb_body(by_npy)) == json.loads(alb_body(by_csv))
-    by_json = call(api, alb_event(PATH, json.dumps(rows.tolist()).encode(),
-                                  headers={"Content-Type": "application/json"}, multi_value=True))
+    by_json = call(
+        api,
+        alb_event(
+            PATH,
+            json.dumps(rows.tolist()).encode(),
+            headers={"Content-Type": "application/json"},
+            multi_value=True,
+        ),
+    )
     assert by_json["multiValueHeaders"]["X-Amzn-Invoked-Production-Variant"] == ["Serverless"]
     bad = call(api, alb_event("/invocations", b"1,2,3", headers={"Content-Type": "text/csv"}))
     assert bad["statusCode"] == 400  # the model server's own answer
@@ -113,6 +156,8 @@ def test_image_answers_alb_events_in_lambda_mode(function: tuple[RuntimeApi, str
 def test_image_wrote_only_under_tmp(engine: str, function: tuple[RuntimeApi, str]) -> None:
     _, name = function
     # the root file system is read-only: the model (and anything else) can only be under /tmp
-    out = run([engine, "exec", name, "sh", "-c", "ls /tmp/selfmaker/model/model && touch /opt/x 2>&1 || true"])
+    out = run(
+        [engine, "exec", name, "sh", "-c", "ls /tmp/selfmaker/model/model && touch /opt/x 2>&1 || true"]
+    )
     assert "model.onnx" in out.stdout
     assert "Read-only file system" in out.stdout + out.stderr

@@ -70,7 +70,12 @@ def _third_party_imports() -> dict[str, str]:
                     continue
                 for mod in mods:
                     top = mod.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in {"common", "serving", "training", "__future__"}:
+                    if top not in sys.stdlib_module_names and top not in {
+                        "common",
+                        "serving",
+                        "training",
+                        "__future__",
+                    }:
                         found.setdefault(top, str(path.relative_to(ROOT)))
     return found
 
@@ -119,7 +124,12 @@ def test_constraints_pin_every_image_package(requirements: str) -> None:
     pins = _pins()
     path = ROOT / "images" / requirements
     for spec in _specs(path):
-        assert _norm(spec.name) in pins, f"{spec.name} (images/{requirements}) has no pin: run `make constraints`"
-        assert spec.specifier.contains(pins[_norm(spec.name)], prereleases=True), (spec, pins[_norm(spec.name)])
+        assert _norm(spec.name) in pins, (
+            f"{spec.name} (images/{requirements}) has no pin: run `make constraints`"
+        )
+        assert spec.specifier.contains(pins[_norm(spec.name)], prereleases=True), (
+            spec,
+            pins[_norm(spec.name)],
+        )
     unpinned = sorted(_closure(_requirements(path)) - set(pins))
     assert not unpinned, f"not pinned in constraints.txt (run `make constraints`): {unpinned}"

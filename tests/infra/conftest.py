@@ -64,22 +64,46 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.calls.append((args.token, dict(args.args)))
         token = args.token
         if token == "aws:index/getRegion:getRegion":
-            return {"region": REGION, "id": REGION, "endpoint": f"ec2.{REGION}.amazonaws.com",
-                    "description": "US East (N. Virginia)"}
+            return {
+                "region": REGION,
+                "id": REGION,
+                "endpoint": f"ec2.{REGION}.amazonaws.com",
+                "description": "US East (N. Virginia)",
+            }
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci", "id": ACCOUNT,
-                    "userId": "AIDATEST"}
+            return {
+                "accountId": ACCOUNT,
+                "arn": f"arn:aws:iam::{ACCOUNT}:user/ci",
+                "id": ACCOUNT,
+                "userId": "AIDATEST",
+            }
         if token == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws",
-                    "id": "aws"}
+            return {
+                "partition": "aws",
+                "dnsSuffix": "amazonaws.com",
+                "reverseDnsPrefix": "com.amazonaws",
+                "id": "aws",
+            }
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": list(ZONES), "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": REGION,
-                    "groupNames": [REGION], "state": args.args.get("state")}
+            return {
+                "names": list(ZONES),
+                "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
+                "id": REGION,
+                "groupNames": [REGION],
+                "state": args.args.get("state"),
+            }
         if token == "aws:ssm/getParameter:getParameter" and args.args.get("name") in SSM_PARAMETERS:
             name = args.args["name"]
-            return {"name": name, "value": SSM_PARAMETERS[name], "insecureValue": SSM_PARAMETERS[name],
-                    "type": "String", "version": 1, "id": name, "withDecryption": True,
-                    "arn": f"arn:aws:ssm:{REGION}::parameter{name}"}
+            return {
+                "name": name,
+                "value": SSM_PARAMETERS[name],
+                "insecureValue": SSM_PARAMETERS[name],
+                "type": "String",
+                "version": 1,
+                "id": name,
+                "withDecryption": True,
+                "arn": f"arn:aws:ssm:{REGION}::parameter{name}",
+            }
         self.unmocked.append(f"{token} {args.args}")
         raise UnmockedInvokeError(f"unmocked invoke {token} with {args.args}")
 
@@ -103,14 +127,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
             state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs.get('name', args.name)}"
             state["version"] = "1" if args.inputs.get("publish") else "$LATEST"
         elif args.typ == "aws:lambda/alias:Alias":
-            state["arn"] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs['functionName']}:{args.inputs['name']}"
+            state["arn"] = (
+                f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{args.inputs['functionName']}:{args.inputs['name']}"
+            )
         elif args.typ == "aws:lb/loadBalancer:LoadBalancer":
             state["arnSuffix"] = f"app/{args.name}/50dc6c495c0c9188"
             state["dnsName"] = f"internal-{args.name}-1234567890.{REGION}.elb.amazonaws.com"
         elif args.typ == "aws:lb/targetGroup:TargetGroup":
             state["arnSuffix"] = f"targetgroup/{args.name}/73e2d6bc24d8a067"
         elif module == "iam":
-            state.setdefault("arn", f"arn:aws:iam::{ACCOUNT}:{args.typ.rsplit(':', 1)[1].lower()}/{args.name}")
+            state.setdefault(
+                "arn", f"arn:aws:iam::{ACCOUNT}:{args.typ.rsplit(':', 1)[1].lower()}/{args.name}"
+            )
         state.setdefault("arn", f"arn:aws:{module}:{REGION}:{ACCOUNT}:{args.name}")
         state.setdefault("name", args.name)
         self.created[args.name] = (args.typ, state)
@@ -128,11 +156,19 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             registered = self.resources[response.urn]
-            self.registrations.append(Registration(
-                type=request.type, name=request.name, inputs=rpc.deserialize_properties(request.object),
-                urn=response.urn, parent=request.parent, custom=bool(request.custom), id=registered.id,
-                state=registered.state, ignore_changes=list(request.ignoreChanges),
-            ))
+            self.registrations.append(
+                Registration(
+                    type=request.type,
+                    name=request.name,
+                    inputs=rpc.deserialize_properties(request.object),
+                    urn=response.urn,
+                    parent=request.parent,
+                    custom=bool(request.custom),
+                    id=registered.id,
+                    state=registered.state,
+                    ignore_changes=list(request.ignoreChanges),
+                )
+            )
         return response
 
 

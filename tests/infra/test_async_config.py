@@ -138,7 +138,7 @@ def test_a_real_time_endpoint_has_no_async_config() -> None:
             f"{E}.variants[0].scaling.maxInstances",
         ),
         ({"rollout": {"strategy": "canary"}}, f"{E}.rollout"),
-    ({"variants": [{**VARIANT, "warmPool": True}]}, f"{E}.variants[0].warmPool"),
+        ({"variants": [{**VARIANT, "warmPool": True}]}, f"{E}.variants[0].warmPool"),
     ],
 )
 def test_mistakes_name_the_key(over: dict[str, Any], field: str) -> None:

@@ -52,8 +52,12 @@ def _model(directory: Path) -> Path:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(100, 4)).astype(np.float32)
     model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(np.int64))
-    onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, 4]))],
-                          options={id(model): {"zipmap": False}}, target_opset=17)
+    onx = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, 4]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
     directory.mkdir(parents=True)
     (directory / "model.onnx").write_bytes(onx.SerializeToString())
     return directory
@@ -68,11 +72,30 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     try:
         for variant in ("champion", "challenger"):
             port = find_free_port()
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-                   "SELFMAKER_ENDPOINT_NAME": "churn", "SELFMAKER_VARIANT_NAME": variant}
-            proc = subprocess.Popen([sys.executable, "-m", "serving", "--model-dir", str(model), "--host", "127.0.0.1",
-                                     "--port", str(port)], cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+                "SELFMAKER_ENDPOINT_NAME": "churn",
+                "SELFMAKER_VARIANT_NAME": variant,
+            }
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "serving",
+                    "--model-dir",
+                    str(model),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                cwd=str(ROOT),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             procs.append(proc)
             urls[variant] = f"http://127.0.0.1:{port}"
             wait_http(urls[variant] + "/ping", timeout=90, alive=lambda p=proc: p.poll() is None)
@@ -91,7 +114,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 class RecordedRules:
     """The listener's recorded rules and default action, evaluated as ALB evaluates them."""
 
-    def __init__(self, rules: list[dict[str, Any]], default: dict[str, Any], targets: dict[str, str], seed: int) -> None:
+    def __init__(
+        self, rules: list[dict[str, Any]], default: dict[str, Any], targets: dict[str, str], seed: int
+    ) -> None:
         self.rules = sorted(rules, key=lambda r: r["priority"])
         self.default = default
         self.targets = targets  # target group ARN -> model server URL
@@ -106,8 +131,9 @@ class RecordedRules:
             return method in condition["httpRequestMethod"]["values"]
         if "httpHeader" in condition:  # header name and values compared case-insensitively
             value = headers.get(condition["httpHeader"]["httpHeaderName"].lower())
-            return value is not None and any(fnmatch.fnmatch(value.lower(), v.lower())
-                                             for v in condition["httpHeader"]["values"])
+            return value is not None and any(
+                fnmatch.fnmatch(value.lower(), v.lower()) for v in condition["httpHeader"]["values"]
+            )
         raise AssertionError(f"condition this router does not know: {condition}")
 
     def route(self, method: str, path: str, headers: dict[str, str]) -> str | dict[str, Any]:
@@ -138,8 +164,14 @@ def _router(rules: RecordedRules) -> ThreadingHTTPServer:
             host = target.removeprefix("http://")
             conn = http.client.HTTPConnection(host, timeout=30)
             try:
-                conn.request("POST", self.path, body=body, headers={k: v for k, v in self.headers.items()
-                                                                    if k.lower() not in ("host", "connection")})
+                conn.request(
+                    "POST",
+                    self.path,
+                    body=body,
+                    headers={
+                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                    },
+                )
                 answer = conn.getresponse()
                 payload = answer.read()
                 self.send_response(answer.status)
@@ -160,20 +192,43 @@ def _router(rules: RecordedRules) -> ThreadingHTTPServer:
 @pytest.fixture
 def gateway_url(pulumi_harness: PulumiHarness, servers: dict[str, str]) -> Iterator[str]:
     def build() -> None:
-        gw = Gateway("gw", GatewayArgs(vpc_id="vpc-1", subnet_ids=["subnet-a", "subnet-b"], tags=TAGS,
-                                       allowed_cidrs=["10.1.0.0/16"]))
-        variants = [ProductionVariantArgs(variant_name=v, model_data_uri="s3://models-b/models/m/model.tar.gz",
-                                          image_tag="1.0", ami_parameter=CPU_AMI, initial_variant_weight=w)
-                    for v, w in (("champion", 0.75), ("challenger", 0.25))]
-        RealtimeEndpoint("churn", RealtimeEndpointArgs(
-            gateway=gw, variants=variants, priority_block=120, vpc_id="vpc-1", subnet_ids=["subnet-a", "subnet-b"],
-            instance_profile_arn="arn:aws:iam::123456789012:instance-profile/p",
-            repository_url="123456789012.dkr.ecr.us-east-1.amazonaws.com/selfmaker-t/serving", region="us-east-1",
-            prefix="selfmaker-t", tags=TAGS))
+        gw = Gateway(
+            "gw",
+            GatewayArgs(
+                vpc_id="vpc-1", subnet_ids=["subnet-a", "subnet-b"], tags=TAGS, allowed_cidrs=["10.1.0.0/16"]
+            ),
+        )
+        variants = [
+            ProductionVariantArgs(
+                variant_name=v,
+                model_data_uri="s3://models-b/models/m/model.tar.gz",
+                image_tag="1.0",
+                ami_parameter=CPU_AMI,
+                initial_variant_weight=w,
+            )
+            for v, w in (("champion", 0.75), ("challenger", 0.25))
+        ]
+        RealtimeEndpoint(
+            "churn",
+            RealtimeEndpointArgs(
+                gateway=gw,
+                variants=variants,
+                priority_block=120,
+                vpc_id="vpc-1",
+                subnet_ids=["subnet-a", "subnet-b"],
+                instance_profile_arn="arn:aws:iam::123456789012:instance-profile/p",
+                repository_url="123456789012.dkr.ecr.us-east-1.amazonaws.com/selfmaker-t/serving",
+                region="us-east-1",
+                prefix="selfmaker-t",
+                tags=TAGS,
+            ),
+        )
 
     pulumi_harness.run(build)
-    targets = {tg.state["arn"]: servers[tg.inputs["tags"]["Variant"]]
-               for tg in pulumi_harness.of_type("aws:lb/targetGroup:TargetGroup")}
+    targets = {
+        tg.state["arn"]: servers[tg.inputs["tags"]["Variant"]]
+        for tg in pulumi_harness.of_type("aws:lb/targetGroup:TargetGroup")
+    }
     rules = [r.inputs for r in pulumi_harness.of_type("aws:lb/listenerRule:ListenerRule")]
     (default,) = pulumi_harness.named("gw-listener").inputs["defaultActions"]
     router = _router(RecordedRules(rules, default, targets, seed=20))
@@ -188,8 +243,12 @@ def gateway_url(pulumi_harness: PulumiHarness, servers: dict[str, str]) -> Itera
 
 
 def test_boto3_through_the_recorded_rules_gets_weights_target_variant_and_json_404(gateway_url: str) -> None:
-    client = boto3.client("sagemaker-runtime", endpoint_url=gateway_url, region_name="us-east-1",
-                          config=Config(retries={"total_max_attempts": 1}))
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=gateway_url,
+        region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
     seen = Counter()
     answers = set()
     for _ in range(400):
@@ -202,10 +261,13 @@ def test_boto3_through_the_recorded_rules_gets_weights_target_variant_and_json_4
     assert abs(seen["challenger"] / 400 - 0.25) < 0.07, seen
     for variant in ("champion", "challenger"):
         for _ in range(10):
-            out = client.invoke_endpoint(EndpointName="churn", Body=ROW, ContentType="text/csv", TargetVariant=variant)
+            out = client.invoke_endpoint(
+                EndpointName="churn", Body=ROW, ContentType="text/csv", TargetVariant=variant
+            )
             assert out["InvokedProductionVariant"] == variant
-    stream = client.invoke_endpoint_with_response_stream(EndpointName="churn", Body=ROW, ContentType="text/csv",
-                                                         TargetVariant="challenger")
+    stream = client.invoke_endpoint_with_response_stream(
+        EndpointName="churn", Body=ROW, ContentType="text/csv", TargetVariant="challenger"
+    )
     assert b"".join(e["PayloadPart"]["Bytes"] for e in stream["Body"]) in answers
     assert stream["InvokedProductionVariant"] == "challenger"
     with pytest.raises(client.exceptions.ClientError) as missing:
@@ -213,5 +275,7 @@ def test_boto3_through_the_recorded_rules_gets_weights_target_variant_and_json_4
     assert missing.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     assert missing.value.response["Error"]["Code"] == "ValidationError"
     with pytest.raises(client.exceptions.ModelError) as bad:
-        client.invoke_endpoint(EndpointName="churn", Body=b"1.0,oops\n", ContentType="text/csv", TargetVariant="champion")
+        client.invoke_endpoint(
+            EndpointName="churn", Body=b"1.0,oops\n", ContentType="text/csv", TargetVariant="champion"
+        )
     assert bad.value.response["OriginalStatusCode"] == 400

@@ -27,7 +27,9 @@ def _accepts_tags(type_token: str) -> bool:
     """Whether the pulumi_aws resource class behind ``type_token`` has a ``tags`` input."""
     module_path, cls_name = type_token.split(":")[1:]
     name = module_path.split("/")[0].replace("-", "_")
-    module = importlib.import_module("pulumi_aws." + (f"{name}_" if keyword.iskeyword(name) else name))  # lambda_
+    module = importlib.import_module(
+        "pulumi_aws." + (f"{name}_" if keyword.iskeyword(name) else name)
+    )  # lambda_
     cls = getattr(module, cls_name)
     return "tags" in inspect.signature(cls._internal_init).parameters
 
@@ -48,18 +50,36 @@ def aws_resources(regs: list[Registration]) -> list[Registration]:
 
 def test_program_creates_every_component_kind(dev: list[Registration]) -> None:
     kinds = {r.type for r in dev if r.type.startswith("selfmaker:")}
-    assert kinds == {"selfmaker:network:Network", "selfmaker:storage:ModelStore", "selfmaker:registry:ImageRepository",
-                     "selfmaker:iam:Roles", "selfmaker:compute:InstanceGroup", "selfmaker:endpoints:Gateway",
-                     "selfmaker:endpoints:RealtimeEndpoint", "selfmaker:endpoints:ServerlessEndpoint",
-                     "selfmaker:endpoints:AsyncEndpoint", "selfmaker:jobs:JobQueue"}
+    assert kinds == {
+        "selfmaker:network:Network",
+        "selfmaker:storage:ModelStore",
+        "selfmaker:registry:ImageRepository",
+        "selfmaker:iam:Roles",
+        "selfmaker:compute:InstanceGroup",
+        "selfmaker:endpoints:Gateway",
+        "selfmaker:endpoints:RealtimeEndpoint",
+        "selfmaker:endpoints:ServerlessEndpoint",
+        "selfmaker:endpoints:AsyncEndpoint",
+        "selfmaker:jobs:JobQueue",
+    }
     groups = sorted(r.name for r in dev if r.type == "selfmaker:compute:InstanceGroup")
-    assert groups == ["churn-batch-workers", "churn-challenger", "churn-champion", "vision-AllTraffic"]  # training: Batch
+    assert groups == [
+        "churn-batch-workers",
+        "churn-challenger",
+        "churn-champion",
+        "vision-AllTraffic",
+    ]  # training: Batch
     endpoints = {r.urn: r.name for r in dev if r.type == "selfmaker:endpoints:RealtimeEndpoint"}
     assert sorted(endpoints.values()) == ["churn", "vision"]
     # a variant's group is a child of its endpoint
-    assert {endpoints.get(r.parent) for r in dev if r.name.startswith(("churn-c", "vision-"))
-            and r.type == "selfmaker:compute:InstanceGroup"} == {"churn", "vision"}
-    (async_urn,) = [r.urn for r in dev if r.type == "selfmaker:endpoints:AsyncEndpoint" and r.name == "churn-batch"]
+    assert {
+        endpoints.get(r.parent)
+        for r in dev
+        if r.name.startswith(("churn-c", "vision-")) and r.type == "selfmaker:compute:InstanceGroup"
+    } == {"churn", "vision"}
+    (async_urn,) = [
+        r.urn for r in dev if r.type == "selfmaker:endpoints:AsyncEndpoint" and r.name == "churn-batch"
+    ]
     assert [r.parent for r in dev if r.name == "churn-batch-workers"] == [async_urn]
 
 
@@ -83,7 +103,9 @@ def test_every_aws_resource_has_a_selfmaker_component_as_parent(dev: list[Regist
     components = {r.urn: r for r in dev if r.type.startswith("selfmaker:")}
     for reg in aws_resources(dev):
         assert reg.parent in components, f"{reg.type} {reg.name} is parented to {reg.parent or 'the stack'}"
-        assert reg.name.startswith(components[reg.parent].name + "-"), f"{reg.name} is not named after its parent"
+        assert reg.name.startswith(components[reg.parent].name + "-"), (
+            f"{reg.name} is not named after its parent"
+        )
     for comp in components.values():
         assert comp.parent.endswith("::selfmaker-dev") or "pulumi:pulumi:Stack" in comp.parent
 
@@ -100,7 +122,8 @@ def test_every_bucket_is_encrypted_versioned_private_and_tls_only(dev_run: Pulum
     key_arn = dev_run.named("store-key").state["arn"]
     logs_id = dev_run.named("store-logs").id
     for bucket_id, sse in by_bucket(
-            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration").items():
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    ).items():
         default = sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"]
         if bucket_id == logs_id:
             assert default == {"sseAlgorithm": "AES256"}
@@ -109,8 +132,10 @@ def test_every_bucket_is_encrypted_versioned_private_and_tls_only(dev_run: Pulum
     for ver in by_bucket("aws:s3/bucketVersioning:BucketVersioning").values():
         assert ver.inputs["versioningConfiguration"]["status"] == "Enabled"
     for pab in by_bucket("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").values():
-        assert all(pab.inputs[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                                                   "restrictPublicBuckets"))
+        assert all(
+            pab.inputs[k] is True
+            for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+        )
     for bucket_id, pol in by_bucket("aws:s3/bucketPolicy:BucketPolicy").items():
         doc = json.loads(pol.inputs["policy"])
         deny = [s for s in doc["Statement"] if s["Effect"] == "Deny"]
@@ -120,7 +145,9 @@ def test_every_bucket_is_encrypted_versioned_private_and_tls_only(dev_run: Pulum
     outputs_id = dev_run.named("store-outputs").id
     rules = {r["id"]: r for r in lifecycle[outputs_id].inputs["rules"]}
     assert rules["expire-outputs"]["expiration"]["days"] == 90
-    assert "expire-outputs" not in {r["id"] for r in lifecycle[dev_run.named("store-models").id].inputs["rules"]}
+    assert "expire-outputs" not in {
+        r["id"] for r in lifecycle[dev_run.named("store-models").id].inputs["rules"]
+    }
     assert dev_run.named("store-key").inputs["enableKeyRotation"] is True
 
 
@@ -134,7 +161,9 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
         assert meta["httpTokens"] == "required" and meta["httpEndpoint"] == "enabled"
         assert meta["httpPutResponseHopLimit"] == 2
         mappings = lt.inputs["blockDeviceMappings"]
-        assert mappings and all(m["ebs"]["encrypted"] == "true" and m["ebs"]["volumeType"] == "gp3" for m in mappings)
+        assert mappings and all(
+            m["ebs"]["encrypted"] == "true" and m["ebs"]["volumeType"] == "gp3" for m in mappings
+        )
         specs = {s["resourceType"]: s["tags"] for s in lt.inputs["tagSpecifications"]}
         assert {"instance", "volume"} <= set(specs) and all(specs[k]["Stack"] == "dev" for k in specs)
     for vol in dev_run.of_type("aws:ebs/volume:Volume"):
@@ -142,12 +171,21 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_volumes(dev_run:
 
 
 def test_amis_come_from_the_ssm_public_parameters(dev_run: PulumiHarness) -> None:
-    ami = {lt.name: lt.inputs.get("imageId") for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")}
+    ami = {
+        lt.name: lt.inputs.get("imageId") for lt in dev_run.of_type("aws:ec2/launchTemplate:LaunchTemplate")
+    }
     # Batch picks its ECS-optimized AMI itself (the compute environment's ec2Configuration)
-    assert ami == {"churn-champion-lt": "ami-0a1b2c3d4e5f60718", "churn-challenger-lt": "ami-0a1b2c3d4e5f60718",
-                   "vision-AllTraffic-lt": "ami-0fedcba9876543210", "churn-batch-workers-lt": "ami-0a1b2c3d4e5f60718",
-                   "jobs-cpu-lt": None, "jobs-gpu-lt": None}
-    asked = {args["name"] for token, args in dev_run.mocks.calls if token == "aws:ssm/getParameter:getParameter"}
+    assert ami == {
+        "churn-champion-lt": "ami-0a1b2c3d4e5f60718",
+        "churn-challenger-lt": "ami-0a1b2c3d4e5f60718",
+        "vision-AllTraffic-lt": "ami-0fedcba9876543210",
+        "churn-batch-workers-lt": "ami-0a1b2c3d4e5f60718",
+        "jobs-cpu-lt": None,
+        "jobs-gpu-lt": None,
+    }
+    asked = {
+        args["name"] for token, args in dev_run.mocks.calls if token == "aws:ssm/getParameter:getParameter"
+    }
     assert asked == {stack_config.SSM_AMI["cpu"], stack_config.SSM_AMI["gpu"]}
 
 
@@ -158,12 +196,20 @@ def _rules(harness: PulumiHarness) -> list[Registration]:
 def check_ingress_policy(harness: PulumiHarness) -> None:
     """The policy for every stack: nothing accepts the world, except 443 on an internet-facing load
     balancer."""
-    internet_facing = {r.urn: r for r in harness.of_type("aws:lb/loadBalancer:LoadBalancer") if r.inputs["internal"] is False}
+    internet_facing = {
+        r.urn: r for r in harness.of_type("aws:lb/loadBalancer:LoadBalancer") if r.inputs["internal"] is False
+    }
     open_groups = {sg for lb in internet_facing.values() for sg in lb.inputs["securityGroups"]}
     for rule in _rules(harness):
         if rule.inputs.get("cidrIpv4") == "0.0.0.0/0" or rule.inputs.get("cidrIpv6") == "::/0":
-            assert rule.inputs["securityGroupId"] in open_groups, f"{rule.name} opens a non-gateway group to the world"
-            assert (rule.inputs["fromPort"], rule.inputs["toPort"], rule.inputs["ipProtocol"]) == (443, 443, "tcp")
+            assert rule.inputs["securityGroupId"] in open_groups, (
+                f"{rule.name} opens a non-gateway group to the world"
+            )
+            assert (rule.inputs["fromPort"], rule.inputs["toPort"], rule.inputs["ipProtocol"]) == (
+                443,
+                443,
+                "tcp",
+            )
 
 
 def check_gateway_policy(harness: PulumiHarness) -> None:
@@ -177,11 +223,18 @@ def check_gateway_policy(harness: PulumiHarness) -> None:
     for listener in harness.of_type("aws:lb/listener:Listener"):
         lb = by_arn[listener.inputs["loadBalancerArn"]]
         if listener.inputs["protocol"] == "HTTPS":
-            assert re.match(r"^ELBSecurityPolicy-(TLS13-1-[23]|TLS-1-2|FS-1-2)-", listener.inputs["sslPolicy"])
+            assert re.match(
+                r"^ELBSecurityPolicy-(TLS13-1-[23]|TLS-1-2|FS-1-2)-", listener.inputs["sslPolicy"]
+            )
         else:
-            assert lb.inputs["internal"] is True, f"{listener.name}: plain HTTP on an internet-facing load balancer"
-    instance_groups = {tg.state["arn"]: tg for tg in harness.of_type("aws:lb/targetGroup:TargetGroup")
-                       if tg.inputs.get("targetType") == "instance"}
+            assert lb.inputs["internal"] is True, (
+                f"{listener.name}: plain HTTP on an internet-facing load balancer"
+            )
+    instance_groups = {
+        tg.state["arn"]: tg
+        for tg in harness.of_type("aws:lb/targetGroup:TargetGroup")
+        if tg.inputs.get("targetType") == "instance"
+    }
     for tg in instance_groups.values():
         assert tg.inputs["healthCheck"]["path"] == "/ping"
     for asg in harness.of_type("aws:autoscaling/group:Group"):
@@ -196,9 +249,12 @@ def test_load_balancers_drop_bad_headers_log_and_check_health(dev_run: PulumiHar
 
 def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: PulumiHarness) -> None:
     for sg in dev_run.of_type("aws:ec2/securityGroup:SecurityGroup") + dev_run.of_type(
-            "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"):
+        "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
+    ):
         for rule in sg.inputs.get("ingress") or []:
-            assert "0.0.0.0/0" not in (rule.get("cidrBlocks") or []) and "::/0" not in (rule.get("ipv6CidrBlocks") or [])
+            assert "0.0.0.0/0" not in (rule.get("cidrBlocks") or []) and "::/0" not in (
+                rule.get("ipv6CidrBlocks") or []
+            )
     for rule in dev_run.of_type("aws:ec2/securityGroupRule:SecurityGroupRule"):
         assert rule.inputs["type"] != "ingress" or "0.0.0.0/0" not in (rule.inputs.get("cidrBlocks") or [])
     ingress = _rules(dev_run)
@@ -208,19 +264,30 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
     for rule in ingress:
         if rule.inputs["securityGroupId"] != gateway_sg:  # only the gateway is open to client CIDRs
             assert rule.inputs.get("cidrIpv4") is None and rule.inputs.get("cidrIpv6") is None
-            assert rule.inputs["referencedSecurityGroupId"], f"{rule.name} does not reference a security group"
+            assert rule.inputs["referencedSecurityGroupId"], (
+                f"{rule.name} does not reference a security group"
+            )
     workload = dev_run.named("network-workload-sg").id
     # the internal gateway accepts the VPC and the stack's own instances, on its listener port only
     clients = {r.name: r.inputs for r in ingress if r.inputs["securityGroupId"] == gateway_sg}
-    assert {(c.get("cidrIpv4"), c.get("referencedSecurityGroupId"), c["fromPort"], c["toPort"])
-            for c in clients.values()} == {("10.20.0.0/16", None, 80, 80), (None, workload, 80, 80)}
+    assert {
+        (c.get("cidrIpv4"), c.get("referencedSecurityGroupId"), c["fromPort"], c["toPort"])
+        for c in clients.values()
+    } == {("10.20.0.0/16", None, 80, 80), (None, workload, 80, 80)}
     # every variant accepts the model-server port from the gateway alone, and the gateway may reach it
     for variant in ("churn-champion", "churn-challenger", "vision-AllTraffic"):
-        sources = [r.inputs for r in ingress if r.inputs["securityGroupId"] == dev_run.named(f"{variant}-sg").id]
-        assert [(r["referencedSecurityGroupId"], r["fromPort"], r["toPort"]) for r in sources] == [(gateway_sg, 8080, 8080)]
+        sources = [
+            r.inputs for r in ingress if r.inputs["securityGroupId"] == dev_run.named(f"{variant}-sg").id
+        ]
+        assert [(r["referencedSecurityGroupId"], r["fromPort"], r["toPort"]) for r in sources] == [
+            (gateway_sg, 8080, 8080)
+        ]
         out = dev_run.named(f"gateway-{variant}-out").inputs
         assert (out["securityGroupId"], out["referencedSecurityGroupId"], out["fromPort"]) == (
-            gateway_sg, dev_run.named(f"{variant}-sg").id, 8080)
+            gateway_sg,
+            dev_run.named(f"{variant}-sg").id,
+            8080,
+        )
     assert dev_run.named("network-endpoints-https").inputs["referencedSecurityGroupId"] == workload
     peers = dev_run.named("jobs-peers").inputs
     assert peers["referencedSecurityGroupId"] == peers["securityGroupId"] == dev_run.named("jobs-sg").id
@@ -228,7 +295,11 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
     assert peers_out["referencedSecurityGroupId"] == peers_out["securityGroupId"] == workload
     for egress in dev_run.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"):
         if egress.inputs.get("cidrIpv4") == "0.0.0.0/0":  # the only egress to the world is HTTPS
-            assert (egress.inputs["ipProtocol"], egress.inputs["fromPort"], egress.inputs["toPort"]) == ("tcp", 443, 443)
+            assert (egress.inputs["ipProtocol"], egress.inputs["fromPort"], egress.inputs["toPort"]) == (
+                "tcp",
+                443,
+                443,
+            )
     default_sg = dev_run.named("network-default-sg").inputs
     assert default_sg["ingress"] == [] and default_sg["egress"] == []
 
@@ -236,20 +307,33 @@ def test_no_ingress_from_the_world_and_groups_reference_each_other(dev_run: Pulu
 def test_no_iam_policy_grants_wildcards(dev_run: PulumiHarness) -> None:
     docs = [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/rolePolicy:RolePolicy")]
     docs += [json.loads(r.inputs["policy"]) for r in dev_run.of_type("aws:iam/policy:Policy")]
-    assert len(docs) == 8  # serving, async, flow logs, the serverless function, the async front and workers, Batch x2
+    assert (
+        len(docs) == 8
+    )  # serving, async, flow logs, the serverless function, the async front and workers, Batch x2
     for doc in docs:
         assert policies.wildcard_violations(doc) == []
-    attached = {r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
-    assert attached == {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
-                        "arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole"}
+    attached = {
+        r.inputs["policyArn"] for r in dev_run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    }
+    assert attached == {
+        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        "arn:aws:iam::aws:policy/service-role/AWSBatchServiceRole",
+    }
     services = set()
     for role in dev_run.of_type("aws:iam/role:Role"):
         trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
         services.add(trust["Principal"]["Service"])
-        if trust["Principal"]["Service"] != "ec2.amazonaws.com":  # services acting for the account: confused deputy
+        if (
+            trust["Principal"]["Service"] != "ec2.amazonaws.com"
+        ):  # services acting for the account: confused deputy
             assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
-    assert services == {"ec2.amazonaws.com", "vpc-flow-logs.amazonaws.com", "lambda.amazonaws.com",
-                        "batch.amazonaws.com", "ecs-tasks.amazonaws.com"}
+    assert services == {
+        "ec2.amazonaws.com",
+        "vpc-flow-logs.amazonaws.com",
+        "lambda.amazonaws.com",
+        "batch.amazonaws.com",
+        "ecs-tasks.amazonaws.com",
+    }
 
 
 def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiHarness) -> None:
@@ -257,25 +341,38 @@ def test_roles_are_scoped_to_the_stack_buckets_and_repositories(dev_run: PulumiH
     by_sid = {s["Sid"]: s for s in serving["Statement"]}
     models = dev_run.named("store-models").state["arn"]
     assert by_sid["ModelsGet"]["Resource"] == f"{models}/models/*"
-    assert by_sid["EcrPull"]["Resource"] == sorted(r.state["arn"] for r in dev_run.of_type("aws:ecr/repository:Repository"))
+    assert by_sid["EcrPull"]["Resource"] == sorted(
+        r.state["arn"] for r in dev_run.of_type("aws:ecr/repository:Repository")
+    )
     assert by_sid["Kms"]["Resource"] == dev_run.named("store-key").state["arn"]
     assert by_sid["Logs"]["Resource"][0] == "arn:aws:logs:us-east-1:123456789012:log-group:/selfmaker-dev/*"
     jobs = {s["Sid"]: s for s in json.loads(dev_run.named("jobs-job-policy").inputs["policy"])["Statement"]}
     outputs = dev_run.named("store-outputs").state["arn"]
     data = dev_run.named("store-data").state["arn"]
     assert jobs["OutputsObjects"]["Resource"] == f"{outputs}/*"  # outputs, checkpoints, job state
-    assert set(jobs["OutputsObjects"]["Action"]) == {"s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject",
-                                                     "s3:DeleteObject"}
+    assert set(jobs["OutputsObjects"]["Action"]) == {
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "s3:GetObject",
+        "s3:DeleteObject",
+    }
     assert jobs["DataGet"]["Resource"] == f"{data}/*" and "s3:PutObject" not in json.dumps(jobs["DataGet"])
     assert jobs["ModelsGet"]["Resource"] == f"{models}/models/*"
-    assert jobs["EcrPull"]["Resource"] == [dev_run.named("training-images-repo").state["arn"]]  # the jobs' image only
+    assert jobs["EcrPull"]["Resource"] == [
+        dev_run.named("training-images-repo").state["arn"]
+    ]  # the jobs' image only
     assert jobs["Logs"]["Resource"][0] == "arn:aws:logs:us-east-1:123456789012:log-group:/selfmaker-dev/jobs"
-    instance = {s["Sid"]: s for s in json.loads(dev_run.named("jobs-instance-policy").inputs["policy"])["Statement"]}
+    instance = {
+        s["Sid"]: s for s in json.loads(dev_run.named("jobs-instance-policy").inputs["policy"])["Statement"]
+    }
     assert instance["EcsAgent"]["Resource"] == [
         "arn:aws:ecs:us-east-1:123456789012:cluster/AWSBatch-selfmaker-dev-*",
-        "arn:aws:ecs:us-east-1:123456789012:container-instance/AWSBatch-selfmaker-dev-*"]
+        "arn:aws:ecs:us-east-1:123456789012:container-instance/AWSBatch-selfmaker-dev-*",
+    ]
     assert "s3:GetObject" not in json.dumps(instance)  # the data is the job role's, not the instance's
-    asynchronous = {s["Sid"]: s for s in json.loads(dev_run.named("roles-async-policy").inputs["policy"])["Statement"]}
+    asynchronous = {
+        s["Sid"]: s for s in json.loads(dev_run.named("roles-async-policy").inputs["policy"])["Statement"]
+    }
     assert asynchronous["Queues"]["Resource"] == "arn:aws:sqs:us-east-1:123456789012:selfmaker-dev-*"
     assert asynchronous["Topics"]["Resource"] == "arn:aws:sns:us-east-1:123456789012:selfmaker-dev-*"
 
@@ -288,11 +385,21 @@ def test_network_spans_two_azs_with_private_subnets_nat_and_endpoints(dev_run: P
     assert sorted(s["availabilityZone"] for s in private) == ["us-east-1a", "us-east-1b"]
     assert all(s["mapPublicIpOnLaunch"] is False for s in private)
     assert len(dev_run.of_type("aws:ec2/natGateway:NatGateway")) == 1  # natGateways: single
-    endpoints = {e.inputs["serviceName"]: e.inputs for e in dev_run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")}
+    endpoints = {
+        e.inputs["serviceName"]: e.inputs for e in dev_run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+    }
     assert endpoints["com.amazonaws.us-east-1.s3"]["vpcEndpointType"] == "Gateway"
-    assert {"com.amazonaws.us-east-1.ecr.api", "com.amazonaws.us-east-1.ecr.dkr", "com.amazonaws.us-east-1.sqs",
-            "com.amazonaws.us-east-1.logs"} <= set(endpoints)
-    (azs,) = [args for token, args in dev_run.mocks.calls if token == "aws:index/getAvailabilityZones:getAvailabilityZones"]
+    assert {
+        "com.amazonaws.us-east-1.ecr.api",
+        "com.amazonaws.us-east-1.ecr.dkr",
+        "com.amazonaws.us-east-1.sqs",
+        "com.amazonaws.us-east-1.logs",
+    } <= set(endpoints)
+    (azs,) = [
+        args
+        for token, args in dev_run.mocks.calls
+        if token == "aws:index/getAvailabilityZones:getAvailabilityZones"
+    ]
     assert azs["state"] == "available"
     assert azs["filters"] == [{"name": "opt-in-status", "values": ["opt-in-not-required"]}]
     flow = dev_run.of_type("aws:ec2/flowLog:FlowLog")
@@ -333,15 +440,25 @@ def test_user_data_runs_the_serving_image(dev_run: PulumiHarness) -> None:
     # the model server answers /endpoints/churn/invocations as variant champion
     assert "-e SELFMAKER_ENDPOINT_NAME=churn" in cpu and "-e SELFMAKER_VARIANT_NAME=champion" in cpu
     assert "LOG_GROUP=/selfmaker-dev/churn-champion" in cpu
-    assert f"MODEL_DATA=s3://{models_bucket}/models/churn/v2/model.tar.gz" in _user_data(dev_run, "churn-challenger")
+    assert f"MODEL_DATA=s3://{models_bucket}/models/churn/v2/model.tar.gz" in _user_data(
+        dev_run, "churn-challenger"
+    )
     gpu = _user_data(dev_run, "vision-AllTraffic")
     assert "--gpus all" in gpu and "dnf install" not in gpu
     assert f"IMAGE={registry}/selfmaker-dev/serving:0.1.0-gpu" in gpu
-    log_groups = {r.inputs["name"] for r in dev_run.of_type("aws:cloudwatch/logGroup:LogGroup") if "name" in r.inputs}
-    assert {"/selfmaker-dev/churn-champion", "/selfmaker-dev/vision-AllTraffic", "/selfmaker-dev/jobs"} <= log_groups
+    log_groups = {
+        r.inputs["name"] for r in dev_run.of_type("aws:cloudwatch/logGroup:LogGroup") if "name" in r.inputs
+    }
+    assert {
+        "/selfmaker-dev/churn-champion",
+        "/selfmaker-dev/vision-AllTraffic",
+        "/selfmaker-dev/jobs",
+    } <= log_groups
 
 
-def test_ecr_repositories_scan_on_push_keep_tags_immutable_and_expire_old_images(dev_run: PulumiHarness) -> None:
+def test_ecr_repositories_scan_on_push_keep_tags_immutable_and_expire_old_images(
+    dev_run: PulumiHarness,
+) -> None:
     repos = {r.inputs["name"]: r.inputs for r in dev_run.of_type("aws:ecr/repository:Repository")}
     assert set(repos) == {"selfmaker-dev/serving", "selfmaker-dev/training"}
     for repo in repos.values():
@@ -350,56 +467,89 @@ def test_ecr_repositories_scan_on_push_keep_tags_immutable_and_expire_old_images
         assert repo["encryptionConfigurations"] == [{"encryptionType": "AES256"}]
     for policy in dev_run.of_type("aws:ecr/lifecyclePolicy:LifecyclePolicy"):
         rules = json.loads(policy.inputs["policy"])["rules"]
-        assert rules[-1]["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 20}
+        assert rules[-1]["selection"] == {
+            "tagStatus": "any",
+            "countType": "imageCountMoreThan",
+            "countNumber": 20,
+        }
 
 
 def test_s3_managed_encryption_and_per_az_nat_without_endpoints_or_flow_logs(
-        pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]) -> None:
-    config = {**dev_stack_config, "selfmaker:encryption": "s3", "selfmaker:natGateways": "per-az",
-              "selfmaker:azCount": "3", "selfmaker:interfaceEndpoints": "false", "selfmaker:flowLogs": "false"}
+    pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]
+) -> None:
+    config = {
+        **dev_stack_config,
+        "selfmaker:encryption": "s3",
+        "selfmaker:natGateways": "per-az",
+        "selfmaker:azCount": "3",
+        "selfmaker:interfaceEndpoints": "false",
+        "selfmaker:flowLogs": "false",
+    }
     regs = run_dev_stack(pulumi_harness, config)
     assert not [r for r in regs if r.type == "aws:kms/key:Key"]
     for sse in pulumi_harness.of_type(
-            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"):
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
+    ):
         assert sse.inputs["rules"][0]["applyServerSideEncryptionByDefault"] == {"sseAlgorithm": "AES256"}
     nats = pulumi_harness.of_type("aws:ec2/natGateway:NatGateway")
     assert len(nats) == 3
     routes = {r.name: r.inputs for r in pulumi_harness.of_type("aws:ec2/route:Route") if "private" in r.name}
     assert sorted(r["natGatewayId"] for r in routes.values()) == sorted(n.id for n in nats)
-    assert [e.inputs["vpcEndpointType"] for e in pulumi_harness.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")] == ["Gateway"]
+    assert [
+        e.inputs["vpcEndpointType"] for e in pulumi_harness.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+    ] == ["Gateway"]
     assert not pulumi_harness.of_type("aws:ec2/flowLog:FlowLog")
     serving = json.loads(pulumi_harness.named("roles-serving-policy").inputs["policy"])
     assert "Kms" not in {s["Sid"] for s in serving["Statement"]}
     assert policies.wildcard_violations(serving) == []
 
 
-@pytest.mark.parametrize(("key", "value", "field"), [
-    ("selfmaker:azCount", "1", "selfmaker:azCount"),
-    ("selfmaker:natGateways", "two", "selfmaker:natGateways"),
-    ("selfmaker:vpcCidr", "10.0.0.1/16", "selfmaker:vpcCidr"),
-    ("selfmaker:encryption", "none", "selfmaker:encryption"),
-    ("selfmaker:keepImgs", "5", "selfmaker:keepImgs"),
-    ("selfmaker:groups", '[{"name": "x1", "role": "serve", "modelKey": "models/m.tar.gz", "spotPercentage": 150}]',
-     "selfmaker:groups[0].spotPercentage"),
-    ("selfmaker:groups", "[not json", "selfmaker:groups"),
-    # issue 21's endpoint mistakes fail the whole program (pulumi preview), not only the config parser
-    ("selfmaker:endpoints", '[{"name": "e", "variants": [{"name": "v", "modelKey": "models/m.tar.gz", '
-     '"serverless": {"memorySizeInMB": 1536, "maxConcurrency": 5}}]}]',
-     "selfmaker:endpoints[0].variants[0].serverless.memorySizeInMB"),
-    ("selfmaker:endpoints", '[{"name": "e", "variants": [{"name": "v", "modelKey": "models/m.tar.gz", '
-     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 201}}]}]',
-     "selfmaker:endpoints[0].variants[0].serverless.maxConcurrency"),
-    ("selfmaker:endpoints", '[{"name": "e", "variants": [{"name": "i", "modelKey": "models/m.tar.gz", '
-     '"initialInstanceCount": 1}, {"name": "v", "modelKey": "models/m.tar.gz", '
-     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
-     "selfmaker:endpoints[0].variants[1].serverless"),
-    ("selfmaker:endpoints", '[{"name": "e", "async": {"maxConcurrentInvocationsPerInstance": 2}, "variants": '
-     '[{"name": "v", "modelKey": "models/m.tar.gz", '
-     '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
-     "selfmaker:endpoints[0].variants[0].serverless"),
-])
-def test_bad_stack_config_fails_naming_the_field(pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str],
-                                                 key: str, value: str, field: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("selfmaker:azCount", "1", "selfmaker:azCount"),
+        ("selfmaker:natGateways", "two", "selfmaker:natGateways"),
+        ("selfmaker:vpcCidr", "10.0.0.1/16", "selfmaker:vpcCidr"),
+        ("selfmaker:encryption", "none", "selfmaker:encryption"),
+        ("selfmaker:keepImgs", "5", "selfmaker:keepImgs"),
+        (
+            "selfmaker:groups",
+            '[{"name": "x1", "role": "serve", "modelKey": "models/m.tar.gz", "spotPercentage": 150}]',
+            "selfmaker:groups[0].spotPercentage",
+        ),
+        ("selfmaker:groups", "[not json", "selfmaker:groups"),
+        # issue 21's endpoint mistakes fail the whole program (pulumi preview), not only the config parser
+        (
+            "selfmaker:endpoints",
+            '[{"name": "e", "variants": [{"name": "v", "modelKey": "models/m.tar.gz", '
+            '"serverless": {"memorySizeInMB": 1536, "maxConcurrency": 5}}]}]',
+            "selfmaker:endpoints[0].variants[0].serverless.memorySizeInMB",
+        ),
+        (
+            "selfmaker:endpoints",
+            '[{"name": "e", "variants": [{"name": "v", "modelKey": "models/m.tar.gz", '
+            '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 201}}]}]',
+            "selfmaker:endpoints[0].variants[0].serverless.maxConcurrency",
+        ),
+        (
+            "selfmaker:endpoints",
+            '[{"name": "e", "variants": [{"name": "i", "modelKey": "models/m.tar.gz", '
+            '"initialInstanceCount": 1}, {"name": "v", "modelKey": "models/m.tar.gz", '
+            '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
+            "selfmaker:endpoints[0].variants[1].serverless",
+        ),
+        (
+            "selfmaker:endpoints",
+            '[{"name": "e", "async": {"maxConcurrentInvocationsPerInstance": 2}, "variants": '
+            '[{"name": "v", "modelKey": "models/m.tar.gz", '
+            '"serverless": {"memorySizeInMB": 2048, "maxConcurrency": 5}}]}]',
+            "selfmaker:endpoints[0].variants[0].serverless",
+        ),
+    ],
+)
+def test_bad_stack_config_fails_naming_the_field(
+    pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str], key: str, value: str, field: str
+) -> None:
     with pytest.raises(stack_config.ConfigError) as err:
         run_dev_stack(pulumi_harness, {**dev_stack_config, key: value})
     assert err.value.field == field
@@ -407,16 +557,21 @@ def test_bad_stack_config_fails_naming_the_field(pulumi_harness: PulumiHarness, 
     assert not pulumi_harness.monitor.registrations  # nothing planned
 
 
-def test_more_azs_than_the_region_has_is_a_config_error(pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]) -> None:
-    with pytest.raises(stack_config.ConfigError, match=r"^selfmaker:azCount: 4 AZs requested but us-east-1 offers 3"):
+def test_more_azs_than_the_region_has_is_a_config_error(
+    pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]
+) -> None:
+    with pytest.raises(
+        stack_config.ConfigError, match=r"^selfmaker:azCount: 4 AZs requested but us-east-1 offers 3"
+    ):
         run_dev_stack(pulumi_harness, {**dev_stack_config, "selfmaker:azCount": "4"})
 
 
-def test_missing_image_tag_is_reported(pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]) -> None:
+def test_missing_image_tag_is_reported(
+    pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]
+) -> None:
     config = {k: v for k, v in dev_stack_config.items() if k != "selfmaker:imageTag"}
     with pytest.raises(stack_config.ConfigError, match=r"^selfmaker:imageTag: required"):
         run_dev_stack(pulumi_harness, config)
-
 
 
 def _snake_keys(value: Any, path: str = "") -> list[str]:
@@ -436,7 +591,11 @@ def _snake_keys(value: Any, path: str = "") -> list[str]:
 
 
 def test_every_nested_input_uses_a_known_provider_property(dev_run: PulumiHarness) -> None:
-    bad = {f"{r.name}{path}" for r in aws_resources(dev_run.monitor.registrations) for path in _snake_keys(r.inputs)}
+    bad = {
+        f"{r.name}{path}"
+        for r in aws_resources(dev_run.monitor.registrations)
+        for path in _snake_keys(r.inputs)
+    }
     assert not bad, sorted(bad)
 
 
@@ -452,11 +611,24 @@ def test_async_endpoint_is_routed_in_its_own_priority_block_and_exported(dev_run
     # workers scale from zero on backlog; the front may only enqueue
     asg = dev_run.named("churn-batch-workers-asg").inputs
     assert (asg["minSize"], asg["maxSize"]) == (0, 4)
-    assert dev_run.named("churn-batch-backlog-tracking").inputs["targetTrackingConfiguration"]["targetValue"] == 4
+    assert (
+        dev_run.named("churn-batch-backlog-tracking").inputs["targetTrackingConfiguration"]["targetValue"]
+        == 4
+    )
     front = json.loads(dev_run.named("churn-batch-front-policy").inputs["policy"])
-    sqs = {a for stmt in front["Statement"] for a in ([stmt["Action"]] if isinstance(stmt["Action"], str)
-                                                      else stmt["Action"]) if a.startswith("sqs:")}
+    sqs = {
+        a
+        for stmt in front["Statement"]
+        for a in ([stmt["Action"]] if isinstance(stmt["Action"], str) else stmt["Action"])
+        if a.startswith("sqs:")
+    }
     assert sqs == {"sqs:SendMessage"}
     outputs = dev_run.named("churn-batch-front").inputs["environment"]["variables"]
-    assert outputs["SELFMAKER_OUTPUT_PATH"] == f"s3://{dev_run.named('store-outputs').state['bucket']}/async/churn-batch/output/"
-    assert outputs["SELFMAKER_INPUT_LOCATIONS"] == f"s3://{dev_run.named('store-data').state['bucket']}/async/churn-batch/"
+    assert (
+        outputs["SELFMAKER_OUTPUT_PATH"]
+        == f"s3://{dev_run.named('store-outputs').state['bucket']}/async/churn-batch/output/"
+    )
+    assert (
+        outputs["SELFMAKER_INPUT_LOCATIONS"]
+        == f"s3://{dev_run.named('store-data').state['bucket']}/async/churn-batch/"
+    )

@@ -51,13 +51,16 @@ def test_subnet_plan_of_a_slash_16_over_two_azs() -> None:
     assert plan.public == ("10.0.128.0/20", "10.0.144.0/20")
 
 
-@pytest.mark.parametrize(("vpc", "azs", "message"), [
-    ("10.0.0.1/16", 2, "not an IPv4 network"),
-    ("10.0.0.0/8", 2, "at most /16"),
-    ("10.0.0.0/26", 2, "too small"),
-    ("banana", 2, "not an IPv4 network"),
-    ("10.0.0.0/16", 0, "az_count"),
-])
+@pytest.mark.parametrize(
+    ("vpc", "azs", "message"),
+    [
+        ("10.0.0.1/16", 2, "not an IPv4 network"),
+        ("10.0.0.0/8", 2, "at most /16"),
+        ("10.0.0.0/26", 2, "too small"),
+        ("banana", 2, "not an IPv4 network"),
+        ("10.0.0.0/16", 0, "az_count"),
+    ],
+)
 def test_subnet_plan_rejects_bad_blocks(vpc: str, azs: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         cidr.plan_subnets(vpc, azs)
@@ -87,8 +90,18 @@ def test_resource_prefix_and_child_names() -> None:
         naming.child_name("", "vpc")
 
 
-@pytest.mark.parametrize(("name", "ok"), [("serve-cpu", True), ("a1", True), ("Serve", False), ("1abc", False),
-                                          ("x", False), ("ends-", False), ("a" * 33, False)])
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("serve-cpu", True),
+        ("a1", True),
+        ("Serve", False),
+        ("1abc", False),
+        ("x", False),
+        ("ends-", False),
+        ("a" * 33, False),
+    ],
+)
 def test_group_names(name: str, ok: bool) -> None:
     assert naming.valid_group_name(name) is ok
 
@@ -117,7 +130,10 @@ def test_uris_and_prefixes() -> None:
     assert naming.normalize_key_prefix("a/b//") == "a/b/"
     assert naming.normalize_key_prefix(" ") == ""
     assert naming.log_group_name("selfmaker-dev", "serve-cpu") == "/selfmaker-dev/serve-cpu"
-    assert naming.prefixed_arn_pattern("aws", "sqs", "eu-west-1", "1" * 12, "p") == "arn:aws:sqs:eu-west-1:111111111111:p-*"
+    assert (
+        naming.prefixed_arn_pattern("aws", "sqs", "eu-west-1", "1" * 12, "p")
+        == "arn:aws:sqs:eu-west-1:111111111111:p-*"
+    )
 
 
 # --- presets and capacity ---------------------------------------------------------------------------
@@ -165,8 +181,10 @@ def test_capacity_mix_adds_up_and_favours_on_demand(desired: int, base: int, spo
         assert mix.on_demand == min(base, desired)
 
 
-@pytest.mark.parametrize(("desired", "base", "spot", "expected"), [(4, 1, 50, (3, 1)), (10, 0, 70, (3, 7)),
-                                                                   (3, 5, 100, (3, 0)), (1, 0, 50, (1, 0))])
+@pytest.mark.parametrize(
+    ("desired", "base", "spot", "expected"),
+    [(4, 1, 50, (3, 1)), (10, 0, 70, (3, 7)), (3, 5, 100, (3, 0)), (1, 0, 50, (1, 0))],
+)
 def test_capacity_mix_examples(desired: int, base: int, spot: int, expected: tuple[int, int]) -> None:
     mix = presets.capacity_mix(desired, base, spot)
     assert (mix.on_demand, mix.spot) == expected
@@ -174,8 +192,10 @@ def test_capacity_mix_examples(desired: int, base: int, spot: int, expected: tup
 
 def test_instances_distribution_block() -> None:
     assert presets.instances_distribution(1, 70) == {
-        "on_demand_base_capacity": 1, "on_demand_percentage_above_base_capacity": 30,
-        "on_demand_allocation_strategy": "prioritized", "spot_allocation_strategy": "price-capacity-optimized",
+        "on_demand_base_capacity": 1,
+        "on_demand_percentage_above_base_capacity": 30,
+        "on_demand_allocation_strategy": "prioritized",
+        "spot_allocation_strategy": "price-capacity-optimized",
     }
     with pytest.raises(ValueError, match="spot_percentage"):
         presets.instances_distribution(0, 101)
@@ -184,15 +204,18 @@ def test_instances_distribution_block() -> None:
 # --- policy documents -------------------------------------------------------------------------------
 
 SCOPE = policies.RoleScope(
-    models_bucket_arn="arn:aws:s3:::models-b", data_bucket_arn="arn:aws:s3:::data-b",
+    models_bucket_arn="arn:aws:s3:::models-b",
+    data_bucket_arn="arn:aws:s3:::data-b",
     outputs_bucket_arn="arn:aws:s3:::outputs-b",
     repository_arns=("arn:aws:ecr:us-east-1:123456789012:repository/p/serving",),
     log_group_pattern="arn:aws:logs:us-east-1:123456789012:log-group:/p/*",
-    queue_pattern="arn:aws:sqs:us-east-1:123456789012:p-*", topic_pattern="arn:aws:sns:us-east-1:123456789012:p-*",
+    queue_pattern="arn:aws:sqs:us-east-1:123456789012:p-*",
+    topic_pattern="arn:aws:sns:us-east-1:123456789012:p-*",
     kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/k",
 )
 JOB_SCOPE = policies.JobScope(
-    models_bucket_arn="arn:aws:s3:::models-b", data_bucket_arn="arn:aws:s3:::data-b",
+    models_bucket_arn="arn:aws:s3:::models-b",
+    data_bucket_arn="arn:aws:s3:::data-b",
     outputs_bucket_arn="arn:aws:s3:::outputs-b",
     repository_arns=("arn:aws:ecr:us-east-1:123456789012:repository/p/training",),
     log_group_arn="arn:aws:logs:us-east-1:123456789012:log-group:/p/jobs",
@@ -212,8 +235,14 @@ def _actions_on(doc: policies.Document, resource_prefix: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize(("builder", "scope"), [(policies.serving_policy, SCOPE), (policies.async_worker_policy, SCOPE),
-                                               (policies.batch_job_policy, JOB_SCOPE)])
+@pytest.mark.parametrize(
+    ("builder", "scope"),
+    [
+        (policies.serving_policy, SCOPE),
+        (policies.async_worker_policy, SCOPE),
+        (policies.batch_job_policy, JOB_SCOPE),
+    ],
+)
 def test_role_documents_are_valid_json_without_wildcards(builder: object, scope: object) -> None:
     doc = builder(scope)  # type: ignore[operator]
     assert json.loads(json.dumps(doc)) == doc and doc["Version"] == "2012-10-17"
@@ -238,7 +267,11 @@ def test_batch_jobs_read_data_and_models_and_write_outputs_checkpoints_and_state
     assert _actions_on(doc, "arn:aws:s3:::models-b/models/") == {"s3:GetObject", "s3:GetObjectVersion"}
     assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject"} <= _actions_on(doc, "arn:aws:s3:::outputs-b/")
     assert "ecs:RegisterContainerInstance" not in json.dumps(doc)  # the agent's rights are the instance's
-    assert _actions_on(doc, "arn:aws:logs:") == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
+    assert _actions_on(doc, "arn:aws:logs:") == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "logs:DescribeLogStreams",
+    }
 
 
 def test_batch_instances_run_the_ecs_agent_in_the_stack_clusters_only() -> None:
@@ -248,7 +281,9 @@ def test_batch_instances_run_the_ecs_agent_in_the_stack_clusters_only() -> None:
     assert "ecs:RegisterContainerInstance" in agent and "ecs:SubmitTaskStateChange" in agent
     unscoped = [st for st in doc["Statement"] if st["Resource"] == "*"]
     assert {st["Action"] if isinstance(st["Action"], str) else tuple(st["Action"]) for st in unscoped} == {
-        "ecs:DiscoverPollEndpoint", "ecr:GetAuthorizationToken"}
+        "ecs:DiscoverPollEndpoint",
+        "ecr:GetAuthorizationToken",
+    }
     assert not _actions_on(doc, "arn:aws:s3:::")  # data access is the job role's
     assert _actions_on(doc, "arn:aws:ecr:") == set(policies.ECR_PULL_ACTIONS)
 
@@ -266,12 +301,15 @@ def test_s3_managed_keys_need_no_kms_statement() -> None:
     assert not _actions_on(doc, "arn:aws:kms")
 
 
-@pytest.mark.parametrize(("statement", "problem"), [
-    ({"Effect": "Allow", "Action": "*", "Resource": "*"}, "wildcard action '*'"),
-    ({"Effect": "Allow", "Action": ["s3:*"], "Resource": "arn:aws:s3:::b"}, "wildcard action 's3:*'"),
-    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}, "['s3:GetObject'] on Resource '*'"),
-    ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}, "NotAction"),
-])
+@pytest.mark.parametrize(
+    ("statement", "problem"),
+    [
+        ({"Effect": "Allow", "Action": "*", "Resource": "*"}, "wildcard action '*'"),
+        ({"Effect": "Allow", "Action": ["s3:*"], "Resource": "arn:aws:s3:::b"}, "wildcard action 's3:*'"),
+        ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}, "['s3:GetObject'] on Resource '*'"),
+        ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}, "NotAction"),
+    ],
+)
 def test_wildcard_checker_catches_broad_grants(statement: dict[str, object], problem: str) -> None:
     problems = policies.wildcard_violations(policies.document(statement))
     assert any(problem in p for p in problems), problems
@@ -290,7 +328,10 @@ def test_tls_only_bucket_policy_denies_plain_http_and_old_tls() -> None:
     conditions = [s["Condition"] for s in doc["Statement"]]
     assert {"Bool": {"aws:SecureTransport": "false"}} in conditions
     assert {"NumericLessThan": {"s3:TlsVersion": "1.2"}} in conditions
-    assert all(s["Effect"] == "Deny" and s["Resource"] == ["arn:aws:s3:::b", "arn:aws:s3:::b/*"] for s in doc["Statement"])
+    assert all(
+        s["Effect"] == "Deny" and s["Resource"] == ["arn:aws:s3:::b", "arn:aws:s3:::b/*"]
+        for s in doc["Statement"]
+    )
 
 
 def test_ecr_lifecycle_keeps_the_last_n_and_orders_the_any_rule_last() -> None:
@@ -303,5 +344,8 @@ def test_ecr_lifecycle_keeps_the_last_n_and_orders_the_any_rule_last() -> None:
 
 def test_flow_logs_policy_is_scoped_to_its_log_group() -> None:
     doc = policies.flow_logs_policy("arn:aws:logs:us-east-1:1:log-group:fl")
-    assert doc["Statement"][0]["Resource"] == ["arn:aws:logs:us-east-1:1:log-group:fl", "arn:aws:logs:us-east-1:1:log-group:fl:*"]
+    assert doc["Statement"][0]["Resource"] == [
+        "arn:aws:logs:us-east-1:1:log-group:fl",
+        "arn:aws:logs:us-east-1:1:log-group:fl:*",
+    ]
     assert policies.wildcard_violations(doc) == []

@@ -23,11 +23,19 @@ ACCOUNT = "123456789012"
 SERVERLESS = {
     "name": "fraud",
     "variants": [
-        {"name": "small", "modelKey": "models/fraud/v1/model.tar.gz", "initialVariantWeight": 3,
-         "serverless": {"memorySizeInMB": 2048, "maxConcurrency": 20, "provisionedConcurrency": 2}},
-        {"name": "large", "modelKey": "models/fraud/v2/model.tar.gz", "initialVariantWeight": 1,
-         "serverless": {"memorySizeInMB": 6144, "maxConcurrency": 5, "multiValueHeaders": True},
-         "environment": {"SAGEMAKER_PROGRAM": "inference.py"}},
+        {
+            "name": "small",
+            "modelKey": "models/fraud/v1/model.tar.gz",
+            "initialVariantWeight": 3,
+            "serverless": {"memorySizeInMB": 2048, "maxConcurrency": 20, "provisionedConcurrency": 2},
+        },
+        {
+            "name": "large",
+            "modelKey": "models/fraud/v2/model.tar.gz",
+            "initialVariantWeight": 1,
+            "serverless": {"memorySizeInMB": 6144, "maxConcurrency": 5, "multiValueHeaders": True},
+            "environment": {"SAGEMAKER_PROGRAM": "inference.py"},
+        },
     ],
 }
 
@@ -35,24 +43,35 @@ SERVERLESS = {
 def endpoint_config(*variants: dict[str, Any], **extra: Any) -> stack_config.StackConfig:
     return stack_config.from_mapping(
         {"imageTag": "1.4.0", "endpoints": [{"name": "fraud", "variants": list(variants), **extra}]},
-        project="selfmaker", stack="dev")
+        project="selfmaker",
+        stack="dev",
+    )
 
 
 def variant(**serverless: Any) -> dict[str, Any]:
-    return {"name": "v", "modelKey": "models/fraud/model.tar.gz",
-            "serverless": {"memorySizeInMB": 2048, "maxConcurrency": 10, **serverless}}
+    return {
+        "name": "v",
+        "modelKey": "models/fraud/model.tar.gz",
+        "serverless": {"memorySizeInMB": 2048, "maxConcurrency": 10, **serverless},
+    }
 
 
 # --- config -------------------------------------------------------------------------------------------
 
+
 def test_serverless_variant_parsed_with_sagemaker_values() -> None:
-    cfg = stack_config.from_mapping({"imageTag": "1.4.0", "endpoints": [SERVERLESS]}, project="selfmaker", stack="dev")
+    cfg = stack_config.from_mapping(
+        {"imageTag": "1.4.0", "endpoints": [SERVERLESS]}, project="selfmaker", stack="dev"
+    )
     (endpoint,) = cfg.endpoints
     assert endpoint.kind == "serverless"
     small, large = endpoint.variants
     assert small.kind == "serverless" and small.serverless is not None
-    assert (small.serverless.memory_size_in_mb, small.serverless.max_concurrency,
-            small.serverless.provisioned_concurrency) == (2048, 20, 2)
+    assert (
+        small.serverless.memory_size_in_mb,
+        small.serverless.max_concurrency,
+        small.serverless.provisioned_concurrency,
+    ) == (2048, 20, 2)
     assert large.serverless is not None and large.serverless.provisioned_concurrency is None
     assert large.serverless.multi_value_headers and large.serverless.image_tag == "1.4.0"
     assert cfg.gateway is not None  # a serverless endpoint is reached through the gateway too
@@ -65,17 +84,27 @@ def test_serverless_variant_parsed_with_sagemaker_values() -> None:
         (variant(memorySizeInMB=8192), "variants[0].serverless.memorySizeInMB", "must be one of"),
         (variant(maxConcurrency=0), "variants[0].serverless.maxConcurrency", ">= 1"),
         (variant(maxConcurrency=201), "variants[0].serverless.maxConcurrency", "<= 200"),
-        (variant(provisionedConcurrency=11), "variants[0].serverless.provisionedConcurrency", "maxConcurrency (10)"),
+        (
+            variant(provisionedConcurrency=11),
+            "variants[0].serverless.provisionedConcurrency",
+            "maxConcurrency (10)",
+        ),
         (variant(provisionedConcurrency=0), "variants[0].serverless.provisionedConcurrency", ">= 1"),
         (variant(timeoutSeconds=901), "variants[0].serverless.timeoutSeconds", "<= 900"),
         (variant(burst=1), "variants[0].serverless.burst", "unknown key"),
-        ({"name": "v", "modelKey": "models/fraud/model.tar.gz", "serverless": {"maxConcurrency": 1}},
-         "variants[0].serverless.memorySizeInMB", "required"),
+        (
+            {"name": "v", "modelKey": "models/fraud/model.tar.gz", "serverless": {"maxConcurrency": 1}},
+            "variants[0].serverless.memorySizeInMB",
+            "required",
+        ),
         ({**variant(), "initialInstanceCount": 1}, "variants[0].initialInstanceCount", "no instances"),
         ({**variant(), "accelerator": "gpu"}, "variants[0].accelerator", "no instances"),
         ({**variant(), "modelKey": "other/model.tar.gz"}, "variants[0].modelKey", "outside modelPrefix"),
-        ({**variant(), "environment": {"SELFMAKER_MODEL_DATA": "x"}}, "variants[0].environment.SELFMAKER_MODEL_DATA",
-         "set by"),
+        (
+            {**variant(), "environment": {"SELFMAKER_MODEL_DATA": "x"}},
+            "variants[0].environment.SELFMAKER_MODEL_DATA",
+            "set by",
+        ),
     ],
 )
 def test_config_mistakes_name_the_key(block: dict[str, Any], key: str, words: str) -> None:
@@ -103,18 +132,37 @@ def test_rollout_has_no_meaning_for_serverless_endpoints() -> None:
 
 
 def test_component_args_validate_eagerly() -> None:
-    base: dict[str, Any] = {"variant_name": "v", "model_key": "models/m.tar.gz", "image_tag": "1",
-                            "memory_size_in_mb": 2048, "max_concurrency": 4}
+    base: dict[str, Any] = {
+        "variant_name": "v",
+        "model_key": "models/m.tar.gz",
+        "image_tag": "1",
+        "memory_size_in_mb": 2048,
+        "max_concurrency": 4,
+    }
 
     def args(**over: Any) -> ServerlessEndpointArgs:
-        return ServerlessEndpointArgs(gateway=None, variants=[ServerlessVariantArgs(**{**base, **over})],  # type: ignore[arg-type]
-                                      priority_block=10, repository_url="r", models_bucket="b", models_bucket_arn="a",
-                                      region="us-east-1", account_id=ACCOUNT, partition="aws", prefix="sm-dev", tags={})
+        return ServerlessEndpointArgs(
+            gateway=None,
+            variants=[ServerlessVariantArgs(**{**base, **over})],  # type: ignore[arg-type]
+            priority_block=10,
+            repository_url="r",
+            models_bucket="b",
+            models_bucket_arn="a",
+            region="us-east-1",
+            account_id=ACCOUNT,
+            partition="aws",
+            prefix="sm-dev",
+            tags={},
+        )
 
     assert args().alb_weights == [999]
-    for over, field in [({"memory_size_in_mb": 1000}, "memory_size_in_mb"), ({"max_concurrency": 300}, "max_concurrency"),
-                        ({"provisioned_concurrency": 5}, "provisioned_concurrency"), ({"model_key": "/x"}, "model_key"),
-                        ({"timeout_seconds": 0}, "timeout_seconds")]:
+    for over, field in [
+        ({"memory_size_in_mb": 1000}, "memory_size_in_mb"),
+        ({"max_concurrency": 300}, "max_concurrency"),
+        ({"provisioned_concurrency": 5}, "provisioned_concurrency"),
+        ({"model_key": "/x"}, "model_key"),
+        ({"timeout_seconds": 0}, "timeout_seconds"),
+    ]:
         with pytest.raises(ValueError, match=f"ServerlessEndpointArgs.variants\\[v\\].{field}"):
             args(**over)
 
@@ -137,6 +185,7 @@ def test_function_names_fit_lambda_and_keep_the_stack_prefix(endpoint: str, vari
 
 # --- the program under mocks ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def run(pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]) -> PulumiHarness:
     config = dict(dev_stack_config)
@@ -150,8 +199,9 @@ def by_name(regs: list[Registration], type_token: str) -> dict[str, Registration
     return {r.name: r for r in regs if r.type == type_token}
 
 
-def test_each_variant_is_a_lambda_function_from_the_stack_image(run: PulumiHarness,
-                                                                dev_stack_config: dict[str, str]) -> None:
+def test_each_variant_is_a_lambda_function_from_the_stack_image(
+    run: PulumiHarness, dev_stack_config: dict[str, str]
+) -> None:
     (component,) = [c for c in run.of_type("selfmaker:endpoints:ServerlessEndpoint") if c.name == "fraud"]
     functions = by_name(run.of_type("aws:lambda/function:Function"), "aws:lambda/function:Function")
     small, large = functions["fraud-small-function"].inputs, functions["fraud-large-function"].inputs
@@ -168,7 +218,9 @@ def test_each_variant_is_a_lambda_function_from_the_stack_image(run: PulumiHarne
     assert env["SELFMAKER_MODEL_DATA"] == f"s3://{models}/models/fraud/v1/model.tar.gz"
     assert (env["SELFMAKER_ENDPOINT_NAME"], env["SELFMAKER_VARIANT_NAME"]) == ("fraud", "small")
     assert large["environment"]["variables"]["SAGEMAKER_PROGRAM"] == "inference.py"
-    assert small["kmsKeyArn"] == run.named("store-key").state["arn"]  # environment encrypted with the stack key
+    assert (
+        small["kmsKeyArn"] == run.named("store-key").state["arn"]
+    )  # environment encrypted with the stack key
     logs = run.named("fraud-small-logs")
     assert small["loggingConfig"]["logGroup"] == logs.inputs["name"] == "/selfmaker-dev/fraud-small"
     assert logs.inputs["retentionInDays"] == 30
@@ -179,8 +231,11 @@ def test_provisioned_concurrency_is_on_the_published_alias(run: PulumiHarness) -
     alias = run.named("fraud-small-alias").inputs
     assert alias["name"] == "live"
     assert alias["functionVersion"] == "1"  # the version the function published
-    (provisioned,) = [p for p in run.of_type("aws:lambda/provisionedConcurrencyConfig:ProvisionedConcurrencyConfig")
-                      if p.name.startswith("fraud-")]
+    (provisioned,) = [
+        p
+        for p in run.of_type("aws:lambda/provisionedConcurrencyConfig:ProvisionedConcurrencyConfig")
+        if p.name.startswith("fraud-")
+    ]
     assert provisioned.name == "fraud-small-provisioned"
     assert provisioned.inputs["qualifier"] == "live"
     assert provisioned.inputs["provisionedConcurrentExecutions"] == 2
@@ -209,8 +264,10 @@ def test_lambda_target_groups_and_listener_rules(run: PulumiHarness) -> None:
     forward = {g["arn"]: g["weight"] for g in weighted["actions"][0]["forward"]["targetGroups"]}
     assert forward == {small.state["arn"]: 999, large.state["arn"]: 333}
     header = rules["gateway-fraud-target-2-rule"]  # the second variant's place in the block
-    assert header["conditions"][2]["httpHeader"] == {"httpHeaderName": "X-Amzn-SageMaker-Target-Variant",
-                                                     "values": ["large"]}
+    assert header["conditions"][2]["httpHeader"] == {
+        "httpHeaderName": "X-Amzn-SageMaker-Target-Variant",
+        "values": ["large"],
+    }
     assert [g["arn"] for g in header["actions"][0]["forward"]["targetGroups"]] == [large.state["arn"]]
     assert header["priority"] < weighted["priority"]
     priorities = [r.inputs["priority"] for r in run.of_type("aws:lb/listenerRule:ListenerRule")]
@@ -239,14 +296,21 @@ def test_only_the_stacks_functions_may_pull_the_image(run: PulumiHarness) -> Non
     (statement,) = json.loads(policy.inputs["policy"])["Statement"]
     assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
     assert sorted(statement["Action"]) == ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
-    assert statement["Condition"]["StringLike"]["aws:sourceArn"] == \
-        f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:selfmaker-dev-*"
+    assert (
+        statement["Condition"]["StringLike"]["aws:sourceArn"]
+        == f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:selfmaker-dev-*"
+    )
     assert statement["Condition"]["StringEquals"]["aws:sourceAccount"] == ACCOUNT
 
 
 def test_new_resources_are_tagged_parented_and_exported(run: PulumiHarness) -> None:
     components = {r.urn: r for r in run.monitor.registrations if r.type.startswith("selfmaker:")}
-    serverless_types = ("aws:lambda/", "aws:lb/targetGroup", "aws:lb/targetGroupAttachment", "aws:ecr/repositoryPolicy")
+    serverless_types = (
+        "aws:lambda/",
+        "aws:lb/targetGroup",
+        "aws:lb/targetGroupAttachment",
+        "aws:ecr/repositoryPolicy",
+    )
     checked = 0
     for reg in run.monitor.registrations:
         if not reg.type.startswith(serverless_types) and not reg.name.startswith("fraud-"):
@@ -257,12 +321,15 @@ def test_new_resources_are_tagged_parented_and_exported(run: PulumiHarness) -> N
             assert reg.inputs["tags"]["Stack"] == "dev" and reg.inputs["tags"]["Owner"] == "ml-platform"
         checked += 1
     assert checked >= 20
-    (alarm,) = [r for r in run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm") if r.name == "fraud-large-throttles"]
+    (alarm,) = [
+        r for r in run.of_type("aws:cloudwatch/metricAlarm:MetricAlarm") if r.name == "fraud-large-throttles"
+    ]
     assert alarm.inputs["metricName"] == "Throttles" and alarm.inputs["namespace"] == "AWS/Lambda"
 
 
-def test_endpoint_without_provisioned_concurrency_has_none(pulumi_harness: PulumiHarness,
-                                                           dev_stack_config: dict[str, str]) -> None:
+def test_endpoint_without_provisioned_concurrency_has_none(
+    pulumi_harness: PulumiHarness, dev_stack_config: dict[str, str]
+) -> None:
     config = dict(dev_stack_config)
     config["selfmaker:endpoints"] = json.dumps([{"name": "tiny", "variants": [variant()]}])
     runtime_config.set_all_config(config)
@@ -278,6 +345,12 @@ def test_dashboard_shows_each_variants_alias(run: PulumiHarness) -> None:
     body = json.loads(dashboard["dashboardBody"])
     metrics = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
     names = {m[1] for m in metrics}
-    assert {"Invocations", "Duration", "Errors", "Throttles", "ProvisionedConcurrencySpilloverInvocations"} <= names
+    assert {
+        "Invocations",
+        "Duration",
+        "Errors",
+        "Throttles",
+        "ProvisionedConcurrencySpilloverInvocations",
+    } <= names
     resources = {m[5] for m in metrics}
     assert resources == {"selfmaker-dev-fraud-small:live", "selfmaker-dev-fraud-large:live"}

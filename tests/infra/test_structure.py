@@ -24,7 +24,14 @@ def _creates_resource(call: ast.Call) -> bool:
     name = _dotted(call.func)
     last = name.rsplit(".", 1)[-1]
     return (name.startswith("aws.") and last[:1].isupper()) or last in {
-        "Network", "ModelStore", "ImageRepository", "Roles", "InstanceGroup", "Gateway", "RealtimeEndpoint"}
+        "Network",
+        "ModelStore",
+        "ImageRepository",
+        "Roles",
+        "InstanceGroup",
+        "Gateway",
+        "RealtimeEndpoint",
+    }
 
 
 def resources_created_in_apply(source: str) -> list[str]:
@@ -43,7 +50,12 @@ def resources_created_in_apply(source: str) -> list[str]:
                     scan(functions[callee], seen | {callee})
 
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "apply" and node.args:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "apply"
+            and node.args
+        ):
             callback = node.args[0]
             if isinstance(callback, ast.Lambda):
                 scan(callback.body, set())
@@ -65,7 +77,11 @@ def test_the_apply_checker_catches_resources_in_callbacks() -> None:
         "z.apply(lambda v: make(v))\n"
         "ok.apply(lambda v: json.dumps(v))\n"
     )
-    assert resources_created_in_apply(bad) == ["line 3: aws.ec2.Vpc", "line 2: aws.s3.Bucket", "line 2: aws.s3.Bucket"]
+    assert resources_created_in_apply(bad) == [
+        "line 3: aws.ec2.Vpc",
+        "line 2: aws.s3.Bucket",
+        "line 2: aws.s3.Bucket",
+    ]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -85,7 +101,9 @@ def test_every_component_follows_the_skeleton() -> None:
         module = "endpoints" if path.parent.name == "endpoints" else path.stem
         tree = ast.parse(path.read_text(encoding="utf-8"))
         classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
-        comps = [c for c in classes.values() if any(_dotted(b) == "pulumi.ComponentResource" for b in c.bases)]
+        comps = [
+            c for c in classes.values() if any(_dotted(b) == "pulumi.ComponentResource" for b in c.bases)
+        ]
         assert len(comps) == 1, path
         comp = comps[0]
         assert f"{comp.name}Args" in classes, f"{path.name}: no {comp.name}Args"

@@ -39,14 +39,39 @@ class PlatformProcess:
 
     def start(self, timeout: float = 30.0) -> PlatformProcess:
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SELFMAKER_STARTUP_TIMEOUT": "20", "SELFMAKER_DRAIN_TIMEOUT": "30",
-               "SELFMAKER_STOP_GRACE": "5", "SELFMAKER_TRAINING_STOP_GRACE": "10", **self.env}
+        env = {
+            **os.environ,
+            "SELFMAKER_STARTUP_TIMEOUT": "20",
+            "SELFMAKER_DRAIN_TIMEOUT": "30",
+            "SELFMAKER_STOP_GRACE": "5",
+            "SELFMAKER_TRAINING_STOP_GRACE": "10",
+            **self.env,
+        }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "selfmaker", "up", "--home", str(self.home), "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env, start_new_session=True)
-        wait_http(self.url + "/ping", timeout=timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
+                [
+                    sys.executable,
+                    "-m",
+                    "selfmaker",
+                    "up",
+                    "--home",
+                    str(self.home),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+                env=env,
+                start_new_session=True,
+            )
+        wait_http(
+            self.url + "/ping",
+            timeout=timeout,
+            alive=lambda: self.proc is not None and self.proc.poll() is None,
+        )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
@@ -79,10 +104,16 @@ class PlatformProcess:
 
 def client(service: str, url: str) -> Any:
     """A plain boto3 client pointed at the platform."""
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing",
-                        config=Config(retries={"mode": "standard", "max_attempts": 1}, max_pool_connections=32,
-                                      read_timeout=60))
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 1}, max_pool_connections=32, read_timeout=60
+        ),
+    )
 
 
 def build_classifier_tar(dest: Path, *, features: int = 4, seed: int = 0) -> Path:
@@ -95,13 +126,20 @@ def build_classifier_tar(dest: Path, *, features: int = 4, seed: int = 0) -> Pat
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
     model = LogisticRegression().fit(x, y)
     onx = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset=17)
-    signature = {"format": 1, "framework": "sklearn", "task": "binary_classification",
-                 "inputs": [{"name": onx.graph.input[0].name, "dtype": "float32", "shape": [None, features]}],
-                 "classes": [0, 1]}
+    signature = {
+        "format": 1,
+        "framework": "sklearn",
+        "task": "binary_classification",
+        "inputs": [{"name": onx.graph.input[0].name, "dtype": "float32", "shape": [None, features]}],
+        "classes": [0, 1],
+    }
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        for name, data in (("model.onnx", onx.SerializeToString()), ("signature.json", json.dumps(signature).encode())):
+        for name, data in (
+            ("model.onnx", onx.SerializeToString()),
+            ("signature.json", json.dumps(signature).encode()),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -124,8 +162,11 @@ WAIT = {"Delay": 0.25, "MaxAttempts": 400}
 
 
 def make_model(sm: Any, name: str, model_data: str) -> None:
-    sm.create_model(ModelName=name, PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": model_data},
-                    ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker")
+    sm.create_model(
+        ModelName=name,
+        PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": model_data},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
 
 
 @contextlib.contextmanager
@@ -151,8 +192,13 @@ def moto_env(moto_server: str, **settings: str) -> dict[str, str]:
 
 
 def variant(name: str, model: str, weight: float = 1.0, count: int = 1) -> dict[str, Any]:
-    return {"VariantName": name, "ModelName": model, "InstanceType": "ml.m5.large",
-            "InitialInstanceCount": count, "InitialVariantWeight": weight}
+    return {
+        "VariantName": name,
+        "ModelName": model,
+        "InstanceType": "ml.m5.large",
+        "InitialInstanceCount": count,
+        "InitialVariantWeight": weight,
+    }
 
 
 def deploy(sm: Any, name: str, variants: list[dict[str, Any]], *, wait: bool = True) -> None:
@@ -166,8 +212,14 @@ def deploy(sm: Any, name: str, variants: list[dict[str, Any]], *, wait: bool = T
 class LoadLoop:
     """Concurrent invocations in background threads, bounded in count and time; records every outcome."""
 
-    def __init__(self, invoke: Callable[[], str], *, threads: int = 4, max_calls: int = 20_000,
-                 max_seconds: float = 120.0) -> None:
+    def __init__(
+        self,
+        invoke: Callable[[], str],
+        *,
+        threads: int = 4,
+        max_calls: int = 20_000,
+        max_seconds: float = 120.0,
+    ) -> None:
         import threading
 
         self.invoke = invoke

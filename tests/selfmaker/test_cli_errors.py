@@ -13,16 +13,29 @@ import pytest
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "selfmaker", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "selfmaker", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [
-    (["--port", "99999"], {}, "invalid port (--port or SELFMAKER_PORT): Input should be less than or equal to 65535"),
-    ([], {"SELFMAKER_PORT": "abc"}, "invalid port (--port or SELFMAKER_PORT)"),
-    (["--account-id", "12"], {}, "invalid account_id (--account-id or SELFMAKER_ACCOUNT_ID)"),
-    ([], {"SELFMAKER_ACCOUNT_ID": "123"}, "invalid account_id"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["--port", "99999"],
+            {},
+            "invalid port (--port or SELFMAKER_PORT): Input should be less than or equal to 65535",
+        ),
+        ([], {"SELFMAKER_PORT": "abc"}, "invalid port (--port or SELFMAKER_PORT)"),
+        (["--account-id", "12"], {}, "invalid account_id (--account-id or SELFMAKER_ACCOUNT_ID)"),
+        ([], {"SELFMAKER_ACCOUNT_ID": "123"}, "invalid account_id"),
+    ],
+)
 def test_up_rejects_bad_settings(tmp_path: Path, args: list[str], env: dict[str, str], message: str) -> None:
     proc = run("up", "--home", str(tmp_path / "home"), *args, env=env)
     assert proc.returncode == 2, proc.stderr
@@ -41,7 +54,10 @@ def test_up_says_when_it_cannot_use_the_home_or_the_address(tmp_path: Path) -> N
         port = taken.getsockname()[1]
         proc = run("up", "--home", str(tmp_path / "home"), "--host", "127.0.0.1", "--port", str(port))
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert f"selfmaker up: cannot listen on 127.0.0.1:{port}" in proc.stderr and "address already in use" in proc.stderr
+    assert (
+        f"selfmaker up: cannot listen on 127.0.0.1:{port}" in proc.stderr
+        and "address already in use" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 

@@ -26,8 +26,11 @@ def _tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = N
 
 
 def test_archive_is_unpacked(tmp_path: Path) -> None:
-    archive = _tar(tmp_path / "model.tar.gz", {"model.onnx": b"graph", "code/inference.py": b"x = 1\n"},
-                   links={"code/alias.py": "inference.py"})
+    archive = _tar(
+        tmp_path / "model.tar.gz",
+        {"model.onnx": b"graph", "code/inference.py": b"x = 1\n"},
+        links={"code/alias.py": "inference.py"},
+    )
     model_dir = fetch_model_data({"ModelDataUrl": archive.as_uri()}, tmp_path / "dest")
     assert (model_dir / "model.onnx").read_bytes() == b"graph"
     assert (model_dir / "code" / "alias.py").read_text() == "x = 1\n"
@@ -35,19 +38,25 @@ def test_archive_is_unpacked(tmp_path: Path) -> None:
 
 def test_directory_is_used_as_is_and_a_plain_file_is_copied(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
-    assert fetch_model_data({"ModelDataUrl": (tmp_path / "dir").as_uri()}, tmp_path / "d1") == tmp_path / "dir"
+    assert (
+        fetch_model_data({"ModelDataUrl": (tmp_path / "dir").as_uri()}, tmp_path / "d1") == tmp_path / "dir"
+    )
     (tmp_path / "weights.bin").write_bytes(b"w")
     model_dir = fetch_model_data({"ModelDataUrl": (tmp_path / "weights.bin").as_uri()}, tmp_path / "d2")
     assert (model_dir / "weights.bin").read_bytes() == b"w"
 
 
-@pytest.mark.parametrize(("members", "links", "reason"), [
-    ({"../evil.txt": b"x"}, None, "contains '..'"),
-    ({"/etc/evil": b"x"}, None, "absolute path"),
-    ({}, {"escape": "../../outside"}, "links outside"),
-])
-def test_unsafe_archives_are_refused(tmp_path: Path, members: dict[str, bytes], links: dict[str, str] | None,
-                                     reason: str) -> None:
+@pytest.mark.parametrize(
+    ("members", "links", "reason"),
+    [
+        ({"../evil.txt": b"x"}, None, "contains '..'"),
+        ({"/etc/evil": b"x"}, None, "absolute path"),
+        ({}, {"escape": "../../outside"}, "links outside"),
+    ],
+)
+def test_unsafe_archives_are_refused(
+    tmp_path: Path, members: dict[str, bytes], links: dict[str, str] | None, reason: str
+) -> None:
     archive = _tar(tmp_path / "bad.tar.gz", members, links)
     with pytest.raises(ModelDataError, match=reason):
         fetch_model_data({"ModelDataUrl": archive.as_uri()}, tmp_path / "dest")

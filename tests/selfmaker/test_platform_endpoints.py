@@ -27,7 +27,9 @@ def _instance_pids(sm: Any, platform_server: Any, endpoint: str) -> set[int]:
     return {i["Pid"] for i in data["instances"] if i["EndpointName"] == endpoint and i["Pid"]}
 
 
-def test_endpoint_lifecycle_invoke_and_delete(sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str) -> None:
+def test_endpoint_lifecycle_invoke_and_delete(
+    sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str
+) -> None:
     model, endpoint = _name("m"), _name("Ep")
     make_model(sm, model, onnx_model_tar)
     deploy(sm, endpoint, [variant("AllTraffic", model, count=2)])
@@ -42,8 +44,14 @@ def test_endpoint_lifecycle_invoke_and_delete(sm: Any, smr: Any, platform_server
     listed = sm.list_endpoints(NameContains=endpoint, StatusEquals="InService")["Endpoints"]
     assert [e["EndpointName"] for e in listed] == [endpoint]
 
-    resp = smr.invoke_endpoint(EndpointName=endpoint, Body=ROW + b"\n-2,-2,0,0", ContentType="text/csv",
-                               Accept="application/json", CustomAttributes="trace=1", InferenceId="abc-1")
+    resp = smr.invoke_endpoint(
+        EndpointName=endpoint,
+        Body=ROW + b"\n-2,-2,0,0",
+        ContentType="text/csv",
+        Accept="application/json",
+        CustomAttributes="trace=1",
+        InferenceId="abc-1",
+    )
     body = json.loads(resp["Body"].read())
     assert [p["label"] for p in body["predictions"]] == [1, 0]
     assert resp["InvokedProductionVariant"] == "AllTraffic"
@@ -64,8 +72,15 @@ def test_endpoint_lifecycle_invoke_and_delete(sm: Any, smr: Any, platform_server
 def test_weights_80_20_and_target_variant(sm: Any, smr: Any, onnx_model_tar: str) -> None:
     model, endpoint = _name("m"), _name("split")
     make_model(sm, model, onnx_model_tar)
-    deploy(sm, endpoint, [variant("Blue", model, weight=0.8), variant("Green", model, weight=0.2),
-                          variant("Dark", model, weight=0.0)])
+    deploy(
+        sm,
+        endpoint,
+        [
+            variant("Blue", model, weight=0.8),
+            variant("Green", model, weight=0.2),
+            variant("Dark", model, weight=0.0),
+        ],
+    )
     with ThreadPoolExecutor(8) as pool:
         counts = Counter(pool.map(lambda _: invoke_variant(smr, endpoint), range(2000)))
     assert set(counts) == {"Blue", "Green"}  # weight 0 gets no untargeted traffic
@@ -87,31 +102,46 @@ def test_invoke_endpoint_with_response_stream(sm: Any, smr: Any, onnx_model_tar:
     make_model(sm, model, onnx_model_tar)
     deploy(sm, endpoint, [variant("Blue", model, weight=1.0), variant("Green", model, weight=0.0)])
     rows = "".join(f"{i % 7 * 0.1:.1f},1.0,-0.5,{i % 3}\n" for i in range(3000)).encode()
-    whole = smr.invoke_endpoint(EndpointName=endpoint, Body=rows, ContentType="text/csv",
-                                Accept="application/json", TargetVariant="Green")
+    whole = smr.invoke_endpoint(
+        EndpointName=endpoint,
+        Body=rows,
+        ContentType="text/csv",
+        Accept="application/json",
+        TargetVariant="Green",
+    )
     expected = whole["Body"].read()
     assert len(expected) > 64 * 1024
-    resp = smr.invoke_endpoint_with_response_stream(EndpointName=endpoint, Body=rows, ContentType="text/csv",
-                                                    Accept="application/json", TargetVariant="Green")
+    resp = smr.invoke_endpoint_with_response_stream(
+        EndpointName=endpoint,
+        Body=rows,
+        ContentType="text/csv",
+        Accept="application/json",
+        TargetVariant="Green",
+    )
     assert resp["InvokedProductionVariant"] == "Green"
     assert resp["ContentType"].startswith("application/json")
     events = list(resp["Body"])
     assert len(events) == -(-len(expected) // (64 * 1024)) and all(set(e) == {"PayloadPart"} for e in events)
     assert b"".join(e["PayloadPart"]["Bytes"] for e in events) == expected
-    csv = smr.invoke_endpoint_with_response_stream(EndpointName=endpoint, Body=b"1,2,3,4", ContentType="text/csv",
-                                                   Accept="text/csv")
+    csv = smr.invoke_endpoint_with_response_stream(
+        EndpointName=endpoint, Body=b"1,2,3,4", ContentType="text/csv", Accept="text/csv"
+    )
     assert csv["ContentType"].startswith("text/csv")
     assert b"".join(e["PayloadPart"]["Bytes"] for e in csv["Body"]).count(b"\n") == 1
     with pytest.raises(ClientError) as info:  # the model's 400 comes back as ModelError, before any stream
         smr.invoke_endpoint_with_response_stream(EndpointName=endpoint, Body=b"1,2", ContentType="text/csv")
     assert info.value.response["Error"]["Code"] == "ModelError"
     with pytest.raises(ClientError) as info:
-        smr.invoke_endpoint_with_response_stream(EndpointName="no-such-endpoint", Body=b"1", ContentType="text/csv")
+        smr.invoke_endpoint_with_response_stream(
+            EndpointName="no-such-endpoint", Body=b"1", ContentType="text/csv"
+        )
     assert info.value.response["Error"]["Code"] == "ValidationError"
     sm.delete_endpoint(EndpointName=endpoint)
 
 
-def test_runtime_errors(sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str, broken_model_tar: str) -> None:
+def test_runtime_errors(
+    sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str, broken_model_tar: str
+) -> None:
     model, endpoint = _name("m"), _name("err")
     make_model(sm, model, onnx_model_tar)
     deploy(sm, endpoint, [variant("AllTraffic", model)])
@@ -133,13 +163,21 @@ def test_runtime_errors(sm: Any, smr: Any, platform_server: Any, onnx_model_tar:
     # chunked (no Content-Length), also past the HTTP layer's own 64 MB cap: 400, never a 500
     for megabytes in (7, 65):
         chunks = (b"0" * (1 << 20) for _ in range(megabytes))
-        resp = requests.post(f"{platform_server.url}/endpoints/{endpoint}/invocations", data=chunks,
-                             headers={"Content-Type": "text/csv"}, timeout=60)
+        resp = requests.post(
+            f"{platform_server.url}/endpoints/{endpoint}/invocations",
+            data=chunks,
+            headers={"Content-Type": "text/csv"},
+            timeout=60,
+        )
         assert resp.status_code == 400, (megabytes, resp.text)
         assert resp.headers["x-amzn-ErrorType"] == "ValidationError"
         assert "payload is too large" in resp.json()["message"]
-    resp = requests.post(platform_server.url, data=(b" " * (1 << 20) for _ in range(65)), timeout=60,
-                         headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.ListModels"})
+    resp = requests.post(
+        platform_server.url,
+        data=(b" " * (1 << 20) for _ in range(65)),
+        timeout=60,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "SageMaker.ListModels"},
+    )
     assert resp.status_code == 400 and resp.json()["__type"] == "ValidationException"
     assert smr.invoke_endpoint(EndpointName=endpoint, Body=b"1,2,3,4", ContentType="text/csv")["Body"].read()
     # the runtime model's constraints on URI and header members, and members selfmaker cannot honour
@@ -153,14 +191,19 @@ def test_runtime_errors(sm: Any, smr: Any, platform_server: Any, onnx_model_tar:
         ({"InferenceComponentName": "ic1"}, "InferenceComponentName is not supported"),
     ):
         with pytest.raises(ClientError) as info:
-            smr.invoke_endpoint(**{"EndpointName": endpoint, "Body": b"1,2,3,4", "ContentType": "text/csv", **kwargs})
+            smr.invoke_endpoint(
+                **{"EndpointName": endpoint, "Body": b"1,2,3,4", "ContentType": "text/csv", **kwargs}
+            )
         assert info.value.response["Error"]["Code"] == "ValidationError", kwargs
         assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
         assert fragment in info.value.response["Error"]["Message"], info.value.response["Error"]["Message"]
     with pytest.raises(ClientError) as info:
         invoke_variant(smr, "no-such-endpoint")
     assert info.value.response["Error"]["Code"] == "ValidationError"
-    assert info.value.response["Error"]["Message"] == "Endpoint no-such-endpoint of account 123456789012 not found."
+    assert (
+        info.value.response["Error"]["Message"]
+        == "Endpoint no-such-endpoint of account 123456789012 not found."
+    )
     with pytest.raises(ClientError) as info:  # endpoint names are case-sensitive at invoke time
         invoke_variant(smr, endpoint.upper())
     assert info.value.response["Error"]["Code"] == "ValidationError"
@@ -192,7 +235,9 @@ def test_blue_green_update_under_load(sm: Any, smr: Any, platform_server: Any, o
     make_model(sm, model_b, onnx_model_tar)
     deploy(sm, endpoint, [variant("Old", model_a)])
     old_pids = _instance_pids(sm, platform_server, endpoint)
-    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-v2", ProductionVariants=[variant("New", model_b, count=2)])
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{endpoint}-v2", ProductionVariants=[variant("New", model_b, count=2)]
+    )
     statuses = set()
     with LoadLoop(lambda: invoke_variant(smr, endpoint), threads=4) as load:
         load.wait_for_calls(50)
@@ -207,7 +252,7 @@ def test_blue_green_update_under_load(sm: Any, smr: Any, platform_server: Any, o
     assert load.errors == []
     assert {"Old", "New"} <= set(load.variants)
     first_new = load.variants.index("New")
-    assert "Old" not in load.variants[first_new + 8 * load.threads:]  # only stragglers in flight at the swap
+    assert "Old" not in load.variants[first_new + 8 * load.threads :]  # only stragglers in flight at the swap
     desc = sm.describe_endpoint(EndpointName=endpoint)
     assert desc["EndpointConfigName"] == f"{endpoint}-v2"
     assert [v["VariantName"] for v in desc["ProductionVariants"]] == ["New"]
@@ -223,26 +268,35 @@ def test_weights_and_capacities_under_load(sm: Any, smr: Any, onnx_model_tar: st
     deploy(sm, endpoint, [variant("A", model, weight=1.0), variant("B", model, weight=1.0)])
     with LoadLoop(lambda: invoke_variant(smr, endpoint), threads=4) as load:
         load.wait_for_calls(40)
-        sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=[
-            {"VariantName": "A", "DesiredWeight": 0.0}, {"VariantName": "B", "DesiredInstanceCount": 2}])
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName=endpoint,
+            DesiredWeightsAndCapacities=[
+                {"VariantName": "A", "DesiredWeight": 0.0},
+                {"VariantName": "B", "DesiredInstanceCount": 2},
+            ],
+        )
         sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
         mark = load.count()
         load.wait_for_calls(100)
-        sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=[
-            {"VariantName": "B", "DesiredInstanceCount": 1}])
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName=endpoint,
+            DesiredWeightsAndCapacities=[{"VariantName": "B", "DesiredInstanceCount": 1}],
+        )
         sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
         load.wait_for_calls(40)
     assert load.errors == []
-    assert set(load.variants[mark + 4 * load.threads:]) == {"B"}
+    assert set(load.variants[mark + 4 * load.threads :]) == {"B"}
     desc = {v["VariantName"]: v for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]}
     assert desc["A"]["CurrentWeight"] == 0.0 and desc["B"]["CurrentWeight"] == 1.0
     assert desc["B"]["CurrentInstanceCount"] == 1
     assert invoke_variant(smr, endpoint, TargetVariant="A") == "A"
 
-    for bad, code in (([{"VariantName": "Z", "DesiredWeight": 1.0}], "ValidationException"),
-                      ([{"VariantName": "B", "DesiredWeight": 0.0}], "ValidationException"),
-                      ([{"VariantName": "B", "DesiredInstanceCount": 0}], "ValidationException"),
-                      ([{"VariantName": "B", "DesiredInstanceCount": 500}], "ResourceLimitExceeded")):
+    for bad, code in (
+        ([{"VariantName": "Z", "DesiredWeight": 1.0}], "ValidationException"),
+        ([{"VariantName": "B", "DesiredWeight": 0.0}], "ValidationException"),
+        ([{"VariantName": "B", "DesiredInstanceCount": 0}], "ValidationException"),
+        ([{"VariantName": "B", "DesiredInstanceCount": 500}], "ResourceLimitExceeded"),
+    ):
         with pytest.raises(ClientError) as info:
             sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=bad)
         assert info.value.response["Error"]["Code"] == code
@@ -270,13 +324,16 @@ def test_delete_under_load_fails_no_in_flight_request(sm: Any, smr: Any, onnx_mo
     assert os.path.basename(endpoint)
 
 
-def test_failed_update_keeps_serving_the_old_config_and_retain_properties(sm: Any, smr: Any, tmp_path: Any,
-                                                                         onnx_model_tar: str) -> None:
+def test_failed_update_keeps_serving_the_old_config_and_retain_properties(
+    sm: Any, smr: Any, tmp_path: Any, onnx_model_tar: str
+) -> None:
     model, missing, endpoint = _name("m"), _name("missing"), _name("upd")
     make_model(sm, model, onnx_model_tar)
     make_model(sm, missing, (tmp_path / "nowhere" / "model.tar.gz").as_uri())
     deploy(sm, endpoint, [variant("A", model, weight=1.0), variant("B", model, weight=1.0)])
-    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-bad", ProductionVariants=[variant("A", missing)])
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{endpoint}-bad", ProductionVariants=[variant("A", missing)]
+    )
     sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-bad")
     sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
     desc = sm.describe_endpoint(EndpointName=endpoint)
@@ -285,20 +342,35 @@ def test_failed_update_keeps_serving_the_old_config_and_retain_properties(sm: An
     assert invoke_variant(smr, endpoint) in {"A", "B"}
 
     # weights changed live are kept by RetainAllVariantProperties, unless excluded
-    sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=[
-        {"VariantName": "A", "DesiredWeight": 0.0}])
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName=endpoint, DesiredWeightsAndCapacities=[{"VariantName": "A", "DesiredWeight": 0.0}]
+    )
     sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
-    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-v2",
-                              ProductionVariants=[variant("A", model, weight=5.0), variant("B", model, weight=1.0)])
-    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-v2", RetainAllVariantProperties=True)
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{endpoint}-v2",
+        ProductionVariants=[variant("A", model, weight=5.0), variant("B", model, weight=1.0)],
+    )
+    sm.update_endpoint(
+        EndpointName=endpoint, EndpointConfigName=f"{endpoint}-v2", RetainAllVariantProperties=True
+    )
     sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
-    weights = {v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]}
+    weights = {
+        v["VariantName"]: v["CurrentWeight"]
+        for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]
+    }
     assert weights == {"A": 0.0, "B": 1.0}
     assert "FailureReason" not in sm.describe_endpoint(EndpointName=endpoint)
-    sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-v2", RetainAllVariantProperties=True,
-                       ExcludeRetainedVariantProperties=[{"VariantPropertyType": "DesiredWeight"}])
+    sm.update_endpoint(
+        EndpointName=endpoint,
+        EndpointConfigName=f"{endpoint}-v2",
+        RetainAllVariantProperties=True,
+        ExcludeRetainedVariantProperties=[{"VariantPropertyType": "DesiredWeight"}],
+    )
     sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig=WAIT)
-    weights = {v["VariantName"]: v["CurrentWeight"] for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]}
+    weights = {
+        v["VariantName"]: v["CurrentWeight"]
+        for v in sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]
+    }
     assert weights == {"A": 5.0, "B": 1.0}
     sm.delete_endpoint(EndpointName=endpoint)
 
@@ -311,8 +383,9 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_dead_model_server_is_routed_around_and_replaced(sm: Any, smr: Any, platform_server: Any,
-                                                         onnx_model_tar: str) -> None:
+def test_dead_model_server_is_routed_around_and_replaced(
+    sm: Any, smr: Any, platform_server: Any, onnx_model_tar: str
+) -> None:
     import signal
     import time
 

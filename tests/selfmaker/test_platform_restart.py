@@ -54,11 +54,19 @@ def _long_job(tmp_path: Path, name: str) -> dict[str, Any]:
     (tmp_path / "data/train").mkdir(parents=True)
     np.savetxt(tmp_path / "data/train/d.csv", np.column_stack([y, x]), delimiter=",", fmt="%.5f")
     return {
-        "TrainingJobName": name, "RoleArn": "arn:aws:iam::123456789012:role/selfmaker",
+        "TrainingJobName": name,
+        "RoleArn": "arn:aws:iam::123456789012:role/selfmaker",
         "AlgorithmSpecification": {"TrainingImage": "sagemaker-xgboost:1.7-1", "TrainingInputMode": "File"},
         "HyperParameters": {"num_round": "200000", "objective": "binary:logistic"},
-        "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": (tmp_path / "data/train").as_uri()}}}],
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "ContentType": "text/csv",
+                "DataSource": {
+                    "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": (tmp_path / "data/train").as_uri()}
+                },
+            }
+        ],
         "OutputDataConfig": {"S3OutputPath": (tmp_path / "out").as_uri()},
         "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
         "StoppingCondition": {"MaxRuntimeInSeconds": 600},
@@ -73,8 +81,9 @@ def test_crash_and_restart_restores_endpoints_and_fails_running_jobs(tmp_path: P
         sm, smr = server.sagemaker(), server.runtime()
         make_model(sm, "m", model_uri)
         deploy(sm, "Survivor", [variant("A", "m", weight=3.0), variant("B", "m", weight=1.0)])
-        sm.update_endpoint_weights_and_capacities(EndpointName="Survivor", DesiredWeightsAndCapacities=[
-            {"VariantName": "A", "DesiredWeight": 0.0}])
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName="Survivor", DesiredWeightsAndCapacities=[{"VariantName": "A", "DesiredWeight": 0.0}]
+        )
         sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
         # as on SageMaker, the endpoint outlives its model and config: they were resolved at deployment
         sm.delete_model(ModelName="m")

@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from serving.router import WeightedChoice, least_outstanding, shares
 
-weights_st = st.lists(st.floats(min_value=0, max_value=1000, allow_nan=False, allow_infinity=False), min_size=1,
-                      max_size=10)
+weights_st = st.lists(
+    st.floats(min_value=0, max_value=1000, allow_nan=False, allow_infinity=False), min_size=1, max_size=10
+)
 
 
 @given(weights_st, st.floats(min_value=0, max_value=1, exclude_max=True))

@@ -64,7 +64,10 @@ def test_keep_alive_reuses_one_connection_and_echoes() -> None:
             except asyncio.IncompleteReadError:
                 break
             assert b"X-Test: yes" in head
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
             await writer.drain()
         writer.close()
 
@@ -73,24 +76,31 @@ def test_keep_alive_reuses_one_connection_and_echoes() -> None:
         pool = UpstreamPool("127.0.0.1", port)
         for i in range(5):
             resp = await pool.request("POST", "/invocations", {"X-Test": "yes"}, f"body-{i}".encode(), 5)
-            assert (resp.status, resp.body, resp.headers["content-type"]) == (200, f"body-{i}".encode(), "text/plain")
+            assert (resp.status, resp.body, resp.headers["content-type"]) == (
+                200,
+                f"body-{i}".encode(),
+                "text/plain",
+            )
         await _finish(server, pool)
         assert connections == 1
 
     _run(main())
 
 
-@pytest.mark.parametrize("response", [
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n"
-    b"X-Trailer: 1\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabcdefg",
-    b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nabcdefg",
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\n"
+        b"X-Trailer: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabcdefg",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nabcdefg",
+    ],
+)
 def test_chunked_read_to_close_and_http10_bodies(response: bytes) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         for i in range(0, len(response), 5):  # dribble the answer in small writes
-            writer.write(response[i:i + 5])
+            writer.write(response[i : i + 5])
             await writer.drain()
             await asyncio.sleep(0)
         writer.close()
@@ -156,9 +166,11 @@ def test_connect_error_timeout_and_broken_responses() -> None:
     async def main() -> None:
         with pytest.raises(ConnectError):
             await UpstreamPool("127.0.0.1", dead_port).request("POST", "/", {}, b"", 5)
-        for handler, error, timeout, match in ((silent, asyncio.TimeoutError, 0.2, None),
-                                               (hang_up, UpstreamClosed, 5, "before a complete response"),
-                                               (garbage, UpstreamError, 5, "bad status line")):
+        for handler, error, timeout, match in (
+            (silent, asyncio.TimeoutError, 0.2, None),
+            (hang_up, UpstreamClosed, 5, "before a complete response"),
+            (garbage, UpstreamError, 5, "bad status line"),
+        ):
             server, port = await _serve(handler)
             pool = UpstreamPool("127.0.0.1", port)
             with pytest.raises(error, match=match):

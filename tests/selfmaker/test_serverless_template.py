@@ -223,10 +223,15 @@ def test_forked_servers_end_when_the_template_is_killed(
     handle = None
     try:
         handle = loop.run_until_complete(
-            tpl.spawn(instance_id="orphan-1", module="serving",
-                      args=["--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
-                      env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}, cwd=tmp_path,
-                      log_path=tmp_path / "orphan-1.log", memory_mb=None)
+            tpl.spawn(
+                instance_id="orphan-1",
+                module="serving",
+                args=["--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+                env={"SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+                cwd=tmp_path,
+                log_path=tmp_path / "orphan-1.log",
+                memory_mb=None,
+            )
         )
         wait_answer(f"http://127.0.0.1:{port}/invocations", handle.alive)
         server = psutil.Process(handle.pid)

@@ -37,7 +37,10 @@ def _fit_and_export(kind: str, out_dir: Path, signature: dict[str, Any] | None) 
         model = LinearRegression().fit(X, y)
     options = {id(model): {"zipmap": False}} if kind != "regression" else None
     onx = convert_sklearn(
-        model, initial_types=[("input", FloatTensorType([None, N_FEATURES]))], options=options, target_opset=17
+        model,
+        initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
+        options=options,
+        target_opset=17,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.onnx").write_bytes(onx.SerializeToString())

@@ -46,7 +46,9 @@ def tar_dir(model_dir: Path, archive: Path) -> Path:
     return archive
 
 
-def add_member(tar: tarfile.TarFile, name: str, *, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+def add_member(
+    tar: tarfile.TarFile, name: str, *, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link: str = ""
+) -> None:
     """Add one crafted member (file, symlink, hard link, device, FIFO) to an open archive."""
     info = tarfile.TarInfo(name)
     info.type = kind

@@ -278,14 +278,19 @@ def test_within_reads_keys_verbatim() -> None:
     assert within("s3://in-bucket/data#1/x.csv", allowed)
     assert not within("s3://in-bucket/data#2/x.csv", allowed), "outside the prefix the role may read"
     assert not within("s3://in-bucket/data?1/x.csv", allowed)
-    assert not within("https://in-bucket.s3.amazonaws.com/data#1/x", allowed), "s3:// URIs only (the caller converts)"
+    assert not within("https://in-bucket.s3.amazonaws.com/data#1/x", allowed), (
+        "s3:// URIs only (the caller converts)"
+    )
 
 
 def test_input_key_with_query_and_fragment_characters_is_checked_whole(front: Front) -> None:
     key = "async/ep/a?b#c.csv"
     front.s3.put_object(Bucket="in-bucket", Key=key, Body=b"1,2,3,4\n")
-    resp = front.handle(_event({"x-amzn-sagemaker-inputlocation": f"s3://in-bucket/{key}",
-                                "x-amzn-sagemaker-inference-id": "qf"}))
+    resp = front.handle(
+        _event(
+            {"x-amzn-sagemaker-inputlocation": f"s3://in-bucket/{key}", "x-amzn-sagemaker-inference-id": "qf"}
+        )
+    )
     assert resp["statusCode"] == 202, resp["body"]
     msgs = front.sqs.receive_message(QueueUrl=front.settings.queue_url, MaxNumberOfMessages=10)["Messages"]
     assert [AsyncRequest.from_json(m["Body"]).input_location for m in msgs] == [f"s3://in-bucket/{key}"]

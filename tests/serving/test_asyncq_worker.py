@@ -429,7 +429,9 @@ def _deliveries(queue: SqliteQueue, req: AsyncRequest) -> int:
 def _processing_threads(queue: SqliteQueue) -> list[threading.Thread]:
     """Live processing threads of the workers on ``queue`` (named ``asyncq-<queue>-<n>`` by AsyncWorker)."""
     prefix = f"asyncq-{queue.name}-"
-    return [t for t in threading.enumerate() if t.name.startswith(prefix) and not t.name.endswith("-heartbeat")]
+    return [
+        t for t in threading.enumerate() if t.name.startswith(prefix) and not t.name.endswith("-heartbeat")
+    ]
 
 
 def test_graceful_stop_hands_back_in_flight_request(tmp_path: Path, aws: Aws, container: Container) -> None:
@@ -447,7 +449,9 @@ def test_graceful_stop_hands_back_in_flight_request(tmp_path: Path, aws: Aws, co
         second.stop()
     # the first worker's abandoned invocation returns once the container answers it; when its thread
     # has ended, whatever it would have written or notified is there to see
-    wait_until(lambda: not _processing_threads(queue), timeout=20, what="the first worker's invocation to return")
+    wait_until(
+        lambda: not _processing_threads(queue), timeout=20, what="the first worker's invocation to return"
+    )
     assert aws.keys("out/") == [f"out/{req.inference_id}.out"]
     assert len(aws.notifications(1)) == 1
     queue.close()
@@ -455,8 +459,20 @@ def test_graceful_stop_hands_back_in_flight_request(tmp_path: Path, aws: Aws, co
 
 def worker_cmd(db: Path, model_url: str, *options: str) -> list[str]:
     """``python -m serving.asyncq`` on the SQLite queue ``db`` (endpoint ``ep``) in front of ``model_url``."""
-    return [sys.executable, "-m", "serving.asyncq", "--queue", f"sqlite:{db}", "--name", "ep",
-            "--model-url", model_url, *options, "--log-level", "WARNING"]
+    return [
+        sys.executable,
+        "-m",
+        "serving.asyncq",
+        "--queue",
+        f"sqlite:{db}",
+        "--name",
+        "ep",
+        "--model-url",
+        model_url,
+        *options,
+        "--log-level",
+        "WARNING",
+    ]
 
 
 def worker_env(aws: Aws) -> dict[str, str]:

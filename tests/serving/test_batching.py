@@ -149,7 +149,9 @@ def test_a_lone_bad_record_does_not_fail_the_records_stacked_with_it(binary_mode
     answers = assert_same_answers(plane, [(good, CSV, None), (b"0.1,0.2,,0.4", CSV, None), (good, CSV, None)])
     # an empty field is NaN for the default handler: answered, not refused
     assert all(isinstance(a, InvocationResult) for a in answers)
-    answers = assert_same_answers(plane, [(good, CSV, None), (b"inf,nan,1e999,x", CSV, None), (good, CSV, None)])
+    answers = assert_same_answers(
+        plane, [(good, CSV, None), (b"inf,nan,1e999,x", CSV, None), (good, CSV, None)]
+    )
     assert isinstance(answers[1], Exception) and isinstance(answers[0], InvocationResult)
 
 
@@ -199,7 +201,9 @@ def test_one_record_requests_with_the_same_headers_are_answered_as_alone(
     answers = assert_same_answers(plane, [(line, "text/csv; charset=utf-8", accept) for line in text])
     assert all(isinstance(answer, InvocationResult) for answer in answers)
     # one bad record among them: its own 400, the others their answers
-    answers = assert_same_answers(plane, [(line, CSV, accept) for line in text[:2]] + [(b"1,2,3", CSV, accept)])
+    answers = assert_same_answers(
+        plane, [(line, CSV, accept) for line in text[:2]] + [(b"1,2,3", CSV, accept)]
+    )
     assert [type(a).__name__ for a in answers] == ["InvocationResult", "InvocationResult", "BadRequestError"]
     if accept is not None:  # an Accept the model cannot answer: every request its own 406
         answers = assert_same_answers(plane, [(line, CSV, accept + "x") for line in text[:3]])
@@ -217,7 +221,9 @@ def test_zipmap_outputs_split_per_request(tmp_path: Path) -> None:
     model = LogisticRegression(max_iter=500).fit(x, y)
     (tmp_path / "model.onnx").write_bytes(to_onnx(model, x[:1], target_opset=17).SerializeToString())
     plane = plane_for(tmp_path)
-    answers = assert_same_answers(plane, [(b"-2.0,0,0,0", CSV, None), (b"2.0,0,0,0", CSV, None), (b"0,0,0,0", CSV, CSV)])
+    answers = assert_same_answers(
+        plane, [(b"-2.0,0,0,0", CSV, None), (b"2.0,0,0,0", CSV, None), (b"0,0,0,0", CSV, CSV)]
+    )
     labels = [json.loads(a.body)["predictions"][0]["label"] for a in answers[:2]]
     assert labels == ["cat", "eel"]
 
@@ -238,7 +244,8 @@ def test_a_model_with_a_fixed_batch_dimension_runs_each_request_alone(tmp_path: 
     onnx.save(model, str(tmp_path / "model.onnx"))
     plane = plane_for(tmp_path)
     answers = assert_same_answers(
-        plane, [(b"1,2,3", CSV, None), (b"4,5,6", CSV, CSV), (b"1,2,3\n4,5,6", CSV, None), (b"7,8,9", CSV, None)]
+        plane,
+        [(b"1,2,3", CSV, None), (b"4,5,6", CSV, CSV), (b"1,2,3\n4,5,6", CSV, None), (b"7,8,9", CSV, None)],
     )
     assert json.loads(answers[0].body) == {"predictions": [[2.0, 4.0, 6.0]]}
     assert answers[1].body == b"8.0,10.0,12.0\n"
@@ -251,7 +258,10 @@ def _two_input_model(path: Path, second_dim: str) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["b"], ["total"], keepdims=0), helper.make_node("Mul", ["a", "total"], ["y"])],
+        [
+            helper.make_node("ReduceSum", ["b"], ["total"], keepdims=0),
+            helper.make_node("Mul", ["a", "total"], ["y"]),
+        ],
         "two",
         [
             helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 2]),
@@ -334,7 +344,12 @@ def paused(pid: int) -> Iterator[None]:
 
 
 def request_bytes(body: bytes, content_type: str, accept: str | None = None) -> bytes:
-    head = ["POST /invocations HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    head = [
+        "POST /invocations HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+    ]
     if accept:
         head.append(f"Accept: {accept}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -415,7 +430,9 @@ def assert_same_http_answers(got: list[tuple[int, str, bytes]], want: list[tuple
             assert json.loads(body) == json.loads(want_body)
 
 
-def test_requests_arriving_together_are_answered_together(serve: Callable[..., Server], binary_model: Path) -> None:
+def test_requests_arriving_together_are_answered_together(
+    serve: Callable[..., Server], binary_model: Path
+) -> None:
     server = serve("--model-dir", str(binary_model), workers=1)
     before = batch_size_metric(server)
     together = send_together(server, MIXED)

@@ -199,7 +199,9 @@ def test_npy_decoder_falls_back_to_numpy_for_what_it_does_not_read_itself() -> N
     body = codecs.encode_npy(np.zeros((2, 2), dtype=np.float32))
     with pytest.raises(BadRequestError, match="malformed NPY body"):
         codecs.decode_npy(body[:-1])  # truncated data: numpy's own error, as before
-    np.testing.assert_array_equal(codecs.decode_npy(body + b"\0" * 4), np.zeros((2, 2)))  # numpy ignores a tail
+    np.testing.assert_array_equal(
+        codecs.decode_npy(body + b"\0" * 4), np.zeros((2, 2))
+    )  # numpy ignores a tail
 
 
 @settings(max_examples=100, deadline=None)
@@ -222,7 +224,9 @@ _csv_number = st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.integers(1, 6).flatmap(lambda width: st.lists(st.lists(_csv_number, min_size=width, max_size=width), min_size=2, max_size=6)),
+    st.integers(1, 6).flatmap(
+        lambda width: st.lists(st.lists(_csv_number, min_size=width, max_size=width), min_size=2, max_size=6)
+    ),
     st.sampled_from([np.float32, np.float64]),
 )
 def test_csv_tables_read_like_numpy_parses_each_field(rows: list[list[str]], dtype: type) -> None:
@@ -238,7 +242,9 @@ def test_csv_tables_read_like_numpy_parses_each_field(rows: list[list[str]], dty
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.integers(1, 6).flatmap(lambda width: st.lists(st.lists(_csv_number, min_size=width, max_size=width), min_size=2, max_size=6)),
+    st.integers(1, 6).flatmap(
+        lambda width: st.lists(st.lists(_csv_number, min_size=width, max_size=width), min_size=2, max_size=6)
+    ),
     st.sampled_from([np.float32, np.float64]),
 )
 def test_csv_records_read_like_numpy_parses_each_field(rows: list[list[str]], dtype: type) -> None:
@@ -283,7 +289,10 @@ def test_csv_records_that_are_not_one_row_each_are_refused(records: list[bytes])
 
 @pytest.mark.parametrize(
     "records,message",
-    [([b"1,2", b"3,x"], "row 2, column 2: 'x' is not a number"), ([b"1,2", b"3,4,5"], "row 2 has 3 fields, expected 2")],
+    [
+        ([b"1,2", b"3,x"], "row 2, column 2: 'x' is not a number"),
+        ([b"1,2", b"3,4,5"], "row 2 has 3 fields, expected 2"),
+    ],
 )
 def test_bad_csv_records_get_decode_csv_errors(records: list[bytes], message: str) -> None:
     with pytest.raises(BadRequestError, match=message):

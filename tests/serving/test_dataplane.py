@@ -73,8 +73,10 @@ def test_default_format_binary(binary_model: Path) -> None:
 
 
 def test_xgboost_format(model_factory: Callable[..., Path]) -> None:
-    model = model_factory("binary", {"format": 1, "framework": "xgboost", "task": "binary_classification",
-                                     "response_format": "xgboost"})
+    model = model_factory(
+        "binary",
+        {"format": 1, "framework": "xgboost", "task": "binary_classification", "response_format": "xgboost"},
+    )
     p1 = reference(model)["probabilities"][:, 1]
     plane = plane_for(model)
     body, ctype = plane.invoke(CSV_BODY, "text/csv")  # CSV is xgboost's default answer
@@ -86,7 +88,9 @@ def test_xgboost_format(model_factory: Callable[..., Path]) -> None:
 
 
 def test_xgboost_multiclass_and_regression(model_factory: Callable[..., Path]) -> None:
-    multi = model_factory("multiclass", {"format": 1, "task": "multiclass_classification", "response_format": "xgboost"})
+    multi = model_factory(
+        "multiclass", {"format": 1, "task": "multiclass_classification", "response_format": "xgboost"}
+    )
     probs = reference(multi)["probabilities"]
     body, _ = plane_for(multi).invoke(CSV_BODY, "text/csv", "text/csv")
     got = [[float(x) for x in line.split(",")] for line in body.decode().splitlines()]
@@ -98,8 +102,16 @@ def test_xgboost_multiclass_and_regression(model_factory: Callable[..., Path]) -
 
 
 def test_linear_learner_format(model_factory: Callable[..., Path]) -> None:
-    model = model_factory("binary", {"format": 1, "framework": "linear-learner", "task": "binary_classification",
-                                     "response_format": "linear-learner", "classes": [0, 1]})
+    model = model_factory(
+        "binary",
+        {
+            "format": 1,
+            "framework": "linear-learner",
+            "task": "binary_classification",
+            "response_format": "linear-learner",
+            "classes": [0, 1],
+        },
+    )
     p1 = reference(model)["probabilities"][:, 1]
     plane = plane_for(model)
     body, ctype = plane.invoke(CSV_BODY, "text/csv")  # JSON is linear-learner's default answer
@@ -115,13 +127,16 @@ def test_linear_learner_format(model_factory: Callable[..., Path]) -> None:
 
 
 def test_linear_learner_multiclass_and_regression(model_factory: Callable[..., Path]) -> None:
-    multi = model_factory("multiclass", {"format": 1, "task": "multiclass_classification",
-                                         "response_format": "linear-learner"})
+    multi = model_factory(
+        "multiclass", {"format": 1, "task": "multiclass_classification", "response_format": "linear-learner"}
+    )
     probs = reference(multi)["probabilities"]
     predictions = orjson.loads(plane_for(multi).invoke(CSV_BODY, "text/csv")[0])["predictions"]
     assert [p["predicted_label"] for p in predictions] == probs.argmax(axis=1).tolist()
     np.testing.assert_allclose([p["score"] for p in predictions], probs, rtol=1e-6)
-    reg = model_factory("regression", {"format": 1, "task": "regression", "response_format": "linear-learner"})
+    reg = model_factory(
+        "regression", {"format": 1, "task": "regression", "response_format": "linear-learner"}
+    )
     values = reference(reg)["variable"].reshape(-1)
     predictions = orjson.loads(plane_for(reg).invoke(CSV_BODY, "text/csv")[0])["predictions"]
     np.testing.assert_allclose([p["score"] for p in predictions], values, rtol=1e-5)
@@ -132,14 +147,17 @@ def test_default_regression(model_factory: Callable[..., Path]) -> None:
     reg = model_factory("regression")
     values = reference(reg)["variable"].reshape(-1)
     plane = plane_for(reg)
-    np.testing.assert_allclose(orjson.loads(plane.invoke(CSV_BODY, "text/csv")[0])["predictions"], values, rtol=1e-5)
+    np.testing.assert_allclose(
+        orjson.loads(plane.invoke(CSV_BODY, "text/csv")[0])["predictions"], values, rtol=1e-5
+    )
     body, _ = plane.invoke(CSV_BODY, "text/csv", "text/csv")
     np.testing.assert_allclose([float(x) for x in body.split()], values, rtol=1e-5)
 
 
 def test_threshold_and_classes(model_factory: Callable[..., Path]) -> None:
-    model = model_factory("binary", {"format": 1, "task": "binary_classification", "threshold": 0.9,
-                                     "classes": ["no", "yes"]})
+    model = model_factory(
+        "binary", {"format": 1, "task": "binary_classification", "threshold": 0.9, "classes": ["no", "yes"]}
+    )
     p1 = reference(model)["probabilities"][:, 1]
     predictions = orjson.loads(plane_for(model).invoke(CSV_BODY, "text/csv")[0])["predictions"]
     assert [p["label"] for p in predictions] == ["yes" if v >= 0.9 else "no" for v in p1]
@@ -158,7 +176,12 @@ def test_default_accept_setting(binary_model: Path) -> None:
     ("body", "content_type", "error", "message"),
     [
         (b"1,2,3\n", "text/csv", BadRequestError, "expects 4 features, got 3"),
-        (b'{"instances": [["a", "b", "c", "d"]]}', "application/json", BadRequestError, "not a rectangular array"),
+        (
+            b'{"instances": [["a", "b", "c", "d"]]}',
+            "application/json",
+            BadRequestError,
+            "not a rectangular array",
+        ),
         (b'{"inputs": {"x": [[1, 2, 3, 4]]}}', "application/json", BadRequestError, "unknown input(s) 'x'"),
         (b'{"instances": [[[1, 2, 3, 4]]]}', "application/json", BadRequestError, "expects 2 dimensions"),
         (b"[]", "application/json", BadRequestError, "has no records"),
@@ -222,7 +245,7 @@ def with_code(base: Path, tmp_path: Path, source: str, name: str = "inference.py
     return model
 
 
-ALL_HOOKS = '''
+ALL_HOOKS = """
     import json
 
     def model_fn(model_dir):
@@ -243,7 +266,7 @@ ALL_HOOKS = '''
         seen = "seen=" + str(prediction["attrs"])
         context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", seen)
         return json.dumps(prediction), "application/vnd.custom+json"
-'''
+"""
 
 
 def test_every_hook_overridden(binary_model: Path, tmp_path: Path) -> None:
@@ -255,7 +278,7 @@ def test_every_hook_overridden(binary_model: Path, tmp_path: Path) -> None:
 
 
 def test_transform_fn_gets_str_for_csv_and_context(binary_model: Path, tmp_path: Path) -> None:
-    source = '''
+    source = """
         def model_fn(model_dir, context):
             assert context.system_properties["model_dir"] == model_dir
             return "model"
@@ -263,7 +286,7 @@ def test_transform_fn_gets_str_for_csv_and_context(binary_model: Path, tmp_path:
         def transform_fn(model, input_data, content_type, accept, context):
             context.custom_attributes = "echo=" + (context.custom_attributes or "")
             return f"{model}|{type(input_data).__name__}|{input_data.strip()}|{content_type}|{accept}"
-    '''
+    """
     plane = plane_for(with_code(binary_model, tmp_path, source))
     result = plane.invoke_full(b"1,2\n", "text/csv", None, custom_attributes="a=b")
     assert result.body == b"model|str|1,2|text/csv|application/json"  # Accept defaults like the toolkit
@@ -272,10 +295,10 @@ def test_transform_fn_gets_str_for_csv_and_context(binary_model: Path, tmp_path:
 
 
 def test_output_fn_only_reuses_the_onnx_model(binary_model: Path, tmp_path: Path) -> None:
-    source = '''
+    source = """
         def output_fn(prediction, accept):
             return "labels=" + ",".join(str(int(v)) for v in prediction["label"]), "text/plain"
-    '''
+    """
     ref = reference(binary_model)
     plane = plane_for(with_code(binary_model, tmp_path, source))
     body, ctype = plane.invoke(CSV_BODY, "text/csv", "text/plain")
@@ -283,12 +306,12 @@ def test_output_fn_only_reuses_the_onnx_model(binary_model: Path, tmp_path: Path
 
 
 def test_input_fn_only_and_default_output(binary_model: Path, tmp_path: Path) -> None:
-    source = '''
+    source = """
         import numpy as np
 
         def input_fn(input_data, content_type):
             return np.array([[float(v) for v in input_data.split(b";")]], dtype=np.float32)
-    '''
+    """
     plane = plane_for(with_code(binary_model, tmp_path, source))
     via_hook = orjson.loads(plane.invoke(b"2;1;0;0", "application/x-semicolons")[0])
     direct = orjson.loads(plane_for(binary_model).invoke(b"2,1,0,0", "text/csv")[0])
@@ -296,27 +319,31 @@ def test_input_fn_only_and_default_output(binary_model: Path, tmp_path: Path) ->
 
 
 def test_predict_fn_with_plain_python_model(binary_model: Path, tmp_path: Path) -> None:
-    source = '''
+    source = """
         class Doubler:
             def predict(self, data):
                 return data * 2
 
         def model_fn(model_dir):
             return Doubler()
-    '''
+    """
     plane = plane_for(with_code(binary_model, tmp_path, source))
     assert orjson.loads(plane.invoke(b"1,2\n3,4\n", "text/csv")[0]) == [[2.0, 4.0], [6.0, 8.0]]
     assert plane.invoke(b"1,2\n", "text/csv", "text/csv")[0] == b"2.0,4.0\n"
 
 
 def test_program_setting_and_hook_conflicts(binary_model: Path, tmp_path: Path) -> None:
-    model = with_code(binary_model, tmp_path, "def transform_fn(m, d, c, a):\n    return 'serve.py'\n", "serve.py")
+    model = with_code(
+        binary_model, tmp_path, "def transform_fn(m, d, c, a):\n    return 'serve.py'\n", "serve.py"
+    )
     assert plane_for(model, program="serve.py").invoke(b"1", "text/csv")[0] == b"serve.py"
     with pytest.raises(ModelLoadError, match="SAGEMAKER_PROGRAM='missing.py'"):
         plane_for(model, program="missing.py")
     conflict = tmp_path / "conflict"
     shutil.copytree(model, conflict)
-    (conflict / "code" / "inference.py").write_text("def transform_fn(m, d, c, a): pass\ndef input_fn(d, c): pass\n")
+    (conflict / "code" / "inference.py").write_text(
+        "def transform_fn(m, d, c, a): pass\ndef input_fn(d, c): pass\n"
+    )
     with pytest.raises(ModelLoadError, match="Cannot use transform_fn"):
         plane_for(conflict)
     broken = tmp_path / "broken"
@@ -327,10 +354,10 @@ def test_program_setting_and_hook_conflicts(binary_model: Path, tmp_path: Path) 
 
 
 def test_warmup_hook_failure_fails_the_load(binary_model: Path, tmp_path: Path) -> None:
-    source = '''
+    source = """
         def model_warmup_fn(model_dir, model):
             raise RuntimeError("warm-up exploded")
-    '''
+    """
     plane = DataPlane(with_code(binary_model, tmp_path, source), ServingSettings(workers=1))
     with pytest.raises(ModelLoadError, match="warm-up exploded"):
         plane.load()
@@ -338,12 +365,12 @@ def test_warmup_hook_failure_fails_the_load(binary_model: Path, tmp_path: Path) 
 
 
 def test_toolkit_errors_keep_their_status(binary_model: Path, tmp_path: Path) -> None:
-    source = '''
+    source = """
         from sagemaker_inference import errors
 
         def transform_fn(model, data, content_type, accept):
             raise errors.GenericInferenceToolkitError(422, "cannot score this")
-    '''
+    """
     from serving.errors import error_response
 
     plane = plane_for(with_code(binary_model, tmp_path, source))
@@ -354,8 +381,11 @@ def test_toolkit_errors_keep_their_status(binary_model: Path, tmp_path: Path) ->
 
 def test_classifier_with_a_single_probability_output(model_factory: Callable[..., Path]) -> None:
     """A binary model whose graph has one [N] output (P(class 1)) still answers labels and scores."""
-    model = model_factory("regression", {"format": 1, "task": "binary_classification",
-                                         "response_format": "linear-learner", "threshold": 0.5}, name="single-output")
+    model = model_factory(
+        "regression",
+        {"format": 1, "task": "binary_classification", "response_format": "linear-learner", "threshold": 0.5},
+        name="single-output",
+    )
     p1 = reference(model)["variable"].reshape(-1)
     predictions = orjson.loads(plane_for(model).invoke(CSV_BODY, "text/csv")[0])["predictions"]
     np.testing.assert_allclose([p["score"] for p in predictions], p1, rtol=1e-5)
@@ -364,10 +394,10 @@ def test_classifier_with_a_single_probability_output(model_factory: Callable[...
 
 def test_npz_bodies_through_the_default_input_fn(binary_model: Path, tmp_path: Path) -> None:
     """A sparse matrix (scipy.sparse.save_npz) decodes; anything else is a 400 naming the format."""
-    source = '''
+    source = """
         def predict_fn(data, model):
             return {"shape": list(data.shape), "nnz": int(data.nnz)}
-    '''
+    """
     plane = plane_for(with_code(binary_model, tmp_path, source))
     matrix = scipy.sparse.random(3, 20, density=0.2, format="csr", dtype="float32", random_state=0)
     buffer = io.BytesIO()

@@ -44,7 +44,9 @@ def invocation(row: bytes, *extra: str) -> bytes:
 PING = b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-def read_responses(sock: socket.socket, count: int, deadline: float = 15.0) -> list[tuple[int, dict[str, str], bytes]]:
+def read_responses(
+    sock: socket.socket, count: int, deadline: float = 15.0
+) -> list[tuple[int, dict[str, str], bytes]]:
     """``count`` HTTP/1.1 responses framed by Content-Length, in the order they arrived."""
     buffer = b""
     responses: list[tuple[int, dict[str, str], bytes]] = []
@@ -70,7 +72,10 @@ def read_responses(sock: socket.socket, count: int, deadline: float = 15.0) -> l
 
 def expected_csv(server: Server, row: bytes) -> bytes:
     answer = requests.post(
-        server.url + "/invocations", data=row, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=10
+        server.url + "/invocations",
+        data=row,
+        headers={"Content-Type": "text/csv", "Accept": "text/csv"},
+        timeout=10,
     )
     assert answer.status_code == 200
     return answer.content
@@ -132,9 +137,13 @@ def test_bad_request_on_a_kept_alive_connection_leaves_the_worker_serving(server
 
 
 @pytest.mark.parametrize("worker_class", ["gthread", "sync"])
-def test_other_worker_classes_stay_selectable(serve: Callable[..., Server], binary_model: Path, worker_class: str) -> None:
+def test_other_worker_classes_stay_selectable(
+    serve: Callable[..., Server], binary_model: Path, worker_class: str
+) -> None:
     other = serve("--model-dir", str(binary_model), env={"SELFMAKER_SERVE_WORKER_CLASS": worker_class})
-    answer = requests.post(other.url + "/invocations", data=ROWS[2], headers={"Content-Type": "text/csv"}, timeout=10)
+    answer = requests.post(
+        other.url + "/invocations", data=ROWS[2], headers={"Content-Type": "text/csv"}, timeout=10
+    )
     assert answer.status_code == 200 and "predictions" in answer.json()
     assert f"Using worker: {worker_class}" in other.log()
 
@@ -149,8 +158,12 @@ def test_a_client_stalling_mid_request_is_dropped_and_the_worker_serves_on(serve
         assert stalled.recv(65536) == b""  # dropped without an answer: nobody is left to read one
     log = wait_for_log(server, "dropped a connection whose client sent or read nothing for 5 s")
     assert "WORKER TIMEOUT" not in log
-    assert "Socket error processing request" not in log and "BlockingIOError" not in log  # a warning, no traceback
-    answer = requests.post(server.url + "/invocations", data=ROWS[3], headers={"Content-Type": "text/csv"}, timeout=10)
+    assert (
+        "Socket error processing request" not in log and "BlockingIOError" not in log
+    )  # a warning, no traceback
+    answer = requests.post(
+        server.url + "/invocations", data=ROWS[3], headers={"Content-Type": "text/csv"}, timeout=10
+    )
     assert answer.status_code == 200
 
 

@@ -66,8 +66,15 @@ class Sandbox:
         return outcome.payload
 
 
-def start_sandbox(api: RuntimeApi, tmp: Path, model_uri: str, moto: str, *, command: list[str] | None = None,
-                  env: dict[str, str] | None = None) -> Sandbox:
+def start_sandbox(
+    api: RuntimeApi,
+    tmp: Path,
+    model_uri: str,
+    moto: str,
+    *,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Sandbox:
     task_root = tmp / "task"
     sandbox_tmp = tmp / "tmp"
     task_root.mkdir(parents=True, exist_ok=True)
@@ -90,8 +97,14 @@ def start_sandbox(api: RuntimeApi, tmp: Path, model_uri: str, moto: str, *, comm
     }
     log_path = tmp / "function.log"
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(command or [sys.executable, "-m", "serving.lambda_handler"], cwd=str(task_root),
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command or [sys.executable, "-m", "serving.lambda_handler"],
+            cwd=str(task_root),
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Sandbox(api, proc, log_path)
 
 
@@ -141,8 +154,9 @@ def npy(array: np.ndarray) -> bytes:
     ],
     ids=["csv", "json", "npy-npy", "npy-json"],
 )
-def test_answers_equal_the_model_servers(sandbox: Sandbox, model_server: Server, content_type: str, accept: str,
-                                         body: bytes, binary: bool) -> None:
+def test_answers_equal_the_model_servers(
+    sandbox: Sandbox, model_server: Server, content_type: str, accept: str, body: bytes, binary: bool
+) -> None:
     headers = {"Content-Type": content_type, "Accept": accept}
     response = sandbox.call(alb_event(PATH, body, headers=headers, binary=binary))
     expected = requests.post(model_server.url + "/invocations", data=body, headers=headers, timeout=30)
@@ -168,8 +182,9 @@ BAD_IDS = ["csv-features", "json-malformed", "npy-garbage", "unsupported-type"]
 
 
 @pytest.mark.parametrize(("content_type", "body"), BAD_PAYLOADS, ids=BAD_IDS)
-def test_bad_payload_gets_the_model_servers_4xx(sandbox: Sandbox, model_server: Server, content_type: str,
-                                                body: bytes) -> None:
+def test_bad_payload_gets_the_model_servers_4xx(
+    sandbox: Sandbox, model_server: Server, content_type: str, body: bytes
+) -> None:
     headers = {"Content-Type": content_type}
     expected = requests.post(model_server.url + "/invocations", data=body, headers=headers, timeout=30)
     assert 400 <= expected.status_code < 500
@@ -195,31 +210,52 @@ def test_boto3_sagemaker_runtime_through_the_alb(sandbox: Sandbox, model_server:
     from botocore.config import Config
 
     body = "\n".join(",".join(f"{v:.4f}" for v in r) for r in rows(2)).encode()
-    expected = requests.post(model_server.url + "/invocations", data=body,
-                             headers={"Content-Type": "text/csv", "Accept": "application/json"}, timeout=30)
+    expected = requests.post(
+        model_server.url + "/invocations",
+        data=body,
+        headers={"Content-Type": "text/csv", "Accept": "application/json"},
+        timeout=30,
+    )
     with AlbShim(sandbox.api) as alb:
-        client = boto3.client("sagemaker-runtime", endpoint_url=alb.url, region_name="us-east-1",
-                              config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
-        answer = client.invoke_endpoint(EndpointName="churn", Body=body, ContentType="text/csv",
-                                        Accept="application/json", CustomAttributes="trace=1")
+        client = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=alb.url,
+            region_name="us-east-1",
+            config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+        )
+        answer = client.invoke_endpoint(
+            EndpointName="churn",
+            Body=body,
+            ContentType="text/csv",
+            Accept="application/json",
+            CustomAttributes="trace=1",
+        )
         assert answer["InvokedProductionVariant"] == "Serverless"
         assert answer["ContentType"] == "application/json"
         assert answer["Body"].read() == expected.content
         with pytest.raises(client.exceptions.ModelError) as raised:
             client.invoke_endpoint(EndpointName="churn", Body=b"1,2,3", ContentType="text/csv")
-        refused = requests.post(model_server.url + "/invocations", data=b"1,2,3",
-                                headers={"Content-Type": "text/csv"}, timeout=30)
+        refused = requests.post(
+            model_server.url + "/invocations", data=b"1,2,3", headers={"Content-Type": "text/csv"}, timeout=30
+        )
         assert raised.value.response["OriginalStatusCode"] == refused.status_code == 400
         assert json.loads(raised.value.response["OriginalMessage"]) == refused.json()
         with pytest.raises(client.exceptions.ValidationError):
-            client.invoke_endpoint(EndpointName="churn", Body=body, ContentType="text/csv", TargetVariant="Blue")
+            client.invoke_endpoint(
+                EndpointName="churn", Body=body, ContentType="text/csv", TargetVariant="Blue"
+            )
 
 
 def test_multi_value_headers_answer_in_kind(sandbox: Sandbox) -> None:
     body = ",".join(["0.5"] * N_FEATURES).encode()
-    response = sandbox.call(alb_event(PATH, body, headers={"Content-Type": "text/csv",
-                                                           "X-Amzn-SageMaker-Custom-Attributes": "trace=1"},
-                                      multi_value=True))
+    response = sandbox.call(
+        alb_event(
+            PATH,
+            body,
+            headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "trace=1"},
+            multi_value=True,
+        )
+    )
     assert response["statusCode"] == 200
     assert "headers" not in response
     assert response["multiValueHeaders"]["X-Amzn-Invoked-Production-Variant"] == ["Serverless"]
@@ -242,8 +278,13 @@ def test_bad_base64_and_wrong_target_variant_are_400(sandbox: Sandbox) -> None:
     bad = sandbox.call(event)
     assert bad["statusCode"] == 400
     assert "base64" in json.loads(alb_body(bad))["error"]
-    other = sandbox.call(alb_event(PATH, b"1,2,3,4,5,6", headers={"Content-Type": "text/csv",
-                                                                  "X-Amzn-SageMaker-Target-Variant": "Blue"}))
+    other = sandbox.call(
+        alb_event(
+            PATH,
+            b"1,2,3,4,5,6",
+            headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Variant": "Blue"},
+        )
+    )
     assert other["statusCode"] == 400
     assert alb_headers(other)["x-amzn-errortype"] == "ValidationError"
     assert "Blue" in json.loads(alb_body(other))["Message"]
@@ -259,7 +300,10 @@ def test_a_malformed_event_is_answered_not_a_function_error(sandbox: Sandbox) ->
         assert 400 <= response["statusCode"] < 500 and "__type" in json.loads(alb_body(response))
     # an event that is not an ALB request at all (a direct invoke with other JSON)
     response = sandbox.call([1, 2])  # type: ignore[arg-type]
-    assert response["statusCode"] == 400 and "not an Application Load Balancer" in json.loads(alb_body(response))["error"]
+    assert (
+        response["statusCode"] == 400
+        and "not an Application Load Balancer" in json.loads(alb_body(response))["error"]
+    )
     assert sandbox.alive()
 
 
@@ -272,16 +316,28 @@ def test_oversized_payload_and_header_injection(sandbox: Sandbox) -> None:
     assert alb_headers(runtime)["x-amzn-errortype"] == "ValidationError"
     assert "4 MB" in json.loads(alb_body(runtime))["Message"]
     # a CR/LF smuggled into a header never reaches a response header
-    response = sandbox.call(alb_event(PATH, ",".join(["0.5"] * N_FEATURES).encode(), headers={
-        "Content-Type": "text/csv", "X-Amzn-SageMaker-Target-Variant": "Serverless\r\nSet-Cookie: x=1"}))
+    response = sandbox.call(
+        alb_event(
+            PATH,
+            ",".join(["0.5"] * N_FEATURES).encode(),
+            headers={
+                "Content-Type": "text/csv",
+                "X-Amzn-SageMaker-Target-Variant": "Serverless\r\nSet-Cookie: x=1",
+            },
+        )
+    )
     assert response["statusCode"] == 400
     assert all("\n" not in v and "\r" not in v for v in alb_headers(response).values())
     assert sandbox.alive()
 
 
-def test_model_loaded_once_per_sandbox_into_tmp(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_model_loaded_once_per_sandbox_into_tmp(
+    sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     for _ in range(3):
-        sandbox.call(alb_event(PATH, ",".join(["0.1"] * N_FEATURES).encode(), headers={"Content-Type": "text/csv"}))
+        sandbox.call(
+            alb_event(PATH, ",".join(["0.1"] * N_FEATURES).encode(), headers={"Content-Type": "text/csv"})
+        )
     text = sandbox.log()
     assert text.count("model ready for variant Serverless") == 1, text
     unpacked = list(Path(sandbox.log_path.parent / "tmp" / "selfmaker" / "model").rglob("model.onnx"))
@@ -302,24 +358,33 @@ def test_missing_model_is_an_init_error(moto_server: str, model_uri: str, tmp_pa
         assert api.polls == 0
 
 
-def test_plain_awslambdaric_entry_loads_on_first_call(model_uri: str, moto_server: str, tmp_path: Path) -> None:
+def test_plain_awslambdaric_entry_loads_on_first_call(
+    model_uri: str, moto_server: str, tmp_path: Path
+) -> None:
     """``python -m awslambdaric serving.lambda_handler.handler`` (the handler named in _HANDLER) works too."""
     with RuntimeApi() as api:
-        box = start_sandbox(api, tmp_path, model_uri, moto_server,
-                            command=[sys.executable, "-m", "awslambdaric", "serving.lambda_handler.handler"])
+        box = start_sandbox(
+            api,
+            tmp_path,
+            model_uri,
+            moto_server,
+            command=[sys.executable, "-m", "awslambdaric", "serving.lambda_handler.handler"],
+        )
         try:
             api.wait_polling(60, box.alive)
             assert box.call(alb_event("/ping", method="GET"))["statusCode"] == 503  # not loaded yet
-            response = box.call(alb_event(PATH, ",".join(["0.3"] * N_FEATURES).encode(),
-                                          headers={"Content-Type": "text/csv"}))
+            response = box.call(
+                alb_event(PATH, ",".join(["0.3"] * N_FEATURES).encode(), headers={"Content-Type": "text/csv"})
+            )
             assert response["statusCode"] == 200, alb_body(response)
             assert box.call(alb_event("/ping", method="GET"))["statusCode"] == 200
         finally:
             stop(box.proc)
 
 
-def test_hooks_requirements_install_under_tmp(moto_server: str, tmp_path: Path, xgb_model: Path, model_uri: str,
-                                              make_wheel: Callable[..., Path]) -> None:
+def test_hooks_requirements_install_under_tmp(
+    moto_server: str, tmp_path: Path, xgb_model: Path, model_uri: str, make_wheel: Callable[..., Path]
+) -> None:
     """A model with code/inference.py and code/requirements.txt: the requirement goes to /tmp (the
     environment is read-only in Lambda) and the hooks import it."""
     import shutil

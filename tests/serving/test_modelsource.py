@@ -30,8 +30,14 @@ def _archive(tmp_path: Path, *members: dict) -> Path:
         ({"name": "/etc/evil"}, "'/etc/evil' has an absolute path"),
         ({"name": "../evil"}, "'../evil' contains '..'"),
         ({"name": "code/../../evil"}, "contains '..'"),
-        ({"name": "link", "kind": tarfile.SYMTYPE, "link": "/etc/passwd"}, "'link' is a symlink to an absolute path"),
-        ({"name": "code/link", "kind": tarfile.SYMTYPE, "link": "../../outside"}, "'code/link' links outside"),
+        (
+            {"name": "link", "kind": tarfile.SYMTYPE, "link": "/etc/passwd"},
+            "'link' is a symlink to an absolute path",
+        ),
+        (
+            {"name": "code/link", "kind": tarfile.SYMTYPE, "link": "../../outside"},
+            "'code/link' links outside",
+        ),
         ({"name": "hard", "kind": tarfile.LNKTYPE, "link": "../outside"}, "'hard' hard-links outside"),
         ({"name": "hard2", "kind": tarfile.LNKTYPE, "link": "/etc/passwd"}, "'hard2' hard-links outside"),
         ({"name": "dev", "kind": tarfile.CHRTYPE}, "'dev' is a device"),
@@ -120,6 +126,7 @@ def test_requirements_install_failure_is_reported(tmp_path: Path, binary_model: 
 
 # -- pip for code/requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error
 
+
 def test_pip_command_prefers_the_installed_pip(tmp_path: Path) -> None:
     wheel = tmp_path / "pip.whl"
     wheel.write_bytes(b"PK")
@@ -133,8 +140,13 @@ def test_pip_command_runs_pip_from_its_wheel_when_pip_is_not_installed(tmp_path:
     assert pip_command(str(wheel), pip_installed=False) == [sys.executable, f"{wheel}/pip"]
 
 
-@pytest.mark.parametrize(("configured", "why"), [(None, "SELFMAKER_PIP_WHEEL is not set"),
-                                                 ("/nowhere/pip.whl", "SELFMAKER_PIP_WHEEL=/nowhere/pip.whl does not exist")])
+@pytest.mark.parametrize(
+    ("configured", "why"),
+    [
+        (None, "SELFMAKER_PIP_WHEEL is not set"),
+        ("/nowhere/pip.whl", "SELFMAKER_PIP_WHEEL=/nowhere/pip.whl does not exist"),
+    ],
+)
 def test_pip_command_without_any_pip_says_how_to_fix_it(configured: str | None, why: str) -> None:
     with pytest.raises(ModelSourceError) as info:
         pip_command(configured, pip_installed=False)

@@ -31,8 +31,14 @@ class FakeRequest:
         return False
 
 
-def _write(cls: type[Any], method: str, status: str, headers: list[tuple[str, str]], chunks: list[bytes],
-           version: tuple[int, int] = (1, 1)) -> list[bytes]:
+def _write(
+    cls: type[Any],
+    method: str,
+    status: str,
+    headers: list[tuple[str, str]],
+    chunks: list[bytes],
+    version: tuple[int, int] = (1, 1),
+) -> list[bytes]:
     sock = RecordingSocket()
     response = cls(FakeRequest(method, version), sock, Config())
     response.start_response(status, headers)
@@ -43,15 +49,30 @@ def _write(cls: type[Any], method: str, status: str, headers: list[tuple[str, st
 
 
 CASES = {
-    "small json answer": ("POST", "200 OK", [("Content-Type", "application/json"), ("Content-Length", "11")], [b'{"a": [1.5]}'[:11]]),
+    "small json answer": (
+        "POST",
+        "200 OK",
+        [("Content-Type", "application/json"), ("Content-Length", "11")],
+        [b'{"a": [1.5]}'[:11]],
+    ),
     "empty body": ("GET", "200 OK", [("Content-Type", "application/json"), ("Content-Length", "0")], [b""]),
-    "error body": ("POST", "415 Unsupported Media Type", [("Content-Type", "application/json"), ("Content-Length", "5")], [b"oops!"]),
+    "error body": (
+        "POST",
+        "415 Unsupported Media Type",
+        [("Content-Type", "application/json"), ("Content-Length", "5")],
+        [b"oops!"],
+    ),
     "HEAD": ("HEAD", "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")], [b"hello"]),
     "204": ("POST", "204 No Content", [], [b""]),
     "chunked (no length)": ("POST", "200 OK", [("Content-Type", "text/csv")], [b"1,2\n", b"3,4\n"]),
     "several chunks": ("POST", "200 OK", [("Content-Length", "8")], [b"1,2\n", b"3,4\n"]),
     "body longer than declared": ("POST", "200 OK", [("Content-Length", "3")], [b"123456"]),
-    "large body": ("POST", "200 OK", [("Content-Length", str(MAX_JOINED_BODY + 1))], [b"x" * (MAX_JOINED_BODY + 1)]),
+    "large body": (
+        "POST",
+        "200 OK",
+        [("Content-Length", str(MAX_JOINED_BODY + 1))],
+        [b"x" * (MAX_JOINED_BODY + 1)],
+    ),
     "HTTP/1.0": ("POST", "200 OK", [("Content-Length", "2")], [b"ok"]),
 }
 

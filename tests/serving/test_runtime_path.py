@@ -29,16 +29,26 @@ ROWS = [f"{i * 0.5 - 2},{1 - i * 0.25},0.5,{i}\n".encode() for i in range(16)]
 @pytest.fixture(scope="module")
 def server(serve: Callable[..., Server], binary_model: Path) -> Server:
     """Two inline workers (batching on) serving variant ``challenger`` of endpoint ``churn``, 1 MB limit."""
-    return serve("--model-dir", str(binary_model), workers=2, env={
-        "SELFMAKER_ENDPOINT_NAME": "churn", "SELFMAKER_VARIANT_NAME": "challenger", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1",
-    })
+    return serve(
+        "--model-dir",
+        str(binary_model),
+        workers=2,
+        env={
+            "SELFMAKER_ENDPOINT_NAME": "churn",
+            "SELFMAKER_VARIANT_NAME": "challenger",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1",
+        },
+    )
 
 
 @pytest.fixture(autouse=True)
 def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # boto3 signs its requests; the gateway (and so the model server) ignores the signature
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
         monkeypatch.delenv(key, raising=False)
@@ -48,25 +58,34 @@ def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def runtime(server: Server) -> Any:
     """boto3's sagemaker-runtime client pointed straight at the model server (no retries: every answer
     counts)."""
-    return boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
-                        config=Config(retries={"total_max_attempts": 1}, read_timeout=30))
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=server.url,
+        region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 1}, read_timeout=30),
+    )
 
 
 def plain(server: Server, body: bytes, content_type: str = "text/csv", **headers: str) -> requests.Response:
-    return requests.post(server.url + "/invocations", data=body, headers={"Content-Type": content_type, **headers},
-                         timeout=10)
+    return requests.post(
+        server.url + "/invocations", data=body, headers={"Content-Type": content_type, **headers}, timeout=10
+    )
 
 
 def test_invoke_endpoint_answers_like_invocations_with_the_variant(server: Server) -> None:
     client = runtime(server)
-    answer = client.invoke_endpoint(EndpointName="churn", Body=ROW, ContentType="text/csv", Accept="application/json")
+    answer = client.invoke_endpoint(
+        EndpointName="churn", Body=ROW, ContentType="text/csv", Accept="application/json"
+    )
     expected = plain(server, ROW, Accept="application/json")
     assert expected.status_code == 200
     assert answer["Body"].read() == expected.content
     assert answer["ContentType"] == expected.headers["Content-Type"] == "application/json"
     assert answer["InvokedProductionVariant"] == "challenger"
     # the load balancer already chose the variant: the header is not the server's business
-    targeted = client.invoke_endpoint(EndpointName="churn", Body=ROW, ContentType="text/csv", TargetVariant="champion")
+    targeted = client.invoke_endpoint(
+        EndpointName="churn", Body=ROW, ContentType="text/csv", TargetVariant="champion"
+    )
     assert targeted["InvokedProductionVariant"] == "challenger"
     assert targeted["Body"].read() == plain(server, ROW).content
     assert "x-Amzn-Invoked-Production-Variant" not in plain(server, ROW).headers  # /invocations is unchanged
@@ -120,8 +139,9 @@ def test_unknown_endpoint_is_a_validation_error(server: Server) -> None:
 def test_response_stream_carries_the_answer_in_payload_parts(server: Server) -> None:
     client = runtime(server)
     body = b"".join(ROWS)
-    out = client.invoke_endpoint_with_response_stream(EndpointName="churn", Body=body, ContentType="text/csv",
-                                                      Accept="text/csv")
+    out = client.invoke_endpoint_with_response_stream(
+        EndpointName="churn", Body=body, ContentType="text/csv", Accept="text/csv"
+    )
     parts = [event["PayloadPart"]["Bytes"] for event in out["Body"]]
     expected = plain(server, body, Accept="text/csv")
     assert b"".join(parts) == expected.content and parts
@@ -129,7 +149,7 @@ def test_response_stream_carries_the_answer_in_payload_parts(server: Server) -> 
     assert out["InvokedProductionVariant"] == "challenger"
 
 
-HOOKS = '''
+HOOKS = """
     import json
 
     def model_fn(model_dir, context):
@@ -147,7 +167,7 @@ HOOKS = '''
         attrs = context.get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes")
         context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", f"seen={attrs}")
         return json.dumps(prediction), accept
-'''
+"""
 
 
 def test_custom_attributes_pass_through_and_a_crash_is_a_server_model_error(
@@ -160,13 +180,20 @@ def test_custom_attributes_pass_through_and_a_crash_is_a_server_model_error(
     # no endpoint name: a local server answers the runtime path for any name, as variant AllTraffic
     hooks = serve("--model-dir", str(model), env={"SELFMAKER_INSTALL_REQUIREMENTS": "false"})
     client = runtime(hooks)
-    out = client.invoke_endpoint(EndpointName="anything", Body=b'{"x": 1}', ContentType="application/json",
-                                 Accept="application/json", CustomAttributes="trace=7")
+    out = client.invoke_endpoint(
+        EndpointName="anything",
+        Body=b'{"x": 1}',
+        ContentType="application/json",
+        Accept="application/json",
+        CustomAttributes="trace=7",
+    )
     assert out["Body"].read() == b'{"value": 2.5}'
     assert out["CustomAttributes"] == "seen=trace=7"
     assert out["InvokedProductionVariant"] == "AllTraffic"
     with pytest.raises(client.exceptions.ModelError) as err:
-        client.invoke_endpoint(EndpointName="anything", Body=b'{"explode": true}', ContentType="application/json")
+        client.invoke_endpoint(
+            EndpointName="anything", Body=b'{"explode": true}', ContentType="application/json"
+        )
     response = err.value.response
     assert response["OriginalStatusCode"] == 500
     assert response["OriginalMessage"] == '{"error":"internal error","status":500}'
@@ -174,10 +201,16 @@ def test_custom_attributes_pass_through_and_a_crash_is_a_server_model_error(
     assert "Received server error (500) from primary" in response["Error"]["Message"]
 
 
-@pytest.mark.parametrize(("status", "code", "out_status"), [
-    (413, "ValidationError", 400), (503, "ServiceUnavailable", 503), (400, "ModelError", 424),
-    (406, "ModelError", 424), (500, "ModelError", 424),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "out_status"),
+    [
+        (413, "ValidationError", 400),
+        (503, "ServiceUnavailable", 503),
+        (400, "ModelError", 424),
+        (406, "ModelError", 424),
+        (500, "ModelError", 424),
+    ],
+)
 def test_runtime_error_shapes(status: int, code: str, out_status: int) -> None:
     """What the runtime path answers for each answer /invocations can give (an oversized body is not sent
     over HTTP here: the server answers 413 before reading it, which races the client's upload)."""
@@ -190,5 +223,8 @@ def test_runtime_error_shapes(status: int, code: str, out_status: int) -> None:
         assert "endpoint churn, variant champion" in parsed["Message"]
     else:
         assert "OriginalStatusCode" not in parsed
-        assert parsed["Message"] == ("internal error" if status >= 500 and status != 503 else
-                                     "request body of 2000000 bytes exceeds the 1 MB limit")
+        assert parsed["Message"] == (
+            "internal error"
+            if status >= 500 and status != 503
+            else "request body of 2000000 bytes exceeds the 1 MB limit"
+        )

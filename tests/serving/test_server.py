@@ -27,7 +27,9 @@ def server(serve: Callable[..., Server], binary_model: Path) -> Server:
     return serve("--model-dir", str(binary_model), workers=2)
 
 
-def post(server: Server, body: bytes, content_type: str | None = "text/csv", **headers: str) -> requests.Response:
+def post(
+    server: Server, body: bytes, content_type: str | None = "text/csv", **headers: str
+) -> requests.Response:
     all_headers = dict(headers)
     if content_type is not None:
         all_headers["Content-Type"] = content_type
@@ -49,7 +51,9 @@ def test_ping_and_content_types(server: Server) -> None:
     json_answer = post(server, ROW)
     assert json_answer.status_code == 200 and json_answer.headers["Content-Type"] == "application/json"
     expected = json_answer.json()["predictions"]
-    assert post(server, b'{"instances": [[2, 1, 0, 0]]}', "application/json").json()["predictions"] == expected
+    assert (
+        post(server, b'{"instances": [[2, 1, 0, 0]]}', "application/json").json()["predictions"] == expected
+    )
     assert post(server, b"[2, 1, 0, 0]\n", "application/jsonlines").json()["predictions"] == expected
     buffer = io.BytesIO()
     np.save(buffer, np.array([[2, 1, 0, 0]], dtype=np.float32))
@@ -58,7 +62,9 @@ def test_ping_and_content_types(server: Server) -> None:
     assert csv_answer.headers["Content-Type"] == "text/csv"
     assert csv_answer.text.split(",")[0] == str(expected[0]["label"])
     npy_answer = post(server, ROW, Accept="application/x-npy")
-    np.testing.assert_allclose(np.load(io.BytesIO(npy_answer.content))[0], expected[0]["probabilities"], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(io.BytesIO(npy_answer.content))[0], expected[0]["probabilities"], rtol=1e-6
+    )
     lines = post(server, ROW + ROW, Accept="application/jsonlines").text.splitlines()
     assert [json.loads(line) for line in lines] == expected * 2
 
@@ -90,7 +96,9 @@ def test_bad_input_gets_its_4xx_and_server_keeps_serving(
 
 def test_payload_limit_and_unknown_routes(serve: Callable[..., Server], binary_model: Path) -> None:
     small = serve(  # also exercises the sync worker class
-        "--model-dir", str(binary_model), env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "SELFMAKER_SERVE_WORKER_CLASS": "sync"}
+        "--model-dir",
+        str(binary_model),
+        env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "SELFMAKER_SERVE_WORKER_CLASS": "sync"},
     )
     big = ROW * (1024 * 1024 // len(ROW) + 10)
     answer = post(small, big)
@@ -142,7 +150,7 @@ def test_access_log_line_per_request(server: Server) -> None:
     assert line["msg"] == "POST /invocations 200"
 
 
-HOOKS = '''
+HOOKS = """
     import json
 
     def model_fn(model_dir, context):
@@ -160,7 +168,7 @@ HOOKS = '''
         attrs = context.get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes")
         context.set_response_header(0, "X-Amzn-SageMaker-Custom-Attributes", f"got={attrs}\\r\\nInjected: 1")
         return json.dumps(prediction), accept
-'''
+"""
 
 
 def test_hooks_custom_attributes_and_generic_500(
@@ -170,10 +178,15 @@ def test_hooks_custom_attributes_and_generic_500(
     shutil.copytree(binary_model, model)
     (model / "code").mkdir()
     (model / "code" / "inference.py").write_text(textwrap.dedent(HOOKS))
-    (model / "code" / "requirements.txt").write_text("numpy\n")  # already satisfied: pip runs, installs nothing
+    (model / "code" / "requirements.txt").write_text(
+        "numpy\n"
+    )  # already satisfied: pip runs, installs nothing
     server = serve("--model-dir", str(model), workers=2)
     answer = post(
-        server, b'{"x": 1}', "application/json", Accept="application/json",
+        server,
+        b'{"x": 1}',
+        "application/json",
+        Accept="application/json",
         **{"X-Amzn-SageMaker-Custom-Attributes": "trace=7"},
     )
     assert answer.status_code == 200 and answer.json() == {"value": 2.5}
@@ -248,19 +261,27 @@ def test_unsafe_archive_is_refused_at_load(
 
 
 def test_s3_model_data_through_moto(
-    serve: Callable[..., Server], binary_model: Path, moto_server: str, tmp_path_factory: pytest.TempPathFactory
+    serve: Callable[..., Server],
+    binary_model: Path,
+    moto_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     s3 = boto3.client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket="serving-models")
     archive = tar_dir(binary_model, tmp_path_factory.mktemp("s3src") / "model.tar.gz")
     s3.upload_file(str(archive), "serving-models", "m/model.tar.gz")
     server = serve(
-        "--model-data", "s3://serving-models/m/model.tar.gz", env={"AWS_ENDPOINT_URL_S3": moto_server}, workers=2
+        "--model-data",
+        "s3://serving-models/m/model.tar.gz",
+        env={"AWS_ENDPOINT_URL_S3": moto_server},
+        workers=2,
     )
     direct = serve("--model-dir", str(binary_model))
     with requests.Session() as session:  # keep-alive connections on the (default) inline workers
         for _ in range(5):
-            answer = session.post(server.url + "/invocations", data=ROW, headers={"Content-Type": "text/csv"}, timeout=10)
+            answer = session.post(
+                server.url + "/invocations", data=ROW, headers={"Content-Type": "text/csv"}, timeout=10
+            )
             assert answer.json() == post(direct, ROW).json()
     assert "Using worker: serving.http.worker.InlineWorker" in server.log()
 

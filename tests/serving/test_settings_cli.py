@@ -21,7 +21,11 @@ def test_sagemaker_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAGEMAKER_PROGRAM", "serve.py")
     settings = ServingSettings()
     assert (settings.port, settings.workers, settings.timeout, settings.max_payload_mb, settings.program) == (
-        9123, 3, 17, 1024, "serve.py",
+        9123,
+        3,
+        17,
+        1024,
+        "serve.py",
     )
     assert settings.max_payload_bytes() == 1024 * 1024 * 1024
 
@@ -41,7 +45,9 @@ def test_defaults_and_derived_values() -> None:
     assert settings.effective_workers() * settings.effective_ort_threads() == settings.cores()
     one = ServingSettings(workers=1)
     assert one.effective_ort_threads() == one.cores()
-    assert ServingSettings(workers=1, max_concurrent_transforms=None).effective_max_concurrent_transforms() == 1
+    assert (
+        ServingSettings(workers=1, max_concurrent_transforms=None).effective_max_concurrent_transforms() == 1
+    )
 
 
 @pytest.mark.parametrize(("inside", "host"), [(True, "0.0.0.0"), (False, "127.0.0.1")])
@@ -80,7 +86,11 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_selfmaker_serve_help() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "selfmaker.cli", "serve", "--help"], cwd=str(ROOT), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "selfmaker.cli", "serve", "--help"],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0
     assert "--model-data" in out.stdout and "--model-dir" in out.stdout

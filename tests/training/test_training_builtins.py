@@ -26,13 +26,23 @@ from training_helpers import (
     write_recordio,
 )
 
-XGB_AUC = {"Name": "validation:auc", "Regex": r".*\[[0-9]+\].*#011validation-auc:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*"}
-LL_ACC = {"Name": "validation:binary_classification_accuracy",
-          "Regex": r"#quality_metric: host=\S+, validation binary_classification_accuracy <score>=(\S+)"}
-LL_LOSS = {"Name": "train:objective_loss", "Regex": r"#quality_metric: host=\S+, epoch=\S+, train \S+_objective <loss>=(\S+)"}
+XGB_AUC = {
+    "Name": "validation:auc",
+    "Regex": r".*\[[0-9]+\].*#011validation-auc:([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?).*",
+}
+LL_ACC = {
+    "Name": "validation:binary_classification_accuracy",
+    "Regex": r"#quality_metric: host=\S+, validation binary_classification_accuracy <score>=(\S+)",
+}
+LL_LOSS = {
+    "Name": "train:objective_loss",
+    "Regex": r"#quality_metric: host=\S+, epoch=\S+, train \S+_objective <loss>=(\S+)",
+}
 
 
-def _split(X: np.ndarray, y: np.ndarray, frac: float = 0.75) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _split(
+    X: np.ndarray, y: np.ndarray, frac: float = 0.75
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     n = int(len(X) * frac)
     return (X[:n], y[:n]), (X[n:], y[n:])
 
@@ -41,21 +51,42 @@ def test_xgboost_binary_learns_and_exports(tmp_path: Path) -> None:
     (Xt, yt), (Xv, yv) = _split(*binary_data(1600))
     write_csv(tmp_path / "data/train/part-0.csv", Xt, yt)
     write_csv(tmp_path / "data/validation/v.csv", Xv, yv)
-    req = request("xgb-binary", XGB_IMAGE, {"num_round": 30, "objective": "binary:logistic", "eval_metric": "auc", "max_depth": 3},
-                  [channel("train", (tmp_path / "data/train").as_uri()), channel("validation", (tmp_path / "data/validation").as_uri())],
-                  (tmp_path / "out").as_uri(), metrics=[XGB_AUC])
+    req = request(
+        "xgb-binary",
+        XGB_IMAGE,
+        {"num_round": 30, "objective": "binary:logistic", "eval_metric": "auc", "max_depth": 3},
+        [
+            channel("train", (tmp_path / "data/train").as_uri()),
+            channel("validation", (tmp_path / "data/validation").as_uri()),
+        ],
+        (tmp_path / "out").as_uri(),
+        metrics=[XGB_AUC],
+    )
     state, lines = run_job(req, tmp_path / "job")
     fields = state.describe_fields()
     assert fields["TrainingJobStatus"] == "Completed", fields.get("FailureReason")
-    assert [t["Status"] for t in fields["SecondaryStatusTransitions"]] == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
-    assert fields["ModelArtifacts"]["S3ModelArtifacts"] == (tmp_path / "out").as_uri() + "/xgb-binary/output/model.tar.gz"
+    assert [t["Status"] for t in fields["SecondaryStatusTransitions"]] == [
+        "Starting",
+        "Downloading",
+        "Training",
+        "Uploading",
+        "Completed",
+    ]
+    assert (
+        fields["ModelArtifacts"]["S3ModelArtifacts"]
+        == (tmp_path / "out").as_uri() + "/xgb-binary/output/model.tar.gz"
+    )
     assert (tmp_path / "out/xgb-binary/output/output.tar.gz").is_file()
     assert any(re.search(r"\[29\]#011train-auc:[0-9.]+#011validation-auc:[0-9.]+", line) for line in lines)
     series = [m for m in state.metrics if m["MetricName"] == "validation:auc"]
     assert len(series) == 30 and fields["FinalMetricDataList"][0]["Value"] == series[-1]["Value"] > 0.97
     model_dir = local_model(state, tmp_path / "model")
     sig = signature(model_dir)
-    assert sig["response_format"] == "xgboost" and sig["task"] == "binary_classification" and sig["inputs"][0]["shape"] == [None, 6]
+    assert (
+        sig["response_format"] == "xgboost"
+        and sig["task"] == "binary_classification"
+        and sig["inputs"][0]["shape"] == [None, 6]
+    )
     out = onnx_predict(model_dir, Xv)
     assert np.mean(out["label"] == yv) > 0.95
     booster = xgb.Booster()
@@ -66,8 +97,13 @@ def test_xgboost_binary_learns_and_exports(tmp_path: Path) -> None:
 def test_xgboost_multiclass_from_parquet(tmp_path: Path) -> None:
     (Xt, yt), (Xv, yv) = _split(*multiclass_data(900))
     write_parquet(tmp_path / "data/train.parquet", Xt, yt)
-    req = request("xgb-parquet", "xgboost:latest", {"num_round": 15, "objective": "multi:softprob", "num_class": 3, "max_depth": 3},
-                  [channel("train", (tmp_path / "data").as_uri(), "application/x-parquet")], (tmp_path / "out").as_uri())
+    req = request(
+        "xgb-parquet",
+        "xgboost:latest",
+        {"num_round": 15, "objective": "multi:softprob", "num_class": 3, "max_depth": 3},
+        [channel("train", (tmp_path / "data").as_uri(), "application/x-parquet")],
+        (tmp_path / "out").as_uri(),
+    )
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Completed", state.failure_reason
     model_dir = local_model(state, tmp_path / "model")
@@ -82,19 +118,42 @@ def test_linear_learner_learns(tmp_path: Path, ptype: str) -> None:
     if ptype == "binary_classifier":
         data, ct, writer, extra = binary_data(1600), "text/csv", write_csv, {}
     elif ptype == "multiclass_classifier":
-        data, ct, writer, extra = multiclass_data(1200), "application/x-recordio-protobuf", write_recordio, {"num_classes": 3, "balance_multiclass_weights": "true"}
+        data, ct, writer, extra = (
+            multiclass_data(1200),
+            "application/x-recordio-protobuf",
+            write_recordio,
+            {"num_classes": 3, "balance_multiclass_weights": "true"},
+        )
     else:
         data, ct, writer, extra = regression_data(1200), "text/csv", write_csv, {}
     (Xt, yt), (Xv, yv) = _split(*data)
     writer(tmp_path / "data/train/d", Xt, yt)
     writer(tmp_path / "data/validation/d", Xv, yv)
-    hps = {"predictor_type": ptype, "epochs": 10, "mini_batch_size": 64, "feature_dim": Xt.shape[1], "wd": 0.0001, **extra}
-    req = request(f"ll-{ptype.replace('_', '-')}", LL_IMAGE, hps,
-                  [channel("train", (tmp_path / "data/train").as_uri(), ct), channel("validation", (tmp_path / "data/validation").as_uri(), ct)],
-                  (tmp_path / "out").as_uri(), metrics=[LL_ACC, LL_LOSS])
+    hps = {
+        "predictor_type": ptype,
+        "epochs": 10,
+        "mini_batch_size": 64,
+        "feature_dim": Xt.shape[1],
+        "wd": 0.0001,
+        **extra,
+    }
+    req = request(
+        f"ll-{ptype.replace('_', '-')}",
+        LL_IMAGE,
+        hps,
+        [
+            channel("train", (tmp_path / "data/train").as_uri(), ct),
+            channel("validation", (tmp_path / "data/validation").as_uri(), ct),
+        ],
+        (tmp_path / "out").as_uri(),
+        metrics=[LL_ACC, LL_LOSS],
+    )
     state, lines = run_job(req, tmp_path / "job")
     assert state.status == "Completed", state.failure_reason
-    assert any(line.endswith(tuple(f"epoch={e}, validation" for e in range(1)) ) or "epoch=0, validation" in line for line in lines)
+    assert any(
+        line.endswith(tuple(f"epoch={e}, validation" for e in range(1))) or "epoch=0, validation" in line
+        for line in lines
+    )
     losses = [m["Value"] for m in state.metrics if m["MetricName"] == "train:objective_loss"]
     assert len(losses) >= 2 and losses[-1] < losses[0]
     model_dir = local_model(state, tmp_path / "model")
@@ -115,8 +174,13 @@ def test_linear_learner_learns(tmp_path: Path, ptype: str) -> None:
 def test_bad_hyperparameter_fails_with_a_reason_naming_it(tmp_path: Path) -> None:
     X, y = binary_data(100)
     write_csv(tmp_path / "data/t.csv", X, y)
-    req = request("xgb-bad-hp", XGB_IMAGE, {"num_round": 10, "max_depth": "deep"},
-                  [channel("train", (tmp_path / "data").as_uri())], (tmp_path / "out").as_uri())
+    req = request(
+        "xgb-bad-hp",
+        XGB_IMAGE,
+        {"num_round": 10, "max_depth": "deep"},
+        [channel("train", (tmp_path / "data").as_uri())],
+        (tmp_path / "out").as_uri(),
+    )
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Failed" and state.secondary_status == "Failed"
     assert state.failure_reason is not None and state.failure_reason.startswith("ClientError: ")
@@ -132,11 +196,18 @@ def test_malformed_data_line_is_named(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     lines[6] = lines[6] + ",oops"
     path.write_text("\n".join(lines) + "\n")
-    req = request("ll-bad-line", LL_IMAGE, {"predictor_type": "binary_classifier"},
-                  [channel("train", (tmp_path / "data").as_uri())], (tmp_path / "out").as_uri())
+    req = request(
+        "ll-bad-line",
+        LL_IMAGE,
+        {"predictor_type": "binary_classifier"},
+        [channel("train", (tmp_path / "data").as_uri())],
+        (tmp_path / "out").as_uri(),
+    )
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Failed"
-    assert re.search(r"train\.csv:7: expected 7 columns, got 8", state.failure_reason or ""), state.failure_reason
+    assert re.search(r"train\.csv:7: expected 7 columns, got 8", state.failure_reason or ""), (
+        state.failure_reason
+    )
 
 
 def test_xgboost_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
@@ -144,14 +215,33 @@ def test_xgboost_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     write_libsvm(tmp_path / "data/t.libsvm", X, y)  # no ContentType: xgboost's default, libsvm
     ckpt = (tmp_path / "checkpoints").as_uri()
     chans = [channel("train", (tmp_path / "data").as_uri(), None)]
-    first, _ = run_job(request("xgb-ckpt-1", XGB_IMAGE, {"num_round": 6, "max_depth": 3}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt),
-                       tmp_path / "job1", checkpoint_sync_interval=0.2)
+    first, _ = run_job(
+        request(
+            "xgb-ckpt-1",
+            XGB_IMAGE,
+            {"num_round": 6, "max_depth": 3},
+            chans,
+            (tmp_path / "out").as_uri(),
+            checkpoint=ckpt,
+        ),
+        tmp_path / "job1",
+        checkpoint_sync_interval=0.2,
+    )
     assert first.status == "Completed", first.failure_reason
     saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert saved == [f"xgboost-checkpoint.{i}" for i in range(1, 6)]  # the last five rounds are kept
     # a restarted job (e.g. after a spot interruption) with the same checkpoint location continues at round 6
-    second, lines = run_job(request("xgb-ckpt-2", XGB_IMAGE, {"num_round": 10, "max_depth": 3}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt),
-                            tmp_path / "job2")
+    second, lines = run_job(
+        request(
+            "xgb-ckpt-2",
+            XGB_IMAGE,
+            {"num_round": 10, "max_depth": 3},
+            chans,
+            (tmp_path / "out").as_uri(),
+            checkpoint=ckpt,
+        ),
+        tmp_path / "job2",
+    )
     assert second.status == "Completed", second.failure_reason
     rounds = [int(m.group(1)) for line in lines if (m := re.search(r"\| \[(\d+)\]#011", line))]
     assert rounds == [6, 7, 8, 9]
@@ -169,12 +259,28 @@ def test_incremental_training_from_a_model_channel(tmp_path: Path) -> None:
     (Xt, yt), _ = _split(*binary_data(600))
     write_csv(tmp_path / "data/t.csv", Xt, yt)
     chans = [channel("train", (tmp_path / "data").as_uri())]
-    first, _ = run_job(request("xgb-inc-1", XGB_IMAGE, {"num_round": 4, "objective": "binary:logistic"}, chans, (tmp_path / "out").as_uri()),
-                       tmp_path / "job1")
+    first, _ = run_job(
+        request(
+            "xgb-inc-1",
+            XGB_IMAGE,
+            {"num_round": 4, "objective": "binary:logistic"},
+            chans,
+            (tmp_path / "out").as_uri(),
+        ),
+        tmp_path / "job1",
+    )
     assert first.status == "Completed", first.failure_reason
     model_chan = channel("model", first.model_artifacts or "", "application/x-sagemaker-model")
-    second, lines = run_job(request("xgb-inc-2", XGB_IMAGE, {"num_round": 3, "objective": "binary:logistic"}, [*chans, model_chan],
-                                    (tmp_path / "out").as_uri()), tmp_path / "job2")
+    second, lines = run_job(
+        request(
+            "xgb-inc-2",
+            XGB_IMAGE,
+            {"num_round": 3, "objective": "binary:logistic"},
+            [*chans, model_chan],
+            (tmp_path / "out").as_uri(),
+        ),
+        tmp_path / "job2",
+    )
     assert second.status == "Completed", second.failure_reason
     assert any("continuing from a model with 4 rounds" in line for line in lines)
     booster = xgb.Booster()
@@ -192,11 +298,21 @@ def test_pipe_and_file_modes_give_the_same_model(tmp_path: Path, algo: str) -> N
     else:
         write_recordio(tmp_path / "data/a.rec", X[:400], y[:400])
         write_recordio(tmp_path / "data/b.rec", X[400:], y[400:])
-        image, ct, hps = LL_IMAGE, "application/x-recordio-protobuf", {"predictor_type": "binary_classifier", "epochs": 3}
+        image, ct, hps = (
+            LL_IMAGE,
+            "application/x-recordio-protobuf",
+            {"predictor_type": "binary_classifier", "epochs": 3},
+        )
     models = {}
     for mode in ("File", "Pipe"):
-        req = request(f"pipe-{algo}-{mode.lower()}", image, hps, [channel("train", (tmp_path / "data").as_uri(), ct)],
-                      (tmp_path / "out").as_uri(), mode=mode)
+        req = request(
+            f"pipe-{algo}-{mode.lower()}",
+            image,
+            hps,
+            [channel("train", (tmp_path / "data").as_uri(), ct)],
+            (tmp_path / "out").as_uri(),
+            mode=mode,
+        )
         state, _ = run_job(req, tmp_path / f"job-{mode}")
         assert state.status == "Completed", state.failure_reason
         models[mode] = onnx_predict(local_model(state, tmp_path / f"m-{mode}"), X)["probabilities"]
@@ -210,20 +326,35 @@ def test_linear_learner_resumes_from_its_checkpoint_and_continues_a_model(tmp_pa
     chans = [channel("train", (tmp_path / "data").as_uri())]
     ckpt = (tmp_path / "ckpt").as_uri()
     hps = {"predictor_type": "binary_classifier", "mini_batch_size": 50}
-    first, _ = run_job(request("ll-ckpt-1", LL_IMAGE, {**hps, "epochs": 2}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt),
-                       tmp_path / "job1")
+    first, _ = run_job(
+        request(
+            "ll-ckpt-1", LL_IMAGE, {**hps, "epochs": 2}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt
+        ),
+        tmp_path / "job1",
+    )
     assert first.status == "Completed", first.failure_reason
     assert (tmp_path / "ckpt/linear-learner-checkpoint.npz").is_file()
-    second, lines = run_job(request("ll-ckpt-2", LL_IMAGE, {**hps, "epochs": 4}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt),
-                            tmp_path / "job2")
+    second, lines = run_job(
+        request(
+            "ll-ckpt-2", LL_IMAGE, {**hps, "epochs": 4}, chans, (tmp_path / "out").as_uri(), checkpoint=ckpt
+        ),
+        tmp_path / "job2",
+    )
     assert second.status == "Completed", second.failure_reason
     assert any("Resuming from checkpoint: epoch 2 of 4" in line for line in lines)
     epochs = [int(m.group(1)) for line in lines if (m := re.search(r"epoch=(\d+), train", line))]
     assert epochs == [2, 3]
     # incremental training: a 'model' channel with the previous model.tar.gz is the starting point
-    third, lines = run_job(request("ll-inc", LL_IMAGE, {**hps, "epochs": 1},
-                                   [*chans, channel("model", second.model_artifacts or "", None)], (tmp_path / "out").as_uri()),
-                           tmp_path / "job3")
+    third, lines = run_job(
+        request(
+            "ll-inc",
+            LL_IMAGE,
+            {**hps, "epochs": 1},
+            [*chans, channel("model", second.model_artifacts or "", None)],
+            (tmp_path / "out").as_uri(),
+        ),
+        tmp_path / "job3",
+    )
     assert third.status == "Completed", third.failure_reason
     assert any("starting from the weights of the previous model" in line for line in lines)
     assert np.mean(onnx_predict(local_model(third, tmp_path / "m3"), X)["label"] == y) > 0.95
@@ -232,10 +363,25 @@ def test_linear_learner_resumes_from_its_checkpoint_and_continues_a_model(tmp_pa
 def test_linear_learner_stops_early_when_validation_gets_worse(tmp_path: Path) -> None:
     X, y = binary_data(800)
     write_csv(tmp_path / "data/train/t.csv", X[:400], y[:400])
-    write_csv(tmp_path / "data/validation/v.csv", X[400:], 1 - y[400:])  # flipped labels: learning makes it worse
-    hps = {"predictor_type": "binary_classifier", "epochs": 10, "early_stopping_patience": 2, "mini_batch_size": 20}
-    req = request("ll-early", LL_IMAGE, hps, [channel("train", (tmp_path / "data/train").as_uri()),
-                                              channel("validation", (tmp_path / "data/validation").as_uri())], (tmp_path / "out").as_uri())
+    write_csv(
+        tmp_path / "data/validation/v.csv", X[400:], 1 - y[400:]
+    )  # flipped labels: learning makes it worse
+    hps = {
+        "predictor_type": "binary_classifier",
+        "epochs": 10,
+        "early_stopping_patience": 2,
+        "mini_batch_size": 20,
+    }
+    req = request(
+        "ll-early",
+        LL_IMAGE,
+        hps,
+        [
+            channel("train", (tmp_path / "data/train").as_uri()),
+            channel("validation", (tmp_path / "data/validation").as_uri()),
+        ],
+        (tmp_path / "out").as_uri(),
+    )
     state, lines = run_job(req, tmp_path / "job")
     assert state.status == "Completed", state.failure_reason
     epochs = [int(m.group(1)) for line in lines if (m := re.search(r"epoch=(\d+), validation", line))]
@@ -250,9 +396,18 @@ def test_xgboost_saves_its_model_when_stopped_with_save_model_on_termination(tmp
 
     X, y = binary_data(300)
     write_csv(tmp_path / "data/t.csv", X, y)
-    req = request("xgb-term", XGB_IMAGE, {"num_round": 100000, "objective": "binary:logistic", "max_depth": 2,
-                                          "save_model_on_termination": "true"},
-                  [channel("train", (tmp_path / "data").as_uri())], (tmp_path / "out").as_uri())
+    req = request(
+        "xgb-term",
+        XGB_IMAGE,
+        {
+            "num_round": 100000,
+            "objective": "binary:logistic",
+            "max_depth": 2,
+            "save_model_on_termination": "true",
+        },
+        [channel("train", (tmp_path / "data").as_uri())],
+        (tmp_path / "out").as_uri(),
+    )
     holder: dict[str, TrainingJobRunner] = {}
 
     def on_log(host: str, line: str) -> None:

@@ -35,7 +35,9 @@ def test_registry_port_is_not_a_tag() -> None:
 
 
 @given(
-    registry=st.sampled_from(["", "localhost:5000/", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/", "quay.io/team/"]),
+    registry=st.sampled_from(
+        ["", "localhost:5000/", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/", "quay.io/team/"]
+    ),
     repo=st.sampled_from(["xgboost", "sagemaker-xgboost", "linear-learner", "selfmaker", "other", "sklearn"]),
     tag=st.sampled_from(["", ":1", ":1.7-1", ":latest", "@sha256:0123abcd"]),
 )

@@ -52,7 +52,9 @@ def _split_probes(booster: Any, base: np.ndarray) -> np.ndarray:
     """Rows that put every split value (and the float32 just below it) into its feature."""
     rows = []
     for tree in json.loads(bytes(booster.save_raw("json")))["learner"]["gradient_booster"]["model"]["trees"]:
-        for left, feature, cond in zip(tree["left_children"], tree["split_indices"], tree["split_conditions"], strict=True):
+        for left, feature, cond in zip(
+            tree["left_children"], tree["split_indices"], tree["split_conditions"], strict=True
+        ):
             if left == -1:
                 continue
             for value in (np.float32(cond), np.nextafter(np.float32(cond), np.float32(-np.inf))):
@@ -99,7 +101,11 @@ def assert_parity(booster: Any, objective: str, X: np.ndarray) -> float:
         assert out["variable"].dtype == np.float32 and out["variable"].shape == (len(X), 1)
         got, expected = out["variable"], pred
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=ATOL)
-    return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - np.asarray(expected, dtype=np.float64)), initial=0.0))
+    return float(
+        np.max(
+            np.abs(np.asarray(got, dtype=np.float64) - np.asarray(expected, dtype=np.float64)), initial=0.0
+        )
+    )
 
 
 def test_every_builtin_objective_is_exportable() -> None:
@@ -115,23 +121,48 @@ def test_objective_parity_with_missing_values_and_exact_split_values(objective: 
 
 STRUCTURES: list[tuple[str, str, dict[str, Any], Callable[[Any], Any]]] = [
     # (id, objective, xgboost params, booster transform)
-    ("pruned-nodes-exact", "binary:logistic", {"tree_method": "exact", "gamma": 5.0, "max_depth": 8}, lambda b: b),
+    (
+        "pruned-nodes-exact",
+        "binary:logistic",
+        {"tree_method": "exact", "gamma": 5.0, "max_depth": 8},
+        lambda b: b,
+    ),
     ("single-leaf-trees", "multi:softprob", {"gamma": 1e9}, lambda b: b),
-    ("lossguide", "reg:squarederror", {"grow_policy": "lossguide", "max_depth": 0, "max_leaves": 5, "tree_method": "hist"}, lambda b: b),
+    (
+        "lossguide",
+        "reg:squarederror",
+        {"grow_policy": "lossguide", "max_depth": 0, "max_leaves": 5, "tree_method": "hist"},
+        lambda b: b,
+    ),
     ("approx", "count:poisson", {"tree_method": "approx"}, lambda b: b),
-    ("parallel-trees", "multi:softmax", {"num_parallel_tree": 3, "subsample": 0.7, "colsample_bynode": 0.6}, lambda b: b),
+    (
+        "parallel-trees",
+        "multi:softmax",
+        {"num_parallel_tree": 3, "subsample": 0.7, "colsample_bynode": 0.6},
+        lambda b: b,
+    ),
     ("base-score-set", "binary:logistic", {"base_score": 0.2}, lambda b: b),
     ("base-score-set-gamma", "reg:gamma", {"base_score": 2.5}, lambda b: b),
     ("base-score-set-logistic", "reg:logistic", {"base_score": 0.9}, lambda b: b),
     ("sliced-early-stop", "multi:softprob", {}, lambda b: b[:3]),
     ("no-trees", "binary:logistic", {}, lambda b: b[:0]),
-    ("deep", "reg:tweedie", {"max_depth": 10, "min_child_weight": 0, "tweedie_variance_power": 1.3}, lambda b: b),
+    (
+        "deep",
+        "reg:tweedie",
+        {"max_depth": 10, "min_child_weight": 0, "tweedie_variance_power": 1.3},
+        lambda b: b,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("objective", "params", "transform"), [case[1:] for case in STRUCTURES],
-                         ids=[case[0] for case in STRUCTURES])
-def test_tree_structures_parity(objective: str, params: dict[str, Any], transform: Callable[[Any], Any]) -> None:
+@pytest.mark.parametrize(
+    ("objective", "params", "transform"),
+    [case[1:] for case in STRUCTURES],
+    ids=[case[0] for case in STRUCTURES],
+)
+def test_tree_structures_parity(
+    objective: str, params: dict[str, Any], transform: Callable[[Any], Any]
+) -> None:
     X = _data(seed=3)
     assert_parity(transform(_train(objective, X, **params)), objective, X)
 
@@ -141,15 +172,23 @@ def test_unused_features_and_constant_columns() -> None:
     X[:, 1] = 1.0  # never split on
     X[:, 3] = np.nan  # always missing
     wide = np.concatenate([X, np.zeros((len(X), 3), dtype=np.float32)], axis=1)  # trained on 8 columns
-    booster = xgb.train({"objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(wide, label=_labels("binary:logistic", X)), 5)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "nthread": 1},
+        xgb.DMatrix(wide, label=_labels("binary:logistic", X)),
+        5,
+    )
     assert_parity(booster, "binary:logistic", wide)
 
 
 def test_incremental_training_keeps_the_base_margin() -> None:
     X = _data(seed=5)
     first = _train("count:poisson", X, rounds=3)
-    more = xgb.train({"objective": "count:poisson", "nthread": 1}, xgb.DMatrix(X, label=_labels("count:poisson", X) * 2),
-                     4, xgb_model=first)
+    more = xgb.train(
+        {"objective": "count:poisson", "nthread": 1},
+        xgb.DMatrix(X, label=_labels("count:poisson", X) * 2),
+        4,
+        xgb_model=first,
+    )
     assert_parity(more, "count:poisson", X)
 
 
@@ -160,10 +199,20 @@ def test_all_missing_rows_follow_the_default_directions() -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(objective=st.sampled_from(["reg:squarederror", "binary:logistic", "multi:softprob", "count:poisson", "binary:hinge"]),
-       n=st.integers(2, 60), seed=st.integers(0, 2**16), nan_fraction=st.sampled_from([0.0, 0.3, 0.9]),
-       grid=st.booleans(), max_depth=st.integers(1, 6), rounds=st.integers(1, 6))
-def test_parity_property(objective: str, n: int, seed: int, nan_fraction: float, grid: bool, max_depth: int, rounds: int) -> None:
+@given(
+    objective=st.sampled_from(
+        ["reg:squarederror", "binary:logistic", "multi:softprob", "count:poisson", "binary:hinge"]
+    ),
+    n=st.integers(2, 60),
+    seed=st.integers(0, 2**16),
+    nan_fraction=st.sampled_from([0.0, 0.3, 0.9]),
+    grid=st.booleans(),
+    max_depth=st.integers(1, 6),
+    rounds=st.integers(1, 6),
+)
+def test_parity_property(
+    objective: str, n: int, seed: int, nan_fraction: float, grid: bool, max_depth: int, rounds: int
+) -> None:
     X = _data(n, seed, nan_fraction)
     if grid:  # few distinct values: splits land exactly between/at the probe values
         X = np.round(X * 2) / 2
@@ -181,13 +230,17 @@ def test_rejects_what_it_cannot_export() -> None:
         xgboost_to_onnx(booster, D, "reg:quantileerror")
     with pytest.raises(ValueError, match="splits on feature"):
         xgboost_to_onnx(booster, 1, "binary:logistic")
-    dart = xgb.train({"objective": "binary:logistic", "booster": "dart", "nthread": 1}, xgb.DMatrix(X, label=y), 2)
+    dart = xgb.train(
+        {"objective": "binary:logistic", "booster": "dart", "nthread": 1}, xgb.DMatrix(X, label=y), 2
+    )
     with pytest.raises(ValueError, match="booster 'dart'"):
         xgboost_to_onnx(dart, D, "binary:logistic")
     Xc = X.copy()
     Xc[:, 4] = 2 * y + np.arange(len(X)) % 2  # four categories that carry the label
     cat = xgb.DMatrix(Xc, label=y, feature_types=["q"] * 4 + ["c"], enable_categorical=True)
-    categorical = xgb.train({"objective": "binary:logistic", "tree_method": "hist", "max_cat_to_onehot": 1, "nthread": 1}, cat, 4)
+    categorical = xgb.train(
+        {"objective": "binary:logistic", "tree_method": "hist", "max_cat_to_onehot": 1, "nthread": 1}, cat, 4
+    )
     with pytest.raises(ValueError, match="categorical splits"):
         xgboost_to_onnx(categorical, D, "binary:logistic")
 

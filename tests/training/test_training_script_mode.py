@@ -23,7 +23,7 @@ from training.script_mode import fetch_submit_dir, pip_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TOOLKIT_SCRIPT = '''
+TOOLKIT_SCRIPT = """
 import argparse, json, os, sys
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int)
@@ -45,7 +45,7 @@ with open(os.path.join(args.model_dir, "model.json"), "w") as f:
 with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "report.txt"), "w") as f:
     f.write("done")
 print("warning goes to stderr", file=sys.stderr)
-'''
+"""
 
 
 def _submit(tmp_path: Path, files: dict[str, str]) -> str:
@@ -54,30 +54,55 @@ def _submit(tmp_path: Path, files: dict[str, str]) -> str:
     return path.as_uri()
 
 
-def _script_request(tmp_path: Path, name: str, script: str, hps: dict[str, object] | None = None, **kwargs: object) -> dict:  # type: ignore[type-arg]
+def _script_request(
+    tmp_path: Path, name: str, script: str, hps: dict[str, object] | None = None, **kwargs: object
+) -> dict:  # type: ignore[type-arg]
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "a.csv").write_text("1,2\n3,4\n5,6\n")
-    all_hps = {"sagemaker_program": json.dumps("train.py"), "sagemaker_submit_directory": json.dumps(_submit(tmp_path, {"train.py": script}))}
+    all_hps = {
+        "sagemaker_program": json.dumps("train.py"),
+        "sagemaker_submit_directory": json.dumps(_submit(tmp_path, {"train.py": script})),
+    }
     all_hps.update({k: json.dumps(v) if isinstance(v, str) else str(v) for k, v in (hps or {}).items()})
-    return request(name, SELFMAKER_IMAGE, all_hps, [channel("train", data.as_uri())], (tmp_path / "out").as_uri(), **kwargs)  # type: ignore[arg-type]
+    return request(
+        name,
+        SELFMAKER_IMAGE,
+        all_hps,
+        [channel("train", data.as_uri())],
+        (tmp_path / "out").as_uri(),
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 def test_toolkit_style_script_runs_unchanged(tmp_path: Path) -> None:
-    req = _script_request(tmp_path, "script-ok", TOOLKIT_SCRIPT, {"epochs": 3, "learning-rate": 0.1},
-                          metrics=[{"Name": "train:error", "Regex": "Train_error=(.*?);"}])
+    req = _script_request(
+        tmp_path,
+        "script-ok",
+        TOOLKIT_SCRIPT,
+        {"epochs": 3, "learning-rate": 0.1},
+        metrics=[{"Name": "train:error", "Regex": "Train_error=(.*?);"}],
+    )
     req["Environment"] = {"MY_SETTING": "on"}
     updates: list[dict] = []  # type: ignore[type-arg]
     state, lines = run_job(req, tmp_path / "job", on_update=lambda s: updates.append(s.describe_fields()))
     assert state.status == "Completed", state.failure_reason
-    model = json.loads((extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m") / "model.json").read_text())  # type: ignore[index]
+    model = json.loads(
+        (
+            extract_model(Path(state.model_artifacts[len("file://") :]), tmp_path / "m") / "model.json"
+        ).read_text()
+    )  # type: ignore[index]
     assert model["rows"] == 3 and model["epochs"] == 3 and model["lr"] == 0.1
     env = model["env"]
     root = tmp_path / "job/hosts/algo-1"
     assert env["SM_CHANNEL_TRAIN"] == str(root / "input/data/train")
     assert env["SM_MODEL_DIR"] == str(root / "model")
     assert json.loads(env["SM_HPS"]) == {"epochs": 3, "learning-rate": 0.1}
-    assert env["SM_HP_EPOCHS"] == "3" and env["SM_CURRENT_HOST"] == "algo-1" and json.loads(env["SM_HOSTS"]) == ["algo-1"]
+    assert (
+        env["SM_HP_EPOCHS"] == "3"
+        and env["SM_CURRENT_HOST"] == "algo-1"
+        and json.loads(env["SM_HOSTS"]) == ["algo-1"]
+    )
     assert env["TRAINING_JOB_NAME"] == "script-ok" and env["MY_SETTING"] == "on"
     assert model["cwd"] == str(root / "code")
     assert model["argv"] == ["--epochs", "3", "--learning-rate", "0.1"]
@@ -96,11 +121,16 @@ def test_toolkit_style_script_runs_unchanged(tmp_path: Path) -> None:
 
 
 def test_failing_script_reports_the_toolkit_error(tmp_path: Path) -> None:
-    script = "import sys\nprint('about to fail')\nsys.stderr.write('ValueError: column 7 is missing\\n')\n" "sys.exit(3)\n"
+    script = (
+        "import sys\nprint('about to fail')\nsys.stderr.write('ValueError: column 7 is missing\\n')\n"
+        "sys.exit(3)\n"
+    )
     state, _ = run_job(_script_request(tmp_path, "script-fail", script), tmp_path / "job")
     assert state.status == "Failed"
     reason = state.failure_reason or ""
-    assert reason.startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode 3\nErrorMessage \"ValueError: column 7 is missing\"")
+    assert reason.startswith(
+        'AlgorithmError: ExecuteUserScriptError:\nExitCode 3\nErrorMessage "ValueError: column 7 is missing"'
+    )
     assert len(reason) <= 1024
     assert state.model_artifacts is None
 
@@ -113,7 +143,7 @@ def test_missing_program_names_the_hyperparameter(tmp_path: Path) -> None:
     assert "'sagemaker_program'" in (state.failure_reason or "") and "nope.py" in (state.failure_reason or "")
 
 
-SLEEPER = '''
+SLEEPER = """
 import os, signal, sys, time
 def on_term(signum, frame):
     with open(os.path.join(os.environ["SM_MODEL_DIR"], "saved.txt"), "w") as f:
@@ -126,7 +156,7 @@ signal.signal(signal.SIGTERM, on_term)
 print("ready", flush=True)
 for _ in range(600):
     time.sleep(0.1)
-'''
+"""
 
 
 def test_max_runtime_stops_a_sleeping_script(tmp_path: Path) -> None:
@@ -156,7 +186,7 @@ def test_stop_training_job_lets_the_script_save_its_model(tmp_path: Path) -> Non
     state = runner.run()
     assert state.status == "Stopped" and state.secondary_status == "Stopped", state.describe_fields()
     assert "saved the model" in seen
-    model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
+    model = extract_model(Path(state.model_artifacts[len("file://") :]), tmp_path / "m")  # type: ignore[index]
     assert (model / "saved.txt").read_text() == "saved on SIGTERM"
     runner.stop()  # stopping a finished job is a no-op
 
@@ -174,16 +204,25 @@ def test_bad_request_fails_with_the_field_named(tmp_path: Path) -> None:
 
 
 def test_fastfile_channel_is_readable_in_place(tmp_path: Path) -> None:
-    script = ("import os\nbase = os.environ['SM_CHANNEL_TRAIN']\n"
-              "open(os.path.join(os.environ['SM_MODEL_DIR'], 'seen.txt'), 'w').write(open(os.path.join(base, "
-              "'a.csv')).read())\n")
+    script = (
+        "import os\nbase = os.environ['SM_CHANNEL_TRAIN']\n"
+        "open(os.path.join(os.environ['SM_MODEL_DIR'], 'seen.txt'), 'w').write(open(os.path.join(base, "
+        "'a.csv')).read())\n"
+    )
     req = _script_request(tmp_path, "fastfile", script, mode="FastFile")
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Completed", state.failure_reason
     staged = tmp_path / "job/hosts/algo-1/input/data/train/a.csv"
-    assert staged.is_symlink() and staged.resolve() == (tmp_path / "data/a.csv").resolve()  # not copied up front
-    assert json.loads((tmp_path / "job/hosts/algo-1/input/config/inputdataconfig.json").read_text())["train"]["TrainingInputMode"] == "File"
-    model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
+    assert (
+        staged.is_symlink() and staged.resolve() == (tmp_path / "data/a.csv").resolve()
+    )  # not copied up front
+    assert (
+        json.loads((tmp_path / "job/hosts/algo-1/input/config/inputdataconfig.json").read_text())["train"][
+            "TrainingInputMode"
+        ]
+        == "File"
+    )
+    model = extract_model(Path(state.model_artifacts[len("file://") :]), tmp_path / "m")  # type: ignore[index]
     assert (model / "seen.txt").read_text() == "1,2\n3,4\n5,6\n"
 
 
@@ -201,16 +240,22 @@ def test_failing_requirements_install_is_reported(tmp_path: Path) -> None:
 
 def test_xgboost_image_with_an_entry_point_runs_the_script(tmp_path: Path) -> None:
     """SageMaker's XGBoost container in framework mode: sagemaker_program wins over the built-in."""
-    script = "import os, xgboost\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'fw.txt'), " "'w').write(xgboost.__version__)\n"
+    script = (
+        "import os, xgboost\nopen(os.path.join(os.environ['SM_MODEL_DIR'], 'fw.txt'), "
+        "'w').write(xgboost.__version__)\n"
+    )
     req = _script_request(tmp_path, "xgb-framework", script)
-    req["AlgorithmSpecification"]["TrainingImage"] = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+    req["AlgorithmSpecification"]["TrainingImage"] = (
+        "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
+    )
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Completed", state.failure_reason
-    model = extract_model(Path(state.model_artifacts[len("file://"):]), tmp_path / "m")  # type: ignore[index]
+    model = extract_model(Path(state.model_artifacts[len("file://") :]), tmp_path / "m")  # type: ignore[index]
     assert (model / "fw.txt").read_text()
 
 
 # -- pip for requirements.txt: installed pip, else pip's wheel (SELFMAKER_PIP_WHEEL), else a clear error -----
+
 
 def test_pip_command_prefers_the_installed_pip(tmp_path: Path) -> None:
     wheel = tmp_path / "pip.whl"
@@ -225,8 +270,13 @@ def test_pip_command_runs_pip_from_its_wheel_when_pip_is_not_installed(tmp_path:
     assert pip_command(str(wheel), pip_installed=False) == [sys.executable, f"{wheel}/pip"]
 
 
-@pytest.mark.parametrize(("configured", "why"), [(None, "SELFMAKER_PIP_WHEEL is not set"),
-                                                 ("/nowhere/pip.whl", "SELFMAKER_PIP_WHEEL=/nowhere/pip.whl does not exist")])
+@pytest.mark.parametrize(
+    ("configured", "why"),
+    [
+        (None, "SELFMAKER_PIP_WHEEL is not set"),
+        ("/nowhere/pip.whl", "SELFMAKER_PIP_WHEEL=/nowhere/pip.whl does not exist"),
+    ],
+)
 def test_pip_command_without_any_pip_says_how_to_fix_it(configured: str | None, why: str) -> None:
     with pytest.raises(UserError) as info:
         pip_command(configured, pip_installed=False)
@@ -256,7 +306,8 @@ def _zip_installed_pip(dest: Path) -> Path:
 
 
 def test_requirements_install_with_pip_from_its_wheel_in_an_environment_without_pip(
-        tmp_path: Path, make_wheel: Callable[..., Path]) -> None:
+    tmp_path: Path, make_wheel: Callable[..., Path]
+) -> None:
     """What the image does: a venv without pip installs requirements.txt through SELFMAKER_PIP_WHEEL
     (offline)."""
     venv = tmp_path / "venv"
@@ -267,19 +318,38 @@ def test_requirements_install_with_pip_from_its_wheel_in_an_environment_without_
     code = tmp_path / "code"
     make_wheel(code / "wheels", "smk_tinypkg", "GREETING = 'hello from a wheel'\n")
     (code / "requirements.txt").write_text(f"--no-index\n--find-links {code / 'wheels'}\nsmk_tinypkg\n")
-    install = ("import sys; from pathlib import Path; from training.script_mode import install_requirements; "
-               "install_requirements(Path(sys.argv[1]), sys.argv[2] or None)")
+    install = (
+        "import sys; from pathlib import Path; from training.script_mode import install_requirements; "
+        "install_requirements(Path(sys.argv[1]), sys.argv[2] or None)"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PIP_REQUIRE_VIRTUALENV", None)
-    failed = subprocess.run([python, "-c", install, str(code), ""], capture_output=True, text=True, env=env,
-                            check=False, timeout=120)
+    failed = subprocess.run(
+        [python, "-c", install, str(code), ""],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
     assert failed.returncode != 0 and "SELFMAKER_PIP_WHEEL is not set" in failed.stderr
-    done = subprocess.run([python, "-c", install, str(code), str(pip_wheel)], capture_output=True, text=True,
-                          env=env, check=False, timeout=300)
+    done = subprocess.run(
+        [python, "-c", install, str(code), str(pip_wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{pip_wheel}/pip install" in done.stdout
-    greeting = subprocess.run([python, "-c", "import smk_tinypkg; print(smk_tinypkg.GREETING)"],
-                              capture_output=True, text=True, check=True, timeout=60).stdout
+    greeting = subprocess.run(
+        [python, "-c", "import smk_tinypkg; print(smk_tinypkg.GREETING)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     assert greeting.strip() == "hello from a wheel"
 
 
@@ -291,7 +361,8 @@ def _tar_with(path: Path, member: tarfile.TarInfo) -> Path:
 
 @pytest.mark.parametrize("filters", [True, False], ids=["data-filter", "python-without-filters"])
 def test_submit_archive_members_stay_inside_the_code_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool
+) -> None:
     """The image's Python (bookworm's 3.11.2) has no tarfile extraction filters: the same members are
     refused."""
     if not filters:
@@ -299,7 +370,9 @@ def test_submit_archive_members_stay_inside_the_code_directory(
     good = tmp_path / "good.tar.gz"
     good.write_bytes(tar_gz({"train.py": "print('ok')\n", "pkg/util.py": "X = 1\n"}))
     fetch_submit_dir(str(good), tmp_path / "code")
-    assert (tmp_path / "code/train.py").read_text() == "print('ok')\n" and (tmp_path / "code/pkg/util.py").is_file()
+    assert (tmp_path / "code/train.py").read_text() == "print('ok')\n" and (
+        tmp_path / "code/pkg/util.py"
+    ).is_file()
     escape = tarfile.TarInfo("../evil.py")
     escape.size = 1
     link = tarfile.TarInfo("passwd")

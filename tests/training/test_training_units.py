@@ -32,22 +32,38 @@ from training.recordio import read_dense
 from training.script_mode import to_cmd_args
 
 
-def _tree(root: Path, hps: dict[str, str], channels: dict[str, dict[str, str]], hosts: list[str] | None = None) -> Path:
+def _tree(
+    root: Path, hps: dict[str, str], channels: dict[str, dict[str, str]], hosts: list[str] | None = None
+) -> Path:
     cfg = root / "input" / "config"
     cfg.mkdir(parents=True)
     (cfg / "hyperparameters.json").write_text(json.dumps(hps))
     (cfg / "inputdataconfig.json").write_text(json.dumps(channels))
     hosts = hosts or ["algo-1"]
-    (cfg / "resourceconfig.json").write_text(json.dumps({"current_host": hosts[-1], "hosts": hosts, "network_interface_name": "eth0"}))
+    (cfg / "resourceconfig.json").write_text(
+        json.dumps({"current_host": hosts[-1], "hosts": hosts, "network_interface_name": "eth0"})
+    )
     return root
 
 
 def test_sm_environment_matches_the_toolkit(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {"epochs": "10", "lr": "0.01", "name": '"abc"', "sagemaker_program": '"train.py"',
-                            "sagemaker_mpi_enabled": "false", "opt": '{"a": 1}'},
-                 {"train": {"TrainingInputMode": "File"}, "validation": {"TrainingInputMode": "File"}}, ["algo-1", "algo-2"])
+    root = _tree(
+        tmp_path,
+        {
+            "epochs": "10",
+            "lr": "0.01",
+            "name": '"abc"',
+            "sagemaker_program": '"train.py"',
+            "sagemaker_mpi_enabled": "false",
+            "opt": '{"a": 1}',
+        },
+        {"train": {"TrainingInputMode": "File"}, "validation": {"TrainingInputMode": "File"}},
+        ["algo-1", "algo-2"],
+    )
     env = TrainingEnvironment.load(root)
-    sm = env.sm_env(module_name="train", user_entry_point="train.py", user_args=to_cmd_args(env.user_hyperparameters))
+    sm = env.sm_env(
+        module_name="train", user_entry_point="train.py", user_args=to_cmd_args(env.user_hyperparameters)
+    )
     assert sm["SM_MODEL_DIR"] == str(root / "model")
     assert json.loads(sm["SM_CHANNELS"]) == ["train", "validation"]
     assert sm["SM_CHANNEL_TRAIN"] == str(root / "input" / "data" / "train")
@@ -59,7 +75,16 @@ def test_sm_environment_matches_the_toolkit(tmp_path: Path) -> None:
     te = json.loads(sm["SM_TRAINING_ENV"])
     assert te["master_hostname"] == "algo-1" and te["is_master"] is False
     assert int(sm["SM_NUM_CPUS"]) >= 1 and sm["SM_NUM_GPUS"] == "0"
-    assert json.loads(sm["SM_USER_ARGS"]) == ["--epochs", "10", "--lr", "0.01", "--name", "abc", "--opt", "a=1"]
+    assert json.loads(sm["SM_USER_ARGS"]) == [
+        "--epochs",
+        "10",
+        "--lr",
+        "0.01",
+        "--name",
+        "abc",
+        "--opt",
+        "a=1",
+    ]
     assert (root / "model").is_dir() and (root / "output" / "data").is_dir()
 
 
@@ -132,12 +157,17 @@ def test_recordio_sparse_records() -> None:
     from training.recordio import _HEADER, MAGIC, _enc_field, _enc_varint
 
     def tensor(values: list[float], keys: list[int], dim: int) -> bytes:
-        return (_enc_field(1, np.asarray(values, dtype="<f4").tobytes()) + _enc_field(2, b"".join(_enc_varint(k) for k in keys))
-                + _enc_field(3, _enc_varint(dim)))
+        return (
+            _enc_field(1, np.asarray(values, dtype="<f4").tobytes())
+            + _enc_field(2, b"".join(_enc_varint(k) for k in keys))
+            + _enc_field(3, _enc_varint(dim))
+        )
 
     value = _enc_field(2, tensor([3.0, 4.0], [1, 3], 5))
     label = _enc_field(2, tensor([1.0], [], 1))
-    payload = _enc_field(1, _enc_field(1, b"values") + _enc_field(2, value)) + _enc_field(2, _enc_field(1, b"values") + _enc_field(2, label))
+    payload = _enc_field(1, _enc_field(1, b"values") + _enc_field(2, value)) + _enc_field(
+        2, _enc_field(1, b"values") + _enc_field(2, label)
+    )
     stream = io.BytesIO(_HEADER.pack(MAGIC, len(payload)) + payload + b"\0" * ((4 - len(payload) % 4) % 4))
     X, y = read_dense(stream)
     np.testing.assert_array_equal(X, [[0, 3, 0, 4, 0]])
@@ -154,11 +184,15 @@ def test_recordio_sparse_records() -> None:
         ("count:poisson", {}, (regression_data(400)[0], np.abs(regression_data(400)[1]))),
     ],
 )
-def test_xgboost_onnx_predicts_what_xgboost_predicts(objective: str, extra: dict[str, int], data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_xgboost_onnx_predicts_what_xgboost_predicts(
+    objective: str, extra: dict[str, int], data: tuple[np.ndarray, np.ndarray]
+) -> None:
     import onnxruntime as ort
 
     X, y = data
-    booster = xgb.train({"objective": objective, "max_depth": 4, "nthread": 1, **extra}, xgb.DMatrix(X, label=y), 15)
+    booster = xgb.train(
+        {"objective": objective, "max_depth": 4, "nthread": 1, **extra}, xgb.DMatrix(X, label=y), 15
+    )
     model = xgboost_to_onnx(booster, X.shape[1], objective)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"input": X})
@@ -178,7 +212,11 @@ def test_xgboost_onnx_predicts_what_xgboost_predicts(objective: str, extra: dict
 def test_linear_onnx_predicts_what_numpy_predicts(task: str) -> None:
     import onnxruntime as ort
 
-    ptype = {"binary_classification": "binary_classifier", "multiclass_classification": "multiclass_classifier", "regression": "regressor"}[task]
+    ptype = {
+        "binary_classification": "binary_classifier",
+        "multiclass_classification": "multiclass_classifier",
+        "regression": "regressor",
+    }[task]
     hps = {"predictor_type": ptype} | ({"num_classes": "4"} if ptype == "multiclass_classifier" else {})
     cfg = linear_learner.parse(Hyperparameters(hps))
     rng = np.random.default_rng(3)
@@ -189,7 +227,9 @@ def test_linear_onnx_predicts_what_numpy_predicts(task: str) -> None:
     model.y_mean, model.y_std = 3.0, 2.0
     X = rng.normal(size=(64, 6)).astype(np.float32)
     W, b = model.raw_weights()
-    sess = ort.InferenceSession(linear_to_onnx(W, b, task, threshold=0.4).SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        linear_to_onnx(W, b, task, threshold=0.4).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     out = {o.name: v for o, v in zip(sess.get_outputs(), sess.run(None, {"input": X}), strict=True)}
     expected = model.predict_scores(X.astype(np.float64))
     if task == "binary_classification":
@@ -206,9 +246,19 @@ def test_threshold_selection_meets_the_target() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, size=2000).astype(float)
     scores = np.clip(0.5 * y + rng.normal(scale=0.3, size=2000), 0, 1)
-    for crit, target in (("precision_at_target_recall", "target_recall"), ("recall_at_target_precision", "target_precision")):
-        cfg = linear_learner.parse(Hyperparameters({"predictor_type": "binary_classifier", "binary_classifier_model_selection_criteria": crit,
-                                                    target: "0.95"}))
+    for crit, target in (
+        ("precision_at_target_recall", "target_recall"),
+        ("recall_at_target_precision", "target_precision"),
+    ):
+        cfg = linear_learner.parse(
+            Hyperparameters(
+                {
+                    "predictor_type": "binary_classifier",
+                    "binary_classifier_model_selection_criteria": crit,
+                    target: "0.95",
+                }
+            )
+        )
         thr = linear_learner.choose_threshold(cfg, scores, y)
         pred = scores >= thr
         tp = float(np.sum(pred & (y == 1)))
@@ -220,9 +270,14 @@ def test_threshold_selection_meets_the_target() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 8), st.integers(1, 6)),
-              elements=st.floats(-1e6, 1e6, allow_nan=False, width=32)),
-       st.integers(0, 3))
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 8), st.integers(1, 6)),
+        elements=st.floats(-1e6, 1e6, allow_nan=False, width=32),
+    ),
+    st.integers(0, 3),
+)
 def test_recordio_round_trip(X: np.ndarray, label_kind: int) -> None:
     from training.recordio import write_recordio as write
 
@@ -237,11 +292,21 @@ def test_recordio_round_trip(X: np.ndarray, label_kind: int) -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(arrays(np.float32, st.tuples(st.integers(1, 20), st.integers(1, 5)),
-              elements=st.floats(-1e4, 1e4, allow_nan=False, width=32)))
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 20), st.integers(1, 5)),
+        elements=st.floats(-1e4, 1e4, allow_nan=False, width=32),
+    )
+)
 def test_csv_reader_round_trip(X: np.ndarray) -> None:
     y = (np.arange(X.shape[0]) % 2).astype(np.float32)
-    text = "\n".join(",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X, strict=True)) + "\n"
+    text = (
+        "\n".join(
+            ",".join([f"{label:g}", *(repr(float(v)) for v in row)]) for label, row in zip(y, X, strict=True)
+        )
+        + "\n"
+    )
     ds = read_csv(text.encode(), "mem.csv")
     np.testing.assert_array_equal(ds.X, X)
     np.testing.assert_array_equal(ds.y, y)

@@ -79,8 +79,11 @@ def write_recordio(path: Path, X: np.ndarray, y: np.ndarray) -> Path:
 
 
 def channel(name: str, uri: str, content_type: str | None = "text/csv", **extra: Any) -> dict[str, Any]:
-    src = {"S3DataType": extra.pop("data_type", "S3Prefix"), "S3Uri": uri,
-           "S3DataDistributionType": extra.pop("distribution", "FullyReplicated")}
+    src = {
+        "S3DataType": extra.pop("data_type", "S3Prefix"),
+        "S3Uri": uri,
+        "S3DataDistributionType": extra.pop("distribution", "FullyReplicated"),
+    }
     ch: dict[str, Any] = {"ChannelName": name, "DataSource": {"S3DataSource": src}}
     if content_type:
         ch["ContentType"] = content_type
@@ -88,13 +91,27 @@ def channel(name: str, uri: str, content_type: str | None = "text/csv", **extra:
     return ch
 
 
-def request(name: str, image: str, hps: dict[str, Any], channels: list[dict[str, Any]], output: str, *,
-            mode: str = "File", count: int = 1, max_runtime: int = 600, metrics: list[dict[str, str]] | None = None,
-            checkpoint: str | None = None) -> dict[str, Any]:
+def request(
+    name: str,
+    image: str,
+    hps: dict[str, Any],
+    channels: list[dict[str, Any]],
+    output: str,
+    *,
+    mode: str = "File",
+    count: int = 1,
+    max_runtime: int = 600,
+    metrics: list[dict[str, str]] | None = None,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
     req: dict[str, Any] = {
         "TrainingJobName": name,
         "RoleArn": "arn:aws:iam::000000000000:role/test",
-        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": mode, "MetricDefinitions": metrics or []},
+        "AlgorithmSpecification": {
+            "TrainingImage": image,
+            "TrainingInputMode": mode,
+            "MetricDefinitions": metrics or [],
+        },
         "HyperParameters": {k: str(v) for k, v in hps.items()},
         "InputDataConfig": channels,
         "OutputDataConfig": {"S3OutputPath": output},
@@ -109,7 +126,9 @@ def request(name: str, image: str, hps: dict[str, Any], channels: list[dict[str,
 def run_job(req: dict[str, Any], work_dir: Path, **kwargs: Any) -> tuple[TrainingJobState, list[str]]:
     """Run a job; returns the final state and every log line (``host | line``)."""
     lines: list[str] = []
-    runner = TrainingJobRunner(req, work_dir, on_log=lambda host, line: lines.append(f"{host} | {line}"), **kwargs)
+    runner = TrainingJobRunner(
+        req, work_dir, on_log=lambda host, line: lines.append(f"{host} | {line}"), **kwargs
+    )
     state = runner.run()
     return state, lines
 
@@ -124,7 +143,7 @@ def extract_model(tar_path: Path, dest: Path) -> Path:
 def local_model(state: TrainingJobState, dest: Path) -> Path:
     """Unpack the job's file:// model.tar.gz into ``dest``."""
     assert state.model_artifacts and state.model_artifacts.startswith("file://"), state.describe_fields()
-    return extract_model(Path(state.model_artifacts[len("file://"):]), dest)
+    return extract_model(Path(state.model_artifacts[len("file://") :]), dest)
 
 
 def onnx_predict(model_dir: Path, X: np.ndarray) -> dict[str, np.ndarray]:

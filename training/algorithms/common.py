@@ -48,6 +48,6 @@ def numbered_files(directory: Path, prefix: str) -> list[tuple[int, Path]]:
     out = []
     if directory.is_dir():
         for p in directory.iterdir():
-            if p.name.startswith(prefix) and p.name[len(prefix):].isdigit():
-                out.append((int(p.name[len(prefix):]), p))
+            if p.name.startswith(prefix) and p.name[len(prefix) :].isdigit():
+                out.append((int(p.name[len(prefix) :]), p))
     return sorted(out)

@@ -28,23 +28,76 @@ MODEL_FILE = "linear-learner.npz"
 CHECKPOINT_FILE = "linear-learner-checkpoint.npz"
 
 PREDICTOR_TYPES = ("binary_classifier", "multiclass_classifier", "regressor")
-CRITERIA = ("accuracy", "f_beta", "precision_at_target_recall", "recall_at_target_precision", "loss_function", "cross_entropy_loss")
+CRITERIA = (
+    "accuracy",
+    "f_beta",
+    "precision_at_target_recall",
+    "recall_at_target_precision",
+    "loss_function",
+    "cross_entropy_loss",
+)
 IMPLEMENTED = {
-    "predictor_type", "feature_dim", "num_classes", "epochs", "mini_batch_size", "learning_rate", "optimizer", "l1", "wd",
-    "use_bias", "normalize_data", "normalize_label", "balance_multiclass_weights", "target_precision", "target_recall",
-    "binary_classifier_model_selection_criteria", "early_stopping_patience", "early_stopping_tolerance", "loss",
-    "positive_example_weight_mult", "beta_1", "beta_2", "f_beta", "num_point_for_scaler", "momentum", "bias_lr_mult",
-    "bias_wd_mult", "seed",
+    "predictor_type",
+    "feature_dim",
+    "num_classes",
+    "epochs",
+    "mini_batch_size",
+    "learning_rate",
+    "optimizer",
+    "l1",
+    "wd",
+    "use_bias",
+    "normalize_data",
+    "normalize_label",
+    "balance_multiclass_weights",
+    "target_precision",
+    "target_recall",
+    "binary_classifier_model_selection_criteria",
+    "early_stopping_patience",
+    "early_stopping_tolerance",
+    "loss",
+    "positive_example_weight_mult",
+    "beta_1",
+    "beta_2",
+    "f_beta",
+    "num_point_for_scaler",
+    "momentum",
+    "bias_lr_mult",
+    "bias_wd_mult",
+    "seed",
 }
 #: accepted for compatibility with SageMaker jobs; they tune internals this implementation does not have
 ACCEPTED = {
-    "num_models", "num_calibration_samples", "init_method", "init_scale", "init_sigma", "init_bias", "lr_scheduler_step",
-    "lr_scheduler_factor", "lr_scheduler_minimum_lr", "unbias_data", "unbias_label", "huber_delta", "quantile", "margin",
-    "loss_insensitivity", "accuracy_top_k", "_kvstore", "_num_gpus", "_num_kv_servers", "_log_level", "_wd", "_learning_rate",
+    "num_models",
+    "num_calibration_samples",
+    "init_method",
+    "init_scale",
+    "init_sigma",
+    "init_bias",
+    "lr_scheduler_step",
+    "lr_scheduler_factor",
+    "lr_scheduler_minimum_lr",
+    "unbias_data",
+    "unbias_label",
+    "huber_delta",
+    "quantile",
+    "margin",
+    "loss_insensitivity",
+    "accuracy_top_k",
+    "_kvstore",
+    "_num_gpus",
+    "_num_kv_servers",
+    "_log_level",
+    "_wd",
+    "_learning_rate",
     "_tuning_objective_metric",
 }
 
-_TASKS = {"binary_classifier": "binary_classification", "multiclass_classifier": "multiclass_classification", "regressor": "regression"}
+_TASKS = {
+    "binary_classifier": "binary_classification",
+    "multiclass_classifier": "multiclass_classification",
+    "regressor": "regression",
+}
 
 
 @dataclass
@@ -92,21 +145,30 @@ def parse(hp: Hyperparameters) -> Config:
         num_classes = int(hp.int("num_classes", required=True, minimum=3, maximum=1_000_000) or 0)
     elif hp.has("num_classes"):
         raise HyperparameterError("num_classes", "is only valid with predictor_type=multiclass_classifier")
-    losses = {"binary_classifier": ("logistic",), "multiclass_classifier": ("softmax_loss",),
-              "regressor": ("squared_loss", "absolute_loss")}[ptype]
+    losses = {
+        "binary_classifier": ("logistic",),
+        "multiclass_classifier": ("softmax_loss",),
+        "regressor": ("squared_loss", "absolute_loss"),
+    }[ptype]
     pos = hp.string("positive_example_weight_mult", "1.0")
     pos_weight: float | str
     if pos in ("balanced", "auto"):
         pos_weight = "balanced" if pos == "balanced" else 1.0
     else:
-        pos_weight = float(hp.float("positive_example_weight_mult", 1.0, minimum=0, exclusive_min=True) or 1.0)
+        pos_weight = float(
+            hp.float("positive_example_weight_mult", 1.0, minimum=0, exclusive_min=True) or 1.0
+        )
     return Config(
-        predictor_type=ptype, task=_TASKS[ptype], num_classes=num_classes,
+        predictor_type=ptype,
+        task=_TASKS[ptype],
+        num_classes=num_classes,
         feature_dim=hp.int("feature_dim", None, minimum=1),
         epochs=int(hp.int("epochs", 15, minimum=1) or 15),
         batch=int(hp.int("mini_batch_size", 1000, minimum=1) or 1000),
         lr=float(hp.float("learning_rate", 0.05, minimum=0, exclusive_min=True) or 0.05),
-        optimizer=str(hp.choice("optimizer", "adam", ("auto", "adam", "sgd", "adagrad", "rmsprop"))).replace("auto", "adam"),
+        optimizer=str(hp.choice("optimizer", "adam", ("auto", "adam", "sgd", "adagrad", "rmsprop"))).replace(
+            "auto", "adam"
+        ),
         l1=float(hp.float("l1", 0.0, minimum=0) or 0.0),
         wd=float(hp.float("wd", 0.0, minimum=0) or 0.0),
         use_bias=hp.bool("use_bias", True),
@@ -114,7 +176,9 @@ def parse(hp: Hyperparameters) -> Config:
         normalize_label=hp.bool("normalize_label", ptype == "regressor"),
         balance=hp.bool("balance_multiclass_weights", False),
         criterion=str(hp.choice("binary_classifier_model_selection_criteria", "accuracy", CRITERIA)),
-        target_precision=float(hp.float("target_precision", 0.8, minimum=0, maximum=1, exclusive_min=True) or 0.8),
+        target_precision=float(
+            hp.float("target_precision", 0.8, minimum=0, maximum=1, exclusive_min=True) or 0.8
+        ),
         target_recall=float(hp.float("target_recall", 0.8, minimum=0, maximum=1, exclusive_min=True) or 0.8),
         f_beta=float(hp.float("f_beta", 1.0, minimum=0, exclusive_min=True) or 1.0),
         patience=int(hp.int("early_stopping_patience", 3, minimum=1) or 3),
@@ -180,8 +244,10 @@ class Model:
         if self.cfg.task == "regression":
             W, b = W / self.y_std, (b - self.y_mean) / self.y_std
         if W.shape != self.W.shape:
-            raise UserError(f"channel 'model': previous model has weights of shape {list(W.shape)}, this job needs "
-                            f"{list(self.W.shape)}")
+            raise UserError(
+                f"channel 'model': previous model has weights of shape {list(W.shape)}, this job needs "
+                f"{list(self.W.shape)}"
+            )
         self.W = W * self.std[:, None]
         self.b = b + (self.mean / self.std) @ W
 
@@ -200,7 +266,9 @@ def _loss(cfg: Config, model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray
     return float(np.sum(per * w) / max(np.sum(w), 1e-12))
 
 
-def _grad(cfg: Config, model: Model, Xn: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _grad(
+    cfg: Config, model: Model, Xn: np.ndarray, y: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     m = Xn @ model.W + model.b
     if cfg.task == "binary_classification":
         r = (_sigmoid(m[:, 0]) - y)[:, None]
@@ -221,7 +289,10 @@ class Optimizer:
     def __init__(self, cfg: Config, model: Model) -> None:
         self.cfg = cfg
         self.t = 0
-        self.state = {name: [np.zeros_like(getattr(model, name)), np.zeros_like(getattr(model, name))] for name in ("W", "b")}
+        self.state = {
+            name: [np.zeros_like(getattr(model, name)), np.zeros_like(getattr(model, name))]
+            for name in ("W", "b")
+        }
 
     def step(self, model: Model, gW: np.ndarray, gb: np.ndarray) -> None:
         cfg = self.cfg
@@ -237,8 +308,8 @@ class Optimizer:
                 s0 += (1 - cfg.beta1) * g
                 s1 *= cfg.beta2
                 s1 += (1 - cfg.beta2) * g * g
-                mhat = s0 / (1 - cfg.beta1 ** self.t)
-                vhat = s1 / (1 - cfg.beta2 ** self.t)
+                mhat = s0 / (1 - cfg.beta1**self.t)
+                vhat = s1 / (1 - cfg.beta2**self.t)
                 update = lr * mhat / (np.sqrt(vhat) + 1e-8)
             elif cfg.optimizer == "adagrad":
                 s1 += g * g
@@ -257,8 +328,13 @@ class Optimizer:
             setattr(model, name, value)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"opt_W0": self.state["W"][0], "opt_W1": self.state["W"][1], "opt_b0": self.state["b"][0],
-                "opt_b1": self.state["b"][1], "opt_t": np.array(self.t)}
+        return {
+            "opt_W0": self.state["W"][0],
+            "opt_W1": self.state["W"][1],
+            "opt_b0": self.state["b"][0],
+            "opt_b1": self.state["b"][1],
+            "opt_t": np.array(self.t),
+        }
 
     def load(self, arrays: Any) -> None:
         self.state = {"W": [arrays["opt_W0"], arrays["opt_W1"]], "b": [arrays["opt_b0"], arrays["opt_b1"]]}
@@ -297,7 +373,7 @@ def choose_threshold(cfg: Config, scores: np.ndarray, y: np.ndarray) -> float:
     if cfg.criterion == "accuracy":
         objective = (tp + (n - pos - fp)) / n
     elif cfg.criterion == "f_beta":
-        b2 = cfg.f_beta ** 2
+        b2 = cfg.f_beta**2
         objective = (1 + b2) * precision * recall / np.maximum(b2 * precision + recall, 1e-12)
     elif cfg.criterion == "precision_at_target_recall":
         objective = np.where(recall >= cfg.target_recall, precision, -1.0)
@@ -318,18 +394,27 @@ def _quality(cfg: Config, model: Model, ds: Dataset, threshold: float) -> dict[s
         fn = float(np.sum((pred == 0) & (y == 1)))
         precision = tp / max(tp + fp, 1.0)
         recall = tp / max(tp + fn, 1.0)
-        return {"binary_classification_accuracy": float(np.mean(pred == y)), "precision": precision, "recall": recall,
-                "binary_f_beta": 2 * precision * recall / max(precision + recall, 1e-12)}
+        return {
+            "binary_classification_accuracy": float(np.mean(pred == y)),
+            "precision": precision,
+            "recall": recall,
+            "binary_f_beta": 2 * precision * recall / max(precision + recall, 1e-12),
+        }
     if cfg.task == "multiclass_classification":
         return {"multiclass_accuracy": float(np.mean(scores.argmax(axis=1) == y))}
     err = scores - y
-    return {"mse": float(np.mean(err ** 2)), "absolute_loss": float(np.mean(np.abs(err))),
-            "r2": float(1 - np.sum(err ** 2) / max(float(np.sum((y - y.mean()) ** 2)), 1e-12))}
+    return {
+        "mse": float(np.mean(err**2)),
+        "absolute_loss": float(np.mean(np.abs(err))),
+        "r2": float(1 - np.sum(err**2) / max(float(np.sum((y - y.mean()) ** 2)), 1e-12)),
+    }
 
 
 def _objective_name(cfg: Config) -> str:
-    return {"binary_classification": "binary_classification_cross_entropy_objective",
-            "multiclass_classification": "multiclass_cross_entropy_objective"}.get(cfg.task, f"{cfg.loss}_objective")
+    return {
+        "binary_classification": "binary_classification_cross_entropy_objective",
+        "multiclass_classification": "multiclass_cross_entropy_objective",
+    }.get(cfg.task, f"{cfg.loss}_objective")
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -338,13 +423,17 @@ def _check(cfg: Config, ds: Dataset, name: str) -> None:
     if cfg.task == "binary_classification":
         bad = np.setdiff1d(np.unique(y), [0.0, 1.0])
         if bad.size:
-            raise UserError(f"channel {name!r}: predictor_type=binary_classifier needs labels 0 or 1, found "
-                            f"{bad[:5].tolist()}")
+            raise UserError(
+                f"channel {name!r}: predictor_type=binary_classifier needs labels 0 or 1, found "
+                f"{bad[:5].tolist()}"
+            )
     elif cfg.task == "multiclass_classification":
         bad = y[(y < 0) | (y >= cfg.num_classes) | (y != np.round(y))]
         if bad.size:
-            raise UserError(f"channel {name!r}: labels must be integers in [0, num_classes={cfg.num_classes}), "
-                            f"found {bad[:5].tolist()}")
+            raise UserError(
+                f"channel {name!r}: labels must be integers in [0, num_classes={cfg.num_classes}), "
+                f"found {bad[:5].tolist()}"
+            )
     if not np.isfinite(ds.dense).all():
         row = int(np.flatnonzero(~np.isfinite(ds.dense).all(axis=1))[0])
         raise UserError(f"channel {name!r}: record {row + 1} has an empty or non-finite feature value")
@@ -358,16 +447,28 @@ def train(env: TrainingEnvironment) -> None:
         raise UserError("channel 'train' is required")
     host = env.current_host
     train_ds = read_channel(env, "train", default="recordio", feature_dim=cfg.feature_dim)
-    valid_ds = read_channel(env, "validation", default="recordio", feature_dim=cfg.feature_dim) if "validation" in env.input_data_config else None
-    test_ds = read_channel(env, "test", default="recordio", feature_dim=cfg.feature_dim) if "test" in env.input_data_config else None
+    valid_ds = (
+        read_channel(env, "validation", default="recordio", feature_dim=cfg.feature_dim)
+        if "validation" in env.input_data_config
+        else None
+    )
+    test_ds = (
+        read_channel(env, "test", default="recordio", feature_dim=cfg.feature_dim)
+        if "test" in env.input_data_config
+        else None
+    )
     X = train_ds.dense.astype(np.float64)
     dim = X.shape[1]
     if cfg.feature_dim is not None and cfg.feature_dim != dim:
-        raise HyperparameterError("feature_dim", f"is {cfg.feature_dim} but channel 'train' has {dim} feature columns")
+        raise HyperparameterError(
+            "feature_dim", f"is {cfg.feature_dim} but channel 'train' has {dim} feature columns"
+        )
     for name, ds in (("train", train_ds), ("validation", valid_ds), ("test", test_ds)):
         if ds is not None:
             if ds.dense.shape[1] != dim:
-                raise UserError(f"channel {name!r} has {ds.dense.shape[1]} feature columns, channel 'train' has {dim}")
+                raise UserError(
+                    f"channel {name!r} has {ds.dense.shape[1]} feature columns, channel 'train' has {dim}"
+                )
             _check(cfg, ds, name)
     y = train_ds.y.astype(np.float64)
     rng = np.random.default_rng(cfg.seed)
@@ -396,7 +497,12 @@ def train(env: TrainingEnvironment) -> None:
     if ckpt.is_file():
         state = np.load(ckpt)
         model.W, model.b = state["W"], state["b"]
-        model.mean, model.std, model.y_mean, model.y_std = state["mean"], state["std"], float(state["y_mean"]), float(state["y_std"])
+        model.mean, model.std, model.y_mean, model.y_std = (
+            state["mean"],
+            state["std"],
+            float(state["y_mean"]),
+            float(state["y_std"]),
+        )
         opt.load(state)
         start_epoch = int(state["epoch"]) + 1
         best_loss, bad_epochs = float(state["best_loss"]), int(state["bad_epochs"])
@@ -410,7 +516,7 @@ def train(env: TrainingEnvironment) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         order = rng.permutation(n) if epoch == start_epoch else rng.permutation(n)
         for lo in range(0, n, cfg.batch):
-            idx = order[lo:lo + cfg.batch]
+            idx = order[lo : lo + cfg.batch]
             gW, gb = _grad(cfg, model, Xn[idx], yn[idx], weights[idx])
             opt.step(model, gW, gb)
         train_loss = _loss(cfg, model, X, y, weights)
@@ -430,9 +536,18 @@ def train(env: TrainingEnvironment) -> None:
         if env.is_master:
             buf = io.BytesIO()
             checkpoint: dict[str, Any] = {
-                "W": model.W, "b": model.b, "mean": model.mean, "std": model.std, "y_mean": model.y_mean,
-                "y_std": model.y_std, "epoch": epoch, "best_loss": best_loss, "bad_epochs": bad_epochs,
-                "best_W": best[0] if best else model.W, "best_b": best[1] if best else model.b, **opt.arrays(),
+                "W": model.W,
+                "b": model.b,
+                "mean": model.mean,
+                "std": model.std,
+                "y_mean": model.y_mean,
+                "y_std": model.y_std,
+                "epoch": epoch,
+                "best_loss": best_loss,
+                "bad_epochs": bad_epochs,
+                "best_W": best[0] if best else model.W,
+                "best_b": best[1] if best else model.b,
+                **opt.arrays(),
             }
             np.savez(buf, **checkpoint)
             atomic_write(ckpt, buf.getvalue())
@@ -464,8 +579,14 @@ def export(env: TrainingEnvironment, model: Model, threshold: float) -> None:
     (env.model_dir / MODEL_FILE).write_bytes(buf.getvalue())
     save(linear_to_onnx(W, b, cfg.task, threshold), env.model_dir)
     classes = list(range(cfg.num_classes)) if cfg.task != "regression" else None
-    write_signature(env.model_dir, framework="linear-learner", task=cfg.task, n_features=W.shape[0],
-                    response_format="linear-learner", classes=classes,
-                    threshold=threshold if cfg.task == "binary_classification" else None,
-                    extra={"predictor_type": cfg.predictor_type})
+    write_signature(
+        env.model_dir,
+        framework="linear-learner",
+        task=cfg.task,
+        n_features=W.shape[0],
+        response_format="linear-learner",
+        classes=classes,
+        threshold=threshold if cfg.task == "binary_classification" else None,
+        extra={"predictor_type": cfg.predictor_type},
+    )
     say(f"Saved {MODEL_FILE}, model.onnx and signature.json to {env.model_dir}")

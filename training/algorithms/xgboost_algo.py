@@ -31,18 +31,65 @@ CHECKPOINT_PREFIX = "xgboost-checkpoint."
 KEEP_CHECKPOINTS = 5
 
 OBJECTIVES = (
-    "reg:squarederror", "reg:squaredlogerror", "reg:logistic", "reg:pseudohubererror", "reg:absoluteerror",
-    "reg:linear", "binary:logistic", "binary:logitraw", "binary:hinge", "count:poisson", "reg:gamma", "reg:tweedie",
-    "multi:softmax", "multi:softprob",
+    "reg:squarederror",
+    "reg:squaredlogerror",
+    "reg:logistic",
+    "reg:pseudohubererror",
+    "reg:absoluteerror",
+    "reg:linear",
+    "binary:logistic",
+    "binary:logitraw",
+    "binary:hinge",
+    "count:poisson",
+    "reg:gamma",
+    "reg:tweedie",
+    "multi:softmax",
+    "multi:softprob",
 )
 KNOWN = {
-    "num_round", "objective", "eval_metric", "max_depth", "eta", "gamma", "alpha", "lambda", "subsample",
-    "colsample_bytree", "colsample_bylevel", "colsample_bynode", "min_child_weight", "scale_pos_weight",
-    "early_stopping_rounds", "tree_method", "num_class", "base_score", "seed", "max_delta_step", "max_bin",
-    "grow_policy", "max_leaves", "csv_weights", "booster", "nthread", "verbosity", "silent", "sketch_eps",
-    "lambda_bias", "tweedie_variance_power", "num_parallel_tree", "save_model_on_termination", "sampling_method",
-    "single_precision_histogram", "deterministic_histogram", "interaction_constraints", "monotone_constraints",
-    "refresh_leaf", "process_type", "updater", "max_cat_to_onehot", "feature_dim",
+    "num_round",
+    "objective",
+    "eval_metric",
+    "max_depth",
+    "eta",
+    "gamma",
+    "alpha",
+    "lambda",
+    "subsample",
+    "colsample_bytree",
+    "colsample_bylevel",
+    "colsample_bynode",
+    "min_child_weight",
+    "scale_pos_weight",
+    "early_stopping_rounds",
+    "tree_method",
+    "num_class",
+    "base_score",
+    "seed",
+    "max_delta_step",
+    "max_bin",
+    "grow_policy",
+    "max_leaves",
+    "csv_weights",
+    "booster",
+    "nthread",
+    "verbosity",
+    "silent",
+    "sketch_eps",
+    "lambda_bias",
+    "tweedie_variance_power",
+    "num_parallel_tree",
+    "save_model_on_termination",
+    "sampling_method",
+    "single_precision_histogram",
+    "deterministic_histogram",
+    "interaction_constraints",
+    "monotone_constraints",
+    "refresh_leaf",
+    "process_type",
+    "updater",
+    "max_cat_to_onehot",
+    "feature_dim",
 }
 
 
@@ -92,7 +139,9 @@ def build_params(hp: Hyperparameters, n_hosts: int) -> tuple[dict[str, Any], int
             raise HyperparameterError("eval_metric", "is empty")
         params["eval_metric"] = metrics
     if params["tree_method"] == "exact" and n_hosts > 1:
-        raise HyperparameterError("tree_method", "'exact' does not support distributed training; use hist or approx")
+        raise HyperparameterError(
+            "tree_method", "'exact' does not support distributed training; use hist or approx"
+        )
     early = hp.int("early_stopping_rounds", None, minimum=1)
     return params, num_round, early
 
@@ -106,11 +155,15 @@ def _dmatrix(ds: Dataset) -> Any:
 class _Reporter:
     """xgboost callback: SageMaker-style metric lines, checkpoints, SIGTERM-safe model saving."""
 
-    def __init__(self, env: TrainingEnvironment, checkpoint: bool, terminate: threading.Event | None = None) -> None:
+    def __init__(
+        self, env: TrainingEnvironment, checkpoint: bool, terminate: threading.Event | None = None
+    ) -> None:
         import xgboost as xgb
 
         class Callback(xgb.callback.TrainingCallback):
-            def after_iteration(cb_self, model: Any, epoch: int, evals_log: xgb.callback.TrainingCallback.EvalsLog) -> bool:
+            def after_iteration(
+                cb_self, model: Any, epoch: int, evals_log: xgb.callback.TrainingCallback.EvalsLog
+            ) -> bool:
                 epoch = model.num_boosted_rounds() - 1  # the callback counts from 0 in every train() call
                 parts = [f"[{epoch}]"]
                 for data, metrics in evals_log.items():
@@ -118,12 +171,16 @@ class _Reporter:
                         parts.append(f"{data}-{metric}:{values[-1]:.5f}")
                 say("#011".join(parts))
                 if checkpoint:
-                    atomic_write(env.checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch}", bytes(model.save_raw("ubj")))
+                    atomic_write(
+                        env.checkpoint_dir / f"{CHECKPOINT_PREFIX}{epoch}", bytes(model.save_raw("ubj"))
+                    )
                     for _, old in numbered_files(env.checkpoint_dir, CHECKPOINT_PREFIX)[:-KEEP_CHECKPOINTS]:
                         old.unlink(missing_ok=True)
                 if terminate is not None and terminate.is_set():
-                    say(f"SIGTERM: stopping after round {epoch} and saving the model "
-                        "(save_model_on_termination)")
+                    say(
+                        f"SIGTERM: stopping after round {epoch} and saving the model "
+                        "(save_model_on_termination)"
+                    )
                     return True
                 return False
 
@@ -175,23 +232,44 @@ def train(env: TrainingEnvironment) -> None:
         raise UserError("channel 'train' is required")
     started = time.perf_counter()
     train_ds = read_channel(env, "train", default="libsvm", csv_weights=csv_weights)
-    valid_ds = read_channel(env, "validation", default="libsvm", csv_weights=csv_weights) if "validation" in env.input_data_config else None
-    say(f"Read {train_ds.rows} training rows x {train_ds.X.shape[1]} features"
-        + (f" and {valid_ds.rows} validation rows" if valid_ds is not None else "") + f" in {time.perf_counter() - started:.2f}s")
+    valid_ds = (
+        read_channel(env, "validation", default="libsvm", csv_weights=csv_weights)
+        if "validation" in env.input_data_config
+        else None
+    )
+    say(
+        f"Read {train_ds.rows} training rows x {train_ds.X.shape[1]} features"
+        + (f" and {valid_ds.rows} validation rows" if valid_ds is not None else "")
+        + f" in {time.perf_counter() - started:.2f}s"
+    )
     objective = params["objective"]
     if objective.startswith("binary:") or objective == "reg:logistic":
-        bad = np.setdiff1d(np.unique(train_ds.y), [0.0, 1.0]) if objective.startswith("binary:") else train_ds.y[(train_ds.y < 0) | (train_ds.y > 1)]
+        bad = (
+            np.setdiff1d(np.unique(train_ds.y), [0.0, 1.0])
+            if objective.startswith("binary:")
+            else train_ds.y[(train_ds.y < 0) | (train_ds.y > 1)]
+        )
         if bad.size:
-            raise UserError(f"channel 'train': objective {objective} needs labels in {{0, 1}}" + (" / [0, 1]" if objective == "reg:logistic" else "") + f", found {bad[:5].tolist()}")
+            raise UserError(
+                f"channel 'train': objective {objective} needs labels in {{0, 1}}"
+                + (" / [0, 1]" if objective == "reg:logistic" else "")
+                + f", found {bad[:5].tolist()}"
+            )
     if objective.startswith("multi:"):
-        bad = train_ds.y[(train_ds.y < 0) | (train_ds.y >= params["num_class"]) | (train_ds.y != np.round(train_ds.y))]
+        bad = train_ds.y[
+            (train_ds.y < 0) | (train_ds.y >= params["num_class"]) | (train_ds.y != np.round(train_ds.y))
+        ]
         if bad.size:
-            raise UserError(f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), "
-                            f"found {bad[:5].tolist()}")
+            raise UserError(
+                f"channel 'train': labels must be integers in [0, num_class={params['num_class']}), "
+                f"found {bad[:5].tolist()}"
+            )
     n_features = int(train_ds.X.shape[1])
     if valid_ds is not None and valid_ds.X.shape[1] != n_features and isinstance(valid_ds.X, np.ndarray):
-        raise UserError(f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has "
-                        f"{n_features}")
+        raise UserError(
+            f"channel 'validation' has {valid_ds.X.shape[1]} feature columns, channel 'train' has "
+            f"{n_features}"
+        )
 
     dtrain = _dmatrix(train_ds)
     evals = [(dtrain, "train")]
@@ -208,15 +286,19 @@ def train(env: TrainingEnvironment) -> None:
         last_round, path = checkpoints[-1]
         start_model = _booster_from_bytes(path.read_bytes(), params)
         done_rounds = last_round + 1
-        say(f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, "
-            f"{max(0, num_round - done_rounds)} to go")
+        say(
+            f"Resuming from checkpoint {path.name}: {done_rounds} rounds done, "
+            f"{max(0, num_round - done_rounds)} to go"
+        )
         remaining = num_round - done_rounds
     else:
         previous = previous_model_file(env, (MODEL_FILE, "xgboost-model.json", "xgboost-model.ubj"))
         if previous is not None:
             start_model = _booster_from_bytes(previous, params)
-            say(f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} "
-                "rounds")
+            say(
+                f"Incremental training: continuing from a model with {start_model.num_boosted_rounds()} "
+                "rounds"
+            )
         remaining = num_round
 
     # like SageMaker's container: checkpoints only when the job has a CheckpointConfig (or a checkpoint dir in
@@ -236,8 +318,15 @@ def train(env: TrainingEnvironment) -> None:
         if rounds <= 0:
             return start_model
         try:
-            return xgb.train(params, dtrain, num_boost_round=rounds, evals=evals, verbose_eval=False,
-                             callbacks=callbacks, xgb_model=start_model)
+            return xgb.train(
+                params,
+                dtrain,
+                num_boost_round=rounds,
+                evals=evals,
+                verbose_eval=False,
+                callbacks=callbacks,
+                xgb_model=start_model,
+            )
         except xgb.core.XGBoostError as exc:
             raise UserError(f"xgboost: {str(exc).strip().splitlines()[-1][:500]}") from None
 
@@ -249,9 +338,15 @@ def train(env: TrainingEnvironment) -> None:
     say(f"Trained {max(remaining, 0)} rounds in {time.perf_counter() - started:.2f}s")
     if booster is None:
         raise UserError("nothing to train: num_round is already reached and no model exists")
-    if early and getattr(booster, "best_iteration", None) is not None and booster.num_boosted_rounds() > booster.best_iteration + 1:
-        say(f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} "
-            "rounds")
+    if (
+        early
+        and getattr(booster, "best_iteration", None) is not None
+        and booster.num_boosted_rounds() > booster.best_iteration + 1
+    ):
+        say(
+            f"Early stopping: best round {booster.best_iteration}, keeping {booster.best_iteration + 1} "
+            "rounds"
+        )
         booster = booster[: booster.best_iteration + 1]
     if env.is_master:
         started = time.perf_counter()
@@ -273,7 +368,13 @@ def _train_distributed(env: TrainingEnvironment, hosts: list[str], fit: Any, rou
         waiter = threading.Thread(target=tracker.wait_for, daemon=True)
         waiter.start()
     # workers that come up before the tracker retry their connection (dmlc_retry)
-    args: dict[str, int | str] = {"dmlc_tracker_uri": address, "dmlc_tracker_port": port, "dmlc_task_id": env.current_host, "dmlc_retry": 10, "dmlc_timeout": 300}
+    args: dict[str, int | str] = {
+        "dmlc_tracker_uri": address,
+        "dmlc_tracker_port": port,
+        "dmlc_task_id": env.current_host,
+        "dmlc_retry": 10,
+        "dmlc_timeout": 300,
+    }
     say(f"Distributed training: {env.current_host} of {len(hosts)} hosts, tracker {address}:{port}")
     with collective.CommunicatorContext(**args):
         booster = fit(rounds)
@@ -297,9 +398,16 @@ def export(env: TrainingEnvironment, booster: Any, n_features: int, params: dict
         task, classes = "binary_classification", [0, 1]
     else:
         task, classes = "regression", None
-    write_signature(model_dir, framework="xgboost", task=task, n_features=n_features, response_format="xgboost",
-                    classes=classes, threshold=0.5 if task == "binary_classification" else None,
-                    extra={"objective": objective})
+    write_signature(
+        model_dir,
+        framework="xgboost",
+        task=task,
+        n_features=n_features,
+        response_format="xgboost",
+        classes=classes,
+        threshold=0.5 if task == "binary_classification" else None,
+        extra={"objective": objective},
+    )
     # the exported graph must predict what xgboost predicts
     import onnxruntime as ort
 
@@ -317,7 +425,14 @@ def export(env: TrainingEnvironment, booster: Any, n_features: int, params: dict
             onnx_out = onnx_out[:, 1]
             if objective == "binary:logitraw":
                 ref = 1.0 / (1.0 + np.exp(-ref))
-    diff = float(np.max(np.abs(np.asarray(onnx_out, dtype=np.float64).reshape(-1) - np.asarray(ref, dtype=np.float64).reshape(-1))))
+    diff = float(
+        np.max(
+            np.abs(
+                np.asarray(onnx_out, dtype=np.float64).reshape(-1)
+                - np.asarray(ref, dtype=np.float64).reshape(-1)
+            )
+        )
+    )
     if diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
         raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")
     say(f"Saved {MODEL_FILE}, model.onnx and signature.json to {model_dir}")

@@ -105,20 +105,34 @@ def ensure_image(engine: str, image: str, pull_timeout: float = PULL_TIMEOUT) ->
     """Make sure ``image`` is present: inspect it, else pull it. Raises :class:`ExecutorError`."""
     if not image or not image.strip():
         raise ExecutorError("ClientError: no container image given")
-    probe = subprocess.run([engine, "image", "inspect", image], stdin=subprocess.DEVNULL, capture_output=True,
-                           check=False, timeout=common_proc.ENGINE_INFO_TIMEOUT)
+    probe = subprocess.run(
+        [engine, "image", "inspect", image],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+        timeout=common_proc.ENGINE_INFO_TIMEOUT,
+    )
     if probe.returncode == 0:
         return
     log.info("image %s is not present; pulling it", image)
     try:
-        pulled = subprocess.run([engine, "pull", image], stdin=subprocess.DEVNULL, capture_output=True,
-                                check=False, timeout=pull_timeout)
+        pulled = subprocess.run(
+            [engine, "pull", image],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+            timeout=pull_timeout,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise ExecutorError(f"ClientError: pulling image {image} took longer than {pull_timeout:.0f} s") from exc
+        raise ExecutorError(
+            f"ClientError: pulling image {image} took longer than {pull_timeout:.0f} s"
+        ) from exc
     if pulled.returncode != 0:
         detail = (pulled.stderr or pulled.stdout).decode("utf-8", "replace").strip().splitlines()
-        raise ExecutorError(f"ClientError: image {image} is not present and cannot be pulled: "
-                            f"{detail[-1] if detail else 'unknown error'}")
+        raise ExecutorError(
+            f"ClientError: image {image} is not present and cannot be pulled: "
+            f"{detail[-1] if detail else 'unknown error'}"
+        )
 
 
 def read_cidfile(path: Path) -> str | None:
@@ -132,8 +146,14 @@ def read_cidfile(path: Path) -> str | None:
 
 def _run_quiet(cmd: list[str], timeout: float) -> int | None:
     try:
-        return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=timeout, check=False).returncode
+        return subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        ).returncode
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -196,7 +216,9 @@ class ContainerExecutor(Executor):
 
     kind = "container"
 
-    def __init__(self, engine: str | None = None, pull_timeout: float = PULL_TIMEOUT, gpus: str | None = None) -> None:
+    def __init__(
+        self, engine: str | None = None, pull_timeout: float = PULL_TIMEOUT, gpus: str | None = None
+    ) -> None:
         self._engine_override = engine
         self._engine: str | None = None
         self.pull_timeout = pull_timeout
@@ -219,8 +241,13 @@ class ContainerExecutor(Executor):
         name = _NAME_UNSAFE.sub("-", f"selfmaker-{spec.job_name}")[:60]
         if name not in self._networks:
             _run_quiet([self.engine, "network", "rm", "-f", name], timeout=60)
-            created = subprocess.run([self.engine, "network", "create", name], stdin=subprocess.DEVNULL,
-                                     capture_output=True, check=False, timeout=60)
+            created = subprocess.run(
+                [self.engine, "network", "create", name],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
             if created.returncode != 0:
                 detail = created.stderr.decode("utf-8", "replace").strip()
                 raise ExecutorError(f"cannot create the container network {name}: {detail}")
@@ -229,10 +256,25 @@ class ContainerExecutor(Executor):
 
     def command(self, spec: HostSpec, name: str, cidfile: Path, network: str | None) -> list[str]:
         """The ``<engine> run`` command line for ``spec`` (environment values are passed by name only)."""
-        cmd = [self.engine, "run", "--rm", "--name", name, "--cidfile", str(cidfile),
-               "--hostname", spec.host, "-v", f"{spec.ml_root.resolve()}:/opt/ml",
-               "--label", "selfmaker.kind=training", "--label", f"selfmaker.job={spec.job_name}",
-               "--label", f"selfmaker.host={spec.host}"]
+        cmd = [
+            self.engine,
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--cidfile",
+            str(cidfile),
+            "--hostname",
+            spec.host,
+            "-v",
+            f"{spec.ml_root.resolve()}:/opt/ml",
+            "--label",
+            "selfmaker.kind=training",
+            "--label",
+            f"selfmaker.job={spec.job_name}",
+            "--label",
+            f"selfmaker.host={spec.host}",
+        ]
         if network:
             cmd += ["--network", network, "--network-alias", spec.host]
         cmd += gpu_arguments(self.engine, spec.instance_type, self.gpus, self.host_has_gpu)
@@ -257,10 +299,22 @@ class ContainerExecutor(Executor):
         env = dict(os.environ)
         env.update(spec.env)
         cmd = self.command(spec, name, cidfile, network)
-        log.info("starting training host %s of %s in container %s (%s)", spec.host, spec.job_name, name, engine_name(engine))
+        log.info(
+            "starting training host %s of %s in container %s (%s)",
+            spec.host,
+            spec.job_name,
+            name,
+            engine_name(engine),
+        )
         try:
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise ExecutorError(f"cannot start the training container: {exc}") from exc
         return ContainerHandle(engine, name, proc, cidfile)

@@ -24,8 +24,13 @@ SCHEMES = ("internal", "internet-facing")
 DEFAULT_SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 _TLS12_POLICY_RE = re.compile(r"^ELBSecurityPolicy-(TLS13-1-[23]-|TLS-1-2-|FS-1-2-)[A-Za-z0-9-]+$")
 #: The body of the default action: what a client gets for a path no endpoint owns (a runtime-style error).
-NOT_FOUND_BODY = json.dumps({"__type": "ValidationError", "message": "No endpoint at this path: use POST "
-                             "/endpoints/<name>/invocations"}, separators=(",", ":"))
+NOT_FOUND_BODY = json.dumps(
+    {
+        "__type": "ValidationError",
+        "message": "No endpoint at this path: use POST /endpoints/<name>/invocations",
+    },
+    separators=(",", ":"),
+)
 ACCESS_LOG_PREFIX = "gateway"
 
 
@@ -79,7 +84,9 @@ class GatewayArgs:
             if not self.certificate_arn:
                 raise bad("trust_store_ca_bundle", "mutual TLS needs HTTPS (certificate_arn)")
             if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+", self.trust_store_ca_bundle):
-                raise bad("trust_store_ca_bundle", f"{self.trust_store_ca_bundle!r} is not an s3://bucket/key URI")
+                raise bad(
+                    "trust_store_ca_bundle", f"{self.trust_store_ca_bundle!r} is not an s3://bucket/key URI"
+                )
         if not 1 <= self.idle_timeout <= 4000:
             raise bad("idle_timeout", "must be 1-4000 seconds")
 
@@ -106,33 +113,56 @@ class Gateway(pulumi.ComponentResource):
         self._priorities: dict[int, str] = {}
 
         self.security_group = aws.ec2.SecurityGroup(
-            naming.child_name(name, "sg"), vpc_id=args.vpc_id, description=f"selfmaker gateway {name} ({args.scheme})",
-            tags=self._tagged("sg"), opts=child,
+            naming.child_name(name, "sg"),
+            vpc_id=args.vpc_id,
+            description=f"selfmaker gateway {name} ({args.scheme})",
+            tags=self._tagged("sg"),
+            opts=child,
         )
         for i, cidr in enumerate(args.allowed_cidrs):
             aws.vpc.SecurityGroupIngressRule(
-                naming.child_name(name, f"client-{i}"), security_group_id=self.security_group.id, cidr_ipv4=cidr,
-                ip_protocol="tcp", from_port=args.port, to_port=args.port,
-                description="endpoint clients", tags=self._tagged(f"client-{i}"), opts=child,
+                naming.child_name(name, f"client-{i}"),
+                security_group_id=self.security_group.id,
+                cidr_ipv4=cidr,
+                ip_protocol="tcp",
+                from_port=args.port,
+                to_port=args.port,
+                description="endpoint clients",
+                tags=self._tagged(f"client-{i}"),
+                opts=child,
             )
         for i, source in enumerate(args.client_security_group_ids):
             aws.vpc.SecurityGroupIngressRule(
-                naming.child_name(name, f"client-sg-{i}"), security_group_id=self.security_group.id,
-                referenced_security_group_id=source, ip_protocol="tcp", from_port=args.port, to_port=args.port,
-                description="endpoint clients in the VPC", tags=self._tagged(f"client-sg-{i}"), opts=child,
+                naming.child_name(name, f"client-sg-{i}"),
+                security_group_id=self.security_group.id,
+                referenced_security_group_id=source,
+                ip_protocol="tcp",
+                from_port=args.port,
+                to_port=args.port,
+                description="endpoint clients in the VPC",
+                tags=self._tagged(f"client-sg-{i}"),
+                opts=child,
             )
             # client groups may start without egress (the workload group reaches only its own members)
             aws.vpc.SecurityGroupEgressRule(
-                naming.child_name(name, f"client-sg-{i}-out"), security_group_id=source,
-                referenced_security_group_id=self.security_group.id, ip_protocol="tcp", from_port=args.port,
-                to_port=args.port, description=f"to the endpoint gateway {name}", tags=self._tagged(f"client-sg-{i}-out"),
+                naming.child_name(name, f"client-sg-{i}-out"),
+                security_group_id=source,
+                referenced_security_group_id=self.security_group.id,
+                ip_protocol="tcp",
+                from_port=args.port,
+                to_port=args.port,
+                description=f"to the endpoint gateway {name}",
+                tags=self._tagged(f"client-sg-{i}-out"),
                 opts=child,
             )
 
         lb_kwargs: dict[str, Any] = {}
         if args.access_logs_bucket is not None:
-            lb_kwargs["access_logs"] = {"bucket": args.access_logs_bucket, "prefix": ACCESS_LOG_PREFIX,
-                                        "enabled": True}
+            lb_kwargs["access_logs"] = {
+                "bucket": args.access_logs_bucket,
+                "prefix": ACCESS_LOG_PREFIX,
+                "enabled": True,
+            }
         self.load_balancer = aws.lb.LoadBalancer(
             naming.child_name(name, "alb"),
             load_balancer_type="application",
@@ -157,20 +187,31 @@ class Gateway(pulumi.ComponentResource):
             if args.trust_store_ca_bundle is not None:
                 bucket, key = uris.split_s3(args.trust_store_ca_bundle)
                 self.trust_store = aws.lb.TrustStore(
-                    naming.child_name(name, "trust-store"), ca_certificates_bundle_s3_bucket=bucket,
-                    ca_certificates_bundle_s3_key=key, tags=self._tagged("trust-store"), opts=child,
+                    naming.child_name(name, "trust-store"),
+                    ca_certificates_bundle_s3_bucket=bucket,
+                    ca_certificates_bundle_s3_key=key,
+                    tags=self._tagged("trust-store"),
+                    opts=child,
                 )
-                listener_kwargs["mutual_authentication"] = {"mode": "verify", "trust_store_arn": self.trust_store.arn}
+                listener_kwargs["mutual_authentication"] = {
+                    "mode": "verify",
+                    "trust_store_arn": self.trust_store.arn,
+                }
         self.listener = aws.lb.Listener(
             naming.child_name(name, "listener"),
             load_balancer_arn=self.load_balancer.arn,
             port=args.port,
             protocol="HTTPS" if args.https else "HTTP",
-            default_actions=[{
-                "type": "fixed-response",
-                "fixed_response": {"content_type": "application/json", "status_code": "404",
-                                   "message_body": NOT_FOUND_BODY},
-            }],
+            default_actions=[
+                {
+                    "type": "fixed-response",
+                    "fixed_response": {
+                        "content_type": "application/json",
+                        "status_code": "404",
+                        "message_body": NOT_FOUND_BODY,
+                    },
+                }
+            ],
             tags=self._tagged("listener"),
             opts=child,
             **listener_kwargs,
@@ -178,12 +219,14 @@ class Gateway(pulumi.ComponentResource):
         scheme = "https" if args.https else "http"
         #: The base URL clients use (``endpoint_url`` of boto3's sagemaker-runtime client).
         self.url: pulumi.Output[str] = pulumi.Output.concat(scheme, "://", self.load_balancer.dns_name)
-        self.register_outputs({
-            "url": self.url,
-            "load_balancer_arn": self.load_balancer.arn,
-            "security_group_id": self.security_group.id,
-            "listener_arn": self.listener.arn,
-        })
+        self.register_outputs(
+            {
+                "url": self.url,
+                "load_balancer_arn": self.load_balancer.arn,
+                "security_group_id": self.security_group.id,
+                "listener_arn": self.listener.arn,
+            }
+        )
 
     def _tagged(self, role: str) -> dict[str, str]:
         return naming.with_name(self._tags, naming.child_name(self._name, role))
@@ -198,19 +241,33 @@ class Gateway(pulumi.ComponentResource):
             raise ValueError(f"Gateway.allow_targets: port {port} is not 1-65535")
         role = f"{name}-out"
         aws.vpc.SecurityGroupEgressRule(
-            naming.child_name(self._name, role), security_group_id=self.security_group.id,
-            referenced_security_group_id=security_group.id, ip_protocol="tcp", from_port=port, to_port=port,
-            description=f"to the model servers of {name}", tags=self._tagged(role),
+            naming.child_name(self._name, role),
+            security_group_id=self.security_group.id,
+            referenced_security_group_id=security_group.id,
+            ip_protocol="tcp",
+            from_port=port,
+            to_port=port,
+            description=f"to the model servers of {name}",
+            tags=self._tagged(role),
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-    def add_route(self, name: str, *, paths: Sequence[str], routes: Sequence[Route], priority: int,
-                  header: tuple[str, str] | None = None, method: str = "POST") -> aws.lb.ListenerRule:
+    def add_route(
+        self,
+        name: str,
+        *,
+        paths: Sequence[str],
+        routes: Sequence[Route],
+        priority: int,
+        header: tuple[str, str] | None = None,
+        method: str = "POST",
+    ) -> aws.lb.ListenerRule:
         """A listener rule: ``method`` on ``paths`` (and ``header`` if given) forwarded to ``routes``.
 
         ``routes`` are weighted target groups (ALB: at most 5, weights 0..999, not all 0); ``priority``
         must be unique on the listener (see :func:`infra.endpoints.priority_blocks`).
         """
+
         def bad(message: str) -> ValueError:
             return ValueError(f"Gateway.add_route({name!r}): {message}")
 
@@ -218,7 +275,9 @@ class Gateway(pulumi.ComponentResource):
             raise bad("an ALB rule takes at most 5 condition values (the paths, the method and the header)")
         if not 1 <= len(routes) <= endpoints.MAX_TARGET_GROUPS:
             raise bad(f"1-{endpoints.MAX_TARGET_GROUPS} target groups per rule, got {len(routes)}")
-        if any(not 0 <= r.weight <= endpoints.MAX_ALB_WEIGHT for r in routes) or not any(r.weight for r in routes):
+        if any(not 0 <= r.weight <= endpoints.MAX_ALB_WEIGHT for r in routes) or not any(
+            r.weight for r in routes
+        ):
             raise bad("weights must be 0-999 and not all 0")
         if not 1 <= priority <= endpoints.MAX_PRIORITY:
             raise bad(f"priority {priority} is not 1-{endpoints.MAX_PRIORITY}")
@@ -233,10 +292,17 @@ class Gateway(pulumi.ComponentResource):
             conditions.append({"http_header": {"http_header_name": header[0], "values": [header[1]]}})
         # Always the weighted form, so a change of weights (or of the number of variants) is an update
         # of this rule's action and nothing else.
-        action: Any = {"type": "forward", "forward": {"target_groups": [
-            {"arn": r.target_group_arn, "weight": r.weight} for r in routes]}}
+        action: Any = {
+            "type": "forward",
+            "forward": {"target_groups": [{"arn": r.target_group_arn, "weight": r.weight} for r in routes]},
+        }
         role = f"{name}-rule"
         return aws.lb.ListenerRule(
-            naming.child_name(self._name, role), listener_arn=self.listener.arn, priority=priority,
-            conditions=conditions, actions=[action], tags=self._tagged(role), opts=pulumi.ResourceOptions(parent=self),
+            naming.child_name(self._name, role),
+            listener_arn=self.listener.arn,
+            priority=priority,
+            conditions=conditions,
+            actions=[action],
+            tags=self._tagged(role),
+            opts=pulumi.ResourceOptions(parent=self),
         )

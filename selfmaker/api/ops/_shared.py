@@ -28,8 +28,15 @@ def find(platform: Services, kind: str, name: str) -> Record:
     return record
 
 
-def create_record(platform: Services, kind: str, name: str, doc: dict[str, Any], *, status: str | None = None,
-                  tags: list[dict[str, str]] | None = None) -> Record:
+def create_record(
+    platform: Services,
+    kind: str,
+    name: str,
+    doc: dict[str, Any],
+    *,
+    status: str | None = None,
+    tags: list[dict[str, str]] | None = None,
+) -> Record:
     """Insert a new resource; ``Cannot create already existing <noun> "<arn>".`` when the name is taken."""
     now = state_now()
     arn = platform.arn(kind, name)
@@ -55,6 +62,8 @@ def check_config_instances(platform: Services, config: dict[str, Any]) -> None:
     """The instance counts of an endpoint config's production and shadow variants."""
     for key in ("ProductionVariants", "ShadowProductionVariants"):
         for variant in config.get(key) or []:
-            for count in (variant.get("InitialInstanceCount"),
-                          (variant.get("ManagedInstanceScaling") or {}).get("MaxInstanceCount")):
+            for count in (
+                variant.get("InitialInstanceCount"),
+                (variant.get("ManagedInstanceScaling") or {}).get("MaxInstanceCount"),
+            ):
                 check_instances(platform, count, f"Variant '{variant.get('VariantName')}'")

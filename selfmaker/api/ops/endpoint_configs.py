@@ -13,11 +13,20 @@ if TYPE_CHECKING:
     from selfmaker.services import Services
 
 #: features the core refuses unless a ``@config_check`` extension claims them
-EXTENSION_FEATURES = ("ServerlessConfig", "AsyncInferenceConfig", "ShadowProductionVariants", "DataCaptureConfig")
+EXTENSION_FEATURES = (
+    "ServerlessConfig",
+    "AsyncInferenceConfig",
+    "ShadowProductionVariants",
+    "DataCaptureConfig",
+)
 
 
 def _features(params: dict[str, Any]) -> set[str]:
-    used = {key for key in ("AsyncInferenceConfig", "ShadowProductionVariants", "DataCaptureConfig") if params.get(key)}
+    used = {
+        key
+        for key in ("AsyncInferenceConfig", "ShadowProductionVariants", "DataCaptureConfig")
+        if params.get(key)
+    }
     variants = [*params.get("ProductionVariants", []), *(params.get("ShadowProductionVariants") or [])]
     if any(v.get("ServerlessConfig") for v in variants):
         used.add("ServerlessConfig")
@@ -34,25 +43,32 @@ def check_variants(platform: Services, variants: list[dict[str, Any]], member: s
             raise ValidationException(f"Variant names must be unique; '{name}' appears more than once.")
         seen.add(name.lower())
         if not variant.get("ModelName"):
-            raise ValidationException(f"1 validation error detected: Value null at '{path}.modelName' failed to "
-                                      "satisfy constraint: Member must not be null")
+            raise ValidationException(
+                f"1 validation error detected: Value null at '{path}.modelName' failed to "
+                "satisfy constraint: Member must not be null"
+            )
         find(platform, "model", variant["ModelName"])
         scaling = variant.get("ManagedInstanceScaling") or {}
         low, high = scaling.get("MinInstanceCount"), scaling.get("MaxInstanceCount")
         if low is not None and high is not None and low > high:
-            raise ValidationException(f"Variant '{name}': ManagedInstanceScaling MinInstanceCount ({low}) is above "
-                                      f"MaxInstanceCount ({high}).")
+            raise ValidationException(
+                f"Variant '{name}': ManagedInstanceScaling MinInstanceCount ({low}) is above "
+                f"MaxInstanceCount ({high})."
+            )
         if variant.get("ServerlessConfig"):
             if variant.get("InstanceType") or variant.get("InitialInstanceCount"):
-                raise ValidationException(f"Variant '{name}': ServerlessConfig cannot be combined with "
-                                          "InstanceType or InitialInstanceCount.")
+                raise ValidationException(
+                    f"Variant '{name}': ServerlessConfig cannot be combined with "
+                    "InstanceType or InitialInstanceCount."
+                )
         else:
             for field in ("InstanceType", "InitialInstanceCount"):
                 if variant.get(field) is None:
                     raise ValidationException(
                         f"1 validation error detected: Value null at '{path}.{field[0].lower()}{field[1:]}' "
                         f"failed to satisfy constraint: Member must not be null (variant '{name}' has no "
-                        "ServerlessConfig)")
+                        "ServerlessConfig)"
+                    )
 
 
 @operation("CreateEndpointConfig")
@@ -69,19 +85,26 @@ async def create_endpoint_config(platform: Services, params: dict[str, Any]) -> 
     if params.get("ShadowProductionVariants"):
         check_variants(platform, params["ShadowProductionVariants"], "shadowProductionVariants")
         names = {v["VariantName"].lower() for v in variants}
-        clash = [v["VariantName"] for v in params["ShadowProductionVariants"] if v["VariantName"].lower() in names]
+        clash = [
+            v["VariantName"] for v in params["ShadowProductionVariants"] if v["VariantName"].lower() in names
+        ]
         if clash:
-            raise ValidationException(f"Variant names must be unique; '{clash[0]}' is both a production and a "
-                                      "shadow variant.")
+            raise ValidationException(
+                f"Variant names must be unique; '{clash[0]}' is both a production and a shadow variant."
+            )
     if sum(float(v.get("InitialVariantWeight", 1.0)) for v in variants) <= 0:
-        raise ValidationException("At least one production variant must have an InitialVariantWeight above 0.")
+        raise ValidationException(
+            "At least one production variant must have an InitialVariantWeight above 0."
+        )
     doc = {k: v for k, v in params.items() if k != "Tags"}
-    doc["ProductionVariants"] = [{**v, "InitialVariantWeight": float(v.get("InitialVariantWeight", 1.0))}
-                                 for v in variants]
+    doc["ProductionVariants"] = [
+        {**v, "InitialVariantWeight": float(v.get("InitialVariantWeight", 1.0))} for v in variants
+    ]
     arn = platform.arn("endpoint-config", name)
     record = create_record(platform, "endpoint-config", name, doc, tags=params.get("Tags"))
-    platform.store.update("endpoint-config", name, merge={"EndpointConfigArn": arn, "CreationTime": record.created},
-                          touch=False)
+    platform.store.update(
+        "endpoint-config", name, merge={"EndpointConfigArn": arn, "CreationTime": record.created}, touch=False
+    )
     return {"EndpointConfigArn": arn}
 
 
@@ -102,6 +125,8 @@ async def delete_endpoint_config(platform: Services, params: dict[str, Any]) -> 
 async def list_endpoint_configs(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Endpoint configurations, filtered, sorted and paginated."""
     items, token = list_page(
-        platform.store.list("endpoint-config"), params,
-        lambda r: {"EndpointConfigName": r.name, "EndpointConfigArn": r.arn, "CreationTime": r.created})
+        platform.store.list("endpoint-config"),
+        params,
+        lambda r: {"EndpointConfigName": r.name, "EndpointConfigArn": r.arn, "CreationTime": r.created},
+    )
     return {"EndpointConfigs": items, "NextToken": token}

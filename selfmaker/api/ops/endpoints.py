@@ -42,10 +42,21 @@ async def create_endpoint(platform: Services, params: dict[str, Any]) -> dict[st
     config = find(platform, "endpoint-config", params["EndpointConfigName"])
     check_config_instances(platform, config.doc)
     arn = platform.arn("endpoint", name)
-    doc = {"EndpointName": name, "EndpointArn": arn, "EndpointConfigName": config.name,
-           "DeploymentConfig": params.get("DeploymentConfig"), **_echo(config.doc)}
-    create_record(platform, "endpoint", name, {k: v for k, v in doc.items() if v is not None},
-                  status="Creating", tags=params.get("Tags"))
+    doc = {
+        "EndpointName": name,
+        "EndpointArn": arn,
+        "EndpointConfigName": config.name,
+        "DeploymentConfig": params.get("DeploymentConfig"),
+        **_echo(config.doc),
+    }
+    create_record(
+        platform,
+        "endpoint",
+        name,
+        {k: v for k, v in doc.items() if v is not None},
+        status="Creating",
+        tags=params.get("Tags"),
+    )
     platform.endpoints.create(name, config.doc)
     return {"EndpointArn": arn}
 
@@ -84,9 +95,16 @@ async def delete_endpoint(platform: Services, params: dict[str, Any]) -> None:
 async def list_endpoints(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Endpoints, filtered (name, status, times), sorted and paginated."""
     items, token = list_page(
-        platform.store.list("endpoint"), params,
-        lambda r: {"EndpointName": r.name, "EndpointArn": r.arn, "CreationTime": r.created,
-                   "LastModifiedTime": r.modified, "EndpointStatus": r.status})
+        platform.store.list("endpoint"),
+        params,
+        lambda r: {
+            "EndpointName": r.name,
+            "EndpointArn": r.arn,
+            "CreationTime": r.created,
+            "LastModifiedTime": r.modified,
+            "EndpointStatus": r.status,
+        },
+    )
     return {"Endpoints": items, "NextToken": token}
 
 
@@ -135,8 +153,9 @@ async def update_weights_and_capacities(platform: Services, params: dict[str, An
     unknown = [n for n in names if n not in runtime.variants]
     if unknown:
         raise ValidationException(
-            f"The variant(s) \"[{', '.join(unknown)}]\" is/are not present in the current endpoint "
-            f"configuration of endpoint \"{record.arn}\".")
+            f'The variant(s) "[{", ".join(unknown)}]" is/are not present in the current endpoint '
+            f'configuration of endpoint "{record.arn}".'
+        )
     if len(set(names)) != len(names):
         raise ValidationException("Each variant may appear only once in DesiredWeightsAndCapacities.")
     changes: list[tuple[str, Callable[[], dict[str, Any]]]] = []  # (variant, apply) of @variant_update hooks
@@ -146,19 +165,23 @@ async def update_weights_and_capacities(platform: Services, params: dict[str, An
         if count is not None and variant.config.get("ServerlessConfig"):
             raise ValidationException(
                 f"Variant '{variant.name}' is serverless: it has no instance count to set (it scales with "
-                "requests); change MaxConcurrency or ProvisionedConcurrency with ServerlessUpdateConfig.")
+                "requests); change MaxConcurrency or ProvisionedConcurrency with ServerlessUpdateConfig."
+            )
         check_instances(platform, count, f"Variant '{variant.name}'")
         if count is not None and count < 1:
             raise ValidationException(
                 f"1 validation error detected: Value '{count}' at "
                 f"'desiredWeightsAndCapacities.{index}.member.desiredInstanceCount' failed to satisfy "
-                "constraint: Member must have value greater than or equal to 1")
+                "constraint: Member must have value greater than or equal to 1"
+            )
         for check in platform.registry.variant_updates:  # e.g. ServerlessUpdateConfig
             apply = check(platform, variant, item, index)
             if apply is not None:
                 changes.append((variant.name, apply))
     weights = {v.name: v.weight for v in runtime.variants.values()}
-    weights.update({d["VariantName"]: float(d["DesiredWeight"]) for d in desired if d.get("DesiredWeight") is not None})
+    weights.update(
+        {d["VariantName"]: float(d["DesiredWeight"]) for d in desired if d.get("DesiredWeight") is not None}
+    )
     if sum(weights.values()) <= 0:
         raise ValidationException("At least one production variant must keep a weight above 0.")
     merge: dict[str, Any] = {}
@@ -168,9 +191,13 @@ async def update_weights_and_capacities(platform: Services, params: dict[str, An
             changed.setdefault(name, {}).update(apply())
         # the config in service is what a restart brings back: it carries the changes too
         deployed = record.doc.get("_Config") or {}
-        merge["_Config"] = {**deployed, "ProductionVariants": [
-            {**v, **changed[v["VariantName"]]} if v.get("VariantName") in changed else v
-            for v in deployed.get("ProductionVariants") or []]}
+        merge["_Config"] = {
+            **deployed,
+            "ProductionVariants": [
+                {**v, **changed[v["VariantName"]]} if v.get("VariantName") in changed else v
+                for v in deployed.get("ProductionVariants") or []
+            ],
+        }
     platform.store.update("endpoint", record.name, status="Updating", merge=merge)
     platform.endpoints.update_weights_and_capacities(record.name, desired)
     return {"EndpointArn": record.arn}

@@ -19,8 +19,9 @@ async def create_model(platform: Services, params: dict[str, Any]) -> dict[str, 
     name = params["ModelName"]
     containers = params.get("Containers")
     if not params.get("PrimaryContainer") and not containers:
-        raise ValidationException("Either PrimaryContainer or Containers must be specified for model "
-                                  f"'{name}'.")
+        raise ValidationException(
+            f"Either PrimaryContainer or Containers must be specified for model '{name}'."
+        )
     if params.get("PrimaryContainer") and containers:
         raise ValidationException("PrimaryContainer and Containers cannot both be specified.")
     if containers and len(containers) > 1:
@@ -58,6 +59,9 @@ async def delete_model(platform: Services, params: dict[str, Any]) -> None:
 @operation("ListModels")
 async def list_models(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Models, filtered, sorted and paginated."""
-    items, token = list_page(platform.store.list("model"), params,
-                             lambda r: {"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.created})
+    items, token = list_page(
+        platform.store.list("model"),
+        params,
+        lambda r: {"ModelName": r.name, "ModelArn": r.arn, "CreationTime": r.created},
+    )
     return {"Models": items, "NextToken": token}

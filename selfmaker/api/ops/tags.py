@@ -29,7 +29,9 @@ async def add_tags(platform: Services, params: dict[str, Any]) -> dict[str, Any]
     arn = _resource_arn(platform, params["ResourceArn"])
     reserved = sorted({t["Key"] for t in params["Tags"] if t["Key"].lower().startswith("aws:")})
     if reserved:
-        raise ValidationException(f"Tag keys starting with 'aws:' are reserved for AWS use: {', '.join(reserved)}")
+        raise ValidationException(
+            f"Tag keys starting with 'aws:' are reserved for AWS use: {', '.join(reserved)}"
+        )
     keys = {t["Key"] for t in platform.store.tags(arn)} | {t["Key"] for t in params["Tags"]}
     if len(keys) > MAX_TAGS:
         raise ResourceLimitExceeded(f"A resource can have at most {MAX_TAGS} tags.")
@@ -45,7 +47,7 @@ async def list_tags(platform: Services, params: dict[str, Any]) -> dict[str, Any
     limit = params.get("MaxResults") or 50
     offset = decode_offset(params["NextToken"], arn) if params.get("NextToken") else 0
     token = encode_token(offset + limit, arn) if offset + limit < len(tags) else None
-    return {"Tags": tags[offset: offset + limit], "NextToken": token}
+    return {"Tags": tags[offset : offset + limit], "NextToken": token}
 
 
 @operation("DeleteTags")

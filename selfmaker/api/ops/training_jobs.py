@@ -30,19 +30,26 @@ async def create_training_job(platform: Services, params: dict[str, Any]) -> dic
     name = params["TrainingJobName"]
     for member in _LEGACY_REQUIRED:
         if not params.get(member):
-            raise ValidationException(f"1 validation error detected: Value null at '{member[0].lower()}{member[1:]}' "
-                                      "failed to satisfy constraint: Member must not be null")
+            raise ValidationException(
+                f"1 validation error detected: Value null at '{member[0].lower()}{member[1:]}' "
+                "failed to satisfy constraint: Member must not be null"
+            )
     spec = params["AlgorithmSpecification"]
     if not spec.get("TrainingImage") and not spec.get("AlgorithmName"):
-        raise ValidationException("AlgorithmSpecification must specify either TrainingImage or AlgorithmName.")
+        raise ValidationException(
+            "AlgorithmSpecification must specify either TrainingImage or AlgorithmName."
+        )
     if spec.get("TrainingImage") and spec.get("AlgorithmName"):
-        raise ValidationException("AlgorithmSpecification cannot specify both TrainingImage and AlgorithmName.")
+        raise ValidationException(
+            "AlgorithmSpecification cannot specify both TrainingImage and AlgorithmName."
+        )
     resources = params["ResourceConfig"]
     groups = resources.get("InstanceGroups") or []
     hosts = sum(g.get("InstanceCount") or 0 for g in groups) if groups else resources.get("InstanceCount")
     if not hosts or hosts < 1:
-        raise ValidationException("ResourceConfig needs InstanceCount of at least 1 (or InstanceGroups with "
-                                  "at least one instance).")
+        raise ValidationException(
+            "ResourceConfig needs InstanceCount of at least 1 (or InstanceGroups with at least one instance)."
+        )
     check_instances(platform, hosts, f"Training job '{name}'")
     channels = [c["ChannelName"] for c in params.get("InputDataConfig") or []]
     if len(set(channels)) != len(channels):
@@ -70,14 +77,24 @@ async def stop_training_job(platform: Services, params: dict[str, Any]) -> None:
 @operation("ListTrainingJobs")
 async def list_training_jobs(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Training jobs, filtered (name, status, times), sorted and paginated."""
+
     def summary(r: Record) -> dict[str, Any]:
-        return {"TrainingJobName": r.name, "TrainingJobArn": r.arn, "CreationTime": r.created,
-                "TrainingJobStatus": r.status, "TrainingEndTime": r.doc.get("TrainingEndTime"),
-                "LastModifiedTime": r.modified, "SecondaryStatus": r.doc.get("SecondaryStatus")}
+        return {
+            "TrainingJobName": r.name,
+            "TrainingJobArn": r.arn,
+            "CreationTime": r.created,
+            "TrainingJobStatus": r.status,
+            "TrainingEndTime": r.doc.get("TrainingEndTime"),
+            "LastModifiedTime": r.modified,
+            "SecondaryStatus": r.doc.get("SecondaryStatus"),
+        }
 
     records = platform.store.list("training-job")
     if params.get("WarmPoolStatusEquals"):  # jobs here keep no warm pool: only a status they report matches
-        records = [r for r in records
-                   if (r.doc.get("WarmPoolStatus") or {}).get("Status") == params["WarmPoolStatusEquals"]]
+        records = [
+            r
+            for r in records
+            if (r.doc.get("WarmPoolStatus") or {}).get("Status") == params["WarmPoolStatusEquals"]
+        ]
     items, token = list_page(records, params, summary, default_order="Ascending")
     return {"TrainingJobSummaries": items, "NextToken": token}

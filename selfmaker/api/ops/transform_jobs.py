@@ -30,7 +30,9 @@ async def create_transform_job(platform: Services, params: dict[str, Any]) -> di
     """Validate, record the job (InProgress) and start it."""
     name = params["TransformJobName"]
     find(platform, "model", params["ModelName"])
-    check_instances(platform, (params.get("TransformResources") or {}).get("InstanceCount"), f"Transform job '{name}'")
+    check_instances(
+        platform, (params.get("TransformResources") or {}).get("InstanceCount"), f"Transform job '{name}'"
+    )
     try:
         parse_request(params)
     except TransformRequestError as exc:
@@ -58,10 +60,17 @@ async def stop_transform_job(platform: Services, params: dict[str, Any]) -> None
 @operation("ListTransformJobs")
 async def list_transform_jobs(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Transform jobs, filtered (name, status, times), sorted and paginated."""
+
     def summary(r: Record) -> dict[str, Any]:
-        return {"TransformJobName": r.name, "TransformJobArn": r.arn, "CreationTime": r.created,
-                "TransformJobStatus": r.status, "TransformEndTime": r.doc.get("TransformEndTime"),
-                "LastModifiedTime": r.modified, "FailureReason": r.doc.get("FailureReason")}
+        return {
+            "TransformJobName": r.name,
+            "TransformJobArn": r.arn,
+            "CreationTime": r.created,
+            "TransformJobStatus": r.status,
+            "TransformEndTime": r.doc.get("TransformEndTime"),
+            "LastModifiedTime": r.modified,
+            "FailureReason": r.doc.get("FailureReason"),
+        }
 
     items, token = list_page(platform.store.list(KIND), params, summary)
     return {"TransformJobSummaries": items, "NextToken": token}

@@ -240,7 +240,11 @@ class AsyncSupervisor:
         """DeleteEndpoint: drop the endpoint's queued and finished requests, their state and the inline
         bodies stored for them, so that a new endpoint of the same name starts empty."""
         queue = self._queues.pop(endpoint, None)
-        if queue is None and self.settings.backend == "sqlite" and endpoint in SqliteQueue.queue_names(self.queue_path):
+        if (
+            queue is None
+            and self.settings.backend == "sqlite"
+            and endpoint in SqliteQueue.queue_names(self.queue_path)
+        ):
             queue = SqliteQueue(self.queue_path, endpoint)
         shutil.rmtree(self.dir / "inputs" / endpoint, ignore_errors=True)
         if queue is None:  # not an async endpoint (or never opened: SQS queues are opened while live)
@@ -582,8 +586,13 @@ async def invoke_async(platform: Services, request: web.Request) -> web.Response
         )
     try:
         params = invoke.parse_headers(request.headers, schemes=("s3", "file", "https"))
-        body = await read_limited(request, MAX_INLINE_BODY, lambda: ValidationError(
-            f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."))
+        body = await read_limited(
+            request,
+            MAX_INLINE_BODY,
+            lambda: ValidationError(
+                f"Body is larger than {MAX_INLINE_BODY} bytes; upload it and pass InputLocation."
+            ),
+        )
         invoke.check_payload(params, len(body))
     except invoke.InvokeError as exc:
         raise ValidationError(exc.message) from None
@@ -591,7 +600,9 @@ async def invoke_async(platform: Services, request: web.Request) -> web.Response
     queue = sup.queue(state.name)
     input_location = params.input_location
     if body:
-        input_location = await asyncio.to_thread(_store_inline, sup.dir, state.name, params.inference_id, body)
+        input_location = await asyncio.to_thread(
+            _store_inline, sup.dir, state.name, params.inference_id, body
+        )
     req = invoke.build_request(
         params,
         runtime.name,

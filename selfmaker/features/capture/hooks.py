@@ -128,6 +128,11 @@ def metrics(platform: Services) -> Metrics:
             ("failed", "Capture records lost to write errors."),
             ("objects", "Capture files written."),
         ):
-            family(found.lines, f"selfmaker_capture_{metric}_total", "counter", help_,
-                   [({}, getattr(stats, metric))])
+            family(
+                found.lines,
+                f"selfmaker_capture_{metric}_total",
+                "counter",
+                help_,
+                [({}, getattr(stats, metric))],
+            )
     return found

@@ -417,4 +417,3 @@ def _absolute_file_uri(uri: str) -> bool:
         return uris.file_path(uri).is_absolute()
     except uris.UriError:
         return False
-

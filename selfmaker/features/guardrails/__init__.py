@@ -27,7 +27,10 @@ async def install_deployment_guard(platform: Services) -> None:
 
 @update_check
 def check_deployment_config(
-    platform: Services, params: dict[str, Any], record: Record, config: dict[str, Any],
+    platform: Services,
+    params: dict[str, Any],
+    record: Record,
+    config: dict[str, Any],
     retain: dict[str, dict[str, Any]],
 ) -> None:
     """Validate UpdateEndpoint's ``DeploymentConfig`` and its alarms."""

@@ -245,8 +245,10 @@ class AlarmRule:
         return cls(name, metric, statistic, comparison, float(threshold), float(period), fleet, minimum)
 
     def describe(self) -> str:
-        return (f"{self.metric} {self.statistic} {self.comparison} {self.threshold:g} over {self.period:g}s "
-                f"on the {self.fleet} fleet")
+        return (
+            f"{self.metric} {self.statistic} {self.comparison} {self.threshold:g} over {self.period:g}s "
+            f"on the {self.fleet} fleet"
+        )
 
 
 def _percentile(statistic: str) -> float | None:

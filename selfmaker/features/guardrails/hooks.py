@@ -324,13 +324,25 @@ def metrics(platform: Services) -> Metrics:
     data = snapshots(platform)
     found = Metrics("Deployment", data)
     rows = [(ep, d) for ep, d in data.items() if d]
-    family(found.lines, "selfmaker_deployment_new_fleet_traffic_share", "gauge",
-           "Share of traffic on the new fleet of a blue/green deployment in progress.",
-           [({"endpoint": ep}, d.get("new_fraction")) for ep, d in rows])
-    family(found.lines, "selfmaker_deployment_fallbacks_total", "counter",
-           "New-fleet failures re-sent to the old fleet during a deployment.",
-           [({"endpoint": ep}, d.get("fallbacks")) for ep, d in rows])
-    family(found.lines, "selfmaker_deployment_rollbacks_total", "counter",
-           "Deployments rolled back by an alarm or timeout.",
-           [({"endpoint": ep}, d.get("rollbacks")) for ep, d in rows])
+    family(
+        found.lines,
+        "selfmaker_deployment_new_fleet_traffic_share",
+        "gauge",
+        "Share of traffic on the new fleet of a blue/green deployment in progress.",
+        [({"endpoint": ep}, d.get("new_fraction")) for ep, d in rows],
+    )
+    family(
+        found.lines,
+        "selfmaker_deployment_fallbacks_total",
+        "counter",
+        "New-fleet failures re-sent to the old fleet during a deployment.",
+        [({"endpoint": ep}, d.get("fallbacks")) for ep, d in rows],
+    )
+    family(
+        found.lines,
+        "selfmaker_deployment_rollbacks_total",
+        "counter",
+        "Deployments rolled back by an alarm or timeout.",
+        [({"endpoint": ep}, d.get("rollbacks")) for ep, d in rows],
+    )
     return found

@@ -184,8 +184,10 @@ async def wait_for_template(st: ServerlessState) -> None:
     try:
         await asyncio.wait_for(asyncio.shield(task), st.settings.template_wait)
     except asyncio.TimeoutError:
-        log.warning("serverless template not ready after %.0f s; the endpoint goes InService without it",
-                    st.settings.template_wait)
+        log.warning(
+            "serverless template not ready after %.0f s; the endpoint goes InService without it",
+            st.settings.template_wait,
+        )
 
 
 async def stop(platform: Services) -> None:
@@ -267,6 +269,11 @@ def metrics(platform: Services) -> Metrics:
     rows = [(ep, v, s) for ep, d in data.items() for v, s in d.items()]
     for metric, kind, help_ in _FAMILIES:
         suffix = "_total" if kind == "counter" else ""
-        family(found.lines, f"selfmaker_serverless_{metric}{suffix}", kind, help_,
-               [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows])
+        family(
+            found.lines,
+            f"selfmaker_serverless_{metric}{suffix}",
+            kind,
+            help_,
+            [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows],
+        )
     return found

@@ -25,7 +25,9 @@ def check_shadow_variants(platform: Services, params: dict[str, Any]) -> set[str
 
 
 @endpoint_hook
-async def attach_shadow_variants(platform: Services, runtime: EndpointRuntime, config: dict[str, Any]) -> None:
+async def attach_shadow_variants(
+    platform: Services, runtime: EndpointRuntime, config: dict[str, Any]
+) -> None:
     """Bring up shadow variants and mirror production traffic to them."""
     await hooks.attach(platform, runtime, config)
 

@@ -64,7 +64,9 @@ async def attach(platform: Services, runtime: EndpointRuntime, config: dict[str,
     try:
         for variant in shadows:
             # the production variants' builder: model data, pool factories (serverless too), instances
-            built = await platform.endpoints.builder.build_variant(runtime.name, variant, {}, base, runtime.models)
+            built = await platform.endpoints.builder.build_variant(
+                runtime.name, variant, {}, base, runtime.models
+            )
             runtime.shadow_variants[built.name] = built
             if built.config.get("ServerlessConfig"):
                 await built.pool.start(0)  # ProvisionedConcurrency of a serverless shadow
@@ -139,6 +141,11 @@ def metrics(platform: Services) -> Metrics:
     rows = [(ep, v, s) for ep, d in data.items() for v, s in d.items()]
     for metric, kind, help_ in _FAMILIES:
         name = metric if kind == "gauge" or metric.endswith(("_seconds", "_count")) else f"{metric}_total"
-        family(found.lines, f"selfmaker_shadow_{name}", kind, help_,
-               [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows])
+        family(
+            found.lines,
+            f"selfmaker_shadow_{name}",
+            kind,
+            help_,
+            [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows],
+        )
     return found

@@ -62,7 +62,9 @@ def _numbers_close(a: Any, b: Any, rel_tol: float, abs_tol: float) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_numbers_close(a[k], b[k], rel_tol, abs_tol) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_numbers_close(x, y, rel_tol, abs_tol) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(
+            _numbers_close(x, y, rel_tol, abs_tol) for x, y in zip(a, b, strict=True)
+        )
     return bool(a == b)
 
 

@@ -28,9 +28,12 @@ def train() -> int:
     hps = json.loads((ML / "input/config/hyperparameters.json").read_text() or "{}")
     epochs = int(hps.get("epochs", "200"))
     rate = float(hps.get("learning_rate", "0.1"))
-    print(f"byoc train: host {os.environ.get('HOSTNAME', '?')}, job "
-          f"{os.environ.get('TRAINING_JOB_NAME', '?')}, "
-          f"epochs {epochs}", flush=True)
+    print(
+        f"byoc train: host {os.environ.get('HOSTNAME', '?')}, job "
+        f"{os.environ.get('TRAINING_JOB_NAME', '?')}, "
+        f"epochs {epochs}",
+        flush=True,
+    )
     try:
         rows = _rows(ML / "input/data/train")
         if not rows:
@@ -79,7 +82,10 @@ def serve() -> int:
         for line in request.get_data(as_text=True).strip().splitlines():
             x = [float(v) for v in line.split(",")]
             out.append(sum(w * v for w, v in zip(model["weights"], x, strict=True)) + model["bias"])
-        print(f"byoc serve: {len(out)} record(s), env BYOC_GREETING={os.environ.get('BYOC_GREETING', '')}", flush=True)
+        print(
+            f"byoc serve: {len(out)} record(s), env BYOC_GREETING={os.environ.get('BYOC_GREETING', '')}",
+            flush=True,
+        )
         return Response("\n".join(repr(v) for v in out) + "\n", mimetype="text/csv")
 
     # PID 1 ignores SIGTERM unless it handles it: exit cleanly on `stop`
