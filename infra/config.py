@@ -389,6 +389,19 @@ def _str(field_name: str, value: Any, *, choices: tuple[str, ...] | None = None)
     return value
 
 
+def _instance_types(raw: Mapping[str, Any], f: Callable[[str], str], accelerator: str) -> tuple[str, ...]:
+    """``instanceTypes`` (a list) or ``preset`` of a group or compute environment, for ``accelerator``."""
+    types_raw = raw.get("instanceTypes")
+    if types_raw is not None and (
+        not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)
+    ):
+        raise ConfigError(f("instanceTypes"), "expected a list of instance types")
+    try:
+        return presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
+    except ValueError as exc:
+        raise ConfigError(f("instanceTypes" if types_raw else "preset"), str(exc)) from None
+
+
 def _str_map(field_name: str, value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -494,15 +507,7 @@ def _group(
     role = _str(f("role"), raw.get("role"), choices=ROLES)
     accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
 
-    types_raw = raw.get("instanceTypes")
-    if types_raw is not None and (
-        not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)
-    ):
-        raise ConfigError(f("instanceTypes"), "expected a list of instance types")
-    try:
-        instance_types = presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
-    except ValueError as exc:
-        raise ConfigError(f("instanceTypes" if types_raw else "preset"), str(exc)) from None
+    instance_types = _instance_types(raw, f, accelerator)
 
     min_size = _int(f("minSize"), raw.get("minSize", 0), lo=0)
     max_size = _int(f("maxSize"), raw.get("maxSize", max(min_size, 1)), lo=1)
@@ -590,15 +595,7 @@ def _job_environment(index: int, raw: Any, default_tag: str) -> JobEnvironmentCo
     if not naming.valid_group_name(name) or len(name) > 24:
         raise ConfigError(f("name"), f"{name!r}: use 2-24 characters [a-z0-9-], starting with a letter")
     accelerator = _str(f("accelerator"), raw.get("accelerator", "cpu"), choices=presets.ACCELERATORS)
-    types_raw = raw.get("instanceTypes")
-    if types_raw is not None and (
-        not isinstance(types_raw, list) or not all(isinstance(t, str) for t in types_raw)
-    ):
-        raise ConfigError(f("instanceTypes"), "expected a list of instance types")
-    try:
-        instance_types = presets.resolve_instance_types(accelerator, raw.get("preset"), types_raw)
-    except ValueError as exc:
-        raise ConfigError(f("instanceTypes" if types_raw else "preset"), str(exc)) from None
+    instance_types = _instance_types(raw, f, accelerator)
     on_demand = _bool(f("onDemand"), raw.get("onDemand", True))
     spot = _bool(f("spot"), raw.get("spot", False))
     if not (on_demand or spot):

@@ -165,11 +165,7 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
                 on_demand_base=group.on_demand_base,
                 spot_percentage=group.spot_percentage,
                 capacity_rebalance=group.capacity_rebalance,
-                warm_pool=WarmPoolArgs(
-                    group.warm_pool.min_size, group.warm_pool.max_prepared_capacity, group.warm_pool.state
-                )
-                if group.warm_pool
-                else None,
+                warm_pool=_warm_pool(group),
                 root_volume_gb=group.root_volume_gb,
                 port=group.port,
                 log_retention_days=cfg.log_retention_days,
@@ -325,6 +321,12 @@ def build(cfg: stack_config.StackConfig) -> dict[str, Any]:
     }
 
 
+def _warm_pool(group: stack_config.GroupConfig) -> WarmPoolArgs | None:
+    """The instance group's warm pool, as configured for a group or a variant."""
+    pool = group.warm_pool
+    return WarmPoolArgs(pool.min_size, pool.max_prepared_capacity, pool.state) if pool else None
+
+
 def endpoint_output(
     endpoint: stack_config.EndpointConfig, served: RealtimeEndpoint | ServerlessEndpoint | AsyncEndpoint
 ) -> dict[str, Any]:
@@ -411,11 +413,7 @@ def realtime_endpoint(
                 on_demand_base=group.on_demand_base,
                 spot_percentage=group.spot_percentage,
                 capacity_rebalance=group.capacity_rebalance,
-                warm_pool=WarmPoolArgs(
-                    group.warm_pool.min_size, group.warm_pool.max_prepared_capacity, group.warm_pool.state
-                )
-                if group.warm_pool
-                else None,
+                warm_pool=_warm_pool(group),
                 environment=dict(group.environment),
                 managed_instance_scaling=ManagedInstanceScalingArgs(
                     v.scaling.min_instances,
