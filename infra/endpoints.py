@@ -32,6 +32,18 @@ def valid_sagemaker_name(name: str) -> bool:
     return bool(_SAGEMAKER_NAME_RE.match(name))
 
 
+def variant_names_problem(names: Sequence[str]) -> str | None:
+    """What is wrong with an endpoint's variant names (none, repeated, not SageMaker names), or None."""
+    if not names:
+        return "at least one variant is needed"
+    if len(set(names)) != len(names):
+        return f"variant names repeat: {list(names)}"
+    for name in names:
+        if not valid_sagemaker_name(name):
+            return f"{name!r} is not a valid variant name"
+    return None
+
+
 def invoke_paths(endpoint: str) -> list[str]:
     """The ALB path patterns of ``endpoint`` (no wildcard: names are matched exactly)."""
     if not valid_sagemaker_name(endpoint):

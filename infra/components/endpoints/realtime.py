@@ -103,14 +103,11 @@ class RealtimeEndpointArgs:
         def bad(name: str, message: str) -> ValueError:
             return ValueError(f"RealtimeEndpointArgs.{name}: {message}")
 
-        if not self.variants:
-            raise bad("variants", "at least one variant is needed")
         names = [v.variant_name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise bad("variants", f"variant names repeat: {names}")
+        problem = endpoints.variant_names_problem(names)
+        if problem is not None:
+            raise bad("variants", problem)
         for v in self.variants:
-            if not endpoints.valid_sagemaker_name(v.variant_name):
-                raise bad("variants", f"{v.variant_name!r} is not a valid variant name")
             scaling = v.managed_instance_scaling
             if scaling is not None and not (
                 0 <= scaling.min_instance_count <= v.initial_instance_count <= scaling.max_instance_count

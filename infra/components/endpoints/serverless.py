@@ -73,15 +73,12 @@ class ServerlessEndpointArgs:
         def bad(name: str, message: str) -> ValueError:
             return ValueError(f"ServerlessEndpointArgs.{name}: {message}")
 
-        if not self.variants:
-            raise bad("variants", "at least one variant is needed")
         names = [v.variant_name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise bad("variants", f"variant names repeat: {names}")
+        problem = endpoints.variant_names_problem(names)
+        if problem is not None:
+            raise bad("variants", problem)
         for v in self.variants:
             where = f"variants[{v.variant_name}]"
-            if not endpoints.valid_sagemaker_name(v.variant_name):
-                raise bad("variants", f"{v.variant_name!r} is not a valid variant name")
             if v.memory_size_in_mb not in MEMORY_SIZES_MB:
                 raise bad(f"{where}.memory_size_in_mb", f"must be one of {list(MEMORY_SIZES_MB)}")
             if not 1 <= v.max_concurrency <= MAX_CONCURRENCY:
