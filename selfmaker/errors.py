@@ -45,6 +45,13 @@ class ResourceInUse(SageMakerError):
     code = "ResourceInUse"
 
 
+class ConflictException(SageMakerError):
+    """The change conflicts with the resource's state (e.g. deleting a model package group that holds
+    model packages)."""
+
+    code = "ConflictException"
+
+
 class ResourceNotFound(SageMakerError):
     """A modeled not-found (few SageMaker operations actually answer it)."""
 
