@@ -954,12 +954,11 @@ class _Loop:
 
 
 def training_job_summaries(store: StateStore, record: Record) -> list[dict[str, Any]]:
-    """HyperParameterTrainingJobSummary of each (not replaced) training job of a tuning job."""
+    """HyperParameterTrainingJobSummary of each training job of a tuning job (also those a restart
+    replaced: Failed, counted as RetryableError, as SageMaker counts the jobs it retries)."""
     plan_defs = _objectives(record.doc)
     out: list[dict[str, Any]] = []
     for trial in record.doc.get("_Trials") or []:
-        if trial.get("Replaced"):
-            continue
         job = store.get("training-job", trial["TrainingJobName"])
         metric, kind = plan_defs.get(trial.get("DefinitionName"), next(iter(plan_defs.values())))
         summary: dict[str, Any] = {
@@ -1013,7 +1012,12 @@ def _objectives(doc: dict[str, Any]) -> dict[str | None, tuple[str, str]]:
 
 def best_of(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The best summary with an objective value (Completed jobs first, as the model to deploy)."""
-    scored = [s for s in summaries if "FinalHyperParameterTuningJobObjectiveMetric" in s]
+    scored = [
+        s
+        for s in summaries
+        if "FinalHyperParameterTuningJobObjectiveMetric" in s
+        and s["TrainingJobStatus"] in ("Completed", "Stopped")
+    ]
     if not scored:
         return None
     completed = [s for s in scored if s["TrainingJobStatus"] == "Completed"] or scored
@@ -1029,7 +1033,8 @@ def counters(summaries: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str,
     for s in summaries:
         state = s["TrainingJobStatus"]
         if state == "Failed":
-            internal = "internal error" in (s.get("FailureReason") or "")
+            reason = s.get("FailureReason") or ""
+            internal = "internal error" in reason or reason in (RESTART_REASON, SHUTDOWN_REASON)
             status["RetryableError" if internal else "NonRetryableError"] += 1
         elif state in ("InProgress", "Stopping"):
             status["InProgress"] += 1

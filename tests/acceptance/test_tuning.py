@@ -316,3 +316,63 @@ def test_early_stopping_stops_the_hopeless_jobs(platform: Any, tmp_path: Path) -
         f"\nearly stopping: Auto {walls['Auto']:.1f} s vs Off {walls['Off']:.1f} s of wall time "
         f"({walls['Auto'] / walls['Off']:.2f}x)"
     )
+
+
+# ---- restart -----------------------------------------------------------------------------------------
+
+
+def test_a_restart_resumes_a_running_tuning_job(tmp_path: Path) -> None:
+    """A crashed platform (SIGKILL) comes back and resumes the tuning job: the training jobs that were
+    running are Failed (RetryableError) and replaced, the finished ones stay in the optimiser's history."""
+    import signal
+
+    import platform_helpers as helpers
+
+    home = tmp_path / "home"
+    definition = script_definition(tmp_path)
+    definition["StaticHyperParameters"]["epochs"] = "12"
+    server = helpers.PlatformProcess(home).start()
+    try:
+        sm = server.sagemaker()
+        name = f"resume-{uuid.uuid4().hex[:5]}"
+        sm.create_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=name,
+            HyperParameterTuningJobConfig={
+                "Strategy": "Bayesian",
+                "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "validation:loss"},
+                "ResourceLimits": {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2},
+                "ParameterRanges": {
+                    "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.1", "MaxValue": "2.0"}]
+                },
+            },
+            TrainingJobDefinition=definition,
+        )
+        deadline = time.monotonic() + 300
+        while True:  # one job has finished and another one runs
+            desc = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+            counts = desc["TrainingJobStatusCounters"]
+            if counts["Completed"] >= 1 and counts["InProgress"] >= 1:
+                break
+            assert time.monotonic() < deadline and desc["HyperParameterTuningJobStatus"] == "InProgress", desc
+            time.sleep(0.2)
+        finished_before = {
+            j["TrainingJobName"] for j in all_training_jobs(sm, name) if j["TrainingJobStatus"] == "Completed"
+        }
+        server.stop(signal.SIGKILL)
+
+        server = helpers.PlatformProcess(home, port=server.port).start()
+        sm = server.sagemaker()
+        desc = wait_tuning(sm, name, timeout=300)
+        assert desc["HyperParameterTuningJobStatus"] == "Completed", desc.get("FailureReason")
+        counts = desc["TrainingJobStatusCounters"]
+        jobs = all_training_jobs(sm, name)
+        replaced = [j for j in jobs if j["TrainingJobStatus"] == "Failed"]
+        assert counts["Completed"] == 4 and counts["RetryableError"] == len(replaced) >= 1, counts
+        assert len(jobs) == 4 + len(replaced)
+        assert all("restarted" in j["FailureReason"] for j in replaced)
+        assert finished_before <= {
+            j["TrainingJobName"] for j in jobs if j["TrainingJobStatus"] == "Completed"
+        }
+        assert desc["BestTrainingJob"]["TrainingJobStatus"] == "Completed"
+    finally:
+        server.stop()
