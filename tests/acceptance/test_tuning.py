@@ -376,3 +376,85 @@ def test_a_restart_resumes_a_running_tuning_job(tmp_path: Path) -> None:
         assert desc["BestTrainingJob"]["TrainingJobStatus"] == "Completed"
     finally:
         server.stop()
+
+
+# ---- completion criteria and Hyperband -------------------------------------------------------------------
+
+
+def _grid_job(sm: Any, tmp_path: Path, name: str, epochs: int, **config: Any) -> dict[str, Any]:
+    definition = script_definition(tmp_path)
+    definition["StaticHyperParameters"]["epochs"] = str(epochs)
+    sm.create_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name,
+        HyperParameterTuningJobConfig={
+            "Strategy": "Grid",
+            "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "validation:loss"},
+            "ResourceLimits": {"MaxParallelTrainingJobs": 1},
+            # seed 8 walks this grid as 0.3, 0.35, 2.0, 0.25, 1.8, 1.5
+            "ParameterRanges": {
+                "CategoricalParameterRanges": [
+                    {"Name": "lr", "Values": ["0.3", "0.25", "0.35", "1.5", "1.8", "2.0"]}
+                ]
+            },
+            "RandomSeed": 8,
+            **config,
+        },
+        TrainingJobDefinition=definition,
+    )
+    return wait_tuning(sm, name)
+
+
+def test_completion_criteria_end_the_tuning_job_early(platform: Any, tmp_path: Path) -> None:
+    sm = platform.sagemaker()
+    suffix = uuid.uuid4().hex[:5]
+    # lr 0.3 ends at loss 1 + 1/4 = 1.25: the target is met by the first job
+    desc = _grid_job(
+        sm,
+        tmp_path / "target",
+        f"target-{suffix}",
+        4,
+        TuningJobCompletionCriteria={"TargetObjectiveMetricValue": 1.3},
+    )
+    assert desc["HyperParameterTuningJobStatus"] == "Completed"
+    assert desc["TrainingJobStatusCounters"]["Completed"] == 1
+    assert desc["BestTrainingJob"]["TunedHyperParameters"] == {"lr": "0.3"}
+    # the best (lr 0.3) comes first; three jobs that do not improve on it end the tuning job
+    desc = _grid_job(
+        sm,
+        tmp_path / "patience",
+        f"patience-{suffix}",
+        4,
+        TuningJobCompletionCriteria={"BestObjectiveNotImproving": {"MaxNumberOfTrainingJobsNotImproving": 3}},
+    )
+    assert desc["HyperParameterTuningJobStatus"] == "Completed"
+    assert desc["TrainingJobStatusCounters"]["Completed"] == 4
+    assert desc["TuningJobCompletionDetails"]["NumberOfTrainingJobsObjectiveNotImproving"] == 3
+
+
+def test_hyperband_runs_on_intermediate_values(platform: Any, tmp_path: Path) -> None:
+    sm = platform.sagemaker()
+    name = f"hyperband-{uuid.uuid4().hex[:5]}"
+    definition = script_definition(tmp_path)
+    definition["StaticHyperParameters"]["epochs"] = "9"
+    sm.create_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name,
+        HyperParameterTuningJobConfig={
+            "Strategy": "Hyperband",
+            "StrategyConfig": {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 9}},
+            "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "validation:loss"},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 8, "MaxParallelTrainingJobs": 2},
+            "ParameterRanges": {
+                "ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.1", "MaxValue": "2.0"}]
+            },
+            "RandomSeed": 2,
+        },
+        TrainingJobDefinition=definition,
+    )
+    desc = wait_tuning(sm, name)
+    assert desc["HyperParameterTuningJobStatus"] == "Completed", desc.get("FailureReason")
+    counts = desc["TrainingJobStatusCounters"]
+    assert counts["Completed"] + counts["Stopped"] == 8, counts
+    assert desc["ObjectiveStatusCounters"]["Succeeded"] == 8
+    best = desc["BestTrainingJob"]
+    assert best["TrainingJobStatus"] == "Completed"
+    print(f"\nhyperband: {counts['Stopped']} of 8 jobs stopped early; best lr {best['TunedHyperParameters']}")  # noqa: T201
