@@ -286,3 +286,56 @@ def test_run_stop_list_tags_and_warm_start(sm: Any, data: Path) -> None:
     assert {parent, child, stopped} <= set(names) and names == sorted(names, key=str.lower)
     sm.delete_hyper_parameter_tuning_job(HyperParameterTuningJobName=stopped)
     assert stopped not in json.dumps(sm.list_hyper_parameter_tuning_jobs(MaxResults=100), default=str)
+
+
+def test_several_training_job_definitions(sm: Any, data: Path) -> None:
+    """TrainingJobDefinitions: the definition is one more choice of the optimiser; each has its own ranges
+    and static hyperparameters, and its jobs say which definition they ran."""
+    name = _name("multi")
+    base = request(data, name)["TrainingJobDefinition"]
+    shallow = {
+        **copy.deepcopy(base),
+        "DefinitionName": "shallow",
+        "HyperParameterRanges": {
+            "IntegerParameterRanges": [{"Name": "max_depth", "MinValue": "1", "MaxValue": "2"}],
+        },
+    }
+    deep = {
+        **copy.deepcopy(base),
+        "DefinitionName": "deep",
+        "TuningObjective": {"Type": "Minimize", "MetricName": "train:rmse"},
+        "HyperParameterRanges": {
+            "ContinuousParameterRanges": [{"Name": "eta", "MinValue": "0.1", "MaxValue": "0.3"}],
+        },
+        "StaticHyperParameters": {"num_round": "5", "nthread": "1", "max_depth": "8"},
+    }
+    config = request(data, name)["HyperParameterTuningJobConfig"]
+    del config["ParameterRanges"]
+    config["ResourceLimits"] = {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
+    with pytest.raises(ClientError) as info:  # a definition without a name
+        sm.create_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=name,
+            HyperParameterTuningJobConfig=config,
+            TrainingJobDefinitions=[shallow, {k: v for k, v in deep.items() if k != "DefinitionName"}],
+        )
+    assert "unique DefinitionName" in info.value.response["Error"]["Message"]
+    sm.create_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name,
+        HyperParameterTuningJobConfig=config,
+        TrainingJobDefinitions=[shallow, deep],
+    )
+    desc = wait_tuning(sm, name)
+    assert desc["HyperParameterTuningJobStatus"] == "Completed", desc.get("FailureReason")
+    assert [d["DefinitionName"] for d in desc["TrainingJobDefinitions"]] == ["shallow", "deep"]
+    jobs = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=name, MaxResults=10
+    )["TrainingJobSummaries"]
+    assert len(jobs) == 6
+    assert {j["TrainingJobDefinitionName"] for j in jobs} == {"shallow", "deep"}  # seeded Random: both drawn
+    for job in jobs:
+        definition = job["TrainingJobDefinitionName"]
+        assert set(job["TunedHyperParameters"]) == ({"max_depth"} if definition == "shallow" else {"eta"})
+        metric = job["FinalHyperParameterTuningJobObjectiveMetric"]["MetricName"]
+        assert metric == ("validation:rmse" if definition == "shallow" else "train:rmse")
+        hps = sm.describe_training_job(TrainingJobName=job["TrainingJobName"])["HyperParameters"]
+        assert hps["max_depth"] == ("8" if definition == "deep" else job["TunedHyperParameters"]["max_depth"])
