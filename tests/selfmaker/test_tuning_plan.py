@@ -145,3 +145,22 @@ def test_median_rule_stops_a_job_behind_the_median_of_running_averages() -> None
     for step in range(5):
         trial.report(100.0, step)
     assert not trial.should_prune()  # no earlier jobs to compare with
+
+
+def test_builtin_xgboost_evaluates_the_tuning_objective() -> None:
+    """SageMaker's XGBoost container evaluates a tuning job's objective (``_tuning_objective_metric``) even
+    when eval_metric does not name it: the metric line the tuner reads exists."""
+    from training.algorithms.xgboost_algo import build_params
+    from training.hyperparameters import Hyperparameters
+
+    def metrics(**hps: str) -> list[str] | None:
+        params, _, _ = build_params(
+            Hyperparameters({"num_round": "5", "objective": "binary:logistic", **hps}), 1
+        )
+        return params.get("eval_metric")
+
+    assert metrics() is None
+    assert metrics(_tuning_objective_metric="validation:auc") == ["auc"]
+    assert metrics(_tuning_objective_metric="validation:auc", eval_metric="logloss") == ["logloss", "auc"]
+    assert metrics(_tuning_objective_metric="validation:auc", eval_metric="auc,error") == ["auc", "error"]
+    assert metrics(_tuning_objective_metric="my-own-metric") is None
