@@ -533,6 +533,17 @@ class MedianRule(BasePruner):
         return value < median if maximize else value > median
 
 
+def has_converged(values: Sequence[float], maximize: bool, max_jobs: int) -> bool:
+    """``ConvergenceDetected``: the last ``window`` finished jobs (a fifth of the budget, at least 5) improved
+    the best objective value by less than 0.1 % of the spread of all values (in finishing order)."""
+    window = max(5, max_jobs // 5)
+    if len(values) <= window:
+        return False
+    pick = max if maximize else min
+    improvement = abs(pick(values) - pick(values[:-window]))
+    return improvement <= 0.001 * (max(values) - min(values))
+
+
 # ---- the manager -----------------------------------------------------------------------------------
 
 
@@ -844,19 +855,11 @@ class _Loop:
         return None
 
     def converged(self) -> bool:
-        """Convergence: the last ``window`` finished jobs improved the best by less than 0.1 % of the spread
-        of all objective values (window: a fifth of the budget, at least 5)."""
-        window = max(5, self.plan.max_jobs // 5)
-        if len(self.recent) <= window or self.best is None:
+        if not has_converged(self.recent, self.plan.maximize, self.plan.max_jobs):
             return False
-        before = self.recent[:-window]
-        best_before = max(before) if self.plan.maximize else min(before)
-        spread = max(self.recent) - min(self.recent)
-        if abs(self.best - best_before) <= 0.001 * spread:
-            if self.converged_at is None:
-                self.converged_at = state_now()
-            return True
-        return False
+        if self.converged_at is None:
+            self.converged_at = state_now()
+        return True
 
     def launch(self, trials: list[dict[str, Any]], index: int) -> None:
         trial = self.study.ask()

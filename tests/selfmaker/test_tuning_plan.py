@@ -164,3 +164,15 @@ def test_builtin_xgboost_evaluates_the_tuning_objective() -> None:
     assert metrics(_tuning_objective_metric="validation:auc", eval_metric="logloss") == ["logloss", "auc"]
     assert metrics(_tuning_objective_metric="validation:auc", eval_metric="auc,error") == ["auc", "error"]
     assert metrics(_tuning_objective_metric="my-own-metric") is None
+
+
+def test_convergence_needs_a_window_without_real_improvement() -> None:
+    from selfmaker.jobs.tuning import has_converged
+
+    rising = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92]
+    assert not has_converged(rising, maximize=True, max_jobs=20)  # still improving
+    flat = [0.5, 0.9, 0.6, 0.7, 0.8, 0.85, 0.9]
+    assert has_converged(flat, maximize=True, max_jobs=20)  # the last 5 never beat 0.9
+    assert not has_converged(flat[:5], maximize=True, max_jobs=20)  # too few jobs to tell
+    assert has_converged(flat, maximize=False, max_jobs=20)  # minimising: 0.5 (the first) is never beaten
+    assert not has_converged([*flat[:-1], 0.1], maximize=False, max_jobs=20)
