@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import re
@@ -654,6 +655,10 @@ class TuningManager:
             )
         self.store.delete(KIND, name)
 
+    def log_path(self, name: str) -> Path:
+        """The tuning job's own log (what it launched, stopped and measured): ``selfmaker logs NAME``."""
+        return self.settings.logs_dir / "hyper-parameter-tuning-jobs" / f"{name}.log"
+
     def wake_event(self, name: str) -> threading.Event:
         """The event that wakes tuning job ``name``'s loop before its next poll (stop, shutdown)."""
         return self._wake.setdefault(name.lower(), threading.Event())
@@ -730,6 +735,8 @@ class _Loop:
         self.recent: list[float] = []
         self.converged_at: float | None = None
         self.stopped_children = False
+        #: the completion criterion that ended launching (target, not-improving, converged)
+        self.reason: str | None = None
         self.optuna_logging_quiet()
 
     @staticmethod
@@ -809,7 +816,15 @@ class _Loop:
     def run(self) -> None:
         record = self.store.get(KIND, self.name)
         assert record is not None
-        self.reload(list(record.doc.get("_Trials") or []))
+        trials_before = list(record.doc.get("_Trials") or [])
+        self.reload(trials_before)
+        self.note(
+            f"{'resumed' if trials_before else 'started'}: strategy {self.plan.strategy}, "
+            f"seed {self.plan.seed}, "
+            f"objective {self.plan.objective_type} {self.plan.definitions[0].objective_name}, "
+            f"{self.plan.max_jobs} jobs, {self.plan.max_parallel} in parallel; "
+            f"{len(self.study.trials)} earlier trials loaded"
+        )
         wake = self.m.wake_event(self.name)
         while not self.m.closing:
             record = self.store.get(KIND, self.name)
@@ -823,8 +838,14 @@ class _Loop:
             )
             launched = sum(1 for t in trials if not t.get("Replaced"))
             done_reason = self.criteria_met()
+            if done_reason and not self.reason:
+                self.reason = done_reason
+                self.note(f"completion criterion met: {done_reason}; no new training jobs")
             if (stopping or timed_out) and not self.stopped_children:
                 self.stopped_children = True
+                self.note(
+                    "stopping: " + ("StopHyperParameterTuningJob" if stopping else "MaxRuntimeInSeconds")
+                )
                 for job in list(self.live):
                     self.stop_job(job)
             if not (stopping or timed_out or done_reason) and launched < self.plan.max_jobs:
@@ -878,11 +899,14 @@ class _Loop:
             self.m.training.create(training_request(definition, job, tuned), tuning_job_arn=self.arn)
         except Exception as exc:  # noqa: BLE001 - the trial fails, the tuning job goes on
             log.warning("tuning job %s: training job %s could not start: %s", self.name, job, exc)
+            self.note(f"{job} could not start: {exc}")
             entry["StartError"] = str(exc)[:500]
             self.store.update(KIND, self.name, merge={"_Trials": trials})
             self.tell(trial, state=TrialState.FAIL)
             return
         self.live[job] = _Live(job, trial, self.m.training.log_path(job), definition.regex)
+        where = f" ({definition.name})" if definition.name else ""
+        self.note(f"launched {job}{where}: {json.dumps(tuned, sort_keys=True)}")
 
     def tell(self, trial: optuna.Trial, value: float | None = None, state: TrialState | None = None) -> None:
         """``study.tell``: optuna's GridSampler calls ``study.stop()`` once its grid is used up, which only
@@ -915,6 +939,7 @@ class _Loop:
             judged = new and not live.pruned and status == "InProgress"
             if judged and not isinstance(self.study.pruner, NopPruner) and live.trial.should_prune():
                 log.info("tuning job %s: early stopping training job %s", self.name, job)
+                self.note(f"early stopping {job} at step {live.steps - 1}: {new[-1]:g}")
                 live.pruned = True
                 entry["Pruned"] = True
                 changed = True
@@ -937,6 +962,9 @@ class _Loop:
                 self.tell(live.trial, final)
                 self.track(final)
             del self.live[job]
+            self.note(
+                f"{job} ended {status}: {definition.objective_name}={final if final is not None else '-'}"
+            )
         if changed:
             self.store.update(KIND, self.name, merge={"_Trials": trials})
 
@@ -952,6 +980,18 @@ class _Loop:
             fields["_ConvergenceDetectedTime"] = self.converged_at
         self.store.update(KIND, self.name, status=status, merge=fields)
         log.info("hyperparameter tuning job %s ended: %s", self.name, status)
+        reason = f" ({self.reason})" if self.reason and status == "Completed" else ""
+        self.note(f"ended {status}{reason}; best {self.best if self.best is not None else '-'}")
+
+    def note(self, message: str) -> None:
+        """One timestamped line in the tuning job's log."""
+        path = self.m.log_path(self.name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}\n")
+        except OSError:
+            log.exception("could not write the log of tuning job %s", self.name)
 
 
 # ---- what Describe and List report ---------------------------------------------------------------

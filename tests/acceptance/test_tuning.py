@@ -312,6 +312,18 @@ def test_early_stopping_stops_the_hopeless_jobs(platform: Any, tmp_path: Path) -
             assert job["ObjectiveStatus"] == "Succeeded"
         best = desc["BestTrainingJob"]
         assert best["TrainingJobStatus"] == "Completed" and best["TunedHyperParameters"]["lr"] == "0.3"
+        # the tuning job's own log says what it launched and stopped (`selfmaker logs NAME`)
+        logs = subprocess.run(
+            [sys.executable, "-m", "selfmaker", "logs", name, "--home", str(platform.home)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(ROOT),
+        )
+        assert logs.returncode == 0, logs.stderr
+        assert logs.stdout.count(" launched ") == 6 and " started: strategy Grid, seed 8" in logs.stdout
+        assert logs.stdout.count(" early stopping ") == len(stopped)
+        assert " ended Completed; best " in logs.stdout
     print(  # noqa: T201 - the wall time saved (pytest -s shows it; no timing assertion)
         f"\nearly stopping: Auto {walls['Auto']:.1f} s vs Off {walls['Off']:.1f} s of wall time "
         f"({walls['Auto'] / walls['Off']:.2f}x)"
