@@ -575,6 +575,8 @@ class _Live:
         self.partial = lines.pop()
         found: list[float] = []
         for raw in lines:
+            if raw.startswith(b"[algo-") and not raw.startswith(b"[algo-1] "):
+                continue  # one series per job: the first host's (the others repeat it in distributed jobs)
             m = self.regex.search(raw.decode("utf-8", "replace"))
             if m:
                 try:
