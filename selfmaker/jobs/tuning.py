@@ -484,8 +484,7 @@ def training_request(definition: Definition, job_name: str, tuned: dict[str, str
         "AlgorithmSpecification": algo,
         "HyperParameters": hps,
         "InputDataConfig": raw.get("InputDataConfig"),
-        # SageMaker's Describe always has a KmsKeyId ("" for none); the SDK's Estimator.attach reads it
-        "OutputDataConfig": {"KmsKeyId": "", **(raw.get("OutputDataConfig") or {})},
+        "OutputDataConfig": raw.get("OutputDataConfig"),
         "ResourceConfig": resources,
         "StoppingCondition": raw.get("StoppingCondition") or {"MaxRuntimeInSeconds": 86400},
     }
