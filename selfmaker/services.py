@@ -13,6 +13,7 @@ from selfmaker.endpoints.runtime import FeatureState
 from selfmaker.executors import Executors
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
+from selfmaker.jobs.tuning import TuningManager
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -28,6 +29,7 @@ class Services:
     endpoints: EndpointManager
     training: TrainingManager
     transforms: TransformJobs
+    tuning: TuningManager
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 

@@ -18,7 +18,7 @@ def log_files(home: Path, name: str) -> list[Path]:
         for directory in endpoints.iterdir():
             if directory.name.lower() == name.lower():
                 found += sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime)
-    for kind in ("training-jobs", "transform-jobs", "processing-jobs"):
+    for kind in ("training-jobs", "transform-jobs", "processing-jobs", "hyper-parameter-tuning-jobs"):
         candidate = logs / kind / f"{name}.log"
         if candidate.exists():
             found.append(candidate)
@@ -28,7 +28,7 @@ def log_files(home: Path, name: str) -> list[Path]:
 def main(argv: list[str]) -> int:
     """Print the logs (each file under a header); exit 1 when there are none."""
     parser = argparse.ArgumentParser(prog="selfmaker logs", description=__doc__)
-    parser.add_argument("name", help="endpoint, training job or transform job name")
+    parser.add_argument("name", help="endpoint, training job, transform job or tuning job name")
     parser.add_argument("--home", type=Path, help="state directory (default $SELFMAKER_HOME or ~/.selfmaker)")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each file")
     args = parser.parse_args(argv)

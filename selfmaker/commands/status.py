@@ -10,6 +10,8 @@ from typing import Any
 
 from selfmaker.api.metrics import status_lines
 from selfmaker.features.async_inference.supervisor import backlog_by_endpoint, endpoint_backlog
+from selfmaker.jobs.tuning import KIND as TUNING_KIND
+from selfmaker.jobs.tuning import best_of, counters, training_job_summaries
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -63,6 +65,22 @@ def collect(home: Path) -> dict[str, Any]:
             }
             for r in store.list("training-job")
         ]
+        tuning = []
+        for r in store.list(TUNING_KIND):
+            summaries = training_job_summaries(store, r)
+            best = best_of(summaries)
+            tuning.append(
+                {
+                    "HyperParameterTuningJobName": r.name,
+                    "HyperParameterTuningJobStatus": r.status,
+                    "Strategy": (r.doc.get("HyperParameterTuningJobConfig") or {}).get("Strategy"),
+                    "TrainingJobStatusCounters": counters(summaries)[0],
+                    "BestTrainingJob": best["TrainingJobName"] if best else None,
+                    "BestObjective": best["FinalHyperParameterTuningJobObjectiveMetric"] if best else None,
+                    "FailureReason": r.doc.get("FailureReason"),
+                    "CreationTime": r.created,
+                }
+            )
         other = {
             kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
             for kind in ("transform-job",)
@@ -70,6 +88,7 @@ def collect(home: Path) -> dict[str, Any]:
         return {
             "endpoints": endpoints,
             "training_jobs": jobs,
+            "tuning_jobs": tuning,
             "instances": instances,
             **other,
             "models": [r.name for r in store.list("model")],
@@ -124,6 +143,22 @@ def main(argv: list[str]) -> int:
             f"  {job['TrainingJobName']}  {job['TrainingJobStatus']} ({job['SecondaryStatus']})  "
             f"created={_time(job['CreationTime'])}"
         )
+        if job["FailureReason"]:
+            print(f"    failure: {job['FailureReason']}")
+    if data["tuning_jobs"]:
+        print("\nHYPERPARAMETER TUNING JOBS")
+    for job in data["tuning_jobs"]:
+        jobs_line = " ".join(f"{k}={v}" for k, v in job["TrainingJobStatusCounters"].items() if v)
+        print(
+            f"  {job['HyperParameterTuningJobName']}  {job['HyperParameterTuningJobStatus']}  "
+            f"{job['Strategy']}  jobs: {jobs_line or '-'}  created={_time(job['CreationTime'])}"
+        )
+        objective = job["BestObjective"]
+        if objective:
+            print(
+                f"    best: {job['BestTrainingJob']}  {objective['MetricName']}={objective['Value']:g} "
+                f"({objective['Type']})"
+            )
         if job["FailureReason"]:
             print(f"    failure: {job['FailureReason']}")
     if data.get("transform-job"):

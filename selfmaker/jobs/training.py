@@ -61,9 +61,10 @@ class TrainingManager:
     def log_path(self, name: str) -> Path:
         return self.settings.logs_dir / "training-jobs" / f"{name}.log"
 
-    def create(self, params: dict[str, Any]) -> str:
+    def create(self, params: dict[str, Any], *, tuning_job_arn: str | None = None) -> str:
         """Record a validated CreateTrainingJob request (InProgress), tag it and start it; its ARN.
-        ResourceInUse when the name is taken."""
+        ResourceInUse when the name is taken. ``tuning_job_arn``: the hyperparameter tuning job that
+        launched it (Describe's ``TuningJobArn``)."""
         name = params["TrainingJobName"]
         arn = make_arn(self.settings.region, self.settings.account_id, "training-job", name)
         now = state_now()
@@ -84,6 +85,8 @@ class TrainingManager:
             ],
             EnableManagedSpotTraining=bool(params.get("EnableManagedSpotTraining", False)),
         )
+        if tuning_job_arn is not None:
+            doc["TuningJobArn"] = tuning_job_arn
         record = Record(
             kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc
         )

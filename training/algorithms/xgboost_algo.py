@@ -138,6 +138,11 @@ def build_params(hp: Hyperparameters, n_hosts: int) -> tuple[dict[str, Any], int
         if not metrics:
             raise HyperparameterError("eval_metric", "is empty")
         params["eval_metric"] = metrics
+    # a tuning job's objective (`validation:auc`) is evaluated even when eval_metric does not name it, as
+    # SageMaker's XGBoost container does; the objective's metric line is what the tuner reads
+    channel, _, tuned = hp.tuning_objective_metric.partition(":")
+    if channel in ("train", "validation") and tuned and tuned not in params.get("eval_metric", []):
+        params["eval_metric"] = [*params.get("eval_metric", []), tuned]
     if params["tree_method"] == "exact" and n_hosts > 1:
         raise HyperparameterError(
             "tree_method", "'exact' does not support distributed training; use hist or approx"
