@@ -68,7 +68,9 @@ def _job(tmp_path: Path, name: str, hps: dict[str, Any] | None = None, **extra: 
 
 def _model(tmp_path: Path, state: Any) -> dict[str, Any]:
     path = Path(state.model_artifacts[len("file://") :])
-    return json.loads((extract_model(path, tmp_path / f"m-{os.urandom(3).hex()}") / "model.json").read_text())
+    text = (extract_model(path, tmp_path / f"m-{os.urandom(3).hex()}") / "model.json").read_text()
+    model: dict[str, Any] = json.loads(text)
+    return model
 
 
 def _statuses(state: Any) -> list[str]:
@@ -82,7 +84,8 @@ def test_an_internal_failure_is_retried_and_a_user_error_is_not(tmp_path: Path) 
     assert state.status == "Completed", state.failure_reason
     assert once.exists() and state.attempts == 2
     assert _statuses(state) == [
-        "Starting", "Downloading", "Training", "Restarting", "Downloading", "Training", "Uploading", "Completed",
+        "Starting", "Downloading", "Training", "Restarting", "Downloading", "Training", "Uploading",
+        "Completed",
     ]  # fmt: skip
     restarting = state.transitions[3]["StatusMessage"]
     assert "internal error (attempt 2 of 2)" in restarting and "exited with code -9" in restarting
@@ -117,8 +120,8 @@ def test_a_spot_interruption_resumes_from_the_checkpoints_at_local_path(tmp_path
     )
     assert state.status == "Completed", state.failure_reason
     assert _statuses(state) == [
-        "Starting", "Downloading", "Training", "Interrupted", "Starting", "Downloading", "Training", "Uploading",
-        "Completed",
+        "Starting", "Downloading", "Training", "Interrupted", "Starting", "Downloading", "Training",
+        "Uploading", "Completed",
     ]  # fmt: skip
     model = _model(tmp_path, state)
     assert 0 < model["start"] < 24  # resumed from the synced checkpoint, not from scratch

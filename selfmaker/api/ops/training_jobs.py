@@ -105,7 +105,9 @@ async def update_training_job(platform: Services, params: dict[str, Any]) -> dic
     settings."""
     record = _find(platform, params["TrainingJobName"])
     if params.get("ResourceConfig"):
-        if not (record.doc.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds"):
+        if not record.doc.get("WarmPoolStatus") and not (record.doc.get("ResourceConfig") or {}).get(
+            "KeepAlivePeriodInSeconds"
+        ):
             raise ValidationException(
                 f"Training job {record.name} was not created with a warm pool "
                 "(ResourceConfig.KeepAlivePeriodInSeconds): its KeepAlivePeriodInSeconds cannot be updated."
