@@ -35,6 +35,7 @@ from common.proc import free_port
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor
 from training.images import classify_image
+from training.script_mode import SUBMIT_CACHE_ENV
 from training.storage import ObjectRef, Storage, StorageError, is_s3, join
 from training.warm import WarmExecutor, WarmStart
 
@@ -757,6 +758,9 @@ class TrainingJobRunner:
 
     def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
         env = {str(k): str(v) for k, v in (req.get("Environment") or {}).items()}
+        cache = self._submit_cache(kind, req)
+        if cache is not None:
+            env[SUBMIT_CACHE_ENV] = str(cache)
         env["TRAINING_JOB_NAME"] = self.job_name
         env["TRAINING_JOB_ARN"] = self.job_arn
         if kind in {"xgboost", "linear-learner"}:
@@ -769,6 +773,28 @@ class TrainingJobRunner:
         ):
             env["AWS_ENDPOINT_URL_S3"] = self.storage.endpoint_url  # the submit dir may live on the same S3
         return env
+
+    def _submit_cache(self, kind: str, req: dict[str, Any]) -> Path | None:
+        """Where a warm pool keeps the unpacked ``sagemaker_submit_directory`` archive of this job: keyed by
+        the archive's URI, size and version, so a changed archive is unpacked again (local processes only: a
+        container does not see the cache)."""
+        if self.warm is None or self.warm.input_cache is None or kind == "container":
+            return None
+        raw = (req.get("HyperParameters") or {}).get("sagemaker_submit_directory")
+        try:
+            uri = json.loads(raw) if isinstance(raw, str) and raw.startswith('"') else raw
+        except ValueError:
+            return None
+        if not isinstance(uri, str) or not uri:
+            return None
+        try:
+            refs = self.storage.list(uri)
+        except StorageError:
+            return None  # the host reports the bad URI itself
+        if len(refs) != 1 or refs[0].uri.rstrip("/") != uri.rstrip("/") or not refs[0].version:
+            return None  # a directory (copied anyway) or an ambiguous prefix
+        key = self.warm.cache_key(refs[0].uri, refs[0].size, refs[0].version)
+        return key.with_name(key.name + ".code") if key is not None else None
 
     def _write_configs(
         self,

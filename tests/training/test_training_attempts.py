@@ -209,3 +209,40 @@ def test_a_released_standby_exits(tmp_path: Path) -> None:
     except ProcessLookupError:
         gone = True
     assert gone
+
+
+def test_a_warm_pool_keeps_the_unpacked_submit_archive(tmp_path: Path) -> None:
+    from training_helpers import tar_gz
+
+    archive = tmp_path / "sourcedir.tar.gz"
+    archive.write_bytes(tar_gz({"train.py": PROGRAM}))
+    cache = tmp_path / "cache"
+
+    def job(name: str) -> dict[str, Any]:
+        req = _job(tmp_path, name)
+        req["HyperParameters"]["sagemaker_submit_directory"] = json.dumps(archive.as_uri())
+        return req
+
+    state, lines = run_job(job("code-1"), tmp_path / "job1", warm=WarmStart(input_cache=cache))
+    assert state.status == "Completed", state.failure_reason
+    assert not any("unpacked by a previous job" in line for line in lines)
+    state, lines = run_job(job("code-2"), tmp_path / "job2", warm=WarmStart(input_cache=cache))
+    assert state.status == "Completed", state.failure_reason
+    assert any("unpacked by a previous job of the warm pool" in line for line in lines)
+    # a changed archive is unpacked again
+    archive.write_bytes(tar_gz({"train.py": PROGRAM + "\nprint('version 2')\n"}))
+    state, lines = run_job(job("code-3"), tmp_path / "job3", warm=WarmStart(input_cache=cache))
+    assert state.status == "Completed", state.failure_reason
+    assert any(line.endswith("version 2") for line in lines)
+    assert not any("unpacked by a previous job" in line for line in lines)
+
+
+def test_hosts_that_cannot_start_are_retried_until_the_attempts_run_out(tmp_path: Path) -> None:
+    from training.executors.process import ProcessExecutor
+
+    req = _job(tmp_path, "no-start", RetryStrategy={"MaximumRetryAttempts": 3})
+    executor = ProcessExecutor(python=str(tmp_path / "no-such-python"))
+    state, _ = run_job(req, tmp_path / "job", executors={"process": executor})
+    assert state.status == "Failed" and state.attempts == 3
+    assert [t["Status"] for t in state.transitions].count("Restarting") == 2
+    assert "cannot start the training process" in (state.failure_reason or "")
