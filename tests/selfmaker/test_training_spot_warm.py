@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -229,6 +231,14 @@ def test_a_warm_pool_is_kept_reused_updated_and_released(
     assert [(s["TrainingJobName"], s["WarmPoolStatus"]["Status"]) for s in listed] == [(first, "Available")]
     standbys = _standbys(platform)
     assert len(standbys) >= 1
+    status = subprocess.run(
+        [sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"{first}  Completed (Completed)" in status and "warm pool: Available" in status
 
     # a job that does not match (another instance type) does not take it
     other = _name("warm-other")
