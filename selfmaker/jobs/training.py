@@ -247,7 +247,9 @@ class TrainingManager:
             runner.stop()
 
     def recover(self) -> None:
-        """Mark jobs a previous run left running as Failed (their processes are gone)."""
+        """Mark jobs a previous run left running as Failed (their processes are gone) and its warm pools
+        Terminated."""
+        self.warm_pools.recover()
         now = time.time()
         for record in self.store.list("training-job"):
             pool = record.doc.get("WarmPoolStatus") or {}

@@ -184,6 +184,11 @@ class WarmPools:
         if warm.input_cache is not None:
             shutil.rmtree(warm.input_cache.parent, ignore_errors=True)
 
+    def recover(self) -> None:
+        """A previous run's pools are gone with it (its standbys exit when their stdin closes): remove what
+        they kept on disk."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def standby_pids(self) -> list[int]:
         """The PIDs of the standby interpreters kept (for tests and `selfmaker status`)."""
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -379,3 +380,45 @@ def test_update_training_job_refuses_what_it_cannot_change(sm: Any, workdir: Pat
         )
     assert err.value.response["Error"]["Code"] == "ValidationException"
     _wait_done(sm, name)
+
+
+@pytest.mark.slow
+def test_a_crash_releases_the_warm_pools(tmp_path: Path, workdir: Path, moto_server: str) -> None:
+    """SIGKILLed platform: its standbys exit on their own (stdin closed) and the next start reports the pools
+    Terminated and removes what they kept on disk."""
+    home = tmp_path / "home"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    server = PlatformProcess(home, env=moto_env(moto_server)).start()
+    try:
+        sm = server.sagemaker()
+        name = _name("warm-crash")
+        keep = {
+            "InstanceType": "ml.m5.large",
+            "InstanceCount": 1,
+            "VolumeSizeInGB": 1,
+            "KeepAlivePeriodInSeconds": 600,
+        }
+        sm.create_training_job(**_request(workdir, name, ResourceConfig=keep))
+        assert _wait_done(sm, name)["TrainingJobStatus"] == "Completed"
+        _wait_pool(sm, name, "Available")
+        standbys = _standbys(server)
+        assert standbys and (home / "work/warm-pools").is_dir()
+        server.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in standbys):
+            assert time.monotonic() < deadline, standbys
+            time.sleep(0.2)
+        server = PlatformProcess(home, port=server.port, env=moto_env(moto_server)).start()
+        pool = server.sagemaker().describe_training_job(TrainingJobName=name)["WarmPoolStatus"]
+        assert pool["Status"] == "Terminated"
+        assert not (home / "work/warm-pools").exists()
+    finally:
+        server.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
