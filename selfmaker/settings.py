@@ -43,6 +43,9 @@ class PlatformSettings(BaseSettings):
     model_server_workers: int = 1
     #: python interpreter that runs model servers and training (default: the one running selfmaker)
     python: str | None = None
+    #: test knob: a managed spot training job (EnableManagedSpotTraining) is interrupted once after this many
+    #: seconds of Training, as a spot reclaim would, and restarts from its checkpoints (unset: never)
+    spot_interrupt_after: float | None = Field(default=None, gt=0)
 
     @property
     def db_path(self) -> Path:

@@ -62,6 +62,7 @@ def collect(home: Path) -> dict[str, Any]:
                 "SecondaryStatus": r.doc.get("SecondaryStatus"),
                 "FailureReason": r.doc.get("FailureReason"),
                 "CreationTime": r.created,
+                "WarmPoolStatus": r.doc.get("WarmPoolStatus"),
             }
             for r in store.list("training-job")
         ]
@@ -145,6 +146,9 @@ def main(argv: list[str]) -> int:
         )
         if job["FailureReason"]:
             print(f"    failure: {job['FailureReason']}")
+        pool = job.get("WarmPoolStatus")
+        if pool and pool.get("Status") in ("Available", "InUse"):
+            print(f"    warm pool: {pool['Status']}")
     if data["tuning_jobs"]:
         print("\nHYPERPARAMETER TUNING JOBS")
     for job in data["tuning_jobs"]:

@@ -54,6 +54,9 @@ class HostSpec:
     host_addresses: dict[str, str] = field(default_factory=dict)
     #: a private scratch directory for the executor (exists)
     work_dir: Path = Path(".")
+    #: extra directories a container sees: (path relative to ``ml_root``, absolute path in the container),
+    #: e.g. a CheckpointConfig.LocalPath outside /opt/ml; a local process is told the host path instead
+    mounts: tuple[tuple[Path, str], ...] = ()
 
 
 class ExecutionHandle(abc.ABC):

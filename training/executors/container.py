@@ -268,6 +268,11 @@ class ContainerExecutor(Executor):
             spec.host,
             "-v",
             f"{spec.ml_root.resolve()}:/opt/ml",
+            *[
+                arg
+                for rel, target in spec.mounts
+                for arg in ("-v", f"{(spec.ml_root / rel).resolve()}:{target}")
+            ],
             "--label",
             "selfmaker.kind=training",
             "--label",
