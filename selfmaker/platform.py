@@ -22,6 +22,7 @@ from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.executors import Executors
+from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.services import Services
@@ -47,6 +48,7 @@ class Platform:
             endpoints=EndpointManager(settings, store, executors, hooks),
             training=TrainingManager(settings, store),
             transforms=TransformJobs(settings, store, executors),
+            processing=ProcessingJobs(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial
@@ -62,6 +64,7 @@ class Platform:
         self._reap_orphans()
         services.store.clear_instances()
         services.training.recover()
+        services.processing.recover()
         await services.endpoints.restore()
         services.transforms.start_up(asyncio.get_running_loop())
         for hook in services.registry.startup:
@@ -103,6 +106,7 @@ class Platform:
                 log.exception("shutdown hook %s failed", getattr(hook, "__name__", hook))
         await services.endpoints.shutdown()
         await services.training.shutdown()
+        await services.processing.shutdown()
         await services.executors.close()
         services.store.close()
 
