@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -192,6 +193,22 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
     assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "ml"}]
     listed = sm.list_processing_jobs(NameContains=name)["ProcessingJobSummaries"]
     assert [(j["ProcessingJobName"], j["ProcessingJobStatus"]) for j in listed] == [(name, "Completed")]
+    status = subprocess.run(
+        [sys.executable, "-m", "selfmaker", "status", "--home", str(platform.home), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert {"Name": name, "Status": "Completed"} in json.loads(status.stdout)["processing-job"]
+    logs = subprocess.run(
+        [sys.executable, "-m", "selfmaker", "logs", name, "--home", str(platform.home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "[algo-1] processed 5 rows" in logs.stdout
 
 
 def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> None:
