@@ -35,6 +35,7 @@ import os
 import posixpath
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -43,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
@@ -428,6 +431,7 @@ class ProcessingJobRunner:
         self._hosts: list[_Host] = []
         self._threads: list[threading.Thread] = []
         self._uploads = _Uploads()
+        self._processes: list[list[float]] = []
 
     # -- public ---------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -437,6 +441,14 @@ class ProcessingJobRunner:
             handles = [h.handle for h in self._hosts if h.handle is not None]
         for handle in handles:
             handle.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL every host now (the platform is stopping and will not wait for the grace period)."""
+        self._stop.set()
+        with self._lock:
+            handles = [h.handle for h in self._hosts if h.handle is not None]
+        for handle in handles:
+            handle.kill()
 
     def run(self) -> dict[str, Any]:
         """Run the job; the final DescribeProcessingJob fields (never raises for a failed job)."""
@@ -620,6 +632,8 @@ class ProcessingJobRunner:
                 handle = self.executor.start(spec)
                 with self._lock:
                     host.handle = handle
+                if self.executor.kind == "process" and handle.pid is not None:
+                    self._record_process(handle.pid)
                 host.reader = threading.Thread(
                     target=self._read_logs, args=(host,), name=f"log-{self.name}-{host.name}", daemon=True
                 )
@@ -640,6 +654,16 @@ class ProcessingJobRunner:
                     host.reader.join(timeout=10)
             self._ended.set()  # the pipe feeders and the uploader end with the hosts
             self.executor.close()
+
+    def _record_process(self, pid: int) -> None:
+        """Keep (pid, start time) of a local host process in the record, so that a platform that crashed
+        can kill it when it starts again (the start time tells a reused PID apart)."""
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return
+        self._processes.append([pid, started])
+        self.on_update({"_Processes": list(self._processes)})
 
     def _read_logs(self, host: _Host) -> None:
         assert host.handle is not None
@@ -874,10 +898,13 @@ class ProcessingJobs:
             runner.stop()
 
     def recover(self) -> None:
-        """Mark jobs a previous run left running as Failed (their processes are gone)."""
+        """Mark jobs a previous run left running as Failed, killing the local processes a crashed run left
+        behind."""
         now = time.time()
         for record in self.store.list(KIND):
             if record.status in RUNNING:
+                for pid, started in record.doc.get("_Processes") or []:
+                    _kill_orphan(int(pid), float(started))
                 self.store.update(
                     KIND,
                     record.name,
@@ -893,10 +920,26 @@ class ProcessingJobs:
                 )
 
     async def shutdown(self) -> None:
-        """Stop running jobs and wait for their threads (bounded)."""
+        """Stop running jobs (SIGTERM; SIGKILL for what still runs after 20 s) and wait for their threads."""
         self._closing = True
         for runner in list(self._runners.values()):
             runner.stop()
-        deadline = time.monotonic() + 30
-        for thread in list(self._threads.values()):
+        deadline = time.monotonic() + 20
+        threads = list(self._threads.values())
+        for thread in threads:
             await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+        for runner in list(self._runners.values()):
+            runner.kill()
+        for thread in threads:
+            await asyncio.to_thread(thread.join, 10)
+
+
+def _kill_orphan(pid: int, started: float) -> None:
+    """SIGKILL the process group of ``pid`` if it is still the process that started at ``started``."""
+    try:
+        if abs(psutil.Process(pid).create_time() - started) > 0.01:
+            return  # the PID was reused
+        log.warning("stopping process %s of a processing job left by a previous run", pid)
+        os.killpg(pid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        pass
