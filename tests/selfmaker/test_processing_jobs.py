@@ -494,8 +494,10 @@ def test_list_filters_sorts_and_pages(sm: Any, s3: Any) -> None:
     )
     assert [len(p["ProcessingJobSummaries"]) for p in pages] == [2, 1]
     assert [s["ProcessingJobName"] for p in pages for s in p["ProcessingJobSummaries"]] == names
-    newest = sm.list_processing_jobs(NameContains=stem, MaxResults=1)["ProcessingJobSummaries"]
-    assert newest[0]["ProcessingJobName"] == names[-1]  # CreationTime, Descending by default
+    oldest = sm.list_processing_jobs(NameContains=stem, MaxResults=1)["ProcessingJobSummaries"]
+    assert oldest[0]["ProcessingJobName"] == names[0]  # CreationTime, Ascending by default (botocore's doc)
+    newest = sm.list_processing_jobs(NameContains=stem, SortOrder="Descending")["ProcessingJobSummaries"]
+    assert [s["ProcessingJobName"] for s in newest] == names[::-1]
     assert sm.list_processing_jobs(NameContains=stem, StatusEquals="Failed")["ProcessingJobSummaries"] == []
 
 

@@ -70,5 +70,6 @@ async def list_processing_jobs(platform: Services, params: dict[str, Any]) -> di
             "ExitMessage": r.doc.get("ExitMessage"),
         }
 
-    items, token = list_page(platform.store.list(KIND), params, summary)
+    # botocore documents Ascending as ListProcessingJobs' default order (as ListTrainingJobs')
+    items, token = list_page(platform.store.list(KIND), params, summary, default_order="Ascending")
     return {"ProcessingJobSummaries": items, "NextToken": token}
