@@ -538,3 +538,55 @@ def test_file_uris_work_as_inputs_and_outputs(sm: Any, tmp_path: Path) -> None:
     job = _wait(sm, name)
     assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
     assert (tmp_path / "out" / "copy.py").read_text() == (tmp_path / "code" / "script.py").read_text()
+
+
+def test_a_manifest_file_names_the_objects_of_an_input(sm: Any, s3: Any) -> None:
+    name = _unique("proc-manifest")
+    for key in ("x/one.csv", "x/two.csv", "x/skipped.csv"):
+        _put(s3, f"{name}/{key}", key)
+    listing = [{"prefix": f"s3://{BUCKET}/{name}/x/"}, "one.csv", "two.csv"]
+    manifest = _put(s3, f"{name}/manifest.json", json.dumps(listing))
+    script = """
+        from pathlib import Path
+
+        names = sorted(p.name for p in Path("/opt/ml/processing/input/listed").iterdir())
+        Path("/opt/ml/processing/output/names.txt").write_text(",".join(names))
+    """
+    inputs = [
+        _code(s3, name, script),
+        {
+            "InputName": "listed",
+            "S3Input": {
+                "S3Uri": manifest,
+                "LocalPath": "/opt/ml/processing/input/listed",
+                "S3DataType": "ManifestFile",
+            },
+        },
+    ]
+    sm.create_processing_job(
+        **_request(name, inputs, ProcessingOutputConfig={"Outputs": [_output(f"{name}/out")]})
+    )
+    job = _wait(sm, name)
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    assert _read(s3, f"{name}/out/names.txt") == "one.csv,two.csv"
+
+
+def test_an_input_that_cannot_be_fetched_fails_the_job_with_a_client_error(sm: Any, s3: Any) -> None:
+    name = _unique("proc-missing")
+    inputs = [
+        _code(s3, name, "print('never runs')\n"),
+        {
+            "InputName": "data",
+            "S3Input": {
+                "S3Uri": f"s3://{BUCKET}/{name}/nothing-here/",
+                "LocalPath": "/opt/ml/processing/input/data",
+                "S3DataType": "S3Prefix",
+            },
+        },
+    ]
+    sm.create_processing_job(**_request(name, inputs))
+    job = _wait(sm, name)
+    assert job["ProcessingJobStatus"] == "Failed"
+    assert job["FailureReason"] == (
+        f"ClientError: input 'data': no objects under s3://{BUCKET}/{name}/nothing-here/"
+    )
