@@ -561,7 +561,7 @@ class ProcessingJobRunner:
             target.rmdir()  # the FIFOs are <LocalPath>_<epoch>, next to it
             thread = threading.Thread(
                 target=self._feed_pipe,
-                args=(target, spec.compression, files),
+                args=(host.name, target, spec.compression, files),
                 name=f"pipe-{host.name}-{spec.name}",
                 daemon=True,
             )
@@ -574,7 +574,7 @@ class ProcessingJobRunner:
                 raise StorageError(f"input {spec.name!r}: object {ref.uri} escapes its LocalPath")
             self.storage.download(ref.uri, dest)
 
-    def _feed_pipe(self, base: Path, compression: str, files: list[Path]) -> None:
+    def _feed_pipe(self, host: str, base: Path, compression: str, files: list[Path]) -> None:
         """FIFOs ``<base>_0``, ``<base>_1`` … one after the other, each streaming every file once (the
         Pipe mode layout of training channels)."""
         for epoch in range(MAX_PIPE_EPOCHS):
@@ -602,7 +602,7 @@ class ProcessingJobRunner:
                             shutil.copyfileobj(src, out, 1 << 20)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 if not isinstance(exc, BrokenPipeError):
-                    self.on_log(base.parent.name, f"selfmaker: cannot stream {base.name}: {exc}")
+                    self.on_log(host, f"selfmaker: cannot stream {base.name}: {exc}")
 
     # -- running --------------------------------------------------------------------------------
     def _execute(self, plan: ProcessingPlan) -> bool:
@@ -835,7 +835,7 @@ class ProcessingJobs:
 
             def on_log(host: str, line: str) -> None:
                 with write_lock:
-                    log_file.write(f"[{host}] {line}\n")
+                    log_file.write(f"[{host}] {line}\n" if host else f"{line}\n")
                     log_file.flush()
 
             def on_update(fields: dict[str, Any]) -> None:
@@ -872,7 +872,7 @@ class ProcessingJobs:
             finally:
                 self._runners.pop(name.lower(), None)
             if fields.get("FailureReason"):
-                on_log("selfmaker", f"{fields['ProcessingJobStatus']}: {fields['FailureReason']}")
+                on_log("", f"selfmaker: {fields['ProcessingJobStatus']}: {fields['FailureReason']}")
         if self._closing and fields.get("ProcessingJobStatus") in ("Stopped", None):
             fields.update(ProcessingJobStatus="Failed", FailureReason=SHUTDOWN_REASON)
         if fields.get("ProcessingJobStatus") not in ENDED:
