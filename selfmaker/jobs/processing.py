@@ -248,13 +248,15 @@ def parse_request(
 
 # -- local processes --------------------------------------------------------------------------------
 
-#: run as ``sh -c SCRIPT sh <tree> <stash> <command…>`` in a new mount namespace: makes ``<tree>`` the
-#: namespace's /opt/ml. Where /opt/ml does not exist on this machine (it usually does not), /opt is
-#: covered by a tmpfs holding bind mounts of its original entries plus an empty ``ml`` mount point, so the
-#: machine's /opt is never written to.
+#: run as ``sh -c SCRIPT sh <tree> <stash> <hosts file> <host name> <command…>`` in a new mount namespace:
+#: makes ``<tree>`` the namespace's /opt/ml. Where /opt/ml does not exist on this machine (it usually does
+#: not), /opt is covered by a tmpfs holding bind mounts of its original entries plus an empty ``ml`` mount
+#: point, so the machine's /opt is never written to. The hosts file (this machine's plus ``algo-N`` →
+#: 127.0.0.1) covers /etc/hosts, so hosts reach each other by name as on SageMaker; the host name is set
+#: only when given, which is only with a UTS namespace of its own (never the machine's name).
 _NAMESPACE_SCRIPT = r"""
 set -e
-tree="$1"; stash="$2"; shift 2
+tree="$1"; stash="$2"; hosts="$3"; host_name="$4"; shift 4
 if [ ! -d /opt/ml ]; then
     mkdir -p "$stash"
     mount --bind /opt "$stash"
@@ -268,6 +270,8 @@ if [ ! -d /opt/ml ]; then
     mkdir /opt/ml
 fi
 mount --bind "$tree" /opt/ml
+if [ -f /etc/hosts ]; then mount --bind "$hosts" /etc/hosts; fi
+if [ -n "$host_name" ]; then echo "$host_name" > /proc/sys/kernel/hostname; fi
 exec "$@"
 """
 
@@ -281,16 +285,19 @@ def namespace_command() -> list[str]:
     global _namespace_probe
     with _namespace_lock:
         if _namespace_probe is None:
-            candidates = [["unshare", "--mount", "--propagation", "private"]]
+            base = ["unshare", "--mount", "--propagation", "private"]
             if os.geteuid() != 0:
-                candidates = [["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]]
+                base = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
             _namespace_probe = []
-            for prefix in candidates:
+            for prefix in ([*base, "--uts"], base):
+                check = "mount -t tmpfs selfmaker-probe /mnt"
+                if "--uts" in prefix:  # the probe's own UTS namespace: the machine's name stays
+                    check += " && echo selfmaker-probe > /proc/sys/kernel/hostname"
                 if shutil.which(prefix[0]) is None:
                     continue
                 try:
                     probe = subprocess.run(
-                        [*prefix, "sh", "-c", "mount -t tmpfs selfmaker-probe /mnt"],
+                        [*prefix, "sh", "-c", check],
                         stdin=subprocess.DEVNULL,
                         capture_output=True,
                         timeout=30,
@@ -312,6 +319,17 @@ def _python_shims(directory: Path, python: str) -> Path:
         shim.write_text(f'#!/bin/sh\nexec {shlex.quote(python)} "$@"\n', encoding="utf-8")
         shim.chmod(0o755)
     return directory
+
+
+def _hosts_file(hosts: tuple[str, ...]) -> str:
+    """This machine's /etc/hosts plus a line naming every host of the job as 127.0.0.1."""
+    try:
+        text = Path("/etc/hosts").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = "127.0.0.1 localhost\n"
+    if not text.endswith("\n"):
+        text += "\n"
+    return text + f"127.0.0.1 {' '.join(hosts)}\n"
 
 
 def _translate(value: str, tree: Path) -> str:
@@ -349,8 +367,11 @@ class LocalProcessExecutor(Executor):
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.namespace:
             stash = spec.work_dir / "opt"
+            hosts = spec.work_dir / "hosts"
+            hosts.write_text(_hosts_file(spec.hosts), encoding="utf-8")
+            name = spec.host if "--uts" in self.namespace else ""
             argv = [*self.namespace, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(spec.ml_root), str(stash)]
-            argv += command
+            argv += [str(hosts), name, *command]
         else:
             argv = [_translate(a, spec.ml_root) for a in command]
             env.update({k: _translate(v, spec.ml_root) for k, v in spec.env.items()})

@@ -216,14 +216,16 @@ def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> Non
     for i in range(4):
         _put(s3, f"{name}/data/part-{i}.csv", f"{i}\n")
     script = """
-        import json
+        import json, socket
         from pathlib import Path
 
         resources = json.loads(Path("/opt/ml/config/resourceconfig.json").read_text())
         host = resources["current_host"]
         parts = sorted(p.name for p in Path("/opt/ml/processing/input/data").iterdir())
         out = Path("/opt/ml/processing/output") / f"{host}.json"
-        out.write_text(json.dumps({"parts": parts, "resources": resources}))
+        peers = {h: socket.gethostbyname(h) for h in resources["hosts"]}
+        seen = {"parts": parts, "resources": resources, "peers": peers, "name": socket.gethostname()}
+        out.write_text(json.dumps(seen))
     """
     inputs = [
         _code(s3, name, script),
@@ -246,6 +248,9 @@ def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> Non
     assert seen["algo-1"]["parts"] == ["part-0.csv", "part-2.csv"]
     assert seen["algo-2"]["parts"] == ["part-1.csv", "part-3.csv"]
     assert seen["algo-2"]["resources"] == {"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}
+    # the hosts reach each other by name, and each is called by its own (this machine allows namespaces)
+    assert seen["algo-1"]["peers"] == {"algo-1": "127.0.0.1", "algo-2": "127.0.0.1"}
+    assert [seen[h]["name"] for h in ("algo-1", "algo-2")] == ["algo-1", "algo-2"]
 
 
 def test_pipe_mode_streams_gzip_objects_through_a_fifo(sm: Any, s3: Any) -> None:

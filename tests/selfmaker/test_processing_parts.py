@@ -4,6 +4,7 @@ process executor with and without a mount namespace."""
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,10 +101,15 @@ def test_a_job_left_running_is_failed_on_start(tmp_path: Path) -> None:
 
 
 SCRIPT = """\
-import json, os, sys
+import json, os, socket, sys
 from pathlib import Path
 data = Path(sys.argv[1]).read_text()
-Path(os.environ["OUT"]).write_text(json.dumps({"data": data, "exe": sys.executable}))
+try:
+    peer = socket.gethostbyname("algo-2")
+except OSError:
+    peer = None
+seen = {"data": data, "exe": sys.executable, "name": socket.gethostname(), "peer": peer}
+Path(os.environ["OUT"]).write_text(json.dumps(seen))
 """
 
 
@@ -121,7 +127,7 @@ def test_the_local_executor_runs_the_entrypoint_against_the_tree(tmp_path: Path,
     spec = HostSpec(
         job_name="p",
         host="algo-1",
-        hosts=("algo-1",),
+        hosts=("algo-1", "algo-2"),
         image="selfmaker",
         ml_root=tree,
         env={"OUT": "/opt/ml/processing/out.json"},
@@ -140,3 +146,7 @@ def test_the_local_executor_runs_the_entrypoint_against_the_tree(tmp_path: Path,
     assert seen["data"] == "rows"
     assert Path(seen["exe"]).resolve() == Path(sys.executable).resolve()
     assert not Path("/opt/ml/processing/out.json").exists()  # nothing was written to the machine's /opt
+    # hosts find each other by name; the host name is algo-N where the kernel gives a UTS namespace
+    if isolated:
+        assert seen["peer"] == "127.0.0.1"
+        assert seen["name"] == ("algo-1" if "--uts" in namespace else socket.gethostname())
