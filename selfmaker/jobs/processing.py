@@ -246,6 +246,29 @@ def parse_request(
     )
 
 
+#: what DescribeProcessingJob reports for members a request left out (SageMaker fills them in; the SDK's
+#: ``ProcessingJob.from_processing_name`` reads them without a default)
+_INPUT_DEFAULTS = {
+    "S3InputMode": "File",
+    "S3DataDistributionType": "FullyReplicated",
+    "S3CompressionType": "None",
+}
+
+
+def with_defaults(request: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``request`` with SageMaker's defaults filled in (AppManaged false, File mode,
+    FullyReplicated, no compression)."""
+    doc = copy.deepcopy(request)
+    for item in doc.get("ProcessingInputs") or []:
+        item.setdefault("AppManaged", False)
+        if isinstance(item.get("S3Input"), dict):
+            for key, value in _INPUT_DEFAULTS.items():
+                item["S3Input"].setdefault(key, value)
+    for item in (doc.get("ProcessingOutputConfig") or {}).get("Outputs") or []:
+        item.setdefault("AppManaged", False)
+    return doc
+
+
 # -- local processes --------------------------------------------------------------------------------
 
 #: run as ``sh -c SCRIPT sh <tree> <stash> <hosts file> <host name> <command…>`` in a new mount namespace:
@@ -810,7 +833,7 @@ class ProcessingJobs:
         name = params["ProcessingJobName"]
         arn = make_arn(self.settings.region, self.settings.account_id, KIND, name)
         now = state_now()
-        doc = {k: v for k, v in params.items() if k != "Tags"}
+        doc = with_defaults({k: v for k, v in params.items() if k != "Tags"})
         doc.update(ProcessingJobArn=arn, ProcessingJobStatus="InProgress", CreationTime=now)
         record = Record(
             kind=KIND, name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc

@@ -178,7 +178,18 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
     assert job["ProcessingJobArn"] == arn
     assert job["ProcessingStartTime"] <= job["ProcessingEndTime"]
     assert job["AppSpecification"]["ContainerArguments"] == ["--alpha", "1"]
-    assert job["ProcessingInputs"][1]["S3Input"]["LocalPath"] == "/opt/ml/processing/input/data"
+    assert job["ProcessingInputs"][1] == {  # the request's members, with SageMaker's defaults filled in
+        "InputName": "data",
+        "AppManaged": False,
+        "S3Input": {
+            "S3Uri": data.rsplit("/", 1)[0],
+            "LocalPath": "/opt/ml/processing/input/data",
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated",
+            "S3CompressionType": "None",
+        },
+    }
     summary = json.loads(_read(s3, f"{name}/out/nested/summary.json"))
     assert summary["sum"] == 15.0 and summary["count"] == 5
     assert summary["args"] == ["--alpha", "1"]
