@@ -40,7 +40,7 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
         from botocore.exceptions import ClientError
         from sagemaker.dataset_definition.inputs import AthenaDatasetDefinition, DatasetDefinition
         from sagemaker.processing import (
-            FrameworkProcessor, ProcessingInput, ProcessingOutput, Processor, ScriptProcessor,
+            FrameworkProcessor, ProcessingInput, ProcessingJob, ProcessingOutput, Processor, ScriptProcessor,
         )
         from sagemaker.xgboost import XGBoost
 
@@ -96,6 +96,8 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
         )
         assert plain.jobs[-1].describe()["ProcessingJobStatus"] == "Completed"
         out["plain"] = output_of("sdk-proc/plain")
+        attached = ProcessingJob.from_processing_name(session, plain.jobs[-1].job_name)
+        out["attached"] = [i.destination for i in attached.inputs] + [o.source for o in attached.outputs]
 
         # FrameworkProcessor: source_dir packed and unpacked by the SDK's runproc.sh, on two instances
         framework = FrameworkProcessor(
@@ -135,6 +137,11 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
     assert out["script"] == {"total": 20.0, "count": 4, "host": "algo-1"}
     assert out["script_entrypoint"] == ["python3", "/opt/ml/processing/input/code/proc.py"]
     assert out["plain"] == {"total": 30.0, "count": 4, "host": "algo-1"}
+    assert out["attached"] == [  # ProcessingJob.from_processing_name reads the job back
+        "/opt/ml/processing/input/data",
+        "/opt/ml/processing/input/code",
+        "/opt/ml/processing/output",
+    ]
     # both hosts wrote result.json to the same S3 prefix; either one's is there
     assert out["framework"]["total"] == 40.0 and out["framework"]["host"] in ("algo-1", "algo-2")
     assert out["framework_entrypoint"][0] == "/bin/bash"
