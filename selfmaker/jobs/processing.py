@@ -915,6 +915,9 @@ class ProcessingJobs:
                 }
             finally:
                 self._runners.pop(name.lower(), None)
+                # the hosts' trees hold copies of the inputs: gone with the job, as a SageMaker instance's
+                # volume is (the log and the outputs stay)
+                shutil.rmtree(self.work_dir(name), ignore_errors=True)
             if fields.get("FailureReason"):
                 on_log("", f"selfmaker: {fields['ProcessingJobStatus']}: {fields['FailureReason']}")
         if self._closing and fields.get("ProcessingJobStatus") in ("Stopped", None):
@@ -949,6 +952,7 @@ class ProcessingJobs:
             if record.status in RUNNING:
                 for pid, started in record.doc.get("_Processes") or []:
                     _kill_orphan(int(pid), float(started))
+                shutil.rmtree(self.work_dir(record.name), ignore_errors=True)
                 self.store.update(
                     KIND,
                     record.name,

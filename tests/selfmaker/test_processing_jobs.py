@@ -201,6 +201,7 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
 
     log = (platform.home / "logs" / "processing-jobs" / f"{name}.log").read_text()
     assert "[algo-1] processed 5 rows" in log
+    assert not (platform.home / "work" / "processing-jobs" / name).exists()  # the input copies are gone
     assert sm.list_tags(ResourceArn=arn)["Tags"] == [{"Key": "team", "Value": "ml"}]
     listed = sm.list_processing_jobs(NameContains=name)["ProcessingJobSummaries"]
     assert [(j["ProcessingJobName"], j["ProcessingJobStatus"]) for j in listed] == [(name, "Completed")]

@@ -90,5 +90,6 @@ def test_a_running_job_fails_on_stop_and_its_orphan_is_killed_after_a_crash(tmp_
         job = server.sagemaker().describe_processing_job(ProcessingJobName="crashed")
         assert (job["ProcessingJobStatus"], job["FailureReason"]) == ("Failed", RESTART_REASON)
         assert "_Processes" not in job
+        assert not (home / "work" / "processing-jobs" / "crashed").exists()
     finally:
         server.stop()
