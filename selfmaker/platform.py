@@ -22,6 +22,7 @@ from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.executors import Executors
+from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
@@ -50,6 +51,7 @@ class Platform:
             training=training,
             transforms=TransformJobs(settings, store, executors),
             tuning=TuningManager(settings, store, training),
+            processing=ProcessingJobs(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial
@@ -65,6 +67,7 @@ class Platform:
         self._reap_orphans()
         services.store.clear_instances()
         services.training.recover()
+        services.processing.recover()
         services.tuning.start_up()  # after recover(): the training jobs it marked Failed are replaced
         await services.endpoints.restore()
         services.transforms.start_up(asyncio.get_running_loop())
@@ -108,6 +111,7 @@ class Platform:
         await services.endpoints.shutdown()
         await services.tuning.shutdown()  # first: no tuning job launches a training job while they stop
         await services.training.shutdown()
+        await services.processing.shutdown()
         await services.executors.close()
         services.store.close()
 

@@ -11,6 +11,7 @@ from selfmaker.arns import make_arn
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.endpoints.runtime import FeatureState
 from selfmaker.executors import Executors
+from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
@@ -30,6 +31,7 @@ class Services:
     training: TrainingManager
     transforms: TransformJobs
     tuning: TuningManager
+    processing: ProcessingJobs
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 

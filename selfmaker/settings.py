@@ -25,8 +25,10 @@ class PlatformSettings(BaseSettings):
     drain_timeout: float = 60.0
     #: seconds between SIGTERM and SIGKILL when a model server is stopped
     stop_grace: float = 10.0
-    #: seconds between SIGTERM and SIGKILL when a training job is stopped (SageMaker: 120)
+    #: seconds between SIGTERM and SIGKILL when a training or processing job is stopped (SageMaker: 120)
     training_stop_grace: float = 120.0
+    #: seconds between two uploads of a processing job's S3Outputs in Continuous mode
+    processing_upload_interval: float = Field(default=5.0, gt=0)
     #: seconds the router waits for a model server's answer (SageMaker: 60 s)
     invocation_timeout: float = 60.0
     #: largest accepted invocation body in bytes (SageMaker: 6 MB)

@@ -84,7 +84,7 @@ def collect(home: Path) -> dict[str, Any]:
             )
         other = {
             kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
-            for kind in ("transform-job",)
+            for kind in ("transform-job", "processing-job")
         }
         return {
             "endpoints": endpoints,
@@ -168,5 +168,9 @@ def main(argv: list[str]) -> int:
     if data.get("transform-job"):
         print("\nTRANSFORM JOBS")
         for job in data["transform-job"]:
+            print(f"  {job['Name']}  {job['Status']}")
+    if data.get("processing-job"):
+        print("\nPROCESSING JOBS")
+        for job in data["processing-job"]:
             print(f"  {job['Name']}  {job['Status']}")
     return 0
