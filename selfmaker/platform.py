@@ -24,6 +24,7 @@ from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.executors import Executors
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
+from selfmaker.logstreams import LogStreams
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
@@ -47,6 +48,7 @@ class Platform:
             endpoints=EndpointManager(settings, store, executors, hooks),
             training=TrainingManager(settings, store),
             transforms=TransformJobs(settings, store, executors),
+            logs=LogStreams(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial

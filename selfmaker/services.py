@@ -13,6 +13,7 @@ from selfmaker.endpoints.runtime import FeatureState
 from selfmaker.executors import Executors
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
+from selfmaker.logstreams import LogStreams
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -28,6 +29,8 @@ class Services:
     endpoints: EndpointManager
     training: TrainingManager
     transforms: TransformJobs
+    #: the CloudWatch Logs view of the log files (``Logs_20140328.*`` on the control plane's port)
+    logs: LogStreams
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 
