@@ -484,9 +484,10 @@ class LogStreams:
         check = _check(group, stream_name)
         limit = limit or DEFAULT_EVENT_LIMIT
         if token is not None:
-            payload = _decode(token)
+            marker, _, body = token.partition("/")
+            payload = _decode(body)
             direction = payload.get("d")
-            if direction not in ("f", "b") or payload.get("s") != check:
+            if direction != marker or direction not in ("f", "b") or payload.get("s") != check:
                 raise InvalidParameterException(_BAD_TOKEN)
             offset = _offset(payload.get("o"))
             if offset > stream.index.size:
