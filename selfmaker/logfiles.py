@@ -12,7 +12,8 @@ The platform's writers start each line with its UTC time, ``2026-01-31T12:00:00.
 so that the CloudWatch Logs view (:mod:`selfmaker.logstreams`) gives every event a time that does not
 change from one read to the next; lines that a process writes straight into a file (a model server's
 output) carry their own time (the model server's JSON lines start with ``{"ts":"…Z"``) or none, and then
-take the time of the line before. ``selfmaker logs`` prints the files as they are.
+take the time of the line before. ``selfmaker logs`` prints the files as they are. (An unmarked line whose
+text itself starts with ``[algo-N] `` reads as host N's: job output never starts so unless a host wrote it.)
 """
 
 from __future__ import annotations

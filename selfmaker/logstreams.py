@@ -114,7 +114,7 @@ class FileIndex:
                 data = fh.read(st.st_size - self.size)
             end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
             offset = self.size
-            for raw in data[:end].splitlines(keepends=True):
+            for raw in data[:end].split(b"\n")[:-1]:  # only \n ends a line (a \r progress bar does not)
                 parsed = self._parser.parse(raw)
                 if parsed.timestamp is not None:
                     self.last_stamp = parsed.timestamp
@@ -124,7 +124,7 @@ class FileIndex:
                 if lines is None:
                     lines = self.hosts[host] = _HostLines()
                 lines.starts.append(offset)
-                offset += len(raw)
+                offset += len(raw) + 1
                 lines.ends.append(offset)
                 lines.stamps.append(stamp)
             self.size += end

@@ -395,3 +395,36 @@ def test_bad_input_gets_cloudwatch_error_codes(
         with pytest.raises(urllib.error.HTTPError) as http:
             urllib.request.urlopen(request, timeout=30)
         assert http.value.code == 400 and json.loads(http.value.read())["__type"] == code
+
+
+def test_environment_points_unchanged_boto3_code_at_the_platform(
+    platform_server: PlatformProcess, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AWS_ENDPOINT_URL_SAGEMAKER``, ``_SAGEMAKER_RUNTIME`` and ``_CLOUDWATCH_LOGS`` send clients made
+    with no endpoint_url to `selfmaker up`; ``AWS_ENDPOINT_URL_S3`` keeps S3 elsewhere (moto here).
+    ``AWS_ENDPOINT_URL_LOGS`` is no name botocore reads: the logs client would not come here."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LOGS", platform_server.url)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", raising=False)
+    assert boto3.client("logs", region_name="us-east-1").meta.endpoint_url != platform_server.url
+    for name in ("SAGEMAKER", "SAGEMAKER_RUNTIME", "CLOUDWATCH_LOGS"):
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{name}", platform_server.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server)
+    config = Config(retries={"max_attempts": 1})
+    clients = {
+        service: boto3.client(service, region_name="us-east-1", config=config)
+        for service in ("sagemaker", "sagemaker-runtime", "logs", "s3")
+    }
+    for service, client in clients.items():
+        expected = moto_server if service == "s3" else platform_server.url
+        assert client.meta.endpoint_url == expected  # checked before any request is sent
+    name = _name("env-check")
+    assert clients["sagemaker"].list_models(NameContains=name)["Models"] == []
+    with pytest.raises(ClientError) as info:
+        clients["sagemaker-runtime"].invoke_endpoint(EndpointName=name, Body=b"1", ContentType="text/csv")
+    assert _code(info)[0] == "ValidationError" and name in _code(info)[1]  # the platform's answer
+    groups = clients["logs"].describe_log_groups(logGroupNamePrefix="/aws/sagemaker/")["logGroups"]
+    assert all(g["logGroupName"].startswith("/aws/sagemaker/") for g in groups)
+    clients["s3"].create_bucket(Bucket=name)
+    moto = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    assert name in [b["Name"] for b in moto.list_buckets()["Buckets"]]
