@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from selfmaker.errors import InvalidParameterException
 from selfmaker.logfiles import LineParser, instance_variant, stamp
-from selfmaker.logstreams import FileIndex, FilterPattern
+from selfmaker.logstreams import FileIndex, FilterPattern, LogStreams
+from selfmaker.settings import PlatformSettings
+from selfmaker.state import StateStore
 
 # text a line can hold: anything but its end (a "line" with a newline inside is two lines)
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"))
@@ -115,3 +117,41 @@ def test_instance_ids_name_their_variant() -> None:
     assert instance_variant("my-ep", "my-ep-AllTraffic-0123abcd") == "AllTraffic"
     assert instance_variant("My-Ep", "my-ep-blue-green-0123abcd") == "blue-green"
     assert instance_variant("ep", "something-else") == "something-else"
+
+
+def test_groups_page_and_follow_the_files(tmp_path: Path) -> None:
+    """A group exists once its directory has a log; pages of one join into the whole list; a token of
+    one listing is no token of another."""
+    settings = PlatformSettings(home=tmp_path)
+    store = StateStore(tmp_path / "state.db")
+    try:
+        view = LogStreams(settings, store)
+        assert view.describe_log_groups(None, None, None, None) == {"logGroups": []}
+        logs = settings.logs_dir
+        (logs / "training-jobs").mkdir(parents=True)
+        assert view.describe_log_groups(None, None, None, None) == {"logGroups": []}  # empty directory
+        (logs / "training-jobs" / "a.log").write_text(stamp("hello", 10, "algo-1"))
+        for endpoint in ("ep-one", "ep-two"):
+            (logs / "endpoints" / endpoint).mkdir(parents=True)
+        names, token = [], None
+        for _ in range(10):
+            page = view.describe_log_groups("/aws/sagemaker/", None, 1, token)
+            names += [g["logGroupName"] for g in page["logGroups"]]
+            token = page.get("nextToken")
+            if token is None:
+                break
+        assert names == [
+            "/aws/sagemaker/Endpoints/ep-one",
+            "/aws/sagemaker/Endpoints/ep-two",
+            "/aws/sagemaker/TrainingJobs",
+        ]
+        first = view.describe_log_groups(None, None, 1, None)["nextToken"]
+        with pytest.raises(InvalidParameterException):
+            view.describe_log_streams("/aws/sagemaker/TrainingJobs", None, None, False, 1, first)
+        streams = view.describe_log_streams("/aws/sagemaker/TrainingJobs", None, None, False, None, None)
+        # no job record: the epoch of the stream's name is its first line's
+        assert [s["logStreamName"] for s in streams["logStreams"]] == ["a/algo-1-10"]
+        empty = view.describe_log_streams("/aws/sagemaker/Endpoints/ep-one", None, None, False, None, None)
+        assert empty == {"logStreams": []}
+    finally:
+        store.close()

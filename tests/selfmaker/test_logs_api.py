@@ -239,6 +239,12 @@ def test_endpoint_instances_are_streams(
             assert all(before - 1000 <= e["timestamp"] <= time.time() * 1000 + 1000 for e in events)
         listed = logs.describe_log_groups(logGroupNamePattern=endpoint.upper())["logGroups"]
         assert [g["logGroupName"] for g in listed] == [group]
+        # pages of one: the paginators join them, and the last page has no nextToken
+        paged = logs.get_paginator("describe_log_streams").paginate(
+            logGroupName=group, PaginationConfig={"PageSize": 1}
+        )
+        pages = [[s["logStreamName"] for s in page["logStreams"]] for page in paged]
+        assert pages == [[s["logStreamName"]] for s in streams]
     finally:
         sm.delete_endpoint(EndpointName=endpoint)
         sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint, WaiterConfig=WAIT)
