@@ -155,3 +155,38 @@ def test_groups_page_and_follow_the_files(tmp_path: Path) -> None:
         assert empty == {"logStreams": []}
     finally:
         store.close()
+
+
+def test_a_forward_token_at_the_end_waits_for_new_lines(tmp_path: Path) -> None:
+    """The tail loop of the SDK and the CLI: at the end the same token comes back with no events; once
+    lines are appended (a half-written one excepted) that token returns exactly them."""
+    settings = PlatformSettings(home=tmp_path)
+    store = StateStore(tmp_path / "state.db")
+    try:
+        view = LogStreams(settings, store)
+        path = settings.logs_dir / "transform-jobs" / "tail.log"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(stamp(f"line {i}", 100 + i) for i in range(3)))
+        group, stream = "/aws/sagemaker/TransformJobs", "tail/algo-1-100"
+        page = view.get_log_events(group, stream, None, None, None, None, True)
+        assert [e["message"] for e in page["events"]] == ["line 0", "line 1", "line 2"]
+        token = page["nextForwardToken"]
+        for _ in range(2):
+            again = view.get_log_events(group, stream, None, None, token, None, True)
+            assert again["events"] == [] and again["nextForwardToken"] == token
+        with open(path, "a") as out:
+            out.write(stamp("line 3", 103) + stamp("line 4", 104) + "half")
+        page = view.get_log_events(group, stream, None, None, token, None, True)
+        got = [(e["timestamp"], e["message"]) for e in page["events"]]
+        assert got == [(103_000, "line 3"), (104_000, "line 4")]
+        token = page["nextForwardToken"]
+        with open(path, "a") as out:
+            out.write(" written\n")
+        page = view.get_log_events(group, stream, None, None, token, None, True)
+        assert [e["message"] for e in page["events"]] == ["half written"]  # its time: the line before's
+        assert page["events"][0]["timestamp"] == 104_000
+        # the backward token of that page leads to the lines before it
+        back = view.get_log_events(group, stream, None, None, page["nextBackwardToken"], 2, True)
+        assert [e["message"] for e in back["events"]] == ["line 3", "line 4"]
+    finally:
+        store.close()
