@@ -74,6 +74,26 @@ class LineParser:
             self._second_text, self._second_ms = second, calendar.timegm(parsed) * 1000
         return self._second_ms + int(millis)
 
+    def time_and_host(self, line: bytes) -> tuple[int | None, int | None]:
+        """:meth:`parse` without the message (what an index needs, at about half the cost)."""
+        if line[:1].isdigit():
+            match = _STAMPED.match(line)
+            if match is not None:
+                try:
+                    stamp_ms = self._millis(match.group(1), match.group(2))
+                except (ValueError, OverflowError):
+                    pass  # not a real time: an ordinary line, as parse() reads it
+                else:
+                    return stamp_ms, int(match.group(3)) if match.group(3) else None
+        elif line[:1] == b"{":
+            parsed = self.parse(line)
+            return parsed.timestamp, parsed.host
+        elif line[:1] == b"[":
+            match = _HOST_ONLY.match(line)
+            if match is not None:
+                return None, int(match.group(1))
+        return None, None
+
     def parse(self, line: bytes) -> LogLine:
         """``line`` without its line end, split into time, host and message."""
         line = line.rstrip(b"\r\n")

@@ -115,11 +115,11 @@ class FileIndex:
             end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
             offset = self.size
             for raw in data[:end].split(b"\n")[:-1]:  # only \n ends a line (a \r progress bar does not)
-                parsed = self._parser.parse(raw)
-                if parsed.timestamp is not None:
-                    self.last_stamp = parsed.timestamp
+                line_ms, line_host = self._parser.time_and_host(raw)
+                if line_ms is not None:
+                    self.last_stamp = line_ms
                 stamp = self.last_stamp if self.last_stamp is not None else self.base_ms
-                host = self.fixed_host or parsed.host or 1
+                host = self.fixed_host or line_host or 1
                 lines = self.hosts.get(host)
                 if lines is None:
                     lines = self.hosts[host] = _HostLines()

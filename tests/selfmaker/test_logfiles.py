@@ -190,3 +190,16 @@ def test_a_forward_token_at_the_end_waits_for_new_lines(tmp_path: Path) -> None:
         assert [e["message"] for e in back["events"]] == ["line 3", "line 4"]
     finally:
         store.close()
+
+
+@given(raw=st.binary(max_size=80), when=st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_the_index_reads_time_and_host_as_the_parser_does(raw: bytes, when: float) -> None:
+    parser = LineParser()
+    for line in (
+        raw,
+        stamp("x", when).encode() + raw,
+        b"[algo-7] " + raw,
+        b'{"ts":"2026-01-31T12:00:00.250Z"' + raw,
+    ):
+        parsed = parser.parse(line)
+        assert parser.time_and_host(line.rstrip(b"\r\n")) == (parsed.timestamp, parsed.host)
