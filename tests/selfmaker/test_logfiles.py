@@ -16,7 +16,7 @@ from selfmaker.errors import InvalidParameterException
 from selfmaker.logfiles import LineParser, instance_variant, stamp
 from selfmaker.logstreams import FileIndex, FilterPattern, LogStreams
 from selfmaker.settings import PlatformSettings
-from selfmaker.state import StateStore
+from selfmaker.state import Record, StateStore
 
 # text a line can hold: anything but its end (a "line" with a newline inside is two lines)
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"))
@@ -203,3 +203,41 @@ def test_the_index_reads_time_and_host_as_the_parser_does(raw: bytes, when: floa
     ):
         parsed = parser.parse(line)
         assert parser.time_and_host(line.rstrip(b"\r\n")) == (parsed.timestamp, parsed.host)
+
+
+def test_job_kinds_with_unstamped_lines_or_a_file_per_host(tmp_path: Path) -> None:
+    """Lines with only a host marker (no time) take the job's creation time, which also names the
+    streams; a job that writes ``<job>/algo-N.log`` files gets one stream per file."""
+    settings = PlatformSettings(home=tmp_path)
+    store = StateStore(tmp_path / "state.db")
+    try:
+        created = 1_700_000_000.25
+        for name in ("marked", "split"):
+            record = Record("processing-job", name, f"arn:{name}", "Completed", created, created, {})
+            assert store.insert(record)
+        jobs = settings.logs_dir / "processing-jobs"
+        (jobs / "split").mkdir(parents=True)
+        (jobs / "marked.log").write_text("[algo-2] two\n[algo-1] one\n[selfmaker] Completed\n")
+        (jobs / "split" / "algo-1.log").write_text(stamp("first host", 1_700_000_001))
+        (jobs / "split" / "algo-2.log").write_text("second host, no time\n")
+        view = LogStreams(settings, store)
+        group = "/aws/sagemaker/ProcessingJobs"
+        streams = view.describe_log_streams(group, None, None, False, None, None)["logStreams"]
+        assert [s["logStreamName"] for s in streams] == [
+            "marked/algo-1-1700000000",
+            "marked/algo-2-1700000000",
+            "split/algo-1-1700000000",
+            "split/algo-2-1700000000",
+        ]
+        events = view.filter_log_events(group, None, "marked/", None, None, None, None, None)["events"]
+        assert [(e["logStreamName"][:13], e["timestamp"], e["message"]) for e in events] == [
+            ("marked/algo-1", 1_700_000_000_250, "one"),
+            ("marked/algo-1", 1_700_000_000_250, "[selfmaker] Completed"),
+            ("marked/algo-2", 1_700_000_000_250, "two"),
+        ]
+        second = view.get_log_events(group, "split/algo-2-1700000000", None, None, None, None, True)
+        assert [(e["timestamp"], e["message"]) for e in second["events"]] == [
+            (1_700_000_000_250, "second host, no time")
+        ]
+    finally:
+        store.close()
