@@ -58,8 +58,9 @@ EVENT_OVERHEAD_BYTES = 26
 DEFAULT_EVENT_LIMIT = 10_000
 DEFAULT_DESCRIBE_LIMIT = 50
 _JOB_STREAM = re.compile(r"algo-(\d+)-(\d+)")
-#: SageMaker's job name pattern (a stream name's job part must be one before it names a file)
-_JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+#: SageMaker's job and endpoint name pattern: a group's or stream's name part must be one before it names a
+#: file or directory
+_RESOURCE_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 _BAD_TOKEN = "The specified nextToken is invalid."
 
 
@@ -406,7 +407,7 @@ class LogStreams:
                 found = self._job_streams(kind, prefix)
         elif group.startswith(ENDPOINT_GROUP_PREFIX):
             endpoint = group[len(ENDPOINT_GROUP_PREFIX) :]
-            if endpoint and "/" not in endpoint:
+            if _RESOURCE_NAME.fullmatch(endpoint):  # an endpoint's name, never a path ("..")
                 directory = logfiles.endpoint_log_dir(self.settings.logs_dir, endpoint)
                 if directory is not None:
                     found = self._endpoint_streams(directory, directory.name)
@@ -423,7 +424,7 @@ class LogStreams:
         else:
             if not (self.settings.logs_dir / logfiles.JOB_LOG_DIRS[kind]).is_dir():
                 raise LogsResourceNotFound("The specified log group does not exist.")
-            valid = _JOB_NAME.fullmatch(head) and _JOB_STREAM.fullmatch(rest)
+            valid = _RESOURCE_NAME.fullmatch(head) and _JOB_STREAM.fullmatch(rest)
             candidates = self._job_streams(kind, None, head) if valid else []
         for stream in candidates:
             if stream.name == name:

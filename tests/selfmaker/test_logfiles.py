@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from selfmaker.errors import InvalidParameterException
+from selfmaker.errors import InvalidParameterException, LogsResourceNotFound
 from selfmaker.logfiles import LineParser, instance_variant, stamp
 from selfmaker.logstreams import FileIndex, FilterPattern, LogStreams
 from selfmaker.settings import PlatformSettings
@@ -153,6 +153,10 @@ def test_groups_page_and_follow_the_files(tmp_path: Path) -> None:
         assert [s["logStreamName"] for s in streams["logStreams"]] == ["a/algo-1-10"]
         empty = view.describe_log_streams("/aws/sagemaker/Endpoints/ep-one", None, None, False, None, None)
         assert empty == {"logStreams": []}
+        (logs / "selfmaker.log").write_text(stamp("the platform's own log", 1))
+        for name in ("..", ".", "ep-one/..", "../endpoints/ep-one"):  # names, never paths
+            with pytest.raises(LogsResourceNotFound):
+                view.streams(f"/aws/sagemaker/Endpoints/{name}")
     finally:
         store.close()
 

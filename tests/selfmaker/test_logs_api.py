@@ -272,6 +272,12 @@ def test_bad_input_gets_cloudwatch_error_codes(
             "The specified log group does not exist.",
         ),
         (
+            "describe_log_streams",
+            {"logGroupName": "/aws/sagemaker/Endpoints/.."},  # never the logs directory itself
+            "ResourceNotFoundException",
+            "The specified log group does not exist.",
+        ),
+        (
             "get_log_events",
             {"logGroupName": TRAINING, "logStreamName": f"{job}/algo-2-1"},
             "ResourceNotFoundException",
