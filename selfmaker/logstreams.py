@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import heapq
 import re
 import threading
@@ -71,6 +72,8 @@ class _HostLines:
     starts: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
     stamps: list[int] = field(default_factory=list)
+    #: the times never go back (the usual case): a time window is then found by bisection
+    ordered: bool = True
 
 
 class FileIndex:
@@ -124,6 +127,8 @@ class FileIndex:
                 lines = self.hosts.get(host)
                 if lines is None:
                     lines = self.hosts[host] = _HostLines()
+                if lines.stamps and stamp < lines.stamps[-1]:
+                    lines.ordered = False
                 lines.starts.append(offset)
                 offset += len(raw) + 1
                 lines.ends.append(offset)
@@ -497,13 +502,13 @@ class LogStreams:
         else:
             forward = from_head
             offset = 0 if from_head else stream.index.size
-        eligible = _in_time(lines, start_time, end_time)
+        low, high, eligible = _window(lines, start_time, end_time)
         if forward:
-            first = _bisect(lines.starts, offset)
-            chosen = _take(lines, eligible, first, len(lines.starts), limit, forward=True)
+            first = max(low, bisect.bisect_left(lines.starts, offset))
+            chosen = _take(lines, eligible, first, high, limit, forward=True)
         else:
-            last = _bisect(lines.starts, offset)
-            chosen = _take(lines, eligible, 0, last, limit, forward=False)
+            last = min(high, bisect.bisect_left(lines.starts, offset))
+            chosen = _take(lines, eligible, low, last, limit, forward=False)
         messages = stream.index.read(lines, chosen)
         events = [
             {"timestamp": lines.stamps[p], "message": m, "ingestionTime": lines.stamps[p]}
@@ -598,25 +603,21 @@ def _name(stream: Stream) -> str:
     return stream.name
 
 
-def _bisect(starts: list[int], offset: int) -> int:
-    """The position of the first line starting at or after ``offset``."""
-    low, high = 0, len(starts)
-    while low < high:
-        middle = (low + high) // 2
-        if starts[middle] < offset:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
-def _in_time(lines: _HostLines, start_time: int | None, end_time: int | None) -> list[bool] | None:
-    """Which lines fall in [start_time, end_time) (None: all of them)."""
+def _window(
+    lines: _HostLines, start_time: int | None, end_time: int | None
+) -> tuple[int, int, list[bool] | None]:
+    """The positions [low, high) that may fall in [start_time, end_time), and which of them do (None: all
+    of them; always so when the times are ordered and the window is found by bisection)."""
+    count = len(lines.stamps)
     if start_time is None and end_time is None:
-        return None
-    low = start_time if start_time is not None else -1
-    high = end_time if end_time is not None else 1 << 62
-    return [low <= s < high for s in lines.stamps]
+        return 0, count, None
+    if lines.ordered:
+        low = bisect.bisect_left(lines.stamps, start_time) if start_time is not None else 0
+        high = bisect.bisect_left(lines.stamps, end_time) if end_time is not None else count
+        return low, max(low, high), None
+    first = start_time if start_time is not None else -1
+    stop = end_time if end_time is not None else 1 << 62
+    return 0, count, [first <= s < stop for s in lines.stamps]
 
 
 def _take(
@@ -656,9 +657,9 @@ class _Cursor:
         self.order = order
         self.stream = stream
         lines = stream.lines
-        self._eligible = _in_time(lines, start_time, end_time)
+        low, self._stop, self._eligible = _window(lines, start_time, end_time)
         self._matcher = matcher
-        self._next = _bisect(lines.starts, offset)
+        self._next = max(low, bisect.bisect_left(lines.starts, offset))
         self._buffer: Iterator[tuple[int, str]] = iter(())
         self._current: tuple[int, str] | None = None
         self.advance()
@@ -667,8 +668,8 @@ class _Cursor:
         """Move to the next matching event (None at the end)."""
         self._current = next(self._buffer, None)
         lines = self.stream.lines
-        while self._current is None and self._next < len(lines.starts):
-            stop = min(len(lines.starts), self._next + self.BATCH)
+        while self._current is None and self._next < self._stop:
+            stop = min(self._stop, self._next + self.BATCH)
             wanted = [p for p in range(self._next, stop) if self._eligible is None or self._eligible[p]]
             self._next = stop
             messages = self.stream.index.read(lines, wanted)
