@@ -112,3 +112,18 @@ class ServiceUnavailable(SageMakerError):
 
     code = "ServiceUnavailable"
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+# ---- CloudWatch Logs (Logs_20140328.*, served on the control plane's port) ----------------------------
+
+
+class InvalidParameterException(SageMakerError):
+    """CloudWatch Logs' bad input: a constraint of the service model, a bad token, conflicting members."""
+
+    code = "InvalidParameterException"
+
+
+class LogsResourceNotFound(SageMakerError):
+    """CloudWatch Logs' unknown log group or log stream."""
+
+    code = "ResourceNotFoundException"

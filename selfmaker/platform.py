@@ -26,6 +26,7 @@ from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
+from selfmaker.logstreams import LogStreams
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
@@ -52,6 +53,7 @@ class Platform:
             transforms=TransformJobs(settings, store, executors),
             tuning=TuningManager(settings, store, training),
             processing=ProcessingJobs(settings, store),
+            logs=LogStreams(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial

@@ -15,6 +15,7 @@ from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
+from selfmaker.logstreams import LogStreams
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -32,6 +33,8 @@ class Services:
     transforms: TransformJobs
     tuning: TuningManager
     processing: ProcessingJobs
+    #: the CloudWatch Logs view of the log files (``Logs_20140328.*`` on the control plane's port)
+    logs: LogStreams
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 

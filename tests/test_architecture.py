@@ -92,10 +92,11 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "selfmaker.logcontext",
             "selfmaker.state",
             "selfmaker.modeldata",
+            "selfmaker.logfiles",
         ),
     ),
     ("executors", ("selfmaker.executors",)),
-    ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs")),
+    ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams")),
     ("api", ("selfmaker.api", "selfmaker.services")),
     ("features", ("selfmaker.features",)),
     (

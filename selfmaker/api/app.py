@@ -1,7 +1,8 @@
 """The aiohttp application of `selfmaker up`: control plane, runtime, extension routes.
 
 * ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>`` → the registered operation handler, after
-  validating the body against botocore's model (JSON 1.1 protocol);
+  validating the body against botocore's model (JSON 1.1 protocol); ``Logs_20140328.<Operation>`` the
+  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`), so one endpoint URL serves both;
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
@@ -35,6 +36,7 @@ from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
     InternalFailure,
+    InvalidParameterException,
     SageMakerError,
     UnknownOperation,
     ValidationError,
@@ -48,6 +50,11 @@ PLATFORM_KEY: web.AppKey[Services] = web.AppKey("platform", Services)
 JSON11 = "application/x-amz-json-1.1"
 #: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
+#: the JSON 1.1 services of ``POST /`` by target prefix: botocore's model name and the error of bad input
+JSON_SERVICES: dict[str, tuple[str, type[SageMakerError]]] = {
+    "SageMaker": ("sagemaker", ValidationException),
+    "Logs_20140328": ("logs", InvalidParameterException),
+}
 
 
 def _control_error(exc: SageMakerError, request_id: str) -> web.Response:
@@ -80,7 +87,8 @@ async def control_plane(request: web.Request) -> web.Response:
     target = request.headers.get("X-Amz-Target", "")
     service, _, op_name = target.partition(".")
     try:
-        handler = platform.registry.operations.get(op_name) if service == "SageMaker" else None
+        model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
+        handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
         if handler is None:
             raise UnknownOperation(
                 f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker."
@@ -88,17 +96,17 @@ async def control_plane(request: web.Request) -> web.Response:
         raw = await read_limited(
             request,
             CLIENT_MAX_SIZE,
-            lambda: ValidationException(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
+            lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
         )
         try:
             params = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
-            raise ValidationException("The request body is not valid JSON.") from None
+            raise bad_input("The request body is not valid JSON.") from None
         if not isinstance(params, dict):
-            raise ValidationException("The request body must be a JSON object.")
-        model = service_model()
+            raise bad_input("The request body must be a JSON object.")
+        model = service_model(model_name)
         if op_name in model.operation_names:
-            validate_request(model.operation_model(op_name), params)
+            validate_request(model.operation_model(op_name), params, bad_input)
         result = await handler(platform, params)
         body = orjson.dumps(compact(result or {}))
         return web.Response(body=body, content_type=JSON11, headers={"x-amzn-RequestId": request_id})

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from selfmaker.logfiles import JOB_LOG_DIRS, job_host_logs, job_log_path
 from selfmaker.settings import PlatformSettings
 
 
@@ -18,10 +19,14 @@ def log_files(home: Path, name: str) -> list[Path]:
         for directory in endpoints.iterdir():
             if directory.name.lower() == name.lower():
                 found += sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime)
-    for kind in ("training-jobs", "transform-jobs", "processing-jobs", "hyper-parameter-tuning-jobs"):
-        candidate = logs / kind / f"{name}.log"
+    for kind in JOB_LOG_DIRS:
+        candidate = job_log_path(logs, kind, name)
         if candidate.exists():
             found.append(candidate)
+        found += [path for _, path in sorted(job_host_logs(logs, kind, name).items())]
+    tuning = logs / "hyper-parameter-tuning-jobs" / f"{name}.log"  # a tuning job's own log (no hosts)
+    if tuning.exists():
+        found.append(tuning)
     return found
 
 

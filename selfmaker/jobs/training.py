@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.jobs.warm_pools import WarmPools, keep_alive_of
+from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 
@@ -62,7 +63,7 @@ class TrainingManager:
         self.warm_pools = WarmPools(settings, store)
 
     def log_path(self, name: str) -> Path:
-        return self.settings.logs_dir / "training-jobs" / f"{name}.log"
+        return job_log_path(self.settings.logs_dir, "training-job", name)
 
     def create(self, params: dict[str, Any], *, tuning_job_arn: str | None = None) -> str:
         """Record a validated CreateTrainingJob request (InProgress), tag it and start it; its ARN.
@@ -139,9 +140,8 @@ class TrainingManager:
         with open(log_path, "a", encoding="utf-8") as log_file:
 
             def on_log(*args: str) -> None:  # (host, line) per the runner; (line) tolerated
-                line = args[-1]
-                prefix = f"[{args[0]}] " if len(args) > 1 else ""
-                log_file.write(prefix + (line if line.endswith("\n") else line + "\n"))
+                # time-stamped: the CloudWatch Logs view gives each line that time (selfmaker.logfiles)
+                log_file.write(stamp(args[-1], host=args[0] if len(args) > 1 else None))
                 log_file.flush()
 
             def on_update(state: Any) -> None:
