@@ -158,19 +158,20 @@ def split_records(data: bytes) -> list[bytes]:
 def iter_records(stream: IO[bytes]) -> Iterator[bytes]:
     """Yield the payload of every (possibly multi-part) record of a RecordIO stream, as it is read."""
     parts: list[bytes] = []
-    index = 0
+    index = pos = 0
     while True:
         header = stream.read(8)
         if not header:
             if parts:
-                raise RecordIOError(f"record {index}: the stream ends inside a multi-part record")
+                raise RecordIOError(f"record {index}: the data ends inside a multi-part record")
             return
         if len(header) < 8:
             raise RecordIOError(f"record {index}: truncated header ({len(header)} of its 8 bytes)")
         magic, word = _HEADER.unpack(header)
         if magic != MAGIC:
             raise RecordIOError(
-                f"record {index}: bad magic 0x{magic:08x} (RecordIO records start with 0x{MAGIC:08x})"
+                f"record {index}: bad magic 0x{magic:08x} at byte {pos} "
+                f"(RecordIO records start with 0x{MAGIC:08x})"
             )
         length = word & _LENGTH_MASK
         data = stream.read(length)
@@ -178,6 +179,7 @@ def iter_records(stream: IO[bytes]) -> Iterator[bytes]:
             raise RecordIOError(f"record {index}: truncated payload ({len(data)} of its {length} bytes)")
         if length % 4:
             stream.read(-length % 4)
+        pos += 8 + length + (-length % 4)
         whole: list[bytes] = []
         index = _collect(word >> 29, data, parts, whole, index)
         yield from whole
@@ -276,6 +278,8 @@ def _row(
 ) -> np.ndarray:
     """One record's features as a dense float32 row."""
     if not len(keys):
+        if not values.size and len(shape) == 1:  # a sparse record with no entries: all zeros
+            return np.zeros(int(shape[0]), dtype=np.float32)
         if len(shape) and int(np.prod(shape)) != values.size:
             raise RecordIOError(f"record {index}: shape {list(shape)} does not hold its {values.size} values")
         return values.astype(np.float32, copy=False)
