@@ -133,7 +133,6 @@ def split_records(data: bytes) -> list[bytes]:
     payloads: list[bytes] = []
     parts: list[bytes] = []
     pos, end, index = 0, len(data), 0
-    view = memoryview(data)
     unpack = _HEADER.unpack_from
     while pos < end:
         if end - pos < 8:
@@ -149,7 +148,11 @@ def split_records(data: bytes) -> list[bytes]:
         if start + length > end:
             raise RecordIOError(f"record {index}: truncated payload ({end - start} of its {length} bytes)")
         pos = start + length + (-length % 4)
-        index = _collect(word >> 29, bytes(view[start : start + length]), parts, payloads, index)
+        if word >> 29 == 0 and not parts:  # a whole record: the usual case, without the call
+            payloads.append(data[start : start + length])
+            index += 1
+        else:
+            index = _collect(word >> 29, data[start : start + length], parts, payloads, index)
     if parts:
         raise RecordIOError(f"record {index}: the data ends inside a multi-part record")
     return payloads
@@ -225,6 +228,51 @@ def tensor_of(value: Any, what: str) -> tuple[np.ndarray, Sequence[int], Sequenc
         raise RecordIOError(f"{what} holds {'no tensor' if kind is None else 'Bytes'}, not numbers")
     tensor = getattr(value, kind)
     return np.array(tensor.values, dtype=_DTYPES[kind]), tensor.keys, tensor.shape
+
+
+def dense_uniform(data: bytes, width: int | None = None) -> np.ndarray | None:
+    """The usual request body in one step: whole records that all encode dense float tensors of one
+    width (what ``RecordSerializer`` writes for a float32 or float64 array) as a float32 ``[N, width]``
+    table; None for any other body, which :func:`dense_batch` then reads (and names the fault of).
+
+    The first record is parsed by the protobuf package and must be exactly the canonical encoding of a
+    ``Record`` holding only ``features["values"]``, a Float32/Float64Tensor with no keys or shape (a
+    fresh message holding its values re-serialises to the same bytes: no other fields, no unknown ones;
+    the values are the last bytes, the packed run closing every enclosing message). Every other record
+    must have the same header and the same bytes up to its values: all the tags and lengths of its
+    encoding are in those bytes, so it is the same message with other values — read as one array.
+    """
+    if len(data) < 8:
+        return None
+    magic, word = _HEADER.unpack_from(data, 0)
+    length = word & _LENGTH_MASK
+    stride = 8 + length + (-length % 4)
+    if magic != MAGIC or word >> 29 or len(data) % stride:
+        return None
+    first = Record()
+    try:
+        first.ParseFromString(data[8 : 8 + length])
+    except DecodeError:
+        return None
+    if VALUES not in first.features:
+        return None
+    kind = first.features[VALUES].WhichOneof("value")
+    if kind not in ("float32_tensor", "float64_tensor"):
+        return None
+    values = getattr(first.features[VALUES], kind).values
+    canonical = Record()
+    getattr(canonical.features[VALUES], kind).values.extend(values)
+    if not values or canonical.SerializeToString() != data[8 : 8 + length]:
+        return None
+    if width is not None and len(values) != width:
+        return None
+    itemsize = 4 if kind == "float32_tensor" else 8
+    head = length - len(values) * itemsize
+    table = np.frombuffer(data, dtype=np.uint8).reshape(len(data) // stride, stride)
+    if not (table[:, : 8 + head] == table[0, : 8 + head]).all():
+        return None
+    floats = np.ascontiguousarray(table[:, 8 + head : 8 + length]).view("<f4" if itemsize == 4 else "<f8")
+    return floats.astype(np.float32, copy=False)
 
 
 def dense_batch(

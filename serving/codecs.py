@@ -235,7 +235,9 @@ def decode_recordio(body: bytes, dtype: Any = np.float32, width: int | None = No
     if not body:
         raise BadRequestError("empty RecordIO-protobuf body")
     try:
-        table, _ = recordio.dense_batch(recordio.split_records(body), width)
+        table = recordio.dense_uniform(body, width)  # the SDK's usual request, without a loop
+        if table is None:
+            table, _ = recordio.dense_batch(recordio.split_records(body), width)
     except recordio.RecordIOError as exc:
         raise BadRequestError(f"malformed RecordIO-protobuf body: {exc}") from None
     return table if dtype in (None, np.float32) else _cast_table(table, dtype)

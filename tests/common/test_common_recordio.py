@@ -174,3 +174,87 @@ def test_arbitrary_bytes_never_crash_the_reader(data: bytes) -> None:
         recordio.dense_batch(recordio.split_records(data))
     except RecordIOError:
         pass
+
+
+# -- the one-step reader of uniform dense bodies (serving's usual request) ----------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(_matrix(np.float32), _matrix(np.float64)))
+def test_uniform_dense_bodies_read_in_one_step_equal_the_record_reader(X: np.ndarray) -> None:
+    data = recordio.encode_dense(X)
+    table = recordio.dense_uniform(data)
+    assert table is not None and table.dtype == np.float32
+    np.testing.assert_array_equal(table, recordio.dense_batch(recordio.split_records(data))[0])
+    assert recordio.dense_uniform(data, X.shape[1]) is not None
+    assert recordio.dense_uniform(data, X.shape[1] + 1) is None  # another width: the reader names it
+
+
+@settings(max_examples=300, deadline=None)
+@given(_matrix(np.float32), st.data())
+def test_a_changed_byte_never_makes_the_one_step_reader_disagree(X: np.ndarray, data: st.DataObject) -> None:
+    body = bytearray(recordio.encode_dense(X))
+    at = data.draw(st.integers(0, len(body) - 1))
+    body[at] = data.draw(st.integers(0, 255))
+    table = recordio.dense_uniform(bytes(body))
+    if table is not None:  # then the authoritative reader reads the same, without an error
+        np.testing.assert_array_equal(table, recordio.dense_batch(recordio.split_records(bytes(body)))[0])
+
+
+def test_other_bodies_are_left_to_the_record_reader() -> None:
+    X = np.ones((3, 4), dtype=np.float32)
+    with_uid = Record()
+    with_uid.features["values"].float32_tensor.values.extend([1.0, 2.0, 3.0, 4.0])
+    with_uid.uid = "r1"
+    bodies = {
+        "labelled": recordio.encode_dense(X, np.ones(3, dtype=np.float32)),
+        "sparse": recordio.encode_sparse(sp.csr_matrix(X)),
+        "int": recordio.encode_dense(X.astype(int)),
+        "mixed widths": recordio.encode_dense(X) + recordio.encode_dense(np.ones((1, 3), dtype=np.float32)),
+        "uid": recordio.frame(with_uid.SerializeToString()) * 2,
+        "truncated": recordio.encode_dense(X)[:-4],
+        "empty": b"",
+    }
+    for name, body in bodies.items():
+        assert recordio.dense_uniform(body) is None, name
+    # values written unpacked (valid protobuf, what a proto2 writer without [packed=true] emits): read by
+    # the record reader, not in one step
+    unpacked = _unpacked_record([1.0, 2.0, 3.0])
+    assert recordio.dense_uniform(recordio.frame(unpacked)) is None
+    np.testing.assert_array_equal(
+        recordio.dense_batch(recordio.split_records(recordio.frame(unpacked)))[0], [[1, 2, 3]]
+    )
+
+
+def _unpacked_record(values: list[float]) -> bytes:
+    """A Record whose Float32Tensor values are not packed, written by a message of the same shape whose
+    ``values`` field lacks ``[packed = true]``."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="unpacked.proto", package="unpacked", syntax="proto2")
+    tensor = proto.message_type.add(name="Tensor")
+    tensor.field.add(name="values", number=1, type=field.TYPE_FLOAT, label=field.LABEL_REPEATED)
+    for name, number, type_name in (("Value", 2, "Tensor"), ("Entry", 2, "Value")):
+        message = proto.message_type.add(name=name)
+        if name == "Entry":
+            message.field.add(name="key", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+        message.field.add(
+            name="inner",
+            number=number,
+            type=field.TYPE_MESSAGE,
+            type_name=f".unpacked.{type_name}",
+            label=field.LABEL_OPTIONAL,
+        )
+    record = proto.message_type.add(name="Record")
+    record.field.add(
+        name="features",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        type_name=".unpacked.Entry",
+        label=field.LABEL_REPEATED,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    message = message_factory.GetMessageClass(pool.FindMessageTypeByName("unpacked.Record"))()
+    entry = message.features.add(key="values")
+    entry.inner.inner.values.extend(values)
+    return bytes(message.SerializeToString())
