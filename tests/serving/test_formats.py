@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import requests
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from serving_helpers import Server
 
 from common import recordio
@@ -309,3 +312,19 @@ def test_jsonlines_both_ways_for_every_response_format(
         )
     lines = post(server, json.dumps(X.tolist()).encode(), "application/json", "application/jsonlines").text
     assert [json.loads(line) for line in lines.splitlines()] == predictions
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 8), st.integers(1, 7)),
+        elements=st.one_of(st.just(np.nan), st.floats(-1e6, 1e6, allow_nan=False, width=32)),
+    )
+)
+def test_libsvm_round_trip_missing_is_nan(table: np.ndarray) -> None:
+    lines = [
+        "0 " + " ".join(f"{j}:{float(v)!r}" for j, v in enumerate(row) if not np.isnan(v)) for row in table
+    ]
+    got = codecs.decode_libsvm("\n".join(lines).encode(), width=table.shape[1])
+    np.testing.assert_array_equal(got, table)
