@@ -258,3 +258,14 @@ def _unpacked_record(values: list[float]) -> bytes:
     entry = message.features.add(key="values")
     entry.inner.inner.values.extend(values)
     return bytes(message.SerializeToString())
+
+
+def test_a_last_record_without_its_padding_is_read_in_one_step_too() -> None:
+    X = np.arange(60, dtype=np.float32).reshape(2, 30)  # 30 values: the lengths take 2-byte varints
+    record = Record()
+    record.features["values"].float32_tensor.values.extend(X[0].tolist())
+    assert len(record.SerializeToString()) % 4  # this record needs padding
+    body = recordio.encode_dense(X)
+    unpadded = body[: len(body) - (-len(record.SerializeToString()) % 4)]
+    np.testing.assert_array_equal(recordio.dense_uniform(unpadded), X)
+    np.testing.assert_array_equal(recordio.dense_batch(recordio.split_records(unpadded))[0], X)
