@@ -35,6 +35,9 @@ CONTENT_TYPE = "application/x-recordio-protobuf"
 #: the key of the features (and of a training label) in a record's maps
 VALUES = "values"
 
+#: the widest sparse record read (16M features: 64 MB per row)
+MAX_WIDTH = 1 << 24
+
 _HEADER = struct.Struct("<II")
 _LENGTH_MASK = (1 << 29) - 1
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by length % 4
@@ -330,7 +333,7 @@ def _row(
     """One record's features as a dense float32 row."""
     if not len(keys):
         if not values.size and len(shape) == 1:  # a sparse record with no entries: all zeros
-            return np.zeros(int(shape[0]), dtype=np.float32)
+            return np.zeros(_width(index, int(shape[0]), width), dtype=np.float32)
         if len(shape) and int(np.prod(shape)) != values.size:
             raise RecordIOError(f"record {index}: shape {list(shape)} does not hold its {values.size} values")
         return values.astype(np.float32, copy=False)
@@ -342,6 +345,7 @@ def _row(
         dim = width
     else:
         dim = max(keys) + 1
+    dim = _width(index, dim, width)
     positions = np.array(keys, dtype=np.uint64)
     beyond = positions >= dim
     if beyond.any():
@@ -351,6 +355,16 @@ def _row(
     row = np.zeros(dim, dtype=np.float32)
     row[positions.astype(np.int64)] = values
     return row
+
+
+def _width(index: int, dim: int, width: int | None) -> int:
+    """``dim``, the width a sparse record asks for, unless it is more than the model takes (or than any
+    model could: a few bytes of ``shape`` or ``keys`` must not allocate gigabytes)."""
+    if width is not None and dim > width:
+        raise RecordIOError(f"record {index}: {dim} features, the model takes {width}")
+    if dim > MAX_WIDTH:
+        raise RecordIOError(f"record {index}: {dim} features, more than the {MAX_WIDTH:,} this reader takes")
+    return dim
 
 
 # -- encoding --------------------------------------------------------------------------------------

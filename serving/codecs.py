@@ -290,6 +290,10 @@ def decode_libsvm(body: bytes, dtype: Any = np.float32, width: int | None = None
         rows.append((indices, values))
     if not rows:
         raise BadRequestError("empty libsvm body")
+    if width is None and top >= recordio.MAX_WIDTH:  # a few bytes must not allocate gigabytes
+        raise BadRequestError(
+            f"libsvm feature index {top} is beyond the {recordio.MAX_WIDTH:,} features this server reads"
+        )
     table = np.full((len(rows), width if width is not None else top + 1), np.nan, dtype=np.float32)
     for row, (indices, values) in enumerate(rows):
         if indices:

@@ -269,3 +269,17 @@ def test_a_last_record_without_its_padding_is_read_in_one_step_too() -> None:
     unpadded = body[: len(body) - (-len(record.SerializeToString()) % 4)]
     np.testing.assert_array_equal(recordio.dense_uniform(unpadded), X)
     np.testing.assert_array_equal(recordio.dense_batch(recordio.split_records(unpadded))[0], X)
+
+
+def test_a_huge_sparse_width_is_refused_before_it_is_allocated() -> None:
+    for shape, width, message in (
+        ([1 << 40], None, "record 0: 1099511627776 features, more than the 16,777,216"),
+        ([1 << 40], 4, "record 0: 1099511627776 features, the model takes 4"),
+        ([], 4, "record 0: key 9 is beyond the record's width 4"),
+    ):
+        with pytest.raises(RecordIOError, match=message):
+            recordio.dense_batch(recordio.split_records(_sparse([1.0], [9], shape)), width)
+    empty = Record()
+    empty.features["values"].float32_tensor.shape.append(1 << 40)
+    with pytest.raises(RecordIOError, match="more than the 16,777,216"):
+        recordio.dense_batch([empty.SerializeToString()])

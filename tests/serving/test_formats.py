@@ -272,6 +272,8 @@ def test_libsvm_without_a_model_width_is_as_wide_as_its_largest_index() -> None:
     assert codecs.decode_libsvm(b"1 4:1\n0 1:1\n").shape == (2, 5)
     with pytest.raises(BadRequestError, match="names no features"):
         codecs.decode_libsvm(b"1\n0\n")
+    with pytest.raises(BadRequestError, match="feature index 99999999999 is beyond the 16,777,216 features"):
+        codecs.decode_libsvm(b"1 99999999999:1\n")
 
 
 # -- application/jsonlines, both ways, every response format -------------------------------------
