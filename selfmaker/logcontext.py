@@ -7,6 +7,7 @@ them to every record so the formatter can print them.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -25,15 +26,22 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", log_file: Path | None = None) -> None:
-    """Configure the root logger: stderr plus (optionally) a platform log file."""
+def configure_logging(
+    level: str = "INFO", log_file: Path | None = None, *, max_bytes: int = 0, backups: int = 5
+) -> None:
+    """Configure the root logger: stderr plus (optionally) a platform log file, rotated when it passes
+    ``max_bytes`` (0: never) with ``backups`` older files kept."""
     fmt = logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(endpoint)s/%(variant)s] %(message)s"
     )
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=max_bytes, backupCount=backups if max_bytes else 0, encoding="utf-8"
+            )
+        )
     root = logging.getLogger()
     root.setLevel(level)
     for handler in handlers:

@@ -92,6 +92,8 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "selfmaker.logcontext",
             "selfmaker.state",
             "selfmaker.modeldata",
+            "selfmaker.credentials",
+            "selfmaker.logrotate",
         ),
     ),
     ("executors", ("selfmaker.executors",)),
