@@ -146,6 +146,7 @@ class CredentialStore:
             keys = dict(self.keys())
             yield keys
             self._write(keys)
+            self._checked = float("-inf")  # this process's next look reads what it just wrote
         finally:
             os.close(fd)
 
