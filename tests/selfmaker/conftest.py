@@ -19,11 +19,12 @@ def platform_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
 @pytest.fixture(scope="session")
 def keyed_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformProcess]:
     """A `selfmaker up` whose home holds an access key (made with `selfmaker keys create`): every call but
-    /ping must be signed; its clients sign with that key. Logs rotate past 64 KiB, looked at every 0.5 s."""
+    /ping must be signed; its clients sign with that key. Logs rotate past 2 KiB (2 parts kept), looked at
+    every 0.5 s."""
     home = tmp_path_factory.mktemp("selfmaker-keyed-home")
     key = create_key(home, "platform-tests")
     env = {
-        "SELFMAKER_LOG_MAX_BYTES": "65536",
+        "SELFMAKER_LOG_MAX_BYTES": "2048",
         "SELFMAKER_LOG_BACKUPS": "2",
         "SELFMAKER_LOG_CHECK_INTERVAL": "0.5",
     }

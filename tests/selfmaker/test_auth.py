@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import ipaddress
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from platform_helpers import PlatformProcess, client, create_key, deploy, make_model, variant
 from testkit import wait_until
+
+from selfmaker.logrotate import rotated_parts
 
 JSON11 = "application/x-amz-json-1.1"
 
@@ -209,9 +213,6 @@ def test_allow_lists_and_keys_made_while_running(keyed_platform: PlatformProcess
     )
     assert code == "AccessDeniedException" and "sagemaker:InvokeEndpointWithResponseStream" in message
 
-    import subprocess  # noqa: PLC0415 - only this test runs the CLI
-    import sys  # noqa: PLC0415 - only this test runs the CLI
-
     subprocess.run(
         [
             sys.executable,
@@ -283,11 +284,34 @@ def test_no_secret_reaches_any_log(keyed_platform: PlatformProcess, endpoint: st
         scanned += 1
         for secret in secrets:
             assert secret.encode() not in data, f"a secret is in {path}"
-    assert scanned >= 3 and (keyed_platform.home / "logs" / "selfmaker.log").exists()
-    assert (
-        "refused POST /: InvalidSignatureException"
-        in (keyed_platform.home / "logs" / "selfmaker.log").read_text()
-    )
+    platform_log = keyed_platform.home / "logs" / "selfmaker.log"
+    assert scanned >= 3 and platform_log.exists()
+    logged = "".join(p.read_text() for p in [*rotated_parts(platform_log), platform_log])
+    assert "refused POST /: InvalidSignatureException" in logged
+
+
+def test_logs_rotate_by_size(keyed_platform: PlatformProcess, endpoint: str) -> None:
+    """The platform's log and the model server's (written by the child) rotate past 2 KiB, 2 parts kept;
+    `selfmaker logs` prints the rotated parts before the live file."""
+    logs = keyed_platform.home / "logs"
+    server_log = next((logs / "endpoints" / endpoint).glob("*.log"))
+    for _ in range(30):  # refused calls: one warning line each in the platform's log
+        requests.post(keyed_platform.url + "/", data=b"{}", timeout=30)
+    wait_until(lambda: rotated_parts(server_log), timeout=30, what="the model server's log is rotated")
+    for live in (logs / "selfmaker.log", server_log):
+        parts = rotated_parts(live)
+        assert 1 <= len(parts) <= 2, parts
+        assert all(p.stat().st_size > 0 for p in parts)
+    assert (logs / "selfmaker.log").stat().st_size <= 2048
+    first_line = rotated_parts(server_log)[0].read_text().splitlines()[0]
+    shown = subprocess.run(
+        [sys.executable, "-m", "selfmaker", "logs", endpoint, "--home", str(keyed_platform.home)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert first_line in shown
 
 
 def _lists(sm: Any) -> bool:
