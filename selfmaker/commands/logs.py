@@ -35,35 +35,39 @@ def log_files(home: Path, name: str) -> list[Path]:
     return found
 
 
-def _follow(home: Path, name: str, offsets: dict[Path, int], current: Path | None) -> None:
-    """Print what is appended to the logs of ``name`` until interrupted (``current``: the file whose
-    header was printed last)."""
+#: bytes before a followed file's read position kept to notice a rotation (the file emptied and refilled)
+_MARK_BYTES = 256
+
+
+def _follow(home: Path, name: str, positions: dict[Path, tuple[int, bytes]], current: Path | None) -> None:
+    """Print what is appended to the logs of ``name`` until interrupted. ``positions``: per file, where
+    printing stopped and the bytes just before it (``current``: the file whose header was printed last)."""
     while True:
         for path in log_files(home, name):
+            offset, mark = positions.get(path, (0, b""))
             try:
-                size = path.stat().st_size
+                with open(path, "rb") as fh:
+                    if offset:
+                        # rotated (emptied in place, maybe refilled past the old offset): the bytes before
+                        # the position are no longer those printed, so the new content starts at 0
+                        fh.seek(offset - len(mark))
+                        if fh.read(len(mark)) != mark:
+                            offset, mark = 0, b""
+                            fh.seek(0)
+                    data = fh.read()
             except FileNotFoundError:
                 continue
-            offset = offsets.get(path, 0)
-            if size < offset:  # rotated (emptied in place): the new lines start at 0
-                offset = 0
-            if size == offset:
-                offsets[path] = offset
-                continue
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(size - offset)
             # only whole lines; a line still being written is printed once complete
             end = data.rfind(b"\n") + 1
             if not end:
-                offsets[path] = offset
+                positions[path] = (offset, mark)
                 continue
             if path != current:
                 print(f"==> {path.relative_to(home)} <==")
                 current = path
             sys.stdout.write(data[:end].decode("utf-8", errors="replace"))
             sys.stdout.flush()
-            offsets[path] = offset + end
+            positions[path] = (offset + end, (mark + data[:end])[-_MARK_BYTES:])
         time.sleep(FOLLOW_INTERVAL)
 
 
@@ -84,7 +88,7 @@ def main(argv: list[str]) -> int:
     if not files and not args.follow:
         print(f"no logs for {args.name!r} in {home}", file=sys.stderr)
         return 1
-    offsets: dict[Path, int] = {}
+    positions: dict[Path, tuple[int, bytes]] = {}
     for path in files:
         parts = [*rotated_parts(path), path] if not args.tail else [path]
         print(f"==> {path.relative_to(home)} <==")
@@ -92,15 +96,16 @@ def main(argv: list[str]) -> int:
             data = part.read_bytes()
             if part == path and args.follow:
                 # what --follow continues from: the end of the last whole line printed
-                offsets[path] = data.rfind(b"\n") + 1
-                data = data[: offsets[path]]
+                end = data.rfind(b"\n") + 1
+                data = data[:end]
+                positions[path] = (end, data[-_MARK_BYTES:])
             lines = data.decode("utf-8", errors="replace").splitlines()
             for line in lines[-args.tail :] if args.tail else lines:
                 print(line)
     sys.stdout.flush()
     if args.follow:
         try:
-            _follow(home, args.name, offsets, files[-1] if files else None)
+            _follow(home, args.name, positions, files[-1] if files else None)
         except KeyboardInterrupt:  # Ctrl-C is how following ends
             return 0
     return 0
