@@ -95,6 +95,7 @@ _CBOR_PATH = re.compile(r"^/service/([A-Za-z0-9_]+)/operation/([A-Za-z0-9]+)$")
 _QUERY_ACTION = re.compile(r"(?:^|&)Action=([A-Za-z0-9]+)(?:&|$)")
 _OPERATION = re.compile(r"^[A-Za-z0-9]+$")
 _SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+_TIMESTAMP = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
 #: headers a client must sign when it sends them (besides host and the date): they choose what runs
 _MUST_SIGN_PREFIXES = ("x-amz-", "x-amzn-sagemaker-")
 _MISMATCH = (
@@ -334,8 +335,12 @@ class Authenticator:
 
     @staticmethod
     def _check_clock(signed: SignedRequest, now: dt.datetime) -> None:
+        found = _TIMESTAMP.match(signed.timestamp)
         try:
-            when = dt.datetime.strptime(signed.timestamp, SIGV4_TIMESTAMP).replace(tzinfo=dt.timezone.utc)
+            if found is None:
+                raise ValueError(signed.timestamp)
+            year, month, day, hour, minute, second = (int(part) for part in found.groups())
+            when = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.timezone.utc)
         except ValueError:
             raise IncompleteSignature(
                 "X-Amz-Date must be an ISO-8601 basic date and time (YYYYMMDD'T'HHMMSS'Z')."
@@ -403,9 +408,12 @@ class Authenticator:
         path, _, query = raw_path.partition("?")
         if signed.expires is not None:  # the canonical query string is everything but the signature
             query = "&".join(p for p in query.split("&") if p.partition("=")[0] != "X-Amz-Signature")
+        # https and payload signing off: botocore then puts a constant where the payload hash goes instead
+        # of preparing and hashing this rebuilt request's body (replaced by the real hash below)
         request = AWSRequest(
-            method=method, url=f"http://selfmaker.invalid{path}" + (f"?{query}" if query else "")
+            method=method, url=f"https://selfmaker.invalid{path}" + (f"?{query}" if query else "")
         )
+        request.context["payload_signing_enabled"] = False
         for name in signed.signed_headers:
             for value in headers.getall(name):
                 request.headers[name] = value

@@ -136,6 +136,19 @@ def test_a_date_that_is_not_a_date_or_disagrees_with_the_scope(auth: Authenticat
         request.check(auth)
 
 
+def test_a_date_header_instead_of_x_amz_date(auth: Authenticator, key: AccessKey) -> None:
+    """botocore signs with the HTTP Date header when the request has one (no X-Amz-Date)."""
+    request = sign(key, headers={"Date": "Mon, 01 Jan 2024 00:00:00 GMT"})
+    assert "X-Amz-Date" not in request.headers and "date" in request.headers["Authorization"]
+    assert request.check(auth) == key
+    request.headers["Date"] = "not a date"
+    with pytest.raises(IncompleteSignature, match="not an HTTP date"):
+        request.check(auth)
+    request.headers.add("Date", "Mon, 01 Jan 2024 00:00:00 GMT")
+    with pytest.raises(IncompleteSignature, match="2 Date headers"):
+        request.check(auth)
+
+
 def test_region_and_service_must_fit_the_api(auth: Authenticator, key: AccessKey) -> None:
     with pytest.raises(InvalidSignature, match="valid region: this platform is 'us-east-1', not 'eu-west-1'"):
         sign(key, region="eu-west-1").check(auth)
