@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -34,6 +35,8 @@ _KEY_ALPHABET = string.ascii_uppercase + string.digits
 #: an IAM action: ``service:Action`` where the action may hold ``*`` and ``?`` wildcards
 ACTION_PATTERN = re.compile(r"^[a-z0-9-]+:[A-Za-z0-9*?]+$|^\*$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9._@+=,-]{1,64}$")
+
+log = logging.getLogger(__name__)
 
 
 class CredentialsError(Exception):
@@ -98,7 +101,8 @@ class CredentialStore:
 
     def keys(self, *, max_age: float = 0.0) -> dict[str, AccessKey]:
         """The keys by id. With ``max_age`` the file is looked at again only after that many seconds
-        (the platform's per-request path: one ``stat`` a second at most)."""
+        (the platform's per-request path: one ``stat`` a second at most), and a file that stopped parsing
+        (a hand edit) keeps the keys last read, logged once; without, CredentialsError."""
         now = time.monotonic()
         if max_age and now - self._checked < max_age:
             return self._keys
@@ -111,7 +115,12 @@ class CredentialStore:
                 return self._keys
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
-                self._keys = self._parse(self.path.read_text(encoding="utf-8"))
+                try:
+                    self._keys = self._parse(self.path.read_text(encoding="utf-8"))
+                except CredentialsError as exc:
+                    if not max_age:
+                        raise
+                    log.error("%s; the keys read before stay in force until it is fixed", exc)
                 self._stamp = stamp
             return self._keys
 

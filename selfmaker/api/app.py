@@ -35,7 +35,7 @@ from selfmaker.api.auth import Authenticator, is_loopback
 from selfmaker.api.common import BODY_KEY, compact, read_limited
 from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import check_invoke_request, service_model, validate_request
-from selfmaker.credentials import CredentialsError, CredentialStore
+from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
@@ -274,11 +274,6 @@ async def authenticate(
         if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
             log.warning("refused %s %s: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
         return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
-    except CredentialsError as exc:  # a hand-edited credentials file: refuse, say why in the log only
-        log.error("cannot check signatures: %s", exc)
-        return (_control_error if control else runtime_error)(
-            InternalFailure("internal error"), str(uuid.uuid4())
-        )
     return await handler(request)
 
 

@@ -58,13 +58,15 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 def _access_problem(settings: PlatformSettings) -> str | None:
     """Why the platform must not start with these settings (an open port beyond loopback), or None."""
-    if settings.no_auth or is_loopback(settings.host):
+    if settings.no_auth:
         return None
     try:
         keys = CredentialStore(settings.home).keys()
-    except (CredentialsError, OSError) as exc:
+    except CredentialsError as exc:
         return f"cannot read the access keys: {exc}"
-    if not keys:
+    except OSError as exc:
+        return f"cannot read the access keys in {settings.home}: {exc.strerror or exc}"
+    if not keys and not is_loopback(settings.host):
         return (
             f"refusing to listen on {settings.host} without access keys: anyone who reaches the port could "
             "run code as this user; create one with `selfmaker keys create`, or pass --no-auth"

@@ -16,7 +16,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from testkit import wait_until
 
 from selfmaker.api.auth import Authenticator, called_action, is_loopback
-from selfmaker.credentials import AccessKey, CredentialStore, action_matches
+from selfmaker.credentials import AccessKey, CredentialsError, CredentialStore, action_matches
 from selfmaker.errors import (
     AccessDenied,
     AuthError,
@@ -340,6 +340,21 @@ def test_keys_come_and_go_while_running(store: CredentialStore, auth: Authentica
     wait_until(lambda: late.key_id not in store.keys(max_age=1.0), timeout=10, what="the deletion is read")
     with pytest.raises(UnrecognizedClient):
         sign(late).check(auth)
+
+
+def test_a_broken_credentials_file_keeps_the_keys_read_before(
+    store: CredentialStore, auth: Authenticator, key: AccessKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert sign(key).check(auth) == key
+    store.path.write_text("{ not json")
+    wait_until(
+        lambda: store.keys(max_age=1.0) and "is not a selfmaker credentials file" in caplog.text,
+        timeout=10,
+        what="the broken file is read",
+    )
+    assert sign(key).check(auth) == key  # neither open nor locked: the last good keys hold
+    with pytest.raises(CredentialsError):
+        CredentialStore(store.path.parent).keys()  # the `keys` command says so
 
 
 def test_when_signatures_are_required(tmp_path: Path) -> None:

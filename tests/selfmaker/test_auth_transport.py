@@ -154,6 +154,16 @@ def test_no_keys_beyond_loopback_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cannot listen on 192.0.2.1" in proc.stderr, proc.stderr
 
 
+def test_an_unreadable_credentials_file_stops_the_start(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "credentials").write_text('{"keys": [{"key_id": "SMAKX"}]}')  # no secret
+    proc = run("up", "--home", str(home), "--port", "0")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "cannot read the access keys" in proc.stderr
+    assert "is not a selfmaker credentials file" in proc.stderr
+
+
 def test_no_auth_checks_nothing_and_says_so_at_every_start(tmp_path: Path) -> None:
     home = tmp_path / "home"
     create_key(home)
