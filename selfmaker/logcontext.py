@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 endpoint_name: ContextVar[str] = ContextVar("endpoint_name", default="-")
@@ -26,6 +28,15 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class OwnerOnlyRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A size-rotated log file whose every incarnation (the first and each after a rollover) is created
+    owner-only (0600): it names the platform's resources and callers."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # noqa: SIM115 - the handler keeps it
+
+
 def configure_logging(
     level: str = "INFO", log_file: Path | None = None, *, max_bytes: int = 0, backups: int = 5
 ) -> None:
@@ -38,7 +49,7 @@ def configure_logging(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(
-            logging.handlers.RotatingFileHandler(
+            OwnerOnlyRotatingFileHandler(
                 log_file, maxBytes=max_bytes, backupCount=backups if max_bytes else 0, encoding="utf-8"
             )
         )

@@ -301,7 +301,8 @@ def test_logs_rotate_by_size(keyed_platform: PlatformProcess, endpoint: str) -> 
     for live in (logs / "selfmaker.log", server_log):
         parts = rotated_parts(live)
         assert 1 <= len(parts) <= 2, parts
-        assert all(p.stat().st_size > 0 for p in parts)
+        assert all(p.stat().st_size > 0 and p.stat().st_mode & 0o777 == 0o600 for p in parts)
+    assert (logs / "selfmaker.log").stat().st_mode & 0o777 == 0o600  # also when made by a rollover
     assert (logs / "selfmaker.log").stat().st_size <= 2048
     first_line = rotated_parts(server_log)[0].read_text().splitlines()[0]
     shown = subprocess.run(
