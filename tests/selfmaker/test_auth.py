@@ -21,7 +21,7 @@ import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from platform_helpers import PlatformProcess, client, create_key, deploy, make_model, variant
+from platform_helpers import PlatformProcess, client, create_key, deploy, make_model, running, variant
 from testkit import wait_until
 
 from selfmaker.logrotate import rotated_parts
@@ -141,6 +141,25 @@ def test_unsigned_calls_and_open_routes(keyed_platform: PlatformProcess, endpoin
     signed = signed_headers(keyed_platform, "GET", "/metrics", b"", {}, keyed_platform.key)
     metrics = requests.get(keyed_platform.url + "/metrics", headers=signed, timeout=30)
     assert metrics.status_code == 200, metrics.text
+    # a route that does not exist: unsigned is refused, signed is aiohttp's 404 (not a 500)
+    assert requests.get(keyed_platform.url + "/nowhere", timeout=30).status_code == 403
+    signed = signed_headers(keyed_platform, "GET", "/nowhere", b"", {}, keyed_platform.key)
+    assert requests.get(keyed_platform.url + "/nowhere", headers=signed, timeout=30).status_code == 404
+
+
+def test_without_keys_nothing_changes(tmp_path: Path) -> None:
+    """Loopback and no key: unsigned calls and any key are accepted, unknown routes are 404."""
+    with running(tmp_path / "home") as server:
+        listed = requests.post(
+            server.url + "/",
+            data=b"{}",
+            headers={"X-Amz-Target": "SageMaker.ListModels", "Content-Type": JSON11},
+            timeout=30,
+        )
+        assert listed.status_code == 200 and listed.json() == {"Models": []}
+        assert server.sagemaker().list_models()["Models"] == []  # boto3 with a key the platform never made
+        assert requests.get(server.url + "/nowhere", timeout=30).status_code == 404
+        assert requests.get(server.url + "/metrics", timeout=30).status_code == 200
 
 
 def test_bad_signatures_over_the_wire(keyed_platform: PlatformProcess) -> None:
@@ -287,7 +306,7 @@ def test_no_secret_reaches_any_log(keyed_platform: PlatformProcess, endpoint: st
     platform_log = keyed_platform.home / "logs" / "selfmaker.log"
     assert scanned >= 3 and platform_log.exists()
     logged = "".join(p.read_text() for p in [*rotated_parts(platform_log), platform_log])
-    assert "refused POST /: InvalidSignatureException" in logged
+    assert "refused POST '/': InvalidSignatureException" in logged
 
 
 def test_logs_rotate_by_size(keyed_platform: PlatformProcess, endpoint: str) -> None:

@@ -12,6 +12,8 @@ import pytest
 from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from testkit import wait_until
 
@@ -384,3 +386,82 @@ def test_the_credentials_file(tmp_path: Path) -> None:
     assert "SecretAccessKey" not in json.dumps(second.public()) and second.secret not in json.dumps(
         second.public()
     )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    authorization=st.one_of(
+        st.text(max_size=300),
+        st.builds(
+            lambda cred, names, sig: (
+                f"AWS4-HMAC-SHA256 Credential={cred}, SignedHeaders={names}, Signature={sig}"
+            ),
+            st.text(max_size=80),
+            st.text(max_size=60),
+            st.text(alphabet="0123456789abcdef", min_size=60, max_size=66),
+        ),
+    ),
+    path=st.text(max_size=80).map(lambda p: "/" + p),
+    date=st.text(max_size=20),
+    extra=st.dictionaries(st.text("abcdefxyz-", min_size=1, max_size=12), st.text(max_size=30), max_size=4),
+    body=st.binary(max_size=64),
+)
+def test_anything_malformed_is_an_auth_error_never_a_crash(
+    auth: Authenticator, authorization: str, path: str, date: str, extra: dict[str, str], body: bytes
+) -> None:
+    headers = CIMultiDict({"Host": HOST, "X-Amz-Date": date, "Authorization": authorization, **extra})
+    with pytest.raises(AuthError):
+        auth.check(method="POST", raw_path=path, headers=CIMultiDictProxy(headers), body=body, secure=False)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(max_size=200), body=st.binary(max_size=32))
+def test_malformed_presigned_queries_are_auth_errors(auth: Authenticator, query: str, body: bytes) -> None:
+    raw_path = "/?X-Amz-Algorithm=AWS4-HMAC-SHA256&" + query
+    with pytest.raises(AuthError):
+        auth.check(
+            method="POST",
+            raw_path=raw_path,
+            headers=CIMultiDictProxy(CIMultiDict({"Host": HOST})),
+            body=body,
+            secure=False,
+        )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    names=st.lists(
+        st.sampled_from(
+            ["host", "x-amz-date", "x-amz-target", "content-type", "date", "x-amz-content-sha256", "x"]
+        ),
+        max_size=5,
+    ),
+    values=st.dictionaries(
+        st.sampled_from(["X-Amz-Target", "Content-Type", "Date", "X-Amz-Content-SHA256", "X", "X-Amz-Meta"]),
+        st.text(max_size=20),
+        max_size=4,
+    ),
+    path=st.text(max_size=40).map(lambda p: "/" + p),
+    skew=st.integers(min_value=-900, max_value=900),
+    body=st.binary(max_size=32),
+)
+def test_deep_malformed_signatures_of_a_real_key_are_auth_errors(
+    auth: Authenticator,
+    key: AccessKey,
+    names: list[str],
+    values: dict[str, str],
+    path: str,
+    skew: int,
+    body: bytes,
+) -> None:
+    """With a real key id and a current scope the check goes all the way to the signature: still only
+    AuthErrors (a random signature never matches)."""
+    when = now() + dt.timedelta(seconds=skew)
+    stamp = when.strftime("%Y%m%dT%H%M%SZ")
+    authorization = (
+        f"AWS4-HMAC-SHA256 Credential={key.key_id}/{stamp[:8]}/us-east-1/sagemaker/aws4_request, "
+        f"SignedHeaders={';'.join(names)}, Signature={'ab' * 32}"
+    )
+    headers = CIMultiDict({"Host": HOST, "X-Amz-Date": stamp, "Authorization": authorization, **values})
+    with pytest.raises(AuthError):
+        auth.check(method="POST", raw_path=path, headers=CIMultiDictProxy(headers), body=body, secure=False)
