@@ -64,7 +64,7 @@ def _control_error(exc: SageMakerError, request_id: str) -> web.Response:
         status=int(exc.status),
         body=orjson.dumps(body),
         content_type=JSON11,
-        headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": exc.code},
+        headers={"x-amzn-RequestId": request_id},
     )
 
 
@@ -245,15 +245,14 @@ async def authenticate(
     """Refuse requests without a valid SigV4 signature (when the platform asks for them), in the error
     shape of the API called; the body is read here (it is signed) and handed to the handler."""
     auth = request.app[AUTH_KEY]
-    if request.path in OPEN_PATHS:
-        return await handler(request)
-    control = request.path == "/"
     try:
         active = auth.active()
     except Exception:  # noqa: BLE001 - a bug in the check: refused below, never let through
         active = True
-    if not active:  # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
+    # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
+    if not active or request.path in OPEN_PATHS:
         return await handler(request)
+    control = request.path == "/"
     try:
         limit = CLIENT_MAX_SIZE
         if request.path.startswith("/endpoints/") and request.path.endswith(_PAYLOAD_ROUTES):

@@ -318,3 +318,59 @@ def test_logs_follow(tmp_path: Path) -> None:
                 stream.close()
     assert proc.returncode == 0
     assert "Traceback" not in errors
+
+
+def test_logs_follow_picks_up_instances_that_start_later(tmp_path: Path) -> None:
+    """Following an endpoint with no log yet waits; each instance's log is printed under its header as it
+    appears."""
+    home = tmp_path / "home"
+    (home / "logs" / "endpoints").mkdir(parents=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selfmaker", "logs", "ep", "--home", str(home), "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen: list[str] = []
+
+    def saw(text: str) -> bool:
+        while not lines.empty():
+            seen.append(lines.get())
+        return text in seen
+
+    try:
+        directory = home / "logs" / "endpoints" / "EP"  # endpoint names compare case-insensitively
+        directory.mkdir()
+        (directory / "i-1.log").write_text("one starts\n")
+        wait_until(lambda: saw("one starts"), timeout=30, what="the first instance's log")
+        (directory / "i-2.log").write_text("two starts\n")
+        wait_until(lambda: saw("two starts"), timeout=30, what="the second instance's log")
+        assert seen == [
+            "==> logs/endpoints/EP/i-1.log <==",
+            "one starts",
+            "==> logs/endpoints/EP/i-2.log <==",
+            "two starts",
+        ]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        reader.join(30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert proc.returncode == 0
