@@ -149,6 +149,12 @@ def main(argv: list[str]) -> int:
         backups=settings.log_backups,
     )
     log = logging.getLogger("selfmaker.up")
+    if ssl_context is None and not is_loopback(settings.host):
+        # signatures keep strangers out, but bodies, answers and key ids still cross the network readable
+        log.warning(
+            "serving plain HTTP on %s: requests and answers travel unencrypted; pass --tls-cert/--tls-key",
+            settings.host,
+        )
     if settings.no_auth:
         log.warning(
             "--no-auth: no signature is checked; anyone who reaches %s:%s can run code as this user",

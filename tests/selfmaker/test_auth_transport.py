@@ -152,6 +152,7 @@ def test_no_keys_beyond_loopback_is_refused(tmp_path: Path) -> None:
     create_key(tmp_path / "home")
     proc = run("up", "--home", str(tmp_path / "home"), "--host", "192.0.2.1", "--port", "0")
     assert proc.returncode == 2 and "cannot listen on 192.0.2.1" in proc.stderr, proc.stderr
+    assert "serving plain HTTP on 192.0.2.1: requests and answers travel unencrypted" in proc.stderr
 
 
 def test_an_unreadable_credentials_file_stops_the_start(tmp_path: Path) -> None:
