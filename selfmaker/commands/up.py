@@ -111,15 +111,6 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
         return 2
-    try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(
-            f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 2
     if (settings.tls_cert is None) != (settings.tls_key is None):
         print(
             "selfmaker up: --tls-cert and --tls-key go together (the certificate and its key)",
@@ -131,13 +122,26 @@ def main(argv: list[str]) -> int:
         try:
             ssl_context = tls_context(settings.tls_cert, settings.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            # SSLError is an OSError: test it first (its strerror is OpenSSL's terse text)
+            if isinstance(exc, ssl.SSLError):
+                reason = f"not a PEM certificate (chain) and its private key ({exc.reason or exc})"
+            else:
+                reason = exc.strerror or str(exc)
             print(
                 f"selfmaker up: cannot use the TLS certificate {settings.tls_cert} and key "
                 f"{settings.tls_key}: {reason}",
                 file=sys.stderr,
             )
             return 2
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     problem = _access_problem(settings)
     if problem:
         print(f"selfmaker up: {problem}", file=sys.stderr)

@@ -137,7 +137,7 @@ def test_bad_tls_files_are_one_clear_error(tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
-        assert not (tmp_path / "home" / "platform.json").exists()
+        assert not (tmp_path / "home").exists()  # nothing else changed: not even the home made
 
 
 def test_no_keys_beyond_loopback_is_refused(tmp_path: Path) -> None:
