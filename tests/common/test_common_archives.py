@@ -95,3 +95,29 @@ def test_a_corrupt_archive_is_an_archive_error(tmp_path: Path) -> None:
         safe_extract(bad, tmp_path / "out")
     assert not isinstance(info.value, UnsafeArchiveError)
     assert is_archive(_archive(tmp_path / "good.tar.gz")) and not is_archive(tmp_path / "missing.tar.gz")
+
+
+@pytest.mark.parametrize("root_name", ["", ".", "./"])
+def test_a_root_directory_entry_is_accepted(tmp_path: Path, root_name: str) -> None:
+    """The SDK's repack_model writes a root entry named '' (tar.add(dir, arcname="/")); `tar -C d .` one
+    named './' with './'-prefixed members: both unpack, and the checks still see every other member."""
+    prefix = "./" if root_name.startswith(".") else ""
+    archive = _archive(
+        tmp_path / "model.tar.gz",
+        _member(root_name, tarfile.DIRTYPE),
+        _member(f"{prefix}code", tarfile.DIRTYPE),
+        _member(f"{prefix}code/inference.py", data=b"def model_fn(d): ..."),
+    )
+    out = safe_extract(archive, tmp_path / "out")
+    assert (out / "code" / "inference.py").read_bytes() == b"def model_fn(d): ..."
+    assert (out / "model.onnx").read_bytes() == b"onnx"
+    bad = _archive(tmp_path / "bad.tar.gz", _member(root_name, tarfile.DIRTYPE), _member("../evil"))
+    with pytest.raises(UnsafeArchiveError, match="contains '..'"):
+        safe_extract(bad, tmp_path / "bad")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_an_empty_name_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "model.tar.gz", _member(""))
+    with pytest.raises(UnsafeArchiveError, match="empty name is not the root directory"):
+        safe_extract(archive, tmp_path / "out")

@@ -64,7 +64,28 @@ async def describe_training_job(platform: Services, params: dict[str, Any]) -> d
     record = _find(platform, params["TrainingJobName"])
     doc = public(record.doc)
     doc.update(TrainingJobName=record.name, TrainingJobStatus=record.status, LastModifiedTime=record.modified)
+    _with_sagemaker_defaults(doc)
     return doc
+
+
+#: Members SageMaker's DescribeTrainingJob always returns, with the value it returns when the request
+#: left them out (the SDK's ``Estimator.attach`` reads ``OutputDataConfig.KmsKeyId`` unconditionally).
+_DESCRIBE_DEFAULTS: dict[str, Any] = {
+    "EnableNetworkIsolation": False,
+    "EnableInterContainerTrafficEncryption": False,
+    "EnableManagedSpotTraining": False,
+}
+
+
+def _with_sagemaker_defaults(doc: dict[str, Any]) -> None:
+    for key, value in _DESCRIBE_DEFAULTS.items():
+        doc.setdefault(key, value)
+    output = doc.get("OutputDataConfig")
+    if isinstance(output, dict):
+        doc["OutputDataConfig"] = {"KmsKeyId": "", **output}
+    spec = doc.get("AlgorithmSpecification")
+    if isinstance(spec, dict):
+        doc["AlgorithmSpecification"] = {"EnableSageMakerMetricsTimeSeries": False, **spec}
 
 
 @operation("StopTrainingJob")
