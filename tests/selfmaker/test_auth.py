@@ -114,6 +114,17 @@ def test_wrong_keys_are_refused_in_aws_shapes(keyed_platform: PlatformProcess, e
         assert error_of(unknown, **kwargs)[:2] == ("UnrecognizedClientException", 403)
         dummy = getattr(client(service, url), call)  # what the tests of a keyless platform sign with
         assert error_of(dummy, **kwargs)[:2] == ("UnrecognizedClientException", 403)
+    # a refused call changes nothing
+    name = _name("refused")
+    wrong = client("sagemaker", url, key=(key_id, secret[:-1] + "x"))
+    error_of(
+        wrong.create_model,
+        ModelName=name,
+        PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": "file:///nowhere/model.tar.gz"},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    models = keyed_platform.sagemaker().list_models(NameContains=name)["Models"]
+    assert models == []
 
 
 def test_unsigned_calls_and_open_routes(keyed_platform: PlatformProcess, endpoint: str) -> None:
