@@ -267,6 +267,35 @@ def _tree(server: PlatformProcess) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def test_async_inference_with_a_key(
+    keyed_platform: PlatformProcess, onnx_model_tar: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """InvokeEndpointAsync with an inline body, signed: the body the check read (and hashed) is the one
+    the request is queued with, and its answer lands in the output location. The endpoint stays: its
+    worker is among the children the next tests look at."""
+    out = tmp_path_factory.mktemp("async-out")
+    sm, smr = keyed_platform.sagemaker(), keyed_platform.runtime()
+    model, name = _name("m"), _name("async")
+    make_model(sm, model, onnx_model_tar)
+    sm.create_endpoint_config(
+        EndpointConfigName=f"{name}-cfg",
+        ProductionVariants=[variant("AllTraffic", model)],
+        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": out.as_uri()}},
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName=name, WaiterConfig={"Delay": 0.25, "MaxAttempts": 400}
+    )
+    rows = b"0.5,1.0,-0.2,0.3\n-1.5,-0.3,0.1,0.0\n2.0,2.0,0.0,0.0\n"
+    accepted = smr.invoke_endpoint_async(
+        EndpointName=name, Body=rows, ContentType="text/csv", Accept="text/csv"
+    )
+    location = Path(accepted["OutputLocation"].removeprefix("file://"))
+    wait_until(location.exists, timeout=60, what="the async answer")
+    wait_until(lambda: len(location.read_bytes().splitlines()) == 3, timeout=30, what="the whole answer")
+    assert all(line.strip() for line in location.read_bytes().splitlines())  # one answer per row sent
+
+
 def test_every_listening_socket_is_on_loopback(keyed_platform: PlatformProcess, endpoint: str) -> None:
     listening = []
     for proc in _tree(keyed_platform):
@@ -351,32 +380,3 @@ def _lists(sm: Any) -> bool:
         return True
     except botocore.exceptions.ClientError:
         return False
-
-
-def test_async_inference_with_a_key(
-    keyed_platform: PlatformProcess, onnx_model_tar: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """InvokeEndpointAsync with an inline body, signed: the body the check read (and hashed) is the one
-    the request is queued with, and its answer lands in the output location."""
-    out = tmp_path_factory.mktemp("async-out")
-    sm, smr = keyed_platform.sagemaker(), keyed_platform.runtime()
-    model, name = _name("m"), _name("async")
-    make_model(sm, model, onnx_model_tar)
-    sm.create_endpoint_config(
-        EndpointConfigName=f"{name}-cfg",
-        ProductionVariants=[variant("AllTraffic", model)],
-        AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": out.as_uri()}},
-    )
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-cfg")
-    sm.get_waiter("endpoint_in_service").wait(
-        EndpointName=name, WaiterConfig={"Delay": 0.25, "MaxAttempts": 400}
-    )
-    rows = b"0.5,1.0,-0.2,0.3\n-1.5,-0.3,0.1,0.0\n2.0,2.0,0.0,0.0\n"
-    accepted = smr.invoke_endpoint_async(
-        EndpointName=name, Body=rows, ContentType="text/csv", Accept="text/csv"
-    )
-    location = Path(accepted["OutputLocation"].removeprefix("file://"))
-    wait_until(location.exists, timeout=60, what="the async answer")
-    wait_until(lambda: len(location.read_bytes().splitlines()) == 3, timeout=30, what="the whole answer")
-    assert all(line.strip() for line in location.read_bytes().splitlines())  # one answer per row sent
-    sm.delete_endpoint(EndpointName=name)
