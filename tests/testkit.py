@@ -40,7 +40,7 @@ def wait_http(
     """Poll ``url`` until it answers ``status``; fail with the last answer after ``timeout`` seconds.
 
     ``alive`` is checked between polls so a server that died fails the test at once instead of
-    after the deadline.
+    after the deadline; ``verify`` is requests' (a CA bundle path for a server with a test certificate).
     """
     deadline = time.monotonic() + timeout
     last = "no answer"

@@ -18,7 +18,7 @@ import botocore.exceptions
 import psutil
 import pytest
 import requests
-from botocore.auth import SigV4Auth
+from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from platform_helpers import PlatformProcess, client, create_key, deploy, make_model, running, variant
@@ -213,6 +213,19 @@ def test_bad_signatures_over_the_wire(keyed_platform: PlatformProcess) -> None:
     status, headers, body = raw(keyed_platform, "POST", "/endpoints/x/invocations", b"1", lines)
     assert status == 400 and headers["x-amzn-ErrorType"] == "IncompleteSignature", body
     assert b"outside printable ASCII" in body
+
+
+def test_a_presigned_url_over_the_wire(keyed_platform: PlatformProcess) -> None:
+    assert keyed_platform.key is not None
+    host = keyed_platform.url.split("://", 1)[1]
+    headers = {"Host": host, "X-Amz-Target": "SageMaker.ListModels", "Content-Type": JSON11}
+    request = AWSRequest(method="POST", url=keyed_platform.url + "/", data=b"", headers=headers)
+    SigV4QueryAuth(Credentials(*keyed_platform.key), "sagemaker", "us-east-1", expires=60).add_auth(request)
+    answer = requests.post(request.url, headers=headers, timeout=30)
+    assert answer.status_code == 200 and "Models" in answer.json(), answer.text
+    tampered = request.url.replace("X-Amz-Expires=60", "X-Amz-Expires=61")
+    refused = requests.post(tampered, headers=headers, timeout=30)
+    assert refused.status_code == 403 and refused.json()["__type"] == "InvalidSignatureException"
 
 
 def test_allow_lists_and_keys_made_while_running(keyed_platform: PlatformProcess, endpoint: str) -> None:
