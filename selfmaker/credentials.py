@@ -147,7 +147,8 @@ class CredentialStore:
     @contextlib.contextmanager
     def _editing(self) -> Iterator[dict[str, AccessKey]]:
         """The keys to change in place, written back atomically; two `keys` commands at once take turns."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a home made here (keys before the first `selfmaker up`) is owner-only from the start
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = self.path.with_name(CREDENTIALS_FILE + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

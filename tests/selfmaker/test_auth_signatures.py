@@ -372,16 +372,19 @@ def test_when_signatures_are_required(tmp_path: Path) -> None:
 
 
 def test_the_credentials_file(tmp_path: Path) -> None:
-    store = CredentialStore(tmp_path)
+    store = CredentialStore(tmp_path / "new-home")
     first = store.create("a", ["sagemaker:InvokeEndpoint"])
     second = store.create()
     assert (store.path.stat().st_mode & 0o777) == 0o600
+    assert (store.path.parent.stat().st_mode & 0o777) == 0o700  # a home made by `keys create`
     assert first.key_id.startswith("SMAK") and len(first.key_id) == 20 and len(first.secret) == 40
     assert first.key_id != second.key_id and first.secret != second.secret
-    again = CredentialStore(tmp_path).keys()
+    again = CredentialStore(tmp_path / "new-home").keys()
     assert again[first.key_id] == first and again[second.key_id].actions is None
     assert json.loads(store.path.read_text())["keys"][0]["actions"] == ["sagemaker:InvokeEndpoint"]
-    assert store.delete("a") == first and set(CredentialStore(tmp_path).keys()) == {second.key_id}
+    assert store.delete("a") == first and set(CredentialStore(tmp_path / "new-home").keys()) == {
+        second.key_id
+    }
     assert "secret" not in repr(second) and second.secret not in repr(second)
     assert "SecretAccessKey" not in json.dumps(second.public()) and second.secret not in json.dumps(
         second.public()
