@@ -48,6 +48,17 @@ class PlatformSettings(BaseSettings):
     #: test knob: a managed spot training job (EnableManagedSpotTraining) is interrupted once after this many
     #: seconds of Training, as a spot reclaim would, and restarts from its checkpoints (unset: never)
     spot_interrupt_after: float | None = Field(default=None, gt=0)
+    #: serve without checking signatures even with keys or on a non-loopback address (warned at every start)
+    no_auth: bool = False
+    #: PEM certificate chain and private key: serve HTTPS (TLS 1.2+) instead of HTTP; both or neither
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: a log file (platform, model server, job) larger than this many bytes is rotated; 0: never
+    log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    #: rotated files kept per log (``name.log.1`` … ``name.log.N``, the highest the oldest)
+    log_backups: int = Field(default=5, ge=0, le=100)
+    #: seconds between looks at the sizes of the model-server and job logs
+    log_check_interval: float = Field(default=10.0, gt=0)
 
     @property
     def db_path(self) -> Path:

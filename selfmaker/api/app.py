@@ -8,6 +8,9 @@
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
 * routes registered by features with ``@runtime_route``.
 
+Every route but ``/ping`` goes through :func:`authenticate` first (SigV4, :mod:`selfmaker.api.auth`)
+once the platform has keys or listens beyond loopback.
+
 The invocation itself (routing, the model server call, observers) is
 :func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
 
@@ -29,12 +32,15 @@ from aiohttp import web
 from common import eventstream
 from common.http import header_value
 from selfmaker import logcontext
-from selfmaker.api.common import compact, read_limited
+from selfmaker.api.auth import Authenticator, is_loopback
+from selfmaker.api.common import BODY_KEY, compact, read_limited
 from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import check_invoke_request, service_model, validate_request
+from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
+    AuthError,
     InternalFailure,
     InvalidParameterException,
     SageMakerError,
@@ -43,10 +49,12 @@ from selfmaker.errors import (
     ValidationException,
 )
 from selfmaker.services import Services
+from selfmaker.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
 PLATFORM_KEY: web.AppKey[Services] = web.AppKey("platform", Services)
+AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 JSON11 = "application/x-amz-json-1.1"
 #: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -232,11 +240,76 @@ def _wrap_route(
     return route
 
 
+#: routes answered without a signature: load balancers and health checks probe them
+OPEN_PATHS = frozenset({"/ping"})
+#: runtime routes whose body is an invocation payload (the middleware reads at most the payload limit)
+_PAYLOAD_ROUTES = ("/invocations", "/invocations-response-stream")
+
+
+@web.middleware
+async def authenticate(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse requests without a valid SigV4 signature (when the platform asks for them), in the error
+    shape of the API called; the body is read here (it is signed) and handed to the handler."""
+    auth = request.app[AUTH_KEY]
+    try:
+        active = auth.active()
+    except Exception:  # noqa: BLE001 - a bug in the check: refused below, never let through
+        active = True
+    # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
+    if not active or request.path in OPEN_PATHS:
+        return await handler(request)
+    control = request.path == "/"
+    try:
+        limit = CLIENT_MAX_SIZE
+        if request.path.startswith("/endpoints/") and request.path.endswith(_PAYLOAD_ROUTES):
+            limit = request.app[PLATFORM_KEY].settings.max_payload_bytes
+        body = await read_limited(
+            request,
+            limit,
+            lambda: (ValidationException if control else ValidationError)(
+                f"The request body is larger than {limit} bytes."
+            ),
+        )
+        request[BODY_KEY] = body
+        auth.check(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=request.headers,
+            body=body,
+            secure=request.secure,
+        )
+    except SageMakerError as exc:
+        request_id = str(uuid.uuid4())
+        if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
+            log.warning("refused %s %r: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
+        return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
+    except Exception:  # a bug in the check: refused (never let through), traceback in the log only
+        log.exception("authentication of %s %r failed", request.method, request.path[:200])
+        failure = InternalFailure("internal error")
+        request_id = str(uuid.uuid4())
+        return _control_error(failure, request_id) if control else runtime_error(failure, request_id)
+    return await handler(request)
+
+
+def authenticator(settings: PlatformSettings) -> Authenticator:
+    """The signature check of a platform with these settings: required beyond loopback, off with
+    ``no_auth``, otherwise on as soon as ``<home>/credentials`` holds a key."""
+    return Authenticator(
+        CredentialStore(settings.home),
+        settings.region,
+        required=not is_loopback(settings.host),
+        enabled=not settings.no_auth,
+    )
+
+
 def create_app(platform: Services) -> web.Application:
     """The aiohttp application over ``platform``'s parts (the entry point starts and stops them with the
     app's lifecycle)."""
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[authenticate])
     app[PLATFORM_KEY] = platform
+    app[AUTH_KEY] = authenticator(platform.settings)
     app.router.add_post("/", control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)
