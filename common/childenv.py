@@ -67,8 +67,9 @@ MACHINE_NAMES = frozenset(
     }
 )
 #: prefixes of the parent's variables every child keeps (locale, XDG directories, selfmaker's own
-#: settings that children read, coverage of the test suite's subprocesses)
-MACHINE_PREFIXES = ("LC_", "XDG_", "SELFMAKER_", "COVERAGE_")
+#: settings that children read, thread and GPU tuning of numeric libraries, coverage of the test suite's
+#: subprocesses)
+MACHINE_PREFIXES = ("LC_", "XDG_", "SELFMAKER_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "COVERAGE_")
 #: where AWS is and how to talk to it; no credentials
 AWS_SETTING_NAMES = frozenset(
     {
