@@ -102,42 +102,58 @@ class HostCheck:
     everything). A request without ``Host`` (HTTP/1.0) is accepted: a browser always sends one.
     """
 
-    def __init__(self, served_host: str, allowed: frozenset[str]) -> None:
+    def __init__(self, served_host: str, served_port: int, allowed: frozenset[str]) -> None:
         self.everything = "*" in allowed
         #: names allowed with any port, and ``name:port`` values allowed exactly
         self.allowed_names = frozenset(a for a in allowed if ":" not in a.strip("[]"))
         self.allowed_exact = frozenset(a for a in allowed if a not in self.allowed_names)
         names = set(LOOPBACK_NAMES)
         served = served_host.strip().strip("[]").lower()
-        if served and served not in ("0.0.0.0", "::"):
+        #: bound to every interface: the address a connection arrived on is served too (a syscall per
+        #: request, only then)
+        self.wildcard = served in ("", "0.0.0.0", "::")
+        if not self.wildcard:
             names.add(served)
         names.add(socket.gethostname().lower())
         self.names = frozenset(names)
-        self._verdicts: dict[tuple[str, str, int], bool] = {}
+        #: the port served; learnt from the first connection when bound to port 0
+        self.port = served_port or None
+        self._verdicts: dict[tuple[str, str], bool] = {}
 
-    def accepts(self, host: str | None, local: tuple[str, int]) -> bool:
-        """Whether ``host`` (the header) fits a connection that arrived on ``local`` (address, port)."""
-        if self.everything or host is None:
+    def check(self, request: web.Request) -> bool:
+        """Whether ``request``'s ``Host`` names this platform (verdicts are remembered per value)."""
+        if self.everything:
             return True
-        key = (host, local[0], local[1])
+        host = request.headers.get("Host")
+        if host is None:
+            return True
+        address = ""
+        if self.wildcard or self.port is None:
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            if sockname:
+                address = str(sockname[0]).lower() if self.wildcard else ""
+                self.port = self.port or int(sockname[1])
+        key = (host, address)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._decide(host, local)
+            verdict = self.accepts(host, address)
             if len(self._verdicts) >= _HOST_CACHE_SIZE:
                 self._verdicts.clear()
             self._verdicts[key] = verdict
         return verdict
 
-    def _decide(self, host: str, local: tuple[str, int]) -> bool:
+    def accepts(self, host: str, address: str = "") -> bool:
+        """Whether the ``Host`` value ``host`` names this platform for a connection that arrived on
+        ``address`` (only looked at when bound to every interface)."""
         parsed = _split_host(host)
         if parsed is None:
             return False
         name, port = parsed
         if name in self.allowed_names or host.strip().lower() in self.allowed_exact:
             return True
-        if name not in self.names and name != local[0].lower():
+        if name not in self.names and not (address and name == address):
             return False
-        return port == local[1] or (port is None and local[1] == 80)
+        return port == self.port or (port is None and self.port == 80)
 
 
 HOST_CHECK_KEY: web.AppKey[HostCheck] = web.AppKey("host_check", HostCheck)
@@ -155,18 +171,13 @@ def refusal(request: web.Request, *, runtime: bool = False) -> SageMakerError | 
                 message = f"The value of header {name.decode('latin-1')} is not valid UTF-8."
                 return ValidationError(message) if runtime else ValidationException(message)
     check = request.app[HOST_CHECK_KEY]
-    if not check.everything:
-        host = request.headers.get("Host")
-        if host is not None:
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            local = (str(sockname[0]), int(sockname[1])) if sockname else ("", 0)
-            if not check.accepts(host, local):
-                return SageMakerError(
-                    f"Host {host!r} is not served here: use the address the platform listens on, or add the "
-                    "name to SELFMAKER_ALLOWED_HOSTS.",
-                    code="AccessDeniedException",
-                    status=HTTPStatus.FORBIDDEN,
-                )
+    if not check.check(request):
+        return SageMakerError(
+            f"Host {request.headers.get('Host')!r} is not served here: use the address the platform listens "
+            "on, or add the name to SELFMAKER_ALLOWED_HOSTS.",
+            code="AccessDeniedException",
+            status=HTTPStatus.FORBIDDEN,
+        )
     return None
 
 
@@ -422,7 +433,7 @@ def create_app(platform: Services) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[PLATFORM_KEY] = platform
     settings = platform.settings
-    app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.allowed_host_names)
+    app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.port, settings.allowed_host_names)
     app.router.add_post("/", control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)

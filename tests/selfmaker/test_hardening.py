@@ -38,6 +38,7 @@ from platform_helpers import (
     variant,
 )
 
+from selfmaker.api.app import HostCheck
 from selfmaker.commands.status import collect
 
 SECRET = f"hunter2-{uuid.uuid4().hex}"
@@ -143,9 +144,10 @@ def test_model_servers_get_an_explicit_environment(strict: PlatformProcess, root
 
 TRAIN_SCRIPT = """
 import json, os
-keep = {k: v for k, v in os.environ.items()}
+with open("/proc/self/environ", "rb") as f:  # what the job's process was started with
+    pairs = [item.split(b"=", 1) for item in f.read().split(b"\\0") if b"=" in item]
 with open(os.path.join(os.environ["SM_MODEL_DIR"], "env.json"), "w") as f:
-    json.dump(keep, f)
+    json.dump({k.decode(): v.decode(errors="replace") for k, v in pairs}, f)
 """
 
 
@@ -480,3 +482,21 @@ def test_an_archive_above_the_unpacking_limit_fails_its_endpoint(
     assert not list(strict.home.rglob("weights.bin"))  # nothing was written
     sm.delete_endpoint(EndpointName=endpoint)
     assert os.path.exists(archive)
+
+
+def test_host_check_rules() -> None:
+    check = HostCheck("127.0.0.1", 7070, frozenset({"proxy.example", "pinned.example:8443"}))
+    assert check.accepts("127.0.0.1:7070") and check.accepts("LocalHost:7070") and check.accepts("[::1]:7070")
+    assert (
+        not check.accepts("127.0.0.1") and not check.accepts("localhost:7071") and not check.accepts("[::1")
+    )
+    assert check.accepts("proxy.example") and check.accepts("proxy.example:1")
+    assert check.accepts("pinned.example:8443") and not check.accepts("pinned.example")
+    assert not check.accepts("evil.example:7070") and not check.accepts("127.0.0.1:x")
+    everywhere = HostCheck("0.0.0.0", 7070, frozenset())
+    # bound to every interface: the address the connection arrived on, with the port served
+    assert everywhere.accepts("192.0.2.5:7070", "192.0.2.5") and not everywhere.accepts(
+        "192.0.2.6:7070", "192.0.2.5"
+    )
+    assert not everywhere.accepts("rebound.example:7070", "192.0.2.5")
+    assert HostCheck("127.0.0.1", 7070, frozenset({"*"})).everything
