@@ -160,7 +160,13 @@ async def read_limited(request: web.Request, limit: int, too_large: Callable[[],
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.readany()
+        try:
+            chunk = await request.content.readany()
+        except ConnectionResetError:
+            # the client went away mid-body: its mistake, answered (to no one) as a 400, not logged as ours
+            raise _closing(
+                ValidationException("The connection closed before the whole request body arrived.")
+            ) from None
         if not chunk:
             return b"".join(chunks)
         size += len(chunk)
