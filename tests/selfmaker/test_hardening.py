@@ -500,3 +500,20 @@ def test_host_check_rules() -> None:
     )
     assert not everywhere.accepts("rebound.example:7070", "192.0.2.5")
     assert HostCheck("127.0.0.1", 7070, frozenset({"*"})).everything
+
+
+def test_a_client_that_leaves_mid_body_is_not_an_error(platform_server: PlatformProcess) -> None:
+    url = platform_server.url
+    port = int(url.rsplit(":", 1)[1])
+    host = url.removeprefix("http://").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: " + host + b"\r\nX-Amz-Target: SageMaker.ListModels\r\n"
+            b'Content-Length: 400\r\n\r\n{"MaxResults": '
+        )
+    # the platform still answers, and logged no traceback for the half request
+    assert "Models" in platform_server.sagemaker().list_models()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "Traceback" not in platform_server.log():
+        time.sleep(0.1)
+    assert "Traceback" not in platform_server.log()
