@@ -517,3 +517,60 @@ def test_a_client_that_leaves_mid_body_is_not_an_error(platform_server: Platform
     while time.monotonic() < deadline and "Traceback" not in platform_server.log():
         time.sleep(0.1)
     assert "Traceback" not in platform_server.log()
+
+
+ENV_HOOKS = """
+import json
+
+def model_fn(model_dir, context=None):
+    return None
+
+def input_fn(input_data, content_type, context=None):
+    return input_data
+
+def predict_fn(data, model, context=None):
+    with open("/proc/self/environ", "rb") as f:  # what this model server was started with
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\\0") if b"=" in item]
+    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+def output_fn(prediction, accept, context=None):
+    return json.dumps(prediction), "application/json"
+"""
+
+
+def test_transform_model_servers_get_an_explicit_environment(strict: PlatformProcess, roots: Path) -> None:
+    sm = strict.sagemaker()
+    model_dir = roots / "env-model"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(ENV_HOOKS)
+    archive = roots / "env-model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model_dir / "code", arcname="code")
+    model, job = _name("envtm"), _name("envtj")
+    sm.create_model(
+        ModelName=model,
+        PrimaryContainer={
+            "Image": "selfmaker",
+            "ModelDataUrl": archive.as_uri(),
+            "Environment": {"TM_SETTING": "on"},
+        },
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    (roots / "tin").mkdir()
+    (roots / "tin" / "x.csv").write_text("1,2\n")
+    sm.create_transform_job(
+        TransformJobName=job,
+        ModelName=model,
+        TransformInput={
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": (roots / "tin").as_uri()}},
+            "ContentType": "text/csv",
+        },
+        TransformOutput={"S3OutputPath": (roots / "tout").as_uri()},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )
+    sm.get_waiter("transform_job_completed_or_stopped").wait(TransformJobName=job, WaiterConfig=WAIT)
+    desc = sm.describe_transform_job(TransformJobName=job)
+    assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
+    env = json.loads((roots / "tout" / "x.csv.out").read_text())
+    assert env["TM_SETTING"] == "on"
+    assert_explicit(env, credentials=False)
