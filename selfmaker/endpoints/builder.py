@@ -219,7 +219,10 @@ class DeploymentBuilder:
                         f" Its last words: {last}" if last else ""
                     )
                 elif reason.startswith("failed: "):
-                    detail = f" The model server says: {reason[len('failed: ') :]}."
+                    said = reason[len("failed: ") :]
+                    detail = f" The model server says: {said}."
+                    if spec.memory_mb and "MemoryError" in said:  # a serverless limit (RLIMIT_AS) was hit
+                        detail += f" It ran out of memory under MemorySizeInMB={spec.memory_mb}."
                 else:
                     detail = f" It did not answer within {timeout:g} seconds."
                 raise DeployError(_ping_failure(variant_name) + detail) from None
