@@ -1,0 +1,71 @@
+"""Models repacked by the SageMaker Python SDK's own ``repack_model`` (what every ``Model`` deployed with
+an ``entry_point`` goes through) unpack and serve: its archives hold a root entry named ``''``."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from platform_helpers import WAIT, build_classifier_tar
+
+from common.archives import safe_extract
+
+pytestmark = pytest.mark.slow
+
+INFERENCE = """
+def output_fn(prediction, accept):
+    return "labels=" + ",".join(str(int(v)) for v in prediction["label"]), "text/plain"
+"""
+
+
+def test_sdk_repacked_model_unpacks_and_serves(
+    run_sdk: Callable[..., Any], sdk_platform: Any, tmp_path: Path
+) -> None:
+    model = build_classifier_tar(tmp_path / "model")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "inference.py").write_text(INFERENCE)
+    repacked = tmp_path / "repacked" / "model.tar.gz"
+    repacked.parent.mkdir()
+    run_sdk(
+        f"""
+        from sagemaker.utils import repack_model
+        repack_model("inference.py", {str(source)!r}, [], {model.as_uri()!r}, {repacked.as_uri()!r}, session)
+        """
+    )
+    with tarfile.open(repacked) as tar:
+        names = tar.getnames()
+    assert "" in names and "code/inference.py" in names  # the SDK's root entry, as the issue describes
+    out = safe_extract(repacked, tmp_path / "unpacked")
+    assert (out / "model.onnx").is_file() and (out / "code" / "inference.py").is_file()
+
+    sm, smr = sdk_platform.sagemaker(), sdk_platform.runtime()
+    sm.create_model(
+        ModelName="sdk-repacked",
+        PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": repacked.as_uri()},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    variants = [
+        {
+            "VariantName": "AllTraffic",
+            "ModelName": "sdk-repacked",
+            "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1,
+        }
+    ]
+    sm.create_endpoint_config(EndpointConfigName="sdk-repacked", ProductionVariants=variants)
+    sm.create_endpoint(EndpointName="sdk-repacked", EndpointConfigName="sdk-repacked")
+    try:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="sdk-repacked", WaiterConfig=WAIT)
+        answer = smr.invoke_endpoint(
+            EndpointName="sdk-repacked",
+            Body=b"3,0,0,0\n-3,0,0,0\n",
+            ContentType="text/csv",
+            Accept="text/plain",
+        )
+        assert answer["Body"].read() == b"labels=1,0"
+    finally:
+        sm.delete_endpoint(EndpointName="sdk-repacked")
