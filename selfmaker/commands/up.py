@@ -36,13 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def private_directories(*paths: Path) -> None:
-    """Create ``paths`` owner-only (0700) and take group and other access away from existing ones: the home
-    holds the state (Model Environment values), logs and model data of everyone who uses the platform."""
+def private_directories(*paths: Path) -> list[str]:
+    """Create ``paths`` owner-only (0700): the home holds the state (Model Environment values), logs and
+    model data of everyone who uses the platform. An existing directory is left as it is (``--home /tmp``
+    must not take /tmp away from everyone else); the warnings returned say which ones others can read."""
+    warnings: list[str] = []
     for path in paths:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o700)
+        if not path.exists():
+            path.mkdir(mode=0o700, parents=True)
+            path.chmod(0o700)  # mkdir's mode is masked by the umask
+        elif path.stat().st_mode & 0o077:
+            mode = oct(path.stat().st_mode & 0o777)[2:]
+            warnings.append(f"{path} is open to other users (mode {mode}): `chmod 700 {path}` closes it")
+    return warnings
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -80,7 +86,7 @@ def main(argv: list[str]) -> int:
             )
         return 2
     try:
-        private_directories(settings.home, settings.logs_dir)
+        warnings = private_directories(settings.home, settings.logs_dir)
     except OSError as exc:
         print(
             f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}",
@@ -89,6 +95,8 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(args.log_level.upper(), settings.logs_dir / "selfmaker.log")
     log = logging.getLogger("selfmaker.up")
+    for warning in warnings:
+        log.warning("%s", warning)
     platform = Platform(settings, discover())
     app = create_app(platform.services)
     app.cleanup_ctx.append(platform.lifespan)
