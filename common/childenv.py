@@ -103,7 +103,17 @@ AWS_CREDENTIAL_NAMES = (
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
 )
 #: the container engine client's own settings (the engine's socket, configuration, registries)
-ENGINE_PREFIXES = ("DOCKER_", "CONTAINER_", "CONTAINERS_", "PODMAN_", "BUILDAH_", "REGISTRY_", "DBUS_")
+ENGINE_PREFIXES = (
+    "DOCKER_",
+    "CONTAINER_",
+    "CONTAINERS_",
+    "_CONTAINERS_",
+    "PODMAN_",
+    "BUILDAH_",
+    "REGISTRY_",
+    "STORAGE_",
+    "DBUS_",
+)
 #: the operator's additions: comma-separated names, or prefixes ending in ``*``
 PASSTHROUGH_ENV = "SELFMAKER_CHILD_ENV"
 
