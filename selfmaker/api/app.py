@@ -36,6 +36,7 @@ from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
     InternalFailure,
     SageMakerError,
+    ThrottlingException,
     UnknownOperation,
     ValidationError,
     ValidationException,
@@ -131,22 +132,33 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             name, headers, "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint"
         )
         runtime = platform.endpoints.runtime_for(name)
-        limit = platform.settings.max_payload_bytes
-        body = await read_limited(
-            request,
-            limit,
-            lambda: ValidationError(f"Request payload is too large: the limit is {limit} bytes."),
-        )
-        record = InvocationRecord(
-            endpoint_name=runtime.name,
-            body=body,
-            content_type=headers.get("Content-Type"),
-            accept=headers.get("X-Amzn-SageMaker-Accept" if stream else "Accept"),
-            custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
-            target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
-            inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
-        )
-        await invoke(platform.endpoints, runtime, record)
+        if runtime.inflight >= platform.settings.endpoint_queue_limit:
+            raise ThrottlingException(
+                f"Endpoint {runtime.name} already has {runtime.inflight} requests in flight (the limit is "
+                f"{platform.settings.endpoint_queue_limit}, SELFMAKER_ENDPOINT_QUEUE_LIMIT). Retry later."
+            )
+        # the deployment resolved now serves this request even if an update retires it meanwhile (the body
+        # may still be arriving): it is stopped only once its leases are over
+        runtime.lease()
+        try:
+            limit = platform.settings.max_payload_bytes
+            body = await read_limited(
+                request,
+                limit,
+                lambda: ValidationError(f"Request payload is too large: the limit is {limit} bytes."),
+            )
+            record = InvocationRecord(
+                endpoint_name=runtime.name,
+                body=body,
+                content_type=headers.get("Content-Type"),
+                accept=headers.get("X-Amzn-SageMaker-Accept" if stream else "Accept"),
+                custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+                target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
+                inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
+            )
+            await invoke(platform.endpoints, runtime, record)
+        finally:
+            runtime.unlease()
         return _answer(record, request_id, stream=stream)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)
