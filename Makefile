@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
 EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
-.PHONY: setup constraints demo lint test test-fast bench engine images clean
+.PHONY: setup sdk-env constraints demo lint test test-fast bench engine images clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,17 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+# The SageMaker Python SDK (sagemaker<3) that the SDK tests run (tests/sdkkit.py): a venv of its own,
+# since it pins packaging<25 and pulumi needs >=26.
+SDK_VENV ?= .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.selfmaker-sdk-installed
+sdk-env: $(SDK_STAMP)
+
+$(SDK_STAMP): tests/requirements-sdk.txt
+	@test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install -q -r tests/requirements-sdk.txt
 	@touch $@
 
 # Pins every package of the venv that `make setup` made (and the image-only packages of
@@ -39,7 +50,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(LINT_PACKAGES)
 
-test: setup engine
+test: setup sdk-env engine
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from platform_helpers import PlatformProcess, build_broken_tar, build_classifier_tar, running
+import sdkkit
+from platform_helpers import (
+    PlatformProcess,
+    build_broken_tar,
+    build_classifier_tar,
+    moto_env,
+    running,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +44,22 @@ def onnx_model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
 def broken_model_tar(tmp_path_factory: pytest.TempPathFactory) -> str:
     """``file://`` URI of a model.tar.gz the model server cannot load."""
     return build_broken_tar(tmp_path_factory.mktemp("broken")).as_uri()
+
+
+@pytest.fixture(scope="session")
+def sdk_platform(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[PlatformProcess]:
+    """A `selfmaker up` whose S3 is the moto server: the SageMaker SDK's tests run against it."""
+    with running(tmp_path_factory.mktemp("sdk-home"), env=moto_env(moto_server)) as server:
+        yield server
+
+
+@pytest.fixture
+def run_sdk(sdk_platform: PlatformProcess, moto_server: str, tmp_path: Path) -> Callable[..., sdkkit.SdkRun]:
+    """``run_sdk(script, **kw)``: :func:`sdkkit.run_sdk` against :func:`sdk_platform` and moto, in
+    ``tmp_path`` (already checked: it fails the test unless the script exited 0)."""
+
+    def run(script: str, **kwargs: Any) -> sdkkit.SdkRun:
+        kwargs.setdefault("workdir", tmp_path / "sdk")
+        return sdkkit.run_sdk(script, platform_url=sdk_platform.url, moto_url=moto_server, **kwargs).check()
+
+    return run

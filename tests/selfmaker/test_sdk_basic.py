@@ -1,0 +1,55 @@
+"""The real SageMaker Python SDK (sagemaker<3, in its own venv: tests/sdkkit.py) against `selfmaker up`.
+
+The basic flow a notebook runs: built-in XGBoost ``Estimator.fit`` on S3 data → ``deploy`` →
+``predict`` → ``delete_endpoint``, with the SDK's own clients pointed at the platform by
+``AWS_ENDPOINT_URL_SAGEMAKER*`` and at moto for S3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_sdk_estimator_fit_deploy_predict(run_sdk: Callable[..., object]) -> None:
+    run = run_sdk(
+        """
+        import numpy as np
+        from sagemaker.estimator import Estimator
+        from sagemaker.inputs import TrainingInput
+        from sagemaker.serializers import CSVSerializer
+        from sagemaker.deserializers import CSVDeserializer
+
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(300, 4))
+        y = (X[:, 0] + X[:, 1] > 0).astype(int)
+        rows = "\\n".join(",".join(f"{v:.6g}" for v in row) for row in np.column_stack([y, X]))
+        train = session.upload_string_as_file_body(rows, BUCKET, "sdk-basic/train/train.csv")
+        image = sagemaker.image_uris.retrieve("xgboost", "us-east-1", "1.7-1")
+        estimator = Estimator(
+            image, ROLE, instance_count=1, instance_type="ml.m5.large", sagemaker_session=session,
+            output_path=f"s3://{BUCKET}/sdk-basic/output",
+            hyperparameters={"objective": "binary:logistic", "num_round": 20, "max_depth": 3},
+        )
+        estimator.fit({"train": TrainingInput(train, content_type="text/csv")}, logs=False)
+        job = session.describe_training_job(estimator.latest_training_job.name)
+        assert job["TrainingJobStatus"] == "Completed", job
+        predictor = estimator.deploy(
+            1, "ml.m5.large", serializer=CSVSerializer(), deserializer=CSVDeserializer()
+        )
+        try:
+            scores = [float(row[0]) for row in predictor.predict(X[:20])]
+        finally:
+            predictor.delete_endpoint()
+        labels = [int(s > 0.5) for s in scores]
+        accuracy = float(np.mean(np.array(labels) == y[:20]))
+        result({"model": estimator.model_data, "scores": scores, "accuracy": accuracy})
+        """
+    )
+    out = run.result  # type: ignore[attr-defined]
+    assert out["model"].startswith("s3://sdk-tests/sdk-basic/output/")
+    assert len(out["scores"]) == 20 and all(0.0 <= s <= 1.0 for s in out["scores"])
+    assert out["accuracy"] >= 0.8
