@@ -7,6 +7,7 @@ them to every record so the formatter can print them.
 from __future__ import annotations
 
 import logging
+import os
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def configure_logging(level: str = "INFO", log_file: Path | None = None) -> None
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+        # owner-only, like the rest of the home (created before the handler opens it)
+        os.close(os.open(log_file, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     root = logging.getLogger()
     root.setLevel(level)

@@ -46,6 +46,24 @@ class PlatformSettings(BaseSettings):
     model_server_workers: int = 1
     #: python interpreter that runs model servers and training (default: the one running selfmaker)
     python: str | None = None
+    #: directories ``file://`` locations (model data, channels, outputs, checkpoints) must stay inside,
+    #: separated by ``:`` (empty: anywhere but the system directories of selfmaker.paths)
+    file_roots: str = ""
+    #: more names the ``Host`` header may carry besides the address served and the loopback names,
+    #: comma-separated (``name`` or ``name:port``; ``*`` turns the check off), e.g. a reverse proxy's name
+    allowed_hosts: str = ""
+    #: the most bytes a model archive may unpack to (default: 100 times its size, at least 1 GiB)
+    max_unpacked_bytes: int | None = Field(default=None, gt=0)
+
+    @property
+    def file_root_paths(self) -> tuple[Path, ...]:
+        """The parsed ``file_roots`` (resolved, absolute)."""
+        return tuple(Path(part).resolve() for part in self.file_roots.split(":") if part.strip())
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """The parsed ``allowed_hosts`` (lower-cased)."""
+        return frozenset(part.strip().lower() for part in self.allowed_hosts.split(",") if part.strip())
 
     @property
     def db_path(self) -> Path:

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.childenv import aws_credentials
 from common.proc import free_port
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor
@@ -579,6 +580,11 @@ class TrainingJobRunner:
             and "AWS_ENDPOINT_URL" not in env
         ):
             env["AWS_ENDPOINT_URL_S3"] = self.storage.endpoint_url  # the submit dir may live on the same S3
+        if kind != "container" and "s3://" in json.dumps(req):
+            # a job that uses S3 runs as the role would on SageMaker: with the platform's credentials (a job
+            # on file:// data gets none; the environment is otherwise explicit, see common.childenv)
+            for name, value in aws_credentials().items():
+                env.setdefault(name, value)
         return env
 
     def _write_configs(

@@ -152,10 +152,11 @@ async def read_limited(request: web.Request, limit: int, too_large: Callable[[],
     """The request body, or ``too_large()`` raised as soon as it passes ``limit`` bytes.
 
     Reads the stream itself (also chunked bodies without a Content-Length) instead of aiohttp's
-    ``request.read()``, whose own size cap would surface as an unmapped HTTP 413 exception.
+    ``request.read()``, whose own size cap would surface as an unmapped HTTP 413 exception. The error
+    closes the connection when answered (``close_connection``).
     """
     if request.content_length is not None and request.content_length > limit:
-        raise too_large()
+        raise _closing(too_large())
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -164,5 +165,11 @@ async def read_limited(request: web.Request, limit: int, too_large: Callable[[],
             return b"".join(chunks)
         size += len(chunk)
         if size > limit:
-            raise too_large()
+            raise _closing(too_large())
         chunks.append(chunk)
+
+
+def _closing(error: SageMakerError) -> SageMakerError:
+    """``error`` answered with ``Connection: close``: the rest of the body stays unread."""
+    error.close_connection = True
+    return error

@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def private_directories(*paths: Path) -> None:
+    """Create ``paths`` owner-only (0700) and take group and other access away from existing ones: the home
+    holds the state (Model Environment values), logs and model data of everyone who uses the platform."""
+    for path in paths:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+
+
 def _event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed (about a third less CPU per proxied request), else asyncio's loop."""
     try:  # optional: not every install has it
@@ -71,8 +80,7 @@ def main(argv: list[str]) -> int:
             )
         return 2
     try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        private_directories(settings.home, settings.logs_dir)
     except OSError as exc:
         print(
             f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}",

@@ -7,7 +7,8 @@ body chunk) that is two system calls and two TCP segments per request where one 
 the second costs about as much CPU as a small model's prediction. :class:`OneWriteResponse` joins
 the header block and the first body chunk when the chunk is the entire body and small, and defers
 to gunicorn in every other case (chunked, HEAD/204/304, partial or large bodies, headers already
-sent). :func:`install` makes gunicorn's ``wsgi.create`` build it and its parser :class:`LengthBody`,
+sent); an app's ``Connection: close`` closes the connection (a 413 leaves its unread body behind).
+:func:`install` makes gunicorn's ``wsgi.create`` build it and its parser :class:`LengthBody`,
 and makes the errors gunicorn answers itself (a malformed request line or header, a bad chunk size,
 ...) JSON like every other error of the server (:func:`write_json_error`); call it in the worker
 process.
@@ -33,6 +34,15 @@ class OneWriteResponse(wsgi.Response):
     """A ``gunicorn.http.wsgi.Response`` that sends headers + a complete small body together."""
 
     headers_sent: bool  # gunicorn's attribute (untyped there)
+    must_close: bool
+
+    def process_headers(self, headers: Any) -> None:
+        """gunicorn's, except that an app's ``Connection: close`` closes the connection after the answer
+        (gunicorn drops hop-by-hop headers and would say keep-alive)."""
+        super().process_headers(headers)
+        for name, value in headers:
+            if name.lower() == "connection" and value.strip().lower() == "close":
+                self.must_close = True
 
     def write(self, arg: Any) -> None:
         if (

@@ -30,7 +30,8 @@ NEIGHBOUR_CYCLES = 4
 
 class SplitBodyClient:
     """InvokeEndpoint over one keep-alive connection whose body leaves a moment after its headers, as it
-    does over any real network: the platform has resolved the endpoint before the body arrives."""
+    does over any real network (before the fix the platform resolved the endpoint before the body arrived:
+    a swap in that window failed the call)."""
 
     def __init__(self, url: str, endpoint: str) -> None:
         parts = urlsplit(url)

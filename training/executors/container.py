@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from common import proc as common_proc
+from common.childenv import child_environment
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 
 log = logging.getLogger(__name__)
@@ -296,8 +297,8 @@ class ContainerExecutor(Executor):
         name = container_name("selfmaker-train", spec.job_name, spec.host)
         cidfile = Path(spec.work_dir) / f"{name}.cid"
         cidfile.unlink(missing_ok=True)
-        env = dict(os.environ)
-        env.update(spec.env)
+        # the engine client's settings and the names passed with -e (the container sees only those)
+        env = child_environment(spec.env, engine_client=True)
         cmd = self.command(spec, name, cidfile, network)
         log.info(
             "starting training host %s of %s in container %s (%s)",
