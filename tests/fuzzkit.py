@@ -64,8 +64,8 @@ def well_typed(shape: Shape, depth: int = 0) -> st.SearchStrategy[Any]:
     if kind == "structure":
         if depth > 2:
             return st.just({})
-        members = shape.members  # type: ignore[attr-defined]
-        required = sorted(shape.required_members)  # type: ignore[attr-defined]
+        members = shape.members
+        required = sorted(shape.required_members)
         full = st.fixed_dictionaries(
             {name: value_for(members[name], depth + 1) for name in required},
             optional={
@@ -84,11 +84,11 @@ def well_typed(shape: Shape, depth: int = 0) -> st.SearchStrategy[Any]:
             lambda drawn: {k: v for k, v in drawn[0].items() if k not in drawn[1]}
         )
     if kind == "list":
-        return st.lists(value_for(shape.member, depth + 1), max_size=2)  # type: ignore[attr-defined]
+        return st.lists(value_for(shape.member, depth + 1), max_size=2)
     if kind == "map":
         return st.dictionaries(
             st.text(max_size=12),
-            value_for(shape.value, depth + 1),  # type: ignore[attr-defined]
+            value_for(shape.value, depth + 1),
             max_size=3,
         )
     if kind == "string":

@@ -11,11 +11,13 @@ connection is readable.
 
 The trade-offs are those of gunicorn's ``sync`` worker, which SageMaker's own model servers share
 (each of their workers answers one request at a time): one slow request holds up the other
-connections of its worker, a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
-the worker restarted, and a client that stalls half-way through a request holds the worker for up
-to ``STALL_TIMEOUT`` seconds per read before its connection is dropped. Behind a buffering front (the
-platform's router, a load balancer) that is no concern; for hooks that wait on I/O, ``gthread`` is the
-better choice.
+connections of its worker, and a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
+the worker restarted; for hooks that wait on I/O, ``gthread`` is the better choice. Slow clients are
+not among them: the worker is its own buffering front. A connection's bytes are read without blocking
+as they arrive, and its request runs only once it is whole (``request_complete``), so idle connections
+and clients that drip their headers or body (slowloris) hold a socket, not the worker, until
+``SELFMAKER_SERVE_READ_TIMEOUT`` drops them; a socket read or write of a request already running waits at
+most ``STALL_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
