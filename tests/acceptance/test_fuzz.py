@@ -92,6 +92,9 @@ class RawClient:
                     self.close()
                     if attempt == 2:
                         raise
+                except BaseException:
+                    self.close()  # a half-sent request leaves the connection unusable
+                    raise
             raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -231,7 +234,9 @@ def runtime_requests(draw: st.DrawFn, endpoint: str) -> tuple[str, list[tuple[st
         if draw(st.booleans()):
             value = draw(
                 st.one_of(
-                    value_for(members[member]).map(lambda v: str(v).encode("utf-8", "surrogatepass")),
+                    value_for(members[member]).map(
+                        lambda v: str(v).encode("utf-8", "surrogatepass").translate(None, b"\r\n\x00")
+                    ),
                     header_bytes(),
                 )
             )
