@@ -33,6 +33,9 @@ class PlatformSettings(BaseSettings):
     invocation_timeout: float = 60.0
     #: largest accepted invocation body in bytes (SageMaker: 6 MB)
     max_payload_bytes: int = 6 * 1024 * 1024
+    #: most runtime requests one endpoint may have in flight (reading their body, queued at or served by
+    #: its model servers); one more gets ThrottlingException (429) at once instead of queueing without bound
+    endpoint_queue_limit: int = Field(default=1000, ge=1)
     #: image repository names (last path component, no tag) run as local processes, besides selfmaker*
     process_images: list[str] = Field(
         default_factory=lambda: ["xgboost", "sagemaker-xgboost", "linear-learner", "sagemaker-linear-learner"]

@@ -58,6 +58,7 @@ from selfmaker.errors import (
     InternalFailure,
     InvalidParameterException,
     SageMakerError,
+    ThrottlingException,
     UnknownOperation,
     ValidationError,
     ValidationException,
@@ -303,6 +304,11 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             lambda: ValidationError(f"Request payload is too large: the limit is {limit} bytes."),
         )
         runtime = platform.endpoints.runtime_for(name)
+        if runtime.inflight >= platform.settings.endpoint_queue_limit:
+            raise ThrottlingException(
+                f"Endpoint {runtime.name} already has {runtime.inflight} requests in flight (the limit is "
+                f"{platform.settings.endpoint_queue_limit}, SELFMAKER_ENDPOINT_QUEUE_LIMIT). Retry later."
+            )
         record = InvocationRecord(
             endpoint_name=runtime.name,
             body=body,
@@ -312,7 +318,13 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
             inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
         )
-        await invoke(platform.endpoints, runtime, record)
+        # the deployment resolved now serves this request even if an update retires it meanwhile (a guarded
+        # dispatch or a cold start may await before an instance is picked): it stops once its leases are over
+        runtime.lease()
+        try:
+            await invoke(platform.endpoints, runtime, record)
+        finally:
+            runtime.unlease()
         return _answer(record, request_id, stream=stream)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)
