@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "lambda_coldstart": "serverless on AWS Lambda: a cold sandbox's first ALB answer vs awslambdaric alone",
     "async_inference": "async accept-to-output vs real-time latency; backlog drain with 1 and 2 instances",
     "tuning": "a tuning job of 8 short built-in XGBoost jobs with MaxParallelTrainingJobs=2 vs 1 (wall time)",
+    "slowclients": "a client's p99 under 500 idle + 50 slowloris connections / idle p99; RSS over 100k calls",
     "aws_batch": (
         "a transform split over 2 AWS Batch array children (local processes) vs the local engine's rows/s"
     ),

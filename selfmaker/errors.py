@@ -31,6 +31,9 @@ class SageMakerError(Exception):
             self.status = status
         #: additional members of the error body (e.g. ModelError's OriginalStatusCode)
         self.extra: dict[str, Any] = dict(extra or {})
+        #: the answer closes the connection (``Connection: close``): a body left unread must never be
+        #: taken for the next request
+        self.close_connection = False
 
 
 class ValidationException(SageMakerError):

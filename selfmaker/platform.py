@@ -26,8 +26,8 @@ from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
-from selfmaker.logstreams import LogStreams
 from selfmaker.logrotate import sweep
+from selfmaker.logstreams import LogStreams
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
