@@ -10,10 +10,14 @@ import base64
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import sdkkit
 
 from common import recordio
+
+#: with the SDK tests: it needs the SDK's venv, which `make test` builds and `make test-fast` does not
+pytestmark = pytest.mark.slow
 
 SCRIPT = """
 import base64, io
