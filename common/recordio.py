@@ -52,7 +52,8 @@ def _descriptor() -> descriptor_pb2.FileDescriptorProto:
     """``record.proto`` of the SageMaker Python SDK as a descriptor (package ``aialgs.data``, proto2)."""
     field = descriptor_pb2.FieldDescriptorProto
     repeated, optional = field.LABEL_REPEATED, field.LABEL_OPTIONAL
-    proto = descriptor_pb2.FileDescriptorProto(name="record.proto", package="aialgs.data", syntax="proto2")
+    # proto2, the default (protoc leaves `syntax` out of proto2 descriptors, as the SDK's record_pb2 shows)
+    proto = descriptor_pb2.FileDescriptorProto(name="record.proto", package="aialgs.data")
     proto.options.java_package = "com.amazonaws.aialgorithms.proto"
     proto.options.java_outer_classname = "RecordProtos"
     for name, value_type in (
@@ -109,6 +110,8 @@ def _descriptor() -> descriptor_pb2.FileDescriptorProto:
 
 _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(_descriptor())
+#: the file's descriptor, as a generated ``record_pb2.DESCRIPTOR`` (its ``serialized_pb`` equals the SDK's)
+DESCRIPTOR: Any = _POOL.FindFileByName("record.proto")
 
 
 def _message(name: str) -> Any:
