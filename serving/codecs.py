@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.lib.format as npformat
 import orjson
 
 from common import recordio
@@ -327,6 +328,23 @@ def decode_npy(body: bytes) -> np.ndarray:
         shape = tuple(int(d) for d in plain.group(2).split(b",") if d.strip())
         if len(body) - plain.end() == math.prod(shape) * dtype.itemsize:
             return np.frombuffer(body, dtype=dtype, offset=plain.end()).reshape(shape).copy()
+    stream = io.BytesIO(body)
+    try:
+        # the header alone first: np.load allocates what the header declares before it reads the data,
+        # so a 100-byte body declaring 10^9 rows would ask for gigabytes
+        version = npformat.read_magic(stream)
+        read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadRequestError(f"malformed NPY body: {exc}") from None
+    if dtype.hasobject:
+        raise BadRequestError("malformed NPY body: object arrays (pickles) are not accepted")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > len(body) - stream.tell():  # a tail is ignored, as numpy does
+        raise BadRequestError(
+            f"malformed NPY body: the header declares shape {tuple(shape)} of {dtype.str} "
+            f"({declared} bytes) but only {len(body) - stream.tell()} bytes follow it"
+        )
     try:
         return np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
