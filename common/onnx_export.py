@@ -365,3 +365,64 @@ def export_xgboost(
     )
     if diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
         raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")
+
+
+# -- unsupervised built-ins ---------------------------------------------------------------------
+def _finish(
+    nodes: list[onnx.NodeProto],
+    name: str,
+    n_features: int,
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto],
+) -> onnx.ModelProto:
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, n_features])
+    graph = helper.make_graph(nodes, name, [inp], outputs, initializer=inits)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="selfmaker"
+    )
+    model.ir_version = 8
+    return model
+
+
+def kmeans_to_onnx(centers: np.ndarray) -> onnx.ModelProto:
+    """K-means centers [k, D] as ONNX: Euclidean distances to every center, ``closest_cluster`` (float32
+    [N], the ArgMin's index, as SageMaker's KMeans answers it) and ``distance_to_cluster`` (float32 [N])."""
+    C = np.asarray(centers, dtype=np.float32)
+    n_features = C.shape[1]
+    inits = [
+        numpy_helper.from_array(C, "centers"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    nodes = [
+        # [N, 1, D] - [k, D] → [N, k, D]: exact differences (no |x|² - 2x·c + |c|² cancellation)
+        helper.make_node("Unsqueeze", ["input", "axis1"], ["rows"]),
+        helper.make_node("Sub", ["rows", "centers"], ["diff"]),
+        helper.make_node("ReduceSumSquare", ["diff"], ["squared"], axes=[2], keepdims=0),
+        helper.make_node("Sqrt", ["squared"], ["distances"]),
+        helper.make_node("ArgMin", ["distances"], ["nearest"], axis=1, keepdims=1),
+        helper.make_node("GatherElements", ["distances", "nearest"], ["nearest_distance"], axis=1),
+        helper.make_node("Squeeze", ["nearest_distance", "axis1"], ["distance_to_cluster"]),
+        helper.make_node("Squeeze", ["nearest", "axis1"], ["nearest_flat"]),
+        helper.make_node("Cast", ["nearest_flat"], ["closest_cluster"], to=TensorProto.FLOAT),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("closest_cluster", TensorProto.FLOAT, [None]),
+        helper.make_tensor_value_info("distance_to_cluster", TensorProto.FLOAT, [None]),
+    ]
+    return _finish(nodes, "selfmaker-kmeans", n_features, outputs, inits)
+
+
+def pca_to_onnx(mean: np.ndarray, components: np.ndarray) -> onnx.ModelProto:
+    """PCA as ONNX: ``projection`` = (input − mean) @ components, components [D, num_components]."""
+    V = np.asarray(components, dtype=np.float32)
+    n_features, n_components = V.shape
+    inits = [
+        numpy_helper.from_array(np.asarray(mean, dtype=np.float32).reshape(n_features), "mean"),
+        numpy_helper.from_array(V, "components"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["input", "mean"], ["centred"]),
+        helper.make_node("MatMul", ["centred", "components"], ["projection"]),
+    ]
+    outputs = [helper.make_tensor_value_info("projection", TensorProto.FLOAT, [None, n_components])]
+    return _finish(nodes, "selfmaker-pca", n_features, outputs, inits)

@@ -38,7 +38,14 @@ class PlatformSettings(BaseSettings):
     endpoint_queue_limit: int = Field(default=1000, ge=1)
     #: image repository names (last path component, no tag) run as local processes, besides selfmaker*
     process_images: list[str] = Field(
-        default_factory=lambda: ["xgboost", "sagemaker-xgboost", "linear-learner", "sagemaker-linear-learner"]
+        default_factory=lambda: [
+            "xgboost",
+            "sagemaker-xgboost",
+            "linear-learner",
+            "sagemaker-linear-learner",
+            "kmeans",
+            "pca",
+        ]  # fmt: skip
     )
     #: most instances one production variant, training job or transform job may ask for: each is a
     #: process (or container) on this machine, so a typo such as 1000 must not start a thousand

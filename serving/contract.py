@@ -62,8 +62,14 @@ CODE_DIR = "code"
 DEFAULT_PROGRAM = "inference.py"
 REQUIREMENTS_FILE = "requirements.txt"
 
-RESPONSE_FORMATS = ("default", "xgboost", "linear-learner")
-TASKS = ("regression", "binary_classification", "multiclass_classification")
+RESPONSE_FORMATS = ("default", "xgboost", "linear-learner", "kmeans", "pca")
+TASKS = (
+    "regression",
+    "binary_classification",
+    "multiclass_classification",
+    "clustering",
+    "dimensionality_reduction",
+)
 
 
 def normalise_content_type(value: str | None) -> str:

@@ -88,8 +88,12 @@ def read_channel(
     csv_weights: bool = False,
     feature_dim: int | None = None,
     epoch: int = 0,
+    labelled: bool = True,
 ) -> Dataset:
-    """Read a whole channel (File mode: all files; Pipe mode: the FIFO of ``epoch``)."""
+    """Read a whole channel (File mode: all files; Pipe mode: the FIFO of ``epoch``).
+
+    ``labelled=False`` (the unsupervised built-ins, KMeans and PCA): CSV has no label column, RecordIO
+    records may carry none, and ``y`` is all zeros."""
     fmt = data_format(env.content_type(channel), default, channel)
     parts: list[Dataset] = []
     if env.input_mode(channel) == "Pipe":
@@ -97,12 +101,14 @@ def read_channel(
         with open(fifo, "rb") as stream:
             payload = stream.read()
         if payload:
-            parts.append(_read_bytes(payload, fmt, f"{channel}_{epoch} (pipe)", csv_weights, feature_dim))
+            parts.append(
+                _read_bytes(payload, fmt, f"{channel}_{epoch} (pipe)", csv_weights, feature_dim, labelled)
+            )
     else:
         for path in channel_files(env, channel):
             if path.stat().st_size == 0:
                 continue
-            parts.append(_read_path(path, fmt, csv_weights, feature_dim))
+            parts.append(_read_path(path, fmt, csv_weights, feature_dim, labelled))
     if not parts:
         raise UserError(f"channel {channel!r} has no data")
     return _concat(parts, channel)
@@ -133,32 +139,35 @@ def _concat(parts: list[Dataset], channel: str) -> Dataset:
     return Dataset(X, y, w)
 
 
-def _read_path(path: Path, fmt: Format, csv_weights: bool, feature_dim: int | None) -> Dataset:
+def _read_path(
+    path: Path, fmt: Format, csv_weights: bool, feature_dim: int | None, labelled: bool = True
+) -> Dataset:
     if fmt == "csv":
-        return read_csv(path, str(path), csv_weights)
+        return read_csv(path, str(path), csv_weights, labelled)
     if fmt == "parquet":
         return read_parquet(path, str(path))
     with open(path, "rb") as stream:
         if fmt == "recordio":
-            return _read_recordio(stream, str(path), feature_dim)
+            return _read_recordio(stream, str(path), feature_dim, labelled)
         return read_libsvm(stream, str(path))
 
 
 def _read_bytes(
-    payload: bytes, fmt: Format, name: str, csv_weights: bool, feature_dim: int | None
+    payload: bytes, fmt: Format, name: str, csv_weights: bool, feature_dim: int | None, labelled: bool = True
 ) -> Dataset:
     if fmt == "csv":
-        return read_csv(payload, name, csv_weights)
+        return read_csv(payload, name, csv_weights, labelled)
     if fmt == "parquet":
         return read_parquet(io.BytesIO(payload), name)
     if fmt == "recordio":
-        return _read_recordio(io.BytesIO(payload), name, feature_dim)
+        return _read_recordio(io.BytesIO(payload), name, feature_dim, labelled)
     return read_libsvm(io.BytesIO(payload), name)
 
 
 # -- CSV -----------------------------------------------------------------------------------------
-def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Dataset:
-    """Label-first CSV without header (weight second with ``csv_weights``); parsed by pyarrow."""
+def read_csv(source: Path | bytes, name: str, csv_weights: bool = False, labelled: bool = True) -> Dataset:
+    """Label-first CSV without header (weight second with ``csv_weights``; every column a feature when
+    not ``labelled``); parsed by pyarrow."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -171,7 +180,7 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
     min_cols = 3 if csv_weights else 2
     if not first.strip():
         raise DataError(f"{name}:1", "empty first line")
-    if ncol < min_cols:
+    if labelled and ncol < min_cols:
         raise DataError(
             f"{name}:1",
             f"expected a label{', a weight' if csv_weights else ''} and at least one feature column, "
@@ -192,6 +201,8 @@ def read_csv(source: Path | bytes, name: str, csv_weights: bool = False) -> Data
     arr = np.empty((table.num_rows, ncol), dtype=np.float32)
     for i, column in enumerate(table.columns):
         arr[:, i] = column.to_numpy(zero_copy_only=False)
+    if not labelled:
+        return Dataset(arr, np.zeros(len(arr), dtype=np.float32))
     y = arr[:, 0].copy()
     if np.isnan(y).any():
         row = int(np.flatnonzero(np.isnan(y))[0]) + 1
@@ -300,13 +311,15 @@ def read_parquet(source: Path | IO[bytes], name: str) -> Dataset:
 
 
 # -- RecordIO ------------------------------------------------------------------------------------
-def _read_recordio(stream: IO[bytes], name: str, feature_dim: int | None) -> Dataset:
+def _read_recordio(stream: IO[bytes], name: str, feature_dim: int | None, labelled: bool = True) -> Dataset:
     from training.recordio import RecordIOError, read_dense
 
     try:
         X, y = read_dense(stream, feature_dim)
     except RecordIOError as exc:
         raise DataError(name, str(exc)) from None
+    if y is None and not labelled:
+        return Dataset(X, np.zeros(X.shape[0], dtype=np.float32))
     if y is None:
         raise DataError(name, "records carry no label (label['values'])")
     return Dataset(X, y)

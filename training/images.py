@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-ImageKind = Literal["script", "xgboost", "linear-learner", "container"]
+ImageKind = Literal["script", "xgboost", "linear-learner", "kmeans", "pca", "container"]
 
 _BUILTINS: dict[str, ImageKind] = {
     "selfmaker": "script",
     "xgboost": "xgboost",
     "sagemaker-xgboost": "xgboost",
     "linear-learner": "linear-learner",
+    "kmeans": "kmeans",
+    "pca": "pca",
 }
 
 
@@ -32,7 +34,8 @@ def classify_image(uri: str | None) -> ImageKind:
 
     Empty/None → selfmaker's own image (script mode); repository ``selfmaker`` → script mode;
     ``xgboost`` / ``sagemaker-xgboost`` → built-in xgboost; ``linear-learner`` → built-in linear
-    learner (any registry prefix and tag); anything else → ``container``.
+    learner; ``kmeans`` / ``pca`` → built-in KMeans / PCA (any registry prefix and tag); anything else
+    → ``container``.
     """
     if not uri or not uri.strip():
         return "script"

@@ -28,6 +28,10 @@ def _preload(kind: str) -> None:
         import pyarrow.csv  # noqa: F401 - imported for its cost, ahead of the job
 
         from training.algorithms import linear_learner  # noqa: F401 - imported for its cost
+    elif kind in ("kmeans", "pca"):
+        import pyarrow.csv  # noqa: F401 - imported for its cost, ahead of the job
+
+        from training.algorithms import kmeans, pca  # noqa: F401 - imported for their cost
     elif kind == "script":
         from training import script_mode  # noqa: F401 - imported for its cost, ahead of the job
 

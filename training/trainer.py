@@ -11,23 +11,23 @@ from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("xgboost", "linear-learner")
+ALGORITHMS = ("xgboost", "linear-learner", "kmeans", "pca")
 #: why a job with neither a built-in algorithm nor a script fails (the AWS Batch submitter refuses it with it)
 NO_PROGRAM = (
     "no training program: set the sagemaker_program and sagemaker_submit_directory hyperparameters "
-    "(script mode) or use a built-in algorithm image (xgboost, linear-learner)"
+    "(script mode) or use a built-in algorithm image (xgboost, linear-learner, kmeans, pca)"
 )
 
 
 def select(env: TrainingEnvironment, algorithm: str | None) -> str:
-    """``xgboost`` / ``linear-learner`` / ``script``: script mode whenever ``sagemaker_program`` is set
-    (SageMaker's XGBoost image runs a user script in "framework mode" that way), else the built-in named
-    by ``algorithm``."""
+    """``xgboost`` / ``linear-learner`` / ``kmeans`` / ``pca`` / ``script``: script mode whenever
+    ``sagemaker_program`` is set (SageMaker's XGBoost image runs a user script in "framework mode" that
+    way), else the built-in named by ``algorithm``."""
     if "sagemaker_program" in env.raw_hyperparameters and algorithm != "script":
         return "script"
     if algorithm and algorithm != "auto":
         if algorithm not in (*ALGORITHMS, "script"):
-            raise UserError(f"unknown algorithm {algorithm!r} (xgboost, linear-learner, script)")
+            raise UserError(f"unknown algorithm {algorithm!r} (xgboost, linear-learner, kmeans, pca, script)")
         return algorithm
     if "sagemaker_program" in env.raw_hyperparameters or os.environ.get("SAGEMAKER_PROGRAM"):
         return "script"
@@ -66,6 +66,14 @@ def run(root: str | None, algorithm: str | None) -> int:
                 from training.algorithms import xgboost_algo
 
                 xgboost_algo.train(env)
+            elif kind == "kmeans":
+                from training.algorithms import kmeans
+
+                kmeans.train(env)
+            elif kind == "pca":
+                from training.algorithms import pca
+
+                pca.train(env)
             else:
                 from training.algorithms import linear_learner
 

@@ -28,10 +28,11 @@ from training.images import classify_image
 
 
 def preload_kind(image: str) -> str:
-    """What a standby for ``image`` imports ahead: ``xgboost``, ``linear-learner`` or ``script``;
+    """What a standby for ``image`` imports ahead: ``xgboost``, ``linear-learner``, ``kmeans``, ``pca`` or
+    ``script``;
     ``container`` for images that run in a container (no standby interpreter then)."""
     kind = classify_image(image)
-    return kind if kind in ("xgboost", "linear-learner", "container") else "script"
+    return kind if kind in ("xgboost", "linear-learner", "kmeans", "pca", "container") else "script"
 
 
 class Standby:

@@ -95,6 +95,11 @@ def builtin_metric_definitions(image: str) -> list[dict[str, str]]:
             for metric in LINEAR_LEARNER_SCORES:
                 regex = rf"#quality_metric: host=\S+, {channel} {metric} <score>={NUMBER}"
                 out.append({"Name": f"{channel}:{metric}", "Regex": regex})
+    elif kind == "kmeans":  # ``#quality_metric: host=algo-1, test msd <loss>=1.2``
+        for channel in ("train", "test"):
+            for metric in ("msd", "ssd"):
+                regex = rf"#quality_metric: host=\S+, {channel} {metric} <loss>={NUMBER}"
+                out.append({"Name": f"{channel}:{metric}", "Regex": regex})
     return out
 
 
@@ -458,7 +463,9 @@ def _definition(raw: dict[str, Any], params: list[Param], objective: dict[str, A
         objective_name=metric,
         objective_type=objective["Type"],
         regex=regex,
-        metric_definitions=known if classify_image(image) in ("xgboost", "linear-learner") else given,
+        metric_definitions=known
+        if classify_image(image) in ("xgboost", "linear-learner", "kmeans")
+        else given,
     )
 
 

@@ -29,7 +29,7 @@ class ResponseFormatter:
         self.offered = contract.RECORD_ENCODABLE if self.format != "default" else contract.ENCODABLE
         if self.format == "xgboost":
             self.default_accept = contract.CSV
-        elif self.format == "linear-learner":
+        elif self.format in ("linear-learner", "kmeans", "pca"):
             self.default_accept = contract.JSON
         else:
             self.default_accept = contract.normalise_content_type(default_accept) or contract.JSON
@@ -40,6 +40,8 @@ class ResponseFormatter:
         task = signature.task
         if task is None:
             task = "classification" if self.prob_name else ("regression" if len(output_names) == 1 else None)
+        elif task in ("clustering", "dimensionality_reduction"):
+            pass  # KMeans / PCA: named outputs, shaped by _unsupervised
         elif task != "regression" and self.prob_name is None and len(output_names) == 1:
             # a classifier exported with a single output: that output holds the probabilities
             # (1-D: P(class 1) of a binary model)
@@ -47,6 +49,9 @@ class ResponseFormatter:
         self.task = task
         self.classes = signature.classes
         self.threshold = signature.threshold
+        #: the JSON answer's member: SageMaker's PCA answers ``{"projections": [...]}``, the others
+        #: ``{"predictions": [...]}``
+        self.json_key = "projections" if self.format == "pca" else "predictions"
 
     @staticmethod
     def _find(name: str, names: list[str]) -> str | None:
@@ -179,9 +184,34 @@ class ResponseFormatter:
             return codecs.encode_csv(rows)
         return records
 
+    def _unsupervised(self, outputs: dict[str, Any], accept: str) -> bytes | list[Any]:
+        """SageMaker's KMeans (``closest_cluster``, ``distance_to_cluster``) and PCA (``projection``)
+        answers: CSV one row per record, npy the matrix, else named records."""
+        if self.format == "kmeans":
+            clusters = np.asarray(outputs["closest_cluster"], dtype=np.float32).reshape(-1)
+            distances = np.asarray(outputs["distance_to_cluster"], dtype=np.float32).reshape(-1)
+            matrix = np.stack([clusters, distances], axis=1)
+            if accept == contract.NPY:
+                return codecs.encode_npy(matrix)
+            if accept == contract.CSV:
+                return codecs.encode_csv(matrix)
+            return [
+                {"closest_cluster": c, "distance_to_cluster": d}
+                for c, d in zip(clusters.tolist(), distances.tolist(), strict=True)
+            ]
+        projection = np.asarray(outputs["projection"], dtype=np.float32)
+        projection = projection.reshape(projection.shape[0], -1)
+        if accept == contract.NPY:
+            return codecs.encode_npy(projection)
+        if accept == contract.CSV:
+            return codecs.encode_csv(projection)
+        return [{"projection": row} for row in projection.tolist()]
+
     def _shape(self, outputs: dict[str, Any], accept: str) -> bytes | list[Any]:
         """The finished answer (CSV, npy, or a JSON shape that is not one record per row), or the
         answer's records, one per row, for :meth:`_wrap`."""
+        if self.format in ("kmeans", "pca"):
+            return self._unsupervised(outputs, accept)
         if self.prob_name and self.task != "regression":
             return self._classifier(outputs, accept, self.prob_name)
         if self.task == "regression":
@@ -193,13 +223,12 @@ class ResponseFormatter:
             return self._regressor(np.asarray(outputs[name]), accept)
         return self._generic(outputs, accept)
 
-    @staticmethod
-    def _wrap(records: list[Any], accept: str) -> bytes:
+    def _wrap(self, records: list[Any], accept: str) -> bytes:
         if accept == contract.JSONLINES:
             return codecs.encode_jsonlines(records)
         if accept == contract.RECORDIO:
             return codecs.encode_recordio(records)
-        return codecs.encode_json({"predictions": records})
+        return codecs.encode_json({self.json_key: records})
 
     def encode(self, outputs: dict[str, Any], accept: str) -> bytes:
         """Bytes of ``outputs`` for the (already resolved) ``accept``."""
@@ -222,7 +251,7 @@ class ResponseFormatter:
             # a record each (the usual batch): wrapped directly, ≈ 1 µs per request less than the loop below
             if isinstance(shaped, list) and len(shaped) == len(counts) == counts.count(1):
                 if accept == contract.JSON:
-                    return [codecs.encode_json({"predictions": [record]}) for record in shaped]
+                    return [codecs.encode_json({self.json_key: [record]}) for record in shaped]
                 return [codecs.encode_json(record) + b"\n" for record in shaped]
             if isinstance(shaped, list) and len(shaped) == sum(counts):
                 answers: list[bytes | Exception] = []

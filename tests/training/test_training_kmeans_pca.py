@@ -1,0 +1,258 @@
+"""The built-in KMeans and PCA run as real training jobs (runner → process → /opt/ml → model.tar.gz):
+what they learn, their hyperparameters, input formats, bad input, and ONNX parity with numpy."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from training_helpers import channel, local_model, onnx_predict, request, run_job, signature
+
+from common.recordio import encode_dense
+from selfmaker.jobs.tuning import builtin_metric_definitions
+from training.images import classify_image
+from training.runner import TrainingJobState
+
+KMEANS_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/kmeans:1"
+PCA_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/pca:1"
+TRUE_CENTERS = np.array([[0.0, 0.0, 0.0], [8.0, 8.0, 0.0], [-8.0, 6.0, 5.0]])
+
+
+def blobs(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three well-separated Gaussian blobs in 3-D and each row's blob."""
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, 3, size=n)
+    return (TRUE_CENTERS[which] + rng.normal(scale=0.5, size=(n, 3))).astype(np.float32), which
+
+
+def correlated(n: int = 400, d: int = 6, seed: int = 1) -> np.ndarray:
+    """Data whose variance lies mostly in two directions, plus an offset (so subtract_mean matters)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    scales = np.array([5.0, 2.0, 0.3, 0.2, 0.1, 0.05])[:d]
+    data: np.ndarray = (rng.normal(size=(n, d)) * scales @ basis.T + 3.0).astype(np.float32)
+    return data
+
+
+def write_recordio(path: Path, X: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_dense(X))  # what the SDK's record_set() writes: no labels
+
+
+def write_csv(path: Path, X: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, X, delimiter=",", fmt="%.7g")
+
+
+def run(
+    tmp_path: Path,
+    image: str,
+    hps: dict[str, Any],
+    data: Mapping[str, tuple[np.ndarray | bytes, str]],
+    metrics: list[dict[str, str]] | None = None,
+) -> tuple[TrainingJobState, list[str]]:
+    channels = []
+    for name, (X, content_type) in data.items():
+        folder = tmp_path / "data" / name
+        if isinstance(X, bytes):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "part-0").write_bytes(X)
+        elif content_type == "text/csv":
+            write_csv(folder / "part-0.csv", X)
+        else:
+            write_recordio(folder / "part-0.pbr", X)
+        channels.append(channel(name, folder.as_uri(), content_type))
+    req = request("job", image, hps, channels, (tmp_path / "out").as_uri(), metrics=metrics)
+    return run_job(req, tmp_path / "job")
+
+
+def nearest(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = np.sqrt(((X[:, None, :].astype(np.float64) - centers[None, :, :]) ** 2).sum(axis=2))
+    return d.argmin(axis=1), d.min(axis=1)
+
+
+def test_the_sdks_image_uris_are_the_builtins() -> None:
+    assert classify_image(KMEANS_IMAGE) == "kmeans" and classify_image(PCA_IMAGE) == "pca"
+    assert classify_image("174872318107.dkr.ecr.us-west-2.amazonaws.com/kmeans:latest") == "kmeans"
+
+
+@pytest.mark.parametrize("init_method", ["kmeans++", "random"])
+def test_kmeans_finds_the_blobs_from_recordio_and_exports_onnx(tmp_path: Path, init_method: str) -> None:
+    X, which = blobs()
+    Xt, _ = blobs(90, seed=5)
+    definitions = builtin_metric_definitions(KMEANS_IMAGE)
+    hps = {
+        "k": 3,
+        "feature_dim": 3,
+        "init_method": init_method,
+        "local_lloyd_num_trials": 3,
+        "eval_metrics": "['msd', 'ssd']",  # what the SDK sends for eval_metrics=["msd", "ssd"]
+        "mini_batch_size": 100,
+        "epochs": 2,
+        "force_dense": "True",
+    }
+    data = {"train": (X, "application/x-recordio-protobuf"), "test": (Xt, "application/x-recordio-protobuf")}
+    state, lines = run(tmp_path, KMEANS_IMAGE, hps, data, metrics=definitions)
+    assert state.status == "Completed", state.failure_reason
+    model_dir = local_model(state, tmp_path / "model")
+    centers = np.load(model_dir / "kmeans.npz")["centers"]
+    assert centers.shape == (3, 3)
+    # each true center has a learned one close by
+    assert np.sort(nearest(TRUE_CENTERS, centers)[1]).max() < 0.3
+    sig = signature(model_dir)
+    assert sig["response_format"] == "kmeans" and sig["task"] == "clustering"
+    assert sig["inputs"][0]["shape"] == [None, 3] and sig["k"] == 3
+    # ONNX agrees with numpy on the closest center and the distance to it
+    probe = np.concatenate([X[:50], np.random.default_rng(9).normal(scale=6, size=(50, 3))]).astype(
+        np.float32
+    )
+    out = onnx_predict(model_dir, probe)
+    index, distance = nearest(probe, centers.astype(np.float64))
+    assert out["closest_cluster"].dtype == np.float32
+    np.testing.assert_array_equal(out["closest_cluster"], index.astype(np.float32))
+    np.testing.assert_allclose(out["distance_to_cluster"], distance, rtol=1e-5, atol=1e-5)
+    # the metric lines as SageMaker prints them, found by the built-in MetricDefinitions
+    _, train_d = nearest(X, centers.astype(np.float64))
+    _, test_d = nearest(Xt, centers.astype(np.float64))
+    found = {m["MetricName"]: m["Value"] for m in state.metrics}
+    assert any(re.search(r"#quality_metric: host=algo-1, test msd <loss>=[0-9.]+$", line) for line in lines)
+    assert found["train:msd"] == pytest.approx(np.mean(train_d**2), rel=1e-4)
+    assert found["test:msd"] == pytest.approx(np.mean(test_d**2), rel=1e-4)
+    assert found["test:ssd"] == pytest.approx(np.sum(test_d**2), rel=1e-4)
+
+
+def test_kmeans_reads_csv_without_a_label_column(tmp_path: Path) -> None:
+    X, which = blobs(120, seed=2)
+    state, lines = run(tmp_path, KMEANS_IMAGE, {"k": 3, "feature_dim": 3}, {"train": (X, "text/csv")})
+    assert state.status == "Completed", state.failure_reason
+    centers = np.load(local_model(state, tmp_path / "model") / "kmeans.npz")["centers"]
+    # every column is a feature: the clusters are the blobs (one learned label per true blob)
+    labels, _ = nearest(X, centers.astype(np.float64))
+    assert all(len(set(labels[which == b].tolist())) == 1 for b in range(3))
+    assert len(set(labels.tolist())) == 3
+    # eval_metrics defaults to msd only
+    assert any("train msd <loss>=" in line for line in lines)
+    assert not any(" ssd <loss>=" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("hps", "named", "says"),
+    [
+        ({"feature_dim": 3}, "k", "is required"),
+        ({"k": "three", "feature_dim": 3}, "k", "not an integer"),
+        ({"k": 1, "feature_dim": 3}, "k", ""),
+        ({"k": 500, "feature_dim": 3}, "k", "only 120 records"),
+        ({"k": 3}, "feature_dim", "is required"),
+        ({"k": 3, "feature_dim": 4}, "feature_dim", "has 3 columns"),
+        ({"k": 3, "feature_dim": 3, "init_method": "forgy"}, "init_method", ""),
+        ({"k": 3, "feature_dim": 3, "local_lloyd_init_method": "x"}, "local_lloyd_init_method", ""),
+        ({"k": 3, "feature_dim": 3, "eval_metrics": '["mse"]'}, "eval_metrics", "'mse' is not one of"),
+        ({"k": 3, "feature_dim": 3, "local_lloyd_max_iter": 0}, "local_lloyd_max_iter", ""),
+        ({"k": 3, "feature_dim": 3, "local_lloyd_tol": -1}, "local_lloyd_tol", ""),
+        ({"k": 3, "feature_dim": 3, "mini_batch_size": "big"}, "mini_batch_size", "not an integer"),
+        ({"k": 3, "feature_dim": 3, "epochs": 0}, "epochs", ""),
+        ({"k": 3, "feature_dim": 3, "num_clusters": 3}, "num_clusters", "not a hyperparameter"),
+    ],
+)
+def test_kmeans_bad_hyperparameters_fail_naming_them(
+    tmp_path: Path, hps: dict[str, Any], named: str, says: str
+) -> None:
+    X, _ = blobs(120, seed=2)
+    state, _ = run(tmp_path, KMEANS_IMAGE, hps, {"train": (X, "text/csv")})
+    assert state.status == "Failed"
+    reason = state.failure_reason or ""
+    assert reason.startswith("ClientError: ") and f"Hyperparameter {named!r}" in reason and says in reason
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "says"),
+    [
+        (b"1,2,3\n4,x,6\n", "text/csv", r"part-0:2: column 2: 'x' is not a number"),
+        (b"1,2,3\n4,,6\n7,8,9\n", "text/csv", "record 2 has an empty or non-finite feature value"),
+        (b"\x00\x01garbage", "application/x-recordio-protobuf", "part-0"),
+    ],
+)
+def test_kmeans_bad_data_fails_with_the_place(
+    tmp_path: Path, body: bytes, content_type: str, says: str
+) -> None:
+    state, _ = run(tmp_path, KMEANS_IMAGE, {"k": 2, "feature_dim": 3}, {"train": (body, content_type)})
+    assert state.status == "Failed"
+    assert re.search(says, state.failure_reason or ""), state.failure_reason
+
+
+@pytest.mark.parametrize("mode", ["regular", "randomized"])
+def test_pca_components_match_numpys_svd(tmp_path: Path, mode: str) -> None:
+    X = correlated()
+    hps = {"num_components": 2, "feature_dim": 6, "mini_batch_size": 50, "algorithm_mode": mode}
+    state, lines = run(tmp_path, PCA_IMAGE, hps, {"train": (X, "application/x-recordio-protobuf")})
+    assert state.status == "Completed", state.failure_reason
+    model_dir = local_model(state, tmp_path / "model")
+    saved = np.load(model_dir / "pca.npz")
+    X64 = X.astype(np.float64)
+    mean = X64.mean(axis=0)
+    _, s, vt = np.linalg.svd(X64 - mean, full_matrices=False)
+    np.testing.assert_allclose(saved["mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(saved["singular_values"], s[:2], rtol=1e-4)
+    # the same subspace, component by component (up to sign)
+    for j in range(2):
+        assert abs(float(saved["components"][:, j] @ vt[j])) == pytest.approx(1.0, abs=1e-4)
+    sig = signature(model_dir)
+    assert sig["response_format"] == "pca" and sig["task"] == "dimensionality_reduction"
+    assert sig["num_components"] == 2 and sig["inputs"][0]["shape"] == [None, 6]
+    out = onnx_predict(model_dir, X[:40])["projection"]
+    expected = (X64[:40] - saved["mean"].astype(np.float64)) @ saved["components"].astype(np.float64)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    assert any("2 components explain" in line for line in lines)
+
+
+def test_pca_without_subtract_mean_from_csv(tmp_path: Path) -> None:
+    X = correlated(200, seed=4)
+    hps = {"num_components": 3, "feature_dim": 6, "subtract_mean": "False", "extra_components": 2}
+    state, _ = run(tmp_path, PCA_IMAGE, hps, {"train": (X, "text/csv")})
+    assert state.status == "Completed", state.failure_reason
+    model_dir = local_model(state, tmp_path / "model")
+    saved = np.load(model_dir / "pca.npz")
+    assert not saved["mean"].any()
+    _, s, _ = np.linalg.svd(
+        np.loadtxt(tmp_path / "data/train/part-0.csv", delimiter=","), full_matrices=False
+    )
+    np.testing.assert_allclose(saved["singular_values"], s[:3], rtol=1e-4)
+    out = onnx_predict(model_dir, X[:5])["projection"]
+    np.testing.assert_allclose(out, X[:5].astype(np.float64) @ saved["components"], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("hps", "named"),
+    [
+        ({"feature_dim": 6}, "num_components"),
+        ({"num_components": 7, "feature_dim": 6}, "num_components"),
+        ({"num_components": 2}, "feature_dim"),
+        ({"num_components": 2, "feature_dim": 5}, "feature_dim"),
+        ({"num_components": 2, "feature_dim": 6, "algorithm_mode": "fast"}, "algorithm_mode"),
+        ({"num_components": 2, "feature_dim": 6, "subtract_mean": "maybe"}, "subtract_mean"),
+        ({"num_components": 2, "feature_dim": 6, "extra_components": 0}, "extra_components"),
+        ({"num_components": 2, "feature_dim": 6, "k": 3}, "k"),
+    ],
+)
+def test_pca_bad_hyperparameters_fail_naming_them(tmp_path: Path, hps: dict[str, Any], named: str) -> None:
+    state, _ = run(tmp_path, PCA_IMAGE, hps, {"train": (correlated(50), "text/csv")})
+    assert state.status == "Failed"
+    reason = state.failure_reason or ""
+    assert reason.startswith("ClientError: ") and f"Hyperparameter {named!r}" in reason, reason
+
+
+def test_kmeans_recordio_with_labels_ignores_them(tmp_path: Path) -> None:
+    X, which = blobs(90, seed=7)
+    body = io.BytesIO(encode_dense(X, which.astype(np.float32))).getvalue()
+    state, _ = run(
+        tmp_path,
+        KMEANS_IMAGE,
+        {"k": 3, "feature_dim": 3},
+        {"train": (body, "application/x-recordio-protobuf")},
+    )
+    assert state.status == "Completed", state.failure_reason
