@@ -33,7 +33,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument(
         "--algorithm",
         default=os.environ.get("SELFMAKER_ALGORITHM") or None,
-        help="xgboost | linear-learner | script (default: $SELFMAKER_ALGORITHM, else script mode)",
+        help="xgboost | linear-learner | kmeans | pca | script (default: $SELFMAKER_ALGORITHM, else script)",
     )
     args = parser.parse_args(argv)
     if args.root is not None and not Path(args.root).is_dir():
