@@ -426,3 +426,40 @@ def pca_to_onnx(mean: np.ndarray, components: np.ndarray) -> onnx.ModelProto:
     ]
     outputs = [helper.make_tensor_value_info("projection", TensorProto.FLOAT, [None, n_components])]
     return _finish(nodes, "selfmaker-pca", n_features, outputs, inits)
+
+
+def fm_to_onnx(bias: float, linear: np.ndarray, factors: np.ndarray, task: str) -> onnx.ModelProto:
+    """A factorization machine ``w0 + x·w + ½ Σ_f ((x V)_f² − (x² V²)_f)`` as ONNX: regressors output
+    ``score`` [N, 1]; binary classifiers the Sigmoid of it through the shared binary head (``label``,
+    ``probabilities``, threshold 0.5), what the linear-learner response format answers."""
+    w = np.asarray(linear, dtype=np.float32).reshape(-1, 1)
+    V = np.asarray(factors, dtype=np.float32)
+    n_features = w.shape[0]
+    inits = [
+        numpy_helper.from_array(w, "linear"),
+        numpy_helper.from_array(V, "factors"),
+        numpy_helper.from_array(V * V, "factors_squared"),
+        numpy_helper.from_array(np.array([bias], dtype=np.float32), "bias"),
+        numpy_helper.from_array(np.array([0.5], dtype=np.float32), "half"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "sum_axis"),
+    ]
+    margin = "score" if task == "regression" else "margin"
+    nodes = [
+        helper.make_node("MatMul", ["input", "linear"], ["xw"]),
+        helper.make_node("MatMul", ["input", "factors"], ["xv"]),
+        helper.make_node("Mul", ["xv", "xv"], ["xv_squared"]),
+        helper.make_node("Mul", ["input", "input"], ["x_squared"]),
+        helper.make_node("MatMul", ["x_squared", "factors_squared"], ["x2v2"]),
+        helper.make_node("Sub", ["xv_squared", "x2v2"], ["pairs"]),
+        helper.make_node("ReduceSum", ["pairs", "sum_axis"], ["pair_sum"], keepdims=1),
+        helper.make_node("Mul", ["pair_sum", "half"], ["interactions"]),
+        helper.make_node("Add", ["xw", "interactions"], ["linear_and_pairs"]),
+        helper.make_node("Add", ["linear_and_pairs", "bias"], [margin]),
+    ]
+    if task == "regression":
+        outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])]
+    else:
+        head, head_inits, outputs = _binary_head(0.5)
+        nodes += [helper.make_node("Sigmoid", ["margin"], ["p1"]), *head]
+        inits += head_inits
+    return _finish(nodes, "selfmaker-factorization-machines", n_features, outputs, inits)

@@ -44,6 +44,7 @@ class PlatformSettings(BaseSettings):
             "linear-learner",
             "sagemaker-linear-learner",
             "kmeans",
+            "factorization-machines",
             "pca",
         ]  # fmt: skip
     )

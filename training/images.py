@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-ImageKind = Literal["script", "xgboost", "linear-learner", "kmeans", "pca", "container"]
+ImageKind = Literal[
+    "script", "xgboost", "linear-learner", "kmeans", "pca", "factorization-machines", "container"
+]
 
 _BUILTINS: dict[str, ImageKind] = {
     "selfmaker": "script",
@@ -13,6 +15,7 @@ _BUILTINS: dict[str, ImageKind] = {
     "linear-learner": "linear-learner",
     "kmeans": "kmeans",
     "pca": "pca",
+    "factorization-machines": "factorization-machines",
 }
 
 
@@ -34,8 +37,8 @@ def classify_image(uri: str | None) -> ImageKind:
 
     Empty/None → selfmaker's own image (script mode); repository ``selfmaker`` → script mode;
     ``xgboost`` / ``sagemaker-xgboost`` → built-in xgboost; ``linear-learner`` → built-in linear
-    learner; ``kmeans`` / ``pca`` → built-in KMeans / PCA (any registry prefix and tag); anything else
-    → ``container``.
+    learner; ``kmeans`` / ``pca`` / ``factorization-machines`` → those built-ins (any registry prefix
+    and tag); anything else → ``container``.
     """
     if not uri or not uri.strip():
         return "script"

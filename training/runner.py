@@ -767,7 +767,7 @@ class TrainingJobRunner:
         env["TRAINING_JOB_ARN"] = self.job_arn
         if req.get("EnableNetworkIsolation"):
             env[NETWORK_ISOLATION_ENV] = "1"
-        if kind in {"xgboost", "linear-learner", "kmeans", "pca"}:
+        if kind in {"xgboost", "linear-learner", "kmeans", "pca", "factorization-machines"}:
             env["SELFMAKER_ALGORITHM"] = kind
         if (
             kind != "container"

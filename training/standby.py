@@ -28,10 +28,14 @@ def _preload(kind: str) -> None:
         import pyarrow.csv  # noqa: F401 - imported for its cost, ahead of the job
 
         from training.algorithms import linear_learner  # noqa: F401 - imported for its cost
-    elif kind in ("kmeans", "pca"):
+    elif kind in ("kmeans", "pca", "factorization-machines"):
         import pyarrow.csv  # noqa: F401 - imported for its cost, ahead of the job
 
-        from training.algorithms import kmeans, pca  # noqa: F401 - imported for their cost
+        from training.algorithms import (  # noqa: F401 - imported for their cost
+            factorization_machines,
+            kmeans,
+            pca,
+        )
     elif kind == "script":
         from training import script_mode  # noqa: F401 - imported for its cost, ahead of the job
 

@@ -11,7 +11,7 @@ from training.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("xgboost", "linear-learner", "kmeans", "pca")
+ALGORITHMS = ("xgboost", "linear-learner", "kmeans", "pca", "factorization-machines")
 #: why a job with neither a built-in algorithm nor a script fails (the AWS Batch submitter refuses it with it)
 NO_PROGRAM = (
     "no training program: set the sagemaker_program and sagemaker_submit_directory hyperparameters "
@@ -27,7 +27,7 @@ def select(env: TrainingEnvironment, algorithm: str | None) -> str:
         return "script"
     if algorithm and algorithm != "auto":
         if algorithm not in (*ALGORITHMS, "script"):
-            raise UserError(f"unknown algorithm {algorithm!r} (xgboost, linear-learner, kmeans, pca, script)")
+            raise UserError(f"unknown algorithm {algorithm!r} ({', '.join((*ALGORITHMS, 'script'))})")
         return algorithm
     if "sagemaker_program" in env.raw_hyperparameters or os.environ.get("SAGEMAKER_PROGRAM"):
         return "script"
@@ -74,6 +74,10 @@ def run(root: str | None, algorithm: str | None) -> int:
                 from training.algorithms import pca
 
                 pca.train(env)
+            elif kind == "factorization-machines":
+                from training.algorithms import factorization_machines
+
+                factorization_machines.train(env)
             else:
                 from training.algorithms import linear_learner
 

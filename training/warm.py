@@ -28,11 +28,10 @@ from training.images import classify_image
 
 
 def preload_kind(image: str) -> str:
-    """What a standby for ``image`` imports ahead: ``xgboost``, ``linear-learner``, ``kmeans``, ``pca`` or
-    ``script``;
-    ``container`` for images that run in a container (no standby interpreter then)."""
-    kind = classify_image(image)
-    return kind if kind in ("xgboost", "linear-learner", "kmeans", "pca", "container") else "script"
+    """What a standby for ``image`` imports ahead: the built-in's kind (``xgboost``, ``linear-learner``,
+    ``kmeans``, ``pca``, ``factorization-machines``) or ``script``; ``container`` for images that run in a
+    container (no standby interpreter then)."""
+    return classify_image(image)
 
 
 class Standby:

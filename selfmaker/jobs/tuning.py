@@ -76,6 +76,13 @@ LINEAR_LEARNER_SCORES = (
     "absolute_loss", "r2",
 )  # fmt: skip
 
+#: the built-ins whose metrics the tuner knows without MetricDefinitions
+BUILTINS_WITH_METRICS = ("xgboost", "linear-learner", "kmeans", "factorization-machines")
+#: factorization machines' test-channel metrics (``#quality_metric: host=algo-1, test rmse <loss>=0.5``)
+FM_METRICS = (
+    "rmse", "binary_classification_accuracy", "binary_classification_cross_entropy", "binary_f_beta",
+)  # fmt: skip
+
 
 def builtin_metric_definitions(image: str) -> list[dict[str, str]]:
     """The metrics a built-in algorithm's image emits, as MetricDefinitions (what SageMaker's tuner knows
@@ -100,6 +107,10 @@ def builtin_metric_definitions(image: str) -> list[dict[str, str]]:
             for metric in ("msd", "ssd"):
                 regex = rf"#quality_metric: host=\S+, {channel} {metric} <loss>={NUMBER}"
                 out.append({"Name": f"{channel}:{metric}", "Regex": regex})
+    elif kind == "factorization-machines":  # ``#quality_metric: host=algo-1, test rmse <loss>=0.5``
+        for metric in FM_METRICS:
+            regex = rf"#quality_metric: host=\S+, test {metric} <\S+>={NUMBER}"
+            out.append({"Name": f"test:{metric}", "Regex": regex})
     return out
 
 
@@ -463,9 +474,7 @@ def _definition(raw: dict[str, Any], params: list[Param], objective: dict[str, A
         objective_name=metric,
         objective_type=objective["Type"],
         regex=regex,
-        metric_definitions=known
-        if classify_image(image) in ("xgboost", "linear-learner", "kmeans")
-        else given,
+        metric_definitions=known if classify_image(image) in BUILTINS_WITH_METRICS else given,
     )
 
 

@@ -1,10 +1,12 @@
-"""The SDK's ``KMeans`` and ``PCA`` estimators end to end against `selfmaker up` (SDK venv: tests/sdkkit.py).
+"""The SDK's ``KMeans``, ``PCA`` and ``FactorizationMachines`` estimators end to end against `selfmaker up`
+(SDK venv: tests/sdkkit.py).
 
 ``record_set()`` uploads the numpy arrays to S3 (moto) as unlabeled RecordIO-protobuf, ``fit`` trains the
 built-in on them, ``deploy`` makes an endpoint from the SDK's own image URI (``.../kmeans:1``,
 ``.../pca:1``) and the default predictors send ``application/x-recordio-protobuf`` and read ``Record``s:
 KMeans' ``closest_cluster`` must be the nearest of the centers in the job's model artifact (and
-``distance_to_cluster`` the distance to it), PCA's ``projection`` the artifact's (x − mean) @ components.
+``distance_to_cluster`` the distance to it), PCA's ``projection`` the artifact's (x − mean) @ components,
+Factorization Machines' ``score`` / ``predicted_label`` the artifact's model by its definition.
 """
 
 from __future__ import annotations
@@ -120,3 +122,50 @@ def test_pca_record_set_fit_deploy_predict_returns_projections(
     expected = (X - saved["mean"].astype(np.float64)) @ saved["components"].astype(np.float64)
     assert np.array(out["projections"]).shape == (20, 2)
     np.testing.assert_allclose(out["projections"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_factorization_machines_record_set_fit_deploy_predict_returns_scores(
+    run_sdk: Callable[..., object], moto_server: str, tmp_path: Path
+) -> None:
+    run = run_sdk(
+        """
+        import numpy as np
+        import sagemaker
+
+        rng = np.random.default_rng(12)
+        X = rng.normal(size=(600, 4)).astype("float32")
+        y = (X[:, 0] * X[:, 1] > 0).astype("float32")
+        fm = sagemaker.FactorizationMachines(
+            ROLE, instance_count=1, instance_type="ml.m5.large", num_factors=4,
+            predictor_type="binary_classifier", sagemaker_session=session, epochs=20,
+            bias_lr=0.05, linear_lr=0.05, factors_lr=0.05, factors_init_sigma=0.1,
+            output_path=f"s3://{BUCKET}/sdk-fm/output", data_location=f"s3://{BUCKET}/sdk-fm/data",
+        )
+        image = fm.training_image_uri()
+        fm.fit(fm.record_set(X, labels=y), mini_batch_size=100, logs=False)
+        predictor = fm.deploy(1, "ml.m5.large")
+        try:
+            answer = predictor.predict(X[:40])
+        finally:
+            predictor.delete_endpoint()
+        result({
+            "image": image,
+            "model": fm.model_data,
+            "X": X[:40].tolist(),
+            "y": y[:40].tolist(),
+            "scores": [r.label["score"].float32_tensor.values[0] for r in answer],
+            "labels": [r.label["predicted_label"].float32_tensor.values[0] for r in answer],
+        })
+        """,
+        timeout=900,
+    )
+    out = run.result  # type: ignore[attr-defined]
+    assert out["image"].endswith("/factorization-machines:1"), out["image"]
+    saved = _artifact(moto_server, out["model"], "factorization-machines.npz")
+    X = np.array(out["X"], dtype=np.float64)
+    V = saved["factors"].astype(np.float64)
+    margin = saved["bias"][0] + X @ saved["linear"] + np.einsum("ni,ij,nj->n", X, np.triu(V @ V.T, 1), X)
+    p1 = 1 / (1 + np.exp(-margin))
+    np.testing.assert_allclose(out["scores"], p1, rtol=1e-4, atol=1e-5)
+    assert out["labels"] == [float(p >= 0.5) for p in p1]
+    assert np.mean(np.array(out["labels"]) == np.array(out["y"])) >= 0.8

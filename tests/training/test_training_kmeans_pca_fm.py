@@ -1,5 +1,6 @@
-"""The built-in KMeans and PCA run as real training jobs (runner → process → /opt/ml → model.tar.gz):
-what they learn, their hyperparameters, input formats, bad input, and ONNX parity with numpy."""
+"""The built-in KMeans, PCA and Factorization Machines run as real training jobs (runner → process →
+/opt/ml → model.tar.gz): what they learn, their hyperparameters, input formats, bad input, and ONNX parity
+with numpy."""
 
 from __future__ import annotations
 
@@ -256,3 +257,121 @@ def test_kmeans_recordio_with_labels_ignores_them(tmp_path: Path) -> None:
         {"train": (body, "application/x-recordio-protobuf")},
     )
     assert state.status == "Completed", state.failure_reason
+
+
+# -- Factorization Machines ---------------------------------------------------------------------
+FM_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/factorization-machines:1"
+FM_FAST = {"bias_lr": 0.05, "linear_lr": 0.05, "factors_lr": 0.05, "factors_init_sigma": 0.1}
+
+
+def fm_margin(saved: Any, X: np.ndarray) -> np.ndarray:
+    """The factorization machine by its definition: w0 + x·w + Σ_{i<j} <v_i, v_j> x_i x_j."""
+    X = X.astype(np.float64)
+    V = saved["factors"].astype(np.float64)
+    gram = V @ V.T
+    pairs = np.einsum("ni,ij,nj->n", X, np.triu(gram, 1), X)
+    out: np.ndarray = saved["bias"][0] + X @ saved["linear"] + pairs
+    return out
+
+
+def write_labelled(folder: Path, X: np.ndarray, y: np.ndarray, content_type: str) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if content_type == "text/csv":
+        np.savetxt(folder / "part-0.csv", np.column_stack([y, X]), delimiter=",", fmt="%.7g")
+    else:
+        (folder / "part-0.pbr").write_bytes(encode_dense(X, y.astype(np.float32)))
+    return channel(folder.name, folder.as_uri(), content_type)
+
+
+def test_fm_binary_classifier_learns_an_interaction_and_exports_onnx(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1200, 4)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.float32)  # no linear model can separate this
+    hps = {"feature_dim": 4, "num_factors": 4, "predictor_type": "binary_classifier", "epochs": 20}
+    hps |= {"mini_batch_size": 100, **FM_FAST}
+    channels = [
+        write_labelled(tmp_path / "data/train", X[:900], y[:900], "application/x-recordio-protobuf"),
+        write_labelled(tmp_path / "data/test", X[900:], y[900:], "application/x-recordio-protobuf"),
+    ]
+    req = request(
+        "fm",
+        FM_IMAGE,
+        hps,
+        channels,
+        (tmp_path / "out").as_uri(),
+        metrics=builtin_metric_definitions(FM_IMAGE),
+    )
+    state, lines = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", state.failure_reason
+    found = {m["MetricName"]: m["Value"] for m in state.metrics}
+    assert found["test:binary_classification_accuracy"] > 0.85, found
+    assert any(re.search(r"epoch=19, train binary_classification_accuracy <score>=", line) for line in lines)
+    model_dir = local_model(state, tmp_path / "model")
+    saved = np.load(model_dir / "factorization-machines.npz")
+    sig = signature(model_dir)
+    assert sig["response_format"] == "linear-learner" and sig["task"] == "binary_classification"
+    assert sig["framework"] == "factorization-machines" and sig["classes"] == [0, 1]
+    out = onnx_predict(model_dir, X[900:])
+    p1 = 1 / (1 + np.exp(-fm_margin(saved, X[900:])))
+    np.testing.assert_allclose(out["probabilities"][:, 1], p1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(out["label"], (p1 >= 0.5).astype(np.int64))
+    assert found["test:binary_classification_accuracy"] == pytest.approx(
+        float(np.mean((p1 >= 0.5) == y[900:]))
+    )
+
+
+def test_fm_regressor_from_csv(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(800, 3)).astype(np.float32)
+    y = (2 * X[:, 0] * X[:, 1] + X[:, 2] + 0.5).astype(np.float32)
+    hps = {"feature_dim": 3, "num_factors": 2, "predictor_type": "regressor", "epochs": 30, **FM_FAST}
+    hps["mini_batch_size"] = 50
+    channels = [write_labelled(tmp_path / "data/train", X, y, "text/csv")]
+    state, lines = run_job(
+        request("fm-reg", FM_IMAGE, hps, channels, (tmp_path / "out").as_uri()), tmp_path / "j"
+    )
+    assert state.status == "Completed", state.failure_reason
+    model_dir = local_model(state, tmp_path / "model")
+    saved = np.load(model_dir / "factorization-machines.npz")
+    predicted = fm_margin(saved, X)
+    assert float(np.sqrt(np.mean((predicted - y) ** 2))) < 0.3
+    np.testing.assert_allclose(
+        onnx_predict(model_dir, X[:50])["score"][:, 0], predicted[:50], rtol=1e-4, atol=1e-4
+    )
+    assert any(re.search(r"epoch=29, train rmse <loss>=", line) for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("hps", "named"),
+    [
+        ({"feature_dim": 3, "num_factors": 2}, "predictor_type"),
+        ({"feature_dim": 3, "predictor_type": "regressor"}, "num_factors"),
+        ({"num_factors": 2, "predictor_type": "regressor"}, "feature_dim"),
+        ({"feature_dim": 3, "num_factors": 2, "predictor_type": "multiclass_classifier"}, "predictor_type"),
+        (
+            {"feature_dim": 3, "num_factors": 2, "predictor_type": "regressor", "factors_init_method": "x"},
+            "factors_init_method",
+        ),
+        ({"feature_dim": 3, "num_factors": 2, "predictor_type": "regressor", "linear_lr": -1}, "linear_lr"),
+        ({"feature_dim": 3, "num_factors": 2, "predictor_type": "regressor", "k": 2}, "k"),
+    ],
+)
+def test_fm_bad_hyperparameters_fail_naming_them(tmp_path: Path, hps: dict[str, Any], named: str) -> None:
+    X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    channels = [write_labelled(tmp_path / "data/train", X, np.ones(20, dtype=np.float32), "text/csv")]
+    state, _ = run_job(
+        request("fm-bad", FM_IMAGE, hps, channels, (tmp_path / "out").as_uri()), tmp_path / "j"
+    )
+    assert state.status == "Failed"
+    reason = state.failure_reason or ""
+    assert reason.startswith("ClientError: ") and f"Hyperparameter {named!r}" in reason, reason
+
+
+def test_fm_binary_labels_must_be_0_or_1(tmp_path: Path) -> None:
+    X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    channels = [write_labelled(tmp_path / "data/train", X, np.full(20, 2.0, dtype=np.float32), "text/csv")]
+    hps = {"feature_dim": 3, "num_factors": 2, "predictor_type": "binary_classifier"}
+    state, _ = run_job(
+        request("fm-lab", FM_IMAGE, hps, channels, (tmp_path / "out").as_uri()), tmp_path / "j"
+    )
+    assert state.status == "Failed" and "needs labels 0 or 1, found [2.0]" in (state.failure_reason or "")
