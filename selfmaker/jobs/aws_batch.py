@@ -507,7 +507,8 @@ def check_training_request(request: Any) -> None:
     if kind == "container":  # the job runs the stack's image, which has no container engine inside
         raise AwsBatchError(
             f"AlgorithmSpecification.TrainingImage {image!r} is not one the stack's image runs "
-            "(selfmaker script mode, xgboost, linear-learner): AWS Batch jobs run the stack's image"
+            "(selfmaker script mode or a built-in algorithm: xgboost, linear-learner, kmeans, pca, "
+            "factorization-machines): AWS Batch jobs run the stack's image"
         )
     environment = request.get("Environment") or {}
     if (
