@@ -1,7 +1,7 @@
 """The SageMaker Python SDK's ``HyperparameterTuner`` (sagemaker<3, tests/sdkkit.py) against `selfmaker up`:
 ``fit`` → ``best_training_job()`` → ``deploy()`` → ``predict``, with the built-in XGBoost, its built-in
 ``validation:auc`` objective (no MetricDefinitions given: the tuner knows the built-in's metrics) and the
-tuning job's results read back through the SDK's own ``describe()`` and ``analytics()``.
+tuning job's results read back through the SDK's own ``describe()``, ``attach()`` and ``analytics()``.
 """
 
 from __future__ import annotations
