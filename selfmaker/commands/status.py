@@ -62,6 +62,7 @@ def collect(home: Path) -> dict[str, Any]:
                 "SecondaryStatus": r.doc.get("SecondaryStatus"),
                 "FailureReason": r.doc.get("FailureReason"),
                 "CreationTime": r.created,
+                "WarmPoolStatus": r.doc.get("WarmPoolStatus"),
             }
             for r in store.list("training-job")
         ]
@@ -83,7 +84,7 @@ def collect(home: Path) -> dict[str, Any]:
             )
         other = {
             kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
-            for kind in ("transform-job",)
+            for kind in ("transform-job", "processing-job")
         }
         return {
             "endpoints": endpoints,
@@ -145,6 +146,9 @@ def main(argv: list[str]) -> int:
         )
         if job["FailureReason"]:
             print(f"    failure: {job['FailureReason']}")
+        pool = job.get("WarmPoolStatus")
+        if pool and pool.get("Status") in ("Available", "InUse"):
+            print(f"    warm pool: {pool['Status']}")
     if data["tuning_jobs"]:
         print("\nHYPERPARAMETER TUNING JOBS")
     for job in data["tuning_jobs"]:
@@ -164,5 +168,9 @@ def main(argv: list[str]) -> int:
     if data.get("transform-job"):
         print("\nTRANSFORM JOBS")
         for job in data["transform-job"]:
+            print(f"  {job['Name']}  {job['Status']}")
+    if data.get("processing-job"):
+        print("\nPROCESSING JOBS")
+        for job in data["processing-job"]:
             print(f"  {job['Name']}  {job['Status']}")
     return 0

@@ -441,3 +441,12 @@ def export(env: TrainingEnvironment, booster: Any, n_features: int, params: dict
     if diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
         raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")
     say(f"Saved {MODEL_FILE}, model.onnx and signature.json to {model_dir}")
+
+
+def preload() -> None:
+    """Import what a job of this built-in imports (a warm pool's standby interpreter calls it ahead of the
+    job): xgboost (without scikit-learn), pyarrow's CSV reader and onnxruntime for the export check."""
+    import onnxruntime  # noqa: F401 - imported for its cost, ahead of the job
+    import pyarrow.csv  # noqa: F401 - imported for its cost, ahead of the job
+
+    _import_xgboost()
