@@ -151,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         sequential = run_tuning(sm, "bench-sequential", work / "data", jobs, 1, rounds)
         parallel = run_tuning(sm, "bench-parallel", work / "data", jobs, 2, rounds)
         warm = None if args.no_warm else run_tuning(sm, "bench-warm", work / "data", jobs, 1, rounds, 600)
+        reused = 0
+        if warm is not None:  # how many training jobs handed their warm pool on (SageMaker's Reused)
+            summaries = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+                HyperParameterTuningJobName="bench-warm", MaxResults=100
+            )["TrainingJobSummaries"]
+            for summary in summaries:
+                job = sm.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+                reused += (job.get("WarmPoolStatus") or {}).get("Status") == "Reused"
     finally:
         if platform is not None:
             platform.stop()
@@ -164,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(ratio, 3),
         "goal": 0.6,
         "sequential_warm_pools_s": round(warm, 2) if warm is not None else None,
+        "warm_pools_reused": reused,
     }
     print(f"tuning job of {jobs} built-in XGBoost jobs ({rows} rows, {rounds} rounds, nthread=1)")
     print(f"  MaxParallelTrainingJobs=1 (baseline)  {sequential:8.1f} s")
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if warm is not None:
         print(
             f"  one at a time with warm pools         {warm:8.1f} s   "
-            f"({warm / sequential:.3f} of the baseline)"
+            f"({warm / sequential:.3f} of the baseline; {reused} of {jobs} jobs' pools reused)"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
