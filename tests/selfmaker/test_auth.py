@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import ipaddress
+import socket
 import subprocess
 import sys
 import uuid
@@ -213,6 +214,28 @@ def test_bad_signatures_over_the_wire(keyed_platform: PlatformProcess) -> None:
     status, headers, body = raw(keyed_platform, "POST", "/endpoints/x/invocations", b"1", lines)
     assert status == 400 and headers["x-amzn-ErrorType"] == "IncompleteSignature", body
     assert b"outside printable ASCII" in body
+
+
+def test_strangers_are_refused_before_their_body_is_read(keyed_platform: PlatformProcess) -> None:
+    """A call that announces 50 MB and sends none of it gets its refusal at once: the headers decide, the
+    platform never waits for (or buffers) a stranger's body."""
+    for headers in (
+        b"",  # unsigned
+        b"Authorization: AWS4-HMAC-SHA256 Credential=SMAKNOTOURS00000000/20260101/us-east-1/sagemaker/"
+        b"aws4_request, SignedHeaders=host;x-amz-date, Signature="
+        + b"0" * 64
+        + b"\r\nX-Amz-Date: 20260101T000000Z\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", keyed_platform.port), timeout=20) as conn:
+            conn.sendall(
+                b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: SageMaker.ListModels\r\n"
+                b"Content-Type: application/x-amz-json-1.1\r\nContent-Length: 50000000\r\n"
+                + headers.rstrip(b"\r\n")
+                + (b"\r\n" if headers else b"")
+                + b"\r\n"
+            )
+            status_line = conn.recv(4096).split(b"\r\n", 1)[0]  # times out (failing) if the body is awaited
+        assert status_line.startswith(b"HTTP/1.1 403"), status_line
 
 
 def test_a_presigned_url_over_the_wire(keyed_platform: PlatformProcess) -> None:
