@@ -31,6 +31,9 @@ class SageMakerError(Exception):
             self.status = status
         #: additional members of the error body (e.g. ModelError's OriginalStatusCode)
         self.extra: dict[str, Any] = dict(extra or {})
+        #: the answer closes the connection (``Connection: close``): a body left unread must never be
+        #: taken for the next request
+        self.close_connection = False
 
 
 class ValidationException(SageMakerError):
@@ -43,6 +46,13 @@ class ResourceInUse(SageMakerError):
     """The resource exists or is busy (e.g. duplicate training job name)."""
 
     code = "ResourceInUse"
+
+
+class ConflictException(SageMakerError):
+    """The change conflicts with the resource's state (e.g. deleting a model package group that holds
+    model packages)."""
+
+    code = "ConflictException"
 
 
 class ResourceNotFound(SageMakerError):
@@ -105,6 +115,21 @@ class ServiceUnavailable(SageMakerError):
 
     code = "ServiceUnavailable"
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+# ---- CloudWatch Logs (Logs_20140328.*, served on the control plane's port) ----------------------------
+
+
+class InvalidParameterException(SageMakerError):
+    """CloudWatch Logs' bad input: a constraint of the service model, a bad token, conflicting members."""
+
+    code = "InvalidParameterException"
+
+
+class LogsResourceNotFound(SageMakerError):
+    """CloudWatch Logs' unknown log group or log stream."""
+
+    code = "ResourceNotFoundException"
 
 
 # ---- authentication (every API; AWS's own codes, so boto3 raises the ClientError a user knows) --------

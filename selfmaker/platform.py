@@ -22,9 +22,12 @@ from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.executors import Executors
+from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
+from selfmaker.jobs.tuning import TuningManager
 from selfmaker.logrotate import sweep
+from selfmaker.logstreams import LogStreams
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
@@ -40,14 +43,18 @@ class Platform:
         store = StateStore(settings.db_path)
         executors = Executors(settings)
         hooks = DeploymentHooks()
+        training = TrainingManager(settings, store)
         self.services = Services(
             settings=settings,
             store=store,
             registry=registry,
             executors=executors,
             endpoints=EndpointManager(settings, store, executors, hooks),
-            training=TrainingManager(settings, store),
+            training=training,
             transforms=TransformJobs(settings, store, executors),
+            tuning=TuningManager(settings, store, training),
+            processing=ProcessingJobs(settings, store),
+            logs=LogStreams(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial
@@ -64,6 +71,8 @@ class Platform:
         self._reap_orphans()
         services.store.clear_instances()
         services.training.recover()
+        services.processing.recover()
+        services.tuning.start_up()  # after recover(): the training jobs it marked Failed are replaced
         await services.endpoints.restore()
         services.transforms.start_up(asyncio.get_running_loop())
         for hook in services.registry.startup:
@@ -120,7 +129,9 @@ class Platform:
             except Exception:  # noqa: BLE001 - one feature must not keep the others from stopping
                 log.exception("shutdown hook %s failed", getattr(hook, "__name__", hook))
         await services.endpoints.shutdown()
+        await services.tuning.shutdown()  # first: no tuning job launches a training job while they stop
         await services.training.shutdown()
+        await services.processing.shutdown()
         await services.executors.close()
         services.store.close()
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from selfmaker.logfiles import JOB_LOG_DIRS, job_host_logs, job_log_path
 from selfmaker.logrotate import rotated_parts
 from selfmaker.settings import PlatformSettings
 
@@ -28,10 +29,14 @@ def log_files(home: Path, name: str) -> list[Path]:
         for directory in endpoints.iterdir():
             if directory.name.lower() == name.lower():
                 found += sorted(directory.glob("*.log"), key=lambda p: p.stat().st_mtime)
-    for kind in ("training-jobs", "transform-jobs", "processing-jobs"):
-        candidate = logs / kind / f"{name}.log"
+    for kind in JOB_LOG_DIRS:
+        candidate = job_log_path(logs, kind, name)
         if candidate.exists():
             found.append(candidate)
+        found += [path for _, path in sorted(job_host_logs(logs, kind, name).items())]
+    tuning = logs / "hyper-parameter-tuning-jobs" / f"{name}.log"  # a tuning job's own log (no hosts)
+    if tuning.exists():
+        found.append(tuning)
     return found
 
 
@@ -74,7 +79,7 @@ def _follow(home: Path, name: str, positions: dict[Path, tuple[int, bytes]], cur
 def main(argv: list[str]) -> int:
     """Print the logs (each file under a header); exit 1 when there are none (and not following)."""
     parser = argparse.ArgumentParser(prog="selfmaker logs", description=__doc__)
-    parser.add_argument("name", help="endpoint, training job or transform job name")
+    parser.add_argument("name", help="endpoint, training job, transform job or tuning job name")
     parser.add_argument("--home", type=Path, help="state directory (default $SELFMAKER_HOME or ~/.selfmaker)")
     parser.add_argument("--tail", type=int, default=0, help="only the last N lines of each file")
     parser.add_argument(

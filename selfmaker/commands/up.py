@@ -74,6 +74,21 @@ def _access_problem(settings: PlatformSettings) -> str | None:
     return None
 
 
+def private_directories(*paths: Path) -> list[str]:
+    """Create ``paths`` owner-only (0700): the home holds the state (Model Environment values), logs and
+    model data of everyone who uses the platform. An existing directory is left as it is (``--home /tmp``
+    must not take /tmp away from everyone else); the warnings returned say which ones others can read."""
+    warnings: list[str] = []
+    for path in paths:
+        if not path.exists():
+            path.mkdir(mode=0o700, parents=True)
+            path.chmod(0o700)  # mkdir's mode is masked by the umask
+        elif path.stat().st_mode & 0o077:
+            mode = oct(path.stat().st_mode & 0o777)[2:]
+            warnings.append(f"{path} is open to other users (mode {mode}): `chmod 700 {path}` closes it")
+    return warnings
+
+
 def _event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed (about a third less CPU per proxied request), else asyncio's loop."""
     try:  # optional: not every install has it
@@ -134,8 +149,7 @@ def main(argv: list[str]) -> int:
             )
             return 2
     try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        warnings = private_directories(settings.home, settings.logs_dir)
     except OSError as exc:
         print(
             f"selfmaker up: cannot use {settings.home} as the home directory: {exc.strerror or exc}",
@@ -165,6 +179,8 @@ def main(argv: list[str]) -> int:
             settings.host,
             settings.port,
         )
+    for warning in warnings:
+        log.warning("%s", warning)
     platform = Platform(settings, discover())
     app = create_app(platform.services)
     app.cleanup_ctx.append(platform.lifespan)
