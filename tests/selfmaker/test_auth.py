@@ -100,6 +100,40 @@ def test_boto3_with_the_key_works_unchanged(keyed_platform: PlatformProcess, end
     assert (code, status) == ("ValidationError", 400) and "asynchronous inference" in message
 
 
+def test_cloudwatch_logs_is_signed_as_logs(keyed_platform: PlatformProcess, endpoint: str) -> None:
+    """The CloudWatch Logs API on the same port: boto3's logs client (signing name ``logs``) with the key
+    works; a signature scoped to ``sagemaker`` is refused; a key allowed only ``logs:Describe*`` reads the
+    groups and nothing of SageMaker."""
+    logs = client("logs", keyed_platform.url, key=keyed_platform.key)
+    groups = [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]
+    assert f"/aws/sagemaker/Endpoints/{endpoint}" in groups
+    assert keyed_platform.key is not None
+    host = keyed_platform.url.split("://", 1)[1]
+    request = AWSRequest(
+        method="POST",
+        url=keyed_platform.url + "/",
+        data=b"{}",
+        headers={"Host": host, "X-Amz-Target": "Logs_20140328.DescribeLogGroups", "Content-Type": JSON11},
+    )
+    SigV4Auth(Credentials(*keyed_platform.key), "sagemaker", "us-east-1").add_auth(request)
+    refused = requests.post(request.url, data=b"{}", headers=dict(request.headers.items()), timeout=30)
+    assert refused.status_code == 403 and "correct service: 'logs'" in refused.json()["message"]
+    reader = create_key(keyed_platform.home, "", "logs:Describe*")
+    reader_logs = client("logs", keyed_platform.url, key=reader)
+    wait_until(lambda: _accepted(reader_logs.describe_log_groups), timeout=15, what="the reader key")
+    code, _, message = error_of(client("sagemaker", keyed_platform.url, key=reader).list_models)
+    assert code == "AccessDeniedException" and message.endswith("sagemaker:ListModels")
+
+
+def _accepted(call: Any) -> bool:
+    try:
+        call()
+        return True
+    except botocore.exceptions.ClientError as exc:
+        assert exc.response["Error"]["Code"] == "UnrecognizedClientException"
+        return False
+
+
 def test_wrong_keys_are_refused_in_aws_shapes(keyed_platform: PlatformProcess, endpoint: str) -> None:
     key_id, secret = keyed_platform.key or ("", "")
     url = keyed_platform.url
