@@ -15,8 +15,9 @@ in constant time. It also checks:
   signed headers are printable ASCII;
 * the key's allow-list (IAM action syntax) against the action called.
 
-Refusals are AWS's codes (:mod:`selfmaker.errors`, ``AuthError``), rendered by :mod:`selfmaker.api.app`
-in the shape of the API called. Neither the secret nor a signature is ever logged or echoed.
+What the headers alone decide (:meth:`Authenticator.identify`) is checked before the body is read, the
+rest (:meth:`Authenticator.check`) after. Refusals are AWS's codes (:mod:`selfmaker.errors`,
+``AuthError``), rendered by :mod:`selfmaker.api.app` in the shape of the API called. Neither the secret nor a signature is ever logged or echoed.
 """
 
 from __future__ import annotations
