@@ -17,7 +17,8 @@ in constant time. It also checks:
 
 What the headers alone decide (:meth:`Authenticator.identify`) is checked before the body is read, the
 rest (:meth:`Authenticator.check`) after. Refusals are AWS's codes (:mod:`selfmaker.errors`,
-``AuthError``), rendered by :mod:`selfmaker.api.app` in the shape of the API called. Neither the secret nor a signature is ever logged or echoed.
+``AuthError``), rendered by :mod:`selfmaker.api.app` in the shape of the API called. Neither the
+secret nor a signature is ever logged or echoed.
 """
 
 from __future__ import annotations
