@@ -10,6 +10,11 @@ of the file sizes the members declare (what extraction writes, exactly) may not 
 when the caller sets one (the platform's ``SELFMAKER_MAX_UNPACKED_BYTES``), else :data:`UNPACK_RATIO`
 times the archive's own size, and never less than :data:`UNPACK_FLOOR` — a 2.6 MB archive of zeros
 that would unpack to 2.5 GiB is refused, a model that compresses 10:1 is not.
+
+An entry for the archive's root directory itself is accepted and skipped (the target is the root): the
+SageMaker Python SDK's ``repack_model`` (every model deployed with an ``entry_point``) writes one named
+``''`` (``tar.add(dir, arcname="/")``), and ``tar -C dir -czf x .`` one named ``./`` (its members then
+start with ``./``, which is fine).
 """
 
 from __future__ import annotations
@@ -48,8 +53,15 @@ class UnsafeArchiveError(ArchiveError):
     """An archive member would land outside the target, or is not a file, directory or contained link."""
 
 
+def _is_root_entry(member: tarfile.TarInfo) -> bool:
+    """A directory entry naming the archive's root (``''``, ``.``, ``./``)."""
+    return member.isdir() and member.name.strip("/") in ("", ".")
+
+
 def _member_target(root: Path, name: str, what: str) -> Path:
-    if not name or name.startswith("/") or (len(name) > 1 and name[1] == ":") or name.startswith("\\"):
+    if not name:
+        raise UnsafeArchiveError("an archive member with an empty name is not the root directory")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or name.startswith("\\"):
         raise UnsafeArchiveError(f"archive member {name!r} has an absolute path")
     if ".." in name.replace("\\", "/").split("/"):
         raise UnsafeArchiveError(f"archive member {name!r} contains '..'")
@@ -62,12 +74,13 @@ def _member_target(root: Path, name: str, what: str) -> Path:
 def check_members(
     archive: tarfile.TarFile, root: Path, *, what: str = "model directory"
 ) -> list[tarfile.TarInfo]:
-    """Every member of ``archive``, each checked for extraction under ``root`` (raises on the first bad one).
+    """Every member of ``archive`` but a root directory entry, each checked for extraction under ``root``
+    (raises on the first bad one).
 
     ``what`` names the target in messages (``"... links outside the model directory"``).
     """
     root = root.resolve()
-    members = archive.getmembers()
+    members = [member for member in archive.getmembers() if not _is_root_entry(member)]
     for member in members:
         _member_target(root, member.name, what)
         if (

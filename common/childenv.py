@@ -67,8 +67,9 @@ MACHINE_NAMES = frozenset(
     }
 )
 #: prefixes of the parent's variables every child keeps (locale, XDG directories, selfmaker's own
-#: settings that children read, coverage of the test suite's subprocesses)
-MACHINE_PREFIXES = ("LC_", "XDG_", "SELFMAKER_", "COVERAGE_")
+#: settings that children read, thread and GPU tuning of numeric libraries, coverage of the test suite's
+#: subprocesses)
+MACHINE_PREFIXES = ("LC_", "XDG_", "SELFMAKER_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "COVERAGE_")
 #: where AWS is and how to talk to it; no credentials
 AWS_SETTING_NAMES = frozenset(
     {
@@ -102,7 +103,17 @@ AWS_CREDENTIAL_NAMES = (
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
 )
 #: the container engine client's own settings (the engine's socket, configuration, registries)
-ENGINE_PREFIXES = ("DOCKER_", "CONTAINER_", "CONTAINERS_", "PODMAN_", "BUILDAH_", "REGISTRY_", "DBUS_")
+ENGINE_PREFIXES = (
+    "DOCKER_",
+    "CONTAINER_",
+    "CONTAINERS_",
+    "_CONTAINERS_",
+    "PODMAN_",
+    "BUILDAH_",
+    "REGISTRY_",
+    "STORAGE_",
+    "DBUS_",
+)
 #: the operator's additions: comma-separated names, or prefixes ending in ``*``
 PASSTHROUGH_ENV = "SELFMAKER_CHILD_ENV"
 

@@ -67,6 +67,9 @@ class ServingSettings(BaseSettings):
     #: answer small invocations that arrive together with one model run (inline worker, default handler)
     batching: bool = Field(True, alias="SELFMAKER_SERVE_BATCHING")
     state_dir: str | None = Field(None, alias="SELFMAKER_SERVE_STATE_DIR")
+    #: the most bytes a ``--model-data`` archive may unpack to (default: common.archives.unpack_limit's
+    #: rule, 100 times its size and at least 1 GiB); the platform's setting of the same name
+    max_unpacked_bytes: int | None = Field(None, alias="SELFMAKER_MAX_UNPACKED_BYTES", gt=0)
     #: stop (gracefully) when this process stops being our parent: set by a supervisor such as
     #: `selfmaker up`, so a killed supervisor leaves no model server behind
     parent_pid: int | None = Field(None, alias="SELFMAKER_PARENT_PID", ge=1)

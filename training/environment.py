@@ -127,7 +127,12 @@ class TrainingEnvironment:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints"
+        """CheckpointConfig.LocalPath (``/opt/ml/…`` read inside this tree, another absolute path as it is:
+        a local process is given its host path, a container its mount), default ``<root>/checkpoints``."""
+        local = str(self.checkpoint_config.get("LocalPath") or "")
+        if local.startswith("/opt/ml/"):
+            return self.root / local[len("/opt/ml/") :]
+        return Path(local) if local.startswith("/") else self.root / "checkpoints"
 
     @property
     def code_dir(self) -> Path:

@@ -67,6 +67,30 @@ def fetch_submit_dir(uri: str, code_dir: Path) -> None:
         raise UserError(f"sagemaker_submit_directory: {uri} does not exist")
 
 
+#: set by the runner for a job of a warm pool: where the unpacked submit directory of this exact archive
+#: (URI + version) is kept between the pool's jobs
+SUBMIT_CACHE_ENV = "SELFMAKER_SUBMIT_CACHE"
+
+
+def fetch_cached_submit_dir(uri: str, code_dir: Path, cache: str | None) -> None:
+    """:func:`fetch_submit_dir`, or a copy of the tree a previous job of the warm pool unpacked from the same
+    archive (kept at ``cache`` after the first unpacking; best effort: a failed copy costs a download)."""
+    kept = Path(cache) if cache else None
+    if kept is not None and kept.is_dir():
+        shutil.copytree(kept, code_dir, dirs_exist_ok=True)
+        say(f"Using the submit directory {uri} unpacked by a previous job of the warm pool")
+        return
+    fetch_submit_dir(uri, code_dir)
+    if kept is not None:
+        tmp = kept.with_name(kept.name + ".partial")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(code_dir, tmp)
+            os.replace(tmp, kept)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _extract(archive: Path, code_dir: Path, uri: str) -> None:
     try:
         archives.safe_extract(archive, code_dir, what="code directory")
@@ -120,7 +144,7 @@ def run(env: TrainingEnvironment) -> int:
     submit = hps.get("sagemaker_submit_directory")
     code_dir = env.code_dir
     if submit:
-        fetch_submit_dir(str(submit), code_dir)
+        fetch_cached_submit_dir(str(submit), code_dir, os.environ.get(SUBMIT_CACHE_ENV) or None)
     script = code_dir / program
     if not script.is_file():
         raise HyperparameterError(

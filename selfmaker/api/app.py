@@ -1,11 +1,15 @@
 """The aiohttp application of `selfmaker up`: control plane, runtime, extension routes.
 
 * ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>`` → the registered operation handler, after
-  validating the body against botocore's model (JSON 1.1 protocol);
+  validating the body against botocore's model (JSON 1.1 protocol); ``Logs_20140328.<Operation>`` the
+  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`), so one endpoint URL serves both;
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
 * routes registered by features with ``@runtime_route``.
+
+Every route but ``/ping`` goes through :func:`authenticate` first (SigV4, :mod:`selfmaker.api.auth`)
+once the platform has keys or listens beyond loopback.
 
 The invocation itself (routing, the model server call, observers) is
 :func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
@@ -37,7 +41,8 @@ from aiohttp.web_request import BaseRequest
 from common import eventstream
 from common.http import header_value
 from selfmaker import logcontext
-from selfmaker.api.common import compact, read_limited
+from selfmaker.api.auth import Authenticator, is_loopback
+from selfmaker.api.common import BODY_KEY, compact, read_limited
 from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import (
     check_file_locations,
@@ -45,10 +50,13 @@ from selfmaker.api.validation import (
     service_model,
     validate_request,
 )
+from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
+    AuthError,
     InternalFailure,
+    InvalidParameterException,
     SageMakerError,
     ThrottlingException,
     UnknownOperation,
@@ -56,13 +64,20 @@ from selfmaker.errors import (
     ValidationException,
 )
 from selfmaker.services import Services
+from selfmaker.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
 PLATFORM_KEY: web.AppKey[Services] = web.AppKey("platform", Services)
+AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 JSON11 = "application/x-amz-json-1.1"
 #: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
+#: the JSON 1.1 services of ``POST /`` by target prefix: botocore's model name and the error of bad input
+JSON_SERVICES: dict[str, tuple[str, type[SageMakerError]]] = {
+    "SageMaker": ("sagemaker", ValidationException),
+    "Logs_20140328": ("logs", InvalidParameterException),
+}
 
 
 #: the names of this machine's loopback interface, accepted in ``Host`` with the port served
@@ -103,42 +118,58 @@ class HostCheck:
     everything). A request without ``Host`` (HTTP/1.0) is accepted: a browser always sends one.
     """
 
-    def __init__(self, served_host: str, allowed: frozenset[str]) -> None:
+    def __init__(self, served_host: str, served_port: int, allowed: frozenset[str]) -> None:
         self.everything = "*" in allowed
         #: names allowed with any port, and ``name:port`` values allowed exactly
         self.allowed_names = frozenset(a for a in allowed if ":" not in a.strip("[]"))
         self.allowed_exact = frozenset(a for a in allowed if a not in self.allowed_names)
         names = set(LOOPBACK_NAMES)
         served = served_host.strip().strip("[]").lower()
-        if served and served not in ("0.0.0.0", "::"):
+        #: bound to every interface: the address a connection arrived on is served too (a syscall per
+        #: request, only then)
+        self.wildcard = served in ("", "0.0.0.0", "::")
+        if not self.wildcard:
             names.add(served)
         names.add(socket.gethostname().lower())
         self.names = frozenset(names)
-        self._verdicts: dict[tuple[str, str, int], bool] = {}
+        #: the port served; learnt from the first connection when bound to port 0
+        self.port = served_port or None
+        self._verdicts: dict[tuple[str, str], bool] = {}
 
-    def accepts(self, host: str | None, local: tuple[str, int]) -> bool:
-        """Whether ``host`` (the header) fits a connection that arrived on ``local`` (address, port)."""
-        if self.everything or host is None:
+    def check(self, request: web.Request) -> bool:
+        """Whether ``request``'s ``Host`` names this platform (verdicts are remembered per value)."""
+        if self.everything:
             return True
-        key = (host, local[0], local[1])
+        host = request.headers.get("Host")
+        if host is None:
+            return True
+        address = ""
+        if self.wildcard or self.port is None:
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            if sockname:
+                address = str(sockname[0]).lower() if self.wildcard else ""
+                self.port = self.port or int(sockname[1])
+        key = (host, address)
         verdict = self._verdicts.get(key)
         if verdict is None:
-            verdict = self._decide(host, local)
+            verdict = self.accepts(host, address)
             if len(self._verdicts) >= _HOST_CACHE_SIZE:
                 self._verdicts.clear()
             self._verdicts[key] = verdict
         return verdict
 
-    def _decide(self, host: str, local: tuple[str, int]) -> bool:
+    def accepts(self, host: str, address: str = "") -> bool:
+        """Whether the ``Host`` value ``host`` names this platform for a connection that arrived on
+        ``address`` (only looked at when bound to every interface)."""
         parsed = _split_host(host)
         if parsed is None:
             return False
         name, port = parsed
         if name in self.allowed_names or host.strip().lower() in self.allowed_exact:
             return True
-        if name not in self.names and name != local[0].lower():
+        if name not in self.names and not (address and name == address):
             return False
-        return port == local[1] or (port is None and local[1] == 80)
+        return port == self.port or (port is None and self.port == 80)
 
 
 HOST_CHECK_KEY: web.AppKey[HostCheck] = web.AppKey("host_check", HostCheck)
@@ -156,18 +187,13 @@ def refusal(request: web.Request, *, runtime: bool = False) -> SageMakerError | 
                 message = f"The value of header {name.decode('latin-1')} is not valid UTF-8."
                 return ValidationError(message) if runtime else ValidationException(message)
     check = request.app[HOST_CHECK_KEY]
-    if not check.everything:
-        host = request.headers.get("Host")
-        if host is not None:
-            sockname = request.transport.get_extra_info("sockname") if request.transport else None
-            local = (str(sockname[0]), int(sockname[1])) if sockname else ("", 0)
-            if not check.accepts(host, local):
-                return SageMakerError(
-                    f"Host {host!r} is not served here: use the address the platform listens on, or add the "
-                    "name to SELFMAKER_ALLOWED_HOSTS.",
-                    code="AccessDeniedException",
-                    status=HTTPStatus.FORBIDDEN,
-                )
+    if not check.check(request):
+        return SageMakerError(
+            f"Host {request.headers.get('Host')!r} is not served here: use the address the platform listens "
+            "on, or add the name to SELFMAKER_ALLOWED_HOSTS.",
+            code="AccessDeniedException",
+            status=HTTPStatus.FORBIDDEN,
+        )
     return None
 
 
@@ -214,7 +240,8 @@ async def control_plane(request: web.Request) -> web.Response:
     target = request.headers.get("X-Amz-Target", "")
     service, _, op_name = target.partition(".")
     try:
-        handler = platform.registry.operations.get(op_name) if service == "SageMaker" else None
+        model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
+        handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
         if handler is None:
             raise UnknownOperation(
                 f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker."
@@ -222,17 +249,17 @@ async def control_plane(request: web.Request) -> web.Response:
         raw = await read_limited(
             request,
             CLIENT_MAX_SIZE,
-            lambda: ValidationException(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
+            lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
         )
         try:
             params = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
-            raise ValidationException("The request body is not valid JSON.") from None
+            raise bad_input("The request body is not valid JSON.") from None
         if not isinstance(params, dict):
-            raise ValidationException("The request body must be a JSON object.")
-        model = service_model()
+            raise bad_input("The request body must be a JSON object.")
+        model = service_model(model_name)
         if op_name in model.operation_names:
-            validate_request(model.operation_model(op_name), params)
+            validate_request(model.operation_model(op_name), params, bad_input)
         settings = platform.settings
         check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
         result = await handler(platform, params)
@@ -381,6 +408,70 @@ def _wrap_route(
     return route
 
 
+#: routes answered without a signature: load balancers and health checks probe them
+OPEN_PATHS = frozenset({"/ping"})
+#: runtime routes whose body is an invocation payload (the middleware reads at most the payload limit)
+_PAYLOAD_ROUTES = ("/invocations", "/invocations-response-stream")
+
+
+@web.middleware
+async def authenticate(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse requests without a valid SigV4 signature (when the platform asks for them), in the error
+    shape of the API called; the body is read here (it is signed) and handed to the handler."""
+    auth = request.app[AUTH_KEY]
+    try:
+        active = auth.active()
+    except Exception:  # noqa: BLE001 - a bug in the check: refused below, never let through
+        active = True
+    # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
+    if not active or request.path in OPEN_PATHS:
+        return await handler(request)
+    control = request.path == "/"
+    try:
+        limit = CLIENT_MAX_SIZE
+        if request.path.startswith("/endpoints/") and request.path.endswith(_PAYLOAD_ROUTES):
+            limit = request.app[PLATFORM_KEY].settings.max_payload_bytes
+        body = await read_limited(
+            request,
+            limit,
+            lambda: (ValidationException if control else ValidationError)(
+                f"The request body is larger than {limit} bytes."
+            ),
+        )
+        request[BODY_KEY] = body
+        auth.check(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=request.headers,
+            body=body,
+            secure=request.secure,
+        )
+    except SageMakerError as exc:
+        request_id = str(uuid.uuid4())
+        if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
+            log.warning("refused %s %r: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
+        return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
+    except Exception:  # a bug in the check: refused (never let through), traceback in the log only
+        log.exception("authentication of %s %r failed", request.method, request.path[:200])
+        failure = InternalFailure("internal error")
+        request_id = str(uuid.uuid4())
+        return _control_error(failure, request_id) if control else runtime_error(failure, request_id)
+    return await handler(request)
+
+
+def authenticator(settings: PlatformSettings) -> Authenticator:
+    """The signature check of a platform with these settings: required beyond loopback, off with
+    ``no_auth``, otherwise on as soon as ``<home>/credentials`` holds a key."""
+    return Authenticator(
+        CredentialStore(settings.home),
+        settings.region,
+        required=not is_loopback(settings.host),
+        enabled=not settings.no_auth,
+    )
+
+
 class PlatformRequestHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler, answering what it cannot parse in the API's JSON error shapes.
 
@@ -431,10 +522,11 @@ def create_app(platform: Services) -> web.Application:
     """The aiohttp application over ``platform``'s parts (the entry point starts and stops them with the
     app's lifecycle)."""
     install_request_handler()
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[authenticate])
     app[PLATFORM_KEY] = platform
+    app[AUTH_KEY] = authenticator(platform.settings)
     settings = platform.settings
-    app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.allowed_host_names)
+    app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.port, settings.allowed_host_names)
     app.router.add_post("/", control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)

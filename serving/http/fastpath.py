@@ -13,7 +13,8 @@ would: the ``/invocations`` answer plus ``x-Amzn-Invoked-Production-Variant``, e
 sagemaker-runtime's shape (:func:`serving.errors.runtime_error`: a model's 4xx/5xx is a ``ModelError``),
 streams as event-stream ``PayloadPart`` messages. The load balancer has already chosen the variant
 (weights, or its header rule for ``X-Amzn-SageMaker-Target-Variant``), so that header is not read here.
-Checked after ``/invocations`` and ``/ping``, so those two pay nothing for it.
+Checked after ``/invocations`` and ``/ping``, so those two pay nothing for it (this server's own
+endpoint's paths with one dict lookup; any other ``/endpoints/...`` path after the 405 table).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class FastPath:
         #: the endpoint this server answers the runtime path for (None: any) and the variant it reports
         self.endpoint_name = endpoint_name
         self.variant_name = variant_name
+        self._variant_header = (INVOKED_VARIANT_HEADER, variant_name)
         self._runtime_routes: dict[str, tuple[str, bool]] = {}
         if endpoint_name is not None:
             self._runtime_routes = {
@@ -215,6 +217,9 @@ class FastPath:
             status, headers, out = self._ping()
             start_response(_STATUS_LINES.get(status) or str(status), headers)
             result = [out] if method == "GET" else []
+        elif method == "POST" and (route := self._runtime_routes.get(path)) is not None:
+            # this server's own runtime paths: one dict lookup, before the 405 table and the prefix
+            return self._runtime(environ, start_response, route, started)
         elif path in _HOT_METHODS:
             status = 405
             out = error_body(405, f"{method} is not allowed on {path}; use {_HOT_METHODS[path]}")
@@ -311,7 +316,7 @@ class FastPath:
                 ("X-Amzn-SageMaker-Content-Type", content_type),
                 *headers[2:],
             ]
-        headers.append((INVOKED_VARIANT_HEADER, self.variant_name))
+        headers.append(self._variant_header)
         return status, headers, out, model_seconds
 
     def _runtime_error_answer(self, status: int, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:

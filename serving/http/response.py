@@ -28,21 +28,43 @@ from serving.errors import error_body
 
 #: Larger bodies go out as gunicorn sends them (copying a big body to prepend headers costs more).
 MAX_JOINED_BODY = 256 * 1024
+#: How many distinct response headers :class:`OneWriteResponse` remembers as checked (then it checks
+#: new ones every time, as gunicorn does).
+MAX_CHECKED_HEADERS = 1024
+#: Response headers gunicorn's checks passed unchanged: ``(name, value)`` → is it ``Content-Length``.
+_CHECKED_HEADERS: dict[tuple[str, str], bool] = {}
 
 
 class OneWriteResponse(wsgi.Response):
     """A ``gunicorn.http.wsgi.Response`` that sends headers + a complete small body together."""
 
     headers_sent: bool  # gunicorn's attribute (untyped there)
+    headers: list[tuple[str, str]]
+    response_length: int | None
     must_close: bool
 
     def process_headers(self, headers: Any) -> None:
-        """gunicorn's, except that an app's ``Connection: close`` closes the connection after the answer
-        (gunicorn drops hop-by-hop headers and would say keep-alive)."""
-        super().process_headers(headers)
-        for name, value in headers:
-            if name.lower() == "connection" and value.strip().lower() == "close":
-                self.must_close = True
+        """gunicorn's header checks (token name, value bytes, hop-by-hop dropped, ``Content-Length``
+        read), run once per distinct header: a model server answers with the same few headers every
+        time (``Content-Type: text/csv``, ``x-Amzn-Invoked-Production-Variant: AllTraffic``, a handful
+        of lengths), and the two regular expressions and the hop-by-hop test cost ≈ 1–2 µs a header.
+        An app's ``Connection: close`` closes the connection after the answer (gunicorn drops hop-by-hop
+        headers and would say keep-alive): a 413 leaves its unread body behind."""
+        checked = _CHECKED_HEADERS
+        out = self.headers
+        for header in headers:
+            is_length = checked.get(header) if type(header) is tuple else None
+            if is_length is None:
+                if header[0].lower() == "connection" and header[1].strip().lower() == "close":
+                    self.must_close = True
+                count = len(out)
+                super().process_headers((header,))  # raises as gunicorn does on a bad header
+                if len(out) == count + 1 and out[-1] == header and len(checked) < MAX_CHECKED_HEADERS:
+                    checked[header] = header[0].lower() == "content-length"
+                continue
+            if is_length:
+                self.response_length = int(header[1])
+            out.append(header)
 
     def write(self, arg: Any) -> None:
         if (

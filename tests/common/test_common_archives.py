@@ -115,3 +115,29 @@ def test_an_archive_above_the_limit_is_refused_before_anything_is_written(tmp_pa
         safe_extract(archive, tmp_path / "out", max_bytes=4096)
     assert list((tmp_path / "out").iterdir()) == []
     assert (safe_extract(archive, tmp_path / "ok", max_bytes=5004) / "weights.bin").stat().st_size == 5000
+
+
+@pytest.mark.parametrize("root_name", ["", ".", "./"])
+def test_a_root_directory_entry_is_accepted(tmp_path: Path, root_name: str) -> None:
+    """The SDK's repack_model writes a root entry named '' (tar.add(dir, arcname="/")); `tar -C d .` one
+    named './' with './'-prefixed members: both unpack, and the checks still see every other member."""
+    prefix = "./" if root_name.startswith(".") else ""
+    archive = _archive(
+        tmp_path / "model.tar.gz",
+        _member(root_name, tarfile.DIRTYPE),
+        _member(f"{prefix}code", tarfile.DIRTYPE),
+        _member(f"{prefix}code/inference.py", data=b"def model_fn(d): ..."),
+    )
+    out = safe_extract(archive, tmp_path / "out")
+    assert (out / "code" / "inference.py").read_bytes() == b"def model_fn(d): ..."
+    assert (out / "model.onnx").read_bytes() == b"onnx"
+    bad = _archive(tmp_path / "bad.tar.gz", _member(root_name, tarfile.DIRTYPE), _member("../evil"))
+    with pytest.raises(UnsafeArchiveError, match="contains '..'"):
+        safe_extract(bad, tmp_path / "bad")
+    assert not (tmp_path / "evil").exists()
+
+
+def test_an_empty_name_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "model.tar.gz", _member(""))
+    with pytest.raises(UnsafeArchiveError, match="empty name is not the root directory"):
+        safe_extract(archive, tmp_path / "out")

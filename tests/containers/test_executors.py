@@ -276,6 +276,29 @@ def test_training_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: p
         training_container.ContainerExecutor(gpus="yes")
 
 
+def test_training_command_line_mounts_a_checkpoint_local_path_outside_opt_ml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CheckpointConfig.LocalPath outside /opt/ml: the host tree's checkpoints/ is mounted there."""
+    from training.executors.base import HostSpec
+
+    monkeypatch.setattr(training_container, "detect_engine", lambda override=None: override)
+    spec = HostSpec(
+        job_name="j",
+        host="algo-1",
+        hosts=("algo-1",),
+        image="example/train:1",
+        ml_root=tmp_path,
+        mounts=((Path("checkpoints"), "/checkpoints/here"),),
+    )
+    cmd = training_container.ContainerExecutor(engine="/usr/bin/podman").command(
+        spec, "n", tmp_path / "cid", None
+    )
+    at = cmd.index(f"{(tmp_path / 'checkpoints').resolve()}:/checkpoints/here")
+    assert cmd[at - 1] == "-v" and at < cmd.index("example/train:1")
+    assert f"{tmp_path.resolve()}:/opt/ml" in cmd
+
+
 def test_engine_override_must_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SELFMAKER_CONTAINER_ENGINE", "no-such-engine-binary")
     with pytest.raises(training_container.ContainerEngineError, match="no-such-engine-binary"):

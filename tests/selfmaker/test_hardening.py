@@ -38,6 +38,7 @@ from platform_helpers import (
     variant,
 )
 
+from selfmaker.api.app import HostCheck
 from selfmaker.commands.status import collect
 
 SECRET = f"hunter2-{uuid.uuid4().hex}"
@@ -143,9 +144,10 @@ def test_model_servers_get_an_explicit_environment(strict: PlatformProcess, root
 
 TRAIN_SCRIPT = """
 import json, os
-keep = {k: v for k, v in os.environ.items()}
+with open("/proc/self/environ", "rb") as f:  # what the job's process was started with
+    pairs = [item.split(b"=", 1) for item in f.read().split(b"\\0") if b"=" in item]
 with open(os.path.join(os.environ["SM_MODEL_DIR"], "env.json"), "w") as f:
-    json.dump(keep, f)
+    json.dump({k.decode(): v.decode(errors="replace") for k, v in pairs}, f)
 """
 
 
@@ -480,3 +482,95 @@ def test_an_archive_above_the_unpacking_limit_fails_its_endpoint(
     assert not list(strict.home.rglob("weights.bin"))  # nothing was written
     sm.delete_endpoint(EndpointName=endpoint)
     assert os.path.exists(archive)
+
+
+def test_host_check_rules() -> None:
+    check = HostCheck("127.0.0.1", 7070, frozenset({"proxy.example", "pinned.example:8443"}))
+    assert check.accepts("127.0.0.1:7070") and check.accepts("LocalHost:7070") and check.accepts("[::1]:7070")
+    assert (
+        not check.accepts("127.0.0.1") and not check.accepts("localhost:7071") and not check.accepts("[::1")
+    )
+    assert check.accepts("proxy.example") and check.accepts("proxy.example:1")
+    assert check.accepts("pinned.example:8443") and not check.accepts("pinned.example")
+    assert not check.accepts("evil.example:7070") and not check.accepts("127.0.0.1:x")
+    everywhere = HostCheck("0.0.0.0", 7070, frozenset())
+    # bound to every interface: the address the connection arrived on, with the port served
+    assert everywhere.accepts("192.0.2.5:7070", "192.0.2.5") and not everywhere.accepts(
+        "192.0.2.6:7070", "192.0.2.5"
+    )
+    assert not everywhere.accepts("rebound.example:7070", "192.0.2.5")
+    assert HostCheck("127.0.0.1", 7070, frozenset({"*"})).everything
+
+
+def test_a_client_that_leaves_mid_body_is_not_an_error(platform_server: PlatformProcess) -> None:
+    url = platform_server.url
+    port = int(url.rsplit(":", 1)[1])
+    host = url.removeprefix("http://").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: " + host + b"\r\nX-Amz-Target: SageMaker.ListModels\r\n"
+            b'Content-Length: 400\r\n\r\n{"MaxResults": '
+        )
+    # the platform still answers, and logged no traceback for the half request
+    assert "Models" in platform_server.sagemaker().list_models()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "Traceback" not in platform_server.log():
+        time.sleep(0.1)
+    assert "Traceback" not in platform_server.log()
+
+
+ENV_HOOKS = """
+import json
+
+def model_fn(model_dir, context=None):
+    return None
+
+def input_fn(input_data, content_type, context=None):
+    return input_data
+
+def predict_fn(data, model, context=None):
+    with open("/proc/self/environ", "rb") as f:  # what this model server was started with
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\\0") if b"=" in item]
+    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+def output_fn(prediction, accept, context=None):
+    return json.dumps(prediction), "application/json"
+"""
+
+
+def test_transform_model_servers_get_an_explicit_environment(strict: PlatformProcess, roots: Path) -> None:
+    sm = strict.sagemaker()
+    model_dir = roots / "env-model"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(ENV_HOOKS)
+    archive = roots / "env-model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model_dir / "code", arcname="code")
+    model, job = _name("envtm"), _name("envtj")
+    sm.create_model(
+        ModelName=model,
+        PrimaryContainer={
+            "Image": "selfmaker",
+            "ModelDataUrl": archive.as_uri(),
+            "Environment": {"TM_SETTING": "on"},
+        },
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    (roots / "tin").mkdir()
+    (roots / "tin" / "x.csv").write_text("1,2\n")
+    sm.create_transform_job(
+        TransformJobName=job,
+        ModelName=model,
+        TransformInput={
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": (roots / "tin").as_uri()}},
+            "ContentType": "text/csv",
+        },
+        TransformOutput={"S3OutputPath": (roots / "tout").as_uri()},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )
+    sm.get_waiter("transform_job_completed_or_stopped").wait(TransformJobName=job, WaiterConfig=WAIT)
+    desc = sm.describe_transform_job(TransformJobName=job)
+    assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
+    env = json.loads((roots / "tout" / "x.csv.out").read_text())
+    assert env["TM_SETTING"] == "on"
+    assert_explicit(env, credentials=False)

@@ -124,3 +124,25 @@ def test_unparsable_requests_get_json_400_and_one_log_line(small: Server, reques
     assert b'"status":400' in body
     assert "Traceback" not in small.log()
     assert requests.get(small.url + "/ping", timeout=5).status_code == 200
+
+
+def test_an_archive_above_the_unpacking_limit_fails_to_load(
+    serve: Callable[..., Server], binary_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import tarfile
+
+    archive = tmp_path_factory.mktemp("bomb") / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(binary_model / "model.onnx", arcname="model.onnx")
+        data = io.BytesIO(b"\0" * 300_000)  # compresses to a few hundred bytes
+        info = tarfile.TarInfo("padding.bin")
+        info.size = len(data.getvalue())
+        tar.addfile(info, data)
+    server = serve(
+        "--model-data", archive.as_uri(), env={"SELFMAKER_MAX_UNPACKED_BYTES": "200000"}, expect=503
+    )
+    ping = requests.get(server.url + "/ping", timeout=5)
+    assert ping.status_code == 503
+    error = ping.json()["error"]
+    assert "model failed to load" in error and "more than the limit of 200000 bytes" in error, error
+    assert "SELFMAKER_MAX_UNPACKED_BYTES" in error

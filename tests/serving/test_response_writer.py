@@ -91,6 +91,47 @@ def test_same_bytes_as_gunicorn(case: str) -> None:
     assert b"".join(ours) == b"".join(theirs)
 
 
+HEADER_SETS = [
+    [("Content-Type", "text/csv"), ("Content-Length", "19")],
+    [
+        ("Content-Type", "text/csv"),
+        ("Content-Length", "7"),
+        ("x-Amzn-Invoked-Production-Variant", "AllTraffic"),
+    ],
+    [("Connection", "close"), ("Content-Length", "3"), ("Keep-Alive", "timeout=5"), ("X-A", " padded \t")],
+    [
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "websocket"),
+        ("X-Amzn-SageMaker-Custom-Attributes", "k=v"),
+    ],
+]
+
+
+@pytest.mark.parametrize("headers", HEADER_SETS)
+def test_checked_headers_end_as_gunicorns_do(headers: list[tuple[str, str]]) -> None:
+    """The header check runs once per distinct header; cold or remembered, the response's headers,
+    length and upgrade flag are gunicorn's."""
+    for _ in range(3):  # the first pass checks and remembers, the next ones use what was remembered
+        ours = OneWriteResponse(FakeRequest(), RecordingSocket(), Config())
+        theirs = wsgi.Response(FakeRequest(), RecordingSocket(), Config())
+        ours.process_headers(headers)
+        theirs.process_headers(headers)
+        assert ours.headers == theirs.headers
+        assert ours.response_length == theirs.response_length
+        assert ours.upgrade == theirs.upgrade
+
+
+@pytest.mark.parametrize(
+    "header",
+    [("Bad Name", "x"), ("X-Ok", "line\r\nbreak"), ("X-Ok", 5), (b"X-Bytes", "x")],
+)
+def test_bad_headers_are_refused_every_time(header: tuple[Any, Any]) -> None:
+    for _ in range(2):  # never remembered as checked
+        for cls in (OneWriteResponse, wsgi.Response):
+            with pytest.raises(Exception):  # noqa: B017 (gunicorn raises TypeError or its own ParseExceptions)
+                cls(FakeRequest(), RecordingSocket(), Config()).process_headers([header])
+
+
 def test_small_complete_body_is_one_send() -> None:
     body = b'{"predictions": [0.25]}'
     sends = _write(OneWriteResponse, "POST", "200 OK", [("Content-Length", str(len(body)))], [body])

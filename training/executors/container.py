@@ -269,8 +269,13 @@ class ContainerExecutor(Executor):
             spec.host,
             "-v",
             f"{spec.ml_root.resolve()}:/opt/ml",
+            *[
+                arg
+                for rel, target in spec.mounts
+                for arg in ("-v", f"{(spec.ml_root / rel).resolve()}:{target}")
+            ],
             "--label",
-            "selfmaker.kind=training",
+            f"selfmaker.kind={spec.kind}",
             "--label",
             f"selfmaker.job={spec.job_name}",
             "--label",
@@ -281,7 +286,7 @@ class ContainerExecutor(Executor):
         cmd += gpu_arguments(self.engine, spec.instance_type, self.gpus, self.host_has_gpu)
         for key in sorted(spec.env):
             cmd += ["-e", key]
-        args = list(spec.arguments) or ["train"]
+        args = list(spec.arguments)
         if spec.entrypoint:
             cmd += ["--entrypoint", spec.entrypoint[0], spec.image, *spec.entrypoint[1:], *args]
         else:
@@ -294,7 +299,11 @@ class ContainerExecutor(Executor):
             ensure_image(engine, spec.image, self.pull_timeout)
             self._images_checked.add(spec.image)
         network = self._network_for(spec)
-        name = container_name("selfmaker-train", spec.job_name, spec.host)
+        name = container_name(
+            "selfmaker-train" if spec.kind == "training" else f"selfmaker-{spec.kind}",
+            spec.job_name,
+            spec.host,
+        )
         cidfile = Path(spec.work_dir) / f"{name}.cid"
         cidfile.unlink(missing_ok=True)
         # the engine client's settings and the names passed with -e (the container sees only those)

@@ -1,0 +1,116 @@
+"""Models repacked by the SageMaker Python SDK's own ``repack_model`` (what every ``Model`` deployed with
+an ``entry_point`` goes through) unpack and serve: its archives hold a root entry named ``''``."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from platform_helpers import WAIT, build_classifier_tar
+
+from common.archives import safe_extract
+
+pytestmark = pytest.mark.slow
+
+INFERENCE = """
+def output_fn(prediction, accept):
+    return "labels=" + ",".join(str(int(v)) for v in prediction["label"]), "text/plain"
+"""
+
+
+def test_sdk_repacked_model_unpacks_and_serves(
+    run_sdk: Callable[..., Any], sdk_platform: Any, tmp_path: Path
+) -> None:
+    model = build_classifier_tar(tmp_path / "model")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "inference.py").write_text(INFERENCE)
+    repacked = tmp_path / "repacked" / "model.tar.gz"
+    repacked.parent.mkdir()
+    run_sdk(
+        f"""
+        from sagemaker.utils import repack_model
+        repack_model("inference.py", {str(source)!r}, [], {model.as_uri()!r}, {repacked.as_uri()!r}, session)
+        """
+    )
+    with tarfile.open(repacked) as tar:
+        names = tar.getnames()
+    assert "" in names and "code/inference.py" in names  # the SDK's root entry, as the issue describes
+    out = safe_extract(repacked, tmp_path / "unpacked")
+    assert (out / "model.onnx").is_file() and (out / "code" / "inference.py").is_file()
+
+    sm, smr = sdk_platform.sagemaker(), sdk_platform.runtime()
+    sm.create_model(
+        ModelName="sdk-repacked",
+        PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": repacked.as_uri()},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    variants = [
+        {
+            "VariantName": "AllTraffic",
+            "ModelName": "sdk-repacked",
+            "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1,
+        }
+    ]
+    sm.create_endpoint_config(EndpointConfigName="sdk-repacked", ProductionVariants=variants)
+    sm.create_endpoint(EndpointName="sdk-repacked", EndpointConfigName="sdk-repacked")
+    try:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="sdk-repacked", WaiterConfig=WAIT)
+        answer = smr.invoke_endpoint(
+            EndpointName="sdk-repacked",
+            Body=b"3,0,0,0\n-3,0,0,0\n",
+            ContentType="text/csv",
+            Accept="text/plain",
+        )
+        assert answer["Body"].read() == b"labels=1,0"
+    finally:
+        sm.delete_endpoint(EndpointName="sdk-repacked")
+
+
+def test_sdk_register_then_deploy_the_model_package(
+    run_sdk: Callable[..., Any], moto_server: str, tmp_path: Path
+) -> None:
+    """``Model.register()`` → the version's ARN → ``ModelPackage(...).deploy()`` → ``predict``, all through
+    the SDK (the group is created by the SDK after its Search finds none)."""
+    import boto3  # the test uploads the model to moto's S3 for the SDK
+
+    model = build_classifier_tar(tmp_path / "model")
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="registry-models")
+    s3.upload_file(str(model), "registry-models", "churn/model.tar.gz")
+    run = run_sdk(
+        """
+        from sagemaker.model import Model, ModelPackage
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import CSVSerializer
+        from sagemaker.deserializers import JSONDeserializer
+
+        model = Model(image_uri="selfmaker", model_data="s3://registry-models/churn/model.tar.gz", role=ROLE,
+                      sagemaker_session=session)
+        registered = model.register(
+            content_types=["text/csv"], response_types=["application/json"],
+            inference_instances=["ml.m5.large"], transform_instances=["ml.m5.large"],
+            model_package_group_name="sdk-churn", approval_status="Approved",
+        )
+        arn = registered.model_package_arn
+        described = session.sagemaker_client.describe_model_package(ModelPackageName=arn)
+        assert described["ModelApprovalStatus"] == "Approved", described
+        package = ModelPackage(role=ROLE, model_package_arn=arn, sagemaker_session=session)
+        # deploy() of a plain ModelPackage returns no predictor: attach one by endpoint name, as users do
+        package.deploy(1, "ml.m5.large", endpoint_name="sdk-registry")
+        predictor = Predictor("sdk-registry", sagemaker_session=session, serializer=CSVSerializer(),
+                              deserializer=JSONDeserializer())
+        try:
+            answer = predictor.predict([[3, 0, 0, 0], [-3, 0, 0, 0]])
+        finally:
+            predictor.delete_endpoint()
+        result({"arn": arn, "answer": answer})
+        """
+    )
+    out = run.result
+    assert out["arn"].endswith(":model-package/sdk-churn/1")
+    assert out["answer"]
