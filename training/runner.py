@@ -33,6 +33,7 @@ from typing import Any
 
 from common.childenv import aws_credentials
 from common.proc import free_port
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor
 from training.images import classify_image
@@ -764,6 +765,8 @@ class TrainingJobRunner:
             env[SUBMIT_CACHE_ENV] = str(cache)
         env["TRAINING_JOB_NAME"] = self.job_name
         env["TRAINING_JOB_ARN"] = self.job_arn
+        if req.get("EnableNetworkIsolation"):
+            env[NETWORK_ISOLATION_ENV] = "1"
         if kind in {"xgboost", "linear-learner"}:
             env["SELFMAKER_ALGORITHM"] = kind
         if (

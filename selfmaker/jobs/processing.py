@@ -17,9 +17,10 @@ Python (:class:`LocalProcessExecutor`: in a private mount namespace where the ho
 image runs through the container engine with the tree mounted at ``/opt/ml``, as training's BYOC does.
 
 :class:`ProcessingJobs` owns the records (kind ``processing-job``), the log file
-(``<home>/logs/processing-jobs/<name>.log``, one ``[algo-N] `` prefixed line per line of a host, as
-training jobs write theirs) and the restart rule: a job InProgress or Stopping when the platform starts
-is marked Failed (its processes are gone). See docs/processing.md.
+(``<home>/logs/processing-jobs/<name>.log``, one line per line of a host with its time and ``[algo-N] ``
+in front, as training jobs write theirs: :func:`selfmaker.logfiles.stamp`; the CloudWatch Logs view reads
+it as ``/aws/sagemaker/ProcessingJobs``) and the restart rule: a job InProgress or Stopping when the
+platform starts is marked Failed (its processes are gone). See docs/processing.md.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import psutil
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import executor_kind_for_image
+from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
@@ -818,7 +820,7 @@ class ProcessingJobs:
 
     def log_path(self, name: str) -> Path:
         """``<home>/logs/processing-jobs/<name>.log`` (what ``selfmaker logs NAME`` prints)."""
-        return self.settings.logs_dir / "processing-jobs" / f"{name}.log"
+        return job_log_path(self.settings.logs_dir, KIND, name)
 
     def work_dir(self, name: str) -> Path:
         return self.settings.work_dir / "processing-jobs" / name
@@ -879,7 +881,8 @@ class ProcessingJobs:
 
             def on_log(host: str, line: str) -> None:
                 with write_lock:
-                    log_file.write(f"[{host}] {line}\n" if host else f"{line}\n")
+                    # time-stamped: the CloudWatch Logs view gives each line that time (selfmaker.logfiles)
+                    log_file.write(stamp(line, host=host or None))
                     log_file.flush()
 
             def on_update(fields: dict[str, Any]) -> None:
