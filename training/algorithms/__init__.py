@@ -1,1 +1,2 @@
-"""Built-in algorithms (SageMaker's linear-learner and xgboost contracts) that export ONNX."""
+"""Built-in algorithms (SageMaker's xgboost, linear-learner, kmeans, pca and factorization-machines
+contracts) that export ONNX."""
