@@ -50,6 +50,7 @@ import psutil
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import executor_kind_for_image
+from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
@@ -818,7 +819,7 @@ class ProcessingJobs:
 
     def log_path(self, name: str) -> Path:
         """``<home>/logs/processing-jobs/<name>.log`` (what ``selfmaker logs NAME`` prints)."""
-        return self.settings.logs_dir / "processing-jobs" / f"{name}.log"
+        return job_log_path(self.settings.logs_dir, KIND, name)
 
     def work_dir(self, name: str) -> Path:
         return self.settings.work_dir / "processing-jobs" / name
@@ -879,7 +880,8 @@ class ProcessingJobs:
 
             def on_log(host: str, line: str) -> None:
                 with write_lock:
-                    log_file.write(f"[{host}] {line}\n" if host else f"{line}\n")
+                    # time-stamped, host marked: the Logs API serves it as streams <job>/algo-N-<epoch>
+                    log_file.write(stamp(line, host=host or None))
                     log_file.flush()
 
             def on_update(fields: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError, WaiterError
-from platform_helpers import WAIT, PlatformProcess, moto_env, running
+from platform_helpers import WAIT, PlatformProcess, client, moto_env, running
 
 ROLE = "arn:aws:iam::123456789012:role/selfmaker"
 XGBOOST = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
@@ -223,7 +223,7 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
     assert "[algo-1] processed 5 rows" in logs.stdout
 
 
-def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> None:
+def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any, platform: PlatformProcess) -> None:
     name = _unique("proc-shards")
     for i in range(4):
         _put(s3, f"{name}/data/part-{i}.csv", f"{i}\n")
@@ -238,6 +238,7 @@ def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> Non
         peers = {h: socket.gethostbyname(h) for h in resources["hosts"]}
         seen = {"parts": parts, "resources": resources, "peers": peers, "name": socket.gethostname()}
         out.write_text(json.dumps(seen))
+        print(f"{host} has {len(parts)} parts", flush=True)
     """
     inputs = [
         _code(s3, name, script),
@@ -263,6 +264,16 @@ def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> Non
     # the hosts reach each other by name, and each is called by its own (this machine allows namespaces)
     assert seen["algo-1"]["peers"] == {"algo-1": "127.0.0.1", "algo-2": "127.0.0.1"}
     assert [seen[h]["name"] for h in ("algo-1", "algo-2")] == ["algo-1", "algo-2"]
+    # the Logs API: one stream per host, <job>/algo-N-<epoch>, each with that host's lines
+    logs = client("logs", platform.url)
+    group = "/aws/sagemaker/ProcessingJobs"
+    streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{name}/")["logStreams"]
+    epoch = int(job["CreationTime"].timestamp())
+    names = [s["logStreamName"] for s in streams]
+    assert names == [f"{name}/algo-1-{epoch}", f"{name}/algo-2-{epoch}"]
+    for host, stream in zip(("algo-1", "algo-2"), names, strict=True):
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
+        assert [e["message"] for e in events] == [f"{host} has 2 parts"]
 
 
 def test_pipe_mode_streams_gzip_objects_through_a_fifo(sm: Any, s3: Any) -> None:

@@ -70,7 +70,7 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
                 source="/opt/ml/processing/output", destination=f"s3://{{BUCKET}}/sdk-proc/script",
             )],
             arguments=["--scale", "2"],
-            logs=False,
+            logs=True,
         )
         job = script.jobs[-1].describe()
         assert job["ProcessingJobStatus"] == "Completed", job
@@ -134,6 +134,8 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
         """
     )
     out = run.result
+    # logs=True: the SDK streamed the script's print from the Logs API (/aws/sagemaker/ProcessingJobs)
+    assert "processed 4 values on algo-1" in run.stdout
     assert out["script"] == {"total": 20.0, "count": 4, "host": "algo-1"}
     assert out["script_entrypoint"] == ["python3", "/opt/ml/processing/input/code/proc.py"]
     assert out["plain"] == {"total": 30.0, "count": 4, "host": "algo-1"}
