@@ -692,7 +692,10 @@ class ProcessingJobRunner:
             return self._wait(plan.max_runtime)
         finally:
             for host in self._hosts:
-                if host.handle is not None and host.handle.poll() is None:
+                # a local host's process group goes with it, as a container's processes do: what the
+                # script started in the background neither outlives the job nor holds its log open
+                local = self.executor.kind == "process"
+                if host.handle is not None and (local or host.handle.poll() is None):
                     host.handle.kill()
                     host.handle.wait(10)
                 if host.reader is not None:

@@ -8,12 +8,14 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 from platform_helpers import WAIT, PlatformProcess, client, moto_env, running
@@ -318,6 +320,7 @@ def test_continuous_outputs_reach_s3_while_the_job_runs(sm: Any, s3: Any, moto_s
         import time
         from pathlib import Path
         import boto3
+import psutil
 
         out = Path("/opt/ml/processing/output")
         (out / "first.txt").write_text("early")
@@ -618,3 +621,27 @@ def test_an_input_that_cannot_be_fetched_fails_the_job_with_a_client_error(sm: A
     assert job["FailureReason"] == (
         f"ClientError: input 'data': no objects under s3://{BUCKET}/{name}/nothing-here/"
     )
+
+
+def test_what_a_script_leaves_running_ends_with_the_job(sm: Any, s3: Any) -> None:
+    name = _unique("proc-background")
+    script = """
+        import subprocess, sys
+        from pathlib import Path
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        Path("/opt/ml/processing/output/child.pid").write_text(str(child.pid))
+        print("leaving a child behind", flush=True)
+    """
+    sm.create_processing_job(
+        **_request(
+            name, [_code(s3, name, script)], ProcessingOutputConfig={"Outputs": [_output(f"{name}/out")]}
+        )
+    )
+    job = _wait(sm, name)
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    child = int(_read(s3, f"{name}/out/child.pid"))
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the script's child outlived the job"
+        time.sleep(0.1)
