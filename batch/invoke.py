@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from batch.errors import BatchError, ModelServerError
+from common.childenv import aws_credentials, child_environment
 from common.http import SyncPool, invocation_headers
 from common.proc import free_port
 
@@ -216,8 +217,10 @@ class ModelServerProcess:
         """Start the server and wait until ``GET /ping`` answers 200 (ModelServerError otherwise)."""
         self._log_dir = tempfile.TemporaryDirectory(prefix="selfmaker-batch-server-")
         self._log_file = open(Path(self._log_dir.name) / "server.log", "ab")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ)
-        env.update(self.env)
+        # an explicit environment (common.childenv); credentials only when the server fetches its model
+        env = child_environment(self.env)
+        if self.source.startswith("s3://"):
+            env.update(aws_credentials())
         self.port = free_port()
         cmd = [
             self.python,

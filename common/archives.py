@@ -5,6 +5,12 @@ links whose target leaves the tree, devices, FIFOs and any other special file; n
 a refused archive. Owners and special mode bits are never restored (files become at most ``0o755``, owned
 by the current user). On Pythons with tar extraction filters the ``data`` filter runs too.
 
+Unpacking also stops at a size limit before anything is written (:class:`ArchiveTooLargeError`): the sum
+of the file sizes the members declare (what extraction writes, exactly) may not exceed ``max_bytes``
+when the caller sets one (the platform's ``SELFMAKER_MAX_UNPACKED_BYTES``), else :data:`UNPACK_RATIO`
+times the archive's own size, and never less than :data:`UNPACK_FLOOR` — a 2.6 MB archive of zeros
+that would unpack to 2.5 GiB is refused, a model that compresses 10:1 is not.
+
 An entry for the archive's root directory itself is accepted and skipped (the target is the root): the
 SageMaker Python SDK's ``repack_model`` (every model deployed with an ``entry_point``) writes one named
 ``''`` (``tar.add(dir, arcname="/")``), and ``tar -C dir -czf x .`` one named ``./`` (its members then
@@ -21,6 +27,26 @@ from pathlib import Path
 
 class ArchiveError(Exception):
     """An archive cannot be read or unpacked (the message is user-facing)."""
+
+
+#: the default limit of what an archive unpacks to: this many times its own size ...
+UNPACK_RATIO = 100
+#: ... and at least this many bytes
+UNPACK_FLOOR = 1 << 30
+#: the setting that replaces the default limit with a fixed one (named in the refusal)
+LIMIT_SETTING = "SELFMAKER_MAX_UNPACKED_BYTES"
+
+
+class ArchiveTooLargeError(ArchiveError):
+    """An archive would unpack to more than the limit (nothing was written)."""
+
+
+def unpack_limit(archive_size: int, max_bytes: int | None = None) -> int:
+    """The most bytes an archive of ``archive_size`` bytes may unpack to: ``max_bytes`` when set, else
+    :data:`UNPACK_RATIO` times the archive's size and at least :data:`UNPACK_FLOOR`."""
+    if max_bytes:
+        return max_bytes
+    return max(UNPACK_RATIO * archive_size, UNPACK_FLOOR)
 
 
 class UnsafeArchiveError(ArchiveError):
@@ -85,16 +111,28 @@ def check_members(
     return members
 
 
-def safe_extract(archive_path: Path, target: Path, *, what: str = "model directory") -> Path:
-    """Unpack a (compressed) tar into ``target`` (created) after :func:`check_members` accepted every member.
+def safe_extract(
+    archive_path: Path, target: Path, *, what: str = "model directory", max_bytes: int | None = None
+) -> Path:
+    """Unpack a (compressed) tar into ``target`` (created) after :func:`check_members` accepted every member
+    and their sizes fit :func:`unpack_limit` (``max_bytes``: a fixed limit instead of the default).
 
-    Raises :class:`UnsafeArchiveError` for a refused member, :class:`ArchiveError` for an archive that
-    cannot be read.
+    Raises :class:`UnsafeArchiveError` for a refused member, :class:`ArchiveTooLargeError` above the
+    limit, :class:`ArchiveError` for an archive that cannot be read.
     """
     target.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive_path, "r:*") as archive:
             members = check_members(archive, target, what=what)
+            declared = sum(member.size for member in members if member.isfile())
+            limit = unpack_limit(archive_path.stat().st_size, max_bytes)
+            if declared > limit:
+                default = f"{UNPACK_RATIO} times its size, at least {UNPACK_FLOOR} bytes"
+                rule = LIMIT_SETTING if max_bytes else f"{default}; {LIMIT_SETTING} sets it"
+                raise ArchiveTooLargeError(
+                    f"{archive_path.name} would unpack to {declared} bytes, more than the limit of "
+                    f"{limit} bytes ({rule})"
+                )
             for member in members:
                 # never restore owners or permissions beyond the user's own
                 member.mode = (member.mode | 0o600) & 0o755 if member.isfile() else 0o755

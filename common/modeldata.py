@@ -34,14 +34,22 @@ class ModelDataError(Exception):
     """Model data cannot be fetched (the message is user-facing)."""
 
 
-def fetch_model_data(uri: str, dest: Path, *, compressed: bool | None = None, client: Any = None) -> Path:
+def fetch_model_data(
+    uri: str,
+    dest: Path,
+    *,
+    compressed: bool | None = None,
+    client: Any = None,
+    max_unpacked_bytes: int | None = None,
+) -> Path:
     """The local model directory of ``uri`` (see the module's rules); blocking.
 
-    ``client``: an S3 client to use instead of a new :func:`common.s3.client`.
+    ``client``: an S3 client to use instead of a new :func:`common.s3.client`; ``max_unpacked_bytes``: a
+    fixed unpacking limit instead of :func:`common.archives.unpack_limit`'s default.
     """
     model_dir = dest / "model"
     if uris.is_s3(uri):
-        return _fetch_s3(uri, dest, model_dir, compressed, client)
+        return _fetch_s3(uri, dest, model_dir, compressed, client, max_unpacked_bytes)
     try:
         path = uris.local_path(uri)
     except uris.UriError as exc:
@@ -51,13 +59,20 @@ def fetch_model_data(uri: str, dest: Path, *, compressed: bool | None = None, cl
     if not path.is_file():
         raise ModelDataError(f"model data {uri} does not exist")
     if archives.is_archive(path):
-        return archives.safe_extract(path, model_dir)
+        return archives.safe_extract(path, model_dir, max_bytes=max_unpacked_bytes)
     model_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(path, model_dir / path.name)
     return model_dir
 
 
-def _fetch_s3(uri: str, dest: Path, model_dir: Path, compressed: bool | None, client: Any) -> Path:
+def _fetch_s3(
+    uri: str,
+    dest: Path,
+    model_dir: Path,
+    compressed: bool | None,
+    client: Any,
+    max_unpacked_bytes: int | None,
+) -> Path:
     # botocore only for s3:// sources: a model server that serves a local directory never loads it
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -79,7 +94,7 @@ def _fetch_s3(uri: str, dest: Path, model_dir: Path, compressed: bool | None, cl
             except (BotoCoreError, ClientError) as exc:
                 raise ModelDataError(f"cannot download {uri}: {exc}") from exc
             try:
-                return archives.safe_extract(archive, model_dir)
+                return archives.safe_extract(archive, model_dir, max_bytes=max_unpacked_bytes)
             finally:
                 archive.unlink(missing_ok=True)
         model_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,9 @@ class SageMakerError(Exception):
             self.status = status
         #: additional members of the error body (e.g. ModelError's OriginalStatusCode)
         self.extra: dict[str, Any] = dict(extra or {})
+        #: the answer closes the connection (``Connection: close``): a body left unread must never be
+        #: taken for the next request
+        self.close_connection = False
 
 
 class ValidationException(SageMakerError):
@@ -127,3 +130,43 @@ class LogsResourceNotFound(SageMakerError):
     """CloudWatch Logs' unknown log group or log stream."""
 
     code = "ResourceNotFoundException"
+
+
+# ---- authentication (every API; AWS's own codes, so boto3 raises the ClientError a user knows) --------
+
+
+class AuthError(SageMakerError):
+    """A request the SigV4 check refused; rendered in the shape of the API that was called."""
+
+    status = HTTPStatus.FORBIDDEN
+
+
+class MissingAuthenticationToken(AuthError):
+    """No signature at all (no ``Authorization`` header, no ``X-Amz-Signature`` query parameter)."""
+
+    code = "MissingAuthenticationToken"
+
+
+class IncompleteSignature(AuthError):
+    """A signature that is malformed: missing or duplicated parts, bad date, unsigned required headers."""
+
+    code = "IncompleteSignature"
+    status = HTTPStatus.BAD_REQUEST
+
+
+class UnrecognizedClient(AuthError):
+    """The access key id is not one of the platform's keys."""
+
+    code = "UnrecognizedClientException"
+
+
+class InvalidSignature(AuthError):
+    """The signature does not match, is expired or not yet valid, or is scoped to another region/service."""
+
+    code = "InvalidSignatureException"
+
+
+class AccessDenied(AuthError):
+    """The key is valid but its allow-list does not name the action called."""
+
+    code = "AccessDeniedException"

@@ -27,13 +27,14 @@ def model_data_uri(container: dict[str, Any]) -> tuple[str | None, bool]:
     return None, False
 
 
-def fetch_model_data(container: dict[str, Any], dest: Path) -> Path:
+def fetch_model_data(container: dict[str, Any], dest: Path, *, max_unpacked_bytes: int | None = None) -> Path:
     """Materialize the model data of ``container`` under ``dest`` and return the model directory.
 
     The rules are :func:`common.modeldata.fetch_model_data`'s (``ModelDataUrl`` is an archive; an
     uncompressed ``ModelDataSource`` is an archive only when its key ends in ``.tar.gz``/``.tgz``/``.tar``).
     Blocking (run it in a thread). ``dest`` is created; a container without model data gets an empty
-    ``dest/model``.
+    ``dest/model``. ``max_unpacked_bytes``: the platform's fixed unpacking limit (default: the archive rule
+    of :func:`common.archives.unpack_limit`).
     """
     dest.mkdir(parents=True, exist_ok=True)
     uri, compressed = model_data_uri(container)
@@ -42,7 +43,9 @@ def fetch_model_data(container: dict[str, Any], dest: Path) -> Path:
         model_dir.mkdir(exist_ok=True)
         return model_dir
     try:
-        return modeldata.fetch_model_data(uri, dest, compressed=True if compressed else None)
+        return modeldata.fetch_model_data(
+            uri, dest, compressed=True if compressed else None, max_unpacked_bytes=max_unpacked_bytes
+        )
     except archives.ArchiveError as exc:
         raise ModelDataError(f"could not extract model data {uri}: {exc}") from exc
     except modeldata.ModelDataError as exc:

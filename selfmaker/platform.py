@@ -26,6 +26,7 @@ from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
+from selfmaker.logrotate import sweep
 from selfmaker.logstreams import LogStreams
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
@@ -62,6 +63,7 @@ class Platform:
         hooks.deleted.extend(bind(f, self.services) for f in registry.endpoint_deleted_hooks)
         hooks.strategies.extend(bind(f, self.services) for f in registry.deployment_strategies)
         self._publisher: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Recover jobs, restore endpoints, run the features' start-up hooks, publish metrics."""
@@ -78,6 +80,21 @@ class Platform:
         self._publisher = asyncio.get_running_loop().create_task(
             publish_loop(services), name="variant-metrics-publisher"
         )
+        if services.settings.log_max_bytes:
+            self._rotator = asyncio.get_running_loop().create_task(self._rotate_logs(), name="log-rotation")
+
+    async def _rotate_logs(self) -> None:
+        """Rotate the model-server and job logs by size (the platform's own log rotates itself)."""
+        settings = self.services.settings
+        while True:
+            await asyncio.sleep(settings.log_check_interval)
+            await asyncio.to_thread(
+                sweep,
+                settings.logs_dir,
+                settings.log_max_bytes,
+                settings.log_backups,
+                frozenset({"selfmaker.log"}),
+            )
 
     def _reap_orphans(self) -> None:
         """Kill model servers a crashed previous run left behind (recorded PIDs that still run
@@ -101,9 +118,10 @@ class Platform:
     async def stop(self) -> None:
         """Stop jobs, features, model servers; close the executors and the store."""
         services = self.services
-        if self._publisher is not None:
-            self._publisher.cancel()
-            await asyncio.gather(self._publisher, return_exceptions=True)
+        for task in (self._publisher, self._rotator):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await services.transforms.shutdown()
         for hook in services.registry.shutdown:
             try:

@@ -33,6 +33,9 @@ class PlatformSettings(BaseSettings):
     invocation_timeout: float = 60.0
     #: largest accepted invocation body in bytes (SageMaker: 6 MB)
     max_payload_bytes: int = 6 * 1024 * 1024
+    #: most runtime requests one endpoint may have in flight (reading their body, queued at or served by
+    #: its model servers); one more gets ThrottlingException (429) at once instead of queueing without bound
+    endpoint_queue_limit: int = Field(default=1000, ge=1)
     #: image repository names (last path component, no tag) run as local processes, besides selfmaker*
     process_images: list[str] = Field(
         default_factory=lambda: ["xgboost", "sagemaker-xgboost", "linear-learner", "sagemaker-linear-learner"]
@@ -48,6 +51,35 @@ class PlatformSettings(BaseSettings):
     #: test knob: a managed spot training job (EnableManagedSpotTraining) is interrupted once after this many
     #: seconds of Training, as a spot reclaim would, and restarts from its checkpoints (unset: never)
     spot_interrupt_after: float | None = Field(default=None, gt=0)
+    #: serve without checking signatures even with keys or on a non-loopback address (warned at every start)
+    no_auth: bool = False
+    #: PEM certificate chain and private key: serve HTTPS (TLS 1.2+) instead of HTTP; both or neither
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: a log file (platform, model server, job) larger than this many bytes is rotated; 0: never
+    log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    #: rotated files kept per log (``name.log.1`` … ``name.log.N``, the highest the oldest)
+    log_backups: int = Field(default=5, ge=0, le=100)
+    #: seconds between looks at the sizes of the model-server and job logs
+    log_check_interval: float = Field(default=10.0, gt=0)
+    #: directories ``file://`` locations (model data, channels, outputs, checkpoints) must stay inside,
+    #: separated by ``:`` (empty: anywhere but the system directories of selfmaker.paths)
+    file_roots: str = ""
+    #: more names the ``Host`` header may carry besides the address served and the loopback names,
+    #: comma-separated (``name`` or ``name:port``; ``*`` turns the check off), e.g. a reverse proxy's name
+    allowed_hosts: str = ""
+    #: the most bytes a model archive may unpack to (default: 100 times its size, at least 1 GiB)
+    max_unpacked_bytes: int | None = Field(default=None, gt=0)
+
+    @property
+    def file_root_paths(self) -> tuple[Path, ...]:
+        """The parsed ``file_roots`` (resolved, absolute)."""
+        return tuple(Path(part).resolve() for part in self.file_roots.split(":") if part.strip())
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """The parsed ``allowed_hosts`` (lower-cased)."""
+        return frozenset(part.strip().lower() for part in self.allowed_hosts.split(",") if part.strip())
 
     @property
     def db_path(self) -> Path:

@@ -94,6 +94,7 @@ class DataPlane:
                     install=self.settings.install_requirements,
                     pip_wheel=self.settings.pip_wheel,
                     pip_target=self.settings.pip_target,
+                    max_unpacked_bytes=self.settings.max_unpacked_bytes,
                 )
             handler = build_handler(
                 self.model_dir,

@@ -41,13 +41,16 @@ def safe_extract(archive_path: Path, target: Path) -> Path:
         raise ModelSourceError(str(exc)) from exc
 
 
-def resolve_source(source: str, work_dir: Path) -> Path:
+def resolve_source(source: str, work_dir: Path, *, max_unpacked_bytes: int | None = None) -> Path:
     """A model directory for ``source`` (dir path, archive path, ``file://`` or ``s3://`` archive URI).
 
-    The rules are :func:`common.modeldata.fetch_model_data`'s; an ``s3://`` source is always an archive.
+    The rules are :func:`common.modeldata.fetch_model_data`'s; an ``s3://`` source is always an archive,
+    unpacked up to ``max_unpacked_bytes`` (default: :func:`common.archives.unpack_limit`'s rule).
     """
     try:
-        return modeldata.fetch_model_data(source, work_dir, compressed=True)
+        return modeldata.fetch_model_data(
+            source, work_dir, compressed=True, max_unpacked_bytes=max_unpacked_bytes
+        )
     except archives.UnsafeArchiveError as exc:
         raise UnsafeArchiveError(str(exc)) from exc
     except (archives.ArchiveError, modeldata.ModelDataError) as exc:
@@ -106,10 +109,12 @@ def prepare_model(
     install: bool = True,
     pip_wheel: str | None = None,
     pip_target: str | None = None,
+    max_unpacked_bytes: int | None = None,
 ) -> Path:
     """Resolve ``source`` and install its requirements once per ``state_dir``; return the model dir.
 
-    ``pip_wheel``: see :func:`pip_command`; ``pip_target``: see :func:`install_requirements`.
+    ``pip_wheel``: see :func:`pip_command`; ``pip_target``: see :func:`install_requirements`;
+    ``max_unpacked_bytes``: a fixed unpacking limit (see :func:`resolve_source`).
 
     Safe to call from every worker: a file lock serialises the work and the first result (directory
     or error message) is recorded in ``state_dir`` and replayed to the others.
@@ -125,7 +130,7 @@ def prepare_model(
                     raise ModelSourceError(result["error"])
                 return Path(result["model_dir"])
             try:
-                model_dir = resolve_source(source, state_dir)
+                model_dir = resolve_source(source, state_dir, max_unpacked_bytes=max_unpacked_bytes)
                 if install:
                     install_requirements(model_dir, pip_wheel, target=pip_target)
             except ModelSourceError as exc:

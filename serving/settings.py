@@ -51,6 +51,9 @@ class ServingSettings(BaseSettings):
         "inline", alias="SELFMAKER_SERVE_WORKER_CLASS", pattern="^(inline|gthread|sync)$"
     )
     threads: int = Field(4, alias="SELFMAKER_SERVE_THREADS", ge=1, le=256)
+    #: seconds a request may take to arrive whole from its first byte (the ``inline`` worker buffers
+    #: requests in its poller, so a client that drips its headers or body holds no other connection up)
+    read_timeout: float = Field(30.0, alias="SELFMAKER_SERVE_READ_TIMEOUT", gt=0, le=3600)
     ort_threads: int | None = Field(None, alias="SELFMAKER_ORT_THREADS", ge=1)
     use_gpu: bool | None = Field(None, alias="SELFMAKER_USE_GPU")
     install_requirements: bool = Field(True, alias="SELFMAKER_INSTALL_REQUIREMENTS")
@@ -64,6 +67,9 @@ class ServingSettings(BaseSettings):
     #: answer small invocations that arrive together with one model run (inline worker, default handler)
     batching: bool = Field(True, alias="SELFMAKER_SERVE_BATCHING")
     state_dir: str | None = Field(None, alias="SELFMAKER_SERVE_STATE_DIR")
+    #: the most bytes a ``--model-data`` archive may unpack to (default: common.archives.unpack_limit's
+    #: rule, 100 times its size and at least 1 GiB); the platform's setting of the same name
+    max_unpacked_bytes: int | None = Field(None, alias="SELFMAKER_MAX_UNPACKED_BYTES", gt=0)
     #: stop (gracefully) when this process stops being our parent: set by a supervisor such as
     #: `selfmaker up`, so a killed supervisor leaves no model server behind
     parent_pid: int | None = Field(None, alias="SELFMAKER_PARENT_PID", ge=1)

@@ -93,6 +93,8 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "selfmaker.state",
             "selfmaker.modeldata",
             "selfmaker.logfiles",
+            "selfmaker.credentials",
+            "selfmaker.logrotate",
         ),
     ),
     ("executors", ("selfmaker.executors",)),

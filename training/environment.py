@@ -61,6 +61,11 @@ def _read_json(path: Path, default: Any) -> Any:
         raise UserError(f"{path}: not valid JSON: {exc}") from exc
 
 
+#: set (to "1") by the runner for a job with ``EnableNetworkIsolation``: the user's script runs without a
+#: network (script mode: its own network namespace; containers: ``--network none``)
+NETWORK_ISOLATION_ENV = "SELFMAKER_NETWORK_ISOLATION"
+
+
 @dataclass
 class TrainingEnvironment:
     """Paths and configuration of one training host, read from an ``/opt/ml``-shaped tree."""

@@ -31,7 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from common.childenv import aws_credentials
 from common.proc import free_port
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor
 from training.images import classify_image
@@ -763,6 +765,8 @@ class TrainingJobRunner:
             env[SUBMIT_CACHE_ENV] = str(cache)
         env["TRAINING_JOB_NAME"] = self.job_name
         env["TRAINING_JOB_ARN"] = self.job_arn
+        if req.get("EnableNetworkIsolation"):
+            env[NETWORK_ISOLATION_ENV] = "1"
         if kind in {"xgboost", "linear-learner"}:
             env["SELFMAKER_ALGORITHM"] = kind
         if (
@@ -772,6 +776,11 @@ class TrainingJobRunner:
             and "AWS_ENDPOINT_URL" not in env
         ):
             env["AWS_ENDPOINT_URL_S3"] = self.storage.endpoint_url  # the submit dir may live on the same S3
+        if kind != "container" and "s3://" in json.dumps(req):
+            # a job that uses S3 runs as the role would on SageMaker: with the platform's credentials (a job
+            # on file:// data gets none; the environment is otherwise explicit, see common.childenv)
+            for name, value in aws_credentials().items():
+                env.setdefault(name, value)
         return env
 
     def _submit_cache(self, kind: str, req: dict[str, Any]) -> Path | None:

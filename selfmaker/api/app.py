@@ -8,45 +8,68 @@
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
 * routes registered by features with ``@runtime_route``.
 
+Every route but ``/ping`` goes through :func:`authenticate` first (SigV4, :mod:`selfmaker.api.auth`)
+once the platform has keys or listens beyond loopback.
+
 The invocation itself (routing, the model server call, observers) is
 :func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
 
 Errors are rendered here and only here: control-plane errors as ``{"__type", "message"}``; runtime errors
 with the ``x-amzn-ErrorType`` header and a JSON body; anything unexpected as a 500 "internal error" with
-the traceback in the log only.
+the traceback in the log only. Requests aiohttp cannot parse (a malformed request line or header, a bad
+chunk size) get the same JSON shapes from :class:`PlatformRequestHandler` and one WARNING line in the log.
+
+Before any handler runs, :func:`refusal` checks what every request carries: header values must be UTF-8
+(else 400), and the ``Host`` header must name the address served, a loopback name with the port served,
+or a name the operator allows (``SELFMAKER_ALLOWED_HOSTS``) — a page that rebinds its DNS name to
+127.0.0.1 gets 403 (:class:`HostCheck`).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
+from aiohttp.web_request import BaseRequest
 
 from common import eventstream
 from common.http import header_value
 from selfmaker import logcontext
-from selfmaker.api.common import compact, read_limited
+from selfmaker.api.auth import Authenticator, is_loopback
+from selfmaker.api.common import BODY_KEY, compact, read_limited
 from selfmaker.api.metrics import render_metrics
-from selfmaker.api.validation import check_invoke_request, service_model, validate_request
+from selfmaker.api.validation import (
+    check_file_locations,
+    check_invoke_request,
+    service_model,
+    validate_request,
+)
+from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
+    AuthError,
     InternalFailure,
     InvalidParameterException,
     SageMakerError,
+    ThrottlingException,
     UnknownOperation,
     ValidationError,
     ValidationException,
 )
 from selfmaker.services import Services
+from selfmaker.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
 PLATFORM_KEY: web.AppKey[Services] = web.AppKey("platform", Services)
+AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 JSON11 = "application/x-amz-json-1.1"
 #: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
@@ -57,26 +80,153 @@ JSON_SERVICES: dict[str, tuple[str, type[SageMakerError]]] = {
 }
 
 
+#: the names of this machine's loopback interface, accepted in ``Host`` with the port served
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+#: the most distinct ``Host`` values whose verdict is remembered
+_HOST_CACHE_SIZE = 256
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``(name, port or None)`` of a ``Host`` header value, lower-cased; None when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [v6] or [v6]:port
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else None
+    else:
+        name, colon, port_text_or_empty = value.partition(":")
+        port_text = port_text_or_empty if colon else None
+    if not name:
+        return None
+    if port_text is None:
+        return name, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return name, int(port_text)
+
+
+class HostCheck:
+    """Whether a request's ``Host`` header names this platform (DNS-rebinding protection).
+
+    Accepted: the address served (``--host``, or the local address the connection arrived on when
+    bound to every interface), this machine's host name and the loopback names, each with the port
+    served; the operator's ``allowed_hosts`` (``name`` with any port, ``name:port`` exactly; ``*`` accepts
+    everything). A request without ``Host`` (HTTP/1.0) is accepted: a browser always sends one.
+    """
+
+    def __init__(self, served_host: str, served_port: int, allowed: frozenset[str]) -> None:
+        self.everything = "*" in allowed
+        #: names allowed with any port, and ``name:port`` values allowed exactly
+        self.allowed_names = frozenset(a for a in allowed if ":" not in a.strip("[]"))
+        self.allowed_exact = frozenset(a for a in allowed if a not in self.allowed_names)
+        names = set(LOOPBACK_NAMES)
+        served = served_host.strip().strip("[]").lower()
+        #: bound to every interface: the address a connection arrived on is served too (a syscall per
+        #: request, only then)
+        self.wildcard = served in ("", "0.0.0.0", "::")
+        if not self.wildcard:
+            names.add(served)
+        names.add(socket.gethostname().lower())
+        self.names = frozenset(names)
+        #: the port served; learnt from the first connection when bound to port 0
+        self.port = served_port or None
+        self._verdicts: dict[tuple[str, str], bool] = {}
+
+    def check(self, request: web.Request) -> bool:
+        """Whether ``request``'s ``Host`` names this platform (verdicts are remembered per value)."""
+        if self.everything:
+            return True
+        host = request.headers.get("Host")
+        if host is None:
+            return True
+        address = ""
+        if self.wildcard or self.port is None:
+            sockname = request.transport.get_extra_info("sockname") if request.transport else None
+            if sockname:
+                address = str(sockname[0]).lower() if self.wildcard else ""
+                self.port = self.port or int(sockname[1])
+        key = (host, address)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.accepts(host, address)
+            if len(self._verdicts) >= _HOST_CACHE_SIZE:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+    def accepts(self, host: str, address: str = "") -> bool:
+        """Whether the ``Host`` value ``host`` names this platform for a connection that arrived on
+        ``address`` (only looked at when bound to every interface)."""
+        parsed = _split_host(host)
+        if parsed is None:
+            return False
+        name, port = parsed
+        if name in self.allowed_names or host.strip().lower() in self.allowed_exact:
+            return True
+        if name not in self.names and not (address and name == address):
+            return False
+        return port == self.port or (port is None and self.port == 80)
+
+
+HOST_CHECK_KEY: web.AppKey[HostCheck] = web.AppKey("host_check", HostCheck)
+
+
+def refusal(request: web.Request, *, runtime: bool = False) -> SageMakerError | None:
+    """Why ``request`` is refused before its handler runs: a header value that is not UTF-8 (400, the
+    runtime's ValidationError or the control plane's ValidationException), a ``Host`` that does not name
+    this platform (403); None when it may go on."""
+    for name, value in request.raw_headers:
+        if not value.isascii():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                message = f"The value of header {name.decode('latin-1')} is not valid UTF-8."
+                return ValidationError(message) if runtime else ValidationException(message)
+    check = request.app[HOST_CHECK_KEY]
+    if not check.check(request):
+        return SageMakerError(
+            f"Host {request.headers.get('Host')!r} is not served here: use the address the platform listens "
+            "on, or add the name to SELFMAKER_ALLOWED_HOSTS.",
+            code="AccessDeniedException",
+            status=HTTPStatus.FORBIDDEN,
+        )
+    return None
+
+
+def _runtime_path(path: str) -> bool:
+    return path.startswith("/endpoints/")
+
+
 def _control_error(exc: SageMakerError, request_id: str) -> web.Response:
     body = {"__type": exc.code, "message": exc.message if exc.status < 500 else "internal error"}
-    return web.Response(
+    response = web.Response(
         status=int(exc.status),
         body=orjson.dumps(body),
         content_type=JSON11,
         headers={"x-amzn-RequestId": request_id},
     )
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 def runtime_error(exc: SageMakerError, request_id: str) -> web.Response:
     """A runtime (rest-json) error response: code in ``x-amzn-ErrorType`` and the body."""
     message = exc.message if exc.status < 500 else "internal error"
     body: dict[str, Any] = {"__type": exc.code, "Message": message, "message": message, **exc.extra}
-    return web.Response(
+    response = web.Response(
         status=int(exc.status),
         body=orjson.dumps(body),
         content_type="application/json",
         headers={"x-amzn-ErrorType": exc.code, "x-amzn-RequestId": request_id},
     )
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 async def control_plane(request: web.Request) -> web.Response:
@@ -84,6 +234,9 @@ async def control_plane(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM_KEY]
     request_id = str(uuid.uuid4())
     logcontext.request_id.set(request_id)
+    refused = refusal(request)
+    if refused is not None:
+        return _control_error(refused, request_id)
     target = request.headers.get("X-Amz-Target", "")
     service, _, op_name = target.partition(".")
     try:
@@ -107,6 +260,8 @@ async def control_plane(request: web.Request) -> web.Response:
         model = service_model(model_name)
         if op_name in model.operation_names:
             validate_request(model.operation_model(op_name), params, bad_input)
+        settings = platform.settings
+        check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
         result = await handler(platform, params)
         body = orjson.dumps(compact(result or {}))
         return web.Response(body=body, content_type=JSON11, headers={"x-amzn-RequestId": request_id})
@@ -134,17 +289,26 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
     headers = request.headers
     request_id = str(uuid.uuid4())
     name = request.match_info["name"]
+    refused = refusal(request, runtime=True)
+    if refused is not None:
+        return runtime_error(refused, request_id)
     try:
         check_invoke_request(
             name, headers, "InvokeEndpointWithResponseStream" if stream else "InvokeEndpoint"
         )
-        runtime = platform.endpoints.runtime_for(name)
         limit = platform.settings.max_payload_bytes
+        # the size first: a body over the limit is refused (closing the connection) before anything else
         body = await read_limited(
             request,
             limit,
             lambda: ValidationError(f"Request payload is too large: the limit is {limit} bytes."),
         )
+        runtime = platform.endpoints.runtime_for(name)
+        if runtime.inflight >= platform.settings.endpoint_queue_limit:
+            raise ThrottlingException(
+                f"Endpoint {runtime.name} already has {runtime.inflight} requests in flight (the limit is "
+                f"{platform.settings.endpoint_queue_limit}, SELFMAKER_ENDPOINT_QUEUE_LIMIT). Retry later."
+            )
         record = InvocationRecord(
             endpoint_name=runtime.name,
             body=body,
@@ -154,7 +318,13 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
             inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
         )
-        await invoke(platform.endpoints, runtime, record)
+        # the deployment resolved now serves this request even if an update retires it meanwhile (a guarded
+        # dispatch or a cold start may await before an instance is picked): it stops once its leases are over
+        runtime.lease()
+        try:
+            await invoke(platform.endpoints, runtime, record)
+        finally:
+            runtime.unlease()
         return _answer(record, request_id, stream=stream)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)
@@ -206,6 +376,9 @@ async def ping(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics of the features (serverless and shadow variants, data capture, deployments …)."""
+    refused = refusal(request, runtime=True)
+    if refused is not None:
+        return runtime_error(refused, str(uuid.uuid4()))
     return web.Response(
         text=render_metrics(request.app[PLATFORM_KEY]),
         content_type="text/plain",
@@ -219,6 +392,9 @@ def _wrap_route(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def route(request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
+        refused = refusal(request, runtime=True)
+        if refused is not None:
+            return runtime_error(refused, request_id)
         try:
             return await handler(request.app[PLATFORM_KEY], request)
         except SageMakerError as exc:
@@ -232,11 +408,125 @@ def _wrap_route(
     return route
 
 
+#: routes answered without a signature: load balancers and health checks probe them
+OPEN_PATHS = frozenset({"/ping"})
+#: runtime routes whose body is an invocation payload (the middleware reads at most the payload limit)
+_PAYLOAD_ROUTES = ("/invocations", "/invocations-response-stream")
+
+
+@web.middleware
+async def authenticate(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse requests without a valid SigV4 signature (when the platform asks for them), in the error
+    shape of the API called; the body is read here (it is signed) and handed to the handler."""
+    auth = request.app[AUTH_KEY]
+    try:
+        active = auth.active()
+    except Exception:  # noqa: BLE001 - a bug in the check: refused below, never let through
+        active = True
+    # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
+    if not active or request.path in OPEN_PATHS:
+        return await handler(request)
+    control = request.path == "/"
+    try:
+        limit = CLIENT_MAX_SIZE
+        if request.path.startswith("/endpoints/") and request.path.endswith(_PAYLOAD_ROUTES):
+            limit = request.app[PLATFORM_KEY].settings.max_payload_bytes
+        body = await read_limited(
+            request,
+            limit,
+            lambda: (ValidationException if control else ValidationError)(
+                f"The request body is larger than {limit} bytes."
+            ),
+        )
+        request[BODY_KEY] = body
+        auth.check(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=request.headers,
+            body=body,
+            secure=request.secure,
+        )
+    except SageMakerError as exc:
+        request_id = str(uuid.uuid4())
+        if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
+            log.warning("refused %s %r: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
+        return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
+    except Exception:  # a bug in the check: refused (never let through), traceback in the log only
+        log.exception("authentication of %s %r failed", request.method, request.path[:200])
+        failure = InternalFailure("internal error")
+        request_id = str(uuid.uuid4())
+        return _control_error(failure, request_id) if control else runtime_error(failure, request_id)
+    return await handler(request)
+
+
+def authenticator(settings: PlatformSettings) -> Authenticator:
+    """The signature check of a platform with these settings: required beyond loopback, off with
+    ``no_auth``, otherwise on as soon as ``<home>/credentials`` holds a key."""
+    return Authenticator(
+        CredentialStore(settings.home),
+        settings.region,
+        required=not is_loopback(settings.host),
+        enabled=not settings.no_auth,
+    )
+
+
+class PlatformRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what it cannot parse in the API's JSON error shapes.
+
+    aiohttp answers a malformed request line or header, a bad chunk size … with a plain-text page and
+    logs an ERROR traceback for each: a client's mistake is neither. Here it is a 400 in the control
+    plane's shape (the runtime's under ``/endpoints/``; both carry ``message`` and ``Message``), the
+    connection is closed as aiohttp does, and the log gets one WARNING line; a 5xx keeps its traceback in
+    the log and says "internal error".
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        text = message or str(exc or "") or HTTPStatus(status).phrase
+        # aiohttp's parser messages point at the bad byte with a line of carets: keep the words
+        detail = " ".join(line.strip() for line in text.splitlines() if line.strip(" ^"))[:300]
+        if status < 500:
+            log.warning("bad request from %s: %s", request.remote, detail)
+        else:
+            log.error("request from %s failed", request.remote, exc_info=exc)
+        if request.writer.output_size > 0:  # aiohttp's rule: an answer already started cannot be replaced
+            raise ConnectionError("Response is sent already, cannot send another response with the error")
+        runtime = _runtime_path(request.path)
+        error: SageMakerError
+        if status >= 500:
+            error = InternalFailure("internal error")
+        else:
+            text = f"The request could not be parsed: {detail}"
+            error = ValidationError(text) if runtime else ValidationException(text)
+            error.status = HTTPStatus(status)
+        response = runtime_error(error, request_id) if runtime else _control_error(error, request_id)
+        response.force_close()
+        return response
+
+
+def install_request_handler() -> None:
+    """Make aiohttp's servers in this process build :class:`PlatformRequestHandler` for each connection
+    (aiohttp has no option for it; `selfmaker up` is the only aiohttp server of its process)."""
+    web_server.RequestHandler = PlatformRequestHandler  # type: ignore[attr-defined]
+
+
 def create_app(platform: Services) -> web.Application:
     """The aiohttp application over ``platform``'s parts (the entry point starts and stops them with the
     app's lifecycle)."""
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    install_request_handler()
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[authenticate])
     app[PLATFORM_KEY] = platform
+    app[AUTH_KEY] = authenticator(platform.settings)
+    settings = platform.settings
+    app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.port, settings.allowed_host_names)
     app.router.add_post("/", control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)

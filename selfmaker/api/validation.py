@@ -11,7 +11,9 @@ Messages follow the Coral style SageMaker uses::
     1 validation error detected: Value 'x y' at 'modelName' failed to satisfy constraint: Member must
     satisfy regular expression pattern: [a-zA-Z0-9]([\\-a-zA-Z0-9]*[a-zA-Z0-9])?
 
-selfmaker extension: members whose pattern is an S3 URI also accept ``file://`` URIs (local data).
+selfmaker extension: members whose pattern is an S3 URI also accept ``file://`` URIs (local data);
+:func:`check_file_locations` keeps every ``file://`` location of a request out of the system's
+directories and inside the operator's allowed roots.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -29,7 +33,11 @@ try:  # Java patterns in the model use \p{L} classes, which only `regex` underst
 except ImportError:  # pragma: no cover - regex is a declared dependency
     import re as _re
 
+from common import uris
+from common.localpaths import location_problem
 from selfmaker.errors import SageMakerError, ValidationError, ValidationException
+
+FILE_SCHEME = "file://"
 
 #: how many problems are listed in one message at most (Coral lists them all; keep messages short)
 MAX_LISTED = 10
@@ -178,6 +186,45 @@ def validate_request(
         listed = "; ".join(errors[:MAX_LISTED])
         noun = "error" if count == 1 else "errors"
         raise error(f"{count} validation {noun} detected: {listed}")
+
+
+#: members whose values are the caller's own strings, never locations the platform reads or writes
+_NOT_LOCATIONS = frozenset({"Environment", "Tags"})
+
+
+def _file_uris(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """``(Coral path, file:// URI)`` of every file:// string in a request (hyperparameters hold them
+    JSON-quoted, as the SDK sends ``sagemaker_submit_directory``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith('"') and text.endswith('"') and len(text) > 1:
+            text = text[1:-1]
+        if text[:7].lower() == FILE_SCHEME:
+            yield path, FILE_SCHEME + text[7:]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key not in _NOT_LOCATIONS:
+                yield from _file_uris(item, _join(path, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _file_uris(item, f"{path}.{index + 1}.member")
+
+
+def check_file_locations(
+    params: dict[str, Any], *, roots: Iterable[Path] = (), forbidden: Iterable[Path] = ()
+) -> None:
+    """Refuse (ValidationException naming the value, the member and the setting) a request whose
+    ``file://`` locations reach a system directory, a ``forbidden`` one (the platform's home) or, when the
+    operator set ``roots``, leave them (:func:`common.localpaths.location_problem`)."""
+    roots, forbidden = tuple(roots), tuple(forbidden)
+    for where, uri in _file_uris(params, ""):
+        try:
+            path = uris.file_path(uri)
+        except uris.UriError as exc:
+            raise ValidationException(f"Value '{uri}' at '{where}' is not a usable location: {exc}") from None
+        problem = location_problem(path, roots=roots, forbidden=forbidden)
+        if problem is not None:
+            raise ValidationException(f"Value '{uri}' at '{where}' is refused: {problem}.")
 
 
 #: InvokeEndpoint members that select something selfmaker does not host: answering from the variant's

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from common.http import UpstreamError, UpstreamPool
 from selfmaker.arns import make_arn
 from selfmaker.endpoints.runtime import (
@@ -65,6 +67,50 @@ class DeploymentHooks:
     strategies: list[DeploymentStrategy] = field(default_factory=list)
 
 
+#: how selfmaker's model server says on /ping that its model failed to load (serving.http.fastpath)
+LOAD_FAILURE_PREFIX = "model failed to load"
+
+
+def load_failure(status: int, body: bytes) -> str | None:
+    """The reason in a 503 /ping answer of a model server whose model failed to load, else None.
+
+    Only selfmaker's own model server says so (a ``{"error": "model failed to load: …"}`` body); any
+    other answer, or another server, leaves the decision to the start-up timeout.
+    """
+    if status != 503 or LOAD_FAILURE_PREFIX.encode() not in body[:64]:
+        return None
+    try:
+        message = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(message, str) or not message.startswith(LOAD_FAILURE_PREFIX):
+        return None
+    return " ".join(message.split())[:600]
+
+
+def last_log_line(path: Path, limit: int = 400) -> str | None:
+    """The last non-blank line of a model server's log (its JSON ``msg`` when it is a JSON line)."""
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(0, 2)
+            size = log_file.tell()
+            log_file.seek(max(0, size - 8192))
+            tail = log_file.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                line = str(orjson.loads(line).get("msg") or line)
+            except (orjson.JSONDecodeError, AttributeError):
+                pass
+        return " ".join(line.split())[:limit]
+    return None
+
+
 def _ping_failure(variant: str) -> str:
     return (
         f"The primary container for production variant {variant} did not pass the ping health check. "
@@ -94,10 +140,15 @@ class DeploymentBuilder:
                 if not handle.alive():
                     raise DeployError("exited")
                 try:
-                    if (await probe.request("GET", "/ping", {}, b"", 2.0)).status == 200:
-                        return
+                    answer = await probe.request("GET", "/ping", {}, b"", 2.0)
                 except (UpstreamError, asyncio.TimeoutError):
-                    pass
+                    answer = None
+                if answer is not None:
+                    if answer.status == 200:
+                        return
+                    failure = load_failure(answer.status, answer.body)
+                    if failure is not None:  # it will not get better: fail now, not at the timeout
+                        raise DeployError(f"failed: {failure}")
                 if time.monotonic() > deadline:
                     raise DeployError("timeout")
                 await asyncio.sleep(0.1)
@@ -165,11 +216,19 @@ class DeploymentBuilder:
                 self.store.remove_instance(instance_id)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-                detail = (
-                    f" The model server exited (see `selfmaker logs {endpoint}`)."
-                    if str(exc) == "exited"
-                    else f" It did not answer within {timeout:g} seconds."
-                )
+                reason = str(exc)
+                if reason == "exited":
+                    last = last_log_line(log_path)
+                    detail = f" The model server exited (see `selfmaker logs {endpoint}`)." + (
+                        f" Its last words: {last}" if last else ""
+                    )
+                elif reason.startswith("failed: "):
+                    said = reason[len("failed: ") :]
+                    detail = f" The model server says: {said}."
+                    if spec.memory_mb and "MemoryError" in said:  # a serverless limit (RLIMIT_AS) was hit
+                        detail += f" It ran out of memory under MemorySizeInMB={spec.memory_mb}."
+                else:
+                    detail = f" It did not answer within {timeout:g} seconds."
                 raise DeployError(_ping_failure(variant_name) + detail) from None
             self.store.put_instance(
                 instance_id,
@@ -258,7 +317,9 @@ class DeploymentBuilder:
         container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
         variant_dir = deploy_dir / name
         try:
-            model_dir = await asyncio.to_thread(fetch_model_data, container, variant_dir)
+            model_dir = await asyncio.to_thread(
+                fetch_model_data, container, variant_dir, max_unpacked_bytes=self.settings.max_unpacked_bytes
+            )
         except ModelDataError as exc:
             raise DeployError(f"Failed to download model data for production variant {name}: {exc}") from exc
         ctx = VariantContext(

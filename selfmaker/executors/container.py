@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.childenv import child_environment
 from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 from training.executors import container as engines
@@ -280,8 +281,8 @@ class ContainerExecutor(Executor):
         work_dir.mkdir(parents=True, exist_ok=True)
         cidfile = work_dir / f"{name}.cid"
         cidfile.unlink(missing_ok=True)
-        client_env = dict(os.environ)
-        client_env.update(self.container_environment(spec, port))
+        # the engine client's own settings and the names passed with -e; nothing else of the platform's
+        client_env = child_environment(self.container_environment(spec, port), engine_client=True)
         cmd = self.command(spec, engine, name, cidfile, port)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.childenv import child_environment
 from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 
@@ -122,7 +123,8 @@ class TemplateProcess:
         ]
         if self.preload is not None:
             cmd += ["--preload", *self.preload]
-        env = dict(os.environ)
+        # what every forked model server inherits: an explicit environment (common.childenv)
+        env = child_environment()
         # fewer malloc arenas: less address space per thread, so RLIMIT_AS limits real use
         env.setdefault("MALLOC_ARENA_MAX", "2")
         started = time.perf_counter()

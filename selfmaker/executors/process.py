@@ -8,6 +8,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from common.childenv import child_environment
 from common.proc import free_port
 from selfmaker.executors.base import Executor, ExecutorError, InstanceHandle, InstanceSpec
 
@@ -67,8 +68,8 @@ class ProcessExecutor(Executor):
 
     async def start(self, spec: InstanceSpec) -> InstanceHandle:
         port = free_port()
-        env = dict(os.environ)
-        env.setdefault("SAGEMAKER_MODEL_SERVER_WORKERS", str(self.settings.model_server_workers))
+        # an explicit environment (common.childenv): no credentials, no unrelated secret of the platform's
+        env = child_environment({"SAGEMAKER_MODEL_SERVER_WORKERS": str(self.settings.model_server_workers)})
         env.update(spec.environment)
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
         env["SELFMAKER_PARENT_PID"] = str(os.getpid())  # the server stops if the platform is killed

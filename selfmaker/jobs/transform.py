@@ -121,7 +121,9 @@ class TransformJobs:
             raise _JobError(f'Could not find model "{arn}".')
         doc = record.doc
         container = doc.get("PrimaryContainer") or (doc.get("Containers") or [{}])[0]
-        model_dir = fetch_model_data(container, work / "model")
+        model_dir = fetch_model_data(
+            container, work / "model", max_unpacked_bytes=self.settings.max_unpacked_bytes
+        )
         env = dict(container.get("Environment") or {})
         image = container.get("Image") or ""
         if executor_kind_for_image(image, self.settings.process_images) == "process":

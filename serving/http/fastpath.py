@@ -39,6 +39,9 @@ _JSON = "application/json"
 _ROUTES = ("/invocations", "/ping", "/metrics", "/execution-parameters")
 #: The methods of the routes this layer alone answers (a 405 names them in ``Allow``).
 _HOT_METHODS = {"/invocations": "POST", "/ping": "GET, HEAD"}
+#: a 413 leaves the unread body on the connection: the answer says so and the server closes it
+#: (serving.http.response.OneWriteResponse honours it), so the body is never parsed as a request
+_CLOSE = ("Connection", "close")
 #: Set by a server that can answer invocations in batches (see :class:`PendingInvocation`).
 DEFER_KEY = "selfmaker.defer"
 #: Larger bodies are answered at once: their records already fill a model run, and stacking them
@@ -206,6 +209,8 @@ class FastPath:
                 return PendingInvocation(self, environ, start_response, started, body)
             else:
                 status, headers, out, model_seconds = self._invoke(environ, body)
+            if status == 413:
+                headers = [*headers, _CLOSE]
             start_response(_STATUS_LINES.get(status) or str(status), headers)
             result: Iterable[bytes] = [out]
         elif path == "/ping" and (method == "GET" or method == "HEAD"):
@@ -260,6 +265,7 @@ class FastPath:
     ) -> Iterable[bytes] | PendingInvocation:
         name, stream = route
         model_seconds: float | None = None
+        close = False
         if self.endpoint_name is not None and name != self.endpoint_name:
             # the load balancer routes by name, so this is a misrouted or hand-made request
             message = f"Endpoint {name} not found (this server answers for endpoint {self.endpoint_name})."
@@ -268,6 +274,7 @@ class FastPath:
         else:
             body, refused = self._take_invocation(environ)
             if refused is not None:
+                close = refused[0] == 413  # sagemaker-runtime's shape says 400, the body is still unread
                 status, headers, out, model_seconds = self._runtime_answer(refused, False)
             elif (
                 not stream
@@ -285,6 +292,8 @@ class FastPath:
                 status, headers, out, model_seconds = self._runtime_answer(
                     self._invoke(environ, body), stream
                 )
+        if close:
+            headers = [*headers, _CLOSE]
         start_response(_STATUS_LINES.get(status) or str(status), headers)
         self._account(environ, "/invocations", "POST", status, started, model_seconds)
         return [out]

@@ -7,7 +7,8 @@ body chunk) that is two system calls and two TCP segments per request where one 
 the second costs about as much CPU as a small model's prediction. :class:`OneWriteResponse` joins
 the header block and the first body chunk when the chunk is the entire body and small, and defers
 to gunicorn in every other case (chunked, HEAD/204/304, partial or large bodies, headers already
-sent). :func:`install` makes gunicorn's ``wsgi.create`` build it and its parser :class:`LengthBody`,
+sent); an app's ``Connection: close`` closes the connection (a 413 leaves its unread body behind).
+:func:`install` makes gunicorn's ``wsgi.create`` build it and its parser :class:`LengthBody`,
 and makes the errors gunicorn answers itself (a malformed request line or header, a bad chunk size,
 ...) JSON like every other error of the server (:func:`write_json_error`); call it in the worker
 process.
@@ -40,17 +41,22 @@ class OneWriteResponse(wsgi.Response):
     headers_sent: bool  # gunicorn's attribute (untyped there)
     headers: list[tuple[str, str]]
     response_length: int | None
+    must_close: bool
 
     def process_headers(self, headers: Any) -> None:
         """gunicorn's header checks (token name, value bytes, hop-by-hop dropped, ``Content-Length``
         read), run once per distinct header: a model server answers with the same few headers every
         time (``Content-Type: text/csv``, ``x-Amzn-Invoked-Production-Variant: AllTraffic``, a handful
-        of lengths), and the two regular expressions and the hop-by-hop test cost ≈ 1–2 µs a header."""
+        of lengths), and the two regular expressions and the hop-by-hop test cost ≈ 1–2 µs a header.
+        An app's ``Connection: close`` closes the connection after the answer (gunicorn drops hop-by-hop
+        headers and would say keep-alive): a 413 leaves its unread body behind."""
         checked = _CHECKED_HEADERS
         out = self.headers
         for header in headers:
             is_length = checked.get(header) if type(header) is tuple else None
             if is_length is None:
+                if header[0].lower() == "connection" and header[1].strip().lower() == "close":
+                    self.must_close = True
                 count = len(out)
                 super().process_headers((header,))  # raises as gunicorn does on a bad header
                 if len(out) == count + 1 and out[-1] == header and len(checked) < MAX_CHECKED_HEADERS:

@@ -97,6 +97,26 @@ def test_a_corrupt_archive_is_an_archive_error(tmp_path: Path) -> None:
     assert is_archive(_archive(tmp_path / "good.tar.gz")) and not is_archive(tmp_path / "missing.tar.gz")
 
 
+def test_unpack_limit_default_and_fixed() -> None:
+    from common.archives import UNPACK_FLOOR, UNPACK_RATIO, unpack_limit
+
+    assert unpack_limit(2_600_000) == UNPACK_FLOOR  # the 2.6 MB archive of the issue: at most 1 GiB
+    assert unpack_limit(50 * 1024**2) == UNPACK_RATIO * 50 * 1024**2  # a big model: 100 times its size
+    assert unpack_limit(50 * 1024**2, max_bytes=1000) == 1000  # the operator's fixed limit wins
+
+
+def test_an_archive_above_the_limit_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from common.archives import ArchiveTooLargeError
+
+    archive = _archive(tmp_path / "model.tar.gz", _member("weights.bin", data=b"\0" * 5000))
+    with pytest.raises(
+        ArchiveTooLargeError, match=r"would unpack to 5004 bytes, more than the limit of 4096 bytes"
+    ):
+        safe_extract(archive, tmp_path / "out", max_bytes=4096)
+    assert list((tmp_path / "out").iterdir()) == []
+    assert (safe_extract(archive, tmp_path / "ok", max_bytes=5004) / "weights.bin").stat().st_size == 5000
+
+
 @pytest.mark.parametrize("root_name", ["", ".", "./"])
 def test_a_root_directory_entry_is_accepted(tmp_path: Path, root_name: str) -> None:
     """The SDK's repack_model writes a root entry named '' (tar.add(dir, arcname="/")); `tar -C d .` one

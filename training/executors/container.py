@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 
 from common import proc as common_proc
+from common.childenv import child_environment
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 
 log = logging.getLogger(__name__)
@@ -241,8 +243,10 @@ class ContainerExecutor(Executor):
         name = _NAME_UNSAFE.sub("-", f"selfmaker-{spec.job_name}")[:60]
         if name not in self._networks:
             _run_quiet([self.engine, "network", "rm", "-f", name], timeout=60)
+            # EnableNetworkIsolation: the job's hosts reach each other and nothing else
+            internal = ["--internal"] if spec.env.get(NETWORK_ISOLATION_ENV) == "1" else []
             created = subprocess.run(
-                [self.engine, "network", "create", name],
+                [self.engine, "network", "create", *internal, name],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 check=False,
@@ -280,11 +284,17 @@ class ContainerExecutor(Executor):
             "--label",
             f"selfmaker.host={spec.host}",
         ]
+        isolated = spec.env.get(NETWORK_ISOLATION_ENV) == "1"
         if network:
             cmd += ["--network", network, "--network-alias", spec.host]
+        elif isolated:  # EnableNetworkIsolation: no interface but loopback
+            cmd += ["--network", "none"]
         cmd += gpu_arguments(self.engine, spec.instance_type, self.gpus, self.host_has_gpu)
         for key in sorted(spec.env):
-            cmd += ["-e", key]
+            if key != NETWORK_ISOLATION_ENV:
+                cmd += ["-e", key]
+        if isolated:  # the container is the isolation: script mode inside needs no namespace of its own
+            cmd += ["-e", f"{NETWORK_ISOLATION_ENV}=container"]
         args = list(spec.arguments)
         if spec.entrypoint:
             cmd += ["--entrypoint", spec.entrypoint[0], spec.image, *spec.entrypoint[1:], *args]
@@ -305,8 +315,8 @@ class ContainerExecutor(Executor):
         )
         cidfile = Path(spec.work_dir) / f"{name}.cid"
         cidfile.unlink(missing_ok=True)
-        env = dict(os.environ)
-        env.update(spec.env)
+        # the engine client's settings and the names passed with -e (the container sees only those)
+        env = child_environment(spec.env, engine_client=True)
         cmd = self.command(spec, name, cidfile, network)
         log.info(
             "starting training host %s of %s in container %s (%s)",

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from common.childenv import child_environment
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 
 
@@ -56,8 +57,8 @@ class ProcessExecutor(Executor):
         self.python = python or sys.executable
 
     def start(self, spec: HostSpec) -> ProcessHandle:
-        env = dict(os.environ)
-        env.update(spec.env)
+        # an explicit environment (common.childenv); the runner adds credentials when the job uses S3
+        env = child_environment(spec.env)
         env["SELFMAKER_ML_ROOT"] = str(spec.ml_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
         args = list(spec.arguments) or ["train"]

@@ -39,6 +39,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common import uris
+from common.childenv import aws_credentials, child_environment
 from selfmaker.api.common import read_limited
 from selfmaker.api.validation import check_invoke_request
 from selfmaker.errors import ValidationError, ValidationException
@@ -465,7 +466,8 @@ class AsyncSupervisor:
             self.platform.settings.logs_dir / "endpoints" / state.name / f"{instance.instance_id}-async.log"
         )
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        # the worker reads requests and writes answers in S3 itself: the platform's credentials go along
+        env = child_environment(aws_credentials())
         env.setdefault("AWS_DEFAULT_REGION", self.platform.settings.region)
         with open(log_path, "ab") as out:
             process = await asyncio.create_subprocess_exec(
