@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from common.childenv import aws_credentials, child_environment
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import executor_kind_for_image
@@ -384,8 +385,9 @@ class LocalProcessExecutor(Executor):
         if not command:
             raise ExecutorError("ClientError: AppSpecification.ContainerEntrypoint is required")
         shims = _python_shims(spec.work_dir / "bin", self.python)
-        env = dict(os.environ)
-        env.update(spec.env)
+        # an explicit environment (common.childenv): the job's, the machine's; credentials only when the
+        # runner adds them
+        env = child_environment(spec.env)
         env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', os.defpath)}"
         env["SELFMAKER_ML_ROOT"] = str(spec.ml_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -656,6 +658,12 @@ class ProcessingJobRunner:
         env.setdefault("AWS_REGION", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", ""))
         if not env["AWS_REGION"]:
             del env["AWS_REGION"]
+        if self.executor.kind == "process" and "s3://" in json.dumps(self.request):
+            # a job that uses S3 runs as its role would on SageMaker: with the platform's credentials (a job
+            # on file:// data gets none; the environment is otherwise explicit, see common.childenv), as
+            # training hosts do
+            for key, value in aws_credentials().items():
+                env.setdefault(key, value)
         try:
             for host in self._hosts:
                 scratch = self.work_dir / "scratch" / host.name

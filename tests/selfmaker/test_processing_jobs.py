@@ -42,6 +42,7 @@ def platform(
         SELFMAKER_PROCESSING_UPLOAD_INTERVAL="0.3",
         SELFMAKER_TRAINING_STOP_GRACE="5",
         SELFMAKER_MAX_INSTANCES="4",
+        OPERATOR_SECRET="not-for-jobs",
     )
     with running(tmp_path_factory.mktemp("processing-home"), env=env) as server:
         yield server
@@ -141,6 +142,8 @@ SCRIPT = """
         "inputs": [i["InputName"] for i in config["ProcessingInputs"]],
         "resources": resources,
         "python": sys.executable,
+        "secret": os.environ.get("OPERATOR_SECRET"),
+        "credentials": "AWS_SECRET_ACCESS_KEY" in os.environ,
     }))
     print("processed", len(rows), "rows", flush=True)
 """
@@ -196,6 +199,8 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
     assert summary["sum"] == 15.0 and summary["count"] == 5
     assert summary["args"] == ["--alpha", "1"]
     assert summary["env"] == "hello"
+    # an explicit environment (common.childenv): the platform's credentials for a job on S3, no other secret
+    assert (summary["secret"], summary["credentials"]) == (None, True)
     assert (summary["job"], summary["arn"], summary["inputs"]) == (name, arn, ["code", "data"])
     assert summary["resources"] == {"current_host": "algo-1", "hosts": ["algo-1"]}
     # the job's python3 is the platform's interpreter (the image's Python; the platform runs with ours)
@@ -320,7 +325,6 @@ def test_continuous_outputs_reach_s3_while_the_job_runs(sm: Any, s3: Any, moto_s
         import time
         from pathlib import Path
         import boto3
-import psutil
 
         out = Path("/opt/ml/processing/output")
         (out / "first.txt").write_text("early")
