@@ -295,6 +295,14 @@ def test_pipe_mode_streams_gzip_objects_through_a_fifo(sm: Any, s3: Any) -> None
         assert stat.S_ISFIFO(os.stat(fifo).st_mode), "not a FIFO"
         with open(fifo) as f:
             values = [int(x) for x in f.read().split()]
+        again = Path("/opt/ml/processing/input/data_1")  # a second pass, as training's Pipe epochs
+        import time
+        deadline = time.monotonic() + 30
+        while not again.exists():
+            assert time.monotonic() < deadline, "no second pass"
+            time.sleep(0.05)
+        with open(again) as f:
+            assert [int(x) for x in f.read().split()] == values
         Path("/opt/ml/processing/output/values.txt").write_text(" ".join(map(str, values)))
     """
     inputs = [
