@@ -465,6 +465,12 @@ def _error(call: Any, **kwargs: Any) -> tuple[str, str]:
             "InputName 'code' is used by another input",
         ),
         (
+            lambda r: r.update(
+                ProcessingOutputConfig={"Outputs": [_output("o", local="/opt/ml/processing/input/code")]}
+            ),
+            "LocalPath /opt/ml/processing/input/code is the LocalPath of input 'code' too",
+        ),
+        (
             lambda r: r["ProcessingInputs"][0]["S3Input"].update(S3Uri="https://example.com/x"),
             "must be an s3:// (or file://) URI",
         ),
