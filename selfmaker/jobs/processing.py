@@ -54,6 +54,7 @@ from selfmaker.executors import executor_kind_for_image
 from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessHandle
 from training.storage import ObjectRef, Storage, StorageError, join
@@ -391,12 +392,15 @@ class LocalProcessExecutor(Executor):
         env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', os.defpath)}"
         env["SELFMAKER_ML_ROOT"] = str(spec.ml_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        if self.namespace:
+        namespace = list(self.namespace)
+        if namespace and spec.env.get(NETWORK_ISOLATION_ENV) == "1" and len(spec.hosts) == 1:
+            namespace.append("--net")  # EnableNetworkIsolation: not even a loopback that is up
+        if namespace:
             stash = spec.work_dir / "opt"
             hosts = spec.work_dir / "hosts"
             hosts.write_text(_hosts_file(spec.hosts), encoding="utf-8")
-            name = spec.host if "--uts" in self.namespace else ""
-            argv = [*self.namespace, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(spec.ml_root), str(stash)]
+            name = spec.host if "--uts" in namespace else ""
+            argv = [*namespace, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(spec.ml_root), str(stash)]
             argv += [str(hosts), name, *command]
         else:
             argv = [_translate(a, spec.ml_root) for a in command]
@@ -658,7 +662,14 @@ class ProcessingJobRunner:
         env.setdefault("AWS_REGION", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", ""))
         if not env["AWS_REGION"]:
             del env["AWS_REGION"]
-        if self.executor.kind == "process" and "s3://" in json.dumps(self.request):
+        isolated = bool((self.request.get("NetworkConfig") or {}).get("EnableNetworkIsolation"))
+        if isolated:
+            # the executors' rule, as for training jobs: a container on no network (or an internal one), a
+            # local single-host process in a network namespace of its own
+            env[NETWORK_ISOLATION_ENV] = "1"
+            if self.executor.kind == "process" and len(plan.hosts) > 1:
+                self.on_log("", "selfmaker: network isolation: local hosts share this machine's loopback")
+        if self.executor.kind == "process" and not isolated and "s3://" in json.dumps(self.request):
             # a job that uses S3 runs as its role would on SageMaker: with the platform's credentials (a job
             # on file:// data gets none; the environment is otherwise explicit, see common.childenv), as
             # training hosts do

@@ -663,3 +663,37 @@ def test_what_a_script_leaves_running_ends_with_the_job(sm: Any, s3: Any) -> Non
     while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the script's child outlived the job"
         time.sleep(0.1)
+
+
+def test_network_isolation_cuts_a_local_script_off(sm: Any, s3: Any, moto_server: str) -> None:
+    from selfmaker.jobs.processing import namespace_command  # the platform probes the same machine
+
+    if not namespace_command():
+        pytest.skip("this machine gives processes no namespaces (unshare): a local job cannot be isolated")
+    name = _unique("proc-isolated")
+    port = int(moto_server.rsplit(":", 1)[1])
+    script = f"""
+        import os, socket
+        from pathlib import Path
+
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+            reached = True
+        except OSError:
+            reached = False
+        seen = f"reached={{reached}} credentials={{'AWS_SECRET_ACCESS_KEY' in os.environ}}"
+        Path("/opt/ml/processing/output/network.txt").write_text(seen)
+    """
+    sm.create_processing_job(
+        **_request(
+            name,
+            [_code(s3, name, script)],
+            ProcessingOutputConfig={"Outputs": [_output(f"{name}/out")]},
+            NetworkConfig={"EnableNetworkIsolation": True},
+        )
+    )
+    job = _wait(sm, name)
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    assert job["NetworkConfig"] == {"EnableNetworkIsolation": True}
+    # inputs and outputs still move (the platform moves them); the script reaches nothing, has no keys
+    assert _read(s3, f"{name}/out/network.txt") == "reached=False credentials=False"
