@@ -17,9 +17,10 @@ Python (:class:`LocalProcessExecutor`: in a private mount namespace where the ho
 image runs through the container engine with the tree mounted at ``/opt/ml``, as training's BYOC does.
 
 :class:`ProcessingJobs` owns the records (kind ``processing-job``), the log file
-(``<home>/logs/processing-jobs/<name>.log``, one ``[algo-N] `` prefixed line per line of a host, as
-training jobs write theirs) and the restart rule: a job InProgress or Stopping when the platform starts
-is marked Failed (its processes are gone). See docs/processing.md.
+(``<home>/logs/processing-jobs/<name>.log``, one line per line of a host with its time and ``[algo-N] ``
+in front, as training jobs write theirs: :func:`selfmaker.logfiles.stamp`; the CloudWatch Logs view reads
+it as ``/aws/sagemaker/ProcessingJobs``) and the restart rule: a job InProgress or Stopping when the
+platform starts is marked Failed (its processes are gone). See docs/processing.md.
 """
 
 from __future__ import annotations
