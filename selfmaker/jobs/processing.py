@@ -176,8 +176,8 @@ def parse_request(
         s3 = item.get("S3Input")
         if s3 is None:
             raise ValidationException(f"{where} needs an S3Input.")
-        if item.get("AppManaged") and not s3.get("LocalPath"):
-            continue  # the application fetches it itself
+        if item.get("AppManaged"):
+            continue  # "input operations are managed natively by the processing job application"
         uri = str(s3.get("S3Uri") or "")
         _check_uri(uri, f"{where}.S3Input")
         local = local_path(s3.get("LocalPath"), f"{where}.S3Input")
@@ -217,10 +217,10 @@ def parse_request(
                 f"{where}.FeatureStoreOutput is not supported by selfmaker (no Feature Store); "
                 "use an S3Output."
             )
+        if item.get("AppManaged"):
+            continue  # the application uploads it itself
         s3 = item.get("S3Output")
         if s3 is None:
-            if item.get("AppManaged"):
-                continue
             raise ValidationException(f"{where} needs an S3Output.")
         uri = str(s3.get("S3Uri") or "")
         _check_uri(uri, f"{where}.S3Output")
