@@ -7,14 +7,18 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import requests
 from serving_helpers import Server
 
 from common import recordio
 from common.onnx_export import kmeans_to_onnx, pca_to_onnx, save, write_signature
+from serving.contract import Signature
+from serving.handlers.formatter import ResponseFormatter
 
 RECORDIO = "application/x-recordio-protobuf"
 CENTERS = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 0.0], [-4.0, 2.0, 3.0]])
@@ -104,3 +108,31 @@ def test_wrong_width_is_a_400_naming_it(request: pytest.FixtureRequest, which: s
     server: Server = request.getfixturevalue(which)
     answer = post(server, b"1,2\n", "text/csv")
     assert answer.status_code == 400 and "3" in answer.text, answer.text
+
+
+@pytest.mark.parametrize("which", ["kmeans", "pca"])
+@pytest.mark.parametrize("accept", ["application/json", "application/jsonlines", "text/csv", RECORDIO])
+def test_a_shared_run_answers_each_request_as_if_alone(tmp_path: Path, which: str, accept: str) -> None:
+    """Requests batched into one ONNX run (ResponseFormatter.encode_split) get what each would alone:
+    the same records under the same JSON member (PCA's ``projections``)."""
+    if which == "kmeans":
+        save(kmeans_to_onnx(CENTERS), tmp_path)
+        task, names = "clustering", ["closest_cluster", "distance_to_cluster"]
+    else:
+        save(pca_to_onnx(MEAN, COMPONENTS), tmp_path)
+        task, names = "dimensionality_reduction", ["projection"]
+    write_signature(tmp_path, framework=which, task=task, n_features=3, response_format=which)
+    formatter = ResponseFormatter(Signature.load(tmp_path), names, "application/json")
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    outputs = dict(zip(names, sess.run(names, {"input": X}), strict=True))
+    for counts in ([1, 2, 1, 3], [1] * len(X)):  # the second: a record per request, the fast path
+        answers = formatter.encode_split(outputs, [accept] * len(counts), counts)
+        start = 0
+        for count, answer in zip(counts, answers, strict=True):
+            alone = formatter.encode({k: v[start : start + count] for k, v in outputs.items()}, accept)
+            assert answer == alone
+            start += count
+        if accept == "application/json":
+            key = "projections" if which == "pca" else "predictions"
+            first = answers[0]
+            assert isinstance(first, bytes) and list(json.loads(first)) == [key]
