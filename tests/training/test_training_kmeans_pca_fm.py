@@ -18,6 +18,7 @@ from common.recordio import encode_dense
 from selfmaker.jobs.tuning import builtin_metric_definitions
 from training.images import classify_image
 from training.runner import TrainingJobState
+from training.warm import preload_kind
 
 KMEANS_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/kmeans:1"
 PCA_IMAGE = "382416733822.dkr.ecr.us-east-1.amazonaws.com/pca:1"
@@ -80,6 +81,13 @@ def nearest(X: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def test_the_sdks_image_uris_are_the_builtins() -> None:
     assert classify_image(KMEANS_IMAGE) == "kmeans" and classify_image(PCA_IMAGE) == "pca"
     assert classify_image("174872318107.dkr.ecr.us-west-2.amazonaws.com/kmeans:latest") == "kmeans"
+    assert classify_image(FM_IMAGE) == "factorization-machines"
+    # a warm pool's standby imports the built-in ahead (training/standby.py)
+    assert [preload_kind(i) for i in (KMEANS_IMAGE, PCA_IMAGE, FM_IMAGE)] == [
+        "kmeans",
+        "pca",
+        "factorization-machines",
+    ]
 
 
 @pytest.mark.parametrize("init_method", ["kmeans++", "random"])
