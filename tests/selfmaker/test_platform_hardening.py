@@ -199,11 +199,25 @@ def test_training_jobs_get_an_explicit_environment(strict: PlatformProcess, root
 
 
 def test_home_state_and_logs_are_owner_only(strict: PlatformProcess) -> None:
-    home = strict.home
-    for path in (home, home / "logs"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    home = strict.home  # created 0755 by the test's helper before the platform started: left, with a warning
+    assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
     for path in (home / "state.db", home / "logs" / "selfmaker.log"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    if stat.S_IMODE(home.stat().st_mode) & 0o077:
+        assert f"{home} is open to other users" in strict.log() and f"`chmod 700 {home}`" in strict.log()
+
+
+def test_private_directories_are_created_owner_only_and_others_left_alone(tmp_path: Path) -> None:
+    from selfmaker.commands.up import private_directories
+
+    new = tmp_path / "a" / "home"
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    warnings = private_directories(new, new / "logs", shared)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o700 and stat.S_IMODE((new / "logs").stat().st_mode) == 0o700
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # never chmod a directory the platform did not make
+    assert warnings == [f"{shared} is open to other users (mode 755): `chmod 700 {shared}` closes it"]
 
 
 def _refused(info: pytest.ExceptionInfo[ClientError]) -> str:

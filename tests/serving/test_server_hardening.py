@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serving_helpers import Server
+from serving_helpers import Server, wait_for_log
 
 ROW = b"2.0,1.0,0.0,0.0\n"
 
@@ -141,6 +141,7 @@ def test_an_archive_above_the_unpacking_limit_fails_to_load(
     server = serve(
         "--model-data", archive.as_uri(), env={"SELFMAKER_MAX_UNPACKED_BYTES": "200000"}, expect=503
     )
+    wait_for_log(server, "model failed to load", timeout=60)  # /ping says "loading" until then
     ping = requests.get(server.url + "/ping", timeout=5)
     assert ping.status_code == 503
     error = ping.json()["error"]
