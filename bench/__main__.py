@@ -13,10 +13,14 @@ BENCHMARKS: dict[str, str] = {
     "serving": "model server vs the in-process limit, the /ping floor and the anchors (naive flask, MMS)",
     "router": "one model server called directly vs through `selfmaker up` (added latency, throughput ratio)",
     "training": "built-in XGBoost job vs plain xgboost.train in-process on the same CSV",
+    "warm_pool": "training job start: a warm-pool hit (standby interpreter, cached input) vs a cold start",
+    "recordio": "RecordIO-protobuf decode, 1,000 x 100 dense: protobuf package vs the old hand-written one",
     "batch": "batch transform rows/s vs a per-core in-process loop; peak memory at 1M vs 4M rows",
     "coldstart": "serverless cold start: template fork vs plain spawn (and a container); first call after up",
     "lambda_coldstart": "serverless on AWS Lambda: a cold sandbox's first ALB answer vs awslambdaric alone",
     "async_inference": "async accept-to-output vs real-time latency; backlog drain with 1 and 2 instances",
+    "tuning": "a tuning job of 8 short built-in XGBoost jobs with MaxParallelTrainingJobs=2 vs 1 (wall time)",
+    "slowclients": "a client's p99 under 500 idle + 50 slowloris connections / idle p99; RSS over 100k calls",
     "aws_batch": (
         "a transform split over 2 AWS Batch array children (local processes) vs the local engine's rows/s"
     ),

@@ -129,7 +129,12 @@ def wait_ready(proc: Proc, url: str, timeout: float) -> None:
     raise RuntimeError(f"{proc.name} not ready at {url} after {timeout}s:\n{tail}")
 
 
-CONTENT_TYPES = {"csv": "text/csv", "json": "application/json", "npy": "application/x-npy"}
+CONTENT_TYPES = {
+    "csv": "text/csv",
+    "json": "application/json",
+    "npy": "application/x-npy",
+    "recordio": "application/x-recordio-protobuf",
+}
 
 
 @dataclass

@@ -13,7 +13,10 @@ LogisticRegression/20 features,
    and the runtime path the gateway forwards (POST /endpoints/<name>/invocations) next to /invocations;
 4. anchors in the same run (``--anchors``): a naive flask app under gunicorn (2 sync workers) and, if a
    venv with multi-model-server and Java exists (``--mms-venv``), the SageMaker toolkit on MMS;
-5. prints rows/s, p50/p99 and the goal ratios.
+5. RecordIO-protobuf (the SDK's linear-learner default) next to CSV: the small model's batch-64 body
+   as dense Float32 records, in-process and over HTTP at concurrency 8, and in the goal reps as adjacent
+   cells with the batch-64 CSV one (goal: recordio >= 0.8 x CSV);
+6. prints rows/s, p50/p99 and the goal ratios.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ BATCHES = (1, 64, 512)
 #: The server measured is told it serves this endpoint, as the gateway's instances are (runtime path).
 BENCH_ENDPOINT = "bench"
 FORMATS = ("csv", "json", "npy")
+#: the RecordIO-protobuf cells: (batch, format, concurrency) of the small model, compared with CSV
+RECORDIO_CELLS = [(64, "recordio", 8)]
 
 
 def build_models(art: Path, medium: str) -> dict[str, dict[str, Any]]:
@@ -66,6 +71,17 @@ def payload(model: dict[str, Any], batch: int, fmt: str) -> Path:
     return model["payloads"] / f"{model['name']}_b{batch}.{fmt}"
 
 
+def write_recordio_payloads(model: dict[str, Any]) -> None:
+    """The model's CSV payloads as dense float32 RecordIO-protobuf records (what the SDK's
+    RecordSerializer sends), next to them: ``<name>_b<batch>.recordio``."""
+    from common import recordio
+    from serving import codecs
+
+    for batch in BATCHES:
+        table = codecs.decode_csv(payload(model, batch, "csv").read_bytes())
+        payload(model, batch, "recordio").write_bytes(recordio.encode_dense(table))
+
+
 def in_process(models: dict[str, dict[str, Any]], seconds: float, roles: list[str]) -> dict[str, Any]:
     """decode + ORT + encode without HTTP, one thread, ORT intra-op threads as one server worker has."""
     from serving.dataplane import DataPlane
@@ -78,6 +94,19 @@ def in_process(models: dict[str, dict[str, Any]], seconds: float, roles: list[st
         plane = DataPlane(model["dir"], ServingSettings(workers=cores)).load()
         for batch in BATCHES:
             for fmt in FORMATS:
+                body = payload(model, batch, fmt).read_bytes()
+                ctype = CONTENT_TYPES[fmt]
+                calls, p50, p99, _ = timed_loop(
+                    lambda plane=plane, body=body, ctype=ctype: plane.invoke(body, ctype, None), seconds
+                )
+                results[f"{role}/b{batch}/{fmt}"] = {
+                    "rows_s": calls * batch,
+                    "calls_s": calls,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                }
+        if role == "small":
+            for batch, fmt, _ in RECORDIO_CELLS:
                 body = payload(model, batch, fmt).read_bytes()
                 ctype = CONTENT_TYPES[fmt]
                 calls, p50, p99, _ = timed_loop(
@@ -142,6 +171,8 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
     """Interleaved ping-floor / batch-1 cells, repeated, so machine noise hits both sides alike: each
     ratio compares two adjacent cells, taken in alternating order (the VM's speed drifts)."""
     pings, invokes, singles, runtimes = [], [], [], []
+    csv64: list[dict[str, Any]] = []
+    recordio64: list[dict[str, Any]] = []
     body = payload(model, 1, "csv")
     runtime_url = f"{url}/endpoints/{BENCH_ENDPOINT}/invocations"
     for rep in range(reps):
@@ -155,9 +186,19 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
         singles.append(measure(url + "/invocations", body, 1, seconds, 1, pid))
+        # batch-64 RecordIO-protobuf next to batch-64 CSV, in alternating order too
+        pair = [(csv64, "csv"), (recordio64, "recordio")]
+        for cells, fmt in pair if rep % 2 == 0 else pair[::-1]:
+            cells.append(measure(url + "/invocations", payload(model, 64, fmt), 8, seconds, 64, pid))
     ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes, strict=True) if p["rps"])
     runtime_ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes, strict=True) if i["rps"])
+    recordio_ratios = sorted(r["rps"] / c["rps"] for c, r in zip(csv64, recordio64, strict=True) if c["rps"])
     return {
+        "b64_csv_c8_rps": [c["rps"] for c in csv64],
+        "b64_recordio_c8_rps": [r["rps"] for r in recordio64],
+        "recordio_errors": sum(r["errors"] for r in recordio64),
+        "ratio_recordio_over_csv": recordio_ratios,
+        "ratio_recordio_median": recordio_ratios[len(recordio_ratios) // 2] if recordio_ratios else None,
         "runtime_b1_csv_c8_rps": [r["rps"] for r in runtimes],
         "runtime_cpu_us": [r.get("cpu_us_per_req") for r in runtimes],
         "runtime_errors": sum(r["errors"] for r in runtimes),
@@ -408,6 +449,13 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
                     f"(batch 1 CSV c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
                     f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)"
                 )
+            recordio_ratios = reps.get("ratio_recordio_over_csv")
+            if recordio_ratios:
+                lines.append(
+                    "- batch 64 RecordIO-protobuf / batch 64 CSV (c8, adjacent cells) req/s = "
+                    f"[{', '.join(f'{r:.3f}' for r in recordio_ratios)}] (median "
+                    f"{reps['ratio_recordio_median']:.3f}; goal >= 0.8; {reps['recordio_errors']} errors)"
+                )
             cpu_ping = [round(v) for v in reps["ping_cpu_us"] if v]
             cpu_b1 = [round(v) for v in reps["b1_cpu_us"] if v]
             cpu_runtime = [round(v) for v in reps.get("runtime_cpu_us", []) if v]
@@ -472,9 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = work / "logs"
     log_dir.mkdir(exist_ok=True)
     models = build_models(work / "art", args.medium)
+    write_recordio_payloads(models["small"])
     concs = [1, 8, 32]
     roles = ["small", "medium"]
-    small_cells = [(b, f, c) for b in BATCHES for f in FORMATS for c in concs]
+    small_cells = [(b, f, c) for b in BATCHES for f in FORMATS for c in concs] + RECORDIO_CELLS
     medium_cells = small_cells if args.full else [(b, f, 8) for b in BATCHES for f in FORMATS]
 
     results: dict[str, Any] = {"seconds": args.seconds, "work": str(work)}

@@ -10,4 +10,5 @@ each package turns them into its own error base where it calls them.
 - :mod:`common.modeldata`   model data (a directory, an archive, an S3 prefix) to a local model directory
 - :mod:`common.proc`        ``free_port``, ``pip_command``, container-engine detection
 - :mod:`common.http`        the keep-alive HTTP/1.1 clients to model servers (asyncio and threads)
+- :mod:`common.recordio`    ``application/x-recordio-protobuf``: RecordIO framing, the SDK's ``Record``
 """

@@ -126,3 +126,32 @@ def detect_engine(override: str | None = None) -> str:
 def engine_name(engine: str) -> str:
     """``docker`` or ``podman`` (the basename of the engine path)."""
     return Path(engine).name
+
+
+_NETWORK_NAMESPACE: list[str] | None = None
+
+
+def network_namespace_command() -> list[str]:
+    """The ``unshare`` prefix that runs a command in a network namespace of its own (no interface but a
+    loopback that is down: no connection anywhere, not even to the host's 127.0.0.1), or ``[]`` when
+    this machine allows none (probed once: root gets ``--net``, others a user namespace too)."""
+    global _NETWORK_NAMESPACE
+    if _NETWORK_NAMESPACE is None:
+        _NETWORK_NAMESPACE = []
+        if shutil.which("unshare") is not None:
+            options = (["--net"], ["--user", "--map-root-user", "--net"])
+            for option in options if os.geteuid() == 0 else options[1:]:
+                try:
+                    probe = subprocess.run(
+                        ["unshare", *option, "true"],
+                        stdin=subprocess.DEVNULL,
+                        capture_output=True,
+                        timeout=30,
+                        check=False,
+                    )
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
+                if probe.returncode == 0:
+                    _NETWORK_NAMESPACE = ["unshare", *option]
+                    break
+    return list(_NETWORK_NAMESPACE)

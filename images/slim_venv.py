@@ -148,6 +148,10 @@ IMPORTED_AT_RUN_TIME = (
     "pyarrow.fs",
     "xgboost.collective",
     "xgboost.tracker",
+    # application/x-recordio-protobuf (common/recordio.py builds the SDK's Record message at import)
+    "google.protobuf.descriptor_pb2",
+    "google.protobuf.descriptor_pool",
+    "google.protobuf.message_factory",
     # the `lambda` mode: the runtime interface client and its native HTTP client
     "awslambdaric.__main__",
     "awslambdaric.bootstrap",

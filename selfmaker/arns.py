@@ -11,6 +11,8 @@ ARN_TYPES: dict[str, str] = {
     "transform-job": "transform-job",
     "processing-job": "processing-job",
     "hyper-parameter-tuning-job": "hyper-parameter-tuning-job",
+    "model-package": "model-package",
+    "model-package-group": "model-package-group",
 }
 
 

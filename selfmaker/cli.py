@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("selfmaker.commands.up:main", "run the SageMaker-compatible API on one port"),
     "status": ("selfmaker.commands.status:main", "show endpoints, variants, instances and jobs"),
     "logs": ("selfmaker.commands.logs:main", "print the logs of an endpoint or job"),
+    "keys": ("selfmaker.commands.keys:main", "create, list and delete the access keys `up` accepts"),
     "transform": ("batch.cli:main", "run one CreateTransformJob request on Dask"),
     "train-node": ("training.awsbatch:main", "run one node of a training job (inside an AWS Batch job)"),
     "transform-share": (

@@ -48,6 +48,13 @@ class ResourceInUse(SageMakerError):
     code = "ResourceInUse"
 
 
+class ConflictException(SageMakerError):
+    """The change conflicts with the resource's state (e.g. deleting a model package group that holds
+    model packages)."""
+
+    code = "ConflictException"
+
+
 class ResourceNotFound(SageMakerError):
     """A modeled not-found (few SageMaker operations actually answer it)."""
 
@@ -108,3 +115,58 @@ class ServiceUnavailable(SageMakerError):
 
     code = "ServiceUnavailable"
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+# ---- CloudWatch Logs (Logs_20140328.*, served on the control plane's port) ----------------------------
+
+
+class InvalidParameterException(SageMakerError):
+    """CloudWatch Logs' bad input: a constraint of the service model, a bad token, conflicting members."""
+
+    code = "InvalidParameterException"
+
+
+class LogsResourceNotFound(SageMakerError):
+    """CloudWatch Logs' unknown log group or log stream."""
+
+    code = "ResourceNotFoundException"
+
+
+# ---- authentication (every API; AWS's own codes, so boto3 raises the ClientError a user knows) --------
+
+
+class AuthError(SageMakerError):
+    """A request the SigV4 check refused; rendered in the shape of the API that was called."""
+
+    status = HTTPStatus.FORBIDDEN
+
+
+class MissingAuthenticationToken(AuthError):
+    """No signature at all (no ``Authorization`` header, no ``X-Amz-Signature`` query parameter)."""
+
+    code = "MissingAuthenticationToken"
+
+
+class IncompleteSignature(AuthError):
+    """A signature that is malformed: missing or duplicated parts, bad date, unsigned required headers."""
+
+    code = "IncompleteSignature"
+    status = HTTPStatus.BAD_REQUEST
+
+
+class UnrecognizedClient(AuthError):
+    """The access key id is not one of the platform's keys."""
+
+    code = "UnrecognizedClientException"
+
+
+class InvalidSignature(AuthError):
+    """The signature does not match, is expired or not yet valid, or is scoped to another region/service."""
+
+    code = "InvalidSignatureException"
+
+
+class AccessDenied(AuthError):
+    """The key is valid but its allow-list does not name the action called."""
+
+    code = "AccessDeniedException"

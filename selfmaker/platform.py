@@ -22,8 +22,12 @@ from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.executors import Executors
+from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
+from selfmaker.jobs.tuning import TuningManager
+from selfmaker.logrotate import sweep
+from selfmaker.logstreams import LogStreams
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
@@ -39,14 +43,18 @@ class Platform:
         store = StateStore(settings.db_path)
         executors = Executors(settings)
         hooks = DeploymentHooks()
+        training = TrainingManager(settings, store)
         self.services = Services(
             settings=settings,
             store=store,
             registry=registry,
             executors=executors,
             endpoints=EndpointManager(settings, store, executors, hooks),
-            training=TrainingManager(settings, store),
+            training=training,
             transforms=TransformJobs(settings, store, executors),
+            tuning=TuningManager(settings, store, training),
+            processing=ProcessingJobs(settings, store),
+            logs=LogStreams(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial
@@ -55,6 +63,7 @@ class Platform:
         hooks.deleted.extend(bind(f, self.services) for f in registry.endpoint_deleted_hooks)
         hooks.strategies.extend(bind(f, self.services) for f in registry.deployment_strategies)
         self._publisher: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Recover jobs, restore endpoints, run the features' start-up hooks, publish metrics."""
@@ -62,6 +71,8 @@ class Platform:
         self._reap_orphans()
         services.store.clear_instances()
         services.training.recover()
+        services.processing.recover()
+        services.tuning.start_up()  # after recover(): the training jobs it marked Failed are replaced
         await services.endpoints.restore()
         services.transforms.start_up(asyncio.get_running_loop())
         for hook in services.registry.startup:
@@ -69,6 +80,21 @@ class Platform:
         self._publisher = asyncio.get_running_loop().create_task(
             publish_loop(services), name="variant-metrics-publisher"
         )
+        if services.settings.log_max_bytes:
+            self._rotator = asyncio.get_running_loop().create_task(self._rotate_logs(), name="log-rotation")
+
+    async def _rotate_logs(self) -> None:
+        """Rotate the model-server and job logs by size (the platform's own log rotates itself)."""
+        settings = self.services.settings
+        while True:
+            await asyncio.sleep(settings.log_check_interval)
+            await asyncio.to_thread(
+                sweep,
+                settings.logs_dir,
+                settings.log_max_bytes,
+                settings.log_backups,
+                frozenset({"selfmaker.log"}),
+            )
 
     def _reap_orphans(self) -> None:
         """Kill model servers a crashed previous run left behind (recorded PIDs that still run
@@ -92,9 +118,10 @@ class Platform:
     async def stop(self) -> None:
         """Stop jobs, features, model servers; close the executors and the store."""
         services = self.services
-        if self._publisher is not None:
-            self._publisher.cancel()
-            await asyncio.gather(self._publisher, return_exceptions=True)
+        for task in (self._publisher, self._rotator):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await services.transforms.shutdown()
         for hook in services.registry.shutdown:
             try:
@@ -102,7 +129,9 @@ class Platform:
             except Exception:  # noqa: BLE001 - one feature must not keep the others from stopping
                 log.exception("shutdown hook %s failed", getattr(hook, "__name__", hook))
         await services.endpoints.shutdown()
+        await services.tuning.shutdown()  # first: no tuning job launches a training job while they stop
         await services.training.shutdown()
+        await services.processing.shutdown()
         await services.executors.close()
         services.store.close()
 

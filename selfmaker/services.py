@@ -11,8 +11,11 @@ from selfmaker.arns import make_arn
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.endpoints.runtime import FeatureState
 from selfmaker.executors import Executors
+from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
+from selfmaker.jobs.tuning import TuningManager
+from selfmaker.logstreams import LogStreams
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -28,6 +31,10 @@ class Services:
     endpoints: EndpointManager
     training: TrainingManager
     transforms: TransformJobs
+    tuning: TuningManager
+    processing: ProcessingJobs
+    #: the CloudWatch Logs view of the log files (``Logs_20140328.*`` on the control plane's port)
+    logs: LogStreams
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 

@@ -25,12 +25,17 @@ class PlatformSettings(BaseSettings):
     drain_timeout: float = 60.0
     #: seconds between SIGTERM and SIGKILL when a model server is stopped
     stop_grace: float = 10.0
-    #: seconds between SIGTERM and SIGKILL when a training job is stopped (SageMaker: 120)
+    #: seconds between SIGTERM and SIGKILL when a training or processing job is stopped (SageMaker: 120)
     training_stop_grace: float = 120.0
+    #: seconds between two uploads of a processing job's S3Outputs in Continuous mode
+    processing_upload_interval: float = Field(default=5.0, gt=0)
     #: seconds the router waits for a model server's answer (SageMaker: 60 s)
     invocation_timeout: float = 60.0
     #: largest accepted invocation body in bytes (SageMaker: 6 MB)
     max_payload_bytes: int = 6 * 1024 * 1024
+    #: most runtime requests one endpoint may have in flight (reading their body, queued at or served by
+    #: its model servers); one more gets ThrottlingException (429) at once instead of queueing without bound
+    endpoint_queue_limit: int = Field(default=1000, ge=1)
     #: image repository names (last path component, no tag) run as local processes, besides selfmaker*
     process_images: list[str] = Field(
         default_factory=lambda: ["xgboost", "sagemaker-xgboost", "linear-learner", "sagemaker-linear-learner"]
@@ -43,6 +48,20 @@ class PlatformSettings(BaseSettings):
     model_server_workers: int = 1
     #: python interpreter that runs model servers and training (default: the one running selfmaker)
     python: str | None = None
+    #: test knob: a managed spot training job (EnableManagedSpotTraining) is interrupted once after this many
+    #: seconds of Training, as a spot reclaim would, and restarts from its checkpoints (unset: never)
+    spot_interrupt_after: float | None = Field(default=None, gt=0)
+    #: serve without checking signatures even with keys or on a non-loopback address (warned at every start)
+    no_auth: bool = False
+    #: PEM certificate chain and private key: serve HTTPS (TLS 1.2+) instead of HTTP; both or neither
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: a log file (platform, model server, job) larger than this many bytes is rotated; 0: never
+    log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
+    #: rotated files kept per log (``name.log.1`` … ``name.log.N``, the highest the oldest)
+    log_backups: int = Field(default=5, ge=0, le=100)
+    #: seconds between looks at the sizes of the model-server and job logs
+    log_check_interval: float = Field(default=10.0, gt=0)
     #: directories ``file://`` locations (model data, channels, outputs, checkpoints) must stay inside,
     #: separated by ``:`` (empty: anywhere but the system directories of selfmaker.paths)
     file_roots: str = ""

@@ -1,4 +1,5 @@
-"""Request decoders and response encoders (CSV, JSON, JSON Lines, NPY), tuned for small latency.
+"""Request decoders and response encoders (CSV, JSON, JSON Lines, NPY, RecordIO-protobuf, libsvm), tuned for
+small latency.
 
 Decoders turn a body into a ``numpy`` array (or ``{input name: array}`` for ``{"inputs": {...}}``
 JSON); every malformed body raises :class:`~serving.errors.BadRequestError` with a message that says
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.lib.format as npformat
 import orjson
 
+from common import recordio
 from serving import contract
 from serving.errors import BadRequestError, NotAcceptableError, UnsupportedMediaTypeError
 
@@ -33,8 +35,12 @@ _NEGATIVE_ZERO_INTEGER = re.compile(rb"-0(?![.\deE])")
 # decoding
 
 
-def decode(body: bytes, content_type: str, dtype: Any = np.float32) -> Batch:
-    """Decode ``body`` of (normalised) ``content_type`` into an array or a dict of named arrays."""
+def decode(body: bytes, content_type: str, dtype: Any = np.float32, width: int | None = None) -> Batch:
+    """Decode ``body`` of (normalised) ``content_type`` into an array or a dict of named arrays.
+
+    ``width`` is the model's feature count when it has one (a single ``[N, width]`` input): the sparse
+    formats (RecordIO-protobuf with keys, libsvm) fill their rows to it and refuse features beyond it.
+    """
     if content_type == contract.CSV:
         return decode_csv(body, dtype)
     if content_type == contract.JSON:
@@ -43,6 +49,10 @@ def decode(body: bytes, content_type: str, dtype: Any = np.float32) -> Batch:
         return decode_npy(body)
     if content_type == contract.JSONLINES:
         return decode_jsonlines(body, dtype)
+    if content_type == contract.RECORDIO:
+        return decode_recordio(body, dtype, width)
+    if content_type == contract.LIBSVM:
+        return decode_libsvm(body, dtype, width)
     raise UnsupportedMediaTypeError(
         f"unsupported Content-Type {content_type or '(none)'!r}; use one of {', '.join(contract.DECODABLE)}"
     )
@@ -218,6 +228,82 @@ def decode_jsonlines(body: bytes, dtype: Any = np.float32) -> np.ndarray:
     return _to_array(rows, dtype, "JSON Lines records")
 
 
+def decode_recordio(body: bytes, dtype: Any = np.float32, width: int | None = None) -> np.ndarray:
+    """RecordIO-framed ``Record`` protobufs (``sagemaker.amazon.common``'s ``RecordSerializer``), one row
+    per record from ``features["values"]``: dense, or sparse (``keys``, ``shape``) with zeros where no
+    key is. Float32, Float64 and Int32 tensors are read (the SDK writes what the array's dtype is); a
+    label, if any, is ignored."""
+    if not body:
+        raise BadRequestError("empty RecordIO-protobuf body")
+    try:
+        table = recordio.dense_uniform(body, width)  # the SDK's usual request, without a loop
+        if table is None:
+            table, _ = recordio.dense_batch(recordio.split_records(body), width)
+    except recordio.RecordIOError as exc:
+        raise BadRequestError(f"malformed RecordIO-protobuf body: {exc}") from None
+    return table if dtype in (None, np.float32) else _cast_table(table, dtype)
+
+
+def _cast_table(table: np.ndarray, dtype: Any) -> np.ndarray:
+    try:
+        return table.astype(dtype)
+    except (ValueError, TypeError) as exc:
+        raise BadRequestError(f"values do not fit {np.dtype(dtype).name}: {exc}") from None
+
+
+def decode_libsvm(body: bytes, dtype: Any = np.float32, width: int | None = None) -> np.ndarray:
+    """``label index:value ...`` lines as xgboost reads them: the leading label (``label[:weight]``) is
+    ignored, indices are 0-based column numbers (dmlc-core's ``indexing_mode`` 0, the default of the
+    xgboost versions SageMaker's images run), ``qid:`` is skipped, ``#`` starts a comment, and a feature
+    a line does not name is missing (NaN), as in the DMatrix xgboost's predictor builds from libsvm.
+    The rows are ``width`` wide (the model's), or as wide as the largest index otherwise; an index at or
+    beyond the model's width is refused."""
+    rows: list[tuple[list[int], list[float]]] = []
+    top = -1
+    for line_no, raw in enumerate(body.split(b"\n"), start=1):
+        tokens = raw.split(b"#", 1)[0].split()
+        if not tokens:
+            continue
+        indices: list[int] = []
+        values: list[float] = []
+        for token in tokens[1:]:
+            index, sep, value = token.partition(b":")
+            if index == b"qid":
+                continue
+            try:
+                if not sep or not index.isdigit():
+                    raise ValueError
+                column, number = int(index), float(value)
+            except ValueError:
+                shown = token[:40].decode("utf-8", "replace")
+                raise BadRequestError(
+                    f"libsvm line {line_no}: {shown!r} is not index:value (a 0-based feature index, a number)"
+                ) from None
+            if width is not None and column >= width:
+                raise BadRequestError(
+                    f"libsvm line {line_no}: feature index {column} is beyond the model's {width} features "
+                    f"(indices are 0-based: 0..{width - 1})"
+                )
+            indices.append(column)
+            values.append(number)
+        if indices:
+            top = max(top, max(indices))
+        rows.append((indices, values))
+    if not rows:
+        raise BadRequestError("empty libsvm body")
+    if width is None and top >= recordio.MAX_WIDTH:  # a few bytes must not allocate gigabytes
+        raise BadRequestError(
+            f"libsvm feature index {top} is beyond the {recordio.MAX_WIDTH:,} features this server reads"
+        )
+    table = np.full((len(rows), width if width is not None else top + 1), np.nan, dtype=np.float32)
+    for row, (indices, values) in enumerate(rows):
+        if indices:
+            table[row, indices] = values
+    if table.shape[1] == 0:
+        raise BadRequestError("libsvm body names no features")
+    return table if dtype in (None, np.float32) else _cast_table(table, dtype)
+
+
 #: The header ``numpy.save`` writes for a plain C-ordered array (format 1.0): the fast path below
 #: reads it with this expression instead of numpy's literal_eval of the header dict (≈ 100 µs of a
 #: small request); anything else goes through ``np.load``.
@@ -339,6 +425,20 @@ def encode_jsonlines(records: Sequence[Any]) -> bytes:
     if not len(records):
         return b""
     return b"\n".join(encode_json(record) for record in records) + b"\n"
+
+
+def encode_recordio(records: Sequence[Any]) -> bytes:
+    """Answer records (``{"score": ..., "predicted_label": ...}``) as RecordIO-framed ``Record`` protobufs
+    whose ``label`` map holds each member as a float32 tensor, as linear-learner answers
+    ``application/x-recordio-protobuf`` (the SDK's ``RecordDeserializer`` reads them)."""
+    if any(not isinstance(record, dict) for record in records):
+        raise NotAcceptableError(
+            "application/x-recordio-protobuf answers need named results (score, predicted_label)"
+        )
+    try:
+        return recordio.encode_label_records(records)
+    except (TypeError, ValueError) as exc:
+        raise NotAcceptableError(f"the answer cannot be written as RecordIO-protobuf: {exc}") from None
 
 
 def _array_text(array: np.ndarray) -> bytes:

@@ -18,6 +18,10 @@ JSON = "application/json"
 JSONLINES = "application/jsonlines"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
+#: SageMaker's RecordIO-framed protobuf ``Record``s (common/recordio.py); linear-learner's SDK default
+RECORDIO = "application/x-recordio-protobuf"
+#: ``label index:value ...`` lines, as xgboost reads them (0-based indices)
+LIBSVM = "text/libsvm"
 ANY = "*/*"
 
 #: Accepted spellings of each content type, normalised to the canonical one.
@@ -33,10 +37,18 @@ CONTENT_TYPE_ALIASES: dict[str, str] = {
     "application/x-npy": NPY,
     "application/npy": NPY,
     "application/x-npz": NPZ,
+    "application/x-recordio-protobuf": RECORDIO,
+    "application/recordio-protobuf": RECORDIO,
+    "text/libsvm": LIBSVM,
+    "text/x-libsvm": LIBSVM,
+    "application/x-libsvm": LIBSVM,
 }
 #: Content types the default handler decodes and encodes.
-DECODABLE = (CSV, JSON, JSONLINES, NPY)
+DECODABLE = (CSV, JSON, JSONLINES, NPY, RECORDIO, LIBSVM)
 ENCODABLE = (JSON, CSV, JSONLINES, NPY)
+#: what the answers of the built-ins' response formats (xgboost, linear-learner) may also be: their
+#: records (``score``, ``predicted_label``) as the ``label`` map of RecordIO-protobuf ``Record``s
+RECORD_ENCODABLE = (*ENCODABLE, RECORDIO)
 #: Content types the toolkit hands to hooks as ``str`` rather than ``bytes``
 #: (sagemaker_inference.content_types.UTF8_TYPES).
 UTF8_TYPES = (JSON, CSV, JSONLINES)

@@ -140,6 +140,13 @@ class OnnxModel:
             return self.inputs[0].dtype
         return np.float32
 
+    @property
+    def feature_width(self) -> int | None:
+        """The feature count of a single ``[N, width]`` input (what sparse request rows are filled to)."""
+        if len(self.inputs) == 1 and len(self.inputs[0].shape) == 2:
+            return self.inputs[0].shape[1]
+        return None
+
     def validate(self, data: Any) -> dict[str, np.ndarray]:
         """Check ``data`` (array or {name: array}) against the graph inputs; return the feed dict."""
         if isinstance(data, dict):

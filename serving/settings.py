@@ -51,6 +51,9 @@ class ServingSettings(BaseSettings):
         "inline", alias="SELFMAKER_SERVE_WORKER_CLASS", pattern="^(inline|gthread|sync)$"
     )
     threads: int = Field(4, alias="SELFMAKER_SERVE_THREADS", ge=1, le=256)
+    #: seconds a request may take to arrive whole from its first byte (the ``inline`` worker buffers
+    #: requests in its poller, so a client that drips its headers or body holds no other connection up)
+    read_timeout: float = Field(30.0, alias="SELFMAKER_SERVE_READ_TIMEOUT", gt=0, le=3600)
     ort_threads: int | None = Field(None, alias="SELFMAKER_ORT_THREADS", ge=1)
     use_gpu: bool | None = Field(None, alias="SELFMAKER_USE_GPU")
     install_requirements: bool = Field(True, alias="SELFMAKER_INSTALL_REQUIREMENTS")

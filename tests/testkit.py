@@ -30,12 +30,17 @@ def wait_until(
 
 
 def wait_http(
-    url: str, *, timeout: float = 30.0, status: int = 200, alive: Callable[[], bool] | None = None
+    url: str,
+    *,
+    timeout: float = 30.0,
+    status: int = 200,
+    alive: Callable[[], bool] | None = None,
+    verify: bool | str = True,
 ) -> None:
     """Poll ``url`` until it answers ``status``; fail with the last answer after ``timeout`` seconds.
 
     ``alive`` is checked between polls so a server that died fails the test at once instead of
-    after the deadline.
+    after the deadline; ``verify`` is requests' (a CA bundle path for a server with a test certificate).
     """
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -43,7 +48,7 @@ def wait_http(
         if alive is not None and not alive():
             raise AssertionError(f"server behind {url} exited before it was ready ({last})")
         try:
-            resp = requests.get(url, timeout=2)
+            resp = requests.get(url, timeout=2, verify=verify)
             if resp.status_code == status:
                 return
             last = f"HTTP {resp.status_code}: {resp.text[:200]}"

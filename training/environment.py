@@ -61,6 +61,11 @@ def _read_json(path: Path, default: Any) -> Any:
         raise UserError(f"{path}: not valid JSON: {exc}") from exc
 
 
+#: set (to "1") by the runner for a job with ``EnableNetworkIsolation``: the user's script runs without a
+#: network (script mode: its own network namespace; containers: ``--network none``)
+NETWORK_ISOLATION_ENV = "SELFMAKER_NETWORK_ISOLATION"
+
+
 @dataclass
 class TrainingEnvironment:
     """Paths and configuration of one training host, read from an ``/opt/ml``-shaped tree."""
@@ -127,7 +132,12 @@ class TrainingEnvironment:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints"
+        """CheckpointConfig.LocalPath (``/opt/ml/…`` read inside this tree, another absolute path as it is:
+        a local process is given its host path, a container its mount), default ``<root>/checkpoints``."""
+        local = str(self.checkpoint_config.get("LocalPath") or "")
+        if local.startswith("/opt/ml/"):
+            return self.root / local[len("/opt/ml/") :]
+        return Path(local) if local.startswith("/") else self.root / "checkpoints"
 
     @property
     def code_dir(self) -> Path:

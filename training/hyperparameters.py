@@ -19,6 +19,8 @@ class Hyperparameters:
         self.raw = {
             k: v for k, v in raw.items() if not k.startswith("sagemaker_") and k != "_tuning_objective_metric"
         }
+        #: the objective metric of the tuning job that launched this training job (``validation:auc``)
+        self.tuning_objective_metric = str(raw.get("_tuning_objective_metric") or "")
 
     def has(self, name: str) -> bool:
         return name in self.raw and str(self.raw[name]).strip().lower() not in {"", "auto", "none"}

@@ -33,10 +33,13 @@ from typing import Any
 
 from common.childenv import aws_credentials
 from common.proc import free_port
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor
 from training.images import classify_image
+from training.script_mode import SUBMIT_CACHE_ENV
 from training.storage import ObjectRef, Storage, StorageError, is_s3, join
+from training.warm import WarmExecutor, WarmStart
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,16 @@ MESSAGES = {
     "Stopping": "Stopping the training job",
     "Stopped": "Training job stopped",
     "MaxRuntimeExceeded": "Training job runtime exceeded MaxRuntimeInSeconds provided",
+    "MaxWaitTimeExceeded": "Training job wait time exceeded MaxWaitTimeInSeconds provided",
+    "Interrupted": "Training job interrupted by a spot instance interruption",
+    "Restarting": "Restarting the training job",
 }
+
+#: the share of the on-demand price a (simulated) managed spot job is billed: spot capacity locally costs
+#: nothing, so this stands for SageMaker's typical spot discount and makes BillableTimeInSeconds < training
+SPOT_PRICE_RATIO = 0.3
+#: where SageMaker mounts the checkpoint directory when CheckpointConfig.LocalPath is absent
+DEFAULT_CHECKPOINT_PATH = "/opt/ml/checkpoints"
 
 FAILURE_REASON_LIMIT = 1024
 DEFAULT_MAX_RUNTIME = 86400
@@ -88,6 +100,10 @@ class TrainingJobState:
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     #: host → local log file
     log_files: dict[str, str] = field(default_factory=dict)
+    #: BillableTimeInSeconds when it is not the training time (managed spot)
+    billable_seconds: int | None = None
+    #: attempts started (1 + restarts after internal errors or spot interruptions)
+    attempts: int = 0
 
     def describe_fields(self) -> dict[str, Any]:
         """DescribeTrainingJob members (botocore names); absent values are omitted, never None."""
@@ -108,7 +124,7 @@ class TrainingJobState:
         if self.start_time and self.end_time:
             seconds = max(0, int(round((self.end_time - self.start_time).total_seconds())))
             out["TrainingTimeInSeconds"] = seconds
-            out["BillableTimeInSeconds"] = seconds
+            out["BillableTimeInSeconds"] = seconds if self.billable_seconds is None else self.billable_seconds
         return out
 
 
@@ -146,12 +162,45 @@ class _JobRequest:
     max_runtime: float
     hyperparameters: dict[str, Any]
     checkpoint: dict[str, Any]
+    #: EnableManagedSpotTraining
+    spot: bool = False
+    #: StoppingCondition.MaxWaitTimeInSeconds (spot only): the whole job's wall time, restarts included
+    max_wait: float | None = None
+    #: RetryStrategy.MaximumRetryAttempts - 1: restarts allowed after an internal error
+    retries: int = 0
+    #: CheckpointConfig.LocalPath as the job sees it (``/opt/ml/checkpoints`` by default)
+    checkpoint_local: str = DEFAULT_CHECKPOINT_PATH
+
+    @property
+    def checkpoint_subdir(self) -> str | None:
+        """The checkpoint directory relative to a host's ``/opt/ml`` tree, or None when LocalPath lies
+        outside ``/opt/ml`` (then ``checkpoints/`` of the tree is mounted at LocalPath in a container)."""
+        if self.checkpoint_local.startswith("/opt/ml/"):
+            return self.checkpoint_local[len("/opt/ml/") :].strip("/")
+        return None
 
     @property
     def checkpoint_uri(self) -> str | None:
         """CheckpointConfig.S3Uri, when checkpoints are synced."""
         uri = self.checkpoint.get("S3Uri")
         return str(uri) if uri else None
+
+
+def checkpoint_local_path(checkpoint: Mapping[str, Any]) -> str:
+    """CheckpointConfig.LocalPath, checked: an absolute path, not ``/opt/ml`` itself nor inside the
+    platform-written ``/opt/ml/input`` (default ``/opt/ml/checkpoints``); TrainingRequestError otherwise."""
+    local = str(checkpoint.get("LocalPath") or DEFAULT_CHECKPOINT_PATH)
+    clean = os.path.normpath(local)
+    if not local.startswith("/") or clean != local.rstrip("/") or clean in ("/", "/opt/ml"):
+        raise TrainingRequestError(
+            f"CheckpointConfig.LocalPath {local!r} must be a normalized absolute directory path other than "
+            "/ and /opt/ml"
+        )
+    if clean == "/opt/ml/input" or clean.startswith("/opt/ml/input/"):
+        raise TrainingRequestError(
+            f"CheckpointConfig.LocalPath {local!r} must not be inside /opt/ml/input (the platform writes it)"
+        )
+    return clean
 
 
 def check_request(request: dict[str, Any]) -> None:
@@ -168,7 +217,14 @@ class TrainingJobRunner:
     thread-safe (StopTrainingJob). Extra keyword arguments: ``executors`` (kind → executor; ``process``
     defaults to :class:`ProcessExecutor`, ``container`` to ``training.executors.container`` when present),
     ``storage`` / ``s3_endpoint_url``, ``stop_grace_seconds`` (SIGTERM → SIGKILL, SageMaker gives 120),
-    ``checkpoint_sync_interval`` and ``job_arn``.
+    ``checkpoint_sync_interval`` and ``job_arn``; ``spot_interrupt_after`` (seconds of Training after which a
+    managed spot job is interrupted once, the test knob ``SELFMAKER_SPOT_INTERRUPT_AFTER``) and ``warm`` (a
+    warm pool's standby interpreters and input cache, :mod:`training.warm`).
+
+    ``RetryStrategy.MaximumRetryAttempts`` restarts the job after an internal error (a host killed by a
+    signal or dead without ``output/failure``; a user error writes it and is final), and a spot interruption
+    restarts it once; each restart begins again at Starting, restores CheckpointConfig.S3Uri into
+    CheckpointConfig.LocalPath and shows in SecondaryStatusTransitions (Restarting / Interrupted).
 
     One node of a multi-machine job (an AWS Batch multi-node job) runs only its own hosts: ``local_hosts``
     names them (default: every host of the job), ``host_addresses`` says how hosts reach each other (at
@@ -192,6 +248,8 @@ class TrainingJobRunner:
         local_hosts: Sequence[str] | None = None,
         host_addresses: Mapping[str, str] | None = None,
         tracker_port: int | None = None,
+        spot_interrupt_after: float | None = None,
+        warm: WarmStart | None = None,
     ) -> None:
         self.request = request
         self.work_dir = Path(work_dir).resolve()  # hosts run with their own cwd: no relative paths
@@ -205,6 +263,8 @@ class TrainingJobRunner:
         self.local_hosts = None if local_hosts is None else frozenset(local_hosts)
         self.host_addresses = dict(host_addresses or {})
         self.tracker_port = tracker_port
+        self.spot_interrupt_after = spot_interrupt_after
+        self.warm = warm
         region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
         self.job_arn = (
             job_arn or f"arn:aws:sagemaker:{region}:000000000000:training-job/{self.job_name.lower()}"
@@ -220,6 +280,9 @@ class TrainingJobRunner:
         self._ckpt_lock = threading.Lock()
         self._exec_kind = "process"
         self._last_metric_notify = 0.0
+        self._job: _JobRequest | None = None
+        self._started_monotonic = time.monotonic()
+        self._training_seconds = 0.0  # spent in Training by the attempts so far (MaxRuntimeInSeconds)
         self._transition("Starting")
 
     # -- public API -----------------------------------------------------------------------------
@@ -300,35 +363,78 @@ class TrainingJobRunner:
 
     # -- the job --------------------------------------------------------------------------------
     def _run(self) -> None:
-        """The job's phases, as SageMaker's SecondaryStatus names them."""
+        """The job's phases, as SageMaker's SecondaryStatus names them; attempts after an internal error
+        (RetryStrategy) or a simulated spot interruption start again from Starting, with the checkpoints
+        synced to CheckpointConfig.S3Uri restored."""
         job = self._parse_request()
-        executor = self._executor(job.kind)
-        self._exec_kind = executor.kind  # FastFile symlinks only make sense for a local process
-        self._prepare_hosts(job)
-        self._download(job)
-        if self._stop_requested.is_set():
-            self._finish("Stopped", "Stopped", None)
-            return
-        timed_out = self._train(job, executor)
-        with self._lock:
-            codes = {h.name: (h.handle.poll() if h.handle else None) for h in self._hosts}
-            self.state.exit_codes = codes
-        stopped = self._stop_requested.is_set() and not timed_out
-        failed_hosts = [h.name for h in self._hosts if codes.get(h.name) not in (0,)]
+        self._job = job
+        self._started_monotonic = time.monotonic()
+        retries_left = job.retries
+        interrupt_after = self.spot_interrupt_after if job.spot else None
         reason: str | None = None
-        if not stopped and not timed_out and failed_hosts:
-            reason = self._failure_reason(failed_hosts, codes)
+        stopped = False
+        ended: str | None = None
+        while True:
+            with self._lock:
+                self.state.attempts += 1
+            executor = self._executor(job.kind)
+            self._exec_kind = executor.kind  # FastFile symlinks only make sense for a local process
+            self._prepare_hosts(job)
+            self._download(job)
+            if self._stop_requested.is_set():
+                self._finish("Stopped", "Stopped", None)
+                return
+            try:
+                ended = self._train(job, executor, interrupt_after)
+            except ExecutorError as exc:
+                if retries_left <= 0 or self._stop_requested.is_set():
+                    raise
+                retries_left -= 1
+                self._restart(job, f"the training hosts could not be started: {exc}", retries_left)
+                continue
+            if ended == "Interrupted" and not self._stop_requested.is_set():
+                interrupt_after = None  # one simulated interruption per job
+                self._transition("Interrupted")
+                self._say(
+                    "Spot instance interrupted: the job restarts from the checkpoints synced to "
+                    f"{job.checkpoint_uri or '(no CheckpointConfig: from scratch)'}"
+                )
+                self._transition("Starting", "Launching requested ML instances after the spot interruption")
+                continue
+            with self._lock:
+                codes = {h.name: (h.handle.poll() if h.handle else None) for h in self._hosts}
+                self.state.exit_codes = codes
+            if ended == "Interrupted":
+                ended = None  # stopped while interrupted: a plain stop
+            stopped = self._stop_requested.is_set() and ended is None
+            failed_hosts = [h.name for h in self._hosts if codes.get(h.name) not in (0,)]
+            reason = None
+            if not stopped and ended is None and failed_hosts:
+                reason = self._failure_reason(failed_hosts, codes)
+                if retries_left > 0 and self._internal_failure(failed_hosts, codes):
+                    retries_left -= 1
+                    self._restart(job, reason, retries_left)
+                    continue
+            break
         try:
-            self._upload(job, keep_model=reason is None, interrupted=stopped or timed_out)
+            self._upload(job, keep_model=reason is None, interrupted=stopped or ended is not None)
         except StorageError as exc:
             reason = reason or f"ClientError: cannot upload the job output: {exc}"
-            stopped = timed_out = False
-        if timed_out:
+            stopped, ended = False, None
+        self._bill(job)
+        if ended == "MaxRuntimeExceeded":
             self._finish(
                 "Stopped",
                 "MaxRuntimeExceeded",
                 "MaxRuntimeExceeded: Training job runtime exceeded MaxRuntimeInSeconds provided "
                 f"({job.max_runtime:g} s)",
+            )
+        elif ended == "MaxWaitTimeExceeded":
+            self._finish(
+                "Stopped",
+                "MaxWaitTimeExceeded",
+                "MaxWaitTimeExceeded: Training job wait time exceeded MaxWaitTimeInSeconds provided "
+                f"({job.max_wait:g} s)",
             )
         elif stopped:
             self._finish("Stopped", "Stopped", None)
@@ -336,6 +442,47 @@ class TrainingJobRunner:
             self._finish("Failed", "Failed", reason)
         else:
             self._finish("Completed", "Completed", None)
+
+    def _internal_failure(self, failed: list[str], codes: dict[str, int | None]) -> bool:
+        """True when no failed host wrote ``output/failure``: the entry was killed by a signal or died before
+        it could say why — what SageMaker's RetryStrategy retries; a user error writes the file (the other
+        hosts, stopped because one failed, end by SIGTERM without one)."""
+        return not any((self.work_dir / "hosts" / name / "output" / "failure").is_file() for name in failed)
+
+    def _restart(self, job: _JobRequest, reason: str, retries_left: int) -> None:
+        """Record the internal error and start the next attempt (SecondaryStatus Restarting)."""
+        attempt = self.state.attempts
+        self._say(f"Attempt {attempt} ended with an internal error; retrying ({retries_left} retries left)")
+        first_line = reason.splitlines()[0] if reason else "internal error"
+        self._transition(
+            "Restarting",
+            f"Restarting the training job after an internal error (attempt {attempt + 1} of "
+            f"{job.retries + 1}): {first_line}"[:1024],
+        )
+
+    def _bill(self, job: _JobRequest) -> None:
+        """BillableTimeInSeconds: the training time, or for managed spot the spot share of it, with the
+        saving printed in the log as SageMaker prints it."""
+        with self._lock:
+            if self.state.start_time is None:
+                return
+            seconds = max(1, int(round((_now() - self.state.start_time).total_seconds())))
+            if not job.spot:
+                return
+            billable = max(1, int(round(seconds * SPOT_PRICE_RATIO)))
+            self.state.billable_seconds = billable
+        self._say(f"Training seconds: {seconds}")
+        self._say(f"Billable seconds: {billable}")
+        self._say(f"Managed Spot Training savings: {100.0 * (1 - billable / seconds):.1f}%")
+
+    def _say(self, line: str) -> None:
+        """A platform line in the job log (host name ``selfmaker``)."""
+        log.info("training job %s: %s", self.job_name, line)
+        if self.on_log is not None:
+            try:
+                self.on_log("selfmaker", line)
+            except Exception:
+                log.exception("on_log callback failed")
 
     def _parse_request(self) -> _JobRequest:
         """The request's fields this runner uses, checked (TrainingRequestError names the bad field)."""
@@ -365,6 +512,10 @@ class TrainingJobRunner:
         hps = req.get("HyperParameters") or {}
         if not isinstance(hps, dict):
             raise TrainingRequestError("HyperParameters must be a map of strings")
+        stopping = req.get("StoppingCondition") or {}
+        checkpoint = req.get("CheckpointConfig") or {}
+        local = checkpoint_local_path(checkpoint)
+        retry = req.get("RetryStrategy") or {}
         return _JobRequest(
             algo=algo,
             image=image,
@@ -373,17 +524,25 @@ class TrainingJobRunner:
             output_path=output_path,
             names=sorted(f"algo-{i}" for i in range(1, count + 1)),  # lexicographic, as SageMaker sorts them
             instance_type=str(resources.get("InstanceType") or "ml.m5.large"),
-            max_runtime=float(
-                (req.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME
-            ),
+            max_runtime=float(stopping.get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME),
             hyperparameters=hps,
-            checkpoint=req.get("CheckpointConfig") or {},
+            checkpoint=checkpoint,
+            spot=bool(req.get("EnableManagedSpotTraining")),
+            max_wait=float(stopping["MaxWaitTimeInSeconds"])
+            if stopping.get("MaxWaitTimeInSeconds")
+            else None,
+            retries=max(0, int(retry.get("MaximumRetryAttempts") or 1) - 1),
+            checkpoint_local=local,
         )
 
     # -- Starting: one /opt/ml tree per host
     def _prepare_hosts(self, job: _JobRequest) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(exist_ok=True)
+        with self._lock:
+            self._hosts = []  # a new attempt gets fresh hosts, as SageMaker gives it new instances
+        with self._ckpt_lock:
+            self._checkpoint_uploaded.clear()  # the local copies are gone; the restore records what it brings
         for name in job.names:
             if self.local_hosts is not None and name not in self.local_hosts:
                 continue  # another node runs it
@@ -400,7 +559,9 @@ class TrainingJobRunner:
                 "code",
             ):
                 (root / sub).mkdir(parents=True, exist_ok=True)
-            self._hosts.append(_Host(name, root))
+            (root / (job.checkpoint_subdir or "checkpoints")).mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._hosts.append(_Host(name, root))
             self._write_configs(
                 root,
                 name,
@@ -410,12 +571,27 @@ class TrainingJobRunner:
                 job.channels,
                 job.algo,
                 job.checkpoint,
+                self._checkpoint_seen_as(job, root),
             )
+
+    def _checkpoint_dir(self, host: _Host) -> Path:
+        """The host-side directory of CheckpointConfig.LocalPath."""
+        sub = self._job.checkpoint_subdir if self._job is not None else None
+        return host.root / (sub or "checkpoints")
+
+    def _checkpoint_seen_as(self, job: _JobRequest, root: Path) -> str:
+        """CheckpointConfig.LocalPath as the training program sees it: the path itself in a container
+        (mounted there when outside /opt/ml), its place in the host's tree for a local process (which sees
+        its /opt/ml tree at ``$SELFMAKER_ML_ROOT``)."""
+        if self._exec_kind == "container":
+            return job.checkpoint_local
+        return str(root / (job.checkpoint_subdir or "checkpoints"))
 
     # -- Downloading
     def _download(self, job: _JobRequest) -> None:
         with self._lock:
-            self.state.start_time = _now()
+            if self.state.start_time is None:  # a restarted attempt keeps the job's start
+                self.state.start_time = _now()
         self._transition("Downloading")
         for host in self._hosts:
             for ch in job.channels:
@@ -425,9 +601,12 @@ class TrainingJobRunner:
                 self._restore_checkpoints(job.checkpoint_uri, host)
 
     # -- Training
-    def _train(self, job: _JobRequest, executor: Executor) -> bool:
-        """Start every host, wait for them all (or the stop, or MaxRuntime), sync the checkpoints a last
-        time; True when MaxRuntimeInSeconds ended the job."""
+    def _train(
+        self, job: _JobRequest, executor: Executor, interrupt_after: float | None = None
+    ) -> str | None:
+        """Start every host, wait for them all (or the stop, MaxRuntime, MaxWaitTime or the simulated spot
+        interruption ``interrupt_after`` seconds in), sync the checkpoints a last time; what ended the hosts
+        early (``MaxRuntimeExceeded``, ``MaxWaitTimeExceeded``, ``Interrupted``) or None."""
         self._transition("Training")
         names = job.names
         env = self._environment(job.kind, self.request)
@@ -438,10 +617,15 @@ class TrainingJobRunner:
                 self.tracker_port or (free_port() if executor.kind == "process" else 9099)
             )
         env["SELFMAKER_HOST_ADDRESSES"] = json.dumps(addresses)
+        mounts: tuple[tuple[Path, str], ...] = ()
+        if job.checkpoint_subdir is None and executor.kind == "container":
+            mounts = ((Path("checkpoints"), job.checkpoint_local),)  # relative to the host's tree
         algo = job.algo
         args = tuple(algo.get("ContainerArguments") or ("train",))
         entry = tuple(algo["ContainerEntrypoint"]) if algo.get("ContainerEntrypoint") else None
         started = time.monotonic()
+        attempt_done = threading.Event()
+        sync: threading.Thread | None = None
         try:
             for host in self._hosts:
                 spec = HostSpec(
@@ -456,6 +640,7 @@ class TrainingJobRunner:
                     instance_type=job.instance_type,
                     host_addresses=addresses,
                     work_dir=self._scratch(host.name),
+                    mounts=mounts,
                 )
                 handle = executor.start(spec)
                 with self._lock:
@@ -467,11 +652,15 @@ class TrainingJobRunner:
                 if self._stop_requested.is_set():
                     handle.terminate()
             if job.checkpoint_uri:
-                sync = threading.Thread(target=self._checkpoint_loop, args=(job.checkpoint_uri,), daemon=True)
+                sync = threading.Thread(
+                    target=self._checkpoint_loop, args=(job.checkpoint_uri, attempt_done), daemon=True
+                )
                 sync.start()
                 self._threads.append(sync)
-            timed_out = self._wait_hosts(started, job.max_runtime)
+            ended = self._wait_hosts(started, job, interrupt_after)
         finally:
+            attempt_done.set()
+            self._training_seconds += time.monotonic() - started
             for host in self._hosts:
                 if host.handle is not None and host.handle.poll() is None:
                     host.handle.kill()
@@ -479,10 +668,12 @@ class TrainingJobRunner:
                 if host.reader is not None:
                     host.reader.join(timeout=10)
             executor.close()
+            if sync is not None:
+                sync.join(timeout=60)  # no sync of this attempt may run into the next one's restore
         if job.checkpoint_uri:
             for host in self._hosts:
                 self._sync_checkpoints(job.checkpoint_uri, host)
-        return timed_out
+        return ended
 
     # -- Uploading (the model is uploaded after a stop too: the algorithm had the grace period to save it)
     def _upload(self, job: _JobRequest, *, keep_model: bool, interrupted: bool) -> None:
@@ -558,7 +749,7 @@ class TrainingJobRunner:
         if exec_kind in self.executors:
             return self.executors[exec_kind]
         if exec_kind == "process":
-            return ProcessExecutor()
+            return WarmExecutor(self.warm) if self.warm is not None else ProcessExecutor()
         try:
             from training.executors import container as container_mod  # lands with the images work
         except ImportError as exc:
@@ -569,8 +760,13 @@ class TrainingJobRunner:
 
     def _environment(self, kind: str, req: dict[str, Any]) -> dict[str, str]:
         env = {str(k): str(v) for k, v in (req.get("Environment") or {}).items()}
+        cache = self._submit_cache(kind, req)
+        if cache is not None:
+            env[SUBMIT_CACHE_ENV] = str(cache)
         env["TRAINING_JOB_NAME"] = self.job_name
         env["TRAINING_JOB_ARN"] = self.job_arn
+        if req.get("EnableNetworkIsolation"):
+            env[NETWORK_ISOLATION_ENV] = "1"
         if kind in {"xgboost", "linear-learner"}:
             env["SELFMAKER_ALGORITHM"] = kind
         if (
@@ -587,6 +783,28 @@ class TrainingJobRunner:
                 env.setdefault(name, value)
         return env
 
+    def _submit_cache(self, kind: str, req: dict[str, Any]) -> Path | None:
+        """Where a warm pool keeps the unpacked ``sagemaker_submit_directory`` archive of this job: keyed by
+        the archive's URI, size and version, so a changed archive is unpacked again (local processes only: a
+        container does not see the cache)."""
+        if self.warm is None or self.warm.input_cache is None or kind == "container":
+            return None
+        raw = (req.get("HyperParameters") or {}).get("sagemaker_submit_directory")
+        try:
+            uri = json.loads(raw) if isinstance(raw, str) and raw.startswith('"') else raw
+        except ValueError:
+            return None
+        if not isinstance(uri, str) or not uri:
+            return None
+        try:
+            refs = self.storage.list(uri)
+        except StorageError:
+            return None  # the host reports the bad URI itself
+        if len(refs) != 1 or refs[0].uri.rstrip("/") != uri.rstrip("/") or not refs[0].version:
+            return None  # a directory (copied anyway) or an ambiguous prefix
+        key = self.warm.cache_key(refs[0].uri, refs[0].size, refs[0].version)
+        return key.with_name(key.name + ".code") if key is not None else None
+
     def _write_configs(
         self,
         root: Path,
@@ -597,6 +815,7 @@ class TrainingJobRunner:
         channels: list[_Channel],
         algo: dict[str, Any],
         checkpoint: dict[str, Any],
+        checkpoint_path: str = DEFAULT_CHECKPOINT_PATH,
     ) -> None:
         cfg = root / "input" / "config"
         (cfg / "hyperparameters.json").write_text(json.dumps({str(k): str(v) for k, v in hps.items()}))
@@ -631,7 +850,7 @@ class TrainingJobRunner:
         )
         if checkpoint.get("S3Uri"):
             (cfg / "checkpointconfig.json").write_text(
-                json.dumps({"LocalPath": "/opt/ml/checkpoints", "S3Uri": checkpoint["S3Uri"]})
+                json.dumps({"LocalPath": checkpoint_path, "S3Uri": checkpoint["S3Uri"]})
             )
         (cfg / "metric-definition-regex.json").write_text(json.dumps(algo.get("MetricDefinitions") or []))
         (cfg / "trainingjobconfig.json").write_text(json.dumps(self.request, default=str))
@@ -670,7 +889,7 @@ class TrainingJobRunner:
             files = []
             for i, ref in enumerate(refs):
                 dest = cache / f"{i:06d}"
-                self.storage.download(ref.uri, dest)
+                self._download_object(ref, dest)
                 files.append(dest)
             thread = threading.Thread(
                 target=self._feed_pipe,
@@ -693,7 +912,18 @@ class TrainingJobRunner:
                 src = Path(ref.uri[len("file://") :]) if ref.uri.startswith("file://") else Path(ref.uri)
                 os.symlink(src, dest)
             else:
-                self.storage.download(ref.uri, dest)
+                self._download_object(ref, dest)
+
+    def _download_object(self, ref: ObjectRef, dest: Path) -> None:
+        """Download one object, through the warm pool's input cache when the job has one."""
+        key = self.warm.cache_key(ref.uri, ref.size, ref.version) if self.warm is not None else None
+        if key is not None and ref.version and self.warm is not None:
+            if self.warm.fetch(key, dest):
+                return
+            self.storage.download(ref.uri, dest)
+            self.warm.keep(key, dest)
+            return
+        self.storage.download(ref.uri, dest)
 
     def _feed_pipe(self, data_dir: Path, ch: _Channel, files: list[Path]) -> None:
         """Create ``<channel>_<epoch>`` FIFOs one after the other and stream the channel through each."""
@@ -703,6 +933,8 @@ class TrainingJobRunner:
                 os.mkfifo(path)
             except FileExistsError:
                 pass
+            except OSError:
+                return  # the host's tree is gone: its attempt ended (a restart makes a new one)
             fd = None
             while not self._stop_requested.is_set():
                 try:
@@ -764,20 +996,37 @@ class TrainingJobRunner:
                     self._notify()
 
     # -- waiting --------------------------------------------------------------------------------
-    def _wait_hosts(self, started: float, max_runtime: float) -> bool:
-        """Wait for every host; returns True when MaxRuntimeInSeconds ended the job."""
-        deadline = started + max_runtime
+    def _wait_hosts(
+        self, started: float, job: _JobRequest, interrupt_after: float | None = None
+    ) -> str | None:
+        """Wait for every host; what ended them early (``MaxRuntimeExceeded``, ``MaxWaitTimeExceeded``,
+        ``Interrupted``) or None. MaxRuntimeInSeconds counts the Training time of every attempt,
+        MaxWaitTimeInSeconds the whole job's wall time (SageMaker's rules for managed spot)."""
+        deadline = started + max(0.0, job.max_runtime - self._training_seconds)
+        ended: str | None = None
+        wait_deadline = self._started_monotonic + job.max_wait if job.max_wait else None
+        if wait_deadline is not None and wait_deadline < deadline:
+            deadline, limit = wait_deadline, "MaxWaitTimeExceeded"
+        else:
+            limit = "MaxRuntimeExceeded"
+        interrupt_at = started + interrupt_after if interrupt_after is not None else None
         kill_at: float | None = None
-        timed_out = False
         while True:
             alive = [h for h in self._hosts if h.handle is not None and h.handle.poll() is None]
             if not alive:
-                return timed_out
+                return ended
             now = time.monotonic()
-            if not timed_out and now >= deadline and not self._stop_requested.is_set():
-                timed_out = True
-                log.info("job %s exceeded MaxRuntimeInSeconds=%s; stopping", self.job_name, max_runtime)
+            if ended is None and now >= deadline and not self._stop_requested.is_set():
+                ended = limit
+                log.info("job %s: %s; stopping", self.job_name, limit)
                 self._stop_requested.set()
+                for h in alive:
+                    h.handle.terminate()  # type: ignore[union-attr]
+            if ended is None and interrupt_at is not None and now >= interrupt_at:
+                # the simulated spot reclaim: SIGTERM as SageMaker's two-minute notice, SIGKILL after grace
+                ended = "Interrupted"
+                log.info("job %s: simulated spot interruption after %g s", self.job_name, interrupt_after)
+                kill_at = now + self.stop_grace_seconds
                 for h in alive:
                     h.handle.terminate()  # type: ignore[union-attr]
             if self._stop_requested.is_set() and kill_at is None:
@@ -822,7 +1071,7 @@ class TrainingJobRunner:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _restore_checkpoints(self, uri: str, host: _Host) -> None:
-        target = host.root / "checkpoints"
+        target = self._checkpoint_dir(host)
         prefix = uri.rstrip("/") + "/"
         try:
             refs = self.storage.list(prefix)
@@ -832,10 +1081,11 @@ class TrainingJobRunner:
             dest = target / ref.relative
             self.storage.download(ref.uri, dest)
             st = dest.stat()
-            self._checkpoint_uploaded[f"{host.name}/{ref.relative}"] = (st.st_size, st.st_mtime)
+            with self._ckpt_lock:
+                self._checkpoint_uploaded[f"{host.name}/{ref.relative}"] = (st.st_size, st.st_mtime)
 
-    def _checkpoint_loop(self, uri: str) -> None:
-        while not self._stop_requested.wait(self.checkpoint_sync_interval):
+    def _checkpoint_loop(self, uri: str, attempt_done: threading.Event) -> None:
+        while not attempt_done.wait(self.checkpoint_sync_interval):
             for host in self._hosts:
                 try:
                     self._sync_checkpoints(uri, host)
@@ -847,7 +1097,7 @@ class TrainingJobRunner:
     def _sync_checkpoints(self, uri: str, host: _Host) -> None:
         """Upload new/changed files of the host's checkpoint dir; delete in S3 what it deleted locally."""
         with self._ckpt_lock:
-            root = host.root / "checkpoints"
+            root = self._checkpoint_dir(host)
             present: set[str] = set()
             for path in sorted(root.rglob("*")):
                 if not path.is_file() or path.name.endswith((".tmp", ".partial")):

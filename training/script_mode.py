@@ -22,7 +22,7 @@ from typing import Any
 
 from common import archives, uris
 from common import proc as common_proc
-from training.environment import TrainingEnvironment, say
+from training.environment import NETWORK_ISOLATION_ENV, TrainingEnvironment, say
 from training.errors import HyperparameterError, UserError
 
 #: the process currently running the user script (SIGTERM is forwarded to it)
@@ -65,6 +65,30 @@ def fetch_submit_dir(uri: str, code_dir: Path) -> None:
         _extract(path, code_dir, uri)
     else:
         raise UserError(f"sagemaker_submit_directory: {uri} does not exist")
+
+
+#: set by the runner for a job of a warm pool: where the unpacked submit directory of this exact archive
+#: (URI + version) is kept between the pool's jobs
+SUBMIT_CACHE_ENV = "SELFMAKER_SUBMIT_CACHE"
+
+
+def fetch_cached_submit_dir(uri: str, code_dir: Path, cache: str | None) -> None:
+    """:func:`fetch_submit_dir`, or a copy of the tree a previous job of the warm pool unpacked from the same
+    archive (kept at ``cache`` after the first unpacking; best effort: a failed copy costs a download)."""
+    kept = Path(cache) if cache else None
+    if kept is not None and kept.is_dir():
+        shutil.copytree(kept, code_dir, dirs_exist_ok=True)
+        say(f"Using the submit directory {uri} unpacked by a previous job of the warm pool")
+        return
+    fetch_submit_dir(uri, code_dir)
+    if kept is not None:
+        tmp = kept.with_name(kept.name + ".partial")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(code_dir, tmp)
+            os.replace(tmp, kept)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _extract(archive: Path, code_dir: Path, uri: str) -> None:
@@ -120,7 +144,9 @@ def run(env: TrainingEnvironment) -> int:
     submit = hps.get("sagemaker_submit_directory")
     code_dir = env.code_dir
     if submit:
-        fetch_submit_dir(str(submit), code_dir)
+        fetch_cached_submit_dir(
+            host_location(str(submit), env.root), code_dir, os.environ.get(SUBMIT_CACHE_ENV) or None
+        )
     script = code_dir / program
     if not script.is_file():
         raise HyperparameterError(
@@ -149,6 +175,8 @@ def run(env: TrainingEnvironment) -> int:
         script.chmod(script.stat().st_mode | 0o111)
         cmd = ["/bin/sh", "-c", shlex.join([f"./{program}", *user_args])]
     say(f"Invoking user script: {shlex.join(cmd)}")
+    if os.environ.get(NETWORK_ISOLATION_ENV) == "1":
+        cmd = _isolated(cmd, env)
 
     tail: collections.deque[str] = collections.deque(maxlen=40)
     previous = signal.signal(signal.SIGTERM, forward_signal)
@@ -182,6 +210,35 @@ def run(env: TrainingEnvironment) -> int:
         )
         return 1 if code > 0 else 128 - code
     return 0
+
+
+def host_location(location: str, root: Path) -> str:
+    """``location`` with a leading ``/opt/ml/`` pointing into this host's tree ``root`` (a local process's
+    /opt/ml is a directory of the job; in a container ``root`` is /opt/ml itself). Under network isolation
+    the SageMaker SDK passes the code as the ``code`` channel: ``/opt/ml/input/data/code/sourcedir.tar.gz``.
+    """
+    prefix = "/opt/ml/"
+    if location.startswith(prefix):
+        return str(root / location[len(prefix) :])
+    return location
+
+
+def _isolated(cmd: list[str], env: TrainingEnvironment) -> list[str]:
+    """``cmd`` in a network namespace of its own (EnableNetworkIsolation), where this host allows one.
+
+    One host only: the hosts of a local multi-host job reach each other on the host's loopback, which a
+    namespace per host would cut (SageMaker keeps traffic between a job's instances under isolation);
+    containers get ``--network none`` or an internal network from the container executor instead.
+    """
+    if len(env.hosts) > 1:
+        say("Network isolation: the hosts of a local multi-host job share the host's loopback (not isolated)")
+        return cmd
+    prefix = common_proc.network_namespace_command()
+    if not prefix:
+        say("Network isolation: this host gives no network namespace (unshare --net failed); not isolated")
+        return cmd
+    say("Network isolation: the script runs in a network namespace of its own (no network at all)")
+    return [*prefix, *cmd]
 
 
 def write_failure(env: TrainingEnvironment, text: str) -> None:

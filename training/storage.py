@@ -28,6 +28,8 @@ class ObjectRef:
     uri: str
     relative: str
     size: int = 0
+    #: what changes when the content does: the S3 ETag, a file's modification time in ns ("" if unknown)
+    version: str = ""
 
 
 is_s3 = uris.is_s3
@@ -69,21 +71,22 @@ class Storage:
                         if k.endswith("/"):
                             continue
                         rel = k.rsplit("/", 1)[-1] if k == key else _rel_from_prefix(key, k)
-                        out.append(ObjectRef(f"s3://{bucket}/{k}", rel, int(obj.get("Size", 0))))
+                        out.append(
+                            ObjectRef(
+                                f"s3://{bucket}/{k}", rel, int(obj.get("Size", 0)), str(obj.get("ETag", ""))
+                            )
+                        )
             except Exception as exc:  # botocore errors carry the code; keep the URI in the message
                 raise StorageError(f"cannot list {prefix}: {exc}") from exc
             return sorted(out, key=lambda r: r.uri)
         path = local_path(prefix)
         if path.is_file():
-            return [ObjectRef(path.as_uri(), path.name, path.stat().st_size)]
+            st = path.stat()
+            return [ObjectRef(path.as_uri(), path.name, st.st_size, str(st.st_mtime_ns))]
         if not path.is_dir():
             raise StorageError(f"no such file or directory: {prefix}")
         return sorted(
-            (
-                ObjectRef(p.as_uri(), p.relative_to(path).as_posix(), p.stat().st_size)
-                for p in path.rglob("*")
-                if p.is_file()
-            ),
+            (_file_ref(p, p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file()),
             key=lambda r: r.uri,
         )
 
@@ -162,6 +165,11 @@ class Storage:
             local_path(uri).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete {uri}: {exc}") from exc
+
+
+def _file_ref(path: Path, relative: str) -> ObjectRef:
+    st = path.stat()
+    return ObjectRef(path.as_uri(), relative, st.st_size, str(st.st_mtime_ns))
 
 
 def _rel_from_prefix(prefix: str, key: str) -> str:

@@ -1,11 +1,15 @@
 """The aiohttp application of `selfmaker up`: control plane, runtime, extension routes.
 
 * ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>`` → the registered operation handler, after
-  validating the body against botocore's model (JSON 1.1 protocol);
+  validating the body against botocore's model (JSON 1.1 protocol); ``Logs_20140328.<Operation>`` the
+  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`), so one endpoint URL serves both;
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
 * routes registered by features with ``@runtime_route``.
+
+Every route but ``/ping`` goes through :func:`authenticate` first (SigV4, :mod:`selfmaker.api.auth`)
+once the platform has keys or listens beyond loopback.
 
 The invocation itself (routing, the model server call, observers) is
 :func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
@@ -37,7 +41,8 @@ from aiohttp.web_request import BaseRequest
 from common import eventstream
 from common.http import header_value
 from selfmaker import logcontext
-from selfmaker.api.common import compact, read_limited
+from selfmaker.api.auth import Authenticator, is_loopback
+from selfmaker.api.common import BODY_KEY, compact, read_limited
 from selfmaker.api.metrics import render_metrics
 from selfmaker.api.validation import (
     check_file_locations,
@@ -45,23 +50,34 @@ from selfmaker.api.validation import (
     service_model,
     validate_request,
 )
+from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import InvocationRecord
 from selfmaker.errors import (
+    AuthError,
     InternalFailure,
+    InvalidParameterException,
     SageMakerError,
+    ThrottlingException,
     UnknownOperation,
     ValidationError,
     ValidationException,
 )
 from selfmaker.services import Services
+from selfmaker.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
 PLATFORM_KEY: web.AppKey[Services] = web.AppKey("platform", Services)
+AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 JSON11 = "application/x-amz-json-1.1"
 #: largest request body the HTTP layer accepts (InvokeEndpoint checks its own 6 MB limit)
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
+#: the JSON 1.1 services of ``POST /`` by target prefix: botocore's model name and the error of bad input
+JSON_SERVICES: dict[str, tuple[str, type[SageMakerError]]] = {
+    "SageMaker": ("sagemaker", ValidationException),
+    "Logs_20140328": ("logs", InvalidParameterException),
+}
 
 
 #: the names of this machine's loopback interface, accepted in ``Host`` with the port served
@@ -224,7 +240,8 @@ async def control_plane(request: web.Request) -> web.Response:
     target = request.headers.get("X-Amz-Target", "")
     service, _, op_name = target.partition(".")
     try:
-        handler = platform.registry.operations.get(op_name) if service == "SageMaker" else None
+        model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
+        handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
         if handler is None:
             raise UnknownOperation(
                 f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker."
@@ -232,17 +249,17 @@ async def control_plane(request: web.Request) -> web.Response:
         raw = await read_limited(
             request,
             CLIENT_MAX_SIZE,
-            lambda: ValidationException(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
+            lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
         )
         try:
             params = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
-            raise ValidationException("The request body is not valid JSON.") from None
+            raise bad_input("The request body is not valid JSON.") from None
         if not isinstance(params, dict):
-            raise ValidationException("The request body must be a JSON object.")
-        model = service_model()
+            raise bad_input("The request body must be a JSON object.")
+        model = service_model(model_name)
         if op_name in model.operation_names:
-            validate_request(model.operation_model(op_name), params)
+            validate_request(model.operation_model(op_name), params, bad_input)
         settings = platform.settings
         check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
         result = await handler(platform, params)
@@ -287,6 +304,11 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             lambda: ValidationError(f"Request payload is too large: the limit is {limit} bytes."),
         )
         runtime = platform.endpoints.runtime_for(name)
+        if runtime.inflight >= platform.settings.endpoint_queue_limit:
+            raise ThrottlingException(
+                f"Endpoint {runtime.name} already has {runtime.inflight} requests in flight (the limit is "
+                f"{platform.settings.endpoint_queue_limit}, SELFMAKER_ENDPOINT_QUEUE_LIMIT). Retry later."
+            )
         record = InvocationRecord(
             endpoint_name=runtime.name,
             body=body,
@@ -296,7 +318,13 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
             inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
         )
-        await invoke(platform.endpoints, runtime, record)
+        # the deployment resolved now serves this request even if an update retires it meanwhile (a guarded
+        # dispatch or a cold start may await before an instance is picked): it stops once its leases are over
+        runtime.lease()
+        try:
+            await invoke(platform.endpoints, runtime, record)
+        finally:
+            runtime.unlease()
         return _answer(record, request_id, stream=stream)
     except SageMakerError as exc:
         return runtime_error(exc, request_id)
@@ -380,6 +408,70 @@ def _wrap_route(
     return route
 
 
+#: routes answered without a signature: load balancers and health checks probe them
+OPEN_PATHS = frozenset({"/ping"})
+#: runtime routes whose body is an invocation payload (the middleware reads at most the payload limit)
+_PAYLOAD_ROUTES = ("/invocations", "/invocations-response-stream")
+
+
+@web.middleware
+async def authenticate(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse requests without a valid SigV4 signature (when the platform asks for them), in the error
+    shape of the API called; the body is read here (it is signed) and handed to the handler."""
+    auth = request.app[AUTH_KEY]
+    try:
+        active = auth.active()
+    except Exception:  # noqa: BLE001 - a bug in the check: refused below, never let through
+        active = True
+    # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
+    if not active or request.path in OPEN_PATHS:
+        return await handler(request)
+    control = request.path == "/"
+    try:
+        limit = CLIENT_MAX_SIZE
+        if request.path.startswith("/endpoints/") and request.path.endswith(_PAYLOAD_ROUTES):
+            limit = request.app[PLATFORM_KEY].settings.max_payload_bytes
+        body = await read_limited(
+            request,
+            limit,
+            lambda: (ValidationException if control else ValidationError)(
+                f"The request body is larger than {limit} bytes."
+            ),
+        )
+        request[BODY_KEY] = body
+        auth.check(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=request.headers,
+            body=body,
+            secure=request.secure,
+        )
+    except SageMakerError as exc:
+        request_id = str(uuid.uuid4())
+        if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
+            log.warning("refused %s %r: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
+        return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
+    except Exception:  # a bug in the check: refused (never let through), traceback in the log only
+        log.exception("authentication of %s %r failed", request.method, request.path[:200])
+        failure = InternalFailure("internal error")
+        request_id = str(uuid.uuid4())
+        return _control_error(failure, request_id) if control else runtime_error(failure, request_id)
+    return await handler(request)
+
+
+def authenticator(settings: PlatformSettings) -> Authenticator:
+    """The signature check of a platform with these settings: required beyond loopback, off with
+    ``no_auth``, otherwise on as soon as ``<home>/credentials`` holds a key."""
+    return Authenticator(
+        CredentialStore(settings.home),
+        settings.region,
+        required=not is_loopback(settings.host),
+        enabled=not settings.no_auth,
+    )
+
+
 class PlatformRequestHandler(web_protocol.RequestHandler):
     """aiohttp's connection handler, answering what it cannot parse in the API's JSON error shapes.
 
@@ -430,8 +522,9 @@ def create_app(platform: Services) -> web.Application:
     """The aiohttp application over ``platform``'s parts (the entry point starts and stops them with the
     app's lifecycle)."""
     install_request_handler()
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[authenticate])
     app[PLATFORM_KEY] = platform
+    app[AUTH_KEY] = authenticator(platform.settings)
     settings = platform.settings
     app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.port, settings.allowed_host_names)
     app.router.add_post("/", control_plane)

@@ -148,13 +148,23 @@ def list_page(
     return [summarize(r) for r in page], next_token
 
 
+#: the body the authentication middleware read (to hash it), for the handler's :func:`read_limited`
+BODY_KEY: web.RequestKey[bytes] = web.RequestKey("selfmaker_body", bytes)
+
+
 async def read_limited(request: web.Request, limit: int, too_large: Callable[[], SageMakerError]) -> bytes:
     """The request body, or ``too_large()`` raised as soon as it passes ``limit`` bytes.
 
     Reads the stream itself (also chunked bodies without a Content-Length) instead of aiohttp's
-    ``request.read()``, whose own size cap would surface as an unmapped HTTP 413 exception. The error
-    closes the connection when answered (``close_connection``).
+    ``request.read()``, whose own size cap would surface as an unmapped HTTP 413 exception. A body the
+    authentication middleware read already (:data:`BODY_KEY`) is checked and returned. The error closes
+    the connection when answered (``close_connection``).
     """
+    if BODY_KEY in request:
+        body = request[BODY_KEY]
+        if len(body) > limit:
+            raise _closing(too_large())
+        return body
     if request.content_length is not None and request.content_length > limit:
         raise _closing(too_large())
     chunks: list[bytes] = []

@@ -10,9 +10,10 @@ Every hook gets the platform's :class:`selfmaker.services.Services` as its first
 
 Decorators only tag the function (no global state at import time):
 
-``@operation("CreateModel")``
+``@operation("CreateModel")``, ``@operation("GetLogEvents", service="Logs_20140328")``
     ``async def handler(platform, params: dict) -> dict | None`` — params are validated against botocore's
-    model before the call; the returned dict is the response (``None`` → ``{}``); raise
+    model (of SageMaker, or of the service of the target prefix) before the call; the returned dict is the
+    response (``None`` → ``{}``); raise
     :class:`selfmaker.errors.SageMakerError` subclasses for errors.
 ``@runtime_route("POST", "/endpoints/{name}/async-invocations")``
     ``async def handler(platform, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse`` — raise
@@ -79,9 +80,10 @@ def _tag(kind: str, *args: Any) -> Callable[[F], F]:
     return decorate
 
 
-def operation(name: str) -> Callable[[F], F]:
-    """Register a control-plane operation handler (``X-Amz-Target: SageMaker.<name>``)."""
-    return _tag("operation", name)
+def operation(name: str, service: str = "SageMaker") -> Callable[[F], F]:
+    """Register a control-plane operation handler (``X-Amz-Target: <service>.<name>``; ``service`` is the
+    target prefix of a JSON 1.1 service served on the same port, e.g. CloudWatch Logs' ``Logs_20140328``)."""
+    return _tag("operation", name, service)
 
 
 def runtime_route(method: str, path: str) -> Callable[[F], F]:
@@ -141,7 +143,10 @@ def lifecycle(event: str) -> Callable[[F], F]:
 class Registry:
     """Everything collected from the extension packages."""
 
+    #: the SageMaker operations by name (``targets["SageMaker"]``)
     operations: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    #: the operations of every JSON 1.1 service by target prefix, then name
+    targets: dict[str, dict[str, Callable[..., Any]]] = field(default_factory=dict)
     routes: list[tuple[str, str, Callable[..., Any]]] = field(default_factory=list)
     pool_factories: list[Callable[..., Any]] = field(default_factory=list)
     endpoint_hooks: list[Callable[..., Any]] = field(default_factory=list)
@@ -154,6 +159,13 @@ class Registry:
     startup: list[Callable[..., Any]] = field(default_factory=list)
     shutdown: list[Callable[..., Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.targets.setdefault("SageMaker", self.operations)
+
+    def handlers(self, service: str) -> dict[str, Callable[..., Any]]:
+        """The operations of ``service`` (a target prefix) by name."""
+        return self.targets.setdefault(service, {})
+
     def add_module(self, module: Any) -> None:
         """Collect the tagged functions of one module."""
         for value in vars(module).values():
@@ -161,9 +173,10 @@ class Registry:
                 continue  # imported names are registered by their own module
             for kind, args in getattr(value, _TAG, []):
                 if kind == "operation":
-                    if args[0] in self.operations:
+                    table = self.handlers(args[1])
+                    if args[0] in table:
                         raise RuntimeError(f"operation {args[0]} registered twice ({module.__name__})")
-                    self.operations[args[0]] = value
+                    table[args[0]] = value
                 elif kind == "route":
                     self.routes.append((args[0], args[1], value))
                 elif kind == "pool_factory":

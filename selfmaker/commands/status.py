@@ -10,6 +10,8 @@ from typing import Any
 
 from selfmaker.api.metrics import status_lines
 from selfmaker.features.async_inference.supervisor import backlog_by_endpoint, endpoint_backlog
+from selfmaker.jobs.tuning import KIND as TUNING_KIND
+from selfmaker.jobs.tuning import best_of, counters, training_job_summaries
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -60,16 +62,34 @@ def collect(home: Path) -> dict[str, Any]:
                 "SecondaryStatus": r.doc.get("SecondaryStatus"),
                 "FailureReason": r.doc.get("FailureReason"),
                 "CreationTime": r.created,
+                "WarmPoolStatus": r.doc.get("WarmPoolStatus"),
             }
             for r in store.list("training-job")
         ]
+        tuning = []
+        for r in store.list(TUNING_KIND):
+            summaries = training_job_summaries(store, r)
+            best = best_of(summaries)
+            tuning.append(
+                {
+                    "HyperParameterTuningJobName": r.name,
+                    "HyperParameterTuningJobStatus": r.status,
+                    "Strategy": (r.doc.get("HyperParameterTuningJobConfig") or {}).get("Strategy"),
+                    "TrainingJobStatusCounters": counters(summaries)[0],
+                    "BestTrainingJob": best["TrainingJobName"] if best else None,
+                    "BestObjective": best["FinalHyperParameterTuningJobObjectiveMetric"] if best else None,
+                    "FailureReason": r.doc.get("FailureReason"),
+                    "CreationTime": r.created,
+                }
+            )
         other = {
             kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
-            for kind in ("transform-job",)
+            for kind in ("transform-job", "processing-job")
         }
         return {
             "endpoints": endpoints,
             "training_jobs": jobs,
+            "tuning_jobs": tuning,
             "instances": instances,
             **other,
             "models": [r.name for r in store.list("model")],
@@ -126,8 +146,31 @@ def main(argv: list[str]) -> int:
         )
         if job["FailureReason"]:
             print(f"    failure: {job['FailureReason']}")
+        pool = job.get("WarmPoolStatus")
+        if pool and pool.get("Status") in ("Available", "InUse"):
+            print(f"    warm pool: {pool['Status']}")
+    if data["tuning_jobs"]:
+        print("\nHYPERPARAMETER TUNING JOBS")
+    for job in data["tuning_jobs"]:
+        jobs_line = " ".join(f"{k}={v}" for k, v in job["TrainingJobStatusCounters"].items() if v)
+        print(
+            f"  {job['HyperParameterTuningJobName']}  {job['HyperParameterTuningJobStatus']}  "
+            f"{job['Strategy']}  jobs: {jobs_line or '-'}  created={_time(job['CreationTime'])}"
+        )
+        objective = job["BestObjective"]
+        if objective:
+            print(
+                f"    best: {job['BestTrainingJob']}  {objective['MetricName']}={objective['Value']:g} "
+                f"({objective['Type']})"
+            )
+        if job["FailureReason"]:
+            print(f"    failure: {job['FailureReason']}")
     if data.get("transform-job"):
         print("\nTRANSFORM JOBS")
         for job in data["transform-job"]:
+            print(f"  {job['Name']}  {job['Status']}")
+    if data.get("processing-job"):
+        print("\nPROCESSING JOBS")
+        for job in data["processing-job"]:
             print(f"  {job['Name']}  {job['Status']}")
     return 0

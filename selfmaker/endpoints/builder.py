@@ -33,6 +33,7 @@ from selfmaker.endpoints.runtime import (
     VariantRuntime,
 )
 from selfmaker.executors import ExecutorError, Executors, InstanceHandle, InstanceSpec
+from selfmaker.logfiles import ENDPOINT_LOG_DIR, stamp
 from selfmaker.modeldata import ModelDataError, fetch_model_data
 
 if TYPE_CHECKING:
@@ -173,7 +174,10 @@ class DeploymentBuilder:
             instance_id = f"{endpoint}-{variant_name}-{uuid.uuid4().hex[:8]}"
             work = deploy_dir / "instances" / instance_id
             work.mkdir(parents=True, exist_ok=True)
-            log_path = self.settings.logs_dir / "endpoints" / endpoint / f"{instance_id}.log"
+            log_path = self.settings.logs_dir / ENDPOINT_LOG_DIR / endpoint / f"{instance_id}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a", encoding="utf-8") as out:  # a timed first line starts the log stream
+                out.write(stamp(f"starting instance {instance_id} of variant {variant_name}"))
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             serverless = variant.get("ServerlessConfig") or {}
             spec = InstanceSpec(

@@ -250,6 +250,15 @@ class EndpointManager:
         log.info("endpoint %s updated to %s", name, config["EndpointConfigName"])
 
     async def _retire_runtime(self, runtime: EndpointRuntime) -> None:
+        """Stop a deployment no request can resolve any more: first the requests that resolved it before
+        (leases) are answered, then its pools drain and stop."""
+        if not await runtime.quiesced(self.settings.drain_timeout):
+            log.warning(
+                "endpoint %s: %d requests still in flight after %.0f s; stopping its old deployment anyway",
+                runtime.name,
+                runtime.inflight,
+                self.settings.drain_timeout,
+            )
         await runtime.stop()
         if runtime.deploy_dir is not None:
             shutil.rmtree(runtime.deploy_dir, ignore_errors=True)

@@ -304,6 +304,33 @@ class EndpointRuntime:
         self.deploy_dir: Path | None = None
         #: per-deployment feature state
         self.state = FeatureState()
+        #: runtime requests that resolved this deployment and are not answered yet (leases): the manager
+        #: stops its pools only once this is 0, so a request that resolved it just before a swap (its body
+        #: still arriving) is served by it instead of failing
+        self.inflight = 0
+        self._quiet: asyncio.Event | None = None
+
+    def lease(self) -> None:
+        """Count one runtime request that resolved this deployment (until :meth:`unlease`)."""
+        self.inflight += 1
+
+    def unlease(self) -> None:
+        """The request counted by :meth:`lease` is answered."""
+        self.inflight -= 1
+        if self.inflight == 0 and self._quiet is not None:
+            self._quiet.set()
+
+    async def quiesced(self, timeout: float) -> bool:
+        """Wait until no leased request remains (call once no new request can resolve this deployment);
+        False if some were still in flight after ``timeout`` seconds."""
+        if self.inflight == 0:
+            return True
+        self._quiet = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._quiet.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Change variant weights at once (the next request sees the new split)."""

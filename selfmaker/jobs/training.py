@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
+from selfmaker.jobs.warm_pools import WarmPools, keep_alive_of
+from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
     from selfmaker.state import StateStore
+    from training.warm import WarmStart
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,15 @@ class TrainingManager:
         self._runners: dict[str, Any] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._closing = False
+        self.warm_pools = WarmPools(settings, store)
 
     def log_path(self, name: str) -> Path:
-        return self.settings.logs_dir / "training-jobs" / f"{name}.log"
+        return job_log_path(self.settings.logs_dir, "training-job", name)
 
-    def create(self, params: dict[str, Any]) -> str:
+    def create(self, params: dict[str, Any], *, tuning_job_arn: str | None = None) -> str:
         """Record a validated CreateTrainingJob request (InProgress), tag it and start it; its ARN.
-        ResourceInUse when the name is taken."""
+        ResourceInUse when the name is taken. ``tuning_job_arn``: the hyperparameter tuning job that
+        launched it (Describe's ``TuningJobArn``)."""
         name = params["TrainingJobName"]
         arn = make_arn(self.settings.region, self.settings.account_id, "training-job", name)
         now = state_now()
@@ -84,6 +89,8 @@ class TrainingManager:
             ],
             EnableManagedSpotTraining=bool(params.get("EnableManagedSpotTraining", False)),
         )
+        if tuning_job_arn is not None:
+            doc["TuningJobArn"] = tuning_job_arn
         record = Record(
             kind="training-job", name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc
         )
@@ -133,9 +140,8 @@ class TrainingManager:
         with open(log_path, "a", encoding="utf-8") as log_file:
 
             def on_log(*args: str) -> None:  # (host, line) per the runner; (line) tolerated
-                line = args[-1]
-                prefix = f"[{args[0]}] " if len(args) > 1 else ""
-                log_file.write(prefix + (line if line.endswith("\n") else line + "\n"))
+                # time-stamped: the CloudWatch Logs view gives each line that time (selfmaker.logfiles)
+                log_file.write(stamp(args[-1], host=args[0] if len(args) > 1 else None))
                 log_file.flush()
 
             def on_update(state: Any) -> None:
@@ -156,6 +162,11 @@ class TrainingManager:
                     },
                 )
                 return
+            warm: WarmStart | None = None
+            if keep_alive_of(request) > 0:
+                warm, reused = self.warm_pools.start_job(name, request)
+                if reused is not None:
+                    on_log("selfmaker", f"Reusing the warm pool of training job {reused}")
             try:
                 runner = TrainingJobRunner(
                     request,
@@ -164,6 +175,8 @@ class TrainingManager:
                     on_log=on_log,
                     job_arn=make_arn(self.settings.region, self.settings.account_id, "training-job", name),
                     stop_grace_seconds=self.settings.training_stop_grace,
+                    spot_interrupt_after=self.settings.spot_interrupt_after,
+                    warm=warm,
                 )
                 self._runners[name.lower()] = runner
                 record = self.store.get("training-job", name)
@@ -183,6 +196,13 @@ class TrainingManager:
         if self._closing and fields.get("TrainingJobStatus") in (None, "Stopped", "InProgress", "Stopping"):
             fields.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason=SHUTDOWN_REASON)
         self._finish(name, fields)
+        if warm is not None:
+            try:
+                self.warm_pools.end_job(
+                    name, request, warm, completed=fields.get("TrainingJobStatus") == "Completed"
+                )
+            except Exception:  # noqa: BLE001 - the job has ended; a pool that cannot be kept is released
+                log.exception("could not keep the warm pool of training job %s", name)
 
     def _finish(self, name: str, fields: dict[str, Any]) -> None:
         now = time.time()
@@ -192,6 +212,26 @@ class TrainingManager:
             fields.setdefault("FailureReason", "The training job ended without a final status.")
         self._merge(name, fields)
         log.info("training job %s ended: %s", name, fields.get("TrainingJobStatus"))
+
+    def update(self, name: str, params: dict[str, Any]) -> None:
+        """UpdateTrainingJob (validated by the operation): the keep-alive of the job's warm pool and the
+        profiler settings, recorded in the job's document."""
+        record = self.store.get("training-job", name)
+        assert record is not None
+        merge: dict[str, Any] = {}
+        for member in ("ProfilerConfig", "ProfilerRuleConfigurations", "RemoteDebugConfig"):
+            if member in params:
+                merge[member] = params[member]
+        keep: int | None = None
+        if params.get("ResourceConfig"):
+            keep = int(params["ResourceConfig"]["KeepAlivePeriodInSeconds"])
+            merge["ResourceConfig"] = {
+                **(record.doc.get("ResourceConfig") or {}),
+                "KeepAlivePeriodInSeconds": keep,
+            }
+        self.store.update("training-job", name, merge=merge)
+        if keep is not None:
+            self.warm_pools.update_keep_alive(name, keep)
 
     def stop(self, name: str) -> None:
         """StopTrainingJob: InProgress → Stopping → Stopped."""
@@ -210,9 +250,20 @@ class TrainingManager:
             runner.stop()
 
     def recover(self) -> None:
-        """Mark jobs a previous run left running as Failed (their processes are gone)."""
+        """Mark jobs a previous run left running as Failed (their processes are gone) and its warm pools
+        Terminated."""
+        self.warm_pools.recover()
         now = time.time()
         for record in self.store.list("training-job"):
+            pool = record.doc.get("WarmPoolStatus") or {}
+            if pool.get("Status") in ("Available", "InUse"):  # its standby processes are gone
+                self.store.update(
+                    "training-job",
+                    record.name,
+                    merge={
+                        "WarmPoolStatus": {"Status": "Terminated", "ResourceRetainedBillableTimeInSeconds": 0}
+                    },
+                )
             if record.status in RUNNING:
                 transitions = list(record.doc.get("SecondaryStatusTransitions") or [])
                 if transitions and "EndTime" not in transitions[-1]:
@@ -247,3 +298,4 @@ class TrainingManager:
         deadline = time.monotonic() + 30
         for thread in list(self._threads.values()):
             await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+        await asyncio.to_thread(self.warm_pools.close)

@@ -26,6 +26,7 @@ from common.http import SyncPool
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import Executors, InstanceSpec, executor_kind_for_image
+from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.modeldata import ModelDataError, fetch_model_data
 from selfmaker.state import Record
 
@@ -56,7 +57,7 @@ class TransformJobs:
         return self.settings.work_dir / "transform-jobs" / name
 
     def log_path(self, name: str) -> Path:
-        return self.settings.logs_dir / "transform-jobs" / f"{name}.log"
+        return job_log_path(self.settings.logs_dir, KIND, name)
 
     def create(self, params: dict[str, Any]) -> str:
         """Record a validated CreateTransformJob request (InProgress), tag it and start it; its ARN.
@@ -201,9 +202,10 @@ class TransformJobs:
                 if now - last[0] >= 5:
                     last[0] = now
                     log_file.write(
-                        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} records={p.records} "
-                        f"bytes={p.bytes_done}/{p.bytes_total} parts={p.parts_done}/{p.parts_total} "
-                        f"files={p.files_done}/{p.files_total}\n"
+                        stamp(
+                            f"records={p.records} bytes={p.bytes_done}/{p.bytes_total} "
+                            f"parts={p.parts_done}/{p.parts_total} files={p.files_done}/{p.files_total}"
+                        )
                     )
                     log_file.flush()
 
@@ -212,7 +214,7 @@ class TransformJobs:
                 if stop.is_set():
                     fields = {"TransformJobStatus": "Stopped"}
                 else:
-                    log_file.write(f"running with the model at {model} (resume={resume})\n")
+                    log_file.write(stamp(f"running with the model at {model} (resume={resume})"))
                     log_file.flush()
                     result = run_transform(
                         request,
@@ -226,11 +228,12 @@ class TransformJobs:
                     )
                     fields = {"TransformJobStatus": result.status, "FailureReason": result.failure_reason}
                     log_file.write(
-                        f"{result.status}: {result.records} records, {result.files_done}/"
-                        f"{result.files_total} objects, {result.parts_skipped} parts resumed, "
-                        f"{result.elapsed:.1f} s"
-                        + (f"; {result.failure_reason}" if result.failure_reason else "")
-                        + "\n"
+                        stamp(
+                            f"{result.status}: {result.records} records, {result.files_done}/"
+                            f"{result.files_total} objects, {result.parts_skipped} parts resumed, "
+                            f"{result.elapsed:.1f} s"
+                            + (f"; {result.failure_reason}" if result.failure_reason else "")
+                        )
                     )
             except _JobError as exc:
                 fields = {"TransformJobStatus": "Failed", "FailureReason": str(exc)}

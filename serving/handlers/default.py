@@ -64,7 +64,7 @@ class DefaultHandler:
         assert formatter is not None
         ctype = contract.normalise_content_type(content_type) or contract.CSV
         answer_type = formatter.accept(accept)  # 406 before any work
-        data = codecs.decode(body, ctype, self.model.input_dtype)
+        data = codecs.decode(body, ctype, self.model.input_dtype, self.model.feature_width)
         feeds = self.model.validate(data)
         started = time.perf_counter()
         outputs = self.model.predict(feeds)
@@ -129,7 +129,7 @@ class DefaultHandler:
         grouped: dict[tuple[Any, ...], list[tuple[int, str, int, dict[str, np.ndarray]]]] = {}
         for index, ctype, body, answer_type in others:
             try:
-                feeds = model.validate(codecs.decode(body, ctype, model.input_dtype))
+                feeds = model.validate(codecs.decode(body, ctype, model.input_dtype, model.feature_width))
             except Exception as exc:
                 answers[index] = exc
                 continue

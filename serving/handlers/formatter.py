@@ -25,6 +25,8 @@ class ResponseFormatter:
         self.signature = signature
         self.format = signature.response_format
         self.output_names = output_names
+        # the built-ins' answers are named records, which RecordIO-protobuf carries in its label map
+        self.offered = contract.RECORD_ENCODABLE if self.format != "default" else contract.ENCODABLE
         if self.format == "xgboost":
             self.default_accept = contract.CSV
         elif self.format == "linear-learner":
@@ -58,7 +60,7 @@ class ResponseFormatter:
 
     def accept(self, accept: str | None) -> str:
         """Resolve the Accept header against what this model answers (406 when impossible)."""
-        return codecs.choose_accept(accept, self.default_accept)
+        return codecs.choose_accept(accept, self.default_accept, self.offered)
 
     # -- classification ---------------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class ResponseFormatter:
     def _wrap(records: list[Any], accept: str) -> bytes:
         if accept == contract.JSONLINES:
             return codecs.encode_jsonlines(records)
+        if accept == contract.RECORDIO:
+            return codecs.encode_recordio(records)
         return codecs.encode_json({"predictions": records})
 
     def encode(self, outputs: dict[str, Any], accept: str) -> bytes:

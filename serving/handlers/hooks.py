@@ -114,8 +114,9 @@ class HooksHandler:
                     "malformed application/x-npz body (expected scipy.sparse.save_npz output): "
                     f"{type(exc).__name__}: {exc}"
                 ) from None
-        dtype = self.model.input_dtype if isinstance(self.model, OnnxModel) else np.float32
-        return codecs.decode(input_data, ctype, dtype)
+        if isinstance(self.model, OnnxModel):
+            return codecs.decode(input_data, ctype, self.model.input_dtype, self.model.feature_width)
+        return codecs.decode(input_data, ctype, np.float32)
 
     def default_predict_fn(self, data: Any, model: Any) -> Any:
         if isinstance(model, OnnxModel):

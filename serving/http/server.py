@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from serving.errors import ServingError
+from serving.http.worker import InlineWorker
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class ModelServer(BaseApplication):
         }
         for key, value in config.items():
             self.cfg.set(key, value)
+        # read by the workers forked after this (gunicorn's config has no place for our own keys)
+        InlineWorker.read_timeout = settings.read_timeout
+        InlineWorker.body_limit = settings.max_payload_bytes()
 
     def load(self) -> Any:
         """Build the app in the worker and start loading the model in the background."""

@@ -11,17 +11,20 @@ connection is readable.
 
 The trade-offs are those of gunicorn's ``sync`` worker, which SageMaker's own model servers share
 (each of their workers answers one request at a time): one slow request holds up the other
-connections of its worker, a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
-the worker restarted, and a client that stalls half-way through a request holds the worker for up
-to ``STALL_TIMEOUT`` seconds per read before its connection is dropped. Behind a buffering front (the
-platform's router, a load balancer) that is no concern; for hooks that wait on I/O, ``gthread`` is the
-better choice.
+connections of its worker, and a request that runs longer than ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` gets
+the worker restarted; for hooks that wait on I/O, ``gthread`` is the better choice. Slow clients are
+not among them: the worker is its own buffering front. A connection's bytes are read without blocking
+as they arrive, and its request runs only once it is whole (``request_complete``), so idle connections
+and clients that drip their headers or body (slowloris) hold a socket, not the worker, until
+``SELFMAKER_SERVE_READ_TIMEOUT`` drops them; a socket read or write of a request already running waits at
+most ``STALL_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import re
 import selectors
 import socket
 import struct
@@ -47,6 +50,41 @@ STALL_TIMEOUT = 5.0
 #: Requests answered back to back for one connection whose client pipelines them, before the
 #: other connections get their turn.
 PIPELINE_BURST = 16
+
+#: Bytes read from a socket at a time while a request is buffered.
+READ_CHUNK = 256 * 1024
+
+#: Header block larger than this is handed to gunicorn's parser as it is (which answers 400 for
+#: its line and field limits) instead of being buffered further.
+MAX_HEAD_BYTES = 128 * 1024
+
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.IGNORECASE)
+
+
+def request_complete(data: bytes | bytearray, body_limit: int) -> bool:
+    """Whether ``data`` holds one whole HTTP/1.x request (its head and its body), or enough of a bad or
+    oversized one for gunicorn's parser and the app to answer it (400, 413) without waiting for more.
+
+    Bodies are framed by ``Content-Length`` or chunked encoding (complete at the ``0`` chunk and the
+    blank line after it: a chunk extension or trailer fields delay nothing but the rare client that
+    sends them slowly).
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) > MAX_HEAD_BYTES
+    head = bytes(data[: end + 2])
+    if _CHUNKED.search(head):
+        return (
+            data.endswith(b"\r\n0\r\n\r\n")
+            or data.find(b"\r\n0\r\n\r\n", end) >= 0
+            or (len(data) - end > body_limit)
+        )
+    found = _CONTENT_LENGTH.search(head)
+    if found is None:
+        return True
+    length = int(found.group(1))
+    return length > body_limit or len(data) - end - 4 >= length
 
 
 class _Outcome:
@@ -98,6 +136,12 @@ class InlineWorker(ThreadWorker):
 
     _collected: list[TConn] | None = None
     alive: bool  # gunicorn's attribute (untyped there)
+    #: seconds a request may take to arrive whole, from its first byte (ModelServer sets it from
+    #: SELFMAKER_SERVE_READ_TIMEOUT before the workers fork)
+    read_timeout: float = 30.0
+    #: largest body buffered before the app sees the request (ModelServer sets SAGEMAKER_MAX_PAYLOAD_IN_MB)
+    body_limit: int = 6 * 1024 * 1024
+    _buffering: dict[TConn, tuple[bytearray, float]]
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """gthread's dispatch, with the requests of one poll collected and served together."""
@@ -233,7 +277,72 @@ class InlineWorker(ThreadWorker):
 
     def init_process(self) -> None:
         logging.getLogger("gunicorn.error").addFilter(_StalledClientRecord())
+        self._buffering = {}
         super().init_process()
+
+    # ---- the buffering front: a request reaches handle() only once it arrived whole ----------------
+    #
+    # handle() runs on the loop thread and reads the socket blocking; a client that drips its headers
+    # or body (slowloris) would hold every other connection of the worker. So the poller's callbacks
+    # read what a readable connection has, without blocking, and hand the connection to handle() only
+    # when its request is complete; until then it waits in the poller, at most ``read_timeout`` seconds.
+
+    def on_pending_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        self._buffer_then_enqueue(conn, client, self.pending_conns)
+
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        self._buffer_then_enqueue(conn, client, self.keepalived_conns)
+
+    def _buffer_then_enqueue(self, conn: TConn, client: socket.socket, waiting: Any) -> None:
+        entry = self._buffering.get(conn)
+        if entry is None:
+            entry = self._buffering[conn] = (bytearray(), time.monotonic() + self.read_timeout)
+            waiting.remove(conn)  # from now on the request's deadline applies, not the idle timeout
+        buffer = entry[0]
+        while True:
+            try:
+                chunk = client.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:  # the client went away before its request was whole
+                self._drop_buffering(conn)
+                return
+            buffer += chunk
+            if len(chunk) < READ_CHUNK:
+                break
+        if not request_complete(buffer, self.body_limit):
+            return
+        del self._buffering[conn]
+        self.poller.unregister(client)
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(bytes(buffer))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _drop_buffering(self, conn: TConn) -> None:
+        self._buffering.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """gthread's clean-up of idle new connections, and of requests still incomplete after
+        ``read_timeout`` seconds."""
+        super().murder_pending()
+        now = time.monotonic()
+        late = [conn for conn, (_, deadline) in self._buffering.items() if deadline <= now]
+        for conn in late:
+            self.log.warning(
+                "dropped a connection whose request was not complete %.0f s after its first byte",
+                self.read_timeout,
+            )
+            self._drop_buffering(conn)
 
     def get_thread_pool(self) -> futures.ThreadPoolExecutor:
         # gthread shuts its pool down on exit; one that is never submitted to starts no thread

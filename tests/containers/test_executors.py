@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import tarfile
 import threading
 from pathlib import Path
@@ -276,6 +277,29 @@ def test_training_command_line_gpu_instance_types(tmp_path: Path, monkeypatch: p
         training_container.ContainerExecutor(gpus="yes")
 
 
+def test_training_command_line_mounts_a_checkpoint_local_path_outside_opt_ml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CheckpointConfig.LocalPath outside /opt/ml: the host tree's checkpoints/ is mounted there."""
+    from training.executors.base import HostSpec
+
+    monkeypatch.setattr(training_container, "detect_engine", lambda override=None: override)
+    spec = HostSpec(
+        job_name="j",
+        host="algo-1",
+        hosts=("algo-1",),
+        image="example/train:1",
+        ml_root=tmp_path,
+        mounts=((Path("checkpoints"), "/checkpoints/here"),),
+    )
+    cmd = training_container.ContainerExecutor(engine="/usr/bin/podman").command(
+        spec, "n", tmp_path / "cid", None
+    )
+    at = cmd.index(f"{(tmp_path / 'checkpoints').resolve()}:/checkpoints/here")
+    assert cmd[at - 1] == "-v" and at < cmd.index("example/train:1")
+    assert f"{tmp_path.resolve()}:/opt/ml" in cmd
+
+
 def test_engine_override_must_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SELFMAKER_CONTAINER_ENGINE", "no-such-engine-binary")
     with pytest.raises(training_container.ContainerEngineError, match="no-such-engine-binary"):
@@ -404,3 +428,47 @@ def test_leftover_containers_of_a_killed_platform_are_reaped(
             await handle.stop(1)
 
     asyncio.run(scenario())
+
+
+def test_training_command_line_under_network_isolation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EnableNetworkIsolation: one host gets no network (``--network none``); the script inside is told
+    the container is its isolation; several hosts share an internal network (reach each other only)."""
+    from training.environment import NETWORK_ISOLATION_ENV
+    from training.executors.base import HostSpec
+
+    monkeypatch.setattr(training_container, "detect_engine", lambda override=None: override)
+    spec = HostSpec(
+        job_name="j",
+        host="algo-1",
+        hosts=("algo-1",),
+        image="example/train:1",
+        ml_root=tmp_path,
+        env={NETWORK_ISOLATION_ENV: "1", "OTHER": "x"},
+    )
+    executor = training_container.ContainerExecutor(engine="/usr/bin/podman")
+    cmd = executor.command(spec, "n", tmp_path / "cid", None)
+    assert cmd[cmd.index("--network") + 1] == "none" and cmd.index("--network") < cmd.index("example/train:1")
+    assert f"{NETWORK_ISOLATION_ENV}=container" in cmd and NETWORK_ISOLATION_ENV not in cmd
+    plain = HostSpec(
+        job_name="j", host="algo-1", hosts=("algo-1",), image="example/train:1", ml_root=tmp_path
+    )
+    assert "--network" not in executor.command(plain, "n", tmp_path / "cid", None)
+    calls: list[list[str]] = []
+
+    def record(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(list(args))
+        return subprocess.CompletedProcess(args, 0, b"", b"")
+
+    monkeypatch.setattr(training_container.subprocess, "run", record)
+    two = HostSpec(
+        job_name="j",
+        host="algo-1",
+        hosts=("algo-1", "algo-2"),
+        image="example/train:1",
+        ml_root=tmp_path,
+        env={NETWORK_ISOLATION_ENV: "1"},
+    )
+    network = executor._network_for(two)
+    assert network is not None and ["/usr/bin/podman", "network", "create", "--internal", network] in calls

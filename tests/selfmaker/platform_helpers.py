@@ -29,11 +29,25 @@ ROOT = Path(__file__).resolve().parents[2]
 class PlatformProcess:
     """`python -m selfmaker up` on 127.0.0.1 with its own home, started and stopped by PID."""
 
-    def __init__(self, home: Path, port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        args: list[str] | None = None,
+        key: tuple[str, str] | None = None,
+        tls_ca: Path | None = None,
+    ) -> None:
         self.home = home
         self.port = port or find_free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        #: with ``tls_ca`` (the CA of the ``--tls-cert`` passed in ``args``) the platform serves HTTPS
+        self.tls_ca = tls_ca
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{self.port}"
         self.env = env or {}
+        #: more `selfmaker up` flags, and the access key (id, secret) the clients sign with
+        self.args = list(args or [])
+        self.key = key
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home / "up.out"
 
@@ -60,6 +74,7 @@ class PlatformProcess:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *self.args,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -71,6 +86,7 @@ class PlatformProcess:
             self.url + "/ping",
             timeout=timeout,
             alive=lambda: self.proc is not None and self.proc.poll() is None,
+            verify=str(self.tls_ca) if self.tls_ca else True,
         )
         return self
 
@@ -96,20 +112,23 @@ class PlatformProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def sagemaker(self) -> Any:
-        return client("sagemaker", self.url)
+        return client("sagemaker", self.url, key=self.key, verify=self.tls_ca)
 
     def runtime(self) -> Any:
-        return client("sagemaker-runtime", self.url)
+        return client("sagemaker-runtime", self.url, key=self.key, verify=self.tls_ca)
 
 
-def client(service: str, url: str) -> Any:
-    """A plain boto3 client pointed at the platform."""
+def client(service: str, url: str, *, key: tuple[str, str] | None = None, verify: Path | None = None) -> Any:
+    """A plain boto3 client pointed at the platform (signing with ``key``, or with a dummy key that a
+    platform without keys does not check)."""
+    key_id, secret = key or ("testing", "testing")
     return boto3.client(
         service,
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        verify=str(verify) if verify else None,
         config=Config(
             retries={"mode": "standard", "max_attempts": 1}, max_pool_connections=32, read_timeout=60
         ),
@@ -170,13 +189,25 @@ def make_model(sm: Any, name: str, model_data: str) -> None:
 
 
 @contextlib.contextmanager
-def running(home: Path, env: dict[str, str] | None = None) -> Iterator[PlatformProcess]:
-    """A started `selfmaker up` with its own ``home``, stopped (with its process group) on exit."""
-    server = PlatformProcess(home, env=env).start()
+def running(home: Path, env: dict[str, str] | None = None, **options: Any) -> Iterator[PlatformProcess]:
+    """A started `selfmaker up` with its own ``home``, stopped (with its process group) on exit
+    (``options``: :class:`PlatformProcess`'s ``args``, ``key``, ``tls_ca``)."""
+    server = PlatformProcess(home, env=env, **options).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+def create_key(home: Path, name: str = "", *allow: str) -> tuple[str, str]:
+    """A new access key of the platform at ``home``, made by `selfmaker keys create` (id, secret)."""
+    args = [sys.executable, "-m", "selfmaker", "keys", "--home", str(home), "create", "--json"]
+    args += ["--name", name] if name else []
+    for action in allow:
+        args += ["--allow", action]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True, cwd=str(ROOT))
+    created = json.loads(proc.stdout)
+    return created["KeyId"], created["SecretAccessKey"]
 
 
 def moto_env(moto_server: str, **settings: str) -> dict[str, str]:

@@ -37,6 +37,10 @@ def test_sdk_estimator_fit_deploy_predict(run_sdk: Callable[..., object]) -> Non
         estimator.fit({"train": TrainingInput(train, content_type="text/csv")}, logs=False)
         job = session.describe_training_job(estimator.latest_training_job.name)
         assert job["TrainingJobStatus"] == "Completed", job
+        # a job the SDK did not create in this process: attach reads SageMaker's always-present members
+        attached = Estimator.attach(estimator.latest_training_job.name, sagemaker_session=session)
+        assert attached.model_data == estimator.model_data, (attached.model_data, estimator.model_data)
+        assert attached.hyperparameters()["num_round"] == "20", attached.hyperparameters()
         predictor = estimator.deploy(
             1, "ml.m5.large", serializer=CSVSerializer(), deserializer=CSVDeserializer()
         )

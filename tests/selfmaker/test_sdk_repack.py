@@ -69,3 +69,99 @@ def test_sdk_repacked_model_unpacks_and_serves(
         assert answer["Body"].read() == b"labels=1,0"
     finally:
         sm.delete_endpoint(EndpointName="sdk-repacked")
+
+
+def test_sdk_register_then_deploy_the_model_package(
+    run_sdk: Callable[..., Any], moto_server: str, tmp_path: Path
+) -> None:
+    """``Model.register()`` → the version's ARN → ``ModelPackage(...).deploy()`` → ``predict``, all through
+    the SDK (the group is created by the SDK after its Search finds none)."""
+    import boto3  # the test uploads the model to moto's S3 for the SDK
+
+    model = build_classifier_tar(tmp_path / "model")
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="registry-models")
+    s3.upload_file(str(model), "registry-models", "churn/model.tar.gz")
+    run = run_sdk(
+        """
+        from sagemaker.model import Model, ModelPackage
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import CSVSerializer
+        from sagemaker.deserializers import JSONDeserializer
+
+        model = Model(image_uri="selfmaker", model_data="s3://registry-models/churn/model.tar.gz", role=ROLE,
+                      sagemaker_session=session)
+        registered = model.register(
+            content_types=["text/csv"], response_types=["application/json"],
+            inference_instances=["ml.m5.large"], transform_instances=["ml.m5.large"],
+            model_package_group_name="sdk-churn", approval_status="Approved",
+        )
+        arn = registered.model_package_arn
+        described = session.sagemaker_client.describe_model_package(ModelPackageName=arn)
+        assert described["ModelApprovalStatus"] == "Approved", described
+        package = ModelPackage(role=ROLE, model_package_arn=arn, sagemaker_session=session)
+        # deploy() of a plain ModelPackage returns no predictor: attach one by endpoint name, as users do
+        package.deploy(1, "ml.m5.large", endpoint_name="sdk-registry")
+        predictor = Predictor("sdk-registry", sagemaker_session=session, serializer=CSVSerializer(),
+                              deserializer=JSONDeserializer())
+        try:
+            answer = predictor.predict([[3, 0, 0, 0], [-3, 0, 0, 0]])
+        finally:
+            predictor.delete_endpoint()
+        result({"arn": arn, "answer": answer})
+        """
+    )
+    out = run.result
+    assert out["arn"].endswith(":model-package/sdk-churn/1")
+    assert out["answer"]
+
+
+PROBE = """
+import json, os, socket
+try:
+    socket.create_connection(("127.0.0.1", int(os.environ["PROBE_PORT"])), timeout=5).close()
+    outcome = "connected"
+except OSError as exc:
+    outcome = f"refused: {exc}"
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "probe.json"), "w") as f:
+    json.dump({"outcome": outcome}, f)
+"""
+
+
+def test_sdk_estimator_with_network_isolation(run_sdk: Callable[..., Any], tmp_path: Path) -> None:
+    """``Estimator(entry_point=..., enable_network_isolation=True)``: the SDK passes the code as the ``code``
+    channel; the script runs and cannot reach even a server on the host's loopback."""
+    import socket  # the server the script tries to reach
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "probe.py").write_text(PROBE)
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        run = run_sdk(
+            f"""
+            import io, tarfile
+            from sagemaker.estimator import Estimator
+            train = session.upload_string_as_file_body("1,2\\n", BUCKET, "iso/data/d.csv")
+            estimator = Estimator(
+                image_uri="selfmaker", role=ROLE, instance_count=1, instance_type="ml.m5.large",
+                entry_point="probe.py", source_dir={str(source)!r}, enable_network_isolation=True,
+                environment={{"PROBE_PORT": "{server.getsockname()[1]}"}},
+                output_path=f"s3://{{BUCKET}}/iso/output", sagemaker_session=session,
+            )
+            estimator.fit({{"train": train}}, logs=False)
+            job = session.describe_training_job(estimator.latest_training_job.name)
+            assert job["EnableNetworkIsolation"] is True, job
+            channels = [c["ChannelName"] for c in job["InputDataConfig"]]
+            local = sagemaker.s3.S3Downloader.read_bytes(estimator.model_data, sagemaker_session=session)
+            with tarfile.open(fileobj=io.BytesIO(local)) as tar:
+                probe = json.load(tar.extractfile("probe.json"))
+            result({{"channels": channels, "probe": probe,
+                     "submit": job["HyperParameters"]["sagemaker_submit_directory"]}})
+            """
+        )
+    finally:
+        server.close()
+    out = run.result
+    assert "code" in out["channels"] and out["submit"].strip('"').startswith("/opt/ml/input/data/code/")
+    assert out["probe"]["outcome"].startswith("refused"), out["probe"]

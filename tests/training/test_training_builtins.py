@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -422,3 +423,153 @@ def test_xgboost_saves_its_model_when_stopped_with_save_model_on_termination(tmp
     booster.load_model(bytearray((model_dir / "xgboost-model").read_bytes()))
     assert 4 <= booster.num_boosted_rounds() < 100000
     assert np.mean(onnx_predict(model_dir, X)["label"] == y) > 0.8
+
+
+#: Every hyperparameter of SageMaker's Linear Learner documentation, with a legal value (the SDK's
+#: ``LinearLearner`` sends use_lr_scheduler and friends on every job).
+LL_DOCUMENTED = {
+    "accuracy_top_k": 3,
+    "balance_multiclass_weights": "false",
+    "beta_1": 0.9,
+    "beta_2": 0.999,
+    "bias_lr_mult": 10,
+    "bias_wd_mult": 0,
+    "binary_classifier_model_selection_criteria": "accuracy",
+    "early_stopping_patience": 3,
+    "early_stopping_tolerance": 0.001,
+    "epochs": 6,
+    "f_beta": 1.0,
+    "huber_delta": 1.0,
+    "init_bias": 0.0,
+    "init_method": "uniform",
+    "init_scale": 0.07,
+    "init_sigma": 0.01,
+    "l1": "auto",
+    "learning_rate": "auto",
+    "loss": "auto",
+    "loss_insensitivity": 0.01,
+    "lr_scheduler_factor": 0.99,
+    "lr_scheduler_minimum_lr": 0.00001,
+    "lr_scheduler_step": 100,
+    "margin": 1.0,
+    "mini_batch_size": 64,
+    "momentum": 0,
+    "normalize_data": "true",
+    "normalize_label": "auto",
+    "num_calibration_samples": 10000000,
+    "num_models": "auto",
+    "num_point_for_scaler": 10000,
+    "optimizer": "auto",
+    "positive_example_weight_mult": 1.0,
+    "quantile": 0.5,
+    "target_precision": 0.8,
+    "target_recall": 0.8,
+    "unbias_data": "auto",
+    "unbias_label": "auto",
+    "use_bias": "true",
+    "use_lr_scheduler": "true",
+    "wd": "auto",
+}
+
+
+def _ll_job(tmp_path: Path, name: str, hps: dict[str, object], data: tuple[np.ndarray, np.ndarray]) -> Any:
+    (Xt, yt), (Xv, yv) = _split(*data)
+    write_csv(tmp_path / "data/train/d", Xt, yt)
+    req = request(
+        name,
+        LL_IMAGE,
+        {"feature_dim": Xt.shape[1], **hps},
+        [channel("train", (tmp_path / "data/train").as_uri(), "text/csv")],
+        (tmp_path / "out").as_uri(),
+        metrics=[LL_LOSS],
+    )
+    state, lines = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", state.failure_reason
+    return state, onnx_predict(local_model(state, tmp_path / "model"), Xv), yv, lines
+
+
+def test_linear_learner_takes_every_documented_hyperparameter(tmp_path: Path) -> None:
+    _, out, yv, _ = _ll_job(
+        tmp_path, "ll-documented", {"predictor_type": "binary_classifier", **LL_DOCUMENTED}, binary_data(800)
+    )
+    assert np.mean(out["label"] == yv) > 0.9
+
+
+@pytest.mark.parametrize("loss", ["hinge_loss"])
+def test_linear_learner_binary_losses(tmp_path: Path, loss: str) -> None:
+    _, out, yv, lines = _ll_job(
+        tmp_path,
+        f"ll-{loss.replace('_', '-')}",
+        {"predictor_type": "binary_classifier", "loss": loss, "epochs": 8, "mini_batch_size": 64},
+        binary_data(800),
+    )
+    assert np.mean(out["label"] == yv) > 0.9
+    assert any(f"train {loss}_objective <loss>=" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "absolute_loss",
+        "eps_insensitive_squared_loss",
+        "eps_insensitive_absolute_loss",
+        "quantile_loss",
+        "huber_loss",
+    ],
+)
+def test_linear_learner_regression_losses(tmp_path: Path, loss: str) -> None:
+    state, out, yv, _ = _ll_job(
+        tmp_path,
+        f"ll-{loss.replace('_', '-')}",
+        {"predictor_type": "regressor", "loss": loss, "epochs": 10, "mini_batch_size": 64},
+        regression_data(800),
+    )
+    pred = out["score"].reshape(-1)
+    assert 1 - np.sum((pred - yv) ** 2) / np.sum((yv - yv.mean()) ** 2) > 0.9
+    losses = [m["Value"] for m in state.metrics if m["MetricName"] == "train:objective_loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_linear_learner_quantile_loss_fits_the_quantile(tmp_path: Path) -> None:
+    """quantile=0.9 puts about 90 % of the labels under the prediction; the median about half."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1500, 2)).astype(np.float32)
+    y = X @ np.array([1.0, -1.0]) + rng.normal(scale=1.0, size=1500)
+    shares = {}
+    for q in (0.5, 0.9):
+        _, out, yv, _ = _ll_job(
+            tmp_path / str(q),
+            f"ll-q{int(q * 10)}",
+            {"predictor_type": "regressor", "loss": "quantile_loss", "quantile": q, "epochs": 15},
+            (X, y),
+        )
+        shares[q] = float(np.mean(yv < out["score"].reshape(-1)))
+    assert 0.35 < shares[0.5] < 0.65 and shares[0.9] > 0.8, shares
+
+
+def test_linear_learner_lr_scheduler_changes_training(tmp_path: Path) -> None:
+    """use_lr_scheduler with a steep factor ends on different weights than without (same seed)."""
+    base = {"predictor_type": "regressor", "epochs": 4, "mini_batch_size": 32, "learning_rate": 0.1}
+    data = regression_data(400)
+    _, without, _, _ = _ll_job(tmp_path / "off", "ll-sched-off", {**base, "use_lr_scheduler": "false"}, data)
+    _, steep, _, _ = _ll_job(
+        tmp_path / "on",
+        "ll-sched-on",
+        {**base, "use_lr_scheduler": "true", "lr_scheduler_step": 1, "lr_scheduler_factor": 0.5},
+        data,
+    )
+    assert not np.allclose(without["score"], steep["score"])
+
+
+def test_linear_learner_refuses_a_loss_of_another_predictor_type(tmp_path: Path) -> None:
+    X, y = binary_data(100)
+    write_csv(tmp_path / "data/t.csv", X, y)
+    req = request(
+        "ll-bad-loss",
+        LL_IMAGE,
+        {"predictor_type": "binary_classifier", "loss": "huber_loss"},
+        [channel("train", (tmp_path / "data").as_uri(), "text/csv")],
+        (tmp_path / "out").as_uri(),
+    )
+    state, _ = run_job(req, tmp_path / "job")
+    assert state.status == "Failed" and "loss" in (state.failure_reason or "")

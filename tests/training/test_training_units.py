@@ -154,22 +154,15 @@ def test_malformed_libsvm_names_the_line() -> None:
 
 
 def test_recordio_sparse_records() -> None:
-    from training.recordio import _HEADER, MAGIC, _enc_field, _enc_varint
+    from common.recordio import Record, frame
 
-    def tensor(values: list[float], keys: list[int], dim: int) -> bytes:
-        return (
-            _enc_field(1, np.asarray(values, dtype="<f4").tobytes())
-            + _enc_field(2, b"".join(_enc_varint(k) for k in keys))
-            + _enc_field(3, _enc_varint(dim))
-        )
-
-    value = _enc_field(2, tensor([3.0, 4.0], [1, 3], 5))
-    label = _enc_field(2, tensor([1.0], [], 1))
-    payload = _enc_field(1, _enc_field(1, b"values") + _enc_field(2, value)) + _enc_field(
-        2, _enc_field(1, b"values") + _enc_field(2, label)
-    )
-    stream = io.BytesIO(_HEADER.pack(MAGIC, len(payload)) + payload + b"\0" * ((4 - len(payload) % 4) % 4))
-    X, y = read_dense(stream)
+    record = Record()
+    tensor = record.features["values"].float32_tensor
+    tensor.values.extend([3.0, 4.0])
+    tensor.keys.extend([1, 3])
+    tensor.shape.append(5)
+    record.label["values"].float32_tensor.values.append(1.0)
+    X, y = read_dense(io.BytesIO(frame(record.SerializeToString())))
     np.testing.assert_array_equal(X, [[0, 3, 0, 4, 0]])
     np.testing.assert_array_equal(y, [1.0])
 

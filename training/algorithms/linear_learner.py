@@ -65,8 +65,17 @@ IMPLEMENTED = {
     "bias_lr_mult",
     "bias_wd_mult",
     "seed",
+    "use_lr_scheduler",
+    "lr_scheduler_step",
+    "lr_scheduler_factor",
+    "lr_scheduler_minimum_lr",
+    "margin",
+    "quantile",
+    "loss_insensitivity",
+    "huber_delta",
 }
-#: accepted for compatibility with SageMaker jobs; they tune internals this implementation does not have
+#: accepted for compatibility with SageMaker jobs, with no effect: they tune internals this implementation
+#: does not have (several models trained in parallel, calibration, initialisation, unbiasing, top-k)
 ACCEPTED = {
     "num_models",
     "num_calibration_samples",
@@ -74,15 +83,8 @@ ACCEPTED = {
     "init_scale",
     "init_sigma",
     "init_bias",
-    "lr_scheduler_step",
-    "lr_scheduler_factor",
-    "lr_scheduler_minimum_lr",
     "unbias_data",
     "unbias_label",
-    "huber_delta",
-    "quantile",
-    "margin",
-    "loss_insensitivity",
     "accuracy_top_k",
     "_kvstore",
     "_num_gpus",
@@ -91,6 +93,20 @@ ACCEPTED = {
     "_wd",
     "_learning_rate",
     "_tuning_objective_metric",
+}
+
+#: The losses SageMaker's Linear Learner offers for each predictor type (the first is ``auto``'s).
+LOSSES = {
+    "binary_classifier": ("logistic", "hinge_loss"),
+    "multiclass_classifier": ("softmax_loss",),
+    "regressor": (
+        "squared_loss",
+        "absolute_loss",
+        "eps_insensitive_squared_loss",
+        "eps_insensitive_absolute_loss",
+        "quantile_loss",
+        "huber_loss",
+    ),
 }
 
 _TASKS = {
@@ -133,6 +149,14 @@ class Config:
     bias_wd_mult: float
     scaler_points: int
     seed: int
+    #: learning-rate schedule: lr × factor every ``lr_step`` updates, never below ``lr_min`` (None: off)
+    lr_step: int | None = None
+    lr_factor: float = 0.99
+    lr_min: float = 1e-5
+    margin: float = 1.0
+    quantile: float = 0.5
+    insensitivity: float = 0.01
+    huber_delta: float = 1.0
 
 
 def parse(hp: Hyperparameters) -> Config:
@@ -145,11 +169,7 @@ def parse(hp: Hyperparameters) -> Config:
         num_classes = int(hp.int("num_classes", required=True, minimum=3, maximum=1_000_000) or 0)
     elif hp.has("num_classes"):
         raise HyperparameterError("num_classes", "is only valid with predictor_type=multiclass_classifier")
-    losses = {
-        "binary_classifier": ("logistic",),
-        "multiclass_classifier": ("softmax_loss",),
-        "regressor": ("squared_loss", "absolute_loss"),
-    }[ptype]
+    losses = LOSSES[ptype]
     pos = hp.string("positive_example_weight_mult", "1.0")
     pos_weight: float | str
     if pos in ("balanced", "auto"):
@@ -192,6 +212,17 @@ def parse(hp: Hyperparameters) -> Config:
         bias_wd_mult=float(hp.float("bias_wd_mult", 0.0, minimum=0) or 0.0),
         scaler_points=int(hp.int("num_point_for_scaler", 10000, minimum=1) or 10000),
         seed=int(hp.int("seed", 0) or 0),
+        # SageMaker's default is on, with "auto" step/factor/minimum: step = one epoch's updates
+        # (set in train() once the data size is known), factor 0.99, minimum 1e-5
+        lr_step=hp.int("lr_scheduler_step", 0, minimum=1) if hp.bool("use_lr_scheduler", True) else None,
+        lr_factor=float(
+            hp.float("lr_scheduler_factor", 0.99, minimum=0, maximum=1, exclusive_min=True) or 0.99
+        ),
+        lr_min=float(hp.float("lr_scheduler_minimum_lr", 1e-5, minimum=0, exclusive_min=True) or 1e-5),
+        margin=float(hp.float("margin", 1.0, minimum=0) or 0.0),
+        quantile=float(hp.float("quantile", 0.5, minimum=0, maximum=1, exclusive_min=True) or 0.5),
+        insensitivity=float(hp.float("loss_insensitivity", 0.01, minimum=0) or 0.0),
+        huber_delta=float(hp.float("huber_delta", 1.0, minimum=0, exclusive_min=True) or 1.0),
     )
 
 
@@ -254,30 +285,54 @@ class Model:
 
 def _loss(cfg: Config, model: Model, X: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     m = model.margin(X)
-    if cfg.task == "binary_classification":
+    if cfg.task == "binary_classification" and cfg.loss == "hinge_loss":
+        per = np.maximum(0.0, cfg.margin - (2 * y - 1) * m[:, 0])
+    elif cfg.task == "binary_classification":
         p = np.clip(_sigmoid(m[:, 0]), 1e-12, 1 - 1e-12)
         per = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     elif cfg.task == "multiclass_classification":
         P = np.clip(_softmax(m), 1e-12, 1.0)
         per = -np.log(P[np.arange(len(y)), y.astype(int)])
     else:
-        yn = (y - model.y_mean) / model.y_std
-        per = (m[:, 0] - yn) ** 2 if cfg.loss == "squared_loss" else np.abs(m[:, 0] - yn)
+        per = _regression_loss(cfg, m[:, 0] - (y - model.y_mean) / model.y_std)[0]
     return float(np.sum(per * w) / max(np.sum(w), 1e-12))
+
+
+def _regression_loss(cfg: Config, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(loss, d loss / d prediction) of the residuals ``d`` = prediction − label (in normalised units)."""
+    a = np.abs(d)
+    if cfg.loss == "squared_loss":
+        return d * d, 2 * d
+    if cfg.loss == "absolute_loss":
+        return a, np.sign(d)
+    if cfg.loss == "eps_insensitive_squared_loss":
+        over = np.maximum(a - cfg.insensitivity, 0.0)
+        return over * over, 2 * over * np.sign(d)
+    if cfg.loss == "eps_insensitive_absolute_loss":
+        over = np.maximum(a - cfg.insensitivity, 0.0)
+        return over, np.sign(d) * (over > 0)
+    if cfg.loss == "quantile_loss":  # the pinball loss of quantile q: under-prediction costs q
+        q = cfg.quantile
+        return np.where(d < 0, -q * d, (1 - q) * d), np.where(d < 0, -q, 1 - q)
+    delta = cfg.huber_delta  # huber_loss
+    inside = a <= delta
+    return np.where(inside, 0.5 * d * d, delta * (a - 0.5 * delta)), np.where(inside, d, delta * np.sign(d))
 
 
 def _grad(
     cfg: Config, model: Model, Xn: np.ndarray, y: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     m = Xn @ model.W + model.b
-    if cfg.task == "binary_classification":
+    if cfg.task == "binary_classification" and cfg.loss == "hinge_loss":
+        signed = 2 * y - 1
+        r = (-signed * (signed * m[:, 0] < cfg.margin))[:, None]
+    elif cfg.task == "binary_classification":
         r = (_sigmoid(m[:, 0]) - y)[:, None]
     elif cfg.task == "multiclass_classification":
         r = _softmax(m)
         r[np.arange(len(y)), y.astype(int)] -= 1.0
     else:
-        d = m[:, 0] - y
-        r = (2 * d if cfg.loss == "squared_loss" else np.sign(d))[:, None]
+        r = _regression_loss(cfg, m[:, 0] - y)[1][:, None]
     r = r * w[:, None]
     norm = max(float(np.sum(w)), 1e-12)
     return Xn.T @ r / norm, r.sum(axis=0) / norm
@@ -299,7 +354,10 @@ class Optimizer:
         self.t += 1
         gW = gW + cfg.wd * model.W
         gb = gb + cfg.wd * cfg.bias_wd_mult * model.b
-        for name, g, lr in (("W", gW, cfg.lr), ("b", gb, cfg.lr * cfg.bias_lr_mult)):
+        base = cfg.lr
+        if cfg.lr_step:  # the scheduler: lr × factor every lr_step updates, never below the minimum
+            base = max(cfg.lr * cfg.lr_factor ** ((self.t - 1) // cfg.lr_step), min(cfg.lr_min, cfg.lr))
+        for name, g, lr in (("W", gW, base), ("b", gb, base * cfg.bias_lr_mult)):
             if name == "b" and not cfg.use_bias:
                 continue
             s0, s1 = self.state[name]
@@ -411,6 +469,8 @@ def _quality(cfg: Config, model: Model, ds: Dataset, threshold: float) -> dict[s
 
 
 def _objective_name(cfg: Config) -> str:
+    if cfg.loss == "hinge_loss":
+        return "hinge_loss_objective"
     return {
         "binary_classification": "binary_classification_cross_entropy_objective",
         "multiclass_classification": "multiclass_cross_entropy_objective",
@@ -487,6 +547,8 @@ def train(env: TrainingEnvironment) -> None:
         arrays = np.load(io.BytesIO(previous))
         model.load_raw(arrays["W"].astype(np.float64), arrays["b"].astype(np.float64))
         say("Incremental training: starting from the weights of the previous model")
+    if cfg.lr_step == 0:  # use_lr_scheduler with an "auto" step: one epoch's updates
+        cfg.lr_step = max(1, -(-len(X) // cfg.batch))
     opt = Optimizer(cfg, model)
     weights = _weights(cfg, y)
     yn = (y - model.y_mean) / model.y_std if cfg.task == "regression" else y

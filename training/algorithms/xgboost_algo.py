@@ -138,6 +138,11 @@ def build_params(hp: Hyperparameters, n_hosts: int) -> tuple[dict[str, Any], int
         if not metrics:
             raise HyperparameterError("eval_metric", "is empty")
         params["eval_metric"] = metrics
+    # a tuning job's objective (`validation:auc`) is evaluated even when eval_metric does not name it, as
+    # SageMaker's XGBoost container does; the objective's metric line is what the tuner reads
+    channel, _, tuned = hp.tuning_objective_metric.partition(":")
+    if channel in ("train", "validation") and tuned and tuned not in params.get("eval_metric", []):
+        params["eval_metric"] = [*params.get("eval_metric", []), tuned]
     if params["tree_method"] == "exact" and n_hosts > 1:
         raise HyperparameterError(
             "tree_method", "'exact' does not support distributed training; use hist or approx"
@@ -436,3 +441,12 @@ def export(env: TrainingEnvironment, booster: Any, n_features: int, params: dict
     if diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
         raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")
     say(f"Saved {MODEL_FILE}, model.onnx and signature.json to {model_dir}")
+
+
+def preload() -> None:
+    """Import what a job of this built-in imports (a warm pool's standby interpreter calls it ahead of the
+    job): xgboost (without scikit-learn), pyarrow's CSV reader and onnxruntime for the export check."""
+    import onnxruntime  # noqa: F401 - imported for its cost, ahead of the job
+    import pyarrow.csv  # noqa: F401 - imported for its cost, ahead of the job
+
+    _import_xgboost()

@@ -44,7 +44,8 @@ class HostSpec:
     #: SELFMAKER_* variables set by the runner. A process executor adds it to ``os.environ``; a container
     #: executor passes exactly these.
     env: dict[str, str] = field(default_factory=dict)
-    #: arguments after the image (default ``["train"]``); ``AlgorithmSpecification.ContainerArguments`` if set
+    #: arguments after the image (default ``["train"]``); ``AlgorithmSpecification.ContainerArguments`` if
+    #: set; empty for a processing job without ContainerArguments (the image's own command runs)
     arguments: tuple[str, ...] = ("train",)
     #: ``AlgorithmSpecification.ContainerEntrypoint`` if set (containers only)
     entrypoint: tuple[str, ...] | None = None
@@ -54,6 +55,11 @@ class HostSpec:
     host_addresses: dict[str, str] = field(default_factory=dict)
     #: a private scratch directory for the executor (exists)
     work_dir: Path = Path(".")
+    #: extra directories a container sees: (path relative to ``ml_root``, absolute path in the container),
+    #: e.g. a CheckpointConfig.LocalPath outside /opt/ml; a local process is told the host path instead
+    mounts: tuple[tuple[Path, str], ...] = ()
+    #: what the host runs for (``training`` or ``processing``): container names and labels carry it
+    kind: str = "training"
 
 
 class ExecutionHandle(abc.ABC):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from common import proc as common_proc
 from common.childenv import child_environment
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,10 @@ class ContainerExecutor(Executor):
         name = _NAME_UNSAFE.sub("-", f"selfmaker-{spec.job_name}")[:60]
         if name not in self._networks:
             _run_quiet([self.engine, "network", "rm", "-f", name], timeout=60)
+            # EnableNetworkIsolation: the job's hosts reach each other and nothing else
+            internal = ["--internal"] if spec.env.get(NETWORK_ISOLATION_ENV) == "1" else []
             created = subprocess.run(
-                [self.engine, "network", "create", name],
+                [self.engine, "network", "create", *internal, name],
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 check=False,
@@ -269,19 +272,30 @@ class ContainerExecutor(Executor):
             spec.host,
             "-v",
             f"{spec.ml_root.resolve()}:/opt/ml",
+            *[
+                arg
+                for rel, target in spec.mounts
+                for arg in ("-v", f"{(spec.ml_root / rel).resolve()}:{target}")
+            ],
             "--label",
-            "selfmaker.kind=training",
+            f"selfmaker.kind={spec.kind}",
             "--label",
             f"selfmaker.job={spec.job_name}",
             "--label",
             f"selfmaker.host={spec.host}",
         ]
+        isolated = spec.env.get(NETWORK_ISOLATION_ENV) == "1"
         if network:
             cmd += ["--network", network, "--network-alias", spec.host]
+        elif isolated:  # EnableNetworkIsolation: no interface but loopback
+            cmd += ["--network", "none"]
         cmd += gpu_arguments(self.engine, spec.instance_type, self.gpus, self.host_has_gpu)
         for key in sorted(spec.env):
-            cmd += ["-e", key]
-        args = list(spec.arguments) or ["train"]
+            if key != NETWORK_ISOLATION_ENV:
+                cmd += ["-e", key]
+        if isolated:  # the container is the isolation: script mode inside needs no namespace of its own
+            cmd += ["-e", f"{NETWORK_ISOLATION_ENV}=container"]
+        args = list(spec.arguments)
         if spec.entrypoint:
             cmd += ["--entrypoint", spec.entrypoint[0], spec.image, *spec.entrypoint[1:], *args]
         else:
@@ -294,7 +308,11 @@ class ContainerExecutor(Executor):
             ensure_image(engine, spec.image, self.pull_timeout)
             self._images_checked.add(spec.image)
         network = self._network_for(spec)
-        name = container_name("selfmaker-train", spec.job_name, spec.host)
+        name = container_name(
+            "selfmaker-train" if spec.kind == "training" else f"selfmaker-{spec.kind}",
+            spec.job_name,
+            spec.host,
+        )
         cidfile = Path(spec.work_dir) / f"{name}.cid"
         cidfile.unlink(missing_ok=True)
         # the engine client's settings and the names passed with -e (the container sees only those)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
 from selfmaker.api.ops._shared import create_record, find, public
+from selfmaker.api.ops.model_packages import inference_container
 from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
 
@@ -36,10 +37,22 @@ async def create_model(platform: Services, params: dict[str, Any]) -> dict[str, 
                 f"Model '{name}': Mode MultiModel is not supported; selfmaker serves one model per container."
             )
     doc = {k: v for k, v in params.items() if k != "Tags"}
+    # a container named by ModelPackageName runs the package's inference container (its Image,
+    # ModelDataUrl and Environment; the request's own Environment wins)
+    if (params.get("PrimaryContainer") or {}).get("ModelPackageName"):
+        doc["PrimaryContainer"] = _from_package(platform, params["PrimaryContainer"])
+    if containers and containers[0].get("ModelPackageName"):
+        doc["Containers"] = [_from_package(platform, containers[0])]
     arn = platform.arn("model", name)
     record = create_record(platform, "model", name, doc, tags=params.get("Tags"))
     platform.store.update("model", name, merge={"ModelArn": arn, "CreationTime": record.created}, touch=False)
     return {"ModelArn": arn}
+
+
+def _from_package(platform: Services, container: dict[str, Any]) -> dict[str, Any]:
+    resolved = inference_container(platform, container["ModelPackageName"])
+    environment = {**resolved.get("Environment", {}), **(container.get("Environment") or {})}
+    return {**resolved, **container, **({"Environment": environment} if environment else {})}
 
 
 @operation("DescribeModel")

@@ -1,4 +1,4 @@
-"""CreateTrainingJob, DescribeTrainingJob, StopTrainingJob, ListTrainingJobs."""
+"""CreateTrainingJob, DescribeTrainingJob, StopTrainingJob, ListTrainingJobs, UpdateTrainingJob."""
 
 from __future__ import annotations
 
@@ -54,8 +54,72 @@ async def create_training_job(platform: Services, params: dict[str, Any]) -> dic
     channels = [c["ChannelName"] for c in params.get("InputDataConfig") or []]
     if len(set(channels)) != len(channels):
         raise ValidationException("Channel names in InputDataConfig must be unique.")
+    _check_spot_and_warm_pool(params)
     arn = platform.training.create(params)
     return {"TrainingJobArn": arn}
+
+
+def _check_spot_and_warm_pool(params: dict[str, Any]) -> None:
+    """Managed spot (MaxWaitTimeInSeconds), warm pools (KeepAlivePeriodInSeconds) and CheckpointConfig's
+    LocalPath, checked as SageMaker checks them."""
+    stopping = params.get("StoppingCondition") or {}
+    spot = bool(params.get("EnableManagedSpotTraining"))
+    max_wait = stopping.get("MaxWaitTimeInSeconds")
+    max_runtime = stopping.get("MaxRuntimeInSeconds") or 86400
+    if spot and (max_wait is None or max_wait < max_runtime):
+        raise ValidationException(
+            "Invalid MaxWaitTimeInSeconds. It must be present and be greater than or equal to "
+            "MaxRuntimeInSeconds"
+        )
+    if not spot and max_wait is not None:
+        raise ValidationException(
+            "Invalid MaxWaitTimeInSeconds. It is only supported when EnableManagedSpotTraining is set to true"
+        )
+    resources = params["ResourceConfig"]
+    if resources.get("KeepAlivePeriodInSeconds"):
+        if spot:
+            raise ValidationException(
+                "KeepAlivePeriodInSeconds (warm pools) is not supported with managed spot training "
+                "(EnableManagedSpotTraining)."
+            )
+        if resources.get("InstanceGroups"):
+            raise ValidationException(
+                "KeepAlivePeriodInSeconds (warm pools) is not supported with heterogeneous clusters "
+                "(ResourceConfig.InstanceGroups)."
+            )
+    checkpoint = params.get("CheckpointConfig")
+    if checkpoint:
+        # the runner's own check, so the request is refused now rather than failing the job later (the
+        # training runtime is imported on demand: a platform without it still validates everything else)
+        from training.runner import TrainingRequestError, checkpoint_local_path
+
+        try:
+            checkpoint_local_path(checkpoint)
+        except TrainingRequestError as exc:
+            raise ValidationException(str(exc)) from exc
+
+
+@operation("UpdateTrainingJob")
+async def update_training_job(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
+    """The keep-alive of a job's warm pool (ResourceConfig.KeepAlivePeriodInSeconds) and its profiler
+    settings."""
+    record = _find(platform, params["TrainingJobName"])
+    if params.get("ResourceConfig"):
+        if not record.doc.get("WarmPoolStatus") and not (record.doc.get("ResourceConfig") or {}).get(
+            "KeepAlivePeriodInSeconds"
+        ):
+            raise ValidationException(
+                f"Training job {record.name} was not created with a warm pool "
+                "(ResourceConfig.KeepAlivePeriodInSeconds): its KeepAlivePeriodInSeconds cannot be updated."
+            )
+        pool = (record.doc.get("WarmPoolStatus") or {}).get("Status")
+        if pool in ("Terminated", "Reused"):
+            raise ValidationException(
+                f"The warm pool of training job {record.name} is {pool}: its KeepAlivePeriodInSeconds "
+                "cannot be updated."
+            )
+    platform.training.update(record.name, params)
+    return {"TrainingJobArn": record.arn}
 
 
 @operation("DescribeTrainingJob")
@@ -64,7 +128,28 @@ async def describe_training_job(platform: Services, params: dict[str, Any]) -> d
     record = _find(platform, params["TrainingJobName"])
     doc = public(record.doc)
     doc.update(TrainingJobName=record.name, TrainingJobStatus=record.status, LastModifiedTime=record.modified)
+    _with_sagemaker_defaults(doc)
     return doc
+
+
+#: Members SageMaker's DescribeTrainingJob always returns, with the value it returns when the request
+#: left them out (the SDK's ``Estimator.attach`` reads ``OutputDataConfig.KmsKeyId`` unconditionally).
+_DESCRIBE_DEFAULTS: dict[str, Any] = {
+    "EnableNetworkIsolation": False,
+    "EnableInterContainerTrafficEncryption": False,
+    "EnableManagedSpotTraining": False,
+}
+
+
+def _with_sagemaker_defaults(doc: dict[str, Any]) -> None:
+    for key, value in _DESCRIBE_DEFAULTS.items():
+        doc.setdefault(key, value)
+    output = doc.get("OutputDataConfig")
+    if isinstance(output, dict):
+        doc["OutputDataConfig"] = {"KmsKeyId": "", **output}
+    spec = doc.get("AlgorithmSpecification")
+    if isinstance(spec, dict):
+        doc["AlgorithmSpecification"] = {"EnableSageMakerMetricsTimeSeries": False, **spec}
 
 
 @operation("StopTrainingJob")
@@ -87,10 +172,11 @@ async def list_training_jobs(platform: Services, params: dict[str, Any]) -> dict
             "TrainingEndTime": r.doc.get("TrainingEndTime"),
             "LastModifiedTime": r.modified,
             "SecondaryStatus": r.doc.get("SecondaryStatus"),
+            "WarmPoolStatus": r.doc.get("WarmPoolStatus"),
         }
 
     records = platform.store.list("training-job")
-    if params.get("WarmPoolStatusEquals"):  # jobs here keep no warm pool: only a status they report matches
+    if params.get("WarmPoolStatusEquals"):
         records = [
             r
             for r in records
