@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.childenv import child_environment
 from training.executors.base import ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor, ProcessHandle
 from training.images import classify_image
@@ -38,8 +39,9 @@ class Standby:
     """One started ``python -m training.standby``; :meth:`claim` turns it into a running host."""
 
     def __init__(self, kind: str, python: str | None = None) -> None:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"  # decided when the interpreter starts: a cold host gets the same
+        # an explicit environment (common.childenv): the job's own (credentials included when it uses S3)
+        # comes with the claim
+        env = child_environment({"PYTHONUNBUFFERED": "1"})  # decided at start: a cold host gets the same
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [python or sys.executable, "-m", "training.standby", "--preload", kind],
             env=env,

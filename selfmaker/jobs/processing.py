@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from common.childenv import aws_credentials, child_environment
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import executor_kind_for_image
@@ -383,8 +384,8 @@ class LocalProcessExecutor(Executor):
         if not command:
             raise ExecutorError("ClientError: AppSpecification.ContainerEntrypoint is required")
         shims = _python_shims(spec.work_dir / "bin", self.python)
-        env = dict(os.environ)
-        env.update(spec.env)
+        # an explicit environment (common.childenv); the runner adds credentials when the job uses S3
+        env = child_environment(spec.env)
         env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', os.defpath)}"
         env["SELFMAKER_ML_ROOT"] = str(spec.ml_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -655,6 +656,11 @@ class ProcessingJobRunner:
         env.setdefault("AWS_REGION", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", ""))
         if not env["AWS_REGION"]:
             del env["AWS_REGION"]
+        if "s3://" in json.dumps(self.request, default=str):
+            # a job that uses S3 runs as its role would on SageMaker: with the platform's credentials
+            # (a job on file:// data gets none; see common.childenv)
+            for name, value in aws_credentials().items():
+                env.setdefault(name, value)
         try:
             for host in self._hosts:
                 scratch = self.work_dir / "scratch" / host.name
