@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.recordio [--rows 1000] [--features 100] [--seconds 1] [--reps 5]
 
 One batch of ``--rows`` dense float32 records with labels, as the SDK's ``record_set()`` writes them,
-decoded to ``X``/``y`` by each reader, alternately, ``--reps`` times for ``--seconds`` each; the median
+decoded to ``X``/``y`` by each reader — the hand-written parser, the protobuf package record by record
+(``common.recordio.dense_batch``) and training's reader (``training.recordio.read_dense``, which reads such
+uniform records in one step) — alternately, ``--reps`` times for ``--seconds`` each; the median
 batches/s of each and their ratio are printed (goal: protobuf ≥ 0.8 × the hand-written parser). The
 baseline is the parser ``training/recordio.py`` had before it moved to the protobuf package (issue 24),
 kept here verbatim (its decode half) so that every run measures both on the same machine.
@@ -22,6 +24,7 @@ from typing import IO
 import numpy as np
 
 from common import recordio
+from training import recordio as training_recordio
 
 MAGIC = 0xCED7230A
 _HEADER = struct.Struct("<II")
@@ -230,23 +233,32 @@ def main(argv: list[str] | None = None) -> int:
     readers: list[Callable[[], tuple[np.ndarray, np.ndarray | None]]] = [
         lambda: read_dense(io.BytesIO(data)),
         lambda: recordio.dense_batch(recordio.split_records(data)),
+        lambda: training_recordio.read_dense(io.BytesIO(data)),
     ]
     for reader in readers:
         got_X, got_y = reader()
         assert np.array_equal(got_X, X) and got_y is not None and np.array_equal(got_y, y)
     hand: list[float] = []
     proto: list[float] = []
+    training: list[float] = []
     for _ in range(args.reps):
         hand.append(_measure(readers[0], args.seconds))
         proto.append(_measure(readers[1], args.seconds))
+        training.append(_measure(readers[2], args.seconds))
     hand_rate, proto_rate = statistics.median(hand), statistics.median(proto)
+    training_rate = statistics.median(training)
     print(f"# bench.recordio: decode {args.rows} x {args.features} dense float32 records with labels")
     print(f"- hand-written wire parser: {hand_rate:.2f} batches/s ({hand_rate * args.rows:,.0f} records/s)")
     print(
         f"- protobuf package (common.recordio): {proto_rate:.2f} batches/s "
         f"({proto_rate * args.rows:,.0f} records/s)"
     )
-    print(f"- protobuf / hand-written: {proto_rate / hand_rate:.2f} (goal >= 0.8)")
+    print(
+        f"- training's reader (training.recordio.read_dense: the first record parsed by protobuf, the others "
+        f"compared to it and read as one array): {training_rate:.2f} batches/s"
+    )
+    print(f"- protobuf record by record / hand-written: {proto_rate / hand_rate:.2f} (goal >= 0.8)")
+    print(f"- training's reader / hand-written: {training_rate / hand_rate:.2f}")
     return 0
 
 

@@ -52,7 +52,8 @@ def _descriptor() -> descriptor_pb2.FileDescriptorProto:
     """``record.proto`` of the SageMaker Python SDK as a descriptor (package ``aialgs.data``, proto2)."""
     field = descriptor_pb2.FieldDescriptorProto
     repeated, optional = field.LABEL_REPEATED, field.LABEL_OPTIONAL
-    proto = descriptor_pb2.FileDescriptorProto(name="record.proto", package="aialgs.data", syntax="proto2")
+    # proto2, the default (protoc leaves `syntax` out of proto2 descriptors, as the SDK's record_pb2 shows)
+    proto = descriptor_pb2.FileDescriptorProto(name="record.proto", package="aialgs.data")
     proto.options.java_package = "com.amazonaws.aialgorithms.proto"
     proto.options.java_outer_classname = "RecordProtos"
     for name, value_type in (
@@ -109,6 +110,8 @@ def _descriptor() -> descriptor_pb2.FileDescriptorProto:
 
 _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(_descriptor())
+#: the file's descriptor, as a generated ``record_pb2.DESCRIPTOR`` (its ``serialized_pb`` equals the SDK's)
+DESCRIPTOR: Any = _POOL.FindFileByName("record.proto")
 
 
 def _message(name: str) -> Any:
@@ -234,16 +237,25 @@ def tensor_of(value: Any, what: str) -> tuple[np.ndarray, Sequence[int], Sequenc
 
 
 def dense_uniform(data: bytes, width: int | None = None) -> np.ndarray | None:
-    """The usual request body in one step: whole records that all encode dense float tensors of one
-    width (what ``RecordSerializer`` writes for a float32 or float64 array) as a float32 ``[N, width]``
-    table; None for any other body, which :func:`dense_batch` then reads (and names the fault of).
+    """The features of :func:`read_uniform` (labels, if any, ignored), or None."""
+    uniform = read_uniform(data, width)
+    return None if uniform is None else uniform[0]
+
+
+def read_uniform(data: bytes, width: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The usual body in one step: whole records that all encode a dense float tensor of one width and,
+    in every record or in none, a one-value float label (what ``RecordSerializer`` and ``record_set()``
+    write for float32 or float64 arrays), as a float32 ``[N, width]`` table and the float32 labels (None
+    without labels); None for any other body, which :func:`dense_batch` then reads (and names the fault
+    of).
 
     The first record is parsed by the protobuf package and must be exactly the canonical encoding of a
-    ``Record`` holding only ``features["values"]``, a Float32/Float64Tensor with no keys or shape (a
-    fresh message holding its values re-serialises to the same bytes: no other fields, no unknown ones;
-    the values are the last bytes, the packed run closing every enclosing message). Every other record
-    must have the same header and the same bytes up to its values: all the tags and lengths of its
-    encoding are in those bytes, so it is the same message with other values — read as one array.
+    ``Record`` holding only ``features["values"]`` (a Float32/Float64Tensor, no keys or shape) and maybe
+    ``label["values"]``: a fresh message holding its values re-serialises to the same bytes (no other
+    fields, no unknown ones), with the features' packed values closing the features entry and the
+    label's value closing the record. Every other record must have the same header and the same bytes
+    around those values: all the tags and lengths of its encoding are in them, so it is the same message
+    with other values — read as one array each.
     """
     if len(data) < 8:
         return None
@@ -255,30 +267,60 @@ def dense_uniform(data: bytes, width: int | None = None) -> np.ndarray | None:
         data += _PADDING[length % 4]
     if magic != MAGIC or word >> 29 or len(data) % stride:
         return None
+    payload = data[8 : 8 + length]
     first = Record()
     try:
-        first.ParseFromString(data[8 : 8 + length])
+        first.ParseFromString(payload)
     except DecodeError:
         return None
-    if VALUES not in first.features:
+    features = _float_tensor(first.features)
+    labels = _float_tensor(first.label) if len(first.label) else None
+    if features is None or (len(first.label) and (labels is None or len(labels[1]) != 1)):
         return None
-    kind = first.features[VALUES].WhichOneof("value")
-    if kind not in ("float32_tensor", "float64_tensor"):
+    kind, values = features
+    if not values or (width is not None and len(values) != width):
         return None
-    values = getattr(first.features[VALUES], kind).values
     canonical = Record()
     getattr(canonical.features[VALUES], kind).values.extend(values)
-    if not values or canonical.SerializeToString() != data[8 : 8 + length]:
+    features_end = len(canonical.SerializeToString())  # the features entry comes first (field 1)
+    label_size = 0
+    if labels is not None:
+        getattr(canonical.label[VALUES], labels[0]).values.extend(labels[1])
+        label_size = _ITEMSIZE[labels[0]]
+    if canonical.SerializeToString() != payload:
         return None
-    if width is not None and len(values) != width:
-        return None
-    itemsize = 4 if kind == "float32_tensor" else 8
-    head = length - len(values) * itemsize
+    feature_size = len(values) * _ITEMSIZE[kind]
     table = np.frombuffer(data, dtype=np.uint8).reshape(len(data) // stride, stride)
-    if not (table[:, : 8 + head] == table[0, : 8 + head]).all():
+    fixed = [(0, 8 + features_end - feature_size), (8 + features_end, 8 + length - label_size)]
+    for start, end in fixed:
+        if start < end and not (table[:, start:end] == table[0, start:end]).all():
+            return None
+    X = _floats(table[:, 8 + features_end - feature_size : 8 + features_end], kind)
+    y = None if labels is None else _floats(table[:, 8 + length - label_size : 8 + length], labels[0])
+    return X, (None if y is None else y.reshape(-1))
+
+
+_ITEMSIZE = {"float32_tensor": 4, "float64_tensor": 8}
+
+
+def _float_tensor(entries: Any) -> tuple[str, Sequence[float]] | None:
+    """``(tensor kind, values)`` of a map holding only ``"values"``, a float tensor without keys or
+    shape; None otherwise (the canonical comparison in :func:`read_uniform` rules out keys and shape)."""
+    if list(entries) != [VALUES]:
         return None
-    floats = np.ascontiguousarray(table[:, 8 + head : 8 + length]).view("<f4" if itemsize == 4 else "<f8")
-    return floats.astype(np.float32, copy=False)
+    kind = entries[VALUES].WhichOneof("value")
+    if kind not in _ITEMSIZE:
+        return None
+    return kind, getattr(entries[VALUES], kind).values
+
+
+def _floats(columns: np.ndarray, kind: str) -> np.ndarray:
+    """Byte columns of little-endian floats as float32 values."""
+    return (
+        np.ascontiguousarray(columns)
+        .view("<f4" if kind == "float32_tensor" else "<f8")
+        .astype(np.float32, copy=False)
+    )
 
 
 def dense_batch(

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import orjson
 
-from selfmaker import logfiles
+from selfmaker import logfiles, logrotate
 from selfmaker.errors import InvalidParameterException, LogsResourceNotFound
 
 if TYPE_CHECKING:
@@ -77,10 +77,14 @@ class _HostLines:
 
 
 class FileIndex:
-    """The complete lines of one append-only log file, indexed as the file grows.
+    """The complete lines of one append-only log file and its rotated parts, indexed as the file grows.
 
-    ``host`` fixes the host of every line (a per-host or per-instance file); otherwise a line belongs to
-    the host of its ``[algo-N]`` marker, or to host 1. A line without a time takes the time of the line
+    The platform rotates a large log by copy-and-truncate (:mod:`selfmaker.logrotate`: ``name.log.1`` is
+    the newest part, ``name.log.N`` the oldest): the index reads the parts, oldest first, and then the live
+    file as one run of bytes, so a stream keeps its older lines and a token (an offset in that run) stays
+    good across a rotation; the bytes of parts that rotation dropped still count, so later offsets do not
+    move. ``host`` fixes the host of every line (a per-host or per-instance file); otherwise a line belongs
+    to the host of its ``[algo-N]`` marker, or to host 1. A line without a time takes the time of the line
     before it, the first ones ``base_ms``.
     """
 
@@ -89,61 +93,114 @@ class FileIndex:
         self.base_ms = base_ms
         self.fixed_host = host
         self._lock = threading.Lock()
-        self._reset(None)
+        self.identity: tuple[int, int] | None = None
+        #: the rotated parts indexed (identity and size, oldest first) and the bytes of those since dropped
+        self._parts: list[tuple[tuple[int, int, int], int]] = []
+        self._dropped = 0
+        self._reset()
 
-    def _reset(self, identity: tuple[int, int] | None) -> None:
-        self.identity = identity
-        self.size = 0
+    def _reset(self) -> None:
+        self.size = self._dropped  # the offset after the last indexed line
+        self._live_base = self._dropped  # the offset of the live file's first byte
+        #: (first offset, path) of each part and of the live file
+        self._segments: list[tuple[int, Path]] = []
         self.hosts: dict[int, _HostLines] = {}
         self.last_stamp: int | None = None
         self.modified_ms = 0
         self._parser = logfiles.LineParser()
 
     def refresh(self) -> FileIndex:
-        """Index the lines added since the last call (from scratch if the file was replaced or cut)."""
+        """Index the lines added since the last call (all again after a rotation or a new file)."""
         with self._lock:
             try:
                 st = self.path.stat()
             except FileNotFoundError:
-                self._reset(None)
+                self.identity, self._parts, self._dropped = None, [], 0
+                self._reset()
                 return self
+            parts: list[tuple[Path, tuple[int, int, int], int]] = []
+            newest = self.path.with_name(self.path.name + ".1")  # a rotation always leaves one
+            for part in logrotate.rotated_parts(self.path) if newest.exists() else []:
+                try:
+                    part_st = part.stat()
+                except FileNotFoundError:
+                    continue  # dropped by a rotation right now: the next refresh sees the new set
+                # the modification time too: a new part may reuse the inode of a part just dropped
+                part_id = (part_st.st_dev, part_st.st_ino, part_st.st_mtime_ns)
+                parts.append((part, part_id, part_st.st_size))
             identity = (st.st_dev, st.st_ino)
-            if identity != self.identity or st.st_size < self.size:
-                self._reset(identity)
+            seen = [(part_id, size) for _, part_id, size in parts]
+            live_size = self.size - self._live_base
+            if identity != self.identity or seen != self._parts or st.st_size < live_size:
+                if identity == self.identity:  # rotated: the parts no longer there were the oldest
+                    kept = {part_id for part_id, _ in seen}
+                    for part_id, size in self._parts:
+                        if part_id in kept:
+                            break
+                        self._dropped += size
+                    # the live file starts after all that was read before, even if no part kept it
+                    self._dropped += max(0, self.size - self._dropped - sum(size for _, size in seen))
+                else:  # another file under the name (a new job of an old name): offsets start again
+                    self._dropped = 0
+                self.identity, self._parts = identity, seen
+                self._reset()
+                for part, _, size in parts:
+                    self._segments.append((self.size, part))
+                    self._scan(part, 0, size, final=True)
+                self._live_base = self.size
+                self._segments.append((self.size, self.path))
+                live_size = 0
             self.modified_ms = int(st.st_mtime * 1000)
-            if st.st_size == self.size:
-                return self
-            with open(self.path, "rb") as fh:
-                fh.seek(self.size)
-                data = fh.read(st.st_size - self.size)
-            end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
-            offset = self.size
-            for raw in data[:end].split(b"\n")[:-1]:  # only \n ends a line (a \r progress bar does not)
-                line_ms, line_host = self._parser.time_and_host(raw)
-                if line_ms is not None:
-                    self.last_stamp = line_ms
-                stamp = self.last_stamp if self.last_stamp is not None else self.base_ms
-                host = self.fixed_host or line_host or 1
-                lines = self.hosts.get(host)
-                if lines is None:
-                    lines = self.hosts[host] = _HostLines()
-                if lines.stamps and stamp < lines.stamps[-1]:
-                    lines.ordered = False
-                lines.starts.append(offset)
-                offset += len(raw) + 1
-                lines.ends.append(offset)
-                lines.stamps.append(stamp)
-            self.size += end
+            if st.st_size > live_size:
+                self._scan(self.path, live_size, st.st_size, final=False)
             return self
+
+    def _scan(self, path: Path, start: int, stop: int, *, final: bool) -> None:
+        """Index the lines of ``path``'s bytes [start, stop); a part's last line needs no newline (the
+        part is complete), the live file's waits for it."""
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(stop - start)
+        end = len(data) if final else data.rfind(b"\n") + 1
+        offset = self.size
+        chunks = data[:end].split(b"\n")  # only \n ends a line (a \r progress bar does not)
+        if chunks and not chunks[-1]:
+            chunks.pop()  # the empty text after the last newline
+        for raw in chunks:
+            line_ms, line_host = self._parser.time_and_host(raw)
+            if line_ms is not None:
+                self.last_stamp = line_ms
+            stamp = self.last_stamp if self.last_stamp is not None else self.base_ms
+            host = self.fixed_host or line_host or 1
+            lines = self.hosts.get(host)
+            if lines is None:
+                lines = self.hosts[host] = _HostLines()
+            if lines.stamps and stamp < lines.stamps[-1]:
+                lines.ordered = False
+            lines.starts.append(offset)
+            lines.ends.append(offset + len(raw))
+            lines.stamps.append(stamp)
+            offset += len(raw) + 1
+        self.size += len(data) if final else end
+
+    def _bytes(self, first: int, stop: int) -> bytes:
+        """The indexed bytes [first, stop), read from the parts and the live file they lie in."""
+        chunks = []
+        bounds = [start for start, _ in self._segments[1:]] + [self.size]
+        for (start, path), bound in zip(self._segments, bounds, strict=True):
+            low, high = max(first, start), min(stop, bound)
+            if low < high:
+                with open(path, "rb") as fh:
+                    fh.seek(low - start)
+                    chunks.append(fh.read(high - low))
+        return b"".join(chunks)
 
     def read(self, lines: _HostLines, positions: list[int]) -> list[str]:
         """The messages of the lines at ``positions`` (ascending) of ``lines`` (one read of their span)."""
         if not positions:
             return []
         first = lines.starts[positions[0]]
-        with open(self.path, "rb") as fh:
-            fh.seek(first)
-            span = fh.read(lines.ends[positions[-1]] - first)
+        span = self._bytes(first, lines.ends[positions[-1]])
         parser = logfiles.LineParser()
         return [
             parser.parse(span[lines.starts[p] - first : lines.ends[p] - first]).message.decode(

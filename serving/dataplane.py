@@ -26,8 +26,9 @@ from pathlib import Path
 
 from serving import contract
 from serving.errors import ModelLoadError, ModelNotReadyError, PayloadTooLargeError, ServingError
-from serving.handlers import DefaultHandler, HooksHandler, InvocationResult, build_handler
+from serving.handlers import DefaultHandler, HooksHandler, InvocationResult, build_handler, user_program
 from serving.modelsource import install_requirements, prepare_model
+from serving.native import convert_native_model
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class DataPlane:
                     pip_target=self.settings.pip_target,
                     max_unpacked_bytes=self.settings.max_unpacked_bytes,
                 )
+            if user_program(self.model_dir, self.settings.program) is None:
+                convert_native_model(self.model_dir)  # SageMaker's own xgboost-model → model.onnx
             handler = build_handler(
                 self.model_dir,
                 program=self.settings.program,

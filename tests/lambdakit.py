@@ -277,7 +277,7 @@ def build_xgboost_model(dest: Path) -> Path:
     import numpy as np
     import xgboost as xgb
 
-    from training.onnx_export import save, write_signature, xgboost_to_onnx
+    from common.onnx_export import save, write_signature, xgboost_to_onnx
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(400, N_FEATURES)).astype(np.float32)

@@ -11,7 +11,15 @@ from typing import IO
 
 import numpy as np
 
-from common.recordio import MAGIC, RecordIOError, dense_batch, encode_dense, iter_records
+from common.recordio import (
+    MAGIC,
+    RecordIOError,
+    dense_batch,
+    encode_dense,
+    iter_records,
+    read_uniform,
+    split_records,
+)
 
 __all__ = ["MAGIC", "RecordIOError", "iter_records", "read_dense", "write_recordio"]
 
@@ -20,8 +28,13 @@ def read_dense(stream: IO[bytes], feature_dim: int | None = None) -> tuple[np.nd
     """Read a whole RecordIO-protobuf stream into ``X`` (float32 [N, D]) and ``y`` (float32 [N] or None).
 
     ``D`` is ``feature_dim`` when given (shorter records are zero-padded), else the longest record's width.
+    Records that all look alike (``record_set()``'s: dense, one width, a label each) are read in one step.
     """
-    return dense_batch(iter_records(stream), feature_dim, pad=True)
+    data = stream.read()
+    uniform = read_uniform(data, feature_dim)
+    if uniform is not None:
+        return uniform
+    return dense_batch(split_records(data), feature_dim, pad=True)
 
 
 def write_recordio(stream: IO[bytes], X: np.ndarray, y: np.ndarray | None = None) -> None:

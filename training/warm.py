@@ -39,9 +39,9 @@ class Standby:
     """One started ``python -m training.standby``; :meth:`claim` turns it into a running host."""
 
     def __init__(self, kind: str, python: str | None = None) -> None:
-        # an explicit environment (common.childenv): the job's own (credentials included when it uses S3)
-        # comes with the claim
-        env = child_environment({"PYTHONUNBUFFERED": "1"})  # decided at start: a cold host gets the same
+        # what a cold host's environment starts from (common.childenv: no credentials, no secret of the
+        # platform's); the claim adds the job's. Unbuffered output is decided when the interpreter starts.
+        env = child_environment({"PYTHONUNBUFFERED": "1"})
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [python or sys.executable, "-m", "training.standby", "--preload", kind],
             env=env,

@@ -188,15 +188,32 @@ def test_uniform_dense_bodies_read_in_one_step_equal_the_record_reader(X: np.nda
     assert recordio.dense_uniform(data, X.shape[1] + 1) is None  # another width: the reader names it
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(_matrix(np.float32), _matrix(np.float64)), st.sampled_from([np.float32, np.float64]))
+def test_labelled_uniform_bodies_read_in_one_step_equal_the_record_reader(X: np.ndarray, dtype: type) -> None:
+    y = np.arange(X.shape[0]).astype(dtype) - 1.5
+    data = recordio.encode_dense(X, y)
+    uniform = recordio.read_uniform(data)
+    assert uniform is not None
+    expected_X, expected_y = recordio.dense_batch(recordio.split_records(data))
+    np.testing.assert_array_equal(uniform[0], expected_X)
+    np.testing.assert_array_equal(uniform[1], expected_y)
+
+
 @settings(max_examples=300, deadline=None)
-@given(_matrix(np.float32), st.data())
-def test_a_changed_byte_never_makes_the_one_step_reader_disagree(X: np.ndarray, data: st.DataObject) -> None:
-    body = bytearray(recordio.encode_dense(X))
+@given(_matrix(np.float32), st.booleans(), st.data())
+def test_a_changed_byte_never_makes_the_one_step_reader_disagree(
+    X: np.ndarray, labelled: bool, data: st.DataObject
+) -> None:
+    labels = np.arange(X.shape[0], dtype=np.float32) if labelled else None
+    body = bytearray(recordio.encode_dense(X, labels))
     at = data.draw(st.integers(0, len(body) - 1))
     body[at] = data.draw(st.integers(0, 255))
-    table = recordio.dense_uniform(bytes(body))
-    if table is not None:  # then the authoritative reader reads the same, without an error
-        np.testing.assert_array_equal(table, recordio.dense_batch(recordio.split_records(bytes(body)))[0])
+    uniform = recordio.read_uniform(bytes(body))
+    if uniform is not None:  # then the authoritative reader reads the same, without an error
+        expected_X, expected_y = recordio.dense_batch(recordio.split_records(bytes(body)))
+        np.testing.assert_array_equal(uniform[0], expected_X)
+        np.testing.assert_array_equal(uniform[1], expected_y)
 
 
 def test_other_bodies_are_left_to_the_record_reader() -> None:
@@ -205,7 +222,8 @@ def test_other_bodies_are_left_to_the_record_reader() -> None:
     with_uid.features["values"].float32_tensor.values.extend([1.0, 2.0, 3.0, 4.0])
     with_uid.uid = "r1"
     bodies = {
-        "labelled": recordio.encode_dense(X, np.ones(3, dtype=np.float32)),
+        "int labels": recordio.encode_dense(X, np.ones(3, dtype=int)),
+        "labelled and not": recordio.encode_dense(X, np.ones(3, dtype=np.float32)) + recordio.encode_dense(X),
         "sparse": recordio.encode_sparse(sp.csr_matrix(X)),
         "int": recordio.encode_dense(X.astype(int)),
         "mixed widths": recordio.encode_dense(X) + recordio.encode_dense(np.ones((1, 3), dtype=np.float32)),

@@ -10,15 +10,20 @@ import base64
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import sdkkit
 
 from common import recordio
 
+#: with the SDK tests: it needs the SDK's venv, which `make test` builds and `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 SCRIPT = """
 import base64, io
 import numpy as np
 import scipy.sparse as sp
+from sagemaker.amazon import record_pb2
 from sagemaker.amazon.common import (
     RecordDeserializer, RecordSerializer, read_records, write_numpy_to_dense_tensor,
     write_spmatrix_to_sparse_tensor,
@@ -47,6 +52,7 @@ out["read_ours"] = dense
 out["answers"] = [
     {key: list(value.float32_tensor.values) for key, value in record.label.items()} for record in answers
 ]
+out["descriptor"] = base64.b64encode(record_pb2.DESCRIPTOR.serialized_pb).decode()
 result(out)
 """
 
@@ -84,7 +90,11 @@ def test_encoder_and_reader_match_the_sdk_byte_for_byte(moto_server: str, tmp_pa
     run = sdkkit.run_sdk(
         SCRIPT, platform_url="http://127.0.0.1:9", moto_url=moto_server, workdir=workdir, timeout=300
     ).check()
-    sdk = {key: value for key, value in run.result.items() if key not in ("read_ours", "answers")}
+    # the same messages: our descriptor is the SDK's record.proto, byte for byte
+    assert base64.b64decode(run.result["descriptor"]) == recordio.DESCRIPTOR.serialized_pb
+    sdk = {
+        key: value for key, value in run.result.items() if key not in ("read_ours", "answers", "descriptor")
+    }
     ours = {
         "float32": recordio.encode_dense(arrays["float32"]),
         "float64": recordio.encode_dense(arrays["float64"]),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from selfmaker.errors import InvalidParameterException, LogsResourceNotFound
 from selfmaker.logfiles import LineParser, instance_variant, stamp
+from selfmaker.logrotate import rotate
 from selfmaker.logstreams import FileIndex, FilterPattern, LogStreams
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import Record, StateStore
@@ -301,3 +302,52 @@ def test_pages_of_a_time_window_are_the_window(
             assert filtered == expected  # one stream: its lines in file order
         finally:
             store.close()
+
+
+def test_streams_keep_their_lines_and_tokens_across_rotations(tmp_path: Path) -> None:
+    """The platform rotates a big log by copy-and-truncate (selfmaker/logrotate.py): the stream reads the
+    rotated parts and the live file as one, a token taken before a rotation goes on after it (also once
+    the oldest part was dropped), and every line comes exactly once."""
+    settings = PlatformSettings(home=tmp_path)
+    store = StateStore(tmp_path / "state.db")
+    try:
+        view = LogStreams(settings, store)
+        assert store.insert(Record("training-job", "rot", "arn:rot", "InProgress", 1000.0, 1000.0, {}))
+        path = settings.logs_dir / "training-jobs" / "rot.log"
+        path.parent.mkdir(parents=True)
+        group, stream = "/aws/sagemaker/TrainingJobs", "rot/algo-1-1000"
+        written: list[str] = []
+
+        def write(count: int) -> None:
+            with open(path, "a") as out:
+                for _ in range(count):
+                    written.append(f"line {len(written)}")
+                    out.write(stamp(written[-1], 1000 + len(written), "algo-1"))
+
+        def drain(token: str | None) -> tuple[list[str], str | None]:
+            got: list[str] = []
+            for _ in range(200):
+                page = view.get_log_events(group, stream, None, None, token, 3, True)
+                got += [e["message"] for e in page["events"]]
+                if page["nextForwardToken"] == token:
+                    break
+                token = page["nextForwardToken"]
+            return got, token
+
+        write(5)
+        seen, token = drain(None)
+        for keep in (2, 2, 2, 2):  # the third and fourth rotations drop the oldest part
+            write(4)
+            rotate(path, keep)
+            write(3)
+            more, token = drain(token)
+            seen += more
+        assert seen == written  # every line once, in order, through four rotations
+        retained = [p.name for p in path.parent.glob("rot.log.*")]
+        assert sorted(retained) == ["rot.log.1", "rot.log.2"]
+        # from the head: the lines still on disk (the oldest part's were dropped), in order
+        head, _ = drain(None)
+        assert head == written[-len(head) :] and len(head) < len(written)
+        assert head[-3:] == written[-3:]
+    finally:
+        store.close()

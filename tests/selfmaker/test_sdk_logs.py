@@ -103,3 +103,54 @@ def test_fit_and_transformer_wait_stream_the_job_logs(
     transform = _messages(logs / "transform-jobs" / f"{out['transform']}.log")
     assert any(line.startswith("Completed: ") for line in transform), transform
     _check_printed(transform, transform_part)
+
+
+PROC_SCRIPT = """
+import json, sys
+from pathlib import Path
+host = json.loads(Path("/opt/ml/config/resourceconfig.json").read_text())["current_host"]
+rows = sum(len(p.read_text().split()) for p in Path("/opt/ml/processing/input/data").glob("*.csv"))
+for i in range(40):
+    print(f"{host} step {i} of {rows} rows", flush=True)
+print(f"{host} says goodbye on stderr", file=sys.stderr, flush=True)
+"""
+
+PROCESSING = f"""
+from pathlib import Path
+from sagemaker.processing import ProcessingInput, ScriptProcessor
+
+Path("proc.py").write_text({PROC_SCRIPT!r})
+data = session.upload_string_as_file_body("1\\n2\\n3\\n", BUCKET, "sdk-logs-proc/data/a.csv")
+data = data.rsplit("/", 1)[0]
+image = sagemaker.image_uris.retrieve("xgboost", "us-east-1", "1.7-1")
+processor = ScriptProcessor(
+    role=ROLE, image_uri=image, command=["python3"], instance_count=2, instance_type="ml.m5.large",
+    sagemaker_session=session,
+)
+print("=== run ===", flush=True)
+processor.run(
+    code="proc.py",
+    inputs=[ProcessingInput(source=data, destination="/opt/ml/processing/input/data")],
+    logs=True,
+)
+print("=== end ===", flush=True)
+job = processor.jobs[-1].describe()
+assert job["ProcessingJobStatus"] == "Completed", job
+result({{"job": job["ProcessingJobName"]}})
+"""
+
+
+def test_script_processor_run_streams_every_host(
+    run_sdk: Callable[..., object], sdk_platform: PlatformProcess
+) -> None:
+    """A 2-host ``ScriptProcessor.run(logs=True)`` prints the script's lines of both hosts (stdout and
+    stderr), each host's in order and once."""
+    run = run_sdk(PROCESSING)
+    out = run.result  # type: ignore[attr-defined]
+    stdout: str = run.stdout  # type: ignore[attr-defined]
+    printed = stdout.partition("=== run ===")[2].partition("=== end ===")[0]
+    messages = _messages(sdk_platform.home / "logs" / "processing-jobs" / f"{out['job']}.log")
+    for host in ("algo-1", "algo-2"):
+        lines = [f"{host} step {i} of 3 rows" for i in range(40)] + [f"{host} says goodbye on stderr"]
+        assert set(lines) <= set(messages)
+        _check_printed(lines, printed)  # each host's stream in order (the SDK interleaves them by time)

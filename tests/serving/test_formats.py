@@ -1,7 +1,7 @@
 """The SageMaker SDK's other formats on a real model server: ``application/x-recordio-protobuf`` in and out
 (linear-learner's predictor default), ``text/libsvm`` in (xgboost's, parity with xgboost's own libsvm
 reader and predictor on a model trained with missing values) and ``application/jsonlines`` both ways for
-every response format. Models are built here: linear-learner graphs with ``training.onnx_export`` (as the
+every response format. Models are built here: linear-learner graphs with ``common.onnx_export`` (as the
 built-in writes them) and an xgboost booster exported as the built-in exports it."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ RECORDIO = "application/x-recordio-protobuf"
 
 
 def _linear_learner(out: Path, task: str) -> Path:
-    from training.onnx_export import linear_to_onnx, save, write_signature
+    from common.onnx_export import linear_to_onnx, save, write_signature
 
     out.mkdir(parents=True, exist_ok=True)
     if task == "multiclass_classification":
@@ -180,7 +180,7 @@ def xgb_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """A binary xgboost model trained on data with missing values (NaN), exported like the built-in."""
     import xgboost as xgb
 
-    from training.onnx_export import save, write_signature, xgboost_to_onnx
+    from common.onnx_export import save, write_signature, xgboost_to_onnx
 
     rng = np.random.default_rng(11)
     X = rng.normal(size=(600, 6)).astype(np.float32)

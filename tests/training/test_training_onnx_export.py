@@ -14,8 +14,8 @@ import xgboost as xgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.onnx_export import XGBOOST_OBJECTIVES, xgboost_to_onnx
 from training.algorithms.xgboost_algo import OBJECTIVES
-from training.onnx_export import XGBOOST_OBJECTIVES, xgboost_to_onnx
 
 ATOL = 1e-5
 D = 5

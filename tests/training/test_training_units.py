@@ -22,12 +22,12 @@ from training_helpers import (
     write_recordio,
 )
 
+from common.onnx_export import linear_to_onnx, xgboost_to_onnx
 from training.algorithms import linear_learner
 from training.data import read_csv, read_libsvm, read_parquet
 from training.environment import TrainingEnvironment, decode_hyperparameter
 from training.errors import DataError, HyperparameterError
 from training.hyperparameters import Hyperparameters
-from training.onnx_export import linear_to_onnx, xgboost_to_onnx
 from training.recordio import read_dense
 from training.script_mode import to_cmd_args
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from common.onnx_export import linear_to_onnx, save, write_signature
 from training.algorithms.common import atomic_write, previous_model_file
 from training.data import Dataset, read_channel
 from training.environment import TrainingEnvironment, say
 from training.errors import HyperparameterError, UserError
 from training.hyperparameters import Hyperparameters
-from training.onnx_export import linear_to_onnx, save, write_signature
 
 MODEL_FILE = "linear-learner.npz"
 CHECKPOINT_FILE = "linear-learner-checkpoint.npz"

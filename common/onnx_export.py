@@ -309,3 +309,59 @@ def linear_to_onnx(
     )
     model.ir_version = 8
     return model
+
+
+def export_xgboost(
+    booster: Any, model_dir: Path, *, n_features: int, objective: str, num_class: int = 0
+) -> None:
+    """Write ``model.onnx`` and ``signature.json`` (response format ``xgboost``) for ``booster`` into
+    ``model_dir``, and check that ONNX Runtime predicts what xgboost predicts (missing values included):
+    RuntimeError when they disagree, ValueError when the booster cannot be expressed (see
+    :func:`xgboost_to_onnx`). The built-in XGBoost's training and the model server's conversion of
+    SageMaker's own ``xgboost-model`` artifacts (serving/native.py) both write through here."""
+    # imported here: only the xgboost exports need them (the linear learner's do not)
+    import onnxruntime as ort
+    import xgboost as xgb
+
+    onnx_model = xgboost_to_onnx(booster, n_features, objective)
+    save(onnx_model, model_dir)
+    if objective.startswith("multi:"):
+        task, classes = "multiclass_classification", list(range(int(num_class)))
+    elif objective.startswith("binary:"):
+        task, classes = "binary_classification", [0, 1]
+    else:
+        task, classes = "regression", None
+    write_signature(
+        model_dir,
+        framework="xgboost",
+        task=task,
+        n_features=n_features,
+        response_format="xgboost",
+        classes=classes,
+        threshold=0.5 if task == "binary_classification" else None,
+        extra={"objective": objective},
+    )
+    rng = np.random.default_rng(0)
+    probe = rng.normal(size=(16, n_features)).astype(np.float32)
+    probe[rng.random(probe.shape) < 0.2] = np.nan  # missing values take the trees' default directions
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx_out = sess.run(None, {"input": probe})[-1]
+    if objective == "multi:softmax":
+        ref = booster.predict(xgb.DMatrix(probe, missing=np.nan), output_margin=False, strict_shape=True)
+        onnx_out = onnx_out.argmax(axis=1).reshape(ref.shape)
+    else:
+        ref = booster.predict(xgb.DMatrix(probe, missing=np.nan))
+        if task == "binary_classification":
+            onnx_out = onnx_out[:, 1]
+            if objective == "binary:logitraw":
+                ref = 1.0 / (1.0 + np.exp(-ref))
+    diff = float(
+        np.max(
+            np.abs(
+                np.asarray(onnx_out, dtype=np.float64).reshape(-1)
+                - np.asarray(ref, dtype=np.float64).reshape(-1)
+            )
+        )
+    )
+    if diff > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
+        raise RuntimeError(f"ONNX export disagrees with xgboost by {diff:g} (objective {objective})")

@@ -1,5 +1,6 @@
-"""Models repacked by the SageMaker Python SDK's own ``repack_model`` (what every ``Model`` deployed with
-an ``entry_point`` goes through) unpack and serve: its archives hold a root entry named ``''``."""
+"""The SageMaker Python SDK with models it did not train here: archives repacked by its own
+``repack_model`` (every ``Model`` deployed with an ``entry_point``; they hold a root entry named ``''``),
+the model registry, training under network isolation, and SageMaker XGBoost's own ``xgboost-model``."""
 
 from __future__ import annotations
 
@@ -165,3 +166,86 @@ def test_sdk_estimator_with_network_isolation(run_sdk: Callable[..., Any], tmp_p
     out = run.result
     assert "code" in out["channels"] and out["submit"].strip('"').startswith("/opt/ml/input/data/code/")
     assert out["probe"]["outcome"].startswith("refused"), out["probe"]
+
+
+def test_sdk_deploys_a_sagemaker_xgboost_artifact(
+    run_sdk: Callable[..., Any], sdk_platform: Any, moto_server: str, tmp_path: Path
+) -> None:
+    """A model.tar.gz holding only ``xgboost-model`` in the legacy binary format SageMaker's XGBoost 1.x
+    images write, deployed with the built-in XGBoost image URI through the SDK: predictions equal
+    ``booster.predict``. A corrupt one fails its endpoint with the reason."""
+    import io
+    import tarfile
+    import warnings
+
+    import boto3  # the test uploads the artifacts to moto's S3
+    import numpy as np
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] - X[:, 1] > 0).astype(int)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(X, label=y), 10)
+    with warnings.catch_warnings():  # xgboost warns that the legacy binary format is deprecated
+        warnings.simplefilter("ignore")
+        native = bytes(booster.save_raw("deprecated"))
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="sagemaker-xgb")
+    for key, data in (("good/model.tar.gz", native), ("corrupt/model.tar.gz", b"binf" + b"\x00" * 32)):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo("xgboost-model")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        s3.put_object(Bucket="sagemaker-xgb", Key=key, Body=buf.getvalue())
+    rows = X[:10]
+    run = run_sdk(
+        f"""
+        from sagemaker.model import Model
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import CSVSerializer
+        from sagemaker.deserializers import CSVDeserializer
+        image = sagemaker.image_uris.retrieve("xgboost", "us-east-1", "1.7-1")
+        model = Model(image_uri=image, model_data="s3://sagemaker-xgb/good/model.tar.gz", role=ROLE,
+                      sagemaker_session=session, predictor_cls=Predictor)
+        predictor = model.deploy(1, "ml.m5.large", endpoint_name="sagemaker-xgb",
+                                 serializer=CSVSerializer(), deserializer=CSVDeserializer())
+        try:
+            scores = [float(row[0]) for row in predictor.predict({rows.tolist()!r})]
+        finally:
+            predictor.delete_endpoint()
+        result(scores)
+        """
+    )
+    np.testing.assert_allclose(run.result, booster.predict(xgb.DMatrix(rows)), rtol=1e-4, atol=1e-5)
+
+    sm = sdk_platform.sagemaker()
+    sm.create_model(
+        ModelName="corrupt-xgb",
+        PrimaryContainer={
+            "Image": "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1",
+            "ModelDataUrl": "s3://sagemaker-xgb/corrupt/model.tar.gz",
+        },
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    variants = [
+        {
+            "VariantName": "AllTraffic",
+            "ModelName": "corrupt-xgb",
+            "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1,
+        }
+    ]
+    sm.create_endpoint_config(EndpointConfigName="corrupt-xgb", ProductionVariants=variants)
+    sm.create_endpoint(EndpointName="corrupt-xgb", EndpointConfigName="corrupt-xgb")
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - the waiter's WaiterError on Failed
+            sm.get_waiter("endpoint_in_service").wait(EndpointName="corrupt-xgb", WaiterConfig=WAIT)
+        described = sm.describe_endpoint(EndpointName="corrupt-xgb")
+        assert described["EndpointStatus"] == "Failed"
+        assert (
+            "xgboost-model" in described["FailureReason"]
+            and "not a model xgboost can read" in described["FailureReason"]
+        ), described["FailureReason"]
+    finally:
+        sm.delete_endpoint(EndpointName="corrupt-xgb")
