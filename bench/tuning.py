@@ -8,7 +8,9 @@ job uses one xgboost thread (``nthread=1``), so two of them side by side can use
 Measured: wall time from CreateHyperParameterTuningJob to Completed. Baseline: the same tuning job with
 MaxParallelTrainingJobs=1, measured in the same run. The ratio parallel / sequential is the figure (goal
 ≤ 0.6 on 2 cores: each job also pays a fixed start-up — a new interpreter, xgboost import, data read —
-which runs side by side too).
+which runs side by side too). A third run (``--no-warm`` skips it) is the baseline again with
+``KeepAlivePeriodInSeconds`` in the ResourceConfig: each training job takes over the warm pool (standby
+interpreter, cached input) the previous one kept.
 """
 
 from __future__ import annotations
@@ -58,8 +60,14 @@ def generate(data: Path, rows: int, features: int = 10) -> None:
         )
 
 
-def run_tuning(sm: Any, name: str, data: Path, jobs: int, parallel: int, rounds: int) -> float:
-    """Wall seconds of one tuning job, CreateHyperParameterTuningJob → Completed."""
+def run_tuning(
+    sm: Any, name: str, data: Path, jobs: int, parallel: int, rounds: int, keep_alive: int = 0
+) -> float:
+    """Wall seconds of one tuning job, CreateHyperParameterTuningJob → Completed (``keep_alive``: its
+    training jobs keep a warm pool that the next one takes over)."""
+    resources: dict[str, Any] = {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
+    if keep_alive:
+        resources["KeepAlivePeriodInSeconds"] = keep_alive
     started = time.monotonic()
     sm.create_hyper_parameter_tuning_job(
         HyperParameterTuningJobName=name,
@@ -91,7 +99,7 @@ def run_tuning(sm: Any, name: str, data: Path, jobs: int, parallel: int, rounds:
                 for ch in ("train", "validation")
             ],
             "OutputDataConfig": {"S3OutputPath": (data.parent / "out").as_uri()},
-            "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+            "ResourceConfig": resources,
             "StoppingCondition": {"MaxRuntimeInSeconds": 600},
         },
     )
@@ -117,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=8, help="training jobs per tuning job (2..32)")
     parser.add_argument("--rows", type=int, default=20000, help="rows of the generated CSV (≤1M)")
     parser.add_argument("--rounds", type=int, default=60, help="xgboost rounds per training job (≤1000)")
+    parser.add_argument(
+        "--no-warm", action="store_true", help="skip the third run (one at a time, with warm pools)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args(argv)
     jobs = max(2, min(args.jobs, 32))
@@ -139,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         sm = client(url)
         sequential = run_tuning(sm, "bench-sequential", work / "data", jobs, 1, rounds)
         parallel = run_tuning(sm, "bench-parallel", work / "data", jobs, 2, rounds)
+        warm = None if args.no_warm else run_tuning(sm, "bench-warm", work / "data", jobs, 1, rounds, 600)
+        reused = 0
+        if warm is not None:  # how many training jobs handed their warm pool on (SageMaker's Reused)
+            summaries = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+                HyperParameterTuningJobName="bench-warm", MaxResults=100
+            )["TrainingJobSummaries"]
+            for summary in summaries:
+                job = sm.describe_training_job(TrainingJobName=summary["TrainingJobName"])
+                reused += (job.get("WarmPoolStatus") or {}).get("Status") == "Reused"
     finally:
         if platform is not None:
             platform.stop()
@@ -151,11 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         "parallel2_s": round(parallel, 2),
         "ratio": round(ratio, 3),
         "goal": 0.6,
+        "sequential_warm_pools_s": round(warm, 2) if warm is not None else None,
+        "warm_pools_reused": reused,
     }
     print(f"tuning job of {jobs} built-in XGBoost jobs ({rows} rows, {rounds} rounds, nthread=1)")
     print(f"  MaxParallelTrainingJobs=1 (baseline)  {sequential:8.1f} s")
     print(f"  MaxParallelTrainingJobs=2             {parallel:8.1f} s")
     print(f"  ratio parallel / sequential           {ratio:8.3f}   (goal ≤ 0.6)")
+    if warm is not None:
+        print(
+            f"  one at a time with warm pools         {warm:8.1f} s   "
+            f"({warm / sequential:.3f} of the baseline; {reused} of {jobs} jobs' pools reused)"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     shutil.rmtree(work, ignore_errors=True)

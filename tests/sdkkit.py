@@ -10,7 +10,10 @@ A test writes its SDK code as a script; :func:`run_sdk` runs it there as a subpr
   change, exactly as a user would point it;
 * the SDK's telemetry off (its user config file) and a ``sitecustomize`` that refuses every connection
   and name lookup that is not loopback, so nothing the SDK does can leave the machine;
-* dummy credentials and ``us-east-1``.
+* dummy credentials and ``us-east-1``;
+* the SDK's polling sleeps (5 s between job polls, 10 s between log polls, 30 s between endpoint polls)
+  capped at 0.5 s: the platform is local, and a test waits for it, not for the SDK's clock. Nothing else of
+  the SDK is touched.
 
 Asserts live in the script (a failed assert exits non-zero, with its traceback in ``stderr``); a script
 hands results back with ``result(value)`` (defined by :data:`PRELUDE`): one JSON line prefixed with
@@ -95,6 +98,22 @@ PRELUDE = f"""
 import json, os, sys
 import boto3
 import sagemaker
+import sagemaker.session
+import time as _time
+
+
+class _QuickPolls:
+    # ``time`` for sagemaker.session: its waiters' sleeps capped at 0.5 s (the module docstring)
+
+    def __getattr__(self, name):
+        return getattr(_time, name)
+
+    @staticmethod
+    def sleep(seconds):
+        _time.sleep(min(seconds, 0.5))
+
+
+sagemaker.session.time = _QuickPolls()
 
 ROLE = {ROLE!r}
 BUCKET = os.environ["SDK_BUCKET"]

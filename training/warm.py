@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.childenv import child_environment
 from training.executors.base import ExecutorError, HostSpec
 from training.executors.process import ProcessExecutor, ProcessHandle
 from training.images import classify_image
@@ -38,8 +39,9 @@ class Standby:
     """One started ``python -m training.standby``; :meth:`claim` turns it into a running host."""
 
     def __init__(self, kind: str, python: str | None = None) -> None:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"  # decided when the interpreter starts: a cold host gets the same
+        # what a cold host's environment starts from (common.childenv: no credentials, no secret of the
+        # platform's); the claim adds the job's. Unbuffered output is decided when the interpreter starts.
+        env = child_environment({"PYTHONUNBUFFERED": "1"})
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [python or sys.executable, "-m", "training.standby", "--preload", kind],
             env=env,

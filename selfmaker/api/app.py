@@ -430,6 +430,8 @@ async def authenticate(
         return await handler(request)
     control = request.path == "/"
     try:
+        # the headers first: a stranger is refused before the platform reads any body
+        identified = auth.identify(raw_path=request.raw_path, headers=request.headers)
         limit = CLIENT_MAX_SIZE
         if request.path.startswith("/endpoints/") and request.path.endswith(_PAYLOAD_ROUTES):
             limit = request.app[PLATFORM_KEY].settings.max_payload_bytes
@@ -447,6 +449,7 @@ async def authenticate(
             headers=request.headers,
             body=body,
             secure=request.secure,
+            identified=identified,
         )
     except SageMakerError as exc:
         request_id = str(uuid.uuid4())

@@ -15,8 +15,10 @@ in constant time. It also checks:
   signed headers are printable ASCII;
 * the key's allow-list (IAM action syntax) against the action called.
 
-Refusals are AWS's codes (:mod:`selfmaker.errors`, ``AuthError``), rendered by :mod:`selfmaker.api.app`
-in the shape of the API called. Neither the secret nor a signature is ever logged or echoed.
+What the headers alone decide (:meth:`Authenticator.identify`) is checked before the body is read, the
+rest (:meth:`Authenticator.check`) after. Refusals are AWS's codes (:mod:`selfmaker.errors`,
+``AuthError``), rendered by :mod:`selfmaker.api.app` in the shape of the API called. Neither the
+secret nor a signature is ever logged or echoed.
 """
 
 from __future__ import annotations
@@ -276,18 +278,33 @@ class Authenticator:
         """Whether requests must be signed right now."""
         return self.enabled and (self.required or bool(self.store.keys(max_age=KEYS_MAX_AGE)))
 
-    def check(
-        self,
-        *,
-        method: str,
-        raw_path: str,
-        headers: CIMultiDictProxy[str],
-        body: bytes,
-        secure: bool,
-        now: dt.datetime | None = None,
-    ) -> AccessKey:
-        """The key that signed the request, or an :class:`selfmaker.errors.AuthError`."""
-        path, _, query = raw_path.partition("?")
+    def identify(
+        self, *, raw_path: str, headers: CIMultiDictProxy[str], now: dt.datetime | None = None
+    ) -> tuple[SignedRequest, AccessKey]:
+        """What can be checked before the body is read — a signature is there and well formed, its key is
+        one of ours, its date is current, the headers that must be signed are — so that a stranger
+        cannot make the platform read (up to 64 MiB of) a body; an :class:`selfmaker.errors.AuthError`."""
+        signed = self._parse(raw_path, headers)
+        key = self.store.keys(max_age=KEYS_MAX_AGE).get(signed.key_id)
+        if key is None:
+            raise UnrecognizedClient("The security token included in the request is invalid.")
+        if signed.region != self.region:
+            raise InvalidSignature(
+                f"Credential should be scoped to a valid region: this platform is {self.region!r}, "
+                f"not {signed.region[:40]!r}."
+            )
+        if signed.timestamp[:8] != signed.date:
+            raise InvalidSignature(
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+                f"{signed.date[:16]!r} != {signed.timestamp[:8]!r}."
+            )
+        self._check_clock(signed, now or dt.datetime.now(dt.timezone.utc))
+        self._check_signed_headers(signed, headers, presigned=signed.expires is not None)
+        return signed, key
+
+    @staticmethod
+    def _parse(raw_path: str, headers: CIMultiDictProxy[str]) -> SignedRequest:
+        _, _, query = raw_path.partition("?")
         pairs = _query_pairs(query)
         authorization = _one(headers.getall("Authorization", []), "Authorization headers")
         presigned = any(n in ("X-Amz-Signature", "X-Amz-Algorithm") for n, _ in pairs)
@@ -298,19 +315,28 @@ class Authenticator:
                 "The request is signed twice (Authorization header and X-Amz-Signature query parameter)."
             )
         if authorization is not None:
-            signed = _parse_authorization(
+            return _parse_authorization(
                 authorization, headers.getall("X-Amz-Date", []), headers.getall("Date", [])
             )
-        else:
-            signed = _parse_presigned(pairs)
+        return _parse_presigned(pairs)
 
+    def check(
+        self,
+        *,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDictProxy[str],
+        body: bytes,
+        secure: bool,
+        now: dt.datetime | None = None,
+        identified: tuple[SignedRequest, AccessKey] | None = None,
+    ) -> AccessKey:
+        """The key that signed the request, or an :class:`selfmaker.errors.AuthError` (``identified``:
+        what :meth:`identify` answered for this request before its body was read)."""
+        signed, key = identified or self.identify(raw_path=raw_path, headers=headers, now=now)
+        path = raw_path.partition("?")[0]
         api, action = called_action(method, path, headers, body)
-        key = self.store.keys(max_age=KEYS_MAX_AGE).get(signed.key_id)
-        if key is None:
-            raise UnrecognizedClient("The security token included in the request is invalid.")
         self._check_scope(signed, api)
-        self._check_clock(signed, now or dt.datetime.now(dt.timezone.utc))
-        self._check_signed_headers(signed, headers, presigned=authorization is None)
         payload_hash = self._payload_hash(headers, body, secure=secure)
         expected = self._signature(key, signed, method, raw_path, headers, payload_hash, api)
         if not hmac.compare_digest(expected, signed.signature):
@@ -319,19 +345,11 @@ class Authenticator:
             raise AccessDenied(f"Key {key.key_id} is not authorized to perform: {action}")
         return key
 
-    def _check_scope(self, signed: SignedRequest, api: Api) -> None:
-        if signed.region != self.region:
-            raise InvalidSignature(
-                f"Credential should be scoped to a valid region: this platform is {self.region!r}, "
-                f"not {signed.region[:40]!r}."
-            )
+    @staticmethod
+    def _check_scope(signed: SignedRequest, api: Api) -> None:
+        """The scope's service fits the API called (the region was checked by :meth:`identify`)."""
         if signed.service != api.signing_name:
             raise InvalidSignature(f"Credential should be scoped to correct service: {api.signing_name!r}.")
-        if signed.timestamp[:8] != signed.date:
-            raise InvalidSignature(
-                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
-                f"{signed.date[:16]!r} != {signed.timestamp[:8]!r}."
-            )
 
     @staticmethod
     def _check_clock(signed: SignedRequest, now: dt.datetime) -> None:

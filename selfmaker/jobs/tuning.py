@@ -16,6 +16,7 @@ training manager marked them Failed), the study is rebuilt from the finished one
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -462,6 +463,20 @@ def _definition(raw: dict[str, Any], params: list[Param], objective: dict[str, A
     )
 
 
+def resource_config(definition: dict[str, Any]) -> dict[str, Any]:
+    """A definition's ResourceConfig; from HyperParameterTuningResourceConfig (its first instance
+    configuration) when it has none (the SageMaker SDK sends only that one)."""
+    if definition.get("ResourceConfig"):
+        return dict(definition["ResourceConfig"])
+    tuning = definition["HyperParameterTuningResourceConfig"]
+    first = (tuning.get("InstanceConfigs") or [{}])[0]
+    return {
+        "InstanceType": first.get("InstanceType") or tuning.get("InstanceType") or "ml.m5.large",
+        "InstanceCount": first.get("InstanceCount") or tuning.get("InstanceCount") or 1,
+        "VolumeSizeInGB": first.get("VolumeSizeInGB") or tuning.get("VolumeSizeInGB") or 1,
+    }
+
+
 def training_request(definition: Definition, job_name: str, tuned: dict[str, str]) -> dict[str, Any]:
     """The CreateTrainingJob request of one of a tuning job's training jobs."""
     raw = definition.request
@@ -469,15 +484,7 @@ def training_request(definition: Definition, job_name: str, tuned: dict[str, str
     algo["MetricDefinitions"] = [dict(d) for d in definition.metric_definitions]
     hps = {**(raw.get("StaticHyperParameters") or {}), **tuned}
     hps["_tuning_objective_metric"] = definition.objective_name
-    resources = raw.get("ResourceConfig")
-    if not resources:  # HyperParameterTuningResourceConfig: the first instance configuration
-        tuning = raw["HyperParameterTuningResourceConfig"]
-        first = (tuning.get("InstanceConfigs") or [{}])[0]
-        resources = {
-            "InstanceType": first.get("InstanceType") or tuning.get("InstanceType") or "ml.m5.large",
-            "InstanceCount": first.get("InstanceCount") or tuning.get("InstanceCount") or 1,
-            "VolumeSizeInGB": first.get("VolumeSizeInGB") or tuning.get("VolumeSizeInGB") or 1,
-        }
+    resources = resource_config(raw)
     request: dict[str, Any] = {
         "TrainingJobName": job_name,
         "RoleArn": raw.get("RoleArn"),
@@ -600,6 +607,28 @@ def objective_of(job: Record | None, metric: str) -> float | None:
     return None
 
 
+def _describe_defaults(doc: dict[str, Any], plan: TuningPlan) -> None:
+    """Fill in what SageMaker's DescribeHyperParameterTuningJob shows although the request left it out (the
+    SDK's ``HyperparameterTuner.attach`` reads these members without checking for them)."""
+    config = doc["HyperParameterTuningJobConfig"]
+    config.setdefault("TrainingJobEarlyStoppingType", "Off")
+    config["ResourceLimits"].setdefault("MaxNumberOfTrainingJobs", plan.max_jobs)
+    stored = doc.get("TrainingJobDefinitions") or [doc["TrainingJobDefinition"]]
+    for ranges in [config.get("ParameterRanges"), *(d.get("HyperParameterRanges") for d in stored)]:
+        if ranges is not None:
+            for kind in ("Integer", "Continuous", "Categorical"):
+                ranges.setdefault(f"{kind}ParameterRanges", [])
+    for definition, planned in zip(stored, plan.definitions, strict=True):
+        # the objective among the static hyperparameters, the built-in's metrics among the definitions, a
+        # ResourceConfig when only HyperParameterTuningResourceConfig was given: as SageMaker stores them
+        static = definition.setdefault("StaticHyperParameters", {})
+        static.setdefault("_tuning_objective_metric", planned.objective_name)
+        definition["AlgorithmSpecification"]["MetricDefinitions"] = [
+            dict(d) for d in planned.metric_definitions
+        ]
+        definition.setdefault("ResourceConfig", resource_config(definition))
+
+
 class TuningManager:
     """Runs hyperparameter tuning jobs (one optimiser thread each) and keeps their records current."""
 
@@ -619,8 +648,9 @@ class TuningManager:
         name = params["HyperParameterTuningJobName"]
         arn = make_arn(self.settings.region, self.settings.account_id, KIND, name)
         now = state_now()
-        doc = {k: v for k, v in params.items() if k != "Tags"}
-        doc.update(HyperParameterTuningJobArn=arn, _Trials=[], _Seed=plan.seed)
+        doc = copy.deepcopy({k: v for k, v in params.items() if k != "Tags"})
+        _describe_defaults(doc, plan)
+        doc.update(HyperParameterTuningJobArn=arn, _Trials=[])
         record = Record(
             kind=KIND, name=name, arn=arn, status="InProgress", created=now, modified=now, doc=doc
         )

@@ -52,7 +52,8 @@ class PlatformProcess:
         self.log_path = home / "up.out"
 
     def start(self, timeout: float = 30.0) -> PlatformProcess:
-        self.home.mkdir(parents=True, exist_ok=True)
+        # owner-only, as `selfmaker up` makes a home (it leaves an existing one as it is, with a warning)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         env = {
             **os.environ,
             "SELFMAKER_STARTUP_TIMEOUT": "20",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import ipaddress
+import socket
 import subprocess
 import sys
 import uuid
@@ -97,6 +98,40 @@ def test_boto3_with_the_key_works_unchanged(keyed_platform: PlatformProcess, end
         smr.invoke_endpoint_async, EndpointName=endpoint, InputLocation="s3://bucket/input.csv"
     )
     assert (code, status) == ("ValidationError", 400) and "asynchronous inference" in message
+
+
+def test_cloudwatch_logs_is_signed_as_logs(keyed_platform: PlatformProcess, endpoint: str) -> None:
+    """The CloudWatch Logs API on the same port: boto3's logs client (signing name ``logs``) with the key
+    works; a signature scoped to ``sagemaker`` is refused; a key allowed only ``logs:Describe*`` reads the
+    groups and nothing of SageMaker."""
+    logs = client("logs", keyed_platform.url, key=keyed_platform.key)
+    groups = [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]
+    assert f"/aws/sagemaker/Endpoints/{endpoint}" in groups
+    assert keyed_platform.key is not None
+    host = keyed_platform.url.split("://", 1)[1]
+    request = AWSRequest(
+        method="POST",
+        url=keyed_platform.url + "/",
+        data=b"{}",
+        headers={"Host": host, "X-Amz-Target": "Logs_20140328.DescribeLogGroups", "Content-Type": JSON11},
+    )
+    SigV4Auth(Credentials(*keyed_platform.key), "sagemaker", "us-east-1").add_auth(request)
+    refused = requests.post(request.url, data=b"{}", headers=dict(request.headers.items()), timeout=30)
+    assert refused.status_code == 403 and "correct service: 'logs'" in refused.json()["message"]
+    reader = create_key(keyed_platform.home, "", "logs:Describe*")
+    reader_logs = client("logs", keyed_platform.url, key=reader)
+    wait_until(lambda: _accepted(reader_logs.describe_log_groups), timeout=15, what="the reader key")
+    code, _, message = error_of(client("sagemaker", keyed_platform.url, key=reader).list_models)
+    assert code == "AccessDeniedException" and message.endswith("sagemaker:ListModels")
+
+
+def _accepted(call: Any) -> bool:
+    try:
+        call()
+        return True
+    except botocore.exceptions.ClientError as exc:
+        assert exc.response["Error"]["Code"] == "UnrecognizedClientException"
+        return False
 
 
 def test_wrong_keys_are_refused_in_aws_shapes(keyed_platform: PlatformProcess, endpoint: str) -> None:
@@ -213,6 +248,28 @@ def test_bad_signatures_over_the_wire(keyed_platform: PlatformProcess) -> None:
     status, headers, body = raw(keyed_platform, "POST", "/endpoints/x/invocations", b"1", lines)
     assert status == 400 and headers["x-amzn-ErrorType"] == "IncompleteSignature", body
     assert b"outside printable ASCII" in body
+
+
+def test_strangers_are_refused_before_their_body_is_read(keyed_platform: PlatformProcess) -> None:
+    """A call that announces 50 MB and sends none of it gets its refusal at once: the headers decide, the
+    platform never waits for (or buffers) a stranger's body."""
+    for headers in (
+        b"",  # unsigned
+        b"Authorization: AWS4-HMAC-SHA256 Credential=SMAKNOTOURS00000000/20260101/us-east-1/sagemaker/"
+        b"aws4_request, SignedHeaders=host;x-amz-date, Signature="
+        + b"0" * 64
+        + b"\r\nX-Amz-Date: 20260101T000000Z\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", keyed_platform.port), timeout=20) as conn:
+            conn.sendall(
+                b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: SageMaker.ListModels\r\n"
+                b"Content-Type: application/x-amz-json-1.1\r\nContent-Length: 50000000\r\n"
+                + headers.rstrip(b"\r\n")
+                + (b"\r\n" if headers else b"")
+                + b"\r\n"
+            )
+            status_line = conn.recv(4096).split(b"\r\n", 1)[0]  # times out (failing) if the body is awaited
+        assert status_line.startswith(b"HTTP/1.1 403"), status_line
 
 
 def test_a_presigned_url_over_the_wire(keyed_platform: PlatformProcess) -> None:

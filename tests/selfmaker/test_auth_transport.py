@@ -148,7 +148,11 @@ def test_no_keys_beyond_loopback_is_refused(tmp_path: Path) -> None:
         "selfmaker up: refusing to listen on 192.0.2.1 without access keys: anyone who reaches the port "
         "could run code as this user; create one with `selfmaker keys create`, or pass --no-auth"
     ]
-    # with a key the refusal is gone (and the address is then simply not this machine's)
+    # --no-auth lifts the refusal, and says so (the address is then simply not this machine's)
+    proc = run("up", "--home", str(tmp_path / "open"), "--host", "192.0.2.1", "--port", "0", "--no-auth")
+    assert proc.returncode == 2 and "cannot listen on 192.0.2.1" in proc.stderr, proc.stderr
+    assert "--no-auth: no signature is checked; anyone who reaches 192.0.2.1:0 can run code" in proc.stderr
+    # with a key the refusal is gone too
     create_key(tmp_path / "home")
     proc = run("up", "--home", str(tmp_path / "home"), "--host", "192.0.2.1", "--port", "0")
     assert proc.returncode == 2 and "cannot listen on 192.0.2.1" in proc.stderr, proc.stderr

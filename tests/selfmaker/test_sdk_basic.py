@@ -8,8 +8,11 @@ The basic flow a notebook runs: built-in XGBoost ``Estimator.fit`` on S3 data â†
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+from platform_helpers import WAIT
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +60,62 @@ def test_sdk_estimator_fit_deploy_predict(run_sdk: Callable[..., object]) -> Non
     assert out["model"].startswith("s3://sdk-tests/sdk-basic/output/")
     assert len(out["scores"]) == 20 and all(0.0 <= s <= 1.0 for s in out["scores"])
     assert out["accuracy"] >= 0.8
+
+
+def test_sdk_attaches_to_what_it_did_not_create(
+    run_sdk: Callable[..., Any], sdk_platform: Any, onnx_model_tar: str, tmp_path: Path
+) -> None:
+    """``Transformer.attach()`` and ``Predictor(endpoint_name)`` on a transform job and an endpoint made
+    with plain boto3: the SDK reads SageMaker's Describe shapes back."""
+    sm = sdk_platform.sagemaker()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.csv").write_text("3,0,0,0\n-3,0,0,0\n")
+    sm.create_model(
+        ModelName="attach-model",
+        PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": onnx_model_tar},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+    sm.create_transform_job(
+        TransformJobName="attach-transform",
+        ModelName="attach-model",
+        TransformInput={
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": (tmp_path / "in").as_uri()}},
+            "ContentType": "text/csv",
+            "SplitType": "Line",
+        },
+        TransformOutput={"S3OutputPath": (tmp_path / "out").as_uri(), "Accept": "application/json"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+    )
+    variants = [
+        {
+            "VariantName": "AllTraffic",
+            "ModelName": "attach-model",
+            "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1,
+        }
+    ]
+    sm.create_endpoint_config(EndpointConfigName="attach-config", ProductionVariants=variants)
+    sm.create_endpoint(EndpointName="attach-endpoint", EndpointConfigName="attach-config")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName="attach-endpoint", WaiterConfig=WAIT)
+    try:
+        run = run_sdk(
+            """
+            from sagemaker.transformer import Transformer
+            from sagemaker.predictor import Predictor
+            from sagemaker.serializers import CSVSerializer
+            from sagemaker.deserializers import JSONDeserializer
+            transformer = Transformer.attach("attach-transform", sagemaker_session=session)
+            transformer.wait(logs=False)
+            described = session.describe_transform_job("attach-transform")
+            predictor = Predictor("attach-endpoint", sagemaker_session=session, serializer=CSVSerializer(),
+                                  deserializer=JSONDeserializer())
+            result({"model": transformer.model_name, "status": described["TransformJobStatus"],
+                    "output": transformer.output_path, "answer": predictor.predict([[3, 0, 0, 0]])})
+            """
+        )
+    finally:
+        sm.delete_endpoint(EndpointName="attach-endpoint")
+    out = run.result
+    assert out["model"] == "attach-model" and out["status"] == "Completed"
+    assert out["output"] == (tmp_path / "out").as_uri() and out["answer"]
+    assert (tmp_path / "out" / "rows.csv.out").is_file()

@@ -1,7 +1,7 @@
 """The SageMaker Python SDK's ``HyperparameterTuner`` (sagemaker<3, tests/sdkkit.py) against `selfmaker up`:
 ``fit`` → ``best_training_job()`` → ``deploy()`` → ``predict``, with the built-in XGBoost, its built-in
 ``validation:auc`` objective (no MetricDefinitions given: the tuner knows the built-in's metrics) and the
-tuning job's results read back through the SDK's own ``describe()`` and ``analytics()``.
+tuning job's results read back through the SDK's own ``describe()``, ``attach()`` and ``analytics()``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ def test_sdk_hyperparameter_tuner_fit_best_deploy_predict(run_sdk: Callable[...,
         assert description["TrainingJobStatusCounters"]["Completed"] == 4, description
         best = tuner.best_training_job()
         assert best == description["BestTrainingJob"]["TrainingJobName"]
+        # a notebook that comes back later: attach by name, and the SDK's analytics table
+        attached = HyperparameterTuner.attach(tuner.latest_tuning_job.name, sagemaker_session=session)
+        assert attached.best_training_job() == best
+        assert attached.objective_metric_name == "validation:auc" and attached.strategy == "Bayesian"
+        table = tuner.analytics().dataframe()
+        assert len(table) == 4 and set(table["TrainingJobStatus"]) == {"Completed"}
+        assert table["FinalObjectiveValue"].max() == description["BestTrainingJob"][
+            "FinalHyperParameterTuningJobObjectiveMetric"]["Value"]
         summaries = session.sagemaker_client.list_training_jobs_for_hyper_parameter_tuning_job(
             HyperParameterTuningJobName=tuner.latest_tuning_job.name
         )["TrainingJobSummaries"]

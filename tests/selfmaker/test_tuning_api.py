@@ -176,6 +176,11 @@ def test_other_bad_requests(sm: Any, data: Path) -> None:
         sm.create_hyper_parameter_tuning_job(**body)
     assert "both static and tuned" in info.value.response["Error"]["Message"]
     body = request(data, _name("bad"))
+    body["TrainingJobDefinition"]["EnableManagedSpotTraining"] = True  # without MaxWaitTimeInSeconds
+    with pytest.raises(ClientError) as info:
+        sm.create_hyper_parameter_tuning_job(**body)
+    assert "Invalid MaxWaitTimeInSeconds" in info.value.response["Error"]["Message"]
+    body = request(data, _name("bad"))
     body["WarmStartConfig"] = {
         "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "no-such-parent"}],
         "WarmStartType": "IdenticalDataAndAlgorithm",

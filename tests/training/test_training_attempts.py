@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from training_helpers import SELFMAKER_IMAGE, channel, extract_model, request, run_job
 
 from training.runner import TrainingJobRunner
@@ -195,6 +196,20 @@ def test_a_warm_start_runs_the_host_in_the_standby_and_reuses_the_downloaded_inp
     assert runner.run().status == "Completed"
     assert (tmp_path / "job3/hosts/algo-1/input/data/train/a.csv").read_text() == "3,4\n"
     assert lines  # the standby's output reached the job's log
+
+
+def test_a_standby_gets_a_childs_environment_not_the_parents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a cold host (common.childenv): the platform's secrets and credentials stay with the platform."""
+    monkeypatch.setenv("PLATFORM_ONLY_SECRET", "s3cr3t")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-children")
+    standby = Standby("script")
+    try:
+        environ = Path(f"/proc/{standby.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        standby.close()
+    names = {item.split(b"=", 1)[0] for item in environ if item}
+    assert b"PLATFORM_ONLY_SECRET" not in names and b"AWS_SECRET_ACCESS_KEY" not in names
+    assert b"PATH" in names and b"PYTHONUNBUFFERED=1" in environ
 
 
 def test_a_released_standby_exits(tmp_path: Path) -> None:

@@ -54,12 +54,12 @@ async def create_training_job(platform: Services, params: dict[str, Any]) -> dic
     channels = [c["ChannelName"] for c in params.get("InputDataConfig") or []]
     if len(set(channels)) != len(channels):
         raise ValidationException("Channel names in InputDataConfig must be unique.")
-    _check_spot_and_warm_pool(params)
+    check_spot_and_warm_pool(params)
     arn = platform.training.create(params)
     return {"TrainingJobArn": arn}
 
 
-def _check_spot_and_warm_pool(params: dict[str, Any]) -> None:
+def check_spot_and_warm_pool(params: dict[str, Any]) -> None:
     """Managed spot (MaxWaitTimeInSeconds), warm pools (KeepAlivePeriodInSeconds) and CheckpointConfig's
     LocalPath, checked as SageMaker checks them."""
     stopping = params.get("StoppingCondition") or {}

@@ -8,9 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import decode_offset, encode_token, list_page
 from selfmaker.api.ops._shared import check_instances
+from selfmaker.api.ops.training_jobs import check_spot_and_warm_pool
 from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
-from selfmaker.jobs.tuning import KIND, RUNNING, TuningPlan, counters, describe, training_job_summaries
+from selfmaker.jobs.tuning import (
+    KIND,
+    RUNNING,
+    TuningPlan,
+    counters,
+    describe,
+    resource_config,
+    training_job_summaries,
+)
 from selfmaker.state import Record
 
 if TYPE_CHECKING:
@@ -41,8 +50,10 @@ def _check_definition(platform: Services, name: str, definition: dict[str, Any])
     channels = [c["ChannelName"] for c in definition.get("InputDataConfig") or []]
     if len(set(channels)) != len(channels):
         raise ValidationException("Channel names in InputDataConfig must be unique.")
-    resources = definition.get("ResourceConfig") or definition.get("HyperParameterTuningResourceConfig") or {}
+    resources = resource_config(definition)
     check_instances(platform, resources.get("InstanceCount"), f"Tuning job '{name}'")
+    # managed spot, warm pools and checkpoints as CreateTrainingJob checks them (each training job is one)
+    check_spot_and_warm_pool({**definition, "ResourceConfig": resources})
 
 
 @operation("CreateHyperParameterTuningJob")
