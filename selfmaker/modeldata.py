@@ -12,7 +12,6 @@ model server looks for ``SAGEMAKER_PROGRAM`` — what SageMaker's framework cont
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -76,22 +75,9 @@ def add_submit_directory(
     uri = str((container.get("Environment") or {}).get(SUBMIT_DIRECTORY_ENV) or "").strip()
     if not uris.is_uri(uri):
         return model_dir
-    staging = dest / "submit"
     try:
-        code = modeldata.fetch_model_data(uri, staging, max_unpacked_bytes=max_unpacked_bytes)
+        return modeldata.add_code(uri, model_dir, dest, max_unpacked_bytes=max_unpacked_bytes)
     except archives.ArchiveError as exc:
         raise ModelDataError(f"could not extract {SUBMIT_DIRECTORY_ENV} {uri}: {exc}") from exc
     except modeldata.ModelDataError as exc:
         raise ModelDataError(f"{SUBMIT_DIRECTORY_ENV}: {exc}") from exc
-    try:
-        if not model_dir.resolve().is_relative_to(dest.resolve()):
-            private = dest / "model-with-code"
-            shutil.rmtree(private, ignore_errors=True)
-            shutil.copytree(model_dir, private, symlinks=True)
-            model_dir = private
-        shutil.copytree(code, model_dir / "code", symlinks=True, dirs_exist_ok=True)
-    except OSError as exc:
-        raise ModelDataError(f"could not add {SUBMIT_DIRECTORY_ENV} {uri} to the model: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return model_dir

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import tarfile
 import textwrap
 import warnings
 from pathlib import Path
@@ -181,3 +182,35 @@ def test_a_missing_or_corrupt_xgboost_model_fails_the_load_with_the_reason(tmp_p
     (model / "xgboost-model").unlink()
     with pytest.raises(ModelLoadError):  # neither xgboost-model nor model.onnx: nothing to load
         _plane(model)
+
+
+def test_a_server_that_fetches_its_model_adds_the_submit_directory(tmp_path: Path) -> None:
+    """As on AWS, where the model server fetches its own model data: the SDK's XGBoostModel leaves the code
+    in the training job's sourcedir.tar.gz (SAGEMAKER_SUBMIT_DIRECTORY), not in the model archive."""
+    booster = _booster()
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(textwrap.dedent(MODEL_FN_ONLY))
+    (tmp_path / "xgboost-model").write_bytes(pickle.dumps(booster))
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "xgboost-model", "xgboost-model")
+    with tarfile.open(tmp_path / "sourcedir.tar.gz", "w:gz") as tar:
+        tar.add(source / "train.py", "train.py")
+    settings = ServingSettings(
+        workers=1,
+        program="train.py",
+        submit_directory=(tmp_path / "sourcedir.tar.gz").as_uri(),
+        model_data=(tmp_path / "model.tar.gz").as_uri(),
+    )
+    plane = DataPlane(None, settings, state_dir=tmp_path / "state").load()
+    body, _ = plane.invoke(_csv(X[:5]), "text/csv", "application/json")
+    np.testing.assert_allclose(json.loads(body), booster.predict(xgb.DMatrix(X[:5])), rtol=1e-6)
+
+    missing = ServingSettings(
+        workers=1,
+        program="train.py",
+        submit_directory=(tmp_path / "nope.tar.gz").as_uri(),
+        model_data=(tmp_path / "model.tar.gz").as_uri(),
+    )
+    with pytest.raises(ModelLoadError, match="SAGEMAKER_SUBMIT_DIRECTORY: .*nope.tar.gz does not exist"):
+        DataPlane(None, missing, state_dir=tmp_path / "state2").load()
