@@ -132,7 +132,18 @@ try:
     model = session.sagemaker_client.describe_model(ModelName=endpoint["EndpointName"])
 finally:
     predictor.delete_endpoint()
+transformed = None
+if TRANSFORM:  # the same model through a batch transform job (the platform adds the code there too)
+    x_uri = session.upload_string_as_file_body(
+        "\\n".join(",".join(repr(float(v)) for v in row) for row in X), BUCKET, PREFIX + "/batch/x.csv"
+    )
+    transformer = estimator.transformer(
+        1, "ml.m5.large", output_path=f"s3://{BUCKET}/{PREFIX}/batch-out", accept="text/csv"
+    )
+    transformer.transform(x_uri, content_type="text/csv", split_type="Line", wait=True, logs=False)
+    transformed = session.read_s3_file(BUCKET, PREFIX + "/batch-out/x.csv.out")
 result({
+    "transformed": transformed,
     "training_model": estimator.model_data,
     "deployed_model": model["PrimaryContainer"]["ModelDataUrl"],
     "image": model["PrimaryContainer"]["Image"],
@@ -177,7 +188,13 @@ def _booster_from(uri: str, moto: str, tmp: Path) -> xgb.Booster:
 
 
 def _fit_deploy(
-    run_sdk: Callable[..., Any], tmp_path: Path, script: str, prefix: str, hps: dict[str, Any], binary: bool
+    run_sdk: Callable[..., Any],
+    tmp_path: Path,
+    script: str,
+    prefix: str,
+    hps: dict[str, Any],
+    binary: bool,
+    transform: bool = False,
 ) -> tuple[dict[str, Any], np.ndarray]:
     rows, X = _data(len(prefix), binary)
     workdir = tmp_path / "sdk"
@@ -187,6 +204,7 @@ def _fit_deploy(
         .replace("X_PRED", repr(X.tolist()))
         .replace("PREFIX", repr(prefix))
         .replace("HPS", repr(hps))
+        .replace("TRANSFORM", repr(transform))
     )
     run = run_sdk(code, workdir=workdir, timeout=900)
     return run.result, X
@@ -215,10 +233,14 @@ def test_framework_script_trains_and_serves_with_its_hooks(
 def test_a_script_with_only_model_fn_gets_the_images_defaults(
     run_sdk: Callable[..., Any], moto_server: str, tmp_path: Path
 ) -> None:
-    out, X = _fit_deploy(run_sdk, tmp_path, MODEL_FN_SCRIPT, "xgbfw-modelfn", {"num_round": 6}, binary=True)
+    out, X = _fit_deploy(
+        run_sdk, tmp_path, MODEL_FN_SCRIPT, "xgbfw-modelfn", {"num_round": 6}, binary=True, transform=True
+    )
     booster = _booster_from(out["training_model"], moto_server, tmp_path / "trained")
     expected = booster.predict(xgb.DMatrix(X.astype(np.float32)))
     np.testing.assert_allclose(np.asarray(out["answer"]).reshape(-1), expected, rtol=1e-6, atol=1e-7)
+    transformed = np.loadtxt(out["transformed"].splitlines())
+    np.testing.assert_allclose(transformed, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_a_failing_script_fails_the_job_with_its_error_and_a_missing_one_says_so(
