@@ -55,14 +55,15 @@ def _is_booster(model: Any) -> bool:
 
 
 def _width(model: Any) -> int | None:
-    """The model's feature count (0 for a model that does not say)."""
-    booster = model if _is_booster(model) else getattr(model, "get_booster", lambda: None)()
-    if booster is None:
-        return None
-    try:
-        return int(booster.num_features()) or None
-    except Exception:  # a wrapper that was never fitted: the body decides the width
-        return None
+    """The model's feature count (None when it does not say: the body decides the width)."""
+    if _is_booster(model):
+        booster = model
+    else:
+        try:
+            booster = model.get_booster()
+        except (AttributeError, ValueError):  # no booster, or a wrapper never fitted (NotFittedError)
+            return None
+    return int(booster.num_features()) or None
 
 
 def decode(input_data: bytes, content_type: str, model: Any) -> Any:
