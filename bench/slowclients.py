@@ -269,7 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         up = f"http://127.0.0.1:{up_port}"
         wait_ready(up + "/ping", procs[-1])
-        sm = boto3.client("sagemaker", endpoint_url=up, region_name="us-east-1")
+        sm = boto3.client(
+            "sagemaker",
+            endpoint_url=up,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         sm.create_model(
             ModelName="bench", PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()}
         )

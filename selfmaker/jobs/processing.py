@@ -48,12 +48,14 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from common.childenv import aws_credentials, child_environment
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import executor_kind_for_image
 from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
+from training.environment import NETWORK_ISOLATION_ENV
 from training.executors.base import ExecutionHandle, Executor, ExecutorError, HostSpec
 from training.executors.process import ProcessHandle
 from training.storage import ObjectRef, Storage, StorageError, join
@@ -174,8 +176,8 @@ def parse_request(
         s3 = item.get("S3Input")
         if s3 is None:
             raise ValidationException(f"{where} needs an S3Input.")
-        if item.get("AppManaged") and not s3.get("LocalPath"):
-            continue  # the application fetches it itself
+        if item.get("AppManaged"):
+            continue  # "input operations are managed natively by the processing job application"
         uri = str(s3.get("S3Uri") or "")
         _check_uri(uri, f"{where}.S3Input")
         local = local_path(s3.get("LocalPath"), f"{where}.S3Input")
@@ -215,10 +217,10 @@ def parse_request(
                 f"{where}.FeatureStoreOutput is not supported by selfmaker (no Feature Store); "
                 "use an S3Output."
             )
+        if item.get("AppManaged"):
+            continue  # the application uploads it itself
         s3 = item.get("S3Output")
         if s3 is None:
-            if item.get("AppManaged"):
-                continue
             raise ValidationException(f"{where} needs an S3Output.")
         uri = str(s3.get("S3Uri") or "")
         _check_uri(uri, f"{where}.S3Output")
@@ -385,17 +387,21 @@ class LocalProcessExecutor(Executor):
         if not command:
             raise ExecutorError("ClientError: AppSpecification.ContainerEntrypoint is required")
         shims = _python_shims(spec.work_dir / "bin", self.python)
-        env = dict(os.environ)
-        env.update(spec.env)
+        # an explicit environment (common.childenv): the job's, the machine's; credentials only when the
+        # runner adds them
+        env = child_environment(spec.env)
         env["PATH"] = f"{shims}{os.pathsep}{env.get('PATH', os.defpath)}"
         env["SELFMAKER_ML_ROOT"] = str(spec.ml_root)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        if self.namespace:
+        namespace = list(self.namespace)
+        if namespace and spec.env.get(NETWORK_ISOLATION_ENV) == "1" and len(spec.hosts) == 1:
+            namespace.append("--net")  # EnableNetworkIsolation: not even a loopback that is up
+        if namespace:
             stash = spec.work_dir / "opt"
             hosts = spec.work_dir / "hosts"
             hosts.write_text(_hosts_file(spec.hosts), encoding="utf-8")
-            name = spec.host if "--uts" in self.namespace else ""
-            argv = [*self.namespace, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(spec.ml_root), str(stash)]
+            name = spec.host if "--uts" in namespace else ""
+            argv = [*namespace, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(spec.ml_root), str(stash)]
             argv += [str(hosts), name, *command]
         else:
             argv = [_translate(a, spec.ml_root) for a in command]
@@ -657,6 +663,19 @@ class ProcessingJobRunner:
         env.setdefault("AWS_REGION", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", ""))
         if not env["AWS_REGION"]:
             del env["AWS_REGION"]
+        isolated = bool((self.request.get("NetworkConfig") or {}).get("EnableNetworkIsolation"))
+        if isolated:
+            # the executors' rule, as for training jobs: a container on no network (or an internal one), a
+            # local single-host process in a network namespace of its own
+            env[NETWORK_ISOLATION_ENV] = "1"
+            if self.executor.kind == "process" and len(plan.hosts) > 1:
+                self.on_log("", "selfmaker: network isolation: local hosts share this machine's loopback")
+        if self.executor.kind == "process" and not isolated and "s3://" in json.dumps(self.request):
+            # a job that uses S3 runs as its role would on SageMaker: with the platform's credentials (a job
+            # on file:// data gets none; the environment is otherwise explicit, see common.childenv), as
+            # training hosts do
+            for key, value in aws_credentials().items():
+                env.setdefault(key, value)
         try:
             for host in self._hosts:
                 scratch = self.work_dir / "scratch" / host.name
@@ -693,7 +712,10 @@ class ProcessingJobRunner:
             return self._wait(plan.max_runtime)
         finally:
             for host in self._hosts:
-                if host.handle is not None and host.handle.poll() is None:
+                # a local host's process group goes with it, as a container's processes do: what the
+                # script started in the background neither outlives the job nor holds its log open
+                local = self.executor.kind == "process"
+                if host.handle is not None and (local or host.handle.poll() is None):
                     host.handle.kill()
                     host.handle.wait(10)
                 if host.reader is not None:
@@ -881,7 +903,7 @@ class ProcessingJobs:
 
             def on_log(host: str, line: str) -> None:
                 with write_lock:
-                    # time-stamped: the CloudWatch Logs view gives each line that time (selfmaker.logfiles)
+                    # time-stamped, host marked: the Logs API serves it as streams <job>/algo-N-<epoch>
                     log_file.write(stamp(line, host=host or None))
                     log_file.flush()
 

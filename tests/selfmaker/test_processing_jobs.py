@@ -8,15 +8,17 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 import pytest
 from botocore.exceptions import ClientError, WaiterError
-from platform_helpers import WAIT, PlatformProcess, moto_env, running
+from platform_helpers import WAIT, PlatformProcess, client, moto_env, running
 
 ROLE = "arn:aws:iam::123456789012:role/selfmaker"
 XGBOOST = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:1.7-1"
@@ -40,6 +42,7 @@ def platform(
         SELFMAKER_PROCESSING_UPLOAD_INTERVAL="0.3",
         SELFMAKER_TRAINING_STOP_GRACE="5",
         SELFMAKER_MAX_INSTANCES="4",
+        OPERATOR_SECRET="not-for-jobs",
     )
     with running(tmp_path_factory.mktemp("processing-home"), env=env) as server:
         yield server
@@ -139,6 +142,8 @@ SCRIPT = """
         "inputs": [i["InputName"] for i in config["ProcessingInputs"]],
         "resources": resources,
         "python": sys.executable,
+        "secret": os.environ.get("OPERATOR_SECRET"),
+        "credentials": "AWS_SECRET_ACCESS_KEY" in os.environ,
     }))
     print("processed", len(rows), "rows", flush=True)
 """
@@ -194,6 +199,8 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
     assert summary["sum"] == 15.0 and summary["count"] == 5
     assert summary["args"] == ["--alpha", "1"]
     assert summary["env"] == "hello"
+    # an explicit environment (common.childenv): the platform's credentials for a job on S3, no other secret
+    assert (summary["secret"], summary["credentials"]) == (None, True)
     assert (summary["job"], summary["arn"], summary["inputs"]) == (name, arn, ["code", "data"])
     assert summary["resources"] == {"current_host": "algo-1", "hosts": ["algo-1"]}
     # the job's python3 is the platform's interpreter (the image's Python; the platform runs with ours)
@@ -223,7 +230,7 @@ def test_a_script_reads_its_s3_input_and_writes_its_output_to_s3(
     assert "[algo-1] processed 5 rows" in logs.stdout
 
 
-def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> None:
+def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any, platform: PlatformProcess) -> None:
     name = _unique("proc-shards")
     for i in range(4):
         _put(s3, f"{name}/data/part-{i}.csv", f"{i}\n")
@@ -238,6 +245,7 @@ def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> Non
         peers = {h: socket.gethostbyname(h) for h in resources["hosts"]}
         seen = {"parts": parts, "resources": resources, "peers": peers, "name": socket.gethostname()}
         out.write_text(json.dumps(seen))
+        print(f"{host} has {len(parts)} parts", flush=True)
     """
     inputs = [
         _code(s3, name, script),
@@ -263,6 +271,16 @@ def test_instances_get_their_shards_and_resource_config(sm: Any, s3: Any) -> Non
     # the hosts reach each other by name, and each is called by its own (this machine allows namespaces)
     assert seen["algo-1"]["peers"] == {"algo-1": "127.0.0.1", "algo-2": "127.0.0.1"}
     assert [seen[h]["name"] for h in ("algo-1", "algo-2")] == ["algo-1", "algo-2"]
+    # the Logs API: one stream per host, <job>/algo-N-<epoch>, each with that host's lines
+    logs = client("logs", platform.url)
+    group = "/aws/sagemaker/ProcessingJobs"
+    streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{name}/")["logStreams"]
+    epoch = int(job["CreationTime"].timestamp())
+    names = [s["logStreamName"] for s in streams]
+    assert names == [f"{name}/algo-1-{epoch}", f"{name}/algo-2-{epoch}"]
+    for host, stream in zip(("algo-1", "algo-2"), names, strict=True):
+        events = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True)["events"]
+        assert [e["message"] for e in events] == [f"{host} has 2 parts"]
 
 
 def test_pipe_mode_streams_gzip_objects_through_a_fifo(sm: Any, s3: Any) -> None:
@@ -277,6 +295,14 @@ def test_pipe_mode_streams_gzip_objects_through_a_fifo(sm: Any, s3: Any) -> None
         assert stat.S_ISFIFO(os.stat(fifo).st_mode), "not a FIFO"
         with open(fifo) as f:
             values = [int(x) for x in f.read().split()]
+        again = Path("/opt/ml/processing/input/data_1")  # a second pass, as training's Pipe epochs
+        import time
+        deadline = time.monotonic() + 30
+        while not again.exists():
+            assert time.monotonic() < deadline, "no second pass"
+            time.sleep(0.05)
+        with open(again) as f:
+            assert [int(x) for x in f.read().split()] == values
         Path("/opt/ml/processing/output/values.txt").write_text(" ".join(map(str, values)))
     """
     inputs = [
@@ -437,6 +463,12 @@ def _error(call: Any, **kwargs: Any) -> tuple[str, str]:
         (
             lambda r: r["ProcessingInputs"].append(dict(r["ProcessingInputs"][0])),
             "InputName 'code' is used by another input",
+        ),
+        (
+            lambda r: r.update(
+                ProcessingOutputConfig={"Outputs": [_output("o", local="/opt/ml/processing/input/code")]}
+            ),
+            "LocalPath /opt/ml/processing/input/code is the LocalPath of input 'code' too",
         ),
         (
             lambda r: r["ProcessingInputs"][0]["S3Input"].update(S3Uri="https://example.com/x"),
@@ -607,3 +639,61 @@ def test_an_input_that_cannot_be_fetched_fails_the_job_with_a_client_error(sm: A
     assert job["FailureReason"] == (
         f"ClientError: input 'data': no objects under s3://{BUCKET}/{name}/nothing-here/"
     )
+
+
+def test_what_a_script_leaves_running_ends_with_the_job(sm: Any, s3: Any) -> None:
+    name = _unique("proc-background")
+    script = """
+        import subprocess, sys
+        from pathlib import Path
+
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        Path("/opt/ml/processing/output/child.pid").write_text(str(child.pid))
+        print("leaving a child behind", flush=True)
+    """
+    sm.create_processing_job(
+        **_request(
+            name, [_code(s3, name, script)], ProcessingOutputConfig={"Outputs": [_output(f"{name}/out")]}
+        )
+    )
+    job = _wait(sm, name)
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    child = int(_read(s3, f"{name}/out/child.pid"))
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the script's child outlived the job"
+        time.sleep(0.1)
+
+
+def test_network_isolation_cuts_a_local_script_off(sm: Any, s3: Any, moto_server: str) -> None:
+    from selfmaker.jobs.processing import namespace_command  # the platform probes the same machine
+
+    if not namespace_command():
+        pytest.skip("this machine gives processes no namespaces (unshare): a local job cannot be isolated")
+    name = _unique("proc-isolated")
+    port = int(moto_server.rsplit(":", 1)[1])
+    script = f"""
+        import os, socket
+        from pathlib import Path
+
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+            reached = True
+        except OSError:
+            reached = False
+        seen = f"reached={{reached}} credentials={{'AWS_SECRET_ACCESS_KEY' in os.environ}}"
+        Path("/opt/ml/processing/output/network.txt").write_text(seen)
+    """
+    sm.create_processing_job(
+        **_request(
+            name,
+            [_code(s3, name, script)],
+            ProcessingOutputConfig={"Outputs": [_output(f"{name}/out")]},
+            NetworkConfig={"EnableNetworkIsolation": True},
+        )
+    )
+    job = _wait(sm, name)
+    assert job["ProcessingJobStatus"] == "Completed", job.get("FailureReason")
+    assert job["NetworkConfig"] == {"EnableNetworkIsolation": True}
+    # inputs and outputs still move (the platform moves them); the script reaches nothing, has no keys
+    assert _read(s3, f"{name}/out/network.txt") == "reached=False credentials=False"

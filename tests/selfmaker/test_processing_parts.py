@@ -49,13 +49,27 @@ def test_a_plan_has_sorted_hosts_defaults_and_relative_local_paths() -> None:
                     "AppManaged": True,
                     "S3Input": {"S3Uri": "s3://b/a", "S3DataType": "S3Prefix"},
                 },
+                {
+                    "InputName": "app2",
+                    "AppManaged": True,
+                    "S3Input": {
+                        "S3Uri": "s3://b/a",
+                        "LocalPath": "/opt/ml/processing/app",
+                        "S3DataType": "S3Prefix",
+                    },
+                },
             ],
             ProcessingOutputConfig={
                 "Outputs": [
                     {
+                        "OutputName": "mine",
+                        "AppManaged": True,
+                        "S3Output": {"S3Uri": "s3://b/m", "S3UploadMode": "EndOfJob"},
+                    },
+                    {
                         "OutputName": "o",
                         "S3Output": {"S3Uri": "s3://b/o", "LocalPath": "/opt/ml/processing/o"},
-                    }
+                    },
                 ]
             },
         )

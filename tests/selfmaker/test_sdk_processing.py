@@ -1,7 +1,7 @@
 """The SageMaker Python SDK's processors (sagemaker<3, tests/sdkkit.py) against `selfmaker up`: a
-notebook's ScriptProcessor, Processor and FrameworkProcessor run unchanged with the built-in XGBoost
-image's URI (a local process here), S3 inputs and outputs in moto, ``code=`` uploaded by the SDK and
-``arguments=`` passed through."""
+notebook's ScriptProcessor, Processor, FrameworkProcessor and XGBoostProcessor run unchanged with the
+built-in XGBoost image's URI (a local process here), S3 inputs and outputs in moto, ``code=`` uploaded by
+the SDK, ``arguments=`` passed through and ``logs=True`` streaming the job's lines."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
         from sagemaker.processing import (
             FrameworkProcessor, ProcessingInput, ProcessingJob, ProcessingOutput, Processor, ScriptProcessor,
         )
-        from sagemaker.xgboost import XGBoost
+        from sagemaker.xgboost import XGBoost, XGBoostProcessor
 
         SCRIPT = {SCRIPT!r}
         Path("proc.py").write_text(SCRIPT)
@@ -70,7 +70,7 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
                 source="/opt/ml/processing/output", destination=f"s3://{{BUCKET}}/sdk-proc/script",
             )],
             arguments=["--scale", "2"],
-            logs=False,
+            logs=True,
         )
         job = script.jobs[-1].describe()
         assert job["ProcessingJobStatus"] == "Completed", job
@@ -118,6 +118,24 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
         out["framework"] = output_of("sdk-proc/framework")
         out["framework_entrypoint"] = job["AppSpecification"]["ContainerEntrypoint"]
 
+        # XGBoostProcessor: the SDK picks the built-in XGBoost image's URI itself
+        xgb = XGBoostProcessor(
+            framework_version="1.7-1", role=ROLE, instance_count=1, instance_type="ml.m5.large",
+            sagemaker_session=session,
+        )
+        xgb.run(
+            code="proc.py", source_dir="src",
+            inputs=[ProcessingInput(source=data, destination="/opt/ml/processing/input/data")],
+            outputs=[ProcessingOutput(
+                source="/opt/ml/processing/output", destination=f"s3://{{BUCKET}}/sdk-proc/xgb",
+            )],
+            logs=False,
+        )
+        job = xgb.jobs[-1].describe()
+        assert job["ProcessingJobStatus"] == "Completed", job
+        out["xgb"] = output_of("sdk-proc/xgb")
+        out["xgb_image"] = job["AppSpecification"]["ImageUri"]
+
         # what SageMaker refuses here: an Athena dataset as input
         athena = DatasetDefinition(
             local_path="/opt/ml/processing/input/athena",
@@ -134,6 +152,8 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
         """
     )
     out = run.result
+    # logs=True: the SDK streamed the script's print from the Logs API (/aws/sagemaker/ProcessingJobs)
+    assert "processed 4 values on algo-1" in run.stdout
     assert out["script"] == {"total": 20.0, "count": 4, "host": "algo-1"}
     assert out["script_entrypoint"] == ["python3", "/opt/ml/processing/input/code/proc.py"]
     assert out["plain"] == {"total": 30.0, "count": 4, "host": "algo-1"}
@@ -145,5 +165,7 @@ def test_sdk_processors_run_scripts_over_s3(run_sdk: Callable[..., Any]) -> None
     # both hosts wrote result.json to the same S3 prefix; either one's is there
     assert out["framework"]["total"] == 40.0 and out["framework"]["host"] in ("algo-1", "algo-2")
     assert out["framework_entrypoint"][0] == "/bin/bash"
+    assert out["xgb"] == {"total": 10.0, "count": 4, "host": "algo-1"}
+    assert out["xgb_image"].endswith("/sagemaker-xgboost:1.7-1")
     code, message = out["athena"]
     assert code == "ValidationException" and "DatasetDefinition is not supported" in message
