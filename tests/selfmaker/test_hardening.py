@@ -249,6 +249,25 @@ def test_file_locations_never_reach_system_directories(sm: Any, uri: str) -> Non
     assert uri in message and "SELFMAKER_FILE_ROOTS" in message and "system directory" in message
 
 
+def test_a_framework_models_submit_directory_is_a_checked_location(sm: Any, onnx_model_tar: str) -> None:
+    """SAGEMAKER_SUBMIT_DIRECTORY is the one Environment variable the platform reads (it fetches the code);
+    the others stay the caller's own strings."""
+    container = {"Image": "sagemaker-xgboost:1.7-1", "ModelDataUrl": onnx_model_tar}
+    with pytest.raises(ClientError) as info:
+        sm.create_model(
+            ModelName=_name("submit"),
+            PrimaryContainer={**container, "Environment": {"SAGEMAKER_SUBMIT_DIRECTORY": "file:///etc"}},
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+        )
+    message = _refused(info)
+    assert "file:///etc" in message and "primaryContainer.environment.SAGEMAKER_SUBMIT_DIRECTORY" in message
+    sm.create_model(
+        ModelName=_name("envfile"),
+        PrimaryContainer={**container, "Environment": {"SOME_SETTING": "file:///etc/hosts"}},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
+
+
 def test_outputs_and_symlinks_into_system_directories_are_refused(
     sm: Any, platform_server: PlatformProcess, tmp_path: Path
 ) -> None:
