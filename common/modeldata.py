@@ -116,3 +116,30 @@ def _fetch_s3(
     if not found:
         raise ModelDataError(f"no model data under {uri}")
     return model_dir
+
+
+def add_code(
+    uri: str, model_dir: Path, dest: Path, *, client: Any = None, max_unpacked_bytes: int | None = None
+) -> Path:
+    """``model_dir`` with the code at ``uri`` (a ``sourcedir.tar.gz``, an S3 prefix or a local directory,
+    by :func:`fetch_model_data`'s rules) added to its ``code/``; returns the model directory, which is a
+    copy under ``dest`` when ``model_dir`` is a directory served in place (outside ``dest``: the user's
+    directory is never written to). Files of ``uri`` replace the model's own ``code/`` files of the same
+    name. What SageMaker's framework containers do with an ``s3://`` ``SAGEMAKER_SUBMIT_DIRECTORY``.
+
+    Errors: :class:`ModelDataError` (fetching or copying), :class:`common.archives.ArchiveError`.
+    """
+    staging = dest / "submit"
+    try:
+        code = fetch_model_data(uri, staging, client=client, max_unpacked_bytes=max_unpacked_bytes)
+        if not model_dir.resolve().is_relative_to(dest.resolve()):
+            private = dest / "model-with-code"
+            shutil.rmtree(private, ignore_errors=True)
+            shutil.copytree(model_dir, private, symlinks=True)
+            model_dir = private
+        shutil.copytree(code, model_dir / "code", symlinks=True, dirs_exist_ok=True)
+    except OSError as exc:
+        raise ModelDataError(f"could not add the code of {uri} to the model: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model_dir

@@ -3,6 +3,11 @@
 The fetching rules (``file://``, ``s3://``, directories, archives, prefixes) are
 :mod:`common.modeldata`'s, shared with the model server; this module reads the ContainerDefinition and
 turns the errors into the platform's.
+
+A container whose ``SAGEMAKER_SUBMIT_DIRECTORY`` is an ``s3://`` or ``file://`` URI (what the SageMaker SDK
+sets for a framework model it does not repack, e.g. ``sagemaker.xgboost.XGBoostModel``: the script stays in
+the ``sourcedir.tar.gz`` training uploaded) gets that code unpacked into the model's ``code/``, where the
+model server looks for ``SAGEMAKER_PROGRAM`` — what SageMaker's framework containers download at start.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common import archives, modeldata
+from common import archives, modeldata, uris
+
+#: the container variable naming where a framework model's code is (a URI, or a path in the container)
+SUBMIT_DIRECTORY_ENV = "SAGEMAKER_SUBMIT_DIRECTORY"
 
 
 class ModelDataError(Exception):
@@ -41,12 +49,35 @@ def fetch_model_data(container: dict[str, Any], dest: Path, *, max_unpacked_byte
     if uri is None:
         model_dir = dest / "model"
         model_dir.mkdir(exist_ok=True)
+    else:
+        try:
+            model_dir = modeldata.fetch_model_data(
+                uri, dest, compressed=True if compressed else None, max_unpacked_bytes=max_unpacked_bytes
+            )
+        except archives.ArchiveError as exc:
+            raise ModelDataError(f"could not extract model data {uri}: {exc}") from exc
+        except modeldata.ModelDataError as exc:
+            raise ModelDataError(str(exc)) from exc
+    return add_submit_directory(container, model_dir, dest, max_unpacked_bytes=max_unpacked_bytes)
+
+
+def add_submit_directory(
+    container: dict[str, Any], model_dir: Path, dest: Path, *, max_unpacked_bytes: int | None = None
+) -> Path:
+    """The model directory with the code of ``SAGEMAKER_SUBMIT_DIRECTORY`` in its ``code/`` when that is
+    an ``s3://`` / ``file://`` URI (an archive, an S3 prefix or a local directory); ``model_dir`` unchanged
+    otherwise (no variable, or a path inside the container such as ``/opt/ml/model/code``).
+
+    A model directory served in place (a local directory outside ``dest``) is copied under ``dest`` first:
+    the user's directory is never written to. Files of the submit directory replace the model's own
+    ``code/`` files of the same name. Blocking.
+    """
+    uri = str((container.get("Environment") or {}).get(SUBMIT_DIRECTORY_ENV) or "").strip()
+    if not uris.is_uri(uri):
         return model_dir
     try:
-        return modeldata.fetch_model_data(
-            uri, dest, compressed=True if compressed else None, max_unpacked_bytes=max_unpacked_bytes
-        )
+        return modeldata.add_code(uri, model_dir, dest, max_unpacked_bytes=max_unpacked_bytes)
     except archives.ArchiveError as exc:
-        raise ModelDataError(f"could not extract model data {uri}: {exc}") from exc
+        raise ModelDataError(f"could not extract {SUBMIT_DIRECTORY_ENV} {uri}: {exc}") from exc
     except modeldata.ModelDataError as exc:
-        raise ModelDataError(str(exc)) from exc
+        raise ModelDataError(f"{SUBMIT_DIRECTORY_ENV}: {exc}") from exc

@@ -96,6 +96,7 @@ class DataPlane:
                     pip_wheel=self.settings.pip_wheel,
                     pip_target=self.settings.pip_target,
                     max_unpacked_bytes=self.settings.max_unpacked_bytes,
+                    submit_directory=self.settings.submit_directory,
                 )
             if user_program(self.model_dir, self.settings.program) is None:
                 convert_native_model(self.model_dir)  # SageMaker's own xgboost-model → model.onnx

@@ -20,7 +20,7 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from common import archives, modeldata
+from common import archives, modeldata, uris
 from common import proc as common_proc
 from serving import contract
 from serving.errors import ModelSourceError, UnsafeArchiveError
@@ -55,6 +55,18 @@ def resolve_source(source: str, work_dir: Path, *, max_unpacked_bytes: int | Non
         raise UnsafeArchiveError(str(exc)) from exc
     except (archives.ArchiveError, modeldata.ModelDataError) as exc:
         raise ModelSourceError(str(exc)) from exc
+
+
+def add_submit_directory(uri: str, model_dir: Path, work_dir: Path, max_unpacked_bytes: int | None) -> Path:
+    """The model directory with the framework code at ``uri`` in its ``code/``, unless it has one."""
+    if (model_dir / contract.CODE_DIR).is_dir():
+        return model_dir  # repacked with its code, or already added by the platform
+    try:
+        return modeldata.add_code(uri, model_dir, work_dir, max_unpacked_bytes=max_unpacked_bytes)
+    except archives.UnsafeArchiveError as exc:
+        raise UnsafeArchiveError(f"SAGEMAKER_SUBMIT_DIRECTORY {uri}: {exc}") from exc
+    except (archives.ArchiveError, modeldata.ModelDataError) as exc:
+        raise ModelSourceError(f"SAGEMAKER_SUBMIT_DIRECTORY: {exc}") from exc
 
 
 def pip_command(pip_wheel: str | None, *, pip_installed: bool | None = None) -> list[str]:
@@ -110,11 +122,15 @@ def prepare_model(
     pip_wheel: str | None = None,
     pip_target: str | None = None,
     max_unpacked_bytes: int | None = None,
+    submit_directory: str | None = None,
 ) -> Path:
     """Resolve ``source`` and install its requirements once per ``state_dir``; return the model dir.
 
     ``pip_wheel``: see :func:`pip_command`; ``pip_target``: see :func:`install_requirements`;
-    ``max_unpacked_bytes``: a fixed unpacking limit (see :func:`resolve_source`).
+    ``max_unpacked_bytes``: a fixed unpacking limit (see :func:`resolve_source`); ``submit_directory``:
+    ``SAGEMAKER_SUBMIT_DIRECTORY`` — an ``s3://`` / ``file://`` URI of a framework model's code, added to a
+    model that has no ``code/`` yet (:func:`common.modeldata.add_code`; ``selfmaker up`` adds it before
+    the server starts, so only a server that fetches its own model data, as on AWS, does it here).
 
     Safe to call from every worker: a file lock serialises the work and the first result (directory
     or error message) is recorded in ``state_dir`` and replayed to the others.
@@ -131,6 +147,10 @@ def prepare_model(
                 return Path(result["model_dir"])
             try:
                 model_dir = resolve_source(source, state_dir, max_unpacked_bytes=max_unpacked_bytes)
+                if submit_directory and uris.is_uri(submit_directory.strip()):
+                    model_dir = add_submit_directory(
+                        submit_directory.strip(), model_dir, state_dir, max_unpacked_bytes
+                    )
                 if install:
                     install_requirements(model_dir, pip_wheel, target=pip_target)
             except ModelSourceError as exc:

@@ -41,6 +41,8 @@ class ServingSettings(BaseSettings):
     timeout: int = Field(60, alias="SAGEMAKER_MODEL_SERVER_TIMEOUT", ge=1)
     max_payload_mb: int = Field(6, alias="SAGEMAKER_MAX_PAYLOAD_IN_MB", ge=1, le=1024)
     program: str | None = Field(None, alias="SAGEMAKER_PROGRAM")
+    #: a framework model's code as an s3:// / file:// URI (what the SDK sets when it does not repack)
+    submit_directory: str | None = Field(None, alias="SAGEMAKER_SUBMIT_DIRECTORY")
     default_accept: str = Field("application/json", alias="SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT")
     max_concurrent_transforms: int | None = Field(None, alias="SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", ge=1)
     batch_strategy: str = Field("MULTI_RECORD", alias="SAGEMAKER_BATCH_STRATEGY")

@@ -190,6 +190,8 @@ def validate_request(
 
 #: members whose values are the caller's own strings, never locations the platform reads or writes
 _NOT_LOCATIONS = frozenset({"Environment", "Tags"})
+#: a framework model's code: a location in Environment (fetched by the platform when it is a URI)
+_SUBMIT_DIRECTORY = "SAGEMAKER_SUBMIT_DIRECTORY"
 
 
 def _file_uris(value: Any, path: str) -> Iterator[tuple[str, str]]:
@@ -205,6 +207,9 @@ def _file_uris(value: Any, path: str) -> Iterator[tuple[str, str]]:
         for key, item in value.items():
             if key not in _NOT_LOCATIONS:
                 yield from _file_uris(item, _join(path, str(key)))
+            elif key == "Environment" and isinstance(item, dict) and _SUBMIT_DIRECTORY in item:
+                # the one variable the platform reads as a location (selfmaker.modeldata adds its code)
+                yield from _file_uris(item[_SUBMIT_DIRECTORY], f"{_join(path, key)}.{_SUBMIT_DIRECTORY}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _file_uris(item, f"{path}.{index + 1}.member")

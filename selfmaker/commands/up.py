@@ -83,6 +83,8 @@ def private_directories(*paths: Path) -> list[str]:
         if not path.exists():
             path.mkdir(mode=0o700, parents=True)
             path.chmod(0o700)  # mkdir's mode is masked by the umask
+        elif not path.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(path))
         elif path.stat().st_mode & 0o077:
             mode = oct(path.stat().st_mode & 0o777)[2:]
             warnings.append(f"{path} is open to other users (mode {mode}): `chmod 700 {path}` closes it")

@@ -21,6 +21,7 @@ import numpy as np
 from serving import codecs, contract
 from serving.contract import Signature
 from serving.errors import BadRequestError, ModelLoadError
+from serving.handlers import booster
 from serving.handlers.context import Context
 from serving.handlers.default import DefaultHandler
 from serving.handlers.formatter import Prediction, ResponseFormatter
@@ -94,6 +95,8 @@ class HooksHandler:
     # -- defaults (same behaviour as the default handler) -----------------------------------
 
     def default_model_fn(self, model_dir: str) -> Any:
+        if booster.has_native_model(self.model_dir):  # SageMaker's XGBoost framework mode: no model.onnx
+            return booster.load_model(self.model_dir)
         self.default.load()
         return self.default.model
 
@@ -114,6 +117,8 @@ class HooksHandler:
                     "malformed application/x-npz body (expected scipy.sparse.save_npz output): "
                     f"{type(exc).__name__}: {exc}"
                 ) from None
+        if booster.is_xgboost_model(self.model):
+            return booster.decode(input_data, ctype, self.model)
         if isinstance(self.model, OnnxModel):
             return codecs.decode(input_data, ctype, self.model.input_dtype, self.model.feature_width)
         return codecs.decode(input_data, ctype, np.float32)
@@ -121,6 +126,8 @@ class HooksHandler:
     def default_predict_fn(self, data: Any, model: Any) -> Any:
         if isinstance(model, OnnxModel):
             return Prediction(model.predict(model.validate(data)))
+        if booster.is_xgboost_model(model):
+            return booster.predict(data, model)
         if hasattr(model, "predict"):
             return model.predict(data)
         if callable(model):

@@ -472,3 +472,42 @@ def test_training_command_line_under_network_isolation(
     )
     network = executor._network_for(two)
     assert network is not None and ["/usr/bin/podman", "network", "create", "--internal", network] in calls
+
+
+def test_serving_container_and_its_engine_client_get_an_explicit_environment(
+    engine: str, byoc_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("H26_UNRELATED_SECRET", "hunter2-container")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "platform-secret-container")
+    settings = PlatformSettings(home=tmp_path / "home")
+    spec = _spec(
+        tmp_path,
+        byoc_image,
+        {"weights": [1.0, 1.0], "bias": 0.0},
+        environment={"BYOC_GREETING": "explicit"},
+        instance_id="ep-AllTraffic-envtest",
+    )
+
+    async def scenario() -> tuple[str, str]:
+        executor = ContainerExecutor(settings)
+        handle = await executor.start(spec)
+        try:
+            await _wait_ping(handle)
+            assert handle.pid is not None
+            client = Path(f"/proc/{handle.pid}/environ").read_bytes().decode(errors="replace")
+            inside = await asyncio.to_thread(
+                subprocess.run,
+                [engine, "exec", handle.describe()["container"], "env"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return client, inside.stdout
+        finally:
+            await handle.stop(5)
+
+    client, inside = asyncio.run(scenario())
+    assert "hunter2-container" not in client and "platform-secret-container" not in client
+    assert "BYOC_GREETING=explicit" in client  # passed to the container by name
+    assert "BYOC_GREETING=explicit" in inside
+    assert "hunter2-container" not in inside and "platform-secret-container" not in inside

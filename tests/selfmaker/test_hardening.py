@@ -74,6 +74,11 @@ def strict(tmp_path_factory: pytest.TempPathFactory, roots: Path) -> Iterator[Pl
         yield server
 
 
+def log_since(server: PlatformProcess, offset: int) -> str:
+    """What the (shared) platform logged since ``offset`` characters: other tests' lines are theirs."""
+    return server.log()[offset:]
+
+
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
@@ -199,11 +204,25 @@ def test_training_jobs_get_an_explicit_environment(strict: PlatformProcess, root
 
 
 def test_home_state_and_logs_are_owner_only(strict: PlatformProcess) -> None:
-    home = strict.home
-    for path in (home, home / "logs"):
-        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    home = strict.home  # created 0755 by the test's helper before the platform started: left, with a warning
+    assert stat.S_IMODE((home / "logs").stat().st_mode) == 0o700
     for path in (home / "state.db", home / "logs" / "selfmaker.log"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    if stat.S_IMODE(home.stat().st_mode) & 0o077:
+        assert f"{home} is open to other users" in strict.log() and f"`chmod 700 {home}`" in strict.log()
+
+
+def test_private_directories_are_created_owner_only_and_others_left_alone(tmp_path: Path) -> None:
+    from selfmaker.commands.up import private_directories
+
+    new = tmp_path / "a" / "home"
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    warnings = private_directories(new, new / "logs", shared)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o700 and stat.S_IMODE((new / "logs").stat().st_mode) == 0o700
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # never chmod a directory the platform did not make
+    assert warnings == [f"{shared} is open to other users (mode 755): `chmod 700 {shared}` closes it"]
 
 
 def _refused(info: pytest.ExceptionInfo[ClientError]) -> str:
@@ -228,6 +247,25 @@ def test_file_locations_never_reach_system_directories(sm: Any, uri: str) -> Non
         make_model(sm, _name("sys"), uri)
     message = _refused(info)
     assert uri in message and "SELFMAKER_FILE_ROOTS" in message and "system directory" in message
+
+
+def test_a_framework_models_submit_directory_is_a_checked_location(sm: Any, onnx_model_tar: str) -> None:
+    """SAGEMAKER_SUBMIT_DIRECTORY is the one Environment variable the platform reads (it fetches the code);
+    the others stay the caller's own strings."""
+    container = {"Image": "sagemaker-xgboost:1.7-1", "ModelDataUrl": onnx_model_tar}
+    with pytest.raises(ClientError) as info:
+        sm.create_model(
+            ModelName=_name("submit"),
+            PrimaryContainer={**container, "Environment": {"SAGEMAKER_SUBMIT_DIRECTORY": "file:///etc"}},
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+        )
+    message = _refused(info)
+    assert "file:///etc" in message and "primaryContainer.environment.SAGEMAKER_SUBMIT_DIRECTORY" in message
+    sm.create_model(
+        ModelName=_name("envfile"),
+        PrimaryContainer={**container, "Environment": {"SOME_SETTING": "file:///etc/hosts"}},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+    )
 
 
 def test_outputs_and_symlinks_into_system_directories_are_refused(
@@ -359,6 +397,7 @@ def test_host_header_must_name_this_platform(
 def test_headers_that_are_not_utf8_get_400_in_the_api_shape(platform_server: PlatformProcess) -> None:
     url = platform_server.url
     host = url.removeprefix("http://")
+    offset = len(platform_server.log())
     status, headers, body, _ = raw_request(
         url, control_request(url, host, target=b"SageMaker.List\xffModels")
     )
@@ -384,7 +423,7 @@ def test_headers_that_are_not_utf8_get_400_in_the_api_shape(platform_server: Pla
         assert status == 400, header
         assert headers["x-amzn-errortype"] == "ValidationError"
         assert json.loads(body)["Message"] == f"The value of header {header.decode()} is not valid UTF-8."
-    assert "Traceback" not in platform_server.log()
+    assert "Traceback" not in log_since(platform_server, offset)
 
 
 @pytest.mark.parametrize(
@@ -402,6 +441,7 @@ def test_headers_that_are_not_utf8_get_400_in_the_api_shape(platform_server: Pla
 def test_unparsable_requests_get_json_400_and_one_log_line(
     platform_server: PlatformProcess, request_bytes: bytes, shape: str
 ) -> None:
+    offset = len(platform_server.log())
     status, headers, body, closed = raw_request(platform_server.url, request_bytes)
     assert status == 400 and closed
     answer = json.loads(body)
@@ -411,7 +451,7 @@ def test_unparsable_requests_get_json_400_and_one_log_line(
     else:
         assert headers["content-type"] == "application/x-amz-json-1.1"
         assert answer["__type"] == "ValidationException"
-    log = platform_server.log()
+    log = log_since(platform_server, offset)
     assert "Traceback" not in log and "Error handling request" not in log
     assert (
         f"bad request from 127.0.0.1: {answer['message'].removeprefix('The request could not be parsed: ')}"
@@ -506,6 +546,7 @@ def test_a_client_that_leaves_mid_body_is_not_an_error(platform_server: Platform
     url = platform_server.url
     port = int(url.rsplit(":", 1)[1])
     host = url.removeprefix("http://").encode()
+    offset = len(platform_server.log())
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             b"POST / HTTP/1.1\r\nHost: " + host + b"\r\nX-Amz-Target: SageMaker.ListModels\r\n"
@@ -514,9 +555,9 @@ def test_a_client_that_leaves_mid_body_is_not_an_error(platform_server: Platform
     # the platform still answers, and logged no traceback for the half request
     assert "Models" in platform_server.sagemaker().list_models()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "Traceback" not in platform_server.log():
+    while time.monotonic() < deadline and "Traceback" not in log_since(platform_server, offset):
         time.sleep(0.1)
-    assert "Traceback" not in platform_server.log()
+    assert "Traceback" not in log_since(platform_server, offset)
 
 
 ENV_HOOKS = """

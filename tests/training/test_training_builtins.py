@@ -573,3 +573,71 @@ def test_linear_learner_refuses_a_loss_of_another_predictor_type(tmp_path: Path)
     )
     state, _ = run_job(req, tmp_path / "job")
     assert state.status == "Failed" and "loss" in (state.failure_reason or "")
+
+
+#: Every hyperparameter of SageMaker's built-in XGBoost documentation, with a legal value for booster=gbtree
+#: (DART's and the GPU images' settings are accepted and have no effect here).
+XGB_DOCUMENTED = {
+    "num_round": 5,
+    "objective": "binary:logistic",
+    "alpha": 0,
+    "base_score": 0.5,
+    "booster": "gbtree",
+    "colsample_bylevel": 1,
+    "colsample_bynode": 1,
+    "colsample_bytree": 1,
+    "csv_weights": 0,
+    "deterministic_histogram": "true",
+    "early_stopping_rounds": 3,
+    "eta": 0.3,
+    "eval_metric": "auc",
+    "gamma": 0,
+    "grow_policy": "depthwise",
+    "interaction_constraints": "[[0, 1], [2, 3, 4, 5]]",
+    "lambda": 1,
+    "lambda_bias": 0,
+    "max_bin": 256,
+    "max_delta_step": 0,
+    "max_depth": 4,
+    "max_leaves": 0,
+    "min_child_weight": 1,
+    "monotone_constraints": "(0,0,0,0,0,0)",
+    "normalize_type": "tree",
+    "nthread": 1,
+    "one_drop": 0,
+    "process_type": "default",
+    "rate_drop": 0.0,
+    "refresh_leaf": 1,
+    "sample_type": "uniform",
+    "scale_pos_weight": 1,
+    "seed": 0,
+    "single_precision_histogram": "false",
+    "sketch_eps": 0.03,
+    "skip_drop": 0.0,
+    "subsample": 1,
+    "tree_method": "hist",
+    "tweedie_variance_power": 1.5,
+    "updater": "grow_quantile_histmaker",
+    "use_dask_gpu_training": "false",
+    "verbosity": 1,
+}
+
+
+def test_xgboost_takes_every_documented_hyperparameter(tmp_path: Path) -> None:
+    (Xt, yt), (Xv, yv) = _split(*binary_data(600))
+    write_csv(tmp_path / "data/train/d", Xt, yt)
+    write_csv(tmp_path / "data/validation/d", Xv, yv)
+    req = request(
+        "xgb-documented",
+        XGB_IMAGE,
+        XGB_DOCUMENTED,
+        [
+            channel("train", (tmp_path / "data/train").as_uri()),
+            channel("validation", (tmp_path / "data/validation").as_uri()),
+        ],
+        (tmp_path / "out").as_uri(),
+    )
+    state, lines = run_job(req, tmp_path / "job")
+    assert state.status == "Completed", (state.failure_reason, lines[-10:])
+    out = onnx_predict(local_model(state, tmp_path / "model"), Xv)
+    assert np.mean(out["label"] == yv) > 0.9

@@ -90,6 +90,14 @@ KNOWN = {
     "updater",
     "max_cat_to_onehot",
     "feature_dim",
+    # accepted with no effect: DART's settings (booster=dart is refused: its trees do not export to ONNX)
+    # and the GPU images' Dask switch (this platform trains on CPU)
+    "normalize_type",
+    "one_drop",
+    "rate_drop",
+    "sample_type",
+    "skip_drop",
+    "use_dask_gpu_training",
 }
 
 
