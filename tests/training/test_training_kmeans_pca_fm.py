@@ -383,3 +383,30 @@ def test_fm_binary_labels_must_be_0_or_1(tmp_path: Path) -> None:
         request("fm-lab", FM_IMAGE, hps, channels, (tmp_path / "out").as_uri()), tmp_path / "j"
     )
     assert state.status == "Failed" and "needs labels 0 or 1, found [2.0]" in (state.failure_reason or "")
+
+
+def test_kmeans_and_pca_read_pipe_mode_channels(tmp_path: Path) -> None:
+    """Pipe mode hands unlabeled RecordIO / CSV through the FIFO (training/data.py, ``labelled=False``)."""
+    X, _ = blobs(150, seed=11)
+    for image, hps, content_type in (
+        (KMEANS_IMAGE, {"k": 3, "feature_dim": 3}, "application/x-recordio-protobuf"),
+        (PCA_IMAGE, {"num_components": 2, "feature_dim": 3}, "text/csv"),
+    ):
+        work = tmp_path / image.rsplit("/", 1)[-1].split(":")[0]
+        folder = work / "data/train"
+        if content_type == "text/csv":
+            write_csv(folder / "part-0.csv", X)
+        else:
+            write_recordio(folder / "part-0.pbr", X)
+        req = request(
+            "pipe",
+            image,
+            hps,
+            [channel("train", folder.as_uri(), content_type)],
+            (work / "out").as_uri(),
+            mode="Pipe",
+        )
+        state, _ = run_job(req, work / "job")
+        assert state.status == "Completed", state.failure_reason
+        out = onnx_predict(local_model(state, work / "model"), X[:5])
+        assert set(out) in ({"closest_cluster", "distance_to_cluster"}, {"projection"})
