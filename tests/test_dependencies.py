@@ -33,6 +33,8 @@ PARTS = {
 OPTIONAL_MODULES = {
     "common/onnx_export.py": ["training", "cpu"],
     "serving/native.py": ["training", "cpu"],
+    # the xgboost framework image's default hooks: xgboost imported when a model's model_fn needs it
+    "serving/handlers/booster.py": ["training", "cpu"],
 }
 #: what installing the model server must not pull in (issue 19: xgboost with NCCL, dask, pyarrow)
 HEAVY = {"xgboost", "nvidia-nccl-cu12", "dask", "distributed", "pyarrow"}
