@@ -56,3 +56,12 @@ def wait_http(
             last = repr(exc)
         time.sleep(0.05)
     raise AssertionError(f"{url} did not answer {status} after {timeout}s: {last}")
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT (Ctrl-C): SIGINT back to its default
+    action. A test run started in the background by a non-interactive shell (``cmd &``, nohup) inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child."""
+    import signal  # only the children that use it pay for the import
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from platform_helpers import ROOT, create_key, running
-from testkit import wait_until
+from testkit import sigint_default, wait_until
 
 from selfmaker.commands.up import tls_context
 from selfmaker.logrotate import rotate, rotated_parts, sweep
@@ -278,6 +278,7 @@ def test_logs_follow(tmp_path: Path) -> None:
         text=True,
         cwd=str(ROOT),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=sigint_default,  # the test stops it with SIGINT
     )
     lines: queue.Queue[str] = queue.Queue()
 
@@ -337,6 +338,7 @@ def test_logs_follow_picks_up_instances_that_start_later(tmp_path: Path) -> None
         text=True,
         cwd=str(ROOT),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=sigint_default,  # the test stops it with SIGINT
     )
     lines: queue.Queue[str] = queue.Queue()
 

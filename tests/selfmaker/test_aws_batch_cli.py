@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from aws_batch_kit import LOG_GROUP, FakeStack, create_stack
+from testkit import sigint_default
 
 from batch import storage
 from batch.cli import platform_url
@@ -602,6 +603,7 @@ def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_follow_it(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,  # the test interrupts it with SIGINT
     )
     try:
         assert proc.stdout is not None

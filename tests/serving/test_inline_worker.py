@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from serving_helpers import Server, wait_for_log
+from testkit import wait_until
 
 from bench.slowclients import Attack, well_behaved_calls
 from serving.http.worker import MAX_HEAD_BYTES, request_complete
@@ -186,7 +187,8 @@ def test_idle_and_slowloris_clients_do_not_stop_a_well_behaved_one(server: Serve
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     with Attack(host, port, "/invocations", idle=500, slow=50, interval=0.5, max_seconds=120) as attack:
         result = well_behaved_calls(host, port, "/invocations", 200, timeout=20)
-        time.sleep(READ_TIMEOUT + 1)  # the attack goes on past the read timeout: dropped and reopened
+        # the attack goes on past the read timeout: its slow clients are dropped and reopened
+        wait_until(lambda: attack.reopened > 0, timeout=READ_TIMEOUT * 10, what="slow clients dropped")
         again = well_behaved_calls(host, port, "/invocations", 50, timeout=20)
     assert result["ok"] == 200, result["statuses"][-5:]
     assert again["ok"] == 50, again["statuses"][-5:]
