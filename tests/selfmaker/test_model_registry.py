@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from platform_helpers import WAIT
+from platform_helpers import WAIT, deploy, variant
 
 from selfmaker.api.ops.search import matches
 
@@ -75,16 +75,7 @@ def test_versioned_packages_approval_and_a_model_from_a_package(
         ModelName="from-package", PrimaryContainer={"ModelPackageName": arns[1]}, ExecutionRoleArn=ROLE
     )
     assert sm.describe_model(ModelName="from-package")["PrimaryContainer"]["ModelPackageName"] == arns[1]
-    variants = [
-        {
-            "VariantName": "AllTraffic",
-            "ModelName": "from-package",
-            "InstanceType": "ml.m5.large",
-            "InitialInstanceCount": 1,
-        }
-    ]
-    sm.create_endpoint_config(EndpointConfigName="from-package", ProductionVariants=variants)
-    sm.create_endpoint(EndpointName="from-package", EndpointConfigName="from-package")
+    deploy(sm, "from-package", [variant("AllTraffic", "from-package")], wait=False)
     try:
         sm.get_waiter("endpoint_in_service").wait(EndpointName="from-package", WaiterConfig=WAIT)
         body = smr.invoke_endpoint(EndpointName="from-package", Body=b"3,0,0,0", ContentType="text/csv")[

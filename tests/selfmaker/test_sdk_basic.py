@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from platform_helpers import WAIT
+from platform_helpers import WAIT, deploy, variant
 
 pytestmark = pytest.mark.slow
 
@@ -86,16 +86,7 @@ def test_sdk_attaches_to_what_it_did_not_create(
         TransformOutput={"S3OutputPath": (tmp_path / "out").as_uri(), "Accept": "application/json"},
         TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
     )
-    variants = [
-        {
-            "VariantName": "AllTraffic",
-            "ModelName": "attach-model",
-            "InstanceType": "ml.m5.large",
-            "InitialInstanceCount": 1,
-        }
-    ]
-    sm.create_endpoint_config(EndpointConfigName="attach-config", ProductionVariants=variants)
-    sm.create_endpoint(EndpointName="attach-endpoint", EndpointConfigName="attach-config")
+    deploy(sm, "attach-endpoint", [variant("AllTraffic", "attach-model")], wait=False)
     sm.get_waiter("endpoint_in_service").wait(EndpointName="attach-endpoint", WaiterConfig=WAIT)
     try:
         run = run_sdk(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from platform_helpers import WAIT, build_classifier_tar
+from platform_helpers import WAIT, build_classifier_tar, deploy, variant
 
 from common.archives import safe_extract
 
@@ -49,16 +49,7 @@ def test_sdk_repacked_model_unpacks_and_serves(
         PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": repacked.as_uri()},
         ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
     )
-    variants = [
-        {
-            "VariantName": "AllTraffic",
-            "ModelName": "sdk-repacked",
-            "InstanceType": "ml.m5.large",
-            "InitialInstanceCount": 1,
-        }
-    ]
-    sm.create_endpoint_config(EndpointConfigName="sdk-repacked", ProductionVariants=variants)
-    sm.create_endpoint(EndpointName="sdk-repacked", EndpointConfigName="sdk-repacked")
+    deploy(sm, "sdk-repacked", [variant("AllTraffic", "sdk-repacked")], wait=False)
     try:
         sm.get_waiter("endpoint_in_service").wait(EndpointName="sdk-repacked", WaiterConfig=WAIT)
         answer = smr.invoke_endpoint(
@@ -228,16 +219,7 @@ def test_sdk_deploys_a_sagemaker_xgboost_artifact(
         },
         ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
     )
-    variants = [
-        {
-            "VariantName": "AllTraffic",
-            "ModelName": "corrupt-xgb",
-            "InstanceType": "ml.m5.large",
-            "InitialInstanceCount": 1,
-        }
-    ]
-    sm.create_endpoint_config(EndpointConfigName="corrupt-xgb", ProductionVariants=variants)
-    sm.create_endpoint(EndpointName="corrupt-xgb", EndpointConfigName="corrupt-xgb")
+    deploy(sm, "corrupt-xgb", [variant("AllTraffic", "corrupt-xgb")], wait=False)
     try:
         with pytest.raises(Exception):  # noqa: B017 - the waiter's WaiterError on Failed
             sm.get_waiter("endpoint_in_service").wait(EndpointName="corrupt-xgb", WaiterConfig=WAIT)

@@ -11,6 +11,7 @@ types this platform does not keep (experiments, pipelines, feature groups, …) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -50,19 +51,14 @@ def _values(doc: Any, path: list[str]) -> list[Any]:
 
 
 def _number(value: Any, name: str) -> float | None:
+    """``value`` as a number (an ISO time as epoch seconds), or None when it is not one (nor a bool)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    with contextlib.suppress(TypeError, ValueError):
         return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        pass
     if isinstance(value, str) and len(value) >= 10 and value[4:5] == "-":  # an ISO time
-        try:
+        with contextlib.suppress(ValidationException):
             return to_epoch(value, name)
-        except ValidationException:
-            return None
     return None
 
 
@@ -73,9 +69,8 @@ def _matches(value: Any, op: str, wanted: str | None, name: str) -> bool:
         return wanted is not None and wanted.lower() in str(value).lower()
     text = str(value).lower() if isinstance(value, bool) else str(value)
     if op == "Equals":
-        return text == wanted or (
-            _number(value, name) is not None and _number(value, name) == _number(wanted, name)
-        )
+        number = _number(value, name)
+        return text == wanted or (number is not None and number == _number(wanted, name))
     if op == "NotEquals":
         return not _matches(value, "Equals", wanted, name)
     if op == "In":
