@@ -19,10 +19,12 @@ from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.jobs.warm_pools import WarmPools, keep_alive_of
 from selfmaker.logfiles import job_log_path, stamp
+from selfmaker.metricstore import TRAINING_NAMESPACE, Aggregate, Datum, dims_of
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 
 if TYPE_CHECKING:
+    from selfmaker.metricstore import MetricStore
     from selfmaker.settings import PlatformSettings
     from selfmaker.state import StateStore
     from training.warm import WarmStart
@@ -54,9 +56,13 @@ def model_artifacts_uri(request: dict[str, Any]) -> str:
 class TrainingManager:
     """Runs training jobs in threads and keeps their records current."""
 
-    def __init__(self, settings: PlatformSettings, store: StateStore) -> None:
+    def __init__(
+        self, settings: PlatformSettings, store: StateStore, metrics: MetricStore | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        #: where every metric value a job logs goes (namespace /aws/sagemaker/TrainingJobs), if anywhere
+        self.metrics = metrics
         self._runners: dict[str, Any] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._closing = False
@@ -144,9 +150,35 @@ class TrainingManager:
                 log_file.write(stamp(args[-1], host=args[0] if len(args) > 1 else None))
                 log_file.flush()
 
+            stored_points = 0
+
+            def store_metrics(state: Any) -> None:
+                """The metric values the job logged since the last call, into the metric store."""
+                nonlocal stored_points
+                points = list(getattr(state, "metrics", None) or [])[stored_points:]
+                if self.metrics is None or not points:
+                    return
+                dims = dims_of({"TrainingJobName": name})
+                datums = []
+                for p in points:
+                    at = p["Timestamp"]
+                    at = at.timestamp() if isinstance(at, dt.datetime) else float(at)
+                    datums.append(
+                        Datum(
+                            TRAINING_NAMESPACE,
+                            p["MetricName"],
+                            dims,
+                            int(at),
+                            Aggregate.of(float(p["Value"])),
+                        )
+                    )
+                self.metrics.put(datums)
+                stored_points += len(points)
+
             def on_update(state: Any) -> None:
                 try:
                     self._merge(name, self._fields(state))
+                    store_metrics(state)
                 except Exception:  # noqa: BLE001 - a bad update must not kill the job
                     log.exception("could not record an update of training job %s", name)
 
@@ -184,6 +216,10 @@ class TrainingManager:
                     runner.stop()
                 state = runner.run()
                 fields = self._fields(state)
+                try:
+                    store_metrics(state)
+                except Exception:  # noqa: BLE001 - the job's outcome matters more than its curves
+                    log.exception("could not store the metrics of training job %s", name)
             except Exception:  # noqa: BLE001 - the job fails, the platform goes on
                 log.exception("training job %s crashed", name)
                 fields = {
