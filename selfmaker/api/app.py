@@ -396,6 +396,8 @@ def _count(
 ) -> None:
     """Count one runtime request in ``platform.invocation_stats`` (SageMaker's Invocations,
     Invocation4XX/5XXErrors, ModelLatency, OverheadLatency); requests for no endpoint are not counted."""
+    if not platform.settings.endpoint_metrics:
+        return
     if runtime is None:  # refused before the endpoint was resolved (bad headers, too large a body)
         runtime = platform.endpoints.live.get(name.lower())
         if runtime is None or runtime.name != name:

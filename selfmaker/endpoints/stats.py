@@ -78,13 +78,17 @@ class Latency:
         self.buckets = [0] * _NBUCKETS
 
     def add(self, seconds: float) -> None:
+        self.add_at(seconds, bisect.bisect_left(LATENCY_BUCKETS, seconds))
+
+    def add_at(self, seconds: float, index: int) -> None:
+        """One sample whose bucket (``bisect_left(LATENCY_BUCKETS, seconds)``) is known."""
         self.n += 1
         self.total += seconds
         if seconds < self.low:
             self.low = seconds
         if seconds > self.high:
             self.high = seconds
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.buckets[index] += 1
 
     def reset(self) -> None:
         self.n = 0
@@ -216,8 +220,13 @@ class InvocationStats:
         a variant was chosen): its status class (:data:`OK`, :data:`CLIENT_ERROR`, :data:`SERVER_ERROR`),
         the model server's time (None when no model server was asked) and the platform's own time, in
         seconds; ``instances`` is the variant's instance count (for InvocationsPerInstance)."""
-        counters = self._variants.get((endpoint, variant)) or self._counters(endpoint, variant)
-        slot = self._slot(counters)
+        counters = self._variants.get((endpoint, variant))
+        if counters is None:
+            counters = self._counters(endpoint, variant)
+        second = int(self._clock())
+        slot = counters.ring[second % LIVE_SECONDS]
+        if slot.second != second:
+            slot.reset(second)
         counters.invocations += 1
         slot.count += 1
         if status_class == CLIENT_ERROR:
@@ -226,11 +235,14 @@ class InvocationStats:
         elif status_class == SERVER_ERROR:
             counters.errors_5xx += 1
             slot.errors_5xx += 1
+        # one bisection per value for both histograms (this is the request path)
         if model_seconds is not None:
-            counters.model_latency.add(model_seconds)
-            slot.model.add(model_seconds)
-        counters.overhead_latency.add(overhead_seconds)
-        slot.overhead.add(overhead_seconds)
+            index = bisect.bisect_left(LATENCY_BUCKETS, model_seconds)
+            counters.model_latency.add_at(model_seconds, index)
+            slot.model.add_at(model_seconds, index)
+        index = bisect.bisect_left(LATENCY_BUCKETS, overhead_seconds)
+        counters.overhead_latency.add_at(overhead_seconds, index)
+        slot.overhead.add_at(overhead_seconds, index)
         if instances > slot.instances:
             slot.instances = instances
 
