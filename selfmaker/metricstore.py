@@ -220,6 +220,7 @@ def _unpack(blob: bytes | None) -> list[int] | None:
 
 def _num(value: float) -> float | int:
     """Whole numbers as integers: SQLite stores them in 1 to 4 bytes instead of 8."""
+    value = float(value)
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
 
