@@ -145,7 +145,10 @@ class VariantCounters:
     model_latency: Latency = field(default_factory=Latency)
     overhead_latency: Latency = field(default_factory=Latency)
     model_setup: Latency = field(default_factory=Latency)
-    ring: list[_Second] = field(default_factory=lambda: [_Second() for _ in range(LIVE_SECONDS)], repr=False)
+    #: the seconds of the ring, made on first use (an idle variant costs no memory for them)
+    ring: list[_Second | None] = field(default_factory=lambda: [None] * LIVE_SECONDS, repr=False)
+    #: the last second with a request
+    last: int = 0
     dims: Dims = ()
 
     def __post_init__(self) -> None:
@@ -198,13 +201,6 @@ class InvocationStats:
             found = self._variants[key] = VariantCounters(endpoint, variant)
         return found
 
-    def _slot(self, counters: VariantCounters) -> _Second:
-        second = int(self._clock())
-        slot = counters.ring[second % LIVE_SECONDS]
-        if slot.second != second:
-            slot.reset(second)
-        return slot
-
     # ---- recording (event loop thread) --------------------------------------------------------
 
     def record(
@@ -225,8 +221,11 @@ class InvocationStats:
             counters = self._counters(endpoint, variant)
         second = int(self._clock())
         slot = counters.ring[second % LIVE_SECONDS]
+        if slot is None:
+            slot = counters.ring[second % LIVE_SECONDS] = _Second()
         if slot.second != second:
             slot.reset(second)
+            counters.last = second
         counters.invocations += 1
         slot.count += 1
         if status_class == CLIENT_ERROR:
@@ -270,6 +269,19 @@ class InvocationStats:
                 sampler(self)
             except Exception:  # noqa: BLE001 - one feature's figures must not stop the others'
                 log.exception("metric sampler %s failed", getattr(sampler, "__name__", sampler))
+
+    def prune(self, live_endpoints: set[str]) -> None:
+        """Drop the figures of endpoints that are gone (not in ``live_endpoints``) once their ring holds
+        nothing newer than :data:`LIVE_SECONDS` (the metric store has it all by then)."""
+        oldest = int(self._clock()) - LIVE_SECONDS - 60
+        gone = {e for e, _ in self._variants if e not in live_endpoints}
+        for endpoint in gone:
+            if all(c.last < oldest for (e, _), c in self._variants.items() if e == endpoint):
+                self.forget(endpoint)
+        for key, gauge in list(self._gauges.items()):
+            owner = dict(key[1]).get("EndpointName")
+            if owner not in live_endpoints and max(gauge.seconds) < oldest:
+                del self._gauges[key]
 
     def forget(self, endpoint: str) -> None:
         """Drop the figures of a deleted endpoint (what is already in the metric store stays there)."""
@@ -317,7 +329,7 @@ class InvocationStats:
         ring = counters.ring
         for second in range(max(start, end - LIVE_SECONDS), end):
             slot = ring[second % LIVE_SECONDS]
-            if slot.second == second and slot.count:
+            if slot is not None and slot.second == second and slot.count:
                 yield slot
 
     def seconds(self, start: int, end: int) -> Iterator[Datum]:
