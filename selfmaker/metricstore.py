@@ -130,6 +130,10 @@ class MetricSource(Protocol):
         only of ``metric`` and/or ``dims`` when given."""
         ...
 
+    def active(self, since: int) -> Iterable[tuple[str, str, Dims]]:
+        """The series with data since ``since`` (ListMetrics)."""
+        ...
+
 
 def percentile(value: Aggregate, q: float, bounds: Sequence[float] | None) -> float | None:
     """The ``q``-th percentile (0 < q <= 100) of ``value``'s samples: from its histogram (linear within
@@ -387,6 +391,10 @@ class MetricStore:
                 "SELECT namespace, metric, dims FROM series WHERE last >= ?", (int(since),)
             ).fetchall()
         return [(ns, m, tuple((str(k), str(v)) for k, v in orjson.loads(d))) for ns, m, d in found]
+
+    def live_series(self, since: int) -> set[tuple[str, str, Dims]]:
+        """The live sources' series with data since ``since`` (on the event loop)."""
+        return {key for source in self.sources for key in source.active(since)}
 
     def live(self, start: int, end: int, metric: str | None = None, dims: Dims | None = None) -> list[Datum]:
         """The live sources' per-second data in ``[start, end)``, of every series or only of

@@ -335,6 +335,20 @@ class InvocationStats:
             out[variant] = points
         return out
 
+    def active(self, since: int) -> Iterator[tuple[str, str, Dims]]:
+        """The series with data since ``since`` (the metric store's ListMetrics)."""
+        for counters in list(self._variants.values()):
+            if counters.last < since:
+                continue
+            names = ["Invocations", "Invocation4XXErrors", "Invocation5XXErrors", "OverheadLatency"]
+            if counters.variant is not None:
+                names += ["InvocationsPerInstance"] + (["ModelLatency"] if counters.model_latency.n else [])
+            for name in names:
+                yield SAGEMAKER_NAMESPACE, name, counters.dims
+        for (name, dims), gauge in list(self._gauges.items()):
+            if max(gauge.seconds) >= since:
+                yield SAGEMAKER_NAMESPACE, name, dims
+
     @staticmethod
     def _slots(counters: VariantCounters, start: int, end: int) -> Iterator[_Second]:
         ring = counters.ring
