@@ -62,7 +62,8 @@ def endpoints(sm: Any, onnx_model_tar: str) -> dict[str, str]:
         },
     )
     sm.create_endpoint(EndpointName="monitored", EndpointConfigName="monitored-cfg")
-    deploy(sm, "unmonitored", [variant("AllTraffic", "monitored-model")])
+    # only its record matters (a schedule on it is refused): no need to wait for its model server
+    deploy(sm, "unmonitored", [variant("AllTraffic", "monitored-model")], wait=False)
     sm.get_waiter("endpoint_in_service").wait(EndpointName="monitored", WaiterConfig=WAIT)
     return {"captured": "monitored", "plain": "unmonitored"}
 
