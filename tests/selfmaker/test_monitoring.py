@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 from platform_helpers import WAIT, PlatformProcess, deploy, make_model, moto_env, running, variant
+from test_describe_shapes import MODEL, missing_members
 
 ROLE = "arn:aws:iam::123456789012:role/selfmaker"
 ANALYZER = "156813124566.dkr.ecr.us-east-1.amazonaws.com/sagemaker-model-monitor-analyzer"
@@ -118,6 +119,12 @@ def _schedule(definition: str, cron: str = HOURLY) -> dict[str, Any]:
         "MonitoringJobDefinitionName": definition,
         "MonitoringType": "DataQuality",
     }
+
+
+def _complete(op: str, answer: dict[str, Any]) -> None:
+    """``answer`` carries every member botocore's model marks required in ``op``'s output, recursively."""
+    answer = {k: v for k, v in answer.items() if k != "ResponseMetadata"}
+    assert not missing_members(MODEL.operation_model(op).output_shape, answer), (op, answer)
 
 
 def _wait_execution(sm: Any, schedule: str, timeout: float = 120.0) -> dict[str, Any]:
@@ -249,6 +256,8 @@ def test_baseline_then_an_hourly_schedule_flags_the_drifted_feature(
     assert current["features"][2]["numerical_statistics"]["mean"] > 2.0
 
     schedule = sm.describe_monitoring_schedule(MonitoringScheduleName="drift")
+    _complete("DescribeMonitoringSchedule", schedule)
+    _complete("ListMonitoringExecutions", sm.list_monitoring_executions(MonitoringScheduleName="drift"))
     assert schedule["MonitoringScheduleStatus"] == "Scheduled" and schedule["EndpointName"] == endpoint
     last = schedule["LastMonitoringExecutionSummary"]
     assert last["MonitoringExecutionStatus"] == "CompletedWithViolations"
@@ -275,6 +284,7 @@ def test_schedule_and_job_definition_operations_and_their_bad_input(
         **_definition("crud-def", endpoint), Tags=[{"Key": "k", "Value": "v"}]
     )
     definition = sm.describe_data_quality_job_definition(JobDefinitionName="crud-def")
+    _complete("DescribeDataQualityJobDefinition", definition)
     assert definition["JobDefinitionArn"] == arn["JobDefinitionArn"]
     assert definition["DataQualityAppSpecification"]["ImageUri"] == ANALYZER
     assert definition["JobResources"]["ClusterConfig"]["InstanceCount"] == 1
@@ -294,6 +304,8 @@ def test_schedule_and_job_definition_operations_and_their_bad_input(
     assert sm.list_tags(ResourceArn=schedule["MonitoringScheduleArn"])["Tags"] == [
         {"Key": "team", "Value": "ml"}
     ]
+    _complete("ListMonitoringSchedules", sm.list_monitoring_schedules(EndpointName=endpoint))
+    _complete("ListDataQualityJobDefinitions", sm.list_data_quality_job_definitions())
     summaries = sm.list_monitoring_schedules(EndpointName=endpoint)["MonitoringScheduleSummaries"]
     assert [s["MonitoringScheduleName"] for s in summaries] == ["crud"]
     assert summaries[0]["MonitoringJobDefinitionName"] == "crud-def"

@@ -8,6 +8,7 @@ Delete ResourceNotFound, so the SageMaker SDK's clean-up code (``predictor.list_
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page, to_epoch
@@ -35,8 +36,12 @@ OTHER_DEFINITIONS = {
 @operation("CreateMonitoringSchedule")
 async def create_monitoring_schedule(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """Check the schedule (cron, job definition, an endpoint that captures data), record it (Scheduled)."""
-    arn = platform.monitoring.create(
-        params["MonitoringScheduleName"], params["MonitoringScheduleConfig"], params.get("Tags")
+    # in a thread: a schedule that runs at once lists the endpoint's capture files (S3 calls)
+    arn = await asyncio.to_thread(
+        platform.monitoring.create,
+        params["MonitoringScheduleName"],
+        params["MonitoringScheduleConfig"],
+        params.get("Tags"),
     )
     return {"MonitoringScheduleArn": arn}
 
@@ -72,7 +77,7 @@ async def delete_monitoring_schedule(platform: Services, params: dict[str, Any])
 @operation("StartMonitoringSchedule")
 async def start_monitoring_schedule(platform: Services, params: dict[str, Any]) -> None:
     """Stopped → Scheduled."""
-    platform.monitoring.start(params["MonitoringScheduleName"])
+    await asyncio.to_thread(platform.monitoring.start, params["MonitoringScheduleName"])  # as Create
 
 
 @operation("StopMonitoringSchedule")
