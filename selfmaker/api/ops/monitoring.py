@@ -284,27 +284,67 @@ def _not_found(platform: Services, kind: str, name: str) -> ResourceNotFound:
     return ResourceNotFound(f"Job definition {arn} does not exist.")
 
 
-def _register(kind: str) -> None:
-    """Create (refused), Describe and Delete (ResourceNotFound) and List (empty) of one definition kind."""
-
-    async def create(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
-        raise _unsupported(kind)
-
-    async def describe(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
-        raise _not_found(platform, kind, params["JobDefinitionName"])
-
-    async def delete(platform: Services, params: dict[str, Any]) -> None:
-        raise _not_found(platform, kind, params["JobDefinitionName"])
-
-    async def list_(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
-        return {"JobDefinitionSummaries": []}
-
-    for verb, handler in (("Create", create), ("Describe", describe), ("Delete", delete)):
-        handler.__name__ = f"{verb.lower()}_{kind.lower()}_job_definition"
-        globals()[handler.__name__] = operation(f"{verb}{kind}JobDefinition")(handler)
-    list_.__name__ = f"list_{kind.lower()}_job_definitions"
-    globals()[list_.__name__] = operation(f"List{kind}JobDefinitions")(list_)
+@operation("CreateModelQualityJobDefinition")
+async def create_model_quality_job_definition(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
+    """Refused: model quality monitoring does not run here."""
+    raise _unsupported("ModelQuality")
 
 
-for _kind in OTHER_DEFINITIONS:
-    _register(_kind)
+@operation("CreateModelBiasJobDefinition")
+async def create_model_bias_job_definition(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
+    """Refused: bias monitoring (Clarify) does not run here."""
+    raise _unsupported("ModelBias")
+
+
+@operation("CreateModelExplainabilityJobDefinition")
+async def create_model_explainability_job_definition(
+    platform: Services, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Refused: explainability monitoring (Clarify) does not run here."""
+    raise _unsupported("ModelExplainability")
+
+
+@operation("DescribeModelQualityJobDefinition")
+async def describe_model_quality_job_definition(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
+    """No such definition can exist here."""
+    raise _not_found(platform, "ModelQuality", params["JobDefinitionName"])
+
+
+@operation("DescribeModelBiasJobDefinition")
+async def describe_model_bias_job_definition(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
+    """No such definition can exist here."""
+    raise _not_found(platform, "ModelBias", params["JobDefinitionName"])
+
+
+@operation("DescribeModelExplainabilityJobDefinition")
+async def describe_model_explainability_job_definition(
+    platform: Services, params: dict[str, Any]
+) -> dict[str, Any]:
+    """No such definition can exist here."""
+    raise _not_found(platform, "ModelExplainability", params["JobDefinitionName"])
+
+
+@operation("DeleteModelQualityJobDefinition")
+async def delete_model_quality_job_definition(platform: Services, params: dict[str, Any]) -> None:
+    """No such definition can exist here."""
+    raise _not_found(platform, "ModelQuality", params["JobDefinitionName"])
+
+
+@operation("DeleteModelBiasJobDefinition")
+async def delete_model_bias_job_definition(platform: Services, params: dict[str, Any]) -> None:
+    """No such definition can exist here."""
+    raise _not_found(platform, "ModelBias", params["JobDefinitionName"])
+
+
+@operation("DeleteModelExplainabilityJobDefinition")
+async def delete_model_explainability_job_definition(platform: Services, params: dict[str, Any]) -> None:
+    """No such definition can exist here."""
+    raise _not_found(platform, "ModelExplainability", params["JobDefinitionName"])
+
+
+@operation("ListModelQualityJobDefinitions")
+@operation("ListModelBiasJobDefinitions")
+@operation("ListModelExplainabilityJobDefinitions")
+async def list_other_job_definitions(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
+    """Always empty."""
+    return {"JobDefinitionSummaries": []}
