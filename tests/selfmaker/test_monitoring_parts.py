@@ -3,6 +3,7 @@ their ticks, NOW windows, execution statuses read off processing jobs, and the c
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -150,5 +151,16 @@ def test_the_clock_runs_a_due_schedule_once_and_an_empty_hour_fails(tmp_path: Pa
         assert summary["ScheduledTime"] == tick.timestamp()
         manager.stop("hourly")
         assert manager.tick(due + 3600) == [] and len(manager.executions("hourly")) == 1  # stopped: no run
+
+        # a restart: the schedule is still there; the ticks missed while the platform was down are skipped
+        manager.start("hourly")
+        store.update("monitoring-schedule", "hourly", merge={"_LastTick": time.time() - 5 * 3600})
+        restarted = MonitoringManager(settings, store, ProcessingJobs(settings, store))
+        restarted.start_clock()
+        try:
+            assert restarted.find("hourly").status == "Scheduled"
+            assert restarted.tick() == [] and len(restarted.executions("hourly")) == 1
+        finally:
+            restarted.stop_clock()
     finally:
         store.close()
