@@ -39,6 +39,7 @@ from croniter import croniter
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ResourceNotFound, ValidationException
 from selfmaker.jobs.processing import KIND as PROCESSING_KIND
+from selfmaker.jobs.processing import local_path
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 from training.storage import Storage, StorageError
@@ -141,6 +142,7 @@ def _outputs(config: dict[str, Any], member: str) -> tuple[str, str]:
     if len(outputs) != 1:
         raise ValidationException(f"{member}.MonitoringOutputs must hold exactly one output.")
     s3 = outputs[0]["S3Output"]
+    local_path(s3["LocalPath"], f"{member}.MonitoringOutputs[0].S3Output")  # a processing job's rule
     return str(s3["S3Uri"]).rstrip("/"), str(s3["LocalPath"])
 
 
@@ -157,6 +159,7 @@ def definition_spec(doc: dict[str, Any], name: str | None = None) -> JobSpec:
     endpoint_input = job_input.get("EndpointInput")
     if endpoint_input is None:
         raise ValidationException("DataQualityJobInput.EndpointInput is required.")
+    local_path(endpoint_input["LocalPath"], "DataQualityJobInput.EndpointInput")
     for member in ("RecordPreprocessorSourceUri", "PostAnalyticsProcessorSourceUri"):
         if app.get(member):
             raise ValidationException(
@@ -193,6 +196,7 @@ def inline_spec(definition: dict[str, Any]) -> JobSpec:
             "(BatchTransformInput is not supported by selfmaker)."
         )
     endpoint_input = inputs[0]["EndpointInput"]
+    local_path(endpoint_input["LocalPath"], "MonitoringJobDefinition.MonitoringInputs[0].EndpointInput")
     app = definition["MonitoringAppSpecification"]
     for member in ("RecordPreprocessorSourceUri", "PostAnalyticsProcessorSourceUri"):
         if app.get(member):

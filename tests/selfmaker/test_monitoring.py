@@ -378,6 +378,10 @@ def test_schedule_and_job_definition_operations_and_their_bad_input(
     assert message.startswith("Data capture is not enabled for endpoint") and "unmonitored" in message
     code, message, _ = _code(sm.create_data_quality_job_definition, **_definition("ghost-def", "ghost"))
     assert code == "ValidationException" and "ghost" in message
+    bad_path = _definition("path-def", endpoint)
+    bad_path["DataQualityJobInput"]["EndpointInput"]["LocalPath"] = "/tmp/input"
+    code, message, _ = _code(sm.create_data_quality_job_definition, **bad_path)
+    assert code == "ValidationException" and "EndpointInput.LocalPath '/tmp/input' is invalid" in message
     sm.create_data_quality_job_definition(**_definition("cron-def", endpoint))
     for cron in ("cron(30 * ? * * *)", "cron(0 * * *)", "rate(1 hour)", "cron(0 25 ? * * *)", "daily"):
         code, message, status = _code(
