@@ -114,7 +114,10 @@ def parse_offset(value: str | None, member: str, default: timedelta) -> timedelt
 
 
 def _iso(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC, with milliseconds: a window that ends now must hold the records captured in this second
+    (capture times have whole seconds)."""
+    utc = when.astimezone(timezone.utc)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
 @dataclass(frozen=True)
