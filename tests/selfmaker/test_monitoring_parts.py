@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from selfmaker.commands.status import collect
 from selfmaker.errors import ValidationException
 from selfmaker.jobs.monitoring import (
     EXECUTION,
@@ -151,6 +152,9 @@ def test_the_clock_runs_a_due_schedule_once_and_an_empty_hour_fails(tmp_path: Pa
         assert summary["ScheduledTime"] == tick.timestamp()
         manager.stop("hourly")
         assert manager.tick(due + 3600) == [] and len(manager.executions("hourly")) == 1  # stopped: no run
+        assert collect(settings.home)["monitoring-schedule"] == [
+            {"Name": "hourly", "Status": "Stopped", "EndpointName": "ep"}
+        ]  # what `selfmaker status` prints
 
         # a restart: the schedule is still there; the ticks missed while the platform was down are skipped
         manager.start("hourly")
