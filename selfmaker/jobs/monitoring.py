@@ -348,9 +348,10 @@ class MonitoringManager:
         return arn
 
     def update(self, name: str, config: dict[str, Any]) -> str:
-        """UpdateMonitoringSchedule: a new config (checked as at creation); the next tick uses it."""
+        """UpdateMonitoringSchedule: a new config (checked as at creation); the next tick uses it, and a
+        schedule updated to NOW runs at once."""
         record = self.find(name)
-        spec, _ = self.check_schedule(config)
+        spec, schedule = self.check_schedule(config)
         self.store.update(
             SCHEDULE,
             record.name,
@@ -359,6 +360,8 @@ class MonitoringManager:
                 "EndpointName": spec.endpoint,
             },
         )
+        if schedule.cron is None and record.status == "Scheduled":
+            self._run_at_once(record.name, schedule, config.get("ScheduleConfig") or {})
         return record.arn
 
     def find(self, name: str) -> Record:

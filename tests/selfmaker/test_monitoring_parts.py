@@ -156,14 +156,30 @@ def test_the_clock_runs_a_due_schedule_once_and_an_empty_hour_fails(tmp_path: Pa
             {"Name": "hourly", "Status": "Stopped", "EndpointName": "ep"}
         ]  # what `selfmaker status` prints
 
-        # a restart: the schedule is still there; the ticks missed while the platform was down are skipped
+        # updated to NOW, a started schedule runs once at once, over DataAnalysisStartTime..EndTime
         manager.start("hourly")
+        now_config = {
+            "ScheduleConfig": {
+                "ScheduleExpression": "NOW",
+                "DataAnalysisStartTime": "-PT2H",
+                "DataAnalysisEndTime": "-PT0H",
+            },
+            "MonitoringJobDefinition": definition,
+        }
+        manager.update("hourly", now_config)
+        assert len(manager.executions("hourly")) == 2
+        assert manager.tick(due + 7200) == [] and len(manager.executions("hourly")) == 2  # NOW has no ticks
+        manager.update(
+            "hourly", {**now_config, "ScheduleConfig": {"ScheduleExpression": "cron(0 * ? * * *)"}}
+        )
+
+        # a restart: the schedule is still there; the ticks missed while the platform was down are skipped
         store.update("monitoring-schedule", "hourly", merge={"_LastTick": time.time() - 5 * 3600})
         restarted = MonitoringManager(settings, store, ProcessingJobs(settings, store))
         restarted.start_clock()
         try:
             assert restarted.find("hourly").status == "Scheduled"
-            assert restarted.tick() == [] and len(restarted.executions("hourly")) == 1
+            assert restarted.tick() == [] and len(restarted.executions("hourly")) == 2
         finally:
             restarted.stop_clock()
     finally:

@@ -64,7 +64,9 @@ async def describe_monitoring_schedule(platform: Services, params: dict[str, Any
 @operation("UpdateMonitoringSchedule")
 async def update_monitoring_schedule(platform: Services, params: dict[str, Any]) -> dict[str, Any]:
     """A new MonitoringScheduleConfig, checked as at creation."""
-    arn = platform.monitoring.update(params["MonitoringScheduleName"], params["MonitoringScheduleConfig"])
+    arn = await asyncio.to_thread(  # as Create: a schedule updated to NOW runs at once
+        platform.monitoring.update, params["MonitoringScheduleName"], params["MonitoringScheduleConfig"]
+    )
     return {"MonitoringScheduleArn": arn}
 
 
