@@ -62,7 +62,7 @@ class InstanceHealth:
             return
 
         async def replace() -> None:
-            instance.upstream.close()
+            instance.close()
             await instance.handle.stop(self.settings.stop_grace)
             self.store.remove_instance(instance.instance_id)
             await self._replace(pool)

@@ -81,15 +81,32 @@ class FeatureState:
 class Instance:
     """One running model server in a pool, with its count of in-flight requests."""
 
-    __slots__ = ("handle", "url", "invocations_url", "outstanding", "draining", "_idle", "served", "upstream")
+    __slots__ = (
+        "handle",
+        "url",
+        "invocations_url",
+        "outstanding",
+        "draining",
+        "_idle",
+        "served",
+        "upstream",
+        "stages",
+    )
 
-    def __init__(self, handle: InstanceHandle) -> None:
+    def __init__(self, handle: InstanceHandle, stages: list[tuple[str, str]] | None = None) -> None:
         self.handle = handle
         self.url = handle.url
         self.invocations_url = handle.url + "/invocations"
         parsed = urlsplit(handle.url)
         #: keep-alive connections to this model server (common.http)
         self.upstream = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
+        #: an instance of a pipeline model: ``(container hostname, keep-alive connections)`` of each of its
+        #: model servers, in pipeline order (the first is :attr:`upstream`); None for one model server
+        self.stages: list[tuple[str, UpstreamPool]] | None = None
+        if stages is not None:
+            self.stages = [(stages[0][0], self.upstream)] + [
+                (hostname, _upstream(url)) for hostname, url in stages[1:]
+            ]
         self.outstanding = 0
         self.served = 0
         self.draining = False
@@ -101,6 +118,12 @@ class Instance:
 
     def begin(self) -> None:
         self.outstanding += 1
+
+    def close(self) -> None:
+        """Close the keep-alive connections to this instance's model server(s)."""
+        self.upstream.close()
+        for _, upstream in self.stages or ():
+            upstream.close()
 
     def end(self) -> None:
         self.outstanding -= 1
@@ -119,6 +142,11 @@ class Instance:
         except asyncio.TimeoutError:
             return False
         return True
+
+
+def _upstream(url: str) -> UpstreamPool:
+    parsed = urlsplit(url)
+    return UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
 
 
 #: launches one ready instance of a variant (executor start + /ping) — provided by the manager
@@ -240,6 +268,22 @@ class InstancePool:
         ]
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """How a variant's model of several containers is invoked: ``Serial`` (each container's answer is the
+    next one's request) or ``Direct`` (TargetContainerHostname picks one); ``hostnames`` in order."""
+
+    mode: str
+    hostnames: tuple[str, ...]
+
+    def position(self, hostname: str) -> int | None:
+        """The index of container ``hostname`` (SageMaker compares hostnames as given), or None."""
+        try:
+            return self.hostnames.index(hostname)
+        except ValueError:
+            return None
+
+
 @dataclass
 class VariantRuntime:
     """One production variant of a deployment."""
@@ -250,6 +294,8 @@ class VariantRuntime:
     config: dict[str, Any]
     model_name: str
     image: str
+    #: set when the variant's model has several containers (its instances have ``stages``)
+    pipeline: Pipeline | None = None
 
 
 @dataclass
@@ -263,6 +309,8 @@ class InvocationRecord:
     custom_attributes: str | None
     target_variant: str | None
     inference_id: str | None
+    #: InvokeEndpoint's TargetContainerHostname (a multi-container model in Direct mode)
+    target_container: str | None = None
     started: float = field(default_factory=time.time)
     variant_name: str | None = None
     status: int | None = None

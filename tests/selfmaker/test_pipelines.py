@@ -1,0 +1,268 @@
+"""Inference pipelines (models of several containers) through boto3: Serial chains and Direct invocation on
+endpoints, a transform job over a Serial pipeline, and the bad input SageMaker refuses.
+
+The pipeline: a ``scaler`` container (script mode: ``code/inference.py`` standardizes CSV features and answers
+JSON unless asked for CSV) then a ``classifier`` (a logistic regression exported to ONNX). Expected answers
+are computed here by hand: the scaling with numpy, the classifier with onnxruntime on the same model.onnx.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from platform_helpers import WAIT, build_classifier_tar, deploy, variant
+
+pytestmark = pytest.mark.slow
+
+MEAN = [1.0, -2.0, 0.5, 3.0]
+SCALE = [2.0, 0.5, 4.0, 1.5]
+
+SCALER = """
+import json, os
+import numpy as np
+
+
+def model_fn(model_dir):
+    with open(os.path.join(model_dir, "scaler.json")) as f:
+        params = json.load(f)
+    return np.array(params["mean"]), np.array(params["scale"])
+
+
+def transform_fn(model, data, content_type, accept):
+    if not content_type.startswith("text/csv"):
+        raise ValueError("the scaler reads text/csv, not " + content_type)
+    mean, scale = model
+    rows = np.array([[float(v) for v in line.split(",")] for line in data.strip().splitlines()])
+    width = rows.shape[1]
+    scaled = (rows - mean[:width]) / scale[:width]
+    if accept == "text/csv":
+        return "\\n".join(",".join(repr(float(v)) for v in row) for row in scaled) + "\\n", "text/csv"
+    return json.dumps(scaled.tolist()), "application/json"
+"""
+
+
+def _scaler_tar(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "scaler.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in (
+            ("scaler.json", json.dumps({"mean": MEAN, "scale": SCALE}).encode()),
+            ("code/inference.py", SCALER.encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def _labels(classifier: Path, rows: np.ndarray) -> list[int]:
+    """The classifier's labels for ``rows`` (already scaled), by onnxruntime on its model.onnx."""
+    import onnxruntime as ort
+
+    with tarfile.open(classifier) as tar:
+        member = tar.extractfile("model.onnx")
+        assert member is not None
+        session = ort.InferenceSession(member.read(), providers=["CPUExecutionProvider"])
+    feeds = {session.get_inputs()[0].name: rows.astype(np.float32)}
+    return [int(v) for v in session.run(None, feeds)[0]]
+
+
+def _csv(rows: np.ndarray) -> bytes:
+    return "".join(",".join(str(v) for v in row) + "\n" for row in rows).encode()
+
+
+def _containers(scaler: Path, classifier: Path, *, named: bool = True) -> list[dict[str, Any]]:
+    first = {"Image": "selfmaker", "ModelDataUrl": scaler.as_uri()}
+    second = {"Image": "selfmaker", "ModelDataUrl": classifier.as_uri()}
+    if named:
+        first["ContainerHostname"], second["ContainerHostname"] = "scaler", "classifier"
+    return [first, second]
+
+
+ROLE = "arn:aws:iam::123456789012:role/selfmaker"
+
+
+def _error(info: pytest.ExceptionInfo[ClientError]) -> tuple[str, str, int]:
+    err = info.value.response
+    return err["Error"]["Code"], err["Error"]["Message"], err["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def test_serial_and_direct_pipelines(sm: Any, smr: Any, tmp_path: Path) -> None:
+    """One Serial and one Direct endpoint over the same two containers: the Serial answer equals the chain
+    computed by hand, content types pass along, Direct reaches each container, errors name the container,
+    and TargetContainerHostname is refused where SageMaker refuses it."""
+    scaler, classifier = _scaler_tar(tmp_path / "scaler"), build_classifier_tar(tmp_path / "classifier")
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(6, 4)) * 3
+    scaled = (rows - np.array(MEAN)) / np.array(SCALE)
+    expected = _labels(classifier, scaled)
+    assert len(set(expected)) == 2  # both classes: a wrong scaling would change some labels
+
+    sm.create_model(
+        ModelName="pipe-serial",
+        Containers=_containers(scaler, classifier, named=False),
+        ExecutionRoleArn=ROLE,
+    )
+    described = sm.describe_model(ModelName="pipe-serial")
+    assert described["InferenceExecutionConfig"] == {"Mode": "Serial"}  # SageMaker's default
+    assert [c["ModelDataUrl"] for c in described["Containers"]] == [scaler.as_uri(), classifier.as_uri()]
+    assert "PrimaryContainer" not in described
+    sm.create_model(
+        ModelName="pipe-direct",
+        Containers=_containers(scaler, classifier),
+        InferenceExecutionConfig={"Mode": "Direct"},
+        ExecutionRoleArn=ROLE,
+    )
+    described = sm.describe_model(ModelName="pipe-direct")
+    assert described["InferenceExecutionConfig"] == {"Mode": "Direct"}
+    assert [c["ContainerHostname"] for c in described["Containers"]] == ["scaler", "classifier"]
+
+    deploy(sm, "pipe-serial", [variant("AllTraffic", "pipe-serial")], wait=False)
+    deploy(sm, "pipe-direct", [variant("Direct", "pipe-direct")], wait=False)
+    try:
+        for name in ("pipe-serial", "pipe-direct"):
+            sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+
+        # Serial: the scaler gets the client's text/csv and, without the client's Accept, answers JSON;
+        # the classifier gets that JSON as application/json and answers in the client's Accept (CSV)
+        answer = smr.invoke_endpoint(
+            EndpointName="pipe-serial", Body=_csv(rows), ContentType="text/csv", Accept="text/csv"
+        )
+        assert answer["ContentType"].startswith("text/csv")
+        assert answer["InvokedProductionVariant"] == "AllTraffic"
+        body = answer["Body"].read().decode()
+        assert [int(float(line.split(",")[0])) for line in body.split()] == expected, body
+        # the same chain answering JSON
+        answer = smr.invoke_endpoint(
+            EndpointName="pipe-serial", Body=_csv(rows), ContentType="text/csv", Accept="application/json"
+        )
+        assert answer["ContentType"].startswith("application/json")
+        assert [p["label"] for p in json.loads(answer["Body"].read())["predictions"]] == expected
+
+        # Direct: each container alone; the scaler honours the client's Accept there
+        answer = smr.invoke_endpoint(
+            EndpointName="pipe-direct",
+            Body=_csv(rows),
+            ContentType="text/csv",
+            Accept="text/csv",
+            TargetContainerHostname="scaler",
+        )
+        assert answer["InvokedProductionVariant"] == "Direct"
+        direct_scaled = np.array(
+            [[float(v) for v in line.split(",")] for line in answer["Body"].read().decode().split()]
+        )
+        np.testing.assert_allclose(direct_scaled, scaled, rtol=1e-12)
+        answer = smr.invoke_endpoint(
+            EndpointName="pipe-direct",
+            Body=_csv(scaled),
+            ContentType="text/csv",
+            Accept="text/csv",
+            TargetContainerHostname="classifier",
+        )
+        direct = answer["Body"].read().decode()
+        assert [int(float(line.split(",")[0])) for line in direct.split()] == expected, direct
+
+        # an error of container 2 names it (three features: the scaler copes, the classifier refuses)
+        with pytest.raises(ClientError) as info:
+            smr.invoke_endpoint(EndpointName="pipe-serial", Body=_csv(rows[:, :3]), ContentType="text/csv")
+        code, message, status = _error(info)
+        assert (code, status) == ("ModelError", 424)
+        assert message.startswith("Received client error (400) from container-2 with message"), message
+        # an error of container 1 names it: the scaler refuses JSON input
+        with pytest.raises(ClientError) as info:
+            smr.invoke_endpoint(
+                EndpointName="pipe-serial", Body=b"[[1,2,3,4]]", ContentType="application/json"
+            )
+        code, message, status = _error(info)
+        assert code == "ModelError" and "from container-1 with message" in message, message
+        with pytest.raises(ClientError) as info:
+            smr.invoke_endpoint(
+                EndpointName="pipe-direct",
+                Body=b"[[1,2]]",
+                ContentType="text/csv",
+                TargetContainerHostname="classifier",
+            )
+        assert "from classifier with message" in _error(info)[1]
+
+        # TargetContainerHostname: required in Direct, known hostnames only, refused in Serial
+        for endpoint, kwargs, fragment in (
+            ("pipe-direct", {}, "is configured for direct invocation"),
+            ("pipe-direct", {"TargetContainerHostname": "nope"}, "The container hostname nope was not found"),
+            ("pipe-serial", {"TargetContainerHostname": "scaler"}, "is not configured for direct invocation"),
+        ):
+            with pytest.raises(ClientError) as info:
+                smr.invoke_endpoint(EndpointName=endpoint, Body=_csv(rows), ContentType="text/csv", **kwargs)
+            code, message, status = _error(info)
+            assert (code, status) == ("ValidationError", 400), (endpoint, kwargs, message)
+            assert fragment in message, message
+
+        # a transform job over the Serial pipeline: each record flows through the chain
+        data = tmp_path / "batch"
+        data.mkdir()
+        (data / "rows.csv").write_bytes(_csv(rows))
+        sm.create_transform_job(
+            TransformJobName="pipe-transform",
+            ModelName="pipe-serial",
+            TransformInput={
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data.as_uri()}},
+                "ContentType": "text/csv",
+                "SplitType": "Line",
+            },
+            TransformOutput={
+                "S3OutputPath": (tmp_path / "out").as_uri(),
+                "Accept": "text/csv",
+                "AssembleWith": "Line",
+            },
+            TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            job = sm.describe_transform_job(TransformJobName="pipe-transform")
+            if job["TransformJobStatus"] not in ("InProgress", "Stopping") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+        out = (tmp_path / "out" / "rows.csv.out").read_text()
+        assert [int(float(line.split(",")[0])) for line in out.split()] == expected, out
+    finally:
+        for name in ("pipe-serial", "pipe-direct"):
+            sm.delete_endpoint(EndpointName=name)
+
+
+def test_pipeline_models_refused_as_sagemaker_refuses_them(sm: Any) -> None:
+    """More than 15 containers, duplicate hostnames, Direct without hostnames, some named and some not."""
+    image = {"Image": "selfmaker"}
+    for kwargs, fragment in (
+        (
+            {"Containers": [dict(image) for _ in range(16)]},
+            "Member must have length less than or equal to 15",
+        ),
+        (
+            {"Containers": [{**image, "ContainerHostname": "a"}, {**image, "ContainerHostname": "a"}]},
+            "ContainerHostname 'a' is used by more than one container",
+        ),
+        (
+            {"Containers": [dict(image), dict(image)], "InferenceExecutionConfig": {"Mode": "Direct"}},
+            "must be specified for every container when InferenceExecutionConfig.Mode is Direct",
+        ),
+        (
+            {"Containers": [{**image, "ContainerHostname": "a"}, dict(image)]},
+            "must be specified for every container of an inference pipeline",
+        ),
+        ({"Containers": [dict(image)], "InferenceExecutionConfig": {"Mode": "Sideways"}}, "enum value set"),
+    ):
+        with pytest.raises(ClientError) as info:
+            sm.create_model(ModelName="pipe-bad", ExecutionRoleArn=ROLE, **kwargs)
+        code, message, status = _error(info)
+        assert (code, status) == ("ValidationException", 400), message
+        assert fragment in message, message
+    with pytest.raises(ClientError):
+        sm.describe_model(ModelName="pipe-bad")  # nothing was stored
