@@ -266,3 +266,69 @@ def test_pipeline_models_refused_as_sagemaker_refuses_them(sm: Any) -> None:
         assert fragment in message, message
     with pytest.raises(ClientError):
         sm.describe_model(ModelName="pipe-bad")  # nothing was stored
+    # a pipeline is served by real-time variants only
+    sm.create_model(ModelName="pipe-two", ExecutionRoleArn=ROLE, Containers=[dict(image), dict(image)])
+    serverless = {
+        "VariantName": "S",
+        "ModelName": "pipe-two",
+        "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1},
+    }
+    asynchronous = {"AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://bucket/out"}}}
+    for kwargs in (
+        {"ProductionVariants": [serverless]},
+        {"ProductionVariants": [variant("A", "pipe-two")], **asynchronous},
+    ):
+        with pytest.raises(ClientError) as info:
+            sm.create_endpoint_config(EndpointConfigName="pipe-bad-config", **kwargs)
+        code, message, status = _error(info)
+        assert (code, status) == ("ValidationException", 400), message
+        assert "has several containers (an inference pipeline)" in message, message
+
+
+def test_sdk_pipeline_model_deploys_and_predicts(
+    run_sdk: Any, sdk_platform: Any, moto_server: str, tmp_path: Path
+) -> None:
+    """The SDK's ``PipelineModel(models=[scaler, classifier]).deploy()`` → ``predict`` → the chain's answer;
+    the model the SDK made is a Serial pipeline of both containers; ``delete_endpoint`` removes it."""
+    import boto3  # the test uploads the models to moto's S3 for the SDK
+
+    scaler, classifier = _scaler_tar(tmp_path / "scaler"), build_classifier_tar(tmp_path / "classifier")
+    rows = np.random.default_rng(11).normal(size=(5, 4)) * 3
+    expected = _labels(classifier, (rows - np.array(MEAN)) / np.array(SCALE))
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="sdk-pipeline")
+    s3.upload_file(str(scaler), "sdk-pipeline", "scaler/model.tar.gz")
+    s3.upload_file(str(classifier), "sdk-pipeline", "classifier/model.tar.gz")
+    run = run_sdk(
+        f"""
+        from sagemaker.model import Model
+        from sagemaker.pipeline import PipelineModel
+        from sagemaker.predictor import Predictor
+        from sagemaker.serializers import CSVSerializer
+        from sagemaker.deserializers import JSONDeserializer
+
+        models = [
+            Model(image_uri="selfmaker", model_data=f"s3://sdk-pipeline/{{part}}/model.tar.gz", role=ROLE,
+                  sagemaker_session=session)
+            for part in ("scaler", "classifier")
+        ]
+        pipeline = PipelineModel(models=models, role=ROLE, predictor_cls=Predictor, name="sdk-pipeline-model",
+                                 sagemaker_session=session)
+        predictor = pipeline.deploy(initial_instance_count=1, instance_type="ml.m5.large",
+                                    endpoint_name="sdk-pipeline", serializer=CSVSerializer(),
+                                    deserializer=JSONDeserializer())
+        try:
+            answer = predictor.predict({rows.tolist()!r})
+            described = session.sagemaker_client.describe_model(ModelName="sdk-pipeline-model")
+        finally:
+            predictor.delete_endpoint()
+        result({{"answer": answer, "containers": len(described["Containers"]),
+                 "mode": described["InferenceExecutionConfig"]["Mode"]}})
+        """
+    )
+    out = run.result
+    assert [p["label"] for p in out["answer"]["predictions"]] == expected, out
+    assert (out["containers"], out["mode"]) == (2, "Serial")
+    sm = sdk_platform.sagemaker()
+    with pytest.raises(ClientError):
+        sm.describe_endpoint(EndpointName="sdk-pipeline")
