@@ -30,8 +30,10 @@ from selfmaker.endpoints.runtime import (
     Instance,
     InstancePool,
     Pipeline,
+    PipelineHandle,
     VariantContext,
     VariantRuntime,
+    handle_servers,
 )
 from selfmaker.executors import ExecutorError, Executors, InstanceHandle, InstanceSpec
 from selfmaker.logfiles import ENDPOINT_LOG_DIR, stamp
@@ -120,29 +122,6 @@ def _ping_failure(variant: str, hostname: str | None = None) -> str:
     )
 
 
-class PipelineHandle(InstanceHandle):
-    """The model servers of one instance of a pipeline model, as one handle: alive while all are, stopped
-    together; its URL is the first container's."""
-
-    def __init__(self, instance_id: str, handles: list[tuple[str, InstanceHandle]]) -> None:
-        self.instance_id = instance_id
-        self.handles = handles
-        self.url = handles[0][1].url
-
-    def alive(self) -> bool:
-        return all(handle.alive() for _, handle in self.handles)
-
-    async def stop(self, grace: float) -> None:
-        await asyncio.gather(*(handle.stop(grace) for _, handle in self.handles), return_exceptions=True)
-
-    @property
-    def pid(self) -> int | None:
-        return self.handles[0][1].pid
-
-    def describe(self) -> dict[str, Any]:
-        return {"Containers": {name: handle.url for name, handle in self.handles}}
-
-
 class DeploymentBuilder:
     """Brings up the variants of endpoint configs as pools of ready model servers."""
 
@@ -198,7 +177,6 @@ class DeploymentBuilder:
             instance_id: str, container: dict[str, Any], model_dir: Path, hostname: str | None
         ) -> InstanceHandle:
             """One ready model server; ``hostname``: the container's, for a pipeline's servers."""
-            pipeline = hostname is not None
             work = deploy_dir / "instances" / instance_id
             work.mkdir(parents=True, exist_ok=True)
             log_path = self.settings.logs_dir / ENDPOINT_LOG_DIR / endpoint / f"{instance_id}.log"
@@ -228,22 +206,20 @@ class DeploymentBuilder:
                 handle = await executor.start(spec)
             except ExecutorError as exc:
                 raise DeployError(f"Production variant {variant_name} could not start: {exc}") from exc
-            if not pipeline:  # a pipeline's instance is recorded once, as a whole
-                self.store.put_instance(
-                    instance_id,
-                    endpoint,
-                    variant_name,
-                    url=handle.url,
-                    pid=handle.pid,
-                    status="Starting",
-                    log_path=str(log_path),
-                )
+            self.store.put_instance(
+                instance_id,
+                endpoint,
+                variant_name,
+                url=handle.url,
+                pid=handle.pid,
+                status="Starting",
+                log_path=str(log_path),
+            )
             try:
                 await self._wait_ready(handle, timeout)
             except (DeployError, asyncio.CancelledError) as exc:
                 await handle.stop(self.settings.stop_grace)
-                if not pipeline:
-                    self.store.remove_instance(instance_id)
+                self.store.remove_instance(instance_id)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 reason = str(exc)
@@ -269,19 +245,19 @@ class DeploymentBuilder:
                 _, container, model_dir = containers[0]
                 handle = await start_server(instance_id, container, model_dir, None)
                 stages = None
-                log_name = instance_id
             else:
                 handle, stages = await self._start_pipeline(instance_id, containers, start_server)
-                log_name = f"{instance_id}--{containers[0][0]}"
-            self.store.put_instance(
-                instance_id,
-                endpoint,
-                variant_name,
-                url=handle.url,
-                pid=handle.pid,
-                status="InService",
-                log_path=str(self.settings.logs_dir / ENDPOINT_LOG_DIR / endpoint / f"{log_name}.log"),
-            )
+            # a pipeline's model servers are recorded one by one (status, orphan reaping after a crash)
+            for record_id, server in handle_servers(handle):
+                self.store.put_instance(
+                    record_id,
+                    endpoint,
+                    variant_name,
+                    url=server.url,
+                    pid=server.pid,
+                    status="InService",
+                    log_path=str(self.settings.logs_dir / ENDPOINT_LOG_DIR / endpoint / f"{record_id}.log"),
+                )
             log.info("instance %s of %s/%s ready at %s", instance_id, endpoint, variant_name, handle.url)
             return Instance(handle, stages)
 
@@ -321,7 +297,8 @@ class DeploymentBuilder:
             )
         instance.close()
         await instance.handle.stop(self.settings.stop_grace)
-        self.store.remove_instance(instance.instance_id)
+        for record_id, _ in handle_servers(instance.handle):
+            self.store.remove_instance(record_id)
 
     # ---- deployments ---------------------------------------------------------------------------
 

@@ -149,6 +149,36 @@ def _upstream(url: str) -> UpstreamPool:
     return UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
 
 
+class PipelineHandle(InstanceHandle):
+    """The model servers of one instance of a pipeline model, as one handle: alive while all are, stopped
+    together; its URL is the first container's."""
+
+    def __init__(self, instance_id: str, handles: list[tuple[str, InstanceHandle]]) -> None:
+        self.instance_id = instance_id
+        self.handles = handles
+        self.url = handles[0][1].url
+
+    def alive(self) -> bool:
+        return all(handle.alive() for _, handle in self.handles)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(handle.stop(grace) for _, handle in self.handles), return_exceptions=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self.handles[0][1].pid
+
+    def describe(self) -> dict[str, Any]:
+        return {"Containers": {name: handle.url for name, handle in self.handles}}
+
+
+def handle_servers(handle: InstanceHandle) -> list[tuple[str, InstanceHandle]]:
+    """``(instance id, handle)`` of each model server behind ``handle`` (one, or a pipeline's)."""
+    if isinstance(handle, PipelineHandle):
+        return [(server.instance_id, server) for _, server in handle.handles]
+    return [(handle.instance_id, handle)]
+
+
 #: launches one ready instance of a variant (executor start + /ping) — provided by the manager
 InstanceLauncher = Callable[[], Awaitable[Instance]]
 #: drains and stops one instance — provided by the manager
