@@ -307,11 +307,12 @@ class Pipeline:
     hostnames: tuple[str, ...]
 
     def position(self, hostname: str) -> int | None:
-        """The index of container ``hostname`` (SageMaker compares hostnames as given), or None."""
-        try:
+        """The index of container ``hostname`` (an exact match first; hostnames, as DNS names, are unique
+        regardless of case), or None."""
+        if hostname in self.hostnames:
             return self.hostnames.index(hostname)
-        except ValueError:
-            return None
+        lowered = [h.lower() for h in self.hostnames]
+        return lowered.index(hostname.lower()) if hostname.lower() in lowered else None
 
 
 @dataclass
