@@ -182,7 +182,9 @@ def test_serial_and_direct_pipelines(sm: Any, smr: Any, tmp_path: Path) -> None:
                 EndpointName="pipe-serial", Body=b"[[1,2,3,4]]", ContentType="application/json"
             )
         code, message, status = _error(info)
-        assert code == "ModelError" and "from container-1 with message" in message, message
+        assert code == "ModelError" and message.startswith(
+            'Received server error (500) from container-1 with message "'
+        ), message
         with pytest.raises(ClientError) as info:
             smr.invoke_endpoint(
                 EndpointName="pipe-direct",
