@@ -95,10 +95,11 @@ def _error(info: pytest.ExceptionInfo[ClientError]) -> tuple[str, str, int]:
     return err["Error"]["Code"], err["Error"]["Message"], err["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def test_serial_and_direct_pipelines(sm: Any, smr: Any, tmp_path: Path) -> None:
+def test_serial_and_direct_pipelines(sm: Any, smr: Any, tmp_path: Path, broken_model_tar: str) -> None:
     """One Serial and one Direct endpoint over the same two containers: the Serial answer equals the chain
     computed by hand, content types pass along, Direct reaches each container, errors name the container,
-    and TargetContainerHostname is refused where SageMaker refuses it."""
+    and TargetContainerHostname is refused where SageMaker refuses it. A pipeline whose second container
+    cannot load fails its endpoint naming that container."""
     scaler, classifier = _scaler_tar(tmp_path / "scaler"), build_classifier_tar(tmp_path / "classifier")
     rng = np.random.default_rng(7)
     rows = rng.normal(size=(6, 4)) * 3
@@ -127,6 +128,15 @@ def test_serial_and_direct_pipelines(sm: Any, smr: Any, tmp_path: Path) -> None:
 
     deploy(sm, "pipe-serial", [variant("AllTraffic", "pipe-serial")], wait=False)
     deploy(sm, "pipe-direct", [variant("Direct", "pipe-direct")], wait=False)
+    sm.create_model(
+        ModelName="pipe-broken",
+        Containers=[
+            {"Image": "selfmaker", "ModelDataUrl": scaler.as_uri()},
+            {"Image": "selfmaker", "ModelDataUrl": broken_model_tar},
+        ],
+        ExecutionRoleArn=ROLE,
+    )
+    deploy(sm, "pipe-broken", [variant("AllTraffic", "pipe-broken")], wait=False)
     try:
         for name in ("pipe-serial", "pipe-direct"):
             sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
@@ -234,8 +244,17 @@ def test_serial_and_direct_pipelines(sm: Any, smr: Any, tmp_path: Path) -> None:
         assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
         out = (tmp_path / "out" / "rows.csv.out").read_text()
         assert [int(float(line.split(",")[0])) for line in out.split()] == expected, out
+
+        deadline = time.monotonic() + 120
+        while (broken := sm.describe_endpoint(EndpointName="pipe-broken"))["EndpointStatus"] == "Creating":
+            assert time.monotonic() < deadline
+            time.sleep(0.25)
+        assert broken["EndpointStatus"] == "Failed"
+        assert broken["FailureReason"].startswith(
+            "The container container-2 for production variant AllTraffic did not pass the ping health check."
+        ), broken["FailureReason"]
     finally:
-        for name in ("pipe-serial", "pipe-direct"):
+        for name in ("pipe-serial", "pipe-direct", "pipe-broken"):
             sm.delete_endpoint(EndpointName=name)
 
 
