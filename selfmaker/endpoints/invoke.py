@@ -180,8 +180,7 @@ def _stages(variant: VariantRuntime, endpoint: str, target: str | None) -> tuple
                 f"{variant.name}) is not configured for direct invocation: its model's "
                 "InferenceExecutionConfig.Mode is not Direct."
             )
-        assert pipeline is not None  # call_variant sends only pipelines or targeted requests here
-        return 0, len(pipeline.hostnames)
+        return 0, len(pipeline.hostnames) if pipeline is not None else 1
     if target is None:
         raise ValidationError(
             f"Endpoint {endpoint} (production variant {variant.name}) is configured for direct invocation: "
