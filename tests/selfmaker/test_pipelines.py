@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from botocore.exceptions import ClientError
 from platform_helpers import WAIT, build_classifier_tar, deploy, variant
+
+from selfmaker.endpoints.runtime import Pipeline
+from selfmaker.modeldata import execution_mode, model_containers
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +69,6 @@ def _scaler_tar(dest: Path) -> Path:
 
 def _labels(classifier: Path, rows: np.ndarray) -> list[int]:
     """The classifier's labels for ``rows`` (already scaled), by onnxruntime on its model.onnx."""
-    import onnxruntime as ort
-
     with tarfile.open(classifier) as tar:
         member = tar.extractfile("model.onnx")
         assert member is not None
@@ -353,3 +355,22 @@ def test_sdk_pipeline_model_deploys_and_predicts(
     sm = sdk_platform.sagemaker()
     with pytest.raises(ClientError):
         sm.describe_endpoint(EndpointName="sdk-pipeline")
+
+
+def test_model_containers_name_and_order_the_containers() -> None:
+    """One container is ``primary`` (PrimaryContainer, or a Containers list of one); a pipeline's containers
+    keep their hostnames or get ``container-<n>``; the mode defaults to Serial; hostnames match exactly
+    first, else regardless of case."""
+    one = {"Image": "a"}
+    assert model_containers({"PrimaryContainer": one}) == [("primary", one)]
+    assert model_containers({"Containers": [one]}) == [("primary", one)]
+    assert execution_mode({"Containers": [one], "InferenceExecutionConfig": {"Mode": "Direct"}}) is None
+    two = [{"Image": "a"}, {"Image": "b"}]
+    assert [h for h, _ in model_containers({"Containers": two})] == ["container-1", "container-2"]
+    assert execution_mode({"Containers": two}) == "Serial"
+    named = [{"Image": "a", "ContainerHostname": "pre"}, {"Image": "b", "ContainerHostname": "Post"}]
+    assert [c["Image"] for _, c in model_containers({"Containers": named})] == ["a", "b"]
+    assert execution_mode({"Containers": named, "InferenceExecutionConfig": {"Mode": "Direct"}}) == "Direct"
+    pipeline = Pipeline("Direct", ("pre", "Post", "post"))
+    assert (pipeline.position("post"), pipeline.position("POST"), pipeline.position("PRE")) == (2, 1, 0)
+    assert pipeline.position("other") is None
