@@ -79,6 +79,11 @@ def test_recorder_counts_seconds_and_cumulative_figures() -> None:
     clock.now += LIVE_SECONDS + 5
     assert list(stats.seconds(0, int(clock.now) + 1)) == []
     assert stats.recent("ep", 600) == {"A": [], "B": []}
+    # a second's slot reused 10 minutes later: the cumulative figures keep what it held
+    clock.now = 1_000_020.0 + LIVE_SECONDS
+    stats.record("ep", "A", SERVER_ERROR, 0.02, 0.0001)
+    a = next(c for c in stats.counters() if c.variant == "A")
+    assert (a.invocations, a.errors_4xx, a.errors_5xx, a.model_latency.n) == (13, 1, 2, 12)
     # a deleted endpoint's figures go once the store has had time to take them; a live one's stay
     stats.sample("ApproximateBacklogSize", dims_of({"EndpointName": "gone"}), 3)
     stats.record("gone", "A", OK, 0.01, 0.001)
