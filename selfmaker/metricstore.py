@@ -116,6 +116,8 @@ UNITS: dict[str, tuple[str, tuple[float, ...] | None]] = {
     "ModelSetupTime": ("Microseconds", None),
     "ApproximateBacklogSize": ("None", None),
     "ApproximateBacklogSizePerInstance": ("None", None),
+    "ApproximateAgeOfOldestRequest": ("Seconds", None),
+    "HasBacklogWithoutCapacity": ("None", None),
     "ServerlessConcurrentExecutions": ("Count", None),
 }
 
