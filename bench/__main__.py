@@ -11,7 +11,7 @@ import sys
 
 BENCHMARKS: dict[str, str] = {
     "serving": "model server vs the in-process limit, the /ping floor and the anchors (naive flask, MMS)",
-    "router": "one model server called directly vs through `selfmaker up` (added latency, throughput ratio)",
+    "router": "a model server direct vs through `selfmaker up`; --recording: metrics recorded vs not (req/s)",
     "training": "built-in XGBoost job vs plain xgboost.train in-process on the same CSV",
     "warm_pool": "training job start: a warm-pool hit (standby interpreter, cached input) vs a cold start",
     "recordio": "RecordIO-protobuf decode, 1,000 x 100 dense: protobuf package vs the old hand-written one",
@@ -21,7 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "async_inference": "async accept-to-output vs real-time latency; backlog drain with 1 and 2 instances",
     "tuning": "a tuning job of 8 short built-in XGBoost jobs with MaxParallelTrainingJobs=2 vs 1 (wall time)",
     "slowclients": "a client's p99 under 500 idle + 50 slowloris connections / idle p99; RSS over 100k calls",
-    "metricstore": "a week of 10 endpoints' minute rollups on disk (MB); throughput recording metrics / not",
+    "metricstore": "a week of 10 endpoints' minute rollups on disk (MB); CPU of recording per request",
     "aws_batch": (
         "a transform split over 2 AWS Batch array children (local processes) vs the local engine's rows/s"
     ),

@@ -6,7 +6,18 @@ available, else a bounded aiohttp load loop) at concurrency 1 and 8, batch 1. Pr
 the throughput ratio (goals: <= 1 ms p50 added at concurrency 1, >= 70 % of direct throughput at
 concurrency 8; the router shares the 2 cores with the model server and the load generator).
 
+With ``--recording`` it measures instead what recording invocation metrics costs (issue 25's "<= 2 %
+throughput"): two ``selfmaker up`` with the same one-instance endpoint, one recording (the default) and one
+with ``SELFMAKER_ENDPOINT_METRICS=false``, driven by the same closed-loop load at concurrency 8 in ``--pairs``
+adjacent pairs of cells in ABBA order (on off, off on, on off ...), so a linear drift of the shared machine's
+speed cancels in the totals; ``--rounds`` times with new platforms started in the other order (two
+processes differ by a few % on their own). It prints the throughput ratio recording / not of the totals
+(requests served in the same wall time; goal >= 0.98), the per-pair ratios, and the platform process's CPU
+per request recording / not (psutil over its PID; its model server is another process). ``--aa`` runs the
+same with both platforms recording: the noise floor of two processes.
+
     .venv/bin/python bench/router.py [--seconds 5] [--reps 3] [--workers 1] [--json out.json]
+    .venv/bin/python bench/router.py --recording [--rounds 2] [--pairs 4] [--seconds 5] [--aa] [--json F]
 """
 
 from __future__ import annotations
@@ -135,6 +146,153 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+def _bench_platform(
+    work: Path, name: str, archive: Path, metrics: bool, procs: list[subprocess.Popen[bytes]]
+) -> str:
+    """Start a ``selfmaker up`` (recording invocation metrics or not) with a one-instance endpoint of the
+    model in ``archive``; its runtime URL."""
+    import boto3
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+        "SELFMAKER_ENDPOINT_METRICS": "true" if metrics else "false",
+    }
+    with open(work / f"{name}.log", "wb") as out:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "selfmaker", "up", "--home", str(work / name), "--port", str(port)]
+                + ["--log-level", "WARNING"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=str(ROOT),
+            )
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/ping", procs[-1])
+    sm = boto3.client(
+        "sagemaker",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+    sm.create_model(
+        ModelName="bench", PrimaryContainer={"Image": "selfmaker", "ModelDataUrl": archive.as_uri()}
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="bench",
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "bench",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
+        ],
+    )
+    sm.create_endpoint(EndpointName="bench", EndpointConfigName="bench")
+    sm.get_waiter("endpoint_in_service").wait(
+        EndpointName="bench", WaiterConfig={"Delay": 0.25, "MaxAttempts": 240}
+    )
+    return f"{url}/endpoints/bench/invocations"
+
+
+def platform_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the ``selfmaker up`` process itself (its model servers are other processes)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def recording_cost(
+    pairs: int, seconds: int, work: Path, *, rounds: int = 2, aa: bool = False
+) -> dict[str, Any]:
+    """Throughput and the platform's CPU per request at concurrency 8, recording invocation metrics vs not
+    (``aa``: both recording, the noise floor), in ``pairs`` adjacent pairs of cells in ABBA order, in each
+    of ``rounds`` rounds with new platforms (started in the other order each round: two processes differ
+    by more than recording costs, from where they and their model servers landed)."""
+    archive = build_model(work)
+    payload = work / "row.csv"
+    payload.write_text(",".join(f"{v:.4f}" for v in np.random.default_rng(1).normal(size=FEATURES)) + "\n")
+    cells: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    loads = []
+    for round_ in range(rounds):
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            urls, pids = {}, {}
+            for label in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+                name = f"{label}-{round_}"
+                urls[label] = _bench_platform(work, name, archive, label == "on" or aa, procs)
+                pids[label] = procs[-1].pid
+            for url in urls.values():  # warm-up
+                load(url, payload, 2, 2)
+            for pair in range(pairs):
+                loads.append(os.getloadavg()[0])
+                for label in ("on", "off") if pair % 2 == 0 else ("off", "on"):
+                    before = platform_cpu_seconds(pids[label])
+                    cell = load(urls[label], payload, 8, seconds)
+                    cell["cpu"] = platform_cpu_seconds(pids[label]) - before
+                    cells[label].append(cell)
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+    on, off = cells["on"], cells["off"]
+    ratios = [a["rps"] / b["rps"] for a, b in zip(on, off, strict=True) if b["rps"]]
+    cpu_per_request = {
+        label: sum(c["cpu"] for c in runs) / max(1, sum(c["requests"] for c in runs))
+        for label, runs in cells.items()
+    }
+    return {
+        "pairs": [
+            {
+                "on_rps": a["rps"],
+                "off_rps": b["rps"],
+                "on_cpu_us": a["cpu"] / max(1, a["requests"]) * 1e6,
+                "off_cpu_us": b["cpu"] / max(1, b["requests"]) * 1e6,
+                "errors": a["errors"] + b["errors"],
+            }
+            for a, b in zip(on, off, strict=True)
+        ],
+        "ratios": ratios,
+        "ratio_totals": sum(a["rps"] for a in on) / sum(b["rps"] for b in off),
+        "ratio_median": statistics.median(ratios),
+        "cpu_us_per_request": {k: v * 1e6 for k, v in cpu_per_request.items()},
+        "cpu_ratio": cpu_per_request["on"] / cpu_per_request["off"],
+        "load_average": [min(loads), max(loads)],
+        "tool": on[0]["tool"],
+        "aa": aa,
+        "rounds": rounds,
+    }
+
+
+def print_recording(r: dict[str, Any], seconds: int) -> None:
+    """The figures of :func:`recording_cost`."""
+    second = "recording too" if r["aa"] else "not recording"
+    for i, p in enumerate(r["pairs"]):
+        print(
+            f"  pair {i + 1}: recording {p['on_rps']:7.0f} req/s {p['on_cpu_us']:5.0f} us CPU/request   "
+            f"{second} {p['off_rps']:7.0f} req/s {p['off_cpu_us']:5.0f} us CPU/request   "
+            f"ratio {p['on_rps'] / p['off_rps'] if p['off_rps'] else 0:.3f}   errors {p['errors']}"
+        )
+    low, high = r["load_average"]
+    print(
+        f"recording / {second} ({r['tool']}, concurrency 8, {r['rounds']} rounds of platforms, "
+        f"{len(r['pairs'])} ABBA pairs of {seconds} s in all, "
+        f"load average {low:.1f}-{high:.1f}): throughput of the totals {r['ratio_totals']:.3f} "
+        f"(goal >= 0.98), pairs {min(r['ratios']):.3f}-{max(r['ratios']):.3f} (median "
+        f"{r['ratio_median']:.3f}); the platform process's CPU per request {r['cpu_ratio']:.3f} "
+        f"({r['cpu_us_per_request']['on']:.0f} / {r['cpu_us_per_request']['off']:.0f} us)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,7 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="model server worker processes (default 1)")
     parser.add_argument("--worker-class", default=None, help="SELFMAKER_SERVE_WORKER_CLASS for both servers")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--recording", action="store_true", help="measure recording invocation metrics vs not instead"
+    )
+    parser.add_argument("--pairs", type=int, default=4, help="ABBA pairs per round with --recording (4)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="with --recording: new platforms each round, other order (2)"
+    )
+    parser.add_argument("--aa", action="store_true", help="with --recording: both platforms recording")
     args = parser.parse_args(argv)
+    if args.recording:
+        with tempfile.TemporaryDirectory(prefix="selfmaker-bench-recording-") as tmp:
+            r = recording_cost(args.pairs, args.seconds, Path(tmp), rounds=args.rounds, aa=args.aa)
+        print_recording(r, args.seconds)
+        if args.json:
+            args.json.write_text(json.dumps(r, indent=2))
+        return 0
 
     import boto3
 

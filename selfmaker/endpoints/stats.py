@@ -3,8 +3,10 @@ dimensions ``EndpointName`` + ``VariantName``).
 
 One :class:`InvocationStats` per platform (``platform.invocation_stats``). The HTTP layer calls
 :meth:`InvocationStats.record` once per runtime request, answered or refused, with the time the model
-server took and the platform's own time around it; everything runs on the event loop thread, so recording
-is a dict lookup, a few additions and two bisections, without locks or allocation.
+server took and the platform's own time around it; everything runs on the event loop thread, without locks.
+Recording only appends the request's figures to a list (one tuple); :meth:`InvocationStats.settle` puts them
+in the ring once a second (the platform's sampling task) and before anything reads the figures, so the
+request path pays for neither the dict lookups nor the bisections.
 
 SageMaker's definitions:
 
@@ -66,6 +68,11 @@ _INVOCATION_METRICS = frozenset(
 OK, CLIENT_ERROR, SERVER_ERROR = 2, 4, 5
 _NBUCKETS = len(LATENCY_BUCKETS) + 1
 _SECONDS_TO_US = 1e6
+#: what :meth:`InvocationStats.record` queues: endpoint, variant, status class, model and overhead seconds,
+#: instances, the clock's time
+_Recorded = tuple[str, "str | None", int, "float | None", float, int, float]
+#: queued requests that make :meth:`InvocationStats.record` settle at once (the platform settles every second)
+_PENDING_LIMIT = 100_000
 
 
 def status_class(status: int) -> int:
@@ -256,6 +263,8 @@ class InvocationStats:
         self._clock = clock
         self._variants: dict[tuple[str, str | None], _Variant] = {}
         self._gauges: dict[tuple[str, Dims], _Gauge] = {}
+        #: requests recorded and not yet in the ring (:meth:`settle`)
+        self._pending: list[_Recorded] = []
         #: called once a second by the platform to :meth:`sample` gauges (features add theirs at start-up:
         #: async endpoints' backlog, serverless variants' concurrency and cold starts)
         self.samplers: list[Callable[[InvocationStats], None]] = []
@@ -281,29 +290,50 @@ class InvocationStats:
         """One runtime request of ``endpoint`` answered by (or refused for) ``variant`` (None: refused before
         a variant was chosen): its status class (:data:`OK`, :data:`CLIENT_ERROR`, :data:`SERVER_ERROR`),
         the model server's time (None when no model server was asked) and the platform's own time, in
-        seconds; ``instances`` is the variant's instance count (for InvocationsPerInstance)."""
-        state = self._variants.get((endpoint, variant))
-        if state is None:
-            state = self._variant(endpoint, variant)
-        second = int(self._clock())
-        slot = state.ring[second % LIVE_SECONDS]
-        if slot is None:
-            slot = state.ring[second % LIVE_SECONDS] = _Second()
-        if slot.second != second:
-            if slot.count:
-                state.totals.fold(slot)
-            slot.reset(second)
-            state.last = second
-        slot.count += 1
-        if status_class == CLIENT_ERROR:
-            slot.errors_4xx += 1
-        elif status_class == SERVER_ERROR:
-            slot.errors_5xx += 1
-        if model_seconds is not None:
-            slot.model.add_at(model_seconds, bisect.bisect_left(LATENCY_BUCKETS, model_seconds))
-        slot.overhead.add_at(overhead_seconds, bisect.bisect_left(LATENCY_BUCKETS, overhead_seconds))
-        if instances > slot.instances:
-            slot.instances = instances
+        seconds; ``instances`` is the variant's instance count (for InvocationsPerInstance).
+
+        The request path only appends the figures to a list: :meth:`settle` (the platform's once-a-second
+        task, and every reader first) puts them in the ring."""
+        pending = self._pending
+        pending.append(
+            (endpoint, variant, status_class, model_seconds, overhead_seconds, instances, self._clock())
+        )
+        if len(pending) >= _PENDING_LIMIT:  # bounded even if nothing settles (no platform task running)
+            self.settle()
+
+    def settle(self) -> None:
+        """Put the requests :meth:`record` has queued into their seconds of the ring (folding the seconds
+        their slots held before into the totals)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        variants = self._variants
+        bisect_left = bisect.bisect_left
+        bounds = LATENCY_BUCKETS
+        for endpoint, variant, status_class, model_seconds, overhead_seconds, instances, now in pending:
+            state = variants.get((endpoint, variant))
+            if state is None:
+                state = self._variant(endpoint, variant)
+            second = int(now)
+            slot = state.ring[second % LIVE_SECONDS]
+            if slot is None:
+                slot = state.ring[second % LIVE_SECONDS] = _Second()
+            if slot.second != second:
+                if slot.count:
+                    state.totals.fold(slot)
+                slot.reset(second)
+                state.last = second
+            slot.count += 1
+            if status_class == CLIENT_ERROR:
+                slot.errors_4xx += 1
+            elif status_class == SERVER_ERROR:
+                slot.errors_5xx += 1
+            if model_seconds is not None:
+                slot.model.add_at(model_seconds, bisect_left(bounds, model_seconds))
+            slot.overhead.add_at(overhead_seconds, bisect_left(bounds, overhead_seconds))
+            if instances > slot.instances:
+                slot.instances = instances
 
     def model_setup(self, endpoint: str, variant: str, seconds: float) -> None:
         """A model server of ``variant`` took ``seconds`` to start (a serverless cold start)."""
@@ -323,7 +353,9 @@ class InvocationStats:
         gauge.values[index] = float(value)
 
     def sample_all(self) -> None:
-        """Run every sampler once (a failing one is logged and skipped)."""
+        """Put the queued requests in the ring and run every sampler once (a failing one is logged and
+        skipped): the platform's once-a-second task."""
+        self.settle()
         for sampler in list(self.samplers):
             try:
                 sampler(self)
@@ -333,6 +365,7 @@ class InvocationStats:
     def prune(self, live_endpoints: set[str]) -> None:
         """Drop the figures of endpoints that are gone (not in ``live_endpoints``) once their ring holds
         nothing newer than :data:`LIVE_SECONDS` (the metric store has it all by then)."""
+        self.settle()
         oldest = int(self._clock()) - LIVE_SECONDS - 60
         gone = {e for e, _ in self._variants if e not in live_endpoints}
         for endpoint in gone:
@@ -345,6 +378,7 @@ class InvocationStats:
 
     def forget(self, endpoint: str) -> None:
         """Drop the figures of a deleted endpoint (what is already in the metric store stays there)."""
+        self.settle()
         for key in [k for k in self._variants if k[0] == endpoint]:
             del self._variants[key]
         for gkey in [k for k in self._gauges if ("EndpointName", endpoint) in k[1]]:
@@ -355,11 +389,13 @@ class InvocationStats:
     def counters(self) -> list[VariantCounters]:
         """The cumulative figures of every (endpoint, variant) seen since start (snapshots; read on the
         event loop)."""
+        self.settle()
         return [state.snapshot() for state in list(self._variants.values())]
 
     def recent(self, endpoint: str, seconds: int = 300) -> dict[str, list[SecondPoint]]:
         """The last ``seconds`` (at most :data:`LIVE_SECONDS`) of ``endpoint``, per variant, one point per
         second that had requests, oldest first — the console's live charts (request rate, errors, p50/p99)."""
+        self.settle()
         now = int(self._clock())
         start = now - min(max(1, seconds), LIVE_SECONDS) + 1
         out: dict[str, list[SecondPoint]] = {}
@@ -387,6 +423,7 @@ class InvocationStats:
 
     def active(self, since: int) -> Iterator[tuple[str, str, Dims]]:
         """The series with data since ``since`` (the metric store's ListMetrics)."""
+        self.settle()
         for counters in list(self._variants.values()):
             if counters.last < since:
                 continue
@@ -412,6 +449,7 @@ class InvocationStats:
     ) -> Iterator[Datum]:
         """Per-second datums of every series in ``[start, end)``, or only of ``metric``/``dims`` (the metric
         store's live source)."""
+        self.settle()
         ns = SAGEMAKER_NAMESPACE
 
         def wanted(name: str) -> bool:

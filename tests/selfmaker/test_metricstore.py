@@ -95,6 +95,24 @@ def test_recorder_counts_seconds_and_cumulative_figures() -> None:
     assert list(stats.seconds(0, int(clock.now) + 1)) == []
 
 
+def test_recorder_settles_queued_requests_of_more_seconds_than_the_ring_in_order() -> None:
+    """The request path only queues: requests of more seconds than the ring holds, recorded with nothing
+    reading in between, come out as if each had gone into the ring at once."""
+    clock = Clock(2_000_000.0)
+    stats = InvocationStats(clock)
+    seconds = LIVE_SECONDS + 5
+    for _ in range(seconds):
+        stats.record("ep", "A", OK, 0.002, 0.0001, instances=1)
+        stats.record("ep", "A", SERVER_ERROR, 0.004, 0.0001, instances=1)
+        clock.now += 1
+    (a,) = stats.counters()
+    assert (a.invocations, a.errors_4xx, a.errors_5xx) == (2 * seconds, 0, seconds)
+    assert a.model_latency.n == 2 * seconds and a.model_latency.high == pytest.approx(0.004)
+    points = stats.recent("ep", LIVE_SECONDS)["A"]
+    assert len(points) == LIVE_SECONDS - 1 and {p.invocations for p in points} == {2}
+    assert points[-1].timestamp == int(clock.now) - 1
+
+
 def test_percentiles_and_statistics() -> None:
     assert parse_percentile("p99") == 99 and parse_percentile("p99.9") == 99.9
     assert parse_percentile("p101") is None and parse_percentile("p9x") is None
