@@ -7,8 +7,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import check_config_instances, check_instances, create_record, find, public
-from selfmaker.api.registry import operation
+from selfmaker.api.metrics import Metrics, family
+from selfmaker.api.ops._shared import (
+    check_config_instances,
+    check_instances,
+    create_record,
+    find,
+    public,
+    status_metrics,
+)
+from selfmaker.api.registry import metrics_source, operation
 from selfmaker.errors import ValidationException
 
 if TYPE_CHECKING:
@@ -201,3 +209,55 @@ async def update_weights_and_capacities(platform: Services, params: dict[str, An
     platform.store.update("endpoint", record.name, status="Updating", merge=merge)
     platform.endpoints.update_weights_and_capacities(record.name, desired)
     return {"EndpointArn": record.arn}
+
+
+@metrics_source
+def endpoint_metrics(platform: Services) -> Metrics:
+    """Endpoints by status; per variant its instances and weight; per model server its load."""
+    found = status_metrics(
+        platform, "endpoint", "selfmaker_endpoints", "Endpoints in each EndpointStatus.", "EndpointStatus"
+    )
+    runtimes = list(platform.endpoints.live.values())
+    # shadow variants have instances too (their weight is a sampling share, not a traffic split)
+    variants = [(r.name, v) for r in runtimes for v in r.all_variants()]
+    family(
+        found.lines,
+        "selfmaker_variant_instances",
+        "gauge",
+        "Running model servers (instances) of a variant, production or shadow.",
+        [({"endpoint": ep, "variant": v.name}, v.pool.size) for ep, v in variants],
+    )
+    family(
+        found.lines,
+        "selfmaker_variant_desired_instances",
+        "gauge",
+        "Instances a variant is asked to run (its current instance count).",
+        [({"endpoint": ep, "variant": v.name}, v.pool.desired) for ep, v in variants],
+    )
+    family(
+        found.lines,
+        "selfmaker_variant_weight",
+        "gauge",
+        "Current weight of a production variant (its share of traffic is its weight over the sum).",
+        [({"endpoint": r.name, "variant": v.name}, v.weight) for r in runtimes for v in r.variants.values()],
+    )
+    instances = [
+        ({"endpoint": ep, "variant": v.name, "instance_id": i.instance_id}, i)
+        for ep, v in variants
+        for i in list(v.pool.instances)
+    ]
+    family(
+        found.lines,
+        "selfmaker_instance_in_flight_requests",
+        "gauge",
+        "Requests in flight on one model server.",
+        [(labels, i.outstanding) for labels, i in instances],
+    )
+    family(
+        found.lines,
+        "selfmaker_instance_invocations_total",
+        "counter",
+        "Requests one model server answered since it started (any status).",
+        [(labels, i.served) for labels, i in instances],
+    )
+    return found

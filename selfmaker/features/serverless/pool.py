@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfmaker.api.metrics import Histogram
 from selfmaker.endpoints.runtime import Instance, InstancePool, VariantContext
 from selfmaker.errors import ModelError, ThrottlingException
 from selfmaker.features.serverless.limiter import SlotLimiter
@@ -56,6 +57,9 @@ class PoolStats:
     cold_start_seconds: list[float] = field(default_factory=list)
     #: seconds from the arrival of a request that found no instance to its answer (last 100)
     first_answer_seconds: list[float] = field(default_factory=list)
+    #: the same two, every one counted (``/metrics`` histograms)
+    cold_start_histogram: Histogram = field(default_factory=Histogram)
+    first_answer_histogram: Histogram = field(default_factory=Histogram)
 
     @staticmethod
     def add(series: list[float], value: float) -> None:
@@ -166,6 +170,7 @@ class ServerlessPool(InstancePool):
         if arrived is not None:
             seconds = now - arrived
             self.stats.add(self.stats.first_answer_seconds, seconds)
+            self.stats.first_answer_histogram.observe(seconds)
             log.info(
                 "serverless cold start endpoint=%s variant=%s instance=%s first_answer_seconds=%.3f",
                 self.ctx.endpoint_name,
@@ -276,6 +281,7 @@ class ServerlessPool(InstancePool):
         if start.cold:
             self.stats.cold_starts += 1
             self.stats.add(self.stats.cold_start_seconds, seconds)
+            self.stats.cold_start_histogram.observe(seconds)
             if start.arrived is not None:
                 self._cold[instance] = start.arrived
         log.info(
