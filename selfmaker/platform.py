@@ -22,6 +22,7 @@ from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.executors import Executors
+from selfmaker.jobs.monitoring import MonitoringManager
 from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
@@ -44,6 +45,7 @@ class Platform:
         executors = Executors(settings)
         hooks = DeploymentHooks()
         training = TrainingManager(settings, store)
+        processing = ProcessingJobs(settings, store)
         self.services = Services(
             settings=settings,
             store=store,
@@ -53,7 +55,8 @@ class Platform:
             training=training,
             transforms=TransformJobs(settings, store, executors),
             tuning=TuningManager(settings, store, training),
-            processing=ProcessingJobs(settings, store),
+            processing=processing,
+            monitoring=MonitoringManager(settings, store, processing),
             logs=LogStreams(settings, store),
         )
         # the managers know features only as callables; the platform argument is bound here
@@ -72,6 +75,7 @@ class Platform:
         services.store.clear_instances()
         services.training.recover()
         services.processing.recover()
+        services.monitoring.start_clock()  # after recover(): executions read their jobs' final status
         services.tuning.start_up()  # after recover(): the training jobs it marked Failed are replaced
         await services.endpoints.restore()
         services.transforms.start_up(asyncio.get_running_loop())
@@ -131,6 +135,7 @@ class Platform:
         await services.endpoints.shutdown()
         await services.tuning.shutdown()  # first: no tuning job launches a training job while they stop
         await services.training.shutdown()
+        await asyncio.to_thread(services.monitoring.stop_clock)  # no new execution while the jobs stop
         await services.processing.shutdown()
         await services.executors.close()
         services.store.close()
