@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
 EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
-.PHONY: setup sdk-env constraints demo lint test test-fast bench engine images clean
+.PHONY: setup sdk-env constraints demo lint test test-fast bench engine prometheus images clean
 
 setup: $(STAMP)
 
@@ -54,7 +54,7 @@ lint: setup
 # so two workers nearly halve the wall time). Each test module stays on one worker (tests/conftest.py groups
 # them: module fixtures start once; tests/containers is one group, as its images are built once).
 TEST_WORKERS ?= 2
-test: setup sdk-env engine
+test: setup sdk-env engine prometheus
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test-fast: setup
@@ -63,6 +63,10 @@ test-fast: setup
 # Installs a container engine (podman from Debian packages) where none works; no-op otherwise.
 engine:
 	@bash scripts/install-engine.sh
+
+# Installs Prometheus (Debian's package; its binary only) for the test that scrapes the platform with it.
+prometheus:
+	@bash scripts/install-prometheus.sh
 
 images: setup engine
 	bash scripts/build-images.sh

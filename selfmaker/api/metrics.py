@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS_KEY = "_Metrics"
+#: the Content-Type of ``GET /metrics``: Prometheus' text format 0.0.4
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass

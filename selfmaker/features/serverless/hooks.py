@@ -315,12 +315,6 @@ def metrics(platform: Services) -> Metrics:
     ]
     histogram(
         found.lines,
-        "selfmaker_serverless_cold_start_seconds",
-        "Seconds from the launch of a serverless model server to its readiness, per cold start.",
-        [(labels, stats.cold_start_histogram.value()) for labels, stats in pools],
-    )
-    histogram(
-        found.lines,
         "selfmaker_serverless_first_answer_seconds",
         "Seconds from the arrival of a request that found no running model server to its answer.",
         [(labels, stats.first_answer_histogram.value()) for labels, stats in pools],

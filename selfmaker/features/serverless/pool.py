@@ -57,8 +57,7 @@ class PoolStats:
     cold_start_seconds: list[float] = field(default_factory=list)
     #: seconds from the arrival of a request that found no instance to its answer (last 100)
     first_answer_seconds: list[float] = field(default_factory=list)
-    #: the same two, every one counted (``/metrics`` histograms)
-    cold_start_histogram: Histogram = field(default_factory=Histogram)
+    #: the latter, every one counted (a ``/metrics`` histogram; cold starts are ModelSetupTime's)
     first_answer_histogram: Histogram = field(default_factory=Histogram)
 
     @staticmethod
@@ -281,7 +280,6 @@ class ServerlessPool(InstancePool):
         if start.cold:
             self.stats.cold_starts += 1
             self.stats.add(self.stats.cold_start_seconds, seconds)
-            self.stats.cold_start_histogram.observe(seconds)
             if start.arrived is not None:
                 self._cold[instance] = start.arrived
         log.info(
