@@ -95,10 +95,14 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "selfmaker.logfiles",
             "selfmaker.credentials",
             "selfmaker.logrotate",
+            "selfmaker.metricstore",
         ),
     ),
     ("executors", ("selfmaker.executors",)),
-    ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams")),
+    (
+        "endpoints and jobs",
+        ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams", "selfmaker.alarms"),
+    ),
     ("api", ("selfmaker.api", "selfmaker.services")),
     ("features", ("selfmaker.features",)),
     (

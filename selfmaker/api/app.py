@@ -2,7 +2,11 @@
 
 * ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>`` → the registered operation handler, after
   validating the body against botocore's model (JSON 1.1 protocol); ``Logs_20140328.<Operation>`` the
-  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`), so one endpoint URL serves both;
+  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`) and ``GraniteServiceVersion20100801.<Operation>``
+  for CloudWatch (JSON 1.0, :mod:`selfmaker.api.ops.cloudwatch`), so one endpoint URL serves them all;
+* ``POST /service/<target prefix>/operation/<Operation>`` → the same handlers in smithy-rpc-v2-cbor, the
+  protocol botocore's ``cloudwatch`` client speaks by default (CBOR bodies, errors with ``__type`` and the
+  query-compatible code in ``x-amzn-query-error``);
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
@@ -27,16 +31,20 @@ or a name the operator allows (``SELFMAKER_ALLOWED_HOSTS``) — a page that rebi
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+import cbor2
 import orjson
 from aiohttp import web, web_protocol, web_server
 from aiohttp.web_request import BaseRequest
+from botocore.model import ListShape, Shape, StructureShape
 
 from common import eventstream
 from common.http import header_value
@@ -52,11 +60,14 @@ from selfmaker.api.validation import (
 )
 from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
-from selfmaker.endpoints.runtime import InvocationRecord
+from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord
+from selfmaker.endpoints.stats import CLIENT_ERROR, OK, SERVER_ERROR
 from selfmaker.errors import (
     AuthError,
     InternalFailure,
     InvalidParameterException,
+    InvalidParameterValue,
+    ModelError,
     SageMakerError,
     ThrottlingException,
     UnknownOperation,
@@ -77,6 +88,7 @@ CLIENT_MAX_SIZE = 64 * 1024 * 1024
 JSON_SERVICES: dict[str, tuple[str, type[SageMakerError]]] = {
     "SageMaker": ("sagemaker", ValidationException),
     "Logs_20140328": ("logs", InvalidParameterException),
+    "GraniteServiceVersion20100801": ("cloudwatch", InvalidParameterValue),
 }
 
 
@@ -229,8 +241,41 @@ def runtime_error(exc: SageMakerError, request_id: str) -> web.Response:
     return response
 
 
+async def _operation(
+    request: web.Request,
+    platform: Services,
+    service: str,
+    op_name: str,
+    decode: Callable[[bytes], Any],
+    document: str = "JSON",
+) -> dict[str, Any]:
+    """Read, decode (``decode``: ``document``, JSON or CBOR, to Python) and validate one control-plane call
+    and run its handler; its result (raises SageMakerError)."""
+    model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
+    handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
+    if handler is None:
+        raise UnknownOperation(f"Operation {service}.{op_name} is not supported by selfmaker.")
+    raw = await read_limited(
+        request,
+        CLIENT_MAX_SIZE,
+        lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
+    )
+    try:
+        params = decode(raw) if raw.strip() else {}
+    except Exception:  # noqa: BLE001 - whatever the decoder raises, the body is not a document
+        raise bad_input(f"The request body is not valid {document}.") from None
+    if not isinstance(params, dict):
+        raise bad_input(f"The request body must be a {document} object.")
+    model = service_model(model_name)
+    if op_name in model.operation_names:
+        validate_request(model.operation_model(op_name), params, bad_input)
+    settings = platform.settings
+    check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
+    return await handler(platform, params) or {}
+
+
 async def control_plane(request: web.Request) -> web.Response:
-    """Dispatch one JSON 1.1 control-plane call."""
+    """Dispatch one JSON 1.1 (JSON 1.0 for CloudWatch) control-plane call."""
     platform = request.app[PLATFORM_KEY]
     request_id = str(uuid.uuid4())
     logcontext.request_id.set(request_id)
@@ -240,30 +285,10 @@ async def control_plane(request: web.Request) -> web.Response:
     target = request.headers.get("X-Amz-Target", "")
     service, _, op_name = target.partition(".")
     try:
-        model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
-        handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
-        if handler is None:
-            raise UnknownOperation(
-                f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker."
-            )
-        raw = await read_limited(
-            request,
-            CLIENT_MAX_SIZE,
-            lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
-        )
-        try:
-            params = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError:
-            raise bad_input("The request body is not valid JSON.") from None
-        if not isinstance(params, dict):
-            raise bad_input("The request body must be a JSON object.")
-        model = service_model(model_name)
-        if op_name in model.operation_names:
-            validate_request(model.operation_model(op_name), params, bad_input)
-        settings = platform.settings
-        check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
-        result = await handler(platform, params)
-        body = orjson.dumps(compact(result or {}))
+        if not target:
+            raise UnknownOperation("Operation (no X-Amz-Target) is not supported by selfmaker.")
+        result = await _operation(request, platform, service, op_name, orjson.loads)
+        body = orjson.dumps(compact(result))
         return web.Response(body=body, content_type=JSON11, headers={"x-amzn-RequestId": request_id})
     except SageMakerError as exc:
         if exc.status >= 500:
@@ -272,6 +297,88 @@ async def control_plane(request: web.Request) -> web.Response:
     except Exception:
         log.exception("%s failed", op_name or target)
         return _control_error(InternalFailure("internal error"), request_id)
+
+
+CBOR_CONTENT_TYPE = "application/cbor"
+
+
+def _from_cbor(raw: bytes) -> Any:
+    """A smithy-rpc-v2-cbor request body as JSON-protocol values (timestamps as epoch seconds)."""
+    return _epochs(cbor2.loads(raw))
+
+
+def _epochs(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, dict):
+        return {k: _epochs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_epochs(v) for v in value]
+    return value
+
+
+def _to_cbor_values(shape: Shape | None, value: Any) -> Any:
+    """``value`` with the members that ``shape`` says are timestamps as CBOR epoch tags (tag 1), which is
+    how smithy-rpc-v2-cbor sends them."""
+    if shape is None:
+        return value
+    kind = shape.type_name
+    if kind == "timestamp" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return cbor2.CBORTag(1, float(value))
+    if kind == "structure" and isinstance(value, dict) and isinstance(shape, StructureShape):
+        return {k: _to_cbor_values(shape.members.get(k), v) for k, v in value.items()}
+    if kind == "list" and isinstance(value, list) and isinstance(shape, ListShape):
+        return [_to_cbor_values(shape.member, v) for v in value]
+    return value
+
+
+def _cbor_error(exc: SageMakerError, request_id: str) -> web.Response:
+    """An rpc-v2-cbor error: ``__type`` and ``message`` in the body; the query-compatible code in
+    ``x-amzn-query-error`` (CloudWatch's clients read the code there)."""
+    message = exc.message if exc.status < 500 else "internal error"
+    fault = "Receiver" if exc.status >= 500 else "Sender"
+    response = web.Response(
+        status=int(exc.status),
+        body=cbor2.dumps({"__type": exc.code, "message": message}),
+        content_type=CBOR_CONTENT_TYPE,
+        headers={
+            "x-amzn-RequestId": request_id,
+            "smithy-protocol": "rpc-v2-cbor",
+            "x-amzn-query-error": f"{exc.code};{fault}",
+        },
+    )
+    if exc.close_connection:
+        response.force_close()
+    return response
+
+
+async def cbor_control_plane(request: web.Request) -> web.Response:
+    """Dispatch one smithy-rpc-v2-cbor call (``POST /service/<target prefix>/operation/<Operation>``: the
+    protocol botocore's ``cloudwatch`` client speaks by default)."""
+    platform = request.app[PLATFORM_KEY]
+    request_id = str(uuid.uuid4())
+    logcontext.request_id.set(request_id)
+    refused = refusal(request)
+    if refused is not None:
+        return _cbor_error(refused, request_id)
+    service, op_name = request.match_info["service"], request.match_info["operation"]
+    try:
+        result = await _operation(request, platform, service, op_name, _from_cbor, "CBOR")
+        model_name = JSON_SERVICES[service][0]
+        output = service_model(model_name).operation_model(op_name).output_shape
+        body = cbor2.dumps(_to_cbor_values(output, compact(result)))
+        return web.Response(
+            body=body,
+            content_type=CBOR_CONTENT_TYPE,
+            headers={"x-amzn-RequestId": request_id, "smithy-protocol": "rpc-v2-cbor"},
+        )
+    except SageMakerError as exc:
+        if exc.status >= 500:
+            log.error("%s failed: %s", op_name, exc.message)
+        return _cbor_error(exc, request_id)
+    except Exception:
+        log.exception("%s failed", op_name)
+        return _cbor_error(InternalFailure("internal error"), request_id)
 
 
 async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
@@ -284,11 +391,47 @@ async def invoke_endpoint_with_response_stream(request: web.Request) -> web.Stre
     return await _invoke(request, stream=True)
 
 
+def _count(
+    platform: Services,
+    name: str,
+    runtime: EndpointRuntime | None,
+    record: InvocationRecord | None,
+    status_class: int,
+    started: float,
+) -> None:
+    """Count one runtime request in ``platform.invocation_stats`` (SageMaker's Invocations,
+    Invocation4XX/5XXErrors, ModelLatency, OverheadLatency); requests for no endpoint are not counted."""
+    if not platform.settings.endpoint_metrics:
+        return
+    if runtime is None:  # refused before the endpoint was resolved (bad headers, too large a body)
+        runtime = platform.endpoints.live.get(name.lower())
+        if runtime is None or runtime.name != name:
+            return
+    variant_name = record.variant_name if record is not None else None
+    model = record.model_seconds if record is not None else None
+    overhead = max(0.0, time.perf_counter() - started - (model or 0.0))
+    variant = runtime.variants.get(variant_name) if variant_name is not None else None
+    instances = variant.pool.size if variant is not None else 0
+    platform.invocation_stats.record(runtime.name, variant_name, status_class, model, overhead, instances)
+
+
+def _error_class(exc: SageMakerError) -> int:
+    """The status class SageMaker counts a refused or failed invocation in: a ModelError by the model's
+    own status (none at all: 5xx), any other error by its HTTP status."""
+    if isinstance(exc, ModelError):
+        original = exc.extra.get("OriginalStatusCode")
+        return CLIENT_ERROR if isinstance(original, int) and 400 <= original < 500 else SERVER_ERROR
+    return CLIENT_ERROR if 400 <= exc.status < 500 else SERVER_ERROR
+
+
 async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
+    started = time.perf_counter()
     platform = request.app[PLATFORM_KEY]
     headers = request.headers
     request_id = str(uuid.uuid4())
     name = request.match_info["name"]
+    runtime: EndpointRuntime | None = None
+    record: InvocationRecord | None = None
     refused = refusal(request, runtime=True)
     if refused is not None:
         return runtime_error(refused, request_id)
@@ -326,11 +469,15 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             await invoke(platform.endpoints, runtime, record)
         finally:
             runtime.unlease()
-        return _answer(record, request_id, stream=stream)
+        answer = _answer(record, request_id, stream=stream)
+        _count(platform, name, runtime, record, OK, started)
+        return answer
     except SageMakerError as exc:
+        _count(platform, name, runtime, record, _error_class(exc), started)
         return runtime_error(exc, request_id)
     except Exception:
         log.exception("invocation of %s failed", name)
+        _count(platform, name, runtime, record, SERVER_ERROR, started)
         return runtime_error(InternalFailure("internal error"), request_id)
 
 
@@ -429,7 +576,7 @@ async def authenticate(
     # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
     if not active or request.path in OPEN_PATHS:
         return await handler(request)
-    control = request.path == "/"
+    control = request.path == "/" or request.path.startswith("/service/")
     try:
         # the headers first: a stranger is refused before the platform reads any body
         identified = auth.identify(raw_path=request.raw_path, headers=request.headers)
@@ -456,13 +603,18 @@ async def authenticate(
         request_id = str(uuid.uuid4())
         if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
             log.warning("refused %s %r: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
-        return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
+        return _refused(request, exc, request_id, control=control)
     except Exception:  # a bug in the check: refused (never let through), traceback in the log only
         log.exception("authentication of %s %r failed", request.method, request.path[:200])
-        failure = InternalFailure("internal error")
-        request_id = str(uuid.uuid4())
-        return _control_error(failure, request_id) if control else runtime_error(failure, request_id)
+        return _refused(request, InternalFailure("internal error"), str(uuid.uuid4()), control=control)
     return await handler(request)
+
+
+def _refused(request: web.Request, exc: SageMakerError, request_id: str, *, control: bool) -> web.Response:
+    """A refusal in the error shape of the protocol called."""
+    if request.path.startswith("/service/"):
+        return _cbor_error(exc, request_id)
+    return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
 
 
 def authenticator(settings: PlatformSettings) -> Authenticator:
@@ -532,6 +684,7 @@ def create_app(platform: Services) -> web.Application:
     settings = platform.settings
     app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.port, settings.allowed_host_names)
     app.router.add_post("/", control_plane)
+    app.router.add_post("/service/{service}/operation/{operation}", cbor_control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/endpoints/{name}/invocations", invoke_endpoint)
