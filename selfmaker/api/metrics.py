@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from selfmaker.metricstore import LATENCY_BUCKETS
+
 if TYPE_CHECKING:
     from selfmaker.services import Services
 
@@ -55,14 +57,9 @@ class Buckets(NamedTuple):
     sum: float
 
 
-#: upper bounds (seconds) of the latency histograms of features (shadow copies, serverless cold starts)
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-
-
 class Histogram:
-    """Observations counted in fixed buckets, for :func:`histogram` (one bisect and three additions each)."""
+    """Observations counted in fixed buckets, for :func:`histogram` (one bisect and three additions each);
+    latencies (shadow copies, cold requests) by default in the bounds of the invocation histograms."""
 
     __slots__ = ("bounds", "counts", "sum")
 

@@ -5,7 +5,11 @@ async), and the example Grafana dashboard's queries against what that platform e
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from hypothesis import strategies as st
 from platform_helpers import WAIT, PlatformProcess, build_classifier_tar, invoke_variant, make_model, variant
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from testkit import wait_until
+from testkit import find_free_port, wait_http, wait_until
 
 from selfmaker.api.metrics import Buckets, Histogram, family, histogram, render_metrics
 from selfmaker.api.registry import discover
@@ -190,12 +194,16 @@ def scenario(
         url = platform_server.url + "/metrics"
 
         def settled() -> bool:
-            """Every shadow copy timed (they run after the answers)."""
+            """Every shadow copy timed (they run after the answers), the cold start sampled (each second)."""
             families = parse(requests.get(url, timeout=10).text)
             shadow = samples(families, "selfmaker_shadow_latency_seconds", endpoint="prom-rt")
-            return shadow.get("selfmaker_shadow_latency_seconds_count{variant=shadow}") == CALLS
+            setup = samples(families, "selfmaker_model_setup_seconds", endpoint="prom-sl")
+            return (
+                shadow.get("selfmaker_shadow_latency_seconds_count{variant=shadow}") == CALLS
+                and setup.get("selfmaker_model_setup_seconds_count{variant=AllTraffic}") == 1
+            )
 
-        wait_until(settled, timeout=30, what="every shadow copy timed")
+        wait_until(settled, timeout=30, what="every shadow copy timed and the cold start sampled")
         resp = requests.get(url, timeout=10)
         assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
         yield Scenario(parse(resp.text), answered)
@@ -242,6 +250,23 @@ def test_every_family_follows_the_naming_conventions(scenario: Scenario) -> None
 
 def test_the_platform_figures_of_each_kind(scenario: Scenario) -> None:
     answered, families = scenario.answered, scenario.families
+    # invocations: per variant, every call counted once, the failed one as a 4xx of its variant
+    for name in ("a", "b"):
+        calls = answered.count(name) + (name == "b")
+        rt = {"endpoint": "prom-rt", "variant": name}
+        assert samples(families, "selfmaker_invocations", **rt) == {"selfmaker_invocations_total": calls}
+        assert samples(families, "selfmaker_invocation_errors", **rt) == {
+            "selfmaker_invocation_errors_total{code=4xx}": name == "b",
+            "selfmaker_invocation_errors_total{code=5xx}": 0,
+        }
+        for latency in ("selfmaker_model_latency_seconds", "selfmaker_overhead_latency_seconds"):
+            histogram = samples(families, latency, **rt)
+            assert histogram[f"{latency}_count"] == histogram[f"{latency}_bucket{{le=+Inf}}"] == calls
+            assert 0 < histogram[f"{latency}_sum"] < 60 * calls
+    setup = samples(families, "selfmaker_model_setup_seconds", endpoint="prom-sl", variant="AllTraffic")
+    assert (
+        setup["selfmaker_model_setup_seconds_count"] == 1 and setup["selfmaker_model_setup_seconds_sum"] > 0
+    )
     # variants: instances, weights, and the model servers' own counts add up to the calls made
     assert samples(families, "selfmaker_variant_instances", endpoint="prom-rt") == {
         "selfmaker_variant_instances{variant=a}": 1,
@@ -337,3 +362,118 @@ def test_selectors_sees_names_and_labels() -> None:
     assert names == {"a_bucket", "b_total"} and labels == {"endpoint", "le", "variant", "code"}
     with pytest.raises(ValueError):
         selectors("sum by (endpoint (rate(a[5m]))")
+
+
+def test_the_grafana_dashboard_queries_only_what_metrics_exposes(scenario: Scenario) -> None:
+    # what a query may name: a gauge's family name, a counter's _total, a histogram's three series
+    series: dict[str, str] = {}
+    for name, metric in scenario.families.items():
+        kinds = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(metric.type, [""])
+        series.update({name + suffix: name for suffix in kinds})
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    used: set[str] = set()
+    queries = 0
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["fieldConfig"]["defaults"]["unit"], f"{panel['title']} has no unit"
+        for target in panel["targets"]:
+            names, labels = selectors(target["expr"])
+            unknown = sorted(names - set(series))
+            assert not unknown, f"panel {panel['title']!r} queries {unknown}, which /metrics does not expose"
+            assert labels <= LABELS, f"panel {panel['title']!r} uses labels {sorted(labels - LABELS)}"
+            used |= {series[n] for n in names}
+            queries += 1
+    for name in ("endpoint", "training_job"):  # label_values(metric, label) of the query variables
+        metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", variables[name]["definition"]).groups()
+        assert metric in series and label in LABELS
+    assert queries >= 20
+    assert {
+        "selfmaker_invocations",
+        "selfmaker_invocation_errors",
+        "selfmaker_model_latency_seconds",
+        "selfmaker_variant_instances",
+        "selfmaker_async_backlog_size",
+        "selfmaker_serverless_in_flight_requests",
+        "selfmaker_shadow_mismatches",
+        "selfmaker_training_jobs",
+    } <= used
+    empty = sorted(n for n in used - SOMETIMES_EMPTY if not scenario.families[n].samples)
+    assert not empty, f"the dashboard charts families the scenario left without samples: {empty}"
+
+
+def test_a_real_prometheus_scrapes_the_platform_and_answers_the_dashboard(
+    scenario: Scenario, platform_server: PlatformProcess, tmp_path: Path
+) -> None:
+    """Debian's Prometheus (``make prometheus``) scrapes the platform every second; every dashboard query,
+    as Grafana would send it with "All" selected, then returns series."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip(
+            "no prometheus binary on PATH: `make prometheus` (scripts/install-prometheus.sh) installs it"
+        )
+    port = find_free_port()
+    config = tmp_path / "prometheus.yml"
+    target = platform_server.url.removeprefix("http://")
+    scrape = {"job_name": "selfmaker", "scrape_interval": "1s", "static_configs": [{"targets": [target]}]}
+    config.write_text(json.dumps({"scrape_configs": [scrape]}), encoding="utf-8")  # JSON is YAML
+    log = tmp_path / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        answer = requests.get(base + "/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", f"{expr}: {answer}"
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    try:
+        wait_http(base + "/-/ready", timeout=60, alive=lambda: proc.poll() is None)
+        # three scrapes: every rate() over the dashboard's interval has two samples or more
+        wait_until(
+            lambda: (
+                [float(r["value"][1]) for r in query('count_over_time(up{job="selfmaker"}[1m])')] >= [3.0]
+            ),
+            timeout=30,
+            what="three scrapes of the platform",
+        )
+        (health,) = requests.get(base + "/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        assert (health["health"], health["lastError"]) == ("up", ""), health
+        assert [r["value"][1] for r in query('min_over_time(up{job="selfmaker"}[1m])')] == ["1"]
+        dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+        empty = []
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$__rate_interval", "10s")
+                expr = expr.replace('"$endpoint"', '".*"').replace('"$training_job"', '".*"')
+                names, _ = selectors(expr)
+                families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in names}
+                if not query(expr) and not families & SOMETIMES_EMPTY:
+                    empty.append(f"{panel['title']}: {expr}")
+        assert not empty, "dashboard queries Prometheus answers with no series:\n" + "\n".join(empty)
+        # Prometheus read the same families the parser did
+        names = {r["metric"]["__name__"] for r in query('{job="selfmaker", __name__=~"selfmaker_.+"}')}
+        assert "selfmaker_model_latency_seconds_bucket" in names and "selfmaker_invocations_total" in names
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
