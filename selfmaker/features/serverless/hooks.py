@@ -231,10 +231,10 @@ class ServerlessSampler:
                 stats.sample(
                     "ServerlessConcurrentExecutions", dims, sum(i.outstanding for i in pool.instances)
                 )
-                cold = pool.stats.cold_start_seconds
-                before = self._seen.get(id(pool), 0)
-                if pool.stats.cold_starts > before and cold:
-                    stats.model_setup(runtime.name, variant.name, cold[-1])
+                # every cold start since the last look (a burst starts several in one second)
+                new = pool.stats.cold_starts - self._seen.get(id(pool), 0)
+                for seconds in pool.stats.cold_start_seconds[-new:] if new > 0 else ():
+                    stats.model_setup(runtime.name, variant.name, seconds)
                 seen[id(pool)] = pool.stats.cold_starts
         self._seen = seen
 
