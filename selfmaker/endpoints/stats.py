@@ -329,9 +329,24 @@ class InvocationStats:
                 slot.errors_4xx += 1
             elif status_class == SERVER_ERROR:
                 slot.errors_5xx += 1
+            # Latency.add_at inline, twice (this loop runs once per request)
             if model_seconds is not None:
-                slot.model.add_at(model_seconds, bisect_left(bounds, model_seconds))
-            slot.overhead.add_at(overhead_seconds, bisect_left(bounds, overhead_seconds))
+                latency = slot.model
+                latency.n += 1
+                latency.total += model_seconds
+                if model_seconds < latency.low:
+                    latency.low = model_seconds
+                if model_seconds > latency.high:
+                    latency.high = model_seconds
+                latency.buckets[bisect_left(bounds, model_seconds)] += 1
+            latency = slot.overhead
+            latency.n += 1
+            latency.total += overhead_seconds
+            if overhead_seconds < latency.low:
+                latency.low = overhead_seconds
+            if overhead_seconds > latency.high:
+                latency.high = overhead_seconds
+            latency.buckets[bisect_left(bounds, overhead_seconds)] += 1
             if instances > slot.instances:
                 slot.instances = instances
 
