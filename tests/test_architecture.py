@@ -99,7 +99,8 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("executors", ("selfmaker.executors",)),
     ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams")),
-    ("api", ("selfmaker.api", "selfmaker.services")),
+    # the web console: served by api/app.py, reads through Services
+    ("api", ("selfmaker.api", "selfmaker.services", "selfmaker.console")),
     ("features", ("selfmaker.features",)),
     (
         "entry points",
