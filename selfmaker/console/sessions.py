@@ -22,7 +22,7 @@ import hmac
 import secrets
 import time
 
-from selfmaker.credentials import AccessKey, CredentialStore
+from selfmaker.credentials import AccessKey, CredentialsError, CredentialStore
 from selfmaker.errors import AccessDenied, UnrecognizedClient
 
 #: the IAM action a key's allow-list must match to use the console
@@ -52,7 +52,11 @@ class ConsoleSessions:
         :class:`selfmaker.errors.AuthError`: an unknown key or wrong secret (one message for both, so
         the answer does not tell which key ids exist), a key whose allow-list does not name
         :data:`VIEW_ACTION`."""
-        key = self.store.keys(max_age=KEYS_MAX_AGE).get(key_id)
+        try:  # a sign-in is rare: the file as it is now (a key made a moment ago works)
+            keys = self.store.keys()
+        except CredentialsError:  # a hand edit broke the file: the keys last read, as the SigV4 check
+            keys = self.store.keys(max_age=KEYS_MAX_AGE)
+        key = keys.get(key_id)
         # compared even for an unknown key, so the time taken does not tell either
         expected = key.secret if key is not None else secrets.token_hex(20)
         if key is None or not hmac.compare_digest(expected.encode("utf-8"), secret.encode("utf-8")):
