@@ -61,7 +61,8 @@ def test_console_sign_in(keyed_platform: PlatformProcess) -> None:
     assert requests.get(url + "/console/api/session", timeout=30).json()["authRequired"] is True
 
     # wrong secret, unknown key, missing fields, another site's form: refused in AWS's shape, no cookie
-    for bad in (_login(keyed_platform, key_id, secret + "x"), _login(keyed_platform, "SMAKNOSUCHKEY0000", secret)):
+    wrong = (_login(keyed_platform, key_id, secret + "x"), _login(keyed_platform, "SMAKNOSUCHKEY00", secret))
+    for bad in wrong:
         assert bad.status_code == 403, bad.text
         assert bad.json()["__type"] == "UnrecognizedClientException"
         assert "Set-Cookie" not in bad.headers and secret not in bad.text
@@ -95,7 +96,8 @@ def test_console_sign_in(keyed_platform: PlatformProcess) -> None:
     assert control.status_code == 403 and control.json()["__type"] == "MissingAuthenticationToken"
     # a tampered cookie opens nothing
     forged = cookie.value[:-1] + ("0" if cookie.value[-1] != "0" else "1")
-    assert requests.get(url + "/console/api/overview", cookies={COOKIE_NAME: forged}, timeout=30).status_code == 401
+    tampered = requests.get(url + "/console/api/overview", cookies={COOKIE_NAME: forged}, timeout=30)
+    assert tampered.status_code == 401
 
     # SigV4 works without a cookie (scripts, curl with --aws-sigv4)
     signed = signed_headers(keyed_platform, "/console/api/overview", keyed_platform.key)
@@ -108,11 +110,12 @@ def test_console_sign_in(keyed_platform: PlatformProcess) -> None:
 
 def test_allow_list_and_revoked_keys(keyed_platform: PlatformProcess) -> None:
     url = keyed_platform.url
-    invoke_only = create_key(keyed_platform.home, f"invoke-only-{uuid.uuid4().hex[:6]}", "sagemaker:InvokeEndpoint")
+    suffix = uuid.uuid4().hex[:6]
+    invoke_only = create_key(keyed_platform.home, f"invoke-only-{suffix}", "sagemaker:InvokeEndpoint")
     refused = _login(keyed_platform, *invoke_only)
     assert refused.status_code == 403 and refused.json()["__type"] == "AccessDeniedException"
     assert VIEW_ACTION in refused.json()["message"]
-    viewer = create_key(keyed_platform.home, f"viewer-{uuid.uuid4().hex[:6]}", VIEW_ACTION)
+    viewer = create_key(keyed_platform.home, f"viewer-{suffix}", VIEW_ACTION)
     good = _login(keyed_platform, *viewer)
     assert good.status_code == 200
     jar = {COOKIE_NAME: good.cookies[COOKIE_NAME]}
