@@ -79,14 +79,16 @@ def _variants(platform: Services, described: dict[str, Any], figures: dict[str, 
     return out
 
 
-def _split(live: dict[str, Any], seconds: int) -> dict[str, float] | None:
-    """Each variant's share of the invocations of the last ``seconds`` (None: no invocation then)."""
+def _split(live: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """Each variant's share of the invocations of the last ``seconds`` (``shares`` None: no invocation
+    then) and how many invocations that was."""
     counts = {
         name: sum(v or 0 for v in data.get("invocations", [])[-seconds:])
         for name, data in (live.get("variants") or {}).items()
     }
     total = sum(counts.values())
-    return {name: count / total for name, count in counts.items()} if total else None
+    shares = {name: count / total for name, count in counts.items()} if total else None
+    return {"shares": shares, "invocations": total, "seconds": seconds}
 
 
 async def overview(platform: Services) -> dict[str, Any]:
@@ -111,7 +113,6 @@ async def overview(platform: Services) -> dict[str, Any]:
                 "async": bool(described.get("AsyncInferenceConfig")),
                 "variants": _variants(platform, described, figures.get(name, {})),
                 "split": _split(live, SPLIT_SECONDS),
-                "splitSeconds": SPLIT_SECONDS,
                 "live": live,
                 "backlog": series.backlog(platform, name),
             }
@@ -168,7 +169,6 @@ async def endpoint(platform: Services, name: str, window: str) -> dict[str, Any]
         "async": bool(described.get("AsyncInferenceConfig")),
         "variants": _variants(platform, described, figures),
         "split": _split(live, SPLIT_SECONDS),
-        "splitSeconds": SPLIT_SECONDS,
         "window": window,
         "series": chosen,
         "backlog": series.backlog(platform, name),

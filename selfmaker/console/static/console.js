@@ -182,7 +182,8 @@ function backlogChart(prefix, backlog) {
 /** The variants table: weights, configured vs live share, instances (and serverless figures). */
 function variantsTable(endpoint, withInstances) {
   const rows = endpoint.variants.map((v, index) => {
-    const live = endpoint.split ? endpoint.split[v.name] ?? 0 : null;
+    const shares = endpoint.split.shares;
+    const live = shares ? shares[v.name] ?? 0 : null;
     const bar = el(
       "div",
       { class: "bar", title: "live share; the mark is the configured share" },
@@ -207,9 +208,12 @@ function variantsTable(endpoint, withInstances) {
         : null,
     );
   });
-  const headers = ["Variant", "Weight", "Configured", `Live (${endpoint.splitSeconds} s)`, "Split", "Instances"];
+  const split = endpoint.split;
+  const headers = ["Variant", "Weight", "Configured", `Live (last ${split.seconds} s: ${split.invocations} calls)`, "Split", "Instances"];
   if (withInstances) headers.push("Model servers");
-  return table(headers, rows, [1, 2, 3]);
+  const node = table(headers, rows, [1, 2, 3]);
+  node.dataset.splitInvocations = String(split.invocations);
+  return node;
 }
 
 function renderOverview(doc) {

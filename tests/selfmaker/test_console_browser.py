@@ -1,0 +1,311 @@
+"""The web console in a real headless Chromium (Debian's, driven by selenium through the system
+chromedriver) against a running `selfmaker up` with two endpoints under load and a finished training job.
+
+One scenario shares the platform, the load and the browser: the overview's charts draw non-empty series,
+the live traffic split matches the 3:1 weights within 5 %, a weight change shows within 5 s, the endpoint
+and training job pages draw their charts, names and values with HTML in them stay text, and the browser's
+console logs no error. It saves the screenshots docs/observability.md shows (docs/img/console-*.png).
+The console's JSON is checked over plain HTTP too (those tests run without a browser).
+
+Chromium comes from scripts/install-browser.sh (`make test` runs it); without it the browser tests skip
+and say so. Every request the browser makes goes to 127.0.0.1: any other host is sent to a dead proxy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from platform_helpers import (
+    ROOT,
+    WAIT,
+    LoadLoop,
+    PlatformProcess,
+    build_classifier_tar,
+    deploy,
+    invoke_variant,
+    make_model,
+    running,
+    variant,
+)
+from testkit import wait_until
+
+from selfmaker.console.views import transform_progress
+
+ROLE = "arn:aws:iam::123456789012:role/selfmaker"
+#: what a page must show as text, never run: a hyperparameter value and a log line of the training job
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
+TRAIN = f"""
+import time
+print({HOSTILE!r}, flush=True)
+for epoch in range(8):
+    print(f"epoch={{epoch}} loss={{1.0 / (epoch + 1):.4f}} accuracy={{0.5 + epoch * 0.05:.3f}}", flush=True)
+    time.sleep(0.35)
+"""
+METRICS = [
+    {"Name": "train:loss", "Regex": r"loss=([0-9.]+)"},
+    {"Name": "validation:accuracy", "Regex": r"accuracy=([0-9.]+)"},
+]
+IMAGES = ROOT / "docs" / "img"
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = os.environ.get("SELFMAKER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = os.environ.get("SELFMAKER_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    return (browser, driver) if browser and Path(driver).exists() else None
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A `selfmaker up` with endpoints ``ab`` (Champion 3 : Challenger 1) and ``solo`` under a bounded
+    background load, and a finished script-mode training job with metrics and HTML in a hyperparameter
+    and a log line."""
+    home = tmp_path_factory.mktemp("console-home")
+    with running(home) as server:
+        sm, smr = server.sagemaker(), server.runtime()
+        make_model(sm, "console-model", build_classifier_tar(tmp_path_factory.mktemp("console-model")).as_uri())
+        deploy(sm, "ab", [variant("Champion", "console-model", 3), variant("Challenger", "console-model", 1)], wait=False)
+        deploy(sm, "solo", [variant("AllTraffic", "console-model")], wait=False)
+        code = tmp_path_factory.mktemp("console-code")
+        (code / "train.py").write_text(TRAIN)
+        sm.create_training_job(
+            TrainingJobName="console-train",
+            RoleArn=ROLE,
+            AlgorithmSpecification={"TrainingImage": "selfmaker", "TrainingInputMode": "File", "MetricDefinitions": METRICS},
+            HyperParameters={
+                "sagemaker_program": "train.py",
+                "sagemaker_submit_directory": code.as_uri(),
+                "note": HOSTILE,
+            },
+            OutputDataConfig={"S3OutputPath": tmp_path_factory.mktemp("console-out").as_uri()},
+            ResourceConfig={"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
+            StoppingCondition={"MaxRuntimeInSeconds": 120},
+        )
+        for name in ("ab", "solo"):
+            sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
+        turn = [0]
+
+        def invoke() -> str:
+            turn[0] += 1
+            return invoke_variant(smr, "ab" if turn[0] % 3 else "solo")
+
+        with LoadLoop(invoke, threads=3, max_calls=20_000, max_seconds=90) as load:
+            load.wait_for_calls(50)
+            sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName="console-train", WaiterConfig=WAIT)
+            yield {"server": server, "sm": sm, "load": load}
+        assert not load.errors, load.errors[:3]
+
+
+@pytest.fixture(scope="module")
+def browser(console: dict[str, Any]) -> Iterator[Any]:
+    found = _chromium()
+    if found is None:
+        pytest.skip("chromium and chromedriver are not installed (scripts/install-browser.sh installs them)")
+    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a driver
+    from selenium import webdriver  # only where a browser exists
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        # nothing but 127.0.0.1: other hosts go to a dead proxy (loopback bypasses proxies)
+        "--proxy-server=http://127.0.0.1:9",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--no-first-run",
+        "--disable-domain-reliability",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _chart_points(driver: Any) -> dict[str, list[int]]:
+    """Non-null values per series of every uPlot chart on the page (what the browser drew)."""
+    return driver.execute_script(
+        """
+        const out = {};
+        for (const [id, entry] of window.selfmakerConsole.charts) {
+          out[id] = entry.plot ? entry.plot.data.slice(1).map((s) => s.filter((v) => v !== null).length) : [];
+        }
+        return out;
+        """
+    )
+
+
+def _shares(driver: Any, endpoint: str) -> dict[str, Any]:
+    return driver.execute_script(
+        """
+        const card = [...document.querySelectorAll("[data-endpoint]")].find((c) => c.dataset.endpoint === arguments[0]);
+        if (!card) return null;
+        const table = card.querySelector("table");
+        const rows = {};
+        for (const row of card.querySelectorAll("tr[data-variant]")) {
+          rows[row.dataset.variant] = {
+            configured: parseFloat(row.querySelector("[data-configured-share]").dataset.configuredShare),
+            live: row.querySelector("[data-live-share]").dataset.liveShare,
+          };
+        }
+        return { invocations: parseInt(table.dataset.splitInvocations || "0"), rows };
+        """,
+        endpoint,
+    )
+
+
+def _screenshot(driver: Any, name: str) -> None:
+    """A full-page screenshot into docs/img (the window grown to the page's height, then put back)."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(max(int(height), 600), 3000))
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(IMAGES / name))
+    driver.set_window_size(1400, 1000)
+
+
+def _no_js_errors(driver: Any) -> None:
+    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors[:5]
+
+
+def test_console_json(console: dict[str, Any]) -> None:
+    url = console["server"].url
+    overview = requests.get(url + "/console/api/overview", timeout=30).json()
+    ab = next(e for e in overview["endpoints"] if e["name"] == "ab")
+    assert ab["status"] == "InService"
+    assert {v["name"]: v["configuredShare"] for v in ab["variants"]} == {"Champion": 0.75, "Challenger": 0.25}
+    assert all(len(v["instances"]) == 1 for v in ab["variants"])
+    assert [j["name"] for j in overview["jobs"]["training"]] == ["console-train"]
+    page = requests.get(url + "/console/api/endpoints/ab", params={"window": "3h"}, timeout=30).json()
+    assert page["window"] == "3h" and page["series"]["period"] == 60
+    job = requests.get(url + "/console/api/training-jobs/console-train", timeout=30).json()
+    assert job["status"] == "Completed" and job["hyperParameters"]["note"] == HOSTILE
+    assert HOSTILE in job["log"][0] or any(HOSTILE in line for line in job["log"])
+    assert set(job["curves"]) == {"train:loss", "validation:accuracy"}
+    assert [t["Status"] for t in job["transitions"]][-1] == "Completed"
+    # bad input: JSON errors in the runtime's shape, never a 500
+    for path, status, code in (
+        ("/console/api/endpoints/ab?window=7y", 400, "ValidationException"),
+        ("/console/api/endpoints/nope", 400, "ValidationException"),
+        ("/console/api/training-jobs/nope", 400, "ValidationException"),
+        ("/console/api/tuning-jobs/nope", 400, "ValidationException"),
+        ("/console/api/transform-jobs/nope", 400, "ValidationException"),
+        ("/console/api/processing-jobs/nope", 400, "ValidationException"),
+        ("/console/api/whatever", 404, "NotFound"),
+    ):
+        resp = requests.get(url + path, timeout=30)
+        assert (resp.status_code, resp.json()["__type"]) == (status, code), (path, resp.text)
+    # GET / is the console for a browser only; POST / is still the control plane
+    assert requests.get(url + "/", timeout=30).status_code == 400
+    assert console["sm"].list_endpoints()["Endpoints"]
+
+
+def test_transform_progress_reads_the_last_progress_line() -> None:
+    lines = [
+        "2026-01-01T00:00:00.000Z running with the model at /m (resume=False)",
+        "2026-01-01T00:00:05.000Z records=10 bytes=100/400 parts=1/4 files=1/2",
+        "2026-01-01T00:00:10.000Z records=30 bytes=300/400 parts=3/4 files=1/2",
+        "2026-01-01T00:00:11.000Z something else",
+    ]
+    assert transform_progress(lines) == {
+        "records": 30,
+        "bytesDone": 300,
+        "bytesTotal": 400,
+        "partsDone": 3,
+        "partsTotal": 4,
+        "filesDone": 1,
+        "filesTotal": 2,
+    }
+    assert transform_progress(lines[:1]) is None
+
+
+def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
+    url, sm, load = console["server"].url, console["sm"], console["load"]
+    browser.get(url + "/")  # a browser asking for / lands on the console
+    assert browser.current_url.rstrip("/").endswith("/console")
+
+    # the overview: both endpoints' charts draw data, and the live split of ab is its 3:1 weights
+    def drawn() -> bool:
+        points = _chart_points(browser)
+        return all(any(n > 0 for n in points.get(f"ov-{ep}-{kind}", [])) for ep in ("ab", "solo") for kind in ("rate", "latency"))
+
+    wait_until(drawn, timeout=30, what="the overview's charts to draw data", interval=0.25)
+
+    def enough() -> bool:
+        shares = _shares(browser, "ab")
+        return bool(shares) and shares["invocations"] >= 800
+
+    wait_until(enough, timeout=40, what="800 invocations of ab in the split window", interval=0.25)
+    shares = _shares(browser, "ab")
+    assert abs(float(shares["rows"]["Champion"]["live"]) - 0.75) <= 0.05, shares
+    assert abs(float(shares["rows"]["Challenger"]["live"]) - 0.25) <= 0.05, shares
+    _screenshot(browser, "console-overview.png")
+
+    # a weight change shows within 5 s (the page refreshes itself; no reload)
+    refreshes = int(browser.execute_script("return document.body.dataset.refreshes"))
+    sm.update_endpoint_weights_and_capacities(
+        EndpointName="ab",
+        DesiredWeightsAndCapacities=[
+            {"VariantName": "Champion", "DesiredWeight": 1.0},
+            {"VariantName": "Challenger", "DesiredWeight": 1.0},
+        ],
+    )
+    changed = time.monotonic()
+    wait_until(
+        lambda: _shares(browser, "ab")["rows"]["Champion"]["configured"] == 0.5,
+        timeout=5,
+        what="the new weights on the page",
+        interval=0.1,
+    )
+    assert time.monotonic() - changed <= 5
+    assert int(browser.execute_script("return document.body.dataset.refreshes")) > refreshes
+
+    # the endpoint page: per-variant charts over the 10-minute window, the model servers listed
+    browser.get(url + "/console/endpoints/ab")
+    wait_until(
+        lambda: all(n > 0 for n in _chart_points(browser).get("ep-ab-10m-rate", [0])),
+        timeout=15,
+        what="the endpoint page's rate chart to draw both variants",
+        interval=0.25,
+    )
+    latency = _chart_points(browser)["ep-ab-10m-latency"]
+    assert len(latency) == 4 and all(n > 0 for n in latency)  # p50 and p99 of both variants
+    instances = browser.execute_script("return document.querySelectorAll('tr[data-variant]').length")
+    assert instances == 2
+    _screenshot(browser, "console-endpoint.png")
+
+    # the training job page: metric curves, and HTML in a hyperparameter or a log line stays text
+    browser.get(url + "/console/training-jobs/console-train")
+    wait_until(
+        lambda: all(
+            any(n > 0 for n in _chart_points(browser).get(f"tr-console-train-{m['Name']}", [])) for m in METRICS
+        ),
+        timeout=15,
+        what="the training job's metric curves",
+        interval=0.25,
+    )
+    shown = browser.execute_script(
+        """return [...document.querySelectorAll('tr[data-hyperparameter="note"] td')].map((td) => td.textContent)"""
+    )
+    assert shown == ["note", HOSTILE]
+    assert HOSTILE in browser.execute_script("return document.querySelector('pre.log').textContent")
+    assert browser.execute_script("return window.__pwned === undefined && document.querySelectorAll('main img, main script').length === 0")
+    _screenshot(browser, "console-training-job.png")
+
+    _no_js_errors(browser)
+    assert load.count() > 0
