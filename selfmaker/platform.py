@@ -21,6 +21,7 @@ from selfmaker.api.metrics import publish_loop
 from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
+from selfmaker.endpoints.stats import InvocationStats
 from selfmaker.executors import Executors
 from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
@@ -28,6 +29,7 @@ from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
 from selfmaker.logrotate import sweep
 from selfmaker.logstreams import LogStreams
+from selfmaker.metricstore import MetricStore
 from selfmaker.services import Services
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
@@ -43,6 +45,9 @@ class Platform:
         store = StateStore(settings.db_path)
         executors = Executors(settings)
         hooks = DeploymentHooks()
+        metrics = MetricStore(settings.metrics_db_path, settings.metrics_retention_days)
+        invocation_stats = InvocationStats()
+        metrics.sources.append(invocation_stats)
         training = TrainingManager(settings, store)
         self.services = Services(
             settings=settings,
@@ -55,6 +60,8 @@ class Platform:
             tuning=TuningManager(settings, store, training),
             processing=ProcessingJobs(settings, store),
             logs=LogStreams(settings, store),
+            metrics=metrics,
+            invocation_stats=invocation_stats,
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial
@@ -133,6 +140,7 @@ class Platform:
         await services.training.shutdown()
         await services.processing.shutdown()
         await services.executors.close()
+        services.metrics.close()
         services.store.close()
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:

@@ -10,12 +10,14 @@ from selfmaker.api.registry import Registry
 from selfmaker.arns import make_arn
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.endpoints.runtime import FeatureState
+from selfmaker.endpoints.stats import InvocationStats
 from selfmaker.executors import Executors
 from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
 from selfmaker.jobs.tuning import TuningManager
 from selfmaker.logstreams import LogStreams
+from selfmaker.metricstore import MetricStore
 from selfmaker.settings import PlatformSettings
 from selfmaker.state import StateStore
 
@@ -35,6 +37,10 @@ class Services:
     processing: ProcessingJobs
     #: the CloudWatch Logs view of the log files (``Logs_20140328.*`` on the control plane's port)
     logs: LogStreams
+    #: metric series (CloudWatch's GetMetricStatistics/GetMetricData read them): minute rollups, points
+    metrics: MetricStore
+    #: invocation counters, latency histograms and the 1-second ring of every endpoint variant
+    invocation_stats: InvocationStats
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 

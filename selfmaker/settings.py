@@ -78,6 +78,10 @@ class PlatformSettings(BaseSettings):
     #: more names the ``Host`` header may carry besides the address served and the loopback names,
     #: comma-separated (``name`` or ``name:port``; ``*`` turns the check off), e.g. a reverse proxy's name
     allowed_hosts: str = ""
+    #: days the metric store keeps its 1-minute data and training metric values (CloudWatch: 15 days)
+    metrics_retention_days: float = Field(default=15.0, gt=0)
+    #: seconds between two evaluations of the CloudWatch alarms (PutMetricAlarm)
+    alarm_evaluation_interval: float = Field(default=10.0, gt=0)
     #: the most bytes a model archive may unpack to (default: 100 times its size, at least 1 GiB)
     max_unpacked_bytes: int | None = Field(default=None, gt=0)
 
@@ -94,6 +98,11 @@ class PlatformSettings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.home / "state.db"
+
+    @property
+    def metrics_db_path(self) -> Path:
+        """The metric store's database (:mod:`selfmaker.metricstore`), beside the state store's."""
+        return self.home / "metrics.db"
 
     @property
     def logs_dir(self) -> Path:

@@ -95,6 +95,7 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "selfmaker.logfiles",
             "selfmaker.credentials",
             "selfmaker.logrotate",
+            "selfmaker.metricstore",
         ),
     ),
     ("executors", ("selfmaker.executors",)),

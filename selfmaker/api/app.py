@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -56,11 +57,13 @@ from selfmaker.console import routes as console
 from selfmaker.console.sessions import COOKIE_NAME, ConsoleSessions
 from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
-from selfmaker.endpoints.runtime import InvocationRecord
+from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord
+from selfmaker.endpoints.stats import CLIENT_ERROR, OK, SERVER_ERROR
 from selfmaker.errors import (
     AuthError,
     InternalFailure,
     InvalidParameterException,
+    ModelError,
     NotSignedIn,
     SageMakerError,
     ThrottlingException,
@@ -289,11 +292,45 @@ async def invoke_endpoint_with_response_stream(request: web.Request) -> web.Stre
     return await _invoke(request, stream=True)
 
 
+def _count(
+    platform: Services,
+    name: str,
+    runtime: EndpointRuntime | None,
+    record: InvocationRecord | None,
+    status_class: int,
+    started: float,
+) -> None:
+    """Count one runtime request in ``platform.invocation_stats`` (SageMaker's Invocations,
+    Invocation4XX/5XXErrors, ModelLatency, OverheadLatency); requests for no endpoint are not counted."""
+    if runtime is None:  # refused before the endpoint was resolved (bad headers, too large a body)
+        runtime = platform.endpoints.live.get(name.lower())
+        if runtime is None or runtime.name != name:
+            return
+    variant_name = record.variant_name if record is not None else None
+    model = record.model_seconds if record is not None else None
+    overhead = max(0.0, time.perf_counter() - started - (model or 0.0))
+    variant = runtime.variants.get(variant_name) if variant_name is not None else None
+    instances = variant.pool.size if variant is not None else 0
+    platform.invocation_stats.record(runtime.name, variant_name, status_class, model, overhead, instances)
+
+
+def _error_class(exc: SageMakerError) -> int:
+    """The status class SageMaker counts a refused or failed invocation in: a ModelError by the model's
+    own status (none at all: 5xx), any other error by its HTTP status."""
+    if isinstance(exc, ModelError):
+        original = exc.extra.get("OriginalStatusCode")
+        return CLIENT_ERROR if isinstance(original, int) and 400 <= original < 500 else SERVER_ERROR
+    return CLIENT_ERROR if 400 <= exc.status < 500 else SERVER_ERROR
+
+
 async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
+    started = time.perf_counter()
     platform = request.app[PLATFORM_KEY]
     headers = request.headers
     request_id = str(uuid.uuid4())
     name = request.match_info["name"]
+    runtime: EndpointRuntime | None = None
+    record: InvocationRecord | None = None
     refused = refusal(request, runtime=True)
     if refused is not None:
         return runtime_error(refused, request_id)
@@ -330,11 +367,15 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             await invoke(platform.endpoints, runtime, record)
         finally:
             runtime.unlease()
-        return _answer(record, request_id, stream=stream)
+        answer = _answer(record, request_id, stream=stream)
+        _count(platform, name, runtime, record, OK, started)
+        return answer
     except SageMakerError as exc:
+        _count(platform, name, runtime, record, _error_class(exc), started)
         return runtime_error(exc, request_id)
     except Exception:
         log.exception("invocation of %s failed", name)
+        _count(platform, name, runtime, record, SERVER_ERROR, started)
         return runtime_error(InternalFailure("internal error"), request_id)
 
 

@@ -48,10 +48,21 @@ async def invoke(
         check(record)
     headers = outgoing_headers(record)
     if runtime.dispatch is not None:  # a guarded deployment in progress picks the fleet
-        variant, (status, payload, resp_headers) = await runtime.dispatch(record, record.body, headers)
+        began = time.perf_counter()
+        try:
+            variant, (status, payload, resp_headers) = await runtime.dispatch(record, record.body, headers)
+        finally:
+            record.model_seconds = time.perf_counter() - began
     else:
         variant = runtime.route(record.target_variant)
-        status, payload, resp_headers = await call_variant(endpoints, runtime, variant, record.body, headers)
+        record.variant_name = variant.name  # the variant a failure below is counted against
+        began = time.perf_counter()
+        try:
+            status, payload, resp_headers = await call_variant(
+                endpoints, runtime, variant, record.body, headers
+            )
+        finally:
+            record.model_seconds = time.perf_counter() - began
     record.variant_name = variant.name
     record.latency = time.time() - record.started
     record.status = status

@@ -270,6 +270,8 @@ class InvocationRecord:
     response_content_type: str | None = None
     response_custom_attributes: str | None = None
     latency: float | None = None
+    #: seconds the model server(s) took (the call to ``/invocations``); None while no model server was asked
+    model_seconds: float | None = None
 
 
 #: the answer of one call to a variant: (status, body, headers with lower-cased names)
