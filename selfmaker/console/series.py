@@ -8,10 +8,23 @@ divides by it for req/s).
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Any
 
 from selfmaker.logfiles import endpoint_log_dir, instance_variant
+from selfmaker.metricstore import (
+    LIVE_SECONDS,
+    SAGEMAKER_NAMESPACE,
+    TRAINING_NAMESPACE,
+    UNITS,
+    Aggregate,
+    Datum,
+    MetricStore,
+    dims_of,
+    statistic,
+)
 from selfmaker.services import Services
 
 #: seconds of live traffic on the overview
@@ -35,33 +48,129 @@ def empty(period: int) -> dict[str, Any]:
     return {"t": [], "period": period, "variants": {}}
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
 def live(platform: Services, endpoint: str, seconds: int) -> dict[str, Any]:
-    """The last ``seconds`` of ``endpoint``'s traffic, per second and variant."""
-    return empty(1)
+    """The last ``seconds`` (whole seconds, the current one left out) of ``endpoint``'s traffic, per second
+    and variant, from the invocation recorder's ring (on the event loop)."""
+    now = int(time.time())
+    t = list(range(now - seconds, now))
+    variants: dict[str, dict[str, list[Any]]] = {}
+    for variant, points in platform.invocation_stats.recent(endpoint, seconds + 1).items():
+        by_second = {p.timestamp: p for p in points}
+        rows = [by_second.get(s) for s in t]
+        variants[variant] = {
+            "invocations": [p.invocations if p else 0 for p in rows],
+            "errors4xx": [p.errors_4xx if p else 0 for p in rows],
+            "errors5xx": [p.errors_5xx if p else 0 for p in rows],
+            "p50": [_ms(p.model_p50) if p else None for p in rows],
+            "p99": [_ms(p.model_p99) if p else None for p in rows],
+        }
+    return {"t": t, "period": 1, "variants": variants}
 
 
-def window(platform: Services, endpoint: str, name: str) -> dict[str, Any]:
-    """``endpoint``'s traffic over the window ``name`` of :data:`WINDOWS`, per variant."""
+#: (key in the series document, metric, statistic) read from the metric store for the longer windows
+_WINDOW_STATISTICS = (
+    ("invocations", "Invocations", "Sum"),
+    ("errors4xx", "Invocation4XXErrors", "Sum"),
+    ("errors5xx", "Invocation5XXErrors", "Sum"),
+    ("p50", "ModelLatency", "p50"),
+    ("p99", "ModelLatency", "p99"),
+)
+
+
+def _stored(
+    store: MetricStore,
+    endpoint: str,
+    variants: list[str],
+    t: list[int],
+    period: int,
+    live_data: list[Datum],
+    flushed: int,
+) -> dict[str, dict[str, list[Any]]]:
+    """Per variant, the statistics of :data:`_WINDOW_STATISTICS` per ``period`` over ``t`` (minute rollups
+    in SQLite plus the live seconds not flushed yet; a thread's work)."""
+    start, end = t[0], t[-1] + period
+    out: dict[str, dict[str, list[Any]]] = {}
+    for variant in variants:
+        dims = dims_of({"EndpointName": endpoint, "VariantName": variant})
+        found: dict[str, list[Any]] = {}
+        by_metric: dict[str, dict[int, Aggregate]] = {}
+        for key, metric, stat in _WINDOW_STATISTICS:
+            if metric not in by_metric:
+                by_metric[metric] = store.series(
+                    SAGEMAKER_NAMESPACE, metric, dims, start, end, period, live=live_data, live_from=flushed
+                )
+            bounds = UNITS[metric][1]
+            values = [by_metric[metric].get(s) for s in t]
+            numbers = [None if v is None else statistic(v, stat, bounds) for v in values]
+            if metric == "ModelLatency":  # µs → ms
+                numbers = [None if n is None else round(n / 1000.0, 3) for n in numbers]
+            elif stat == "Sum":  # no request in a period: 0 requests, not a gap
+                numbers = [0 if n is None else n for n in numbers]
+            found[key] = numbers
+        out[variant] = found
+    return out
+
+
+async def window(platform: Services, endpoint: str, name: str, variants: list[str]) -> dict[str, Any]:
+    """``endpoint``'s traffic over the window ``name`` of :data:`WINDOWS`, per variant: the 1-second ring
+    for the shortest, the metric store (minute rollups) for the others."""
     seconds, period = WINDOWS[name]
     if period == 1:
         return live(platform, endpoint, seconds)
-    return empty(period)
+    now = int(time.time())
+    first = (now - seconds) // period * period + period
+    t = list(range(first, now + 1, period))
+    # taken together on the event loop (the thread that feeds the ring): what is not flushed yet
+    store = platform.metrics
+    flushed = store.flushed_until
+    live_data = [
+        d for d in store.live(max(flushed, now - LIVE_SECONDS), now + 1) if d.namespace == SAGEMAKER_NAMESPACE
+    ]
+    found = await asyncio.to_thread(_stored, store, endpoint, variants, t, period, live_data, flushed)
+    return {"t": t, "period": period, "variants": found}
 
 
-def backlog(platform: Services, endpoint: str) -> dict[str, Any] | None:
-    """An async endpoint's ApproximateBacklogSize over the last minutes (None: not async)."""
-    return None
+def backlog(platform: Services, endpoint: str, seconds: int = OVERVIEW_SECONDS) -> dict[str, Any]:
+    """An async endpoint's ApproximateBacklogSize, one sample a second over the last ``seconds``."""
+    now = int(time.time())
+    values: dict[int, float] = {}
+    for d in platform.metrics.live(now - seconds, now):
+        if d.metric == "ApproximateBacklogSize" and ("EndpointName", endpoint) in d.dims and d.value.n:
+            values[d.timestamp] = d.value.total / d.value.n
+    t = list(range(now - seconds, now))
+    return {"t": t, "v": [values.get(s) for s in t]}
 
 
-def training_curves(
-    platform: Services, job: str, described: dict[str, Any]
-) -> dict[str, dict[str, list[Any]]]:
-    """Every metric of training job ``job`` as ``{metric: {"t": [...], "v": [...]}}``."""
+def _training_rows(store: MetricStore, job: str, metrics: list[str], start: int, end: int) -> dict[str, Any]:
+    dims = dims_of({"TrainingJobName": job})
     curves: dict[str, dict[str, list[Any]]] = {}
+    for metric in metrics:
+        rows = sorted(store.rows(TRAINING_NAMESPACE, metric, dims, start, end), key=lambda d: d.timestamp)
+        curves[metric] = {
+            "t": [d.timestamp for d in rows],
+            "v": [d.value.total / d.value.n if d.value.n else None for d in rows],
+        }
+    return curves
+
+
+async def training_curves(platform: Services, job: str, described: dict[str, Any]) -> dict[str, Any]:
+    """Every metric training job ``job`` logged, as ``{metric: {"t": [...], "v": [...]}}`` (the values of
+    one second averaged), from the metric store (namespace ``/aws/sagemaker/TrainingJobs``)."""
+    metrics = [str(m.get("MetricName")) for m in described.get("FinalMetricDataList") or []]
+    created = float(described.get("CreationTime") or 0)
+    ended = float(described.get("TrainingEndTime") or time.time())
+    curves = await asyncio.to_thread(
+        _training_rows, platform.metrics, job, metrics, int(created) - 1, int(ended) + 2
+    )
     for point in described.get("FinalMetricDataList") or []:
-        curve = curves.setdefault(str(point.get("MetricName")), {"t": [], "v": []})
-        curve["t"].append(point.get("Timestamp"))
-        curve["v"].append(point.get("Value"))
+        curve = curves.get(str(point.get("MetricName")))
+        if curve is not None and not curve["t"]:  # not in the store (a job older than it): the last value
+            curve["t"].append(point.get("Timestamp"))
+            curve["v"].append(point.get("Value"))
     return curves
 
 

@@ -114,7 +114,7 @@ async def overview(platform: Services) -> dict[str, Any]:
                 "variants": _variants(platform, described, figures.get(name, {})),
                 "split": _split(live, SPLIT_SECONDS),
                 "live": live,
-                "backlog": series.backlog(platform, name),
+                "backlog": series.backlog(platform, name) if described.get("AsyncInferenceConfig") else None,
             }
         )
     return {"now": time.time(), "endpoints": endpoints, "jobs": await jobs(platform)}
@@ -156,8 +156,9 @@ async def endpoint(platform: Services, name: str, window: str) -> dict[str, Any]
     described = await call(platform, "DescribeEndpoint", EndpointName=name)
     name = described["EndpointName"]
     figures = collect(platform).get(name, {})
-    chosen = series.window(platform, name, window)
+    names = [v["VariantName"] for v in described.get("ProductionVariants") or []]
     live = series.live(platform, name, SPLIT_SECONDS)
+    chosen = await series.window(platform, name, window, names)
     return {
         "now": time.time(),
         "name": name,
@@ -171,7 +172,7 @@ async def endpoint(platform: Services, name: str, window: str) -> dict[str, Any]
         "split": _split(live, SPLIT_SECONDS),
         "window": window,
         "series": chosen,
-        "backlog": series.backlog(platform, name),
+        "backlog": series.backlog(platform, name) if described.get("AsyncInferenceConfig") else None,
         "errors": await asyncio.to_thread(series.recent_errors, platform, name),
     }
 
@@ -222,7 +223,7 @@ async def training_job(platform: Services, name: str) -> dict[str, Any]:
         "transitions": described.get("SecondaryStatusTransitions") or [],
         "hyperParameters": described.get("HyperParameters") or {},
         "finalMetrics": described.get("FinalMetricDataList") or [],
-        "curves": series.training_curves(platform, name, described),
+        "curves": await series.training_curves(platform, name, described),
         "log": await asyncio.to_thread(_job_log, platform, "training-job", name),
     }
 

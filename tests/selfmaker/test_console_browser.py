@@ -26,7 +26,6 @@ from platform_helpers import (
     ROOT,
     WAIT,
     LoadLoop,
-    PlatformProcess,
     build_classifier_tar,
     deploy,
     invoke_variant,
@@ -56,8 +55,12 @@ IMAGES = ROOT / "docs" / "img"
 
 
 def _chromium() -> tuple[str, str] | None:
-    browser = os.environ.get("SELFMAKER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = os.environ.get("SELFMAKER_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    browser = (
+        os.environ.get("SELFMAKER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    )
+    driver = (
+        os.environ.get("SELFMAKER_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    )
     return (browser, driver) if browser and Path(driver).exists() else None
 
 
@@ -69,15 +72,26 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     home = tmp_path_factory.mktemp("console-home")
     with running(home) as server:
         sm, smr = server.sagemaker(), server.runtime()
-        make_model(sm, "console-model", build_classifier_tar(tmp_path_factory.mktemp("console-model")).as_uri())
-        deploy(sm, "ab", [variant("Champion", "console-model", 3), variant("Challenger", "console-model", 1)], wait=False)
+        make_model(
+            sm, "console-model", build_classifier_tar(tmp_path_factory.mktemp("console-model")).as_uri()
+        )
+        deploy(
+            sm,
+            "ab",
+            [variant("Champion", "console-model", 3), variant("Challenger", "console-model", 1)],
+            wait=False,
+        )
         deploy(sm, "solo", [variant("AllTraffic", "console-model")], wait=False)
         code = tmp_path_factory.mktemp("console-code")
         (code / "train.py").write_text(TRAIN)
         sm.create_training_job(
             TrainingJobName="console-train",
             RoleArn=ROLE,
-            AlgorithmSpecification={"TrainingImage": "selfmaker", "TrainingInputMode": "File", "MetricDefinitions": METRICS},
+            AlgorithmSpecification={
+                "TrainingImage": "selfmaker",
+                "TrainingInputMode": "File",
+                "MetricDefinitions": METRICS,
+            },
             HyperParameters={
                 "sagemaker_program": "train.py",
                 "sagemaker_submit_directory": code.as_uri(),
@@ -97,7 +111,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
         with LoadLoop(invoke, threads=3, max_calls=20_000, max_seconds=90) as load:
             load.wait_for_calls(50)
-            sm.get_waiter("training_job_completed_or_stopped").wait(TrainingJobName="console-train", WaiterConfig=WAIT)
+            sm.get_waiter("training_job_completed_or_stopped").wait(
+                TrainingJobName="console-train", WaiterConfig=WAIT
+            )
             yield {"server": server, "sm": sm, "load": load}
         assert not load.errors, load.errors[:3]
 
@@ -153,7 +169,8 @@ def _chart_points(driver: Any) -> dict[str, list[int]]:
 def _shares(driver: Any, endpoint: str) -> dict[str, Any]:
     return driver.execute_script(
         """
-        const card = [...document.querySelectorAll("[data-endpoint]")].find((c) => c.dataset.endpoint === arguments[0]);
+        const cards = [...document.querySelectorAll("[data-endpoint]")];
+        const card = cards.find((c) => c.dataset.endpoint === arguments[0]);
         if (!card) return null;
         const table = card.querySelector("table");
         const rows = {};
@@ -242,7 +259,11 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
     # the overview: both endpoints' charts draw data, and the live split of ab is its 3:1 weights
     def drawn() -> bool:
         points = _chart_points(browser)
-        return all(any(n > 0 for n in points.get(f"ov-{ep}-{kind}", [])) for ep in ("ab", "solo") for kind in ("rate", "latency"))
+        return all(
+            any(n > 0 for n in points.get(f"ov-{ep}-{kind}", []))
+            for ep in ("ab", "solo")
+            for kind in ("rate", "latency")
+        )
 
     wait_until(drawn, timeout=30, what="the overview's charts to draw data", interval=0.25)
 
@@ -293,18 +314,23 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
     browser.get(url + "/console/training-jobs/console-train")
     wait_until(
         lambda: all(
-            any(n > 0 for n in _chart_points(browser).get(f"tr-console-train-{m['Name']}", [])) for m in METRICS
+            any(n > 0 for n in _chart_points(browser).get(f"tr-console-train-{m['Name']}", []))
+            for m in METRICS
         ),
         timeout=15,
         what="the training job's metric curves",
         interval=0.25,
     )
     shown = browser.execute_script(
-        """return [...document.querySelectorAll('tr[data-hyperparameter="note"] td')].map((td) => td.textContent)"""
+        "return [...document.querySelectorAll('tr[data-hyperparameter=\"note\"] td')]"
+        ".map((td) => td.textContent)"
     )
     assert shown == ["note", HOSTILE]
     assert HOSTILE in browser.execute_script("return document.querySelector('pre.log').textContent")
-    assert browser.execute_script("return window.__pwned === undefined && document.querySelectorAll('main img, main script').length === 0")
+    assert browser.execute_script(
+        "return window.__pwned === undefined"
+        " && document.querySelectorAll('main img, main script').length === 0"
+    )
     _screenshot(browser, "console-training-job.png")
 
     _no_js_errors(browser)

@@ -30,7 +30,7 @@ function el(tag, attrs, ...children) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -88,6 +88,7 @@ function chart(id, title, unit, xs, series, options = {}) {
   entry.node.dataset.points = String(points);
   entry.node.dataset.unit = unit;
   if (!xs.length || !points) {
+    entry.make = null;
     if (entry.plot) {
       entry.plot.destroy();
       entry.plot = null;
@@ -101,8 +102,8 @@ function chart(id, title, unit, xs, series, options = {}) {
     return entry.node;
   }
   entry.body.replaceChildren();
-  const width = Math.max(360, Math.floor((document.getElementById("main").clientWidth - 60) / (options.perRow || 2)));
-  entry.plot = new uPlot(
+  // drawn once the page is in the document (drawPending), at the width its grid cell has
+  entry.make = (width) => new uPlot(
     {
       width,
       height: 200,
@@ -133,6 +134,16 @@ function chart(id, title, unit, xs, series, options = {}) {
     entry.body,
   );
   return entry.node;
+}
+
+/** Draw the charts made by the last render, now that their cells have a width. */
+function drawPending() {
+  for (const entry of state.charts.values()) {
+    if (entry.make) {
+      entry.plot = entry.make(Math.max(320, entry.body.clientWidth - 4));
+      entry.make = null;
+    }
+  }
 }
 
 /** Destroy the charts the last render did not draw (a page left, a variant gone). */
@@ -377,7 +388,7 @@ function renderTuning(doc) {
       { label: objective, colour: PALETTE[0], values: doc.trials.map((t) => t.objective), pointsOnly: true },
       { label: "best so far", colour: PALETTE[2], values: doc.trials.map((t) => t.bestSoFar), width: 2 },
     ],
-    { xUnit: "trial", points: true, perRow: 1 },
+    { xUnit: "trial", points: true },
   );
   const rows = doc.trials.map((t) =>
     el("tr", {}, el("td", { class: "num" }, t.index), el("td", {}, link(`/console/training-jobs/${encodeURIComponent(t.name)}`, t.name)), el("td", {}, badge(t.status)), el("td", { class: "num" }, text(t.objective)),
@@ -388,7 +399,7 @@ function renderTuning(doc) {
     el("section", { class: "card" }, el("div", { class: "card-head" }, el("h1", {}, doc.name), badge(doc.status), el("span", { class: "muted" }, text(doc.strategy))),
       doc.failureReason ? el("p", { class: "error" }, doc.failureReason) : null,
       facts([["Objective", `${text(doc.objective.type)} ${text(doc.objective.name)}`], ["Training jobs", counters || "–"], ["Best", text(doc.best)]])),
-    el("section", { class: "card" }, el("h2", {}, "Objective"), plot),
+    el("section", { class: "card" }, el("h2", {}, "Objective"), el("div", { class: "charts one" }, plot)),
     el("section", { class: "card" }, el("h2", {}, "Trials"), table(["#", "Training job", "Status", "Objective", "Hyperparameters"], rows, [0, 3])),
   ];
 }
@@ -457,6 +468,7 @@ async function refresh() {
     } else {
       const nodes = page.render(doc);
       main.replaceChildren(...nodes.filter(Boolean));
+      drawPending();
       sweepCharts();
       state.refreshes += 1;
       document.body.dataset.refreshes = String(state.refreshes);
