@@ -132,6 +132,52 @@ class LogsResourceNotFound(SageMakerError):
     code = "ResourceNotFoundException"
 
 
+# ---- CloudWatch (metrics and alarms): its query-compatible codes ---------------------------------------
+
+
+class InvalidParameterValue(SageMakerError):
+    """CloudWatch's bad input: a value it cannot use (a constraint of the model, an unknown namespace …)."""
+
+    code = "InvalidParameterValue"
+
+
+class InvalidParameterCombination(SageMakerError):
+    """CloudWatch: members that cannot go together (Statistics and ExtendedStatistics both missing …)."""
+
+    code = "InvalidParameterCombination"
+
+
+class MissingParameter(SageMakerError):
+    """CloudWatch: a required member is missing."""
+
+    code = "MissingParameter"
+
+
+class CloudWatchResourceNotFound(SageMakerError):
+    """CloudWatch: an alarm that does not exist (SetAlarmState, DeleteAlarms)."""
+
+    code = "ResourceNotFound"
+    status = HTTPStatus.NOT_FOUND
+
+
+class LimitExceeded(SageMakerError):
+    """CloudWatch: too many datapoints, alarms or queries."""
+
+    code = "LimitExceeded"
+
+
+class InvalidNextToken(SageMakerError):
+    """CloudWatch: a NextToken this platform did not hand out."""
+
+    code = "InvalidNextToken"
+
+
+class InvalidFormat(SageMakerError):
+    """CloudWatch: SetAlarmState's StateReasonData is not JSON."""
+
+    code = "InvalidFormat"
+
+
 # ---- authentication (every API; AWS's own codes, so boto3 raises the ClientError a user knows) --------
 
 

@@ -22,6 +22,7 @@ writes never wait on the control plane's lock, and ``selfmaker status`` reads bo
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import os
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -232,7 +233,7 @@ class MetricStore:
         self.path = path
         self.retention_seconds = retention_days * 86400.0
         self.sources: list[MetricSource] = []
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.Lock()
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
@@ -241,7 +242,7 @@ class MetricStore:
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT until FROM flushed WHERE id=0").fetchone()
         #: live data before this minute (epoch seconds) is in the database
-        self.flushed_until = int(row[0]) if row else int(self._clock()) // 60 * 60
+        self.flushed_until = int(row[0]) if row else int(self.clock()) // 60 * 60
         self._series: dict[tuple[str, str, Dims], int] = {}
 
     def close(self) -> None:
@@ -341,7 +342,7 @@ class MetricStore:
 
     def prune(self, now: float | None = None) -> int:
         """Drop rows older than the retention; the count dropped."""
-        cutoff = int((self._clock() if now is None else now) - self.retention_seconds)
+        cutoff = int((self.clock() if now is None else now) - self.retention_seconds)
         with self._lock:
             cursor = self._db.execute(
                 "DELETE FROM points WHERE series IN (SELECT id FROM series) AND ts < ?", (cutoff,)
@@ -426,3 +427,55 @@ class MetricStore:
             if d.namespace == namespace and d.metric == metric and d.dims == dims:
                 add(d)
         return out
+
+    async def statistics(
+        self,
+        namespace: str,
+        metric: str,
+        dims: Dims,
+        start: int,
+        end: int,
+        period: int,
+        statistics: Sequence[str] = (),
+        extended: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """GetMetricStatistics' ``Datapoints`` of one series over ``[start, end)`` (call on the event loop:
+        the live part is taken there, the database is read in a thread): ``Timestamp`` (epoch seconds of
+        the period's start), the ``statistics`` asked, ``ExtendedStatistics`` for the percentiles
+        ``extended`` (``p99`` …) that can be told, and ``Unit``; oldest first, periods without data left
+        out. Periods under 60 seconds come from per-second data only (the live ring and points)."""
+        if period < 60:
+            live, live_from = self.live(start - start % period, end), None
+        else:
+            live_from = self.flushed_until
+            live = [d for d in self.pending(int(self.clock()) // 60 * 60 + 60) if d.metric == metric]
+        found = await asyncio.to_thread(
+            self.series, namespace, metric, dims, start, end, period, live, live_from
+        )
+        unit, bounds = UNITS.get(metric, ("None", None))
+        points: list[dict[str, Any]] = []
+        for timestamp in sorted(found):
+            value = found[timestamp]
+            point: dict[str, Any] = {"Timestamp": float(timestamp), "Unit": unit}
+            for name in statistics:
+                number = statistic(value, name, bounds)
+                if number is not None:
+                    point[name] = number
+            told = {}
+            for name in extended:
+                number = statistic(value, name, bounds)
+                if number is not None:
+                    told[name] = number
+            if told:
+                point["ExtendedStatistics"] = told
+            points.append(point)
+        return points
+
+    async def flush(self, *, partial: bool = False) -> int:
+        """Write the live sources' complete minutes (with ``partial``, the current one too: at shutdown)
+        to the database (taken on the event loop, written in a thread); the count of rows written."""
+        now = int(self.clock())
+        until = now // 60 * 60 + (60 if partial else 0)
+        if until <= self.flushed_until:
+            return 0
+        return await asyncio.to_thread(self.write_rollups, self.pending(until), until)

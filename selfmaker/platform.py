@@ -12,11 +12,13 @@ import functools
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 
 import psutil
 from aiohttp import web
 
+from selfmaker.alarms import Alarms
 from selfmaker.api.metrics import publish_loop
 from selfmaker.api.registry import Registry
 from selfmaker.endpoints.builder import DeploymentHooks
@@ -48,7 +50,7 @@ class Platform:
         metrics = MetricStore(settings.metrics_db_path, settings.metrics_retention_days)
         invocation_stats = InvocationStats()
         metrics.sources.append(invocation_stats)
-        training = TrainingManager(settings, store)
+        training = TrainingManager(settings, store, metrics)
         self.services = Services(
             settings=settings,
             store=store,
@@ -62,6 +64,7 @@ class Platform:
             logs=LogStreams(settings, store),
             metrics=metrics,
             invocation_stats=invocation_stats,
+            alarms=Alarms(settings, store, metrics),
         )
         # the managers know features only as callables; the platform argument is bound here
         bind = functools.partial
@@ -71,6 +74,9 @@ class Platform:
         hooks.strategies.extend(bind(f, self.services) for f in registry.deployment_strategies)
         self._publisher: asyncio.Task[None] | None = None
         self._rotator: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._alarm_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Recover jobs, restore endpoints, run the features' start-up hooks, publish metrics."""
@@ -89,6 +95,42 @@ class Platform:
         )
         if services.settings.log_max_bytes:
             self._rotator = asyncio.get_running_loop().create_task(self._rotate_logs(), name="log-rotation")
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_metrics(), name="metric-sampler")
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics(), name="metric-flusher")
+        self._alarm_task = asyncio.get_running_loop().create_task(self._evaluate_alarms(), name="alarms")
+
+    async def _evaluate_alarms(self) -> None:
+        """Evaluate the CloudWatch alarms every ``alarm_evaluation_interval`` seconds."""
+        services = self.services
+        while True:
+            await asyncio.sleep(services.settings.alarm_evaluation_interval)
+            try:
+                await services.alarms.evaluate_all()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("evaluating alarms failed")
+
+    async def _sample_metrics(self) -> None:
+        """Sample the features' gauges (backlogs, serverless concurrency) once a second."""
+        stats = self.services.invocation_stats
+        while True:
+            await asyncio.sleep(1.0)
+            stats.sample_all()
+
+    async def _flush_metrics(self) -> None:
+        """Roll the last minute of live metrics up into the metric store, just after each minute ends;
+        prune what is older than the retention once an hour."""
+        store = self.services.metrics
+        loop = asyncio.get_running_loop()
+        pruned_at = 0.0
+        while True:
+            await asyncio.sleep(60.5 - time.time() % 60)
+            try:
+                await store.flush()
+                if loop.time() - pruned_at >= 3600:
+                    pruned_at = loop.time()
+                    await asyncio.to_thread(store.prune)
+            except Exception:  # noqa: BLE001 - the next minute tries again; the ring keeps 10 minutes
+                log.exception("writing the metric store failed")
 
     async def _rotate_logs(self) -> None:
         """Rotate the model-server and job logs by size (the platform's own log rotates itself)."""
@@ -125,10 +167,14 @@ class Platform:
     async def stop(self) -> None:
         """Stop jobs, features, model servers; close the executors and the store."""
         services = self.services
-        for task in (self._publisher, self._rotator):
+        for task in (self._publisher, self._rotator, self._sampler, self._flusher, self._alarm_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        try:
+            await services.metrics.flush(partial=True)
+        except Exception:  # noqa: BLE001 - the figures of the last minute are lost, nothing else
+            log.exception("writing the metric store at shutdown failed")
         await services.transforms.shutdown()
         for hook in services.registry.shutdown:
             try:

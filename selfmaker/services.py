@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from selfmaker.alarms import Alarms
 from selfmaker.api.registry import Registry
 from selfmaker.arns import make_arn
 from selfmaker.endpoints.manager import EndpointManager
@@ -41,6 +42,8 @@ class Services:
     metrics: MetricStore
     #: invocation counters, latency histograms and the 1-second ring of every endpoint variant
     invocation_stats: InvocationStats
+    #: CloudWatch metric alarms (PutMetricAlarm …), evaluated on the metric store
+    alarms: Alarms
     #: per-platform state of features, one object per type (a capture writer, the async supervisor …)
     features: FeatureState = field(default_factory=FeatureState)
 

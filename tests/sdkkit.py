@@ -4,8 +4,9 @@ The SDK cannot share the project's venv (it pins ``packaging<25``; pulumi needs 
 its own test venv, ``.venv-sdk`` (``make sdk-env``; ``SELFMAKER_SDK_PYTHON`` names another interpreter).
 A test writes its SDK code as a script; :func:`run_sdk` runs it there as a subprocess with:
 
-* ``AWS_ENDPOINT_URL_SAGEMAKER``, ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` and
-  ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` (botocore's name for the logs client's: ``_LOGS`` is not read) at
+* ``AWS_ENDPOINT_URL_SAGEMAKER``, ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``,
+  ``AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`` (botocore's name for the logs client's: ``_LOGS`` is not read) and
+  ``AWS_ENDPOINT_URL_CLOUDWATCH`` (metrics: ``TrainingJobAnalytics``) at
   the platform, every other AWS service (S3, STS, ...) at moto's server — the SDK's own clients, no code
   change, exactly as a user would point it;
 * the SDK's telemetry off (its user config file) and a ``sitecustomize`` that refuses every connection
@@ -174,6 +175,7 @@ def sdk_environment(platform_url: str, moto_url: str, workdir: Path, bucket: str
         AWS_ENDPOINT_URL_SAGEMAKER=platform_url,
         AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=platform_url,
         AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=platform_url,
+        AWS_ENDPOINT_URL_CLOUDWATCH=platform_url,
         AWS_EC2_METADATA_DISABLED="true",
         SAGEMAKER_USER_CONFIG_OVERRIDE=str(config),
         SAGEMAKER_ADMIN_CONFIG_OVERRIDE=str(config),

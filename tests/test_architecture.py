@@ -99,7 +99,10 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("executors", ("selfmaker.executors",)),
-    ("endpoints and jobs", ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams")),
+    (
+        "endpoints and jobs",
+        ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams", "selfmaker.alarms"),
+    ),
     # the web console: served by api/app.py, reads through Services
     ("api", ("selfmaker.api", "selfmaker.services", "selfmaker.console")),
     ("features", ("selfmaker.features",)),

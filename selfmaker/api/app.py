@@ -2,7 +2,11 @@
 
 * ``POST /`` with ``X-Amz-Target: SageMaker.<Operation>`` → the registered operation handler, after
   validating the body against botocore's model (JSON 1.1 protocol); ``Logs_20140328.<Operation>`` the
-  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`), so one endpoint URL serves both;
+  same for CloudWatch Logs (:mod:`selfmaker.api.ops.logs`) and ``GraniteServiceVersion20100801.<Operation>``
+  for CloudWatch (JSON 1.0, :mod:`selfmaker.api.ops.cloudwatch`), so one endpoint URL serves them all;
+* ``POST /service/<target prefix>/operation/<Operation>`` → the same handlers in smithy-rpc-v2-cbor, the
+  protocol botocore's ``cloudwatch`` client speaks by default (CBOR bodies, errors with ``__type`` and the
+  query-compatible code in ``x-amzn-query-error``);
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
@@ -29,6 +33,7 @@ or a name the operator allows (``SELFMAKER_ALLOWED_HOSTS``) — a page that rebi
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
 import time
@@ -37,9 +42,11 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+import cbor2
 import orjson
 from aiohttp import web, web_protocol, web_server
 from aiohttp.web_request import BaseRequest
+from botocore.model import ListShape, Shape, StructureShape
 
 from common import eventstream
 from common.http import header_value
@@ -63,6 +70,7 @@ from selfmaker.errors import (
     AuthError,
     InternalFailure,
     InvalidParameterException,
+    InvalidParameterValue,
     ModelError,
     NotSignedIn,
     SageMakerError,
@@ -85,6 +93,7 @@ CLIENT_MAX_SIZE = 64 * 1024 * 1024
 JSON_SERVICES: dict[str, tuple[str, type[SageMakerError]]] = {
     "SageMaker": ("sagemaker", ValidationException),
     "Logs_20140328": ("logs", InvalidParameterException),
+    "GraniteServiceVersion20100801": ("cloudwatch", InvalidParameterValue),
 }
 
 
@@ -237,8 +246,36 @@ def runtime_error(exc: SageMakerError, request_id: str) -> web.Response:
     return response
 
 
+async def _operation(
+    request: web.Request, platform: Services, service: str, op_name: str, decode: Callable[[bytes], Any]
+) -> dict[str, Any]:
+    """Read, decode (``decode``: JSON or CBOR to Python) and validate one control-plane call and run its
+    handler; its result (raises SageMakerError)."""
+    model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
+    handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
+    if handler is None:
+        raise UnknownOperation(f"Operation {service}.{op_name} is not supported by selfmaker.")
+    raw = await read_limited(
+        request,
+        CLIENT_MAX_SIZE,
+        lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
+    )
+    try:
+        params = decode(raw) if raw.strip() else {}
+    except Exception:  # noqa: BLE001 - whatever the decoder raises, the body is not a document
+        raise bad_input("The request body is not a valid document.") from None
+    if not isinstance(params, dict):
+        raise bad_input("The request body must be an object.")
+    model = service_model(model_name)
+    if op_name in model.operation_names:
+        validate_request(model.operation_model(op_name), params, bad_input)
+    settings = platform.settings
+    check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
+    return await handler(platform, params) or {}
+
+
 async def control_plane(request: web.Request) -> web.Response:
-    """Dispatch one JSON 1.1 control-plane call."""
+    """Dispatch one JSON 1.1 (JSON 1.0 for CloudWatch) control-plane call."""
     platform = request.app[PLATFORM_KEY]
     request_id = str(uuid.uuid4())
     logcontext.request_id.set(request_id)
@@ -248,30 +285,10 @@ async def control_plane(request: web.Request) -> web.Response:
     target = request.headers.get("X-Amz-Target", "")
     service, _, op_name = target.partition(".")
     try:
-        model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
-        handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
-        if handler is None:
-            raise UnknownOperation(
-                f"Operation {target or '(no X-Amz-Target)'} is not supported by selfmaker."
-            )
-        raw = await read_limited(
-            request,
-            CLIENT_MAX_SIZE,
-            lambda: bad_input(f"The request body is larger than {CLIENT_MAX_SIZE} bytes."),
-        )
-        try:
-            params = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError:
-            raise bad_input("The request body is not valid JSON.") from None
-        if not isinstance(params, dict):
-            raise bad_input("The request body must be a JSON object.")
-        model = service_model(model_name)
-        if op_name in model.operation_names:
-            validate_request(model.operation_model(op_name), params, bad_input)
-        settings = platform.settings
-        check_file_locations(params, roots=settings.file_root_paths, forbidden=(settings.home,))
-        result = await handler(platform, params)
-        body = orjson.dumps(compact(result or {}))
+        if not target:
+            raise UnknownOperation("Operation (no X-Amz-Target) is not supported by selfmaker.")
+        result = await _operation(request, platform, service, op_name, orjson.loads)
+        body = orjson.dumps(compact(result))
         return web.Response(body=body, content_type=JSON11, headers={"x-amzn-RequestId": request_id})
     except SageMakerError as exc:
         if exc.status >= 500:
@@ -280,6 +297,88 @@ async def control_plane(request: web.Request) -> web.Response:
     except Exception:
         log.exception("%s failed", op_name or target)
         return _control_error(InternalFailure("internal error"), request_id)
+
+
+CBOR_CONTENT_TYPE = "application/cbor"
+
+
+def _from_cbor(raw: bytes) -> Any:
+    """A smithy-rpc-v2-cbor request body as JSON-protocol values (timestamps as epoch seconds)."""
+    return _epochs(cbor2.loads(raw))
+
+
+def _epochs(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, dict):
+        return {k: _epochs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_epochs(v) for v in value]
+    return value
+
+
+def _to_cbor_values(shape: Shape | None, value: Any) -> Any:
+    """``value`` with the members that ``shape`` says are timestamps as CBOR epoch tags (tag 1), which is
+    how smithy-rpc-v2-cbor sends them."""
+    if shape is None:
+        return value
+    kind = shape.type_name
+    if kind == "timestamp" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return cbor2.CBORTag(1, float(value))
+    if kind == "structure" and isinstance(value, dict) and isinstance(shape, StructureShape):
+        return {k: _to_cbor_values(shape.members.get(k), v) for k, v in value.items()}
+    if kind == "list" and isinstance(value, list) and isinstance(shape, ListShape):
+        return [_to_cbor_values(shape.member, v) for v in value]
+    return value
+
+
+def _cbor_error(exc: SageMakerError, request_id: str) -> web.Response:
+    """An rpc-v2-cbor error: ``__type`` and ``message`` in the body; the query-compatible code in
+    ``x-amzn-query-error`` (CloudWatch's clients read the code there)."""
+    message = exc.message if exc.status < 500 else "internal error"
+    fault = "Receiver" if exc.status >= 500 else "Sender"
+    response = web.Response(
+        status=int(exc.status),
+        body=cbor2.dumps({"__type": exc.code, "message": message}),
+        content_type=CBOR_CONTENT_TYPE,
+        headers={
+            "x-amzn-RequestId": request_id,
+            "smithy-protocol": "rpc-v2-cbor",
+            "x-amzn-query-error": f"{exc.code};{fault}",
+        },
+    )
+    if exc.close_connection:
+        response.force_close()
+    return response
+
+
+async def cbor_control_plane(request: web.Request) -> web.Response:
+    """Dispatch one smithy-rpc-v2-cbor call (``POST /service/<target prefix>/operation/<Operation>``: the
+    protocol botocore's ``cloudwatch`` client speaks by default)."""
+    platform = request.app[PLATFORM_KEY]
+    request_id = str(uuid.uuid4())
+    logcontext.request_id.set(request_id)
+    refused = refusal(request)
+    if refused is not None:
+        return _cbor_error(refused, request_id)
+    service, op_name = request.match_info["service"], request.match_info["operation"]
+    try:
+        result = await _operation(request, platform, service, op_name, _from_cbor)
+        model_name = JSON_SERVICES[service][0]
+        output = service_model(model_name).operation_model(op_name).output_shape
+        body = cbor2.dumps(_to_cbor_values(output, compact(result)))
+        return web.Response(
+            body=body,
+            content_type=CBOR_CONTENT_TYPE,
+            headers={"x-amzn-RequestId": request_id, "smithy-protocol": "rpc-v2-cbor"},
+        )
+    except SageMakerError as exc:
+        if exc.status >= 500:
+            log.error("%s failed: %s", op_name, exc.message)
+        return _cbor_error(exc, request_id)
+    except Exception:
+        log.exception("%s failed", op_name)
+        return _cbor_error(InternalFailure("internal error"), request_id)
 
 
 async def invoke_endpoint(request: web.Request) -> web.StreamResponse:
@@ -487,7 +586,7 @@ async def authenticate(
             return runtime_error(
                 NotSignedIn("Sign in at /console/login, or sign the request."), str(uuid.uuid4())
             )
-    control = request.path == "/"
+    control = request.path == "/" or request.path.startswith("/service/")
     try:
         # the headers first: a stranger is refused before the platform reads any body
         identified = auth.identify(raw_path=request.raw_path, headers=request.headers)
@@ -514,13 +613,18 @@ async def authenticate(
         request_id = str(uuid.uuid4())
         if isinstance(exc, AuthError):  # who knocks matters to an operator; never the signature itself
             log.warning("refused %s %r: %s (%s)", request.method, request.path[:200], exc.code, exc.message)
-        return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
+        return _refused(request, exc, request_id, control=control)
     except Exception:  # a bug in the check: refused (never let through), traceback in the log only
         log.exception("authentication of %s %r failed", request.method, request.path[:200])
-        failure = InternalFailure("internal error")
-        request_id = str(uuid.uuid4())
-        return _control_error(failure, request_id) if control else runtime_error(failure, request_id)
+        return _refused(request, InternalFailure("internal error"), str(uuid.uuid4()), control=control)
     return await handler(request)
+
+
+def _refused(request: web.Request, exc: SageMakerError, request_id: str, *, control: bool) -> web.Response:
+    """A refusal in the error shape of the protocol called."""
+    if request.path.startswith("/service/"):
+        return _cbor_error(exc, request_id)
+    return _control_error(exc, request_id) if control else runtime_error(exc, request_id)
 
 
 def authenticator(settings: PlatformSettings) -> Authenticator:
@@ -596,6 +700,7 @@ def create_app(platform: Services) -> web.Application:
     app.router.add_static(
         console.PREFIX + "/static", console.STATIC_DIR, show_index=False, follow_symlinks=False
     )
+    app.router.add_post("/service/{service}/operation/{operation}", cbor_control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/endpoints/{name}/invocations", invoke_endpoint)

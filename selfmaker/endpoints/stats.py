@@ -33,6 +33,7 @@ Two views of the same numbers:
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,8 @@ from selfmaker.metricstore import (
     Dims,
     percentile,
 )
+
+log = logging.getLogger(__name__)
 
 #: status classes :meth:`InvocationStats.record` takes
 OK, CLIENT_ERROR, SERVER_ERROR = 2, 4, 5
@@ -180,6 +183,9 @@ class InvocationStats:
         self._clock = clock
         self._variants: dict[tuple[str, str | None], VariantCounters] = {}
         self._gauges: dict[tuple[str, Dims], _Gauge] = {}
+        #: called once a second by the platform to :meth:`sample` gauges (features add theirs at start-up:
+        #: async endpoints' backlog, serverless variants' concurrency and cold starts)
+        self.samplers: list[Callable[[InvocationStats], None]] = []
 
     def _counters(self, endpoint: str, variant: str | None) -> VariantCounters:
         key = (endpoint, variant)
@@ -244,6 +250,14 @@ class InvocationStats:
         index = second % LIVE_SECONDS
         gauge.seconds[index] = second
         gauge.values[index] = float(value)
+
+    def sample_all(self) -> None:
+        """Run every sampler once (a failing one is logged and skipped)."""
+        for sampler in list(self.samplers):
+            try:
+                sampler(self)
+            except Exception:  # noqa: BLE001 - one feature's figures must not stop the others'
+                log.exception("metric sampler %s failed", getattr(sampler, "__name__", sampler))
 
     def forget(self, endpoint: str) -> None:
         """Drop the figures of a deleted endpoint (what is already in the metric store stays there)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -17,12 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
+from selfmaker.jobs.builtin_metrics import builtin_metric_definitions
 from selfmaker.jobs.warm_pools import WarmPools, keep_alive_of
 from selfmaker.logfiles import job_log_path, stamp
+from selfmaker.metricstore import TRAINING_NAMESPACE, Aggregate, Datum, dims_of
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
 
 if TYPE_CHECKING:
+    from selfmaker.metricstore import MetricStore
     from selfmaker.settings import PlatformSettings
     from selfmaker.state import StateStore
     from training.warm import WarmStart
@@ -51,12 +55,83 @@ def model_artifacts_uri(request: dict[str, Any]) -> str:
     return f"{output}/{request['TrainingJobName']}/output/model.tar.gz"
 
 
+class MetricPublisher:
+    """A training job's metric values into the metric store (namespace ``/aws/sagemaker/TrainingJobs``,
+    dimension ``TrainingJobName``), with the time the job logged each: the MetricDefinitions matches the
+    runner collects, and the lines of a built-in algorithm's own metrics that no MetricDefinition names
+    (SageMaker publishes those too). Written at most once a second while the job runs, and at its end."""
+
+    def __init__(self, metrics: MetricStore, job: str, request: dict[str, Any]) -> None:
+        self.metrics = metrics
+        self.dims = dims_of({"TrainingJobName": job})
+        algo = request.get("AlgorithmSpecification") or {}
+        given = {d.get("Name") for d in algo.get("MetricDefinitions") or []}
+        image = algo.get("TrainingImage") or algo.get("AlgorithmName") or ""
+        self.builtin = [
+            (d["Name"], re.compile(d["Regex"]))
+            for d in builtin_metric_definitions(image)
+            if d["Name"] not in given
+        ]
+        self._stored = 0
+        self._pending: list[Datum] = []
+        self._lock = threading.Lock()
+        self._flushed = 0.0
+
+    def line(self, text: str) -> None:
+        """One log line of the job (log reader threads): a built-in metric's value in it is kept."""
+        if not self.builtin or ("#011" not in text and "#quality_metric" not in text):
+            return
+        at = int(time.time())
+        for name, pattern in self.builtin:
+            found = pattern.search(text)
+            if found is None:
+                continue
+            try:
+                value = float(found.group(1))
+            except (IndexError, ValueError):
+                continue
+            with self._lock:
+                self._pending.append(Datum(TRAINING_NAMESPACE, name, self.dims, at, Aggregate.of(value)))
+        if time.monotonic() - self._flushed >= 1.0:
+            self.flush()
+
+    def state(self, state: Any) -> None:
+        """The runner's state: its MetricDefinitions matches since the last call are kept."""
+        points = list(getattr(state, "metrics", None) or [])[self._stored :]
+        self._stored += len(points)
+        datums = []
+        for p in points:
+            at = p["Timestamp"]
+            at = at.timestamp() if isinstance(at, dt.datetime) else float(at)
+            datums.append(
+                Datum(
+                    TRAINING_NAMESPACE, p["MetricName"], self.dims, int(at), Aggregate.of(float(p["Value"]))
+                )
+            )
+        with self._lock:
+            self._pending.extend(datums)
+        if time.monotonic() - self._flushed >= 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is kept."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._flushed = time.monotonic()
+        if pending:
+            self.metrics.put(pending)
+
+
 class TrainingManager:
     """Runs training jobs in threads and keeps their records current."""
 
-    def __init__(self, settings: PlatformSettings, store: StateStore) -> None:
+    def __init__(
+        self, settings: PlatformSettings, store: StateStore, metrics: MetricStore | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        #: where every metric value a job logs goes (namespace /aws/sagemaker/TrainingJobs), if anywhere
+        self.metrics = metrics
         self._runners: dict[str, Any] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._closing = False
@@ -137,16 +212,21 @@ class TrainingManager:
         log_path = self.log_path(name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         work_dir.mkdir(parents=True, exist_ok=True)
+        publisher = MetricPublisher(self.metrics, name, request) if self.metrics is not None else None
         with open(log_path, "a", encoding="utf-8") as log_file:
 
             def on_log(*args: str) -> None:  # (host, line) per the runner; (line) tolerated
                 # time-stamped: the CloudWatch Logs view gives each line that time (selfmaker.logfiles)
                 log_file.write(stamp(args[-1], host=args[0] if len(args) > 1 else None))
                 log_file.flush()
+                if publisher is not None:
+                    publisher.line(args[-1])
 
             def on_update(state: Any) -> None:
                 try:
                     self._merge(name, self._fields(state))
+                    if publisher is not None:
+                        publisher.state(state)
                 except Exception:  # noqa: BLE001 - a bad update must not kill the job
                     log.exception("could not record an update of training job %s", name)
 
@@ -184,6 +264,12 @@ class TrainingManager:
                     runner.stop()
                 state = runner.run()
                 fields = self._fields(state)
+                try:
+                    if publisher is not None:
+                        publisher.state(state)
+                        publisher.flush()
+                except Exception:  # noqa: BLE001 - the job's outcome matters more than its curves
+                    log.exception("could not store the metrics of training job %s", name)
             except Exception:  # noqa: BLE001 - the job fails, the platform goes on
                 log.exception("training job %s crashed", name)
                 fields = {

@@ -1,8 +1,9 @@
 """The real SageMaker Python SDK (sagemaker<3, in its own venv: tests/sdkkit.py) against `selfmaker up`.
 
-The basic flow a notebook runs: built-in XGBoost ``Estimator.fit`` on S3 data → ``deploy`` →
-``predict`` → ``delete_endpoint``, with the SDK's own clients pointed at the platform by
-``AWS_ENDPOINT_URL_SAGEMAKER*`` and at moto for S3.
+The basic flow a notebook runs: built-in XGBoost ``Estimator.fit`` on S3 data → its training curve with
+``TrainingJobAnalytics`` (CloudWatch metrics) → ``deploy`` → ``predict`` → ``delete_endpoint``, with the
+SDK's own clients pointed at the platform by ``AWS_ENDPOINT_URL_SAGEMAKER*`` (and ``_CLOUDWATCH*``) and at
+moto for S3.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def test_sdk_estimator_fit_deploy_predict(run_sdk: Callable[..., object]) -> Non
         attached = Estimator.attach(estimator.latest_training_job.name, sagemaker_session=session)
         assert attached.model_data == estimator.model_data, (attached.model_data, estimator.model_data)
         assert attached.hyperparameters()["num_round"] == "20", attached.hyperparameters()
+        # the built-in algorithm's own metric, one value per round, through CloudWatch's GetMetricStatistics
+        from sagemaker.analytics import TrainingJobAnalytics
+        curve = TrainingJobAnalytics(
+            estimator.latest_training_job.name, metric_names=["train:logloss"], sagemaker_session=session
+        ).dataframe()
         predictor = estimator.deploy(
             1, "ml.m5.large", serializer=CSVSerializer(), deserializer=CSVDeserializer()
         )
@@ -53,13 +59,18 @@ def test_sdk_estimator_fit_deploy_predict(run_sdk: Callable[..., object]) -> Non
             predictor.delete_endpoint()
         labels = [int(s > 0.5) for s in scores]
         accuracy = float(np.mean(np.array(labels) == y[:20]))
-        result({"model": estimator.model_data, "scores": scores, "accuracy": accuracy})
+        result({"model": estimator.model_data, "scores": scores, "accuracy": accuracy,
+                "curve": curve.to_dict(orient="list")})
         """
     )
     out = run.result  # type: ignore[attr-defined]
     assert out["model"].startswith("s3://sdk-tests/sdk-basic/output/")
     assert len(out["scores"]) == 20 and all(0.0 <= s <= 1.0 for s in out["scores"])
     assert out["accuracy"] >= 0.8
+    curve = out["curve"]
+    assert set(curve["metric_name"]) == {"train:logloss"} and curve["timestamp"][0] == 0
+    # CloudWatch's minute average of the rounds' values: a logloss, between the last round's and ln 2
+    assert all(0 < value < 0.7 for value in curve["value"])
 
 
 def test_sdk_attaches_to_what_it_did_not_create(

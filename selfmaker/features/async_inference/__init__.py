@@ -6,6 +6,7 @@ The registrations are here; the code is in :mod:`.supervisor`.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,9 +21,11 @@ from selfmaker.api.registry import (
     runtime_route,
 )
 from selfmaker.features.async_inference import supervisor as async_inference
+from selfmaker.metricstore import dims_of
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import EndpointRuntime
+    from selfmaker.endpoints.stats import InvocationStats
     from selfmaker.services import Services
 
 
@@ -62,8 +65,22 @@ def async_metrics(platform: Services) -> Metrics:
 
 @lifecycle("startup")
 async def start_async_inference(platform: Services) -> None:
-    """Start the async supervisor (after endpoints are restored)."""
+    """Start the async supervisor (after endpoints are restored); sample its backlogs each second."""
     await async_inference.start(platform)
+    platform.invocation_stats.samplers.append(functools.partial(sample_backlogs, platform))
+
+
+def sample_backlogs(platform: Services, stats: InvocationStats) -> None:
+    """``ApproximateBacklogSize`` and ``ApproximateBacklogSizePerInstance`` (SageMaker's async endpoint
+    metrics, dimension ``EndpointName``) from the supervisor's last look at each queue."""
+    for runtime in list(platform.endpoints.live.values()):
+        state = runtime.state.get(async_inference.AsyncEndpoint)
+        if state is None:
+            continue
+        dims = dims_of({"EndpointName": runtime.name})
+        stats.sample("ApproximateBacklogSize", dims, state.backlog)
+        instances = sum(v.pool.size for v in runtime.variants.values())
+        stats.sample("ApproximateBacklogSizePerInstance", dims, state.backlog / max(1, instances))
 
 
 @lifecycle("shutdown")

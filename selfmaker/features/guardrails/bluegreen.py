@@ -12,8 +12,11 @@
 * ``AutoRollbackConfiguration.Alarms``: names of alarms; if one fires during a bake, all traffic goes
   back to the old fleet and the new fleet is removed.
 
-Locally an alarm is a rule kept by the platform, written like CloudWatch's ``PutMetricAlarm`` and
-evaluated on the invocations the router observed during the deployment (:class:`AlarmRule`)::
+The alarms named are CloudWatch alarms made with ``PutMetricAlarm`` on the platform
+(:class:`selfmaker.alarms.Alarms`, evaluated on the endpoint's metrics): one in ALARM while baking rolls the
+deployment back. Deprecated, for one release: a name no CloudWatch alarm has may be a local rule, written
+like ``PutMetricAlarm`` and evaluated on the invocations the router observed during the deployment
+(:class:`AlarmRule`)::
 
     {"Alarms": [{"AlarmName": "new-fleet-5xx", "MetricName": "Invocation5XXErrors", "Statistic": "Average",
                  "ComparisonOperator": "GreaterThanThreshold", "Threshold": 0.05, "Period": 30}]}
@@ -446,12 +449,14 @@ async def run_blue_green(
     on_progress: Callable[[], None] | None = None,
     check_interval: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
+    watched: Callable[[], tuple[str, str] | None] | None = None,
 ) -> DeploymentOutcome:
     """Shift traffic per the policy, baking and watching ``alarms``; return completed or rolled back.
 
     The new fleet is already running and healthy. On an alarm or the execution timeout the split goes
     back to 0 (everything on the old fleet) before returning; on completion it is 1. Callers then
-    retire the losing fleet (after ``TerminationWaitInSeconds`` for the old one).
+    retire the losing fleet (after ``TerminationWaitInSeconds`` for the old one). ``watched`` says which
+    CloudWatch alarm (name, StateReason) is in ALARM, if any: it rolls back like a firing rule.
     """
     policy = (deployment_config or {}).get("BlueGreenUpdatePolicy") or {
         "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}
@@ -499,6 +504,14 @@ async def run_blue_green(
                         "all traffic was rolled back to the previous endpoint configuration.",
                         rule.name,
                     )
+            fired = watched() if watched is not None else None
+            if fired is not None:
+                return await roll_back(
+                    f"Alarm {fired[0]} went to ALARM ({fired[1]}) while baking {step.new_fraction:.0%} of "
+                    f"traffic ({step.label}, step {index} of {len(steps)}); all traffic was rolled back to "
+                    "the previous endpoint configuration.",
+                    fired[0],
+                )
             now = clock()
             if now - started >= maximum:
                 return await roll_back(

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from selfmaker.api.metrics import Metrics, family
 from selfmaker.endpoints.invoke import call_variant
 from selfmaker.endpoints.runtime import VariantAnswer
+from selfmaker.endpoints.stats import SERVER_ERROR
 from selfmaker.errors import SageMakerError, ValidationException
 from selfmaker.features.guardrails.bluegreen import (
     AlarmRule,
@@ -127,10 +128,46 @@ class DeploymentGuard:
             try:
                 if policy:
                     traffic_steps(policy["TrafficRoutingConfiguration"], new_capacity(config, retain))
-                resolve_alarms(deployment, load_alarms(self.platform.settings.home, self.setting_rules))
+                self.alarms_of(deployment)
             except GuardrailError as exc:
                 raise ValidationException(str(exc)) from None
         self._pending[record.name.lower()] = deployment
+
+    def alarms_of(self, deployment: dict[str, Any]) -> tuple[list[AlarmRule], list[str]]:
+        """The alarms ``AutoRollbackConfiguration.Alarms`` names: CloudWatch alarms (PutMetricAlarm) by
+        name, and the rules of ``<home>/alarms.json`` / ``SELFMAKER_ALARMS`` for the names no CloudWatch
+        alarm has (deprecated: a warning says so); GuardrailError names the alarms that exist nowhere."""
+        names = [
+            a["AlarmName"] for a in (deployment.get("AutoRollbackConfiguration") or {}).get("Alarms", [])
+        ]
+        if not names:
+            return [], []
+        watched = [n for n in names if self.platform.alarms.state(n) is not None]
+        rest = [n for n in names if n not in watched]
+        if not rest:
+            return [], watched
+        known = load_alarms(self.platform.settings.home, self.setting_rules)
+        missing = [n for n in rest if n not in known]
+        if missing:
+            raise GuardrailError(
+                "DeploymentConfig.AutoRollbackConfiguration names alarms that do not exist: "
+                f"{', '.join(missing)} (create them with CloudWatch's PutMetricAlarm on this platform)"
+            )
+        log.warning(
+            "DEPRECATED: alarms %s come from <home>/alarms.json or SELFMAKER_ALARMS; create them with "
+            "CloudWatch's PutMetricAlarm instead (the file and the setting go away in the next release)",
+            ", ".join(rest),
+        )
+        legacy = {"AutoRollbackConfiguration": {"Alarms": [{"AlarmName": n} for n in rest]}}
+        return resolve_alarms(legacy, known), watched
+
+    def firing(self, names: list[str]) -> tuple[str, str] | None:
+        """The first of the CloudWatch alarms ``names`` in state ALARM, with its StateReason; None if none."""
+        for name in names:
+            state = self.platform.alarms.state(name)
+            if state is not None and state[0] == "ALARM":
+                return name, state[1]
+        return None
 
     # -- the deployment ----------------------------------------------------------------------------
     async def run(
@@ -145,7 +182,7 @@ class DeploymentGuard:
             return None
         policy = deployment["BlueGreenUpdatePolicy"]
         try:
-            alarms = resolve_alarms(deployment, load_alarms(self.platform.settings.home, self.setting_rules))
+            alarms, watched = self.alarms_of(deployment)
         except GuardrailError as exc:
             return f"Deployment rolled back before any traffic shifted: {exc}"
         view = self.view(name)
@@ -170,6 +207,7 @@ class DeploymentGuard:
                 on_shift=on_shift,
                 on_progress=lambda: self._publish(name, config, new, progress),
                 check_interval=self.check_interval,
+                watched=(lambda: self.firing(watched)) if watched else None,
             )
             if outcome.completed:
                 wait = float(policy.get("TerminationWaitInSeconds") or 0)
@@ -272,11 +310,12 @@ class _Dispatcher:
         except SageMakerError:
             if not on_new or not self.split.retry_on_old(0):
                 raise
-            self.recorder.record("new", 0, time.perf_counter() - started)
+            self._failed_on_new(variant, time.perf_counter() - started)
         else:
             self.recorder.record("new" if on_new else "old", result[0], time.perf_counter() - started)
             if not (on_new and self.split.retry_on_old(result[0])):
                 return variant, result
+            self._failed_on_new(variant, time.perf_counter() - started, recorded=True)
         # the new fleet failed while the deployment is in progress: the old fleet answers instead
         self.view.fallbacks += 1
         variant = (
@@ -289,6 +328,15 @@ class _Dispatcher:
         result = await call_variant(self.platform.endpoints, self.old, variant, body, headers)
         self.recorder.record("old", result[0], time.perf_counter() - started)
         return variant, result
+
+    def _failed_on_new(self, variant: VariantRuntime, seconds: float, *, recorded: bool = False) -> None:
+        """A new-fleet request that failed (and goes to the old fleet): counted for the deployment's rules
+        and, as an Invocation5XXError of the variant, in the endpoint's metrics (CloudWatch alarms)."""
+        if not recorded:
+            self.recorder.record("new", 0, seconds)
+        self.platform.invocation_stats.record(
+            self.new.name, variant.name, SERVER_ERROR, seconds, 0.0, variant.pool.size
+        )
 
 
 class GuardrailSettings(BaseSettings):

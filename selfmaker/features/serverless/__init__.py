@@ -64,8 +64,10 @@ def serverless_metrics(platform: Services) -> Metrics:
 
 @lifecycle("startup")
 async def start_serverless(platform: Services) -> None:
-    """Install the fork executor and start the template when every process variant forks."""
+    """Install the fork executor and start the template when every process variant forks; sample the
+    serverless variants' figures each second."""
     await hooks.start(platform)
+    platform.invocation_stats.samplers.append(hooks.ServerlessSampler(platform))
 
 
 @lifecycle("shutdown")

@@ -29,6 +29,7 @@ from selfmaker.features.serverless.settings import (
     ServerlessSettings,
     validate_serverless_config,
 )
+from selfmaker.metricstore import dims_of
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.runtime import (
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         VariantContext,
         VariantRuntime,
     )
+    from selfmaker.endpoints.stats import InvocationStats
     from selfmaker.services import Services
 
 log = logging.getLogger(__name__)
@@ -208,6 +210,33 @@ def snapshots(platform: Services) -> dict[str, dict[str, dict[str, Any]]]:
             if isinstance(variant.pool, ServerlessPool):
                 out.setdefault(runtime.name, {})[variant.name] = variant.pool.snapshot()
     return out
+
+
+class ServerlessSampler:
+    """Samples serverless variants each second for the metric store: ``ServerlessConcurrentExecutions``
+    (requests in flight) and, for every cold start since the last look, ``ModelSetupTime``."""
+
+    def __init__(self, platform: Services) -> None:
+        self.platform = platform
+        self._seen: dict[int, int] = {}
+
+    def __call__(self, stats: InvocationStats) -> None:
+        seen: dict[int, int] = {}
+        for runtime in list(self.platform.endpoints.live.values()):
+            for variant in runtime.variants.values():
+                pool = variant.pool
+                if not isinstance(pool, ServerlessPool):
+                    continue
+                dims = dims_of({"EndpointName": runtime.name, "VariantName": variant.name})
+                stats.sample(
+                    "ServerlessConcurrentExecutions", dims, sum(i.outstanding for i in pool.instances)
+                )
+                cold = pool.stats.cold_start_seconds
+                before = self._seen.get(id(pool), 0)
+                if pool.stats.cold_starts > before and cold:
+                    stats.model_setup(runtime.name, variant.name, cold[-1])
+                seen[id(pool)] = pool.stats.cold_starts
+        self._seen = seen
 
 
 def check_update(variant: VariantRuntime, update: dict[str, Any], index: int) -> ServerlessConfig:
