@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
 EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
-.PHONY: setup sdk-env constraints demo lint test test-fast bench engine images clean
+.PHONY: setup sdk-env constraints demo lint test test-fast bench engine browser images clean
 
 setup: $(STAMP)
 
@@ -50,7 +50,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(LINT_PACKAGES)
 
-test: setup sdk-env engine
+test: setup sdk-env engine browser
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -59,6 +59,10 @@ test-fast: setup
 # Installs a container engine (podman from Debian packages) where none works; no-op otherwise.
 engine:
 	@bash scripts/install-engine.sh
+
+# Installs Debian's chromium + chromium-driver for the web console's browser test; no-op when present.
+browser:
+	@bash scripts/install-browser.sh
 
 images: setup engine
 	bash scripts/build-images.sh
