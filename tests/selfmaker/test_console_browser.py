@@ -40,12 +40,16 @@ from selfmaker.console.views import transform_progress
 ROLE = "arn:aws:iam::123456789012:role/selfmaker"
 #: what a page must show as text, never run: a hyperparameter value and a log line of the training job
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=1</script>'
+#: a script-mode training script: its curves depend on the tuned ``rate``
 TRAIN = f"""
-import time
+import sys, time
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+rate = float(args.get("--rate", "0.5"))
 print({HOSTILE!r}, flush=True)
-for epoch in range(8):
-    print(f"epoch={{epoch}} loss={{1.0 / (epoch + 1):.4f}} accuracy={{0.5 + epoch * 0.05:.3f}}", flush=True)
-    time.sleep(0.35)
+for epoch in range(6):
+    loss, accuracy = 1.0 / (1 + epoch * rate), min(0.99, 0.5 + epoch * 0.06 * rate)
+    print(f"epoch={{epoch}} loss={{loss:.4f}} accuracy={{accuracy:.3f}}", flush=True)
+    time.sleep(0.3)
 """
 METRICS = [
     {"Name": "train:loss", "Regex": r"loss=([0-9.]+)"},
@@ -67,8 +71,8 @@ def _chromium() -> tuple[str, str] | None:
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A `selfmaker up` with endpoints ``ab`` (Champion 3 : Challenger 1) and ``solo`` under a bounded
-    background load, and a finished script-mode training job with metrics and HTML in a hyperparameter
-    and a log line."""
+    background load, and a finished tuning job of two script-mode training jobs with metrics and HTML in
+    a hyperparameter and a log line."""
     home = tmp_path_factory.mktemp("console-home")
     with running(home) as server:
         sm, smr = server.sagemaker(), server.runtime()
@@ -84,22 +88,33 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         deploy(sm, "solo", [variant("AllTraffic", "console-model")], wait=False)
         code = tmp_path_factory.mktemp("console-code")
         (code / "train.py").write_text(TRAIN)
-        sm.create_training_job(
-            TrainingJobName="console-train",
-            RoleArn=ROLE,
-            AlgorithmSpecification={
-                "TrainingImage": "selfmaker",
-                "TrainingInputMode": "File",
-                "MetricDefinitions": METRICS,
+        sm.create_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName="console-tune",
+            HyperParameterTuningJobConfig={
+                "Strategy": "Random",
+                "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "validation:accuracy"},
+                "ResourceLimits": {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2},
+                "ParameterRanges": {
+                    "ContinuousParameterRanges": [{"Name": "rate", "MinValue": "0.2", "MaxValue": "1.0"}]
+                },
+                "RandomSeed": 7,
             },
-            HyperParameters={
-                "sagemaker_program": "train.py",
-                "sagemaker_submit_directory": code.as_uri(),
-                "note": HOSTILE,
+            TrainingJobDefinition={
+                "AlgorithmSpecification": {
+                    "TrainingImage": "selfmaker",
+                    "TrainingInputMode": "File",
+                    "MetricDefinitions": METRICS,
+                },
+                "RoleArn": ROLE,
+                "StaticHyperParameters": {
+                    "sagemaker_program": "train.py",
+                    "sagemaker_submit_directory": code.as_uri(),
+                    "note": HOSTILE,
+                },
+                "OutputDataConfig": {"S3OutputPath": tmp_path_factory.mktemp("console-out").as_uri()},
+                "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
+                "StoppingCondition": {"MaxRuntimeInSeconds": 120},
             },
-            OutputDataConfig={"S3OutputPath": tmp_path_factory.mktemp("console-out").as_uri()},
-            ResourceConfig={"InstanceCount": 1, "InstanceType": "ml.m5.large", "VolumeSizeInGB": 1},
-            StoppingCondition={"MaxRuntimeInSeconds": 120},
         )
         for name in ("ab", "solo"):
             sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
@@ -111,10 +126,22 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
         with LoadLoop(invoke, threads=3, max_calls=20_000, max_seconds=90) as load:
             load.wait_for_calls(50)
-            sm.get_waiter("training_job_completed_or_stopped").wait(
-                TrainingJobName="console-train", WaiterConfig=WAIT
+            wait_until(
+                lambda: (
+                    sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="console-tune")[
+                        "HyperParameterTuningJobStatus"
+                    ]
+                    in ("Completed", "Failed", "Stopped")
+                ),
+                timeout=120,
+                what="the tuning job to end",
+                interval=0.25,
             )
-            yield {"server": server, "sm": sm, "load": load}
+            trials = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+                HyperParameterTuningJobName="console-tune", SortBy="CreationTime", SortOrder="Ascending"
+            )["TrainingJobSummaries"]
+            assert [t["TrainingJobStatus"] for t in trials] == ["Completed", "Completed"], trials
+            yield {"server": server, "sm": sm, "load": load, "job": trials[0]["TrainingJobName"]}
         assert not load.errors, load.errors[:3]
 
 
@@ -207,14 +234,23 @@ def test_console_json(console: dict[str, Any]) -> None:
     assert ab["status"] == "InService"
     assert {v["name"]: v["configuredShare"] for v in ab["variants"]} == {"Champion": 0.75, "Challenger": 0.25}
     assert all(len(v["instances"]) == 1 for v in ab["variants"])
-    assert [j["name"] for j in overview["jobs"]["training"]] == ["console-train"]
+    assert console["job"] in [j["name"] for j in overview["jobs"]["training"]]
+    assert [j["name"] for j in overview["jobs"]["tuning"]] == ["console-tune"]
     page = requests.get(url + "/console/api/endpoints/ab", params={"window": "3h"}, timeout=30).json()
     assert page["window"] == "3h" and page["series"]["period"] == 60
-    job = requests.get(url + "/console/api/training-jobs/console-train", timeout=30).json()
+    assert sum(page["series"]["variants"]["Champion"]["invocations"]) > 0  # the live minute is counted
+    job = requests.get(url + f"/console/api/training-jobs/{console['job']}", timeout=30).json()
     assert job["status"] == "Completed" and job["hyperParameters"]["note"] == HOSTILE
-    assert HOSTILE in job["log"][0] or any(HOSTILE in line for line in job["log"])
+    assert any(HOSTILE in line for line in job["log"])
     assert set(job["curves"]) == {"train:loss", "validation:accuracy"}
+    assert all(len(c["t"]) >= 2 and len(c["t"]) == len(c["v"]) for c in job["curves"].values())
     assert [t["Status"] for t in job["transitions"]][-1] == "Completed"
+    # the tuning job: each trial's objective in start order, and the best so far (Maximize)
+    tuning = requests.get(url + "/console/api/tuning-jobs/console-tune", timeout=30).json()
+    objectives = [t["objective"] for t in tuning["trials"]]
+    assert len(objectives) == 2 and None not in objectives
+    assert [t["bestSoFar"] for t in tuning["trials"]] == [objectives[0], max(objectives)]
+    assert tuning["objective"] == {"name": "validation:accuracy", "type": "Maximize"}
     # bad input: JSON errors in the runtime's shape, never a 500
     for path, status, code in (
         ("/console/api/endpoints/ab?window=7y", 400, "ValidationException"),
@@ -311,11 +347,11 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
     _screenshot(browser, "console-endpoint.png")
 
     # the training job page: metric curves, and HTML in a hyperparameter or a log line stays text
-    browser.get(url + "/console/training-jobs/console-train")
+    job = console["job"]
+    browser.get(url + f"/console/training-jobs/{job}")
     wait_until(
         lambda: all(
-            any(n > 0 for n in _chart_points(browser).get(f"tr-console-train-{m['Name']}", []))
-            for m in METRICS
+            any(n > 1 for n in _chart_points(browser).get(f"tr-{job}-{m['Name']}", [])) for m in METRICS
         ),
         timeout=15,
         what="the training job's metric curves",
@@ -332,6 +368,16 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
         " && document.querySelectorAll('main img, main script').length === 0"
     )
     _screenshot(browser, "console-training-job.png")
+
+    # the tuning job page: the objective of both trials and the best so far
+    browser.get(url + "/console/tuning-jobs/console-tune")
+    wait_until(
+        lambda: _chart_points(browser).get("tu-console-tune") == [2, 2],
+        timeout=15,
+        what="the tuning job's objective chart",
+        interval=0.25,
+    )
+    _screenshot(browser, "console-tuning-job.png")
 
     _no_js_errors(browser)
     assert load.count() > 0

@@ -107,7 +107,8 @@ function chart(id, title, unit, xs, series, options = {}) {
     {
       width,
       height: 200,
-      scales: { x: { time: options.xUnit === undefined } },
+      // a count axis (trials) gets whole-number ticks and half a step of room at both ends
+      scales: { x: options.xUnit ? { time: false, range: (u, lo, hi) => [lo - 0.5, hi + 0.5] } : { time: true } },
       series: [
         { label: options.xUnit || "time" },
         ...series.map((s) => {
@@ -116,7 +117,7 @@ function chart(id, title, unit, xs, series, options = {}) {
             stroke: s.colour,
             width: s.width || 1.5,
             spanGaps: false,
-            points: { show: options.points || false, size: 6, fill: s.colour },
+            points: { show: s.showPoints ?? (options.points || false), size: s.pointSize || 6, fill: s.colour },
             value: (u, v) => (v === null || v === undefined ? "–" : `${+v.toFixed(3)} ${unit}`),
           };
           if (s.dash) one.dash = s.dash; // uPlot passes it to setLineDash: never undefined
@@ -125,7 +126,9 @@ function chart(id, title, unit, xs, series, options = {}) {
         }),
       ],
       axes: [
-        { label: options.xUnit ? options.xUnit : "time (local)", labelSize: 18 },
+        options.xUnit
+          ? { label: options.xUnit, labelSize: 18, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }
+          : { label: "time (local)", labelSize: 18 },
         { label: unit, labelSize: 18, size: 56 },
       ],
       legend: { live: true },
@@ -385,8 +388,8 @@ function renderTuning(doc) {
     "value",
     xs,
     [
-      { label: objective, colour: PALETTE[0], values: doc.trials.map((t) => t.objective), pointsOnly: true },
-      { label: "best so far", colour: PALETTE[2], values: doc.trials.map((t) => t.bestSoFar), width: 2 },
+      { label: objective, colour: PALETTE[0], values: doc.trials.map((t) => t.objective), pointsOnly: true, pointSize: 10 },
+      { label: "best so far", colour: PALETTE[2], values: doc.trials.map((t) => t.bestSoFar), width: 2, showPoints: false },
     ],
     { xUnit: "trial", points: true },
   );
