@@ -13,6 +13,8 @@ import re
 import time
 from typing import Any
 
+import orjson
+
 from selfmaker.logfiles import endpoint_log_dir, instance_variant
 from selfmaker.metricstore import (
     LIVE_SECONDS,
@@ -38,6 +40,8 @@ WINDOWS: dict[str, tuple[int, int]] = {
 }
 #: model-server log lines that tell of an error
 _ERROR_LINE = re.compile(r"error|exception|traceback|critical", re.IGNORECASE)
+#: log levels of the model server's JSON lines that the endpoint page lists
+_ERROR_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
 #: error lines shown on an endpoint page
 ERROR_LINES = 50
 _TAIL_BYTES = 32 * 1024
@@ -193,9 +197,26 @@ def recent_errors(platform: Services, endpoint: str) -> list[dict[str, str]]:
             lines = lines[1:]
         instance = path.stem
         variant = instance_variant(endpoint, instance)
-        found.extend(
-            {"instance": instance, "variant": variant, "line": line[:2000]}
-            for line in lines
-            if _ERROR_LINE.search(line)
-        )
+        for line in lines:
+            shown = error_line(line)
+            if shown is not None:
+                found.append({"instance": instance, "variant": variant, "line": shown[:2000]})
     return found[-ERROR_LINES:]
+
+
+def error_line(line: str) -> str | None:
+    """``line`` of a model server's log as the console shows it when it tells of an error, else None: the
+    model server's JSON lines at WARNING and above or answering a 4xx/5xx (``ts level msg``), other lines
+    that mention an error, an exception or a traceback (as they are)."""
+    if line.startswith("{"):
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            status = doc.get("status")
+            failed = isinstance(status, int) and status >= 400
+            if str(doc.get("level", "")).upper() in _ERROR_LEVELS or failed:
+                return f"{doc.get('ts', '')} {doc.get('level', '')} {doc.get('msg', '')}".strip()
+            return None
+    return line if _ERROR_LINE.search(line) else None

@@ -122,26 +122,22 @@ async def overview(platform: Services) -> dict[str, Any]:
 
 async def jobs(platform: Services) -> dict[str, list[dict[str, Any]]]:
     """The newest jobs of each kind (name, status, times)."""
+    tuning = "HyperParameterTuningJob"
     kinds = (
-        ("training", "ListTrainingJobs", "TrainingJobSummaries", "TrainingJob"),
-        (
-            "tuning",
-            "ListHyperParameterTuningJobs",
-            "HyperParameterTuningJobSummaries",
-            "HyperParameterTuningJob",
-        ),
-        ("transform", "ListTransformJobs", "TransformJobSummaries", "TransformJob"),
-        ("processing", "ListProcessingJobs", "ProcessingJobSummaries", "ProcessingJob"),
+        ("training", "ListTrainingJobs", "TrainingJobSummaries", "TrainingJob", "TrainingEndTime"),
+        ("tuning", f"List{tuning}s", f"{tuning}Summaries", tuning, "HyperParameterTuningEndTime"),
+        ("transform", "ListTransformJobs", "TransformJobSummaries", "TransformJob", "TransformEndTime"),
+        ("processing", "ListProcessingJobs", "ProcessingJobSummaries", "ProcessingJob", "ProcessingEndTime"),
     )
     out: dict[str, list[dict[str, Any]]] = {}
-    for kind, operation, member, prefix in kinds:
+    for kind, operation, member, prefix, ended in kinds:
         listed = await call(platform, operation, MaxResults=JOBS_LISTED, SortBy="CreationTime")
         out[kind] = [
             {
                 "name": item[f"{prefix}Name"],
                 "status": item.get(f"{prefix}Status"),
                 "created": item.get("CreationTime"),
-                "ended": item.get(f"{'HyperParameterTuning' if kind == 'tuning' else prefix}EndTime"),
+                "ended": item.get(ended),
             }
             for item in listed.get(member, [])
         ]

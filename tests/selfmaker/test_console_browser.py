@@ -26,6 +26,7 @@ from platform_helpers import (
     ROOT,
     WAIT,
     LoadLoop,
+    build_broken_tar,
     build_classifier_tar,
     deploy,
     invoke_variant,
@@ -86,6 +87,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             wait=False,
         )
         deploy(sm, "solo", [variant("AllTraffic", "console-model")], wait=False)
+        # an endpoint whose model cannot load: listed as Failed with its reason
+        make_model(sm, "console-broken", build_broken_tar(tmp_path_factory.mktemp("console-broken")).as_uri())
+        deploy(sm, "broken", [variant("AllTraffic", "console-broken")], wait=False)
         code = tmp_path_factory.mktemp("console-code")
         (code / "train.py").write_text(TRAIN)
         sm.create_hyper_parameter_tuning_job(
@@ -251,6 +255,34 @@ def test_console_json(console: dict[str, Any]) -> None:
     assert len(objectives) == 2 and None not in objectives
     assert [t["bestSoFar"] for t in tuning["trials"]] == [objectives[0], max(objectives)]
     assert tuning["objective"] == {"name": "validation:accuracy", "type": "Maximize"}
+    # a failed endpoint is listed with its reason
+    broken: dict[str, Any] = {}
+
+    def failed() -> bool:
+        found = requests.get(url + "/console/api/overview", timeout=30).json()["endpoints"]
+        broken.update(next(e for e in found if e["name"] == "broken"))
+        return broken["status"] == "Failed"
+
+    wait_until(failed, timeout=60, what="endpoint broken to fail", interval=0.25)
+    assert broken["failureReason"] and broken["split"]["shares"] is None
+    # requests the model refuses: counted as 4xx on the endpoint page, and its log lines listed
+    for _ in range(3):
+        refused = requests.post(
+            url + "/endpoints/solo/invocations",
+            data=b"abc,def",
+            headers={"Content-Type": "text/csv"},
+            timeout=30,
+        )
+        assert refused.status_code == 424 and refused.json()["__type"] == "ModelError"
+    solo: dict[str, Any] = {}
+
+    def counted() -> bool:
+        solo.update(requests.get(url + "/console/api/endpoints/solo", timeout=30).json())
+        return sum(solo["series"]["variants"]["AllTraffic"]["errors4xx"]) >= 3 and len(solo["errors"]) >= 3
+
+    wait_until(counted, timeout=10, what="the refused requests on the endpoint page", interval=0.25)
+    assert {e["variant"] for e in solo["errors"]} == {"AllTraffic"}
+    assert sum("POST /invocations 400" in e["line"] for e in solo["errors"]) >= 3, solo["errors"]
     # bad input: JSON errors in the runtime's shape, never a 500
     for path, status, code in (
         ("/console/api/endpoints/ab?window=7y", 400, "ValidationException"),

@@ -128,7 +128,7 @@ function chart(id, title, unit, xs, series, options = {}) {
       axes: [
         options.xUnit
           ? { label: options.xUnit, labelSize: 18, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }
-          : { label: "time (local)", labelSize: 18 },
+          : { label: "time (local)", labelSize: 18, values: timeTicks, space: 80 },
         { label: unit, labelSize: 18, size: 56 },
       ],
       legend: { live: true },
@@ -147,6 +147,17 @@ function drawPending() {
       entry.make = null;
     }
   }
+}
+
+/** Time axis labels: h:mm:ss within an hour, h:mm within two days, then month/day h:mm (local time). */
+function timeTicks(u, splits) {
+  const span = u.scales.x.max - u.scales.x.min;
+  return splits.map((s) => {
+    const d = new Date(s * 1000);
+    const clock = d.toTimeString();
+    if (span > 2 * 86400) return `${d.getMonth() + 1}/${d.getDate()} ${clock.slice(0, 5)}`;
+    return span > 3600 ? clock.slice(0, 5) : clock.slice(0, 8);
+  });
 }
 
 /** Destroy the charts the last render did not draw (a page left, a variant gone). */
@@ -235,8 +246,9 @@ function renderOverview(doc) {
   if (!doc.endpoints.length) parts.push(el("p", { class: "muted" }, "No endpoints."));
   for (const ep of doc.endpoints) {
     const names = ep.variants.map((v) => v.name);
-    const { charts } = trafficCharts(`ov-${ep.name}`, ep.live, names);
-    const backlog = backlogChart(`ov-${ep.name}`, ep.backlog);
+    const running = ep.variants.length > 0;
+    const charts = running ? trafficCharts(`ov-${ep.name}`, ep.live, names).charts : [];
+    const backlog = running ? backlogChart(`ov-${ep.name}`, ep.backlog) : null;
     parts.push(
       el(
         "section",
@@ -250,8 +262,8 @@ function renderOverview(doc) {
           ep.async ? el("span", { class: "badge" }, "async") : null,
         ),
         ep.failureReason ? el("p", { class: "error" }, ep.failureReason) : null,
-        variantsTable(ep, false),
-        el("div", { class: "charts" }, charts, backlog),
+        running ? variantsTable(ep, false) : el("p", { class: "muted" }, "No variant is running."),
+        running ? el("div", { class: "charts" }, charts, backlog) : null,
       ),
     );
   }
