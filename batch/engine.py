@@ -24,6 +24,7 @@ import orjson
 
 from batch import storage
 from batch.errors import BatchError, InputError, RecordError, StoppedError
+from batch.invoke import PIPELINE_PREFIX
 from batch.plan import FilePlan, JobPlan, done_uri, list_inputs, load_progress, make_plan, plan_uri
 from batch.records import GunzipStream, count_lines_before
 from batch.request import TransformSpec, parse_request
@@ -338,7 +339,7 @@ class _Job:
             cluster.close()
 
     def _mode(self) -> str:
-        if self.model.startswith(("http://", "https://")):
+        if self.model.startswith(("http://", "https://", PIPELINE_PREFIX)):
             return "url"
         return self.settings.mode
 

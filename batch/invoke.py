@@ -88,18 +88,22 @@ class HttpInvoker:
 
     def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
         """The answer body; :class:`Rejected` on 4xx, :class:`InvocationFailed` after the retries."""
+        return self.invoke_typed(body, content_type, accept)[0]
+
+    def invoke_typed(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+        """``(answer body, its Content-Type)``; errors as :meth:`invoke`'s."""
         headers = invocation_headers(content_type, accept)
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(2.0, self.backoff * 2 ** (attempt - 1)))
             try:
-                status, data = self.request("POST", "/invocations", body, headers)
+                status, data, answer_headers = self._pool.exchange("POST", "/invocations", body, headers)
             except (OSError, http.client.HTTPException) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 continue
             if 200 <= status < 300:
-                return data
+                return data, answer_headers.get("content-type") or "application/octet-stream"
             if status in TRANSIENT:
                 last = f"HTTP {status}: {_message(data)}"
                 continue
@@ -116,6 +120,58 @@ class HttpInvoker:
         except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
             pass
         return {}
+
+
+class ChainInvoker:
+    """The containers of an inference pipeline (SageMaker's Serial mode), each a ready model server: a
+    record goes to the first; each answer is the next one's request, typed with the answer's Content-Type;
+    the job's Accept goes to the last only (the others answer in their default). Errors name the container.
+    """
+
+    def __init__(self, stages: list[tuple[str, HttpInvoker]]) -> None:
+        self.stages = stages
+
+    def close(self) -> None:
+        for _, invoker in self.stages:
+            invoker.close()
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> bytes:
+        """The last container's answer; :class:`Rejected` / :class:`InvocationFailed` naming a container."""
+        last = len(self.stages) - 1
+        for position, (hostname, invoker) in enumerate(self.stages):
+            try:
+                body, content_type = invoker.invoke_typed(
+                    body, content_type, accept if position == last else None
+                )
+            except Rejected as exc:
+                raise Rejected(exc.status, f"container {hostname}: {exc.message}") from None
+            except InvocationFailed as exc:
+                raise InvocationFailed(f"container {hostname}: {exc}") from None
+        return body
+
+    def execution_parameters(self) -> dict[str, Any]:
+        """The first container's (the one that gets the job's records as they are)."""
+        return self.stages[0][1].execution_parameters()
+
+
+#: how a model source names ready pipeline containers (:func:`pipeline_source`)
+PIPELINE_PREFIX = "pipeline:"
+
+
+def pipeline_source(stages: list[tuple[str, str]]) -> str:
+    """The model source of a transform job over ready pipeline containers ``(hostname, URL)``, in order:
+    ``pipeline:<hostname>=<url> …`` (the workers read it back with :func:`pipeline_stages`)."""
+    return PIPELINE_PREFIX + " ".join(f"{hostname}={url}" for hostname, url in stages)
+
+
+def pipeline_stages(source: str) -> list[tuple[str, str]] | None:
+    """``(hostname, URL)`` of the containers of a :func:`pipeline_source`, else None."""
+    if not source.startswith(PIPELINE_PREFIX):
+        return None
+    return [
+        (hostname, url)
+        for hostname, _, url in (item.partition("=") for item in source[len(PIPELINE_PREFIX) :].split())
+    ]
 
 
 class LocalInvoker:

@@ -20,7 +20,7 @@ from distributed import WorkerPlugin, get_worker
 
 from batch import storage
 from batch.errors import BatchError, ModelServerError, StoppedError
-from batch.invoke import HttpInvoker, LocalInvoker, ModelServerProcess
+from batch.invoke import ChainInvoker, HttpInvoker, LocalInvoker, ModelServerProcess, pipeline_stages
 from batch.request import TransformSpec
 from batch.transform import PartOutcome, PartSpec, PartTransformer
 
@@ -105,7 +105,16 @@ class ModelPlugin(WorkerPlugin):
         if mode == "auto":
             mode = "http" if has_user_code(self.source) else "inprocess"
         if mode == "url":
-            state.invoker = HttpInvoker(self.source, timeout=self.timeout, retries=self.retries)
+            stages = pipeline_stages(self.source)
+            if stages is None:
+                state.invoker = HttpInvoker(self.source, timeout=self.timeout, retries=self.retries)
+            else:  # an inference pipeline's containers, in order
+                state.invoker = ChainInvoker(
+                    [
+                        (hostname, HttpInvoker(url, timeout=self.timeout, retries=self.retries))
+                        for hostname, url in stages
+                    ]
+                )
         elif mode == "inprocess":
             from serving.dataplane import DataPlane
             from serving.errors import ModelLoadError

@@ -167,22 +167,20 @@ def measure_server(
     return out
 
 
-def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int | None) -> dict[str, Any]:
+def goal_reps(
+    url: str, model: dict[str, Any], seconds: int, reps: int, pid: int | None, runtime_pairs: int = 10
+) -> dict[str, Any]:
     """Interleaved ping-floor / batch-1 cells, repeated, so machine noise hits both sides alike: each
     ratio compares two adjacent cells, taken in alternating order (the VM's speed drifts)."""
-    pings, invokes, singles, runtimes = [], [], [], []
+    pings, invokes, singles = [], [], []
     csv64: list[dict[str, Any]] = []
     recordio64: list[dict[str, Any]] = []
     body = payload(model, 1, "csv")
-    runtime_url = f"{url}/endpoints/{BENCH_ENDPOINT}/invocations"
     for rep in range(reps):
-        # the runtime path (what the gateway forwards) sits next to /invocations, in alternating order
         if rep % 2 == 0:
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
-            runtimes.append(measure(runtime_url, body, 8, seconds, 1, pid))
         else:
-            runtimes.append(measure(runtime_url, body, 8, seconds, 1, pid))
             invokes.append(measure(url + "/invocations", body, 8, seconds, 1, pid))
             pings.append(measure(url + "/ping", None, 8, seconds, 1, pid))
         singles.append(measure(url + "/invocations", body, 1, seconds, 1, pid))
@@ -191,7 +189,7 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
         for cells, fmt in pair if rep % 2 == 0 else pair[::-1]:
             cells.append(measure(url + "/invocations", payload(model, 64, fmt), 8, seconds, 64, pid))
     ratios = sorted(i["rps"] / p["rps"] for p, i in zip(pings, invokes, strict=True) if p["rps"])
-    runtime_ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes, strict=True) if i["rps"])
+    runtime = runtime_path(url, body, seconds, runtime_pairs, pid)
     recordio_ratios = sorted(r["rps"] / c["rps"] for c, r in zip(csv64, recordio64, strict=True) if c["rps"])
     return {
         "b64_csv_c8_rps": [c["rps"] for c in csv64],
@@ -199,11 +197,7 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
         "recordio_errors": sum(r["errors"] for r in recordio64),
         "ratio_recordio_over_csv": recordio_ratios,
         "ratio_recordio_median": recordio_ratios[len(recordio_ratios) // 2] if recordio_ratios else None,
-        "runtime_b1_csv_c8_rps": [r["rps"] for r in runtimes],
-        "runtime_cpu_us": [r.get("cpu_us_per_req") for r in runtimes],
-        "runtime_errors": sum(r["errors"] for r in runtimes),
-        "ratio_runtime_over_invocations": runtime_ratios,
-        "ratio_runtime_median": runtime_ratios[len(runtime_ratios) // 2] if runtime_ratios else None,
+        **runtime,
         "ping_c8_rps": [p["rps"] for p in pings],
         "b1_csv_c8_rps": [i["rps"] for i in invokes],
         "ratio_b1_c8_over_ping": ratios,
@@ -211,6 +205,39 @@ def goal_reps(url: str, model: dict[str, Any], seconds: int, reps: int, pid: int
         "ping_cpu_us": [p.get("cpu_us_per_req") for p in pings],
         "b1_cpu_us": [i.get("cpu_us_per_req") for i in invokes],
         "c1_p50_ms": sorted(s["p50_ms"] for s in singles),
+    }
+
+
+def runtime_path(url: str, body: Path, seconds: int, pairs: int, pid: int | None) -> dict[str, Any]:
+    """The runtime path the gateway forwards (``POST /endpoints/<name>/invocations``) against
+    ``/invocations`` on the same server: ``pairs`` pairs of adjacent batch-1 CSV c8 cells in ABBA order
+    (A B, B A, A B …), so a linear drift of the VM's speed cancels in the totals. The goal is judged on the
+    ratio of the totals (requests served by each side in the same wall time); the per-pair ratios and the
+    server's CPU per request show the spread."""
+    runtime_url = f"{url}/endpoints/{BENCH_ENDPOINT}/invocations"
+    invokes: list[dict[str, Any]] = []
+    runtimes: list[dict[str, Any]] = []
+    for pair in range(pairs):
+        order = [(url + "/invocations", invokes), (runtime_url, runtimes)]
+        for target, cells in order if pair % 2 == 0 else order[::-1]:
+            cells.append(measure(target, body, 8, seconds, 1, pid))
+    ratios = sorted(r["rps"] / i["rps"] for i, r in zip(invokes, runtimes, strict=True) if i["rps"])
+    total_invocations = sum(i["rps"] for i in invokes)
+    total_runtime = sum(r["rps"] for r in runtimes)
+    cpu_inv = sorted(v for i in invokes if (v := i.get("cpu_us_per_req")))
+    cpu_rt = sorted(v for r in runtimes if (v := r.get("cpu_us_per_req")))
+    return {
+        "runtime_b1_csv_c8_rps": [r["rps"] for r in runtimes],
+        "runtime_pair_b1_csv_c8_rps": [i["rps"] for i in invokes],
+        "runtime_cpu_us": [r.get("cpu_us_per_req") for r in runtimes],
+        "runtime_pair_cpu_us": [i.get("cpu_us_per_req") for i in invokes],
+        "runtime_errors": sum(r["errors"] for r in runtimes),
+        "ratio_runtime_over_invocations": ratios,
+        "ratio_runtime_median": ratios[len(ratios) // 2] if ratios else None,
+        "ratio_runtime_totals": total_runtime / total_invocations if total_invocations else None,
+        "ratio_runtime_cpu": (
+            cpu_inv[len(cpu_inv) // 2] / cpu_rt[len(cpu_rt) // 2] if cpu_inv and cpu_rt else None
+        ),
     }
 
 
@@ -234,6 +261,7 @@ def run_ours(
     log_dir: Path,
     worker_class: str,
     reps: int = 0,
+    runtime_pairs: int = 10,
 ) -> dict[str, Any]:
     port = free_port()
     env = {
@@ -267,7 +295,7 @@ def run_ours(
         result.update(measure_server(url, [(role, models[role], b, f, c) for b, f, c in cells], seconds, pid))
         result["ping_c8_after"] = measure(url + "/ping", None, 8, seconds, 1, pid)
         if reps:
-            result["goal_reps"] = goal_reps(url, models[role], seconds, reps, pid)
+            result["goal_reps"] = goal_reps(url, models[role], seconds, reps, pid, runtime_pairs)
         return result
     finally:
         proc.stop()
@@ -444,10 +472,16 @@ def report(results: dict[str, Any], roles: list[str], concs: list[int]) -> list[
             )
             runtime = reps.get("ratio_runtime_over_invocations")
             if runtime:
+                totals = reps.get("ratio_runtime_totals")
+                cpu = reps.get("ratio_runtime_cpu")
                 lines.append(
                     f"- runtime path POST /endpoints/{BENCH_ENDPOINT}/invocations / POST /invocations "
-                    f"(batch 1 CSV c8, adjacent cells) = [{', '.join(f'{r:.3f}' for r in runtime)}] (median "
-                    f"{reps['ratio_runtime_median']:.3f}; goal >= 0.98; {reps['runtime_errors']} errors)"
+                    f"(batch 1 CSV c8, {len(runtime)} ABBA pairs): requests in equal time = "
+                    f"{_fmt(totals, 3) if totals else '-'} (goal >= 0.98); per pair "
+                    f"[{', '.join(f'{r:.3f}' for r in runtime)}] "
+                    f"(median {reps['ratio_runtime_median']:.3f}); "
+                    f"server CPU per request /invocations ÷ runtime path = {_fmt(cpu, 3) if cpu else '-'}; "
+                    f"{reps['runtime_errors']} errors"
                 )
             recordio_ratios = reps.get("ratio_recordio_over_csv")
             if recordio_ratios:
@@ -504,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reps", type=int, default=5, help="interleaved repetitions of the goal cells (median reported)"
     )
+    parser.add_argument(
+        "--runtime-pairs",
+        type=int,
+        default=10,
+        help="ABBA pairs of /invocations and runtime-path cells (the runtime path's goal; default 10)",
+    )
     parser.add_argument("--setup-mms", action="store_true", help="create the MMS venv (pip) if it is missing")
     parser.add_argument("--work", default=None, help="directory for models and logs (default: a temp dir)")
     parser.add_argument("--out", default=None, help="write the raw results as JSON here")
@@ -530,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench.serving (work dir {work}, {args.seconds}s per HTTP cell)", flush=True)
     results["in_process"] = in_process(models, args.inproc_seconds, roles)
     for worker_class in [w for w in args.worker_classes.split(",") if w]:
-        ours = run_ours(models, "small", small_cells, args.seconds, log_dir, worker_class, args.reps)
+        ours = run_ours(
+            models, "small", small_cells, args.seconds, log_dir, worker_class, args.reps, args.runtime_pairs
+        )
         medium = run_ours(models, "medium", medium_cells, args.seconds, log_dir, worker_class)
         ours.update({k: v for k, v in medium.items() if not k.startswith("ping")})
         results[f"ours/{worker_class}"] = ours

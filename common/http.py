@@ -345,6 +345,13 @@ class SyncPool:
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, bytes]:
         """``(status, body)`` of one request (no retry beyond replacing a stale kept-alive connection)."""
+        status, data, _ = self.exchange(method, path, body, headers)
+        return status, data
+
+    def exchange(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Like :meth:`request`, with the answer's headers (names lower-cased)."""
         for attempt in (0, 1):
             conn = self._acquire()
             try:
@@ -360,7 +367,7 @@ class SyncPool:
                 conn.close()
                 raise
             self._release(conn, not resp.will_close)
-            return resp.status, data
+            return resp.status, data, {k.lower(): v for k, v in resp.getheaders()}
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:

@@ -145,9 +145,24 @@ def endpoint_log_dir(logs_dir: Path, endpoint: str) -> Path | None:
 
 def instance_variant(endpoint: str, instance_id: str) -> str:
     """The variant name inside an instance id ``<endpoint>-<variant>-<8 hex>`` (the id itself when it has
-    another form)."""
+    another form); a pipeline container's model server is ``<instance id>--<container hostname>``."""
+    variant = _plain_instance_variant(endpoint, instance_id)
+    if variant != instance_id or "--" not in instance_id:
+        return variant
+    # names may hold "--" too: the instance id is the shortest prefix ending before a "--" that parses
+    start = 0
+    while (found := instance_id.find("--", start)) != -1:
+        base = instance_id[:found]
+        variant = _plain_instance_variant(endpoint, base)
+        if variant != base:
+            return variant
+        start = found + 1
+    return instance_id
+
+
+def _plain_instance_variant(endpoint: str, instance_id: str) -> str:
     head, _, tail = instance_id.rpartition("-")
     inside = head[: len(endpoint) + 1].lower() == endpoint.lower() + "-" and len(head) > len(endpoint) + 1
-    if inside and len(tail) == 8:
+    if inside and len(tail) == 8 and not head.endswith("-"):  # a variant name never ends with "-"
         return head[len(endpoint) + 1 :]
     return instance_id

@@ -81,3 +81,32 @@ def add_submit_directory(
         raise ModelDataError(f"could not extract {SUBMIT_DIRECTORY_ENV} {uri}: {exc}") from exc
     except modeldata.ModelDataError as exc:
         raise ModelDataError(f"{SUBMIT_DIRECTORY_ENV}: {exc}") from exc
+
+
+#: SageMaker's limit on the containers of one model (an inference pipeline or a multi-container endpoint)
+MAX_CONTAINERS = 15
+
+
+def default_hostname(position: int) -> str:
+    """The ContainerHostname a pipeline container without one gets, from its 0-based ``position``."""
+    return f"container-{position + 1}"
+
+
+def model_containers(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(hostname, ContainerDefinition)`` of every container of a model document, in pipeline order.
+
+    A model with a PrimaryContainer (or a one-entry Containers) has one container, named ``primary`` as
+    SageMaker names it in its errors; pipeline containers keep their ContainerHostname, or get
+    :func:`default_hostname`.
+    """
+    containers = doc.get("Containers") or []
+    if doc.get("PrimaryContainer") or len(containers) <= 1:
+        return [("primary", doc.get("PrimaryContainer") or (containers or [{}])[0])]
+    return [(c.get("ContainerHostname") or default_hostname(i), c) for i, c in enumerate(containers)]
+
+
+def execution_mode(doc: dict[str, Any]) -> str | None:
+    """``Serial`` or ``Direct`` for a model of several containers (Serial by default); None for one."""
+    if len(model_containers(doc)) == 1:
+        return None
+    return str((doc.get("InferenceExecutionConfig") or {}).get("Mode") or "Serial")

@@ -458,6 +458,7 @@ async def _invoke(request: web.Request, *, stream: bool) -> web.StreamResponse:
             custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
             target_variant=headers.get("X-Amzn-SageMaker-Target-Variant"),
             inference_id=headers.get("X-Amzn-SageMaker-Inference-Id"),
+            target_container=headers.get("X-Amzn-SageMaker-Target-Container-Hostname"),
         )
         # the deployment resolved now serves this request even if an update retires it meanwhile (a guarded
         # dispatch or a cold start may await before an instance is picked): it stops once its leases are over

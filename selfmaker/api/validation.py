@@ -236,7 +236,6 @@ def check_file_locations(
 #: one model instead would be a silently wrong answer
 _UNSUPPORTED_TARGETS = {
     "TargetModel": "multi-model endpoints",
-    "TargetContainerHostname": "multi-container endpoints",
     "InferenceComponentName": "inference components",
     "SessionId": "stateful sessions",
 }

@@ -29,12 +29,15 @@ from selfmaker.endpoints.runtime import (
     EndpointRuntime,
     Instance,
     InstancePool,
+    Pipeline,
+    PipelineHandle,
     VariantContext,
     VariantRuntime,
+    handle_servers,
 )
 from selfmaker.executors import ExecutorError, Executors, InstanceHandle, InstanceSpec
 from selfmaker.logfiles import ENDPOINT_LOG_DIR, stamp
-from selfmaker.modeldata import ModelDataError, fetch_model_data
+from selfmaker.modeldata import ModelDataError, execution_mode, fetch_model_data, model_containers
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
@@ -111,9 +114,10 @@ def last_log_line(path: Path, limit: int = 400) -> str | None:
     return None
 
 
-def _ping_failure(variant: str) -> str:
+def _ping_failure(variant: str, hostname: str | None = None) -> str:
+    container = "The primary container" if hostname is None else f"The container {hostname}"
     return (
-        f"The primary container for production variant {variant} did not pass the ping health check. "
+        f"{container} for production variant {variant} did not pass the ping health check. "
         "Please check CloudWatch logs for this endpoint."
     )
 
@@ -160,18 +164,19 @@ class DeploymentBuilder:
         endpoint: str,
         variant: dict[str, Any],
         model: dict[str, Any],
-        container: dict[str, Any],
-        model_dir: Path,
+        containers: list[tuple[str, dict[str, Any], Path]],
         deploy_dir: Path,
     ) -> Callable[[], Awaitable[Instance]]:
+        """Launches one ready instance: one model server per ``(hostname, container, model dir)``."""
         variant_name = variant["VariantName"]
         timeout = float(
             variant.get("ContainerStartupHealthCheckTimeoutInSeconds") or self.settings.startup_timeout
         )
-        image = container.get("Image") or ""
 
-        async def launch() -> Instance:
-            instance_id = f"{endpoint}-{variant_name}-{uuid.uuid4().hex[:8]}"
+        async def start_server(
+            instance_id: str, container: dict[str, Any], model_dir: Path, hostname: str | None
+        ) -> InstanceHandle:
+            """One ready model server; ``hostname``: the container's, for a pipeline's servers."""
             work = deploy_dir / "instances" / instance_id
             work.mkdir(parents=True, exist_ok=True)
             log_path = self.settings.logs_dir / ENDPOINT_LOG_DIR / endpoint / f"{instance_id}.log"
@@ -180,6 +185,7 @@ class DeploymentBuilder:
                 out.write(stamp(f"starting instance {instance_id} of variant {variant_name}"))
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             serverless = variant.get("ServerlessConfig") or {}
+            image = container.get("Image") or ""
             spec = InstanceSpec(
                 instance_id=instance_id,
                 endpoint_name=endpoint,
@@ -229,20 +235,56 @@ class DeploymentBuilder:
                         detail += f" It ran out of memory under MemorySizeInMB={spec.memory_mb}."
                 else:
                     detail = f" It did not answer within {timeout:g} seconds."
-                raise DeployError(_ping_failure(variant_name) + detail) from None
-            self.store.put_instance(
-                instance_id,
-                endpoint,
-                variant_name,
-                url=handle.url,
-                pid=handle.pid,
-                status="InService",
-                log_path=str(log_path),
-            )
+                message = _ping_failure(variant_name, hostname)
+                raise DeployError(message + detail) from None
+            return handle
+
+        async def launch() -> Instance:
+            instance_id = f"{endpoint}-{variant_name}-{uuid.uuid4().hex[:8]}"
+            if len(containers) == 1:
+                _, container, model_dir = containers[0]
+                handle = await start_server(instance_id, container, model_dir, None)
+                stages = None
+            else:
+                handle, stages = await self._start_pipeline(instance_id, containers, start_server)
+            # a pipeline's model servers are recorded one by one (status, orphan reaping after a crash)
+            for record_id, server in handle_servers(handle):
+                self.store.put_instance(
+                    record_id,
+                    endpoint,
+                    variant_name,
+                    url=server.url,
+                    pid=server.pid,
+                    status="InService",
+                    log_path=str(self.settings.logs_dir / ENDPOINT_LOG_DIR / endpoint / f"{record_id}.log"),
+                )
             log.info("instance %s of %s/%s ready at %s", instance_id, endpoint, variant_name, handle.url)
-            return Instance(handle)
+            return Instance(handle, stages)
 
         return launch
+
+    async def _start_pipeline(
+        self,
+        instance_id: str,
+        containers: list[tuple[str, dict[str, Any], Path]],
+        start_server: Callable[[str, dict[str, Any], Path, str | None], Awaitable[InstanceHandle]],
+    ) -> tuple[InstanceHandle, list[tuple[str, str]]]:
+        """The model servers of one pipeline instance, started together (all or none)."""
+        results = await asyncio.gather(
+            *(
+                start_server(f"{instance_id}--{name}", c, model_dir, name)
+                for name, c, model_dir in containers
+            ),
+            return_exceptions=True,
+        )
+        handles = [r for r in results if isinstance(r, InstanceHandle)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await asyncio.gather(*(h.stop(self.settings.stop_grace) for h in handles), return_exceptions=True)
+            raise failures[0]
+        names = [name for name, _, _ in containers]
+        handle = PipelineHandle(instance_id, list(zip(names, handles, strict=True)))
+        return handle, [(name, h.url) for name, h in zip(names, handles, strict=True)]
 
     async def retire(self, instance: Instance) -> None:
         """Drain ``instance`` (already detached from its pool) and stop its server."""
@@ -253,9 +295,10 @@ class DeploymentBuilder:
                 instance.outstanding,
                 self.settings.drain_timeout,
             )
-        instance.upstream.close()
+        instance.close()
         await instance.handle.stop(self.settings.stop_grace)
-        self.store.remove_instance(instance.instance_id)
+        for record_id, _ in handle_servers(instance.handle):
+            self.store.remove_instance(record_id)
 
     # ---- deployments ---------------------------------------------------------------------------
 
@@ -314,21 +357,37 @@ class DeploymentBuilder:
             model = model_record.doc
         if models is not None:
             models[model_name] = model
-        container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
+        named = model_containers(model)
         variant_dir = deploy_dir / name
-        try:
-            model_dir = await asyncio.to_thread(
-                fetch_model_data, container, variant_dir, max_unpacked_bytes=self.settings.max_unpacked_bytes
+        containers: list[tuple[str, dict[str, Any], Path]] = []
+        for hostname, container in named:
+            # a pipeline's containers each get their own /opt/ml/model
+            dest = variant_dir if len(named) == 1 else variant_dir / "containers" / hostname
+            try:
+                model_dir = await asyncio.to_thread(
+                    fetch_model_data, container, dest, max_unpacked_bytes=self.settings.max_unpacked_bytes
+                )
+            except ModelDataError as exc:
+                raise DeployError(
+                    f"Failed to download model data for production variant {name}"
+                    + (f", container {hostname}" if len(named) > 1 else "")
+                    + f": {exc}"
+                ) from exc
+            containers.append((hostname, container, model_dir))
+        mode = execution_mode(model)
+        if mode is not None and variant.get("ServerlessConfig"):
+            raise DeployError(
+                f"Production variant {name}: serverless variants cannot serve a model of several "
+                "containers (an inference pipeline)."
             )
-        except ModelDataError as exc:
-            raise DeployError(f"Failed to download model data for production variant {name}: {exc}") from exc
+        container, model_dir = containers[0][1], containers[0][2]
         ctx = VariantContext(
             endpoint_name=endpoint,
             variant=variant,
             model=model,
             container=container,
             model_dir=model_dir,
-            launch=self._launcher(endpoint, variant, model, container, model_dir, variant_dir),
+            launch=self._launcher(endpoint, variant, model, containers, variant_dir),
             retire=self.retire,
         )
         pool: InstancePool | None = None
@@ -351,6 +410,7 @@ class DeploymentBuilder:
             config=variant,
             model_name=model["ModelName"],
             image=container.get("Image") or "",
+            pipeline=None if mode is None else Pipeline(mode, tuple(h for h, _, _ in containers)),
         )
         if count:
             await pool.start(count)

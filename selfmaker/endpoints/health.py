@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InstancePool
+from selfmaker.endpoints.runtime import EndpointRuntime, Instance, InstancePool, handle_servers
 
 if TYPE_CHECKING:
     from selfmaker.settings import PlatformSettings
@@ -62,9 +62,10 @@ class InstanceHealth:
             return
 
         async def replace() -> None:
-            instance.upstream.close()
+            instance.close()
             await instance.handle.stop(self.settings.stop_grace)
-            self.store.remove_instance(instance.instance_id)
+            for record_id, _ in handle_servers(instance.handle):
+                self.store.remove_instance(record_id)
             await self._replace(pool)
 
         task = asyncio.get_running_loop().create_task(replace())

@@ -81,15 +81,32 @@ class FeatureState:
 class Instance:
     """One running model server in a pool, with its count of in-flight requests."""
 
-    __slots__ = ("handle", "url", "invocations_url", "outstanding", "draining", "_idle", "served", "upstream")
+    __slots__ = (
+        "handle",
+        "url",
+        "invocations_url",
+        "outstanding",
+        "draining",
+        "_idle",
+        "served",
+        "upstream",
+        "stages",
+    )
 
-    def __init__(self, handle: InstanceHandle) -> None:
+    def __init__(self, handle: InstanceHandle, stages: list[tuple[str, str]] | None = None) -> None:
         self.handle = handle
         self.url = handle.url
         self.invocations_url = handle.url + "/invocations"
         parsed = urlsplit(handle.url)
         #: keep-alive connections to this model server (common.http)
         self.upstream = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
+        #: an instance of a pipeline model: ``(container hostname, keep-alive connections)`` of each of its
+        #: model servers, in pipeline order (the first is :attr:`upstream`); None for one model server
+        self.stages: list[tuple[str, UpstreamPool]] | None = None
+        if stages is not None:
+            self.stages = [(stages[0][0], self.upstream)] + [
+                (hostname, _upstream(url)) for hostname, url in stages[1:]
+            ]
         self.outstanding = 0
         self.served = 0
         self.draining = False
@@ -101,6 +118,12 @@ class Instance:
 
     def begin(self) -> None:
         self.outstanding += 1
+
+    def close(self) -> None:
+        """Close the keep-alive connections to this instance's model server(s)."""
+        self.upstream.close()
+        for _, upstream in self.stages or ():
+            upstream.close()
 
     def end(self) -> None:
         self.outstanding -= 1
@@ -119,6 +142,41 @@ class Instance:
         except asyncio.TimeoutError:
             return False
         return True
+
+
+def _upstream(url: str) -> UpstreamPool:
+    parsed = urlsplit(url)
+    return UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
+
+
+class PipelineHandle(InstanceHandle):
+    """The model servers of one instance of a pipeline model, as one handle: alive while all are, stopped
+    together; its URL is the first container's."""
+
+    def __init__(self, instance_id: str, handles: list[tuple[str, InstanceHandle]]) -> None:
+        self.instance_id = instance_id
+        self.handles = handles
+        self.url = handles[0][1].url
+
+    def alive(self) -> bool:
+        return all(handle.alive() for _, handle in self.handles)
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(*(handle.stop(grace) for _, handle in self.handles), return_exceptions=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self.handles[0][1].pid
+
+    def describe(self) -> dict[str, Any]:
+        return {"Containers": {name: handle.url for name, handle in self.handles}}
+
+
+def handle_servers(handle: InstanceHandle) -> list[tuple[str, InstanceHandle]]:
+    """``(instance id, handle)`` of each model server behind ``handle`` (one, or a pipeline's)."""
+    if isinstance(handle, PipelineHandle):
+        return [(server.instance_id, server) for _, server in handle.handles]
+    return [(handle.instance_id, handle)]
 
 
 #: launches one ready instance of a variant (executor start + /ping) — provided by the manager
@@ -240,6 +298,23 @@ class InstancePool:
         ]
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """How a variant's model of several containers is invoked: ``Serial`` (each container's answer is the
+    next one's request) or ``Direct`` (TargetContainerHostname picks one); ``hostnames`` in order."""
+
+    mode: str
+    hostnames: tuple[str, ...]
+
+    def position(self, hostname: str) -> int | None:
+        """The index of container ``hostname`` (an exact match first; hostnames, as DNS names, are unique
+        regardless of case), or None."""
+        if hostname in self.hostnames:
+            return self.hostnames.index(hostname)
+        lowered = [h.lower() for h in self.hostnames]
+        return lowered.index(hostname.lower()) if hostname.lower() in lowered else None
+
+
 @dataclass
 class VariantRuntime:
     """One production variant of a deployment."""
@@ -250,6 +325,8 @@ class VariantRuntime:
     config: dict[str, Any]
     model_name: str
     image: str
+    #: set when the variant's model has several containers (its instances have ``stages``)
+    pipeline: Pipeline | None = None
 
 
 @dataclass
@@ -263,6 +340,8 @@ class InvocationRecord:
     custom_attributes: str | None
     target_variant: str | None
     inference_id: str | None
+    #: InvokeEndpoint's TargetContainerHostname (a multi-container model in Direct mode)
+    target_container: str | None = None
     started: float = field(default_factory=time.time)
     variant_name: str | None = None
     status: int | None = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import BatchError
+from batch.invoke import pipeline_source
 from batch.request import parse_request
 from batch.settings import BatchSettings
 from common.http import SyncPool
@@ -27,7 +28,7 @@ from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
 from selfmaker.executors import Executors, InstanceSpec, executor_kind_for_image
 from selfmaker.logfiles import job_log_path, stamp
-from selfmaker.modeldata import ModelDataError, fetch_model_data
+from selfmaker.modeldata import ModelDataError, execution_mode, fetch_model_data, model_containers
 from selfmaker.state import Record
 
 if TYPE_CHECKING:
@@ -120,7 +121,16 @@ class TransformJobs:
             arn = make_arn(self.settings.region, self.settings.account_id, "model", request["ModelName"])
             raise _JobError(f'Could not find model "{arn}".')
         doc = record.doc
-        container = doc.get("PrimaryContainer") or (doc.get("Containers") or [{}])[0]
+        containers = model_containers(doc)
+        if len(containers) > 1:
+            if execution_mode(doc) == "Direct":
+                raise _JobError(
+                    f"Model {request['ModelName']} is configured for direct invocation "
+                    "(InferenceExecutionConfig.Mode Direct): a transform job needs a Serial inference "
+                    "pipeline."
+                )
+            return self._start_pipeline(name, request, containers, work)
+        container = containers[0][1]
         model_dir = fetch_model_data(
             container, work / "model", max_unpacked_bytes=self.settings.max_unpacked_bytes
         )
@@ -130,6 +140,31 @@ class TransformJobs:
             return str(model_dir), env, None
         return self._start_container(name, request, container, model_dir, env, work)
 
+    def _start_pipeline(
+        self, name: str, request: dict[str, Any], containers: list[tuple[str, dict[str, Any]]], work: Path
+    ) -> tuple[str, dict[str, str], Any]:
+        """Every container of a Serial pipeline as a model server (each with its own model directory);
+        the workers chain them (:class:`batch.invoke.ChainInvoker`)."""
+        handles: list[Any] = []
+        stages: list[tuple[str, str]] = []
+        try:
+            for hostname, container in containers:
+                model_dir = fetch_model_data(
+                    container,
+                    work / "containers" / hostname,
+                    max_unpacked_bytes=self.settings.max_unpacked_bytes,
+                )
+                env = dict(container.get("Environment") or {})
+                url, _, handle = self._start_container(
+                    name, request, container, model_dir, env, work / "containers" / hostname, hostname
+                )
+                handles.append(handle)
+                stages.append((hostname, url))
+        except BaseException:
+            self._stop_handle(handles)
+            raise
+        return pipeline_source(stages), {}, handles
+
     def _start_container(
         self,
         name: str,
@@ -138,6 +173,7 @@ class TransformJobs:
         model_dir: Path,
         env: dict[str, str],
         work: Path,
+        hostname: str | None = None,
     ) -> tuple[str, dict[str, str], Any]:
         # batch.engine brings dask and pyarrow in: imported when a job runs, not when the platform starts
         from batch.engine import model_environment
@@ -145,7 +181,7 @@ class TransformJobs:
         if self.loop is None:
             raise _JobError("the platform is not running")
         spec = InstanceSpec(
-            instance_id=f"{name}-transform",
+            instance_id=f"{name}-transform" + (f"-{hostname}" if hostname else ""),
             endpoint_name=name,
             variant_name="transform",
             model_name=request["ModelName"],
@@ -174,9 +210,14 @@ class TransformJobs:
         finally:
             probe.close()
         self._stop_handle(handle)
-        raise _JobError(f"the model container of {request['ModelName']} did not pass the ping health check")
+        which = f"container {hostname}" if hostname else "model container"
+        raise _JobError(f"the {which} of {request['ModelName']} did not pass the ping health check")
 
     def _stop_handle(self, handle: Any) -> None:
+        if isinstance(handle, list):  # a pipeline's model servers
+            for one in handle:
+                self._stop_handle(one)
+            return
         if handle is not None and self.loop is not None:
             try:
                 asyncio.run_coroutine_threadsafe(handle.stop(self.settings.stop_grace), self.loop).result(

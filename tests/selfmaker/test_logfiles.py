@@ -119,6 +119,12 @@ def test_instance_ids_name_their_variant() -> None:
     assert instance_variant("my-ep", "my-ep-AllTraffic-0123abcd") == "AllTraffic"
     assert instance_variant("My-Ep", "my-ep-blue-green-0123abcd") == "blue-green"
     assert instance_variant("ep", "something-else") == "something-else"
+    # a pipeline container's model server: <instance id>--<container hostname>; names may hold "--" too
+    assert instance_variant("ep", "ep-AllTraffic-0123abcd--scaler") == "AllTraffic"
+    assert instance_variant("ep", "ep-A-0123abcd--container-1") == "A"
+    assert instance_variant("ep", "ep-A-0123abcd--deadbeef") == "A"
+    assert instance_variant("ep--x", "ep--x-v--w-0123abcd--c--d") == "v--w"
+    assert instance_variant("ep", "weird--x") == "weird--x"
 
 
 def test_groups_page_and_follow_the_files(tmp_path: Path) -> None:

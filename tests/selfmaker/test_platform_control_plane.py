@@ -61,7 +61,16 @@ def test_model_crud_and_errors(sm: Any, onnx_model_tar: str) -> None:
         ),
         ({"ModelName": "ok", "PrimaryContainer": {"Image": "x", "Mode": "Bogus"}}, "enum value set"),
         ({"ModelName": "ok2"}, "Either PrimaryContainer or Containers"),
-        ({"ModelName": "pipe", "Containers": [{"Image": "x"}, {"Image": "y"}]}, "one container per model"),
+        (
+            {
+                "ModelName": "pipe",
+                "Containers": [
+                    {"Image": "x", "ContainerHostname": "a"},
+                    {"Image": "y", "ContainerHostname": "A"},
+                ],
+            },
+            "ContainerHostname 'A' is used by more than one container",
+        ),
         (
             {"ModelName": "mme", "PrimaryContainer": {"Image": "x", "Mode": "MultiModel"}},
             "MultiModel is not supported",

@@ -187,7 +187,7 @@ def test_runtime_errors(
         ({"TargetVariant": "bad name!"}, "at 'targetVariant' failed to satisfy constraint"),
         ({"EndpointName": "bad_name"}, "at 'endpointName' failed to satisfy constraint"),
         ({"TargetModel": "other.tar.gz"}, "TargetModel is not supported"),
-        ({"TargetContainerHostname": "second"}, "TargetContainerHostname is not supported"),
+        ({"TargetContainerHostname": "second"}, "is not configured for direct invocation"),
         ({"InferenceComponentName": "ic1"}, "InferenceComponentName is not supported"),
     ):
         with pytest.raises(ClientError) as info:

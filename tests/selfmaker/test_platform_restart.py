@@ -81,6 +81,18 @@ def test_crash_and_restart_restores_endpoints_and_fails_running_jobs(tmp_path: P
         sm, smr = server.sagemaker(), server.runtime()
         make_model(sm, "m", model_uri)
         deploy(sm, "Survivor", [variant("A", "m", weight=3.0), variant("B", "m", weight=1.0)])
+        # a pipeline model (Direct: either container answers alone): one model server per container
+        sm.create_model(
+            ModelName="pm",
+            Containers=[
+                {"Image": "selfmaker", "ModelDataUrl": model_uri, "ContainerHostname": name}
+                for name in ("one", "two")
+            ],
+            InferenceExecutionConfig={"Mode": "Direct"},
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/selfmaker",
+        )
+        deploy(sm, "Pipe", [variant("P", "pm")])
+        sm.delete_model(ModelName="pm")
         sm.update_endpoint_weights_and_capacities(
             EndpointName="Survivor", DesiredWeightsAndCapacities=[{"VariantName": "A", "DesiredWeight": 0.0}]
         )
@@ -96,17 +108,26 @@ def test_crash_and_restart_restores_endpoints_and_fails_running_jobs(tmp_path: P
             time.sleep(0.2)
         old_pids = _pids(home, "Survivor")
         assert len(old_pids) == 2
+        old_pipe = _pids(home, "Pipe")
+        assert len(old_pipe) == 2  # both containers' servers are recorded, so both are reaped
         server.stop(signal.SIGKILL)  # crash: no chance to clean up
 
         server = PlatformProcess(home, port=server.port).start()
         sm, smr = server.sagemaker(), server.runtime()
-        _wait_gone(old_pids)  # orphaned model servers of the crashed run are reaped
+        _wait_gone(old_pids | old_pipe)  # orphaned model servers of the crashed run are reaped
         sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
         new_pids = _pids(home, "Survivor")
         assert len(new_pids) == 2 and not (new_pids & old_pids)
         # weights survive the restart: A has 0 and only answers when targeted
         assert {invoke_variant(smr, "Survivor") for _ in range(30)} == {"B"}
         assert invoke_variant(smr, "Survivor", TargetVariant="A") == "A"
+        # the pipeline endpoint is back too, from the model documents kept with it
+        sm.get_waiter("endpoint_in_service").wait(EndpointName="Pipe", WaiterConfig=WAIT)
+        assert len(_pids(home, "Pipe") - old_pipe) == 2
+        answer = smr.invoke_endpoint(
+            EndpointName="Pipe", Body=b"1,2,3,4", ContentType="text/csv", TargetContainerHostname="two"
+        )
+        assert answer["InvokedProductionVariant"] == "P" and answer["Body"].read()
         desc = sm.describe_training_job(TrainingJobName=job)
         assert desc["TrainingJobStatus"] == "Failed"
         assert "restarted" in desc["FailureReason"]

@@ -8,6 +8,7 @@ from selfmaker.api.common import list_page
 from selfmaker.api.ops._shared import create_record, find, public
 from selfmaker.api.registry import operation
 from selfmaker.errors import ValidationException
+from selfmaker.modeldata import execution_mode
 
 if TYPE_CHECKING:
     from selfmaker.services import Services
@@ -47,7 +48,12 @@ def check_variants(platform: Services, variants: list[dict[str, Any]], member: s
                 f"1 validation error detected: Value null at '{path}.modelName' failed to "
                 "satisfy constraint: Member must not be null"
             )
-        find(platform, "model", variant["ModelName"])
+        model = find(platform, "model", variant["ModelName"])
+        if variant.get("ServerlessConfig") and execution_mode(model.doc) is not None:
+            raise ValidationException(
+                f"Variant '{name}': model {model.name} has several containers (an inference pipeline); "
+                "serverless variants serve models of one container."
+            )
         scaling = variant.get("ManagedInstanceScaling") or {}
         low, high = scaling.get("MinInstanceCount"), scaling.get("MaxInstanceCount")
         if low is not None and high is not None and low > high:
@@ -92,6 +98,15 @@ async def create_endpoint_config(platform: Services, params: dict[str, Any]) -> 
             raise ValidationException(
                 f"Variant names must be unique; '{clash[0]}' is both a production and a shadow variant."
             )
+    if params.get("AsyncInferenceConfig"):
+        for variant in variants:
+            model = find(platform, "model", variant["ModelName"])
+            if execution_mode(model.doc) is not None:
+                # the async workers post to one model server per instance: a pipeline would answer half-done
+                raise ValidationException(
+                    f"Variant '{variant['VariantName']}': model {model.name} has several containers (an "
+                    "inference pipeline); asynchronous endpoints here serve models of one container."
+                )
     if sum(float(v.get("InitialVariantWeight", 1.0)) for v in variants) <= 0:
         raise ValidationException(
             "At least one production variant must have an InitialVariantWeight above 0."

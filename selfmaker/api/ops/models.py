@@ -26,10 +26,8 @@ async def create_model(platform: Services, params: dict[str, Any]) -> dict[str, 
     if params.get("PrimaryContainer") and containers:
         raise ValidationException("PrimaryContainer and Containers cannot both be specified.")
     if containers and len(containers) > 1:
-        # refused rather than serving the first container alone, which would answer for the pipeline
-        raise ValidationException(
-            f"Model '{name}' has {len(containers)} containers: selfmaker runs one container per model "
-            "and does not support inference pipelines or direct invocation of several containers."
+        _check_pipeline(
+            name, containers, (params.get("InferenceExecutionConfig") or {}).get("Mode") or "Serial"
         )
     for container in [params.get("PrimaryContainer")] + list(containers or []):
         if container and container.get("Mode") == "MultiModel":
@@ -41,12 +39,41 @@ async def create_model(platform: Services, params: dict[str, Any]) -> dict[str, 
     # ModelDataUrl and Environment; the request's own Environment wins)
     if (params.get("PrimaryContainer") or {}).get("ModelPackageName"):
         doc["PrimaryContainer"] = _from_package(platform, params["PrimaryContainer"])
-    if containers and containers[0].get("ModelPackageName"):
-        doc["Containers"] = [_from_package(platform, containers[0])]
+    if containers and any(c.get("ModelPackageName") for c in containers):
+        doc["Containers"] = [
+            _from_package(platform, c) if c.get("ModelPackageName") else c for c in containers
+        ]
+    if containers and len(containers) > 1 and not params.get("InferenceExecutionConfig"):
+        doc["InferenceExecutionConfig"] = {"Mode": "Serial"}  # SageMaker's default, as DescribeModel says
     arn = platform.arn("model", name)
     record = create_record(platform, "model", name, doc, tags=params.get("Tags"))
     platform.store.update("model", name, merge={"ModelArn": arn, "CreationTime": record.created}, touch=False)
     return {"ModelArn": arn}
+
+
+def _check_pipeline(name: str, containers: list[dict[str, Any]], mode: str) -> None:
+    """The ContainerHostname rules of a model of several containers (at most 15: botocore's model checks
+    the count): all named or none (Direct: all), no name twice."""
+    hostnames = [c.get("ContainerHostname") for c in containers]
+    if mode == "Direct" and not all(hostnames):
+        raise ValidationException(
+            f"Model '{name}': ContainerHostname must be specified for every container when "
+            "InferenceExecutionConfig.Mode is Direct."
+        )
+    if any(hostnames) and not all(hostnames):
+        raise ValidationException(
+            f"Model '{name}': ContainerHostname must be specified for every container of an inference "
+            "pipeline when it is specified for any of them."
+        )
+    seen: set[str] = set()
+    for hostname in hostnames:
+        if hostname and hostname.lower() in seen:
+            raise ValidationException(
+                f"Model '{name}': ContainerHostname '{hostname}' is used by more than one container; "
+                "container hostnames must be unique within a model."
+            )
+        if hostname:
+            seen.add(hostname.lower())
 
 
 def _from_package(platform: Services, container: dict[str, Any]) -> dict[str, Any]:

@@ -306,7 +306,14 @@ class _Dispatcher:
         on_new = fleet is self.new
         started = time.perf_counter()
         try:
-            result = await call_variant(self.platform.endpoints, fleet, variant, body, headers)
+            result = await call_variant(
+                self.platform.endpoints,
+                fleet,
+                variant,
+                body,
+                headers,
+                target_container=record.target_container,
+            )
         except SageMakerError:
             if not on_new or not self.split.retry_on_old(0):
                 raise
@@ -325,7 +332,14 @@ class _Dispatcher:
             else self.old.route(None)
         )
         started = time.perf_counter()
-        result = await call_variant(self.platform.endpoints, self.old, variant, body, headers)
+        result = await call_variant(
+            self.platform.endpoints,
+            self.old,
+            variant,
+            body,
+            headers,
+            target_container=record.target_container,
+        )
         self.recorder.record("old", result[0], time.perf_counter() - started)
         return variant, result
 

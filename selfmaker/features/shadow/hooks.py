@@ -45,7 +45,13 @@ async def _send(
     platform: Services, runtime: EndpointRuntime, shadow: VariantRuntime, record: InvocationRecord
 ) -> Answer:
     status, body, headers = await call_variant(
-        platform.endpoints, runtime, shadow, record.body, outgoing_headers(record)
+        platform.endpoints,
+        runtime,
+        shadow,
+        record.body,
+        outgoing_headers(record),
+        # a shadow serving a Direct multi-container model gets the container the request named
+        target_container=record.target_container if shadow.pipeline is not None else None,
     )
     content_type = headers.get("content-type")  # call_variant lower-cases header names
     if 200 <= status < 300:
