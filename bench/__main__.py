@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "async_inference": "async accept-to-output vs real-time latency; backlog drain with 1 and 2 instances",
     "tuning": "a tuning job of 8 short built-in XGBoost jobs with MaxParallelTrainingJobs=2 vs 1 (wall time)",
     "slowclients": "a client's p99 under 500 idle + 50 slowloris connections / idle p99; RSS over 100k calls",
+    "metricstore": "a week of 10 endpoints' minute rollups on disk (MB); throughput recording metrics / not",
     "aws_batch": (
         "a transform split over 2 AWS Batch array children (local processes) vs the local engine's rows/s"
     ),

@@ -220,6 +220,7 @@ def _unpack(blob: bytes | None) -> list[int] | None:
 
 def _num(value: float) -> float | int:
     """Whole numbers as integers: SQLite stores them in 1 to 4 bytes instead of 8."""
+    value = float(value)
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
 
@@ -241,8 +242,10 @@ class MetricStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT until FROM flushed WHERE id=0").fetchone()
-        #: live data before this minute (epoch seconds) is in the database
-        self.flushed_until = int(row[0]) if row else int(self.clock()) // 60 * 60
+        #: live data before this minute (epoch seconds) is in the database; after a restart no later than the
+        #: minute in progress (a shutdown flushes that minute whole: what comes after is merged into it)
+        minute = int(self.clock()) // 60 * 60
+        self.flushed_until = min(int(row[0]), minute) if row else minute
         self._series: dict[tuple[str, str, Dims], int] = {}
 
     def close(self) -> None:

@@ -126,6 +126,7 @@ class Platform:
             await asyncio.sleep(60.5 - time.time() % 60)
             try:
                 await store.flush()
+                self.services.invocation_stats.prune({r.name for r in self.services.endpoints.live.values()})
                 if loop.time() - pruned_at >= 3600:
                     pruned_at = loop.time()
                     await asyncio.to_thread(store.prune)

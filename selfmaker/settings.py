@@ -78,6 +78,9 @@ class PlatformSettings(BaseSettings):
     #: more names the ``Host`` header may carry besides the address served and the loopback names,
     #: comma-separated (``name`` or ``name:port``; ``*`` turns the check off), e.g. a reverse proxy's name
     allowed_hosts: str = ""
+    #: count every runtime request in the endpoint metrics (CloudWatch's AWS/SageMaker namespace); off,
+    #: endpoints have no invocation metrics (``python -m bench metricstore`` measures what they cost)
+    endpoint_metrics: bool = True
     #: days the metric store keeps its 1-minute data and training metric values (CloudWatch: 15 days)
     metrics_retention_days: float = Field(default=15.0, gt=0)
     #: seconds between two evaluations of the CloudWatch alarms (PutMetricAlarm)

@@ -247,10 +247,15 @@ def runtime_error(exc: SageMakerError, request_id: str) -> web.Response:
 
 
 async def _operation(
-    request: web.Request, platform: Services, service: str, op_name: str, decode: Callable[[bytes], Any]
+    request: web.Request,
+    platform: Services,
+    service: str,
+    op_name: str,
+    decode: Callable[[bytes], Any],
+    document: str = "JSON",
 ) -> dict[str, Any]:
-    """Read, decode (``decode``: JSON or CBOR to Python) and validate one control-plane call and run its
-    handler; its result (raises SageMakerError)."""
+    """Read, decode (``decode``: ``document``, JSON or CBOR, to Python) and validate one control-plane call
+    and run its handler; its result (raises SageMakerError)."""
     model_name, bad_input = JSON_SERVICES.get(service, ("", ValidationException))
     handler = platform.registry.targets.get(service, {}).get(op_name) if model_name else None
     if handler is None:
@@ -263,9 +268,9 @@ async def _operation(
     try:
         params = decode(raw) if raw.strip() else {}
     except Exception:  # noqa: BLE001 - whatever the decoder raises, the body is not a document
-        raise bad_input("The request body is not a valid document.") from None
+        raise bad_input(f"The request body is not valid {document}.") from None
     if not isinstance(params, dict):
-        raise bad_input("The request body must be an object.")
+        raise bad_input(f"The request body must be a {document} object.")
     model = service_model(model_name)
     if op_name in model.operation_names:
         validate_request(model.operation_model(op_name), params, bad_input)
@@ -363,7 +368,7 @@ async def cbor_control_plane(request: web.Request) -> web.Response:
         return _cbor_error(refused, request_id)
     service, op_name = request.match_info["service"], request.match_info["operation"]
     try:
-        result = await _operation(request, platform, service, op_name, _from_cbor)
+        result = await _operation(request, platform, service, op_name, _from_cbor, "CBOR")
         model_name = JSON_SERVICES[service][0]
         output = service_model(model_name).operation_model(op_name).output_shape
         body = cbor2.dumps(_to_cbor_values(output, compact(result)))
@@ -401,6 +406,8 @@ def _count(
 ) -> None:
     """Count one runtime request in ``platform.invocation_stats`` (SageMaker's Invocations,
     Invocation4XX/5XXErrors, ModelLatency, OverheadLatency); requests for no endpoint are not counted."""
+    if not platform.settings.endpoint_metrics:
+        return
     if runtime is None:  # refused before the endpoint was resolved (bad headers, too large a body)
         runtime = platform.endpoints.live.get(name.lower())
         if runtime is None or runtime.name != name:

@@ -78,13 +78,17 @@ class Latency:
         self.buckets = [0] * _NBUCKETS
 
     def add(self, seconds: float) -> None:
+        self.add_at(seconds, bisect.bisect_left(LATENCY_BUCKETS, seconds))
+
+    def add_at(self, seconds: float, index: int) -> None:
+        """One sample whose bucket (``bisect_left(LATENCY_BUCKETS, seconds)``) is known."""
         self.n += 1
         self.total += seconds
         if seconds < self.low:
             self.low = seconds
         if seconds > self.high:
             self.high = seconds
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.buckets[index] += 1
 
     def reset(self) -> None:
         self.n = 0
@@ -141,7 +145,10 @@ class VariantCounters:
     model_latency: Latency = field(default_factory=Latency)
     overhead_latency: Latency = field(default_factory=Latency)
     model_setup: Latency = field(default_factory=Latency)
-    ring: list[_Second] = field(default_factory=lambda: [_Second() for _ in range(LIVE_SECONDS)], repr=False)
+    #: the seconds of the ring, made on first use (an idle variant costs no memory for them)
+    ring: list[_Second | None] = field(default_factory=lambda: [None] * LIVE_SECONDS, repr=False)
+    #: the last second with a request
+    last: int = 0
     dims: Dims = ()
 
     def __post_init__(self) -> None:
@@ -194,13 +201,6 @@ class InvocationStats:
             found = self._variants[key] = VariantCounters(endpoint, variant)
         return found
 
-    def _slot(self, counters: VariantCounters) -> _Second:
-        second = int(self._clock())
-        slot = counters.ring[second % LIVE_SECONDS]
-        if slot.second != second:
-            slot.reset(second)
-        return slot
-
     # ---- recording (event loop thread) --------------------------------------------------------
 
     def record(
@@ -216,8 +216,16 @@ class InvocationStats:
         a variant was chosen): its status class (:data:`OK`, :data:`CLIENT_ERROR`, :data:`SERVER_ERROR`),
         the model server's time (None when no model server was asked) and the platform's own time, in
         seconds; ``instances`` is the variant's instance count (for InvocationsPerInstance)."""
-        counters = self._variants.get((endpoint, variant)) or self._counters(endpoint, variant)
-        slot = self._slot(counters)
+        counters = self._variants.get((endpoint, variant))
+        if counters is None:
+            counters = self._counters(endpoint, variant)
+        second = int(self._clock())
+        slot = counters.ring[second % LIVE_SECONDS]
+        if slot is None:
+            slot = counters.ring[second % LIVE_SECONDS] = _Second()
+        if slot.second != second:
+            slot.reset(second)
+            counters.last = second
         counters.invocations += 1
         slot.count += 1
         if status_class == CLIENT_ERROR:
@@ -226,11 +234,14 @@ class InvocationStats:
         elif status_class == SERVER_ERROR:
             counters.errors_5xx += 1
             slot.errors_5xx += 1
+        # one bisection per value for both histograms (this is the request path)
         if model_seconds is not None:
-            counters.model_latency.add(model_seconds)
-            slot.model.add(model_seconds)
-        counters.overhead_latency.add(overhead_seconds)
-        slot.overhead.add(overhead_seconds)
+            index = bisect.bisect_left(LATENCY_BUCKETS, model_seconds)
+            counters.model_latency.add_at(model_seconds, index)
+            slot.model.add_at(model_seconds, index)
+        index = bisect.bisect_left(LATENCY_BUCKETS, overhead_seconds)
+        counters.overhead_latency.add_at(overhead_seconds, index)
+        slot.overhead.add_at(overhead_seconds, index)
         if instances > slot.instances:
             slot.instances = instances
 
@@ -258,6 +269,19 @@ class InvocationStats:
                 sampler(self)
             except Exception:  # noqa: BLE001 - one feature's figures must not stop the others'
                 log.exception("metric sampler %s failed", getattr(sampler, "__name__", sampler))
+
+    def prune(self, live_endpoints: set[str]) -> None:
+        """Drop the figures of endpoints that are gone (not in ``live_endpoints``) once their ring holds
+        nothing newer than :data:`LIVE_SECONDS` (the metric store has it all by then)."""
+        oldest = int(self._clock()) - LIVE_SECONDS - 60
+        gone = {e for e, _ in self._variants if e not in live_endpoints}
+        for endpoint in gone:
+            if all(c.last < oldest for (e, _), c in self._variants.items() if e == endpoint):
+                self.forget(endpoint)
+        for key, gauge in list(self._gauges.items()):
+            owner = dict(key[1]).get("EndpointName")
+            if owner not in live_endpoints and max(gauge.seconds) < oldest:
+                del self._gauges[key]
 
     def forget(self, endpoint: str) -> None:
         """Drop the figures of a deleted endpoint (what is already in the metric store stays there)."""
@@ -305,7 +329,7 @@ class InvocationStats:
         ring = counters.ring
         for second in range(max(start, end - LIVE_SECONDS), end):
             slot = ring[second % LIVE_SECONDS]
-            if slot.second == second and slot.count:
+            if slot is not None and slot.second == second and slot.count:
                 yield slot
 
     def seconds(self, start: int, end: int) -> Iterator[Datum]:

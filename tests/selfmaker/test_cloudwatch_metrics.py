@@ -15,6 +15,7 @@ from typing import Any
 
 import platform_helpers as helpers
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
 #: a model whose every answer is a 500 (the model server's error for an exception in predict_fn)
@@ -78,7 +79,7 @@ def _wait_state(cw: Any, name: str, state: str, timeout: float = 30.0) -> dict[s
 
 
 def test_invocation_metrics_statistics_data_list_alarms_and_bad_input(
-    clients: tuple[Any, Any, Any], models: None
+    platform: helpers.PlatformProcess, clients: tuple[Any, Any, Any], models: None
 ) -> None:
     sm, smr, cw = clients
     helpers.deploy(
@@ -255,6 +256,26 @@ def test_invocation_metrics_statistics_data_list_alarms_and_bad_input(
     }
     assert _code(cw.put_metric_alarm, **put) == "InvalidParameterCombination"  # no statistic
     assert _code(cw.put_metric_alarm, **put, Statistic="Sum", DatapointsToAlarm=2) == "InvalidParameterValue"
+
+    # the JSON 1.0 protocol of the same model answers the same
+    def json10(operation: str, body: dict[str, Any]) -> requests.Response:
+        return requests.post(
+            platform.url + "/",
+            json=body,
+            headers={
+                "X-Amz-Target": f"GraniteServiceVersion20100801.{operation}",
+                "Content-Type": "application/x-amz-json-1.0",
+            },
+            timeout=30,
+        )
+
+    listed_json = json10("ListMetrics", {"Namespace": "AWS/SageMaker", "MetricName": "Invocation5XXErrors"})
+    assert listed_json.status_code == 200
+    assert {m["Dimensions"][-1]["Value"] for m in listed_json.json()["Metrics"]} >= {"Good", "Failing"}
+    refused = json10(
+        "GetMetricStatistics", {**base, "StartTime": began.timestamp(), "EndTime": 1, "Period": 60}
+    )
+    assert refused.status_code == 400 and refused.json()["__type"] == "InvalidParameterValue"
     cw.delete_alarms(AlarmNames=["cw-good-5xx"])
     assert [a["AlarmName"] for a in cw.describe_alarms(AlarmNamePrefix="cw-")["MetricAlarms"]] == [
         "cw-failing-5xx"

@@ -74,6 +74,15 @@ def test_recorder_counts_seconds_and_cumulative_figures() -> None:
     clock.now += LIVE_SECONDS + 5
     assert list(stats.seconds(0, int(clock.now) + 1)) == []
     assert stats.recent("ep", 600) == {"A": [], "B": []}
+    # a deleted endpoint's figures go once the store has had time to take them; a live one's stay
+    stats.sample("ApproximateBacklogSize", dims_of({"EndpointName": "gone"}), 3)
+    stats.record("gone", "A", OK, 0.01, 0.001)
+    stats.prune({"ep"})
+    assert {c.endpoint for c in stats.counters()} == {"ep", "gone"}
+    clock.now += LIVE_SECONDS + 61
+    stats.prune({"ep"})
+    assert {c.endpoint for c in stats.counters()} == {"ep"}
+    assert list(stats.seconds(0, int(clock.now) + 1)) == []
 
 
 def test_percentiles_and_statistics() -> None:

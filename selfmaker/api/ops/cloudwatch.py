@@ -196,7 +196,7 @@ def _avg(values: list[float]) -> float:
 FUNCTIONS: dict[str, Callable[[list[float]], float]] = {"SUM": sum, "AVG": _avg, "MIN": min, "MAX": max}
 
 
-class _Expression:
+class Expression:
     """A recursive-descent evaluator of CloudWatch metric math's arithmetic subset."""
 
     def __init__(self, text: str, resolve: Any, query_id: str) -> None:
@@ -397,7 +397,7 @@ async def get_metric_data(platform: Services, params: dict[str, Any]) -> dict[st
         if name in busy:
             raise InvalidParameterValue(f"The expressions refer to one another in a cycle through {name}.")
         busy.add(name)
-        done[name] = _Expression(query["Expression"], resolve, name).evaluate()
+        done[name] = Expression(query["Expression"], resolve, name).evaluate()
         busy.discard(name)
         return done[name]
 
