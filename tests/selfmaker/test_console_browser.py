@@ -13,15 +13,13 @@ and say so. Every request the browser makes goes to 127.0.0.1: any other host is
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from browserkit import headless_chromium, js_errors
 from platform_helpers import (
     ROOT,
     WAIT,
@@ -57,16 +55,6 @@ METRICS = [
     {"Name": "validation:accuracy", "Regex": r"accuracy=([0-9.]+)"},
 ]
 IMAGES = ROOT / "docs" / "img"
-
-
-def _chromium() -> tuple[str, str] | None:
-    browser = (
-        os.environ.get("SELFMAKER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    )
-    driver = (
-        os.environ.get("SELFMAKER_CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    )
-    return (browser, driver) if browser and Path(driver).exists() else None
 
 
 @pytest.fixture(scope="module")
@@ -151,37 +139,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
 @pytest.fixture(scope="module")
 def browser(console: dict[str, Any]) -> Iterator[Any]:
-    found = _chromium()
-    if found is None:
-        pytest.skip("chromium and chromedriver are not installed (scripts/install-browser.sh installs them)")
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a driver
-    from selenium import webdriver  # only where a browser exists
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        # nothing but 127.0.0.1: other hosts go to a dead proxy (loopback bypasses proxies)
-        "--proxy-server=http://127.0.0.1:9",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-default-apps",
-        "--no-first-run",
-        "--disable-domain-reliability",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(found[1]), options=options)
-    try:
-        driver.set_page_load_timeout(30)
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _chart_points(driver: Any) -> dict[str, list[int]]:
@@ -227,7 +186,7 @@ def _screenshot(driver: Any, name: str) -> None:
 
 
 def _no_js_errors(driver: Any) -> None:
-    errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    errors = js_errors(driver)
     assert not errors, errors[:5]
 
 

@@ -16,6 +16,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from platform_helpers import PlatformProcess, create_key
+from testkit import wait_until
 
 from selfmaker.console.sessions import COOKIE_NAME, VIEW_ACTION, ConsoleSessions
 from selfmaker.credentials import CredentialStore
@@ -149,3 +150,49 @@ def test_sessions_expire_and_bind_the_secret(tmp_path: Path) -> None:
         sessions.login(limited.key_id, limited.secret)
     everything = store.create("viewer", ["selfmaker:*"])
     assert sessions.login(everything.key_id, everything.secret)[1].key_id == everything.key_id
+
+
+def test_sign_in_in_chromium(keyed_platform: PlatformProcess) -> None:
+    """The login form in a real browser: a wrong secret is told on the form, the right one opens the
+    console (whose cookie page scripts cannot read), signing out goes back to the form."""
+    from browserkit import headless_chromium, js_errors  # the browser only for this test
+    from selenium.webdriver.common.by import By
+
+    assert keyed_platform.key is not None
+    key_id, secret = keyed_platform.key
+    with headless_chromium() as driver:
+        driver.get(keyed_platform.url + "/")
+        wait_until(lambda: driver.current_url.endswith("/console/login"), timeout=10, what="the login form")
+
+        def sign_in(with_secret: str) -> None:
+            for field, value in (("access_key_id", key_id), ("secret_access_key", with_secret)):
+                box = driver.find_element(By.ID, field)
+                box.clear()
+                box.send_keys(value)
+            driver.find_element(By.ID, "submit").click()
+
+        sign_in(secret + "x")
+        error = driver.find_element(By.ID, "error")
+        wait_until(lambda: error.text, timeout=10, what="the refusal on the form")
+        assert "not valid" in error.text and driver.current_url.endswith("/console/login")
+        refused = js_errors(driver)  # the browser logs the 403 of the refused sign-in, and nothing else
+        assert all("/console/login" in e["message"] and "403" in e["message"] for e in refused), refused
+
+        sign_in(secret)
+        wait_until(
+            lambda: (
+                driver.current_url.rstrip("/").endswith("/console")
+                and driver.execute_script("return document.body.dataset.refreshes") is not None
+            ),
+            timeout=15,
+            what="the console after signing in",
+        )
+        who = driver.find_element(By.ID, "who")
+        wait_until(lambda: who.text.startswith("signed in as "), timeout=10, what="who is signed in")
+        assert driver.execute_script("return document.cookie") == ""  # HttpOnly: not for page scripts
+        assert not js_errors(driver)
+
+        driver.find_element(By.ID, "signout").click()
+        wait_until(lambda: driver.current_url.endswith("/console/login"), timeout=10, what="signing out")
+        driver.get(keyed_platform.url + "/console")
+        assert driver.current_url.endswith("/console/login")  # the session is gone
