@@ -78,6 +78,14 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         # an endpoint whose model cannot load: listed as Failed with its reason
         make_model(sm, "console-broken", build_broken_tar(tmp_path_factory.mktemp("console-broken")).as_uri())
         deploy(sm, "broken", [variant("AllTraffic", "console-broken")], wait=False)
+        # an async endpoint: its backlog is charted
+        outputs = tmp_path_factory.mktemp("queue").as_uri()
+        sm.create_endpoint_config(
+            EndpointConfigName="queue-cfg",
+            ProductionVariants=[variant("AllTraffic", "console-model")],
+            AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": outputs}},
+        )
+        sm.create_endpoint(EndpointName="queue", EndpointConfigName="queue-cfg")
         code = tmp_path_factory.mktemp("console-code")
         (code / "train.py").write_text(TRAIN)
         sm.create_hyper_parameter_tuning_job(
@@ -108,7 +116,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 "StoppingCondition": {"MaxRuntimeInSeconds": 120},
             },
         )
-        for name in ("ab", "solo"):
+        for name in ("ab", "solo", "queue"):
             sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
         turn = [0]
 
@@ -293,6 +301,12 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
         )
 
     wait_until(drawn, timeout=30, what="the overview's charts to draw data", interval=0.25)
+    wait_until(
+        lambda: _chart_points(browser).get("ov-queue-backlog", [0])[0] > 0,
+        timeout=10,
+        what="the async endpoint's backlog chart",
+        interval=0.25,
+    )
 
     def enough() -> bool:
         shares = _shares(browser, "ab")
