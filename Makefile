@@ -50,8 +50,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(LINT_PACKAGES)
 
+# TEST_WORKERS pytest-xdist processes (2: the CI machine's cores; most tests wait on servers and children,
+# so two workers nearly halve the wall time). Each test module stays on one worker (tests/conftest.py groups
+# them: module fixtures start once; tests/containers is one group, as its images are built once).
+TEST_WORKERS ?= 2
 test: setup sdk-env engine browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not container"

@@ -212,6 +212,12 @@ def check() -> None:
     _expect(sp.load_npz(io.BytesIO(npz.getvalue())).shape == (4, 2), "scipy.sparse NPZ decoding")
     _expect(toolkit_errors.GenericInferenceToolkitError(422, "x").status_code == 422, "sagemaker_inference")
     _expect(float(scipy.special.expit(0.0)) == 0.5, "scipy.special")
+    # the Model Monitor analyzer (training/monitoring/): KLL sketches, the Kolmogorov-Smirnov critical value
+    from datasketches import kll_doubles_sketch
+
+    sketch = kll_doubles_sketch(200)
+    sketch.update(1.0)
+    _expect(sketch.n == 1 and float(scipy.special.kolmogi(0.01)) > 1.6, "datasketches, scipy.special.kolmogi")
     for pruned in ("scipy.optimize", "scipy.linalg", "scipy.sparse.linalg"):
         try:
             importlib.import_module(pruned)

@@ -13,6 +13,8 @@ ARN_TYPES: dict[str, str] = {
     "hyper-parameter-tuning-job": "hyper-parameter-tuning-job",
     "model-package": "model-package",
     "model-package-group": "model-package-group",
+    "monitoring-schedule": "monitoring-schedule",
+    "data-quality-job-definition": "data-quality-job-definition",
 }
 
 

@@ -25,6 +25,7 @@ from selfmaker.endpoints.builder import DeploymentHooks
 from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.endpoints.stats import InvocationStats
 from selfmaker.executors import Executors
+from selfmaker.jobs.monitoring import MonitoringManager
 from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
@@ -51,6 +52,7 @@ class Platform:
         invocation_stats = InvocationStats()
         metrics.sources.append(invocation_stats)
         training = TrainingManager(settings, store, metrics)
+        processing = ProcessingJobs(settings, store)
         self.services = Services(
             settings=settings,
             store=store,
@@ -60,7 +62,8 @@ class Platform:
             training=training,
             transforms=TransformJobs(settings, store, executors),
             tuning=TuningManager(settings, store, training),
-            processing=ProcessingJobs(settings, store),
+            processing=processing,
+            monitoring=MonitoringManager(settings, store, processing),
             logs=LogStreams(settings, store),
             metrics=metrics,
             invocation_stats=invocation_stats,
@@ -85,6 +88,7 @@ class Platform:
         services.store.clear_instances()
         services.training.recover()
         services.processing.recover()
+        services.monitoring.start_clock()  # after recover(): executions read their jobs' final status
         services.tuning.start_up()  # after recover(): the training jobs it marked Failed are replaced
         await services.endpoints.restore()
         services.transforms.start_up(asyncio.get_running_loop())
@@ -185,6 +189,7 @@ class Platform:
         await services.endpoints.shutdown()
         await services.tuning.shutdown()  # first: no tuning job launches a training job while they stop
         await services.training.shutdown()
+        await asyncio.to_thread(services.monitoring.stop_clock)  # no new execution while the jobs stop
         await services.processing.shutdown()
         await services.executors.close()
         services.metrics.close()

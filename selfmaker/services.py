@@ -13,6 +13,7 @@ from selfmaker.endpoints.manager import EndpointManager
 from selfmaker.endpoints.runtime import FeatureState
 from selfmaker.endpoints.stats import InvocationStats
 from selfmaker.executors import Executors
+from selfmaker.jobs.monitoring import MonitoringManager
 from selfmaker.jobs.processing import ProcessingJobs
 from selfmaker.jobs.training import TrainingManager
 from selfmaker.jobs.transform import TransformJobs
@@ -36,6 +37,8 @@ class Services:
     transforms: TransformJobs
     tuning: TuningManager
     processing: ProcessingJobs
+    #: Model Monitor: schedules, data-quality job definitions, executions (processing jobs)
+    monitoring: MonitoringManager
     #: the CloudWatch Logs view of the log files (``Logs_20140328.*`` on the control plane's port)
     logs: LogStreams
     #: metric series (CloudWatch's GetMetricStatistics/GetMetricData read them): minute rollups, points

@@ -46,8 +46,14 @@ class PlatformSettings(BaseSettings):
             "kmeans",
             "factorization-machines",
             "pca",
+            "sagemaker-model-monitor-analyzer",  # Model Monitor: selfmaker's analyzer (docs/monitoring.md)
         ]  # fmt: skip
     )
+    #: Model Monitor (docs/monitoring.md): a monitoring schedule also runs one execution as soon as it is
+    #: created or started, over the hour before, instead of waiting for its first cron tick (tests, demos)
+    monitoring_run_now: bool = False
+    #: seconds between two looks of the monitoring clock for schedules whose cron tick has come
+    monitoring_check_interval: float = Field(default=30.0, gt=0)
     #: most instances one production variant, training job or transform job may ask for: each is a
     #: process (or container) on this machine, so a typo such as 1000 must not start a thousand
     #: (SageMaker's account quotas answer ResourceLimitExceeded the same way)

@@ -86,12 +86,17 @@ def collect(home: Path) -> dict[str, Any]:
             kind: [{"Name": r.name, "Status": r.status} for r in store.list(kind)]
             for kind in ("transform-job", "processing-job")
         }
+        schedules = [
+            {"Name": r.name, "Status": r.status, "EndpointName": r.doc.get("EndpointName")}
+            for r in store.list("monitoring-schedule")
+        ]
         return {
             "endpoints": endpoints,
             "training_jobs": jobs,
             "tuning_jobs": tuning,
             "instances": instances,
             **other,
+            "monitoring-schedule": schedules,
             "models": [r.name for r in store.list("model")],
             "endpoint_configs": [r.name for r in store.list("endpoint-config")],
         }
@@ -173,4 +178,8 @@ def main(argv: list[str]) -> int:
         print("\nPROCESSING JOBS")
         for job in data["processing-job"]:
             print(f"  {job['Name']}  {job['Status']}")
+    if data.get("monitoring-schedule"):
+        print("\nMONITORING SCHEDULES")
+        for schedule in data["monitoring-schedule"]:
+            print(f"  {schedule['Name']}  {schedule['Status']}  endpoint={schedule['EndpointName']}")
     return 0

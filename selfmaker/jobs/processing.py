@@ -51,7 +51,7 @@ import psutil
 from common.childenv import aws_credentials, child_environment
 from selfmaker.arns import make_arn
 from selfmaker.errors import ResourceInUse, ValidationException
-from selfmaker.executors import executor_kind_for_image
+from selfmaker.executors import executor_kind_for_image, image_repository
 from selfmaker.logfiles import job_log_path, stamp
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
@@ -77,6 +77,11 @@ PROCESSING_ROOT = "/opt/ml/processing"
 MESSAGE_LIMIT = 1024
 DEFAULT_MAX_RUNTIME = 86400
 MAX_PIPE_EPOCHS = 10_000
+#: the command of a built-in image that has one of its own, run when a request gives no ContainerEntrypoint
+#: (SageMaker's Model Monitor analyzer image → selfmaker's analyzer, training/monitoring/)
+BUILTIN_ENTRYPOINTS: dict[str, tuple[str, ...]] = {
+    "sagemaker-model-monitor-analyzer": ("python3", "-m", "training.monitoring"),
+}
 
 
 # -- the request ------------------------------------------------------------------------------------
@@ -154,7 +159,10 @@ def parse_request(
         raise ValidationException("AppSpecification.ImageUri is required.")
     entrypoint = tuple(str(a) for a in app.get("ContainerEntrypoint") or ())
     arguments = tuple(str(a) for a in app.get("ContainerArguments") or ())
-    if executor_kind_for_image(image, process_images) == "process" and not entrypoint:
+    runs_locally = executor_kind_for_image(image, process_images) == "process"
+    if runs_locally and not entrypoint:
+        entrypoint = BUILTIN_ENTRYPOINTS.get(image_repository(image), ())
+    if runs_locally and not entrypoint:
         raise ValidationException(
             f"AppSpecification.ContainerEntrypoint is required with image {image}: selfmaker runs it as a "
             "local process (for example ['python3', '/opt/ml/processing/input/code/script.py'])."
