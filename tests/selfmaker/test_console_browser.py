@@ -310,9 +310,11 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
 
     def enough() -> bool:
         shares = _shares(browser, "ab")
-        return bool(shares) and shares["invocations"] >= 800
+        # 600 draws of a 3:1 choice: the share's standard deviation is 1.8 %, so 5 % is 2.8 of them (and
+        # 20 req/s over the 30-second window is within reach of a loaded 2-core machine)
+        return bool(shares) and shares["invocations"] >= 600
 
-    wait_until(enough, timeout=40, what="800 invocations of ab in the split window", interval=0.25)
+    wait_until(enough, timeout=45, what="600 invocations of ab in the split window", interval=0.25)
     shares = _shares(browser, "ab")
     assert abs(float(shares["rows"]["Champion"]["live"]) - 0.75) <= 0.05, shares
     assert abs(float(shares["rows"]["Challenger"]["live"]) - 0.25) <= 0.05, shares
