@@ -315,6 +315,9 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
         return bool(shares) and shares["invocations"] >= 600
 
     wait_until(enough, timeout=45, what="600 invocations of ab in the split window", interval=0.25)
+    settle = time.monotonic() + 10  # more draws where the machine makes them soon: 1,000 → 3.7 deviations
+    while _shares(browser, "ab")["invocations"] < 1000 and time.monotonic() < settle:
+        time.sleep(0.25)
     shares = _shares(browser, "ab")
     assert abs(float(shares["rows"]["Champion"]["live"]) - 0.75) <= 0.05, shares
     assert abs(float(shares["rows"]["Challenger"]["live"]) - 0.25) <= 0.05, shares
