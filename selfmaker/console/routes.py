@@ -16,6 +16,7 @@ check, error rendering) and its middleware lets a request in with a session cook
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -85,9 +86,15 @@ def _json(data: Any) -> web.Response:
     )
 
 
+@functools.cache
+def _page_bytes(name: str) -> bytes:
+    """A page of the package, read once (the event loop does not read the disk on every request)."""
+    return (STATIC_DIR / name).read_bytes()
+
+
 def _page(name: str) -> web.Response:
     return web.Response(
-        body=(STATIC_DIR / name).read_bytes(),
+        body=_page_bytes(name),
         content_type="text/html",
         charset="utf-8",
         headers=_PAGE_HEADERS,
