@@ -34,6 +34,7 @@ from platform_helpers import (
 )
 from testkit import wait_until
 
+from selfmaker.console.series import error_line
 from selfmaker.console.views import transform_progress
 
 ROLE = "arn:aws:iam::123456789012:role/selfmaker"
@@ -284,6 +285,17 @@ def test_transform_progress_reads_the_last_progress_line() -> None:
         "filesTotal": 2,
     }
     assert transform_progress(lines[:1]) is None
+
+
+def test_error_lines_of_model_server_logs() -> None:
+    access = '{"ts":"2026-01-01T00:00:00.000Z","level":"INFO","msg":"POST /invocations %d","status":%d}'
+    assert error_line(access % (200, 200)) is None
+    assert error_line(access % (500, 500)) == "2026-01-01T00:00:00.000Z INFO POST /invocations 500"
+    warning = '{"ts":"t","level":"WARNING","msg":"slow <b>model</b>"}'
+    assert error_line(warning) == "t WARNING slow <b>model</b>"  # text: the page never parses it
+    assert error_line("Traceback (most recent call last):") == "Traceback (most recent call last):"
+    assert error_line("{not json but an Exception}") == "{not json but an Exception}"
+    assert error_line("listening on 8080") is None
 
 
 def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
