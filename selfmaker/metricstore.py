@@ -123,8 +123,15 @@ UNITS: dict[str, tuple[str, tuple[float, ...] | None]] = {
 class MetricSource(Protocol):
     """Per-second data kept in memory (the last :data:`LIVE_SECONDS` seconds), e.g. invocation statistics."""
 
-    def seconds(self, start: int, end: int) -> Iterable[Datum]:
-        """Per-second datums with ``start <= timestamp < end`` (each timestamp at most once per series)."""
+    def seconds(
+        self, start: int, end: int, metric: str | None = None, dims: Dims | None = None
+    ) -> Iterable[Datum]:
+        """Per-second datums with ``start <= timestamp < end`` (each timestamp at most once per series),
+        only of ``metric`` and/or ``dims`` when given."""
+        ...
+
+    def active(self, since: int) -> Iterable[tuple[str, str, Dims]]:
+        """The series with data since ``since`` (ListMetrics)."""
         ...
 
 
@@ -319,13 +326,14 @@ class MetricStore:
         """Store points as they are (a training job's metric values): written at once, from any thread."""
         return self._write(datums, 1)
 
-    def pending(self, until: int) -> list[Datum]:
+    def pending(self, until: int, metric: str | None = None, dims: Dims | None = None) -> list[Datum]:
         """The live sources' data of the minutes from :attr:`flushed_until` to ``until`` (exclusive),
-        rolled up per minute (call on the thread that feeds the sources: the event loop)."""
+        rolled up per minute, of every series or only of ``metric``/``dims`` (call on the thread that feeds
+        the sources: the event loop)."""
         start = max(self.flushed_until, until - LIVE_SECONDS)
         rolled: dict[tuple[str, str, Dims, int], Datum] = {}
         for source in self.sources:
-            for d in source.seconds(start, until):
+            for d in source.seconds(start, until, metric, dims):
                 minute = d.timestamp // 60 * 60
                 key = (d.namespace, d.metric, d.dims, minute)
                 found = rolled.get(key)
@@ -384,11 +392,16 @@ class MetricStore:
             ).fetchall()
         return [(ns, m, tuple((str(k), str(v)) for k, v in orjson.loads(d))) for ns, m, d in found]
 
-    def live(self, start: int, end: int) -> list[Datum]:
-        """The live sources' per-second data in ``[start, end)`` (on the event loop)."""
+    def live_series(self, since: int) -> set[tuple[str, str, Dims]]:
+        """The live sources' series with data since ``since`` (on the event loop)."""
+        return {key for source in self.sources for key in source.active(since)}
+
+    def live(self, start: int, end: int, metric: str | None = None, dims: Dims | None = None) -> list[Datum]:
+        """The live sources' per-second data in ``[start, end)``, of every series or only of
+        ``metric``/``dims`` (on the event loop)."""
         out: list[Datum] = []
         for source in self.sources:
-            out.extend(source.seconds(start, end))
+            out.extend(source.seconds(start, end, metric, dims))
         return out
 
     def series(
@@ -448,10 +461,10 @@ class MetricStore:
         ``extended`` (``p99`` …) that can be told, and ``Unit``; oldest first, periods without data left
         out. Periods under 60 seconds come from per-second data only (the live ring and points)."""
         if period < 60:
-            live, live_from = self.live(start - start % period, end), None
+            live, live_from = self.live(start - start % period, end, metric, dims), None
         else:
             live_from = self.flushed_until
-            live = [d for d in self.pending(int(self.clock()) // 60 * 60 + 60) if d.metric == metric]
+            live = self.pending(int(self.clock()) // 60 * 60 + 60, metric, dims)
         found = await asyncio.to_thread(
             self.series, namespace, metric, dims, start, end, period, live, live_from
         )

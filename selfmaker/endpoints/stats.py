@@ -51,6 +51,17 @@ from selfmaker.metricstore import (
 
 log = logging.getLogger(__name__)
 
+#: the metrics made from the ring of each variant (the others are sampled gauges)
+_INVOCATION_METRICS = frozenset(
+    {
+        "Invocations",
+        "Invocation4XXErrors",
+        "Invocation5XXErrors",
+        "ModelLatency",
+        "OverheadLatency",
+        "InvocationsPerInstance",
+    }
+)
 #: status classes :meth:`InvocationStats.record` takes
 OK, CLIENT_ERROR, SERVER_ERROR = 2, 4, 5
 _NBUCKETS = len(LATENCY_BUCKETS) + 1
@@ -324,6 +335,20 @@ class InvocationStats:
             out[variant] = points
         return out
 
+    def active(self, since: int) -> Iterator[tuple[str, str, Dims]]:
+        """The series with data since ``since`` (the metric store's ListMetrics)."""
+        for counters in list(self._variants.values()):
+            if counters.last < since:
+                continue
+            names = ["Invocations", "Invocation4XXErrors", "Invocation5XXErrors", "OverheadLatency"]
+            if counters.variant is not None:
+                names += ["InvocationsPerInstance"] + (["ModelLatency"] if counters.model_latency.n else [])
+            for name in names:
+                yield SAGEMAKER_NAMESPACE, name, counters.dims
+        for (name, dims), gauge in list(self._gauges.items()):
+            if max(gauge.seconds) >= since:
+                yield SAGEMAKER_NAMESPACE, name, dims
+
     @staticmethod
     def _slots(counters: VariantCounters, start: int, end: int) -> Iterator[_Second]:
         ring = counters.ring
@@ -332,29 +357,45 @@ class InvocationStats:
             if slot is not None and slot.second == second and slot.count:
                 yield slot
 
-    def seconds(self, start: int, end: int) -> Iterator[Datum]:
-        """Per-second datums of every series in ``[start, end)`` (the metric store's live source)."""
+    def seconds(
+        self, start: int, end: int, metric: str | None = None, dims: Dims | None = None
+    ) -> Iterator[Datum]:
+        """Per-second datums of every series in ``[start, end)``, or only of ``metric``/``dims`` (the metric
+        store's live source)."""
         ns = SAGEMAKER_NAMESPACE
+
+        def wanted(name: str) -> bool:
+            return metric is None or metric == name
+
         for counters in list(self._variants.values()):
-            dims = counters.dims
+            if dims is not None and counters.dims != dims:
+                continue
+            if metric is not None and metric not in _INVOCATION_METRICS:
+                break
+            variant_dims = counters.dims
             for slot in self._slots(counters, start, end):
                 t, count = slot.second, float(slot.count)
-                yield Datum(ns, "Invocations", dims, t, Aggregate(count, count, 1.0, 1.0))
-                for metric, errors in (
+                if wanted("Invocations"):
+                    yield Datum(ns, "Invocations", variant_dims, t, Aggregate(count, count, 1.0, 1.0))
+                for name, errors in (
                     ("Invocation4XXErrors", slot.errors_4xx),
                     ("Invocation5XXErrors", slot.errors_5xx),
                 ):
-                    low = 0.0 if errors < slot.count else 1.0
-                    high = 1.0 if errors else 0.0
-                    yield Datum(ns, metric, dims, t, Aggregate(count, float(errors), low, high))
-                if slot.model.n:
-                    yield Datum(ns, "ModelLatency", dims, t, slot.model.aggregate())
-                if slot.overhead.n:
-                    yield Datum(ns, "OverheadLatency", dims, t, slot.overhead.aggregate())
-                if slot.instances:
-                    yield Datum(ns, "InvocationsPerInstance", dims, t, Aggregate.of(count / slot.instances))
-        for (metric, dims), gauge in list(self._gauges.items()):
+                    if wanted(name):
+                        low = 0.0 if errors < slot.count else 1.0
+                        high = 1.0 if errors else 0.0
+                        yield Datum(ns, name, variant_dims, t, Aggregate(count, float(errors), low, high))
+                if slot.model.n and wanted("ModelLatency"):
+                    yield Datum(ns, "ModelLatency", variant_dims, t, slot.model.aggregate())
+                if slot.overhead.n and wanted("OverheadLatency"):
+                    yield Datum(ns, "OverheadLatency", variant_dims, t, slot.overhead.aggregate())
+                if slot.instances and wanted("InvocationsPerInstance"):
+                    per_instance = Aggregate.of(count / slot.instances)
+                    yield Datum(ns, "InvocationsPerInstance", variant_dims, t, per_instance)
+        for (name, gauge_dims), gauge in list(self._gauges.items()):
+            if (metric is not None and name != metric) or (dims is not None and gauge_dims != dims):
+                continue
             for second in range(max(start, end - LIVE_SECONDS), end):
                 index = second % LIVE_SECONDS
                 if gauge.seconds[index] == second:
-                    yield Datum(ns, metric, dims, second, Aggregate.of(gauge.values[index]))
+                    yield Datum(ns, name, gauge_dims, second, Aggregate.of(gauge.values[index]))

@@ -125,6 +125,21 @@ def test_cloudwatch_logs_is_signed_as_logs(keyed_platform: PlatformProcess, endp
     assert code == "AccessDeniedException" and message.endswith("sagemaker:ListModels")
 
 
+def test_cloudwatch_is_signed_as_monitoring(keyed_platform: PlatformProcess) -> None:
+    """boto3's cloudwatch client (smithy-rpc-v2-cbor, signing name ``monitoring``) with the key works; without
+    a key, or with a key allowed only ``cloudwatch:ListMetrics``, it gets AWS's refusals in CBOR."""
+    assert keyed_platform.key is not None
+    cloudwatch = client("cloudwatch", keyed_platform.url, key=keyed_platform.key)
+    assert cloudwatch.describe_alarms()["MetricAlarms"] == []
+    code, status, _ = error_of(client("cloudwatch", keyed_platform.url).list_metrics)
+    assert (code, status) == ("UnrecognizedClientException", 403)
+    lister = create_key(keyed_platform.home, "", "cloudwatch:ListMetrics")
+    lister_cw = client("cloudwatch", keyed_platform.url, key=lister)
+    wait_until(lambda: _accepted(lister_cw.list_metrics), timeout=15, what="the lister key")
+    code, _, message = error_of(lister_cw.describe_alarms)
+    assert code == "AccessDeniedException" and message.endswith("cloudwatch:DescribeAlarms")
+
+
 def _accepted(call: Any) -> bool:
     try:
         call()

@@ -69,6 +69,10 @@ def test_recorder_counts_seconds_and_cumulative_figures() -> None:
     assert by_metric[("ModelLatency", DIMS)].high == pytest.approx(500_000)  # µs
     assert by_metric[("InvocationsPerInstance", DIMS)].total == 6
     assert by_metric[("Invocation4XXErrors", dims_of({"EndpointName": "ep"}))].total == 1
+    assert {(m, d) for _, m, d in stats.active(1_000_000)} >= {("ModelLatency", DIMS), ("Invocations", DIMS)}
+    everything = list(stats.seconds(1_000_000, 1_000_100))
+    only = list(stats.seconds(1_000_000, 1_000_100, "Invocation5XXErrors", DIMS))
+    assert only == [d for d in everything if d.metric == "Invocation5XXErrors" and d.dims == DIMS] and only
 
     # the ring forgets what is older than LIVE_SECONDS
     clock.now += LIVE_SECONDS + 5

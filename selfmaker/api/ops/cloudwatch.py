@@ -435,7 +435,7 @@ async def list_metrics(platform: Services, params: dict[str, Any]) -> dict[str, 
     store = platform.metrics
     now = int(store.clock())
     horizon = 3 * 3600 if params.get("RecentlyActive") == "PT3H" else LIST_HORIZON
-    found = {(d.namespace, d.metric, d.dims) for d in store.live(now - LIVE_SECONDS, now + 1)}
+    found = store.live_series(now - LIVE_SECONDS)
     found |= set(store.stored_series(now - horizon))
     namespace, metric = params.get("Namespace"), params.get("MetricName")
     wanted = [(d.get("Name"), d.get("Value")) for d in params.get("Dimensions") or []]
