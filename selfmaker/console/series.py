@@ -17,7 +17,6 @@ import orjson
 
 from selfmaker.logfiles import endpoint_log_dir, instance_variant
 from selfmaker.metricstore import (
-    LIVE_SECONDS,
     SAGEMAKER_NAMESPACE,
     TRAINING_NAMESPACE,
     UNITS,
@@ -91,7 +90,7 @@ def _stored(
     variants: list[str],
     t: list[int],
     period: int,
-    live_data: list[Datum],
+    live_data: dict[tuple[str, str], list[Datum]],
     flushed: int,
 ) -> dict[str, dict[str, list[Any]]]:
     """Per variant, the statistics of :data:`_WINDOW_STATISTICS` per ``period`` over ``t`` (minute rollups
@@ -104,8 +103,9 @@ def _stored(
         by_metric: dict[str, dict[int, Aggregate]] = {}
         for key, metric, stat in _WINDOW_STATISTICS:
             if metric not in by_metric:
+                live = live_data.get((variant, metric), [])
                 by_metric[metric] = store.series(
-                    SAGEMAKER_NAMESPACE, metric, dims, start, end, period, live=live_data, live_from=flushed
+                    SAGEMAKER_NAMESPACE, metric, dims, start, end, period, live=live, live_from=flushed
                 )
             bounds = UNITS[metric][1]
             values = [by_metric[metric].get(s) for s in t]
@@ -128,12 +128,17 @@ async def window(platform: Services, endpoint: str, name: str, variants: list[st
     now = int(time.time())
     first = (now - seconds) // period * period + period
     t = list(range(first, now + 1, period))
-    # taken together on the event loop (the thread that feeds the ring): what is not flushed yet
+    # taken on the event loop (the thread that feeds the ring), with the flush mark of that moment: the
+    # minutes not in the database yet, rolled up
     store = platform.metrics
     flushed = store.flushed_until
-    live_data = [
-        d for d in store.live(max(flushed, now - LIVE_SECONDS), now + 1) if d.namespace == SAGEMAKER_NAMESPACE
-    ]
+    live_data = {
+        (variant, metric): store.pending(
+            now + 1, metric, dims_of({"EndpointName": endpoint, "VariantName": variant})
+        )
+        for variant in variants
+        for metric in {metric for _, metric, _ in _WINDOW_STATISTICS}
+    }
     found = await asyncio.to_thread(_stored, store, endpoint, variants, t, period, live_data, flushed)
     return {"t": t, "period": period, "variants": found}
 
@@ -142,8 +147,9 @@ def backlog(platform: Services, endpoint: str, seconds: int = OVERVIEW_SECONDS) 
     """An async endpoint's ApproximateBacklogSize, one sample a second over the last ``seconds``."""
     now = int(time.time())
     values: dict[int, float] = {}
-    for d in platform.metrics.live(now - seconds, now):
-        if d.metric == "ApproximateBacklogSize" and ("EndpointName", endpoint) in d.dims and d.value.n:
+    dims = dims_of({"EndpointName": endpoint})
+    for d in platform.metrics.live(now - seconds, now, "ApproximateBacklogSize", dims):
+        if d.value.n:
             values[d.timestamp] = d.value.total / d.value.n
     t = list(range(now - seconds, now))
     return {"t": t, "v": [values.get(s) for s in t]}
