@@ -108,7 +108,11 @@ function chart(id, title, unit, xs, series, options = {}) {
       width,
       height: 200,
       // a count axis (trials) gets whole-number ticks and half a step of room at both ends
-      scales: { x: options.xUnit ? { time: false, range: (u, lo, hi) => [lo - 0.5, hi + 0.5] } : { time: true } },
+      scales: {
+        x: options.xUnit ? { time: false, range: (u, lo, hi) => [lo - 0.5, hi + 0.5] } : { time: true },
+        // rates, latencies and counts start at 0; an all-zero series gets a small axis, not 0–100
+        y: options.fromZero ? { range: (u, lo, hi) => [0, Math.max(hi * 1.1, 1)] } : {},
+      },
       series: [
         { label: options.xUnit || "time" },
         ...series.map((s) => {
@@ -188,18 +192,19 @@ function trafficCharts(prefix, doc, variantNames) {
     errors.push({ label: `${name} 4xx`, colour: c, values: v.errors4xx.map((n) => (n === null ? null : n / period)), dash: [2, 3] });
     errors.push({ label: `${name} 5xx`, colour: c, values: v.errors5xx.map((n) => (n === null ? null : n / period)) });
   });
+  const zero = { fromZero: true };
   const charts = [
-    chart(`${prefix}-rate`, "Request rate", "req/s", xs, rate),
-    chart(`${prefix}-latency`, "Latency p50 / p99 (dashed)", "ms", xs, latency),
+    chart(`${prefix}-rate`, "Request rate", "req/s", xs, rate, zero),
+    chart(`${prefix}-latency`, "Latency p50 / p99 (dashed)", "ms", xs, latency, zero),
   ];
-  return { charts, errors: chart(`${prefix}-errors`, "Errors 4xx (dotted) / 5xx", "req/s", xs, errors) };
+  return { charts, errors: chart(`${prefix}-errors`, "Errors 4xx (dotted) / 5xx", "req/s", xs, errors, zero) };
 }
 
 function backlogChart(prefix, backlog) {
   if (!backlog) return null;
   return chart(`${prefix}-backlog`, "Async backlog", "requests", backlog.t || [], [
     { label: "ApproximateBacklogSize", colour: PALETTE[4], values: backlog.v || [] },
-  ]);
+  ], { fromZero: true });
 }
 
 // ---- pages -----------------------------------------------------------------------------------------------
