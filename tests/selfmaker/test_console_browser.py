@@ -87,6 +87,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             AsyncInferenceConfig={"OutputConfig": {"S3OutputPath": outputs}},
         )
         sm.create_endpoint(EndpointName="queue", EndpointConfigName="queue-cfg")
+        # a serverless endpoint: its model servers are listed with their concurrency
+        serverless = {"MemorySizeInMB": 1024, "MaxConcurrency": 2}
+        sm.create_endpoint_config(
+            EndpointConfigName="lambda-cfg",
+            ProductionVariants=[
+                {"VariantName": "AllTraffic", "ModelName": "console-model", "ServerlessConfig": serverless}
+            ],
+        )
+        sm.create_endpoint(EndpointName="lambda", EndpointConfigName="lambda-cfg")
         code = tmp_path_factory.mktemp("console-code")
         (code / "train.py").write_text(TRAIN)
         sm.create_hyper_parameter_tuning_job(
@@ -117,7 +126,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 "StoppingCondition": {"MaxRuntimeInSeconds": 120},
             },
         )
-        for name in ("ab", "solo", "queue"):
+        for name in ("ab", "solo", "queue", "lambda"):
             sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig=WAIT)
         turn = [0]
 
@@ -142,7 +151,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 HyperParameterTuningJobName="console-tune", SortBy="CreationTime", SortOrder="Ascending"
             )["TrainingJobSummaries"]
             assert [t["TrainingJobStatus"] for t in trials] == ["Completed", "Completed"], trials
-            yield {"server": server, "sm": sm, "load": load, "job": trials[0]["TrainingJobName"]}
+            yield {"server": server, "sm": sm, "smr": smr, "load": load, "job": trials[0]["TrainingJobName"]}
         assert not load.errors, load.errors[:3]
 
 
@@ -223,6 +232,15 @@ def test_console_json(console: dict[str, Any]) -> None:
     assert len(objectives) == 2 and None not in objectives
     assert [t["bestSoFar"] for t in tuning["trials"]] == [objectives[0], max(objectives)]
     assert tuning["objective"] == {"name": "validation:accuracy", "type": "Maximize"}
+    # a serverless variant: its pool's figures after a cold start
+    assert invoke_variant(console["smr"], "lambda") == "AllTraffic"
+    lam = next(
+        e
+        for e in requests.get(url + "/console/api/overview", timeout=30).json()["endpoints"]
+        if e["name"] == "lambda"
+    )
+    figures = lam["variants"][0]["serverlessFigures"]
+    assert figures["max_concurrency"] == 2 and figures["invocations"] >= 1 and figures["cold_starts"] >= 1
     # a failed endpoint is listed with its reason
     broken: dict[str, Any] = {}
 

@@ -121,9 +121,12 @@ function chart(id, title, unit, xs, series, options = {}) {
             stroke: s.colour,
             width: s.width || 1.5,
             spanGaps: false,
-            points: { show: s.showPoints ?? (options.points || false), size: s.pointSize || 6, fill: s.colour },
+            points: { size: s.pointSize || 6, fill: s.colour },
             value: (u, v) => (v === null || v === undefined ? "–" : `${+v.toFixed(3)} ${unit}`),
           };
+          // points where asked for, else uPlot's own choice (shown where the data is sparse: one request)
+          const show = s.showPoints ?? options.points;
+          if (show !== undefined) one.points.show = show;
           if (s.dash) one.dash = s.dash; // uPlot passes it to setLineDash: never undefined
           if (s.pointsOnly) one.paths = () => null;
           return one;
