@@ -385,6 +385,17 @@ def test_console_in_chromium(console: dict[str, Any], browser: Any) -> None:
     instances = browser.execute_script("return document.querySelectorAll('tr[data-variant]').length")
     assert instances == 2
     _screenshot(browser, "console-endpoint.png")
+    # the 3-hour window: per minute, from the metric store (the minute not flushed yet included)
+    browser.execute_script(
+        "[...document.querySelectorAll('.windows button')].find((b) => b.textContent === '3h').click()"
+    )
+    wait_until(
+        lambda: all(n > 0 for n in _chart_points(browser).get("ep-ab-3h-rate", [0])),
+        timeout=10,
+        what="the 3-hour window's rate chart",
+        interval=0.25,
+    )
+    assert browser.current_url.endswith("?window=3h")
 
     # the training job page: metric curves, and HTML in a hyperparameter or a log line stays text
     job = console["job"]
