@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
@@ -303,6 +304,20 @@ def test_transform_progress_reads_the_last_progress_line() -> None:
         "filesTotal": 2,
     }
     assert transform_progress(lines[:1]) is None
+
+
+def test_the_package_ships_every_static_file() -> None:
+    """pyproject's package data names every file of the console's static directory (a wheel, and so an
+    image or `pip install .`, carries the pages, the script and the vendored uPlot with its licence)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = config["tool"]["setuptools"]["package-data"]["selfmaker.console"]
+    package = ROOT / "selfmaker" / "console"
+    files = [p.relative_to(package) for p in (package / "static").rglob("*") if p.is_file()]
+    files = [f for f in files if "__pycache__" not in f.parts]
+    assert {"index.html", "console.js", "uPlot.iife.min.js", "uPlot.LICENSE"} <= {f.name for f in files}
+    missing = [str(f) for f in files if not any(PurePosixPath(f.as_posix()).match(g) for g in globs)]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
 
 
 def test_error_lines_of_model_server_logs() -> None:
