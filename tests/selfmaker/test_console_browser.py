@@ -1,14 +1,17 @@
 """The web console in a real headless Chromium (Debian's, driven by selenium through the system
-chromedriver) against a running `selfmaker up` with two endpoints under load and a finished training job.
+chromedriver) against a running `selfmaker up` with two endpoints under load (one split 3:1), a failed, an
+async and a serverless endpoint, and a finished tuning job of two script-mode training jobs.
 
 One scenario shares the platform, the load and the browser: the overview's charts draw non-empty series,
 the live traffic split matches the 3:1 weights within 5 %, a weight change shows within 5 s, the endpoint
-and training job pages draw their charts, names and values with HTML in them stay text, and the browser's
-console logs no error. It saves the screenshots docs/observability.md shows (docs/img/console-*.png).
-The console's JSON is checked over plain HTTP too (those tests run without a browser).
+page draws its 10-minute and 3-hour windows, the training and tuning job pages draw their curves, HTML in a
+hyperparameter and a log line stays text, and the browser's console logs no error. It saves the
+screenshots docs/observability.md shows (docs/img/console-*.png). The console's JSON is checked over plain
+HTTP too (those tests run without a browser).
 
 Chromium comes from scripts/install-browser.sh (`make test` runs it); without it the browser tests skip
-and say so. Every request the browser makes goes to 127.0.0.1: any other host is sent to a dead proxy.
+and say so (tests/selfmaker/browserkit.py). The browser's requests to any host but loopback go to a dead
+proxy.
 """
 
 from __future__ import annotations
