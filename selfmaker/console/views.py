@@ -204,6 +204,7 @@ async def training_job(platform: Services, name: str) -> dict[str, Any]:
     described = await call(platform, "DescribeTrainingJob", TrainingJobName=name)
     name = described["TrainingJobName"]
     algorithm = described.get("AlgorithmSpecification") or {}
+    tuning_arn = str(described.get("TuningJobArn") or "")
     return {
         "now": time.time(),
         "name": name,
@@ -216,6 +217,8 @@ async def training_job(platform: Services, name: str) -> dict[str, Any]:
         "created": described.get("CreationTime"),
         "started": described.get("TrainingStartTime"),
         "ended": described.get("TrainingEndTime"),
+        # the tuning job that launched it (its ARN ends with the name)
+        "tuningJob": tuning_arn.rpartition("/")[2] if tuning_arn else None,  # the ARN ends with the name
         "transitions": described.get("SecondaryStatusTransitions") or [],
         "hyperParameters": described.get("HyperParameters") or {},
         "finalMetrics": described.get("FinalMetricDataList") or [],

@@ -226,6 +226,7 @@ def test_console_json(console: dict[str, Any]) -> None:
     assert sum(page["series"]["variants"]["Champion"]["invocations"]) > 0  # the live minute is counted
     job = requests.get(url + f"/console/api/training-jobs/{console['job']}", timeout=30).json()
     assert job["status"] == "Completed" and job["hyperParameters"]["note"] == HOSTILE
+    assert job["tuningJob"] == "console-tune"
     assert any(HOSTILE in line for line in job["log"])
     assert set(job["curves"]) == {"train:loss", "validation:accuracy"}
     assert all(len(c["t"]) >= 2 and len(c["t"]) == len(c["v"]) for c in job["curves"].values())

@@ -386,6 +386,7 @@ function renderTraining(doc) {
       doc.failureReason ? el("p", { class: "error" }, doc.failureReason) : null,
       facts([
         ["Image", text(doc.image)],
+        doc.tuningJob ? ["Tuning job", link(`/console/tuning-jobs/${encodeURIComponent(doc.tuningJob)}`, doc.tuningJob)] : null,
         ["Instances", `${text(doc.instanceCount)} × ${text(doc.instanceType)}`],
         ["Created", when(doc.created)],
         ["Training time", duration(doc.started, doc.ended)],
