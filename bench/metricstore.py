@@ -7,8 +7,9 @@
 * **request path**: two ``selfmaker up`` with the same one-instance endpoint, one recording invocation
   metrics (the default) and one without (``SELFMAKER_ENDPOINT_METRICS=false``), driven alternately by the
   same closed-loop load at concurrency 8 (``bench.router``'s load generator); prints the throughput ratio
-  recording ÷ not recording, median of ``--pairs`` interleaved pairs (goal ≥ 0.98), and the in-process
-  cost of one ``InvocationStats.record`` call.
+  recording ÷ not recording, median of ``--pairs`` interleaved pairs (goal ≥ 0.98), the platform
+  process's CPU per request in each (what recording adds, steadier than throughput on a shared machine),
+  and the in-process cost of one ``InvocationStats.record`` call.
 
     .venv/bin/python -m bench.metricstore [--endpoints 10] [--days 7] [--pairs 5] [--seconds 5] [--disk-only]
 """
@@ -145,8 +146,17 @@ def _platform(
     return f"{url}/endpoints/bench/invocations"
 
 
+def _cpu(proc: subprocess.Popen[bytes]) -> float:
+    """CPU seconds of the ``selfmaker up`` process itself (its model servers are other processes)."""
+    import psutil
+
+    times = psutil.Process(proc.pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def request_path(pairs: int, seconds: int, work: Path) -> dict[str, Any]:
-    """Throughput at concurrency 8 with recording ÷ without, interleaved pairs, median."""
+    """Throughput at concurrency 8 with recording ÷ without, interleaved pairs, median; and the platform
+    process's CPU per request in each (what recording adds, less sensitive to the machine's other load)."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         archive = build_model(work)
@@ -154,17 +164,25 @@ def request_path(pairs: int, seconds: int, work: Path) -> dict[str, Any]:
         payload.write_text(",".join(f"{random.Random(i).gauss(0, 1):.4f}" for i in range(20)) + "\n")
         on = _platform(work, "recording", archive, True, procs)
         off = _platform(work, "not-recording", archive, False, procs)
+        platform_of = {"on": procs[0], "off": procs[1]}
         for url in (on, off):  # warm-up
             load(url, payload, 2, 2)
-        ratios, rows = [], []
+        ratios, cpu_ratios, rows = [], [], []
         for pair in range(pairs):
             order = [("on", on), ("off", off)] if pair % 2 == 0 else [("off", off), ("on", on)]
-            got = {label: load(url, payload, 8, seconds) for label, url in order}
+            got, cpu = {}, {}
+            for label, url in order:
+                before = _cpu(platform_of[label])
+                got[label] = load(url, payload, 8, seconds)
+                cpu[label] = (_cpu(platform_of[label]) - before) / max(1, got[label]["requests"])
             ratios.append(got["on"]["rps"] / got["off"]["rps"])
-            rows.append((got["on"]["rps"], got["off"]["rps"], got["on"]["errors"] + got["off"]["errors"]))
+            cpu_ratios.append(cpu["on"] / cpu["off"])
+            errors = got["on"]["errors"] + got["off"]["errors"]
+            rows.append((got["on"]["rps"], got["off"]["rps"], cpu["on"], cpu["off"], errors))
         return {
             "ratios": ratios,
             "median": statistics.median(ratios),
+            "cpu_median": statistics.median(cpu_ratios),
             "rows": rows,
             "tool": got["on"]["tool"],
         }
@@ -197,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.disk_only:
             return 0
         r = request_path(args.pairs, args.seconds, work)
-        for on, off, errors in r["rows"]:
-            print(f"  recording {on:8.0f} req/s   not recording {off:8.0f} req/s   errors {errors}")
+        for on, off, cpu_on, cpu_off, errors in r["rows"]:
+            print(
+                f"  recording {on:8.0f} req/s {cpu_on * 1e6:6.0f} us CPU/request   not recording {off:8.0f} "
+                f"req/s {cpu_off * 1e6:6.0f} us CPU/request   errors {errors}"
+            )
         print(
             f"request path ({r['tool']}, concurrency 8, load average {os.getloadavg()[0]:.1f}): throughput "
             f"recording / not recording, median of {args.pairs} pairs: {r['median']:.3f} "
-            f"(range {min(r['ratios']):.3f}-{max(r['ratios']):.3f}; goal >= 0.98)"
+            f"(range {min(r['ratios']):.3f}-{max(r['ratios']):.3f}; goal >= 0.98); the platform process's "
+            f"CPU per request, recording / not: median {r['cpu_median']:.3f}"
         )
     return 0
 
