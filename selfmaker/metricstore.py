@@ -116,6 +116,8 @@ UNITS: dict[str, tuple[str, tuple[float, ...] | None]] = {
     "ModelSetupTime": ("Microseconds", None),
     "ApproximateBacklogSize": ("None", None),
     "ApproximateBacklogSizePerInstance": ("None", None),
+    "ApproximateAgeOfOldestRequest": ("Seconds", None),
+    "HasBacklogWithoutCapacity": ("None", None),
     "ServerlessConcurrentExecutions": ("Count", None),
 }
 
@@ -413,12 +415,11 @@ class MetricStore:
         end: int,
         period: int,
         live: Iterable[Datum] = (),
-        live_from: int | None = None,
     ) -> dict[int, Aggregate]:
         """``{period start: aggregate}`` of one series over ``[start, end)``: stored rows plus ``live``
-        datums (from :meth:`pending` or :meth:`live` — taken on the event loop by the caller, with
-        ``live_from`` the :attr:`flushed_until` of that moment: minute rollups from then on are in ``live``,
-        so a flush that lands meanwhile is not counted twice)."""
+        datums (from :meth:`pending` or :meth:`live`, taken on the event loop by the caller: the minutes
+        from :attr:`flushed_until` on, which no row holds but the one a shutdown wrote for its last minute,
+        continued by the live data after the restart)."""
         base = start - start % (60 if period >= 60 else period)
         out: dict[int, Aggregate] = {}
 
@@ -433,12 +434,8 @@ class MetricStore:
                 found.merge(d.value)
 
         # sub-minute periods: only per-second data (points and the live ring), never minute rollups
-        cutoff = self.flushed_until if live_from is None else live_from
-        for d in self.rows(namespace, metric, dims, base, end, resolution=1):
+        for d in self.rows(namespace, metric, dims, base, end, resolution=None if period >= 60 else 1):
             add(d)
-        if period >= 60:
-            for d in self.rows(namespace, metric, dims, base, min(end, cutoff), resolution=60):
-                add(d)
         for d in live:
             if d.namespace == namespace and d.metric == metric and d.dims == dims:
                 add(d)
@@ -461,13 +458,10 @@ class MetricStore:
         ``extended`` (``p99`` …) that can be told, and ``Unit``; oldest first, periods without data left
         out. Periods under 60 seconds come from per-second data only (the live ring and points)."""
         if period < 60:
-            live, live_from = self.live(start - start % period, end, metric, dims), None
+            live = self.live(start - start % period, end, metric, dims)
         else:
-            live_from = self.flushed_until
             live = self.pending(int(self.clock()) // 60 * 60 + 60, metric, dims)
-        found = await asyncio.to_thread(
-            self.series, namespace, metric, dims, start, end, period, live, live_from
-        )
+        found = await asyncio.to_thread(self.series, namespace, metric, dims, start, end, period, live)
         unit, bounds = UNITS.get(metric, ("None", None))
         points: list[dict[str, Any]] = []
         for timestamp in sorted(found):
@@ -492,6 +486,15 @@ class MetricStore:
         to the database (taken on the event loop, written in a thread); the count of rows written."""
         now = int(self.clock())
         until = now // 60 * 60 + (60 if partial else 0)
-        if until <= self.flushed_until:
+        previous = self.flushed_until
+        if until <= previous:
             return 0
-        return await asyncio.to_thread(self.write_rollups, self.pending(until), until)
+        datums = self.pending(until)
+        # from now on queries take these minutes from the rows, not from the live sources: while the write
+        # runs they may miss them for a moment, never count them twice
+        self.flushed_until = until
+        try:
+            return await asyncio.to_thread(self.write_rollups, datums, until)
+        except BaseException:
+            self.flushed_until = previous
+            raise

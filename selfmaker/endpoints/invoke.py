@@ -14,18 +14,39 @@ observers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from common.http import ConnectError, UpstreamClosed, UpstreamError, invocation_headers
-from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord, VariantAnswer, VariantRuntime
+from selfmaker.endpoints.runtime import (
+    EndpointRuntime,
+    Instance,
+    InstancePool,
+    InvocationRecord,
+    VariantAnswer,
+    VariantRuntime,
+)
 from selfmaker.errors import ModelError, ValidationError
 
 if TYPE_CHECKING:
     from selfmaker.endpoints.manager import EndpointManager
 
 log = logging.getLogger(__name__)
+
+
+#: seconds this request waited for an instance (a serverless cold start, a full pool): the platform's time,
+#: not the model's (SageMaker counts it in OverheadLatency, not ModelLatency)
+_waited: contextvars.ContextVar[float] = contextvars.ContextVar("instance_wait", default=0.0)
+
+
+async def _acquire(pool: InstancePool) -> Instance:
+    began = time.perf_counter()
+    try:
+        return await pool.acquire()
+    finally:
+        _waited.set(_waited.get() + time.perf_counter() - began)
 
 
 def outgoing_headers(record: InvocationRecord) -> dict[str, str]:
@@ -47,12 +68,13 @@ async def invoke(
     for check in runtime.pre_invoke:
         check(record)
     headers = outgoing_headers(record)
+    _waited.set(0.0)
     if runtime.dispatch is not None:  # a guarded deployment in progress picks the fleet
         began = time.perf_counter()
         try:
             variant, (status, payload, resp_headers) = await runtime.dispatch(record, record.body, headers)
         finally:
-            record.model_seconds = time.perf_counter() - began
+            record.model_seconds = time.perf_counter() - began - _waited.get()
     else:
         variant = runtime.route(record.target_variant)
         record.variant_name = variant.name  # the variant a failure below is counted against
@@ -62,7 +84,7 @@ async def invoke(
                 endpoints, runtime, variant, record.body, headers, target_container=record.target_container
             )
         finally:
-            record.model_seconds = time.perf_counter() - began
+            record.model_seconds = time.perf_counter() - began - _waited.get()
     record.variant_name = variant.name
     record.latency = time.time() - record.started
     record.status = status
@@ -101,7 +123,7 @@ async def call_variant(
     pool = variant.pool
     timeout = endpoints.settings.invocation_timeout
     for attempt in range(attempts):
-        instance = await pool.acquire()
+        instance = await _acquire(pool)
         try:
             resp = await instance.upstream.request("POST", "/invocations", headers, body, timeout)
             return resp.status, resp.body, resp.headers
@@ -224,7 +246,7 @@ async def call_pipeline(
     timeout = endpoints.settings.invocation_timeout
     pool = variant.pool
     for attempt in range(attempts):
-        instance = await pool.acquire()
+        instance = await _acquire(pool)
         hostname = ""
         try:
             stages = instance.stages or [("primary", instance.upstream)]

@@ -101,6 +101,23 @@ class Latency:
             self.high = seconds
         self.buckets[index] += 1
 
+    def merge(self, other: Latency) -> None:
+        """Add ``other``'s samples."""
+        if not other.n:
+            return
+        self.n += other.n
+        self.total += other.total
+        self.low = min(self.low, other.low)
+        self.high = max(self.high, other.high)
+        buckets = self.buckets
+        for i, count in enumerate(other.buckets):
+            buckets[i] += count
+
+    def copy(self) -> Latency:
+        out = Latency()
+        out.merge(self)
+        return out
+
     def reset(self) -> None:
         self.n = 0
         self.total = 0.0
@@ -145,7 +162,8 @@ class _Second:
 
 @dataclass
 class VariantCounters:
-    """Cumulative figures of one (endpoint, variant) since the platform started."""
+    """Cumulative figures of one (endpoint, variant) since the platform started (a snapshot:
+    :meth:`InvocationStats.counters` makes them)."""
 
     endpoint: str
     #: None: requests refused before a variant was chosen (an unknown TargetVariant …)
@@ -156,10 +174,6 @@ class VariantCounters:
     model_latency: Latency = field(default_factory=Latency)
     overhead_latency: Latency = field(default_factory=Latency)
     model_setup: Latency = field(default_factory=Latency)
-    #: the seconds of the ring, made on first use (an idle variant costs no memory for them)
-    ring: list[_Second | None] = field(default_factory=lambda: [None] * LIVE_SECONDS, repr=False)
-    #: the last second with a request
-    last: int = 0
     dims: Dims = ()
 
     def __post_init__(self) -> None:
@@ -167,6 +181,47 @@ class VariantCounters:
         if self.variant is not None:
             pairs.append(("VariantName", self.variant))
         self.dims = tuple(sorted(pairs))
+
+    def fold(self, slot: _Second) -> None:
+        """Add one second of the ring."""
+        self.invocations += slot.count
+        self.errors_4xx += slot.errors_4xx
+        self.errors_5xx += slot.errors_5xx
+        self.model_latency.merge(slot.model)
+        self.overhead_latency.merge(slot.overhead)
+
+
+class _Variant:
+    """One (endpoint, variant): its ring, and the totals of the seconds the ring has let go of (the request
+    path updates only the second it falls in; a second is folded into the totals when its slot is reused)."""
+
+    __slots__ = ("totals", "ring", "last", "dims")
+
+    def __init__(self, endpoint: str, variant: str | None) -> None:
+        self.totals = VariantCounters(endpoint, variant)
+        self.dims = self.totals.dims
+        #: the seconds of the ring, made on first use (an idle variant costs no memory for them)
+        self.ring: list[_Second | None] = [None] * LIVE_SECONDS
+        #: the last second with a request
+        self.last = 0
+
+    def snapshot(self) -> VariantCounters:
+        """The totals with the ring's seconds added."""
+        t = self.totals
+        out = VariantCounters(
+            t.endpoint,
+            t.variant,
+            t.invocations,
+            t.errors_4xx,
+            t.errors_5xx,
+            t.model_latency.copy(),
+            t.overhead_latency.copy(),
+            t.model_setup.copy(),
+        )
+        for slot in self.ring:
+            if slot is not None and slot.count:
+                out.fold(slot)
+        return out
 
 
 @dataclass(frozen=True)
@@ -199,17 +254,17 @@ class InvocationStats:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._variants: dict[tuple[str, str | None], VariantCounters] = {}
+        self._variants: dict[tuple[str, str | None], _Variant] = {}
         self._gauges: dict[tuple[str, Dims], _Gauge] = {}
         #: called once a second by the platform to :meth:`sample` gauges (features add theirs at start-up:
         #: async endpoints' backlog, serverless variants' concurrency and cold starts)
         self.samplers: list[Callable[[InvocationStats], None]] = []
 
-    def _counters(self, endpoint: str, variant: str | None) -> VariantCounters:
+    def _variant(self, endpoint: str, variant: str | None) -> _Variant:
         key = (endpoint, variant)
         found = self._variants.get(key)
         if found is None:
-            found = self._variants[key] = VariantCounters(endpoint, variant)
+            found = self._variants[key] = _Variant(endpoint, variant)
         return found
 
     # ---- recording (event loop thread) --------------------------------------------------------
@@ -227,40 +282,34 @@ class InvocationStats:
         a variant was chosen): its status class (:data:`OK`, :data:`CLIENT_ERROR`, :data:`SERVER_ERROR`),
         the model server's time (None when no model server was asked) and the platform's own time, in
         seconds; ``instances`` is the variant's instance count (for InvocationsPerInstance)."""
-        counters = self._variants.get((endpoint, variant))
-        if counters is None:
-            counters = self._counters(endpoint, variant)
+        state = self._variants.get((endpoint, variant))
+        if state is None:
+            state = self._variant(endpoint, variant)
         second = int(self._clock())
-        slot = counters.ring[second % LIVE_SECONDS]
+        slot = state.ring[second % LIVE_SECONDS]
         if slot is None:
-            slot = counters.ring[second % LIVE_SECONDS] = _Second()
+            slot = state.ring[second % LIVE_SECONDS] = _Second()
         if slot.second != second:
+            if slot.count:
+                state.totals.fold(slot)
             slot.reset(second)
-            counters.last = second
-        counters.invocations += 1
+            state.last = second
         slot.count += 1
         if status_class == CLIENT_ERROR:
-            counters.errors_4xx += 1
             slot.errors_4xx += 1
         elif status_class == SERVER_ERROR:
-            counters.errors_5xx += 1
             slot.errors_5xx += 1
-        # one bisection per value for both histograms (this is the request path)
         if model_seconds is not None:
-            index = bisect.bisect_left(LATENCY_BUCKETS, model_seconds)
-            counters.model_latency.add_at(model_seconds, index)
-            slot.model.add_at(model_seconds, index)
-        index = bisect.bisect_left(LATENCY_BUCKETS, overhead_seconds)
-        counters.overhead_latency.add_at(overhead_seconds, index)
-        slot.overhead.add_at(overhead_seconds, index)
+            slot.model.add_at(model_seconds, bisect.bisect_left(LATENCY_BUCKETS, model_seconds))
+        slot.overhead.add_at(overhead_seconds, bisect.bisect_left(LATENCY_BUCKETS, overhead_seconds))
         if instances > slot.instances:
             slot.instances = instances
 
     def model_setup(self, endpoint: str, variant: str, seconds: float) -> None:
         """A model server of ``variant`` took ``seconds`` to start (a serverless cold start)."""
-        counters = self._counters(endpoint, variant)
-        counters.model_setup.add(seconds)
-        self.sample("ModelSetupTime", counters.dims, seconds * _SECONDS_TO_US)
+        state = self._variant(endpoint, variant)
+        state.totals.model_setup.add(seconds)
+        self.sample("ModelSetupTime", state.dims, seconds * _SECONDS_TO_US)
 
     def sample(self, metric: str, dims: Dims, value: float) -> None:
         """The value of a gauge (``ApproximateBacklogSize`` …) now; one sample per second is kept."""
@@ -304,8 +353,9 @@ class InvocationStats:
     # ---- reading ------------------------------------------------------------------------------
 
     def counters(self) -> list[VariantCounters]:
-        """The cumulative figures of every (endpoint, variant) seen since start (read on the event loop)."""
-        return list(self._variants.values())
+        """The cumulative figures of every (endpoint, variant) seen since start (snapshots; read on the
+        event loop)."""
+        return [state.snapshot() for state in list(self._variants.values())]
 
     def recent(self, endpoint: str, seconds: int = 300) -> dict[str, list[SecondPoint]]:
         """The last ``seconds`` (at most :data:`LIVE_SECONDS`) of ``endpoint``, per variant, one point per
@@ -341,8 +391,8 @@ class InvocationStats:
             if counters.last < since:
                 continue
             names = ["Invocations", "Invocation4XXErrors", "Invocation5XXErrors", "OverheadLatency"]
-            if counters.variant is not None:
-                names += ["InvocationsPerInstance"] + (["ModelLatency"] if counters.model_latency.n else [])
+            if counters.totals.variant is not None:
+                names += ["InvocationsPerInstance", "ModelLatency"]
             for name in names:
                 yield SAGEMAKER_NAMESPACE, name, counters.dims
         for (name, dims), gauge in list(self._gauges.items()):
@@ -350,7 +400,7 @@ class InvocationStats:
                 yield SAGEMAKER_NAMESPACE, name, dims
 
     @staticmethod
-    def _slots(counters: VariantCounters, start: int, end: int) -> Iterator[_Second]:
+    def _slots(counters: _Variant, start: int, end: int) -> Iterator[_Second]:
         ring = counters.ring
         for second in range(max(start, end - LIVE_SECONDS), end):
             slot = ring[second % LIVE_SECONDS]

@@ -270,6 +270,20 @@ def test_async_end_to_end(platform: Any, moto_server: str, model_tar: str) -> No
         smr.invoke_endpoint_async(EndpointName="async-e2e-rt", InputLocation=src)
     assert err.value.response["Error"]["Code"] == "ValidationError"
 
+    # its backlog is a CloudWatch metric of the endpoint, sampled each second
+    cloudwatch = helpers.client("cloudwatch", platform.url)
+    dims = [{"Name": "EndpointName", "Value": "async-e2e"}]
+    wait_until(
+        lambda: cloudwatch.list_metrics(MetricName="ApproximateBacklogSize", Dimensions=dims)["Metrics"],
+        what="the backlog metric",
+    )
+    now = time.time()
+    backlog = cloudwatch.get_metric_statistics(
+        Namespace="AWS/SageMaker", MetricName="ApproximateBacklogSize", Dimensions=dims, Period=60,
+        StartTime=now - 600, EndTime=now + 60, Statistics=["SampleCount", "Maximum"],
+    )["Datapoints"]  # fmt: skip
+    assert backlog and all(p["SampleCount"] >= 1 and 0 <= p["Maximum"] <= 3 for p in backlog)
+
 
 def test_async_request_validation(platform: Any, moto_server: str, model_tar: str) -> None:
     aws = new_aws(moto_server)

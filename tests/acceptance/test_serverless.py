@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,24 @@ def test_cold_start_then_warm_then_scale_to_zero(platform: Any, sm: Any, smr: An
     again = invoke(smr, "sl-cold")  # the next request cold-starts again and succeeds
     assert json.loads(again["Body"].read())["predictions"]
     assert metric(platform, "selfmaker_serverless_cold_starts_total", "sl-cold") == 2
+
+    # through CloudWatch: five invocations, and each cold start a ModelSetupTime sample (sampled each second)
+    cloudwatch = helpers.client("cloudwatch", platform.url)
+    dims = [{"Name": "EndpointName", "Value": "sl-cold"}, {"Name": "VariantName", "Value": "AllTraffic"}]
+
+    def stat(metric_name: str, statistic: str) -> float:
+        now = time.time()
+        points = cloudwatch.get_metric_statistics(
+            Namespace="AWS/SageMaker", MetricName=metric_name, Dimensions=dims, Period=3600,
+            StartTime=now - 3600, EndTime=now + 60, Statistics=[statistic],
+        )["Datapoints"]  # fmt: skip
+        return float(sum(p[statistic] for p in points))
+
+    assert stat("Invocations", "Sum") == 5
+    wait_until(
+        lambda: stat("ModelSetupTime", "SampleCount") == 2, timeout=10, what="two ModelSetupTime samples"
+    )
+    assert stat("ModelSetupTime", "Maximum") > 0
 
 
 def test_max_concurrency_plus_one_throttles_exactly_the_overflow(

@@ -3,6 +3,7 @@ SQLite, points, retention) on their own, with a clock the test moves."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,11 @@ def test_recorder_counts_seconds_and_cumulative_figures() -> None:
     clock.now += LIVE_SECONDS + 5
     assert list(stats.seconds(0, int(clock.now) + 1)) == []
     assert stats.recent("ep", 600) == {"A": [], "B": []}
+    # a second's slot reused 10 minutes later: the cumulative figures keep what it held
+    clock.now = 1_000_020.0 + LIVE_SECONDS
+    stats.record("ep", "A", SERVER_ERROR, 0.02, 0.0001)
+    a = next(c for c in stats.counters() if c.variant == "A")
+    assert (a.invocations, a.errors_4xx, a.errors_5xx, a.model_latency.n) == (13, 1, 2, 12)
     # a deleted endpoint's figures go once the store has had time to take them; a live one's stay
     stats.sample("ApproximateBacklogSize", dims_of({"EndpointName": "gone"}), 3)
     stats.record("gone", "A", OK, 0.01, 0.001)
@@ -118,20 +124,18 @@ def test_store_rolls_up_minutes_merges_live_data_and_prunes(tmp_path: Path) -> N
         stats.record("ep", "A", OK, 0.01, 0.001)
     clock.now = minute0 + 125
 
-    def sums(period: int, live_from: int) -> dict[int, float]:
+    def sums(period: int) -> dict[int, float]:
         live = store.pending(int(clock.now) // 60 * 60 + 60)
-        found = store.series(
-            SAGEMAKER_NAMESPACE, "Invocations", DIMS, minute0, minute0 + 180, period, live, live_from
-        )
+        found = store.series(SAGEMAKER_NAMESPACE, "Invocations", DIMS, minute0, minute0 + 180, period, live)
         return {t: a.total for t, a in found.items()}
 
-    assert sums(60, store.flushed_until) == {minute0: 6, minute0 + 60: 6}
+    assert sums(60) == {minute0: 6, minute0 + 60: 6}
     # flush the complete minutes; the same answer comes from the rows plus the live remainder
     until = int(clock.now) // 60 * 60
     assert store.write_rollups(store.pending(until), until) > 0
     assert store.flushed_until == minute0 + 120
-    assert sums(60, store.flushed_until) == {minute0: 6, minute0 + 60: 6}
-    assert sums(120, store.flushed_until) == {minute0: 12}
+    assert sums(60) == {minute0: 6, minute0 + 60: 6}
+    assert sums(120) == {minute0: 12}
     # a 10-second period sees the per-second ring, never the minute rollups
     ten = store.series(
         SAGEMAKER_NAMESPACE, "Invocations", DIMS, minute0, minute0 + 60, 10, store.live(minute0, minute0 + 60)
@@ -150,10 +154,28 @@ def test_store_rolls_up_minutes_merges_live_data_and_prunes(tmp_path: Path) -> N
     loss = store.series(TRAINING_NAMESPACE, "train:loss", job, minute0, minute0 + 60, 60)
     assert loss[minute0].n == 3 and loss[minute0].high == 1.0
 
+    # a shutdown writes the minute in progress; after a restart in that minute, its row and the new
+    # ring's data add up, and the next flush merges them into one row
+    clock.now = minute0 + 130
+    stats.record("ep", "A", OK, 0.01, 0.001)
+    assert asyncio.run(store.flush(partial=True)) > 0 and store.flushed_until == minute0 + 180
+    store.close()
+    clock.now = minute0 + 150
+    after = InvocationStats(clock)
+    store = MetricStore(tmp_path / "metrics.db", retention_days=1, clock=clock)
+    store.sources.append(after)
+    assert store.flushed_until == minute0 + 120
+    after.record("ep", "A", OK, 0.01, 0.001)
+    assert sums(60) == {minute0: 6, minute0 + 60: 6, minute0 + 120: 2}
+    clock.now = minute0 + 185
+    assert asyncio.run(store.flush()) > 0 and store.flushed_until == minute0 + 180
+    assert sums(60) == {minute0: 6, minute0 + 60: 6, minute0 + 120: 2}
+    assert len(store.rows(SAGEMAKER_NAMESPACE, "Invocations", DIMS, minute0 + 120, minute0 + 180)) == 1
+
     # retention: a day later the rows are gone; a reopened store keeps what was flushed
     store.close()
     reopened = MetricStore(tmp_path / "metrics.db", retention_days=1, clock=clock)
-    assert reopened.flushed_until == minute0 + 120
+    assert reopened.flushed_until == minute0 + 180
     assert reopened.rows(SAGEMAKER_NAMESPACE, "Invocations", DIMS, 0, 2**40)
     assert reopened.prune(now=minute0 + 2 * 86400) > 0
     assert reopened.rows(SAGEMAKER_NAMESPACE, "Invocations", DIMS, 0, 2**40) == []

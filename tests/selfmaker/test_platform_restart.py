@@ -3,6 +3,7 @@ and endpoint config were deleted since) and fails running jobs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 import uuid
@@ -16,6 +17,7 @@ from platform_helpers import (
     WAIT,
     PlatformProcess,
     build_classifier_tar,
+    client,
     deploy,
     invoke_variant,
     make_model,
@@ -134,11 +136,27 @@ def test_crash_and_restart_restores_endpoints_and_fails_running_jobs(tmp_path: P
         sm.get_waiter("training_job_completed_or_stopped")  # exists; a Failed job makes it raise
         assert sm.list_training_jobs(StatusEquals="InProgress")["TrainingJobSummaries"] == []
 
-        # a graceful stop keeps the endpoint for the next start too
+        # a graceful stop keeps the endpoint for the next start too, and its metrics and alarms: the minute
+        # in progress is written at shutdown
+        cloudwatch = client("cloudwatch", server.url)
+        dims = [{"Name": "EndpointName", "Value": "Survivor"}, {"Name": "VariantName", "Value": "B"}]
+        cloudwatch.put_metric_alarm(
+            AlarmName="survivor-calls", Namespace="AWS/SageMaker", MetricName="Invocations", Dimensions=dims,
+            Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1000,
+            ComparisonOperator="GreaterThanThreshold",
+        )  # fmt: skip
         assert server.stop() == 0
         _wait_gone(new_pids)
         server = PlatformProcess(home, port=server.port).start()
         sm, smr = server.sagemaker(), server.runtime()
+        cloudwatch = client("cloudwatch", server.url)
+        now = dt.datetime.now(dt.timezone.utc)
+        calls = cloudwatch.get_metric_statistics(
+            Namespace="AWS/SageMaker", MetricName="Invocations", Dimensions=dims, Period=3600,
+            StartTime=now - dt.timedelta(hours=1), EndTime=now + dt.timedelta(minutes=1), Statistics=["Sum"],
+        )["Datapoints"]  # fmt: skip
+        assert sum(p["Sum"] for p in calls) == 30
+        assert [a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]] == ["survivor-calls"]
         sm.get_waiter("endpoint_in_service").wait(EndpointName="Survivor", WaiterConfig=WAIT)
         assert invoke_variant(smr, "Survivor") == "B"
         sm.delete_endpoint(EndpointName="Survivor")

@@ -67,6 +67,8 @@ SAGEMAKER_DIMENSIONS: dict[str, tuple[frozenset[str], ...]] = {
     "ServerlessConcurrentExecutions": (_VARIANT,),
     "ApproximateBacklogSize": (_ENDPOINT,),
     "ApproximateBacklogSizePerInstance": (_ENDPOINT,),
+    "ApproximateAgeOfOldestRequest": (_ENDPOINT,),
+    "HasBacklogWithoutCapacity": (_ENDPOINT,),
 }
 #: ListMetrics lists series with data in the last two weeks (CloudWatch's rule)
 LIST_HORIZON = 14 * 86400

@@ -71,8 +71,9 @@ async def start_async_inference(platform: Services) -> None:
 
 
 def sample_backlogs(platform: Services, stats: InvocationStats) -> None:
-    """``ApproximateBacklogSize`` and ``ApproximateBacklogSizePerInstance`` (SageMaker's async endpoint
-    metrics, dimension ``EndpointName``) from the supervisor's last look at each queue."""
+    """``ApproximateBacklogSize``, ``ApproximateBacklogSizePerInstance``, ``ApproximateAgeOfOldestRequest``
+    (seconds) and ``HasBacklogWithoutCapacity`` (SageMaker's async endpoint metrics, dimension
+    ``EndpointName``) from the supervisor's last look at each queue."""
     for runtime in list(platform.endpoints.live.values()):
         state = runtime.state.get(async_inference.AsyncEndpoint)
         if state is None:
@@ -81,6 +82,8 @@ def sample_backlogs(platform: Services, stats: InvocationStats) -> None:
         stats.sample("ApproximateBacklogSize", dims, state.backlog)
         instances = sum(v.pool.size for v in runtime.variants.values())
         stats.sample("ApproximateBacklogSizePerInstance", dims, state.backlog / max(1, instances))
+        stats.sample("ApproximateAgeOfOldestRequest", dims, state.oldest_age)
+        stats.sample("HasBacklogWithoutCapacity", dims, 1.0 if state.backlog and not instances else 0.0)
 
 
 @lifecycle("shutdown")
