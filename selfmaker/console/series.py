@@ -91,7 +91,6 @@ def _stored(
     t: list[int],
     period: int,
     live_data: dict[tuple[str, str], list[Datum]],
-    flushed: int,
 ) -> dict[str, dict[str, list[Any]]]:
     """Per variant, the statistics of :data:`_WINDOW_STATISTICS` per ``period`` over ``t`` (minute rollups
     in SQLite plus the live seconds not flushed yet; a thread's work)."""
@@ -105,7 +104,7 @@ def _stored(
             if metric not in by_metric:
                 live = live_data.get((variant, metric), [])
                 by_metric[metric] = store.series(
-                    SAGEMAKER_NAMESPACE, metric, dims, start, end, period, live=live, live_from=flushed
+                    SAGEMAKER_NAMESPACE, metric, dims, start, end, period, live=live
                 )
             bounds = UNITS[metric][1]
             values = [by_metric[metric].get(s) for s in t]
@@ -128,10 +127,8 @@ async def window(platform: Services, endpoint: str, name: str, variants: list[st
     now = int(time.time())
     first = (now - seconds) // period * period + period
     t = list(range(first, now + 1, period))
-    # taken on the event loop (the thread that feeds the ring), with the flush mark of that moment: the
-    # minutes not in the database yet, rolled up
+    # taken on the event loop (the thread that feeds the ring): the minutes not in the database yet, rolled up
     store = platform.metrics
-    flushed = store.flushed_until
     live_data = {
         (variant, metric): store.pending(
             now + 1, metric, dims_of({"EndpointName": endpoint, "VariantName": variant})
@@ -139,7 +136,7 @@ async def window(platform: Services, endpoint: str, name: str, variants: list[st
         for variant in variants
         for metric in {metric for _, metric, _ in _WINDOW_STATISTICS}
     }
-    found = await asyncio.to_thread(_stored, store, endpoint, variants, t, period, live_data, flushed)
+    found = await asyncio.to_thread(_stored, store, endpoint, variants, t, period, live_data)
     return {"t": t, "period": period, "variants": found}
 
 
