@@ -135,7 +135,7 @@ function chart(id, title, unit, xs, series, options = {}) {
       axes: [
         options.xUnit
           ? { label: options.xUnit, labelSize: 18, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }
-          : { label: "time (local)", labelSize: 18, values: timeTicks, space: 80 },
+          : { label: "time (local)", labelSize: 18, values: timeTicks, space: 80, incrs: TIME_STEPS },
         { label: unit, labelSize: 18, size: 56 },
       ],
       legend: { live: true },
@@ -155,6 +155,9 @@ function drawPending() {
     }
   }
 }
+
+/** Time axis steps in seconds: never below one (the labels say seconds at most). */
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 
 /** Time axis labels: h:mm:ss within an hour, h:mm within two days, then month/day h:mm (local time). */
 function timeTicks(u, splits) {
