@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
 EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
-.PHONY: setup sdk-env constraints demo lint test test-fast bench engine browser images clean
+.PHONY: setup sdk-env constraints demo lint test test-fast bench engine browser prometheus images clean
 
 setup: $(STAMP)
 
@@ -50,12 +50,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy $(LINT_PACKAGES)
 
-# TEST_WORKERS pytest-xdist processes (2: the CI machine's cores; most tests wait on servers and children,
-# so two workers nearly halve the wall time). Each test module stays on one worker (tests/conftest.py groups
-# them: module fixtures start once; tests/containers is one group, as its images are built once).
+# TEST_WORKERS pytest-xdist processes (2: the CI machine's cores; most tests wait on servers and children).
+# --dist loadfile keeps a module's tests on one worker, so its module fixtures (a platform, a model server)
+# start once; tests/containers/conftest.py serialises the image builds across workers.
 TEST_WORKERS ?= 2
-test: setup sdk-env engine browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
+test: setup sdk-env engine browser prometheus
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not container"
@@ -67,6 +67,10 @@ engine:
 # Installs Debian's chromium + chromium-driver for the web console's browser test; no-op when present.
 browser:
 	@bash scripts/install-browser.sh
+
+# Installs Prometheus (Debian's package; its binary only) for the test that scrapes the platform with it.
+prometheus:
+	@bash scripts/install-prometheus.sh
 
 images: setup engine
 	bash scripts/build-images.sh

@@ -197,6 +197,14 @@ class StateStore:
             rows = self._db.execute(query + " ORDER BY created, name", args).fetchall()
         return [self._row(row) for row in rows]
 
+    def count_by_status(self, kind: str) -> dict[str, int]:
+        """``{status: number of resources of kind}`` (``/metrics``: one query, no documents read)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) FROM resources WHERE kind=? GROUP BY status", (kind,)
+            ).fetchall()
+        return {str(status): int(count) for status, count in rows if status is not None}
+
     # ---- tags ------------------------------------------------------------------------------------
 
     def add_tags(self, arn: str, tags: builtins.list[dict[str, str]]) -> None:

@@ -24,17 +24,6 @@ settings.load_profile("selfmaker")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): a module's tests
-    stay on one worker, so its module-scoped fixtures (a platform, a model server) start once; every test of
-    ``tests/containers`` is one group, as its session fixtures build the images once per worker."""
-    containers = Path(__file__).parent / "containers"
-    for item in items:
-        path = Path(str(item.fspath))
-        group = "containers" if containers in path.parents else str(path.relative_to(ROOT))
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture
 def free_port() -> int:
     return find_free_port()

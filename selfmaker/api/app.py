@@ -53,7 +53,7 @@ from common.http import header_value
 from selfmaker import logcontext
 from selfmaker.api.auth import Authenticator, is_loopback
 from selfmaker.api.common import BODY_KEY, compact, read_limited
-from selfmaker.api.metrics import render_metrics
+from selfmaker.api.metrics import METRICS_CONTENT_TYPE, render_metrics
 from selfmaker.api.validation import (
     check_file_locations,
     check_invoke_request,
@@ -528,15 +528,15 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics of the features (serverless and shadow variants, data capture, deployments …)."""
+    """Prometheus metrics: endpoints, variants and model servers, the features (serverless and shadow
+    variants, data capture, deployments, async), jobs."""
     refused = refusal(request, runtime=True)
     if refused is not None:
         return runtime_error(refused, str(uuid.uuid4()))
     return web.Response(
-        text=render_metrics(request.app[PLATFORM_KEY]),
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Content-Type-Options": "nosniff"},
+        body=render_metrics(request.app[PLATFORM_KEY]).encode("utf-8"),
+        # the exposition format's own content type, so that a scraper never has to guess the format
+        headers={"Content-Type": METRICS_CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
     )
 
 

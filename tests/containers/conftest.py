@@ -8,15 +8,31 @@ exists but a build fails.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from containers_helpers import BYOC_IMAGE, SELFMAKER_AS_BYOC, SELFMAKER_IMAGE, run
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def one_worker_at_a_time() -> Iterator[None]:
+    """Serialise engine installs and image builds across pytest-xdist workers (``make test`` runs two, and
+    each has its own session fixtures): the second worker waits, then finds the base images built and the
+    other layers cached."""
+    with open(Path(tempfile.gettempdir()) / "selfmaker-container-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,13 +52,14 @@ def engine() -> str:
         return detect_engine()
     except ContainerEngineError:
         pass
-    install = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install-engine.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    with one_worker_at_a_time():
+        install = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "install-engine.sh")],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
     try:
         return detect_engine()
     except ContainerEngineError as exc:
@@ -61,12 +78,19 @@ def build_env(engine: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def base_images(build_env: dict[str, str]) -> None:
     """localhost/selfmaker-base:bookworm (debootstrap) + localhost/selfmaker-python:bookworm (cached)."""
-    run(["bash", str(ROOT / "scripts" / "build-images.sh"), "--base-only"], timeout=900, env=build_env)
+    with one_worker_at_a_time():
+        run(["bash", str(ROOT / "scripts" / "build-images.sh"), "--base-only"], timeout=900, env=build_env)
 
 
 @pytest.fixture(scope="session")
 def byoc_image(engine: str, base_images: None) -> str:
     """The tiny flask BYOC image of tests/containers/byoc, on the shared base."""
+    with one_worker_at_a_time():
+        _build_byoc(engine)
+    return BYOC_IMAGE
+
+
+def _build_byoc(engine: str) -> None:
     run(
         [
             engine,
@@ -82,18 +106,18 @@ def byoc_image(engine: str, base_images: None) -> str:
         ],
         timeout=600,
     )
-    return BYOC_IMAGE
 
 
 @pytest.fixture(scope="session")
 def selfmaker_image(engine: str, build_env: dict[str, str], base_images: None) -> str:
     """selfmaker's CPU image built by `scripts/build-images.sh --cpu` (debootstrap base + wheelhouse)."""
-    run(
-        ["bash", str(ROOT / "scripts" / "build-images.sh"), "--cpu", "--base", "debootstrap"],
-        timeout=1500,
-        env=build_env,
-    )
-    run([engine, "tag", SELFMAKER_IMAGE, SELFMAKER_AS_BYOC])
+    with one_worker_at_a_time():
+        run(
+            ["bash", str(ROOT / "scripts" / "build-images.sh"), "--cpu", "--base", "debootstrap"],
+            timeout=1500,
+            env=build_env,
+        )
+        run([engine, "tag", SELFMAKER_IMAGE, SELFMAKER_AS_BYOC])
     return SELFMAKER_IMAGE
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit import wait_until
 from training_helpers import SELFMAKER_IMAGE, channel, extract_model, request, run_job
 
 from training.runner import TrainingJobRunner
@@ -203,8 +204,15 @@ def test_a_standby_gets_a_childs_environment_not_the_parents(monkeypatch: pytest
     monkeypatch.setenv("PLATFORM_ONLY_SECRET", "s3cr3t")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-children")
     standby = Standby("script")
+    environ: list[bytes] = []
     try:
-        environ = Path(f"/proc/{standby.pid}/environ").read_bytes().split(b"\0")
+        # /proc/PID/environ reads empty for a moment after the exec, before the new image's memory is set
+        # up (seen on a loaded machine): read it until it has something (bounded).
+        def read() -> bool:
+            environ[:] = Path(f"/proc/{standby.pid}/environ").read_bytes().split(b"\0")
+            return any(environ)
+
+        wait_until(read, 30, "the standby's environment")
     finally:
         standby.close()
     names = {item.split(b"=", 1)[0] for item in environ if item}

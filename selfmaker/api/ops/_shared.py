@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from selfmaker.api.metrics import Metrics, family
+from selfmaker.api.validation import service_model
 from selfmaker.errors import ResourceLimitExceeded, ValidationException
 from selfmaker.state import Record
 from selfmaker.state import now as state_now
@@ -67,3 +69,14 @@ def check_config_instances(platform: Services, config: dict[str, Any]) -> None:
                 (variant.get("ManagedInstanceScaling") or {}).get("MaxInstanceCount"),
             ):
                 check_instances(platform, count, f"Variant '{variant.get('VariantName')}'")
+
+
+def status_metrics(platform: Services, kind: str, name: str, help_: str, status_shape: str) -> Metrics:
+    """A gauge family ``name{status}``: how many resources of ``kind`` are in each status, every status of
+    botocore's ``status_shape`` enum present (0 included, so that rates and alerts see a series)."""
+    counts = platform.store.count_by_status(kind)
+    statuses = [*service_model().shape_for(status_shape).enum]
+    statuses += sorted(set(counts) - set(statuses))
+    found = Metrics(name)
+    family(found.lines, name, "gauge", help_, [({"status": s}, counts.get(s, 0)) for s in statuses])
+    return found

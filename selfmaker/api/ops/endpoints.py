@@ -7,11 +7,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import check_config_instances, check_instances, create_record, find, public
-from selfmaker.api.registry import operation
+from selfmaker.api.metrics import Buckets, Metrics, family, histogram
+from selfmaker.api.ops._shared import (
+    check_config_instances,
+    check_instances,
+    create_record,
+    find,
+    public,
+    status_metrics,
+)
+from selfmaker.api.registry import metrics_source, operation
 from selfmaker.errors import ValidationException
+from selfmaker.metricstore import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
+    from selfmaker.endpoints.stats import Latency
     from selfmaker.services import Services
     from selfmaker.state import Record
 
@@ -201,3 +211,108 @@ async def update_weights_and_capacities(platform: Services, params: dict[str, An
     platform.store.update("endpoint", record.name, status="Updating", merge=merge)
     platform.endpoints.update_weights_and_capacities(record.name, desired)
     return {"EndpointArn": record.arn}
+
+
+def _buckets(latency: Latency) -> Buckets:
+    return Buckets(LATENCY_BUCKETS, list(latency.buckets), latency.total)
+
+
+def _invocation_families(platform: Services, lines: list[str]) -> None:
+    """SageMaker's invocation metrics (``platform.invocation_stats``) as counters and histograms."""
+    rows = [
+        # requests refused before a variant was chosen (an unknown TargetVariant) have no variant label
+        ({"endpoint": c.endpoint, **({"variant": c.variant} if c.variant is not None else {})}, c)
+        for c in platform.invocation_stats.counters()
+    ]
+    family(
+        lines,
+        "selfmaker_invocations_total",
+        "counter",
+        "InvokeEndpoint requests of a variant, errors included (SageMaker's Invocations).",
+        [(labels, c.invocations) for labels, c in rows],
+    )
+    family(
+        lines,
+        "selfmaker_invocation_errors_total",
+        "counter",
+        "Requests answered with a 4xx or 5xx, by code class (Invocation4XXErrors, Invocation5XXErrors).",
+        [
+            ({**labels, "code": code}, count)
+            for labels, c in rows
+            for code, count in (("4xx", c.errors_4xx), ("5xx", c.errors_5xx))
+        ],
+    )
+    histogram(
+        lines,
+        "selfmaker_model_latency_seconds",
+        "Seconds the model server took to answer (SageMaker's ModelLatency).",
+        [(labels, _buckets(c.model_latency)) for labels, c in rows if "variant" in labels],
+    )
+    histogram(
+        lines,
+        "selfmaker_overhead_latency_seconds",
+        "Seconds of the platform's own work around the model server: reading, routing, answering "
+        "(SageMaker's OverheadLatency).",
+        [(labels, _buckets(c.overhead_latency)) for labels, c in rows],
+    )
+    histogram(
+        lines,
+        "selfmaker_model_setup_seconds",
+        "Seconds to start a model server and have it ready, per start (SageMaker's ModelSetupTime: "
+        "serverless cold starts).",
+        [(labels, _buckets(c.model_setup)) for labels, c in rows if c.model_setup.n],
+    )
+
+
+@metrics_source
+def endpoint_metrics(platform: Services) -> Metrics:
+    """Endpoints by status; per variant its invocations, errors, latencies, instances and weight; per model
+    server its load."""
+    found = status_metrics(
+        platform, "endpoint", "selfmaker_endpoints", "Endpoints in each EndpointStatus.", "EndpointStatus"
+    )
+    _invocation_families(platform, found.lines)
+    runtimes = list(platform.endpoints.live.values())
+    # shadow variants have instances too (their weight is a sampling share, not a traffic split)
+    variants = [(r.name, v) for r in runtimes for v in r.all_variants()]
+    family(
+        found.lines,
+        "selfmaker_variant_instances",
+        "gauge",
+        "Running model servers (instances) of a variant, production or shadow.",
+        [({"endpoint": ep, "variant": v.name}, v.pool.size) for ep, v in variants],
+    )
+    family(
+        found.lines,
+        "selfmaker_variant_desired_instances",
+        "gauge",
+        "Instances a variant is asked to run (its current instance count).",
+        [({"endpoint": ep, "variant": v.name}, v.pool.desired) for ep, v in variants],
+    )
+    family(
+        found.lines,
+        "selfmaker_variant_weight",
+        "gauge",
+        "Current weight of a production variant (its share of traffic is its weight over the sum).",
+        [({"endpoint": r.name, "variant": v.name}, v.weight) for r in runtimes for v in r.variants.values()],
+    )
+    instances = [
+        ({"endpoint": ep, "variant": v.name, "instance_id": i.instance_id}, i)
+        for ep, v in variants
+        for i in list(v.pool.instances)
+    ]
+    family(
+        found.lines,
+        "selfmaker_instance_in_flight_requests",
+        "gauge",
+        "Requests in flight on one model server.",
+        [(labels, i.outstanding) for labels, i in instances],
+    )
+    family(
+        found.lines,
+        "selfmaker_instance_invocations_total",
+        "counter",
+        "Requests one model server answered since it started (any status).",
+        [(labels, i.served) for labels, i in instances],
+    )
+    return found

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import check_instances, public
-from selfmaker.api.registry import operation
+from selfmaker.api.metrics import Metrics
+from selfmaker.api.ops._shared import check_instances, public, status_metrics
+from selfmaker.api.registry import metrics_source, operation
 from selfmaker.errors import ValidationException
 from selfmaker.jobs.processing import KIND
 from selfmaker.state import Record
@@ -73,3 +74,15 @@ async def list_processing_jobs(platform: Services, params: dict[str, Any]) -> di
     # botocore documents Ascending as ListProcessingJobs' default order (as ListTrainingJobs')
     items, token = list_page(platform.store.list(KIND), params, summary, default_order="Ascending")
     return {"ProcessingJobSummaries": items, "NextToken": token}
+
+
+@metrics_source
+def processing_job_metrics(platform: Services) -> Metrics:
+    """Processing jobs by ProcessingJobStatus (a gauge per status)."""
+    return status_metrics(
+        platform,
+        KIND,
+        "selfmaker_processing_jobs",
+        "Processing jobs in each ProcessingJobStatus.",
+        "ProcessingJobStatus",
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import check_instances, public
-from selfmaker.api.registry import operation
+from selfmaker.api.metrics import Metrics, family
+from selfmaker.api.ops._shared import check_instances, public, status_metrics
+from selfmaker.api.registry import metrics_source, operation
 from selfmaker.errors import ValidationException
 from selfmaker.state import Record
 
@@ -184,3 +185,29 @@ async def list_training_jobs(platform: Services, params: dict[str, Any]) -> dict
         ]
     items, token = list_page(records, params, summary, default_order="Ascending")
     return {"TrainingJobSummaries": items, "NextToken": token}
+
+
+@metrics_source
+def training_metrics(platform: Services) -> Metrics:
+    """Training jobs by status; the latest value of every metric of the jobs in progress."""
+    found = status_metrics(
+        platform,
+        "training-job",
+        "selfmaker_training_jobs",
+        "Training jobs in each TrainingJobStatus.",
+        "TrainingJobStatus",
+    )
+    samples: list[tuple[dict[str, str], float | int | None]] = []
+    for record in platform.store.list("training-job", status="InProgress"):
+        for point in record.doc.get("FinalMetricDataList") or []:
+            if isinstance(point, dict) and isinstance(point.get("Value"), (int, float)):
+                labels = {"training_job": record.name, "metric": str(point.get("MetricName"))}
+                samples.append((labels, point["Value"]))
+    family(
+        found.lines,
+        "selfmaker_training_metric",
+        "gauge",
+        "Latest value of a training job's metric (MetricDefinitions or built-in), while the job runs.",
+        samples,
+    )
+    return found

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 from batch.errors import TransformRequestError
 from batch.request import parse_request
 from selfmaker.api.common import list_page
-from selfmaker.api.ops._shared import check_instances, find, public
-from selfmaker.api.registry import operation
+from selfmaker.api.metrics import Metrics
+from selfmaker.api.ops._shared import check_instances, find, public, status_metrics
+from selfmaker.api.registry import metrics_source, operation
 from selfmaker.errors import ValidationException
 from selfmaker.jobs.transform import KIND
 from selfmaker.state import Record
@@ -74,3 +75,15 @@ async def list_transform_jobs(platform: Services, params: dict[str, Any]) -> dic
 
     items, token = list_page(platform.store.list(KIND), params, summary)
     return {"TransformJobSummaries": items, "NextToken": token}
+
+
+@metrics_source
+def transform_job_metrics(platform: Services) -> Metrics:
+    """Transform jobs by TransformJobStatus (a gauge per status)."""
+    return status_metrics(
+        platform,
+        KIND,
+        "selfmaker_transform_jobs",
+        "Transform jobs in each TransformJobStatus.",
+        "TransformJobStatus",
+    )

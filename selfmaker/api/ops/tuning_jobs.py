@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from selfmaker.api.common import decode_offset, encode_token, list_page
-from selfmaker.api.ops._shared import check_instances
+from selfmaker.api.metrics import Metrics
+from selfmaker.api.ops._shared import check_instances, status_metrics
 from selfmaker.api.ops.training_jobs import check_spot_and_warm_pool
-from selfmaker.api.registry import operation
+from selfmaker.api.registry import metrics_source, operation
 from selfmaker.errors import ValidationException
 from selfmaker.jobs.tuning import (
     KIND,
@@ -160,3 +161,15 @@ async def list_training_jobs_for_hyper_parameter_tuning_job(
     limit = params.get("MaxResults") or 10
     token = encode_token(offset + limit, fingerprint) if offset + limit < len(summaries) else None
     return {"TrainingJobSummaries": summaries[offset : offset + limit], "NextToken": token}
+
+
+@metrics_source
+def tuning_job_metrics(platform: Services) -> Metrics:
+    """Hyperparameter tuning jobs by HyperParameterTuningJobStatus (a gauge per status)."""
+    return status_metrics(
+        platform,
+        KIND,
+        "selfmaker_tuning_jobs",
+        "Hyperparameter tuning jobs in each HyperParameterTuningJobStatus.",
+        "HyperParameterTuningJobStatus",
+    )

@@ -59,7 +59,7 @@ def async_metrics(platform: Services) -> Metrics:
     found = Metrics("Async")
     sup = platform.features.get(async_inference.AsyncSupervisor)
     if sup is not None:
-        found.lines.extend(sup.metrics().rstrip("\n").splitlines())
+        found.lines.extend(sup.metrics())
     return found
 
 

@@ -41,6 +41,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from common import uris
 from common.childenv import aws_credentials, child_environment
 from selfmaker.api.common import read_limited
+from selfmaker.api.metrics import family
 from selfmaker.api.validation import check_invoke_request
 from selfmaker.errors import ValidationError, ValidationException
 from serving.asyncq import QueueBackend, SqliteQueue, invoke
@@ -487,34 +488,38 @@ class AsyncSupervisor:
 
     # ---- observability ------------------------------------------------------------------------
 
-    def metrics(self) -> str:
-        """Prometheus text lines: backlog, age of the oldest request, capacity, per endpoint."""
-        lines = [
-            "# HELP selfmaker_async_backlog_size Requests accepted and not yet finished "
-            "(ApproximateBacklogSize).",
-            "# TYPE selfmaker_async_backlog_size gauge",
-        ]
+    def metrics(self) -> list[str]:
+        """Prometheus lines: backlog, age of the oldest request, capacity, per endpoint."""
         runtimes = self._async_runtimes()
-        for _, state in runtimes:
-            lines.append(f'selfmaker_async_backlog_size{{endpoint="{state.name}"}} {state.backlog}')
-        lines += [
-            "# HELP selfmaker_async_oldest_request_age_seconds Age of the oldest unfinished request.",
-            "# TYPE selfmaker_async_oldest_request_age_seconds gauge",
-        ]
-        for _, state in runtimes:
-            lines.append(
-                f'selfmaker_async_oldest_request_age_seconds{{endpoint="{state.name}"}} '
-                f"{state.oldest_age:.3f}"
-            )
-        lines += [
-            "# HELP selfmaker_async_has_backlog_without_capacity 1 when requests wait and no instance runs.",
-            "# TYPE selfmaker_async_has_backlog_without_capacity gauge",
-        ]
-        for runtime, state in runtimes:
-            capacity = sum(v.pool.size for v in runtime.variants.values())
-            flag = 1 if state.backlog and not capacity else 0
-            lines.append(f'selfmaker_async_has_backlog_without_capacity{{endpoint="{state.name}"}} {flag}')
-        return "\n".join(lines) + "\n"
+        lines: list[str] = []
+        family(
+            lines,
+            "selfmaker_async_backlog_size",
+            "gauge",
+            "Requests accepted and not yet finished (ApproximateBacklogSize).",
+            [({"endpoint": state.name}, state.backlog) for _, state in runtimes],
+        )
+        family(
+            lines,
+            "selfmaker_async_oldest_request_age_seconds",
+            "gauge",
+            "Age of the oldest unfinished request.",
+            [({"endpoint": state.name}, round(state.oldest_age, 3)) for _, state in runtimes],
+        )
+        family(
+            lines,
+            "selfmaker_async_has_backlog_without_capacity",
+            "gauge",
+            "1 when requests wait and no instance runs.",
+            [
+                (
+                    {"endpoint": state.name},
+                    1 if state.backlog and not sum(v.pool.size for v in runtime.variants.values()) else 0,
+                )
+                for runtime, state in runtimes
+            ],
+        )
+        return lines
 
 
 # --------------------------------------------------------------------------- hooks

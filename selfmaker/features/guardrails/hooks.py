@@ -388,9 +388,9 @@ def metrics(platform: Services) -> Metrics:
     rows = [(ep, d) for ep, d in data.items() if d]
     family(
         found.lines,
-        "selfmaker_deployment_new_fleet_traffic_share",
+        "selfmaker_deployment_new_fleet_traffic_ratio",
         "gauge",
-        "Share of traffic on the new fleet of a blue/green deployment in progress.",
+        "Share of traffic (0 to 1) on the new fleet of a blue/green deployment in progress.",
         [({"endpoint": ep}, d.get("new_fraction")) for ep, d in rows],
     )
     family(

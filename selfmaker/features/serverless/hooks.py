@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.api.metrics import Metrics, family
+from selfmaker.api.metrics import Metrics, family, histogram
 from selfmaker.errors import ValidationError, ValidationException
 from selfmaker.executors.forker import ForkExecutor
 from selfmaker.executors.process import ProcessExecutor
@@ -231,10 +231,10 @@ class ServerlessSampler:
                 stats.sample(
                     "ServerlessConcurrentExecutions", dims, sum(i.outstanding for i in pool.instances)
                 )
-                cold = pool.stats.cold_start_seconds
-                before = self._seen.get(id(pool), 0)
-                if pool.stats.cold_starts > before and cold:
-                    stats.model_setup(runtime.name, variant.name, cold[-1])
+                # every cold start since the last look (a burst starts several in one second)
+                new = pool.stats.cold_starts - self._seen.get(id(pool), 0)
+                for seconds in pool.stats.cold_start_seconds[-new:] if new > 0 else ():
+                    stats.model_setup(runtime.name, variant.name, seconds)
                 seen[id(pool)] = pool.stats.cold_starts
         self._seen = seen
 
@@ -271,19 +271,44 @@ def apply_update(variant: VariantRuntime, config: ServerlessConfig) -> dict[str,
     return changed
 
 
-#: (metric, kind, help) of a serverless pool's snapshot
+#: (snapshot key, Prometheus name, kind, help) of a serverless pool's numbers
 _FAMILIES = (
-    ("instances", "gauge", "Running model servers of a serverless variant."),
-    ("in_flight", "gauge", "Requests in flight on a serverless variant."),
-    ("max_concurrency", "gauge", "MaxConcurrency of a serverless variant."),
-    ("memory_mb", "gauge", "MemorySizeInMB (memory limit of each model server) of a serverless variant."),
-    ("invocations", "counter", "Requests served by a serverless variant."),
-    ("throttled", "counter", "Requests refused with ThrottlingException (MaxConcurrency reached)."),
-    ("cold_starts", "counter", "Cold starts of a serverless variant."),
-    ("cold_start_failures", "counter", "Model servers of a serverless variant that failed to start."),
-    ("scaled_to_zero", "counter", "Times a serverless variant scaled to zero instances."),
-    ("last_cold_start_seconds", "gauge", "Seconds from launch to a ready model server, last cold start."),
+    ("instances", "instances", "gauge", "Running model servers of a serverless variant."),
     (
+        "in_flight",
+        "in_flight_requests",
+        "gauge",
+        "Requests in flight on a serverless variant (SageMaker's ServerlessConcurrentExecutions).",
+    ),
+    ("max_concurrency", "max_concurrency", "gauge", "MaxConcurrency of a serverless variant."),
+    ("invocations", "invocations_total", "counter", "Requests served by a serverless variant."),
+    (
+        "throttled",
+        "throttled_total",
+        "counter",
+        "Requests refused with ThrottlingException (MaxConcurrency reached).",
+    ),
+    ("cold_starts", "cold_starts_total", "counter", "Cold starts of a serverless variant."),
+    (
+        "cold_start_failures",
+        "cold_start_failures_total",
+        "counter",
+        "Model servers of a serverless variant that failed to start.",
+    ),
+    (
+        "scaled_to_zero",
+        "scaled_to_zero_total",
+        "counter",
+        "Times a serverless variant scaled to zero instances.",
+    ),
+    (
+        "last_cold_start_seconds",
+        "last_cold_start_seconds",
+        "gauge",
+        "Seconds from launch to a ready model server, last cold start.",
+    ),
+    (
+        "last_first_answer_seconds",
         "last_first_answer_seconds",
         "gauge",
         "Seconds from a cold request's arrival to its answer, last cold start.",
@@ -292,17 +317,35 @@ _FAMILIES = (
 
 
 def metrics(platform: Services) -> Metrics:
-    """The serverless pools' counters (``Serverless`` in ``selfmaker status``)."""
+    """The serverless pools' counters and histograms (``Serverless`` in ``selfmaker status``)."""
     data = snapshots(platform)
     found = Metrics("Serverless", data)
     rows = [(ep, v, s) for ep, d in data.items() for v, s in d.items()]
-    for metric, kind, help_ in _FAMILIES:
-        suffix = "_total" if kind == "counter" else ""
+    for key, name, kind, help_ in _FAMILIES:
         family(
             found.lines,
-            f"selfmaker_serverless_{metric}{suffix}",
+            f"selfmaker_serverless_{name}",
             kind,
             help_,
-            [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows],
+            [({"endpoint": ep, "variant": v}, s.get(key)) for ep, v, s in rows],
         )
+    family(
+        found.lines,
+        "selfmaker_serverless_memory_size_bytes",
+        "gauge",
+        "MemorySizeInMB of a serverless variant (the memory limit of each model server), in bytes.",
+        [({"endpoint": ep, "variant": v}, s["memory_mb"] * 1024 * 1024) for ep, v, s in rows],
+    )
+    pools = [
+        ({"endpoint": runtime.name, "variant": variant.name}, variant.pool.stats)
+        for runtime in list(platform.endpoints.live.values())
+        for variant in runtime.all_variants()
+        if isinstance(variant.pool, ServerlessPool)
+    ]
+    histogram(
+        found.lines,
+        "selfmaker_serverless_first_answer_seconds",
+        "Seconds from the arrival of a request that found no running model server to its answer.",
+        [(labels, stats.first_answer_histogram.value()) for labels, stats in pools],
+    )
     return found

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfmaker.api.metrics import Histogram
 from selfmaker.endpoints.runtime import Instance, InstancePool, VariantContext
 from selfmaker.errors import ModelError, ThrottlingException
 from selfmaker.features.serverless.limiter import SlotLimiter
@@ -56,6 +57,8 @@ class PoolStats:
     cold_start_seconds: list[float] = field(default_factory=list)
     #: seconds from the arrival of a request that found no instance to its answer (last 100)
     first_answer_seconds: list[float] = field(default_factory=list)
+    #: the latter, every one counted (a ``/metrics`` histogram; cold starts are ModelSetupTime's)
+    first_answer_histogram: Histogram = field(default_factory=Histogram)
 
     @staticmethod
     def add(series: list[float], value: float) -> None:
@@ -166,6 +169,7 @@ class ServerlessPool(InstancePool):
         if arrived is not None:
             seconds = now - arrived
             self.stats.add(self.stats.first_answer_seconds, seconds)
+            self.stats.first_answer_histogram.observe(seconds)
             log.info(
                 "serverless cold start endpoint=%s variant=%s instance=%s first_answer_seconds=%.3f",
                 self.ctx.endpoint_name,

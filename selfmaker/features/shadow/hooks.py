@@ -15,7 +15,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from selfmaker.api.metrics import Metrics, family
+from selfmaker.api.metrics import Buckets, Metrics, family, histogram
 from selfmaker.endpoints.invoke import call_variant, outgoing_headers
 from selfmaker.features.capture.hooks import capture
 from selfmaker.features.shadow.mirror import Answer, ShadowMirror, shadow_fraction
@@ -126,32 +126,42 @@ def snapshots(platform: Services) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
-#: (metric, kind, help) of a shadow variant's counters
-_FAMILIES = (
-    ("requests", "counter", "Copies of production requests sent to a shadow variant."),
-    ("errors", "counter", "Shadow copies answered non-2xx or not at all."),
-    ("dropped", "counter", "Shadow copies dropped because too many were in flight."),
-    ("compared", "counter", "Shadow answers compared with the production answer."),
-    ("mismatches", "counter", "Shadow answers that differ from the production answer."),
-    ("latency_sum_seconds", "counter", "Total latency of shadow copies."),
-    ("latency_count", "counter", "Shadow copies timed."),
-    ("latency_p50_seconds", "gauge", "Median latency of the last 1000 shadow copies."),
-    ("latency_p99_seconds", "gauge", "99th percentile latency of the last 1000 shadow copies."),
+#: (metric, help) of a shadow variant's counters
+_COUNTERS = (
+    ("requests", "Copies of production requests sent to a shadow variant."),
+    ("errors", "Shadow copies answered non-2xx or not at all."),
+    ("dropped", "Shadow copies dropped because too many were in flight."),
+    ("compared", "Shadow answers compared with the production answer."),
+    ("mismatches", "Shadow answers that differ from the production answer."),
 )
 
 
 def metrics(platform: Services) -> Metrics:
-    """The shadow variants' counters (``Shadow`` in ``selfmaker status``)."""
+    """The shadow variants' counters and latency histograms (``Shadow`` in ``selfmaker status``)."""
     data = snapshots(platform)
     found = Metrics("Shadow", data)
     rows = [(ep, v, s) for ep, d in data.items() for v, s in d.items()]
-    for metric, kind, help_ in _FAMILIES:
-        name = metric if kind == "gauge" or metric.endswith(("_seconds", "_count")) else f"{metric}_total"
+    for metric, help_ in _COUNTERS:
         family(
             found.lines,
-            f"selfmaker_shadow_{name}",
-            kind,
+            f"selfmaker_shadow_{metric}_total",
+            "counter",
             help_,
             [({"endpoint": ep, "variant": v}, s.get(metric)) for ep, v, s in rows],
         )
+    latencies: list[tuple[dict[str, str], Buckets | None]] = []
+    for runtime in list(platform.endpoints.live.values()):
+        mirror = mirrors(platform).get(runtime.name.lower())
+        if mirror is None:
+            continue
+        for name in runtime.shadow_variants:
+            stats = mirror.stats.get(name)
+            if stats is not None:
+                latencies.append(({"endpoint": runtime.name, "variant": name}, stats.latency.value()))
+    histogram(
+        found.lines,
+        "selfmaker_shadow_latency_seconds",
+        "Seconds from sending a shadow copy to its answer (or failure).",
+        latencies,
+    )
     return found

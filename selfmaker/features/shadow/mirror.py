@@ -6,9 +6,9 @@ slow, failing or absent shadow can neither delay nor fail the primary answer. Co
 bounded (``max_in_flight``); beyond that a copy is dropped and counted rather than queued without end.
 
 Per shadow variant the mirror keeps: requests sent, errors (non-2xx answers, timeouts, connection
-failures), latency (count, sum, p50/p99 over the last 1,000), comparisons and mismatches between the
-primary's and the shadow's answers (:func:`outputs_match`: JSON and CSV numbers compared with a relative
-tolerance, anything else byte for byte), and copies dropped.
+failures), latency (a histogram for ``/metrics``; p50/p99 over the last 1,000 for ``selfmaker status``),
+comparisons and mismatches between the primary's and the shadow's answers (:func:`outputs_match`: JSON and
+CSV numbers compared with a relative tolerance, anything else byte for byte), and copies dropped.
 
 Sampling (:func:`shadow_fraction`): a shadow with the same weight as the production variant gets every
 request; a smaller weight gets that share (``shadow weight / production weight``, at most 1).
@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from selfmaker.api.metrics import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +123,11 @@ class ShadowStats:
     dropped: int = 0
     compared: int = 0
     mismatches: int = 0
-    latency_count: int = 0
-    latency_sum: float = 0.0
+    latency: Histogram = field(default_factory=Histogram)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
     def observe(self, seconds: float) -> None:
-        self.latency_count += 1
-        self.latency_sum += seconds
+        self.latency.observe(seconds)
         self.latencies.append(seconds)
 
     def quantile(self, q: float) -> float | None:
@@ -144,8 +144,8 @@ class ShadowStats:
             "dropped": self.dropped,
             "compared": self.compared,
             "mismatches": self.mismatches,
-            "latency_count": self.latency_count,
-            "latency_sum_seconds": self.latency_sum,
+            "latency_count": self.latency.count,
+            "latency_sum_seconds": self.latency.sum,
             "latency_p50_seconds": self.quantile(0.5),
             "latency_p99_seconds": self.quantile(0.99),
         }
