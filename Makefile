@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfmaker-installed
 # Every extra (pyproject.toml): the model server needs only `.[cpu]` (or `.[gpu]`, never both).
 EXTRAS ?= dev,infra,cpu,lambda,training,batch,platform
 
-.PHONY: setup sdk-env constraints demo lint test test-fast bench engine prometheus images clean
+.PHONY: setup sdk-env constraints demo lint test test-fast bench engine browser prometheus images clean
 
 setup: $(STAMP)
 
@@ -54,7 +54,7 @@ lint: setup
 # --dist loadfile keeps a module's tests on one worker, so its module fixtures (a platform, a model server)
 # start once; tests/containers/conftest.py serialises the image builds across workers.
 TEST_WORKERS ?= 2
-test: setup sdk-env engine prometheus
+test: setup sdk-env engine browser prometheus
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: setup
@@ -63,6 +63,10 @@ test-fast: setup
 # Installs a container engine (podman from Debian packages) where none works; no-op otherwise.
 engine:
 	@bash scripts/install-engine.sh
+
+# Installs Debian's chromium + chromium-driver for the web console's browser test; no-op when present.
+browser:
+	@bash scripts/install-browser.sh
 
 # Installs Prometheus (Debian's package; its binary only) for the test that scrapes the platform with it.
 prometheus:

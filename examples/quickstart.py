@@ -90,7 +90,7 @@ def main() -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")  # boto3 signs requests; any value works locally
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     proc, url = start_platform(work)
-    print(f"selfmaker up is listening on {url} (home {work})")
+    print(f"selfmaker up is listening on {url} (home {work}); its web console: {url}/console")
     try:
         # ---- the SageMaker part: plain boto3, only endpoint_url differs ------------------------------
         sm = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1")

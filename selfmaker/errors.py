@@ -193,6 +193,14 @@ class MissingAuthenticationToken(AuthError):
     code = "MissingAuthenticationToken"
 
 
+class NotSignedIn(AuthError):
+    """A web console request with neither a session cookie nor a signature (pages send the browser to the
+    login form instead)."""
+
+    code = "MissingAuthenticationToken"
+    status = HTTPStatus.UNAUTHORIZED
+
+
 class IncompleteSignature(AuthError):
     """A signature that is malformed: missing or duplicated parts, bad date, unsigned required headers."""
 

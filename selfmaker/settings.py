@@ -67,6 +67,8 @@ class PlatformSettings(BaseSettings):
     spot_interrupt_after: float | None = Field(default=None, gt=0)
     #: serve without checking signatures even with keys or on a non-loopback address (warned at every start)
     no_auth: bool = False
+    #: seconds a web console sign-in lasts (the session cookie's lifetime)
+    console_session_seconds: float = Field(default=12 * 3600, gt=0)
     #: PEM certificate chain and private key: serve HTTPS (TLS 1.2+) instead of HTTP; both or neither
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -103,7 +103,8 @@ SELFMAKER_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "endpoints and jobs",
         ("selfmaker.endpoints", "selfmaker.jobs", "selfmaker.logstreams", "selfmaker.alarms"),
     ),
-    ("api", ("selfmaker.api", "selfmaker.services")),
+    # the web console: served by api/app.py, reads through Services
+    ("api", ("selfmaker.api", "selfmaker.services", "selfmaker.console")),
     ("features", ("selfmaker.features",)),
     (
         "entry points",

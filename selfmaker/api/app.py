@@ -10,10 +10,12 @@
 * ``POST /endpoints/{name}/invocations`` → the router (rest-json protocol of ``sagemaker-runtime``);
 * ``GET /ping`` → 200 once the platform is up (readiness of ``selfmaker up`` itself);
 * ``GET /metrics`` → Prometheus text of the ``@metrics_source`` hooks (:mod:`selfmaker.api.metrics`);
-* routes registered by features with ``@runtime_route``.
+* routes registered by features with ``@runtime_route``;
+* the web console, ``GET /console…`` (and ``GET /`` of a browser): :mod:`selfmaker.console`.
 
 Every route but ``/ping`` goes through :func:`authenticate` first (SigV4, :mod:`selfmaker.api.auth`)
-once the platform has keys or listens beyond loopback.
+once the platform has keys or listens beyond loopback; console routes also accept the console's session
+cookie (:mod:`selfmaker.console.sessions`), and send a browser without one to the login form.
 
 The invocation itself (routing, the model server call, observers) is
 :func:`selfmaker.endpoints.invoke.invoke`; this module reads the request and writes the response.
@@ -58,6 +60,8 @@ from selfmaker.api.validation import (
     service_model,
     validate_request,
 )
+from selfmaker.console import routes as console
+from selfmaker.console.sessions import COOKIE_NAME, ConsoleSessions
 from selfmaker.credentials import CredentialStore
 from selfmaker.endpoints.invoke import invoke
 from selfmaker.endpoints.runtime import EndpointRuntime, InvocationRecord
@@ -68,6 +72,7 @@ from selfmaker.errors import (
     InvalidParameterException,
     InvalidParameterValue,
     ModelError,
+    NotSignedIn,
     SageMakerError,
     ThrottlingException,
     UnknownOperation,
@@ -576,6 +581,19 @@ async def authenticate(
     # outside the try: the handler's own exceptions (aiohttp's 404 …) are not ours
     if not active or request.path in OPEN_PATHS:
         return await handler(request)
+    if console.is_console_path(request.method, request.path):
+        request[console.AUTH_ACTIVE_KEY] = True
+        signed = "Authorization" in request.headers or "X-Amz-Signature" in request.query
+        if console.needs_no_auth(request.method, request.path) or (
+            not signed and request.app[console.SESSIONS_KEY].check(request.cookies.get(COOKIE_NAME))
+        ):
+            return await handler(request)
+        if not signed:  # a browser: to the login form; a script: 401
+            if console.wants_page(request):
+                return console.login_redirect()
+            return runtime_error(
+                NotSignedIn("Sign in at /console/login, or sign the request."), str(uuid.uuid4())
+            )
     control = request.path == "/" or request.path.startswith("/service/")
     try:
         # the headers first: a stranger is refused before the platform reads any body
@@ -684,6 +702,12 @@ def create_app(platform: Services) -> web.Application:
     settings = platform.settings
     app[HOST_CHECK_KEY] = HostCheck(settings.host, settings.port, settings.allowed_host_names)
     app.router.add_post("/", control_plane)
+    app[console.SESSIONS_KEY] = ConsoleSessions(app[AUTH_KEY].store, settings.console_session_seconds)
+    for method, path, handler in console.ROUTES:
+        app.router.add_route(method, path, _wrap_route(handler))
+    app.router.add_static(
+        console.PREFIX + "/static", console.STATIC_DIR, show_index=False, follow_symlinks=False
+    )
     app.router.add_post("/service/{service}/operation/{operation}", cbor_control_plane)
     app.router.add_get("/ping", ping)
     app.router.add_get("/metrics", metrics)

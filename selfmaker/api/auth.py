@@ -127,6 +127,8 @@ def called_action(method: str, path: str, headers: Mapping[str, str], body: byte
         return api, f"{api.iam_prefix}:{cbor.group(2)}"
     if path == "/metrics":
         return APIS["selfmaker"], "selfmaker:GetMetrics"
+    if path == "/" or path == "/console" or path.startswith("/console/"):  # the web console (GET)
+        return APIS["selfmaker"], "selfmaker:ViewConsole"
     return APIS["selfmaker"], "selfmaker:Unknown"
 
 
