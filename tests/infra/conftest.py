@@ -227,7 +227,7 @@ def new_harness() -> PulumiHarness:
 
 
 @pytest.fixture(autouse=True)
-def _event_loop_for_pulumi() -> None:
+def _event_loop_for_pulumi() -> Iterator[None]:
     """Pulumi's SDK creates futures on the thread's current event loop.
 
     A test elsewhere in the session that used ``asyncio.run()`` leaves the main thread's policy refusing
@@ -235,8 +235,16 @@ def _event_loop_for_pulumi() -> None:
     new process.
     """
     try:
-        asyncio.get_event_loop_policy().get_event_loop()
+        loop = asyncio.get_event_loop_policy().get_event_loop()
     except RuntimeError:
+        asyncio.set_event_loop_policy(None)
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    yield
+    # Close the loop the test used: left open, it is collected later, in whatever test runs then on this
+    # pytest-xdist worker, and fails that test with "unclosed event loop" (and its self-pipe sockets).
+    # A fresh policy makes the next get_event_loop() (a module fixture's, the next test's) create one again.
+    if not loop.is_running():
+        loop.close()
         asyncio.set_event_loop_policy(None)
 
 
